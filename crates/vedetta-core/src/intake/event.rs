@@ -1,0 +1,180 @@
+//! The funnel event's fields (EVENTS.md, "Conversion-funnel event") and how each is read.
+
+use super::object::{FieldTable, RawObject};
+use super::{FieldError, IntakeContext, fields};
+use crate::privacy::truncate_ip;
+use crate::record::{EventKind, LogRecord, StoredEvent};
+
+// Slots. Aliases share the slot of the field they stand for.
+const UDID: usize = 0;
+const TYPE: usize = 1;
+const TS: usize = 2;
+const EVENT_ID: usize = 3;
+const VALUE: usize = 4;
+const CURRENCY: usize = 5;
+const ORDER_ID: usize = 6;
+const CHANNEL: usize = 7;
+const CAMPAIGN: usize = 8;
+const UTM_SOURCE: usize = 9;
+const UTM_MEDIUM: usize = 10;
+const UTM_CAMPAIGN: usize = 11;
+const UTM_CONTENT: usize = 12;
+const UTM_TERM: usize = 13;
+const GCLID: usize = 14;
+const FBCLID: usize = 15;
+const USER_AGENT: usize = 16;
+const DEVICE: usize = 17;
+const IP: usize = 18;
+const REGION: usize = 19;
+const PAGE: usize = 20;
+const REFERRER: usize = 21;
+const PRODUCT_ID: usize = 22;
+const CONSENT: usize = 23;
+const PROPERTIES: usize = 24;
+
+/// Canonical field names, by slot.
+pub const EVENT_FIELD_NAMES: &[&str] = &[
+    "udid",
+    "type",
+    "ts",
+    "event_id",
+    "value",
+    "currency",
+    "order_id",
+    "channel",
+    "campaign",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
+    "gclid",
+    "fbclid",
+    "user_agent",
+    "device",
+    "ip",
+    "region",
+    "page",
+    "referrer",
+    "product_id",
+    "consent",
+    "properties",
+];
+
+pub(super) static TABLE: FieldTable = FieldTable {
+    names: &[
+        ("udid", UDID),
+        ("UDID", UDID),
+        ("type", TYPE),
+        ("tipo", TYPE),
+        ("ts", TS),
+        ("tempo", TS),
+        ("event_id", EVENT_ID),
+        ("value", VALUE),
+        ("valore", VALUE),
+        ("currency", CURRENCY),
+        ("order_id", ORDER_ID),
+        ("channel", CHANNEL),
+        ("campaign", CAMPAIGN),
+        ("utm_source", UTM_SOURCE),
+        ("utm_medium", UTM_MEDIUM),
+        ("utm_campaign", UTM_CAMPAIGN),
+        ("utm_content", UTM_CONTENT),
+        ("utm_term", UTM_TERM),
+        ("gclid", GCLID),
+        ("fbclid", FBCLID),
+        ("user_agent", USER_AGENT),
+        ("device", DEVICE),
+        ("ip", IP),
+        ("region", REGION),
+        ("page", PAGE),
+        ("referrer", REFERRER),
+        ("product_id", PRODUCT_ID),
+        ("consent", CONSENT),
+        ("properties", PROPERTIES),
+    ],
+    canonical: EVENT_FIELD_NAMES,
+    pseudonymize_slot: Some(UDID),
+    redact_slots: &[IP],
+};
+
+/// Longest custom event type name.
+const MAX_TYPE_CHARS: usize = 64;
+
+pub(super) fn build(
+    object: &RawObject<'_>,
+    ctx: &IntakeContext<'_>,
+) -> Result<LogRecord, FieldError> {
+    let limits = ctx.limits;
+    let required = |slot: usize| {
+        object
+            .get(slot)
+            .ok_or_else(|| FieldError::new(EVENT_FIELD_NAMES[slot], "missing required field"))
+    };
+    let optional_text = |slot: usize, max_chars: usize| match object.get(slot) {
+        Some((name, raw)) => fields::text(name, raw, max_chars),
+        None => Ok(None),
+    };
+    let text = |slot: usize| optional_text(slot, limits.max_text_chars);
+
+    let (name, raw) = required(UDID)?;
+    let udid = fields::required_identifier(name, raw, limits.max_id_chars)?;
+
+    let (name, raw) = required(TYPE)?;
+    let kind = match fields::text(name, raw, MAX_TYPE_CHARS)? {
+        Some(type_name) => EventKind::from_wire(&type_name),
+        None => return Err(FieldError::new(name, "must not be empty")),
+    };
+
+    let (name, raw) = required(TS)?;
+    let ts = fields::timestamp(name, raw, ctx)?;
+
+    let value = match object.get(VALUE) {
+        Some((name, raw)) => fields::amount(name, raw)?,
+        None => None,
+    };
+    let currency = match object.get(CURRENCY) {
+        Some((name, raw)) => fields::currency(name, raw)?,
+        None => None,
+    };
+    let ip_network = match object.get(IP) {
+        Some((name, raw)) => fields::ip(name, raw)?.map(truncate_ip),
+        None => None,
+    };
+    let consent = match object.get(CONSENT) {
+        Some((name, raw)) => fields::consent(name, raw)?,
+        None => Default::default(),
+    };
+    let properties = match object.get(PROPERTIES) {
+        Some((name, raw)) => fields::properties(name, raw, ctx)?,
+        None => None,
+    };
+
+    Ok(LogRecord::Event(StoredEvent {
+        user: ctx.pseudonymizer.pseudonym(&udid),
+        kind,
+        ts,
+        event_id: optional_text(EVENT_ID, limits.max_id_chars)?,
+        value,
+        currency,
+        order_id: optional_text(ORDER_ID, limits.max_id_chars)?,
+        channel: text(CHANNEL)?,
+        campaign: text(CAMPAIGN)?,
+        utm_source: text(UTM_SOURCE)?,
+        utm_medium: text(UTM_MEDIUM)?,
+        utm_campaign: text(UTM_CAMPAIGN)?,
+        utm_content: text(UTM_CONTENT)?,
+        utm_term: text(UTM_TERM)?,
+        gclid: text(GCLID)?,
+        fbclid: text(FBCLID)?,
+        user_agent: text(USER_AGENT)?,
+        device: text(DEVICE)?,
+        ip_network,
+        region: text(REGION)?,
+        page: text(PAGE)?,
+        referrer: text(REFERRER)?,
+        product_id: optional_text(PRODUCT_ID, limits.max_id_chars)?,
+        consent,
+        properties,
+    }))
+}

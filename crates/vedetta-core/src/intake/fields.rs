@@ -1,0 +1,390 @@
+//! Interpreting one raw field value, with an error a person can act on.
+//!
+//! Each parser takes the field's wire name and its raw JSON text and returns either the
+//! typed value or a [`FieldError`] that says what was expected and what came instead.
+//! Values are echoed back only shortened and JSON-escaped, so a hostile 1 MiB string or a
+//! control character never ends up verbatim in a response or a log line.
+
+use super::{FieldError, IntakeContext};
+use crate::record::Consent;
+use crate::time::EventTime;
+use serde_json::value::RawValue;
+use std::net::IpAddr;
+
+/// The JSON kind of a raw value, from its first byte.
+pub(crate) fn json_kind(raw: &RawValue) -> &'static str {
+    json_kind_of_bytes(raw.get().as_bytes())
+}
+
+pub(crate) fn json_kind_of_bytes(bytes: &[u8]) -> &'static str {
+    match bytes.first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        _ => "something that is not JSON",
+    }
+}
+
+/// A value as shown in an error: its kind and a short, escaped excerpt.
+pub(crate) fn describe(raw: &RawValue) -> String {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{') => "an object".into(),
+        Some(b'[') => "an array".into(),
+        _ if text.len() <= 48 => text.into(),
+        _ => format!("{}… ({} bytes)", cut_at_char_boundary(text, 40), text.len()),
+    }
+}
+
+/// A string for an error message: JSON-quoted and shortened to `max_chars`.
+pub(crate) fn quote_for_message(text: &str, max_chars: usize) -> String {
+    let quoted = serde_json::Value::String(text.chars().take(max_chars).collect()).to_string();
+    if text.chars().nth(max_chars).is_some() {
+        format!("{quoted}…")
+    } else {
+        quoted
+    }
+}
+
+fn cut_at_char_boundary(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A JSON string, unescaped. Strings without escapes are sliced, not re-parsed: the raw
+/// value was already validated as a JSON string token by the splitter.
+fn unescape(field: &'static str, raw: &RawValue) -> Result<String, FieldError> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return Err(FieldError::new(
+            field,
+            format!("expected a string, got {}", describe(raw)),
+        ));
+    }
+    if !text.contains('\\') {
+        return Ok(text[1..text.len() - 1].to_string());
+    }
+    serde_json::from_str::<String>(text)
+        .map_err(|e| FieldError::new(field, format!("invalid string: {e}")))
+}
+
+/// A string of at most `max_chars` characters, trimmed. An empty string counts as absent,
+/// since tag managers send `""` for "not set".
+pub(crate) fn text(
+    field: &'static str,
+    raw: &RawValue,
+    max_chars: usize,
+) -> Result<Option<String>, FieldError> {
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let value = unescape(field, raw)?;
+    let trimmed = value.trim();
+    check_length(field, trimmed, max_chars)?;
+    if trimmed.is_empty() {
+        Ok(None)
+    } else if trimmed.len() == value.len() {
+        Ok(Some(value))
+    } else {
+        Ok(Some(trimmed.to_string()))
+    }
+}
+
+/// A required string of 1 to `max_chars` characters. The value is not echoed in errors:
+/// required identifiers (the `udid`) are personal data.
+pub(crate) fn required_identifier(
+    field: &'static str,
+    raw: &RawValue,
+    max_chars: usize,
+) -> Result<String, FieldError> {
+    let value = unescape(field, raw).map_err(|_| {
+        FieldError::new(field, format!("expected a string, got {}", json_kind(raw)))
+    })?;
+    if value.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    check_length(field, &value, max_chars)?;
+    Ok(value)
+}
+
+fn check_length(field: &'static str, value: &str, max_chars: usize) -> Result<(), FieldError> {
+    if value.len() > max_chars {
+        let chars = value.chars().count();
+        if chars > max_chars {
+            return Err(FieldError::new(
+                field,
+                format!("string of {chars} characters exceeds the limit of {max_chars}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An event time: RFC 3339 with an offset, or integer epoch milliseconds. Refused when
+/// more than the configured tolerance in the future, or implausibly old.
+pub(crate) fn timestamp(
+    field: &'static str,
+    raw: &RawValue,
+    ctx: &IntakeContext<'_>,
+) -> Result<EventTime, FieldError> {
+    let text = raw.get();
+    let expected = "expected RFC 3339 timestamp or epoch milliseconds";
+    let millis = match text.as_bytes().first() {
+        Some(b'"') => {
+            let value = unescape(field, raw)?;
+            let parsed: jiff::Timestamp = value.trim().parse().map_err(|_| {
+                FieldError::new(field, format!("{expected}, got {}", describe(raw)))
+            })?;
+            parsed.as_millisecond()
+        }
+        Some(b'-' | b'0'..=b'9') => text.parse::<i64>().map_err(|_| {
+            FieldError::new(
+                field,
+                format!("{expected} as a whole number, got {}", describe(raw)),
+            )
+        })?,
+        _ => {
+            return Err(FieldError::new(
+                field,
+                format!("{expected}, got {}", describe(raw)),
+            ));
+        }
+    };
+    let limits = ctx.limits;
+    if millis < limits.earliest_ts_ms {
+        let hint = if millis > 0 && millis < 100_000_000_000 {
+            " (epoch seconds? the number must be milliseconds)"
+        } else {
+            ""
+        };
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{} is before {}{hint}",
+                EventTime(millis),
+                EventTime(limits.earliest_ts_ms)
+            ),
+        ));
+    }
+    if millis > ctx.now_ms.saturating_add(limits.future_tolerance_ms) {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{} is more than {} minutes in the future (server time {})",
+                EventTime(millis),
+                limits.future_tolerance_ms / 60_000,
+                EventTime(ctx.now_ms)
+            ),
+        ));
+    }
+    Ok(EventTime(millis))
+}
+
+/// A money amount: a finite JSON number ≥ 0. `1e400` overflows f64 and is refused, not
+/// turned into infinity.
+pub(crate) fn amount(field: &'static str, raw: &RawValue) -> Result<Option<f64>, FieldError> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'n') => Ok(None),
+        Some(b'-' | b'0'..=b'9') => {
+            let value: f64 = serde_json::from_str(text).map_err(|_| {
+                FieldError::new(field, format!("number {} is out of range", describe(raw)))
+            })?;
+            if !value.is_finite() {
+                return Err(FieldError::new(
+                    field,
+                    format!("number {} is out of range", describe(raw)),
+                ));
+            }
+            if value < 0.0 {
+                return Err(FieldError::new(
+                    field,
+                    format!("must be ≥ 0, got {}", describe(raw)),
+                ));
+            }
+            Ok(Some(value))
+        }
+        _ => Err(FieldError::new(
+            field,
+            format!("expected a number ≥ 0, got {}", describe(raw)),
+        )),
+    }
+}
+
+/// An ISO 4217 currency code: three letters, stored upper case.
+pub(crate) fn currency(field: &'static str, raw: &RawValue) -> Result<Option<String>, FieldError> {
+    let Some(code) = text(field, raw, 16)? else {
+        return Ok(None);
+    };
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(Some(code.to_ascii_uppercase()))
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "expected an ISO 4217 code such as \"EUR\", got {}",
+                describe(raw)
+            ),
+        ))
+    }
+}
+
+/// An IPv4 or IPv6 address. The value is not echoed: it is personal data.
+pub(crate) fn ip(field: &'static str, raw: &RawValue) -> Result<Option<IpAddr>, FieldError> {
+    let Some(value) = text(field, raw, 64).map_err(|_| {
+        FieldError::new(
+            field,
+            format!(
+                "expected an IPv4 or IPv6 address string, got {}",
+                json_kind(raw)
+            ),
+        )
+    })?
+    else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| FieldError::new(field, "not a valid IPv4 or IPv6 address"))
+}
+
+/// `consent`: `true`/`false` for every purpose, or an object of purposes to booleans.
+/// Purposes other than `analytics` and `marketing` are accepted and ignored.
+pub(crate) fn consent(field: &'static str, raw: &RawValue) -> Result<Consent, FieldError> {
+    match raw.get() {
+        "null" => Ok(Consent::default()),
+        "true" => Ok(Consent {
+            analytics: Some(true),
+            marketing: Some(true),
+        }),
+        "false" => Ok(Consent {
+            analytics: Some(false),
+            marketing: Some(false),
+        }),
+        text if text.starts_with('{') => {
+            let purposes: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(text)
+                    .map_err(|e| FieldError::new(field, format!("invalid object: {e}")))?;
+            let mut consent = Consent::default();
+            for (purpose, value) in &purposes {
+                let slot = match purpose.as_str() {
+                    "analytics" => &mut consent.analytics,
+                    "marketing" => &mut consent.marketing,
+                    _ => continue,
+                };
+                match value {
+                    serde_json::Value::Bool(given) => *slot = Some(*given),
+                    serde_json::Value::Null => {}
+                    other => {
+                        return Err(FieldError::new(
+                            field,
+                            format!(
+                                "purpose {} must be true or false, got {other}",
+                                quote_for_message(purpose, 32)
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(consent)
+        }
+        _ => Err(FieldError::new(
+            field,
+            format!(
+                "expected true, false or an object such as {{\"marketing\": true}}, got {}",
+                describe(raw)
+            ),
+        )),
+    }
+}
+
+/// `properties`: any JSON object within the size and depth limits, kept as sent.
+pub(crate) fn properties(
+    field: &'static str,
+    raw: &RawValue,
+    ctx: &IntakeContext<'_>,
+) -> Result<Option<String>, FieldError> {
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if !text.starts_with('{') {
+        return Err(FieldError::new(
+            field,
+            format!("expected an object, got {}", json_kind(raw)),
+        ));
+    }
+    let limits = ctx.limits;
+    if text.len() > limits.max_properties_bytes {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "object of {} bytes exceeds the limit of {} bytes",
+                text.len(),
+                limits.max_properties_bytes
+            ),
+        ));
+    }
+    let depth = nesting_depth(text);
+    if depth > limits.max_properties_depth {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "nested {depth} levels deep; at most {} are accepted",
+                limits.max_properties_depth
+            ),
+        ));
+    }
+    Ok(Some(text.to_string()))
+}
+
+/// Deepest nesting of objects and arrays in valid JSON text, counting brackets outside
+/// strings. Linear and allocation-free, so a 10,000-deep value costs no recursion.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nesting_depth_ignores_brackets_in_strings() {
+        assert_eq!(nesting_depth(r#"{"a":"{{[[","b":{"c":[1]}}"#), 3);
+        assert_eq!(nesting_depth(r#"{"a":"\"{"}"#), 1);
+    }
+
+    #[test]
+    fn quotes_and_shortens_hostile_strings() {
+        assert_eq!(quote_for_message("a\u{0}b", 10), r#""a\u0000b""#);
+        assert_eq!(quote_for_message(&"x".repeat(100), 3), "\"xxx\"…");
+    }
+}

@@ -1,0 +1,241 @@
+//! Intake: from a request body to validated, pseudonymized log records.
+//!
+//! Every source (HTTP, webhooks, Kafka) hands its bytes to [`judge_events`] or
+//! [`judge_spend`]. The body may be one JSON object, a JSON array, or NDJSON. Each event is
+//! judged alone: a bad one is refused with an error that names its index, its field and
+//! what was wrong (`events[3].ts: expected RFC 3339 timestamp or epoch milliseconds, got
+//! "ieri"`), and never takes the good ones down with it.
+//!
+//! Only a body that cannot be split into events at all (an empty body, a JSON array that is
+//! not valid JSON, too many events) is refused whole, with a [`BodyError`].
+//!
+//! The output is already pseudonymized: the `udid` is replaced by its keyed pseudonym and
+//! the IP address truncated, so nothing personal reaches the log in clear.
+
+mod event;
+mod fields;
+mod object;
+mod spend;
+
+pub use event::EVENT_FIELD_NAMES;
+pub use spend::SPEND_FIELD_NAMES;
+
+use crate::privacy::Pseudonymizer;
+use crate::record::LogRecord;
+use object::{FieldTable, RawObject};
+use serde_json::value::RawValue;
+
+/// How a body lays out its events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One JSON object or a JSON array of objects.
+    Json,
+    /// One JSON object per line; blank lines are ignored.
+    Ndjson,
+}
+
+/// Bounds that keep one hostile event from costing more than a fair share.
+#[derive(Clone, Debug)]
+pub struct IntakeLimits {
+    /// Most events in one request; more is refused whole (clients should split).
+    pub max_events_per_request: usize,
+    /// Longest `udid`, `event_id` (characters), per EVENTS.md.
+    pub max_id_chars: usize,
+    /// Longest free-text field (page, referrer, user agent, attribution), in characters.
+    pub max_text_chars: usize,
+    /// Largest `properties` object, as JSON text, in bytes.
+    pub max_properties_bytes: usize,
+    /// Deepest nesting inside `properties`.
+    pub max_properties_depth: usize,
+    /// How far in the future (server clock) an event time may be, in milliseconds.
+    pub future_tolerance_ms: i64,
+    /// Earliest event time accepted, epoch ms. Anything before is almost surely a unit
+    /// mistake (epoch seconds sent as milliseconds).
+    pub earliest_ts_ms: i64,
+}
+
+impl Default for IntakeLimits {
+    fn default() -> Self {
+        Self {
+            max_events_per_request: 10_000,
+            max_id_chars: 128,
+            max_text_chars: 2048,
+            max_properties_bytes: 16 * 1024,
+            max_properties_depth: 32,
+            future_tolerance_ms: 5 * 60 * 1000,
+            earliest_ts_ms: 946_684_800_000, // 2000-01-01T00:00:00Z
+        }
+    }
+}
+
+/// What intake needs from the outside world, handed in so that judging stays pure.
+#[derive(Clone, Copy, Debug)]
+pub struct IntakeContext<'a> {
+    /// Server wall-clock time, epoch ms (for the future-timestamp check).
+    pub now_ms: i64,
+    pub pseudonymizer: &'a Pseudonymizer,
+    pub limits: &'a IntakeLimits,
+}
+
+/// One refused event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    /// Position in the request: array index, or 0-based line number for NDJSON.
+    pub index: usize,
+    /// `events[3].ts: expected …`: names the event, the field and what was wrong.
+    pub error: String,
+    /// The field at fault, if one is (`ts`), for per-reason counters.
+    pub field: Option<&'static str>,
+    /// The event as sent with personal fields redacted, when it was a parseable object.
+    /// Kept in the quarantine for a person to inspect.
+    pub redacted: Option<String>,
+}
+
+/// The verdict on a body whose events could be told apart.
+#[derive(Clone, Debug, Default)]
+pub struct Judged {
+    /// Accepted records, in request order.
+    pub records: Vec<LogRecord>,
+    pub rejected: Vec<Rejection>,
+}
+
+/// A body refused whole.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    #[error("empty body: send one event object, a JSON array of events, or NDJSON")]
+    Empty,
+    #[error("the JSON array holds no events")]
+    NoEvents,
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("body must be a JSON object or an array of objects, got {0}")]
+    NotObjectOrArray(&'static str),
+    #[error("{count} events in one request; at most {limit} are accepted, split the batch")]
+    TooManyEvents { count: usize, limit: usize },
+}
+
+impl BodyError {
+    /// Whether the refusal is about size (HTTP 413) rather than content (HTTP 400).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, BodyError::TooManyEvents { .. })
+    }
+}
+
+/// A field-level error before it is given its `events[i].` prefix.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct FieldError {
+    /// The field name as the client sent it (an alias stays an alias).
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Judges a body of funnel events.
+pub fn judge_events(
+    body: &[u8],
+    format: BodyFormat,
+    ctx: &IntakeContext<'_>,
+) -> Result<Judged, BodyError> {
+    judge(body, format, ctx, "events", &event::TABLE, event::build)
+}
+
+/// Judges a body of ad spend records.
+pub fn judge_spend(
+    body: &[u8],
+    format: BodyFormat,
+    ctx: &IntakeContext<'_>,
+) -> Result<Judged, BodyError> {
+    judge(body, format, ctx, "costs", &spend::TABLE, spend::build)
+}
+
+type Builder = fn(&RawObject<'_>, &IntakeContext<'_>) -> Result<LogRecord, FieldError>;
+
+fn judge(
+    body: &[u8],
+    format: BodyFormat,
+    ctx: &IntakeContext<'_>,
+    label: &str,
+    table: &FieldTable,
+    build: Builder,
+) -> Result<Judged, BodyError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    let mut judged = Judged::default();
+    let mut judge_one = |index: usize, parsed: Result<RawObject<'_>, String>| match parsed {
+        Err(message) => judged.rejected.push(Rejection {
+            index,
+            error: format!("{label}[{index}]: {message}"),
+            field: None,
+            redacted: None,
+        }),
+        Ok(object) => match object
+            .problem(table)
+            .map_or_else(|| build(&object, ctx), Err)
+        {
+            Ok(record) => judged.records.push(record),
+            Err(e) => judged.rejected.push(Rejection {
+                index,
+                error: format!("{label}[{index}].{}: {}", e.field, e.message),
+                field: Some(e.field),
+                redacted: Some(object.redacted(table, ctx.pseudonymizer)),
+            }),
+        },
+    };
+    let limit = ctx.limits.max_events_per_request;
+    match format {
+        BodyFormat::Ndjson => {
+            let lines = trimmed.split(|&b| b == b'\n');
+            let count = lines.clone().filter(|l| !l.trim_ascii().is_empty()).count();
+            if count > limit {
+                return Err(BodyError::TooManyEvents { count, limit });
+            }
+            for (index, line) in lines.enumerate() {
+                let line = line.trim_ascii();
+                if !line.is_empty() {
+                    judge_one(index, RawObject::parse_slice(line, table));
+                }
+            }
+        }
+        BodyFormat::Json if trimmed[0] == b'[' => {
+            let items: Vec<&RawValue> =
+                serde_json::from_slice(trimmed).map_err(|e| BodyError::Malformed(e.to_string()))?;
+            if items.is_empty() {
+                return Err(BodyError::NoEvents);
+            }
+            if items.len() > limit {
+                return Err(BodyError::TooManyEvents {
+                    count: items.len(),
+                    limit,
+                });
+            }
+            for (index, item) in items.iter().enumerate() {
+                judge_one(index, RawObject::parse_str(item.get(), table));
+            }
+        }
+        BodyFormat::Json if trimmed[0] == b'{' => {
+            // A single object: a syntax error here is the whole body's, so it is a body
+            // error rather than a rejection of event 0.
+            let object = RawObject::parse_slice(trimmed, table).map_err(BodyError::Malformed)?;
+            judge_one(0, Ok(object));
+        }
+        BodyFormat::Json => {
+            return Err(BodyError::NotObjectOrArray(fields::json_kind_of_bytes(
+                trimmed,
+            )));
+        }
+    }
+    Ok(judged)
+}
+
+#[cfg(test)]
+mod tests;

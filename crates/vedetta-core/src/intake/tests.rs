@@ -1,0 +1,329 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::privacy::{PseudonymKey, Pseudonymizer};
+use crate::record::{EventKind, StoredEvent};
+
+const NOW: i64 = 1_764_000_000_000; // 2025-11-24T16:00:00Z
+
+fn pseudonymizer() -> Pseudonymizer {
+    Pseudonymizer::new(PseudonymKey::from_bytes(1, &[42; 32]).unwrap(), vec![])
+}
+
+fn judge_with(body: &str, format: BodyFormat, limits: &IntakeLimits) -> Result<Judged, BodyError> {
+    let p = pseudonymizer();
+    let ctx = IntakeContext {
+        now_ms: NOW,
+        pseudonymizer: &p,
+        limits,
+    };
+    judge_events(body.as_bytes(), format, &ctx)
+}
+
+fn judge(body: &str, format: BodyFormat) -> Result<Judged, BodyError> {
+    judge_with(body, format, &IntakeLimits::default())
+}
+
+fn only_error(body: &str) -> String {
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    assert!(judged.records.is_empty(), "unexpectedly accepted: {body}");
+    assert_eq!(judged.rejected.len(), 1);
+    judged.rejected[0].error.clone()
+}
+
+fn event(judged: &Judged, i: usize) -> &StoredEvent {
+    match &judged.records[i] {
+        LogRecord::Event(e) => e,
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
+const GOOD: &str =
+    r#"{"udid":"u1","type":"purchase","ts":"2025-11-24T15:59:00.123Z","value":19.9}"#;
+
+#[test]
+fn accepts_a_full_event_and_pseudonymizes_it() {
+    let body = r#"{"udid":"user-42","type":"purchase","ts":"2025-11-24T15:59:00.123+01:00",
+        "event_id":"e-1","value":49.5,"currency":"eur","order_id":"A-7","channel":"social",
+        "campaign":"saldi","utm_source":"facebook","user_agent":"Mozilla/5.0 (iPhone)",
+        "ip":"93.44.12.201","region":"Lombardia","page":"/checkout",
+        "consent":{"analytics":true,"marketing":false,"other":true},"properties":{"coupon":"X"}}"#;
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    assert!(judged.rejected.is_empty(), "{:?}", judged.rejected);
+    let e = event(&judged, 0);
+    assert_eq!(e.user, pseudonymizer().pseudonym("user-42"));
+    assert_eq!(e.kind, EventKind::Purchase);
+    assert_eq!(e.ts.0, 1_763_996_340_123);
+    assert_eq!(e.value, Some(49.5));
+    assert_eq!(e.currency.as_deref(), Some("EUR"));
+    assert_eq!(e.ip_network.unwrap().to_string(), "93.44.12.0");
+    assert_eq!(e.consent.analytics, Some(true));
+    assert_eq!(e.consent.marketing, Some(false));
+    assert_eq!(e.properties.as_deref(), Some(r#"{"coupon":"X"}"#));
+    // The clear udid appears nowhere in the stored record.
+    assert!(!format!("{e:?}").contains("user-42"));
+}
+
+#[test]
+fn accepts_italian_aliases_and_epoch_millis() {
+    let body = r#"{"UDID":"u","tipo":"acquisto","tempo":1763996340123,"valore":10}"#;
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    let e = event(&judged, 0);
+    assert_eq!(e.kind, EventKind::Purchase);
+    assert_eq!(e.ts.0, 1_763_996_340_123);
+    assert_eq!(e.value, Some(10.0));
+}
+
+#[test]
+fn names_the_field_and_the_bad_value() {
+    assert_eq!(
+        only_error(r#"{"udid":"u","type":"lead","ts":"ieri"}"#),
+        r#"events[0].ts: expected RFC 3339 timestamp or epoch milliseconds, got "ieri""#
+    );
+    assert_eq!(
+        only_error(r#"{"udid":"u","type":"lead","tempo":"ieri"}"#),
+        r#"events[0].tempo: expected RFC 3339 timestamp or epoch milliseconds, got "ieri""#
+    );
+    assert_eq!(
+        only_error(r#"{"udid":"u","type":"lead","ts":1763996340123,"value":"12.5"}"#),
+        r#"events[0].value: expected a number ≥ 0, got "12.5""#
+    );
+    assert_eq!(
+        only_error(r#"{"udid":"u","type":"lead","ts":1763996340123,"value":-1}"#),
+        "events[0].value: must be ≥ 0, got -1"
+    );
+    assert_eq!(
+        only_error(r#"{"udid":"u","type":"lead","ts":1763996340123,"value":1e400}"#),
+        "events[0].value: number 1e400 is out of range"
+    );
+    assert_eq!(
+        only_error(r#"{"type":"lead","ts":1763996340123}"#),
+        "events[0].udid: missing required field"
+    );
+    assert_eq!(
+        only_error(r#"{"udid":"u","type":"lead"}"#),
+        "events[0].ts: missing required field"
+    );
+    assert_eq!(
+        only_error(r#"{"udid":7,"type":"lead","ts":1763996340123}"#),
+        "events[0].udid: expected a string, got a number"
+    );
+}
+
+#[test]
+fn refuses_future_and_implausibly_old_timestamps() {
+    let future = only_error(r#"{"udid":"u","type":"lead","ts":"2030-01-01T00:00:00Z"}"#);
+    assert!(
+        future.starts_with(
+            "events[0].ts: 2030-01-01T00:00:00.000Z is more than 5 minutes in the future"
+        ),
+        "{future}"
+    );
+    // Four minutes ahead is within tolerance (clients' clocks drift).
+    let near = format!(r#"{{"udid":"u","type":"lead","ts":{}}}"#, NOW + 240_000);
+    assert_eq!(judge(&near, BodyFormat::Json).unwrap().records.len(), 1);
+    let seconds = only_error(r#"{"udid":"u","type":"lead","ts":1763996340}"#);
+    assert!(seconds.contains("epoch seconds?"), "{seconds}");
+    let fraction = only_error(r#"{"udid":"u","type":"lead","ts":1763996340.5}"#);
+    assert!(fraction.contains("whole number"), "{fraction}");
+}
+
+#[test]
+fn duplicate_keys_and_alias_collisions_are_refused() {
+    assert_eq!(
+        only_error(r#"{"udid":"a","udid":"b","type":"lead","ts":1763996340123}"#),
+        "events[0].udid: appears more than once in the object"
+    );
+    assert_eq!(
+        only_error(r#"{"udid":"a","UDID":"b","type":"lead","ts":1763996340123}"#),
+        "events[0].UDID: appears more than once (`UDID` is an alias of `udid`)"
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_with_a_pointer_to_properties() {
+    let error = only_error(r#"{"udid":"a","type":"lead","ts":1763996340123,"chanel":"x"}"#);
+    assert_eq!(
+        error,
+        r#"events[0].(unknown): unknown field "chanel"; custom data goes under `properties`"#
+    );
+}
+
+#[test]
+fn a_bad_event_never_takes_good_ones_down() {
+    let body = format!("[{GOOD},{{\"udid\":\"u\"}},{GOOD},42]");
+    let judged = judge(&body, BodyFormat::Json).unwrap();
+    assert_eq!(judged.records.len(), 2);
+    let errors: Vec<_> = judged
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.error.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        vec![
+            (1, "events[1].type: missing required field"),
+            (
+                3,
+                "events[3]: invalid JSON: invalid type: integer `42`, expected a JSON object at line 1 column 2"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn ndjson_lines_are_judged_alone_even_when_malformed() {
+    let body = format!("{GOOD}\n{{\"udid\": truncated\n\n{GOOD}\r\n\u{0}garbage\n{GOOD}");
+    let judged = judge(&body, BodyFormat::Ndjson).unwrap();
+    assert_eq!(judged.records.len(), 3);
+    let indices: Vec<_> = judged.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(indices, vec![1, 4], "index is the 0-based line number");
+    assert!(
+        judged.rejected[0]
+            .error
+            .starts_with("events[1]: invalid JSON")
+    );
+}
+
+#[test]
+fn whole_body_errors() {
+    assert_eq!(judge("", BodyFormat::Json).unwrap_err(), BodyError::Empty);
+    assert_eq!(
+        judge(" \n ", BodyFormat::Ndjson).unwrap_err(),
+        BodyError::Empty
+    );
+    assert_eq!(
+        judge("[]", BodyFormat::Json).unwrap_err(),
+        BodyError::NoEvents
+    );
+    assert_eq!(
+        judge("42", BodyFormat::Json).unwrap_err(),
+        BodyError::NotObjectOrArray("a number")
+    );
+    for malformed in [
+        format!("[{GOOD}"),              // truncated
+        format!("[{GOOD}] trailing"),    // trailing garbage
+        format!("{GOOD} {GOOD}"),        // two objects under application/json
+        "[{\"udid\": NaN}]".to_string(), // not JSON
+        "[{\"value\": Infinity}]".to_string(),
+    ] {
+        assert!(
+            matches!(
+                judge(&malformed, BodyFormat::Json),
+                Err(BodyError::Malformed(_))
+            ),
+            "{malformed}"
+        );
+    }
+}
+
+#[test]
+fn invalid_utf8_is_refused_not_mangled() {
+    let mut body = br#"{"udid":"u","type":"lead","ts":1763996340123,"page":"/"#.to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(br#""}"#);
+    let p = pseudonymizer();
+    let limits = IntakeLimits::default();
+    let ctx = IntakeContext {
+        now_ms: NOW,
+        pseudonymizer: &p,
+        limits: &limits,
+    };
+    let err = judge_events(&body, BodyFormat::Json, &ctx).unwrap_err();
+    assert!(
+        matches!(err, BodyError::Malformed(ref m) if m.contains("unicode")),
+        "{err}"
+    );
+    let judged = judge_events(&body, BodyFormat::Ndjson, &ctx).unwrap();
+    assert_eq!(judged.rejected.len(), 1);
+}
+
+#[test]
+fn too_many_events_is_a_size_error() {
+    let limits = IntakeLimits {
+        max_events_per_request: 3,
+        ..IntakeLimits::default()
+    };
+    let body = vec![GOOD; 4].join("\n");
+    let err = judge_with(&body, BodyFormat::Ndjson, &limits).unwrap_err();
+    assert!(err.is_too_large());
+    assert_eq!(
+        err.to_string(),
+        "4 events in one request; at most 3 are accepted, split the batch"
+    );
+}
+
+#[test]
+fn huge_strings_and_deep_properties_are_refused_cheaply() {
+    let huge = "x".repeat(1 << 20);
+    let error = only_error(&format!(
+        r#"{{"udid":"u","type":"lead","ts":1763996340123,"page":"{huge}"}}"#
+    ));
+    assert_eq!(
+        error,
+        "events[0].page: string of 1048576 characters exceeds the limit of 2048"
+    );
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let error = only_error(&format!(
+        r#"{{"udid":"u","type":"lead","ts":1763996340123,"properties":{{"a":{deep}}}}}"#
+    ));
+    assert!(
+        error.starts_with("events[0].properties: object of 20006 bytes exceeds"),
+        "{error}"
+    );
+    let deep_but_small = format!("{}{}", "[".repeat(100), "]".repeat(100));
+    let error = only_error(&format!(
+        r#"{{"udid":"u","type":"lead","ts":1763996340123,"properties":{{"a":{deep_but_small}}}}}"#
+    ));
+    assert_eq!(
+        error,
+        "events[0].properties: nested 101 levels deep; at most 32 are accepted"
+    );
+}
+
+#[test]
+fn errors_never_echo_personal_fields() {
+    let error = only_error(r#"{"udid":"mario.rossi@example.it","type":"lead","ts":"x"}"#);
+    assert!(!error.contains("mario"), "{error}");
+    let error = only_error(r#"{"udid":"u","type":"lead","ts":1763996340123,"ip":"10.1.2.3.4"}"#);
+    assert!(!error.contains("10.1.2"), "{error}");
+    let judged = judge(
+        r#"{"udid":"mario.rossi@example.it","ip":"93.1.2.3","type":"lead","ts":"x"}"#,
+        BodyFormat::Json,
+    )
+    .unwrap();
+    let redacted = judged.rejected[0].redacted.clone().unwrap();
+    assert!(!redacted.contains("mario"), "{redacted}");
+    assert!(!redacted.contains("93.1.2.3"), "{redacted}");
+    assert!(redacted.contains("pseudonym:"), "{redacted}");
+}
+
+#[test]
+fn hostile_strings_are_kept_exactly_or_refused_never_mangled() {
+    let body =
+        r#"{"udid":"u","type":"lead","ts":1763996340123,"page":"/\u0000<script>\"'\ud83d\ude00"}"#;
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    assert_eq!(
+        event(&judged, 0).page.as_deref(),
+        Some("/\u{0}<script>\"'😀")
+    );
+}
+
+#[test]
+fn spend_records_are_judged_the_same_way() {
+    let p = pseudonymizer();
+    let limits = IntakeLimits::default();
+    let ctx = IntakeContext {
+        now_ms: NOW,
+        pseudonymizer: &p,
+        limits: &limits,
+    };
+    let body = r#"[{"ts":"2025-11-24T15:00:00Z","channel":"paid_search","campaign":"saldi","amount":12.5,"currency":"EUR","source":"google_ads"},
+                  {"ts":"2025-11-24T15:00:00Z","channel":"paid_search","amount":-3}]"#;
+    let judged = judge_spend(body.as_bytes(), BodyFormat::Json, &ctx).unwrap();
+    assert_eq!(judged.records.len(), 1);
+    assert_eq!(
+        judged.rejected[0].error,
+        "costs[1].amount: must be ≥ 0, got -3"
+    );
+}

@@ -1,0 +1,353 @@
+//! The records kept in the log, and their compact binary batch format.
+//!
+//! Intake parses JSON once; from then on an event lives as a [`StoredEvent`], already
+//! validated and pseudonymized. The log stores records in *batches* (one per accepted
+//! request): a small header, then the records encoded with `postcard`, protected by a
+//! CRC-32 so that a torn or corrupted batch is detected instead of decoded into nonsense.
+//!
+//! Batch layout (all integers little-endian):
+//!
+//! ```text
+//! [format u8 = 1][crc32 u32 over everything after it][record count u32]
+//! [appended_at_ms i64][pseudonym key id u8][records: postcard, one after another]
+//! ```
+//!
+//! Offsets count records, not batches: a batch stored at offset `n` with `k` records holds
+//! offsets `n .. n + k`.
+
+use crate::time::EventTime;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// The funnel step of an event (`type` in EVENTS.md).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    PageView,
+    AddToCart,
+    Registration,
+    Checkout,
+    Purchase,
+    Lead,
+    /// Any other non-empty string, kept as sent.
+    Custom(Box<str>),
+}
+
+impl EventKind {
+    /// Maps a wire type name (English or Italian alias, any case) to a kind.
+    pub fn from_wire(name: &str) -> EventKind {
+        const BUILT_IN: &[(&str, EventKind)] = &[
+            ("page_view", EventKind::PageView),
+            ("add_to_cart", EventKind::AddToCart),
+            ("registration", EventKind::Registration),
+            ("checkout", EventKind::Checkout),
+            ("purchase", EventKind::Purchase),
+            ("lead", EventKind::Lead),
+            ("visualizzazione", EventKind::PageView),
+            ("carrello", EventKind::AddToCart),
+            ("registrazione", EventKind::Registration),
+            ("acquisto", EventKind::Purchase),
+        ];
+        BUILT_IN
+            .iter()
+            .find(|(wire, _)| wire.eq_ignore_ascii_case(name))
+            .map(|(_, kind)| kind.clone())
+            .unwrap_or_else(|| EventKind::Custom(name.into()))
+    }
+
+    /// The canonical English name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::PageView => "page_view",
+            EventKind::AddToCart => "add_to_cart",
+            EventKind::Registration => "registration",
+            EventKind::Checkout => "checkout",
+            EventKind::Purchase => "purchase",
+            EventKind::Lead => "lead",
+            EventKind::Custom(name) => name,
+        }
+    }
+}
+
+/// A user's keyed pseudonym: the first 128 bits of HMAC-SHA-256(key, udid).
+///
+/// 128 bits keep collisions negligible (birthday bound ≈ 2^64 users) at half the memory of
+/// the full MAC, which matters for per-user pipeline state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct UserPseudonym(pub [u8; 16]);
+
+impl UserPseudonym {
+    /// Lower-case hex, as shown in exports and APIs.
+    pub fn to_hex(self) -> String {
+        use std::fmt::Write;
+        self.0
+            .iter()
+            .fold(String::with_capacity(32), |mut out, byte| {
+                let _ = write!(out, "{byte:02x}");
+                out
+            })
+    }
+}
+
+/// What the data subject agreed to. `None` means the event did not say.
+///
+/// EVENTS.md: without marketing consent an event is counted in aggregates but never
+/// forwarded to CRM or e-mail tools, so an unknown consent counts as "no" there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub analytics: Option<bool>,
+    pub marketing: Option<bool>,
+}
+
+/// A validated, pseudonymized funnel event as the log keeps it.
+///
+/// `udid` is gone (replaced by `user`), `ip` is truncated to /24 or /48. Strings are kept
+/// as sent after trimming; normalization for grouping (channel names, regions) happens in
+/// the pipeline's enrichment, so that a changed rule can be replayed over the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub user: UserPseudonym,
+    pub kind: EventKind,
+    pub ts: EventTime,
+    pub event_id: Option<String>,
+    pub value: Option<f64>,
+    /// ISO 4217 code, upper case. `None` means the reporting currency.
+    pub currency: Option<String>,
+    pub order_id: Option<String>,
+    pub channel: Option<String>,
+    pub campaign: Option<String>,
+    pub utm_source: Option<String>,
+    pub utm_medium: Option<String>,
+    pub utm_campaign: Option<String>,
+    pub utm_content: Option<String>,
+    pub utm_term: Option<String>,
+    pub gclid: Option<String>,
+    pub fbclid: Option<String>,
+    pub user_agent: Option<String>,
+    pub device: Option<String>,
+    /// The client address truncated to its /24 (IPv4) or /48 (IPv6) network.
+    pub ip_network: Option<IpAddr>,
+    pub region: Option<String>,
+    pub page: Option<String>,
+    pub referrer: Option<String>,
+    pub product_id: Option<String>,
+    pub consent: Consent,
+    /// The `properties` object, as the JSON text that was sent (validated, size-limited).
+    pub properties: Option<String>,
+}
+
+/// An ad spend record: money spent on a channel and campaign in the minute containing `ts`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpendRecord {
+    pub ts: EventTime,
+    pub channel: String,
+    pub campaign: Option<String>,
+    pub amount: f64,
+    pub currency: Option<String>,
+    pub source: Option<String>,
+}
+
+/// One entry of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum LogRecord {
+    Event(StoredEvent),
+    Spend(SpendRecord),
+}
+
+/// Errors reading a batch back. Each means the bytes are not what the writer wrote.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("batch of {0} bytes is shorter than its header")]
+    Truncated(usize),
+    #[error("unknown batch format {0}")]
+    UnknownFormat(u8),
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("record {index} of the batch does not decode: {reason}")]
+    Record { index: u32, reason: String },
+    #[error("batch header says {expected} records but {found} decode")]
+    Count { expected: u32, found: u32 },
+}
+
+const BATCH_FORMAT: u8 = 1;
+const HEADER_LEN: usize = 1 + 4 + 4 + 8 + 1;
+
+/// The facts a batch header carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub count: u32,
+    /// When the log accepted the batch (wall clock, epoch ms): the start of end-to-end
+    /// latency and the reference for retention.
+    pub appended_at_ms: i64,
+    /// Which pseudonym key made the batch's user pseudonyms (for rotation and erasure).
+    pub key_id: u8,
+}
+
+/// Encodes records as one checksummed batch.
+pub fn encode_batch(records: &[LogRecord], appended_at_ms: i64, key_id: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + records.len() * 160);
+    out.push(BATCH_FORMAT);
+    out.extend_from_slice(&[0; 4]); // crc, filled in below
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&appended_at_ms.to_le_bytes());
+    out.push(key_id);
+    for record in records {
+        // Encoding into a Vec cannot fail: the types have no maps with non-string keys or
+        // unsized sequences postcard refuses.
+        out = postcard::to_extend(record, out).expect("postcard encodes into a Vec");
+    }
+    let crc = crc32fast::hash(&out[5..]);
+    out[1..5].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Reads and checks a batch header without decoding its records.
+pub fn decode_header(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(BatchError::Truncated(bytes.len()));
+    }
+    if bytes[0] != BATCH_FORMAT {
+        return Err(BatchError::UnknownFormat(bytes[0]));
+    }
+    let le4 = |at: usize| [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+    let mut eight = [0u8; 8];
+    eight.copy_from_slice(&bytes[9..17]);
+    Ok(BatchHeader {
+        count: u32::from_le_bytes(le4(5)),
+        appended_at_ms: i64::from_le_bytes(eight),
+        key_id: bytes[17],
+    })
+}
+
+/// Verifies the checksum of a batch.
+pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = decode_header(bytes)?;
+    let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+    let computed = crc32fast::hash(&bytes[5..]);
+    if stored != computed {
+        return Err(BatchError::Checksum { stored, computed });
+    }
+    Ok(header)
+}
+
+/// Verifies and decodes a whole batch.
+pub fn decode_batch(bytes: &[u8]) -> Result<(BatchHeader, Vec<LogRecord>), BatchError> {
+    let header = verify_batch(bytes)?;
+    let mut records = Vec::with_capacity(header.count as usize);
+    let mut rest = &bytes[HEADER_LEN..];
+    while !rest.is_empty() {
+        let (record, tail) =
+            postcard::take_from_bytes::<LogRecord>(rest).map_err(|e| BatchError::Record {
+                index: records.len() as u32,
+                reason: e.to_string(),
+            })?;
+        records.push(record);
+        rest = tail;
+    }
+    if records.len() as u32 != header.count {
+        return Err(BatchError::Count {
+            expected: header.count,
+            found: records.len() as u32,
+        });
+    }
+    Ok((header, records))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_event(n: u8) -> StoredEvent {
+        StoredEvent {
+            user: UserPseudonym([n; 16]),
+            kind: EventKind::Purchase,
+            ts: EventTime(1_700_000_000_000 + i64::from(n)),
+            event_id: Some(format!("e-{n}")),
+            value: Some(19.9),
+            currency: Some("EUR".into()),
+            order_id: None,
+            channel: Some("social".into()),
+            campaign: None,
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            utm_content: None,
+            utm_term: None,
+            gclid: None,
+            fbclid: None,
+            user_agent: Some("Mozilla/5.0".into()),
+            device: None,
+            ip_network: Some("93.44.12.0".parse().expect("valid ip")),
+            region: None,
+            page: Some("/carrello".into()),
+            referrer: None,
+            product_id: None,
+            consent: Consent {
+                analytics: Some(true),
+                marketing: None,
+            },
+            properties: Some(r#"{"a":1}"#.into()),
+        }
+    }
+
+    #[test]
+    fn batch_round_trips() {
+        let records = vec![
+            LogRecord::Event(sample_event(1)),
+            LogRecord::Spend(SpendRecord {
+                ts: EventTime(5),
+                channel: "paid_search".into(),
+                campaign: Some("saldi".into()),
+                amount: 1.25,
+                currency: None,
+                source: Some("google_ads".into()),
+            }),
+            LogRecord::Event(sample_event(2)),
+        ];
+        let bytes = encode_batch(&records, 42, 3);
+        let (header, decoded) = decode_batch(&bytes).expect("decodes");
+        assert_eq!(
+            header,
+            BatchHeader {
+                count: 3,
+                appended_at_ms: 42,
+                key_id: 3
+            }
+        );
+        assert_eq!(decoded, records);
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_detected() {
+        let bytes = encode_batch(&[LogRecord::Event(sample_event(7))], 1, 0);
+        for position in 0..bytes.len() {
+            let mut corrupted = bytes.clone();
+            corrupted[position] ^= 0x10;
+            assert!(
+                decode_batch(&corrupted).is_err(),
+                "flip at byte {position} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_is_detected() {
+        let bytes = encode_batch(&[LogRecord::Event(sample_event(7))], 1, 0);
+        for len in 0..bytes.len() {
+            assert!(decode_batch(&bytes[..len]).is_err(), "length {len}");
+        }
+    }
+
+    #[test]
+    fn kinds_accept_italian_aliases_in_any_case() {
+        assert_eq!(EventKind::from_wire("acquisto"), EventKind::Purchase);
+        assert_eq!(
+            EventKind::from_wire("Registrazione"),
+            EventKind::Registration
+        );
+        assert_eq!(EventKind::from_wire("PAGE_VIEW"), EventKind::PageView);
+        assert_eq!(
+            EventKind::from_wire("newsletter_signup"),
+            EventKind::Custom("newsletter_signup".into())
+        );
+    }
+}
