@@ -145,6 +145,7 @@ fn redact(secret: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn key(id: u8, fill: u8) -> PseudonymKey {

@@ -147,6 +147,9 @@ pub struct SpendRecord {
 }
 
 /// One entry of the log.
+// Events outnumber spend records by orders of magnitude: boxing the event would add an
+// allocation to nearly every record for the sake of the rare small one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum LogRecord {
     Event(StoredEvent),

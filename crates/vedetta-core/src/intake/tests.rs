@@ -244,7 +244,7 @@ fn too_many_events_is_a_size_error() {
         max_events_per_request: 3,
         ..IntakeLimits::default()
     };
-    let body = vec![GOOD; 4].join("\n");
+    let body = [GOOD; 4].join("\n");
     let err = judge_with(&body, BodyFormat::Ndjson, &limits).unwrap_err();
     assert!(err.is_too_large());
     assert_eq!(

@@ -1,0 +1,6 @@
+//! The command-line tools around the server.
+
+pub mod bench;
+pub mod generate;
+pub mod log;
+pub mod send;

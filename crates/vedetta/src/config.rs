@@ -1,0 +1,479 @@
+//! Configuration: a raw shape parsed from TOML, environment and flags, then validated into
+//! typed settings that the rest of the program trusts.
+//!
+//! Sources, lowest precedence first: built-in defaults, the TOML file (`--config`), `VEDETTA_*`
+//! environment variables, command-line flags. Every key of the file can be set from the
+//! environment: a top-level key `data_dir` is `VEDETTA_DATA_DIR`, a key `max_body_bytes` in
+//! table `[ingest]` is `VEDETTA_INGEST__MAX_BODY_BYTES` (two underscores between table and
+//! key). Values are read as TOML values when they parse as one (`10485760`, `true`,
+//! `["a","b"]`), else as strings.
+//!
+//! Errors name the key and where it came from (the file and line, or the variable), so
+//! `vedetta config check` can point at the mistake.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Environment variables with this prefix are configuration.
+pub const ENV_PREFIX: &str = "VEDETTA_";
+/// Variables with the prefix that are not configuration keys.
+const ENV_NOT_CONFIG: &[&str] = &["VEDETTA_LOG"];
+
+/// The file's shape. Unknown keys are errors: a typo must not silently do nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub ingest: RawIngest,
+    #[serde(default)]
+    pub privacy: RawPrivacy,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngest {
+    pub api_keys: Option<StringList>,
+    pub max_body_bytes: Option<u64>,
+    pub max_events_per_request: Option<u64>,
+    pub max_pending_records: Option<u64>,
+    pub max_inflight_body_bytes: Option<u64>,
+    pub future_tolerance_seconds: Option<u64>,
+    pub quarantine_capacity: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivacy {
+    pub pseudonym_key: Option<String>,
+    pub pseudonym_key_id: Option<u8>,
+    pub previous_pseudonym_keys: Option<StringList>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub retention_days: Option<u64>,
+}
+
+/// A list given as a TOML array, or as one comma-separated string (handy in environment
+/// variables).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringList {
+    List(Vec<String>),
+    Joined(String),
+}
+
+impl StringList {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StringList::List(items) => items,
+            StringList::Joined(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub ingest: IngestConfig,
+    pub privacy: PrivacyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Bearer keys accepted on the API. Empty: no authentication, loopback only.
+    pub api_keys: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
+    pub max_pending_records: usize,
+    /// Budget of request bodies being read or parsed at once, across all requests.
+    pub max_inflight_body_bytes: usize,
+    pub future_tolerance_ms: i64,
+    pub quarantine_capacity: u64,
+}
+
+#[derive(Clone)]
+pub struct PrivacyConfig {
+    /// Hex key; `None` means: use (or create) `pseudonym.key` in the data directory.
+    pub pseudonym_key: Option<String>,
+    pub pseudonym_key_id: u8,
+    pub previous_pseudonym_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for PrivacyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrivacyConfig")
+            .field(
+                "pseudonym_key",
+                &self.pseudonym_key.as_ref().map(|_| "<set>"),
+            )
+            .field("pseudonym_key_id", &self.pseudonym_key_id)
+            .field(
+                "previous_pseudonym_keys",
+                &self.previous_pseudonym_keys.len(),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub retention_days: u64,
+}
+
+/// Flags that override configuration keys.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+}
+
+/// Loads configuration from an optional file, the process environment and flags.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Config> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    load_from(file, &env, overrides)
+}
+
+/// Loads configuration with an explicit environment (for tests).
+pub fn load_from(
+    file: Option<&Path>,
+    env: &[(String, String)],
+    overrides: &Overrides,
+) -> anyhow::Result<Config> {
+    let (text, origin) = match file {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (String::new(), "(no file)".to_string()),
+    };
+    let mut table: toml::Table =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    for (name, value) in env {
+        apply_env(&mut table, name, value)?;
+    }
+    if let Some(dir) = &overrides.data_dir {
+        table.insert(
+            "data_dir".into(),
+            toml::Value::String(dir.display().to_string()),
+        );
+    }
+    if let Some(listen) = &overrides.listen {
+        table.insert("listen".into(), toml::Value::String(listen.clone()));
+    }
+    let raw: RawConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
+    validate(raw).map_err(|e| match find_key_line(&text, &e.key) {
+        Some(line) => anyhow::anyhow!("{origin}:{line}: {}: {}", e.key, e.message),
+        None => anyhow::anyhow!("{}: {}", e.key, e.message),
+    })
+}
+
+/// Checks a file on its own (no environment), naming the bad key and line.
+pub fn check_file(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    // Parsing the text straight into the raw shape keeps toml's line/column in errors.
+    let raw: RawConfig =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    validate(raw).map_err(|e| match find_key_line(&text, &e.key) {
+        Some(line) => anyhow::anyhow!("{}:{line}: {}: {}", path.display(), e.key, e.message),
+        None => anyhow::anyhow!("{}: {}: {}", path.display(), e.key, e.message),
+    })
+}
+
+fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result<()> {
+    if ENV_NOT_CONFIG.contains(&name) {
+        return Ok(());
+    }
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        bail!("environment variable {name}: not a configuration key");
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, parents) = path.split_last().context("empty key")?;
+    let mut current = table;
+    for part in parents {
+        current = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("environment variable {name}: {part} is not a table"))?;
+    }
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+/// A validation error: the dotted key and what is wrong with it.
+#[derive(Debug)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+fn bad(key: &str, message: impl Into<String>) -> KeyError {
+    KeyError {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Turns the raw shape into settings, refusing what cannot work.
+pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
+    let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        bad(
+            "listen",
+            format!("expected ADDRESS:PORT such as 127.0.0.1:8080, got {listen_text:?}"),
+        )
+    })?;
+    let ingest = raw.ingest;
+    let api_keys = ingest
+        .api_keys
+        .map(StringList::into_vec)
+        .unwrap_or_default();
+    if let Some(short) = api_keys.iter().find(|k| k.len() < 16) {
+        return Err(bad(
+            "ingest.api_keys",
+            format!(
+                "keys must be at least 16 characters; one has {} (use e.g. `openssl rand -hex 24`)",
+                short.len()
+            ),
+        ));
+    }
+    let positive = |key: &str, value: Option<u64>, default: u64| -> Result<u64, KeyError> {
+        match value {
+            Some(0) => Err(bad(key, "must be greater than 0")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    };
+    let max_body_bytes = positive("ingest.max_body_bytes", ingest.max_body_bytes, 10 << 20)?;
+    let max_inflight = positive(
+        "ingest.max_inflight_body_bytes",
+        ingest.max_inflight_body_bytes,
+        256 << 20,
+    )?;
+    if max_inflight < max_body_bytes {
+        return Err(bad(
+            "ingest.max_inflight_body_bytes",
+            format!("must be at least ingest.max_body_bytes ({max_body_bytes})"),
+        ));
+    }
+    let privacy = raw.privacy;
+    if let Some(key) = &privacy.pseudonym_key
+        && let Err(e) = vedetta_core::privacy::PseudonymKey::from_hex(0, key)
+    {
+        return Err(bad("privacy.pseudonym_key", e.to_string()));
+    }
+    let previous = privacy
+        .previous_pseudonym_keys
+        .map(StringList::into_vec)
+        .unwrap_or_default();
+    for key in &previous {
+        if let Err(e) = vedetta_core::privacy::PseudonymKey::from_hex(0, key) {
+            return Err(bad("privacy.previous_pseudonym_keys", e.to_string()));
+        }
+    }
+    Ok(Config {
+        data_dir: raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("vedetta-data")),
+        listen,
+        ingest: IngestConfig {
+            api_keys,
+            max_body_bytes: max_body_bytes as usize,
+            max_events_per_request: positive(
+                "ingest.max_events_per_request",
+                ingest.max_events_per_request,
+                10_000,
+            )? as usize,
+            max_pending_records: positive(
+                "ingest.max_pending_records",
+                ingest.max_pending_records,
+                500_000,
+            )? as usize,
+            max_inflight_body_bytes: max_inflight as usize,
+            future_tolerance_ms: ingest.future_tolerance_seconds.unwrap_or(300) as i64 * 1000,
+            quarantine_capacity: positive(
+                "ingest.quarantine_capacity",
+                ingest.quarantine_capacity,
+                10_000,
+            )?,
+        },
+        privacy: PrivacyConfig {
+            pseudonym_key: privacy.pseudonym_key,
+            pseudonym_key_id: privacy.pseudonym_key_id.unwrap_or(1),
+            previous_pseudonym_keys: previous,
+        },
+        log: LogConfig {
+            retention_days: positive("log.retention_days", raw.log.retention_days, 30)?,
+        },
+    })
+}
+
+impl Config {
+    /// Refuses a configuration that would expose an unauthenticated API to the network.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.ingest.api_keys.is_empty() && !self.listen.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {} without API keys: anyone who can reach it could \
+                 write events and read data. Set ingest.api_keys (or VEDETTA_INGEST__API_KEYS), \
+                 or listen on 127.0.0.1",
+                self.listen
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line where a dotted key (`ingest.max_body_bytes`) is set in TOML text.
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = match dotted.rsplit_once('.') {
+        Some((table, key)) => (table, key),
+        None => ("", dotted),
+    };
+    let mut current_table = String::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current_table = header.trim().to_string();
+            continue;
+        }
+        if let Some((name, _)) = line.split_once('=')
+            && name.trim() == key
+            && current_table == table
+        {
+            return Some(number + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("vedetta-data"));
+        assert_eq!(config.ingest.max_body_bytes, 10 << 20);
+        assert!(config.ingest.api_keys.is_empty());
+    }
+
+    #[test]
+    fn precedence_is_file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\ndata_dir = \"/a\"\n[ingest]\nmax_body_bytes = 1000\n",
+        )
+        .unwrap();
+        let environment = env(&[
+            ("VEDETTA_DATA_DIR", "/b"),
+            ("VEDETTA_INGEST__MAX_BODY_BYTES", "2000"),
+            (
+                "VEDETTA_INGEST__API_KEYS",
+                "aaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbb",
+            ),
+            ("VEDETTA_LOG", "debug"),
+        ]);
+        let flags = Overrides {
+            data_dir: Some("/c".into()),
+            listen: None,
+        };
+        let config = load_from(Some(&file), &environment, &flags).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.data_dir, PathBuf::from("/c"));
+        assert_eq!(config.ingest.max_body_bytes, 2000);
+        assert_eq!(config.ingest.api_keys.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(&file, "# comment\n[ingest]\nmax_body_bytes = 0\n").unwrap();
+        let err = check_file(&file).unwrap_err().to_string();
+        assert!(
+            err.ends_with("v.toml:3: ingest.max_body_bytes: must be greater than 0"),
+            "{err}"
+        );
+        std::fs::write(&file, "[ingest]\nmax_body_byte = 5\n").unwrap();
+        let err = check_file(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("max_body_byte"),
+            "{err}"
+        );
+        let err = load_from(
+            None,
+            &env(&[("VEDETTA_LISTEN", "nowhere")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("listen: expected ADDRESS:PORT"), "{err}");
+        let err = load_from(None, &env(&[("VEDETTA_NOPE", "1")]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn no_keys_means_loopback_only() {
+        let open = load_from(
+            None,
+            &env(&[("VEDETTA_LISTEN", "0.0.0.0:8080")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let err = open.check_exposure().unwrap_err().to_string();
+        assert!(err.contains("without API keys"), "{err}");
+        let keyed = load_from(
+            None,
+            &env(&[
+                ("VEDETTA_LISTEN", "0.0.0.0:8080"),
+                ("VEDETTA_INGEST__API_KEYS", "0123456789abcdef0123"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(keyed.check_exposure().is_ok());
+    }
+}

@@ -1,0 +1,152 @@
+//! `vedetta`: the real-time conversion monitor in one binary.
+//!
+//! A thin shell: parses the command line, loads configuration, and hands over to the
+//! server or to one of the tools (`gen`, `send`, `bench`, `config check`, `log dump`).
+
+mod clock;
+mod commands;
+mod config;
+mod secrets;
+mod server;
+mod telemetry;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "vedetta", version, about = "Real-time conversion monitor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: HTTP intake into the durable log.
+    Serve(ServeArgs),
+    /// Generate realistic synthetic traffic into NDJSON files, or stream it to a server.
+    Gen(commands::generate::GenArgs),
+    /// Post NDJSON files of events (or, with --costs, spend records) to a server.
+    Send(commands::send::SendArgs),
+    /// Benchmarks that drive the real program.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect the event log (the server must be stopped: the log is opened exclusively).
+    #[command(subcommand)]
+    Log(commands::log::LogCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; every key can also be set as VEDETTA_* (see README).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data_dir`, VEDETTA_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (overrides `listen`, VEDETTA_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Also run a live traffic generator against this server, so numbers move at once.
+    #[arg(long)]
+    demo: bool,
+    /// Events per second of the demo generator.
+    #[arg(long, default_value_t = 200.0)]
+    demo_rate: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file; names the bad key and its line.
+    Check { file: PathBuf },
+}
+
+fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // One TLS provider for the whole process (ring: no C build of aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Gen(args) => commands::generate::run(&args),
+        Command::Send(args) => commands::send::run(&args),
+        Command::Bench(command) => commands::bench::run(command),
+        Command::Config(ConfigCommand::Check { file }) => {
+            let config = config::check_file(&file)?;
+            println!(
+                "{}: ok (listen {}, data_dir {})",
+                file.display(),
+                config.listen,
+                config.data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Log(command) => commands::log::run(command),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = config::Overrides {
+        data_dir: args.data_dir,
+        listen: args.listen,
+    };
+    let config = config::load(args.config.as_deref(), &overrides)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vedetta")
+        .build()?;
+    let demo = args.demo.then_some(args.demo_rate);
+    let api_key = config.ingest.api_keys.first().cloned();
+    runtime.block_on(async move {
+        server::serve(config, shutdown_signal(), move |address| {
+            if let Some(rate) = demo {
+                tokio::spawn(commands::generate::demo(address, rate, api_key));
+            }
+        })
+        .await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VEDETTA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

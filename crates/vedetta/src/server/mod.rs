@@ -1,0 +1,178 @@
+//! The HTTP server: a thin layer over intake and the log.
+//!
+//! Routes:
+//! - `POST /v1/events`, `POST /v1/costs`: intake ([`intake`]).
+//! - `GET /v1/status`: log offsets, counters, disk use.
+//! - `GET /v1/rejected`: the quarantine of refused events, newest first.
+//! - `GET /healthz`: liveness, no authentication.
+//!
+//! Every `/v1` route requires `Authorization: Bearer <key>` when keys are configured;
+//! without keys the server only listens on loopback (see `Config::check_exposure`).
+//!
+//! Shutdown is ordered: stop accepting connections, let in-flight requests finish, then the
+//! log writer commits what is queued. Nothing acknowledged is lost, nothing queued is
+//! dropped.
+
+mod auth;
+mod error;
+mod intake;
+mod status;
+
+pub use error::ApiError;
+
+use crate::clock::SystemClock;
+use crate::config::Config;
+use crate::telemetry::IntakeCounters;
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use vedetta_core::intake::IntakeLimits;
+use vedetta_core::privacy::Pseudonymizer;
+use vedetta_core::time::Clock;
+use vedetta_store::{EventLog, GroupCommitWriter, WriterConfig};
+
+/// Everything a request handler may touch.
+pub struct AppState {
+    pub config: Config,
+    pub log: Arc<EventLog>,
+    pub writer: GroupCommitWriter,
+    pub pseudonymizer: Pseudonymizer,
+    pub limits: IntakeLimits,
+    pub clock: Arc<dyn Clock>,
+    /// Budget of body bytes being read or parsed at once, in KiB permits.
+    pub body_budget: Semaphore,
+    pub counters: IntakeCounters,
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("listen", &self.config.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the data directory and builds the state and the router.
+pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let pseudonymizer = crate::secrets::load_pseudonymizer(&config.privacy, &config.data_dir)?;
+    let log_path = config.data_dir.join("log.redb");
+    let (log, report) = EventLog::open(&log_path, config.ingest.quarantine_capacity)
+        .with_context(|| format!("cannot open the event log {}", log_path.display()))?;
+    if report.torn_batches_removed > 0 {
+        tracing::warn!(
+            batches = report.torn_batches_removed,
+            "removed corrupt batches at the log tail"
+        );
+    }
+    let log = Arc::new(log);
+    tracing::info!(
+        end_offset = log.end_offset(),
+        path = %log_path.display(),
+        "event log open"
+    );
+    let writer = GroupCommitWriter::spawn(
+        log.clone(),
+        WriterConfig {
+            max_pending_records: config.ingest.max_pending_records,
+            ..WriterConfig::default()
+        },
+        |_| {},
+    )?;
+    let limits = IntakeLimits {
+        max_events_per_request: config.ingest.max_events_per_request,
+        future_tolerance_ms: config.ingest.future_tolerance_ms,
+        ..IntakeLimits::default()
+    };
+    let state = Arc::new(AppState {
+        body_budget: Semaphore::new(config.ingest.max_inflight_body_bytes / 1024),
+        config,
+        log,
+        writer,
+        pseudonymizer,
+        limits,
+        clock: Arc::new(SystemClock),
+        counters: IntakeCounters::default(),
+        started: Instant::now(),
+    });
+    Ok((router(state.clone()), state))
+}
+
+/// The routes, as a value (tests call it without a socket).
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/events", post(intake::post_events))
+        .route("/v1/costs", post(intake::post_costs))
+        .route("/v1/status", get(status::get_status))
+        .route("/v1/rejected", get(status::get_rejected))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(api)
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then shuts down in order.
+pub async fn serve(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    config.check_exposure()?;
+    let listen = config.listen;
+    let retention_days = config.log.retention_days;
+    let (router, state) = build(config)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "listening");
+    on_listening(local);
+    let retention = tokio::spawn(retention_loop(state.clone(), retention_days));
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server failed")?;
+    retention.abort();
+    let _ = retention.await;
+    // Every handler has finished: the last reference commits what is queued on drop.
+    match Arc::try_unwrap(state) {
+        Ok(state) => state.writer.shutdown(),
+        Err(_) => tracing::warn!("state still shared at shutdown; the writer stops on drop"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Deletes log batches older than the retention, hourly.
+async fn retention_loop(state: Arc<AppState>, retention_days: u64) {
+    let retention_ms = retention_days as i64 * 86_400_000;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let cutoff = state.clock.now_ms() - retention_ms;
+            // Until the pipeline commits offsets, everything appended counts as consumed.
+            state.log.apply_retention(cutoff, state.log.end_offset())
+        })
+        .await;
+        match result {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => tracing::info!(deleted, "retention deleted old log records"),
+            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+            Err(e) => tracing::error!(error = %e, "retention task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! `GET /v1/status` and `GET /v1/rejected`.
+
+use super::{ApiError, AppState};
+use crate::telemetry::IntakeCounters;
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let log = state.log.stats();
+    let c = &state.counters;
+    let writer = state.writer.counters();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "log_start_offset": log.start_offset,
+        "log_end_offset": log.end_offset,
+        "log_pending_records": state.writer.pending_records(),
+        "log_commits": writer.commits.load(Ordering::Relaxed),
+        "disk_bytes": log.disk_bytes,
+        "events_accepted": IntakeCounters::get(&c.events_accepted),
+        "events_rejected": IntakeCounters::get(&c.events_rejected),
+        "costs_accepted": IntakeCounters::get(&c.costs_accepted),
+        "costs_rejected": IntakeCounters::get(&c.costs_rejected),
+        "rejected_by_field": c.rejected_by_field(),
+        "requests_refused_by_status": c.requests_refused(),
+        "requests_throttled": IntakeCounters::get(&c.requests_throttled),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RejectedQuery {
+    limit: Option<usize>,
+}
+
+/// The quarantine, newest first: `?limit=N` (default 100, at most 1000).
+pub async fn get_rejected(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<RejectedQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let log = state.log.clone();
+    let entries = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let total = log.quarantine_len().map_err(|e| e.to_string())?;
+        let entries = log.quarantine(limit).map_err(|e| e.to_string())?;
+        Ok((total, entries))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(ApiError::Internal)?;
+    let (total, entries) = entries;
+    let rejected: Vec<Value> = entries
+        .into_iter()
+        .map(|e| serde_json::from_str(&e.json).unwrap_or(Value::String(e.json)))
+        .collect();
+    Ok(Json(json!({ "total_kept": total, "rejected": rejected })))
+}

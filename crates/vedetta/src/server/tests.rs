@@ -1,0 +1,434 @@
+//! The router tested as a value: every bad input of the intake issue gets a clear answer,
+//! and the server stays healthy after each.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::config::{Overrides, load_from};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use std::io::Write;
+use tower::ServiceExt;
+use vedetta_core::record::LogRecord;
+
+struct TestServer {
+    router: Router,
+    state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+fn server_with(env: &[(&str, &str)]) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("VEDETTA_DATA_DIR".into(), dir.path().display().to_string()));
+    let config = load_from(None, &env, &Overrides::default()).unwrap();
+    let (router, state) = build(config).unwrap();
+    TestServer {
+        router,
+        state,
+        _dir: dir,
+    }
+}
+
+fn server() -> TestServer {
+    server_with(&[])
+}
+
+fn now_ms_text() -> String {
+    crate::clock::SystemClock.now_ms().to_string()
+}
+
+fn good_event(n: usize) -> String {
+    format!(
+        r#"{{"udid":"user-{n}","type":"page_view","ts":{},"event_id":"e-{n}","page":"/p/{n}"}}"#,
+        now_ms_text()
+    )
+}
+
+impl TestServer {
+    async fn call(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, headers, value)
+    }
+
+    async fn post(&self, content_type: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+        let request = Request::post("/v1/events")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body.into())
+            .unwrap();
+        let (status, _, value) = self.call(request).await;
+        (status, value)
+    }
+
+    async fn status(&self) -> Value {
+        self.call(Request::get("/v1/status").body(Body::empty()).unwrap())
+            .await
+            .2
+    }
+
+    async fn assert_healthy(&self) {
+        let request = Request::get("/healthz").body(Body::empty()).unwrap();
+        assert_eq!(self.call(request).await.0, StatusCode::OK);
+        // And still accepting: a good event after the bad input goes through.
+        let (status, body) = self.post("application/json", good_event(999_999)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    fn logged_event_ids(&self) -> Vec<String> {
+        self.state
+            .log
+            .read(0, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, r)| match r {
+                LogRecord::Event(e) => e.event_id,
+                LogRecord::Spend(_) => None,
+            })
+            .collect()
+    }
+}
+
+fn first_error(body: &Value) -> String {
+    body["rejected"][0]["error"]
+        .as_str()
+        .or_else(|| body["error"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn accepted_events_are_in_the_log_when_the_response_arrives() {
+    let s = server();
+    let body = format!("[{},{}]", good_event(1), good_event(2));
+    let (status, response) = s.post("application/json", body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response["accepted"], 2);
+    assert_eq!(response["rejected"], Value::Array(vec![]));
+    assert_eq!(s.logged_event_ids(), vec!["e-1", "e-2"]);
+    let status = s.status().await;
+    assert_eq!(status["log_end_offset"], 2);
+    assert_eq!(status["events_accepted"], 2);
+}
+
+#[tokio::test]
+async fn ndjson_mixing_valid_and_invalid_lines_stores_the_valid_ones() {
+    let s = server();
+    let body = [
+        good_event(1),
+        "{\"udid\":\"x\",\"type\":\"lead\",\"ts\":\"ieri\"}".into(),
+        "not json at all".into(),
+        good_event(2),
+        "{\"udid\":\"y\",\"type\":\"lead\",\"ts\":1}".into(),
+    ]
+    .join("\n");
+    let (status, response) = s.post("application/x-ndjson", body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(response["accepted"], 2);
+    let indices: Vec<u64> = response["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, vec![1, 2, 4]);
+    assert_eq!(
+        response["rejected"][0]["error"],
+        r#"events[1].ts: expected RFC 3339 timestamp or epoch milliseconds, got "ieri""#
+    );
+    assert_eq!(s.logged_event_ids(), vec!["e-1", "e-2"]);
+    let status = s.status().await;
+    assert_eq!(status["events_accepted"], 2);
+    assert_eq!(status["events_rejected"], 3);
+    assert_eq!(status["rejected_by_field"]["ts"], 2);
+    assert_eq!(status["rejected_by_field"]["(syntax)"], 1);
+    // The quarantine keeps them with their reasons, newest first, udid pseudonymized.
+    let (code, _, quarantine) = s
+        .call(Request::get("/v1/rejected").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(quarantine["total_kept"], 3);
+    let newest = &quarantine["rejected"][0];
+    assert_eq!(newest["index"], 4);
+    assert!(
+        newest["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[4].ts:")
+    );
+    assert!(
+        newest["event"]["udid"]
+            .as_str()
+            .unwrap()
+            .starts_with("pseudonym:")
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_naming_the_problem() {
+    let s = server();
+    let truncated = format!("[{}", good_event(1));
+    let trailing = format!("[{}] garbage", good_event(1));
+    let mut invalid_utf8 = good_event(1).into_bytes();
+    let at = invalid_utf8.len() - 3;
+    invalid_utf8.splice(at..at, [0xff, 0xfe]);
+    for (name, body) in [
+        ("truncated", truncated.into_bytes()),
+        ("trailing garbage", trailing.into_bytes()),
+        ("invalid utf-8", invalid_utf8),
+        (
+            "NaN",
+            br#"{"udid":"u","type":"lead","ts":1,"value":NaN}"#.to_vec(),
+        ),
+        (
+            "Infinity",
+            br#"[{"udid":"u","type":"lead","ts":1,"value":Infinity}]"#.to_vec(),
+        ),
+    ] {
+        let (status, response) = s.post("application/json", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {response}");
+        assert!(
+            first_error(&response).contains("not valid JSON")
+                || first_error(&response).contains("invalid JSON"),
+            "{name}: {response}"
+        );
+    }
+    s.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn wrong_types_and_missing_fields_name_the_field() {
+    let s = server();
+    let ts = now_ms_text();
+    for (body, expected) in [
+        (
+            format!(r#"{{"udid":"u","type":"purchase","ts":{ts},"value":"12,50"}}"#),
+            r#"events[0].value: expected a number ≥ 0, got "12,50""#,
+        ),
+        (
+            format!(r#"{{"udid":"u","type":"purchase","ts":{ts},"value":-5}}"#),
+            "events[0].value: must be ≥ 0, got -5",
+        ),
+        (
+            format!(r#"{{"udid":"u","type":"purchase","ts":{ts},"value":1e400}}"#),
+            "events[0].value: number 1e400 is out of range",
+        ),
+        (
+            format!(r#"{{"type":"purchase","ts":{ts}}}"#),
+            "events[0].udid: missing required field",
+        ),
+        (
+            r#"{"udid":"u","type":"lead","ts":"2099-01-01T00:00:00Z"}"#.to_string(),
+            "events[0].ts: 2099-01-01T00:00:00.000Z is more than 5 minutes in the future",
+        ),
+        (
+            format!(r#"{{"udid":"u","udid":"v","type":"lead","ts":{ts}}}"#),
+            "events[0].udid: appears more than once in the object",
+        ),
+    ] {
+        let (status, response) = s.post("application/json", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(first_error(&response).starts_with(expected), "{response}");
+    }
+    s.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn empty_bodies_and_empty_arrays_are_400() {
+    let s = server();
+    let (status, response) = s.post("application/json", "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        first_error(&response).starts_with("empty body"),
+        "{response}"
+    );
+    let (status, response) = s.post("application/json", "[]").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(first_error(&response), "the JSON array holds no events");
+    s.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn size_limits_are_413() {
+    let s = server_with(&[("VEDETTA_INGEST__MAX_BODY_BYTES", "2000000")]);
+    // 100,000 small events fit in the byte limit but not in the per-request event limit.
+    let small = r#"{"udid":"u","type":"lead","ts":1}"#;
+    let many = vec![small; 100_000].join("\n");
+    assert!(many.len() < 4_000_000);
+    let s_big = server_with(&[("VEDETTA_INGEST__MAX_BODY_BYTES", "5000000")]);
+    let (status, response) = s_big.post("application/x-ndjson", many).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{response}");
+    assert!(
+        first_error(&response).contains("at most 10000"),
+        "{response}"
+    );
+    // Over the byte limit.
+    let (status, response) = s.post("application/json", vec![b' '; 2_000_001]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(first_error(&response).contains("exceeds the limit of 2000000 bytes"));
+    s.assert_healthy().await;
+    s_big.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn hostile_fields_are_refused_cheaply() {
+    let s = server();
+    let ts = now_ms_text();
+    let huge = format!(
+        r#"{{"udid":"u","type":"lead","ts":{ts},"page":"{}"}}"#,
+        "a".repeat(1 << 20)
+    );
+    let (status, response) = s.post("application/json", huge).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        first_error(&response),
+        "events[0].page: string of 1048576 characters exceeds the limit of 2048"
+    );
+    let deep = format!(
+        r#"{{"udid":"u","type":"lead","ts":{ts},"properties":{{"a":{}{}}}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let (status, response) = s.post("application/json", deep).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        first_error(&response).starts_with("events[0].properties:"),
+        "{response}"
+    );
+    s.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn unknown_content_types_and_encodings_are_415() {
+    let s = server();
+    let (status, response) = s
+        .post("application/x-www-form-urlencoded", good_event(1))
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(first_error(&response).contains("application/x-ndjson"));
+    let request = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_ENCODING, "br")
+        .body(Body::from(good_event(1)))
+        .unwrap();
+    assert_eq!(s.call(request).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    s.assert_healthy().await;
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn gzip_is_accepted_and_a_gzip_bomb_is_413() {
+    let s = server();
+    let body = gzip(format!("{}\n{}", good_event(1), good_event(2)).as_bytes());
+    let request = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, _, response) = s.call(request).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["accepted"], 2);
+
+    // 1 GiB of zeros compresses to about 1 MiB; it must be cut off at the limit.
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        encoder.write_all(&zeros).unwrap();
+    }
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 2 << 20);
+    let request = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(bomb))
+        .unwrap();
+    let (status, _, response) = s.call(request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{response}");
+    assert!(first_error(&response).contains("inflates past the limit"));
+    let request = Request::post("/v1/events")
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from("not gzip"))
+        .unwrap();
+    assert_eq!(s.call(request).await.0, StatusCode::BAD_REQUEST);
+    s.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn keys_are_required_when_configured() {
+    let key = "0123456789abcdef0123";
+    let s = server_with(&[("VEDETTA_INGEST__API_KEYS", key)]);
+    let request = |auth: Option<&str>| {
+        let mut builder =
+            Request::post("/v1/events").header(header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = auth {
+            builder = builder.header(header::AUTHORIZATION, auth);
+        }
+        builder.body(Body::from(good_event(1))).unwrap()
+    };
+    assert_eq!(s.call(request(None)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.call(request(Some("Bearer wrong-key-wrong-key"))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let status_request = Request::get("/v1/status").body(Body::empty()).unwrap();
+    assert_eq!(s.call(status_request).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.call(request(Some(&format!("Bearer {key}")))).await.0,
+        StatusCode::OK
+    );
+    let health = Request::get("/healthz").body(Body::empty()).unwrap();
+    assert_eq!(s.call(health).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn over_the_memory_bound_is_503_with_retry_after() {
+    let s = server();
+    // Take the whole in-flight body budget, as slow concurrent uploads would.
+    let all = s.state.body_budget.available_permits() as u32;
+    let held = s.state.body_budget.try_acquire_many(all).unwrap();
+    let request = Request::post("/v1/events")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(good_event(1)))
+        .unwrap();
+    let (status, headers, response) = s.call(request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{response}");
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    drop(held);
+    s.assert_healthy().await;
+    assert_eq!(s.status().await["requests_throttled"], 1);
+}
+
+#[tokio::test]
+async fn costs_are_taken_like_events() {
+    let s = server();
+    let ts = now_ms_text();
+    let body = format!(
+        r#"[{{"ts":{ts},"channel":"paid_search","campaign":"saldi","amount":3.5}},{{"ts":{ts},"amount":1}}]"#
+    );
+    let request = Request::post("/v1/costs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, _, response) = s.call(request).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["accepted"], 1);
+    assert_eq!(
+        response["rejected"][0]["error"],
+        "costs[1].channel: missing required field"
+    );
+    assert_eq!(s.status().await["costs_accepted"], 1);
+}
