@@ -180,7 +180,7 @@ fn make_bodies(count: usize, batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         seed: 7,
         start_ms: SystemClock.now_ms() - 3_600_000,
         sessions_per_minute: 20_000.0,
-        users: 500_000,
+        users: 2_000_000,
         ..SynthConfig::default()
     };
     let mut events =

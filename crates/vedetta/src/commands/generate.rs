@@ -158,7 +158,7 @@ pub fn live_config(seed: u64, users: u64, rate: f64, now_ms: i64) -> anyhow::Res
     // Calibrate: count events per session over ten simulated minutes.
     let probe = SynthConfig {
         seed,
-        users,
+        users: 10_000,
         sessions_per_minute: 100.0,
         start_ms: 0,
         ..SynthConfig::default()
@@ -169,10 +169,13 @@ pub fn live_config(seed: u64, users: u64, rate: f64, now_ms: i64) -> anyhow::Res
         .count()
         .max(1) as f64;
     let events_per_session = events_in_ten_minutes / 1000.0;
+    let sessions_per_minute = (rate * 60.0 / events_per_session).max(0.1);
     Ok(SynthConfig {
         seed,
-        users,
-        sessions_per_minute: (rate * 60.0 / events_per_session).max(0.1),
+        // A user starts at most one session every 31 minutes; a population of 100× the
+        // session rate keeps the generator from running short of idle users.
+        users: users.max((sessions_per_minute * 100.0) as u64),
+        sessions_per_minute,
         start_ms: now_ms,
         ..SynthConfig::default()
     })

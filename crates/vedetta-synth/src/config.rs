@@ -1,0 +1,205 @@
+//! What to generate: the knobs of the synthetic traffic, their defaults and their validation.
+//!
+//! `SynthConfig` is the raw shape callers fill (from CLI flags, a demo preset, a test);
+//! [`SynthConfig::validate`] is the gate every generator passes through, so the generator never
+//! sees a share outside `[0, 1]` or a rate that would stall it.
+
+use std::fmt;
+
+/// 2024-04-05T12:00:00Z: a Friday around noon, a busy time for an Italian shop.
+pub const DEFAULT_START_MS: i64 = 1_712_318_400_000;
+
+/// 2200-01-01T00:00:00Z. Later starts are refused so that even a very long run stays inside
+/// the years RFC 3339 can write.
+pub const MAX_START_MS: i64 = 7_258_118_400_000;
+
+/// Population limit: per-user state is two bits, so this caps it at 25 MB.
+pub const MAX_USERS: u64 = 100_000_000;
+
+/// Arrival-rate limit: one session per 60 µs of event time. The reorder buffer grows with the
+/// rate (it holds a few minutes of event time; see `Generator`).
+pub const MAX_SESSIONS_PER_MINUTE: f64 = 1_000_000.0;
+
+/// A user starts at most one session per this many minutes (30 minutes of inactivity end a
+/// session; see `population`), so `users` must be at least `sessions_per_minute` times this.
+/// Near that limit many session starts find only busy users and are skipped (counted in
+/// `SynthStats::sessions_skipped`); a population of 100 × `sessions_per_minute` or more avoids
+/// that and gives realistic return rates.
+pub const MIN_USERS_PER_SESSION_PER_MINUTE: f64 = 31.0;
+
+/// The normal arrival jitter must stay below the one-minute minimum delay of late events, so
+/// that "late" remains a separate population.
+pub const MAX_DISORDER_MS: i64 = 59_000;
+
+/// The knobs of the synthetic traffic. Two generators built from equal configs produce
+/// byte-identical output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SynthConfig {
+    /// Everything random derives from this.
+    pub seed: u64,
+    /// Event time of the first session start, epoch milliseconds.
+    pub start_ms: i64,
+    /// Size of the user population; udids are reused across sessions.
+    pub users: u64,
+    /// Arrival intensity of new sessions, per minute of event time (a Poisson process).
+    pub sessions_per_minute: f64,
+    /// Share of logical events that are sent twice: half as an exact retry (same `event_id`,
+    /// 0.1–5 s later), half as a double-fire (new `event_id`, `ts` 1–99 ms later).
+    pub duplicate_share: f64,
+    /// Share of logical events that arrive 1–10 minutes after their event time.
+    pub late_share: f64,
+    /// Other events arrive 0..=`max_disorder_ms` after their event time, hence out of order.
+    pub max_disorder_ms: i64,
+    /// Share of registering sessions whose checkout and purchase follow the registration by
+    /// 0.5–4.5 s (the contract's `fast_checkout` flag).
+    pub fast_checkout_share: f64,
+    /// Emit ad spend: one record per paid (channel, campaign) per minute of event time.
+    pub spend: bool,
+}
+
+impl Default for SynthConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0x7ED3_77A0,
+            start_ms: DEFAULT_START_MS,
+            users: 50_000,
+            sessions_per_minute: 120.0,
+            duplicate_share: 0.02,
+            late_share: 0.002,
+            max_disorder_ms: 3_000,
+            fast_checkout_share: 0.01,
+            spend: true,
+        }
+    }
+}
+
+/// Why a [`SynthConfig`] was refused; each variant names the field.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A `*_share` field outside `[0, 1]` or not a number.
+    Share {
+        field: &'static str,
+        value: f64,
+    },
+    SessionsPerMinute(f64),
+    Users(u64),
+    MaxDisorderMs(i64),
+    StartMs(i64),
+    /// The population cannot sustain the session rate: each user starts at most one session
+    /// per 31 minutes.
+    TooFewUsers {
+        users: u64,
+        sessions_per_minute: f64,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Share { field, value } => {
+                write!(f, "`{field}` must be a share between 0 and 1, got {value}")
+            }
+            ConfigError::SessionsPerMinute(value) => write!(
+                f,
+                "`sessions_per_minute` must be above 0 and at most {MAX_SESSIONS_PER_MINUTE}, got {value}"
+            ),
+            ConfigError::Users(value) => {
+                write!(f, "`users` must be between 1 and {MAX_USERS}, got {value}")
+            }
+            ConfigError::MaxDisorderMs(value) => write!(
+                f,
+                "`max_disorder_ms` must be between 0 and {MAX_DISORDER_MS} (late events start at one minute), got {value}"
+            ),
+            ConfigError::TooFewUsers {
+                users,
+                sessions_per_minute,
+            } => write!(
+                f,
+                "`users` ({users}) is too small for `sessions_per_minute` ({sessions_per_minute}): \
+                 a user starts at most one session per {MIN_USERS_PER_SESSION_PER_MINUTE} minutes, \
+                 so at least {} users are needed (100 times the rate is comfortable)",
+                (sessions_per_minute * MIN_USERS_PER_SESSION_PER_MINUTE).ceil()
+            ),
+            ConfigError::StartMs(value) => write!(
+                f,
+                "`start_ms` must be between 0 (1970) and {MAX_START_MS} (2200), got {value}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl SynthConfig {
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("duplicate_share", self.duplicate_share),
+            ("late_share", self.late_share),
+            ("fast_checkout_share", self.fast_checkout_share),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ConfigError::Share { field, value });
+            }
+        }
+        let rate = self.sessions_per_minute;
+        if !(rate > 0.0 && rate <= MAX_SESSIONS_PER_MINUTE) {
+            return Err(ConfigError::SessionsPerMinute(rate));
+        }
+        if !(1..=MAX_USERS).contains(&self.users) {
+            return Err(ConfigError::Users(self.users));
+        }
+        if (self.users as f64) < rate * MIN_USERS_PER_SESSION_PER_MINUTE {
+            return Err(ConfigError::TooFewUsers {
+                users: self.users,
+                sessions_per_minute: rate,
+            });
+        }
+        if !(0..=MAX_DISORDER_MS).contains(&self.max_disorder_ms) {
+            return Err(ConfigError::MaxDisorderMs(self.max_disorder_ms));
+        }
+        if !(0..=MAX_START_MS).contains(&self.start_ms) {
+            return Err(ConfigError::StartMs(self.start_ms));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_issue() {
+        let config = SynthConfig::default();
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.duplicate_share, 0.02);
+        assert_eq!(config.late_share, 0.002);
+        assert_eq!(config.max_disorder_ms, 3_000);
+        assert_eq!(config.fast_checkout_share, 0.01);
+        assert!(config.spend);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let bad = |change: fn(&mut SynthConfig)| {
+            let mut config = SynthConfig::default();
+            change(&mut config);
+            config
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        assert!(bad(|c| c.duplicate_share = 1.5).contains("`duplicate_share`"));
+        assert!(bad(|c| c.late_share = f64::NAN).contains("`late_share`"));
+        assert!(bad(|c| c.fast_checkout_share = -0.1).contains("`fast_checkout_share`"));
+        assert!(bad(|c| c.sessions_per_minute = 0.0).contains("`sessions_per_minute`"));
+        assert!(bad(|c| c.sessions_per_minute = f64::INFINITY).contains("`sessions_per_minute`"));
+        assert!(bad(|c| c.users = 0).contains("`users`"));
+        assert!(bad(|c| c.users = 3_000).contains("at least 3720 users"));
+        assert!(bad(|c| c.max_disorder_ms = 60_000).contains("`max_disorder_ms`"));
+        assert!(bad(|c| c.start_ms = -1).contains("`start_ms`"));
+    }
+}

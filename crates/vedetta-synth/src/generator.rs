@@ -1,0 +1,372 @@
+//! The generator: sessions and spend in event time, delivered in arrival order.
+//!
+//! Sessions start as a Poisson process in event time. Each one is planned whole (see
+//! `session`), then every event is given an arrival time: its event time plus a jitter of up to
+//! `max_disorder_ms`, or 1–10 minutes for the late ones; some are sent a second time (exact
+//! retry or double-fire). Arrivals wait in a min-heap until nothing not yet generated could
+//! arrive earlier; since every future record has an event time, and so an arrival time, at or
+//! after the next session start, that instant is the release frontier. The heap thus holds
+//! what arrives within the next few minutes of event time (a session's later steps, plus the
+//! rare late events, up to ten minutes), whatever the total length of the run: about a
+//! thousand records at 120 sessions per minute, growing in proportion to the rate.
+//!
+//! Three independent random streams drive sessions, delivery (delays, duplicates) and spend,
+//! so changing `duplicate_share`, `late_share`, `max_disorder_ms` or `spend` leaves the logical
+//! events — their ids, times and values — exactly as they were. A test can therefore compare
+//! a clean run with a messy one and expect the same KPIs.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::catalog::paid_campaigns;
+use crate::config::{ConfigError, SynthConfig};
+use crate::population::Population;
+use crate::record::{Channel, EventType, SynthRecord, SynthSpend, Timestamp, TsFormat};
+use crate::rng::{Rng, SplitMix64, mix64};
+use crate::session::{Ids, PlannedEvent, SessionStart, plan_session};
+
+/// What a record is, in the generator's ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArrivalKind {
+    /// The first sending of a logical event.
+    Original,
+    /// The same event sent again: identical JSON, same `event_id`, 0.1–5 s after the original
+    /// arrived. The contract counts it as an exact duplicate.
+    ExactRetry,
+    /// The tag fired twice: same user and type, a new `event_id`, `ts` 1–99 ms after the
+    /// original's. The contract counts it as a near duplicate.
+    DoubleFire,
+    /// An ad spend record.
+    Spend,
+}
+
+/// Facts about an arrival that its JSON does not say, for tests and summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroundTruth {
+    pub kind: ArrivalKind,
+    /// The original was delayed 1–10 minutes (copies of it inherit the flag, as they follow it).
+    pub late: bool,
+    /// A checkout or purchase less than 5 s after a registration of the same user: the contract
+    /// flags it `fast_checkout` and keeps it out of conversions and revenue.
+    pub fast_checkout: bool,
+    /// The generated session the event belongs to, numbered from 0 in start order; `None` for
+    /// spend. A sessionizer following EVENTS.md must find exactly these sessions.
+    pub session: Option<u64>,
+    /// The channel the event's session came from: what the server must derive when the event
+    /// omits `channel` and carries only `utm_*`, click ids or a referrer. For spend, its channel.
+    pub channel: Option<Channel>,
+}
+
+/// One record as it reaches the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    /// When the record reaches the server, epoch ms. Non-decreasing along the iterator.
+    pub arrival_ms: i64,
+    pub record: SynthRecord,
+    pub truth: GroundTruth,
+}
+
+/// Counters of what the iterator has yielded so far (except `sessions_*`, counted when a
+/// session is planned, which is before its events are yielded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SynthStats {
+    /// Every record yielded.
+    pub records: u64,
+    /// Original (logical) events yielded, duplicates excluded.
+    pub events: u64,
+    /// Original events by type, indexed by `EventType as usize`; see [`SynthStats::events_of`].
+    pub events_by_type: [u64; 6],
+    pub exact_duplicates: u64,
+    pub near_duplicates: u64,
+    /// Original events delayed 1–10 minutes.
+    pub late_events: u64,
+    /// Original checkouts and purchases flagged `fast_checkout`.
+    pub fast_checkout_events: u64,
+    /// Original purchases not flagged: the contract's conversions.
+    pub clean_purchases: u64,
+    /// Sum of their values, in euro cents.
+    pub clean_revenue_cents: u64,
+    pub spend_records: u64,
+    pub spend_cents: u64,
+    pub sessions_started: u64,
+    /// Session starts dropped because every user drawn was still inside their previous session
+    /// (only with a population far too small for the rate).
+    pub sessions_skipped: u64,
+}
+
+impl SynthStats {
+    pub fn events_of(&self, event_type: EventType) -> u64 {
+        self.events_by_type[event_type as usize]
+    }
+
+    /// Exact retries plus double-fires.
+    pub fn duplicates(&self) -> u64 {
+        self.exact_duplicates + self.near_duplicates
+    }
+}
+
+/// The synthetic traffic source: an endless iterator of [`Arrival`]s in arrival order.
+#[derive(Debug)]
+pub struct Generator {
+    config: SynthConfig,
+    session_rng: Rng,
+    delivery_rng: Rng,
+    spend_rng: Rng,
+    population: Population,
+    ids: Ids,
+    /// Event time of the next session start, in microseconds so that high rates do not round
+    /// every gap to the same millisecond.
+    next_session_us: i64,
+    mean_session_gap_us: f64,
+    next_spend_minute_ms: i64,
+    /// Min-heap of (arrival, sequence, slot); the sequence keeps equal arrivals in generation
+    /// order, the slot points into `slots`, so the heap moves 24 bytes instead of whole records.
+    pending: BinaryHeap<Reverse<(i64, u64, u32)>>,
+    slots: Vec<Option<Arrival>>,
+    free_slots: Vec<u32>,
+    sequence: u64,
+    /// Reused buffer for one session's plan.
+    plan: Vec<PlannedEvent>,
+    stats: SynthStats,
+}
+
+impl Generator {
+    /// Validates `config` and prepares the first session; nothing is generated until iterated.
+    pub fn new(config: SynthConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut seeds = SplitMix64::new(mix64(config.seed));
+        let start_minute_ms = config.start_ms.div_euclid(60_000) * 60_000;
+        Ok(Self {
+            session_rng: Rng::seeded(seeds.next_u64()),
+            delivery_rng: Rng::seeded(seeds.next_u64()),
+            spend_rng: Rng::seeded(seeds.next_u64()),
+            population: Population::new(config.seed, config.users),
+            ids: Ids::new(config.seed),
+            next_session_us: config.start_ms.saturating_mul(1_000),
+            mean_session_gap_us: 60_000_000.0 / config.sessions_per_minute,
+            next_spend_minute_ms: start_minute_ms,
+            pending: BinaryHeap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            sequence: 0,
+            plan: Vec::new(),
+            stats: SynthStats::default(),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &SynthConfig {
+        &self.config
+    }
+
+    /// What has been yielded so far.
+    pub fn stats(&self) -> SynthStats {
+        self.stats
+    }
+
+    /// Records generated but not yet yielded (the reorder buffer's size).
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next record to arrive. Never ends.
+    pub fn next_arrival(&mut self) -> Arrival {
+        loop {
+            // Nothing generated from now on can arrive before this instant.
+            let frontier_ms = self.next_session_us.div_euclid(1_000);
+            if self.config.spend {
+                while self.next_spend_minute_ms <= frontier_ms {
+                    self.schedule_spend_minute();
+                }
+            }
+            let releasable = self
+                .pending
+                .peek()
+                .filter(|Reverse((arrival_ms, _, _))| *arrival_ms <= frontier_ms);
+            if let Some(&Reverse((_, _, slot))) = releasable {
+                self.pending.pop();
+                self.free_slots.push(slot);
+                if let Some(arrival) = self.slots[slot as usize].take() {
+                    self.count(&arrival);
+                    return arrival;
+                }
+                continue;
+            }
+            self.start_session(frontier_ms);
+            let gap = self.mean_session_gap_us * self.session_rng.exponential();
+            self.next_session_us = self.next_session_us.saturating_add(gap.round() as i64);
+        }
+    }
+
+    fn start_session(&mut self, start_ms: i64) {
+        let Some(user) = self.population.pick_user(&mut self.session_rng, start_ms) else {
+            self.stats.sessions_skipped += 1;
+            return;
+        };
+        let profile = self.population.profile(user);
+        let start = SessionStart {
+            user: &profile,
+            new_user: self.population.is_new(user),
+            registered: self.population.is_registered(user),
+            start_ms,
+            fast_checkout_share: self.config.fast_checkout_share,
+        };
+        let mut plan = std::mem::take(&mut self.plan);
+        plan.clear();
+        let outcome = plan_session(&mut self.session_rng, &mut self.ids, &start, &mut plan);
+        self.population
+            .record_session(user, outcome.last_event_ms, outcome.registered);
+        let session = self.stats.sessions_started;
+        self.stats.sessions_started += 1;
+        for planned in plan.drain(..) {
+            self.deliver(planned, session, outcome.channel);
+        }
+        self.plan = plan;
+    }
+
+    /// Decides when an event arrives and whether it is sent twice.
+    fn deliver(&mut self, planned: PlannedEvent, session: u64, channel: Channel) {
+        let rng = &mut self.delivery_rng;
+        let ts_ms = planned.event.ts.epoch_ms;
+        let late = rng.chance(self.config.late_share);
+        let delay_ms = if late {
+            rng.range_i64(60_000, 600_000)
+        } else {
+            rng.range_i64(0, self.config.max_disorder_ms)
+        };
+        let arrival_ms = ts_ms + delay_ms;
+        let truth = GroundTruth {
+            kind: ArrivalKind::Original,
+            late,
+            fast_checkout: planned.fast_checkout,
+            session: Some(session),
+            channel: Some(channel),
+        };
+        if rng.chance(self.config.duplicate_share) {
+            if rng.chance(0.5) {
+                let retry_ms = arrival_ms + rng.range_i64(100, 5_000);
+                let kind = ArrivalKind::ExactRetry;
+                self.enqueue(
+                    retry_ms,
+                    SynthRecord::Event(planned.event.clone()),
+                    GroundTruth { kind, ..truth },
+                );
+            } else {
+                let offset_ms = rng.range_i64(1, 99);
+                let fire_ms = arrival_ms + offset_ms + rng.range_i64(0, 50);
+                let mut copy = planned.event.clone();
+                copy.ts.epoch_ms = ts_ms + offset_ms;
+                copy.event_id = self.ids.double_fire();
+                let kind = ArrivalKind::DoubleFire;
+                self.enqueue(
+                    fire_ms,
+                    SynthRecord::Event(copy),
+                    GroundTruth { kind, ..truth },
+                );
+            }
+        }
+        self.enqueue(arrival_ms, SynthRecord::Event(planned.event), truth);
+    }
+
+    /// One spend record per paid campaign for the minute `next_spend_minute_ms`, reported a few
+    /// seconds after the minute ends.
+    fn schedule_spend_minute(&mut self) {
+        let minute_ms = self.next_spend_minute_ms;
+        self.next_spend_minute_ms += 60_000;
+        for campaign in paid_campaigns() {
+            let rng = &mut self.spend_rng;
+            let cents =
+                (campaign.spend_cents_per_minute * rng.range_u64(60, 140) / 100).clamp(5, 300);
+            let format = if rng.chance(0.1) {
+                TsFormat::EpochMillis
+            } else {
+                TsFormat::Rfc3339Utc
+            };
+            let arrival_ms = minute_ms + 60_000 + rng.range_i64(1_000, 15_000);
+            let spend = SynthSpend {
+                ts: Timestamp {
+                    epoch_ms: minute_ms,
+                    format,
+                },
+                channel: campaign.channel,
+                campaign: campaign.name,
+                amount: cents as f64 / 100.0,
+                currency: "EUR",
+                source: campaign.spend_source,
+            };
+            let truth = GroundTruth {
+                kind: ArrivalKind::Spend,
+                late: false,
+                fast_checkout: false,
+                session: None,
+                channel: Some(campaign.channel),
+            };
+            self.enqueue(arrival_ms, SynthRecord::Spend(spend), truth);
+        }
+    }
+
+    fn enqueue(&mut self, arrival_ms: i64, record: SynthRecord, truth: GroundTruth) {
+        let arrival = Arrival {
+            arrival_ms,
+            record,
+            truth,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(arrival);
+                slot
+            }
+            None => {
+                self.slots.push(Some(arrival));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.pending
+            .push(Reverse((arrival_ms, self.sequence, slot)));
+        self.sequence += 1;
+    }
+
+    fn count(&mut self, arrival: &Arrival) {
+        let stats = &mut self.stats;
+        stats.records += 1;
+        match (arrival.truth.kind, &arrival.record) {
+            (ArrivalKind::Original, SynthRecord::Event(event)) => {
+                stats.events += 1;
+                stats.events_by_type[event.event_type as usize] += 1;
+                stats.late_events += u64::from(arrival.truth.late);
+                if arrival.truth.fast_checkout {
+                    stats.fast_checkout_events += 1;
+                } else if event.event_type == EventType::Purchase {
+                    stats.clean_purchases += 1;
+                    stats.clean_revenue_cents += eur_to_cents(event.value.unwrap_or(0.0));
+                }
+            }
+            (ArrivalKind::ExactRetry, _) => stats.exact_duplicates += 1,
+            (ArrivalKind::DoubleFire, _) => stats.near_duplicates += 1,
+            (ArrivalKind::Spend, SynthRecord::Spend(spend)) => {
+                stats.spend_records += 1;
+                stats.spend_cents += eur_to_cents(spend.amount);
+            }
+            // The generator never pairs these kinds with the other record type.
+            (ArrivalKind::Original, SynthRecord::Spend(_))
+            | (ArrivalKind::Spend, SynthRecord::Event(_)) => {}
+        }
+    }
+}
+
+/// Back to cents: the values were built from whole cents, so rounding recovers them exactly.
+fn eur_to_cents(eur: f64) -> u64 {
+    (eur * 100.0).round() as u64
+}
+
+impl Iterator for Generator {
+    type Item = Arrival;
+
+    fn next(&mut self) -> Option<Arrival> {
+        Some(self.next_arrival())
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::MAX, None)
+    }
+}
