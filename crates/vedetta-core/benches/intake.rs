@@ -22,6 +22,7 @@ fn body() -> Vec<u8> {
     let config = SynthConfig {
         start_ms: NOW - 3_600_000,
         sessions_per_minute: 20_000.0,
+        users: 2_000_000,
         ..SynthConfig::default()
     };
     let mut body = Vec::new();
