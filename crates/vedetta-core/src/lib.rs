@@ -18,9 +18,15 @@
 //!   JSON again.
 //! - [`privacy`] holds the keyed pseudonymizer and IP truncation: nothing personal leaves
 //!   intake in clear.
+//! - [`enrich`] gives each event its dimensions: channel (given or derived by the default
+//!   grouping), campaign, device class from the user agent, region from the field or GeoIP.
+//! - [`pipeline`] is the streaming core: dedup, sequence flags, sessions and windowed KPI
+//!   deltas, exact under out-of-order arrival.
 //! - [`time`] gives event time its own types.
 
+pub mod enrich;
 pub mod intake;
+pub mod pipeline;
 pub mod privacy;
 pub mod record;
 pub mod time;

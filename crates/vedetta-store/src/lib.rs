@@ -2,14 +2,18 @@
 //!
 //! - [`log`]: the durable, append-only event log that intake writes and the pipeline reads.
 //!   An accepted event is one that this log has fsynced.
+//! - [`kpi_store`]: aggregated KPI rows, the pipeline snapshot and the consumed offset,
+//!   committed together: the ground of exactly-once processing.
 //!
 //! Built on `redb`, an ACID embedded B-tree in pure Rust: its copy-on-write commit protocol
 //! already survives a crash at any instant, so this crate adds only what a log needs on top
 //! (offsets that count records, batch checksums, group commit, retention). See
 //! `docs/storage.md` for the measurements behind the choice.
 
+pub mod kpi_store;
 pub mod log;
 
+pub use kpi_store::{Commit, KpiStore, Progress, RowKey, SpendRowKey, StoreError};
 pub use log::{
     AppendError, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats, WriterConfig,
 };

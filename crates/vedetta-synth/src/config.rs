@@ -48,6 +48,11 @@ pub struct SynthConfig {
     pub duplicate_share: f64,
     /// Share of logical events that arrive 1–10 minutes after their event time.
     pub late_share: f64,
+    /// Share of sessions delivered whole 16–40 minutes after they happen (a phone that was
+    /// offline, a batch upload): later than the pipeline's 15-minute allowed lateness, so
+    /// their events are counted as `late`. The delay is common to the session, so its events
+    /// keep their order and gaps.
+    pub late_session_share: f64,
     /// Other events arrive 0..=`max_disorder_ms` after their event time, hence out of order.
     pub max_disorder_ms: i64,
     /// Share of registering sessions whose checkout and purchase follow the registration by
@@ -66,6 +71,7 @@ impl Default for SynthConfig {
             sessions_per_minute: 120.0,
             duplicate_share: 0.02,
             late_share: 0.002,
+            late_session_share: 0.003,
             max_disorder_ms: 3_000,
             fast_checkout_share: 0.01,
             spend: true,
@@ -137,6 +143,7 @@ impl SynthConfig {
         for (field, value) in [
             ("duplicate_share", self.duplicate_share),
             ("late_share", self.late_share),
+            ("late_session_share", self.late_session_share),
             ("fast_checkout_share", self.fast_checkout_share),
         ] {
             if !(0.0..=1.0).contains(&value) {

@@ -92,6 +92,8 @@ pub struct SynthStats {
     /// Session starts dropped because every user drawn was still inside their previous session
     /// (only with a population far too small for the rate).
     pub sessions_skipped: u64,
+    /// Sessions delivered whole after more than the allowed lateness.
+    pub late_sessions: u64,
 }
 
 impl SynthStats {
@@ -218,18 +220,32 @@ impl Generator {
             .record_session(user, outcome.last_event_ms, outcome.registered);
         let session = self.stats.sessions_started;
         self.stats.sessions_started += 1;
+        let session_delay_ms = if self.delivery_rng.chance(self.config.late_session_share) {
+            self.stats.late_sessions += 1;
+            self.delivery_rng.range_i64(16 * 60_000, 40 * 60_000)
+        } else {
+            0
+        };
         for planned in plan.drain(..) {
-            self.deliver(planned, session, outcome.channel);
+            self.deliver(planned, session, outcome.channel, session_delay_ms);
         }
         self.plan = plan;
     }
 
     /// Decides when an event arrives and whether it is sent twice.
-    fn deliver(&mut self, planned: PlannedEvent, session: u64, channel: Channel) {
+    fn deliver(
+        &mut self,
+        planned: PlannedEvent,
+        session: u64,
+        channel: Channel,
+        session_delay_ms: i64,
+    ) {
         let rng = &mut self.delivery_rng;
         let ts_ms = planned.event.ts.epoch_ms;
-        let late = rng.chance(self.config.late_share);
-        let delay_ms = if late {
+        let late = session_delay_ms > 0 || rng.chance(self.config.late_share);
+        let delay_ms = if session_delay_ms > 0 {
+            session_delay_ms + rng.range_i64(0, self.config.max_disorder_ms)
+        } else if late {
             rng.range_i64(60_000, 600_000)
         } else {
             rng.range_i64(0, self.config.max_disorder_ms)

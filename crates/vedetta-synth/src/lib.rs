@@ -37,11 +37,13 @@
 mod catalog;
 mod config;
 mod generator;
+pub mod geoip;
 mod population;
 mod record;
 mod rfc3339;
 mod rng;
 mod session;
+pub mod truth;
 
 pub use catalog::{
     CampaignSpec, DeviceClass, IspPrefix, RegionSpec, SHOP_ORIGIN, UserAgentSpec, campaigns,

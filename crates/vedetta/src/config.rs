@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub privacy: RawPrivacy,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub pipeline: RawPipeline,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +61,34 @@ pub struct RawPrivacy {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub retention_days: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    pub out_of_orderness_ms: Option<u64>,
+    pub allowed_lateness_seconds: Option<u64>,
+    pub session_gap_minutes: Option<u64>,
+    pub near_duplicate_ms: Option<u64>,
+    pub dedup_horizon_hours: Option<u64>,
+    pub time_zone: Option<String>,
+    pub reporting_currency: Option<String>,
+    pub currency_rates: Option<std::collections::BTreeMap<String, f64>>,
+    pub conversion_types: Option<StringList>,
+    pub sequence_rules: Option<Vec<RawSequenceRule>>,
+    pub internal_hosts: Option<StringList>,
+    pub geoip_database: Option<PathBuf>,
+    pub snapshot_interval_seconds: Option<u64>,
+    pub max_campaigns: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSequenceRule {
+    pub reason: String,
+    pub after: Vec<String>,
+    pub then: Vec<String>,
+    pub within_ms: u64,
 }
 
 /// A list given as a TOML array, or as one comma-separated string (handy in environment
@@ -92,6 +122,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
+    pub pipeline: PipelineSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +165,15 @@ impl std::fmt::Debug for PrivacyConfig {
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub retention_days: u64,
+}
+
+/// The pipeline's rules plus where its inputs come from.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub rules: vedetta_core::pipeline::PipelineConfig,
+    /// A MaxMind-format city database for IP → region.
+    pub geoip_database: Option<PathBuf>,
+    pub snapshot_interval_seconds: u64,
 }
 
 /// Flags that override configuration keys.
@@ -334,6 +374,129 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         log: LogConfig {
             retention_days: positive("log.retention_days", raw.log.retention_days, 30)?,
         },
+        pipeline: validate_pipeline(raw.pipeline)?,
+    })
+}
+
+fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
+    use vedetta_core::EventKind;
+    use vedetta_core::pipeline::{PipelineConfig, SequenceRule};
+    let defaults = PipelineConfig::default();
+    let nonzero = |key: &str, value: Option<u64>| -> Result<Option<i64>, KeyError> {
+        match value {
+            Some(0) => Err(bad(key, "must be greater than 0")),
+            other => Ok(other.map(|v| v as i64)),
+        }
+    };
+    let time_zone = match &raw.time_zone {
+        None => defaults.time_zone.clone(),
+        Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
+            bad(
+                "pipeline.time_zone",
+                format!("unknown time zone {name:?}; use an IANA name such as Europe/Rome"),
+            )
+        })?,
+    };
+    let currency = |key: &str, code: &str| -> Result<String, KeyError> {
+        if code.len() == 3 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+            Ok(code.to_ascii_uppercase())
+        } else {
+            Err(bad(
+                key,
+                format!("expected an ISO 4217 code such as EUR, got {code:?}"),
+            ))
+        }
+    };
+    let reporting_currency = match &raw.reporting_currency {
+        Some(code) => currency("pipeline.reporting_currency", code)?,
+        None => defaults.reporting_currency.clone(),
+    };
+    let mut currency_rates = std::collections::HashMap::new();
+    for (code, rate) in raw.currency_rates.unwrap_or_default() {
+        let code = currency("pipeline.currency_rates", &code)?;
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(bad(
+                "pipeline.currency_rates",
+                format!("rate of {code} must be a positive number"),
+            ));
+        }
+        currency_rates.insert(code, rate);
+    }
+    let kinds = |key: &str, names: Vec<String>| -> Result<Vec<EventKind>, KeyError> {
+        if names.is_empty() {
+            return Err(bad(key, "must name at least one event type"));
+        }
+        Ok(names
+            .iter()
+            .map(|n| EventKind::from_wire(n.trim()))
+            .collect())
+    };
+    let conversion_types = match raw.conversion_types {
+        Some(list) => kinds("pipeline.conversion_types", list.into_vec())?,
+        None => defaults.conversion_types.clone(),
+    };
+    let sequence_rules = match raw.sequence_rules {
+        None => defaults.sequence_rules.clone(),
+        Some(rules) => rules
+            .into_iter()
+            .map(|rule| {
+                if rule.within_ms == 0 {
+                    return Err(bad(
+                        "pipeline.sequence_rules",
+                        "within_ms must be greater than 0",
+                    ));
+                }
+                Ok(SequenceRule {
+                    reason: rule.reason,
+                    after: kinds("pipeline.sequence_rules", rule.after)?,
+                    then: kinds("pipeline.sequence_rules", rule.then)?,
+                    within_ms: rule.within_ms as i64,
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let internal_hosts = raw
+        .internal_hosts
+        .map(StringList::into_vec)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let rules = PipelineConfig {
+        out_of_orderness_ms: raw
+            .out_of_orderness_ms
+            .map_or(defaults.out_of_orderness_ms, |v| v as i64),
+        allowed_lateness_ms: raw
+            .allowed_lateness_seconds
+            .map_or(defaults.allowed_lateness_ms, |v| v as i64 * 1000),
+        session_gap_ms: nonzero("pipeline.session_gap_minutes", raw.session_gap_minutes)?
+            .map_or(defaults.session_gap_ms, |m| m * 60_000),
+        near_duplicate_ms: raw
+            .near_duplicate_ms
+            .map_or(defaults.near_duplicate_ms, |v| v as i64),
+        dedup_horizon_ms: nonzero("pipeline.dedup_horizon_hours", raw.dedup_horizon_hours)?
+            .map_or(defaults.dedup_horizon_ms, |h| h * 3_600_000),
+        sequence_rules,
+        conversion_types,
+        time_zone,
+        reporting_currency,
+        currency_rates,
+        enrich: vedetta_core::enrich::EnrichConfig {
+            internal_hosts,
+            ..defaults.enrich.clone()
+        },
+        max_campaigns: nonzero("pipeline.max_campaigns", raw.max_campaigns)?
+            .map_or(defaults.max_campaigns, |v| v as usize),
+        ..defaults
+    };
+    Ok(PipelineSettings {
+        rules,
+        geoip_database: raw.geoip_database,
+        snapshot_interval_seconds: nonzero(
+            "pipeline.snapshot_interval_seconds",
+            raw.snapshot_interval_seconds,
+        )?
+        .map_or(10, |v| v as u64),
     })
 }
 

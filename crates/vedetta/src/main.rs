@@ -6,6 +6,8 @@
 mod clock;
 mod commands;
 mod config;
+mod geoip;
+mod processor;
 mod secrets;
 mod server;
 mod telemetry;
@@ -34,6 +36,8 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Rebuild all KPIs and pipeline state from the log (after a rule change).
+    Replay(commands::replay::ReplayArgs),
     /// Inspect the event log (the server must be stopped: the log is opened exclusively).
     #[command(subcommand)]
     Log(commands::log::LogCommand),
@@ -95,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Log(command) => commands::log::run(command),
+        Command::Replay(args) => commands::replay::run(&args),
     }
 }
 

@@ -155,6 +155,11 @@ impl EventLog {
         self.end_offset.load(Ordering::Acquire)
     }
 
+    /// The first offset still retained.
+    pub fn start_offset(&self) -> u64 {
+        self.start_offset.load(Ordering::Acquire)
+    }
+
     pub fn stats(&self) -> LogStats {
         LogStats {
             start_offset: self.start_offset.load(Ordering::Acquire),

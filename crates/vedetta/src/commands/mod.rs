@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod generate;
 pub mod log;
+pub mod replay;
 pub mod send;

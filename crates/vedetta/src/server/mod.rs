@@ -2,7 +2,8 @@
 //!
 //! Routes:
 //! - `POST /v1/events`, `POST /v1/costs`: intake ([`intake`]).
-//! - `GET /v1/status`: log offsets, counters, disk use.
+//! - `GET /v1/kpis`: windowed KPIs by channel, campaign, device, region ([`kpis`]).
+//! - `GET /v1/status`: log and processing offsets, watermark, lag, counters, disk use.
 //! - `GET /v1/rejected`: the quarantine of refused events, newest first.
 //! - `GET /healthz`: liveness, no authentication.
 //!
@@ -16,12 +17,14 @@
 mod auth;
 mod error;
 mod intake;
+pub mod kpis;
 mod status;
 
 pub use error::ApiError;
 
 use crate::clock::SystemClock;
 use crate::config::Config;
+use crate::processor::{self, LogNotifier, ProcessorHandle, ProcessorOptions, ProcessorStatus};
 use crate::telemetry::IntakeCounters;
 use anyhow::Context;
 use axum::Router;
@@ -30,9 +33,10 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
 use vedetta_core::intake::IntakeLimits;
+use vedetta_core::pipeline::windows::WindowCalendar;
 use vedetta_core::privacy::Pseudonymizer;
 use vedetta_core::time::Clock;
-use vedetta_store::{EventLog, GroupCommitWriter, WriterConfig};
+use vedetta_store::{EventLog, GroupCommitWriter, KpiStore, WriterConfig};
 
 /// Everything a request handler may touch.
 pub struct AppState {
@@ -46,6 +50,12 @@ pub struct AppState {
     pub body_budget: Semaphore,
     pub counters: IntakeCounters,
     pub started: Instant,
+    pub kpi_store: Arc<KpiStore>,
+    /// Window arithmetic for answers (window ends of stored rows).
+    pub calendar: WindowCalendar,
+    pub processor: Arc<ProcessorStatus>,
+    /// The processor thread, stopped at shutdown after the writer.
+    processor_handle: std::sync::Mutex<Option<ProcessorHandle>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -76,13 +86,35 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         path = %log_path.display(),
         "event log open"
     );
-    let writer = GroupCommitWriter::spawn(
+    let store_path = config.data_dir.join("kpis.redb");
+    let (kpi_store, _) = KpiStore::open(&store_path)
+        .with_context(|| format!("cannot open the KPI store {}", store_path.display()))?;
+    let kpi_store = Arc::new(kpi_store);
+    let notifier = Arc::new(LogNotifier::default());
+    let writer = {
+        let notifier = notifier.clone();
+        GroupCommitWriter::spawn(
+            log.clone(),
+            WriterConfig {
+                max_pending_records: config.ingest.max_pending_records,
+                ..WriterConfig::default()
+            },
+            move |end| notifier.appended(end),
+        )?
+    };
+    let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
+    let processor = processor::start(
         log.clone(),
-        WriterConfig {
-            max_pending_records: config.ingest.max_pending_records,
-            ..WriterConfig::default()
+        kpi_store.clone(),
+        config.pipeline.rules.clone(),
+        regions,
+        notifier,
+        ProcessorOptions {
+            snapshot_interval: std::time::Duration::from_secs(
+                config.pipeline.snapshot_interval_seconds,
+            ),
+            ..ProcessorOptions::default()
         },
-        |_| {},
     )?;
     let limits = IntakeLimits {
         max_events_per_request: config.ingest.max_events_per_request,
@@ -91,6 +123,10 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
     };
     let state = Arc::new(AppState {
         body_budget: Semaphore::new(config.ingest.max_inflight_body_bytes / 1024),
+        calendar: WindowCalendar::new(config.pipeline.rules.time_zone.clone()),
+        kpi_store,
+        processor: processor.status.clone(),
+        processor_handle: std::sync::Mutex::new(Some(processor)),
         config,
         log,
         writer,
@@ -109,6 +145,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", post(intake::post_events))
         .route("/v1/costs", post(intake::post_costs))
         .route("/v1/status", get(status::get_status))
+        .route("/v1/kpis", get(kpis::get_kpis))
         .route("/v1/rejected", get(status::get_rejected))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -143,10 +180,19 @@ pub async fn serve(
         .context("server failed")?;
     retention.abort();
     let _ = retention.await;
-    // Every handler has finished: the last reference commits what is queued on drop.
+    // Every handler has finished. First the writer commits what is queued, then the
+    // processor commits what it has processed, with a snapshot.
+    let processor = state
+        .processor_handle
+        .lock()
+        .ok()
+        .and_then(|mut h| h.take());
     match Arc::try_unwrap(state) {
         Ok(state) => state.writer.shutdown(),
         Err(_) => tracing::warn!("state still shared at shutdown; the writer stops on drop"),
+    }
+    if let Some(processor) = processor {
+        processor.stop();
     }
     tracing::info!("stopped");
     Ok(())
@@ -161,8 +207,12 @@ async fn retention_loop(state: Arc<AppState>, retention_days: u64) {
         let state = state.clone();
         let result = tokio::task::spawn_blocking(move || {
             let cutoff = state.clock.now_ms() - retention_ms;
-            // Until the pipeline commits offsets, everything appended counts as consumed.
-            state.log.apply_retention(cutoff, state.log.end_offset())
+            // Records after the latest snapshot are needed to recover the pipeline.
+            let keep_from = state
+                .processor
+                .snapshot_offset
+                .load(std::sync::atomic::Ordering::Acquire);
+            state.log.apply_retention(cutoff, keep_from)
         })
         .await;
         match result {

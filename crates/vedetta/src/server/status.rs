@@ -8,11 +8,19 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use vedetta_core::time::EventTime;
 
 pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let log = state.log.stats();
     let c = &state.counters;
     let writer = state.writer.counters();
+    let processor = &state.processor;
+    let processed = processor.processed_offset.load(Ordering::Acquire);
+    let pipeline = processor
+        .counters
+        .lock()
+        .map(|c| serde_json::to_value(&*c).unwrap_or_default())
+        .unwrap_or_default();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -28,6 +36,15 @@ pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "rejected_by_field": c.rejected_by_field(),
         "requests_refused_by_status": c.requests_refused(),
         "requests_throttled": IntakeCounters::get(&c.requests_throttled),
+        "processed_offset": processed,
+        "lag_events": log.end_offset.saturating_sub(processed),
+        "watermark": processor.watermark().map(|w| EventTime(w).to_rfc3339()),
+        "processor_commits": processor.commits.load(Ordering::Relaxed),
+        "processor_recovering": processor.recovering.load(Ordering::Relaxed),
+        "processor_error": processor.last_error.lock().ok().and_then(|e| e.clone()),
+        "active_users": processor.active_users.load(Ordering::Relaxed),
+        "remembered_event_ids": processor.remembered_event_ids.load(Ordering::Relaxed),
+        "pipeline": pipeline,
     }))
 }
 

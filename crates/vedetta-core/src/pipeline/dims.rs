@@ -1,0 +1,129 @@
+//! Interned dimension tuples.
+//!
+//! Every event carries (channel, campaign, device, region). The pipeline's per-user state
+//! and its deltas refer to a tuple by a 4-byte id instead of four strings: that is most of
+//! what keeps per-user state small. The table only grows; its size is bounded by
+//! `max_campaigns`: past it, new campaign names are counted under `(other)`, so a client
+//! sending a fresh campaign string with every event cannot exhaust memory.
+
+use super::kpi::DimsId;
+use std::collections::HashMap;
+
+/// Separator inside the lookup key; not a character clients can usefully send.
+const SEP: char = '\u{1f}';
+
+/// The campaign name used when none is given.
+pub const NO_CAMPAIGN: &str = "(none)";
+/// The campaign name used past the cardinality bound.
+pub const OTHER_CAMPAIGN: &str = "(other)";
+
+/// One interned tuple.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Dims {
+    pub channel: String,
+    pub campaign: String,
+    pub device: String,
+    pub region: String,
+}
+
+/// Interner of dimension tuples and of (channel, campaign) pairs for spend.
+#[derive(Debug, Clone)]
+pub struct DimsTable {
+    ids: HashMap<Box<str>, DimsId>,
+    tuples: Vec<Dims>,
+    campaigns: HashMap<Box<str>, ()>,
+    max_campaigns: usize,
+    key: String,
+}
+
+impl DimsTable {
+    pub fn new(max_campaigns: usize) -> Self {
+        Self {
+            ids: HashMap::new(),
+            tuples: Vec::new(),
+            campaigns: HashMap::new(),
+            max_campaigns,
+            key: String::with_capacity(128),
+        }
+    }
+
+    /// The id of a tuple, interning it if new. Spend pairs use `device = region = ""`.
+    pub fn intern(&mut self, channel: &str, campaign: &str, device: &str, region: &str) -> DimsId {
+        let campaign = self.bounded_campaign(campaign);
+        self.key.clear();
+        for (i, part) in [channel, campaign, device, region].iter().enumerate() {
+            if i > 0 {
+                self.key.push(SEP);
+            }
+            self.key.push_str(part);
+        }
+        if let Some(&id) = self.ids.get(self.key.as_str()) {
+            return id;
+        }
+        let id = self.tuples.len() as DimsId;
+        self.tuples.push(Dims {
+            channel: channel.to_string(),
+            campaign: campaign.to_string(),
+            device: device.to_string(),
+            region: region.to_string(),
+        });
+        self.ids.insert(self.key.as_str().into(), id);
+        id
+    }
+
+    fn bounded_campaign<'a>(&mut self, campaign: &'a str) -> &'a str {
+        if self.campaigns.contains_key(campaign) {
+            return campaign;
+        }
+        if self.campaigns.len() >= self.max_campaigns {
+            return OTHER_CAMPAIGN;
+        }
+        self.campaigns.insert(campaign.into(), ());
+        campaign
+    }
+
+    pub fn get(&self, id: DimsId) -> Option<&Dims> {
+        self.tuples.get(id as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tuples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tuples.is_empty()
+    }
+
+    /// Every tuple, in id order (for snapshots).
+    pub fn tuples(&self) -> &[Dims] {
+        &self.tuples
+    }
+
+    /// Rebuilds the table from tuples in id order (from a snapshot).
+    pub fn restore(max_campaigns: usize, tuples: Vec<Dims>) -> Self {
+        let mut table = Self::new(max_campaigns);
+        for dims in tuples {
+            table.intern(&dims.channel, &dims.campaign, &dims.device, &dims.region);
+        }
+        table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_tuple_same_id_and_campaigns_are_bounded() {
+        let mut t = DimsTable::new(2);
+        let a = t.intern("social", "a", "mobile", "IT-25");
+        assert_eq!(t.intern("social", "a", "mobile", "IT-25"), a);
+        let b = t.intern("social", "b", "mobile", "IT-25");
+        assert_ne!(a, b);
+        let c = t.intern("social", "c", "mobile", "IT-25");
+        assert_eq!(t.get(c).map(|d| d.campaign.as_str()), Some(OTHER_CAMPAIGN));
+        assert_eq!(t.intern("social", "d", "mobile", "IT-25"), c);
+        let restored = DimsTable::restore(2, t.tuples().to_vec());
+        assert_eq!(restored.tuples(), t.tuples());
+    }
+}

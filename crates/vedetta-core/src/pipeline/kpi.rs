@@ -1,0 +1,139 @@
+//! KPI counters and the deltas the pipeline emits.
+//!
+//! The pipeline never holds "the KPIs": it emits *changes* to them, keyed by granularity,
+//! window and dimensions, which the store adds to what it has. A retraction (a purchase
+//! flagged by a late registration, a session that moved to an earlier window) is a negative
+//! change. Every counter is an integer, money included (micro-units), so the sum of changes
+//! is exact whatever their order, and a replay reproduces the stored numbers to the unit.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use super::windows::Granularity;
+
+/// The built-in event types, in the order of `KpiCounters::events`.
+pub const BUILT_IN_TYPES: [&str; 6] = [
+    "page_view",
+    "add_to_cart",
+    "registration",
+    "checkout",
+    "purchase",
+    "lead",
+];
+
+/// Counters of one row (or one change to a row). Ratios are derived when read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KpiCounters {
+    /// Accepted events by built-in type (see [`BUILT_IN_TYPES`]).
+    pub events: [i64; 6],
+    /// Accepted events of custom types, by name.
+    pub custom_events: Vec<(String, i64)>,
+    pub sessions: i64,
+    pub converting_sessions: i64,
+    pub conversions: i64,
+    pub revenue_micros: i64,
+    pub flagged: i64,
+    pub duplicates: i64,
+    pub late: i64,
+}
+
+impl KpiCounters {
+    /// Adds another set of counters (or a change) to this one.
+    pub fn add(&mut self, other: &KpiCounters) {
+        for (mine, theirs) in self.events.iter_mut().zip(other.events) {
+            *mine += theirs;
+        }
+        for (name, count) in &other.custom_events {
+            self.add_custom(name, *count);
+        }
+        self.sessions += other.sessions;
+        self.converting_sessions += other.converting_sessions;
+        self.conversions += other.conversions;
+        self.revenue_micros += other.revenue_micros;
+        self.flagged += other.flagged;
+        self.duplicates += other.duplicates;
+        self.late += other.late;
+    }
+
+    pub fn add_custom(&mut self, name: &str, count: i64) {
+        match self.custom_events.iter_mut().find(|(n, _)| n == name) {
+            Some((_, existing)) => *existing += count,
+            None => self.custom_events.push((name.to_string(), count)),
+        }
+        self.custom_events.retain(|(_, c)| *c != 0);
+    }
+
+    /// Whether every counter is zero (such a row is not stored or returned).
+    pub fn is_zero(&self) -> bool {
+        self.events.iter().all(|&c| c == 0)
+            && self.custom_events.iter().all(|(_, c)| *c == 0)
+            && self.sessions == 0
+            && self.converting_sessions == 0
+            && self.conversions == 0
+            && self.revenue_micros == 0
+            && self.flagged == 0
+            && self.duplicates == 0
+            && self.late == 0
+    }
+
+    /// Events by canonical type name, zero counts left out.
+    pub fn events_by_type(&self) -> impl Iterator<Item = (&str, i64)> {
+        BUILT_IN_TYPES
+            .iter()
+            .copied()
+            .zip(self.events)
+            .chain(self.custom_events.iter().map(|(n, c)| (n.as_str(), *c)))
+            .filter(|(_, c)| *c != 0)
+    }
+}
+
+/// The dimensions of a row, as interned by the pipeline.
+pub type DimsId = u32;
+
+/// The key of a KPI row as the pipeline knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KpiKey {
+    pub granularity: Granularity,
+    pub window_start: i64,
+    pub dims: DimsId,
+}
+
+/// The key of a spend row: spend has only channel and campaign (interned together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpendKey {
+    pub granularity: Granularity,
+    pub window_start: i64,
+    pub channel_campaign: DimsId,
+}
+
+/// Changes accumulated since the last time they were taken.
+#[derive(Debug, Default, Clone)]
+pub struct KpiDeltas {
+    pub rows: HashMap<KpiKey, KpiCounters>,
+    pub spend_micros: HashMap<SpendKey, i64>,
+}
+
+impl KpiDeltas {
+    pub fn row(&mut self, key: KpiKey) -> &mut KpiCounters {
+        self.rows.entry(key).or_default()
+    }
+
+    pub fn add_spend(&mut self, key: SpendKey, micros: i64) {
+        *self.spend_micros.entry(key).or_default() += micros;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.spend_micros.is_empty()
+    }
+
+    /// Drops changes that cancelled out.
+    pub fn compact(&mut self) {
+        self.rows.retain(|_, counters| !counters.is_zero());
+        self.spend_micros.retain(|_, micros| *micros != 0);
+    }
+}
+
+/// Rounds a money amount to integer micro-units, once, where it enters the pipeline.
+pub fn to_micros(amount: f64) -> i64 {
+    (amount * 1_000_000.0).round() as i64
+}

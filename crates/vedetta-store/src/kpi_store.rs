@@ -1,0 +1,420 @@
+//! The KPI store: aggregated rows, the pipeline's snapshot and the consumed log offset, in
+//! one redb file.
+//!
+//! Exactly once rests on one rule: **a commit holds the KPI changes of a range of log
+//! records together with the offset after that range.** After a crash the store is at its
+//! last durable commit; the processor restores the pipeline from the snapshot (taken at
+//! some offset `S` at or before the committed offset `C`), replays `S..C` to rebuild state
+//! while discarding the changes (they are already in the store), and continues from `C`.
+//! Nothing is lost, nothing is counted twice.
+//!
+//! Commits between snapshots may be made with `durable = false`: redb makes them visible to
+//! readers at once but writes them to disk only with the next durable commit. A crash loses
+//! them as a unit, offset included, and they are recomputed from the log.
+//!
+//! Row keys sort by granularity, then window start, then dimensions, so a query for a time
+//! range is one range scan.
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::windows::Granularity;
+
+const KPIS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kpis");
+const SPEND: TableDefinition<'_, &[u8], i64> = TableDefinition::new("spend");
+const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
+const SNAPSHOT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("snapshot");
+
+const PROCESSED_OFFSET: &str = "processed_offset";
+const WATERMARK: &str = "watermark";
+const SNAPSHOT_OFFSET: &str = "snapshot_offset";
+const SEP: u8 = 0x1f;
+
+/// Errors of the KPI store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("KPI store error: {0}")]
+    Storage(String),
+    #[error("a stored row does not decode: {0}")]
+    Corrupt(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for StoreError {
+    fn from(error: E) -> Self {
+        StoreError::Storage(error.into().to_string())
+    }
+}
+
+/// A row's identity, by name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RowKey {
+    pub granularity: Granularity,
+    pub window_start: i64,
+    pub channel: String,
+    pub campaign: String,
+    pub device: String,
+    pub region: String,
+}
+
+/// A spend row's identity: spend has only channel and campaign.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpendRowKey {
+    pub granularity: Granularity,
+    pub window_start: i64,
+    pub channel: String,
+    pub campaign: String,
+}
+
+/// What one commit writes.
+#[derive(Debug, Default)]
+pub struct Commit {
+    pub rows: Vec<(RowKey, KpiCounters)>,
+    pub spend: Vec<(SpendRowKey, i64)>,
+    /// Offset of the next log record to process after this commit.
+    pub processed_offset: u64,
+    pub watermark: Option<i64>,
+    /// The pipeline state as of `processed_offset`, when a snapshot is due.
+    pub snapshot: Option<Vec<u8>>,
+    /// Fsync this commit (and every non-durable one before it).
+    pub durable: bool,
+}
+
+/// What the store holds about progress, read at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub processed_offset: u64,
+    pub watermark: Option<i64>,
+    /// The latest snapshot and the offset it was taken at.
+    pub snapshot: Option<(u64, Vec<u8>)>,
+}
+
+/// The KPI store over a redb file. Reads run concurrently with the processor's commits.
+#[derive(Debug)]
+pub struct KpiStore {
+    db: Database,
+}
+
+fn encode_row_key(key: &RowKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.channel.len() + key.campaign.len() + 16);
+    out.push(key.granularity.code());
+    out.extend_from_slice(&(key.window_start as u64).to_be_bytes());
+    for (i, part) in [&key.channel, &key.campaign, &key.device, &key.region]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(SEP);
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
+    out
+}
+
+fn decode_prefix(bytes: &[u8]) -> Result<(Granularity, i64, Vec<String>), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("key of {} bytes", bytes.len()));
+    if bytes.len() < 9 {
+        return Err(corrupt());
+    }
+    let granularity = Granularity::from_code(bytes[0]).ok_or_else(corrupt)?;
+    let mut start = [0u8; 8];
+    start.copy_from_slice(&bytes[1..9]);
+    let parts = bytes[9..]
+        .split(|&b| b == SEP)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect();
+    Ok((granularity, u64::from_be_bytes(start) as i64, parts))
+}
+
+fn decode_row_key(bytes: &[u8]) -> Result<RowKey, StoreError> {
+    let (granularity, window_start, mut parts) = decode_prefix(bytes)?;
+    if parts.len() != 4 {
+        return Err(StoreError::Corrupt(format!(
+            "row key with {} parts",
+            parts.len()
+        )));
+    }
+    let region = parts.pop().unwrap_or_default();
+    let device = parts.pop().unwrap_or_default();
+    let campaign = parts.pop().unwrap_or_default();
+    let channel = parts.pop().unwrap_or_default();
+    Ok(RowKey {
+        granularity,
+        window_start,
+        channel,
+        campaign,
+        device,
+        region,
+    })
+}
+
+fn encode_spend_key(key: &SpendRowKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + key.channel.len() + key.campaign.len());
+    out.push(key.granularity.code());
+    out.extend_from_slice(&(key.window_start as u64).to_be_bytes());
+    out.extend_from_slice(key.channel.as_bytes());
+    out.push(SEP);
+    out.extend_from_slice(key.campaign.as_bytes());
+    out
+}
+
+fn decode_spend_key(bytes: &[u8]) -> Result<SpendRowKey, StoreError> {
+    let (granularity, window_start, mut parts) = decode_prefix(bytes)?;
+    if parts.len() != 2 {
+        return Err(StoreError::Corrupt(format!(
+            "spend key with {} parts",
+            parts.len()
+        )));
+    }
+    let campaign = parts.pop().unwrap_or_default();
+    let channel = parts.pop().unwrap_or_default();
+    Ok(SpendRowKey {
+        granularity,
+        window_start,
+        channel,
+        campaign,
+    })
+}
+
+fn range_bounds(granularity: Granularity, from: i64, to: i64) -> (Vec<u8>, Vec<u8>) {
+    let mut low = vec![granularity.code()];
+    low.extend_from_slice(&(from.max(0) as u64).to_be_bytes());
+    let mut high = vec![granularity.code()];
+    high.extend_from_slice(&(to.max(0) as u64).to_be_bytes());
+    (low, high)
+}
+
+impl KpiStore {
+    /// Opens (or creates) the store and reads where processing stands.
+    pub fn open(path: &Path) -> Result<(Self, Progress), StoreError> {
+        let db = Database::builder().set_cache_size(128 << 20).create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(KPIS)?;
+        txn.open_table(SPEND)?;
+        txn.open_table(META)?;
+        txn.open_table(SNAPSHOT)?;
+        txn.commit()?;
+        let store = Self { db };
+        let progress = store.progress()?;
+        Ok((store, progress))
+    }
+
+    /// Where processing stands.
+    pub fn progress(&self) -> Result<Progress, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |key: &str| -> Result<Option<i64>, StoreError> {
+            Ok(meta.get(key)?.map(|v| v.value()))
+        };
+        let processed_offset = get(PROCESSED_OFFSET)?.unwrap_or(0) as u64;
+        let watermark = get(WATERMARK)?;
+        let snapshot = match get(SNAPSHOT_OFFSET)? {
+            Some(offset) => {
+                let table = txn.open_table(SNAPSHOT)?;
+                table
+                    .get(0)?
+                    .map(|bytes| (offset as u64, bytes.value().to_vec()))
+            }
+            None => None,
+        };
+        Ok(Progress {
+            processed_offset,
+            watermark,
+            snapshot,
+        })
+    }
+
+    /// Applies one commit atomically: row changes, spend changes, offset, snapshot.
+    pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if commit.durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        })?;
+        {
+            let mut rows = txn.open_table(KPIS)?;
+            for (key, change) in &commit.rows {
+                let key = encode_row_key(key);
+                let mut counters = match rows.get(key.as_slice())? {
+                    Some(bytes) => postcard::from_bytes::<KpiCounters>(bytes.value())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    None => KpiCounters::default(),
+                };
+                counters.add(change);
+                if counters.is_zero() {
+                    rows.remove(key.as_slice())?;
+                } else {
+                    let bytes = postcard::to_allocvec(&counters)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    rows.insert(key.as_slice(), bytes.as_slice())?;
+                }
+            }
+            let mut spend = txn.open_table(SPEND)?;
+            for (key, micros) in &commit.spend {
+                let key = encode_spend_key(key);
+                let total = spend.get(key.as_slice())?.map_or(0, |v| v.value()) + micros;
+                if total == 0 {
+                    spend.remove(key.as_slice())?;
+                } else {
+                    spend.insert(key.as_slice(), total)?;
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(PROCESSED_OFFSET, commit.processed_offset as i64)?;
+            match commit.watermark {
+                Some(w) => meta.insert(WATERMARK, w)?,
+                None => meta.remove(WATERMARK)?,
+            };
+            if let Some(snapshot) = &commit.snapshot {
+                let mut table = txn.open_table(SNAPSHOT)?;
+                table.insert(0, snapshot.as_slice())?;
+                meta.insert(SNAPSHOT_OFFSET, commit.processed_offset as i64)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Rows of a granularity whose window starts in `[from, to)`.
+    pub fn rows(
+        &self,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(RowKey, KpiCounters)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KPIS)?;
+        let (low, high) = range_bounds(granularity, from, to);
+        let mut out = Vec::new();
+        for entry in table.range(low.as_slice()..high.as_slice())? {
+            let (key, value) = entry?;
+            let counters = postcard::from_bytes::<KpiCounters>(value.value())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((decode_row_key(key.value())?, counters));
+        }
+        Ok(out)
+    }
+
+    /// Spend rows of a granularity whose window starts in `[from, to)`, in micro-units.
+    pub fn spend(
+        &self,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(SpendRowKey, i64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SPEND)?;
+        let (low, high) = range_bounds(granularity, from, to);
+        let mut out = Vec::new();
+        for entry in table.range(low.as_slice()..high.as_slice())? {
+            let (key, value) = entry?;
+            out.push((decode_spend_key(key.value())?, value.value()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every row, the snapshot and the progress (before a replay).
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.delete_table(KPIS)?;
+        txn.delete_table(SPEND)?;
+        txn.delete_table(META)?;
+        txn.delete_table(SNAPSHOT)?;
+        txn.open_table(KPIS)?;
+        txn.open_table(SPEND)?;
+        txn.open_table(META)?;
+        txn.open_table(SNAPSHOT)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(g: Granularity, start: i64, channel: &str) -> RowKey {
+        RowKey {
+            granularity: g,
+            window_start: start,
+            channel: channel.into(),
+            campaign: "(none)".into(),
+            device: "mobile".into(),
+            region: "IT-25".into(),
+        }
+    }
+
+    fn sessions(n: i64) -> KpiCounters {
+        KpiCounters {
+            sessions: n,
+            ..KpiCounters::default()
+        }
+    }
+
+    #[test]
+    fn commits_add_up_and_zero_rows_disappear() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, progress) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        assert_eq!(progress, Progress::default());
+        let k = key(Granularity::Minute, 60_000, "social");
+        store
+            .commit(&Commit {
+                rows: vec![(k.clone(), sessions(2))],
+                processed_offset: 5,
+                ..Commit::default()
+            })
+            .unwrap();
+        store
+            .commit(&Commit {
+                rows: vec![
+                    (k.clone(), sessions(-1)),
+                    (key(Granularity::Minute, 120_000, "email"), sessions(1)),
+                ],
+                spend: vec![(
+                    SpendRowKey {
+                        granularity: Granularity::Minute,
+                        window_start: 60_000,
+                        channel: "social".into(),
+                        campaign: "x".into(),
+                    },
+                    1_500_000,
+                )],
+                processed_offset: 9,
+                watermark: Some(55),
+                snapshot: Some(vec![1, 2, 3]),
+                durable: true,
+            })
+            .unwrap();
+        let rows = store.rows(Granularity::Minute, 0, 120_000).unwrap();
+        assert_eq!(rows, vec![(k.clone(), sessions(1))]);
+        assert_eq!(
+            store.rows(Granularity::Minute, 0, 180_000).unwrap().len(),
+            2
+        );
+        assert!(
+            store
+                .rows(Granularity::Hour, 0, 180_000)
+                .unwrap()
+                .is_empty()
+        );
+        store
+            .commit(&Commit {
+                rows: vec![(k, sessions(-1))],
+                processed_offset: 10,
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(store.rows(Granularity::Minute, 0, 120_000).unwrap(), vec![]);
+        assert_eq!(
+            store.spend(Granularity::Minute, 0, 120_000).unwrap()[0].1,
+            1_500_000
+        );
+        drop(store);
+        let (_, progress) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        assert_eq!(progress.processed_offset, 10);
+        assert_eq!(progress.watermark, None);
+        assert_eq!(progress.snapshot, Some((9, vec![1, 2, 3])));
+    }
+}

@@ -1,0 +1,553 @@
+//! The truth: Vedetta's KPIs computed from a whole synthetic log at once, by the plainest
+//! algorithm that follows `docs/semantics.md`. It is the answer key of the end-to-end test.
+//!
+//! `vedetta gen --truth FILE` writes [`compute`]'s [`Truth`] next to the traffic; the
+//! end-to-end test sends that traffic to a server (out of order, with duplicates and late
+//! events) and requires `/v1/kpis` to equal the truth exactly, for every window and group, at
+//! `1m`, `1h` and `1d`.
+//!
+//! # Why it is deliberately simple
+//!
+//! Such a test is worth something only if the two sides can be wrong independently. So this
+//! module shares nothing with the streaming pipeline (`vedetta-core::pipeline`) — no code, no
+//! parsers, no data structures — and uses none of its techniques. The pipeline works
+//! incrementally: it keeps state per open window, closes windows as the watermark passes,
+//! retracts a session when an out-of-order event merges it with another, corrects a purchase
+//! when its registration arrives late. The truth does none of that. It sees the whole log, so
+//! each rule of the spec becomes one pass over a `Vec`:
+//!
+//! 1. **Read the log in order**, noting for each funnel event the watermark it was processed
+//!    under (highest `ts` of the funnel events before it, minus the out-of-orderness).
+//! 2. **Judge duplicates in log order**: exact (same `event_id`, `|Δts| <` 24 h), then near
+//!    (same user and type, `|Δts| <` 100 ms), each time against the events accepted so far.
+//! 3. **Flag** every accepted checkout and purchase that follows an accepted registration of
+//!    the same user by less than 5 s, whatever the arrival order.
+//! 4. **Sessionize**: per user, sort the accepted events by `ts` (ties: log order) and cut
+//!    where the gap is 30 minutes or more.
+//! 5. **Count** every event, duplicate and session into its rows; sort.
+//!
+//! Clarity comes before speed, with plain `HashMap`s and linear scans; a million records still
+//! take about two seconds in release (see `one_million_events_timing` in `tests/truth.rs`).
+//!
+//! # When it is exact
+//!
+//! The truth holds all the data; the pipeline may forget a user's state (sessions, flags, near
+//! duplicates) once no event on time for its minute can need it (semantics.md, "What the
+//! pipeline keeps"). An event later than the allowed lateness then meets only what is still
+//! held, and the two may legitimately differ on sessions, flags and near duplicates. So the
+//! truth is the answer key of a log in which no event is late: the `late` total of its `1m`
+//! rows is zero. Generated traffic qualifies (no event arrives more than about ten minutes
+//! behind; the default lateness is fifteen); a test that shortens the lateness to exercise `late`
+//! should compare only what cannot depend on forgotten state.
+//!
+//! # Dimensions and money
+//!
+//! Dimensions come from what the generator knows, not from parsing (see `dimensions`): the
+//! channel is the event's `channel`, else the session's intended channel from the ground truth,
+//! else `direct`; the device is the class each catalog user agent was chosen for; the region is
+//! the catalog code of the `region` field, else the GeoIP table's region for the `ip`
+//! ([`TruthConfig::geoip`], which the test also gives the server), else `unknown`. The user is
+//! the `udid` string (the server's keyed pseudonym is a bijection of it). Money is rounded to
+//! integer micro-euros once per value, then only added.
+//!
+//! # Readings of the spec
+//!
+//! Where `docs/semantics.md` leaves room, the truth reads it as follows:
+//!
+//! - Every record of the log is an accepted intake record: whatever the test sends must pass
+//!   intake validation, or the truth and the server see different logs.
+//! - The exact-duplicate horizon is a distance in event time between the two `ts` (as
+//!   semantics.md says), not how long ago the first copy was *seen* (EVENTS.md's wording).
+//!   Both duplicate rules have unbounded memory: an event is compared with every accepted event
+//!   before it in the log, however long ago it arrived. `event_id` is global, not per user.
+//! - A near duplicate is judged against accepted events only: in `a`, `a+99 ms`, `a+198 ms`
+//!   the second is dropped and the third is accepted (198 ms from the accepted `a`).
+//! - A flag needs `0 ≤ t − r < 5 s`: a checkout at the same millisecond as the registration is
+//!   flagged, one a millisecond before it is not. Only the default rule (`registration` →
+//!   `checkout`/`purchase`) is known to the truth.
+//! - Flagged events are still accepted: they count in `events`, belong to sessions and can be
+//!   late; they are not conversions and add no revenue. Only `purchase` converts.
+//! - Revenue counts a purchase's `value` when its currency is absent or `EUR` (any case); any
+//!   other currency adds 0 (the default configuration has no exchange rates). The same holds for
+//!   spend amounts.
+//! - A session is counted once per granularity, in the window of its first event (by `ts`, ties
+//!   by log order), with that event's dimensions; `converting_sessions` counts it there if any
+//!   of its events, wherever they fall, is a clean conversion.
+//! - `late` is decided when the event is processed, against the watermark of the events before
+//!   it (not including itself): late for `g` iff `watermark ≥ end of its g-window + lateness`.
+//!   Before the first funnel event the watermark is −∞. Spend moves no watermark and is never
+//!   late or deduplicated: every spend record adds.
+//! - Campaign: `campaign`, else `utm_campaign`, else `(none)`, each trimmed, an empty string
+//!   counting as absent. Spend rows use the spend record's channel and campaign the same way.
+//! - Region: a `region` value the catalog does not know (not an Italian region name or code)
+//!   counts as absent, so the IP decides. The truth knows the catalog's Italian names and the
+//!   codes, in any case; the English names the contract also accepts are never generated.
+//! - Device: a user agent not in the catalog is `unknown` to the truth (the generator only sends
+//!   catalog ones); no user agent (server-side purchases) is `unknown`.
+//! - Rows: one per (granularity, window, channel, campaign, device, region) with any non-zero
+//!   count, sorted in that order with granularities `1m`, `1h`, `1d`. Spend rows likewise by
+//!   (granularity, window, channel, campaign).
+
+mod dimensions;
+mod windows;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::generator::Arrival;
+use crate::record::{EventType, SynthRecord};
+use crate::rfc3339::format_rfc3339_ms;
+
+use dimensions::{DimensionTables, Dims};
+
+pub use dimensions::IpRegion;
+pub use windows::{Granularity, Window};
+
+/// The pipeline settings the truth must share with the server it checks. The defaults are the
+/// contract's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruthConfig {
+    /// Subtracted from the highest event time seen to give the watermark.
+    pub out_of_orderness_ms: i64,
+    /// A window closes when the watermark reaches its end plus this.
+    pub allowed_lateness_ms: i64,
+    /// A gap of this much event time or more between two events of a user starts a new session.
+    pub session_gap_ms: i64,
+    /// Same user, same type, `ts` less than this apart: a near duplicate.
+    pub near_duplicate_ms: i64,
+    /// Same `event_id`, `ts` less than this apart: an exact duplicate.
+    pub dedup_horizon_ms: i64,
+    /// A checkout or purchase less than this after a registration of its user is flagged.
+    pub fast_checkout_ms: i64,
+    /// The GeoIP database the server is given, as the table it was written from (for the
+    /// catalog database: `geoip::catalog_region_networks`, with each region's ISO code). Empty:
+    /// no address has a region.
+    pub geoip: Vec<IpRegion>,
+}
+
+impl Default for TruthConfig {
+    fn default() -> Self {
+        Self {
+            out_of_orderness_ms: 5_000,
+            allowed_lateness_ms: 900_000,
+            session_gap_ms: 1_800_000,
+            near_duplicate_ms: 100,
+            dedup_horizon_ms: 86_400_000,
+            fast_checkout_ms: 5_000,
+            geoip: Vec::new(),
+        }
+    }
+}
+
+/// The expected KPIs: every non-empty row of funnel counts and of spend. This is the
+/// `--truth FILE` format (serde_json).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truth {
+    pub rows: Vec<TruthRow>,
+    pub spend: Vec<TruthSpendRow>,
+}
+
+/// The counts of one (granularity, window, channel, campaign, device, region). Ratios are not
+/// here: they follow from the counts of whatever grouping a query asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruthRow {
+    /// `1m`, `1h` or `1d`.
+    pub granularity: String,
+    /// `window_start_ms` in RFC 3339 (UTC), for people reading the file.
+    pub window_start: String,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub channel: String,
+    pub campaign: String,
+    pub device: String,
+    pub region: String,
+    /// Accepted events by canonical type name; types with no events are left out.
+    pub events: BTreeMap<String, u64>,
+    pub sessions: u64,
+    pub converting_sessions: u64,
+    pub conversions: u64,
+    pub revenue_micros: i64,
+    pub flagged: u64,
+    pub duplicates: u64,
+    pub late: u64,
+}
+
+/// Ad spend of one (granularity, window, channel, campaign).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruthSpendRow {
+    pub granularity: String,
+    pub window_start: String,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    pub channel: String,
+    pub campaign: String,
+    pub spend_micros: i64,
+}
+
+/// Computes the KPIs of `log`: the records in the order the server receives them (the order
+/// of a [`crate::Generator`]'s arrivals). Only the records and `GroundTruth::channel` are read;
+/// the other ground-truth labels (duplicate, late, fast checkout, session) are what the truth
+/// must find by itself, so tests can compare them.
+pub fn compute<'a>(log: impl IntoIterator<Item = &'a Arrival>, config: &TruthConfig) -> Truth {
+    let tables = DimensionTables::new(&config.geoip);
+
+    let (events, spends) = read_log(log, config, &tables);
+    let accepted = judge_duplicates(&events, config);
+    let flagged = flag_fast_checkouts(&events, &accepted, config);
+    let sessions = sessionize(&events, &accepted, &flagged, config);
+
+    // Count everything into rows.
+    let mut rows: HashMap<RowKey<'_>, Counts> = HashMap::new();
+    for (index, event) in events.iter().enumerate() {
+        for granularity in Granularity::ALL {
+            let window = granularity.window(event.ts);
+            let counts = rows
+                .entry(RowKey::new(granularity, window, event.dims))
+                .or_default();
+            if !accepted[index] {
+                counts.duplicates += 1;
+                continue;
+            }
+            counts.events[event.event_type as usize] += 1;
+            if flagged[index] {
+                counts.flagged += 1;
+            } else if event.event_type == EventType::Purchase {
+                counts.conversions += 1;
+                counts.revenue_micros += event.value_micros;
+            }
+            let closed_at = window.end_ms.saturating_add(config.allowed_lateness_ms);
+            if event
+                .watermark
+                .is_some_and(|watermark| watermark >= closed_at)
+            {
+                counts.late += 1;
+            }
+        }
+    }
+    for session in &sessions {
+        let first = &events[session.first];
+        for granularity in Granularity::ALL {
+            let window = granularity.window(first.ts);
+            let counts = rows
+                .entry(RowKey::new(granularity, window, first.dims))
+                .or_default();
+            counts.sessions += 1;
+            counts.converting_sessions += u64::from(session.converting);
+        }
+    }
+
+    let mut spend_rows: HashMap<(Granularity, i64, &str, &str), i64> = HashMap::new();
+    for spend in &spends {
+        for granularity in Granularity::ALL {
+            let window = granularity.window(spend.ts);
+            let key = (granularity, window.start_ms, spend.channel, spend.campaign);
+            *spend_rows.entry(key).or_default() += spend.amount_micros;
+        }
+    }
+
+    Truth {
+        rows: into_truth_rows(rows),
+        spend: into_spend_rows(spend_rows),
+    }
+}
+
+/// A funnel event of the log, reduced to what the KPIs need.
+#[derive(Debug)]
+struct LoggedEvent<'a> {
+    /// Position in the log: "first" always means the lowest of these.
+    offset: usize,
+    ts: i64,
+    user: String,
+    event_type: EventType,
+    event_id: String,
+    /// The `value` in micro-euros (0 if absent or in another currency); revenue if this is a
+    /// clean purchase.
+    value_micros: i64,
+    dims: Dims<'a>,
+    /// The watermark this event was processed under; `None` is −∞.
+    watermark: Option<i64>,
+}
+
+#[derive(Debug)]
+struct LoggedSpend {
+    ts: i64,
+    channel: &'static str,
+    campaign: &'static str,
+    amount_micros: i64,
+}
+
+/// Pass 1: the funnel events and spend records of the log, in log order, each event with the
+/// watermark in force when it was processed.
+fn read_log<'a, 't>(
+    log: impl IntoIterator<Item = &'a Arrival>,
+    config: &TruthConfig,
+    tables: &DimensionTables<'t>,
+) -> (Vec<LoggedEvent<'t>>, Vec<LoggedSpend>) {
+    let mut events = Vec::new();
+    let mut spends = Vec::new();
+    let mut highest_ts: Option<i64> = None;
+    for (offset, arrival) in log.into_iter().enumerate() {
+        match &arrival.record {
+            SynthRecord::Event(event) => {
+                let ts = event.ts.epoch_ms;
+                events.push(LoggedEvent {
+                    offset,
+                    ts,
+                    user: event.udid.to_string(),
+                    event_type: event.event_type,
+                    event_id: event.event_id.to_string(),
+                    value_micros: if is_euro(event.currency) {
+                        to_micros(event.value.unwrap_or(0.0))
+                    } else {
+                        0
+                    },
+                    dims: tables.of_event(event, arrival.truth.channel),
+                    watermark: highest_ts.map(|ts| ts.saturating_sub(config.out_of_orderness_ms)),
+                });
+                highest_ts = highest_ts.max(Some(ts));
+            }
+            SynthRecord::Spend(spend) => {
+                let (channel, campaign) = DimensionTables::of_spend(spend);
+                spends.push(LoggedSpend {
+                    ts: spend.ts.epoch_ms,
+                    channel,
+                    campaign,
+                    amount_micros: if is_euro(Some(spend.currency)) {
+                        to_micros(spend.amount)
+                    } else {
+                        0
+                    },
+                });
+            }
+        }
+    }
+    (events, spends)
+}
+
+/// Pass 2: `accepted[i]` is false when event `i` is a duplicate. Judged in log order, each
+/// event against the events accepted before it.
+fn judge_duplicates(events: &[LoggedEvent<'_>], config: &TruthConfig) -> Vec<bool> {
+    let mut accepted = Vec::with_capacity(events.len());
+    let mut accepted_ts_by_id: HashMap<&str, Vec<i64>> = HashMap::new();
+    let mut accepted_ts_by_user_and_type: HashMap<(&str, EventType), Vec<i64>> = HashMap::new();
+    for event in events {
+        let within = |earlier: Option<&Vec<i64>>, distance_ms: i64| {
+            earlier.is_some_and(|all| all.iter().any(|&ts| (ts - event.ts).abs() < distance_ms))
+        };
+        let user_and_type = (event.user.as_str(), event.event_type);
+        let exact = within(
+            accepted_ts_by_id.get(event.event_id.as_str()),
+            config.dedup_horizon_ms,
+        );
+        let near = !exact
+            && within(
+                accepted_ts_by_user_and_type.get(&user_and_type),
+                config.near_duplicate_ms,
+            );
+        let is_accepted = !exact && !near;
+        if is_accepted {
+            accepted_ts_by_id
+                .entry(event.event_id.as_str())
+                .or_default()
+                .push(event.ts);
+            accepted_ts_by_user_and_type
+                .entry(user_and_type)
+                .or_default()
+                .push(event.ts);
+        }
+        accepted.push(is_accepted);
+    }
+    accepted
+}
+
+/// Pass 3: `flagged[i]` is true when event `i` is an accepted checkout or purchase at `t` and
+/// its user has an accepted registration at `r` with `0 ≤ t − r < fast_checkout_ms`.
+fn flag_fast_checkouts(
+    events: &[LoggedEvent<'_>],
+    accepted: &[bool],
+    config: &TruthConfig,
+) -> Vec<bool> {
+    let mut registrations: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (event, &accepted) in events.iter().zip(accepted) {
+        if accepted && event.event_type == EventType::Registration {
+            registrations
+                .entry(event.user.as_str())
+                .or_default()
+                .push(event.ts);
+        }
+    }
+    events
+        .iter()
+        .zip(accepted)
+        .map(|(event, &accepted)| {
+            let flaggable = matches!(event.event_type, EventType::Checkout | EventType::Purchase);
+            accepted
+                && flaggable
+                && registrations.get(event.user.as_str()).is_some_and(|all| {
+                    all.iter()
+                        .any(|&r| (0..config.fast_checkout_ms).contains(&(event.ts - r)))
+                })
+        })
+        .collect()
+}
+
+/// A session: the index of its first event and whether it holds a clean conversion.
+#[derive(Debug)]
+struct Session {
+    first: usize,
+    converting: bool,
+}
+
+/// Pass 4: per user, the accepted events sorted by (`ts`, log order), cut at every gap of
+/// `session_gap_ms` or more.
+fn sessionize(
+    events: &[LoggedEvent<'_>],
+    accepted: &[bool],
+    flagged: &[bool],
+    config: &TruthConfig,
+) -> Vec<Session> {
+    let is_clean_conversion =
+        |index: usize| events[index].event_type == EventType::Purchase && !flagged[index];
+
+    let mut events_by_user: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, event) in events.iter().enumerate().filter(|(i, _)| accepted[*i]) {
+        events_by_user
+            .entry(event.user.as_str())
+            .or_default()
+            .push(index);
+    }
+    let mut sessions = Vec::new();
+    for mut indices in events_by_user.into_values() {
+        indices.sort_by_key(|&index| (events[index].ts, events[index].offset));
+        let mut current: Option<Session> = None;
+        let mut previous_ts = i64::MIN;
+        for index in indices {
+            let ts = events[index].ts;
+            let starts_new = ts.saturating_sub(previous_ts) >= config.session_gap_ms;
+            previous_ts = ts;
+            match current.as_mut() {
+                Some(session) if !starts_new => session.converting |= is_clean_conversion(index),
+                _ => {
+                    sessions.extend(current.take());
+                    current = Some(Session {
+                        first: index,
+                        converting: is_clean_conversion(index),
+                    });
+                }
+            }
+        }
+        sessions.extend(current);
+    }
+    sessions
+}
+
+/// A row's identity; `Ord` is the order of the truth's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct RowKey<'a> {
+    granularity: Granularity,
+    window_start_ms: i64,
+    dims: Dims<'a>,
+}
+
+impl<'a> RowKey<'a> {
+    fn new(granularity: Granularity, window: Window, dims: Dims<'a>) -> Self {
+        Self {
+            granularity,
+            window_start_ms: window.start_ms,
+            dims,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    /// Indexed by `EventType as usize`.
+    events: [u64; 6],
+    sessions: u64,
+    converting_sessions: u64,
+    conversions: u64,
+    revenue_micros: i64,
+    flagged: u64,
+    duplicates: u64,
+    late: u64,
+}
+
+impl Counts {
+    fn is_zero(&self) -> bool {
+        self.events.iter().all(|&n| n == 0)
+            && self.sessions == 0
+            && self.converting_sessions == 0
+            && self.conversions == 0
+            && self.revenue_micros == 0
+            && self.flagged == 0
+            && self.duplicates == 0
+            && self.late == 0
+    }
+}
+
+fn into_truth_rows(rows: HashMap<RowKey<'_>, Counts>) -> Vec<TruthRow> {
+    let mut rows: Vec<(RowKey<'_>, Counts)> = rows
+        .into_iter()
+        .filter(|(_, counts)| !counts.is_zero())
+        .collect();
+    rows.sort_unstable_by_key(|(key, _)| *key);
+    rows.into_iter()
+        .map(|(key, counts)| TruthRow {
+            granularity: key.granularity.as_str().to_owned(),
+            window_start: format_rfc3339_ms(key.window_start_ms, 0).to_string(),
+            window_start_ms: key.window_start_ms,
+            window_end_ms: key.granularity.window(key.window_start_ms).end_ms,
+            channel: key.dims.channel.to_owned(),
+            campaign: key.dims.campaign.to_owned(),
+            device: key.dims.device.to_owned(),
+            region: key.dims.region.to_owned(),
+            events: EventType::ALL
+                .into_iter()
+                .filter(|&event_type| counts.events[event_type as usize] > 0)
+                .map(|event_type| {
+                    let count = counts.events[event_type as usize];
+                    (event_type.as_str().to_owned(), count)
+                })
+                .collect(),
+            sessions: counts.sessions,
+            converting_sessions: counts.converting_sessions,
+            conversions: counts.conversions,
+            revenue_micros: counts.revenue_micros,
+            flagged: counts.flagged,
+            duplicates: counts.duplicates,
+            late: counts.late,
+        })
+        .collect()
+}
+
+fn into_spend_rows(rows: HashMap<(Granularity, i64, &str, &str), i64>) -> Vec<TruthSpendRow> {
+    let mut rows: Vec<_> = rows
+        .into_iter()
+        .filter(|&(_, micros)| micros != 0)
+        .collect();
+    rows.sort_unstable_by_key(|&(key, _)| key);
+    rows.into_iter()
+        .map(
+            |((granularity, window_start_ms, channel, campaign), spend_micros)| TruthSpendRow {
+                granularity: granularity.as_str().to_owned(),
+                window_start: format_rfc3339_ms(window_start_ms, 0).to_string(),
+                window_start_ms,
+                window_end_ms: granularity.window(window_start_ms).end_ms,
+                channel: channel.to_owned(),
+                campaign: campaign.to_owned(),
+                spend_micros,
+            },
+        )
+        .collect()
+}
+
+/// The reporting currency is EUR; an absent currency means it.
+fn is_euro(currency: Option<&str>) -> bool {
+    currency.is_none_or(|code| code.trim().eq_ignore_ascii_case("EUR"))
+}
+
+/// Euros to integer micro-euros, rounded once.
+fn to_micros(euros: f64) -> i64 {
+    (euros * 1e6).round() as i64
+}

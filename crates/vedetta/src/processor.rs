@@ -1,0 +1,378 @@
+//! The processor: the adapter that feeds the pure pipeline from the log and commits its
+//! changes to the KPI store, exactly once.
+//!
+//! One thread, a loop of micro-batches:
+//!
+//! ```text
+//! wait for new records ─► read up to N from the log ─► pipeline.process each
+//!   ─► one store commit: KPI changes + the offset after the batch (+ a snapshot, when due)
+//! ```
+//!
+//! Commits are visible to queries at once. Most are not fsynced (`durable = false`); every
+//! `durable_interval` one is, and every `snapshot_interval` one also carries a snapshot of
+//! the pipeline state. After a crash the store is at its last durable commit; recovery
+//! restores the snapshot and replays the log from the snapshot's offset to the committed
+//! offset with the changes discarded (they are in the store already), then carries on. The
+//! log is the source of truth; the store is a consistent, exactly-once view of a prefix of it.
+
+use anyhow::Context;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vedetta_core::enrich::RegionLookup;
+use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, PipelineState};
+use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey};
+
+/// Wakes the processor when the log grows.
+#[derive(Debug, Default)]
+pub struct LogNotifier {
+    end: Mutex<u64>,
+    grown: Condvar,
+}
+
+impl LogNotifier {
+    /// Called by the log writer after each commit.
+    pub fn appended(&self, end_offset: u64) {
+        if let Ok(mut end) = self.end.lock() {
+            *end = end_offset;
+        }
+        self.grown.notify_all();
+    }
+
+    /// Waits until the log end passes `offset`, or the timeout.
+    fn wait_past(&self, offset: u64, timeout: Duration) {
+        if let Ok(end) = self.end.lock() {
+            let _ = self
+                .grown
+                .wait_timeout_while(end, timeout, |end| *end <= offset);
+        }
+    }
+}
+
+/// Tuning of the processor loop.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessorOptions {
+    /// Most records per micro-batch.
+    pub max_batch_records: usize,
+    /// How often a commit is fsynced.
+    pub durable_interval: Duration,
+    /// How often a commit carries a snapshot of the pipeline state.
+    pub snapshot_interval: Duration,
+}
+
+impl Default for ProcessorOptions {
+    fn default() -> Self {
+        Self {
+            max_batch_records: 20_000,
+            durable_interval: Duration::from_secs(1),
+            snapshot_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the processor reports, read by `/v1/status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProcessorStatus {
+    pub processed_offset: AtomicU64,
+    /// Watermark in epoch ms; `i64::MIN` before the first event.
+    pub watermark: AtomicI64,
+    /// Offset of the latest snapshot (retention keeps the log from there).
+    pub snapshot_offset: AtomicU64,
+    pub commits: AtomicU64,
+    pub active_users: AtomicU64,
+    pub remembered_event_ids: AtomicU64,
+    pub recovering: AtomicBool,
+    pub counters: Mutex<PipelineCounters>,
+    /// The last error that stopped a batch, if any.
+    pub last_error: Mutex<Option<String>>,
+    /// Wakes readers waiting for a commit (the live stream).
+    pub committed: tokio::sync::Notify,
+}
+
+impl ProcessorStatus {
+    pub fn watermark(&self) -> Option<i64> {
+        let w = self.watermark.load(Ordering::Acquire);
+        (w != i64::MIN).then_some(w)
+    }
+}
+
+/// A running processor; stopping it commits durably with a snapshot.
+#[derive(Debug)]
+pub struct ProcessorHandle {
+    pub status: Arc<ProcessorStatus>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProcessorHandle {
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ProcessorHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts the processor thread.
+pub fn start(
+    log: Arc<EventLog>,
+    store: Arc<KpiStore>,
+    config: PipelineConfig,
+    regions: Option<Arc<dyn RegionLookup>>,
+    notifier: Arc<LogNotifier>,
+    options: ProcessorOptions,
+) -> anyhow::Result<ProcessorHandle> {
+    let status = Arc::new(ProcessorStatus {
+        watermark: AtomicI64::new(i64::MIN),
+        ..ProcessorStatus::default()
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (status, stop) = (status.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("processor".into())
+            .spawn(move || {
+                let mut processor = match Processor::recover(
+                    log, store, config, regions, options, &status,
+                ) {
+                    Ok(p) => p,
+                    Err(error) => {
+                        tracing::error!(error = %format!("{error:#}"), "processor could not start");
+                        set_error(&status, &error);
+                        return;
+                    }
+                };
+                processor.run(&notifier, &stop, &status);
+            })?
+    };
+    Ok(ProcessorHandle {
+        status,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn set_error(status: &ProcessorStatus, error: &anyhow::Error) {
+    if let Ok(mut last) = status.last_error.lock() {
+        *last = Some(format!("{error:#}"));
+    }
+}
+
+/// The loop's state.
+pub struct Processor {
+    log: Arc<EventLog>,
+    store: Arc<KpiStore>,
+    pipeline: Pipeline,
+    options: ProcessorOptions,
+    last_durable: Instant,
+    last_snapshot: Instant,
+    snapshot_offset: u64,
+}
+
+impl Processor {
+    /// Restores the pipeline from the store's snapshot and replays up to the committed
+    /// offset, discarding the changes already stored.
+    pub fn recover(
+        log: Arc<EventLog>,
+        store: Arc<KpiStore>,
+        config: PipelineConfig,
+        regions: Option<Arc<dyn RegionLookup>>,
+        options: ProcessorOptions,
+        status: &ProcessorStatus,
+    ) -> anyhow::Result<Self> {
+        status.recovering.store(true, Ordering::Release);
+        let progress = store.progress()?;
+        let (mut pipeline, snapshot_offset) = match &progress.snapshot {
+            Some((offset, bytes)) => {
+                let state: PipelineState =
+                    postcard::from_bytes(bytes).context("the pipeline snapshot does not decode")?;
+                (Pipeline::restore(config, regions, state), *offset)
+            }
+            None => (Pipeline::new(config, regions), 0),
+        };
+        let started = Instant::now();
+        let mut next = pipeline
+            .next_offset()
+            .max(snapshot_offset)
+            .max(log.start_offset());
+        while next < progress.processed_offset {
+            let records = log
+                .read(next, options.max_batch_records)
+                .with_context(|| format!("replaying the log from offset {next}"))?;
+            let Some(last) = records.last().map(|(o, _)| *o) else {
+                anyhow::bail!(
+                    "the log ends at {next} but the store has processed up to {}",
+                    progress.processed_offset
+                );
+            };
+            for (offset, record) in records {
+                if offset >= progress.processed_offset {
+                    break;
+                }
+                pipeline.process(offset, &record);
+            }
+            let _already_stored = pipeline.take_deltas();
+            next = (last + 1).min(progress.processed_offset);
+        }
+        if progress.processed_offset > snapshot_offset {
+            tracing::info!(
+                from = snapshot_offset,
+                to = progress.processed_offset,
+                ms = started.elapsed().as_millis() as u64,
+                "processor recovered state by replaying the log"
+            );
+        }
+        status.recovering.store(false, Ordering::Release);
+        let processor = Self {
+            log,
+            store,
+            pipeline,
+            options,
+            last_durable: Instant::now(),
+            last_snapshot: Instant::now(),
+            snapshot_offset,
+        };
+        processor.publish(status, progress.processed_offset);
+        Ok(processor)
+    }
+
+    fn run(&mut self, notifier: &LogNotifier, stop: &AtomicBool, status: &ProcessorStatus) {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                if let Err(error) = self.commit_batch(true, status) {
+                    tracing::error!(error = %format!("{error:#}"), "final commit failed");
+                }
+                return;
+            }
+            let next = self.pipeline.next_offset();
+            if self.log.end_offset() <= next {
+                notifier.wait_past(next, Duration::from_millis(100));
+                continue;
+            }
+            match self.step(status) {
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::error!(error = %format!("{error:#}"), "processing failed; retrying");
+                    set_error(status, &error);
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// One micro-batch: read, process, commit.
+    pub fn step(&mut self, status: &ProcessorStatus) -> anyhow::Result<()> {
+        // A fresh pipeline over a log whose head was deleted by retention starts at its head.
+        let next = self.pipeline.next_offset().max(self.log.start_offset());
+        let records = self.log.read(next, self.options.max_batch_records)?;
+        for (offset, record) in &records {
+            self.pipeline.process(*offset, record);
+        }
+        let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
+        self.commit_batch(snapshot_due, status)
+    }
+
+    /// Commits the pending changes with the current offset.
+    fn commit_batch(&mut self, snapshot: bool, status: &ProcessorStatus) -> anyhow::Result<()> {
+        let deltas = self.pipeline.take_deltas();
+        let durable = snapshot || self.last_durable.elapsed() >= self.options.durable_interval;
+        let mut commit = Commit {
+            processed_offset: self.pipeline.next_offset(),
+            watermark: self.pipeline.watermark(),
+            durable,
+            ..Commit::default()
+        };
+        for (key, change) in deltas.rows {
+            let dims = self
+                .pipeline
+                .dims(key.dims)
+                .context("a change refers to unknown dimensions")?;
+            commit.rows.push((
+                RowKey {
+                    granularity: key.granularity,
+                    window_start: key.window_start,
+                    channel: dims.channel.clone(),
+                    campaign: dims.campaign.clone(),
+                    device: dims.device.clone(),
+                    region: dims.region.clone(),
+                },
+                change,
+            ));
+        }
+        for (key, micros) in deltas.spend_micros {
+            let dims = self
+                .pipeline
+                .dims(key.channel_campaign)
+                .context("a spend change refers to unknown dimensions")?;
+            commit.spend.push((
+                SpendRowKey {
+                    granularity: key.granularity,
+                    window_start: key.window_start,
+                    channel: dims.channel.clone(),
+                    campaign: dims.campaign.clone(),
+                },
+                micros,
+            ));
+        }
+        if snapshot {
+            commit.snapshot = Some(
+                postcard::to_allocvec(&self.pipeline.snapshot())
+                    .context("encoding the pipeline snapshot")?,
+            );
+        }
+        self.store.commit(&commit)?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        if snapshot {
+            self.last_snapshot = Instant::now();
+            self.snapshot_offset = commit.processed_offset;
+        }
+        status.commits.fetch_add(1, Ordering::Relaxed);
+        self.publish(status, commit.processed_offset);
+        Ok(())
+    }
+
+    fn publish(&self, status: &ProcessorStatus, processed_offset: u64) {
+        status
+            .processed_offset
+            .store(processed_offset, Ordering::Release);
+        status.watermark.store(
+            self.pipeline.watermark().unwrap_or(i64::MIN),
+            Ordering::Release,
+        );
+        status
+            .snapshot_offset
+            .store(self.snapshot_offset, Ordering::Release);
+        status
+            .active_users
+            .store(self.pipeline.active_users() as u64, Ordering::Relaxed);
+        status.remembered_event_ids.store(
+            self.pipeline.remembered_event_ids() as u64,
+            Ordering::Relaxed,
+        );
+        if let Ok(mut counters) = status.counters.lock() {
+            *counters = self.pipeline.counters().clone();
+        }
+        status.committed.notify_waiters();
+    }
+
+    /// Processes everything in the log now, committing as it goes (for `vedetta replay`).
+    pub fn catch_up(&mut self, status: &ProcessorStatus) -> anyhow::Result<()> {
+        while self.pipeline.next_offset() < self.log.end_offset() {
+            self.step(status)?;
+        }
+        self.commit_batch(true, status)
+    }
+}

@@ -1,0 +1,348 @@
+//! `GET /v1/kpis`: windowed KPIs, grouped and filtered by dimension.
+//!
+//! `?granularity=1m|1h|1d&from=RFC3339&to=RFC3339&group_by=channel,device&channel=social`
+//!
+//! Rows are the windows whose start lies in `[from, to)`, summed over the dimensions not
+//! grouped by; ratios are computed from the sums, `null` when the denominator is zero.
+//! Spend has only channel and campaign: when the query groups or filters by device or
+//! region, `spend` and `cpa` are `null` (see `docs/semantics.md`).
+
+use super::{ApiError, AppState};
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use vedetta_core::enrich::Region;
+use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::windows::Granularity;
+use vedetta_core::time::EventTime;
+
+/// A dimension a query can group or filter by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dimension {
+    Channel,
+    Campaign,
+    Device,
+    Region,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 4] = [
+        Dimension::Channel,
+        Dimension::Campaign,
+        Dimension::Device,
+        Dimension::Region,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dimension::Channel => "channel",
+            Dimension::Campaign => "campaign",
+            Dimension::Device => "device",
+            Dimension::Region => "region",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Dimension> {
+        Dimension::ALL.into_iter().find(|d| d.name() == text)
+    }
+
+    fn has_spend(self) -> bool {
+        matches!(self, Dimension::Channel | Dimension::Campaign)
+    }
+}
+
+/// A validated query.
+#[derive(Debug, Clone)]
+pub struct KpiQuery {
+    pub granularity: Granularity,
+    pub from: i64,
+    pub to: i64,
+    pub group_by: Vec<Dimension>,
+    /// Accepted values per filtered dimension.
+    pub filters: BTreeMap<Dimension, Vec<String>>,
+}
+
+impl KpiQuery {
+    /// Parses query parameters, naming the one that is wrong.
+    pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<Self, ApiError> {
+        let bad = |message: String| ApiError::BadRequest(message);
+        let granularity = match params.get("granularity") {
+            None => Granularity::Hour,
+            Some(text) => Granularity::parse(text)
+                .ok_or_else(|| bad(format!("granularity: expected 1m, 1h or 1d, got {text:?}")))?,
+        };
+        let time = |name: &str| -> Result<Option<i64>, ApiError> {
+            params
+                .get(name)
+                .map(|text| {
+                    text.parse::<jiff::Timestamp>()
+                        .map(|t| t.as_millisecond())
+                        .or_else(|_| text.parse::<i64>())
+                        .map_err(|_| {
+                            bad(format!(
+                                "{name}: expected an RFC 3339 timestamp or epoch milliseconds, got {text:?}"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        let to = time("to")?.unwrap_or(now_ms + 60_000);
+        let default_span = match granularity {
+            Granularity::Minute => 3_600_000,
+            Granularity::Hour => 48 * 3_600_000,
+            Granularity::Day => 31 * 86_400_000,
+        };
+        let from = time("from")?.unwrap_or(to - default_span);
+        if from >= to {
+            return Err(bad("from: must be before to".into()));
+        }
+        let mut group_by = Vec::new();
+        if let Some(list) = params.get("group_by") {
+            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let dimension = Dimension::parse(name).ok_or_else(|| {
+                    bad(format!(
+                        "group_by: unknown dimension {name:?}; use channel, campaign, device, region"
+                    ))
+                })?;
+                if !group_by.contains(&dimension) {
+                    group_by.push(dimension);
+                }
+            }
+        }
+        let mut filters = BTreeMap::new();
+        for (name, value) in params {
+            match name.as_str() {
+                "granularity" | "from" | "to" | "group_by" => {}
+                other => {
+                    let dimension = Dimension::parse(other).ok_or_else(|| {
+                        bad(format!(
+                            "{other}: unknown parameter; use granularity, from, to, group_by, \
+                             channel, campaign, device, region"
+                        ))
+                    })?;
+                    let values = value
+                        .split(',')
+                        .map(|v| normalize_filter(dimension, v.trim()))
+                        .collect();
+                    filters.insert(dimension, values);
+                }
+            }
+        }
+        Ok(Self {
+            granularity,
+            from,
+            to,
+            group_by,
+            filters,
+        })
+    }
+
+    /// Whether spend is defined for this query (only channel and campaign involved).
+    pub fn spend_defined(&self) -> bool {
+        self.group_by.iter().all(|d| d.has_spend()) && self.filters.keys().all(|d| d.has_spend())
+    }
+}
+
+/// Filters compare with stored values: channels are lower case, regions are codes.
+fn normalize_filter(dimension: Dimension, value: &str) -> String {
+    match dimension {
+        Dimension::Channel | Dimension::Device => value.to_ascii_lowercase(),
+        Dimension::Region => {
+            Region::from_text(value).map_or_else(|| value.to_string(), |r| r.code().to_string())
+        }
+        Dimension::Campaign => value.to_string(),
+    }
+}
+
+/// KPIs of a row or of the totals, as the API returns them.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct KpiValues {
+    pub sessions: i64,
+    pub converting_sessions: i64,
+    pub conversion_rate: Option<f64>,
+    pub conversions: i64,
+    pub revenue: f64,
+    pub aov: Option<f64>,
+    pub spend: Option<f64>,
+    pub cpa: Option<f64>,
+    pub flagged: i64,
+    pub duplicates: i64,
+    pub late: i64,
+    pub events: BTreeMap<String, i64>,
+}
+
+fn ratio(numerator: f64, denominator: i64) -> Option<f64> {
+    (denominator != 0).then(|| numerator / denominator as f64)
+}
+
+impl KpiValues {
+    pub fn from_counters(c: &KpiCounters, spend_micros: Option<i64>) -> Self {
+        let revenue = c.revenue_micros as f64 / 1e6;
+        let spend = spend_micros.map(|m| m as f64 / 1e6);
+        Self {
+            sessions: c.sessions,
+            converting_sessions: c.converting_sessions,
+            conversion_rate: ratio(c.converting_sessions as f64, c.sessions),
+            conversions: c.conversions,
+            revenue,
+            aov: ratio(revenue, c.conversions),
+            spend,
+            cpa: spend.and_then(|s| ratio(s, c.conversions)),
+            flagged: c.flagged,
+            duplicates: c.duplicates,
+            late: c.late,
+            events: c
+                .events_by_type()
+                .map(|(name, n)| (name.to_string(), n))
+                .collect(),
+        }
+    }
+}
+
+/// One row of the answer.
+#[derive(Debug, Serialize)]
+pub struct KpiRow {
+    pub window_start: String,
+    pub window_end: String,
+    #[serde(flatten)]
+    pub dimensions: BTreeMap<String, String>,
+    #[serde(flatten)]
+    pub values: KpiValues,
+}
+
+/// The answer.
+#[derive(Debug, Serialize)]
+pub struct KpiResponse {
+    pub granularity: &'static str,
+    pub from: String,
+    pub to: String,
+    pub group_by: Vec<&'static str>,
+    pub rows: Vec<KpiRow>,
+    pub totals: KpiValues,
+}
+
+#[derive(Default)]
+struct Group {
+    counters: KpiCounters,
+    spend_micros: i64,
+}
+
+/// Runs a query against the store.
+pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiError> {
+    let store = &state.kpi_store;
+    let internal = |e: vedetta_store::StoreError| ApiError::Internal(e.to_string());
+    let rows = store
+        .rows(query.granularity, query.from, query.to)
+        .map_err(internal)?;
+    let mut groups: BTreeMap<(i64, Vec<String>), Group> = BTreeMap::new();
+    let mut totals = Group::default();
+    for (key, counters) in rows {
+        let value_of = |d: Dimension| -> &str {
+            match d {
+                Dimension::Channel => &key.channel,
+                Dimension::Campaign => &key.campaign,
+                Dimension::Device => &key.device,
+                Dimension::Region => &key.region,
+            }
+        };
+        if !query
+            .filters
+            .iter()
+            .all(|(d, accepted)| accepted.iter().any(|v| v == value_of(*d)))
+        {
+            continue;
+        }
+        let group: Vec<String> = query
+            .group_by
+            .iter()
+            .map(|d| value_of(*d).to_string())
+            .collect();
+        groups
+            .entry((key.window_start, group))
+            .or_default()
+            .counters
+            .add(&counters);
+        totals.counters.add(&counters);
+    }
+    let spend_defined = query.spend_defined();
+    if spend_defined {
+        for (key, micros) in store
+            .spend(query.granularity, query.from, query.to)
+            .map_err(internal)?
+        {
+            let value_of = |d: Dimension| -> &str {
+                match d {
+                    Dimension::Channel => &key.channel,
+                    _ => &key.campaign,
+                }
+            };
+            if !query
+                .filters
+                .iter()
+                .all(|(d, accepted)| accepted.iter().any(|v| v == value_of(*d)))
+            {
+                continue;
+            }
+            let group: Vec<String> = query
+                .group_by
+                .iter()
+                .map(|d| value_of(*d).to_string())
+                .collect();
+            groups
+                .entry((key.window_start, group))
+                .or_default()
+                .spend_micros += micros;
+            totals.spend_micros += micros;
+        }
+    }
+    let calendar = state.calendar.clone();
+    let rows = groups
+        .into_iter()
+        .filter(|(_, g)| !g.counters.is_zero() || g.spend_micros != 0)
+        .map(|((window_start, values), group)| {
+            let mut dimensions = BTreeMap::new();
+            for (d, value) in query.group_by.iter().zip(values) {
+                if *d == Dimension::Region
+                    && let Some(region) = Region::from_text(&value)
+                {
+                    dimensions.insert("region_name".to_string(), region.name().to_string());
+                }
+                dimensions.insert(d.name().to_string(), value);
+            }
+            KpiRow {
+                window_start: EventTime(window_start).to_rfc3339(),
+                window_end: EventTime(calendar.end_of(query.granularity, window_start))
+                    .to_rfc3339(),
+                dimensions,
+                values: KpiValues::from_counters(
+                    &group.counters,
+                    spend_defined.then_some(group.spend_micros),
+                ),
+            }
+        })
+        .collect();
+    Ok(KpiResponse {
+        granularity: query.granularity.as_str(),
+        from: EventTime(query.from).to_rfc3339(),
+        to: EventTime(query.to).to_rfc3339(),
+        group_by: query.group_by.iter().map(|d| d.name()).collect(),
+        rows,
+        totals: KpiValues::from_counters(
+            &totals.counters,
+            spend_defined.then_some(totals.spend_micros),
+        ),
+    })
+}
+
+pub async fn get_kpis(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<KpiResponse>, ApiError> {
+    let query = KpiQuery::parse(&params, state.clock.now_ms())?;
+    let response = tokio::task::spawn_blocking(move || run_query(&state, &query))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(response))
+}

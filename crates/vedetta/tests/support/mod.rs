@@ -1,0 +1,135 @@
+//! Shared helpers of the integration tests: start the real binary, talk to it over HTTP.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vedetta");
+pub const KEY: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// A running `vedetta serve`.
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Server {
+    /// Starts the server on a free loopback port with the given data directory and extra
+    /// environment, and waits until it listens.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+            .env("VEDETTA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("start vedetta serve");
+        let stderr = child.stderr.take().unwrap();
+        let (address_tx, address_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let _ =
+                        address_tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                if line.contains("ERROR") {
+                    eprintln!("server: {line}");
+                }
+            }
+        });
+        let address = address_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the server opened its data and started listening");
+        Server { child, address }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the server");
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for the ordered shutdown.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+}
+
+/// A blocking HTTP client for tests.
+pub fn client() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+pub fn get_json(client: &reqwest::blocking::Client, url: &str) -> serde_json::Value {
+    let response = client.get(url).send().unwrap();
+    let status = response.status();
+    let text = response.text().unwrap();
+    assert!(status.is_success(), "GET {url}: {status} {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Waits until the processor has consumed the whole log.
+pub fn wait_processed(client: &reqwest::blocking::Client, server: &Server) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let status = get_json(client, &server.url("/v1/status"));
+        if status["log_end_offset"] == status["processed_offset"]
+            && status["log_pending_records"] == 0
+        {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processing did not catch up: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[allow(clippy::disallowed_methods)] // test clients stamp events with the wall clock
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A small deterministic generator for random test choices.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
