@@ -135,6 +135,8 @@ pub fn start(
 ) -> anyhow::Result<ProcessorHandle> {
     let status = Arc::new(ProcessorStatus {
         watermark: AtomicI64::new(i64::MIN),
+        // Until recovery has run, the numbers in the store may lag the log.
+        recovering: AtomicBool::new(true),
         ..ProcessorStatus::default()
     });
     let stop = Arc::new(AtomicBool::new(false));

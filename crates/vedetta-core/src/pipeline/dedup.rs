@@ -73,6 +73,11 @@ impl ExactDedup {
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }
+
+    /// Estimated heap bytes held (see [`super::footprint`]).
+    pub fn heap_bytes(&self) -> usize {
+        super::footprint::hash_map(&self.seen) + super::footprint::btree_of_vecs(&self.by_hour)
+    }
 }
 
 #[cfg(test)]

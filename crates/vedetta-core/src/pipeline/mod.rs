@@ -14,6 +14,7 @@
 
 pub mod dedup;
 pub mod dims;
+pub mod footprint;
 pub mod kpi;
 pub mod user;
 pub mod windows;
@@ -241,6 +242,19 @@ impl Pipeline {
     /// Event ids held for exact dedup.
     pub fn remembered_event_ids(&self) -> usize {
         self.state.dedup.len()
+    }
+
+    /// Estimated memory of the state, per part (see [`footprint`]).
+    pub fn state_footprint(&self) -> footprint::StateFootprint {
+        let users = &self.state.users;
+        footprint::StateFootprint {
+            users: users.len(),
+            user_map_bytes: footprint::hash_map(users),
+            user_events_bytes: users.values().map(|u| footprint::vec(&u.entries)).sum(),
+            expiry_bytes: footprint::btree_of_vecs(&self.state.expiry),
+            event_ids: self.state.dedup.len(),
+            dedup_bytes: self.state.dedup.heap_bytes(),
+        }
     }
 
     /// The interned dimensions of an id (for the store to write rows by name).

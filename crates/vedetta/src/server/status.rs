@@ -40,6 +40,7 @@ pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "lag_events": log.end_offset.saturating_sub(processed),
         "watermark": processor.watermark().map(|w| EventTime(w).to_rfc3339()),
         "processor_commits": processor.commits.load(Ordering::Relaxed),
+        "snapshot_offset": processor.snapshot_offset.load(Ordering::Acquire),
         "processor_recovering": processor.recovering.load(Ordering::Relaxed),
         "processor_error": processor.last_error.lock().ok().and_then(|e| e.clone()),
         "active_users": processor.active_users.load(Ordering::Relaxed),

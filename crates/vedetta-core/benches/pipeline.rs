@@ -1,0 +1,187 @@
+//! Pipeline core throughput: log records in, KPI deltas out, one core.
+//!
+//! `cargo bench -p vedetta-core --bench pipeline`. The synthetic generator makes realistic
+//! traffic (duplicates, out-of-order and late events, late sessions, fast checkouts, ad
+//! spend); intake judges it once, exactly as the server does, so the pipeline sees the
+//! `LogRecord`s the log would hold. Each iteration feeds every record to a fresh
+//! [`Pipeline`] (with GeoIP enrichment) and takes the deltas every 10,000 records, as the
+//! processor does after each read: dedup, flags, enrichment, sessions, every window and
+//! state expiry are all on the measured path.
+//!
+//! The processor also decodes each log batch before processing it; `decode_log_batches`
+//! measures that step alone and `decode_and_process` the two together.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use divan::{Bencher, black_box, counter::ItemsCount};
+use std::sync::Arc;
+use vedetta_core::LogRecord;
+use vedetta_core::enrich::{EnrichConfig, MmdbRegionLookup, RegionLookup};
+use vedetta_core::intake::{BodyFormat, IntakeContext, IntakeLimits, judge_events, judge_spend};
+use vedetta_core::pipeline::{Pipeline, PipelineConfig};
+use vedetta_core::privacy::{PseudonymKey, Pseudonymizer};
+use vedetta_core::record::{decode_batch, encode_batch};
+use vedetta_synth::geoip::catalog_region_mmdb;
+use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
+
+/// Records per run: about 90 minutes of event time at the rate below, so that users'
+/// state is evicted and every window granularity closes along the way.
+const RECORDS: usize = 500_000;
+/// Records per log batch (one intake request, as `vedetta bench intake` posts).
+const BATCH: usize = 1_000;
+/// Records processed between two `take_deltas` (the processor commits after each read).
+const DELTAS_EVERY: usize = 10_000;
+const NOW: i64 = 4_102_444_800_000;
+
+fn main() {
+    divan::main();
+}
+
+/// The generator's traffic as the log holds it, in arrival order.
+fn records() -> Vec<LogRecord> {
+    let config = SynthConfig {
+        sessions_per_minute: 1_000.0,
+        users: 200_000,
+        ..SynthConfig::default()
+    };
+    let pseudonymizer = Pseudonymizer::new(PseudonymKey::from_bytes(1, &[7; 32]).unwrap(), vec![]);
+    let limits = IntakeLimits {
+        max_events_per_request: DELTAS_EVERY,
+        ..IntakeLimits::default()
+    };
+    let ctx = IntakeContext {
+        now_ms: NOW,
+        pseudonymizer: &pseudonymizer,
+        limits: &limits,
+    };
+    let mut records = Vec::with_capacity(RECORDS);
+    // Consecutive records of one kind are judged together, in arrival order.
+    let mut body = Vec::new();
+    let mut lines = 0;
+    let mut spend_body = false;
+    let mut flush = |body: &mut Vec<u8>, lines: &mut usize, spend: bool| {
+        if *lines == 0 {
+            return;
+        }
+        let judge = if spend { judge_spend } else { judge_events };
+        let judged = judge(body, BodyFormat::Ndjson, &ctx).unwrap();
+        assert!(judged.rejected.is_empty(), "{:?}", judged.rejected.first());
+        records.extend(judged.records);
+        body.clear();
+        *lines = 0;
+    };
+    for arrival in Generator::new(config).expect("valid config").take(RECORDS) {
+        let spend = matches!(arrival.record, SynthRecord::Spend(_));
+        if spend != spend_body || lines == DELTAS_EVERY {
+            flush(&mut body, &mut lines, spend_body);
+            spend_body = spend;
+        }
+        to_ndjson_line(&arrival.record, &mut body);
+        lines += 1;
+    }
+    flush(&mut body, &mut lines, spend_body);
+    assert_eq!(records.len(), RECORDS);
+    records
+}
+
+fn regions() -> Arc<dyn RegionLookup> {
+    Arc::new(MmdbRegionLookup::from_bytes(catalog_region_mmdb()).unwrap())
+}
+
+fn pipeline(regions: &Arc<dyn RegionLookup>) -> Pipeline {
+    let config = PipelineConfig {
+        enrich: EnrichConfig {
+            internal_hosts: vec!["www.bottega.example".into()],
+            ..EnrichConfig::default()
+        },
+        ..PipelineConfig::default()
+    };
+    Pipeline::new(config, Some(Arc::clone(regions)))
+}
+
+/// Feeds `records` from `first_offset` on, taking the deltas every `DELTAS_EVERY` records;
+/// returns the number of delta rows so that nothing is optimized away.
+fn process_all(pipeline: &mut Pipeline, first_offset: u64, records: &[LogRecord]) -> usize {
+    let mut rows = 0;
+    for (chunk_index, chunk) in records.chunks(DELTAS_EVERY).enumerate() {
+        let base = first_offset + (chunk_index * DELTAS_EVERY) as u64;
+        for (i, record) in chunk.iter().enumerate() {
+            pipeline.process(base + i as u64, black_box(record));
+        }
+        rows += pipeline.take_deltas().rows.len();
+    }
+    rows
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn process_records(bencher: Bencher<'_, '_>) {
+    let records = records();
+    let regions = regions();
+    // One untimed run to check the traffic exercises every rule.
+    let mut check = pipeline(&regions);
+    process_all(&mut check, 0, &records);
+    let counters = check.counters();
+    assert!(counters.exact_duplicates > 0 && counters.near_duplicates > 0);
+    assert!(counters.flagged > 0 && counters.late.iter().all(|&n| n > 0));
+    assert!(counters.spend_records > 0);
+    eprintln!(
+        "workload: {} records, {:?}, {} users and {} event ids held at the end",
+        records.len(),
+        counters,
+        check.active_users(),
+        check.remembered_event_ids(),
+    );
+    drop(check);
+    bencher
+        .counter(ItemsCount::new(records.len()))
+        .with_inputs(|| pipeline(&regions))
+        .bench_local_values(|mut pipeline| {
+            process_all(&mut pipeline, 0, &records);
+            pipeline
+        });
+}
+
+/// The log's batches, as intake writes them (one per request of `BATCH` records).
+fn batches(records: &[LogRecord]) -> Vec<Vec<u8>> {
+    records
+        .chunks(BATCH)
+        .map(|chunk| encode_batch(chunk, NOW, 1))
+        .collect()
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn decode_log_batches(bencher: Bencher<'_, '_>) {
+    let batches = batches(&records());
+    bencher.counter(ItemsCount::new(RECORDS)).bench_local(|| {
+        let mut decoded = 0;
+        for batch in &batches {
+            let (_, records) = decode_batch(black_box(batch)).unwrap();
+            decoded += records.len();
+        }
+        decoded
+    });
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn decode_and_process(bencher: Bencher<'_, '_>) {
+    let batches = batches(&records());
+    let regions = regions();
+    bencher
+        .counter(ItemsCount::new(RECORDS))
+        .with_inputs(|| pipeline(&regions))
+        .bench_local_values(|mut pipeline| {
+            let mut offset = 0u64;
+            // One read of the processor: `DELTAS_EVERY` records, then the deltas.
+            for read in batches.chunks(DELTAS_EVERY / BATCH) {
+                for batch in read {
+                    let (_, records) = decode_batch(batch).unwrap();
+                    for record in &records {
+                        pipeline.process(offset, record);
+                        offset += 1;
+                    }
+                }
+                black_box(pipeline.take_deltas());
+            }
+            pipeline
+        });
+}

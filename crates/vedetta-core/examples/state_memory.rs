@@ -1,0 +1,225 @@
+//! Memory of the pipeline's state with many users active at once.
+//!
+//! `cargo run --release -p vedetta-core --example state_memory [USERS]` (default 1,000,000).
+//!
+//! Every user has one short session of 2–4 events (page view, add to cart, checkout,
+//! purchase, 40 s apart, each with an `event_id`); session starts are spread evenly over
+//! 8 minutes of event time, so the whole run covers 10 minutes and no user's state is
+//! evicted: they are all active within the allowed lateness at the end. Events are fed in
+//! event-time order, deltas are taken every 10,000 records as the processor does.
+//!
+//! Reports the process's resident memory (`VmRSS`) before and after, its growth per active
+//! user, and the pipeline's own estimate from its data structures
+//! ([`Pipeline::state_footprint`]), with the exact-dedup ids (per-event state, held 24 h)
+//! shown apart. Linux only for RSS (reads `/proc/self/status`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use vedetta_core::pipeline::{Pipeline, PipelineConfig};
+use vedetta_core::record::{Consent, EventKind, LogRecord, StoredEvent, UserPseudonym};
+use vedetta_core::time::EventTime;
+
+const T0: i64 = 1_712_318_400_000; // 2024-04-05T12:00:00Z
+const STARTS_SPREAD_MS: i64 = 8 * 60_000;
+const STEP_MS: i64 = 40_000;
+const KINDS: [EventKind; 4] = [
+    EventKind::PageView,
+    EventKind::AddToCart,
+    EventKind::Checkout,
+    EventKind::Purchase,
+];
+const CHANNELS: [&str; 5] = ["paid_search", "social", "organic", "email", "direct"];
+const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
+const REGIONS: [&str; 5] = ["IT-25", "IT-62", "IT-72", "IT-21", "IT-45"];
+
+fn main() {
+    let users: u64 = std::env::args()
+        .nth(1)
+        .map(|n| n.parse().expect("USERS must be a number"))
+        .unwrap_or(1_000_000);
+
+    let mut pipeline = Pipeline::new(PipelineConfig::default(), None);
+    let rss_before = rss_bytes();
+
+    let mut events = Events::new(users);
+    let mut offset = 0u64;
+    let mut delta_rows = 0usize;
+    let started = std::time::Instant::now();
+    while let Some(event) = events.next_event() {
+        pipeline.process(offset, &LogRecord::Event(event));
+        offset += 1;
+        if offset.is_multiple_of(10_000) {
+            delta_rows += pipeline.take_deltas().rows.len();
+        }
+    }
+    delta_rows += pipeline.take_deltas().rows.len();
+    let elapsed = started.elapsed();
+    let rss_after = rss_bytes();
+
+    let active = pipeline.active_users();
+    let footprint = pipeline.state_footprint();
+    let growth = rss_after.saturating_sub(rss_before);
+    let per_user = |bytes: usize| bytes as f64 / active.max(1) as f64;
+
+    println!("users generated           {users}");
+    println!("events processed          {offset}");
+    println!("delta rows taken          {delta_rows}");
+    println!(
+        "processing time           {:.2} s ({:.0} events/s, event construction included)",
+        elapsed.as_secs_f64(),
+        offset as f64 / elapsed.as_secs_f64()
+    );
+    println!("active users              {active}");
+    println!("event ids held (dedup)    {}", footprint.event_ids);
+    println!("counters                  {:?}", pipeline.counters());
+    println!();
+    println!("RSS before                {:>8.1} MiB", mib(rss_before));
+    println!("RSS after                 {:>8.1} MiB", mib(rss_after));
+    println!(
+        "RSS growth                {:>8.1} MiB = {:.0} bytes per active user (dedup included)",
+        mib(growth),
+        per_user(growth)
+    );
+    println!();
+    println!("estimate from the data structures:");
+    let line = |name: &str, bytes: usize| {
+        println!(
+            "  {name:<24}{:>8.1} MiB  {:>6.1} bytes/user",
+            mib(bytes),
+            per_user(bytes)
+        );
+    };
+    line("user map", footprint.user_map_bytes);
+    line("users' event lists", footprint.user_events_bytes);
+    line("expiry schedule", footprint.expiry_bytes);
+    line("per-user state", footprint.per_user_state_bytes());
+    line("exact-dedup ids", footprint.dedup_bytes);
+    line(
+        "all state",
+        footprint.per_user_state_bytes() + footprint.dedup_bytes,
+    );
+    println!(
+        "  exact-dedup per event id  {:.1} bytes",
+        footprint.dedup_bytes as f64 / footprint.event_ids.max(1) as f64
+    );
+    println!(
+        "RSS growth without the dedup estimate: {:.0} bytes per active user",
+        per_user(growth.saturating_sub(footprint.dedup_bytes))
+    );
+}
+
+/// The events of every user in event-time order: a merge of four sequences, one per step of
+/// the session (user `i` starts at `T0 + i × spread / users` and does `2 + i % 3` steps).
+struct Events {
+    users: u64,
+    /// Next user of each step.
+    cursors: [u64; 4],
+}
+
+impl Events {
+    fn new(users: u64) -> Self {
+        Self {
+            users,
+            cursors: [0; 4],
+        }
+    }
+
+    fn steps(user: u64) -> usize {
+        2 + (user % 3) as usize
+    }
+
+    fn start(&self, user: u64) -> i64 {
+        T0 + (i128::from(user) * i128::from(STARTS_SPREAD_MS) / i128::from(self.users)) as i64
+    }
+
+    fn next_event(&mut self) -> Option<StoredEvent> {
+        let mut best: Option<(i64, usize)> = None;
+        for step in 0..4 {
+            // Skip users whose session is shorter than this step.
+            while self.cursors[step] < self.users && Self::steps(self.cursors[step]) <= step {
+                self.cursors[step] += 1;
+            }
+            let user = self.cursors[step];
+            if user >= self.users {
+                continue;
+            }
+            let ts = self.start(user) + step as i64 * STEP_MS;
+            if best.is_none_or(|(best_ts, _)| ts < best_ts) {
+                best = Some((ts, step));
+            }
+        }
+        let (ts, step) = best?;
+        let user = self.cursors[step];
+        self.cursors[step] += 1;
+        Some(event(user, step, ts))
+    }
+}
+
+fn pseudonym(user: u64) -> UserPseudonym {
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&splitmix(user).to_le_bytes());
+    bytes[8..].copy_from_slice(&splitmix(user ^ 0x5555_5555).to_le_bytes());
+    UserPseudonym(bytes)
+}
+
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn event(user: u64, step: usize, ts: i64) -> StoredEvent {
+    let kind = KINDS[step].clone();
+    let purchase = kind == EventKind::Purchase;
+    let pick = |names: &[&str], salt: u64| {
+        names[(splitmix(user ^ salt) % names.len() as u64) as usize].to_string()
+    };
+    StoredEvent {
+        user: pseudonym(user),
+        kind,
+        ts: EventTime(ts),
+        event_id: Some(format!("{user:x}-{step}")),
+        value: purchase.then_some(49.9),
+        currency: None,
+        order_id: None,
+        channel: Some(pick(&CHANNELS, 1)),
+        campaign: None,
+        utm_source: None,
+        utm_medium: None,
+        utm_campaign: None,
+        utm_content: None,
+        utm_term: None,
+        gclid: None,
+        fbclid: None,
+        user_agent: None,
+        device: Some(pick(&DEVICES, 2)),
+        ip_network: None,
+        region: Some(pick(&REGIONS, 3)),
+        page: None,
+        referrer: None,
+        product_id: None,
+        consent: Consent::default(),
+        properties: None,
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/status` (0 where unavailable).
+fn rss_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<usize>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn mib(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
