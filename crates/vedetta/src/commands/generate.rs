@@ -54,6 +54,15 @@ pub struct GenArgs {
     /// API key for live mode.
     #[arg(long, env = "VEDETTA_API_KEY")]
     key: Option<String>,
+    /// Also write the expected KPIs (JSON), computed by the independent batch implementation
+    /// (`vedetta_synth::truth`). They hold for a server that receives the events in file
+    /// order (`vedetta send --concurrency 1`) and geolocates with `--geoip-out`'s database.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Write a GeoIP database (MaxMind format) that places the generator's IP addresses in
+    /// their Italian regions; point `pipeline.geoip_database` at it.
+    #[arg(long)]
+    geoip_out: Option<PathBuf>,
 }
 
 pub fn run(args: &GenArgs) -> anyhow::Result<()> {
@@ -108,31 +117,82 @@ fn write_files(args: &GenArgs) -> anyhow::Result<()> {
     let mut line = Vec::with_capacity(512);
     let (mut events, mut costs) = (0u64, 0u64);
     let mut generator = synth(config.clone())?;
+    // Kept only when the truth is wanted: it is computed over the whole stream at the end.
+    let (mut logged_events, mut logged_spend) = (Vec::new(), Vec::new());
     while events < args.events {
         let Some(arrival) = generator.next() else {
             break;
         };
         line.clear();
         to_ndjson_line(&arrival.record, &mut line);
-        match arrival.record {
-            SynthRecord::Event(_) => {
-                events_out.write_all(&line)?;
-                events += 1;
-            }
-            SynthRecord::Spend(_) => {
-                costs_out.write_all(&line)?;
-                costs += 1;
+        let is_event = matches!(arrival.record, SynthRecord::Event(_));
+        if is_event {
+            events_out.write_all(&line)?;
+            events += 1;
+        } else {
+            costs_out.write_all(&line)?;
+            costs += 1;
+        }
+        if args.truth.is_some() {
+            if is_event {
+                logged_events.push(arrival);
+            } else {
+                logged_spend.push(arrival);
             }
         }
     }
     events_out.flush()?;
     costs_out.flush()?;
+    if let Some(path) = &args.geoip_out {
+        std::fs::write(path, vedetta_synth::geoip::catalog_region_mmdb())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote the GeoIP database to {}", path.display());
+    }
+    if let Some(path) = &args.truth {
+        write_truth(path, &logged_events, &logged_spend)?;
+    }
     eprintln!(
         "wrote {events} events to {} and {costs} spend records to {} (event time from {}, seed {})",
         args.out.display(),
         costs_path.display(),
         EventTime(config.start_ms),
         args.seed
+    );
+    Ok(())
+}
+
+/// Computes the expected KPIs with the independent batch implementation and writes them.
+fn write_truth(
+    path: &std::path::Path,
+    events: &[vedetta_synth::Arrival],
+    spend: &[vedetta_synth::Arrival],
+) -> anyhow::Result<()> {
+    use vedetta_synth::truth::{IpRegion, TruthConfig, compute};
+    let geoip = vedetta_synth::geoip::catalog_region_networks()
+        .into_iter()
+        .map(|(network, prefix_len, region)| IpRegion {
+            network,
+            prefix_len,
+            region: region.iso_code.to_string(),
+        })
+        .collect();
+    // The server logs the events file first, then the costs file.
+    let truth = compute(
+        events.iter().chain(spend),
+        &TruthConfig {
+            geoip,
+            ..TruthConfig::default()
+        },
+    );
+    let file = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+    );
+    serde_json::to_writer(file, &truth)?;
+    eprintln!(
+        "wrote the expected KPIs ({} rows, {} spend rows) to {}",
+        truth.rows.len(),
+        truth.spend.len(),
+        path.display()
     );
     Ok(())
 }

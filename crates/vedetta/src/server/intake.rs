@@ -31,18 +31,38 @@ enum Endpoint {
     Costs,
 }
 
-#[derive(Debug, Serialize)]
+/// The verdict on a request: how many records were stored, and why the others were not.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IntakeResponse {
     pub accepted: usize,
     pub rejected: Vec<RejectedItem>,
 }
 
-#[derive(Debug, Serialize)]
+/// One refused record.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RejectedItem {
+    /// Position in the request: array index, or 0-based line number for NDJSON.
     pub index: usize,
     pub error: String,
 }
 
+/// Funnel events: one JSON object, a JSON array, or NDJSON; gzip accepted.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    request_body(
+        content((Object = "application/json"), (String = "application/x-ndjson")),
+        description = "One event object (docs/events.md), an array of them, or one per line",
+    ),
+    responses(
+        (status = 200, description = "At least one event stored (fsynced)", body = IntakeResponse),
+        (status = 400, description = "No event stored; each refusal says why", body = IntakeResponse),
+        (status = 401, description = "Missing or wrong API key", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over the byte or event limit", body = super::openapi::ErrorBody),
+        (status = 415, description = "Unknown Content-Type or Content-Encoding", body = super::openapi::ErrorBody),
+        (status = 503, description = "Over a backpressure bound; see Retry-After", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -54,6 +74,23 @@ pub async fn post_events(
     )
 }
 
+/// Ad spend records, same rules as events.
+#[utoipa::path(
+    post,
+    path = "/v1/costs",
+    request_body(
+        content((Object = "application/json"), (String = "application/x-ndjson")),
+        description = "Spend records: {ts, channel, campaign, amount, currency, source}",
+    ),
+    responses(
+        (status = 200, description = "At least one record stored (fsynced)", body = IntakeResponse),
+        (status = 400, description = "No record stored", body = IntakeResponse),
+        (status = 401, description = "Missing or wrong API key", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over the byte or record limit", body = super::openapi::ErrorBody),
+        (status = 415, description = "Unknown Content-Type or Content-Encoding", body = super::openapi::ErrorBody),
+        (status = 503, description = "Over a backpressure bound; see Retry-After", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn post_costs(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,

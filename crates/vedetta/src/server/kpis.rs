@@ -156,8 +156,8 @@ fn normalize_filter(dimension: Dimension, value: &str) -> String {
     }
 }
 
-/// KPIs of a row or of the totals, as the API returns them.
-#[derive(Debug, Serialize, PartialEq)]
+/// KPIs of a row or of the totals, as the API returns them. Money in the reporting currency.
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct KpiValues {
     pub sessions: i64,
     pub converting_sessions: i64,
@@ -201,19 +201,23 @@ impl KpiValues {
     }
 }
 
-/// One row of the answer.
-#[derive(Debug, Serialize)]
+/// One row of the answer: a window and the values of the grouped dimensions (`channel`,
+/// `campaign`, `device`, `region` and `region_name`, as grouped), then the KPIs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KpiRow {
+    /// RFC 3339, UTC.
     pub window_start: String,
+    /// RFC 3339, UTC (exclusive).
     pub window_end: String,
     #[serde(flatten)]
+    #[schema(additional_properties)]
     pub dimensions: BTreeMap<String, String>,
     #[serde(flatten)]
     pub values: KpiValues,
 }
 
 /// The answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KpiResponse {
     pub granularity: &'static str,
     pub from: String,
@@ -336,6 +340,25 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
     })
 }
 
+/// Windowed KPIs, grouped and filtered by dimension (semantics: docs/semantics.md).
+#[utoipa::path(
+    get,
+    path = "/v1/kpis",
+    params(
+        ("granularity" = Option<String>, Query, description = "1m, 1h (default) or 1d"),
+        ("from" = Option<String>, Query, description = "RFC 3339 or epoch ms; windows starting at or after"),
+        ("to" = Option<String>, Query, description = "RFC 3339 or epoch ms; windows starting before"),
+        ("group_by" = Option<String>, Query, description = "comma-separated: channel, campaign, device, region"),
+        ("channel" = Option<String>, Query, description = "filter: comma-separated values"),
+        ("campaign" = Option<String>, Query, description = "filter: comma-separated values"),
+        ("device" = Option<String>, Query, description = "filter: mobile, tablet, desktop, other, unknown"),
+        ("region" = Option<String>, Query, description = "filter: ISO 3166-2:IT codes or names"),
+    ),
+    responses(
+        (status = 200, description = "Rows and totals", body = KpiResponse),
+        (status = 400, description = "A parameter is wrong; the message names it", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn get_kpis(
     State(state): State<Arc<AppState>>,
     Query(params): Query<HashMap<String, String>>,

@@ -18,6 +18,7 @@ mod auth;
 mod error;
 mod intake;
 pub mod kpis;
+mod openapi;
 mod status;
 
 pub use error::ApiError;
@@ -152,9 +153,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::require_key,
         ));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi::get_openapi))
         .merge(api)
         .with_state(state)
+}
+
+/// Liveness: answers while the server runs. No authentication.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "ok")), security(()))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 /// Serves until `shutdown` resolves, then shuts down in order.

@@ -10,6 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use vedetta_core::time::EventTime;
 
+/// Offsets, counters, lag and disk use.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    responses((status = 200, description = "log_end_offset, processed_offset, lag_events, watermark, \
+        intake and pipeline counters, disk_bytes", body = Object))
+)]
 pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
     let log = state.log.stats();
     let c = &state.counters;
@@ -55,6 +62,13 @@ pub struct RejectedQuery {
 }
 
 /// The quarantine, newest first: `?limit=N` (default 100, at most 1000).
+#[utoipa::path(
+    get,
+    path = "/v1/rejected",
+    params(("limit" = Option<usize>, Query, description = "most entries, default 100, at most 1000")),
+    responses((status = 200, description = "total_kept and the refused records with their reasons, \
+        personal fields redacted", body = Object))
+)]
 pub async fn get_rejected(
     State(state): State<Arc<AppState>>,
     Query(query): Query<RejectedQuery>,

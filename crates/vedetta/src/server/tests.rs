@@ -432,3 +432,171 @@ async fn costs_are_taken_like_events() {
     );
     assert_eq!(s.status().await["costs_accepted"], 1);
 }
+
+impl TestServer {
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let (status, _, value) = self
+            .call(Request::get(uri).body(Body::empty()).unwrap())
+            .await;
+        (status, value)
+    }
+
+    /// Waits until the processor has committed everything in the log.
+    async fn processed(&self) {
+        for _ in 0..500 {
+            let status = self.status().await;
+            if status["processed_offset"] == status["log_end_offset"] {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the processor did not catch up: {}", self.status().await);
+    }
+}
+
+#[tokio::test]
+async fn kpis_follow_the_contract_ratios_spend_and_grouping() {
+    let s = server();
+    let now = crate::clock::SystemClock.now_ms();
+    let minute = now - now.rem_euclid(60_000) - 120_000;
+    let events = [
+        format!(
+            r#"{{"udid":"a","type":"page_view","ts":{minute},"channel":"paid_search","campaign":"saldi","device":"mobile","region":"Lombardia"}}"#
+        ),
+        format!(
+            r#"{{"udid":"a","type":"purchase","ts":{},"value":30,"channel":"paid_search","campaign":"saldi","device":"mobile","region":"Lombardia"}}"#,
+            minute + 1000
+        ),
+        format!(
+            r#"{{"udid":"b","type":"page_view","ts":{},"channel":"paid_search","campaign":"saldi","device":"desktop","region":"IT-62"}}"#,
+            minute + 2000
+        ),
+    ];
+    let (status, body) = s.post("application/x-ndjson", events.join("\n")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let request = Request::post("/v1/costs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(format!(
+            r#"{{"ts":{minute},"channel":"paid_search","campaign":"saldi","amount":12}}"#
+        )))
+        .unwrap();
+    assert_eq!(s.call(request).await.0, StatusCode::OK);
+    s.processed().await;
+
+    let (status, by_channel) = s.get("/v1/kpis?granularity=1m&group_by=channel").await;
+    assert_eq!(status, StatusCode::OK, "{by_channel}");
+    let row = &by_channel["rows"][0];
+    assert_eq!(row["channel"], "paid_search");
+    assert_eq!(row["sessions"], 2);
+    assert_eq!(row["converting_sessions"], 1);
+    assert_eq!(row["conversion_rate"], 0.5);
+    assert_eq!(row["conversions"], 1);
+    assert_eq!(row["revenue"], 30.0);
+    assert_eq!(row["aov"], 30.0);
+    assert_eq!(row["spend"], 12.0);
+    assert_eq!(row["cpa"], 12.0);
+    assert_eq!(row["events"]["page_view"], 2);
+    assert_eq!(by_channel["totals"]["sessions"], 2);
+
+    // Spend is not defined per device: null, and so is CPA.
+    let (_, by_device) = s
+        .get("/v1/kpis?granularity=1m&group_by=device&channel=paid_search")
+        .await;
+    let desktop = by_device["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["device"] == "desktop")
+        .unwrap();
+    assert_eq!(desktop["spend"], Value::Null);
+    assert_eq!(desktop["cpa"], Value::Null);
+    // A zero denominator gives null, not 0 or infinity.
+    assert_eq!(desktop["aov"], Value::Null);
+    assert_eq!(desktop["conversion_rate"], 0.0);
+
+    // Regions filter by name or code and come back with their names.
+    let (_, lombardy) = s
+        .get("/v1/kpis?granularity=1h&group_by=region&region=lombardia")
+        .await;
+    assert_eq!(lombardy["rows"].as_array().unwrap().len(), 1, "{lombardy}");
+    assert_eq!(lombardy["rows"][0]["region"], "IT-25");
+    assert_eq!(lombardy["rows"][0]["region_name"], "Lombardia");
+
+    for (uri, expected) in [
+        (
+            "/v1/kpis?granularity=5m",
+            "granularity: expected 1m, 1h or 1d",
+        ),
+        (
+            "/v1/kpis?group_by=browser",
+            "group_by: unknown dimension \"browser\"",
+        ),
+        ("/v1/kpis?colour=red", "colour: unknown parameter"),
+        ("/v1/kpis?from=ieri", "from: expected an RFC 3339 timestamp"),
+        (
+            "/v1/kpis?from=2025-01-02T00:00:00Z&to=2025-01-01T00:00:00Z",
+            "from: must be before to",
+        ),
+    ] {
+        let (status, body) = s.get(uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with(expected),
+            "{uri}: {body}"
+        );
+    }
+    let status = s.status().await;
+    assert_eq!(status["lag_events"], 0);
+    assert!(status["watermark"].is_string());
+}
+
+#[tokio::test]
+async fn openapi_describes_what_the_server_answers() {
+    let s = server();
+    let (status, spec) = s.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/v1/events",
+        "/v1/costs",
+        "/v1/kpis",
+        "/v1/status",
+        "/v1/rejected",
+        "/healthz",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the spec"
+        );
+    }
+    // Every field of a real answer is described by its schema.
+    let schemas = &spec["components"]["schemas"];
+    let properties = |name: &str| -> Vec<String> {
+        schemas[name]["properties"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let (_, intake) = s.post("application/json", good_event(1)).await;
+    for key in intake.as_object().unwrap().keys() {
+        assert!(
+            properties("IntakeResponse").contains(key),
+            "IntakeResponse lacks {key}"
+        );
+    }
+    s.processed().await;
+    let (_, kpis) = s.get("/v1/kpis?granularity=1m").await;
+    for key in kpis.as_object().unwrap().keys() {
+        assert!(
+            properties("KpiResponse").contains(key),
+            "KpiResponse lacks {key}"
+        );
+    }
+    let row = kpis["rows"][0].as_object().unwrap();
+    let row_schema = serde_json::to_string(&schemas["KpiRow"]).unwrap();
+    for key in row.keys() {
+        assert!(
+            row_schema.contains(&format!("\"{key}\"")) || properties("KpiValues").contains(key),
+            "KpiRow lacks {key}"
+        );
+    }
+}
