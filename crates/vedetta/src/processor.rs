@@ -57,14 +57,16 @@ pub struct ProcessorOptions {
     pub max_batch_records: usize,
     /// How often a commit is fsynced.
     pub durable_interval: Duration,
-    /// How often a commit carries a snapshot of the pipeline state.
+    /// How often a commit carries a snapshot of the pipeline state, at least. A snapshot
+    /// costs time in proportion to the state; the processor waits at least 30 times as long
+    /// as the last one took, so snapshots never take more than a few percent of its time.
     pub snapshot_interval: Duration,
 }
 
 impl Default for ProcessorOptions {
     fn default() -> Self {
         Self {
-            max_batch_records: 20_000,
+            max_batch_records: 50_000,
             durable_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(10),
         }
@@ -179,6 +181,8 @@ pub struct Processor {
     options: ProcessorOptions,
     last_durable: Instant,
     last_snapshot: Instant,
+    /// How long the last snapshot took to encode and commit.
+    last_snapshot_cost: Duration,
     snapshot_offset: u64,
 }
 
@@ -243,6 +247,7 @@ impl Processor {
             options,
             last_durable: Instant::now(),
             last_snapshot: Instant::now(),
+            last_snapshot_cost: Duration::ZERO,
             snapshot_offset,
         };
         processor.publish(status, progress.processed_offset);
@@ -281,12 +286,17 @@ impl Processor {
         for (offset, record) in &records {
             self.pipeline.process(*offset, record);
         }
-        let snapshot_due = self.last_snapshot.elapsed() >= self.options.snapshot_interval;
+        let snapshot_due = self.last_snapshot.elapsed()
+            >= self
+                .options
+                .snapshot_interval
+                .max(self.last_snapshot_cost * 30);
         self.commit_batch(snapshot_due, status)
     }
 
     /// Commits the pending changes with the current offset.
     fn commit_batch(&mut self, snapshot: bool, status: &ProcessorStatus) -> anyhow::Result<()> {
+        let started = Instant::now();
         let deltas = self.pipeline.take_deltas();
         let durable = snapshot || self.last_durable.elapsed() >= self.options.durable_interval;
         let mut commit = Commit {
@@ -339,6 +349,7 @@ impl Processor {
         }
         if snapshot {
             self.last_snapshot = Instant::now();
+            self.last_snapshot_cost = started.elapsed();
             self.snapshot_offset = commit.processed_offset;
         }
         status.commits.fetch_add(1, Ordering::Relaxed);

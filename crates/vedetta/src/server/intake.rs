@@ -36,6 +36,9 @@ enum Endpoint {
 pub struct IntakeResponse {
     pub accepted: usize,
     pub rejected: Vec<RejectedItem>,
+    /// The log offset just past this request's records: once `/v1/status` shows
+    /// `processed_offset` at or beyond it, they are counted in `/v1/kpis`.
+    pub end_offset: u64,
 }
 
 /// One refused record.
@@ -229,17 +232,18 @@ async fn accept(
                 retry_after_s: 2,
             },
         })?;
-    match done_rx.await {
-        Ok(Ok(_range)) => {}
+    let end_offset = match done_rx.await {
+        Ok(Ok(range)) => range.end,
         Ok(Err(reason)) => return Err(ApiError::Internal(format!("log commit failed: {reason}"))),
         Err(_) => return Err(ApiError::Internal("log writer dropped the request".into())),
-    }
+    };
 
     crate::telemetry::IntakeCounters::add(accepted_counter, accepted as u64);
     crate::telemetry::IntakeCounters::add(rejected_counter, rejected.len() as u64);
     counters.count_rejected_fields(rejected.iter().map(|r| r.field));
     Ok(IntakeResponse {
         accepted,
+        end_offset,
         rejected: rejected
             .into_iter()
             .map(|r| RejectedItem {
