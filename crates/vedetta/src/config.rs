@@ -35,6 +35,14 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub pipeline: RawPipeline,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub max_kpi_series: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +131,13 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     pub log: LogConfig,
     pub pipeline: PipelineSettings,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Most (channel, device) series of KPI gauges on /metrics; the rest are `(other)`.
+    pub max_kpi_series: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +390,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             retention_days: positive("log.retention_days", raw.log.retention_days, 30)?,
         },
         pipeline: validate_pipeline(raw.pipeline)?,
+        metrics: MetricsConfig {
+            max_kpi_series: positive("metrics.max_kpi_series", raw.metrics.max_kpi_series, 100)?
+                as usize,
+        },
     })
 }
 

@@ -15,6 +15,8 @@
 //! offset with the changes discarded (they are in the store already), then carries on. The
 //! log is the source of truth; the store is a consistent, exactly-once view of a prefix of it.
 
+use crate::clock::SystemClock;
+use crate::telemetry::StageTimings;
 use anyhow::Context;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -22,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vedetta_core::enrich::RegionLookup;
 use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, PipelineState};
+use vedetta_core::time::Clock;
 use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey};
 
 /// Wakes the processor when the log grows.
@@ -90,6 +93,8 @@ pub struct ProcessorStatus {
     pub last_error: Mutex<Option<String>>,
     /// Wakes readers waiting for a commit (the live stream).
     pub committed: tokio::sync::Notify,
+    /// Batch, commit and end-to-end timings.
+    pub timings: Arc<StageTimings>,
 }
 
 impl ProcessorStatus {
@@ -134,8 +139,10 @@ pub fn start(
     regions: Option<Arc<dyn RegionLookup>>,
     notifier: Arc<LogNotifier>,
     options: ProcessorOptions,
+    timings: Arc<StageTimings>,
 ) -> anyhow::Result<ProcessorHandle> {
     let status = Arc::new(ProcessorStatus {
+        timings,
         watermark: AtomicI64::new(i64::MIN),
         // Until recovery has run, the numbers in the store may lag the log.
         recovering: AtomicBool::new(true),
@@ -280,18 +287,36 @@ impl Processor {
 
     /// One micro-batch: read, process, commit.
     pub fn step(&mut self, status: &ProcessorStatus) -> anyhow::Result<()> {
+        let started = Instant::now();
         // A fresh pipeline over a log whose head was deleted by retention starts at its head.
         let next = self.pipeline.next_offset().max(self.log.start_offset());
-        let records = self.log.read(next, self.options.max_batch_records)?;
-        for (offset, record) in &records {
+        let records = self.log.read_timed(next, self.options.max_batch_records)?;
+        // Records of one log batch share their append time: count them per time.
+        let mut appended: Vec<(i64, u64)> = Vec::new();
+        for (offset, appended_at, record) in &records {
             self.pipeline.process(*offset, record);
+            match appended.last_mut() {
+                Some((at, n)) if at == appended_at => *n += 1,
+                _ => appended.push((*appended_at, 1)),
+            }
         }
         let snapshot_due = self.last_snapshot.elapsed()
             >= self
                 .options
                 .snapshot_interval
                 .max(self.last_snapshot_cost * 30);
-        self.commit_batch(snapshot_due, status)
+        self.commit_batch(snapshot_due, status)?;
+        let timings = &status.timings;
+        let now = SystemClock.now_ms();
+        for (appended_at, n) in appended {
+            timings
+                .end_to_end
+                .observe_n((now - appended_at).max(0) as f64 / 1000.0, n);
+        }
+        timings
+            .processor_batch
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// Commits the pending changes with the current offset.
@@ -343,7 +368,12 @@ impl Processor {
                     .context("encoding the pipeline snapshot")?,
             );
         }
+        let commit_started = Instant::now();
         self.store.commit(&commit)?;
+        status
+            .timings
+            .store_commit
+            .observe(commit_started.elapsed().as_secs_f64());
         if durable {
             self.last_durable = Instant::now();
         }

@@ -211,6 +211,20 @@ impl EventLog {
     /// Reads up to `max_records` records starting at `from`, with their offsets.
     /// Fewer are returned at the end of the log.
     pub fn read(&self, from: u64, max_records: usize) -> Result<Vec<(u64, LogRecord)>, LogError> {
+        Ok(self
+            .read_timed(from, max_records)?
+            .into_iter()
+            .map(|(offset, _, record)| (offset, record))
+            .collect())
+    }
+
+    /// Like [`EventLog::read`], with the time each record was appended (epoch ms): the start
+    /// of its end-to-end latency.
+    pub fn read_timed(
+        &self,
+        from: u64,
+        max_records: usize,
+    ) -> Result<Vec<(u64, i64, LogRecord)>, LogError> {
         let start = self.start_offset.load(Ordering::Acquire);
         if from < start {
             return Err(LogError::Retained {
@@ -230,12 +244,12 @@ impl EventLog {
         for entry in table.range(first_key..)? {
             let (key, value) = entry?;
             let offset = key.value();
-            let (_, records) = record::decode_batch(value.value())
+            let (header, records) = record::decode_batch(value.value())
                 .map_err(|source| LogError::Corrupt { offset, source })?;
             for (i, record) in records.into_iter().enumerate() {
                 let at = offset + i as u64;
                 if at >= from {
-                    out.push((at, record));
+                    out.push((at, header.appended_at_ms, record));
                 }
             }
             if out.len() >= max_records {

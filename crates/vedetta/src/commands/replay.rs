@@ -49,6 +49,7 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
     let log = Arc::new(log);
     let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
     let status = ProcessorStatus::default();
+    // (Timings are collected but not shown: replay reports its own throughput.)
     let started = Instant::now();
     let mut processor = Processor::recover(
         log.clone(),

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 /// Lets the request through when no keys are configured (loopback-only mode) or when it
-/// carries `Authorization: Bearer <one of the keys>`.
+/// carries `Authorization: Bearer <one of the keys>`, or — for `EventSource`, which cannot
+/// set headers — `?access_token=<key>` on a `GET`.
 pub async fn require_key(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -23,7 +24,13 @@ pub async fn require_key(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .map(str::trim)
+        .map(str::to_string)
+        .or_else(|| {
+            (request.method() == axum::http::Method::GET)
+                .then(|| access_token(request.uri().query().unwrap_or("")))
+                .flatten()
+        });
     match presented {
         Some(key)
             if keys
@@ -37,6 +44,34 @@ pub async fn require_key(
             ApiError::Unauthorized.into_response()
         }
     }
+}
+
+/// The `access_token` query parameter, percent-decoded.
+fn access_token(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let value = pair.strip_prefix("access_token=")?;
+        let bytes = value.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                    out.push(u8::from_str_radix(hex, 16).ok()?);
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8(out).ok()
+    })
 }
 
 /// Compares without an early exit, so response time does not reveal how much of a key

@@ -44,7 +44,7 @@ impl Dimension {
         }
     }
 
-    fn parse(text: &str) -> Option<Dimension> {
+    pub fn parse(text: &str) -> Option<Dimension> {
         Dimension::ALL.into_iter().find(|d| d.name() == text)
     }
 
@@ -88,13 +88,31 @@ impl KpiQuery {
                 })
                 .transpose()
         };
-        let to = time("to")?.unwrap_or(now_ms + 60_000);
+        let window = match granularity {
+            Granularity::Minute => 60_000,
+            Granularity::Hour => 3_600_000,
+            Granularity::Day => 86_400_000,
+        };
+        let last = params
+            .get("last")
+            .map(|text| {
+                parse_span(text).ok_or_else(|| {
+                    bad(format!(
+                        "last: expected a span such as 60m, 24h or 30d, got {text:?}"
+                    ))
+                })
+            })
+            .transpose()?;
+        if last.is_some() && (params.contains_key("from") || params.contains_key("to")) {
+            return Err(bad("last: give either last or from/to, not both".into()));
+        }
+        let to = time("to")?.unwrap_or(now_ms + window);
         let default_span = match granularity {
             Granularity::Minute => 3_600_000,
             Granularity::Hour => 48 * 3_600_000,
             Granularity::Day => 31 * 86_400_000,
         };
-        let from = time("from")?.unwrap_or(to - default_span);
+        let from = time("from")?.unwrap_or(to - window - last.unwrap_or(default_span));
         if from >= to {
             return Err(bad("from: must be before to".into()));
         }
@@ -114,12 +132,12 @@ impl KpiQuery {
         let mut filters = BTreeMap::new();
         for (name, value) in params {
             match name.as_str() {
-                "granularity" | "from" | "to" | "group_by" => {}
+                "granularity" | "from" | "to" | "last" | "group_by" | "access_token" => {}
                 other => {
                     let dimension = Dimension::parse(other).ok_or_else(|| {
                         bad(format!(
-                            "{other}: unknown parameter; use granularity, from, to, group_by, \
-                             channel, campaign, device, region"
+                            "{other}: unknown parameter; use granularity, from, to, last, \
+                             group_by, channel, campaign, device, region"
                         ))
                     })?;
                     let values = value
@@ -143,6 +161,20 @@ impl KpiQuery {
     pub fn spend_defined(&self) -> bool {
         self.group_by.iter().all(|d| d.has_spend()) && self.filters.keys().all(|d| d.has_spend())
     }
+}
+
+/// `90s`, `60m`, `24h`, `30d` → milliseconds.
+fn parse_span(text: &str) -> Option<i64> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms).filter(|ms| *ms <= 400 * 86_400_000)
 }
 
 /// Filters compare with stored values: channels are lower case, regions are codes.
@@ -347,6 +379,7 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
     params(
         ("granularity" = Option<String>, Query, description = "1m, 1h (default) or 1d"),
         ("from" = Option<String>, Query, description = "RFC 3339 or epoch ms; windows starting at or after"),
+        ("last" = Option<String>, Query, description = "instead of from/to: a span ending now, e.g. 60m, 24h, 30d"),
         ("to" = Option<String>, Query, description = "RFC 3339 or epoch ms; windows starting before"),
         ("group_by" = Option<String>, Query, description = "comma-separated: channel, campaign, device, region"),
         ("channel" = Option<String>, Query, description = "filter: comma-separated values"),

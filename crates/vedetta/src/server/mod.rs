@@ -18,8 +18,10 @@ mod auth;
 mod error;
 mod intake;
 pub mod kpis;
+mod metrics;
 mod openapi;
 mod status;
+mod stream;
 
 pub use error::ApiError;
 
@@ -55,6 +57,11 @@ pub struct AppState {
     /// Window arithmetic for answers (window ends of stored rows).
     pub calendar: WindowCalendar,
     pub processor: Arc<ProcessorStatus>,
+    /// Answers shared by the clients of `/v1/stream`.
+    pub stream_cache: stream::StreamCache,
+    /// Clients connected to `/v1/stream`.
+    pub stream_clients: std::sync::atomic::AtomicU64,
+    pub timings: Arc<crate::telemetry::StageTimings>,
     /// The processor thread, stopped at shutdown after the writer.
     processor_handle: std::sync::Mutex<Option<ProcessorHandle>>,
 }
@@ -104,6 +111,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         )?
     };
     let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
+    let timings = Arc::new(crate::telemetry::StageTimings::default());
     let processor = processor::start(
         log.clone(),
         kpi_store.clone(),
@@ -116,6 +124,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
             ),
             ..ProcessorOptions::default()
         },
+        timings.clone(),
     )?;
     let limits = IntakeLimits {
         max_events_per_request: config.ingest.max_events_per_request,
@@ -127,6 +136,9 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         calendar: WindowCalendar::new(config.pipeline.rules.time_zone.clone()),
         kpi_store,
         processor: processor.status.clone(),
+        stream_cache: stream::StreamCache::default(),
+        stream_clients: std::sync::atomic::AtomicU64::new(0),
+        timings,
         processor_handle: std::sync::Mutex::new(Some(processor)),
         config,
         log,
@@ -147,6 +159,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/costs", post(intake::post_costs))
         .route("/v1/status", get(status::get_status))
         .route("/v1/kpis", get(kpis::get_kpis))
+        .route("/v1/stream", get(stream::get_stream))
+        .route("/metrics", get(metrics::get_metrics))
         .route("/v1/rejected", get(status::get_rejected))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -25,6 +25,7 @@ pub struct ErrorBody {
         super::intake::post_events,
         super::intake::post_costs,
         super::kpis::get_kpis,
+        super::stream::get_stream,
         super::status::get_status,
         super::status::get_rejected,
         super::healthz,

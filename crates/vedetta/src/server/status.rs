@@ -18,6 +18,11 @@ use vedetta_core::time::EventTime;
         intake and pipeline counters, disk_bytes", body = Object))
 )]
 pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(status_json(&state))
+}
+
+/// The status document (also pushed by `/v1/stream`).
+pub fn status_json(state: &AppState) -> Value {
     let log = state.log.stats();
     let c = &state.counters;
     let writer = state.writer.counters();
@@ -28,7 +33,7 @@ pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
         .lock()
         .map(|c| serde_json::to_value(&*c).unwrap_or_default())
         .unwrap_or_default();
-    Json(json!({
+    json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "log_start_offset": log.start_offset,
@@ -53,7 +58,13 @@ pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
         "active_users": processor.active_users.load(Ordering::Relaxed),
         "remembered_event_ids": processor.remembered_event_ids.load(Ordering::Relaxed),
         "pipeline": pipeline,
-    }))
+        "stream_clients": state.stream_clients.load(Ordering::Relaxed),
+        "latency_ms": {
+            // Acknowledged → counted in /v1/kpis, since start (bucket upper bounds).
+            "p50": state.timings.end_to_end.quantile(0.5).map(|s| s * 1000.0),
+            "p99": state.timings.end_to_end.quantile(0.99).map(|s| s * 1000.0),
+        },
+    })
 }
 
 #[derive(Debug, Deserialize)]

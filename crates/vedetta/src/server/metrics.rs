@@ -1,0 +1,337 @@
+//! `GET /metrics`: Prometheus text exposition.
+//!
+//! - KPIs of the current day (the `1d` window in the configured time zone) as gauges per
+//!   channel and device: `vedetta_kpi_*`. Cardinality is bounded by
+//!   `metrics.max_kpi_series`: the largest (channel, device) pairs by sessions get their own
+//!   series, the rest are summed under `channel="(other)"`. Spend, which has no device, is
+//!   per channel only.
+//! - Intake counters: records accepted and rejected, rejections by field, refused and
+//!   throttled requests.
+//! - Pipeline counters: events, duplicates (exact, near), flagged, late (per granularity);
+//!   offsets, lag, watermark, users held in state.
+//! - Latency histograms per stage, and end to end (acknowledged → counted).
+//!
+//! Behind the API key like the rest of the API when keys are configured (revenue per channel
+//! is business data): give Prometheus the key with `authorization: { credentials: … }` in
+//! its scrape config (see `deploy/prometheus/prometheus.yml`).
+
+use super::AppState;
+use super::kpis::{Dimension, KpiQuery, run_query};
+use crate::telemetry::{Exposition, IntakeCounters};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use vedetta_core::pipeline::windows::Granularity;
+
+pub async fn get_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let text = tokio::task::spawn_blocking(move || render(&state))
+        .await
+        .unwrap_or_else(|e| format!("# metrics failed: {e}\n"));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+fn render(state: &AppState) -> String {
+    let mut out = Exposition::default();
+    kpi_gauges(state, &mut out);
+    intake(state, &mut out);
+    pipeline(state, &mut out);
+    let t = &state.timings;
+    out.family(
+        "vedetta_stage_duration_seconds",
+        "histogram",
+        "Time spent per stage: intake requests, processor micro-batches, KPI store commits.",
+    );
+    t.intake_request.expose(
+        &mut out,
+        "vedetta_stage_duration_seconds",
+        &[("stage", "intake_request")],
+    );
+    t.processor_batch.expose(
+        &mut out,
+        "vedetta_stage_duration_seconds",
+        &[("stage", "processor_batch")],
+    );
+    t.store_commit.expose(
+        &mut out,
+        "vedetta_stage_duration_seconds",
+        &[("stage", "store_commit")],
+    );
+    out.family(
+        "vedetta_end_to_end_latency_seconds",
+        "histogram",
+        "From a record's acknowledgement to its KPIs being queryable, per record.",
+    );
+    t.end_to_end
+        .expose(&mut out, "vedetta_end_to_end_latency_seconds", &[]);
+    out.family(
+        "vedetta_stream_clients",
+        "gauge",
+        "Clients connected to /v1/stream.",
+    );
+    out.sample(
+        "vedetta_stream_clients",
+        &[],
+        state.stream_clients.load(Ordering::Relaxed) as f64,
+    );
+    out.into_string()
+}
+
+/// Today's KPIs per (channel, device), bounded.
+fn kpi_gauges(state: &AppState, out: &mut Exposition) {
+    let now = state.clock.now_ms();
+    let mut calendar = state.calendar.clone();
+    let today = calendar.window(Granularity::Day, now);
+    let query = |group_by: Vec<Dimension>| KpiQuery {
+        granularity: Granularity::Day,
+        from: today.start,
+        to: today.start + 1,
+        group_by,
+        filters: BTreeMap::new(),
+    };
+    let Ok(rows) = run_query(state, &query(vec![Dimension::Channel, Dimension::Device])) else {
+        return;
+    };
+    let max_series = state.config.metrics.max_kpi_series;
+    // The largest pairs by sessions keep their own series.
+    let mut pairs: Vec<_> = rows.rows.iter().collect();
+    pairs.sort_by_key(|row| std::cmp::Reverse(row.values.sessions));
+    let mut series: BTreeMap<(String, String), [f64; 8]> = BTreeMap::new();
+    for (rank, row) in pairs.into_iter().enumerate() {
+        let channel = row.dimensions.get("channel").cloned().unwrap_or_default();
+        let device = row.dimensions.get("device").cloned().unwrap_or_default();
+        let key = if rank < max_series {
+            (channel, device)
+        } else {
+            ("(other)".to_string(), "(other)".to_string())
+        };
+        let v = &row.values;
+        let entry = series.entry(key).or_default();
+        for (slot, value) in entry.iter_mut().zip([
+            v.sessions as f64,
+            v.converting_sessions as f64,
+            v.conversions as f64,
+            v.revenue,
+            v.flagged as f64,
+            v.duplicates as f64,
+            v.late as f64,
+            v.events.values().sum::<i64>() as f64,
+        ]) {
+            *slot += value;
+        }
+    }
+    let names = [
+        ("vedetta_kpi_sessions", "Sessions started today."),
+        (
+            "vedetta_kpi_converting_sessions",
+            "Sessions started today with a clean conversion.",
+        ),
+        ("vedetta_kpi_conversions", "Clean conversions today."),
+        (
+            "vedetta_kpi_revenue",
+            "Revenue of today's clean conversions, reporting currency.",
+        ),
+        (
+            "vedetta_kpi_flagged",
+            "Events flagged by sequence rules today.",
+        ),
+        ("vedetta_kpi_duplicates", "Duplicate events dropped today."),
+        (
+            "vedetta_kpi_late",
+            "Events that arrived after their day window had closed.",
+        ),
+        ("vedetta_kpi_events", "Accepted events today."),
+    ];
+    for (i, (name, help)) in names.iter().enumerate() {
+        out.family(name, "gauge", help);
+        for ((channel, device), values) in &series {
+            out.sample(name, &[("channel", channel), ("device", device)], values[i]);
+        }
+    }
+    // Spend has no device: per channel, bounded the same way.
+    if let Ok(spend) = run_query(state, &query(vec![Dimension::Channel])) {
+        out.family(
+            "vedetta_kpi_spend",
+            "gauge",
+            "Ad spend today, reporting currency, per channel.",
+        );
+        let mut by_channel: HashMap<String, f64> = HashMap::new();
+        for (rank, row) in spend.rows.iter().enumerate() {
+            let channel = if rank < max_series {
+                row.dimensions.get("channel").cloned().unwrap_or_default()
+            } else {
+                "(other)".to_string()
+            };
+            *by_channel.entry(channel).or_default() += row.values.spend.unwrap_or(0.0);
+        }
+        let mut channels: Vec<_> = by_channel.into_iter().collect();
+        channels.sort_by(|a, b| a.0.cmp(&b.0));
+        for (channel, spend) in channels {
+            out.sample("vedetta_kpi_spend", &[("channel", &channel)], spend);
+        }
+    }
+}
+
+fn intake(state: &AppState, out: &mut Exposition) {
+    let c = &state.counters;
+    out.family(
+        "vedetta_intake_records_total",
+        "counter",
+        "Records judged at intake, by endpoint and outcome.",
+    );
+    for (endpoint, outcome, counter) in [
+        ("events", "accepted", &c.events_accepted),
+        ("events", "rejected", &c.events_rejected),
+        ("costs", "accepted", &c.costs_accepted),
+        ("costs", "rejected", &c.costs_rejected),
+    ] {
+        out.sample(
+            "vedetta_intake_records_total",
+            &[("endpoint", endpoint), ("outcome", outcome)],
+            IntakeCounters::get(counter) as f64,
+        );
+    }
+    out.family(
+        "vedetta_intake_rejected_total",
+        "counter",
+        "Rejected records by the field at fault ((syntax) for malformed JSON).",
+    );
+    for (field, count) in c.rejected_by_field() {
+        out.sample(
+            "vedetta_intake_rejected_total",
+            &[("field", field)],
+            count as f64,
+        );
+    }
+    out.family(
+        "vedetta_intake_requests_refused_total",
+        "counter",
+        "Requests refused whole, by HTTP status.",
+    );
+    for (status, count) in c.requests_refused() {
+        out.sample(
+            "vedetta_intake_requests_refused_total",
+            &[("status", &status.to_string())],
+            count as f64,
+        );
+    }
+    out.family(
+        "vedetta_intake_requests_throttled_total",
+        "counter",
+        "Requests answered 503 at a backpressure bound.",
+    );
+    out.sample(
+        "vedetta_intake_requests_throttled_total",
+        &[],
+        IntakeCounters::get(&c.requests_throttled) as f64,
+    );
+}
+
+fn pipeline(state: &AppState, out: &mut Exposition) {
+    let log = state.log.stats();
+    let p = &state.processor;
+    let processed = p.processed_offset.load(Ordering::Acquire);
+    let gauges = [
+        (
+            "vedetta_log_end_offset",
+            "Records appended to the log so far.",
+            log.end_offset as f64,
+        ),
+        (
+            "vedetta_log_disk_bytes",
+            "Size of the log file.",
+            log.disk_bytes as f64,
+        ),
+        (
+            "vedetta_processed_offset",
+            "Records processed and committed to the KPIs.",
+            processed as f64,
+        ),
+        (
+            "vedetta_lag_events",
+            "Records in the log not yet in the KPIs.",
+            log.end_offset.saturating_sub(processed) as f64,
+        ),
+        (
+            "vedetta_active_users",
+            "Users whose sessions the pipeline holds in memory.",
+            p.active_users.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], value);
+    }
+    if let Some(watermark) = p.watermark() {
+        out.family(
+            "vedetta_watermark_seconds",
+            "gauge",
+            "The pipeline's watermark, epoch seconds.",
+        );
+        out.sample("vedetta_watermark_seconds", &[], watermark as f64 / 1000.0);
+    }
+    let Ok(counters) = p.counters.lock().map(|c| c.clone()) else {
+        return;
+    };
+    out.family(
+        "vedetta_pipeline_events_total",
+        "counter",
+        "Funnel events processed.",
+    );
+    out.sample("vedetta_pipeline_events_total", &[], counters.events as f64);
+    out.family(
+        "vedetta_pipeline_duplicates_total",
+        "counter",
+        "Events dropped as duplicates, exact (event_id) or near (same user and type < 100 ms).",
+    );
+    out.sample(
+        "vedetta_pipeline_duplicates_total",
+        &[("kind", "exact")],
+        counters.exact_duplicates as f64,
+    );
+    out.sample(
+        "vedetta_pipeline_duplicates_total",
+        &[("kind", "near")],
+        counters.near_duplicates as f64,
+    );
+    out.family(
+        "vedetta_pipeline_flagged_total",
+        "counter",
+        "Events flagged by sequence rules.",
+    );
+    out.sample(
+        "vedetta_pipeline_flagged_total",
+        &[],
+        counters.flagged as f64,
+    );
+    out.family(
+        "vedetta_pipeline_late_total",
+        "counter",
+        "Events that arrived after their window closed, per granularity.",
+    );
+    for (granularity, late) in Granularity::ALL.iter().zip(counters.late) {
+        out.sample(
+            "vedetta_pipeline_late_total",
+            &[("granularity", granularity.as_str())],
+            late as f64,
+        );
+    }
+    out.family(
+        "vedetta_pipeline_spend_records_total",
+        "counter",
+        "Spend records processed.",
+    );
+    out.sample(
+        "vedetta_pipeline_spend_records_total",
+        &[],
+        counters.spend_records as f64,
+    );
+}
