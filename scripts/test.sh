@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test Vedetta has, on a fresh machine or a warm one.
 #
-# It installs and starts what the tests need (reusing what is already there), then runs
-# formatting and lint checks and the whole test suite. A service the tests need that
-# cannot be started is a failure, never a silent skip.
+# It installs what the tests need (reusing what is already there): Debian's Chromium and
+# Prometheus, the pinned Node packages of the browser test and of the Grafana schema check.
+# Then it runs formatting and lint checks, the Grafana check and the whole test suite,
+# integration tests included (they start the real server, Prometheus and Chromium). A
+# service the tests need that cannot be installed or started is a failure, never a skip.
 #
 # Usage: scripts/test.sh            # everything
-#        scripts/test.sh --quick    # unit tests only (no lints, no crash test)
+#        scripts/test.sh --quick    # unit tests only (no installs, no lints, no integration)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,17 +21,44 @@ step "toolchain"
 cargo --version
 rustc --version
 
-if ! $quick; then
-  step "format (cargo fmt --check)"
-  cargo fmt --all -- --check
+if $quick; then
+  step "unit tests (cargo test --workspace --lib --bins)"
+  cargo test --workspace --lib --bins
+  exit 0
+fi
 
-  step "lints (cargo clippy --all-targets -- -D warnings)"
-  cargo clippy --workspace --all-targets -- -D warnings
+step "test dependencies"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing from Debian: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's prometheus package may start its own service; the tests start theirs on free ports.
+export CHROMIUM="${CHROMIUM:-$(command -v chromium)}"
+export PROMETHEUS="${PROMETHEUS:-$(command -v prometheus)}"
+echo "chromium: $("$CHROMIUM" --version 2>/dev/null || echo missing)"
+echo "prometheus: $("$PROMETHEUS" --version 2>&1 | head -n 1)"
+echo "node: $(node --version)"
+for dir in tests/browser tests/grafana; do
+  if [ -f "$dir/package-lock.json" ]; then
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+  fi
+done
+
+step "format (cargo fmt --check)"
+cargo fmt --all -- --check
+
+step "lints (cargo clippy --all-targets -- -D warnings)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+if [ -f tests/grafana/check.mjs ]; then
+  step "Grafana dashboard against Grafana's schema"
+  node tests/grafana/check.mjs
 fi
 
 step "tests (cargo test --workspace)"
-if $quick; then
-  cargo test --workspace --lib --bins
-else
-  cargo test --workspace
-fi
+cargo test --workspace
