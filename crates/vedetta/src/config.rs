@@ -136,7 +136,7 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct MetricsConfig {
-    /// Most (channel, device) series of KPI gauges on /metrics; the rest are `(other)`.
+    /// Most channels with KPI gauges of their own on /metrics; the rest are `(other)`.
     pub max_kpi_series: usize,
 }
 
@@ -391,7 +391,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         },
         pipeline: validate_pipeline(raw.pipeline)?,
         metrics: MetricsConfig {
-            max_kpi_series: positive("metrics.max_kpi_series", raw.metrics.max_kpi_series, 100)?
+            max_kpi_series: positive("metrics.max_kpi_series", raw.metrics.max_kpi_series, 50)?
                 as usize,
         },
     })

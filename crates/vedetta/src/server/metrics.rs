@@ -2,9 +2,9 @@
 //!
 //! - KPIs of the current day (the `1d` window in the configured time zone) as gauges per
 //!   channel and device: `vedetta_kpi_*`. Cardinality is bounded by
-//!   `metrics.max_kpi_series`: the largest (channel, device) pairs by sessions get their own
-//!   series, the rest are summed under `channel="(other)"`. Spend, which has no device, is
-//!   per channel only.
+//!   `metrics.max_kpi_series`, the most channels with series of their own (the channels
+//!   with the most sessions today; the rest are summed under `channel="(other)"`); devices
+//!   are a handful. Spend, which has no device, is per channel only, on the same channels.
 //! - Intake counters: records accepted and rejected, rejections by field, refused and
 //!   throttled requests.
 //! - Pipeline counters: events, duplicates (exact, near), flagged, late (per granularity);
@@ -100,19 +100,34 @@ fn kpi_gauges(state: &AppState, out: &mut Exposition) {
     let Ok(rows) = run_query(state, &query(vec![Dimension::Channel, Dimension::Device])) else {
         return;
     };
-    let max_series = state.config.metrics.max_kpi_series;
-    // The largest pairs by sessions keep their own series.
-    let mut pairs: Vec<_> = rows.rows.iter().collect();
-    pairs.sort_by_key(|row| std::cmp::Reverse(row.values.sessions));
+    // The channels with the most sessions keep their own series (every device of them);
+    // the others are summed under `(other)`. Spend uses the same channels, so a channel's
+    // conversions and spend are always in the same series.
+    let max_channels = state.config.metrics.max_kpi_series;
+    let mut sessions_by_channel: HashMap<&str, i64> = HashMap::new();
+    for row in &rows.rows {
+        let channel = row.dimensions.get("channel").map_or("", String::as_str);
+        *sessions_by_channel.entry(channel).or_default() += row.values.sessions;
+    }
+    let mut ranked: Vec<(&str, i64)> = sessions_by_channel.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let kept: std::collections::HashSet<String> = ranked
+        .iter()
+        .take(max_channels)
+        .map(|(c, _)| (*c).to_string())
+        .collect();
+    let series_channel = |channel: &str| -> String {
+        if kept.contains(channel) {
+            channel.to_string()
+        } else {
+            "(other)".to_string()
+        }
+    };
     let mut series: BTreeMap<(String, String), [f64; 8]> = BTreeMap::new();
-    for (rank, row) in pairs.into_iter().enumerate() {
+    for row in &rows.rows {
         let channel = row.dimensions.get("channel").cloned().unwrap_or_default();
         let device = row.dimensions.get("device").cloned().unwrap_or_default();
-        let key = if rank < max_series {
-            (channel, device)
-        } else {
-            ("(other)".to_string(), "(other)".to_string())
-        };
+        let key = (series_channel(&channel), device);
         let v = &row.values;
         let entry = series.entry(key).or_default();
         for (slot, value) in entry.iter_mut().zip([
@@ -164,13 +179,10 @@ fn kpi_gauges(state: &AppState, out: &mut Exposition) {
             "Ad spend today, reporting currency, per channel.",
         );
         let mut by_channel: HashMap<String, f64> = HashMap::new();
-        for (rank, row) in spend.rows.iter().enumerate() {
-            let channel = if rank < max_series {
-                row.dimensions.get("channel").cloned().unwrap_or_default()
-            } else {
-                "(other)".to_string()
-            };
-            *by_channel.entry(channel).or_default() += row.values.spend.unwrap_or(0.0);
+        for row in &spend.rows {
+            let channel = row.dimensions.get("channel").cloned().unwrap_or_default();
+            *by_channel.entry(series_channel(&channel)).or_default() +=
+                row.values.spend.unwrap_or(0.0);
         }
         let mut channels: Vec<_> = by_channel.into_iter().collect();
         channels.sort_by(|a, b| a.0.cmp(&b.0));
