@@ -22,9 +22,9 @@ use vedetta_core::pipeline::{Pipeline, PipelineConfig};
 use vedetta_core::privacy::{PseudonymKey, Pseudonymizer};
 use vedetta_core::record::{decode_batch, encode_batch};
 use vedetta_synth::geoip::catalog_region_mmdb;
-use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
+use vedetta_synth::{DEFAULT_START_MS, Generator, SynthConfig, SynthRecord, to_ndjson_line};
 
-/// Records per run: about 90 minutes of event time at the rate below, so that users'
+/// Records per run: about two and a half hours of event time at the rate below, so that users'
 /// state is evicted and every window granularity closes along the way.
 const RECORDS: usize = 500_000;
 /// Records per log batch (one intake request, as `vedetta bench intake` posts).
@@ -40,6 +40,8 @@ fn main() {
 /// The generator's traffic as the log holds it, in arrival order.
 fn records() -> Vec<LogRecord> {
     let config = SynthConfig {
+        // 23:15 in Rome: the run crosses midnight, so day windows close and see late events.
+        start_ms: DEFAULT_START_MS + 9 * 3_600_000 + 15 * 60_000,
         sessions_per_minute: 1_000.0,
         users: 200_000,
         ..SynthConfig::default()
@@ -121,16 +123,24 @@ fn process_records(bencher: Bencher<'_, '_>) {
     let mut check = pipeline(&regions);
     process_all(&mut check, 0, &records);
     let counters = check.counters();
-    assert!(counters.exact_duplicates > 0 && counters.near_duplicates > 0);
-    assert!(counters.flagged > 0 && counters.late.iter().all(|&n| n > 0));
-    assert!(counters.spend_records > 0);
+    let event_times = records.iter().filter_map(|record| match record {
+        LogRecord::Event(event) => Some(event.ts.0),
+        LogRecord::Spend(_) => None,
+    });
+    let (first, last) = event_times.fold((i64::MAX, i64::MIN), |(lo, hi), ts| {
+        (lo.min(ts), hi.max(ts))
+    });
     eprintln!(
-        "workload: {} records, {:?}, {} users and {} event ids held at the end",
+        "workload: {} records over {} minutes of event time, {:?}; at the end {} users and {} event ids held",
         records.len(),
+        (last - first) / 60_000,
         counters,
         check.active_users(),
         check.remembered_event_ids(),
     );
+    assert!(counters.exact_duplicates > 0 && counters.near_duplicates > 0);
+    assert!(counters.flagged > 0 && counters.late.iter().all(|&n| n > 0));
+    assert!(counters.spend_records > 0);
     drop(check);
     bencher
         .counter(ItemsCount::new(records.len()))

@@ -1,6 +1,8 @@
 //! Memory of the pipeline's state with many users active at once.
 //!
-//! `cargo run --release -p vedetta-core --example state_memory [USERS]` (default 1,000,000).
+//! `cargo run --release -p vedetta-core --example state_memory [USERS] [--without-event-ids]`
+//! (default 1,000,000 users). Without event ids the exact-dedup map stays empty, so the
+//! resident memory measures the per-user state alone.
 //!
 //! Every user has one short session of 2–4 events (page view, add to cart, checkout,
 //! purchase, 40 s apart, each with an `event_id`); session starts are spread evenly over
@@ -33,15 +35,18 @@ const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
 const REGIONS: [&str; 5] = ["IT-25", "IT-62", "IT-72", "IT-21", "IT-45"];
 
 fn main() {
-    let users: u64 = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let with_event_ids = !args.iter().any(|a| a == "--without-event-ids");
+    let users: u64 = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|n| n.parse().expect("USERS must be a number"))
         .unwrap_or(1_000_000);
 
     let mut pipeline = Pipeline::new(PipelineConfig::default(), None);
     let rss_before = rss_bytes();
 
-    let mut events = Events::new(users);
+    let mut events = Events::new(users, with_event_ids);
     let mut offset = 0u64;
     let mut delta_rows = 0usize;
     let started = std::time::Instant::now();
@@ -76,9 +81,14 @@ fn main() {
     println!("RSS before                {:>8.1} MiB", mib(rss_before));
     println!("RSS after                 {:>8.1} MiB", mib(rss_after));
     println!(
-        "RSS growth                {:>8.1} MiB = {:.0} bytes per active user (dedup included)",
+        "RSS growth                {:>8.1} MiB = {:.0} bytes per active user ({})",
         mib(growth),
-        per_user(growth)
+        per_user(growth),
+        if with_event_ids {
+            "exact-dedup ids included"
+        } else {
+            "no event ids: per-user state alone"
+        }
     );
     println!();
     println!("estimate from the data structures:");
@@ -102,24 +112,28 @@ fn main() {
         "  exact-dedup per event id  {:.1} bytes",
         footprint.dedup_bytes as f64 / footprint.event_ids.max(1) as f64
     );
-    println!(
-        "RSS growth without the dedup estimate: {:.0} bytes per active user",
-        per_user(growth.saturating_sub(footprint.dedup_bytes))
-    );
+    if with_event_ids {
+        println!(
+            "RSS growth less the dedup estimate: {:.0} bytes per active user",
+            per_user(growth.saturating_sub(footprint.dedup_bytes))
+        );
+    }
 }
 
 /// The events of every user in event-time order: a merge of four sequences, one per step of
 /// the session (user `i` starts at `T0 + i × spread / users` and does `2 + i % 3` steps).
 struct Events {
     users: u64,
+    with_event_ids: bool,
     /// Next user of each step.
     cursors: [u64; 4],
 }
 
 impl Events {
-    fn new(users: u64) -> Self {
+    fn new(users: u64, with_event_ids: bool) -> Self {
         Self {
             users,
+            with_event_ids,
             cursors: [0; 4],
         }
     }
@@ -151,7 +165,7 @@ impl Events {
         let (ts, step) = best?;
         let user = self.cursors[step];
         self.cursors[step] += 1;
-        Some(event(user, step, ts))
+        Some(event(user, step, ts, self.with_event_ids))
     }
 }
 
@@ -169,7 +183,7 @@ fn splitmix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn event(user: u64, step: usize, ts: i64) -> StoredEvent {
+fn event(user: u64, step: usize, ts: i64, with_event_id: bool) -> StoredEvent {
     let kind = KINDS[step].clone();
     let purchase = kind == EventKind::Purchase;
     let pick = |names: &[&str], salt: u64| {
@@ -179,7 +193,7 @@ fn event(user: u64, step: usize, ts: i64) -> StoredEvent {
         user: pseudonym(user),
         kind,
         ts: EventTime(ts),
-        event_id: Some(format!("{user:x}-{step}")),
+        event_id: with_event_id.then(|| format!("{user:x}-{step}")),
         value: purchase.then_some(49.9),
         currency: None,
         order_id: None,

@@ -69,7 +69,7 @@ pub struct ProcessorOptions {
 impl Default for ProcessorOptions {
     fn default() -> Self {
         Self {
-            max_batch_records: 50_000,
+            max_batch_records: 20_000,
             durable_interval: Duration::from_secs(1),
             snapshot_interval: Duration::from_secs(10),
         }

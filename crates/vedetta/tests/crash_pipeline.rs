@@ -3,10 +3,12 @@
 //! identical, row for row and to the micro-unit, to an uninterrupted processing of the same
 //! log (`vedetta replay` on a copy).
 //!
-//! Rounds default to 20 (`VEDETTA_CRASH_ROUNDS`); kill points come from a fixed seed
-//! (`VEDETTA_CRASH_SEED`). Snapshots are taken every 2 s and commits made durable every
-//! second, so kills land before, during and after both, and recovery replays the log from a
-//! snapshot older than the committed offset (discarding changes already stored).
+//! Rounds default to 24 (`VEDETTA_CRASH_ROUNDS`), every sixth ending in an orderly stop
+//! (which writes a snapshot) and the other twenty in a SIGKILL; kill points come from a fixed seed
+//! (`VEDETTA_CRASH_SEED`). Commits are made durable every second and snapshots taken every
+//! 3 s, and a server lives 0.1 to 4 s between kills, so kills land before, during and after
+//! both: recoveries restore snapshots, and replay the log from a snapshot older than the
+//! committed offset (discarding changes already stored).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +19,7 @@ use std::time::Duration;
 use support::{BIN, KEY, Server, SplitMix, client, get_json, wait_processed};
 use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
 
-const ENV: &[(&str, &str)] = &[("VEDETTA_PIPELINE__SNAPSHOT_INTERVAL_SECONDS", "2")];
+const ENV: &[(&str, &str)] = &[("VEDETTA_PIPELINE__SNAPSHOT_INTERVAL_SECONDS", "3")];
 
 fn kpis(client: &reqwest::blocking::Client, server: &Server) -> Vec<serde_json::Value> {
     ["1m", "1h", "1d"]
@@ -47,7 +49,7 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
     let rounds: u64 = std::env::var("VEDETTA_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(24);
     let seed: u64 = std::env::var("VEDETTA_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -85,8 +87,9 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
     let mut costs_sent = false;
     // Restarts that found committed work newer than the snapshot (replayed with changes
     // discarded) and restarts that found log records not yet processed.
-    let (mut replayed_past_snapshot, mut resumed_with_backlog) = (0, 0);
-    for _round in 0..rounds {
+    let (mut replayed_past_snapshot, mut resumed_with_backlog, mut restored_snapshot) = (0, 0, 0);
+    let mut kills = 0;
+    for round in 0..rounds {
         let server = Server::start(&data, ENV);
         let status = loop {
             let status = get_json(&http, &server.url("/v1/status"));
@@ -96,13 +99,17 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
             std::thread::sleep(Duration::from_millis(10));
         };
         let processed = status["processed_offset"].as_u64().unwrap();
-        if processed > status["snapshot_offset"].as_u64().unwrap() {
+        let snapshot = status["snapshot_offset"].as_u64().unwrap();
+        if processed > snapshot {
             replayed_past_snapshot += 1;
+        }
+        if snapshot > 0 {
+            restored_snapshot += 1;
         }
         if status["log_end_offset"].as_u64().unwrap() > processed {
             resumed_with_backlog += 1;
         }
-        let kill_after = Duration::from_millis(100 + rng.next() % 1400);
+        let kill_after = Duration::from_millis(100 + rng.next() % 3900);
         let started = std::time::Instant::now();
         while started.elapsed() < kill_after && next_batch < batches.len() {
             let response = http
@@ -125,7 +132,13 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
         }
         // When all is sent, the kill lands in processing (or in a snapshot) instead.
         std::thread::sleep(Duration::from_millis(rng.next() % 300));
-        server.kill();
+        if round % 6 == 5 {
+            // An orderly stop now and then leaves a fresh snapshot for later kills.
+            server.stop();
+        } else {
+            server.kill();
+            kills += 1;
+        }
     }
     // Finish sending what is left, let processing complete, read the KPIs.
     let server = Server::start(&data, ENV);
@@ -176,10 +189,12 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
     let uninterrupted = kpis(&http, &server);
     server.stop();
 
+    assert!(kills >= 20 || rounds < 24, "{kills} kills");
     assert!(
-        replayed_past_snapshot > 0 && resumed_with_backlog > 0,
-        "the kills never exercised recovery: {replayed_past_snapshot} replays past a snapshot, \
-         {resumed_with_backlog} restarts with a backlog"
+        replayed_past_snapshot > 0 && resumed_with_backlog > 0 && restored_snapshot > 0,
+        "the kills did not exercise recovery: {replayed_past_snapshot} replays past a \
+         snapshot, {restored_snapshot} snapshot restores, {resumed_with_backlog} restarts with \
+         a backlog"
     );
     let rows = crashed[0]["rows"].as_array().unwrap().len();
     assert!(rows > 100, "too little data to mean anything: {rows} rows");
@@ -191,9 +206,10 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
         assert_eq!(a["totals"], b["totals"], "query {i} totals differ");
     }
     eprintln!(
-        "{rounds} SIGKILLs during intake and processing ({replayed_past_snapshot} recoveries replayed \
-         past a snapshot, {resumed_with_backlog} restarts with a backlog): {} records, {rows} rows \
-         at 1m, identical to an uninterrupted run",
+        "{kills} SIGKILLs during intake and processing ({restored_snapshot} snapshot restores, \
+         {replayed_past_snapshot} recoveries replayed past a snapshot, {resumed_with_backlog} \
+         restarts with a backlog): {} records, {rows} rows at 1m, identical to an \
+         uninterrupted run",
         status["log_end_offset"]
     );
 }

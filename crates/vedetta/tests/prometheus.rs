@@ -73,7 +73,11 @@ fn prometheus_scrapes_metrics_and_promql_returns_the_conversions() {
             .as_bytes(),
         );
     }
-    for chunk in body.split(|&b| b == b'\n').collect::<Vec<_>>().chunks(5_000) {
+    for chunk in body
+        .split(|&b| b == b'\n')
+        .collect::<Vec<_>>()
+        .chunks(5_000)
+    {
         let response = http
             .post(server.url("/v1/events"))
             .header("content-type", "application/x-ndjson")
@@ -86,7 +90,10 @@ fn prometheus_scrapes_metrics_and_promql_returns_the_conversions() {
     let today = rome_today_start(now);
     let kpis = get_json(
         &http,
-        &server.url(&format!("/v1/kpis?granularity=1d&from={today}&to={}", today + 1)),
+        &server.url(&format!(
+            "/v1/kpis?granularity=1d&from={today}&to={}",
+            today + 1
+        )),
     );
     let expected = kpis["totals"]["conversions"].as_i64().unwrap();
     assert!(expected >= 7, "{kpis}");
@@ -105,15 +112,16 @@ fn prometheus_scrapes_metrics_and_promql_returns_the_conversions() {
     .unwrap();
     let mut prometheus = Command::new(&binary)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start prometheus");
-    let query = format!(
-        "http://127.0.0.1:{port}/api/v1/query?query=sum(vedetta_kpi_conversions)"
-    );
+    let query = format!("http://127.0.0.1:{port}/api/v1/query?query=sum(vedetta_kpi_conversions)");
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut last = String::new();
     let found = loop {
@@ -135,6 +143,9 @@ fn prometheus_scrapes_metrics_and_promql_returns_the_conversions() {
     let _ = prometheus.wait();
     server.stop();
     let found = found.unwrap_or_else(|| panic!("Prometheus never returned a value: {last}"));
-    assert_eq!(found as i64, expected, "PromQL sum(vedetta_kpi_conversions)");
+    assert_eq!(
+        found as i64, expected,
+        "PromQL sum(vedetta_kpi_conversions)"
+    );
     eprintln!("Prometheus scraped /metrics: sum(vedetta_kpi_conversions) = {found} = /v1/kpis");
 }

@@ -12,15 +12,15 @@
 //! and there is no per-entry bookkeeping (no recency list, no timestamps). Each map holds at
 //! most half the capacity, so the whole memo never exceeds it.
 
+use crate::pipeline::hash::FastHashMap;
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::Hash;
 
 /// A memo of at most `capacity` entries, evicting by generations (see the module docs).
 #[derive(Debug, Clone)]
 pub(crate) struct GenerationalCache<K, V> {
-    young: HashMap<K, V>,
-    old: HashMap<K, V>,
+    young: FastHashMap<K, V>,
+    old: FastHashMap<K, V>,
     /// Entries per generation: half the capacity, rounded down. Zero disables the memo.
     generation_capacity: usize,
 }
@@ -29,8 +29,8 @@ impl<K: Hash + Eq, V: Copy> GenerationalCache<K, V> {
     /// A memo holding at most `capacity` entries; a capacity below 2 remembers nothing.
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            young: HashMap::new(),
-            old: HashMap::new(),
+            young: FastHashMap::default(),
+            old: FastHashMap::default(),
             generation_capacity: capacity / 2,
         }
     }

@@ -6,64 +6,168 @@
 //! negligible: ~10⁻²⁰ for a billion ids) with their event time, and dropped once the
 //! watermark has moved so far that no event within the allowed lateness could match them.
 //! Memory is therefore bounded by the traffic of one horizon plus the lateness.
+//!
+//! The map is the whole structure: an entry is a 16-byte fingerprint and an 8-byte time
+//! (24 bytes, plus a control byte and the table's spare room: about 35 bytes an id). Expiry
+//! sweeps it once per hour of watermark, which costs a pass over memory that is read in
+//! order rather than a second index of every id.
 
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use super::hash::FastHashMap;
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
 
 /// Fingerprint of an `event_id`.
 pub fn fingerprint(event_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())
 }
 
+/// A fingerprint as two words: 8-byte aligned, so a map entry with its time is 24 bytes
+/// where a `u128` key (16-byte aligned) would make it 32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key([u64; 2]);
+
+impl From<u128> for Key {
+    fn from(fingerprint: u128) -> Self {
+        Key([fingerprint as u64, (fingerprint >> 64) as u64])
+    }
+}
+
+impl From<Key> for u128 {
+    fn from(key: Key) -> Self {
+        u128::from(key.0[0]) | u128::from(key.0[1]) << 64
+    }
+}
+
 /// Accepted event ids by fingerprint, with expiry by event time.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(from = "DedupSnapshot")]
 pub struct ExactDedup {
     /// Fingerprint → event time of the accepted event.
-    seen: HashMap<u128, i64>,
-    /// Hour bucket of event time → fingerprints, for expiry.
+    seen: FastHashMap<Key, i64>,
+    /// Ids with event time before this hour (`ts / 1 h`) are gone: the limit of the last
+    /// sweep.
+    swept_before_hour: Option<i64>,
+}
+
+/// The snapshot form, as the first version kept ids in memory: by fingerprint, and by hour
+/// of event time for expiry. Snapshots of that version still restore (the hour index is no
+/// longer needed and is written empty).
+#[derive(Deserialize)]
+struct DedupSnapshot {
+    seen: FastHashMap<u128, i64>,
+    #[allow(dead_code)] // read to keep the format; expiry sweeps `seen` instead
     by_hour: BTreeMap<i64, Vec<u128>>,
 }
 
+impl From<DedupSnapshot> for ExactDedup {
+    fn from(snapshot: DedupSnapshot) -> Self {
+        Self {
+            seen: snapshot
+                .seen
+                .into_iter()
+                .map(|(fp, ts)| (Key::from(fp), ts))
+                .collect(),
+            swept_before_hour: None,
+        }
+    }
+}
+
+impl Serialize for ExactDedup {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The map with its keys as `u128`, streamed rather than copied.
+        struct Seen<'a>(&'a FastHashMap<Key, i64>);
+        impl Serialize for Seen<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(key, ts)| (u128::from(*key), *ts)))
+            }
+        }
+        let mut snapshot = serializer.serialize_struct("DedupSnapshot", 2)?;
+        snapshot.serialize_field("seen", &Seen(&self.seen))?;
+        snapshot.serialize_field("by_hour", &BTreeMap::<i64, Vec<u128>>::new())?;
+        snapshot.end()
+    }
+}
+
 const HOUR: i64 = 3_600_000;
+
+/// One id's place in [`ExactDedup`]: [`ExactDedup::is_duplicate`] and
+/// [`ExactDedup::remember`] with a single lookup.
+#[derive(Debug)]
+pub struct IdSlot<'a> {
+    entry: Entry<'a, Key, i64>,
+    swept_before_hour: Option<i64>,
+}
+
+impl IdSlot<'_> {
+    /// Whether the id belongs to an accepted event less than `horizon_ms` from `ts`.
+    pub fn is_duplicate(&self, ts: i64, horizon_ms: i64) -> bool {
+        match &self.entry {
+            Entry::Occupied(seen) => (seen.get() - ts).abs() < horizon_ms,
+            Entry::Vacant(_) => false,
+        }
+    }
+
+    /// Remembers the id for an accepted event at `ts` (replacing an older memory of it).
+    pub fn remember(self, ts: i64) {
+        if self
+            .swept_before_hour
+            .is_some_and(|hour| ts.div_euclid(HOUR) < hour)
+        {
+            // Already past the expiry limit: remembering it would only have it forgotten at
+            // the next sweep, together with whatever it replaced.
+            if let Entry::Occupied(seen) = self.entry {
+                seen.remove();
+            }
+            return;
+        }
+        match self.entry {
+            Entry::Occupied(mut seen) => {
+                seen.insert(ts);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(ts);
+            }
+        }
+    }
+}
 
 impl ExactDedup {
     /// Whether `fingerprint` belongs to an accepted event less than `horizon_ms` from `ts`.
     pub fn is_duplicate(&self, fingerprint: u128, ts: i64, horizon_ms: i64) -> bool {
         self.seen
-            .get(&fingerprint)
+            .get(&Key::from(fingerprint))
             .is_some_and(|&seen_ts| (seen_ts - ts).abs() < horizon_ms)
     }
 
     /// Remembers an accepted event's id. A later accepted event with the same id (one more
     /// than a horizon away) replaces it.
     pub fn remember(&mut self, fingerprint: u128, ts: i64) {
-        self.seen.insert(fingerprint, ts);
-        self.by_hour
-            .entry(ts.div_euclid(HOUR))
-            .or_default()
-            .push(fingerprint);
+        self.slot(fingerprint).remember(ts);
     }
 
-    /// Forgets ids whose event time is before `oldest_useful_ts` (events that old can no
-    /// longer be matched by an event within the allowed lateness).
+    /// The place of one id, looked up once to judge an event and then remember it.
+    pub fn slot(&mut self, fingerprint: u128) -> IdSlot<'_> {
+        IdSlot {
+            entry: self.seen.entry(Key::from(fingerprint)),
+            swept_before_hour: self.swept_before_hour,
+        }
+    }
+
+    /// Forgets ids whose event time is in an hour before that of `oldest_useful_ts` (events
+    /// that old can no longer be matched by an event within the allowed lateness).
     pub fn expire(&mut self, oldest_useful_ts: i64) {
         let keep_from_hour = oldest_useful_ts.div_euclid(HOUR);
-        while let Some(entry) = self.by_hour.first_entry() {
-            if *entry.key() >= keep_from_hour {
-                break;
-            }
-            let (_, fingerprints) = entry.remove_entry();
-            for fp in fingerprints {
-                // Only remove if not re-remembered with a newer time.
-                if self
-                    .seen
-                    .get(&fp)
-                    .is_some_and(|&ts| ts.div_euclid(HOUR) < keep_from_hour)
-                {
-                    self.seen.remove(&fp);
-                }
-            }
+        if self
+            .swept_before_hour
+            .is_some_and(|hour| hour >= keep_from_hour)
+        {
+            return;
         }
+        self.seen
+            .retain(|_, ts| ts.div_euclid(HOUR) >= keep_from_hour);
+        self.swept_before_hour = Some(keep_from_hour);
     }
 
     pub fn len(&self) -> usize {
@@ -76,7 +180,7 @@ impl ExactDedup {
 
     /// Estimated heap bytes held (see [`super::footprint`]).
     pub fn heap_bytes(&self) -> usize {
-        super::footprint::hash_map(&self.seen) + super::footprint::btree_of_vecs(&self.by_hour)
+        super::footprint::hash_map(&self.seen)
     }
 }
 
@@ -93,6 +197,42 @@ mod tests {
         assert!(d.is_duplicate(fp, 1_000 + 86_399_999, 86_400_000));
         assert!(!d.is_duplicate(fp, 1_000 + 86_400_000, 86_400_000));
         assert!(!d.is_duplicate(fingerprint("e-2"), 1_000, 86_400_000));
+    }
+
+    #[test]
+    fn snapshots_read_the_first_format_and_round_trip() {
+        // The first version's shape: ids with their time, and the same ids by hour.
+        #[derive(Serialize)]
+        struct FirstVersion {
+            seen: std::collections::HashMap<u128, i64>,
+            by_hour: BTreeMap<i64, Vec<u128>>,
+        }
+        let (a, b) = (fingerprint("e-1"), fingerprint("e-2"));
+        let first = FirstVersion {
+            seen: [(a, 10 * HOUR), (b, 11 * HOUR)].into(),
+            by_hour: [(10, vec![a]), (11, vec![b])].into(),
+        };
+        let bytes = postcard::to_allocvec(&first).expect("encodes");
+        let restored: ExactDedup = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(restored.len(), 2);
+        assert!(restored.is_duplicate(a, 10 * HOUR, HOUR));
+        let bytes = postcard::to_allocvec(&restored).expect("encodes");
+        let mut again: ExactDedup = postcard::from_bytes(&bytes).expect("decodes");
+        assert!(again.is_duplicate(b, 11 * HOUR, HOUR));
+        again.expire(11 * HOUR);
+        assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn an_id_remembered_behind_the_sweep_is_forgotten_at_once() {
+        let mut d = ExactDedup::default();
+        let fp = fingerprint("e-1");
+        d.remember(fp, 30 * HOUR);
+        d.expire(10 * HOUR);
+        // Accepted again (more than a horizon earlier), but already past the limit: as if
+        // remembered and swept, which forgets the newer time too.
+        d.remember(fp, 5 * HOUR);
+        assert!(d.is_empty());
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! `max_campaigns`: past it, new campaign names are counted under `(other)`, so a client
 //! sending a fresh campaign string with every event cannot exhaust memory.
 
+use super::hash::FastHashMap;
 use super::kpi::DimsId;
-use std::collections::HashMap;
 
 /// Separator inside the lookup key; not a character clients can usefully send.
 const SEP: char = '\u{1f}';
@@ -29,9 +29,9 @@ pub struct Dims {
 /// Interner of dimension tuples and of (channel, campaign) pairs for spend.
 #[derive(Debug, Clone)]
 pub struct DimsTable {
-    ids: HashMap<Box<str>, DimsId>,
+    ids: FastHashMap<Box<str>, DimsId>,
     tuples: Vec<Dims>,
-    campaigns: HashMap<Box<str>, ()>,
+    campaigns: FastHashMap<Box<str>, ()>,
     max_campaigns: usize,
     key: String,
 }
@@ -39,9 +39,9 @@ pub struct DimsTable {
 impl DimsTable {
     pub fn new(max_campaigns: usize) -> Self {
         Self {
-            ids: HashMap::new(),
+            ids: FastHashMap::default(),
             tuples: Vec::new(),
-            campaigns: HashMap::new(),
+            campaigns: FastHashMap::default(),
             max_campaigns,
             key: String::with_capacity(128),
         }
@@ -49,17 +49,20 @@ impl DimsTable {
 
     /// The id of a tuple, interning it if new. Spend pairs use `device = region = ""`.
     pub fn intern(&mut self, channel: &str, campaign: &str, device: &str, region: &str) -> DimsId {
-        let campaign = self.bounded_campaign(campaign);
-        self.key.clear();
-        for (i, part) in [channel, campaign, device, region].iter().enumerate() {
-            if i > 0 {
-                self.key.push(SEP);
-            }
-            self.key.push_str(part);
-        }
+        // A known tuple needs one lookup: its campaign was admitted when it was interned (or
+        // it is the overflow campaign, and the campaign set is full for good).
+        self.set_key(channel, campaign, device, region);
         if let Some(&id) = self.ids.get(self.key.as_str()) {
             return id;
         }
+        let bounded = self.bounded_campaign(campaign);
+        if bounded != campaign {
+            self.set_key(channel, bounded, device, region);
+            if let Some(&id) = self.ids.get(self.key.as_str()) {
+                return id;
+            }
+        }
+        let campaign = bounded;
         let id = self.tuples.len() as DimsId;
         self.tuples.push(Dims {
             channel: channel.to_string(),
@@ -69,6 +72,16 @@ impl DimsTable {
         });
         self.ids.insert(self.key.as_str().into(), id);
         id
+    }
+
+    fn set_key(&mut self, channel: &str, campaign: &str, device: &str, region: &str) {
+        self.key.clear();
+        for (i, part) in [channel, campaign, device, region].iter().enumerate() {
+            if i > 0 {
+                self.key.push(SEP);
+            }
+            self.key.push_str(part);
+        }
     }
 
     fn bounded_campaign<'a>(&mut self, campaign: &'a str) -> &'a str {

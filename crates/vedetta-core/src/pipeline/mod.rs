@@ -15,6 +15,7 @@
 pub mod dedup;
 pub mod dims;
 pub mod footprint;
+pub mod hash;
 pub mod kpi;
 pub mod user;
 pub mod windows;
@@ -23,6 +24,7 @@ use crate::enrich::{EnrichConfig, Enricher, RegionLookup};
 use crate::record::{EventKind, LogRecord, SpendRecord, StoredEvent, UserPseudonym};
 use dedup::{ExactDedup, fingerprint};
 use dims::{DimsTable, NO_CAMPAIGN};
+use hash::FastHashMap;
 use kpi::{DimsId, KpiCounters, KpiDeltas, KpiKey, SpendKey, to_micros};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -120,7 +122,7 @@ pub struct PipelineState {
     /// Highest event time seen (the watermark is this minus the out-of-orderness).
     pub max_event_ts: Option<i64>,
     pub dedup: ExactDedup,
-    pub users: HashMap<UserPseudonym, UserState>,
+    pub users: FastHashMap<UserPseudonym, UserState>,
     /// Minute bucket of watermark → users to look at for eviction then.
     pub expiry: BTreeMap<i64, Vec<UserPseudonym>>,
     pub dims: Vec<dims::Dims>,
@@ -137,7 +139,7 @@ pub struct Pipeline {
     calendar: WindowCalendar,
     dims: DimsTable,
     custom_kinds: Vec<String>,
-    custom_kind_ids: HashMap<String, KindId>,
+    custom_kind_ids: FastHashMap<String, KindId>,
     state: PipelineState,
     deltas: KpiDeltas,
     /// Kind ids of the conversion types and of each rule's sides, resolved once.
@@ -156,6 +158,8 @@ impl std::fmt::Debug for Pipeline {
 
 const BUILT_IN_KINDS: usize = 6;
 const MINUTE: i64 = 60_000;
+/// Users' event lists grow by exactly one entry up to this length, by doubling after.
+const EXACT_GROWTH_UP_TO: usize = 4;
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, regions: Option<Arc<dyn RegionLookup>>) -> Self {
@@ -268,7 +272,10 @@ impl Pipeline {
 
     /// Takes the changes accumulated since the last call.
     pub fn take_deltas(&mut self) -> KpiDeltas {
-        let mut deltas = std::mem::take(&mut self.deltas);
+        // The next batch will likely touch as many rows: sizing for them up front saves
+        // growing the map through every power of two again.
+        let next = KpiDeltas::with_capacity(self.deltas.rows.len(), self.deltas.spend_micros.len());
+        let mut deltas = std::mem::replace(&mut self.deltas, next);
         deltas.compact();
         deltas
     }
@@ -360,12 +367,13 @@ impl Pipeline {
         let kind = self.kind_id(&event.kind);
 
         // Dedup: exact by event_id, then near by (user, type, ts).
-        let id_fingerprint = event.event_id.as_deref().map(fingerprint);
-        let exact = id_fingerprint.is_some_and(|fp| {
-            self.state
-                .dedup
-                .is_duplicate(fp, ts, self.config.dedup_horizon_ms)
-        });
+        let id_slot = event
+            .event_id
+            .as_deref()
+            .map(|id| self.state.dedup.slot(fingerprint(id)));
+        let exact = id_slot
+            .as_ref()
+            .is_some_and(|slot| slot.is_duplicate(ts, self.config.dedup_horizon_ms));
         let near = !exact
             && self
                 .state
@@ -391,8 +399,8 @@ impl Pipeline {
             self.expire(watermark);
             return;
         }
-        if let Some(fp) = id_fingerprint {
-            self.state.dedup.remember(fp, ts);
+        if let Some(slot) = id_slot {
+            slot.remember(ts);
         }
         self.state.counters.accepted += 1;
 
@@ -441,6 +449,14 @@ impl Pipeline {
                 entry.flagged = true;
             }
         }
+        // A user's list grows one entry at a time while short: most users have a few events,
+        // and the default first allocation (4 entries) leaves half of it unused for a user
+        // with two. Past four it doubles as usual, so a long list still grows cheaply.
+        if state.entries.len() == state.entries.capacity()
+            && state.entries.len() < EXACT_GROWTH_UP_TO
+        {
+            state.entries.reserve_exact(1);
+        }
         state.entries.insert(index, entry);
 
         // Flags the new event causes: rule targets shortly after it, now flagged.
@@ -469,7 +485,10 @@ impl Pipeline {
             + gap
             + self.config.allowed_lateness_ms
             + MINUTE;
-        let schedule = due > state.due;
+        // Bucket `expiry_bucket(state.due)` already lists the user (every scheduled due time
+        // is listed, and the user stays until its latest one): a due time moving within the
+        // same minute needs no second entry.
+        let schedule = due > state.due && expiry_bucket(due) != expiry_bucket(state.due);
         state.due = state.due.max(due);
         if state.entries.len() > self.config.max_events_per_user {
             let excess = state.entries.len() - self.config.max_events_per_user;
@@ -515,7 +534,7 @@ impl Pipeline {
         if before.len() == 1 && before[0] == after {
             return;
         }
-        for session in before {
+        for &session in before.iter() {
             self.emit_session(session, -1);
         }
         self.emit_session(after, 1);

@@ -44,12 +44,28 @@ impl EventEntry {
 }
 
 /// What a session contributes to the KPIs: where it is counted and whether it converts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionView {
     pub first_ts: i64,
     pub first_order: u64,
     pub first_dims: DimsId,
     pub converting: bool,
+}
+
+/// The sessions a new event touches: none, one or two, without a heap allocation (this runs
+/// for every accepted event). Reads as a slice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TouchedSessions {
+    sessions: [SessionView; 2],
+    len: usize,
+}
+
+impl std::ops::Deref for TouchedSessions {
+    type Target = [SessionView];
+
+    fn deref(&self) -> &[SessionView] {
+        &self.sessions[..self.len]
+    }
 }
 
 /// The events of one user still needed, sorted by (ts, order).
@@ -99,18 +115,19 @@ impl UserState {
 
     /// The sessions a new event at `index` (not yet inserted) will touch: the one ending
     /// just before it and the one starting just after it, if within the gap.
-    pub fn sessions_around(&self, index: usize, ts: i64, gap_ms: i64) -> Vec<SessionView> {
-        let mut touched = Vec::with_capacity(2);
-        if index > 0 && ts - self.entries[index - 1].ts < gap_ms {
-            touched.push(self.session_at(index - 1, gap_ms));
-        }
-        if index < self.entries.len() && self.entries[index].ts - ts < gap_ms {
-            let after = self.session_at(index, gap_ms);
-            if touched.first() != Some(&after) {
-                touched.push(after);
-            }
-        }
-        touched
+    pub fn sessions_around(&self, index: usize, ts: i64, gap_ms: i64) -> TouchedSessions {
+        let before = (index > 0 && ts - self.entries[index - 1].ts < gap_ms)
+            .then(|| self.session_at(index - 1, gap_ms));
+        let after = (index < self.entries.len() && self.entries[index].ts - ts < gap_ms)
+            .then(|| self.session_at(index, gap_ms))
+            .filter(|after| before.as_ref() != Some(after));
+        // Built whole rather than pushed into: cheaper on this per-event path.
+        let (sessions, len) = match (before, after) {
+            (Some(first), Some(second)) => ([first, second], 2),
+            (Some(only), None) | (None, Some(only)) => ([only, only], 1),
+            (None, None) => return TouchedSessions::default(),
+        };
+        TouchedSessions { sessions, len }
     }
 
     /// Drops events whose sessions are final: sessions whose last event is at least one gap
