@@ -6,6 +6,10 @@
 //! - `GET /v1/status`: log and processing offsets, watermark, lag, counters, disk use.
 //! - `GET /v1/rejected`: the quarantine of refused events, newest first.
 //! - `GET /healthz`: liveness, no authentication.
+//! - `GET /`: the live dashboard (assets embedded; no authentication for the page itself,
+//!   its API calls carry the key).
+//! - `GET /metrics`: Prometheus exposition.
+//! - `GET /v1/stream`: live KPIs over server-sent events.
 //!
 //! Every `/v1` route requires `Authorization: Bearer <key>` when keys are configured;
 //! without keys the server only listens on loopback (see `Config::check_exposure`).
@@ -15,6 +19,7 @@
 //! dropped.
 
 mod auth;
+mod dashboard;
 mod error;
 mod intake;
 pub mod kpis;
@@ -168,6 +173,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(dashboard::index))
+        .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/style.css", get(dashboard::style_css))
         .route("/v1/openapi.json", get(openapi::get_openapi))
         .merge(api)
         .with_state(state)

@@ -1,0 +1,109 @@
+//! The dashboard in a real browser: Debian's headless Chromium, driven by Playwright
+//! (`tests/browser/dashboard.test.mjs`), against a real server fed with generated traffic.
+//! The Node test checks that the tiles equal `/v1/kpis`, drills into a channel, sees a live
+//! update arrive, and saves screenshots into `artifacts/`.
+//!
+//! Needs `node`, Chromium (`/usr/bin/chromium` or `CHROMIUM`) and `tests/browser/node_modules`
+//! (`npm ci --prefix tests/browser`); `scripts/test.sh` provides all three. Without them the
+//! test fails and says what is missing — it never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use support::{Server, client, now_ms, wait_processed};
+use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
+
+fn repository_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+#[test]
+fn the_dashboard_shows_the_api_numbers_drills_down_and_updates_live() {
+    let root = repository_root();
+    let browser_tests = root.join("tests/browser");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "Chromium not found at {chromium}: install Debian's chromium (scripts/test.sh does) or set CHROMIUM"
+    );
+    assert!(
+        browser_tests.join("node_modules/playwright-core").exists(),
+        "tests/browser/node_modules is missing: run `npm ci --prefix tests/browser` (scripts/test.sh does)"
+    );
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "node is not installed"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mmdb = dir.path().join("regions.mmdb");
+    std::fs::write(&mmdb, vedetta_synth::geoip::catalog_region_mmdb()).unwrap();
+    let mmdb_path = mmdb.display().to_string();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &[("VEDETTA_PIPELINE__GEOIP_DATABASE", mmdb_path.as_str())],
+    );
+    let http = client();
+
+    // The last two hours of generated traffic, events and spend.
+    let now = now_ms();
+    let (mut events, mut costs) = (Vec::new(), Vec::new());
+    let generator = Generator::new(SynthConfig {
+        seed: 4,
+        start_ms: now - 2 * 3_600_000,
+        sessions_per_minute: 120.0,
+        users: 20_000,
+        ..SynthConfig::default()
+    })
+    .unwrap();
+    for arrival in generator.take_while(|a| a.arrival_ms < now - 1_000) {
+        match arrival.record {
+            SynthRecord::Event(_) => to_ndjson_line(&arrival.record, &mut events),
+            SynthRecord::Spend(_) => to_ndjson_line(&arrival.record, &mut costs),
+        }
+    }
+    for (path, body) in [("/v1/events", events), ("/v1/costs", costs)] {
+        let lines: Vec<&[u8]> = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        for chunk in lines.chunks(5_000) {
+            let response = http
+                .post(server.url(path))
+                .header("content-type", "application/x-ndjson")
+                .body(chunk.join(&b'\n'))
+                .send()
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    }
+    wait_processed(&http, &server);
+
+    let artifacts = root.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let output = Command::new("node")
+        .arg("--test")
+        .arg("--test-reporter=spec")
+        .arg(browser_tests.join("dashboard.test.mjs"))
+        .current_dir(&browser_tests)
+        .env("VEDETTA_URL", format!("http://{}", server.address))
+        .env("ARTIFACTS_DIR", &artifacts)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("run node --test");
+    server.stop();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "the browser test failed (see above)"
+    );
+}
