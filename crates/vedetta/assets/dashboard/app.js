@@ -430,7 +430,8 @@
     })];
     for (const dim of plan.tables) {
       if (dim === plan.primaryDim) continue;
-      state.streams.push(new LiveStream({ ...base, group_by: dim }, {
+      // Tables need one row per group, not per window: the server sums the range.
+      state.streams.push(new LiveStream({ ...base, group_by: dim, rollup: 'range' }, {
         kpis: current((answer) => { state.tables[dim] = answer; renderTable(dim); }),
       }));
     }

@@ -62,6 +62,8 @@ pub struct KpiQuery {
     pub group_by: Vec<Dimension>,
     /// Accepted values per filtered dimension.
     pub filters: BTreeMap<Dimension, Vec<String>>,
+    /// `rollup=range`: one row per group for the whole range instead of one per window.
+    pub rollup_range: bool,
 }
 
 impl KpiQuery {
@@ -132,7 +134,8 @@ impl KpiQuery {
         let mut filters = BTreeMap::new();
         for (name, value) in params {
             match name.as_str() {
-                "granularity" | "from" | "to" | "last" | "group_by" | "access_token" => {}
+                "granularity" | "from" | "to" | "last" | "group_by" | "access_token" | "rollup" => {
+                }
                 other => {
                     let dimension = Dimension::parse(other).ok_or_else(|| {
                         bad(format!(
@@ -148,12 +151,23 @@ impl KpiQuery {
                 }
             }
         }
+        let rollup_range = match params.get("rollup").map(String::as_str) {
+            None | Some("window") => false,
+            Some("range") => true,
+            Some(other) => {
+                return Err(bad(format!(
+                    "rollup: expected window (one row per window) or range (one row per \
+                     group for the whole range), got {other:?}"
+                )));
+            }
+        };
         Ok(Self {
             granularity,
             from,
             to,
             group_by,
             filters,
+            rollup_range,
         })
     }
 
@@ -295,8 +309,13 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
             .iter()
             .map(|d| value_of(*d).to_string())
             .collect();
+        let window = if query.rollup_range {
+            query.from
+        } else {
+            key.window_start
+        };
         groups
-            .entry((key.window_start, group))
+            .entry((window, group))
             .or_default()
             .counters
             .add(&counters);
@@ -326,10 +345,12 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                 .iter()
                 .map(|d| value_of(*d).to_string())
                 .collect();
-            groups
-                .entry((key.window_start, group))
-                .or_default()
-                .spend_micros += micros;
+            let window = if query.rollup_range {
+                query.from
+            } else {
+                key.window_start
+            };
+            groups.entry((window, group)).or_default().spend_micros += micros;
             totals.spend_micros += micros;
         }
     }
@@ -349,8 +370,12 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
             }
             KpiRow {
                 window_start: EventTime(window_start).to_rfc3339(),
-                window_end: EventTime(calendar.end_of(query.granularity, window_start))
-                    .to_rfc3339(),
+                window_end: EventTime(if query.rollup_range {
+                    query.to
+                } else {
+                    calendar.end_of(query.granularity, window_start)
+                })
+                .to_rfc3339(),
                 dimensions,
                 values: KpiValues::from_counters(
                     &group.counters,
@@ -386,6 +411,7 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
         ("campaign" = Option<String>, Query, description = "filter: comma-separated values"),
         ("device" = Option<String>, Query, description = "filter: mobile, tablet, desktop, other, unknown"),
         ("region" = Option<String>, Query, description = "filter: ISO 3166-2:IT codes or names"),
+        ("rollup" = Option<String>, Query, description = "window (default): a row per window; range: a row per group for the whole range"),
     ),
     responses(
         (status = 200, description = "Rows and totals", body = KpiResponse),

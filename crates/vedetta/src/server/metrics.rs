@@ -96,6 +96,7 @@ fn kpi_gauges(state: &AppState, out: &mut Exposition) {
         to: today.start + 1,
         group_by,
         filters: BTreeMap::new(),
+        rollup_range: true,
     };
     let Ok(rows) = run_query(state, &query(vec![Dimension::Channel, Dimension::Device])) else {
         return;

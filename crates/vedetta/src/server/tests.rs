@@ -498,6 +498,16 @@ async fn kpis_follow_the_contract_ratios_spend_and_grouping() {
     assert_eq!(row["events"]["page_view"], 2);
     assert_eq!(by_channel["totals"]["sessions"], 2);
 
+    // One row per group for the whole range, on request.
+    let (_, rolled) = s
+        .get("/v1/kpis?granularity=1m&last=60m&group_by=channel&rollup=range")
+        .await;
+    assert_eq!(rolled["rows"].as_array().unwrap().len(), 1, "{rolled}");
+    assert_eq!(rolled["rows"][0]["window_start"], rolled["from"]);
+    assert_eq!(rolled["rows"][0]["window_end"], rolled["to"]);
+    assert_eq!(rolled["rows"][0]["sessions"], 2);
+    assert_eq!(rolled["rows"][0]["spend"], 12.0);
+
     // Spend is not defined per device: null, and so is CPA.
     let (_, by_device) = s
         .get("/v1/kpis?granularity=1m&group_by=device&channel=paid_search")
