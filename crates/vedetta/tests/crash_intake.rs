@@ -7,67 +7,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const BIN: &str = env!("CARGO_BIN_EXE_vedetta");
-const KEY: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-
-struct Server {
-    child: Child,
-    address: String,
-}
-
-fn start(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
-        .env("VEDETTA_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start vedetta serve");
-    let stderr = child.stderr.take().unwrap();
-    let (address_tx, address_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining so the server never blocks on a full pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("address=").nth(1) {
-                let _ = address_tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-            }
-        }
-    });
-    let address = address_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server reopened its log and started listening");
-    Server { child, address }
-}
-
-#[allow(clippy::disallowed_methods)] // a test client stamps events with the wall clock
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A small deterministic generator for kill delays.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+use support::{BIN, Server, SplitMix, now_ms};
 
 fn batch_body(prefix: &str, size: usize, now_ms: i64) -> (String, Vec<String>) {
     let mut body = String::new();
@@ -109,9 +56,9 @@ fn sigkill_during_heavy_intake_loses_no_acknowledged_event() {
     let mut kills_during_intake = 0;
 
     for round in 0..rounds {
-        let mut server = start(dir.path());
+        let server = Server::start(dir.path(), &[]);
         let acknowledged_before_round = acknowledged.lock().unwrap().len();
-        let endpoint = format!("http://{}/v1/events", server.address);
+        let endpoint = server.url("/v1/events");
         let stop = Arc::new(AtomicBool::new(false));
         let clients: Vec<_> = (0..4)
             .map(|c| {
@@ -151,8 +98,7 @@ fn sigkill_during_heavy_intake_loses_no_acknowledged_event() {
         let delay = Duration::from_millis(150 + rng.next() % 1350);
         std::thread::sleep(delay);
         let before_kill = acknowledged.lock().unwrap().len();
-        server.child.kill().expect("SIGKILL the server");
-        server.child.wait().unwrap();
+        server.kill();
         stop.store(true, Ordering::Relaxed);
         for handle in clients {
             let _ = runtime.block_on(handle);
@@ -164,9 +110,7 @@ fn sigkill_during_heavy_intake_loses_no_acknowledged_event() {
     }
 
     // Reopen once more: the log must open, and hold every acknowledged event.
-    let mut server = start(dir.path());
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    Server::start(dir.path(), &[]).kill();
     let dump = Command::new(BIN)
         .args(["log", "dump", "--data-dir"])
         .arg(dir.path())

@@ -171,6 +171,32 @@ impl KpiQuery {
         })
     }
 
+    /// Where a stored row goes in the answer: its window (or the range, when rolled up) and
+    /// the values of the grouped dimensions; `None` when the filters exclude it.
+    fn slot<'v>(
+        &self,
+        window_start: i64,
+        value_of: impl Fn(Dimension) -> &'v str,
+    ) -> Option<(i64, Vec<String>)> {
+        let accepted = self
+            .filters
+            .iter()
+            .all(|(d, values)| values.iter().any(|v| v == value_of(*d)));
+        accepted.then(|| {
+            let window = if self.rollup_range {
+                self.from
+            } else {
+                window_start
+            };
+            let group = self
+                .group_by
+                .iter()
+                .map(|d| value_of(*d).to_string())
+                .collect();
+            (window, group)
+        })
+    }
+
     /// Whether spend is defined for this query (only channel and campaign involved).
     pub fn spend_defined(&self) -> bool {
         self.group_by.iter().all(|d| d.has_spend()) && self.filters.keys().all(|d| d.has_spend())
@@ -297,29 +323,10 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                 Dimension::Region => &key.region,
             }
         };
-        if !query
-            .filters
-            .iter()
-            .all(|(d, accepted)| accepted.iter().any(|v| v == value_of(*d)))
-        {
-            continue;
+        if let Some(slot) = query.slot(key.window_start, value_of) {
+            groups.entry(slot).or_default().counters.add(&counters);
+            totals.counters.add(&counters);
         }
-        let group: Vec<String> = query
-            .group_by
-            .iter()
-            .map(|d| value_of(*d).to_string())
-            .collect();
-        let window = if query.rollup_range {
-            query.from
-        } else {
-            key.window_start
-        };
-        groups
-            .entry((window, group))
-            .or_default()
-            .counters
-            .add(&counters);
-        totals.counters.add(&counters);
     }
     let spend_defined = query.spend_defined();
     if spend_defined {
@@ -333,25 +340,10 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                     _ => &key.campaign,
                 }
             };
-            if !query
-                .filters
-                .iter()
-                .all(|(d, accepted)| accepted.iter().any(|v| v == value_of(*d)))
-            {
-                continue;
+            if let Some(slot) = query.slot(key.window_start, value_of) {
+                groups.entry(slot).or_default().spend_micros += micros;
+                totals.spend_micros += micros;
             }
-            let group: Vec<String> = query
-                .group_by
-                .iter()
-                .map(|d| value_of(*d).to_string())
-                .collect();
-            let window = if query.rollup_range {
-                query.from
-            } else {
-                key.window_start
-            };
-            groups.entry((window, group)).or_default().spend_micros += micros;
-            totals.spend_micros += micros;
         }
     }
     let calendar = state.calendar.clone();

@@ -118,6 +118,21 @@ impl LocalServer {
     }
 }
 
+impl LocalServer {
+    /// The server to drive: the one at `url`, or a new one in this process (kept alive by
+    /// the returned handle).
+    fn or_url(url: Option<&str>) -> anyhow::Result<(Option<LocalServer>, String)> {
+        Ok(match url {
+            Some(url) => (None, url.trim_end_matches('/').to_string()),
+            None => {
+                let server = LocalServer::start()?;
+                let base = format!("http://{}", server.address);
+                (Some(server), base)
+            }
+        })
+    }
+}
+
 impl Drop for LocalServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -130,15 +145,7 @@ impl Drop for LocalServer {
 }
 
 fn intake(args: &IntakeBenchArgs) -> anyhow::Result<()> {
-    let local = match &args.url {
-        Some(_) => None,
-        None => Some(LocalServer::start()?),
-    };
-    let base = match (&args.url, &local) {
-        (Some(url), _) => url.trim_end_matches('/').to_string(),
-        (None, Some(server)) => format!("http://{}", server.address),
-        (None, None) => unreachable!("a local server is started when no URL is given"),
-    };
+    let (local, base) = LocalServer::or_url(args.url.as_deref())?;
     eprintln!(
         "generating {} bodies of {} events…",
         args.bodies, args.batch

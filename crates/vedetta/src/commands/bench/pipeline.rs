@@ -57,15 +57,7 @@ pub struct PipelineBenchArgs {
 }
 
 pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
-    let local = match &args.url {
-        Some(_) => None,
-        None => Some(LocalServer::start()?),
-    };
-    let base = match (&args.url, &local) {
-        (Some(url), _) => url.trim_end_matches('/').to_string(),
-        (None, Some(server)) => format!("http://{}", server.address),
-        (None, None) => unreachable!("a local server is started when no URL is given"),
-    };
+    let (local, base) = LocalServer::or_url(args.url.as_deref())?;
     eprintln!(
         "generating {} bodies of {} events…",
         args.bodies, args.batch
