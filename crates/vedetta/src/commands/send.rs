@@ -304,7 +304,68 @@ fn error_message(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A server that answers 503 (with Retry-After) `busy` times, then accepts.
+    async fn flaky_server(busy: u32) -> (String, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/events",
+            axum::routing::post(move || {
+                let counter = counter.clone();
+                async move {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    if n < busy {
+                        (
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            [("retry-after", "0")],
+                            "{\"error\":\"busy\"}",
+                        )
+                    } else {
+                        (
+                            axum::http::StatusCode::OK,
+                            [("retry-after", "0")],
+                            "{\"accepted\":2,\"rejected\":[],\"end_offset\":2}",
+                        )
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}/v1/events"), calls)
+    }
+
+    #[tokio::test]
+    async fn busy_answers_are_retried_until_accepted() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (endpoint, calls) = flaky_server(2).await;
+        let client = reqwest::Client::new();
+        let outcome = post_with_retries(&client, &endpoint, None, b"{}\n{}".to_vec(), 5).await;
+        assert_eq!(outcome.retries, 2);
+        assert_eq!(outcome.result.unwrap().accepted, 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn retries_stop_at_the_limit_and_connection_errors_are_retried() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (endpoint, _) = flaky_server(100).await;
+        let client = reqwest::Client::new();
+        let outcome = post_with_retries(&client, &endpoint, None, b"{}".to_vec(), 3).await;
+        assert_eq!(outcome.result.unwrap_err(), "gave up after 3 attempts");
+        // Nothing listens on this port: connection refused, retried, then given up.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = format!("http://{}/v1/events", closed.local_addr().unwrap());
+        drop(closed);
+        let outcome = post_with_retries(&client, &dead, None, b"{}".to_vec(), 2).await;
+        assert_eq!(outcome.retries, 2);
+        assert!(outcome.result.is_err());
+    }
 
     #[test]
     fn reasons_add_up_without_their_index() {
