@@ -4,10 +4,17 @@
 //! and its deltas refer to a tuple by a 4-byte id instead of four strings: that is most of
 //! what keeps per-user state small. The table only grows; its size is bounded by
 //! `max_campaigns`: past it, new campaign names are counted under `(other)`, so a client
-//! sending a fresh campaign string with every event cannot exhaust memory.
+//! sending a fresh campaign string with every event cannot exhaust memory. Channels are
+//! bounded the same way ([`MAX_CHANNELS`], then `(other)`): real channel groupings have a
+//! dozen values, so the bound only stops abuse.
 
 use super::hash::FastHashMap;
 use super::kpi::DimsId;
+
+/// Distinct channel names kept before new ones count as `(other)`.
+pub const MAX_CHANNELS: usize = 1_000;
+/// The channel name used past [`MAX_CHANNELS`].
+pub const OTHER_CHANNEL: &str = "(other)";
 
 /// Separator inside the lookup key; not a character clients can usefully send.
 const SEP: char = '\u{1f}';
@@ -32,6 +39,7 @@ pub struct DimsTable {
     ids: FastHashMap<Box<str>, DimsId>,
     tuples: Vec<Dims>,
     campaigns: FastHashMap<Box<str>, ()>,
+    channels: FastHashMap<Box<str>, ()>,
     max_campaigns: usize,
     key: String,
 }
@@ -42,6 +50,7 @@ impl DimsTable {
             ids: FastHashMap::default(),
             tuples: Vec::new(),
             campaigns: FastHashMap::default(),
+            channels: FastHashMap::default(),
             max_campaigns,
             key: String::with_capacity(128),
         }
@@ -56,13 +65,15 @@ impl DimsTable {
             return id;
         }
         let bounded = self.bounded_campaign(campaign);
-        if bounded != campaign {
-            self.set_key(channel, bounded, device, region);
+        let bounded_channel = self.bounded_channel(channel);
+        if bounded != campaign || bounded_channel != channel {
+            self.set_key(bounded_channel, bounded, device, region);
             if let Some(&id) = self.ids.get(self.key.as_str()) {
                 return id;
             }
         }
         let campaign = bounded;
+        let channel = bounded_channel;
         let id = self.tuples.len() as DimsId;
         self.tuples.push(Dims {
             channel: channel.to_string(),
@@ -82,6 +93,17 @@ impl DimsTable {
             }
             self.key.push_str(part);
         }
+    }
+
+    fn bounded_channel<'a>(&mut self, channel: &'a str) -> &'a str {
+        if self.channels.contains_key(channel) {
+            return channel;
+        }
+        if self.channels.len() >= MAX_CHANNELS {
+            return OTHER_CHANNEL;
+        }
+        self.channels.insert(channel.into(), ());
+        channel
     }
 
     fn bounded_campaign<'a>(&mut self, campaign: &'a str) -> &'a str {
@@ -125,6 +147,19 @@ impl DimsTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_are_bounded() {
+        let mut t = DimsTable::new(10);
+        for n in 0..MAX_CHANNELS {
+            t.intern(&format!("c{n}"), "x", "mobile", "IT-25");
+        }
+        let over = t.intern("one-too-many", "x", "mobile", "IT-25");
+        assert_eq!(t.get(over).map(|d| d.channel.as_str()), Some(OTHER_CHANNEL));
+        assert_eq!(t.intern("yet-another", "x", "mobile", "IT-25"), over);
+        let known = t.intern("c7", "x", "mobile", "IT-25");
+        assert_eq!(t.get(known).map(|d| d.channel.as_str()), Some("c7"));
+    }
 
     #[test]
     fn same_tuple_same_id_and_campaigns_are_bounded() {
