@@ -62,19 +62,32 @@ impl Server {
         self.child.kill().expect("SIGKILL the server");
         self.child.wait().unwrap();
     }
+}
 
+impl Drop for Server {
+    /// A test that fails midway must not leave its server running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Server {
     /// SIGTERM and wait for the ordered shutdown.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let mut server = self;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
+            if server.child.try_wait().unwrap().is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.kill();
+        server.kill();
     }
 }
 
