@@ -110,41 +110,27 @@ fn encode_row_key(key: &RowKey) -> Vec<u8> {
     out
 }
 
-fn decode_prefix(bytes: &[u8]) -> Result<(Granularity, i64, Vec<String>), StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("key of {} bytes", bytes.len()));
-    if bytes.len() < 9 {
-        return Err(corrupt());
-    }
-    let granularity = Granularity::from_code(bytes[0]).ok_or_else(corrupt)?;
-    let mut start = [0u8; 8];
-    start.copy_from_slice(&bytes[1..9]);
-    let parts = bytes[9..]
-        .split(|&b| b == SEP)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect();
-    Ok((granularity, u64::from_be_bytes(start) as i64, parts))
+/// A stored row's identity, borrowed from its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowView<'a> {
+    pub window_start: i64,
+    pub channel: &'a str,
+    pub campaign: &'a str,
+    pub device: &'a str,
+    pub region: &'a str,
 }
 
-fn decode_row_key(bytes: &[u8]) -> Result<RowKey, StoreError> {
-    let (granularity, window_start, mut parts) = decode_prefix(bytes)?;
-    if parts.len() != 4 {
-        return Err(StoreError::Corrupt(format!(
-            "row key with {} parts",
-            parts.len()
-        )));
+impl RowView<'_> {
+    pub fn to_key(&self, granularity: Granularity) -> RowKey {
+        RowKey {
+            granularity,
+            window_start: self.window_start,
+            channel: self.channel.to_string(),
+            campaign: self.campaign.to_string(),
+            device: self.device.to_string(),
+            region: self.region.to_string(),
+        }
     }
-    let region = parts.pop().unwrap_or_default();
-    let device = parts.pop().unwrap_or_default();
-    let campaign = parts.pop().unwrap_or_default();
-    let channel = parts.pop().unwrap_or_default();
-    Ok(RowKey {
-        granularity,
-        window_start,
-        channel,
-        campaign,
-        device,
-        region,
-    })
 }
 
 fn encode_spend_key(key: &SpendRowKey) -> Vec<u8> {
@@ -157,22 +143,19 @@ fn encode_spend_key(key: &SpendRowKey) -> Vec<u8> {
     out
 }
 
-fn decode_spend_key(bytes: &[u8]) -> Result<SpendRowKey, StoreError> {
-    let (granularity, window_start, mut parts) = decode_prefix(bytes)?;
-    if parts.len() != 2 {
-        return Err(StoreError::Corrupt(format!(
-            "spend key with {} parts",
-            parts.len()
-        )));
+/// A key's window start and its dimension values, borrowed.
+fn split_key(bytes: &[u8]) -> Result<(i64, Vec<&str>), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("key of {} bytes", bytes.len()));
+    if bytes.len() < 9 || Granularity::from_code(bytes[0]).is_none() {
+        return Err(corrupt());
     }
-    let campaign = parts.pop().unwrap_or_default();
-    let channel = parts.pop().unwrap_or_default();
-    Ok(SpendRowKey {
-        granularity,
-        window_start,
-        channel,
-        campaign,
-    })
+    let mut start = [0u8; 8];
+    start.copy_from_slice(&bytes[1..9]);
+    let parts = bytes[9..]
+        .split(|&b| b == SEP)
+        .map(|part| std::str::from_utf8(part).map_err(|_| corrupt()))
+        .collect::<Result<_, _>>()?;
+    Ok((u64::from_be_bytes(start) as i64, parts))
 }
 
 fn range_bounds(granularity: Granularity, from: i64, to: i64) -> (Vec<u8>, Vec<u8>) {
@@ -275,23 +258,83 @@ impl KpiStore {
         Ok(())
     }
 
-    /// Rows of a granularity whose window starts in `[from, to)`.
+    /// Visits the rows of a granularity whose window starts in `[from, to)`, in key order,
+    /// without collecting them: a query's memory is bounded by what it keeps, not by the
+    /// rows it reads.
+    pub fn scan_rows(
+        &self,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+        mut visit: impl FnMut(&RowView<'_>, &KpiCounters),
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KPIS)?;
+        let (low, high) = range_bounds(granularity, from, to);
+        for entry in table.range(low.as_slice()..high.as_slice())? {
+            let (key, value) = entry?;
+            let counters = postcard::from_bytes::<KpiCounters>(value.value())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let key = key.value();
+            let (window_start, parts) = split_key(key)?;
+            let [channel, campaign, device, region] = parts[..] else {
+                return Err(StoreError::Corrupt(format!(
+                    "row key with {} parts",
+                    parts.len()
+                )));
+            };
+            visit(
+                &RowView {
+                    window_start,
+                    channel,
+                    campaign,
+                    device,
+                    region,
+                },
+                &counters,
+            );
+        }
+        Ok(())
+    }
+
+    /// Visits the spend rows of a granularity whose window starts in `[from, to)`:
+    /// (window start, channel, campaign, micro-units).
+    pub fn scan_spend(
+        &self,
+        granularity: Granularity,
+        from: i64,
+        to: i64,
+        mut visit: impl FnMut(i64, &str, &str, i64),
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SPEND)?;
+        let (low, high) = range_bounds(granularity, from, to);
+        for entry in table.range(low.as_slice()..high.as_slice())? {
+            let (key, value) = entry?;
+            let key = key.value();
+            let (window_start, parts) = split_key(key)?;
+            let [channel, campaign] = parts[..] else {
+                return Err(StoreError::Corrupt(format!(
+                    "spend key with {} parts",
+                    parts.len()
+                )));
+            };
+            visit(window_start, channel, campaign, value.value());
+        }
+        Ok(())
+    }
+
+    /// Rows of a granularity whose window starts in `[from, to)`, collected.
     pub fn rows(
         &self,
         granularity: Granularity,
         from: i64,
         to: i64,
     ) -> Result<Vec<(RowKey, KpiCounters)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(KPIS)?;
-        let (low, high) = range_bounds(granularity, from, to);
         let mut out = Vec::new();
-        for entry in table.range(low.as_slice()..high.as_slice())? {
-            let (key, value) = entry?;
-            let counters = postcard::from_bytes::<KpiCounters>(value.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.push((decode_row_key(key.value())?, counters));
-        }
+        self.scan_rows(granularity, from, to, |row, counters| {
+            out.push((row.to_key(granularity), counters.clone()));
+        })?;
         Ok(out)
     }
 
@@ -302,14 +345,23 @@ impl KpiStore {
         from: i64,
         to: i64,
     ) -> Result<Vec<(SpendRowKey, i64)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(SPEND)?;
-        let (low, high) = range_bounds(granularity, from, to);
         let mut out = Vec::new();
-        for entry in table.range(low.as_slice()..high.as_slice())? {
-            let (key, value) = entry?;
-            out.push((decode_spend_key(key.value())?, value.value()));
-        }
+        self.scan_spend(
+            granularity,
+            from,
+            to,
+            |window_start, channel, campaign, micros| {
+                out.push((
+                    SpendRowKey {
+                        granularity,
+                        window_start,
+                        channel: channel.to_string(),
+                        campaign: campaign.to_string(),
+                    },
+                    micros,
+                ));
+            },
+        )?;
         Ok(out)
     }
 

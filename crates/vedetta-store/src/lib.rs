@@ -13,7 +13,7 @@
 pub mod kpi_store;
 pub mod log;
 
-pub use kpi_store::{Commit, KpiStore, Progress, RowKey, SpendRowKey, StoreError};
+pub use kpi_store::{Commit, KpiStore, Progress, RowKey, RowView, SpendRowKey, StoreError};
 pub use log::{
     AppendError, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats, WriterConfig,
 };

@@ -309,42 +309,47 @@ struct Group {
 pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiError> {
     let store = &state.kpi_store;
     let internal = |e: vedetta_store::StoreError| ApiError::Internal(e.to_string());
-    let rows = store
-        .rows(query.granularity, query.from, query.to)
-        .map_err(internal)?;
     let mut groups: BTreeMap<(i64, Vec<String>), Group> = BTreeMap::new();
     let mut totals = Group::default();
-    for (key, counters) in rows {
-        let value_of = |d: Dimension| -> &str {
-            match d {
-                Dimension::Channel => &key.channel,
-                Dimension::Campaign => &key.campaign,
-                Dimension::Device => &key.device,
-                Dimension::Region => &key.region,
-            }
-        };
-        if let Some(slot) = query.slot(key.window_start, value_of) {
-            groups.entry(slot).or_default().counters.add(&counters);
-            totals.counters.add(&counters);
-        }
-    }
-    let spend_defined = query.spend_defined();
-    if spend_defined {
-        for (key, micros) in store
-            .spend(query.granularity, query.from, query.to)
-            .map_err(internal)?
-        {
+    // Rows are aggregated as they are read: memory follows the groups of the answer, not
+    // the rows scanned (a month at 1m holds millions).
+    store
+        .scan_rows(query.granularity, query.from, query.to, |row, counters| {
             let value_of = |d: Dimension| -> &str {
                 match d {
-                    Dimension::Channel => &key.channel,
-                    _ => &key.campaign,
+                    Dimension::Channel => row.channel,
+                    Dimension::Campaign => row.campaign,
+                    Dimension::Device => row.device,
+                    Dimension::Region => row.region,
                 }
             };
-            if let Some(slot) = query.slot(key.window_start, value_of) {
-                groups.entry(slot).or_default().spend_micros += micros;
-                totals.spend_micros += micros;
+            if let Some(slot) = query.slot(row.window_start, value_of) {
+                groups.entry(slot).or_default().counters.add(counters);
+                totals.counters.add(counters);
             }
-        }
+        })
+        .map_err(internal)?;
+    let spend_defined = query.spend_defined();
+    if spend_defined {
+        store
+            .scan_spend(
+                query.granularity,
+                query.from,
+                query.to,
+                |window_start, channel, campaign, micros| {
+                    let value_of = |d: Dimension| -> &str {
+                        match d {
+                            Dimension::Channel => channel,
+                            _ => campaign,
+                        }
+                    };
+                    if let Some(slot) = query.slot(window_start, value_of) {
+                        groups.entry(slot).or_default().spend_micros += micros;
+                        totals.spend_micros += micros;
+                    }
+                },
+            )
+            .map_err(internal)?;
     }
     let calendar = state.calendar.clone();
     let rows = groups
