@@ -2,8 +2,8 @@
 //! times over, and check that every event that got a 200 is in the log and that the log
 //! always reopens.
 //!
-//! Rounds default to 24; `VEDETTA_CRASH_ROUNDS` changes it. The kill points are drawn from
-//! a fixed seed (`VEDETTA_CRASH_SEED`) so a failure can be replayed.
+//! Rounds default to 24; `CRASH_TEST_ROUNDS` changes it. The kill points are drawn from
+//! a fixed seed (`CRASH_TEST_SEED`) so a failure can be replayed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{BIN, Server, SplitMix, now_ms};
+use support::{BIN, Server, SplitMix, env_number, now_ms};
 
 fn batch_body(prefix: &str, size: usize, now_ms: i64) -> (String, Vec<String>) {
     let mut body = String::new();
@@ -32,14 +32,8 @@ fn batch_body(prefix: &str, size: usize, now_ms: i64) -> (String, Vec<String>) {
 
 #[test]
 fn sigkill_during_heavy_intake_loses_no_acknowledged_event() {
-    let rounds: u64 = std::env::var("VEDETTA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
-    let seed: u64 = std::env::var("VEDETTA_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_261_125);
+    let rounds = env_number("CRASH_TEST_ROUNDS", 24);
+    let seed = env_number("CRASH_TEST_SEED", 20_261_125);
     let mut rng = SplitMix(seed);
     let dir = tempfile::tempdir().unwrap();
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -3,9 +3,9 @@
 //! identical, row for row and to the micro-unit, to an uninterrupted processing of the same
 //! log (`vedetta replay` on a copy).
 //!
-//! Rounds default to 24 (`VEDETTA_CRASH_ROUNDS`), every sixth ending in an orderly stop
+//! Rounds default to 24 (`CRASH_TEST_ROUNDS`), every sixth ending in an orderly stop
 //! (which writes a snapshot) and the other twenty in a SIGKILL; kill points come from a fixed seed
-//! (`VEDETTA_CRASH_SEED`). Commits are made durable every second and snapshots taken every
+//! (`CRASH_TEST_SEED`). Commits are made durable every second and snapshots taken every
 //! 3 s, and a server lives 0.1 to 4 s between kills, so kills land before, during and after
 //! both: recoveries restore snapshots, and replay the log from a snapshot older than the
 //! committed offset (discarding changes already stored).
@@ -16,7 +16,7 @@ mod support;
 
 use std::process::Command;
 use std::time::Duration;
-use support::{BIN, KEY, Server, SplitMix, client, get_json, wait_processed};
+use support::{BIN, KEY, Server, SplitMix, client, env_number, get_json, wait_processed};
 use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
 
 const ENV: &[(&str, &str)] = &[("VEDETTA_PIPELINE__SNAPSHOT_INTERVAL_SECONDS", "3")];
@@ -46,14 +46,8 @@ fn kpis(client: &reqwest::blocking::Client, server: &Server) -> Vec<serde_json::
 
 #[test]
 fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
-    let rounds: u64 = std::env::var("VEDETTA_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
-    let seed: u64 = std::env::var("VEDETTA_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7_261_125);
+    let rounds = env_number("CRASH_TEST_ROUNDS", 24);
+    let seed = env_number("CRASH_TEST_SEED", 7_261_125);
     let mut rng = SplitMix(seed);
 
     // Traffic: batches of NDJSON in arrival order, ending about now.
@@ -190,8 +184,10 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
     server.stop();
 
     assert!(kills >= 20 || rounds < 24, "{kills} kills");
+    // (A short replay run, CRASH_TEST_ROUNDS below 12, may not reach every path.)
     assert!(
-        replayed_past_snapshot > 0 && resumed_with_backlog > 0 && restored_snapshot > 0,
+        rounds < 12
+            || (replayed_past_snapshot > 0 && resumed_with_backlog > 0 && restored_snapshot > 0),
         "the kills did not exercise recovery: {replayed_past_snapshot} replays past a \
          snapshot, {restored_snapshot} snapshot restores, {resumed_with_backlog} restarts with \
          a backlog"

@@ -134,6 +134,16 @@ pub fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A number from the environment (to replay a failure: more rounds, another seed), else
+/// the default. These knobs must not start with `VEDETTA_`: the server takes every such
+/// variable as configuration and refuses unknown keys.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A small deterministic generator for random test choices.
 pub struct SplitMix(pub u64);
 
