@@ -36,16 +36,23 @@ fn body() -> Vec<u8> {
     body
 }
 
+fn pseudonymizer() -> Pseudonymizer {
+    Pseudonymizer::new(PseudonymKey::from_bytes(1, &[7; 32]).unwrap(), vec![])
+}
+
+fn context<'a>(pseudonymizer: &'a Pseudonymizer, limits: &'a IntakeLimits) -> IntakeContext<'a> {
+    IntakeContext {
+        now_ms: NOW,
+        pseudonymizer,
+        limits,
+    }
+}
+
 #[divan::bench]
 fn judge_ndjson_batch(bencher: Bencher<'_, '_>) {
     let body = body();
-    let pseudonymizer = Pseudonymizer::new(PseudonymKey::from_bytes(1, &[7; 32]).unwrap(), vec![]);
-    let limits = IntakeLimits::default();
-    let ctx = IntakeContext {
-        now_ms: NOW,
-        pseudonymizer: &pseudonymizer,
-        limits: &limits,
-    };
+    let (pseudonymizer, limits) = (pseudonymizer(), IntakeLimits::default());
+    let ctx = context(&pseudonymizer, &limits);
     let judged = judge_events(&body, BodyFormat::Ndjson, &ctx).unwrap();
     assert_eq!(judged.records.len(), BATCH, "{:?}", judged.rejected.first());
     bencher
@@ -56,13 +63,8 @@ fn judge_ndjson_batch(bencher: Bencher<'_, '_>) {
 #[divan::bench]
 fn judge_and_encode_ndjson_batch(bencher: Bencher<'_, '_>) {
     let body = body();
-    let pseudonymizer = Pseudonymizer::new(PseudonymKey::from_bytes(1, &[7; 32]).unwrap(), vec![]);
-    let limits = IntakeLimits::default();
-    let ctx = IntakeContext {
-        now_ms: NOW,
-        pseudonymizer: &pseudonymizer,
-        limits: &limits,
-    };
+    let (pseudonymizer, limits) = (pseudonymizer(), IntakeLimits::default());
+    let ctx = context(&pseudonymizer, &limits);
     bencher.counter(ItemsCount::new(BATCH)).bench(|| {
         let judged = judge_events(black_box(&body), BodyFormat::Ndjson, &ctx).unwrap();
         encode_batch(&judged.records, NOW, 1)

@@ -214,6 +214,14 @@ fn make_bodies(count: usize, batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
         .collect())
 }
 
+/// A request carrying the API key, when there is one.
+fn with_key(request: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
+    match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    }
+}
+
 fn summarize(h: &Histogram<u64>) -> serde_json::Value {
     let ms = |v: u64| v as f64 / 1000.0;
     json!({
@@ -264,13 +272,13 @@ async fn drive(
                 let body = bodies[next % bodies.len()].clone();
                 next += 1;
                 let sent = Instant::now();
-                let mut request = client
-                    .post(&endpoint)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body);
-                if let Some(key) = &key {
-                    request = request.bearer_auth(key);
-                }
+                let request = with_key(
+                    client
+                        .post(&endpoint)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body),
+                    key.as_deref(),
+                );
                 match request.send().await {
                     Ok(response) if response.status().is_success() => {
                         let text = response.text().await.unwrap_or_default();
@@ -319,13 +327,10 @@ async fn drive(
                     SystemClock.now_ms()
                 );
                 let sent = Instant::now();
-                let mut request = client
+                let request = with_key(client
                     .post(&endpoint)
                     .header("content-type", "application/json")
-                    .body(body);
-                if let Some(key) = &key {
-                    request = request.bearer_auth(key);
-                }
+                    .body(body), key.as_deref());
                 match request.send().await {
                     Ok(response) if response.status().is_success() => {
                         let _ = response.bytes().await;

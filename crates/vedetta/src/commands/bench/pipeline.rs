@@ -125,10 +125,7 @@ fn body_for(templates: &[String], n: u64) -> String {
 }
 
 async fn status(client: &reqwest::Client, base: &str, key: Option<&str>) -> serde_json::Value {
-    let mut request = client.get(format!("{base}/v1/status"));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
+    let request = super::with_key(client.get(format!("{base}/v1/status")), key);
     match request.send().await {
         Ok(response) => response.json_value().await,
         Err(_) => serde_json::Value::Null,
@@ -190,13 +187,13 @@ async fn drive(
             async move {
                 let n = next_body.fetch_add(1, Ordering::Relaxed);
                 let body = body_for(&templates, n);
-                let mut request = client
-                    .post(&endpoint)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body);
-                if let Some(key) = &key {
-                    request = request.bearer_auth(key);
-                }
+                let request = super::with_key(
+                    client
+                        .post(&endpoint)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body),
+                    key.as_deref(),
+                );
                 match request.send().await {
                     Ok(response) if response.status().is_success() => {
                         let value = response.json_value().await;
@@ -361,23 +358,20 @@ async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>, n: u64) 
     let body = format!(
         r#"{{"udid":"probe-{n}","type":"page_view","ts":{now},"event_id":"{campaign}","channel":"direct","campaign":"{campaign}"}}"#
     );
-    let mut request = client
-        .post(format!("{base}/v1/events"))
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
+    let request = super::with_key(
+        client
+            .post(format!("{base}/v1/events"))
+            .header("content-type", "application/json")
+            .body(body),
+        key,
+    );
     let response = request.send().await.ok()?;
     if !response.status().is_success() {
         return None;
     }
     let acknowledged = Instant::now();
     let end_offset = response.json_value().await["end_offset"].as_u64()?;
-    let authorized = |request: reqwest::RequestBuilder| match key {
-        Some(key) => request.bearer_auth(key),
-        None => request,
-    };
+    let authorized = |request| super::with_key(request, key);
     while acknowledged.elapsed() < Duration::from_secs(30) {
         let status = match authorized(client.get(format!("{base}/v1/status")))
             .send()
