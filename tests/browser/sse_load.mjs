@@ -4,7 +4,7 @@
 //
 //   node tests/browser/sse_load.mjs --pid <server pid> [--clients 100] [--views overview]
 //        [--seconds 60] [--warmup 10] [--ramp 5] [--load-pid <generator pid>] [--previous]
-//        [--no-rollup]
+//        [--no-rollup] [--no-deltas] [--probe]
 //
 // Opens `--clients` simulated dashboards against VEDETTA_URL (default http://127.0.0.1:8080).
 // Each one opens the streams of a view the way the page does, one HTTP/1.1 connection per
@@ -16,6 +16,10 @@
 //   --views channel    1 stream: the overview's primary stream only
 //   --views 1h | 7d | 30d   the overview of that range (3 streams)
 //
+// As the page, streams take deltas after their first answer (`deltas=true`) and only the
+// primary one has `status` events; --no-deltas makes every push the whole answer, with
+// status on every stream (the server before deltas).
+//
 // With --previous each client also fetches the previous-period /v1/kpis once a minute, as
 // the page does. Clients connect over --ramp seconds; after --warmup seconds the CPU time of
 // the server process (utime + stime from /proc/<pid>/stat) is sampled, and again --seconds
@@ -24,6 +28,12 @@
 // clients were live during the window (events per client per second, min / median / max).
 //
 // The cost of serving SSE is (server CPU with clients − server CPU without) as % of one core.
+//
+// With --probe, the "within 1 s of a KPI change" point is measured too: one more stream on
+// the primary view parses its answers, and every 1.5–2.5 s (at random, so that the
+// purchases land at every phase of the push cycle) of the measured window a purchase on a
+// channel of its own is posted; the latency is from sending the POST to receiving the first
+// `kpis` event that counts it (intake, processing, the push gap and the wire).
 
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
@@ -45,6 +55,7 @@ const RAMP = Number(option('ramp', '5'));
 const PID = option('pid', '');
 const LOAD_PID = option('load-pid', '');
 const PREVIOUS = flag('previous');
+const PROBE = flag('probe');
 if (!PID) {
   console.error('--pid <server pid> is required (the process whose CPU time is measured)');
   process.exit(2);
@@ -58,7 +69,10 @@ function viewStreams() {
   // As the page: the table streams ask for one row per group (`rollup=range`); --no-rollup
   // for a server older than that parameter.
   const rollup = (i) => (i > 0 && !flag('no-rollup') ? { rollup: 'range' } : {});
-  return { range, streams: dims.map((d, i) => new URLSearchParams({ granularity, last, group_by: d, ...rollup(i) }).toString()) };
+  // As the page: only the primary stream carries `status` events.
+  const status = (i) => (i > 0 && !flag('no-deltas') ? { status: 'false' } : {});
+  const deltas = flag('no-deltas') ? {} : { deltas: 'true' };
+  return { range, streams: dims.map((d, i) => new URLSearchParams({ granularity, last, group_by: d, ...rollup(i), ...status(i), ...deltas }).toString()) };
 }
 const VIEW = viewStreams();
 
@@ -85,10 +99,11 @@ const ownCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) 
 // ---------------------------------------------------------------- one EventSource-like stream
 
 class Stream {
-  constructor(client, query) {
+  constructor(client, query, onKpisData = null) {
     this.client = client;
     this.query = query;
-    this.counts = { kpis: 0, status: 0, other: 0 };
+    this.onKpisData = onKpisData;
+    this.counts = { kpis: 0, status: 0, other: 0 }; // `kpis` counts kpis-delta too
     this.bytes = 0;
     this.firstKpisMs = null;
     this.errors = 0;
@@ -105,6 +120,7 @@ class Stream {
       let buffer = '';
       let event = 'message';
       let hasData = false;
+      let data = '';
       response.on('data', (chunk) => {
         this.bytes += Buffer.byteLength(chunk);
         buffer += chunk;
@@ -114,19 +130,22 @@ class Stream {
           buffer = buffer.slice(newline + 1);
           if (line === '') { // dispatch
             if (hasData) {
-              const kind = event in this.counts ? event : 'other';
+              const kind = event === 'kpis-delta' ? 'kpis' : event in this.counts ? event : 'other';
               this.counts[kind] += 1;
               if (kind === 'kpis' && this.firstKpisMs == null) {
                 this.firstKpisMs = performance.now() - started;
                 if (onFirstKpis) onFirstKpis();
               }
+              if (kind === 'kpis' && this.onKpisData) this.onKpisData(JSON.parse(data));
             }
             event = 'message';
             hasData = false;
+            data = '';
           } else if (line.startsWith('event:')) {
             event = line.slice(6).trim();
           } else if (line.startsWith('data:')) {
-            hasData = true; // the payload itself is not parsed: counting is enough
+            hasData = true; // the clients' payloads are not parsed: counting is enough
+            if (this.onKpisData) data += (data ? '\n' : '') + line.slice(5).replace(/^ /, '');
           }
         }
       });
@@ -198,6 +217,41 @@ async function serverStreamClients() {
   return status;
 }
 
+// ---------------------------------------------------------------- the latency probe
+
+class Probe {
+  constructor() {
+    this.channel = `sse-probe-${process.pid}-${Date.now()}`;
+    this.sent = []; // performance.now() when the n-th purchase was sent
+    this.latencies = [];
+    this.errors = 0;
+    // Whole answers: the probe reads every push's rows (same view, so the same frames).
+    const query = new URLSearchParams(VIEW.streams[0]);
+    query.delete('deltas');
+    this.stream = new Stream(null, query.toString(), (answer) => this.seen(answer));
+  }
+
+  seen(answer) {
+    const counted = answer.rows.filter((r) => r.channel === this.channel).reduce((n, r) => n + r.conversions, 0);
+    while (this.latencies.length < Math.min(counted, this.sent.length)) {
+      this.latencies.push(performance.now() - this.sent[this.latencies.length]);
+    }
+  }
+
+  async post() {
+    const event = { udid: `${this.channel}-${this.sent.length}`, type: 'purchase', ts: new Date().toISOString(), value: 1, currency: 'EUR', channel: this.channel };
+    const headers = { 'content-type': 'application/json' };
+    if (API_KEY) headers.authorization = `Bearer ${API_KEY}`;
+    this.sent.push(performance.now());
+    try {
+      const response = await fetch(new URL('/v1/events', BASE), { method: 'POST', headers, body: JSON.stringify(event) });
+      if (response.status !== 200) this.errors += 1;
+      await response.arrayBuffer();
+    } catch { this.errors += 1; }
+  }
+}
+const probe = PROBE ? new Probe() : null;
+
 const clients = Array.from({ length: CLIENTS }, (_, i) => new Client(i));
 console.log(`# ${BASE.origin}: ${CLIENTS} clients × ${CLIENTS ? VIEW.streams.length : 0} streams (${VIEWS}, ${VIEW.streams.join(' | ')})` +
   `${PREVIOUS ? ', + previous-period /v1/kpis once a minute' : ''}; ramp ${RAMP} s, warm-up ${WARMUP} s, measured ${SECONDS} s; server pid ${PID}` +
@@ -206,6 +260,7 @@ for (let i = 0; i < clients.length; i += 1) {
   clients[i].open();
   await sleep((RAMP * 1000) / Math.max(1, clients.length));
 }
+if (probe) probe.stream.open();
 await sleep(WARMUP * 1000);
 
 const before = {
@@ -214,7 +269,12 @@ const before = {
   bytes: clients.reduce((n, c) => n + c.streams.reduce((m, s) => m + s.bytes, 0), 0),
   status: await serverStreamClients(),
 };
+// Random gaps, so that the purchases land at every phase of the push cycle.
+let probeTimer = null;
+const probeNext = () => { probeTimer = setTimeout(() => { probe.post(); probeNext(); }, 1500 + Math.random() * 1000); };
+if (probe) probeNext();
 await sleep(SECONDS * 1000);
+clearTimeout(probeTimer);
 const after = {
   at: performance.now(), machine: machineBusySeconds(), serverTimes: cpuTimes(PID), server: cpuSeconds(PID), load: LOAD_PID ? cpuSeconds(LOAD_PID) : null, self: ownCpu(),
   events: clients.map((c) => c.events()), perStream: clients.flatMap((c) => c.streams.map((s) => s.counts.kpis)),
@@ -222,6 +282,13 @@ const after = {
   status: await serverStreamClients(),
 };
 for (const c of clients) c.close();
+if (probe) {
+  await sleep(3000); // the last purchases' pushes
+  probe.stream.close();
+  const missing = probe.sent.length - probe.latencies.length;
+  console.log(`probe: ${probe.sent.length} purchases posted (errors ${probe.errors}); POST sent → first kpis event counting it (ms): ` +
+    `${stats(probe.latencies)}; p90 ${probe.latencies.length ? [...probe.latencies].sort((a, b) => a - b)[Math.floor(0.9 * probe.latencies.length)].toFixed(0) : 'n/a'}; never seen: ${missing}`);
+}
 
 const wall = (after.at - before.at) / 1000;
 const pct = (seconds) => `${((100 * seconds) / wall).toFixed(2)} % of one core (${seconds.toFixed(2)} s CPU in ${wall.toFixed(1)} s)`;

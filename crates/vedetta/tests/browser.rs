@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: Debian's headless Chromium, driven by Playwright
 //! (`tests/browser/dashboard.test.mjs`), against a real server fed with generated traffic.
 //! The Node test checks that the tiles equal `/v1/kpis`, drills into a channel, sees a live
-//! update arrive, and saves screenshots into `artifacts/`.
+//! update arrive, and saves screenshots into `artifacts/`. Then `tests/browser/stream.test.mjs`
+//! checks the live stream's deltas, applied by the page's own code, against whole answers.
 //!
 //! Needs `node`, Chromium (`/usr/bin/chromium` or `CHROMIUM`) and `tests/browser/node_modules`
 //! (`npm ci --prefix tests/browser`); `scripts/test.sh` provides all three. Without them the
@@ -88,22 +89,30 @@ fn the_dashboard_shows_the_api_numbers_drills_down_and_updates_live() {
 
     let artifacts = root.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let output = Command::new("node")
-        .arg("--test")
-        .arg("--test-reporter=spec")
-        .arg(browser_tests.join("dashboard.test.mjs"))
-        .current_dir(&browser_tests)
-        .env("VEDETTA_URL", format!("http://{}", server.address))
-        .env("ARTIFACTS_DIR", &artifacts)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("run node --test");
+    // The page first; then the stream protocol, whose test posts events of its own (run
+    // apart, so that they never land while the page test compares numbers).
+    let mut outputs = Vec::new();
+    for file in ["dashboard.test.mjs", "stream.test.mjs"] {
+        let output = Command::new("node")
+            .arg("--test")
+            .arg("--test-reporter=spec")
+            .arg(browser_tests.join(file))
+            .current_dir(&browser_tests)
+            .env("VEDETTA_URL", format!("http://{}", server.address))
+            .env("ARTIFACTS_DIR", &artifacts)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .expect("run node --test");
+        outputs.push((file, output));
+    }
     server.stop();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprintln!("{stdout}\n{stderr}");
-    assert!(
-        output.status.success(),
-        "the browser test failed (see above)"
-    );
+    for (file, output) in outputs {
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        eprintln!("{file}:\n{stdout}\n{stderr}");
+        assert!(
+            output.status.success(),
+            "the browser test {file} failed (see above)"
+        );
+    }
 }

@@ -14,9 +14,10 @@
 //   be bookmarked and the browser's back button leaves a drill-down.
 // - Load on the server is bounded: at most three EventSource streams are open, one per
 //   distinct live query of the view (tiles + chart + first table share one), and they are
-//   closed on every view change. `/v1/kpis` is fetched only for the previous-period
-//   comparison: once per view change, then at most once a minute. Stream events never
-//   trigger fetches.
+//   closed on every view change. After a stream's first answer the server sends only what
+//   changed (`deltas=true`, applied by kpi-delta.js). `/v1/kpis` is fetched only for the
+//   previous-period comparison: once per view change, then at most once a minute. Stream
+//   events never trigger fetches.
 'use strict';
 
 (() => {
@@ -372,29 +373,44 @@
 
     open() {
       if (this.closed) return;
-      const params = new URLSearchParams(this.params);
+      // After the first answer the server sends only what changed (`kpis-delta`); the
+      // stream keeps the answer and applies each delta to it (kpi-delta.js).
+      const params = new URLSearchParams({ ...this.params, deltas: 'true' });
       if (state.apiKey) params.set('access_token', state.apiKey); // EventSource cannot send headers
       const source = new EventSource(`/v1/stream?${params}`);
       this.source = source;
+      this.answer = null;
       source.addEventListener('open', () => { this.failures = 0; updateLive(); });
-      source.addEventListener('kpis', (event) => {
-        this.failures = 0;
-        this.received = true;
-        this.handlers.kpis(JSON.parse(event.data));
-        markUpdated();
-      });
-      source.addEventListener('status', (event) => this.handlers.status && this.handlers.status(JSON.parse(event.data)));
-      source.addEventListener('error', (event) => {
-        // `event: error` from the server (the view's query failed) arrives as a message with
-        // data; a connection failure is a plain event.
-        if (typeof event.data === 'string') {
-          let message = event.data;
-          try { message = JSON.parse(event.data).error || message; } catch { /* not JSON */ }
-          showBanner(t('error', { message }));
+      source.addEventListener('kpis', (event) => this.onAnswer(source, JSON.parse(event.data), event.lastEventId));
+      source.addEventListener('kpis-delta', (event) => {
+        const delta = JSON.parse(event.data);
+        if (!this.answer || String(delta.base) !== this.answerId) {
+          // Cannot happen with this server (a delta follows the frame it was computed from
+          // on the same connection); reconnecting, a second later, gets the whole answer.
+          source.close();
+          this.retryTimer = setTimeout(() => this.open(), 1000);
           return;
         }
-        this.failed(source);
+        this.onAnswer(source, window.VedettaKpiDelta.apply(this.answer, delta, this.params.rollup === 'range'), event.lastEventId);
       });
+      source.addEventListener('status', (event) => this.handlers.status && this.handlers.status(JSON.parse(event.data)));
+      // The view's query failed on the server; the stream stays open and recovers by itself.
+      source.addEventListener('query-error', (event) => {
+        let message = event.data;
+        try { message = JSON.parse(event.data).error || message; } catch { /* not JSON */ }
+        showBanner(t('error', { message }));
+      });
+      source.addEventListener('error', () => this.failed(source));
+    }
+
+    onAnswer(source, answer, id) {
+      if (source !== this.source) return;
+      this.failures = 0;
+      this.received = true;
+      this.answer = answer;
+      this.answerId = id;
+      this.handlers.kpis(answer);
+      markUpdated();
     }
 
     failed(source) {
@@ -431,7 +447,7 @@
     for (const dim of plan.tables) {
       if (dim === plan.primaryDim) continue;
       // Tables need one row per group, not per window: the server sums the range.
-      state.streams.push(new LiveStream({ ...base, group_by: dim, rollup: 'range' }, {
+      state.streams.push(new LiveStream({ ...base, group_by: dim, rollup: 'range', status: 'false' }, {
         kpis: current((answer) => { state.tables[dim] = answer; renderTable(dim); }),
       }));
     }

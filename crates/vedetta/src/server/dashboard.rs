@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
+const KPI_DELTA_JS: &str = include_str!("../../assets/dashboard/kpi-delta.js");
 const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
@@ -37,6 +38,10 @@ pub async fn index() -> Response {
 
 pub async fn app_js() -> Response {
     asset(APP_JS, "text/javascript; charset=utf-8")
+}
+
+pub async fn kpi_delta_js() -> Response {
+    asset(KPI_DELTA_JS, "text/javascript; charset=utf-8")
 }
 
 pub async fn style_css() -> Response {

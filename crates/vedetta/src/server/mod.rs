@@ -14,8 +14,8 @@
 //! Every `/v1` route requires `Authorization: Bearer <key>` when keys are configured;
 //! without keys the server only listens on loopback (see `Config::check_exposure`).
 //!
-//! Shutdown is ordered: stop accepting connections, let in-flight requests finish, then the
-//! log writer commits what is queued. Nothing acknowledged is lost, nothing queued is
+//! Shutdown is ordered: end the live streams, stop accepting connections, let in-flight
+//! requests finish, then the log writer commits what is queued. Nothing acknowledged is lost, nothing queued is
 //! dropped.
 
 mod auth;
@@ -62,8 +62,8 @@ pub struct AppState {
     /// Window arithmetic for answers (window ends of stored rows).
     pub calendar: WindowCalendar,
     pub processor: Arc<ProcessorStatus>,
-    /// Answers shared by the clients of `/v1/stream`.
-    pub stream_cache: stream::StreamCache,
+    /// The views watched over `/v1/stream` and their shared frames.
+    pub stream_hub: stream::StreamHub,
     /// Clients connected to `/v1/stream`.
     pub stream_clients: std::sync::atomic::AtomicU64,
     pub timings: Arc<crate::telemetry::StageTimings>,
@@ -141,7 +141,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         calendar: WindowCalendar::new(config.pipeline.rules.time_zone.clone()),
         kpi_store,
         processor: processor.status.clone(),
-        stream_cache: stream::StreamCache::default(),
+        stream_hub: stream::StreamHub::default(),
         stream_clients: std::sync::atomic::AtomicU64::new(0),
         timings,
         processor_handle: std::sync::Mutex::new(Some(processor)),
@@ -175,6 +175,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/", get(dashboard::index))
         .route("/assets/app.js", get(dashboard::app_js))
+        .route("/assets/kpi-delta.js", get(dashboard::kpi_delta_js))
         .route("/assets/style.css", get(dashboard::style_css))
         .route("/v1/openapi.json", get(openapi::get_openapi))
         .merge(api)
@@ -204,6 +205,18 @@ pub async fn serve(
     tracing::info!(address = %local, "listening");
     on_listening(local);
     let retention = tokio::spawn(retention_loop(state.clone(), retention_days));
+    // Live streams never end by themselves: close them first, or an open dashboard would
+    // hold up the graceful shutdown for ever.
+    let hub_owner = Arc::downgrade(&state);
+    let shutdown = async move {
+        shutdown.await;
+        let ticker = hub_owner
+            .upgrade()
+            .and_then(|state| state.stream_hub.close());
+        if let Some(ticker) = ticker {
+            let _ = ticker.await;
+        }
+    };
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await

@@ -4,102 +4,381 @@
 //! `last=` — and receives `event: kpis` (the `/v1/kpis` answer) and `event: status` (the
 //! `/v1/status` answer) on connect and then whenever processing has advanced, at most once
 //! per 0.7 s, checked every 0.1 s: a change is on screen within about a second. On a quiet
-//! server it still pushes every 30 s, so a `last=` view keeps sliding with the clock.
+//! server it still pushes every 30 s, so a `last=` view keeps sliding with the clock. A
+//! view whose query fails gets `event: query-error` with `{"error": …}` (not `error`, which
+//! is the name the browser gives its own connection failures).
 //!
-//! The query cost does not grow with the audience: a view's answer is computed at most once
-//! per quarter second and shared by every client watching it (a per-view lock makes the
-//! others wait for the first one's answer instead of computing it again). What still grows
-//! with the audience is writing the answers to the sockets. Clients never poll;
-//! `EventSource` reconnects by itself after the `retry` delay.
+//! Two per-client options, which do not change the view:
+//! - `deltas=true`: after the first whole answer, each push is `event: kpis-delta` — the
+//!   header and totals, the rows that are new or changed (`upsert`) and the identities of
+//!   the rows that are gone (`remove`), relative to the push before (`base`, the `id:` of
+//!   that push). A 24-hour view by channel changes in its current hour only, so this sends
+//!   a few KB instead of tens of KB a second per dashboard, which matters on a phone.
+//! - `status=false`: no `status` events (a page needs them on one of its streams only).
+//!
+//! The cost does not grow with the audience but with the number of distinct views. One
+//! ticker per server looks for progress; for each watched view it computes the answer once,
+//! frames the SSE bytes once (whole and delta), and publishes them on the view's `watch`
+//! channel. A client's task only wakes when its view has a new frame and hands the same
+//! bytes to its socket: no per-client query, serialization or timer. A slow client skips
+//! frames rather than buffering them (a `watch` keeps only the newest), and then gets the
+//! whole answer, since a delta only follows the frame it was computed from. Clients never
+//! poll; `EventSource` reconnects by itself after the `retry` delay.
+//!
+//! At shutdown the hub closes: every stream ends (clients reconnect to the next server) and
+//! new ones get a 503, so an open dashboard never holds up a graceful stop.
 
-use super::kpis::{KpiQuery, run_query};
+use super::kpis::{KpiQuery, KpiResponse, KpiValues, run_query};
 use super::{ApiError, AppState};
+use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures_util::Stream;
-use std::collections::HashMap;
-use std::sync::Arc;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-/// How often a connection looks for progress.
+/// How often the ticker looks for progress.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// The least time between two pushes to one client.
+/// The least time between two pushes of one view.
 const MIN_PUSH_GAP: Duration = Duration::from_millis(700);
-/// An answer younger than this serves every client of the view, even if processing has
-/// moved on since: under steady intake the offset changes many times a second, and one
-/// query per view per quarter second is what keeps the cost independent of the audience.
-/// With the push gap above, a change still reaches the screen within about a second.
-const SHARE_FOR: Duration = Duration::from_millis(250);
-/// The most time between two pushes, data or not.
+/// The most time between two pushes of one view, data or not.
 const MAX_PUSH_GAP: Duration = Duration::from_secs(30);
+/// A comment line after this much silence keeps proxies from closing the connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Sent first: how long `EventSource` waits before reconnecting.
+const RETRY: &[u8] = b"retry: 3000\n\n";
 
-/// Answers shared between the clients of a view.
+/// One push of a view: its SSE bytes, framed once and written to every client of the view.
+#[derive(Debug, Clone)]
+struct Frame {
+    /// Numbers the view's frames; a delta applies to the answer of frame `seq - 1`.
+    seq: u64,
+    /// The whole answer (`event: kpis`, or `query-error`).
+    full: Bytes,
+    /// What changed since frame `seq - 1` (`event: kpis-delta`); `None` when there is
+    /// nothing to compare with (the first answer, or one after a failed query).
+    delta: Option<Bytes>,
+    /// `event: status`, shared by every view pushed in the same tick.
+    status: Bytes,
+    processed_offset: u64,
+    computed: Instant,
+}
+
+impl Frame {
+    /// Whether the ticker should replace this frame now.
+    fn due(&self, processed: u64) -> bool {
+        let age = self.computed.elapsed();
+        age >= MIN_PUSH_GAP && (self.processed_offset != processed || age >= MAX_PUSH_GAP)
+    }
+}
+
+/// One view (a set of query parameters) and its watchers.
+#[derive(Debug)]
+struct ViewFeed {
+    params: HashMap<String, String>,
+    frames: watch::Sender<Option<Frame>>,
+    /// Held while the view's answer is computed, so that a burst of connections to a new
+    /// view computes it once and the ticker never computes it twice at the same time. It
+    /// guards the rows of the last published answer, which the next delta is computed from.
+    computing: tokio::sync::Mutex<Option<PublishedRows>>,
+}
+
+/// The rows of a published answer, by key, as serialized: what a delta is computed from.
 #[derive(Debug, Default)]
-pub struct StreamCache {
-    views: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<CachedAnswer>>>>>,
+struct PublishedRows {
+    rows: HashMap<String, PublishedRow>,
 }
 
 #[derive(Debug)]
-struct CachedAnswer {
-    processed_offset: u64,
-    computed: Instant,
-    json: Arc<str>,
+struct PublishedRow {
+    json: String,
+    /// The fields that identify the row (`window_start` and the grouped dimensions), sent
+    /// in a delta's `remove` list when the row is gone.
+    identity: BTreeMap<String, String>,
 }
 
-impl StreamCache {
-    fn slot(&self, key: &str) -> Arc<Mutex<Option<CachedAnswer>>> {
-        let mut views = self.views.lock().unwrap_or_else(|e| e.into_inner());
-        // Views nobody has watched for a minute are dropped; the map stays as small as the
-        // audience. (A slot not in use right now still holds the view's last answer.)
-        views.retain(|_, slot| {
-            Arc::strong_count(slot) > 1
-                || slot
-                    .try_lock()
-                    .map(|answer| {
-                        answer
-                            .as_ref()
-                            .is_some_and(|a| a.computed.elapsed() < Duration::from_secs(60))
-                    })
-                    .unwrap_or(true)
-        });
-        views.entry(key.to_string()).or_default().clone()
+/// The views being watched, and the ticker that refreshes them.
+#[derive(Debug, Default)]
+pub struct StreamHub {
+    inner: std::sync::Mutex<HubInner>,
+}
+
+#[derive(Debug, Default)]
+struct HubInner {
+    views: HashMap<String, Arc<ViewFeed>>,
+    ticker: Option<JoinHandle<()>>,
+    closed: bool,
+}
+
+impl StreamHub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-/// The `/v1/kpis` answer of a view as of now, computed once per processed offset.
-async fn view_answer(
-    state: &Arc<AppState>,
-    key: &str,
-    params: &HashMap<String, String>,
-) -> Result<Arc<str>, ApiError> {
-    let processed = state.processor.processed_offset.load(Ordering::Acquire);
-    let slot = state.stream_cache.slot(key);
-    let mut cached = slot.lock().await;
-    if let Some(answer) = cached.as_ref() {
-        let age = answer.computed.elapsed();
-        // Unchanged data is reused for a while (`last=` windows still slide with the
-        // clock); changed data after a quarter of a second.
-        let unchanged = answer.processed_offset == processed && age < MAX_PUSH_GAP / 2;
-        if unchanged || age < SHARE_FOR {
-            return Ok(answer.json.clone());
+    /// Joins a client to its view (creating the view) and makes sure the ticker runs.
+    fn subscribe(
+        &self,
+        state: &Arc<AppState>,
+        key: String,
+        params: HashMap<String, String>,
+    ) -> Result<(Arc<ViewFeed>, watch::Receiver<Option<Frame>>), ApiError> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(ApiError::Busy {
+                message: "the server is shutting down".into(),
+                retry_after_s: 3,
+            });
         }
+        let view = inner
+            .views
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(ViewFeed {
+                    params,
+                    frames: watch::Sender::new(None),
+                    computing: tokio::sync::Mutex::new(None),
+                })
+            })
+            .clone();
+        // Subscribed under the hub's lock: the ticker drops views without receivers under
+        // the same lock, so it cannot drop this one between its creation and this line.
+        let receiver = view.frames.subscribe();
+        if inner.ticker.as_ref().is_none_or(JoinHandle::is_finished) {
+            inner.ticker = Some(tokio::spawn(tick(Arc::downgrade(state))));
+        }
+        Ok((view, receiver))
     }
-    let query = KpiQuery::parse(params, state.clock.now_ms())?;
-    let state_for_query = state.clone();
-    let response = tokio::task::spawn_blocking(move || run_query(&state_for_query, &query))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let json: Arc<str> = serde_json::to_string(&response)
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .into();
-    *cached = Some(CachedAnswer {
+
+    /// The watched views, after dropping those nobody watches; `None` once there are none
+    /// (the ticker then stops, and the next client starts a new one) or the hub is closed.
+    fn watched(&self) -> Option<Vec<Arc<ViewFeed>>> {
+        let mut inner = self.lock();
+        inner
+            .views
+            .retain(|_, view| view.frames.receiver_count() > 0);
+        if inner.views.is_empty() || inner.closed {
+            inner.ticker = None;
+            return None;
+        }
+        Some(inner.views.values().cloned().collect())
+    }
+
+    /// Ends every stream and refuses new ones; returns the ticker so the caller can wait for
+    /// it to let go of the state.
+    pub fn close(&self) -> Option<JoinHandle<()>> {
+        let mut inner = self.lock();
+        inner.closed = true;
+        // Dropping the senders ends every client's stream.
+        inner.views.clear();
+        inner.ticker.take()
+    }
+}
+
+/// Refreshes the watched views every [`CHECK_EVERY`] until none is watched. Holds the state
+/// weakly, and strongly only during a tick, so it never keeps a stopped server alive.
+async fn tick(state: Weak<AppState>) {
+    let mut interval = tokio::time::interval(CHECK_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let Some(views) = state.stream_hub.watched() else {
+            return;
+        };
+        let processed = state.processor.processed_offset.load(Ordering::Acquire);
+        let due: Vec<_> = views
+            .into_iter()
+            .filter(|view| {
+                view.frames
+                    .borrow()
+                    .as_ref()
+                    .is_none_or(|f| f.due(processed))
+            })
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        // One status document per tick, shared by every view pushed in it.
+        let status = Bytes::from(status_event(&state));
+        let refreshes = due.iter().map(|view| async {
+            // A view being computed for a new client is skipped: it is fresh anyway.
+            if let Ok(mut published) = view.computing.try_lock() {
+                publish(&state, view, &mut published, processed, &status).await;
+            }
+        });
+        futures_util::future::join_all(refreshes).await;
+    }
+}
+
+/// Computes a view's answer, frames it (whole, and as a delta from the last one) with
+/// `status`, and publishes it to the view's clients. The caller holds `view.computing`.
+async fn publish(
+    state: &Arc<AppState>,
+    view: &ViewFeed,
+    published: &mut Option<PublishedRows>,
+    processed: u64,
+    status: &Bytes,
+) -> Frame {
+    let seq = view.frames.borrow().as_ref().map_or(1, |f| f.seq + 1);
+    let rollup = view.params.get("rollup").is_some_and(|r| r == "range");
+    let (full, delta) = match view_answer(state, &view.params).await.and_then(|answer| {
+        let rows = row_keys(&answer, rollup)?;
+        Ok((answer, rows))
+    }) {
+        Ok((answer, rows)) => {
+            let full = serde_json::to_string(&answer).unwrap_or_default();
+            let delta = published
+                .as_ref()
+                .map(|before| delta_json(&answer, &rows, before, seq));
+            *published = Some(PublishedRows {
+                rows: rows.into_iter().collect(),
+            });
+            (
+                sse_event("kpis", Some(seq), &full),
+                delta.map(|json| sse_event("kpis-delta", Some(seq), &json)),
+            )
+        }
+        Err(error) => {
+            *published = None;
+            let json = serde_json::json!({ "error": error.to_string() }).to_string();
+            (sse_event("query-error", None, &json), None)
+        }
+    };
+    let frame = Frame {
+        seq,
+        full: Bytes::from(full),
+        delta: delta.map(Bytes::from),
+        status: status.clone(),
         processed_offset: processed,
         computed: Instant::now(),
-        json: json.clone(),
-    });
-    Ok(json)
+    };
+    view.frames.send_replace(Some(frame.clone()));
+    frame
+}
+
+/// Each row of an answer under its key (window and grouped dimensions; without the window
+/// in a `rollup=range` answer, whose one window is the whole range and slides with it).
+fn row_keys(answer: &KpiResponse, rollup: bool) -> Result<Vec<(String, PublishedRow)>, ApiError> {
+    answer
+        .rows
+        .iter()
+        .map(|row| {
+            let mut identity = row.dimensions.clone();
+            identity.remove("region_name");
+            let mut key = if rollup {
+                String::new()
+            } else {
+                row.window_start.clone()
+            };
+            for value in identity.values() {
+                key.push('\u{1f}');
+                key.push_str(value);
+            }
+            identity.insert("window_start".into(), row.window_start.clone());
+            let json = serde_json::to_string(row).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((key, PublishedRow { json, identity }))
+        })
+        .collect()
+}
+
+/// What changed from `before` to `answer`: the answer's header and totals, the rows that
+/// are new or changed (`upsert`), and the identities of the rows that are gone (`remove`).
+/// Applied to the answer of frame `seq - 1` (`base`), it gives this answer.
+fn delta_json(
+    answer: &KpiResponse,
+    rows: &[(String, PublishedRow)],
+    before: &PublishedRows,
+    seq: u64,
+) -> String {
+    #[derive(serde::Serialize)]
+    struct Head<'a> {
+        base: u64,
+        granularity: &'a str,
+        from: &'a str,
+        to: &'a str,
+        group_by: &'a [&'static str],
+        totals: &'a KpiValues,
+    }
+    let head = Head {
+        base: seq - 1,
+        granularity: answer.granularity,
+        from: &answer.from,
+        to: &answer.to,
+        group_by: &answer.group_by,
+        totals: &answer.totals,
+    };
+    let mut out = serde_json::to_string(&head).unwrap_or_else(|_| "{".into());
+    // Reopen the object to append the rows, already serialized.
+    if out.ends_with('}') {
+        out.pop();
+    }
+    out.push_str(",\"upsert\":[");
+    let changed = rows
+        .iter()
+        .filter(|(key, row)| before.rows.get(key).is_none_or(|old| old.json != row.json));
+    for (i, (_, row)) in changed.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&row.json);
+    }
+    out.push_str("],\"remove\":");
+    let present: HashSet<&str> = rows.iter().map(|(key, _)| key.as_str()).collect();
+    let gone: Vec<_> = before
+        .rows
+        .iter()
+        .filter(|(key, _)| !present.contains(key.as_str()))
+        .map(|(_, row)| &row.identity)
+        .collect();
+    out.push_str(&serde_json::to_string(&gone).unwrap_or_else(|_| "[]".into()));
+    out.push('}');
+    out
+}
+
+/// The `/v1/kpis` answer of a view as of now.
+async fn view_answer(
+    state: &Arc<AppState>,
+    params: &HashMap<String, String>,
+) -> Result<KpiResponse, ApiError> {
+    let query = KpiQuery::parse(params, state.clock.now_ms())?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || run_query(&state, &query))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+fn status_event(state: &AppState) -> Vec<u8> {
+    sse_event(
+        "status",
+        None,
+        &super::status::status_json(state).to_string(),
+    )
+}
+
+/// One SSE event; every line of `data` becomes a `data:` line (compact JSON has none, but
+/// the framing must not depend on it).
+fn sse_event(name: &str, id: Option<u64>, data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + name.len() + 40);
+    if let Some(id) = id {
+        out.extend_from_slice(format!("id: {id}\n").as_bytes());
+    }
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.push(b'\n');
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.trim_end_matches('\r').as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out
 }
 
 /// Live KPIs of one view.
@@ -110,68 +389,121 @@ async fn view_answer(
         ("granularity" = Option<String>, Query, description = "1m, 1h or 1d"),
         ("last" = Option<String>, Query, description = "a span ending now, e.g. 60m, 24h, 30d"),
         ("group_by" = Option<String>, Query, description = "as in /v1/kpis"),
+        ("deltas" = Option<bool>, Query, description = "after the first answer, send `kpis-delta` \
+            events (what changed) instead of whole `kpis` answers"),
+        ("status" = Option<bool>, Query, description = "send `status` events (default true)"),
         ("access_token" = Option<String>, Query, description = "API key, for EventSource"),
     ),
-    responses((status = 200, description = "text/event-stream of `kpis` and `status` events",
-               content_type = "text/event-stream", body = String))
+    responses((status = 200, description = "text/event-stream of `kpis`, `status` and \
+               `query-error` events", content_type = "text/event-stream", body = String))
 )]
 pub async fn get_stream(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    params.remove("access_token");
+    // Per client, not part of the view: whether it takes `kpis-delta` events, and whether
+    // it wants `status` events (a page needs them on one of its streams only).
+    let deltas = flag(&mut params, "deltas", false)?;
+    let with_status = flag(&mut params, "status", true)?;
     // Refuse a bad view now, with a 400, rather than inside the stream.
     KpiQuery::parse(&params, state.clock.now_ms())?;
-    let mut sorted: Vec<_> = params
-        .iter()
-        .filter(|(k, _)| k.as_str() != "access_token")
-        .collect();
+    let mut sorted: Vec<_> = params.iter().collect();
     sorted.sort();
     let key = sorted
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("&");
+    let (view, mut frames) = state.stream_hub.subscribe(&state, key, params)?;
+    let first = first_frame(&state, &view, &mut frames).await;
     state.stream_clients.fetch_add(1, Ordering::Relaxed);
     let guard = ClientGuard(state.clone());
-    let stream = futures_util::stream::unfold(
-        (state, params, key, None::<u64>, None::<Instant>, guard),
-        |(state, params, key, mut sent_offset, mut sent_at, guard)| async move {
-            loop {
-                let processed = state.processor.processed_offset.load(Ordering::Acquire);
-                let due = sent_at.is_none_or(|at| at.elapsed() >= MIN_PUSH_GAP);
-                let stale = sent_at.is_some_and(|at| at.elapsed() >= MAX_PUSH_GAP);
-                if due && (sent_offset != Some(processed) || stale) {
-                    let kpis = match view_answer(&state, &key, &params).await {
-                        Ok(json) => Event::default().event("kpis").data(json.as_ref()),
-                        Err(error) => Event::default()
-                            .event("error")
-                            .data(serde_json::json!({ "error": error.to_string() }).to_string()),
+    let push = move |kpis: Bytes, frame: &Frame| {
+        let mut chunks = vec![kpis];
+        if with_status {
+            chunks.push(frame.status.clone());
+        }
+        futures_util::stream::iter(chunks)
+    };
+    let opening = futures_util::stream::iter([Bytes::from_static(RETRY)])
+        .chain(push(first.full.clone(), &first));
+    let client = (frames, first.seq, guard);
+    let updates =
+        futures_util::stream::unfold(client, move |(mut frames, sent, guard)| async move {
+            let (chunks, sent) = match tokio::time::timeout(KEEP_ALIVE, frames.changed()).await {
+                Ok(Ok(())) => {
+                    let frame = frames.borrow_and_update().clone()?;
+                    // A delta only follows the frame it was computed from; a client that
+                    // skipped a frame (slow, or it arrived while connecting) gets the whole.
+                    let kpis = match &frame.delta {
+                        Some(delta) if deltas && frame.seq == sent + 1 => delta.clone(),
+                        _ => frame.full.clone(),
                     };
-                    let status = Event::default()
-                        .event("status")
-                        .data(super::status::status_json(&state).to_string());
-                    sent_offset = Some(processed);
-                    sent_at = Some(Instant::now());
-                    let events = vec![
-                        Ok(Event::default().retry(Duration::from_secs(3))),
-                        Ok(kpis),
-                        Ok(status),
-                    ];
-                    return Some((
-                        futures_util::stream::iter(events),
-                        (state, params, key, sent_offset, sent_at, guard),
-                    ));
+                    (push(kpis, &frame), frame.seq)
                 }
-                tokio::time::sleep(CHECK_EVERY).await;
-            }
-        },
+                // The hub closed: the server is stopping.
+                Ok(Err(_)) => return None,
+                Err(_) => (
+                    futures_util::stream::iter(vec![Bytes::from_static(b": keep-alive\n\n")]),
+                    sent,
+                ),
+            };
+            Some((chunks, (frames, sent, guard)))
+        });
+    let body = opening
+        .chain(updates.flatten())
+        .map(Ok::<_, std::convert::Infallible>);
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
     );
-    use futures_util::StreamExt;
-    Ok(Sse::new(stream.flatten()).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
-    ))
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Reverse proxies such as nginx must not buffer the stream.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// A per-client `true`/`false` parameter, taken out of the view's parameters.
+fn flag(params: &mut HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
+    match params.remove(name).as_deref() {
+        None => Ok(default),
+        Some("true") | Some("1") => Ok(true),
+        Some("false") | Some("0") => Ok(false),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "{name}: expected true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// The frame a new client starts with: the view's current one if it is recent (the ticker
+/// keeps watched views fresh), else computed now, once for a burst of new clients.
+async fn first_frame(
+    state: &Arc<AppState>,
+    view: &ViewFeed,
+    frames: &mut watch::Receiver<Option<Frame>>,
+) -> Frame {
+    let recent = |frames: &mut watch::Receiver<Option<Frame>>| {
+        frames
+            .borrow_and_update()
+            .as_ref()
+            .filter(|f| f.computed.elapsed() < MAX_PUSH_GAP)
+            .cloned()
+    };
+    if let Some(frame) = recent(frames) {
+        return frame;
+    }
+    let mut published = view.computing.lock().await;
+    if let Some(frame) = recent(frames) {
+        return frame;
+    }
+    let processed = state.processor.processed_offset.load(Ordering::Acquire);
+    let status = Bytes::from(status_event(state));
+    let frame = publish(state, view, &mut published, processed, &status).await;
+    frames.borrow_and_update();
+    frame
 }
 
 /// Counts a client out when its stream is dropped (the client went away).
@@ -180,5 +512,127 @@ struct ClientGuard(Arc<AppState>);
 impl Drop for ClientGuard {
     fn drop(&mut self) {
         self.0.stream_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::super::kpis::KpiRow;
+    use super::*;
+    use serde_json::{Value, json};
+    use vedetta_core::pipeline::kpi::KpiCounters;
+
+    fn values(conversions: i64) -> KpiValues {
+        let counters = KpiCounters {
+            conversions,
+            ..KpiCounters::default()
+        };
+        KpiValues::from_counters(&counters, None)
+    }
+
+    fn row(window_start: &str, channel: &str, conversions: i64) -> KpiRow {
+        KpiRow {
+            window_start: window_start.into(),
+            window_end: format!("{window_start}+1m"),
+            dimensions: BTreeMap::from([("channel".to_string(), channel.to_string())]),
+            values: values(conversions),
+        }
+    }
+
+    fn answer(rows: Vec<KpiRow>) -> KpiResponse {
+        let total = rows.iter().map(|r| r.values.conversions).sum();
+        KpiResponse {
+            granularity: "1m",
+            from: "F".into(),
+            to: "T".into(),
+            group_by: vec!["channel"],
+            rows,
+            totals: values(total),
+        }
+    }
+
+    #[test]
+    fn a_delta_has_the_changed_and_new_rows_and_the_identities_of_the_gone_ones() {
+        let before = answer(vec![
+            row("w1", "email", 1),
+            row("w1", "search", 2),
+            row("w2", "email", 3),
+        ]);
+        let before = PublishedRows {
+            rows: row_keys(&before, false).unwrap().into_iter().collect(),
+        };
+        let now = answer(vec![
+            row("w2", "email", 3),
+            row("w2", "search", 1),
+            row("w3", "email", 4),
+        ]);
+        let rows = row_keys(&now, false).unwrap();
+        let delta: Value = serde_json::from_str(&delta_json(&now, &rows, &before, 8)).unwrap();
+        assert_eq!(delta["base"], 7);
+        assert_eq!(delta["totals"]["conversions"], 8);
+        assert_eq!(delta["from"], "F");
+        let upserted: Vec<_> = delta["upsert"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["window_start"].clone(),
+                    r["channel"].clone(),
+                    r["conversions"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            upserted,
+            vec![
+                (json!("w2"), json!("search"), json!(1)),
+                (json!("w3"), json!("email"), json!(4))
+            ],
+            "the unchanged row (w2, email) is not sent"
+        );
+        let mut removed: Vec<_> = delta["remove"].as_array().unwrap().clone();
+        removed.sort_by_key(|r| r["channel"].as_str().unwrap_or_default().to_string());
+        assert_eq!(
+            removed,
+            vec![
+                json!({"window_start": "w1", "channel": "email"}),
+                json!({"window_start": "w1", "channel": "search"})
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rollup_row_is_the_same_row_when_its_range_slides() {
+        let mut before = answer(vec![row("F0", "email", 1)]);
+        before.rows[0].window_end = "T0".into();
+        let before = PublishedRows {
+            rows: row_keys(&before, true).unwrap().into_iter().collect(),
+        };
+        let now = answer(vec![row("F1", "email", 2)]);
+        let delta: Value = serde_json::from_str(&delta_json(
+            &now,
+            &row_keys(&now, true).unwrap(),
+            &before,
+            2,
+        ))
+        .unwrap();
+        assert_eq!(delta["upsert"].as_array().unwrap().len(), 1);
+        assert_eq!(delta["remove"], json!([]), "a moved range is not a removal");
+    }
+
+    #[test]
+    fn events_are_framed_line_by_line() {
+        assert_eq!(
+            sse_event("kpis", Some(3), "{\"a\":1}"),
+            b"id: 3\nevent: kpis\ndata: {\"a\":1}\n\n"
+        );
+        // A payload with line breaks still frames as one event.
+        assert_eq!(
+            sse_event("status", None, "one\r\ntwo\nthree"),
+            b"event: status\ndata: one\ndata: two\ndata: three\n\n"
+        );
     }
 }

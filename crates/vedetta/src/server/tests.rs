@@ -610,3 +610,107 @@ async fn openapi_describes_what_the_server_answers() {
         );
     }
 }
+
+/// Reads a live stream until `until` appears in what arrived (or the stream ends), for at
+/// most five seconds; returns the text.
+async fn read_stream(body: &mut Body, mut text: String, until: &str) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !text.contains(until) {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    text.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+            Ok(_) => break,
+            Err(_) => panic!("no {until:?} within 5 s; got {text:?}"),
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_shares_frames_sends_deltas_and_ends_at_shutdown() {
+    let s = server();
+    let open = |query: &str| {
+        let router = s.router.clone();
+        let request = Request::get(format!("/v1/stream?{query}"))
+            .body(Body::empty())
+            .unwrap();
+        async move { router.oneshot(request).await.unwrap() }
+    };
+    let (status, _, answer) = s
+        .call(
+            Request::get("/v1/stream?granularity=1m&deltas=maybe")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"].as_str().unwrap().starts_with("deltas:"),
+        "{answer}"
+    );
+
+    let view = "granularity=1m&last=10m&group_by=channel";
+    let first = open(&format!("{view}&deltas=true")).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut first = first.into_body();
+    let text = read_stream(&mut first, String::new(), "event: status").await;
+    assert!(
+        text.starts_with("retry: 3000\n\nid: 1\nevent: kpis\ndata: {"),
+        "{text:?}"
+    );
+    // A second client of the same view (parameters in another order, a key, deltas off, no
+    // status events) gets the same frame, not a new computation.
+    let second = open("group_by=channel&last=10m&access_token=x&granularity=1m&status=false").await;
+    let mut second = second.into_body();
+    let text = read_stream(&mut second, String::new(), "}\n\n").await;
+    assert!(
+        text.starts_with("retry: 3000\n\nid: 1\nevent: kpis\n"),
+        "{text:?}"
+    );
+
+    // A change: the first client gets a delta with the new row, the second the whole answer.
+    s.post("application/json", good_event(1)).await;
+    s.processed().await;
+    let text = read_stream(&mut first, String::new(), "event: kpis-delta").await;
+    let text = read_stream(&mut first, text, "event: status").await;
+    let data = text
+        .lines()
+        .skip_while(|l| *l != "event: kpis-delta")
+        .nth(1)
+        .and_then(|l| l.strip_prefix("data: "))
+        .unwrap();
+    let delta: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(delta["base"], 1, "{delta}");
+    assert_eq!(delta["upsert"].as_array().unwrap().len(), 1, "{delta}");
+    assert_eq!(delta["upsert"][0]["events"]["page_view"], 1, "{delta}");
+    assert_eq!(delta["remove"], serde_json::json!([]));
+    let text = read_stream(&mut second, String::new(), "}\n\n").await;
+    assert!(text.starts_with("id: 2\nevent: kpis\n"), "{text:?}");
+    assert!(!text.contains("event: status"), "{text:?}");
+    assert_eq!(s.status().await["stream_clients"], 2);
+
+    // Shutdown ends every stream (an open dashboard must not hold up a graceful stop) and
+    // refuses new ones.
+    let ticker = s.state.stream_hub.close();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), first.collect()).await;
+    assert!(ended.is_ok_and(|r| r.is_ok()), "the stream did not end");
+    if let Some(ticker) = ticker {
+        tokio::time::timeout(std::time::Duration::from_secs(5), ticker)
+            .await
+            .expect("the ticker did not stop")
+            .unwrap();
+    }
+    let (status, headers, _) = s
+        .call(
+            Request::get(format!("/v1/stream?{view}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key(header::RETRY_AFTER));
+}
