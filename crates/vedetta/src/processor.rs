@@ -309,9 +309,9 @@ impl Processor {
         let timings = &status.timings;
         let now = SystemClock.now_ms();
         for (appended_at, n) in appended {
-            timings
-                .end_to_end
-                .observe_n((now - appended_at).max(0) as f64 / 1000.0, n);
+            let seconds = (now - appended_at).max(0) as f64 / 1000.0;
+            timings.end_to_end.observe_n(seconds, n);
+            timings.end_to_end_recent.observe_n(now, seconds, n);
         }
         timings
             .processor_batch

@@ -104,23 +104,6 @@ impl LatencyHistogram {
         self.observe_n(seconds, 1);
     }
 
-    /// An upper estimate of a quantile (the bound of the bucket it falls in), in seconds.
-    pub fn quantile(&self, q: f64) -> Option<f64> {
-        let count = self.count.load(Ordering::Relaxed);
-        if count == 0 {
-            return None;
-        }
-        let target = (q * count as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, bucket) in self.buckets.iter().enumerate() {
-            seen += bucket.load(Ordering::Relaxed);
-            if seen >= target {
-                return Some(self.bounds.get(i).copied().unwrap_or(f64::INFINITY));
-            }
-        }
-        None
-    }
-
     /// Appends the exposition of this histogram under `name` with extra `labels`.
     pub fn expose(&self, out: &mut Exposition, name: &str, labels: &[(&str, &str)]) {
         let mut cumulative = 0;
@@ -147,6 +130,97 @@ impl LatencyHistogram {
     }
 }
 
+/// Latencies of the last few minutes, for people: `/v1/status` and the dashboard show how
+/// fresh the numbers are now, not since the server started (a bulk load an hour ago must
+/// not colour today's p99). Prometheus gets the cumulative [`LatencyHistogram`] and takes
+/// rates itself.
+///
+/// A ring of [`RecentLatency::SLOTS`] histograms of [`RecentLatency::SLOT_MS`] each; an
+/// observation goes to the slot of its time, which is cleared when the ring comes round.
+#[derive(Debug)]
+pub struct RecentLatency {
+    bounds: &'static [f64],
+    slots: Mutex<Vec<RecentSlot>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct RecentSlot {
+    /// `now_ms / SLOT_MS` of the observations held; a slot of another period is stale.
+    period: i64,
+    counts: Vec<u64>,
+}
+
+impl RecentLatency {
+    pub const SLOT_MS: i64 = 10_000;
+    pub const SLOTS: usize = 30;
+    /// The span the quantiles cover.
+    pub const WINDOW_MS: i64 = Self::SLOT_MS * Self::SLOTS as i64;
+
+    pub fn new(bounds: &'static [f64]) -> Self {
+        let slot = RecentSlot {
+            period: i64::MIN,
+            counts: vec![0; bounds.len() + 1],
+        };
+        Self {
+            bounds,
+            slots: Mutex::new(vec![slot; Self::SLOTS]),
+        }
+    }
+
+    /// Records `n` observations of `seconds`, made at `now_ms`.
+    pub fn observe_n(&self, now_ms: i64, seconds: f64, n: u64) {
+        let index = self
+            .bounds
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(self.bounds.len());
+        let period = now_ms.div_euclid(Self::SLOT_MS);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut slots[period.rem_euclid(Self::SLOTS as i64) as usize];
+        if slot.period != period {
+            slot.period = period;
+            slot.counts.iter_mut().for_each(|c| *c = 0);
+        }
+        slot.counts[index] += n;
+    }
+
+    /// A quantile of the observations of the last [`Self::WINDOW_MS`] before `now_ms`, in
+    /// seconds, interpolated linearly within its bucket (as Prometheus'
+    /// `histogram_quantile`); past the last bound, that bound. `None` without observations.
+    pub fn quantile(&self, now_ms: i64, q: f64) -> Option<f64> {
+        let newest = now_ms.div_euclid(Self::SLOT_MS);
+        let mut counts = vec![0u64; self.bounds.len() + 1];
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in slots
+            .iter()
+            .filter(|s| s.period > newest - Self::SLOTS as i64)
+        {
+            for (total, n) in counts.iter_mut().zip(&slot.counts) {
+                *total += n;
+            }
+        }
+        drop(slots);
+        let count: u64 = counts.iter().sum();
+        if count == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * count as f64;
+        let mut below = 0u64;
+        for (i, &n) in counts.iter().enumerate() {
+            if n > 0 && (below + n) as f64 >= rank {
+                let Some(&upper) = self.bounds.get(i) else {
+                    return self.bounds.last().copied();
+                };
+                let lower = if i == 0 { 0.0 } else { self.bounds[i - 1] };
+                let within = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            below += n;
+        }
+        self.bounds.last().copied()
+    }
+}
+
 /// Stage timings and end-to-end latency, shared by the server and the processor.
 #[derive(Debug)]
 pub struct StageTimings {
@@ -159,6 +233,8 @@ pub struct StageTimings {
     /// From a record's acknowledgement (log commit) to its KPI commit: what a dashboard
     /// waits for. One observation per record.
     pub end_to_end: LatencyHistogram,
+    /// The same, over the last five minutes only (`/v1/status`, the dashboard).
+    pub end_to_end_recent: RecentLatency,
 }
 
 impl Default for StageTimings {
@@ -168,6 +244,7 @@ impl Default for StageTimings {
             processor_batch: LatencyHistogram::new(LATENCY_BOUNDS),
             store_commit: LatencyHistogram::new(LATENCY_BOUNDS),
             end_to_end: LatencyHistogram::new(LATENCY_BOUNDS),
+            end_to_end_recent: RecentLatency::new(LATENCY_BOUNDS),
         }
     }
 }
@@ -227,7 +304,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_exposes_cumulative_buckets_and_quantiles() {
+    fn histogram_exposes_cumulative_buckets() {
         let h = LatencyHistogram::new(&[0.01, 0.1, 1.0]);
         h.observe_n(0.005, 3);
         h.observe(0.05);
@@ -248,8 +325,37 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("x_seconds_count{stage=\"a\"} 5\n"), "{text}");
-        assert_eq!(h.quantile(0.5), Some(0.01));
-        assert_eq!(h.quantile(0.8), Some(0.1));
+    }
+
+    #[test]
+    fn recent_latency_forgets_what_is_older_than_its_window() {
+        let h = RecentLatency::new(&[0.01, 0.1, 1.0]);
+        let near = |got: Option<f64>, want: f64| {
+            assert!(
+                got.is_some_and(|g| (g - want).abs() < 1e-9),
+                "{got:?} ≠ {want}"
+            );
+        };
+        let t0 = 1_700_000_000_000;
+        assert_eq!(h.quantile(t0, 0.5), None);
+        // A bulk load: a thousand records waited 0.5–1 s.
+        h.observe_n(t0, 0.9, 1000);
+        near(h.quantile(t0, 0.99), 0.1 + 0.9 * 0.99);
+        // Live traffic four minutes later: both are in the window.
+        let t1 = t0 + 4 * 60_000;
+        h.observe_n(t1, 0.004, 1000);
+        assert!(h.quantile(t1, 0.99).unwrap() > 0.1);
+        // Six minutes after the load, only the live traffic is left; 0.004 s lies in the
+        // first bucket, so its median is interpolated between 0 and 0.01.
+        let t2 = t0 + 6 * 60_000;
+        near(h.quantile(t2, 0.5), 0.005);
+        near(h.quantile(t2, 0.99), 0.0099);
+        // Past the last bound, the last bound; once the ring comes round, old slots clear.
+        h.observe_n(t2, 7.0, 1_000_000);
+        near(h.quantile(t2, 0.99), 1.0);
+        let t3 = t2 + RecentLatency::WINDOW_MS;
+        h.observe_n(t3, 0.05, 1);
+        near(h.quantile(t3, 1.0), 0.1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `GET /v1/status` and `GET /v1/rejected`.
 
 use super::{ApiError, AppState};
-use crate::telemetry::IntakeCounters;
+use crate::telemetry::{IntakeCounters, RecentLatency};
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
@@ -28,6 +28,14 @@ pub fn status_json(state: &AppState) -> Value {
     let writer = state.writer.counters();
     let processor = &state.processor;
     let processed = processor.processed_offset.load(Ordering::Acquire);
+    let now_ms = state.clock.now_ms();
+    let recent_ms = |q: f64| {
+        state
+            .timings
+            .end_to_end_recent
+            .quantile(now_ms, q)
+            .map(|s| (s * 1e6).round() / 1e3)
+    };
     let pipeline = processor
         .counters
         .lock()
@@ -60,9 +68,11 @@ pub fn status_json(state: &AppState) -> Value {
         "pipeline": pipeline,
         "stream_clients": state.stream_clients.load(Ordering::Relaxed),
         "latency_ms": {
-            // Acknowledged → counted in /v1/kpis, since start (bucket upper bounds).
-            "p50": state.timings.end_to_end.quantile(0.5).map(|s| s * 1000.0),
-            "p99": state.timings.end_to_end.quantile(0.99).map(|s| s * 1000.0),
+            // Acknowledged → counted in /v1/kpis, over the last five minutes (null when
+            // nothing was processed in them); interpolated within histogram buckets.
+            "p50": recent_ms(0.5),
+            "p99": recent_ms(0.99),
+            "window_seconds": RecentLatency::WINDOW_MS / 1000,
         },
     })
 }
