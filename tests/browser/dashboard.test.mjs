@@ -37,7 +37,9 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable
 const DEFAULT_RANGE = { granularity: '1h', last: '24h' };
 const CHANNEL = 'social';
 const RUN = `bt-${Date.now().toString(36)}`;
-const CAMPAIGN_A = `${RUN}-a`;
+// A comma in a campaign name (ad platforms allow it): drilling into it must still filter
+// exactly (filter values escape it as `\,`).
+const CAMPAIGN_A = `${RUN}-a, saldi`;
 const CAMPAIGN_B = `${RUN}-b`;
 const TILE_KPIS = ['sessions', 'conversions', 'conversion_rate', 'revenue', 'aov', 'spend', 'cpa', 'flagged'];
 const MONEY = new Set(['revenue', 'aov', 'spend', 'cpa']);
@@ -61,7 +63,15 @@ async function api(pathname, init = {}) {
   return JSON.parse(text);
 }
 
-const kpis = (params) => api(`/v1/kpis?${new URLSearchParams({ ...DEFAULT_RANGE, ...params })}`);
+// Filter values as the API reads them: comma-separated, a comma inside a value escaped.
+const filterValue = (value) => String(value).replace(/\\/g, '\\\\').replace(/,/g, '\\,');
+const kpis = (params) => {
+  const query = { ...DEFAULT_RANGE, ...params };
+  for (const dimension of ['channel', 'campaign', 'device', 'region']) {
+    if (query[dimension] != null) query[dimension] = filterValue(query[dimension]);
+  }
+  return api(`/v1/kpis?${new URLSearchParams(query)}`);
+};
 
 function postJson(pathname, body) {
   return api(pathname, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });

@@ -272,10 +272,13 @@
   // What a view shows and which live queries feed it. The primary query groups by the
   // first table's dimension (channel, then campaign; none for one campaign), so its rows
   // summed per window draw the chart and its totals fill the tiles: one stream, not three.
+  // A filter value as the API reads it: values are comma-separated, so a comma inside one
+  // (campaign names may have them) is escaped as `\,`, and a backslash as `\\`.
+  const filterValue = (value) => value.replace(/\\/g, '\\\\').replace(/,/g, '\\,');
   function planOf(view) {
     const filters = {};
-    if (view.channel) filters.channel = view.channel;
-    if (view.campaign) filters.campaign = view.campaign;
+    if (view.channel) filters.channel = filterValue(view.channel);
+    if (view.campaign) filters.campaign = filterValue(view.campaign);
     const primaryDim = !view.channel ? 'channel' : !view.campaign ? 'campaign' : null;
     return { filters, primaryDim, tables: [primaryDim, 'device', 'region'].filter(Boolean) };
   }

@@ -143,8 +143,8 @@ impl KpiQuery {
                              group_by, channel, campaign, device, region"
                         ))
                     })?;
-                    let values = value
-                        .split(',')
+                    let values = split_filter_values(value)
+                        .iter()
                         .map(|v| normalize_filter(dimension, v.trim()))
                         .collect();
                     filters.insert(dimension, values);
@@ -215,6 +215,34 @@ fn parse_span(text: &str) -> Option<i64> {
         _ => return None,
     };
     n.checked_mul(unit_ms).filter(|ms| *ms <= 400 * 86_400_000)
+}
+
+/// A filter's values: separated by commas; `\,` is a comma inside a value and `\\` a
+/// backslash (campaign names from ad platforms do contain commas).
+fn split_filter_values(text: &str) -> Vec<String> {
+    let mut values = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped @ (',' | '\\')) => push_char(&mut values, escaped),
+                Some(other) => {
+                    push_char(&mut values, '\\');
+                    push_char(&mut values, other);
+                }
+                None => push_char(&mut values, '\\'),
+            },
+            ',' => values.push(String::new()),
+            c => push_char(&mut values, c),
+        }
+    }
+    values
+}
+
+fn push_char(values: &mut [String], c: char) {
+    if let Some(last) = values.last_mut() {
+        last.push(c);
+    }
 }
 
 /// Filters compare with stored values: channels are lower case, regions are codes.
@@ -404,8 +432,8 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
         ("last" = Option<String>, Query, description = "instead of from/to: a span ending now, e.g. 60m, 24h, 30d"),
         ("to" = Option<String>, Query, description = "RFC 3339 or epoch ms; windows starting before"),
         ("group_by" = Option<String>, Query, description = "comma-separated: channel, campaign, device, region"),
-        ("channel" = Option<String>, Query, description = "filter: comma-separated values"),
-        ("campaign" = Option<String>, Query, description = "filter: comma-separated values"),
+        ("channel" = Option<String>, Query, description = "filter: comma-separated values; `\\,` is a comma inside a value, `\\\\` a backslash"),
+        ("campaign" = Option<String>, Query, description = "filter: comma-separated values; `\\,` is a comma inside a value, `\\\\` a backslash"),
         ("device" = Option<String>, Query, description = "filter: mobile, tablet, desktop, other, unknown"),
         ("region" = Option<String>, Query, description = "filter: ISO 3166-2:IT codes or names"),
         ("rollup" = Option<String>, Query, description = "window (default): a row per window; range: a row per group for the whole range"),
@@ -424,4 +452,23 @@ pub async fn get_kpis(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_filter_values;
+
+    #[test]
+    fn filter_values_split_on_commas_unless_escaped() {
+        assert_eq!(split_filter_values("email"), ["email"]);
+        assert_eq!(split_filter_values("email,social"), ["email", "social"]);
+        assert_eq!(
+            split_filter_values(r"Saldi\, inverno,Natale"),
+            ["Saldi, inverno", "Natale"]
+        );
+        assert_eq!(split_filter_values(r"a\\,b"), [r"a\", "b"]);
+        // A backslash before anything else, or at the end, is itself.
+        assert_eq!(split_filter_values(r"50\%\"), [r"50\%\"]);
+        assert_eq!(split_filter_values(""), [""]);
+    }
 }
