@@ -55,6 +55,7 @@ pub struct RawIngest {
     pub max_inflight_body_bytes: Option<u64>,
     pub future_tolerance_seconds: Option<u64>,
     pub quarantine_capacity: Option<u64>,
+    pub quarantine_days: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +152,9 @@ pub struct IngestConfig {
     pub max_inflight_body_bytes: usize,
     pub future_tolerance_ms: i64,
     pub quarantine_capacity: u64,
+    /// Refused events are deleted from the quarantine after this many days (their redacted
+    /// copies may still hold free text such as a page URL).
+    pub quarantine_days: u64,
 }
 
 #[derive(Clone)]
@@ -380,6 +384,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
                 ingest.quarantine_capacity,
                 10_000,
             )?,
+            quarantine_days: positive("ingest.quarantine_days", ingest.quarantine_days, 7)?,
         },
         privacy: PrivacyConfig {
             pseudonym_key: privacy.pseudonym_key,

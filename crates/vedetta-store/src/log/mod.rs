@@ -293,6 +293,29 @@ impl EventLog {
         Ok(deleted)
     }
 
+    /// Deletes quarantine entries from the oldest on, as long as `expired` says so; stops at
+    /// the first entry it keeps (entries are in the order they arrived). Returns how many
+    /// were deleted.
+    pub fn trim_quarantine(&self, expired: impl Fn(&str) -> bool) -> Result<u64, LogError> {
+        let txn = self.db.begin_write()?;
+        let mut doomed = Vec::new();
+        {
+            let mut table = txn.open_table(QUARANTINE)?;
+            for entry in table.iter()? {
+                let (id, json) = entry?;
+                if !expired(json.value()) {
+                    break;
+                }
+                doomed.push(id.value());
+            }
+            for id in &doomed {
+                table.remove(*id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(doomed.len() as u64)
+    }
+
     /// The most recent quarantine entries, newest first.
     pub fn quarantine(&self, limit: usize) -> Result<Vec<QuarantineEntry>, LogError> {
         let txn = self.db.begin_read()?;

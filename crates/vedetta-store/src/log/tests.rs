@@ -137,6 +137,34 @@ fn quarantine_is_capped_newest_first() {
 }
 
 #[test]
+fn quarantine_trims_from_the_oldest_until_one_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10).unwrap();
+    let entries: Vec<String> = [1, 2, 5, 3, 6]
+        .iter()
+        .map(|t| format!("{{\"t\":{t}}}"))
+        .collect();
+    let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
+    log.append_group(&[], &refs).unwrap();
+    let older_than_4 = |json: &str| json < "{\"t\":4}";
+    assert_eq!(log.trim_quarantine(older_than_4).unwrap(), 2);
+    // It stops at the first entry it keeps: arrival order is time order.
+    let kept: Vec<_> = log
+        .quarantine(10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.json)
+        .collect();
+    assert_eq!(kept, vec!["{\"t\":6}", "{\"t\":3}", "{\"t\":5}"]);
+    assert_eq!(log.trim_quarantine(older_than_4).unwrap(), 0);
+    assert_eq!(log.trim_quarantine(|_| true).unwrap(), 3);
+    assert_eq!(log.quarantine_len().unwrap(), 0);
+    // New entries still get new ids after a trim.
+    log.append_group(&[], &["{\"t\":7}"]).unwrap();
+    assert_eq!(log.quarantine(1).unwrap()[0].id, 5);
+}
+
+#[test]
 fn concurrent_submissions_share_commits_and_all_complete() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10).unwrap();

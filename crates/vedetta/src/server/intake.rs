@@ -192,6 +192,7 @@ async fn accept(
         Endpoint::Events => "events",
         Endpoint::Costs => "costs",
     };
+    // `received_at` is what the quarantine's expiry reads (`quarantined_at_ms`).
     let quarantine: Vec<String> = rejected
         .iter()
         .map(|r| {
@@ -337,4 +338,18 @@ fn gunzip_limited(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> 
         )));
     }
     Ok(out)
+}
+
+/// When a quarantine entry was refused (its `received_at`), in epoch milliseconds.
+pub(super) fn quarantined_at_ms(json: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        received_at: String,
+    }
+    let entry: Entry = serde_json::from_str(json).ok()?;
+    entry
+        .received_at
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }

@@ -241,30 +241,52 @@ pub async fn serve(
     Ok(())
 }
 
-/// Deletes log batches older than the retention, hourly.
+/// Applies the retention hourly (and once at start).
 async fn retention_loop(state: Arc<AppState>, retention_days: u64) {
-    let retention_ms = retention_days as i64 * 86_400_000;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
         let state = state.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let cutoff = state.clock.now_ms() - retention_ms;
-            // Records after the latest snapshot are needed to recover the pipeline.
-            let keep_from = state
-                .processor
-                .snapshot_offset
-                .load(std::sync::atomic::Ordering::Acquire);
-            state.log.apply_retention(cutoff, keep_from)
+            apply_retention(&state, retention_days, state.clock.now_ms())
         })
         .await;
         match result {
-            Ok(Ok(0)) => {}
-            Ok(Ok(deleted)) => tracing::info!(deleted, "retention deleted old log records"),
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((records, refused))) => {
+                tracing::info!(
+                    records,
+                    refused,
+                    "retention deleted old log records and refused events"
+                )
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
             Err(e) => tracing::error!(error = %e, "retention task failed"),
         }
     }
+}
+
+/// Deletes log records older than `retention_days` (but never what the pipeline still needs
+/// to recover) and quarantined refusals older than `ingest.quarantine_days`. Returns how
+/// many of each were deleted.
+fn apply_retention(
+    state: &AppState,
+    retention_days: u64,
+    now_ms: i64,
+) -> Result<(u64, u64), vedetta_store::LogError> {
+    let cutoff = now_ms - retention_days as i64 * 86_400_000;
+    // Records after the latest snapshot are needed to recover the pipeline.
+    let keep_from = state
+        .processor
+        .snapshot_offset
+        .load(std::sync::atomic::Ordering::Acquire);
+    let records = state.log.apply_retention(cutoff, keep_from)?;
+    let quarantine_cutoff = now_ms - state.config.ingest.quarantine_days as i64 * 86_400_000;
+    // An entry whose time cannot be read is older than this code: it goes too.
+    let refused = state.log.trim_quarantine(|json| {
+        intake::quarantined_at_ms(json).is_none_or(|at| at < quarantine_cutoff)
+    })?;
+    Ok((records, refused))
 }
 
 #[cfg(test)]

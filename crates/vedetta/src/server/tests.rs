@@ -714,3 +714,35 @@ async fn a_stream_shares_frames_sends_deltas_and_ends_at_shutdown() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key(header::RETRY_AFTER));
 }
+
+#[tokio::test]
+async fn refused_events_leave_the_quarantine_after_its_days() {
+    let s = server_with(&[("VEDETTA_INGEST__QUARANTINE_DAYS", "7")]);
+    let (status, _) = s
+        .post(
+            "application/x-ndjson",
+            format!(
+                "{}\n{{\"udid\":\"u\",\"type\":\"page_view\",\"ts\":\"ieri\"}}",
+                good_event(1)
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, rejected) = s.get("/v1/rejected").await;
+    assert_eq!(rejected["total_kept"], 1, "{rejected}");
+    let now = crate::clock::SystemClock.now_ms();
+    let day = 86_400_000;
+    assert_eq!(
+        apply_retention(&s.state, 30, now + 6 * day).unwrap(),
+        (0, 0)
+    );
+    assert_eq!(s.get("/v1/rejected").await.1["total_kept"], 1);
+    // Eight days on: the refusal is gone, the accepted event (30 days) is not.
+    assert_eq!(
+        apply_retention(&s.state, 30, now + 8 * day).unwrap(),
+        (0, 1)
+    );
+    assert_eq!(s.get("/v1/rejected").await.1["total_kept"], 0);
+    assert_eq!(s.status().await["log_end_offset"], 1);
+    assert_eq!(s.state.log.read(0, 10).unwrap().len(), 1);
+}
