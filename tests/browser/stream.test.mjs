@@ -33,12 +33,12 @@ test('upserts replace and add rows, removals drop them, order is the server\'s',
   };
   const frozen = JSON.stringify(before);
   const delta = {
-    base: 7, granularity: '1m', from: 'F1', to: 'T1', group_by: ['channel'], totals: totals(9),
+    base: 7, granularity: '1m', time_zone: 'Europe/Rome', from: 'F1', to: 'T1', group_by: ['channel'], totals: totals(9),
     upsert: [row('2026-01-01T10:02:00.000Z', 'affiliate', 4), row('2026-01-01T10:01:00.000Z', 'email', 5)],
     remove: [{ window_start: '2026-01-01T10:00:00.000Z', channel: 'email' }, { window_start: '2026-01-01T10:00:00.000Z', channel: 'search' }],
   };
   assert.deepEqual(plain(apply(before, delta, false)), {
-    granularity: '1m', from: 'F1', to: 'T1', group_by: ['channel'],
+    granularity: '1m', time_zone: 'Europe/Rome', from: 'F1', to: 'T1', group_by: ['channel'],
     rows: [row('2026-01-01T10:01:00.000Z', 'email', 5), row('2026-01-01T10:02:00.000Z', 'affiliate', 4)],
     totals: totals(9),
   });

@@ -49,6 +49,7 @@
     });
     return {
       granularity: delta.granularity,
+      time_zone: delta.time_zone,
       from: delta.from,
       to: delta.to,
       group_by: groupBy,

@@ -320,6 +320,8 @@ pub struct KpiRow {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KpiResponse {
     pub granularity: &'static str,
+    /// The time zone of the day windows (`pipeline.time_zone`), e.g. `Europe/Rome`.
+    pub time_zone: String,
     pub from: String,
     pub to: String,
     pub group_by: Vec<&'static str>,
@@ -409,8 +411,12 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
             }
         })
         .collect();
+    let zone = &state.config.pipeline.rules.time_zone;
     Ok(KpiResponse {
         granularity: query.granularity.as_str(),
+        time_zone: zone
+            .iana_name()
+            .map_or_else(|| format!("{zone:?}"), str::to_string),
         from: EventTime(query.from).to_rfc3339(),
         to: EventTime(query.to).to_rfc3339(),
         group_by: query.group_by.iter().map(|d| d.name()).collect(),

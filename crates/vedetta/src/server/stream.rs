@@ -301,6 +301,7 @@ fn delta_json(
     struct Head<'a> {
         base: u64,
         granularity: &'a str,
+        time_zone: &'a str,
         from: &'a str,
         to: &'a str,
         group_by: &'a [&'static str],
@@ -309,6 +310,7 @@ fn delta_json(
     let head = Head {
         base: seq - 1,
         granularity: answer.granularity,
+        time_zone: &answer.time_zone,
         from: &answer.from,
         to: &answer.to,
         group_by: &answer.group_by,
@@ -545,6 +547,7 @@ mod tests {
         let total = rows.iter().map(|r| r.values.conversions).sum();
         KpiResponse {
             granularity: "1m",
+            time_zone: "Europe/Rome".into(),
             from: "F".into(),
             to: "T".into(),
             group_by: vec!["channel"],

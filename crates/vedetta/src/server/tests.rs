@@ -485,6 +485,7 @@ async fn kpis_follow_the_contract_ratios_spend_and_grouping() {
 
     let (status, by_channel) = s.get("/v1/kpis?granularity=1m&group_by=channel").await;
     assert_eq!(status, StatusCode::OK, "{by_channel}");
+    assert_eq!(by_channel["time_zone"], "Europe/Rome");
     let row = &by_channel["rows"][0];
     assert_eq!(row["channel"], "paid_search");
     assert_eq!(row["sessions"], 2);
