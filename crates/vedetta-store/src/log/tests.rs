@@ -127,13 +127,13 @@ fn quarantine_is_capped_newest_first() {
     let refs: Vec<&str> = entries.iter().map(String::as_str).collect();
     log.append_group(&[], &refs).unwrap();
     assert_eq!(log.quarantine_len().unwrap(), 3);
-    let kept: Vec<_> = log
-        .quarantine(10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.json)
-        .collect();
-    assert_eq!(kept, vec!["{\"n\":4}", "{\"n\":3}", "{\"n\":2}"]);
+    assert_eq!(quarantined(&log), ["{\"n\":4}", "{\"n\":3}", "{\"n\":2}"]);
+}
+
+/// The quarantine's entries, newest first.
+fn quarantined(log: &EventLog) -> Vec<String> {
+    let entries = log.quarantine(100).unwrap();
+    entries.into_iter().map(|e| e.json).collect()
 }
 
 #[test]
@@ -149,13 +149,7 @@ fn quarantine_trims_from_the_oldest_until_one_is_kept() {
     let older_than_4 = |json: &str| json < "{\"t\":4}";
     assert_eq!(log.trim_quarantine(older_than_4).unwrap(), 2);
     // It stops at the first entry it keeps: arrival order is time order.
-    let kept: Vec<_> = log
-        .quarantine(10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.json)
-        .collect();
-    assert_eq!(kept, vec!["{\"t\":6}", "{\"t\":3}", "{\"t\":5}"]);
+    assert_eq!(quarantined(&log), ["{\"t\":6}", "{\"t\":3}", "{\"t\":5}"]);
     assert_eq!(log.trim_quarantine(older_than_4).unwrap(), 0);
     assert_eq!(log.trim_quarantine(|_| true).unwrap(), 3);
     assert_eq!(log.quarantine_len().unwrap(), 0);

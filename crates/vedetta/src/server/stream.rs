@@ -50,6 +50,13 @@ const MIN_PUSH_GAP: Duration = Duration::from_millis(700);
 const MAX_PUSH_GAP: Duration = Duration::from_secs(30);
 /// A comment line after this much silence keeps proxies from closing the connection.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// The most distinct views watched at once. Each costs a query per push whatever its
+/// audience, so an unbounded number (a script opening a view per `last=` value) could
+/// starve processing; past it, a new view gets 503 (clients of existing views never do).
+pub const MAX_VIEWS: usize = 256;
+/// How many views the ticker refreshes at the same time (queries run on blocking threads;
+/// more at once would only take cores from processing).
+const REFRESH_CONCURRENCY: usize = 2;
 /// Sent first: how long `EventSource` waits before reconnecting.
 const RETRY: &[u8] = b"retry: 3000\n\n";
 
@@ -134,6 +141,20 @@ impl StreamHub {
                 retry_after_s: 3,
             });
         }
+        if !inner.views.contains_key(&key) && inner.views.len() >= MAX_VIEWS {
+            inner
+                .views
+                .retain(|_, view| view.frames.receiver_count() > 0);
+            if inner.views.len() >= MAX_VIEWS {
+                return Err(ApiError::Busy {
+                    message: format!(
+                        "too many distinct live views ({MAX_VIEWS}); dashboards showing the \
+                         same view share it"
+                    ),
+                    retry_after_s: 30,
+                });
+            }
+        }
         let view = inner
             .views
             .entry(key)
@@ -207,13 +228,14 @@ async fn tick(state: Weak<AppState>) {
         }
         // One status document per tick, shared by every view pushed in it.
         let status = Bytes::from(status_event(&state));
-        let refreshes = due.iter().map(|view| async {
-            // A view being computed for a new client is skipped: it is fresh anyway.
-            if let Ok(mut published) = view.computing.try_lock() {
-                publish(&state, view, &mut published, processed, &status).await;
-            }
-        });
-        futures_util::future::join_all(refreshes).await;
+        futures_util::stream::iter(&due)
+            .for_each_concurrent(REFRESH_CONCURRENCY, |view| async {
+                // A view being computed for a new client is skipped: it is fresh anyway.
+                if let Ok(mut published) = view.computing.try_lock() {
+                    publish(&state, view, &mut published, processed, &status).await;
+                }
+            })
+            .await;
     }
 }
 

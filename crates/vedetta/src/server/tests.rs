@@ -747,3 +747,30 @@ async fn refused_events_leave_the_quarantine_after_its_days() {
     assert_eq!(s.status().await["log_end_offset"], 1);
     assert_eq!(s.state.log.read(0, 10).unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_live_views_are_bounded_but_clients_of_a_view_are_not() {
+    let s = server();
+    let open = |minutes: usize| {
+        let router = s.router.clone();
+        let request = Request::get(format!("/v1/stream?granularity=1m&last={minutes}m"))
+            .body(Body::empty())
+            .unwrap();
+        async move { router.oneshot(request).await.unwrap() }
+    };
+    let mut held = Vec::new();
+    for minutes in 1..=stream::MAX_VIEWS {
+        let response = open(minutes).await;
+        assert_eq!(response.status(), StatusCode::OK, "view {minutes}");
+        held.push(response);
+    }
+    let refused = open(stream::MAX_VIEWS + 1).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("too many distinct live views"));
+    // Another client of a watched view is welcome.
+    assert_eq!(open(1).await.status(), StatusCode::OK);
+    // Once a view's clients are gone, its place is free again.
+    held.truncate(stream::MAX_VIEWS - 1);
+    assert_eq!(open(stream::MAX_VIEWS + 1).await.status(), StatusCode::OK);
+}
