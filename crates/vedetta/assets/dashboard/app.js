@@ -397,10 +397,12 @@
         this.onAnswer(source, window.VedettaKpiDelta.apply(this.answer, delta, this.params.rollup === 'range'), event.lastEventId);
       });
       source.addEventListener('status', (event) => this.handlers.status && this.handlers.status(JSON.parse(event.data)));
-      // The view's query failed on the server; the stream stays open and recovers by itself.
+      // The view's query failed on the server; the stream stays open and recovers by itself
+      // (the server retries at the next push). The banner stays while any stream is failing.
       source.addEventListener('query-error', (event) => {
         let message = event.data;
         try { message = JSON.parse(event.data).error || message; } catch { /* not JSON */ }
+        this.queryError = message;
         showBanner(t('error', { message }));
       });
       source.addEventListener('error', () => this.failed(source));
@@ -410,6 +412,10 @@
       if (source !== this.source) return;
       this.failures = 0;
       this.received = true;
+      if (this.queryError) {
+        this.queryError = null;
+        if (!state.streams.some((stream) => stream.queryError)) hideBanner();
+      }
       this.answer = answer;
       this.answerId = id;
       this.handlers.kpis(answer);
@@ -485,7 +491,7 @@
     renderTiles();
     renderChart();
     renderQuality();
-    hideBanner();
+    if (!state.streams.some((stream) => stream.queryError)) hideBanner();
     if (Date.now() - state.previousRequestedAt >= PREVIOUS_REFRESH_MS) fetchPrevious(Date.parse(answer.from));
   }
 

@@ -9,7 +9,7 @@
 // rows in the server's order (window, then dimensions in `group_by` order).
 //
 // A pure function in a file of its own, so that Node tests it without a browser
-// (tests/browser/kpi-delta.test.mjs).
+// (tests/browser/stream.test.mjs, which also checks it against a real server).
 'use strict';
 
 (() => {

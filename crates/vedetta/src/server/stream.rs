@@ -74,13 +74,17 @@ struct Frame {
     status: Bytes,
     processed_offset: u64,
     computed: Instant,
+    /// The query failed (`full` is a `query-error` event): retried at the next push gap
+    /// whether or not data arrived, and never handed to a new client.
+    failed: bool,
 }
 
 impl Frame {
     /// Whether the ticker should replace this frame now.
     fn due(&self, processed: u64) -> bool {
         let age = self.computed.elapsed();
-        age >= MIN_PUSH_GAP && (self.processed_offset != processed || age >= MAX_PUSH_GAP)
+        age >= MIN_PUSH_GAP
+            && (self.failed || self.processed_offset != processed || age >= MAX_PUSH_GAP)
     }
 }
 
@@ -92,7 +96,7 @@ struct ViewFeed {
     /// Held while the view's answer is computed, so that a burst of connections to a new
     /// view computes it once and the ticker never computes it twice at the same time. It
     /// guards the rows of the last published answer, which the next delta is computed from.
-    computing: tokio::sync::Mutex<Option<PublishedRows>>,
+    computing: Arc<tokio::sync::Mutex<Option<PublishedRows>>>,
 }
 
 /// The rows of a published answer, by key, as serialized: what a delta is computed from.
@@ -104,6 +108,10 @@ struct PublishedRows {
 #[derive(Debug)]
 struct PublishedRow {
     json: String,
+    /// What must differ for the row to count as changed: the row itself, or in a
+    /// `rollup=range` answer the row without its window (the range, which slides with
+    /// every push and which the client takes from the answer).
+    content: String,
     /// The fields that identify the row (`window_start` and the grouped dimensions), sent
     /// in a delta's `remove` list when the row is gone.
     identity: BTreeMap<String, String>,
@@ -162,7 +170,7 @@ impl StreamHub {
                 Arc::new(ViewFeed {
                     params,
                     frames: watch::Sender::new(None),
-                    computing: tokio::sync::Mutex::new(None),
+                    computing: Arc::new(tokio::sync::Mutex::new(None)),
                 })
             })
             .clone();
@@ -201,42 +209,52 @@ impl StreamHub {
 }
 
 /// Refreshes the watched views every [`CHECK_EVERY`] until none is watched. Holds the state
-/// weakly, and strongly only during a tick, so it never keeps a stopped server alive.
-async fn tick(state: Weak<AppState>) {
+/// weakly, and strongly only during a tick and a refresh, so it never keeps a stopped server
+/// alive. Each refresh is a task of its own (at most [`REFRESH_CONCURRENCY`] computing at
+/// once): a slow view delays only itself, and is skipped by later ticks until it is done.
+async fn tick(weak: Weak<AppState>) {
     let mut interval = tokio::time::interval(CHECK_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let permits = Arc::new(tokio::sync::Semaphore::new(REFRESH_CONCURRENCY));
+    let mut refreshes = tokio::task::JoinSet::new();
     loop {
         interval.tick().await;
-        let Some(state) = state.upgrade() else {
-            return;
+        while refreshes.try_join_next().is_some() {}
+        let Some(state) = weak.upgrade() else {
+            break;
         };
         let Some(views) = state.stream_hub.watched() else {
-            return;
+            break;
         };
         let processed = state.processor.processed_offset.load(Ordering::Acquire);
-        let due: Vec<_> = views
-            .into_iter()
-            .filter(|view| {
-                view.frames
-                    .borrow()
-                    .as_ref()
-                    .is_none_or(|f| f.due(processed))
-            })
-            .collect();
-        if due.is_empty() {
-            continue;
-        }
         // One status document per tick, shared by every view pushed in it.
-        let status = Bytes::from(status_event(&state));
-        futures_util::stream::iter(&due)
-            .for_each_concurrent(REFRESH_CONCURRENCY, |view| async {
-                // A view being computed for a new client is skipped: it is fresh anyway.
-                if let Ok(mut published) = view.computing.try_lock() {
-                    publish(&state, view, &mut published, processed, &status).await;
+        let mut status = None;
+        for view in views {
+            let due = view
+                .frames
+                .borrow()
+                .as_ref()
+                .is_none_or(|f| f.due(processed));
+            // A view being computed (for a new client, or since an earlier tick) is skipped.
+            let Some(mut published) = due
+                .then(|| view.computing.clone().try_lock_owned().ok())
+                .flatten()
+            else {
+                continue;
+            };
+            let status: Bytes = status
+                .get_or_insert_with(|| Bytes::from(status_event(&state)))
+                .clone();
+            let (state, permits) = (state.clone(), permits.clone());
+            refreshes.spawn(async move {
+                if let Ok(_permit) = permits.acquire().await {
+                    publish(&state, &view, &mut published, processed, &status).await;
                 }
-            })
-            .await;
+            });
+        }
     }
+    // The refreshes in flight finish first, so that none holds the state after the ticker.
+    while refreshes.join_next().await.is_some() {}
 }
 
 /// Computes a view's answer, frames it (whole, and as a delta from the last one) with
@@ -250,7 +268,7 @@ async fn publish(
 ) -> Frame {
     let seq = view.frames.borrow().as_ref().map_or(1, |f| f.seq + 1);
     let rollup = view.params.get("rollup").is_some_and(|r| r == "range");
-    let (full, delta) = match view_answer(state, &view.params).await.and_then(|answer| {
+    let (full, delta, failed) = match view_answer(state, &view.params).await.and_then(|answer| {
         let rows = row_keys(&answer, rollup)?;
         Ok((answer, rows))
     }) {
@@ -265,12 +283,13 @@ async fn publish(
             (
                 sse_event("kpis", Some(seq), &full),
                 delta.map(|json| sse_event("kpis-delta", Some(seq), &json)),
+                false,
             )
         }
         Err(error) => {
             *published = None;
             let json = serde_json::json!({ "error": error.to_string() }).to_string();
-            (sse_event("query-error", None, &json), None)
+            (sse_event("query-error", None, &json), None, true)
         }
     };
     let frame = Frame {
@@ -280,6 +299,7 @@ async fn publish(
         status: status.clone(),
         processed_offset: processed,
         computed: Instant::now(),
+        failed,
     };
     view.frames.send_replace(Some(frame.clone()));
     frame
@@ -292,20 +312,31 @@ fn row_keys(answer: &KpiResponse, rollup: bool) -> Result<Vec<(String, Published
         .rows
         .iter()
         .map(|row| {
+            let internal = |e: serde_json::Error| ApiError::Internal(e.to_string());
             let mut identity = row.dimensions.clone();
             identity.remove("region_name");
-            let mut key = if rollup {
-                String::new()
+            // A JSON array: no value, whatever it holds, can run into the next one.
+            let window = if rollup {
+                ""
             } else {
-                row.window_start.clone()
+                row.window_start.as_str()
             };
-            for value in identity.values() {
-                key.push('\u{1f}');
-                key.push_str(value);
-            }
+            let key = serde_json::to_string(&(window, &identity)).map_err(internal)?;
+            let json = serde_json::to_string(row).map_err(internal)?;
+            let content = if rollup {
+                serde_json::to_string(&(&row.dimensions, &row.values)).map_err(internal)?
+            } else {
+                json.clone()
+            };
             identity.insert("window_start".into(), row.window_start.clone());
-            let json = serde_json::to_string(row).map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok((key, PublishedRow { json, identity }))
+            Ok((
+                key,
+                PublishedRow {
+                    json,
+                    content,
+                    identity,
+                },
+            ))
         })
         .collect()
 }
@@ -344,9 +375,12 @@ fn delta_json(
         out.pop();
     }
     out.push_str(",\"upsert\":[");
-    let changed = rows
-        .iter()
-        .filter(|(key, row)| before.rows.get(key).is_none_or(|old| old.json != row.json));
+    let changed = rows.iter().filter(|(key, row)| {
+        before
+            .rows
+            .get(key)
+            .is_none_or(|old| old.content != row.content)
+    });
     for (i, (_, row)) in changed.enumerate() {
         if i > 0 {
             out.push(',');
@@ -432,13 +466,10 @@ pub async fn get_stream(
     let with_status = flag(&mut params, "status", true)?;
     // Refuse a bad view now, with a 400, rather than inside the stream.
     KpiQuery::parse(&params, state.clock.now_ms())?;
-    let mut sorted: Vec<_> = params.iter().collect();
-    sorted.sort();
-    let key = sorted
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("&");
+    // The decoded parameters, sorted, as JSON: `&` or `=` inside a value cannot make two
+    // views one.
+    let sorted: BTreeMap<&String, &String> = params.iter().collect();
+    let key = serde_json::to_string(&sorted).map_err(|e| ApiError::Internal(e.to_string()))?;
     let (view, mut frames) = state.stream_hub.subscribe(&state, key, params)?;
     let first = first_frame(&state, &view, &mut frames).await;
     state.stream_clients.fetch_add(1, Ordering::Relaxed);
@@ -513,7 +544,7 @@ async fn first_frame(
         frames
             .borrow_and_update()
             .as_ref()
-            .filter(|f| f.computed.elapsed() < MAX_PUSH_GAP)
+            .filter(|f| !f.failed && f.computed.elapsed() < MAX_PUSH_GAP)
             .cloned()
     };
     if let Some(frame) = recent(frames) {
@@ -630,13 +661,15 @@ mod tests {
     }
 
     #[test]
-    fn a_rollup_row_is_the_same_row_when_its_range_slides() {
-        let mut before = answer(vec![row("F0", "email", 1)]);
-        before.rows[0].window_end = "T0".into();
+    fn a_rollup_row_is_unchanged_when_only_its_range_slides() {
+        let mut before = answer(vec![row("F0", "email", 1), row("F0", "search", 5)]);
+        for r in &mut before.rows {
+            r.window_end = "T0".into();
+        }
         let before = PublishedRows {
             rows: row_keys(&before, true).unwrap().into_iter().collect(),
         };
-        let now = answer(vec![row("F1", "email", 2)]);
+        let now = answer(vec![row("F1", "email", 2), row("F1", "search", 5)]);
         let delta: Value = serde_json::from_str(&delta_json(
             &now,
             &row_keys(&now, true).unwrap(),
@@ -644,8 +677,57 @@ mod tests {
             2,
         ))
         .unwrap();
-        assert_eq!(delta["upsert"].as_array().unwrap().len(), 1);
+        let upserted: Vec<_> = delta["upsert"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["channel"].clone())
+            .collect();
+        assert_eq!(
+            upserted,
+            [json!("email")],
+            "search only moved with the range"
+        );
         assert_eq!(delta["remove"], json!([]), "a moved range is not a removal");
+    }
+
+    #[test]
+    fn row_keys_cannot_run_into_each_other() {
+        let grouped = |campaign: &str, channel: &str| KpiRow {
+            window_start: "w1".into(),
+            window_end: "w2".into(),
+            dimensions: BTreeMap::from([
+                ("campaign".to_string(), campaign.to_string()),
+                ("channel".to_string(), channel.to_string()),
+            ]),
+            values: values(1),
+        };
+        let mut two = answer(vec![grouped("a\u{1f}b", "c"), grouped("a", "b\u{1f}c")]);
+        two.group_by = vec!["campaign", "channel"];
+        let keys: HashSet<String> = row_keys(&two, false)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(keys.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_frame_is_retried_at_the_next_push_gap_even_without_new_data() {
+        let frame = |failed: bool, age: Duration| Frame {
+            seq: 1,
+            full: Bytes::new(),
+            delta: None,
+            status: Bytes::new(),
+            processed_offset: 10,
+            computed: Instant::now() - age,
+            failed,
+        };
+        let gap = MIN_PUSH_GAP + Duration::from_millis(50);
+        assert!(frame(true, gap).due(10));
+        assert!(!frame(false, gap).due(10), "same data, not stale");
+        assert!(frame(false, gap).due(11));
+        assert!(!frame(true, Duration::ZERO).due(11), "never before the gap");
     }
 
     #[test]

@@ -694,6 +694,23 @@ async fn a_stream_shares_frames_sends_deltas_and_ends_at_shutdown() {
     assert!(!text.contains("event: status"), "{text:?}");
     assert_eq!(s.status().await["stream_clients"], 2);
 
+    // `&` and `=` inside a value make another view, not this one: the campaign named
+    // "x&channel=email" has no events, the campaign "x" in channel "email" has one.
+    let tricky = open("granularity=1m&last=10m&campaign=x%26channel%3Demail").await;
+    let mut tricky = tricky.into_body();
+    read_stream(&mut tricky, String::new(), "event: status").await;
+    let plain = "{\"udid\":\"p\",\"type\":\"page_view\",\"ts\":NOW,\"channel\":\"email\",\"campaign\":\"x\"}"
+        .replace("NOW", &now_ms_text());
+    s.post("application/json", plain).await;
+    s.processed().await;
+    let honest = open("granularity=1m&last=10m&campaign=x&channel=email").await;
+    let mut honest = honest.into_body();
+    let text = read_stream(&mut honest, String::new(), "event: status").await;
+    assert!(text.contains("\"page_view\":1"), "{text:?}");
+    let text = read_stream(&mut tricky, String::new(), "event: status").await;
+    assert!(text.contains("\"rows\":[]"), "{text:?}");
+    drop((tricky, honest));
+
     // Shutdown ends every stream (an open dashboard must not hold up a graceful stop) and
     // refuses new ones.
     let ticker = s.state.stream_hub.close();
