@@ -9,7 +9,8 @@
 //! state expiry are all on the measured path.
 //!
 //! The processor also decodes each log batch before processing it; `decode_log_batches`
-//! measures that step alone and `decode_and_process` the two together.
+//! measures that step alone and `decode_and_process` the two together. `snapshot_*` encode
+//! the state left by a run, as the processor's periodic snapshot does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -194,4 +195,33 @@ fn decode_and_process(bencher: Bencher<'_, '_>) {
             }
             pipeline
         });
+}
+
+/// A pipeline after the whole run: the state a snapshot writes (users, remembered event ids,
+/// expiry buckets, dimensions).
+fn state_after_run() -> Pipeline {
+    let regions = regions();
+    let mut pipeline = pipeline(&regions);
+    process_all(&mut pipeline, 0, &records());
+    eprintln!(
+        "snapshot of {} users and {} event ids: {} bytes",
+        pipeline.active_users(),
+        pipeline.remembered_event_ids(),
+        pipeline.encode_snapshot().unwrap().len()
+    );
+    pipeline
+}
+
+/// A snapshot as the processor wrote it before: copy the state, then encode the copy.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn snapshot_copy_then_encode(bencher: Bencher<'_, '_>) {
+    let pipeline = state_after_run();
+    bencher.bench_local(|| postcard::to_allocvec(&black_box(&pipeline).snapshot()).unwrap());
+}
+
+/// A snapshot as the processor writes it: encoded from the live state.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn snapshot_encode_in_place(bencher: Bencher<'_, '_>) {
+    let pipeline = state_after_run();
+    bencher.bench_local(|| black_box(&pipeline).encode_snapshot().unwrap());
 }

@@ -364,7 +364,8 @@ impl Processor {
         }
         if snapshot {
             commit.snapshot = Some(
-                postcard::to_allocvec(&self.pipeline.snapshot())
+                self.pipeline
+                    .encode_snapshot()
                     .context("encoding the pipeline snapshot")?,
             );
         }

@@ -389,6 +389,11 @@ fn a_snapshot_restores_a_pipeline_that_continues_identically() {
         first.feed(e.clone());
     }
     let snapshot = first.pipeline.snapshot();
+    assert_eq!(
+        first.pipeline.encode_snapshot().unwrap(),
+        postcard::to_allocvec(&snapshot).unwrap(),
+        "the snapshot encoded in place is the snapshot's encoding"
+    );
     let mut resumed = Run {
         pipeline: Pipeline::restore(PipelineConfig::default(), None, snapshot),
         kpis: first.kpis.clone(),
