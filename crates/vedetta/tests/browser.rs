@@ -14,8 +14,8 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use support::{Server, client, now_ms, wait_processed};
-use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
+use support::{Server, client, now_ms, post_ndjson, recent_traffic, wait_processed};
+use vedetta_synth::SynthConfig;
 
 fn repository_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,36 +55,18 @@ fn the_dashboard_shows_the_api_numbers_drills_down_and_updates_live() {
 
     // The last two hours of generated traffic, events and spend.
     let now = now_ms();
-    let (mut events, mut costs) = (Vec::new(), Vec::new());
-    let generator = Generator::new(SynthConfig {
-        seed: 4,
-        start_ms: now - 2 * 3_600_000,
-        sessions_per_minute: 120.0,
-        users: 20_000,
-        ..SynthConfig::default()
-    })
-    .unwrap();
-    for arrival in generator.take_while(|a| a.arrival_ms < now - 1_000) {
-        match arrival.record {
-            SynthRecord::Event(_) => to_ndjson_line(&arrival.record, &mut events),
-            SynthRecord::Spend(_) => to_ndjson_line(&arrival.record, &mut costs),
-        }
-    }
-    for (path, body) in [("/v1/events", events), ("/v1/costs", costs)] {
-        let lines: Vec<&[u8]> = body
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        for chunk in lines.chunks(5_000) {
-            let response = http
-                .post(server.url(path))
-                .header("content-type", "application/x-ndjson")
-                .body(chunk.join(&b'\n'))
-                .send()
-                .unwrap();
-            assert_eq!(response.status(), 200);
-        }
-    }
+    let (events, costs) = recent_traffic(
+        SynthConfig {
+            seed: 4,
+            start_ms: now - 2 * 3_600_000,
+            sessions_per_minute: 120.0,
+            users: 20_000,
+            ..SynthConfig::default()
+        },
+        now,
+    );
+    post_ndjson(&http, &server, "/v1/events", &events);
+    post_ndjson(&http, &server, "/v1/costs", &costs);
     wait_processed(&http, &server);
 
     let artifacts = root.join("artifacts");

@@ -10,8 +10,8 @@ mod support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{Server, client, get_json, now_ms, wait_processed};
-use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
+use support::{Server, client, get_json, now_ms, post_ndjson, recent_traffic, wait_processed};
+use vedetta_synth::SynthConfig;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -50,20 +50,16 @@ fn prometheus_scrapes_metrics_and_promql_returns_the_conversions() {
     // Ten minutes of generated traffic, plus purchases of now so that today has conversions
     // whatever the hour.
     let now = now_ms();
-    let mut body = Vec::new();
-    let generator = Generator::new(SynthConfig {
-        seed: 42,
-        start_ms: now - 10 * 60_000,
-        sessions_per_minute: 300.0,
-        users: 40_000,
-        ..SynthConfig::default()
-    })
-    .unwrap();
-    for arrival in generator.take_while(|a| a.arrival_ms < now - 1_000) {
-        if let SynthRecord::Event(_) = arrival.record {
-            to_ndjson_line(&arrival.record, &mut body);
-        }
-    }
+    let (mut body, _) = recent_traffic(
+        SynthConfig {
+            seed: 42,
+            start_ms: now - 10 * 60_000,
+            sessions_per_minute: 300.0,
+            users: 40_000,
+            ..SynthConfig::default()
+        },
+        now,
+    );
     for i in 0..7 {
         body.extend_from_slice(
             format!(
@@ -73,19 +69,7 @@ fn prometheus_scrapes_metrics_and_promql_returns_the_conversions() {
             .as_bytes(),
         );
     }
-    for chunk in body
-        .split(|&b| b == b'\n')
-        .collect::<Vec<_>>()
-        .chunks(5_000)
-    {
-        let response = http
-            .post(server.url("/v1/events"))
-            .header("content-type", "application/x-ndjson")
-            .body(chunk.join(&b'\n'))
-            .send()
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
+    post_ndjson(&http, &server, "/v1/events", &body);
     wait_processed(&http, &server);
     let today = rome_today_start(now);
     let kpis = get_json(

@@ -156,3 +156,37 @@ impl SplitMix {
         z ^ (z >> 31)
     }
 }
+
+/// Generated traffic whose arrivals fall between `start_ms` and a second before `now`, as
+/// NDJSON: (events, spend).
+pub fn recent_traffic(config: vedetta_synth::SynthConfig, now: i64) -> (Vec<u8>, Vec<u8>) {
+    use vedetta_synth::{Generator, SynthRecord, to_ndjson_line};
+    let (mut events, mut costs) = (Vec::new(), Vec::new());
+    for arrival in Generator::new(config)
+        .unwrap()
+        .take_while(|a| a.arrival_ms < now - 1_000)
+    {
+        match arrival.record {
+            SynthRecord::Event(_) => to_ndjson_line(&arrival.record, &mut events),
+            SynthRecord::Spend(_) => to_ndjson_line(&arrival.record, &mut costs),
+        }
+    }
+    (events, costs)
+}
+
+/// Posts an NDJSON body to `path` in requests of 5,000 lines; every one must be accepted.
+pub fn post_ndjson(client: &reqwest::blocking::Client, server: &Server, path: &str, body: &[u8]) {
+    let lines: Vec<&[u8]> = body
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    for chunk in lines.chunks(5_000) {
+        let response = client
+            .post(server.url(path))
+            .header("content-type", "application/x-ndjson")
+            .body(chunk.join(&b'\n'))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "POST {path}");
+    }
+}
