@@ -44,13 +44,7 @@ fn the_dashboard_shows_the_api_numbers_drills_down_and_updates_live() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let mmdb = dir.path().join("regions.mmdb");
-    std::fs::write(&mmdb, vedetta_synth::geoip::catalog_region_mmdb()).unwrap();
-    let mmdb_path = mmdb.display().to_string();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[("VEDETTA_PIPELINE__GEOIP_DATABASE", mmdb_path.as_str())],
-    );
+    let server = Server::start_with_regions(dir.path());
     let http = client();
 
     // The last two hours of generated traffic, events and spend.

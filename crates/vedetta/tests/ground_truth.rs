@@ -183,13 +183,7 @@ fn kpis_over_http_equal_the_independent_batch_truth_at_every_granularity() {
     assert!(total("1m", |r| r.conversions) > 100, "the stream converts");
 
     let dir = tempfile::tempdir().unwrap();
-    let mmdb = dir.path().join("regions.mmdb");
-    std::fs::write(&mmdb, vedetta_synth::geoip::catalog_region_mmdb()).unwrap();
-    let mmdb_path = mmdb.display().to_string();
-    let server = Server::start(
-        &dir.path().join("data"),
-        &[("VEDETTA_PIPELINE__GEOIP_DATABASE", mmdb_path.as_str())],
-    );
+    let server = Server::start_with_regions(dir.path());
     let http = client();
     let send = |path: &str, records: &[&Arrival]| {
         for chunk in records.chunks(1000) {

@@ -53,6 +53,18 @@ impl Server {
         Server { child, address }
     }
 
+    /// Starts the server with its data in `dir/data` and a GeoIP database of the generator's
+    /// regions (`dir/regions.mmdb`), so that regions resolve from IPs as in production.
+    pub fn start_with_regions(dir: &Path) -> Server {
+        let mmdb = dir.join("regions.mmdb");
+        std::fs::write(&mmdb, vedetta_synth::geoip::catalog_region_mmdb()).unwrap();
+        let mmdb_path = mmdb.display().to_string();
+        Server::start(
+            &dir.join("data"),
+            &[("VEDETTA_PIPELINE__GEOIP_DATABASE", mmdb_path.as_str())],
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }

@@ -215,6 +215,23 @@ fn make_bodies(count: usize, batch: usize) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// A request carrying the API key, when there is one.
+/// A POST of `body` to `url`, as `content_type`, with the key when there is one.
+fn post(
+    client: &reqwest::Client,
+    url: &str,
+    content_type: &'static str,
+    body: impl Into<reqwest::Body>,
+    key: Option<&str>,
+) -> reqwest::RequestBuilder {
+    with_key(
+        client
+            .post(url)
+            .header("content-type", content_type)
+            .body(body),
+        key,
+    )
+}
+
 fn with_key(request: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::RequestBuilder {
     match key {
         Some(key) => request.bearer_auth(key),
@@ -272,11 +289,11 @@ async fn drive(
                 let body = bodies[next % bodies.len()].clone();
                 next += 1;
                 let sent = Instant::now();
-                let request = with_key(
-                    client
-                        .post(&endpoint)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body),
+                let request = post(
+                    &client,
+                    &endpoint,
+                    "application/x-ndjson",
+                    body,
                     key.as_deref(),
                 );
                 match request.send().await {
@@ -327,10 +344,7 @@ async fn drive(
                     SystemClock.now_ms()
                 );
                 let sent = Instant::now();
-                let request = with_key(client
-                    .post(&endpoint)
-                    .header("content-type", "application/json")
-                    .body(body), key.as_deref());
+                let request = post(&client, &endpoint, "application/json", body, key.as_deref());
                 match request.send().await {
                     Ok(response) if response.status().is_success() => {
                         let _ = response.bytes().await;

@@ -187,11 +187,11 @@ async fn drive(
             async move {
                 let n = next_body.fetch_add(1, Ordering::Relaxed);
                 let body = body_for(&templates, n);
-                let request = super::with_key(
-                    client
-                        .post(&endpoint)
-                        .header("content-type", "application/x-ndjson")
-                        .body(body),
+                let request = super::post(
+                    &client,
+                    &endpoint,
+                    "application/x-ndjson",
+                    body,
                     key.as_deref(),
                 );
                 match request.send().await {
@@ -358,11 +358,11 @@ async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>, n: u64) 
     let body = format!(
         r#"{{"udid":"probe-{n}","type":"page_view","ts":{now},"event_id":"{campaign}","channel":"direct","campaign":"{campaign}"}}"#
     );
-    let request = super::with_key(
-        client
-            .post(format!("{base}/v1/events"))
-            .header("content-type", "application/json")
-            .body(body),
+    let request = super::post(
+        client,
+        &format!("{base}/v1/events"),
+        "application/json",
+        body,
         key,
     );
     let response = request.send().await.ok()?;
