@@ -56,6 +56,7 @@ pub struct RawIngest {
     pub future_tolerance_seconds: Option<u64>,
     pub quarantine_capacity: Option<u64>,
     pub quarantine_days: Option<u64>,
+    pub max_amount: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +156,8 @@ pub struct IngestConfig {
     /// Refused events are deleted from the quarantine after this many days (their redacted
     /// copies may still hold free text such as a page URL).
     pub quarantine_days: u64,
+    /// The largest `value` or `amount` of one record, in the reporting currency.
+    pub max_amount: f64,
 }
 
 #[derive(Clone)]
@@ -302,6 +305,20 @@ fn bad(key: &str, message: impl Into<String>) -> KeyError {
     }
 }
 
+/// `ingest.max_amount`: positive, and at most 10¹² so that one record's micro-units fit an
+/// `i64` with room to spare (sums are wider still).
+fn max_amount(value: Option<f64>) -> Result<f64, KeyError> {
+    const CEILING: f64 = 1e12;
+    match value {
+        None => Ok(10_000_000.0),
+        Some(v) if v.is_finite() && v > 0.0 && v <= CEILING => Ok(v),
+        Some(v) => Err(bad(
+            "ingest.max_amount",
+            format!("must be a number above 0 and at most {CEILING:e}, got {v}"),
+        )),
+    }
+}
+
 /// Turns the raw shape into settings, refusing what cannot work.
 pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
     let listen_text = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
@@ -385,6 +402,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
                 10_000,
             )?,
             quarantine_days: positive("ingest.quarantine_days", ingest.quarantine_days, 7)?,
+            max_amount: max_amount(ingest.max_amount)?,
         },
         privacy: PrivacyConfig {
             pseudonym_key: privacy.pseudonym_key,

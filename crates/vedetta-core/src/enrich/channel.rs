@@ -31,11 +31,21 @@ pub const NO_CAMPAIGN: &str = "(none)";
 /// [`default_channel`]. Borrowed unless the field has upper-case letters.
 pub fn channel_of<'e>(event: &'e StoredEvent, internal_hosts: &[String]) -> Cow<'e, str> {
     match present(&event.channel) {
-        Some(channel) if channel.chars().any(char::is_uppercase) => {
-            Cow::Owned(channel.to_lowercase())
-        }
-        Some(channel) => Cow::Borrowed(channel),
+        Some(channel) => normalize_channel(channel),
         None => Cow::Borrowed(default_channel(event, internal_hosts)),
+    }
+}
+
+/// The one spelling of a channel name: trimmed and lower-cased by Unicode's rules. Events,
+/// spend records and query filters all go through it, so `Società`, `società` and
+/// ` SOCIETÀ ` are one channel wherever they come from (lower-casing only ASCII in one place
+/// and all letters in another made spend on a non-ASCII channel miss its events).
+pub fn normalize_channel(channel: &str) -> Cow<'_, str> {
+    let channel = channel.trim();
+    if channel.chars().any(char::is_uppercase) {
+        Cow::Owned(channel.to_lowercase())
+    } else {
+        Cow::Borrowed(channel)
     }
 }
 

@@ -35,7 +35,7 @@ mod tests;
 
 pub use channel::{
     AFFILIATE, DIRECT, DISPLAY, EMAIL, NO_CAMPAIGN, ORGANIC, PAID_SEARCH, REFERRAL, SOCIAL,
-    campaign_of, channel_of, default_channel, referrer_host,
+    campaign_of, channel_of, default_channel, normalize_channel, referrer_host,
 };
 pub use device::{DeviceClass, UserAgentClassifier, UserAgentFacts};
 pub use geoip::{MmdbRegionLookup, RegionLookup};

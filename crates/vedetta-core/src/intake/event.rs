@@ -137,6 +137,15 @@ pub(super) fn build(
         Some((name, raw)) => fields::currency(name, raw)?,
         None => None,
     };
+    if let (Some(amount), Some((name, raw))) = (value, object.get(VALUE)) {
+        fields::bounded_amount(name, raw, amount, currency.as_deref(), &limits.money)?;
+    }
+    let dimension = |slot: usize| match object.get(slot) {
+        Some((name, raw)) => {
+            fields::not_reserved(name, fields::text(name, raw, limits.max_text_chars)?)
+        }
+        None => Ok(None),
+    };
     let ip_network = match object.get(IP) {
         Some((name, raw)) => fields::ip(name, raw)?.map(truncate_ip),
         None => None,
@@ -158,11 +167,11 @@ pub(super) fn build(
         value,
         currency,
         order_id: optional_text(ORDER_ID, limits.max_id_chars)?,
-        channel: text(CHANNEL)?,
-        campaign: text(CAMPAIGN)?,
+        channel: dimension(CHANNEL)?,
+        campaign: dimension(CAMPAIGN)?,
         utm_source: text(UTM_SOURCE)?,
         utm_medium: text(UTM_MEDIUM)?,
-        utm_campaign: text(UTM_CAMPAIGN)?,
+        utm_campaign: dimension(UTM_CAMPAIGN)?,
         utm_content: text(UTM_CONTENT)?,
         utm_term: text(UTM_TERM)?,
         gclid: text(GCLID)?,

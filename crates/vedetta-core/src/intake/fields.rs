@@ -67,11 +67,108 @@ fn unescape(field: &'static str, raw: &RawValue) -> Result<String, FieldError> {
             format!("expected a string, got {}", describe(raw)),
         ));
     }
-    if !text.contains('\\') {
-        return Ok(text[1..text.len() - 1].to_string());
+    let value = if text.contains('\\') {
+        // Escapes may spell anything, control characters included; a lone surrogate
+        // (`"\ud800"`) is not a character and fails here.
+        serde_json::from_str::<String>(text)
+            .map_err(|e| FieldError::new(field, format!("invalid string: {e}")))?
+    } else {
+        // Unescaped JSON strings cannot hold C0 controls; U+007F needs no escape, though.
+        text[1..text.len() - 1].to_string()
+    };
+    Ok(value)
+}
+
+/// Control characters (U+0000–U+001F, U+007F) have no place in a name, an id or a URL.
+/// They are refused rather than stripped: a value that carries one was built by mistake or
+/// to break something downstream (a log line, a CSV export, a terminal, a key codec), and
+/// the sender should hear about it.
+fn refuse_control_characters(field: &'static str, value: &str) -> Result<(), FieldError> {
+    match value
+        .chars()
+        .enumerate()
+        .find(|(_, c)| matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'))
+    {
+        None => Ok(()),
+        Some((position, c)) => Err(FieldError::new(
+            field,
+            format!(
+                "contains the control character U+{:04X} at character {position}; control \
+                 characters are not accepted",
+                u32::from(c)
+            ),
+        )),
     }
-    serde_json::from_str::<String>(text)
-        .map_err(|e| FieldError::new(field, format!("invalid string: {e}")))
+}
+
+/// Names Vedetta gives its own buckets: `(none)` for a campaign that was not sent and
+/// `(other)` for names past a cardinality bound. A client value spelled the same would be
+/// counted in the bucket and could not be told apart from it, so it is refused; the check
+/// ignores case and surrounding space because channels are lower-cased and trimmed.
+pub const RESERVED_DIMENSION_VALUES: [&str; 2] = ["(none)", "(other)"];
+
+/// Refuses a dimension value that spells a built-in bucket name.
+pub(crate) fn not_reserved(
+    field: &'static str,
+    value: Option<String>,
+) -> Result<Option<String>, FieldError> {
+    match &value {
+        Some(name)
+            if RESERVED_DIMENSION_VALUES
+                .iter()
+                .any(|reserved| name.trim().eq_ignore_ascii_case(reserved)) =>
+        {
+            Err(FieldError::new(
+                field,
+                format!(
+                    "{} is the name of a built-in bucket ({}); leave the field out, or use \
+                     another name",
+                    quote_for_message(name, 16),
+                    RESERVED_DIMENSION_VALUES.join(", ")
+                ),
+            ))
+        }
+        _ => Ok(value),
+    }
+}
+
+/// Refuses an amount above the per-record bound, converted to the reporting currency when
+/// a rate is known.
+pub(crate) fn bounded_amount(
+    field: &'static str,
+    raw: &RawValue,
+    amount: f64,
+    currency: Option<&str>,
+    bound: &super::MoneyBound,
+) -> Result<(), FieldError> {
+    let reporting = bound.reporting_currency.as_str();
+    let (converted, rate_known) = match currency {
+        None => (amount, true),
+        Some(code) if code == reporting => (amount, true),
+        Some(code) => match bound.currency_rates.get(code) {
+            Some(rate) => (amount * rate, true),
+            None => (amount, false),
+        },
+    };
+    if converted <= bound.max_amount {
+        return Ok(());
+    }
+    let limit = bound.max_amount;
+    // The amount as sent: `1e300` is clearer than its 301 decimal digits.
+    let amount = describe(raw);
+    let message = match currency {
+        Some(code) if code != reporting && rate_known => format!(
+            "{amount} {code} is {converted:.2} {reporting}, over the limit of {limit} \
+             {reporting} per record (ingest.max_amount)"
+        ),
+        Some(code) if code != reporting => {
+            format!("{amount} {code} is over the limit of {limit} per record (ingest.max_amount)")
+        }
+        _ => format!(
+            "{amount} is over the limit of {limit} {reporting} per record (ingest.max_amount)"
+        ),
+    };
+    Err(FieldError::new(field, message))
 }
 
 /// A string of at most `max_chars` characters, trimmed. An empty string counts as absent,
@@ -85,7 +182,10 @@ pub(crate) fn text(
         return Ok(None);
     }
     let value = unescape(field, raw)?;
+    // Surrounding white space (a tab or newline from a spreadsheet cell) is trimmed, not
+    // refused; what is left must be free of control characters.
     let trimmed = value.trim();
+    refuse_control_characters(field, trimmed)?;
     check_length(field, trimmed, max_chars)?;
     if trimmed.is_empty() {
         Ok(None)
@@ -109,6 +209,7 @@ pub(crate) fn required_identifier(
     if value.trim().is_empty() {
         return Err(FieldError::new(field, "must not be empty"));
     }
+    refuse_control_characters(field, &value)?;
     check_length(field, &value, max_chars)?;
     Ok(value)
 }

@@ -18,6 +18,7 @@ mod object;
 mod spend;
 
 pub use event::EVENT_FIELD_NAMES;
+pub use fields::RESERVED_DIMENSION_VALUES;
 pub use spend::SPEND_FIELD_NAMES;
 
 use crate::privacy::Pseudonymizer;
@@ -52,6 +53,32 @@ pub struct IntakeLimits {
     /// Earliest event time accepted, epoch ms. Anything before is almost surely a unit
     /// mistake (epoch seconds sent as milliseconds).
     pub earliest_ts_ms: i64,
+    /// The largest money amount one record may carry.
+    pub money: MoneyBound,
+}
+
+/// The largest `value` or `amount` one record may carry, in the reporting currency, and the
+/// rates that convert other currencies into it. One record above it is a unit mistake or an
+/// attack (a `value` of `1e300` would otherwise saturate every sum it enters); it is refused
+/// with the limit named. Amounts in a currency without a rate are bounded by their face
+/// value: the pipeline counts them as 0, but they must not carry an absurd number either.
+#[derive(Clone, Debug)]
+pub struct MoneyBound {
+    /// In units of `reporting_currency` (`ingest.max_amount`).
+    pub max_amount: f64,
+    pub reporting_currency: String,
+    /// Units of the reporting currency per unit of another currency.
+    pub currency_rates: std::collections::HashMap<String, f64>,
+}
+
+impl Default for MoneyBound {
+    fn default() -> Self {
+        Self {
+            max_amount: 10_000_000.0,
+            reporting_currency: "EUR".into(),
+            currency_rates: Default::default(),
+        }
+    }
 }
 
 impl Default for IntakeLimits {
@@ -64,6 +91,7 @@ impl Default for IntakeLimits {
             max_properties_depth: 32,
             future_tolerance_ms: 5 * 60 * 1000,
             earliest_ts_ms: 946_684_800_000, // 2000-01-01T00:00:00Z
+            money: MoneyBound::default(),
         }
     }
 }
@@ -156,6 +184,9 @@ pub fn judge_spend(
     judge(body, format, ctx, "costs", &spend::TABLE, spend::build)
 }
 
+/// The UTF-8 encoding of U+FEFF, which some tools write at the start of a file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 type Builder = fn(&RawObject<'_>, &IntakeContext<'_>) -> Result<LogRecord, FieldError>;
 
 fn judge(
@@ -166,6 +197,9 @@ fn judge(
     table: &FieldTable,
     build: Builder,
 ) -> Result<Judged, BodyError> {
+    // Windows tools (Notepad, PowerShell's `Out-File`, Excel's CSV/JSON exports) start UTF-8
+    // files with a byte-order mark; it is not JSON, but it is not the client's mistake either.
+    let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(BodyError::Empty);

@@ -47,19 +47,30 @@ pub(super) fn build(
     let (name, raw) = required(TS)?;
     let ts = fields::timestamp(name, raw, ctx)?;
     let (name, raw) = required(CHANNEL)?;
-    let channel =
-        fields::text(name, raw, max)?.ok_or_else(|| FieldError::new(name, "must not be empty"))?;
-    let (name, raw) = required(AMOUNT)?;
-    let amount = fields::amount(name, raw)?
-        .ok_or_else(|| FieldError::new(name, "expected a number ≥ 0, got null"))?;
+    let channel = fields::not_reserved(name, fields::text(name, raw, max)?)?
+        .ok_or_else(|| FieldError::new(name, "must not be empty"))?;
+    let (amount_name, amount_raw) = required(AMOUNT)?;
+    let amount = fields::amount(amount_name, amount_raw)?
+        .ok_or_else(|| FieldError::new(amount_name, "expected a number ≥ 0, got null"))?;
     let currency = match object.get(CURRENCY) {
         Some((name, raw)) => fields::currency(name, raw)?,
+        None => None,
+    };
+    fields::bounded_amount(
+        amount_name,
+        amount_raw,
+        amount,
+        currency.as_deref(),
+        &ctx.limits.money,
+    )?;
+    let campaign = match object.get(CAMPAIGN) {
+        Some((name, raw)) => fields::not_reserved(name, fields::text(name, raw, max)?)?,
         None => None,
     };
     Ok(LogRecord::Spend(SpendRecord {
         ts,
         channel,
-        campaign: optional_text(CAMPAIGN)?,
+        campaign,
         amount,
         currency,
         source: optional_text(SOURCE)?,

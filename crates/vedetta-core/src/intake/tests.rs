@@ -300,12 +300,167 @@ fn errors_never_echo_personal_fields() {
 
 #[test]
 fn hostile_strings_are_kept_exactly_or_refused_never_mangled() {
-    let body =
-        r#"{"udid":"u","type":"lead","ts":1763996340123,"page":"/\u0000<script>\"'\ud83d\ude00"}"#;
+    // Markup, quotes, emoji and right-to-left marks are data: kept as sent.
+    let body = r#"{"udid":"u","type":"lead","ts":1763996340123,"page":"/<script>\"'\ud83d\ude00","campaign":"\u202eevil\u200f"}"#;
     let judged = judge(body, BodyFormat::Json).unwrap();
+    let e = event(&judged, 0);
+    assert_eq!(e.page.as_deref(), Some("/<script>\"'😀"));
+    assert_eq!(e.campaign.as_deref(), Some("\u{202e}evil\u{200f}"));
+}
+
+#[test]
+fn control_characters_are_refused_in_every_string_field() {
+    // U+001F once joined the dimensions of a KPI row key: one such campaign broke every
+    // query over its window. Every string field refuses C0 controls and DEL, naming itself.
+    let strings = [
+        "udid",
+        "type",
+        "event_id",
+        "order_id",
+        "channel",
+        "campaign",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        "utm_content",
+        "utm_term",
+        "gclid",
+        "fbclid",
+        "user_agent",
+        "device",
+        "region",
+        "page",
+        "referrer",
+        "product_id",
+    ];
+    for field in strings {
+        for control in ["\\u001f", "\\u0000", "\\n", "\\u007f", "\u{7f}"] {
+            let mut object =
+                serde_json::json!({"udid": "u", "type": "lead", "ts": 1763996340123i64});
+            object[field] = serde_json::Value::String("x".into());
+            let text = object.to_string().replace(
+                &format!("\"{field}\":\"x\""),
+                &format!("\"{field}\":\"a{control}b\""),
+            );
+            let error = only_error(&text);
+            assert!(
+                error.starts_with(&format!(
+                    "events[0].{field}: contains the control character U+00"
+                )),
+                "{field} with {control}: {error}"
+            );
+        }
+    }
+    // Surrounding white space, tabs and newlines included, is trimmed rather than refused.
+    let judged = judge(
+        r#"{"udid":"u","type":"lead","ts":1763996340123,"campaign":"\tsaldi\n"}"#,
+        BodyFormat::Json,
+    )
+    .unwrap();
+    assert_eq!(event(&judged, 0).campaign.as_deref(), Some("saldi"));
+}
+
+#[test]
+fn lone_surrogates_are_refused_naming_the_field() {
+    let error =
+        only_error(r#"{"udid":"u","type":"lead","ts":1763996340123,"campaign":"a\ud800b"}"#);
+    assert!(
+        error.starts_with("events[0].campaign: invalid string"),
+        "{error}"
+    );
+    let error = only_error(r#"{"udid":"\udc00","type":"lead","ts":1763996340123}"#);
+    assert!(
+        error.starts_with("events[0].udid: expected a string"),
+        "{error}"
+    );
+}
+
+#[test]
+fn built_in_bucket_names_are_refused_as_client_values() {
+    for (field, value) in [
+        ("campaign", "(none)"),
+        ("campaign", "(other)"),
+        ("utm_campaign", "(None)"),
+        ("channel", "(OTHER)"),
+        ("channel", " (other) "),
+    ] {
+        let body =
+            format!(r#"{{"udid":"u","type":"lead","ts":1763996340123,"{field}":"{value}"}}"#);
+        let error = only_error(&body);
+        assert!(
+            error.starts_with(&format!("events[0].{field}: ")) && error.contains("built-in bucket"),
+            "{field}={value}: {error}"
+        );
+    }
+    // A name that merely contains one is fine.
+    let judged = judge(
+        r#"{"udid":"u","type":"lead","ts":1763996340123,"campaign":"saldi (none)"}"#,
+        BodyFormat::Json,
+    )
+    .unwrap();
+    assert_eq!(judged.records.len(), 1);
+}
+
+#[test]
+fn a_leading_byte_order_mark_is_accepted() {
+    for format in [BodyFormat::Json, BodyFormat::Ndjson] {
+        let body = format!("\u{feff}{GOOD}");
+        let judged = judge(&body, format).unwrap();
+        assert_eq!(judged.records.len(), 1, "{format:?}: {:?}", judged.rejected);
+    }
+    let array = format!("\u{feff}[{GOOD},{GOOD}]");
+    assert_eq!(judge(&array, BodyFormat::Json).unwrap().records.len(), 2);
+}
+
+#[test]
+fn money_is_bounded_per_record() {
+    // 1e300 was accepted, saturated to i64::MAX micro-units and wrapped the day's revenue.
+    let error = only_error(r#"{"udid":"u","type":"purchase","ts":1763996340123,"value":1e300}"#);
     assert_eq!(
-        event(&judged, 0).page.as_deref(),
-        Some("/\u{0}<script>\"'😀")
+        error,
+        "events[0].value: 1e300 is over the limit of 10000000 EUR per record (ingest.max_amount)"
+    );
+    let at_limit = judge(
+        r#"[{"udid":"u","type":"purchase","ts":1763996340123,"value":10000000},
+            {"udid":"u","type":"purchase","ts":1763996340123,"valore":-0},
+            {"udid":"u","type":"purchase","ts":1763996340123,"value":1e-300},
+            {"udid":"u","type":"purchase","ts":1763996340123,"value":0.0000001}]"#,
+        BodyFormat::Json,
+    )
+    .unwrap();
+    assert!(at_limit.rejected.is_empty(), "{:?}", at_limit.rejected);
+    let values: Vec<_> = (0..4).map(|i| event(&at_limit, i).value).collect();
+    assert_eq!(values, [Some(1e7), Some(0.0), Some(1e-300), Some(1e-7)]);
+
+    // Converted amounts are bounded in the reporting currency.
+    let mut limits = IntakeLimits::default();
+    limits.money.currency_rates.insert("USD".into(), 0.92);
+    limits.money.currency_rates.insert("JPY".into(), 0.006);
+    let judged = judge_with(
+        r#"[{"udid":"u","type":"purchase","ts":1763996340123,"value":10800000,"currency":"USD"},
+            {"udid":"u","type":"purchase","ts":1763996340123,"value":1000000000,"currency":"JPY"},
+            {"udid":"u","type":"purchase","ts":1763996340123,"value":20000000,"currency":"XYZ"}]"#,
+        BodyFormat::Json,
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(judged.records.len(), 2, "{:?}", judged.rejected);
+    assert_eq!(
+        judged.rejected[0].error,
+        "events[2].value: 20000000 XYZ is over the limit of 10000000 per record (ingest.max_amount)"
+    );
+    let error = judge_with(
+        r#"{"udid":"u","type":"purchase","ts":1763996340123,"value":2000000000,"currency":"JPY"}"#,
+        BodyFormat::Json,
+        &limits,
+    )
+    .unwrap()
+    .rejected[0]
+        .error
+        .clone();
+    assert_eq!(
+        error,
+        "events[0].value: 2000000000 JPY is 12000000.00 EUR, over the limit of 10000000 EUR per record (ingest.max_amount)"
     );
 }
 
@@ -319,11 +474,26 @@ fn spend_records_are_judged_the_same_way() {
         limits: &limits,
     };
     let body = r#"[{"ts":"2025-11-24T15:00:00Z","channel":"paid_search","campaign":"saldi","amount":12.5,"currency":"EUR","source":"google_ads"},
-                  {"ts":"2025-11-24T15:00:00Z","channel":"paid_search","amount":-3}]"#;
+                  {"ts":"2025-11-24T15:00:00Z","channel":"paid_search","amount":-3},
+                  {"ts":"2025-11-24T15:00:00Z","channel":"paid_search","amount":1e300},
+                  {"ts":"2025-11-24T15:00:00Z","channel":"(other)","amount":1},
+                  {"ts":"2025-11-24T15:00:00Z","channel":"x","campaign":"a\u001fb","amount":1}]"#;
     let judged = judge_spend(body.as_bytes(), BodyFormat::Json, &ctx).unwrap();
     assert_eq!(judged.records.len(), 1);
+    let errors: Vec<_> = judged.rejected.iter().map(|r| r.error.as_str()).collect();
+    assert_eq!(errors[0], "costs[1].amount: must be ≥ 0, got -3");
     assert_eq!(
-        judged.rejected[0].error,
-        "costs[1].amount: must be ≥ 0, got -3"
+        errors[1],
+        "costs[2].amount: 1e300 is over the limit of 10000000 EUR per record (ingest.max_amount)"
+    );
+    assert!(
+        errors[2].starts_with("costs[3].channel: \"(other)\" is the name of a built-in bucket"),
+        "{}",
+        errors[2]
+    );
+    assert!(
+        errors[3].starts_with("costs[4].campaign: contains the control character U+001F"),
+        "{}",
+        errors[3]
     );
 }

@@ -363,7 +363,7 @@ impl Pipeline {
 
     fn process_spend(&mut self, spend: &SpendRecord) {
         self.state.counters.spend_records += 1;
-        let channel = spend.channel.trim().to_ascii_lowercase();
+        let channel = crate::enrich::normalize_channel(&spend.channel);
         let campaign = spend.campaign.as_deref().unwrap_or(NO_CAMPAIGN);
         let pair = self.dims.intern(&channel, campaign, "", "");
         let micros = self.money_micros(spend.amount, spend.currency.as_deref());

@@ -339,6 +339,28 @@ fn spend_is_joined_by_channel_and_campaign_per_window() {
 }
 
 #[test]
+fn spend_on_a_non_ascii_channel_joins_its_events() {
+    // Events were lower-cased by Unicode's rules and spend by ASCII's: `SOCIETÀ` spend landed
+    // on `societÀ` and never met the events of `società`.
+    let mut run = Run::new();
+    run.feed(LogRecord::Event(on_channel(
+        purchase(1, T0, 10.0),
+        "SOCIETÀ",
+    )));
+    run.feed(LogRecord::Spend(SpendRecord {
+        ts: EventTime(T0),
+        channel: " Società ".into(),
+        campaign: None,
+        amount: 5.0,
+        currency: None,
+        source: None,
+    }));
+    assert_eq!(run.rows(Minute)[0].1, "società");
+    let spend_channels: Vec<_> = run.spend.keys().map(|k| k.2.as_str()).collect();
+    assert_eq!(spend_channels, ["società"; 3]);
+}
+
+#[test]
 fn state_is_dropped_once_sessions_are_final_and_memory_stays_bounded() {
     let mut run = Run::new();
     // 200 users, one short session each, then time moves on by an hour and a half.

@@ -23,8 +23,7 @@ pub async fn require_key(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
         .map(str::to_string)
         .or_else(|| {
             (request.method() == axum::http::Method::GET)
@@ -44,6 +43,16 @@ pub async fn require_key(
             ApiError::Unauthorized.into_response()
         }
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header. The scheme is matched in
+/// any case, as RFC 9110 §11.1 says auth schemes are; the token is compared exactly.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 /// The `access_token` query parameter, percent-decoded.
@@ -81,4 +90,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_but_the_token_is_exact() {
+        for header in ["Bearer k1", "bearer k1", "BEARER k1", "  bEaReR   k1  "] {
+            assert_eq!(bearer_token(header), Some("k1"), "{header:?}");
+        }
+        assert_eq!(bearer_token("Bearer K1"), Some("K1"));
+        assert_eq!(bearer_token("Basic k1"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerk1"), None);
+    }
 }

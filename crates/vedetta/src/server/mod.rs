@@ -134,6 +134,11 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
     let limits = IntakeLimits {
         max_events_per_request: config.ingest.max_events_per_request,
         future_tolerance_ms: config.ingest.future_tolerance_ms,
+        money: vedetta_core::intake::MoneyBound {
+            max_amount: config.ingest.max_amount,
+            reporting_currency: config.pipeline.rules.reporting_currency.clone(),
+            currency_rates: config.pipeline.rules.currency_rates.clone(),
+        },
         ..IntakeLimits::default()
     };
     let state = Arc::new(AppState {
