@@ -15,6 +15,7 @@
 //! Row keys sort by granularity, then window start, then dimensions, so a query for a time
 //! range is one range scan.
 
+use crate::reopen::{ReopeningDatabase, Unavailable, is_out_of_space};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use vedetta_core::pipeline::kpi::KpiCounters;
@@ -33,15 +34,49 @@ const SEP: u8 = 0x1f;
 /// Errors of the KPI store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The device is full; nothing of the failed commit was stored.
+    #[error("the KPI store's disk is full: {0}")]
+    StorageFull(String),
+    /// Another I/O error, or redb's latch after one: retryable after
+    /// [`KpiStore::recover_storage`].
+    #[error("KPI store I/O error: {0}")]
+    Io(String),
+    /// The store is being reopened after a storage failure.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// Anything else the engine reports: not retryable.
     #[error("KPI store error: {0}")]
     Storage(String),
     #[error("a stored row does not decode: {0}")]
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the same operation may succeed later without a change to the program or its
+    /// files (after [`KpiStore::recover_storage`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::StorageFull(_) | StoreError::Io(_) | StoreError::Unavailable(_)
+        )
+    }
+
+    /// Whether the device is out of space.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, StoreError::StorageFull(_))
+    }
+}
+
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(error: E) -> Self {
-        StoreError::Storage(error.into().to_string())
+        match error.into() {
+            redb::Error::Io(io) if is_out_of_space(&io) => StoreError::StorageFull(io.to_string()),
+            redb::Error::Io(io) => StoreError::Io(io.to_string()),
+            error @ (redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
+                StoreError::Io(error.to_string())
+            }
+            other => StoreError::Storage(other.to_string()),
+        }
     }
 }
 
@@ -91,7 +126,7 @@ pub struct Progress {
 /// The KPI store over a redb file. Reads run concurrently with the processor's commits.
 #[derive(Debug)]
 pub struct KpiStore {
-    db: Database,
+    db: ReopeningDatabase,
 }
 
 fn encode_row_key(key: &RowKey) -> Vec<u8> {
@@ -169,21 +204,36 @@ fn range_bounds(granularity: Granularity, from: i64, to: i64) -> (Vec<u8>, Vec<u
 impl KpiStore {
     /// Opens (or creates) the store and reads where processing stands.
     pub fn open(path: &Path) -> Result<(Self, Progress), StoreError> {
-        let db = Database::builder().set_cache_size(128 << 20).create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(KPIS)?;
-        txn.open_table(SPEND)?;
-        txn.open_table(META)?;
-        txn.open_table(SNAPSHOT)?;
-        txn.commit()?;
+        let db = ReopeningDatabase::open(path, 128 << 20)?;
+        db.with(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(KPIS)?;
+            txn.open_table(SPEND)?;
+            txn.open_table(META)?;
+            txn.open_table(SNAPSHOT)?;
+            txn.commit()?;
+            Ok::<_, StoreError>(())
+        })?;
         let store = Self { db };
         let progress = store.progress()?;
         Ok((store, progress))
     }
 
+    /// After a storage failure: closes and reopens the file (redb refuses every operation
+    /// after a failed write until then). The store is then at its last durable commit; the
+    /// processor rebuilds its state from there. Fails while the file cannot be opened yet.
+    pub fn recover_storage(&self) -> Result<(), StoreError> {
+        self.db.reopen()?;
+        Ok(())
+    }
+
     /// Where processing stands.
     pub fn progress(&self) -> Result<Progress, StoreError> {
-        let txn = self.db.begin_read()?;
+        self.db.with(Self::progress_in)
+    }
+
+    fn progress_in(db: &Database) -> Result<Progress, StoreError> {
+        let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<Option<i64>, StoreError> {
             Ok(meta.get(key)?.map(|v| v.value()))
@@ -208,7 +258,11 @@ impl KpiStore {
 
     /// Applies one commit atomically: row changes, spend changes, offset, snapshot.
     pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
+        self.db.with(|db| Self::commit_in(db, commit))
+    }
+
+    fn commit_in(db: &Database, commit: &Commit) -> Result<(), StoreError> {
+        let mut txn = db.begin_write()?;
         txn.set_durability(if commit.durable {
             redb::Durability::Immediate
         } else {
@@ -268,7 +322,8 @@ impl KpiStore {
         to: i64,
         mut visit: impl FnMut(&RowView<'_>, &KpiCounters),
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
+        let guard = self.db.read_guard()?;
+        let txn = guard.begin_read()?;
         let table = txn.open_table(KPIS)?;
         let (low, high) = range_bounds(granularity, from, to);
         for entry in table.range(low.as_slice()..high.as_slice())? {
@@ -306,7 +361,8 @@ impl KpiStore {
         to: i64,
         mut visit: impl FnMut(i64, &str, &str, i64),
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
+        let guard = self.db.read_guard()?;
+        let txn = guard.begin_read()?;
         let table = txn.open_table(SPEND)?;
         let (low, high) = range_bounds(granularity, from, to);
         for entry in table.range(low.as_slice()..high.as_slice())? {
@@ -367,7 +423,8 @@ impl KpiStore {
 
     /// Deletes every row, the snapshot and the progress (before a replay).
     pub fn clear(&self) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let guard = self.db.read_guard()?;
+        let txn = guard.begin_write()?;
         txn.delete_table(KPIS)?;
         txn.delete_table(SPEND)?;
         txn.delete_table(META)?;

@@ -12,8 +12,9 @@
 
 pub mod kpi_store;
 pub mod log;
+pub mod reopen;
 
 pub use kpi_store::{Commit, KpiStore, Progress, RowKey, RowView, SpendRowKey, StoreError};
 pub use log::{
-    AppendError, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats, WriterConfig,
+    AppendError, AppendFailure, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats, Stored, WriterConfig,
 };

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use vedetta_core::enrich::RegionLookup;
 use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, PipelineState};
 use vedetta_core::time::Clock;
-use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey};
+use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey, StoreError};
 
 /// Wakes the processor when the log grows.
 #[derive(Debug, Default)]
@@ -89,8 +89,14 @@ pub struct ProcessorStatus {
     pub remembered_event_ids: AtomicU64,
     pub recovering: AtomicBool,
     pub counters: Mutex<PipelineCounters>,
-    /// The last error that stopped a batch, if any.
+    /// The error that stops processing now, if any; cleared once a batch commits again.
     pub last_error: Mutex<Option<String>>,
+    /// Batches whose commit failed (each one recovered from: nothing lost, nothing twice).
+    pub commit_failures: AtomicU64,
+    /// Commits that failed because the store's disk was full.
+    pub storage_full_failures: AtomicU64,
+    /// Times the processor rebuilt its state from the snapshot and the log after a failure.
+    pub recoveries: AtomicU64,
     /// Wakes readers waiting for a commit (the live stream).
     pub committed: tokio::sync::Notify,
     /// Batch, commit and end-to-end timings.
@@ -180,10 +186,31 @@ fn set_error(status: &ProcessorStatus, error: &anyhow::Error) {
     }
 }
 
+fn clear_error(status: &ProcessorStatus) {
+    if let Ok(mut last) = status.last_error.lock() {
+        last.take();
+    }
+}
+
+/// Whether an error chain holds a full disk.
+fn is_storage_full(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<StoreError>()
+            .is_some_and(StoreError::is_storage_full)
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(vedetta_store::reopen::is_out_of_space)
+    })
+}
+
 /// The loop's state.
 pub struct Processor {
     log: Arc<EventLog>,
     store: Arc<KpiStore>,
+    /// What the pipeline is rebuilt from after a failed commit.
+    config: PipelineConfig,
+    regions: Option<Arc<dyn RegionLookup>>,
     pipeline: Pipeline,
     options: ProcessorOptions,
     last_durable: Instant,
@@ -210,9 +237,12 @@ impl Processor {
             Some((offset, bytes)) => {
                 let state: PipelineState =
                     postcard::from_bytes(bytes).context("the pipeline snapshot does not decode")?;
-                (Pipeline::restore(config, regions, state), *offset)
+                (
+                    Pipeline::restore(config.clone(), regions.clone(), state),
+                    *offset,
+                )
             }
-            None => (Pipeline::new(config, regions), 0),
+            None => (Pipeline::new(config.clone(), regions.clone()), 0),
         };
         let started = Instant::now();
         let mut next = pipeline
@@ -250,6 +280,8 @@ impl Processor {
         let processor = Self {
             log,
             store,
+            config,
+            regions,
             pipeline,
             options,
             last_durable: Instant::now(),
@@ -274,15 +306,72 @@ impl Processor {
                 notifier.wait_past(next, Duration::from_millis(100));
                 continue;
             }
-            match self.step(status) {
-                Ok(()) => {}
+            if let Err(error) = self.step(status) {
+                self.recover_from_failure(&error, stop, status);
+            }
+        }
+    }
+
+    /// After a failed batch: the pipeline's state has moved past what the store holds (its
+    /// changes were taken for the commit that failed), so it is rebuilt the way a restart
+    /// rebuilds it — reopen the store (redb refuses every write after an I/O failure until
+    /// then), restore the snapshot, replay the log to the committed offset — and the batch
+    /// is processed again. Nothing is lost and nothing counted twice, whatever failed and
+    /// however often. Tries again with growing pauses (up to 30 s) until it works or the
+    /// processor is stopped; the error stays in `/v1/status` meanwhile.
+    fn recover_from_failure(
+        &mut self,
+        error: &anyhow::Error,
+        stop: &AtomicBool,
+        status: &ProcessorStatus,
+    ) {
+        status.commit_failures.fetch_add(1, Ordering::Relaxed);
+        if is_storage_full(error) {
+            status.storage_full_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(error = %format!("{error:#}"), "a processor batch failed; recovering");
+        set_error(status, error);
+        let mut pause = Duration::from_millis(250);
+        while !stop.load(Ordering::Acquire) {
+            std::thread::sleep(pause);
+            match self.rebuild(status) {
+                Ok(()) => {
+                    status.recoveries.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("processor recovered from the failed batch");
+                    return;
+                }
                 Err(error) => {
-                    tracing::error!(error = %format!("{error:#}"), "processing failed; retrying");
+                    if is_storage_full(&error) {
+                        status.storage_full_failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(error = %format!("{error:#}"), "processor recovery failed; retrying");
                     set_error(status, &error);
-                    std::thread::sleep(Duration::from_secs(1));
+                    pause = (pause * 2).min(Duration::from_secs(30));
                 }
             }
         }
+    }
+
+    /// Reopens the store and rebuilds the pipeline from its snapshot and the log.
+    fn rebuild(&mut self, status: &ProcessorStatus) -> anyhow::Result<()> {
+        self.store
+            .recover_storage()
+            .context("reopening the KPI store")?;
+        // The log shares the disk: its writer may have failed too, and with no new request
+        // it would not reopen the file before the replay below needs it.
+        self.log
+            .recover_storage_if_failed()
+            .context("reopening the event log")?;
+        let rebuilt = Self::recover(
+            self.log.clone(),
+            self.store.clone(),
+            self.config.clone(),
+            self.regions.clone(),
+            self.options,
+            status,
+        )?;
+        *self = rebuilt;
+        Ok(())
     }
 
     /// One micro-batch: read, process, commit.
@@ -384,6 +473,7 @@ impl Processor {
             self.snapshot_offset = commit.processed_offset;
         }
         status.commits.fetch_add(1, Ordering::Relaxed);
+        clear_error(status);
         self.publish(status, commit.processed_offset);
         Ok(())
     }

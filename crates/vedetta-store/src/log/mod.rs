@@ -19,9 +19,10 @@
 
 mod writer;
 
-pub use writer::{AppendError, AppendOutcome, GroupCommitWriter, WriterConfig, WriterCounters};
+pub use writer::{AppendError, AppendFailure, AppendOutcome, Stored, GroupCommitWriter, WriterConfig, WriterCounters};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use crate::reopen::{ReopeningDatabase, Unavailable, is_out_of_space};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +38,18 @@ const NEXT_QUARANTINE: &str = "next_quarantine";
 /// asked; none of them means data that was acknowledged is gone.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// The device is full. Nothing of the failed operation was stored; the log reopens
+    /// itself ([`EventLog::recover_storage`]) and works again once space is freed.
+    #[error("the log's disk is full: {0}")]
+    StorageFull(String),
+    /// Another I/O error, or redb's latch after one (`PreviousIo`): retryable after
+    /// [`EventLog::recover_storage`].
+    #[error("log storage I/O error: {0}")]
+    Io(String),
+    /// The database is being reopened after a storage failure.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// Anything else the storage engine reports (a bug or a damaged file): not retryable.
     #[error("log storage error: {0}")]
     Storage(String),
     #[error("batch at offset {offset} is corrupt: {source}")]
@@ -45,9 +58,32 @@ pub enum LogError {
     Retained { requested: u64, start: u64 },
 }
 
+impl LogError {
+    /// Whether the same operation may succeed later without anyone changing the program or
+    /// its files: a full disk, an I/O error, a reopen in progress.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            LogError::StorageFull(_) | LogError::Io(_) | LogError::Unavailable(_)
+        )
+    }
+
+    /// Whether the device is out of space.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, LogError::StorageFull(_))
+    }
+}
+
 impl<E: Into<redb::Error>> From<E> for LogError {
     fn from(error: E) -> Self {
-        LogError::Storage(error.into().to_string())
+        match error.into() {
+            redb::Error::Io(io) if is_out_of_space(&io) => LogError::StorageFull(io.to_string()),
+            redb::Error::Io(io) => LogError::Io(io.to_string()),
+            error @ (redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
+                LogError::Io(error.to_string())
+            }
+            other => LogError::Storage(other.to_string()),
+        }
     }
 }
 
@@ -81,7 +117,7 @@ pub struct LogStats {
 /// The append-only log over a redb file.
 #[derive(Debug)]
 pub struct EventLog {
-    db: Database,
+    db: ReopeningDatabase,
     path: PathBuf,
     end_offset: AtomicU64,
     start_offset: AtomicU64,
@@ -98,9 +134,9 @@ pub struct OpenReport {
 impl EventLog {
     /// Opens (or creates) the log at `path`, verifying and repairing its tail.
     pub fn open(path: &Path, quarantine_capacity: u64) -> Result<(Self, OpenReport), LogError> {
-        let db = Database::builder().set_cache_size(64 << 20).create(path)?;
+        let db = ReopeningDatabase::open(path, 64 << 20)?;
         let mut report = OpenReport::default();
-        let txn = db.begin_write()?;
+        let txn = db.with(|db| db.begin_write().map_err(LogError::from))?;
         let (start, end) = {
             let mut batches = txn.open_table(BATCHES)?;
             let mut meta = txn.open_table(META)?;
@@ -168,6 +204,42 @@ impl EventLog {
         }
     }
 
+    /// After a storage failure: closes and reopens the file (redb refuses every operation
+    /// after a failed write until then) and reads the end offset back from it. What was
+    /// acknowledged is in the file; what failed left no trace. Returns an error while the
+    /// file cannot be opened yet (a full disk may block redb's repair); call again later.
+    pub fn recover_storage(&self) -> Result<(), LogError> {
+        self.db.reopen()?;
+        let stored_end = self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            Ok::<_, LogError>(meta.get(NEXT_OFFSET)?.map_or(0, |v| v.value()))
+        })?;
+        // Offsets never go back: a failed commit never moved the end, so this is a check.
+        self.end_offset.fetch_max(stored_end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Reopens the file if it is failed (redb's latch after an I/O error, or a reopen that
+    /// did not succeed yet), for readers that must not wait for the writer's next commit to
+    /// do it. A healthy log is left alone.
+    pub fn recover_storage_if_failed(&self) -> Result<(), LogError> {
+        let probe = self.db.with(|db| {
+            let txn = db.begin_read()?;
+            txn.open_table(META)?;
+            Ok::<_, LogError>(())
+        });
+        match probe {
+            Err(error) if error.is_retryable() => self.recover_storage(),
+            other => other,
+        }
+    }
+
+    /// How many times the log was reopened after a storage failure.
+    pub fn reopens(&self) -> u64 {
+        self.db.reopens()
+    }
+
     /// Appends batches (and quarantine entries) in one transaction with one fsync.
     /// Returns the offset range of each batch, in order.
     pub fn append_group(
@@ -175,7 +247,16 @@ impl EventLog {
         batches: &[&EncodedBatch],
         quarantine: &[&str],
     ) -> Result<Vec<Range<u64>>, LogError> {
-        let txn = self.db.begin_write()?;
+        self.db.with(|db| self.append_group_in(db, batches, quarantine))
+    }
+
+    fn append_group_in(
+        &self,
+        db: &redb::Database,
+        batches: &[&EncodedBatch],
+        quarantine: &[&str],
+    ) -> Result<Vec<Range<u64>>, LogError> {
+        let txn = db.begin_write()?;
         let mut ranges = Vec::with_capacity(batches.len());
         let mut next = self.end_offset();
         {
@@ -232,7 +313,15 @@ impl EventLog {
                 start,
             });
         }
-        let txn = self.db.begin_read()?;
+        self.db.with(|db| Self::read_from(db, from, max_records))
+    }
+
+    fn read_from(
+        db: &redb::Database,
+        from: u64,
+        max_records: usize,
+    ) -> Result<Vec<(u64, i64, LogRecord)>, LogError> {
+        let txn = db.begin_read()?;
         let table = txn.open_table(BATCHES)?;
         let mut out = Vec::new();
         // The batch containing `from` starts at the greatest key ≤ from.
@@ -264,7 +353,17 @@ impl EventLog {
     /// `keep_from_offset` (what the pipeline has not yet committed is never deleted).
     /// Returns the number of records deleted.
     pub fn apply_retention(&self, cutoff_ms: i64, keep_from_offset: u64) -> Result<u64, LogError> {
-        let txn = self.db.begin_write()?;
+        self.db
+            .with(|db| self.apply_retention_in(db, cutoff_ms, keep_from_offset))
+    }
+
+    fn apply_retention_in(
+        &self,
+        db: &redb::Database,
+        cutoff_ms: i64,
+        keep_from_offset: u64,
+    ) -> Result<u64, LogError> {
+        let txn = db.begin_write()?;
         let mut deleted = 0;
         let mut new_start = None;
         {
@@ -297,7 +396,14 @@ impl EventLog {
     /// the first entry it keeps (entries are in the order they arrived). Returns how many
     /// were deleted.
     pub fn trim_quarantine(&self, expired: impl Fn(&str) -> bool) -> Result<u64, LogError> {
-        let txn = self.db.begin_write()?;
+        self.db.with(|db| Self::trim_quarantine_in(db, expired))
+    }
+
+    fn trim_quarantine_in(
+        db: &redb::Database,
+        expired: impl Fn(&str) -> bool,
+    ) -> Result<u64, LogError> {
+        let txn = db.begin_write()?;
         let mut doomed = Vec::new();
         {
             let mut table = txn.open_table(QUARANTINE)?;
@@ -318,7 +424,11 @@ impl EventLog {
 
     /// The most recent quarantine entries, newest first.
     pub fn quarantine(&self, limit: usize) -> Result<Vec<QuarantineEntry>, LogError> {
-        let txn = self.db.begin_read()?;
+        self.db.with(|db| Self::quarantine_in(db, limit))
+    }
+
+    fn quarantine_in(db: &redb::Database, limit: usize) -> Result<Vec<QuarantineEntry>, LogError> {
+        let txn = db.begin_read()?;
         let table = txn.open_table(QUARANTINE)?;
         let mut out = Vec::new();
         for entry in table.iter()?.rev().take(limit) {
@@ -333,8 +443,10 @@ impl EventLog {
 
     /// How many entries the quarantine holds.
     pub fn quarantine_len(&self) -> Result<u64, LogError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(QUARANTINE)?.len()?)
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            Ok(txn.open_table(QUARANTINE)?.len()?)
+        })
     }
 }
 

@@ -11,8 +11,17 @@
 //! with `Retry-After`), instead of waiting in an unbounded line.
 //!
 //! Contract of the completion callback: called exactly once per accepted submission, from
-//! the writer thread, after the commit succeeded (`Ok(range)`) or failed (`Err(reason)`). On
-//! failure nothing of the group was stored, so the client may safely retry.
+//! the writer thread, after the commit succeeded (`Ok(range)`) or failed
+//! (`Err(AppendFailure)`). On failure nothing of the group was stored, so the client may
+//! safely retry.
+//!
+//! A failed commit does not stop the writer. redb refuses every write after an I/O failure
+//! until the file is reopened, so the writer reopens it ([`EventLog::recover_storage`])
+//! before its next commit, and keeps trying with each new group: once space is freed on a
+//! full disk, intake resumes by itself, no restart needed. Meanwhile every request is
+//! answered at once with the reason (a full disk is told apart), never left waiting. A
+//! commit that reports an error is checked against the reopened file before it is called
+//! failed (see `settle_failed_append`).
 
 use super::{EncodedBatch, EventLog};
 use std::ops::Range;
@@ -22,7 +31,26 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
 /// The result handed to a completion callback.
-pub type AppendOutcome = Result<Range<u64>, String>;
+pub type AppendOutcome = Result<Range<u64>, AppendFailure>;
+
+/// Why a group's commit failed, and what is known of what it left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendFailure {
+    pub reason: String,
+    /// The disk is full: retrying helps once someone frees space (HTTP 507).
+    pub storage_full: bool,
+    pub stored: Stored,
+}
+
+/// Whether a failed group reached the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Checked after reopening the file: nothing of the group is in the log.
+    No,
+    /// The file could not be reopened to check. Resending is still safe for events: an
+    /// exact resend is a duplicate by its `event_id`, or by user, type and time.
+    Unknown,
+}
 
 type Completion = Box<dyn FnOnce(AppendOutcome) + Send>;
 
@@ -68,6 +96,8 @@ pub struct WriterCounters {
     pub requests: AtomicU64,
     /// Commits that failed.
     pub failures: AtomicU64,
+    /// Commits that failed because the disk was full.
+    pub storage_full_failures: AtomicU64,
 }
 
 /// Handle to the writer thread. Dropping it (or [`GroupCommitWriter::shutdown`]) lets the
@@ -172,6 +202,7 @@ fn run(
     counters: &WriterCounters,
     on_commit: impl Fn(u64),
 ) {
+    let mut needs_reopen = false;
     // Blocks for the first request of a group; ends when every sender is gone and the
     // queue is drained.
     while let Ok(first) = requests.recv() {
@@ -191,7 +222,23 @@ fn run(
             .iter()
             .flat_map(|r| r.quarantine.iter().map(String::as_str))
             .collect();
-        let result = log.append_group(&batches, &quarantine);
+        let group_start = log.end_offset();
+        let result = if needs_reopen {
+            log.recover_storage().and_then(|()| {
+                needs_reopen = false;
+                log.append_group(&batches, &quarantine)
+            })
+        } else {
+            log.append_group(&batches, &quarantine)
+        };
+        let result = match result {
+            Ok(ranges) => Ok(ranges),
+            Err(error) => {
+                let (settled, reopened) = settle_failed_append(log, error, group_start, &batches);
+                needs_reopen = !reopened;
+                settled
+            }
+        };
         pending.fetch_sub(group_records, Ordering::AcqRel);
         match result {
             Ok(ranges) => {
@@ -204,13 +251,75 @@ fn run(
                     (request.done)(Ok(range));
                 }
             }
-            Err(error) => {
+            Err(failure) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
-                let reason = error.to_string();
+                if failure.storage_full {
+                    counters
+                        .storage_full_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 for request in group {
-                    (request.done)(Err(reason.clone()));
+                    (request.done)(Err(failure.clone()));
                 }
             }
         }
     }
+}
+
+/// Finds out what a failed commit left behind. redb can report an error after the commit
+/// reached the disk (a failure in a later step), so "failed" must not be taken to mean
+/// "not stored": that would refuse a request whose events are in the log, and the client's
+/// retry would store them twice. The file is reopened (redb refuses everything after an I/O
+/// error until then) and its end offset read back: at the group's end, the group is stored
+/// and its requests succeed; at the group's start, nothing of it is. When the file cannot
+/// be reopened within about two seconds, the outcome is unknown and said to be.
+///
+/// Returns the settled result and whether the file was reopened.
+fn settle_failed_append(
+    log: &EventLog,
+    error: super::LogError,
+    group_start: u64,
+    batches: &[&EncodedBatch],
+) -> (Result<Vec<Range<u64>>, AppendFailure>, bool) {
+    let storage_full = error.is_storage_full();
+    let mut pause = std::time::Duration::from_millis(50);
+    for _ in 0..6 {
+        if log.recover_storage().is_ok() {
+            let stored_end = log.end_offset();
+            let ranges = ranges_from(group_start, batches);
+            let group_end = ranges.last().map_or(group_start, |r| r.end);
+            let settled = if stored_end == group_end && group_end > group_start {
+                Ok(ranges)
+            } else {
+                Err(AppendFailure {
+                    reason: error.to_string(),
+                    storage_full,
+                    stored: Stored::No,
+                })
+            };
+            return (settled, true);
+        }
+        std::thread::sleep(pause);
+        pause *= 2;
+    }
+    let failure = AppendFailure {
+        reason: format!("{error}; the log could not be reopened to check what was stored"),
+        storage_full,
+        stored: Stored::Unknown,
+    };
+    (Err(failure), false)
+}
+
+/// The offset range of each batch of a group appended at `start`, in order (what
+/// [`EventLog::append_group`] returns when it succeeds).
+fn ranges_from(start: u64, batches: &[&EncodedBatch]) -> Vec<Range<u64>> {
+    let mut next = start;
+    batches
+        .iter()
+        .map(|batch| {
+            let range = next..next + u64::from(batch.count);
+            next = range.end;
+            range
+        })
+        .collect()
 }

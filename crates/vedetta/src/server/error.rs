@@ -21,6 +21,10 @@ pub enum ApiError {
     /// Over a backpressure bound; the client should retry after the given seconds.
     #[error("{message}")]
     Busy { message: String, retry_after_s: u32 },
+    /// The disk under the log is full: nothing was stored; retry after the given seconds
+    /// (space must be freed first). HTTP 507, with `Retry-After`.
+    #[error("{message}")]
+    InsufficientStorage { message: String, retry_after_s: u32 },
     /// Something broke inside; the detail is logged, the client sees a generic message.
     #[error("internal error")]
     Internal(String),
@@ -34,6 +38,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -47,7 +52,8 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
         match &self {
-            ApiError::Busy { retry_after_s, .. } => {
+            ApiError::Busy { retry_after_s, .. }
+            | ApiError::InsufficientStorage { retry_after_s, .. } => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));

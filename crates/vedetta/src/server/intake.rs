@@ -235,7 +235,34 @@ async fn accept(
         })?;
     let end_offset = match done_rx.await {
         Ok(Ok(range)) => range.end,
-        Ok(Err(reason)) => return Err(ApiError::Internal(format!("log commit failed: {reason}"))),
+        Ok(Err(failure)) => {
+            // Nothing of the request was stored: say so, and when to come back.
+            tracing::warn!(reason = %failure.reason, "log commit failed; request refused");
+            if failure.stored == vedetta_store::Stored::Unknown {
+                return Err(ApiError::Busy {
+                    message: "the event log failed while storing this request and could not \
+                              confirm what it kept; resending it is safe (a resent event is \
+                              recognised as a duplicate)"
+                        .into(),
+                    retry_after_s: 30,
+                });
+            }
+            return Err(if failure.storage_full {
+                ApiError::InsufficientStorage {
+                    message: "the event log's disk is full; nothing of this request was \
+                              stored, retry later"
+                        .into(),
+                    retry_after_s: 30,
+                }
+            } else {
+                ApiError::Busy {
+                    message: "the event log could not be written; nothing of this request \
+                              was stored, retry shortly"
+                        .into(),
+                    retry_after_s: 5,
+                }
+            });
+        }
         Err(_) => return Err(ApiError::Internal("log writer dropped the request".into())),
     };
 

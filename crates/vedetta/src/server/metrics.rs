@@ -283,6 +283,40 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
         out.family(name, "gauge", help);
         out.sample(name, &[], value);
     }
+    let writer = state.writer.counters();
+    let failures = [
+        (
+            "vedetta_processor_commit_failures_total",
+            "Processor batches whose store commit failed (each redone from the snapshot and the log).",
+            p.commit_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "vedetta_processor_storage_full_failures_total",
+            "Processor commits or recoveries that failed on a full disk.",
+            p.storage_full_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "vedetta_log_commit_failures_total",
+            "Log group commits that failed (their requests were refused, nothing stored).",
+            writer.failures.load(Ordering::Relaxed),
+        ),
+        (
+            "vedetta_log_storage_full_failures_total",
+            "Log group commits that failed on a full disk (answered 507).",
+            writer.storage_full_failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in failures {
+        out.family(name, "counter", help);
+        out.sample(name, &[], value as f64);
+    }
+    let failing = p.last_error.lock().map_or(true, |e| e.is_some());
+    out.family(
+        "vedetta_processor_failing",
+        "gauge",
+        "1 while the processor is stopped by an error (see /v1/status processor_error), else 0.",
+    );
+    out.sample("vedetta_processor_failing", &[], f64::from(u8::from(failing)));
     if let Some(watermark) = p.watermark() {
         out.family(
             "vedetta_watermark_seconds",

@@ -63,6 +63,13 @@ pub fn status_json(state: &AppState) -> Value {
         "snapshot_offset": processor.snapshot_offset.load(Ordering::Acquire),
         "processor_recovering": processor.recovering.load(Ordering::Relaxed),
         "processor_error": processor.last_error.lock().ok().and_then(|e| e.clone()),
+        // Failures survived: each failed batch was redone from the snapshot and the log.
+        "processor_commit_failures": processor.commit_failures.load(Ordering::Relaxed),
+        "processor_storage_full_failures": processor.storage_full_failures.load(Ordering::Relaxed),
+        "processor_recoveries": processor.recoveries.load(Ordering::Relaxed),
+        "log_commit_failures": writer.failures.load(Ordering::Relaxed),
+        "log_storage_full_failures": writer.storage_full_failures.load(Ordering::Relaxed),
+        "log_reopens": state.log.reopens(),
         "active_users": processor.active_users.load(Ordering::Relaxed),
         "remembered_event_ids": processor.remembered_event_ids.load(Ordering::Relaxed),
         "pipeline": pipeline,

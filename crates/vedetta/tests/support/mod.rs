@@ -53,6 +53,11 @@ impl Server {
         Server { child, address }
     }
 
+    /// The server's process id (a restart would change it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the server with its data in `dir/data` and a GeoIP database of the generator's
     /// regions (`dir/regions.mmdb`), so that regions resolve from IPs as in production.
     pub fn start_with_regions(dir: &Path) -> Server {

@@ -1,0 +1,276 @@
+//! A full disk, for real: the data directory lives on a small tmpfs the test mounts (the
+//! tests run as root; a failed mount fails the test, it never skips). A ballast file leaves
+//! a few MiB free; events are posted until the disk is full and then some, the ballast is
+//! deleted, and posting goes on. The same server process must come through it all:
+//!
+//! - the log answers 507 with `Retry-After` while the disk is full and never acknowledges
+//!   what it did not write: every acknowledged event is counted, exactly once;
+//! - the processor's failed commits are redone from the snapshot and the log: the KPIs equal
+//!   a `vedetta replay` of the same log;
+//! - intake and processing resume by themselves once space is back (no restart).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{BIN, KEY, Server, client, get_json, wait_processed};
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("cannot run mount");
+        assert!(
+            output.status.success(),
+            "this test needs to mount a tmpfs (run as root): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let output = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+const ENV: &[(&str, &str)] = &[
+    ("VEDETTA_PIPELINE__SNAPSHOT_INTERVAL_SECONDS", "1"),
+    ("VEDETTA_INGEST__MAX_EVENTS_PER_REQUEST", "10000"),
+];
+
+/// One request's worth of distinct page views, all within the last minutes.
+fn batch(first: u64, count: u64, now_ms: i64) -> String {
+    (first..first + count)
+        .map(|n| {
+            format!(
+                r#"{{"udid":"user-{n}","type":"page_view","ts":{},"event_id":"e-{n}","channel":"social","campaign":"c{}","page":"/p/{n}?padding={}"}}"#,
+                now_ms - (n % 600) as i64 * 1000,
+                n % 50,
+                "x".repeat(200),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn kpis(client: &reqwest::blocking::Client, server: &Server) -> Vec<serde_json::Value> {
+    ["1m", "1d"]
+        .iter()
+        .map(|g| {
+            get_json(
+                client,
+                &server.url(&format!(
+                    "/v1/kpis?granularity={g}&from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z\
+                     &group_by=channel,campaign,device,region"
+                )),
+            )
+        })
+        .collect()
+}
+
+/// Fills a tmpfs to the last byte (what the ballast cannot take, nothing can).
+fn fill(disk: &Tmpfs, name: &str) -> PathBuf {
+    use std::io::Write;
+    let path = disk.0.join(name);
+    let mut file = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 << 10];
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // Single bytes for the last partial chunk.
+    while let Ok(1) = file.write(&[0]) {}
+    path
+}
+
+fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_what_it_cannot_store_and_recovers_by_itself() {
+    // The log and the KPI store each on a small disk of its own (the store's file through a
+    // symbolic link), so that each runs out of space when the test says, not by a race.
+    let dir = tempfile::tempdir().unwrap();
+    let log_disk = Tmpfs::mount(&dir.path().join("log-disk"), "48m");
+    let store_disk = Tmpfs::mount(&dir.path().join("store-disk"), "48m");
+    let data = log_disk.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(store_disk.0.join("kpis.redb"), data.join("kpis.redb")).unwrap();
+    let server = Server::start(&data, ENV);
+    let pid = server.pid();
+    let http = client();
+    let now = support::now_ms();
+    let status = || get_json(&http, &server.url("/v1/status"));
+
+    let (mut acknowledged, mut next, mut full_answers, mut other_failures) = (0u64, 0u64, 0, 0);
+    let mut post = |next: &mut u64| -> u16 {
+        let body = batch(*next, 500, now);
+        let response = http
+            .post(server.url("/v1/events"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let answer: serde_json::Value = serde_json::from_str(&response.text().unwrap()).unwrap();
+        match status {
+            200 => {
+                assert_eq!(answer["rejected"], serde_json::json!([]), "{answer}");
+                acknowledged += answer["accepted"].as_u64().unwrap();
+                *next += 500;
+            }
+            507 => {
+                assert!(retry_after.is_some(), "507 without Retry-After");
+                full_answers += 1;
+            }
+            503 => {
+                assert!(retry_after.is_some(), "503 without Retry-After");
+                other_failures += 1;
+            }
+            other => panic!("unexpected answer {other}: {answer}"),
+        }
+        status
+    };
+
+    // 1. Normal traffic.
+    for _ in 0..6 {
+        assert_eq!(post(&mut next), 200);
+    }
+    wait_processed(&http, &server);
+
+    // 2. The store's disk fills: intake goes on, the processor fails and says so.
+    let store_ballast = fill(&store_disk, "ballast");
+    // redb keeps free pages inside its file: the processor fails once they are used up.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while status()["processor_storage_full_failures"].as_u64().unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the processor never reported the full disk"
+        );
+        assert_eq!(post(&mut next), 200, "intake must not depend on the KPI store");
+    }
+
+    // 3. The log's disk fills: requests are refused with 507, none half-stored.
+    let log_ballast = fill(&log_disk, "ballast");
+    let mut refused = 0;
+    wait_for("intake refuses on the full disk", 120, || {
+        if post(&mut next) != 200 {
+            refused += 1;
+        }
+        refused >= 20
+    });
+    assert_eq!(
+        http.get(server.url("/healthz")).send().unwrap().status(),
+        200,
+        "healthz while both disks are full"
+    );
+    let during = status();
+
+    // 4. Space comes back: intake and processing resume by themselves.
+    std::fs::remove_file(&log_ballast).unwrap();
+    std::fs::remove_file(&store_ballast).unwrap();
+    let mut resumed = 0;
+    wait_for("intake resumes after space was freed", 60, || {
+        if post(&mut next) == 200 {
+            resumed += 1;
+        }
+        resumed >= 10
+    });
+    wait_processed(&http, &server);
+    wait_for("the processor error clears", 60, || {
+        status()["processor_error"].is_null()
+    });
+    let status = wait_processed(&http, &server);
+    assert_eq!(server.pid(), pid, "the server was restarted");
+
+    // The paths this test is about were taken.
+    assert!(full_answers > 0, "no 507 was answered: {during}");
+    assert!(
+        status["log_storage_full_failures"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(status["log_reopens"].as_u64().unwrap() > 0, "{status}");
+    assert!(
+        status["processor_commit_failures"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(status["processor_recoveries"].as_u64().unwrap() > 0, "{status}");
+
+    // Nothing acknowledged was lost, nothing refused was stored.
+    assert_eq!(status["log_end_offset"].as_u64().unwrap(), acknowledged);
+    let live = kpis(&http, &server);
+    let counted = live[1]["totals"]["events"]["page_view"].as_u64().unwrap();
+    assert_eq!(counted, acknowledged, "page views in /v1/kpis");
+    server.stop();
+
+    // The KPIs equal a replay of the same log, off the small disk.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in ["log.redb", "pseudonym.key"] {
+        let from = data.join(file);
+        if from.exists() {
+            std::fs::copy(&from, copy.join(file)).unwrap();
+        }
+    }
+    let replay = Command::new(BIN)
+        .args(["replay", "--data-dir"])
+        .arg(&copy)
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let server = Server::start(&copy, ENV);
+    wait_processed(&http, &server);
+    let replayed = kpis(&http, &server);
+    server.stop();
+    for (i, (a, b)) in live.iter().zip(&replayed).enumerate() {
+        assert_eq!(a["rows"], b["rows"], "query {i} differs from a replay");
+        assert_eq!(a["totals"], b["totals"], "query {i} totals differ");
+    }
+    eprintln!(
+        "full disk: {acknowledged} events acknowledged, {full_answers} requests answered 507, \
+         {other_failures} 503; {} processor commit failures, {} recoveries, {} log reopens; \
+         KPIs equal a replay",
+        status["processor_commit_failures"], status["processor_recoveries"], status["log_reopens"]
+    );
+}
