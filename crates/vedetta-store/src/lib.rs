@@ -16,5 +16,6 @@ pub mod reopen;
 
 pub use kpi_store::{Commit, KpiStore, Progress, RowKey, RowView, SpendRowKey, StoreError};
 pub use log::{
-    AppendError, AppendFailure, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats, Stored, WriterConfig,
+    AppendError, AppendFailure, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats,
+    Stored, WriterConfig,
 };

@@ -178,12 +178,20 @@ fn a_full_disk_refuses_what_it_cannot_store_and_recovers_by_itself() {
     let store_ballast = fill(&store_disk, "ballast");
     // redb keeps free pages inside its file: the processor fails once they are used up.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while status()["processor_storage_full_failures"].as_u64().unwrap() == 0 {
+    while status()["processor_storage_full_failures"]
+        .as_u64()
+        .unwrap()
+        == 0
+    {
         assert!(
             Instant::now() < deadline,
             "the processor never reported the full disk"
         );
-        assert_eq!(post(&mut next), 200, "intake must not depend on the KPI store");
+        assert_eq!(
+            post(&mut next),
+            200,
+            "intake must not depend on the KPI store"
+        );
     }
 
     // 3. The log's disk fills: requests are refused with 507, none half-stored.
@@ -230,7 +238,10 @@ fn a_full_disk_refuses_what_it_cannot_store_and_recovers_by_itself() {
         status["processor_commit_failures"].as_u64().unwrap() > 0,
         "{status}"
     );
-    assert!(status["processor_recoveries"].as_u64().unwrap() > 0, "{status}");
+    assert!(
+        status["processor_recoveries"].as_u64().unwrap() > 0,
+        "{status}"
+    );
 
     // Nothing acknowledged was lost, nothing refused was stored.
     assert_eq!(status["log_end_offset"].as_u64().unwrap(), acknowledged);

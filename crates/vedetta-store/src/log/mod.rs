@@ -19,7 +19,10 @@
 
 mod writer;
 
-pub use writer::{AppendError, AppendFailure, AppendOutcome, Stored, GroupCommitWriter, WriterConfig, WriterCounters};
+pub use writer::{
+    AppendError, AppendFailure, AppendOutcome, GroupCommitWriter, Stored, WriterConfig,
+    WriterCounters,
+};
 
 use crate::reopen::{ReopeningDatabase, Unavailable, is_out_of_space};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -247,7 +250,8 @@ impl EventLog {
         batches: &[&EncodedBatch],
         quarantine: &[&str],
     ) -> Result<Vec<Range<u64>>, LogError> {
-        self.db.with(|db| self.append_group_in(db, batches, quarantine))
+        self.db
+            .with(|db| self.append_group_in(db, batches, quarantine))
     }
 
     fn append_group_in(

@@ -316,7 +316,11 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
         "gauge",
         "1 while the processor is stopped by an error (see /v1/status processor_error), else 0.",
     );
-    out.sample("vedetta_processor_failing", &[], f64::from(u8::from(failing)));
+    out.sample(
+        "vedetta_processor_failing",
+        &[],
+        f64::from(u8::from(failing)),
+    );
     if let Some(watermark) = p.watermark() {
         out.family(
             "vedetta_watermark_seconds",
