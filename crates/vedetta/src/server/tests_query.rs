@@ -519,3 +519,35 @@ fn the_time_bounds_are_inside_what_event_time_can_show() {
         "9999-12-30T00:00:00.000Z"
     );
 }
+
+#[test]
+fn an_event_schema_names_every_field_intake_reads() {
+    let limits = vedetta_core::intake::IntakeLimits::default();
+    let doc = super::openapi::document(0, &limits, 10_000);
+    let schemas = &doc["components"]["schemas"];
+    for (schema, fields) in [
+        ("EventInput", vedetta_core::intake::EVENT_FIELD_NAMES),
+        ("SpendInput", vedetta_core::intake::SPEND_FIELD_NAMES),
+    ] {
+        let described: Vec<&String> = schemas[schema]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        let mut read: Vec<&str> = fields.to_vec();
+        read.sort_unstable();
+        let mut described: Vec<&str> = described.iter().map(|s| s.as_str()).collect();
+        described.sort_unstable();
+        assert_eq!(described, read, "{schema}");
+    }
+    assert_eq!(
+        schemas["EventInput"]["required"],
+        serde_json::json!(["udid", "type", "ts"])
+    );
+    // A row's KPI fields are numbers, not strings (the Schemathesis finding).
+    assert_eq!(
+        schemas["KpiRow"]["properties"]["sessions"]["type"],
+        "integer"
+    );
+    assert_eq!(schemas["KpiRow"]["additionalProperties"], false);
+}
