@@ -3,7 +3,8 @@
 #
 # It installs what the tests need (reusing what is already there): Debian's Chromium and
 # Prometheus, the pinned Node packages of the browser test and of the Grafana schema check.
-# Then it runs formatting and lint checks, the Grafana check and the whole test suite,
+# Then it runs formatting and lint checks, the Grafana check, the whole test suite and
+# Schemathesis against a real server (scripts/schemathesis.sh, pinned, in a venv under ~/.cache),
 # integration tests included (they start the real server, Prometheus and Chromium). A
 # service the tests need that cannot be installed or started is a failure, never a skip.
 #
@@ -62,3 +63,6 @@ fi
 
 step "tests (cargo test --workspace)"
 cargo test --workspace
+
+step "API description against the server (Schemathesis, every check)"
+scripts/schemathesis.sh

@@ -60,6 +60,18 @@ impl IntakeCounters {
     }
 }
 
+/// Counters of the read side of the API.
+#[derive(Debug, Default)]
+pub struct QueryCounters {
+    /// `/metrics` scrapes whose KPI query failed: that scrape carried no `vedetta_kpi_*`
+    /// gauges (Prometheus then shows a gap, which this counter explains). Exposed as
+    /// [`METRICS_SCRAPE_ERRORS_TOTAL`].
+    pub metrics_scrape_errors: AtomicU64,
+}
+
+/// The exposition name of [`QueryCounters::metrics_scrape_errors`].
+pub const METRICS_SCRAPE_ERRORS_TOTAL: &str = "vedetta_metrics_scrape_errors_total";
+
 /// A latency histogram with fixed buckets, lock-free, in the Prometheus shape (cumulative
 /// counts per upper bound, a sum and a count).
 #[derive(Debug)]

@@ -24,6 +24,9 @@
   // ---------------------------------------------------------------- configuration
 
   // The range picker. The granularity follows the range: about 24 to 720 points a chart.
+  // `last=` is every window that overlaps [now − span, now] (docs/semantics.md, "Query
+  // ranges"): "24h" is the hour 24 hours ago (partial), the 23 after it and the current one,
+  // so the chart covers the whole span its label names.
   const RANGES = {
     '1h': { last: '60m', granularity: '1m', spanMs: 3_600_000 },
     '24h': { last: '24h', granularity: '1h', spanMs: 86_400_000 },
@@ -332,8 +335,12 @@
   }
 
   // The previous period of equal length: the windows starting in [from − span, from), where
-  // `from` is the start of the current period as the server computed it. Fetched after the
-  // first live answer (the tiles come first), then at most once a minute.
+  // `from` is the start of the current period as the server computed it (a window start,
+  // since `last=` covers whole windows). Day windows are calendar days: 30 of them around a
+  // daylight-saving change are 30 × 24 h ± 1 h, so for 1d the start is taken an hour early
+  // (the server counts the windows that start at or after it; the day before starts 23 h
+  // earlier still). Fetched after the first live answer (the tiles come first), then at most
+  // once a minute.
   async function fetchPrevious(currentFromMs) {
     const generation = state.generation;
     const view = state.view;
@@ -342,7 +349,7 @@
     state.previousRequestedAt = Date.now();
     const params = new URLSearchParams({
       granularity: range.granularity,
-      from: new Date(currentFromMs - range.spanMs).toISOString(),
+      from: new Date(currentFromMs - range.spanMs - (range.granularity === '1d' ? 3_600_000 : 0)).toISOString(),
       to: new Date(currentFromMs).toISOString(),
       ...plan.filters,
     });

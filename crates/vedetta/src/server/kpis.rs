@@ -11,11 +11,12 @@ use super::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Serialize;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use vedetta_core::enrich::Region;
 use vedetta_core::pipeline::kpi::KpiCounters;
-use vedetta_core::pipeline::windows::Granularity;
+use vedetta_core::pipeline::windows::{Granularity, WindowCalendar};
 use vedetta_core::time::EventTime;
 
 /// A dimension a query can group or filter by.
@@ -53,10 +54,97 @@ impl Dimension {
     }
 }
 
+/// Longest query string the query endpoints read (`/v1/kpis`, `/v1/stream`): a view of a
+/// few hundred campaigns by name fits; past it the answer is 414. (A whole request target
+/// over 64 KiB never reaches a handler: the HTTP layer answers 414 itself.)
+pub const MAX_QUERY_BYTES: usize = 32 * 1024;
+/// Most values one filter may list (`campaign=a,b,…`): every stored row is compared with
+/// each, so the cost of a scan is bounded by it.
+pub const MAX_FILTER_VALUES: usize = 1_000;
+/// The earliest and latest instants a `from`/`to` can name: 0000-01-01T00:00:00Z and
+/// 9999-12-30T00:00:00Z, inside what jiff (and so `EventTime`) can show. Times beyond them
+/// (an epoch millisecond count near `i64::MIN`, the last day of year 9999) are taken as the
+/// bound: no window lies outside it (intake takes nothing before 2000 or in the future), so
+/// the answer is the same, and arithmetic on them cannot overflow.
+pub const TIME_MIN_MS: i64 = -62_167_219_200_000;
+pub const TIME_MAX_MS: i64 = 253_402_128_000_000;
+/// The device values a filter may name (the dimension's values, `docs/semantics.md`).
+pub const DEVICE_VALUES: [&str; 5] = ["mobile", "tablet", "desktop", "other", "unknown"];
+/// The parameters of `/v1/kpis` (and of a `/v1/stream` view).
+pub const PARAMETERS: [&str; 10] = [
+    "granularity",
+    "from",
+    "to",
+    "last",
+    "group_by",
+    "rollup",
+    "channel",
+    "campaign",
+    "device",
+    "region",
+];
+
+/// The decoded parameters of a query string, each given at most once. A repeated parameter
+/// is refused rather than silently resolved (which one would win?), and so is a query
+/// string longer than [`MAX_QUERY_BYTES`].
+pub fn query_params(uri: &axum::http::Uri) -> Result<HashMap<String, String>, ApiError> {
+    let query = uri.query().unwrap_or_default();
+    if query.len() > MAX_QUERY_BYTES {
+        return Err(ApiError::UriTooLong(format!(
+            "query string of {} bytes exceeds the limit of {MAX_QUERY_BYTES} bytes",
+            query.len()
+        )));
+    }
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map_err(|e| ApiError::BadRequest(format!("query string: {}", e.body_text())))?;
+    let mut params = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        match params.entry(name) {
+            Entry::Occupied(entry) => {
+                return Err(ApiError::BadRequest(format!(
+                    "{}: given more than once; give each parameter once (lists are \
+                     comma-separated, e.g. group_by=channel,device)",
+                    shown_name(entry.key())
+                )));
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(value);
+            }
+        }
+    }
+    Ok(params)
+}
+
+/// A parameter name as an error message shows it: as is when it is a plain word, else
+/// quoted, escaped and shortened (it came from the client).
+pub fn shown_name(name: &str) -> String {
+    if !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        name.to_string()
+    } else {
+        shown_value(name)
+    }
+}
+
+/// A client's value in an error message: quoted with control characters escaped, at most
+/// 64 characters.
+pub fn shown_value(value: &str) -> String {
+    let cut: String = value.chars().take(64).collect();
+    if cut.len() < value.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 /// A validated query.
 #[derive(Debug, Clone)]
 pub struct KpiQuery {
     pub granularity: Granularity,
+    /// Rows are the windows starting in `[from, to)`; both within
+    /// [`TIME_MIN_MS`]..=[`TIME_MAX_MS`].
     pub from: i64,
     pub to: i64,
     pub group_by: Vec<Dimension>,
@@ -68,39 +156,57 @@ pub struct KpiQuery {
 
 impl KpiQuery {
     /// Parses query parameters, naming the one that is wrong.
-    pub fn parse(params: &HashMap<String, String>, now_ms: i64) -> Result<Self, ApiError> {
+    ///
+    /// The range: `last=SPAN` is every window that overlaps `[now − SPAN, now]`, so the
+    /// first window may start before `now − SPAN` and the last is the current one, still
+    /// filling: the answer covers the whole span it names. `from`/`to` are instants:
+    /// the windows that start in `[from, to)`; `from` must be before `to`. A missing `to` is
+    /// the end of the current window; a missing `from` is the default span before `to`.
+    /// Without any of them, the default span (1m: 60m, 1h: 48h, 1d: 31d) ending now.
+    pub fn parse(
+        params: &HashMap<String, String>,
+        now_ms: i64,
+        calendar: &WindowCalendar,
+    ) -> Result<Self, ApiError> {
         let bad = |message: String| ApiError::BadRequest(message);
+        for name in params.keys() {
+            if !PARAMETERS.contains(&name.as_str()) && name != "access_token" {
+                return Err(bad(format!(
+                    "{}: unknown parameter; use {}",
+                    shown_name(name),
+                    PARAMETERS.join(", ")
+                )));
+            }
+        }
         let granularity = match params.get("granularity") {
             None => Granularity::Hour,
-            Some(text) => Granularity::parse(text)
-                .ok_or_else(|| bad(format!("granularity: expected 1m, 1h or 1d, got {text:?}")))?,
+            Some(text) => Granularity::parse(text).ok_or_else(|| {
+                bad(format!(
+                    "granularity: expected 1m, 1h or 1d, got {}",
+                    shown_value(text)
+                ))
+            })?,
         };
         let time = |name: &str| -> Result<Option<i64>, ApiError> {
             params
                 .get(name)
                 .map(|text| {
-                    text.parse::<jiff::Timestamp>()
-                        .map(|t| t.as_millisecond())
-                        .or_else(|_| text.parse::<i64>())
-                        .map_err(|_| {
-                            bad(format!(
-                                "{name}: expected an RFC 3339 timestamp or epoch milliseconds, got {text:?}"
-                            ))
-                        })
+                    parse_instant(text).ok_or_else(|| {
+                        bad(format!(
+                            "{name}: expected an RFC 3339 timestamp or epoch milliseconds, got {}",
+                            shown_value(text)
+                        ))
+                    })
                 })
                 .transpose()
-        };
-        let window = match granularity {
-            Granularity::Minute => 60_000,
-            Granularity::Hour => 3_600_000,
-            Granularity::Day => 86_400_000,
         };
         let last = params
             .get("last")
             .map(|text| {
                 parse_span(text).ok_or_else(|| {
                     bad(format!(
-                        "last: expected a span such as 60m, 24h or 30d, got {text:?}"
+                        "last: expected a span such as 90s, 60m, 24h or 30d, got {}",
+                        shown_value(text)
                     ))
                 })
             })
@@ -108,22 +214,42 @@ impl KpiQuery {
         if last.is_some() && (params.contains_key("from") || params.contains_key("to")) {
             return Err(bad("last: give either last or from/to, not both".into()));
         }
-        let to = time("to")?.unwrap_or(now_ms + window);
         let default_span = match granularity {
             Granularity::Minute => 3_600_000,
             Granularity::Hour => 48 * 3_600_000,
             Granularity::Day => 31 * 86_400_000,
         };
-        let from = time("from")?.unwrap_or(to - window - last.unwrap_or(default_span));
+        let mut calendar = calendar.clone();
+        let mut window_of =
+            |ms: i64| calendar.window(granularity, ms.clamp(TIME_MIN_MS, TIME_MAX_MS));
+        let (from, to) = match (time("from")?, time("to")?) {
+            (None, None) => {
+                let span = last.unwrap_or(default_span);
+                let current = window_of(now_ms);
+                let first = window_of(now_ms.saturating_sub(span));
+                (first.start, current.end)
+            }
+            (from, to) => {
+                let to = to.unwrap_or_else(|| window_of(now_ms).end);
+                let from = from.unwrap_or_else(|| window_of(to.saturating_sub(default_span)).start);
+                (from, to)
+            }
+        };
+        let (from, to) = (
+            from.clamp(TIME_MIN_MS, TIME_MAX_MS),
+            to.clamp(TIME_MIN_MS, TIME_MAX_MS),
+        );
         if from >= to {
             return Err(bad("from: must be before to".into()));
         }
         let mut group_by = Vec::new();
-        if let Some(list) = params.get("group_by") {
-            for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if let Some(list) = params.get("group_by").filter(|list| !list.is_empty()) {
+            for name in list.split(',') {
                 let dimension = Dimension::parse(name).ok_or_else(|| {
                     bad(format!(
-                        "group_by: unknown dimension {name:?}; use channel, campaign, device, region"
+                        "group_by: unknown dimension {}; use channel, campaign, device, region \
+                         (comma-separated)",
+                        shown_value(name)
                     ))
                 })?;
                 if !group_by.contains(&dimension) {
@@ -132,24 +258,27 @@ impl KpiQuery {
             }
         }
         let mut filters = BTreeMap::new();
-        for (name, value) in params {
-            match name.as_str() {
-                "granularity" | "from" | "to" | "last" | "group_by" | "access_token" | "rollup" => {
-                }
-                other => {
-                    let dimension = Dimension::parse(other).ok_or_else(|| {
-                        bad(format!(
-                            "{other}: unknown parameter; use granularity, from, to, last, \
-                             group_by, channel, campaign, device, region"
-                        ))
-                    })?;
-                    let values = split_filter_values(value)
-                        .iter()
-                        .map(|v| normalize_filter(dimension, v.trim()))
-                        .collect();
-                    filters.insert(dimension, values);
-                }
+        for dimension in Dimension::ALL {
+            let Some(list) = params.get(dimension.name()) else {
+                continue;
+            };
+            let values = split_filter_values(list);
+            if values.len() > MAX_FILTER_VALUES {
+                return Err(bad(format!(
+                    "{}: {} values; at most {MAX_FILTER_VALUES} are accepted",
+                    dimension.name(),
+                    values.len()
+                )));
             }
+            let values = values
+                .iter()
+                .map(|v| {
+                    let value = normalize_filter(dimension, v.trim());
+                    check_filter_value(dimension, &value, v)?;
+                    Ok(value)
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
+            filters.insert(dimension, values);
         }
         let rollup_range = match params.get("rollup").map(String::as_str) {
             None | Some("window") => false,
@@ -157,7 +286,8 @@ impl KpiQuery {
             Some(other) => {
                 return Err(bad(format!(
                     "rollup: expected window (one row per window) or range (one row per \
-                     group for the whole range), got {other:?}"
+                     group for the whole range), got {}",
+                    shown_value(other)
                 )));
             }
         };
@@ -203,10 +333,42 @@ impl KpiQuery {
     }
 }
 
-/// `90s`, `60m`, `24h`, `30d` → milliseconds.
+/// An instant: integer epoch milliseconds (any `i64`, clamped to the supported range) or
+/// an RFC 3339 timestamp with an offset. A timestamp jiff cannot hold (the last hours of
+/// year 9999 with a negative offset) is computed by hand and clamped the same way.
+fn parse_instant(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms.clamp(TIME_MIN_MS, TIME_MAX_MS));
+    }
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Some(ts.as_millisecond().clamp(TIME_MIN_MS, TIME_MAX_MS));
+    }
+    let pieces = jiff::fmt::temporal::Pieces::parse(text).ok()?;
+    let time = pieces.time()?;
+    let offset = pieces.to_numeric_offset()?;
+    let days = i64::from(
+        jiff::civil::date(1970, 1, 1)
+            .until(pieces.date())
+            .ok()?
+            .get_days(),
+    );
+    let ms = days * 86_400_000
+        + i64::from(time.hour()) * 3_600_000
+        + i64::from(time.minute()) * 60_000
+        + i64::from(time.second()) * 1_000
+        + i64::from(time.millisecond())
+        - i64::from(offset.seconds()) * 1_000;
+    Some(ms.clamp(TIME_MIN_MS, TIME_MAX_MS))
+}
+
+/// `90s`, `60m`, `24h`, `30d` → milliseconds: a positive whole number and a unit. A number
+/// too large for any stored window saturates (the span then reaches back to the start of
+/// the supported range).
 fn parse_span(text: &str) -> Option<i64> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
-    let n: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    if number.is_empty() || number.bytes().all(|b| b == b'0') {
+        return None;
+    }
     let unit_ms = match unit {
         "s" => 1_000,
         "m" => 60_000,
@@ -214,7 +376,35 @@ fn parse_span(text: &str) -> Option<i64> {
         "d" => 86_400_000,
         _ => return None,
     };
-    n.checked_mul(unit_ms).filter(|ms| *ms <= 400 * 86_400_000)
+    // All digits: a parse failure can only be an overflow.
+    let n: i64 = number.parse().unwrap_or(i64::MAX);
+    Some(n.saturating_mul(unit_ms))
+}
+
+/// Refuses a filter value that no row can have, for the dimensions whose values are a
+/// closed set (device classes, regions): a typo must not look like "no data".
+/// Channels and campaigns are free text: an unknown one simply matches nothing.
+fn check_filter_value(dimension: Dimension, normalized: &str, sent: &str) -> Result<(), ApiError> {
+    let known = match dimension {
+        Dimension::Channel | Dimension::Campaign => true,
+        Dimension::Device => DEVICE_VALUES.contains(&normalized),
+        Dimension::Region => {
+            normalized == Region::UNKNOWN.code() || Region::from_text(normalized).is_some()
+        }
+    };
+    if known {
+        return Ok(());
+    }
+    let hint = match dimension {
+        Dimension::Device => DEVICE_VALUES.join(", "),
+        _ => "an ISO 3166-2:IT code (IT-25), a region's name (Lombardia, Lombardy) or unknown"
+            .to_string(),
+    };
+    Err(ApiError::BadRequest(format!(
+        "{}: unknown value {}; use {hint}",
+        dimension.name(),
+        shown_value(sent)
+    )))
 }
 
 /// A filter's values: separated by commas; `\,` is a comma inside a value and `\\` a
@@ -451,9 +641,10 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
 )]
 pub async fn get_kpis(
     State(state): State<Arc<AppState>>,
-    Query(params): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
 ) -> Result<Json<KpiResponse>, ApiError> {
-    let query = KpiQuery::parse(&params, state.clock.now_ms())?;
+    let params = query_params(&uri)?;
+    let query = KpiQuery::parse(&params, state.clock.now_ms(), &state.calendar)?;
     let response = tokio::task::spawn_blocking(move || run_query(&state, &query))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;

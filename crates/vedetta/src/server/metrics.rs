@@ -15,9 +15,9 @@
 //! is business data): give Prometheus the key with `authorization: { credentials: … }` in
 //! its scrape config (see `deploy/prometheus/prometheus.yml`).
 
-use super::AppState;
-use super::kpis::{Dimension, KpiQuery, run_query};
-use crate::telemetry::{Exposition, IntakeCounters};
+use super::kpis::{Dimension, KpiQuery, KpiResponse, run_query};
+use super::{ApiError, AppState};
+use crate::telemetry::{Exposition, IntakeCounters, METRICS_SCRAPE_ERRORS_TOTAL};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -41,7 +41,20 @@ pub async fn get_metrics(State(state): State<Arc<AppState>>) -> impl IntoRespons
 
 fn render(state: &AppState) -> String {
     let mut out = Exposition::default();
-    kpi_gauges(state, &mut out);
+    kpi_gauges(state, &mut out, |query| run_query(state, query));
+    out.family(
+        METRICS_SCRAPE_ERRORS_TOTAL,
+        "counter",
+        "Scrapes whose KPI query failed: they carried no vedetta_kpi_* gauges (see the log).",
+    );
+    out.sample(
+        METRICS_SCRAPE_ERRORS_TOTAL,
+        &[],
+        state
+            .query_counters
+            .metrics_scrape_errors
+            .load(Ordering::Relaxed) as f64,
+    );
     intake(state, &mut out);
     pipeline(state, &mut out);
     let t = &state.timings;
@@ -85,8 +98,25 @@ fn render(state: &AppState) -> String {
     out.into_string()
 }
 
-/// Today's KPIs per (channel, device), bounded.
-fn kpi_gauges(state: &AppState, out: &mut Exposition) {
+/// Today's KPIs per (channel, device), bounded. `run` answers a query (the store; a test
+/// passes one that fails). When a query fails the gauges are left out of this scrape, and
+/// the failure is logged and counted rather than hidden.
+pub(super) fn kpi_gauges(
+    state: &AppState,
+    out: &mut Exposition,
+    run: impl Fn(&KpiQuery) -> Result<KpiResponse, ApiError>,
+) {
+    let failed = |error: ApiError| {
+        state
+            .query_counters
+            .metrics_scrape_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let detail = match &error {
+            ApiError::Internal(detail) => detail.clone(),
+            other => other.to_string(),
+        };
+        tracing::error!(%detail, "/metrics: the KPI query failed; this scrape has no KPI gauges");
+    };
     let now = state.clock.now_ms();
     let mut calendar = state.calendar.clone();
     let today = calendar.window(Granularity::Day, now);
@@ -98,8 +128,9 @@ fn kpi_gauges(state: &AppState, out: &mut Exposition) {
         filters: BTreeMap::new(),
         rollup_range: true,
     };
-    let Ok(rows) = run_query(state, &query(vec![Dimension::Channel, Dimension::Device])) else {
-        return;
+    let rows = match run(&query(vec![Dimension::Channel, Dimension::Device])) {
+        Ok(rows) => rows,
+        Err(error) => return failed(error),
     };
     // The channels with the most sessions keep their own series (every device of them);
     // the others are summed under `(other)`. Spend uses the same channels, so a channel's
@@ -173,7 +204,11 @@ fn kpi_gauges(state: &AppState, out: &mut Exposition) {
         }
     }
     // Spend has no device: per channel, bounded the same way.
-    if let Ok(spend) = run_query(state, &query(vec![Dimension::Channel])) {
+    let spend = match run(&query(vec![Dimension::Channel])) {
+        Ok(spend) => spend,
+        Err(error) => return failed(error),
+    };
+    {
         out.family(
             "vedetta_kpi_spend",
             "gauge",

@@ -67,6 +67,7 @@ pub struct AppState {
     /// Clients connected to `/v1/stream`.
     pub stream_clients: std::sync::atomic::AtomicU64,
     pub timings: Arc<crate::telemetry::StageTimings>,
+    pub query_counters: crate::telemetry::QueryCounters,
     /// The processor thread, stopped at shutdown after the writer.
     processor_handle: std::sync::Mutex<Option<ProcessorHandle>>,
 }
@@ -149,6 +150,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         stream_hub: stream::StreamHub::default(),
         stream_clients: std::sync::atomic::AtomicU64::new(0),
         timings,
+        query_counters: Default::default(),
         processor_handle: std::sync::Mutex::new(Some(processor)),
         config,
         log,
@@ -296,3 +298,5 @@ fn apply_retention(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_query;

@@ -3,8 +3,7 @@
 use super::{ApiError, AppState};
 use crate::telemetry::{IntakeCounters, RecentLatency};
 use axum::Json;
-use axum::extract::{Query, State};
-use serde::Deserialize;
+use axum::extract::State;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -84,12 +83,7 @@ pub fn status_json(state: &AppState) -> Value {
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub struct RejectedQuery {
-    limit: Option<usize>,
-}
-
-/// The quarantine, newest first: `?limit=N` (default 100, at most 1000).
+/// The quarantine, newest first: `?limit=N` (default 100, at most 1000; more is a 400).
 #[utoipa::path(
     get,
     path = "/v1/rejected",
@@ -99,9 +93,28 @@ pub struct RejectedQuery {
 )]
 pub async fn get_rejected(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<RejectedQuery>,
+    uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
-    let limit = query.limit.unwrap_or(100).min(1000);
+    let mut params = super::kpis::query_params(&uri)?;
+    let limit = match params.remove("limit") {
+        None => 100,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 1000)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit: expected a whole number from 0 to 1000, got {}",
+                    super::kpis::shown_value(&text)
+                ))
+            })?,
+    };
+    if let Some(name) = params.keys().find(|name| *name != "access_token") {
+        return Err(ApiError::BadRequest(format!(
+            "{}: unknown parameter; use limit",
+            super::kpis::shown_name(name)
+        )));
+    }
     let log = state.log.clone();
     let entries = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let total = log.quarantine_len().map_err(|e| e.to_string())?;

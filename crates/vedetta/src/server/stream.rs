@@ -31,7 +31,7 @@
 use super::kpis::{KpiQuery, KpiResponse, KpiValues, run_query};
 use super::{ApiError, AppState};
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -405,7 +405,7 @@ async fn view_answer(
     state: &Arc<AppState>,
     params: &HashMap<String, String>,
 ) -> Result<KpiResponse, ApiError> {
-    let query = KpiQuery::parse(params, state.clock.now_ms())?;
+    let query = KpiQuery::parse(params, state.clock.now_ms(), &state.calendar)?;
     let state = state.clone();
     tokio::task::spawn_blocking(move || run_query(&state, &query))
         .await
@@ -457,15 +457,16 @@ fn sse_event(name: &str, id: Option<u64>, data: &str) -> Vec<u8> {
 )]
 pub async fn get_stream(
     State(state): State<Arc<AppState>>,
-    Query(mut params): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
+    let mut params = super::kpis::query_params(&uri)?;
     params.remove("access_token");
     // Per client, not part of the view: whether it takes `kpis-delta` events, and whether
     // it wants `status` events (a page needs them on one of its streams only).
     let deltas = flag(&mut params, "deltas", false)?;
     let with_status = flag(&mut params, "status", true)?;
     // Refuse a bad view now, with a 400, rather than inside the stream.
-    KpiQuery::parse(&params, state.clock.now_ms())?;
+    KpiQuery::parse(&params, state.clock.now_ms(), &state.calendar)?;
     // The decoded parameters, sorted, as JSON: `&` or `=` inside a value cannot make two
     // views one.
     let sorted: BTreeMap<&String, &String> = params.iter().collect();
