@@ -34,6 +34,20 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// A KPI store failure: a full disk or a reopen in progress is temporary (503 with
+    /// `Retry-After`, the processor is recovering); anything else is an internal error.
+    pub fn from_store(error: vedetta_store::StoreError) -> ApiError {
+        if error.is_retryable() {
+            tracing::warn!(%error, "a KPI query met a storage failure");
+            ApiError::Busy {
+                message: "the KPI store is recovering from a storage failure; retry shortly".into(),
+                retry_after_s: 2,
+            }
+        } else {
+            ApiError::Internal(error.to_string())
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,

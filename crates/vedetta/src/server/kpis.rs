@@ -438,7 +438,9 @@ fn push_char(values: &mut [String], c: char) {
 /// Filters compare with stored values: channels are lower case, regions are codes.
 fn normalize_filter(dimension: Dimension, value: &str) -> String {
     match dimension {
-        Dimension::Channel | Dimension::Device => value.to_ascii_lowercase(),
+        // The one channel spelling of events and spend (`SOCIETÀ` filters `società`).
+        Dimension::Channel => vedetta_core::enrich::normalize_channel(value).into_owned(),
+        Dimension::Device => value.to_ascii_lowercase(),
         Dimension::Region => {
             Region::from_text(value).map_or_else(|| value.to_string(), |r| r.code().to_string())
         }
@@ -528,7 +530,7 @@ struct Group {
 /// Runs a query against the store.
 pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiError> {
     let store = &state.kpi_store;
-    let internal = |e: vedetta_store::StoreError| ApiError::Internal(e.to_string());
+    let internal = ApiError::from_store;
     let mut groups: BTreeMap<(i64, Vec<String>), Group> = BTreeMap::new();
     let mut totals = Group::default();
     // Rows are aggregated as they are read: memory follows the groups of the answer, not

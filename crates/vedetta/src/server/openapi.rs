@@ -57,11 +57,17 @@ impl utoipa::Modify for BearerAuth {
 /// Rust's `char::is_whitespace`, as a regular-expression class: what intake trims.
 const WS: &str = r"\t\n\u000B\f\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
 
+/// Control characters, which intake refuses inside a string (surrounding white space, tabs
+/// and newlines included, is trimmed first).
+const CONTROLS: &str = r"\u0000-\u001F\u007F";
+
 /// A string intake trims and then takes at most `max` characters of; empty (or only
-/// whitespace) counts as absent.
+/// whitespace) counts as absent. No control characters inside.
 fn trimmed_text(max: usize, nullable: bool, description: &str) -> Value {
     let inner = max.saturating_sub(2);
-    let pattern = format!("^[{WS}]*([^{WS}]([\\s\\S]{{0,{inner}}}[^{WS}])?)?[{WS}]*$");
+    let pattern = format!(
+        "^[{WS}]*([^{WS}{CONTROLS}]([^{CONTROLS}]{{0,{inner}}}[^{WS}{CONTROLS}])?)?[{WS}]*$"
+    );
     json!({
         "type": if nullable { json!(["string", "null"]) } else { json!("string") },
         "pattern": pattern,
@@ -75,8 +81,50 @@ fn required_text(max: usize, description: &str) -> Value {
     let inner = max.saturating_sub(2);
     json!({
         "type": "string",
-        "pattern": format!("^[{WS}]*[^{WS}]([\\s\\S]{{0,{inner}}}[^{WS}])?[{WS}]*$"),
+        "pattern": format!(
+            "^[{WS}]*[^{WS}{CONTROLS}]([^{CONTROLS}]{{0,{inner}}}[^{WS}{CONTROLS}])?[{WS}]*$"
+        ),
         "description": description,
+    })
+}
+
+/// A channel or campaign: text that does not spell a built-in bucket name (`(none)`,
+/// `(other)`, in any case, with any surrounding white space).
+fn dimension_text(text: Value) -> Value {
+    let spelled: Vec<String> = vedetta_core::intake::RESERVED_DIMENSION_VALUES
+        .iter()
+        .map(|name| {
+            name.chars()
+                .map(|c| match c {
+                    '(' | ')' => format!("\\{c}"),
+                    c if c.is_ascii_alphabetic() => {
+                        format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+                    }
+                    c => c.to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    json!({
+        "allOf": [text, {"not": {
+            "type": "string",
+            "pattern": format!("^[{WS}]*({})[{WS}]*$", spelled.join("|")),
+        }}],
+        "description": "a name; (none) and (other) are the names of built-in buckets and refused",
+    })
+}
+
+/// A money amount: at most `ingest.max_amount` in the reporting currency (amounts in
+/// other currencies are converted first, so the bound in their unit may differ).
+fn money(max_amount: f64, nullable: bool, currency: &str) -> Value {
+    json!({
+        "type": if nullable { json!(["number", "null"]) } else { json!("number") },
+        "minimum": 0,
+        "maximum": max_amount,
+        "description": format!(
+            "money, at most ingest.max_amount ({max_amount} {currency}) per record after \
+             conversion to the reporting currency"
+        ),
     })
 }
 
@@ -120,14 +168,14 @@ fn intake_schemas(now_ms: i64, limits: &IntakeLimits) -> (Value, Value) {
             "type": required_text(64, "funnel step: page_view, add_to_cart, registration, checkout, purchase, lead, or custom"),
             "ts": event_time(now_ms, limits),
             "event_id": id("the client's id for idempotent retries"),
-            "value": {"type": ["number", "null"], "minimum": 0, "description": "money value"},
+            "value": money(limits.money.max_amount, true, &limits.money.reporting_currency),
             "currency": currency,
             "order_id": id("the shop's order id"),
-            "channel": text("social, paid_search, email, …; derived when absent"),
-            "campaign": text("campaign name"),
+            "channel": dimension_text(text("social, paid_search, email, …; derived when absent")),
+            "campaign": dimension_text(text("campaign name")),
             "utm_source": text("attribution"),
             "utm_medium": text("attribution"),
-            "utm_campaign": text("attribution"),
+            "utm_campaign": dimension_text(text("attribution")),
             "utm_content": text("attribution"),
             "utm_term": text("attribution"),
             "gclid": text("attribution"),
@@ -162,9 +210,9 @@ fn intake_schemas(now_ms: i64, limits: &IntakeLimits) -> (Value, Value) {
         "additionalProperties": false,
         "properties": {
             "ts": event_time(now_ms, limits),
-            "channel": required_text(limits.max_text_chars, "the channel spent on"),
-            "campaign": text("campaign name"),
-            "amount": {"type": "number", "minimum": 0},
+            "channel": dimension_text(required_text(limits.max_text_chars, "the channel spent on")),
+            "campaign": dimension_text(text("campaign name")),
+            "amount": money(limits.money.max_amount, false, &limits.money.reporting_currency),
             "currency": currency,
             "source": text("google_ads, meta, …"),
         }
@@ -367,6 +415,14 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
                     error("A parameter is wrong, unknown or repeated; the message names it");
                 responses["414"] = error("Query string over 32 KiB");
             }
+            if path == "/v1/kpis" {
+                let mut busy = error(
+                    "The KPI store is recovering from a storage failure (a full disk); see \
+                     Retry-After",
+                );
+                busy["headers"] = retry_after.clone();
+                operation["responses"]["503"] = busy;
+            }
             if path == "/v1/stream" {
                 let responses = &mut operation["responses"];
                 responses["200"] = json!({
@@ -414,6 +470,13 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
                     ]}}},
                 });
                 responses["503"]["headers"] = retry_after.clone();
+                responses["507"] = json!({
+                    "description": "The event log's disk is full: nothing was stored; retry \
+                        after Retry-After, once space is freed",
+                    "headers": retry_after.clone(),
+                    "content": {"application/json": {"schema":
+                        {"$ref": "#/components/schemas/ErrorBody"}}},
+                });
             }
         }
     }
