@@ -10,10 +10,14 @@
 //! (offsets that count records, batch checksums, group commit, retention). See
 //! `docs/storage.md` for the measurements behind the choice.
 
+mod error;
 pub mod kpi_store;
 pub mod log;
 
-pub use kpi_store::{Commit, KpiStore, Progress, RowKey, RowView, SpendRowKey, StoreError};
+pub use kpi_store::{
+    Commit, KpiStore, MigrationReport, Progress, RowKey, RowView, SettingsCheck, SpendRowKey,
+    StoreError,
+};
 pub use log::{
     AppendError, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats, WriterConfig,
 };

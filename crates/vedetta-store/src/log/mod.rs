@@ -21,6 +21,7 @@ mod writer;
 
 pub use writer::{AppendError, AppendOutcome, GroupCommitWriter, WriterConfig, WriterCounters};
 
+use crate::error::{EngineFailure, io_is_storage_full};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -34,20 +35,76 @@ const NEXT_OFFSET: &str = "next_offset";
 const NEXT_QUARANTINE: &str = "next_quarantine";
 
 /// What can go wrong with the log. Every variant means the log could not do what was
-/// asked; none of them means data that was acknowledged is gone.
+/// asked; none of them means data that was acknowledged is gone. The engine's error kind
+/// is kept (see [`LogError::is_retryable`], [`LogError::is_storage_full`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    #[error("log storage error: {0}")]
-    Storage(String),
+    /// The operating system refused a read, write or sync; the kind and OS error are kept.
+    #[error("log I/O error: {0}")]
+    Io(#[source] std::io::Error),
+    /// redb's `PreviousIo`: an earlier I/O failure left this handle unusable.
+    #[error("the log must be reopened after an earlier I/O error")]
+    NeedsReopen,
+    /// Another process holds the file.
+    #[error("the log is open in another process")]
+    AlreadyOpen,
+    /// The engine found its file damaged.
+    #[error("the log file is corrupt: {0}")]
+    Engine(String),
     #[error("batch at offset {offset} is corrupt: {source}")]
     Corrupt { offset: u64, source: BatchError },
+    /// A batch of a format this build does not read (a newer build wrote it). Never
+    /// repaired away: the log refuses to open rather than drop it.
+    #[error("batch at offset {offset}: {source}; run the build that wrote it")]
+    Version { offset: u64, source: BatchError },
     #[error("offset {requested} is no longer retained (log starts at {start})")]
     Retained { requested: u64, start: u64 },
+    /// Anything else from the engine: misuse or a bug, not a condition of the disk.
+    #[error("log storage error: {0}")]
+    Storage(String),
+}
+
+impl LogError {
+    /// Whether the failed call changed nothing and may succeed if made again later, on the
+    /// same handle: I/O errors (a full disk included). A failed append wrote nothing
+    /// (redb commits are atomic), so nothing was acknowledged.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::Io(_))
+    }
+
+    /// Whether the handle must be dropped and the file reopened before anything else can
+    /// succeed.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, LogError::NeedsReopen)
+    }
+
+    /// Whether the disk or a quota is full (`ENOSPC`, `EDQUOT`, `StorageFull`,
+    /// `QuotaExceeded`): the answer to a client is 507 (or 503 with `Retry-After`), and a
+    /// retry succeeds once space is freed.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, LogError::Io(error) if io_is_storage_full(error))
+    }
+}
+
+impl LogError {
+    /// A batch that does not read: of another format version, or damaged.
+    fn batch(offset: u64, source: BatchError) -> Self {
+        match source {
+            BatchError::UnknownFormat(_) => LogError::Version { offset, source },
+            source => LogError::Corrupt { offset, source },
+        }
+    }
 }
 
 impl<E: Into<redb::Error>> From<E> for LogError {
     fn from(error: E) -> Self {
-        LogError::Storage(error.into().to_string())
+        match EngineFailure::from(error.into()) {
+            EngineFailure::Io(error) => LogError::Io(error),
+            EngineFailure::NeedsReopen => LogError::NeedsReopen,
+            EngineFailure::Corrupt(message) => LogError::Engine(message),
+            EngineFailure::AlreadyOpen => LogError::AlreadyOpen,
+            EngineFailure::Other(message) => LogError::Storage(message),
+        }
     }
 }
 
@@ -118,6 +175,11 @@ impl EventLog {
                     Some((key, Ok(header))) => {
                         tail_end = key + u64::from(header.count);
                         break;
+                    }
+                    // Not damage: a newer build's batch. Deleting it would drop
+                    // acknowledged events.
+                    Some((offset, Err(source @ BatchError::UnknownFormat(_)))) => {
+                        return Err(LogError::Version { offset, source });
                     }
                     Some((key, Err(_))) => {
                         batches.remove(key)?;
@@ -245,7 +307,7 @@ impl EventLog {
             let (key, value) = entry?;
             let offset = key.value();
             let (header, records) = record::decode_batch(value.value())
-                .map_err(|source| LogError::Corrupt { offset, source })?;
+                .map_err(|source| LogError::batch(offset, source))?;
             for (i, record) in records.into_iter().enumerate() {
                 let at = offset + i as u64;
                 if at >= from {
@@ -274,7 +336,7 @@ impl EventLog {
                 let (key, value) = entry?;
                 let offset = key.value();
                 let header = record::decode_header(value.value())
-                    .map_err(|source| LogError::Corrupt { offset, source })?;
+                    .map_err(|source| LogError::batch(offset, source))?;
                 let batch_end = offset + u64::from(header.count);
                 if header.appended_at_ms >= cutoff_ms || batch_end > keep_from_offset {
                     new_start = Some(offset);
@@ -340,3 +402,5 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod version_tests;
