@@ -274,7 +274,7 @@ fn negative_window_starts_are_found_by_range_scans() {
     };
     store
         .commit(&commit_of(
-            vec![(at(-3_600_000), one.clone()), (at(0), one.clone())],
+            vec![(at(-3_600_000), one.clone()), (at(0), one)],
             vec![],
         ))
         .unwrap();

@@ -73,8 +73,8 @@ async fn kpi_totals_past_i64_max_micro_units_are_answered_exactly() {
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value =
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    // i64::MAX micro-units = 9,223,372,036,854.775807 units.
-    let one = 9_223_372_036_854.775_807_f64;
+    // i64::MAX micro-units = 9,223,372,036,854.775807 units (nearest double).
+    let one = 9_223_372_036_854.775_f64;
     let close = |value: &Value, expected: f64| {
         let value = value.as_f64().unwrap();
         assert!(
