@@ -250,4 +250,29 @@ mod tests {
         .unwrap();
         assert!(decode_row_key(&spend).is_err());
     }
+
+    /// What the fuzz target checks, over every one-byte change of a key: decoding gives an
+    /// error or a key that encodes back to exactly the same bytes (one encoding per key).
+    #[test]
+    fn any_bytes_decode_to_an_error_or_a_canonical_key() {
+        let good = encode_row_key(&row(-60_000, "é\u{1f}", "x")).unwrap();
+        let mut decoded = 0;
+        for at in 0..good.len() {
+            for byte in 0..=u8::MAX {
+                let mut bytes = good.clone();
+                bytes[at] = byte;
+                if let Ok(key) = decode_row_key(&bytes) {
+                    assert_eq!(encode_row_key(&key).unwrap(), bytes);
+                    decoded += 1;
+                }
+                if let Ok(key) = decode_spend_key(&bytes) {
+                    assert_eq!(encode_spend_key(&key).unwrap(), bytes);
+                }
+            }
+        }
+        assert!(
+            decoded > good.len(),
+            "the check saw keys that decode: {decoded}"
+        );
+    }
 }
