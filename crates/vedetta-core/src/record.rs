@@ -161,7 +161,9 @@ pub enum LogRecord {
 pub enum BatchError {
     #[error("batch of {0} bytes is shorter than its header")]
     Truncated(usize),
-    #[error("unknown batch format {0}")]
+    /// A batch of a format version this build does not read (written by a newer build):
+    /// not damage, so never repaired away; the log refuses to open rather than drop it.
+    #[error("log batch format version {0} is unknown (this build reads version 1)")]
     UnknownFormat(u8),
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
@@ -171,7 +173,8 @@ pub enum BatchError {
     Count { expected: u32, found: u32 },
 }
 
-const BATCH_FORMAT: u8 = 1;
+/// The log batch format this build writes and reads.
+pub const BATCH_FORMAT: u8 = 1;
 const HEADER_LEN: usize = 1 + 4 + 4 + 8 + 1;
 
 /// The facts a batch header carries.
@@ -235,7 +238,9 @@ pub fn verify_batch(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
 /// Verifies and decodes a whole batch.
 pub fn decode_batch(bytes: &[u8]) -> Result<(BatchHeader, Vec<LogRecord>), BatchError> {
     let header = verify_batch(bytes)?;
-    let mut records = Vec::with_capacity(header.count as usize);
+    // The count comes from the bytes: reserve no more records than bytes left (each
+    // takes at least one), so a crafted header cannot ask for gigabytes.
+    let mut records = Vec::with_capacity((header.count as usize).min(bytes.len() - HEADER_LEN));
     let mut rest = &bytes[HEADER_LEN..];
     while !rest.is_empty() {
         let (record, tail) =

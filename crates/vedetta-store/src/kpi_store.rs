@@ -15,69 +15,146 @@
 //! Row keys sort by granularity, then window start, then dimensions, so a query for a time
 //! range is one range scan.
 
-use crate::reopen::{ReopeningDatabase, Unavailable, is_out_of_space};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+mod format;
+mod keys;
+mod migrate;
+
+pub use format::{
+    ROW_FORMAT, RowV1, SPEND_FORMAT, STORE_FORMAT, decode_row_value, decode_spend_value,
+    encode_row_value, encode_spend_value,
+};
+pub use keys::{
+    KeyError, decode_row_key, decode_row_view, decode_spend_key, encode_row_key, encode_spend_key,
+};
+pub use migrate::MigrationReport;
+
+use crate::error::{EngineFailure, io_is_storage_full};
+use crate::reopen::{ReopeningDatabase, Unavailable};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::settings::{SettingChange, StateSettings};
 use vedetta_core::pipeline::windows::Granularity;
 
+/// Page cache of the KPI store.
+const CACHE_BYTES: usize = 128 << 20;
+
 const KPIS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("kpis");
-const SPEND: TableDefinition<'_, &[u8], i64> = TableDefinition::new("spend");
+const SPEND: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("spend");
 const META: TableDefinition<'_, &str, i64> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("snapshot");
+/// The settings the state was built under (`vedetta_core::pipeline::settings`).
+const CONFIG: TableDefinition<'_, &str, &str> = TableDefinition::new("config");
 
 const PROCESSED_OFFSET: &str = "processed_offset";
 const WATERMARK: &str = "watermark";
 const SNAPSHOT_OFFSET: &str = "snapshot_offset";
-const SEP: u8 = 0x1f;
+const FORMAT_VERSION: &str = "format_version";
+const SETTINGS: &str = "settings";
+const FINGERPRINT: &str = "fingerprint";
 
-/// Errors of the KPI store.
+/// Errors of the KPI store, by what a caller can do about them.
+///
+/// - [`StoreError::is_retryable`]: the call changed nothing and the same call may succeed
+///   later (redb commits are atomic: a failed commit left the store at the previous one).
+/// - [`StoreError::needs_reopen`]: the handle is unusable until the file is reopened.
+/// - [`StoreError::is_storage_full`]: the disk or a quota is full; retrying helps once space
+///   is freed.
+/// - Everything else (corruption, a format or configuration this build must not read, a
+///   bug) needs a person: retrying cannot help.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The device is full; nothing of the failed commit was stored.
-    #[error("the KPI store's disk is full: {0}")]
-    StorageFull(String),
-    /// Another I/O error, or redb's latch after one: retryable after
-    /// [`KpiStore::recover_storage`].
+    /// The operating system refused a read, write or sync; the kind and OS error are kept.
     #[error("KPI store I/O error: {0}")]
-    Io(String),
-    /// The store is being reopened after a storage failure.
+    Io(#[source] std::io::Error),
+    /// redb's `PreviousIo`: an earlier I/O failure left this handle unusable.
+    #[error("the KPI store must be reopened after an earlier I/O error")]
+    NeedsReopen,
+    /// The file, a key or a value is not what this store wrote.
+    #[error("the KPI store is corrupt: {0}")]
+    Corrupt(String),
+    /// Stored bytes of a format version this build does not read.
+    #[error(
+        "{what} has format version {found}; this build reads version {supported} \
+         (a newer build wrote it: run that build, or `vedetta replay` with this one)"
+    )]
+    Version {
+        what: &'static str,
+        found: i64,
+        supported: i64,
+    },
+    /// The state was built under other settings than the current ones.
+    #[error(
+        "the KPI store was built under other pipeline settings: {}; run `vedetta replay` \
+         to rebuild the state and the KPIs under the current ones",
+        .changes.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    ConfigMismatch { changes: Vec<SettingChange> },
+    /// Another process holds the file.
+    #[error("the KPI store is open in another process")]
+    AlreadyOpen,
+    /// A key that cannot be encoded or does not decode.
+    #[error("a KPI store key: {0}")]
+    Key(#[from] KeyError),
+    /// Anything else from the engine: misuse or a bug, not a condition of the disk.
+    #[error("KPI store error: {0}")]
+    Engine(String),
+    /// The store is being reopened after a storage failure, or could not be yet.
     #[error(transparent)]
     Unavailable(#[from] Unavailable),
-    /// Anything else the engine reports: not retryable.
-    #[error("KPI store error: {0}")]
-    Storage(String),
-    #[error("a stored row does not decode: {0}")]
-    Corrupt(String),
 }
 
 impl StoreError {
-    /// Whether the same operation may succeed later without a change to the program or its
-    /// files (after [`KpiStore::recover_storage`]).
+    /// Whether the failed call changed nothing and may succeed if made again later, on the
+    /// same handle: I/O errors (a full disk included). Never true for corruption, a format
+    /// or settings mismatch, or [`Self::NeedsReopen`].
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::StorageFull(_) | StoreError::Io(_) | StoreError::Unavailable(_)
-        )
+        matches!(self, StoreError::Io(_) | StoreError::Unavailable(_))
     }
 
-    /// Whether the device is out of space.
+    /// Whether the store is only temporarily unable to answer: an I/O failure, a handle
+    /// waiting for [`KpiStore::recover_storage`], a reopen in progress. A reader answers
+    /// "try again shortly"; the processor recovers.
+    pub fn is_temporary(&self) -> bool {
+        self.is_retryable() || self.needs_reopen()
+    }
+
+    /// Whether the handle must be dropped and the file reopened before anything else can
+    /// succeed (redb refuses every call after some I/O failures until then).
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, StoreError::NeedsReopen)
+    }
+
+    /// Whether the disk or a quota is full (`ENOSPC`, `EDQUOT`, `StorageFull`,
+    /// `QuotaExceeded`): the answer to a client is 507, and a retry succeeds once space is
+    /// freed.
     pub fn is_storage_full(&self) -> bool {
-        matches!(self, StoreError::StorageFull(_))
+        matches!(self, StoreError::Io(error) if io_is_storage_full(error))
     }
 }
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(error: E) -> Self {
-        match error.into() {
-            redb::Error::Io(io) if is_out_of_space(&io) => StoreError::StorageFull(io.to_string()),
-            redb::Error::Io(io) => StoreError::Io(io.to_string()),
-            error @ (redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
-                StoreError::Io(error.to_string())
-            }
-            other => StoreError::Storage(other.to_string()),
+        match EngineFailure::from(error.into()) {
+            EngineFailure::Io(error) => StoreError::Io(error),
+            EngineFailure::NeedsReopen => StoreError::NeedsReopen,
+            EngineFailure::Corrupt(message) => StoreError::Corrupt(message),
+            EngineFailure::AlreadyOpen => StoreError::AlreadyOpen,
+            EngineFailure::Other(message) => StoreError::Engine(message),
         }
     }
+}
+
+/// What checking the settings found (see [`KpiStore::check_settings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingsCheck {
+    /// The store had no record (new, or written before records existed): the current
+    /// settings are now recorded.
+    Recorded,
+    /// The record matches.
+    Same,
+    /// Settings were added since the record, each at its default: the record is updated.
+    Extended,
 }
 
 /// A row's identity, by name.
@@ -104,7 +181,7 @@ pub struct SpendRowKey {
 #[derive(Debug, Default)]
 pub struct Commit {
     pub rows: Vec<(RowKey, KpiCounters)>,
-    pub spend: Vec<(SpendRowKey, i64)>,
+    pub spend: Vec<(SpendRowKey, i128)>,
     /// Offset of the next log record to process after this commit.
     pub processed_offset: u64,
     pub watermark: Option<i64>,
@@ -126,23 +203,9 @@ pub struct Progress {
 /// The KPI store over a redb file. Reads run concurrently with the processor's commits.
 #[derive(Debug)]
 pub struct KpiStore {
+    /// Reopened after an I/O failure (see [`KpiStore::recover_storage`]).
     db: ReopeningDatabase,
-}
-
-fn encode_row_key(key: &RowKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + key.channel.len() + key.campaign.len() + 16);
-    out.push(key.granularity.code());
-    out.extend_from_slice(&(key.window_start as u64).to_be_bytes());
-    for (i, part) in [&key.channel, &key.campaign, &key.device, &key.region]
-        .into_iter()
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(SEP);
-        }
-        out.extend_from_slice(part.as_bytes());
-    }
-    out
+    migration: Option<MigrationReport>,
 }
 
 /// A stored row's identity, borrowed from its key.
@@ -168,55 +231,45 @@ impl RowView<'_> {
     }
 }
 
-fn encode_spend_key(key: &SpendRowKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10 + key.channel.len() + key.campaign.len());
-    out.push(key.granularity.code());
-    out.extend_from_slice(&(key.window_start as u64).to_be_bytes());
-    out.extend_from_slice(key.channel.as_bytes());
-    out.push(SEP);
-    out.extend_from_slice(key.campaign.as_bytes());
-    out
+/// The key range of a granularity's windows starting in `[from, to)`.
+fn range_bounds(granularity: Granularity, from: i64, to: i64) -> ([u8; 9], [u8; 9]) {
+    (
+        keys::prefix(granularity, from),
+        keys::prefix(granularity, to),
+    )
 }
 
-/// A key's window start and its dimension values, borrowed.
-fn split_key(bytes: &[u8]) -> Result<(i64, Vec<&str>), StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("key of {} bytes", bytes.len()));
-    if bytes.len() < 9 || Granularity::from_code(bytes[0]).is_none() {
-        return Err(corrupt());
-    }
-    let mut start = [0u8; 8];
-    start.copy_from_slice(&bytes[1..9]);
-    let parts = bytes[9..]
-        .split(|&b| b == SEP)
-        .map(|part| std::str::from_utf8(part).map_err(|_| corrupt()))
-        .collect::<Result<_, _>>()?;
-    Ok((u64::from_be_bytes(start) as i64, parts))
+/// A meta entry holding an offset: an `i64` by redb's table type, never negative.
+fn offset_from_meta(key: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value)
+        .map_err(|_| StoreError::Corrupt(format!("meta entry {key} is negative ({value})")))
 }
 
-fn range_bounds(granularity: Granularity, from: i64, to: i64) -> (Vec<u8>, Vec<u8>) {
-    let mut low = vec![granularity.code()];
-    low.extend_from_slice(&(from.max(0) as u64).to_be_bytes());
-    let mut high = vec![granularity.code()];
-    high.extend_from_slice(&(to.max(0) as u64).to_be_bytes());
-    (low, high)
+fn offset_to_meta(offset: u64) -> Result<i64, StoreError> {
+    i64::try_from(offset).map_err(|_| StoreError::Engine(format!("offset {offset} past i64")))
 }
 
 impl KpiStore {
-    /// Opens (or creates) the store and reads where processing stands.
+    /// Opens (or creates) the store and reads where processing stands. A store written
+    /// by an older format is migrated first ([`Self::migration`] says what was done); a
+    /// newer one is refused with [`StoreError::Version`].
     pub fn open(path: &Path) -> Result<(Self, Progress), StoreError> {
-        let db = ReopeningDatabase::open(path, 128 << 20)?;
-        db.with(|db| {
-            let txn = db.begin_write()?;
-            txn.open_table(KPIS)?;
-            txn.open_table(SPEND)?;
-            txn.open_table(META)?;
-            txn.open_table(SNAPSHOT)?;
-            txn.commit()?;
-            Ok::<_, StoreError>(())
-        })?;
-        let store = Self { db };
+        let db = ReopeningDatabase::open(path, CACHE_BYTES)?;
+        let migration = db.with(migrate::open_current)?;
+        let store = Self { db, migration };
         let progress = store.progress()?;
         Ok((store, progress))
+    }
+
+    /// Opens (or creates) the store empty, in the current format, whatever it held: the
+    /// start of `vedetta replay`, which must work on a store this build cannot migrate.
+    pub fn open_empty(path: &Path) -> Result<Self, StoreError> {
+        let store = Self {
+            db: ReopeningDatabase::open(path, CACHE_BYTES)?,
+            migration: None,
+        };
+        store.clear()?;
+        Ok(store)
     }
 
     /// After a storage failure: closes and reopens the file (redb refuses every operation
@@ -227,25 +280,29 @@ impl KpiStore {
         Ok(())
     }
 
-    /// Where processing stands.
-    pub fn progress(&self) -> Result<Progress, StoreError> {
-        self.db.with(Self::progress_in)
+    /// The migration [`Self::open`] ran, if it had to.
+    pub fn migration(&self) -> Option<&MigrationReport> {
+        self.migration.as_ref()
     }
 
-    fn progress_in(db: &Database) -> Result<Progress, StoreError> {
+    /// Where processing stands.
+    pub fn progress(&self) -> Result<Progress, StoreError> {
+        let db = self.db.read_guard()?;
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<Option<i64>, StoreError> {
             Ok(meta.get(key)?.map(|v| v.value()))
         };
-        let processed_offset = get(PROCESSED_OFFSET)?.unwrap_or(0) as u64;
+        let processed_offset = match get(PROCESSED_OFFSET)? {
+            Some(v) => offset_from_meta(PROCESSED_OFFSET, v)?,
+            None => 0,
+        };
         let watermark = get(WATERMARK)?;
         let snapshot = match get(SNAPSHOT_OFFSET)? {
             Some(offset) => {
+                let offset = offset_from_meta(SNAPSHOT_OFFSET, offset)?;
                 let table = txn.open_table(SNAPSHOT)?;
-                table
-                    .get(0)?
-                    .map(|bytes| (offset as u64, bytes.value().to_vec()))
+                table.get(0)?.map(|bytes| (offset, bytes.value().to_vec()))
             }
             None => None,
         };
@@ -256,12 +313,58 @@ impl KpiStore {
         })
     }
 
-    /// Applies one commit atomically: row changes, spend changes, offset, snapshot.
-    pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
-        self.db.with(|db| Self::commit_in(db, commit))
+    /// The settings the state was recorded under, with their fingerprint.
+    pub fn settings(&self) -> Result<Option<(String, StateSettings)>, StoreError> {
+        let db = self.db.read_guard()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(CONFIG)?;
+        let fingerprint = table.get(FINGERPRINT)?.map(|v| v.value().to_string());
+        let settings = table
+            .get(SETTINGS)?
+            .map(|v| StateSettings::parse(v.value()));
+        Ok(fingerprint.zip(settings))
     }
 
-    fn commit_in(db: &Database, commit: &Commit) -> Result<(), StoreError> {
+    /// Records the settings the state is built under (human-readable, with a fingerprint).
+    pub fn record_settings(&self, settings: &StateSettings) -> Result<(), StoreError> {
+        let db = self.db.read_guard()?;
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(CONFIG)?;
+            table.insert(SETTINGS, settings.describe().as_str())?;
+            table.insert(FINGERPRINT, settings.fingerprint().as_str())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Compares the current settings with the recorded ones before the state is used.
+    /// No record: records `current`. A difference: [`StoreError::ConfigMismatch`] naming
+    /// each setting, old → new (a setting the record predates counts as its value in
+    /// `defaults`, see `vedetta_core::pipeline::settings`).
+    pub fn check_settings(
+        &self,
+        current: &StateSettings,
+        defaults: &StateSettings,
+    ) -> Result<SettingsCheck, StoreError> {
+        let Some((fingerprint, stored)) = self.settings()? else {
+            self.record_settings(current)?;
+            return Ok(SettingsCheck::Recorded);
+        };
+        if fingerprint == current.fingerprint() {
+            return Ok(SettingsCheck::Same);
+        }
+        let changes = current.changes_since(&stored, defaults);
+        if !changes.is_empty() {
+            return Err(StoreError::ConfigMismatch { changes });
+        }
+        self.record_settings(current)?;
+        Ok(SettingsCheck::Extended)
+    }
+
+    /// Applies one commit atomically: row changes, spend changes, offset, snapshot.
+    pub fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        let db = self.db.read_guard()?;
         let mut txn = db.begin_write()?;
         txn.set_durability(if commit.durable {
             redb::Durability::Immediate
@@ -271,33 +374,38 @@ impl KpiStore {
         {
             let mut rows = txn.open_table(KPIS)?;
             for (key, change) in &commit.rows {
-                let key = encode_row_key(key);
+                let key = encode_row_key(key)?;
                 let mut counters = match rows.get(key.as_slice())? {
-                    Some(bytes) => postcard::from_bytes::<KpiCounters>(bytes.value())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    Some(bytes) => decode_row_value(bytes.value())?,
                     None => KpiCounters::default(),
                 };
                 counters.add(change);
                 if counters.is_zero() {
                     rows.remove(key.as_slice())?;
                 } else {
-                    let bytes = postcard::to_allocvec(&counters)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    rows.insert(key.as_slice(), bytes.as_slice())?;
+                    rows.insert(key.as_slice(), encode_row_value(&counters)?.as_slice())?;
                 }
             }
             let mut spend = txn.open_table(SPEND)?;
             for (key, micros) in &commit.spend {
-                let key = encode_spend_key(key);
-                let total = spend.get(key.as_slice())?.map_or(0, |v| v.value()) + micros;
+                let key = encode_spend_key(key)?;
+                let stored = match spend.get(key.as_slice())? {
+                    Some(bytes) => decode_spend_value(bytes.value())?,
+                    None => 0,
+                };
+                // i128 micro-units: a sum of i64 records cannot reach the bound, but a
+                // corrupt stored value could; that is an error, never a wrap.
+                let total = stored.checked_add(*micros).ok_or_else(|| {
+                    StoreError::Corrupt(format!("spend sum past i128 under key {key:?}"))
+                })?;
                 if total == 0 {
                     spend.remove(key.as_slice())?;
                 } else {
-                    spend.insert(key.as_slice(), total)?;
+                    spend.insert(key.as_slice(), encode_spend_value(total).as_slice())?;
                 }
             }
             let mut meta = txn.open_table(META)?;
-            meta.insert(PROCESSED_OFFSET, commit.processed_offset as i64)?;
+            meta.insert(PROCESSED_OFFSET, offset_to_meta(commit.processed_offset)?)?;
             match commit.watermark {
                 Some(w) => meta.insert(WATERMARK, w)?,
                 None => meta.remove(WATERMARK)?,
@@ -305,7 +413,7 @@ impl KpiStore {
             if let Some(snapshot) = &commit.snapshot {
                 let mut table = txn.open_table(SNAPSHOT)?;
                 table.insert(0, snapshot.as_slice())?;
-                meta.insert(SNAPSHOT_OFFSET, commit.processed_offset as i64)?;
+                meta.insert(SNAPSHOT_OFFSET, offset_to_meta(commit.processed_offset)?)?;
             }
         }
         txn.commit()?;
@@ -322,32 +430,18 @@ impl KpiStore {
         to: i64,
         mut visit: impl FnMut(&RowView<'_>, &KpiCounters),
     ) -> Result<(), StoreError> {
-        let guard = self.db.read_guard()?;
-        let txn = guard.begin_read()?;
+        if from >= to {
+            return Ok(());
+        }
+        let db = self.db.read_guard()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(KPIS)?;
         let (low, high) = range_bounds(granularity, from, to);
         for entry in table.range(low.as_slice()..high.as_slice())? {
             let (key, value) = entry?;
-            let counters = postcard::from_bytes::<KpiCounters>(value.value())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let key = key.value();
-            let (window_start, parts) = split_key(key)?;
-            let [channel, campaign, device, region] = parts[..] else {
-                return Err(StoreError::Corrupt(format!(
-                    "row key with {} parts",
-                    parts.len()
-                )));
-            };
-            visit(
-                &RowView {
-                    window_start,
-                    channel,
-                    campaign,
-                    device,
-                    region,
-                },
-                &counters,
-            );
+            let counters = decode_row_value(value.value())?;
+            let (_, row) = decode_row_view(key.value())?;
+            visit(&row, &counters);
         }
         Ok(())
     }
@@ -359,23 +453,21 @@ impl KpiStore {
         granularity: Granularity,
         from: i64,
         to: i64,
-        mut visit: impl FnMut(i64, &str, &str, i64),
+        mut visit: impl FnMut(i64, &str, &str, i128),
     ) -> Result<(), StoreError> {
-        let guard = self.db.read_guard()?;
-        let txn = guard.begin_read()?;
+        if from >= to {
+            return Ok(());
+        }
+        let db = self.db.read_guard()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(SPEND)?;
         let (low, high) = range_bounds(granularity, from, to);
         for entry in table.range(low.as_slice()..high.as_slice())? {
             let (key, value) = entry?;
+            let micros = decode_spend_value(value.value())?;
             let key = key.value();
-            let (window_start, parts) = split_key(key)?;
-            let [channel, campaign] = parts[..] else {
-                return Err(StoreError::Corrupt(format!(
-                    "spend key with {} parts",
-                    parts.len()
-                )));
-            };
-            visit(window_start, channel, campaign, value.value());
+            let (_, window_start, [channel, campaign]) = keys::decode_parts::<2>(key)?;
+            visit(window_start, channel, campaign, micros);
         }
         Ok(())
     }
@@ -400,7 +492,7 @@ impl KpiStore {
         granularity: Granularity,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(SpendRowKey, i64)>, StoreError> {
+    ) -> Result<Vec<(SpendRowKey, i128)>, StoreError> {
         let mut out = Vec::new();
         self.scan_spend(
             granularity,
@@ -421,22 +513,23 @@ impl KpiStore {
         Ok(out)
     }
 
-    /// Deletes every row, the snapshot and the progress (before a replay).
+    /// Deletes every row, the snapshot, the progress and the settings record (before a
+    /// replay), leaving an empty store of the current format.
     pub fn clear(&self) -> Result<(), StoreError> {
-        let guard = self.db.read_guard()?;
-        let txn = guard.begin_write()?;
-        txn.delete_table(KPIS)?;
-        txn.delete_table(SPEND)?;
-        txn.delete_table(META)?;
-        txn.delete_table(SNAPSHOT)?;
-        txn.open_table(KPIS)?;
-        txn.open_table(SPEND)?;
-        txn.open_table(META)?;
-        txn.open_table(SNAPSHOT)?;
+        let db = self.db.read_guard()?;
+        let txn = db.begin_write()?;
+        let tables: Vec<_> = txn.list_tables()?.collect();
+        for table in tables {
+            txn.delete_table(table)?;
+        }
+        migrate::create_tables(&txn)?;
         txn.commit()?;
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod format_tests;
 
 #[cfg(test)]
 mod tests {

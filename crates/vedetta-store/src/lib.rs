@@ -10,11 +10,15 @@
 //! (offsets that count records, batch checksums, group commit, retention). See
 //! `docs/storage.md` for the measurements behind the choice.
 
+mod error;
 pub mod kpi_store;
 pub mod log;
 pub mod reopen;
 
-pub use kpi_store::{Commit, KpiStore, Progress, RowKey, RowView, SpendRowKey, StoreError};
+pub use kpi_store::{
+    Commit, KpiStore, MigrationReport, Progress, RowKey, RowView, SettingsCheck, SpendRowKey,
+    StoreError,
+};
 pub use log::{
     AppendError, AppendFailure, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats,
     Stored, WriterConfig,

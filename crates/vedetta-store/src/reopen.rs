@@ -95,25 +95,6 @@ impl ReopeningDatabase {
     }
 }
 
-/// Whether an I/O error means the device is out of space (or quota): the error a client can
-/// do nothing about but wait, answered with 507 rather than 500.
-pub fn is_out_of_space(error: &std::io::Error) -> bool {
-    const ENOSPC: i32 = 28;
-    const EDQUOT: i32 = 122;
-    matches!(
-        error.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    ) || matches!(error.raw_os_error(), Some(ENOSPC | EDQUOT))
-}
-
-/// The I/O error inside a redb storage error, if that is what it is.
-pub fn io_error(error: &redb::StorageError) -> Option<&std::io::Error> {
-    match error {
-        redb::StorageError::Io(io) => Some(io),
-        _ => None,
-    }
-}
-
 /// A database held open (see [`ReopeningDatabase::read_guard`]).
 #[derive(Debug)]
 pub struct OpenGuard<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);

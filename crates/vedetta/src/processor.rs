@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vedetta_core::enrich::RegionLookup;
-use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, PipelineState};
+use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, snapshot};
 use vedetta_core::time::Clock;
 use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey, StoreError};
 
@@ -154,6 +154,9 @@ pub fn start(
         recovering: AtomicBool::new(true),
         ..ProcessorStatus::default()
     });
+    // Before the thread: a store built under other settings stops the server from
+    // starting, with the changes and what to run, instead of answering from it.
+    check_settings(&store, &config)?;
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let (status, stop) = (status.clone(), stop.clone());
@@ -180,6 +183,18 @@ pub fn start(
     })
 }
 
+/// Compares the settings the store's state was built under with `config`'s; records them
+/// when the store has none (new, or written before records existed). A mismatch is an
+/// error naming each changed setting, old → new, and saying to run `vedetta replay`.
+fn check_settings(store: &KpiStore, config: &PipelineConfig) -> anyhow::Result<()> {
+    let defaults = PipelineConfig::default().state_settings();
+    match store.check_settings(&config.state_settings(), &defaults)? {
+        vedetta_store::SettingsCheck::Same => {}
+        check => tracing::info!(?check, "recorded the pipeline settings of the state"),
+    }
+    Ok(())
+}
+
 fn set_error(status: &ProcessorStatus, error: &anyhow::Error) {
     if let Ok(mut last) = status.last_error.lock() {
         *last = Some(format!("{error:#}"));
@@ -199,8 +214,8 @@ fn is_storage_full(error: &anyhow::Error) -> bool {
             .downcast_ref::<StoreError>()
             .is_some_and(StoreError::is_storage_full)
             || cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(vedetta_store::reopen::is_out_of_space)
+                .downcast_ref::<vedetta_store::LogError>()
+                .is_some_and(vedetta_store::LogError::is_storage_full)
     })
 }
 
@@ -232,11 +247,12 @@ impl Processor {
         status: &ProcessorStatus,
     ) -> anyhow::Result<Self> {
         status.recovering.store(true, Ordering::Release);
+        check_settings(&store, &config)?;
         let progress = store.progress()?;
         let (mut pipeline, snapshot_offset) = match &progress.snapshot {
             Some((offset, bytes)) => {
-                let state: PipelineState =
-                    postcard::from_bytes(bytes).context("the pipeline snapshot does not decode")?;
+                let state = snapshot::decode_snapshot(bytes)
+                    .with_context(|| format!("the pipeline snapshot at offset {offset}"))?;
                 (
                     Pipeline::restore(config.clone(), regions.clone(), state),
                     *offset,

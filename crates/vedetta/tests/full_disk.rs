@@ -36,21 +36,6 @@ impl Tmpfs {
         );
         Tmpfs(at.to_path_buf())
     }
-
-    fn free_bytes(&self) -> u64 {
-        let output = Command::new("df")
-            .args(["--output=avail", "-B1"])
-            .arg(&self.0)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .nth(1)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
 }
 
 impl Drop for Tmpfs {

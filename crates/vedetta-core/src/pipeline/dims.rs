@@ -16,9 +16,6 @@ pub const MAX_CHANNELS: usize = 1_000;
 /// The channel name used past [`MAX_CHANNELS`].
 pub const OTHER_CHANNEL: &str = "(other)";
 
-/// Separator inside the lookup key; not a character clients can usefully send.
-const SEP: char = '\u{1f}';
-
 /// The campaign name used when none is given.
 pub const NO_CAMPAIGN: &str = "(none)";
 /// The campaign name used past the cardinality bound.
@@ -34,14 +31,20 @@ pub struct Dims {
 }
 
 /// Interner of dimension tuples and of (channel, campaign) pairs for spend.
+///
+/// The lookup key is the tuple encoded part by part, each part prefixed with its length
+/// ([`tuple_key`]): two different tuples always have different keys, whatever characters
+/// a client puts in a campaign name. (Joining the parts with a separator let
+/// `("a\u{1f}b", "c")` and `("a", "b\u{1f}c")` share one id.)
 #[derive(Debug, Clone)]
 pub struct DimsTable {
-    ids: FastHashMap<Box<str>, DimsId>,
+    ids: FastHashMap<Box<[u8]>, DimsId>,
     tuples: Vec<Dims>,
     campaigns: FastHashMap<Box<str>, ()>,
     channels: FastHashMap<Box<str>, ()>,
     max_campaigns: usize,
-    key: String,
+    /// Scratch buffer for the lookup key: a known tuple is found without allocating.
+    key: Vec<u8>,
 }
 
 impl DimsTable {
@@ -52,7 +55,7 @@ impl DimsTable {
             campaigns: FastHashMap::default(),
             channels: FastHashMap::default(),
             max_campaigns,
-            key: String::with_capacity(128),
+            key: Vec::with_capacity(128),
         }
     }
 
@@ -61,14 +64,14 @@ impl DimsTable {
         // A known tuple needs one lookup: its campaign was admitted when it was interned (or
         // it is the overflow campaign, and the campaign set is full for good).
         self.set_key(channel, campaign, device, region);
-        if let Some(&id) = self.ids.get(self.key.as_str()) {
+        if let Some(&id) = self.ids.get(self.key.as_slice()) {
             return id;
         }
         let bounded = self.bounded_campaign(campaign);
         let bounded_channel = self.bounded_channel(channel);
         if bounded != campaign || bounded_channel != channel {
             self.set_key(bounded_channel, bounded, device, region);
-            if let Some(&id) = self.ids.get(self.key.as_str()) {
+            if let Some(&id) = self.ids.get(self.key.as_slice()) {
                 return id;
             }
         }
@@ -81,18 +84,12 @@ impl DimsTable {
             device: device.to_string(),
             region: region.to_string(),
         });
-        self.ids.insert(self.key.as_str().into(), id);
+        self.ids.insert(self.key.as_slice().into(), id);
         id
     }
 
     fn set_key(&mut self, channel: &str, campaign: &str, device: &str, region: &str) {
-        self.key.clear();
-        for (i, part) in [channel, campaign, device, region].iter().enumerate() {
-            if i > 0 {
-                self.key.push(SEP);
-            }
-            self.key.push_str(part);
-        }
+        tuple_key(&mut self.key, [channel, campaign, device, region]);
     }
 
     fn bounded_channel<'a>(&mut self, channel: &'a str) -> &'a str {
@@ -144,9 +141,46 @@ impl DimsTable {
     }
 }
 
+/// Writes the in-memory lookup key of a tuple into `out`: each part as its byte length
+/// (native `usize`, never truncated: the key is never stored) followed by its bytes. A
+/// length prefix makes the encoding injective: no part's content can be read as a
+/// boundary.
+fn tuple_key(out: &mut Vec<u8>, parts: [&str; 4]) {
+    out.clear();
+    for part in parts {
+        out.extend_from_slice(&part.len().to_ne_bytes());
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 8: the key joined the parts with U+001F, so a campaign holding that character
+    /// could take the id of another tuple (and its KPIs with it).
+    #[test]
+    fn tuples_with_the_old_separator_inside_never_share_an_id() {
+        let mut t = DimsTable::new(100);
+        let a = t.intern("social\u{1f}x", "y", "mobile", "IT-25");
+        let b = t.intern("social", "x\u{1f}y", "mobile", "IT-25");
+        let c = t.intern("social", "x", "y\u{1f}mobile", "IT-25");
+        let d = t.intern("social", "x", "y", "mobile\u{1f}IT-25");
+        assert_eq!(t.len(), 4, "four different tuples, four ids");
+        assert_ne!(a, b);
+        assert_eq!(t.get(a).map(|d| d.channel.as_str()), Some("social\u{1f}x"));
+        assert_eq!(t.get(b).map(|d| d.campaign.as_str()), Some("x\u{1f}y"));
+        assert_eq!(t.get(c).map(|d| d.device.as_str()), Some("y\u{1f}mobile"));
+        assert_eq!(
+            t.get(d).map(|d| d.region.as_str()),
+            Some("mobile\u{1f}IT-25")
+        );
+        // Empty parts move no boundary either.
+        let e = t.intern("", "social", "", "");
+        let f = t.intern("social", "", "", "");
+        assert_ne!(e, f);
+        assert_eq!(t.intern("social\u{1f}x", "y", "mobile", "IT-25"), a);
+    }
 
     #[test]
     fn channels_are_bounded() {

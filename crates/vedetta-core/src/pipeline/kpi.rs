@@ -5,6 +5,10 @@
 //! flagged by a late registration, a session that moved to an earlier window) is a negative
 //! change. Every counter is an integer, money included (micro-units), so the sum of changes
 //! is exact whatever their order, and a replay reproduces the stored numbers to the unit.
+//!
+//! Money sums are `i128` micro-units. One record's amount is at most `i64::MAX` micro-units
+//! (`to_micros` saturates, and intake bounds it far lower), so a sum of `i128` cannot wrap
+//! before 2^64 such records: no order of purchases, however large, can turn a total around.
 
 use super::hash::FastHashMap;
 use serde::{Deserialize, Serialize};
@@ -32,7 +36,8 @@ pub struct KpiCounters {
     pub sessions: i64,
     pub converting_sessions: i64,
     pub conversions: i64,
-    pub revenue_micros: i64,
+    /// Revenue in micro-units of the reporting currency. `i128`: a sum that cannot wrap.
+    pub revenue_micros: i128,
     pub flagged: i64,
     pub duplicates: i64,
     pub late: i64,
@@ -126,7 +131,8 @@ impl Hash for SpendKey {
 #[derive(Debug, Default, Clone)]
 pub struct KpiDeltas {
     pub rows: FastHashMap<KpiKey, KpiCounters>,
-    pub spend_micros: FastHashMap<SpendKey, i64>,
+    /// Spend changes in micro-units (`i128`, like revenue: sums cannot wrap).
+    pub spend_micros: FastHashMap<SpendKey, i128>,
 }
 
 impl KpiDeltas {
@@ -143,7 +149,7 @@ impl KpiDeltas {
     }
 
     pub fn add_spend(&mut self, key: SpendKey, micros: i64) {
-        *self.spend_micros.entry(key).or_default() += micros;
+        *self.spend_micros.entry(key).or_default() += i128::from(micros);
     }
 
     pub fn is_empty(&self) -> bool {

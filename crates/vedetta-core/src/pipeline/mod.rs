@@ -17,6 +17,8 @@ pub mod dims;
 pub mod footprint;
 pub mod hash;
 pub mod kpi;
+pub mod settings;
+pub mod snapshot;
 pub mod user;
 pub mod windows;
 
@@ -218,9 +220,10 @@ impl Pipeline {
         state
     }
 
-    /// [`Self::snapshot`] encoded with postcard, straight from the live state: the same bytes
-    /// without copying the state first (a day of remembered event ids is most of it, and the
-    /// copy was most of a snapshot's cost).
+    /// [`Self::snapshot`] in the snapshot format ([`snapshot`]: a versioned header, then
+    /// postcard), encoded straight from the live state: the same bytes without copying the
+    /// state first (a day of remembered event ids is most of it, and the copy was most of a
+    /// snapshot's cost).
     pub fn encode_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
         /// [`PipelineState`] by reference, field for field in the same order: postcard
         /// writes a reference, or a slice, exactly as the owned value or `Vec`.
@@ -236,16 +239,19 @@ impl Pipeline {
             next_offset: u64,
         }
         let state = &self.state;
-        postcard::to_allocvec(&Borrowed {
-            max_event_ts: state.max_event_ts,
-            dedup: &state.dedup,
-            users: &state.users,
-            expiry: &state.expiry,
-            dims: self.dims.tuples(),
-            custom_kinds: &self.custom_kinds,
-            counters: &state.counters,
-            next_offset: state.next_offset,
-        })
+        postcard::to_extend(
+            &Borrowed {
+                max_event_ts: state.max_event_ts,
+                dedup: &state.dedup,
+                users: &state.users,
+                expiry: &state.expiry,
+                dims: self.dims.tuples(),
+                custom_kinds: &self.custom_kinds,
+                counters: &state.counters,
+                next_offset: state.next_offset,
+            },
+            snapshot::header().to_vec(),
+        )
     }
 
     pub fn config(&self) -> &PipelineConfig {
@@ -555,7 +561,7 @@ impl Pipeline {
                 row.flagged += 1;
                 if target.conversion {
                     row.conversions -= 1;
-                    row.revenue_micros -= target.value_micros;
+                    row.revenue_micros -= i128::from(target.value_micros);
                 }
             }
         }
@@ -590,7 +596,8 @@ impl Pipeline {
                 row.flagged += sign;
             } else if entry.conversion {
                 row.conversions += sign;
-                row.revenue_micros += sign * entry.value_micros;
+                // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
+                row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
             }
         }
     }

@@ -17,7 +17,7 @@ const SEC: i64 = 1_000;
 
 /// Final KPIs by (granularity, window start, channel, campaign, device, region).
 type Kpis = BTreeMap<(Granularity, i64, String, String, String, String), KpiCounters>;
-type Spend = BTreeMap<(Granularity, i64, String, String), i64>;
+type Spend = BTreeMap<(Granularity, i64, String, String), i128>;
 
 struct Run {
     pipeline: Pipeline,
@@ -71,7 +71,11 @@ impl Run {
     }
 
     /// Sum of one counter over all rows of a granularity.
-    fn total(&self, granularity: Granularity, counter: impl Fn(&KpiCounters) -> i64) -> i64 {
+    fn total<T: std::iter::Sum<T>>(
+        &self,
+        granularity: Granularity,
+        counter: impl Fn(&KpiCounters) -> T,
+    ) -> T {
         self.kpis
             .iter()
             .filter(|(k, _)| k.0 == granularity)
@@ -197,7 +201,7 @@ fn near_duplicates_are_less_than_100_ms_apart_same_user_same_type() {
     run.feed(LogRecord::Event(event(1, EventKind::PageView, T0 + 100))); // not
     run.feed(LogRecord::Event(event(1, EventKind::AddToCart, T0 + 1))); // other type
     run.feed(LogRecord::Event(event(2, EventKind::PageView, T0 + 1))); // other user
-    assert_eq!(run.total(Minute, |c| c.events.iter().sum()), 4);
+    assert_eq!(run.total(Minute, |c| c.events.iter().sum::<i64>()), 4);
     assert_eq!(run.total(Minute, |c| c.duplicates), 2);
     assert_eq!(run.pipeline.counters().near_duplicates, 2);
 }
@@ -413,7 +417,11 @@ fn a_snapshot_restores_a_pipeline_that_continues_identically() {
     let snapshot = first.pipeline.snapshot();
     assert_eq!(
         first.pipeline.encode_snapshot().unwrap(),
-        postcard::to_allocvec(&snapshot).unwrap(),
+        [
+            super::snapshot::header().to_vec(),
+            postcard::to_allocvec(&snapshot).unwrap()
+        ]
+        .concat(),
         "the snapshot encoded in place is the snapshot's encoding"
     );
     let mut resumed = Run {
@@ -540,3 +548,5 @@ proptest! {
         }
     }
 }
+
+mod money;

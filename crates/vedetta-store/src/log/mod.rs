@@ -24,7 +24,8 @@ pub use writer::{
     WriterCounters,
 };
 
-use crate::reopen::{ReopeningDatabase, Unavailable, is_out_of_space};
+use crate::error::{EngineFailure, io_is_storage_full};
+use crate::reopen::{ReopeningDatabase, Unavailable};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -38,54 +39,84 @@ const NEXT_OFFSET: &str = "next_offset";
 const NEXT_QUARANTINE: &str = "next_quarantine";
 
 /// What can go wrong with the log. Every variant means the log could not do what was
-/// asked; none of them means data that was acknowledged is gone.
+/// asked; none of them means data that was acknowledged is gone. The engine's error kind
+/// is kept (see [`LogError::is_retryable`], [`LogError::is_storage_full`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
-    /// The device is full. Nothing of the failed operation was stored; the log reopens
-    /// itself ([`EventLog::recover_storage`]) and works again once space is freed.
-    #[error("the log's disk is full: {0}")]
-    StorageFull(String),
-    /// Another I/O error, or redb's latch after one (`PreviousIo`): retryable after
-    /// [`EventLog::recover_storage`].
-    #[error("log storage I/O error: {0}")]
-    Io(String),
-    /// The database is being reopened after a storage failure.
-    #[error(transparent)]
-    Unavailable(#[from] Unavailable),
-    /// Anything else the storage engine reports (a bug or a damaged file): not retryable.
-    #[error("log storage error: {0}")]
-    Storage(String),
+    /// The operating system refused a read, write or sync; the kind and OS error are kept.
+    #[error("log I/O error: {0}")]
+    Io(#[source] std::io::Error),
+    /// redb's `PreviousIo`: an earlier I/O failure left this handle unusable.
+    #[error("the log must be reopened after an earlier I/O error")]
+    NeedsReopen,
+    /// Another process holds the file.
+    #[error("the log is open in another process")]
+    AlreadyOpen,
+    /// The engine found its file damaged.
+    #[error("the log file is corrupt: {0}")]
+    Engine(String),
     #[error("batch at offset {offset} is corrupt: {source}")]
     Corrupt { offset: u64, source: BatchError },
+    /// A batch of a format this build does not read (a newer build wrote it). Never
+    /// repaired away: the log refuses to open rather than drop it.
+    #[error("batch at offset {offset}: {source}; run the build that wrote it")]
+    Version { offset: u64, source: BatchError },
     #[error("offset {requested} is no longer retained (log starts at {start})")]
     Retained { requested: u64, start: u64 },
+    /// Anything else from the engine: misuse or a bug, not a condition of the disk.
+    #[error("log storage error: {0}")]
+    Storage(String),
+    /// The log is being reopened after a storage failure, or could not be yet.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
 }
 
 impl LogError {
-    /// Whether the same operation may succeed later without anyone changing the program or
-    /// its files: a full disk, an I/O error, a reopen in progress.
+    /// Whether the failed call changed nothing and may succeed if made again later, on the
+    /// same handle: I/O errors (a full disk included). A failed append wrote nothing
+    /// (redb commits are atomic), so nothing was acknowledged.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            LogError::StorageFull(_) | LogError::Io(_) | LogError::Unavailable(_)
-        )
+        matches!(self, LogError::Io(_) | LogError::Unavailable(_))
     }
 
-    /// Whether the device is out of space.
+    /// Whether the log is only temporarily unable to answer: an I/O failure, a handle
+    /// waiting for [`EventLog::recover_storage`], a reopen in progress.
+    pub fn is_temporary(&self) -> bool {
+        self.is_retryable() || self.needs_reopen()
+    }
+
+    /// Whether the handle must be dropped and the file reopened before anything else can
+    /// succeed.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(self, LogError::NeedsReopen)
+    }
+
+    /// Whether the disk or a quota is full (`ENOSPC`, `EDQUOT`, `StorageFull`,
+    /// `QuotaExceeded`): the answer to a client is 507 (or 503 with `Retry-After`), and a
+    /// retry succeeds once space is freed.
     pub fn is_storage_full(&self) -> bool {
-        matches!(self, LogError::StorageFull(_))
+        matches!(self, LogError::Io(error) if io_is_storage_full(error))
+    }
+}
+
+impl LogError {
+    /// A batch that does not read: of another format version, or damaged.
+    fn batch(offset: u64, source: BatchError) -> Self {
+        match source {
+            BatchError::UnknownFormat(_) => LogError::Version { offset, source },
+            source => LogError::Corrupt { offset, source },
+        }
     }
 }
 
 impl<E: Into<redb::Error>> From<E> for LogError {
     fn from(error: E) -> Self {
-        match error.into() {
-            redb::Error::Io(io) if is_out_of_space(&io) => LogError::StorageFull(io.to_string()),
-            redb::Error::Io(io) => LogError::Io(io.to_string()),
-            error @ (redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
-                LogError::Io(error.to_string())
-            }
-            other => LogError::Storage(other.to_string()),
+        match EngineFailure::from(error.into()) {
+            EngineFailure::Io(error) => LogError::Io(error),
+            EngineFailure::NeedsReopen => LogError::NeedsReopen,
+            EngineFailure::Corrupt(message) => LogError::Engine(message),
+            EngineFailure::AlreadyOpen => LogError::AlreadyOpen,
+            EngineFailure::Other(message) => LogError::Storage(message),
         }
     }
 }
@@ -120,6 +151,7 @@ pub struct LogStats {
 /// The append-only log over a redb file.
 #[derive(Debug)]
 pub struct EventLog {
+    /// Reopened after an I/O failure (see [`EventLog::recover_storage`]).
     db: ReopeningDatabase,
     path: PathBuf,
     end_offset: AtomicU64,
@@ -139,7 +171,8 @@ impl EventLog {
     pub fn open(path: &Path, quarantine_capacity: u64) -> Result<(Self, OpenReport), LogError> {
         let db = ReopeningDatabase::open(path, 64 << 20)?;
         let mut report = OpenReport::default();
-        let txn = db.with(|db| db.begin_write().map_err(LogError::from))?;
+        let open = db.read_guard()?;
+        let txn = open.begin_write()?;
         let (start, end) = {
             let mut batches = txn.open_table(BATCHES)?;
             let mut meta = txn.open_table(META)?;
@@ -157,6 +190,11 @@ impl EventLog {
                     Some((key, Ok(header))) => {
                         tail_end = key + u64::from(header.count);
                         break;
+                    }
+                    // Not damage: a newer build's batch. Deleting it would drop
+                    // acknowledged events.
+                    Some((offset, Err(source @ BatchError::UnknownFormat(_)))) => {
+                        return Err(LogError::Version { offset, source });
                     }
                     Some((key, Err(_))) => {
                         batches.remove(key)?;
@@ -177,6 +215,7 @@ impl EventLog {
             (start, end)
         };
         txn.commit()?;
+        drop(open);
         Ok((
             Self {
                 db,
@@ -187,6 +226,44 @@ impl EventLog {
             },
             report,
         ))
+    }
+
+    /// After a storage failure: closes and reopens the file (redb refuses every operation
+    /// after a failed write until then) and reads the end offset back from it. What was
+    /// acknowledged is in the file; what failed left no trace. Returns an error while the
+    /// file cannot be opened yet (a full disk may block redb's repair); call again later.
+    pub fn recover_storage(&self) -> Result<(), LogError> {
+        self.db.reopen()?;
+        let db = self.db.read_guard()?;
+        let txn = db.begin_read()?;
+        let stored_end = txn
+            .open_table(META)?
+            .get(NEXT_OFFSET)?
+            .map_or(0, |v| v.value());
+        // Offsets never go back. A commit that reported an error may still have reached
+        // the disk; the writer checks this against the group it tried to append.
+        self.end_offset.fetch_max(stored_end, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Reopens the file if it is failed (redb's latch after an I/O error, or a reopen that
+    /// did not succeed yet), for readers that must not wait for the writer's next commit to
+    /// do it. A healthy log is left alone.
+    pub fn recover_storage_if_failed(&self) -> Result<(), LogError> {
+        let probe = self.db.read_guard().map_err(LogError::from).and_then(|db| {
+            let txn = db.begin_read()?;
+            txn.open_table(META)?;
+            Ok(())
+        });
+        match probe {
+            Err(error) if error.is_temporary() => self.recover_storage(),
+            other => other,
+        }
+    }
+
+    /// How many times the log was reopened after a storage failure.
+    pub fn reopens(&self) -> u64 {
+        self.db.reopens()
     }
 
     /// The number of records appended so far.
@@ -207,42 +284,6 @@ impl EventLog {
         }
     }
 
-    /// After a storage failure: closes and reopens the file (redb refuses every operation
-    /// after a failed write until then) and reads the end offset back from it. What was
-    /// acknowledged is in the file; what failed left no trace. Returns an error while the
-    /// file cannot be opened yet (a full disk may block redb's repair); call again later.
-    pub fn recover_storage(&self) -> Result<(), LogError> {
-        self.db.reopen()?;
-        let stored_end = self.db.with(|db| {
-            let txn = db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            Ok::<_, LogError>(meta.get(NEXT_OFFSET)?.map_or(0, |v| v.value()))
-        })?;
-        // Offsets never go back: a failed commit never moved the end, so this is a check.
-        self.end_offset.fetch_max(stored_end, Ordering::AcqRel);
-        Ok(())
-    }
-
-    /// Reopens the file if it is failed (redb's latch after an I/O error, or a reopen that
-    /// did not succeed yet), for readers that must not wait for the writer's next commit to
-    /// do it. A healthy log is left alone.
-    pub fn recover_storage_if_failed(&self) -> Result<(), LogError> {
-        let probe = self.db.with(|db| {
-            let txn = db.begin_read()?;
-            txn.open_table(META)?;
-            Ok::<_, LogError>(())
-        });
-        match probe {
-            Err(error) if error.is_retryable() => self.recover_storage(),
-            other => other,
-        }
-    }
-
-    /// How many times the log was reopened after a storage failure.
-    pub fn reopens(&self) -> u64 {
-        self.db.reopens()
-    }
-
     /// Appends batches (and quarantine entries) in one transaction with one fsync.
     /// Returns the offset range of each batch, in order.
     pub fn append_group(
@@ -250,16 +291,7 @@ impl EventLog {
         batches: &[&EncodedBatch],
         quarantine: &[&str],
     ) -> Result<Vec<Range<u64>>, LogError> {
-        self.db
-            .with(|db| self.append_group_in(db, batches, quarantine))
-    }
-
-    fn append_group_in(
-        &self,
-        db: &redb::Database,
-        batches: &[&EncodedBatch],
-        quarantine: &[&str],
-    ) -> Result<Vec<Range<u64>>, LogError> {
+        let db = self.db.read_guard()?;
         let txn = db.begin_write()?;
         let mut ranges = Vec::with_capacity(batches.len());
         let mut next = self.end_offset();
@@ -317,14 +349,7 @@ impl EventLog {
                 start,
             });
         }
-        self.db.with(|db| Self::read_from(db, from, max_records))
-    }
-
-    fn read_from(
-        db: &redb::Database,
-        from: u64,
-        max_records: usize,
-    ) -> Result<Vec<(u64, i64, LogRecord)>, LogError> {
+        let db = self.db.read_guard()?;
         let txn = db.begin_read()?;
         let table = txn.open_table(BATCHES)?;
         let mut out = Vec::new();
@@ -338,7 +363,7 @@ impl EventLog {
             let (key, value) = entry?;
             let offset = key.value();
             let (header, records) = record::decode_batch(value.value())
-                .map_err(|source| LogError::Corrupt { offset, source })?;
+                .map_err(|source| LogError::batch(offset, source))?;
             for (i, record) in records.into_iter().enumerate() {
                 let at = offset + i as u64;
                 if at >= from {
@@ -357,16 +382,7 @@ impl EventLog {
     /// `keep_from_offset` (what the pipeline has not yet committed is never deleted).
     /// Returns the number of records deleted.
     pub fn apply_retention(&self, cutoff_ms: i64, keep_from_offset: u64) -> Result<u64, LogError> {
-        self.db
-            .with(|db| self.apply_retention_in(db, cutoff_ms, keep_from_offset))
-    }
-
-    fn apply_retention_in(
-        &self,
-        db: &redb::Database,
-        cutoff_ms: i64,
-        keep_from_offset: u64,
-    ) -> Result<u64, LogError> {
+        let db = self.db.read_guard()?;
         let txn = db.begin_write()?;
         let mut deleted = 0;
         let mut new_start = None;
@@ -377,7 +393,7 @@ impl EventLog {
                 let (key, value) = entry?;
                 let offset = key.value();
                 let header = record::decode_header(value.value())
-                    .map_err(|source| LogError::Corrupt { offset, source })?;
+                    .map_err(|source| LogError::batch(offset, source))?;
                 let batch_end = offset + u64::from(header.count);
                 if header.appended_at_ms >= cutoff_ms || batch_end > keep_from_offset {
                     new_start = Some(offset);
@@ -400,13 +416,7 @@ impl EventLog {
     /// the first entry it keeps (entries are in the order they arrived). Returns how many
     /// were deleted.
     pub fn trim_quarantine(&self, expired: impl Fn(&str) -> bool) -> Result<u64, LogError> {
-        self.db.with(|db| Self::trim_quarantine_in(db, expired))
-    }
-
-    fn trim_quarantine_in(
-        db: &redb::Database,
-        expired: impl Fn(&str) -> bool,
-    ) -> Result<u64, LogError> {
+        let db = self.db.read_guard()?;
         let txn = db.begin_write()?;
         let mut doomed = Vec::new();
         {
@@ -428,10 +438,7 @@ impl EventLog {
 
     /// The most recent quarantine entries, newest first.
     pub fn quarantine(&self, limit: usize) -> Result<Vec<QuarantineEntry>, LogError> {
-        self.db.with(|db| Self::quarantine_in(db, limit))
-    }
-
-    fn quarantine_in(db: &redb::Database, limit: usize) -> Result<Vec<QuarantineEntry>, LogError> {
+        let db = self.db.read_guard()?;
         let txn = db.begin_read()?;
         let table = txn.open_table(QUARANTINE)?;
         let mut out = Vec::new();
@@ -447,12 +454,13 @@ impl EventLog {
 
     /// How many entries the quarantine holds.
     pub fn quarantine_len(&self) -> Result<u64, LogError> {
-        self.db.with(|db| {
-            let txn = db.begin_read()?;
-            Ok(txn.open_table(QUARANTINE)?.len()?)
-        })
+        let db = self.db.read_guard()?;
+        let txn = db.begin_read()?;
+        Ok(txn.open_table(QUARANTINE)?.len()?)
     }
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod version_tests;

@@ -234,7 +234,7 @@ fn run(
         let result = match result {
             Ok(ranges) => Ok(ranges),
             Err(error) => {
-                let (settled, reopened) = settle_failed_append(log, error, group_start, &batches);
+                let (settled, reopened) = settle_failed_append(log, &error, group_start, &batches);
                 needs_reopen = !reopened;
                 settled
             }
@@ -277,7 +277,7 @@ fn run(
 /// Returns the settled result and whether the file was reopened.
 fn settle_failed_append(
     log: &EventLog,
-    error: super::LogError,
+    error: &super::LogError,
     group_start: u64,
     batches: &[&EncodedBatch],
 ) -> (Result<Vec<Range<u64>>, AppendFailure>, bool) {

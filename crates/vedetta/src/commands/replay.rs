@@ -39,13 +39,15 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
             )
         })?;
     let store_path = config.data_dir.join("kpis.redb");
-    let (store, _) = KpiStore::open(&store_path).with_context(|| {
+    // Emptied whatever it held, in the current format: replay must work on a store this
+    // build cannot read (an older format that cannot be migrated, other settings). The
+    // settings record is cleared with it; recovery records the current settings.
+    let store = KpiStore::open_empty(&store_path).with_context(|| {
         format!(
             "cannot open {} (is the server still running?)",
             store_path.display()
         )
     })?;
-    store.clear()?;
     let log = Arc::new(log);
     let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
     let status = ProcessorStatus::default();
@@ -69,4 +71,57 @@ pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
         records as f64 / seconds.max(1e-9)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn config_file(dir: &std::path::Path, max_campaigns: u64) -> PathBuf {
+        let path = dir.join(format!("vedetta-{max_campaigns}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = {:?}\n[pipeline]\nmax_campaigns = {max_campaigns}\n",
+                dir.join("data").display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn start(file: &std::path::Path) -> anyhow::Result<()> {
+        let config = config::load_from(Some(file), &[], &Overrides::default())?;
+        // Started and stopped at once: dropping the router and the state stops the
+        // processor and the log writer and closes both files.
+        let (router, state) = crate::server::build(config)?;
+        drop(router);
+        drop(state);
+        Ok(())
+    }
+
+    /// Issue 8: restarting with a lower `max_campaigns` continued per-user state whose
+    /// dimension ids were interned under the old bound.
+    #[test]
+    fn changed_settings_stop_the_server_until_a_replay_records_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = config_file(dir.path(), 10_000);
+        let after = config_file(dir.path(), 50);
+        start(&before).unwrap();
+        start(&before).expect("the same settings start again");
+
+        let error = format!("{:#}", start(&after).unwrap_err());
+        assert!(error.contains("max_campaigns: 10000 → 50"), "{error}");
+        assert!(error.contains("run `vedetta replay`"), "{error}");
+
+        run(&ReplayArgs {
+            config: Some(after.clone()),
+            data_dir: None,
+        })
+        .unwrap();
+        start(&after).expect("replay recorded the new settings");
+        let error = format!("{:#}", start(&before).unwrap_err());
+        assert!(error.contains("max_campaigns: 50 → 10000"), "{error}");
+    }
 }

@@ -36,8 +36,9 @@ pub enum ApiError {
 impl ApiError {
     /// A KPI store failure: a full disk or a reopen in progress is temporary (503 with
     /// `Retry-After`, the processor is recovering); anything else is an internal error.
+    #[allow(clippy::needless_pass_by_value)] // an adapter for `map_err`
     pub fn from_store(error: vedetta_store::StoreError) -> ApiError {
-        if error.is_retryable() {
+        if error.is_temporary() {
             tracing::warn!(%error, "a KPI query met a storage failure");
             ApiError::Busy {
                 message: "the KPI store is recovering from a storage failure; retry shortly".into(),

@@ -469,10 +469,17 @@ fn ratio(numerator: f64, denominator: i64) -> Option<f64> {
     (denominator != 0).then(|| numerator / denominator as f64)
 }
 
+/// Micro-units (an exact `i128` sum) as units of the reporting currency. JSON numbers are
+/// doubles to most clients: exact to the micro-unit up to 2^53 micro-units (9 billion
+/// units), within one part in 10^16 past that, and never wrapped.
+fn units(micros: i128) -> f64 {
+    micros as f64 / 1e6
+}
+
 impl KpiValues {
-    pub fn from_counters(c: &KpiCounters, spend_micros: Option<i64>) -> Self {
-        let revenue = c.revenue_micros as f64 / 1e6;
-        let spend = spend_micros.map(|m| m as f64 / 1e6);
+    pub fn from_counters(c: &KpiCounters, spend_micros: Option<i128>) -> Self {
+        let revenue = units(c.revenue_micros);
+        let spend = spend_micros.map(units);
         Self {
             sessions: c.sessions,
             converting_sessions: c.converting_sessions,
@@ -524,7 +531,8 @@ pub struct KpiResponse {
 #[derive(Default)]
 struct Group {
     counters: KpiCounters,
-    spend_micros: i64,
+    /// An `i128` sum: spend rows of a long range cannot wrap it.
+    spend_micros: i128,
 }
 
 /// Runs a query against the store.

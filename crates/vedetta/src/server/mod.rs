@@ -103,6 +103,17 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
     let store_path = config.data_dir.join("kpis.redb");
     let (kpi_store, _) = KpiStore::open(&store_path)
         .with_context(|| format!("cannot open the KPI store {}", store_path.display()))?;
+    if let Some(migration) = kpi_store.migration() {
+        tracing::warn!(
+            from_format = migration.from_format,
+            to_format = migration.to_format,
+            rows = migration.rows,
+            spend_rows = migration.spend_rows,
+            snapshot = migration.snapshot,
+            path = %store_path.display(),
+            "migrated the KPI store to the current format"
+        );
+    }
     let kpi_store = Arc::new(kpi_store);
     let notifier = Arc::new(LogNotifier::default());
     let writer = {
@@ -296,6 +307,8 @@ fn apply_retention(
     Ok((records, refused))
 }
 
+#[cfg(test)]
+mod money_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -90,7 +90,7 @@ fn required_text(max: usize, description: &str) -> Value {
 
 /// A channel or campaign: text that does not spell a built-in bucket name (`(none)`,
 /// `(other)`, in any case, with any surrounding white space).
-fn dimension_text(text: Value) -> Value {
+fn dimension_text(text: &Value) -> Value {
     let spelled: Vec<String> = vedetta_core::intake::RESERVED_DIMENSION_VALUES
         .iter()
         .map(|name| {
@@ -171,11 +171,11 @@ fn intake_schemas(now_ms: i64, limits: &IntakeLimits) -> (Value, Value) {
             "value": money(limits.money.max_amount, true, &limits.money.reporting_currency),
             "currency": currency,
             "order_id": id("the shop's order id"),
-            "channel": dimension_text(text("social, paid_search, email, …; derived when absent")),
-            "campaign": dimension_text(text("campaign name")),
+            "channel": dimension_text(&text("social, paid_search, email, …; derived when absent")),
+            "campaign": dimension_text(&text("campaign name")),
             "utm_source": text("attribution"),
             "utm_medium": text("attribution"),
-            "utm_campaign": dimension_text(text("attribution")),
+            "utm_campaign": dimension_text(&text("attribution")),
             "utm_content": text("attribution"),
             "utm_term": text("attribution"),
             "gclid": text("attribution"),
@@ -210,8 +210,8 @@ fn intake_schemas(now_ms: i64, limits: &IntakeLimits) -> (Value, Value) {
         "additionalProperties": false,
         "properties": {
             "ts": event_time(now_ms, limits),
-            "channel": dimension_text(required_text(limits.max_text_chars, "the channel spent on")),
-            "campaign": dimension_text(text("campaign name")),
+            "channel": dimension_text(&required_text(limits.max_text_chars, "the channel spent on")),
+            "campaign": dimension_text(&text("campaign name")),
             "amount": money(limits.money.max_amount, false, &limits.money.reporting_currency),
             "currency": currency,
             "source": text("google_ads, meta, …"),

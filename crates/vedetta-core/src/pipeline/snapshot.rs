@@ -1,0 +1,117 @@
+//! The snapshot format: what the store keeps of the pipeline state between restarts.
+//!
+//! ```text
+//! [magic "VDSN"][format u8 = 1][PipelineState: postcard]
+//! ```
+//!
+//! The header lets a reader tell a snapshot from other bytes, and a snapshot of another
+//! format version from a corrupt one: a build that finds a version it does not know stops
+//! with an error that says so, rather than misreading the state. A snapshot is only ever
+//! a shortcut (the state can always be rebuilt from the log by `vedetta replay`), so an
+//! unreadable one is never silently skipped either: the numbers would be wrong.
+//!
+//! Stores written before the header existed hold the bare postcard body; the KPI store's
+//! migration prefixes it with [`header`] (the body of format 1 is that same encoding).
+
+use super::PipelineState;
+
+/// The first bytes of every snapshot.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"VDSN";
+/// The snapshot format this build writes and reads.
+pub const SNAPSHOT_FORMAT: u8 = 1;
+/// Length of the header before the postcard body.
+pub const SNAPSHOT_HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 1;
+
+/// Why snapshot bytes cannot be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("not a pipeline snapshot: the {SNAPSHOT_HEADER_LEN}-byte header is missing")]
+    NoHeader,
+    #[error(
+        "the pipeline snapshot has format version {found}, this build reads version \
+         {SNAPSHOT_FORMAT}; run `vedetta replay` with this build to rebuild the state"
+    )]
+    Version { found: u8 },
+    #[error("the pipeline snapshot does not decode: {0}")]
+    Body(String),
+}
+
+/// The header this build writes.
+pub fn header() -> [u8; SNAPSHOT_HEADER_LEN] {
+    let mut out = [0; SNAPSHOT_HEADER_LEN];
+    out[..SNAPSHOT_MAGIC.len()].copy_from_slice(&SNAPSHOT_MAGIC);
+    out[SNAPSHOT_MAGIC.len()] = SNAPSHOT_FORMAT;
+    out
+}
+
+/// Reads a snapshot written by [`super::Pipeline::encode_snapshot`]. Any bytes give an
+/// answer, never a panic (a fuzz target feeds it arbitrary input).
+pub fn decode_snapshot(bytes: &[u8]) -> Result<PipelineState, SnapshotError> {
+    let body = snapshot_body(bytes)?;
+    let (state, rest) = postcard::take_from_bytes::<PipelineState>(body)
+        .map_err(|e| SnapshotError::Body(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(SnapshotError::Body(format!(
+            "{} bytes left over after the state",
+            rest.len()
+        )));
+    }
+    Ok(state)
+}
+
+/// The postcard body of a snapshot, after checking its header.
+pub fn snapshot_body(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
+    if bytes.len() < SNAPSHOT_HEADER_LEN || bytes[..SNAPSHOT_MAGIC.len()] != SNAPSHOT_MAGIC {
+        return Err(SnapshotError::NoHeader);
+    }
+    match bytes[SNAPSHOT_MAGIC.len()] {
+        SNAPSHOT_FORMAT => Ok(&bytes[SNAPSHOT_HEADER_LEN..]),
+        found => Err(SnapshotError::Version { found }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_snapshot_round_trips_and_other_bytes_are_errors() {
+        let state = PipelineState {
+            next_offset: 42,
+            max_event_ts: Some(1_700_000_000_000),
+            ..PipelineState::default()
+        };
+        let mut bytes = header().to_vec();
+        bytes.extend(postcard::to_allocvec(&state).unwrap());
+        let back = decode_snapshot(&bytes).unwrap();
+        assert_eq!(
+            (back.next_offset, back.max_event_ts),
+            (42, state.max_event_ts)
+        );
+
+        let bare = postcard::to_allocvec(&state).unwrap();
+        assert_eq!(decode_snapshot(&bare).unwrap_err(), SnapshotError::NoHeader);
+        let mut future = bytes.clone();
+        future[4] = 2;
+        assert_eq!(
+            decode_snapshot(&future).unwrap_err(),
+            SnapshotError::Version { found: 2 }
+        );
+        assert!(
+            decode_snapshot(&future)
+                .unwrap_err()
+                .to_string()
+                .contains("vedetta replay")
+        );
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(
+            decode_snapshot(&trailing),
+            Err(SnapshotError::Body(_))
+        ));
+        for cut in 0..bytes.len() {
+            assert!(decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
