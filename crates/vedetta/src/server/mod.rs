@@ -313,3 +313,5 @@ mod money_tests;
 mod tests;
 #[cfg(test)]
 mod tests_query;
+#[cfg(test)]
+mod tests_hostile;
