@@ -462,3 +462,85 @@ pub(super) fn quarantined_at_ms(json: &str) -> Option<i64> {
         .ok()
         .map(|t| t.as_millisecond())
 }
+
+#[cfg(test)]
+mod body_bound_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_budget_grows_with_the_bytes_and_is_given_back() {
+        let budget = Semaphore::new(10);
+        let mut first = BodyBudget::new(&budget);
+        first.reserve(1).unwrap();
+        assert_eq!(budget.available_permits(), 9);
+        // Up to a whole KiB costs nothing more; past it, one permit per KiB begun.
+        first.reserve(1023).unwrap();
+        assert_eq!(budget.available_permits(), 9);
+        first.reserve(4 * 1024).unwrap();
+        assert_eq!(budget.available_permits(), 5);
+        let mut second = BodyBudget::new(&budget);
+        second.reserve(5 * 1024).unwrap();
+        assert_eq!(budget.available_permits(), 0);
+        let error = second.reserve(1).unwrap_err();
+        assert!(matches!(error, ApiError::Busy { .. }), "{error:?}");
+        drop(first);
+        drop(second);
+        assert_eq!(budget.available_permits(), 10);
+    }
+
+    #[test]
+    fn a_stall_or_a_trickle_reaches_the_deadline() {
+        let pace = BodyPace {
+            stall: Duration::from_secs(10),
+            min_bytes_per_second: 1000,
+        };
+        let started = Instant::now();
+        // At the start: the stall timeout.
+        assert_eq!(
+            pace.next_deadline(started, 0, started),
+            started + Duration::from_secs(10)
+        );
+        // A fast body: bytes earn time, and the stall timeout is the bound.
+        let later = started + Duration::from_secs(5);
+        assert_eq!(
+            pace.next_deadline(started, 1_000_000, later),
+            later + Duration::from_secs(10)
+        );
+        // A trickle: 2,000 bytes in 30 s earn 2 s past the grace; its time is up.
+        let trickling = started + Duration::from_secs(30);
+        assert_eq!(
+            pace.next_deadline(started, 2_000, trickling),
+            started + Duration::from_secs(12)
+        );
+        // An absurd count cannot overflow the clock.
+        assert_eq!(
+            pace.next_deadline(started, usize::MAX, later),
+            later + Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn inflated_bytes_are_reserved_and_the_limit_still_holds() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&vec![b'a'; 600 * 1024]).unwrap();
+        let compressed = encoder.finish().unwrap();
+        // Enough budget: the whole inflated body is reserved.
+        let budget = Semaphore::new(1000);
+        let mut reservation = BodyBudget::new(&budget);
+        let out = gunzip_limited(&compressed, 1 << 20, &mut reservation).unwrap();
+        assert_eq!(out.len(), 600 * 1024);
+        assert_eq!(budget.available_permits(), 1000 - 600);
+        // Over the byte limit: 413, whatever the budget.
+        let mut reservation = BodyBudget::new(&budget);
+        let error = gunzip_limited(&compressed, 100 * 1024, &mut reservation).unwrap_err();
+        assert!(matches!(error, ApiError::PayloadTooLarge(_)), "{error:?}");
+        // Within the limit but over the budget: 503, not an unbounded allocation.
+        let small = Semaphore::new(300);
+        let mut reservation = BodyBudget::new(&small);
+        let error = gunzip_limited(&compressed, 1 << 20, &mut reservation).unwrap_err();
+        assert!(matches!(error, ApiError::Busy { .. }), "{error:?}");
+    }
+}
