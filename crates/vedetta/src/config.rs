@@ -381,15 +381,20 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
     }
     // Time settings in whole seconds, at most a day: a larger one is a typo, and would
     // overflow the clock arithmetic it feeds.
-    let seconds = |key: &str, value: Option<u64>, default: u64| -> Result<std::time::Duration, KeyError> {
-        match value {
-            Some(0) => Err(bad(key, "must be greater than 0")),
-            Some(v) if v > 86_400 => Err(bad(key, "must be at most 86400 (a day)")),
-            Some(v) => Ok(std::time::Duration::from_secs(v)),
-            None => Ok(std::time::Duration::from_secs(default)),
-        }
-    };
-    let body_timeout = seconds("ingest.body_timeout_seconds", ingest.body_timeout_seconds, 30)?;
+    let seconds =
+        |key: &str, value: Option<u64>, default: u64| -> Result<std::time::Duration, KeyError> {
+            match value {
+                Some(0) => Err(bad(key, "must be greater than 0")),
+                Some(v) if v > 86_400 => Err(bad(key, "must be at most 86400 (a day)")),
+                Some(v) => Ok(std::time::Duration::from_secs(v)),
+                None => Ok(std::time::Duration::from_secs(default)),
+            }
+        };
+    let body_timeout = seconds(
+        "ingest.body_timeout_seconds",
+        ingest.body_timeout_seconds,
+        30,
+    )?;
     let min_body_rate = positive(
         "ingest.min_body_rate_bytes_per_second",
         ingest.min_body_rate_bytes_per_second,
@@ -404,8 +409,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         other => other.map(|v| v as usize),
     };
     let server = ServerConfig {
-        header_timeout: seconds("server.header_timeout_seconds", server.header_timeout_seconds, 10)?,
-        idle_timeout: seconds("server.idle_timeout_seconds", server.idle_timeout_seconds, 60)?,
+        header_timeout: seconds(
+            "server.header_timeout_seconds",
+            server.header_timeout_seconds,
+            10,
+        )?,
+        idle_timeout: seconds(
+            "server.idle_timeout_seconds",
+            server.idle_timeout_seconds,
+            60,
+        )?,
         max_connections,
         shutdown_deadline: seconds(
             "server.shutdown_deadline_seconds",
@@ -737,10 +750,26 @@ mod tests {
         assert_eq!(set.server.idle_timeout.as_secs(), 2);
         assert_eq!(set.ingest.body_timeout.as_secs(), 3);
         for (name, value, message) in [
-            ("VEDETTA_SERVER__HEADER_TIMEOUT_SECONDS", "0", "server.header_timeout_seconds: must be greater than 0"),
-            ("VEDETTA_SERVER__SHUTDOWN_DEADLINE_SECONDS", "86401", "server.shutdown_deadline_seconds: must be at most 86400"),
-            ("VEDETTA_SERVER__MAX_CONNECTIONS", "0", "server.max_connections: must be greater than 0"),
-            ("VEDETTA_INGEST__MIN_BODY_RATE_BYTES_PER_SECOND", "0", "ingest.min_body_rate_bytes_per_second: must be greater than 0"),
+            (
+                "VEDETTA_SERVER__HEADER_TIMEOUT_SECONDS",
+                "0",
+                "server.header_timeout_seconds: must be greater than 0",
+            ),
+            (
+                "VEDETTA_SERVER__SHUTDOWN_DEADLINE_SECONDS",
+                "86401",
+                "server.shutdown_deadline_seconds: must be at most 86400",
+            ),
+            (
+                "VEDETTA_SERVER__MAX_CONNECTIONS",
+                "0",
+                "server.max_connections: must be greater than 0",
+            ),
+            (
+                "VEDETTA_INGEST__MIN_BODY_RATE_BYTES_PER_SECOND",
+                "0",
+                "ingest.min_body_rate_bytes_per_second: must be greater than 0",
+            ),
         ] {
             let err = load_from(None, &env(&[(name, value)]), &Overrides::default())
                 .unwrap_err()

@@ -171,10 +171,7 @@ fn stalled_uploads_do_not_stop_intake_and_are_cut_after_the_body_timeout() {
     }
     let status = get_json(&http, &server.url("/v1/status"));
     assert_eq!(status["events_accepted"], 1000, "{status}");
-    assert_eq!(
-        status["requests_refused_by_status"]["408"], 200,
-        "{status}"
-    );
+    assert_eq!(status["requests_refused_by_status"]["408"], 200, "{status}");
     server.stop();
 }
 
@@ -209,7 +206,8 @@ fn connections_over_the_cap_get_a_503_not_silence() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut stream = connect(&server);
-        let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+        let _ =
+            stream.write_all(b"GET /healthz HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
         let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5));
         if answer.starts_with(b"HTTP/1.1 200") {
             break;
@@ -343,7 +341,10 @@ fn sigterm_with_a_stalled_upload_and_an_unread_stream_stops_within_the_deadline(
         "stopped after {took:?}: the stalled upload was not waited for until the deadline"
     );
     let (_, closed) = read_until_closed(&mut upload, Duration::from_secs(5));
-    assert!(closed, "the stalled upload's connection outlived the server");
+    assert!(
+        closed,
+        "the stalled upload's connection outlived the server"
+    );
     drop(stream);
     drop(server);
 

@@ -371,8 +371,9 @@ impl BodyPace {
     /// within `stall` of now, and soon enough to keep the minimum average rate.
     fn next_deadline(&self, started: Instant, received: usize, now: Instant) -> Instant {
         let by_stall = now + self.stall;
-        let earned = Duration::try_from_secs_f64(received as f64 / self.min_bytes_per_second as f64)
-            .unwrap_or(Duration::MAX);
+        let earned =
+            Duration::try_from_secs_f64(received as f64 / self.min_bytes_per_second as f64)
+                .unwrap_or(Duration::MAX);
         match started
             .checked_add(self.stall)
             .and_then(|t| t.checked_add(earned))
