@@ -349,17 +349,17 @@ impl Activity {
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             let head = self.head_since.load(Ordering::Relaxed);
             let idle = self.idle_since.load(Ordering::Relaxed);
-            if head != UNSET {
+            if self.requests.load(Ordering::Relaxed) == 0 {
+                // Connecting and saying nothing (or dribbling a head) is the first step of a
+                // slow attack: on a new connection the header timeout runs from the connect.
+                consider(
+                    self.opened + limits.header_timeout,
+                    "no request head in time after the connect",
+                );
+            } else if head != UNSET {
                 consider(
                     self.at(head) + limits.header_timeout,
                     "request head not finished in time",
-                );
-            } else if self.requests.load(Ordering::Relaxed) == 0 {
-                // Connecting and saying nothing is the first step of a slow attack: the
-                // header timeout runs from the connect.
-                consider(
-                    self.at(idle) + limits.header_timeout,
-                    "no request after the connect",
                 );
             } else {
                 consider(self.at(idle) + limits.idle_timeout, "idle keep-alive");
@@ -551,14 +551,16 @@ mod tests {
         let never = || Instant::now() + Duration::from_secs(3600);
         let activity = Arc::new(Activity::new());
         // Connected, nothing sent: the header timeout from the connect.
-        assert_eq!(
-            activity.expiry(&limits),
-            (
-                activity.opened + limits.header_timeout,
-                "no request after the connect"
-            )
+        let from_connect = (
+            activity.opened + limits.header_timeout,
+            "no request head in time after the connect",
         );
+        assert_eq!(activity.expiry(&limits), from_connect);
         assert!(activity.is_waiting_without_bytes());
+        // Bytes of the first head do not move it: a dribbled head gains no time.
+        activity.bytes_read();
+        assert_eq!(activity.expiry(&limits), from_connect);
+        assert!(!activity.is_waiting_without_bytes());
         // A request in flight: no connection timeout (its body has its own).
         let guard = activity.request_started();
         assert!(activity.expiry(&limits).0 > never());
