@@ -176,6 +176,48 @@ fn stalled_uploads_do_not_stop_intake_and_are_cut_after_the_body_timeout() {
 }
 
 #[test]
+fn a_trickling_body_is_cut_although_it_never_stalls() {
+    let dir = tempfile::tempdir().unwrap();
+    // A byte every 300 ms never waits the 2 s stall timeout, but is far below 1 KiB/s.
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("VEDETTA_INGEST__BODY_TIMEOUT_SECONDS", "2"),
+            ("VEDETTA_INGEST__MIN_BODY_RATE_BYTES_PER_SECOND", "1024"),
+        ],
+    );
+    let mut upload = connect(&server);
+    upload
+        .write_all(
+            b"POST /v1/events HTTP/1.1\r\nhost: test\r\ncontent-type: application/x-ndjson\r\n\
+              content-length: 100000\r\n\r\n",
+        )
+        .unwrap();
+    let started = Instant::now();
+    let mut writer = upload.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..100 {
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let (answer, closed) = read_until_closed(&mut upload, Duration::from_secs(20));
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(closed, "the trickling upload's connection stayed open");
+    assert!(
+        took >= Duration::from_millis(1_900) && took < Duration::from_secs(10),
+        "cut after {took:?}: expected soon after the 2 s grace"
+    );
+    let _ = upload.shutdown(std::net::Shutdown::Both);
+    trickle.join().unwrap();
+    server.stop();
+}
+
+#[test]
 fn connections_over_the_cap_get_a_503_not_silence() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(
