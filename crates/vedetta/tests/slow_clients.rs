@@ -94,8 +94,8 @@ fn stalled_uploads_do_not_stop_intake_and_are_cut_after_the_body_timeout() {
     let server = Server::start(
         dir.path(),
         &[
-            ("VEDETTA_INGEST__BODY_TIMEOUT_SECONDS", "4"),
-            ("VEDETTA_SERVER__HEADER_TIMEOUT_SECONDS", "4"),
+            ("VEDETTA_INGEST__BODY_TIMEOUT_SECONDS", "5"),
+            ("VEDETTA_SERVER__HEADER_TIMEOUT_SECONDS", "5"),
             ("VEDETTA_INGEST__MAX_BODY_BYTES", "1024000"),
             ("VEDETTA_INGEST__MAX_INFLIGHT_BODY_BYTES", "2048000"),
         ],
@@ -145,7 +145,7 @@ fn stalled_uploads_do_not_stop_intake_and_are_cut_after_the_body_timeout() {
     }
     // The point of the test: intake went on while all of them were stalled.
     assert!(
-        opened.elapsed() < Duration::from_secs(4),
+        opened.elapsed() < Duration::from_secs(5),
         "normal intake took {:?}, past the body timeout: the stalls may have ended before it",
         opened.elapsed()
     );
@@ -161,7 +161,7 @@ fn stalled_uploads_do_not_stop_intake_and_are_cut_after_the_body_timeout() {
         assert!(closed, "a stalled upload's connection stayed open");
     }
     assert!(
-        opened.elapsed() >= Duration::from_secs(4),
+        opened.elapsed() >= Duration::from_secs(5),
         "cut before the body timeout"
     );
     // Heads that never finish are dropped after the header timeout.
