@@ -68,8 +68,8 @@ pub struct RejectedItem {
     responses(
         (status = 200, description = "At least one event stored (fsynced)", body = IntakeResponse),
         (status = 400, description = "No event stored; each refusal says why", body = IntakeResponse),
-        (status = 408, description = "The body stalled or arrived too slowly", body = super::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body stalled or arrived too slowly", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over the byte or event limit", body = super::openapi::ErrorBody),
         (status = 415, description = "Unknown Content-Type or Content-Encoding", body = super::openapi::ErrorBody),
         (status = 503, description = "Over a backpressure bound; see Retry-After", body = super::openapi::ErrorBody),
@@ -97,8 +97,8 @@ pub async fn post_events(
     responses(
         (status = 200, description = "At least one record stored (fsynced)", body = IntakeResponse),
         (status = 400, description = "No record stored", body = IntakeResponse),
-        (status = 408, description = "The body stalled or arrived too slowly", body = super::openapi::ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body stalled or arrived too slowly", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over the byte or record limit", body = super::openapi::ErrorBody),
         (status = 415, description = "Unknown Content-Type or Content-Encoding", body = super::openapi::ErrorBody),
         (status = 503, description = "Over a backpressure bound; see Retry-After", body = super::openapi::ErrorBody),
