@@ -37,6 +37,18 @@ pub struct RawConfig {
     pub pipeline: RawPipeline,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub server: RawServer,
+}
+
+/// How connections are held and let go (see `server::listener`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub header_timeout_seconds: Option<u64>,
+    pub idle_timeout_seconds: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub shutdown_deadline_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -57,6 +69,8 @@ pub struct RawIngest {
     pub quarantine_capacity: Option<u64>,
     pub quarantine_days: Option<u64>,
     pub max_amount: Option<f64>,
+    pub body_timeout_seconds: Option<u64>,
+    pub min_body_rate_bytes_per_second: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +148,22 @@ pub struct Config {
     pub log: LogConfig,
     pub pipeline: PipelineSettings,
     pub metrics: MetricsConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A request head must be complete this long after the connect, or after its first byte
+    /// on a kept-alive connection.
+    pub header_timeout: std::time::Duration,
+    /// A kept-alive connection with no request, or a client reading none of its response,
+    /// is dropped after this long.
+    pub idle_timeout: std::time::Duration,
+    /// Most connections served at once (503 past it); `None`: derived from the open-file
+    /// limit at start.
+    pub max_connections: Option<usize>,
+    /// After SIGTERM, open requests may finish until this deadline; then they are dropped.
+    pub shutdown_deadline: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +188,11 @@ pub struct IngestConfig {
     pub quarantine_days: u64,
     /// The largest `value` or `amount` of one record, in the reporting currency.
     pub max_amount: f64,
+    /// A request body that sends nothing for this long is cut with 408.
+    pub body_timeout: std::time::Duration,
+    /// After the first `body_timeout`, a body must have arrived at this average rate at
+    /// least (408 otherwise): a trickle cannot hold a connection for ever.
+    pub min_body_rate_bytes_per_second: u64,
 }
 
 #[derive(Clone)]
@@ -361,6 +396,53 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             format!("must be at least ingest.max_body_bytes ({max_body_bytes})"),
         ));
     }
+    // Time settings in whole seconds, at most a day: a larger one is a typo, and would
+    // overflow the clock arithmetic it feeds.
+    let seconds =
+        |key: &str, value: Option<u64>, default: u64| -> Result<std::time::Duration, KeyError> {
+            match value {
+                Some(0) => Err(bad(key, "must be greater than 0")),
+                Some(v) if v > 86_400 => Err(bad(key, "must be at most 86400 (a day)")),
+                Some(v) => Ok(std::time::Duration::from_secs(v)),
+                None => Ok(std::time::Duration::from_secs(default)),
+            }
+        };
+    let body_timeout = seconds(
+        "ingest.body_timeout_seconds",
+        ingest.body_timeout_seconds,
+        30,
+    )?;
+    let min_body_rate = positive(
+        "ingest.min_body_rate_bytes_per_second",
+        ingest.min_body_rate_bytes_per_second,
+        1024,
+    )?;
+    let server = raw.server;
+    let max_connections = match server.max_connections {
+        Some(0) => return Err(bad("server.max_connections", "must be greater than 0")),
+        Some(v) if v > 10_000_000 => {
+            return Err(bad("server.max_connections", "must be at most 10000000"));
+        }
+        other => other.map(|v| v as usize),
+    };
+    let server = ServerConfig {
+        header_timeout: seconds(
+            "server.header_timeout_seconds",
+            server.header_timeout_seconds,
+            10,
+        )?,
+        idle_timeout: seconds(
+            "server.idle_timeout_seconds",
+            server.idle_timeout_seconds,
+            60,
+        )?,
+        max_connections,
+        shutdown_deadline: seconds(
+            "server.shutdown_deadline_seconds",
+            server.shutdown_deadline_seconds,
+            10,
+        )?,
+    };
     let privacy = raw.privacy;
     if let Some(key) = &privacy.pseudonym_key
         && let Err(e) = vedetta_core::privacy::PseudonymKey::from_hex(0, key)
@@ -403,6 +485,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             )?,
             quarantine_days: positive("ingest.quarantine_days", ingest.quarantine_days, 7)?,
             max_amount: max_amount(ingest.max_amount)?,
+            body_timeout,
+            min_body_rate_bytes_per_second: min_body_rate,
         },
         privacy: PrivacyConfig {
             pseudonym_key: privacy.pseudonym_key,
@@ -417,6 +501,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             max_kpi_series: positive("metrics.max_kpi_series", raw.metrics.max_kpi_series, 50)?
                 as usize,
         },
+        server,
     })
 }
 
@@ -658,6 +743,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn connection_settings_have_defaults_and_bounds() {
+        let config = load_from(None, &[], &Overrides::default()).unwrap();
+        assert_eq!(config.server.header_timeout.as_secs(), 10);
+        assert_eq!(config.server.idle_timeout.as_secs(), 60);
+        assert_eq!(config.server.shutdown_deadline.as_secs(), 10);
+        assert_eq!(config.server.max_connections, None);
+        assert_eq!(config.ingest.body_timeout.as_secs(), 30);
+        assert_eq!(config.ingest.min_body_rate_bytes_per_second, 1024);
+        let set = load_from(
+            None,
+            &env(&[
+                ("VEDETTA_SERVER__MAX_CONNECTIONS", "300"),
+                ("VEDETTA_SERVER__IDLE_TIMEOUT_SECONDS", "2"),
+                ("VEDETTA_INGEST__BODY_TIMEOUT_SECONDS", "3"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(set.server.max_connections, Some(300));
+        assert_eq!(set.server.idle_timeout.as_secs(), 2);
+        assert_eq!(set.ingest.body_timeout.as_secs(), 3);
+        for (name, value, message) in [
+            (
+                "VEDETTA_SERVER__HEADER_TIMEOUT_SECONDS",
+                "0",
+                "server.header_timeout_seconds: must be greater than 0",
+            ),
+            (
+                "VEDETTA_SERVER__SHUTDOWN_DEADLINE_SECONDS",
+                "86401",
+                "server.shutdown_deadline_seconds: must be at most 86400",
+            ),
+            (
+                "VEDETTA_SERVER__MAX_CONNECTIONS",
+                "0",
+                "server.max_connections: must be greater than 0",
+            ),
+            (
+                "VEDETTA_INGEST__MIN_BODY_RATE_BYTES_PER_SECOND",
+                "0",
+                "ingest.min_body_rate_bytes_per_second: must be greater than 0",
+            ),
+        ] {
+            let err = load_from(None, &env(&[(name, value)]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(message), "{name}={value}: {err}");
+        }
     }
 
     #[test]

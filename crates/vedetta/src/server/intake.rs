@@ -1,13 +1,18 @@
 //! `POST /v1/events` and `POST /v1/costs`.
 //!
 //! The handler is the adapter around `vedetta_core::intake`: it reads the body within the
-//! size and memory bounds, undoes `gzip`, hands the bytes to the pure judge, and submits the
-//! accepted records to the group-commit writer. It answers only after the writer reports
-//! the records fsynced: a 200 means durable.
+//! size, memory and time bounds, undoes `gzip`, hands the bytes to the pure judge, and
+//! submits the accepted records to the group-commit writer. It answers only after the writer
+//! reports the records fsynced: a 200 means durable.
+//!
+//! Memory for bodies is reserved from the shared budget as bytes arrive (and as gzip
+//! inflates), never for what a client merely declares: a slow or stalled upload holds only
+//! what it has sent, and cannot starve the fast ones.
 //!
 //! Statuses: 200 when at least one record was accepted; 400 when none was (or the body
-//! could not be split into events); 413 over the byte or event limit; 415 for a content type
-//! or encoding it cannot read; 503 with `Retry-After` over a backpressure bound.
+//! could not be split into events); 408 when the body stalls or trickles; 413 over the byte
+//! or event limit; 415 for a content type or encoding it cannot read; 503 with
+//! `Retry-After` over a backpressure bound.
 
 use super::{ApiError, AppState};
 use axum::Json;
@@ -19,6 +24,9 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
 use vedetta_core::intake::{self, BodyFormat, IntakeContext, Judged};
 use vedetta_core::record::encode_batch;
 use vedetta_core::time::EventTime;
@@ -61,6 +69,7 @@ pub struct RejectedItem {
         (status = 200, description = "At least one event stored (fsynced)", body = IntakeResponse),
         (status = 400, description = "No event stored; each refusal says why", body = IntakeResponse),
         (status = 401, description = "Missing or wrong API key", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body stalled or arrived too slowly", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over the byte or event limit", body = super::openapi::ErrorBody),
         (status = 415, description = "Unknown Content-Type or Content-Encoding", body = super::openapi::ErrorBody),
         (status = 503, description = "Over a backpressure bound; see Retry-After", body = super::openapi::ErrorBody),
@@ -89,6 +98,7 @@ pub async fn post_events(
         (status = 200, description = "At least one record stored (fsynced)", body = IntakeResponse),
         (status = 400, description = "No record stored", body = IntakeResponse),
         (status = 401, description = "Missing or wrong API key", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body stalled or arrived too slowly", body = super::openapi::ErrorBody),
         (status = 413, description = "Body over the byte or record limit", body = super::openapi::ErrorBody),
         (status = 415, description = "Unknown Content-Type or Content-Encoding", body = super::openapi::ErrorBody),
         (status = 503, description = "Over a backpressure bound; see Retry-After", body = super::openapi::ErrorBody),
@@ -146,19 +156,17 @@ async fn accept(
     {
         return Err(too_large(length, max_body));
     }
-    // Reserve memory for this body before reading it; when the budget is spent, the
-    // client is asked to come back rather than the server growing without bound.
-    let permits = (declared.unwrap_or(max_body).min(max_body) / 1024).max(1) as u32;
-    let _reservation = state
-        .body_budget
-        .try_acquire_many(permits)
-        .map_err(|_| ApiError::Busy {
-            message: "too many request bodies in flight; retry shortly".into(),
-            retry_after_s: 1,
-        })?;
-    let raw = read_limited(body, max_body).await?;
+    // Memory for this body is reserved as it arrives; when the budget is spent, the client
+    // is asked to come back rather than the server growing without bound. The reservation
+    // is held until the answer (the records it became are in memory until then).
+    let mut reservation = BodyBudget::new(&state.body_budget);
+    let pace = BodyPace {
+        stall: state.config.ingest.body_timeout,
+        min_bytes_per_second: state.config.ingest.min_body_rate_bytes_per_second,
+    };
+    let raw = read_limited(body, max_body, pace, &mut reservation).await?;
     let bytes = if gzip {
-        gunzip_limited(&raw, max_body)?
+        gunzip_limited(&raw, max_body, &mut reservation)?
     } else {
         raw
     };
@@ -335,36 +343,138 @@ fn too_large(length: usize, limit: usize) -> ApiError {
     ))
 }
 
-/// Reads the body, refusing it as soon as it passes `limit` bytes.
-async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+/// This request's share of the budget of body bytes in memory (`AppState::body_budget`,
+/// in KiB permits), grown as bytes arrive and given back when dropped.
+struct BodyBudget<'a> {
+    budget: &'a Semaphore,
+    held: Option<SemaphorePermit<'a>>,
+    bytes: usize,
+}
+
+impl<'a> BodyBudget<'a> {
+    fn new(budget: &'a Semaphore) -> Self {
+        Self {
+            budget,
+            held: None,
+            bytes: 0,
+        }
+    }
+
+    /// Reserves `more` bytes; 503 when the budget is spent.
+    fn reserve(&mut self, more: usize) -> Result<(), ApiError> {
+        self.bytes = self.bytes.saturating_add(more);
+        let held = self.held.as_ref().map_or(0, SemaphorePermit::num_permits);
+        let needed = self.bytes.div_ceil(1024).saturating_sub(held);
+        if needed == 0 {
+            return Ok(());
+        }
+        let busy = || ApiError::Busy {
+            message: "too many request bodies in flight; retry shortly".into(),
+            retry_after_s: 1,
+        };
+        let permit = self
+            .budget
+            .try_acquire_many(u32::try_from(needed).map_err(|_| busy())?)
+            .map_err(|_| busy())?;
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+/// How fast a body must arrive.
+#[derive(Debug, Clone, Copy)]
+struct BodyPace {
+    /// The longest wait for the next bytes.
+    stall: Duration,
+    /// The average rate the body must keep up once `stall` has passed since its start.
+    min_bytes_per_second: u64,
+}
+
+impl BodyPace {
+    /// When the next bytes must have arrived, given the body's start and its bytes so far:
+    /// within `stall` of now, and soon enough to keep the minimum average rate.
+    fn next_deadline(&self, started: Instant, received: usize, now: Instant) -> Instant {
+        let by_stall = now + self.stall;
+        let earned =
+            Duration::try_from_secs_f64(received as f64 / self.min_bytes_per_second as f64)
+                .unwrap_or(Duration::MAX);
+        match started
+            .checked_add(self.stall)
+            .and_then(|t| t.checked_add(earned))
+        {
+            Some(by_rate) => by_rate.min(by_stall),
+            None => by_stall,
+        }
+    }
+}
+
+/// Reads the body, reserving memory as it arrives, refusing it as soon as it passes `limit`
+/// bytes, and cutting it with 408 when it stalls or trickles.
+async fn read_limited(
+    mut body: Body,
+    limit: usize,
+    pace: BodyPace,
+    reservation: &mut BodyBudget<'_>,
+) -> Result<Vec<u8>, ApiError> {
+    let started = Instant::now();
     let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        let deadline = pace.next_deadline(started, out.len(), Instant::now());
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::RequestTimeout(format!(
+                    "the request body stopped arriving after {} bytes (more than {} s without \
+                     data, or under {} bytes/s); send it whole, promptly",
+                    out.len(),
+                    pace.stall.as_secs(),
+                    pace.min_bytes_per_second
+                )));
+            }
+        };
         let frame =
             frame.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
                 return Err(too_large(out.len() + data.len(), limit));
             }
+            reservation.reserve(data.len())?;
             out.extend_from_slice(&data);
         }
     }
     Ok(out)
 }
 
-/// Inflates a gzip body, refusing it once the output passes `limit` bytes: a small bomb
-/// costs at most `limit` bytes of memory.
-fn gunzip_limited(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+/// Inflates a gzip body, refusing it once the output passes `limit` bytes (a small bomb
+/// costs at most `limit` bytes of memory), and reserving the output from the budget as it
+/// grows.
+fn gunzip_limited(
+    compressed: &[u8],
+    limit: usize,
+    reservation: &mut BodyBudget<'_>,
+) -> Result<Vec<u8>, ApiError> {
+    const STEP: u64 = 256 * 1024;
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;
-    if out.len() > limit {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "gzip body inflates past the limit of {limit} bytes"
-        )));
+    loop {
+        let inflated = (&mut decoder)
+            .take(STEP)
+            .read_to_end(&mut out)
+            .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;
+        if out.len() > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "gzip body inflates past the limit of {limit} bytes"
+            )));
+        }
+        if inflated == 0 {
+            return Ok(out);
+        }
+        reservation.reserve(inflated)?;
     }
-    Ok(out)
 }
 
 /// When a quarantine entry was refused (its `received_at`), in epoch milliseconds.
@@ -379,4 +489,86 @@ pub(super) fn quarantined_at_ms(json: &str) -> Option<i64> {
         .parse::<jiff::Timestamp>()
         .ok()
         .map(|t| t.as_millisecond())
+}
+
+#[cfg(test)]
+mod body_bound_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_budget_grows_with_the_bytes_and_is_given_back() {
+        let budget = Semaphore::new(10);
+        let mut first = BodyBudget::new(&budget);
+        first.reserve(1).unwrap();
+        assert_eq!(budget.available_permits(), 9);
+        // Up to a whole KiB costs nothing more; past it, one permit per KiB begun.
+        first.reserve(1023).unwrap();
+        assert_eq!(budget.available_permits(), 9);
+        first.reserve(4 * 1024).unwrap();
+        assert_eq!(budget.available_permits(), 5);
+        let mut second = BodyBudget::new(&budget);
+        second.reserve(5 * 1024).unwrap();
+        assert_eq!(budget.available_permits(), 0);
+        let error = second.reserve(1).unwrap_err();
+        assert!(matches!(error, ApiError::Busy { .. }), "{error:?}");
+        drop(first);
+        drop(second);
+        assert_eq!(budget.available_permits(), 10);
+    }
+
+    #[test]
+    fn a_stall_or_a_trickle_reaches_the_deadline() {
+        let pace = BodyPace {
+            stall: Duration::from_secs(10),
+            min_bytes_per_second: 1000,
+        };
+        let started = Instant::now();
+        // At the start: the stall timeout.
+        assert_eq!(
+            pace.next_deadline(started, 0, started),
+            started + Duration::from_secs(10)
+        );
+        // A fast body: bytes earn time, and the stall timeout is the bound.
+        let later = started + Duration::from_secs(5);
+        assert_eq!(
+            pace.next_deadline(started, 1_000_000, later),
+            later + Duration::from_secs(10)
+        );
+        // A trickle: 2,000 bytes in 30 s earn 2 s past the grace; its time is up.
+        let trickling = started + Duration::from_secs(30);
+        assert_eq!(
+            pace.next_deadline(started, 2_000, trickling),
+            started + Duration::from_secs(12)
+        );
+        // An absurd count cannot overflow the clock.
+        assert_eq!(
+            pace.next_deadline(started, usize::MAX, later),
+            later + Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn inflated_bytes_are_reserved_and_the_limit_still_holds() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&vec![b'a'; 600 * 1024]).unwrap();
+        let compressed = encoder.finish().unwrap();
+        // Enough budget: the whole inflated body is reserved.
+        let budget = Semaphore::new(1000);
+        let mut reservation = BodyBudget::new(&budget);
+        let out = gunzip_limited(&compressed, 1 << 20, &mut reservation).unwrap();
+        assert_eq!(out.len(), 600 * 1024);
+        assert_eq!(budget.available_permits(), 1000 - 600);
+        // Over the byte limit: 413, whatever the budget.
+        let mut reservation = BodyBudget::new(&budget);
+        let error = gunzip_limited(&compressed, 100 * 1024, &mut reservation).unwrap_err();
+        assert!(matches!(error, ApiError::PayloadTooLarge(_)), "{error:?}");
+        // Within the limit but over the budget: 503, not an unbounded allocation.
+        let small = Semaphore::new(300);
+        let mut reservation = BodyBudget::new(&small);
+        let error = gunzip_limited(&compressed, 1 << 20, &mut reservation).unwrap_err();
+        assert!(matches!(error, ApiError::Busy { .. }), "{error:?}");
+    }
 }

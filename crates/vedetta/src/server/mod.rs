@@ -14,15 +14,21 @@
 //! Every `/v1` route requires `Authorization: Bearer <key>` when keys are configured;
 //! without keys the server only listens on loopback (see `Config::check_exposure`).
 //!
+//! Connections are served by our own accept loop ([`listener`]): a cap on connections
+//! (503 past it), and timeouts on request heads, idle keep-alive and unread responses;
+//! intake times out stalled bodies.
+//!
 //! Shutdown is ordered: end the live streams, stop accepting connections, let in-flight
-//! requests finish, then the log writer commits what is queued. Nothing acknowledged is lost, nothing queued is
-//! dropped.
+//! requests finish until `server.shutdown_deadline_seconds`, drop what is still open (stalled
+//! uploads, unread streams), then the log writer commits what is queued and the processor
+//! writes its snapshot. Nothing acknowledged is lost, nothing queued is dropped.
 
 mod auth;
 mod dashboard;
 mod error;
 mod intake;
 pub mod kpis;
+mod listener;
 mod metrics;
 mod openapi;
 mod status;
@@ -215,30 +221,54 @@ pub async fn serve(
     config.check_exposure()?;
     let listen = config.listen;
     let retention_days = config.log.retention_days;
+    let open_files = listener::raise_open_file_limit();
+    let limits = listener::ConnectionLimits {
+        max_connections: config
+            .server
+            .max_connections
+            .unwrap_or_else(|| listener::default_max_connections(open_files)),
+        header_timeout: config.server.header_timeout,
+        idle_timeout: config.server.idle_timeout,
+    };
+    let shutdown_deadline = config.server.shutdown_deadline;
     let (router, state) = build(config)?;
-    let listener = tokio::net::TcpListener::bind(listen)
+    let socket = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let local = listener.local_addr()?;
+    let local = socket.local_addr()?;
+    tracing::info!(
+        max_connections = limits.max_connections,
+        header_timeout_s = limits.header_timeout.as_secs(),
+        idle_timeout_s = limits.idle_timeout.as_secs(),
+        "connection limits"
+    );
     tracing::info!(address = %local, "listening");
     on_listening(local);
     let retention = tokio::spawn(retention_loop(state.clone(), retention_days));
     // Live streams never end by themselves: close them first, or an open dashboard would
-    // hold up the graceful shutdown for ever.
+    // hold up the graceful shutdown until the deadline.
     let hub_owner = Arc::downgrade(&state);
     let shutdown = async move {
         shutdown.await;
+        let deadline = tokio::time::Instant::now() + shutdown_deadline;
+        tracing::info!(
+            deadline_s = shutdown_deadline.as_secs(),
+            "shutting down: closing live streams, then connections"
+        );
         let ticker = hub_owner
             .upgrade()
             .and_then(|state| state.stream_hub.close());
         if let Some(ticker) = ticker {
-            let _ = ticker.await;
+            let _ = tokio::time::timeout_at(deadline, ticker).await;
         }
+        deadline
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server failed")?;
+    let report = listener::run(socket, router, limits, shutdown).await;
+    tracing::info!(
+        finished = report.finished,
+        dropped = report.dropped,
+        "connections closed"
+    );
     retention.abort();
     let _ = retention.await;
     // Every handler has finished. First the writer commits what is queued, then the
