@@ -14,9 +14,8 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
-use support::{BIN, KEY, Server, SplitMix, client, env_number, get_json, wait_processed};
+use support::{Server, SplitMix, client, env_number, get_json, wait_processed};
 use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
 
 const ENV: &[(&str, &str)] = &[("VEDETTA_PIPELINE__SNAPSHOT_INTERVAL_SECONDS", "3")];
@@ -159,26 +158,7 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
     server.stop();
 
     // The same log, processed once without interruption.
-    let copy = dir.path().join("copy");
-    std::fs::create_dir_all(&copy).unwrap();
-    for file in ["log.redb", "pseudonym.key"] {
-        let from = data.join(file);
-        if from.exists() {
-            std::fs::copy(&from, copy.join(file)).unwrap();
-        }
-    }
-    let replay = Command::new(BIN)
-        .args(["replay", "--data-dir"])
-        .arg(&copy)
-        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let server = Server::start(&copy, ENV);
+    let server = support::start_replayed_copy(&data, &dir.path().join("copy"), ENV);
     wait_processed(&http, &server);
     let uninterrupted = kpis(&http, &server);
     server.stop();

@@ -16,7 +16,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{BIN, KEY, Server, client, get_json, wait_processed};
+use support::{Server, client, get_json, wait_processed};
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -236,26 +236,7 @@ fn a_full_disk_refuses_what_it_cannot_store_and_recovers_by_itself() {
     server.stop();
 
     // The KPIs equal a replay of the same log, off the small disk.
-    let copy = dir.path().join("copy");
-    std::fs::create_dir_all(&copy).unwrap();
-    for file in ["log.redb", "pseudonym.key"] {
-        let from = data.join(file);
-        if from.exists() {
-            std::fs::copy(&from, copy.join(file)).unwrap();
-        }
-    }
-    let replay = Command::new(BIN)
-        .args(["replay", "--data-dir"])
-        .arg(&copy)
-        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
-        .output()
-        .unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let server = Server::start(&copy, ENV);
+    let server = support::start_replayed_copy(&data, &dir.path().join("copy"), ENV);
     wait_processed(&http, &server);
     let replayed = kpis(&http, &server);
     server.stop();

@@ -340,8 +340,10 @@ fn apply_retention(
 #[cfg(test)]
 mod money_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_query;
-#[cfg(test)]
 mod tests_hostile;
+#[cfg(test)]
+mod tests_query;

@@ -2,8 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::*;
-use crate::config::{Overrides, load_from};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -20,13 +18,8 @@ const HOUR: i64 = 3_600_000;
 /// (the most a record can carry); the totals sum six of them.
 #[tokio::test]
 async fn kpi_totals_past_i64_max_micro_units_are_answered_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = vec![(
-        "VEDETTA_DATA_DIR".to_string(),
-        dir.path().display().to_string(),
-    )];
-    let config = load_from(None, &env, &Overrides::default()).unwrap();
-    let (router, state) = build(config).unwrap();
+    let server = super::test_support::server();
+    let (router, state) = (server.router.clone(), server.state.clone());
     let mut commit = Commit {
         processed_offset: 0,
         durable: true,

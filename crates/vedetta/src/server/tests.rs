@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::config::{Overrides, load_from};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
@@ -13,31 +12,7 @@ use std::io::Write;
 use tower::ServiceExt;
 use vedetta_core::record::LogRecord;
 
-struct TestServer {
-    router: Router,
-    state: Arc<AppState>,
-    _dir: tempfile::TempDir,
-}
-
-fn server_with(env: &[(&str, &str)]) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    env.push(("VEDETTA_DATA_DIR".into(), dir.path().display().to_string()));
-    let config = load_from(None, &env, &Overrides::default()).unwrap();
-    let (router, state) = build(config).unwrap();
-    TestServer {
-        router,
-        state,
-        _dir: dir,
-    }
-}
-
-fn server() -> TestServer {
-    server_with(&[])
-}
+use super::test_support::{TestServer, server, server_with};
 
 fn now_ms_text() -> String {
     crate::clock::SystemClock.now_ms().to_string()
@@ -51,31 +26,6 @@ fn good_event(n: usize) -> String {
 }
 
 impl TestServer {
-    async fn call(&self, request: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, headers, value)
-    }
-
-    async fn post(&self, content_type: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-        let request = Request::post("/v1/events")
-            .header(header::CONTENT_TYPE, content_type)
-            .body(body.into())
-            .unwrap();
-        let (status, _, value) = self.call(request).await;
-        (status, value)
-    }
-
-    async fn status(&self) -> Value {
-        self.call(Request::get("/v1/status").body(Body::empty()).unwrap())
-            .await
-            .2
-    }
-
     async fn assert_healthy(&self) {
         let request = Request::get("/healthz").body(Body::empty()).unwrap();
         assert_eq!(self.call(request).await.0, StatusCode::OK);
@@ -431,27 +381,6 @@ async fn costs_are_taken_like_events() {
         "costs[1].channel: missing required field"
     );
     assert_eq!(s.status().await["costs_accepted"], 1);
-}
-
-impl TestServer {
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        let (status, _, value) = self
-            .call(Request::get(uri).body(Body::empty()).unwrap())
-            .await;
-        (status, value)
-    }
-
-    /// Waits until the processor has committed everything in the log.
-    async fn processed(&self) {
-        for _ in 0..500 {
-            let status = self.status().await;
-            if status["processed_offset"] == status["log_end_offset"] {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("the processor did not catch up: {}", self.status().await);
-    }
 }
 
 #[tokio::test]

@@ -6,66 +6,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::config::{Overrides, load_from};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::Value;
-use tower::ServiceExt;
 
-struct TestServer {
-    router: Router,
-    _state: Arc<AppState>,
-    _dir: tempfile::TempDir,
-}
-
-fn server() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let env = vec![(
-        "VEDETTA_DATA_DIR".to_string(),
-        dir.path().display().to_string(),
-    )];
-    let config = load_from(None, &env, &Overrides::default()).unwrap();
-    let (router, state) = build(config).unwrap();
-    TestServer {
-        router,
-        _state: state,
-        _dir: dir,
-    }
-}
+use super::test_support::{TestServer, server};
 
 impl TestServer {
-    async fn call(&self, request: Request<Body>) -> (StatusCode, Value) {
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, value)
-    }
-
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.call(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-    }
-
     async fn post_ndjson(&self, lines: &[String]) -> (StatusCode, Value) {
-        let request = Request::post("/v1/events")
-            .header("content-type", "application/x-ndjson")
-            .body(Body::from(lines.join("\n")))
-            .unwrap();
-        self.call(request).await
-    }
-
-    async fn processed(&self) {
-        for _ in 0..1000 {
-            let (_, status) = self.get("/v1/status").await;
-            if status["processed_offset"] == status["log_end_offset"] {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("the processor did not catch up");
+        self.post("application/x-ndjson", lines.join("\n")).await
     }
 
     /// Every event of the day so far, at 1m by every dimension: the query a hostile
@@ -101,7 +49,10 @@ async fn hostile_events_are_refused_alone_and_the_rest_is_counted_exactly() {
         // in others.
         (event(0, r#","campaign":"a\u001fb""#), Some("campaign")),
         (event(1, r#","channel":"so\u001fcial""#), Some("channel")),
-        (event(2, r#","utm_campaign":"\u0000""#), Some("utm_campaign")),
+        (
+            event(2, r#","utm_campaign":"\u0000""#),
+            Some("utm_campaign"),
+        ),
         (event(3, r#","page":"/a\u007fb""#), Some("page")),
         (event(4, r#","region":"Lazio\n1""#), Some("region")),
         (event(5, r#","device":"mob\u0007ile""#), Some("device")),
@@ -184,7 +135,10 @@ async fn hostile_events_are_refused_alone_and_the_rest_is_counted_exactly() {
 async fn a_body_of_only_hostile_events_is_a_400_and_stores_nothing() {
     let s = server();
     let (status, answer) = s
-        .post_ndjson(&[event(0, r#","campaign":"\u001f""#), event(1, r#","value":1e300"#)])
+        .post_ndjson(&[
+            event(0, r#","campaign":"\u001f""#),
+            event(1, r#","value":1e300"#),
+        ])
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["accepted"], 0);

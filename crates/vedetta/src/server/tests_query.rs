@@ -8,78 +8,22 @@
 use super::kpis::{KpiQuery, MAX_FILTER_VALUES, MAX_QUERY_BYTES, TIME_MAX_MS, TIME_MIN_MS};
 use super::*;
 use crate::config::{Overrides, load_from};
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use tower::ServiceExt;
 use vedetta_core::pipeline::windows::WindowCalendar;
 
-struct TestServer {
-    router: Router,
-    state: Arc<AppState>,
-    _dir: tempfile::TempDir,
-}
-
-fn server() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let env = vec![(
-        "VEDETTA_DATA_DIR".to_string(),
-        dir.path().display().to_string(),
-    )];
-    let config = load_from(None, &env, &Overrides::default()).unwrap();
-    let (router, state) = build(config).unwrap();
-    TestServer {
-        router,
-        state,
-        _dir: dir,
-    }
-}
+use super::test_support::{TestServer, server};
 
 impl TestServer {
-    /// The status and the body (JSON when it is JSON, else its text). A stream's body is
-    /// not read: only its status and headers matter here.
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        let request = Request::get(uri).body(Body::empty()).unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let is_stream = response
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .is_some_and(|v| v == "text/event-stream");
-        if is_stream {
-            return (status, Value::Null);
-        }
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        (status, value)
-    }
-
     async fn post_events(&self, body: String) {
-        let request = Request::post("/v1/events")
-            .header("content-type", "application/x-ndjson")
-            .body(Body::from(body))
-            .unwrap();
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    async fn processed(&self) {
-        for _ in 0..500 {
-            let (_, status) = self.get("/v1/status").await;
-            if status["processed_offset"] == status["log_end_offset"] {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        panic!("the processor did not catch up");
+        let (status, answer) = self.post("application/x-ndjson", body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
     }
 
     /// Healthy after bad input: liveness answers and a plain query still works.
-    async fn assert_healthy(&self) {
+    async fn assert_query_healthy(&self) {
         assert_eq!(self.get("/healthz").await.0, StatusCode::OK);
         let (status, body) = self.get("/v1/kpis?granularity=1h&last=2h").await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -247,7 +191,7 @@ async fn from_and_to_at_their_extremes_are_a_400_naming_them_or_an_answer() {
         body["to"],
         vedetta_core::time::EventTime(TIME_MAX_MS).to_rfc3339()
     );
-    s.assert_healthy().await;
+    s.assert_query_healthy().await;
 }
 
 #[tokio::test]
@@ -270,7 +214,7 @@ async fn spans_past_every_bound_saturate_instead_of_overflowing() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{last}: {body}");
         assert!(error_of(&body).starts_with("last:"), "{body}");
     }
-    s.assert_healthy().await;
+    s.assert_query_healthy().await;
 }
 
 // ------------------------------------------------------- filter values (point 10)
@@ -343,7 +287,7 @@ async fn an_unknown_filter_value_is_a_400_naming_the_parameter_and_the_value() {
     }
     let (_, body) = s.get("/v1/kpis?granularity=1m&campaign=saldi").await;
     assert_eq!(body["totals"]["sessions"], 1, "{body}");
-    s.assert_healthy().await;
+    s.assert_query_healthy().await;
 }
 
 // --------------------------------------------------------- oversized queries (point 6)
@@ -363,7 +307,7 @@ async fn group_by_repeated_1000_times_is_a_400() {
     // Twice is already refused: which one would win is not for the server to guess.
     let (status, _) = s.get("/v1/kpis?channel=a&channel=b").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    s.assert_healthy().await;
+    s.assert_query_healthy().await;
 }
 
 #[tokio::test]
@@ -387,7 +331,7 @@ async fn a_filter_list_of_10000_values_is_a_400_saying_the_limit() {
         ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    s.assert_healthy().await;
+    s.assert_query_healthy().await;
 }
 
 #[tokio::test]
@@ -406,7 +350,7 @@ async fn a_query_string_over_the_limit_is_a_414_saying_the_limit() {
             "{body}"
         );
     }
-    s.assert_healthy().await;
+    s.assert_query_healthy().await;
 }
 
 /// A 1 MB query string cannot even be a request value (`http::Uri` holds less than 64 KiB),

@@ -108,6 +108,31 @@ impl Server {
     }
 }
 
+/// Copies the log of `data` (and its pseudonym key) into a fresh `copy` directory, rebuilds
+/// every KPI there with `vedetta replay`, and starts a server on the copy: the same log,
+/// processed once without interruption, to compare a run's KPIs with.
+pub fn start_replayed_copy(data: &Path, copy: &Path, env: &[(&str, &str)]) -> Server {
+    std::fs::create_dir_all(copy).unwrap();
+    for file in ["log.redb", "pseudonym.key"] {
+        let from = data.join(file);
+        if from.exists() {
+            std::fs::copy(&from, copy.join(file)).unwrap();
+        }
+    }
+    let replay = Command::new(BIN)
+        .args(["replay", "--data-dir"])
+        .arg(copy)
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    Server::start(copy, env)
+}
+
 /// A blocking HTTP client for tests.
 pub fn client() -> reqwest::blocking::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
