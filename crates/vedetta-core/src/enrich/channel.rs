@@ -31,7 +31,8 @@ pub const NO_CAMPAIGN: &str = "(none)";
 /// [`default_channel`]. Borrowed unless the field has upper-case letters.
 pub fn channel_of<'e>(event: &'e StoredEvent, internal_hosts: &[String]) -> Cow<'e, str> {
     match present(&event.channel) {
-        Some(channel) => normalize_channel(channel),
+        // Already trimmed by `present`.
+        Some(channel) => lower_case(channel),
         None => Cow::Borrowed(default_channel(event, internal_hosts)),
     }
 }
@@ -41,7 +42,11 @@ pub fn channel_of<'e>(event: &'e StoredEvent, internal_hosts: &[String]) -> Cow<
 /// ` SOCIETÀ ` are one channel wherever they come from (lower-casing only ASCII in one place
 /// and all letters in another made spend on a non-ASCII channel miss its events).
 pub fn normalize_channel(channel: &str) -> Cow<'_, str> {
-    let channel = channel.trim();
+    lower_case(channel.trim())
+}
+
+/// Unicode lower case, borrowed when there is nothing to change.
+fn lower_case(channel: &str) -> Cow<'_, str> {
     if channel.chars().any(char::is_uppercase) {
         Cow::Owned(channel.to_lowercase())
     } else {

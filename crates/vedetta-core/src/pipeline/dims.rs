@@ -141,21 +141,46 @@ impl DimsTable {
     }
 }
 
-/// Writes the in-memory lookup key of a tuple into `out`: each part as its byte length
-/// (native `usize`, never truncated: the key is never stored) followed by its bytes. A
-/// length prefix makes the encoding injective: no part's content can be read as a
-/// boundary.
+/// Writes the in-memory lookup key of a tuple into `out`. Length prefixes make the encoding
+/// injective: no part's content can be read as a boundary (the key is never stored).
 fn tuple_key(out: &mut Vec<u8>, parts: [&str; 4]) {
     out.clear();
-    for part in parts {
-        out.extend_from_slice(&part.len().to_ne_bytes());
+    let [channel, campaign, device, region] = parts;
+    // Each part but the last is preceded by its length (LEB128: one byte below 128, the
+    // common case), so the last one is simply the rest: the encoding is prefix-free, and
+    // short keys keep the hash of every event cheap.
+    for part in [channel, campaign, device] {
+        let mut len = part.len();
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
         out.extend_from_slice(part.as_bytes());
     }
+    out.extend_from_slice(region.as_bytes());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_of_long_parts_cannot_collide_either() {
+        let mut t = DimsTable::new(100);
+        let long = "c".repeat(300);
+        let a = t.intern(&long, "x", "mobile", "IT-25");
+        let b = t.intern(&long[..299], "cx", "mobile", "IT-25");
+        let c = t.intern(&long, "", "xmobile", "IT-25");
+        assert_eq!(
+            [a, b, c]
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            3
+        );
+        assert_eq!(t.intern(&long, "x", "mobile", "IT-25"), a);
+    }
 
     /// Issue 8: the key joined the parts with U+001F, so a campaign holding that character
     /// could take the id of another tuple (and its KPIs with it).
