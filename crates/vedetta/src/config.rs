@@ -227,8 +227,19 @@ pub fn load_from(
         ),
         None => (String::new(), "(no file)".to_string()),
     };
+    load_text(&text, &origin, env, overrides)
+}
+
+/// [`load_from`] on a file's text, named `origin` in errors: pure, no file to read (the
+/// config fuzz target calls it). `env` names must start with [`ENV_PREFIX`].
+pub fn load_text(
+    text: &str,
+    origin: &str,
+    env: &[(String, String)],
+    overrides: &Overrides,
+) -> anyhow::Result<Config> {
     let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     for (name, value) in env {
         apply_env(&mut table, name, value)?;
     }
@@ -244,7 +255,7 @@ pub fn load_from(
     let raw: RawConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
-    validate(raw).map_err(|e| match find_key_line(&text, &e.key) {
+    validate(raw).map_err(|e| match find_key_line(text, &e.key) {
         Some(line) => anyhow::anyhow!("{origin}:{line}: {}: {}", e.key, e.message),
         None => anyhow::anyhow!("{}: {}", e.key, e.message),
     })
@@ -254,12 +265,17 @@ pub fn load_from(
 pub fn check_file(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    check_text(&text, &path.display().to_string())
+}
+
+/// [`check_file`] on a file's text, named `origin` in errors (pure: the config fuzz target
+/// calls it).
+pub fn check_text(text: &str, origin: &str) -> anyhow::Result<Config> {
     // Parsing the text straight into the raw shape keeps toml's line/column in errors.
-    let raw: RawConfig =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    validate(raw).map_err(|e| match find_key_line(&text, &e.key) {
-        Some(line) => anyhow::anyhow!("{}:{line}: {}: {}", path.display(), e.key, e.message),
-        None => anyhow::anyhow!("{}: {}: {}", path.display(), e.key, e.message),
+    let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    validate(raw).map_err(|e| match find_key_line(text, &e.key) {
+        Some(line) => anyhow::anyhow!("{origin}:{line}: {}: {}", e.key, e.message),
+        None => anyhow::anyhow!("{origin}: {}: {}", e.key, e.message),
     })
 }
 
@@ -267,7 +283,10 @@ fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result
     if ENV_NOT_CONFIG.contains(&name) {
         return Ok(());
     }
-    let path: Vec<String> = name[ENV_PREFIX.len()..]
+    let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+        bail!("environment variable {name}: not a configuration key");
+    };
+    let path: Vec<String> = key
         .split("__")
         .map(str::to_ascii_lowercase)
         .collect();

@@ -14,6 +14,7 @@
 
 mod event;
 mod fields;
+pub mod gzip;
 mod object;
 mod spend;
 

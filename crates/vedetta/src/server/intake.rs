@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde::Serialize;
-use std::io::Read;
 use std::sync::Arc;
 use vedetta_core::intake::{self, BodyFormat, IntakeContext, Judged};
 use vedetta_core::record::encode_batch;
@@ -158,7 +157,14 @@ async fn accept(
         })?;
     let raw = read_limited(body, max_body).await?;
     let bytes = if gzip {
-        gunzip_limited(&raw, max_body)?
+        // Bounded: a gzip bomb costs at most `max_body` bytes (`vedetta_core::intake::gzip`).
+        intake::gzip::gunzip_limited(&raw, max_body).map_err(|e| {
+            if e.is_too_large() {
+                ApiError::PayloadTooLarge(e.to_string())
+            } else {
+                ApiError::BadRequest(e.to_string())
+            }
+        })?
     } else {
         raw
     };
@@ -347,22 +353,6 @@ async fn read_limited(mut body: Body, limit: usize) -> Result<Vec<u8>, ApiError>
             }
             out.extend_from_slice(&data);
         }
-    }
-    Ok(out)
-}
-
-/// Inflates a gzip body, refusing it once the output passes `limit` bytes: a small bomb
-/// costs at most `limit` bytes of memory.
-fn gunzip_limited(compressed: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(compressed)
-        .take(limit as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;
-    if out.len() > limit {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "gzip body inflates past the limit of {limit} bytes"
-        )));
     }
     Ok(out)
 }
