@@ -82,8 +82,11 @@ fn check_config(config: &Config) {
     ] {
         assert!(value > 0, "{key} = 0 accepted");
     }
-    assert!(ingest.quarantine_capacity > 0 && ingest.quarantine_days > 0);
-    assert!(config.log.retention_days > 0);
+    assert!(ingest.quarantine_capacity > 0);
+    // Retention subtracts days from now in milliseconds: bounded, it cannot wrap.
+    for days in [ingest.quarantine_days, config.log.retention_days] {
+        assert!((1..=config::MAX_RETENTION_DAYS).contains(&days), "{days} days");
+    }
     assert!(ingest.max_inflight_body_bytes >= ingest.max_body_bytes);
     assert!(ingest.max_amount > 0.0 && ingest.max_amount <= 1e12);
     assert!(!ingest.api_keys.iter().any(|k| k.len() < 16), "a short API key");
