@@ -41,8 +41,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut records: Vec<LogRecord> = events.records;
     records.extend(spend.records);
 
-    write("log_batch", "events-and-spend", &encode_batch(&records, NOW_MS, 1))?;
-    write("log_batch", "one-event", &encode_batch(&records[..1], NOW_MS, 2))?;
+    write(
+        "log_batch",
+        "events-and-spend",
+        &encode_batch(&records, NOW_MS, 1),
+    )?;
+    write(
+        "log_batch",
+        "one-event",
+        &encode_batch(&records[..1], NOW_MS, 2),
+    )?;
     write("log_batch", "empty", &encode_batch(&[], NOW_MS, 1))?;
 
     // Snapshots of a pipeline that took those records: empty, midway, at the end.
@@ -54,7 +62,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             write("snapshot", "after-3-records", &pipeline.encode_snapshot()?)?;
         }
     }
-    write("snapshot", "after-all-records", &pipeline.encode_snapshot()?)?;
+    write(
+        "snapshot",
+        "after-all-records",
+        &pipeline.encode_snapshot()?,
+    )?;
 
     // KPI keys and values as the store writes them.
     let row = |granularity, window_start, channel: &str, campaign: &str| RowKey {
@@ -66,9 +78,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         region: "IT-25".into(),
     };
     for (name, key) in [
-        ("row-hour", row(Granularity::Hour, 1_763_996_400_000, "social", "spring")),
-        ("row-separator-inside", row(Granularity::Minute, 0, "a\u{1f}b", "\u{1f}")),
-        ("row-negative-start", row(Granularity::Day, -86_400_000, "", "(none)")),
+        (
+            "row-hour",
+            row(Granularity::Hour, 1_763_996_400_000, "social", "spring"),
+        ),
+        (
+            "row-separator-inside",
+            row(Granularity::Minute, 0, "a\u{1f}b", "\u{1f}"),
+        ),
+        (
+            "row-negative-start",
+            row(Granularity::Day, -86_400_000, "", "(none)"),
+        ),
     ] {
         write("kpi_key", name, &encode_row_key(&key)?)?;
     }

@@ -36,7 +36,11 @@ pub fn fuzz_config(data: &[u8]) {
     match (&checked, &served) {
         (Ok(a), Ok(b)) => {
             check_config(a);
-            assert_eq!(describe(a), describe(b), "check and serve read the file differently");
+            assert_eq!(
+                describe(a),
+                describe(b),
+                "check and serve read the file differently"
+            );
         }
         (Err(_), Err(_)) => {}
         (a, b) => panic!(
@@ -85,11 +89,17 @@ fn check_config(config: &Config) {
     assert!(ingest.quarantine_capacity > 0);
     // Retention subtracts days from now in milliseconds: bounded, it cannot wrap.
     for days in [ingest.quarantine_days, config.log.retention_days] {
-        assert!((1..=config::MAX_RETENTION_DAYS).contains(&days), "{days} days");
+        assert!(
+            (1..=config::MAX_RETENTION_DAYS).contains(&days),
+            "{days} days"
+        );
     }
     assert!(ingest.max_inflight_body_bytes >= ingest.max_body_bytes);
     assert!(ingest.max_amount > 0.0 && ingest.max_amount <= 1e12);
-    assert!(!ingest.api_keys.iter().any(|k| k.len() < 16), "a short API key");
+    assert!(
+        !ingest.api_keys.iter().any(|k| k.len() < 16),
+        "a short API key"
+    );
     let rules = &config.pipeline.rules;
     for (key, ms, positive) in [
         ("future_tolerance", ingest.future_tolerance_ms, false),
@@ -106,7 +116,11 @@ fn check_config(config: &Config) {
         );
     }
     for rule in &rules.sequence_rules {
-        assert!((1..=CENTURY_MS).contains(&rule.within_ms), "within_ms {}", rule.within_ms);
+        assert!(
+            (1..=CENTURY_MS).contains(&rule.within_ms),
+            "within_ms {}",
+            rule.within_ms
+        );
     }
     assert!(config.pipeline.snapshot_interval_seconds > 0);
     let settings = rules.state_settings();

@@ -24,7 +24,10 @@ pub fn fuzz_gzip(data: &[u8]) {
     let large = gunzip_limited(body, LARGER_LIMIT);
     match (&small, &large) {
         (Ok(inflated), Ok(again)) => {
-            assert!(inflated.len() <= limit, "inflated past the limit of {limit}");
+            assert!(
+                inflated.len() <= limit,
+                "inflated past the limit of {limit}"
+            );
             assert_eq!(inflated, again, "a larger limit changed an accepted body");
         }
         (Ok(_), Err(error)) => panic!("accepted under {limit} but not under more: {error}"),

@@ -255,9 +255,8 @@ fn check_record(record: &LogRecord, limits: &IntakeLimits) {
             // only when the event names no campaign at all.
             let campaign = campaign_of(event);
             if campaign == NO_CAMPAIGN || RESERVED_DIMENSION_VALUES.contains(&campaign) {
-                let named = |field: &Option<String>| {
-                    field.as_deref().is_some_and(|v| !v.trim().is_empty())
-                };
+                let named =
+                    |field: &Option<String>| field.as_deref().is_some_and(|v| !v.trim().is_empty());
                 assert!(
                     !named(&event.campaign) && !named(&event.utm_campaign),
                     "a campaign the client named reads as the built-in {campaign:?}"

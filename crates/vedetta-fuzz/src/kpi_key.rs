@@ -23,13 +23,25 @@ use vedetta_store::{RowKey, SpendRowKey};
 pub fn fuzz_kpi_key(data: &[u8]) {
     // The input as stored bytes.
     if let Ok(key) = decode_row_key(data) {
-        assert_eq!(encode_row_key(&key).as_deref(), Ok(data), "row key not canonical");
+        assert_eq!(
+            encode_row_key(&key).as_deref(),
+            Ok(data),
+            "row key not canonical"
+        );
     }
     if let Ok(key) = decode_spend_key(data) {
-        assert_eq!(encode_spend_key(&key).as_deref(), Ok(data), "spend key not canonical");
+        assert_eq!(
+            encode_spend_key(&key).as_deref(),
+            Ok(data),
+            "spend key not canonical"
+        );
     }
     if let Ok(micros) = decode_spend_value(data) {
-        assert_eq!(&encode_spend_value(micros)[..], data, "spend value not canonical");
+        assert_eq!(
+            &encode_spend_value(micros)[..],
+            data,
+            "spend value not canonical"
+        );
     }
     if let Ok(counters) = decode_row_value(data) {
         let again = encode_row_value(&counters)
@@ -53,9 +65,17 @@ pub fn fuzz_kpi_key(data: &[u8]) {
     assert_eq!(decode_row_key(&eb).as_ref(), Ok(&b), "row key round trip");
     let order = (a.granularity, a.window_start).cmp(&(b.granularity, b.window_start));
     if order.is_ne() {
-        assert_eq!(ea.cmp(&eb), order, "key bytes sort against (granularity, start)");
+        assert_eq!(
+            ea.cmp(&eb),
+            order,
+            "key bytes sort against (granularity, start)"
+        );
     }
-    assert_eq!(ea == eb, a == b, "two keys, one encoding (or the other way round)");
+    assert_eq!(
+        ea == eb,
+        a == b,
+        "two keys, one encoding (or the other way round)"
+    );
     let spend = SpendRowKey {
         granularity: a.granularity,
         window_start: a.window_start,
@@ -64,7 +84,11 @@ pub fn fuzz_kpi_key(data: &[u8]) {
     };
     let encoded = encode_spend_key(&spend)
         .unwrap_or_else(|e| panic!("a short spend key does not encode: {e}"));
-    assert_eq!(decode_spend_key(&encoded), Ok(spend), "spend key round trip");
+    assert_eq!(
+        decode_spend_key(&encoded),
+        Ok(spend),
+        "spend key round trip"
+    );
 }
 
 /// A row key from bytes: a window start from the first 8 (any `i64`), then four values cut

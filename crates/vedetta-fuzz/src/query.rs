@@ -13,8 +13,7 @@
 
 use http::{StatusCode, Uri};
 use vedetta::server::kpis::{
-    DEVICE_VALUES, KpiQuery, MAX_FILTER_VALUES, PARAMETERS, TIME_MAX_MS, TIME_MIN_MS,
-    query_params,
+    DEVICE_VALUES, KpiQuery, MAX_FILTER_VALUES, PARAMETERS, TIME_MAX_MS, TIME_MIN_MS, query_params,
 };
 use vedetta_core::pipeline::windows::WindowCalendar;
 
@@ -30,9 +29,10 @@ pub fn fuzz_kpi_query(data: &[u8]) {
     let Ok(uri) = Uri::try_from(format!("/v1/kpis?{query}")) else {
         return; // refused by the HTTP layer before any handler
     };
-    let calendar = WindowCalendar::new(jiff::tz::TimeZone::get("Europe/Rome").unwrap_or_else(
-        |e| panic!("the bundled time zone database has Europe/Rome: {e}"),
-    ));
+    let calendar = WindowCalendar::new(
+        jiff::tz::TimeZone::get("Europe/Rome")
+            .unwrap_or_else(|e| panic!("the bundled time zone database has Europe/Rome: {e}")),
+    );
     let result = query_params(&uri).and_then(|params| KpiQuery::parse(&params, NOW_MS, &calendar));
     let parsed = match result {
         Ok(parsed) => parsed,
@@ -58,7 +58,12 @@ pub fn fuzz_kpi_query(data: &[u8]) {
             return;
         }
     };
-    assert!(parsed.from < parsed.to, "from {} !< to {}", parsed.from, parsed.to);
+    assert!(
+        parsed.from < parsed.to,
+        "from {} !< to {}",
+        parsed.from,
+        parsed.to
+    );
     for t in [parsed.from, parsed.to] {
         assert!((TIME_MIN_MS..=TIME_MAX_MS).contains(&t), "{t} out of range");
     }
@@ -66,7 +71,11 @@ pub fn fuzz_kpi_query(data: &[u8]) {
         assert!(!parsed.group_by[..i].contains(d), "grouped by {d:?} twice");
     }
     for (dimension, values) in &parsed.filters {
-        assert!(values.len() <= MAX_FILTER_VALUES, "{} filter values", values.len());
+        assert!(
+            values.len() <= MAX_FILTER_VALUES,
+            "{} filter values",
+            values.len()
+        );
         if dimension.name() == "device" {
             for value in values {
                 assert!(DEVICE_VALUES.contains(&value.as_str()), "device {value:?}");

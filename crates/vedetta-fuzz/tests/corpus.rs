@@ -59,7 +59,11 @@ fn every_corpus_file_and_regression_keeps_its_invariants() {
             artifacts.len()
         );
     }
-    assert!(failures.is_empty(), "broken invariants:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "broken invariants:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The harness and the list agree: each target has its cargo-fuzz entry point.
@@ -67,8 +71,12 @@ fn every_corpus_file_and_regression_keeps_its_invariants() {
 fn every_target_has_a_cargo_fuzz_entry_point() {
     for (name, _) in TARGETS {
         let entry = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
-        let source = std::fs::read_to_string(&entry)
-            .unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
-        assert!(source.contains("fuzz_target!"), "{} is no fuzz target", entry.display());
+        let source =
+            std::fs::read_to_string(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
+        assert!(
+            source.contains("fuzz_target!"),
+            "{} is no fuzz target",
+            entry.display()
+        );
     }
 }

@@ -28,7 +28,9 @@ fn config_durations_past_ten_years_are_refused_not_wrapped() {
         for value in ["9223372036854775807", "315360000001"] {
             let message = refusal(&format!("[{table}]\n{key} = {value}\n"));
             assert!(
-                message.contains(&format!("vedetta.toml:2: {table}.{key}: {value} is too long")),
+                message.contains(&format!(
+                    "vedetta.toml:2: {table}.{key}: {value} is too long"
+                )),
                 "{message}"
             );
         }
@@ -51,7 +53,10 @@ fn config_durations_past_ten_years_are_refused_not_wrapped() {
     )];
     let error = load_text("", "(no file)", &env, &Overrides::default())
         .expect_err("a wrapped out-of-orderness from the environment");
-    assert!(error.to_string().contains("pipeline.out_of_orderness_ms"), "{error}");
+    assert!(
+        error.to_string().contains("pipeline.out_of_orderness_ms"),
+        "{error}"
+    );
 }
 
 /// `log.retention_days` was multiplied into milliseconds unchecked: a huge value wrapped the

@@ -286,10 +286,7 @@ fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result
     let Some(key) = name.strip_prefix(ENV_PREFIX) else {
         bail!("environment variable {name}: not a configuration key");
     };
-    let path: Vec<String> = key
-        .split("__")
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
     if path.iter().any(String::is_empty) {
         bail!("environment variable {name}: not a configuration key");
     }

@@ -8,8 +8,7 @@ use crate::privacy::{PseudonymKey, Pseudonymizer};
 const GOOD: &str = r#"{"udid":"a","type":"lead","ts":1763990000000}"#;
 
 fn judge_ndjson(body: &str) -> Judged {
-    let pseudonymizer =
-        Pseudonymizer::new(PseudonymKey::from_bytes(1, &[42; 32]).unwrap(), vec![]);
+    let pseudonymizer = Pseudonymizer::new(PseudonymKey::from_bytes(1, &[42; 32]).unwrap(), vec![]);
     let ctx = IntakeContext {
         now_ms: 1_764_000_000_000,
         pseudonymizer: &pseudonymizer,

@@ -269,7 +269,11 @@ mod tests {
             );
             state
         };
-        let fits = state(vec![dims("social"), dims("email")], vec!["signup"], entry(1, 6));
+        let fits = state(
+            vec![dims("social"), dims("email")],
+            vec!["signup"],
+            entry(1, 6),
+        );
         assert!(decode_snapshot(&encoded(&fits)).is_ok());
         for (broken, reason) in [
             (
@@ -289,10 +293,14 @@ mod tests {
                 "custom event type \"x\" is listed twice",
             ),
             (
-                state(vec![dims("social")], vec![], EventEntry {
-                    ts: i64::MAX,
-                    ..entry(0, 0)
-                }),
+                state(
+                    vec![dims("social")],
+                    vec![],
+                    EventEntry {
+                        ts: i64::MAX,
+                        ..entry(0, 0)
+                    },
+                ),
                 "an event time 9223372036854775807 is outside years 0000–9999",
             ),
         ] {
