@@ -79,8 +79,8 @@ pub fn fuzz_kpi_key(data: &[u8]) {
     let spend = SpendRowKey {
         granularity: a.granularity,
         window_start: a.window_start,
-        channel: a.channel.clone(),
-        campaign: a.campaign.clone(),
+        channel: a.channel,
+        campaign: a.campaign,
     };
     let encoded = encode_spend_key(&spend)
         .unwrap_or_else(|e| panic!("a short spend key does not encode: {e}"));

@@ -24,7 +24,7 @@ fn ndjson_refusals_count_leading_blank_lines() {
     for (body, line) in [
         (format!("\n\nbad\n{GOOD}"), 2),
         (format!("\r\n \n\t\n{GOOD}\n{{\"udid\":1}}"), 4),
-        (format!("\u{feff}\n{{}}"), 1),
+        ("\u{feff}\n{}".to_string(), 1),
     ] {
         let judged = judge_ndjson(&body);
         let indices: Vec<usize> = judged.rejected.iter().map(|r| r.index).collect();
