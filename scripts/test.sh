@@ -61,7 +61,7 @@ if [ -f tests/grafana/check.mjs ]; then
   node tests/grafana/check.mjs
 fi
 
-step "tests (cargo test --workspace)"
+step "tests (cargo test --workspace; replays the fuzz corpus, docs/fuzzing.md)"
 cargo test --workspace
 
 step "API description against the server (Schemathesis, every check)"

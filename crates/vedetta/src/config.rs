@@ -262,8 +262,19 @@ pub fn load_from(
         ),
         None => (String::new(), "(no file)".to_string()),
     };
+    load_text(&text, &origin, env, overrides)
+}
+
+/// [`load_from`] on a file's text, named `origin` in errors: pure, no file to read (the
+/// config fuzz target calls it). `env` names must start with [`ENV_PREFIX`].
+pub fn load_text(
+    text: &str,
+    origin: &str,
+    env: &[(String, String)],
+    overrides: &Overrides,
+) -> anyhow::Result<Config> {
     let mut table: toml::Table =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     for (name, value) in env {
         apply_env(&mut table, name, value)?;
     }
@@ -279,7 +290,7 @@ pub fn load_from(
     let raw: RawConfig = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message()))?;
-    validate(raw).map_err(|e| match find_key_line(&text, &e.key) {
+    validate(raw).map_err(|e| match find_key_line(text, &e.key) {
         Some(line) => anyhow::anyhow!("{origin}:{line}: {}: {}", e.key, e.message),
         None => anyhow::anyhow!("{}: {}", e.key, e.message),
     })
@@ -289,12 +300,17 @@ pub fn load_from(
 pub fn check_file(path: &Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
+    check_text(&text, &path.display().to_string())
+}
+
+/// [`check_file`] on a file's text, named `origin` in errors (pure: the config fuzz target
+/// calls it).
+pub fn check_text(text: &str, origin: &str) -> anyhow::Result<Config> {
     // Parsing the text straight into the raw shape keeps toml's line/column in errors.
-    let raw: RawConfig =
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    validate(raw).map_err(|e| match find_key_line(&text, &e.key) {
-        Some(line) => anyhow::anyhow!("{}:{line}: {}: {}", path.display(), e.key, e.message),
-        None => anyhow::anyhow!("{}: {}: {}", path.display(), e.key, e.message),
+    let raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    validate(raw).map_err(|e| match find_key_line(text, &e.key) {
+        Some(line) => anyhow::anyhow!("{origin}:{line}: {}: {}", e.key, e.message),
+        None => anyhow::anyhow!("{origin}: {}: {}", e.key, e.message),
     })
 }
 
@@ -302,10 +318,10 @@ fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result
     if ENV_NOT_CONFIG.contains(&name) {
         return Ok(());
     }
-    let path: Vec<String> = name[ENV_PREFIX.len()..]
-        .split("__")
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+        bail!("environment variable {name}: not a configuration key");
+    };
+    let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
     if path.iter().any(String::is_empty) {
         bail!("environment variable {name}: not a configuration key");
     }
@@ -351,6 +367,60 @@ fn max_amount(value: Option<f64>) -> Result<f64, KeyError> {
             "ingest.max_amount",
             format!("must be a number above 0 and at most {CEILING:e}, got {v}"),
         )),
+    }
+}
+
+/// The longest duration any key may set: ten years. Durations are added to and taken from
+/// event times in `i64` milliseconds; unbounded, `future_tolerance_seconds =
+/// 9223372036854775807` wrapped to a negative tolerance (a fuzz find) and a large
+/// `session_gap_minutes` overflowed. Ten years is past any sensible setting and far from
+/// overflow.
+pub const MAX_DURATION_MS: i64 = 3650 * 86_400_000;
+
+/// A duration key given in `unit_ms` units, in milliseconds: at most [`MAX_DURATION_MS`],
+/// and above 0 when `positive`.
+fn duration_ms(
+    key: &str,
+    value: Option<u64>,
+    unit_ms: i64,
+    positive: bool,
+) -> Result<Option<i64>, KeyError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if positive && value == 0 {
+        return Err(bad(key, "must be greater than 0"));
+    }
+    i64::try_from(value)
+        .ok()
+        .and_then(|v| v.checked_mul(unit_ms))
+        .filter(|ms| *ms <= MAX_DURATION_MS)
+        .map(Some)
+        .ok_or_else(|| {
+            bad(
+                key,
+                format!(
+                    "{value} is too long; at most {} (ten years)",
+                    MAX_DURATION_MS / unit_ms
+                ),
+            )
+        })
+}
+
+/// The most days `log.retention_days` and `ingest.quarantine_days` may keep: a century.
+/// Retention computes `now − days` in milliseconds; unbounded, a huge value wrapped to a
+/// cutoff in the future, and retention would have deleted the whole log.
+pub const MAX_RETENTION_DAYS: u64 = 36_500;
+
+fn retention_days(key: &str, value: Option<u64>, default: u64) -> Result<u64, KeyError> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err(bad(key, "must be greater than 0")),
+        Some(days) if days > MAX_RETENTION_DAYS => Err(bad(
+            key,
+            format!("{days} days is too long; at most {MAX_RETENTION_DAYS} (a century)"),
+        )),
+        Some(days) => Ok(days),
     }
 }
 
@@ -477,13 +547,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
                 500_000,
             )? as usize,
             max_inflight_body_bytes: max_inflight as usize,
-            future_tolerance_ms: ingest.future_tolerance_seconds.unwrap_or(300) as i64 * 1000,
+            future_tolerance_ms: duration_ms(
+                "ingest.future_tolerance_seconds",
+                ingest.future_tolerance_seconds,
+                1000,
+                false,
+            )?
+            .unwrap_or(300_000),
             quarantine_capacity: positive(
                 "ingest.quarantine_capacity",
                 ingest.quarantine_capacity,
                 10_000,
             )?,
-            quarantine_days: positive("ingest.quarantine_days", ingest.quarantine_days, 7)?,
+            quarantine_days: retention_days("ingest.quarantine_days", ingest.quarantine_days, 7)?,
             max_amount: max_amount(ingest.max_amount)?,
             body_timeout,
             min_body_rate_bytes_per_second: min_body_rate,
@@ -494,7 +570,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             previous_pseudonym_keys: previous,
         },
         log: LogConfig {
-            retention_days: positive("log.retention_days", raw.log.retention_days, 30)?,
+            retention_days: retention_days("log.retention_days", raw.log.retention_days, 30)?,
         },
         pipeline: validate_pipeline(raw.pipeline)?,
         metrics: MetricsConfig {
@@ -509,10 +585,10 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
     use vedetta_core::EventKind;
     use vedetta_core::pipeline::{PipelineConfig, SequenceRule};
     let defaults = PipelineConfig::default();
-    let nonzero = |key: &str, value: Option<u64>| -> Result<Option<i64>, KeyError> {
+    let nonzero = |key: &str, value: Option<u64>| -> Result<Option<u64>, KeyError> {
         match value {
             Some(0) => Err(bad(key, "must be greater than 0")),
-            other => Ok(other.map(|v| v as i64)),
+            other => Ok(other),
         }
     };
     let time_zone = match &raw.time_zone {
@@ -567,17 +643,18 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
         Some(rules) => rules
             .into_iter()
             .map(|rule| {
-                if rule.within_ms == 0 {
-                    return Err(bad(
-                        "pipeline.sequence_rules",
-                        "within_ms must be greater than 0",
-                    ));
-                }
+                let within_ms = duration_ms(
+                    "pipeline.sequence_rules.within_ms",
+                    Some(rule.within_ms),
+                    1,
+                    true,
+                )?
+                .unwrap_or(1);
                 Ok(SequenceRule {
                     reason: rule.reason,
                     after: kinds("pipeline.sequence_rules", rule.after)?,
                     then: kinds("pipeline.sequence_rules", rule.then)?,
-                    within_ms: rule.within_ms as i64,
+                    within_ms,
                 })
             })
             .collect::<Result<_, _>>()?,
@@ -590,19 +667,41 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
         .map(|h| h.to_ascii_lowercase())
         .collect();
     let rules = PipelineConfig {
-        out_of_orderness_ms: raw
-            .out_of_orderness_ms
-            .map_or(defaults.out_of_orderness_ms, |v| v as i64),
-        allowed_lateness_ms: raw
-            .allowed_lateness_seconds
-            .map_or(defaults.allowed_lateness_ms, |v| v as i64 * 1000),
-        session_gap_ms: nonzero("pipeline.session_gap_minutes", raw.session_gap_minutes)?
-            .map_or(defaults.session_gap_ms, |m| m * 60_000),
-        near_duplicate_ms: raw
-            .near_duplicate_ms
-            .map_or(defaults.near_duplicate_ms, |v| v as i64),
-        dedup_horizon_ms: nonzero("pipeline.dedup_horizon_hours", raw.dedup_horizon_hours)?
-            .map_or(defaults.dedup_horizon_ms, |h| h * 3_600_000),
+        out_of_orderness_ms: duration_ms(
+            "pipeline.out_of_orderness_ms",
+            raw.out_of_orderness_ms,
+            1,
+            false,
+        )?
+        .unwrap_or(defaults.out_of_orderness_ms),
+        allowed_lateness_ms: duration_ms(
+            "pipeline.allowed_lateness_seconds",
+            raw.allowed_lateness_seconds,
+            1000,
+            false,
+        )?
+        .unwrap_or(defaults.allowed_lateness_ms),
+        session_gap_ms: duration_ms(
+            "pipeline.session_gap_minutes",
+            raw.session_gap_minutes,
+            60_000,
+            true,
+        )?
+        .unwrap_or(defaults.session_gap_ms),
+        near_duplicate_ms: duration_ms(
+            "pipeline.near_duplicate_ms",
+            raw.near_duplicate_ms,
+            1,
+            false,
+        )?
+        .unwrap_or(defaults.near_duplicate_ms),
+        dedup_horizon_ms: duration_ms(
+            "pipeline.dedup_horizon_hours",
+            raw.dedup_horizon_hours,
+            3_600_000,
+            true,
+        )?
+        .unwrap_or(defaults.dedup_horizon_ms),
         sequence_rules,
         conversion_types,
         time_zone,
@@ -623,7 +722,7 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
             "pipeline.snapshot_interval_seconds",
             raw.snapshot_interval_seconds,
         )?
-        .map_or(10, |v| v as u64),
+        .unwrap_or(10),
     })
 }
 

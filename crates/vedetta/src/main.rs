@@ -3,14 +3,7 @@
 //! A thin shell: parses the command line, loads configuration, and hands over to the
 //! server or to one of the tools (`gen`, `send`, `bench`, `config check`, `log dump`).
 
-mod clock;
-mod commands;
-mod config;
-mod geoip;
-mod processor;
-mod secrets;
-mod server;
-mod telemetry;
+use vedetta::{commands, config, server};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -134,6 +134,11 @@ impl IdSlot<'_> {
 }
 
 impl ExactDedup {
+    /// The event times remembered (for checking a restored snapshot).
+    pub fn remembered_times(&self) -> impl Iterator<Item = i64> + '_ {
+        self.seen.values().copied()
+    }
+
     /// Whether `fingerprint` belongs to an accepted event less than `horizon_ms` from `ts`.
     pub fn is_duplicate(&self, fingerprint: u128, ts: i64, horizon_ms: i64) -> bool {
         self.seen

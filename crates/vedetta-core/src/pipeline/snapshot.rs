@@ -56,7 +56,89 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<PipelineState, SnapshotError> {
             rest.len()
         )));
     }
+    check_consistency(&state).map_err(SnapshotError::Body)?;
     Ok(state)
+}
+
+/// Refuses a state whose parts do not fit together. The pipeline writes none (it interns
+/// each tuple and type once, and refers only to what it interned), so such a state is
+/// damage; restoring it would misread it silently (a repeated dimension tuple shifts every
+/// id after it when [`super::Pipeline::restore`] interns the list again, so users' events
+/// land in other rows) or panic later (an event type id past the known types indexes out of
+/// the counters). Found by the `snapshot` fuzz target.
+fn check_consistency(state: &PipelineState) -> Result<(), String> {
+    check_times(state)?;
+    let mut tuples = std::collections::HashSet::with_capacity(state.dims.len());
+    for (id, dims) in state.dims.iter().enumerate() {
+        let tuple = (&dims.channel, &dims.campaign, &dims.device, &dims.region);
+        if !tuples.insert(tuple) {
+            return Err(format!("dimension tuple {id} repeats an earlier one"));
+        }
+    }
+    let mut names = std::collections::HashSet::with_capacity(state.custom_kinds.len());
+    for name in &state.custom_kinds {
+        if !names.insert(name) {
+            return Err(format!("custom event type {name:?} is listed twice"));
+        }
+    }
+    let kinds = super::BUILT_IN_KINDS + state.custom_kinds.len();
+    for user in state.users.values() {
+        if !user
+            .entries
+            .windows(2)
+            .all(|pair| (pair[0].ts, pair[0].order) <= (pair[1].ts, pair[1].order))
+        {
+            return Err("a user's events are out of order".into());
+        }
+        for entry in &user.entries {
+            if usize::try_from(entry.dims).map_or(true, |id| id >= state.dims.len()) {
+                return Err(format!(
+                    "an event refers to dimension tuple {} of {}",
+                    entry.dims,
+                    state.dims.len()
+                ));
+            }
+            if usize::from(entry.kind) >= kinds {
+                return Err(format!(
+                    "an event refers to event type {} of {kinds}",
+                    entry.kind
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The times a state may hold, in epoch milliseconds: years 0000 to 9999. The pipeline
+/// adds durations (at most ten years, `crates/vedetta/src/config.rs`) to them and multiplies
+/// minute buckets back into milliseconds; inside this range none of that can overflow.
+/// (A fuzzed snapshot with an expiry bucket near `i64::MAX` overflowed `bucket × 60,000`.)
+pub const STATE_TIME_RANGE: std::ops::RangeInclusive<i64> =
+    -62_167_219_200_000..=253_402_300_799_999;
+
+fn check_times(state: &PipelineState) -> Result<(), String> {
+    let out = |what: &str, ms: i64| Err(format!("{what} {ms} is outside years 0000–9999"));
+    let inside = |ms: i64| STATE_TIME_RANGE.contains(&ms);
+    if let Some(ts) = state.max_event_ts.filter(|ts| !inside(*ts)) {
+        return out("the highest event time", ts);
+    }
+    for &bucket in state.expiry.keys() {
+        if !bucket.checked_mul(super::MINUTE).is_some_and(inside) {
+            return out("an expiry minute", bucket);
+        }
+    }
+    for user in state.users.values() {
+        if !inside(user.due) {
+            return out("a user's due time", user.due);
+        }
+        if let Some(entry) = user.entries.iter().find(|e| !inside(e.ts)) {
+            return out("an event time", entry.ts);
+        }
+    }
+    if let Some(ts) = state.dedup.remembered_times().find(|ts| !inside(*ts)) {
+        return out("a remembered event id's time", ts);
+    }
+    Ok(())
 }
 
 /// The postcard body of a snapshot, after checking its header.
@@ -112,6 +194,120 @@ mod tests {
         ));
         for cut in 0..bytes.len() {
             assert!(decode_snapshot(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    fn encoded(state: &PipelineState) -> Vec<u8> {
+        let mut bytes = header().to_vec();
+        bytes.extend(postcard::to_allocvec(state).unwrap());
+        bytes
+    }
+
+    /// Found by the `snapshot` fuzz target (`fuzz/artifacts/snapshot/`): a snapshot that
+    /// listed a dimension tuple twice decoded, and restoring it re-interned the list, so
+    /// every later id shifted and users' events were counted in other rows; an event type id
+    /// past the known types would have indexed out of the counters on the next session.
+    /// Found by the `snapshot` fuzz target: an expiry bucket near `i64::MAX` minutes
+    /// decoded, and the next event overflowed `bucket × 60,000` (a panic in the processor,
+    /// at every restart from that snapshot).
+    #[test]
+    fn snapshots_with_times_past_year_9999_are_refused() {
+        let mut state = PipelineState::default();
+        state.expiry.insert(i64::MAX / 1000, Vec::new());
+        assert_eq!(
+            decode_snapshot(&encoded(&state)).unwrap_err(),
+            SnapshotError::Body(format!(
+                "an expiry minute {} is outside years 0000–9999",
+                i64::MAX / 1000
+            ))
+        );
+        let state = PipelineState {
+            max_event_ts: Some(i64::MIN),
+            ..PipelineState::default()
+        };
+        assert!(decode_snapshot(&encoded(&state)).is_err());
+        let state = PipelineState {
+            max_event_ts: Some(*STATE_TIME_RANGE.end()),
+            ..PipelineState::default()
+        };
+        assert!(decode_snapshot(&encoded(&state)).is_ok());
+    }
+
+    #[test]
+    fn snapshots_whose_parts_do_not_fit_are_refused_not_misread() {
+        use crate::pipeline::dims::Dims;
+        use crate::pipeline::user::{EventEntry, UserState};
+        use crate::record::UserPseudonym;
+        let dims = |channel: &str| Dims {
+            channel: channel.into(),
+            campaign: "(none)".into(),
+            device: "mobile".into(),
+            region: "unknown".into(),
+        };
+        let entry = |dims, kind| EventEntry {
+            ts: 1_763_997_000_000,
+            order: 0,
+            value_micros: 0,
+            dims,
+            kind,
+            flagged: false,
+            conversion: false,
+        };
+        let state = |tuples: Vec<Dims>, custom: Vec<&str>, entry: EventEntry| {
+            let mut state = PipelineState {
+                dims: tuples,
+                custom_kinds: custom.into_iter().map(String::from).collect(),
+                next_offset: 1,
+                ..PipelineState::default()
+            };
+            state.users.insert(
+                UserPseudonym([7; 16]),
+                UserState {
+                    entries: vec![entry],
+                    due: 0,
+                },
+            );
+            state
+        };
+        let fits = state(
+            vec![dims("social"), dims("email")],
+            vec!["signup"],
+            entry(1, 6),
+        );
+        assert!(decode_snapshot(&encoded(&fits)).is_ok());
+        for (broken, reason) in [
+            (
+                state(vec![dims("social"), dims("social")], vec![], entry(1, 0)),
+                "dimension tuple 1 repeats an earlier one",
+            ),
+            (
+                state(vec![dims("social")], vec![], entry(1, 0)),
+                "an event refers to dimension tuple 1 of 1",
+            ),
+            (
+                state(vec![dims("social")], vec!["signup"], entry(0, 7)),
+                "an event refers to event type 7 of 7",
+            ),
+            (
+                state(vec![dims("social")], vec!["x", "x"], entry(0, 0)),
+                "custom event type \"x\" is listed twice",
+            ),
+            (
+                state(
+                    vec![dims("social")],
+                    vec![],
+                    EventEntry {
+                        ts: i64::MAX,
+                        ..entry(0, 0)
+                    },
+                ),
+                "an event time 9223372036854775807 is outside years 0000–9999",
+            ),
+        ] {
+            assert_eq!(
+                decode_snapshot(&encoded(&broken)).unwrap_err(),
+                SnapshotError::Body(reason.into())
+            );
         }
     }
 }

@@ -67,6 +67,16 @@ impl ApiError {
     }
 }
 
+impl From<vedetta_core::intake::gzip::GzipError> for ApiError {
+    fn from(error: vedetta_core::intake::gzip::GzipError) -> Self {
+        if error.is_too_large() {
+            ApiError::PayloadTooLarge(error.to_string())
+        } else {
+            ApiError::BadRequest(error.to_string())
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

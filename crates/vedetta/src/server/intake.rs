@@ -22,7 +22,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde::Serialize;
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -449,32 +448,14 @@ async fn read_limited(
     Ok(out)
 }
 
-/// Inflates a gzip body, refusing it once the output passes `limit` bytes (a small bomb
-/// costs at most `limit` bytes of memory), and reserving the output from the budget as it
-/// grows.
+/// Inflates a gzip body: a bomb costs at most `limit` bytes (413 past it), reserved from the
+/// budget as the output grows (503 when the budget is spent), `vedetta_core::intake::gzip`.
 fn gunzip_limited(
     compressed: &[u8],
     limit: usize,
     reservation: &mut BodyBudget<'_>,
 ) -> Result<Vec<u8>, ApiError> {
-    const STEP: u64 = 256 * 1024;
-    let mut decoder = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
-    let mut out = Vec::new();
-    loop {
-        let inflated = (&mut decoder)
-            .take(STEP)
-            .read_to_end(&mut out)
-            .map_err(|e| ApiError::BadRequest(format!("body is not valid gzip: {e}")))?;
-        if out.len() > limit {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "gzip body inflates past the limit of {limit} bytes"
-            )));
-        }
-        if inflated == 0 {
-            return Ok(out);
-        }
-        reservation.reserve(inflated)?;
-    }
+    intake::gzip::gunzip_limited_with(compressed, limit, |grown| reservation.reserve(grown))
 }
 
 /// When a quarantine entry was refused (its `received_at`), in epoch milliseconds.
