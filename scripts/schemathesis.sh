@@ -39,7 +39,8 @@ done
 
 # One worker: with two, Hypothesis parses lambda sources with `ast.parse` on two threads at
 # once, and CPython 3.11 fails that race with "SystemError: AST constructor recursion depth
-# mismatch" (CPython gh-106905), a Runtime Error that has nothing to do with the API.
+# mismatch" (its recursion-depth check is not thread-safe), a Runtime Error that has
+# nothing to do with the API.
 "$venv/bin/schemathesis" --config-file tests/schemathesis/schemathesis.toml run \
   "http://127.0.0.1:$port/v1/openapi.json" \
   --checks all \
