@@ -322,14 +322,21 @@ fn apply_retention(
     retention_days: u64,
     now_ms: i64,
 ) -> Result<(u64, u64), vedetta_store::LogError> {
-    let cutoff = now_ms - retention_days as i64 * 86_400_000;
+    // Days are bounded by the config (≤ 36,500); saturating all the same, so a cutoff can
+    // never wrap into the future and delete everything.
+    let days_ms = |days: u64| {
+        i64::try_from(days)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(86_400_000)
+    };
+    let cutoff = now_ms.saturating_sub(days_ms(retention_days));
     // Records after the latest snapshot are needed to recover the pipeline.
     let keep_from = state
         .processor
         .snapshot_offset
         .load(std::sync::atomic::Ordering::Acquire);
     let records = state.log.apply_retention(cutoff, keep_from)?;
-    let quarantine_cutoff = now_ms - state.config.ingest.quarantine_days as i64 * 86_400_000;
+    let quarantine_cutoff = now_ms.saturating_sub(days_ms(state.config.ingest.quarantine_days));
     // An entry whose time cannot be read is older than this code: it goes too.
     let refused = state.log.trim_quarantine(|json| {
         intake::quarantined_at_ms(json).is_none_or(|at| at < quarantine_cutoff)
