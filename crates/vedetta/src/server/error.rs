@@ -41,10 +41,21 @@ impl ApiError {
     /// `Retry-After`, the processor is recovering); anything else is an internal error.
     #[allow(clippy::needless_pass_by_value)] // an adapter for `map_err`
     pub fn from_store(error: vedetta_store::StoreError) -> ApiError {
-        if error.is_temporary() {
-            tracing::warn!(%error, "a KPI query met a storage failure");
+        Self::from_storage("KPI store", error.is_temporary(), &error)
+    }
+
+    /// An event log failure read by a handler (the quarantine): the same rule as
+    /// [`ApiError::from_store`].
+    #[allow(clippy::needless_pass_by_value)] // an adapter for `map_err`
+    pub fn from_log(error: vedetta_store::LogError) -> ApiError {
+        Self::from_storage("event log", error.is_temporary(), &error)
+    }
+
+    fn from_storage(what: &str, temporary: bool, error: &dyn std::fmt::Display) -> ApiError {
+        if temporary {
+            tracing::warn!(%error, "a request met a storage failure of the {what}");
             ApiError::Busy {
-                message: "the KPI store is recovering from a storage failure; retry shortly".into(),
+                message: format!("the {what} is recovering from a storage failure; retry shortly"),
                 retry_after_s: 2,
             }
         } else {

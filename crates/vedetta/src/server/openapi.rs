@@ -440,6 +440,10 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
                     "schema": {"type": "integer", "minimum": 0, "maximum": 1000}}]);
                 let responses = &mut operation["responses"];
                 responses["400"] = error("limit is not a whole number from 0 to 1000");
+                let mut busy =
+                    error("The event log is recovering from a storage failure; see Retry-After");
+                busy["headers"] = retry_after.clone();
+                responses["503"] = busy;
             }
             if let Some(input) = match path.as_str() {
                 "/v1/events" => Some("EventInput"),

@@ -116,14 +116,13 @@ pub async fn get_rejected(
         )));
     }
     let log = state.log.clone();
-    let entries = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        let total = log.quarantine_len().map_err(|e| e.to_string())?;
-        let entries = log.quarantine(limit).map_err(|e| e.to_string())?;
+    let entries = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let total = log.quarantine_len().map_err(ApiError::from_log)?;
+        let entries = log.quarantine(limit).map_err(ApiError::from_log)?;
         Ok((total, entries))
     })
     .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(ApiError::Internal)?;
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     let (total, entries) = entries;
     let rejected: Vec<Value> = entries
         .into_iter()
