@@ -95,6 +95,12 @@ pub struct RawPipeline {
     pub session_gap_minutes: Option<u64>,
     pub near_duplicate_ms: Option<u64>,
     pub dedup_horizon_hours: Option<u64>,
+    /// `last_non_direct` (default), `session` or `first_touch`.
+    pub attribution: Option<String>,
+    /// A span such as `30d` (default) or `12h`.
+    pub attribution_lookback: Option<String>,
+    /// A span such as `7d` (default); `0s` turns order dedup off.
+    pub order_dedup_horizon: Option<String>,
     pub time_zone: Option<String>,
     pub reporting_currency: Option<String>,
     pub currency_rates: Option<std::collections::BTreeMap<String, f64>>,
@@ -407,6 +413,37 @@ fn duration_ms(
         })
 }
 
+/// A span key (`90s`, `45m`, `12h`, `30d`) in milliseconds: a whole number and one unit, at
+/// most [`MAX_DURATION_MS`]; zero only when `zero_ok`.
+fn span_ms(key: &str, value: Option<&str>, zero_ok: bool) -> Result<Option<i64>, KeyError> {
+    let Some(text) = value else {
+        return Ok(None);
+    };
+    let form = || {
+        bad(
+            key,
+            format!("{text:?} is not a span: a whole number and a unit (s, m, h, d), like \"30d\""),
+        )
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(form)?;
+    let (number, unit) = text.split_at(split);
+    let unit_ms: i64 = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(form()),
+    };
+    let n: i64 = number.parse().map_err(|_| form())?;
+    if n == 0 && !zero_ok {
+        return Err(bad(key, "must be greater than 0"));
+    }
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms <= MAX_DURATION_MS)
+        .map(Some)
+        .ok_or_else(|| bad(key, format!("{text} is too long; at most 3650d (ten years)")))
+}
+
 /// The most days `log.retention_days` and `ingest.quarantine_days` may keep: a century.
 /// Retention computes `now − days` in milliseconds; unbounded, a huge value wrapped to a
 /// cutoff in the future, and retention would have deleted the whole log.
@@ -583,7 +620,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
 
 fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
     use vedetta_core::EventKind;
-    use vedetta_core::pipeline::{PipelineConfig, SequenceRule};
+    use vedetta_core::pipeline::{AttributionModel, PipelineConfig, SequenceRule};
     let defaults = PipelineConfig::default();
     let nonzero = |key: &str, value: Option<u64>| -> Result<Option<u64>, KeyError> {
         match value {
@@ -702,6 +739,29 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
             true,
         )?
         .unwrap_or(defaults.dedup_horizon_ms),
+        order_dedup_horizon_ms: span_ms(
+            "pipeline.order_dedup_horizon",
+            raw.order_dedup_horizon.as_deref(),
+            true,
+        )?
+        .unwrap_or(defaults.order_dedup_horizon_ms),
+        attribution: match raw.attribution.as_deref() {
+            None => defaults.attribution,
+            Some(name) => AttributionModel::from_name(name).ok_or_else(|| {
+                bad(
+                    "pipeline.attribution",
+                    format!(
+                        "{name:?} is not a model; one of \"last_non_direct\", \"session\", \"first_touch\""
+                    ),
+                )
+            })?,
+        },
+        attribution_lookback_ms: span_ms(
+            "pipeline.attribution_lookback",
+            raw.attribution_lookback.as_deref(),
+            false,
+        )?
+        .unwrap_or(defaults.attribution_lookback_ms),
         sequence_rules,
         conversion_types,
         time_zone,

@@ -187,7 +187,7 @@ pub fn start(
 /// when the store has none (new, or written before records existed). A mismatch is an
 /// error naming each changed setting, old → new, and saying to run `vedetta replay`.
 fn check_settings(store: &KpiStore, config: &PipelineConfig) -> anyhow::Result<()> {
-    let defaults = PipelineConfig::default().state_settings();
+    let defaults = PipelineConfig::settings_of_older_records();
     match store.check_settings(&config.state_settings(), &defaults)? {
         vedetta_store::SettingsCheck::Same => {}
         check => tracing::info!(?check, "recorded the pipeline settings of the state"),

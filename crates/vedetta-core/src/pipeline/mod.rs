@@ -55,6 +55,41 @@ impl SequenceRule {
     }
 }
 
+/// How a session's conversions are credited across sessions (docs/semantics.md,
+/// "Attribution").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributionModel {
+    /// A direct session takes the latest earlier non-direct acquisition within the lookback.
+    #[default]
+    LastNonDirect,
+    /// Every session keeps its own acquisition.
+    Session,
+    /// The first non-direct acquisition holds for the lookback, like a first-click cookie.
+    FirstTouch,
+}
+
+impl AttributionModel {
+    pub const ALL: [AttributionModel; 3] = [
+        AttributionModel::LastNonDirect,
+        AttributionModel::Session,
+        AttributionModel::FirstTouch,
+    ];
+
+    /// The configuration and API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttributionModel::LastNonDirect => "last_non_direct",
+            AttributionModel::Session => "session",
+            AttributionModel::FirstTouch => "first_touch",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
 /// Everything that changes what the pipeline computes. Changing it and replaying the log
 /// recomputes every KPI under the new rules.
 #[derive(Clone, Debug)]
@@ -64,6 +99,11 @@ pub struct PipelineConfig {
     pub session_gap_ms: i64,
     pub near_duplicate_ms: i64,
     pub dedup_horizon_ms: i64,
+    /// Conversions with the same `order_id` less than this apart are one conversion.
+    pub order_dedup_horizon_ms: i64,
+    pub attribution: AttributionModel,
+    /// How far back a session may take an earlier session's acquisition.
+    pub attribution_lookback_ms: i64,
     pub sequence_rules: Vec<SequenceRule>,
     pub conversion_types: Vec<EventKind>,
     pub time_zone: jiff::tz::TimeZone,
@@ -88,6 +128,9 @@ impl Default for PipelineConfig {
             session_gap_ms: 30 * 60_000,
             near_duplicate_ms: 100,
             dedup_horizon_ms: 24 * 3_600_000,
+            order_dedup_horizon_ms: 7 * 86_400_000,
+            attribution: AttributionModel::LastNonDirect,
+            attribution_lookback_ms: 30 * 86_400_000,
             sequence_rules: vec![SequenceRule::fast_checkout()],
             conversion_types: vec![EventKind::Purchase],
             time_zone: jiff::tz::TimeZone::get("Europe/Rome").unwrap_or(jiff::tz::TimeZone::UTC),

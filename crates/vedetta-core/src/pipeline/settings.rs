@@ -68,6 +68,12 @@ impl PipelineConfig {
         settings.set("session_gap_ms", json(&self.session_gap_ms));
         settings.set("near_duplicate_ms", json(&self.near_duplicate_ms));
         settings.set("dedup_horizon_ms", json(&self.dedup_horizon_ms));
+        settings.set("order_dedup_horizon_ms", json(&self.order_dedup_horizon_ms));
+        settings.set("attribution", json(&self.attribution));
+        settings.set(
+            "attribution_lookback_ms",
+            json(&self.attribution_lookback_ms),
+        );
         settings.set("sequence_rules", json(&self.sequence_rules));
         settings.set("conversion_types", json(&self.conversion_types));
         settings.set("time_zone", json(&zone));
@@ -78,6 +84,20 @@ impl PipelineConfig {
         settings.set("max_channels", json(&MAX_CHANNELS));
         settings.set("max_custom_types", json(&self.max_custom_types));
         settings.set("max_events_per_user", json(&self.max_events_per_user));
+        settings
+    }
+}
+
+impl PipelineConfig {
+    /// What a record that lacks a setting was computed under: today's defaults, except
+    /// where the setting's arrival changed the numbers. Stores built before attribution
+    /// counted every event under its own touch (`"event"`) and had no order dedup (`0`):
+    /// continuing them under the new rules would mix two contracts in one history, so
+    /// they ask for `vedetta replay`.
+    pub fn settings_of_older_records() -> StateSettings {
+        let mut settings = Self::default().state_settings();
+        settings.set("attribution", json("event"));
+        settings.set("order_dedup_horizon_ms", json(&0));
         settings
     }
 }
