@@ -452,7 +452,7 @@ impl Processor {
                 change,
             ));
         }
-        for (key, micros) in deltas.spend_micros {
+        for (key, change) in deltas.spend_micros {
             let dims = self
                 .pipeline
                 .dims(key.channel_campaign)
@@ -464,7 +464,7 @@ impl Processor {
                     channel: dims.channel.clone(),
                     campaign: dims.campaign.clone(),
                 },
-                micros,
+                change,
             ));
         }
         if snapshot {

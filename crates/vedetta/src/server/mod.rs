@@ -347,6 +347,8 @@ fn apply_retention(
 #[cfg(test)]
 mod money_tests;
 #[cfg(test)]
+mod spend_null_tests;
+#[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;

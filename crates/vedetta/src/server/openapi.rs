@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::intake::{IntakeResponse, RejectedItem};
-use super::kpis::{KpiResponse, KpiRow, KpiValues};
+use super::kpis::{AttributionInfo, KpiResponse, KpiRow, KpiValues};
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
@@ -35,7 +35,15 @@ pub struct ErrorBody {
         super::status::get_rejected,
         super::healthz,
     ),
-    components(schemas(IntakeResponse, RejectedItem, KpiResponse, KpiRow, KpiValues, ErrorBody)),
+    components(schemas(
+        IntakeResponse,
+        RejectedItem,
+        KpiResponse,
+        KpiRow,
+        KpiValues,
+        AttributionInfo,
+        ErrorBody
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -345,7 +353,8 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
     schemas["KpiDelta"] = json!({
         "type": "object",
         "description": "What changed since the push whose id is `base`: apply `remove`, then `upsert`, \
-            and take the header and totals (assets/dashboard/kpi-delta.js).",
+            and take the header and totals (assets/dashboard/kpi-delta.js). The base answer's \
+            `attribution` still holds: it changes only with a restart, which ends the stream.",
         "required": ["base", "granularity", "time_zone", "from", "to", "group_by", "totals", "upsert", "remove"],
         "properties": {
             "base": {"type": "integer", "minimum": 0},
