@@ -535,9 +535,9 @@ pub struct AttributionInfo {
     /// `last_non_direct`, `session` or `first_touch`.
     #[schema(example = "last_non_direct")]
     pub model: &'static str,
-    /// The lookback in days: a whole number for a whole number of days (`30`), else a
-    /// fraction (`0.5` for 12 hours; milliseconds / 86 400 000, exact for any lookback a
-    /// configuration can name).
+    /// The lookback (`pipeline.attribution_lookback`) in days: a whole number for whole
+    /// days (`30`), else a fraction (`0.5` for 12 hours, `1.5` for 36): the milliseconds
+    /// divided by 86 400 000, so that no lookback is rounded to a day it is not.
     #[schema(example = 30)]
     pub lookback_days: f64,
 }

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use utoipa::OpenApi;
 use vedetta_core::intake::IntakeLimits;
+use vedetta_core::pipeline::AttributionModel;
 
 /// The error body of every 4xx and 5xx answer.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -350,6 +351,12 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
         "properties": row_properties,
         "additionalProperties": false,
     });
+    // What a derive cannot say: the closed set of models, and a lookback never negative.
+    schemas["AttributionInfo"]["properties"]["model"]["enum"] = AttributionModel::ALL
+        .iter()
+        .map(|model| json!(model.as_str()))
+        .collect();
+    schemas["AttributionInfo"]["properties"]["lookback_days"]["minimum"] = json!(0);
     schemas["KpiDelta"] = json!({
         "type": "object",
         "description": "What changed since the push whose id is `base`: apply `remove`, then `upsert`, \

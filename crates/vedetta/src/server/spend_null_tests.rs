@@ -232,3 +232,37 @@ async fn a_stream_answer_names_the_attribution_model() {
         ticker.await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_api_description_says_why_spend_and_cpa_may_be_null_and_names_the_models() {
+    let s = server();
+    let (status, spec) = s.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let schemas = &spec["components"]["schemas"];
+    for kpi in ["spend", "cpa"] {
+        let schema = &schemas["KpiValues"]["properties"][kpi];
+        assert_eq!(schema["type"], json!(["number", "null"]), "{schema}");
+        let description = schema["description"].as_str().unwrap();
+        assert!(description.contains("`null` when"), "{description}");
+    }
+    let spend = schemas["KpiValues"]["properties"]["spend"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        spend.contains("no spend record") && spend.contains("device or region"),
+        "{spend}"
+    );
+    let attribution = &schemas["AttributionInfo"];
+    assert_eq!(
+        attribution["properties"]["model"]["enum"],
+        json!(["last_non_direct", "session", "first_touch"]),
+        "{attribution}"
+    );
+    assert_eq!(attribution["properties"]["lookback_days"]["minimum"], 0);
+    assert!(
+        schemas["KpiResponse"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("attribution"))
+    );
+}
