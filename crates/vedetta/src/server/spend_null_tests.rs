@@ -266,3 +266,28 @@ async fn the_api_description_says_why_spend_and_cpa_may_be_null_and_names_the_mo
             .contains(&json!("attribution"))
     );
 }
+
+/// The dashboard's attribution note links to the semantics: the link must not 404.
+#[tokio::test]
+async fn the_semantics_the_dashboard_links_to_are_served() {
+    let s = server();
+    let (status, headers, body) = s
+        .call(
+            Request::get("/docs/semantics.md")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+    let text = body.as_str().unwrap();
+    assert!(text.contains("\n## Attribution\n"), "{text}");
+    assert!(text.contains("Unknown spend is not zero spend"), "{text}");
+    let (_, _, page) = s.call(Request::get("/").body(Body::empty()).unwrap()).await;
+    assert!(
+        page.as_str()
+            .unwrap()
+            .contains("href=\"/docs/semantics.md\""),
+        "the dashboard links to it"
+    );
+}
