@@ -41,6 +41,8 @@ const RUN = `bt-${Date.now().toString(36)}`;
 // exactly (filter values escape it as `\,`).
 const CAMPAIGN_A = `${RUN}-a, saldi`;
 const CAMPAIGN_B = `${RUN}-b`;
+// No spend is ever recorded for it: its spend and CPA are unknown, shown "—", never €0.00.
+const SPENDLESS_CHANNEL = 'direct';
 const TILE_KPIS = ['sessions', 'conversions', 'conversion_rate', 'revenue', 'aov', 'spend', 'cpa', 'flagged'];
 const MONEY = new Set(['revenue', 'aov', 'spend', 'cpa']);
 
@@ -153,8 +155,10 @@ before(async () => {
     { udid: `${RUN}-${user}`, type: 'page_view', ts: at(20_000), channel: CHANNEL, campaign, device: 'mobile', region: 'Lombardia' },
     { udid: `${RUN}-${user}`, type: 'purchase', ts: at(10_000), value, currency: 'EUR', channel: CHANNEL, campaign, device: 'mobile', region: 'Lombardia' },
   ];
-  const intake = await postJson('/v1/events', [...visit('u1', CAMPAIGN_A, 40.5), ...visit('u2', CAMPAIGN_B, 19.99)]);
-  assert.equal(intake.accepted, 4, `seed events refused: ${JSON.stringify(intake)}`);
+  // And a purchase typed into the address bar: `direct`, which has no spend records.
+  const direct = { udid: `${RUN}-u3`, type: 'purchase', ts: at(10_000), value: 15, currency: 'EUR', channel: SPENDLESS_CHANNEL, device: 'desktop', region: 'Lazio' };
+  const intake = await postJson('/v1/events', [...visit('u1', CAMPAIGN_A, 40.5), ...visit('u2', CAMPAIGN_B, 19.99), direct]);
+  assert.equal(intake.accepted, 5, `seed events refused: ${JSON.stringify(intake)}`);
   await postJson('/v1/costs', { ts: at(5_000), channel: CHANNEL, campaign: CAMPAIGN_A, amount: 7.25, currency: 'EUR', source: 'browser_test' });
   await until('the seeded events reach /v1/kpis', async () => {
     const answer = await kpis({ group_by: 'campaign', channel: CHANNEL });
@@ -258,6 +262,59 @@ test('a new purchase shows up live, without reloading or refetching', { timeout:
   await assertTilesMatch(page, {}, 'after the purchase');
 });
 
+// Issue 9: unknown spend is not zero spend.
+test('spend and CPA without spend records show "—", not €0.00, in tables and tiles', { timeout: 60_000 }, async () => {
+  const { page } = desktop;
+  const cells = (selector) => page.$$eval(`${selector} td[data-kpi="spend"], ${selector} td[data-kpi="cpa"]`,
+    (tds) => tds.map((td) => [td.dataset.kpi, td.getAttribute('data-value'), td.textContent.trim()]));
+  const dash = [['spend', 'null', '—'], ['cpa', 'null', '—']];
+  const overview = await kpis({ group_by: 'channel', rollup: 'range' });
+  const directRow = overview.rows.find((r) => r.channel === SPENDLESS_CHANNEL);
+  assert.ok(directRow && directRow.conversions > 0, `the API has a ${SPENDLESS_CHANNEL} row with conversions`);
+  assert.deepEqual([directRow.spend, directRow.cpa], [null, null], 'the API answers null for a channel without spend records');
+  await page.waitForSelector(`#breakdowns tr[data-channel="${SPENDLESS_CHANNEL}"]`, { timeout: 5_000 });
+  assert.deepEqual(await cells(`#breakdowns tr[data-channel="${SPENDLESS_CHANNEL}"]`), dash, 'the channel table');
+
+  // Its own tiles, drilled down.
+  await page.click(`#breakdowns tr[data-channel="${SPENDLESS_CHANNEL}"]`);
+  await page.waitForSelector(`[data-breadcrumb="channel"][data-value="${SPENDLESS_CHANNEL}"]`, { timeout: 5_000 });
+  await assertTilesMatch(page, { channel: SPENDLESS_CHANNEL }, `channel ${SPENDLESS_CHANNEL}`);
+  for (const kpi of ['spend', 'cpa']) {
+    const tile = page.locator(`#tiles [data-kpi="${kpi}"]`);
+    assert.equal(await tile.getAttribute('data-value'), 'null', `${kpi} tile value`);
+    assert.equal((await tile.locator('.value').textContent()).trim(), '—', `${kpi} tile text`);
+  }
+
+  // A campaign without spend records beside one with them, in one channel's table.
+  await page.click('a[data-breadcrumb="all"]');
+  await page.click(`#breakdowns tr[data-channel="${CHANNEL}"]`);
+  const row = (campaign) => `table[data-table="campaign"] tr[data-campaign="${campaign.replace(/"/g, '\\"')}"]`;
+  await page.waitForSelector(row(CAMPAIGN_B), { timeout: 5_000 });
+  assert.deepEqual(await cells(row(CAMPAIGN_B)), dash, 'a campaign without spend records');
+  const paid = await cells(row(CAMPAIGN_A));
+  assert.equal(Number(paid[0][1]), 7.25, `the campaign with spend shows it: ${JSON.stringify(paid)}`);
+  await page.click('a[data-breadcrumb="all"]');
+  await page.waitForSelector(`#breakdowns tr[data-channel="${CHANNEL}"]`, { timeout: 5_000 });
+});
+
+test('the attribution model in force is named, with a link to what it means', { timeout: 30_000 }, async () => {
+  const { page } = desktop;
+  const { attribution } = await kpis({});
+  assert.ok(attribution && attribution.model, `the API names the model: ${JSON.stringify(attribution)}`);
+  const note = page.locator('#attribution');
+  await note.waitFor({ state: 'visible', timeout: 5_000 });
+  assert.equal(await note.getAttribute('data-model'), attribution.model);
+  assert.equal(Number(await note.getAttribute('data-lookback-days')), attribution.lookback_days);
+  const text = (await note.textContent()).replace(/\s+/g, ' ').trim();
+  if (attribution.model === 'last_non_direct' && attribution.lookback_days === 30) {
+    assert.match(text, /^Attribution: last non-direct, 30 days/, text);
+  }
+  const href = await page.getAttribute('#attribution-link', 'href');
+  const linked = await fetch(new URL(href, BASE));
+  assert.equal(linked.status, 200, `${href} answers`);
+  assert.match(await linked.text(), /\n## Attribution\n/, `${href} is the semantics`);
+});
+
 test('a phone gets the same dashboard, in Italian, without sideways scrolling', { timeout: 60_000 }, async () => {
   const phone = await openPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true, locale: 'it-IT' });
   try {
@@ -267,6 +324,8 @@ test('a phone gets the same dashboard, in Italian, without sideways scrolling', 
     await page.waitForSelector('#tiles [data-kpi="revenue"][data-value]', { timeout: 5_000 });
     await assertTilesMatch(page, {}, 'phone');
     assert.equal((await page.textContent('[data-breadcrumb="all"]')).trim(), 'Tutti i canali');
+    await page.waitForSelector('#attribution:not([hidden])', { timeout: 5_000 });
+    assert.match(await page.textContent('#attribution'), /^Attribuzione: /, 'the attribution note in Italian');
     const revenue = (await page.textContent('#tiles [data-kpi="revenue"] .value')).trim();
     assert.match(revenue, /^\d{1,3}(\.\d{3})*,\d{2}\s€$/u, `revenue in Italian format, got ${JSON.stringify(revenue)}`);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);

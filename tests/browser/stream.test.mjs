@@ -45,6 +45,13 @@ test('upserts replace and add rows, removals drop them, order is the server\'s',
   assert.equal(JSON.stringify(before), frozen, 'the answer it was applied to is left as it was');
 });
 
+test('the attribution of the whole answer carries over: deltas do not repeat it', () => {
+  const attribution = { model: 'last_non_direct', lookback_days: 30 };
+  const before = { granularity: '1h', from: 'F0', to: 'T0', group_by: [], rows: [], totals: totals(0), attribution };
+  const delta = { base: 1, granularity: '1h', from: 'F1', to: 'T1', group_by: [], totals: totals(1), upsert: [], remove: [] };
+  assert.deepEqual(plain(apply(before, delta, false)).attribution, attribution);
+});
+
 test('a rollup answer keys rows by dimensions only and gives each the new range', () => {
   const before = {
     granularity: '1h', from: 'F0', to: 'T0', group_by: ['region'],

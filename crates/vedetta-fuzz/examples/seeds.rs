@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use vedetta_core::intake::{BodyFormat, IntakeContext, judge_events, judge_spend};
-use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
 use vedetta_core::pipeline::windows::Granularity;
 use vedetta_core::pipeline::{Pipeline, PipelineConfig};
 use vedetta_core::record::{LogRecord, encode_batch};
@@ -100,7 +100,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         campaign: "black_friday".into(),
     };
     write("kpi_key", "spend-day", &encode_spend_key(&spend_key)?)?;
-    write("kpi_key", "spend-value", &encode_spend_value(12_500_000))?;
+    write(
+        "kpi_key",
+        // `spend-value` (version 1, micro-units only) stays in the corpus as written.
+        "spend-value-v2",
+        &encode_spend_value(SpendCounters::record(12_500_000)),
+    )?;
     let mut counters = KpiCounters {
         sessions: 3,
         conversions: 1,

@@ -21,8 +21,8 @@ mod memories;
 mod migrate;
 
 pub use format::{
-    ROW_FORMAT, RowV1, SPEND_FORMAT, STORE_FORMAT, decode_row_value, decode_spend_value,
-    encode_row_value, encode_spend_value,
+    ROW_FORMAT, RowV1, SPEND_FORMAT, SPEND_FORMAT_V1, STORE_FORMAT, decode_row_value,
+    decode_spend_value, encode_row_value, encode_spend_value,
 };
 pub use keys::{
     KeyError, decode_row_key, decode_row_view, decode_spend_key, encode_row_key, encode_spend_key,
@@ -35,7 +35,7 @@ use crate::reopen::{ReopeningDatabase, Unavailable};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use vedetta_core::pipeline::attribution::Memory;
-use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
 use vedetta_core::pipeline::settings::{SettingChange, StateSettings};
 use vedetta_core::pipeline::windows::Granularity;
 use vedetta_core::record::UserPseudonym;
@@ -185,7 +185,8 @@ pub struct SpendRowKey {
 #[derive(Debug, Default)]
 pub struct Commit {
     pub rows: Vec<(RowKey, KpiCounters)>,
-    pub spend: Vec<(SpendRowKey, i128)>,
+    /// Spend changes: micro-units and the number of records.
+    pub spend: Vec<(SpendRowKey, SpendCounters)>,
     /// Offset of the next log record to process after this commit.
     pub processed_offset: u64,
     pub watermark: Option<i64>,
@@ -396,18 +397,30 @@ impl KpiStore {
                 }
             }
             let mut spend = txn.open_table(SPEND)?;
-            for (key, micros) in &commit.spend {
+            for (key, change) in &commit.spend {
                 let key = encode_spend_key(key)?;
                 let stored = match spend.get(key.as_slice())? {
                     Some(bytes) => decode_spend_value(bytes.value())?,
-                    None => 0,
+                    None => SpendCounters::default(),
                 };
-                // i128 micro-units: a sum of i64 records cannot reach the bound, but a
-                // corrupt stored value could; that is an error, never a wrap.
-                let total = stored.checked_add(*micros).ok_or_else(|| {
-                    StoreError::Corrupt(format!("spend sum past i128 under key {key:?}"))
-                })?;
-                if total == 0 {
+                // i128 micro-units and i64 records: sums of real records cannot reach the
+                // bounds, but a corrupt stored value could; that is an error, never a wrap.
+                let past = |what: &str| {
+                    StoreError::Corrupt(format!("spend {what} past its bound under key {key:?}"))
+                };
+                let total = SpendCounters {
+                    micros: stored
+                        .micros
+                        .checked_add(change.micros)
+                        .ok_or_else(|| past("sum"))?,
+                    records: stored
+                        .records
+                        .checked_add(change.records)
+                        .ok_or_else(|| past("record count"))?,
+                };
+                // Records summing to 0 are a spend of 0, kept: only a row with neither
+                // money nor records is no spend at all.
+                if total.is_zero() {
                     spend.remove(key.as_slice())?;
                 } else {
                     spend.insert(key.as_slice(), encode_spend_value(total).as_slice())?;
@@ -459,13 +472,13 @@ impl KpiStore {
     }
 
     /// Visits the spend rows of a granularity whose window starts in `[from, to)`:
-    /// (window start, channel, campaign, micro-units).
+    /// (window start, channel, campaign, micro-units and records).
     pub fn scan_spend(
         &self,
         granularity: Granularity,
         from: i64,
         to: i64,
-        mut visit: impl FnMut(i64, &str, &str, i128),
+        mut visit: impl FnMut(i64, &str, &str, SpendCounters),
     ) -> Result<(), StoreError> {
         if from >= to {
             return Ok(());
@@ -476,10 +489,10 @@ impl KpiStore {
         let (low, high) = range_bounds(granularity, from, to);
         for entry in table.range(low.as_slice()..high.as_slice())? {
             let (key, value) = entry?;
-            let micros = decode_spend_value(value.value())?;
+            let spend = decode_spend_value(value.value())?;
             let key = key.value();
             let (_, window_start, [channel, campaign]) = keys::decode_parts::<2>(key)?;
-            visit(window_start, channel, campaign, micros);
+            visit(window_start, channel, campaign, spend);
         }
         Ok(())
     }
@@ -498,19 +511,19 @@ impl KpiStore {
         Ok(out)
     }
 
-    /// Spend rows of a granularity whose window starts in `[from, to)`, in micro-units.
+    /// Spend rows of a granularity whose window starts in `[from, to)`.
     pub fn spend(
         &self,
         granularity: Granularity,
         from: i64,
         to: i64,
-    ) -> Result<Vec<(SpendRowKey, i128)>, StoreError> {
+    ) -> Result<Vec<(SpendRowKey, SpendCounters)>, StoreError> {
         let mut out = Vec::new();
         self.scan_spend(
             granularity,
             from,
             to,
-            |window_start, channel, campaign, micros| {
+            |window_start, channel, campaign, spend| {
                 out.push((
                     SpendRowKey {
                         granularity,
@@ -518,7 +531,7 @@ impl KpiStore {
                         channel: channel.to_string(),
                         campaign: campaign.to_string(),
                     },
-                    micros,
+                    spend,
                 ));
             },
         )?;
@@ -560,6 +573,9 @@ impl KpiStore {
 
 #[cfg(test)]
 mod format_tests;
+
+#[cfg(test)]
+mod spend_format_tests;
 
 #[cfg(test)]
 mod tests {
@@ -610,7 +626,7 @@ mod tests {
                         channel: "social".into(),
                         campaign: "x".into(),
                     },
-                    1_500_000,
+                    SpendCounters::record(1_500_000),
                 )],
                 processed_offset: 9,
                 watermark: Some(55),
@@ -642,7 +658,7 @@ mod tests {
         assert_eq!(store.rows(Granularity::Minute, 0, 120_000).unwrap(), vec![]);
         assert_eq!(
             store.spend(Granularity::Minute, 0, 120_000).unwrap()[0].1,
-            1_500_000
+            SpendCounters::record(1_500_000)
         );
         drop(store);
         let (_, progress) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();

@@ -510,7 +510,7 @@ impl Processor {
                 change,
             ));
         }
-        for (key, micros) in deltas.spend_micros {
+        for (key, change) in deltas.spend_micros {
             let dims = self
                 .pipeline
                 .dims(key.channel_campaign)
@@ -522,7 +522,7 @@ impl Processor {
                     channel: dims.channel.clone(),
                     campaign: dims.campaign.clone(),
                 },
-                micros,
+                change,
             ));
         }
         if snapshot {

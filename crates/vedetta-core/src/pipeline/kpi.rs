@@ -127,12 +127,49 @@ impl Hash for SpendKey {
     }
 }
 
+/// A spend row, or a change to one: the money and the number of spend records behind it.
+///
+/// The count is what tells unknown spend from zero spend: a row with no records has no
+/// spend to report (`null` in the API), while records that sum to 0 are a spend of 0
+/// (`docs/semantics.md`, "Unknown spend is not zero spend").
+///
+/// Not a stored format: the KPI store writes its own, versioned (`vedetta-store`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpendCounters {
+    /// Micro-units of the reporting currency (`i128`, like revenue: sums cannot wrap).
+    pub micros: i128,
+    /// Spend records counted.
+    pub records: i64,
+}
+
+impl SpendCounters {
+    /// One spend record of this amount.
+    pub fn record(micros: i64) -> Self {
+        Self {
+            micros: i128::from(micros),
+            records: 1,
+        }
+    }
+
+    pub fn add(&mut self, other: SpendCounters) {
+        self.micros += other.micros;
+        self.records += other.records;
+    }
+
+    /// Whether this is no spend at all (no records, no money): such a row is not stored.
+    /// A row of records summing to 0 is not zero in this sense.
+    pub fn is_zero(&self) -> bool {
+        self.micros == 0 && self.records == 0
+    }
+}
+
 /// Changes accumulated since the last time they were taken.
 #[derive(Debug, Default, Clone)]
 pub struct KpiDeltas {
     pub rows: FastHashMap<KpiKey, KpiCounters>,
-    /// Spend changes in micro-units (`i128`, like revenue: sums cannot wrap).
-    pub spend_micros: FastHashMap<SpendKey, i128>,
+    /// Spend changes: micro-units and records. (The name predates the record count; it is
+    /// kept while the pipeline's event side is being rewritten, to keep that merge small.)
+    pub spend_micros: FastHashMap<SpendKey, SpendCounters>,
 }
 
 impl KpiDeltas {
@@ -148,8 +185,8 @@ impl KpiDeltas {
         self.rows.entry(key).or_default()
     }
 
-    pub fn add_spend(&mut self, key: SpendKey, micros: i64) {
-        *self.spend_micros.entry(key).or_default() += i128::from(micros);
+    pub fn add_spend(&mut self, key: SpendKey, change: SpendCounters) {
+        self.spend_micros.entry(key).or_default().add(change);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -159,11 +196,49 @@ impl KpiDeltas {
     /// Drops changes that cancelled out.
     pub fn compact(&mut self) {
         self.rows.retain(|_, counters| !counters.is_zero());
-        self.spend_micros.retain(|_, micros| *micros != 0);
+        // A spend of 0 from real records is kept: it is a known zero, not an absence.
+        self.spend_micros.retain(|_, spend| !spend.is_zero());
     }
 }
 
 /// Rounds a money amount to integer micro-units, once, where it enters the pipeline.
 pub fn to_micros(amount: f64) -> i64 {
     (amount * 1_000_000.0).round() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SpendKey {
+        SpendKey {
+            granularity: Granularity::Hour,
+            window_start: 0,
+            channel_campaign: 1,
+        }
+    }
+
+    #[test]
+    fn a_spend_change_of_zero_money_survives_compaction_when_it_has_records() {
+        let mut deltas = KpiDeltas::default();
+        deltas.add_spend(key(), SpendCounters::record(0));
+        deltas.compact();
+        assert_eq!(
+            deltas.spend_micros.get(&key()),
+            Some(&SpendCounters {
+                micros: 0,
+                records: 1
+            })
+        );
+        // Changes that cancel out entirely (money and records) are dropped.
+        deltas.add_spend(
+            key(),
+            SpendCounters {
+                micros: 0,
+                records: -1,
+            },
+        );
+        deltas.compact();
+        assert!(deltas.is_empty());
+    }
 }

@@ -492,7 +492,9 @@ impl Pipeline {
         let channel = crate::enrich::normalize_channel(&spend.channel);
         let campaign = spend.campaign.as_deref().unwrap_or(NO_CAMPAIGN);
         let pair = self.dims.intern(&channel, campaign, "", "");
-        let micros = self.money_micros(spend.amount, spend.currency.as_deref());
+        // One record, whatever its amount: a record of 0 makes the row's spend a known 0.
+        let record =
+            kpi::SpendCounters::record(self.money_micros(spend.amount, spend.currency.as_deref()));
         for granularity in Granularity::ALL {
             let window = self.calendar.window(granularity, spend.ts.0);
             self.deltas.add_spend(
@@ -501,7 +503,7 @@ impl Pipeline {
                     window_start: window.start,
                     channel_campaign: pair,
                 },
-                micros,
+                record,
             );
         }
     }

@@ -89,12 +89,12 @@ impl Run {
                 .or_default();
             row.add(&change);
         }
-        for (key, micros) in deltas.spend_micros {
+        for (key, change) in deltas.spend_micros {
             let d = self.pipeline.dims(key.channel_campaign).unwrap().clone();
             *self
                 .spend
                 .entry((key.granularity, key.window_start, d.channel, d.campaign))
-                .or_default() += micros;
+                .or_default() += change.micros;
         }
         self.kpis.retain(|_, c| !c.is_zero());
         self.spend.retain(|_, m| *m != 0);

@@ -4,8 +4,15 @@
 //! |---|---|---|
 //! | store | `meta.format_version = 1` | no `format_version` entry |
 //! | KPI row value | `[1u8]` + postcard [`RowV1`] (revenue `i128`) | bare postcard, revenue `i64` |
-//! | spend value | `[1u8]` + `i128` big-endian micro-units (17 bytes) | a redb `i64` |
+//! | spend value | `[2u8]` + `i128` micro-units + `i64` records, big-endian (25 bytes); `[1u8]` + `i128` micro-units (17 bytes) is still read | a redb `i64` |
 //! | snapshot | `vedetta_core::pipeline::snapshot` header + postcard | bare postcard |
+//!
+//! Spend values are versioned on their own, like rows: version 2 (issue 9) adds the number
+//! of spend records, which tells a spend of 0 (records summing to zero) from no spend at
+//! all. A version-1 value is read as one record: it was only ever written for a row that
+//! had spend records (a row whose money summed to 0 was deleted), so "at least one" is
+//! what it knows, and all the API needs (`null` or not). It is rewritten as version 2 when
+//! the row next changes; no migration pass.
 //!
 //! Each stored struct is a frozen copy of the counters as they were when its version was
 //! written, converted to and from the core's [`KpiCounters`] here. Adding a counter to
@@ -15,15 +22,18 @@
 
 use super::StoreError;
 use serde::{Deserialize, Serialize};
-use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
 
 /// The store format this build writes (`meta.format_version`).
 pub const STORE_FORMAT: i64 = 1;
 /// The version byte of a KPI row value this build writes.
 pub const ROW_FORMAT: u8 = 1;
-/// The version byte of a spend value this build writes.
-pub const SPEND_FORMAT: u8 = 1;
-const SPEND_VALUE_LEN: usize = 1 + 16;
+/// The version byte of a spend value this build writes: micro-units and records.
+pub const SPEND_FORMAT: u8 = 2;
+const SPEND_VALUE_LEN: usize = 1 + 16 + 8;
+/// The version byte of the spend value before issue 9: micro-units only.
+pub const SPEND_FORMAT_V1: u8 = 1;
+const SPEND_VALUE_V1_LEN: usize = 1 + 16;
 
 /// A KPI row as format 1 stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,23 +161,39 @@ pub fn decode_row_value(bytes: &[u8]) -> Result<KpiCounters, StoreError> {
     }
 }
 
-/// A spend value in the current format: micro-units.
-pub fn encode_spend_value(micros: i128) -> [u8; SPEND_VALUE_LEN] {
+/// A spend value in the current format: micro-units, then the number of records.
+pub fn encode_spend_value(spend: SpendCounters) -> [u8; SPEND_VALUE_LEN] {
     let mut out = [0; SPEND_VALUE_LEN];
     out[0] = SPEND_FORMAT;
-    out[1..].copy_from_slice(&micros.to_be_bytes());
+    out[1..17].copy_from_slice(&spend.micros.to_be_bytes());
+    out[17..].copy_from_slice(&spend.records.to_be_bytes());
     out
 }
 
-/// A spend value back, in micro-units.
-pub fn decode_spend_value(bytes: &[u8]) -> Result<i128, StoreError> {
+/// A spend value back, whatever version this build reads (a version-1 value is one
+/// record). Any bytes give an answer, never a panic.
+pub fn decode_spend_value(bytes: &[u8]) -> Result<SpendCounters, StoreError> {
+    let wrong_length = || StoreError::Corrupt(format!("a spend value of {} bytes", bytes.len()));
     match bytes.split_first() {
         None => Err(StoreError::Corrupt("an empty spend value".into())),
         Some((&SPEND_FORMAT, body)) => {
-            let body: [u8; 16] = body.try_into().map_err(|_| {
-                StoreError::Corrupt(format!("a spend value of {} bytes", bytes.len()))
-            })?;
-            Ok(i128::from_be_bytes(body))
+            if bytes.len() != SPEND_VALUE_LEN {
+                return Err(wrong_length());
+            }
+            let (micros, records) = body.split_at(16);
+            Ok(SpendCounters {
+                micros: i128::from_be_bytes(micros.try_into().map_err(|_| wrong_length())?),
+                records: i64::from_be_bytes(records.try_into().map_err(|_| wrong_length())?),
+            })
+        }
+        Some((&SPEND_FORMAT_V1, body)) => {
+            if bytes.len() != SPEND_VALUE_V1_LEN {
+                return Err(wrong_length());
+            }
+            Ok(SpendCounters {
+                micros: i128::from_be_bytes(body.try_into().map_err(|_| wrong_length())?),
+                records: 1,
+            })
         }
         Some((&found, _)) => Err(StoreError::Version {
             what: "a spend value",

@@ -12,6 +12,7 @@ use super::{CONFIG, FORMAT_VERSION, KPIS, META, RowKey, SNAPSHOT, SPEND, SpendRo
 use redb::{
     Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
 };
+use vedetta_core::pipeline::kpi::SpendCounters;
 use vedetta_core::pipeline::snapshot;
 use vedetta_core::pipeline::windows::Granularity;
 
@@ -145,9 +146,11 @@ fn migrate_v0(db: &Database) -> Result<MigrationReport, StoreError> {
             channel,
             campaign,
         };
+        // Format 0 kept only rows with spend records (a zero sum was deleted): at least
+        // one record, which is what the current value's count is read as.
         spend.push((
             encode_spend_key(&key)?,
-            format::encode_spend_value(i128::from(value.value())),
+            format::encode_spend_value(SpendCounters::record(value.value())),
         ));
     }
     txn.delete_table(KPIS)?;

@@ -7,7 +7,10 @@
 //
 // What this page promises (tests/browser/dashboard.test.mjs relies on it):
 // - Every KPI number shown carries the raw API value in `data-value` ("null" when the API
-//   says null, so "—" is shown); tiles carry `data-kpi`, table cells too. Rows carry
+//   says null, so "—" is shown); tiles carry `data-kpi`, table cells too. Spend is null
+//   where no spend record contributes (unknown spend is not zero spend): "—", never €0.00.
+// - `#attribution` names the model the answer was computed under (`data-model`,
+//   `data-lookback-days`, from the answer's `attribution`) and links to the semantics. Rows carry
 //   `data-channel`, `data-campaign`, `data-device` or `data-region` with the raw value;
 //   crumbs `data-breadcrumb` (all, channel, campaign); range buttons `data-range`.
 // - The view lives in the URL hash (`#range=24h&channel=social&campaign=x`), so a view can
@@ -97,6 +100,8 @@
       'channel.affiliate': 'Affiliate', 'channel.referral': 'Referral',
       'device.mobile': 'Mobile', 'device.tablet': 'Tablet', 'device.desktop': 'Desktop', 'device.other': 'Other',
       'device.unknown': 'Unknown', error: 'The server answered: {message}',
+      attribution: 'Attribution: {model}, {lookback}', attributionMore: 'what this means',
+      'model.last_non_direct': 'last non-direct', 'model.session': 'session', 'model.first_touch': 'first touch',
     },
     it: {
       allChannels: 'Tutti i canali', range: 'Intervallo di tempo', chartTitle: 'Andamento', dqTitle: 'Qualità dei dati',
@@ -130,6 +135,8 @@
       'channel.affiliate': 'Affiliazione', 'channel.referral': 'Referral',
       'device.mobile': 'Smartphone', 'device.tablet': 'Tablet', 'device.desktop': 'Desktop', 'device.other': 'Altro',
       'device.unknown': 'Sconosciuto', error: 'Il server ha risposto: {message}',
+      attribution: 'Attribuzione: {model}, {lookback}', attributionMore: 'che cosa significa',
+      'model.last_non_direct': 'ultimo non diretto', 'model.session': 'sessione', 'model.first_touch': 'primo contatto',
     },
   };
 
@@ -220,8 +227,11 @@
   // ---------------------------------------------------------------- sums of rows
 
   // Rows are summed exactly: money in integer micro-units, as the pipeline keeps it.
+  // Spend is known once a row with spend records (a non-null spend) is added: rows without
+  // any (organic, direct, a window with no spend report) are unknown, not zero, and leave
+  // the sum as it is, as the server sums its own rows. A sum of such rows only is unknown.
   function emptySum() {
-    return { sessions: 0, converting_sessions: 0, conversions: 0, revenueMicros: 0, spendMicros: 0, spendDefined: true,
+    return { sessions: 0, converting_sessions: 0, conversions: 0, revenueMicros: 0, spendMicros: 0, spendKnown: false,
       flagged: 0, duplicates: 0, late: 0, events: 0 };
   }
   function addRow(sum, row) {
@@ -229,8 +239,10 @@
     sum.converting_sessions += row.converting_sessions;
     sum.conversions += row.conversions;
     sum.revenueMicros += Math.round(row.revenue * 1e6);
-    if (row.spend == null) sum.spendDefined = false;
-    else sum.spendMicros += Math.round(row.spend * 1e6);
+    if (row.spend != null) {
+      sum.spendKnown = true;
+      sum.spendMicros += Math.round(row.spend * 1e6);
+    }
     sum.flagged += row.flagged;
     sum.duplicates += row.duplicates;
     sum.late += row.late;
@@ -240,7 +252,7 @@
   const ratio = (numerator, denominator) => (denominator ? numerator / denominator : null);
   function kpisOf(sum) {
     const revenue = sum.revenueMicros / 1e6;
-    const spend = sum.spendDefined ? sum.spendMicros / 1e6 : null;
+    const spend = sum.spendKnown ? sum.spendMicros / 1e6 : null;
     return {
       sessions: sum.sessions, converting_sessions: sum.converting_sessions,
       conversion_rate: ratio(sum.converting_sessions, sum.sessions), conversions: sum.conversions, revenue,
@@ -490,6 +502,7 @@
 
   function onPrimary(answer) {
     state.primary = answer;
+    renderAttribution();
     const plan = planOf(state.view);
     if (plan.primaryDim) {
       state.tables[plan.primaryDim] = answer;
@@ -632,6 +645,30 @@
     banner.hidden = false;
   }
   function hideBanner() { document.getElementById('banner').hidden = true; }
+
+  // ---------------------------------------------------------------- rendering: attribution
+
+  // "Attribution: last non-direct, 30 days", from the answer's `attribution` (the model and
+  // lookback the server computed it under). A lookback that is not whole days is shown in
+  // hours, or in days with decimals.
+  function lookbackText(days) {
+    const unit = (u, n, digits) => new Intl.NumberFormat(locale(), { style: 'unit', unit: u, unitDisplay: 'long', maximumFractionDigits: digits }).format(n);
+    if (Number.isInteger(days)) return unit('day', days, 0);
+    const hours = days * 24;
+    if (Math.abs(hours - Math.round(hours)) < 1e-9) return unit('hour', Math.round(hours), 0);
+    return unit('day', days, 2);
+  }
+  function renderAttribution() {
+    const node = document.getElementById('attribution');
+    const attribution = state.primary && state.primary.attribution;
+    if (!attribution) { node.hidden = true; return; }
+    const modelKey = `model.${attribution.model}`;
+    const model = WORDS[state.lang][modelKey] ?? WORDS.en[modelKey] ?? attribution.model;
+    node.dataset.model = attribution.model;
+    node.dataset.lookbackDays = String(attribution.lookback_days);
+    document.getElementById('attribution-text').textContent = t('attribution', { model, lookback: lookbackText(attribution.lookback_days) });
+    node.hidden = false;
+  }
 
   // ---------------------------------------------------------------- rendering: tiles
 
@@ -800,11 +837,16 @@
       return d;
     };
     if (previousPoints.length) root.append(svg('path', { class: 'line previous', d: path(previousPoints) }));
-    if (kind !== 'pct' && metric !== 'cpa' && metric !== 'aov' && points.length > 1) {
+    // No area under a series with gaps (spend in windows without spend records is unknown).
+    if (kind !== 'pct' && metric !== 'cpa' && metric !== 'aov' && points.length > 1 && points.every((p) => p.v != null)) {
       root.append(svg('path', { class: 'area', d: `${path(points)}L${x(x1)},${y(0)}L${x(x0)},${y(0)}Z` }));
     }
     root.append(svg('path', { class: 'line current', d: path(points) }));
-    if (points.length === 1 && points[0].v != null) root.append(svg('circle', { class: 'dot', cx: x(points[0].t), cy: y(points[0].v), r: 3 }));
+    // A point with no known neighbour draws no line: a dot shows it.
+    points.forEach((p, i) => {
+      const alone = (i === 0 || points[i - 1].v == null) && (i === points.length - 1 || points[i + 1].v == null);
+      if (p.v != null && alone) root.append(svg('circle', { class: 'dot', cx: x(p.t), cy: y(p.v), r: 3 }));
+    });
     // Event time is complete up to the watermark: later windows may still grow.
     const watermark = state.status && state.status.watermark ? Date.parse(state.status.watermark) : null;
     if (watermark && watermark > x0 && watermark < x1) {
@@ -1066,6 +1108,7 @@
     renderStatic();
     renderTiles();
     renderChart();
+    renderAttribution();
   }
 
   window.addEventListener('hashchange', applyView);

@@ -1,11 +1,12 @@
 // Applies a `kpis-delta` event of `/v1/stream?deltas=true` to the answer it follows.
 //
 // The server sends a view's whole `/v1/kpis` answer once, then only what changed: the
-// header (from, to, totals), the rows that are new or changed (`upsert`) and the identities
-// of the rows that are gone (`remove`: `window_start` and the grouped dimensions). A row is
-// identified by its window and grouped dimensions; in a `rollup=range` answer, whose one
-// window is the whole range and slides with it, by its dimensions only (and every row takes
-// the answer's range as its window). The result is the answer the server would give now,
+// header (from, to, totals; not `attribution`, which the whole answer gave), the rows
+// that are new or changed (`upsert`) and the identities of the rows that are gone
+// (`remove`: `window_start` and the grouped dimensions). A row is identified by its window
+// and grouped dimensions; in a `rollup=range` answer, whose one window is the whole range
+// and slides with it, by its dimensions only (and every row takes the answer's range as its
+// window). The result is the answer the server would give now,
 // rows in the server's order (window, then dimensions in `group_by` order).
 //
 // A pure function in a file of its own, so that Node tests it without a browser
@@ -50,6 +51,9 @@
     return {
       granularity: delta.granularity,
       time_zone: delta.time_zone,
+      // Not in a delta: fixed for the life of the server (a new model needs a restart,
+      // which ends the stream), so the base answer's holds.
+      attribution: delta.attribution ?? answer.attribution,
       from: delta.from,
       to: delta.to,
       group_by: groupBy,

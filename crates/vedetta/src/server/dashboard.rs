@@ -1,6 +1,10 @@
 //! The live dashboard: static assets compiled into the binary, so it works with no CDN, no
 //! internet and no files next to the binary. The page itself talks to `/v1/kpis`,
 //! `/v1/status` and `/v1/stream` like any other client.
+//!
+//! `docs/semantics.md` is served too (`/docs/semantics.md`): the dashboard's attribution
+//! note links to it, and a link must work where the dashboard works (offline, behind a
+//! firewall) and describe the build that computed the numbers, not the newest one.
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -9,6 +13,8 @@ const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
 const KPI_DELTA_JS: &str = include_str!("../../assets/dashboard/kpi-delta.js");
 const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
+/// What every number means, from the repository's docs (the one copy there is).
+const SEMANTICS_MD: &str = include_str!("../../../../docs/semantics.md");
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
@@ -46,4 +52,11 @@ pub async fn kpi_delta_js() -> Response {
 
 pub async fn style_css() -> Response {
     asset(STYLE_CSS, "text/css; charset=utf-8")
+}
+
+/// `docs/semantics.md` as plain text: every browser shows `text/plain` inline, where
+/// `text/markdown` may be offered as a download instead. Public, like the dashboard's
+/// assets: it holds no data.
+pub async fn semantics_md() -> Response {
+    asset(SEMANTICS_MD, "text/plain; charset=utf-8")
 }

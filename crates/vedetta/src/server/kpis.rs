@@ -5,7 +5,12 @@
 //! Rows are the windows whose start lies in `[from, to)`, summed over the dimensions not
 //! grouped by; ratios are computed from the sums, `null` when the denominator is zero.
 //! Spend has only channel and campaign: when the query groups or filters by device or
-//! region, `spend` and `cpa` are `null` (see `docs/semantics.md`).
+//! region, `spend` and `cpa` are `null`. They are `null` too for a row (or the totals) that
+//! no spend record contributes to: unknown spend is not zero spend; records that sum to 0
+//! are a spend of `0` (see `docs/semantics.md`, "KPIs of a row").
+//!
+//! Every answer names the attribution model and lookback its numbers were computed under
+//! (`attribution`), from the pipeline's configuration.
 
 use super::{ApiError, AppState};
 use axum::Json;
@@ -15,7 +20,8 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use vedetta_core::enrich::Region;
-use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::AttributionModel;
+use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
 use vedetta_core::pipeline::windows::{Granularity, WindowCalendar};
 use vedetta_core::time::EventTime;
 
@@ -457,7 +463,11 @@ pub struct KpiValues {
     pub conversions: i64,
     pub revenue: f64,
     pub aov: Option<f64>,
+    /// `null` when no spend record contributes (unknown spend, as for organic or direct
+    /// traffic) or when the query groups or filters by device or region (spend has
+    /// neither); `0` when spend records exist and sum to zero.
     pub spend: Option<f64>,
+    /// `spend / conversions`: `null` when `spend` is `null` or there are no conversions.
     pub cpa: Option<f64>,
     pub flagged: i64,
     pub duplicates: i64,
@@ -477,9 +487,12 @@ fn units(micros: i128) -> f64 {
 }
 
 impl KpiValues {
-    pub fn from_counters(c: &KpiCounters, spend_micros: Option<i128>) -> Self {
+    /// `spend`: `None` when the query cannot have spend (device or region involved); else
+    /// the spend rows summed, which give `null` when no record contributed.
+    pub fn from_counters(c: &KpiCounters, spend: Option<SpendCounters>) -> Self {
         let revenue = units(c.revenue_micros);
-        let spend = spend_micros.map(units);
+        // A sum with no records (and so no money) is no spend row at all: unknown.
+        let spend = spend.filter(|s| !s.is_zero()).map(|s| units(s.micros));
         Self {
             sessions: c.sessions,
             converting_sessions: c.converting_sessions,
@@ -515,12 +528,37 @@ pub struct KpiRow {
     pub values: KpiValues,
 }
 
+/// The attribution model the numbers were computed under (`pipeline.attribution` and
+/// `pipeline.attribution_lookback`; docs/semantics.md, "Attribution").
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct AttributionInfo {
+    /// `last_non_direct`, `session` or `first_touch`.
+    #[schema(example = "last_non_direct")]
+    pub model: &'static str,
+    /// The lookback (`pipeline.attribution_lookback`) in days: a whole number for whole
+    /// days (`30`), else a fraction (`0.5` for 12 hours, `1.5` for 36): the milliseconds
+    /// divided by 86 400 000, so that no lookback is rounded to a day it is not.
+    #[schema(example = 30)]
+    pub lookback_days: f64,
+}
+
+impl AttributionInfo {
+    pub fn new(model: AttributionModel, lookback_ms: i64) -> Self {
+        Self {
+            model: model.as_str(),
+            lookback_days: lookback_ms as f64 / 86_400_000.0,
+        }
+    }
+}
+
 /// The answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KpiResponse {
     pub granularity: &'static str,
     /// The time zone of the day windows (`pipeline.time_zone`), e.g. `Europe/Rome`.
     pub time_zone: String,
+    /// How conversions were credited to channels and campaigns.
+    pub attribution: AttributionInfo,
     pub from: String,
     pub to: String,
     pub group_by: Vec<&'static str>,
@@ -531,8 +569,9 @@ pub struct KpiResponse {
 #[derive(Default)]
 struct Group {
     counters: KpiCounters,
-    /// An `i128` sum: spend rows of a long range cannot wrap it.
-    spend_micros: i128,
+    /// The spend rows of the group summed: an `i128` sum of money (rows of a long range
+    /// cannot wrap it) and the records behind it (none: spend unknown).
+    spend: SpendCounters,
 }
 
 /// Runs a query against the store.
@@ -566,7 +605,7 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                 query.granularity,
                 query.from,
                 query.to,
-                |window_start, channel, campaign, micros| {
+                |window_start, channel, campaign, spend| {
                     let value_of = |d: Dimension| -> &str {
                         match d {
                             Dimension::Channel => channel,
@@ -574,8 +613,8 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                         }
                     };
                     if let Some(slot) = query.slot(window_start, value_of) {
-                        groups.entry(slot).or_default().spend_micros += micros;
-                        totals.spend_micros += micros;
+                        groups.entry(slot).or_default().spend.add(spend);
+                        totals.spend.add(spend);
                     }
                 },
             )
@@ -584,7 +623,8 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
     let calendar = state.calendar.clone();
     let rows = groups
         .into_iter()
-        .filter(|(_, g)| !g.counters.is_zero() || g.spend_micros != 0)
+        // A group with spend records and no events is a row: its spend is known, even 0.
+        .filter(|(_, g)| !g.counters.is_zero() || !g.spend.is_zero())
         .map(|((window_start, values), group)| {
             let mut dimensions = BTreeMap::new();
             for (d, value) in query.group_by.iter().zip(values) {
@@ -606,25 +646,24 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                 dimensions,
                 values: KpiValues::from_counters(
                     &group.counters,
-                    spend_defined.then_some(group.spend_micros),
+                    spend_defined.then_some(group.spend),
                 ),
             }
         })
         .collect();
-    let zone = &state.config.pipeline.rules.time_zone;
+    let rules = &state.config.pipeline.rules;
+    let zone = &rules.time_zone;
     Ok(KpiResponse {
         granularity: query.granularity.as_str(),
         time_zone: zone
             .iana_name()
             .map_or_else(|| format!("{zone:?}"), str::to_string),
+        attribution: AttributionInfo::new(rules.attribution, rules.attribution_lookback_ms),
         from: EventTime(query.from).to_rfc3339(),
         to: EventTime(query.to).to_rfc3339(),
         group_by: query.group_by.iter().map(|d| d.name()).collect(),
         rows,
-        totals: KpiValues::from_counters(
-            &totals.counters,
-            spend_defined.then_some(totals.spend_micros),
-        ),
+        totals: KpiValues::from_counters(&totals.counters, spend_defined.then_some(totals.spend)),
     })
 }
 
@@ -645,7 +684,7 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
         ("rollup" = Option<String>, Query, description = "window (default): a row per window; range: a row per group for the whole range"),
     ),
     responses(
-        (status = 200, description = "Rows and totals", body = KpiResponse),
+        (status = 200, description = "Rows and totals, and the attribution model they were computed under. `spend` and `cpa` are null where no spend record contributes (unknown spend is not zero spend) and in queries grouped or filtered by device or region", body = KpiResponse),
         (status = 400, description = "A parameter is wrong; the message names it", body = super::openapi::ErrorBody),
     )
 )]

@@ -214,11 +214,15 @@ pub(super) fn kpi_gauges(
             "gauge",
             "Ad spend today, reporting currency, per channel.",
         );
+        // A channel with no spend records today has no spend series (rather than a 0):
+        // unknown spend is not zero spend, and Grafana's CPA for it is then empty too.
         let mut by_channel: HashMap<String, f64> = HashMap::new();
         for row in &spend.rows {
+            let Some(amount) = row.values.spend else {
+                continue;
+            };
             let channel = row.dimensions.get("channel").cloned().unwrap_or_default();
-            *by_channel.entry(series_channel(&channel)).or_default() +=
-                row.values.spend.unwrap_or(0.0);
+            *by_channel.entry(series_channel(&channel)).or_default() += amount;
         }
         let mut channels: Vec<_> = by_channel.into_iter().collect();
         channels.sort_by(|a, b| a.0.cmp(&b.0));

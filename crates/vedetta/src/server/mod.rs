@@ -201,6 +201,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/assets/app.js", get(dashboard::app_js))
         .route("/assets/kpi-delta.js", get(dashboard::kpi_delta_js))
         .route("/assets/style.css", get(dashboard::style_css))
+        .route("/docs/semantics.md", get(dashboard::semantics_md))
         .route("/v1/openapi.json", get(openapi::get_openapi))
         .merge(api)
         .with_state(state)
@@ -346,6 +347,8 @@ fn apply_retention(
 
 #[cfg(test)]
 mod money_tests;
+#[cfg(test)]
+mod spend_null_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]

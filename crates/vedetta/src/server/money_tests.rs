@@ -7,7 +7,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
-use vedetta_core::pipeline::kpi::KpiCounters;
+use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
 use vedetta_core::pipeline::windows::Granularity;
 use vedetta_store::{Commit, RowKey, SpendRowKey};
 
@@ -49,7 +49,7 @@ async fn kpi_totals_past_i64_max_micro_units_are_answered_exactly() {
                     channel: channel.into(),
                     campaign: "x".into(),
                 },
-                i128::from(i64::MAX),
+                SpendCounters::record(i64::MAX),
             ));
         }
     }

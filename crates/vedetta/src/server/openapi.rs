@@ -4,13 +4,14 @@
 
 use super::AppState;
 use super::intake::{IntakeResponse, RejectedItem};
-use super::kpis::{KpiResponse, KpiRow, KpiValues};
+use super::kpis::{AttributionInfo, KpiResponse, KpiRow, KpiValues};
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use utoipa::OpenApi;
 use vedetta_core::intake::IntakeLimits;
+use vedetta_core::pipeline::AttributionModel;
 
 /// The error body of every 4xx and 5xx answer.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -35,7 +36,15 @@ pub struct ErrorBody {
         super::status::get_rejected,
         super::healthz,
     ),
-    components(schemas(IntakeResponse, RejectedItem, KpiResponse, KpiRow, KpiValues, ErrorBody)),
+    components(schemas(
+        IntakeResponse,
+        RejectedItem,
+        KpiResponse,
+        KpiRow,
+        KpiValues,
+        AttributionInfo,
+        ErrorBody
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -342,10 +351,17 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
         "properties": row_properties,
         "additionalProperties": false,
     });
+    // What a derive cannot say: the closed set of models, and a lookback never negative.
+    schemas["AttributionInfo"]["properties"]["model"]["enum"] = AttributionModel::ALL
+        .iter()
+        .map(|model| json!(model.as_str()))
+        .collect();
+    schemas["AttributionInfo"]["properties"]["lookback_days"]["minimum"] = json!(0);
     schemas["KpiDelta"] = json!({
         "type": "object",
         "description": "What changed since the push whose id is `base`: apply `remove`, then `upsert`, \
-            and take the header and totals (assets/dashboard/kpi-delta.js).",
+            and take the header and totals (assets/dashboard/kpi-delta.js). The base answer's \
+            `attribution` still holds: it changes only with a restart, which ends the stream.",
         "required": ["base", "granularity", "time_zone", "from", "to", "group_by", "totals", "upsert", "remove"],
         "properties": {
             "base": {"type": "integer", "minimum": 0},

@@ -350,6 +350,8 @@ fn delta_json(
     before: &PublishedRows,
     seq: u64,
 ) -> String {
+    // No `attribution`: it is fixed for the life of the server (another model needs a
+    // restart and a replay, which ends every stream), so the base answer's still holds.
     #[derive(serde::Serialize)]
     struct Head<'a> {
         base: u64,
@@ -602,6 +604,10 @@ mod tests {
         KpiResponse {
             granularity: "1m",
             time_zone: "Europe/Rome".into(),
+            attribution: super::super::kpis::AttributionInfo::new(
+                vedetta_core::pipeline::AttributionModel::LastNonDirect,
+                30 * 86_400_000,
+            ),
             from: "F".into(),
             to: "T".into(),
             group_by: vec!["channel"],

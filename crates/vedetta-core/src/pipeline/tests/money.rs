@@ -46,3 +46,56 @@ fn spend_past_i64_max_micro_units_is_exact() {
         .sum();
     assert_eq!(total, 27_000_000_000_000_000_000);
 }
+
+/// Issue 9, "unknown spend is not zero spend": every spend record counts one record in
+/// each granularity's row, so a record of 0 leaves a row (a known 0) where no record
+/// leaves none (unknown).
+#[test]
+fn spend_deltas_count_records_and_a_record_of_zero_is_kept() {
+    let mut pipeline = Pipeline::new(PipelineConfig::default(), None);
+    let spend = |offset: u64, campaign: &str, amount: f64| {
+        (
+            offset,
+            LogRecord::Spend(SpendRecord {
+                ts: EventTime(T0 + offset as i64 * SEC),
+                channel: "paid_search".into(),
+                campaign: Some(campaign.into()),
+                amount,
+                currency: None,
+                source: None,
+            }),
+        )
+    };
+    for (offset, record) in [
+        spend(0, "zero", 0.0),
+        spend(1, "two", 1.5),
+        spend(2, "two", 2.25),
+    ] {
+        pipeline.process(offset, &record);
+    }
+    let deltas = pipeline.take_deltas();
+    let mut by_campaign: BTreeMap<(Granularity, String), kpi::SpendCounters> = BTreeMap::new();
+    for (key, change) in &deltas.spend_micros {
+        let d = pipeline.dims(key.channel_campaign).unwrap();
+        by_campaign.insert((key.granularity, d.campaign.clone()), *change);
+    }
+    for g in Granularity::ALL {
+        assert_eq!(
+            by_campaign[&(g, "zero".to_string())],
+            kpi::SpendCounters {
+                micros: 0,
+                records: 1
+            },
+            "{g:?}"
+        );
+        assert_eq!(
+            by_campaign[&(g, "two".to_string())],
+            kpi::SpendCounters {
+                micros: 3_750_000,
+                records: 2
+            },
+            "{g:?}"
+        );
+    }
+    assert_eq!(by_campaign.len(), 6, "two campaigns in three granularities");
+}
