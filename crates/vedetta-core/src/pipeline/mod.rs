@@ -663,6 +663,7 @@ impl Pipeline {
         }
         // Flags the new event causes: rule targets shortly after it, now flagged, corrected
         // where they are counted.
+        let mut flagged_others = false;
         for (after, then, within) in rules.iter() {
             if !after.contains(&entry.kind) {
                 continue;
@@ -676,6 +677,7 @@ impl Pipeline {
                     continue;
                 }
                 state.counters.flagged += 1;
+                flagged_others = true;
                 rows.contribute(target, target.counted, -1, Part::Event);
                 target.set(bits::FLAGGED, true);
                 rows.contribute(target, target.counted, 1, Part::Event);
@@ -708,7 +710,17 @@ impl Pipeline {
                 .push(user);
         }
 
-        settle(user_state, spans, dims, &mut rows, config);
+        match joins_settled_session(&user_state.entries, index, gap) {
+            // The common case, an event after the last one in its session that changes
+            // neither the session's acquisition nor whether it converts: it counts where
+            // its session does, and nothing else moves.
+            Some(counted) if !flagged_others => {
+                let new = &mut user_state.entries[index];
+                new.counted = counted;
+                rows.contribute(new, counted, 1, Part::Event);
+            }
+            _ => settle(user_state, spans, dims, &mut rows, config),
+        }
         if user_state.entries.len() > config.max_events_per_user {
             let excess = user_state.entries.len() - config.max_events_per_user;
             truncate(user_state, excess, spans, &mut rows, config);
@@ -871,6 +883,31 @@ impl Rows<'_> {
             }
         }
     }
+}
+
+/// Where the entry just inserted at `index` counts, when [`settle`] would move nothing but
+/// add it there: it is the user's latest event, less than a gap after the one before it
+/// (so it joins that session and no later session exists), not a clean conversion (the
+/// session's converting state stays), and either direct or preceded in its session by a
+/// non-direct event (the acquisition stays). `None` when [`settle`] must decide.
+fn joins_settled_session(entries: &[EventEntry], index: usize, gap_ms: i64) -> Option<DimsId> {
+    if index == 0 || index + 1 != entries.len() {
+        return None;
+    }
+    let (new, prev) = (&entries[index], &entries[index - 1]);
+    if new.ts - prev.ts >= gap_ms || new.is_clean_conversion() || prev.counted == NO_DIMS {
+        return None;
+    }
+    if new.touch_is_non_direct() {
+        let mut i = index - 1;
+        while !entries[i].touch_is_non_direct() {
+            if i == 0 || entries[i].ts - entries[i - 1].ts >= gap_ms {
+                return None; // the new event would become the acquisition
+            }
+            i -= 1;
+        }
+    }
+    Some(prev.counted)
 }
 
 /// Brings every held entry of a user to where its session says it counts: recomputes the
