@@ -441,7 +441,12 @@ fn span_ms(key: &str, value: Option<&str>, zero_ok: bool) -> Result<Option<i64>,
     n.checked_mul(unit_ms)
         .filter(|ms| *ms <= MAX_DURATION_MS)
         .map(Some)
-        .ok_or_else(|| bad(key, format!("{text} is too long; at most 3650d (ten years)")))
+        .ok_or_else(|| {
+            bad(
+                key,
+                format!("{text} is too long; at most 3650d (ten years)"),
+            )
+        })
 }
 
 /// The most days `log.retention_days` and `ingest.quarantine_days` may keep: a century.
