@@ -60,8 +60,10 @@ pub struct GroundTruth {
     /// The generated session the event belongs to, numbered from 0 in start order; `None` for
     /// spend. A sessionizer following EVENTS.md must find exactly these sessions.
     pub session: Option<u64>,
-    /// The channel the event's session came from: what the server must derive when the event
-    /// omits `channel` and carries only `utm_*`, click ids or a referrer. For spend, its channel.
+    /// The channel of the event's own fields, as the server must derive it: its `channel`;
+    /// else, when it carries its session's landing `utm_*`, click ids or referrer, the channel
+    /// its session came from; else `direct` (under realistic tagging, every event after the
+    /// landing, and typed-in visits). For spend, its channel.
     pub channel: Option<Channel>,
 }
 
@@ -270,7 +272,7 @@ impl Generator {
             late,
             fast_checkout: planned.fast_checkout,
             session: Some(session),
-            channel: Some(channel),
+            channel: Some(own_channel(&planned.event, channel)),
         };
         if rng.chance(self.config.duplicate_share) {
             if rng.chance(0.5) {
@@ -296,14 +298,20 @@ impl Generator {
             }
         }
         if planned.event.order_id.is_some() {
-            self.resend_order(&planned.event, arrival_ms, truth);
+            self.resend_order(&planned.event, arrival_ms, truth, channel);
         }
         self.enqueue(arrival_ms, SynthRecord::Event(planned.event), truth);
     }
 
     /// Maybe sends a purchase again for the same order, after the original (in event time and
     /// in arrival, so the original is the one the contract keeps).
-    fn resend_order(&mut self, original: &SynthEvent, arrival_ms: i64, truth: GroundTruth) {
+    fn resend_order(
+        &mut self,
+        original: &SynthEvent,
+        arrival_ms: i64,
+        truth: GroundTruth,
+        session_channel: Channel,
+    ) {
         let rng = &mut self.order_rng;
         if !rng.chance(self.config.order_resend_share) {
             return;
@@ -338,12 +346,12 @@ impl Generator {
         };
         copy.ts.epoch_ms += after_ms;
         let resent_ms = arrival_ms + after_ms + rng.range_i64(0, 3_000);
-        let kind = ArrivalKind::OrderResend;
-        self.enqueue(
-            resent_ms,
-            SynthRecord::Event(copy),
-            GroundTruth { kind, ..truth },
-        );
+        let truth = GroundTruth {
+            kind: ArrivalKind::OrderResend,
+            channel: Some(own_channel(&copy, session_channel)),
+            ..truth
+        };
+        self.enqueue(resent_ms, SynthRecord::Event(copy), truth);
     }
 
     /// One spend record per paid campaign for the minute `next_spend_minute_ms`, reported a few
@@ -430,6 +438,21 @@ impl Generator {
             (ArrivalKind::Original, SynthRecord::Spend(_))
             | (ArrivalKind::Spend, SynthRecord::Event(_)) => {}
         }
+    }
+}
+
+/// The channel an event's own fields say (see `GroundTruth::channel`); the generator chose
+/// its session's landing hints so that the default channel grouping finds `session_channel`.
+fn own_channel(event: &SynthEvent, session_channel: Channel) -> Channel {
+    let carries_landing_hints = event.utm_source.is_some()
+        || event.utm_medium.is_some()
+        || event.gclid.is_some()
+        || event.fbclid.is_some()
+        || event.referrer.is_some();
+    match event.channel {
+        Some(channel) => channel,
+        None if carries_landing_hints => session_channel,
+        None => Channel::Direct,
     }
 }
 

@@ -1074,6 +1074,8 @@ fn realistic_tagging_puts_attribution_on_the_landing_event_only() {
 fn a_third_of_returning_sessions_are_typed_in_and_others_come_back_another_way() {
     let run = default_run();
     // Sessions in start order per user, with their label channel and landing event.
+    // (The label of a landing event is its session's channel: it carries the session's hints,
+    // or nothing when the session is direct.)
     let mut sessions: BTreeMap<u64, (i64, String, Channel, bool)> = BTreeMap::new();
     for (arrival, _, json) in run.originals() {
         let ts = ts_ms(field(json, "ts", "tempo").unwrap());
@@ -1087,6 +1089,7 @@ fn a_third_of_returning_sessions_are_typed_in_and_others_come_back_another_way()
         ));
         if ts < entry.0 {
             entry.0 = ts;
+            entry.2 = arrival.truth.channel.unwrap();
             entry.3 = carries_attribution(json);
         }
     }

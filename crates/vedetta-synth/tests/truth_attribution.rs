@@ -461,7 +461,7 @@ fn a_duplicate_landing_counts_under_its_own_touch_and_joins_no_session() {
             epoch_ms: t + 50,
             ..paid.ts
         },
-        ..paid.clone()
+        ..paid
     };
     // The user's first event is an untagged hit 5 s before the landing; the landing then
     // arrives twice, and fires once more 50 ms later. Acquisition is still paid.
@@ -500,7 +500,7 @@ fn one_order_is_one_conversion_whoever_sends_it_within_seven_days() {
             epoch_ms: t + 40 * MINUTE,
             ..webhook.ts
         },
-        ..webhook.clone()
+        ..webhook
     };
     // 7 days less a millisecond: still the same order; exactly 7 days: a new conversion.
     let week = 7 * DAY;
