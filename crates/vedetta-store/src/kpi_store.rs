@@ -17,6 +17,7 @@
 
 mod format;
 mod keys;
+mod memories;
 mod migrate;
 
 pub use format::{
@@ -26,15 +27,18 @@ pub use format::{
 pub use keys::{
     KeyError, decode_row_key, decode_row_view, decode_spend_key, encode_row_key, encode_spend_key,
 };
+pub use memories::MEMORY_FORMAT;
 pub use migrate::MigrationReport;
 
 use crate::error::{EngineFailure, io_is_storage_full};
 use crate::reopen::{ReopeningDatabase, Unavailable};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
+use vedetta_core::pipeline::attribution::Memory;
 use vedetta_core::pipeline::kpi::KpiCounters;
 use vedetta_core::pipeline::settings::{SettingChange, StateSettings};
 use vedetta_core::pipeline::windows::Granularity;
+use vedetta_core::record::UserPseudonym;
 
 /// Page cache of the KPI store.
 const CACHE_BYTES: usize = 128 << 20;
@@ -189,6 +193,11 @@ pub struct Commit {
     pub snapshot: Option<Vec<u8>>,
     /// Fsync this commit (and every non-durable one before it).
     pub durable: bool,
+    /// Attribution memories of users the pipeline dropped: only in a commit with a
+    /// snapshot, taken before it (see `memories`).
+    pub memories: Vec<(UserPseudonym, Memory)>,
+    /// Memories that started before this are dropped.
+    pub memories_before: Option<i64>,
 }
 
 /// What the store holds about progress, read at start.
@@ -410,6 +419,9 @@ impl KpiStore {
                 Some(w) => meta.insert(WATERMARK, w)?,
                 None => meta.remove(WATERMARK)?,
             };
+            if !commit.memories.is_empty() || commit.memories_before.is_some() {
+                memories::write(&txn, &commit.memories, commit.memories_before)?;
+            }
             if let Some(snapshot) = &commit.snapshot {
                 let mut table = txn.open_table(SNAPSHOT)?;
                 table.insert(0, snapshot.as_slice())?;
@@ -513,6 +525,24 @@ impl KpiStore {
         Ok(out)
     }
 
+    /// The stored attribution memories of these users (those that have one).
+    pub fn read_memories(
+        &self,
+        users: &[UserPseudonym],
+    ) -> Result<Vec<(UserPseudonym, Memory)>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let db = self.db.read_guard()?;
+        memories::read(&db, users)
+    }
+
+    /// How many users have a stored attribution memory.
+    pub fn stored_memories(&self) -> Result<u64, StoreError> {
+        let db = self.db.read_guard()?;
+        memories::count(&db)
+    }
+
     /// Deletes every row, the snapshot, the progress and the settings record (before a
     /// replay), leaving an empty store of the current format.
     pub fn clear(&self) -> Result<(), StoreError> {
@@ -586,6 +616,7 @@ mod tests {
                 watermark: Some(55),
                 snapshot: Some(vec![1, 2, 3]),
                 durable: true,
+                ..Commit::default()
             })
             .unwrap();
         let rows = store.rows(Granularity::Minute, 0, 120_000).unwrap();

@@ -24,6 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vedetta_core::enrich::RegionLookup;
 use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, snapshot};
+use vedetta_core::record::{LogRecord, UserPseudonym};
 use vedetta_core::time::Clock;
 use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey, StoreError};
 
@@ -87,6 +88,12 @@ pub struct ProcessorStatus {
     pub commits: AtomicU64,
     pub active_users: AtomicU64,
     pub remembered_event_ids: AtomicU64,
+    /// Order ids held for order dedup.
+    pub remembered_orders: AtomicU64,
+    /// Attribution memories of dropped users waiting for the next snapshot.
+    pub dormant_users: AtomicU64,
+    /// Attribution memories in the store (updated with each snapshot).
+    pub stored_memories: AtomicU64,
     pub recovering: AtomicBool,
     pub counters: Mutex<PipelineCounters>,
     /// The error that stops processing now, if any; cleared once a batch commits again.
@@ -195,6 +202,32 @@ fn check_settings(store: &KpiStore, config: &PipelineConfig) -> anyhow::Result<(
     Ok(())
 }
 
+/// Reads from the store the attribution memories of the users in these records whom the
+/// pipeline does not hold (users idle for longer than the allowed lateness), for it to
+/// recall when they return.
+fn recall_memories<'a>(
+    pipeline: &mut Pipeline,
+    store: &KpiStore,
+    records: impl Iterator<Item = &'a LogRecord>,
+) -> anyhow::Result<()> {
+    let mut users: Vec<UserPseudonym> = records
+        .filter_map(|record| match record {
+            LogRecord::Event(event) if pipeline.needs_recall(&event.user) => Some(event.user),
+            _ => None,
+        })
+        .collect();
+    if users.is_empty() {
+        return Ok(());
+    }
+    users.sort_unstable();
+    users.dedup();
+    let memories = store
+        .read_memories(&users)
+        .context("reading the attribution memories of returning users")?;
+    pipeline.recall_memories(memories);
+    Ok(())
+}
+
 fn set_error(status: &ProcessorStatus, error: &anyhow::Error) {
     if let Ok(mut last) = status.last_error.lock() {
         *last = Some(format!("{error:#}"));
@@ -275,6 +308,7 @@ impl Processor {
                     progress.processed_offset
                 );
             };
+            recall_memories(&mut pipeline, &store, records.iter().map(|(_, r)| r))?;
             for (offset, record) in records {
                 if offset >= progress.processed_offset {
                     break;
@@ -293,6 +327,9 @@ impl Processor {
             );
         }
         status.recovering.store(false, Ordering::Release);
+        if let Ok(stored) = store.stored_memories() {
+            status.stored_memories.store(stored, Ordering::Relaxed);
+        }
         let processor = Self {
             log,
             store,
@@ -319,6 +356,15 @@ impl Processor {
             }
             let next = self.pipeline.next_offset();
             if self.log.end_offset() <= next {
+                // Idle with progress since the last snapshot: take one now, so that a
+                // restart replays nothing and dropped users' attribution memories reach
+                // the store without waiting for more traffic.
+                if self.snapshot_due() && next > self.snapshot_offset {
+                    if let Err(error) = self.commit_batch(true, status) {
+                        self.recover_from_failure(&error, stop, status);
+                    }
+                    continue;
+                }
                 notifier.wait_past(next, Duration::from_millis(100));
                 continue;
             }
@@ -396,6 +442,11 @@ impl Processor {
         // A fresh pipeline over a log whose head was deleted by retention starts at its head.
         let next = self.pipeline.next_offset().max(self.log.start_offset());
         let records = self.log.read_timed(next, self.options.max_batch_records)?;
+        recall_memories(
+            &mut self.pipeline,
+            &self.store,
+            records.iter().map(|(_, _, r)| r),
+        )?;
         // Records of one log batch share their append time: count them per time.
         let mut appended: Vec<(i64, u64)> = Vec::new();
         for (offset, appended_at, record) in &records {
@@ -405,11 +456,7 @@ impl Processor {
                 _ => appended.push((*appended_at, 1)),
             }
         }
-        let snapshot_due = self.last_snapshot.elapsed()
-            >= self
-                .options
-                .snapshot_interval
-                .max(self.last_snapshot_cost * 30);
+        let snapshot_due = self.snapshot_due();
         self.commit_batch(snapshot_due, status)?;
         let timings = &status.timings;
         let now = SystemClock.now_ms();
@@ -422,6 +469,17 @@ impl Processor {
             .processor_batch
             .observe(started.elapsed().as_secs_f64());
         Ok(())
+    }
+
+    /// Whether the next commit should carry a snapshot: the interval has passed, and at
+    /// least 30 times what the last snapshot cost (so snapshots stay a few percent of the
+    /// processor's time however large the state grows).
+    fn snapshot_due(&self) -> bool {
+        self.last_snapshot.elapsed()
+            >= self
+                .options
+                .snapshot_interval
+                .max(self.last_snapshot_cost * 30)
     }
 
     /// Commits the pending changes with the current offset.
@@ -468,6 +526,11 @@ impl Processor {
             ));
         }
         if snapshot {
+            // The dropped users' memories go to the store with the snapshot taken after
+            // them, never between snapshots: a replay from a snapshot must read the store
+            // as the first run read it.
+            commit.memories = self.pipeline.take_dormant();
+            commit.memories_before = self.pipeline.memory_horizon();
             commit.snapshot = Some(
                 self.pipeline
                     .encode_snapshot()
@@ -484,6 +547,10 @@ impl Processor {
             self.last_durable = Instant::now();
         }
         if snapshot {
+            // Telemetry only: a failed count leaves the last one shown.
+            if let Ok(stored) = self.store.stored_memories() {
+                status.stored_memories.store(stored, Ordering::Relaxed);
+            }
             self.last_snapshot = Instant::now();
             self.last_snapshot_cost = started.elapsed();
             self.snapshot_offset = commit.processed_offset;
@@ -512,6 +579,12 @@ impl Processor {
             self.pipeline.remembered_event_ids() as u64,
             Ordering::Relaxed,
         );
+        status
+            .remembered_orders
+            .store(self.pipeline.remembered_orders() as u64, Ordering::Relaxed);
+        status
+            .dormant_users
+            .store(self.pipeline.dormant_users() as u64, Ordering::Relaxed);
         if let Ok(mut counters) = status.counters.lock() {
             *counters = self.pipeline.counters().clone();
         }

@@ -45,7 +45,13 @@ pub struct DimsTable {
     max_campaigns: usize,
     /// Scratch buffer for the lookup key: a known tuple is found without allocating.
     key: Vec<u8>,
+    /// (touch, place) → the tuple with the touch's channel and campaign and the place's
+    /// device and region: where an attributed session counts. Derived, not snapshotted.
+    attributed: FastHashMap<(DimsId, DimsId), DimsId>,
 }
+
+/// The channel of a direct touch.
+pub const DIRECT: &str = "direct";
 
 impl DimsTable {
     pub fn new(max_campaigns: usize) -> Self {
@@ -56,7 +62,32 @@ impl DimsTable {
             channels: FastHashMap::default(),
             max_campaigns,
             key: Vec::with_capacity(128),
+            attributed: FastHashMap::default(),
         }
+    }
+
+    /// Whether the tuple's touch is direct.
+    pub fn is_direct(&self, id: DimsId) -> bool {
+        self.get(id).is_some_and(|dims| dims.channel == DIRECT)
+    }
+
+    /// The tuple with `touch`'s channel and campaign and `place`'s device and region.
+    pub fn attributed(&mut self, touch: DimsId, place: DimsId) -> DimsId {
+        if touch == place {
+            return place;
+        }
+        if let Some(&id) = self.attributed.get(&(touch, place)) {
+            return id;
+        }
+        let (Some(t), Some(p)) = (self.get(touch), self.get(place)) else {
+            // Ids come from this table; an unknown one counts where the place does.
+            return place;
+        };
+        let (channel, campaign) = (t.channel.clone(), t.campaign.clone());
+        let (device, region) = (p.device.clone(), p.region.clone());
+        let id = self.intern(&channel, &campaign, &device, &region);
+        self.attributed.insert((touch, place), id);
+        id
     }
 
     /// The id of a tuple, interning it if new. Spend pairs use `device = region = ""`.

@@ -27,6 +27,12 @@ pub struct StateFootprint {
     /// The exact-dedup map and its expiry lists: per-event state, held for the dedup
     /// horizon (24 h) whether or not the user is still active.
     pub dedup_bytes: usize,
+    /// Order ids remembered for order dedup (per order, over the order horizon: 7 days).
+    pub orders: usize,
+    pub order_bytes: usize,
+    /// Memories of users with no state left, waiting for the store to take them.
+    pub dormant_users: usize,
+    pub dormant_bytes: usize,
 }
 
 impl StateFootprint {

@@ -12,6 +12,7 @@
 //! replay of the log gives the same numbers, to the micro-unit. `docs/semantics.md` defines
 //! every number; this module implements it.
 
+pub mod attribution;
 pub mod dedup;
 pub mod dims;
 pub mod footprint;
@@ -24,14 +25,16 @@ pub mod windows;
 
 use crate::enrich::{EnrichConfig, Enricher, RegionLookup};
 use crate::record::{EventKind, LogRecord, SpendRecord, StoredEvent, UserPseudonym};
+use attribution::{Memory, NO_DIMS, Span};
 use dedup::{ExactDedup, fingerprint};
 use dims::{DimsTable, NO_CAMPAIGN};
 use hash::FastHashMap;
-use kpi::{DimsId, KpiCounters, KpiDeltas, KpiKey, SpendKey, to_micros};
+use kpi::{DimsId, KpiDeltas, KpiKey, SpendKey, to_micros};
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use user::{EventEntry, KindId, SessionView, UserState};
+use user::{EventEntry, KindId, UserState, bits};
 use windows::{Granularity, WindowCalendar};
 
 /// "B less than `within_ms` after A, for the same user → flag B with `reason`".
@@ -151,6 +154,8 @@ pub struct PipelineCounters {
     pub accepted: u64,
     pub exact_duplicates: u64,
     pub near_duplicates: u64,
+    /// Conversions repeating an accepted conversion's `order_id`.
+    pub order_duplicates: u64,
     pub flagged: u64,
     /// Late events per granularity (1m, 1h, 1d).
     pub late: [u64; 3],
@@ -167,7 +172,12 @@ pub struct PipelineState {
     /// Highest event time seen (the watermark is this minus the out-of-orderness).
     pub max_event_ts: Option<i64>,
     pub dedup: ExactDedup,
+    /// Order ids of accepted conversions, over the order dedup horizon.
+    pub orders: ExactDedup,
     pub users: FastHashMap<UserPseudonym, UserState>,
+    /// Memories of users whose sessions were all dropped since the adapter last took them
+    /// ([`Pipeline::take_dormant`]) into the store.
+    pub dormant: FastHashMap<UserPseudonym, Memory>,
     /// Minute bucket of watermark → users to look at for eviction then.
     pub expiry: BTreeMap<i64, Vec<UserPseudonym>>,
     pub dims: Vec<dims::Dims>,
@@ -190,6 +200,13 @@ pub struct Pipeline {
     /// Kind ids of the conversion types and of each rule's sides, resolved once.
     conversion_kinds: Vec<KindId>,
     rules: Vec<(Vec<KindId>, Vec<KindId>, i64)>,
+    /// Memories the adapter read from the store for this batch's returning users
+    /// ([`Pipeline::recall_memories`]); cleared with every [`Pipeline::take_deltas`].
+    recalled: FastHashMap<UserPseudonym, Memory>,
+    /// Scratch list of one user's sessions.
+    spans: Vec<Span>,
+    /// The horizon hour of the last sweep of `dormant`.
+    dormant_swept_hour: Option<i64>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -203,6 +220,7 @@ impl std::fmt::Debug for Pipeline {
 
 const BUILT_IN_KINDS: usize = 6;
 const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
 /// Users' event lists grow by exactly one entry up to this length, by doubling after.
 const EXACT_GROWTH_UP_TO: usize = 4;
 
@@ -234,6 +252,9 @@ impl Pipeline {
             deltas: KpiDeltas::default(),
             conversion_kinds: Vec::new(),
             rules: Vec::new(),
+            recalled: FastHashMap::default(),
+            spans: Vec::new(),
+            dormant_swept_hour: None,
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -274,7 +295,9 @@ impl Pipeline {
         struct Borrowed<'a> {
             max_event_ts: Option<i64>,
             dedup: &'a ExactDedup,
+            orders: &'a ExactDedup,
             users: &'a FastHashMap<UserPseudonym, UserState>,
+            dormant: &'a FastHashMap<UserPseudonym, Memory>,
             expiry: &'a BTreeMap<i64, Vec<UserPseudonym>>,
             dims: &'a [dims::Dims],
             custom_kinds: &'a [String],
@@ -286,7 +309,9 @@ impl Pipeline {
             &Borrowed {
                 max_event_ts: state.max_event_ts,
                 dedup: &state.dedup,
+                orders: &state.orders,
                 users: &state.users,
+                dormant: &state.dormant,
                 expiry: &state.expiry,
                 dims: self.dims.tuples(),
                 custom_kinds: &self.custom_kinds,
@@ -337,6 +362,10 @@ impl Pipeline {
             expiry_bytes: footprint::btree_of_vecs(&self.state.expiry),
             event_ids: self.state.dedup.len(),
             dedup_bytes: self.state.dedup.heap_bytes(),
+            orders: self.state.orders.len(),
+            order_bytes: self.state.orders.heap_bytes(),
+            dormant_users: self.state.dormant.len(),
+            dormant_bytes: footprint::hash_map(&self.state.dormant),
         }
     }
 
@@ -349,8 +378,56 @@ impl Pipeline {
         &self.calendar
     }
 
+    /// Whether the adapter should look for this user's memory in the store before a batch
+    /// with the user's events: the user has no state here and may have been dropped before
+    /// the store last took the dormant memories.
+    pub fn needs_recall(&self, user: &UserPseudonym) -> bool {
+        self.config.attribution != AttributionModel::Session
+            && !self.state.users.contains_key(user)
+            && !self.state.dormant.contains_key(user)
+            && !self.recalled.contains_key(user)
+    }
+
+    /// Memories read from the store for the next records (see [`Self::needs_recall`]).
+    /// The store must hold exactly what [`Self::take_dormant`] gave it up to the snapshot
+    /// this pipeline continues from: then the numbers do not depend on batch boundaries.
+    pub fn recall_memories(&mut self, memories: impl IntoIterator<Item = (UserPseudonym, Memory)>) {
+        for (user, memory) in memories {
+            if self.needs_recall(&user) {
+                self.recalled.insert(user, memory);
+            }
+        }
+    }
+
+    /// Takes the memories of users with no state left, for the store to keep. Take them
+    /// only in the commit that also stores a snapshot taken after this call: the store's
+    /// memories and the snapshot must describe the same offset.
+    pub fn take_dormant(&mut self) -> Vec<(UserPseudonym, Memory)> {
+        self.state.dormant.drain().collect()
+    }
+
+    /// Memories that started before this can no longer matter to any session (the store
+    /// may drop them).
+    pub fn memory_horizon(&self) -> Option<i64> {
+        self.watermark().map(|w| {
+            self.horizon(w)
+                .saturating_sub(self.config.attribution_lookback_ms)
+        })
+    }
+
+    /// Users whose memory waits in the pipeline for the store.
+    pub fn dormant_users(&self) -> usize {
+        self.state.dormant.len()
+    }
+
+    /// Order ids held for order dedup.
+    pub fn remembered_orders(&self) -> usize {
+        self.state.orders.len()
+    }
+
     /// Takes the changes accumulated since the last call.
     pub fn take_deltas(&mut self) -> KpiDeltas {
+        self.recalled.clear();
         // The next batch will likely touch as many rows: sizing for them up front saves
         // growing the map through every power of two again.
         let next = KpiDeltas::with_capacity(self.deltas.rows.len(), self.deltas.spend_micros.len());
@@ -362,7 +439,7 @@ impl Pipeline {
     /// Processes the record at `offset`. Records must come in log order, each once.
     pub fn process(&mut self, offset: u64, record: &LogRecord) {
         match record {
-            LogRecord::Event(event) => self.process_event(offset, event),
+            LogRecord::Event(event) => self.process_event(event),
             LogRecord::Spend(spend) => self.process_spend(spend),
         }
         self.state.next_offset = offset + 1;
@@ -429,7 +506,7 @@ impl Pipeline {
         }
     }
 
-    fn process_event(&mut self, offset: u64, event: &StoredEvent) {
+    fn process_event(&mut self, event: &StoredEvent) {
         let ts = event.ts.0;
         self.state.counters.events += 1;
         // The watermark before this record decides lateness; then the record moves it.
@@ -444,8 +521,9 @@ impl Pipeline {
             enrichment.region.code(),
         );
         let kind = self.kind_id(&event.kind);
+        let conversion = self.conversion_kinds.contains(&kind);
 
-        // Dedup: exact by event_id, then near by (user, type, ts).
+        // Dedup: exact by event_id, then near by (user, type, ts), then by order id.
         let id_slot = event
             .event_id
             .as_deref()
@@ -459,12 +537,28 @@ impl Pipeline {
                 .users
                 .get(&event.user)
                 .is_some_and(|u| u.has_near(kind, ts, self.config.near_duplicate_ms));
-        if exact || near {
+        let order = match (&event.order_id, conversion) {
+            (Some(order_id), true) if self.config.order_dedup_horizon_ms > 0 => {
+                Some(fingerprint(order_id))
+            }
+            _ => None,
+        };
+        let same_order = !exact
+            && !near
+            && order.is_some_and(|fp| {
+                self.state
+                    .orders
+                    .is_duplicate(fp, ts, self.config.order_dedup_horizon_ms)
+            });
+        if exact || near || same_order {
             if exact {
                 self.state.counters.exact_duplicates += 1;
-            } else {
+            } else if near {
                 self.state.counters.near_duplicates += 1;
+            } else {
+                self.state.counters.order_duplicates += 1;
             }
+            // A duplicate belongs to no session: it counts under its own dimensions.
             for granularity in Granularity::ALL {
                 let window = self.calendar.window(granularity, ts);
                 self.deltas
@@ -481,177 +575,143 @@ impl Pipeline {
         if let Some(slot) = id_slot {
             slot.remember(ts);
         }
+        if let Some(fp) = order {
+            self.state.orders.remember(fp, ts);
+        }
         self.state.counters.accepted += 1;
 
-        let conversion = self.conversion_kinds.contains(&kind);
         let value_micros = match (conversion, event.value) {
             (true, Some(value)) => self.money_micros(value, event.currency.as_deref()),
             _ => 0,
         };
-        let entry = EventEntry {
-            ts,
-            order: offset,
-            value_micros,
-            dims,
-            kind,
-            flagged: false,
-            conversion,
-        };
-        let custom_name = (kind as usize >= BUILT_IN_KINDS)
-            .then(|| self.custom_kinds[kind as usize - BUILT_IN_KINDS].clone());
-        self.accept(event.user, entry, custom_name.as_deref(), watermark);
+        let mut entry_bits = 0;
+        if conversion {
+            entry_bits |= bits::CONVERSION;
+        }
+        if !self.dims.is_direct(dims) {
+            entry_bits |= bits::NON_DIRECT;
+        }
+        if let Some(w) = watermark {
+            let lateness = self.config.allowed_lateness_ms;
+            for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
+                let window = self.calendar.window(granularity, ts);
+                if w >= window.end + lateness {
+                    self.state.counters.late[i] += 1;
+                    entry_bits |= bits::LATE << i;
+                }
+            }
+        }
+        let entry = EventEntry::new(ts, value_micros, dims, kind, entry_bits);
+        self.accept(event.user, entry, watermark);
         self.expire(watermark);
     }
 
+    /// The oldest event time still within the allowed lateness of watermark `w`.
+    fn horizon(&self, w: i64) -> i64 {
+        w - self.config.allowed_lateness_ms - MINUTE
+    }
+
     /// Inserts an accepted event into its user's state and emits every change it causes.
-    fn accept(
-        &mut self,
-        user: UserPseudonym,
-        mut entry: EventEntry,
-        custom_name: Option<&str>,
-        watermark: Option<i64>,
-    ) {
+    fn accept(&mut self, user: UserPseudonym, mut entry: EventEntry, watermark: Option<i64>) {
         let gap = self.config.session_gap_ms;
-        let state = self.state.users.entry(user).or_default();
-        let index = state.position(entry.ts, entry.order);
-        let before = state.sessions_around(index, entry.ts, gap);
+        let horizon = watermark.map(|w| self.horizon(w));
+        let Self {
+            state,
+            dims,
+            deltas,
+            calendar,
+            custom_kinds,
+            spans,
+            config,
+            rules,
+            recalled,
+            ..
+        } = self;
+        let mut rows = Rows {
+            deltas,
+            calendar,
+            custom_kinds,
+        };
+        let user_state = match state.users.entry(user) {
+            Entry::Occupied(held) => held.into_mut(),
+            Entry::Vacant(new) => {
+                let memory = recall(&mut state.dormant, recalled, &user, horizon, config, dims);
+                new.insert(UserState {
+                    memory,
+                    ..UserState::default()
+                })
+            }
+        };
+        let index = user_state.position(entry.ts);
 
         // Flags on the new event: a rule's `after` event shortly before it.
-        for (after, then, within) in &self.rules {
+        for (after, then, within) in rules.iter() {
             if then.contains(&entry.kind)
-                && state.entries[..index]
+                && user_state.entries[..index]
                     .iter()
                     .rev()
                     .take_while(|e| entry.ts - e.ts < *within)
-                    .any(|e| after.contains(&e.kind) && e.ts <= entry.ts)
+                    .any(|e| after.contains(&e.kind))
             {
-                entry.flagged = true;
+                entry.set(bits::FLAGGED, true);
+            }
+        }
+        if entry.flagged() {
+            state.counters.flagged += 1;
+        }
+        // Flags the new event causes: rule targets shortly after it, now flagged, corrected
+        // where they are counted.
+        for (after, then, within) in rules.iter() {
+            if !after.contains(&entry.kind) {
+                continue;
+            }
+            for target in user_state.entries.iter_mut() {
+                if target.ts < entry.ts
+                    || target.ts - entry.ts >= *within
+                    || target.flagged()
+                    || !then.contains(&target.kind)
+                {
+                    continue;
+                }
+                state.counters.flagged += 1;
+                rows.contribute(target, target.counted, -1, Part::Event);
+                target.set(bits::FLAGGED, true);
+                rows.contribute(target, target.counted, 1, Part::Event);
             }
         }
         // A user's list grows one entry at a time while short: most users have a few events,
         // and the default first allocation (4 entries) leaves half of it unused for a user
         // with two. Past four it doubles as usual, so a long list still grows cheaply.
-        if state.entries.len() == state.entries.capacity()
-            && state.entries.len() < EXACT_GROWTH_UP_TO
+        if user_state.entries.len() == user_state.entries.capacity()
+            && user_state.entries.len() < EXACT_GROWTH_UP_TO
         {
-            state.entries.reserve_exact(1);
+            user_state.entries.reserve_exact(1);
         }
-        state.entries.insert(index, entry);
+        user_state.entries.insert(index, entry);
 
-        // Flags the new event causes: rule targets shortly after it, now flagged.
-        let mut newly_flagged = Vec::new();
-        for (after, then, within) in &self.rules {
-            if !after.contains(&entry.kind) {
-                continue;
-            }
-            for (i, target) in state.entries.iter_mut().enumerate() {
-                if i == index
-                    || target.ts < entry.ts
-                    || target.ts - entry.ts >= *within
-                    || target.flagged
-                    || !then.contains(&target.kind)
-                {
-                    continue;
-                }
-                target.flagged = true;
-                newly_flagged.push(*target);
-            }
-        }
-
-        let index = state.position(entry.ts, entry.order);
-        let after = state.session_at(index, gap);
-        let due = state.entries.last().map_or(0, |e| e.ts)
+        let due = user_state.entries.last().map_or(0, |e| e.ts)
             + gap
-            + self.config.allowed_lateness_ms
+            + config.allowed_lateness_ms
             + MINUTE;
         // Bucket `expiry_bucket(state.due)` already lists the user (every scheduled due time
         // is listed, and the user stays until its latest one): a due time moving within the
         // same minute needs no second entry.
-        let schedule = due > state.due && expiry_bucket(due) != expiry_bucket(state.due);
-        state.due = state.due.max(due);
-        if state.entries.len() > self.config.max_events_per_user {
-            let excess = state.entries.len() - self.config.max_events_per_user;
-            state.entries.drain(..excess);
-            self.state.counters.truncated_users += 1;
-        }
+        let schedule = due > user_state.due && expiry_bucket(due) != expiry_bucket(user_state.due);
+        user_state.due = user_state.due.max(due);
         if schedule {
-            self.state
+            state
                 .expiry
                 .entry(expiry_bucket(due))
                 .or_default()
                 .push(user);
         }
 
-        // Event-level changes.
-        self.emit_event(&entry, custom_name, 1);
-        if entry.flagged {
-            self.state.counters.flagged += 1;
-        }
-        if let Some(w) = watermark {
-            let lateness = self.config.allowed_lateness_ms;
-            for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
-                let window = self.calendar.window(granularity, entry.ts);
-                if w >= window.end + lateness {
-                    self.state.counters.late[i] += 1;
-                    self.row(granularity, entry.ts, entry.dims).late += 1;
-                }
-            }
-        }
-        for target in newly_flagged {
-            self.state.counters.flagged += 1;
-            for granularity in Granularity::ALL {
-                let row = self.row(granularity, target.ts, target.dims);
-                row.flagged += 1;
-                if target.conversion {
-                    row.conversions -= 1;
-                    row.revenue_micros -= i128::from(target.value_micros);
-                }
-            }
-        }
-
-        // Session-level changes: retract what the neighbourhood was, add what it is.
-        if before.len() == 1 && before[0] == after {
-            return;
-        }
-        for &session in before.iter() {
-            self.emit_session(session, -1);
-        }
-        self.emit_session(after, 1);
-    }
-
-    fn row(&mut self, granularity: Granularity, ts: i64, dims: DimsId) -> &mut KpiCounters {
-        let window = self.calendar.window(granularity, ts);
-        self.deltas.row(KpiKey {
-            granularity,
-            window_start: window.start,
-            dims,
-        })
-    }
-
-    fn emit_event(&mut self, entry: &EventEntry, custom_name: Option<&str>, sign: i64) {
-        for granularity in Granularity::ALL {
-            let row = self.row(granularity, entry.ts, entry.dims);
-            match custom_name {
-                Some(name) => row.add_custom(name, sign),
-                None => row.events[entry.kind as usize] += sign,
-            }
-            if entry.flagged {
-                row.flagged += sign;
-            } else if entry.conversion {
-                row.conversions += sign;
-                // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
-                row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
-            }
-        }
-    }
-
-    fn emit_session(&mut self, session: SessionView, sign: i64) {
-        for granularity in Granularity::ALL {
-            let row = self.row(granularity, session.first_ts, session.first_dims);
-            row.sessions += sign;
-            if session.converting {
-                row.converting_sessions += sign;
-            }
+        settle(user_state, spans, dims, &mut rows, config);
+        if user_state.entries.len() > config.max_events_per_user {
+            let excess = user_state.entries.len() - config.max_events_per_user;
+            truncate(user_state, excess, spans, &mut rows, config);
+            settle(user_state, spans, dims, &mut rows, config);
+            state.counters.truncated_users += 1;
         }
     }
 
@@ -660,11 +720,21 @@ impl Pipeline {
         let Some(w) = watermark else { return };
         // An event on time for its minute has `ts > w - lateness - 1 min`: state older than
         // that, by the reach of each rule, can no longer be needed.
-        let horizon = w - self.config.allowed_lateness_ms - MINUTE;
+        let horizon = self.horizon(w);
         self.state
             .dedup
             .expire(horizon - self.config.dedup_horizon_ms);
+        self.state
+            .orders
+            .expire(horizon - self.config.order_dedup_horizon_ms);
         let gap = self.config.session_gap_ms;
+        let (model, lookback) = (self.config.attribution, self.config.attribution_lookback_ms);
+        if self.dormant_swept_hour != Some(horizon.div_euclid(HOUR)) {
+            self.dormant_swept_hour = Some(horizon.div_euclid(HOUR));
+            self.state
+                .dormant
+                .retain(|_, memory| attribution::still_relevant(*memory, horizon, lookback));
+        }
         while let Some(entry) = self.state.expiry.first_entry() {
             if *entry.key() * MINUTE > w {
                 break;
@@ -677,9 +747,20 @@ impl Pipeline {
                 if state.due > w {
                     continue; // rescheduled for later by a newer event
                 }
-                if state.drop_final_sessions(horizon, gap) {
+                let cut = state.final_prefix(horizon, gap);
+                if cut > 0 {
+                    self.spans.clear();
+                    attribution::sessions(&state.entries[..cut], gap, &mut self.spans);
+                    state.memory = attribution::fold(&self.spans, state.memory, model, lookback);
+                }
+                if cut == state.entries.len() {
+                    let memory = state.memory;
                     self.state.users.remove(&user);
+                    if attribution::still_relevant(memory, horizon, lookback) {
+                        self.state.dormant.insert(user, memory);
+                    }
                 } else {
+                    state.entries.drain(..cut);
                     // Not all final (should not happen once due ≤ w): look again later.
                     let due = w + MINUTE;
                     state.due = due;
@@ -692,6 +773,180 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// The memory a returning user brings back: from users dropped since the last snapshot,
+/// else from what the adapter recalled from the store. A record too old to matter to any
+/// session that can still start counts as none, whether or not it was pruned yet, so that
+/// when pruning happens never changes a number.
+fn recall(
+    dormant: &mut FastHashMap<UserPseudonym, Memory>,
+    recalled: &mut FastHashMap<UserPseudonym, Memory>,
+    user: &UserPseudonym,
+    horizon: Option<i64>,
+    config: &PipelineConfig,
+    dims: &DimsTable,
+) -> Memory {
+    if config.attribution == AttributionModel::Session {
+        return Memory::NONE;
+    }
+    let memory = dormant
+        .remove(user)
+        .or_else(|| recalled.remove(user))
+        .unwrap_or(Memory::NONE);
+    let relevant = match horizon {
+        Some(horizon) => {
+            attribution::still_relevant(memory, horizon, config.attribution_lookback_ms)
+        }
+        None => !memory.is_none(),
+    };
+    // Ids come from this pipeline's table; a damaged record counts as none.
+    if relevant && (memory.touch as usize) < dims.len() {
+        memory
+    } else {
+        Memory::NONE
+    }
+}
+
+/// Which part of an entry's contribution to add or take back.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The event itself: its type count, flag, conversion, revenue and lateness.
+    Event,
+    /// The session count it carries, if it starts its session.
+    Session,
+    Both,
+}
+
+/// Where contributions go: the deltas, by window.
+struct Rows<'a> {
+    deltas: &'a mut KpiDeltas,
+    calendar: &'a mut WindowCalendar,
+    custom_kinds: &'a [String],
+}
+
+impl Rows<'_> {
+    /// Adds (`sign` 1) or takes back (`sign` −1) what an entry contributes under `dims`.
+    fn contribute(&mut self, entry: &EventEntry, dims: DimsId, sign: i64, part: Part) {
+        let event = part != Part::Session;
+        let session = part != Part::Event && entry.has(bits::STARTS_SESSION);
+        if !event && !session {
+            return;
+        }
+        for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
+            let window = self.calendar.window(granularity, entry.ts);
+            let row = self.deltas.row(KpiKey {
+                granularity,
+                window_start: window.start,
+                dims,
+            });
+            if event {
+                match self
+                    .custom_kinds
+                    .get(usize::from(entry.kind).wrapping_sub(BUILT_IN_KINDS))
+                {
+                    Some(name) if usize::from(entry.kind) >= BUILT_IN_KINDS => {
+                        row.add_custom(name, sign)
+                    }
+                    _ => row.events[usize::from(entry.kind).min(BUILT_IN_KINDS - 1)] += sign,
+                }
+                if entry.flagged() {
+                    row.flagged += sign;
+                } else if entry.conversion() {
+                    row.conversions += sign;
+                    // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
+                    row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
+                }
+                if entry.has(bits::LATE << i) {
+                    row.late += sign;
+                }
+            }
+            if session {
+                row.sessions += sign;
+                if entry.has(bits::SESSION_CONVERTING) {
+                    row.converting_sessions += sign;
+                }
+            }
+        }
+    }
+}
+
+/// Brings every held entry of a user to where its session says it counts: recomputes the
+/// sessions and their attribution, and moves exactly the contributions whose place or
+/// session count changed (a new entry is added).
+fn settle(
+    user: &mut UserState,
+    spans: &mut Vec<Span>,
+    dims: &mut DimsTable,
+    rows: &mut Rows<'_>,
+    config: &PipelineConfig,
+) {
+    spans.clear();
+    attribution::sessions(&user.entries, config.session_gap_ms, spans);
+    attribution::attribute(
+        spans,
+        user.memory,
+        config.attribution,
+        config.attribution_lookback_ms,
+    );
+    const SESSION_BITS: u8 = bits::STARTS_SESSION | bits::SESSION_CONVERTING;
+    for span in spans.iter() {
+        let target = dims.attributed(span.attributed, user.entries[span.first].dims);
+        for i in span.first..span.end {
+            let entry = &mut user.entries[i];
+            let mut wanted = entry.bits & !SESSION_BITS;
+            if i == span.first {
+                wanted |= bits::STARTS_SESSION;
+                if span.converting {
+                    wanted |= bits::SESSION_CONVERTING;
+                }
+            }
+            if entry.counted == target && entry.bits == wanted {
+                continue;
+            }
+            if entry.counted == NO_DIMS {
+                entry.bits = wanted;
+                entry.counted = target;
+                rows.contribute(entry, target, 1, Part::Both);
+            } else if entry.counted == target {
+                rows.contribute(entry, target, -1, Part::Session);
+                entry.bits = wanted;
+                rows.contribute(entry, target, 1, Part::Session);
+            } else {
+                rows.contribute(entry, entry.counted, -1, Part::Both);
+                entry.bits = wanted;
+                entry.counted = target;
+                rows.contribute(entry, target, 1, Part::Both);
+            }
+        }
+    }
+}
+
+/// Drops a user's `excess` oldest entries (a bot with one endless session must not grow
+/// without bound). Their contributions stay counted; whole sessions dropped fold into the
+/// memory; a session cut in two gives its session count back, and the next [`settle`]
+/// counts it once on its new first entry.
+fn truncate(
+    user: &mut UserState,
+    excess: usize,
+    spans: &mut Vec<Span>,
+    rows: &mut Rows<'_>,
+    config: &PipelineConfig,
+) {
+    spans.clear();
+    attribution::sessions(&user.entries, config.session_gap_ms, spans);
+    let whole = spans.iter().take_while(|s| s.end <= excess).count();
+    user.memory = attribution::fold(
+        &spans[..whole],
+        user.memory,
+        config.attribution,
+        config.attribution_lookback_ms,
+    );
+    if let Some(cut) = spans.get(whole).filter(|s| s.first < excess) {
+        let first = user.entries[cut.first];
+        rows.contribute(&first, first.counted, -1, Part::Session);
+    }
+    user.entries.drain(..excess);
 }
 
 /// The expiry bucket of a due watermark: rounded up, so that a bucket is looked at only

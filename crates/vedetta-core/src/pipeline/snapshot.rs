@@ -1,8 +1,13 @@
 //! The snapshot format: what the store keeps of the pipeline state between restarts.
 //!
 //! ```text
-//! [magic "VDSN"][format u8 = 1][PipelineState: postcard]
+//! [magic "VDSN"][format u8 = 2][PipelineState: postcard]
 //! ```
+//!
+//! Format 2 (attribution): events carry where they are counted, users a memory of their
+//! dropped sessions, and the state order ids and dormant memories. A format-1 snapshot
+//! was taken under the old contract (every event under its own touch) and cannot be
+//! continued under the new one; the settings check asks for `vedetta replay` first.
 //!
 //! The header lets a reader tell a snapshot from other bytes, and a snapshot of another
 //! format version from a corrupt one: a build that finds a version it does not know stops
@@ -14,11 +19,13 @@
 //! migration prefixes it with [`header`] (the body of format 1 is that same encoding).
 
 use super::PipelineState;
+use super::attribution::NO_DIMS;
+use super::kpi::DimsId;
 
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"VDSN";
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+pub const SNAPSHOT_FORMAT: u8 = 2;
 /// Length of the header before the postcard body.
 pub const SNAPSHOT_HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 1;
 
@@ -82,19 +89,31 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
         }
     }
     let kinds = super::BUILT_IN_KINDS + state.custom_kinds.len();
+    let known = |id: DimsId| usize::try_from(id).is_ok_and(|id| id < state.dims.len());
+    if let Some(memory) = state.dormant.values().find(|m| !known(m.touch)) {
+        return Err(format!(
+            "a dormant memory refers to dimension tuple {} of {}",
+            memory.touch,
+            state.dims.len()
+        ));
+    }
     for user in state.users.values() {
-        if !user
-            .entries
-            .windows(2)
-            .all(|pair| (pair[0].ts, pair[0].order) <= (pair[1].ts, pair[1].order))
-        {
+        if !user.entries.windows(2).all(|pair| pair[0].ts <= pair[1].ts) {
             return Err("a user's events are out of order".into());
         }
+        if !user.memory.is_none() && !known(user.memory.touch) {
+            return Err(format!(
+                "a user's memory refers to dimension tuple {} of {}",
+                user.memory.touch,
+                state.dims.len()
+            ));
+        }
         for entry in &user.entries {
-            if usize::try_from(entry.dims).map_or(true, |id| id >= state.dims.len()) {
+            if !known(entry.dims) || !(known(entry.counted) || entry.counted == NO_DIMS) {
                 return Err(format!(
-                    "an event refers to dimension tuple {} of {}",
+                    "an event refers to dimension tuple {} (counted under {}) of {}",
                     entry.dims,
+                    entry.counted,
                     state.dims.len()
                 ));
             }
@@ -135,8 +154,18 @@ fn check_times(state: &PipelineState) -> Result<(), String> {
             return out("an event time", entry.ts);
         }
     }
+    let memories = state.users.values().map(|u| &u.memory);
+    if let Some(memory) = memories
+        .chain(state.dormant.values())
+        .find(|m| !m.is_none() && !inside(m.start))
+    {
+        return out("a memory's session start", memory.start);
+    }
     if let Some(ts) = state.dedup.remembered_times().find(|ts| !inside(*ts)) {
         return out("a remembered event id's time", ts);
+    }
+    if let Some(ts) = state.orders.remembered_times().find(|ts| !inside(*ts)) {
+        return out("a remembered order id's time", ts);
     }
     Ok(())
 }
@@ -175,10 +204,19 @@ mod tests {
         let bare = postcard::to_allocvec(&state).unwrap();
         assert_eq!(decode_snapshot(&bare).unwrap_err(), SnapshotError::NoHeader);
         let mut future = bytes.clone();
-        future[4] = 2;
+        future[4] = SNAPSHOT_FORMAT + 1;
         assert_eq!(
             decode_snapshot(&future).unwrap_err(),
-            SnapshotError::Version { found: 2 }
+            SnapshotError::Version {
+                found: SNAPSHOT_FORMAT + 1
+            }
+        );
+        // Format 1 was the state before attribution: refused, with the way out.
+        let mut before_attribution = bytes.clone();
+        before_attribution[4] = 1;
+        assert_eq!(
+            decode_snapshot(&before_attribution).unwrap_err(),
+            SnapshotError::Version { found: 1 }
         );
         assert!(
             decode_snapshot(&future)
@@ -244,15 +282,7 @@ mod tests {
             device: "mobile".into(),
             region: "unknown".into(),
         };
-        let entry = |dims, kind| EventEntry {
-            ts: 1_763_997_000_000,
-            order: 0,
-            value_micros: 0,
-            dims,
-            kind,
-            flagged: false,
-            conversion: false,
-        };
+        let entry = |dims, kind| EventEntry::new(1_763_997_000_000, 0, dims, kind, 0);
         let state = |tuples: Vec<Dims>, custom: Vec<&str>, entry: EventEntry| {
             let mut state = PipelineState {
                 dims: tuples,
@@ -264,7 +294,7 @@ mod tests {
                 UserPseudonym([7; 16]),
                 UserState {
                     entries: vec![entry],
-                    due: 0,
+                    ..UserState::default()
                 },
             );
             state
@@ -282,7 +312,7 @@ mod tests {
             ),
             (
                 state(vec![dims("social")], vec![], entry(1, 0)),
-                "an event refers to dimension tuple 1 of 1",
+                "an event refers to dimension tuple 1 (counted under 4294967295) of 1",
             ),
             (
                 state(vec![dims("social")], vec!["signup"], entry(0, 7)),

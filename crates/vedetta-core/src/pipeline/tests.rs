@@ -8,8 +8,9 @@
 use super::*;
 use crate::record::{Consent, UserPseudonym};
 use crate::time::EventTime;
+use kpi::KpiCounters;
 use proptest::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const T0: i64 = 1_712_318_400_000; // 2024-04-05T12:00:00Z (14:00 in Rome)
 const MIN: i64 = 60_000;
@@ -24,20 +25,49 @@ struct Run {
     kpis: Kpis,
     spend: Spend,
     offset: u64,
+    /// When set, plays the processor's store for attribution memories: dormant memories
+    /// are moved here every `every` records and recalled from here, as the processor does
+    /// at snapshots and before batches.
+    store: Option<(HashMap<UserPseudonym, attribution::Memory>, u64)>,
 }
 
 impl Run {
     fn new() -> Self {
+        Self::with(PipelineConfig::default())
+    }
+
+    fn with(config: PipelineConfig) -> Self {
         Self {
-            pipeline: Pipeline::new(PipelineConfig::default(), None),
+            pipeline: Pipeline::new(config, None),
             kpis: Kpis::new(),
             spend: Spend::new(),
             offset: 0,
+            store: None,
         }
     }
 
+    /// Memories go to a store every `every` records (a snapshot's cadence).
+    fn with_store(mut self, every: u64) -> Self {
+        self.store = Some((HashMap::new(), every.max(1)));
+        self
+    }
+
     fn feed(&mut self, record: LogRecord) {
+        if let (Some((store, _)), LogRecord::Event(e)) = (&self.store, &record)
+            && self.pipeline.needs_recall(&e.user)
+        {
+            let found = store.get(&e.user).map(|m| (e.user, *m));
+            self.pipeline.recall_memories(found);
+        }
         self.pipeline.process(self.offset, &record);
+        if let Some((store, every)) = &mut self.store
+            && self.offset.is_multiple_of(*every)
+        {
+            store.extend(self.pipeline.take_dormant());
+            if let Some(before) = self.pipeline.memory_horizon() {
+                store.retain(|_, m| m.start >= before);
+            }
+        }
         self.offset += 1;
         self.drain();
     }
@@ -429,6 +459,7 @@ fn a_snapshot_restores_a_pipeline_that_continues_identically() {
         kpis: first.kpis.clone(),
         spend: first.spend.clone(),
         offset: 30,
+        store: None,
     };
     for e in &events[30..] {
         resumed.feed(e.clone());
@@ -549,4 +580,5 @@ proptest! {
     }
 }
 
+mod attribution_scenarios;
 mod money;

@@ -1,85 +1,113 @@
-//! Per-user state: the user's recent accepted events, from which sessions, sequence flags
-//! and near-duplicates are all derived.
+//! Per-user state: the user's recent accepted events, from which sessions, attribution,
+//! sequence flags and near-duplicates are all derived.
 //!
 //! Keeping events (32 bytes each) rather than sessions makes out-of-order arrival simple
-//! and exact: an event is inserted at its place in event time, and only the session around
-//! it is recomputed. Before the insertion that neighbourhood held at most two sessions (the
-//! one ending before the event and the one starting after it); after it, exactly one (they
-//! may merge through the new event). The caller retracts the old ones and adds the new one.
+//! and exact: an event is inserted at its place in event time, the user's sessions and
+//! their attribution are recomputed from the list, and each entry remembers where its
+//! contribution is currently counted ([`EventEntry::counted`], and whether it carries its
+//! session's count). The pipeline moves exactly the contributions whose place changed, so
+//! the stored KPIs always equal what the held events say, whatever the arrival order.
 //!
 //! Events are dropped once their session is final — no event within the allowed lateness
-//! can join it — so state is bounded by the users active within the lateness.
+//! can join it — so state is bounded by the users active within the lateness. What later
+//! sessions need of dropped ones is one [`Memory`] per user.
 
+use super::attribution::{Memory, NO_DIMS};
 use super::kpi::DimsId;
 use serde::{Deserialize, Serialize};
 
 /// An event type as a small id: built-ins first (0..6), then custom types.
 pub type KindId = u16;
 
-/// One accepted event, as the user's state keeps it.
+/// Bits of [`EventEntry::bits`].
+pub mod bits {
+    /// Flagged by a sequence rule.
+    pub const FLAGGED: u8 = 1;
+    /// Of a conversion type.
+    pub const CONVERSION: u8 = 1 << 1;
+    /// Late for the granularity of index `g` (1m, 1h, 1d): `LATE << g`.
+    pub const LATE: u8 = 1 << 2;
+    /// The entry carries its session's count (it is the session's first event).
+    pub const STARTS_SESSION: u8 = 1 << 5;
+    /// With [`STARTS_SESSION`]: the session counted is converting.
+    pub const SESSION_CONVERTING: u8 = 1 << 6;
+    /// The event's own touch is not direct.
+    pub const NON_DIRECT: u8 = 1 << 7;
+}
+
+/// One accepted event, as the user's state keeps it. 32 bytes: a list per user of these
+/// is most of the pipeline's memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventEntry {
     pub ts: i64,
-    /// Log offset: breaks ties in event time by arrival.
-    pub order: u64,
     /// Value in micro-units of the reporting currency (conversions only).
     pub value_micros: i64,
+    /// The event's own dimensions: its touch, device and region.
     pub dims: DimsId,
+    /// The dimensions its contribution is counted under now ([`NO_DIMS`]: not yet).
+    pub counted: DimsId,
     pub kind: KindId,
-    /// Flagged by a sequence rule.
-    pub flagged: bool,
-    /// Of a conversion type.
-    pub conversion: bool,
+    /// See [`bits`].
+    pub bits: u8,
 }
 
 impl EventEntry {
+    pub fn new(ts: i64, value_micros: i64, dims: DimsId, kind: KindId, bits: u8) -> Self {
+        Self {
+            ts,
+            value_micros,
+            dims,
+            counted: NO_DIMS,
+            kind,
+            bits,
+        }
+    }
+
+    pub fn has(&self, bit: u8) -> bool {
+        self.bits & bit != 0
+    }
+
+    pub fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.bits |= bit;
+        } else {
+            self.bits &= !bit;
+        }
+    }
+
+    pub fn flagged(&self) -> bool {
+        self.has(bits::FLAGGED)
+    }
+
+    pub fn conversion(&self) -> bool {
+        self.has(bits::CONVERSION)
+    }
+
     /// A conversion that counts: of a conversion type and not flagged.
     pub fn is_clean_conversion(&self) -> bool {
-        self.conversion && !self.flagged
+        self.conversion() && !self.flagged()
     }
 
-    fn sort_key(&self) -> (i64, u64) {
-        (self.ts, self.order)
-    }
-}
-
-/// What a session contributes to the KPIs: where it is counted and whether it converts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SessionView {
-    pub first_ts: i64,
-    pub first_order: u64,
-    pub first_dims: DimsId,
-    pub converting: bool,
-}
-
-/// The sessions a new event touches: none, one or two, without a heap allocation (this runs
-/// for every accepted event). Reads as a slice.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TouchedSessions {
-    sessions: [SessionView; 2],
-    len: usize,
-}
-
-impl std::ops::Deref for TouchedSessions {
-    type Target = [SessionView];
-
-    fn deref(&self) -> &[SessionView] {
-        &self.sessions[..self.len]
+    pub fn touch_is_non_direct(&self) -> bool {
+        self.has(bits::NON_DIRECT)
     }
 }
 
-/// The events of one user still needed, sorted by (ts, order).
+/// The events of one user still needed, sorted by `ts` (ties: log order, since a new event
+/// goes after every held one with the same `ts`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserState {
     pub entries: Vec<EventEntry>,
     /// Watermark at which all of this user's sessions are final.
     pub due: i64,
+    /// What the user's dropped sessions left for later ones.
+    pub memory: Memory,
 }
 
 impl UserState {
-    /// Where an entry with this (ts, order) goes.
-    pub fn position(&self, ts: i64, order: u64) -> usize {
-        self.entries.partition_point(|e| e.sort_key() < (ts, order))
+    /// Where a new entry with this `ts` goes: after every held entry with `ts` ≤ it.
+    pub fn position(&self, ts: i64) -> usize {
+        self.entries.partition_point(|e| e.ts <= ts)
     }
 
     /// Whether an accepted event of `kind` lies less than `window_ms` from `ts`.
@@ -91,56 +119,16 @@ impl UserState {
             .any(|e| e.kind == kind)
     }
 
-    /// The session containing the entry at `index`.
-    pub fn session_at(&self, index: usize, gap_ms: i64) -> SessionView {
-        let entries = &self.entries;
-        let mut start = index;
-        while start > 0 && entries[start].ts - entries[start - 1].ts < gap_ms {
-            start -= 1;
-        }
-        let mut end = index;
-        while end + 1 < entries.len() && entries[end + 1].ts - entries[end].ts < gap_ms {
-            end += 1;
-        }
-        let first = &entries[start];
-        SessionView {
-            first_ts: first.ts,
-            first_order: first.order,
-            first_dims: first.dims,
-            converting: entries[start..=end]
-                .iter()
-                .any(EventEntry::is_clean_conversion),
-        }
-    }
-
-    /// The sessions a new event at `index` (not yet inserted) will touch: the one ending
-    /// just before it and the one starting just after it, if within the gap.
-    pub fn sessions_around(&self, index: usize, ts: i64, gap_ms: i64) -> TouchedSessions {
-        let before = (index > 0 && ts - self.entries[index - 1].ts < gap_ms)
-            .then(|| self.session_at(index - 1, gap_ms));
-        let after = (index < self.entries.len() && self.entries[index].ts - ts < gap_ms)
-            .then(|| self.session_at(index, gap_ms))
-            .filter(|after| before.as_ref() != Some(after));
-        // Built whole rather than pushed into: cheaper on this per-event path.
-        let (sessions, len) = match (before, after) {
-            (Some(first), Some(second)) => ([first, second], 2),
-            (Some(only), None) | (None, Some(only)) => ([only, only], 1),
-            (None, None) => return TouchedSessions::default(),
-        };
-        TouchedSessions { sessions, len }
-    }
-
-    /// Drops events whose sessions are final: sessions whose last event is at least one gap
-    /// before `horizon` (the oldest event time still within the allowed lateness).
-    /// Returns whether the user has no events left.
-    pub fn drop_final_sessions(&mut self, horizon: i64, gap_ms: i64) -> bool {
+    /// How many leading entries belong to final sessions: sessions whose last event is at
+    /// least one gap before `horizon` (the oldest event time still within the allowed
+    /// lateness). Always a session boundary.
+    pub fn final_prefix(&self, horizon: i64, gap_ms: i64) -> usize {
         let entries = &self.entries;
         let Some(last) = entries.last() else {
-            return true;
+            return 0;
         };
         if last.ts <= horizon - gap_ms {
-            self.entries.clear();
-            return true;
+            return entries.len();
         }
         // The latest session boundary whose earlier side is final.
         let mut cut = 0;
@@ -152,10 +140,7 @@ impl UserState {
                 cut = i;
             }
         }
-        if cut > 0 {
-            self.entries.drain(..cut);
-        }
-        false
+        cut
     }
 }
 
@@ -165,46 +150,29 @@ mod tests {
 
     const GAP: i64 = 1_800_000;
 
-    fn entry(ts: i64, order: u64, kind: KindId) -> EventEntry {
-        EventEntry {
-            ts,
-            order,
-            value_micros: 0,
-            dims: order as DimsId,
-            kind,
-            flagged: false,
-            conversion: false,
-        }
-    }
-
     fn user(ts: &[i64]) -> UserState {
         UserState {
             entries: ts
                 .iter()
                 .enumerate()
-                .map(|(i, &t)| entry(t, i as u64, 0))
+                .map(|(i, &t)| EventEntry::new(t, 0, i as DimsId, 0, 0))
                 .collect(),
             due: 0,
+            memory: Memory::NONE,
         }
     }
 
     #[test]
-    fn sessions_split_at_the_gap() {
-        let u = user(&[0, 1_000, GAP + 1_000, GAP + 2_000]);
-        assert_eq!(u.session_at(1, GAP).first_ts, 0);
-        assert_eq!(u.session_at(2, GAP).first_ts, GAP + 1_000);
+    fn an_entry_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<EventEntry>(), 32);
     }
 
     #[test]
-    fn an_event_in_the_gap_touches_both_neighbours() {
-        let u = user(&[0, 2 * GAP - 2]);
-        let touched = u.sessions_around(1, GAP - 1, GAP);
-        assert_eq!(touched.len(), 2);
-        // Exactly one gap away is not within the gap.
-        let u = user(&[0, 2 * GAP]);
-        assert!(u.sessions_around(1, GAP, GAP).is_empty());
-        let alone = u.sessions_around(1, GAP / 2 - 1, GAP);
-        assert_eq!(alone.len(), 1);
+    fn a_new_event_goes_after_held_ones_of_the_same_time() {
+        let u = user(&[0, 1_000, 1_000, 2_000]);
+        assert_eq!(u.position(1_000), 3);
+        assert_eq!(u.position(999), 1);
+        assert_eq!(u.position(5_000), 4);
     }
 
     #[test]
@@ -218,11 +186,10 @@ mod tests {
     }
 
     #[test]
-    fn only_final_sessions_are_dropped() {
-        let mut u = user(&[0, 1_000, 3 * GAP, 3 * GAP + 1]);
-        assert!(!u.drop_final_sessions(2 * GAP, GAP));
-        assert_eq!(u.entries.len(), 2);
-        assert!(u.drop_final_sessions(5 * GAP, GAP));
-        assert!(u.entries.is_empty());
+    fn only_final_sessions_are_in_the_final_prefix() {
+        let u = user(&[0, 1_000, 3 * GAP, 3 * GAP + 1]);
+        assert_eq!(u.final_prefix(2 * GAP, GAP), 2);
+        assert_eq!(u.final_prefix(5 * GAP, GAP), 4);
+        assert_eq!(u.final_prefix(GAP, GAP), 0);
     }
 }

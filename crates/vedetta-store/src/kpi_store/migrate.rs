@@ -16,6 +16,8 @@ use vedetta_core::pipeline::snapshot;
 use vedetta_core::pipeline::windows::Granularity;
 
 /// Format 0's spend table: `i64` values under 0x1f-joined keys.
+/// The snapshot format whose body format-0 stores kept without a header.
+const SNAPSHOT_FORMAT_0_BODY: u8 = 1;
 const SPEND_V0: TableDefinition<'_, &[u8], i64> = TableDefinition::new("spend");
 /// Format 0's key separator.
 const SEP_V0: u8 = 0x1f;
@@ -162,16 +164,15 @@ fn migrate_v0(db: &Database) -> Result<MigrationReport, StoreError> {
         report.rows = rows.len() as u64;
         report.spend_rows = spend.len() as u64;
 
-        // Format 0's snapshot is format 1's body without the header.
+        // Format 0's snapshot is snapshot format 1's body without the header. This build
+        // reads snapshot format 2 (attribution), so it keeps the old one as it was, headed:
+        // the settings check then asks for `vedetta replay`, which rebuilds it.
         let mut table = txn.open_table(SNAPSHOT)?;
         let old = table.get(0)?.map(|v| v.value().to_vec());
         if let Some(body) = old {
-            let mut bytes = snapshot::header().to_vec();
+            let mut bytes = snapshot::SNAPSHOT_MAGIC.to_vec();
+            bytes.push(SNAPSHOT_FORMAT_0_BODY);
             bytes.extend_from_slice(&body);
-            // Checked before it is kept: a body that is not what format 0 wrote fails here,
-            // while the old store is still intact, rather than at the next restore.
-            snapshot::decode_snapshot(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("the format-0 snapshot: {e}")))?;
             table.insert(0, bytes.as_slice())?;
             report.snapshot = true;
         }

@@ -313,6 +313,21 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
             "Users whose sessions the pipeline holds in memory.",
             p.active_users.load(Ordering::Relaxed) as f64,
         ),
+        (
+            "vedetta_remembered_orders",
+            "Order ids of accepted conversions held for order dedup (7 days by default).",
+            p.remembered_orders.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "vedetta_attribution_memories",
+            "Users idle past the lateness whose last source is kept for attribution, in the store.",
+            p.stored_memories.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "vedetta_attribution_memories_pending",
+            "Attribution memories of dropped users held in memory until the next snapshot.",
+            p.dormant_users.load(Ordering::Relaxed) as f64,
+        ),
     ];
     for (name, help, value) in gauges {
         out.family(name, "gauge", help);
@@ -376,7 +391,7 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
     out.family(
         "vedetta_pipeline_duplicates_total",
         "counter",
-        "Events dropped as duplicates, exact (event_id) or near (same user and type < 100 ms).",
+        "Events dropped as duplicates: exact (event_id), near (same user and type < 100 ms) or order (a conversion repeating an order_id).",
     );
     out.sample(
         "vedetta_pipeline_duplicates_total",
@@ -387,6 +402,11 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
         "vedetta_pipeline_duplicates_total",
         &[("kind", "near")],
         counters.near_duplicates as f64,
+    );
+    out.sample(
+        "vedetta_pipeline_duplicates_total",
+        &[("kind", "order")],
+        counters.order_duplicates as f64,
     );
     out.family(
         "vedetta_pipeline_flagged_total",

@@ -71,6 +71,9 @@ pub fn status_json(state: &AppState) -> Value {
         "log_reopens": state.log.reopens(),
         "active_users": processor.active_users.load(Ordering::Relaxed),
         "remembered_event_ids": processor.remembered_event_ids.load(Ordering::Relaxed),
+        "remembered_orders": processor.remembered_orders.load(Ordering::Relaxed),
+        "attribution_memories": processor.stored_memories.load(Ordering::Relaxed),
+        "attribution_memories_pending": processor.dormant_users.load(Ordering::Relaxed),
         "pipeline": pipeline,
         "stream_clients": state.stream_clients.load(Ordering::Relaxed),
         "latency_ms": {
