@@ -60,6 +60,28 @@ pub struct SynthConfig {
     pub fast_checkout_share: f64,
     /// Emit ad spend: one record per paid (channel, campaign) per minute of event time.
     pub spend: bool,
+    /// Where the attribution fields go; see [`Tagging`].
+    pub tagging: Tagging,
+    /// Share of purchases whose order is sent again with a new `event_id` and the same
+    /// `order_id`: half as a thank-you page reloaded 2–60 s later (same user, same browser),
+    /// half as the shop's webhook 5 s–10 min later (server side, the user under another id).
+    /// The contract counts each copy as a same-order duplicate.
+    pub order_resend_share: f64,
+}
+
+/// How sessions carry their attribution (UTM parameters, click ids, referrer, `channel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tagging {
+    /// As real tags send it: only a session's landing event (its first) carries the landing
+    /// URL's UTM parameters and click ids, the external referrer and, when the client sets it,
+    /// `channel` and `campaign`; the events after it carry none. About a third of returning
+    /// users' sessions are typed-in direct visits that carry nothing at all; the others come
+    /// back through any other channel.
+    #[default]
+    Realistic,
+    /// Every event of a session carries its session's attribution (the behaviour before
+    /// realistic tagging; with `order_resend_share = 0` the output is byte for byte the same).
+    EveryEvent,
 }
 
 impl Default for SynthConfig {
@@ -75,6 +97,8 @@ impl Default for SynthConfig {
             max_disorder_ms: 3_000,
             fast_checkout_share: 0.01,
             spend: true,
+            tagging: Tagging::Realistic,
+            order_resend_share: 0.05,
         }
     }
 }
@@ -145,6 +169,7 @@ impl SynthConfig {
             ("late_share", self.late_share),
             ("late_session_share", self.late_session_share),
             ("fast_checkout_share", self.fast_checkout_share),
+            ("order_resend_share", self.order_resend_share),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(ConfigError::Share { field, value });
@@ -202,6 +227,7 @@ mod tests {
         assert!(bad(|c| c.duplicate_share = 1.5).contains("`duplicate_share`"));
         assert!(bad(|c| c.late_share = f64::NAN).contains("`late_share`"));
         assert!(bad(|c| c.fast_checkout_share = -0.1).contains("`fast_checkout_share`"));
+        assert!(bad(|c| c.order_resend_share = 2.0).contains("`order_resend_share`"));
         assert!(bad(|c| c.sessions_per_minute = 0.0).contains("`sessions_per_minute`"));
         assert!(bad(|c| c.sessions_per_minute = f64::INFINITY).contains("`sessions_per_minute`"));
         assert!(bad(|c| c.users = 0).contains("`users`"));

@@ -3,15 +3,17 @@
 //! Sessions start as a Poisson process in event time. Each one is planned whole (see
 //! `session`), then every event is given an arrival time: its event time plus a jitter of up to
 //! `max_disorder_ms`, or 1–10 minutes for the late ones; some are sent a second time (exact
-//! retry or double-fire). Arrivals wait in a min-heap until nothing not yet generated could
+//! retry or double-fire), and some purchases again for the same order (a reloaded thank-you
+//! page, the shop's webhook). Arrivals wait in a min-heap until nothing not yet generated could
 //! arrive earlier; since every future record has an event time, and so an arrival time, at or
 //! after the next session start, that instant is the release frontier. The heap thus holds
 //! what arrives within the next few minutes of event time (a session's later steps, plus the
 //! rare late events, up to ten minutes), whatever the total length of the run: about a
 //! thousand records at 120 sessions per minute, growing in proportion to the rate.
 //!
-//! Three independent random streams drive sessions, delivery (delays, duplicates) and spend,
-//! so changing `duplicate_share`, `late_share`, `max_disorder_ms` or `spend` leaves the logical
+//! Four independent random streams drive sessions, delivery (delays, duplicates), spend and
+//! order re-sends, so changing `duplicate_share`, `late_share`, `max_disorder_ms`,
+//! `order_resend_share` or `spend` leaves the logical
 //! events — their ids, times and values — exactly as they were. A test can therefore compare
 //! a clean run with a messy one and expect the same KPIs.
 
@@ -21,7 +23,9 @@ use std::collections::BinaryHeap;
 use crate::catalog::paid_campaigns;
 use crate::config::{ConfigError, SynthConfig};
 use crate::population::Population;
-use crate::record::{Channel, EventType, SynthRecord, SynthSpend, Timestamp, TsFormat};
+use crate::record::{
+    Channel, EventType, SynthEvent, SynthRecord, SynthSpend, Timestamp, TsFormat, UdidStyle,
+};
 use crate::rng::{Rng, SplitMix64, mix64};
 use crate::session::{Ids, PlannedEvent, SessionStart, plan_session};
 
@@ -36,6 +40,10 @@ pub enum ArrivalKind {
     /// The tag fired twice: same user and type, a new `event_id`, `ts` 1–99 ms after the
     /// original's. The contract counts it as a near duplicate.
     DoubleFire,
+    /// A purchase sent again for the same order: a new `event_id`, the same `order_id`, `ts`
+    /// seconds to minutes after the original's (a reloaded thank-you page, or the shop's
+    /// webhook under another user id). The contract counts it as a same-order duplicate.
+    OrderResend,
     /// An ad spend record.
     Spend,
 }
@@ -52,8 +60,10 @@ pub struct GroundTruth {
     /// The generated session the event belongs to, numbered from 0 in start order; `None` for
     /// spend. A sessionizer following EVENTS.md must find exactly these sessions.
     pub session: Option<u64>,
-    /// The channel the event's session came from: what the server must derive when the event
-    /// omits `channel` and carries only `utm_*`, click ids or a referrer. For spend, its channel.
+    /// The channel of the event's own fields, as the server must derive it: its `channel`;
+    /// else, when it carries its session's landing `utm_*`, click ids or referrer, the channel
+    /// its session came from; else `direct` (under realistic tagging, every event after the
+    /// landing, and typed-in visits). For spend, its channel.
     pub channel: Option<Channel>,
 }
 
@@ -78,6 +88,8 @@ pub struct SynthStats {
     pub events_by_type: [u64; 6],
     pub exact_duplicates: u64,
     pub near_duplicates: u64,
+    /// Purchases re-sent for an order already sent.
+    pub order_duplicates: u64,
     /// Original events delayed 1–10 minutes.
     pub late_events: u64,
     /// Original checkouts and purchases flagged `fast_checkout`.
@@ -101,9 +113,9 @@ impl SynthStats {
         self.events_by_type[event_type as usize]
     }
 
-    /// Exact retries plus double-fires.
+    /// Exact retries, double-fires and order re-sends.
     pub fn duplicates(&self) -> u64 {
-        self.exact_duplicates + self.near_duplicates
+        self.exact_duplicates + self.near_duplicates + self.order_duplicates
     }
 }
 
@@ -114,6 +126,8 @@ pub struct Generator {
     session_rng: Rng,
     delivery_rng: Rng,
     spend_rng: Rng,
+    /// Decides order re-sends; its own stream, so that the share leaves everything else as is.
+    order_rng: Rng,
     population: Population,
     ids: Ids,
     /// Event time of the next session start, in microseconds so that high rates do not round
@@ -142,6 +156,7 @@ impl Generator {
             session_rng: Rng::seeded(seeds.next_u64()),
             delivery_rng: Rng::seeded(seeds.next_u64()),
             spend_rng: Rng::seeded(seeds.next_u64()),
+            order_rng: Rng::seeded(seeds.next_u64()),
             population: Population::new(config.seed, config.users),
             ids: Ids::new(config.seed),
             next_session_us: config.start_ms.saturating_mul(1_000),
@@ -212,6 +227,7 @@ impl Generator {
             registered: self.population.is_registered(user),
             start_ms,
             fast_checkout_share: self.config.fast_checkout_share,
+            tagging: self.config.tagging,
         };
         let mut plan = std::mem::take(&mut self.plan);
         plan.clear();
@@ -256,7 +272,7 @@ impl Generator {
             late,
             fast_checkout: planned.fast_checkout,
             session: Some(session),
-            channel: Some(channel),
+            channel: Some(own_channel(&planned.event, channel)),
         };
         if rng.chance(self.config.duplicate_share) {
             if rng.chance(0.5) {
@@ -281,7 +297,61 @@ impl Generator {
                 );
             }
         }
+        if planned.event.order_id.is_some() {
+            self.resend_order(&planned.event, arrival_ms, truth, channel);
+        }
         self.enqueue(arrival_ms, SynthRecord::Event(planned.event), truth);
+    }
+
+    /// Maybe sends a purchase again for the same order, after the original (in event time and
+    /// in arrival, so the original is the one the contract keeps).
+    fn resend_order(
+        &mut self,
+        original: &SynthEvent,
+        arrival_ms: i64,
+        truth: GroundTruth,
+        session_channel: Channel,
+    ) {
+        let rng = &mut self.order_rng;
+        if !rng.chance(self.config.order_resend_share) {
+            return;
+        }
+        let mut copy = original.clone();
+        copy.event_id = self.ids.double_fire();
+        let after_ms = if rng.chance(0.5) {
+            // The thank-you page reloaded: the same browser event, seconds later.
+            rng.range_i64(2_000, 60_000)
+        } else {
+            // The shop's webhook: server side, no browser, no tags, and the customer under the
+            // shop's id for them (another udid: any user's order counts).
+            copy.udid.style = match copy.udid.style {
+                UdidStyle::Cookie => UdidStyle::AppInstall,
+                UdidStyle::AppInstall => UdidStyle::Cookie,
+                UdidStyle::Crm => UdidStyle::Crm,
+            };
+            copy.user_agent = None;
+            copy.ip = None;
+            copy.page = None;
+            copy.referrer = None;
+            copy.channel = None;
+            copy.campaign = None;
+            copy.utm_source = None;
+            copy.utm_medium = None;
+            copy.utm_campaign = None;
+            copy.gclid = None;
+            copy.fbclid = None;
+            copy.italian_field_names = false;
+            copy.ts.format = TsFormat::EpochMillis;
+            rng.range_i64(5_000, 600_000)
+        };
+        copy.ts.epoch_ms += after_ms;
+        let resent_ms = arrival_ms + after_ms + rng.range_i64(0, 3_000);
+        let truth = GroundTruth {
+            kind: ArrivalKind::OrderResend,
+            channel: Some(own_channel(&copy, session_channel)),
+            ..truth
+        };
+        self.enqueue(resent_ms, SynthRecord::Event(copy), truth);
     }
 
     /// One spend record per paid campaign for the minute `next_spend_minute_ms`, reported a few
@@ -359,6 +429,7 @@ impl Generator {
             }
             (ArrivalKind::ExactRetry, _) => stats.exact_duplicates += 1,
             (ArrivalKind::DoubleFire, _) => stats.near_duplicates += 1,
+            (ArrivalKind::OrderResend, _) => stats.order_duplicates += 1,
             (ArrivalKind::Spend, SynthRecord::Spend(spend)) => {
                 stats.spend_records += 1;
                 stats.spend_cents += eur_to_cents(spend.amount);
@@ -367,6 +438,21 @@ impl Generator {
             (ArrivalKind::Original, SynthRecord::Spend(_))
             | (ArrivalKind::Spend, SynthRecord::Event(_)) => {}
         }
+    }
+}
+
+/// The channel an event's own fields say (see `GroundTruth::channel`); the generator chose
+/// its session's landing hints so that the default channel grouping finds `session_channel`.
+fn own_channel(event: &SynthEvent, session_channel: Channel) -> Channel {
+    let carries_landing_hints = event.utm_source.is_some()
+        || event.utm_medium.is_some()
+        || event.gclid.is_some()
+        || event.fbclid.is_some()
+        || event.referrer.is_some();
+    match event.channel {
+        Some(channel) => channel,
+        None if carries_landing_hints => session_channel,
+        None => Channel::Direct,
     }
 }
 

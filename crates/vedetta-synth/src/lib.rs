@@ -51,7 +51,7 @@ pub use catalog::{
 };
 pub use config::{
     ConfigError, DEFAULT_START_MS, MAX_DISORDER_MS, MAX_SESSIONS_PER_MINUTE, MAX_START_MS,
-    MAX_USERS, MIN_USERS_PER_SESSION_PER_MINUTE, SynthConfig,
+    MAX_USERS, MIN_USERS_PER_SESSION_PER_MINUTE, SynthConfig, Tagging,
 };
 pub use generator::{Arrival, ArrivalKind, Generator, GroundTruth, SynthStats};
 pub use record::{

@@ -19,6 +19,7 @@ use crate::catalog::{
     EXPERIMENTS, INFO, LEAD_PAGES, PAYMENT_METHODS, PRODUCTS, PROMOTIONS, PageSpec, ProductSpec,
     REFERRAL_SITES, SEARCH_REFERRERS, SEARCHES, SOCIAL_SITES,
 };
+use crate::config::Tagging;
 use crate::population::UserProfile;
 use crate::record::{
     Channel, ClickId, ClickIdKind, EventId, EventType, OrderId, Properties, SynthEvent, Timestamp,
@@ -92,6 +93,7 @@ pub(crate) struct SessionStart<'a> {
     pub(crate) registered: bool,
     pub(crate) start_ms: i64,
     pub(crate) fast_checkout_share: f64,
+    pub(crate) tagging: Tagging,
 }
 
 /// Page views per session: 1 (a bounce) to 8.
@@ -119,6 +121,9 @@ const SERVER_SIDE_PURCHASE: f64 = 0.10;
 const CHANNEL_LEFT_TO_SERVER: f64 = 0.15;
 const ITALIAN_FIELD_NAMES: f64 = 0.05;
 const AWAY_FROM_HOME_NETWORK: f64 = 0.15;
+/// Under realistic tagging, the share of a returning user's sessions that are typed-in direct
+/// visits (a bookmark, the address bar): about a third, as shops see it.
+const RETURN_DIRECT: f64 = 1.0 / 3.0;
 
 /// Plans one session into `out` (which the caller clears) and returns what it changed about
 /// the user.
@@ -128,7 +133,25 @@ pub(crate) fn plan_session(
     start: &SessionStart<'_>,
     out: &mut Vec<PlannedEvent>,
 ) -> SessionOutcome {
-    let channel_spec = rng.pick_weighted(&CHANNELS, |c| c.sessions_per_mille);
+    let realistic = start.tagging == Tagging::Realistic;
+    // Under realistic tagging a returning user comes back typed-in a third of the time, and
+    // otherwise through any channel but direct (often another one than last time). Every-event
+    // tagging draws exactly as before it existed, so its output stays the same.
+    let returning = realistic && !start.new_user;
+    let typed_in = returning && rng.chance(RETURN_DIRECT);
+    let channel_spec = if typed_in {
+        &DIRECT_VISIT
+    } else if returning {
+        rng.pick_weighted(&CHANNELS, |c| {
+            if c.channel == Channel::Direct {
+                0
+            } else {
+                c.sessions_per_mille
+            }
+        })
+    } else {
+        rng.pick_weighted(&CHANNELS, |c| c.sessions_per_mille)
+    };
     let channel = channel_spec.channel;
     let campaign = if rng.below(100) < u64::from(channel_spec.campaign_percent) {
         pick_campaign(rng, channel)
@@ -136,12 +159,17 @@ pub(crate) fn plan_session(
         None
     };
     let hints = landing_hints(rng, channel, campaign);
-    let base = session_template(rng, start, channel, campaign);
+    let mut base = session_template(rng, start, channel, campaign);
+    if typed_in {
+        // Nothing says where a typed-in visit came from, not even `channel: "direct"`.
+        base.channel = None;
+    }
     let mut session = SessionWriter {
         channel,
         base,
         hints,
         channel_left_to_server: rng.chance(CHANNEL_LEFT_TO_SERVER),
+        landing_only: realistic,
         previous_url: None,
         landed: false,
         ids,
@@ -531,15 +559,26 @@ fn product_page(rng: &mut Rng) -> (&'static PageSpec, Option<&'static ProductSpe
     (&product.page, Some(product))
 }
 
+/// A returning user's typed-in visit: direct, with the direct channel's conversion propensity.
+static DIRECT_VISIT: ChannelSpec = ChannelSpec {
+    channel: Channel::Direct,
+    sessions_per_mille: 0,
+    conversion_percent: 115,
+    campaign_percent: 0,
+};
+
 /// Stamps session events from the template: ids, time, page, and attribution the way a real
 /// tag sends it.
 struct SessionWriter<'a> {
     channel: Channel,
     base: SynthEvent,
     hints: LandingHints,
-    /// Omit `channel` on every event and repeat the landing hints instead, as a tag that
-    /// persists UTM parameters does; the server must derive the same channel.
+    /// Omit `channel` and leave the landing hints to the server: on every event (every-event
+    /// tagging, as a tag that persists UTM parameters does), or on the landing event only.
     channel_left_to_server: bool,
+    /// Realistic tagging: only the landing event carries attribution (`channel`, `campaign`,
+    /// `utm_*`, click ids, referrer); the events after it carry none.
+    landing_only: bool,
     previous_url: Option<&'static str>,
     landed: bool,
     ids: &'a mut Ids,
@@ -559,6 +598,24 @@ impl SessionWriter<'_> {
         event.event_id = self.ids.logical_event();
         event.page = page.map(|p| p.path);
         let hints = self.hints;
+        if self.landing_only {
+            if self.landed {
+                event.channel = None;
+                event.campaign = None;
+                event.utm_campaign = None;
+            } else {
+                if self.channel_left_to_server {
+                    event.channel = None;
+                }
+                event.utm_source = hints.utm_source;
+                event.utm_medium = hints.utm_medium;
+                event.gclid = hints.gclid;
+                event.fbclid = hints.fbclid;
+                event.referrer = hints.referrer;
+            }
+            self.landed = true;
+            return event;
+        }
         if self.channel_left_to_server || !self.landed {
             event.utm_source = hints.utm_source;
             event.utm_medium = hints.utm_medium;
@@ -610,6 +667,7 @@ mod tests {
                         registered: false,
                         start_ms: 1_000_000_000_000,
                         fast_checkout_share,
+                        tagging: Tagging::Realistic,
                     },
                     &mut out,
                 );

@@ -423,17 +423,22 @@ fn an_earlier_event_arriving_late_becomes_the_first_and_moves_the_session() {
         ("email", "newsletter_settimanale", "tablet", "IT-52")
     );
     assert_eq!((moved.sessions, all_events(moved)), (1, 1));
+    // The later event stays in its minute but counts under the session: its earliest
+    // non-direct touch (e-mail), and its first event's device and region.
     let left = row_at(&after, MINUTE_ROW, NOON + 10 * MINUTE);
+    assert_eq!(
+        (
+            left.channel.as_str(),
+            left.device.as_str(),
+            left.region.as_str()
+        ),
+        ("email", "tablet", "IT-52")
+    );
     assert_eq!((left.sessions, all_events(left)), (0, 1));
-    // Same hour, other dimensions: the session follows its first event there too.
-    assert_eq!(
-        row_with_channel(&after, HOUR_ROW, NOON, "email").sessions,
-        1
-    );
-    assert_eq!(
-        row_with_channel(&after, HOUR_ROW, NOON, "social").sessions,
-        0
-    );
+    // In the hour the session and both its events share one row.
+    let hour = row_at(&after, HOUR_ROW, NOON);
+    assert_eq!(hour.channel, "email");
+    assert_eq!((hour.sessions, all_events(hour)), (1, 2));
 }
 
 // ---- lateness -----------------------------------------------------------------------------
@@ -666,9 +671,11 @@ fn dimensions_come_from_what_the_generator_knows() {
     };
     let t = NOON + SECOND;
     let mut arrivals = events([
-        // The channel left to the server: the session's intended one (set below).
+        // The channel left to the server: the one its `utm_medium` was chosen for (set below).
+        // Without such a field the event would be direct, whatever its session's channel.
         SynthEvent {
             channel: None,
+            utm_medium: Some("email"),
             utm_campaign: Some("newsletter_settimanale"),
             user_agent: Some(user_agent_of(DeviceClass::Mobile)),
             region: Some("IT-62"),
@@ -940,10 +947,12 @@ fn disorder_duplicates_and_late_arrivals_change_only_duplicates_and_late() {
         late_share: 0.0,
         late_session_share: 0.0,
         max_disorder_ms: 0,
+        order_resend_share: 0.0,
         ..SynthConfig::default()
     };
     let messy = SynthConfig {
         duplicate_share: 0.2,
+        order_resend_share: 0.3,
         late_share: 0.1,
         late_session_share: 0.01,
         max_disorder_ms: 59_000,

@@ -415,7 +415,11 @@ fn duration_ms(
 
 /// A span key (`90s`, `45m`, `12h`, `30d`) in milliseconds: a whole number and one unit, at
 /// most [`MAX_DURATION_MS`]; zero only when `zero_ok`.
-fn span_ms(key: &str, value: Option<&str>, zero_ok: bool) -> Result<Option<i64>, KeyError> {
+pub(crate) fn span_ms(
+    key: &str,
+    value: Option<&str>,
+    zero_ok: bool,
+) -> Result<Option<i64>, KeyError> {
     let Some(text) = value else {
         return Ok(None);
     };

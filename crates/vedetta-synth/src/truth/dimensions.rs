@@ -7,8 +7,10 @@
 //! parsers with themselves. Instead the truth looks the answers up: the device class each
 //! catalog user agent was chosen for ([`user_agents`]), the region code each catalog region
 //! name stands for ([`regions`]), the region the test's GeoIP table assigns to an address
-//! ([`IpRegion`]), and the channel the generator meant the session to come from
-//! (`GroundTruth::channel`).
+//! ([`IpRegion`]), and, for an event without `channel` that carries `utm_*`, click ids or a
+//! referrer, the channel the generator chose those for (`GroundTruth::channel`). An event that
+//! carries none of them is `direct`, whatever its session's channel: that is what the server
+//! finds in its fields, and attribution (not the event's own touch) credits its session.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -79,17 +81,26 @@ impl<'a> DimensionTables<'a> {
         tables
     }
 
-    /// The dimensions of a funnel event. `intended_channel` is the generator's
-    /// `GroundTruth::channel`: the channel the server derives when the event omits it.
+    /// The dimensions of a funnel event, from its own fields. `session_channel` is the
+    /// generator's `GroundTruth::channel`, the channel its session came from.
+    ///
+    /// The channel is the `channel` field; else, when the event carries what the default
+    /// grouping reads (`utm_source`, `utm_medium`, a click id, a referrer), the channel those
+    /// say, which the generator chose them for: the session's (a hand-built log without that
+    /// label gets `direct`); else `direct`. Under realistic tagging only a landing event carries
+    /// them, so the events after it are direct, as a server reading their fields finds.
     pub(super) fn of_event(
         &self,
         event: &SynthEvent,
-        intended_channel: Option<Channel>,
+        session_channel: Option<Channel>,
     ) -> Dims<'a> {
-        let channel = event
-            .channel
-            .or(intended_channel)
-            .map_or(DIRECT, Channel::as_str);
+        let carries_grouping_fields = event.utm_source.is_some()
+            || event.utm_medium.is_some()
+            || event.gclid.is_some()
+            || event.fbclid.is_some()
+            || event.referrer.is_some();
+        let derived = session_channel.filter(|_| carries_grouping_fields);
+        let channel = event.channel.or(derived).map_or(DIRECT, Channel::as_str);
         let campaign = [event.campaign, event.utm_campaign]
             .into_iter()
             .flatten()

@@ -19,12 +19,22 @@
 //! 1. **Read the log in order**, noting for each funnel event the watermark it was processed
 //!    under (highest `ts` of the funnel events before it, minus the out-of-orderness).
 //! 2. **Judge duplicates in log order**: exact (same `event_id`, `|Δts| <` 24 h), then near
-//!    (same user and type, `|Δts| <` 100 ms), each time against the events accepted so far.
+//!    (same user and type, `|Δts| <` 100 ms), then same order (a purchase with the `order_id`
+//!    of an accepted purchase of any user, `|Δts| <` 7 days), each time against the events
+//!    accepted so far.
 //! 3. **Flag** every accepted checkout and purchase that follows an accepted registration of
 //!    the same user by less than 5 s, whatever the arrival order.
 //! 4. **Sessionize**: per user, sort the accepted events by `ts` (ties: log order) and cut
-//!    where the gap is 30 minutes or more.
-//! 5. **Count** every event, duplicate and session into its rows; sort.
+//!    where the gap is 30 minutes or more. A session's acquisition is the touch of its earliest
+//!    non-direct event, else of its first event.
+//! 5. **Attribute**: per user, walk the sessions in order of start and credit each one under
+//!    the model (`last_non_direct`: a direct session takes the latest earlier non-direct
+//!    session's acquisition within the lookback; `session`: its own; `first_touch`: the latest
+//!    anchor in force, anchors being the non-direct sessions that start when no earlier anchor
+//!    is within the lookback). Each session looks over the whole list: no per-user record.
+//! 6. **Count** every accepted event and every session under its session's attributed channel
+//!    and campaign and its first event's device and region, every duplicate under its own
+//!    dimensions; sort.
 //!
 //! Clarity comes before speed, with plain `HashMap`s and linear scans; a million records still
 //! take about two seconds in release (see `one_million_events_timing` in `tests/truth.rs`).
@@ -34,7 +44,9 @@
 //! The truth holds all the data; the pipeline may forget a user's state (sessions, flags, near
 //! duplicates) once no event on time for its minute can need it (semantics.md, "What the
 //! pipeline keeps"). An event later than the allowed lateness then meets only what is still
-//! held, and the two may legitimately differ on sessions, flags and near duplicates. So the
+//! held (for attribution, the user's one record of the latest non-direct acquisition or
+//! anchor), and the two may legitimately differ on sessions, flags, near duplicates and the
+//! attribution of that user's later sessions. So the
 //! truth is the answer key of a log in which no event is late: the `late` total of its `1m`
 //! rows is zero. Generated traffic qualifies (no event arrives more than about ten minutes
 //! behind; the default lateness is fifteen); a test that shortens the lateness to exercise `late`
@@ -43,8 +55,9 @@
 //! # Dimensions and money
 //!
 //! Dimensions come from what the generator knows, not from parsing (see `dimensions`): the
-//! channel is the event's `channel`, else the session's intended channel from the ground truth,
-//! else `direct`; the device is the class each catalog user agent was chosen for; the region is
+//! channel is the event's `channel`; else, if the event carries `utm_source`, `utm_medium`, a
+//! click id or a referrer, the channel the generator chose them for (its session's, from the
+//! ground truth); else `direct`. The device is the class each catalog user agent was chosen for; the region is
 //! the catalog code of the `region` field, else the GeoIP table's region for the `ip`
 //! ([`TruthConfig::geoip`], which the test also gives the server), else `unknown`. The user is
 //! the `udid` string (the server's keyed pseudonym is a bijection of it). Money is rounded to
@@ -71,8 +84,18 @@
 //!   other currency adds 0 (the default configuration has no exchange rates). The same holds for
 //!   spend amounts.
 //! - A session is counted once per granularity, in the window of its first event (by `ts`, ties
-//!   by log order), with that event's dimensions; `converting_sessions` counts it there if any
-//!   of its events, wherever they fall, is a clean conversion.
+//!   by log order), under its attributed channel and campaign and its first event's device and
+//!   region; `converting_sessions` counts it there if any of its events, wherever they fall, is
+//!   a clean conversion.
+//! - Order ids are compared as sent, trimmed; an empty one counts as absent. Only a `purchase`
+//!   is a conversion type, so only purchases are judged by their order (flagged ones too: they
+//!   are accepted purchases). The horizon is a distance between the two `ts`, like the
+//!   exact-duplicate horizon.
+//! - A direct session's acquisition keeps its first event's campaign (`direct` with a
+//!   `campaign` field is a direct touch with that campaign).
+//! - Spend: a (window, channel, campaign) with records has a spend, 0 if they sum to zero;
+//!   without records its spend is unknown (`null` in the API), which the truth file says by
+//!   leaving it out of `spend` ([`Truth::by_channel_and_campaign`] makes it `None`).
 //! - `late` is decided when the event is processed, against the watermark of the events before
 //!   it (not including itself): late for `g` iff `watermark ≥ end of its g-window + lateness`.
 //!   Before the first funnel event the watermark is −∞. Spend moves no watermark and is never
@@ -88,6 +111,7 @@
 //!   count, sorted in that order with granularities `1m`, `1h`, `1d`. Spend rows likewise by
 //!   (granularity, window, channel, campaign).
 
+mod attribution;
 mod dimensions;
 mod windows;
 
@@ -99,8 +123,10 @@ use crate::generator::Arrival;
 use crate::record::{EventType, SynthRecord};
 use crate::rfc3339::format_rfc3339_ms;
 
+use attribution::{Session, Touch, attribute, sessionize};
 use dimensions::{DimensionTables, Dims};
 
+pub use attribution::AttributionModel;
 pub use dimensions::IpRegion;
 pub use windows::{Granularity, Window};
 
@@ -120,6 +146,13 @@ pub struct TruthConfig {
     pub dedup_horizon_ms: i64,
     /// A checkout or purchase less than this after a registration of its user is flagged.
     pub fast_checkout_ms: i64,
+    /// A purchase with the `order_id` of an accepted purchase whose `ts` is less than this
+    /// away is a duplicate (`pipeline.order_dedup_horizon`).
+    pub order_dedup_horizon_ms: i64,
+    /// `pipeline.attribution`.
+    pub attribution: AttributionModel,
+    /// `pipeline.attribution_lookback`.
+    pub attribution_lookback_ms: i64,
     /// The GeoIP database the server is given, as the table it was written from (for the
     /// catalog database: `geoip::catalog_region_networks`, with each region's ISO code). Empty:
     /// no address has a region.
@@ -135,6 +168,9 @@ impl Default for TruthConfig {
             near_duplicate_ms: 100,
             dedup_horizon_ms: 86_400_000,
             fast_checkout_ms: 5_000,
+            order_dedup_horizon_ms: 7 * 86_400_000,
+            attribution: AttributionModel::LastNonDirect,
+            attribution_lookback_ms: 30 * 86_400_000,
             geoip: Vec::new(),
         }
     }
@@ -185,6 +221,108 @@ pub struct TruthSpendRow {
     pub spend_micros: i64,
 }
 
+/// The KPIs of one (granularity, window, channel, campaign), summed over device and region:
+/// what `/v1/kpis?group_by=channel,campaign` answers, spend included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TruthChannelRow {
+    pub granularity: String,
+    pub window_start_ms: i64,
+    pub channel: String,
+    pub campaign: String,
+    pub events: BTreeMap<String, u64>,
+    pub sessions: u64,
+    pub converting_sessions: u64,
+    pub conversions: u64,
+    pub revenue_micros: i64,
+    pub flagged: u64,
+    pub duplicates: u64,
+    pub late: u64,
+    /// `None` when no spend record has this window, channel and campaign: unknown spend, not
+    /// zero (organic, direct, e-mail and referral have none to know of).
+    pub spend_micros: Option<i64>,
+}
+
+impl Truth {
+    /// The rows grouped by channel and campaign (every row with a count or a spend record),
+    /// sorted by granularity (`1m`, `1h`, `1d`), window, channel, campaign.
+    pub fn by_channel_and_campaign(&self) -> Vec<TruthChannelRow> {
+        let order = |granularity: &str| {
+            Granularity::ALL
+                .iter()
+                .position(|g| g.as_str() == granularity)
+        };
+        let mut groups: BTreeMap<(Option<usize>, i64, String, String), TruthChannelRow> =
+            BTreeMap::new();
+        for row in &self.rows {
+            let key = (
+                order(&row.granularity),
+                row.window_start_ms,
+                row.channel.clone(),
+                row.campaign.clone(),
+            );
+            let sum = groups.entry(key).or_insert_with(|| {
+                empty_channel_row(
+                    &row.granularity,
+                    row.window_start_ms,
+                    &row.channel,
+                    &row.campaign,
+                )
+            });
+            for (event_type, count) in &row.events {
+                *sum.events.entry(event_type.clone()).or_default() += count;
+            }
+            sum.sessions += row.sessions;
+            sum.converting_sessions += row.converting_sessions;
+            sum.conversions += row.conversions;
+            sum.revenue_micros += row.revenue_micros;
+            sum.flagged += row.flagged;
+            sum.duplicates += row.duplicates;
+            sum.late += row.late;
+        }
+        for spend in &self.spend {
+            let key = (
+                order(&spend.granularity),
+                spend.window_start_ms,
+                spend.channel.clone(),
+                spend.campaign.clone(),
+            );
+            let sum = groups.entry(key).or_insert_with(|| {
+                empty_channel_row(
+                    &spend.granularity,
+                    spend.window_start_ms,
+                    &spend.channel,
+                    &spend.campaign,
+                )
+            });
+            *sum.spend_micros.get_or_insert(0) += spend.spend_micros;
+        }
+        groups.into_values().collect()
+    }
+}
+
+fn empty_channel_row(
+    granularity: &str,
+    window_start_ms: i64,
+    channel: &str,
+    campaign: &str,
+) -> TruthChannelRow {
+    TruthChannelRow {
+        granularity: granularity.to_owned(),
+        window_start_ms,
+        channel: channel.to_owned(),
+        campaign: campaign.to_owned(),
+        events: BTreeMap::new(),
+        sessions: 0,
+        converting_sessions: 0,
+        conversions: 0,
+        revenue_micros: 0,
+        flagged: 0,
+        duplicates: 0,
+        late: 0,
+        spend_micros: None,
+    }
+}
+
 /// Computes the KPIs of `log`: the records in the order the server receives them (the order
 /// of a [`crate::Generator`]'s arrivals). Only the records and `GroundTruth::channel` are read;
 /// the other ground-truth labels (duplicate, late, fast checkout, session) are what the truth
@@ -195,20 +333,35 @@ pub fn compute<'a>(log: impl IntoIterator<Item = &'a Arrival>, config: &TruthCon
     let (events, spends) = read_log(log, config, &tables);
     let accepted = judge_duplicates(&events, config);
     let flagged = flag_fast_checkouts(&events, &accepted, config);
-    let sessions = sessionize(&events, &accepted, &flagged, config);
+    let mut users = sessionize(&events, &accepted, &flagged, config.session_gap_ms);
+    for sessions in &mut users {
+        attribute(sessions, config.attribution, config.attribution_lookback_ms);
+    }
+
+    // Where each accepted event counts: its session's attributed touch, and the device and
+    // region of the session's first event.
+    let mut counted_under: Vec<Option<Dims<'_>>> = vec![None; events.len()];
+    for session in users.iter().flatten() {
+        let dims = session_dims(&events, session);
+        for &index in &session.events {
+            counted_under[index] = Some(dims);
+        }
+    }
 
     // Count everything into rows.
     let mut rows: HashMap<RowKey<'_>, Counts> = HashMap::new();
     for (index, event) in events.iter().enumerate() {
         for granularity in Granularity::ALL {
             let window = granularity.window(event.ts);
-            let counts = rows
-                .entry(RowKey::new(granularity, window, event.dims))
-                .or_default();
-            if !accepted[index] {
-                counts.duplicates += 1;
+            let Some(dims) = counted_under[index].filter(|_| accepted[index]) else {
+                // A duplicate belongs to no session: its own dimensions.
+                let key = RowKey::new(granularity, window, event.dims);
+                rows.entry(key).or_default().duplicates += 1;
                 continue;
-            }
+            };
+            let counts = rows
+                .entry(RowKey::new(granularity, window, dims))
+                .or_default();
             counts.events[event.event_type as usize] += 1;
             if flagged[index] {
                 counts.flagged += 1;
@@ -225,12 +378,12 @@ pub fn compute<'a>(log: impl IntoIterator<Item = &'a Arrival>, config: &TruthCon
             }
         }
     }
-    for session in &sessions {
-        let first = &events[session.first];
+    for session in users.iter().flatten() {
+        let dims = session_dims(&events, session);
         for granularity in Granularity::ALL {
-            let window = granularity.window(first.ts);
+            let window = granularity.window(session.start);
             let counts = rows
-                .entry(RowKey::new(granularity, window, first.dims))
+                .entry(RowKey::new(granularity, window, dims))
                 .or_default();
             counts.sessions += 1;
             counts.converting_sessions += u64::from(session.converting);
@@ -252,6 +405,17 @@ pub fn compute<'a>(log: impl IntoIterator<Item = &'a Arrival>, config: &TruthCon
     }
 }
 
+/// The dimensions a session and its events count under.
+fn session_dims<'a>(events: &[LoggedEvent<'a>], session: &Session<'a>) -> Dims<'a> {
+    let first = &events[session.events[0]];
+    Dims {
+        channel: session.attributed.channel,
+        campaign: session.attributed.campaign,
+        device: first.dims.device,
+        region: first.dims.region,
+    }
+}
+
 /// A funnel event of the log, reduced to what the KPIs need.
 #[derive(Debug)]
 struct LoggedEvent<'a> {
@@ -261,12 +425,24 @@ struct LoggedEvent<'a> {
     user: String,
     event_type: EventType,
     event_id: String,
+    /// The trimmed `order_id`, if any and not empty.
+    order_id: Option<String>,
     /// The `value` in micro-euros (0 if absent or in another currency); revenue if this is a
     /// clean purchase.
     value_micros: i64,
+    /// The event's own dimensions: its touch, device and region.
     dims: Dims<'a>,
     /// The watermark this event was processed under; `None` is −∞.
     watermark: Option<i64>,
+}
+
+impl<'a> LoggedEvent<'a> {
+    fn touch(&self) -> Touch<'a> {
+        Touch {
+            channel: self.dims.channel,
+            campaign: self.dims.campaign,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -297,6 +473,10 @@ fn read_log<'a, 't>(
                     user: event.udid.to_string(),
                     event_type: event.event_type,
                     event_id: event.event_id.to_string(),
+                    order_id: event
+                        .order_id
+                        .map(|order| order.to_string().trim().to_owned())
+                        .filter(|order| !order.is_empty()),
                     value_micros: if is_euro(event.currency) {
                         to_micros(event.value.unwrap_or(0.0))
                     } else {
@@ -331,6 +511,7 @@ fn judge_duplicates(events: &[LoggedEvent<'_>], config: &TruthConfig) -> Vec<boo
     let mut accepted = Vec::with_capacity(events.len());
     let mut accepted_ts_by_id: HashMap<&str, Vec<i64>> = HashMap::new();
     let mut accepted_ts_by_user_and_type: HashMap<(&str, EventType), Vec<i64>> = HashMap::new();
+    let mut accepted_conversion_ts_by_order: HashMap<&str, Vec<i64>> = HashMap::new();
     for event in events {
         let within = |earlier: Option<&Vec<i64>>, distance_ms: i64| {
             earlier.is_some_and(|all| all.iter().any(|&ts| (ts - event.ts).abs() < distance_ms))
@@ -345,8 +526,27 @@ fn judge_duplicates(events: &[LoggedEvent<'_>], config: &TruthConfig) -> Vec<boo
                 accepted_ts_by_user_and_type.get(&user_and_type),
                 config.near_duplicate_ms,
             );
-        let is_accepted = !exact && !near;
+        // Only `purchase` is a conversion type (the default `pipeline.conversion_types`).
+        let order = event
+            .order_id
+            .as_deref()
+            .filter(|_| event.event_type == EventType::Purchase);
+        let same_order = !exact
+            && !near
+            && order.is_some_and(|order| {
+                within(
+                    accepted_conversion_ts_by_order.get(order),
+                    config.order_dedup_horizon_ms,
+                )
+            });
+        let is_accepted = !exact && !near && !same_order;
         if is_accepted {
+            if let Some(order) = order {
+                accepted_conversion_ts_by_order
+                    .entry(order)
+                    .or_default()
+                    .push(event.ts);
+            }
             accepted_ts_by_id
                 .entry(event.event_id.as_str())
                 .or_default()
@@ -390,56 +590,6 @@ fn flag_fast_checkouts(
                 })
         })
         .collect()
-}
-
-/// A session: the index of its first event and whether it holds a clean conversion.
-#[derive(Debug)]
-struct Session {
-    first: usize,
-    converting: bool,
-}
-
-/// Pass 4: per user, the accepted events sorted by (`ts`, log order), cut at every gap of
-/// `session_gap_ms` or more.
-fn sessionize(
-    events: &[LoggedEvent<'_>],
-    accepted: &[bool],
-    flagged: &[bool],
-    config: &TruthConfig,
-) -> Vec<Session> {
-    let is_clean_conversion =
-        |index: usize| events[index].event_type == EventType::Purchase && !flagged[index];
-
-    let mut events_by_user: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (index, event) in events.iter().enumerate().filter(|(i, _)| accepted[*i]) {
-        events_by_user
-            .entry(event.user.as_str())
-            .or_default()
-            .push(index);
-    }
-    let mut sessions = Vec::new();
-    for mut indices in events_by_user.into_values() {
-        indices.sort_by_key(|&index| (events[index].ts, events[index].offset));
-        let mut current: Option<Session> = None;
-        let mut previous_ts = i64::MIN;
-        for index in indices {
-            let ts = events[index].ts;
-            let starts_new = ts.saturating_sub(previous_ts) >= config.session_gap_ms;
-            previous_ts = ts;
-            match current.as_mut() {
-                Some(session) if !starts_new => session.converting |= is_clean_conversion(index),
-                _ => {
-                    sessions.extend(current.take());
-                    current = Some(Session {
-                        first: index,
-                        converting: is_clean_conversion(index),
-                    });
-                }
-            }
-        }
-        sessions.extend(current);
-    }
-    sessions
 }
 
 /// A row's identity; `Ord` is the order of the truth's rows.
@@ -522,10 +672,8 @@ fn into_truth_rows(rows: HashMap<RowKey<'_>, Counts>) -> Vec<TruthRow> {
 }
 
 fn into_spend_rows(rows: HashMap<(Granularity, i64, &str, &str), i64>) -> Vec<TruthSpendRow> {
-    let mut rows: Vec<_> = rows
-        .into_iter()
-        .filter(|&(_, micros)| micros != 0)
-        .collect();
+    // A row with records that sum to zero stays: its spend is 0, not unknown.
+    let mut rows: Vec<_> = rows.into_iter().collect();
     rows.sort_unstable_by_key(|&(key, _)| key);
     rows.into_iter()
         .map(

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use vedetta_core::time::{Clock, EventTime};
-use vedetta_synth::{Generator, SynthConfig, SynthRecord, to_ndjson_line};
+use vedetta_synth::{Generator, SynthConfig, SynthRecord, Tagging, to_ndjson_line};
 
 use crate::clock::SystemClock;
 
@@ -56,13 +56,74 @@ pub struct GenArgs {
     key: Option<String>,
     /// Also write the expected KPIs (JSON), computed by the independent batch implementation
     /// (`vedetta_synth::truth`). They hold for a server that receives the events in file
-    /// order (`vedetta send --concurrency 1`) and geolocates with `--geoip-out`'s database.
+    /// order (`vedetta send --concurrency 1`), geolocates with `--geoip-out`'s database and
+    /// attributes as `--attribution` and `--attribution-lookback` say.
     #[arg(long)]
     truth: Option<PathBuf>,
     /// Write a GeoIP database (MaxMind format) that places the generator's IP addresses in
     /// their Italian regions; point `pipeline.geoip_database` at it.
     #[arg(long)]
     geoip_out: Option<PathBuf>,
+    /// Where the attribution fields go: `realistic` (UTM parameters, click ids, referrer and
+    /// channel on a session's landing event only; a third of returns typed in) or
+    /// `every-event` (every event carries its session's, as before).
+    #[arg(long, value_enum, default_value_t = TaggingArg::Realistic)]
+    tagging: TaggingArg,
+    /// The attribution model the truth follows: set it to the server's
+    /// `pipeline.attribution`.
+    #[arg(long, value_enum, default_value_t = AttributionArg::LastNonDirect)]
+    attribution: AttributionArg,
+    /// The truth's attribution lookback, a span like `30d` (as `pipeline.attribution_lookback`).
+    #[arg(long, default_value = "30d")]
+    attribution_lookback: String,
+    /// The truth's same-order horizon, a span like `7d` (as `pipeline.order_dedup_horizon`).
+    #[arg(long, default_value = "7d")]
+    order_dedup_horizon: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TaggingArg {
+    Realistic,
+    EveryEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AttributionArg {
+    #[value(name = "last_non_direct")]
+    LastNonDirect,
+    #[value(name = "session")]
+    Session,
+    #[value(name = "first_touch")]
+    FirstTouch,
+}
+
+/// The truth's settings from the flags, spans read as the server reads its configuration.
+fn truth_settings(args: &GenArgs) -> anyhow::Result<vedetta_synth::truth::TruthConfig> {
+    use vedetta_synth::truth::{AttributionModel, IpRegion, TruthConfig};
+    let span = |flag: &str, text: &str, zero_ok: bool| -> anyhow::Result<i64> {
+        crate::config::span_ms(flag, Some(text), zero_ok)
+            .map_err(|e| anyhow::anyhow!("{}: {}", e.key, e.message))?
+            .ok_or_else(|| anyhow::anyhow!("{flag}: missing"))
+    };
+    let geoip = vedetta_synth::geoip::catalog_region_networks()
+        .into_iter()
+        .map(|(network, prefix_len, region)| IpRegion {
+            network,
+            prefix_len,
+            region: region.iso_code.to_string(),
+        })
+        .collect();
+    Ok(TruthConfig {
+        geoip,
+        attribution: match args.attribution {
+            AttributionArg::LastNonDirect => AttributionModel::LastNonDirect,
+            AttributionArg::Session => AttributionModel::Session,
+            AttributionArg::FirstTouch => AttributionModel::FirstTouch,
+        },
+        attribution_lookback_ms: span("--attribution-lookback", &args.attribution_lookback, false)?,
+        order_dedup_horizon_ms: span("--order-dedup-horizon", &args.order_dedup_horizon, true)?,
+        ..TruthConfig::default()
+    })
 }
 
 pub fn run(args: &GenArgs) -> anyhow::Result<()> {
@@ -78,10 +139,16 @@ pub fn run(args: &GenArgs) -> anyhow::Result<()> {
 }
 
 fn write_files(args: &GenArgs) -> anyhow::Result<()> {
+    // Checked before generating anything: a bad span should not cost a long run.
+    let truth_config = truth_settings(args)?;
     let mut config = SynthConfig {
         seed: args.seed,
         users: args.users,
         sessions_per_minute: args.sessions_per_minute,
+        tagging: match args.tagging {
+            TaggingArg::Realistic => Tagging::Realistic,
+            TaggingArg::EveryEvent => Tagging::EveryEvent,
+        },
         ..SynthConfig::default()
     };
     config.start_ms = match &args.start {
@@ -149,7 +216,7 @@ fn write_files(args: &GenArgs) -> anyhow::Result<()> {
         eprintln!("wrote the GeoIP database to {}", path.display());
     }
     if let Some(path) = &args.truth {
-        write_truth(path, &logged_events, &logged_spend)?;
+        write_truth(path, &logged_events, &logged_spend, &truth_config)?;
     }
     eprintln!(
         "wrote {events} events to {} and {costs} spend records to {} (event time from {}, seed {})",
@@ -166,24 +233,10 @@ fn write_truth(
     path: &std::path::Path,
     events: &[vedetta_synth::Arrival],
     spend: &[vedetta_synth::Arrival],
+    config: &vedetta_synth::truth::TruthConfig,
 ) -> anyhow::Result<()> {
-    use vedetta_synth::truth::{IpRegion, TruthConfig, compute};
-    let geoip = vedetta_synth::geoip::catalog_region_networks()
-        .into_iter()
-        .map(|(network, prefix_len, region)| IpRegion {
-            network,
-            prefix_len,
-            region: region.iso_code.to_string(),
-        })
-        .collect();
     // The server logs the events file first, then the costs file.
-    let truth = compute(
-        events.iter().chain(spend),
-        &TruthConfig {
-            geoip,
-            ..TruthConfig::default()
-        },
-    );
+    let truth = vedetta_synth::truth::compute(events.iter().chain(spend), config);
     let file = std::io::BufWriter::new(
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
     );

@@ -61,13 +61,17 @@ impl Server {
     /// Starts the server with its data in `dir/data` and a GeoIP database of the generator's
     /// regions (`dir/regions.mmdb`), so that regions resolve from IPs as in production.
     pub fn start_with_regions(dir: &Path) -> Server {
+        Server::start_with_regions_and(dir, &[])
+    }
+
+    /// [`Server::start_with_regions`] with more environment (configuration) on top.
+    pub fn start_with_regions_and(dir: &Path, env: &[(&str, &str)]) -> Server {
         let mmdb = dir.join("regions.mmdb");
         std::fs::write(&mmdb, vedetta_synth::geoip::catalog_region_mmdb()).unwrap();
         let mmdb_path = mmdb.display().to_string();
-        Server::start(
-            &dir.join("data"),
-            &[("VEDETTA_PIPELINE__GEOIP_DATABASE", mmdb_path.as_str())],
-        )
+        let mut all = vec![("VEDETTA_PIPELINE__GEOIP_DATABASE", mmdb_path.as_str())];
+        all.extend_from_slice(env);
+        Server::start(&dir.join("data"), &all)
     }
 
     pub fn url(&self, path: &str) -> String {
