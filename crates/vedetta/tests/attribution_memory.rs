@@ -1,14 +1,16 @@
 //! Last non-direct attribution across days and restarts, through the real server: a user's
 //! paid click is remembered after the pipeline drops the user (in the KPI store, written
 //! with a snapshot), survives a SIGKILL, and credits the purchase of a direct return two
-//! days later. A replay of the same log gives the same rows.
+//! days later. A replay of the same log gives the same rows; a store built under one model
+//! refuses to continue under another, and `vedetta replay` rebuilds it under the new one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{Server, client, get_json, now_ms, start_replayed_copy, wait_processed};
+use support::{BIN, KEY, Server, client, get_json, now_ms, start_replayed_copy, wait_processed};
 
 const ENV: &[(&str, &str)] = &[("VEDETTA_PIPELINE__SNAPSHOT_INTERVAL_SECONDS", "1")];
 const DAY: i64 = 86_400_000;
@@ -142,4 +144,45 @@ fn a_paid_click_credits_a_direct_return_days_later_across_a_crash() {
         vec![("paid_search".to_string(), 1)]
     );
     replayed.stop();
+
+    // Another model: the store refuses to continue under it, and `vedetta replay`
+    // rebuilds the history under it.
+    let session_model = [("VEDETTA_PIPELINE__ATTRIBUTION", "session")];
+    let refused = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .env(session_model[0].0, session_model[0].1)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("attribution") && stderr.contains("vedetta replay"),
+        "{stderr}"
+    );
+    let replay = Command::new(BIN)
+        .args(["replay", "--data-dir"])
+        .arg(&data)
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .env(session_model[0].0, session_model[0].1)
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let server = Server::start(&data, &session_model);
+    assert_eq!(
+        conversions_by_channel(&client, &server),
+        vec![("direct".to_string(), 1)],
+        "without inheritance the typed-in return is direct"
+    );
+    let answer = get_json(&client, &server.url("/v1/kpis?granularity=1d&last=30d"));
+    assert_eq!(
+        answer["attribution"],
+        serde_json::json!({"model": "session", "lookback_days": 30})
+    );
+    server.stop();
 }

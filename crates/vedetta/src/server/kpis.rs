@@ -539,7 +539,17 @@ pub struct AttributionInfo {
     /// days (`30`), else a fraction (`0.5` for 12 hours, `1.5` for 36): the milliseconds
     /// divided by 86 400 000, so that no lookback is rounded to a day it is not.
     #[schema(example = 30)]
+    #[serde(serialize_with = "whole_or_fraction")]
     pub lookback_days: f64,
+}
+
+/// `30` for whole days, as the answer documents, not `30.0`.
+fn whole_or_fraction<S: serde::Serializer>(days: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    if days.fract() == 0.0 && days.abs() < 9.0e15 {
+        serializer.serialize_i64(*days as i64)
+    } else {
+        serializer.serialize_f64(*days)
+    }
 }
 
 impl AttributionInfo {

@@ -176,7 +176,7 @@ async fn kpi_answers_name_the_attribution_model_and_lookback() {
     let answer = kpis(&s, "granularity=1h").await;
     assert_eq!(
         answer["attribution"],
-        json!({"model": "last_non_direct", "lookback_days": 30.0}),
+        json!({"model": "last_non_direct", "lookback_days": 30}),
         "{answer}"
     );
     // Another model, and a lookback that is not whole days: a fraction of days.
@@ -224,7 +224,7 @@ async fn a_stream_answer_names_the_attribution_model() {
     let answer: Value = serde_json::from_str(data).unwrap();
     assert_eq!(
         answer["attribution"],
-        json!({"model": "session", "lookback_days": 30.0}),
+        json!({"model": "session", "lookback_days": 30}),
         "{answer}"
     );
     drop(body);
