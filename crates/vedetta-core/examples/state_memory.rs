@@ -118,6 +118,33 @@ fn main() {
             per_user(growth.saturating_sub(footprint.dedup_bytes))
         );
     }
+    println!(
+        "  order ids held            {} ({:.1} bytes each: per order, over 7 days)",
+        footprint.orders,
+        footprint.order_bytes as f64 / footprint.orders.max(1) as f64
+    );
+    println!(
+        "  attribution memory        {} bytes in each held user's state (included above)",
+        std::mem::size_of::<vedetta_core::pipeline::attribution::Memory>()
+    );
+
+    // A day later every user is idle past the lateness: dropped, their memory waiting for
+    // the next snapshot to take it to the store.
+    let mut later = |offset, kind| {
+        let mut e = event(u64::MAX, 0, T0 + 86_400_000, false);
+        e.kind = kind;
+        pipeline.process(offset, &LogRecord::Event(e));
+    };
+    later(offset, EventKind::PageView);
+    later(offset + 1, EventKind::AddToCart);
+    let dropped = pipeline.state_footprint();
+    println!(
+        "after a day: {} users held, {} dormant memories, {:.1} bytes each until the next \
+         snapshot moves them to the store",
+        dropped.users,
+        dropped.dormant_users,
+        dropped.dormant_bytes as f64 / dropped.dormant_users.max(1) as f64
+    );
 }
 
 /// The events of every user in event-time order: a merge of four sequences, one per step of
@@ -196,8 +223,10 @@ fn event(user: u64, step: usize, ts: i64, with_event_id: bool) -> StoredEvent {
         event_id: with_event_id.then(|| format!("{user:x}-{step}")),
         value: purchase.then_some(49.9),
         currency: None,
-        order_id: None,
-        channel: Some(pick(&CHANNELS, 1)),
+        // One order per purchase, kept for order dedup over 7 days.
+        order_id: purchase.then(|| format!("order-{user:x}")),
+        // Realistic tagging: the source is on the landing hit only.
+        channel: (step == 0).then(|| pick(&CHANNELS, 1)),
         campaign: None,
         utm_source: None,
         utm_medium: None,
