@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod privacy;
 pub mod record;
 pub mod time;
+pub mod watch;
 
 pub use record::{EventKind, LogRecord, SpendRecord, StoredEvent};
 pub use time::EventTime;

@@ -13,3 +13,4 @@ mod processor;
 mod secrets;
 pub mod server;
 mod telemetry;
+pub mod watch;
