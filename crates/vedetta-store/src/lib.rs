@@ -4,6 +4,8 @@
 //!   An accepted event is one that this log has fsynced.
 //! - [`kpi_store`]: aggregated KPI rows, the pipeline snapshot and the consumed offset,
 //!   committed together: the ground of exactly-once processing.
+//! - [`watch_store`]: alert state, history and silences, committed with the notifications
+//!   they cause.
 //!
 //! Built on `redb`, an ACID embedded B-tree in pure Rust: its copy-on-write commit protocol
 //! already survives a crash at any instant, so this crate adds only what a log needs on top
@@ -14,6 +16,7 @@ mod error;
 pub mod kpi_store;
 pub mod log;
 pub mod reopen;
+pub mod watch_store;
 
 pub use kpi_store::{
     Commit, KpiStore, MigrationReport, Progress, RowKey, RowView, SettingsCheck, SpendRowKey,
@@ -23,3 +26,4 @@ pub use log::{
     AppendError, AppendFailure, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats,
     Stored, WriterConfig,
 };
+pub use watch_store::{HistoryEntry, WatchState, WatchStore, WatchStoreError};

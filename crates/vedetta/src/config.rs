@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub server: RawServer,
+    #[serde(default)]
+    pub alerts: crate::watch::config::RawAlerts,
 }
 
 /// How connections are held and let go (see `server::listener`).
@@ -155,6 +157,7 @@ pub struct Config {
     pub pipeline: PipelineSettings,
     pub metrics: MetricsConfig,
     pub server: ServerConfig,
+    pub alerts: crate::watch::config::AlertsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -574,6 +577,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             return Err(bad("privacy.previous_pseudonym_keys", e.to_string()));
         }
     }
+    let alerts = crate::watch::config::AlertsConfig::from_raw(raw.alerts, &listen.to_string())
+        .map_err(|(key, message)| bad(&key, message))?;
     Ok(Config {
         data_dir: raw
             .data_dir
@@ -624,6 +629,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
                 as usize,
         },
         server,
+        alerts,
     })
 }
 

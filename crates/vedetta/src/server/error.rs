@@ -14,6 +14,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
+    /// What the request names does not exist (a silence id).
+    #[error("{0}")]
+    NotFound(String),
     /// The request body stalled, or arrived slower than the configured minimum rate.
     #[error("{0}")]
     RequestTimeout(String),
@@ -67,6 +70,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -2,4 +2,6 @@
 //! the task that evaluates alert rules as the watermark moves (issue 10). The rules, their
 //! lifecycle and the notifications themselves are pure (`vedetta_core::watch`).
 
+pub mod config;
 pub mod destination;
+pub mod evaluation;

@@ -1,0 +1,335 @@
+//! The alert store (`watch.redb`): the state of every pending and firing alert, the
+//! dispatcher's groups, how far evaluation has gone, the alert history and the silences.
+//!
+//! The evaluator commits one minute at a time: the new state, the history of what changed
+//! and the notifications it produced go in **one** transaction (the outbox lives in this
+//! same file), so a crash can never leave a state change without its notification or a
+//! notification without its state change. After a restart the evaluator continues from
+//! `evaluated_through_ms` with exactly the alerts it had: every resolved notice still goes
+//! out, and nothing stays stuck as firing.
+//!
+//! Layout (every value starts with a format byte):
+//!
+//! ```text
+//! watch_state:   "state" → [1][JSON WatchState]
+//! alert_history: [minute end, sign-flipped u64 BE][sequence u32 BE] → [1][JSON HistoryEntry]
+//! silences:      silence id (UTF-8) → [1][JSON Silence]
+//! ```
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use vedetta_core::watch::dispatch::{Dispatcher, Silence};
+use vedetta_core::watch::evaluate::{ActiveAlert, AlertKey};
+use vedetta_core::watch::notification::Notification;
+
+const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("watch_state");
+const HISTORY: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("alert_history");
+const SILENCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("silences");
+
+/// The format byte of every value this module writes.
+pub const WATCH_FORMAT: u8 = 1;
+/// History entries kept; the oldest go first.
+pub const MAX_HISTORY: u64 = 100_000;
+
+/// What the evaluator keeps between minutes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatchState {
+    /// The end of the last minute evaluated (epoch ms).
+    pub evaluated_through_ms: Option<i64>,
+    /// Pending and firing alerts.
+    pub alerts: Vec<(AlertKey, ActiveAlert)>,
+    pub dispatcher: Dispatcher,
+}
+
+/// One thing that happened to an alert.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The minute end it was decided at (event time).
+    pub at_ms: i64,
+    /// When it was decided (wall clock).
+    pub wall_ms: i64,
+    pub rule: String,
+    pub group: Vec<(String, String)>,
+    /// `pending`, `firing`, `resolved`; with `silenced` or `inhibited` when not sent.
+    pub event: String,
+    pub value: Option<f64>,
+    pub summary: String,
+}
+
+/// Puts a notification in the outbox within the caller's transaction.
+pub type Enqueue<'a> =
+    dyn Fn(&WriteTransaction, &Notification) -> Result<(), String> + Send + Sync + 'a;
+
+/// Why the alert store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchStoreError {
+    #[error("alert store: {0}")]
+    Engine(#[from] redb::Error),
+    #[error("the alert store is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the outbox: {0}")]
+    Outbox(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for WatchStoreError {
+            fn from(e: $t) -> Self {
+                WatchStoreError::Engine(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+type StoreError = WatchStoreError;
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![WATCH_FORMAT];
+    // Plain data with string keys: serializing into a Vec cannot fail.
+    if let Ok(json) = serde_json::to_vec(value) {
+        out.extend_from_slice(&json);
+    }
+    out
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&WATCH_FORMAT, body)) => serde_json::from_slice(body)
+            .map_err(|e| StoreError::Corrupt(format!("{what} does not decode: {e}"))),
+        Some((&found, _)) => Err(StoreError::Corrupt(format!(
+            "{what} has format {found}; this build reads format {WATCH_FORMAT}"
+        ))),
+        None => Err(StoreError::Corrupt(format!("{what} is empty"))),
+    }
+}
+
+fn history_key(at_ms: i64, sequence: u32) -> [u8; 12] {
+    let mut key = [0; 12];
+    key[..8].copy_from_slice(&((at_ms as u64) ^ (1 << 63)).to_be_bytes());
+    key[8..].copy_from_slice(&sequence.to_be_bytes());
+    key
+}
+
+/// The alert store.
+#[derive(Debug)]
+pub struct WatchStore {
+    db: Arc<redb::Database>,
+}
+
+impl WatchStore {
+    /// Opens (or creates) the store and reads the evaluator's state.
+    pub fn open(path: &Path) -> Result<(Self, WatchState), StoreError> {
+        let db = redb::Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(STATE)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(SILENCES)?;
+        txn.commit()?;
+        let store = Self { db: Arc::new(db) };
+        let state = store.state()?;
+        Ok((store, state))
+    }
+
+    /// The database, for the outbox that shares the file.
+    pub fn database(&self) -> &Arc<redb::Database> {
+        &self.db
+    }
+
+    pub fn state(&self) -> Result<WatchState, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(STATE)?;
+        match table.get("state")? {
+            Some(bytes) => decode("the alert state", bytes.value()),
+            None => Ok(WatchState::default()),
+        }
+    }
+
+    /// One evaluation step: state, history and notifications, atomically.
+    pub fn commit(
+        &self,
+        state: &WatchState,
+        history: &[HistoryEntry],
+        notifications: &[Notification],
+        enqueue: &Enqueue<'_>,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        // An alert is for people: losing the last second of it to a power cut would
+        // send a notification twice or not at all, so every step is durable.
+        txn.set_durability(redb::Durability::Immediate)?;
+        {
+            let mut table = txn.open_table(STATE)?;
+            table.insert("state", encode(state).as_slice())?;
+            let mut log = txn.open_table(HISTORY)?;
+            let mut sequence = 0u32;
+            for entry in history {
+                // Entries of one minute are numbered after those already there.
+                let base = history_key(entry.at_ms, 0);
+                let end = history_key(entry.at_ms, u32::MAX);
+                let taken = log.range(base.as_slice()..=end.as_slice())?.count() as u32;
+                let key = history_key(entry.at_ms, taken.max(sequence));
+                sequence = taken.max(sequence) + 1;
+                log.insert(key.as_slice(), encode(entry).as_slice())?;
+            }
+            let excess = log.len()?.saturating_sub(MAX_HISTORY);
+            if excess > 0 {
+                let old: Vec<Vec<u8>> = log
+                    .iter()?
+                    .take(excess as usize)
+                    .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                    .collect::<Result<_, _>>()?;
+                for key in old {
+                    log.remove(key.as_slice())?;
+                }
+            }
+        }
+        for notification in notifications {
+            enqueue(&txn, notification).map_err(WatchStoreError::Outbox)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The newest history entries first, at most `limit`.
+    pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.rev().take(limit) {
+            let (_, value) = entry?;
+            out.push(decode("an alert history entry", value.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_silence(&self, silence: &Silence) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SILENCES)?
+            .insert(silence.id.as_str(), encode(silence).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes a silence; whether it existed.
+    pub fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let existed = txn.open_table(SILENCES)?.remove(id)?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    pub fn silences(&self) -> Result<Vec<Silence>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SILENCES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, value) = entry?;
+            out.push(decode("a silence", value.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use vedetta_core::watch::dispatch::Matcher;
+    use vedetta_core::watch::evaluate::Phase;
+
+    #[test]
+    fn state_history_and_notifications_commit_together_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watch.redb");
+        let (store, state) = WatchStore::open(&path).unwrap();
+        assert_eq!(state, WatchState::default());
+        let state = WatchState {
+            evaluated_through_ms: Some(120_000),
+            alerts: vec![(
+                ("cpa_high".into(), vec!["social".into()]),
+                ActiveAlert {
+                    phase: Phase::Firing,
+                    since_ms: 60_000,
+                    fired_ms: Some(120_000),
+                    recovering_since_ms: None,
+                    value: Some(23.4),
+                    last_evaluated_ms: 120_000,
+                },
+            )],
+            dispatcher: Dispatcher::default(),
+        };
+        let entry = |event: &str| HistoryEntry {
+            at_ms: 120_000,
+            wall_ms: 5,
+            rule: "cpa_high".into(),
+            group: vec![("channel".into(), "social".into())],
+            event: event.into(),
+            value: Some(23.4),
+            summary: "cpa_high: cpa > 20 (social)".into(),
+        };
+        let sent = std::sync::Mutex::new(Vec::new());
+        store
+            .commit(
+                &state,
+                &[entry("pending"), entry("firing")],
+                &[Notification::example()],
+                &|_, n| {
+                    sent.lock().unwrap().push(n.id.clone());
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(sent.lock().unwrap().len(), 1);
+        // A failing enqueue rolls the whole step back.
+        let failed = store.commit(
+            &WatchState::default(),
+            &[entry("resolved")],
+            &[Notification::example()],
+            &|_, _| Err("outbox full".to_string()),
+        );
+        assert!(failed.is_err());
+        drop(store);
+        let (store, again) = WatchStore::open(&path).unwrap();
+        assert_eq!(again, state);
+        let history: Vec<String> = store.history(10).unwrap().into_iter().map(|e| e.event).collect();
+        assert_eq!(history, vec!["firing", "pending"], "newest first, none of the failed step");
+    }
+
+    #[test]
+    fn silences_are_stored_listed_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = WatchStore::open(&dir.path().join("w.redb")).unwrap();
+        let s = Silence {
+            id: "s-1".into(),
+            matchers: vec![Matcher {
+                name: "rule".into(),
+                value: "cpa_high".into(),
+            }],
+            starts_ms: 0,
+            ends_ms: 10,
+            created_by: "anna".into(),
+            comment: "promo day".into(),
+        };
+        store.put_silence(&s).unwrap();
+        assert_eq!(store.silences().unwrap(), vec![s]);
+        assert!(store.delete_silence("s-1").unwrap());
+        assert!(!store.delete_silence("s-1").unwrap());
+        assert!(store.silences().unwrap().is_empty());
+    }
+
+    #[test]
+    fn other_formats_are_refused() {
+        assert!(decode::<WatchState>("x", &[2, b'{', b'}']).is_err());
+        assert!(decode::<WatchState>("x", &[]).is_err());
+        assert!(decode::<WatchState>("x", &encode(&WatchState::default())).is_ok());
+    }
+}

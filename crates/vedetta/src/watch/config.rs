@@ -1,0 +1,302 @@
+//! The `[alerts]` section: rules (inline or in `alerts.rules_file`), destinations,
+//! notification timing, inhibitions and where links point.
+//!
+//! ```toml
+//! [alerts]
+//! rules_file = "rules.toml"        # optional; reloaded on change and on SIGHUP
+//! public_url = "https://vedetta.example.it"   # dashboard links in messages
+//! group_wait = "30s"               # defaults for every rule
+//! group_interval = "5m"
+//! repeat_interval = "4h"
+//! max_catch_up = "1h"              # minutes older than this behind the watermark are not judged
+//!
+//! [[alerts.inhibit]]
+//! source = "intake_lag"            # while it fires...
+//! targets = ["*"]                  # ...these rules are muted
+//!
+//! [[alerts.rules]]                 # see vedetta_core::watch::rules
+//! …
+//!
+//! [[alerts.destinations]]          # see watch::destinations
+//! name = "slack-marketing"
+//! kind = "slack"
+//! url = "https://hooks.slack.com/services/…"
+//! ```
+//!
+//! A rules file has the same shape (`[[alerts.rules]]`, `[[alerts.inhibit]]`), so a rule
+//! moves between the two unchanged; destinations (with their secrets) stay in the main
+//! configuration.
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use vedetta_core::watch::dispatch::Inhibition;
+use vedetta_core::watch::rules::{self, RawRule, Rule, Timing};
+
+/// `[alerts]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub rules_file: Option<PathBuf>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub inhibit: Vec<RawInhibit>,
+    /// Destination tables, checked by the destinations module.
+    #[serde(default)]
+    pub destinations: Vec<toml::Table>,
+    pub public_url: Option<String>,
+    pub group_wait: Option<String>,
+    pub group_interval: Option<String>,
+    pub repeat_interval: Option<String>,
+    pub max_catch_up: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInhibit {
+    pub source: String,
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// A rules file: `[[alerts.rules]]` and `[[alerts.inhibit]]` only.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default)]
+    pub alerts: RulesFileAlerts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFileAlerts {
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub inhibit: Vec<RawInhibit>,
+}
+
+/// The checked `[alerts]` section.
+#[derive(Debug, Clone, Default)]
+pub struct AlertsConfig {
+    pub rules_file: Option<PathBuf>,
+    /// Rules written in the main configuration.
+    pub inline_rules: Vec<RawRule>,
+    pub inline_inhibit: Vec<RawInhibit>,
+    pub destinations: Vec<toml::Table>,
+    pub destination_names: BTreeSet<String>,
+    pub public_url: String,
+    pub timing: Timing,
+    pub max_catch_up_ms: i64,
+}
+
+/// What is in force: checked rules and inhibitions.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub inhibitions: Vec<Inhibition>,
+}
+
+fn span(key: &str, value: Option<&str>, default: i64) -> Result<i64, (String, String)> {
+    match value {
+        None => Ok(default),
+        Some(text) => match rules::parse_span(text) {
+            Some(ms) if ms <= rules::MAX_SPAN_MS => Ok(ms),
+            _ => Err((
+                key.to_string(),
+                format!("{text:?} is not a span of at most 7d, like \"30s\" or \"5m\""),
+            )),
+        },
+    }
+}
+
+impl AlertsConfig {
+    /// Checks the section; errors are (key, message). `listen` gives the default link base.
+    pub fn from_raw(raw: RawAlerts, listen: &str) -> Result<Self, (String, String)> {
+        let defaults = Timing::default();
+        let timing = Timing {
+            group_wait_ms: span("alerts.group_wait", raw.group_wait.as_deref(), defaults.group_wait_ms)?,
+            group_interval_ms: span(
+                "alerts.group_interval",
+                raw.group_interval.as_deref(),
+                defaults.group_interval_ms,
+            )?,
+            repeat_interval_ms: span(
+                "alerts.repeat_interval",
+                raw.repeat_interval.as_deref(),
+                defaults.repeat_interval_ms,
+            )?,
+        };
+        let max_catch_up_ms = span("alerts.max_catch_up", raw.max_catch_up.as_deref(), 3_600_000)?;
+        let mut destination_names = BTreeSet::new();
+        for (i, table) in raw.destinations.iter().enumerate() {
+            let name = table
+                .get("name")
+                .and_then(toml::Value::as_str)
+                .filter(|n| !n.is_empty() && n.len() <= rules::MAX_NAME_LEN)
+                .ok_or_else(|| {
+                    (
+                        format!("alerts.destinations[{i}].name"),
+                        "every destination needs a name (at most 128 bytes)".to_string(),
+                    )
+                })?;
+            if !destination_names.insert(name.to_string()) {
+                return Err((
+                    format!("alerts.destinations[{i}].name"),
+                    format!("another destination is named {name:?}"),
+                ));
+            }
+        }
+        let public_url = match raw.public_url {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => url,
+            Some(url) => {
+                return Err((
+                    "alerts.public_url".into(),
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+            None => format!("http://{listen}"),
+        };
+        let config = Self {
+            rules_file: raw.rules_file,
+            inline_rules: raw.rules,
+            inline_inhibit: raw.inhibit,
+            destinations: raw.destinations,
+            destination_names,
+            public_url,
+            timing,
+            max_catch_up_ms,
+        };
+        // The inline rules are checked now: a bad main configuration does not start.
+        config
+            .rule_set(&RulesFileAlerts::default())
+            .map_err(|e| ("alerts.rules".to_string(), e))?;
+        Ok(config)
+    }
+
+    /// The inline rules and a rules file's, checked together (names are unique across both).
+    pub fn rule_set(&self, file: &RulesFileAlerts) -> Result<RuleSet, String> {
+        let raw: Vec<RawRule> = self
+            .inline_rules
+            .iter()
+            .chain(&file.rules)
+            .cloned()
+            .collect();
+        let rules = rules::check_rules(&raw, &self.destination_names, self.timing)
+            .map_err(|e| e.to_string())?;
+        let names: BTreeSet<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+        let mut inhibitions = Vec::new();
+        for inhibit in self.inline_inhibit.iter().chain(&file.inhibit) {
+            if !names.contains(inhibit.source.as_str()) {
+                return Err(format!(
+                    "inhibit: source {:?} is not a rule",
+                    inhibit.source
+                ));
+            }
+            if let Some(t) = inhibit
+                .targets
+                .iter()
+                .find(|t| *t != "*" && !names.contains(t.as_str()))
+            {
+                return Err(format!("inhibit: target {t:?} is not a rule"));
+            }
+            inhibitions.push(Inhibition {
+                source: inhibit.source.clone(),
+                targets: if inhibit.targets.is_empty() {
+                    vec!["*".into()]
+                } else {
+                    inhibit.targets.clone()
+                },
+            });
+        }
+        Ok(RuleSet { rules, inhibitions })
+    }
+
+    /// Reads and checks the rules file (if any) with the inline rules.
+    pub fn load_rules(&self) -> Result<RuleSet, String> {
+        match &self.rules_file {
+            None => self.rule_set(&RulesFileAlerts::default()),
+            Some(path) => self.rule_set(&read_rules_file(path)?.alerts),
+        }
+    }
+}
+
+/// Parses a rules file; errors name the file and, from TOML, the line and key.
+pub fn read_rules_file(path: &Path) -> Result<RulesFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read rules file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("rules file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MAIN: &str = r#"
+        public_url = "https://vedetta.example.it"
+
+        [[rules]]
+        name = "cpa_high"
+        expr = "cpa > 20"
+        over = "10m"
+        group_by = ["channel", "campaign"]
+        for = "2m"
+        min_conversions = 3
+        severity = "warning"
+        notify = ["slack-marketing", "mail-team"]
+
+        [[destinations]]
+        name = "slack-marketing"
+        kind = "slack"
+        url = "https://hooks.slack.com/services/T/B/X"
+
+        [[destinations]]
+        name = "mail-team"
+        kind = "email"
+    "#;
+
+    #[test]
+    fn the_issue_example_loads_and_a_rules_file_adds_to_it() {
+        let raw: RawAlerts = toml::from_str(MAIN).unwrap();
+        let config = AlertsConfig::from_raw(raw, "127.0.0.1:8080").unwrap();
+        let set = config.load_rules().unwrap();
+        assert_eq!(set.rules.len(), 1);
+        let file: RulesFile = toml::from_str(
+            r#"
+            [[alerts.rules]]
+            name = "intake_lag"
+            expr = "lag_events > 10000"
+            [[alerts.inhibit]]
+            source = "intake_lag"
+            "#,
+        )
+        .unwrap();
+        let set = config.rule_set(&file.alerts).unwrap();
+        assert_eq!(set.rules.len(), 2);
+        assert_eq!(set.inhibitions[0].targets, vec!["*".to_string()]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let raw: RawAlerts = toml::from_str(&MAIN.replace("for = \"2m\"", "for = \"2x\"")).unwrap();
+        let (key, message) = AlertsConfig::from_raw(raw, "x").unwrap_err();
+        assert_eq!(key, "alerts.rules");
+        assert!(message.starts_with("rule \"cpa_high\": for:"), "{message}");
+        let raw: RawAlerts = toml::from_str(&MAIN.replace("\"mail-team\"]", "\"mail\"]")).unwrap();
+        assert!(AlertsConfig::from_raw(raw, "x").unwrap_err().1.contains("no destination"));
+        let typo = toml::from_str::<RulesFile>("[[alerts.rules]]\nnmae = \"x\"\n");
+        assert!(typo.unwrap_err().to_string().contains("nmae"));
+        let raw: RawAlerts = toml::from_str(MAIN).unwrap();
+        let config = AlertsConfig::from_raw(raw, "x").unwrap();
+        let bad_inhibit = RulesFileAlerts {
+            rules: vec![],
+            inhibit: vec![RawInhibit {
+                source: "nope".into(),
+                targets: vec![],
+            }],
+        };
+        assert!(config.rule_set(&bad_inhibit).unwrap_err().contains("\"nope\" is not a rule"));
+    }
+}

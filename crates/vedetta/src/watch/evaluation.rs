@@ -1,0 +1,490 @@
+//! The evaluation task: judges the rules as the watermark passes each minute, and commits
+//! what changed — alert state, history, notifications — to the alert store in one step.
+//!
+//! One thread, a loop:
+//!
+//! ```text
+//! watermark W ─► every minute end m ≤ W not yet judged (at most `max_catch_up` behind)
+//!   ─► read the 1-minute KPI rows of [m − longest window, m) from the KPI store
+//!   ─► Evaluator::evaluate_minute ─► notices ─► silences, inhibitions ─► Dispatcher
+//!   ─► one commit: state + history + due notifications into the outbox
+//! ```
+//!
+//! It polls the watermark every 100 ms: a minute is judged within that of the watermark
+//! passing its end. Between minutes, the dispatcher's wall-clock timers (group wait,
+//! interval, repeat) are checked on the same tick. The rules file is reloaded when its
+//! modification time changes or on SIGHUP; a file that does not check keeps the old rules
+//! running, and the error (naming the rule and the key) is logged and shown at `/v1/rules`.
+
+use super::config::{AlertsConfig, RuleSet};
+use crate::processor::ProcessorStatus;
+use anyhow::Context;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use vedetta_core::pipeline::windows::Granularity;
+use vedetta_core::time::Clock;
+use vedetta_core::watch::evaluate::{
+    ActiveAlert, AlertKey, Evaluator, MinuteRow, Phase, SpendMinute, SystemValues, WindowData,
+    group_totals,
+};
+use vedetta_core::watch::notification::AlertStatus;
+use vedetta_core::watch::rules::Rule;
+use vedetta_store::{EventLog, HistoryEntry, KpiStore, WatchState, WatchStore};
+
+const MINUTE: i64 = 60_000;
+
+/// Puts a notification in the outbox, inside the alert store's transaction.
+pub type EnqueueFn = vedetta_store::watch_store::Enqueue<'static>;
+const WEEK: i64 = 7 * 86_400_000;
+
+/// What the API and `/metrics` read of the evaluation.
+#[derive(Debug, Default)]
+pub struct WatchStatus {
+    pub rules: RwLock<Arc<RuleSet>>,
+    pub rules_loaded_at_ms: AtomicI64,
+    /// Why the last reload failed (the old rules stay in force), until one succeeds.
+    pub reload_error: Mutex<Option<String>>,
+    /// Pending and firing alerts after the last commit.
+    pub alerts: RwLock<Vec<(AlertKey, ActiveAlert)>>,
+    /// End of the last minute judged (epoch ms; `i64::MIN` before the first).
+    pub evaluated_through_ms: AtomicI64,
+    pub minutes_evaluated: AtomicU64,
+    pub minutes_skipped: AtomicU64,
+    pub notifications_created: AtomicU64,
+    /// Microseconds the last minute took to judge (reading included).
+    pub last_minute_micros: AtomicU64,
+    pub failures: AtomicU64,
+    /// Set by SIGHUP: reload the rules file.
+    pub reload: AtomicBool,
+    /// Woken after a commit that put notifications in the outbox.
+    pub enqueued: Arc<tokio::sync::Notify>,
+}
+
+/// The running task.
+pub struct Watch {
+    pub status: Arc<WatchStatus>,
+    pub store: Arc<WatchStore>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    /// Stops the task after the step in progress.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What the task reads from the rest of the server.
+pub struct Sources {
+    pub kpi_store: Arc<KpiStore>,
+    pub processor: Arc<ProcessorStatus>,
+    pub log: Arc<EventLog>,
+    pub clock: Arc<dyn Clock>,
+    /// Seconds from intake to KPIs, p99 of the last minutes.
+    pub e2e_latency: Box<dyn Fn(i64) -> Option<f64> + Send>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").finish_non_exhaustive()
+    }
+}
+
+/// Opens `watch.redb` in the data directory and starts the task.
+pub fn start(
+    config: AlertsConfig,
+    data_dir: PathBuf,
+    sources: Sources,
+    enqueue: Box<EnqueueFn>,
+) -> anyhow::Result<Watch> {
+    let path = data_dir.join("watch.redb");
+    let (store, state) = WatchStore::open(&path)
+        .with_context(|| format!("cannot open the alert store {}", path.display()))?;
+    let store = Arc::new(store);
+    let rules = config
+        .load_rules()
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("the alert rules")?;
+    let status = Arc::new(WatchStatus::default());
+    status
+        .evaluated_through_ms
+        .store(state.evaluated_through_ms.unwrap_or(i64::MIN), Ordering::Relaxed);
+    *status.alerts.write().unwrap_or_else(|e| e.into_inner()) = state.alerts.clone();
+    status
+        .rules_loaded_at_ms
+        .store(sources.clock.now_ms(), Ordering::Relaxed);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut task = Task {
+        evaluator: Evaluator::new(rules.rules.clone(), state.alerts.iter().cloned().collect()),
+        state,
+        rules: Arc::new(rules),
+        rules_modified: modified(config.rules_file.as_ref()),
+        config,
+        store: store.clone(),
+        status: status.clone(),
+        sources,
+        enqueue,
+    };
+    *status.rules.write().unwrap_or_else(|e| e.into_inner()) = task.rules.clone();
+    let thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("watch".into())
+            .spawn(move || task.run(&stop))?
+    };
+    Ok(Watch {
+        status,
+        store,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn modified(path: Option<&PathBuf>) -> Option<SystemTime> {
+    std::fs::metadata(path?).and_then(|m| m.modified()).ok()
+}
+
+struct Task {
+    config: AlertsConfig,
+    rules: Arc<RuleSet>,
+    rules_modified: Option<SystemTime>,
+    evaluator: Evaluator,
+    state: WatchState,
+    store: Arc<WatchStore>,
+    status: Arc<WatchStatus>,
+    sources: Sources,
+    enqueue: Box<EnqueueFn>,
+}
+
+impl Task {
+    fn run(&mut self, stop: &AtomicBool) {
+        let mut pause = Duration::from_millis(100);
+        while !stop.load(Ordering::Acquire) {
+            self.maybe_reload();
+            match self.step() {
+                Ok(()) => pause = Duration::from_millis(100),
+                Err(error) => {
+                    self.status.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %format!("{error:#}"), "alert evaluation failed; retrying");
+                    // The store is where it was before the failed step: reload from it.
+                    if let Ok(state) = self.store.state() {
+                        self.evaluator = Evaluator::new(
+                            self.rules.rules.clone(),
+                            state.alerts.iter().cloned().collect(),
+                        );
+                        self.state = state;
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+            std::thread::sleep(pause);
+        }
+    }
+
+    fn maybe_reload(&mut self) {
+        let changed = modified(self.config.rules_file.as_ref());
+        let asked = self.status.reload.swap(false, Ordering::AcqRel);
+        if !asked && changed == self.rules_modified {
+            return;
+        }
+        self.rules_modified = changed;
+        match self.config.load_rules() {
+            Ok(rules) => {
+                let gone = self.evaluator.set_rules(rules.rules.clone());
+                self.rules = Arc::new(rules);
+                *self.status.rules.write().unwrap_or_else(|e| e.into_inner()) = self.rules.clone();
+                *self.status.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.status
+                    .rules_loaded_at_ms
+                    .store(self.sources.clock.now_ms(), Ordering::Relaxed);
+                tracing::info!(
+                    rules = self.rules.rules.len(),
+                    dropped_alerts = gone.len(),
+                    "alert rules reloaded"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "the alert rules did not reload; the previous ones stay in force");
+                *self.status.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+            }
+        }
+    }
+
+    /// Judges every minute the watermark has passed, then the dispatcher's timers.
+    fn step(&mut self) -> anyhow::Result<()> {
+        if let Some(watermark) = self.sources.processor.watermark() {
+            let last_end = watermark.div_euclid(MINUTE) * MINUTE;
+            let mut next = self
+                .state
+                .evaluated_through_ms
+                .map_or(last_end, |t| t + MINUTE);
+            let oldest = last_end - self.config.max_catch_up_ms;
+            if next < oldest {
+                // Alerts about data this old would come too late to act on.
+                let skipped = (oldest - next) / MINUTE;
+                self.status
+                    .minutes_skipped
+                    .fetch_add(skipped as u64, Ordering::Relaxed);
+                tracing::info!(skipped, "alert evaluation skips minutes older than alerts.max_catch_up");
+                next = oldest;
+            }
+            while next <= last_end {
+                self.evaluate(next)?;
+                next += MINUTE;
+            }
+        }
+        let now = self.sources.clock.now_ms();
+        if self
+            .state
+            .dispatcher
+            .next_due_ms(&self.rules.rules)
+            .is_some_and(|due| due <= now)
+        {
+            let notifications =
+                self.state
+                    .dispatcher
+                    .due(&self.rules.rules, now, &self.config.public_url);
+            self.commit(&[], &notifications)?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, minute_end: i64) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let data = self.read_window(minute_end - self.evaluator.max_window_ms(), minute_end)?;
+        let system = SystemValues {
+            lag_events: Some(
+                self.sources
+                    .log
+                    .end_offset()
+                    .saturating_sub(self.sources.processor.processed_offset.load(Ordering::Acquire))
+                    as f64,
+            ),
+            e2e_latency_seconds: (self.sources.e2e_latency)(self.sources.clock.now_ms()),
+        };
+        let kpi_store = self.sources.kpi_store.clone();
+        let mut usual_error = None;
+        let mut usual = |rule: &Rule, end: i64, weeks: i64| {
+            match usual_levels(&kpi_store, rule, end, weeks) {
+                Ok(levels) => levels,
+                Err(e) => {
+                    usual_error = Some(e);
+                    HashMap::new()
+                }
+            }
+        };
+        let outcome = self
+            .evaluator
+            .evaluate_minute(minute_end, &data, system, &mut usual);
+        if let Some(e) = usual_error {
+            return Err(e.context("reading the usual levels of absence rules"));
+        }
+        let now = self.sources.clock.now_ms();
+        let silences: Vec<_> = self
+            .store
+            .silences()?
+            .into_iter()
+            .filter(|s| s.is_active(now))
+            .collect();
+        let firing_sources: Vec<&str> = self
+            .rules
+            .inhibitions
+            .iter()
+            .map(|i| i.source.as_str())
+            .filter(|source| {
+                self.evaluator
+                    .alerts
+                    .iter()
+                    .any(|((rule, _), a)| rule == source && a.phase == Phase::Firing)
+            })
+            .collect();
+        let mut history = Vec::new();
+        for (rule, group) in &outcome.pending {
+            let labels = self
+                .rules
+                .rules
+                .iter()
+                .find(|r| r.name == *rule)
+                .map(|r| {
+                    r.group_by
+                        .iter()
+                        .zip(group)
+                        .map(|(d, v)| (d.name().to_string(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            history.push(HistoryEntry {
+                at_ms: minute_end,
+                wall_ms: now,
+                rule: rule.clone(),
+                group: labels,
+                event: "pending".into(),
+                value: None,
+                summary: String::new(),
+            });
+        }
+        for notice in &outcome.notices {
+            let silenced = silences.iter().any(|s| s.matches(notice));
+            let inhibited = self
+                .rules
+                .inhibitions
+                .iter()
+                .any(|i| firing_sources.contains(&i.source.as_str()) && i.mutes(notice));
+            let status = match notice.status {
+                AlertStatus::Firing => "firing",
+                AlertStatus::Resolved => "resolved",
+            };
+            let event = match (silenced, inhibited) {
+                (true, _) => format!("{status} (silenced)"),
+                (false, true) => format!("{status} (inhibited)"),
+                (false, false) => status.to_string(),
+            };
+            history.push(HistoryEntry {
+                at_ms: minute_end,
+                wall_ms: now,
+                rule: notice.rule.clone(),
+                group: notice.group.clone(),
+                event,
+                value: notice.value,
+                summary: notice.summary.clone(),
+            });
+            if silenced || inhibited {
+                continue;
+            }
+            if let Some(rule) = self.rules.rules.iter().find(|r| r.name == notice.rule) {
+                self.state.dispatcher.add(rule, notice, now);
+            }
+        }
+        let notifications = self
+            .state
+            .dispatcher
+            .due(&self.rules.rules, now, &self.config.public_url);
+        self.state.evaluated_through_ms = Some(minute_end);
+        self.commit(&history, &notifications)?;
+        self.status.minutes_evaluated.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .last_minute_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        history: &[HistoryEntry],
+        notifications: &[vedetta_core::watch::notification::Notification],
+    ) -> anyhow::Result<()> {
+        self.state.alerts = self
+            .evaluator
+            .alerts
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.store
+            .commit(&self.state, history, notifications, &*self.enqueue)
+            .context("committing the alert state")?;
+        self.status.evaluated_through_ms.store(
+            self.state.evaluated_through_ms.unwrap_or(i64::MIN),
+            Ordering::Release,
+        );
+        *self.status.alerts.write().unwrap_or_else(|e| e.into_inner()) = self.state.alerts.clone();
+        if !notifications.is_empty() {
+            self.status
+                .notifications_created
+                .fetch_add(notifications.len() as u64, Ordering::Relaxed);
+            self.status.enqueued.notify_one();
+        }
+        Ok(())
+    }
+
+    fn read_window(&self, from: i64, to: i64) -> anyhow::Result<WindowData> {
+        read_window(&self.sources.kpi_store, from, to)
+    }
+}
+
+/// The 1-minute rows and spend of `[from, to)`.
+pub fn read_window(store: &KpiStore, from: i64, to: i64) -> anyhow::Result<WindowData> {
+    let mut data = WindowData::default();
+    store.scan_rows(Granularity::Minute, from, to, |row, counters| {
+        data.rows.push(MinuteRow {
+            window_start: row.window_start,
+            dims: [
+                row.channel.to_string(),
+                row.campaign.to_string(),
+                row.device.to_string(),
+                row.region.to_string(),
+            ],
+            counters: counters.clone(),
+        });
+    })?;
+    for (key, spend) in store.spend(Granularity::Minute, from, to)? {
+        data.spend.push(SpendMinute {
+            window_start: key.window_start,
+            channel: key.channel,
+            campaign: key.campaign,
+            spend,
+        });
+    }
+    Ok(data)
+}
+
+/// An absence rule's usual level per group: the median, over the last `weeks` weeks, of
+/// its metric in the same window of the week (a week without data counts as zero).
+fn usual_levels(
+    store: &KpiStore,
+    rule: &Rule,
+    minute_end: i64,
+    weeks: i64,
+) -> anyhow::Result<HashMap<Vec<String>, f64>> {
+    let vedetta_core::watch::rules::RuleKind::Absence { metric, .. } = rule.kind else {
+        return Ok(HashMap::new());
+    };
+    let mut by_group: BTreeMap<Vec<String>, Vec<f64>> = BTreeMap::new();
+    for k in 1..=weeks {
+        let end = minute_end - k * WEEK;
+        let data = read_window(store, end - rule.over_ms, end)?;
+        for (group, totals) in group_totals(rule, end, &data) {
+            use vedetta_core::watch::expr::Values;
+            by_group
+                .entry(group)
+                .or_default()
+                .push(totals.value(metric).unwrap_or(0.0));
+        }
+    }
+    Ok(by_group
+        .into_iter()
+        .map(|(group, mut values)| {
+            values.resize(weeks as usize, 0.0);
+            values.sort_by(f64::total_cmp);
+            let mid = values.len() / 2;
+            let median = if values.len() % 2 == 1 {
+                values[mid]
+            } else {
+                (values[mid - 1] + values[mid]) / 2.0
+            };
+            (group, median)
+        })
+        .collect())
+}
