@@ -6,6 +6,7 @@
 //!   committed together: the ground of exactly-once processing.
 //! - [`watch_store`]: alert state, history and silences, committed with the notifications
 //!   they cause.
+//! - [`outbox`]: the durable outbox of alert notifications and its dead-letter list.
 //!
 //! Built on `redb`, an ACID embedded B-tree in pure Rust: its copy-on-write commit protocol
 //! already survives a crash at any instant, so this crate adds only what a log needs on top
@@ -15,6 +16,7 @@
 mod error;
 pub mod kpi_store;
 pub mod log;
+pub mod outbox;
 pub mod reopen;
 pub mod watch_store;
 
