@@ -248,7 +248,7 @@ fn text_field(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     request_body = NewSilence,
     responses(
         (status = 201, description = "the silence, with its id", body = Object),
-        (status = 400, description = "a field is wrong; the message names it", body = super::error::ErrorBody),
+        (status = 400, description = "a field is wrong; the message names it", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn post_silence(
@@ -337,7 +337,7 @@ pub async fn post_silence(
     params(("id" = String, Path, description = "the silence's id")),
     responses(
         (status = 204, description = "deleted"),
-        (status = 404, description = "no such silence", body = super::error::ErrorBody),
+        (status = 404, description = "no such silence", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn delete_silence(

@@ -23,6 +23,7 @@
 //! uploads, unread streams), then the log writer commits what is queued and the processor
 //! writes its snapshot. Nothing acknowledged is lost, nothing queued is dropped.
 
+mod alerts;
 mod auth;
 mod dashboard;
 mod error;
@@ -76,6 +77,10 @@ pub struct AppState {
     pub query_counters: crate::telemetry::QueryCounters,
     /// The processor thread, stopped at shutdown after the writer.
     processor_handle: std::sync::Mutex<Option<ProcessorHandle>>,
+    /// Alert evaluation: its status, its store, and the task (stopped at shutdown).
+    pub watch_status: Arc<crate::watch::evaluation::WatchStatus>,
+    pub watch_store: Arc<vedetta_store::WatchStore>,
+    watch_handle: std::sync::Mutex<Option<crate::watch::evaluation::Watch>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -149,6 +154,25 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         },
         timings.clone(),
     )?;
+    let watch = {
+        let timings = timings.clone();
+        crate::watch::evaluation::start(
+            config.alerts.clone(),
+            config.data_dir.clone(),
+            crate::watch::evaluation::Sources {
+                kpi_store: kpi_store.clone(),
+                processor: processor.status.clone(),
+                log: log.clone(),
+                clock: Arc::new(SystemClock),
+                e2e_latency: Box::new(move |now| timings.end_to_end_recent.quantile(now, 0.99)),
+            },
+            Box::new(|txn, notification| {
+                vedetta_store::outbox::enqueue(txn, notification, notification.created_ms)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }),
+        )?
+    };
     let limits = IntakeLimits {
         max_events_per_request: config.ingest.max_events_per_request,
         future_tolerance_ms: config.ingest.future_tolerance_ms,
@@ -169,6 +193,9 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         timings,
         query_counters: Default::default(),
         processor_handle: std::sync::Mutex::new(Some(processor)),
+        watch_status: watch.status.clone(),
+        watch_store: watch.store.clone(),
+        watch_handle: std::sync::Mutex::new(Some(watch)),
         config,
         log,
         writer,
@@ -191,6 +218,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/stream", get(stream::get_stream))
         .route("/metrics", get(metrics::get_metrics))
         .route("/v1/rejected", get(status::get_rejected))
+        .route("/v1/rules", get(alerts::get_rules))
+        .route("/v1/alerts", get(alerts::get_alerts))
+        .route("/v1/silences", axum::routing::post(alerts::post_silence))
+        .route(
+            "/v1/silences/{id}",
+            axum::routing::delete(alerts::delete_silence),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -279,12 +313,16 @@ pub async fn serve(
         .lock()
         .ok()
         .and_then(|mut h| h.take());
+    let watch = state.watch_handle.lock().ok().and_then(|mut h| h.take());
     match Arc::try_unwrap(state) {
         Ok(state) => state.writer.shutdown(),
         Err(_) => tracing::warn!("state still shared at shutdown; the writer stops on drop"),
     }
     if let Some(processor) = processor {
         processor.stop();
+    }
+    if let Some(watch) = watch {
+        watch.stop();
     }
     tracing::info!("stopped");
     Ok(())
@@ -357,3 +395,5 @@ mod tests;
 mod tests_hostile;
 #[cfg(test)]
 mod tests_query;
+#[cfg(test)]
+mod tests_alerts;

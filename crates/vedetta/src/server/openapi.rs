@@ -34,6 +34,10 @@ pub struct ErrorBody {
         super::stream::get_stream,
         super::status::get_status,
         super::status::get_rejected,
+        super::alerts::get_rules,
+        super::alerts::get_alerts,
+        super::alerts::post_silence,
+        super::alerts::delete_silence,
         super::healthz,
     ),
     components(schemas(
@@ -43,6 +47,8 @@ pub struct ErrorBody {
         KpiRow,
         KpiValues,
         AttributionInfo,
+        super::alerts::NewSilence,
+        super::alerts::NewMatcher,
         ErrorBody
     )),
     modifiers(&BearerAuth),

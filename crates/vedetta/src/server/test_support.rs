@@ -27,13 +27,20 @@ pub(super) fn server() -> TestServer {
 
 /// A server with settings given as `VEDETTA_*` environment variables.
 pub(super) fn server_with(env: &[(&str, &str)]) -> TestServer {
+    server_with_file("", env)
+}
+
+/// A server with a configuration file of this text (and environment variables).
+pub(super) fn server_with_file(config_text: &str, env: &[(&str, &str)]) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vedetta.toml");
+    std::fs::write(&file, config_text).unwrap();
     let mut env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     env.push(("VEDETTA_DATA_DIR".into(), dir.path().display().to_string()));
-    let config = load_from(None, &env, &Overrides::default()).unwrap();
+    let config = load_from(Some(&file), &env, &Overrides::default()).unwrap();
     let (router, state) = build(config).unwrap();
     TestServer {
         router,

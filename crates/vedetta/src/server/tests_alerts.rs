@@ -1,0 +1,146 @@
+//! The alerting path through the router: a rule fires on posted traffic as soon as the
+//! watermark passes the minute, the alert, its history and its notification are stored
+//! together, and silences are created and deleted through the API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::test_support::server_with_file;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+
+const CONFIG: &str = r#"
+[alerts]
+group_wait = "0s"
+
+[[alerts.rules]]
+name = "cpa_high"
+expr = "cpa > 20"
+resolve_expr = "cpa < 17"
+over = "1m"
+group_by = ["channel"]
+severity = "critical"
+notify = ["hook"]
+
+[[alerts.destinations]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:9/never-called-in-this-test"
+"#;
+
+#[allow(clippy::disallowed_methods)] // test traffic is stamped with the wall clock
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn post_json(
+    s: &super::test_support::TestServer,
+    path: &str,
+    body: Value,
+) -> (StatusCode, Value) {
+    let request = Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, _, value) = s.call(request).await;
+    (status, value)
+}
+
+#[tokio::test]
+async fn a_rule_fires_when_the_watermark_passes_the_minute_with_history_and_outbox() {
+    let s = server_with_file(CONFIG, &[]);
+    let minute = (now_ms() / 60_000 - 10) * 60_000;
+    let (status, _) = post_json(
+        &s,
+        "/v1/costs",
+        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post_json(
+        &s,
+        "/v1/events",
+        json!([
+            {"udid": "anna", "type": "page_view", "ts": minute + 2_000, "channel": "social", "campaign": "saldi"},
+            {"udid": "anna", "type": "purchase", "ts": minute + 3_000, "value": 40.0, "order_id": "A-1"},
+            // A minute and more later: the watermark passes the first minute's end.
+            {"udid": "bruno", "type": "page_view", "ts": minute + 66_000, "channel": "direct"}
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    s.processed().await;
+
+    let mut alerts = Value::Null;
+    for _ in 0..300 {
+        alerts = s.get("/v1/alerts").await.1;
+        if alerts["firing"].as_array().is_some_and(|f| !f.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let firing = &alerts["firing"][0];
+    assert_eq!(firing["rule"], "cpa_high", "{alerts}");
+    assert_eq!(firing["group"], json!({"channel": "social"}));
+    assert_eq!(firing["value"], 30.0);
+    assert_eq!(firing["severity"], "critical");
+    assert_eq!(alerts["history"][0]["event"], "firing");
+    assert!(alerts["pending"].as_array().unwrap().is_empty());
+
+    // The notification was stored with the state change, for the sender to deliver.
+    let outbox = vedetta_store::outbox::Outbox::new(s.state.watch_store.database().clone())
+        .unwrap()
+        .stats()
+        .unwrap();
+    assert_eq!(outbox.depth, 1);
+
+    let (status, rules) = s.get("/v1/rules").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(rules["rules"][0]["name"], "cpa_high");
+    assert_eq!(rules["rules"][0]["resolve_expr"], "cpa < 17");
+    assert_eq!(rules["rules"][0]["for"], "0s");
+    assert_eq!(rules["rules"][0]["repeat_interval"], "4h");
+    assert_eq!(rules["reload_error"], Value::Null);
+}
+
+#[tokio::test]
+async fn silences_are_created_listed_and_deleted_and_bad_ones_are_named() {
+    let s = server_with_file(CONFIG, &[]);
+    let (status, created) = post_json(
+        &s,
+        "/v1/silences",
+        json!({"matchers": [{"name": "rule", "value": "cpa_high"}], "duration": "2h",
+               "comment": "promo day", "created_by": "anna"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(s.get("/v1/alerts").await.1["silences"][0]["id"], id.as_str());
+
+    for (body, field) in [
+        (json!({"matchers": [], "duration": "2h"}), "matchers"),
+        (json!({"matchers": [{"name": "bogus", "value": "x"}], "duration": "2h"}), "matchers[0].name"),
+        (json!({"matchers": [{"name": "rule", "value": "x"}], "duration": "forever"}), "duration"),
+        (json!({"matchers": [{"name": "rule", "value": "x\u{1}"}], "duration": "2h"}), "matchers[0].value"),
+        (json!({"matchers": [{"name": "rule", "value": "x"}], "duration": "2h", "extra": 1}), "extra"),
+    ] {
+        let (status, answer) = post_json(&s, "/v1/silences", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            answer["error"].as_str().unwrap().contains(field),
+            "{field}: {answer}"
+        );
+    }
+
+    let delete = |id: String| {
+        Request::delete(format!("/v1/silences/{id}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(s.call(delete(id.clone())).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(s.call(delete(id)).await.0, StatusCode::NOT_FOUND);
+    assert!(s.get("/v1/alerts").await.1["silences"].as_array().unwrap().is_empty());
+}
