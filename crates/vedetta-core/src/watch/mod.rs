@@ -2,4 +2,5 @@
 //! produce (issue 10). Pure: rules are evaluated on KPI data and times handed in; the
 //! adapters read the store, keep the alert state and send what is in the outbox.
 
+pub mod anomaly;
 pub mod notification;
