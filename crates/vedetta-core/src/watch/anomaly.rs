@@ -21,8 +21,13 @@
 //!   normal, while a lasting shift is still learnt over days.
 //! - **Counts** are modelled as `2·√(y + 3/8)` (Anscombe): Poisson noise then has a standard
 //!   deviation near 1 whatever the volume, so one band width fits 2 and 200 conversions an hour.
-//!   **Ratios** (CPA, conversion rate) are modelled as they are; an hour where the ratio is
-//!   undefined (no conversions) is `None` and teaches nothing.
+//!   **Ratios** (CPA, conversion rate) are modelled as `√y`, which tames their right skew at
+//!   low volume; an hour where the ratio is undefined (no conversions) is `None` and teaches
+//!   nothing.
+//! - **Two tests**: a period is anomalous when it alone lies outside the band, or when it and
+//!   the two periods before it together do (their scores, each capped at
+//!   [`SUSTAINED_CAP`], summed over √3): a level shift or an outage of a few hours that no
+//!   single hour shows at this sensitivity.
 //!
 //! Why not MSTL or fitted ETS (the `augurs` crates): both refit the whole history (1,440
 //! points for 60 days) at every update, where this model does O(1) work per closed hour, which
@@ -44,6 +49,13 @@ pub const SERIES_STATE_FORMAT: u8 = 1;
 /// Residuals are clamped at this many standard deviations before they update the model.
 pub const UPDATE_CLAMP: f64 = 2.5;
 
+/// Each score is capped at this many deviations before it enters the three-period test, so
+/// that one spike alone cannot keep the sustained test firing after it.
+pub const SUSTAINED_CAP: f64 = 4.0;
+
+/// Periods in the sustained test.
+const SUSTAINED_PERIODS: usize = 3;
+
 /// `E[min(Z², c²)]` for a standard normal Z and c = [`UPDATE_CLAMP`]: the winsorised variance
 /// underestimates the true one by this factor, which is divided out.
 const WINSORISED_VARIANCE: f64 = 0.9776;
@@ -56,8 +68,11 @@ const SCALE_PRIOR_WEIGHT: f64 = 5.0;
 /// At most this many residuals of weight for the per-hour variance in the shrinkage.
 const SCALE_SLOT_WEIGHT_CAP: f64 = 10.0;
 
-/// The band half-width used when a rule names no sensitivity; chosen in `docs/anomaly.md`.
-pub const DEFAULT_DEVIATIONS: f64 = 5.0;
+/// The band half-width of a count series when a rule names none: the smallest of the
+/// evaluation's sweep that raised nothing on any quiet series (`docs/anomaly.md`).
+pub const DEFAULT_COUNT_DEVIATIONS: f64 = 4.5;
+/// The same for ratios, whose low-volume hours have heavier tails.
+pub const DEFAULT_RATIO_DEVIATIONS: f64 = 6.5;
 
 /// Which periods a series has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,35 +108,15 @@ pub enum SeriesKind {
     Ratio,
 }
 
-/// Named sensitivities, for rules that prefer a word to a number of deviations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Sensitivity {
-    Low,
-    Medium,
-    High,
-}
-
-impl Sensitivity {
-    /// The band half-width, in robust standard deviations (smaller: more alerts). Medium is
-    /// the default; the others are the neighbouring points of the evaluation's sweep.
-    pub fn deviations(self) -> f64 {
-        match self {
-            Sensitivity::Low => 6.0,
-            Sensitivity::Medium => DEFAULT_DEVIATIONS,
-            Sensitivity::High => 4.0,
-        }
-    }
-}
-
 /// An anomaly rule's model settings, as the rule file gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AnomalyConfig {
     /// Half-width of the expected band, in robust standard deviations, in [1, 20]. This is the
-    /// rule's sensitivity: smaller finds more and raises more false alarms.
-    #[serde(default = "default_deviations")]
-    pub deviations: f64,
+    /// rule's sensitivity: smaller finds more and raises more false alarms. Default:
+    /// [`DEFAULT_COUNT_DEVIATIONS`] or [`DEFAULT_RATIO_DEVIATIONS`].
+    #[serde(default)]
+    pub deviations: Option<f64>,
     /// Periods with a value a series must have seen before it is checked. Hourly: 192 (eight
     /// days) to 8,784 (a year); daily: 8 to 732.
     #[serde(default)]
@@ -133,21 +128,25 @@ pub struct AnomalyConfig {
     pub kind: SeriesKind,
 }
 
-fn default_deviations() -> f64 {
-    DEFAULT_DEVIATIONS
-}
-
 impl AnomalyConfig {
-    /// The defaults for a granularity and kind: medium sensitivity, both directions, two
-    /// weeks of history.
+    /// The defaults for a granularity and kind: the evaluated band width, both directions,
+    /// two weeks of history.
     pub fn new(granularity: Granularity, kind: SeriesKind) -> Self {
         Self {
-            deviations: DEFAULT_DEVIATIONS,
+            deviations: None,
             min_history: None,
             direction: Direction::Both,
             granularity,
             kind,
         }
+    }
+
+    /// The band half-width in force: the configured one or the kind's default.
+    pub fn deviations_in_force(&self) -> f64 {
+        self.deviations.unwrap_or(match self.kind {
+            SeriesKind::Count => DEFAULT_COUNT_DEVIATIONS,
+            SeriesKind::Ratio => DEFAULT_RATIO_DEVIATIONS,
+        })
     }
 
     /// The minimum history in force: the configured one or two weeks.
@@ -245,6 +244,7 @@ impl Params {
 #[derive(Clone, Debug)]
 pub struct AnomalyModel {
     config: AnomalyConfig,
+    deviations: f64,
     min_history: u32,
     zone: TimeZone,
     params: Params,
@@ -277,15 +277,19 @@ pub struct Anomaly {
     pub score: f64,
     /// `Up` or `Down`, never `Both`.
     pub direction: Direction,
+    /// Found by the three-period test: this period and the two before it are out together,
+    /// though this one alone may lie inside its band.
+    pub sustained: bool,
 }
 
 impl AnomalyModel {
     /// Validates a config for the given zone (`Europe/Rome` for Vedetta's reports).
     pub fn new(config: AnomalyConfig, zone: TimeZone) -> Result<Self, AnomalyConfigError> {
-        if !(config.deviations.is_finite() && (1.0..=20.0).contains(&config.deviations)) {
+        let deviations = config.deviations_in_force();
+        if !(deviations.is_finite() && (1.0..=20.0).contains(&deviations)) {
             return Err(AnomalyConfigError {
                 field: "deviations",
-                reason: format!("{} is not in [1, 20]", config.deviations),
+                reason: format!("{deviations} is not in [1, 20]"),
             });
         }
         let params = Params::of(config.granularity);
@@ -311,6 +315,7 @@ impl AnomalyModel {
         }
         Ok(Self {
             config,
+            deviations,
             min_history,
             zone,
             params,
@@ -327,6 +332,7 @@ impl AnomalyModel {
             granularity: self.config.granularity,
             kind: self.config.kind,
             last_period: None,
+            recent_scores: [f32::NAN; SUSTAINED_PERIODS - 1],
             observed: 0,
             level: 0.0,
             seasonal: vec![0.0; self.params.season_len],
@@ -356,10 +362,24 @@ impl AnomalyModel {
             Some(v) => Some(self.transform(v)?),
             None => None,
         };
+        let consecutive = state.last_period == Some(slot.period - 1);
         state.last_period = Some(slot.period);
         let Some(z) = z else {
+            state.recent_scores = [f32::NAN; SUSTAINED_PERIODS - 1];
             return Ok(());
         };
+        let score = self
+            .forecast_unchecked(state, slot)
+            .map_or(f32::NAN, |(forecast, sigma)| {
+                ((z - forecast) / sigma).clamp(-SUSTAINED_CAP, SUSTAINED_CAP) as f32
+            });
+        if consecutive {
+            state.recent_scores.rotate_right(1);
+            state.recent_scores[0] = score;
+        } else {
+            state.recent_scores = [f32::NAN; SUSTAINED_PERIODS - 1];
+            state.recent_scores[0] = score;
+        }
         state.observed = state.observed.saturating_add(1);
         let p = self.params;
         let visits = state.seasonal_visits[slot.season];
@@ -408,7 +428,7 @@ impl AnomalyModel {
         self.matches(state)?;
         let slot = self.slot(start_ms)?;
         Ok(self.forecast(state, slot).map(|(z, sigma)| {
-            let k = self.config.deviations;
+            let k = self.deviations;
             Band {
                 expected: self.inverse(z),
                 low: self.inverse(z - k * sigma),
@@ -435,8 +455,12 @@ impl AnomalyModel {
         let Some((forecast, sigma)) = self.forecast(state, slot) else {
             return Ok(None);
         };
-        let score = (z - forecast) / sigma;
-        let k = self.config.deviations;
+        let single = (z - forecast) / sigma;
+        let k = self.deviations;
+        let (score, sustained) = match self.sustained_score(state, slot, single) {
+            Some(s) if s.abs() > k && single.abs() <= k => (s, true),
+            _ => (single, false),
+        };
         let direction = if score > k {
             Direction::Up
         } else if score < -k {
@@ -454,6 +478,7 @@ impl AnomalyModel {
             high: self.inverse(forecast + k * sigma),
             score: score.abs(),
             direction,
+            sustained,
         }))
     }
 
@@ -473,9 +498,45 @@ impl AnomalyModel {
             .map(|(forecast, sigma)| (z - forecast) / sigma))
     }
 
+    /// The three-period score ending with the period starting at `start_ms`, for a value:
+    /// `None` when the two periods before it were not both scored.
+    pub fn sustained(
+        &self,
+        state: &SeriesState,
+        start_ms: i64,
+        observed: f64,
+    ) -> Result<Option<f64>, SeriesError> {
+        let Some(single) = self.score(state, start_ms, observed)? else {
+            return Ok(None);
+        };
+        Ok(self.sustained_score(state, self.slot(start_ms)?, single))
+    }
+
+    fn sustained_score(&self, state: &SeriesState, slot: Slot, single: f64) -> Option<f64> {
+        if state.last_period != Some(slot.period - 1) {
+            return None;
+        }
+        let mut sum = single.clamp(-SUSTAINED_CAP, SUSTAINED_CAP);
+        for recent in state.recent_scores {
+            if !recent.is_finite() {
+                return None;
+            }
+            sum += f64::from(recent);
+        }
+        Some(sum / (SUSTAINED_PERIODS as f64).sqrt())
+    }
+
     /// Forecast and scale on the model's scale, once the series may be checked.
     fn forecast(&self, state: &SeriesState, slot: Slot) -> Option<(f64, f64)> {
-        if state.observed < self.min_history || state.seasonal_visits[slot.season] == 0 {
+        if state.observed < self.min_history {
+            return None;
+        }
+        self.forecast_unchecked(state, slot)
+    }
+
+    /// Forecast and scale whatever the history, once the slot and the scale have data.
+    fn forecast_unchecked(&self, state: &SeriesState, slot: Slot) -> Option<(f64, f64)> {
+        if state.seasonal_visits[slot.season] == 0 {
             return None;
         }
         let forecast = f64::from(state.level) + f64::from(state.seasonal[slot.season]);
@@ -502,7 +563,7 @@ impl AnomalyModel {
         }
         Ok(match self.config.kind {
             SeriesKind::Count => 2.0 * (value + 0.375).sqrt(),
-            SeriesKind::Ratio => value,
+            SeriesKind::Ratio => value.sqrt(),
         })
     }
 
@@ -511,7 +572,8 @@ impl AnomalyModel {
         match self.config.kind {
             SeriesKind::Count if z <= 0.0 => 0.0,
             SeriesKind::Count => ((z / 2.0).powi(2) - 0.375).max(0.0),
-            SeriesKind::Ratio => z.max(0.0),
+            SeriesKind::Ratio if z <= 0.0 => 0.0,
+            SeriesKind::Ratio => z * z,
         }
     }
 
@@ -520,8 +582,7 @@ impl AnomalyModel {
         let instant = jiff::Timestamp::from_millisecond(start_ms)
             .map_err(|_| SeriesError::OutOfRange { start_ms })?;
         let local = self.zone.to_datetime(instant);
-        let on_hour =
-            local.minute() == 0 && local.second() == 0 && local.subsec_nanosecond() == 0;
+        let on_hour = local.minute() == 0 && local.second() == 0 && local.subsec_nanosecond() == 0;
         let granularity = self.config.granularity;
         let aligned = match granularity {
             Granularity::Hourly => on_hour,
@@ -545,12 +606,28 @@ impl AnomalyModel {
                 scale: hour,
             },
             Granularity::Daily => Slot {
-                period: i64::from(local.year()) * 400 + i64::from(local.day_of_year()),
+                period: days_from_civil(
+                    i64::from(local.year()),
+                    i64::from(local.month()),
+                    i64::from(local.day()),
+                ),
                 season: weekday,
                 scale: 0,
             },
         })
     }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm): consecutive
+/// local days get consecutive numbers, which the sustained test needs.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// What one series has learnt: about 1 KB for an hourly series (168 seasonal terms and 24
@@ -559,8 +636,11 @@ impl AnomalyModel {
 pub struct SeriesState {
     granularity: Granularity,
     kind: SeriesKind,
-    /// Ordering key of the last period learnt (a UTC hour number, or year·400 + day of year).
+    /// Number of the last period learnt (UTC hours, or local days, since the epoch).
     last_period: Option<i64>,
+    /// Capped scores of the last periods learnt, newest first (NaN: not scored), for the
+    /// sustained test.
+    recent_scores: [f32; SUSTAINED_PERIODS - 1],
     /// Periods learnt with a value.
     observed: u32,
     level: f32,
@@ -635,7 +715,8 @@ impl SeriesState {
             // Poisson noise is 1 on this scale; a quarter of it still bounds the score of a
             // series that was always zero and sees its first event.
             SeriesKind::Count => 0.25,
-            SeriesKind::Ratio => (0.01 * forecast.abs()).max(1e-9),
+            // 0.5 % of the ratio (on the square-root scale).
+            SeriesKind::Ratio => (0.0025 * forecast.abs()).max(1e-9),
         };
         Some(variance.sqrt().max(floor))
     }

@@ -47,7 +47,13 @@ pub fn top_sum_contributor(
     }
     best(parts.iter().map(|part| {
         let share = (part.observed - part.expected) / deviation;
-        (part.dimension, part.value, share, part.observed, part.expected)
+        (
+            part.dimension,
+            part.value,
+            share,
+            part.observed,
+            part.expected,
+        )
     }))
 }
 
@@ -95,11 +101,13 @@ fn best<'a>(
             top = Some(candidate);
         }
     }
-    top.map(|(dimension, value, share, observed, expected)| Contributor {
-        dimension: dimension.to_string(),
-        value: value.to_string(),
-        share,
-        observed,
-        expected,
-    })
+    top.map(
+        |(dimension, value, share, observed, expected)| Contributor {
+            dimension: dimension.to_string(),
+            value: value.to_string(),
+            share,
+            observed,
+            expected,
+        },
+    )
 }

@@ -28,21 +28,24 @@ fn count_at(start_ms: i64) -> f64 {
 #[test]
 fn config_errors_name_the_field() {
     let mut config = AnomalyConfig::new(Granularity::Hourly, SeriesKind::Count);
-    config.deviations = f64::NAN;
+    config.deviations = Some(f64::NAN);
     assert_eq!(
         AnomalyModel::new(config, rome()).unwrap_err().field,
         "deviations"
     );
-    config.deviations = 0.5;
+    config.deviations = Some(0.5);
     assert_eq!(
         AnomalyModel::new(config, rome()).unwrap_err().field,
         "deviations"
     );
-    config.deviations = 3.0;
+    config.deviations = Some(3.0);
     config.min_history = Some(24);
     let err = AnomalyModel::new(config, rome()).unwrap_err();
     assert_eq!(err.field, "min_history");
-    assert!(err.to_string().starts_with("anomaly.min_history: 24 is not in [192, 8784]"));
+    assert!(
+        err.to_string()
+            .starts_with("anomaly.min_history: 24 is not in [192, 8784]")
+    );
     config.min_history = Some(10);
     config.granularity = Granularity::Daily;
     assert!(AnomalyModel::new(config, rome()).is_ok());
@@ -76,8 +79,16 @@ fn periods_must_start_on_a_local_boundary_and_come_in_order() {
         model.update(&mut state, t0 + HOUR, Some(-1.0)),
         Err(SeriesError::BadValue { value: -1.0 })
     );
-    assert!(model.update(&mut state, t0 + HOUR, Some(f64::INFINITY)).is_err());
-    assert_eq!(state.observed_periods(), 1, "refused updates change nothing");
+    assert!(
+        model
+            .update(&mut state, t0 + HOUR, Some(f64::INFINITY))
+            .is_err()
+    );
+    assert_eq!(
+        state.observed_periods(),
+        1,
+        "refused updates change nothing"
+    );
     // A daily model wants local midnights: 23:00 UTC in winter is midnight in Rome.
     let daily = AnomalyModel::new(
         AnomalyConfig::new(Granularity::Daily, SeriesKind::Count),
@@ -160,7 +171,7 @@ fn a_spike_and_a_drop_fire_in_their_direction_and_normal_hours_do_not() {
 
     let spike = both.check(&state, t, Some(usual * 4.0)).unwrap().unwrap();
     assert_eq!(spike.direction, Direction::Up);
-    assert!(spike.score > DEFAULT_DEVIATIONS);
+    assert!(spike.score > DEFAULT_COUNT_DEVIATIONS);
     assert_eq!(spike.observed, usual * 4.0);
     assert!(spike.high < usual * 4.0);
     let drop = both.check(&state, t, Some(0.0)).unwrap().unwrap();
@@ -184,7 +195,10 @@ fn one_spike_does_not_widen_the_band_for_long() {
         .unwrap();
     let after = model.expected(&state, t + 7 * 24 * HOUR).unwrap().unwrap();
     // Clamped: the same hour next week expects at most a few percent more.
-    assert!(after.expected < before.expected * 1.15, "{before:?} {after:?}");
+    assert!(
+        after.expected < before.expected * 1.15,
+        "{before:?} {after:?}"
+    );
     assert!(after.high < before.high * 1.3, "{before:?} {after:?}");
 }
 
@@ -205,7 +219,10 @@ fn undefined_ratios_teach_nothing_and_check_nothing() {
     assert_eq!(state.observed_periods(), 20 * 24 * 4 / 5);
     assert_eq!(model.check(&state, t, None).unwrap(), None);
     let band = model.expected(&state, t).unwrap().unwrap();
-    assert!(band.low >= 0.0 && band.low < 0.02 && band.high > 0.025, "{band:?}");
+    assert!(
+        band.low >= 0.0 && band.low < 0.02 && band.high > 0.025,
+        "{band:?}"
+    );
     assert!(model.check(&state, t, Some(0.2)).unwrap().is_some());
 }
 
@@ -269,7 +286,10 @@ fn the_contributor_is_the_part_that_moved_most_the_same_way() {
         },
     ];
     let top = top_sum_contributor(62.0, 90.0, &parts).unwrap();
-    assert_eq!((top.dimension.as_str(), top.value.as_str()), ("channel", "social"));
+    assert_eq!(
+        (top.dimension.as_str(), top.value.as_str()),
+        ("channel", "social")
+    );
     assert!((top.share - 30.0 / 28.0).abs() < 1e-12);
     assert_eq!((top.observed, top.expected), (10.0, 40.0));
     assert_eq!(top_sum_contributor(90.0, 90.0, &parts), None);
