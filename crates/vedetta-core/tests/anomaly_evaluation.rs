@@ -82,7 +82,6 @@ struct Injection {
     start: i64,
     end: i64,
     factor: f64,
-    weekend: bool,
 }
 
 struct Series {
@@ -202,7 +201,6 @@ fn injections(
             start: at,
             end,
             factor,
-            weekend,
         });
     }
     out
@@ -210,7 +208,8 @@ fn injections(
 
 /// Each hour's signed scores, single and three-hour (None: not checked: short history or
 /// undefined value).
-type Scores = Vec<(i64, Option<(f64, Option<f64>)>)>;
+type HourScore = (i64, Option<(f64, Option<f64>)>);
+type Scores = Vec<HourScore>;
 
 fn scores(series: &Series) -> Scores {
     let model =
@@ -231,7 +230,7 @@ fn scores(series: &Series) -> Scores {
 }
 
 /// Alert episodes at a band width: runs of alerting hours, merged across one quiet hour.
-fn episodes(scores: &[(i64, Option<(f64, Option<f64>)>)], k: f64) -> Vec<(i64, i64)> {
+fn episodes(scores: &[HourScore], k: f64) -> Vec<(i64, i64)> {
     let mut out: Vec<(i64, i64)> = Vec::new();
     for &(ts, score) in scores {
         let alert = score.is_some_and(|(single, sustained)| {
@@ -295,7 +294,7 @@ impl Tally {
     }
 }
 
-fn tally(series: &Series, scores: &[(i64, Option<(f64, Option<f64>)>)], k: f64) -> Tally {
+fn tally(series: &Series, scores: &[HourScore], k: f64) -> Tally {
     let eps = episodes(scores, k);
     let overlaps = |(a, b): (i64, i64), (c, d): (i64, i64)| a < d && c < b;
     Tally {
