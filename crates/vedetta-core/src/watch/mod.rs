@@ -2,6 +2,7 @@
 //! produce (issue 10). Pure: rules are evaluated on KPI data and times handed in; the
 //! adapters read the store, keep the alert state and send what is in the outbox.
 
+pub mod anomaly;
 pub mod dispatch;
 pub mod evaluate;
 pub mod expr;
