@@ -16,7 +16,9 @@
 //! silences:      silence id (UTF-8) → [1][JSON Silence]
 //! ```
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
+use redb::{
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
@@ -300,8 +302,17 @@ mod tests {
         drop(store);
         let (store, again) = WatchStore::open(&path).unwrap();
         assert_eq!(again, state);
-        let history: Vec<String> = store.history(10).unwrap().into_iter().map(|e| e.event).collect();
-        assert_eq!(history, vec!["firing", "pending"], "newest first, none of the failed step");
+        let history: Vec<String> = store
+            .history(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            history,
+            vec!["firing", "pending"],
+            "newest first, none of the failed step"
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ enum Command {
     Config(ConfigCommand),
     /// Rebuild all KPIs and pipeline state from the log (after a rule change).
     Replay(commands::replay::ReplayArgs),
+    /// Alert rules: check a rules file, or backtest rules on stored history.
+    #[command(subcommand)]
+    Rules(commands::rules::RulesCommand),
     /// Inspect the event log (the server must be stopped: the log is opened exclusively).
     #[command(subcommand)]
     Log(commands::log::LogCommand),
@@ -93,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Log(command) => commands::log::run(command),
         Command::Replay(args) => commands::replay::run(&args),
+        Command::Rules(command) => commands::rules::run(command),
     }
 }
 

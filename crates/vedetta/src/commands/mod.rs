@@ -4,4 +4,5 @@ pub mod bench;
 pub mod generate;
 pub mod log;
 pub mod replay;
+pub mod rules;
 pub mod send;

@@ -39,6 +39,89 @@ pub async fn get_metrics(State(state): State<Arc<AppState>>) -> impl IntoRespons
     )
 }
 
+/// Alert states per rule, and how evaluation keeps up.
+fn alerts(state: &AppState, out: &mut Exposition) {
+    use vedetta_core::watch::evaluate::Phase;
+    let w = &state.watch_status;
+    let rules = w
+        .rules
+        .read()
+        .map(|r| r.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    let alerts = w
+        .alerts
+        .read()
+        .map(|a| a.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    out.family(
+        "vedetta_alerts",
+        "gauge",
+        "Alerts (rule × group) pending or firing, by rule; every rule in force has both series.",
+    );
+    for rule in &rules.rules {
+        for (phase, name) in [(Phase::Firing, "firing"), (Phase::Pending, "pending")] {
+            let n = alerts
+                .iter()
+                .filter(|((r, _), a)| *r == rule.name && a.phase == phase)
+                .count();
+            out.sample(
+                "vedetta_alerts",
+                &[("state", name), ("rule", rule.name.as_str())],
+                n as f64,
+            );
+        }
+    }
+    let counters = [
+        (
+            "vedetta_alert_minutes_evaluated_total",
+            "Minutes of event time judged against the alert rules.",
+            w.minutes_evaluated.load(Ordering::Relaxed),
+        ),
+        (
+            "vedetta_alert_minutes_skipped_total",
+            "Minutes not judged because they were further behind the watermark than alerts.max_catch_up.",
+            w.minutes_skipped.load(Ordering::Relaxed),
+        ),
+        (
+            "vedetta_alert_evaluation_failures_total",
+            "Evaluation steps that failed (retried from the stored state).",
+            w.failures.load(Ordering::Relaxed),
+        ),
+        (
+            "vedetta_notifications_created_total",
+            "Notifications written to the outbox.",
+            w.notifications_created.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(name, "counter", help);
+        out.sample(name, &[], value as f64);
+    }
+    out.family(
+        "vedetta_alert_evaluation_seconds",
+        "gauge",
+        "How long the last minute took to judge, reading the KPI store included.",
+    );
+    out.sample(
+        "vedetta_alert_evaluation_seconds",
+        &[],
+        w.last_minute_micros.load(Ordering::Relaxed) as f64 / 1e6,
+    );
+    let through = w.evaluated_through_ms.load(Ordering::Acquire);
+    if let (Some(watermark), true) = (state.processor.watermark(), through != i64::MIN) {
+        out.family(
+            "vedetta_alert_evaluation_lag_seconds",
+            "gauge",
+            "Event time between the watermark and the end of the last minute judged.",
+        );
+        out.sample(
+            "vedetta_alert_evaluation_lag_seconds",
+            &[],
+            (watermark - through).max(0) as f64 / 1e3,
+        );
+    }
+}
+
 fn render(state: &AppState) -> String {
     let mut out = Exposition::default();
     kpi_gauges(state, &mut out, |query| run_query(state, query));
@@ -57,6 +140,7 @@ fn render(state: &AppState) -> String {
     );
     intake(state, &mut out);
     pipeline(state, &mut out);
+    alerts(state, &mut out);
     let t = &state.timings;
     out.family(
         "vedetta_stage_duration_seconds",

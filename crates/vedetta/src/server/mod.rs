@@ -158,7 +158,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         let timings = timings.clone();
         crate::watch::evaluation::start(
             config.alerts.clone(),
-            config.data_dir.clone(),
+            &config.data_dir,
             crate::watch::evaluation::Sources {
                 kpi_store: kpi_store.clone(),
                 processor: processor.status.clone(),
@@ -280,6 +280,7 @@ pub async fn serve(
     tracing::info!(address = %local, "listening");
     on_listening(local);
     let retention = tokio::spawn(retention_loop(state.clone(), retention_days));
+    let reload = tokio::spawn(reload_on_sighup(state.watch_status.clone()));
     // Live streams never end by themselves: close them first, or an open dashboard would
     // hold up the graceful shutdown until the deadline.
     let hub_owner = Arc::downgrade(&state);
@@ -306,6 +307,8 @@ pub async fn serve(
     );
     retention.abort();
     let _ = retention.await;
+    reload.abort();
+    let _ = reload.await;
     // Every handler has finished. First the writer commits what is queued, then the
     // processor commits what it has processed, with a snapshot.
     let processor = state
@@ -326,6 +329,25 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP asks the alert evaluation to reload its rules file.
+async fn reload_on_sighup(watch: Arc<crate::watch::evaluation::WatchStatus>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the alert rules");
+            watch
+                .reload
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 /// Applies the retention hourly (and once at start).
@@ -392,8 +414,8 @@ mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_alerts;
+#[cfg(test)]
 mod tests_hostile;
 #[cfg(test)]
 mod tests_query;
-#[cfg(test)]
-mod tests_alerts;

@@ -118,14 +118,29 @@ async fn silences_are_created_listed_and_deleted_and_bad_ones_are_named() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    assert_eq!(s.get("/v1/alerts").await.1["silences"][0]["id"], id.as_str());
+    assert_eq!(
+        s.get("/v1/alerts").await.1["silences"][0]["id"],
+        id.as_str()
+    );
 
     for (body, field) in [
         (json!({"matchers": [], "duration": "2h"}), "matchers"),
-        (json!({"matchers": [{"name": "bogus", "value": "x"}], "duration": "2h"}), "matchers[0].name"),
-        (json!({"matchers": [{"name": "rule", "value": "x"}], "duration": "forever"}), "duration"),
-        (json!({"matchers": [{"name": "rule", "value": "x\u{1}"}], "duration": "2h"}), "matchers[0].value"),
-        (json!({"matchers": [{"name": "rule", "value": "x"}], "duration": "2h", "extra": 1}), "extra"),
+        (
+            json!({"matchers": [{"name": "bogus", "value": "x"}], "duration": "2h"}),
+            "matchers[0].name",
+        ),
+        (
+            json!({"matchers": [{"name": "rule", "value": "x"}], "duration": "forever"}),
+            "duration",
+        ),
+        (
+            json!({"matchers": [{"name": "rule", "value": "x\u{1}"}], "duration": "2h"}),
+            "matchers[0].value",
+        ),
+        (
+            json!({"matchers": [{"name": "rule", "value": "x"}], "duration": "2h", "extra": 1}),
+            "extra",
+        ),
     ] {
         let (status, answer) = post_json(&s, "/v1/silences", body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -142,5 +157,10 @@ async fn silences_are_created_listed_and_deleted_and_bad_ones_are_named() {
     };
     assert_eq!(s.call(delete(id.clone())).await.0, StatusCode::NO_CONTENT);
     assert_eq!(s.call(delete(id)).await.0, StatusCode::NOT_FOUND);
-    assert!(s.get("/v1/alerts").await.1["silences"].as_array().unwrap().is_empty());
+    assert!(
+        s.get("/v1/alerts").await.1["silences"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -116,7 +116,11 @@ impl AlertsConfig {
     pub fn from_raw(raw: RawAlerts, listen: &str) -> Result<Self, (String, String)> {
         let defaults = Timing::default();
         let timing = Timing {
-            group_wait_ms: span("alerts.group_wait", raw.group_wait.as_deref(), defaults.group_wait_ms)?,
+            group_wait_ms: span(
+                "alerts.group_wait",
+                raw.group_wait.as_deref(),
+                defaults.group_wait_ms,
+            )?,
             group_interval_ms: span(
                 "alerts.group_interval",
                 raw.group_interval.as_deref(),
@@ -128,7 +132,11 @@ impl AlertsConfig {
                 defaults.repeat_interval_ms,
             )?,
         };
-        let max_catch_up_ms = span("alerts.max_catch_up", raw.max_catch_up.as_deref(), 3_600_000)?;
+        let max_catch_up_ms = span(
+            "alerts.max_catch_up",
+            raw.max_catch_up.as_deref(),
+            3_600_000,
+        )?;
         let mut destination_names = BTreeSet::new();
         for (i, table) in raw.destinations.iter().enumerate() {
             let name = table
@@ -285,7 +293,12 @@ mod tests {
         assert_eq!(key, "alerts.rules");
         assert!(message.starts_with("rule \"cpa_high\": for:"), "{message}");
         let raw: RawAlerts = toml::from_str(&MAIN.replace("\"mail-team\"]", "\"mail\"]")).unwrap();
-        assert!(AlertsConfig::from_raw(raw, "x").unwrap_err().1.contains("no destination"));
+        assert!(
+            AlertsConfig::from_raw(raw, "x")
+                .unwrap_err()
+                .1
+                .contains("no destination")
+        );
         let typo = toml::from_str::<RulesFile>("[[alerts.rules]]\nnmae = \"x\"\n");
         assert!(typo.unwrap_err().to_string().contains("nmae"));
         let raw: RawAlerts = toml::from_str(MAIN).unwrap();
@@ -297,6 +310,11 @@ mod tests {
                 targets: vec![],
             }],
         };
-        assert!(config.rule_set(&bad_inhibit).unwrap_err().contains("\"nope\" is not a rule"));
+        assert!(
+            config
+                .rule_set(&bad_inhibit)
+                .unwrap_err()
+                .contains("\"nope\" is not a rule")
+        );
     }
 }

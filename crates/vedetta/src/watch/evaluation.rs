@@ -116,7 +116,7 @@ impl std::fmt::Debug for Sources {
 /// Opens `watch.redb` in the data directory and starts the task.
 pub fn start(
     config: AlertsConfig,
-    data_dir: PathBuf,
+    data_dir: &std::path::Path,
     sources: Sources,
     enqueue: Box<EnqueueFn>,
 ) -> anyhow::Result<Watch> {
@@ -129,9 +129,10 @@ pub fn start(
         .map_err(|e| anyhow::anyhow!("{e}"))
         .context("the alert rules")?;
     let status = Arc::new(WatchStatus::default());
-    status
-        .evaluated_through_ms
-        .store(state.evaluated_through_ms.unwrap_or(i64::MIN), Ordering::Relaxed);
+    status.evaluated_through_ms.store(
+        state.evaluated_through_ms.unwrap_or(i64::MIN),
+        Ordering::Relaxed,
+    );
     *status.alerts.write().unwrap_or_else(|e| e.into_inner()) = state.alerts.clone();
     status
         .rules_loaded_at_ms
@@ -216,7 +217,11 @@ impl Task {
                 let gone = self.evaluator.set_rules(rules.rules.clone());
                 self.rules = Arc::new(rules);
                 *self.status.rules.write().unwrap_or_else(|e| e.into_inner()) = self.rules.clone();
-                *self.status.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                *self
+                    .status
+                    .reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
                 self.status
                     .rules_loaded_at_ms
                     .store(self.sources.clock.now_ms(), Ordering::Relaxed);
@@ -228,7 +233,11 @@ impl Task {
             }
             Err(error) => {
                 tracing::error!(%error, "the alert rules did not reload; the previous ones stay in force");
-                *self.status.reload_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+                *self
+                    .status
+                    .reload_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(error);
             }
         }
     }
@@ -248,7 +257,10 @@ impl Task {
                 self.status
                     .minutes_skipped
                     .fetch_add(skipped as u64, Ordering::Relaxed);
-                tracing::info!(skipped, "alert evaluation skips minutes older than alerts.max_catch_up");
+                tracing::info!(
+                    skipped,
+                    "alert evaluation skips minutes older than alerts.max_catch_up"
+                );
                 next = oldest;
             }
             while next <= last_end {
@@ -277,25 +289,25 @@ impl Task {
         let data = self.read_window(minute_end - self.evaluator.max_window_ms(), minute_end)?;
         let system = SystemValues {
             lag_events: Some(
-                self.sources
-                    .log
-                    .end_offset()
-                    .saturating_sub(self.sources.processor.processed_offset.load(Ordering::Acquire))
-                    as f64,
+                self.sources.log.end_offset().saturating_sub(
+                    self.sources
+                        .processor
+                        .processed_offset
+                        .load(Ordering::Acquire),
+                ) as f64,
             ),
             e2e_latency_seconds: (self.sources.e2e_latency)(self.sources.clock.now_ms()),
         };
         let kpi_store = self.sources.kpi_store.clone();
         let mut usual_error = None;
-        let mut usual = |rule: &Rule, end: i64, weeks: i64| {
-            match usual_levels(&kpi_store, rule, end, weeks) {
+        let mut usual =
+            |rule: &Rule, end: i64, weeks: i64| match usual_levels(&kpi_store, rule, end, weeks) {
                 Ok(levels) => levels,
                 Err(e) => {
                     usual_error = Some(e);
                     HashMap::new()
                 }
-            }
-        };
+            };
         let outcome = self
             .evaluator
             .evaluate_minute(minute_end, &data, system, &mut usual);
@@ -378,13 +390,15 @@ impl Task {
                 self.state.dispatcher.add(rule, notice, now);
             }
         }
-        let notifications = self
-            .state
-            .dispatcher
-            .due(&self.rules.rules, now, &self.config.public_url);
+        let notifications =
+            self.state
+                .dispatcher
+                .due(&self.rules.rules, now, &self.config.public_url);
         self.state.evaluated_through_ms = Some(minute_end);
         self.commit(&history, &notifications)?;
-        self.status.minutes_evaluated.fetch_add(1, Ordering::Relaxed);
+        self.status
+            .minutes_evaluated
+            .fetch_add(1, Ordering::Relaxed);
         self.status
             .last_minute_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -409,7 +423,11 @@ impl Task {
             self.state.evaluated_through_ms.unwrap_or(i64::MIN),
             Ordering::Release,
         );
-        *self.status.alerts.write().unwrap_or_else(|e| e.into_inner()) = self.state.alerts.clone();
+        *self
+            .status
+            .alerts
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = self.state.alerts.clone();
         if !notifications.is_empty() {
             self.status
                 .notifications_created
@@ -452,7 +470,7 @@ pub fn read_window(store: &KpiStore, from: i64, to: i64) -> anyhow::Result<Windo
 
 /// An absence rule's usual level per group: the median, over the last `weeks` weeks, of
 /// its metric in the same window of the week (a week without data counts as zero).
-fn usual_levels(
+pub fn usual_levels(
     store: &KpiStore,
     rule: &Rule,
     minute_end: i64,
