@@ -49,23 +49,45 @@ fn check_names_mistakes_and_backtest_reports_what_would_have_fired() {
     let config_arg = config.to_str().unwrap();
     let rules_arg = rules.to_str().unwrap();
 
-    let (ok, out) = vedetta(&["rules", "check", rules_arg, "--config", config_arg], dir.path());
+    let (ok, out) = vedetta(
+        &["rules", "check", rules_arg, "--config", config_arg],
+        dir.path(),
+    );
     assert!(ok, "{out}");
     assert!(out.contains("ok (1 rules"), "{out}");
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, RULES.replace("over = \"1m\"", "over = \"1x\"")).unwrap();
     let (ok, out) = vedetta(
-        &["rules", "check", broken.to_str().unwrap(), "--config", config_arg],
+        &[
+            "rules",
+            "check",
+            broken.to_str().unwrap(),
+            "--config",
+            config_arg,
+        ],
         dir.path(),
     );
     assert!(!ok);
     assert!(out.contains("rule \"cpa_high\": over:"), "{out}");
-    std::fs::write(&broken, RULES.replace("notify = [\"hook\"]", "notify = [\"slack\"]")).unwrap();
+    std::fs::write(
+        &broken,
+        RULES.replace("notify = [\"hook\"]", "notify = [\"slack\"]"),
+    )
+    .unwrap();
     let (ok, out) = vedetta(
-        &["rules", "check", broken.to_str().unwrap(), "--config", config_arg],
+        &[
+            "rules",
+            "check",
+            broken.to_str().unwrap(),
+            "--config",
+            config_arg,
+        ],
         dir.path(),
     );
-    assert!(!ok && out.contains("no destination is named \"slack\""), "{out}");
+    assert!(
+        !ok && out.contains("no destination is named \"slack\""),
+        "{out}"
+    );
 
     // History: one minute where social's CPA is 30.
     let data = dir.path().join("data");
@@ -79,7 +101,11 @@ fn check_names_mistakes_and_backtest_reports_what_would_have_fired() {
             .body(body.to_string())
             .send()
             .unwrap();
-        assert!(response.status().is_success(), "{}", response.text().unwrap());
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().unwrap()
+        );
     };
     post(
         "/v1/costs",
@@ -99,8 +125,19 @@ fn check_names_mistakes_and_backtest_reports_what_would_have_fired() {
     let to = vedetta_core::time::EventTime(minute + 10 * 60_000).to_rfc3339();
     let (ok, out) = vedetta(
         &[
-            "rules", "backtest", "--from", &from, "--to", &to, "--rules", rules_arg, "--config",
-            config_arg, "--data-dir", data.to_str().unwrap(), "--json",
+            "rules",
+            "backtest",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--rules",
+            rules_arg,
+            "--config",
+            config_arg,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--json",
         ],
         dir.path(),
     );

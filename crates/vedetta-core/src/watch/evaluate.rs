@@ -146,19 +146,50 @@ pub struct MinuteOutcome {
     pub evaluations: usize,
 }
 
-/// The rules and the state of their alerts. Pure: the adapter persists [`Self::alerts`].
+/// The rules and the state of their alerts. Pure: the adapter persists
+/// [`Self::alert_list`].
 #[derive(Clone, Debug, Default)]
 pub struct Evaluator {
     rules: Vec<Rule>,
-    pub alerts: BTreeMap<AlertKey, ActiveAlert>,
+    /// Rule name → group → alert: a rule's alerts are found without scanning the others'.
+    alerts: BTreeMap<String, BTreeMap<Vec<String>, ActiveAlert>>,
 }
 
 /// How a rule groups, filters and windows the data: rules that share it share the sums.
 type Shape = (Vec<Dimension>, Vec<(Dimension, String)>, i64);
 
 impl Evaluator {
-    pub fn new(rules: Vec<Rule>, alerts: BTreeMap<AlertKey, ActiveAlert>) -> Self {
-        Self { rules, alerts }
+    pub fn new(
+        rules: Vec<Rule>,
+        alerts: impl IntoIterator<Item = (AlertKey, ActiveAlert)>,
+    ) -> Self {
+        let mut by_rule: BTreeMap<String, BTreeMap<Vec<String>, ActiveAlert>> = BTreeMap::new();
+        for ((rule, group), alert) in alerts {
+            by_rule.entry(rule).or_default().insert(group, alert);
+        }
+        Self {
+            rules,
+            alerts: by_rule,
+        }
+    }
+
+    /// Every pending or firing alert, in order.
+    pub fn alert_list(&self) -> Vec<(AlertKey, ActiveAlert)> {
+        self.alerts
+            .iter()
+            .flat_map(|(rule, groups)| {
+                groups
+                    .iter()
+                    .map(move |(group, alert)| ((rule.clone(), group.clone()), alert.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether any alert of the rule is firing.
+    pub fn is_firing(&self, rule: &str) -> bool {
+        self.alerts
+            .get(rule)
+            .is_some_and(|groups| groups.values().any(|a| a.phase == Phase::Firing))
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -170,14 +201,17 @@ impl Evaluator {
     pub fn set_rules(&mut self, rules: Vec<Rule>) -> Vec<AlertKey> {
         let names: std::collections::BTreeSet<&str> =
             rules.iter().map(|r| r.name.as_str()).collect();
-        let gone: Vec<AlertKey> = self
+        let gone_rules: Vec<String> = self
             .alerts
             .keys()
-            .filter(|(rule, _)| !names.contains(rule.as_str()))
+            .filter(|rule| !names.contains(rule.as_str()))
             .cloned()
             .collect();
-        for key in &gone {
-            self.alerts.remove(key);
+        let mut gone = Vec::new();
+        for rule in gone_rules {
+            if let Some(groups) = self.alerts.remove(&rule) {
+                gone.extend(groups.into_keys().map(|g| (rule.clone(), g)));
+            }
         }
         self.rules = rules;
         gone
@@ -229,106 +263,114 @@ impl Evaluator {
                 RuleKind::Threshold { .. } => HashMap::new(),
             };
             // Groups with data, and groups with an active alert (to resolve them).
-            let mut keys: Vec<Vec<String>> = groups.keys().cloned().collect();
-            if let RuleKind::Absence { .. } = rule.kind {
-                keys.extend(usual_by_group.keys().cloned());
-            }
-            keys.extend(
-                self.alerts
-                    .keys()
-                    .filter(|(name, _)| *name == rule.name)
-                    .map(|(_, group)| group.clone()),
-            );
-            keys.sort();
-            keys.dedup();
-            for group in keys {
-                let totals = groups.get(&group);
+            let mut alerts = self.alerts.remove(&rule.name).unwrap_or_default();
+            for (group, totals) in groups.iter() {
                 outcome.evaluations += 1;
-                let judged = judge(rule, totals, usual_by_group.get(&group).copied());
-                self.step(rule, group, judged, minute_end, &mut outcome);
+                let judged = judge(rule, Some(totals), usual_by_group.get(group).copied());
+                step(rule, group, judged, minute_end, &mut alerts, &mut outcome);
+            }
+            let mut rest: Vec<Vec<String>> = alerts
+                .keys()
+                .filter(|g| !groups.contains_key(*g))
+                .cloned()
+                .collect();
+            if let RuleKind::Absence { .. } = rule.kind {
+                rest.extend(
+                    usual_by_group
+                        .keys()
+                        .filter(|g| !groups.contains_key(*g) && !alerts.contains_key(*g))
+                        .cloned(),
+                );
+            }
+            for group in rest {
+                outcome.evaluations += 1;
+                let judged = judge(rule, None, usual_by_group.get(&group).copied());
+                step(rule, &group, judged, minute_end, &mut alerts, &mut outcome);
+            }
+            if !alerts.is_empty() {
+                self.alerts.insert(rule.name.clone(), alerts);
             }
         }
         self.rules = rules;
         outcome
     }
+}
 
-    fn step(
-        &mut self,
-        rule: &Rule,
-        group: Vec<String>,
-        judged: Judged,
-        minute_end: i64,
-        outcome: &mut MinuteOutcome,
-    ) {
-        let key = (rule.name.clone(), group);
-        match self.alerts.get_mut(&key) {
-            None => {
-                if !judged.fires {
-                    return;
-                }
-                let mut alert = ActiveAlert {
-                    phase: Phase::Pending,
-                    since_ms: minute_end,
-                    fired_ms: None,
-                    recovering_since_ms: None,
-                    value: judged.value,
-                    last_evaluated_ms: minute_end,
-                };
-                if rule.for_ms == 0 {
-                    alert.phase = Phase::Firing;
-                    alert.fired_ms = Some(minute_end);
-                    outcome.notices.push(notice(
-                        rule,
-                        &key.1,
-                        &alert,
-                        &judged,
-                        AlertStatus::Firing,
-                        minute_end,
-                    ));
-                } else {
-                    outcome.pending.push(key.clone());
-                }
-                self.alerts.insert(key, alert);
+/// One (rule, group)'s lifecycle step. `alerts` are the rule's.
+fn step(
+    rule: &Rule,
+    group: &[String],
+    judged: Judged,
+    minute_end: i64,
+    alerts: &mut BTreeMap<Vec<String>, ActiveAlert>,
+    outcome: &mut MinuteOutcome,
+) {
+    match alerts.get_mut(group) {
+        None => {
+            if !judged.fires {
+                return;
             }
-            Some(alert) => {
-                alert.last_evaluated_ms = minute_end;
-                alert.value = judged.value.or(alert.value);
-                match alert.phase {
-                    Phase::Pending if !judged.fires => {
-                        self.alerts.remove(&key);
+            let mut alert = ActiveAlert {
+                phase: Phase::Pending,
+                since_ms: minute_end,
+                fired_ms: None,
+                recovering_since_ms: None,
+                value: judged.value,
+                last_evaluated_ms: minute_end,
+            };
+            if rule.for_ms == 0 {
+                alert.phase = Phase::Firing;
+                alert.fired_ms = Some(minute_end);
+                outcome.notices.push(notice(
+                    rule,
+                    group,
+                    &alert,
+                    &judged,
+                    AlertStatus::Firing,
+                    minute_end,
+                ));
+            } else {
+                outcome.pending.push((rule.name.clone(), group.to_vec()));
+            }
+            alerts.insert(group.to_vec(), alert);
+        }
+        Some(alert) => {
+            alert.last_evaluated_ms = minute_end;
+            alert.value = judged.value.or(alert.value);
+            match alert.phase {
+                Phase::Pending if !judged.fires => {
+                    alerts.remove(group);
+                }
+                Phase::Pending => {
+                    if minute_end - alert.since_ms >= rule.for_ms {
+                        alert.phase = Phase::Firing;
+                        alert.fired_ms = Some(minute_end);
+                        outcome.notices.push(notice(
+                            rule,
+                            group,
+                            alert,
+                            &judged,
+                            AlertStatus::Firing,
+                            minute_end,
+                        ));
                     }
-                    Phase::Pending => {
-                        if minute_end - alert.since_ms >= rule.for_ms {
-                            alert.phase = Phase::Firing;
-                            alert.fired_ms = Some(minute_end);
-                            outcome.notices.push(notice(
-                                rule,
-                                &key.1,
-                                alert,
-                                &judged,
-                                AlertStatus::Firing,
-                                minute_end,
-                            ));
-                        }
+                }
+                Phase::Firing => {
+                    if !judged.recovered {
+                        alert.recovering_since_ms = None;
+                        return;
                     }
-                    Phase::Firing => {
-                        if !judged.recovered {
-                            alert.recovering_since_ms = None;
-                            return;
-                        }
-                        let since = *alert.recovering_since_ms.get_or_insert(minute_end);
-                        if minute_end - since >= rule.keep_firing_for_ms {
-                            let resolved = notice(
-                                rule,
-                                &key.1,
-                                alert,
-                                &judged,
-                                AlertStatus::Resolved,
-                                minute_end,
-                            );
-                            outcome.notices.push(resolved);
-                            self.alerts.remove(&key);
-                        }
+                    let since = *alert.recovering_since_ms.get_or_insert(minute_end);
+                    if minute_end - since >= rule.keep_firing_for_ms {
+                        outcome.notices.push(notice(
+                            rule,
+                            group,
+                            alert,
+                            &judged,
+                            AlertStatus::Resolved,
+                            minute_end,
+                        ));
+                        alerts.remove(group);
                     }
                 }
             }

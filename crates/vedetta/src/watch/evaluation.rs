@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use vedetta_core::pipeline::windows::Granularity;
 use vedetta_core::time::Clock;
 use vedetta_core::watch::evaluate::{
-    ActiveAlert, AlertKey, Evaluator, MinuteRow, Phase, SpendMinute, SystemValues, WindowData,
+    ActiveAlert, AlertKey, Evaluator, MinuteRow, SpendMinute, SystemValues, WindowData,
     group_totals,
 };
 use vedetta_core::watch::notification::AlertStatus;
@@ -139,7 +139,7 @@ pub fn start(
         .store(sources.clock.now_ms(), Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let mut task = Task {
-        evaluator: Evaluator::new(rules.rules.clone(), state.alerts.iter().cloned().collect()),
+        evaluator: Evaluator::new(rules.rules.clone(), state.alerts.iter().cloned()),
         state,
         rules: Arc::new(rules),
         rules_modified: modified(config.rules_file.as_ref()),
@@ -192,10 +192,8 @@ impl Task {
                     tracing::error!(error = %format!("{error:#}"), "alert evaluation failed; retrying");
                     // The store is where it was before the failed step: reload from it.
                     if let Ok(state) = self.store.state() {
-                        self.evaluator = Evaluator::new(
-                            self.rules.rules.clone(),
-                            state.alerts.iter().cloned().collect(),
-                        );
+                        self.evaluator =
+                            Evaluator::new(self.rules.rules.clone(), state.alerts.iter().cloned());
                         self.state = state;
                     }
                     pause = (pause * 2).min(Duration::from_secs(10));
@@ -326,12 +324,7 @@ impl Task {
             .inhibitions
             .iter()
             .map(|i| i.source.as_str())
-            .filter(|source| {
-                self.evaluator
-                    .alerts
-                    .iter()
-                    .any(|((rule, _), a)| rule == source && a.phase == Phase::Firing)
-            })
+            .filter(|source| self.evaluator.is_firing(source))
             .collect();
         let mut history = Vec::new();
         for (rule, group) in &outcome.pending {
@@ -410,12 +403,7 @@ impl Task {
         history: &[HistoryEntry],
         notifications: &[vedetta_core::watch::notification::Notification],
     ) -> anyhow::Result<()> {
-        self.state.alerts = self
-            .evaluator
-            .alerts
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        self.state.alerts = self.evaluator.alert_list();
         self.store
             .commit(&self.state, history, notifications, &*self.enqueue)
             .context("committing the alert state")?;
