@@ -106,17 +106,17 @@ fn data(minutes: i64) -> WindowData {
 
 /// Ten shapes of rule: 63,100 rule × group evaluations a minute.
 #[divan::bench(sample_count = 20)]
-fn evaluate_1000_rules_in_10_shapes(bencher: Bencher) {
+fn evaluate_1000_rules_in_10_shapes(bencher: Bencher<'_, '_>) {
     run(bencher, true);
 }
 
 /// Every rule by channel and campaign over 10 minutes: 1,000 × 100 = 100,000 evaluations.
 #[divan::bench(sample_count = 20)]
-fn evaluate_1000_rules_100_groups(bencher: Bencher) {
+fn evaluate_1000_rules_100_groups(bencher: Bencher<'_, '_>) {
     run(bencher, false);
 }
 
-fn run(bencher: Bencher, varied_shapes: bool) {
+fn run(bencher: Bencher<'_, '_>, varied_shapes: bool) {
     let rules = check_rules(
         &rules(varied_shapes),
         &Default::default(),
