@@ -9,9 +9,11 @@
 #![allow(clippy::unwrap_used)]
 
 use divan::{Bencher, black_box};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
-use vedetta_core::watch::evaluate::{Evaluator, MinuteRow, SpendMinute, SystemValues, WindowData};
+use vedetta_core::watch::evaluate::{
+    Evaluator, MinuteRow, NoHistory, SpendMinute, SystemValues, WindowData,
+};
 use vedetta_core::watch::rules::{RawRule, Timing, check_rules};
 
 const T0: i64 = 1_712_318_400_000;
@@ -133,7 +135,7 @@ fn run(bencher: Bencher<'_, '_>, varied_shapes: bool) {
             minute_end,
             black_box(&data),
             SystemValues::default(),
-            &mut |_, _, _| HashMap::new(),
+            &mut NoHistory,
         );
         evaluations = outcome.evaluations;
         black_box(outcome.evaluations)

@@ -26,6 +26,7 @@ use super::expr::{Metric, Values};
 use super::notification::{AlertNotice, AlertStatus, Unit};
 use super::rules::{Dimension, Rule, RuleKind};
 use crate::pipeline::kpi::{KpiCounters, SpendCounters};
+pub use crate::pipeline::windows::Granularity as WindowGranularity;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -130,9 +131,31 @@ pub struct ActiveAlert {
 /// A (rule, group): the group is the values of the rule's `group_by`, in order.
 pub type AlertKey = (String, Vec<String>);
 
-/// For an absence rule, ending at a minute, over some weeks: the rule's metric in the
-/// same window of the week, per group, as usual (the adapter reads stored history).
-pub type UsualLevels<'a> = dyn FnMut(&Rule, i64, i64) -> HashMap<Vec<String>, f64> + 'a;
+/// Stored history the evaluator asks for (the adapter reads the KPI store; a backtest the
+/// same store; tests give what they need).
+pub trait History {
+    /// Absence rules: the rule's metric in the same window of the week, as usual (the median
+    /// of `weeks` weeks), per group.
+    fn usual(&mut self, rule: &Rule, minute_end: i64, weeks: i64) -> HashMap<Vec<String>, f64>;
+
+    /// Anomaly rules: the stored rows of an hourly or daily granularity whose windows start
+    /// in `[from, to)` (rows carry their window start).
+    fn periods(&mut self, granularity: WindowGranularity, from: i64, to: i64) -> WindowData;
+}
+
+/// No history: absence and anomaly rules never have enough to fire.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHistory;
+
+impl History for NoHistory {
+    fn usual(&mut self, _: &Rule, _: i64, _: i64) -> HashMap<Vec<String>, f64> {
+        HashMap::new()
+    }
+
+    fn periods(&mut self, _: WindowGranularity, _: i64, _: i64) -> WindowData {
+        WindowData::default()
+    }
+}
 
 /// What one evaluated minute changed.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -153,6 +176,8 @@ pub struct Evaluator {
     rules: Vec<Rule>,
     /// Rule name → group → alert: a rule's alerts are found without scanning the others'.
     alerts: BTreeMap<String, BTreeMap<Vec<String>, ActiveAlert>>,
+    /// The seasonal models of anomaly rules, learnt from stored history.
+    anomalies: super::evaluate_anomaly::AnomalySeries,
 }
 
 /// How a rule groups, filters and windows the data: rules that share it share the sums.
@@ -170,6 +195,7 @@ impl Evaluator {
         Self {
             rules,
             alerts: by_rule,
+            anomalies: super::evaluate_anomaly::AnomalySeries::default(),
         }
     }
 
@@ -224,14 +250,13 @@ impl Evaluator {
 
     /// Judges every rule on the minute ending at `minute_end` (the watermark has passed
     /// it). `data` holds the 1-minute rows of at least `[minute_end − max_window, minute_end)`;
-    /// `usual` gives, for an absence rule, the rule's metric in the same window `weeks`
-    /// weeks earlier, per group (the adapter reads it from stored history).
+    /// `history` gives what absence and anomaly rules need of the past.
     pub fn evaluate_minute(
         &mut self,
         minute_end: i64,
         data: &WindowData,
         system: SystemValues,
-        usual: &mut UsualLevels<'_>,
+        history: &mut dyn History,
     ) -> MinuteOutcome {
         let mut outcome = MinuteOutcome {
             minute_end_ms: minute_end,
@@ -240,6 +265,56 @@ impl Evaluator {
         let mut sums: HashMap<Shape, HashMap<Vec<String>, GroupTotals>> = HashMap::new();
         let rules = std::mem::take(&mut self.rules);
         for rule in &rules {
+            if let RuleKind::Anomaly { metric, config } = &rule.kind {
+                let mut alerts = self.alerts.remove(&rule.name).unwrap_or_default();
+                let judged = self
+                    .anomalies
+                    .judge_period(rule, *metric, config, minute_end, history);
+                if let Some(judged) = judged {
+                    let mut keys: Vec<&Vec<String>> = judged.keys().collect();
+                    let gone: Vec<Vec<String>> = alerts
+                        .keys()
+                        .filter(|g| !judged.contains_key(*g))
+                        .cloned()
+                        .collect();
+                    keys.sort();
+                    for group in keys {
+                        outcome.evaluations += 1;
+                        step(
+                            rule,
+                            group,
+                            judged[group].clone(),
+                            minute_end,
+                            &mut alerts,
+                            &mut outcome,
+                        );
+                    }
+                    for group in gone {
+                        outcome.evaluations += 1;
+                        let recovered = Judged {
+                            fires: false,
+                            recovered: true,
+                            value: None,
+                            threshold: None,
+                            unit: metric.unit(),
+                            expected: None,
+                            contributor: None,
+                        };
+                        step(
+                            rule,
+                            &group,
+                            recovered,
+                            minute_end,
+                            &mut alerts,
+                            &mut outcome,
+                        );
+                    }
+                }
+                if !alerts.is_empty() {
+                    self.alerts.insert(rule.name.clone(), alerts);
+                }
+                continue;
+            }
             let shape: Shape = (rule.group_by.clone(), rule.filter.clone(), rule.over_ms);
             let groups = sums.entry(shape).or_insert_with(|| {
                 if rule.is_system() {
@@ -258,9 +333,9 @@ impl Evaluator {
             });
             let usual_by_group = match &rule.kind {
                 RuleKind::Absence { usual_weeks, .. } => {
-                    usual(rule, minute_end, i64::from(*usual_weeks))
+                    history.usual(rule, minute_end, i64::from(*usual_weeks))
                 }
-                RuleKind::Threshold { .. } => HashMap::new(),
+                RuleKind::Threshold { .. } | RuleKind::Anomaly { .. } => HashMap::new(),
             };
             // Groups with data, and groups with an active alert (to resolve them).
             let mut alerts = self.alerts.remove(&rule.name).unwrap_or_default();
@@ -379,15 +454,19 @@ fn step(
 }
 
 /// A group's verdict for one minute.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Judged {
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Judged {
     /// The firing condition holds (with data, past the volume guards).
-    fires: bool,
+    pub fires: bool,
     /// A firing alert may resolve: the recovery condition holds, or there is no data.
-    recovered: bool,
-    value: Option<f64>,
-    threshold: Option<f64>,
-    unit: Unit,
+    pub recovered: bool,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub unit: Unit,
+    /// Anomalies: the expected band, low and high.
+    pub expected: Option<(f64, f64)>,
+    /// Anomalies: the breakdown that moved most.
+    pub contributor: Option<super::notification::Contributor>,
 }
 
 fn judge(rule: &Rule, totals: Option<&GroupTotals>, usual: Option<f64>) -> Judged {
@@ -405,6 +484,8 @@ fn judge(rule: &Rule, totals: Option<&GroupTotals>, usual: Option<f64>) -> Judge
                     value: None,
                     threshold,
                     unit,
+                    expected: None,
+                    contributor: None,
                 };
             };
             let fires = fire.holds(t);
@@ -418,6 +499,8 @@ fn judge(rule: &Rule, totals: Option<&GroupTotals>, usual: Option<f64>) -> Judge
                 value: measured.eval(t),
                 threshold,
                 unit,
+                expected: None,
+                contributor: None,
             }
         }
         RuleKind::Absence {
@@ -435,8 +518,20 @@ fn judge(rule: &Rule, totals: Option<&GroupTotals>, usual: Option<f64>) -> Judge
                 value: Some(now),
                 threshold: usual,
                 unit: Unit::Count,
+                expected: None,
+                contributor: None,
             }
         }
+        // Judged per closed period, not per minute (see `evaluate_minute`).
+        RuleKind::Anomaly { metric, .. } => Judged {
+            fires: false,
+            recovered: true,
+            value: None,
+            threshold: None,
+            unit: metric.unit(),
+            expected: None,
+            contributor: None,
+        },
     }
 }
 
@@ -446,7 +541,16 @@ pub fn group_totals(
     minute_end: i64,
     data: &WindowData,
 ) -> HashMap<Vec<String>, GroupTotals> {
-    let from = minute_end - rule.over_ms;
+    totals_between(rule, minute_end - rule.over_ms, minute_end, data)
+}
+
+/// Sums the rows whose window starts in `[from, to)` by the rule's groups.
+pub fn totals_between(
+    rule: &Rule,
+    from: i64,
+    minute_end: i64,
+    data: &WindowData,
+) -> HashMap<Vec<String>, GroupTotals> {
     let index = |d: Dimension| match d {
         Dimension::Channel => 0,
         Dimension::Campaign => 1,
@@ -521,7 +625,9 @@ fn notice(
     let value = judged.value.or(alert.value);
     let measured = match &rule.kind {
         RuleKind::Threshold { fire, .. } => fire.headline().0.to_string(),
-        RuleKind::Absence { metric, .. } => metric.name().to_string(),
+        RuleKind::Absence { metric, .. } | RuleKind::Anomaly { metric, .. } => {
+            metric.name().to_string()
+        }
     };
     let window_start = minute_end - rule.over_ms;
     let scope = if labels.is_empty() {
@@ -555,8 +661,8 @@ fn notice(
         unit: judged.unit,
         value,
         threshold: judged.threshold,
-        expected: None,
-        contributor: None,
+        expected: judged.expected,
+        contributor: judged.contributor.clone(),
         window_start_ms: window_start,
         window_end_ms: minute_end,
         started_ms: alert.fired_ms.unwrap_or(minute_end),
@@ -651,7 +757,7 @@ mod tests {
                 start + MINUTE,
                 &history,
                 SystemValues::default(),
-                &mut |_, _, _| HashMap::new(),
+                &mut NoHistory,
             );
             out.extend(outcome.notices.iter().map(|n| (i, n.status)));
         }
@@ -724,9 +830,7 @@ mod tests {
         let mut evaluator = Evaluator::new(vec![r], BTreeMap::new());
         let m = minute(T0, 1, 30.0);
         let fired =
-            evaluator.evaluate_minute(T0 + MINUTE, &m, SystemValues::default(), &mut |_, _, _| {
-                HashMap::new()
-            });
+            evaluator.evaluate_minute(T0 + MINUTE, &m, SystemValues::default(), &mut NoHistory);
         assert_eq!(fired.notices.len(), 1);
         // The next minute has no rows at all: the alert resolves instead of staying stuck,
         // and a rule like `conversions < 1` would not fire on it either.
@@ -735,7 +839,7 @@ mod tests {
             T0 + 2 * MINUTE,
             &empty,
             SystemValues::default(),
-            &mut |_, _, _| HashMap::new(),
+            &mut NoHistory,
         );
         assert_eq!(next.notices[0].status, AlertStatus::Resolved);
         let low = rule(|r| {
@@ -747,7 +851,7 @@ mod tests {
             T0 + 2 * MINUTE,
             &empty,
             SystemValues::default(),
-            &mut |_, _, _| HashMap::new(),
+            &mut NoHistory,
         );
         assert!(quiet.notices.is_empty());
     }
@@ -760,9 +864,7 @@ mod tests {
         m.rows[0].dims[1] = "brand&to=0#x".into();
         m.spend[0].campaign = "brand&to=0#x".into();
         let outcome =
-            evaluator.evaluate_minute(T0 + MINUTE, &m, SystemValues::default(), &mut |_, _, _| {
-                HashMap::new()
-            });
+            evaluator.evaluate_minute(T0 + MINUTE, &m, SystemValues::default(), &mut NoHistory);
         let n = &outcome.notices[0];
         assert_eq!(
             (n.value, n.threshold, n.unit),
@@ -795,16 +897,24 @@ mod tests {
             r.group_by = vec!["channel".into()];
         });
         let mut evaluator = Evaluator::new(vec![r], BTreeMap::new());
-        let usual = |_: &Rule, _: i64, _: i64| {
-            let mut m = HashMap::new();
-            m.insert(vec!["paid_search".to_string()], 12.0);
-            m.insert(vec!["display".to_string()], 1.0);
-            m
-        };
-        let outcome =
-            evaluator.evaluate_minute(T0, &WindowData::default(), SystemValues::default(), &mut {
-                usual
-            });
+        struct Usual;
+        impl History for Usual {
+            fn usual(&mut self, _: &Rule, _: i64, _: i64) -> HashMap<Vec<String>, f64> {
+                let mut m = HashMap::new();
+                m.insert(vec!["paid_search".to_string()], 12.0);
+                m.insert(vec!["display".to_string()], 1.0);
+                m
+            }
+            fn periods(&mut self, _: WindowGranularity, _: i64, _: i64) -> WindowData {
+                WindowData::default()
+            }
+        }
+        let outcome = evaluator.evaluate_minute(
+            T0,
+            &WindowData::default(),
+            SystemValues::default(),
+            &mut Usual,
+        );
         let fired: Vec<_> = outcome
             .notices
             .iter()
@@ -816,7 +926,7 @@ mod tests {
             T0 + MINUTE,
             &minute(T0, 2, 0.0),
             SystemValues::default(),
-            &mut { usual },
+            &mut Usual,
         );
         assert_eq!(back.notices[0].status, AlertStatus::Resolved);
     }

@@ -5,6 +5,7 @@
 pub mod anomaly;
 pub mod dispatch;
 pub mod evaluate;
+mod evaluate_anomaly;
 pub mod expr;
 pub mod notification;
 pub mod rules;

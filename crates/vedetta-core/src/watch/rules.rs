@@ -96,6 +96,14 @@ pub struct RawRule {
     pub group_wait: Option<String>,
     pub group_interval: Option<String>,
     pub repeat_interval: Option<String>,
+    /// Anomaly: `1h` (hourly series, weekly season by hour) or `1d` (daily).
+    pub granularity: Option<String>,
+    /// Anomaly: the band's half-width in robust deviations (1–20; smaller finds more).
+    pub sensitivity: Option<f64>,
+    /// Anomaly: history a series needs before it is judged, a span (`14d`).
+    pub min_history: Option<String>,
+    /// Anomaly: `up`, `down` or `both`.
+    pub direction: Option<String>,
 }
 
 /// What a rule watches.
@@ -114,6 +122,12 @@ pub enum RuleKind {
         metric: Metric,
         usually_at_least: f64,
         usual_weeks: u32,
+    },
+    /// Fires for a closed hour (or day) whose `metric` lies outside the band the seasonal
+    /// model expects for it (`watch::anomaly`).
+    Anomaly {
+        metric: Metric,
+        config: super::anomaly::AnomalyConfig,
     },
 }
 
@@ -160,6 +174,7 @@ impl Rule {
         match self.kind {
             RuleKind::Threshold { .. } => "threshold",
             RuleKind::Absence { .. } => "absence",
+            RuleKind::Anomaly { .. } => "anomaly",
         }
     }
 
@@ -172,6 +187,15 @@ impl Rule {
                 usually_at_least,
                 ..
             } => format!("{} == 0 (usually ≥ {usually_at_least})", metric.name()),
+            RuleKind::Anomaly { metric, config } => format!(
+                "{} outside its expected {} band ({} deviations)",
+                metric.name(),
+                match config.granularity {
+                    super::anomaly::Granularity::Hourly => "hourly",
+                    super::anomaly::Granularity::Daily => "daily",
+                },
+                config.deviations_in_force()
+            ),
         }
     }
 
@@ -179,7 +203,7 @@ impl Rule {
     pub fn is_system(&self) -> bool {
         match &self.kind {
             RuleKind::Threshold { fire, .. } => fire.metrics().iter().all(|m| m.is_system()),
-            RuleKind::Absence { .. } => false,
+            RuleKind::Absence { .. } | RuleKind::Anomaly { .. } => false,
         }
     }
 }
@@ -426,12 +450,87 @@ fn check_rule(
                 usual_weeks: usual_weeks as u32,
             }
         }
+        "anomaly" => {
+            use super::anomaly::{AnomalyConfig, AnomalyModel, Direction, Granularity, SeriesKind};
+            let metric_name = raw.metric.as_deref().unwrap_or("conversions");
+            let metric = Metric::from_name(metric_name)
+                .filter(|m| !m.is_system())
+                .ok_or_else(|| err("metric", format!("{metric_name:?} is not a traffic KPI")))?;
+            if spend_dims && metric.uses_spend() {
+                return Err(err(
+                    "group_by",
+                    "spend and cpa are known by channel and campaign only".into(),
+                ));
+            }
+            let granularity = match raw.granularity.as_deref().unwrap_or("1h") {
+                "1h" => Granularity::Hourly,
+                "1d" => Granularity::Daily,
+                other => return Err(err("granularity", format!("{other:?}; one of 1h, 1d"))),
+            };
+            let period_ms = match granularity {
+                Granularity::Hourly => 3_600_000,
+                Granularity::Daily => 86_400_000,
+            };
+            let min_history = match raw.min_history.as_deref() {
+                None => None,
+                Some(text) => {
+                    let ms = parse_span(text).ok_or_else(|| {
+                        err(
+                            "min_history",
+                            format!("{text:?} is not a span, like \"14d\""),
+                        )
+                    })?;
+                    Some(u32::try_from(ms / period_ms).unwrap_or(u32::MAX))
+                }
+            };
+            let direction = match raw.direction.as_deref().unwrap_or("both") {
+                "up" => Direction::Up,
+                "down" => Direction::Down,
+                "both" => Direction::Both,
+                other => {
+                    return Err(err(
+                        "direction",
+                        format!("{other:?}; one of up, down, both"),
+                    ));
+                }
+            };
+            let config = AnomalyConfig {
+                deviations: raw.sensitivity,
+                min_history,
+                direction,
+                granularity,
+                kind: if metric.unit() == super::notification::Unit::Count {
+                    SeriesKind::Count
+                } else {
+                    SeriesKind::Ratio
+                },
+            };
+            AnomalyModel::new(config, jiff::tz::TimeZone::UTC).map_err(|e| {
+                let key = match e.field {
+                    "deviations" => "sensitivity",
+                    other => other,
+                };
+                err(key, e.reason)
+            })?;
+            if raw.expr.is_some() {
+                return Err(err("expr", "an anomaly rule has no condition".into()));
+            }
+            RuleKind::Anomaly { metric, config }
+        }
         other => {
             return Err(err(
                 "kind",
                 format!("{other:?}; one of threshold, absence, anomaly"),
             ));
         }
+    };
+    // An anomaly rule judges whole periods.
+    let over_ms = match &kind {
+        RuleKind::Anomaly { config, .. } => match config.granularity {
+            super::anomaly::Granularity::Hourly => 3_600_000,
+            super::anomaly::Granularity::Daily => 86_400_000,
+        },
+        _ => over_ms,
     };
     Ok(Rule {
         name,

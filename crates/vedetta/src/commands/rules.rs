@@ -7,9 +7,9 @@
 
 use crate::config::{self, Overrides};
 use crate::watch::config::{RuleSet, RulesFileAlerts, read_rules_file};
-use crate::watch::evaluation::{read_window, usual_levels};
+use crate::watch::evaluation::{StoreHistory, read_window};
 use anyhow::Context;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use vedetta_core::time::EventTime;
 use vedetta_core::watch::evaluate::{Evaluator, SystemValues};
@@ -127,20 +127,10 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
     let mut minutes = 0u64;
     while end <= to {
         let data = read_window(&store, end - window, end)?;
-        let mut failed = None;
-        let outcome = evaluator.evaluate_minute(
-            end,
-            &data,
-            SystemValues::default(),
-            &mut |rule, minute_end, weeks| {
-                usual_levels(&store, rule, minute_end, weeks).unwrap_or_else(|e| {
-                    failed = Some(e);
-                    HashMap::new()
-                })
-            },
-        );
-        if let Some(e) = failed {
-            return Err(e.context("reading the usual levels of an absence rule"));
+        let mut history = StoreHistory::new(&store);
+        let outcome = evaluator.evaluate_minute(end, &data, SystemValues::default(), &mut history);
+        if let Some(e) = history.error {
+            return Err(e.context("reading history for absence or anomaly rules"));
         }
         for notice in outcome.notices {
             let entry = fired

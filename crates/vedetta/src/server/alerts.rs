@@ -55,7 +55,9 @@ fn rule_json(rule: &Rule) -> Value {
                 .as_ref()
                 .map_or(Value::Null, |(_, t)| Value::String(t.clone())),
         ),
-        RuleKind::Absence { .. } => (Value::String(rule.condition_text()), Value::Null),
+        RuleKind::Absence { .. } | RuleKind::Anomaly { .. } => {
+            (Value::String(rule.condition_text()), Value::Null)
+        }
     };
     json!({
         "name": rule.name,

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use vedetta_core::pipeline::windows::Granularity;
 use vedetta_core::time::Clock;
 use vedetta_core::watch::evaluate::{
-    ActiveAlert, AlertKey, Evaluator, MinuteRow, SpendMinute, SystemValues, WindowData,
+    ActiveAlert, AlertKey, Evaluator, History, MinuteRow, SpendMinute, SystemValues, WindowData,
     group_totals,
 };
 use vedetta_core::watch::notification::AlertStatus;
@@ -296,21 +296,12 @@ impl Task {
             ),
             e2e_latency_seconds: (self.sources.e2e_latency)(self.sources.clock.now_ms()),
         };
-        let kpi_store = self.sources.kpi_store.clone();
-        let mut usual_error = None;
-        let mut usual =
-            |rule: &Rule, end: i64, weeks: i64| match usual_levels(&kpi_store, rule, end, weeks) {
-                Ok(levels) => levels,
-                Err(e) => {
-                    usual_error = Some(e);
-                    HashMap::new()
-                }
-            };
+        let mut history = StoreHistory::new(&self.sources.kpi_store);
         let outcome = self
             .evaluator
-            .evaluate_minute(minute_end, &data, system, &mut usual);
-        if let Some(e) = usual_error {
-            return Err(e.context("reading the usual levels of absence rules"));
+            .evaluate_minute(minute_end, &data, system, &mut history);
+        if let Some(e) = history.error {
+            return Err(e.context("reading history for absence or anomaly rules"));
         }
         let now = self.sources.clock.now_ms();
         let silences: Vec<_> = self
@@ -430,10 +421,50 @@ impl Task {
     }
 }
 
+/// Stored history for absence and anomaly rules, from the KPI store. A read error is kept
+/// (the evaluator gets no data for it) and fails the step after it.
+#[derive(Debug)]
+pub struct StoreHistory<'a> {
+    store: &'a KpiStore,
+    pub error: Option<anyhow::Error>,
+}
+
+impl<'a> StoreHistory<'a> {
+    pub fn new(store: &'a KpiStore) -> Self {
+        Self { store, error: None }
+    }
+}
+
+impl History for StoreHistory<'_> {
+    fn usual(&mut self, rule: &Rule, minute_end: i64, weeks: i64) -> HashMap<Vec<String>, f64> {
+        usual_levels(self.store, rule, minute_end, weeks).unwrap_or_else(|e| {
+            self.error = Some(e);
+            HashMap::new()
+        })
+    }
+
+    fn periods(&mut self, granularity: Granularity, from: i64, to: i64) -> WindowData {
+        read_rows(self.store, granularity, from, to).unwrap_or_else(|e| {
+            self.error = Some(e);
+            WindowData::default()
+        })
+    }
+}
+
 /// The 1-minute rows and spend of `[from, to)`.
 pub fn read_window(store: &KpiStore, from: i64, to: i64) -> anyhow::Result<WindowData> {
+    read_rows(store, Granularity::Minute, from, to)
+}
+
+/// The rows and spend of one granularity whose windows start in `[from, to)`.
+pub fn read_rows(
+    store: &KpiStore,
+    granularity: Granularity,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<WindowData> {
     let mut data = WindowData::default();
-    store.scan_rows(Granularity::Minute, from, to, |row, counters| {
+    store.scan_rows(granularity, from, to, |row, counters| {
         data.rows.push(MinuteRow {
             window_start: row.window_start,
             dims: [
@@ -445,7 +476,7 @@ pub fn read_window(store: &KpiStore, from: i64, to: i64) -> anyhow::Result<Windo
             counters: counters.clone(),
         });
     })?;
-    for (key, spend) in store.spend(Granularity::Minute, from, to)? {
+    for (key, spend) in store.spend(granularity, from, to)? {
         data.spend.push(SpendMinute {
             window_start: key.window_start,
             channel: key.channel,
