@@ -4,6 +4,7 @@
 //!   An accepted event is one that this log has fsynced.
 //! - [`kpi_store`]: aggregated KPI rows, the pipeline snapshot and the consumed offset,
 //!   committed together: the ground of exactly-once processing.
+//! - [`outbox`]: the durable outbox of alert notifications and its dead-letter list.
 //!
 //! Built on `redb`, an ACID embedded B-tree in pure Rust: its copy-on-write commit protocol
 //! already survives a crash at any instant, so this crate adds only what a log needs on top
@@ -13,6 +14,7 @@
 mod error;
 pub mod kpi_store;
 pub mod log;
+pub mod outbox;
 pub mod reopen;
 
 pub use kpi_store::{

@@ -127,7 +127,7 @@ pub struct Notification {
 }
 
 /// Why stored bytes are not a notification.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NotificationFormatError {
     #[error("an outbox entry of format {found}; this build reads format {NOTIFICATION_FORMAT}")]
     Version { found: u8 },
