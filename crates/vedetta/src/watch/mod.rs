@@ -3,3 +3,5 @@
 //! lifecycle and the notifications themselves are pure (`vedetta_core::watch`).
 
 pub mod destination;
+pub mod destinations;
+pub mod sender;
