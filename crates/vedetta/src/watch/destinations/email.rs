@@ -130,6 +130,9 @@ pub struct Email {
     to: Vec<Mailbox>,
     lang: Lang,
     subject_prefix: String,
+    /// The bound of one whole SMTP exchange: lettre's own timeout covers single reads and
+    /// writes on some paths only, and a server that never answers must not hold the sender.
+    timeout: Duration,
     transport: AsyncSmtpTransport<Tokio1Executor>,
 }
 
@@ -172,6 +175,7 @@ impl Email {
             to: checked.to,
             lang: config.lang,
             subject_prefix: config.subject_prefix.clone(),
+            timeout: checked.timeout,
             transport: builder.build(),
         })
     }
@@ -266,7 +270,14 @@ impl Destination for Email {
     fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a> {
         Box::pin(async move {
             let message = self.message(notification)?;
-            match self.transport.send(message).await {
+            let sent = tokio::time::timeout(self.timeout, self.transport.send(message)).await;
+            let Ok(sent) = sent else {
+                return Err(DeliveryError::Retry {
+                    after: None,
+                    reason: format!("SMTP: no answer within {:?}", self.timeout),
+                });
+            };
+            match sent {
                 Ok(_) => Ok(()),
                 // 5xx: the server refused this message (a recipient, the size, the
                 // credentials); the same message would be refused again.
