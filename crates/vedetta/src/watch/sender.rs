@@ -246,12 +246,11 @@ fn random_u64() -> u64 {
     getrandom::u64().unwrap_or(0)
 }
 
-/// Milliseconds since the epoch (the sender runs in the server, not the pure core).
+/// Wall-clock milliseconds since the epoch, from the server's one clock adapter: outbox
+/// times (enqueue, next attempt, dead) are wall-clock, to survive restarts.
 pub fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    use vedetta_core::time::Clock;
+    crate::clock::SystemClock.now_ms()
 }
 
 struct Finished {
@@ -302,10 +301,14 @@ async fn run(
     // A destination's next message may not start before this (its min_interval).
     let mut not_before: HashMap<String, Instant> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    // Deliveries in flight, aborted when the sender stops (dropped with this set), so a
+    // sender started again on the same outbox never races an orphaned call.
+    let mut inflight = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let metrics = handle.metrics.clone();
 
     loop {
+        while inflight.try_join_next().is_some() {}
         // Apply finished deliveries first: their outcome decides the next head.
         while let Ok(finished) = done_rx.try_recv() {
             busy.remove(&finished.destination);
@@ -359,7 +362,7 @@ async fn run(
                     busy.insert(entry.destination.clone());
                     let tx = done_tx.clone();
                     let timeout = config.call_timeout;
-                    tokio::spawn(async move {
+                    inflight.spawn(async move {
                         let (result, timed_out) = match &entry.notification {
                             Ok(n) => {
                                 match tokio::time::timeout(timeout, destination.deliver(n)).await {
@@ -513,6 +516,30 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_are_exposed_by_destination_and_outcome() {
+        let m = SenderMetrics::default();
+        m.count("slack-marketing", Outcome::Delivered);
+        m.count("slack-marketing", Outcome::Retry);
+        m.count("slack-marketing", Outcome::Retry);
+        m.latency.observe(0.3);
+        m.depth.store(4, Ordering::Relaxed);
+        m.oldest_enqueued_ms.store(1_000, Ordering::Relaxed);
+        let mut out = Exposition::default();
+        m.expose(&mut out, 61_000);
+        let text = out.into_string();
+        for line in [
+            "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"retry\"} 2",
+            "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"delivered\"} 1",
+            "vedetta_outbox_depth 4",
+            "vedetta_outbox_oldest_age_seconds 60",
+            "vedetta_outbox_dead_letters 0",
+            "vedetta_notification_latency_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_caps_jitters_and_honours_the_receiver() {

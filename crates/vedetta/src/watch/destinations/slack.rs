@@ -90,7 +90,7 @@ pub fn payload(notification: &Notification, lang: Lang) -> Value {
         "type": "header",
         "text": {"type": "plain_text", "text": header, "emoji": true}
     })];
-    let mut fallback = title.clone();
+    let mut fallback = title;
     let mut block_chars = 0;
     let mut shown = 0;
     for notice in &notification.notices {
