@@ -2,10 +2,11 @@
 //!
 //! A destination turns a [`Notification`] into one request to the outside world (a Slack
 //! message, an e-mail, alerts posted to Alertmanager, a webhook call) and says how it went.
-//! The outbox sender owns everything around that call: it delivers each notification at
-//! least once, retries with exponential backoff and jitter, spaces messages to one
-//! destination by [`Destination::min_interval`], and moves a notification it cannot deliver
-//! to the dead-letter list. So a destination:
+//! The outbox sender (`super::sender`) owns everything around that call: it delivers each
+//! notification at least once, one at a time per destination and in enqueue order, retries
+//! with exponential backoff and jitter, spaces messages to one destination by
+//! [`Destination::min_interval`], times each call out, and moves a notification it cannot
+//! deliver to the dead-letter list. So a destination:
 //!
 //! - makes **one attempt** per call and never retries, sleeps or queues by itself;
 //! - is **idempotent at the receiver** where the receiver allows it: it sends

@@ -5,3 +5,5 @@
 pub mod config;
 pub mod destination;
 pub mod evaluation;
+pub mod destinations;
+pub mod sender;

@@ -1,0 +1,349 @@
+//! The destinations, configured from `[[alerts.destinations]]`:
+//!
+//! ```toml
+//! [[alerts.destinations]]
+//! name = "slack-marketing"
+//! kind = "slack"                 # slack | email | alertmanager | webhook
+//! url = "https://hooks.slack.com/services/…"
+//! lang = "it"                    # it | en (default en)
+//! ```
+//!
+//! Each kind's keys are in its config struct ([`SlackConfig`], [`EmailConfig`],
+//! [`AlertmanagerConfig`], [`WebhookConfig`]); unknown keys are refused, and every error
+//! names the destination and the key.
+
+pub mod alertmanager;
+pub mod email;
+pub mod slack;
+pub mod text;
+pub mod webhook;
+
+pub use alertmanager::AlertmanagerConfig;
+pub use email::{EmailConfig, SmtpTls};
+pub use slack::SlackConfig;
+pub use text::Lang;
+pub use webhook::{OAuth2Config, WebhookConfig, WebhookFormat};
+
+use super::destination::{DeliveryError, Destination};
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A secret from the configuration (a webhook URL, a password, a client secret): never
+/// printed by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One `[[alerts.destinations]]` entry.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DestinationConfig {
+    Slack(SlackConfig),
+    Email(EmailConfig),
+    Alertmanager(AlertmanagerConfig),
+    Webhook(WebhookConfig),
+}
+
+/// The longest name of a destination, and what it may contain: it is a label in
+/// `/metrics` and a key in the outbox.
+const MAX_NAME_CHARS: usize = 64;
+
+fn default_timeout_seconds() -> u64 {
+    10
+}
+
+/// A configuration error, naming the destination and the key.
+pub(crate) fn key_error(name: &str, key: &str, message: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!("alerts.destinations[{name:?}].{key}: {message}")
+}
+
+pub(crate) fn check_timeout(name: &str, seconds: u64) -> anyhow::Result<Duration> {
+    if !(1..=300).contains(&seconds) {
+        return Err(key_error(
+            name,
+            "timeout_seconds",
+            "must be between 1 and 300",
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+pub(crate) fn check_url(name: &str, key: &str, url: &str) -> anyhow::Result<reqwest::Url> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| key_error(name, key, format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(key_error(
+            name,
+            key,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(parsed)
+}
+
+impl DestinationConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            DestinationConfig::Slack(c) => &c.name,
+            DestinationConfig::Email(c) => &c.name,
+            DestinationConfig::Alertmanager(c) => &c.name,
+            DestinationConfig::Webhook(c) => &c.name,
+        }
+    }
+
+    /// Checks every key; the error names the destination and the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let name = self.name();
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_CHARS
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            bail!(
+                "alerts.destinations.name: {name:?} must be 1 to {MAX_NAME_CHARS} letters, digits, '-', '_' or '.'"
+            );
+        }
+        match self {
+            DestinationConfig::Slack(c) => c.validate().map(drop),
+            DestinationConfig::Email(c) => c.validate().map(drop),
+            DestinationConfig::Alertmanager(c) => c.validate().map(drop),
+            DestinationConfig::Webhook(c) => c.validate().map(drop),
+        }
+    }
+}
+
+/// Builds one destination (validates first).
+pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>> {
+    config.validate()?;
+    Ok(match config {
+        DestinationConfig::Slack(c) => Arc::new(slack::Slack::new(c)?),
+        DestinationConfig::Email(c) => Arc::new(email::Email::new(c)?),
+        DestinationConfig::Alertmanager(c) => Arc::new(alertmanager::Alertmanager::new(c)?),
+        DestinationConfig::Webhook(c) => Arc::new(webhook::Webhook::new(c)?),
+    })
+}
+
+/// Builds every destination; names must be unique.
+pub fn build_all(configs: &[DestinationConfig]) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
+    let mut names = HashSet::new();
+    configs
+        .iter()
+        .map(|c| {
+            if !names.insert(c.name()) {
+                bail!("alerts.destinations.name: {:?} is used twice", c.name());
+            }
+            build(c).with_context(|| format!("destination {:?}", c.name()))
+        })
+        .collect()
+}
+
+/// An HTTP client for destinations: rustls with `ring` (the one provider of the tree), no
+/// redirects (a redirect must not carry a token elsewhere), its own timeout.
+pub(crate) fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    // Installed by `main` already; a library user (a test) may not have: either way one
+    // provider, `ring`.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("vedetta/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from webhooks; it counts as none).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// The longest part of a receiver's error body kept in an error.
+const MAX_BODY_EXCERPT: usize = 300;
+
+/// Reads a response and maps its status by the contract: 2xx delivered; 408, 425, 429 and
+/// 5xx retry (with `Retry-After`); other 4xx refused.
+pub(crate) async fn classify(
+    what: &str,
+    response: reqwest::Response,
+) -> Result<String, DeliveryError> {
+    let status = response.status();
+    let after = retry_after(response.headers());
+    // Bounded read: a receiver's body is not ours to hold whole.
+    let body = read_bounded(response, 64 * 1024).await;
+    if status.is_success() {
+        return Ok(body);
+    }
+    let excerpt = text::clip(body.trim())
+        .chars()
+        .take(MAX_BODY_EXCERPT)
+        .collect::<String>();
+    let reason = format!("{what} answered {status}: {excerpt}");
+    if status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429) {
+        Err(DeliveryError::Retry { after, reason })
+    } else {
+        Err(DeliveryError::Refused { reason })
+    }
+}
+
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> String {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A transport failure (refused connection, timeout, TLS): retry. The URL is left out of
+/// the message, since webhook URLs carry secrets.
+pub(crate) fn transport_error(what: &str, error: reqwest::Error) -> DeliveryError {
+    DeliveryError::Retry {
+        after: None,
+        reason: format!("{what}: {}", error.without_url()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Alerts {
+        destinations: Vec<DestinationConfig>,
+    }
+
+    fn parse(toml_text: &str) -> anyhow::Result<Vec<DestinationConfig>> {
+        Ok(toml::from_str::<Alerts>(toml_text)?.destinations)
+    }
+
+    #[test]
+    fn every_kind_parses_and_builds() {
+        let configs = parse(
+            r#"
+            [[destinations]]
+            name = "slack-marketing"
+            kind = "slack"
+            url = "https://hooks.slack.com/services/T/B/x"
+            lang = "it"
+
+            [[destinations]]
+            name = "mail-team"
+            kind = "email"
+            host = "smtp.example.com"
+            tls = "starttls"
+            username = "u"
+            password = "p"
+            from = "Vedetta <vedetta@example.com>"
+            to = ["team@example.com"]
+            lang = "it"
+
+            [[destinations]]
+            name = "am"
+            kind = "alertmanager"
+            url = "http://127.0.0.1:9093"
+
+            [[destinations]]
+            name = "hook"
+            kind = "webhook"
+            url = "https://example.com/hook"
+            oauth2 = { token_url = "https://example.com/token", client_id = "c", client_secret = "s" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(configs.len(), 4);
+        let built = build_all(&configs).unwrap();
+        let kinds: Vec<_> = built
+            .iter()
+            .map(|d| (d.name().to_owned(), d.kind()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("slack-marketing".to_owned(), "slack"),
+                ("mail-team".to_owned(), "email"),
+                ("am".to_owned(), "alertmanager"),
+                ("hook".to_owned(), "webhook")
+            ]
+        );
+        assert_eq!(built[0].min_interval(), Duration::from_secs(1));
+        // Secrets stay out of Debug.
+        let debug = format!("{configs:?}");
+        assert!(
+            !debug.contains("hooks.slack.com") && !debug.contains("\"p\""),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_destination_and_the_key() {
+        let err = |t: &str| {
+            let configs = match parse(t) {
+                Ok(c) => c,
+                Err(e) => return e.to_string(),
+            };
+            build_all(&configs)
+                .map(drop)
+                .unwrap_err()
+                .root_cause()
+                .to_string()
+        };
+        let unknown = err(
+            "[[destinations]]\nname = \"s\"\nkind = \"slack\"\nurl = \"https://h/x\"\nchannel = \"#x\"\n",
+        );
+        assert!(unknown.contains("unknown field `channel`"), "{unknown}");
+        let kind = err("[[destinations]]\nname = \"s\"\nkind = \"pager\"\n");
+        assert!(kind.contains("pager"), "{kind}");
+        let url = err("[[destinations]]\nname = \"s\"\nkind = \"slack\"\nurl = \"ftp://h/x\"\n");
+        assert!(url.contains("alerts.destinations[\"s\"].url"), "{url}");
+        let port = err(
+            "[[destinations]]\nname = \"m\"\nkind = \"email\"\nhost = \"h\"\nport = 0\nfrom = \"a@b.c\"\nto = [\"d@e.f\"]\n",
+        );
+        assert!(port.contains(".port"), "{port}");
+        let to = err(
+            "[[destinations]]\nname = \"m\"\nkind = \"email\"\nhost = \"h\"\nfrom = \"a@b.c\"\nto = [\"not an address\"]\n",
+        );
+        assert!(to.contains(".to"), "{to}");
+        let name =
+            err("[[destinations]]\nname = \"a b\"\nkind = \"alertmanager\"\nurl = \"http://h\"\n");
+        assert!(name.contains("alerts.destinations.name"), "{name}");
+        let twice = err(
+            "[[destinations]]\nname = \"a\"\nkind = \"alertmanager\"\nurl = \"http://h\"\n[[destinations]]\nname = \"a\"\nkind = \"alertmanager\"\nurl = \"http://h\"\n",
+        );
+        assert!(twice.contains("used twice"), "{twice}");
+        let template = err(
+            "[[destinations]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"http://h\"\nformat = \"template\"\n",
+        );
+        assert!(template.contains(".template"), "{template}");
+        let timeout = err(
+            "[[destinations]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"http://h\"\ntimeout_seconds = 100000\n",
+        );
+        assert!(timeout.contains(".timeout_seconds"), "{timeout}");
+    }
+}

@@ -1,0 +1,494 @@
+//! A generic webhook: a JSON `POST` with an `Idempotency-Key` header (the notification
+//! id), optionally authorised by OAuth2 client credentials.
+//!
+//! Body: the notification as JSON (`format = "notification"`, the default), or a JSON
+//! template (`format = "template"`): a JSON document whose strings may name variables as
+//! `{{name}}`. A string that is exactly one variable becomes that variable's JSON value
+//! (an object stays an object); elsewhere a variable is replaced by its text. Values are
+//! inserted into the parsed document, never spliced into JSON text, so no value can break
+//! out of its string. Variables: `id`, `destination`, `status`, `created_ms`,
+//! `dashboard_url`, `count`, `rule`, `severity`, `summary`, `text`, `link`, `notices`,
+//! `notification`. (Issue 12 adds `format = "seed"` and a refresh-token grant.)
+//!
+//! OAuth2: the token is fetched from `token_url` with the client-credentials grant,
+//! cached, and refreshed before `expires_in` runs out. A 401 from the webhook refreshes it
+//! once and retries once, within the same attempt.
+
+use super::text::{self, Lang};
+use super::{
+    DeliveryError, Destination, Secret, check_timeout, check_url, classify, key_error,
+    transport_error,
+};
+use crate::watch::destination::Delivery;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use vedetta_core::watch::notification::Notification;
+
+/// What the body of a webhook call is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// The notification as JSON, as stored in the outbox.
+    #[default]
+    Notification,
+    /// The `template` key, filled in.
+    Template,
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with the client id and secret (the RFC's default).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: Secret,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// A JSON document with `{{variable}}` strings (with `format = "template"`).
+    pub template: Option<String>,
+    pub oauth2: Option<OAuth2Config>,
+    /// The language of `summary`, `text` and such in a template.
+    #[serde(default)]
+    pub lang: Lang,
+    #[serde(default = "super::default_timeout_seconds")]
+    pub timeout_seconds: u64,
+}
+
+const VARIABLES: &[&str] = &[
+    "id",
+    "destination",
+    "status",
+    "created_ms",
+    "dashboard_url",
+    "count",
+    "rule",
+    "severity",
+    "summary",
+    "text",
+    "link",
+    "notices",
+    "notification",
+];
+
+/// The longest template, in bytes.
+const MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+
+impl WebhookConfig {
+    pub(super) fn validate(&self) -> anyhow::Result<(Option<Value>, Duration)> {
+        let name = &self.name;
+        check_url(name, "url", self.url.expose())?;
+        let template = match (self.format, &self.template) {
+            (WebhookFormat::Template, None) => {
+                return Err(key_error(
+                    name,
+                    "template",
+                    "is required with format = \"template\"",
+                ));
+            }
+            (WebhookFormat::Notification, Some(_)) => {
+                return Err(key_error(
+                    name,
+                    "template",
+                    "is used only with format = \"template\"",
+                ));
+            }
+            (WebhookFormat::Template, Some(t)) => {
+                if t.len() > MAX_TEMPLATE_BYTES {
+                    return Err(key_error(name, "template", "is longer than 64 KiB"));
+                }
+                let value: Value = serde_json::from_str(t)
+                    .map_err(|e| key_error(name, "template", format!("not JSON: {e}")))?;
+                let mut unknown = Vec::new();
+                visit_strings(&value, &mut |s| {
+                    for var in variables_in(s) {
+                        if !VARIABLES.contains(&var) {
+                            unknown.push(var.to_owned());
+                        }
+                    }
+                });
+                if let Some(var) = unknown.first() {
+                    return Err(key_error(
+                        name,
+                        "template",
+                        format!(
+                            "unknown variable {{{{{var}}}}}; known: {}",
+                            VARIABLES.join(", ")
+                        ),
+                    ));
+                }
+                Some(value)
+            }
+            (WebhookFormat::Notification, None) => None,
+        };
+        if let Some(o) = &self.oauth2 {
+            check_url(name, "oauth2.token_url", &o.token_url)?;
+            if o.client_id.is_empty() {
+                return Err(key_error(name, "oauth2.client_id", "must not be empty"));
+            }
+        }
+        Ok((template, check_timeout(name, self.timeout_seconds)?))
+    }
+}
+
+fn visit_strings(value: &Value, f: &mut impl FnMut(&str)) {
+    match value {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter().for_each(|v| visit_strings(v, f)),
+        Value::Object(map) => map.iter().for_each(|(k, v)| {
+            f(k);
+            visit_strings(v, f);
+        }),
+        _ => {}
+    }
+}
+
+/// The `{{name}}` variables of a string.
+fn variables_in(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        out.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    out
+}
+
+fn variable(notification: &Notification, lang: Lang, name: &str) -> Value {
+    let first = notification.notices.first();
+    match name {
+        "id" => json!(notification.id),
+        "destination" => json!(notification.destination),
+        "status" => serde_json::to_value(notification.status).unwrap_or(Value::Null),
+        "created_ms" => json!(notification.created_ms),
+        "dashboard_url" => json!(notification.dashboard_url),
+        "count" => json!(notification.notices.len()),
+        "rule" => json!(first.map(|n| n.rule.as_str()).unwrap_or_default()),
+        "severity" => json!(
+            notification
+                .notices
+                .iter()
+                .map(|n| n.severity)
+                .max()
+                .unwrap_or_default()
+                .as_str()
+        ),
+        "summary" => json!(
+            notification
+                .notices
+                .iter()
+                .map(|n| n.summary.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        "text" => json!(
+            notification
+                .notices
+                .iter()
+                .map(|n| text::describe(notification, n, lang).plain())
+                .collect::<Vec<_>>()
+                .join("\n\n")
+        ),
+        "link" => json!(first.map(|n| notification.link(n)).unwrap_or_default()),
+        "notices" => serde_json::to_value(&notification.notices).unwrap_or(Value::Null),
+        "notification" => serde_json::to_value(notification).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+fn fill(template: &Value, notification: &Notification, lang: Lang) -> Value {
+    match template {
+        Value::String(s) => {
+            let vars = variables_in(s);
+            if vars.len() == 1 && s.trim() == format!("{{{{{}}}}}", vars[0]) {
+                return variable(notification, lang, vars[0]);
+            }
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("{{") {
+                let after = &rest[start + 2..];
+                let Some(end) = after.find("}}") else { break };
+                out.push_str(&rest[..start]);
+                match variable(notification, lang, after[..end].trim()) {
+                    Value::String(v) => out.push_str(&v),
+                    other => out.push_str(&other.to_string()),
+                }
+                rest = &after[end + 2..];
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| fill(v, notification, lang)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), fill(v, notification, lang)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// The body of a call for `notification`.
+pub fn body(template: Option<&Value>, notification: &Notification, lang: Lang) -> Value {
+    match template {
+        Some(t) => fill(t, notification, lang),
+        None => serde_json::to_value(notification).unwrap_or(Value::Null),
+    }
+}
+
+#[derive(Debug)]
+struct CachedToken {
+    access_token: Secret,
+    refresh_at: Instant,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+/// Bounds of a token's announced lifetime (a hostile or broken endpoint may say 0 or 10¹⁸).
+const MAX_TOKEN_LIFETIME: u64 = 86_400;
+/// Without `expires_in`, a token is used this long.
+const DEFAULT_TOKEN_LIFETIME: u64 = 300;
+
+/// When to refresh a token that lives `lifetime`: a tenth of its life (at most a minute)
+/// before it expires, so a call never carries a token about to die on the way.
+fn refresh_after(lifetime: Duration) -> Duration {
+    lifetime - (lifetime / 10).min(Duration::from_secs(60))
+}
+
+#[derive(Debug)]
+struct OAuth2 {
+    config: OAuth2Config,
+    token: tokio::sync::Mutex<Option<CachedToken>>,
+}
+
+impl OAuth2 {
+    async fn token(&self, client: &reqwest::Client, force: bool) -> Result<Secret, DeliveryError> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref()
+            && !force
+            && Instant::now() < t.refresh_at
+        {
+            return Ok(t.access_token.clone());
+        }
+        *cached = None;
+        let c = &self.config;
+        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
+        if let Some(scope) = &c.scope {
+            form.push(("scope", scope));
+        }
+        if let Some(audience) = &c.audience {
+            form.push(("audience", audience));
+        }
+        let mut request = client.post(&c.token_url);
+        match c.client_auth {
+            ClientAuth::Basic => {
+                request = request.basic_auth(&c.client_id, Some(c.client_secret.expose()));
+            }
+            ClientAuth::Post => {
+                form.push(("client_id", &c.client_id));
+                form.push(("client_secret", c.client_secret.expose()));
+            }
+        }
+        let asked = Instant::now();
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| transport_error("OAuth2 token endpoint", e))?;
+        // Whatever the token endpoint answers, the notification may pass once the endpoint
+        // or its configuration is fixed: retry, never refuse the message for it.
+        let body = classify("OAuth2 token endpoint", response)
+            .await
+            .map_err(|e| match e {
+                DeliveryError::Refused { reason } | DeliveryError::Retry { reason, .. } => {
+                    DeliveryError::Retry {
+                        after: None,
+                        reason,
+                    }
+                }
+            })?;
+        let token: TokenResponse =
+            serde_json::from_str(&body).map_err(|e| DeliveryError::Retry {
+                after: None,
+                reason: format!("the OAuth2 token endpoint's answer does not decode: {e}"),
+            })?;
+        let lifetime = Duration::from_secs(
+            token
+                .expires_in
+                .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+                .clamp(1, MAX_TOKEN_LIFETIME),
+        );
+        let secret = Secret(token.access_token);
+        *cached = Some(CachedToken {
+            access_token: secret.clone(),
+            refresh_at: asked + refresh_after(lifetime),
+        });
+        Ok(secret)
+    }
+}
+
+#[derive(Debug)]
+pub struct Webhook {
+    name: String,
+    url: Secret,
+    template: Option<Value>,
+    lang: Lang,
+    oauth2: Option<OAuth2>,
+    client: reqwest::Client,
+}
+
+impl Webhook {
+    pub fn new(config: &WebhookConfig) -> anyhow::Result<Webhook> {
+        let (template, timeout) = config.validate()?;
+        Ok(Webhook {
+            name: config.name.clone(),
+            url: config.url.clone(),
+            template,
+            lang: config.lang,
+            oauth2: config.oauth2.clone().map(|config| OAuth2 {
+                config,
+                token: tokio::sync::Mutex::new(None),
+            }),
+            client: super::http_client(timeout)?,
+        })
+    }
+
+    async fn call(
+        &self,
+        body: &[u8],
+        id: &str,
+        token: Option<&Secret>,
+    ) -> Result<reqwest::Response, DeliveryError> {
+        let mut request = self
+            .client
+            .post(self.url.expose())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", id)
+            .body(body.to_vec());
+        if let Some(token) = token {
+            request = request.bearer_auth(token.expose());
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| transport_error("webhook", e))
+    }
+}
+
+impl Destination for Webhook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
+    fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a> {
+        Box::pin(async move {
+            let body = body(self.template.as_ref(), notification, self.lang).to_string();
+            let body = body.as_bytes();
+            let Some(oauth2) = &self.oauth2 else {
+                let response = self.call(body, &notification.id, None).await?;
+                return classify("webhook", response).await.map(drop);
+            };
+            let token = oauth2.token(&self.client, false).await?;
+            let response = self.call(body, &notification.id, Some(&token)).await?;
+            let response = if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                // The cached token was revoked or expired early: refresh once, retry once.
+                let token = oauth2.token(&self.client, true).await?;
+                self.call(body, &notification.id, Some(&token)).await?
+            } else {
+                response
+            };
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                oauth2.token.lock().await.take();
+                return Err(DeliveryError::Retry {
+                    after: None,
+                    reason: "the webhook refused a freshly fetched OAuth2 token (401)".into(),
+                });
+            }
+            classify("webhook", response).await.map(drop)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn templates_insert_values_without_breaking_the_json() {
+        let mut n = Notification::example();
+        n.notices[0].summary = "\"}, {\"evil\": true".into();
+        let t: Value = serde_json::from_str(
+            r#"{"text": "{{ rule }}: {{summary}} ({{count}})", "alert": "{{notification}}", "id": "{{id}}"}"#,
+        )
+        .unwrap();
+        let b = body(Some(&t), &n, Lang::En);
+        assert_eq!(b["text"], "cpa_high: \"}, {\"evil\": true (1)");
+        assert_eq!(b["alert"]["id"], "n-0123456789abcdef");
+        assert_eq!(b["id"], "n-0123456789abcdef");
+        assert_eq!(b.as_object().unwrap().len(), 3);
+        // The default body is the notification itself.
+        let plain = body(None, &n, Lang::En);
+        assert_eq!(serde_json::from_value::<Notification>(plain).unwrap(), n);
+    }
+
+    #[test]
+    fn unknown_template_variables_are_named() {
+        let config = WebhookConfig {
+            name: "w".into(),
+            url: Secret("http://127.0.0.1/x".into()),
+            format: WebhookFormat::Template,
+            template: Some(r#"{"a": "{{nope}}"}"#.into()),
+            oauth2: None,
+            lang: Lang::En,
+            timeout_seconds: 5,
+        };
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains(".template") && e.contains("{{nope}}"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_refreshed_before_they_expire() {
+        assert_eq!(
+            refresh_after(Duration::from_secs(3_600)),
+            Duration::from_secs(3_540)
+        );
+        assert_eq!(
+            refresh_after(Duration::from_secs(10)),
+            Duration::from_secs(9)
+        );
+    }
+}
