@@ -361,3 +361,96 @@ pub async fn delete_silence(
         )))
     }
 }
+
+/// Notifications the sender gave up on: refused by the receiver, expired, or for a
+/// destination no longer configured. Oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/outbox/dead",
+    params(
+        ("after" = Option<u64>, Query, description = "only entries after this seq (paging)"),
+        ("limit" = Option<usize>, Query, description = "most entries, default 100, at most 1000"),
+    ),
+    responses((status = 200, description = "dead letters: seq, destination, attempts, enqueued_at, \
+        dead_at, error, notification", body = Object))
+)]
+pub async fn get_dead_letters(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, ApiError> {
+    let mut params = super::kpis::query_params(&uri)?;
+    let number = |name: &str, text: Option<String>, default: u64, max: u64| match text {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{name}: expected a whole number from 0 to {max}, got {}",
+                    super::kpis::shown_value(&text)
+                ))
+            }),
+    };
+    let after = number("after", params.remove("after"), 0, u64::MAX)?;
+    let limit = number("limit", params.remove("limit"), 100, 1000)? as usize;
+    if let Some(name) = params.keys().find(|name| *name != "access_token") {
+        return Err(ApiError::BadRequest(format!(
+            "{}: unknown parameter; use after, limit",
+            super::kpis::shown_name(name)
+        )));
+    }
+    let outbox = state.outbox.clone();
+    let dead = tokio::task::spawn_blocking(move || outbox.dead_letters(after, limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({
+        "dead": dead.iter().map(|d| json!({
+            "seq": d.seq,
+            "destination": d.destination,
+            "attempts": d.attempts,
+            "enqueued_at": time(d.enqueued_ms),
+            "dead_at": time(d.dead_ms),
+            "error": d.error,
+            "notification": d.notification,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// Puts a dead letter back in its destination's queue, to be delivered again (after the
+/// receiver or the configuration was fixed).
+#[utoipa::path(
+    post,
+    path = "/v1/outbox/dead/{seq}/retry",
+    params(("seq" = u64, Path, description = "the dead letter's seq")),
+    responses(
+        (status = 202, description = "queued again, with its new seq", body = Object),
+        (status = 404, description = "no such dead letter", body = super::openapi::ErrorBody),
+    )
+)]
+pub async fn retry_dead_letter(
+    State(state): State<Arc<AppState>>,
+    Path(seq): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "no dead letter has the seq {}",
+            super::kpis::shown_value(&seq)
+        ))
+    };
+    let number: u64 = seq.parse().map_err(|_| not_found())?;
+    let outbox = state.outbox.clone();
+    let now = state.clock.now_ms();
+    let queued = tokio::task::spawn_blocking(move || outbox.retry_dead(number, now))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match queued {
+        Some(new_seq) => {
+            state.sender.wake();
+            Ok((StatusCode::ACCEPTED, Json(json!({ "queued_as": new_seq }))))
+        }
+        None => Err(not_found()),
+    }
+}

@@ -107,6 +107,7 @@ fn alerts(state: &AppState, out: &mut Exposition) {
         &[],
         w.last_minute_micros.load(Ordering::Relaxed) as f64 / 1e6,
     );
+    state.sender.metrics.expose(out, state.clock.now_ms());
     let through = w.evaluated_through_ms.load(Ordering::Acquire);
     if let (Some(watermark), true) = (state.processor.watermark(), through != i64::MIN) {
         out.family(

@@ -79,6 +79,12 @@ pub struct AppState {
     processor_handle: std::sync::Mutex<Option<ProcessorHandle>>,
     /// Alert evaluation: its status, its store, and the task (stopped at shutdown).
     pub watch_status: Arc<crate::watch::evaluation::WatchStatus>,
+    /// The outbox the evaluation writes and the sender drains.
+    pub outbox: vedetta_store::outbox::Outbox,
+    pub sender: crate::watch::sender::SenderHandle,
+    /// Tells the sender to stop (at shutdown), and its task.
+    sender_stop: Arc<tokio::sync::Notify>,
+    sender_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub watch_store: Arc<vedetta_store::WatchStore>,
     watch_handle: std::sync::Mutex<Option<crate::watch::evaluation::Watch>>,
 }
@@ -173,6 +179,31 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
             }),
         )?
     };
+    // The sender drains the outbox that shares the alert store's file.
+    let outbox = vedetta_store::outbox::Outbox::new(watch.store.database().clone())
+        .context("opening the outbox")?;
+    let destinations = crate::watch::destinations::build_all(&config.alerts.destinations)?;
+    let sender_stop = Arc::new(tokio::sync::Notify::new());
+    let (sender, sender_task) = {
+        let stop = sender_stop.clone();
+        crate::watch::sender::start(
+            outbox.clone(),
+            destinations,
+            crate::watch::sender::SenderConfig::default(),
+            async move { stop.notified().await },
+        )
+    };
+    {
+        // Each evaluation commit that enqueued something wakes the sender at once.
+        let enqueued = watch.status.enqueued.clone();
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            loop {
+                enqueued.notified().await;
+                sender.wake();
+            }
+        });
+    }
     let limits = IntakeLimits {
         max_events_per_request: config.ingest.max_events_per_request,
         future_tolerance_ms: config.ingest.future_tolerance_ms,
@@ -194,6 +225,10 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         query_counters: Default::default(),
         processor_handle: std::sync::Mutex::new(Some(processor)),
         watch_status: watch.status.clone(),
+        outbox,
+        sender,
+        sender_stop,
+        sender_task: std::sync::Mutex::new(Some(sender_task)),
         watch_store: watch.store.clone(),
         watch_handle: std::sync::Mutex::new(Some(watch)),
         config,
@@ -224,6 +259,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/silences/{id}",
             axum::routing::delete(alerts::delete_silence),
+        )
+        .route("/v1/outbox/dead", get(alerts::get_dead_letters))
+        .route(
+            "/v1/outbox/dead/{seq}/retry",
+            axum::routing::post(alerts::retry_dead_letter),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -317,6 +357,8 @@ pub async fn serve(
         .ok()
         .and_then(|mut h| h.take());
     let watch = state.watch_handle.lock().ok().and_then(|mut h| h.take());
+    let sender_task = state.sender_task.lock().ok().and_then(|mut h| h.take());
+    state.sender_stop.notify_one();
     match Arc::try_unwrap(state) {
         Ok(state) => state.writer.shutdown(),
         Err(_) => tracing::warn!("state still shared at shutdown; the writer stops on drop"),
@@ -326,6 +368,11 @@ pub async fn serve(
     }
     if let Some(watch) = watch {
         watch.stop();
+    }
+    // The sender stops between deliveries (what is not acknowledged stays in the outbox
+    // and goes after the next start).
+    if let Some(task) = sender_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -38,6 +38,8 @@ pub struct ErrorBody {
         super::alerts::get_alerts,
         super::alerts::post_silence,
         super::alerts::delete_silence,
+        super::alerts::get_dead_letters,
+        super::alerts::retry_dead_letter,
         super::healthz,
     ),
     components(schemas(

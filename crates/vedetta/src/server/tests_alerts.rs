@@ -164,3 +164,120 @@ async fn silences_are_created_listed_and_deleted_and_bad_ones_are_named() {
             .is_empty()
     );
 }
+
+/// A Slack incoming webhook stand-in: records each message body and answers `ok`.
+async fn fake_slack() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, Value)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/services/T/B/X",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let _ = tx.send((std::time::Instant::now(), value));
+                "ok"
+            }
+        }),
+    );
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(socket, app).await });
+    (format!("http://{address}/services/T/B/X"), rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_firing_and_a_resolution_reach_slack_within_a_second_of_the_watermark() {
+    let (url, mut messages) = fake_slack().await;
+    let config = format!(
+        r#"
+[alerts]
+group_wait = "0s"
+group_interval = "1s"
+
+[[alerts.rules]]
+name = "cpa_high"
+expr = "cpa > 20"
+over = "1m"
+group_by = ["channel"]
+notify = ["slack"]
+
+[[alerts.destinations]]
+name = "slack"
+kind = "slack"
+url = "{url}"
+"#
+    );
+    let s = server_with_file(&config, &[]);
+    let minute = (now_ms() / 60_000 - 10) * 60_000;
+    post_json(
+        &s,
+        "/v1/costs",
+        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
+    )
+    .await;
+    post_json(
+        &s,
+        "/v1/events",
+        json!([
+            {"udid": "anna", "type": "page_view", "ts": minute + 2_000, "channel": "social", "campaign": "saldi"},
+            {"udid": "anna", "type": "purchase", "ts": minute + 3_000, "value": 40.0}
+        ]),
+    )
+    .await;
+    s.processed().await;
+    // The watermark passes the minute's end when this is processed.
+    let sent_at = std::time::Instant::now();
+    post_json(
+        &s,
+        "/v1/events",
+        json!([{"udid": "bruno", "type": "page_view", "ts": minute + 66_000, "channel": "direct"}]),
+    )
+    .await;
+    let (received_at, firing) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), messages.recv())
+            .await
+            .expect("no Slack message within 10 s")
+            .unwrap();
+    assert!(
+        received_at - sent_at < std::time::Duration::from_secs(1),
+        "{:?} from the watermark-moving event to Slack",
+        received_at - sent_at
+    );
+    let text = firing.to_string();
+    assert!(
+        text.contains("cpa_high") && text.contains("social"),
+        "{text}"
+    );
+    assert!(
+        firing["blocks"].is_array() && firing["text"].is_string(),
+        "Block Kit with a text fallback: {text}"
+    );
+    // A minute later without data: resolved, and Slack hears it.
+    post_json(
+        &s,
+        "/v1/events",
+        json!([{"udid": "bruno", "type": "page_view", "ts": minute + 126_000, "channel": "direct"}]),
+    )
+    .await;
+    let (_, resolved) = tokio::time::timeout(std::time::Duration::from_secs(10), messages.recv())
+        .await
+        .expect("no resolution within 10 s")
+        .unwrap();
+    assert!(
+        resolved.to_string().to_lowercase().contains("resolved"),
+        "{resolved}"
+    );
+    let (_, metrics) = s.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("vedetta_alerts{state=\"firing\",rule=\"cpa_high\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vedetta_notification_attempts_total"),
+        "{metrics}"
+    );
+}

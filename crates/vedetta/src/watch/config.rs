@@ -42,9 +42,9 @@ pub struct RawAlerts {
     pub rules: Vec<RawRule>,
     #[serde(default)]
     pub inhibit: Vec<RawInhibit>,
-    /// Destination tables, checked by the destinations module.
+    /// Where notifications go (see `watch::destinations`).
     #[serde(default)]
-    pub destinations: Vec<toml::Table>,
+    pub destinations: Vec<super::destinations::DestinationConfig>,
     pub public_url: Option<String>,
     pub group_wait: Option<String>,
     pub group_interval: Option<String>,
@@ -84,7 +84,7 @@ pub struct AlertsConfig {
     /// Rules written in the main configuration.
     pub inline_rules: Vec<RawRule>,
     pub inline_inhibit: Vec<RawInhibit>,
-    pub destinations: Vec<toml::Table>,
+    pub destinations: Vec<super::destinations::DestinationConfig>,
     pub destination_names: BTreeSet<String>,
     pub public_url: String,
     pub timing: Timing,
@@ -138,17 +138,11 @@ impl AlertsConfig {
             3_600_000,
         )?;
         let mut destination_names = BTreeSet::new();
-        for (i, table) in raw.destinations.iter().enumerate() {
-            let name = table
-                .get("name")
-                .and_then(toml::Value::as_str)
-                .filter(|n| !n.is_empty() && n.len() <= rules::MAX_NAME_LEN)
-                .ok_or_else(|| {
-                    (
-                        format!("alerts.destinations[{i}].name"),
-                        "every destination needs a name (at most 128 bytes)".to_string(),
-                    )
-                })?;
+        for (i, destination) in raw.destinations.iter().enumerate() {
+            destination
+                .validate()
+                .map_err(|e| (format!("alerts.destinations[{i}]"), format!("{e:#}")))?;
+            let name = destination.name();
             if !destination_names.insert(name.to_string()) {
                 return Err((
                     format!("alerts.destinations[{i}].name"),
@@ -263,6 +257,9 @@ mod tests {
         [[destinations]]
         name = "mail-team"
         kind = "email"
+        host = "smtp.example.it"
+        from = "vedetta@example.it"
+        to = ["team@example.it"]
     "#;
 
     #[test]

@@ -4,6 +4,6 @@
 
 pub mod config;
 pub mod destination;
-pub mod evaluation;
 pub mod destinations;
+pub mod evaluation;
 pub mod sender;
