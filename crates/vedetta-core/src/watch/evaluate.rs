@@ -283,7 +283,7 @@ impl Evaluator {
                         step(
                             rule,
                             group,
-                            judged[group].clone(),
+                            &judged[group],
                             minute_end,
                             &mut alerts,
                             &mut outcome,
@@ -303,7 +303,7 @@ impl Evaluator {
                         step(
                             rule,
                             &group,
-                            recovered,
+                            &recovered,
                             minute_end,
                             &mut alerts,
                             &mut outcome,
@@ -342,7 +342,7 @@ impl Evaluator {
             for (group, totals) in groups.iter() {
                 outcome.evaluations += 1;
                 let judged = judge(rule, Some(totals), usual_by_group.get(group).copied());
-                step(rule, group, judged, minute_end, &mut alerts, &mut outcome);
+                step(rule, group, &judged, minute_end, &mut alerts, &mut outcome);
             }
             let mut rest: Vec<Vec<String>> = alerts
                 .keys()
@@ -360,7 +360,7 @@ impl Evaluator {
             for group in rest {
                 outcome.evaluations += 1;
                 let judged = judge(rule, None, usual_by_group.get(&group).copied());
-                step(rule, &group, judged, minute_end, &mut alerts, &mut outcome);
+                step(rule, &group, &judged, minute_end, &mut alerts, &mut outcome);
             }
             if !alerts.is_empty() {
                 self.alerts.insert(rule.name.clone(), alerts);
@@ -375,7 +375,7 @@ impl Evaluator {
 fn step(
     rule: &Rule,
     group: &[String],
-    judged: Judged,
+    judged: &Judged,
     minute_end: i64,
     alerts: &mut BTreeMap<Vec<String>, ActiveAlert>,
     outcome: &mut MinuteOutcome,
@@ -400,7 +400,7 @@ fn step(
                     rule,
                     group,
                     &alert,
-                    &judged,
+                    judged,
                     AlertStatus::Firing,
                     minute_end,
                 ));
