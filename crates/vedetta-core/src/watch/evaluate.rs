@@ -424,7 +424,7 @@ fn step(
                             rule,
                             group,
                             alert,
-                            &judged,
+                            judged,
                             AlertStatus::Firing,
                             minute_end,
                         ));
@@ -441,7 +441,7 @@ fn step(
                             rule,
                             group,
                             alert,
-                            &judged,
+                            judged,
                             AlertStatus::Resolved,
                             minute_end,
                         ));
