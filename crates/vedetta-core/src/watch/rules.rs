@@ -313,11 +313,13 @@ fn check_rule(
             defaults.group_wait_ms,
             true,
         )?,
+        // 0 sends every change at once (Alertmanager wants more than 0; a monitor whose
+        // point is seconds may not).
         group_interval_ms: span(
             "group_interval",
             raw.group_interval.as_deref(),
             defaults.group_interval_ms,
-            false,
+            true,
         )?,
         repeat_interval_ms: span(
             "repeat_interval",

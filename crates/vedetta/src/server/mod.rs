@@ -184,26 +184,28 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         .context("opening the outbox")?;
     let destinations = crate::watch::destinations::build_all(&config.alerts.destinations)?;
     let sender_stop = Arc::new(tokio::sync::Notify::new());
-    let (sender, sender_task) = {
+    let (sender, sender_task) = if tokio::runtime::Handle::try_current().is_ok() {
         let stop = sender_stop.clone();
-        crate::watch::sender::start(
+        let (sender, task) = crate::watch::sender::start(
             outbox.clone(),
             destinations,
             crate::watch::sender::SenderConfig::default(),
             async move { stop.notified().await },
-        )
-    };
-    {
+        );
         // Each evaluation commit that enqueued something wakes the sender at once.
         let enqueued = watch.status.enqueued.clone();
-        let sender = sender.clone();
+        let waker = sender.clone();
         tokio::spawn(async move {
             loop {
                 enqueued.notified().await;
-                sender.wake();
+                waker.wake();
             }
         });
-    }
+        (sender, Some(task))
+    } else {
+        tracing::warn!("built outside an async runtime: notifications wait in the outbox");
+        (crate::watch::sender::SenderHandle::idle(), None)
+    };
     let limits = IntakeLimits {
         max_events_per_request: config.ingest.max_events_per_request,
         future_tolerance_ms: config.ingest.future_tolerance_ms,
@@ -228,7 +230,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         outbox,
         sender,
         sender_stop,
-        sender_task: std::sync::Mutex::new(Some(sender_task)),
+        sender_task: std::sync::Mutex::new(sender_task),
         watch_store: watch.store.clone(),
         watch_handle: std::sync::Mutex::new(Some(watch)),
         config,

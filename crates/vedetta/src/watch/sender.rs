@@ -214,6 +214,16 @@ pub struct SenderHandle {
 }
 
 impl SenderHandle {
+    /// A handle with no sender behind it: what is enqueued waits in the outbox for the
+    /// next start of a server that runs one (a server built outside an async runtime, as
+    /// some tools and tests build it, runs none).
+    pub fn idle() -> Self {
+        Self {
+            notify: Arc::new(Notify::new()),
+            metrics: Arc::new(SenderMetrics::default()),
+        }
+    }
+
     /// Tells the sender something was enqueued (call after the commit).
     pub fn wake(&self) {
         self.notify.notify_one();

@@ -21,6 +21,7 @@ use tokio::sync::Mutex;
 use vedetta_core::time::Clock;
 use vedetta_synth::{SynthConfig, SynthRecord, to_ndjson_line};
 
+mod alerts;
 mod pipeline;
 
 #[derive(Debug, clap::Subcommand)]
@@ -30,6 +31,9 @@ pub enum BenchCommand {
     /// The whole system: intake → pipeline → KPIs queryable; throughput and end-to-end
     /// latency (acknowledged → visible in /v1/kpis).
     Pipeline(pipeline::PipelineBenchArgs),
+    /// Alert latency: from the event that moves the watermark past a minute to the Slack
+    /// request of the alert it fires.
+    Alerts(alerts::AlertsBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +67,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Intake(args) => intake(&args),
         BenchCommand::Pipeline(args) => pipeline::run(&args),
+        BenchCommand::Alerts(args) => alerts::run(&args),
     }
 }
 
@@ -76,7 +81,14 @@ struct LocalServer {
 
 impl LocalServer {
     fn start() -> anyhow::Result<Self> {
+        Self::start_with_config("")
+    }
+
+    /// A server in this process with this configuration file text.
+    fn start_with_config(config_text: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let file = dir.path().join("vedetta.toml");
+        std::fs::write(&file, config_text)?;
         // The process's VEDETTA_* settings apply (to benchmark a configuration), except
         // where the server lives.
         let mut env: Vec<(String, String)> = std::env::vars()
@@ -88,7 +100,7 @@ impl LocalServer {
             dir.path().display().to_string(),
         ));
         env.push(("VEDETTA_LISTEN".to_string(), "127.0.0.1:0".to_string()));
-        let config = load_from(None, &env, &Overrides::default())?;
+        let config = load_from(Some(&file), &env, &Overrides::default())?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
