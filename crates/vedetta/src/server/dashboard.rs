@@ -1,6 +1,7 @@
 //! The live dashboard: static assets compiled into the binary, so it works with no CDN, no
 //! internet and no files next to the binary. The page itself talks to `/v1/kpis`,
-//! `/v1/status` and `/v1/stream` like any other client.
+//! `/v1/status` and `/v1/stream` like any other client; its banner of firing alerts and the
+//! alerts page (`/alerts`) to `/v1/alerts`, `/v1/rules` and `/v1/silences`.
 //!
 //! `docs/semantics.md` is served too (`/docs/semantics.md`): the dashboard's attribution
 //! note links to it, and a link must work where the dashboard works (offline, behind a
@@ -12,6 +13,11 @@ use axum::response::{IntoResponse, Response};
 const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
 const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
 const KPI_DELTA_JS: &str = include_str!("../../assets/dashboard/kpi-delta.js");
+const VIEW_JS: &str = include_str!("../../assets/dashboard/view.js");
+const ALERTS_HTML: &str = include_str!("../../assets/dashboard/alerts.html");
+const ALERTS_JS: &str = include_str!("../../assets/dashboard/alerts.js");
+const ALERTS_SHARED_JS: &str = include_str!("../../assets/dashboard/alerts-shared.js");
+const ALERTS_BANNER_JS: &str = include_str!("../../assets/dashboard/alerts-banner.js");
 const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
 /// What every number means, from the repository's docs (the one copy there is).
 const SEMANTICS_MD: &str = include_str!("../../../../docs/semantics.md");
@@ -29,9 +35,10 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
-pub async fn index() -> Response {
-    let mut response = asset(INDEX_HTML, "text/html; charset=utf-8");
-    // The page loads only its own scripts and styles and talks only to this server.
+/// A page: it loads only its own scripts and styles and talks only to this server (alert
+/// names and campaign names it shows are client text; no inline script could run).
+fn page(body: &'static str) -> Response {
+    let mut response = asset(body, "text/html; charset=utf-8");
     response.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -40,6 +47,31 @@ pub async fn index() -> Response {
         ),
     );
     response
+}
+
+pub async fn index() -> Response {
+    page(INDEX_HTML)
+}
+
+/// Firing and pending alerts, silences and the history.
+pub async fn alerts_page() -> Response {
+    page(ALERTS_HTML)
+}
+
+pub async fn view_js() -> Response {
+    asset(VIEW_JS, "text/javascript; charset=utf-8")
+}
+
+pub async fn alerts_js() -> Response {
+    asset(ALERTS_JS, "text/javascript; charset=utf-8")
+}
+
+pub async fn alerts_shared_js() -> Response {
+    asset(ALERTS_SHARED_JS, "text/javascript; charset=utf-8")
+}
+
+pub async fn alerts_banner_js() -> Response {
+    asset(ALERTS_BANNER_JS, "text/javascript; charset=utf-8")
 }
 
 pub async fn app_js() -> Response {
