@@ -92,3 +92,65 @@ pub async fn style_css() -> Response {
 pub async fn semantics_md() -> Response {
     asset(SEMANTICS_MD, "text/plain; charset=utf-8")
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::test_support::server;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+
+    /// The `src="/assets/…"` and `href="/assets/…"` a page loads.
+    fn assets_of(page: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for marker in ["src=\"/assets/", "href=\"/assets/"] {
+            for (at, _) in page.match_indices(marker) {
+                let start = at + marker.len() - "/assets/".len();
+                let end = start + page[start..].find('"').unwrap();
+                found.push(page[start..end].to_string());
+            }
+        }
+        found
+    }
+
+    /// Every page is served with its CSP, and every script and stylesheet it names is
+    /// served: a page that names an asset the router does not serve is a blank page.
+    #[tokio::test]
+    async fn the_dashboard_and_the_alerts_page_are_served_with_every_asset_they_load() {
+        let s = server();
+        // `/?…` is the form of an alert's drill-down link: the same page.
+        for path in [
+            "/",
+            "/alerts",
+            "/?channel=social&campaign=saldi%2C%20inverno&from=2026-11-25T14%3A00%3A00Z&to=2026-11-25T14%3A10%3A00Z",
+        ] {
+            let (status, headers, body) = s
+                .call(Request::get(path).body(Body::empty()).unwrap())
+                .await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            assert!(csp.contains("script-src 'self';"), "{path}: {csp}");
+            let page = body.as_str().unwrap().to_string();
+            let assets = assets_of(&page);
+            assert!(assets.len() >= 3, "{path}: {assets:?}");
+            for asset in assets {
+                let (status, headers, _) = s
+                    .call(Request::get(&asset).body(Body::empty()).unwrap())
+                    .await;
+                assert_eq!(status, StatusCode::OK, "{path} loads {asset}");
+                let kind = headers[header::CONTENT_TYPE].to_str().unwrap();
+                let expected = if asset.ends_with(".css") {
+                    "text/css"
+                } else {
+                    "text/javascript"
+                };
+                assert!(kind.starts_with(expected), "{asset}: {kind}");
+            }
+        }
+        let (_, _, alerts) = s
+            .call(Request::get("/alerts").body(Body::empty()).unwrap())
+            .await;
+        let alerts = alerts.as_str().unwrap();
+        assert!(alerts.contains("/assets/alerts.js") && alerts.contains("id=\"silence-form\""));
+    }
+}
