@@ -37,6 +37,8 @@ const paths = {
   datasources: join(root, "deploy/grafana/provisioning/datasources/prometheus.yml"),
   prometheus: join(root, "deploy/prometheus/prometheus.yml"),
   metricsSource: join(root, "crates/vedetta/src/server/metrics.rs"),
+  // Metric names are also named once in telemetry.rs (metrics.rs then uses the constant).
+  telemetrySource: join(root, "crates/vedetta/src/telemetry.rs"),
   tsc: join(here, "node_modules/typescript/bin/tsc"),
   schemaPkg: join(here, "node_modules/@grafana/schema/package.json"),
   gen: join(here, ".gen"),
@@ -132,14 +134,40 @@ const builtinVariable = (name) => name.startsWith("__") || name === "timeFilter"
 // ---------------------------------------------------------------------------------------
 // What /metrics exposes, read from its source (so a renamed metric breaks this check).
 
+// Metrics that work in progress promises and the dashboard already shows, with their
+// labels: issue 10 (alerts) adds alert states, outbox depth and age, and sends by destination
+// to /metrics, in branches being merged. They are accepted by name while the source lacks
+// them, and the check says so on every run; delete an entry once the source names it (the
+// check then says that too).
+const PROMISED_METRICS = {
+  vedetta_alerts: { labels: ["state", "rule"], by: "issue 10: alert states (gauge: state=firing|pending, rule)" },
+  vedetta_outbox_depth: { labels: [], by: "issue 10: notifications waiting in the outbox (gauge)" },
+  vedetta_outbox_oldest_age_seconds: { labels: [], by: "issue 10: age of the oldest waiting notification (gauge)" },
+  vedetta_notifications_sent_total: { labels: ["destination", "outcome"], by: "issue 10: sends by destination and outcome (counter)" },
+};
+
 function exposedMetrics() {
-  const source = readFileSync(paths.metricsSource, "utf8");
+  const source = [paths.metricsSource, paths.telemetrySource]
+    .filter((p) => existsSync(p))
+    .map((p) => readFileSync(p, "utf8"))
+    .join("\n");
   const names = new Set(source.match(/vedetta_[a-z0-9_]+/g));
   for (const [, name] of source.matchAll(/family\(\s*"(vedetta_[a-z0-9_]+)",\s*"histogram"/g)) {
     for (const suffix of ["_bucket", "_sum", "_count"]) names.add(name + suffix);
   }
   const labels = new Set(["le"]);
   for (const [, label] of source.matchAll(/\(\s*"([a-z_]+)",\s*[&a-z"]/g)) labels.add(label);
+  const promised = [];
+  for (const [name, { labels: promisedLabels, by }] of Object.entries(PROMISED_METRICS)) {
+    if (names.has(name)) {
+      console.log(`note  ${name} is now in the /metrics source: remove it from PROMISED_METRICS in ${rel(fileURLToPath(import.meta.url))}`);
+      continue;
+    }
+    promised.push(`${name} (${by})`);
+    names.add(name);
+    for (const l of promisedLabels) labels.add(l);
+  }
+  if (promised.length) console.log(`note  accepted as promised, not yet in the /metrics source:\n        ${promised.join("\n        ")}`);
   return { names, labels };
 }
 

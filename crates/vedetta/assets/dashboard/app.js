@@ -14,7 +14,10 @@
 //   `data-channel`, `data-campaign`, `data-device` or `data-region` with the raw value;
 //   crumbs `data-breadcrumb` (all, channel, campaign); range buttons `data-range`.
 // - The view lives in the URL hash (`#range=24h&channel=social&campaign=x`), so a view can
-//   be bookmarked and the browser's back button leaves a drill-down.
+//   be bookmarked and the browser's back button leaves a drill-down. An alert's link
+//   (`/?channel=…&campaign=…&device=…&region=…&from=…&to=…`, view.js) opens the same view
+//   filtered to the alert's group and window; crumbs `data-filter` name each filter and a
+//   `data-clear` link removes it.
 // - Load on the server is bounded: at most three EventSource streams are open, one per
 //   distinct live query of the view (tiles + chart + first table share one), and they are
 //   closed on every view change. After a stream's first answer the server sends only what
@@ -26,17 +29,9 @@
 (() => {
   // ---------------------------------------------------------------- configuration
 
-  // The range picker. The granularity follows the range: about 24 to 720 points a chart.
-  // `last=` is every window that overlaps [now − span, now] (docs/semantics.md, "Query
-  // ranges"): "24h" is the hour 24 hours ago (partial), the 23 after it and the current one,
-  // so the chart covers the whole span its label names.
-  const RANGES = {
-    '1h': { last: '60m', granularity: '1m', spanMs: 3_600_000 },
-    '24h': { last: '24h', granularity: '1h', spanMs: 86_400_000 },
-    '7d': { last: '7d', granularity: '1h', spanMs: 7 * 86_400_000 },
-    '30d': { last: '30d', granularity: '1d', spanMs: 30 * 86_400_000 },
-  };
-  const DEFAULT_RANGE = '24h';
+  // The ranges, the filters and their URL form live in view.js.
+  const View = window.VedettaView;
+  const { DEFAULT_RANGE } = View;
   // 1d windows are calendar days of the server's time zone (23 or 25 h on DST days).
   const WINDOW_MS = { '1m': 60_000, '1h': 3_600_000, '1d': 86_400_000 };
   const PREVIOUS_REFRESH_MS = 60_000;
@@ -102,6 +97,7 @@
       'device.unknown': 'Unknown', error: 'The server answered: {message}',
       attribution: 'Attribution: {model}, {lookback}', attributionMore: 'what this means',
       'model.last_non_direct': 'last non-direct', 'model.session': 'session', 'model.first_touch': 'first touch',
+      'range.window': '{from} – {to}', clearFilter: 'Remove this filter', window: 'Window', alerts: 'Alerts',
     },
     it: {
       allChannels: 'Tutti i canali', range: 'Intervallo di tempo', chartTitle: 'Andamento', dqTitle: 'Qualità dei dati',
@@ -137,6 +133,7 @@
       'device.unknown': 'Sconosciuto', error: 'Il server ha risposto: {message}',
       attribution: 'Attribuzione: {model}, {lookback}', attributionMore: 'che cosa significa',
       'model.last_non_direct': 'ultimo non diretto', 'model.session': 'sessione', 'model.first_touch': 'primo contatto',
+      'range.window': '{from} – {to}', clearFilter: 'Togli questo filtro', window: 'Finestra', alerts: 'Allarmi',
     },
   };
 
@@ -150,7 +147,7 @@
   const state = {
     lang: storage.get('vedetta.lang') || ((navigator.language || '').toLowerCase().startsWith('it') ? 'it' : 'en'),
     apiKey: storage.get('vedetta.apiKey') || '',
-    view: { range: DEFAULT_RANGE, channel: null, campaign: null, metric: 'conversions' },
+    view: { range: DEFAULT_RANGE, window: null, channel: null, campaign: null, device: null, region: null, metric: 'conversions' },
     // Bumped on every view change: answers for an older view are dropped.
     generation: 0,
     primary: null, // the /v1/kpis answer of the primary stream (tiles, chart, first table)
@@ -265,23 +262,18 @@
   // ---------------------------------------------------------------- the view
 
   function readHash() {
-    const params = new URLSearchParams(location.hash.replace(/^#/, ''));
-    const range = RANGES[params.get('range')] ? params.get('range') : DEFAULT_RANGE;
-    const channel = params.get('channel') || null;
-    const campaign = channel && params.get('campaign') ? params.get('campaign') : null;
-    const metric = CHART_METRICS.includes(params.get('metric')) ? params.get('metric') : 'conversions';
-    return { range, channel, campaign, metric };
+    return View.parse(new URLSearchParams(location.hash.replace(/^#/, '')), CHART_METRICS);
   }
   function navigate(change) {
-    const next = { ...state.view, ...change };
-    const params = new URLSearchParams();
-    if (next.range !== DEFAULT_RANGE) params.set('range', next.range);
-    if (next.channel) params.set('channel', next.channel);
-    if (next.channel && next.campaign) params.set('campaign', next.campaign);
-    if (next.metric !== 'conversions') params.set('metric', next.metric);
-    const hash = params.toString();
+    const hash = View.serialize({ ...state.view, ...change }, CHART_METRICS[0]);
     if (hash === location.hash.replace(/^#/, '')) return;
     location.hash = hash; // → hashchange → applyView
+  }
+  // An alert's link names its view in the query string (`/?channel=…&from=…&to=…`): the page
+  // moves it into the hash, where every view lives, so that navigating on from it works.
+  function adoptQueryView() {
+    const hash = View.hashFromQuery(location.search, CHART_METRICS);
+    if (hash != null) history.replaceState(null, '', `${location.pathname}#${hash}`);
   }
 
   // What a view shows and which live queries feed it. The primary query groups by the
@@ -290,23 +282,30 @@
   // A filter value as the API reads it: values are comma-separated, so a comma inside one
   // (campaign names may have them) is escaped as `\,`, and a backslash as `\\`.
   const filterValue = (value) => value.replace(/\\/g, '\\\\').replace(/,/g, '\\,');
+  // A filtered device or region has no table of its own (it would be one row).
   function planOf(view) {
     const filters = {};
-    if (view.channel) filters.channel = filterValue(view.channel);
-    if (view.campaign) filters.campaign = filterValue(view.campaign);
+    for (const dim of View.DIMENSIONS) if (view[dim]) filters[dim] = filterValue(view[dim]);
     const primaryDim = !view.channel ? 'channel' : !view.campaign ? 'campaign' : null;
-    return { filters, primaryDim, tables: [primaryDim, 'device', 'region'].filter(Boolean) };
+    const tables = [primaryDim, view.device ? null : 'device', view.region ? null : 'region'].filter(Boolean);
+    return { filters, primaryDim, tables };
   }
   function baseParams(view, plan) {
-    const range = RANGES[view.range];
-    return { granularity: range.granularity, last: range.last, ...plan.filters };
+    const range = View.rangeOf(view);
+    return { granularity: range.granularity, ...range.params, ...plan.filters };
+  }
+  // "last 24 hours, per hour", or the window an alert link names.
+  function rangeLabel(view) {
+    const range = View.rangeOf(view);
+    if (range.key !== 'window') return t(`range.${range.key}`);
+    const fmt = range.spanMs < 86_400_000 ? formatters.dayHour : formatters.dayFull;
+    return t('range.window', { from: fmt.format(new Date(view.window.from)), to: fmt.format(new Date(view.window.to)) });
   }
 
   function applyView() {
     const previousView = state.view;
     const view = readHash();
-    const sameData = state.streams.length > 0 && previousView.range === view.range &&
-      previousView.channel === view.channel && previousView.campaign === view.campaign;
+    const sameData = state.streams.length > 0 && View.sameData(previousView, view);
     state.view = view;
     if (sameData) { // only the chart metric changed
       renderMetrics();
@@ -320,7 +319,7 @@
     state.tables = {};
     state.previousRequestedAt = 0; // fetched when the first answer tells the period
     // A drill-down clicked far down the page: show its tiles.
-    if (previousView.channel !== view.channel || previousView.campaign !== view.campaign) window.scrollTo(0, 0);
+    if (View.DIMENSIONS.some((dim) => previousView[dim] !== view[dim])) window.scrollTo(0, 0);
     renderStatic();
     renderTiles();
     renderChart();
@@ -357,7 +356,7 @@
     const generation = state.generation;
     const view = state.view;
     const plan = planOf(view);
-    const range = RANGES[view.range];
+    const range = View.rangeOf(view);
     state.previousRequestedAt = Date.now();
     const params = new URLSearchParams({
       granularity: range.granularity,
@@ -588,7 +587,7 @@
       const key = button.dataset.range;
       button.textContent = t(`rangeShort.${key}`);
       button.title = t(`range.${key}`);
-      button.setAttribute('aria-pressed', String(key === state.view.range));
+      button.setAttribute('aria-pressed', String(!state.view.window && key === state.view.range));
     }
     for (const kpi of ['aov', 'cpa', 'flagged']) {
       document.querySelector(`#tiles [data-kpi="${kpi}"] h2`).title = t(`hint.${kpi}`);
@@ -600,15 +599,25 @@
     updateLive();
   }
 
+  // All channels › channel › campaign, then a chip per other filter (device, region, the
+  // window of an alert link), each with a link that removes it.
   function renderBreadcrumbs() {
-    const { channel, campaign } = state.view;
+    const { channel, campaign, device, region, window: timeWindow } = state.view;
     const nav = document.getElementById('breadcrumbs');
     const crumb = (level, label, value, current) => (current
       ? el('span', { 'data-breadcrumb': level, 'data-value': value, 'aria-current': 'page', text: label })
       : el('a', { href: '#', 'data-breadcrumb': level, 'data-value': value, text: label }));
-    const parts = [crumb('all', t('allChannels'), null, !channel)];
-    if (channel) parts.push(el('span', { class: 'sep', 'aria-hidden': 'true', text: '›' }), crumb('channel', dimLabel('channel', channel), channel, !campaign));
-    if (campaign) parts.push(el('span', { class: 'sep', 'aria-hidden': 'true', text: '›' }), crumb('campaign', campaign, campaign, true));
+    const sep = () => el('span', { class: 'sep', 'aria-hidden': 'true', text: '›' });
+    const parts = [crumb('all', t('allChannels'), null, !channel && !campaign)];
+    if (channel) parts.push(sep(), crumb('channel', dimLabel('channel', channel), channel, !campaign));
+    if (campaign) parts.push(sep(), crumb('campaign', campaign, campaign, true));
+    const chip = (name, label, value) => el('span', { class: 'chip', 'data-filter': name, 'data-value': value },
+      el('span', { class: 'chip-label', text: `${t(name === 'window' ? 'window' : `dim.${name}`)}: ` }),
+      el('span', { class: 'chip-value', text: label }),
+      el('a', { href: '#', 'data-clear': name, title: t('clearFilter'), 'aria-label': t('clearFilter'), text: '×' }));
+    if (device) parts.push(chip('device', dimLabel('device', device), device));
+    if (region) parts.push(chip('region', dimLabel('region', region), region));
+    if (timeWindow) parts.push(chip('window', rangeLabel(state.view), `${new Date(timeWindow.from).toISOString()}/${new Date(timeWindow.to).toISOString()}`));
     nav.replaceChildren(...parts);
   }
 
@@ -787,7 +796,7 @@
     const height = width < 560 ? 190 : 240;
     const margin = { top: 12, right: 12, bottom: 26, left: width < 560 ? 48 : 64 };
     const root = svg('svg', { width, height, viewBox: `0 0 ${width} ${height}`, role: 'img' });
-    root.setAttribute('aria-label', `${t(`kpi.${metric}`)}, ${t(`range.${state.view.range}`)}`);
+    root.setAttribute('aria-label', `${t(`kpi.${metric}`)}, ${rangeLabel(state.view)}`);
     if (!answer) {
       box.classList.add('loading');
       box.replaceChildren(root);
@@ -885,7 +894,7 @@
 
     const total = answer.totals[metric];
     legend.replaceChildren(...[
-      el('span', { class: 'key current' }), ` ${t(`kpi.${metric}`)} · ${t(`range.${state.view.range}`)}: `,
+      el('span', { class: 'key current' }), ` ${t(`kpi.${metric}`)} · ${rangeLabel(state.view)}: `,
       el('strong', { 'data-kpi': metric, 'data-value': raw(total), text: format(kind, total) }),
       previousPoints.length ? el('span', { class: 'key previous' }) : null,
       previousPoints.length ? ` ${t('previous')}` : null,
@@ -898,7 +907,7 @@
   // the browser's time zone (the server's days follow its own zone, Europe/Rome by default).
   function windowLabel(start, granularity) {
     if (granularity === '1d') return formatters.dayFull.format(new Date(start + 12 * 3_600_000));
-    if (granularity === '1h' && state.view.range !== '24h') return formatters.dayHour.format(new Date(start));
+    if (granularity === '1h' && (state.view.window || state.view.range !== '24h')) return formatters.dayHour.format(new Date(start));
     return formatters.time.format(new Date(start));
   }
 
@@ -1072,7 +1081,21 @@
       return;
     }
     const range = target.closest('[data-range]');
-    if (range) { navigate({ range: range.dataset.range }); return; }
+    if (range) { navigate({ range: range.dataset.range, window: null }); return; }
+    // An alert's drill-down opens in this page, without a reload (a middle click or a
+    // modifier still opens the link itself elsewhere).
+    const alertLink = target.closest('a[data-alert]');
+    if (alertLink && event.button === 0 && !event.metaKey && !event.ctrlKey && !event.shiftKey && !event.altKey) {
+      const hash = View.hashFromQuery(new URL(alertLink.href).search, CHART_METRICS);
+      if (hash != null) { event.preventDefault(); location.hash = hash; }
+      return;
+    }
+    const clear = target.closest('a[data-clear]');
+    if (clear) {
+      event.preventDefault();
+      navigate(clear.dataset.clear === 'window' ? { window: null } : { [clear.dataset.clear]: null });
+      return;
+    }
     const metric = target.closest('[data-metric]');
     if (metric) { navigate({ metric: metric.dataset.metric }); return; }
     const sort = target.closest('th[data-sort]');
@@ -1090,7 +1113,8 @@
   function drillFrom(target) {
     const row = target.closest('table.drillable tbody tr');
     if (!row) return;
-    if (row.dataset.channel != null) navigate({ channel: row.dataset.channel, campaign: null });
+    // The campaign filter stays: a campaign opened from an alert, then one of its channels.
+    if (row.dataset.channel != null) navigate({ channel: row.dataset.channel });
     else if (row.dataset.campaign != null) navigate({ campaign: row.dataset.campaign });
   }
 
@@ -1109,6 +1133,7 @@
     renderTiles();
     renderChart();
     renderAttribution();
+    if (window.VedettaAlertBanner) window.VedettaAlertBanner.render();
   }
 
   window.addEventListener('hashchange', applyView);
@@ -1121,5 +1146,10 @@
   setInterval(() => { if (state.status) renderQuality(); }, 5_000);
 
   makeFormatters();
+  adoptQueryView();
   applyView();
+  // Firing alerts in a banner (alerts-banner.js), in the page's language and with its key.
+  if (window.VedettaAlertBanner) {
+    window.VedettaAlertBanner.start({ lang: () => state.lang, apiKey: () => state.apiKey, paused: () => state.authOpen });
+  }
 })();
