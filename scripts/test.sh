@@ -52,11 +52,11 @@ if ! "$aiosmtpd_venv/bin/python" -c "import aiosmtpd, sys; sys.exit(aiosmtpd.__v
   python3 -m venv "$aiosmtpd_venv"
   "$aiosmtpd_venv/bin/pip" install --quiet "aiosmtpd==$aiosmtpd_version"
 fi
-export VEDETTA_AIOSMTPD_PYTHON="$aiosmtpd_venv/bin/python"
+export AIOSMTPD_PYTHON="$aiosmtpd_venv/bin/python"
 echo "chromium: $("$CHROMIUM" --version 2>/dev/null || echo missing)"
 echo "prometheus: $("$PROMETHEUS" --version 2>&1 | head -n 1)"
 echo "alertmanager: $("$ALERTMANAGER" --version 2>&1 | head -n 1)"
-echo "aiosmtpd: $("$VEDETTA_AIOSMTPD_PYTHON" -c 'import aiosmtpd; print(aiosmtpd.__version__)')"
+echo "aiosmtpd: $("$AIOSMTPD_PYTHON" -c 'import aiosmtpd; print(aiosmtpd.__version__)')"
 echo "node: $(node --version)"
 for dir in tests/browser tests/grafana; do
   if [ -f "$dir/package-lock.json" ]; then

@@ -4,7 +4,7 @@
 //! authentication, and that a refused recipient (550) is a refusal, not a retry.
 //!
 //! Needs a Python with `aiosmtpd` 1.4.6: `scripts/test.sh` installs it into
-//! `~/.cache/vedetta/aiosmtpd-1.4.6` (or set `VEDETTA_AIOSMTPD_PYTHON`). Without it the test
+//! `~/.cache/vedetta/aiosmtpd-1.4.6` (or set `AIOSMTPD_PYTHON`). Without it the test
 //! fails and says so; it never skips.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -63,7 +63,7 @@ while True:
 "#;
 
 fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("VEDETTA_AIOSMTPD_PYTHON") {
+    if let Ok(p) = std::env::var("AIOSMTPD_PYTHON") {
         return p.into();
     }
     let cache = std::env::var("XDG_CACHE_HOME")
@@ -93,7 +93,7 @@ fn start_smtp(dir: &Path) -> Smtp {
     assert!(
         check.is_ok_and(|o| o.status.success()),
         "cannot import aiosmtpd with {}: run scripts/test.sh (it installs aiosmtpd 1.4.6 there) \
-         or set VEDETTA_AIOSMTPD_PYTHON",
+         or set AIOSMTPD_PYTHON",
         python.display()
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
