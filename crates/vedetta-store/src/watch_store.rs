@@ -213,6 +213,19 @@ impl WatchStore {
         Ok(out)
     }
 
+    /// The entries decided at one minute end, in order.
+    pub fn history_at(&self, at_ms: i64) -> Result<Vec<HistoryEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HISTORY)?;
+        let (low, high) = (history_key(at_ms, 0), history_key(at_ms, u32::MAX));
+        let mut out = Vec::new();
+        for entry in table.range(low.as_slice()..=high.as_slice())? {
+            let (_, value) = entry?;
+            out.push(decode("an alert history entry", value.value())?);
+        }
+        Ok(out)
+    }
+
     pub fn put_silence(&self, silence: &Silence) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(SILENCES)?

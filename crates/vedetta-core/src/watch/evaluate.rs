@@ -535,6 +535,19 @@ fn judge(rule: &Rule, totals: Option<&GroupTotals>, usual: Option<f64>) -> Judge
     }
 }
 
+/// What a rule measures for a group's totals: a threshold rule's headline (`cpa` of
+/// `cpa > 20`), an absence rule's metric. For revisions: the adapter re-measures a judged
+/// minute once late data can no longer change it, and notes a changed value in the history.
+pub fn measured_value(rule: &Rule, totals: Option<&GroupTotals>) -> Option<f64> {
+    let totals = totals?;
+    match &rule.kind {
+        RuleKind::Threshold { fire, .. } => fire.headline().0.eval(totals),
+        RuleKind::Absence { metric, .. } | RuleKind::Anomaly { metric, .. } => {
+            totals.value(*metric)
+        }
+    }
+}
+
 /// Sums the rows of a rule's window by its groups.
 pub fn group_totals(
     rule: &Rule,

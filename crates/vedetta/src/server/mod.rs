@@ -171,6 +171,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
                 log: log.clone(),
                 clock: Arc::new(SystemClock),
                 e2e_latency: Box::new(move |now| timings.end_to_end_recent.quantile(now, 0.99)),
+                allowed_lateness_ms: config.pipeline.rules.allowed_lateness_ms,
             },
             Box::new(|txn, notification| {
                 vedetta_store::outbox::enqueue(txn, notification, notification.created_ms)

@@ -281,3 +281,75 @@ url = "{url}"
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn late_data_for_a_judged_minute_is_noted_in_the_history_without_refiring() {
+    let s = server_with_file(CONFIG, &[]);
+    let minute = (now_ms() / 60_000 - 30) * 60_000;
+    post_json(
+        &s,
+        "/v1/costs",
+        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
+    )
+    .await;
+    post_json(
+        &s,
+        "/v1/events",
+        json!([
+            {"udid": "anna", "type": "page_view", "ts": minute + 2_000, "channel": "social"},
+            {"udid": "anna", "type": "purchase", "ts": minute + 3_000, "value": 40.0},
+            {"udid": "bruno", "type": "page_view", "ts": minute + 66_000, "channel": "direct"}
+        ]),
+    )
+    .await;
+    s.processed().await;
+    for _ in 0..300 {
+        if s.get("/v1/alerts").await.1["firing"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Within the allowed lateness, a second purchase for the judged minute: CPA 15.
+    post_json(
+        &s,
+        "/v1/events",
+        json!([
+            {"udid": "carla", "type": "page_view", "ts": minute + 4_000, "channel": "social"},
+            {"udid": "carla", "type": "purchase", "ts": minute + 5_000, "value": 40.0},
+            // Then time passes: the judged minute becomes final.
+            {"udid": "bruno", "type": "page_view", "ts": minute + 18 * 60_000, "channel": "direct"}
+        ]),
+    )
+    .await;
+    s.processed().await;
+    let mut alerts = Value::Null;
+    for _ in 0..300 {
+        alerts = s.get("/v1/alerts?limit=50").await.1;
+        let history = alerts["history"].as_array().cloned().unwrap_or_default();
+        if history.iter().any(|h| h["event"] == "revised") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let history = alerts["history"].as_array().unwrap();
+    let events: Vec<&str> = history
+        .iter()
+        .filter(|h| h["group"]["channel"] == "social")
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    // By minute, newest first: the resolution (next minute, no data), then at the judged
+    // minute the revision (decided later) and the firing.
+    assert_eq!(events, vec!["resolved", "revised", "firing"], "{alerts}");
+    let revised = history.iter().find(|h| h["event"] == "revised").unwrap();
+    assert_eq!(revised["value"], 15.0);
+    assert!(
+        revised["summary"]
+            .as_str()
+            .unwrap()
+            .contains("from 30 to 15"),
+        "{revised}"
+    );
+}

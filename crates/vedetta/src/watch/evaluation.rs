@@ -28,7 +28,7 @@ use vedetta_core::pipeline::windows::Granularity;
 use vedetta_core::time::Clock;
 use vedetta_core::watch::evaluate::{
     ActiveAlert, AlertKey, Evaluator, History, MinuteRow, SpendMinute, SystemValues, WindowData,
-    group_totals,
+    group_totals, measured_value,
 };
 use vedetta_core::watch::notification::AlertStatus;
 use vedetta_core::watch::rules::Rule;
@@ -105,6 +105,8 @@ pub struct Sources {
     pub clock: Arc<dyn Clock>,
     /// Seconds from intake to KPIs, p99 of the last minutes.
     pub e2e_latency: Box<dyn Fn(i64) -> Option<f64> + Send>,
+    /// The pipeline's allowed lateness: a judged minute is final this long after.
+    pub allowed_lateness_ms: i64,
 }
 
 impl std::fmt::Debug for Sources {
@@ -374,6 +376,7 @@ impl Task {
                 self.state.dispatcher.add(rule, notice, now);
             }
         }
+        history.extend(self.revisions(minute_end, now)?);
         let notifications =
             self.state
                 .dispatcher
@@ -387,6 +390,62 @@ impl Task {
             .last_minute_micros
             .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The minute that became final with this one (no event within the allowed lateness
+    /// can change it any more): where an alert fired or resolved then, its value is measured
+    /// again, and a difference made by late data goes into the history. The decision stands:
+    /// a correction never re-fires a resolved alert.
+    fn revisions(&self, minute_end: i64, now: i64) -> anyhow::Result<Vec<HistoryEntry>> {
+        let lateness = self.sources.allowed_lateness_ms.div_euclid(MINUTE) * MINUTE + MINUTE;
+        let final_minute = minute_end - lateness;
+        let decided: Vec<HistoryEntry> = self
+            .store
+            .history_at(final_minute)?
+            .into_iter()
+            .filter(|e| e.event.starts_with("firing") || e.event.starts_with("resolved"))
+            .collect();
+        let mut out = Vec::new();
+        for entry in decided {
+            let Some(rule) = self.rules.rules.iter().find(|r| r.name == entry.rule) else {
+                continue;
+            };
+            if matches!(
+                rule.kind,
+                vedetta_core::watch::rules::RuleKind::Anomaly { .. }
+            ) {
+                continue; // judged on whole hours or days, from stored rows
+            }
+            let data = self.read_window(final_minute - rule.over_ms, final_minute)?;
+            let groups = group_totals(rule, final_minute, &data);
+            let group: Vec<String> = entry.group.iter().map(|(_, v)| v.clone()).collect();
+            let value = measured_value(rule, groups.get(&group));
+            let same = match (value, entry.value) {
+                (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            let shown = |v: Option<f64>| v.map_or("no data".to_string(), |v| format!("{v}"));
+            out.push(HistoryEntry {
+                at_ms: final_minute,
+                wall_ms: now,
+                rule: entry.rule.clone(),
+                group: entry.group.clone(),
+                event: "revised".into(),
+                value,
+                summary: format!(
+                    "late data changed the value judged at this minute from {} to {}; the \
+                     decision ({}) stands",
+                    shown(entry.value),
+                    shown(value),
+                    entry.event
+                ),
+            });
+        }
+        Ok(out)
     }
 
     fn commit(
