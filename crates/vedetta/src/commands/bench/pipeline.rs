@@ -54,10 +54,23 @@ pub struct PipelineBenchArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// A configuration file for the server started in this process (to measure, say,
+    /// the pipeline with alert rules loaded).
+    #[arg(long, conflicts_with = "url")]
+    config: Option<std::path::PathBuf>,
 }
 
 pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
-    let (local, base) = LocalServer::or_url(args.url.as_deref())?;
+    let (local, base) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            let server = LocalServer::start_with_config(&text)?;
+            let base = format!("http://{}", server.address);
+            (Some(server), base)
+        }
+        None => LocalServer::or_url(args.url.as_deref())?,
+    };
     eprintln!(
         "generating {} bodies of {} events…",
         args.bodies, args.batch
