@@ -14,6 +14,7 @@
 //! `docs/storage.md` for the measurements behind the choice.
 
 mod error;
+pub mod inbox;
 pub mod kpi_store;
 pub mod log;
 pub mod outbox;

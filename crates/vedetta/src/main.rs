@@ -105,7 +105,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
     };
-    let config = config::load(args.config.as_deref(), &overrides)?;
+    let mut config = config::load(args.config.as_deref(), &overrides)?;
+    if args.demo && config.alerts.inline_rules.is_empty() && config.alerts.rules_file.is_none() {
+        // A newcomer sees alerts too: example rules that notify the server's own inbox.
+        config.alerts = vedetta::watch::config::demo_alerts(&config.listen.to_string())
+            .map_err(|e| anyhow::anyhow!("the demo's alert rules: {e}"))?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vedetta")

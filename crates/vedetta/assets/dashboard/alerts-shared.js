@@ -31,6 +31,8 @@
       authWrong: 'The key was not accepted.', apiKey: 'API key', open: 'Open', language: 'English',
       'label.rule': 'Rule', 'label.severity': 'Severity', 'label.channel': 'Channel', 'label.campaign': 'Campaign',
       'label.device': 'Device', 'label.region': 'Region', 'label.alertname': 'Alert name',
+      inbox: 'Inbox', noInbox: 'Nothing was delivered to an inbox destination.',
+      'col.delivered': 'Delivered', 'col.destination': 'To', 'col.message': 'Message', 'event.revised': 'Revised',
     },
     it: {
       'banner.one': '1 allarme attivo', 'banner.many': '{n} allarmi attivi', 'banner.more': 'altri {n}',
@@ -54,6 +56,8 @@
       apiKey: 'Chiave API', open: 'Apri', language: 'Italiano',
       'label.rule': 'Regola', 'label.severity': 'Gravità', 'label.channel': 'Canale', 'label.campaign': 'Campagna',
       'label.device': 'Dispositivo', 'label.region': 'Regione', 'label.alertname': 'Nome dell’allarme',
+      inbox: 'Posta in arrivo', noInbox: 'Nessuna notifica consegnata a una destinazione inbox.',
+      'col.delivered': 'Consegnata', 'col.destination': 'A', 'col.message': 'Messaggio', 'event.revised': 'Rivisto',
     },
   };
   const words = (lang) => (key, vars) => {

@@ -37,6 +37,7 @@
     state.inFlight = true;
     try {
       const answer = await A.api(`/v1/alerts?limit=${HISTORY_LIMIT}`, { apiKey: state.apiKey });
+      answer.inbox = (await A.api('/v1/inbox?limit=50', { apiKey: state.apiKey })).inbox;
       const names = [...answer.firing, ...answer.pending, ...answer.history].map((a) => a.rule);
       await rules.ensure(names, state.apiKey);
       state.answer = answer;
@@ -76,6 +77,7 @@
     renderAlerts('pending', answer.pending, 'noPending');
     renderSilences(answer.silences);
     renderHistory(answer.history);
+    renderInbox(answer.inbox || []);
     const health = document.querySelector('.health');
     health.dataset.level = answer.firing.some((a) => a.severity === 'critical') ? 'bad' : answer.firing.length ? 'warn' : 'ok';
   }
@@ -137,6 +139,20 @@
         el('td', { class: 'actions' }, el('a', { href, 'data-drill': '', text: t('drill') })));
     });
     table.replaceChildren(head(...columns), el('tbody', {}, ...(rows.length ? rows : [emptyRow(columns.length, 'noHistory')])));
+  }
+
+  /** What `inbox` destinations received: one row per notice, its message as sent. */
+  function renderInbox(inbox) {
+    const table = document.getElementById('inbox');
+    const columns = ['delivered', 'destination', 'event', 'message', 'actions'];
+    const rows = inbox.flatMap((item) => item.notification.notices.map((notice) =>
+      el('tr', { 'data-inbox': '', 'data-rule': notice.rule, 'data-status': notice.status },
+        el('td', { text: A.timeText(item.delivered_at, state.lang), title: item.delivered_at }),
+        el('td', {}, bdi(item.notification.destination)),
+        el('td', { class: 'event' }, A.eventText(notice.status, t)),
+        el('td', { class: 'message' }, bdi(notice.summary)),
+        el('td', { class: 'actions' }, el('a', { href: notice.drilldown, 'data-drill': '', text: t('drill') })))));
+    table.replaceChildren(head(...columns), el('tbody', {}, ...(rows.length ? rows : [emptyRow(columns.length, 'noInbox')])));
   }
 
   // ------------------------------------------------------------------ the silence form

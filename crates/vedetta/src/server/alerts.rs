@@ -454,3 +454,45 @@ pub async fn retry_dead_letter(
         None => Err(not_found()),
     }
 }
+
+/// What `inbox` destinations received, newest first (the demo's "what would have been
+/// sent").
+#[utoipa::path(
+    get,
+    path = "/v1/inbox",
+    params(("limit" = Option<usize>, Query, description = "most entries, default 50, at most 1000")),
+    responses((status = 200, description = "inbox: delivered_at and the notification as sent", body = Object))
+)]
+pub async fn get_inbox(
+    State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+) -> Result<Json<Value>, ApiError> {
+    let mut params = super::kpis::query_params(&uri)?;
+    let limit = match params.remove("limit") {
+        None => 50,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= 1000)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit: expected a whole number from 0 to 1000, got {}",
+                    super::kpis::shown_value(&text)
+                ))
+            })?,
+    };
+    if let Some(name) = params.keys().find(|name| *name != "access_token") {
+        return Err(ApiError::BadRequest(format!(
+            "{}: unknown parameter; use limit",
+            super::kpis::shown_name(name)
+        )));
+    }
+    let inbox = state.inbox.clone();
+    let entries = tokio::task::spawn_blocking(move || inbox.list(limit))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({
+        "inbox": entries.iter().map(|(at, n)| json!({"delivered_at": time(*at), "notification": n})).collect::<Vec<_>>(),
+    })))
+}

@@ -81,6 +81,8 @@ pub struct AppState {
     pub watch_status: Arc<crate::watch::evaluation::WatchStatus>,
     /// The outbox the evaluation writes and the sender drains.
     pub outbox: vedetta_store::outbox::Outbox,
+    /// What `inbox` destinations received.
+    pub inbox: vedetta_store::inbox::Inbox,
     pub sender: crate::watch::sender::SenderHandle,
     /// Tells the sender to stop (at shutdown), and its task.
     sender_stop: Arc<tokio::sync::Notify>,
@@ -183,7 +185,10 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
     // The sender drains the outbox that shares the alert store's file.
     let outbox = vedetta_store::outbox::Outbox::new(watch.store.database().clone())
         .context("opening the outbox")?;
-    let destinations = crate::watch::destinations::build_all(&config.alerts.destinations)?;
+    let inbox = vedetta_store::inbox::Inbox::new(watch.store.database().clone())
+        .context("opening the inbox")?;
+    let destinations =
+        crate::watch::destinations::build_all(&config.alerts.destinations, Some(&inbox))?;
     let sender_stop = Arc::new(tokio::sync::Notify::new());
     let (sender, sender_task) = if tokio::runtime::Handle::try_current().is_ok() {
         let stop = sender_stop.clone();
@@ -229,6 +234,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         processor_handle: std::sync::Mutex::new(Some(processor)),
         watch_status: watch.status.clone(),
         outbox,
+        inbox,
         sender,
         sender_stop,
         sender_task: std::sync::Mutex::new(sender_task),
@@ -264,6 +270,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(alerts::delete_silence),
         )
         .route("/v1/outbox/dead", get(alerts::get_dead_letters))
+        .route("/v1/inbox", get(alerts::get_inbox))
         .route(
             "/v1/outbox/dead/{seq}/retry",
             axum::routing::post(alerts::retry_dead_letter),

@@ -40,6 +40,7 @@ pub struct ErrorBody {
         super::alerts::delete_silence,
         super::alerts::get_dead_letters,
         super::alerts::retry_dead_letter,
+        super::alerts::get_inbox,
         super::healthz,
     ),
     components(schemas(

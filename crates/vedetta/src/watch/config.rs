@@ -224,6 +224,18 @@ impl AlertsConfig {
     }
 }
 
+/// The configuration of `serve --demo` when none is given: a few rules (a tracking glitch
+/// the demo injects, CPA, an absence, an anomaly) notifying the server's inbox.
+pub fn demo_alerts(listen: &str) -> Result<AlertsConfig, String> {
+    #[derive(Deserialize)]
+    struct Demo {
+        alerts: RawAlerts,
+    }
+    let demo: Demo = toml::from_str(include_str!("demo-alerts.toml")).map_err(|e| e.to_string())?;
+    AlertsConfig::from_raw(demo.alerts, listen)
+        .map_err(|(key, message)| format!("{key}: {message}"))
+}
+
 /// Parses a rules file; errors name the file and, from TOML, the line and key.
 pub fn read_rules_file(path: &Path) -> Result<RulesFile, String> {
     let text = std::fs::read_to_string(path)
@@ -281,6 +293,17 @@ mod tests {
         let set = config.rule_set(&file.alerts).unwrap();
         assert_eq!(set.rules.len(), 2);
         assert_eq!(set.inhibitions[0].targets, vec!["*".to_string()]);
+    }
+
+    #[test]
+    fn the_demo_rules_check() {
+        let demo = demo_alerts("127.0.0.1:8080").unwrap();
+        let set = demo.load_rules().unwrap();
+        assert_eq!(set.rules.len(), 4);
+        assert_eq!(
+            demo.destination_names.iter().collect::<Vec<_>>(),
+            vec!["inbox"]
+        );
     }
 
     #[test]

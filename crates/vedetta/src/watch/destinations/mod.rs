@@ -14,12 +14,14 @@
 
 pub mod alertmanager;
 pub mod email;
+pub mod inbox;
 pub mod slack;
 pub mod text;
 pub mod webhook;
 
 pub use alertmanager::AlertmanagerConfig;
 pub use email::{EmailConfig, SmtpTls};
+pub use inbox::InboxConfig;
 pub use slack::SlackConfig;
 pub use text::Lang;
 pub use webhook::{OAuth2Config, WebhookConfig, WebhookFormat};
@@ -57,6 +59,8 @@ pub enum DestinationConfig {
     Email(EmailConfig),
     Alertmanager(AlertmanagerConfig),
     Webhook(WebhookConfig),
+    /// The server's own inbox (`/inbox`): nothing leaves the server.
+    Inbox(InboxConfig),
 }
 
 /// The longest name of a destination, and what it may contain: it is a label in
@@ -103,6 +107,7 @@ impl DestinationConfig {
             DestinationConfig::Email(c) => &c.name,
             DestinationConfig::Alertmanager(c) => &c.name,
             DestinationConfig::Webhook(c) => &c.name,
+            DestinationConfig::Inbox(c) => &c.name,
         }
     }
 
@@ -124,14 +129,30 @@ impl DestinationConfig {
             DestinationConfig::Email(c) => c.validate().map(drop),
             DestinationConfig::Alertmanager(c) => c.validate().map(drop),
             DestinationConfig::Webhook(c) => c.validate().map(drop),
+            DestinationConfig::Inbox(_) => Ok(()),
         }
     }
 }
 
-/// Builds one destination (validates first).
+/// Builds one destination (validates first). An inbox needs the server's store: see
+/// [`build_all`].
 pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>> {
+    build_with(config, None)
+}
+
+fn build_with(
+    config: &DestinationConfig,
+    inbox: Option<&vedetta_store::inbox::Inbox>,
+) -> anyhow::Result<Arc<dyn Destination>> {
     config.validate()?;
     Ok(match config {
+        DestinationConfig::Inbox(c) => match inbox {
+            Some(inbox) => Arc::new(inbox::InboxDestination::new(c, inbox.clone())),
+            None => bail!(
+                "alerts.destinations[{:?}]: an inbox lives in a server's alert store",
+                c.name
+            ),
+        },
         DestinationConfig::Slack(c) => Arc::new(slack::Slack::new(c)?),
         DestinationConfig::Email(c) => Arc::new(email::Email::new(c)?),
         DestinationConfig::Alertmanager(c) => Arc::new(alertmanager::Alertmanager::new(c)?),
@@ -139,8 +160,12 @@ pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>>
     })
 }
 
-/// Builds every destination; names must be unique.
-pub fn build_all(configs: &[DestinationConfig]) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
+/// Builds every destination; names must be unique. `inbox` is where `inbox` destinations
+/// keep what they receive.
+pub fn build_all(
+    configs: &[DestinationConfig],
+    inbox: Option<&vedetta_store::inbox::Inbox>,
+) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
     let mut names = HashSet::new();
     configs
         .iter()
@@ -148,7 +173,7 @@ pub fn build_all(configs: &[DestinationConfig]) -> anyhow::Result<Vec<Arc<dyn De
             if !names.insert(c.name()) {
                 bail!("alerts.destinations.name: {:?} is used twice", c.name());
             }
-            build(c).with_context(|| format!("destination {:?}", c.name()))
+            build_with(c, inbox).with_context(|| format!("destination {:?}", c.name()))
         })
         .collect()
 }
@@ -278,7 +303,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(configs.len(), 4);
-        let built = build_all(&configs).unwrap();
+        let built = build_all(&configs, None).unwrap();
         let kinds: Vec<_> = built
             .iter()
             .map(|d| (d.name().to_owned(), d.kind()))
@@ -308,7 +333,7 @@ mod tests {
                 Ok(c) => c,
                 Err(e) => return e.to_string(),
             };
-            build_all(&configs)
+            build_all(&configs, None)
                 .map(drop)
                 .unwrap_err()
                 .root_cause()
