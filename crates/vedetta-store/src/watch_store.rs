@@ -11,7 +11,7 @@
 //! Layout (every value starts with a format byte):
 //!
 //! ```text
-//! watch_state:   "state" → [1][JSON WatchState]
+//! watch_state:   "state" → [2][postcard WatchState]   (maps keyed by tuples: not JSON)
 //! alert_history: [minute end, sign-flipped u64 BE][sequence u32 BE] → [1][JSON HistoryEntry]
 //! silences:      silence id (UTF-8) → [1][JSON Silence]
 //! ```
@@ -95,13 +95,33 @@ from_redb!(
 
 type StoreError = WatchStoreError;
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+/// The format byte of the evaluator's state: postcard, since its maps are keyed by tuples
+/// (which JSON cannot key by). Format 1 was JSON and could not hold a dispatcher group.
+pub const STATE_FORMAT: u8 = 2;
+
+/// `[WATCH_FORMAT][JSON]`. An error, never a value written half: a state that does not
+/// serialize must fail the step, not leave a blob the next start cannot read.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![WATCH_FORMAT];
-    // Plain data with string keys: serializing into a Vec cannot fail.
-    if let Ok(json) = serde_json::to_vec(value) {
-        out.extend_from_slice(&json);
+    serde_json::to_writer(&mut out, value)
+        .map_err(|e| WatchStoreError::Corrupt(format!("a value does not serialize: {e}")))?;
+    Ok(out)
+}
+
+fn encode_state(state: &WatchState) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(state, vec![STATE_FORMAT])
+        .map_err(|e| WatchStoreError::Corrupt(format!("the alert state does not serialize: {e}")))
+}
+
+fn decode_state(bytes: &[u8]) -> Result<WatchState, StoreError> {
+    match bytes.split_first() {
+        Some((&STATE_FORMAT, body)) => postcard::from_bytes(body)
+            .map_err(|e| WatchStoreError::Corrupt(format!("the alert state does not decode: {e}"))),
+        Some((&found, _)) => Err(WatchStoreError::Corrupt(format!(
+            "the alert state has format {found}; this build reads format {STATE_FORMAT}"
+        ))),
+        None => Err(WatchStoreError::Corrupt("the alert state is empty".into())),
     }
-    out
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -151,7 +171,7 @@ impl WatchStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(STATE)?;
         match table.get("state")? {
-            Some(bytes) => decode("the alert state", bytes.value()),
+            Some(bytes) => decode_state(bytes.value()),
             None => Ok(WatchState::default()),
         }
     }
@@ -170,7 +190,7 @@ impl WatchStore {
         txn.set_durability(redb::Durability::Immediate)?;
         {
             let mut table = txn.open_table(STATE)?;
-            table.insert("state", encode(state).as_slice())?;
+            table.insert("state", encode_state(state)?.as_slice())?;
             let mut log = txn.open_table(HISTORY)?;
             let mut sequence = 0u32;
             for entry in history {
@@ -180,7 +200,7 @@ impl WatchStore {
                 let taken = log.range(base.as_slice()..=end.as_slice())?.count() as u32;
                 let key = history_key(entry.at_ms, taken.max(sequence));
                 sequence = taken.max(sequence) + 1;
-                log.insert(key.as_slice(), encode(entry).as_slice())?;
+                log.insert(key.as_slice(), encode(entry)?.as_slice())?;
             }
             let excess = log.len()?.saturating_sub(MAX_HISTORY);
             if excess > 0 {
@@ -229,7 +249,7 @@ impl WatchStore {
     pub fn put_silence(&self, silence: &Silence) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(SILENCES)?
-            .insert(silence.id.as_str(), encode(silence).as_slice())?;
+            .insert(silence.id.as_str(), encode(silence)?.as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -328,6 +348,29 @@ mod tests {
         );
     }
 
+    /// Bug: the state was JSON, whose object keys must be strings; a dispatcher group is
+    /// keyed by (rule, destination), so the first notification's commit wrote a state of
+    /// one byte, and the next start refused the store.
+    #[test]
+    fn a_state_with_dispatch_groups_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watch.redb");
+        let (store, _) = WatchStore::open(&path).unwrap();
+        let mut state = WatchState::default();
+        let notice = Notification::example().notices.remove(0);
+        let mut group = vedetta_core::watch::dispatch::DispatchGroup::default();
+        group.firing.insert(notice.group.clone(), notice.clone());
+        group.pending.push(notice);
+        state
+            .dispatcher
+            .groups
+            .insert(("cpa_high".into(), "slack".into()), group);
+        store.commit(&state, &[], &[], &|_, _| Ok(())).unwrap();
+        drop(store);
+        let (_, again) = WatchStore::open(&path).unwrap();
+        assert_eq!(again, state);
+    }
+
     #[test]
     fn silences_are_stored_listed_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
@@ -352,8 +395,9 @@ mod tests {
 
     #[test]
     fn other_formats_are_refused() {
-        assert!(decode::<WatchState>("x", &[2, b'{', b'}']).is_err());
-        assert!(decode::<WatchState>("x", &[]).is_err());
-        assert!(decode::<WatchState>("x", &encode(&WatchState::default())).is_ok());
+        assert!(decode::<Silence>("x", &[2, b'{', b'}']).is_err());
+        assert!(decode_state(&[1, b'{', b'}']).is_err());
+        assert!(decode_state(&[]).is_err());
+        assert!(decode_state(&encode_state(&WatchState::default()).unwrap()).is_ok());
     }
 }
