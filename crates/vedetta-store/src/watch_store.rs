@@ -73,6 +73,8 @@ pub enum WatchStoreError {
     Corrupt(String),
     #[error("the outbox: {0}")]
     Outbox(String),
+    #[error("a value does not encode: {0}")]
+    Encode(String),
 }
 
 macro_rules! from_redb {
@@ -95,13 +97,12 @@ from_redb!(
 
 type StoreError = WatchStoreError;
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![WATCH_FORMAT];
-    // Plain data with string keys: serializing into a Vec cannot fail.
-    if let Ok(json) = serde_json::to_vec(value) {
-        out.extend_from_slice(&json);
-    }
-    out
+    // It can fail (a map whose keys are not strings): the step fails rather than store
+    // a value that will not read back.
+    serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Encode(e.to_string()))?;
+    Ok(out)
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -170,7 +171,7 @@ impl WatchStore {
         txn.set_durability(redb::Durability::Immediate)?;
         {
             let mut table = txn.open_table(STATE)?;
-            table.insert("state", encode(state).as_slice())?;
+            table.insert("state", encode(state)?.as_slice())?;
             let mut log = txn.open_table(HISTORY)?;
             let mut sequence = 0u32;
             for entry in history {
@@ -180,7 +181,7 @@ impl WatchStore {
                 let taken = log.range(base.as_slice()..=end.as_slice())?.count() as u32;
                 let key = history_key(entry.at_ms, taken.max(sequence));
                 sequence = taken.max(sequence) + 1;
-                log.insert(key.as_slice(), encode(entry).as_slice())?;
+                log.insert(key.as_slice(), encode(entry)?.as_slice())?;
             }
             let excess = log.len()?.saturating_sub(MAX_HISTORY);
             if excess > 0 {
@@ -216,7 +217,7 @@ impl WatchStore {
     pub fn put_silence(&self, silence: &Silence) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         txn.open_table(SILENCES)?
-            .insert(silence.id.as_str(), encode(silence).as_slice())?;
+            .insert(silence.id.as_str(), encode(silence)?.as_slice())?;
         txn.commit()?;
         Ok(())
     }
@@ -337,10 +338,52 @@ mod tests {
         assert!(store.silences().unwrap().is_empty());
     }
 
+    /// The bug: the dispatcher's maps have tuple keys, which JSON objects cannot hold;
+    /// `encode` swallowed serde_json's refusal and stored the bare format byte, so after the
+    /// first notification the server could not open its alert store again ("the alert
+    /// state does not decode: EOF").
+    #[test]
+    fn dispatcher_groups_with_tuple_keys_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watch.redb");
+        let (store, _) = WatchStore::open(&path).unwrap();
+        let mut notice = Notification::example().notices[0].clone();
+        notice.group = vec![("channel".into(), "social".into())];
+        let mut group = vedetta_core::watch::dispatch::DispatchGroup {
+            last_sent_ms: Some(5),
+            sequence: 3,
+            ..Default::default()
+        };
+        group.firing.insert(notice.group.clone(), notice.clone());
+        group.pending.push(notice);
+        let mut state = WatchState {
+            evaluated_through_ms: Some(120_000),
+            ..WatchState::default()
+        };
+        state
+            .dispatcher
+            .groups
+            .insert(("cpa_high".into(), "slack".into()), group);
+        store.commit(&state, &[], &[], &|_, _| Ok(())).unwrap();
+        drop(store);
+        let (_, again) = WatchStore::open(&path).unwrap();
+        assert_eq!(again, state);
+    }
+
+    #[test]
+    fn a_state_stored_before_dispatch_groups_were_pairs_still_reads() {
+        // An empty dispatcher was written as an object, `{}`: the only map that could be.
+        let old = br#"{"evaluated_through_ms":60000,"alerts":[],"dispatcher":{"groups":{}}}"#;
+        let bytes = [&[WATCH_FORMAT][..], old].concat();
+        let state: WatchState = decode("x", &bytes).unwrap();
+        assert_eq!(state.evaluated_through_ms, Some(60_000));
+        assert!(state.dispatcher.groups.is_empty());
+    }
+
     #[test]
     fn other_formats_are_refused() {
         assert!(decode::<WatchState>("x", &[2, b'{', b'}']).is_err());
         assert!(decode::<WatchState>("x", &[]).is_err());
-        assert!(decode::<WatchState>("x", &encode(&WatchState::default())).is_ok());
+        assert!(decode::<WatchState>("x", &encode(&WatchState::default()).unwrap()).is_ok());
     }
 }
