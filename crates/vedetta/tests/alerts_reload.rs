@@ -109,16 +109,29 @@ url = "http://127.0.0.1:9/never-called-in-this-test"
         rule_names(r) == ["rule_b"]
     });
     assert_eq!(rules["rules"][0]["expr"], "cpa > 20");
-    assert_eq!(rules["rules"][0]["group_by"], serde_json::json!(["channel"]));
+    assert_eq!(
+        rules["rules"][0]["group_by"],
+        serde_json::json!(["channel"])
+    );
     assert_eq!(rules["reload_error"], Value::Null);
     let loaded_at = rules["loaded_at"].clone();
 
     // Files that do not check: B stays in force, and the error names the rule and the key.
     for (n, (broken, key)) in [
-        (RULE_B.replace("rule_b", "rule_c") + "severty = \"critical\"\n", "severty"),
-        (RULE_B.replace("rule_b", "rule_c").replace("over = \"10m\"", "over = \"10x\""), "over"),
         (
-            RULE_B.replace("rule_b", "rule_c").replace("cpa > 20", "cpaa > 20"),
+            RULE_B.replace("rule_b", "rule_c") + "severty = \"critical\"\n",
+            "severty",
+        ),
+        (
+            RULE_B
+                .replace("rule_b", "rule_c")
+                .replace("over = \"10m\"", "over = \"10x\""),
+            "over",
+        ),
+        (
+            RULE_B
+                .replace("rule_b", "rule_c")
+                .replace("cpa > 20", "cpaa > 20"),
             "cpaa",
         ),
     ]
@@ -127,16 +140,18 @@ url = "http://127.0.0.1:9/never-called-in-this-test"
     {
         write_rules(&rules_path, &broken, 1_000_020 + n as u64);
         let rules = wait_rules(&http, &server, "the reload error", |r| {
-            r["reload_error"]
-                .as_str()
-                .is_some_and(|e| e.contains(key))
+            r["reload_error"].as_str().is_some_and(|e| e.contains(key))
         });
         let error = rules["reload_error"].as_str().unwrap();
         assert!(
             error.contains("rule_c"),
             "the error names the key ({key}) but not the rule: {error}"
         );
-        assert_eq!(rule_names(&rules), ["rule_b"], "the old rules stay: {rules}");
+        assert_eq!(
+            rule_names(&rules),
+            ["rule_b"],
+            "the old rules stay: {rules}"
+        );
         assert_eq!(rules["loaded_at"], loaded_at);
     }
 

@@ -64,7 +64,9 @@ impl Drop for InFlight<'_> {
 enum Mood {
     Ok(Duration),
     /// 503, with `Retry-After: 1` or without (the sender's own backoff).
-    Unavailable { retry_after: bool },
+    Unavailable {
+        retry_after: bool,
+    },
     /// Accepted, but answered after the destination's 1 s timeout: the sender does not
     /// learn of it and sends again under the same key.
     TooSlow,
@@ -110,9 +112,12 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Strin
             tokio::time::sleep(Duration::from_millis(1_600)).await;
             StatusCode::OK.into_response()
         }
-        Mood::Unavailable { retry_after: true } => {
-            (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")], "busy").into_response()
-        }
+        Mood::Unavailable { retry_after: true } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("retry-after", "1")],
+            "busy",
+        )
+            .into_response(),
         Mood::Unavailable { retry_after: false } => {
             (StatusCode::SERVICE_UNAVAILABLE, "busy").into_response()
         }
@@ -263,9 +268,7 @@ timeout_seconds = 1
     post_events(&http, &server, quiet_traffic(base, minutes));
     post_events(&http, &server, quiet_traffic(base, minutes + 1));
     let expected: BTreeSet<(String, String)> = (0..minutes)
-        .flat_map(|i| {
-            ["firing", "resolved"].map(|status| (status.to_string(), format!("ch{i}")))
-        })
+        .flat_map(|i| ["firing", "resolved"].map(|status| (status.to_string(), format!("ch{i}"))))
         .collect();
     let accepted_notices = || -> BTreeSet<(String, String)> {
         receiver

@@ -472,4 +472,6 @@ mod tests_alerts;
 #[cfg(test)]
 mod tests_hostile;
 #[cfg(test)]
+mod tests_outbox;
+#[cfg(test)]
 mod tests_query;

@@ -26,11 +26,7 @@ impl Server {
 
     /// [`Server::start`] with a configuration file (`--config`): what cannot be given as
     /// environment, such as `[[alerts.destinations]]`.
-    pub fn start_with_config_file(
-        data_dir: &Path,
-        config: &Path,
-        env: &[(&str, &str)],
-    ) -> Server {
+    pub fn start_with_config_file(data_dir: &Path, config: &Path, env: &[(&str, &str)]) -> Server {
         Server::start_with(data_dir, Some(config), env)
     }
 
