@@ -11,7 +11,7 @@
 //! Layout (every value starts with a format byte):
 //!
 //! ```text
-//! watch_state:   "state" → [2][postcard WatchState]   (maps keyed by tuples: not JSON)
+//! watch_state:   "state" → [1][JSON WatchState]
 //! alert_history: [minute end, sign-flipped u64 BE][sequence u32 BE] → [1][JSON HistoryEntry]
 //! silences:      silence id (UTF-8) → [1][JSON Silence]
 //! ```
@@ -73,6 +73,8 @@ pub enum WatchStoreError {
     Corrupt(String),
     #[error("the outbox: {0}")]
     Outbox(String),
+    #[error("a value does not encode: {0}")]
+    Encode(String),
 }
 
 macro_rules! from_redb {
@@ -95,33 +97,12 @@ from_redb!(
 
 type StoreError = WatchStoreError;
 
-/// The format byte of the evaluator's state: postcard, since its maps are keyed by tuples
-/// (which JSON cannot key by). Format 1 was JSON and could not hold a dispatcher group.
-pub const STATE_FORMAT: u8 = 2;
-
-/// `[WATCH_FORMAT][JSON]`. An error, never a value written half: a state that does not
-/// serialize must fail the step, not leave a blob the next start cannot read.
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![WATCH_FORMAT];
-    serde_json::to_writer(&mut out, value)
-        .map_err(|e| WatchStoreError::Corrupt(format!("a value does not serialize: {e}")))?;
+    // It can fail (a map whose keys are not strings): the step fails rather than store
+    // a value that will not read back.
+    serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Encode(e.to_string()))?;
     Ok(out)
-}
-
-fn encode_state(state: &WatchState) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(state, vec![STATE_FORMAT])
-        .map_err(|e| WatchStoreError::Corrupt(format!("the alert state does not serialize: {e}")))
-}
-
-fn decode_state(bytes: &[u8]) -> Result<WatchState, StoreError> {
-    match bytes.split_first() {
-        Some((&STATE_FORMAT, body)) => postcard::from_bytes(body)
-            .map_err(|e| WatchStoreError::Corrupt(format!("the alert state does not decode: {e}"))),
-        Some((&found, _)) => Err(WatchStoreError::Corrupt(format!(
-            "the alert state has format {found}; this build reads format {STATE_FORMAT}"
-        ))),
-        None => Err(WatchStoreError::Corrupt("the alert state is empty".into())),
-    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -171,7 +152,7 @@ impl WatchStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(STATE)?;
         match table.get("state")? {
-            Some(bytes) => decode_state(bytes.value()),
+            Some(bytes) => decode("the alert state", bytes.value()),
             None => Ok(WatchState::default()),
         }
     }
@@ -190,7 +171,7 @@ impl WatchStore {
         txn.set_durability(redb::Durability::Immediate)?;
         {
             let mut table = txn.open_table(STATE)?;
-            table.insert("state", encode_state(state)?.as_slice())?;
+            table.insert("state", encode(state)?.as_slice())?;
             let mut log = txn.open_table(HISTORY)?;
             let mut sequence = 0u32;
             for entry in history {
@@ -348,29 +329,6 @@ mod tests {
         );
     }
 
-    /// Bug: the state was JSON, whose object keys must be strings; a dispatcher group is
-    /// keyed by (rule, destination), so the first notification's commit wrote a state of
-    /// one byte, and the next start refused the store.
-    #[test]
-    fn a_state_with_dispatch_groups_survives_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("watch.redb");
-        let (store, _) = WatchStore::open(&path).unwrap();
-        let mut state = WatchState::default();
-        let notice = Notification::example().notices.remove(0);
-        let mut group = vedetta_core::watch::dispatch::DispatchGroup::default();
-        group.firing.insert(notice.group.clone(), notice.clone());
-        group.pending.push(notice);
-        state
-            .dispatcher
-            .groups
-            .insert(("cpa_high".into(), "slack".into()), group);
-        store.commit(&state, &[], &[], &|_, _| Ok(())).unwrap();
-        drop(store);
-        let (_, again) = WatchStore::open(&path).unwrap();
-        assert_eq!(again, state);
-    }
-
     #[test]
     fn silences_are_stored_listed_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
@@ -393,11 +351,52 @@ mod tests {
         assert!(store.silences().unwrap().is_empty());
     }
 
+    /// The bug: the dispatcher's maps have tuple keys, which JSON objects cannot hold;
+    /// `encode` swallowed serde_json's refusal and stored the bare format byte, so after the
+    /// first notification the server could not open its alert store again ("the alert
+    /// state does not decode: EOF").
+    #[test]
+    fn dispatcher_groups_with_tuple_keys_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watch.redb");
+        let (store, _) = WatchStore::open(&path).unwrap();
+        let mut notice = Notification::example().notices[0].clone();
+        notice.group = vec![("channel".into(), "social".into())];
+        let mut group = vedetta_core::watch::dispatch::DispatchGroup {
+            last_sent_ms: Some(5),
+            sequence: 3,
+            ..Default::default()
+        };
+        group.firing.insert(notice.group.clone(), notice.clone());
+        group.pending.push(notice);
+        let mut state = WatchState {
+            evaluated_through_ms: Some(120_000),
+            ..WatchState::default()
+        };
+        state
+            .dispatcher
+            .groups
+            .insert(("cpa_high".into(), "slack".into()), group);
+        store.commit(&state, &[], &[], &|_, _| Ok(())).unwrap();
+        drop(store);
+        let (_, again) = WatchStore::open(&path).unwrap();
+        assert_eq!(again, state);
+    }
+
+    #[test]
+    fn a_state_stored_before_dispatch_groups_were_pairs_still_reads() {
+        // An empty dispatcher was written as an object, `{}`: the only map that could be.
+        let old = br#"{"evaluated_through_ms":60000,"alerts":[],"dispatcher":{"groups":{}}}"#;
+        let bytes = [&[WATCH_FORMAT][..], old].concat();
+        let state: WatchState = decode("x", &bytes).unwrap();
+        assert_eq!(state.evaluated_through_ms, Some(60_000));
+        assert!(state.dispatcher.groups.is_empty());
+    }
+
     #[test]
     fn other_formats_are_refused() {
-        assert!(decode::<Silence>("x", &[2, b'{', b'}']).is_err());
-        assert!(decode_state(&[1, b'{', b'}']).is_err());
-        assert!(decode_state(&[]).is_err());
-        assert!(decode_state(&encode_state(&WatchState::default()).unwrap()).is_ok());
+        assert!(decode::<WatchState>("x", &[2, b'{', b'}']).is_err());
+        assert!(decode::<WatchState>("x", &[]).is_err());
+        assert!(decode::<WatchState>("x", &encode(&WatchState::default()).unwrap()).is_ok());
     }
 }

@@ -603,3 +603,58 @@ async fn oauth2_tokens_are_cached_refreshed_before_expiry_and_after_a_401() {
     *idp.down.lock().unwrap() = false;
     hook.deliver(&n).await.unwrap();
 }
+
+/// The bug: a dead letter's `attempts` left out the attempt that ended it, so a
+/// notification refused at its first attempt was listed with 0 attempts, and one that
+/// expired with one fewer than its error said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_count_the_attempt_that_was_refused_or_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(&dir.path().join("outbox.redb")).unwrap();
+    let refusing = Scripted::new(
+        "hook",
+        vec![
+            retry(None),
+            Err(DeliveryError::Refused {
+                reason: "400".into(),
+            }),
+        ],
+    );
+    let flaky = Scripted::new("flaky", (0..100).map(|_| retry(None)).collect());
+    let config = SenderConfig {
+        max_age: Duration::from_millis(300),
+        ..fast()
+    };
+    let (handle, stop, task) = start(&outbox, vec![refusing.clone(), flaky.clone()], config);
+    let now = sender::wall_ms();
+    outbox.enqueue(&note("refused", "hook"), now).unwrap();
+    outbox.enqueue(&note("expired", "flaky"), now).unwrap();
+    outbox.enqueue(&note("lost", "nowhere"), now).unwrap();
+    handle.wake();
+    wait_until("three dead letters", Duration::from_secs(5), || {
+        outbox.stats().unwrap().dead == 3
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    let dead: HashMap<String, (u32, String)> = outbox
+        .dead_letters(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.notification.unwrap().id, (d.attempts, d.error)))
+        .collect();
+    // hook: a retry, then the refusal; flaky: retried until it expired; nowhere: no
+    // destination, never attempted.
+    assert_eq!(refusing.seen().len(), 2);
+    assert_eq!(dead["refused"].0, 2, "{dead:?}");
+    let tried = flaky.seen().len();
+    assert!(tried >= 2, "{tried}");
+    assert_eq!(dead["expired"].0 as usize, tried, "{dead:?}");
+    assert!(
+        dead["expired"]
+            .1
+            .starts_with(&format!("gave up after {tried} attempts")),
+        "{dead:?}"
+    );
+    assert_eq!(dead["lost"].0, 0, "{dead:?}");
+}

@@ -28,6 +28,7 @@ pub struct DispatchGroup {
     /// When the group last produced a notification.
     pub last_sent_ms: Option<i64>,
     /// The group's firing alerts, by group labels, for repeats.
+    #[serde(with = "pairs")]
     pub firing: BTreeMap<Vec<(String, String)>, AlertNotice>,
     /// Notifications produced so far: part of each one's idempotency key.
     pub sequence: u64,
@@ -36,7 +37,57 @@ pub struct DispatchGroup {
 /// Every (rule, destination) group.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dispatcher {
+    #[serde(with = "pairs")]
     pub groups: BTreeMap<(String, String), DispatchGroup>,
+}
+
+/// Maps whose keys are not strings, stored as a list of `[key, value]` pairs: a JSON
+/// object's keys must be strings, and serde_json refuses to write such a map at all.
+mod pairs {
+    use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+    use std::marker::PhantomData;
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        struct Pairs<K, V>(PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de> + Ord, V: Deserialize<'de>> Visitor<'de> for Pairs<K, V> {
+            type Value = BTreeMap<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of [key, value] pairs")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut map = BTreeMap::new();
+                while let Some((key, value)) = seq.next_element::<(K, V)>()? {
+                    map.insert(key, value);
+                }
+                Ok(map)
+            }
+            /// States written before pairs hold `{}`: the only such map that could be
+            /// written as an object was an empty one.
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                match map.next_key::<IgnoredAny>()? {
+                    None => Ok(BTreeMap::new()),
+                    Some(_) => Err(A::Error::custom(
+                        "a map with keys where a list of [key, value] pairs was expected",
+                    )),
+                }
+            }
+        }
+        deserializer.deserialize_any(Pairs(PhantomData))
+    }
 }
 
 impl Dispatcher {

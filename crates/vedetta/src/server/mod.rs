@@ -480,4 +480,6 @@ mod tests_alerts;
 #[cfg(test)]
 mod tests_hostile;
 #[cfg(test)]
+mod tests_outbox;
+#[cfg(test)]
 mod tests_query;

@@ -353,3 +353,56 @@ async fn late_data_for_a_judged_minute_is_noted_in_the_history_without_refiring(
         "{revised}"
     );
 }
+
+/// The bug: the first evaluation ever started at the watermark's last minute, so minutes
+/// the watermark had passed before the task's first step (a burst of traffic, or a server
+/// killed before its first commit) were never judged, and their alerts never fired.
+#[tokio::test]
+async fn minutes_the_watermark_passed_before_the_first_evaluation_are_judged() {
+    let s = server_with_file(CONFIG, &[]);
+    let minute = (now_ms() / 60_000 - 10) * 60_000;
+    post_json(
+        &s,
+        "/v1/costs",
+        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
+    )
+    .await;
+    // One request: the minute that fires, then traffic three minutes on, so that the
+    // watermark passes four minute ends before the evaluation first sees it.
+    let (status, _) = post_json(
+        &s,
+        "/v1/events",
+        json!([
+            {"udid": "anna", "type": "page_view", "ts": minute + 2_000, "channel": "social", "campaign": "saldi"},
+            {"udid": "anna", "type": "purchase", "ts": minute + 3_000, "value": 40.0, "order_id": "A-1"},
+            {"udid": "bruno", "type": "page_view", "ts": minute + 246_000, "channel": "direct"}
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    s.processed().await;
+    let mut history = Value::Null;
+    for _ in 0..300 {
+        let alerts = s.get("/v1/alerts").await.1;
+        if alerts["evaluated_through"]
+            == json!(vedetta_core::time::EventTime(minute + 240_000).to_rfc3339())
+        {
+            history = alerts["history"].clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let events: Vec<(&str, &str)> = history
+        .as_array()
+        .expect("evaluated through the last minute end the watermark passed")
+        .iter()
+        .map(|h| {
+            (
+                h["event"].as_str().unwrap(),
+                h["group"]["channel"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // Newest first: it fired on the first minute and resolved on the next.
+    assert_eq!(events, [("resolved", "social"), ("firing", "social")]);
+}

@@ -240,7 +240,28 @@ pub fn demo_alerts(listen: &str) -> Result<AlertsConfig, String> {
 pub fn read_rules_file(path: &Path) -> Result<RulesFile, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read rules file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("rules file {}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "rules file {}: {}{e}",
+            path.display(),
+            failing_rule(&text).unwrap_or_default()
+        )
+    })
+}
+
+/// `rule "name": ` for the first rule that does not read on its own: a TOML error names
+/// the key and its line, not the rule it belongs to (a typo like `severty` would leave a
+/// person hunting through the file).
+fn failing_rule(text: &str) -> Option<String> {
+    let document: toml::Table = toml::from_str(text).ok()?;
+    let rules = document.get("alerts")?.get("rules")?.as_array()?;
+    rules.iter().enumerate().find_map(|(i, rule)| {
+        rule.clone().try_into::<RawRule>().err()?;
+        Some(match rule.get("name").and_then(toml::Value::as_str) {
+            Some(name) => format!("rule {name:?} (alerts.rules[{i}]): "),
+            None => format!("alerts.rules[{i}]: "),
+        })
+    })
 }
 
 #[cfg(test)]
@@ -321,6 +342,7 @@ mod tests {
         );
         let typo = toml::from_str::<RulesFile>("[[alerts.rules]]\nnmae = \"x\"\n");
         assert!(typo.unwrap_err().to_string().contains("nmae"));
+
         let raw: RawAlerts = toml::from_str(MAIN).unwrap();
         let config = AlertsConfig::from_raw(raw, "x").unwrap();
         let bad_inhibit = RulesFileAlerts {
@@ -335,6 +357,25 @@ mod tests {
                 .rule_set(&bad_inhibit)
                 .unwrap_err()
                 .contains("\"nope\" is not a rule")
+        );
+    }
+
+    /// The bug: a typo'd key in a rules file (`severty`) was reported with its line only,
+    /// not the rule it is in, where the issue asks for both.
+    #[test]
+    fn an_unknown_key_in_a_rules_file_names_its_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rules.toml");
+        std::fs::write(
+            &path,
+            "[[alerts.rules]]\nname = \"ok\"\nexpr = \"cpa > 1\"\n\
+             [[alerts.rules]]\nname = \"cpa_high\"\nexpr = \"cpa > 20\"\nseverty = \"critical\"\n",
+        )
+        .unwrap();
+        let error = read_rules_file(&path).unwrap_err();
+        assert!(
+            error.contains("rule \"cpa_high\" (alerts.rules[1])") && error.contains("severty"),
+            "{error}"
         );
     }
 }

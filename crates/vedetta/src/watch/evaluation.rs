@@ -246,11 +246,14 @@ impl Task {
     fn step(&mut self) -> anyhow::Result<()> {
         if let Some(watermark) = self.sources.processor.watermark() {
             let last_end = watermark.div_euclid(MINUTE) * MINUTE;
+            let oldest = last_end - self.config.max_catch_up_ms;
+            // The first time, from as far back as a catch-up goes: the watermark may have
+            // passed several minute ends before this first step (a burst of traffic, a
+            // server killed before its first commit), and each of them is judged.
             let mut next = self
                 .state
                 .evaluated_through_ms
-                .map_or(last_end, |t| t + MINUTE);
-            let oldest = last_end - self.config.max_catch_up_ms;
+                .map_or(oldest, |t| t + MINUTE);
             if next < oldest {
                 // Alerts about data this old would come too late to act on.
                 let skipped = (oldest - next) / MINUTE;

@@ -359,13 +359,29 @@ async fn run(
                     let Some(destination) = by_name.get(&entry.destination).cloned() else {
                         let reason =
                             format!("no destination named {:?} is configured", entry.destination);
-                        give_up(&outbox, &metrics, &entry, Outcome::Undeliverable, &reason).await;
+                        give_up(
+                            &outbox,
+                            &metrics,
+                            &entry,
+                            entry.attempts,
+                            Outcome::Undeliverable,
+                            &reason,
+                        )
+                        .await;
                         sleep = Duration::ZERO;
                         continue;
                     };
                     if let Err(e) = &entry.notification {
                         let reason = format!("the stored notification does not decode: {e}");
-                        give_up(&outbox, &metrics, &entry, Outcome::Undeliverable, &reason).await;
+                        give_up(
+                            &outbox,
+                            &metrics,
+                            &entry,
+                            entry.attempts,
+                            Outcome::Undeliverable,
+                            &reason,
+                        )
+                        .await;
                         sleep = Duration::ZERO;
                         continue;
                     }
@@ -419,10 +435,13 @@ async fn run(
     }
 }
 
+/// Dead-letters `entry` after `attempts` delivery attempts in all (the one that ended it
+/// included).
 async fn give_up(
     outbox: &Outbox,
     metrics: &SenderMetrics,
     entry: &OutboxEntry,
+    attempts: u32,
     outcome: Outcome,
     reason: &str,
 ) {
@@ -433,12 +452,7 @@ async fn give_up(
         reason,
         "notification moved to the dead-letter list"
     );
-    let (destination, seq, attempts, reason) = (
-        entry.destination.clone(),
-        entry.seq,
-        entry.attempts,
-        reason.to_owned(),
-    );
+    let (destination, seq, reason) = (entry.destination.clone(), entry.seq, reason.to_owned());
     if let Err(e) = blocking(outbox, move |o| {
         o.move_to_dead(&destination, seq, attempts, &reason, wall_ms())
     })
@@ -466,7 +480,9 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
             .await
         }
         Err(DeliveryError::Refused { reason }) => {
-            give_up(outbox, metrics, &entry, Outcome::Refused, &reason).await;
+            // The refused attempt counts: `entry.attempts` holds the failed ones before it.
+            let attempts = entry.attempts.saturating_add(1);
+            give_up(outbox, metrics, &entry, attempts, Outcome::Refused, &reason).await;
             Ok(())
         }
         Err(DeliveryError::Retry { after, reason }) => {
@@ -477,7 +493,7 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                     "gave up after {attempts} attempts over {}: {reason}",
                     human(age)
                 );
-                give_up(outbox, metrics, &entry, Outcome::Expired, &reason).await;
+                give_up(outbox, metrics, &entry, attempts, Outcome::Expired, &reason).await;
                 return;
             }
             metrics.count(

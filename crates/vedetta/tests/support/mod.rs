@@ -21,9 +21,23 @@ impl Server {
     /// Starts the server on a free loopback port with the given data directory and extra
     /// environment, and waits until it listens.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with(data_dir, None, env)
+    }
+
+    /// [`Server::start`] with a configuration file (`--config`): what cannot be given as
+    /// environment, such as `[[alerts.destinations]]`.
+    pub fn start_with_config_file(data_dir: &Path, config: &Path, env: &[(&str, &str)]) -> Server {
+        Server::start_with(data_dir, Some(config), env)
+    }
+
+    fn start_with(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(BIN);
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
             .env("VEDETTA_LOG", "info")
@@ -42,7 +56,7 @@ impl Server {
                     let _ =
                         address_tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
                 }
-                if line.contains("ERROR") {
+                if line.contains("ERROR") || line.starts_with("error:") {
                     eprintln!("server: {line}");
                 }
             }
