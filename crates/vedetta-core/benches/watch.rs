@@ -11,9 +11,7 @@
 use divan::{Bencher, black_box};
 use std::collections::BTreeMap;
 use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
-use vedetta_core::watch::evaluate::{
-    Evaluator, MinuteRow, NoHistory, SpendMinute, SystemValues, WindowData,
-};
+use vedetta_core::watch::evaluate::{Evaluator, MinuteRow, NoHistory, SpendMinute, WindowData};
 use vedetta_core::watch::rules::{RawRule, Timing, check_rules};
 
 const T0: i64 = 1_712_318_400_000;
@@ -131,12 +129,7 @@ fn run(bencher: Bencher<'_, '_>, varied_shapes: bool) {
     let minute_end = T0 + 15 * MINUTE;
     let mut evaluations = 0;
     bencher.bench_local(|| {
-        let outcome = evaluator.evaluate_minute(
-            minute_end,
-            black_box(&data),
-            SystemValues::default(),
-            &mut NoHistory,
-        );
+        let outcome = evaluator.evaluate_minute(minute_end, black_box(&data), &mut NoHistory);
         evaluations = outcome.evaluations;
         black_box(outcome.evaluations)
     });

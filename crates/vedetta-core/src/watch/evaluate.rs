@@ -250,12 +250,12 @@ impl Evaluator {
 
     /// Judges every rule on the minute ending at `minute_end` (the watermark has passed
     /// it). `data` holds the 1-minute rows of at least `[minute_end − max_window, minute_end)`;
-    /// `history` gives what absence and anomaly rules need of the past.
+    /// `history` gives what absence and anomaly rules need of the past. Rules on system
+    /// metrics are not judged here but by [`Self::evaluate_system`].
     pub fn evaluate_minute(
         &mut self,
         minute_end: i64,
         data: &WindowData,
-        system: SystemValues,
         history: &mut dyn History,
     ) -> MinuteOutcome {
         let mut outcome = MinuteOutcome {
@@ -265,6 +265,9 @@ impl Evaluator {
         let mut sums: HashMap<Shape, HashMap<Vec<String>, GroupTotals>> = HashMap::new();
         let rules = std::mem::take(&mut self.rules);
         for rule in &rules {
+            if rule.is_system() {
+                continue; // judged on the wall clock: see `evaluate_system`
+            }
             if let RuleKind::Anomaly { metric, config } = &rule.kind {
                 let mut alerts = self.alerts.remove(&rule.name).unwrap_or_default();
                 let judged = self
@@ -316,21 +319,9 @@ impl Evaluator {
                 continue;
             }
             let shape: Shape = (rule.group_by.clone(), rule.filter.clone(), rule.over_ms);
-            let groups = sums.entry(shape).or_insert_with(|| {
-                if rule.is_system() {
-                    let mut whole = HashMap::new();
-                    whole.insert(
-                        Vec::new(),
-                        GroupTotals {
-                            system,
-                            ..GroupTotals::default()
-                        },
-                    );
-                    whole
-                } else {
-                    group_totals(rule, minute_end, data)
-                }
-            });
+            let groups = sums
+                .entry(shape)
+                .or_insert_with(|| group_totals(rule, minute_end, data));
             let usual_by_group = match &rule.kind {
                 RuleKind::Absence { usual_weeks, .. } => {
                     history.usual(rule, minute_end, i64::from(*usual_weeks))
@@ -368,6 +359,39 @@ impl Evaluator {
         }
         self.rules = rules;
         outcome
+    }
+}
+
+impl Evaluator {
+    /// Judges the rules on system metrics (`lag_events`, `e2e_latency`) at a wall-clock
+    /// minute: they watch the pipeline itself, and a stalled pipeline stops the watermark
+    /// that event-time rules wait for, so these must not wait for it.
+    pub fn evaluate_system(&mut self, at_ms: i64, system: SystemValues) -> MinuteOutcome {
+        let mut outcome = MinuteOutcome {
+            minute_end_ms: at_ms,
+            ..MinuteOutcome::default()
+        };
+        let rules = std::mem::take(&mut self.rules);
+        let totals = GroupTotals {
+            system,
+            ..GroupTotals::default()
+        };
+        for rule in rules.iter().filter(|r| r.is_system()) {
+            let mut alerts = self.alerts.remove(&rule.name).unwrap_or_default();
+            outcome.evaluations += 1;
+            let judged = judge(rule, Some(&totals), None);
+            step(rule, &[], &judged, at_ms, &mut alerts, &mut outcome);
+            if !alerts.is_empty() {
+                self.alerts.insert(rule.name.clone(), alerts);
+            }
+        }
+        self.rules = rules;
+        outcome
+    }
+
+    /// Whether any rule watches system metrics.
+    pub fn has_system_rules(&self) -> bool {
+        self.rules.iter().any(Rule::is_system)
     }
 }
 
@@ -766,15 +790,44 @@ mod tests {
             let m = minute(start, *conversions, *spend);
             history.rows.extend(m.rows);
             history.spend.extend(m.spend);
-            let outcome = evaluator.evaluate_minute(
-                start + MINUTE,
-                &history,
-                SystemValues::default(),
-                &mut NoHistory,
-            );
+            let outcome = evaluator.evaluate_minute(start + MINUTE, &history, &mut NoHistory);
             out.extend(outcome.notices.iter().map(|n| (i, n.status)));
         }
         out
+    }
+
+    #[test]
+    fn system_rules_are_judged_on_the_wall_clock_not_with_traffic() {
+        let lag = rule(|r| {
+            r.name = Some("intake_lag".into());
+            r.expr = Some("lag_events > 1000".into());
+            r.group_by = vec![];
+        });
+        // A traffic rule of the same shape must not see the system's values, nor they its.
+        let few = rule(|r| {
+            r.name = Some("few".into());
+            r.expr = Some("events > 1000".into());
+            r.group_by = vec![];
+        });
+        let mut evaluator = Evaluator::new(vec![lag, few], BTreeMap::new());
+        let busy = SystemValues {
+            lag_events: Some(5_000.0),
+            e2e_latency_seconds: None,
+        };
+        let minute = evaluator.evaluate_minute(T0 + MINUTE, &minute(T0, 1, 30.0), &mut NoHistory);
+        assert!(minute.notices.is_empty(), "{:?}", minute.notices);
+        let wall = evaluator.evaluate_system(T0 + 5 * MINUTE, busy);
+        assert_eq!(wall.notices.len(), 1);
+        assert_eq!(wall.notices[0].rule, "intake_lag");
+        assert!(evaluator.is_firing("intake_lag"));
+        let calm = evaluator.evaluate_system(
+            T0 + 6 * MINUTE,
+            SystemValues {
+                lag_events: Some(0.0),
+                e2e_latency_seconds: None,
+            },
+        );
+        assert_eq!(calm.notices[0].status, AlertStatus::Resolved);
     }
 
     #[test]
@@ -842,30 +895,19 @@ mod tests {
         let r = rule(|r| r.over = Some("1m".into()));
         let mut evaluator = Evaluator::new(vec![r], BTreeMap::new());
         let m = minute(T0, 1, 30.0);
-        let fired =
-            evaluator.evaluate_minute(T0 + MINUTE, &m, SystemValues::default(), &mut NoHistory);
+        let fired = evaluator.evaluate_minute(T0 + MINUTE, &m, &mut NoHistory);
         assert_eq!(fired.notices.len(), 1);
         // The next minute has no rows at all: the alert resolves instead of staying stuck,
         // and a rule like `conversions < 1` would not fire on it either.
         let empty = WindowData::default();
-        let next = evaluator.evaluate_minute(
-            T0 + 2 * MINUTE,
-            &empty,
-            SystemValues::default(),
-            &mut NoHistory,
-        );
+        let next = evaluator.evaluate_minute(T0 + 2 * MINUTE, &empty, &mut NoHistory);
         assert_eq!(next.notices[0].status, AlertStatus::Resolved);
         let low = rule(|r| {
             r.name = Some("few".into());
             r.expr = Some("conversions < 1".into());
         });
         let mut evaluator = Evaluator::new(vec![low], BTreeMap::new());
-        let quiet = evaluator.evaluate_minute(
-            T0 + 2 * MINUTE,
-            &empty,
-            SystemValues::default(),
-            &mut NoHistory,
-        );
+        let quiet = evaluator.evaluate_minute(T0 + 2 * MINUTE, &empty, &mut NoHistory);
         assert!(quiet.notices.is_empty());
     }
 
@@ -876,8 +918,7 @@ mod tests {
         let mut m = minute(T0, 1, 30.0);
         m.rows[0].dims[1] = "brand&to=0#x".into();
         m.spend[0].campaign = "brand&to=0#x".into();
-        let outcome =
-            evaluator.evaluate_minute(T0 + MINUTE, &m, SystemValues::default(), &mut NoHistory);
+        let outcome = evaluator.evaluate_minute(T0 + MINUTE, &m, &mut NoHistory);
         let n = &outcome.notices[0];
         assert_eq!(
             (n.value, n.threshold, n.unit),
@@ -922,12 +963,7 @@ mod tests {
                 WindowData::default()
             }
         }
-        let outcome = evaluator.evaluate_minute(
-            T0,
-            &WindowData::default(),
-            SystemValues::default(),
-            &mut Usual,
-        );
+        let outcome = evaluator.evaluate_minute(T0, &WindowData::default(), &mut Usual);
         let fired: Vec<_> = outcome
             .notices
             .iter()
@@ -935,12 +971,7 @@ mod tests {
             .collect();
         assert_eq!(fired, vec!["paid_search".to_string()]);
         // Conversions return: resolved.
-        let back = evaluator.evaluate_minute(
-            T0 + MINUTE,
-            &minute(T0, 2, 0.0),
-            SystemValues::default(),
-            &mut Usual,
-        );
+        let back = evaluator.evaluate_minute(T0 + MINUTE, &minute(T0, 2, 0.0), &mut Usual);
         assert_eq!(back.notices[0].status, AlertStatus::Resolved);
     }
 }

@@ -375,7 +375,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::pipeline::kpi::KpiCounters;
-    use crate::watch::evaluate::{Evaluator, MinuteRow, SystemValues};
+    use crate::watch::evaluate::{Evaluator, MinuteRow};
     use crate::watch::notification::AlertStatus;
     use crate::watch::rules::{RawRule, Timing, check_rules};
 
@@ -461,15 +461,9 @@ mod tests {
         let mut fired = Vec::new();
         for hour_end in [spike_at - HOUR + HOUR, spike_at + HOUR, spike_at + 2 * HOUR] {
             // A minute that closes no hour judges nothing.
-            let quiet = evaluator.evaluate_minute(
-                hour_end - 60_000,
-                &empty,
-                SystemValues::default(),
-                &mut history,
-            );
+            let quiet = evaluator.evaluate_minute(hour_end - 60_000, &empty, &mut history);
             assert_eq!(quiet.evaluations, 0);
-            let outcome =
-                evaluator.evaluate_minute(hour_end, &empty, SystemValues::default(), &mut history);
+            let outcome = evaluator.evaluate_minute(hour_end, &empty, &mut history);
             fired.extend(outcome.notices);
         }
         assert_eq!(fired.len(), 2, "{fired:#?}");

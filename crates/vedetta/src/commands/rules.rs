@@ -12,7 +12,7 @@ use anyhow::Context;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use vedetta_core::time::EventTime;
-use vedetta_core::watch::evaluate::{Evaluator, SystemValues};
+use vedetta_core::watch::evaluate::Evaluator;
 use vedetta_core::watch::notification::AlertStatus;
 use vedetta_store::KpiStore;
 
@@ -128,7 +128,7 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
     while end <= to {
         let data = read_window(&store, end - window, end)?;
         let mut history = StoreHistory::new(&store);
-        let outcome = evaluator.evaluate_minute(end, &data, SystemValues::default(), &mut history);
+        let outcome = evaluator.evaluate_minute(end, &data, &mut history);
         if let Some(e) = history.error {
             return Err(e.context("reading history for absence or anomaly rules"));
         }

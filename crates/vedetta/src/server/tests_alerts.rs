@@ -406,3 +406,92 @@ async fn minutes_the_watermark_passed_before_the_first_evaluation_are_judged() {
     // Newest first: it fired on the first minute and resolved on the next.
     assert_eq!(events, [("resolved", "social"), ("firing", "social")]);
 }
+
+/// System rules watch the pipeline itself: judged on the wall clock, with no traffic and
+/// no watermark at all; while one fires, its inhibition mutes the KPI rules' notices.
+#[tokio::test]
+async fn an_intake_lag_rule_fires_without_a_watermark_and_inhibits_kpi_alerts() {
+    let config = format!(
+        "{CONFIG}\n{}",
+        r#"
+[[alerts.rules]]
+name = "intake_lag"
+expr = "lag_events >= 0"
+severity = "critical"
+notify = ["hook"]
+
+[[alerts.inhibit]]
+source = "intake_lag"
+targets = ["cpa_high"]
+"#
+    );
+    let s = server_with_file(&config, &[]);
+    let mut alerts = Value::Null;
+    for _ in 0..300 {
+        alerts = s.get("/v1/alerts").await.1;
+        if alerts["firing"].as_array().is_some_and(|f| !f.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(alerts["firing"][0]["rule"], "intake_lag", "{alerts}");
+    assert_eq!(
+        alerts["evaluated_through"],
+        Value::Null,
+        "no traffic, no watermark"
+    );
+
+    // A CPA alert while the lag alert fires: judged and in the history, not notified.
+    let minute = (now_ms() / 60_000 - 10) * 60_000;
+    post_json(
+        &s,
+        "/v1/costs",
+        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
+    )
+    .await;
+    post_json(
+        &s,
+        "/v1/events",
+        json!([
+            {"udid": "anna", "type": "page_view", "ts": minute + 2_000, "channel": "social"},
+            {"udid": "anna", "type": "purchase", "ts": minute + 3_000, "value": 40.0},
+            {"udid": "bruno", "type": "page_view", "ts": minute + 66_000, "channel": "direct"}
+        ]),
+    )
+    .await;
+    s.processed().await;
+    let mut events = Vec::new();
+    for _ in 0..300 {
+        let history = s.get("/v1/alerts").await.1["history"].clone();
+        events = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["rule"] == "cpa_high")
+            .map(|h| h["event"].as_str().unwrap().to_string())
+            .collect();
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        events.contains(&"firing (inhibited)".to_string()),
+        "{events:?}"
+    );
+    let outbox = s.state.outbox.stats().unwrap();
+    let queued: Vec<String> = s
+        .state
+        .outbox
+        .queued("hook", 100)
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.notification.as_ref().ok())
+        .flat_map(|n| n.notices.iter().map(|notice| notice.rule.clone()))
+        .collect();
+    assert!(queued.iter().any(|r| r == "intake_lag"), "{queued:?}");
+    assert!(
+        !queued.iter().any(|r| r == "cpa_high"),
+        "an inhibited alert is not sent: {queued:?} ({outbox:?})"
+    );
+}

@@ -150,6 +150,7 @@ pub fn start(
         status: status.clone(),
         sources,
         enqueue,
+        system_judged_at: i64::MIN,
     };
     *status.rules.write().unwrap_or_else(|e| e.into_inner()) = task.rules.clone();
     let thread = {
@@ -180,6 +181,8 @@ struct Task {
     status: Arc<WatchStatus>,
     sources: Sources,
     enqueue: Box<EnqueueFn>,
+    /// The wall-clock minute the system rules were last judged at.
+    system_judged_at: i64,
 }
 
 impl Task {
@@ -272,6 +275,11 @@ impl Task {
             }
         }
         let now = self.sources.clock.now_ms();
+        let wall_minute = now.div_euclid(MINUTE) * MINUTE;
+        if self.evaluator.has_system_rules() && self.system_judged_at < wall_minute {
+            self.system_judged_at = wall_minute;
+            self.evaluate_system(wall_minute)?;
+        }
         if self
             .state
             .dispatcher
@@ -290,7 +298,34 @@ impl Task {
     fn evaluate(&mut self, minute_end: i64) -> anyhow::Result<()> {
         let started = Instant::now();
         let data = self.read_window(minute_end - self.evaluator.max_window_ms(), minute_end)?;
-        let system = SystemValues {
+        let mut history = StoreHistory::new(&self.sources.kpi_store);
+        let outcome = self
+            .evaluator
+            .evaluate_minute(minute_end, &data, &mut history);
+        if let Some(e) = history.error {
+            return Err(e.context("reading history for absence or anomaly rules"));
+        }
+        let mut history = self.record(&outcome, minute_end)?;
+        let now = self.sources.clock.now_ms();
+        history.extend(self.revisions(minute_end, now)?);
+        let notifications =
+            self.state
+                .dispatcher
+                .due(&self.rules.rules, now, &self.config.public_url);
+        self.state.evaluated_through_ms = Some(minute_end);
+        self.commit(&history, &notifications)?;
+        self.status
+            .minutes_evaluated
+            .fetch_add(1, Ordering::Relaxed);
+        self.status
+            .last_minute_micros
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The pipeline's own health, now.
+    fn system_values(&self) -> SystemValues {
+        SystemValues {
             lag_events: Some(
                 self.sources.log.end_offset().saturating_sub(
                     self.sources
@@ -300,14 +335,30 @@ impl Task {
                 ) as f64,
             ),
             e2e_latency_seconds: (self.sources.e2e_latency)(self.sources.clock.now_ms()),
-        };
-        let mut history = StoreHistory::new(&self.sources.kpi_store);
-        let outcome = self
-            .evaluator
-            .evaluate_minute(minute_end, &data, system, &mut history);
-        if let Some(e) = history.error {
-            return Err(e.context("reading history for absence or anomaly rules"));
         }
+    }
+
+    /// Judges the system rules at a wall-clock minute (a stalled pipeline stops the
+    /// watermark, and these rules are how one hears of it).
+    fn evaluate_system(&mut self, at_ms: i64) -> anyhow::Result<()> {
+        let system = self.system_values();
+        let outcome = self.evaluator.evaluate_system(at_ms, system);
+        let history = self.record(&outcome, at_ms)?;
+        let now = self.sources.clock.now_ms();
+        let notifications =
+            self.state
+                .dispatcher
+                .due(&self.rules.rules, now, &self.config.public_url);
+        self.commit(&history, &notifications)
+    }
+
+    /// History entries for an outcome, and its notices through silences and inhibitions
+    /// into the dispatcher.
+    fn record(
+        &mut self,
+        outcome: &vedetta_core::watch::evaluate::MinuteOutcome,
+        minute_end: i64,
+    ) -> anyhow::Result<Vec<HistoryEntry>> {
         let now = self.sources.clock.now_ms();
         let silences: Vec<_> = self
             .store
@@ -379,20 +430,7 @@ impl Task {
                 self.state.dispatcher.add(rule, notice, now);
             }
         }
-        history.extend(self.revisions(minute_end, now)?);
-        let notifications =
-            self.state
-                .dispatcher
-                .due(&self.rules.rules, now, &self.config.public_url);
-        self.state.evaluated_through_ms = Some(minute_end);
-        self.commit(&history, &notifications)?;
-        self.status
-            .minutes_evaluated
-            .fetch_add(1, Ordering::Relaxed);
-        self.status
-            .last_minute_micros
-            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        Ok(())
+        Ok(history)
     }
 
     /// The minute that became final with this one (no event within the allowed lateness
