@@ -119,25 +119,8 @@ pub async fn get_alerts(
     uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let mut params = super::kpis::query_params(&uri)?;
-    let limit = match params.remove("limit") {
-        None => 100,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 1000)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit: expected a whole number from 0 to 1000, got {}",
-                    super::kpis::shown_value(&text)
-                ))
-            })?,
-    };
-    if let Some(name) = params.keys().find(|name| *name != "access_token") {
-        return Err(ApiError::BadRequest(format!(
-            "{}: unknown parameter; use limit",
-            super::kpis::shown_name(name)
-        )));
-    }
+    let limit = super::kpis::number_param(&mut params, "limit", 100, 1000)? as usize;
+    super::kpis::refuse_unknown_params(&params, "limit")?;
     let status = state.watch_status.clone();
     let rules = status
         .rules
@@ -379,27 +362,9 @@ pub async fn get_dead_letters(
     uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let mut params = super::kpis::query_params(&uri)?;
-    let number = |name: &str, text: Option<String>, default: u64, max: u64| match text {
-        None => Ok(default),
-        Some(text) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n <= max)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "{name}: expected a whole number from 0 to {max}, got {}",
-                    super::kpis::shown_value(&text)
-                ))
-            }),
-    };
-    let after = number("after", params.remove("after"), 0, u64::MAX)?;
-    let limit = number("limit", params.remove("limit"), 100, 1000)? as usize;
-    if let Some(name) = params.keys().find(|name| *name != "access_token") {
-        return Err(ApiError::BadRequest(format!(
-            "{}: unknown parameter; use after, limit",
-            super::kpis::shown_name(name)
-        )));
-    }
+    let after = super::kpis::number_param(&mut params, "after", 0, u64::MAX)?;
+    let limit = super::kpis::number_param(&mut params, "limit", 100, 1000)? as usize;
+    super::kpis::refuse_unknown_params(&params, "after, limit")?;
     let outbox = state.outbox.clone();
     let dead = tokio::task::spawn_blocking(move || outbox.dead_letters(after, limit))
         .await
@@ -468,25 +433,8 @@ pub async fn get_inbox(
     uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let mut params = super::kpis::query_params(&uri)?;
-    let limit = match params.remove("limit") {
-        None => 50,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 1000)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit: expected a whole number from 0 to 1000, got {}",
-                    super::kpis::shown_value(&text)
-                ))
-            })?,
-    };
-    if let Some(name) = params.keys().find(|name| *name != "access_token") {
-        return Err(ApiError::BadRequest(format!(
-            "{}: unknown parameter; use limit",
-            super::kpis::shown_name(name)
-        )));
-    }
+    let limit = super::kpis::number_param(&mut params, "limit", 50, 1000)? as usize;
+    super::kpis::refuse_unknown_params(&params, "limit")?;
     let inbox = state.inbox.clone();
     let entries = tokio::task::spawn_blocking(move || inbox.list(limit))
         .await

@@ -387,6 +387,44 @@ fn parse_span(text: &str) -> Option<i64> {
     Some(n.saturating_mul(unit_ms))
 }
 
+/// A whole-number query parameter from 0 to `max` (`default` when absent); the refusal
+/// names it. Removes it from `params`, so that what is left can be refused as unknown.
+pub fn number_param(
+    params: &mut HashMap<String, String>,
+    name: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    match params.remove(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{name}: expected a whole number from 0 to {max}, got {}",
+                    shown_value(&text)
+                ))
+            }),
+    }
+}
+
+/// Refuses any parameter left but `access_token`, naming it and the ones this endpoint
+/// takes.
+pub fn refuse_unknown_params(
+    params: &HashMap<String, String>,
+    known: &str,
+) -> Result<(), ApiError> {
+    match params.keys().find(|name| *name != "access_token") {
+        Some(name) => Err(ApiError::BadRequest(format!(
+            "{}: unknown parameter; use {known}",
+            shown_name(name)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a filter value that no row can have, for the dimensions whose values are a
 /// closed set (device classes, regions): a typo must not look like "no data".
 /// Channels and campaigns are free text: an unknown one simply matches nothing.

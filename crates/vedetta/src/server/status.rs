@@ -99,25 +99,8 @@ pub async fn get_rejected(
     uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let mut params = super::kpis::query_params(&uri)?;
-    let limit = match params.remove("limit") {
-        None => 100,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 1000)
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit: expected a whole number from 0 to 1000, got {}",
-                    super::kpis::shown_value(&text)
-                ))
-            })?,
-    };
-    if let Some(name) = params.keys().find(|name| *name != "access_token") {
-        return Err(ApiError::BadRequest(format!(
-            "{}: unknown parameter; use limit",
-            super::kpis::shown_name(name)
-        )));
-    }
+    let limit = super::kpis::number_param(&mut params, "limit", 100, 1000)? as usize;
+    super::kpis::refuse_unknown_params(&params, "limit")?;
     let log = state.log.clone();
     let entries = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let total = log.quarantine_len().map_err(ApiError::from_log)?;
