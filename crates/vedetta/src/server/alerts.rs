@@ -218,13 +218,17 @@ pub struct NewMatcher {
 }
 
 fn text_field(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
-    if value.len() > max || value.chars().any(char::is_control) {
+    if value.chars().count() > max || value.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(format!(
-            "{field}: at most {max} bytes, no control characters"
+            "{field}: at most {max} characters, no control characters"
         )));
     }
     Ok(())
 }
+
+/// The `duration` of a silence the API description allows (1m to 90d, in whole minutes,
+/// hours or days): what a schema-valid request sends is accepted.
+pub const SILENCE_DURATION_PATTERN: &str = "^(([1-9]|[1-8][0-9]|90)d|([1-9][0-9]{0,2}|1[0-9]{3}|20[0-9]{2}|21[0-5][0-9]|2160)h|([1-9][0-9]{0,4}|1[01][0-9]{4}|12[0-8][0-9]{3}|129[0-5][0-9]{2}|129600)m)$";
 
 /// Mutes the alerts matching every matcher until the silence ends.
 #[utoipa::path(
@@ -234,6 +238,7 @@ fn text_field(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "the silence, with its id", body = Object),
         (status = 400, description = "a field is wrong; the message names it", body = super::openapi::ErrorBody),
+        (status = 409, description = "1,000 silences are active already", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn post_silence(
@@ -308,7 +313,7 @@ pub async fn post_silence(
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .then_some(())
     .ok_or_else(|| {
-        ApiError::BadRequest(format!(
+        ApiError::Conflict(format!(
             "{MAX_SILENCES} silences are active; delete one first"
         ))
     })?;
@@ -362,7 +367,8 @@ pub async fn get_dead_letters(
     uri: axum::http::Uri,
 ) -> Result<Json<Value>, ApiError> {
     let mut params = super::kpis::query_params(&uri)?;
-    let after = super::kpis::number_param(&mut params, "after", 0, u64::MAX)?;
+    // 2^53 − 1: what every JSON client reads exactly (a seq never gets near it).
+    let after = super::kpis::number_param(&mut params, "after", 0, 9_007_199_254_740_991)?;
     let limit = super::kpis::number_param(&mut params, "limit", 100, 1000)? as usize;
     super::kpis::refuse_unknown_params(&params, "after, limit")?;
     let outbox = state.outbox.clone();

@@ -17,6 +17,9 @@ pub enum ApiError {
     /// What the request names does not exist (a silence id).
     #[error("{0}")]
     NotFound(String),
+    /// The request is fine but the state does not allow it now (too many silences).
+    #[error("{0}")]
+    Conflict(String),
     /// The request body stalled, or arrived slower than the configured minimum rate.
     #[error("{0}")]
     RequestTimeout(String),
@@ -71,6 +74,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

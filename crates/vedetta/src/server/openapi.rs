@@ -459,6 +459,51 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
                 busy["headers"] = retry_after.clone();
                 responses["503"] = busy;
             }
+            if let Some((limit_default, paging)) = match path.as_str() {
+                "/v1/alerts" => Some((100, false)),
+                "/v1/inbox" => Some((50, false)),
+                "/v1/outbox/dead" => Some((100, true)),
+                _ => None,
+            } {
+                let mut parameters =
+                    vec![json!({"name": "limit", "in": "query", "required": false,
+                    "description": format!("most entries; default {limit_default}"),
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 1000}})];
+                if paging {
+                    parameters.push(json!({"name": "after", "in": "query", "required": false,
+                        "description": "only entries after this seq",
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 9_007_199_254_740_991_i64}}));
+                }
+                operation["parameters"] = json!(parameters);
+                operation["responses"]["400"] =
+                    error("A parameter is wrong, unknown or repeated; the message names it");
+            }
+            if path == "/v1/silences" {
+                let text = |max: usize| {
+                    json!({"type": "string", "maxLength": max,
+                    "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"})
+                };
+                operation["requestBody"] = json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": {
+                        "type": "object",
+                        "additionalProperties": false,
+                        "required": ["matchers", "duration"],
+                        "properties": {
+                            "matchers": {"type": "array", "minItems": 1, "maxItems": 10, "items": {
+                                "type": "object", "additionalProperties": false,
+                                "required": ["name", "value"],
+                                "properties": {
+                                    "name": {"type": "string", "enum": ["rule", "alertname", "severity", "channel", "campaign", "device", "region"]},
+                                    "value": text(256),
+                                }}},
+                            "duration": {"type": "string", "pattern": super::alerts::SILENCE_DURATION_PATTERN,
+                                "description": "1m to 90d, like 2h"},
+                            "comment": text(1000),
+                            "created_by": text(128),
+                        }}}},
+                });
+            }
             if path == "/v1/rejected" {
                 operation["parameters"] = json!([{"name": "limit", "in": "query", "required": false,
                     "description": "most entries, newest first; default 100",
