@@ -10,8 +10,8 @@
 //!   ─► one commit: state + history + due notifications into the outbox
 //! ```
 //!
-//! It polls the watermark every 100 ms: a minute is judged within that of the watermark
-//! passing its end. Between minutes, the dispatcher's wall-clock timers (group wait,
+//! It watches the watermark (an atomic read every 5 ms): a minute is judged within
+//! milliseconds of the commit that passes its end. Between minutes, the dispatcher's wall-clock timers (group wait,
 //! interval, repeat) are checked on the same tick. The rules file is reloaded when its
 //! modification time changes or on SIGHUP; a file that does not check keeps the old rules
 //! running, and the error (naming the rule and the key) is logged and shown at `/v1/rules`.
@@ -191,7 +191,11 @@ impl Task {
         while !stop.load(Ordering::Acquire) {
             self.maybe_reload();
             match self.step() {
-                Ok(()) => pause = Duration::from_millis(100),
+                Ok(()) => {
+                    pause = Duration::from_millis(100);
+                    self.wait_for_work(pause, stop);
+                    continue;
+                }
                 Err(error) => {
                     self.status.failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %format!("{error:#}"), "alert evaluation failed; retrying");
@@ -205,6 +209,24 @@ impl Task {
                 }
             }
             std::thread::sleep(pause);
+        }
+    }
+
+    /// Waits up to `most`, but not past the watermark crossing a minute end that is not
+    /// judged yet: an atomic read every 5 ms, so a minute is judged within milliseconds
+    /// of the commit that passed it (the reload check and the wall-clock timers keep the
+    /// 100 ms pace).
+    fn wait_for_work(&self, most: Duration, stop: &AtomicBool) {
+        let deadline = Instant::now() + most;
+        while Instant::now() < deadline && !stop.load(Ordering::Acquire) {
+            let due = self.sources.processor.watermark().is_some_and(|w| {
+                let last_end = w.div_euclid(MINUTE) * MINUTE;
+                self.state.evaluated_through_ms.is_none_or(|t| last_end > t)
+            });
+            if due {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
