@@ -49,17 +49,43 @@ async fn post_json(
     (status, value)
 }
 
-#[tokio::test]
-async fn a_rule_fires_when_the_watermark_passes_the_minute_with_history_and_outbox() {
-    let s = server_with_file(CONFIG, &[]);
-    let minute = (now_ms() / 60_000 - 10) * 60_000;
+/// Asks `uri` until `done` holds of the answer (at most about 6 s); the last answer.
+async fn poll(
+    s: &super::test_support::TestServer,
+    uri: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut answer = Value::Null;
+    for _ in 0..300 {
+        answer = s.get(uri).await.1;
+        if done(&answer) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    answer
+}
+
+fn firing(alerts: &Value) -> bool {
+    alerts["firing"].as_array().is_some_and(|f| !f.is_empty())
+}
+
+/// 30 € of spend on social/saldi in `minute`: one purchase there is CPA 30.
+async fn post_spend(s: &super::test_support::TestServer, minute: i64) {
     let (status, _) = post_json(
-        &s,
+        s,
         "/v1/costs",
         json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_rule_fires_when_the_watermark_passes_the_minute_with_history_and_outbox() {
+    let s = server_with_file(CONFIG, &[]);
+    let minute = (now_ms() / 60_000 - 10) * 60_000;
+    post_spend(&s, minute).await;
     let (status, _) = post_json(
         &s,
         "/v1/events",
@@ -74,14 +100,7 @@ async fn a_rule_fires_when_the_watermark_passes_the_minute_with_history_and_outb
     assert_eq!(status, StatusCode::OK);
     s.processed().await;
 
-    let mut alerts = Value::Null;
-    for _ in 0..300 {
-        alerts = s.get("/v1/alerts").await.1;
-        if alerts["firing"].as_array().is_some_and(|f| !f.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let alerts = poll(&s, "/v1/alerts", firing).await;
     let firing = &alerts["firing"][0];
     assert_eq!(firing["rule"], "cpa_high", "{alerts}");
     assert_eq!(firing["group"], json!({"channel": "social"}));
@@ -212,12 +231,7 @@ url = "{url}"
     );
     let s = server_with_file(&config, &[]);
     let minute = (now_ms() / 60_000 - 10) * 60_000;
-    post_json(
-        &s,
-        "/v1/costs",
-        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
-    )
-    .await;
+    post_spend(&s, minute).await;
     post_json(
         &s,
         "/v1/events",
@@ -286,12 +300,7 @@ url = "{url}"
 async fn late_data_for_a_judged_minute_is_noted_in_the_history_without_refiring() {
     let s = server_with_file(CONFIG, &[]);
     let minute = (now_ms() / 60_000 - 30) * 60_000;
-    post_json(
-        &s,
-        "/v1/costs",
-        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
-    )
-    .await;
+    post_spend(&s, minute).await;
     post_json(
         &s,
         "/v1/events",
@@ -303,15 +312,7 @@ async fn late_data_for_a_judged_minute_is_noted_in_the_history_without_refiring(
     )
     .await;
     s.processed().await;
-    for _ in 0..300 {
-        if s.get("/v1/alerts").await.1["firing"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty())
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    poll(&s, "/v1/alerts", firing).await;
     // Within the allowed lateness, a second purchase for the judged minute: CPA 15.
     post_json(
         &s,
@@ -325,15 +326,12 @@ async fn late_data_for_a_judged_minute_is_noted_in_the_history_without_refiring(
     )
     .await;
     s.processed().await;
-    let mut alerts = Value::Null;
-    for _ in 0..300 {
-        alerts = s.get("/v1/alerts?limit=50").await.1;
-        let history = alerts["history"].as_array().cloned().unwrap_or_default();
-        if history.iter().any(|h| h["event"] == "revised") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let alerts = poll(&s, "/v1/alerts?limit=50", |a| {
+        a["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h["event"] == "revised"))
+    })
+    .await;
     let history = alerts["history"].as_array().unwrap();
     let events: Vec<&str> = history
         .iter()
@@ -361,12 +359,7 @@ async fn late_data_for_a_judged_minute_is_noted_in_the_history_without_refiring(
 async fn minutes_the_watermark_passed_before_the_first_evaluation_are_judged() {
     let s = server_with_file(CONFIG, &[]);
     let minute = (now_ms() / 60_000 - 10) * 60_000;
-    post_json(
-        &s,
-        "/v1/costs",
-        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
-    )
-    .await;
+    post_spend(&s, minute).await;
     // One request: the minute that fires, then traffic three minutes on, so that the
     // watermark passes four minute ends before the evaluation first sees it.
     let (status, _) = post_json(
@@ -426,14 +419,7 @@ targets = ["cpa_high"]
 "#
     );
     let s = server_with_file(&config, &[]);
-    let mut alerts = Value::Null;
-    for _ in 0..300 {
-        alerts = s.get("/v1/alerts").await.1;
-        if alerts["firing"].as_array().is_some_and(|f| !f.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let alerts = poll(&s, "/v1/alerts", firing).await;
     assert_eq!(alerts["firing"][0]["rule"], "intake_lag", "{alerts}");
     assert_eq!(
         alerts["evaluated_through"],
@@ -443,12 +429,7 @@ targets = ["cpa_high"]
 
     // A CPA alert while the lag alert fires: judged and in the history, not notified.
     let minute = (now_ms() / 60_000 - 10) * 60_000;
-    post_json(
-        &s,
-        "/v1/costs",
-        json!({"ts": minute + 1_000, "channel": "social", "campaign": "saldi", "amount": 30.0}),
-    )
-    .await;
+    post_spend(&s, minute).await;
     post_json(
         &s,
         "/v1/events",
