@@ -255,7 +255,7 @@ pub async fn post_silence(
     for (i, m) in new.matchers.iter().enumerate() {
         if !MATCHER_NAMES.contains(&m.name.as_str()) {
             return Err(ApiError::BadRequest(format!(
-                "matchers[{i}].name: {:?} is not a label; one of {}",
+                "matchers[{i}].name: {} is not a label; one of {}",
                 super::kpis::shown_value(&m.name),
                 MATCHER_NAMES.join(", ")
             )));
@@ -268,7 +268,7 @@ pub async fn post_silence(
         .filter(|ms| (60_000..=90 * 86_400_000).contains(ms))
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "duration: {:?} is not a span from 1m to 90d, like \"2h\"",
+                "duration: {} is not a span from 1m to 90d, like \"2h\"",
                 super::kpis::shown_value(&new.duration)
             ))
         })?;
