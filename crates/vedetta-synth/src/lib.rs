@@ -36,6 +36,7 @@
 
 mod catalog;
 mod config;
+pub mod demo;
 mod generator;
 pub mod geoip;
 mod population;
