@@ -81,6 +81,9 @@ pub struct RawPrivacy {
     pub pseudonym_key: Option<String>,
     pub pseudonym_key_id: Option<u8>,
     pub previous_pseudonym_keys: Option<StringList>,
+    /// AES-256-GCM key for identity and tokens at rest (`crate::crypto`).
+    pub encryption_key: Option<String>,
+    pub previous_encryption_keys: Option<StringList>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +213,9 @@ pub struct PrivacyConfig {
     pub pseudonym_key: Option<String>,
     pub pseudonym_key_id: u8,
     pub previous_pseudonym_keys: Vec<String>,
+    /// Hex key; `None` means: use (or create) `encryption.key` in the data directory.
+    pub encryption_key: Option<String>,
+    pub previous_encryption_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for PrivacyConfig {
@@ -223,6 +229,14 @@ impl std::fmt::Debug for PrivacyConfig {
             .field(
                 "previous_pseudonym_keys",
                 &self.previous_pseudonym_keys.len(),
+            )
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "previous_encryption_keys",
+                &self.previous_encryption_keys.len(),
             )
             .finish()
     }
@@ -577,6 +591,20 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             return Err(bad("privacy.previous_pseudonym_keys", e.to_string()));
         }
     }
+    if let Some(key) = &privacy.encryption_key
+        && let Err(e) = crate::crypto::check_key_hex(key)
+    {
+        return Err(bad("privacy.encryption_key", e.to_string()));
+    }
+    let previous_encryption = privacy
+        .previous_encryption_keys
+        .map(StringList::into_vec)
+        .unwrap_or_default();
+    for key in &previous_encryption {
+        if let Err(e) = crate::crypto::check_key_hex(key) {
+            return Err(bad("privacy.previous_encryption_keys", e.to_string()));
+        }
+    }
     let alerts = crate::watch::config::AlertsConfig::from_raw(raw.alerts, &listen.to_string())
         .map_err(|(key, message)| bad(&key, message))?;
     Ok(Config {
@@ -619,6 +647,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             pseudonym_key: privacy.pseudonym_key,
             pseudonym_key_id: privacy.pseudonym_key_id.unwrap_or(1),
             previous_pseudonym_keys: previous,
+            encryption_key: privacy.encryption_key,
+            previous_encryption_keys: previous_encryption,
         },
         log: LogConfig {
             retention_days: retention_days("log.retention_days", raw.log.retention_days, 30)?,

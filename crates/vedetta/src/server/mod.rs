@@ -187,8 +187,21 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         .context("opening the outbox")?;
     let inbox = vedetta_store::inbox::Inbox::new(watch.store.database().clone())
         .context("opening the inbox")?;
-    let destinations =
-        crate::watch::destinations::build_all(&config.alerts.destinations, Some(&inbox))?;
+    // Identity and stored secrets are sealed with this key (`crate::crypto`).
+    let crypto = Arc::new(crate::crypto::load(
+        config.privacy.encryption_key.as_deref(),
+        &config.privacy.previous_encryption_keys,
+        &config.data_dir,
+    )?);
+    let token_vault = Arc::new(crate::watch::oauth2::TokenVault::open(
+        &config.data_dir,
+        crypto,
+    )?);
+    let destinations = crate::watch::destinations::build_all_in(
+        &config.alerts.destinations,
+        Some(&inbox),
+        Some(&token_vault),
+    )?;
     let sender_stop = Arc::new(tokio::sync::Notify::new());
     let (sender, sender_task) = if tokio::runtime::Handle::try_current().is_ok() {
         let stop = sender_stop.clone();

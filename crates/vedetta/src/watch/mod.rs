@@ -6,4 +6,5 @@ pub mod config;
 pub mod destination;
 pub mod destinations;
 pub mod evaluation;
+pub mod oauth2;
 pub mod sender;

@@ -27,6 +27,7 @@ pub use text::Lang;
 pub use webhook::{OAuth2Config, WebhookConfig, WebhookFormat};
 
 use super::destination::{DeliveryError, Destination};
+use super::oauth2::TokenVault;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -137,12 +138,13 @@ impl DestinationConfig {
 /// Builds one destination (validates first). An inbox needs the server's store: see
 /// [`build_all`].
 pub fn build(config: &DestinationConfig) -> anyhow::Result<Arc<dyn Destination>> {
-    build_with(config, None)
+    build_with(config, None, None)
 }
 
 fn build_with(
     config: &DestinationConfig,
     inbox: Option<&vedetta_store::inbox::Inbox>,
+    vault: Option<&Arc<TokenVault>>,
 ) -> anyhow::Result<Arc<dyn Destination>> {
     config.validate()?;
     Ok(match config {
@@ -156,7 +158,7 @@ fn build_with(
         DestinationConfig::Slack(c) => Arc::new(slack::Slack::new(c)?),
         DestinationConfig::Email(c) => Arc::new(email::Email::new(c)?),
         DestinationConfig::Alertmanager(c) => Arc::new(alertmanager::Alertmanager::new(c)?),
-        DestinationConfig::Webhook(c) => Arc::new(webhook::Webhook::new(c)?),
+        DestinationConfig::Webhook(c) => Arc::new(webhook::Webhook::with_vault(c, vault.cloned())?),
     })
 }
 
@@ -166,6 +168,16 @@ pub fn build_all(
     configs: &[DestinationConfig],
     inbox: Option<&vedetta_store::inbox::Inbox>,
 ) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
+    build_all_in(configs, inbox, None)
+}
+
+/// [`build_all`] with a vault where rotated OAuth2 refresh tokens are persisted (the
+/// server's, under its data directory).
+pub fn build_all_in(
+    configs: &[DestinationConfig],
+    inbox: Option<&vedetta_store::inbox::Inbox>,
+    vault: Option<&Arc<TokenVault>>,
+) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
     let mut names = HashSet::new();
     configs
         .iter()
@@ -173,7 +185,7 @@ pub fn build_all(
             if !names.insert(c.name()) {
                 bail!("alerts.destinations.name: {:?} is used twice", c.name());
             }
-            build_with(c, inbox).with_context(|| format!("destination {:?}", c.name()))
+            build_with(c, inbox, vault).with_context(|| format!("destination {:?}", c.name()))
         })
         .collect()
 }

@@ -20,9 +20,11 @@ use super::{
     transport_error,
 };
 use crate::watch::destination::Delivery;
+use crate::watch::oauth2::{OAuth2Client, TokenVault};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use vedetta_core::watch::notification::Notification;
 
 /// What the body of a webhook call is.
@@ -36,28 +38,7 @@ pub enum WebhookFormat {
     Template,
 }
 
-/// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    /// HTTP Basic with the client id and secret (the RFC's default).
-    #[default]
-    Basic,
-    /// `client_id` and `client_secret` in the form body.
-    Post,
-}
-
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OAuth2Config {
-    pub token_url: String,
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub scope: Option<String>,
-    pub audience: Option<String>,
-    #[serde(default)]
-    pub client_auth: ClientAuth,
-}
+pub use crate::watch::oauth2::{ClientAuth, OAuth2Config};
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,10 +124,7 @@ impl WebhookConfig {
             (WebhookFormat::Notification, None) => None,
         };
         if let Some(o) = &self.oauth2 {
-            check_url(name, "oauth2.token_url", &o.token_url)?;
-            if o.client_id.is_empty() {
-                return Err(key_error(name, "oauth2.client_id", "must not be empty"));
-            }
+            o.validate(name)?;
         }
         Ok((template, check_timeout(name, self.timeout_seconds)?))
     }
@@ -262,132 +240,40 @@ pub fn body(template: Option<&Value>, notification: &Notification, lang: Lang) -
 }
 
 #[derive(Debug)]
-struct CachedToken {
-    access_token: Secret,
-    refresh_at: Instant,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    expires_in: Option<u64>,
-}
-
-/// Bounds of a token's announced lifetime (a hostile or broken endpoint may say 0 or 10¹⁸).
-const MAX_TOKEN_LIFETIME: u64 = 86_400;
-/// Without `expires_in`, a token is used this long.
-const DEFAULT_TOKEN_LIFETIME: u64 = 300;
-
-/// When to refresh a token that lives `lifetime`: a tenth of its life (at most a minute)
-/// before it expires, so a call never carries a token about to die on the way.
-fn refresh_after(lifetime: Duration) -> Duration {
-    lifetime - (lifetime / 10).min(Duration::from_secs(60))
-}
-
-#[derive(Debug)]
-struct OAuth2 {
-    config: OAuth2Config,
-    token: tokio::sync::Mutex<Option<CachedToken>>,
-}
-
-impl OAuth2 {
-    async fn token(&self, client: &reqwest::Client, force: bool) -> Result<Secret, DeliveryError> {
-        let mut cached = self.token.lock().await;
-        if let Some(t) = cached.as_ref()
-            && !force
-            && Instant::now() < t.refresh_at
-        {
-            return Ok(t.access_token.clone());
-        }
-        *cached = None;
-        let c = &self.config;
-        let mut form: Vec<(&str, &str)> = vec![("grant_type", "client_credentials")];
-        if let Some(scope) = &c.scope {
-            form.push(("scope", scope));
-        }
-        if let Some(audience) = &c.audience {
-            form.push(("audience", audience));
-        }
-        let mut request = client.post(&c.token_url);
-        match c.client_auth {
-            ClientAuth::Basic => {
-                request = request.basic_auth(&c.client_id, Some(c.client_secret.expose()));
-            }
-            ClientAuth::Post => {
-                form.push(("client_id", &c.client_id));
-                form.push(("client_secret", c.client_secret.expose()));
-            }
-        }
-        let asked = Instant::now();
-        let response = request
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| transport_error("OAuth2 token endpoint", e))?;
-        // Whatever the token endpoint answers, the notification may pass once the endpoint
-        // or its configuration is fixed: retry, never refuse the message for it.
-        let body = classify("OAuth2 token endpoint", response)
-            .await
-            .map_err(|e| match e {
-                DeliveryError::Refused { reason } | DeliveryError::Retry { reason, .. } => {
-                    DeliveryError::Retry {
-                        after: None,
-                        reason,
-                    }
-                }
-            })?;
-        let token: TokenResponse =
-            serde_json::from_str(&body).map_err(|e| DeliveryError::Retry {
-                after: None,
-                reason: format!("the OAuth2 token endpoint's answer does not decode: {e}"),
-            })?;
-        let lifetime = Duration::from_secs(
-            token
-                .expires_in
-                .unwrap_or(DEFAULT_TOKEN_LIFETIME)
-                .clamp(1, MAX_TOKEN_LIFETIME),
-        );
-        let secret = Secret(token.access_token);
-        *cached = Some(CachedToken {
-            access_token: secret.clone(),
-            refresh_at: asked + refresh_after(lifetime),
-        });
-        Ok(secret)
-    }
-}
-
-#[derive(Debug)]
 pub struct Webhook {
     name: String,
     url: Secret,
     template: Option<Value>,
     lang: Lang,
-    oauth2: Option<OAuth2>,
+    oauth2: Option<OAuth2Client>,
     client: reqwest::Client,
 }
 
 impl Webhook {
     pub fn new(config: &WebhookConfig) -> anyhow::Result<Webhook> {
+        Webhook::with_vault(config, None)
+    }
+
+    /// With `vault`, rotated OAuth2 refresh tokens are persisted (see `watch::oauth2`).
+    pub fn with_vault(
+        config: &WebhookConfig,
+        vault: Option<Arc<TokenVault>>,
+    ) -> anyhow::Result<Webhook> {
         let (template, timeout) = config.validate()?;
         Ok(Webhook {
             name: config.name.clone(),
             url: config.url.clone(),
             template,
             lang: config.lang,
-            oauth2: config.oauth2.clone().map(|config| OAuth2 {
-                config,
-                token: tokio::sync::Mutex::new(None),
-            }),
+            oauth2: config
+                .oauth2
+                .clone()
+                .map(|oauth2| OAuth2Client::new(&config.name, oauth2, vault)),
             client: super::http_client(timeout)?,
         })
     }
 
-    async fn call(
-        &self,
-        body: &[u8],
-        id: &str,
-        token: Option<&Secret>,
-    ) -> Result<reqwest::Response, DeliveryError> {
+    fn request(&self, body: &[u8], id: &str, token: Option<&Secret>) -> reqwest::RequestBuilder {
         let mut request = self
             .client
             .post(self.url.expose())
@@ -398,6 +284,15 @@ impl Webhook {
             request = request.bearer_auth(token.expose());
         }
         request
+    }
+
+    async fn call(
+        &self,
+        body: &[u8],
+        id: &str,
+        token: Option<&Secret>,
+    ) -> Result<reqwest::Response, DeliveryError> {
+        self.request(body, id, token)
             .send()
             .await
             .map_err(|e| transport_error("webhook", e))
@@ -421,22 +316,11 @@ impl Destination for Webhook {
                 let response = self.call(body, &notification.id, None).await?;
                 return classify("webhook", response).await.map(drop);
             };
-            let token = oauth2.token(&self.client, false).await?;
-            let response = self.call(body, &notification.id, Some(&token)).await?;
-            let response = if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-                // The cached token was revoked or expired early: refresh once, retry once.
-                let token = oauth2.token(&self.client, true).await?;
-                self.call(body, &notification.id, Some(&token)).await?
-            } else {
-                response
-            };
-            if response.status() == reqwest::StatusCode::UNAUTHORIZED {
-                oauth2.token.lock().await.take();
-                return Err(DeliveryError::Retry {
-                    after: None,
-                    reason: "the webhook refused a freshly fetched OAuth2 token (401)".into(),
-                });
-            }
+            let response = oauth2
+                .send(&self.client, "webhook", |token| {
+                    self.request(body, &notification.id, Some(token))
+                })
+                .await?;
             classify("webhook", response).await.map(drop)
         })
     }
@@ -478,17 +362,5 @@ mod tests {
         };
         let e = config.validate().unwrap_err().to_string();
         assert!(e.contains(".template") && e.contains("{{nope}}"), "{e}");
-    }
-
-    #[test]
-    fn tokens_are_refreshed_before_they_expire() {
-        assert_eq!(
-            refresh_after(Duration::from_secs(3_600)),
-            Duration::from_secs(3_540)
-        );
-        assert_eq!(
-            refresh_after(Duration::from_secs(10)),
-            Duration::from_secs(9)
-        );
     }
 }
