@@ -3,6 +3,7 @@
 //! lifecycle and the notifications themselves are pure (`vedetta_core::watch`).
 
 pub mod config;
+pub mod crm;
 pub mod destination;
 pub mod destinations;
 pub mod evaluation;

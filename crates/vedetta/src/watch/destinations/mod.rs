@@ -3,7 +3,7 @@
 //! ```toml
 //! [[alerts.destinations]]
 //! name = "slack-marketing"
-//! kind = "slack"                 # slack | email | alertmanager | webhook
+//! kind = "slack"                 # slack | email | alertmanager | webhook | activecampaign | mailchimp
 //! url = "https://hooks.slack.com/services/…"
 //! lang = "it"                    # it | en (default en)
 //! ```
@@ -12,20 +12,25 @@
 //! [`AlertmanagerConfig`], [`WebhookConfig`]); unknown keys are refused, and every error
 //! names the destination and the key.
 
+pub mod activecampaign;
 pub mod alertmanager;
 pub mod email;
 pub mod inbox;
+pub mod mailchimp;
 pub mod slack;
 pub mod text;
 pub mod webhook;
 
+pub use activecampaign::ActiveCampaignConfig;
 pub use alertmanager::AlertmanagerConfig;
 pub use email::{EmailConfig, SmtpTls};
 pub use inbox::InboxConfig;
+pub use mailchimp::MailchimpConfig;
 pub use slack::SlackConfig;
 pub use text::Lang;
 pub use webhook::{OAuth2Config, WebhookConfig, WebhookFormat};
 
+use super::crm::CrmDestination;
 use super::destination::{DeliveryError, Destination};
 use super::oauth2::TokenVault;
 use anyhow::{Context, bail};
@@ -62,6 +67,11 @@ pub enum DestinationConfig {
     Webhook(WebhookConfig),
     /// The server's own inbox (`/inbox`): nothing leaves the server.
     Inbox(InboxConfig),
+    /// ActiveCampaign API v3: takes user batches from triggers (`watch::crm`).
+    #[serde(rename = "activecampaign")]
+    ActiveCampaign(ActiveCampaignConfig),
+    /// Mailchimp Marketing API: takes user batches from triggers (`watch::crm`).
+    Mailchimp(MailchimpConfig),
 }
 
 /// The longest name of a destination, and what it may contain: it is a label in
@@ -109,6 +119,8 @@ impl DestinationConfig {
             DestinationConfig::Alertmanager(c) => &c.name,
             DestinationConfig::Webhook(c) => &c.name,
             DestinationConfig::Inbox(c) => &c.name,
+            DestinationConfig::ActiveCampaign(c) => &c.name,
+            DestinationConfig::Mailchimp(c) => &c.name,
         }
     }
 
@@ -131,6 +143,9 @@ impl DestinationConfig {
             DestinationConfig::Alertmanager(c) => c.validate().map(drop),
             DestinationConfig::Webhook(c) => c.validate().map(drop),
             DestinationConfig::Inbox(_) => Ok(()),
+            // Building checks every key (and that an `*_env` variable is set).
+            DestinationConfig::ActiveCampaign(c) => c.validate().map(drop),
+            DestinationConfig::Mailchimp(c) => mailchimp::Mailchimp::new(c, None).map(drop),
         }
     }
 }
@@ -159,6 +174,8 @@ fn build_with(
         DestinationConfig::Email(c) => Arc::new(email::Email::new(c)?),
         DestinationConfig::Alertmanager(c) => Arc::new(alertmanager::Alertmanager::new(c)?),
         DestinationConfig::Webhook(c) => Arc::new(webhook::Webhook::with_vault(c, vault.cloned())?),
+        DestinationConfig::ActiveCampaign(c) => Arc::new(activecampaign::ActiveCampaign::new(c)?),
+        DestinationConfig::Mailchimp(c) => Arc::new(mailchimp::Mailchimp::new(c, vault.cloned())?),
     })
 }
 
@@ -188,6 +205,86 @@ pub fn build_all_in(
             build_with(c, inbox, vault).with_context(|| format!("destination {:?}", c.name()))
         })
         .collect()
+}
+
+/// The CRM destinations among `configs`, by name: what trigger pushes call
+/// ([`crate::watch::crm`]). Build them once, beside [`build_all_in`], with the same vault.
+pub fn build_crm_all(
+    configs: &[DestinationConfig],
+    vault: Option<&Arc<TokenVault>>,
+) -> anyhow::Result<std::collections::BTreeMap<String, Arc<dyn CrmDestination>>> {
+    let mut out = std::collections::BTreeMap::new();
+    for config in configs {
+        config.validate()?;
+        let crm: Arc<dyn CrmDestination> = match config {
+            DestinationConfig::ActiveCampaign(c) => {
+                Arc::new(activecampaign::ActiveCampaign::new(c)?)
+            }
+            DestinationConfig::Mailchimp(c) => {
+                Arc::new(mailchimp::Mailchimp::new(c, vault.cloned())?)
+            }
+            _ => continue,
+        };
+        if out.insert(config.name().to_owned(), crm).is_some() {
+            bail!(
+                "alerts.destinations.name: {:?} is used twice",
+                config.name()
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A secret given in the configuration (`key`) or named by an environment variable
+/// (`key_env`): exactly one of the two. The variable may not start with `VEDETTA_` (those
+/// are configuration overrides).
+pub(crate) fn resolve_secret(
+    name: &str,
+    key: &str,
+    value: Option<&Secret>,
+    env: Option<&str>,
+) -> anyhow::Result<Secret> {
+    match (value, env) {
+        (Some(_), Some(_)) => Err(key_error(
+            name,
+            key,
+            format!("set {key} or {key}_env, not both"),
+        )),
+        (Some(v), None) if !v.expose().is_empty() => Ok(v.clone()),
+        (Some(_), None) => Err(key_error(name, key, "must not be empty")),
+        (None, Some(var)) => {
+            if var.is_empty() || var.starts_with("VEDETTA_") {
+                return Err(key_error(
+                    name,
+                    &format!("{key}_env"),
+                    "names an environment variable not starting with VEDETTA_",
+                ));
+            }
+            match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(Secret(v)),
+                _ => Err(key_error(
+                    name,
+                    &format!("{key}_env"),
+                    format!("the environment variable {var} is not set"),
+                )),
+            }
+        }
+        (None, None) => Err(key_error(
+            name,
+            key,
+            format!("is required (or {key}_env, naming an environment variable)"),
+        )),
+    }
+}
+
+/// A request with a JSON body (reqwest's `json` feature is not built).
+pub(crate) fn with_json(
+    request: reqwest::RequestBuilder,
+    body: &serde_json::Value,
+) -> reqwest::RequestBuilder {
+    request
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
 }
 
 /// An HTTP client for destinations: rustls with `ring` (the one provider of the tree), no

@@ -1,0 +1,328 @@
+//! Pushing users to a CRM: the batch a trigger hands over, and the trait every CRM
+//! destination (ActiveCampaign, Mailchimp) implements.
+//!
+//! **Entry point for the trigger wiring**: build the CRM destinations once with
+//! [`super::destinations::build_crm_all`] (name → `Arc<dyn CrmDestination>`), then for each
+//! due batch call [`CrmDestination::push`] with a [`CrmBatch`] of at most
+//! [`CrmDestination::max_batch_users`] users, from the outbox sender (one attempt per call,
+//! the same [`DeliveryError`] contract as [`super::destination::Destination`]). A batch is
+//! plain serde data, so it can travel in an outbox entry as it is.
+//!
+//! Only users with marketing consent belong in a batch, and a user without an `email` is
+//! skipped by every CRM here, since a CRM keys its contacts by e-mail. Identity (`email`, `crm_id`) never appears in errors,
+//! logs or `Debug` output: errors name the user's pseudonym, and receivers' answers are
+//! scrubbed of the batch's e-mail addresses before they are kept ([`scrub`]).
+//!
+//! Idempotency: every write is an upsert or a set operation (contact sync, member `PUT`,
+//! tag add), so a batch delivered twice (a crash between the push and the outbox's "sent")
+//! leaves the CRM as once. Mailchimp member events are the exception (its API has no
+//! idempotency key): their `properties` carry the batch id as `vedetta_batch` so the
+//! receiver can tell a repeat.
+
+use super::destination::{Delivery, DeliveryError};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The most users in one batch, whatever the destination.
+pub const MAX_BATCH_USERS: usize = 1_000;
+/// Bounds of a user's tags, fields and events, and of each string.
+pub const MAX_TAGS: usize = 20;
+pub const MAX_FIELDS: usize = 20;
+pub const MAX_EVENTS: usize = 20;
+pub const MAX_STRING_CHARS: usize = 255;
+
+/// One user to push: the pseudonym always, identity only with marketing consent.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrmUser {
+    /// The user's pseudonym (hex): what errors and logs name.
+    pub pseudonym: String,
+    /// With marketing consent only; the CRM's key for the contact.
+    pub email: Option<String>,
+    /// The CRM's own id of the user, when the events carried one.
+    pub crm_id: Option<String>,
+    /// Tags to add (`vip`, `customer`, `cart_abandoned`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Field values by Vedetta's name (`product`, `offer`, `cart_value`); each destination
+    /// maps the names it is configured for onto its own fields.
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Events to record on the contact (Mailchimp member events).
+    #[serde(default)]
+    pub events: Vec<CrmEvent>,
+}
+
+impl std::fmt::Debug for CrmUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrmUser")
+            .field("pseudonym", &self.pseudonym)
+            .field("email", &self.email.as_ref().map(|_| "<set>"))
+            .field("crm_id", &self.crm_id.as_ref().map(|_| "<set>"))
+            .field("tags", &self.tags)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .field("events", &self.events.len())
+            .finish()
+    }
+}
+
+/// An event on a contact: a name and flat string properties.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CrmEvent {
+    /// `acquisto`, `carrello_abbandonato`: letters, digits, `_` and `-`, 2 to 30 chars.
+    pub name: String,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// Event time, epoch milliseconds.
+    pub time_ms: i64,
+}
+
+/// What one trigger firing sends to one CRM destination.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CrmBatch {
+    /// Stable across retries and restarts (the outbox entry's id).
+    pub id: String,
+    /// The trigger that selected these users.
+    pub trigger: String,
+    pub users: Vec<CrmUser>,
+}
+
+/// Why a batch is not well-formed: names the field and the user's pseudonym.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BatchError {
+    pub field: String,
+    pub message: String,
+}
+
+fn bad(field: String, message: impl Into<String>) -> BatchError {
+    BatchError {
+        field,
+        message: message.into(),
+    }
+}
+
+fn check_string(field: &str, value: &str) -> Result<(), BatchError> {
+    if value.chars().count() > MAX_STRING_CHARS || value.chars().any(char::is_control) {
+        return Err(bad(
+            field.to_owned(),
+            format!("at most {MAX_STRING_CHARS} characters, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// A plausible e-mail address: one `@`, something on each side, a dot in the domain, no
+/// spaces. (The CRM is the judge of the rest; this keeps garbage out of URLs and hashes.)
+pub fn plausible_email(email: &str) -> bool {
+    let Some((local, domain)) = email.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+impl CrmBatch {
+    /// Checks every bound; the error names the user (by pseudonym) and the field.
+    pub fn validate(&self) -> Result<(), BatchError> {
+        check_string("batch.id", &self.id)?;
+        check_string("batch.trigger", &self.trigger)?;
+        if self.users.len() > MAX_BATCH_USERS {
+            return Err(bad(
+                "batch.users".into(),
+                format!("at most {MAX_BATCH_USERS} users in a batch"),
+            ));
+        }
+        for user in &self.users {
+            let at = |f: &str| format!("users[{:?}].{f}", user.pseudonym);
+            check_string("users[].pseudonym", &user.pseudonym)?;
+            if let Some(email) = &user.email
+                && !plausible_email(email)
+            {
+                return Err(bad(at("email"), "not an e-mail address"));
+            }
+            if let Some(id) = &user.crm_id {
+                check_string(&at("crm_id"), id)?;
+            }
+            if user.tags.len() > MAX_TAGS
+                || user.fields.len() > MAX_FIELDS
+                || user.events.len() > MAX_EVENTS
+            {
+                return Err(bad(
+                    at("tags"),
+                    format!("at most {MAX_TAGS} tags, {MAX_FIELDS} fields and {MAX_EVENTS} events"),
+                ));
+            }
+            for tag in &user.tags {
+                check_string(&at("tags"), tag)?;
+                if tag.trim().is_empty() {
+                    return Err(bad(at("tags"), "a tag is not blank"));
+                }
+            }
+            for (name, value) in &user.fields {
+                check_string(&at("fields"), name)?;
+                check_string(&at("fields"), value)?;
+            }
+            for event in &user.events {
+                let name_ok = (2..=30).contains(&event.name.len())
+                    && event
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+                if !name_ok {
+                    return Err(bad(
+                        at("events.name"),
+                        "2 to 30 letters, digits, '_' or '-'",
+                    ));
+                }
+                for (k, v) in &event.properties {
+                    check_string(&at("events.properties"), k)?;
+                    check_string(&at("events.properties"), v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The users a CRM can take: those with an e-mail (marketing consent).
+    pub fn reachable(&self) -> impl Iterator<Item = (&CrmUser, &str)> {
+        self.users
+            .iter()
+            .filter_map(|u| u.email.as_deref().map(|e| (u, e)))
+    }
+
+    /// Replaces this batch's e-mail addresses (any case) in `text` with `<email>`.
+    pub fn scrub(&self, text: &str) -> String {
+        scrub(text, self.users.iter().filter_map(|u| u.email.as_deref()))
+    }
+}
+
+/// Replaces each of `emails` (ASCII case-insensitively) in `text` with `<email>`.
+pub fn scrub<'a>(text: &str, emails: impl Iterator<Item = &'a str>) -> String {
+    let mut out = text.to_owned();
+    for email in emails {
+        if email.is_empty() {
+            continue;
+        }
+        let lower_email = email.to_ascii_lowercase();
+        loop {
+            let lower = out.to_ascii_lowercase();
+            let Some(at) = lower.find(&lower_email) else {
+                break;
+            };
+            out.replace_range(at..at + lower_email.len(), "<email>");
+        }
+    }
+    out
+}
+
+/// A CRM users are pushed to. The contract is [`super::destination::Destination`]'s: one
+/// attempt per call, `Retry` for what may pass later (with the receiver's delay), `Refused`
+/// only when the same batch can never succeed, no secrets or identity in errors.
+pub trait CrmDestination: Send + Sync + 'static {
+    /// The configured name.
+    fn name(&self) -> &str;
+
+    /// `activecampaign` or `mailchimp`.
+    fn kind(&self) -> &'static str;
+
+    /// The most users one [`CrmDestination::push`] takes: the caller splits larger sets,
+    /// so that one call fits the sender's call timeout under the CRM's rate limit.
+    fn max_batch_users(&self) -> usize;
+
+    /// The least time between two pushes.
+    fn min_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// One attempt to push `batch`.
+    fn push<'a>(&'a self, batch: &'a CrmBatch) -> Delivery<'a>;
+}
+
+/// The answer to an alert notification routed to a CRM: CRMs take user batches.
+pub(crate) fn not_for_alerts(kind: &str) -> DeliveryError {
+    DeliveryError::Refused {
+        reason: format!(
+            "a {kind} destination takes user batches from triggers, not alert notifications: \
+             name it in a trigger's notify, not in an alert rule's"
+        ),
+    }
+}
+
+/// Keeps identity and secrets out of a delivery error's text.
+pub(crate) fn scrub_error(batch: &CrmBatch, error: DeliveryError) -> DeliveryError {
+    match error {
+        DeliveryError::Retry { after, reason } => DeliveryError::Retry {
+            after,
+            reason: batch.scrub(&reason),
+        },
+        DeliveryError::Refused { reason } => DeliveryError::Refused {
+            reason: batch.scrub(&reason),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    pub(crate) fn user(p: &str, email: Option<&str>) -> CrmUser {
+        CrmUser {
+            pseudonym: p.into(),
+            email: email.map(str::to_owned),
+            crm_id: None,
+            tags: vec!["vip".into()],
+            fields: BTreeMap::from([("product".into(), "sku-1".into())]),
+            events: vec![],
+        }
+    }
+
+    #[test]
+    fn identity_stays_out_of_debug_and_errors() {
+        let batch = CrmBatch {
+            id: "b1".into(),
+            trigger: "t".into(),
+            users: vec![user("u1", Some("Anna@Example.it")), user("u2", None)],
+        };
+        assert!(!format!("{batch:?}").contains("Anna"));
+        assert_eq!(
+            batch.scrub("member anna@example.IT exists; ANNA@EXAMPLE.IT again"),
+            "member <email> exists; <email> again"
+        );
+        assert_eq!(batch.reachable().count(), 1);
+        batch.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_batches_name_the_user_and_the_field() {
+        let mut batch = CrmBatch {
+            id: "b1".into(),
+            trigger: "t".into(),
+            users: vec![user("u1", Some("not-an-address"))],
+        };
+        let e = batch.validate().unwrap_err();
+        assert_eq!(e.field, "users[\"u1\"].email");
+        batch.users[0].email = Some("a@b.it".into());
+        batch.users[0].tags = vec!["x\ny".into()];
+        assert!(batch.validate().unwrap_err().field.ends_with(".tags"));
+        batch.users[0].tags = vec![];
+        batch.users[0].events = vec![CrmEvent {
+            name: "a b".into(),
+            properties: BTreeMap::new(),
+            time_ms: 0,
+        }];
+        assert!(
+            batch
+                .validate()
+                .unwrap_err()
+                .field
+                .ends_with(".events.name")
+        );
+    }
+}
