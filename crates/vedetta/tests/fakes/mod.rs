@@ -3,4 +3,6 @@
 //! ([`oauth2`]), ActiveCampaign API v3 ([`activecampaign`]) and the Mailchimp Marketing
 //! API ([`mailchimp`]).
 
+pub mod activecampaign;
+pub mod mailchimp;
 pub mod oauth2;

@@ -95,20 +95,38 @@ impl ActiveCampaignConfig {
     }
 }
 
-/// Paces the requests to one account; shared by every destination on it.
+/// Paces the requests to one account; shared by every destination on it. A sliding
+/// window: a request leaves only when fewer than `per_second` left in the last second,
+/// plus a margin for the jitter between our send and their count.
 #[derive(Debug)]
 struct Pacer {
-    interval: Duration,
-    next: tokio::sync::Mutex<Instant>,
+    per_second: usize,
+    state: tokio::sync::Mutex<PacerState>,
 }
+
+#[derive(Debug, Default)]
+struct PacerState {
+    /// When the last `per_second` requests left (their slots).
+    sent: std::collections::VecDeque<Instant>,
+    /// No request before this (a 429's `Retry-After`).
+    held_until: Option<Instant>,
+}
+
+/// Slack between our window and the receiver's (connection set-up, scheduling).
+const WINDOW_MARGIN: Duration = Duration::from_millis(50);
 
 impl Pacer {
     /// Waits for this request's slot.
     async fn wait(&self) {
         let slot = {
-            let mut next = self.next.lock().await;
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
+            let mut state = self.state.lock().await;
+            let mut slot = Instant::now().max(state.held_until.unwrap_or_else(Instant::now));
+            if state.sent.len() >= self.per_second
+                && let Some(oldest) = state.sent.pop_front()
+            {
+                slot = slot.max(oldest + Duration::from_secs(1) + WINDOW_MARGIN);
+            }
+            state.sent.push_back(slot);
             slot
         };
         tokio::time::sleep_until(slot).await;
@@ -116,8 +134,8 @@ impl Pacer {
 
     /// Holds every request to the account until `until` (after a 429).
     async fn hold(&self, until: Instant) {
-        let mut next = self.next.lock().await;
-        *next = (*next).max(until);
+        let mut state = self.state.lock().await;
+        state.held_until = Some(state.held_until.map_or(until, |h| h.max(until)));
     }
 }
 
@@ -133,8 +151,8 @@ fn pacer(base: &reqwest::Url, per_second: u32) -> Arc<Pacer> {
         .entry(origin)
         .or_insert_with(|| {
             Arc::new(Pacer {
-                interval: Duration::from_secs(1) / per_second.max(1),
-                next: tokio::sync::Mutex::new(Instant::now()),
+                per_second: per_second.max(1) as usize,
+                state: tokio::sync::Mutex::new(PacerState::default()),
             })
         })
         .clone()
@@ -206,22 +224,26 @@ impl ActiveCampaign {
         serde_json::from_str(&body).map_err(|e| decode_error(what, e))
     }
 
-    async fn tag_id(&self, tag: &str) -> Result<String, DeliveryError> {
-        let mut ids = self.tag_ids.lock().await;
-        if let Some(id) = ids.get(tag) {
-            return Ok(id.clone());
-        }
+    /// The id of the tag named exactly `tag` (the search matches substrings).
+    async fn find_tag(&self, tag: &str) -> Result<Option<String>, DeliveryError> {
         let mut url = self.url(&["tags"]);
         url.query_pairs_mut().append_pair("search", tag);
         let found = self
             .call("ActiveCampaign tag search", self.client.get(url))
             .await?;
-        let existing = found["tags"].as_array().and_then(|tags| {
+        Ok(found["tags"].as_array().and_then(|tags| {
             tags.iter()
                 .find(|t| t["tag"].as_str() == Some(tag))
                 .and_then(|t| id_of(&t["id"]))
-        });
-        let id = match existing {
+        }))
+    }
+
+    async fn tag_id(&self, tag: &str) -> Result<String, DeliveryError> {
+        let mut ids = self.tag_ids.lock().await;
+        if let Some(id) = ids.get(tag) {
+            return Ok(id.clone());
+        }
+        let id = match self.find_tag(tag).await? {
             Some(id) => id,
             None => {
                 let created = self
@@ -234,9 +256,18 @@ impl ActiveCampaign {
                             }),
                         ),
                     )
-                    .await?;
-                id_of(&created["tag"]["id"])
-                    .ok_or_else(|| decode_error("tag create", "no tag.id"))?
+                    .await;
+                match created {
+                    Ok(created) => id_of(&created["tag"]["id"])
+                        .ok_or_else(|| decode_error("tag create", "no tag.id"))?,
+                    // Created meanwhile by someone else (another destination on the
+                    // account): a 422 for the duplicate name; take theirs.
+                    Err(DeliveryError::Refused { reason }) => match self.find_tag(tag).await? {
+                        Some(id) => id,
+                        None => return Err(DeliveryError::Refused { reason }),
+                    },
+                    Err(e) => return Err(e),
+                }
             }
         };
         ids.insert(tag.to_owned(), id.clone());

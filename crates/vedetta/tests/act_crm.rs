@@ -1,0 +1,365 @@
+//! The CRM destinations against fakes that enforce ActiveCampaign's and Mailchimp's
+//! contracts (`fakes::activecampaign`, `fakes::mailchimp`): auth headers, paths, md5
+//! member ids, rate limits and 429, Mailchimp's 204 on a dropped tag, batch operations.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fakes;
+
+use fakes::activecampaign::FakeActiveCampaign;
+use fakes::mailchimp::{FakeMailchimp, md5_hex};
+use fakes::oauth2::serve;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vedetta::watch::crm::{CrmBatch, CrmDestination, CrmEvent, CrmUser};
+use vedetta::watch::destination::DeliveryError;
+use vedetta::watch::destinations::{self, DestinationConfig};
+
+fn user(i: usize, email: Option<&str>, tags: &[&str]) -> CrmUser {
+    CrmUser {
+        pseudonym: format!("p{i:04}"),
+        email: email.map(str::to_owned),
+        crm_id: None,
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        fields: BTreeMap::from([
+            ("product".to_owned(), format!("sku-{i}")),
+            ("offer".to_owned(), "10%".to_owned()),
+            ("unmapped".to_owned(), "x".to_owned()),
+        ]),
+        events: vec![],
+    }
+}
+
+fn batch(id: &str, users: Vec<CrmUser>) -> CrmBatch {
+    CrmBatch {
+        id: id.into(),
+        trigger: "cpa_alto".into(),
+        users,
+    }
+}
+
+/// Builds the CRM destinations of a `[[alerts.destinations]]` TOML list.
+fn crms(toml_text: &str) -> BTreeMap<String, Arc<dyn CrmDestination>> {
+    #[derive(serde::Deserialize)]
+    struct Alerts {
+        destinations: Vec<DestinationConfig>,
+    }
+    let alerts: Alerts = toml::from_str(toml_text).unwrap();
+    // They are ordinary destinations too (listed, metered; alert notifications refused).
+    let all = destinations::build_all(&alerts.destinations, None).unwrap();
+    assert!(
+        all.iter()
+            .all(|d| ["activecampaign", "mailchimp"].contains(&d.kind()))
+    );
+    destinations::build_crm_all(&alerts.destinations, None).unwrap()
+}
+
+fn ac_config(name: &str, base: &str, token: &str) -> String {
+    format!(
+        "[[destinations]]\nname = \"{name}\"\nkind = \"activecampaign\"\nbase_url = \"{base}\"\n\
+         api_token = \"{token}\"\nfields = {{ product = \"12\", offer = \"13\" }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activecampaign_syncs_contacts_by_email_with_tags_and_fields() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    let dest = crms(&ac_config("ac", &base, "ac-token"))["ac"].clone();
+    assert_eq!(dest.kind(), "activecampaign");
+    let users = vec![
+        user(1, Some("anna@example.it"), &["vip", "customer"]),
+        user(2, None, &["vip"]), // no consent: never leaves
+        user(3, Some("Bruno@Example.it"), &["customer"]),
+    ];
+    let b = batch("b1", users);
+    dest.push(&b).await.unwrap();
+    {
+        let state = ac.state.lock().unwrap();
+        assert_eq!(state.contacts.len(), 2);
+        let anna = &state.contacts[0];
+        assert_eq!(anna.email, "anna@example.it");
+        // Mapped fields only; the unmapped one stays home.
+        assert_eq!(
+            anna.fields,
+            BTreeMap::from([("12".into(), "sku-1".into()), ("13".into(), "10%".into())])
+        );
+        let names = |c: &fakes::activecampaign::Contact| -> BTreeSet<String> {
+            c.tags.iter().map(|t| state.tags[t].clone()).collect()
+        };
+        assert_eq!(
+            names(anna),
+            BTreeSet::from(["vip".into(), "customer".into()])
+        );
+        assert_eq!(
+            names(&state.contacts[1]),
+            BTreeSet::from(["customer".into()])
+        );
+        assert_eq!(state.tags.len(), 2);
+    }
+    // The same batch again (a crash before "sent"): same contacts, same tags; tag ids are
+    // cached, so no further lookups.
+    let searches = ac.count("GET", "/api/3/tags");
+    dest.push(&b).await.unwrap();
+    assert_eq!(ac.state.lock().unwrap().contacts.len(), 2);
+    assert_eq!(ac.count("GET", "/api/3/tags"), searches);
+    // A tag whose name is a substring of another's is told apart (search is by substring).
+    dest.push(&batch("b2", vec![user(4, Some("c@example.it"), &["vi"])]))
+        .await
+        .unwrap();
+    assert_eq!(ac.state.lock().unwrap().tags.len(), 3);
+    assert!(ac.statuses().iter().all(|s| *s == 200 || *s == 201));
+
+    // A wrong token is refused (403), and the error carries neither token nor e-mail.
+    let wrong = crms(&ac_config("ac-wrong", &base, "nope"))["ac-wrong"].clone();
+    match wrong.push(&b).await {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("403"), "{reason}");
+            assert!(reason.contains("p0001"), "names the pseudonym: {reason}");
+            assert!(
+                !reason.contains("anna@") && !reason.contains("nope"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activecampaign_stays_within_5_requests_per_second_per_account_and_honours_429() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    // Two destinations on one account share its limit.
+    let dests = crms(&format!(
+        "{}{}",
+        ac_config("ac-a", &base, "ac-token"),
+        ac_config("ac-b", &base, "ac-token")
+    ));
+    let users = |from: usize| -> Vec<CrmUser> {
+        (from..from + 5)
+            .map(|i| user(i, Some(&format!("u{i}@example.it")), &["vip"]))
+            .collect()
+    };
+    let started = Instant::now();
+    let (batch_a, batch_b) = (batch("a", users(0)), batch("b", users(100)));
+    let (a, b) = tokio::join!(dests["ac-a"].push(&batch_a), dests["ac-b"].push(&batch_b));
+    a.unwrap();
+    b.unwrap();
+    let requests = ac.statuses().len();
+    // 10 syncs + 10 contact tags + a tag lookup or two.
+    assert!(requests >= 21, "{requests}");
+    assert!(
+        ac.statuses().iter().all(|s| *s != 429),
+        "never rate-limited"
+    );
+    assert!(ac.peak_per_second() <= 5, "peak {}", ac.peak_per_second());
+    let full_seconds = (requests as u64 - 1) / 5;
+    assert!(
+        started.elapsed() >= Duration::from_secs(full_seconds),
+        "paced: {requests} requests in {:?}",
+        started.elapsed()
+    );
+
+    // A 429 with Retry-After: the push is a retry with the receiver's delay, and the account
+    // is held that long for every destination on it.
+    ac.state.lock().unwrap().force_429 = 1;
+    let hit = Instant::now();
+    match dests["ac-a"]
+        .push(&batch("c", vec![user(7, Some("z@example.it"), &[])]))
+        .await
+    {
+        Err(DeliveryError::Retry { after, reason }) => {
+            assert_eq!(after, Some(Duration::from_secs(2)), "{reason}");
+            assert!(!reason.contains("z@example.it"), "{reason}");
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    dests["ac-b"]
+        .push(&batch("d", vec![user(8, Some("y@example.it"), &[])]))
+        .await
+        .unwrap();
+    assert!(
+        hit.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        hit.elapsed()
+    );
+}
+
+fn mc_config(base: &str, key: &str, extra: &str) -> String {
+    format!(
+        "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"list1\"\n\
+         api_key = \"{key}\"\nbase_url = \"{base}/3.0\"\n\
+         merge_fields = {{ product = \"PRODUCT\", offer = \"OFFER\" }}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailchimp_upserts_members_by_md5_with_tags_read_back_and_events() {
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(&base, "0123abcd-us6", ""))["mc"].clone();
+    let mut anna = user(1, Some("Anna.Rossi@Example.it"), &["vip", "customer"]);
+    anna.events = vec![CrmEvent {
+        name: "acquisto".into(),
+        properties: BTreeMap::from([("valore".into(), "89.50".into())]),
+        time_ms: 1_712_326_985_123,
+    }];
+    let b = batch("b1", vec![anna, user(2, None, &["vip"])]);
+    dest.push(&b).await.unwrap();
+    {
+        let state = mc.state.lock().unwrap();
+        assert_eq!(
+            state.members.len(),
+            1,
+            "the user without consent never arrives"
+        );
+        let key = ("list1".to_owned(), md5_hex("anna.rossi@example.it"));
+        let m = &state.members[&key];
+        assert_eq!(
+            m.status, "pending",
+            "status_if_new defaults to double opt-in"
+        );
+        assert_eq!(
+            m.merge_fields,
+            BTreeMap::from([
+                ("PRODUCT".into(), "sku-1".into()),
+                ("OFFER".into(), "10%".into())
+            ])
+        );
+        assert_eq!(m.tags, BTreeSet::from(["vip".into(), "customer".into()]));
+        assert_eq!(m.events.len(), 1);
+        assert_eq!(m.events[0].0, "acquisto");
+        assert_eq!(m.events[0].1["vedetta_batch"], "b1");
+        assert_eq!(m.events[0].1["valore"], "89.50");
+    }
+    // Tags are read back after every write.
+    assert_eq!(mc.count("GET", "/tags"), 1);
+    assert_eq!(mc.count("POST", "/tags"), 1);
+
+    // A dropped tag: Mailchimp answers 204, the read-back catches it, the push is refused
+    // naming the tag and the user's pseudonym, never the address.
+    mc.state
+        .lock()
+        .unwrap()
+        .dropped_tags
+        .insert("bad tag".into());
+    let dropped = batch("b2", vec![user(3, Some("carla@example.it"), &["bad tag"])]);
+    match dest.push(&dropped).await {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(
+                reason.contains("\"bad tag\"") && reason.contains("204"),
+                "{reason}"
+            );
+            assert!(
+                reason.contains("p0003") && !reason.contains("carla"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(mc.state.lock().unwrap().log.iter().any(|l| l.2 == 204));
+
+    // Mailchimp echoes a refused address in its answer: scrubbed from the error.
+    mc.state
+        .lock()
+        .unwrap()
+        .fake_addresses
+        .insert("Dario@Example.it".into());
+    match dest
+        .push(&batch("b3", vec![user(4, Some("Dario@Example.it"), &[])]))
+        .await
+    {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("<email> looks fake"), "{reason}");
+            assert!(!reason.to_lowercase().contains("dario"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // A wrong key is refused (401); the key is in no error.
+    let wrong = crms(&mc_config(&base, "ffff-us6", ""))["mc"].clone();
+    match wrong.push(&b).await {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("401"), "{reason}");
+            assert!(!reason.contains("ffff-us6"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_50_mailchimp_members_go_as_one_batch_operation() {
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(
+        &base,
+        "0123abcd-us6",
+        "status_if_new = \"subscribed\"\n",
+    ))["mc"]
+        .clone();
+    let users: Vec<CrmUser> = (0..60)
+        .map(|i| user(i, Some(&format!("m{i}@example.it")), &["vip"]))
+        .collect();
+    dest.push(&batch("big", users)).await.unwrap();
+    {
+        let state = mc.state.lock().unwrap();
+        assert_eq!(state.members.len(), 60);
+        assert!(
+            state
+                .members
+                .values()
+                .all(|m| m.tags.contains("vip") && m.status == "subscribed")
+        );
+        assert_eq!(state.batches.len(), 1);
+        assert_eq!(state.batch_operations, 120, "60 upserts and 60 tag writes");
+        assert!(state.batches["batch1"].2 >= 2, "polled until finished");
+    }
+    assert_eq!(mc.count("PUT", ""), 0, "no member written one by one");
+    assert_eq!(mc.count("GET", "/tags"), 60, "every tag read back");
+
+    // 50 or fewer go one by one.
+    let few: Vec<CrmUser> = (0..50)
+        .map(|i| user(i, Some(&format!("f{i}@example.it")), &[]))
+        .collect();
+    dest.push(&batch("few", few)).await.unwrap();
+    assert_eq!(mc.count("PUT", ""), 50);
+    assert_eq!(mc.state.lock().unwrap().batches.len(), 1);
+}
+
+#[test]
+fn crm_kinds_refuse_alert_notifications_and_keep_secrets_out_of_debug() {
+    let text = "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"l\"\napi_key = \"topsecret-us6\"\n\
+                [[destinations]]\nname = \"ac\"\nkind = \"activecampaign\"\nbase_url = \"https://a.api-us1.com\"\napi_token = \"hushhush\"\n";
+    #[derive(serde::Deserialize)]
+    struct Alerts {
+        destinations: Vec<DestinationConfig>,
+    }
+    let alerts: Alerts = toml::from_str(text).unwrap();
+    let debug = format!("{:?}", alerts.destinations);
+    assert!(
+        !debug.contains("topsecret") && !debug.contains("hushhush"),
+        "{debug}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let built = destinations::build_all(&alerts.destinations, None).unwrap();
+    for d in built {
+        let n = vedetta_core::watch::notification::Notification::example();
+        match runtime.block_on(d.deliver(&n)) {
+            Err(DeliveryError::Refused { reason }) => {
+                assert!(reason.contains("trigger"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // An API token named by an environment variable that is not set: the key is named.
+    let missing = "[[destinations]]\nname = \"ac\"\nkind = \"activecampaign\"\nbase_url = \"https://a.api-us1.com\"\napi_token_env = \"H4_TEST_SURELY_UNSET\"\n";
+    let alerts: Alerts = toml::from_str(missing).unwrap();
+    let Err(e) = destinations::build_all(&alerts.destinations, None) else {
+        panic!("an unset api_token_env must be refused");
+    };
+    assert!(format!("{e:#}").contains(".api_token_env"), "{e:#}");
+}
