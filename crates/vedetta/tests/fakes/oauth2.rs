@@ -46,6 +46,10 @@ pub struct FakeAuth {
     pub client_secret: String,
     pub lifetime: Mutex<Duration>,
     pub state: Mutex<AuthState>,
+    /// How long an accepted push is held before its answer (to kill a client mid-push).
+    pub push_delay: Mutex<Duration>,
+    /// Pushes accepted and not yet answered.
+    pub in_flight: std::sync::atomic::AtomicU64,
 }
 
 impl FakeAuth {
@@ -59,6 +63,8 @@ impl FakeAuth {
             client_secret: client_secret.into(),
             lifetime: Mutex::new(Duration::from_secs(3600)),
             state: Mutex::new(state),
+            push_delay: Mutex::new(Duration::ZERO),
+            in_flight: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -191,7 +197,29 @@ fn token_answer(auth: &FakeAuth, headers: &HeaderMap, body: &str) -> Response {
     axum::Json(answer).into_response()
 }
 
+/// Decrements the in-flight count however the handler ends (also when it is dropped
+/// because the client at the other end was killed).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 async fn push(State(auth): State<Arc<FakeAuth>>, headers: HeaderMap, body: String) -> Response {
+    let response = push_answer(&auth, &headers, body);
+    if response.status() == StatusCode::OK {
+        auth.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _guard = InFlight(&auth.in_flight);
+        let delay = *auth.push_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn push_answer(auth: &FakeAuth, headers: &HeaderMap, body: String) -> Response {
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
