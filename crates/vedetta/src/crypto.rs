@@ -222,6 +222,47 @@ impl Crypto {
     }
 }
 
+/// An identity field that travels with marketing consent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityField {
+    Email,
+    CrmId,
+}
+
+impl IdentityField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityField::Email => "email",
+            IdentityField::CrmId => "crm_id",
+        }
+    }
+}
+
+impl Crypto {
+    /// Seals one user's identity field, bound to the user's pseudonym (hex) and to the
+    /// field: a value moved to another user, or from `email` to `crm_id`, does not open.
+    /// Context: `["identity", field, pseudonym]`.
+    pub fn seal_identity(
+        &self,
+        field: IdentityField,
+        pseudonym: &str,
+        value: &str,
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.seal(&["identity", field.as_str(), pseudonym], value.as_bytes())
+    }
+
+    /// Opens what [`Crypto::seal_identity`] sealed for the same field and pseudonym.
+    pub fn open_identity(
+        &self,
+        field: IdentityField,
+        pseudonym: &str,
+        sealed: &[u8],
+    ) -> Result<String, CryptoError> {
+        let plain = self.open(&["identity", field.as_str(), pseudonym], sealed)?;
+        String::from_utf8(plain).map_err(|_| CryptoError::Tampered)
+    }
+}
+
 /// The encryption key: configured, or read from (or created in) `<data_dir>/encryption.key`.
 pub fn load(
     configured: Option<&str>,
@@ -354,6 +395,28 @@ mod tests {
         assert!(Crypto::from_hex("abcd", &[]).is_err());
         assert!(Crypto::from_hex(&"zz".repeat(32), &[]).is_err());
         assert!(!format!("{rotated:?}").contains(K2));
+    }
+
+    #[test]
+    fn identity_is_bound_to_its_user_and_its_field() {
+        let crypto = Crypto::from_hex(K1, &[]).unwrap();
+        let sealed = crypto
+            .seal_identity(IdentityField::Email, "7f3a9b2c", "anna@example.it")
+            .unwrap();
+        assert_eq!(
+            crypto
+                .open_identity(IdentityField::Email, "7f3a9b2c", &sealed)
+                .unwrap(),
+            "anna@example.it"
+        );
+        assert_eq!(
+            crypto.open_identity(IdentityField::Email, "00000000", &sealed),
+            Err(CryptoError::Tampered)
+        );
+        assert_eq!(
+            crypto.open_identity(IdentityField::CrmId, "7f3a9b2c", &sealed),
+            Err(CryptoError::Tampered)
+        );
     }
 
     #[test]
