@@ -327,6 +327,49 @@ async fn more_than_50_mailchimp_members_go_as_one_batch_operation() {
     assert_eq!(mc.state.lock().unwrap().batches.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailchimp_over_oauth2_refreshes_after_a_401_and_needs_a_base_url() {
+    let auth = fakes::oauth2::FakeAuth::new("vedetta", "s3cret", Some("rt-initial"));
+    let auth_base = serve(auth.router()).await;
+    let mc = FakeMailchimp::new("unused-us6", "list1");
+    *mc.oauth2.lock().unwrap() = Some(auth.clone());
+    let base = serve(mc.router()).await;
+    let oauth2 = format!(
+        "oauth2 = {{ token_url = \"{auth_base}/oauth/token\", client_id = \"vedetta\", client_secret = \"s3cret\", refresh_token = \"rt-initial\" }}\n"
+    );
+    let text = format!(
+        "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"list1\"\nbase_url = \"{base}/3.0\"\n{oauth2}"
+    );
+    let dest = crms(&text)["mc"].clone();
+    dest.push(&batch("o1", vec![user(1, Some("a@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    auth.revoke_access();
+    dest.push(&batch("o2", vec![user(2, Some("b@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    assert_eq!(mc.state.lock().unwrap().members.len(), 2);
+    assert_eq!(
+        auth.state.lock().unwrap().issued,
+        2,
+        "one refresh after the 401"
+    );
+    assert!(mc.state.lock().unwrap().log.iter().any(|l| l.2 == 401));
+
+    let no_base = format!(
+        "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"list1\"\n{oauth2}"
+    );
+    #[derive(serde::Deserialize)]
+    struct Alerts {
+        destinations: Vec<DestinationConfig>,
+    }
+    let alerts: Alerts = toml::from_str(&no_base).unwrap();
+    let Err(e) = destinations::build_all(&alerts.destinations, None) else {
+        panic!("oauth2 without base_url must be refused");
+    };
+    assert!(format!("{e:#}").contains(".base_url"), "{e:#}");
+}
+
 #[test]
 fn crm_kinds_refuse_alert_notifications_and_keep_secrets_out_of_debug() {
     let text = "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"l\"\napi_key = \"topsecret-us6\"\n\
@@ -362,4 +405,113 @@ fn crm_kinds_refuse_alert_notifications_and_keep_secrets_out_of_debug() {
         panic!("an unset api_token_env must be refused");
     };
     assert!(format!("{e:#}").contains(".api_token_env"), "{e:#}");
+}
+
+/// A real server with CRM destinations and an OAuth2 webhook: none of their secrets in its
+/// log (at debug level) or in any answer.
+#[test]
+fn a_server_with_crm_destinations_shows_no_secret_in_logs_or_answers() {
+    use std::io::{BufRead, BufReader};
+    let secrets = [
+        "ac-SECRET-token",
+        "mc-SECRET-key-us6",
+        "cs-SECRET",
+        "rt-SECRET",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[alerts.rules]]
+name = "cpa_high"
+expr = "cpa > 20"
+over = "10m"
+notify = ["hook"]
+
+[[alerts.destinations]]
+name = "ac"
+kind = "activecampaign"
+base_url = "https://acct.api-us1.com"
+api_token = "ac-SECRET-token"
+
+[[alerts.destinations]]
+name = "mc"
+kind = "mailchimp"
+list_id = "abc"
+api_key_env = "H4_TEST_MC_KEY"
+
+[[alerts.destinations]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:9/push"
+oauth2 = { token_url = "http://127.0.0.1:9/token", client_id = "vedetta", client_secret = "cs-SECRET", refresh_token = "rt-SECRET" }
+"#,
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vedetta"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env(
+            "VEDETTA_PRIVACY__PSEUDONYM_KEY",
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        )
+        .env("VEDETTA_LOG", "debug")
+        .env("H4_TEST_MC_KEY", "mc-SECRET-key-us6")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start vedetta serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .inspect(|line| {
+                if let Some(rest) = line.split("address=").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the server started listening");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::blocking::Client::new();
+    let mut answers = String::new();
+    for path in [
+        "/v1/rules",
+        "/v1/status",
+        "/metrics",
+        "/v1/outbox/dead",
+        "/v1/openapi.json",
+    ] {
+        let response = http.get(format!("http://{address}{path}")).send().unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        answers.push_str(&response.text().unwrap());
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    let log = reader.join().unwrap().join("\n");
+    assert!(answers.contains("cpa_high"), "the rules were listed");
+    assert!(
+        log.contains("DEBUG") || log.contains("INFO"),
+        "the log was read: {log}"
+    );
+    for secret in secrets {
+        assert!(!answers.contains(secret), "{secret} in an answer");
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    // The generated encryption key is private and beside the pseudonym key.
+    assert!(dir.path().join("data").join("encryption.key").exists());
 }

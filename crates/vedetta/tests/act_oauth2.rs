@@ -45,6 +45,7 @@ fn vault(dir: &std::path::Path) -> Arc<TokenVault> {
 
 /// Asks the fake's token endpoint directly with `refresh_token`.
 async fn raw_refresh(base: &str, refresh_token: &str) -> (u16, String) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let response = reqwest::Client::new()
         .post(format!("{base}/oauth/token"))
         .basic_auth("vedetta", Some("s3cret"))

@@ -50,6 +50,9 @@ pub struct FakeMailchimp {
     pub api_key: String,
     pub list: String,
     pub state: Mutex<McState>,
+    /// When set, `Authorization: Bearer` tokens this server issued are accepted too (an
+    /// OAuth2 app's access).
+    pub oauth2: Mutex<Option<Arc<super::oauth2::FakeAuth>>>,
 }
 
 pub fn md5_hex(email: &str) -> String {
@@ -65,6 +68,7 @@ impl FakeMailchimp {
             api_key: api_key.into(),
             list: list.into(),
             state: Mutex::new(McState::default()),
+            oauth2: Mutex::new(None),
         })
     }
 
@@ -123,8 +127,15 @@ async fn handle(
     headers: HeaderMap,
     body: String,
 ) -> Response {
+    let bearer_ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .zip(mc.oauth2.lock().unwrap().clone())
+        .is_some_and(|(token, auth)| auth.valid_access(token));
     let mut state = mc.state.lock().unwrap();
-    let response = if basic_password(&headers).as_deref() != Some(mc.api_key.as_str()) {
+    let response = if !bearer_ok && basic_password(&headers).as_deref() != Some(mc.api_key.as_str())
+    {
         problem(
             StatusCode::UNAUTHORIZED,
             "API Key Invalid",

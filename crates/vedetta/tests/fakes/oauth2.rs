@@ -80,6 +80,16 @@ impl FakeAuth {
         self.state.lock().unwrap().access.clear();
     }
 
+    /// Whether `token` is a live access token (for other fakes that trust this server).
+    pub fn valid_access(&self, token: &str) -> bool {
+        let lifetime = *self.lifetime.lock().unwrap();
+        let state = self.state.lock().unwrap();
+        state
+            .access
+            .get(token)
+            .is_some_and(|at| at.elapsed() < lifetime)
+    }
+
     pub fn current_refresh(&self) -> Option<String> {
         self.state.lock().unwrap().current_refresh.clone()
     }

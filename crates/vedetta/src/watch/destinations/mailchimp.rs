@@ -116,7 +116,7 @@ pub fn member_hash(email: &str) -> String {
 }
 
 impl MailchimpConfig {
-    fn validate(&self) -> anyhow::Result<(reqwest::Url, Option<Secret>, Duration)> {
+    pub(super) fn validate(&self) -> anyhow::Result<(reqwest::Url, Option<Secret>, Duration)> {
         let name = &self.name;
         if self.list_id.is_empty()
             || self.list_id.len() > 32

@@ -143,9 +143,9 @@ impl DestinationConfig {
             DestinationConfig::Alertmanager(c) => c.validate().map(drop),
             DestinationConfig::Webhook(c) => c.validate().map(drop),
             DestinationConfig::Inbox(_) => Ok(()),
-            // Building checks every key (and that an `*_env` variable is set).
+            // Every key, and that a named `*_env` variable is set.
             DestinationConfig::ActiveCampaign(c) => c.validate().map(drop),
-            DestinationConfig::Mailchimp(c) => mailchimp::Mailchimp::new(c, None).map(drop),
+            DestinationConfig::Mailchimp(c) => c.validate().map(drop),
         }
     }
 }
