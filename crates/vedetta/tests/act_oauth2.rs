@@ -165,10 +165,27 @@ async fn concurrent_calls_never_spend_one_refresh_token_twice() {
     for call in calls {
         call.await.unwrap().unwrap();
     }
+    {
+        let state = auth.state.lock().unwrap();
+        assert_eq!(state.issued, 1, "one refresh for 16 concurrent calls");
+        assert!(state.token_statuses.iter().all(|&s| s == 200));
+        assert_eq!(state.received.len(), 16);
+    }
+    // Revoked: 16 concurrent 401s cost one refresh, not sixteen.
+    auth.revoke_access();
+    let calls: Vec<_> = (16..32)
+        .map(|i| {
+            let hook = hook.clone();
+            tokio::spawn(async move { hook.deliver(&note(&format!("c{i}"))).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
     let state = auth.state.lock().unwrap();
-    assert_eq!(state.issued, 1, "one refresh for 16 concurrent calls");
+    assert_eq!(state.issued, 2, "one refresh for 16 concurrent 401s");
     assert!(state.token_statuses.iter().all(|&s| s == 200));
-    assert_eq!(state.received.len(), 16);
+    assert_eq!(state.received.len(), 32);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

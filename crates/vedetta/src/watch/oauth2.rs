@@ -217,6 +217,18 @@ struct TokenResponse {
     refresh_token: Option<String>,
 }
 
+/// When [`OAuth2Client::fetch`] goes to the token endpoint.
+#[derive(Clone, Copy)]
+enum Fresh<'a> {
+    /// When there is no token or it is due for refresh.
+    IfDue,
+    /// Always.
+    Always,
+    /// Also when the cached token is this one (refused with a 401); not when another call
+    /// has replaced it meanwhile, so that concurrent 401s cost one refresh.
+    Replacing(&'a Secret),
+}
+
 /// One destination's OAuth2 client: its token cache, its refresh token, its lock.
 #[derive(Debug)]
 pub struct OAuth2Client {
@@ -305,16 +317,32 @@ impl OAuth2Client {
         client: &reqwest::Client,
         force: bool,
     ) -> Result<Secret, DeliveryError> {
+        self.fetch(client, if force { Fresh::Always } else { Fresh::IfDue })
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        client: &reqwest::Client,
+        fresh: Fresh<'_>,
+    ) -> Result<Secret, DeliveryError> {
         let mut state = self.state.lock().await;
         self.load(&mut state)?;
         if state.unsaved {
             self.save(&mut state)?;
         }
         if let Some(t) = state.access.as_ref()
-            && !force
             && Instant::now() < t.refresh_at
         {
-            return Ok(t.access_token.clone());
+            let usable = match fresh {
+                Fresh::IfDue => true,
+                Fresh::Always => false,
+                // Another call refreshed since this one was refused: use its token.
+                Fresh::Replacing(refused) => t.access_token.expose() != refused.expose(),
+            };
+            if usable {
+                return Ok(t.access_token.clone());
+            }
         }
         state.access = None;
         let c = &self.config;
@@ -424,7 +452,7 @@ impl OAuth2Client {
         if response.status() != reqwest::StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        let token = self.token(client, true).await?;
+        let token = self.fetch(client, Fresh::Replacing(&token)).await?;
         let response = build(&token)
             .send()
             .await
