@@ -5,8 +5,9 @@
 //! [`super::destinations::build_crm_all`] (name → `Arc<dyn CrmDestination>`), then for each
 //! due batch call [`CrmDestination::push`] with a [`CrmBatch`] of at most
 //! [`CrmDestination::max_batch_users`] users, from the outbox sender (one attempt per call,
-//! the same [`DeliveryError`] contract as [`super::destination::Destination`]). A batch is
-//! plain serde data, so it can travel in an outbox entry as it is.
+//! the same [`DeliveryError`] contract as [`super::destination::Destination`]). A batch
+//! carries identity, so on disk (an outbox entry) it is stored sealed: [`CrmBatch::seal`]
+//! and [`CrmBatch::open`].
 //!
 //! Only users with marketing consent belong in a batch, and a user without an `email` is
 //! skipped by every CRM here, since a CRM keys its contacts by e-mail. Identity (`email`, `crm_id`) never appears in errors,
@@ -202,6 +203,48 @@ impl CrmBatch {
     }
 }
 
+/// Version of a stored batch (`[format][sealed JSON]`).
+pub const CRM_BATCH_FORMAT: u8 = 1;
+const BATCH_CONTEXT: &str = "crm_batch";
+
+/// Why stored bytes are not a batch.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoredBatchError {
+    #[error("a stored CRM batch of format {0}; this build reads format {CRM_BATCH_FORMAT}")]
+    Format(u8),
+    #[error("an empty stored CRM batch")]
+    Empty,
+    #[error("a stored CRM batch does not open: {0}")]
+    Sealed(#[from] crate::crypto::CryptoError),
+    #[error("a stored CRM batch does not decode: {0}")]
+    Body(String),
+}
+
+impl CrmBatch {
+    /// The batch as it may rest on disk (an outbox entry): identity is sealed, so the whole
+    /// batch is, under `privacy.encryption_key` (context `["crm_batch"]`).
+    pub fn seal(&self, crypto: &crate::crypto::Crypto) -> Result<Vec<u8>, StoredBatchError> {
+        let json = serde_json::to_vec(self).map_err(|e| StoredBatchError::Body(e.to_string()))?;
+        let sealed = crypto.seal(&[BATCH_CONTEXT], &json)?;
+        let mut out = Vec::with_capacity(1 + sealed.len());
+        out.push(CRM_BATCH_FORMAT);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Reads what [`CrmBatch::seal`] wrote.
+    pub fn open(crypto: &crate::crypto::Crypto, bytes: &[u8]) -> Result<Self, StoredBatchError> {
+        match bytes.split_first() {
+            None => Err(StoredBatchError::Empty),
+            Some((&CRM_BATCH_FORMAT, sealed)) => {
+                let json = crypto.open(&[BATCH_CONTEXT], sealed)?;
+                serde_json::from_slice(&json).map_err(|e| StoredBatchError::Body(e.to_string()))
+            }
+            Some((&other, _)) => Err(StoredBatchError::Format(other)),
+        }
+    }
+}
+
 /// Replaces each of `emails` (ASCII case-insensitively) in `text` with `<email>`.
 pub fn scrub<'a>(text: &str, emails: impl Iterator<Item = &'a str>) -> String {
     let mut out = text.to_owned();
@@ -297,6 +340,31 @@ mod tests {
         );
         assert_eq!(batch.reachable().count(), 1);
         batch.validate().unwrap();
+    }
+
+    #[test]
+    fn stored_batches_are_sealed_and_versioned() {
+        let crypto = crate::crypto::Crypto::from_hex(&"ab".repeat(32), &[]).unwrap();
+        let batch = CrmBatch {
+            id: "b1".into(),
+            trigger: "t".into(),
+            users: vec![user("u1", Some("anna@example.it"))],
+        };
+        let stored = batch.seal(&crypto).unwrap();
+        assert_eq!(stored[0], CRM_BATCH_FORMAT);
+        assert!(!stored.windows(4).any(|w| w == b"anna"));
+        assert_eq!(CrmBatch::open(&crypto, &stored).unwrap(), batch);
+        let mut future = stored.clone();
+        future[0] = 9;
+        assert_eq!(
+            CrmBatch::open(&crypto, &future),
+            Err(StoredBatchError::Format(9))
+        );
+        let other = crate::crypto::Crypto::from_hex(&"cd".repeat(32), &[]).unwrap();
+        assert!(matches!(
+            CrmBatch::open(&other, &stored),
+            Err(StoredBatchError::Sealed(_))
+        ));
     }
 
     #[test]
