@@ -113,7 +113,7 @@ struct PacerState {
 }
 
 /// Slack between our window and the receiver's (connection set-up, scheduling).
-const WINDOW_MARGIN: Duration = Duration::from_millis(50);
+const WINDOW_MARGIN: Duration = Duration::from_millis(100);
 
 impl Pacer {
     /// Waits for this request's slot.
