@@ -59,6 +59,10 @@ pub struct AppState {
     pub log: Arc<EventLog>,
     pub writer: GroupCommitWriter,
     pub pseudonymizer: Pseudonymizer,
+    /// Seals identity and stored secrets (`privacy.encryption_key`; docs/crm.md).
+    pub crypto: Arc<crate::crypto::Crypto>,
+    /// Where rotated OAuth2 refresh tokens are kept (CRM destinations are built with it).
+    pub token_vault: Arc<crate::watch::oauth2::TokenVault>,
     pub limits: IntakeLimits,
     pub clock: Arc<dyn Clock>,
     /// Budget of body bytes being read or parsed at once, in KiB permits.
@@ -195,7 +199,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
     )?);
     let token_vault = Arc::new(crate::watch::oauth2::TokenVault::open(
         &config.data_dir,
-        crypto,
+        crypto.clone(),
     )?);
     let destinations = crate::watch::destinations::build_all_in(
         &config.alerts.destinations,
@@ -236,6 +240,8 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         ..IntakeLimits::default()
     };
     let state = Arc::new(AppState {
+        crypto,
+        token_vault: token_vault.clone(),
         body_budget: Semaphore::new(config.ingest.max_inflight_body_bytes / 1024),
         calendar: WindowCalendar::new(config.pipeline.rules.time_zone.clone()),
         kpi_store,
