@@ -950,6 +950,28 @@ mod tests {
     }
 
     #[test]
+    fn the_encryption_key_comes_from_the_environment_and_bad_ones_are_named() {
+        let key = "ab".repeat(32);
+        let config = load_from(
+            None,
+            &env(&[("VEDETTA_PRIVACY__ENCRYPTION_KEY", &key)]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(config.privacy.encryption_key.as_deref(), Some(key.as_str()));
+        assert!(!format!("{:?}", config.privacy).contains(&key));
+        let err = load_from(
+            None,
+            &env(&[("VEDETTA_PRIVACY__ENCRYPTION_KEY", "abcd")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("privacy.encryption_key:"), "{err}");
+        assert!(!err.contains("abcd"), "the key is not echoed: {err}");
+    }
+
+    #[test]
     fn connection_settings_have_defaults_and_bounds() {
         let config = load_from(None, &[], &Overrides::default()).unwrap();
         assert_eq!(config.server.header_timeout.as_secs(), 10);

@@ -2,7 +2,8 @@
 //! destination (ActiveCampaign, Mailchimp) implements.
 //!
 //! **Entry point for the trigger wiring**: build the CRM destinations once with
-//! [`super::destinations::build_crm_all`] (name → `Arc<dyn CrmDestination>`), then for each
+//! [`super::destinations::build_crm_all`] (name → `Arc<dyn CrmDestination>`; pass the
+//! server's `AppState::token_vault`, so rotated OAuth2 tokens persist), then for each
 //! due batch call [`CrmDestination::push`] with a [`CrmBatch`] of at most
 //! [`CrmDestination::max_batch_users`] users, from the outbox sender (one attempt per call,
 //! the same [`DeliveryError`] contract as [`super::destination::Destination`]). A batch
