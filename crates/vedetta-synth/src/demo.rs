@@ -38,7 +38,7 @@ pub const HISTORY_DAYS: i64 = 30;
 
 /// The history's session rate at intensity 1 (a weekday late morning): about 1.2 million
 /// records over 30 days, which the demo loads in seconds.
-pub const HISTORY_SESSIONS_PER_MINUTE: f64 = 7.5;
+pub const HISTORY_SESSIONS_PER_MINUTE: f64 = 8.7;
 
 /// The promotion day is this many (local) days before the history's last day.
 pub const PROMOTION_DAYS_BEFORE_END: i64 = 11;
@@ -58,7 +58,7 @@ pub const DRIFT_HOLD_MS: i64 = 20 * 60_000;
 pub const DRIFT_CPC_FACTOR: f64 = 7.0;
 /// Share of all sessions that the drifting campaign's extra budget buys at full drift, on
 /// top of its usual clicks.
-pub const DRIFT_EXTRA_CLICK_SHARE: f64 = 0.12;
+pub const DRIFT_EXTRA_CLICK_SHARE: f64 = 0.2;
 
 /// The promotion day's campaign (paid social), and the share of that day's sessions it brings.
 pub const PROMOTION_CAMPAIGN: &str = "festa_bottega_flash";
@@ -71,11 +71,11 @@ pub const AFFILIATE_COMMISSION_PERCENT: u64 = 10;
 
 /// The events a session brings on average under the demo's settings (page views, funnel
 /// events, duplicates), to turn an event rate into a session rate.
-pub const EVENTS_PER_SESSION: f64 = 4.6;
+pub const EVENTS_PER_SESSION: f64 = 3.4;
 
 /// What makes demo traffic different from the flat traffic of `vedetta gen`; see the module
 /// documentation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DemoShape {
     /// Session starts follow the daily and weekly rhythm (else a constant rate).
     pub rhythm: bool,
@@ -153,6 +153,30 @@ pub fn drift_level(drift_from_ms: Option<i64>, t_ms: i64) -> f64 {
     }
 }
 
+/// Share of new sessions per channel, per thousand, in the demo: a shop that buys about
+/// half of its visits (paid search, social, display, affiliates), as growing Italian shops
+/// do; `vedetta gen` keeps the catalog's organic-heavy mix.
+pub fn channel_per_mille(channel: Channel) -> u32 {
+    match channel {
+        Channel::Organic => 190,
+        Channel::Direct => 110,
+        Channel::PaidSearch => 280,
+        Channel::Social => 190,
+        Channel::Email => 60,
+        Channel::Referral => 40,
+        Channel::Display => 80,
+        Channel::Affiliate => 50,
+    }
+}
+
+/// How much better than its channel a campaign's visitors convert in the demo: people who
+/// search for the shop's own name mean to buy (brand search converts about twice as well as
+/// generic search in most accounts; the factor applies to adding to the cart and to checking
+/// out, so 1.4 doubles the conversion rate).
+pub fn conversion_factor(campaign: &CampaignSpec) -> f64 {
+    if is_drifting(campaign) { 1.4 } else { 1.0 }
+}
+
 /// The promotion day's campaign: an Instagram flash sale.
 pub(crate) static PROMOTION: CampaignSpec = CampaignSpec {
     channel: Channel::Social,
@@ -183,16 +207,16 @@ pub(crate) static AFFILIATE: CampaignSpec = CampaignSpec {
 /// e-commerce (docs/demo.md). Campaigns outside the table (none in the catalog) cost 0.
 pub fn cost_per_click_cents(campaign: &CampaignSpec) -> u64 {
     match (campaign.channel, campaign.name) {
-        (Channel::PaidSearch, "brand_search_it") => 55,
-        (Channel::PaidSearch, "saldi_invernali_2024") => 95,
-        (Channel::PaidSearch, "black_friday_2024") => 110,
-        (Channel::PaidSearch, "scarpe_generica_bing") => 80,
-        (Channel::Social, "primavera_estate_2024") => 80,
-        (Channel::Social, "retargeting_carrello") => 70,
-        (Channel::Social, "saldi_tiktok_2024") => 90,
-        (Channel::Social, PROMOTION_CAMPAIGN) => 60,
-        (Channel::Display, "remarketing_display") => 95,
-        (Channel::Display, "black_friday_2024") => 120,
+        (Channel::PaidSearch, "brand_search_it") => 115,
+        (Channel::PaidSearch, "saldi_invernali_2024") => 140,
+        (Channel::PaidSearch, "black_friday_2024") => 160,
+        (Channel::PaidSearch, "scarpe_generica_bing") => 140,
+        (Channel::Social, "primavera_estate_2024") => 85,
+        (Channel::Social, "retargeting_carrello") => 85,
+        (Channel::Social, "saldi_tiktok_2024") => 85,
+        (Channel::Social, PROMOTION_CAMPAIGN) => 70,
+        (Channel::Display, "remarketing_display") => 80,
+        (Channel::Display, "black_friday_2024") => 80,
         _ => 0,
     }
 }

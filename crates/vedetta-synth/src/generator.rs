@@ -173,7 +173,7 @@ impl Generator {
         let delivery_rng = Rng::seeded(seeds.next_u64());
         let spend_rng = Rng::seeded(seeds.next_u64());
         let order_rng = Rng::seeded(seeds.next_u64());
-        let demo = config.demo.clone().map(|shape| {
+        let demo = config.demo.map(|shape| {
             let campaigns = demo::spend_campaigns();
             DemoState {
                 rhythm_rng: Rng::seeded(seeds.next_u64()),

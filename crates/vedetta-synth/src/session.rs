@@ -158,16 +158,23 @@ pub(crate) fn plan_session(
     let typed_in = returning && rng.chance(RETURN_DIRECT);
     let channel_spec = if typed_in {
         &DIRECT_VISIT
-    } else if returning {
-        rng.pick_weighted(&CHANNELS, |c| {
-            if c.channel == Channel::Direct {
-                0
-            } else {
-                c.sessions_per_mille
-            }
-        })
     } else {
-        rng.pick_weighted(&CHANNELS, |c| c.sessions_per_mille)
+        // The demo's shop buys more of its traffic (see `demo::channel_per_mille`).
+        let share = |c: &ChannelSpec| match start.demo {
+            Some(_) => crate::demo::channel_per_mille(c.channel),
+            None => c.sessions_per_mille,
+        };
+        if returning {
+            rng.pick_weighted(&CHANNELS, |c| {
+                if c.channel == Channel::Direct {
+                    0
+                } else {
+                    share(c)
+                }
+            })
+        } else {
+            rng.pick_weighted(&CHANNELS, share)
+        }
     };
     // The demo's forced landings: the promotion's campaign on its day, the drifting
     // campaign's extra clicks. Without a demo nothing is drawn, so the output stays the same.
@@ -226,7 +233,10 @@ pub(crate) fn plan_session(
         out,
     };
 
-    let propensity = propensity(channel_spec, start.user.user_agent.device);
+    let mut propensity = propensity(channel_spec, start.user.user_agent.device);
+    if let (Some(_), Some(campaign)) = (start.demo, campaign) {
+        propensity *= crate::demo::conversion_factor(campaign);
+    }
     let mut t = start.start_ms;
 
     // Browsing.
