@@ -128,6 +128,15 @@ pub fn live_config(seed: u64, start_ms: i64, events_per_second: f64) -> SynthCon
     }
 }
 
+/// The history's event rate (events per second, duplicates included) around `t_ms`, for a
+/// history ending at `end_ms`: what a live rate must be for the live part to continue the
+/// history at the same level (about 0.05 at night to 0.9 in the evening; the 30-day mean is
+/// about 0.45). The default live rate of a few events per second is several times this.
+pub fn history_events_per_second(end_ms: i64, t_ms: i64) -> f64 {
+    let intensity = crate::rhythm::intensity(t_ms, Some(promotion_day(end_ms)));
+    HISTORY_SESSIONS_PER_MINUTE * intensity * EVENTS_PER_SESSION / 60.0
+}
+
 /// The local day of the promotion for a history ending at `end_ms`.
 pub fn promotion_day(end_ms: i64) -> i64 {
     LocalTime::of(end_ms - 1).day - PROMOTION_DAYS_BEFORE_END

@@ -120,6 +120,25 @@ fn volume_fits_the_load_budget() {
 }
 
 #[test]
+fn the_history_rate_near_its_end_is_what_history_events_per_second_says() {
+    let from = END_MS - 3 * 3_600_000;
+    let events = history()
+        .iter()
+        .filter(|a| matches!(a.record, SynthRecord::Event(_)) && a.arrival_ms >= from)
+        .count() as f64;
+    let measured = events / (3.0 * 3_600.0);
+    let expected = (0..180)
+        .map(|m| demo::history_events_per_second(END_MS, from + m * 60_000))
+        .sum::<f64>()
+        / 180.0;
+    println!("last three hours: {measured:.3} events/s, expected {expected:.3}");
+    assert!(
+        (measured / expected - 1.0).abs() < 0.15,
+        "{measured} vs {expected}"
+    );
+}
+
+#[test]
 fn cpa_per_channel_lands_in_italian_e_commerce_ranges() {
     let money = money_by_channel(week_truth());
     for (channel, m) in &money {
@@ -281,26 +300,34 @@ fn the_history_has_a_daily_and_weekly_rhythm() {
     println!("mornings: sunday {sunday_morning:.0} weekday {weekday_morning:.0}");
     assert!(sunday_morning < 0.65 * weekday_morning);
 
+    // Payday, the day after and the promotion against ordinary days of the same weekday.
     let whole = 0..24;
-    let ordinary_weekday = mean(&weekday, whole.clone());
+    let compare = |day: i64| -> f64 {
+        let weekday = day_facts(day).weekday;
+        let usual = mean(
+            &|d| ordinary(d) && day_facts(d).weekday == weekday,
+            whole.clone(),
+        );
+        at(day, whole.clone()) as f64 / usual
+    };
     let day_of_month = |n: u32| {
         days.iter()
             .copied()
             .find(|d| day_facts(*d).day_of_month == n)
-            .map_or(0, |d| at(d, whole.clone())) as f64
     };
-    let (payday, after) = (day_of_month(27), day_of_month(28));
-    let promotion_day = at(promotion, whole.clone()) as f64;
+    let payday = day_of_month(27)
+        .map(compare)
+        .expect("the history holds a 27th");
+    let after = day_of_month(28)
+        .map(compare)
+        .expect("the history holds a 28th");
+    let promotion_day = compare(promotion);
     println!(
-        "per day: weekday {ordinary_weekday:.0} 27th {payday} 28th {after} promotion {promotion_day}"
+        "per day, against the usual: 27th {payday:.2} 28th {after:.2} promotion {promotion_day:.2}"
     );
-    // 2026-11-27 is a Friday, the 28th a Saturday: both compare with ordinary weekdays.
-    assert!(payday > 1.18 * ordinary_weekday, "payday {payday}");
-    assert!(after > 1.05 * ordinary_weekday, "28th {after}");
-    assert!(
-        promotion_day > 2.2 * ordinary_weekday,
-        "promotion {promotion_day}"
-    );
+    assert!(payday > 1.18, "payday {payday}");
+    assert!(after > 1.05, "28th {after}");
+    assert!(promotion_day > 2.2, "promotion {promotion_day}");
     // The promotion brings its own campaign, only on its day.
     let promoted: Vec<i64> = history()
         .iter()
