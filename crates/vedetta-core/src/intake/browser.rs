@@ -77,6 +77,7 @@ pub fn anonymous_udid(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

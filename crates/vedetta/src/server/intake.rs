@@ -33,7 +33,7 @@ use vedetta_store::{AppendError, EncodedBatch};
 
 /// Which intake endpoint a request came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub(super) enum Endpoint {
     Events,
     Costs,
 }
@@ -76,12 +76,19 @@ pub struct RejectedItem {
 )]
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    peer: Option<axum::Extension<super::listener::PeerAddress>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(site) = super::auth::query_value(uri.query().unwrap_or(""), "site") {
+        let peer = peer.map(|axum::Extension(p)| p.0);
+        return super::site_intake::post_site_events(&state, &site, &uri, peer, &headers, body)
+            .await;
+    }
     respond(
         &state,
-        accept(&state, &headers, body, Endpoint::Events).await,
+        accept(&state, &headers, body, Endpoint::Events, None).await,
     )
 }
 
@@ -110,11 +117,11 @@ pub async fn post_costs(
 ) -> Response {
     respond(
         &state,
-        accept(&state, &headers, body, Endpoint::Costs).await,
+        accept(&state, &headers, body, Endpoint::Costs, None).await,
     )
 }
 
-fn respond(state: &AppState, result: Result<IntakeResponse, ApiError>) -> Response {
+pub(super) fn respond(state: &AppState, result: Result<IntakeResponse, ApiError>) -> Response {
     match result {
         Ok(response) => {
             let status = if response.accepted > 0 {
@@ -137,15 +144,23 @@ fn respond(state: &AppState, result: Result<IntakeResponse, ApiError>) -> Respon
     }
 }
 
-async fn accept(
+/// What a browser request with a site key brings to intake (`site_intake`).
+pub(super) struct BrowserRequest<'a> {
+    pub context: vedetta_core::intake::browser::BrowserContext<'a>,
+    pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
+}
+
+pub(super) async fn accept(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
+    browser: Option<&BrowserRequest<'_>>,
 ) -> Result<IntakeResponse, ApiError> {
     let format = body_format(headers)?;
     let gzip = content_encoding_is_gzip(headers)?;
-    let max_body = state.config.ingest.max_body_bytes;
+    let max_body = browser.map_or(state.config.ingest.max_body_bytes, |b| b.max_body_bytes);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -171,14 +186,28 @@ async fn accept(
     };
 
     let now_ms = state.clock.now_ms();
+    let browser_limits;
+    let limits = match browser {
+        Some(b) => {
+            browser_limits = vedetta_core::intake::IntakeLimits {
+                max_events_per_request: b.max_events_per_request,
+                ..state.limits.clone()
+            };
+            &browser_limits
+        }
+        None => &state.limits,
+    };
     let ctx = IntakeContext {
         now_ms,
         pseudonymizer: &state.pseudonymizer,
-        limits: &state.limits,
+        limits,
     };
-    let judged = match endpoint {
-        Endpoint::Events => intake::judge_events(&bytes, format, &ctx),
-        Endpoint::Costs => intake::judge_spend(&bytes, format, &ctx),
+    let judged = match (endpoint, browser) {
+        (Endpoint::Events, Some(b)) => {
+            intake::judge_browser_events(&bytes, format, &ctx, &b.context)
+        }
+        (Endpoint::Events, None) => intake::judge_events(&bytes, format, &ctx),
+        (Endpoint::Costs, _) => intake::judge_spend(&bytes, format, &ctx),
     }
     .map_err(|e| {
         if e.is_too_large() {
@@ -302,7 +331,9 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
         .trim()
         .to_ascii_lowercase();
     match media.as_str() {
-        "application/json" | "text/json" => Ok(BodyFormat::Json),
+        // `text/plain` is what `navigator.sendBeacon` sends for a string body (and what a
+        // cross-origin `fetch` may send without a preflight): read as JSON.
+        "application/json" | "text/json" | "text/plain" => Ok(BodyFormat::Json),
         "application/x-ndjson"
         | "application/ndjson"
         | "application/jsonl"
