@@ -43,6 +43,9 @@ pub struct RawConfig {
     pub alerts: crate::watch::config::RawAlerts,
     /// `[[sites]]`: public site keys for the browser tracker.
     pub sites: Option<Vec<crate::sources::sites::RawSite>>,
+    /// `[sources.*]`: webhook sources (Shopify).
+    #[serde(default)]
+    pub sources: crate::sources::RawSources,
 }
 
 /// How connections are held and let go (see `server::listener`).
@@ -162,6 +165,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub alerts: crate::watch::config::AlertsConfig,
     pub sites: Vec<crate::sources::sites::Site>,
+    pub sources: crate::sources::SourcesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -592,6 +596,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
     }
     let sites = crate::sources::sites::validate(raw.sites.unwrap_or_default())
         .map_err(|(key, message)| bad(&key, message))?;
+    let sources = crate::sources::SourcesConfig::from_raw(raw.sources)
+        .map_err(|(key, message)| bad(&key, message))?;
     let alerts = crate::watch::config::AlertsConfig::from_raw(raw.alerts, &listen.to_string())
         .map_err(|(key, message)| bad(&key, message))?;
     Ok(Config {
@@ -646,6 +652,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         server,
         alerts,
         sites,
+        sources,
     })
 }
 

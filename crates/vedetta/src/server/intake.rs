@@ -159,8 +159,25 @@ pub(super) async fn accept(
     browser: Option<&BrowserRequest<'_>>,
 ) -> Result<IntakeResponse, ApiError> {
     let format = body_format(headers)?;
-    let gzip = content_encoding_is_gzip(headers)?;
     let max_body = browser.map_or(state.config.ingest.max_body_bytes, |b| b.max_body_bytes);
+    // Memory for this body is reserved as it arrives; when the budget is spent, the client
+    // is asked to come back rather than the server growing without bound. The reservation
+    // is held until the answer (the records it became are in memory until then).
+    let mut reservation = BodyBudget::new(&state.body_budget);
+    let bytes = read_body(state, headers, body, max_body, &mut reservation).await?;
+    judge_and_store(state, &bytes, format, endpoint, browser).await
+}
+
+/// Reads a request body within `max_body` bytes, the memory budget and the pace bounds,
+/// and undoes `gzip`.
+pub(super) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    max_body: usize,
+    reservation: &mut BodyBudget<'_>,
+) -> Result<Vec<u8>, ApiError> {
+    let gzip = content_encoding_is_gzip(headers)?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -170,21 +187,28 @@ pub(super) async fn accept(
     {
         return Err(too_large(length, max_body));
     }
-    // Memory for this body is reserved as it arrives; when the budget is spent, the client
-    // is asked to come back rather than the server growing without bound. The reservation
-    // is held until the answer (the records it became are in memory until then).
-    let mut reservation = BodyBudget::new(&state.body_budget);
     let pace = BodyPace {
         stall: state.config.ingest.body_timeout,
         min_bytes_per_second: state.config.ingest.min_body_rate_bytes_per_second,
     };
-    let raw = read_limited(body, max_body, pace, &mut reservation).await?;
-    let bytes = if gzip {
-        gunzip_limited(&raw, max_body, &mut reservation)?
+    let raw = read_limited(body, max_body, pace, reservation).await?;
+    if gzip {
+        gunzip_limited(&raw, max_body, reservation)
     } else {
-        raw
-    };
+        Ok(raw)
+    }
+}
 
+/// Judges a body of events (or spend records), stores what is accepted and answers once it
+/// is durable. Sources that map another payload to events (Shopify, mapped webhooks) call
+/// this with the mapped body.
+pub(super) async fn judge_and_store(
+    state: &AppState,
+    bytes: &[u8],
+    format: BodyFormat,
+    endpoint: Endpoint,
+    browser: Option<&BrowserRequest<'_>>,
+) -> Result<IntakeResponse, ApiError> {
     let now_ms = state.clock.now_ms();
     let browser_limits;
     let limits = match browser {
@@ -204,10 +228,10 @@ pub(super) async fn accept(
     };
     let judged = match (endpoint, browser) {
         (Endpoint::Events, Some(b)) => {
-            intake::judge_browser_events(&bytes, format, &ctx, &b.context)
+            intake::judge_browser_events(bytes, format, &ctx, &b.context)
         }
-        (Endpoint::Events, None) => intake::judge_events(&bytes, format, &ctx),
-        (Endpoint::Costs, _) => intake::judge_spend(&bytes, format, &ctx),
+        (Endpoint::Events, None) => intake::judge_events(bytes, format, &ctx),
+        (Endpoint::Costs, _) => intake::judge_spend(bytes, format, &ctx),
     }
     .map_err(|e| {
         if e.is_too_large() {
@@ -216,7 +240,6 @@ pub(super) async fn accept(
             ApiError::BadRequest(e.to_string())
         }
     })?;
-    drop(bytes);
     let Judged { records, rejected } = judged;
 
     let counters = &state.counters;
@@ -375,14 +398,14 @@ fn too_large(length: usize, limit: usize) -> ApiError {
 
 /// This request's share of the budget of body bytes in memory (`AppState::body_budget`,
 /// in KiB permits), grown as bytes arrive and given back when dropped.
-struct BodyBudget<'a> {
+pub(super) struct BodyBudget<'a> {
     budget: &'a Semaphore,
     held: Option<SemaphorePermit<'a>>,
     bytes: usize,
 }
 
 impl<'a> BodyBudget<'a> {
-    fn new(budget: &'a Semaphore) -> Self {
+    pub(super) fn new(budget: &'a Semaphore) -> Self {
         Self {
             budget,
             held: None,

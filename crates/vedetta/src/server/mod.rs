@@ -8,6 +8,7 @@
 //! - `OPTIONS /v1/events?site=KEY`: the CORS preflight of the browser tracker; a `POST` with
 //!   a public site key instead of a server key is a browser's ([`site_intake`]).
 //! - `GET /v1/tracker.js`: the browser tracker, no authentication.
+//! - `POST /v1/sources/shopify`: Shopify's order webhooks, authenticated by their HMAC.
 //! - `GET /healthz`: liveness, no authentication.
 //! - `GET /`: the live dashboard (assets embedded; no authentication for the page itself,
 //!   its API calls carry the key).
@@ -38,6 +39,7 @@ mod openapi;
 mod site_intake;
 mod status;
 mod stream;
+mod webhooks;
 
 pub use error::ApiError;
 
@@ -94,6 +96,8 @@ pub struct AppState {
     pub watch_store: Arc<vedetta_store::WatchStore>,
     /// Public site keys of the browser tracker, and their per-address rates.
     pub sites: crate::sources::sites::Sites,
+    /// Deliveries of webhook sources, for `/metrics`.
+    pub source_counters: SourceCounters,
     watch_handle: std::sync::Mutex<Option<crate::watch::evaluation::Watch>>,
 }
 
@@ -103,6 +107,12 @@ impl std::fmt::Debug for AppState {
             .field("listen", &self.config.listen)
             .finish_non_exhaustive()
     }
+}
+
+/// Deliveries of webhook sources, by source.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    pub shopify: crate::sources::shopify::ShopifyCounters,
 }
 
 /// Opens the data directory and builds the state and the router.
@@ -247,6 +257,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         watch_store: watch.store.clone(),
         watch_handle: std::sync::Mutex::new(Some(watch)),
         sites: crate::sources::sites::Sites::new(config.sites.clone()),
+        source_counters: SourceCounters::default(),
         config,
         log,
         writer,
@@ -303,6 +314,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/docs/semantics.md", get(dashboard::semantics_md))
         .route("/v1/openapi.json", get(openapi::get_openapi))
         .route("/v1/tracker.js", get(crate::sources::tracker::get_tracker))
+        // Signed by Shopify (HMAC), not by a bearer key.
+        .route("/v1/sources/shopify", post(webhooks::post_shopify))
         .merge(api)
         .with_state(state)
 }
