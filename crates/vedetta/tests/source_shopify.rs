@@ -151,15 +151,7 @@ fn shopify_orders_are_verified_mapped_and_counted_once() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["accepted"], 1);
     assert_eq!(
-        deliver(
-            &http,
-            &server,
-            "orders/create",
-            "w-1",
-            &signature,
-            body
-        )
-        .0,
+        deliver(&http, &server, "orders/create", "w-1", &signature, body).0,
         200
     );
     let paid = order(1, "89.50", at + 5_000);
