@@ -29,6 +29,7 @@ pub mod intake;
 pub mod pipeline;
 pub mod privacy;
 pub mod record;
+pub mod sources;
 pub mod time;
 pub mod watch;
 

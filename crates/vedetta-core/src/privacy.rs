@@ -57,6 +57,20 @@ impl PseudonymKey {
         Self::from_bytes(id, &bytes)
     }
 
+    /// A keyed digest of several byte strings, each length-prefixed (so no two different
+    /// lists give the same input), under a purpose tag that keeps it apart from pseudonyms.
+    pub fn tagged_digest(&self, purpose: &str, parts: &[&[u8]]) -> [u8; 16] {
+        let mut mac = self.prepared.clone();
+        for part in std::iter::once(purpose.as_bytes()).chain(parts.iter().copied()) {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        let digest = mac.finalize().into_bytes();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        out
+    }
+
     /// The pseudonym of a `udid` under this key.
     pub fn pseudonym(&self, udid: &str) -> UserPseudonym {
         let mut mac = self.prepared.clone();

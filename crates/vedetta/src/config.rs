@@ -41,6 +41,11 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub alerts: crate::watch::config::RawAlerts,
+    /// `[[sites]]`: public site keys for the browser tracker.
+    pub sites: Option<Vec<crate::sources::sites::RawSite>>,
+    /// `[sources.*]`: webhook sources (Shopify).
+    #[serde(default)]
+    pub sources: crate::sources::RawSources,
 }
 
 /// How connections are held and let go (see `server::listener`).
@@ -51,6 +56,7 @@ pub struct RawServer {
     pub idle_timeout_seconds: Option<u64>,
     pub max_connections: Option<u64>,
     pub shutdown_deadline_seconds: Option<u64>,
+    pub trusted_proxy_hops: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +167,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub server: ServerConfig,
     pub alerts: crate::watch::config::AlertsConfig,
+    pub sites: Vec<crate::sources::sites::Site>,
+    pub sources: crate::sources::SourcesConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +184,9 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// After SIGTERM, open requests may finish until this deadline; then they are dropped.
     pub shutdown_deadline: std::time::Duration,
+    /// Reverse proxies in front of the server that append to `X-Forwarded-For`: the
+    /// client's address is the entry this many from the right. 0: the connection's peer.
+    pub trusted_proxy_hops: u8,
 }
 
 #[derive(Debug, Clone)]
@@ -575,6 +586,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             server.shutdown_deadline_seconds,
             10,
         )?,
+        trusted_proxy_hops: match server.trusted_proxy_hops {
+            Some(h) if h > 16 => {
+                return Err(bad("server.trusted_proxy_hops", "must be at most 16"));
+            }
+            h => h.unwrap_or(0),
+        },
     };
     let privacy = raw.privacy;
     if let Some(key) = &privacy.pseudonym_key
@@ -605,6 +622,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
             return Err(bad("privacy.previous_encryption_keys", e.to_string()));
         }
     }
+    let sites = crate::sources::sites::validate(raw.sites.unwrap_or_default())
+        .map_err(|(key, message)| bad(&key, message))?;
+    let sources = crate::sources::SourcesConfig::from_raw(raw.sources)
+        .map_err(|(key, message)| bad(&key, message))?;
     let alerts = crate::watch::config::AlertsConfig::from_raw(raw.alerts, &listen.to_string())
         .map_err(|(key, message)| bad(&key, message))?;
     Ok(Config {
@@ -660,6 +681,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         },
         server,
         alerts,
+        sites,
+        sources,
     })
 }
 

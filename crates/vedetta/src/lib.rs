@@ -13,5 +13,6 @@ mod geoip;
 mod processor;
 mod secrets;
 pub mod server;
+pub mod sources;
 mod telemetry;
 pub mod watch;

@@ -165,3 +165,117 @@ fn the_dashboard_shows_firing_alerts_opens_their_drill_down_and_manages_silences
     server.stop();
     assert_passed("alerts.test.mjs", &output);
 }
+
+/// The tracker in a real browser (`tests/browser/tracker.test.mjs`): a shop page on another
+/// origin loads `/v1/tracker.js` with a site key. Then what arrived is checked here: the
+/// purchase counts under the landing page's campaign, the cookieless visitor's events are
+/// marked as without consent, and the foreign origin's never arrived.
+#[test]
+fn the_tracker_sends_from_a_page_of_another_origin_with_and_without_consent() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let root = repository_root();
+    let browser_tests = root.join("tests/browser");
+    let chromium = browser_prerequisites(&browser_tests);
+
+    let page_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(
+        &config,
+        format!("[[sites]]\nkey = \"pub_test\"\norigins = [\"http://127.0.0.1:{page_port}\"]\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with_config_file(&data, &config, &[]);
+    let output = Command::new("node")
+        .arg("--test")
+        .arg("--test-reporter=spec")
+        .arg(browser_tests.join("tracker.test.mjs"))
+        .current_dir(&browser_tests)
+        .env("VEDETTA_URL", format!("http://{}", server.address))
+        .env("PAGE_PORT", page_port.to_string())
+        .env("SITE_KEY", "pub_test")
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("run node --test");
+    let http = client();
+    wait_processed(&http, &server);
+    let answer = support::get_json(
+        &http,
+        &server.url("/v1/kpis?granularity=1d&last=2d&group_by=channel,campaign"),
+    );
+    server.stop();
+    assert_passed("tracker.test.mjs", &output);
+
+    let rows = answer["rows"].as_array().unwrap();
+    let total = |campaign: &str, field: &str| -> f64 {
+        rows.iter()
+            .filter(|r| r["campaign"] == campaign)
+            .map(|r| match &r[field] {
+                // `events` counts by type.
+                serde_json::Value::Object(by_type) => {
+                    by_type.values().map(|n| n.as_f64().unwrap()).sum()
+                }
+                value => value.as_f64().unwrap(),
+            })
+            .sum()
+    };
+    let channels = |campaign: &str| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r["campaign"] == campaign)
+            .map(|r| r["channel"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Landing view, SPA view and purchase: all under the landing's paid-search campaign.
+    assert_eq!(total("tracker_brand", "events"), 3.0, "{answer}");
+    assert_eq!(total("tracker_brand", "conversions"), 1.0, "{answer}");
+    assert_eq!(total("tracker_brand", "revenue"), 89.5, "{answer}");
+    assert_eq!(channels("tracker_brand"), ["paid_search"], "{answer}");
+    assert_eq!(total("tracker_cookieless", "events"), 1.0, "{answer}");
+    assert_eq!(channels("tracker_cookieless"), ["email"], "{answer}");
+    assert_eq!(total("tracker_forbidden", "events"), 0.0, "{answer}");
+
+    // The log: one id for the consenting visitor, consent recorded; the cookieless one
+    // marked as refused.
+    let dump = Command::new(support::BIN)
+        .args(["log", "dump", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(dump.status.success());
+    let events: Vec<serde_json::Value> = String::from_utf8(dump.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    let landing = events
+        .iter()
+        .find(|e| e["utm_campaign"] == "tracker_brand")
+        .unwrap();
+    let consenting: Vec<_> = events
+        .iter()
+        .filter(|e| e["user"] == landing["user"])
+        .collect();
+    assert_eq!(consenting.len(), 3, "{events:?}");
+    assert!(consenting.iter().all(|e| e["consent"]["analytics"] == true));
+    let purchase = consenting.iter().find(|e| e["type"] == "purchase").unwrap();
+    assert_eq!(purchase["value"], 89.5);
+    assert!(
+        purchase["page"]
+            .as_str()
+            .unwrap()
+            .ends_with("/shop/product/42")
+    );
+    let cookieless = events
+        .iter()
+        .find(|e| e["utm_campaign"] == "tracker_cookieless")
+        .unwrap();
+    assert_eq!(cookieless["consent"]["analytics"], false);
+    assert_eq!(cookieless["consent"]["marketing"], false);
+    assert_ne!(cookieless["user"], landing["user"]);
+}

@@ -1,5 +1,6 @@
 //! The funnel event's fields (EVENTS.md, "Conversion-funnel event") and how each is read.
 
+use super::browser::BrowserContext;
 use super::object::{FieldTable, RawObject};
 use super::{FieldError, IntakeContext, fields};
 use crate::privacy::truncate_ip;
@@ -101,11 +102,21 @@ pub(super) static TABLE: FieldTable = FieldTable {
 /// Longest custom event type name.
 const MAX_TYPE_CHARS: usize = 64;
 
+/// One event from its fields. A browser request ([`BrowserContext`]) supplies the address,
+/// the user agent, a clock correction and, for a cookieless page, the id (see
+/// `super::browser`).
 pub(super) fn build(
     object: &RawObject<'_>,
     ctx: &IntakeContext<'_>,
+    browser: Option<&BrowserContext<'_>>,
 ) -> Result<LogRecord, FieldError> {
     let limits = ctx.limits;
+    let offset = browser.map_or(0, |b| b.clock_offset_ms);
+    // A page's `ts` is judged against the page's own "now", then moved onto the server's.
+    let page_ctx = IntakeContext {
+        now_ms: ctx.now_ms.saturating_sub(offset),
+        ..*ctx
+    };
     let required = |slot: usize| {
         object
             .get(slot)
@@ -117,8 +128,12 @@ pub(super) fn build(
     };
     let text = |slot: usize| optional_text(slot, limits.max_text_chars);
 
-    let (name, raw) = required(UDID)?;
-    let udid = fields::required_identifier(name, raw, limits.max_id_chars)?;
+    let udid = match (object.get(UDID), browser) {
+        (Some((name, raw)), _) => fields::required_identifier(name, raw, limits.max_id_chars)?,
+        (None, Some(browser)) => browser.anonymous_udid.to_string(),
+        (None, None) => return Err(FieldError::new("udid", "missing required field")),
+    };
+    let cookieless = browser.is_some() && object.get(UDID).is_none();
 
     let (name, raw) = required(TYPE)?;
     let kind = match fields::text(name, raw, MAX_TYPE_CHARS)? {
@@ -127,7 +142,8 @@ pub(super) fn build(
     };
 
     let (name, raw) = required(TS)?;
-    let ts = fields::timestamp(name, raw, ctx)?;
+    let ts = fields::timestamp(name, raw, &page_ctx)?;
+    let ts = crate::time::EventTime(ts.0.saturating_add(offset));
 
     let value = match object.get(VALUE) {
         Some((name, raw)) => fields::amount(name, raw)?,
@@ -146,13 +162,26 @@ pub(super) fn build(
         }
         None => Ok(None),
     };
-    let ip_network = match object.get(IP) {
-        Some((name, raw)) => fields::ip(name, raw)?.map(truncate_ip),
-        None => None,
+    let ip_network = match (browser, object.get(IP)) {
+        (Some(browser), _) => browser.ip.map(truncate_ip),
+        (None, Some((name, raw))) => fields::ip(name, raw)?.map(truncate_ip),
+        (None, None) => None,
     };
-    let consent = match object.get(CONSENT) {
+    let mut consent = match object.get(CONSENT) {
         Some((name, raw)) => fields::consent(name, raw)?,
         None => Default::default(),
+    };
+    if cookieless {
+        // No stored id means no consent to one: nothing of this visitor leaves Vedetta.
+        consent.analytics = Some(false);
+        consent.marketing = Some(false);
+    }
+    let user_agent = match browser {
+        Some(browser) => browser
+            .user_agent
+            .map(|ua| ua.chars().take(limits.max_text_chars).collect::<String>())
+            .filter(|ua| !ua.trim().is_empty()),
+        None => text(USER_AGENT)?,
     };
     let properties = match object.get(PROPERTIES) {
         Some((name, raw)) => fields::properties(name, raw, ctx)?,
@@ -176,7 +205,7 @@ pub(super) fn build(
         utm_term: text(UTM_TERM)?,
         gclid: text(GCLID)?,
         fbclid: text(FBCLID)?,
-        user_agent: text(USER_AGENT)?,
+        user_agent,
         device: text(DEVICE)?,
         ip_network,
         region: text(REGION)?,

@@ -12,6 +12,7 @@
 //! The output is already pseudonymized: the `udid` is replaced by its keyed pseudonym and
 //! the IP address truncated, so nothing personal reaches the log in clear.
 
+pub mod browser;
 mod event;
 mod fields;
 pub mod gzip;
@@ -173,7 +174,23 @@ pub fn judge_events(
     format: BodyFormat,
     ctx: &IntakeContext<'_>,
 ) -> Result<Judged, BodyError> {
-    judge(body, format, ctx, "events", &event::TABLE, event::build)
+    judge(body, format, ctx, "events", &event::TABLE, |object, ctx| {
+        event::build(object, ctx, None)
+    })
+}
+
+/// Judges a body of funnel events sent by a browser (the tracker): as [`judge_events`],
+/// with what the server knows about the request filling in what a page cannot know
+/// ([`browser::BrowserContext`]).
+pub fn judge_browser_events(
+    body: &[u8],
+    format: BodyFormat,
+    ctx: &IntakeContext<'_>,
+    browser: &browser::BrowserContext<'_>,
+) -> Result<Judged, BodyError> {
+    judge(body, format, ctx, "events", &event::TABLE, |object, ctx| {
+        event::build(object, ctx, Some(browser))
+    })
 }
 
 /// Judges a body of ad spend records.
@@ -188,15 +205,13 @@ pub fn judge_spend(
 /// The UTF-8 encoding of U+FEFF, which some tools write at the start of a file.
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-type Builder = fn(&RawObject<'_>, &IntakeContext<'_>) -> Result<LogRecord, FieldError>;
-
 fn judge(
     body: &[u8],
     format: BodyFormat,
     ctx: &IntakeContext<'_>,
     label: &str,
     table: &FieldTable,
-    build: Builder,
+    build: impl Fn(&RawObject<'_>, &IntakeContext<'_>) -> Result<LogRecord, FieldError>,
 ) -> Result<Judged, BodyError> {
     // Windows tools (Notepad, PowerShell's `Out-File`, Excel's CSV/JSON exports) start UTF-8
     // files with a byte-order mark; it is not JSON, but it is not the client's mistake either.

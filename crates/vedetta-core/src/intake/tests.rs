@@ -497,3 +497,76 @@ fn spend_records_are_judged_the_same_way() {
         errors[3]
     );
 }
+
+fn judge_browser(body: &str, browser: &browser::BrowserContext<'_>) -> Judged {
+    let p = pseudonymizer();
+    let limits = IntakeLimits::default();
+    let ctx = IntakeContext {
+        now_ms: NOW,
+        pseudonymizer: &p,
+        limits: &limits,
+    };
+    judge_browser_events(body.as_bytes(), BodyFormat::Json, &ctx, browser).unwrap()
+}
+
+#[test]
+fn a_browser_request_supplies_address_agent_and_clock_the_page_cannot_know() {
+    let browser = browser::BrowserContext {
+        ip: Some("93.44.10.77".parse().unwrap()),
+        user_agent: Some("Mozilla/5.0 (iPhone)"),
+        anonymous_udid: "anon:00",
+        // The page's clock is ten minutes behind the server's.
+        clock_offset_ms: 600_000,
+    };
+    // A ts ten minutes "in the past" by the page's clock is now by the server's; a ts the
+    // page thinks is 4 minutes ahead would be 14 minutes in the future uncorrected.
+    let page_now = NOW - 600_000;
+    let body = format!(
+        r#"[{{"udid":"u1","type":"page_view","ts":{page_now},"ip":"1.2.3.4","user_agent":"forged"}},
+            {{"udid":"u1","type":"page_view","ts":{}}}]"#,
+        page_now + 240_000
+    );
+    let judged = judge_browser(&body, &browser);
+    assert!(judged.rejected.is_empty(), "{:?}", judged.rejected);
+    let first = event(&judged, 0);
+    assert_eq!(first.ts.0, NOW);
+    assert_eq!(event(&judged, 1).ts.0, NOW + 240_000);
+    assert_eq!(first.ip_network, Some("93.44.10.0".parse().unwrap()));
+    assert_eq!(first.user_agent.as_deref(), Some("Mozilla/5.0 (iPhone)"));
+    assert_eq!(first.user, pseudonymizer().pseudonym("u1"));
+    // A sent consent is kept when the page stores an id.
+    assert_eq!(first.consent.analytics, None);
+}
+
+#[test]
+fn a_cookieless_browser_event_gets_the_anonymous_id_and_refused_consent() {
+    let browser = browser::BrowserContext {
+        ip: None,
+        user_agent: None,
+        anonymous_udid: "anon:abc",
+        clock_offset_ms: 0,
+    };
+    let body = format!(
+        r#"{{"type":"page_view","ts":{NOW},"consent":{{"analytics":true,"marketing":true}}}}"#
+    );
+    let judged = judge_browser(&body, &browser);
+    let e = event(&judged, 0);
+    assert_eq!(e.user, pseudonymizer().pseudonym("anon:abc"));
+    assert_eq!(e.consent.analytics, Some(false));
+    assert_eq!(e.consent.marketing, Some(false));
+    assert_eq!(e.ip_network, None);
+    // Outside the browser path a missing udid is still an error naming the field.
+    let plain = judge(
+        &format!(r#"{{"type":"page_view","ts":{NOW}}}"#),
+        BodyFormat::Json,
+    )
+    .unwrap();
+    assert_eq!(plain.rejected.len(), 1);
+    assert!(
+        plain.rejected[0]
+            .error
+            .contains("udid: missing required field"),
+        "{:?}",
+        plain.rejected
+    );
+}

@@ -98,6 +98,8 @@ fn dump(data_dir: &std::path::Path, from: u64, limit: u64) -> anyhow::Result<()>
                     "ip_network": e.ip_network.map(|ip| ip.to_string()),
                     "region": e.region,
                     "page": e.page,
+                    "utm_campaign": e.utm_campaign,
+                    "consent": {"analytics": e.consent.analytics, "marketing": e.consent.marketing},
                 }),
                 LogRecord::Spend(s) => json!({
                     "offset": offset,

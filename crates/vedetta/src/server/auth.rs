@@ -16,7 +16,8 @@ pub async fn require_key(
     next: Next,
 ) -> Response {
     let keys = &state.config.ingest.api_keys;
-    if keys.is_empty() {
+    if keys.is_empty() || is_site_request(&request) {
+        // Site-key requests are judged by the intake handler itself (origin, rate).
         return next.run(request).await;
     }
     let presented = request
@@ -45,6 +46,15 @@ pub async fn require_key(
     }
 }
 
+/// A browser's request with a public site key: `POST /v1/events?site=KEY` and its CORS
+/// preflight. Nothing else accepts a site key.
+fn is_site_request(request: &Request) -> bool {
+    request.uri().path() == "/v1/events"
+        && (request.method() == axum::http::Method::OPTIONS
+            || request.method() == axum::http::Method::POST
+                && query_value(request.uri().query().unwrap_or(""), "site").is_some())
+}
+
 /// The credentials of an `Authorization: Bearer <token>` header. The scheme is matched in
 /// any case, as RFC 9110 §11.1 says auth schemes are; the token is compared exactly.
 fn bearer_token(header: &str) -> Option<&str> {
@@ -57,29 +67,15 @@ fn bearer_token(header: &str) -> Option<&str> {
 
 /// The `access_token` query parameter, percent-decoded.
 fn access_token(query: &str) -> Option<String> {
+    query_value(query, "access_token")
+}
+
+/// The first value of query parameter `name`, percent-decoded (`None` when absent or not
+/// UTF-8 once decoded).
+pub(super) fn query_value(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
-        let value = pair.strip_prefix("access_token=")?;
-        let bytes = value.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-                    out.push(u8::from_str_radix(hex, 16).ok()?);
-                    i += 3;
-                }
-                b'+' => {
-                    out.push(b' ');
-                    i += 1;
-                }
-                b => {
-                    out.push(b);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8(out).ok()
+        let value = pair.strip_prefix(name)?.strip_prefix('=')?;
+        vedetta_core::sources::percent_decode(value)
     })
 }
 

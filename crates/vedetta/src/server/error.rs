@@ -17,6 +17,13 @@ pub enum ApiError {
     /// What the request names does not exist (a silence id).
     #[error("{0}")]
     NotFound(String),
+    /// The credentials are known but not for this request (a site key used from an origin
+    /// the site does not list).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a per-client rate; the client should retry after the given seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u32 },
     /// The request is fine but the state does not allow it now (too many silences).
     #[error("{0}")]
     Conflict(String),
@@ -74,6 +81,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -105,6 +114,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
         match &self {
             ApiError::Busy { retry_after_s, .. }
+            | ApiError::RateLimited { retry_after_s, .. }
             | ApiError::InsufficientStorage { retry_after_s, .. } => {
                 response
                     .headers_mut()

@@ -33,7 +33,7 @@ use vedetta_store::{AppendError, EncodedBatch};
 
 /// Which intake endpoint a request came to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub(super) enum Endpoint {
     Events,
     Costs,
 }
@@ -76,12 +76,19 @@ pub struct RejectedItem {
 )]
 pub async fn post_events(
     State(state): State<Arc<AppState>>,
+    uri: axum::http::Uri,
+    peer: Option<axum::Extension<super::listener::PeerAddress>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(site) = super::auth::query_value(uri.query().unwrap_or(""), "site") {
+        let peer = peer.map(|axum::Extension(p)| p.0);
+        return super::site_intake::post_site_events(&state, &site, &uri, peer, &headers, body)
+            .await;
+    }
     respond(
         &state,
-        accept(&state, &headers, body, Endpoint::Events).await,
+        accept(&state, &headers, body, Endpoint::Events, None).await,
     )
 }
 
@@ -110,11 +117,11 @@ pub async fn post_costs(
 ) -> Response {
     respond(
         &state,
-        accept(&state, &headers, body, Endpoint::Costs).await,
+        accept(&state, &headers, body, Endpoint::Costs, None).await,
     )
 }
 
-fn respond(state: &AppState, result: Result<IntakeResponse, ApiError>) -> Response {
+pub(super) fn respond(state: &AppState, result: Result<IntakeResponse, ApiError>) -> Response {
     match result {
         Ok(response) => {
             let status = if response.accepted > 0 {
@@ -137,15 +144,40 @@ fn respond(state: &AppState, result: Result<IntakeResponse, ApiError>) -> Respon
     }
 }
 
-async fn accept(
+/// What a browser request with a site key brings to intake (`site_intake`).
+pub(super) struct BrowserRequest<'a> {
+    pub context: vedetta_core::intake::browser::BrowserContext<'a>,
+    pub max_body_bytes: usize,
+    pub max_events_per_request: usize,
+}
+
+pub(super) async fn accept(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     endpoint: Endpoint,
+    browser: Option<&BrowserRequest<'_>>,
 ) -> Result<IntakeResponse, ApiError> {
     let format = body_format(headers)?;
+    let max_body = browser.map_or(state.config.ingest.max_body_bytes, |b| b.max_body_bytes);
+    // Memory for this body is reserved as it arrives; when the budget is spent, the client
+    // is asked to come back rather than the server growing without bound. The reservation
+    // is held until the answer (the records it became are in memory until then).
+    let mut reservation = BodyBudget::new(&state.body_budget);
+    let bytes = read_body(state, headers, body, max_body, &mut reservation).await?;
+    judge_and_store(state, &bytes, format, endpoint, browser).await
+}
+
+/// Reads a request body within `max_body` bytes, the memory budget and the pace bounds,
+/// and undoes `gzip`.
+pub(super) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    max_body: usize,
+    reservation: &mut BodyBudget<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let gzip = content_encoding_is_gzip(headers)?;
-    let max_body = state.config.ingest.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -155,30 +187,51 @@ async fn accept(
     {
         return Err(too_large(length, max_body));
     }
-    // Memory for this body is reserved as it arrives; when the budget is spent, the client
-    // is asked to come back rather than the server growing without bound. The reservation
-    // is held until the answer (the records it became are in memory until then).
-    let mut reservation = BodyBudget::new(&state.body_budget);
     let pace = BodyPace {
         stall: state.config.ingest.body_timeout,
         min_bytes_per_second: state.config.ingest.min_body_rate_bytes_per_second,
     };
-    let raw = read_limited(body, max_body, pace, &mut reservation).await?;
-    let bytes = if gzip {
-        gunzip_limited(&raw, max_body, &mut reservation)?
+    let raw = read_limited(body, max_body, pace, reservation).await?;
+    if gzip {
+        gunzip_limited(&raw, max_body, reservation)
     } else {
-        raw
-    };
+        Ok(raw)
+    }
+}
 
+/// Judges a body of events (or spend records), stores what is accepted and answers once it
+/// is durable. Sources that map another payload to events (Shopify, mapped webhooks) call
+/// this with the mapped body.
+pub(super) async fn judge_and_store(
+    state: &AppState,
+    bytes: &[u8],
+    format: BodyFormat,
+    endpoint: Endpoint,
+    browser: Option<&BrowserRequest<'_>>,
+) -> Result<IntakeResponse, ApiError> {
     let now_ms = state.clock.now_ms();
+    let browser_limits;
+    let limits = match browser {
+        Some(b) => {
+            browser_limits = vedetta_core::intake::IntakeLimits {
+                max_events_per_request: b.max_events_per_request,
+                ..state.limits.clone()
+            };
+            &browser_limits
+        }
+        None => &state.limits,
+    };
     let ctx = IntakeContext {
         now_ms,
         pseudonymizer: &state.pseudonymizer,
-        limits: &state.limits,
+        limits,
     };
-    let judged = match endpoint {
-        Endpoint::Events => intake::judge_events(&bytes, format, &ctx),
-        Endpoint::Costs => intake::judge_spend(&bytes, format, &ctx),
+    let judged = match (endpoint, browser) {
+        (Endpoint::Events, Some(b)) => {
+            intake::judge_browser_events(bytes, format, &ctx, &b.context)
+        }
+        (Endpoint::Events, None) => intake::judge_events(bytes, format, &ctx),
+        (Endpoint::Costs, _) => intake::judge_spend(bytes, format, &ctx),
     }
     .map_err(|e| {
         if e.is_too_large() {
@@ -187,7 +240,6 @@ async fn accept(
             ApiError::BadRequest(e.to_string())
         }
     })?;
-    drop(bytes);
     let Judged { records, rejected } = judged;
 
     let counters = &state.counters;
@@ -302,7 +354,9 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
         .trim()
         .to_ascii_lowercase();
     match media.as_str() {
-        "application/json" | "text/json" => Ok(BodyFormat::Json),
+        // `text/plain` is what `navigator.sendBeacon` sends for a string body (and what a
+        // cross-origin `fetch` may send without a preflight): read as JSON.
+        "application/json" | "text/json" | "text/plain" => Ok(BodyFormat::Json),
         "application/x-ndjson"
         | "application/ndjson"
         | "application/jsonl"
@@ -344,14 +398,14 @@ fn too_large(length: usize, limit: usize) -> ApiError {
 
 /// This request's share of the budget of body bytes in memory (`AppState::body_budget`,
 /// in KiB permits), grown as bytes arrive and given back when dropped.
-struct BodyBudget<'a> {
+pub(super) struct BodyBudget<'a> {
     budget: &'a Semaphore,
     held: Option<SemaphorePermit<'a>>,
     bytes: usize,
 }
 
 impl<'a> BodyBudget<'a> {
-    fn new(budget: &'a Semaphore) -> Self {
+    pub(super) fn new(budget: &'a Semaphore) -> Self {
         Self {
             budget,
             held: None,

@@ -91,10 +91,11 @@ pub async fn run(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => match open.clone().try_acquire_owned() {
+                Ok((stream, peer)) => match open.clone().try_acquire_owned() {
                     Ok(permit) => {
                         connections.spawn(serve_connection(
                             stream,
+                            peer,
                             router.clone(),
                             limits,
                             stop_rx.clone(),
@@ -190,9 +191,15 @@ fn refuse(mut stream: TcpStream, refusing: &Arc<Semaphore>, tasks: &mut JoinSet<
     });
 }
 
+/// The address of the connection's other end, set on every request (handlers that need
+/// the client's address read it; behind proxies see `server.trusted_proxy_hops`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddress(pub std::net::SocketAddr);
+
 /// Serves one connection until it ends, a timeout drops it, or shutdown closes it.
 async fn serve_connection(
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     router: Router,
     limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
@@ -205,8 +212,9 @@ async fn serve_connection(
     });
     let service = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             let guard = activity.request_started();
+            request.extensions_mut().insert(PeerAddress(peer));
             let router = router.clone();
             async move {
                 let response = match router.oneshot(request).await {

@@ -361,6 +361,18 @@ fn intake(state: &AppState, out: &mut Exposition) {
         );
     }
     out.family(
+        "vedetta_source_webhooks_total",
+        "counter",
+        "Webhook deliveries of sources, by source and outcome.",
+    );
+    for (outcome, count) in state.source_counters.shopify.snapshot() {
+        out.sample(
+            "vedetta_source_webhooks_total",
+            &[("source", "shopify"), ("outcome", outcome)],
+            count as f64,
+        );
+    }
+    out.family(
         "vedetta_intake_requests_throttled_total",
         "counter",
         "Requests answered 503 at a backpressure bound.",

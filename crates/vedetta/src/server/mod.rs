@@ -5,6 +5,10 @@
 //! - `GET /v1/kpis`: windowed KPIs by channel, campaign, device, region ([`kpis`]).
 //! - `GET /v1/status`: log and processing offsets, watermark, lag, counters, disk use.
 //! - `GET /v1/rejected`: the quarantine of refused events, newest first.
+//! - `OPTIONS /v1/events?site=KEY`: the CORS preflight of the browser tracker; a `POST` with
+//!   a public site key instead of a server key is a browser's ([`site_intake`]).
+//! - `GET /v1/tracker.js`: the browser tracker, no authentication.
+//! - `POST /v1/sources/shopify`: Shopify's order webhooks, authenticated by their HMAC.
 //! - `GET /healthz`: liveness, no authentication.
 //! - `GET /`: the live dashboard (assets embedded; no authentication for the page itself,
 //!   its API calls carry the key).
@@ -32,8 +36,10 @@ pub mod kpis;
 mod listener;
 mod metrics;
 mod openapi;
+mod site_intake;
 mod status;
 mod stream;
+mod webhooks;
 
 pub use error::ApiError;
 
@@ -92,6 +98,10 @@ pub struct AppState {
     sender_stop: Arc<tokio::sync::Notify>,
     sender_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub watch_store: Arc<vedetta_store::WatchStore>,
+    /// Public site keys of the browser tracker, and their per-address rates.
+    pub sites: crate::sources::sites::Sites,
+    /// Deliveries of webhook sources, for `/metrics`.
+    pub source_counters: SourceCounters,
     watch_handle: std::sync::Mutex<Option<crate::watch::evaluation::Watch>>,
 }
 
@@ -101,6 +111,12 @@ impl std::fmt::Debug for AppState {
             .field("listen", &self.config.listen)
             .finish_non_exhaustive()
     }
+}
+
+/// Deliveries of webhook sources, by source.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    pub shopify: crate::sources::shopify::ShopifyCounters,
 }
 
 /// Opens the data directory and builds the state and the router.
@@ -259,6 +275,8 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         sender_task: std::sync::Mutex::new(sender_task),
         watch_store: watch.store.clone(),
         watch_handle: std::sync::Mutex::new(Some(watch)),
+        sites: crate::sources::sites::Sites::new(config.sites.clone()),
+        source_counters: SourceCounters::default(),
         config,
         log,
         writer,
@@ -274,7 +292,10 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
 /// The routes, as a value (tests call it without a socket).
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
-        .route("/v1/events", post(intake::post_events))
+        .route(
+            "/v1/events",
+            post(intake::post_events).options(site_intake::preflight),
+        )
         .route("/v1/costs", post(intake::post_costs))
         .route("/v1/status", get(status::get_status))
         .route("/v1/kpis", get(kpis::get_kpis))
@@ -311,6 +332,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/assets/alerts-banner.js", get(dashboard::alerts_banner_js))
         .route("/docs/semantics.md", get(dashboard::semantics_md))
         .route("/v1/openapi.json", get(openapi::get_openapi))
+        .route("/v1/tracker.js", get(crate::sources::tracker::get_tracker))
+        // Signed by Shopify (HMAC), not by a bearer key.
+        .route("/v1/sources/shopify", post(webhooks::post_shopify))
         .merge(api)
         .with_state(state)
 }
@@ -502,3 +526,5 @@ mod tests_hostile;
 mod tests_outbox;
 #[cfg(test)]
 mod tests_query;
+#[cfg(test)]
+mod tests_sites;

@@ -23,6 +23,7 @@ use vedetta_synth::{SynthConfig, SynthRecord, to_ndjson_line};
 
 mod alerts;
 mod pipeline;
+mod tracker;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -34,6 +35,9 @@ pub enum BenchCommand {
     /// Alert latency: from the event that moves the watermark past a minute to the Slack
     /// request of the alert it fires.
     Alerts(alerts::AlertsBenchArgs),
+    /// Browser intake as the tracker makes it: one event per `text/plain` request with a
+    /// site key, from many connections.
+    Tracker(tracker::TrackerBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +72,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Intake(args) => intake(&args),
         BenchCommand::Pipeline(args) => pipeline::run(&args),
         BenchCommand::Alerts(args) => alerts::run(&args),
+        BenchCommand::Tracker(args) => tracker::run(&args),
     }
 }
 

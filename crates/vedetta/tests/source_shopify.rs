@@ -1,0 +1,294 @@
+//! Shopify webhooks against a real server: signatures computed independently (Python's
+//! `hmac`), orders becoming one purchase each, redeliveries and `orders/paid` after
+//! `orders/create` counted once, secret rotation, and bad input refused with nothing stored.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use support::{Server, client, get_json, now_ms, wait_processed};
+
+const CONFIG_BOTH: &str = "[sources.shopify]\nsecrets = [\"shpss_current\", \"shpss_previous\"]\n";
+const CONFIG_NEW_ONLY: &str = "[sources.shopify]\nsecrets = [\"shpss_current\"]\n";
+
+/// The signature Shopify would send: base64 of HMAC-SHA-256, by Python's standard library
+/// (not by the code under test).
+fn python_hmac(secret: &str, body: &[u8]) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import base64,hashlib,hmac,sys; \
+             print(base64.b64encode(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).digest()).decode())",
+            secret,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to compute Shopify's HMAC independently");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
+}
+
+fn order(id: u64, total: &str, at_ms: i64) -> Vec<u8> {
+    serde_json::json!({
+        "id": id,
+        "name": format!("#{id}"),
+        "total_price": total,
+        "currency": "EUR",
+        "created_at": rfc3339(at_ms),
+        "buyer_accepts_marketing": false,
+        "customer": {"id": 900 + id},
+        "landing_site": "/saldi?utm_source=facebook&utm_medium=paid_social&utm_campaign=shopify_saldi",
+        "referring_site": "https://l.facebook.com/",
+        "line_items": [{"product_id": 42}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn deliver(
+    http: &reqwest::blocking::Client,
+    server: &Server,
+    topic: &str,
+    webhook_id: &str,
+    signature: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let response = http
+        .post(server.url("/v1/sources/shopify"))
+        .header("content-type", "application/json")
+        .header("x-shopify-topic", topic)
+        .header("x-shopify-webhook-id", webhook_id)
+        .header("x-shopify-hmac-sha256", signature)
+        .header("x-shopify-shop-domain", "bottega.myshopify.com")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+fn campaign_totals(http: &reqwest::blocking::Client, server: &Server) -> (u64, u64, f64) {
+    wait_processed(http, server);
+    let answer = get_json(
+        http,
+        &server.url("/v1/kpis?granularity=1d&last=2d&group_by=campaign"),
+    );
+    let rows: Vec<_> = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["campaign"] == "shopify_saldi")
+        .collect();
+    let sum = |f: &str| rows.iter().map(|r| r[f].as_f64().unwrap()).sum::<f64>();
+    (
+        sum("conversions") as u64,
+        sum("duplicates") as u64,
+        sum("revenue"),
+    )
+}
+
+fn log_end(http: &reqwest::blocking::Client, server: &Server) -> u64 {
+    get_json(http, &server.url("/v1/status"))["log_end_offset"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn shopify_orders_are_verified_mapped_and_counted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(&config, CONFIG_BOTH).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with_config_file(&data, &config, &[]);
+    let http = client();
+    let at = now_ms() - 60_000;
+
+    // A wrong signature: 401, nothing stored.
+    let body = order(1, "89.50", at);
+    let forged = python_hmac("not_the_secret", &body);
+    let (status, answer) = deliver(
+        &http,
+        &server,
+        "orders/create",
+        "w-0",
+        &forged,
+        body.clone(),
+    );
+    assert_eq!(status, 401, "{answer}");
+    let (status, _) = deliver(&http, &server, "orders/create", "w-0", "", body.clone());
+    assert_eq!(status, 401);
+    // A body changed after signing does not verify either.
+    let signature = python_hmac("shpss_current", &body);
+    let tampered = order(1, "8.50", at);
+    assert_eq!(
+        deliver(&http, &server, "orders/create", "w-0", &signature, tampered).0,
+        401
+    );
+    assert_eq!(log_end(&http, &server), 0);
+
+    // orders/create, its redelivery, and orders/paid of the same order: one purchase.
+    let (status, answer) = deliver(
+        &http,
+        &server,
+        "orders/create",
+        "w-1",
+        &signature,
+        body.clone(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 1);
+    assert_eq!(
+        deliver(&http, &server, "orders/create", "w-1", &signature, body).0,
+        200
+    );
+    let paid = order(1, "89.50", at + 5_000);
+    let paid_signature = python_hmac("shpss_current", &paid);
+    assert_eq!(
+        deliver(&http, &server, "orders/paid", "w-2", &paid_signature, paid).0,
+        200
+    );
+    // The previous secret still verifies during the rotation.
+    let second = order(2, "120.00", at + 10_000);
+    let old_signature = python_hmac("shpss_previous", &second);
+    assert_eq!(
+        deliver(
+            &http,
+            &server,
+            "orders/create",
+            "w-3",
+            &old_signature,
+            second
+        )
+        .0,
+        200
+    );
+    let (conversions, duplicates, revenue) = campaign_totals(&http, &server);
+    assert_eq!((conversions, duplicates), (2, 2));
+    assert_eq!(revenue, 209.5);
+
+    // Other topics: 200 (Shopify must not retry), nothing stored, counted.
+    let before = log_end(&http, &server);
+    let customer = br#"{"id": 5, "email": "anna@example.it"}"#.to_vec();
+    let customer_signature = python_hmac("shpss_current", &customer);
+    let (status, answer) = deliver(
+        &http,
+        &server,
+        "customers/create",
+        "w-4",
+        &customer_signature,
+        customer,
+    );
+    assert_eq!(status, 200);
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("customers/create")
+    );
+    assert_eq!(log_end(&http, &server), before);
+
+    // Bad bodies, correctly signed: each a clear 4xx, nothing stored.
+    let huge = [
+        b"{\"id\":1,\"x\":\"".to_vec(),
+        vec![b'a'; 3 << 20],
+        b"\"}".to_vec(),
+    ]
+    .concat();
+    let huge_signature = python_hmac("shpss_current", &huge);
+    assert_eq!(
+        deliver(
+            &http,
+            &server,
+            "orders/create",
+            "w-5",
+            &huge_signature,
+            huge
+        )
+        .0,
+        413
+    );
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes();
+    let deep_signature = python_hmac("shpss_current", &deep);
+    let (status, answer) = deliver(
+        &http,
+        &server,
+        "orders/create",
+        "w-6",
+        &deep_signature,
+        deep,
+    );
+    assert_eq!(status, 400, "{answer}");
+    let typed =
+        serde_json::json!({"id": 3, "total_price": 12, "currency": "EUR", "created_at": true})
+            .to_string()
+            .into_bytes();
+    let typed_signature = python_hmac("shpss_current", &typed);
+    let (status, answer) = deliver(
+        &http,
+        &server,
+        "orders/create",
+        "w-7",
+        &typed_signature,
+        typed,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("created_at"), "{answer}");
+    let priced = order(4, "89,50", at);
+    let priced_signature = python_hmac("shpss_current", &priced);
+    let (status, answer) = deliver(
+        &http,
+        &server,
+        "orders/create",
+        "w-8",
+        &priced_signature,
+        priced,
+    );
+    assert_eq!(status, 400);
+    assert!(answer.to_string().contains("total_price"), "{answer}");
+    assert_eq!(log_end(&http, &server), before);
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "vedetta_source_webhooks_total{source=\"shopify\",outcome=\"ignored_topic\"} 1",
+        "vedetta_source_webhooks_total{source=\"shopify\",outcome=\"bad_signature\"} 3",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+    server.stop();
+
+    // After the rotation: only the new secret verifies.
+    std::fs::write(&config, CONFIG_NEW_ONLY).unwrap();
+    let server = Server::start_with_config_file(&data, &config, &[]);
+    let third = order(5, "10.00", at + 20_000);
+    let old = python_hmac("shpss_previous", &third);
+    assert_eq!(
+        deliver(&http, &server, "orders/create", "w-9", &old, third.clone()).0,
+        401
+    );
+    let new = python_hmac("shpss_current", &third);
+    assert_eq!(
+        deliver(&http, &server, "orders/create", "w-9", &new, third).0,
+        200
+    );
+    let (conversions, _, revenue) = campaign_totals(&http, &server);
+    assert_eq!(conversions, 3);
+    assert_eq!(revenue, 219.5);
+    server.stop();
+}
