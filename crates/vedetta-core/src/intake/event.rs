@@ -2,7 +2,7 @@
 
 use super::browser::BrowserContext;
 use super::object::{FieldTable, RawObject};
-use super::{FieldError, IntakeContext, fields};
+use super::{Built, FieldError, IdentityClaim, IntakeContext, fields};
 use crate::privacy::truncate_ip;
 use crate::record::{EventKind, LogRecord, StoredEvent};
 
@@ -32,6 +32,8 @@ const REFERRER: usize = 21;
 const PRODUCT_ID: usize = 22;
 const CONSENT: usize = 23;
 const PROPERTIES: usize = 24;
+const EMAIL: usize = 25;
+const CRM_ID: usize = 26;
 
 /// Canonical field names, by slot.
 pub const EVENT_FIELD_NAMES: &[&str] = &[
@@ -60,6 +62,8 @@ pub const EVENT_FIELD_NAMES: &[&str] = &[
     "product_id",
     "consent",
     "properties",
+    "email",
+    "crm_id",
 ];
 
 pub(super) static TABLE: FieldTable = FieldTable {
@@ -93,11 +97,17 @@ pub(super) static TABLE: FieldTable = FieldTable {
         ("product_id", PRODUCT_ID),
         ("consent", CONSENT),
         ("properties", PROPERTIES),
+        ("email", EMAIL),
+        ("crm_id", CRM_ID),
     ],
     canonical: EVENT_FIELD_NAMES,
     pseudonymize_slot: Some(UDID),
-    redact_slots: &[IP],
+    redact_slots: &[IP, EMAIL, CRM_ID],
 };
+
+/// The event type that only records a consent decision (docs/events.md, "Consent events").
+/// It is judged like any event but never enters the log, so KPIs do not see it.
+pub const CONSENT_EVENT_TYPE: &str = "consent";
 
 /// Longest custom event type name.
 const MAX_TYPE_CHARS: usize = 64;
@@ -109,7 +119,7 @@ pub(super) fn build(
     object: &RawObject<'_>,
     ctx: &IntakeContext<'_>,
     browser: Option<&BrowserContext<'_>>,
-) -> Result<LogRecord, FieldError> {
+) -> Result<Built, FieldError> {
     let limits = ctx.limits;
     let offset = browser.map_or(0, |b| b.clock_offset_ms);
     // A page's `ts` is judged against the page's own "now", then moved onto the server's.
@@ -188,8 +198,44 @@ pub(super) fn build(
         None => None,
     };
 
-    Ok(LogRecord::Event(StoredEvent {
-        user: ctx.pseudonymizer.pseudonym(&udid),
+    // Identity is read (and refused when malformed) whatever the consent, so a client hears
+    // about a bad address; whether it is kept is the identity store's decision.
+    let email = match object.get(EMAIL) {
+        Some((name, raw)) => fields::email(name, raw)?,
+        None => None,
+    };
+    let crm_id = match object.get(CRM_ID) {
+        Some((name, raw)) => fields::crm_id(name, raw)?,
+        None => None,
+    };
+    let user = ctx.pseudonymizer.pseudonym(&udid);
+    let is_consent_event = kind.as_str().eq_ignore_ascii_case(CONSENT_EVENT_TYPE);
+    if is_consent_event && consent.marketing.is_none() {
+        return Err(FieldError::new(
+            "consent",
+            "a consent event must say the marketing decision, e.g. {\"marketing\": true}",
+        ));
+    }
+    let identity =
+        (email.is_some() || crm_id.is_some() || consent.marketing.is_some()).then(|| {
+            IdentityClaim {
+                index: 0,
+                user,
+                ts,
+                email,
+                crm_id,
+                marketing: consent.marketing,
+            }
+        });
+    if is_consent_event {
+        return Ok(Built {
+            record: None,
+            identity,
+        });
+    }
+
+    let record = LogRecord::Event(StoredEvent {
+        user,
         kind,
         ts,
         event_id: optional_text(EVENT_ID, limits.max_id_chars)?,
@@ -214,5 +260,9 @@ pub(super) fn build(
         product_id: optional_text(PRODUCT_ID, limits.max_id_chars)?,
         consent,
         properties,
-    }))
+    });
+    Ok(Built {
+        record: Some(record),
+        identity,
+    })
 }

@@ -363,6 +363,83 @@ pub(crate) fn ip(field: &'static str, raw: &RawValue) -> Result<Option<IpAddr>, 
         .map_err(|_| FieldError::new(field, "not a valid IPv4 or IPv6 address"))
 }
 
+/// Longest e-mail address (RFC 5321's path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Longest `crm_id`.
+pub const MAX_CRM_ID_CHARS: usize = 128;
+
+/// An e-mail address: at most 254 characters, exactly one `@` with something on both
+/// sides, no space or control character. The value is never echoed: it is personal data.
+pub(crate) fn email(field: &'static str, raw: &RawValue) -> Result<Option<String>, FieldError> {
+    if !raw.get().starts_with('"') && raw.get() != "null" {
+        return Err(FieldError::new(
+            field,
+            format!("expected a string, got {}", json_kind(raw)),
+        ));
+    }
+    let Some(value) = text(field, raw, MAX_EMAIL_CHARS)? else {
+        return Ok(None);
+    };
+    let ats = value.bytes().filter(|&b| b == b'@').count();
+    if ats != 1 {
+        return Err(FieldError::new(
+            field,
+            format!("an e-mail address has exactly one `@`, this one has {ats}"),
+        ));
+    }
+    let (local, domain) = value.split_once('@').unwrap_or_default();
+    if local.is_empty() || domain.is_empty() {
+        return Err(FieldError::new(
+            field,
+            "an e-mail address needs a name before the `@` and a domain after it",
+        ));
+    }
+    if value.chars().any(char::is_whitespace) {
+        return Err(FieldError::new(
+            field,
+            "an e-mail address has no white space in it",
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// A CRM's own id for the user: a string (or a whole number) of at most 128 characters,
+/// without white space or control characters. Never echoed.
+pub(crate) fn crm_id(field: &'static str, raw: &RawValue) -> Result<Option<String>, FieldError> {
+    let text_value = raw.get();
+    let value = match text_value.as_bytes().first() {
+        Some(b'0'..=b'9') => match text_value.parse::<u64>() {
+            Ok(n) => n.to_string(),
+            Err(_) => {
+                return Err(FieldError::new(
+                    field,
+                    "expected a string or a whole number ≥ 0",
+                ));
+            }
+        },
+        Some(b'"' | b'n') => match text(field, raw, MAX_CRM_ID_CHARS)? {
+            Some(value) => value,
+            None => return Ok(None),
+        },
+        _ => {
+            return Err(FieldError::new(
+                field,
+                format!(
+                    "expected a string or a whole number, got {}",
+                    json_kind(raw)
+                ),
+            ));
+        }
+    };
+    if value.chars().any(char::is_whitespace) {
+        return Err(FieldError::new(
+            field,
+            "an identifier has no white space in it",
+        ));
+    }
+    Ok(Some(value))
+}
+
 /// `consent`: `true`/`false` for every purpose, or an object of purposes to booleans.
 /// Purposes other than `analytics` and `marketing` are accepted and ignored.
 pub(crate) fn consent(field: &'static str, raw: &RawValue) -> Result<Consent, FieldError> {

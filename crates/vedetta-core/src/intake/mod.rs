@@ -19,12 +19,13 @@ pub mod gzip;
 mod object;
 mod spend;
 
-pub use event::EVENT_FIELD_NAMES;
+pub use event::{CONSENT_EVENT_TYPE, EVENT_FIELD_NAMES};
 pub use fields::RESERVED_DIMENSION_VALUES;
 pub use spend::SPEND_FIELD_NAMES;
 
 use crate::privacy::Pseudonymizer;
-use crate::record::LogRecord;
+use crate::record::{LogRecord, UserPseudonym};
+use crate::time::EventTime;
 use object::{FieldTable, RawObject};
 use serde_json::value::RawValue;
 
@@ -127,6 +128,66 @@ pub struct Judged {
     /// Accepted records, in request order.
     pub records: Vec<LogRecord>,
     pub rejected: Vec<Rejection>,
+    /// Identity and marketing-consent decisions of accepted events, in request order. They
+    /// never enter the log (its record format is identity-free): the adapter hands them to
+    /// the identity store, which keeps an identity only with marketing consent.
+    pub identities: Vec<IdentityClaim>,
+    /// Accepted consent events (type `consent`): they carry a decision, not a funnel
+    /// step, so they have no record.
+    pub consent_events: usize,
+}
+
+impl Judged {
+    /// Events accepted: records plus consent events.
+    pub fn accepted(&self) -> usize {
+        self.records.len() + self.consent_events
+    }
+}
+
+/// What one accepted event said about its user's identity: `email`, `crm_id`, and the
+/// marketing decision (`consent.marketing`, or a consent event). `Debug` does not show the
+/// identity, so a stray `{:?}` cannot log it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdentityClaim {
+    /// The event's position in the request.
+    pub index: usize,
+    pub user: UserPseudonym,
+    /// Event time: the latest decision by event time wins.
+    pub ts: EventTime,
+    pub email: Option<String>,
+    pub crm_id: Option<String>,
+    /// `Some(false)` withdraws consent (and deletes a stored identity).
+    pub marketing: Option<bool>,
+}
+
+impl std::fmt::Debug for IdentityClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityClaim")
+            .field("index", &self.index)
+            .field("user", &self.user)
+            .field("ts", &self.ts)
+            .field("email", &self.email.as_ref().map(|_| "<redacted>"))
+            .field("crm_id", &self.crm_id.as_ref().map(|_| "<redacted>"))
+            .field("marketing", &self.marketing)
+            .finish()
+    }
+}
+
+/// What building one object yields: a record for the log (none for a consent event) and
+/// what it said about identity.
+#[derive(Debug)]
+pub(crate) struct Built {
+    pub record: Option<LogRecord>,
+    pub identity: Option<IdentityClaim>,
+}
+
+impl From<LogRecord> for Built {
+    fn from(record: LogRecord) -> Self {
+        Built {
+            record: Some(record),
+            identity: None,
+        }
+    }
 }
 
 /// A body refused whole.
@@ -199,7 +260,9 @@ pub fn judge_spend(
     format: BodyFormat,
     ctx: &IntakeContext<'_>,
 ) -> Result<Judged, BodyError> {
-    judge(body, format, ctx, "costs", &spend::TABLE, spend::build)
+    judge(body, format, ctx, "costs", &spend::TABLE, |object, ctx| {
+        spend::build(object, ctx).map(Built::from)
+    })
 }
 
 /// The UTF-8 encoding of U+FEFF, which some tools write at the start of a file.
@@ -211,7 +274,7 @@ fn judge(
     ctx: &IntakeContext<'_>,
     label: &str,
     table: &FieldTable,
-    build: impl Fn(&RawObject<'_>, &IntakeContext<'_>) -> Result<LogRecord, FieldError>,
+    build: impl Fn(&RawObject<'_>, &IntakeContext<'_>) -> Result<Built, FieldError>,
 ) -> Result<Judged, BodyError> {
     // Windows tools (Notepad, PowerShell's `Out-File`, Excel's CSV/JSON exports) start UTF-8
     // files with a byte-order mark; it is not JSON, but it is not the client's mistake either.
@@ -232,7 +295,16 @@ fn judge(
             .problem(table)
             .map_or_else(|| build(&object, ctx), Err)
         {
-            Ok(record) => judged.records.push(record),
+            Ok(built) => {
+                match built.record {
+                    Some(record) => judged.records.push(record),
+                    None => judged.consent_events += 1,
+                }
+                if let Some(mut identity) = built.identity {
+                    identity.index = index;
+                    judged.identities.push(identity);
+                }
+            }
             Err(e) => judged.rejected.push(Rejection {
                 index,
                 error: format!("{label}[{index}].{}: {}", e.field, e.message),

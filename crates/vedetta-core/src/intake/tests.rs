@@ -570,3 +570,147 @@ fn a_cookieless_browser_event_gets_the_anonymous_id_and_refused_consent() {
         plain.rejected
     );
 }
+
+// --- Identity (`email`, `crm_id`) and consent events (issue 12) ---
+
+#[test]
+fn identity_is_returned_apart_and_never_in_the_record() {
+    let body = r#"{"udid":"u1","type":"purchase","ts":"2025-11-24T15:59:00Z","value":10,
+        "email":"Anna.Rossi@example.it","crm_id":"AC-991","consent":{"marketing":true}}"#;
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    assert!(judged.rejected.is_empty(), "{:?}", judged.rejected);
+    assert_eq!(judged.accepted(), 1);
+    let record = format!("{:?}", judged.records[0]);
+    assert!(!record.contains("Anna"), "{record}");
+    assert!(!record.contains("AC-991"), "{record}");
+    let encoded = crate::record::encode_batch(&judged.records, NOW, 1);
+    assert!(
+        !encoded.windows(4).any(|w| w == b"Anna" || w == b"AC-9"),
+        "identity reached the log encoding"
+    );
+    assert_eq!(judged.identities.len(), 1);
+    let claim = &judged.identities[0];
+    assert_eq!(claim.user, pseudonymizer().pseudonym("u1"));
+    assert_eq!(claim.email.as_deref(), Some("Anna.Rossi@example.it"));
+    assert_eq!(claim.crm_id.as_deref(), Some("AC-991"));
+    assert_eq!(claim.marketing, Some(true));
+    assert_eq!(claim.ts.0, 1_763_999_940_000);
+    let debug = format!("{claim:?}");
+    assert!(
+        !debug.contains("Anna") && !debug.contains("AC-991"),
+        "{debug}"
+    );
+}
+
+#[test]
+fn identity_without_a_consent_field_is_still_returned_for_the_store_to_decide() {
+    let body = format!(
+        "[{GOOD},{}]",
+        r#"{"udid":"u2","type":"page_view","ts":"2025-11-24T15:59:00Z","crm_id":4711}"#
+    );
+    let judged = judge(&body, BodyFormat::Json).unwrap();
+    assert_eq!(judged.records.len(), 2);
+    // GOOD carries neither identity nor a marketing decision: no claim for it.
+    assert_eq!(judged.identities.len(), 1);
+    assert_eq!(judged.identities[0].index, 1);
+    assert_eq!(judged.identities[0].crm_id.as_deref(), Some("4711"));
+    assert_eq!(judged.identities[0].marketing, None);
+}
+
+#[test]
+fn malformed_identity_is_refused_naming_the_field_without_echoing_it() {
+    let base = r#""udid":"u1","type":"lead","ts":"2025-11-24T15:59:00Z""#;
+    let cases = [
+        (
+            r#""email":"anna.example.it""#,
+            "events[0].email: an e-mail address has exactly one `@`, this one has 0",
+        ),
+        (
+            r#""email":"a@b@example.it""#,
+            "events[0].email: an e-mail address has exactly one `@`, this one has 2",
+        ),
+        (
+            r#""email":"@example.it""#,
+            "events[0].email: an e-mail address needs a name before the `@` and a domain after it",
+        ),
+        (
+            r#""email":"an na@example.it""#,
+            "events[0].email: an e-mail address has no white space in it",
+        ),
+        (
+            r#""email":42"#,
+            "events[0].email: expected a string, got a number",
+        ),
+        (
+            r#""crm_id":"ab cd""#,
+            "events[0].crm_id: an identifier has no white space in it",
+        ),
+        (
+            r#""crm_id":-3"#,
+            "events[0].crm_id: expected a string or a whole number, got a number",
+        ),
+        (
+            r#""crm_id":{"a":1}"#,
+            "events[0].crm_id: expected a string or a whole number, got an object",
+        ),
+    ];
+    for (field, expected) in cases {
+        let error = only_error(&format!("{{{base},{field}}}"));
+        assert_eq!(error, expected, "for {field}");
+    }
+    let long_email = format!("{}@example.it", "a".repeat(250));
+    let error = only_error(&format!(r#"{{{base},"email":"{long_email}"}}"#));
+    assert_eq!(
+        error,
+        "events[0].email: string of 261 characters exceeds the limit of 254"
+    );
+    let error = only_error(&format!(r#"{{{base},"crm_id":"{}"}}"#, "x".repeat(129)));
+    assert_eq!(
+        error,
+        "events[0].crm_id: string of 129 characters exceeds the limit of 128"
+    );
+    let error = only_error(&format!(r#"{{{base},"email":"anna\u0007@example.it"}}"#));
+    assert!(
+        error.starts_with("events[0].email: contains the control character U+0007"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_rejected_event_has_its_identity_redacted_in_the_quarantine() {
+    let body =
+        r#"{"udid":"u1","type":"lead","ts":"ieri","email":"anna@example.it","crm_id":"AC-991"}"#;
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    assert_eq!(judged.rejected.len(), 1);
+    assert!(judged.identities.is_empty());
+    let redacted = judged.rejected[0].redacted.clone().unwrap();
+    assert!(!redacted.contains("anna"), "{redacted}");
+    assert!(!redacted.contains("AC-991"), "{redacted}");
+    assert!(redacted.contains(r#""email":"<redacted>""#), "{redacted}");
+    assert!(redacted.contains(r#""crm_id":"<redacted>""#), "{redacted}");
+}
+
+#[test]
+fn a_consent_event_yields_a_decision_and_no_record() {
+    let body = r#"[{"udid":"u1","type":"consent","ts":"2025-11-24T15:59:00Z","consent":{"marketing":false}},
+        {"udid":"u2","type":"Consent","ts":"2025-11-24T15:59:00Z","consent":true,"email":"b@example.it"}]"#;
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    assert!(judged.rejected.is_empty(), "{:?}", judged.rejected);
+    assert!(judged.records.is_empty(), "a consent event reached the log");
+    assert_eq!(judged.consent_events, 2);
+    assert_eq!(judged.accepted(), 2);
+    assert_eq!(judged.identities[0].marketing, Some(false));
+    assert_eq!(judged.identities[1].marketing, Some(true));
+    assert_eq!(judged.identities[1].email.as_deref(), Some("b@example.it"));
+}
+
+#[test]
+fn a_consent_event_without_a_marketing_decision_is_refused() {
+    let error = only_error(
+        r#"{"udid":"u1","type":"consent","ts":"2025-11-24T15:59:00Z","consent":{"analytics":true}}"#,
+    );
+    assert!(
+        error.starts_with("events[0].consent: a consent event must say the marketing decision"),
+        "{error}"
+    );
+}
