@@ -87,7 +87,7 @@ pub fn fuzz_intake(data: &[u8]) {
     let events = count_events(content, format)
         .unwrap_or_else(|| panic!("judged, but the body does not split into events"));
     assert_eq!(
-        judged.records.len() + judged.rejected.len(),
+        judged.accepted() + judged.rejected.len(),
         events,
         "accepted + rejected != events in the body"
     );
@@ -179,7 +179,7 @@ fn check_rejections(judged: &Judged, content: &[u8], format: BodyFormat, label: 
                 lines.binary_search(&index).is_ok(),
                 "NDJSON refusal {index} is not the number of a non-blank line ({lines:?})"
             ),
-            BodyFormat::Json => assert!(index < judged.records.len() + judged.rejected.len()),
+            BodyFormat::Json => assert!(index < judged.accepted() + judged.rejected.len()),
         }
     }
 }

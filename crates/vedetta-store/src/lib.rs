@@ -14,6 +14,7 @@
 //! `docs/storage.md` for the measurements behind the choice.
 
 mod error;
+pub mod identity_store;
 pub mod inbox;
 pub mod kpi_store;
 pub mod log;
@@ -21,6 +22,7 @@ pub mod outbox;
 pub mod reopen;
 pub mod watch_store;
 
+pub use identity_store::{ApplyOutcome, IdentityStore, IdentityStoreError, IdentityWrite};
 pub use kpi_store::{
     Commit, KpiStore, MigrationReport, Progress, RowKey, RowView, SettingsCheck, SpendRowKey,
     StoreError,

@@ -20,6 +20,12 @@ pub struct IntakeCounters {
     pub requests_throttled: AtomicU64,
     /// Rejected records by the field at fault (`(syntax)` when the JSON was malformed).
     pub rejected_by_field: Mutex<BTreeMap<&'static str, u64>>,
+    /// Identities (`email`/`crm_id`) kept: the user has marketing consent.
+    pub identities_stored: AtomicU64,
+    /// Identities dropped because the user has no marketing consent.
+    pub identities_dropped_no_consent: AtomicU64,
+    /// Stored identities deleted because marketing consent was withdrawn.
+    pub identities_deleted: AtomicU64,
 }
 
 impl IntakeCounters {

@@ -216,17 +216,15 @@ pub(super) fn build(
             "a consent event must say the marketing decision, e.g. {\"marketing\": true}",
         ));
     }
-    let identity =
-        (email.is_some() || crm_id.is_some() || consent.marketing.is_some()).then(|| {
-            IdentityClaim {
-                index: 0,
-                user,
-                ts,
-                email,
-                crm_id,
-                marketing: consent.marketing,
-            }
-        });
+    let says_something = email.is_some() || crm_id.is_some() || consent.marketing.is_some();
+    let identity = says_something.then_some(IdentityClaim {
+        index: 0,
+        user,
+        ts,
+        email,
+        crm_id,
+        marketing: consent.marketing,
+    });
     if is_consent_event {
         return Ok(Built {
             record: None,

@@ -199,6 +199,72 @@ pub(super) async fn read_body(
     }
 }
 
+/// Seals the identities of accepted events and applies them to the identity store
+/// (marketing consent decides what is kept), durably. A failure is a 503 that says a resend
+/// is safe. Nothing here logs an identity: errors name the store, never the values.
+async fn store_identities(
+    state: &AppState,
+    identities: Vec<intake::IdentityClaim>,
+) -> Result<(), ApiError> {
+    if identities.is_empty() {
+        return Ok(());
+    }
+    let crypto = state.crypto.clone();
+    let store = state.identity_store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut writes = Vec::with_capacity(identities.len());
+        for claim in identities {
+            let pseudonym = claim.user.to_hex();
+            let seal = |field, value: Option<String>| {
+                value
+                    .map(|v| crypto.seal_identity(field, &pseudonym, &v))
+                    .transpose()
+            };
+            writes.push(vedetta_store::IdentityWrite {
+                user: claim.user.0,
+                ts_ms: claim.ts.0,
+                marketing: claim.marketing,
+                email: seal(crate::crypto::IdentityField::Email, claim.email)
+                    .map_err(|e| format!("sealing: {e}"))?,
+                crm_id: seal(crate::crypto::IdentityField::CrmId, claim.crm_id)
+                    .map_err(|e| format!("sealing: {e}"))?,
+            });
+        }
+        store.apply(&writes).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    match result {
+        Ok(outcome) => {
+            let c = &state.counters;
+            crate::telemetry::IntakeCounters::add(&c.identities_stored, outcome.stored);
+            crate::telemetry::IntakeCounters::add(
+                &c.identities_dropped_no_consent,
+                outcome.dropped_no_consent,
+            );
+            crate::telemetry::IntakeCounters::add(&c.identities_deleted, outcome.deleted);
+            tracing::debug!(
+                stored = outcome.stored,
+                dropped_no_consent = outcome.dropped_no_consent,
+                deleted = outcome.deleted,
+                "identity claims applied"
+            );
+            Ok(())
+        }
+        Err(reason) => {
+            tracing::warn!(%reason, "identity store write failed; request refused");
+            Err(ApiError::Busy {
+                message: "the identity store could not be written; nothing of this request \
+                          was stored, resending it is safe (a resent event is recognised as \
+                          a duplicate)"
+                    .into(),
+                retry_after_s: 5,
+            })
+        }
+    }
+}
+
 /// Judges a body of events (or spend records), stores what is accepted and answers once it
 /// is durable. Sources that map another payload to events (Shopify, mapped webhooks) call
 /// this with the mapped body.
@@ -240,7 +306,17 @@ pub(super) async fn judge_and_store(
             ApiError::BadRequest(e.to_string())
         }
     })?;
-    let Judged { records, rejected } = judged;
+    let accepted = judged.accepted();
+    let Judged {
+        records,
+        rejected,
+        identities,
+        ..
+    } = judged;
+    // Identity first: it is durable before the events are, so a failure here leaves
+    // nothing stored and the client's resend is safe; a log failure after it leaves
+    // identities whose resend rewrites the same decisions.
+    store_identities(state, identities).await?;
 
     let counters = &state.counters;
     let (accepted_counter, rejected_counter) = match endpoint {
@@ -273,7 +349,6 @@ pub(super) async fn judge_and_store(
             encode_batch(&records, now_ms, state.pseudonymizer.current().id)
         },
     };
-    let accepted = records.len();
     drop(records);
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -382,6 +382,24 @@ fn intake(state: &AppState, out: &mut Exposition) {
         &[],
         IntakeCounters::get(&c.requests_throttled) as f64,
     );
+    // Counts only: no identity, no pseudonym, ever reaches a label.
+    out.family(
+        "vedetta_identities_total",
+        "counter",
+        "Identity claims (email, crm_id) at intake, by outcome: stored with marketing \
+         consent, dropped without it, deleted when consent was withdrawn.",
+    );
+    for (outcome, counter) in [
+        ("stored", &c.identities_stored),
+        ("dropped_no_consent", &c.identities_dropped_no_consent),
+        ("deleted", &c.identities_deleted),
+    ] {
+        out.sample(
+            "vedetta_identities_total",
+            &[("outcome", outcome)],
+            IntakeCounters::get(counter) as f64,
+        );
+    }
 }
 
 fn pipeline(state: &AppState, out: &mut Exposition) {

@@ -69,6 +69,8 @@ pub struct AppState {
     pub crypto: Arc<crate::crypto::Crypto>,
     /// Where rotated OAuth2 refresh tokens are kept (CRM destinations are built with it).
     pub token_vault: Arc<crate::watch::oauth2::TokenVault>,
+    /// Marketing consent and sealed identity (`email`, `crm_id`) per pseudonym.
+    pub identity_store: Arc<vedetta_store::IdentityStore>,
     pub limits: IntakeLimits,
     pub clock: Arc<dyn Clock>,
     /// Budget of body bytes being read or parsed at once, in KiB permits.
@@ -217,6 +219,10 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         &config.data_dir,
         crypto.clone(),
     )?);
+    let identity_store = Arc::new(
+        vedetta_store::IdentityStore::open(&config.data_dir.join("identity.redb"))
+            .context("opening the identity store (identity.redb)")?,
+    );
     let destinations = crate::watch::destinations::build_all_in(
         &config.alerts.destinations,
         Some(&inbox),
@@ -258,6 +264,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
     let state = Arc::new(AppState {
         crypto,
         token_vault: token_vault.clone(),
+        identity_store,
         body_budget: Semaphore::new(config.ingest.max_inflight_body_bytes / 1024),
         calendar: WindowCalendar::new(config.pipeline.rules.time_zone.clone()),
         kpi_store,
