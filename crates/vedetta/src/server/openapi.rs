@@ -183,7 +183,7 @@ fn intake_schemas(now_ms: i64, limits: &IntakeLimits) -> (Value, Value) {
         "additionalProperties": false,
         "properties": {
             "udid": udid,
-            "type": required_text(64, "funnel step: page_view, add_to_cart, registration, checkout, purchase, lead, or custom"),
+            "type": required_text(64, "funnel step: page_view, add_to_cart, registration, checkout, purchase, lead, consent (a marketing decision, not counted), or custom"),
             "ts": event_time(now_ms, limits),
             "event_id": id("the client's id for idempotent retries"),
             "value": money(limits.money.max_amount, true, &limits.money.reporting_currency),
@@ -216,6 +216,14 @@ fn intake_schemas(now_ms: i64, limits: &IntakeLimits) -> (Value, Value) {
                     "marketing": {"type": ["boolean", "null"]}
                 }}
             ]},
+            "email": {"type": ["string", "null"], "maxLength": 254, "description":
+                "the user's e-mail address: kept sealed, only with marketing consent, never in \
+                 the event log (docs/events.md, Identity and consent)"},
+            "crm_id": {"anyOf": [
+                {"type": "string", "maxLength": 128},
+                {"type": "integer", "minimum": 0},
+                {"type": "null"}
+            ], "description": "the user's id in the CRM; as email"},
             "properties": {"type": ["object", "null"], "description": format!(
                 "anything else, kept as sent: at most {} bytes, {} levels deep",
                 limits.max_properties_bytes, limits.max_properties_depth)},
