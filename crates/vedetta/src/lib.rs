@@ -8,6 +8,7 @@
 mod clock;
 pub mod commands;
 pub mod config;
+pub mod demo;
 mod geoip;
 mod processor;
 mod secrets;
