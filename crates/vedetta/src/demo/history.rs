@@ -113,9 +113,12 @@ pub async fn log_end_offset(
 /// Spend per (channel, campaign, source, currency) and hour: a record for an hour is
 /// complete once a record of a later hour of the same key arrives (the generator reports
 /// each key's minutes in order), and at the end of the history.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HourlySpend {
     open: BTreeMap<(Channel, &'static str, &'static str, &'static str), (i64, i64)>,
+    /// The history's scale: spend shrinks with the traffic, so CPA and ROAS hold at any
+    /// scale.
+    scale: f64,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -144,7 +147,7 @@ impl HourlySpend {
     fn add(&mut self, spend: &SynthSpend) -> Option<SynthRecord> {
         let key = (spend.channel, spend.campaign, spend.source, spend.currency);
         let hour = spend.ts.epoch_ms.div_euclid(HOUR_MS) * HOUR_MS;
-        let cents = (spend.amount * 100.0).round() as i64;
+        let cents = (spend.amount * self.scale * 100.0).round() as i64;
         match self.open.get_mut(&key) {
             Some((open_hour, sum)) if *open_hour == hour => {
                 *sum = sum.saturating_add(cents);
@@ -233,7 +236,10 @@ pub async fn load(
     let mut generator = crate::commands::generate::synth(config)?.peekable();
     // Skip what is stored (the generator is deterministic: the same arrivals come again),
     // rebuilding the open hours of spend as they were.
-    let mut spend = HourlySpend::default();
+    let mut spend = HourlySpend {
+        open: BTreeMap::new(),
+        scale: marker.history_scale,
+    };
     for _ in 0..marker.arrivals_done {
         match generator.next() {
             Some(arrival) => {
