@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+pub use crate::demo::DemoShape;
+
 /// 2024-04-05T12:00:00Z: a Friday around noon, a busy time for an Italian shop.
 pub const DEFAULT_START_MS: i64 = 1_712_318_400_000;
 
@@ -67,6 +69,10 @@ pub struct SynthConfig {
     /// half as the shop's webhook 5 s–10 min later (server side, the user under another id).
     /// The contract counts each copy as a same-order duplicate.
     pub order_resend_share: f64,
+    /// The demo's shape of traffic (rhythm, spend following clicks, device and region shares,
+    /// a drifting campaign; see [`crate::demo`]). `None`, the default, is the flat traffic
+    /// every other use gets, byte for byte as before the demo shape existed.
+    pub demo: Option<DemoShape>,
 }
 
 /// How sessions carry their attribution (UTM parameters, click ids, referrer, `channel`).
@@ -99,6 +105,7 @@ impl Default for SynthConfig {
             spend: true,
             tagging: Tagging::Realistic,
             order_resend_share: 0.05,
+            demo: None,
         }
     }
 }
@@ -116,6 +123,8 @@ pub enum ConfigError {
     Users(u64),
     MaxDisorderMs(i64),
     StartMs(i64),
+    /// `demo.spend_every_ms` is not a whole number of minutes between 1 and 60.
+    DemoSpendEveryMs(i64),
     /// The population cannot sustain the session rate: each user starts at most one session
     /// per 31 minutes.
     TooFewUsers {
@@ -150,6 +159,10 @@ impl fmt::Display for ConfigError {
                  a user starts at most one session per {MIN_USERS_PER_SESSION_PER_MINUTE} minutes, \
                  so at least {} users are needed (100 times the rate is comfortable)",
                 (sessions_per_minute * MIN_USERS_PER_SESSION_PER_MINUTE).ceil()
+            ),
+            ConfigError::DemoSpendEveryMs(value) => write!(
+                f,
+                "`demo.spend_every_ms` must be a whole number of minutes from 60000 to 3600000, got {value}"
             ),
             ConfigError::StartMs(value) => write!(
                 f,
@@ -194,6 +207,12 @@ impl SynthConfig {
         if !(0..=MAX_START_MS).contains(&self.start_ms) {
             return Err(ConfigError::StartMs(self.start_ms));
         }
+        if let Some(demo) = &self.demo {
+            let every = demo.spend_every_ms;
+            if !(60_000..=3_600_000).contains(&every) || every % 60_000 != 0 {
+                return Err(ConfigError::DemoSpendEveryMs(every));
+            }
+        }
         Ok(())
     }
 }
@@ -234,5 +253,14 @@ mod tests {
         assert!(bad(|c| c.users = 3_000).contains("at least 3720 users"));
         assert!(bad(|c| c.max_disorder_ms = 60_000).contains("`max_disorder_ms`"));
         assert!(bad(|c| c.start_ms = -1).contains("`start_ms`"));
+        let mut demo = crate::demo::history_config(1, DEFAULT_START_MS);
+        assert_eq!(demo.validate(), Ok(()));
+        if let Some(shape) = &mut demo.demo {
+            shape.spend_every_ms = 90_000;
+        }
+        assert!(
+            demo.validate()
+                .is_err_and(|e| e.to_string().contains("`demo.spend_every_ms`"))
+        );
     }
 }

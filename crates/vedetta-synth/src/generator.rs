@@ -20,14 +20,16 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::catalog::paid_campaigns;
+use crate::catalog::{CampaignSpec, paid_campaigns};
 use crate::config::{ConfigError, SynthConfig};
+use crate::demo::{self, DemoShape};
 use crate::population::Population;
 use crate::record::{
     Channel, EventType, SynthEvent, SynthRecord, SynthSpend, Timestamp, TsFormat, UdidStyle,
 };
+use crate::rhythm::{self, LocalTime, MAX_INTENSITY};
 use crate::rng::{Rng, SplitMix64, mix64};
-use crate::session::{Ids, PlannedEvent, SessionStart, plan_session};
+use crate::session::{DemoSession, Ids, PlannedEvent, SessionStart, plan_session};
 
 /// What a record is, in the generator's ground truth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +146,21 @@ pub struct Generator {
     /// Reused buffer for one session's plan.
     plan: Vec<PlannedEvent>,
     stats: SynthStats,
+    /// The demo's state, when the config has a demo shape.
+    demo: Option<DemoState>,
+}
+
+/// What the demo shape needs while generating: the thinning stream and the cost of the
+/// current spend period, per spending campaign.
+#[derive(Debug)]
+struct DemoState {
+    shape: DemoShape,
+    /// Decides which candidate session starts the rhythm keeps; its own stream.
+    rhythm_rng: Rng,
+    /// `demo::spend_campaigns()`, in order.
+    campaigns: Vec<&'static CampaignSpec>,
+    /// Cost accrued in the current spend period, in hundredths of a cent, per campaign.
+    cost: Vec<u64>,
 }
 
 impl Generator {
@@ -152,15 +169,49 @@ impl Generator {
         config.validate()?;
         let mut seeds = SplitMix64::new(mix64(config.seed));
         let start_minute_ms = config.start_ms.div_euclid(60_000) * 60_000;
+        let session_rng = Rng::seeded(seeds.next_u64());
+        let delivery_rng = Rng::seeded(seeds.next_u64());
+        let spend_rng = Rng::seeded(seeds.next_u64());
+        let order_rng = Rng::seeded(seeds.next_u64());
+        let demo = config.demo.map(|shape| {
+            let campaigns = demo::spend_campaigns();
+            DemoState {
+                rhythm_rng: Rng::seeded(seeds.next_u64()),
+                cost: vec![0; campaigns.len()],
+                campaigns,
+                shape,
+            }
+        });
+        let (population, ids, candidate_rate) = match &demo {
+            None => (
+                Population::new(config.seed, config.users),
+                Ids::new(config.seed),
+                config.sessions_per_minute,
+            ),
+            Some(state) => (
+                Population::with_shape(state.shape.population_seed, config.users, true),
+                // Order numbers from the start minute: distinct for history, live and every
+                // restart of live (fewer than 100 000 orders per minute of event time).
+                Ids::with_order_base(
+                    config.seed,
+                    start_minute_ms.div_euclid(60_000).max(0) as u64 * 100_000,
+                ),
+                if state.shape.rhythm {
+                    config.sessions_per_minute * MAX_INTENSITY
+                } else {
+                    config.sessions_per_minute
+                },
+            ),
+        };
         Ok(Self {
-            session_rng: Rng::seeded(seeds.next_u64()),
-            delivery_rng: Rng::seeded(seeds.next_u64()),
-            spend_rng: Rng::seeded(seeds.next_u64()),
-            order_rng: Rng::seeded(seeds.next_u64()),
-            population: Population::new(config.seed, config.users),
-            ids: Ids::new(config.seed),
+            session_rng,
+            delivery_rng,
+            spend_rng,
+            order_rng,
+            population,
+            ids,
             next_session_us: config.start_ms.saturating_mul(1_000),
-            mean_session_gap_us: 60_000_000.0 / config.sessions_per_minute,
+            mean_session_gap_us: 60_000_000.0 / candidate_rate,
             next_spend_minute_ms: start_minute_ms,
             pending: BinaryHeap::new(),
             slots: Vec::new(),
@@ -168,6 +219,7 @@ impl Generator {
             sequence: 0,
             plan: Vec::new(),
             stats: SynthStats::default(),
+            demo,
             config,
         })
     }
@@ -191,7 +243,12 @@ impl Generator {
         loop {
             // Nothing generated from now on can arrive before this instant.
             let frontier_ms = self.next_session_us.div_euclid(1_000);
-            if self.config.spend {
+            if let Some(every) = self.demo.as_ref().map(|d| d.shape.spend_every_ms) {
+                // A period is billed once it is over: its clicks are all known.
+                while self.config.spend && self.next_spend_minute_ms + every <= frontier_ms {
+                    self.schedule_demo_spend(every);
+                }
+            } else if self.config.spend {
                 while self.next_spend_minute_ms <= frontier_ms {
                     self.schedule_spend_minute();
                 }
@@ -209,9 +266,23 @@ impl Generator {
                 }
                 continue;
             }
-            self.start_session(frontier_ms);
+            if self.keeps_candidate(frontier_ms) {
+                self.start_session(frontier_ms);
+            }
             let gap = self.mean_session_gap_us * self.session_rng.exponential();
             self.next_session_us = self.next_session_us.saturating_add(gap.round() as i64);
+        }
+    }
+
+    /// Thinning: with a demo rhythm, a candidate start is kept with probability
+    /// `intensity / MAX_INTENSITY`.
+    fn keeps_candidate(&mut self, start_ms: i64) -> bool {
+        match &mut self.demo {
+            Some(state) if state.shape.rhythm => {
+                let keep = rhythm::intensity(start_ms, state.shape.promotion_day) / MAX_INTENSITY;
+                state.rhythm_rng.chance(keep)
+            }
+            _ => true,
         }
     }
 
@@ -228,10 +299,17 @@ impl Generator {
             start_ms,
             fast_checkout_share: self.config.fast_checkout_share,
             tagging: self.config.tagging,
+            demo: self.demo.as_ref().map(|state| DemoSession {
+                promotion: state.shape.promotion_day == Some(LocalTime::of(start_ms).day),
+                drift_level: demo::drift_level(state.shape.drift_from_ms, start_ms),
+            }),
         };
         let mut plan = std::mem::take(&mut self.plan);
         plan.clear();
         let outcome = plan_session(&mut self.session_rng, &mut self.ids, &start, &mut plan);
+        if let (Some(state), Some(campaign)) = (&mut self.demo, outcome.campaign) {
+            accrue_cost(state, campaign, start_ms, &plan);
+        }
         self.population
             .record_session(user, outcome.last_event_ms, outcome.registered);
         let session = self.stats.sessions_started;
@@ -391,6 +469,63 @@ impl Generator {
         }
     }
 
+    /// The demo's spend for the period starting at `next_spend_minute_ms`: per spending
+    /// campaign, its clicks at their cost per click (or the affiliate commission), ±15%,
+    /// reported a few seconds after the period ends. The promotion's campaign reports only
+    /// on its day.
+    fn schedule_demo_spend(&mut self, every_ms: i64) {
+        let period_ms = self.next_spend_minute_ms;
+        self.next_spend_minute_ms += every_ms;
+        let Some(state) = self.demo.as_mut() else {
+            return;
+        };
+        let promotion_day = state.shape.promotion_day;
+        let mut records = Vec::with_capacity(state.campaigns.len());
+        for (campaign, cost) in state.campaigns.iter().zip(state.cost.iter_mut()) {
+            let accrued = std::mem::take(cost);
+            if campaign.name == demo::PROMOTION_CAMPAIGN
+                && promotion_day != Some(LocalTime::of(period_ms).day)
+                && accrued == 0
+            {
+                continue;
+            }
+            let rng = &mut self.spend_rng;
+            // Hundredths of a cent → cents, with the platform's ±15% (bid changes, rounding
+            // of reports).
+            let cents = (accrued * rng.range_u64(85, 115)).div_ceil(10_000);
+            let format = if rng.chance(0.1) {
+                TsFormat::EpochMillis
+            } else {
+                TsFormat::Rfc3339Utc
+            };
+            let arrival_ms = period_ms + every_ms + rng.range_i64(1_000, 15_000);
+            records.push((
+                arrival_ms,
+                SynthSpend {
+                    ts: Timestamp {
+                        epoch_ms: period_ms,
+                        format,
+                    },
+                    channel: campaign.channel,
+                    campaign: campaign.name,
+                    amount: cents as f64 / 100.0,
+                    currency: "EUR",
+                    source: campaign.spend_source,
+                },
+            ));
+        }
+        for (arrival_ms, spend) in records {
+            let truth = GroundTruth {
+                kind: ArrivalKind::Spend,
+                late: false,
+                fast_checkout: false,
+                session: None,
+                channel: Some(spend.channel),
+            };
+            self.enqueue(arrival_ms, SynthRecord::Spend(spend), truth);
+        }
+    }
+
     fn enqueue(&mut self, arrival_ms: i64, record: SynthRecord, truth: GroundTruth) {
         let arrival = Arrival {
             arrival_ms,
@@ -438,6 +573,41 @@ impl Generator {
             (ArrivalKind::Original, SynthRecord::Spend(_))
             | (ArrivalKind::Spend, SynthRecord::Event(_)) => {}
         }
+    }
+}
+
+/// Adds what a demo session landing from `campaign` costs: its click (at the drifted price for
+/// the drifting campaign), or the affiliate's commission on its clean orders.
+fn accrue_cost(
+    state: &mut DemoState,
+    campaign: &'static CampaignSpec,
+    start_ms: i64,
+    plan: &[PlannedEvent],
+) {
+    let Some(index) = state
+        .campaigns
+        .iter()
+        .position(|c| std::ptr::eq(*c, campaign))
+    else {
+        return;
+    };
+    let hundredths = if campaign.channel == Channel::Affiliate {
+        let revenue_cents: u64 = plan
+            .iter()
+            .filter(|p| p.event.event_type == EventType::Purchase && !p.fast_checkout)
+            .map(|p| eur_to_cents(p.event.value.unwrap_or(0.0)))
+            .sum();
+        revenue_cents * demo::AFFILIATE_COMMISSION_PERCENT
+    } else {
+        let mut factor = 1.0;
+        if demo::is_drifting(campaign) {
+            let level = demo::drift_level(state.shape.drift_from_ms, start_ms);
+            factor += (demo::DRIFT_CPC_FACTOR - 1.0) * level;
+        }
+        (demo::cost_per_click_cents(campaign) as f64 * 100.0 * factor).round() as u64
+    };
+    if let Some(cost) = state.cost.get_mut(index) {
+        *cost = cost.saturating_add(hundredths);
     }
 }
 

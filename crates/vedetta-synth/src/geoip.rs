@@ -202,6 +202,26 @@ pub fn catalog_region_networks() -> Vec<(IpAddr, u8, &'static RegionSpec)> {
     out
 }
 
+/// The blocks of [`catalog_region_networks`] grouped by region (in [`regions`] order), each as
+/// a prefix of its provider with the provider's weight: where the demo draws the addresses of
+/// a region's users from, so that the catalog database places them in their region.
+pub(crate) fn catalog_blocks_by_region() -> Vec<Vec<IspPrefix>> {
+    let prefixes = isp_prefixes();
+    let mut by_region = vec![Vec::new(); regions().len()];
+    for (slot, (network, prefix_len, region)) in catalog_region_networks().into_iter().enumerate() {
+        let provider = &prefixes[slot / BLOCKS_PER_PREFIX];
+        if let Some(index) = regions().iter().position(|r| std::ptr::eq(r, region)) {
+            by_region[index].push(IspPrefix {
+                isp: provider.isp,
+                network,
+                prefix_len,
+                weight: provider.weight,
+            });
+        }
+    }
+    by_region
+}
+
 /// Block `index` of a catalog prefix: the prefix lengthened by [`BLOCK_BITS`].
 fn block_of(prefix: &IspPrefix, index: usize) -> (IpAddr, u8) {
     let prefix_len = prefix.prefix_len + BLOCK_BITS;

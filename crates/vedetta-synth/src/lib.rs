@@ -42,6 +42,7 @@ pub mod geoip;
 mod population;
 mod record;
 mod rfc3339;
+pub mod rhythm;
 mod rng;
 mod session;
 pub mod truth;
@@ -51,8 +52,8 @@ pub use catalog::{
     isp_prefixes, paid_campaigns, regions, user_agents,
 };
 pub use config::{
-    ConfigError, DEFAULT_START_MS, MAX_DISORDER_MS, MAX_SESSIONS_PER_MINUTE, MAX_START_MS,
-    MAX_USERS, MIN_USERS_PER_SESSION_PER_MINUTE, SynthConfig, Tagging,
+    ConfigError, DEFAULT_START_MS, DemoShape, MAX_DISORDER_MS, MAX_SESSIONS_PER_MINUTE,
+    MAX_START_MS, MAX_USERS, MIN_USERS_PER_SESSION_PER_MINUTE, SynthConfig, Tagging,
 };
 pub use generator::{Arrival, ArrivalKind, Generator, GroundTruth, SynthStats};
 pub use record::{

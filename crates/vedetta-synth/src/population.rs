@@ -10,8 +10,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
-use crate::catalog::{UserAgentSpec, isp_prefixes, regions, user_agents};
+use crate::catalog::{DeviceClass, IspPrefix, UserAgentSpec, isp_prefixes, regions, user_agents};
+use crate::geoip::catalog_blocks_by_region;
 use crate::record::{Consent, Udid, UdidStyle};
 use crate::rng::{Rng, mix64};
 
@@ -36,6 +38,36 @@ pub(crate) struct UserProfile {
     /// knows it from their address; `None` leaves geolocation to the IP.
     pub(crate) explicit_region: Option<&'static str>,
     pub(crate) consent: Option<Consent>,
+    /// Demo users only: the index in `regions()` of the region they live in, whose address
+    /// blocks they browse from (see [`region_blocks`]).
+    pub(crate) home_region: Option<usize>,
+}
+
+/// Demo device shares, per thousand users: mobile, desktop, tablet.
+const DEMO_DEVICES: [(DeviceClass, u32); 3] = [
+    (DeviceClass::Mobile, 650),
+    (DeviceClass::Desktop, 300),
+    (DeviceClass::Tablet, 50),
+];
+
+/// The catalog GeoIP blocks of each region (computed once; pure data).
+pub(crate) fn region_blocks(region: usize) -> &'static [IspPrefix] {
+    static BLOCKS: OnceLock<Vec<Vec<IspPrefix>>> = OnceLock::new();
+    BLOCKS
+        .get_or_init(catalog_blocks_by_region)
+        .get(region)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// An address in `region`'s blocks (any catalog address if it had none).
+pub(crate) fn address_in_region(rng: &mut Rng, region: usize) -> IpAddr {
+    let blocks = region_blocks(region);
+    if blocks.is_empty() {
+        return rng
+            .pick_weighted(isp_prefixes(), |p| p.weight)
+            .random_host(rng);
+    }
+    rng.pick_weighted(blocks, |p| p.weight).random_host(rng)
 }
 
 #[derive(Debug)]
@@ -76,10 +108,17 @@ pub(crate) struct Population {
     /// Users who had a session recently → event time from which they may start another.
     next_session_from: HashMap<u64, i64>,
     last_prune_ms: i64,
+    /// Demo users: device by the demo's shares, address in their home region.
+    demo: bool,
 }
 
 impl Population {
     pub(crate) fn new(seed: u64, users: u64) -> Self {
+        Self::with_shape(seed, users, false)
+    }
+
+    /// A population whose users are drawn the demo's way when `demo` is set.
+    pub(crate) fn with_shape(seed: u64, users: u64, demo: bool) -> Self {
         Self {
             users,
             loyal_users: (users / 10).max(1),
@@ -89,6 +128,7 @@ impl Population {
             registered: BitSet::new(users),
             next_session_from: HashMap::new(),
             last_prune_ms: i64::MIN,
+            demo,
         }
     }
 
@@ -159,11 +199,30 @@ impl Population {
                 style: UdidStyle::Crm,
             }
         };
-        let user_agent = rng.pick_weighted(user_agents(), |u| u.users_per_mille);
-        let home_ip = rng
-            .pick_weighted(isp_prefixes(), |p| p.weight)
-            .random_host(&mut rng);
-        let region = rng.pick_weighted(regions(), |r| r.population_thousands);
+        let (user_agent, home_ip, region, home_region) = if self.demo {
+            let device = rng.pick_weighted(&DEMO_DEVICES, |d| d.1).0;
+            let user_agent = rng.pick_weighted(user_agents(), |u| {
+                if u.device == device {
+                    u.users_per_mille
+                } else {
+                    0
+                }
+            });
+            let region = rng.pick_weighted(regions(), |r| r.population_thousands);
+            let home = regions()
+                .iter()
+                .position(|r| std::ptr::eq(r, region))
+                .unwrap_or(0);
+            let home_ip = address_in_region(&mut rng, home);
+            (user_agent, home_ip, region, Some(home))
+        } else {
+            let user_agent = rng.pick_weighted(user_agents(), |u| u.users_per_mille);
+            let home_ip = rng
+                .pick_weighted(isp_prefixes(), |p| p.weight)
+                .random_host(&mut rng);
+            let region = rng.pick_weighted(regions(), |r| r.population_thousands);
+            (user_agent, home_ip, region, None)
+        };
         let explicit_region = match rng.below(100) {
             0..=4 => Some(region.name),
             5..=7 => Some(region.iso_code),
@@ -187,6 +246,7 @@ impl Population {
             home_ip,
             explicit_region,
             consent,
+            home_region,
         }
     }
 }

@@ -41,12 +41,17 @@ pub(crate) struct Ids {
 
 impl Ids {
     pub(crate) fn new(seed: u64) -> Self {
+        // Order numbers of a shop that has been open a while.
+        Self::with_order_base(seed, 100_000 + seed % 900_000)
+    }
+
+    /// Ids whose first order number is `order_base + 1`.
+    pub(crate) fn with_order_base(seed: u64, order_base: u64) -> Self {
         Self {
             key: mix64(seed ^ 0x4556_454E_5449_4453),
             next_logical: 0,
             next_double_fire: 0,
-            // Order numbers of a shop that has been open a while.
-            next_order: 100_000 + seed % 900_000,
+            next_order: order_base,
         }
     }
 
@@ -83,6 +88,17 @@ pub(crate) struct SessionOutcome {
     pub(crate) registered: bool,
     /// Where the session came from, whether or not its events say so.
     pub(crate) channel: Channel,
+    /// The campaign the session landed from, if any (for the demo's per-click spend).
+    pub(crate) campaign: Option<&'static CampaignSpec>,
+}
+
+/// What the demo changes about a session (see `crate::demo`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DemoSession {
+    /// The session is on the promotion day: a share comes from the promotion's campaign.
+    pub(crate) promotion: bool,
+    /// How far the drifting campaign's overbidding has gone (0–1): it buys extra clicks.
+    pub(crate) drift_level: f64,
 }
 
 /// The user and moment a session starts with.
@@ -94,6 +110,7 @@ pub(crate) struct SessionStart<'a> {
     pub(crate) start_ms: i64,
     pub(crate) fast_checkout_share: f64,
     pub(crate) tagging: Tagging,
+    pub(crate) demo: Option<DemoSession>,
 }
 
 /// Page views per session: 1 (a bounce) to 8.
@@ -141,24 +158,63 @@ pub(crate) fn plan_session(
     let typed_in = returning && rng.chance(RETURN_DIRECT);
     let channel_spec = if typed_in {
         &DIRECT_VISIT
-    } else if returning {
-        rng.pick_weighted(&CHANNELS, |c| {
-            if c.channel == Channel::Direct {
-                0
-            } else {
-                c.sessions_per_mille
-            }
-        })
     } else {
-        rng.pick_weighted(&CHANNELS, |c| c.sessions_per_mille)
+        // The demo's shop buys more of its traffic (see `demo::channel_per_mille`).
+        let share = |c: &ChannelSpec| match start.demo {
+            Some(_) => crate::demo::channel_per_mille(c.channel),
+            None => c.sessions_per_mille,
+        };
+        if returning {
+            rng.pick_weighted(&CHANNELS, |c| {
+                if c.channel == Channel::Direct {
+                    0
+                } else {
+                    share(c)
+                }
+            })
+        } else {
+            rng.pick_weighted(&CHANNELS, share)
+        }
+    };
+    // The demo's forced landings: the promotion's campaign on its day, the drifting
+    // campaign's extra clicks. Without a demo nothing is drawn, so the output stays the same.
+    let forced = match start.demo {
+        Some(demo) if !typed_in => {
+            if demo.promotion && rng.chance(crate::demo::PROMOTION_SESSION_SHARE) {
+                Some(&crate::demo::PROMOTION)
+            } else if demo.drift_level > 0.0
+                && rng.chance(crate::demo::DRIFT_EXTRA_CLICK_SHARE * demo.drift_level)
+            {
+                catalog::campaigns()
+                    .iter()
+                    .find(|c| crate::demo::is_drifting(c))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    };
+    let channel_spec = match forced {
+        Some(campaign) => CHANNELS
+            .iter()
+            .find(|c| c.channel == campaign.channel)
+            .unwrap_or(channel_spec),
+        None => channel_spec,
     };
     let channel = channel_spec.channel;
-    let campaign = if rng.below(100) < u64::from(channel_spec.campaign_percent) {
+    let campaign = if forced.is_some() {
+        forced
+    } else if rng.below(100) < u64::from(channel_spec.campaign_percent) {
         pick_campaign(rng, channel)
     } else {
         None
     };
     let hints = landing_hints(rng, channel, campaign);
+    // Demo affiliates tag their programme as the campaign (their partner stays the source).
+    let campaign = match (start.demo, channel) {
+        (Some(_), Channel::Affiliate) => Some(&crate::demo::AFFILIATE),
+        _ => campaign,
+    };
     let mut base = session_template(rng, start, channel, campaign);
     if typed_in {
         // Nothing says where a typed-in visit came from, not even `channel: "direct"`.
@@ -166,6 +222,7 @@ pub(crate) fn plan_session(
     }
     let mut session = SessionWriter {
         channel,
+        campaign,
         base,
         hints,
         channel_left_to_server: rng.chance(CHANNEL_LEFT_TO_SERVER),
@@ -176,7 +233,10 @@ pub(crate) fn plan_session(
         out,
     };
 
-    let propensity = propensity(channel_spec, start.user.user_agent.device);
+    let mut propensity = propensity(channel_spec, start.user.user_agent.device);
+    if let (Some(_), Some(campaign)) = (start.demo, campaign) {
+        propensity *= crate::demo::conversion_factor(campaign);
+    }
     let mut t = start.start_ms;
 
     // Browsing.
@@ -299,6 +359,7 @@ fn finish(
         last_event_ms: t,
         registered,
         channel: session.channel,
+        campaign: session.campaign,
     }
 }
 
@@ -475,8 +536,13 @@ fn session_template(
         _ => TsFormat::EpochMillis,
     };
     let ip = if rng.chance(AWAY_FROM_HOME_NETWORK) {
-        rng.pick_weighted(catalog::isp_prefixes(), |p| p.weight)
-            .random_host(rng)
+        match user.home_region {
+            // A demo user away from home is still in their region (mobile data, work).
+            Some(region) => crate::population::address_in_region(rng, region),
+            None => rng
+                .pick_weighted(catalog::isp_prefixes(), |p| p.weight)
+                .random_host(rng),
+        }
     } else {
         user.home_ip
     };
@@ -571,6 +637,7 @@ static DIRECT_VISIT: ChannelSpec = ChannelSpec {
 /// tag sends it.
 struct SessionWriter<'a> {
     channel: Channel,
+    campaign: Option<&'static CampaignSpec>,
     base: SynthEvent,
     hints: LandingHints,
     /// Omit `channel` and leave the landing hints to the server: on every event (every-event
@@ -668,6 +735,7 @@ mod tests {
                         start_ms: 1_000_000_000_000,
                         fast_checkout_share,
                         tagging: Tagging::Realistic,
+                        demo: None,
                     },
                     &mut out,
                 );
