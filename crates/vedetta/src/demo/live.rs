@@ -9,7 +9,7 @@ use super::history::post;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use vedetta_core::time::Clock;
-use vedetta_synth::{OrderId, SynthRecord, to_ndjson_line};
+use vedetta_synth::{SynthRecord, to_ndjson_line};
 
 use crate::clock::SystemClock;
 
@@ -21,13 +21,6 @@ fn live_seed(seed: u64, start_ms: i64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-/// Order ids of the live part start here, so that they never meet the history's (numbered
-/// from 1) or a previous run's within the same-order horizon: a thousand per millisecond of
-/// start time, far more orders than a run makes per millisecond it lasts.
-fn order_offset(start_ms: i64) -> u64 {
-    (start_ms.max(0) as u64).saturating_mul(1_000)
 }
 
 /// Streams live traffic from `start_ms` (the wall clock when the demo began, `origin` being
@@ -44,20 +37,19 @@ pub async fn stream(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let config = vedetta_synth::demo::live_config(live_seed(seed, start_ms), start_ms, rate);
-    let offset = order_offset(start_ms);
+    let mut config = vedetta_synth::demo::live_config(seed, start_ms, rate);
+    // Its own event ids; the population (the history's users) and the order numbers
+    // (numbered from the start minute) stay as `live_config` makes them.
+    config.seed = live_seed(config.seed, start_ms);
     let mut generator = crate::commands::generate::synth(config)?.peekable();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut events, mut costs) = (Vec::new(), Vec::new());
     loop {
         tick.tick().await;
         let now_sim = start_ms + origin.elapsed().as_millis() as i64;
-        while let Some(mut arrival) = generator.next_if(|a| a.arrival_ms <= now_sim) {
-            let target = match &mut arrival.record {
-                SynthRecord::Event(event) => {
-                    event.order_id = event.order_id.map(|o| OrderId(o.0 + offset));
-                    &mut events
-                }
+        while let Some(arrival) = generator.next_if(|a| a.arrival_ms <= now_sim) {
+            let target = match &arrival.record {
+                SynthRecord::Event(_) => &mut events,
                 SynthRecord::Spend(_) => &mut costs,
             };
             to_ndjson_line(&arrival.record, target);
