@@ -219,6 +219,30 @@ fn next_chunk(
     Some(chunk)
 }
 
+/// Which request of the current chunk was in flight, and stored, when the last run stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InFlight {
+    /// None was stored unacknowledged: the log ends where the marker last saw it.
+    Nothing,
+    /// The chunk's events request.
+    Events,
+    /// The chunk's costs request: the chunk is complete.
+    Costs,
+}
+
+/// The log grew past the marker's offset while nothing but the history load writes: the
+/// request in flight was stored. It was the events request unless that was acknowledged
+/// already (or the chunk has no events).
+fn in_flight(marker: &Marker, logged: u64, chunk_has_events: bool) -> InFlight {
+    if logged <= marker.log_end_offset {
+        InFlight::Nothing
+    } else if !marker.chunk_events_done && chunk_has_events {
+        InFlight::Events
+    } else {
+        InFlight::Costs
+    }
+}
+
 /// Loads (the rest of) the history, updating `marker` on disk and `progress` as it goes.
 pub async fn load(
     marker: &mut Marker,
@@ -254,20 +278,22 @@ pub async fn load(
     // offset the marker last saw (nothing else writes while the history loads).
     let logged = log_end_offset(&client, base, key).await?;
     let mut pending = next_chunk(&mut generator, &mut spend, marker.history_end_ms);
-    if logged > marker.log_end_offset
-        && let Some(chunk) = &pending
-    {
-        if !marker.chunk_events_done && !chunk.events.is_empty() {
-            tracing::info!("demo: the events request in flight at the last stop was stored");
-            marker.chunk_events_done = true;
-        } else {
-            tracing::info!("demo: the costs request in flight at the last stop was stored");
-            marker.arrivals_done += chunk.arrivals;
-            marker.chunk_events_done = false;
-            pending = next_chunk(&mut generator, &mut spend, marker.history_end_ms);
+    if let Some(chunk) = &pending {
+        let stored = in_flight(marker, logged, !chunk.events.is_empty());
+        match stored {
+            InFlight::Nothing => {}
+            InFlight::Events => marker.chunk_events_done = true,
+            InFlight::Costs => {
+                marker.arrivals_done += chunk.arrivals;
+                marker.chunk_events_done = false;
+                pending = next_chunk(&mut generator, &mut spend, marker.history_end_ms);
+            }
         }
-        marker.log_end_offset = logged;
-        marker.save(data_dir)?;
+        if stored != InFlight::Nothing {
+            tracing::info!(request = ?stored, "demo: the request in flight at the last stop was stored");
+            marker.log_end_offset = logged;
+            marker.save(data_dir)?;
+        }
     }
     if marker.arrivals_done > 0 {
         tracing::info!(
@@ -333,4 +359,86 @@ pub async fn load(
         s.history_records = marker.accepted;
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_in_flight_is_told_by_the_log_end_offset() {
+        let mut marker = Marker::new(1, 0, 1.0);
+        marker.log_end_offset = 10_000;
+        // The log ends where the marker saw it: nothing in flight was stored.
+        assert_eq!(in_flight(&marker, 10_000, true), InFlight::Nothing);
+        // It grew: the events request was stored, or, with none to send, the costs.
+        assert_eq!(in_flight(&marker, 14_990, true), InFlight::Events);
+        assert_eq!(in_flight(&marker, 10_012, false), InFlight::Costs);
+        // The events were acknowledged: what grew the log is the costs request.
+        marker.chunk_events_done = true;
+        assert_eq!(in_flight(&marker, 10_012, true), InFlight::Costs);
+        assert_eq!(in_flight(&marker, 10_000, true), InFlight::Nothing);
+    }
+
+    fn minute(channel: Channel, campaign: &'static str, ts_ms: i64, amount: f64) -> SynthSpend {
+        SynthSpend {
+            ts: Timestamp {
+                epoch_ms: ts_ms,
+                format: TsFormat::EpochMillis,
+            },
+            channel,
+            campaign,
+            amount,
+            currency: "EUR",
+            source: "google_ads",
+        }
+    }
+
+    fn amount_and_ts(record: &SynthRecord) -> (f64, i64) {
+        match record {
+            SynthRecord::Spend(s) => (s.amount, s.ts.epoch_ms),
+            SynthRecord::Event(_) => panic!("not spend"),
+        }
+    }
+
+    #[test]
+    fn spend_is_summed_per_campaign_and_hour_to_the_cent() {
+        let mut hourly = HourlySpend {
+            open: BTreeMap::new(),
+            scale: 1.0,
+        };
+        let hour = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
+        assert!(
+            hourly
+                .add(&minute(Channel::PaidSearch, "a", hour, 0.10))
+                .is_none()
+        );
+        assert!(
+            hourly
+                .add(&minute(Channel::PaidSearch, "a", hour + 60_000, 0.20))
+                .is_none()
+        );
+        assert!(
+            hourly
+                .add(&minute(Channel::Social, "b", hour + 60_000, 1.00))
+                .is_none()
+        );
+        // The next hour of the same campaign closes its previous one: 0.30 exactly.
+        let closed = hourly
+            .add(&minute(Channel::PaidSearch, "a", hour + HOUR_MS, 0.05))
+            .unwrap();
+        assert_eq!(amount_and_ts(&closed), (0.3, hour));
+        let rest: Vec<_> = hourly.drain().iter().map(amount_and_ts).collect();
+        assert_eq!(rest.len(), 2);
+        assert!(rest.contains(&(0.05, hour + HOUR_MS)));
+        assert!(rest.contains(&(1.0, hour)));
+        assert!(hourly.drain().is_empty());
+
+        let mut scaled = HourlySpend {
+            open: BTreeMap::new(),
+            scale: 0.1,
+        };
+        scaled.add(&minute(Channel::Display, "c", hour, 12.34));
+        assert_eq!(amount_and_ts(&scaled.drain()[0]), (1.23, hour));
+    }
 }

@@ -47,6 +47,9 @@ pub const RULES_FILE: &str = "demo-rules.toml";
 /// File of the generator's GeoIP database in the data directory.
 pub const GEOIP_FILE: &str = "demo-geoip.mmdb";
 
+/// `alerts.max_catch_up` of the demo's alert configuration.
+pub const DEMO_MAX_CATCH_UP_MS: i64 = 2 * 60_000;
+
 /// What `serve --demo` was asked for.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -204,6 +207,10 @@ pub fn prepare(config: &mut Config, options: DemoOptions) -> anyhow::Result<Demo
         marker::write_atomically(&path, text.as_bytes())?;
         alerts.inline_rules.clear();
         alerts.rules_file = Some(path.clone());
+        // Minutes far behind the watermark are not judged: during the load the evaluator
+        // then skips the month (no rules are in force, but judging each minute still costs
+        // a commit), and live minutes are judged as they close.
+        alerts.max_catch_up_ms = DEMO_MAX_CATCH_UP_MS;
         config.alerts = alerts;
         rules_file = Some(path);
     }
