@@ -168,8 +168,8 @@ fn the_dashboard_shows_firing_alerts_opens_their_drill_down_and_manages_silences
 
 /// `serve --demo` after its history loaded (issue 11): the 30-day view has data on at least
 /// 28 days, a believable overall CPA, regions for nearly every session and no CPA for
-/// organic search (`tests/browser/demo.test.mjs`). A twentieth of the history's volume
-/// (`DEMO_HISTORY_SCALE`, which scales spend alike) keeps it short; no live traffic.
+/// organic search (`tests/browser/demo.test.mjs`). A twentieth of the history's sessions
+/// (`DEMO_HISTORY_SCALE`; spend follows clicks) keeps it short; no live traffic.
 #[test]
 fn the_demo_shows_a_believable_month() {
     let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());

@@ -113,12 +113,9 @@ pub async fn log_end_offset(
 /// Spend per (channel, campaign, source, currency) and hour: a record for an hour is
 /// complete once a record of a later hour of the same key arrives (the generator reports
 /// each key's minutes in order), and at the end of the history.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct HourlySpend {
     open: BTreeMap<(Channel, &'static str, &'static str, &'static str), (i64, i64)>,
-    /// The history's scale: spend shrinks with the traffic, so CPA and ROAS hold at any
-    /// scale.
-    scale: f64,
 }
 
 const HOUR_MS: i64 = 3_600_000;
@@ -147,7 +144,7 @@ impl HourlySpend {
     fn add(&mut self, spend: &SynthSpend) -> Option<SynthRecord> {
         let key = (spend.channel, spend.campaign, spend.source, spend.currency);
         let hour = spend.ts.epoch_ms.div_euclid(HOUR_MS) * HOUR_MS;
-        let cents = (spend.amount * self.scale * 100.0).round() as i64;
+        let cents = (spend.amount * 100.0).round() as i64;
         match self.open.get_mut(&key) {
             Some((open_hour, sum)) if *open_hour == hour => {
                 *sum = sum.saturating_add(cents);
@@ -260,10 +257,8 @@ pub async fn load(
     let mut generator = crate::commands::generate::synth(config)?.peekable();
     // Skip what is stored (the generator is deterministic: the same arrivals come again),
     // rebuilding the open hours of spend as they were.
-    let mut spend = HourlySpend {
-        open: BTreeMap::new(),
-        scale: marker.history_scale,
-    };
+    // (A scaled history needs no scaled spend: the demo's spend follows its clicks.)
+    let mut spend = HourlySpend::default();
     for _ in 0..marker.arrivals_done {
         match generator.next() {
             Some(arrival) => {
@@ -404,10 +399,7 @@ mod tests {
 
     #[test]
     fn spend_is_summed_per_campaign_and_hour_to_the_cent() {
-        let mut hourly = HourlySpend {
-            open: BTreeMap::new(),
-            scale: 1.0,
-        };
+        let mut hourly = HourlySpend::default();
         let hour = 1_700_000_000_000 / HOUR_MS * HOUR_MS;
         assert!(
             hourly
@@ -434,12 +426,5 @@ mod tests {
         assert!(rest.contains(&(0.05, hour + HOUR_MS)));
         assert!(rest.contains(&(1.0, hour)));
         assert!(hourly.drain().is_empty());
-
-        let mut scaled = HourlySpend {
-            open: BTreeMap::new(),
-            scale: 0.1,
-        };
-        scaled.add(&minute(Channel::Display, "c", hour, 12.34));
-        assert_eq!(amount_and_ts(&scaled.drain()[0]), (1.23, hour));
     }
 }
