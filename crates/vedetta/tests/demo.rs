@@ -195,6 +195,66 @@ fn a_load_killed_midway_resumes_with_exact_totals() {
     whole.stop();
 }
 
+fn read_marker(data: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(data.join("demo.json")).unwrap()).unwrap()
+}
+
+/// Waits for a server started with `DEMO_CRASH_AFTER_REQUEST` to abort.
+fn wait_crash(mut server: Server) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(!status.success(), "the server was to abort: {status}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server did not abort");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The worst moment for a crash: a request is stored and acknowledged, and the marker
+/// does not record it yet. The next start must see it in the log and neither send it
+/// again (its spend would count twice, its events as duplicates) nor skip anything.
+#[test]
+fn a_request_stored_but_not_recorded_is_neither_lost_nor_sent_again() {
+    let http = client();
+    let end = history_end();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("crashed");
+
+    // Requests go events, costs, events, costs...: the third is chunk 1's events.
+    wait_crash(start_demo(
+        &data,
+        end,
+        "0",
+        &[("DEMO_CRASH_AFTER_REQUEST", "3")],
+    ));
+    let marker = read_marker(&data);
+    assert_eq!(marker["arrivals_done"], 5_000, "{marker}");
+    assert_eq!(marker["chunk_events_done"], false, "{marker}");
+    // The next start finds chunk 1's events stored, then dies right after storing its
+    // costs, again before the marker records them.
+    wait_crash(start_demo(
+        &data,
+        end,
+        "0",
+        &[("DEMO_CRASH_AFTER_REQUEST", "1")],
+    ));
+    let marker = read_marker(&data);
+    assert_eq!(marker["arrivals_done"], 5_000, "{marker}");
+    assert_eq!(marker["chunk_events_done"], true, "{marker}");
+
+    let resumed = start_demo(&data, end, "0", &[]);
+    let status = wait_loaded(&http, &resumed);
+    let kpis = history_kpis(&http, &resumed, end);
+    let whole = start_demo(&dir.path().join("whole"), end, "0", &[]);
+    let expected_status = wait_loaded(&http, &whole);
+    assert_eq!(status["log_end_offset"], expected_status["log_end_offset"]);
+    assert_eq!(kpis, history_kpis(&http, &whole, end));
+    resumed.stop();
+    whole.stop();
+}
+
 /// Every (rule, status) notice the inbox received, oldest first.
 fn inbox_notices(http: &reqwest::blocking::Client, server: &Server) -> Vec<(String, String)> {
     let inbox = get_json(http, &server.url("/v1/inbox?limit=1000"));

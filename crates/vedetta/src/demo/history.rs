@@ -247,7 +247,18 @@ pub async fn load(
     base: &str,
     key: Option<&str>,
     progress: &Progress,
+    crash_after_request: Option<u64>,
 ) -> anyhow::Result<()> {
+    // Fault injection for tests: the process dies the moment its n-th request is stored
+    // and acknowledged, before the marker records it, as a crash at the worst moment.
+    let mut acknowledged = 0u64;
+    let mut crash_point = || {
+        acknowledged += 1;
+        if crash_after_request == Some(acknowledged) {
+            eprintln!("demo: DEMO_CRASH_AFTER_REQUEST={acknowledged}: aborting");
+            std::process::abort();
+        }
+    };
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
@@ -306,6 +317,7 @@ pub async fn load(
     while let Some(chunk) = pending {
         if !marker.chunk_events_done && !chunk.events.is_empty() {
             let posted = post(&client, &format!("{base}/v1/events"), key, chunk.events).await?;
+            crash_point();
             marker.accepted += posted.accepted;
             marker.refused += posted.refused;
             marker.chunk_events_done = true;
@@ -314,6 +326,7 @@ pub async fn load(
         }
         if !chunk.costs.is_empty() {
             let posted = post(&client, &format!("{base}/v1/costs"), key, chunk.costs).await?;
+            crash_point();
             marker.accepted += posted.accepted;
             marker.refused += posted.refused;
             marker.log_end_offset = posted.end_offset;

@@ -17,7 +17,9 @@
 //!
 //! Hidden knobs for tests (environment): `DEMO_END_MS` (event time the history ends at,
 //! default now), `DEMO_HISTORY_SCALE` (fraction of the history's volume, default 1),
-//! `DEMO_GLITCH_FIRST_S` and `DEMO_GLITCH_EVERY_S` (default 120 and 300).
+//! `DEMO_GLITCH_FIRST_S` and `DEMO_GLITCH_EVERY_S` (default 120 and 300), and
+//! `DEMO_CRASH_AFTER_REQUEST` (abort once the n-th history request is stored, before the
+//! marker records it).
 
 pub mod history;
 pub mod live;
@@ -60,6 +62,9 @@ pub struct DemoOptions {
     pub history_end_ms: Option<i64>,
     pub history_scale: f64,
     pub glitches: live::GlitchTiming,
+    /// Tests only: abort once this many history requests are stored, before the marker
+    /// records the last (`DEMO_CRASH_AFTER_REQUEST`).
+    pub crash_after_request: Option<u64>,
 }
 
 fn env_number<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
@@ -106,6 +111,7 @@ impl DemoOptions {
                 first: seconds("DEMO_GLITCH_FIRST_S", 120)?,
                 every: seconds("DEMO_GLITCH_EVERY_S", 300)?.max(Duration::from_secs(1)),
             },
+            crash_after_request: env_number::<u64>("DEMO_CRASH_AFTER_REQUEST")?,
         })
     }
 }
@@ -258,7 +264,15 @@ pub async fn run(demo: Demo, address: SocketAddr, key: Option<String>) {
     );
     let base = format!("http://{address}");
     if !marker.complete {
-        let outcome = load_history(&mut marker, &data_dir, &base, key.as_deref(), &progress).await;
+        let outcome = load_history(
+            &mut marker,
+            &data_dir,
+            &base,
+            key.as_deref(),
+            &progress,
+            options.crash_after_request,
+        )
+        .await;
         if let Err(error) = outcome {
             tracing::error!(error = %format!("{error:#}"), "demo: the history load stopped; restart to continue it");
             progress.update(|s| {
@@ -299,13 +313,14 @@ async fn load_history(
     base: &str,
     key: Option<&str>,
     progress: &Progress,
+    crash_after_request: Option<u64>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     tracing::info!(
         days = vedetta_synth::demo::HISTORY_DAYS,
         "demo: loading the history (the dashboard works meanwhile; live traffic follows it)"
     );
-    history::load(marker, data_dir, base, key, progress).await?;
+    history::load(marker, data_dir, base, key, progress, crash_after_request).await?;
     tracing::info!(
         records = marker.accepted,
         seconds = started.elapsed().as_secs_f64(),
