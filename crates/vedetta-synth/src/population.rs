@@ -256,6 +256,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn demo_users_live_where_the_catalog_database_places_their_addresses() {
+        let population = Population::with_shape(4, 100_000, true);
+        let mut rng = Rng::seeded(4);
+        let mut devices = HashMap::new();
+        for index in 0..20_000 {
+            let user = population.profile(index);
+            let home = user.home_region.expect("demo users have a home region");
+            let region = &regions()[home];
+            let placed = crate::geoip::catalog_region_of(user.home_ip);
+            assert_eq!(placed.map(|r| r.iso_code), Some(region.iso_code));
+            if let Some(explicit) = user.explicit_region {
+                assert!(explicit == region.name || explicit == region.iso_code);
+            }
+            let away = address_in_region(&mut rng, home);
+            assert_eq!(
+                crate::geoip::catalog_region_of(away).map(|r| r.iso_code),
+                Some(region.iso_code)
+            );
+            *devices.entry(user.user_agent.device).or_insert(0u32) += 1;
+        }
+        let mobile = f64::from(devices[&DeviceClass::Mobile]) / 20_000.0;
+        let tablet = f64::from(devices[&DeviceClass::Tablet]) / 20_000.0;
+        assert!((0.63..=0.67).contains(&mobile), "{mobile}");
+        assert!((0.04..=0.06).contains(&tablet), "{tablet}");
+        // Without the demo shape, users are drawn as before: no home region.
+        assert!(Population::new(4, 100).profile(3).home_region.is_none());
+    }
+
+    #[test]
+    fn every_region_has_catalog_blocks() {
+        for (index, region) in regions().iter().enumerate() {
+            let blocks = region_blocks(index);
+            assert!(!blocks.is_empty(), "{}", region.name);
+            for block in blocks {
+                assert_eq!(
+                    crate::geoip::catalog_region_of(block.network).map(|r| r.iso_code),
+                    Some(region.iso_code)
+                );
+            }
+        }
+    }
+
+    #[test]
     fn profiles_are_stable_and_udids_distinct() {
         let population = Population::new(9, 10_000);
         let mut udids = std::collections::HashSet::new();
