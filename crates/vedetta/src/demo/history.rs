@@ -314,6 +314,7 @@ pub async fn load(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut logged_tenth = -1;
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     while let Some(chunk) = pending {
         if !marker.chunk_events_done && !chunk.events.is_empty() {
             let posted = post(&client, &format!("{base}/v1/events"), key, chunk.events).await?;
@@ -343,7 +344,8 @@ pub async fn load(
             s.history_records = marker.accepted;
         });
         let tenth = (fraction * 10.0) as i32;
-        if tenth > logged_tenth {
+        // On a terminal the bar says it; in a log file, a line every tenth.
+        if tenth > logged_tenth && !on_terminal {
             logged_tenth = tenth;
             tracing::info!(
                 percent = tenth * 10,
