@@ -54,9 +54,11 @@ pub struct ServeArgs {
     /// traffic, example alert rules and their inbox (continues where it left off).
     #[arg(long)]
     demo: bool,
-    /// Live events per second of the demo (0: history only).
-    #[arg(long, visible_alias = "demo-rate", default_value_t = 4.0)]
-    rate: f64,
+    /// Live traffic of the demo: `auto` continues the history at its level and rhythm
+    /// (about 0.25 to 0.9 events per second), a number is constant events per second (0:
+    /// history only).
+    #[arg(long, visible_alias = "demo-rate", default_value = "auto")]
+    rate: vedetta::demo::LiveRate,
     /// Seed of the demo's traffic (a new demo directory only).
     #[arg(long, default_value_t = vedetta::demo::DEFAULT_SEED)]
     demo_seed: u64,

@@ -24,12 +24,12 @@ fn live_seed(seed: u64, start_ms: i64) -> u64 {
 }
 
 /// Streams live traffic from `start_ms` (the wall clock when the demo began, `origin` being
-/// the same moment) at about `rate` events per second, until the process ends. What came
+/// the same moment) at the history's level or about a fixed rate, until the process ends. What came
 /// due while the history loaded goes out at once.
 pub async fn stream(
     address: SocketAddr,
     seed: u64,
-    rate: f64,
+    rate: super::LiveRate,
     start_ms: i64,
     origin: Instant,
     key: Option<String>,
@@ -37,7 +37,12 @@ pub async fn stream(
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let mut config = vedetta_synth::demo::live_config(seed, start_ms, rate);
+    let mut config = match rate {
+        super::LiveRate::FollowHistory => {
+            vedetta_synth::demo::live_config_following_history(seed, start_ms)
+        }
+        super::LiveRate::Fixed(rate) => vedetta_synth::demo::live_config(seed, start_ms, rate),
+    };
     // Its own event ids; the population (the history's users) and the order numbers
     // (numbered from the start minute) stay as `live_config` makes them.
     config.seed = live_seed(config.seed, start_ms);

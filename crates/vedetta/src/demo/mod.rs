@@ -52,12 +52,54 @@ pub const GEOIP_FILE: &str = "demo-geoip.mmdb";
 /// `alerts.max_catch_up` of the demo's alert configuration.
 pub const DEMO_MAX_CATCH_UP_MS: i64 = 2 * 60_000;
 
+/// How much live traffic the demo sends (`--rate`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LiveRate {
+    /// `auto`: the history's level and rhythm carried on past its end
+    /// (`vedetta_synth::demo::live_config_following_history`), so the charts' last hour and
+    /// "vs previous period" compare like with like.
+    FollowHistory,
+    /// Constant events per second; 0 sends no live traffic.
+    Fixed(f64),
+}
+
+impl std::str::FromStr for LiveRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(LiveRate::FollowHistory);
+        }
+        match text.parse::<f64>() {
+            Ok(rate) if rate.is_finite() && (0.0..=MAX_RATE).contains(&rate) => {
+                Ok(LiveRate::Fixed(rate))
+            }
+            _ => Err(format!(
+                "{text:?} is not `auto` or a number of events per second between 0 and {MAX_RATE}"
+            )),
+        }
+    }
+}
+
+impl LiveRate {
+    /// Events per second at `t_ms` for a live part starting at `start_ms`.
+    pub fn at(self, start_ms: i64, t_ms: i64) -> f64 {
+        match self {
+            LiveRate::FollowHistory => {
+                vedetta_synth::demo::live_events_per_second_following_history(start_ms, t_ms)
+            }
+            LiveRate::Fixed(rate) => rate,
+        }
+    }
+}
+
 /// What `serve --demo` was asked for.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub seed: u64,
-    /// Live events per second; 0 sends no live traffic.
-    pub rate: f64,
+    /// Live traffic.
+    pub rate: LiveRate,
     /// Event time the history ends at (a new demo only; default now).
     pub history_end_ms: Option<i64>,
     pub history_scale: f64,
@@ -80,10 +122,7 @@ fn env_number<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
 
 impl DemoOptions {
     /// The options from the flags and the hidden environment knobs, checked.
-    pub fn new(seed: u64, rate: f64) -> anyhow::Result<Self> {
-        if !(rate.is_finite() && (0.0..=MAX_RATE).contains(&rate)) {
-            anyhow::bail!("--rate: {rate} is not between 0 and {MAX_RATE} events per second");
-        }
+    pub fn new(seed: u64, rate: LiveRate) -> anyhow::Result<Self> {
         let history_scale = env_number::<f64>("DEMO_HISTORY_SCALE")?.unwrap_or(1.0);
         if !(history_scale > 0.0 && history_scale <= 1.0) {
             anyhow::bail!("DEMO_HISTORY_SCALE: {history_scale} is not in (0, 1]");
@@ -253,13 +292,13 @@ pub async fn run(demo: Demo, address: SocketAddr, key: Option<String>) {
         history_start: EventTime(history.start_ms).to_rfc3339(),
         history_end: EventTime(marker.history_end_ms).to_rfc3339(),
         seed: marker.seed,
-        rate: options.rate,
+        rate: options.rate.at(live_start_ms, live_start_ms),
         error: None,
     });
     tracing::info!(
         url = %format!("http://{address}/"),
         seed = marker.seed,
-        rate = options.rate,
+        rate = ?options.rate,
         "demo: open the dashboard"
     );
     let base = format!("http://{address}");
@@ -290,11 +329,12 @@ pub async fn run(demo: Demo, address: SocketAddr, key: Option<String>) {
         }
     }
     progress.update(|s| s.phase = Phase::Live);
-    if options.rate > 0.0 {
-        tracing::info!(rate = options.rate, "demo: live traffic started");
+    if options.rate != LiveRate::Fixed(0.0) {
+        let rate_now = options.rate.at(live_start_ms, SystemClock.now_ms());
+        tracing::info!(events_per_second = rate_now, mode = ?options.rate, "demo: live traffic started");
         tokio::spawn(live::glitches(
             address,
-            options.rate,
+            rate_now,
             options.glitches,
             key.clone(),
         ));
@@ -327,4 +367,32 @@ async fn load_history(
         "demo: history loaded"
     );
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::LiveRate;
+
+    #[test]
+    fn the_live_rate_is_auto_or_a_bounded_number() {
+        assert_eq!("auto".parse::<LiveRate>().unwrap(), LiveRate::FollowHistory);
+        assert_eq!(
+            " AUTO ".parse::<LiveRate>().unwrap(),
+            LiveRate::FollowHistory
+        );
+        assert_eq!("4".parse::<LiveRate>().unwrap(), LiveRate::Fixed(4.0));
+        assert_eq!("0".parse::<LiveRate>().unwrap(), LiveRate::Fixed(0.0));
+        for bad in ["-1", "NaN", "inf", "1e9", "fast", ""] {
+            let error = bad.parse::<LiveRate>().unwrap_err();
+            assert!(error.contains("auto"), "{bad}: {error}");
+        }
+        // `auto` follows the history: a busy evening is above a quiet night.
+        let start = 1_796_378_400_000; // 2026-12-04T10:00:00Z
+        let evening = LiveRate::FollowHistory.at(start, start + 10 * 3_600_000);
+        let night = LiveRate::FollowHistory.at(start, start + 17 * 3_600_000);
+        assert!(evening > 2.0 * night, "{evening} vs {night}");
+        assert!(night >= 0.24, "{night}");
+        assert_eq!(LiveRate::Fixed(4.0).at(start, start), 4.0);
+    }
 }
