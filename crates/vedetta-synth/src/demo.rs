@@ -79,6 +79,9 @@ pub const EVENTS_PER_SESSION: f64 = 3.4;
 pub struct DemoShape {
     /// Session starts follow the daily and weekly rhythm (else a constant rate).
     pub rhythm: bool,
+    /// With the rhythm, the lowest intensity used (0: the rhythm as it is). The live part
+    /// keeps some traffic at night so that the dashboard still moves.
+    pub rhythm_floor: f64,
     /// The promotion day, as a local day number ([`LocalTime::day`]).
     pub promotion_day: Option<i64>,
     /// One spend record per spending campaign per this period (whole minutes).
@@ -99,6 +102,7 @@ pub fn history_config(seed: u64, end_ms: i64) -> SynthConfig {
         sessions_per_minute: HISTORY_SESSIONS_PER_MINUTE,
         demo: Some(DemoShape {
             rhythm: true,
+            rhythm_floor: 0.0,
             promotion_day: Some(promotion_day(end_ms)),
             spend_every_ms: HISTORY_SPEND_EVERY_MS,
             drift_from_ms: None,
@@ -119,6 +123,7 @@ pub fn live_config(seed: u64, start_ms: i64, events_per_second: f64) -> SynthCon
         sessions_per_minute,
         demo: Some(DemoShape {
             rhythm: false,
+            rhythm_floor: 0.0,
             promotion_day: None,
             spend_every_ms: LIVE_SPEND_EVERY_MS,
             drift_from_ms: Some(start_ms),
@@ -126,6 +131,35 @@ pub fn live_config(seed: u64, start_ms: i64, events_per_second: f64) -> SynthCon
         }),
         ..SynthConfig::default()
     }
+}
+
+/// The lowest intensity of the live part that follows the history: about 0.25 events per
+/// second, an event every few seconds, when the history's night is quieter than that.
+pub const LIVE_RHYTHM_FLOOR: f64 = 0.5;
+
+/// The live part that continues the history at its level: from `start_ms` (where the
+/// history ended) the same rhythm and the same base rate, so that the last hour of the
+/// charts and "vs previous period" compare like with like; never below
+/// [`LIVE_RHYTHM_FLOOR`]. The drifting campaign drifts as in [`live_config`].
+pub fn live_config_following_history(seed: u64, start_ms: i64) -> SynthConfig {
+    let mut config = live_config(
+        seed,
+        start_ms,
+        HISTORY_SESSIONS_PER_MINUTE * EVENTS_PER_SESSION / 60.0,
+    );
+    config.sessions_per_minute = HISTORY_SESSIONS_PER_MINUTE;
+    if let Some(shape) = config.demo.as_mut() {
+        shape.rhythm = true;
+        shape.rhythm_floor = LIVE_RHYTHM_FLOOR;
+        shape.promotion_day = Some(promotion_day(start_ms));
+    }
+    config
+}
+
+/// The event rate of [`live_config_following_history`] around `t_ms`.
+pub fn live_events_per_second_following_history(start_ms: i64, t_ms: i64) -> f64 {
+    let intensity = crate::rhythm::intensity(t_ms, Some(promotion_day(start_ms)));
+    HISTORY_SESSIONS_PER_MINUTE * intensity.max(LIVE_RHYTHM_FLOOR) * EVENTS_PER_SESSION / 60.0
 }
 
 /// The history's event rate (events per second, duplicates included) around `t_ms`, for a

@@ -279,7 +279,9 @@ impl Generator {
     fn keeps_candidate(&mut self, start_ms: i64) -> bool {
         match &mut self.demo {
             Some(state) if state.shape.rhythm => {
-                let keep = rhythm::intensity(start_ms, state.shape.promotion_day) / MAX_INTENSITY;
+                let intensity = rhythm::intensity(start_ms, state.shape.promotion_day)
+                    .max(state.shape.rhythm_floor.min(MAX_INTENSITY));
+                let keep = intensity / MAX_INTENSITY;
                 state.rhythm_rng.chance(keep)
             }
             _ => true,

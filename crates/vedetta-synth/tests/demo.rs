@@ -565,3 +565,49 @@ fn a_seed_gives_the_same_demo_and_another_seed_another() {
     assert_eq!(digest(&again), digest(&history()[..again.len()]));
     assert_ne!(digest(&again), digest(&first_day(SEED + 1)));
 }
+
+/// The live part that follows the history continues it at its level: in each of the five
+/// hours after the first (the first is a warm-up: the generator's sessions start at
+/// `start`, and their later events are not there yet), the event rate is within 15 % of
+/// the history's for that hour (or of the night floor), so the charts do not step at "now".
+#[test]
+fn the_live_part_following_the_history_keeps_its_level() {
+    // From 11:00 in Rome, and from 03:00, where the night floor lifts the level.
+    for start in [END_MS, END_MS - 8 * 3_600_000] {
+        let live = take_until(
+            demo::live_config_following_history(SEED, start),
+            start + 6 * 3_600_000,
+        );
+        for hour in 1..6 {
+            let from = start + hour * 3_600_000;
+            let events = live
+                .iter()
+                .filter(|a| {
+                    matches!(a.record, SynthRecord::Event(_))
+                        && (from..from + 3_600_000).contains(&a.arrival_ms)
+                })
+                .count() as f64;
+            let measured = events / 3_600.0;
+            let minutes = (0..60).map(|m| from + m * 60_000);
+            let following = minutes
+                .clone()
+                .map(|t| demo::live_events_per_second_following_history(start, t))
+                .sum::<f64>()
+                / 60.0;
+            let history = minutes
+                .map(|t| demo::history_events_per_second(start, t))
+                .sum::<f64>()
+                / 60.0;
+            println!(
+                "hour {hour}: live {measured:.3} events/s, expected {following:.3}, history {history:.3}"
+            );
+            assert!(
+                (measured / following - 1.0).abs() < 0.15,
+                "hour {hour}: {measured} vs {following}"
+            );
+            // The same as the history's level, except where the night floor lifts it.
+            assert!(following >= history * 0.999, "{following} < {history}");
+            assert!(following >= 0.24, "{following}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ mod clock;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 mod geoip;
 mod processor;
 mod secrets;

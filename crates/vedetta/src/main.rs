@@ -50,12 +50,18 @@ pub struct ServeArgs {
     /// Listen address (overrides `listen`, VEDETTA_LISTEN).
     #[arg(long)]
     listen: Option<String>,
-    /// Also run a live traffic generator against this server, so numbers move at once.
+    /// A demo: on an empty data directory, first a month of generated history, then live
+    /// traffic, example alert rules and their inbox (continues where it left off).
     #[arg(long)]
     demo: bool,
-    /// Events per second of the demo generator.
-    #[arg(long, default_value_t = 200.0)]
-    demo_rate: f64,
+    /// Live traffic of the demo: `auto` continues the history at its level and rhythm
+    /// (about 0.25 to 0.9 events per second), a number is constant events per second (0:
+    /// history only).
+    #[arg(long, visible_alias = "demo-rate", default_value = "auto")]
+    rate: vedetta::demo::LiveRate,
+    /// Seed of the demo's traffic (a new demo directory only).
+    #[arg(long, default_value_t = vedetta::demo::DEFAULT_SEED)]
+    demo_seed: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,8 +71,15 @@ enum ConfigCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    // The demo's terminal shows its progress bar, not the alert evaluator skipping the
+    // month of history minute by minute (`VEDETTA_LOG` still says otherwise).
+    let demo = matches!(&cli.command, Command::Serve(args) if args.demo);
+    init_tracing(if demo {
+        "info,vedetta::watch::evaluation=warn"
+    } else {
+        "info"
+    });
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
@@ -106,21 +119,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
     };
     let mut config = config::load(args.config.as_deref(), &overrides)?;
-    if args.demo && config.alerts.inline_rules.is_empty() && config.alerts.rules_file.is_none() {
-        // A newcomer sees alerts too: example rules that notify the server's own inbox.
-        config.alerts = vedetta::watch::config::demo_alerts(&config.listen.to_string())
-            .map_err(|e| anyhow::anyhow!("the demo's alert rules: {e}"))?;
-    }
+    let demo = if args.demo {
+        let options = vedetta::demo::DemoOptions::new(args.demo_seed, args.rate)?;
+        Some(vedetta::demo::prepare(&mut config, options)?)
+    } else {
+        None
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vedetta")
         .build()?;
-    let demo = args.demo.then_some(args.demo_rate);
     let api_key = config.ingest.api_keys.first().cloned();
     runtime.block_on(async move {
         server::serve(config, shutdown_signal(), move |address| {
-            if let Some(rate) = demo {
-                tokio::spawn(commands::generate::demo(address, rate, api_key));
+            if let Some(demo) = demo {
+                tokio::spawn(vedetta::demo::run(demo, address, api_key));
             }
         })
         .await
@@ -148,9 +161,9 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VEDETTA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

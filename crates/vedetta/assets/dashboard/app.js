@@ -12,7 +12,9 @@
 // - `#attribution` names the model the answer was computed under (`data-model`,
 //   `data-lookback-days`, from the answer's `attribution`) and links to the semantics. Rows carry
 //   `data-channel`, `data-campaign`, `data-device` or `data-region` with the raw value;
-//   crumbs `data-breadcrumb` (all, channel, campaign); range buttons `data-range`.
+//   crumbs `data-breadcrumb` (all, channel, campaign); range buttons `data-range`. The
+//   chart's svg counts its windows (`data-windows`) and those with sessions
+//   (`data-windows-with-sessions`). `#demo-loading` shows `serve --demo`'s history load.
 // - The view lives in the URL hash (`#range=24h&channel=social&campaign=x`), so a view can
 //   be bookmarked and the browser's back button leaves a drill-down. An alert's link
 //   (`/?channel=…&campaign=…&device=…&region=…&from=…&to=…`, view.js) opens the same view
@@ -89,6 +91,8 @@
       'dqSub.lag': 'events logged, not yet processed', 'dqSub.latency': 'p50 {p50} · p99 {p99} · last 5 min',
       'dqSub.watermark': 'event time complete up to {time}', 'dqSub.none': 'no data yet',
       processorError: 'Processing error: {message}', recovering: 'The pipeline is recovering from its log.',
+      demoLoading: 'Loading the demo’s month of history: {percent} %. The numbers grow as it arrives; live traffic follows.',
+      demoFailed: 'The demo’s history stopped loading ({message}); restart the server to continue it.',
       watermark: 'watermark', unknown: 'Unknown', language: 'English',
       'channel.direct': 'Direct', 'channel.organic': 'Organic search', 'channel.paid_search': 'Paid search',
       'channel.social': 'Social', 'channel.email': 'Email', 'channel.display': 'Display',
@@ -125,6 +129,8 @@
       'dqSub.lag': 'eventi registrati, non ancora elaborati', 'dqSub.latency': 'p50 {p50} · p99 {p99} · ultimi 5 min',
       'dqSub.watermark': 'dati completi fino alle {time}', 'dqSub.none': 'ancora nessun dato',
       processorError: 'Errore di elaborazione: {message}', recovering: 'La pipeline si sta ripristinando dal log.',
+      demoLoading: 'Caricamento del mese di storico della demo: {percent} %. I numeri crescono man mano; poi arriva il traffico dal vivo.',
+      demoFailed: 'Il caricamento dello storico della demo si è fermato ({message}); riavvia il server per continuarlo.',
       watermark: 'watermark', unknown: 'Sconosciuta', language: 'Italiano',
       'channel.direct': 'Diretto', 'channel.organic': 'Ricerca organica', 'channel.paid_search': 'Ricerca a pagamento',
       'channel.social': 'Social', 'channel.email': 'Email', 'channel.display': 'Display',
@@ -806,6 +812,8 @@
     box.classList.remove('loading');
     const series = windowSeries(answer);
     const points = series.map((w) => ({ t: w.start, v: w.kpis[metric] }));
+    root.setAttribute('data-windows', String(series.length));
+    root.setAttribute('data-windows-with-sessions', String(series.filter((w) => (w.kpis.sessions || 0) > 0).length));
     // The previous period, shifted onto the current one, as a dashed line.
     let previousPoints = [];
     if (state.previous && state.previous.granularity === answer.granularity) {
@@ -1058,6 +1066,7 @@
         el('span', { class: 'dq-value', text: item ? item.text : '…' }),
         el('span', { class: 'dq-sub', text: item ? item.sub : '' }));
     }));
+    renderDemo(state.status);
     const error = document.getElementById('dq-error');
     const status = state.status;
     const problem = status && (status.processor_error ? t('processorError', { message: status.processor_error })
@@ -1067,6 +1076,21 @@
     const levels = items.map((i) => i.level);
     const worst = problem ? 'bad' : ['bad', 'warn', 'ok'].find((l) => levels.includes(l)) || 'unknown';
     document.getElementById('health').dataset.level = worst;
+  }
+
+  /** `serve --demo`: a line with the history's load progress while it loads. */
+  function renderDemo(status) {
+    const demo = status && status.demo;
+    const line = document.getElementById('demo-loading');
+    const loading = demo && (demo.phase === 'loading' || demo.phase === 'failed');
+    line.hidden = !loading;
+    if (!loading) return;
+    line.dataset.phase = demo.phase;
+    const bar = document.getElementById('demo-loading-bar');
+    bar.value = demo.progress || 0;
+    document.getElementById('demo-loading-text').textContent = demo.phase === 'failed'
+      ? t('demoFailed', { message: demo.error || '' })
+      : t('demoLoading', { percent: Math.floor((demo.progress || 0) * 100) });
   }
 
   // ---------------------------------------------------------------- events

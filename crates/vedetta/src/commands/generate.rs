@@ -6,11 +6,10 @@
 //! - live: `--url http://…` streams to a server at `--rate` events per second, in real
 //!   time, out of order and with duplicates as real traffic has them.
 //!
-//! `serve --demo` runs the live mode against its own front door.
+//! `serve --demo` (module `demo`) delivers `vedetta_synth::demo`'s traffic the same way.
 
 use anyhow::Context;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use vedetta_core::time::{Clock, EventTime};
@@ -344,68 +343,5 @@ pub async fn stream_live(
                 tracing::warn!(%reason, "live generator could not deliver a batch");
             }
         }
-    }
-}
-
-/// Every five minutes (the first two minutes after start), a tracking glitch: a burst of
-/// events each sent three times, as a tag firing in a loop would, worth about a tenth of a
-/// minute's traffic. The demo's `tracking_glitch` rule fires on it and resolves the
-/// minute after, so a newcomer sees the whole lifecycle within minutes.
-async fn glitches(address: SocketAddr, rate: f64, key: Option<String>) {
-    let Ok(client) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-    else {
-        return;
-    };
-    let burst = ((rate * 60.0) / 20.0).clamp(20.0, 5_000.0) as usize;
-    tokio::time::sleep(Duration::from_secs(120)).await;
-    for round in 0u64.. {
-        let now = SystemClock.now_ms();
-        let mut body = String::new();
-        for i in 0..burst {
-            let event = serde_json::json!({
-                "udid": format!("glitch-{round}-{}", i % 50),
-                "type": "page_view",
-                "ts": now - (i as i64 % 20) * 1_000,
-                "event_id": format!("glitch-{round}-{i}"),
-                "page": "/checkout/thank-you",
-            });
-            body.push_str(&event.to_string());
-            body.push('\n');
-        }
-        for _ in 0..3 {
-            let outcome = super::send::post_with_retries(
-                &client,
-                &format!("http://{address}/v1/events"),
-                key.as_deref(),
-                body.clone().into_bytes(),
-                5,
-            )
-            .await;
-            if let Err(reason) = outcome.result {
-                tracing::warn!(%reason, "the demo's glitch could not be sent");
-            }
-        }
-        tracing::info!(
-            events = burst,
-            "demo: injected a tracking glitch (each event sent three times)"
-        );
-        tokio::time::sleep(Duration::from_secs(300)).await;
-    }
-}
-
-/// The demo traffic of `serve --demo`: the live generator against this server, and now and
-/// then a tracking glitch (see [`glitches`]).
-pub async fn demo(address: SocketAddr, rate: f64, key: Option<String>) {
-    let seed = SystemClock.now_ms() as u64;
-    tracing::info!(rate, "demo traffic generator started");
-    tokio::spawn(glitches(address, rate, key.clone()));
-    let run = async {
-        let config = live_config(seed, 20_000, rate, SystemClock.now_ms())?;
-        stream_live(format!("http://{address}"), config, key, None).await
-    };
-    if let Err(error) = run.await {
-        tracing::error!(%error, "demo traffic generator stopped");
     }
 }

@@ -14,7 +14,8 @@ use vedetta_core::time::EventTime;
     get,
     path = "/v1/status",
     responses((status = 200, description = "log_end_offset, processed_offset, lag_events, watermark, \
-        intake and pipeline counters, disk_bytes", body = Object))
+        intake and pipeline counters, disk_bytes; demo: null, or the demo's phase (loading, live, failed) \
+        and history progress (0 to 1)", body = Object))
 )]
 pub async fn get_status(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(status_json(&state))
@@ -76,6 +77,8 @@ pub fn status_json(state: &AppState) -> Value {
         "attribution_memories_pending": processor.dormant_users.load(Ordering::Relaxed),
         "pipeline": pipeline,
         "stream_clients": state.stream_clients.load(Ordering::Relaxed),
+        // `serve --demo`: its phase and the history's load progress; null otherwise.
+        "demo": crate::demo::progress::status_json(),
         "latency_ms": {
             // Acknowledged → counted in /v1/kpis, over the last five minutes (null when
             // nothing was processed in them); interpolated within histogram buckets.

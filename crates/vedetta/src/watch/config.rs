@@ -224,6 +224,9 @@ impl AlertsConfig {
     }
 }
 
+/// The demo's alert configuration as written (`demo-alerts.toml`).
+pub const DEMO_ALERTS: &str = include_str!("demo-alerts.toml");
+
 /// The configuration of `serve --demo` when none is given: a few rules (a tracking glitch
 /// the demo injects, CPA, an absence, an anomaly) notifying the server's inbox.
 pub fn demo_alerts(listen: &str) -> Result<AlertsConfig, String> {
@@ -231,7 +234,7 @@ pub fn demo_alerts(listen: &str) -> Result<AlertsConfig, String> {
     struct Demo {
         alerts: RawAlerts,
     }
-    let demo: Demo = toml::from_str(include_str!("demo-alerts.toml")).map_err(|e| e.to_string())?;
+    let demo: Demo = toml::from_str(DEMO_ALERTS).map_err(|e| e.to_string())?;
     AlertsConfig::from_raw(demo.alerts, listen)
         .map_err(|(key, message)| format!("{key}: {message}"))
 }

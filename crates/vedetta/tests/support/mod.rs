@@ -30,9 +30,23 @@ impl Server {
         Server::start_with(data_dir, Some(config), env)
     }
 
+    /// [`Server::start`] with more arguments to `serve` (`--demo`, `--rate 0`).
+    pub fn start_with_args(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_with_all(data_dir, None, args, env)
+    }
+
     fn start_with(data_dir: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Server {
+        Server::start_with_all(data_dir, config, &[], env)
+    }
+
+    fn start_with_all(
+        data_dir: &Path,
+        config: Option<&Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut command = Command::new(BIN);
-        command.arg("serve");
+        command.arg("serve").args(args);
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
