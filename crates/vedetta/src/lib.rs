@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod demo;
 mod geoip;
+pub mod identity;
 mod processor;
 mod secrets;
 pub mod server;
