@@ -4,4 +4,5 @@
 //! then go through the same intake as every other event (`crate::intake`): one set of
 //! checks, one set of error messages, whatever the source.
 
+pub mod mapping;
 pub mod shopify;
