@@ -372,6 +372,15 @@ fn intake(state: &AppState, out: &mut Exposition) {
             count as f64,
         );
     }
+    for (source, counters) in state.mapped_sources.iter() {
+        for (outcome, count) in counters.snapshot() {
+            out.sample(
+                "vedetta_source_webhooks_total",
+                &[("source", source), ("outcome", outcome)],
+                count as f64,
+            );
+        }
+    }
     out.family(
         "vedetta_intake_requests_throttled_total",
         "counter",
