@@ -1,6 +1,7 @@
 //! The command-line tools around the server.
 
 pub mod bench;
+pub mod costs_csv;
 pub mod generate;
 pub mod log;
 pub mod replay;
