@@ -37,6 +37,9 @@ enum Command {
     /// Inspect the event log (the server must be stopped: the log is opened exclusively).
     #[command(subcommand)]
     Log(commands::log::LogCommand),
+    /// Mapped webhook sources: check a mapping file against a sample body.
+    #[command(subcommand)]
+    Sources(commands::sources::SourcesCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +89,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => commands::bench::run(command),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = config::check_file(&file)?;
+            // Mapping files of mapped sources are read when the server starts: check them too.
+            for source in config.sources.mapped.values() {
+                source.load_mapping()?;
+            }
             println!(
                 "{}: ok (listen {}, data_dir {})",
                 file.display(),
@@ -97,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(command) => commands::log::run(command),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Rules(command) => commands::rules::run(command),
+        Command::Sources(command) => commands::sources::run(command),
     }
 }
 

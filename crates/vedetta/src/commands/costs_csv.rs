@@ -288,11 +288,13 @@ pub fn read_export(text: &str, zone: &TimeZone) -> Result<Export, String> {
             export.skipped += 1;
             continue;
         }
-        // Total rows: "Totale: account", "Total: Campaigns", "Totale", or a day of "--".
-        if fields.iter().take(3).any(|f| {
-            let f = normal(f);
-            f.starts_with("total")
-        }) || cell(day) == "--"
+        // Total rows: "Totale: account" or "Total: Account" where the day goes (or, with no
+        // day, in another cell), or a day of "--". A campaign merely named "Total…" on a
+        // dated row is a campaign.
+        let day_cell = normal(cell(day));
+        if day_cell.starts_with("total")
+            || day_cell == "--"
+            || (day_cell.is_empty() && fields.iter().any(|f| normal(f).starts_with("total")))
         {
             export.skipped += 1;
             continue;
@@ -475,6 +477,14 @@ mod tests {
             ]
         );
         assert_eq!(export.records[1]["currency"], "USD");
+        let named = read_export(
+            "Day,Campaign,Currency code,Cost\n2024-01-15,Total Look,EUR,5.00\n,Total: Account,,5.00\n",
+            &rome(),
+        )
+        .unwrap();
+        assert_eq!(named.records.len(), 1, "{:?}", named.errors);
+        assert_eq!(named.records[0]["campaign"], "Total Look");
+        assert_eq!(named.skipped, 1);
         assert_eq!(export.errors.len(), 1);
         assert_eq!(export.errors[0].0, 6);
         assert!(

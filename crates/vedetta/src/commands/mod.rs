@@ -7,3 +7,4 @@ pub mod log;
 pub mod replay;
 pub mod rules;
 pub mod send;
+pub mod sources;
