@@ -553,4 +553,32 @@ mod tests {
         assert_eq!(lead["channel"], "referral");
         assert_eq!(lead["consent"]["marketing"], false);
     }
+
+    #[test]
+    fn mapped_sources_sit_beside_shopify_and_sites_in_the_config() {
+        let text = format!(
+            "[[sites]]\nkey = \"pub_shop_it\"\norigins = [\"https://www.shop.it\"]\n\
+             [sources.shopify]\nsecrets = [\"shpss_current\", \"shpss_previous\"]\n\
+             [sources.erp]\nauth = \"bearer\"\nsecrets = [\"0123456789abcdef\"]\n{}",
+            MAPPING.replace("[fields.", "[sources.erp.mapping.fields.")
+        );
+        let config = crate::config::load_text(
+            &text,
+            "vedetta.toml",
+            &[],
+            &crate::config::Overrides::default(),
+        )
+        .unwrap();
+        assert!(config.sources.shopify.is_some());
+        assert_eq!(config.sources.mapped["erp"].auth, Auth::Bearer);
+        // A typo in a mapped source is refused, naming the key.
+        let err = crate::config::load_text(
+            &text.replace("auth = ", "auht = "),
+            "vedetta.toml",
+            &[],
+            &crate::config::Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("auht"), "{err:#}");
+    }
 }
