@@ -21,7 +21,8 @@ enum Command {
     Serve(ServeArgs),
     /// Generate realistic synthetic traffic into NDJSON files, or stream it to a server.
     Gen(commands::generate::GenArgs),
-    /// Post NDJSON files of events (or, with --costs, spend records) to a server.
+    /// Post NDJSON files of events (or, with --costs, spend records or Google Ads / Meta CSV
+    /// exports) to a server.
     Send(commands::send::SendArgs),
     /// Benchmarks that drive the real program.
     #[command(subcommand)]
