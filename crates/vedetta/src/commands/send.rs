@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
-    /// NDJSON files, one record per line.
+    /// NDJSON files, one record per line (with --costs, also `.csv` ad-platform exports).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Server base URL.
