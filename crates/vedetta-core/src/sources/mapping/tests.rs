@@ -396,3 +396,37 @@ fn targets_fill_properties_and_consent() {
     assert_eq!(event["consent"]["marketing"], true);
     assert_eq!(event["udid"], "u1");
 }
+
+proptest::proptest! {
+    #[test]
+    fn any_sap_date_round_trips(
+        ms in -62_135_596_800_000_i64..253_402_300_799_000,
+        offset_minutes in proptest::option::of(-18 * 60..=18 * 60_i32),
+    ) {
+        let ts = Timestamp::from_millisecond(ms).unwrap();
+        let offset = offset_minutes.map(|m| Offset::from_seconds(m * 60).unwrap());
+        let text = format_sap_date(ts, offset);
+        let (parsed, parsed_offset) = parse_sap_date(&text).unwrap();
+        proptest::prop_assert_eq!(parsed, ts);
+        proptest::prop_assert_eq!(parsed_offset, offset);
+    }
+
+    #[test]
+    fn decimal_comma_numbers_read_back_what_was_written(
+        whole in 0_u64..1_000_000_000, cents in 0_u32..100,
+    ) {
+        // Written the Italian way, with thousands points.
+        let digits = whole.to_string();
+        let mut grouped = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                grouped.push('.');
+            }
+            grouped.push(c);
+        }
+        let text = format!("{grouped},{cents:02}");
+        let value = parse_number(&text, true).unwrap();
+        let expected: f64 = format!("{whole}.{cents:02}").parse().unwrap();
+        proptest::prop_assert_eq!(value.as_f64(), Some(expected));
+    }
+}
