@@ -21,7 +21,8 @@ enum Command {
     Serve(ServeArgs),
     /// Generate realistic synthetic traffic into NDJSON files, or stream it to a server.
     Gen(commands::generate::GenArgs),
-    /// Post NDJSON files of events (or, with --costs, spend records) to a server.
+    /// Post NDJSON files of events (or, with --costs, spend records or Google Ads / Meta CSV
+    /// exports) to a server.
     Send(commands::send::SendArgs),
     /// Benchmarks that drive the real program.
     #[command(subcommand)]
@@ -37,6 +38,9 @@ enum Command {
     /// Inspect the event log (the server must be stopped: the log is opened exclusively).
     #[command(subcommand)]
     Log(commands::log::LogCommand),
+    /// Mapped webhook sources: check a mapping file against a sample body.
+    #[command(subcommand)]
+    Sources(commands::sources::SourcesCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(command) => commands::bench::run(command),
         Command::Config(ConfigCommand::Check { file }) => {
             let config = config::check_file(&file)?;
+            // Mapping files of mapped sources are read when the server starts: check them too.
+            for source in config.sources.mapped.values() {
+                source.load_mapping()?;
+            }
             println!(
                 "{}: ok (listen {}, data_dir {})",
                 file.display(),
@@ -110,6 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(command) => commands::log::run(command),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Rules(command) => commands::rules::run(command),
+        Command::Sources(command) => commands::sources::run(command),
     }
 }
 

@@ -100,6 +100,31 @@ fn campaign_totals(http: &reqwest::blocking::Client, server: &Server) -> (u64, u
     )
 }
 
+/// Sends a request head declaring `length` bytes of body and no body, and returns the
+/// status of the answer.
+fn declared_too_large(server: &Server, length: usize) -> u16 {
+    use std::io::{BufRead, BufReader};
+    let mut stream = std::net::TcpStream::connect(&server.address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/sources/shopify HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         X-Shopify-Topic: orders/create\r\nX-Shopify-Hmac-Sha256: AAAA\r\n\
+         Content-Length: {length}\r\n\r\n",
+        server.address
+    )
+    .unwrap();
+    let mut status_line = String::new();
+    BufReader::new(stream).read_line(&mut status_line).unwrap();
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 fn log_end(http: &reqwest::blocking::Client, server: &Server) -> u64 {
     get_json(http, &server.url("/v1/status"))["log_end_offset"]
         .as_u64()
@@ -201,25 +226,10 @@ fn shopify_orders_are_verified_mapped_and_counted_once() {
     assert_eq!(log_end(&http, &server), before);
 
     // Bad bodies, correctly signed: each a clear 4xx, nothing stored.
-    let huge = [
-        b"{\"id\":1,\"x\":\"".to_vec(),
-        vec![b'a'; 3 << 20],
-        b"\"}".to_vec(),
-    ]
-    .concat();
-    let huge_signature = python_hmac("shpss_current", &huge);
-    assert_eq!(
-        deliver(
-            &http,
-            &server,
-            "orders/create",
-            "w-5",
-            &huge_signature,
-            huge
-        )
-        .0,
-        413
-    );
+    // A 3 MB body: refused on its declared length, before it is read. (Sent whole, the
+    // server's early answer and close can race the client's write and surface as a broken
+    // pipe instead of the 413; so the head goes alone over a raw socket.)
+    assert_eq!(declared_too_large(&server, 3 << 20), 413);
     let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes();
     let deep_signature = python_hmac("shpss_current", &deep);
     let (status, answer) = deliver(

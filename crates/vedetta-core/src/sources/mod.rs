@@ -4,6 +4,7 @@
 //! then go through the same intake as every other event (`crate::intake`): one set of
 //! checks, one set of error messages, whatever the source.
 
+pub mod mapping;
 pub mod shopify;
 
 /// A URL query component percent-decoded (`+` as a space); `None` when an escape is not

@@ -17,15 +17,19 @@ use tokio::sync::Mutex;
 
 #[derive(Debug, clap::Args)]
 pub struct SendArgs {
-    /// NDJSON files, one record per line.
+    /// NDJSON files, one record per line (with --costs, also `.csv` ad-platform exports).
     #[arg(required = true)]
     files: Vec<PathBuf>,
     /// Server base URL.
     #[arg(long, env = "VEDETTA_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// The files hold ad spend records (posted to /v1/costs).
+    /// The files hold ad spend records (posted to /v1/costs): NDJSON, or `.csv` exports of
+    /// Google Ads and Meta Ads Manager (Italian or English), read row by row.
     #[arg(long)]
     costs: bool,
+    /// The time zone of the days in CSV spend exports: a day's spend goes to its first minute.
+    #[arg(long, default_value = "Europe/Rome")]
+    zone: String,
     /// Records per request.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
@@ -89,7 +93,49 @@ async fn send_files(args: &SendArgs) -> anyhow::Result<Summary> {
         args.url.trim_end_matches('/'),
         if args.costs { "costs" } else { "events" }
     );
-    let total_lines = count_lines(&args.files)?;
+    // CSV spend exports become spend records first; a bad row is reported with its line and
+    // left out, the others are sent.
+    let zone = jiff::tz::TimeZone::get(&args.zone)
+        .with_context(|| format!("--zone {:?} is not an IANA time zone", args.zone))?;
+    let mut inputs: Vec<Box<dyn Iterator<Item = std::io::Result<String>>>> = Vec::new();
+    let mut total_lines = 0;
+    let mut csv_refused: BTreeMap<String, u64> = BTreeMap::new();
+    for file in &args.files {
+        if args.costs && is_csv(file) {
+            let export = read_csv_export(file, &zone)?;
+            for (line, error) in &export.errors {
+                eprintln!("{}:{line}: {error}", file.display());
+                *csv_refused
+                    .entry(
+                        error.split(':').next().unwrap_or(error).to_string()
+                            + ": bad value in the CSV export",
+                    )
+                    .or_default() += 1;
+            }
+            eprintln!(
+                "{}: {} export, {} spend records, {} rows refused, {} total or blank rows skipped",
+                file.display(),
+                match export.platform {
+                    super::costs_csv::Platform::GoogleAds => "Google Ads",
+                    super::costs_csv::Platform::Meta => "Meta Ads Manager",
+                },
+                export.records.len(),
+                export.errors.len(),
+                export.skipped
+            );
+            total_lines += export.records.len() as u64;
+            inputs.push(Box::new(
+                export.records.into_iter().map(|r| Ok(r.to_string())),
+            ));
+        } else {
+            total_lines += count_lines(std::slice::from_ref(file))?;
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(file)
+                    .with_context(|| format!("cannot open {}", file.display()))?,
+            );
+            inputs.push(Box::new(reader.lines()));
+        }
+    }
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -107,13 +153,9 @@ async fn send_files(args: &SendArgs) -> anyhow::Result<Summary> {
     let summary = Arc::new(Mutex::new(Summary::default()));
     let slots = Arc::new(tokio::sync::Semaphore::new(args.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for file in &args.files {
-        let reader = std::io::BufReader::new(
-            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
-        );
+    for mut lines in inputs {
         let mut batch = Vec::new();
         let mut lines_in_batch = 0;
-        let mut lines = reader.lines();
         loop {
             let line = lines.next().transpose()?;
             let end = line.is_none();
@@ -169,8 +211,42 @@ async fn send_files(args: &SendArgs) -> anyhow::Result<Summary> {
         joined?;
     }
     progress.finish_and_clear();
-    let summary = std::mem::take(&mut *summary.lock().await);
+    let mut summary = std::mem::take(&mut *summary.lock().await);
+    for (reason, count) in csv_refused {
+        summary.rejected += count;
+        *summary.reasons.entry(reason).or_default() += count;
+    }
     Ok(summary)
+}
+
+fn is_csv(file: &std::path::Path) -> bool {
+    file.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+/// Reads a Google Ads or Meta CSV export (bounded), naming the file in errors.
+fn read_csv_export(
+    file: &std::path::Path,
+    zone: &jiff::tz::TimeZone,
+) -> anyhow::Result<super::costs_csv::Export> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .with_context(|| format!("cannot open {}", file.display()))?
+        .take(super::costs_csv::MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    if bytes.len() as u64 > super::costs_csv::MAX_FILE_BYTES {
+        bail!(
+            "{}: larger than {} MB; split the export",
+            file.display(),
+            super::costs_csv::MAX_FILE_BYTES >> 20
+        );
+    }
+    let text =
+        super::costs_csv::decode(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    super::costs_csv::read_export(&text, zone)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 fn count_lines(files: &[PathBuf]) -> anyhow::Result<u64> {

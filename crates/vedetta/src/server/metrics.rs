@@ -360,17 +360,28 @@ fn intake(state: &AppState, out: &mut Exposition) {
             count as f64,
         );
     }
+    // Named once: the family and its samples (Shopify and every mapped source).
+    const SOURCE_WEBHOOKS: &str = "vedetta_source_webhooks_total";
     out.family(
-        "vedetta_source_webhooks_total",
+        SOURCE_WEBHOOKS,
         "counter",
         "Webhook deliveries of sources, by source and outcome.",
     );
     for (outcome, count) in state.source_counters.shopify.snapshot() {
         out.sample(
-            "vedetta_source_webhooks_total",
+            SOURCE_WEBHOOKS,
             &[("source", "shopify"), ("outcome", outcome)],
             count as f64,
         );
+    }
+    for (source, counters) in state.mapped_sources.iter() {
+        for (outcome, count) in counters.snapshot() {
+            out.sample(
+                SOURCE_WEBHOOKS,
+                &[("source", source), ("outcome", outcome)],
+                count as f64,
+            );
+        }
     }
     out.family(
         "vedetta_intake_requests_throttled_total",

@@ -9,6 +9,7 @@
 //!   a public site key instead of a server key is a browser's ([`site_intake`]).
 //! - `GET /v1/tracker.js`: the browser tracker, no authentication.
 //! - `POST /v1/sources/shopify`: Shopify's order webhooks, authenticated by their HMAC.
+//! - `POST /v1/sources/{name}`: mapped ERP/middleware webhooks (`[sources.NAME]`).
 //! - `GET /healthz`: liveness, no authentication.
 //! - `GET /`: the live dashboard (assets embedded; no authentication for the page itself,
 //!   its API calls carry the key).
@@ -104,6 +105,8 @@ pub struct AppState {
     pub sites: crate::sources::sites::Sites,
     /// Deliveries of webhook sources, for `/metrics`.
     pub source_counters: SourceCounters,
+    /// Mapped webhook sources with their compiled mappings (`POST /v1/sources/{name}`).
+    pub mapped_sources: crate::sources::mapped::MappedSources,
     watch_handle: std::sync::Mutex<Option<crate::watch::evaluation::Watch>>,
 }
 
@@ -261,6 +264,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         },
         ..IntakeLimits::default()
     };
+    let mapped_sources = crate::sources::mapped::MappedSources::load(&config.sources.mapped)?;
     let state = Arc::new(AppState {
         crypto,
         token_vault: token_vault.clone(),
@@ -284,6 +288,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         watch_handle: std::sync::Mutex::new(Some(watch)),
         sites: crate::sources::sites::Sites::new(config.sites.clone()),
         source_counters: SourceCounters::default(),
+        mapped_sources,
         config,
         log,
         writer,
@@ -342,6 +347,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tracker.js", get(crate::sources::tracker::get_tracker))
         // Signed by Shopify (HMAC), not by a bearer key.
         .route("/v1/sources/shopify", post(webhooks::post_shopify))
+        // Mapped webhooks: a bearer token or an HMAC per source (`[sources.NAME]`).
+        .route("/v1/sources/{name}", post(webhooks::post_mapped))
         .merge(api)
         .with_state(state)
 }

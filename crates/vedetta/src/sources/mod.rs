@@ -2,23 +2,28 @@
 //! keys ([`sites`], [`tracker`]). Shopify and mapped ERP webhooks arrive here too
 //! (docs/sources.md).
 
+pub mod mapped;
 pub mod shopify;
 pub mod sites;
 pub mod tracker;
 
 use serde::Deserialize;
 
-/// `[sources]` as written.
+/// `[sources]` as written. Every table but `shopify` is a mapped source (`[sources.NAME]`,
+/// [`mapped`]); its own fields are checked strictly.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawSources {
     pub shopify: Option<shopify::RawShopify>,
+    #[serde(flatten)]
+    pub mapped: std::collections::BTreeMap<String, mapped::RawMapped>,
 }
 
 /// Validated source settings.
 #[derive(Debug, Clone, Default)]
 pub struct SourcesConfig {
     pub shopify: Option<shopify::ShopifySource>,
+    /// Mapped webhooks by name (`POST /v1/sources/NAME`).
+    pub mapped: std::collections::BTreeMap<String, mapped::MappedSource>,
 }
 
 impl SourcesConfig {
@@ -28,6 +33,7 @@ impl SourcesConfig {
                 .shopify
                 .map(shopify::ShopifySource::from_raw)
                 .transpose()?,
+            mapped: mapped::validate(raw.mapped)?,
         })
     }
 }

@@ -102,7 +102,7 @@ impl ShopifyCounters {
 }
 
 /// Standard base64 (RFC 4648 §4, with padding), as Shopify writes its signatures.
-fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     if text.is_empty() || !text.len().is_multiple_of(4) || text.len() > 1024 {
         return None;
     }

@@ -24,6 +24,7 @@ use vedetta_synth::{SynthConfig, SynthRecord, to_ndjson_line};
 mod alerts;
 mod pipeline;
 mod tracker;
+mod webhooks;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -38,6 +39,9 @@ pub enum BenchCommand {
     /// Browser intake as the tracker makes it: one event per `text/plain` request with a
     /// site key, from many connections.
     Tracker(tracker::TrackerBenchArgs),
+    /// Shopify and mapped (ERP/middleware) webhooks at a fixed rate each: latency
+    /// percentiles of durable answers.
+    Webhooks(webhooks::WebhooksBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +77,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(args) => pipeline::run(&args),
         BenchCommand::Alerts(args) => alerts::run(&args),
         BenchCommand::Tracker(args) => tracker::run(&args),
+        BenchCommand::Webhooks(args) => webhooks::run(&args),
     }
 }
 
