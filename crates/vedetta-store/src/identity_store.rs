@@ -160,6 +160,45 @@ pub struct ApplyOutcome {
     pub deleted: u64,
 }
 
+/// One claim against a user's row: counts what it does, and returns the row to write when
+/// it changes.
+fn step(
+    before: Option<&StoredIdentity>,
+    write: &IdentityWrite,
+    outcome: &mut ApplyOutcome,
+) -> Option<StoredIdentity> {
+    let mut after = before.cloned().unwrap_or_default();
+    if let Some(marketing) = write.marketing
+        && (before.is_none() || write.ts_ms >= after.decided_at_ms)
+    {
+        after.marketing = marketing;
+        after.decided_at_ms = write.ts_ms;
+        if !marketing && (after.email.is_some() || after.crm_id.is_some()) {
+            after.email = None;
+            after.crm_id = None;
+            outcome.deleted += 1;
+        }
+    }
+    if write.email.is_some() || write.crm_id.is_some() {
+        if after.marketing {
+            if write.email.is_some() {
+                after.email.clone_from(&write.email);
+            }
+            if write.crm_id.is_some() {
+                after.crm_id.clone_from(&write.crm_id);
+            }
+            outcome.stored += 1;
+        } else {
+            outcome.dropped_no_consent += 1;
+        }
+    }
+    // A user who never said "yes" and has nothing stored needs no row: a "no" is the
+    // default. A row is kept only for a "yes", or for a "no" that overrides an earlier row
+    // (its time stops an older "yes" reviving it).
+    let keep = before.is_some() || after.marketing;
+    (keep && before != Some(&after)).then_some(after)
+}
+
 /// The identity store.
 #[derive(Debug)]
 pub struct IdentityStore {
@@ -175,15 +214,34 @@ impl IdentityStore {
         Ok(Self { db })
     }
 
-    /// Applies claims in order, in one durable transaction. Writes nothing when nothing
-    /// changes (an event repeating a known decision costs a read).
+    /// Applies claims in order, in one durable transaction. A request that changes nothing
+    /// (the usual case: events repeating a known decision) is answered from a read
+    /// transaction and never takes the write lock.
     pub fn apply(&self, writes: &[IdentityWrite]) -> Result<ApplyOutcome, IdentityStoreError> {
-        let mut outcome = ApplyOutcome::default();
         if writes.is_empty() {
-            return Ok(outcome);
+            return Ok(ApplyOutcome::default());
         }
+        {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(IDENTITIES)?;
+            let mut outcome = ApplyOutcome::default();
+            let mut changes = false;
+            for write in writes {
+                let before = match table.get(write.user.as_slice())? {
+                    Some(bytes) => Some(StoredIdentity::decode(bytes.value())?),
+                    None => None,
+                };
+                if step(before.as_ref(), write, &mut outcome).is_some() {
+                    changes = true;
+                    break;
+                }
+            }
+            if !changes {
+                return Ok(outcome);
+            }
+        }
+        let mut outcome = ApplyOutcome::default();
         let txn = self.db.begin_write()?;
-        let mut changed = false;
         {
             let mut table = txn.open_table(IDENTITIES)?;
             for write in writes {
@@ -191,46 +249,12 @@ impl IdentityStore {
                     Some(bytes) => Some(StoredIdentity::decode(bytes.value())?),
                     None => None,
                 };
-                let mut after = before.clone().unwrap_or_default();
-                if let Some(marketing) = write.marketing
-                    && (before.is_none() || write.ts_ms >= after.decided_at_ms)
-                {
-                    after.marketing = marketing;
-                    after.decided_at_ms = write.ts_ms;
-                    if !marketing && (after.email.is_some() || after.crm_id.is_some()) {
-                        after.email = None;
-                        after.crm_id = None;
-                        outcome.deleted += 1;
-                    }
-                }
-                if write.email.is_some() || write.crm_id.is_some() {
-                    if after.marketing {
-                        if write.email.is_some() {
-                            after.email.clone_from(&write.email);
-                        }
-                        if write.crm_id.is_some() {
-                            after.crm_id.clone_from(&write.crm_id);
-                        }
-                        outcome.stored += 1;
-                    } else {
-                        outcome.dropped_no_consent += 1;
-                    }
-                }
-                // A user who never said "yes" and has nothing stored needs no row: a "no"
-                // is the default. A row is kept only for a "yes", or for a "no" that
-                // overrides an earlier row (its time stops an older "yes" reviving it).
-                let keep = before.is_some() || after.marketing;
-                if keep && before.as_ref() != Some(&after) {
+                if let Some(after) = step(before.as_ref(), write, &mut outcome) {
                     table.insert(write.user.as_slice(), after.encode()?.as_slice())?;
-                    changed = true;
                 }
             }
         }
-        if changed {
-            txn.commit()?;
-        } else {
-            txn.abort()?;
-        }
+        txn.commit()?;
         Ok(outcome)
     }
 
@@ -319,6 +343,27 @@ mod tests {
         assert!(!stored.marketing);
         assert_eq!(stored.email, None);
         assert_eq!(stored.decided_at_ms, 4);
+    }
+
+    #[test]
+    fn repeating_a_known_decision_writes_nothing() {
+        let (_dir, store) = open();
+        store.apply(&[write(5, Some(true), None)]).unwrap();
+        let before = store.get(&U).unwrap();
+        let outcome = store
+            .apply(&[write(5, Some(true), None), write(1, None, None)])
+            .unwrap();
+        assert_eq!(outcome, ApplyOutcome::default());
+        assert_eq!(store.get(&U).unwrap(), before);
+        // A request whose first claim changes nothing and second does is still written.
+        let outcome = store
+            .apply(&[write(5, Some(true), None), write(6, None, Some("e"))])
+            .unwrap();
+        assert_eq!(outcome.stored, 1);
+        assert_eq!(
+            store.get(&U).unwrap().unwrap().email.as_deref(),
+            Some(b"e".as_slice())
+        );
     }
 
     #[test]
