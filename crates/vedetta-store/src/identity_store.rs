@@ -19,6 +19,7 @@
 //! Writes commit with redb's immediate durability (fsync) before [`IdentityStore::apply`]
 //! returns, so intake can acknowledge a request only once its identities are durable.
 
+use crate::reopen::ReopeningDatabase;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 
@@ -40,6 +41,8 @@ pub enum IdentityStoreError {
     Corrupt(String),
     #[error("a sealed identity field of {0} bytes is over the 65535-byte limit")]
     TooLarge(usize),
+    #[error("identity store: {0}")]
+    Unavailable(#[from] crate::reopen::Unavailable),
 }
 
 macro_rules! from_redb {
@@ -202,15 +205,23 @@ fn step(
 /// The identity store.
 #[derive(Debug)]
 pub struct IdentityStore {
-    db: redb::Database,
+    /// Reopened after a failed write (redb latches I/O failures until then), so a full
+    /// disk clears by itself once space is back.
+    db: ReopeningDatabase,
 }
+
+/// redb's page cache for this store: rows are small and looked up one by one.
+const CACHE_BYTES: usize = 16 << 20;
 
 impl IdentityStore {
     pub fn open(path: &Path) -> Result<Self, IdentityStoreError> {
-        let db = redb::Database::create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(IDENTITIES)?;
-        txn.commit()?;
+        let db = ReopeningDatabase::open(path, CACHE_BYTES)?;
+        db.with(|db| -> Result<(), IdentityStoreError> {
+            let txn = db.begin_write()?;
+            txn.open_table(IDENTITIES)?;
+            txn.commit()?;
+            Ok(())
+        })?;
         Ok(Self { db })
     }
 
@@ -221,8 +232,21 @@ impl IdentityStore {
         if writes.is_empty() {
             return Ok(ApplyOutcome::default());
         }
+        let result = self.db.with(|db| Self::apply_in(db, writes));
+        if let Err(IdentityStoreError::Engine(_)) = &result {
+            // The failed handle answers nothing until reopened; the file still holds the
+            // last commit. If it cannot be reopened yet, the next call tries again.
+            let _ = self.db.reopen();
+        }
+        result
+    }
+
+    fn apply_in(
+        db: &redb::Database,
+        writes: &[IdentityWrite],
+    ) -> Result<ApplyOutcome, IdentityStoreError> {
         {
-            let txn = self.db.begin_read()?;
+            let txn = db.begin_read()?;
             let table = txn.open_table(IDENTITIES)?;
             let mut outcome = ApplyOutcome::default();
             let mut changes = false;
@@ -241,7 +265,7 @@ impl IdentityStore {
             }
         }
         let mut outcome = ApplyOutcome::default();
-        let txn = self.db.begin_write()?;
+        let txn = db.begin_write()?;
         {
             let mut table = txn.open_table(IDENTITIES)?;
             for write in writes {
@@ -260,12 +284,14 @@ impl IdentityStore {
 
     /// The stored state of one user.
     pub fn get(&self, user: &[u8; 16]) -> Result<Option<StoredIdentity>, IdentityStoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(IDENTITIES)?;
-        match table.get(user.as_slice())? {
-            Some(bytes) => StoredIdentity::decode(bytes.value()).map(Some),
-            None => Ok(None),
-        }
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(IDENTITIES)?;
+            match table.get(user.as_slice())? {
+                Some(bytes) => StoredIdentity::decode(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
     }
 
     /// Up to `limit` rows in pseudonym order (for inspection and tests; a push looks users
@@ -274,24 +300,28 @@ impl IdentityStore {
         &self,
         limit: usize,
     ) -> Result<Vec<([u8; 16], StoredIdentity)>, IdentityStoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(IDENTITIES)?;
-        let mut out = Vec::new();
-        for entry in table.iter()?.take(limit) {
-            let (key, value) = entry?;
-            let user: [u8; 16] = key
-                .value()
-                .try_into()
-                .map_err(|_| IdentityStoreError::Corrupt("a key is not a pseudonym".into()))?;
-            out.push((user, StoredIdentity::decode(value.value())?));
-        }
-        Ok(out)
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(IDENTITIES)?;
+            let mut out = Vec::new();
+            for entry in table.iter()?.take(limit) {
+                let (key, value) = entry?;
+                let user: [u8; 16] = key
+                    .value()
+                    .try_into()
+                    .map_err(|_| IdentityStoreError::Corrupt("a key is not a pseudonym".into()))?;
+                out.push((user, StoredIdentity::decode(value.value())?));
+            }
+            Ok(out)
+        })
     }
 
     /// Users with a row (consent decisions, with or without identity).
     pub fn len(&self) -> Result<u64, IdentityStoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(IDENTITIES)?.len()?)
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            Ok(txn.open_table(IDENTITIES)?.len()?)
+        })
     }
 
     pub fn is_empty(&self) -> Result<bool, IdentityStoreError> {

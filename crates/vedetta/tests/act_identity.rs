@@ -192,3 +192,112 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A tmpfs mounted for the test (the tests run as root; a failed mount fails the test),
+/// unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("cannot run mount");
+        assert!(
+            output.status.success(),
+            "this test needs to mount a tmpfs (run as root): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+
+    /// Fills it to the last byte.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("ballast");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        while let Ok(1) = file.write(&[0]) {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The identity store on a disk of its own, full: the request is refused with a 503 that
+/// says a resend is safe, and none of its events is logged; once space is back the resend
+/// is stored, events and identity, once.
+#[test]
+fn an_identity_store_that_cannot_write_refuses_the_request_and_the_resend_is_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("identity-disk"), "4m");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(disk.0.join("identity.redb"), data.join("identity.redb")).unwrap();
+    let server = support::Server::start(&data, &[]);
+    let http = client();
+    let ballast = disk.fill();
+    let body = format!(
+        r#"{{"udid":"u-full","type":"purchase","ts":"{}","event_id":"full-1","value":5,
+            "email":"full.secret@example.it","consent":{{"marketing":true}}}}"#,
+        ts(0)
+    );
+    let post = || {
+        let response = http
+            .post(server.url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").is_some();
+        (status, retry_after, response.text().unwrap())
+    };
+    let (status, retry_after, text) = post();
+    assert_eq!(status, 503, "{text}");
+    assert!(retry_after, "a 503 says when to come back");
+    assert!(text.contains("resending it is safe"), "{text}");
+    assert!(!text.contains("full.secret"), "{text}");
+    let status = get_json(&http, &server.url("/v1/status"));
+    assert_eq!(status["log_end_offset"], 0, "nothing was logged: {status}");
+
+    std::fs::remove_file(ballast).unwrap();
+    let (status, _, text) = post();
+    assert_eq!(status, 200, "{text}");
+    let status = get_json(&http, &server.url("/v1/status"));
+    assert_eq!(status["log_end_offset"], 1, "{status}");
+    server.stop();
+
+    let store = vedetta_store::IdentityStore::open(&data.join("identity.redb")).unwrap();
+    let crypto = vedetta::crypto::load(None, &[], &data).unwrap();
+    let user = PseudonymKey::from_hex(1, KEY).unwrap().pseudonym("u-full");
+    let stored = store
+        .get(&user.0)
+        .unwrap()
+        .expect("stored after the resend");
+    let email = crypto
+        .open_identity(
+            IdentityField::Email,
+            &user.to_hex(),
+            stored.email.as_deref().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(email, "full.secret@example.it");
+}
