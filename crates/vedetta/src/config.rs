@@ -41,6 +41,11 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub alerts: crate::watch::config::RawAlerts,
+    /// Triggers (issue 12), inline.
+    #[serde(default)]
+    pub triggers: Vec<vedetta_core::act::triggers::RawTrigger>,
+    /// A file of `[[triggers]]`, reloaded on change and on SIGHUP.
+    pub triggers_file: Option<PathBuf>,
 }
 
 /// How connections are held and let go (see `server::listener`).
@@ -158,6 +163,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub server: ServerConfig,
     pub alerts: crate::watch::config::AlertsConfig,
+    pub triggers: crate::act::config::TriggersConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -579,6 +585,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
     }
     let alerts = crate::watch::config::AlertsConfig::from_raw(raw.alerts, &listen.to_string())
         .map_err(|(key, message)| bad(&key, message))?;
+    let triggers = crate::act::config::TriggersConfig::new(
+        raw.triggers,
+        raw.triggers_file,
+        &alerts.destinations,
+    );
+    if !triggers.inline.is_empty() {
+        triggers
+            .check(&triggers.inline)
+            .map_err(|message| bad("triggers", message))?;
+    }
     Ok(Config {
         data_dir: raw
             .data_dir
@@ -630,6 +646,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         },
         server,
         alerts,
+        triggers,
     })
 }
 

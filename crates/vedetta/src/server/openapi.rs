@@ -41,6 +41,8 @@ pub struct ErrorBody {
         super::alerts::get_dead_letters,
         super::alerts::retry_dead_letter,
         super::alerts::get_inbox,
+        super::triggers::get_triggers,
+        super::triggers::get_firings,
         super::healthz,
     ),
     components(schemas(

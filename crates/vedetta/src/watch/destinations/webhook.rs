@@ -8,7 +8,13 @@
 //! inserted into the parsed document, never spliced into JSON text, so no value can break
 //! out of its string. Variables: `id`, `destination`, `status`, `created_ms`,
 //! `dashboard_url`, `count`, `rule`, `severity`, `summary`, `text`, `link`, `notices`,
-//! `notification`. (Issue 12 adds `format = "seed"` and a refresh-token grant.)
+//! `notification`. With `format = "seed"` (issue 12) the webhook takes trigger pushes
+//! only, and the body is the push's seed payload ([`Push::seed_json`]); its pushes are
+//! batched every `interval` (default 30 s) by the trigger consumer, one request per
+//! trigger and segment. `dry_run = true` logs what would be sent (trigger, segment, count)
+//! and sends nothing.
+//!
+//! [`Push::seed_json`]: vedetta_core::act::push::Push::seed_json
 //!
 //! OAuth2: the token is fetched from `token_url` with the client-credentials grant,
 //! cached, and refreshed before `expires_in` runs out. A 401 from the webhook refreshes it
@@ -34,6 +40,8 @@ pub enum WebhookFormat {
     Notification,
     /// The `template` key, filled in.
     Template,
+    /// Trigger pushes in the issue-12 payload (`{"events": [...], "trigger", "segmento"}`).
+    Seed,
 }
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
@@ -74,6 +82,43 @@ pub struct WebhookConfig {
     pub lang: Lang,
     #[serde(default = "super::default_timeout_seconds")]
     pub timeout_seconds: u64,
+    /// With `format = "seed"`: how often the pending pushes go out (a span, default 30s).
+    pub interval: Option<String>,
+    /// Log what would be sent, send nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The default push interval of a seed webhook.
+pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+impl WebhookConfig {
+    /// How often pushes go to this webhook; `None` when it does not take pushes.
+    pub fn push_interval(&self) -> anyhow::Result<Option<Duration>> {
+        if self.format != WebhookFormat::Seed {
+            if self.interval.is_some() {
+                return Err(key_error(
+                    &self.name,
+                    "interval",
+                    "is used only with format = \"seed\"",
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(text) = &self.interval else {
+            return Ok(Some(DEFAULT_PUSH_INTERVAL));
+        };
+        match vedetta_core::watch::rules::parse_span(text) {
+            Some(ms) if (1_000..=3_600_000).contains(&ms) => {
+                Ok(Some(Duration::from_millis(ms as u64)))
+            }
+            _ => Err(key_error(
+                &self.name,
+                "interval",
+                format!("{text:?} must be a span from 1s to 1h (as \"30s\")"),
+            )),
+        }
+    }
 }
 
 const VARIABLES: &[&str] = &[
@@ -140,8 +185,16 @@ impl WebhookConfig {
                 }
                 Some(value)
             }
-            (WebhookFormat::Notification, None) => None,
+            (WebhookFormat::Notification | WebhookFormat::Seed, None) => None,
+            (WebhookFormat::Seed, Some(_)) => {
+                return Err(key_error(
+                    name,
+                    "template",
+                    "is used only with format = \"template\"",
+                ));
+            }
         };
+        self.push_interval()?;
         if let Some(o) = &self.oauth2 {
             check_url(name, "oauth2.token_url", &o.token_url)?;
             if o.client_id.is_empty() {
@@ -364,6 +417,8 @@ pub struct Webhook {
     lang: Lang,
     oauth2: Option<OAuth2>,
     client: reqwest::Client,
+    seed: bool,
+    dry_run: bool,
 }
 
 impl Webhook {
@@ -379,6 +434,8 @@ impl Webhook {
                 token: tokio::sync::Mutex::new(None),
             }),
             client: super::http_client(timeout)?,
+            seed: config.format == WebhookFormat::Seed,
+            dry_run: config.dry_run,
         })
     }
 
@@ -413,9 +470,34 @@ impl Destination for Webhook {
         "webhook"
     }
 
+    fn takes_pushes(&self) -> bool {
+        self.seed
+    }
+
     fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a> {
         Box::pin(async move {
-            let body = body(self.template.as_ref(), notification, self.lang).to_string();
+            let body = if self.seed {
+                let Some(push) = &notification.push else {
+                    return Err(DeliveryError::Refused {
+                        reason: "a seed webhook takes trigger pushes only".into(),
+                    });
+                };
+                push.seed_json().to_string()
+            } else {
+                body(self.template.as_ref(), notification, self.lang).to_string()
+            };
+            if self.dry_run {
+                let push = notification.push.as_ref();
+                tracing::info!(
+                    destination = %self.name,
+                    trigger = push.map(|p| p.trigger.as_str()).unwrap_or(""),
+                    segment = push.and_then(|p| p.segment.as_deref()).unwrap_or(""),
+                    users = push.map_or(0, |p| p.events.len()),
+                    bytes = body.len(),
+                    "dry run: not sent"
+                );
+                return Ok(());
+            }
             let body = body.as_bytes();
             let Some(oauth2) = &self.oauth2 else {
                 let response = self.call(body, &notification.id, None).await?;
@@ -475,6 +557,8 @@ mod tests {
             oauth2: None,
             lang: Lang::En,
             timeout_seconds: 5,
+            interval: None,
+            dry_run: false,
         };
         let e = config.validate().unwrap_err().to_string();
         assert!(e.contains(".template") && e.contains("{{nope}}"), "{e}");
