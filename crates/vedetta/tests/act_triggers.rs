@@ -126,7 +126,7 @@ timeout_seconds = 2
     path
 }
 
-fn event(udid: &str, kind: &str, ts: i64, campaign: &str, extra: Value) -> Value {
+fn event(udid: &str, kind: &str, ts: i64, campaign: &str, extra: &Value) -> Value {
     let mut e = json!({
         "udid": udid, "type": kind, "ts": ts,
         "channel": "social", "campaign": campaign,
@@ -178,14 +178,14 @@ fn firing_story(
             "page_view",
             at(1, b),
             campaign,
-            json!({"product_id": "borsa"}),
+            &json!({"product_id": "borsa"}),
         ));
         events.push(event(
             &udid,
             "purchase",
             at(1, 30 + b),
             campaign,
-            json!({"value": 40.0, "order_id": format!("{udid}-o")}),
+            &json!({"value": 40.0, "order_id": format!("{udid}-o")}),
         ));
     }
     // Users with intent and consent: each goes once, with its last product.
@@ -199,7 +199,7 @@ fn firing_story(
             "page_view",
             at(2, i as i64),
             campaign,
-            json!({"product_id": first}),
+            &json!({"product_id": first}),
         ));
         let kind = if i % 2 == 0 {
             "add_to_cart"
@@ -211,7 +211,7 @@ fn firing_story(
             kind,
             at(3, i as i64),
             campaign,
-            json!({"product_id": last}),
+            &json!({"product_id": last}),
         ));
         expected.insert(pseudonym(&udid), last);
     }
@@ -221,14 +221,14 @@ fn firing_story(
         "page_view",
         at(2, 40),
         campaign,
-        json!({"product_id": "x", "consent": null}),
+        &json!({"product_id": "x", "consent": null}),
     ));
     events.push(event(
         &format!("{campaign}-noconsent-1"),
         "page_view",
         at(2, 41),
         campaign,
-        json!({"product_id": "x", "consent": {"marketing": false}}),
+        &json!({"product_id": "x", "consent": {"marketing": false}}),
     ));
     // Another segment (email): not selected.
     let mut other = event(
@@ -236,7 +236,7 @@ fn firing_story(
         "page_view",
         at(2, 42),
         campaign,
-        json!({"product_id": "y"}),
+        &json!({"product_id": "y"}),
     );
     other["channel"] = json!("email");
     events.push(other);
@@ -246,7 +246,7 @@ fn firing_story(
         "page_view",
         at(5, 10),
         "quiet",
-        json!({"channel": "organic"}),
+        &json!({"channel": "organic"}),
     ));
     let spend =
         vec![json!({"ts": at(1, 0), "channel": "social", "campaign": campaign, "amount": 100.0})];
@@ -263,7 +263,7 @@ fn recovery_story(start: i64, campaign: &str) -> Vec<Value> {
                 "purchase",
                 start + 6 * MINUTE + r * 1_000,
                 campaign,
-                json!({"value": 5.0, "order_id": format!("{campaign}-late-{r}")}),
+                &json!({"value": 5.0, "order_id": format!("{campaign}-late-{r}")}),
             )
         })
         .collect();
@@ -272,7 +272,7 @@ fn recovery_story(start: i64, campaign: &str) -> Vec<Value> {
         "page_view",
         start + 7 * MINUTE + 10_000,
         "quiet",
-        json!({"channel": "organic"}),
+        &json!({"channel": "organic"}),
     ));
     events
 }
