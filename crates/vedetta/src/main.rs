@@ -34,6 +34,9 @@ enum Command {
     /// Alert rules: check a rules file, or backtest rules on stored history.
     #[command(subcommand)]
     Rules(commands::rules::RulesCommand),
+    /// Triggers: check a triggers file, or backtest triggers on the stored log.
+    #[command(subcommand)]
+    Triggers(commands::triggers::TriggersCommand),
     /// Inspect the event log (the server must be stopped: the log is opened exclusively).
     #[command(subcommand)]
     Log(commands::log::LogCommand),
@@ -97,6 +100,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Log(command) => commands::log::run(command),
         Command::Replay(args) => commands::replay::run(&args),
         Command::Rules(command) => commands::rules::run(command),
+        Command::Triggers(command) => commands::triggers::run(command),
     }
 }
 

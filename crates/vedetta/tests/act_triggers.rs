@@ -393,8 +393,51 @@ fn a_segment_over_cpa_sends_its_intent_users_once_with_their_product_then_recove
     assert_eq!(t["withheld_no_consent"], 2, "{triggers}");
     let listed = firings["firings"].as_array().unwrap();
     assert_eq!(listed.len(), expected.len() + 2, "{firings}");
+    // The backtest over the stored log selects the same users, and sends nothing.
+    let before = receiver.seen.lock().unwrap().len();
+    let iso = |ms: i64| vedetta_core::time::EventTime(ms).to_rfc3339();
+    let output = std::process::Command::new(support::BIN)
+        .args(["triggers", "backtest", "--json", "--from"])
+        .arg(iso(start))
+        .arg("--to")
+        .arg(iso(start + 60 * MINUTE))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let backtested: BTreeMap<String, String> = report[0]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["user"].as_str().unwrap().to_owned(),
+                u["product_or_tag"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(backtested, expected, "{report}");
+    assert_eq!(report[0]["signals_firing"], 1, "{report}");
+    assert_eq!(report[0]["signals_recovered"], 1, "{report}");
+    assert_eq!(report[0]["withheld_no_consent"], 2, "{report}");
+    assert_eq!(
+        receiver.seen.lock().unwrap().len(),
+        before,
+        "the backtest sent nothing"
+    );
     eprintln!(
-        "{} users with their products, a firing and a recovery signal; 2 users without consent withheld",
+        "{} users with their products, a firing and a recovery signal; 2 users without consent \
+         withheld; the backtest agrees",
         expected.len()
     );
 }

@@ -6,3 +6,4 @@ pub mod log;
 pub mod replay;
 pub mod rules;
 pub mod send;
+pub mod triggers;
