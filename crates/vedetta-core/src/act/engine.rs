@@ -28,12 +28,12 @@
 
 use super::push::{PushEvent, SegmentSignal, SignalNotice};
 use super::triggers::{TagWhen, Trigger, TriggerKind};
-use crate::enrich::{DIRECT, EnrichConfig, Enricher};
+use crate::enrich::{DIRECT, EnrichConfig, campaign_of, channel_of};
 use crate::record::{EventKind, StoredEvent, UserPseudonym};
 use crate::watch::evaluate::{GroupTotals, measured_value};
 use crate::watch::rules::Dimension;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Intents kept per user (the newest win).
 pub const MAX_INTENTS: usize = 8;
@@ -65,8 +65,8 @@ fn clip(text: &str) -> String {
 pub struct Intent {
     pub at_ms: i64,
     pub add_to_cart: bool,
-    /// Channel, campaign, device, region.
-    pub dims: [String; 4],
+    /// Channel and campaign: what a CPA segment can be (spend has no device or region).
+    pub dims: [String; 2],
     pub product_id: Option<String>,
 }
 
@@ -158,8 +158,13 @@ pub struct ActState {
     pub max_event_ms: Option<i64>,
     /// The end of the last minute judged.
     pub judged_through_ms: Option<i64>,
+    /// The minute (start) the per-user scan of [`Engine::advance`] last ran in.
+    pub advanced_minute_ms: Option<i64>,
     /// Selections not sent for lack of marketing consent, by trigger.
     pub withheld: BTreeMap<String, u64>,
+    /// Users with an intent since the last minute judged while some segment fired:
+    /// judged at the next minute end.
+    pub candidates: BTreeSet<UserPseudonym>,
 }
 
 /// Why stored state does not decode.
@@ -209,8 +214,11 @@ pub struct Output {
 /// The engine over a trigger set and its state.
 pub struct Engine {
     triggers: Vec<Trigger>,
-    /// The pipeline's enrichment (channel grouping, device classes), without GeoIP.
-    enricher: Enricher,
+    /// The shop's own hosts, for the channel grouping (as the pipeline's enrichment).
+    internal_hosts: Vec<String>,
+    /// Triggers with a firing segment: an intent event makes its user a candidate of
+    /// theirs (derived from the state's segments).
+    firing_triggers: BTreeSet<String>,
     conversion_types: Vec<EventKind>,
     state: ActState,
     /// The longest per-user horizon of the set (intent window, cart delay).
@@ -218,23 +226,29 @@ pub struct Engine {
 }
 
 fn dims_of(
-    enricher: &mut Enricher,
+    internal_hosts: &[String],
     event: &StoredEvent,
     touch: Option<&(String, String, i64)>,
-) -> [String; 4] {
-    let e = enricher.enrich(event);
-    let (channel, campaign) = match touch {
-        Some((c, k, at)) if e.channel == DIRECT && event.ts.0 - at <= TOUCH_LOOKBACK_MS => {
-            (c.clone(), k.clone())
+) -> [String; 2] {
+    let channel = channel_of(event, internal_hosts);
+    match touch {
+        Some((c, k, at)) if channel == DIRECT && event.ts.0 - at <= TOUCH_LOOKBACK_MS => {
+            [c.clone(), k.clone()]
         }
-        _ => (clip(&e.channel), clip(e.campaign)),
-    };
-    [
-        channel,
-        campaign,
-        e.device.as_str().to_owned(),
-        e.region.code().to_owned(),
-    ]
+        _ => [clip(&channel), clip(campaign_of(event))],
+    }
+}
+
+/// Where each `group_by` dimension is in an intent's dims (`None`: not a CPA dimension).
+fn positions(rule: &crate::watch::rules::Rule) -> Option<Vec<usize>> {
+    rule.group_by
+        .iter()
+        .map(|d| match d {
+            Dimension::Channel => Some(0),
+            Dimension::Campaign => Some(1),
+            Dimension::Device | Dimension::Region => None,
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Engine {
@@ -251,7 +265,8 @@ impl Engine {
     pub fn new(triggers: Vec<Trigger>, conversion_types: Vec<EventKind>, state: ActState) -> Self {
         let mut engine = Engine {
             triggers: Vec::new(),
-            enricher: Enricher::new(EnrichConfig::default(), None),
+            internal_hosts: Vec::new(),
+            firing_triggers: BTreeSet::new(),
             conversion_types,
             state,
             horizon_ms: 0,
@@ -276,12 +291,13 @@ impl Engine {
         });
         self.horizon_ms = triggers.iter().map(Trigger::horizon_ms).max().unwrap_or(0);
         self.triggers = triggers;
+        self.firing_triggers = self.state.segments.keys().map(|(t, _)| t.clone()).collect();
     }
 
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
     /// what it means in the KPIs.
     pub fn with_enrichment(mut self, config: EnrichConfig) -> Self {
-        self.enricher = Enricher::new(config, None);
+        self.internal_hosts = config.internal_hosts;
         self
     }
 
@@ -332,9 +348,10 @@ impl Engine {
             }
             user.event_ids.push(hash);
         }
-        let dims = dims_of(&mut self.enricher, event, None);
-        if dims[0] != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
-            user.touch = Some((dims[0].clone(), dims[1].clone(), at));
+        // The touch needs only the channel grouping (no user-agent parse).
+        let channel = channel_of(event, &self.internal_hosts);
+        if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
+            user.touch = Some((clip(&channel), clip(campaign_of(event)), at));
         }
         match &event.kind {
             EventKind::Registration => {
@@ -344,12 +361,11 @@ impl Engine {
             EventKind::PageView | EventKind::AddToCart
                 if event.product_id.is_some() || event.kind == EventKind::AddToCart =>
             {
-                let dims = match &user.touch {
-                    Some(touch) if dims[0] == DIRECT => {
-                        dims_of(&mut self.enricher, event, Some(touch))
-                    }
-                    _ => dims,
-                };
+                let dims = dims_of(&self.internal_hosts, event, user.touch.as_ref());
+                // While a trigger's segment fires, this user is judged at the next minute.
+                if !self.firing_triggers.is_empty() {
+                    self.state.candidates.insert(event.user);
+                }
                 if user.intents.len() >= MAX_INTENTS {
                     user.intents.remove(0);
                 }
@@ -509,6 +525,7 @@ impl Engine {
             }
             let mut ordered: Vec<(&Vec<String>, &GroupTotals)> = groups.iter().collect();
             ordered.sort_by(|a, b| a.0.cmp(b.0));
+            let mut newly = false;
             for (group, t) in ordered {
                 let cpa = measured_value(rule, Some(t));
                 if !(guarded(t) && cpa.is_some_and(|c| c > *threshold)) {
@@ -522,6 +539,7 @@ impl Engine {
                         since_ms: minute_end,
                         cpa,
                     });
+                    newly = true;
                     out.push(Output {
                         trigger: index,
                         group: named(group),
@@ -536,105 +554,143 @@ impl Engine {
                         at_ms: minute_end,
                     });
                 }
-                // While the segment fires: its users with intent in the window and no
-                // conversion since the window opened.
-                let from = minute_end - rule.over_ms;
-                let positions: Vec<usize> = rule
-                    .group_by
-                    .iter()
-                    .map(|d| match d {
-                        Dimension::Channel => 0,
-                        Dimension::Campaign => 1,
-                        Dimension::Device => 2,
-                        Dimension::Region => 3,
-                    })
-                    .collect();
-                for (pseudonym, user) in self.state.users.iter_mut() {
-                    if user.last_conversion_ms.is_some_and(|c| c >= from) {
-                        continue;
-                    }
-                    let Some(intent) = user.intents.iter().rev().find(|i| {
-                        i.at_ms >= from
-                            && i.at_ms < minute_end
-                            && positions.iter().zip(group).all(|(p, v)| i.dims[*p] == *v)
-                    }) else {
-                        continue;
-                    };
-                    if user.in_cooldown(trigger, minute_end) {
-                        continue;
-                    }
-                    if !user.marketing {
-                        // Counted once per cooldown, like a send.
-                        user.mark_sent(&trigger.name, minute_end);
-                        *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
-                        continue;
-                    }
-                    let product_id = user
-                        .intents
-                        .iter()
-                        .rev()
-                        .filter(|i| {
-                            i.at_ms >= from
-                                && positions.iter().zip(group).all(|(p, v)| i.dims[*p] == *v)
-                        })
-                        .find_map(|i| i.product_id.clone());
-                    let event = PushEvent {
-                        user: pseudonym.to_hex(),
-                        kind: if intent.add_to_cart {
-                            "add_to_cart"
-                        } else {
-                            "page_view"
-                        }
-                        .into(),
-                        value: None,
-                        at_ms: intent.at_ms,
-                        product_id,
-                        product_ids: Vec::new(),
-                        cart_value: None,
-                        tag: None,
-                    };
-                    user.mark_sent(&trigger.name, minute_end);
-                    out.push(Output {
-                        trigger: index,
-                        group: named(group),
-                        user: Some(*pseudonym),
-                        event: Some(event),
-                        signal: None,
-                        at_ms: minute_end,
-                    });
+            }
+            // While a segment fires: its users with intent in the window and no conversion
+            // since the window opened. A segment that starts firing looks at every user;
+            // after that only at the candidates (users with an intent since last minute).
+            let firing: BTreeSet<Vec<String>> = self
+                .state
+                .segments
+                .range((trigger.name.clone(), Vec::new())..)
+                .take_while(|((t, _), _)| *t == trigger.name)
+                .map(|((_, g), _)| g.clone())
+                .collect();
+            let candidates: Vec<UserPseudonym> = if newly {
+                self.state.users.keys().copied().collect()
+            } else {
+                self.state.candidates.iter().copied().collect()
+            };
+            if firing.is_empty() {
+                self.firing_triggers.remove(&trigger.name);
+                continue;
+            }
+            self.firing_triggers.insert(trigger.name.clone());
+            let Some(positions) = positions(rule) else {
+                continue;
+            };
+            let from = minute_end - rule.over_ms;
+            for pseudonym in candidates {
+                let Some(user) = self.state.users.get_mut(&pseudonym) else {
+                    continue;
+                };
+                if user.last_conversion_ms.is_some_and(|c| c >= from) {
+                    continue;
                 }
+                // The latest intent in the window that lies in a firing segment.
+                let Some((intent, group)) = user.intents.iter().rev().find_map(|i| {
+                    if i.at_ms < from || i.at_ms >= minute_end {
+                        return None;
+                    }
+                    let key: Vec<String> = positions.iter().map(|p| i.dims[*p].clone()).collect();
+                    firing.contains(&key).then_some((i, key))
+                }) else {
+                    continue;
+                };
+                if user.in_cooldown(trigger, minute_end) {
+                    continue;
+                }
+                let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
+                if !user.marketing {
+                    // Counted once per cooldown, like a send.
+                    user.mark_sent(&trigger.name, minute_end);
+                    *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
+                    continue;
+                }
+                let in_group =
+                    |i: &Intent| positions.iter().zip(&group).all(|(p, v)| i.dims[*p] == *v);
+                let product_id = user
+                    .intents
+                    .iter()
+                    .rev()
+                    .filter(|i| i.at_ms >= from && i.at_ms < minute_end && in_group(i))
+                    .find_map(|i| i.product_id.clone());
+                let event = PushEvent {
+                    user: pseudonym.to_hex(),
+                    kind: if add_to_cart {
+                        "add_to_cart"
+                    } else {
+                        "page_view"
+                    }
+                    .into(),
+                    value: None,
+                    at_ms: intent_at,
+                    product_id,
+                    product_ids: Vec::new(),
+                    cart_value: None,
+                    tag: None,
+                };
+                user.mark_sent(&trigger.name, minute_end);
+                out.push(Output {
+                    trigger: index,
+                    group: named(&group),
+                    user: Some(pseudonym),
+                    event: Some(event),
+                    signal: None,
+                    at_ms: minute_end,
+                });
             }
         }
+        self.state.candidates.clear();
     }
 
     /// Moves event time to `watermark`: abandoned carts whose delay passed are sent, and
     /// users with nothing left to wait for are forgotten.
+    ///
+    /// The scan over users runs once per minute of event time (a cart is sent within a
+    /// minute of its delay), so calling this after every read costs nothing in between.
     pub fn advance(&mut self, watermark: i64, out: &mut Vec<Output>) {
-        for (index, trigger) in self.triggers.iter().enumerate() {
-            let TriggerKind::AbandonedCart { after_ms } = trigger.kind else {
+        let minute = watermark.div_euclid(60_000) * 60_000;
+        if self.state.advanced_minute_ms.is_some_and(|m| m >= minute) {
+            return;
+        }
+        self.state.advanced_minute_ms = Some(minute);
+        let carts: Vec<(usize, &Trigger, i64)> = self
+            .triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.kind {
+                TriggerKind::AbandonedCart { after_ms } => Some((i, t, after_ms)),
+                _ => None,
+            })
+            .collect();
+        let longest_cart = carts.iter().map(|(_, _, a)| *a).max();
+        // One pass over the users with a cart; each cart trigger sends a cart once, when
+        // its own delay after the cart's first line has passed.
+        for (pseudonym, user) in self.state.users.iter_mut() {
+            let Some(first) = user.cart.first().map(|l| l.at_ms) else {
                 continue;
             };
-            for (pseudonym, user) in self.state.users.iter_mut() {
-                let Some(first) = user.cart.first().map(|l| l.at_ms) else {
-                    continue;
-                };
-                if first.saturating_add(after_ms) > watermark {
+            for (index, trigger, after_ms) in &carts {
+                let due = first.saturating_add(*after_ms);
+                if due > watermark
+                    || user
+                        .sent
+                        .iter()
+                        .any(|(t, at)| *t == trigger.name && *at >= first)
+                    || user.in_cooldown(trigger, due)
+                {
                     continue;
                 }
-                let due = first.saturating_add(after_ms);
-                let lines = std::mem::take(&mut user.cart);
-                if user.in_cooldown(trigger, due) {
-                    continue;
-                }
+                user.mark_sent(&trigger.name, due);
                 if !user.marketing {
                     *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
                     continue;
                 }
-                user.mark_sent(&trigger.name, due);
+                let lines = &user.cart;
                 let values: Vec<f64> = lines.iter().filter_map(|l| l.value).collect();
                 let last = lines.last().map_or(first, |l| l.at_ms);
                 out.push(Output {
-                    trigger: index,
+                    trigger: *index,
                     group: Vec::new(),
                     user: Some(*pseudonym),
                     event: Some(PushEvent {
@@ -651,14 +707,8 @@ impl Engine {
                     at_ms: due,
                 });
             }
-        }
-        // Carts no trigger waits for are not kept.
-        if !self
-            .triggers
-            .iter()
-            .any(|t| matches!(t.kind, TriggerKind::AbandonedCart { .. }))
-        {
-            for user in self.state.users.values_mut() {
+            // Every cart trigger has had its turn (or none waits): the cart is let go.
+            if longest_cart.is_none_or(|a| first.saturating_add(a) <= watermark) {
                 user.cart.clear();
             }
         }
