@@ -718,21 +718,21 @@ impl Engine {
             .iter()
             .map(|t| (t.name.as_str(), t.cooldown_ms))
             .collect();
+        // A user is kept while it can still be selected or is in a cooldown; the purchase
+        // count (first purchase) goes with it. An active user's lists are already bounded
+        // (one cooldown per trigger, MAX_INTENTS intents): only idle users are looked at.
+        let keep_ms = horizon.max(TOUCH_LOOKBACK_MS.min(86_400_000));
         self.state.users.retain(|_, user| {
+            if user.last_seen_ms.saturating_add(keep_ms) > watermark {
+                return true;
+            }
             user.sent.retain(|(t, at)| {
                 cooldowns
                     .get(t.as_str())
                     .is_some_and(|c| at.saturating_add(*c) > watermark)
             });
-            user.intents
-                .retain(|i| i.at_ms.saturating_add(horizon) > watermark);
-            // A user is kept while it can still be selected or is in a cooldown; the
-            // purchase count (first purchase) goes with it.
-            user.last_seen_ms
-                .saturating_add(horizon.max(TOUCH_LOOKBACK_MS.min(86_400_000)))
-                > watermark
-                || !user.sent.is_empty()
-                || !user.cart.is_empty()
+            user.intents.clear();
+            !user.sent.is_empty() || !user.cart.is_empty()
         });
     }
 }
