@@ -158,8 +158,9 @@ fn post(http: &reqwest::blocking::Client, server: &Server, path: &str, body: &[V
 }
 
 /// One segment's story, starting at `start` (a whole minute), in campaign `campaign`:
-/// 100 € of spend and two purchases (CPA 50 €), users with intent (some without consent,
-/// one who converts, one in another segment), and a visit that moves the watermark past
+/// users with intent in minutes 0 and 1 (some without consent, one in another segment),
+/// 100 € of spend and two purchases in minute 1 (CPA 50 €, so the segment fires at the end
+/// of minute 1, with every intent already in), and a visit that moves the watermark past
 /// `start + 5m`. Returns the traffic, the spend, and the users who must arrive (pseudonym
 /// → product).
 fn firing_story(
@@ -197,7 +198,7 @@ fn firing_story(
         events.push(event(
             &udid,
             "page_view",
-            at(2, i as i64),
+            at(0, i as i64),
             campaign,
             &json!({"product_id": first}),
         ));
@@ -209,7 +210,7 @@ fn firing_story(
         events.push(event(
             &udid,
             kind,
-            at(3, i as i64),
+            at(1, i as i64),
             campaign,
             &json!({"product_id": last}),
         ));
@@ -219,14 +220,14 @@ fn firing_story(
     events.push(event(
         &format!("{campaign}-noconsent-0"),
         "page_view",
-        at(2, 40),
+        at(1, 40),
         campaign,
         &json!({"product_id": "x", "consent": null}),
     ));
     events.push(event(
         &format!("{campaign}-noconsent-1"),
         "page_view",
-        at(2, 41),
+        at(1, 41),
         campaign,
         &json!({"product_id": "x", "consent": {"marketing": false}}),
     ));
@@ -234,7 +235,7 @@ fn firing_story(
     let mut other = event(
         &format!("{campaign}-email-0"),
         "page_view",
-        at(2, 42),
+        at(1, 42),
         campaign,
         &json!({"product_id": "y"}),
     );
@@ -364,7 +365,27 @@ fn a_segment_over_cpa_sends_its_intent_users_once_with_their_product_then_recove
     std::thread::sleep(Duration::from_secs(2));
     let triggers = get_json(&http, &server.url("/v1/triggers"));
     let firings = get_json(&http, &server.url("/v1/triggers/firings?limit=1000"));
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     server.stop();
+    let sample = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    assert_eq!(
+        sample("vedetta_trigger_users_sent_total{trigger=\"cpa_alto\"}"),
+        Some(expected.len() as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("vedetta_trigger_withheld_total{trigger=\"cpa_alto\"}"),
+        Some(2.0)
+    );
 
     let r = received(&receiver);
     let signals: Vec<&str> = r.signals.iter().map(|(s, _)| s.as_str()).collect();

@@ -162,9 +162,10 @@ pub struct ActState {
     pub advanced_minute_ms: Option<i64>,
     /// Selections not sent for lack of marketing consent, by trigger.
     pub withheld: BTreeMap<String, u64>,
-    /// Users with an intent since the last minute judged while some segment fired:
-    /// judged at the next minute end.
-    pub candidates: BTreeSet<UserPseudonym>,
+    /// Users with an intent not yet judged at a minute end after it, with the event time
+    /// of their latest intent: while a segment fires, only these are looked at. (An intent
+    /// observed before its minute is judged, as in a catch-up or a backtest, waits here.)
+    pub candidates: BTreeMap<UserPseudonym, i64>,
 }
 
 /// Why stored state does not decode.
@@ -216,9 +217,8 @@ pub struct Engine {
     triggers: Vec<Trigger>,
     /// The shop's own hosts, for the channel grouping (as the pipeline's enrichment).
     internal_hosts: Vec<String>,
-    /// Triggers with a firing segment: an intent event makes its user a candidate of
-    /// theirs (derived from the state's segments).
-    firing_triggers: BTreeSet<String>,
+    /// Whether any trigger is a segment_cpa (else no candidates are kept).
+    has_segment_triggers: bool,
     conversion_types: Vec<EventKind>,
     state: ActState,
     /// The longest per-user horizon of the set (intent window, cart delay).
@@ -266,7 +266,7 @@ impl Engine {
         let mut engine = Engine {
             triggers: Vec::new(),
             internal_hosts: Vec::new(),
-            firing_triggers: BTreeSet::new(),
+            has_segment_triggers: false,
             conversion_types,
             state,
             horizon_ms: 0,
@@ -291,7 +291,13 @@ impl Engine {
         });
         self.horizon_ms = triggers.iter().map(Trigger::horizon_ms).max().unwrap_or(0);
         self.triggers = triggers;
-        self.firing_triggers = self.state.segments.keys().map(|(t, _)| t.clone()).collect();
+        self.has_segment_triggers = self
+            .triggers
+            .iter()
+            .any(|t| matches!(t.kind, TriggerKind::SegmentCpa { .. }));
+        if !self.has_segment_triggers {
+            self.state.candidates.clear();
+        }
     }
 
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
@@ -362,9 +368,10 @@ impl Engine {
                 if event.product_id.is_some() || event.kind == EventKind::AddToCart =>
             {
                 let dims = dims_of(&self.internal_hosts, event, user.touch.as_ref());
-                // While a trigger's segment fires, this user is judged at the next minute.
-                if !self.firing_triggers.is_empty() {
-                    self.state.candidates.insert(event.user);
+                // A candidate for the firing segments of the next minutes judged.
+                if self.has_segment_triggers {
+                    let latest = self.state.candidates.entry(event.user).or_insert(at);
+                    *latest = (*latest).max(at);
                 }
                 if user.intents.len() >= MAX_INTENTS {
                     user.intents.remove(0);
@@ -568,13 +575,11 @@ impl Engine {
             let candidates: Vec<UserPseudonym> = if newly {
                 self.state.users.keys().copied().collect()
             } else {
-                self.state.candidates.iter().copied().collect()
+                self.state.candidates.keys().copied().collect()
             };
             if firing.is_empty() {
-                self.firing_triggers.remove(&trigger.name);
                 continue;
             }
-            self.firing_triggers.insert(trigger.name.clone());
             let Some(positions) = positions(rule) else {
                 continue;
             };
@@ -640,7 +645,10 @@ impl Engine {
                 });
             }
         }
-        self.state.candidates.clear();
+        // Judged: candidates whose latest intent is before this minute's end are done.
+        self.state
+            .candidates
+            .retain(|_, latest| *latest >= minute_end);
     }
 
     /// Moves event time to `watermark`: abandoned carts whose delay passed are sent, and

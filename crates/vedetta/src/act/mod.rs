@@ -85,6 +85,84 @@ pub struct ActStatus {
     pub enqueued: Arc<tokio::sync::Notify>,
 }
 
+impl ActStatus {
+    /// Writes the `vedetta_trigger_*` families: per trigger, users sent, signals and users
+    /// withheld (no consent); the consumer's progress, state size and failures.
+    pub fn expose(&self, out: &mut crate::telemetry::Exposition) {
+        let triggers = self
+            .triggers
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let counters = self
+            .counters
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        type Family = (&'static str, &'static str, fn(&TriggerCounters) -> u64);
+        let families: [Family; 3] = [
+            (
+                "vedetta_trigger_users_sent_total",
+                "Users a trigger selected and queued for its destinations (since start).",
+                |c| c.users_sent,
+            ),
+            (
+                "vedetta_trigger_signals_total",
+                "Segment signals (firing and recovered) of segment_cpa triggers (since start).",
+                |c| c.signals,
+            ),
+            (
+                "vedetta_trigger_withheld_total",
+                "Users a trigger selected but did not send for lack of marketing consent.",
+                |c| c.withheld,
+            ),
+        ];
+        for (name, help, value) in families {
+            out.family(name, "counter", help);
+            for t in triggers.iter() {
+                let c = counters.get(&t.name).cloned().unwrap_or_default();
+                out.sample(name, &[("trigger", t.name.as_str())], value(&c) as f64);
+            }
+        }
+        let gauges = [
+            (
+                "vedetta_trigger_users",
+                "Users whose facts the trigger engine keeps.",
+                self.users.load(Ordering::Relaxed),
+            ),
+            (
+                "vedetta_trigger_user_bytes",
+                "Approximate bytes of the trigger engine's per-user facts.",
+                self.user_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "vedetta_trigger_pending_pushes",
+                "Pushes waiting for their destination's next batch.",
+                self.pending.load(Ordering::Relaxed),
+            ),
+            (
+                "vedetta_trigger_consumed_offset",
+                "The next log offset the trigger consumer reads.",
+                self.consumed_offset.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            out.family(name, "gauge", help);
+            out.sample(name, &[], value as f64);
+        }
+        out.family(
+            "vedetta_trigger_failures_total",
+            "counter",
+            "Trigger consumer steps that failed (each retried from the store).",
+        );
+        out.sample(
+            "vedetta_trigger_failures_total",
+            &[],
+            self.failures.load(Ordering::Relaxed) as f64,
+        );
+    }
+}
+
 /// What the consumer reads from the rest of the server.
 pub struct Sources {
     pub kpi_store: Arc<KpiStore>,

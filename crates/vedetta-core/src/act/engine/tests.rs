@@ -325,3 +325,27 @@ fn a_direct_visit_counts_in_the_segment_of_the_user_s_last_touch() {
         Some("divano")
     );
 }
+
+/// The bug: once a segment fired, only users with an intent observed *after* the firing
+/// were looked at; a backtest (or a catch-up) observes the log before judging its minutes,
+/// so intents later than the firing minute but observed before it were never sent.
+#[test]
+fn intents_observed_before_their_minute_is_judged_are_not_lost() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    // Everything observed first: intents at minutes 3 and 4.
+    engine.observe(&view(1, T0 + 3 * MIN, "a"), &mut out);
+    engine.observe(&view(2, T0 + 4 * MIN, "b"), &mut out);
+    // The segment fires at minute 2, before those intents: nobody yet.
+    let fired = judge(&mut engine, T0 + 2 * MIN, 2, 50);
+    assert_eq!(fired.len(), 1, "the signal only: {fired:?}");
+    let users = |o: &[Output]| o.iter().filter_map(|o| o.user).collect::<Vec<_>>();
+    assert!(judge(&mut engine, T0 + 3 * MIN, 2, 50).is_empty());
+    assert_eq!(users(&judge(&mut engine, T0 + 4 * MIN, 2, 50)), [user(1)]);
+    assert_eq!(users(&judge(&mut engine, T0 + 5 * MIN, 2, 50)), [user(2)]);
+    assert!(engine.state().candidates.is_empty(), "all judged");
+}
