@@ -465,6 +465,7 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
                 "/v1/alerts" => Some((100, false)),
                 "/v1/inbox" => Some((50, false)),
                 "/v1/outbox/dead" => Some((100, true)),
+                "/v1/triggers/firings" => Some((100, false)),
                 _ => None,
             } {
                 let mut parameters =
