@@ -564,6 +564,75 @@ mod tests {
         assert!(e.contains(".template") && e.contains("{{nope}}"), "{e}");
     }
 
+    fn seed(dry_run: bool) -> Webhook {
+        Webhook::new(&WebhookConfig {
+            name: "crm-push".into(),
+            // Nothing listens there: a call would fail.
+            url: Secret("http://127.0.0.1:9/push".into()),
+            format: WebhookFormat::Seed,
+            template: None,
+            oauth2: None,
+            lang: Lang::En,
+            timeout_seconds: 1,
+            interval: Some("5s".into()),
+            dry_run,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_seed_webhook_takes_pushes_only_and_a_dry_run_sends_nothing() {
+        let live = seed(false);
+        assert!(live.takes_pushes());
+        // An alert notification is not a push: refused, never retried.
+        let refused = live.deliver(&Notification::example()).await.unwrap_err();
+        assert!(
+            matches!(refused, DeliveryError::Refused { .. }),
+            "{refused}"
+        );
+        let push = Notification {
+            push: Some(vedetta_core::act::push::Push {
+                trigger: "cpa_alto".into(),
+                kind: "segment_cpa".into(),
+                segment: Some("costi > 20€".into()),
+                group: vec![],
+                signal: None,
+                events: vec![],
+            }),
+            ..Notification::example()
+        };
+        // Live, the unreachable receiver is a retryable failure; in a dry run, delivered.
+        assert!(matches!(
+            live.deliver(&push).await,
+            Err(DeliveryError::Retry { .. })
+        ));
+        assert_eq!(seed(true).deliver(&push).await, Ok(()));
+    }
+
+    #[test]
+    fn a_push_interval_is_a_span_from_a_second_to_an_hour_and_only_for_seed() {
+        let mut c = WebhookConfig {
+            name: "w".into(),
+            url: Secret("http://127.0.0.1/x".into()),
+            format: WebhookFormat::Seed,
+            template: None,
+            oauth2: None,
+            lang: Lang::En,
+            timeout_seconds: 5,
+            interval: None,
+            dry_run: false,
+        };
+        assert_eq!(c.push_interval().unwrap(), Some(DEFAULT_PUSH_INTERVAL));
+        c.interval = Some("2h".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("alerts.destinations[\"w\"].interval"), "{e}");
+        c.format = WebhookFormat::Notification;
+        c.interval = Some("30s".into());
+        assert!(c.validate().unwrap_err().to_string().contains(".interval"));
+        c.interval = None;
+        assert_eq!(c.push_interval().unwrap(), None);
+    }
+
     #[test]
     fn tokens_are_refreshed_before_they_expire() {
         assert_eq!(
