@@ -417,6 +417,8 @@ impl Engine {
         let first = user.purchases == 1;
         let marketing = user.marketing;
         let value = event.value.filter(|v| v.is_finite());
+        // Rendered once, for every trigger that sends this conversion.
+        let mut hex: Option<String> = None;
         for (index, trigger) in self.triggers.iter().enumerate() {
             let tag = match &trigger.kind {
                 TriggerKind::ConversionFeed => None,
@@ -447,7 +449,7 @@ impl Engine {
                 group: Vec::new(),
                 user: Some(event.user),
                 event: Some(PushEvent {
-                    user: event.user.to_hex(),
+                    user: hex.get_or_insert_with(|| event.user.to_hex()).clone(),
                     kind: kind.to_owned(),
                     value,
                     at_ms: at,
