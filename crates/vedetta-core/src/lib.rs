@@ -24,6 +24,7 @@
 //!   deltas, exact under out-of-order arrival.
 //! - [`time`] gives event time its own types.
 
+pub mod act;
 pub mod enrich;
 pub mod intake;
 pub mod pipeline;

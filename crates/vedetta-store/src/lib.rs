@@ -7,6 +7,7 @@
 //! - [`watch_store`]: alert state, history and silences, committed with the notifications
 //!   they cause.
 //! - [`outbox`]: the durable outbox of alert notifications and its dead-letter list.
+//! - [`trigger_store`]: trigger state, consumed offset, pending pushes and firings.
 //!
 //! Built on `redb`, an ACID embedded B-tree in pure Rust: its copy-on-write commit protocol
 //! already survives a crash at any instant, so this crate adds only what a log needs on top
@@ -20,6 +21,7 @@ pub mod kpi_store;
 pub mod log;
 pub mod outbox;
 pub mod reopen;
+pub mod trigger_store;
 pub mod watch_store;
 
 pub use identity_store::{ApplyOutcome, IdentityStore, IdentityStoreError, IdentityWrite};

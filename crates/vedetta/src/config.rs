@@ -46,6 +46,12 @@ pub struct RawConfig {
     /// `[sources.*]`: webhook sources (Shopify).
     #[serde(default)]
     pub sources: crate::sources::RawSources,
+
+    /// Triggers (issue 12), inline.
+    #[serde(default)]
+    pub triggers: Vec<vedetta_core::act::triggers::RawTrigger>,
+    /// A file of `[[triggers]]`, reloaded on change and on SIGHUP.
+    pub triggers_file: Option<PathBuf>,
 }
 
 /// How connections are held and let go (see `server::listener`).
@@ -169,6 +175,8 @@ pub struct Config {
     pub alerts: crate::watch::config::AlertsConfig,
     pub sites: Vec<crate::sources::sites::Site>,
     pub sources: crate::sources::SourcesConfig,
+
+    pub triggers: crate::act::config::TriggersConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -628,6 +636,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         .map_err(|(key, message)| bad(&key, message))?;
     let alerts = crate::watch::config::AlertsConfig::from_raw(raw.alerts, &listen.to_string())
         .map_err(|(key, message)| bad(&key, message))?;
+    let triggers = crate::act::config::TriggersConfig::new(
+        raw.triggers,
+        raw.triggers_file,
+        &alerts.destinations,
+    );
+    if !triggers.inline.is_empty() {
+        triggers
+            .check(&triggers.inline)
+            .map_err(|message| bad("triggers", message))?;
+    }
     Ok(Config {
         data_dir: raw
             .data_dir
@@ -683,6 +701,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, KeyError> {
         alerts,
         sites,
         sources,
+
+        triggers,
     })
 }
 

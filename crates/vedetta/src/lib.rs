@@ -5,6 +5,7 @@
 //! same parsers the server runs: `crates/vedetta-fuzz` feeds the `/v1/kpis` query-string
 //! parser ([`server::kpis`]) and the configuration parser ([`config`]) arbitrary bytes.
 
+pub mod act;
 mod clock;
 pub mod commands;
 pub mod config;

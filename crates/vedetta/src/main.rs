@@ -35,6 +35,9 @@ enum Command {
     /// Alert rules: check a rules file, or backtest rules on stored history.
     #[command(subcommand)]
     Rules(commands::rules::RulesCommand),
+    /// Triggers: check a triggers file, or backtest triggers on the stored log.
+    #[command(subcommand)]
+    Triggers(commands::triggers::TriggersCommand),
     /// Inspect the event log (the server must be stopped: the log is opened exclusively).
     #[command(subcommand)]
     Log(commands::log::LogCommand),
@@ -119,6 +122,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Replay(args) => commands::replay::run(&args),
         Command::Rules(command) => commands::rules::run(command),
         Command::Sources(command) => commands::sources::run(command),
+
+        Command::Triggers(command) => commands::triggers::run(command),
     }
 }
 

@@ -164,6 +164,7 @@ impl Dispatcher {
                 notices,
                 created_ms: now_ms,
                 dashboard_url: dashboard_url.to_string(),
+                push: None,
             });
         }
         out

@@ -124,6 +124,11 @@ pub struct Notification {
     pub created_ms: i64,
     /// The dashboard's absolute base URL (`server.public_url`), for links.
     pub dashboard_url: String,
+    /// A trigger's push (issue 12) instead of alert notices: only destinations that take
+    /// pushes are given one. Absent from alert notifications, and from entries stored
+    /// before triggers existed (they read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<crate::act::push::Push>,
 }
 
 /// Why stored bytes are not a notification.
@@ -200,6 +205,7 @@ impl Notification {
             }],
             created_ms: 1_712_319_001_000,
             dashboard_url: "http://127.0.0.1:8080/".into(),
+            push: None,
         }
     }
 }

@@ -8,3 +8,5 @@ pub mod replay;
 pub mod rules;
 pub mod send;
 pub mod sources;
+
+pub mod triggers;

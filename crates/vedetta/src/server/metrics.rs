@@ -142,6 +142,7 @@ fn render(state: &AppState) -> String {
     intake(state, &mut out);
     pipeline(state, &mut out);
     alerts(state, &mut out);
+    state.act_status.expose(&mut out);
     let t = &state.timings;
     out.family(
         "vedetta_stage_duration_seconds",

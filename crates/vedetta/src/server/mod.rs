@@ -42,6 +42,8 @@ mod status;
 mod stream;
 mod webhooks;
 
+mod triggers;
+
 pub use error::ApiError;
 
 use crate::clock::SystemClock;
@@ -108,6 +110,10 @@ pub struct AppState {
     /// Mapped webhook sources with their compiled mappings (`POST /v1/sources/{name}`).
     pub mapped_sources: crate::sources::mapped::MappedSources,
     watch_handle: std::sync::Mutex<Option<crate::watch::evaluation::Watch>>,
+    /// Triggers (issue 12): the consumer's status, its store, and the thread.
+    pub act_status: Arc<crate::act::ActStatus>,
+    pub trigger_store: vedetta_store::trigger_store::TriggerStore,
+    act_handle: std::sync::Mutex<Option<crate::act::Act>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -231,6 +237,21 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         Some(&inbox),
         Some(&token_vault),
     )?;
+    // Triggers: a consumer of the log, whose state and pushes share the outbox's file.
+    let act = crate::act::start(
+        config.triggers.clone(),
+        vedetta_store::trigger_store::TriggerStore::new(watch.store.database().clone())
+            .context("opening the trigger store")?,
+        crate::act::Sources {
+            kpi_store: kpi_store.clone(),
+            processor: processor.status.clone(),
+            log: log.clone(),
+            clock: Arc::new(SystemClock),
+            conversion_types: config.pipeline.rules.conversion_types.clone(),
+            enrich: config.pipeline.rules.enrich.clone(),
+            dashboard_url: config.alerts.public_url.clone(),
+        },
+    )?;
     let sender_stop = Arc::new(tokio::sync::Notify::new());
     let (sender, sender_task) = if tokio::runtime::Handle::try_current().is_ok() {
         let stop = sender_stop.clone();
@@ -246,6 +267,15 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         tokio::spawn(async move {
             loop {
                 enqueued.notified().await;
+                waker.wake();
+            }
+        });
+        // So does each trigger flush.
+        let pushed = act.status.enqueued.clone();
+        let waker = sender.clone();
+        tokio::spawn(async move {
+            loop {
+                pushed.notified().await;
                 waker.wake();
             }
         });
@@ -289,6 +319,10 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         sites: crate::sources::sites::Sites::new(config.sites.clone()),
         source_counters: SourceCounters::default(),
         mapped_sources,
+
+        act_status: act.status.clone(),
+        trigger_store: act.store.clone(),
+        act_handle: std::sync::Mutex::new(Some(act)),
         config,
         log,
         writer,
@@ -322,6 +356,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(alerts::delete_silence),
         )
         .route("/v1/outbox/dead", get(alerts::get_dead_letters))
+        .route("/v1/triggers", get(triggers::get_triggers))
+        .route("/v1/triggers/firings", get(triggers::get_firings))
         .route("/v1/inbox", get(alerts::get_inbox))
         .route(
             "/v1/outbox/dead/{seq}/retry",
@@ -393,6 +429,7 @@ pub async fn serve(
     on_listening(local);
     let retention = tokio::spawn(retention_loop(state.clone(), retention_days));
     let reload = tokio::spawn(reload_on_sighup(state.watch_status.clone()));
+    let reload_triggers = tokio::spawn(crate::act::reload_on_sighup(state.act_status.clone()));
     // Live streams never end by themselves: close them first, or an open dashboard would
     // hold up the graceful shutdown until the deadline.
     let hub_owner = Arc::downgrade(&state);
@@ -421,6 +458,8 @@ pub async fn serve(
     let _ = retention.await;
     reload.abort();
     let _ = reload.await;
+    reload_triggers.abort();
+    let _ = reload_triggers.await;
     // Every handler has finished. First the writer commits what is queued, then the
     // processor commits what it has processed, with a snapshot.
     let processor = state
@@ -429,6 +468,7 @@ pub async fn serve(
         .ok()
         .and_then(|mut h| h.take());
     let watch = state.watch_handle.lock().ok().and_then(|mut h| h.take());
+    let act = state.act_handle.lock().ok().and_then(|mut h| h.take());
     let sender_task = state.sender_task.lock().ok().and_then(|mut h| h.take());
     state.sender_stop.notify_one();
     match Arc::try_unwrap(state) {
@@ -437,6 +477,9 @@ pub async fn serve(
     }
     if let Some(processor) = processor {
         processor.stop();
+    }
+    if let Some(act) = act {
+        act.stop();
     }
     if let Some(watch) = watch {
         watch.stop();

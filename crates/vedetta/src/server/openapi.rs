@@ -41,6 +41,8 @@ pub struct ErrorBody {
         super::alerts::get_dead_letters,
         super::alerts::retry_dead_letter,
         super::alerts::get_inbox,
+        super::triggers::get_triggers,
+        super::triggers::get_firings,
         super::healthz,
     ),
     components(schemas(
@@ -471,6 +473,7 @@ pub fn document(now_ms: i64, limits: &IntakeLimits, max_events: usize) -> Value 
                 "/v1/alerts" => Some((100, false)),
                 "/v1/inbox" => Some((50, false)),
                 "/v1/outbox/dead" => Some((100, true)),
+                "/v1/triggers/firings" => Some((100, false)),
                 _ => None,
             } {
                 let mut parameters =

@@ -59,6 +59,12 @@ pub trait Destination: Send + Sync + 'static {
         Duration::ZERO
     }
 
+    /// Whether it takes trigger pushes (issue 12: `Notification::push`); a destination that
+    /// does not is never named by a trigger.
+    fn takes_pushes(&self) -> bool {
+        false
+    }
+
     /// One attempt to deliver `notification`.
     fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a>;
 }

@@ -124,6 +124,14 @@ impl DestinationConfig {
         }
     }
 
+    /// How often trigger pushes go to this destination; `None` when it takes none.
+    pub fn push_interval(&self) -> Option<Duration> {
+        match self {
+            DestinationConfig::Webhook(c) => c.push_interval().ok().flatten(),
+            _ => None,
+        }
+    }
+
     /// Checks every key; the error names the destination and the key.
     pub fn validate(&self) -> anyhow::Result<()> {
         let name = self.name();

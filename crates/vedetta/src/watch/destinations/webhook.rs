@@ -8,7 +8,13 @@
 //! inserted into the parsed document, never spliced into JSON text, so no value can break
 //! out of its string. Variables: `id`, `destination`, `status`, `created_ms`,
 //! `dashboard_url`, `count`, `rule`, `severity`, `summary`, `text`, `link`, `notices`,
-//! `notification`. (Issue 12 adds `format = "seed"` and a refresh-token grant.)
+//! `notification`. With `format = "seed"` (issue 12) the webhook takes trigger pushes
+//! only, and the body is the push's seed payload ([`Push::seed_json`]); its pushes are
+//! batched every `interval` (default 30 s) by the trigger consumer, one request per
+//! trigger and segment. `dry_run = true` logs what would be sent (trigger, segment, count)
+//! and sends nothing.
+//!
+//! [`Push::seed_json`]: vedetta_core::act::push::Push::seed_json
 //!
 //! OAuth2: the token is fetched from `token_url` with the client-credentials grant,
 //! cached, and refreshed before `expires_in` runs out. A 401 from the webhook refreshes it
@@ -36,6 +42,8 @@ pub enum WebhookFormat {
     Notification,
     /// The `template` key, filled in.
     Template,
+    /// Trigger pushes in the issue-12 payload (`{"events": [...], "trigger", "segmento"}`).
+    Seed,
 }
 
 pub use crate::watch::oauth2::{ClientAuth, OAuth2Config};
@@ -55,6 +63,43 @@ pub struct WebhookConfig {
     pub lang: Lang,
     #[serde(default = "super::default_timeout_seconds")]
     pub timeout_seconds: u64,
+    /// With `format = "seed"`: how often the pending pushes go out (a span, default 30s).
+    pub interval: Option<String>,
+    /// Log what would be sent, send nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The default push interval of a seed webhook.
+pub const DEFAULT_PUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+impl WebhookConfig {
+    /// How often pushes go to this webhook; `None` when it does not take pushes.
+    pub fn push_interval(&self) -> anyhow::Result<Option<Duration>> {
+        if self.format != WebhookFormat::Seed {
+            if self.interval.is_some() {
+                return Err(key_error(
+                    &self.name,
+                    "interval",
+                    "is used only with format = \"seed\"",
+                ));
+            }
+            return Ok(None);
+        }
+        let Some(text) = &self.interval else {
+            return Ok(Some(DEFAULT_PUSH_INTERVAL));
+        };
+        match vedetta_core::watch::rules::parse_span(text) {
+            Some(ms) if (1_000..=3_600_000).contains(&ms) => {
+                Ok(Some(Duration::from_millis(ms as u64)))
+            }
+            _ => Err(key_error(
+                &self.name,
+                "interval",
+                format!("{text:?} must be a span from 1s to 1h (as \"30s\")"),
+            )),
+        }
+    }
 }
 
 const VARIABLES: &[&str] = &[
@@ -121,8 +166,16 @@ impl WebhookConfig {
                 }
                 Some(value)
             }
-            (WebhookFormat::Notification, None) => None,
+            (WebhookFormat::Notification | WebhookFormat::Seed, None) => None,
+            (WebhookFormat::Seed, Some(_)) => {
+                return Err(key_error(
+                    name,
+                    "template",
+                    "is used only with format = \"template\"",
+                ));
+            }
         };
+        self.push_interval()?;
         if let Some(o) = &self.oauth2 {
             o.validate(name)?;
         }
@@ -247,6 +300,8 @@ pub struct Webhook {
     lang: Lang,
     oauth2: Option<OAuth2Client>,
     client: reqwest::Client,
+    seed: bool,
+    dry_run: bool,
 }
 
 impl Webhook {
@@ -270,6 +325,8 @@ impl Webhook {
                 .clone()
                 .map(|oauth2| OAuth2Client::new(&config.name, oauth2, vault)),
             client: super::http_client(timeout)?,
+            seed: config.format == WebhookFormat::Seed,
+            dry_run: config.dry_run,
         })
     }
 
@@ -308,9 +365,34 @@ impl Destination for Webhook {
         "webhook"
     }
 
+    fn takes_pushes(&self) -> bool {
+        self.seed
+    }
+
     fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a> {
         Box::pin(async move {
-            let body = body(self.template.as_ref(), notification, self.lang).to_string();
+            let body = if self.seed {
+                let Some(push) = &notification.push else {
+                    return Err(DeliveryError::Refused {
+                        reason: "a seed webhook takes trigger pushes only".into(),
+                    });
+                };
+                push.seed_json().to_string()
+            } else {
+                body(self.template.as_ref(), notification, self.lang).to_string()
+            };
+            if self.dry_run {
+                let push = notification.push.as_ref();
+                tracing::info!(
+                    destination = %self.name,
+                    trigger = push.map(|p| p.trigger.as_str()).unwrap_or(""),
+                    segment = push.and_then(|p| p.segment.as_deref()).unwrap_or(""),
+                    users = push.map_or(0, |p| p.events.len()),
+                    bytes = body.len(),
+                    "dry run: not sent"
+                );
+                return Ok(());
+            }
             let body = body.as_bytes();
             let Some(oauth2) = &self.oauth2 else {
                 let response = self.call(body, &notification.id, None).await?;
@@ -359,8 +441,79 @@ mod tests {
             oauth2: None,
             lang: Lang::En,
             timeout_seconds: 5,
+            interval: None,
+            dry_run: false,
         };
         let e = config.validate().unwrap_err().to_string();
         assert!(e.contains(".template") && e.contains("{{nope}}"), "{e}");
+    }
+
+    fn seed(dry_run: bool) -> Webhook {
+        Webhook::new(&WebhookConfig {
+            name: "crm-push".into(),
+            // Nothing listens there: a call would fail.
+            url: Secret("http://127.0.0.1:9/push".into()),
+            format: WebhookFormat::Seed,
+            template: None,
+            oauth2: None,
+            lang: Lang::En,
+            timeout_seconds: 1,
+            interval: Some("5s".into()),
+            dry_run,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_seed_webhook_takes_pushes_only_and_a_dry_run_sends_nothing() {
+        let live = seed(false);
+        assert!(live.takes_pushes());
+        // An alert notification is not a push: refused, never retried.
+        let refused = live.deliver(&Notification::example()).await.unwrap_err();
+        assert!(
+            matches!(refused, DeliveryError::Refused { .. }),
+            "{refused}"
+        );
+        let push = Notification {
+            push: Some(vedetta_core::act::push::Push {
+                trigger: "cpa_alto".into(),
+                kind: "segment_cpa".into(),
+                segment: Some("costi > 20€".into()),
+                group: vec![],
+                signal: None,
+                events: vec![],
+            }),
+            ..Notification::example()
+        };
+        // Live, the unreachable receiver is a retryable failure; in a dry run, delivered.
+        assert!(matches!(
+            live.deliver(&push).await,
+            Err(DeliveryError::Retry { .. })
+        ));
+        assert_eq!(seed(true).deliver(&push).await, Ok(()));
+    }
+
+    #[test]
+    fn a_push_interval_is_a_span_from_a_second_to_an_hour_and_only_for_seed() {
+        let mut c = WebhookConfig {
+            name: "w".into(),
+            url: Secret("http://127.0.0.1/x".into()),
+            format: WebhookFormat::Seed,
+            template: None,
+            oauth2: None,
+            lang: Lang::En,
+            timeout_seconds: 5,
+            interval: None,
+            dry_run: false,
+        };
+        assert_eq!(c.push_interval().unwrap(), Some(DEFAULT_PUSH_INTERVAL));
+        c.interval = Some("2h".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("alerts.destinations[\"w\"].interval"), "{e}");
+        c.format = WebhookFormat::Notification;
+        c.interval = Some("30s".into());
+        assert!(c.validate().unwrap_err().to_string().contains(".interval"));
+        c.interval = None;
+        assert_eq!(c.push_interval().unwrap(), None);
     }
 }

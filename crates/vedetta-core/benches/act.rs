@@ -1,0 +1,315 @@
+//! Trigger engine cost (issue 12): 100 triggers over the pipeline bench's traffic, one core.
+//!
+//! `cargo bench -p vedetta-core --bench act`. The same 500,000 generated records as
+//! `benches/pipeline.rs` (judged once by intake, as the log holds them) are fed to the
+//! trigger engine with 100 triggers: 25 `segment_cpa` (by channel, by campaign, by both,
+//! thresholds spread so that some segments fire), 25 `abandoned_cart`, 25 `tag`, 25
+//! `conversion_feed`. After every read of 10,000 records the consumer's step is run as the
+//! server runs it: the minutes the watermark passed are judged (on KPI totals made up once
+//! from the traffic, half of the segments over their threshold) and `advance` is called.
+//! `pipeline_alone` runs the pipeline on the same records in the same process, so the two
+//! per-event costs compare on one machine under one load.
+//!
+//! It also prints the engine's bytes per user at the end of the run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use divan::{Bencher, black_box, counter::ItemsCount};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use vedetta_core::EventKind;
+use vedetta_core::LogRecord;
+use vedetta_core::act::engine::{ActState, Engine};
+use vedetta_core::act::triggers::{RawTrigger, Trigger, check_triggers};
+use vedetta_core::enrich::{EnrichConfig, MmdbRegionLookup, RegionLookup, campaign_of, channel_of};
+use vedetta_core::intake::{BodyFormat, IntakeContext, IntakeLimits, judge_events, judge_spend};
+use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
+use vedetta_core::pipeline::{Pipeline, PipelineConfig};
+use vedetta_core::privacy::{PseudonymKey, Pseudonymizer};
+use vedetta_core::watch::evaluate::GroupTotals;
+use vedetta_core::watch::rules::{Dimension, Rule};
+use vedetta_synth::geoip::catalog_region_mmdb;
+use vedetta_synth::{DEFAULT_START_MS, Generator, SynthConfig, SynthRecord, to_ndjson_line};
+
+fn main() {
+    divan::main();
+}
+
+/// Records per run: about two and a half hours of event time at the rate below, so that users'
+/// state is evicted and every window granularity closes along the way.
+const RECORDS: usize = 500_000;
+/// Records processed between two `take_deltas` (the processor commits after each read).
+const DELTAS_EVERY: usize = 10_000;
+const NOW: i64 = 4_102_444_800_000;
+
+/// The generator's traffic as the log holds it, in arrival order.
+fn records() -> Vec<LogRecord> {
+    let config = SynthConfig {
+        // 23:15 in Rome: the run crosses midnight, so day windows close and see late events.
+        start_ms: DEFAULT_START_MS + 9 * 3_600_000 + 15 * 60_000,
+        sessions_per_minute: 1_000.0,
+        users: 200_000,
+        ..SynthConfig::default()
+    };
+    let pseudonymizer = Pseudonymizer::new(PseudonymKey::from_bytes(1, &[7; 32]).unwrap(), vec![]);
+    let limits = IntakeLimits {
+        max_events_per_request: DELTAS_EVERY,
+        ..IntakeLimits::default()
+    };
+    let ctx = IntakeContext {
+        now_ms: NOW,
+        pseudonymizer: &pseudonymizer,
+        limits: &limits,
+    };
+    let mut records = Vec::with_capacity(RECORDS);
+    // Consecutive records of one kind are judged together, in arrival order.
+    let mut body = Vec::new();
+    let mut lines = 0;
+    let mut spend_body = false;
+    let mut flush = |body: &mut Vec<u8>, lines: &mut usize, spend: bool| {
+        if *lines == 0 {
+            return;
+        }
+        let judge = if spend { judge_spend } else { judge_events };
+        let judged = judge(body, BodyFormat::Ndjson, &ctx).unwrap();
+        assert!(judged.rejected.is_empty(), "{:?}", judged.rejected.first());
+        records.extend(judged.records);
+        body.clear();
+        *lines = 0;
+    };
+    for arrival in Generator::new(config).expect("valid config").take(RECORDS) {
+        let spend = matches!(arrival.record, SynthRecord::Spend(_));
+        if spend != spend_body || lines == DELTAS_EVERY {
+            flush(&mut body, &mut lines, spend_body);
+            spend_body = spend;
+        }
+        to_ndjson_line(&arrival.record, &mut body);
+        lines += 1;
+    }
+    flush(&mut body, &mut lines, spend_body);
+    assert_eq!(records.len(), RECORDS);
+    records
+}
+
+fn triggers() -> Vec<Trigger> {
+    let mut raw = Vec::new();
+    let push = |name: String, kind: &str| RawTrigger {
+        name: Some(name),
+        kind: Some(kind.into()),
+        notify: vec!["push".into()],
+        ..RawTrigger::default()
+    };
+    for i in 0..25 {
+        let mut t = push(format!("cpa_{i}"), "segment_cpa");
+        t.group_by = match i % 3 {
+            0 => vec!["channel".into()],
+            1 => vec!["campaign".into()],
+            _ => vec!["channel".into(), "campaign".into()],
+        };
+        t.threshold = Some(5.0 + i as f64);
+        t.over = Some(format!("{}m", 5 + i % 10));
+        t.min_conversions = Some(1);
+        raw.push(t);
+        let mut t = push(format!("cart_{i}"), "abandoned_cart");
+        t.after = Some(format!("{}m", 20 + i));
+        raw.push(t);
+        let mut t = push(format!("tag_{i}"), "tag");
+        t.tag = Some(format!("tag-{i}"));
+        if i % 2 == 0 {
+            t.on = Some("purchase_over".into());
+            t.min_value = Some(50.0 + i as f64 * 10.0);
+        } else {
+            t.on = Some("first_purchase".into());
+        }
+        raw.push(t);
+        raw.push(push(format!("feed_{i}"), "conversion_feed"));
+    }
+    let d: BTreeSet<String> = ["push".to_string()].into();
+    check_triggers(&raw, &d, &d).unwrap()
+}
+
+/// Made-up window totals for every (channel, campaign) of the traffic: CPA 30 € for half
+/// of them, 3 € for the others.
+fn totals_of(records: &[LogRecord]) -> Vec<([String; 2], GroupTotals)> {
+    let mut pairs = BTreeSet::new();
+    for r in records {
+        if let LogRecord::Event(e) = r {
+            pairs.insert([channel_of(e, &[]).into_owned(), campaign_of(e).to_owned()]);
+        }
+    }
+    pairs
+        .into_iter()
+        .enumerate()
+        .map(|(i, pair)| {
+            let conversions = 10;
+            let spend = if i % 2 == 0 { 300 } else { 30 };
+            let totals = GroupTotals {
+                counters: KpiCounters {
+                    conversions,
+                    sessions: 20,
+                    ..KpiCounters::default()
+                },
+                spend: Some(SpendCounters {
+                    micros: spend * 1_000_000,
+                    records: 1,
+                }),
+                ..GroupTotals::default()
+            };
+            (pair, totals)
+        })
+        .collect()
+}
+
+fn group(rule: &Rule, totals: &[([String; 2], GroupTotals)]) -> HashMap<Vec<String>, GroupTotals> {
+    let mut out: HashMap<Vec<String>, GroupTotals> = HashMap::new();
+    for (pair, t) in totals {
+        let key: Vec<String> = rule
+            .group_by
+            .iter()
+            .map(|d| match d {
+                Dimension::Channel => pair[0].clone(),
+                _ => pair[1].clone(),
+            })
+            .collect();
+        let entry = out.entry(key).or_default();
+        entry.counters.add(&t.counters);
+        let spend = entry.spend.get_or_insert_with(SpendCounters::default);
+        if let Some(s) = t.spend {
+            spend.micros += s.micros;
+            spend.records += s.records;
+        }
+    }
+    out
+}
+
+/// The consumer's work over `records`: observe, then per read judge the minutes passed and
+/// advance. Returns the outputs' count.
+fn run_engine(
+    engine: &mut Engine,
+    records: &[LogRecord],
+    totals: Option<&HashMap<String, HashMap<Vec<String>, GroupTotals>>>,
+) -> usize {
+    let mut outputs = Vec::new();
+    let mut count = 0;
+    let mut max_ts = i64::MIN;
+    let mut judged: Option<i64> = None;
+    for chunk in records.chunks(DELTAS_EVERY) {
+        for record in chunk {
+            if let LogRecord::Event(e) = black_box(record) {
+                max_ts = max_ts.max(e.ts.0);
+                engine.observe(e, &mut outputs);
+            }
+        }
+        let watermark = max_ts - 5_000;
+        let last_end = watermark.div_euclid(60_000) * 60_000;
+        let mut m = judged.map_or(last_end, |j| j + 60_000);
+        while let Some(totals) = totals.filter(|_| m <= last_end) {
+            engine.judge_minute(
+                m,
+                &mut |rule| totals.get(&rule.name).cloned().unwrap_or_default(),
+                &mut outputs,
+            );
+            judged = Some(m);
+            m += 60_000;
+        }
+        engine.advance(watermark, &mut outputs);
+        count += outputs.len();
+        outputs.clear();
+    }
+    count
+}
+
+fn engine() -> Engine {
+    Engine::new(triggers(), vec![EventKind::Purchase], ActState::default()).with_enrichment(
+        EnrichConfig {
+            internal_hosts: vec!["www.bottega.example".into()],
+            ..EnrichConfig::default()
+        },
+    )
+}
+
+/// The window totals of every segment trigger, grouped once (the server reads them from
+/// the KPI store once per minute, not per event).
+fn grouped(records: &[LogRecord]) -> HashMap<String, HashMap<Vec<String>, GroupTotals>> {
+    let totals = totals_of(records);
+    triggers()
+        .iter()
+        .filter_map(|t| match &t.kind {
+            vedetta_core::act::triggers::TriggerKind::SegmentCpa { rule, .. } => {
+                Some((t.name.clone(), group(rule, &totals)))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The per-event path alone: observe every record (100 triggers: tags and the feed act on
+/// each conversion, intents and carts are kept) and advance after each read.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn observe_100_triggers(bencher: Bencher<'_, '_>) {
+    let records = records();
+    bencher
+        .counter(ItemsCount::new(records.len()))
+        .with_inputs(engine)
+        .bench_local_values(|mut engine| {
+            run_engine(&mut engine, &records, None);
+            engine
+        });
+}
+
+/// The whole consumer step: observe, and judge every minute the watermark passes (25
+/// segment triggers, half of their segments over the threshold, users selected).
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn observe_and_judge_100_triggers(bencher: Bencher<'_, '_>) {
+    let records = records();
+    let totals = grouped(&records);
+    // One untimed run: what the triggers did, and the state left per user.
+    let mut check = engine();
+    let outputs = run_engine(&mut check, &records, Some(&totals));
+    let users = check.users().max(1);
+    eprintln!(
+        "100 triggers: {outputs} outputs, {} users held at the end, {} bytes per user \
+         (approximate), {} withheld without consent",
+        check.users(),
+        check.user_bytes() / users,
+        check.state().withheld.values().sum::<u64>()
+    );
+    assert!(outputs > 0);
+    bencher
+        .counter(ItemsCount::new(records.len()))
+        .with_inputs(engine)
+        .bench_local_values(|mut engine| {
+            run_engine(&mut engine, &records, Some(&totals));
+            engine
+        });
+}
+
+fn regions() -> Arc<dyn RegionLookup> {
+    Arc::new(MmdbRegionLookup::from_bytes(catalog_region_mmdb()).unwrap())
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn pipeline_alone(bencher: Bencher<'_, '_>) {
+    let records = records();
+    let regions = regions();
+    let config = PipelineConfig {
+        enrich: EnrichConfig {
+            internal_hosts: vec!["www.bottega.example".into()],
+            ..EnrichConfig::default()
+        },
+        ..PipelineConfig::default()
+    };
+    bencher
+        .counter(ItemsCount::new(records.len()))
+        .with_inputs(|| Pipeline::new(config.clone(), Some(Arc::clone(&regions))))
+        .bench_local_values(|mut pipeline| {
+            for (chunk_index, chunk) in records.chunks(DELTAS_EVERY).enumerate() {
+                let base = (chunk_index * DELTAS_EVERY) as u64;
+                for (i, record) in chunk.iter().enumerate() {
+                    pipeline.process(base + i as u64, black_box(record));
+                }
+                black_box(pipeline.take_deltas());
+            }
+            pipeline
+        });
+}

@@ -1,0 +1,751 @@
+//! The trigger engine: per-user and per-segment state machines, fed accepted log records in
+//! log order, with event time; pure and deterministic (no clock, no I/O).
+//!
+//! ```text
+//! observe(event)      ─► per-user facts (consent, touch, intents, cart, conversions)
+//!                        ─► tag and conversion_feed outputs at once
+//! judge_minute(m, KPI totals of [m − over, m)) ─► segment_cpa: firing / recovered signals,
+//!                        and while firing the segment's users with intent and no conversion
+//! advance(watermark)  ─► abandoned carts whose delay passed; pruning by time
+//! ```
+//!
+//! - **Segment CPA** is judged on the KPI store's 1-minute rows with the alert rules' own
+//!   functions ([`group_totals`], the same volume guard), so it means the segment's
+//!   attributed clean conversions against its spend. Intent (a product view or an add to
+//!   cart) is placed in a segment by the event's device and region and by its touch; a
+//!   direct event takes the user's latest non-direct touch, as `last_non_direct` does (this
+//!   state does not rebuild sessions: see `docs/triggers.md`).
+//! - **Clean conversions** (conversion_feed, tag, abandoned cart): a conversion type (from
+//!   the pipeline settings), not a repeat of one of the user's last event ids, not within
+//!   100 ms of the user's previous conversion of the same type, not within 5 s after a
+//!   registration (the default sequence rule). An out-of-order registration that arrives
+//!   after the purchase does not take back a push already made.
+//! - **Consent**: a user's marketing consent is the last explicit value its events gave; a
+//!   user without it is counted (`withheld`) and never selected.
+//! - **Cooldown** per trigger and user; **bounded state**: each user keeps at most
+//!   [`MAX_INTENTS`] intents and [`MAX_CART_LINES`] cart lines, and is forgotten once the
+//!   watermark is past its last event by the longest trigger horizon and past its cooldowns.
+
+use super::push::{PushEvent, SegmentSignal, SignalNotice};
+use super::triggers::{TagWhen, Trigger, TriggerKind};
+use crate::enrich::{DIRECT, EnrichConfig, campaign_of, channel_of};
+use crate::record::{EventKind, StoredEvent, UserPseudonym};
+use crate::watch::evaluate::{GroupTotals, measured_value};
+use crate::watch::rules::Dimension;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Intents kept per user (the newest win).
+pub const MAX_INTENTS: usize = 8;
+/// Cart lines kept per user.
+pub const MAX_CART_LINES: usize = 16;
+/// Event ids remembered per user for dedup.
+pub const MAX_EVENT_IDS: usize = 8;
+/// The longest product id or dimension value kept (longer ones are cut, on a char edge).
+pub const MAX_TEXT_BYTES: usize = 128;
+/// How long a user's last non-direct touch stands in for a direct event (the attribution
+/// lookback's default).
+pub const TOUCH_LOOKBACK_MS: i64 = 30 * 86_400_000;
+const NEAR_DUPLICATE_MS: i64 = 100;
+const FAST_CHECKOUT_MS: i64 = 5_000;
+
+/// The format byte of [`ActState::encode`].
+pub const ACT_STATE_FORMAT: u8 = 1;
+
+fn clip(text: &str) -> String {
+    let mut end = text.len().min(MAX_TEXT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// A product view or add to cart, placed in its segment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Intent {
+    pub at_ms: i64,
+    pub add_to_cart: bool,
+    /// Channel and campaign: what a CPA segment can be (spend has no device or region).
+    pub dims: [String; 2],
+    pub product_id: Option<String>,
+}
+
+/// An add to cart not yet followed by a purchase.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CartLine {
+    pub at_ms: i64,
+    pub product_id: Option<String>,
+    pub value: Option<f64>,
+}
+
+/// What the engine keeps of one user.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserFacts {
+    pub marketing: bool,
+    pub last_seen_ms: i64,
+    /// Latest non-direct (channel, campaign) and its time.
+    pub touch: Option<(String, String, i64)>,
+    pub intents: Vec<Intent>,
+    pub last_conversion_ms: Option<i64>,
+    pub last_conversion_kind: Option<String>,
+    pub last_registration_ms: Option<i64>,
+    pub cart: Vec<CartLine>,
+    pub purchases: u32,
+    /// Hashes of the last event ids (xxh3), for exact-duplicate drops.
+    pub event_ids: Vec<u64>,
+    /// (trigger, last sent event time) for cooldowns.
+    pub sent: Vec<(String, i64)>,
+}
+
+impl UserFacts {
+    /// Bytes this user's facts take in memory (approximate: strings' lengths included).
+    pub fn approximate_bytes(&self) -> usize {
+        let strings = |dims: &[String]| dims.iter().map(String::len).sum::<usize>();
+        std::mem::size_of::<Self>()
+            + self
+                .intents
+                .iter()
+                .map(|i| {
+                    std::mem::size_of::<Intent>()
+                        + strings(&i.dims)
+                        + i.product_id.as_ref().map_or(0, String::len)
+                })
+                .sum::<usize>()
+            + self
+                .cart
+                .iter()
+                .map(|c| {
+                    std::mem::size_of::<CartLine>() + c.product_id.as_ref().map_or(0, String::len)
+                })
+                .sum::<usize>()
+            + self.touch.as_ref().map_or(0, |(a, b, _)| a.len() + b.len())
+            + self.event_ids.len() * 8
+            + self
+                .sent
+                .iter()
+                .map(|(t, _)| t.len() + std::mem::size_of::<(String, i64)>())
+                .sum::<usize>()
+    }
+
+    fn in_cooldown(&self, trigger: &Trigger, at_ms: i64) -> bool {
+        self.sent
+            .iter()
+            .any(|(t, sent)| *t == trigger.name && at_ms < sent.saturating_add(trigger.cooldown_ms))
+    }
+
+    fn mark_sent(&mut self, trigger: &str, at_ms: i64) {
+        match self.sent.iter_mut().find(|(t, _)| t == trigger) {
+            Some(entry) => entry.1 = at_ms,
+            None => self.sent.push((trigger.to_owned(), at_ms)),
+        }
+    }
+}
+
+/// A segment trigger's state for one group.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SegmentState {
+    pub since_ms: i64,
+    pub cpa: Option<f64>,
+}
+
+/// Everything the engine keeps: stored with the consumed offset, in one commit.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ActState {
+    pub users: BTreeMap<UserPseudonym, UserFacts>,
+    /// Firing segments by (trigger, group values).
+    pub segments: BTreeMap<(String, Vec<String>), SegmentState>,
+    /// The highest event time observed.
+    pub max_event_ms: Option<i64>,
+    /// The end of the last minute judged.
+    pub judged_through_ms: Option<i64>,
+    /// The minute (start) the per-user scan of [`Engine::advance`] last ran in.
+    pub advanced_minute_ms: Option<i64>,
+    /// Selections not sent for lack of marketing consent, by trigger.
+    pub withheld: BTreeMap<String, u64>,
+    /// Users with an intent not yet judged at a minute end after it, with the event time
+    /// of their latest intent: while a segment fires, only these are looked at. (An intent
+    /// observed before its minute is judged, as in a catch-up or a backtest, waits here.)
+    pub candidates: BTreeMap<UserPseudonym, i64>,
+}
+
+/// Why stored state does not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActStateError {
+    #[error("trigger state of format {found}; this build reads format {ACT_STATE_FORMAT}")]
+    Version { found: u8 },
+    #[error("empty trigger state")]
+    Empty,
+    #[error("trigger state does not decode: {0}")]
+    Body(String),
+}
+
+impl ActState {
+    /// `[format u8][postcard]`.
+    pub fn encode(&self) -> Result<Vec<u8>, ActStateError> {
+        let mut out = vec![ACT_STATE_FORMAT];
+        out.extend(postcard::to_allocvec(self).map_err(|e| ActStateError::Body(e.to_string()))?);
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ActStateError> {
+        match bytes.split_first() {
+            None => Err(ActStateError::Empty),
+            Some((&ACT_STATE_FORMAT, body)) => {
+                postcard::from_bytes(body).map_err(|e| ActStateError::Body(e.to_string()))
+            }
+            Some((&found, _)) => Err(ActStateError::Version { found }),
+        }
+    }
+}
+
+/// One thing a trigger decided to send (or a user it selected but withheld).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// Index of the trigger in the engine's set.
+    pub trigger: usize,
+    /// The segment's dimension values (segment_cpa; empty otherwise).
+    pub group: Vec<(String, String)>,
+    pub user: Option<UserPseudonym>,
+    pub event: Option<PushEvent>,
+    pub signal: Option<SignalNotice>,
+    /// Event time it was decided at.
+    pub at_ms: i64,
+}
+
+/// The engine over a trigger set and its state.
+pub struct Engine {
+    triggers: Vec<Trigger>,
+    /// The shop's own hosts, for the channel grouping (as the pipeline's enrichment).
+    internal_hosts: Vec<String>,
+    /// Whether any trigger is a segment_cpa (else no candidates are kept).
+    has_segment_triggers: bool,
+    conversion_types: Vec<EventKind>,
+    state: ActState,
+    /// The longest per-user horizon of the set (intent window, cart delay).
+    horizon_ms: i64,
+}
+
+fn dims_of(
+    internal_hosts: &[String],
+    event: &StoredEvent,
+    touch: Option<&(String, String, i64)>,
+) -> [String; 2] {
+    let channel = channel_of(event, internal_hosts);
+    match touch {
+        Some((c, k, at)) if channel == DIRECT && event.ts.0 - at <= TOUCH_LOOKBACK_MS => {
+            [c.clone(), k.clone()]
+        }
+        _ => [clip(&channel), clip(campaign_of(event))],
+    }
+}
+
+/// Where each `group_by` dimension is in an intent's dims (`None`: not a CPA dimension).
+fn positions(rule: &crate::watch::rules::Rule) -> Option<Vec<usize>> {
+    rule.group_by
+        .iter()
+        .map(|d| match d {
+            Dimension::Channel => Some(0),
+            Dimension::Campaign => Some(1),
+            Dimension::Device | Dimension::Region => None,
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("triggers", &self.triggers.len())
+            .field("users", &self.state.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine with the default enrichment settings; see [`Engine::with_enrichment`].
+    pub fn new(triggers: Vec<Trigger>, conversion_types: Vec<EventKind>, state: ActState) -> Self {
+        let mut engine = Engine {
+            triggers: Vec::new(),
+            internal_hosts: Vec::new(),
+            has_segment_triggers: false,
+            conversion_types,
+            state,
+            horizon_ms: 0,
+        };
+        engine.set_triggers(triggers);
+        engine
+    }
+
+    /// Replaces the trigger set (a reload). Segments of triggers that are gone, or whose
+    /// definition changed, are dropped without a signal.
+    pub fn set_triggers(&mut self, triggers: Vec<Trigger>) {
+        let kept: BTreeMap<&str, &Trigger> =
+            triggers.iter().map(|t| (t.name.as_str(), t)).collect();
+        let old: BTreeMap<String, Trigger> = self
+            .triggers
+            .drain(..)
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        self.state.segments.retain(|(name, _), _| {
+            kept.get(name.as_str())
+                .is_some_and(|t| old.get(name).is_none_or(|o| o == *t))
+        });
+        self.horizon_ms = triggers.iter().map(Trigger::horizon_ms).max().unwrap_or(0);
+        self.triggers = triggers;
+        self.has_segment_triggers = self
+            .triggers
+            .iter()
+            .any(|t| matches!(t.kind, TriggerKind::SegmentCpa { .. }));
+        if !self.has_segment_triggers {
+            self.state.candidates.clear();
+        }
+    }
+
+    /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
+    /// what it means in the KPIs.
+    pub fn with_enrichment(mut self, config: EnrichConfig) -> Self {
+        self.internal_hosts = config.internal_hosts;
+        self
+    }
+
+    pub fn triggers(&self) -> &[Trigger] {
+        &self.triggers
+    }
+
+    pub fn state(&self) -> &ActState {
+        &self.state
+    }
+
+    /// Users whose facts are kept.
+    pub fn users(&self) -> usize {
+        self.state.users.len()
+    }
+
+    /// The approximate bytes of all users' facts.
+    pub fn user_bytes(&self) -> usize {
+        self.state
+            .users
+            .values()
+            .map(UserFacts::approximate_bytes)
+            .sum()
+    }
+
+    fn is_conversion(&self, kind: &EventKind) -> bool {
+        self.conversion_types.contains(kind)
+    }
+
+    /// One accepted event, in log order.
+    pub fn observe(&mut self, event: &StoredEvent, out: &mut Vec<Output>) {
+        let at = event.ts.0;
+        self.state.max_event_ms = Some(self.state.max_event_ms.map_or(at, |m| m.max(at)));
+        let is_conversion = self.is_conversion(&event.kind);
+        let user = self.state.users.entry(event.user).or_default();
+        user.last_seen_ms = user.last_seen_ms.max(at);
+        if let Some(marketing) = event.consent.marketing {
+            user.marketing = marketing;
+        }
+        // Exact duplicates: the same event id again.
+        if let Some(id) = &event.event_id {
+            let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+            if user.event_ids.contains(&hash) {
+                return;
+            }
+            if user.event_ids.len() >= MAX_EVENT_IDS {
+                user.event_ids.remove(0);
+            }
+            user.event_ids.push(hash);
+        }
+        // The touch needs only the channel grouping (no user-agent parse).
+        let channel = channel_of(event, &self.internal_hosts);
+        if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
+            user.touch = Some((clip(&channel), clip(campaign_of(event)), at));
+        }
+        match &event.kind {
+            EventKind::Registration => {
+                user.last_registration_ms =
+                    Some(user.last_registration_ms.map_or(at, |r| r.max(at)));
+            }
+            EventKind::PageView | EventKind::AddToCart
+                if event.product_id.is_some() || event.kind == EventKind::AddToCart =>
+            {
+                let dims = dims_of(&self.internal_hosts, event, user.touch.as_ref());
+                // A candidate for the firing segments of the next minutes judged.
+                if self.has_segment_triggers {
+                    let latest = self.state.candidates.entry(event.user).or_insert(at);
+                    *latest = (*latest).max(at);
+                }
+                if user.intents.len() >= MAX_INTENTS {
+                    user.intents.remove(0);
+                }
+                user.intents.push(Intent {
+                    at_ms: at,
+                    add_to_cart: event.kind == EventKind::AddToCart,
+                    dims,
+                    product_id: event.product_id.as_deref().map(clip),
+                });
+                if event.kind == EventKind::AddToCart {
+                    if user.cart.len() >= MAX_CART_LINES {
+                        user.cart.remove(0);
+                    }
+                    user.cart.push(CartLine {
+                        at_ms: at,
+                        product_id: event.product_id.as_deref().map(clip),
+                        value: event.value.filter(|v| v.is_finite() && *v >= 0.0),
+                    });
+                }
+            }
+            _ => {}
+        }
+        if !is_conversion {
+            return;
+        }
+        let kind = event.kind.as_str();
+        let near_duplicate = user.last_conversion_kind.as_deref() == Some(kind)
+            && user
+                .last_conversion_ms
+                .is_some_and(|c| (c - at).abs() < NEAR_DUPLICATE_MS);
+        let fast = user
+            .last_registration_ms
+            .is_some_and(|r| at >= r && at - r < FAST_CHECKOUT_MS);
+        if near_duplicate || fast {
+            return;
+        }
+        user.last_conversion_ms = Some(user.last_conversion_ms.map_or(at, |c| c.max(at)));
+        user.last_conversion_kind = Some(kind.to_owned());
+        // A purchase closes the carts it follows.
+        user.cart.retain(|line| line.at_ms > at);
+        user.purchases = user.purchases.saturating_add(1);
+        let first = user.purchases == 1;
+        let marketing = user.marketing;
+        let value = event.value.filter(|v| v.is_finite());
+        // Rendered once, for every trigger that sends this conversion.
+        let mut hex: Option<String> = None;
+        for (index, trigger) in self.triggers.iter().enumerate() {
+            let tag = match &trigger.kind {
+                TriggerKind::ConversionFeed => None,
+                TriggerKind::Tag {
+                    tag,
+                    when: TagWhen::FirstPurchase,
+                } if first => Some(tag),
+                TriggerKind::Tag {
+                    tag,
+                    when: TagWhen::PurchaseOver { min_value },
+                } if value.is_some_and(|v| v > *min_value) => Some(tag),
+                _ => continue,
+            };
+            let is_feed = matches!(trigger.kind, TriggerKind::ConversionFeed);
+            // The feed sends every clean conversion; tags are per user and cooldown.
+            if !is_feed && user.in_cooldown(trigger, at) {
+                continue;
+            }
+            if !marketing {
+                *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
+                continue;
+            }
+            if !is_feed {
+                user.mark_sent(&trigger.name, at);
+            }
+            out.push(Output {
+                trigger: index,
+                group: Vec::new(),
+                user: Some(event.user),
+                event: Some(PushEvent {
+                    user: hex.get_or_insert_with(|| event.user.to_hex()).clone(),
+                    kind: kind.to_owned(),
+                    value,
+                    at_ms: at,
+                    product_id: event.product_id.as_deref().map(clip),
+                    product_ids: Vec::new(),
+                    cart_value: None,
+                    tag: tag.cloned(),
+                }),
+                signal: None,
+                at_ms: at,
+            });
+        }
+    }
+
+    /// Judges every segment_cpa trigger at the minute end `minute_end`: `totals` sums the
+    /// 1-minute KPI rows of the trigger's window by its groups ([`group_totals`]).
+    ///
+    /// [`group_totals`]: crate::watch::evaluate::group_totals
+    pub fn judge_minute(
+        &mut self,
+        minute_end: i64,
+        totals: &mut dyn FnMut(&crate::watch::rules::Rule) -> HashMap<Vec<String>, GroupTotals>,
+        out: &mut Vec<Output>,
+    ) {
+        if self
+            .state
+            .judged_through_ms
+            .is_some_and(|t| t >= minute_end)
+        {
+            return;
+        }
+        self.state.judged_through_ms = Some(minute_end);
+        for (index, trigger) in self.triggers.iter().enumerate() {
+            let TriggerKind::SegmentCpa {
+                rule, threshold, ..
+            } = &trigger.kind
+            else {
+                continue;
+            };
+            let groups = totals(rule);
+            let guarded = |t: &GroupTotals| {
+                t.counters.conversions >= rule.min_conversions
+                    && t.counters.sessions >= rule.min_sessions
+            };
+            let named = |values: &[String]| -> Vec<(String, String)> {
+                rule.group_by
+                    .iter()
+                    .map(|d| d.name().to_owned())
+                    .zip(values.iter().cloned())
+                    .collect()
+            };
+            // Firing segments that no longer hold recover (no data is no longer firing).
+            let firing: Vec<Vec<String>> = self
+                .state
+                .segments
+                .keys()
+                .filter(|(t, _)| *t == trigger.name)
+                .map(|(_, g)| g.clone())
+                .collect();
+            for group in firing {
+                let t = groups.get(&group);
+                let cpa = t.and_then(|t| measured_value(rule, Some(t)));
+                let holds = t.is_some_and(guarded) && cpa.is_some_and(|c| c > *threshold);
+                if !holds {
+                    self.state
+                        .segments
+                        .remove(&(trigger.name.clone(), group.clone()));
+                    out.push(Output {
+                        trigger: index,
+                        group: named(&group),
+                        user: None,
+                        event: None,
+                        signal: Some(SignalNotice {
+                            signal: SegmentSignal::Recovered,
+                            cpa,
+                            threshold: *threshold,
+                            at_ms: minute_end,
+                        }),
+                        at_ms: minute_end,
+                    });
+                }
+            }
+            let mut ordered: Vec<(&Vec<String>, &GroupTotals)> = groups.iter().collect();
+            ordered.sort_by(|a, b| a.0.cmp(b.0));
+            let mut newly = false;
+            for (group, t) in ordered {
+                let cpa = measured_value(rule, Some(t));
+                if !(guarded(t) && cpa.is_some_and(|c| c > *threshold)) {
+                    continue;
+                }
+                let key = (trigger.name.clone(), group.clone());
+                if let std::collections::btree_map::Entry::Vacant(vacant) =
+                    self.state.segments.entry(key)
+                {
+                    vacant.insert(SegmentState {
+                        since_ms: minute_end,
+                        cpa,
+                    });
+                    newly = true;
+                    out.push(Output {
+                        trigger: index,
+                        group: named(group),
+                        user: None,
+                        event: None,
+                        signal: Some(SignalNotice {
+                            signal: SegmentSignal::Firing,
+                            cpa,
+                            threshold: *threshold,
+                            at_ms: minute_end,
+                        }),
+                        at_ms: minute_end,
+                    });
+                }
+            }
+            // While a segment fires: its users with intent in the window and no conversion
+            // since the window opened. A segment that starts firing looks at every user;
+            // after that only at the candidates (users with an intent since last minute).
+            let firing: BTreeSet<Vec<String>> = self
+                .state
+                .segments
+                .range((trigger.name.clone(), Vec::new())..)
+                .take_while(|((t, _), _)| *t == trigger.name)
+                .map(|((_, g), _)| g.clone())
+                .collect();
+            let candidates: Vec<UserPseudonym> = if newly {
+                self.state.users.keys().copied().collect()
+            } else {
+                self.state.candidates.keys().copied().collect()
+            };
+            if firing.is_empty() {
+                continue;
+            }
+            let Some(positions) = positions(rule) else {
+                continue;
+            };
+            let from = minute_end - rule.over_ms;
+            for pseudonym in candidates {
+                let Some(user) = self.state.users.get_mut(&pseudonym) else {
+                    continue;
+                };
+                if user.last_conversion_ms.is_some_and(|c| c >= from) {
+                    continue;
+                }
+                // The latest intent in the window that lies in a firing segment.
+                let Some((intent, group)) = user.intents.iter().rev().find_map(|i| {
+                    if i.at_ms < from || i.at_ms >= minute_end {
+                        return None;
+                    }
+                    let key: Vec<String> = positions.iter().map(|p| i.dims[*p].clone()).collect();
+                    firing.contains(&key).then_some((i, key))
+                }) else {
+                    continue;
+                };
+                if user.in_cooldown(trigger, minute_end) {
+                    continue;
+                }
+                let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
+                if !user.marketing {
+                    // Counted once per cooldown, like a send.
+                    user.mark_sent(&trigger.name, minute_end);
+                    *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
+                    continue;
+                }
+                let in_group =
+                    |i: &Intent| positions.iter().zip(&group).all(|(p, v)| i.dims[*p] == *v);
+                let product_id = user
+                    .intents
+                    .iter()
+                    .rev()
+                    .filter(|i| i.at_ms >= from && i.at_ms < minute_end && in_group(i))
+                    .find_map(|i| i.product_id.clone());
+                let event = PushEvent {
+                    user: pseudonym.to_hex(),
+                    kind: if add_to_cart {
+                        "add_to_cart"
+                    } else {
+                        "page_view"
+                    }
+                    .into(),
+                    value: None,
+                    at_ms: intent_at,
+                    product_id,
+                    product_ids: Vec::new(),
+                    cart_value: None,
+                    tag: None,
+                };
+                user.mark_sent(&trigger.name, minute_end);
+                out.push(Output {
+                    trigger: index,
+                    group: named(&group),
+                    user: Some(pseudonym),
+                    event: Some(event),
+                    signal: None,
+                    at_ms: minute_end,
+                });
+            }
+        }
+        // Judged: candidates whose latest intent is before this minute's end are done.
+        self.state
+            .candidates
+            .retain(|_, latest| *latest >= minute_end);
+    }
+
+    /// Moves event time to `watermark`: abandoned carts whose delay passed are sent, and
+    /// users with nothing left to wait for are forgotten.
+    ///
+    /// The scan over users runs once per minute of event time (a cart is sent within a
+    /// minute of its delay), so calling this after every read costs nothing in between.
+    pub fn advance(&mut self, watermark: i64, out: &mut Vec<Output>) {
+        let minute = watermark.div_euclid(60_000) * 60_000;
+        if self.state.advanced_minute_ms.is_some_and(|m| m >= minute) {
+            return;
+        }
+        self.state.advanced_minute_ms = Some(minute);
+        let carts: Vec<(usize, &Trigger, i64)> = self
+            .triggers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.kind {
+                TriggerKind::AbandonedCart { after_ms } => Some((i, t, after_ms)),
+                _ => None,
+            })
+            .collect();
+        let longest_cart = carts.iter().map(|(_, _, a)| *a).max();
+        // One pass over the users with a cart; each cart trigger sends a cart once, when
+        // its own delay after the cart's first line has passed.
+        for (pseudonym, user) in self.state.users.iter_mut() {
+            let Some(first) = user.cart.first().map(|l| l.at_ms) else {
+                continue;
+            };
+            for (index, trigger, after_ms) in &carts {
+                let due = first.saturating_add(*after_ms);
+                if due > watermark
+                    || user
+                        .sent
+                        .iter()
+                        .any(|(t, at)| *t == trigger.name && *at >= first)
+                    || user.in_cooldown(trigger, due)
+                {
+                    continue;
+                }
+                user.mark_sent(&trigger.name, due);
+                if !user.marketing {
+                    *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
+                    continue;
+                }
+                let lines = &user.cart;
+                let values: Vec<f64> = lines.iter().filter_map(|l| l.value).collect();
+                let last = lines.last().map_or(first, |l| l.at_ms);
+                out.push(Output {
+                    trigger: *index,
+                    group: Vec::new(),
+                    user: Some(*pseudonym),
+                    event: Some(PushEvent {
+                        user: pseudonym.to_hex(),
+                        kind: "add_to_cart".into(),
+                        value: None,
+                        at_ms: last,
+                        product_id: lines.iter().rev().find_map(|l| l.product_id.clone()),
+                        product_ids: lines.iter().filter_map(|l| l.product_id.clone()).collect(),
+                        cart_value: (!values.is_empty()).then(|| values.iter().sum()),
+                        tag: None,
+                    }),
+                    signal: None,
+                    at_ms: due,
+                });
+            }
+            // Every cart trigger has had its turn (or none waits): the cart is let go.
+            if longest_cart.is_none_or(|a| first.saturating_add(a) <= watermark) {
+                user.cart.clear();
+            }
+        }
+        let horizon = self.horizon_ms;
+        let cooldowns: HashMap<&str, i64> = self
+            .triggers
+            .iter()
+            .map(|t| (t.name.as_str(), t.cooldown_ms))
+            .collect();
+        // A user is kept while it can still be selected or is in a cooldown; the purchase
+        // count (first purchase) goes with it. An active user's lists are already bounded
+        // (one cooldown per trigger, MAX_INTENTS intents): only idle users are looked at.
+        let keep_ms = horizon.max(TOUCH_LOOKBACK_MS.min(86_400_000));
+        self.state.users.retain(|_, user| {
+            if user.last_seen_ms.saturating_add(keep_ms) > watermark {
+                return true;
+            }
+            user.sent.retain(|(t, at)| {
+                cooldowns
+                    .get(t.as_str())
+                    .is_some_and(|c| at.saturating_add(*c) > watermark)
+            });
+            user.intents.clear();
+            !user.sent.is_empty() || !user.cart.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

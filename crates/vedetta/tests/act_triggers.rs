@@ -1,0 +1,596 @@
+//! Triggers end to end (issue 12): a real server, a segment driven over CPA 20 € within
+//! 10 minutes, and a real local HTTP receiver behind a `format = "seed"` webhook.
+//!
+//! - The receiver gets exactly the users with intent in the segment who did not convert,
+//!   each once, each with the product it last looked at; users without marketing consent
+//!   never arrive; users of other segments never arrive; the segment's firing signal and
+//!   then its recovery signal arrive.
+//! - SIGKILLs during pushes lose nothing and an idempotent receiver (one that remembers
+//!   `Idempotency-Key`s) sees every user once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{KEY, Server, SplitMix, client, env_number, get_json};
+
+const MINUTE: i64 = 60_000;
+
+#[derive(Clone, Debug)]
+struct Seen {
+    key: String,
+    body: Value,
+    accepted: bool,
+}
+
+#[derive(Default)]
+struct Receiver {
+    seen: Mutex<Vec<Seen>>,
+    /// Answer 500 to every request until this many have been refused.
+    refuse_first: AtomicU64,
+    /// Slow answers (ms), so that kills land during a push.
+    delay_ms: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> Response {
+    r.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _guard = InFlight(&r.in_flight);
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = serde_json::from_str(&body).expect("the push is JSON");
+    let refuse = r
+        .refuse_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    r.seen.lock().unwrap().push(Seen {
+        key,
+        body,
+        accepted: !refuse,
+    });
+    if refuse {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+    }
+    let delay = r.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    StatusCode::OK.into_response()
+}
+
+fn start_receiver(runtime: &tokio::runtime::Runtime, receiver: Arc<Receiver>) -> String {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/push", axum::routing::post(receive))
+        .with_state(receiver);
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    format!("http://{address}/push")
+}
+
+fn pseudonym(udid: &str) -> String {
+    vedetta_core::privacy::PseudonymKey::from_hex(1, KEY)
+        .unwrap()
+        .pseudonym(udid)
+        .to_hex()
+}
+
+fn config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("vedetta.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[triggers]]
+name = "cpa_alto"
+kind = "segment_cpa"
+group_by = ["channel", "campaign"]
+threshold = 20                 # EUR
+over = "10m"
+min_conversions = 2
+segment_label = "costi > 20€"
+notify = ["crm-push"]
+
+[[alerts.destinations]]
+name = "crm-push"
+kind = "webhook"
+format = "seed"
+interval = "1s"
+url = "{url}"
+timeout_seconds = 2
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn event(udid: &str, kind: &str, ts: i64, campaign: &str, extra: &Value) -> Value {
+    let mut e = json!({
+        "udid": udid, "type": kind, "ts": ts,
+        "channel": "social", "campaign": campaign,
+        "consent": {"marketing": true},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            e.as_object_mut().unwrap().remove(k);
+        } else {
+            e[k] = v.clone();
+        }
+    }
+    e
+}
+
+fn post(http: &reqwest::blocking::Client, server: &Server, path: &str, body: &[Value]) {
+    let ndjson: String = body.iter().map(|v| format!("{v}\n")).collect();
+    let response = http
+        .post(server.url(path))
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .unwrap();
+    let status = response.status();
+    let text = response.text().unwrap();
+    assert_eq!(status, 200, "POST {path}: {text}");
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["rejected"], json!([]), "{answer}");
+}
+
+/// One segment's story, starting at `start` (a whole minute), in campaign `campaign`:
+/// users with intent in minutes 0 and 1 (some without consent, one in another segment),
+/// 100 € of spend and two purchases in minute 1 (CPA 50 €, so the segment fires at the end
+/// of minute 1, with every intent already in), and a visit that moves the watermark past
+/// `start + 5m`. Returns the traffic, the spend, and the users who must arrive (pseudonym
+/// → product).
+fn firing_story(
+    start: i64,
+    campaign: &str,
+    rng: &mut SplitMix,
+) -> (Vec<Value>, Vec<Value>, BTreeMap<String, String>) {
+    let mut events = Vec::new();
+    let mut expected = BTreeMap::new();
+    let at = |m: i64, s: i64| start + m * MINUTE + s * 1_000;
+    // Two buyers: they convert (the CPA's denominator) and are not selected.
+    for b in 0..2 {
+        let udid = format!("{campaign}-buyer-{b}");
+        events.push(event(
+            &udid,
+            "page_view",
+            at(1, b),
+            campaign,
+            &json!({"product_id": "borsa"}),
+        ));
+        events.push(event(
+            &udid,
+            "purchase",
+            at(1, 30 + b),
+            campaign,
+            &json!({"value": 40.0, "order_id": format!("{udid}-o")}),
+        ));
+    }
+    // Users with intent and consent: each goes once, with its last product.
+    let intent_users = 3 + rng.next() % 4;
+    for i in 0..intent_users {
+        let udid = format!("{campaign}-intent-{i}");
+        let first = format!("p-{i}-a");
+        let last = format!("p-{i}-b");
+        events.push(event(
+            &udid,
+            "page_view",
+            at(0, i as i64),
+            campaign,
+            &json!({"product_id": first}),
+        ));
+        let kind = if i % 2 == 0 {
+            "add_to_cart"
+        } else {
+            "page_view"
+        };
+        events.push(event(
+            &udid,
+            kind,
+            at(1, i as i64),
+            campaign,
+            &json!({"product_id": last}),
+        ));
+        expected.insert(pseudonym(&udid), last);
+    }
+    // No marketing consent (absent, or refused): counted, never sent.
+    events.push(event(
+        &format!("{campaign}-noconsent-0"),
+        "page_view",
+        at(1, 40),
+        campaign,
+        &json!({"product_id": "x", "consent": null}),
+    ));
+    events.push(event(
+        &format!("{campaign}-noconsent-1"),
+        "page_view",
+        at(1, 41),
+        campaign,
+        &json!({"product_id": "x", "consent": {"marketing": false}}),
+    ));
+    // Another segment (email): not selected.
+    let mut other = event(
+        &format!("{campaign}-email-0"),
+        "page_view",
+        at(1, 42),
+        campaign,
+        &json!({"product_id": "y"}),
+    );
+    other["channel"] = json!("email");
+    events.push(other);
+    // The watermark passes start + 5m.
+    events.push(event(
+        &format!("{campaign}-mover"),
+        "page_view",
+        at(5, 10),
+        "quiet",
+        &json!({"channel": "organic"}),
+    ));
+    let spend =
+        vec![json!({"ts": at(1, 0), "channel": "social", "campaign": campaign, "amount": 100.0})];
+    (events, spend, expected)
+}
+
+/// Eight cheap conversions (CPA 100 / 10 = 10 €) in minute 6, and a visit that moves the
+/// watermark past start + 7m: the segment recovers.
+fn recovery_story(start: i64, campaign: &str) -> Vec<Value> {
+    let mut events: Vec<Value> = (0..8)
+        .map(|r| {
+            event(
+                &format!("{campaign}-late-buyer-{r}"),
+                "purchase",
+                start + 6 * MINUTE + r * 1_000,
+                campaign,
+                &json!({"value": 5.0, "order_id": format!("{campaign}-late-{r}")}),
+            )
+        })
+        .collect();
+    events.push(event(
+        &format!("{campaign}-mover-2"),
+        "page_view",
+        start + 7 * MINUTE + 10_000,
+        "quiet",
+        &json!({"channel": "organic"}),
+    ));
+    events
+}
+
+/// What the receiver accepted: users by pseudonym (with products and the keys they came
+/// under), and signals in order.
+#[derive(Debug, Default)]
+struct Received {
+    users: BTreeMap<String, Vec<(String, String)>>,
+    signals: Vec<(String, String)>,
+}
+
+fn received(receiver: &Receiver) -> Received {
+    let mut out = Received::default();
+    let mut keys_seen = BTreeSet::new();
+    for s in receiver.seen.lock().unwrap().iter().filter(|s| s.accepted) {
+        // An idempotent receiver acts on a key once.
+        if !keys_seen.insert(s.key.clone()) {
+            continue;
+        }
+        assert_eq!(s.body["trigger"], "cpa_alto", "{}", s.body);
+        assert_eq!(s.body["segmento"], "costi > 20€", "{}", s.body);
+        if let Some(signal) = s.body["segnale"].as_str() {
+            out.signals.push((signal.to_owned(), s.key.clone()));
+        }
+        for e in s.body["events"].as_array().unwrap() {
+            assert!(
+                e["tempo"].as_str().unwrap().ends_with('Z')
+                    && e["tempo"].as_str().unwrap().len() == 24,
+                "tempo with milliseconds: {e}"
+            );
+            assert!(
+                ["visualizzazione", "carrello"].contains(&e["tipo"].as_str().unwrap()),
+                "{e}"
+            );
+            out.users
+                .entry(e["UDID"].as_str().unwrap().to_owned())
+                .or_default()
+                .push((
+                    e["product_id"].as_str().unwrap_or("(none)").to_owned(),
+                    s.key.clone(),
+                ));
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_segment_over_cpa_sends_its_intent_users_once_with_their_product_then_recovers() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = Arc::new(Receiver::default());
+    let url = start_receiver(&runtime, receiver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url);
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let http = client();
+    let start = (support::now_ms() / MINUTE - 60) * MINUTE;
+    let mut rng = SplitMix(12);
+    let (events, spend, expected) = firing_story(start, "saldi", &mut rng);
+    post(&http, &server, "/v1/costs", &spend);
+    post(&http, &server, "/v1/events", &events);
+
+    wait_for("the firing signal and its users", 60, || {
+        let r = received(&receiver);
+        r.signals.len() == 1 && r.users.len() >= expected.len()
+    });
+    post(
+        &http,
+        &server,
+        "/v1/events",
+        &recovery_story(start, "saldi"),
+    );
+    wait_for("the recovery signal", 60, || {
+        received(&receiver).signals.len() == 2
+    });
+    // Let anything unexpected arrive before judging.
+    std::thread::sleep(Duration::from_secs(2));
+    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    let firings = get_json(&http, &server.url("/v1/triggers/firings?limit=1000"));
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    server.stop();
+    let sample = |name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    assert_eq!(
+        sample("vedetta_trigger_users_sent_total{trigger=\"cpa_alto\"}"),
+        Some(expected.len() as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("vedetta_trigger_withheld_total{trigger=\"cpa_alto\"}"),
+        Some(2.0)
+    );
+
+    let r = received(&receiver);
+    let signals: Vec<&str> = r.signals.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(signals, ["attivo", "rientrato"]);
+    let got: BTreeMap<String, String> = r
+        .users
+        .iter()
+        .map(|(user, sends)| {
+            assert_eq!(
+                sends.len(),
+                1,
+                "{user} arrived {} times: {sends:?}",
+                sends.len()
+            );
+            (user.clone(), sends[0].0.clone())
+        })
+        .collect();
+    assert_eq!(
+        got, expected,
+        "exactly the intent users with consent, each with its last product"
+    );
+    let t = &triggers["triggers"][0];
+    assert_eq!(t["name"], "cpa_alto");
+    assert_eq!(t["users_sent"], expected.len() as u64, "{triggers}");
+    assert_eq!(t["signals"], 2, "{triggers}");
+    assert_eq!(t["withheld_no_consent"], 2, "{triggers}");
+    let listed = firings["firings"].as_array().unwrap();
+    assert_eq!(listed.len(), expected.len() + 2, "{firings}");
+    // The backtest over the stored log selects the same users, and sends nothing.
+    let before = receiver.seen.lock().unwrap().len();
+    let iso = |ms: i64| vedetta_core::time::EventTime(ms).to_rfc3339();
+    let output = std::process::Command::new(support::BIN)
+        .args(["triggers", "backtest", "--json", "--from"])
+        .arg(iso(start))
+        .arg("--to")
+        .arg(iso(start + 60 * MINUTE))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let backtested: BTreeMap<String, String> = report[0]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["user"].as_str().unwrap().to_owned(),
+                u["product_or_tag"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(backtested, expected, "{report}");
+    assert_eq!(report[0]["signals_firing"], 1, "{report}");
+    assert_eq!(report[0]["signals_recovered"], 1, "{report}");
+    assert_eq!(report[0]["withheld_no_consent"], 2, "{report}");
+    assert_eq!(
+        receiver.seen.lock().unwrap().len(),
+        before,
+        "the backtest sent nothing"
+    );
+    eprintln!(
+        "{} users with their products, a firing and a recovery signal; 2 users without consent \
+         withheld; the backtest agrees",
+        expected.len()
+    );
+}
+
+#[test]
+fn a_receiver_down_for_a_while_gets_everything_afterwards_in_order() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = Arc::new(Receiver::default());
+    // Down for the first 6 attempts: with the sender's backoff from 1 s, doubling, that is
+    // about a minute of 500s.
+    receiver.refuse_first.store(6, Ordering::SeqCst);
+    let url = start_receiver(&runtime, receiver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url);
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let http = client();
+    let start = (support::now_ms() / MINUTE - 60) * MINUTE;
+    let (events, spend, expected) = firing_story(start, "saldi", &mut SplitMix(3));
+    post(&http, &server, "/v1/costs", &spend);
+    post(&http, &server, "/v1/events", &events);
+    // The recovery comes while the receiver is still down: it must arrive after the firing.
+    std::thread::sleep(Duration::from_secs(2));
+    post(
+        &http,
+        &server,
+        "/v1/events",
+        &recovery_story(start, "saldi"),
+    );
+    wait_for("everything after the outage", 110, || {
+        let r = received(&receiver);
+        r.signals.len() == 2 && r.users.len() >= expected.len()
+    });
+    server.stop();
+    let seen = receiver.seen.lock().unwrap();
+    assert!(
+        seen.iter().filter(|s| !s.accepted).count() == 6,
+        "the outage was exercised"
+    );
+    drop(seen);
+    let r = received(&receiver);
+    let signals: Vec<&str> = r.signals.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(signals, ["attivo", "rientrato"], "in order");
+    assert_eq!(
+        r.users.keys().cloned().collect::<BTreeSet<_>>(),
+        expected.keys().cloned().collect::<BTreeSet<_>>()
+    );
+}
+
+#[test]
+fn sigkill_during_pushes_loses_no_user_and_an_idempotent_receiver_gets_each_once() {
+    let started = Instant::now();
+    let rounds = env_number("CRASH_TRIGGERS_ROUNDS", 6);
+    let mut rng = SplitMix(env_number("CRASH_TRIGGERS_SEED", 20_261_204));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = Arc::new(Receiver::default());
+    // Slow answers: a kill often lands while a push is at the receiver.
+    receiver.delay_ms.store(400, Ordering::SeqCst);
+    let url = start_receiver(&runtime, receiver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = config(dir.path(), &url);
+    let http = client();
+    // Each round is a new campaign whose segment fires: 10 minutes apart in event time.
+    let base = (support::now_ms() / MINUTE - 24 * 60) * MINUTE;
+    let mut expected = BTreeMap::new();
+    let (mut kills, mut in_push) = (0, 0);
+    for round in 0..rounds {
+        let server = Server::start_with_config_file(&data, &config, &[]);
+        let start = base + round as i64 * 10 * MINUTE;
+        let (events, spend, users) = firing_story(start, &format!("c{round}"), &mut rng);
+        expected.extend(users);
+        post(&http, &server, "/v1/costs", &spend);
+        post(&http, &server, "/v1/events", &events);
+        if round % 2 == 1 {
+            let until = Instant::now() + Duration::from_secs(5);
+            while receiver.in_flight.load(Ordering::SeqCst) == 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.next() % 2_500));
+        }
+        if receiver.in_flight.load(Ordering::SeqCst) > 0 {
+            in_push += 1;
+        }
+        server.kill();
+        kills += 1;
+    }
+    let server = Server::start_with_config_file(&data, &config, &[]);
+    wait_for("every user after the crashes", 90, || {
+        received(&receiver).users.len() >= expected.len()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    server.stop();
+
+    let r = received(&receiver);
+    for (user, sends) in &r.users {
+        assert_eq!(
+            sends.len(),
+            1,
+            "{user} acted on {} times: {sends:?}",
+            sends.len()
+        );
+    }
+    let got: BTreeMap<String, String> = r
+        .users
+        .iter()
+        .map(|(u, s)| (u.clone(), s[0].0.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    // Every request under one key carried the same body.
+    let mut bodies: BTreeMap<String, &Value> = BTreeMap::new();
+    let seen = receiver.seen.lock().unwrap();
+    for s in seen.iter() {
+        if let Some(previous) = bodies.insert(s.key.clone(), &s.body) {
+            assert_eq!(previous, &s.body, "key {} with two bodies", s.key);
+        }
+    }
+    assert!(rounds < 2 || in_push > 0, "no kill landed during a push");
+    eprintln!(
+        "{kills} SIGKILLs ({in_push} during a push): {} users each acted on once, {} requests \
+         under {} keys; {:.1} s",
+        expected.len(),
+        seen.len(),
+        bodies.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
