@@ -232,11 +232,23 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         vedetta_store::IdentityStore::open(&config.data_dir.join("identity.redb"))
             .context("opening the identity store (identity.redb)")?,
     );
-    let destinations = crate::watch::destinations::build_all_in(
+    let mut destinations = crate::watch::destinations::build_all_in(
         &config.alerts.destinations,
         Some(&inbox),
         Some(&token_vault),
     )?;
+    // CRM destinations take trigger pushes, looking their users up in the identity store.
+    let crms =
+        crate::watch::destinations::build_crm_all(&config.alerts.destinations, Some(&token_vault))?;
+    for destination in &mut destinations {
+        if let Some(crm) = crms.get(destination.name()) {
+            *destination = Arc::new(crate::watch::destinations::crm_push::CrmPushes::new(
+                crm.clone(),
+                identity_store.clone(),
+                crypto.clone(),
+            ));
+        }
+    }
     // Triggers: a consumer of the log, whose state and pushes share the outbox's file.
     let act = crate::act::start(
         config.triggers.clone(),

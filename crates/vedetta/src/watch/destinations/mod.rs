@@ -14,6 +14,7 @@
 
 pub mod activecampaign;
 pub mod alertmanager;
+pub mod crm_push;
 pub mod email;
 pub mod inbox;
 pub mod mailchimp;
@@ -128,6 +129,9 @@ impl DestinationConfig {
     pub fn push_interval(&self) -> Option<Duration> {
         match self {
             DestinationConfig::Webhook(c) => c.push_interval().ok().flatten(),
+            DestinationConfig::ActiveCampaign(_) | DestinationConfig::Mailchimp(_) => {
+                Some(crm_push::CRM_PUSH_INTERVAL)
+            }
             _ => None,
         }
     }

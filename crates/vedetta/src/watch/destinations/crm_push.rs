@@ -1,0 +1,208 @@
+//! A CRM destination (ActiveCampaign, Mailchimp) fed by trigger pushes (issue 12, part 3).
+//!
+//! The outbox holds the push as the trigger engine made it: pseudonyms, never identity.
+//! At delivery the push's users are looked up in the identity store
+//! ([`crate::identity::crm_users`]): users without marketing consent or without a stored
+//! identity are withheld (counted in the log line, never named by identity), the others
+//! go as [`CrmUser`](crate::watch::crm::CrmUser)s with the trigger's tag and the event's
+//! product and cart, in batches of at most [`CrmDestination::max_batch_users`]. Every CRM
+//! write is an upsert or a set operation, so a retried delivery leaves the CRM as once.
+
+use crate::crypto::Crypto;
+use crate::identity::{Selected, crm_users};
+use crate::watch::crm::{CrmBatch, CrmDestination};
+use crate::watch::destination::{Delivery, DeliveryError, Destination};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use vedetta_core::act::push::Push;
+use vedetta_core::watch::notification::Notification;
+use vedetta_store::IdentityStore;
+
+/// How often trigger pushes go to a CRM destination (issue 12: every 30 seconds).
+pub const CRM_PUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A CRM destination that takes trigger pushes.
+pub struct CrmPushes {
+    crm: Arc<dyn CrmDestination>,
+    identities: Arc<IdentityStore>,
+    crypto: Arc<Crypto>,
+}
+
+impl std::fmt::Debug for CrmPushes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrmPushes")
+            .field("name", &self.crm.name())
+            .field("kind", &self.crm.kind())
+            .finish()
+    }
+}
+
+impl CrmPushes {
+    pub fn new(
+        crm: Arc<dyn CrmDestination>,
+        identities: Arc<IdentityStore>,
+        crypto: Arc<Crypto>,
+    ) -> Self {
+        Self {
+            crm,
+            identities,
+            crypto,
+        }
+    }
+}
+
+/// The users of a push, one entry per user (the latest event wins), with what the trigger
+/// says about them: its `tag`, the `product_id` to offer, an abandoned cart's products and
+/// value.
+pub fn selected_users(push: &Push) -> Vec<Selected> {
+    let mut by_user: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut out: Vec<Selected> = Vec::new();
+    for event in &push.events {
+        let mut tags = Vec::new();
+        if let Some(tag) = &event.tag {
+            tags.push(tag.clone());
+        }
+        let mut fields = BTreeMap::new();
+        if let Some(product) = &event.product_id {
+            fields.insert("product".to_string(), product.clone());
+        }
+        if !event.product_ids.is_empty() {
+            fields.insert("products".to_string(), event.product_ids.join(","));
+        }
+        if let Some(value) = event.cart_value {
+            fields.insert("cart_value".to_string(), format!("{value:.2}"));
+        }
+        let selected = Selected {
+            pseudonym: event.user.clone(),
+            tags,
+            fields,
+            events: Vec::new(),
+        };
+        match by_user.get(event.user.as_str()) {
+            Some(&at) => {
+                let earlier = &mut out[at];
+                for tag in selected.tags {
+                    if !earlier.tags.contains(&tag) {
+                        earlier.tags.push(tag);
+                    }
+                }
+                earlier.fields.extend(selected.fields);
+            }
+            None => {
+                by_user.insert(&event.user, out.len());
+                out.push(selected);
+            }
+        }
+    }
+    out
+}
+
+impl Destination for CrmPushes {
+    fn name(&self) -> &str {
+        self.crm.name()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.crm.kind()
+    }
+
+    fn min_interval(&self) -> Duration {
+        self.crm.min_interval()
+    }
+
+    fn takes_pushes(&self) -> bool {
+        true
+    }
+
+    fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a> {
+        Box::pin(async move {
+            let Some(push) = &notification.push else {
+                return Err(crate::watch::crm::not_for_alerts(self.crm.kind()));
+            };
+            let selected = selected_users(push);
+            let (users, withheld) =
+                crm_users(&self.identities, &self.crypto, selected).map_err(|e| {
+                    DeliveryError::Retry {
+                        after: Some(Duration::from_secs(5)),
+                        reason: format!("the identity store: {e}"),
+                    }
+                })?;
+            tracing::debug!(
+                destination = self.crm.name(),
+                trigger = %push.trigger,
+                sent = users.len(),
+                withheld_no_consent = withheld.no_consent,
+                withheld_no_identity = withheld.no_identity,
+                withheld_unreadable = withheld.unreadable,
+                "trigger push to a CRM"
+            );
+            let per_batch = self.crm.max_batch_users().max(1);
+            for (index, chunk) in users.chunks(per_batch).enumerate() {
+                // The outbox id is stable across retries; the chunk index keeps the ids of
+                // one push's batches apart (Mailchimp member events carry it).
+                let id = if index == 0 {
+                    notification.id.clone()
+                } else {
+                    format!("{}#{index}", notification.id)
+                };
+                let batch = CrmBatch {
+                    id,
+                    trigger: push.trigger.clone(),
+                    users: chunk.to_vec(),
+                };
+                self.crm.push(&batch).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use vedetta_core::act::push::PushEvent;
+
+    fn event(user: &str, product: Option<&str>, tag: Option<&str>) -> PushEvent {
+        PushEvent {
+            user: user.into(),
+            kind: "page_view".into(),
+            value: None,
+            at_ms: 1,
+            product_id: product.map(Into::into),
+            product_ids: vec![],
+            cart_value: None,
+            tag: tag.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_push_becomes_one_entry_per_user_with_tag_product_and_cart() {
+        let mut cart = event("bb", None, None);
+        cart.product_ids = vec!["P-1".into(), "P-2".into()];
+        cart.cart_value = Some(89.5);
+        let push = Push {
+            trigger: "t".into(),
+            kind: "tag".into(),
+            segment: None,
+            group: vec![],
+            signal: None,
+            events: vec![
+                event("aa", Some("P-7"), Some("vip")),
+                cart,
+                event("aa", Some("P-8"), Some("customer")),
+            ],
+        };
+        let users = selected_users(&push);
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].pseudonym, "aa");
+        assert_eq!(users[0].tags, ["vip", "customer"]);
+        assert_eq!(
+            users[0].fields["product"], "P-8",
+            "the latest event's product"
+        );
+        assert_eq!(users[1].fields["products"], "P-1,P-2");
+        assert_eq!(users[1].fields["cart_value"], "89.50");
+    }
+}
