@@ -282,6 +282,24 @@ impl IdentityStore {
         Ok(outcome)
     }
 
+    /// The stored marketing decision of each user (`None`: no row), in one read.
+    pub fn decisions(&self, users: &[[u8; 16]]) -> Result<Vec<Option<bool>>, IdentityStoreError> {
+        self.db.with(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(IDENTITIES)?;
+            if table.is_empty()? {
+                return Ok(vec![None; users.len()]);
+            }
+            users
+                .iter()
+                .map(|user| match table.get(user.as_slice())? {
+                    Some(bytes) => Ok(Some(StoredIdentity::decode(bytes.value())?.marketing)),
+                    None => Ok(None),
+                })
+                .collect()
+        })
+    }
+
     /// The stored state of one user.
     pub fn get(&self, user: &[u8; 16]) -> Result<Option<StoredIdentity>, IdentityStoreError> {
         self.db.with(|db| {
@@ -394,6 +412,17 @@ mod tests {
             store.get(&U).unwrap().unwrap().email.as_deref(),
             Some(b"e".as_slice())
         );
+    }
+
+    #[test]
+    fn decisions_are_read_per_user() {
+        let (_dir, store) = open();
+        assert_eq!(store.decisions(&[U]).unwrap(), [None]);
+        store.apply(&[write(1, Some(true), None)]).unwrap();
+        let other = [9; 16];
+        assert_eq!(store.decisions(&[U, other]).unwrap(), [Some(true), None]);
+        store.apply(&[write(2, Some(false), None)]).unwrap();
+        assert_eq!(store.decisions(&[U]).unwrap(), [Some(false)]);
     }
 
     #[test]

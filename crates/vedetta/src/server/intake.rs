@@ -265,6 +265,56 @@ async fn store_identities(
     }
 }
 
+/// An event that says nothing about marketing consent takes the user's stored decision
+/// (given by a consent event, or an earlier event), so the trigger engine, which reads
+/// consent from the log, sees a consent event's "yes" or "no" too. Explicit consent on the
+/// event is left as sent.
+async fn stamp_stored_consent(
+    state: &AppState,
+    records: &mut [vedetta_core::record::LogRecord],
+) -> Result<(), ApiError> {
+    use vedetta_core::record::LogRecord;
+    let silent: Vec<usize> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r {
+            LogRecord::Event(e) if e.consent.marketing.is_none() => Some(i),
+            _ => None,
+        })
+        .collect();
+    if silent.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<[u8; 16]> = silent
+        .iter()
+        .filter_map(|&i| match &records[i] {
+            LogRecord::Event(e) => Some(e.user.0),
+            LogRecord::Spend(_) => None,
+        })
+        .collect();
+    let store = state.identity_store.clone();
+    let decisions = tokio::task::spawn_blocking(move || store.decisions(&users))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|reason| {
+            tracing::warn!(%reason, "identity store read failed; request refused");
+            ApiError::Busy {
+                message: "the identity store could not be read; nothing of this request was \
+                          stored, resending it is safe (a resent event is recognised as a \
+                          duplicate)"
+                    .into(),
+                retry_after_s: 5,
+            }
+        })?;
+    for (&i, decision) in silent.iter().zip(decisions) {
+        if let (LogRecord::Event(e), Some(marketing)) = (&mut records[i], decision) {
+            e.consent.marketing = Some(marketing);
+        }
+    }
+    Ok(())
+}
+
 /// Judges a body of events (or spend records), stores what is accepted and answers once it
 /// is durable. Sources that map another payload to events (Shopify, mapped webhooks) call
 /// this with the mapped body.
@@ -317,6 +367,8 @@ pub(super) async fn judge_and_store(
     // nothing stored and the client's resend is safe; a log failure after it leaves
     // identities whose resend rewrites the same decisions.
     store_identities(state, identities).await?;
+    let mut records = records;
+    stamp_stored_consent(state, &mut records).await?;
 
     let counters = &state.counters;
     let (accepted_counter, rejected_counter) = match endpoint {
