@@ -128,6 +128,9 @@ impl DestinationConfig {
     pub fn push_interval(&self) -> Option<Duration> {
         match self {
             DestinationConfig::Webhook(c) => c.push_interval().ok().flatten(),
+            // The server's own inbox keeps pushes too: the demo's triggers, and a way to try
+            // triggers before wiring a CRM.
+            DestinationConfig::Inbox(_) => Some(inbox::PUSH_INTERVAL),
             _ => None,
         }
     }
