@@ -314,7 +314,12 @@ fn a_newcomer_sees_the_glitch_alert_fire_and_resolve_and_a_trigger_push_within_f
         vec![],
         "pushes about the history"
     );
-    let deadline = started + Duration::from_secs(300);
+    // Five minutes from the start, less the 20 s a release build takes to load the full
+    // history (docs/benchmarks.md): timed from the end of this (debug, scaled) load, which
+    // shares the machine with the other tests of this file.
+    let live = Instant::now();
+    println!("loaded after {:?}", started.elapsed());
+    let deadline = live + Duration::from_secs(280);
     loop {
         let notices = inbox_notices(&http, &server);
         let glitch = |status: &str| {
@@ -330,8 +335,8 @@ fn a_newcomer_sees_the_glitch_alert_fire_and_resolve_and_a_trigger_push_within_f
             let users: usize = pushes.iter().map(|(_, n)| n).sum();
             assert!(users <= 50, "{pushes:?}");
             println!(
-                "after {:?}: notices {notices:?}, pushes {pushes:?}",
-                started.elapsed()
+                "{:?} after the load: notices {notices:?}, pushes {pushes:?}",
+                live.elapsed()
             );
             break;
         }
