@@ -270,15 +270,35 @@ fn inbox_notices(http: &reqwest::blocking::Client, server: &Server) -> Vec<(Stri
     notices
 }
 
+/// The triggers' pushes the inbox kept: (trigger, users).
+fn inbox_pushes(http: &reqwest::blocking::Client, server: &Server) -> Vec<(String, usize)> {
+    let inbox = get_json(http, &server.url("/v1/inbox?limit=1000"));
+    inbox["inbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|entry| {
+            let push = entry["notification"].get("push")?;
+            Some((
+                push["trigger"].as_str().unwrap().to_owned(),
+                push["events"].as_array().unwrap().len(),
+            ))
+        })
+        .collect()
+}
+
+/// What a newcomer gets, at the default live rate (`auto`, the history's level): within
+/// five minutes of the start, the glitch alert fires and resolves, and a trigger pushes
+/// users to the inbox; nothing about the month of history.
 #[test]
-fn a_newcomer_sees_the_glitch_alert_fire_and_resolve_within_five_minutes() {
+fn a_newcomer_sees_the_glitch_alert_fire_and_resolve_and_a_trigger_push_within_five_minutes() {
     let http = client();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let server = start_demo(
         &dir.path().join("data"),
         history_end(),
-        "4",
+        "auto",
         &[("DEMO_GLITCH_FIRST_S", "5")],
     );
     wait_loaded(&http, &server);
@@ -289,7 +309,17 @@ fn a_newcomer_sees_the_glitch_alert_fire_and_resolve_within_five_minutes() {
         "alerts during the load: {:?}",
         inbox_notices(&http, &server)
     );
-    let deadline = started + Duration::from_secs(300);
+    assert_eq!(
+        inbox_pushes(&http, &server),
+        vec![],
+        "pushes about the history"
+    );
+    // Five minutes from the start, less the 20 s a release build takes to load the full
+    // history (docs/benchmarks.md): timed from the end of this (debug, scaled) load, which
+    // shares the machine with the other tests of this file.
+    let live = Instant::now();
+    println!("loaded after {:?}", started.elapsed());
+    let deadline = live + Duration::from_secs(280);
     loop {
         let notices = inbox_notices(&http, &server);
         let glitch = |status: &str| {
@@ -297,14 +327,23 @@ fn a_newcomer_sees_the_glitch_alert_fire_and_resolve_within_five_minutes() {
                 .iter()
                 .any(|(rule, s)| rule == "tracking_glitch" && s == status)
         };
-        if glitch("firing") && glitch("resolved") {
+        let pushes = inbox_pushes(&http, &server);
+        if glitch("firing") && glitch("resolved") && !pushes.is_empty() {
             // One glitch, one alert: no storm.
             assert!(notices.len() <= 6, "{notices:?}");
+            // Live users only: no push about the month of history.
+            let users: usize = pushes.iter().map(|(_, n)| n).sum();
+            assert!(users <= 50, "{pushes:?}");
+            println!(
+                "{:?} after the load: notices {notices:?}, pushes {pushes:?}",
+                live.elapsed()
+            );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "no glitch alert fired and resolved within five minutes: {notices:?}, rules {rules}"
+            "no glitch alert fired and resolved, or no trigger pushed, within five minutes: \
+             {notices:?}, pushes {pushes:?}, rules {rules}"
         );
         std::thread::sleep(Duration::from_secs(1));
     }

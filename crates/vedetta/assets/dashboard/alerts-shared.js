@@ -33,6 +33,8 @@
       'label.device': 'Device', 'label.region': 'Region', 'label.alertname': 'Alert name',
       inbox: 'Inbox', noInbox: 'Nothing was delivered to an inbox destination.',
       'col.delivered': 'Delivered', 'col.destination': 'To', 'col.message': 'Message', 'event.revised': 'Revised',
+      'event.push': 'Trigger push', pushUsers: '{trigger}: {n} user(s)', pushProducts: 'products {list}',
+      'signal.firing': 'segment over threshold', 'signal.recovered': 'segment recovered',
     },
     it: {
       'banner.one': '1 allarme attivo', 'banner.many': '{n} allarmi attivi', 'banner.more': 'altri {n}',
@@ -58,6 +60,8 @@
       'label.device': 'Dispositivo', 'label.region': 'Regione', 'label.alertname': 'Nome dell’allarme',
       inbox: 'Posta in arrivo', noInbox: 'Nessuna notifica consegnata a una destinazione inbox.',
       'col.delivered': 'Consegnata', 'col.destination': 'A', 'col.message': 'Messaggio', 'event.revised': 'Rivisto',
+      'event.push': 'Push di un trigger', pushUsers: '{trigger}: {n} utenti', pushProducts: 'prodotti {list}',
+      'signal.firing': 'segmento oltre la soglia', 'signal.recovered': 'segmento rientrato',
     },
   };
   const words = (lang) => (key, vars) => {

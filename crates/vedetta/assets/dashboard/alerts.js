@@ -141,11 +141,27 @@
     table.replaceChildren(head(...columns), el('tbody', {}, ...(rows.length ? rows : [emptyRow(columns.length, 'noHistory')])));
   }
 
+  /** A trigger's push kept by an inbox: the trigger, how many users, their products. */
+  function pushRow(item) {
+    const push = item.notification.push;
+    const products = [...new Set(push.events.flatMap((e) => e.product_ids && e.product_ids.length ? e.product_ids : (e.product_id ? [e.product_id] : [])))];
+    const parts = [t('pushUsers').replace('{trigger}', push.trigger).replace('{n}', String(push.events.length))];
+    if (push.segment) parts.push(push.segment);
+    if (push.signal) parts.push(t(`signal.${push.signal.signal}`));
+    if (products.length) parts.push(t('pushProducts').replace('{list}', products.slice(0, 5).join(', ') + (products.length > 5 ? '…' : '')));
+    return el('tr', { 'data-inbox': '', 'data-push': push.trigger },
+      el('td', { text: A.timeText(item.delivered_at, state.lang), title: item.delivered_at }),
+      el('td', {}, bdi(item.notification.destination)),
+      el('td', { class: 'event' }, el('span', { text: t('event.push') })),
+      el('td', { class: 'message' }, bdi(parts.join(' · '))),
+      el('td', { class: 'actions' }));
+  }
+
   /** What `inbox` destinations received: one row per notice, its message as sent. */
   function renderInbox(inbox) {
     const table = document.getElementById('inbox');
     const columns = ['delivered', 'destination', 'event', 'message', 'actions'];
-    const rows = inbox.flatMap((item) => item.notification.notices.map((notice) =>
+    const rows = inbox.flatMap((item) => item.notification.push ? [pushRow(item)] : item.notification.notices.map((notice) =>
       el('tr', { 'data-inbox': '', 'data-rule': notice.rule, 'data-status': notice.status },
         el('td', { text: A.timeText(item.delivered_at, state.lang), title: item.delivered_at }),
         el('td', {}, bdi(item.notification.destination)),

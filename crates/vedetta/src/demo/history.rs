@@ -110,6 +110,35 @@ pub async fn log_end_offset(
         .ok_or_else(|| anyhow::anyhow!("/v1/status has no log_end_offset"))
 }
 
+/// Waits until the trigger consumer has read the log up to `offset` (`/v1/triggers`), so
+/// that triggers put in force then judge live traffic only; gives up after `patience` (the
+/// triggers then go in force anyway, and the consumer's backlog may push about history).
+pub async fn wait_triggers_consumed(
+    client: &reqwest::Client,
+    base: &str,
+    key: Option<&str>,
+    offset: u64,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let mut request = client.get(format!("{base}/v1/triggers"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let text = request.send().await?.error_for_status()?.text().await?;
+        let answer: serde_json::Value = serde_json::from_str(&text)?;
+        let consumed = answer["consumed_offset"].as_u64().unwrap_or(0);
+        if consumed >= offset {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("the trigger consumer read up to {consumed} of {offset}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Spend per (channel, campaign, source, currency) and hour: a record for an hour is
 /// complete once a record of a later hour of the same key arrives (the generator reports
 /// each key's minutes in order), and at the end of the history.

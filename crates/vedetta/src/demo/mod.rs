@@ -163,6 +163,8 @@ pub struct Demo {
     marker: Marker,
     /// The demo's rules file, when the demo brought the alert rules.
     rules_file: Option<PathBuf>,
+    /// The demo's triggers file, when the demo brought the triggers.
+    triggers_file: Option<PathBuf>,
 }
 
 /// The demo's alert rules as a rules file (`[[alerts.rules]]` only).
@@ -185,6 +187,12 @@ fn demo_rules_text() -> anyhow::Result<String> {
 
 const RULES_WHILE_LOADING: &str =
     "# The demo's alert rules arrive here once its history is loaded.\n";
+
+/// The demo's triggers (`demo-triggers.toml`), pushing to the inbox.
+const DEMO_TRIGGERS: &str = include_str!("demo-triggers.toml");
+const TRIGGERS_FILE: &str = "demo-triggers.toml";
+const TRIGGERS_WHILE_LOADING: &str =
+    "# The demo's triggers arrive here once its history is loaded.\n";
 
 /// Readies `config` for the demo: the data directory, the GeoIP database, the alert rules
 /// (unless the configuration has its own), a real listen port, and the marker.
@@ -259,11 +267,33 @@ pub fn prepare(config: &mut Config, options: DemoOptions) -> anyhow::Result<Demo
         config.alerts = alerts;
         rules_file = Some(path);
     }
+    let mut triggers_file = None;
+    if rules_file.is_some() && config.triggers.inline.is_empty() && config.triggers.file.is_none() {
+        // And a trigger push: example triggers into the same inbox, in force after the load.
+        let path = data_dir.join(TRIGGERS_FILE);
+        let text = if marker.complete {
+            DEMO_TRIGGERS
+        } else {
+            TRIGGERS_WHILE_LOADING
+        };
+        marker::write_atomically(&path, text.as_bytes())?;
+        config.triggers = crate::act::config::TriggersConfig::new(
+            Vec::new(),
+            Some(path.clone()),
+            &config.alerts.destinations,
+        );
+        config
+            .triggers
+            .load()
+            .map_err(|e| anyhow::anyhow!("the demo's triggers: {e}"))?;
+        triggers_file = Some(path);
+    }
     Ok(Demo {
         options,
         data_dir,
         marker,
         rules_file,
+        triggers_file,
     })
 }
 
@@ -275,6 +305,7 @@ pub async fn run(demo: Demo, address: SocketAddr, key: Option<String>) {
         data_dir,
         mut marker,
         rules_file,
+        triggers_file,
     } = demo;
     // The live part's clock starts now: what comes due while the history loads is sent
     // when it is stored.
@@ -328,6 +359,30 @@ pub async fn run(demo: Demo, address: SocketAddr, key: Option<String>) {
             tracing::error!(error = %format!("{error:#}"), "demo: cannot put the alert rules in force");
         }
     }
+    if let Some(path) = &triggers_file {
+        // Only once the trigger consumer has read the whole history: triggers in force
+        // while it is still reading would push a month of abandoned carts.
+        let caught_up = async {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?;
+            let end = history::log_end_offset(&client, &base, key.as_deref()).await?;
+            history::wait_triggers_consumed(
+                &client,
+                &base,
+                key.as_deref(),
+                end,
+                Duration::from_secs(300),
+            )
+            .await
+        };
+        if let Err(error) = caught_up.await {
+            tracing::warn!(error = %format!("{error:#}"), "demo: triggers put in force before the consumer caught up");
+        }
+        if let Err(error) = marker::write_atomically(path, DEMO_TRIGGERS.as_bytes()) {
+            tracing::error!(error = %format!("{error:#}"), "demo: cannot put the triggers in force");
+        }
+    }
     progress.update(|s| s.phase = Phase::Live);
     if options.rate != LiveRate::Fixed(0.0) {
         let rate_now = options.rate.at(live_start_ms, SystemClock.now_ms());
@@ -373,6 +428,19 @@ async fn load_history(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::LiveRate;
+
+    #[test]
+    fn the_demo_triggers_are_valid_and_push_to_the_demo_inbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(super::TRIGGERS_FILE);
+        std::fs::write(&path, super::DEMO_TRIGGERS).unwrap();
+        let alerts = crate::watch::config::demo_alerts("127.0.0.1:8080").unwrap();
+        let config =
+            crate::act::config::TriggersConfig::new(Vec::new(), Some(path), &alerts.destinations);
+        let triggers = config.load().unwrap();
+        assert_eq!(triggers.len(), 2);
+        assert!(config.push_destinations.contains_key("inbox"));
+    }
 
     #[test]
     fn the_live_rate_is_auto_or_a_bounded_number() {

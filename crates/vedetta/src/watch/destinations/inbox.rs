@@ -1,11 +1,15 @@
 //! `kind = "inbox"`: keeps notifications in the server's own inbox (`/inbox`,
 //! `GET /v1/inbox`) instead of sending them anywhere: what the demo uses, and a way to try
-//! rules before wiring Slack or e-mail.
+//! rules before wiring Slack or e-mail. It takes trigger pushes too (every
+//! [`PUSH_INTERVAL`]), kept as they would have been sent.
 
 use super::super::destination::{Delivery, DeliveryError, Destination};
 use serde::Deserialize;
 use vedetta_core::watch::notification::Notification;
 use vedetta_store::inbox::Inbox;
+
+/// How often trigger pushes are batched to an inbox.
+pub const PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +40,10 @@ impl Destination for InboxDestination {
 
     fn kind(&self) -> &'static str {
         "inbox"
+    }
+
+    fn takes_pushes(&self) -> bool {
+        true
     }
 
     fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a> {

@@ -132,6 +132,9 @@ impl DestinationConfig {
             DestinationConfig::ActiveCampaign(_) | DestinationConfig::Mailchimp(_) => {
                 Some(crm_push::CRM_PUSH_INTERVAL)
             }
+            // The server's own inbox keeps pushes too: the demo's triggers, and a way to try
+            // triggers before wiring a CRM.
+            DestinationConfig::Inbox(_) => Some(inbox::PUSH_INTERVAL),
             _ => None,
         }
     }
