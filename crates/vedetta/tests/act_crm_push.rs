@@ -166,5 +166,19 @@ merge_fields = {{ product = "PRODUCT" }}
         );
     }
     drop(mc_state);
+    // Per CRM: Anna and Dario sent; Elena (withdrawn) and Carla (no address) withheld.
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for (outcome, count) in [("sent", 4), ("no_consent", 2), ("no_identity", 2)] {
+        let sample = format!("vedetta_crm_push_users_total{{outcome=\"{outcome}\"}} {count}");
+        assert!(metrics.contains(&sample), "{sample} missing:\n{metrics}");
+    }
+    for address in ["anna@example.it", "Dario@Example.it", "elena@example.it"] {
+        assert!(!metrics.contains(address), "{address} in /metrics");
+    }
     server.stop();
 }

@@ -412,6 +412,20 @@ fn intake(state: &AppState, out: &mut Exposition) {
             IntakeCounters::get(counter) as f64,
         );
     }
+    out.family(
+        "vedetta_crm_push_users_total",
+        "counter",
+        "Users of trigger pushes to CRM destinations, per delivery attempt: sent, or \
+         withheld (no marketing consent, no stored identity, a sealed identity that does \
+         not open).",
+    );
+    for (outcome, count) in state.crm_push_counters.snapshot() {
+        out.sample(
+            "vedetta_crm_push_users_total",
+            &[("outcome", outcome)],
+            count as f64,
+        );
+    }
 }
 
 fn pipeline(state: &AppState, out: &mut Exposition) {

@@ -74,6 +74,8 @@ pub struct AppState {
     pub token_vault: Arc<crate::watch::oauth2::TokenVault>,
     /// Marketing consent and sealed identity (`email`, `crm_id`) per pseudonym.
     pub identity_store: Arc<vedetta_store::IdentityStore>,
+    /// Users of trigger pushes to CRM destinations: sent and withheld.
+    pub crm_push_counters: Arc<crate::watch::destinations::crm_push::CrmPushCounters>,
     pub limits: IntakeLimits,
     pub clock: Arc<dyn Clock>,
     /// Budget of body bytes being read or parsed at once, in KiB permits.
@@ -238,6 +240,8 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         Some(&token_vault),
     )?;
     // CRM destinations take trigger pushes, looking their users up in the identity store.
+    let crm_push_counters =
+        Arc::new(crate::watch::destinations::crm_push::CrmPushCounters::default());
     let crms =
         crate::watch::destinations::build_crm_all(&config.alerts.destinations, Some(&token_vault))?;
     for destination in &mut destinations {
@@ -246,6 +250,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
                 crm.clone(),
                 identity_store.clone(),
                 crypto.clone(),
+                crm_push_counters.clone(),
             ));
         }
     }
@@ -311,6 +316,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         crypto,
         token_vault: token_vault.clone(),
         identity_store,
+        crm_push_counters,
         body_budget: Semaphore::new(config.ingest.max_inflight_body_bytes / 1024),
         calendar: WindowCalendar::new(config.pipeline.rules.time_zone.clone()),
         kpi_store,

@@ -14,6 +14,7 @@ use crate::watch::crm::{CrmBatch, CrmDestination};
 use crate::watch::destination::{Delivery, DeliveryError, Destination};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use vedetta_core::act::push::Push;
 use vedetta_core::watch::notification::Notification;
@@ -22,11 +23,43 @@ use vedetta_store::IdentityStore;
 /// How often trigger pushes go to a CRM destination (issue 12: every 30 seconds).
 pub const CRM_PUSH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Users of pushes to CRM destinations, since start: sent, and withheld by reason.
+/// Numbers only: no identity or pseudonym is ever a label.
+#[derive(Debug, Default)]
+pub struct CrmPushCounters {
+    pub sent: AtomicU64,
+    pub withheld_no_consent: AtomicU64,
+    pub withheld_no_identity: AtomicU64,
+    pub withheld_unreadable: AtomicU64,
+}
+
+impl CrmPushCounters {
+    /// `(outcome, count)` for the exposition.
+    pub fn snapshot(&self) -> [(&'static str, u64); 4] {
+        [
+            ("sent", self.sent.load(Ordering::Relaxed)),
+            (
+                "no_consent",
+                self.withheld_no_consent.load(Ordering::Relaxed),
+            ),
+            (
+                "no_identity",
+                self.withheld_no_identity.load(Ordering::Relaxed),
+            ),
+            (
+                "unreadable",
+                self.withheld_unreadable.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
+
 /// A CRM destination that takes trigger pushes.
 pub struct CrmPushes {
     crm: Arc<dyn CrmDestination>,
     identities: Arc<IdentityStore>,
     crypto: Arc<Crypto>,
+    counters: Arc<CrmPushCounters>,
 }
 
 impl std::fmt::Debug for CrmPushes {
@@ -43,11 +76,13 @@ impl CrmPushes {
         crm: Arc<dyn CrmDestination>,
         identities: Arc<IdentityStore>,
         crypto: Arc<Crypto>,
+        counters: Arc<CrmPushCounters>,
     ) -> Self {
         Self {
             crm,
             identities,
             crypto,
+            counters,
         }
     }
 }
@@ -137,6 +172,14 @@ impl Destination for CrmPushes {
                 withheld_unreadable = withheld.unreadable,
                 "trigger push to a CRM"
             );
+            // Counted per delivery attempt: a retried push counts its users again.
+            let c = &self.counters;
+            c.withheld_no_consent
+                .fetch_add(withheld.no_consent, Ordering::Relaxed);
+            c.withheld_no_identity
+                .fetch_add(withheld.no_identity, Ordering::Relaxed);
+            c.withheld_unreadable
+                .fetch_add(withheld.unreadable, Ordering::Relaxed);
             let per_batch = self.crm.max_batch_users().max(1);
             for (index, chunk) in users.chunks(per_batch).enumerate() {
                 // The outbox id is stable across retries; the chunk index keeps the ids of
@@ -152,6 +195,7 @@ impl Destination for CrmPushes {
                     users: chunk.to_vec(),
                 };
                 self.crm.push(&batch).await?;
+                c.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             Ok(())
         })
