@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use support::{Server, client, get_json, now_ms, wait_processed};
 
 const TOKEN: &str = "erp-token-0123456789abcdef";
@@ -63,21 +63,7 @@ constant = "erp"
 
 /// Hex HMAC-SHA-256 of the body by Python's standard library.
 fn python_hmac_hex(secret: &str, body: &[u8]) -> String {
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import hashlib,hmac,sys; \
-             print(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).hexdigest())",
-            secret,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed to compute the HMAC independently");
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+    support::python_hmac_sha256(secret, body, "hex")
 }
 
 fn post(

@@ -7,7 +7,6 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
 use support::{Server, client, get_json, now_ms, wait_processed};
 
 const CONFIG_BOTH: &str = "[sources.shopify]\nsecrets = [\"shpss_current\", \"shpss_previous\"]\n";
@@ -16,21 +15,7 @@ const CONFIG_NEW_ONLY: &str = "[sources.shopify]\nsecrets = [\"shpss_current\"]\
 /// The signature Shopify would send: base64 of HMAC-SHA-256, by Python's standard library
 /// (not by the code under test).
 fn python_hmac(secret: &str, body: &[u8]) -> String {
-    let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import base64,hashlib,hmac,sys; \
-             print(base64.b64encode(hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).digest()).decode())",
-            secret,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed to compute Shopify's HMAC independently");
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
+    support::python_hmac_sha256(secret, body, "base64")
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -264,3 +264,29 @@ pub fn post_ndjson(client: &reqwest::blocking::Client, server: &Server, path: &s
         assert_eq!(response.status(), 200, "POST {path}");
     }
 }
+
+/// HMAC-SHA-256 of `body` under `secret` computed by Python's standard library, not by the
+/// code under test: `encoding` is `hex` or `base64` (as webhook senders write it).
+pub fn python_hmac_sha256(secret: &str, body: &[u8], encoding: &str) -> String {
+    use std::io::Write;
+    let encode = match encoding {
+        "hex" => "d.hex()",
+        "base64" => "base64.b64encode(d).decode()",
+        other => panic!("unknown encoding {other}"),
+    };
+    let script = format!(
+        "import base64,hashlib,hmac,sys; \
+         d = hmac.new(sys.argv[1].encode(), sys.stdin.buffer.read(), hashlib.sha256).digest(); \
+         print({encode})"
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", &script, secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to compute the HMAC independently");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
