@@ -380,27 +380,33 @@ pub(crate) fn email(field: &'static str, raw: &RawValue) -> Result<Option<String
     let Some(value) = text(field, raw, MAX_EMAIL_CHARS)? else {
         return Ok(None);
     };
-    let ats = value.bytes().filter(|&b| b == b'@').count();
-    if ats != 1 {
-        return Err(FieldError::new(
-            field,
-            format!("an e-mail address has exactly one `@`, this one has {ats}"),
-        ));
+    match email_problem(&value) {
+        Some(problem) => Err(FieldError::new(field, problem)),
+        None => Ok(Some(value)),
+    }
+}
+
+/// What is wrong with an e-mail address, if anything: the one check intake and the CRM
+/// destinations share (an address intake keeps is one a CRM takes). It never quotes the
+/// address.
+pub fn email_problem(value: &str) -> Option<&'static str> {
+    if value.chars().count() > MAX_EMAIL_CHARS {
+        return Some("an e-mail address has at most 254 characters");
+    }
+    if value.bytes().filter(|&b| b == b'@').count() != 1 {
+        return Some("an e-mail address has exactly one `@`");
     }
     let (local, domain) = value.split_once('@').unwrap_or_default();
     if local.is_empty() || domain.is_empty() {
-        return Err(FieldError::new(
-            field,
-            "an e-mail address needs a name before the `@` and a domain after it",
-        ));
+        return Some("an e-mail address needs a name before the `@` and a domain after it");
     }
-    if value.chars().any(char::is_whitespace) {
-        return Err(FieldError::new(
-            field,
-            "an e-mail address has no white space in it",
-        ));
+    if !domain.contains('.') || domain.starts_with('.') || domain.ends_with('.') {
+        return Some("an e-mail address's domain has a dot inside it, like example.it");
     }
-    Ok(Some(value))
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("an e-mail address has no white space or control characters in it");
+    }
+    None
 }
 
 /// A CRM's own id for the user: a string (or a whole number) of at most 128 characters,

@@ -20,7 +20,7 @@ mod object;
 mod spend;
 
 pub use event::{CONSENT_EVENT_TYPE, EVENT_FIELD_NAMES};
-pub use fields::RESERVED_DIMENSION_VALUES;
+pub use fields::{RESERVED_DIMENSION_VALUES, email_problem};
 pub use spend::SPEND_FIELD_NAMES;
 
 use crate::privacy::Pseudonymizer;

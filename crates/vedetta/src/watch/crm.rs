@@ -117,16 +117,7 @@ fn check_string(field: &str, value: &str) -> Result<(), BatchError> {
 /// A plausible e-mail address: one `@`, something on each side, a dot in the domain, no
 /// spaces. (The CRM is the judge of the rest; this keeps garbage out of URLs and hashes.)
 pub fn plausible_email(email: &str) -> bool {
-    let Some((local, domain)) = email.split_once('@') else {
-        return false;
-    };
-    !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@')
-        && email.len() <= 254
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+    vedetta_core::intake::email_problem(email).is_none()
 }
 
 impl CrmBatch {
