@@ -23,6 +23,7 @@ use vedetta_synth::{SynthConfig, SynthRecord, to_ndjson_line};
 
 mod alerts;
 mod pipeline;
+mod push;
 mod tracker;
 mod webhooks;
 
@@ -39,6 +40,8 @@ pub enum BenchCommand {
     /// Browser intake as the tracker makes it: one event per `text/plain` request with a
     /// site key, from many connections.
     Tracker(tracker::TrackerBenchArgs),
+    /// Trigger pushes: from a batch's first event to the receiver, at the push interval.
+    Push(push::PushBenchArgs),
     /// Shopify and mapped (ERP/middleware) webhooks at a fixed rate each: latency
     /// percentiles of durable answers.
     Webhooks(webhooks::WebhooksBenchArgs),
@@ -77,6 +80,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Pipeline(args) => pipeline::run(&args),
         BenchCommand::Alerts(args) => alerts::run(&args),
         BenchCommand::Tracker(args) => tracker::run(&args),
+        BenchCommand::Push(args) => push::run(&args),
         BenchCommand::Webhooks(args) => webhooks::run(&args),
     }
 }
