@@ -107,7 +107,19 @@ fn alerts(state: &AppState, out: &mut Exposition) {
         &[],
         w.last_minute_micros.load(Ordering::Relaxed) as f64 / 1e6,
     );
-    state.sender.metrics.expose(out, state.clock.now_ms());
+    // Per destination queue: bounded by DEPTH_CAP entries counted per destination. A store
+    // that cannot be read leaves out the labelled samples (the totals stay) and says so.
+    let per_destination = match state.outbox.destination_stats(super::triggers::DEPTH_CAP) {
+        Ok(stats) => stats,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the outbox's destination queues for /metrics");
+            Vec::new()
+        }
+    };
+    state
+        .sender
+        .metrics
+        .expose(out, state.clock.now_ms(), &per_destination);
     let through = w.evaluated_through_ms.load(Ordering::Acquire);
     if let (Some(watermark), true) = (state.processor.watermark(), through != i64::MIN) {
         out.family(

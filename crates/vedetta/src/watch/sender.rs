@@ -158,8 +158,16 @@ impl SenderMetrics {
         }
     }
 
-    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families.
-    pub fn expose(&self, out: &mut Exposition, now_ms: i64) {
+    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families. The unlabelled
+    /// `vedetta_outbox_depth` and `vedetta_outbox_oldest_age_seconds` are the whole outbox;
+    /// `per_destination` adds one sample of each per destination queue, labelled
+    /// `destination` (select them with `{destination!=""}`).
+    pub fn expose(
+        &self,
+        out: &mut Exposition,
+        now_ms: i64,
+        per_destination: &[vedetta_store::outbox::DestinationStats],
+    ) {
         out.family(
             "vedetta_notification_attempts_total",
             "counter",
@@ -180,6 +188,13 @@ impl SenderMetrics {
             "Notifications waiting in the outbox.",
         );
         out.sample("vedetta_outbox_depth", &[], self.depth() as f64);
+        for d in per_destination {
+            out.sample(
+                "vedetta_outbox_depth",
+                &[("destination", d.destination.as_str())],
+                d.depth as f64,
+            );
+        }
         out.family(
             "vedetta_outbox_oldest_age_seconds",
             "gauge",
@@ -190,6 +205,13 @@ impl SenderMetrics {
             &[],
             self.oldest_age_seconds(now_ms),
         );
+        for d in per_destination {
+            out.sample(
+                "vedetta_outbox_oldest_age_seconds",
+                &[("destination", d.destination.as_str())],
+                now_ms.saturating_sub(d.oldest_enqueued_ms).max(0) as f64 / 1_000.0,
+            );
+        }
         out.family(
             "vedetta_outbox_dead_letters",
             "gauge",
@@ -553,9 +575,19 @@ mod tests {
         m.depth.store(4, Ordering::Relaxed);
         m.oldest_enqueued_ms.store(1_000, Ordering::Relaxed);
         let mut out = Exposition::default();
-        m.expose(&mut out, 61_000);
+        let queue = vedetta_store::outbox::DestinationStats {
+            destination: "slack-marketing".into(),
+            depth: 3,
+            depth_capped: false,
+            oldest_enqueued_ms: 31_000,
+            head_attempts: 2,
+            head_last_error: Some("HTTP 500".into()),
+        };
+        m.expose(&mut out, 61_000, &[queue]);
         let text = out.into_string();
         for line in [
+            "vedetta_outbox_depth{destination=\"slack-marketing\"} 3",
+            "vedetta_outbox_oldest_age_seconds{destination=\"slack-marketing\"} 30",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"retry\"} 2",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"delivered\"} 1",
             "vedetta_outbox_depth 4",
