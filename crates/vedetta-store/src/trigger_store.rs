@@ -295,13 +295,11 @@ impl TriggerStore {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(FIRINGS)?;
         let mut counts = FiringCounts::default();
-        let mut read = 0usize;
-        for item in table.range((day_from_ms, 0)..)?.rev() {
+        for (read, item) in table.range((day_from_ms, 0)..)?.rev().enumerate() {
             if read == cap {
                 counts.capped = true;
                 break;
             }
-            read += 1;
             let (key, value) = item?;
             let firing: Firing = decode_json("a firing", value.value())?;
             let entry = counts.per_trigger.entry(firing.trigger).or_default();

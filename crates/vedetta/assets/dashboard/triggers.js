@@ -83,6 +83,7 @@
   // An age in seconds as the largest whole units (`2 h 5 min`, `40 s`).
   function age(seconds) {
     const s = Math.max(0, Math.floor(seconds));
+    if (seconds < 1) return '< 1 s';
     if (s < 60) return `${s} s`;
     if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
     if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
