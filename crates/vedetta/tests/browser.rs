@@ -223,8 +223,41 @@ timeout_seconds = 1
         &artifacts,
         &chromium,
     );
+    // /metrics has the same per-destination depth as the API (read after, retried while
+    // the sender's retries are in flight; the depth does not move while the port is shut).
+    let http = client();
+    let mut seen = Vec::new();
+    let agreed = (0..20).any(|_| {
+        let api = support::get_json(&http, &server.url("/v1/triggers"));
+        let text = http
+            .get(server.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let line = |name: &str| {
+            let prefix = format!("{name}{{destination=\"crm-down\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|v| v.parse::<f64>().unwrap())
+        };
+        let depth = api["destinations"][0]["depth"].as_f64();
+        let age = line("vedetta_outbox_oldest_age_seconds");
+        seen.push((depth, line("vedetta_outbox_depth"), age));
+        let same = depth.is_some_and(|d| d >= 1.0)
+            && line("vedetta_outbox_depth") == depth
+            && age.is_some_and(|a| a > 0.0);
+        if !same {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        same
+    });
     server.stop();
     assert_passed("triggers.test.mjs", &output);
+    assert!(
+        agreed,
+        "(API depth, /metrics depth, /metrics age): {seen:?}"
+    );
 }
 
 /// The tracker in a real browser (`tests/browser/tracker.test.mjs`): a shop page on another
