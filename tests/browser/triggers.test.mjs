@@ -34,7 +34,8 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable
 
 const RUN = `tr-${Date.now().toString(36)}`;
 const DESTINATION = 'crm-down';
-const TRIGGER_FIELDS = ['firings_last_hour', 'firings_last_day', 'users_sent', 'signals', 'withheld_no_consent'];
+const TRIGGER_FIELDS = ['firings_last_hour', 'firings_last_day', 'users_sent', 'signals', 'withheld_no_consent',
+  'delivery_failures'];
 
 let browser;
 let before_; // /v1/triggers before the test's events
@@ -154,6 +155,14 @@ test('the triggers page shows the numbers of /v1/triggers, in English and Italia
   });
   const error = await page.textContent(`tr[data-destination="${DESTINATION}"] td[data-field="head_last_error"]`);
   assert.ok(error.length > 1, `the head's last error is shown: ${error}`);
+  // The failed deliveries of the feed's pushes, with the error the destination's head shows.
+  await until('the feed shows its failed deliveries', async () => {
+    const shown = await page.textContent('tr[data-trigger="feed"] td[data-field-text="last_delivery_error"]');
+    const feedNow = trigger(await api('/v1/triggers'), 'feed');
+    const ok = feedNow.delivery_failures >= 1 && typeof feedNow.last_delivery_error === 'string'
+      && shown === feedNow.last_delivery_error;
+    return { ok, why: `page ${shown}, API ${JSON.stringify(feedNow)}` };
+  });
   await page.screenshot({ path: path.join(ARTIFACTS, 'triggers-page.png'), fullPage: true });
 
   // Italian, and back.

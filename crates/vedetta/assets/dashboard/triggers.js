@@ -1,5 +1,6 @@
 // The triggers page (`/triggers`): per trigger, its firings in the last hour and day (event
-// time), users sent, segment signals and users withheld for lack of consent; per
+// time), users sent, segment signals, users withheld for lack of consent, and the failed
+// delivery attempts of its pushes with the last error; per
 // destination, its outbox depth, the age of its oldest message and the head's attempts and
 // last error; the trigger consumer's failures and last error.
 //
@@ -20,6 +21,7 @@
       noTriggers: 'No trigger is configured.', noDestinations: 'No destination is configured.',
       'col.trigger': 'Trigger', 'col.kind': 'Kind', 'col.hour': 'Firings (1 h)', 'col.day': 'Firings (24 h)',
       'col.users': 'Users sent', 'col.signals': 'Signals', 'col.withheld': 'Withheld (no consent)',
+      'col.failures': 'Failed deliveries', 'col.lastError': 'Last delivery error',
       'col.destination': 'Destination', 'col.depth': 'Waiting', 'col.oldest': 'Oldest waiting',
       'col.attempts': 'Failed attempts (head)', 'col.error': 'Last error',
       atLeast: 'at least {n}', updated: 'Updated {time}', error: 'The server answered: {message}',
@@ -33,6 +35,7 @@
       noTriggers: 'Nessun trigger configurato.', noDestinations: 'Nessuna destinazione configurata.',
       'col.trigger': 'Trigger', 'col.kind': 'Tipo', 'col.hour': 'Scatti (1 h)', 'col.day': 'Scatti (24 h)',
       'col.users': 'Utenti inviati', 'col.signals': 'Segnali', 'col.withheld': 'Trattenuti (senza consenso)',
+      'col.failures': 'Consegne fallite', 'col.lastError': 'Ultimo errore di consegna',
       'col.destination': 'Destinazione', 'col.depth': 'In attesa', 'col.oldest': 'Il più vecchio in attesa',
       'col.attempts': 'Tentativi falliti (primo)', 'col.error': 'Ultimo errore',
       atLeast: 'almeno {n}', updated: 'Aggiornato alle {time}', error: 'Il server ha risposto: {message}',
@@ -113,7 +116,7 @@
     const capped = answer.firing_counts_capped;
     const fired = (n) => (capped ? t('atLeast', { n: number(n) }) : number(n));
     const triggers = document.getElementById('triggers');
-    triggers.replaceChildren(header('col.trigger', 'col.kind', 'col.hour', 'col.day', 'col.users', 'col.signals', 'col.withheld'));
+    triggers.replaceChildren(header('col.trigger', 'col.kind', 'col.hour', 'col.day', 'col.users', 'col.signals', 'col.withheld', 'col.failures', 'col.lastError'));
     const body = el('tbody');
     for (const tr of answer.triggers) {
       body.append(el('tr', { 'data-trigger': tr.name },
@@ -123,9 +126,11 @@
         cell('firings_last_day', tr.firings_last_day, fired(tr.firings_last_day)),
         cell('users_sent', tr.users_sent, number(tr.users_sent)),
         cell('signals', tr.signals, number(tr.signals)),
-        cell('withheld_no_consent', tr.withheld_no_consent, number(tr.withheld_no_consent))));
+        cell('withheld_no_consent', tr.withheld_no_consent, number(tr.withheld_no_consent)),
+        cell('delivery_failures', tr.delivery_failures, number(tr.delivery_failures)),
+        el('td', { 'data-field-text': 'last_delivery_error' }, bdi(tr.last_delivery_error || t('none')))));
     }
-    if (!answer.triggers.length) body.append(el('tr', {}, el('td', { colspan: '7', class: 'muted', text: t('noTriggers') })));
+    if (!answer.triggers.length) body.append(el('tr', {}, el('td', { colspan: '9', class: 'muted', text: t('noTriggers') })));
     triggers.append(body);
 
     const destinations = document.getElementById('destinations');

@@ -155,6 +155,26 @@ fn render(state: &AppState) -> String {
     pipeline(state, &mut out);
     alerts(state, &mut out);
     state.act_status.expose(&mut out);
+    {
+        // Failed delivery attempts of each trigger's pushes (the sender's count).
+        let name = "vedetta_trigger_delivery_failures_total";
+        out.family(
+            name,
+            "counter",
+            "Failed delivery attempts of a trigger's pushes, any destination (since start).",
+        );
+        let failures = state.sender.metrics.trigger_failures();
+        let triggers = state
+            .act_status
+            .triggers
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        for t in triggers.iter() {
+            let n = failures.get(&t.name).map_or(0, |f| f.attempts);
+            out.sample(name, &[("trigger", t.name.as_str())], n as f64);
+        }
+    }
     let t = &state.timings;
     out.family(
         "vedetta_stage_duration_seconds",

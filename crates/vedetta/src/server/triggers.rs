@@ -112,7 +112,8 @@ pub fn outbox_by_destination(state: &AppState, now_ms: i64) -> anyhow::Result<Ve
     get,
     path = "/v1/triggers",
     responses((status = 200, description = "triggers (as checked, with counters: users_sent, \
-        signals, withheld_no_consent, firings_last_hour, firings_last_day by event time), \
+        signals, withheld_no_consent, firings_last_hour, firings_last_day by event time, \
+        delivery_failures and last_delivery_error of its pushes), \
         firing_counts_capped, triggers_file, loaded_at, reload_error, consumed_offset, \
         judged_through, users, user_bytes, pending, failures, last_error, and destinations \
         (each: destination, depth, depth_capped, oldest_age_seconds, head_attempts, \
@@ -144,6 +145,7 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Val
         .lock()
         .map(|c| c.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
+    let delivery_failures = state.sender.metrics.trigger_failures();
     let list: Vec<Value> = triggers
         .iter()
         .map(|t| {
@@ -159,6 +161,13 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Val
                 .unwrap_or_default();
             v["firings_last_hour"] = json!(fired.hour);
             v["firings_last_day"] = json!(fired.day);
+            let failed = delivery_failures.get(&t.name).cloned().unwrap_or_default();
+            v["delivery_failures"] = json!(failed.attempts);
+            v["last_delivery_error"] = if failed.attempts == 0 {
+                Value::Null
+            } else {
+                json!(failed.last_error)
+            };
             v
         })
         .collect();
