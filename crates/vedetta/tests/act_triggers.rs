@@ -503,7 +503,22 @@ fn a_receiver_down_for_a_while_gets_everything_afterwards_in_order() {
         let r = received(&receiver);
         r.signals.len() == 2 && r.users.len() >= expected.len()
     });
+    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     server.stop();
+    // Each refused request was one failed attempt of a cpa_alto push.
+    let t = &triggers["triggers"][0];
+    assert_eq!(t["delivery_failures"], 6, "{triggers}");
+    assert!(t["last_delivery_error"].is_string(), "{triggers}");
+    assert!(
+        metrics.contains("vedetta_trigger_delivery_failures_total{trigger=\"cpa_alto\"} 6\n"),
+        "{metrics}"
+    );
     let seen = receiver.seen.lock().unwrap();
     assert!(
         seen.iter().filter(|s| !s.accepted).count() == 6,
