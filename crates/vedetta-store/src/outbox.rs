@@ -142,6 +142,21 @@ pub struct OutboxStats {
     pub dead: u64,
 }
 
+/// One destination's queue, for `/v1/triggers`, the dashboard and `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DestinationStats {
+    pub destination: String,
+    /// Entries waiting for this destination (at most the cap `destination_stats` was given).
+    pub depth: u64,
+    /// True when the count stopped at the cap: there are at least `depth` entries.
+    pub depth_capped: bool,
+    /// When the oldest waiting entry (the queue's head) was enqueued.
+    pub oldest_enqueued_ms: i64,
+    /// Failed attempts of the head so far, and its last error.
+    pub head_attempts: u32,
+    pub head_last_error: Option<String>,
+}
+
 fn truncate_error(error: &str) -> String {
     match error.char_indices().nth(MAX_ERROR_CHARS) {
         Some((cut, _)) => format!("{}…", &error[..cut]),
@@ -476,6 +491,39 @@ impl Outbox {
         Ok(new_seq)
     }
 
+    /// Every non-empty destination queue: its depth (counted up to `cap` keys each, so the
+    /// cost is bounded by destinations x cap), and its head's age, attempts and last error.
+    /// The head is the oldest entry: a queue is FIFO by sequence number, and sequence
+    /// numbers grow with enqueue time.
+    pub fn destination_stats(&self, cap: u64) -> Result<Vec<DestinationStats>, OutboxError> {
+        let heads = self.heads()?;
+        let txn = self.db.begin_read()?;
+        let queue = txn.open_table(QUEUE)?;
+        let mut out = Vec::with_capacity(heads.len());
+        for head in heads {
+            let mut depth = 0u64;
+            let mut depth_capped = false;
+            let range = (head.destination.as_str(), 0)..=(head.destination.as_str(), u64::MAX);
+            for item in queue.range(range)? {
+                item?;
+                if depth == cap {
+                    depth_capped = true;
+                    break;
+                }
+                depth += 1;
+            }
+            out.push(DestinationStats {
+                destination: head.destination,
+                depth,
+                depth_capped,
+                oldest_enqueued_ms: head.enqueued_ms,
+                head_attempts: head.attempts,
+                head_last_error: head.last_error,
+            });
+        }
+        Ok(out)
+    }
+
     /// Queue depth, the oldest entry's enqueue time and the dead-letter count.
     pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
         let txn = self.db.begin_read()?;
@@ -513,6 +561,37 @@ mod tests {
             .iter()
             .map(|e| e.notification.as_ref().unwrap().id.clone())
             .collect()
+    }
+
+    #[test]
+    fn destination_stats_count_each_queue_up_to_the_cap_and_age_its_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.redb")).unwrap();
+        assert!(outbox.destination_stats(10).unwrap().is_empty());
+        outbox.enqueue(&note("a1", "a"), 1_000).unwrap();
+        outbox.enqueue(&note("b1", "b"), 2_000).unwrap();
+        outbox.enqueue(&note("a2", "a"), 3_000).unwrap();
+        outbox.enqueue(&note("a3", "a"), 4_000).unwrap();
+        let head = outbox.heads().unwrap()[0].clone();
+        outbox.reschedule(head.seq, 1, 9_000, "HTTP 500").unwrap();
+        let stats = outbox.destination_stats(10).unwrap();
+        assert_eq!(stats.len(), 2);
+        assert_eq!(
+            (
+                stats[0].destination.as_str(),
+                stats[0].depth,
+                stats[0].depth_capped
+            ),
+            ("a", 3, false)
+        );
+        assert_eq!(stats[0].oldest_enqueued_ms, 1_000);
+        assert_eq!(stats[0].head_attempts, 1);
+        assert_eq!(stats[0].head_last_error.as_deref(), Some("HTTP 500"));
+        assert_eq!((stats[1].destination.as_str(), stats[1].depth), ("b", 1));
+        assert_eq!(stats[1].oldest_enqueued_ms, 2_000);
+        let capped = outbox.destination_stats(2).unwrap();
+        assert_eq!((capped[0].depth, capped[0].depth_capped), (2, true));
+        assert_eq!((capped[1].depth, capped[1].depth_capped), (1, false));
     }
 
     #[test]

@@ -53,6 +53,21 @@ pub struct Firing {
     pub destinations: Vec<String>,
 }
 
+/// Firings per trigger in the last hour and day (`TriggerStore::firing_counts`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FiringCounts {
+    pub per_trigger: std::collections::BTreeMap<String, HourDay>,
+    /// The count stopped at its cap: the numbers are lower bounds.
+    pub capped: bool,
+}
+
+/// Firings in the last hour and in the last day.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HourDay {
+    pub hour: u64,
+    pub day: u64,
+}
+
 /// Why the trigger store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TriggerStoreError {
@@ -268,6 +283,34 @@ impl TriggerStore {
         Ok(out)
     }
 
+    /// Per trigger, the firings decided (event time) at or after `day_from_ms` and, of
+    /// them, at or after `hour_from_ms`. Reads at most `cap` newest firings (bounded cost
+    /// per call); the flag says the count stopped there and the numbers are lower bounds.
+    pub fn firing_counts(
+        &self,
+        day_from_ms: i64,
+        hour_from_ms: i64,
+        cap: usize,
+    ) -> Result<FiringCounts, TriggerStoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FIRINGS)?;
+        let mut counts = FiringCounts::default();
+        for (read, item) in table.range((day_from_ms, 0)..)?.rev().enumerate() {
+            if read == cap {
+                counts.capped = true;
+                break;
+            }
+            let (key, value) = item?;
+            let firing: Firing = decode_json("a firing", value.value())?;
+            let entry = counts.per_trigger.entry(firing.trigger).or_default();
+            entry.day += 1;
+            if key.value().0 >= hour_from_ms {
+                entry.hour += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Firings decided at or after `from_ms` (event time), oldest first, at most `limit`.
     pub fn firings_since(
         &self,
@@ -322,6 +365,25 @@ mod tests {
             wall_ms: 0,
             destinations: vec!["hook".into()],
         }
+    }
+
+    #[test]
+    fn firing_counts_split_by_event_time_per_trigger_and_stop_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
+        let store = TriggerStore::new(db).unwrap();
+        let mut other = firing(5_000);
+        other.trigger = "carrello".into();
+        let firings = [firing(500), firing(1_500), firing(2_500), other];
+        store.commit_step(b"s", 1, &[], &firings).unwrap();
+        let counts = store.firing_counts(1_000, 2_000, 100).unwrap();
+        assert!(!counts.capped);
+        assert_eq!(counts.per_trigger["cpa_alto"], HourDay { hour: 1, day: 2 });
+        assert_eq!(counts.per_trigger["carrello"], HourDay { hour: 1, day: 1 });
+        let capped = store.firing_counts(0, 2_000, 2).unwrap();
+        assert!(capped.capped);
+        assert_eq!(capped.per_trigger["carrello"], HourDay { hour: 1, day: 1 });
+        assert_eq!(capped.per_trigger["cpa_alto"], HourDay { hour: 1, day: 1 });
     }
 
     #[test]

@@ -414,6 +414,14 @@ fn a_segment_over_cpa_sends_its_intent_users_once_with_their_product_then_recove
     assert_eq!(t["withheld_no_consent"], 2, "{triggers}");
     let listed = firings["firings"].as_array().unwrap();
     assert_eq!(listed.len(), expected.len() + 2, "{firings}");
+    // Every firing of this story is within the day (event time, an hour ago at most); the
+    // receiver took everything, so the destination's queue is empty.
+    assert_eq!(t["firings_last_day"], listed.len() as u64, "{triggers}");
+    assert!(t["firings_last_hour"].as_u64().unwrap() <= listed.len() as u64);
+    assert_eq!(triggers["firing_counts_capped"], false);
+    let queue = &triggers["destinations"][0];
+    assert_eq!(queue["destination"], "crm-push", "{triggers}");
+    assert_eq!(queue["depth"], 0, "{triggers}");
     // The backtest over the stored log selects the same users, and sends nothing.
     let before = receiver.seen.lock().unwrap().len();
     let iso = |ms: i64| vedetta_core::time::EventTime(ms).to_rfc3339();
@@ -495,7 +503,22 @@ fn a_receiver_down_for_a_while_gets_everything_afterwards_in_order() {
         let r = received(&receiver);
         r.signals.len() == 2 && r.users.len() >= expected.len()
     });
+    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     server.stop();
+    // Each refused request was one failed attempt of a cpa_alto push.
+    let t = &triggers["triggers"][0];
+    assert_eq!(t["delivery_failures"], 6, "{triggers}");
+    assert!(t["last_delivery_error"].is_string(), "{triggers}");
+    assert!(
+        metrics.contains("vedetta_trigger_delivery_failures_total{trigger=\"cpa_alto\"} 6\n"),
+        "{metrics}"
+    );
     let seen = receiver.seen.lock().unwrap();
     assert!(
         seen.iter().filter(|s| !s.accepted).count() == 6,

@@ -166,6 +166,105 @@ fn the_dashboard_shows_firing_alerts_opens_their_drill_down_and_manages_silences
     assert_passed("alerts.test.mjs", &output);
 }
 
+/// The triggers page (`tests/browser/triggers.test.mjs`, issue 12 "Visible"): a feed and a
+/// tag trigger pushing to a seed webhook whose port is closed, so that what they queue waits
+/// in the outbox; the test posts the purchases that make them fire, opens `/triggers` and
+/// checks that each number shown equals `/v1/triggers`.
+#[test]
+fn the_triggers_page_shows_the_api_numbers_per_trigger_and_destination() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let root = repository_root();
+    let browser_tests = root.join("tests/browser");
+    let chromium = browser_prerequisites(&browser_tests);
+
+    // A port nothing listens on: bound, then released.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[triggers]]
+name = "feed"
+kind = "conversion_feed"
+notify = ["crm-down"]
+
+[[triggers]]
+name = "vip"
+kind = "tag"
+tag = "VIP"
+on = "purchase_over"
+min_value = 200
+notify = ["crm-down"]
+
+[[alerts.destinations]]
+name = "crm-down"
+kind = "webhook"
+format = "seed"
+interval = "1s"
+url = "http://127.0.0.1:{closed}/push"
+timeout_seconds = 1
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let artifacts = root.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let output = run_node_test(
+        &browser_tests,
+        "triggers.test.mjs",
+        &server,
+        &artifacts,
+        &chromium,
+    );
+    // /metrics has the same per-destination depth as the API (read after, retried while
+    // the sender's retries are in flight; the depth does not move while the port is shut).
+    let http = client();
+    let mut seen = Vec::new();
+    let agreed = (0..20).any(|_| {
+        let api = support::get_json(&http, &server.url("/v1/triggers"));
+        let text = http
+            .get(server.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let line = |name: &str| {
+            let prefix = format!("{name}{{destination=\"crm-down\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .map(|v| v.parse::<f64>().unwrap())
+        };
+        let depth = api["destinations"][0]["depth"].as_f64();
+        let age = line("vedetta_outbox_oldest_age_seconds");
+        seen.push((depth, line("vedetta_outbox_depth"), age));
+        let failures = text.lines().find_map(|l| {
+            l.strip_prefix("vedetta_trigger_delivery_failures_total{trigger=\"feed\"} ")
+                .map(|v| v.parse::<f64>().unwrap())
+        });
+        let same = depth.is_some_and(|d| d >= 1.0)
+            && failures.is_some_and(|f| f >= 1.0)
+            && line("vedetta_outbox_depth") == depth
+            && age.is_some_and(|a| a > 0.0);
+        if !same {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        same
+    });
+    server.stop();
+    assert_passed("triggers.test.mjs", &output);
+    assert!(
+        agreed,
+        "(API depth, /metrics depth, /metrics age): {seen:?}"
+    );
+}
+
 /// The tracker in a real browser (`tests/browser/tracker.test.mjs`): a shop page on another
 /// origin loads `/v1/tracker.js` with a site key. Then what arrived is checked here: the
 /// purchase counts under the landing page's campaign, the cookieless visitor's events are

@@ -101,7 +101,7 @@
       'device.unknown': 'Unknown', error: 'The server answered: {message}',
       attribution: 'Attribution: {model}, {lookback}', attributionMore: 'what this means',
       'model.last_non_direct': 'last non-direct', 'model.session': 'session', 'model.first_touch': 'first touch',
-      'range.window': '{from} – {to}', clearFilter: 'Remove this filter', window: 'Window', alerts: 'Alerts',
+      'range.window': '{from} – {to}', clearFilter: 'Remove this filter', window: 'Window', alerts: 'Alerts', triggers: 'Triggers',
     },
     it: {
       allChannels: 'Tutti i canali', range: 'Intervallo di tempo', chartTitle: 'Andamento', dqTitle: 'Qualità dei dati',
@@ -139,7 +139,7 @@
       'device.unknown': 'Sconosciuto', error: 'Il server ha risposto: {message}',
       attribution: 'Attribuzione: {model}, {lookback}', attributionMore: 'che cosa significa',
       'model.last_non_direct': 'ultimo non diretto', 'model.session': 'sessione', 'model.first_touch': 'primo contatto',
-      'range.window': '{from} – {to}', clearFilter: 'Togli questo filtro', window: 'Finestra', alerts: 'Allarmi',
+      'range.window': '{from} – {to}', clearFilter: 'Togli questo filtro', window: 'Finestra', alerts: 'Allarmi', triggers: 'Trigger',
     },
   };
 

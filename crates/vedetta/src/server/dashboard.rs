@@ -18,6 +18,8 @@ const ALERTS_HTML: &str = include_str!("../../assets/dashboard/alerts.html");
 const ALERTS_JS: &str = include_str!("../../assets/dashboard/alerts.js");
 const ALERTS_SHARED_JS: &str = include_str!("../../assets/dashboard/alerts-shared.js");
 const ALERTS_BANNER_JS: &str = include_str!("../../assets/dashboard/alerts-banner.js");
+const TRIGGERS_HTML: &str = include_str!("../../assets/dashboard/triggers.html");
+const TRIGGERS_JS: &str = include_str!("../../assets/dashboard/triggers.js");
 const STYLE_CSS: &str = include_str!("../../assets/dashboard/style.css");
 /// What every number means, from the repository's docs (the one copy there is).
 const SEMANTICS_MD: &str = include_str!("../../../../docs/semantics.md");
@@ -56,6 +58,15 @@ pub async fn index() -> Response {
 /// Firing and pending alerts, silences and the history.
 pub async fn alerts_page() -> Response {
     page(ALERTS_HTML)
+}
+
+/// Per trigger its firings and users sent, per destination its outbox queue.
+pub async fn triggers_page() -> Response {
+    page(TRIGGERS_HTML)
+}
+
+pub async fn triggers_js() -> Response {
+    asset(TRIGGERS_JS, "text/javascript; charset=utf-8")
 }
 
 pub async fn view_js() -> Response {
@@ -122,6 +133,7 @@ mod tests {
         for path in [
             "/",
             "/alerts",
+            "/triggers",
             "/?channel=social&campaign=saldi%2C%20inverno&from=2026-11-25T14%3A00%3A00Z&to=2026-11-25T14%3A10%3A00Z",
         ] {
             let (status, headers, body) = s
@@ -152,5 +164,7 @@ mod tests {
             .await;
         let alerts = alerts.as_str().unwrap();
         assert!(alerts.contains("/assets/alerts.js") && alerts.contains("id=\"silence-form\""));
+        let (_, _, index) = s.call(Request::get("/").body(Body::empty()).unwrap()).await;
+        assert!(index.as_str().unwrap().contains("href=\"/triggers\""));
     }
 }

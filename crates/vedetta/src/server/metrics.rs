@@ -107,7 +107,19 @@ fn alerts(state: &AppState, out: &mut Exposition) {
         &[],
         w.last_minute_micros.load(Ordering::Relaxed) as f64 / 1e6,
     );
-    state.sender.metrics.expose(out, state.clock.now_ms());
+    // Per destination queue: bounded by DEPTH_CAP entries counted per destination. A store
+    // that cannot be read leaves out the labelled samples (the totals stay) and says so.
+    let per_destination = match state.outbox.destination_stats(super::triggers::DEPTH_CAP) {
+        Ok(stats) => stats,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the outbox's destination queues for /metrics");
+            Vec::new()
+        }
+    };
+    state
+        .sender
+        .metrics
+        .expose(out, state.clock.now_ms(), &per_destination);
     let through = w.evaluated_through_ms.load(Ordering::Acquire);
     if let (Some(watermark), true) = (state.processor.watermark(), through != i64::MIN) {
         out.family(
@@ -143,6 +155,26 @@ fn render(state: &AppState) -> String {
     pipeline(state, &mut out);
     alerts(state, &mut out);
     state.act_status.expose(&mut out);
+    {
+        // Failed delivery attempts of each trigger's pushes (the sender's count).
+        let name = "vedetta_trigger_delivery_failures_total";
+        out.family(
+            name,
+            "counter",
+            "Failed delivery attempts of a trigger's pushes, any destination (since start).",
+        );
+        let failures = state.sender.metrics.trigger_failures();
+        let triggers = state
+            .act_status
+            .triggers
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        for t in triggers.iter() {
+            let n = failures.get(&t.name).map_or(0, |f| f.attempts);
+            out.sample(name, &[("trigger", t.name.as_str())], n as f64);
+        }
+    }
     let t = &state.timings;
     out.family(
         "vedetta_stage_duration_seconds",

@@ -392,6 +392,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/assets/kpi-delta.js", get(dashboard::kpi_delta_js))
         .route("/assets/style.css", get(dashboard::style_css))
         .route("/alerts", get(dashboard::alerts_page))
+        .route("/triggers", get(dashboard::triggers_page))
+        .route("/assets/triggers.js", get(dashboard::triggers_js))
         .route("/assets/view.js", get(dashboard::view_js))
         .route("/assets/alerts.js", get(dashboard::alerts_js))
         .route("/assets/alerts-shared.js", get(dashboard::alerts_shared_js))

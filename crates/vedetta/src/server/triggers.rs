@@ -64,16 +64,76 @@ fn trigger_json(t: &Trigger) -> Value {
     v
 }
 
-/// The triggers in force, with what each has done since the start, and the consumer's
-/// progress.
+/// Outbox entries counted per destination, at most: beyond, the depth is a lower bound
+/// (`depth_capped`). Bounds the cost of a scrape and of a dashboard refresh.
+pub const DEPTH_CAP: u64 = 100_000;
+/// Firings read for the last-hour and last-day counts, at most (`firing_counts_capped`).
+pub const FIRING_COUNT_CAP: usize = 100_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// Every destination's outbox queue at `now_ms`: the configured destinations (empty ones
+/// too) and any other name still queued, in name order.
+pub fn outbox_by_destination(state: &AppState, now_ms: i64) -> anyhow::Result<Vec<Value>> {
+    let stats = state.outbox.destination_stats(DEPTH_CAP)?;
+    let mut names: std::collections::BTreeSet<&str> = state
+        .config
+        .alerts
+        .destinations
+        .iter()
+        .map(|d| d.name())
+        .collect();
+    names.extend(stats.iter().map(|d| d.destination.as_str()));
+    Ok(names
+        .into_iter()
+        .map(|name| match stats.iter().find(|d| d.destination == name) {
+            Some(d) => json!({
+                "destination": name,
+                "depth": d.depth,
+                "depth_capped": d.depth_capped,
+                "oldest_age_seconds": (now_ms.saturating_sub(d.oldest_enqueued_ms)).max(0) as f64 / 1_000.0,
+                "head_attempts": d.head_attempts,
+                "head_last_error": d.head_last_error,
+            }),
+            None => json!({
+                "destination": name,
+                "depth": 0,
+                "depth_capped": false,
+                "oldest_age_seconds": 0.0,
+                "head_attempts": 0,
+                "head_last_error": null,
+            }),
+        })
+        .collect())
+}
+
+/// The triggers in force, with what each has done since the start and in the last hour and
+/// day, the consumer's progress, and each destination's outbox queue.
 #[utoipa::path(
     get,
     path = "/v1/triggers",
-    responses((status = 200, description = "triggers (as checked, with counters), triggers_file, \
-        loaded_at, reload_error, consumed_offset, judged_through, users, user_bytes, pending, \
-        failures, last_error", body = Object))
+    responses((status = 200, description = "triggers (as checked, with counters: users_sent, \
+        signals, withheld_no_consent, firings_last_hour, firings_last_day by event time, \
+        delivery_failures and last_delivery_error of its pushes), \
+        firing_counts_capped, triggers_file, loaded_at, reload_error, consumed_offset, \
+        judged_through, users, user_bytes, pending, failures, last_error, and destinations \
+        (each: destination, depth, depth_capped, oldest_age_seconds, head_attempts, \
+        head_last_error)", body = Object),
+        (status = 500, description = "the store could not be read", body = super::openapi::ErrorBody))
 )]
-pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Json<Value> {
+pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let read = state.clone();
+    let (firing_counts, destinations) = tokio::task::spawn_blocking(move || {
+        let counts = read.trigger_store.firing_counts(
+            now_ms.saturating_sub(24 * HOUR_MS),
+            now_ms.saturating_sub(HOUR_MS),
+            FIRING_COUNT_CAP,
+        )?;
+        anyhow::Ok((counts, outbox_by_destination(&read, now_ms)?))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let s = &state.act_status;
     let triggers = s
         .triggers
@@ -85,6 +145,7 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Json<Value> {
         .lock()
         .map(|c| c.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
+    let delivery_failures = state.sender.metrics.trigger_failures();
     let list: Vec<Value> = triggers
         .iter()
         .map(|t| {
@@ -93,6 +154,20 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Json<Value> {
             v["users_sent"] = json!(c.users_sent);
             v["signals"] = json!(c.signals);
             v["withheld_no_consent"] = json!(c.withheld);
+            let fired = firing_counts
+                .per_trigger
+                .get(&t.name)
+                .copied()
+                .unwrap_or_default();
+            v["firings_last_hour"] = json!(fired.hour);
+            v["firings_last_day"] = json!(fired.day);
+            let failed = delivery_failures.get(&t.name).cloned().unwrap_or_default();
+            v["delivery_failures"] = json!(failed.attempts);
+            v["last_delivery_error"] = if failed.attempts == 0 {
+                Value::Null
+            } else {
+                json!(failed.last_error)
+            };
             v
         })
         .collect();
@@ -101,8 +176,10 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Json<Value> {
             .map(|e| e.clone())
             .unwrap_or_else(|e| e.into_inner().clone())
     };
-    Json(json!({
+    Ok(Json(json!({
         "triggers": list,
+        "firing_counts_capped": firing_counts.capped,
+        "destinations": destinations,
         "triggers_file": state.config.triggers.file.as_ref().map(|p| p.display().to_string()),
         "loaded_at": time(s.loaded_at_ms.load(Ordering::Relaxed)),
         "reload_error": text(&s.reload_error),
@@ -113,7 +190,7 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Json<Value> {
         "pending": s.pending.load(Ordering::Relaxed),
         "failures": s.failures.load(Ordering::Relaxed),
         "last_error": text(&s.last_error),
-    }))
+    })))
 }
 
 /// The firing history, newest first: each user selected and each segment signal, with the

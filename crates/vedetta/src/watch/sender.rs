@@ -106,7 +106,22 @@ pub struct SenderMetrics {
     dead: AtomicU64,
     /// Storage errors the sender met (it retries them).
     pub store_errors: AtomicU64,
+    /// Failed delivery attempts of trigger pushes, by trigger: count and last error.
+    trigger_failures: Mutex<BTreeMap<String, TriggerFailures>>,
 }
+
+/// Failed delivery attempts of one trigger's pushes since the start, and the last error.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TriggerFailures {
+    pub attempts: u64,
+    pub last_error: String,
+}
+
+/// Triggers whose failures are kept, at most (names come from the triggers in force and
+/// from pushes still queued by older trigger sets).
+const MAX_TRIGGER_FAILURES: usize = 10_000;
+/// Characters of a kept error, at most.
+const MAX_TRIGGER_ERROR_CHARS: usize = 500;
 
 impl Default for SenderMetrics {
     fn default() -> Self {
@@ -117,11 +132,35 @@ impl Default for SenderMetrics {
             oldest_enqueued_ms: AtomicI64::new(-1),
             dead: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
+            trigger_failures: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl SenderMetrics {
+    /// A failed attempt of `entry`: counted against its trigger when it is a push.
+    fn trigger_failed(&self, entry: &OutboxEntry, reason: &str) {
+        let Ok(Some(push)) = entry.notification.as_ref().map(|n| n.push.as_ref()) else {
+            return;
+        };
+        if let Ok(mut map) = self.trigger_failures.lock() {
+            if map.len() >= MAX_TRIGGER_FAILURES && !map.contains_key(&push.trigger) {
+                return;
+            }
+            let failures = map.entry(push.trigger.clone()).or_default();
+            failures.attempts += 1;
+            failures.last_error = reason.chars().take(MAX_TRIGGER_ERROR_CHARS).collect();
+        }
+    }
+
+    /// Failed delivery attempts of each trigger's pushes, since the start.
+    pub fn trigger_failures(&self) -> BTreeMap<String, TriggerFailures> {
+        self.trigger_failures
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
     fn count(&self, destination: &str, outcome: Outcome) {
         if let Ok(mut map) = self.attempts.lock() {
             *map.entry((destination.to_owned(), outcome)).or_default() += 1;
@@ -158,8 +197,16 @@ impl SenderMetrics {
         }
     }
 
-    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families.
-    pub fn expose(&self, out: &mut Exposition, now_ms: i64) {
+    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families. The unlabelled
+    /// `vedetta_outbox_depth` and `vedetta_outbox_oldest_age_seconds` are the whole outbox;
+    /// `per_destination` adds one sample of each per destination queue, labelled
+    /// `destination` (select them with `{destination!=""}`).
+    pub fn expose(
+        &self,
+        out: &mut Exposition,
+        now_ms: i64,
+        per_destination: &[vedetta_store::outbox::DestinationStats],
+    ) {
         out.family(
             "vedetta_notification_attempts_total",
             "counter",
@@ -180,6 +227,13 @@ impl SenderMetrics {
             "Notifications waiting in the outbox.",
         );
         out.sample("vedetta_outbox_depth", &[], self.depth() as f64);
+        for d in per_destination {
+            out.sample(
+                "vedetta_outbox_depth",
+                &[("destination", d.destination.as_str())],
+                d.depth as f64,
+            );
+        }
         out.family(
             "vedetta_outbox_oldest_age_seconds",
             "gauge",
@@ -190,6 +244,13 @@ impl SenderMetrics {
             &[],
             self.oldest_age_seconds(now_ms),
         );
+        for d in per_destination {
+            out.sample(
+                "vedetta_outbox_oldest_age_seconds",
+                &[("destination", d.destination.as_str())],
+                now_ms.saturating_sub(d.oldest_enqueued_ms).max(0) as f64 / 1_000.0,
+            );
+        }
         out.family(
             "vedetta_outbox_dead_letters",
             "gauge",
@@ -446,6 +507,7 @@ async fn give_up(
     reason: &str,
 ) {
     metrics.count(&entry.destination, outcome);
+    metrics.trigger_failed(entry, reason);
     tracing::warn!(
         destination = %entry.destination,
         seq = entry.seq,
@@ -504,6 +566,7 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                     Outcome::Retry
                 },
             );
+            metrics.trigger_failed(&entry, &reason);
             let delay = backoff(config, attempts, after, random_u64());
             tracing::info!(
                 destination = %f.destination,
@@ -553,9 +616,19 @@ mod tests {
         m.depth.store(4, Ordering::Relaxed);
         m.oldest_enqueued_ms.store(1_000, Ordering::Relaxed);
         let mut out = Exposition::default();
-        m.expose(&mut out, 61_000);
+        let queue = vedetta_store::outbox::DestinationStats {
+            destination: "slack-marketing".into(),
+            depth: 3,
+            depth_capped: false,
+            oldest_enqueued_ms: 31_000,
+            head_attempts: 2,
+            head_last_error: Some("HTTP 500".into()),
+        };
+        m.expose(&mut out, 61_000, &[queue]);
         let text = out.into_string();
         for line in [
+            "vedetta_outbox_depth{destination=\"slack-marketing\"} 3",
+            "vedetta_outbox_oldest_age_seconds{destination=\"slack-marketing\"} 30",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"retry\"} 2",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"delivered\"} 1",
             "vedetta_outbox_depth 4",
