@@ -62,7 +62,8 @@ pub fn run(args: &PushBenchArgs) -> anyhow::Result<()> {
                     let now = SystemClock.now_ms();
                     if let Ok(push) = serde_json::from_slice::<serde_json::Value>(&body) {
                         let events = push["events"].as_array().cloned().unwrap_or_default();
-                        received.fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        received
+                            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let first = events
                             .iter()
                             .filter_map(|e| e["tempo"].as_str())
@@ -100,7 +101,10 @@ pub fn run(args: &PushBenchArgs) -> anyhow::Result<()> {
     let interval_ms = vedetta_core::watch::rules::parse_span(&args.interval).unwrap_or(30_000);
     std::thread::sleep(Duration::from_millis(interval_ms as u64 * 2 + 65_000));
     drop(server);
-    let h = latencies.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+    let h = latencies
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
     let report = json!({
         "seconds": args.seconds,
         "purchases_sent": sent,
@@ -116,7 +120,12 @@ pub fn run(args: &PushBenchArgs) -> anyhow::Result<()> {
         let l = &report["first_event_to_receiver_ms"];
         println!(
             "push: {} requests ({} events) for {} purchases over {} s, {} triggers, interval {}",
-            report["push_requests"], report["events_received"], sent, args.seconds, args.triggers, args.interval
+            report["push_requests"],
+            report["events_received"],
+            sent,
+            args.seconds,
+            args.triggers,
+            args.interval
         );
         println!(
             "batch's first event → receiver, s: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
@@ -167,7 +176,11 @@ async fn send(args: &PushBenchArgs, base: &str) -> anyhow::Result<u64> {
             .body(event.to_string())
             .send()
             .await?;
-        anyhow::ensure!(response.status().is_success(), "intake answered {}", response.status());
+        anyhow::ensure!(
+            response.status().is_success(),
+            "intake answered {}",
+            response.status()
+        );
     }
     Ok(n)
 }
