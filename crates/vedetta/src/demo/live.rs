@@ -80,7 +80,7 @@ pub struct GlitchTiming {
 
 /// Every `every` (the first `first` after the live part starts), a tracking glitch: a
 /// burst of events each sent three times, as a tag firing in a loop would, worth about a
-/// twentieth of a minute's traffic. The demo's `tracking_glitch` rule fires on the minute
+/// twentieth of a minute's traffic and never fewer than 60 events from 50 visitors. The demo's `tracking_glitch` rule fires on the minute
 /// and resolves the minute after, so a newcomer sees the whole lifecycle within minutes.
 pub async fn glitches(address: SocketAddr, rate: f64, timing: GlitchTiming, key: Option<String>) {
     let Ok(client) = reqwest::Client::builder()
@@ -89,7 +89,10 @@ pub async fn glitches(address: SocketAddr, rate: f64, timing: GlitchTiming, key:
     else {
         return;
     };
-    let burst = ((rate * 60.0) / 20.0).clamp(20.0, 5_000.0) as usize;
+    // At least 60 events from 50 visitors: at the history's level a minute holds fewer than
+    // 20 sessions of its own, and the rule's volume guard (`min_sessions = 20`) must see
+    // the glitch's.
+    let burst = ((rate * 60.0) / 20.0).clamp(60.0, 5_000.0) as usize;
     // Ids unique to this run: a restarted demo's glitch is a glitch again, not a repeat of
     // the last run's.
     let run = SystemClock.now_ms();
@@ -101,7 +104,9 @@ pub async fn glitches(address: SocketAddr, rate: f64, timing: GlitchTiming, key:
             let event = serde_json::json!({
                 "udid": format!("glitch-{run}-{round}-{}", i % 50),
                 "type": "page_view",
-                "ts": now - (i as i64 % 20) * 1_000,
+                // All within the same half second: spread over 20 s, a burst could straddle
+                // two minutes and leave each under the rule's volume guard.
+                "ts": now - (i as i64 % 5) * 100,
                 "event_id": format!("glitch-{run}-{round}-{i}"),
                 "page": "/checkout/thank-you",
             });
