@@ -59,16 +59,31 @@ fn run_node_test(
     artifacts: &Path,
     chromium: &str,
 ) -> std::process::Output {
-    Command::new("node")
+    run_node_test_with(browser_tests, file, server, artifacts, chromium, &[])
+}
+
+/// [`run_node_test`] with more environment for the Node test.
+fn run_node_test_with(
+    browser_tests: &Path,
+    file: &str,
+    server: &Server,
+    artifacts: &Path,
+    chromium: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut command = Command::new("node");
+    command
         .arg("--test")
         .arg("--test-reporter=spec")
         .arg(browser_tests.join(file))
         .current_dir(browser_tests)
         .env("VEDETTA_URL", format!("http://{}", server.address))
         .env("ARTIFACTS_DIR", artifacts)
-        .env("CHROMIUM", chromium)
-        .output()
-        .expect("run node --test")
+        .env("CHROMIUM", chromium);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().expect("run node --test")
 }
 
 fn assert_passed(file: &str, output: &std::process::Output) {
@@ -290,17 +305,17 @@ fn the_tracker_sends_from_a_page_of_another_origin_with_and_without_consent() {
     .unwrap();
     let data = dir.path().join("data");
     let server = Server::start_with_config_file(&data, &config, &[]);
-    let output = Command::new("node")
-        .arg("--test")
-        .arg("--test-reporter=spec")
-        .arg(browser_tests.join("tracker.test.mjs"))
-        .current_dir(&browser_tests)
-        .env("VEDETTA_URL", format!("http://{}", server.address))
-        .env("PAGE_PORT", page_port.to_string())
-        .env("SITE_KEY", "pub_test")
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("run node --test");
+    let artifacts = root.join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let page_port_text = page_port.to_string();
+    let output = run_node_test_with(
+        &browser_tests,
+        "tracker.test.mjs",
+        &server,
+        &artifacts,
+        &chromium,
+        &[("PAGE_PORT", &page_port_text), ("SITE_KEY", "pub_test")],
+    );
     let http = client();
     wait_processed(&http, &server);
     let answer = support::get_json(
