@@ -3,12 +3,22 @@
 //!
 //! A user's held events form sessions ([`sessions`]); each session has an *acquisition*,
 //! the touch of its earliest non-direct event, else of its first event. The model then
-//! gives each session its *attributed* touch ([`attribute`]), walking the sessions in order
-//! of start with one running record: under `last_non_direct` the latest non-direct
-//! acquisition, under `first_touch` the latest anchor. That same record is all that dropped
-//! sessions leave behind for later ones ([`Memory`], [`fold`]): folding the dropped sessions
-//! into it gives exactly the running record the held sessions would have seen, so dropping
-//! final sessions never changes an attribution.
+//! gives each session its *attributed* touch ([`attribute`]).
+//!
+//! What dropped sessions leave for later ones ([`fold`]) depends on the model:
+//! - `last_non_direct`: one record ([`Memory`]), the latest non-direct acquisition and its
+//!   start; walking the held sessions with it as the running record gives exactly what
+//!   the dropped sessions would have given.
+//! - `first_touch`: a session takes the user's *earliest* non-direct session in the
+//!   lookback before it, so one record is not enough: a user who clicked A, then B, then
+//!   returns after A lapsed takes B. Dropped sessions leave a list of *runs*: consecutive
+//!   non-direct sessions with the same touch are one entry holding the latest start of the
+//!   run (for a session *S*, the answer is the touch of the first entry whose start is at
+//!   least `start(S) − L`: an earlier session of that run may be older than that, but the
+//!   run's latest is not, and they share the touch). Entries more than the lookback before
+//!   a later dropped session's start can matter to no session still to come and are
+//!   dropped; at most [`MAX_FIRST_TOUCH_RUNS`] are kept. The latest entry is the user's
+//!   [`Memory`]; the earlier ones, when there are any, are kept beside it.
 //!
 //! Everything here is a pure function of the entries, the memory and the model, so the
 //! result does not depend on the order the events arrived in.
@@ -22,10 +32,18 @@ use serde::{Deserialize, Serialize};
 /// [`EventEntry`].
 pub const NO_DIMS: DimsId = DimsId::MAX;
 
+/// Runs of non-direct sessions kept per user under `first_touch` (docs/semantics.md,
+/// "Attribution", rule 5). A shopper switches channel a few times a month; a user past
+/// this many switches within the lookback is a bot. The run that would exceed it is not
+/// kept (the earliest runs are the ones first touch answers with), and
+/// `PipelineCounters::first_touch_capped` counts it.
+pub const MAX_FIRST_TOUCH_RUNS: usize = 32;
+
 /// What a user's dropped sessions leave for later ones: the acquisition (a dimension id
 /// whose channel and campaign are the touch) and the start of the session it came from.
 /// Under `last_non_direct` it is the latest non-direct acquisition; under `first_touch`
-/// the latest anchor; under `session` nothing. 12 bytes (16 with alignment).
+/// the latest run (see the module docs); under `session` nothing. 12 bytes (16 with
+/// alignment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Memory {
     pub start: i64,
@@ -46,6 +64,24 @@ impl Memory {
 impl Default for Memory {
     fn default() -> Self {
         Memory::NONE
+    }
+}
+
+/// A user's whole memory, as the store keeps it and the adapter passes it: the latest
+/// record and, under `first_touch` only, the earlier runs, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Memories {
+    pub earlier: Vec<Memory>,
+    pub latest: Memory,
+}
+
+impl Memories {
+    /// One record and no earlier runs (`last_non_direct`, or a single run).
+    pub fn one(latest: Memory) -> Self {
+        Self {
+            earlier: Vec::new(),
+            latest,
+        }
     }
 }
 
@@ -95,7 +131,8 @@ pub fn sessions(entries: &[EventEntry], gap_ms: i64, out: &mut Vec<Span>) {
     }
 }
 
-/// The running record of the model, advanced over sessions in order of start.
+/// The running record of `last_non_direct` (and `session`), advanced over sessions in
+/// order of start.
 ///
 /// The memory of dropped sessions joins the walk at its own start: normally before every
 /// held session, but an event later than the allowed lateness can start a held session
@@ -150,17 +187,8 @@ impl Running {
                     span.acquisition
                 }
             }
-            AttributionModel::FirstTouch => {
-                if span.non_direct && (self.record.is_none() || since > self.lookback_ms) {
-                    self.record = own;
-                    return span.acquisition;
-                }
-                if !self.record.is_none() && since <= self.lookback_ms {
-                    self.record.touch
-                } else {
-                    span.acquisition
-                }
-            }
+            // Never walked with a single record: see [`attribute_first_touch`].
+            AttributionModel::FirstTouch => span.acquisition,
         }
     }
 
@@ -171,28 +199,136 @@ impl Running {
     }
 }
 
-/// Sets each session's attributed touch, given what dropped sessions left.
-pub fn attribute(spans: &mut [Span], memory: Memory, model: AttributionModel, lookback_ms: i64) {
+/// Sets each session's attributed touch, given what dropped sessions left: `memory` and,
+/// under `first_touch`, the `earlier` runs before it (oldest first).
+pub fn attribute(
+    spans: &mut [Span],
+    memory: Memory,
+    earlier: &[Memory],
+    model: AttributionModel,
+    lookback_ms: i64,
+) {
+    if model == AttributionModel::FirstTouch {
+        return attribute_first_touch(spans, memory, earlier, lookback_ms);
+    }
     let mut running = Running::new(model, lookback_ms, memory);
     for span in spans {
         span.attributed = running.step(span);
     }
 }
 
-/// The memory after the given sessions are dropped: the running record past them.
-pub fn fold(spans: &[Span], memory: Memory, model: AttributionModel, lookback_ms: i64) -> Memory {
-    if model == AttributionModel::Session {
-        return Memory::NONE;
+/// `first_touch`: each session *S* takes the acquisition of the earliest non-direct
+/// session *P* with `0 ≤ start(S) − start(P) ≤ L`, among the dropped runs and the held
+/// sessions; with none, its own. Two cursors, one per list, move forward only (`start(S) −
+/// L` grows along the walk), so this is one pass.
+fn attribute_first_touch(spans: &mut [Span], memory: Memory, earlier: &[Memory], lookback_ms: i64) {
+    let latest = (!memory.is_none()).then_some(memory);
+    let runs = earlier.len() + usize::from(latest.is_some());
+    let run = |i: usize| earlier.get(i).copied().or(latest).unwrap_or(Memory::NONE);
+    let (mut m, mut h) = (0, 0);
+    for i in 0..spans.len() {
+        let start = spans[i].start_ts;
+        let from = start.saturating_sub(lookback_ms);
+        while m < runs && run(m).start < from {
+            m += 1;
+        }
+        while h <= i && (!spans[h].non_direct || spans[h].start_ts < from) {
+            h += 1;
+        }
+        // A run joins the walk at its own start: normally before every held session, but
+        // an event later than the allowed lateness can start a held session before it.
+        let dropped = (m < runs && run(m).start <= start).then(|| run(m));
+        let held = (h <= i).then(|| (spans[h].start_ts, spans[h].acquisition));
+        spans[i].attributed = match (dropped, held) {
+            (Some(r), Some((held_start, _))) if r.start <= held_start => r.touch,
+            (_, Some((_, touch))) => touch,
+            (Some(r), None) => r.touch,
+            (None, None) => spans[i].acquisition,
+        };
     }
-    let mut running = Running::new(model, lookback_ms, memory);
-    for span in spans {
-        running.step(span);
+}
+
+/// The memory after the given sessions are dropped: the running record past them. Under
+/// `first_touch`, `earlier` holds the runs before the memory and is updated too; the
+/// count of runs the cap refused is returned with it.
+pub fn fold(
+    spans: &[Span],
+    memory: Memory,
+    earlier: &mut Vec<Memory>,
+    model: AttributionModel,
+    lookback_ms: i64,
+    same_touch: impl Fn(DimsId, DimsId) -> bool,
+) -> (Memory, u64) {
+    match model {
+        AttributionModel::Session => {
+            earlier.clear();
+            (Memory::NONE, 0)
+        }
+        AttributionModel::LastNonDirect => {
+            earlier.clear();
+            let mut running = Running::new(model, lookback_ms, memory);
+            for span in spans {
+                running.step(span);
+            }
+            (running.finish(), 0)
+        }
+        AttributionModel::FirstTouch => {
+            if !spans.iter().any(|s| s.non_direct) {
+                return (memory, 0);
+            }
+            if !memory.is_none() {
+                earlier.push(memory);
+            }
+            let mut capped = 0;
+            for span in spans.iter().filter(|s| s.non_direct) {
+                let own = Memory {
+                    start: span.start_ts,
+                    touch: span.acquisition,
+                };
+                capped += u64::from(!push_run(earlier, own, lookback_ms, &same_touch));
+            }
+            let latest = earlier.pop().unwrap_or(Memory::NONE);
+            (latest, capped)
+        }
     }
-    running.finish()
+}
+
+/// Adds a dropped non-direct session to a list of runs (oldest first). Runs more than the
+/// lookback before it go first: no session still to come can take them. Returns false
+/// when the cap refused it.
+fn push_run(
+    runs: &mut Vec<Memory>,
+    own: Memory,
+    lookback_ms: i64,
+    same_touch: &impl Fn(DimsId, DimsId) -> bool,
+) -> bool {
+    prune_runs(runs, own.start.saturating_sub(lookback_ms));
+    let at = runs.partition_point(|r| r.start <= own.start);
+    if at == runs.len()
+        && let Some(last) = runs.last_mut()
+        && same_touch(last.touch, own.touch)
+    {
+        last.start = own.start;
+        return true;
+    }
+    if runs.len() >= MAX_FIRST_TOUCH_RUNS {
+        return false;
+    }
+    // Not at the end only after an event later than the allowed lateness: it is kept at
+    // its place in time, as it is.
+    runs.insert(at, own);
+    true
+}
+
+/// Drops the runs that started before `before` (they are sorted by start).
+pub fn prune_runs(runs: &mut Vec<Memory>, before: i64) {
+    let stale = runs.partition_point(|r| r.start < before);
+    runs.drain(..stale);
 }
 
 /// Whether a memory can still matter to a session starting at or after `earliest_start`:
-/// both models ignore a record more than the lookback before a session's start.
+/// every model ignores a record more than the lookback before a session's start (under
+/// `first_touch`, the latest run is the memory: when it cannot matter, no run can).
 pub fn still_relevant(memory: Memory, earliest_start: i64, lookback_ms: i64) -> bool {
     !memory.is_none() && earliest_start.saturating_sub(memory.start) <= lookback_ms
 }

@@ -1,8 +1,14 @@
 //! The snapshot format: what the store keeps of the pipeline state between restarts.
 //!
 //! ```text
-//! [magic "VDSN"][format u8 = 2][PipelineState: postcard]
+//! [magic "VDSN"][format u8 = 3][PipelineState: postcard]
 //! ```
+//!
+//! Format 3 (issue 9, `first_touch` as the earliest non-direct session in the lookback):
+//! the state ends with `earlier_runs`, the earlier runs of users whose `first_touch`
+//! memory holds more than one, and the counters end with `first_touch_capped`. Nothing
+//! else moved; a format-2 snapshot is refused (`vedetta replay`), as the store's settings
+//! check asks of a store built under the old `first_touch` anyway.
 //!
 //! Format 2 (attribution): events carry where they are counted, users a memory of their
 //! dropped sessions, and the state order ids and dormant memories. A format-1 snapshot
@@ -25,7 +31,7 @@ use super::kpi::DimsId;
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"VDSN";
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
 /// Length of the header before the postcard body.
 pub const SNAPSHOT_HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 1;
 
@@ -97,6 +103,24 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
             state.dims.len()
         ));
     }
+    for (user, runs) in &state.earlier_runs {
+        if !state.users.contains_key(user) && !state.dormant.contains_key(user) {
+            return Err("earlier first_touch runs of a user with no memory".into());
+        }
+        if runs.is_empty() || runs.len() >= super::attribution::MAX_FIRST_TOUCH_RUNS {
+            return Err(format!("a list of {} earlier first_touch runs", runs.len()));
+        }
+        if !runs.windows(2).all(|pair| pair[0].start <= pair[1].start) {
+            return Err("a user's first_touch runs are out of order".into());
+        }
+        if let Some(run) = runs.iter().find(|r| !known(r.touch)) {
+            return Err(format!(
+                "a first_touch run refers to dimension tuple {} of {}",
+                run.touch,
+                state.dims.len()
+            ));
+        }
+    }
     for user in state.users.values() {
         if !user.entries.windows(2).all(|pair| pair[0].ts <= pair[1].ts) {
             return Err("a user's events are out of order".into());
@@ -157,6 +181,7 @@ fn check_times(state: &PipelineState) -> Result<(), String> {
     let memories = state.users.values().map(|u| &u.memory);
     if let Some(memory) = memories
         .chain(state.dormant.values())
+        .chain(state.earlier_runs.values().flatten())
         .find(|m| !m.is_none() && !inside(m.start))
     {
         return out("a memory's session start", memory.start);
