@@ -85,6 +85,60 @@ impl Memories {
     }
 }
 
+/// The earlier `first_touch` runs of one user, as the pipeline holds them (oldest first,
+/// never empty): one inline, the common case of a user who switched channel once, and more
+/// in a boxed slice. 24 bytes beside the user's key in `PipelineState::earlier_runs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EarlierRuns {
+    One(Memory),
+    Many(Box<[Memory]>),
+}
+
+impl EarlierRuns {
+    /// `None` for no runs.
+    pub fn from_vec(runs: Vec<Memory>) -> Option<Self> {
+        match runs.len() {
+            0 => None,
+            1 => Some(EarlierRuns::One(runs[0])),
+            _ => Some(EarlierRuns::Many(runs.into_boxed_slice())),
+        }
+    }
+
+    pub fn as_slice(&self) -> &[Memory] {
+        match self {
+            EarlierRuns::One(run) => std::slice::from_ref(run),
+            EarlierRuns::Many(runs) => runs,
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<Memory> {
+        match self {
+            EarlierRuns::One(run) => vec![run],
+            EarlierRuns::Many(runs) => runs.into_vec(),
+        }
+    }
+
+    /// Drops the runs that started before `before`; `None` when none is left.
+    pub fn pruned(self, before: i64) -> Option<Self> {
+        if self.as_slice().first().is_some_and(|r| r.start >= before) {
+            return Some(self);
+        }
+        let mut runs = self.into_vec();
+        prune_runs(&mut runs, before);
+        Self::from_vec(runs)
+    }
+
+    /// Heap bytes outside the map's entry.
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            EarlierRuns::One(_) => 0,
+            EarlierRuns::Many(runs) => {
+                super::footprint::heap_block(std::mem::size_of_val::<[Memory]>(runs))
+            }
+        }
+    }
+}
+
 /// One session of a user's held events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -331,4 +385,76 @@ pub fn prune_runs(runs: &mut Vec<Memory>, before: i64) {
 /// `first_touch`, the latest run is the memory: when it cannot matter, no run can).
 pub fn still_relevant(memory: Memory, earliest_start: i64, lookback_ms: i64) -> bool {
     !memory.is_none() && earliest_start.saturating_sub(memory.start) <= lookback_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memory_stays_16_bytes_and_earlier_runs_24() {
+        assert_eq!(std::mem::size_of::<Memory>(), 16);
+        assert_eq!(std::mem::size_of::<EarlierRuns>(), 24);
+    }
+
+    #[test]
+    fn earlier_runs_keep_one_inline_and_prune_from_the_oldest() {
+        let at = |start| Memory { start, touch: 1 };
+        assert_eq!(EarlierRuns::from_vec(Vec::new()), None);
+        let one = EarlierRuns::from_vec(vec![at(5)]).unwrap();
+        assert_eq!((one.heap_bytes(), one.as_slice()), (0, &[at(5)][..]));
+        let many = EarlierRuns::from_vec(vec![at(1), at(3), at(5)]).unwrap();
+        assert!(many.heap_bytes() > 0);
+        assert_eq!(many.clone().pruned(1), Some(many.clone()));
+        assert_eq!(many.clone().pruned(4), Some(EarlierRuns::One(at(5))));
+        assert_eq!(many.pruned(6), None);
+    }
+
+    #[test]
+    fn a_run_continues_on_the_same_touch_and_stale_runs_go_first() {
+        let same = |a: DimsId, b: DimsId| a % 10 == b % 10; // ids 1 and 11: one touch
+        let mut runs = vec![Memory { start: 0, touch: 1 }];
+        assert!(push_run(
+            &mut runs,
+            Memory {
+                start: 5,
+                touch: 11
+            },
+            100,
+            &same
+        ));
+        assert_eq!(runs, vec![Memory { start: 5, touch: 1 }]);
+        assert!(push_run(
+            &mut runs,
+            Memory {
+                start: 50,
+                touch: 2
+            },
+            100,
+            &same
+        ));
+        // 5 is more than 100 before 120: gone.
+        assert!(push_run(
+            &mut runs,
+            Memory {
+                start: 120,
+                touch: 3
+            },
+            100,
+            &same
+        ));
+        assert_eq!(
+            runs,
+            vec![
+                Memory {
+                    start: 50,
+                    touch: 2
+                },
+                Memory {
+                    start: 120,
+                    touch: 3
+                }
+            ]
+        );
+    }
 }

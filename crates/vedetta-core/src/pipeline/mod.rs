@@ -25,7 +25,7 @@ pub mod windows;
 
 use crate::enrich::{EnrichConfig, Enricher, RegionLookup};
 use crate::record::{EventKind, LogRecord, SpendRecord, StoredEvent, UserPseudonym};
-use attribution::{Memories, Memory, NO_DIMS, Span};
+use attribution::{EarlierRuns, Memories, Memory, NO_DIMS, Span};
 use dedup::{ExactDedup, fingerprint};
 use dims::{DimsTable, NO_CAMPAIGN};
 use hash::FastHashMap;
@@ -191,7 +191,7 @@ pub struct PipelineState {
     /// Snapshot format 3 (issue 9, literal `first_touch`): the earlier runs of users whose
     /// `first_touch` memory holds more than one (oldest first; the latest is the memory in
     /// `users` or `dormant`). Empty under the other models.
-    pub earlier_runs: FastHashMap<UserPseudonym, Vec<Memory>>,
+    pub earlier_runs: FastHashMap<UserPseudonym, EarlierRuns>,
 }
 
 /// The streaming pipeline. See the module docs.
@@ -310,7 +310,7 @@ impl Pipeline {
             custom_kinds: &'a [String],
             counters: &'a PipelineCounters,
             next_offset: u64,
-            earlier_runs: &'a FastHashMap<UserPseudonym, Vec<Memory>>,
+            earlier_runs: &'a FastHashMap<UserPseudonym, EarlierRuns>,
         }
         let state = &self.state;
         postcard::to_extend(
@@ -380,7 +380,7 @@ impl Pipeline {
                     .state
                     .earlier_runs
                     .values()
-                    .map(footprint::vec)
+                    .map(EarlierRuns::heap_bytes)
                     .sum::<usize>(),
         }
     }
@@ -427,7 +427,8 @@ impl Pipeline {
             .dormant
             .drain()
             .map(|(user, latest)| {
-                let earlier = earlier_runs.remove(&user).unwrap_or_default();
+                let earlier = earlier_runs.remove(&user);
+                let earlier = earlier.map(EarlierRuns::into_vec).unwrap_or_default();
                 (user, Memories { earlier, latest })
             })
             .collect()
@@ -761,7 +762,11 @@ impl Pipeline {
         }
         if user_state.entries.len() > config.max_events_per_user {
             let excess = user_state.entries.len() - config.max_events_per_user;
-            let mut earlier = state.earlier_runs.remove(&user).unwrap_or_default();
+            let mut earlier = state.earlier_runs.remove(&user);
+            let mut earlier = earlier
+                .take()
+                .map(EarlierRuns::into_vec)
+                .unwrap_or_default();
             state.counters.first_touch_capped += truncate(
                 user_state,
                 &mut earlier,
@@ -772,8 +777,8 @@ impl Pipeline {
                 config,
             );
             settle(user_state, &earlier, spans, dims, &mut rows, config);
-            if !earlier.is_empty() {
-                state.earlier_runs.insert(user, earlier);
+            if let Some(runs) = EarlierRuns::from_vec(earlier) {
+                state.earlier_runs.insert(user, runs);
             }
             state.counters.truncated_users += 1;
         }
@@ -808,8 +813,14 @@ impl Pipeline {
                         None if dormant.contains_key(user) => horizon,
                         None => return false,
                     };
-                    attribution::prune_runs(runs, earliest.saturating_sub(lookback));
-                    !runs.is_empty()
+                    let all = std::mem::replace(runs, EarlierRuns::One(Memory::NONE));
+                    match all.pruned(earliest.saturating_sub(lookback)) {
+                        Some(kept) => {
+                            *runs = kept;
+                            true
+                        }
+                        None => false,
+                    }
                 });
             }
         }
@@ -831,7 +842,8 @@ impl Pipeline {
                     attribution::sessions(&state.entries[..cut], gap, &mut self.spans);
                     let mut earlier = match model {
                         AttributionModel::FirstTouch => {
-                            self.state.earlier_runs.remove(&user).unwrap_or_default()
+                            let runs = self.state.earlier_runs.remove(&user);
+                            runs.map(EarlierRuns::into_vec).unwrap_or_default()
                         }
                         _ => Vec::new(),
                     };
@@ -846,8 +858,8 @@ impl Pipeline {
                     );
                     state.memory = memory;
                     self.state.counters.first_touch_capped += capped;
-                    if !earlier.is_empty() {
-                        self.state.earlier_runs.insert(user, earlier);
+                    if let Some(runs) = EarlierRuns::from_vec(earlier) {
+                        self.state.earlier_runs.insert(user, runs);
                     }
                 }
                 if cut == state.entries.len() {
@@ -855,7 +867,7 @@ impl Pipeline {
                     self.state.users.remove(&user);
                     if attribution::still_relevant(memory, horizon, lookback) {
                         self.state.dormant.insert(user, memory);
-                    } else {
+                    } else if model == AttributionModel::FirstTouch {
                         self.state.earlier_runs.remove(&user);
                     }
                 } else {
@@ -881,7 +893,7 @@ impl Pipeline {
 /// changes a number.
 fn recall(
     dormant: &mut FastHashMap<UserPseudonym, Memory>,
-    earlier_runs: &mut FastHashMap<UserPseudonym, Vec<Memory>>,
+    earlier_runs: &mut FastHashMap<UserPseudonym, EarlierRuns>,
     recalled: &mut FastHashMap<UserPseudonym, Memories>,
     user: &UserPseudonym,
     horizon: Option<i64>,
@@ -893,7 +905,10 @@ fn recall(
     }
     let memories = match dormant.remove(user) {
         Some(latest) => Memories {
-            earlier: earlier_runs.remove(user).unwrap_or_default(),
+            earlier: earlier_runs
+                .remove(user)
+                .map(EarlierRuns::into_vec)
+                .unwrap_or_default(),
             latest,
         },
         None => recalled.remove(user).unwrap_or_default(),
@@ -917,8 +932,8 @@ fn recall(
             attribution::prune_runs(&mut earlier, horizon.saturating_sub(lookback));
         }
         earlier.retain(known);
-        if !earlier.is_empty() {
-            earlier_runs.insert(*user, earlier);
+        if let Some(runs) = EarlierRuns::from_vec(earlier) {
+            earlier_runs.insert(*user, runs);
         }
     }
     latest
@@ -1067,14 +1082,14 @@ fn settle(
 
 /// The earlier `first_touch` runs of a user (none under the other models).
 fn earlier_runs_of<'a>(
-    earlier_runs: &'a FastHashMap<UserPseudonym, Vec<Memory>>,
+    earlier_runs: &'a FastHashMap<UserPseudonym, EarlierRuns>,
     user: &UserPseudonym,
     config: &PipelineConfig,
 ) -> &'a [Memory] {
     if config.attribution != AttributionModel::FirstTouch || earlier_runs.is_empty() {
         return &[];
     }
-    earlier_runs.get(user).map_or(&[], Vec::as_slice)
+    earlier_runs.get(user).map_or(&[], EarlierRuns::as_slice)
 }
 
 /// Drops a user's `excess` oldest entries (a bot with one endless session must not grow

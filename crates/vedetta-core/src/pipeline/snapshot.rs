@@ -104,6 +104,7 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
         ));
     }
     for (user, runs) in &state.earlier_runs {
+        let runs = runs.as_slice();
         if !state.users.contains_key(user) && !state.dormant.contains_key(user) {
             return Err("earlier first_touch runs of a user with no memory".into());
         }
@@ -181,7 +182,7 @@ fn check_times(state: &PipelineState) -> Result<(), String> {
     let memories = state.users.values().map(|u| &u.memory);
     if let Some(memory) = memories
         .chain(state.dormant.values())
-        .chain(state.earlier_runs.values().flatten())
+        .chain(state.earlier_runs.values().flat_map(|r| r.as_slice()))
         .find(|m| !m.is_none() && !inside(m.start))
     {
         return out("a memory's session start", memory.start);
@@ -294,6 +295,75 @@ mod tests {
             ..PipelineState::default()
         };
         assert!(decode_snapshot(&encoded(&state)).is_ok());
+    }
+
+    /// Format 3: the earlier `first_touch` runs round-trip, and runs that do not fit the
+    /// rest of the state (a user with no memory, an unknown tuple, disorder, too many) are
+    /// refused.
+    #[test]
+    fn earlier_first_touch_runs_round_trip_and_misfits_are_refused() {
+        use crate::pipeline::attribution::{EarlierRuns, MAX_FIRST_TOUCH_RUNS, Memory};
+        use crate::pipeline::dims::Dims;
+        use crate::record::UserPseudonym;
+        let user = UserPseudonym([3; 16]);
+        let at = |start, touch| Memory { start, touch };
+        let state = |runs: Vec<Memory>, dormant: bool| {
+            let mut state = PipelineState {
+                dims: vec![Dims {
+                    channel: "social".into(),
+                    campaign: "(none)".into(),
+                    device: "mobile".into(),
+                    region: "unknown".into(),
+                }],
+                ..PipelineState::default()
+            };
+            if dormant {
+                state.dormant.insert(user, at(1_763_997_000_000, 0));
+            }
+            state
+                .earlier_runs
+                .insert(user, EarlierRuns::Many(runs.into_boxed_slice()));
+            state
+        };
+        let fits = state(
+            vec![at(1_763_990_000_000, 0), at(1_763_995_000_000, 0)],
+            true,
+        );
+        assert_eq!(
+            decode_snapshot(&encoded(&fits)).unwrap().earlier_runs,
+            fits.earlier_runs
+        );
+        for (broken, reason) in [
+            (
+                state(vec![at(1_763_990_000_000, 0)], false),
+                "earlier first_touch runs of a user with no memory",
+            ),
+            (state(vec![], true), "a list of 0 earlier first_touch runs"),
+            (
+                state(vec![at(1_763_990_000_000, 1)], true),
+                "a first_touch run refers to dimension tuple 1 of 1",
+            ),
+            (
+                state(
+                    vec![at(1_763_995_000_000, 0), at(1_763_990_000_000, 0)],
+                    true,
+                ),
+                "a user's first_touch runs are out of order",
+            ),
+            (
+                state(vec![at(1_763_990_000_000, 0); MAX_FIRST_TOUCH_RUNS], true),
+                "a list of 32 earlier first_touch runs",
+            ),
+            (
+                state(vec![at(i64::MIN + 1, 0)], true),
+                "a memory's session start -9223372036854775807 is outside years 0000–9999",
+            ),
+        ] {
+            assert_eq!(
+                decode_snapshot(&encoded(&broken)).unwrap_err(),
+                SnapshotError::Body(reason.into())
+            );
+        }
     }
 
     #[test]

@@ -333,11 +333,19 @@ fn runs_of_user_1(run: &Run) -> Vec<(i64, String)> {
     let state = run.pipeline.snapshot();
     let memories = match (state.users.get(&user), state.dormant.get(&user)) {
         (Some(held), _) => Some(attribution::Memories {
-            earlier: state.earlier_runs.get(&user).cloned().unwrap_or_default(),
+            earlier: state
+                .earlier_runs
+                .get(&user)
+                .map(|r| r.as_slice().to_vec())
+                .unwrap_or_default(),
             latest: held.memory,
         }),
         (None, Some(latest)) => Some(attribution::Memories {
-            earlier: state.earlier_runs.get(&user).cloned().unwrap_or_default(),
+            earlier: state
+                .earlier_runs
+                .get(&user)
+                .map(|r| r.as_slice().to_vec())
+                .unwrap_or_default(),
             latest: *latest,
         }),
         (None, None) => run
