@@ -389,6 +389,7 @@ pub fn still_relevant(memory: Memory, earliest_start: i64, lookback_ms: i64) -> 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
