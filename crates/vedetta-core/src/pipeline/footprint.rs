@@ -33,7 +33,9 @@ pub struct StateFootprint {
     /// Memories of users with no state left, waiting for the store to take them.
     pub dormant_users: usize,
     pub dormant_bytes: usize,
-    /// The earlier `first_touch` runs of users with more than one (map and lists).
+    /// Users whose `first_touch` memory holds more than one run.
+    pub earlier_runs_users: usize,
+    /// The earlier `first_touch` runs of those users (map and lists).
     pub earlier_runs_bytes: usize,
 }
 

@@ -375,6 +375,7 @@ impl Pipeline {
             order_bytes: self.state.orders.heap_bytes(),
             dormant_users: self.state.dormant.len(),
             dormant_bytes: footprint::hash_map(&self.state.dormant),
+            earlier_runs_users: self.state.earlier_runs.len(),
             earlier_runs_bytes: footprint::hash_map(&self.state.earlier_runs)
                 + self
                     .state
