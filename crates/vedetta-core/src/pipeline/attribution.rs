@@ -211,7 +211,7 @@ impl Running {
     }
 
     /// Takes the pending memory in once the walk is past its start: it is the latest
-    /// record there (it was, when its sessions were dropped), anchor or not.
+    /// record there (it was, when its sessions were dropped).
     fn reach(&mut self, ts: i64) {
         if !self.pending.is_none() && self.pending.start < ts {
             if self.record.is_none() || self.record.start < self.pending.start {
