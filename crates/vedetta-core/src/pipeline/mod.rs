@@ -763,9 +763,9 @@ impl Pipeline {
         }
         if user_state.entries.len() > config.max_events_per_user {
             let excess = user_state.entries.len() - config.max_events_per_user;
-            let mut earlier = state.earlier_runs.remove(&user);
-            let mut earlier = earlier
-                .take()
+            let mut earlier = state
+                .earlier_runs
+                .remove(&user)
                 .map(EarlierRuns::into_vec)
                 .unwrap_or_default();
             state.counters.first_touch_capped += truncate(
