@@ -45,10 +45,11 @@
 //! duplicates) once no event on time for its minute can need it (semantics.md, "What the
 //! pipeline keeps"). An event later than the allowed lateness then meets only what is still
 //! held (for attribution, the user's record of the latest non-direct acquisition, or the
-//! `first_touch` runs), and the two may legitimately differ on sessions, flags, near duplicates and the
-//! attribution of that user's later sessions. So the
-//! truth is the answer key of a log in which no event is late: the `late` total of its `1m`
-//! rows is zero. Generated traffic qualifies (no event arrives more than about ten minutes
+//! `first_touch` runs), and the two may legitimately differ on sessions, flags, near
+//! duplicates and the attribution of that user's later sessions. The truth does not apply
+//! the pipeline's cap of 32 `first_touch` runs per user (a bot's; the pipeline counts it in
+//! `first_touch_capped`). So the truth is the answer key of a log in which no event is late
+//! (the `late` total of its `1m` rows is zero) and no user hits that cap. Generated traffic qualifies (no event arrives more than about ten minutes
 //! behind; the default lateness is fifteen); a test that shortens the lateness to exercise `late`
 //! should compare only what cannot depend on forgotten state.
 //!
