@@ -11,6 +11,9 @@
 //! The processor also decodes each log batch before processing it; `decode_log_batches`
 //! measures that step alone and `decode_and_process` the two together. `snapshot_*` encode
 //! the state left by a run, as the processor's periodic snapshot does.
+//!
+//! `PIPELINE_BENCH_ATTRIBUTION=first_touch` (or `session`) runs the same workload under
+//! another attribution model (default: `last_non_direct`, the configuration default).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,7 +22,7 @@ use std::sync::Arc;
 use vedetta_core::LogRecord;
 use vedetta_core::enrich::{EnrichConfig, MmdbRegionLookup, RegionLookup};
 use vedetta_core::intake::{BodyFormat, IntakeContext, IntakeLimits, judge_events, judge_spend};
-use vedetta_core::pipeline::{Pipeline, PipelineConfig};
+use vedetta_core::pipeline::{AttributionModel, Pipeline, PipelineConfig};
 use vedetta_core::privacy::{PseudonymKey, Pseudonymizer};
 use vedetta_core::record::{decode_batch, encode_batch};
 use vedetta_synth::geoip::catalog_region_mmdb;
@@ -97,9 +100,20 @@ fn pipeline(regions: &Arc<dyn RegionLookup>) -> Pipeline {
             internal_hosts: vec!["www.bottega.example".into()],
             ..EnrichConfig::default()
         },
+        attribution: attribution_model(),
         ..PipelineConfig::default()
     };
     Pipeline::new(config, Some(Arc::clone(regions)))
+}
+
+/// The model to bench under, from `PIPELINE_BENCH_ATTRIBUTION` (a name of
+/// `pipeline.attribution`); unset: the default.
+fn attribution_model() -> AttributionModel {
+    match std::env::var("PIPELINE_BENCH_ATTRIBUTION") {
+        Ok(name) => AttributionModel::from_name(&name)
+            .unwrap_or_else(|| panic!("PIPELINE_BENCH_ATTRIBUTION={name:?} names no model")),
+        Err(_) => AttributionModel::default(),
+    }
 }
 
 /// Feeds `records` from `first_offset` on, taking the deltas every `DELTAS_EVERY` records;

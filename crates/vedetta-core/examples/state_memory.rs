@@ -1,8 +1,15 @@
 //! Memory of the pipeline's state with many users active at once.
 //!
-//! `cargo run --release -p vedetta-core --example state_memory [USERS] [--without-event-ids]`
-//! (default 1,000,000 users). Without event ids the exact-dedup map stays empty, so the
-//! resident memory measures the per-user state alone.
+//! `cargo run --release -p vedetta-core --example state_memory [USERS] [--without-event-ids]
+//! [--first-touch-returning [--returning-percent P]]` (default 1,000,000 users). Without event ids the exact-dedup
+//! map stays empty, so the resident memory measures the per-user state alone.
+//!
+//! `--first-touch-returning`: under `pipeline.attribution = "first_touch"`, every user first
+//! made three visits, one a day over the three days before (a landing page view through a
+//! channel picked at random per visit, so most users switch channels and some come direct),
+//! dropped before the measured session: each user comes back with a `first_touch` list of
+//! runs, and the estimate shows what the earlier runs cost. With `--returning-percent P`,
+//! only P % of the users made those visits (the others are new).
 //!
 //! Every user has one short session of 2–4 events (page view, add to cart, checkout,
 //! purchase, 40 s apart, each with an `event_id`); session starts are spread evenly over
@@ -17,7 +24,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use vedetta_core::pipeline::{Pipeline, PipelineConfig};
+use vedetta_core::pipeline::{AttributionModel, Pipeline, PipelineConfig};
 use vedetta_core::record::{Consent, EventKind, LogRecord, StoredEvent, UserPseudonym};
 use vedetta_core::time::EventTime;
 
@@ -39,15 +46,56 @@ fn main() {
     let with_event_ids = !args.iter().any(|a| a == "--without-event-ids");
     let users: u64 = args
         .iter()
-        .find(|a| !a.starts_with("--"))
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--returning-percent"))
+        .map(|(_, a)| a)
         .map(|n| n.parse().expect("USERS must be a number"))
         .unwrap_or(1_000_000);
 
-    let mut pipeline = Pipeline::new(PipelineConfig::default(), None);
+    let first_touch = args.iter().any(|a| a == "--first-touch-returning");
+    let returning_percent: u64 = args
+        .iter()
+        .position(|a| a == "--returning-percent")
+        .and_then(|i| args.get(i + 1))
+        .map_or(100, |p| {
+            p.parse().expect("--returning-percent takes 0 to 100")
+        })
+        .min(100);
+    let config = PipelineConfig {
+        attribution: if first_touch {
+            AttributionModel::FirstTouch
+        } else {
+            AttributionModel::LastNonDirect
+        },
+        ..PipelineConfig::default()
+    };
+    let mut pipeline = Pipeline::new(config, None);
     let rss_before = rss_bytes();
+    let mut offset = 0u64;
+    if first_touch {
+        // Three earlier visits per user, days -3, -2 and -1, in event-time order.
+        for day in (1..=3).rev() {
+            for user in (0..users).filter(|u| splitmix(u ^ 77) % 100 < returning_percent) {
+                let ts = Events::start_of(users, user) - day * 86_400_000;
+                let mut e = event(user, 0, ts, false);
+                e.channel = Some(pick(user, &CHANNELS, 10 + day as u64));
+                e.order_id = None;
+                pipeline.process(offset, &LogRecord::Event(e));
+                offset += 1;
+                if offset.is_multiple_of(10_000) {
+                    pipeline.take_deltas();
+                }
+            }
+        }
+        pipeline.take_deltas();
+        let history = pipeline.state_footprint();
+        println!(
+            "history: {offset} earlier visits, {} users held, {} dormant",
+            history.users, history.dormant_users
+        );
+    }
 
     let mut events = Events::new(users, with_event_ids);
-    let mut offset = 0u64;
     let mut delta_rows = 0usize;
     let started = std::time::Instant::now();
     while let Some(event) = events.next_event() {
@@ -102,6 +150,14 @@ fn main() {
     line("user map", footprint.user_map_bytes);
     line("users' event lists", footprint.user_events_bytes);
     line("expiry schedule", footprint.expiry_bytes);
+    line("earlier first_touch runs", footprint.earlier_runs_bytes);
+    if first_touch {
+        println!(
+            "  users with earlier runs   {} ({:.1} bytes each)",
+            footprint.earlier_runs_users,
+            footprint.earlier_runs_bytes as f64 / footprint.earlier_runs_users.max(1) as f64
+        );
+    }
     line("per-user state", footprint.per_user_state_bytes());
     line("exact-dedup ids", footprint.dedup_bytes);
     line(
@@ -170,7 +226,11 @@ impl Events {
     }
 
     fn start(&self, user: u64) -> i64 {
-        T0 + (i128::from(user) * i128::from(STARTS_SPREAD_MS) / i128::from(self.users)) as i64
+        Self::start_of(self.users, user)
+    }
+
+    fn start_of(users: u64, user: u64) -> i64 {
+        T0 + (i128::from(user) * i128::from(STARTS_SPREAD_MS) / i128::from(users)) as i64
     }
 
     fn next_event(&mut self) -> Option<StoredEvent> {
@@ -210,12 +270,14 @@ fn splitmix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+fn pick(user: u64, names: &[&str], salt: u64) -> String {
+    names[(splitmix(user ^ salt) % names.len() as u64) as usize].to_string()
+}
+
 fn event(user: u64, step: usize, ts: i64, with_event_id: bool) -> StoredEvent {
     let kind = KINDS[step].clone();
     let purchase = kind == EventKind::Purchase;
-    let pick = |names: &[&str], salt: u64| {
-        names[(splitmix(user ^ salt) % names.len() as u64) as usize].to_string()
-    };
+    let pick = |names: &[&str], salt: u64| pick(user, names, salt);
     StoredEvent {
         user: pseudonym(user),
         kind,

@@ -34,7 +34,7 @@ use crate::error::{EngineFailure, io_is_storage_full};
 use crate::reopen::{ReopeningDatabase, Unavailable};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
-use vedetta_core::pipeline::attribution::Memory;
+use vedetta_core::pipeline::attribution::Memories;
 use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
 use vedetta_core::pipeline::settings::{SettingChange, StateSettings};
 use vedetta_core::pipeline::windows::Granularity;
@@ -196,7 +196,7 @@ pub struct Commit {
     pub durable: bool,
     /// Attribution memories of users the pipeline dropped: only in a commit with a
     /// snapshot, taken before it (see `memories`).
-    pub memories: Vec<(UserPseudonym, Memory)>,
+    pub memories: Vec<(UserPseudonym, Memories)>,
     /// Memories that started before this are dropped.
     pub memories_before: Option<i64>,
 }
@@ -542,7 +542,7 @@ impl KpiStore {
     pub fn read_memories(
         &self,
         users: &[UserPseudonym],
-    ) -> Result<Vec<(UserPseudonym, Memory)>, StoreError> {
+    ) -> Result<Vec<(UserPseudonym, Memories)>, StoreError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }

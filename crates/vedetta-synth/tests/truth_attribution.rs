@@ -352,7 +352,7 @@ fn last_non_direct_takes_the_latest_and_first_touch_the_first() {
         pair("email", "newsletter")
     );
     assert_eq!(credited(&compute(Session, &log), purchase_at), direct());
-    // First touch also re-credits the social session itself: it is no anchor, the e-mail is.
+    // First touch also re-credits the social session itself: the e-mail is earlier.
     assert_eq!(
         credited(&compute(FirstTouch, &log), NOON + DAY),
         pair("email", "newsletter")
@@ -364,31 +364,34 @@ fn last_non_direct_takes_the_latest_and_first_touch_the_first() {
 }
 
 #[test]
-fn a_first_touch_anchor_holds_for_the_lookback_then_the_next_click_is_the_new_one() {
-    // E-mail at day 0 is the anchor. Social at day 20 is not (the anchor is 20 ≤ 30 days
-    // old). A direct visit at day 35: the anchor lapsed (35 > 30) and no other anchor exists,
-    // so it stays direct, although the social click of day 20 is within 30 days. Paid search
-    // at day 40 is a new anchor (the latest anchor, day 0, is 40 > 30 days earlier), and a
-    // direct visit at day 45 takes it, not the earlier social click.
+fn first_touch_takes_the_earliest_click_within_the_lookback_of_each_session() {
+    // E-mail at day 0, social at day 20 (20 ≤ 30 days after the e-mail), a direct visit at
+    // day 35, paid search at day 40, a direct visit at day 45. Each session looks at the
+    // non-direct sessions that started in [its start − 30 days, its start]:
+    // - day 20: e-mail (day 0) and social (day 20): the earliest is the e-mail;
+    // - day 35: [day 5, day 35] holds social only (the e-mail lapsed): social. (A first-click
+    //   cookie would have lost the e-mail at day 30 and kept nothing: direct.)
+    // - day 40: [day 10, day 40] holds social and paid search: social;
+    // - day 45: [day 15, day 45]: social still (day 20), not the newer paid search.
     let log = events([
         landing(1, NOON, 1, Channel::Email, "newsletter"),
         landing(1, NOON + 20 * DAY, 2, Channel::Social, "saldi"),
         visit(1, NOON + 35 * DAY, 3),
         landing(1, NOON + 40 * DAY, 4, Channel::PaidSearch, "brand"),
         visit(1, NOON + 45 * DAY, 5),
+        visit(1, NOON + 51 * DAY, 6),
     ]);
     let truth = compute(FirstTouch, &log);
     assert_eq!(
         credited(&truth, NOON + 20 * DAY),
         pair("email", "newsletter")
     );
-    assert_eq!(credited(&truth, NOON + 35 * DAY), direct());
+    assert_eq!(credited(&truth, NOON + 35 * DAY), pair("social", "saldi"));
+    assert_eq!(credited(&truth, NOON + 40 * DAY), pair("social", "saldi"));
+    assert_eq!(credited(&truth, NOON + 45 * DAY), pair("social", "saldi"));
+    // Day 51: [day 21, day 51] holds paid search only.
     assert_eq!(
-        credited(&truth, NOON + 40 * DAY),
-        pair("paid_search", "brand")
-    );
-    assert_eq!(
-        credited(&truth, NOON + 45 * DAY),
+        credited(&truth, NOON + 51 * DAY),
         pair("paid_search", "brand")
     );
     // Last non-direct reads the same log otherwise.
@@ -397,6 +400,31 @@ fn a_first_touch_anchor_holds_for_the_lookback_then_the_next_click_is_the_new_on
     assert_eq!(
         credited(&truth, NOON + 45 * DAY),
         pair("paid_search", "brand")
+    );
+}
+
+#[test]
+fn first_touch_sees_every_session_of_a_repeated_click() {
+    // E-mail at day 0, social at day 10, e-mail again at day 20, direct at day 35 and 45.
+    // Day 35: [day 5, day 35] holds social (10) and e-mail (20): social, the earliest.
+    // Day 45: [day 15, day 45] holds the second e-mail only: e-mail, although the first
+    // e-mail session lapsed long ago.
+    let log = events([
+        landing(1, NOON, 1, Channel::Email, "newsletter"),
+        landing(1, NOON + 10 * DAY, 2, Channel::Social, "saldi"),
+        landing(1, NOON + 20 * DAY, 3, Channel::Email, "newsletter"),
+        visit(1, NOON + 35 * DAY, 4),
+        visit(1, NOON + 45 * DAY, 5),
+    ]);
+    let truth = compute(FirstTouch, &log);
+    assert_eq!(
+        credited(&truth, NOON + 20 * DAY),
+        pair("email", "newsletter")
+    );
+    assert_eq!(credited(&truth, NOON + 35 * DAY), pair("social", "saldi"));
+    assert_eq!(
+        credited(&truth, NOON + 45 * DAY),
+        pair("email", "newsletter")
     );
 }
 

@@ -3,6 +3,7 @@
 //! with a snapshot), survives a SIGKILL, and credits the purchase of a direct return two
 //! days later. A replay of the same log gives the same rows; a store built under one model
 //! refuses to continue under another, and `vedetta replay` rebuilds it under the new one.
+//! Under `first_touch` the stored memory is a list of runs, and an earlier run decides.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,4 +186,116 @@ fn a_paid_click_credits_a_direct_return_days_later_across_a_crash() {
         serde_json::json!({"model": "session", "lookback_days": 30})
     );
     server.stop();
+}
+
+/// `first_touch` (issue 9, literal): a social click, an e-mail click a day later and a paid
+/// click 2.2 days after the first, each dropped, stored as a list of three runs with a
+/// snapshot, survive a SIGKILL; a direct purchase 2.5 days after the social click, with a
+/// 2-day lookback, is credited to the e-mail click: the social one lapsed, the e-mail one
+/// is the earliest still within the lookback. (The old lapsing first-click cookie made the
+/// paid click a new first touch once the social one lapsed; a store keeping only the latest
+/// run would say paid too.) A replay of the same log agrees.
+#[test]
+fn first_touch_credits_the_earliest_click_still_in_the_lookback_across_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = client();
+    let t0 = now_ms() - 4 * DAY;
+    let env: Vec<(&str, &str)> = ENV
+        .iter()
+        .copied()
+        .chain([
+            ("VEDETTA_PIPELINE__ATTRIBUTION", "first_touch"),
+            ("VEDETTA_PIPELINE__ATTRIBUTION_LOOKBACK", "2d"),
+        ])
+        .collect();
+    let event = |udid: &str, kind: &str, ts: i64| serde_json::json!({"udid": udid, "type": kind, "ts": ts, "event_id": format!("{udid}-{kind}-{ts}")});
+    let landing = |source: &str, medium: &str, ts: i64| {
+        let mut e = event("carla", "page_view", ts);
+        e["utm_source"] = source.into();
+        e["utm_medium"] = medium.into();
+        e["utm_campaign"] = "autunno".into();
+        e
+    };
+    // Someone else's events a while later move the watermark: carla is dropped.
+    let pass_time = |server: &Server, ts: i64| {
+        post(&client, server, &[event("dario", "page_view", ts)]);
+        post(
+            &client,
+            server,
+            &[event("dario", "add_to_cart", ts + 1_000)],
+        );
+        wait_processed(&client, server);
+    };
+
+    let server = Server::start(&data, &env);
+    post(&client, &server, &[landing("facebook", "social", t0)]);
+    pass_time(&server, t0 + DAY);
+    post(
+        &client,
+        &server,
+        &[landing("newsletter", "email", t0 + DAY + 7_200_000)],
+    );
+    pass_time(&server, t0 + 2 * DAY);
+    post(
+        &client,
+        &server,
+        &[landing("google", "cpc", t0 + 2 * DAY + DAY / 5)],
+    );
+    pass_time(&server, t0 + 2 * DAY + DAY / 4);
+    // Her three runs reach the store with the next snapshot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&client, &server, "vedetta_attribution_memories") < 1.0
+        || metric(&client, &server, "vedetta_attribution_memories_pending") > 0.0
+    {
+        assert!(Instant::now() < deadline, "no memory was stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.kill();
+
+    let server = Server::start(&data, &env);
+    let return_at = t0 + 2 * DAY + DAY / 2;
+    let mut purchase = event("carla", "purchase", return_at + 60_000);
+    purchase["value"] = 42.0.into();
+    purchase["order_id"] = "C-7".into();
+    post(
+        &client,
+        &server,
+        &[event("carla", "page_view", return_at), purchase],
+    );
+    wait_processed(&client, &server);
+    assert_eq!(
+        conversions_by_channel(&client, &server),
+        vec![("email".to_string(), 1)],
+        "the earliest click within 2 days of the return is the e-mail"
+    );
+    server.stop();
+
+    // A replay of the log under the same settings (`start_replayed_copy` replays under
+    // the defaults, and this store is `first_touch`).
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for file in ["log.redb", "pseudonym.key"] {
+        if data.join(file).exists() {
+            std::fs::copy(data.join(file), copy.join(file)).unwrap();
+        }
+    }
+    let replay = Command::new(BIN)
+        .args(["replay", "--data-dir"])
+        .arg(&copy)
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let replayed = Server::start(&copy, &env);
+    assert_eq!(
+        conversions_by_channel(&client, &replayed),
+        vec![("email".to_string(), 1)]
+    );
+    replayed.stop();
 }

@@ -366,7 +366,7 @@ fn truth_total(truth: &Truth, granularity: &str, f: fn(&truth::TruthRow) -> u64)
 
 /// The models checked, each with the lookback its server is given (`None`: the default, 30
 /// days) and the truth's. Short lookbacks, so that a two-hour stream has returns both within
-/// and past them, and first-touch anchors that lapse.
+/// and past them, and first touches that lapse while a later click is still in force.
 const MODELS: [(AttributionModel, Option<&str>, i64); 3] = [
     (AttributionModel::LastNonDirect, Some("1h"), HOUR),
     (AttributionModel::Session, None, 30 * 24 * HOUR),

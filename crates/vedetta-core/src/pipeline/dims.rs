@@ -90,6 +90,14 @@ impl DimsTable {
         id
     }
 
+    /// Whether two ids name the same touch (channel and campaign), whatever their device
+    /// and region.
+    pub fn same_touch(&self, a: DimsId, b: DimsId) -> bool {
+        a == b
+            || matches!((self.get(a), self.get(b)), (Some(x), Some(y))
+                if x.channel == y.channel && x.campaign == y.campaign)
+    }
+
     /// The id of a tuple, interning it if new. Spend pairs use `device = region = ""`.
     pub fn intern(&mut self, channel: &str, campaign: &str, device: &str, region: &str) -> DimsId {
         // A known tuple needs one lookup: its campaign was admitted when it was interned (or

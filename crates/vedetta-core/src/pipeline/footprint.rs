@@ -33,12 +33,16 @@ pub struct StateFootprint {
     /// Memories of users with no state left, waiting for the store to take them.
     pub dormant_users: usize,
     pub dormant_bytes: usize,
+    /// Users whose `first_touch` memory holds more than one run.
+    pub earlier_runs_users: usize,
+    /// The earlier `first_touch` runs of those users (map and lists).
+    pub earlier_runs_bytes: usize,
 }
 
 impl StateFootprint {
     /// Everything that grows with the active users (dedup left out).
     pub fn per_user_state_bytes(&self) -> usize {
-        self.user_map_bytes + self.user_events_bytes + self.expiry_bytes
+        self.user_map_bytes + self.user_events_bytes + self.expiry_bytes + self.earlier_runs_bytes
     }
 
     /// Per-user state divided by the active users (0 without users).

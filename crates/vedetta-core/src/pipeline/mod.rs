@@ -25,7 +25,7 @@ pub mod windows;
 
 use crate::enrich::{EnrichConfig, Enricher, RegionLookup};
 use crate::record::{EventKind, LogRecord, SpendRecord, StoredEvent, UserPseudonym};
-use attribution::{Memory, NO_DIMS, Span};
+use attribution::{EarlierRuns, Memories, Memory, NO_DIMS, Span};
 use dedup::{ExactDedup, fingerprint};
 use dims::{DimsTable, NO_CAMPAIGN};
 use hash::FastHashMap;
@@ -68,7 +68,7 @@ pub enum AttributionModel {
     LastNonDirect,
     /// Every session keeps its own acquisition.
     Session,
-    /// The first non-direct acquisition holds for the lookback, like a first-click cookie.
+    /// Every session takes the user's earliest non-direct acquisition within the lookback.
     FirstTouch,
 }
 
@@ -164,6 +164,9 @@ pub struct PipelineCounters {
     pub unpriced_values: u64,
     /// Per-user state cut short by `max_events_per_user`.
     pub truncated_users: u64,
+    /// `first_touch` runs not kept because the user already had
+    /// [`attribution::MAX_FIRST_TOUCH_RUNS`] within the lookback (snapshot format 3).
+    pub first_touch_capped: u64,
 }
 
 /// Everything the pipeline remembers, serializable for snapshots.
@@ -185,6 +188,10 @@ pub struct PipelineState {
     pub counters: PipelineCounters,
     /// Offset of the next record to process.
     pub next_offset: u64,
+    /// Snapshot format 3 (issue 9, literal `first_touch`): the earlier runs of users whose
+    /// `first_touch` memory holds more than one (oldest first; the latest is the memory in
+    /// `users` or `dormant`). Empty under the other models.
+    pub earlier_runs: FastHashMap<UserPseudonym, EarlierRuns>,
 }
 
 /// The streaming pipeline. See the module docs.
@@ -202,7 +209,7 @@ pub struct Pipeline {
     rules: Vec<(Vec<KindId>, Vec<KindId>, i64)>,
     /// Memories the adapter read from the store for this batch's returning users
     /// ([`Pipeline::recall_memories`]); cleared with every [`Pipeline::take_deltas`].
-    recalled: FastHashMap<UserPseudonym, Memory>,
+    recalled: FastHashMap<UserPseudonym, Memories>,
     /// Scratch list of one user's sessions.
     spans: Vec<Span>,
     /// The horizon hour of the last sweep of `dormant`.
@@ -303,6 +310,7 @@ impl Pipeline {
             custom_kinds: &'a [String],
             counters: &'a PipelineCounters,
             next_offset: u64,
+            earlier_runs: &'a FastHashMap<UserPseudonym, EarlierRuns>,
         }
         let state = &self.state;
         postcard::to_extend(
@@ -317,6 +325,7 @@ impl Pipeline {
                 custom_kinds: &self.custom_kinds,
                 counters: &state.counters,
                 next_offset: state.next_offset,
+                earlier_runs: &state.earlier_runs,
             },
             snapshot::header().to_vec(),
         )
@@ -366,6 +375,14 @@ impl Pipeline {
             order_bytes: self.state.orders.heap_bytes(),
             dormant_users: self.state.dormant.len(),
             dormant_bytes: footprint::hash_map(&self.state.dormant),
+            earlier_runs_users: self.state.earlier_runs.len(),
+            earlier_runs_bytes: footprint::hash_map(&self.state.earlier_runs)
+                + self
+                    .state
+                    .earlier_runs
+                    .values()
+                    .map(EarlierRuns::heap_bytes)
+                    .sum::<usize>(),
         }
     }
 
@@ -391,7 +408,10 @@ impl Pipeline {
     /// Memories read from the store for the next records (see [`Self::needs_recall`]).
     /// The store must hold exactly what [`Self::take_dormant`] gave it up to the snapshot
     /// this pipeline continues from: then the numbers do not depend on batch boundaries.
-    pub fn recall_memories(&mut self, memories: impl IntoIterator<Item = (UserPseudonym, Memory)>) {
+    pub fn recall_memories(
+        &mut self,
+        memories: impl IntoIterator<Item = (UserPseudonym, Memories)>,
+    ) {
         for (user, memory) in memories {
             if self.needs_recall(&user) {
                 self.recalled.insert(user, memory);
@@ -402,8 +422,17 @@ impl Pipeline {
     /// Takes the memories of users with no state left, for the store to keep. Take them
     /// only in the commit that also stores a snapshot taken after this call: the store's
     /// memories and the snapshot must describe the same offset.
-    pub fn take_dormant(&mut self) -> Vec<(UserPseudonym, Memory)> {
-        self.state.dormant.drain().collect()
+    pub fn take_dormant(&mut self) -> Vec<(UserPseudonym, Memories)> {
+        let earlier_runs = &mut self.state.earlier_runs;
+        self.state
+            .dormant
+            .drain()
+            .map(|(user, latest)| {
+                let earlier = earlier_runs.remove(&user);
+                let earlier = earlier.map(EarlierRuns::into_vec).unwrap_or_default();
+                (user, Memories { earlier, latest })
+            })
+            .collect()
     }
 
     /// Memories that started before this can no longer matter to any session (the store
@@ -637,7 +666,15 @@ impl Pipeline {
         let user_state = match state.users.entry(user) {
             Entry::Occupied(held) => held.into_mut(),
             Entry::Vacant(new) => {
-                let memory = recall(&mut state.dormant, recalled, &user, horizon, config, dims);
+                let memory = recall(
+                    &mut state.dormant,
+                    &mut state.earlier_runs,
+                    recalled,
+                    &user,
+                    horizon,
+                    config,
+                    dims,
+                );
                 new.insert(UserState {
                     memory,
                     ..UserState::default()
@@ -719,12 +756,31 @@ impl Pipeline {
                 new.counted = counted;
                 rows.contribute(new, counted, 1, Part::Event);
             }
-            _ => settle(user_state, spans, dims, &mut rows, config),
+            _ => {
+                let earlier = earlier_runs_of(&state.earlier_runs, &user, config);
+                settle(user_state, earlier, spans, dims, &mut rows, config);
+            }
         }
         if user_state.entries.len() > config.max_events_per_user {
             let excess = user_state.entries.len() - config.max_events_per_user;
-            truncate(user_state, excess, spans, &mut rows, config);
-            settle(user_state, spans, dims, &mut rows, config);
+            let mut earlier = state
+                .earlier_runs
+                .remove(&user)
+                .map(EarlierRuns::into_vec)
+                .unwrap_or_default();
+            state.counters.first_touch_capped += truncate(
+                user_state,
+                &mut earlier,
+                excess,
+                spans,
+                dims,
+                &mut rows,
+                config,
+            );
+            settle(user_state, &earlier, spans, dims, &mut rows, config);
+            if let Some(runs) = EarlierRuns::from_vec(earlier) {
+                state.earlier_runs.insert(user, runs);
+            }
             state.counters.truncated_users += 1;
         }
     }
@@ -748,6 +804,26 @@ impl Pipeline {
             self.state
                 .dormant
                 .retain(|_, memory| attribution::still_relevant(*memory, horizon, lookback));
+            if !self.state.earlier_runs.is_empty() {
+                let (users, dormant) = (&self.state.users, &self.state.dormant);
+                // No session still to come starts before the horizon, nor before a held
+                // user's first held event.
+                self.state.earlier_runs.retain(|user, runs| {
+                    let earliest = match users.get(user) {
+                        Some(held) => held.entries.first().map_or(horizon, |e| e.ts.min(horizon)),
+                        None if dormant.contains_key(user) => horizon,
+                        None => return false,
+                    };
+                    let all = std::mem::replace(runs, EarlierRuns::One(Memory::NONE));
+                    match all.pruned(earliest.saturating_sub(lookback)) {
+                        Some(kept) => {
+                            *runs = kept;
+                            true
+                        }
+                        None => false,
+                    }
+                });
+            }
         }
         while let Some(entry) = self.state.expiry.first_entry() {
             if *entry.key() * MINUTE > w {
@@ -765,13 +841,35 @@ impl Pipeline {
                 if cut > 0 {
                     self.spans.clear();
                     attribution::sessions(&state.entries[..cut], gap, &mut self.spans);
-                    state.memory = attribution::fold(&self.spans, state.memory, model, lookback);
+                    let mut earlier = match model {
+                        AttributionModel::FirstTouch => {
+                            let runs = self.state.earlier_runs.remove(&user);
+                            runs.map(EarlierRuns::into_vec).unwrap_or_default()
+                        }
+                        _ => Vec::new(),
+                    };
+                    let dims = &self.dims;
+                    let (memory, capped) = attribution::fold(
+                        &self.spans,
+                        state.memory,
+                        &mut earlier,
+                        model,
+                        lookback,
+                        |a, b| dims.same_touch(a, b),
+                    );
+                    state.memory = memory;
+                    self.state.counters.first_touch_capped += capped;
+                    if let Some(runs) = EarlierRuns::from_vec(earlier) {
+                        self.state.earlier_runs.insert(user, runs);
+                    }
                 }
                 if cut == state.entries.len() {
                     let memory = state.memory;
                     self.state.users.remove(&user);
                     if attribution::still_relevant(memory, horizon, lookback) {
                         self.state.dormant.insert(user, memory);
+                    } else if model == AttributionModel::FirstTouch {
+                        self.state.earlier_runs.remove(&user);
                     }
                 } else {
                     state.entries.drain(..cut);
@@ -790,12 +888,14 @@ impl Pipeline {
 }
 
 /// The memory a returning user brings back: from users dropped since the last snapshot,
-/// else from what the adapter recalled from the store. A record too old to matter to any
-/// session that can still start counts as none, whether or not it was pruned yet, so that
-/// when pruning happens never changes a number.
+/// else from what the adapter recalled from the store (its earlier `first_touch` runs go
+/// to `earlier_runs`). A record too old to matter to any session that can still start
+/// counts as none, whether or not it was pruned yet, so that when pruning happens never
+/// changes a number.
 fn recall(
     dormant: &mut FastHashMap<UserPseudonym, Memory>,
-    recalled: &mut FastHashMap<UserPseudonym, Memory>,
+    earlier_runs: &mut FastHashMap<UserPseudonym, EarlierRuns>,
+    recalled: &mut FastHashMap<UserPseudonym, Memories>,
     user: &UserPseudonym,
     horizon: Option<i64>,
     config: &PipelineConfig,
@@ -804,22 +904,40 @@ fn recall(
     if config.attribution == AttributionModel::Session {
         return Memory::NONE;
     }
-    let memory = dormant
-        .remove(user)
-        .or_else(|| recalled.remove(user))
-        .unwrap_or(Memory::NONE);
+    let memories = match dormant.remove(user) {
+        Some(latest) => Memories {
+            earlier: earlier_runs
+                .remove(user)
+                .map(EarlierRuns::into_vec)
+                .unwrap_or_default(),
+            latest,
+        },
+        None => recalled.remove(user).unwrap_or_default(),
+    };
+    let Memories {
+        mut earlier,
+        latest,
+    } = memories;
+    let lookback = config.attribution_lookback_ms;
     let relevant = match horizon {
-        Some(horizon) => {
-            attribution::still_relevant(memory, horizon, config.attribution_lookback_ms)
-        }
-        None => !memory.is_none(),
+        Some(horizon) => attribution::still_relevant(latest, horizon, lookback),
+        None => !latest.is_none(),
     };
     // Ids come from this pipeline's table; a damaged record counts as none.
-    if relevant && (memory.touch as usize) < dims.len() {
-        memory
-    } else {
-        Memory::NONE
+    let known = |m: &Memory| (m.touch as usize) < dims.len();
+    if !relevant || !known(&latest) {
+        return Memory::NONE;
     }
+    if config.attribution == AttributionModel::FirstTouch {
+        if let Some(horizon) = horizon {
+            attribution::prune_runs(&mut earlier, horizon.saturating_sub(lookback));
+        }
+        earlier.retain(known);
+        if let Some(runs) = EarlierRuns::from_vec(earlier) {
+            earlier_runs.insert(*user, runs);
+        }
+    }
+    latest
 }
 
 /// Which part of an entry's contribution to add or take back.
@@ -915,6 +1033,7 @@ fn joins_settled_session(entries: &[EventEntry], index: usize, gap_ms: i64) -> O
 /// session count changed (a new entry is added).
 fn settle(
     user: &mut UserState,
+    earlier: &[Memory],
     spans: &mut Vec<Span>,
     dims: &mut DimsTable,
     rows: &mut Rows<'_>,
@@ -925,6 +1044,7 @@ fn settle(
     attribution::attribute(
         spans,
         user.memory,
+        earlier,
         config.attribution,
         config.attribution_lookback_ms,
     );
@@ -961,31 +1081,49 @@ fn settle(
     }
 }
 
+/// The earlier `first_touch` runs of a user (none under the other models).
+fn earlier_runs_of<'a>(
+    earlier_runs: &'a FastHashMap<UserPseudonym, EarlierRuns>,
+    user: &UserPseudonym,
+    config: &PipelineConfig,
+) -> &'a [Memory] {
+    if config.attribution != AttributionModel::FirstTouch || earlier_runs.is_empty() {
+        return &[];
+    }
+    earlier_runs.get(user).map_or(&[], EarlierRuns::as_slice)
+}
+
 /// Drops a user's `excess` oldest entries (a bot with one endless session must not grow
 /// without bound). Their contributions stay counted; whole sessions dropped fold into the
 /// memory; a session cut in two gives its session count back, and the next [`settle`]
-/// counts it once on its new first entry.
+/// counts it once on its new first entry. Returns the `first_touch` runs the cap refused.
 fn truncate(
     user: &mut UserState,
+    earlier: &mut Vec<Memory>,
     excess: usize,
     spans: &mut Vec<Span>,
+    dims: &DimsTable,
     rows: &mut Rows<'_>,
     config: &PipelineConfig,
-) {
+) -> u64 {
     spans.clear();
     attribution::sessions(&user.entries, config.session_gap_ms, spans);
     let whole = spans.iter().take_while(|s| s.end <= excess).count();
-    user.memory = attribution::fold(
+    let (memory, capped) = attribution::fold(
         &spans[..whole],
         user.memory,
+        earlier,
         config.attribution,
         config.attribution_lookback_ms,
+        |a, b| dims.same_touch(a, b),
     );
+    user.memory = memory;
     if let Some(cut) = spans.get(whole).filter(|s| s.first < excess) {
         let first = user.entries[cut.first];
         rows.contribute(&first, first.counted, -1, Part::Session);
     }
     user.entries.drain(..excess);
+    capped
 }
 
 /// The expiry bucket of a due watermark: rounded up, so that a bucket is looked at only

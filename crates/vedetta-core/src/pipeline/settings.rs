@@ -70,6 +70,10 @@ impl PipelineConfig {
         settings.set("dedup_horizon_ms", json(&self.dedup_horizon_ms));
         settings.set("order_dedup_horizon_ms", json(&self.order_dedup_horizon_ms));
         settings.set("attribution", json(&self.attribution));
+        // Only under `first_touch`, so that stores of the other models are unaffected.
+        if self.attribution == super::AttributionModel::FirstTouch {
+            settings.set("first_touch_rule", json(FIRST_TOUCH_RULE));
+        }
         settings.set(
             "attribution_lookback_ms",
             json(&self.attribution_lookback_ms),
@@ -88,6 +92,12 @@ impl PipelineConfig {
     }
 }
 
+/// Which reading of `first_touch` the pipeline implements: the earliest non-direct session
+/// within the lookback (issue 9). Stores built before it recorded no rule and held the
+/// lapsing first-click anchor (`"lapsing_anchor"`): under `first_touch` they differ, so
+/// the settings check asks for `vedetta replay`.
+pub const FIRST_TOUCH_RULE: &str = "earliest_in_lookback";
+
 impl PipelineConfig {
     /// What a record that lacks a setting was computed under: today's defaults, except
     /// where the setting's arrival changed the numbers. Stores built before attribution
@@ -98,6 +108,7 @@ impl PipelineConfig {
         let mut settings = Self::default().state_settings();
         settings.set("attribution", json("event"));
         settings.set("order_dedup_horizon_ms", json(&0));
+        settings.set("first_touch_rule", json("lapsing_anchor"));
         settings
     }
 }
@@ -207,6 +218,49 @@ mod tests {
                 "time_zone: \"Europe/Rome\" → \"UTC\"".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn a_store_of_the_lapsing_first_touch_asks_for_a_replay_and_others_do_not() {
+        use super::super::AttributionModel;
+        let defaults = PipelineConfig::settings_of_older_records();
+        let under = |attribution| {
+            PipelineConfig {
+                attribution,
+                ..PipelineConfig::default()
+            }
+            .state_settings()
+        };
+        // A record written before the rule existed: no `first_touch_rule` line.
+        let before = |attribution| {
+            let text = under(attribution).describe();
+            let kept: String = text
+                .lines()
+                .filter(|line| !line.starts_with("first_touch_rule"))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            StateSettings::parse(&kept)
+        };
+        let first_touch = under(AttributionModel::FirstTouch);
+        let changes: Vec<String> = first_touch
+            .changes_since(&before(AttributionModel::FirstTouch), &defaults)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            changes,
+            vec!["first_touch_rule: \"lapsing_anchor\" → \"earliest_in_lookback\"".to_string()]
+        );
+        for model in [AttributionModel::LastNonDirect, AttributionModel::Session] {
+            assert!(
+                under(model)
+                    .changes_since(&before(model), &defaults)
+                    .is_empty()
+            );
+        }
+        // A store built under the new rule continues.
+        let stored = StateSettings::parse(&first_touch.describe());
+        assert!(first_touch.changes_since(&stored, &defaults).is_empty());
     }
 
     #[test]

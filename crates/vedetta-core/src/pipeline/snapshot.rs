@@ -1,8 +1,14 @@
 //! The snapshot format: what the store keeps of the pipeline state between restarts.
 //!
 //! ```text
-//! [magic "VDSN"][format u8 = 2][PipelineState: postcard]
+//! [magic "VDSN"][format u8 = 3][PipelineState: postcard]
 //! ```
+//!
+//! Format 3 (issue 9, `first_touch` as the earliest non-direct session in the lookback):
+//! the state ends with `earlier_runs`, the earlier runs of users whose `first_touch`
+//! memory holds more than one, and the counters end with `first_touch_capped`. Nothing
+//! else moved; a format-2 snapshot is refused (`vedetta replay`), as the store's settings
+//! check asks of a store built under the old `first_touch` anyway.
 //!
 //! Format 2 (attribution): events carry where they are counted, users a memory of their
 //! dropped sessions, and the state order ids and dormant memories. A format-1 snapshot
@@ -25,7 +31,7 @@ use super::kpi::DimsId;
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"VDSN";
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
 /// Length of the header before the postcard body.
 pub const SNAPSHOT_HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 1;
 
@@ -97,6 +103,25 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
             state.dims.len()
         ));
     }
+    for (user, runs) in &state.earlier_runs {
+        let runs = runs.as_slice();
+        if !state.users.contains_key(user) && !state.dormant.contains_key(user) {
+            return Err("earlier first_touch runs of a user with no memory".into());
+        }
+        if runs.is_empty() || runs.len() >= super::attribution::MAX_FIRST_TOUCH_RUNS {
+            return Err(format!("a list of {} earlier first_touch runs", runs.len()));
+        }
+        if !runs.windows(2).all(|pair| pair[0].start <= pair[1].start) {
+            return Err("a user's first_touch runs are out of order".into());
+        }
+        if let Some(run) = runs.iter().find(|r| !known(r.touch)) {
+            return Err(format!(
+                "a first_touch run refers to dimension tuple {} of {}",
+                run.touch,
+                state.dims.len()
+            ));
+        }
+    }
     for user in state.users.values() {
         if !user.entries.windows(2).all(|pair| pair[0].ts <= pair[1].ts) {
             return Err("a user's events are out of order".into());
@@ -157,6 +182,7 @@ fn check_times(state: &PipelineState) -> Result<(), String> {
     let memories = state.users.values().map(|u| &u.memory);
     if let Some(memory) = memories
         .chain(state.dormant.values())
+        .chain(state.earlier_runs.values().flat_map(|r| r.as_slice()))
         .find(|m| !m.is_none() && !inside(m.start))
     {
         return out("a memory's session start", memory.start);
@@ -269,6 +295,75 @@ mod tests {
             ..PipelineState::default()
         };
         assert!(decode_snapshot(&encoded(&state)).is_ok());
+    }
+
+    /// Format 3: the earlier `first_touch` runs round-trip, and runs that do not fit the
+    /// rest of the state (a user with no memory, an unknown tuple, disorder, too many) are
+    /// refused.
+    #[test]
+    fn earlier_first_touch_runs_round_trip_and_misfits_are_refused() {
+        use crate::pipeline::attribution::{EarlierRuns, MAX_FIRST_TOUCH_RUNS, Memory};
+        use crate::pipeline::dims::Dims;
+        use crate::record::UserPseudonym;
+        let user = UserPseudonym([3; 16]);
+        let at = |start, touch| Memory { start, touch };
+        let state = |runs: Vec<Memory>, dormant: bool| {
+            let mut state = PipelineState {
+                dims: vec![Dims {
+                    channel: "social".into(),
+                    campaign: "(none)".into(),
+                    device: "mobile".into(),
+                    region: "unknown".into(),
+                }],
+                ..PipelineState::default()
+            };
+            if dormant {
+                state.dormant.insert(user, at(1_763_997_000_000, 0));
+            }
+            state
+                .earlier_runs
+                .insert(user, EarlierRuns::Many(runs.into_boxed_slice()));
+            state
+        };
+        let fits = state(
+            vec![at(1_763_990_000_000, 0), at(1_763_995_000_000, 0)],
+            true,
+        );
+        assert_eq!(
+            decode_snapshot(&encoded(&fits)).unwrap().earlier_runs,
+            fits.earlier_runs
+        );
+        for (broken, reason) in [
+            (
+                state(vec![at(1_763_990_000_000, 0)], false),
+                "earlier first_touch runs of a user with no memory",
+            ),
+            (state(vec![], true), "a list of 0 earlier first_touch runs"),
+            (
+                state(vec![at(1_763_990_000_000, 1)], true),
+                "a first_touch run refers to dimension tuple 1 of 1",
+            ),
+            (
+                state(
+                    vec![at(1_763_995_000_000, 0), at(1_763_990_000_000, 0)],
+                    true,
+                ),
+                "a user's first_touch runs are out of order",
+            ),
+            (
+                state(vec![at(1_763_990_000_000, 0); MAX_FIRST_TOUCH_RUNS], true),
+                "a list of 32 earlier first_touch runs",
+            ),
+            (
+                state(vec![at(i64::MIN + 1, 0)], true),
+                "a memory's session start -9223372036854775807 is outside years 0000–9999",
+            ),
+        ] {
+            assert_eq!(
+                decode_snapshot(&encoded(&broken)).unwrap_err(),
+                SnapshotError::Body(reason.into())
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ struct Run {
     /// When set, plays the processor's store for attribution memories: dormant memories
     /// are moved here every `every` records and recalled from here, as the processor does
     /// at snapshots and before batches.
-    store: Option<(HashMap<UserPseudonym, attribution::Memory>, u64)>,
+    store: Option<(HashMap<UserPseudonym, attribution::Memories>, u64)>,
 }
 
 impl Run {
@@ -56,7 +56,7 @@ impl Run {
         if let (Some((store, _)), LogRecord::Event(e)) = (&self.store, &record)
             && self.pipeline.needs_recall(&e.user)
         {
-            let found = store.get(&e.user).map(|m| (e.user, *m));
+            let found = store.get(&e.user).map(|m| (e.user, m.clone()));
             self.pipeline.recall_memories(found);
         }
         self.pipeline.process(self.offset, &record);
@@ -65,7 +65,7 @@ impl Run {
         {
             store.extend(self.pipeline.take_dormant());
             if let Some(before) = self.pipeline.memory_horizon() {
-                store.retain(|_, m| m.start >= before);
+                store.retain(|_, m| m.latest.start >= before);
             }
         }
         self.offset += 1;

@@ -468,3 +468,39 @@ fn store_errors_keep_the_engine_kind() {
     let corrupt = StoreError::from(redb::Error::Corrupted("page".into()));
     assert!(matches!(corrupt, StoreError::Corrupt(_)) && !corrupt.is_retryable());
 }
+
+/// Issue 9: a store built under the old `first_touch` (a lapsing first-click anchor) recorded
+/// no `first_touch_rule`; continuing it under the literal rule would mix two contracts, so
+/// the check refuses, naming the rule and the replay.
+#[test]
+fn a_store_of_the_old_first_touch_asks_for_a_replay() {
+    use vedetta_core::pipeline::AttributionModel;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let first_touch = PipelineConfig {
+        attribution: AttributionModel::FirstTouch,
+        ..PipelineConfig::default()
+    }
+    .state_settings();
+    let old_text: String = first_touch
+        .describe()
+        .lines()
+        .filter(|line| !line.starts_with("first_touch_rule = "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let old = vedetta_core::pipeline::settings::StateSettings::parse(&old_text);
+    assert_ne!(old.fingerprint(), first_touch.fingerprint());
+    let defaults = PipelineConfig::settings_of_older_records();
+    assert_eq!(
+        store.check_settings(&old, &defaults).unwrap(),
+        SettingsCheck::Recorded
+    );
+    let error = store.check_settings(&first_touch, &defaults).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("first_touch_rule: \"lapsing_anchor\" → \"earliest_in_lookback\""),
+        "{error}"
+    );
+    assert!(error.to_string().contains("vedetta replay"), "{error}");
+}

@@ -12,19 +12,27 @@
 //! Layout (two tables):
 //!
 //! ```text
-//! attribution_memory:          user pseudonym (16 bytes) → [format u8 = 1][start i64 LE][touch u32 LE]
+//! attribution_memory:          user pseudonym (16 bytes) → value
 //! attribution_memory_by_start: [start, sign bit flipped, u64 BE][user (16 bytes)] → ()
+//!
+//! value, format 2: [2][start i64 LE][touch u32 LE][n u8][n × (start i64 LE, touch u32 LE)]
+//!                  the latest record, then the n earlier `first_touch` runs, oldest first
+//! value, format 1: [1][start i64 LE][touch u32 LE]          (read as format 2 with n = 0)
 //! ```
 //!
-//! The second orders records by start so that those older than the lookback can be
-//! dropped with one range scan ([`write`]'s `prune_before`). `touch` is a dimension id of
-//! the pipeline's interned table, which the snapshot beside it holds.
+//! The second table orders records by the start of the latest (under `first_touch`, the
+//! latest run: when it is older than the lookback, so is every earlier one) so that those
+//! older than the lookback can be dropped with one range scan ([`write`]'s
+//! `prune_before`). `touch` is a dimension id of the pipeline's interned table, which the
+//! snapshot beside it holds. Format 2 came with the literal `first_touch` (issue 9); a store
+//! of format 1 written under `first_touch` held its lapsing anchor, and its settings record
+//! asks for `vedetta replay` before the pipeline could read one.
 
 use super::StoreError;
 use redb::{
     ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
-use vedetta_core::pipeline::attribution::Memory;
+use vedetta_core::pipeline::attribution::{MAX_FIRST_TOUCH_RUNS, Memories, Memory};
 use vedetta_core::record::UserPseudonym;
 
 pub(super) const MEMORIES: TableDefinition<'_, &[u8], &[u8]> =
@@ -32,43 +40,100 @@ pub(super) const MEMORIES: TableDefinition<'_, &[u8], &[u8]> =
 pub(super) const MEMORIES_BY_START: TableDefinition<'_, &[u8], ()> =
     TableDefinition::new("attribution_memory_by_start");
 
-/// The value format this build writes and reads.
-pub const MEMORY_FORMAT: u8 = 1;
-const VALUE_LEN: usize = 1 + 8 + 4;
+/// The value format this build writes (it reads format 1 too).
+pub const MEMORY_FORMAT: u8 = 2;
+/// The format before `first_touch` kept a list: one record.
+const MEMORY_FORMAT_ONE_RECORD: u8 = 1;
+const RECORD_LEN: usize = 8 + 4;
 
-fn encode_value(memory: Memory) -> [u8; VALUE_LEN] {
-    let mut out = [0; VALUE_LEN];
-    out[0] = MEMORY_FORMAT;
-    out[1..9].copy_from_slice(&memory.start.to_le_bytes());
-    out[9..].copy_from_slice(&memory.touch.to_le_bytes());
-    out
+fn push_record(out: &mut Vec<u8>, memory: Memory) {
+    out.extend_from_slice(&memory.start.to_le_bytes());
+    out.extend_from_slice(&memory.touch.to_le_bytes());
 }
 
-fn decode_value(bytes: &[u8]) -> Result<Memory, StoreError> {
-    match bytes.first() {
-        Some(&MEMORY_FORMAT) if bytes.len() == VALUE_LEN => {}
-        Some(&MEMORY_FORMAT) => {
-            return Err(StoreError::Corrupt(format!(
-                "an attribution memory of {} bytes (format {MEMORY_FORMAT} has {VALUE_LEN})",
-                bytes.len()
-            )));
-        }
-        Some(&other) => {
-            return Err(StoreError::Corrupt(format!(
-                "an attribution memory of format {other}; this build reads format \
-                 {MEMORY_FORMAT}: run `vedetta replay`"
-            )));
-        }
-        None => return Err(StoreError::Corrupt("an empty attribution memory".into())),
+fn encode_value(memories: &Memories) -> Result<Vec<u8>, StoreError> {
+    // The pipeline keeps at most `MAX_FIRST_TOUCH_RUNS` runs; a longer list is a bug
+    // upstream, refused here rather than cut silently.
+    let n = u8::try_from(memories.earlier.len())
+        .ok()
+        .filter(|n| usize::from(*n) < MAX_FIRST_TOUCH_RUNS)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "an attribution memory with {} earlier runs (at most {})",
+                memories.earlier.len(),
+                MAX_FIRST_TOUCH_RUNS - 1
+            ))
+        })?;
+    let mut out = Vec::with_capacity(2 + RECORD_LEN * (1 + usize::from(n)));
+    out.push(MEMORY_FORMAT);
+    push_record(&mut out, memories.latest);
+    out.push(n);
+    for run in &memories.earlier {
+        push_record(&mut out, *run);
     }
+    Ok(out)
+}
+
+fn record_at(bytes: &[u8]) -> Memory {
     let mut start = [0; 8];
-    start.copy_from_slice(&bytes[1..9]);
+    start.copy_from_slice(&bytes[..8]);
     let mut touch = [0; 4];
-    touch.copy_from_slice(&bytes[9..]);
-    Ok(Memory {
+    touch.copy_from_slice(&bytes[8..RECORD_LEN]);
+    Memory {
         start: i64::from_le_bytes(start),
         touch: u32::from_le_bytes(touch),
-    })
+    }
+}
+
+fn decode_value(bytes: &[u8]) -> Result<Memories, StoreError> {
+    let wrong_length = |format: u8, expected: usize| {
+        StoreError::Corrupt(format!(
+            "an attribution memory of format {format} has {} bytes, not {expected}",
+            bytes.len()
+        ))
+    };
+    match bytes.first() {
+        Some(&MEMORY_FORMAT_ONE_RECORD) => {
+            if bytes.len() != 1 + RECORD_LEN {
+                return Err(wrong_length(MEMORY_FORMAT_ONE_RECORD, 1 + RECORD_LEN));
+            }
+            Ok(Memories::one(record_at(&bytes[1..])))
+        }
+        Some(&MEMORY_FORMAT) => {
+            let n = bytes.get(1 + RECORD_LEN).map_or(0, |n| usize::from(*n));
+            let expected = 2 + RECORD_LEN * (1 + n);
+            if bytes.len() != expected {
+                return Err(wrong_length(MEMORY_FORMAT, expected));
+            }
+            if n >= MAX_FIRST_TOUCH_RUNS {
+                return Err(StoreError::Corrupt(format!(
+                    "an attribution memory with {n} earlier runs (at most {})",
+                    MAX_FIRST_TOUCH_RUNS - 1
+                )));
+            }
+            let earlier: Vec<Memory> = bytes[2 + RECORD_LEN..]
+                .chunks_exact(RECORD_LEN)
+                .map(record_at)
+                .collect();
+            if !earlier
+                .windows(2)
+                .all(|pair| pair[0].start <= pair[1].start)
+            {
+                return Err(StoreError::Corrupt(
+                    "an attribution memory whose earlier runs are out of order".into(),
+                ));
+            }
+            Ok(Memories {
+                earlier,
+                latest: record_at(&bytes[1..]),
+            })
+        }
+        Some(&other) => Err(StoreError::Corrupt(format!(
+            "an attribution memory of format {other}; this build reads formats \
+             {MEMORY_FORMAT_ONE_RECORD} and {MEMORY_FORMAT}: run `vedetta replay`"
+        ))),
+        None => Err(StoreError::Corrupt("an empty attribution memory".into())),
+    }
 }
 
 fn index_key(start: i64, user: &UserPseudonym) -> [u8; 24] {
@@ -82,7 +147,7 @@ fn index_key(start: i64, user: &UserPseudonym) -> [u8; 24] {
 /// every memory that started before `prune_before`.
 pub(super) fn write(
     txn: &WriteTransaction,
-    memories: &[(UserPseudonym, Memory)],
+    memories: &[(UserPseudonym, Memories)],
     prune_before: Option<i64>,
 ) -> Result<(), StoreError> {
     let mut table = txn.open_table(MEMORIES)?;
@@ -93,10 +158,10 @@ pub(super) fn write(
             .map(|v| decode_value(v.value()))
             .transpose()?;
         if let Some(old) = old {
-            index.remove(index_key(old.start, user).as_slice())?;
+            index.remove(index_key(old.latest.start, user).as_slice())?;
         }
-        table.insert(user.0.as_slice(), encode_value(*memory).as_slice())?;
-        index.insert(index_key(memory.start, user).as_slice(), ())?;
+        table.insert(user.0.as_slice(), encode_value(memory)?.as_slice())?;
+        index.insert(index_key(memory.latest.start, user).as_slice(), ())?;
     }
     if let Some(before) = prune_before {
         let end = index_key(before, &UserPseudonym([0; 16]));
@@ -116,7 +181,7 @@ pub(super) fn write(
 pub(super) fn read(
     db: &redb::Database,
     users: &[UserPseudonym],
-) -> Result<Vec<(UserPseudonym, Memory)>, StoreError> {
+) -> Result<Vec<(UserPseudonym, Memories)>, StoreError> {
     let txn = db.begin_read()?;
     let table = match txn.open_table(MEMORIES) {
         Ok(table) => table,
@@ -150,21 +215,62 @@ mod tests {
 
     #[test]
     fn values_round_trip_and_other_formats_are_refused() {
-        let memory = Memory {
-            start: -1_700_000_000_000,
-            touch: 7,
+        let at = |start, touch| Memory { start, touch };
+        let one = Memories::one(at(-1_700_000_000_000, 7));
+        let bytes = encode_value(&one).unwrap();
+        assert_eq!(bytes.len(), 2 + RECORD_LEN);
+        assert_eq!(decode_value(&bytes).unwrap(), one);
+        let list = Memories {
+            earlier: vec![at(100, 1), at(200, 2), at(200, 3)],
+            latest: at(300, 1),
         };
-        assert_eq!(decode_value(&encode_value(memory)).unwrap(), memory);
-        let mut future = encode_value(memory);
-        future[0] = 2;
+        let bytes = encode_value(&list).unwrap();
+        assert_eq!(decode_value(&bytes).unwrap(), list);
+        for cut in 0..bytes.len() {
+            assert!(decode_value(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_value(&longer).is_err());
+        let mut unsorted = bytes;
+        unsorted[2 + RECORD_LEN..2 + RECORD_LEN + 8].copy_from_slice(&500_i64.to_le_bytes());
+        assert!(
+            decode_value(&unsorted)
+                .unwrap_err()
+                .to_string()
+                .contains("out of order")
+        );
+        // Format 1 (one record, before the list) reads as a one-entry list.
+        let mut v1 = vec![1];
+        push_record(&mut v1, at(42, 9));
+        assert_eq!(decode_value(&v1).unwrap(), Memories::one(at(42, 9)));
+        assert!(decode_value(&v1[..12]).is_err());
+        let mut future = encode_value(&one).unwrap();
+        future[0] = 3;
         assert!(
             decode_value(&future)
                 .unwrap_err()
                 .to_string()
                 .contains("vedetta replay")
         );
-        assert!(decode_value(&encode_value(memory)[..12]).is_err());
         assert!(decode_value(&[]).is_err());
+        let too_long = Memories {
+            earlier: vec![at(1, 1); MAX_FIRST_TOUCH_RUNS],
+            latest: at(2, 2),
+        };
+        assert!(encode_value(&too_long).is_err());
+        let mut forged = vec![2];
+        push_record(&mut forged, at(2, 2));
+        forged.push(MAX_FIRST_TOUCH_RUNS as u8);
+        for _ in 0..MAX_FIRST_TOUCH_RUNS {
+            push_record(&mut forged, at(1, 1));
+        }
+        assert!(
+            decode_value(&forged)
+                .unwrap_err()
+                .to_string()
+                .contains("earlier runs")
+        );
     }
 
     #[test]
@@ -183,7 +289,7 @@ mod tests {
         let db = redb::Database::create(dir.path().join("m.redb")).unwrap();
         let (a, b) = (UserPseudonym([1; 16]), UserPseudonym([2; 16]));
         assert!(read(&db, &[a]).unwrap().is_empty(), "no table yet");
-        let at = |start, touch| Memory { start, touch };
+        let at = |start, touch| Memories::one(Memory { start, touch });
         let txn = db.begin_write().unwrap();
         write(&txn, &[(a, at(100, 1)), (b, at(200, 2))], None).unwrap();
         txn.commit().unwrap();
@@ -193,10 +299,25 @@ mod tests {
         txn.commit().unwrap();
         assert_eq!(read(&db, &[a, b]).unwrap(), vec![(a, at(300, 3))]);
         assert_eq!(count(&db).unwrap(), 1);
+        // A list is indexed by its latest run: kept while that is, with its earlier runs.
+        let list = Memories {
+            earlier: vec![Memory {
+                start: 50,
+                touch: 1,
+            }],
+            latest: Memory {
+                start: 400,
+                touch: 2,
+            },
+        };
         let txn = db.begin_write().unwrap();
-        write(&txn, &[], Some(301)).unwrap();
+        write(&txn, &[(b, list.clone())], Some(301)).unwrap();
         txn.commit().unwrap();
-        assert!(read(&db, &[a]).unwrap().is_empty());
+        assert_eq!(read(&db, &[b]).unwrap(), vec![(b, list)]);
+        let txn = db.begin_write().unwrap();
+        write(&txn, &[], Some(401)).unwrap();
+        txn.commit().unwrap();
+        assert!(read(&db, &[a, b]).unwrap().is_empty());
         let txn = db.begin_read().unwrap();
         assert_eq!(txn.open_table(MEMORIES_BY_START).unwrap().len().unwrap(), 0);
     }

@@ -18,8 +18,8 @@ pub enum AttributionModel {
     LastNonDirect,
     /// Every session keeps its own acquisition.
     Session,
-    /// The first non-direct session is an anchor that holds for the lookback; a session takes
-    /// the latest anchor in force at its start.
+    /// Every session takes the acquisition of the user's earliest non-direct session (itself
+    /// included) started within the lookback before it; with none, its own.
     FirstTouch,
 }
 
@@ -154,27 +154,16 @@ pub(super) fn attribute(sessions: &mut [Session<'_>], model: AttributionModel, l
             }
         }
         AttributionModel::FirstTouch => {
-            // Anchors: the first non-direct session, then each non-direct session that starts
-            // more than the lookback after the latest anchor before it.
-            let mut anchors: Vec<usize> = Vec::new();
-            for (s, session) in sessions.iter().enumerate() {
-                if !session.non_direct {
-                    continue;
-                }
-                let lapsed = anchors
-                    .last()
-                    .is_none_or(|&a| session.start - sessions[a].start > lookback_ms);
-                if lapsed {
-                    anchors.push(s);
-                }
-            }
+            // The earliest non-direct session P, S itself included, with
+            // 0 ≤ start(S) − start(P) ≤ lookback. Sessions are in order of start, so the
+            // candidates are among S and those before it.
             for s in 0..sessions.len() {
                 let start = sessions[s].start;
-                sessions[s].attributed = anchors
+                sessions[s].attributed = sessions[..=s]
                     .iter()
-                    .filter(|&&a| (0..=lookback_ms).contains(&(start - sessions[a].start)))
-                    .max_by_key(|&&a| sessions[a].start)
-                    .map_or(sessions[s].acquisition, |&a| sessions[a].acquisition);
+                    .filter(|p| p.non_direct && (0..=lookback_ms).contains(&(start - p.start)))
+                    .min_by_key(|p| p.start)
+                    .map_or(sessions[s].acquisition, |p| p.acquisition);
             }
         }
     }

@@ -29,9 +29,9 @@
 //!    non-direct event, else of its first event.
 //! 5. **Attribute**: per user, walk the sessions in order of start and credit each one under
 //!    the model (`last_non_direct`: a direct session takes the latest earlier non-direct
-//!    session's acquisition within the lookback; `session`: its own; `first_touch`: the latest
-//!    anchor in force, anchors being the non-direct sessions that start when no earlier anchor
-//!    is within the lookback). Each session looks over the whole list: no per-user record.
+//!    session's acquisition within the lookback; `session`: its own; `first_touch`: the
+//!    earliest non-direct session, itself included, started within the lookback before it).
+//!    Each session looks over the whole list: no per-user record.
 //! 6. **Count** every accepted event and every session under its session's attributed channel
 //!    and campaign and its first event's device and region, every duplicate under its own
 //!    dimensions; sort.
@@ -44,11 +44,12 @@
 //! The truth holds all the data; the pipeline may forget a user's state (sessions, flags, near
 //! duplicates) once no event on time for its minute can need it (semantics.md, "What the
 //! pipeline keeps"). An event later than the allowed lateness then meets only what is still
-//! held (for attribution, the user's one record of the latest non-direct acquisition or
-//! anchor), and the two may legitimately differ on sessions, flags, near duplicates and the
-//! attribution of that user's later sessions. So the
-//! truth is the answer key of a log in which no event is late: the `late` total of its `1m`
-//! rows is zero. Generated traffic qualifies (no event arrives more than about ten minutes
+//! held (for attribution, the user's record of the latest non-direct acquisition, or the
+//! `first_touch` runs), and the two may legitimately differ on sessions, flags, near
+//! duplicates and the attribution of that user's later sessions. The truth does not apply
+//! the pipeline's cap of 32 `first_touch` runs per user (a bot's; the pipeline counts it in
+//! `first_touch_capped`). So the truth is the answer key of a log in which no event is late
+//! (the `late` total of its `1m` rows is zero) and no user hits that cap. Generated traffic qualifies (no event arrives more than about ten minutes
 //! behind; the default lateness is fifteen); a test that shortens the lateness to exercise `late`
 //! should compare only what cannot depend on forgotten state.
 //!

@@ -305,42 +305,191 @@ fn order_ids_only_join_conversions_and_the_horizon_can_be_turned_off() {
     assert_eq!(run.total(Day, |c| c.conversions), 2);
 }
 
-#[test]
-fn first_touch_holds_for_the_lookback_then_the_next_click_takes_over() {
-    let lookback = 10 * DAY;
-    let mut run = Run::with(PipelineConfig {
+/// One visit a day (a page view, then a purchase a minute later), each followed by time
+/// passing so that the visit's session is dropped before the next: every later session
+/// meets the earlier ones only through the user's memory.
+fn daily_visits(run: &mut Run, visits: &[(i64, Option<(&str, &str)>)]) {
+    for &(day, touch) in visits {
+        let ts = T0 + day * DAY;
+        run.send([
+            hit(1, EventKind::PageView, ts, touch),
+            buy(1, ts + MIN, 10.0, &format!("o-{day}")),
+        ]);
+        pass_time(run, ts + 6 * 3_600_000);
+    }
+}
+
+fn first_touch(lookback: i64) -> PipelineConfig {
+    PipelineConfig {
         attribution: AttributionModel::FirstTouch,
         attribution_lookback_ms: lookback,
         ..PipelineConfig::default()
-    })
-    .with_store(3);
-    // Day 0 social (anchor); day 5 email (during the anchor: credited to social);
-    // day 12 direct (the anchor lapsed at day 10: direct); day 13 paid search (the new
-    // anchor); day 14 email again (credited to paid search).
-    let visit = |day: i64, touch| {
-        let ts = T0 + day * DAY;
-        vec![
-            hit(1, EventKind::PageView, ts, touch),
-            buy(1, ts + MIN, 10.0, &format!("o-{day}")),
-        ]
-    };
-    for (day, touch) in [
-        (0, Some(("social", "saldi"))),
-        (5, Some(("email", "news"))),
-        (12, None),
-        (13, Some(("paid_search", "brand"))),
-        (14, Some(("email", "news"))),
-    ] {
-        run.send(visit(day, touch));
-        pass_time(&mut run, T0 + day * DAY + 6 * 3_600_000);
     }
+}
+
+/// The user's first_touch runs (oldest first) as the pipeline or its store holds them.
+fn runs_of_user_1(run: &Run) -> Vec<(i64, String)> {
+    let user = event(1, EventKind::PageView, T0).user;
+    let state = run.pipeline.snapshot();
+    let memories = match (state.users.get(&user), state.dormant.get(&user)) {
+        (Some(held), _) => Some(attribution::Memories {
+            earlier: state
+                .earlier_runs
+                .get(&user)
+                .map(|r| r.as_slice().to_vec())
+                .unwrap_or_default(),
+            latest: held.memory,
+        }),
+        (None, Some(latest)) => Some(attribution::Memories {
+            earlier: state
+                .earlier_runs
+                .get(&user)
+                .map(|r| r.as_slice().to_vec())
+                .unwrap_or_default(),
+            latest: *latest,
+        }),
+        (None, None) => run
+            .store
+            .as_ref()
+            .and_then(|(store, _)| store.get(&user).cloned()),
+    };
+    let Some(memories) = memories else {
+        return Vec::new();
+    };
+    memories
+        .earlier
+        .iter()
+        .chain([&memories.latest])
+        .filter(|m| !m.is_none())
+        .map(|m| {
+            let dims = run.pipeline.dims(m.touch).unwrap();
+            ((m.start - T0) / DAY, dims.channel.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn first_touch_takes_the_earliest_click_within_the_lookback_not_a_lapsing_cookie() {
+    // Lookback 10 days. Day 0 social; day 5 email; day 12 direct; day 13 paid search; day
+    // 14 email again. Each session takes the earliest non-direct session started in
+    // [its start − 10 days, its start]:
+    // day 0 → social (itself); day 5 → social (day 0); day 12 → email (day 5: the social
+    // click lapsed at day 10, the e-mail click of day 5 has not; a first-click cookie would
+    // have said direct); day 13 → email (day 5); day 14 → email (day 5).
+    for store_every in [None, Some(3)] {
+        let mut run = Run::with(first_touch(10 * DAY));
+        if let Some(every) = store_every {
+            run = run.with_store(every);
+        }
+        daily_visits(
+            &mut run,
+            &[
+                (0, Some(("social", "saldi"))),
+                (5, Some(("email", "news"))),
+                (12, None),
+                (13, Some(("paid_search", "brand"))),
+                (14, Some(("email", "news"))),
+            ],
+        );
+        assert_eq!(
+            run.by_touch(|c| c.conversions),
+            touches(&[("email", "news", 3), ("social", "saldi", 2)]),
+            "store every {store_every:?}"
+        );
+        // What is left: the social run went when the day-13 click came (more than 10
+        // days before it); e-mail, paid search, e-mail remain.
+        assert_eq!(
+            runs_of_user_1(&run),
+            vec![
+                (5, "email".to_string()),
+                (13, "paid_search".to_string()),
+                (14, "email".to_string())
+            ],
+            "store every {store_every:?}"
+        );
+        assert_eq!(run.pipeline.counters().first_touch_capped, 0);
+    }
+}
+
+#[test]
+fn first_touch_keeps_a_run_of_one_touch_as_its_latest_session() {
+    // Lookback 10 days. Social at day 0 and day 3 (one run), email at day 5, direct at
+    // day 12. [day 2, day 12] holds social (day 3) and email (day 5): social. The run is
+    // kept as one entry with its latest start (day 3); with its first (day 0) it would
+    // have lapsed and the answer would wrongly be email.
+    let mut run = Run::with(first_touch(10 * DAY)).with_store(2);
+    daily_visits(
+        &mut run,
+        &[
+            (0, Some(("social", "saldi"))),
+            (3, Some(("social", "saldi"))),
+            (5, Some(("email", "news"))),
+        ],
+    );
+    assert_eq!(
+        runs_of_user_1(&run),
+        vec![(3, "social".to_string()), (5, "email".to_string())]
+    );
+    daily_visits(&mut run, &[(12, None)]);
+    // day 0, 3 → social; day 5 → social (day 0); day 12 → social (day 3).
     assert_eq!(
         run.by_touch(|c| c.conversions),
-        touches(&[
-            ("direct", "(none)", 1),
-            ("paid_search", "brand", 2),
-            ("social", "saldi", 2),
-        ])
+        touches(&[("social", "saldi", 4)])
+    );
+    // A run is one touch whatever the device: a desktop e-mail visit joins the e-mail run.
+    let mut desktop = hit(
+        1,
+        EventKind::PageView,
+        T0 + 13 * DAY,
+        Some(("email", "news")),
+    );
+    desktop.device = Some("desktop".into());
+    run.send([desktop]);
+    pass_time(&mut run, T0 + 13 * DAY + 6 * 3_600_000);
+    // The e-mail visits of day 5 and 13 are one run, at day 13. The social run (day 3)
+    // is exactly the lookback before that visit: kept.
+    assert_eq!(
+        runs_of_user_1(&run),
+        vec![(3, "social".to_string()), (13, "email".to_string())]
+    );
+}
+
+#[test]
+fn first_touch_keeps_at_most_the_cap_of_runs_and_counts_what_it_refuses() {
+    // 40 sessions an hour apart alternating social and email: 40 runs within the lookback.
+    // The first MAX_FIRST_TOUCH_RUNS (32, hours 0 to 31, the last one e-mail) are kept.
+    // Hours 32, 34, 36, 38 (social) would start a 33rd run: refused and counted. Hours 33,
+    // 35, 37, 39 (e-mail) continue the latest kept run, which ends at hour 39.
+    let mut run = Run::with(first_touch(30 * DAY)).with_store(5);
+    let extra = 8;
+    let n = attribution::MAX_FIRST_TOUCH_RUNS as i64 + extra;
+    for i in 0..n {
+        let touch = if i % 2 == 0 {
+            ("social", "saldi")
+        } else {
+            ("email", "news")
+        };
+        run.send([hit(1, EventKind::PageView, T0 + i * HOUR, Some(touch))]);
+    }
+    pass_time(&mut run, T0 + (n + 6) * HOUR);
+    assert_eq!(
+        run.pipeline.counters().first_touch_capped,
+        u64::try_from(extra / 2).unwrap()
+    );
+    let runs = runs_of_user_1(&run);
+    assert_eq!(runs.len(), attribution::MAX_FIRST_TOUCH_RUNS);
+    assert_eq!(runs[0], (0, "social".to_string()));
+    assert_eq!(runs[runs.len() - 1], (1, "email".to_string())); // hour 39: day 1
+    // Every session is credited to the first click, the social one of hour 0.
+    assert_eq!(
+        run.by_touch(|c| c.sessions),
+        touches(&[("direct", "(none)", 1), ("social", "saldi", n)])
+    );
+    // A later direct visit still finds the first click.
+    run.send([buy(1, T0 + 3 * DAY, 5.0, "o-bot")]);
+    assert_eq!(
+        run.by_touch(|c| c.conversions),
+        touches(&[("social", "saldi", 1)])
     );
 }
 
@@ -477,5 +626,75 @@ proptest! {
         // accepted session's first event has sessions, unless it is a duplicate-only row.
         let sessions: i64 = actual.iter().filter(|(k, _)| k.0 == Day).map(|(_, c)| c.sessions).sum();
         prop_assert!(sessions >= 1 || events.is_empty());
+    }
+}
+
+/// Users who come back many times over two days through changing channels (a visit of one
+/// to three events in a 20-minute slot, a third of them direct): sessions are dropped and
+/// later ones meet them only through the memory, so `first_touch` works off lists of runs.
+fn returning_world() -> impl Strategy<Value = Vec<StoredEvent>> {
+    prop::collection::vec((0u8..3, 0i64..(2 * 24 * 3), 0u8..6, 1usize..4), 1..60).prop_map(
+        |specs| {
+            let mut events = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (n, (u, slot, tag, len)) in specs.into_iter().enumerate() {
+                if !seen.insert((u, slot)) {
+                    continue;
+                }
+                let touch = match tag {
+                    0 | 1 => None,
+                    2 => Some(("social", "saldi")),
+                    3 => Some(("email", "news")),
+                    4 => Some(("social", "saldi")),
+                    _ => Some(("paid_search", "brand")),
+                };
+                for i in 0..len {
+                    let ts = T0 + slot * 20 * MIN + 200 + i as i64 * MIN;
+                    let mut e = hit(
+                        u,
+                        EventKind::PageView,
+                        ts,
+                        if i == 0 { touch } else { None },
+                    );
+                    if i + 1 == len {
+                        e.kind = EventKind::Purchase;
+                        e.value = Some(10.0);
+                        e.order_id = Some(format!("o-{n}"));
+                    }
+                    e.event_id = Some(format!("e-{n}-{i}"));
+                    if tag == 4 {
+                        e.device = Some("desktop".into());
+                    }
+                    events.push(e);
+                }
+            }
+            events
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+
+    /// Under `first_touch`, the numbers with sessions dropped into memory (lists of runs,
+    /// moved through a store at any cadence, any arrival order within the lateness) are
+    /// those of a pipeline that never drops a session and walks every session it saw.
+    #[test]
+    fn first_touch_from_memory_lists_equals_first_touch_over_every_session(
+        events in returning_world(),
+        delays in prop::collection::vec(0i64..(10 * MIN), 1..20),
+        lookback in prop::sample::select(vec![2 * HOUR, 7 * HOUR, 20 * HOUR, 30 * DAY]),
+        store_every in prop::option::of(1u64..40),
+    ) {
+        let config = first_touch(lookback);
+        let never_drops = PipelineConfig {
+            allowed_lateness_ms: 400 * DAY,
+            ..config.clone()
+        };
+        let expected = final_kpis_under(&arrival(&events, &[0]), &never_drops, None);
+        let in_order = final_kpis_under(&arrival(&events, &[0]), &config, store_every);
+        let shuffled = final_kpis_under(&arrival(&events, &delays), &config, store_every);
+        prop_assert_eq!(&in_order, &expected);
+        prop_assert_eq!(&shuffled, &expected);
     }
 }
