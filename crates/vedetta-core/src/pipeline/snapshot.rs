@@ -1,8 +1,13 @@
 //! The snapshot format: what the store keeps of the pipeline state between restarts.
 //!
 //! ```text
-//! [magic "VDSN"][format u8 = 2][PipelineState: postcard]
+//! [magic "VDSN"][format u8 = 3][PipelineState: postcard]
 //! ```
+//!
+//! Format 3 (issue 13, refunds): the state ends with one more field, `refunds` (orders
+//! remembered for their refunds, refunds waiting for their order: [`super::refunds`]). A
+//! format-2 body is the same encoding without it, so it is read with that field empty:
+//! refunds of orders placed before the upgrade stay unmatched, nothing else changes.
 //!
 //! Format 2 (attribution): events carry where they are counted, users a memory of their
 //! dropped sessions, and the state order ids and dormant memories. A format-1 snapshot
@@ -25,7 +30,9 @@ use super::kpi::DimsId;
 /// The first bytes of every snapshot.
 pub const SNAPSHOT_MAGIC: [u8; 4] = *b"VDSN";
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
+/// The format before refunds (issue 13): still read, with no refund state.
+pub const SNAPSHOT_FORMAT_BEFORE_REFUNDS: u8 = 2;
 /// Length of the header before the postcard body.
 pub const SNAPSHOT_HEADER_LEN: usize = SNAPSHOT_MAGIC.len() + 1;
 
@@ -55,6 +62,17 @@ pub fn header() -> [u8; SNAPSHOT_HEADER_LEN] {
 /// answer, never a panic (a fuzz target feeds it arbitrary input).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<PipelineState, SnapshotError> {
     let body = snapshot_body(bytes)?;
+    // A format-2 body is a format-3 body without the trailing refund state: read it as
+    // one followed by an empty refund state.
+    let upgraded;
+    let body = if bytes[SNAPSHOT_MAGIC.len()] == SNAPSHOT_FORMAT_BEFORE_REFUNDS {
+        let empty = postcard::to_allocvec(&super::refunds::RefundBook::default())
+            .map_err(|e| SnapshotError::Body(e.to_string()))?;
+        upgraded = [body, &empty].concat();
+        &upgraded[..]
+    } else {
+        body
+    };
     let (state, rest) = postcard::take_from_bytes::<PipelineState>(body)
         .map_err(|e| SnapshotError::Body(e.to_string()))?;
     if !rest.is_empty() {
@@ -97,6 +115,7 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
             state.dims.len()
         ));
     }
+    check_refunds(state, &known)?;
     for user in state.users.values() {
         if !user.entries.windows(2).all(|pair| pair[0].ts <= pair[1].ts) {
             return Err("a user's events are out of order".into());
@@ -124,6 +143,49 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Refund state that refers to what the state has: final orders to known dimensions (or
+/// none), held orders to entries of held users, both ways alike, and no negative money.
+fn check_refunds(state: &PipelineState, known: &dyn Fn(DimsId) -> bool) -> Result<(), String> {
+    let book = &state.refunds;
+    if let Some(order) = book
+        .orders
+        .values()
+        .find(|o| !(known(o.dims) || o.dims == NO_DIMS) || o.remaining_micros < 0)
+    {
+        return Err(format!(
+            "a remembered order refers to dimension tuple {} of {} (or has negative value left)",
+            order.dims,
+            state.dims.len()
+        ));
+    }
+    if book.held_orders.len() != book.held_entries.len()
+        || book
+            .held_orders
+            .iter()
+            .any(|(order, key)| book.held_entries.get(key) != Some(order))
+    {
+        return Err("the held orders and their entries do not match".into());
+    }
+    let held = |key: &super::refunds::EntryKey| {
+        state.users.get(&key.user).is_some_and(|user| {
+            user.entries
+                .iter()
+                .any(|e| e.ts == key.ts && e.kind == key.kind)
+        })
+    };
+    if !book.held_entries.keys().all(held) || !book.tallies.keys().all(held) {
+        return Err("a held order's entry is not among its user's events".into());
+    }
+    let mut tallies = book
+        .tallies
+        .values()
+        .chain(book.pending.values().map(|p| &p.tally));
+    if tallies.any(|t| t.count < 0 || t.micros < 0) {
+        return Err("a refund tally is negative".into());
     }
     Ok(())
 }
@@ -167,6 +229,17 @@ fn check_times(state: &PipelineState) -> Result<(), String> {
     if let Some(ts) = state.orders.remembered_times().find(|ts| !inside(*ts)) {
         return out("a remembered order id's time", ts);
     }
+    let book = &state.refunds;
+    let order_times = book.orders.values().map(|o| o.ts);
+    let held_times = book.held_entries.keys().map(|k| k.ts);
+    let pending_times = book.pending.values().map(|p| p.latest_ts);
+    if let Some(ts) = order_times
+        .chain(held_times)
+        .chain(pending_times)
+        .find(|ts| !inside(*ts))
+    {
+        return out("a refund's or an order's time", ts);
+    }
     Ok(())
 }
 
@@ -176,7 +249,7 @@ pub fn snapshot_body(bytes: &[u8]) -> Result<&[u8], SnapshotError> {
         return Err(SnapshotError::NoHeader);
     }
     match bytes[SNAPSHOT_MAGIC.len()] {
-        SNAPSHOT_FORMAT => Ok(&bytes[SNAPSHOT_HEADER_LEN..]),
+        SNAPSHOT_FORMAT | SNAPSHOT_FORMAT_BEFORE_REFUNDS => Ok(&bytes[SNAPSHOT_HEADER_LEN..]),
         found => Err(SnapshotError::Version { found }),
     }
 }
