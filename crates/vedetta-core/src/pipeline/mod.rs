@@ -174,6 +174,8 @@ pub struct PipelineCounters {
     pub truncated_users: u64,
     /// Accepted refunds (not duplicates), matched or not.
     pub refunds: u64,
+    /// Refunds that found their order's counted conversion (now or after waiting for it).
+    pub refunds_matched: u64,
     /// Refunds whose order never came within the allowed lateness, or was older than the
     /// refund horizon: they changed no KPI.
     pub refunds_unmatched: u64,
@@ -685,6 +687,7 @@ impl Pipeline {
                 let book = &mut self.state.refunds;
                 let excess = pending.tally.micros - pending.tally.applied(value_micros);
                 self.state.counters.refund_excess_micros += excess as u64;
+                self.state.counters.refunds_matched += pending.tally.count as u64;
                 book.tallies.insert(key, pending.tally);
             }
         }
@@ -721,6 +724,7 @@ impl Pipeline {
                     self.state.counters.refunds_uncounted += 1;
                     return;
                 }
+                self.state.counters.refunds_matched += 1;
                 let applied = refund.applied(final_order.remaining_micros);
                 final_order.remaining_micros -= applied;
                 self.state.counters.refund_excess_micros += (micros - applied) as u64;
@@ -772,6 +776,7 @@ impl Pipeline {
             state.counters.refunds_unmatched += 1;
             return;
         };
+        state.counters.refunds_matched += 1;
         let book = &mut state.refunds;
         let before = book.tallies.get(&key).copied().unwrap_or_default();
         let mut after = before;
