@@ -33,6 +33,10 @@ pub struct StateFootprint {
     /// Memories of users with no state left, waiting for the store to take them.
     pub dormant_users: usize,
     pub dormant_bytes: usize,
+    /// Orders remembered for their refunds (per order, over the refund horizon: 60 days),
+    /// and the refund state's maps (`super::refunds::RefundBook`).
+    pub refund_orders: usize,
+    pub refund_bytes: usize,
 }
 
 impl StateFootprint {

@@ -390,6 +390,8 @@ impl Pipeline {
             order_bytes: self.state.orders.heap_bytes(),
             dormant_users: self.state.dormant.len(),
             dormant_bytes: footprint::hash_map(&self.state.dormant),
+            refund_orders: self.state.refunds.orders.len() + self.state.refunds.held_orders.len(),
+            refund_bytes: self.state.refunds.heap_bytes(),
         }
     }
 

@@ -120,6 +120,34 @@ mod tests {
         assert_eq!(std::mem::size_of::<FinalOrder>(), 24);
     }
 
+    /// docs/benchmarks.md "Refunds": a shop with 10,000 orders a day keeps 600,000 final
+    /// orders over the 60-day horizon. Prints the estimate; bounds it.
+    #[test]
+    fn sixty_days_of_a_shop_with_10_000_orders_a_day_fit_in_memory() {
+        let mut book = RefundBook::default();
+        for i in 0..600_000_u64 {
+            // Fingerprints are uniform; times, values and dimensions as a shop's are.
+            let key = OrderKey::from(super::super::dedup::fingerprint(&i.to_string()));
+            let order = FinalOrder {
+                ts: 1_764_800_000_000 + i as i64 * 8_640,
+                remaining_micros: 89_500_000,
+                dims: (i % 500) as DimsId,
+            };
+            book.orders.insert(key, order);
+        }
+        let bytes = book.heap_bytes();
+        let per_order = bytes as f64 / 600_000.0;
+        let encoded = postcard::to_allocvec(&book).map_or(0, |b| b.len());
+        eprintln!(
+            "600,000 final orders: {bytes} bytes, {per_order:.1} bytes per order (entry {} \
+             bytes); {encoded} bytes in a snapshot",
+            std::mem::size_of::<(OrderKey, FinalOrder)>()
+        );
+        // 40-byte entries plus a control byte, in a power-of-two table at most 7/8 full.
+        assert_eq!(std::mem::size_of::<(OrderKey, FinalOrder)>(), 40);
+        assert!(per_order < 80.0, "{per_order}");
+    }
+
     #[test]
     fn a_tally_gives_back_at_most_the_value() {
         let tally = RefundTally {
