@@ -659,6 +659,7 @@ impl Pipeline {
 
     /// Remembers an accepted conversion's order as held by its entry, and gives it the
     /// refunds that came before it (docs/semantics.md, "Refunds").
+    #[inline(never)] // rare: per order or refund, kept out of the per-event path
     fn hold_order(
         &mut self,
         order_id: &str,
@@ -697,6 +698,7 @@ impl Pipeline {
 
     /// An accepted refund: taken off its order's revenue where the order counts, held for
     /// its order, or given up.
+    #[inline(never)] // rare: per order or refund, kept out of the per-event path
     fn process_refund(&mut self, event: &StoredEvent, watermark: Option<i64>) {
         self.state.counters.refunds += 1;
         let ts = event.ts.0;
@@ -757,6 +759,7 @@ impl Pipeline {
 
     /// A refund of a held order: attached to the order's entry, whose contribution is
     /// taken back and added again net of it.
+    #[inline(never)] // rare: per order or refund, kept out of the per-event path
     fn refund_held(&mut self, key: EntryKey, refund: RefundTally) {
         let Self {
             state,
@@ -1207,6 +1210,7 @@ fn settle(
 
 /// Makes final the orders among a user's dropped entries: their place can no longer move,
 /// and what a later refund needs of it is kept ([`FinalOrder`]).
+#[inline(never)] // per dropped user, not per event: kept out of the per-event path
 fn finalize_orders(book: &mut RefundBook, user: UserPseudonym, dropped: &[EventEntry]) {
     if book.held_entries.is_empty() {
         return;
