@@ -724,14 +724,16 @@ impl Pipeline {
         let oldest_kept = horizon.map(|h| h.saturating_sub(self.config.refund_horizon_ms));
         match self.state.refunds.orders.get_mut(&order) {
             Some(final_order) if oldest_kept.is_none_or(|o| final_order.ts >= o) => {
+                // What is left is kept for a flagged order too, so that the excess does
+                // not depend on whether its refunds came while it was held.
+                let applied = refund.applied(final_order.remaining_micros);
+                final_order.remaining_micros -= applied;
+                self.state.counters.refund_excess_micros += (micros - applied) as u64;
                 if final_order.dims == NO_DIMS {
                     self.state.counters.refunds_uncounted += 1;
                     return;
                 }
                 self.state.counters.refunds_matched += 1;
-                let applied = refund.applied(final_order.remaining_micros);
-                final_order.remaining_micros -= applied;
-                self.state.counters.refund_excess_micros += (micros - applied) as u64;
                 let (order_ts, dims) = (final_order.ts, final_order.dims);
                 for granularity in Granularity::ALL {
                     let window = self.calendar.window(granularity, order_ts);
@@ -1231,11 +1233,7 @@ fn finalize_orders(book: &mut RefundBook, user: UserPseudonym, dropped: &[EventE
             order,
             FinalOrder {
                 ts: entry.ts,
-                remaining_micros: if counted {
-                    entry.value_micros - tally.applied(entry.value_micros)
-                } else {
-                    0
-                },
+                remaining_micros: entry.value_micros - tally.applied(entry.value_micros),
                 dims: if counted { entry.counted } else { NO_DIMS },
             },
         );
