@@ -30,6 +30,10 @@ pub enum EventKind {
     Lead,
     /// Any other non-empty string, kept as sent.
     Custom(Box<str>),
+    /// Money given back on an order (`refund`, Italian `rimborso`): not a funnel step. It
+    /// lowers the revenue of its order's rows (docs/semantics.md, "Refunds"). Last, so that
+    /// the log's encoding of every earlier variant is unchanged (postcard writes the index).
+    Refund,
 }
 
 impl EventKind {
@@ -46,6 +50,8 @@ impl EventKind {
             ("carrello", EventKind::AddToCart),
             ("registrazione", EventKind::Registration),
             ("acquisto", EventKind::Purchase),
+            ("refund", EventKind::Refund),
+            ("rimborso", EventKind::Refund),
         ];
         BUILT_IN
             .iter()
@@ -64,6 +70,7 @@ impl EventKind {
             EventKind::Purchase => "purchase",
             EventKind::Lead => "lead",
             EventKind::Custom(name) => name,
+            EventKind::Refund => "refund",
         }
     }
 }

@@ -21,8 +21,8 @@ mod memories;
 mod migrate;
 
 pub use format::{
-    ROW_FORMAT, RowV1, SPEND_FORMAT, SPEND_FORMAT_V1, STORE_FORMAT, decode_row_value,
-    decode_spend_value, encode_row_value, encode_spend_value,
+    ROW_FORMAT, ROW_FORMAT_V1, RowV1, RowV2, SPEND_FORMAT, SPEND_FORMAT_V1, STORE_FORMAT,
+    decode_row_value, decode_spend_value, encode_row_value, encode_spend_value,
 };
 pub use keys::{
     KeyError, decode_row_key, decode_row_view, decode_spend_key, encode_row_key, encode_spend_key,

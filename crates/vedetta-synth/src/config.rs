@@ -69,6 +69,13 @@ pub struct SynthConfig {
     /// half as the shop's webhook 5 s–10 min later (server side, the user under another id).
     /// The contract counts each copy as a same-order duplicate.
     pub order_resend_share: f64,
+    /// Share of purchases refunded (issue 13): one refund (half of them of the whole
+    /// value) or two partial ones, minutes, hours or days after the order, as the shop's
+    /// `refunds/create` webhook sends them; one in twenty asks more than the order's value.
+    /// Its own random stream: the share leaves every other record as it was. Off (0) by
+    /// default, so that existing configurations (benchmarks, recorded truth files, the
+    /// demo) produce the same bytes; the end-to-end tests turn it on.
+    pub refund_share: f64,
     /// The demo's shape of traffic (rhythm, spend following clicks, device and region shares,
     /// a drifting campaign; see [`crate::demo`]). `None`, the default, is the flat traffic
     /// every other use gets, byte for byte as before the demo shape existed.
@@ -105,6 +112,7 @@ impl Default for SynthConfig {
             spend: true,
             tagging: Tagging::Realistic,
             order_resend_share: 0.05,
+            refund_share: 0.0,
             demo: None,
         }
     }
@@ -183,6 +191,7 @@ impl SynthConfig {
             ("late_session_share", self.late_session_share),
             ("fast_checkout_share", self.fast_checkout_share),
             ("order_resend_share", self.order_resend_share),
+            ("refund_share", self.refund_share),
         ] {
             if !(0.0..=1.0).contains(&value) {
                 return Err(ConfigError::Share { field, value });

@@ -46,6 +46,10 @@ pub enum ArrivalKind {
     /// seconds to minutes after the original's (a reloaded thank-you page, or the shop's
     /// webhook under another user id). The contract counts it as a same-order duplicate.
     OrderResend,
+    /// A refund of an earlier purchase's order (`SynthConfig::refund_share`): the shop's
+    /// webhook, minutes to days after the order. Its own `event_id`; a retry of it is an
+    /// `ExactRetry`.
+    Refund,
     /// An ad spend record.
     Spend,
 }
@@ -92,6 +96,9 @@ pub struct SynthStats {
     pub near_duplicates: u64,
     /// Purchases re-sent for an order already sent.
     pub order_duplicates: u64,
+    /// Refunds (originals, not their retries), and the money they ask, in euro cents.
+    pub refunds: u64,
+    pub refund_cents: u64,
     /// Original events delayed 1–10 minutes.
     pub late_events: u64,
     /// Original checkouts and purchases flagged `fast_checkout`.
@@ -130,6 +137,8 @@ pub struct Generator {
     spend_rng: Rng,
     /// Decides order re-sends; its own stream, so that the share leaves everything else as is.
     order_rng: Rng,
+    /// Decides refunds; its own stream, likewise.
+    refund_rng: Rng,
     population: Population,
     ids: Ids,
     /// Event time of the next session start, in microseconds so that high rates do not round
@@ -182,6 +191,8 @@ impl Generator {
                 shape,
             }
         });
+        // Drawn after every older stream, so that each of those keeps its seed.
+        let refund_rng = Rng::seeded(seeds.next_u64());
         let (population, ids, candidate_rate) = match &demo {
             None => (
                 Population::new(config.seed, config.users),
@@ -208,6 +219,7 @@ impl Generator {
             delivery_rng,
             spend_rng,
             order_rng,
+            refund_rng,
             population,
             ids,
             next_session_us: config.start_ms.saturating_mul(1_000),
@@ -379,6 +391,7 @@ impl Generator {
         }
         if planned.event.order_id.is_some() {
             self.resend_order(&planned.event, arrival_ms, truth, channel);
+            self.refund_order(&planned.event);
         }
         self.enqueue(arrival_ms, SynthRecord::Event(planned.event), truth);
     }
@@ -432,6 +445,84 @@ impl Generator {
             ..truth
         };
         self.enqueue(resent_ms, SynthRecord::Event(copy), truth);
+    }
+
+    /// Maybe refunds an order, as the shop's `refunds/create` webhook would: no browser, no
+    /// attribution, the order's `order_id`, minutes (40 %), hours (40 %) or days (20 %) after
+    /// the order; a second partial refund within the hour after the first for three orders
+    /// in ten; one refund in twenty asks more than the order's value; one in ten is
+    /// delivered twice (the same refund id).
+    fn refund_order(&mut self, order: &SynthEvent) {
+        let rng = &mut self.refund_rng;
+        if !rng.chance(self.config.refund_share) {
+            return;
+        }
+        let (Some(order_id), Some(value)) = (order.order_id, order.value) else {
+            return;
+        };
+        let value_cents = eur_to_cents(value);
+        let refunds = if rng.chance(0.3) { 2 } else { 1 };
+        let mut after_ms = match rng.range_u64(0, 10) {
+            0..=3 => rng.range_i64(60_000, 1_800_000),
+            4..=7 => rng.range_i64(3_600_000, 6 * 3_600_000),
+            _ => rng.range_i64(86_400_000, 10 * 86_400_000),
+        };
+        for n in 0..refunds {
+            let rng = &mut self.refund_rng;
+            let cents = if rng.chance(0.05) {
+                value_cents + rng.range_u64(1, 2_000)
+            } else if refunds == 1 && rng.chance(0.5) {
+                value_cents
+            } else {
+                value_cents * rng.range_u64(10, 60) / 100
+            };
+            let refund = SynthEvent {
+                event_type: EventType::Refund,
+                event_id: self.ids.refund(order_id, n),
+                value: Some(cents as f64 / 100.0),
+                ts: Timestamp {
+                    epoch_ms: order.ts.epoch_ms + after_ms,
+                    format: TsFormat::Rfc3339Utc,
+                },
+                user_agent: None,
+                ip: None,
+                region: None,
+                page: None,
+                referrer: None,
+                channel: None,
+                campaign: None,
+                utm_source: None,
+                utm_medium: None,
+                utm_campaign: None,
+                gclid: None,
+                fbclid: None,
+                consent: None,
+                properties: None,
+                ..order.clone()
+            };
+            let rng = &mut self.refund_rng;
+            let arrival_ms = refund.ts.epoch_ms + rng.range_i64(0, self.config.max_disorder_ms);
+            let retry_ms = rng
+                .chance(0.1)
+                .then(|| arrival_ms + rng.range_i64(100, 5_000));
+            after_ms += rng.range_i64(60_000, 3_600_000);
+            let truth = GroundTruth {
+                kind: ArrivalKind::Refund,
+                late: false,
+                fast_checkout: false,
+                session: None,
+                channel: Some(Channel::Direct),
+            };
+            if let Some(retry_ms) = retry_ms {
+                let kind = ArrivalKind::ExactRetry;
+                self.enqueue(
+                    retry_ms,
+                    SynthRecord::Event(refund.clone()),
+                    GroundTruth { kind, ..truth },
+                );
+            }
+            self.enqueue(arrival_ms, SynthRecord::Event(refund), truth);
+        }
     }
 
     /// One spend record per paid campaign for the minute `next_spend_minute_ms`, reported a few
@@ -567,6 +658,12 @@ impl Generator {
             (ArrivalKind::ExactRetry, _) => stats.exact_duplicates += 1,
             (ArrivalKind::DoubleFire, _) => stats.near_duplicates += 1,
             (ArrivalKind::OrderResend, _) => stats.order_duplicates += 1,
+            (ArrivalKind::Refund, record) => {
+                stats.refunds += 1;
+                if let SynthRecord::Event(event) = record {
+                    stats.refund_cents += eur_to_cents(event.value.unwrap_or(0.0));
+                }
+            }
             (ArrivalKind::Spend, SynthRecord::Spend(spend)) => {
                 stats.spend_records += 1;
                 stats.spend_cents += eur_to_cents(spend.amount);

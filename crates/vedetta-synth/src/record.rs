@@ -26,10 +26,13 @@ pub enum EventType {
     Checkout,
     Purchase,
     Lead,
+    /// Money given back on an order: not a funnel step, so not in [`EventType::ALL`] (whose
+    /// order `as usize` indexes); the contract's `refund`.
+    Refund,
 }
 
 impl EventType {
-    /// All types, in funnel order; `as usize` indexes this array.
+    /// All funnel types, in funnel order; `as usize` indexes this array.
     pub const ALL: [EventType; 6] = [
         EventType::PageView,
         EventType::AddToCart,
@@ -48,6 +51,7 @@ impl EventType {
             EventType::Checkout => "checkout",
             EventType::Purchase => "purchase",
             EventType::Lead => "lead",
+            EventType::Refund => "refund",
         }
     }
 
@@ -58,6 +62,7 @@ impl EventType {
             EventType::AddToCart => Some("carrello"),
             EventType::Registration => Some("registrazione"),
             EventType::Purchase => Some("acquisto"),
+            EventType::Refund => Some("rimborso"),
             EventType::Checkout | EventType::Lead => None,
         }
     }

@@ -67,6 +67,12 @@ impl Ids {
         EventId(mix64(counter ^ self.key))
     }
 
+    /// The id of refund `n` of an order: derived from the order alone, so refunds leave
+    /// every other id as it was.
+    pub(crate) fn refund(&self, order: OrderId, n: u64) -> EventId {
+        EventId(mix64(mix64(order.0 ^ 0x5245_4655_4E44) ^ self.key).wrapping_add(n))
+    }
+
     fn order(&mut self) -> OrderId {
         self.next_order += 1;
         OrderId(self.next_order)

@@ -3,7 +3,7 @@
 //! below were taken from the generator before the demo shape existed; a change to them means
 //! every recorded benchmark, truth file and replayed log of those configurations changed.
 
-use vedetta_synth::{Generator, SynthConfig, Tagging, to_ndjson_line};
+use vedetta_synth::{ArrivalKind, Generator, SynthConfig, SynthRecord, Tagging, to_ndjson_line};
 
 /// FNV-1a over the NDJSON of the first `records` arrivals, with their arrival times.
 fn output_hash(config: SynthConfig, records: usize) -> u64 {
@@ -59,4 +59,38 @@ fn existing_configurations_produce_the_same_bytes_as_before_the_demo_shape() {
         ("slow_messy", 0x2d22_5710_c5eb_7f39),
     ];
     assert_eq!(got, expected);
+}
+
+/// Refunds (issue 13) come from their own random stream: turning them on adds refunds and
+/// their retries, and leaves every other record, and its arrival, exactly as it was.
+#[test]
+fn refunds_leave_every_other_record_as_it_was() {
+    let with = |refund_share: f64| SynthConfig {
+        seed: 9,
+        refund_share,
+        ..SynthConfig::default()
+    };
+    let plain: Vec<_> = Generator::new(with(0.0))
+        .expect("valid config")
+        .take(20_000)
+        .collect();
+    let refunded: Vec<_> = Generator::new(with(0.5))
+        .expect("valid config")
+        .take(25_000)
+        .collect();
+    let is_refund = |a: &vedetta_synth::Arrival| match &a.record {
+        SynthRecord::Event(e) => e.event_type == vedetta_synth::EventType::Refund,
+        SynthRecord::Spend(_) => false,
+    };
+    let refunds = refunded.iter().filter(|a| is_refund(a)).count();
+    assert!(refunds > 20, "{refunds} refunds");
+    assert!(
+        refunded
+            .iter()
+            .filter(|a| is_refund(a))
+            .all(|a| matches!(a.truth.kind, ArrivalKind::Refund | ArrivalKind::ExactRetry))
+    );
+    let others: Vec<_> = refunded.into_iter().filter(|a| !is_refund(a)).collect();
+    assert!(others.len() >= plain.len());
+    assert_eq!(&others[..plain.len()], &plain[..]);
 }

@@ -363,7 +363,8 @@ fn exact_retries_repeat_an_earlier_line_byte_for_byte_a_few_seconds_later() {
     for (arrival, line, json) in run.rows() {
         let event_id = json.get("event_id").and_then(Value::as_str);
         match arrival.truth.kind {
-            ArrivalKind::Original => {
+            // A refund is an original of its own, with its own retries.
+            ArrivalKind::Original | ArrivalKind::Refund => {
                 let previous = originals.insert(event_id.unwrap(), (line, arrival.arrival_ms));
                 assert!(previous.is_none(), "two logical events share an event_id");
             }
@@ -422,7 +423,10 @@ fn double_fires_are_same_user_and_type_within_100_ms_with_a_new_event_id() {
                 assert_eq!(strip(json), strip(original));
                 double_fires += 1;
             }
-            ArrivalKind::ExactRetry | ArrivalKind::OrderResend | ArrivalKind::Spend => {}
+            ArrivalKind::ExactRetry
+            | ArrivalKind::OrderResend
+            | ArrivalKind::Refund
+            | ArrivalKind::Spend => {}
         }
     }
     assert_eq!(double_fires, run.stats.near_duplicates);
@@ -879,6 +883,11 @@ fn stats_agree_with_the_stream() {
             ArrivalKind::ExactRetry => expected.exact_duplicates += 1,
             ArrivalKind::DoubleFire => expected.near_duplicates += 1,
             ArrivalKind::OrderResend => expected.order_duplicates += 1,
+            ArrivalKind::Refund => {
+                expected.refunds += 1;
+                let value = field(json, "value", "valore").unwrap().as_f64().unwrap();
+                expected.refund_cents += (value * 100.0).round() as u64;
+            }
             ArrivalKind::Spend => {
                 expected.spend_records += 1;
                 expected.spend_cents += (json["amount"].as_f64().unwrap() * 100.0).round() as u64;
@@ -1162,7 +1171,10 @@ fn some_orders_are_sent_again_reloaded_or_by_webhook_with_a_new_event_id() {
                     webhooks += 1;
                 }
             }
-            ArrivalKind::ExactRetry | ArrivalKind::DoubleFire | ArrivalKind::Spend => {}
+            ArrivalKind::ExactRetry
+            | ArrivalKind::DoubleFire
+            | ArrivalKind::Refund
+            | ArrivalKind::Spend => {}
         }
     }
     assert_eq!(reloads + webhooks, run.stats.order_duplicates);

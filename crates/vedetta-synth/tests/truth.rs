@@ -1014,3 +1014,85 @@ fn one_million_events_timing() {
     assert_eq!(total(&truth, DAY_ROW, all_events), stats.events);
     assert!(computed.as_secs() < 60);
 }
+
+// ---- refunds (issue 13) -------------------------------------------------------------------
+
+fn order(user: u64, ts: i64, id: u64, euros: f64, order: u64) -> SynthEvent {
+    SynthEvent {
+        order_id: Some(vedetta_synth::OrderId(order)),
+        ..purchase(user, ts, id, euros)
+    }
+}
+
+/// A refund of `order` as the shop sends it: no browser, no attribution, another udid.
+fn refund(ts: i64, id: u64, euros: f64, order: u64) -> SynthEvent {
+    SynthEvent {
+        event_type: EventType::Refund,
+        channel: None,
+        user_agent: None,
+        region: None,
+        value: Some(euros),
+        currency: Some("EUR"),
+        order_id: Some(vedetta_synth::OrderId(order)),
+        ..event(900, EventType::Refund, ts, id)
+    }
+}
+
+#[test]
+fn refunds_net_out_of_their_orders_revenue_in_the_orders_own_rows() {
+    let t = NOON + 5 * SECOND;
+    let truth = compute(&events([
+        // Order 1 refunded in full an hour later: revenue 0, in the order's minute.
+        order(1, t, 10, 89.5, 1),
+        refund(t + HOUR, 11, 89.5, 1),
+        // Order 2: its refund arrives first; two partial refunds, the second retried.
+        refund(t + 2 * MINUTE, 20, 30.0, 2),
+        order(2, t + SECOND, 21, 100.0, 2),
+        refund(t + 3 * MINUTE, 22, 45.25, 2),
+        refund(t + 3 * MINUTE, 22, 45.25, 2),
+        // Order 3: asked more than its value: capped.
+        order(3, t + 2 * SECOND, 30, 10.0, 3),
+        refund(t + DAY, 31, 15.0, 3),
+        // A refund of an order that never comes changes nothing.
+        refund(t, 40, 5.0, 4),
+    ]));
+    let minute = row_at(&truth, MINUTE_ROW, t);
+    assert_eq!(minute.conversions, 3);
+    assert_eq!(minute.refunds, 4);
+    assert_eq!(
+        minute.refunded_micros,
+        (89_500_000 + 75_250_000 + 10_000_000)
+    );
+    assert_eq!(minute.revenue_micros, 24_750_000);
+    // Refunds are no funnel events: only the purchases (and the repeated refund, a
+    // duplicate) are counted in the refunds' own minutes.
+    let events: u64 = rows_of(&truth, MINUTE_ROW)
+        .flat_map(|r| r.events.values())
+        .sum();
+    assert_eq!(events, 3);
+    let duplicates: u64 = rows_of(&truth, MINUTE_ROW).map(|r| r.duplicates).sum();
+    assert_eq!(duplicates, 1);
+    // The day: the purchases' row, and the repeated refund's duplicate under its own
+    // dimensions (no device, no region).
+    let day: Vec<_> = rows_of(&truth, DAY_ROW).collect();
+    assert_eq!(day.len(), 2);
+    let refunds: u64 = day.iter().map(|r| r.refunds).sum();
+    let revenue: i64 = day.iter().map(|r| r.revenue_micros).sum();
+    assert_eq!((refunds, revenue), (4, 24_750_000));
+}
+
+#[test]
+fn a_refund_of_a_flagged_purchase_changes_nothing() {
+    let t = NOON + 5 * SECOND;
+    let truth = compute(&events([
+        event(1, EventType::Registration, t, 10),
+        order(1, t + SECOND, 11, 50.0, 1),
+        refund(t + MINUTE, 12, 20.0, 1),
+    ]));
+    let row = row_at(&truth, MINUTE_ROW, t);
+    assert_eq!(
+        (row.flagged, row.conversions, row.revenue_micros),
+        (1, 0, 0)
+    );
+    assert_eq!((row.refunds, row.refunded_micros), (0, 0));
+}

@@ -118,6 +118,9 @@ pub struct RawPipeline {
     pub attribution_lookback: Option<String>,
     /// A span such as `7d` (default); `0s` turns order dedup off.
     pub order_dedup_horizon: Option<String>,
+    /// How long an order's place is kept for its refunds: a span such as `60d` (default);
+    /// `0s` leaves every refund unmatched.
+    pub refund_horizon: Option<String>,
     pub time_zone: Option<String>,
     pub reporting_currency: Option<String>,
     pub currency_rates: Option<std::collections::BTreeMap<String, f64>>,
@@ -754,10 +757,18 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
         if names.is_empty() {
             return Err(bad(key, "must name at least one event type"));
         }
-        Ok(names
+        let kinds: Vec<EventKind> = names
             .iter()
             .map(|n| EventKind::from_wire(n.trim()))
-            .collect())
+            .collect();
+        if kinds.contains(&EventKind::Refund) {
+            // A refund is not a funnel step: it lowers its order's revenue instead.
+            return Err(bad(
+                key,
+                "`refund` cannot be a conversion type or in a sequence rule (docs/semantics.md, \"Refunds\")",
+            ));
+        }
+        Ok(kinds)
     };
     let conversion_types = match raw.conversion_types {
         Some(list) => kinds("pipeline.conversion_types", list.into_vec())?,
@@ -833,6 +844,12 @@ fn validate_pipeline(raw: RawPipeline) -> Result<PipelineSettings, KeyError> {
             true,
         )?
         .unwrap_or(defaults.order_dedup_horizon_ms),
+        refund_horizon_ms: span_ms(
+            "pipeline.refund_horizon",
+            raw.refund_horizon.as_deref(),
+            true,
+        )?
+        .unwrap_or(defaults.refund_horizon_ms),
         attribution: match raw.attribution.as_deref() {
             None => defaults.attribution,
             Some(name) => AttributionModel::from_name(name).ok_or_else(|| {

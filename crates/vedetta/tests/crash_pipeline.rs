@@ -55,6 +55,9 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
         start_ms: support::now_ms() - 3 * 3_600_000,
         sessions_per_minute: 400.0,
         users: 40_000,
+        // Refunds too (issue 13): their state (orders held and final, refunds waiting)
+        // must survive a crash like the rest of the snapshot.
+        refund_share: 0.2,
         ..SynthConfig::default()
     };
     let mut events = Vec::new();
@@ -174,6 +177,8 @@ fn sigkill_at_random_points_leaves_kpis_identical_to_an_uninterrupted_run() {
     );
     let rows = crashed[0]["rows"].as_array().unwrap().len();
     assert!(rows > 100, "too little data to mean anything: {rows} rows");
+    let refunds = uninterrupted[0]["totals"]["refunds"].as_i64().unwrap();
+    assert!(refunds > 20, "too few refunds to mean anything: {refunds}");
     for (i, (a, b)) in crashed.iter().zip(&uninterrupted).enumerate() {
         assert_eq!(
             a["rows"], b["rows"],

@@ -287,3 +287,135 @@ fn shopify_orders_are_verified_mapped_and_counted_once() {
     assert_eq!(revenue, 219.5);
     server.stop();
 }
+
+fn refund(id: u64, order_id: u64, amounts: &[&str], at_ms: i64) -> Vec<u8> {
+    let transactions: Vec<_> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, amount)| {
+            serde_json::json!({
+                "id": id * 10 + i as u64,
+                "order_id": order_id,
+                "kind": "refund",
+                "status": "success",
+                "amount": amount,
+                "currency": "EUR",
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": id,
+        "order_id": order_id,
+        "created_at": rfc3339(at_ms),
+        "note": "reso",
+        "refund_line_items": [],
+        "transactions": transactions,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Conversions, revenue, refunds and refunded of the Shopify campaign, today and
+/// yesterday, as `/v1/kpis` answers them.
+fn campaign_money(http: &reqwest::blocking::Client, server: &Server) -> (u64, f64, u64, f64) {
+    wait_processed(http, server);
+    let answer = get_json(
+        http,
+        &server.url("/v1/kpis?granularity=1d&last=2d&group_by=campaign"),
+    );
+    let rows: Vec<_> = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["campaign"] == "shopify_saldi")
+        .collect();
+    let sum = |f: &str| rows.iter().map(|r| r[f].as_f64().unwrap()).sum::<f64>();
+    (
+        sum("conversions") as u64,
+        sum("revenue"),
+        sum("refunds") as u64,
+        sum("refunded"),
+    )
+}
+
+#[test]
+fn shopify_refunds_lower_the_revenue_of_their_order_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(&config, CONFIG_BOTH).unwrap();
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let http = client();
+    let at = now_ms() - 120_000;
+    let mut webhook = 0;
+    let mut send = |topic: &str, body: Vec<u8>| {
+        webhook += 1;
+        let signature = python_hmac("shpss_current", &body);
+        let (status, answer) = deliver(
+            &http,
+            &server,
+            topic,
+            &format!("w-{webhook}"),
+            &signature,
+            body,
+        );
+        assert_eq!(status, 200, "{topic}: {answer}");
+        answer
+    };
+
+    // An order followed by its refund: the revenue nets out exactly.
+    send("orders/create", order(11, "89.50", at));
+    let answer = send("refunds/create", refund(501, 11, &["89.50"], at + 30_000));
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(campaign_money(&http, &server), (1, 0.0, 1, 89.5));
+
+    // Partial refunds sum up (one of two transactions); a redelivered refund (a new
+    // webhook id, the same refund id) counts once.
+    send("orders/create", order(12, "120.00", at + 1_000));
+    send(
+        "refunds/create",
+        refund(502, 12, &["40.25", "5.00"], at + 31_000),
+    );
+    send("refunds/create", refund(503, 12, &["50.00"], at + 32_000));
+    send("refunds/create", refund(503, 12, &["50.00"], at + 32_000));
+    assert_eq!(campaign_money(&http, &server), (2, 24.75, 3, 184.75));
+
+    // A refund over the order's value is clamped to it; the excess is counted apart.
+    send("orders/create", order(13, "10.00", at + 2_000));
+    send("refunds/create", refund(504, 13, &["15.00"], at + 33_000));
+    assert_eq!(campaign_money(&http, &server), (3, 24.75, 4, 194.75));
+
+    // A refund before its order (webhooks are not delivered in order): it waits, and the
+    // order arrives already refunded.
+    send("refunds/create", refund(505, 14, &["25.00"], at + 34_000));
+    assert_eq!(campaign_money(&http, &server), (3, 24.75, 4, 194.75));
+    send("orders/create", order(14, "100.00", at + 3_000));
+    assert_eq!(campaign_money(&http, &server), (4, 99.75, 5, 219.75));
+
+    // A refund without its order id: 400 naming the field, nothing stored.
+    let before = log_end(&http, &server);
+    let mut orphan: serde_json::Value =
+        serde_json::from_slice(&refund(506, 15, &["1.00"], at)).unwrap();
+    orphan.as_object_mut().unwrap().remove("order_id");
+    let orphan = orphan.to_string().into_bytes();
+    let signature = python_hmac("shpss_current", &orphan);
+    let (status, answer) = deliver(&http, &server, "refunds/create", "w-x", &signature, orphan);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("order_id"), "{answer}");
+    assert_eq!(log_end(&http, &server), before);
+
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "vedetta_pipeline_refunds_total{outcome=\"matched\"} 5",
+        "vedetta_pipeline_refunds_total{outcome=\"waiting\"} 0",
+        "vedetta_pipeline_refund_excess_total 5",
+        "vedetta_pipeline_duplicates_total{kind=\"exact\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from /metrics");
+    }
+    server.stop();
+}

@@ -232,6 +232,22 @@ pub(super) fn build(
         });
     }
 
+    let order_id = optional_text(ORDER_ID, limits.max_id_chars)?;
+    if kind == EventKind::Refund {
+        // A refund means nothing without its order and its amount (docs/events.md).
+        if order_id.is_none() {
+            return Err(FieldError::new(
+                "order_id",
+                "a refund must name the order it refunds (missing required field)",
+            ));
+        }
+        if value.is_none() {
+            return Err(FieldError::new(
+                "value",
+                "a refund must say the amount refunded (missing required field)",
+            ));
+        }
+    }
     let record = LogRecord::Event(StoredEvent {
         user,
         kind,
@@ -239,7 +255,7 @@ pub(super) fn build(
         event_id: optional_text(EVENT_ID, limits.max_id_chars)?,
         value,
         currency,
-        order_id: optional_text(ORDER_ID, limits.max_id_chars)?,
+        order_id,
         channel: dimension(CHANNEL)?,
         campaign: dimension(CAMPAIGN)?,
         utm_source: text(UTM_SOURCE)?,

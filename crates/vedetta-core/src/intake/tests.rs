@@ -718,3 +718,21 @@ fn a_consent_event_without_a_marketing_decision_is_refused() {
         "{error}"
     );
 }
+
+#[test]
+fn a_refund_needs_its_order_and_its_amount() {
+    let body =
+        r#"{"udid":"u","tipo":"rimborso","ts":1763996340123,"order_id":" 1001 ","valore":12.5}"#;
+    let judged = judge(body, BodyFormat::Json).unwrap();
+    let refund = event(&judged, 0);
+    assert_eq!(refund.kind, EventKind::Refund);
+    assert_eq!(refund.order_id.as_deref(), Some("1001"));
+    assert_eq!(refund.value, Some(12.5));
+    let error = only_error(r#"{"udid":"u","type":"refund","ts":1763996340123,"value":3}"#);
+    assert!(error.contains("order_id: a refund must name"), "{error}");
+    let error = only_error(r#"{"udid":"u","type":"refund","ts":1763996340123,"order_id":"1"}"#);
+    assert!(error.contains("value: a refund must say"), "{error}");
+    let error =
+        only_error(r#"{"udid":"u","type":"refund","ts":1763996340123,"order_id":"1","value":-3}"#);
+    assert!(error.contains("value"), "{error}");
+}

@@ -37,6 +37,10 @@ pub struct StateFootprint {
     pub earlier_runs_users: usize,
     /// The earlier `first_touch` runs of those users (map and lists).
     pub earlier_runs_bytes: usize,
+    /// Orders remembered for their refunds (per order, over the refund horizon: 60 days),
+    /// and the refund state's maps (`super::refunds::RefundBook`).
+    pub refund_orders: usize,
+    pub refund_bytes: usize,
 }
 
 impl StateFootprint {

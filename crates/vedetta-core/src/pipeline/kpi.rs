@@ -36,11 +36,16 @@ pub struct KpiCounters {
     pub sessions: i64,
     pub converting_sessions: i64,
     pub conversions: i64,
-    /// Revenue in micro-units of the reporting currency. `i128`: a sum that cannot wrap.
+    /// Revenue in micro-units of the reporting currency, net of refunds. `i128`: a sum
+    /// that cannot wrap.
     pub revenue_micros: i128,
     pub flagged: i64,
     pub duplicates: i64,
     pub late: i64,
+    /// Refunds of this row's clean conversions (docs/semantics.md, "Refunds").
+    pub refunds: i64,
+    /// What they gave back, in micro-units (already taken off `revenue_micros`).
+    pub refunded_micros: i128,
 }
 
 impl KpiCounters {
@@ -59,6 +64,8 @@ impl KpiCounters {
         self.flagged += other.flagged;
         self.duplicates += other.duplicates;
         self.late += other.late;
+        self.refunds += other.refunds;
+        self.refunded_micros += other.refunded_micros;
     }
 
     pub fn add_custom(&mut self, name: &str, count: i64) {
@@ -80,6 +87,8 @@ impl KpiCounters {
             && self.flagged == 0
             && self.duplicates == 0
             && self.late == 0
+            && self.refunds == 0
+            && self.refunded_micros == 0
     }
 
     /// Events by canonical type name, zero counts left out.

@@ -18,6 +18,7 @@ pub mod dims;
 pub mod footprint;
 pub mod hash;
 pub mod kpi;
+pub mod refunds;
 pub mod settings;
 pub mod snapshot;
 pub mod user;
@@ -30,6 +31,7 @@ use dedup::{ExactDedup, fingerprint};
 use dims::{DimsTable, NO_CAMPAIGN};
 use hash::FastHashMap;
 use kpi::{DimsId, KpiDeltas, KpiKey, SpendKey, to_micros};
+use refunds::{EntryKey, FinalOrder, OrderKey, Pending, RefundBook, RefundTally};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -104,6 +106,9 @@ pub struct PipelineConfig {
     pub dedup_horizon_ms: i64,
     /// Conversions with the same `order_id` less than this apart are one conversion.
     pub order_dedup_horizon_ms: i64,
+    /// How long (event time) an order's place is kept for its refunds; 0: refunds are
+    /// never matched (docs/semantics.md, "Refunds").
+    pub refund_horizon_ms: i64,
     pub attribution: AttributionModel,
     /// How far back a session may take an earlier session's acquisition.
     pub attribution_lookback_ms: i64,
@@ -132,6 +137,9 @@ impl Default for PipelineConfig {
             near_duplicate_ms: 100,
             dedup_horizon_ms: 24 * 3_600_000,
             order_dedup_horizon_ms: 7 * 86_400_000,
+            // EU consumers may withdraw for 14 days after delivery, and a return takes some
+            // weeks more to be refunded: 60 days covers nearly every refund.
+            refund_horizon_ms: 60 * 86_400_000,
             attribution: AttributionModel::LastNonDirect,
             attribution_lookback_ms: 30 * 86_400_000,
             sequence_rules: vec![SequenceRule::fast_checkout()],
@@ -167,6 +175,17 @@ pub struct PipelineCounters {
     /// `first_touch` runs not kept because the user already had
     /// [`attribution::MAX_FIRST_TOUCH_RUNS`] within the lookback (snapshot format 3).
     pub first_touch_capped: u64,
+    /// Accepted refunds (not duplicates), matched or not.
+    pub refunds: u64,
+    /// Refunds that found their order's counted conversion (now or after waiting for it).
+    pub refunds_matched: u64,
+    /// Refunds whose order never came within the allowed lateness, or was older than the
+    /// refund horizon: they changed no KPI.
+    pub refunds_unmatched: u64,
+    /// Refunds of an order whose conversion did not count (flagged): no KPI changed.
+    pub refunds_uncounted: u64,
+    /// Micro-units refunds asked beyond their order's value (clamped away).
+    pub refund_excess_micros: u64,
 }
 
 /// Everything the pipeline remembers, serializable for snapshots.
@@ -192,6 +211,9 @@ pub struct PipelineState {
     /// `first_touch` memory holds more than one (oldest first; the latest is the memory in
     /// `users` or `dormant`). Empty under the other models.
     pub earlier_runs: FastHashMap<UserPseudonym, EarlierRuns>,
+    /// Orders remembered for refunds, and refunds waiting for their order. Added in
+    /// snapshot format 3 (issue 13, refunds); last, so a format-2 body reads with it empty.
+    pub refunds: RefundBook,
 }
 
 /// The streaming pipeline. See the module docs.
@@ -311,6 +333,7 @@ impl Pipeline {
             counters: &'a PipelineCounters,
             next_offset: u64,
             earlier_runs: &'a FastHashMap<UserPseudonym, EarlierRuns>,
+            refunds: &'a RefundBook,
         }
         let state = &self.state;
         postcard::to_extend(
@@ -326,6 +349,7 @@ impl Pipeline {
                 counters: &state.counters,
                 next_offset: state.next_offset,
                 earlier_runs: &state.earlier_runs,
+                refunds: &state.refunds,
             },
             snapshot::header().to_vec(),
         )
@@ -383,6 +407,8 @@ impl Pipeline {
                     .values()
                     .map(EarlierRuns::heap_bytes)
                     .sum::<usize>(),
+            refund_orders: self.state.refunds.orders.len() + self.state.refunds.held_orders.len(),
+            refund_bytes: self.state.refunds.heap_bytes(),
         }
     }
 
@@ -482,6 +508,9 @@ impl Pipeline {
             EventKind::Checkout => 3,
             EventKind::Purchase => 4,
             EventKind::Lead => 5,
+            // Refunds never enter a user's events; a configuration naming them (as a
+            // conversion type or in a sequence rule) gets an id no event has.
+            EventKind::Refund => KindId::MAX,
             EventKind::Custom(name) => {
                 if let Some(&id) = self.custom_kind_ids.get(name.as_ref()) {
                     return id;
@@ -551,8 +580,9 @@ impl Pipeline {
             enrichment.device.as_str(),
             enrichment.region.code(),
         );
+        let refund = event.kind == EventKind::Refund;
         let kind = self.kind_id(&event.kind);
-        let conversion = self.conversion_kinds.contains(&kind);
+        let conversion = !refund && self.conversion_kinds.contains(&kind);
 
         // Dedup: exact by event_id, then near by (user, type, ts), then by order id.
         let id_slot = event
@@ -562,7 +592,10 @@ impl Pipeline {
         let exact = id_slot
             .as_ref()
             .is_some_and(|slot| slot.is_duplicate(ts, self.config.dedup_horizon_ms));
+        // A refund belongs to no user's events (two partial refunds of one order may well
+        // come in the same 100 ms): only its `event_id` dedups it.
         let near = !exact
+            && !refund
             && self
                 .state
                 .users
@@ -609,6 +642,11 @@ impl Pipeline {
         if let Some(fp) = order {
             self.state.orders.remember(fp, ts);
         }
+        if refund {
+            self.process_refund(event, watermark);
+            self.expire(watermark);
+            return;
+        }
         self.state.counters.accepted += 1;
 
         let value_micros = match (conversion, event.value) {
@@ -633,8 +671,176 @@ impl Pipeline {
             }
         }
         let entry = EventEntry::new(ts, value_micros, dims, kind, entry_bits);
+        if conversion
+            && self.config.refund_horizon_ms > 0
+            && let Some(order_id) = &event.order_id
+        {
+            let key = EntryKey {
+                user: event.user,
+                ts,
+                kind,
+            };
+            self.hold_order(order_id, key, value_micros, watermark);
+        }
         self.accept(event.user, entry, watermark);
         self.expire(watermark);
+    }
+
+    /// Remembers an accepted conversion's order as held by its entry, and gives it the
+    /// refunds that came before it (docs/semantics.md, "Refunds").
+    #[inline(never)] // rare: per order or refund, kept out of the per-event path
+    fn hold_order(
+        &mut self,
+        order_id: &str,
+        key: EntryKey,
+        value_micros: i64,
+        watermark: Option<i64>,
+    ) {
+        let order = OrderKey::from(fingerprint(order_id));
+        let book = &mut self.state.refunds;
+        if book.held_entries.contains_key(&key) {
+            // Two conversions of one user, type and `ts` (possible only with
+            // `near_duplicate_ms = 0`): the second's refunds stay unmatched.
+            return;
+        }
+        // A newer conversion of the same order id (order dedup is 7 days, or off) takes
+        // its place; refunds already counted stay with the older one.
+        book.orders.remove(&order);
+        if let Some(older) = book.held_orders.insert(order, key) {
+            book.held_entries.remove(&older);
+        }
+        book.held_entries.insert(key, order);
+        if let Some(pending) = book.pending.remove(&order) {
+            let horizon = watermark.map(|w| self.horizon(w));
+            if horizon.is_some_and(|h| pending.latest_ts < h) {
+                // It could no longer wait (whether or not the sweep has come by yet).
+                self.state.counters.refunds_unmatched += pending.tally.count as u64;
+            } else {
+                let book = &mut self.state.refunds;
+                let excess = pending.tally.micros - pending.tally.applied(value_micros);
+                self.state.counters.refund_excess_micros += excess as u64;
+                self.state.counters.refunds_matched += pending.tally.count as u64;
+                book.tallies.insert(key, pending.tally);
+            }
+        }
+    }
+
+    /// An accepted refund: taken off its order's revenue where the order counts, held for
+    /// its order, or given up.
+    #[inline(never)] // rare: per order or refund, kept out of the per-event path
+    fn process_refund(&mut self, event: &StoredEvent, watermark: Option<i64>) {
+        self.state.counters.refunds += 1;
+        let ts = event.ts.0;
+        let micros = match event.value {
+            Some(value) => self.money_micros(value, event.currency.as_deref()).max(0),
+            None => 0,
+        };
+        let refund = RefundTally { count: 1, micros };
+        let Some(order_id) = event
+            .order_id
+            .as_deref()
+            .filter(|_| self.config.refund_horizon_ms > 0)
+        else {
+            self.state.counters.refunds_unmatched += 1;
+            return;
+        };
+        let order = OrderKey::from(fingerprint(order_id));
+        let horizon = watermark.map(|w| self.horizon(w));
+        if let Some(&key) = self.state.refunds.held_orders.get(&order) {
+            self.refund_held(key, refund);
+            return;
+        }
+        let oldest_kept = horizon.map(|h| h.saturating_sub(self.config.refund_horizon_ms));
+        match self.state.refunds.orders.get_mut(&order) {
+            Some(final_order) if oldest_kept.is_none_or(|o| final_order.ts >= o) => {
+                // What is left is kept for a flagged order too, so that the excess does
+                // not depend on whether its refunds came while it was held.
+                let applied = refund.applied(final_order.remaining_micros);
+                final_order.remaining_micros -= applied;
+                self.state.counters.refund_excess_micros += (micros - applied) as u64;
+                if final_order.dims == NO_DIMS {
+                    self.state.counters.refunds_uncounted += 1;
+                    return;
+                }
+                self.state.counters.refunds_matched += 1;
+                let (order_ts, dims) = (final_order.ts, final_order.dims);
+                for granularity in Granularity::ALL {
+                    let window = self.calendar.window(granularity, order_ts);
+                    let row = self.deltas.row(KpiKey {
+                        granularity,
+                        window_start: window.start,
+                        dims,
+                    });
+                    row.refunds += 1;
+                    row.refunded_micros += i128::from(applied);
+                    row.revenue_micros -= i128::from(applied);
+                }
+            }
+            _ => {
+                // The order has not come (yet): the refund waits for it.
+                let pending = self.state.refunds.pending.entry(order).or_insert(Pending {
+                    tally: RefundTally::default(),
+                    latest_ts: ts,
+                });
+                pending.tally.add(refund);
+                pending.latest_ts = pending.latest_ts.max(ts);
+            }
+        }
+    }
+
+    /// A refund of a held order: attached to the order's entry, whose contribution is
+    /// taken back and added again net of it.
+    #[inline(never)] // rare: per order or refund, kept out of the per-event path
+    fn refund_held(&mut self, key: EntryKey, refund: RefundTally) {
+        let Self {
+            state,
+            deltas,
+            calendar,
+            custom_kinds,
+            ..
+        } = self;
+        let entry = state.users.get(&key.user).and_then(|user| {
+            let from = user.entries.partition_point(|e| e.ts < key.ts);
+            user.entries[from..]
+                .iter()
+                .take_while(|e| e.ts == key.ts)
+                .find(|e| e.kind == key.kind)
+                .copied()
+        });
+        let Some(entry) = entry else {
+            // Not reachable: a held order's entry is held until it is made final.
+            state.counters.refunds_unmatched += 1;
+            return;
+        };
+        state.counters.refunds_matched += 1;
+        let book = &mut state.refunds;
+        let before = book.tallies.get(&key).copied().unwrap_or_default();
+        let mut after = before;
+        after.add(refund);
+        let excess = (after.micros - after.applied(entry.value_micros))
+            - (before.micros - before.applied(entry.value_micros));
+        state.counters.refund_excess_micros += excess as u64;
+        if entry.counted != NO_DIMS {
+            Rows {
+                deltas,
+                calendar,
+                custom_kinds,
+                tallies: &book.tallies,
+                user: key.user,
+            }
+            .contribute(&entry, entry.counted, -1, Part::Event);
+        }
+        book.tallies.insert(key, after);
+        if entry.counted != NO_DIMS {
+            Rows {
+                deltas,
+                calendar,
+                custom_kinds,
+                tallies: &book.tallies,
+                user: key.user,
+            }
+            .contribute(&entry, entry.counted, 1, Part::Event);
+        }
     }
 
     /// The oldest event time still within the allowed lateness of watermark `w`.
@@ -662,6 +868,8 @@ impl Pipeline {
             deltas,
             calendar,
             custom_kinds,
+            tallies: &state.refunds.tallies,
+            user,
         };
         let user_state = match state.users.entry(user) {
             Entry::Occupied(held) => held.into_mut(),
@@ -763,6 +971,8 @@ impl Pipeline {
         }
         if user_state.entries.len() > config.max_events_per_user {
             let excess = user_state.entries.len() - config.max_events_per_user;
+            // Rare (a bot's endless session): the dropped entries' orders become final.
+            let dropped = user_state.entries[..excess].to_vec();
             let mut earlier = state
                 .earlier_runs
                 .remove(&user)
@@ -782,6 +992,7 @@ impl Pipeline {
                 state.earlier_runs.insert(user, runs);
             }
             state.counters.truncated_users += 1;
+            finalize_orders(&mut state.refunds, user, &dropped);
         }
     }
 
@@ -824,6 +1035,21 @@ impl Pipeline {
                     }
                 });
             }
+            // Refunds: orders past the refund horizon are forgotten; refunds whose order
+            // can no longer come on time are given up (matching checks the same limits,
+            // so when this sweep runs changes no number).
+            let book = &mut self.state.refunds;
+            let oldest_order = horizon.saturating_sub(self.config.refund_horizon_ms);
+            book.orders.retain(|_, order| order.ts >= oldest_order);
+            let mut unmatched = 0;
+            book.pending.retain(|_, pending| {
+                let waits = pending.latest_ts >= horizon;
+                if !waits {
+                    unmatched += pending.tally.count as u64;
+                }
+                waits
+            });
+            self.state.counters.refunds_unmatched += unmatched;
         }
         while let Some(entry) = self.state.expiry.first_entry() {
             if *entry.key() * MINUTE > w {
@@ -838,6 +1064,7 @@ impl Pipeline {
                     continue; // rescheduled for later by a newer event
                 }
                 let cut = state.final_prefix(horizon, gap);
+                finalize_orders(&mut self.state.refunds, user, &state.entries[..cut]);
                 if cut > 0 {
                     self.spans.clear();
                     attribution::sessions(&state.entries[..cut], gap, &mut self.spans);
@@ -955,6 +1182,10 @@ struct Rows<'a> {
     deltas: &'a mut KpiDeltas,
     calendar: &'a mut WindowCalendar,
     custom_kinds: &'a [String],
+    /// Refunds of held orders ([`RefundBook::tallies`]), and the user whose entries these
+    /// rows receive: a conversion counts net of its refunds.
+    tallies: &'a FastHashMap<EntryKey, RefundTally>,
+    user: UserPseudonym,
 }
 
 impl Rows<'_> {
@@ -965,6 +1196,19 @@ impl Rows<'_> {
         if !event && !session {
             return;
         }
+        // What the entry's refunds take off its revenue (clean conversions only; the map
+        // is empty but for orders refunded while their user is held).
+        let refunded = match self.tallies.is_empty() || !event || !entry.is_clean_conversion() {
+            true => None,
+            false => self
+                .tallies
+                .get(&EntryKey {
+                    user: self.user,
+                    ts: entry.ts,
+                    kind: entry.kind,
+                })
+                .map(|tally| (tally.count, i128::from(tally.applied(entry.value_micros)))),
+        };
         for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
             let window = self.calendar.window(granularity, entry.ts);
             let row = self.deltas.row(KpiKey {
@@ -988,6 +1232,11 @@ impl Rows<'_> {
                     row.conversions += sign;
                     // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
                     row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
+                    if let Some((count, micros)) = refunded {
+                        row.refunds += sign * count;
+                        row.refunded_micros += i128::from(sign) * micros;
+                        row.revenue_micros -= i128::from(sign) * micros;
+                    }
                 }
                 if entry.has(bits::LATE << i) {
                     row.late += sign;
@@ -1091,6 +1340,36 @@ fn earlier_runs_of<'a>(
         return &[];
     }
     earlier_runs.get(user).map_or(&[], EarlierRuns::as_slice)
+}
+
+/// Makes final the orders among a user's dropped entries: their place can no longer move,
+/// and what a later refund needs of it is kept ([`FinalOrder`]).
+#[inline(never)] // per dropped user, not per event: kept out of the per-event path
+fn finalize_orders(book: &mut RefundBook, user: UserPseudonym, dropped: &[EventEntry]) {
+    if book.held_entries.is_empty() {
+        return;
+    }
+    for entry in dropped.iter().filter(|e| e.conversion()) {
+        let key = EntryKey {
+            user,
+            ts: entry.ts,
+            kind: entry.kind,
+        };
+        let Some(order) = book.held_entries.remove(&key) else {
+            continue;
+        };
+        book.held_orders.remove(&order);
+        let tally = book.tallies.remove(&key).unwrap_or_default();
+        let counted = entry.is_clean_conversion() && entry.counted != NO_DIMS;
+        book.orders.insert(
+            order,
+            FinalOrder {
+                ts: entry.ts,
+                remaining_micros: entry.value_micros - tally.applied(entry.value_micros),
+                dims: if counted { entry.counted } else { NO_DIMS },
+            },
+        );
+    }
 }
 
 /// Drops a user's `excess` oldest entries (a bot with one endless session must not grow

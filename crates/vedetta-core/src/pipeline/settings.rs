@@ -69,6 +69,7 @@ impl PipelineConfig {
         settings.set("near_duplicate_ms", json(&self.near_duplicate_ms));
         settings.set("dedup_horizon_ms", json(&self.dedup_horizon_ms));
         settings.set("order_dedup_horizon_ms", json(&self.order_dedup_horizon_ms));
+        settings.set("refund_horizon_ms", json(&self.refund_horizon_ms));
         settings.set("attribution", json(&self.attribution));
         // Only under `first_touch`, so that stores of the other models are unaffected.
         if self.attribution == super::AttributionModel::FirstTouch {

@@ -4,11 +4,13 @@
 //! [magic "VDSN"][format u8 = 3][PipelineState: postcard]
 //! ```
 //!
-//! Format 3 (issue 9, `first_touch` as the earliest non-direct session in the lookback):
-//! the state ends with `earlier_runs`, the earlier runs of users whose `first_touch`
-//! memory holds more than one, and the counters end with `first_touch_capped`. Nothing
-//! else moved; a format-2 snapshot is refused (`vedetta replay`), as the store's settings
-//! check asks of a store built under the old `first_touch` anyway.
+//! Format 3 (issue 9, `first_touch` as the earliest non-direct session in the lookback,
+//! and issue 13, refunds): the state ends with `earlier_runs`, the earlier runs of users
+//! whose `first_touch` memory holds more than one, and `refunds` (orders remembered for
+//! their refunds, refunds waiting for their order: [`super::refunds`]); the counters end
+//! with `first_touch_capped` and the refund counters. Nothing else moved. A format-2
+//! snapshot is refused (`vedetta replay`): the counters grew inside the state, and the
+//! store's settings check asks a replay of a store built before `refund_horizon` anyway.
 //!
 //! Format 2 (attribution): events carry where they are counted, users a memory of their
 //! dropped sessions, and the state order ids and dormant memories. A format-1 snapshot
@@ -122,6 +124,7 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
             ));
         }
     }
+    check_refunds(state, &known)?;
     for user in state.users.values() {
         if !user.entries.windows(2).all(|pair| pair[0].ts <= pair[1].ts) {
             return Err("a user's events are out of order".into());
@@ -149,6 +152,49 @@ fn check_consistency(state: &PipelineState) -> Result<(), String> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Refund state that refers to what the state has: final orders to known dimensions (or
+/// none), held orders to entries of held users, both ways alike, and no negative money.
+fn check_refunds(state: &PipelineState, known: &dyn Fn(DimsId) -> bool) -> Result<(), String> {
+    let book = &state.refunds;
+    if let Some(order) = book
+        .orders
+        .values()
+        .find(|o| !(known(o.dims) || o.dims == NO_DIMS) || o.remaining_micros < 0)
+    {
+        return Err(format!(
+            "a remembered order refers to dimension tuple {} of {} (or has negative value left)",
+            order.dims,
+            state.dims.len()
+        ));
+    }
+    if book.held_orders.len() != book.held_entries.len()
+        || book
+            .held_orders
+            .iter()
+            .any(|(order, key)| book.held_entries.get(key) != Some(order))
+    {
+        return Err("the held orders and their entries do not match".into());
+    }
+    let held = |key: &super::refunds::EntryKey| {
+        state.users.get(&key.user).is_some_and(|user| {
+            user.entries
+                .iter()
+                .any(|e| e.ts == key.ts && e.kind == key.kind)
+        })
+    };
+    if !book.held_entries.keys().all(held) || !book.tallies.keys().all(held) {
+        return Err("a held order's entry is not among its user's events".into());
+    }
+    let mut tallies = book
+        .tallies
+        .values()
+        .chain(book.pending.values().map(|p| &p.tally));
+    if tallies.any(|t| t.count < 0 || t.micros < 0) {
+        return Err("a refund tally is negative".into());
     }
     Ok(())
 }
@@ -192,6 +238,17 @@ fn check_times(state: &PipelineState) -> Result<(), String> {
     }
     if let Some(ts) = state.orders.remembered_times().find(|ts| !inside(*ts)) {
         return out("a remembered order id's time", ts);
+    }
+    let book = &state.refunds;
+    let order_times = book.orders.values().map(|o| o.ts);
+    let held_times = book.held_entries.keys().map(|k| k.ts);
+    let pending_times = book.pending.values().map(|p| p.latest_ts);
+    if let Some(ts) = order_times
+        .chain(held_times)
+        .chain(pending_times)
+        .find(|ts| !inside(*ts))
+    {
+        return out("a refund's or an order's time", ts);
     }
     Ok(())
 }

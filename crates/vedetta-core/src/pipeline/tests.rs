@@ -582,3 +582,4 @@ proptest! {
 
 mod attribution_scenarios;
 mod money;
+mod refunds;

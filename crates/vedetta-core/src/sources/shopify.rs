@@ -1,4 +1,4 @@
-//! Shopify order webhooks → purchase events.
+//! Shopify order webhooks → purchase events; refund webhooks → refund events.
 //!
 //! `orders/create` and `orders/paid` both become a `purchase` with the order's id as
 //! `order_id`: the pipeline's order deduplication (docs/semantics.md, "One order, one
@@ -19,11 +19,22 @@
 //!   and query) and `referring_site` → the event's attribution fields, as a tracker's
 //!   landing hit would carry them;
 //! - the first line item's `product_id` → `product_id`.
+//!
+//! A `refunds/create` webhook becomes a `refund` ([`refund_event`]): `order_id` the
+//! refund's `order_id` (the same numeric id an order's `id` gave its purchase), `value` the
+//! exact decimal sum of its successful refund transactions, `event_id` the refund's own
+//! `id` (stable across redeliveries and across `orders/updated` noise), `ts` its
+//! `created_at`. A refund carries no customer: its `udid` is the one a guest order of the
+//! same id gets (`shopify-order:<order id>`); the pipeline finds the order by `order_id`,
+//! whichever user placed it.
 
 use serde_json::{Map, Value, json};
 
-/// The topics that become events.
+/// The topics that become purchases.
 pub const ORDER_TOPICS: &[&str] = &["orders/create", "orders/paid"];
+
+/// The topic that becomes a refund.
+pub const REFUND_TOPIC: &str = "refunds/create";
 
 /// The tracker's id as the shop's theme stores it in the order's note attributes.
 pub const TRACKER_ID_ATTRIBUTE: &str = "vedetta_id";
@@ -177,6 +188,114 @@ pub fn order_event(order: &Value, webhook_id: Option<&str>) -> Result<Value, Map
     Ok(Value::Object(event))
 }
 
+/// The refund event of a `refunds/create` webhook, in the event contract's wire form.
+pub fn refund_event(refund: &Value) -> Result<Value, MappingError> {
+    let refund = refund
+        .as_object()
+        .ok_or_else(|| error("refund", "the body must be a JSON object (a refund)"))?;
+    let id = |field: &'static str| match refund.get(field) {
+        Some(Value::Number(n)) if n.is_u64() => Ok(n.to_string()),
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => Err(error(field, "expected a numeric id")),
+    };
+    let refund_id = id("id")?;
+    let order_id = id("order_id")?;
+    let ts = refund
+        .get("created_at")
+        .and_then(Value::as_str)
+        .ok_or_else(|| error("created_at", "missing: the refund's time is needed"))?;
+    let transactions = match refund.get("transactions") {
+        Some(Value::Array(list)) => list,
+        None => {
+            return Err(error(
+                "transactions",
+                "missing: the refunded money is needed",
+            ));
+        }
+        Some(other) => {
+            return Err(error(
+                "transactions",
+                format!("expected a list, got {}", short(other)),
+            ));
+        }
+    };
+    // The exact decimal sum of the successful refund transactions, in micro-units: a
+    // refund of a line item and of shipping are two transactions.
+    let mut micros: u128 = 0;
+    let mut currency: Option<&str> = None;
+    for transaction in transactions.iter().take(MAX_TRANSACTIONS) {
+        let text = |k: &str| transaction.get(k).and_then(Value::as_str);
+        if text("kind") != Some("refund") || text("status") != Some("success") {
+            continue;
+        }
+        let amount = match transaction.get("amount") {
+            Some(Value::String(s)) if is_decimal(s.trim()) => decimal_micros(s.trim()),
+            Some(other) => {
+                return Err(error(
+                    "transactions.amount",
+                    format!(
+                        "expected a decimal string like \"89.50\", got {}",
+                        short(other)
+                    ),
+                ));
+            }
+            None => return Err(error("transactions.amount", "missing")),
+        };
+        micros += amount;
+        match (currency, text("currency")) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(error(
+                    "transactions.currency",
+                    format!("one refund in two currencies ({a} and {b})"),
+                ));
+            }
+            (None, found) => currency = found,
+            _ => {}
+        }
+    }
+    if transactions.len() > MAX_TRANSACTIONS {
+        return Err(error(
+            "transactions",
+            format!("more than {MAX_TRANSACTIONS} transactions"),
+        ));
+    }
+    // As digits, so intake reads the exact decimal (no float formatting in between).
+    let value: Value =
+        serde_json::from_str(&format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000))
+            .map_err(|_| error("transactions.amount", "the sum is not a number"))?;
+
+    let mut event = Map::new();
+    event.insert("udid".into(), json!(format!("shopify-order:{order_id}")));
+    event.insert("type".into(), json!("refund"));
+    event.insert("ts".into(), json!(ts));
+    event.insert(
+        "event_id".into(),
+        json!(format!("shopify-refund:{refund_id}")),
+    );
+    event.insert("value".into(), value);
+    if let Some(currency) = currency {
+        event.insert("currency".into(), json!(currency));
+    }
+    event.insert("order_id".into(), json!(order_id));
+    event.insert(
+        "properties".into(),
+        json!({"source": "shopify", "refund_id": refund_id}),
+    );
+    Ok(Value::Object(event))
+}
+
+/// Most transactions read from one refund.
+const MAX_TRANSACTIONS: usize = 100;
+
+/// A plain decimal (see [`is_decimal`]) in micro-units: at most 15 whole digits and 6
+/// decimals, so it fits in a `u128` with room for any sum of [`MAX_TRANSACTIONS`].
+fn decimal_micros(text: &str) -> u128 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().fold(0u128, |n, b| n * 10 + u128::from(b - b'0'));
+    let scale = 10u128.pow(6 - fraction.len() as u32);
+    digits(whole) * 1_000_000 + digits(fraction) * scale
+}
+
 /// A plain decimal: digits, at most one point, digits (what Shopify's money strings are).
 fn is_decimal(text: &str) -> bool {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
@@ -285,6 +404,75 @@ mod tests {
             assert_eq!(err.field, field, "{value}");
         }
         assert_eq!(order_event(&json!([1]), None).unwrap_err().field, "order");
+    }
+
+    fn refund() -> Value {
+        json!({
+            "id": 929_361_465_u64,
+            "order_id": 5_123_456_789_u64,
+            "created_at": "2024-04-20T10:00:00+02:00",
+            "note": "reso",
+            "user_id": 42,
+            "refund_line_items": [{"quantity": 1, "line_item_id": 1}],
+            "transactions": [
+                {"id": 1, "kind": "refund", "status": "success", "amount": "39.90", "currency": "EUR"},
+                {"id": 2, "kind": "refund", "status": "success", "amount": "4.9", "currency": "EUR"},
+                {"id": 3, "kind": "refund", "status": "failure", "amount": "44.80", "currency": "EUR"},
+                {"id": 4, "kind": "sale", "status": "success", "amount": "1.00", "currency": "EUR"},
+            ],
+        })
+    }
+
+    #[test]
+    fn a_refund_becomes_a_refund_of_its_order_summed_exactly() {
+        let event = refund_event(&refund()).unwrap();
+        assert_eq!(event["type"], "refund");
+        // The same order id as the order's purchase, and the udid a guest order gets.
+        assert_eq!(
+            event["order_id"],
+            order_event(&order(), None).unwrap()["order_id"]
+        );
+        assert_eq!(event["udid"], "shopify-order:5123456789");
+        assert_eq!(event["event_id"], "shopify-refund:929361465");
+        // 39.90 + 4.9, the failed and non-refund transactions left out.
+        assert_eq!(event["value"].to_string(), "44.8");
+        assert_eq!(event["currency"], "EUR");
+        assert_eq!(event["ts"], "2024-04-20T10:00:00+02:00");
+        let mut tiny = refund();
+        tiny["transactions"] = json!([
+            {"kind": "refund", "status": "success", "amount": "0.1"},
+            {"kind": "refund", "status": "success", "amount": "0.2"},
+        ]);
+        // Decimal, not binary: 0.1 + 0.2 is exactly 0.3.
+        assert_eq!(refund_event(&tiny).unwrap()["value"].to_string(), "0.3");
+        assert_eq!(
+            decimal_micros("999999999999999.999999"),
+            999_999_999_999_999_999_999
+        );
+    }
+
+    #[test]
+    fn bad_refunds_name_the_shopify_field() {
+        let cases = [
+            ("order_id", json!(null)),
+            ("id", json!(-1)),
+            ("created_at", json!(17)),
+            ("transactions", json!("39.90")),
+        ];
+        for (field, value) in cases {
+            let mut r = refund();
+            r[field] = value.clone();
+            assert_eq!(refund_event(&r).unwrap_err().field, field, "{value}");
+        }
+        let mut r = refund();
+        r["transactions"][0]["amount"] = json!("39,90");
+        assert_eq!(refund_event(&r).unwrap_err().field, "transactions.amount");
+        r["transactions"][0]["amount"] = json!(39.9);
+        assert_eq!(refund_event(&r).unwrap_err().field, "transactions.amount");
+        let mut r = refund();
+        r["transactions"][1]["currency"] = json!("USD");
+        assert_eq!(refund_event(&r).unwrap_err().field, "transactions.currency");
+        assert_eq!(refund_event(&json!([])).unwrap_err().field, "refund");
     }
 
     #[test]

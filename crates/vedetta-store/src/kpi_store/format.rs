@@ -3,7 +3,7 @@
 //! | what | format 1 (current) | format 0 (before issue 8) |
 //! |---|---|---|
 //! | store | `meta.format_version = 1` | no `format_version` entry |
-//! | KPI row value | `[1u8]` + postcard [`RowV1`] (revenue `i128`) | bare postcard, revenue `i64` |
+//! | KPI row value | `[2u8]` + postcard [`RowV2`] (refunds, issue 13); `[1u8]` + postcard [`RowV1`] (revenue `i128`) is still read | bare postcard, revenue `i64` |
 //! | spend value | `[2u8]` + `i128` micro-units + `i64` records, big-endian (25 bytes); `[1u8]` + `i128` micro-units (17 bytes) is still read | a redb `i64` |
 //! | snapshot | `vedetta_core::pipeline::snapshot` header + postcard | bare postcard |
 //!
@@ -27,7 +27,9 @@ use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
 /// The store format this build writes (`meta.format_version`).
 pub const STORE_FORMAT: i64 = 1;
 /// The version byte of a KPI row value this build writes.
-pub const ROW_FORMAT: u8 = 1;
+pub const ROW_FORMAT: u8 = 2;
+/// The version byte of a KPI row before refunds (issue 13): still read, refunds 0.
+pub const ROW_FORMAT_V1: u8 = 1;
 /// The version byte of a spend value this build writes: micro-units and records.
 pub const SPEND_FORMAT: u8 = 2;
 const SPEND_VALUE_LEN: usize = 1 + 16 + 8;
@@ -49,10 +51,26 @@ pub struct RowV1 {
     pub late: i64,
 }
 
-/// [`RowV1`] by reference, field for field: postcard writes a slice as it writes a `Vec`,
+/// A KPI row as version 2 stores it: [`RowV1`], then the refunds (issue 13).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowV2 {
+    pub events: [i64; 6],
+    pub custom_events: Vec<(String, i64)>,
+    pub sessions: i64,
+    pub converting_sessions: i64,
+    pub conversions: i64,
+    pub revenue_micros: i128,
+    pub flagged: i64,
+    pub duplicates: i64,
+    pub late: i64,
+    pub refunds: i64,
+    pub refunded_micros: i128,
+}
+
+/// [`RowV2`] by reference, field for field: postcard writes a slice as it writes a `Vec`,
 /// so rows are encoded without cloning their custom event names.
 #[derive(Serialize)]
-struct RowV1Ref<'a> {
+struct RowV2Ref<'a> {
     events: &'a [i64; 6],
     custom_events: &'a [(String, i64)],
     sessions: i64,
@@ -62,6 +80,8 @@ struct RowV1Ref<'a> {
     flagged: i64,
     duplicates: i64,
     late: i64,
+    refunds: i64,
+    refunded_micros: i128,
 }
 
 /// A KPI row as format 0 stored it (the core's counters before issue 8, revenue `i64`).
@@ -96,6 +116,7 @@ impl From<RowV0> for RowV1 {
 }
 
 impl From<RowV1> for KpiCounters {
+    /// A row written before refunds existed had none.
     fn from(v1: RowV1) -> Self {
         Self {
             events: v1.events,
@@ -107,6 +128,26 @@ impl From<RowV1> for KpiCounters {
             flagged: v1.flagged,
             duplicates: v1.duplicates,
             late: v1.late,
+            refunds: 0,
+            refunded_micros: 0,
+        }
+    }
+}
+
+impl From<RowV2> for KpiCounters {
+    fn from(v2: RowV2) -> Self {
+        Self {
+            events: v2.events,
+            custom_events: v2.custom_events,
+            sessions: v2.sessions,
+            converting_sessions: v2.converting_sessions,
+            conversions: v2.conversions,
+            revenue_micros: v2.revenue_micros,
+            flagged: v2.flagged,
+            duplicates: v2.duplicates,
+            late: v2.late,
+            refunds: v2.refunds,
+            refunded_micros: v2.refunded_micros,
         }
     }
 }
@@ -117,7 +158,7 @@ fn encode_error(what: &str, error: &postcard::Error) -> StoreError {
 
 /// A KPI row value in the current format.
 pub fn encode_row_value(c: &KpiCounters) -> Result<Vec<u8>, StoreError> {
-    let row = RowV1Ref {
+    let row = RowV2Ref {
         events: &c.events,
         custom_events: &c.custom_events,
         sessions: c.sessions,
@@ -127,6 +168,8 @@ pub fn encode_row_value(c: &KpiCounters) -> Result<Vec<u8>, StoreError> {
         flagged: c.flagged,
         duplicates: c.duplicates,
         late: c.late,
+        refunds: c.refunds,
+        refunded_micros: c.refunded_micros,
     };
     postcard::to_extend(&row, vec![ROW_FORMAT]).map_err(|e| encode_error("a KPI row", &e))
 }
@@ -152,7 +195,8 @@ pub(super) fn postcard_exact<'a, T: Deserialize<'a>>(
 pub fn decode_row_value(bytes: &[u8]) -> Result<KpiCounters, StoreError> {
     match bytes.split_first() {
         None => Err(StoreError::Corrupt("an empty KPI row value".into())),
-        Some((&ROW_FORMAT, body)) => Ok(postcard_exact::<RowV1>("a KPI row", body)?.into()),
+        Some((&ROW_FORMAT, body)) => Ok(postcard_exact::<RowV2>("a KPI row", body)?.into()),
+        Some((&ROW_FORMAT_V1, body)) => Ok(postcard_exact::<RowV1>("a KPI row", body)?.into()),
         Some((&found, _)) => Err(StoreError::Version {
             what: "a KPI row",
             found: i64::from(found),

@@ -5,7 +5,6 @@
 
 use super::format::RowV1;
 use super::*;
-use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use vedetta_core::pipeline::PipelineConfig;
 use vedetta_core::pipeline::snapshot::decode_snapshot;
@@ -73,84 +72,45 @@ fn a_store_written_before_formats_had_versions_is_migrated_on_open() {
     assert_eq!(dump(&store), expected.lines().collect::<Vec<_>>());
 }
 
-/// A later version of the row, as a build that adds a counter would define it.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct RowV2 {
-    events: [i64; 6],
-    custom_events: Vec<(String, i64)>,
-    sessions: i64,
-    converting_sessions: i64,
-    conversions: i64,
-    revenue_micros: i128,
-    flagged: i64,
-    duplicates: i64,
-    late: i64,
-    /// The new counter.
-    refunds: i64,
-}
-
-impl From<RowV1> for RowV2 {
-    fn from(v1: RowV1) -> Self {
-        Self {
-            events: v1.events,
-            custom_events: v1.custom_events,
-            sessions: v1.sessions,
-            converting_sessions: v1.converting_sessions,
-            conversions: v1.conversions,
-            revenue_micros: v1.revenue_micros,
-            flagged: v1.flagged,
-            duplicates: v1.duplicates,
-            late: v1.late,
-            refunds: 0,
-        }
-    }
-}
-
-/// The decoder that build would have: each known version, upgraded to the newest.
-fn decode_v2(bytes: &[u8]) -> Result<RowV2, StoreError> {
-    match bytes.split_first() {
-        Some((1, body)) => Ok(format::postcard_exact::<RowV1>("a v1 row", body)?.into()),
-        Some((2, body)) => format::postcard_exact::<RowV2>("a v2 row", body),
-        Some((&found, _)) => Err(StoreError::Version {
-            what: "a KPI row",
-            found: i64::from(found),
-            supported: 2,
-        }),
-        None => Err(StoreError::Corrupt("empty".into())),
-    }
-}
-
+/// Issue 13 added `refunds` and `refunded_micros` to the row: version 2. A version-1 row
+/// (every row written before) reads with both at zero and the rest as written; rewritten,
+/// it is version 2; a version this build does not know is refused by name.
 #[test]
-fn a_counter_added_in_a_later_row_version_reads_old_rows_as_zero() {
+fn a_version_1_row_reads_with_zero_refunds_and_is_rewritten_as_version_2() {
     let (_dir, path) = fixture_copy();
     let (store, _) = KpiStore::open(&path).unwrap();
     let db = store.db.read_guard().unwrap();
     let txn = db.begin_write().unwrap();
+    let mut before = Vec::new();
     {
         let mut table = txn.open_table(KPIS).unwrap();
         let mut rewritten = Vec::new();
         for entry in table.iter().unwrap() {
             let (key, value) = entry.unwrap();
-            let today = decode_row_value(value.value()).unwrap();
-            let upgraded = decode_v2(value.value()).unwrap();
-            assert_eq!(upgraded.refunds, 0);
             assert_eq!(
-                (upgraded.sessions, upgraded.revenue_micros, &upgraded.events),
-                (today.sessions, today.revenue_micros, &today.events)
+                value.value()[0],
+                ROW_FORMAT,
+                "the migration writes the current row"
             );
-            // The later build rewrites the row in its own version.
-            let mut v2 = postcard::to_extend(&upgraded, vec![2u8]).unwrap();
-            if upgraded.conversions > 0 {
-                v2 = postcard::to_extend(
-                    &RowV2 {
-                        refunds: 1,
-                        ..upgraded
-                    },
-                    vec![2u8],
-                )
-                .unwrap();
-            }
-            rewritten.push((key.value().to_vec(), v2));
+            let today = decode_row_value(value.value()).unwrap();
+            // The same counters as a build before issue 13 wrote them.
+            let v1 = RowV1 {
+                events: today.events,
+                custom_events: today.custom_events.clone(),
+                sessions: today.sessions,
+                converting_sessions: today.converting_sessions,
+                conversions: today.conversions,
+                revenue_micros: today.revenue_micros,
+                flagged: today.flagged,
+                duplicates: today.duplicates,
+                late: today.late,
+            };
+            let bytes = postcard::to_extend(&v1, vec![1u8]).unwrap();
+            let read = decode_row_value(&bytes).unwrap();
+            assert_eq!((read.refunds, read.refunded_micros), (0, 0));
+            assert_eq!(read, today);
+            before.push(today);
+            rewritten.push((key.value().to_vec(), bytes));
         }
         assert_eq!(rewritten.len(), 13);
         for (key, value) in &rewritten {
@@ -158,30 +118,50 @@ fn a_counter_added_in_a_later_row_version_reads_old_rows_as_zero() {
         }
     }
     txn.commit().unwrap();
-    // The later build reads both; this build refuses the newer rows by name, never
-    // misreading them.
-    let db = store.db.read_guard().unwrap();
-    let txn = db.begin_read().unwrap();
-    let table = txn.open_table(KPIS).unwrap();
-    let refunds: i64 = table
-        .iter()
-        .unwrap()
-        .map(|e| decode_v2(e.unwrap().1.value()).unwrap().refunds)
-        .sum();
-    assert_eq!(refunds, 3, "the rows with a conversion at 1m, 1h and 1d");
-    let error = store.rows(Granularity::Hour, 0, i64::MAX).unwrap_err();
+    drop(db);
+    let mut read_back = Vec::new();
+    for g in Granularity::ALL {
+        read_back.extend(
+            store
+                .rows(g, 0, i64::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|(_, c)| c),
+        );
+    }
+    assert_eq!(read_back.len(), before.len());
+    assert!(
+        read_back
+            .iter()
+            .all(|c| c.refunds == 0 && c.refunded_micros == 0)
+    );
+
+    // A refund's change rewrites its row as version 2, with the refund in it.
+    let row = KpiCounters {
+        refunds: 1,
+        refunded_micros: 5_000_000,
+        revenue_micros: -5_000_000,
+        ..KpiCounters::default()
+    };
+    let bytes = encode_row_value(&row).unwrap();
+    assert_eq!(bytes[0], 2);
+    assert_eq!(decode_row_value(&bytes).unwrap(), row);
+    // A later version is refused by name, never misread.
+    let mut later = bytes;
+    later[0] = 3;
+    let error = decode_row_value(&later).unwrap_err();
     assert!(
         matches!(
             error,
             StoreError::Version {
-                found: 2,
-                supported: 1,
+                found: 3,
+                supported: 2,
                 ..
             }
         ),
         "{error}"
     );
-    assert!(error.to_string().contains("format version 2"), "{error}");
+    assert!(error.to_string().contains("format version 3"), "{error}");
 }
 
 fn commit_of(rows: Vec<(RowKey, KpiCounters)>, spend: Vec<(SpendRowKey, SpendCounters)>) -> Commit {

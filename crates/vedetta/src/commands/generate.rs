@@ -78,6 +78,13 @@ pub struct GenArgs {
     /// The truth's same-order horizon, a span like `7d` (as `pipeline.order_dedup_horizon`).
     #[arg(long, default_value = "7d")]
     order_dedup_horizon: String,
+    /// Share of orders refunded (0 to 1): refunds minutes to days after their order, some
+    /// partial, some over the order's value (docs/semantics.md, "Refunds"). Default 0.
+    #[arg(long, default_value_t = 0.0)]
+    refund_share: f64,
+    /// The truth's refund horizon, a span like `60d` (as `pipeline.refund_horizon`).
+    #[arg(long, default_value = "60d")]
+    refund_horizon: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,6 +128,7 @@ fn truth_settings(args: &GenArgs) -> anyhow::Result<vedetta_synth::truth::TruthC
         },
         attribution_lookback_ms: span("--attribution-lookback", &args.attribution_lookback, false)?,
         order_dedup_horizon_ms: span("--order-dedup-horizon", &args.order_dedup_horizon, true)?,
+        refund_horizon_ms: span("--refund-horizon", &args.refund_horizon, true)?,
         ..TruthConfig::default()
     })
 }
@@ -148,6 +156,7 @@ fn write_files(args: &GenArgs) -> anyhow::Result<()> {
             TaggingArg::Realistic => Tagging::Realistic,
             TaggingArg::EveryEvent => Tagging::EveryEvent,
         },
+        refund_share: args.refund_share,
         ..SynthConfig::default()
     };
     config.start_ms = match &args.start {

@@ -499,8 +499,14 @@ pub struct KpiValues {
     pub converting_sessions: i64,
     pub conversion_rate: Option<f64>,
     pub conversions: i64,
+    /// Revenue of the clean conversions, net of their refunds.
     pub revenue: f64,
     pub aov: Option<f64>,
+    /// Refunds of these conversions (docs/semantics.md, "Refunds"): counted in the
+    /// conversion's own window and dimensions, whenever they came.
+    pub refunds: i64,
+    /// What those refunds gave back (already taken off `revenue`).
+    pub refunded: f64,
     /// `null` when no spend record contributes (unknown spend, as for organic or direct
     /// traffic) or when the query groups or filters by device or region (spend has
     /// neither); `0` when spend records exist and sum to zero.
@@ -538,6 +544,8 @@ impl KpiValues {
             conversions: c.conversions,
             revenue,
             aov: ratio(revenue, c.conversions),
+            refunds: c.refunds,
+            refunded: units(c.refunded_micros),
             spend,
             cpa: spend.and_then(|s| ratio(s, c.conversions)),
             flagged: c.flagged,

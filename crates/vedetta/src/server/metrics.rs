@@ -273,7 +273,7 @@ pub(super) fn kpi_gauges(
             "(other)".to_string()
         }
     };
-    let mut series: BTreeMap<(String, String), [f64; 8]> = BTreeMap::new();
+    let mut series: BTreeMap<(String, String), [f64; 10]> = BTreeMap::new();
     for row in &rows.rows {
         let channel = row.dimensions.get("channel").cloned().unwrap_or_default();
         let device = row.dimensions.get("device").cloned().unwrap_or_default();
@@ -289,6 +289,8 @@ pub(super) fn kpi_gauges(
             v.duplicates as f64,
             v.late as f64,
             v.events.values().sum::<i64>() as f64,
+            v.refunds as f64,
+            v.refunded,
         ]) {
             *slot += value;
         }
@@ -314,6 +316,14 @@ pub(super) fn kpi_gauges(
             "Events that arrived after their day window had closed.",
         ),
         ("vedetta_kpi_events", "Accepted events today."),
+        (
+            "vedetta_kpi_refunds",
+            "Refunds of today's clean conversions (counted in the order's day).",
+        ),
+        (
+            "vedetta_kpi_refunded",
+            "Money refunded on today's clean conversions, reporting currency.",
+        ),
     ];
     for (i, (name, help)) in names.iter().enumerate() {
         out.family(name, "gauge", help);
@@ -607,6 +617,36 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
             late as f64,
         );
     }
+    out.family(
+        "vedetta_pipeline_refunds_total",
+        "counter",
+        "Refunds processed, by outcome: matched (taken off their order's revenue), waiting (for their order), unmatched (the order never came: no KPI changed), uncounted (the order was flagged: no KPI changed).",
+    );
+    let waiting = counters.refunds.saturating_sub(
+        counters.refunds_matched + counters.refunds_unmatched + counters.refunds_uncounted,
+    );
+    for (outcome, n) in [
+        ("matched", counters.refunds_matched),
+        ("waiting", waiting),
+        ("unmatched", counters.refunds_unmatched),
+        ("uncounted", counters.refunds_uncounted),
+    ] {
+        out.sample(
+            "vedetta_pipeline_refunds_total",
+            &[("outcome", outcome)],
+            n as f64,
+        );
+    }
+    out.family(
+        "vedetta_pipeline_refund_excess_total",
+        "counter",
+        "Money refunds asked beyond their order's remaining value (clamped away), reporting currency.",
+    );
+    out.sample(
+        "vedetta_pipeline_refund_excess_total",
+        &[],
+        counters.refund_excess_micros as f64 / 1e6,
+    );
     out.family(
         "vedetta_pipeline_spend_records_total",
         "counter",

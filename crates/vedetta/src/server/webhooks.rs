@@ -50,14 +50,15 @@ pub async fn post_shopify(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if !shopify::ORDER_TOPICS.contains(&topic.as_str()) {
+    let refund = topic == shopify::REFUND_TOPIC;
+    if !refund && !shopify::ORDER_TOPICS.contains(&topic.as_str()) {
         crate::sources::shopify::ShopifyCounters::add(&counters.ignored_topic);
         return (
             StatusCode::OK,
             Json(serde_json::json!({
                 "accepted": 0,
                 "ignored": format!(
-                    "topic {:?} is not one Vedetta maps (orders/create, orders/paid)",
+                    "topic {:?} is not one Vedetta maps (orders/create, orders/paid, refunds/create)",
                     topic.chars().take(64).collect::<String>()
                 ),
             })),
@@ -66,9 +67,14 @@ pub async fn post_shopify(
     }
     let mapped = serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("the webhook body is not JSON: {e}")))
-        .and_then(|order| {
-            shopify::order_event(&order, text("x-shopify-webhook-id"))
-                .map_err(|e| ApiError::BadRequest(format!("shopify order.{e}")))
+        .and_then(|body| {
+            if refund {
+                shopify::refund_event(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("shopify refund.{e}")))
+            } else {
+                shopify::order_event(&body, text("x-shopify-webhook-id"))
+                    .map_err(|e| ApiError::BadRequest(format!("shopify order.{e}")))
+            }
         });
     let event = match mapped {
         Ok(event) => event,

@@ -8,10 +8,9 @@
 //! longer does. Comparison is in constant time (`hmac`'s `verify_slice`).
 //!
 //! The order becomes a purchase through `vedetta_core::sources::shopify` and is stored like
-//! any event; the answer comes after the durable write, well within Shopify's 5 s. Topics
-//! other than `orders/create` and `orders/paid` are answered 200 (so Shopify does not retry
-//! them), ignored and counted. Refunds (`refunds/create`) are among those for now: see
-//! docs/sources.md.
+//! any event; the answer comes after the durable write, well within Shopify's 5 s. A
+//! `refunds/create` becomes a `refund` of its order (docs/semantics.md, "Refunds"). Other
+//! topics are answered 200 (so Shopify does not retry them), ignored and counted.
 
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
