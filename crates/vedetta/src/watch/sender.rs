@@ -7,9 +7,12 @@
 //!   (Slack: one message per second). A destination's failing head holds up its own queue
 //!   only; other destinations go on.
 //! - **Backoff**: exponential from `base_backoff`, doubled per failed attempt up to
-//!   `max_backoff`, with jitter (the delay is drawn in [½ d, d]) so restarted senders do
-//!   not beat in step. A receiver's own delay (`Retry-After`) is honoured as given, up to
-//!   `max_retry_after`.
+//!   `max_backoff` (alerts: 10 minutes) or `max_push_backoff` for an entry carrying a
+//!   trigger push (30 s, the push's own promise: after an hour-long outage the receiver
+//!   gets its backlog within half a minute of coming back, not up to ten), with jitter
+//!   (the delay is drawn in [½ d, d]) so restarted senders do not beat in step. Only a
+//!   queue's head is retried, so a failing receiver sees one request per backoff. A
+//!   receiver's own delay (`Retry-After`) is honoured as given, up to `max_retry_after`.
 //! - **Dead letters**: a [`DeliveryError::Refused`] at once; a retryable failure once the
 //!   entry has waited longer than `max_age` (a week by default: a day-long outage loses
 //!   nothing). An entry naming no configured destination, or whose bytes do not decode,
@@ -35,6 +38,9 @@ pub struct SenderConfig {
     pub base_backoff: Duration,
     /// The longest backoff between two attempts of one entry.
     pub max_backoff: Duration,
+    /// The longest backoff between two attempts of an entry carrying a trigger push
+    /// (pushes promise delivery every interval, 30 s by default).
+    pub max_push_backoff: Duration,
     /// The longest `Retry-After` honoured (a receiver asking for more gets this).
     pub max_retry_after: Duration,
     /// How long one delivery call may take before it counts as a retryable failure.
@@ -50,6 +56,7 @@ impl Default for SenderConfig {
         SenderConfig {
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(600),
+            max_push_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(3_600),
             call_timeout: Duration::from_secs(30),
             max_age: Duration::from_secs(7 * 24 * 3_600),
@@ -567,7 +574,15 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                 },
             );
             metrics.trigger_failed(&entry, &reason);
-            let delay = backoff(config, attempts, after, random_u64());
+            let delay = if is_push(&entry) {
+                let config = SenderConfig {
+                    max_backoff: config.max_backoff.min(config.max_push_backoff),
+                    ..config.clone()
+                };
+                backoff(&config, attempts, after, random_u64())
+            } else {
+                backoff(config, attempts, after, random_u64())
+            };
             tracing::info!(
                 destination = %f.destination,
                 seq = entry.seq,
@@ -589,6 +604,11 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
         metrics.store_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, "could not record a delivery outcome in the outbox");
     }
+}
+
+/// Whether `entry` carries a trigger push.
+fn is_push(entry: &OutboxEntry) -> bool {
+    matches!(&entry.notification, Ok(n) if n.push.is_some())
 }
 
 fn human(d: Duration) -> String {
