@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
-use vedetta_store::outbox::{Outbox, OutboxEntry, OutboxError};
+use vedetta_store::outbox::{Outbox, OutboxEntry, OutboxError, PushReceipt};
 
 /// How the sender retries and times out.
 #[derive(Clone, Debug)]
@@ -113,22 +113,7 @@ pub struct SenderMetrics {
     dead: AtomicU64,
     /// Storage errors the sender met (it retries them).
     pub store_errors: AtomicU64,
-    /// Failed delivery attempts of trigger pushes, by trigger: count and last error.
-    trigger_failures: Mutex<BTreeMap<String, TriggerFailures>>,
 }
-
-/// Failed delivery attempts of one trigger's pushes since the start, and the last error.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TriggerFailures {
-    pub attempts: u64,
-    pub last_error: String,
-}
-
-/// Triggers whose failures are kept, at most (names come from the triggers in force and
-/// from pushes still queued by older trigger sets).
-const MAX_TRIGGER_FAILURES: usize = 10_000;
-/// Characters of a kept error, at most.
-const MAX_TRIGGER_ERROR_CHARS: usize = 500;
 
 impl Default for SenderMetrics {
     fn default() -> Self {
@@ -139,35 +124,11 @@ impl Default for SenderMetrics {
             oldest_enqueued_ms: AtomicI64::new(-1),
             dead: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
-            trigger_failures: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl SenderMetrics {
-    /// A failed attempt of `entry`: counted against its trigger when it is a push.
-    fn trigger_failed(&self, entry: &OutboxEntry, reason: &str) {
-        let Ok(Some(push)) = entry.notification.as_ref().map(|n| n.push.as_ref()) else {
-            return;
-        };
-        if let Ok(mut map) = self.trigger_failures.lock() {
-            if map.len() >= MAX_TRIGGER_FAILURES && !map.contains_key(&push.trigger) {
-                return;
-            }
-            let failures = map.entry(push.trigger.clone()).or_default();
-            failures.attempts += 1;
-            failures.last_error = reason.chars().take(MAX_TRIGGER_ERROR_CHARS).collect();
-        }
-    }
-
-    /// Failed delivery attempts of each trigger's pushes, since the start.
-    pub fn trigger_failures(&self) -> BTreeMap<String, TriggerFailures> {
-        self.trigger_failures
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
     fn count(&self, destination: &str, outcome: Outcome) {
         if let Ok(mut map) = self.attempts.lock() {
             *map.entry((destination.to_owned(), outcome)).or_default() += 1;
@@ -336,6 +297,19 @@ struct Finished {
     entry: OutboxEntry,
     result: Result<(), DeliveryError>,
     timed_out: bool,
+    /// The destination is a dry run (a push "delivered" was logged, not sent).
+    dry_run: bool,
+}
+
+/// The receipt of `entry` when it carries a trigger push: the trigger store records the
+/// outcome in the same commit as the outbox.
+fn receipt(entry: &OutboxEntry, now_ms: i64, dry_run: bool) -> Option<PushReceipt<'_>> {
+    let push = entry.notification.as_ref().ok()?.push.as_ref()?;
+    Some(PushReceipt {
+        trigger: &push.trigger,
+        now_ms,
+        dry_run,
+    })
 }
 
 /// Starts the sender on the current tokio runtime. It runs until `shutdown` completes;
@@ -454,6 +428,7 @@ async fn run(
                         continue;
                     }
                     busy.insert(entry.destination.clone());
+                    let dry_run = destination.dry_run();
                     let tx = done_tx.clone();
                     let timeout = config.call_timeout;
                     inflight.spawn(async move {
@@ -477,6 +452,7 @@ async fn run(
                             entry,
                             result,
                             timed_out,
+                            dry_run,
                         });
                     });
                 }
@@ -514,16 +490,23 @@ async fn give_up(
     reason: &str,
 ) {
     metrics.count(&entry.destination, outcome);
-    metrics.trigger_failed(entry, reason);
     tracing::warn!(
         destination = %entry.destination,
         seq = entry.seq,
         reason,
         "notification moved to the dead-letter list"
     );
-    let (destination, seq, reason) = (entry.destination.clone(), entry.seq, reason.to_owned());
+    let (entry, reason) = (entry.clone(), reason.to_owned());
     if let Err(e) = blocking(outbox, move |o| {
-        o.move_to_dead(&destination, seq, attempts, &reason, wall_ms())
+        let now = wall_ms();
+        o.move_to_dead_push(
+            &entry.destination,
+            entry.seq,
+            attempts,
+            &reason,
+            now,
+            receipt(&entry, now, false),
+        )
     })
     .await
     {
@@ -542,9 +525,10 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                 let seconds = (now_ms.saturating_sub(n.created_ms)).max(0) as f64 / 1_000.0;
                 metrics.latency.observe(seconds);
             }
-            let (destination, seq) = (f.destination.clone(), entry.seq);
+            let (destination, dry_run) = (f.destination.clone(), f.dry_run);
             blocking(outbox, move |o| {
-                o.mark_delivered(&destination, seq).map(|_| ())
+                o.mark_delivered_push(&destination, entry.seq, receipt(&entry, now_ms, dry_run))
+                    .map(|_| ())
             })
             .await
         }
@@ -573,7 +557,6 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                     Outcome::Retry
                 },
             );
-            metrics.trigger_failed(&entry, &reason);
             let delay = if is_push(&entry) {
                 let config = SenderConfig {
                     max_backoff: config.max_backoff.min(config.max_push_backoff),
@@ -592,9 +575,16 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                 "notification delivery failed; will retry"
             );
             let next = now_ms.saturating_add(delay.as_millis() as i64);
-            let seq = entry.seq;
             blocking(outbox, move |o| {
-                o.reschedule(seq, attempts, next, &reason).map(|_| ())
+                o.reschedule_push(
+                    &entry.destination,
+                    entry.seq,
+                    attempts,
+                    next,
+                    &reason,
+                    receipt(&entry, now_ms, false),
+                )
+                .map(|_| ())
             })
             .await
         }
