@@ -260,7 +260,9 @@ timeout_seconds = 1
         let age = line("vedetta_outbox_oldest_age_seconds");
         seen.push((depth, line("vedetta_outbox_depth"), age));
         let failures = text.lines().find_map(|l| {
-            l.strip_prefix("vedetta_trigger_delivery_failures_total{trigger=\"feed\"} ")
+            l.strip_prefix(
+                "vedetta_trigger_delivery_failures_total{trigger=\"feed\",destination=\"crm-down\"} ",
+            )
                 .map(|v| v.parse::<f64>().unwrap())
         });
         let same = depth.is_some_and(|d| d >= 1.0)
