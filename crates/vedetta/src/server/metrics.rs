@@ -428,14 +428,27 @@ fn intake(state: &AppState, out: &mut Exposition) {
     out.family(
         "vedetta_crm_push_users_total",
         "counter",
-        "Users of trigger pushes to CRM destinations, per delivery attempt: sent, or \
-         withheld (no marketing consent, no stored identity, a sealed identity that does \
-         not open).",
+        "Users of trigger pushes delivered to CRM destinations, once per delivered push: \
+         sent, or withheld (no marketing consent, no stored identity, a sealed identity \
+         that does not open).",
     );
     for (outcome, count) in state.crm_push_counters.snapshot() {
         out.sample(
             "vedetta_crm_push_users_total",
             &[("outcome", outcome)],
+            count as f64,
+        );
+    }
+    out.family(
+        "vedetta_crm_push_attempts_total",
+        "counter",
+        "Delivery attempts of trigger pushes to CRM destinations, by result (delivered, \
+         failed: each retry counts).",
+    );
+    for (result, count) in state.crm_push_counters.attempts() {
+        out.sample(
+            "vedetta_crm_push_attempts_total",
+            &[("result", result)],
             count as f64,
         );
     }
