@@ -165,10 +165,12 @@ impl SenderMetrics {
         }
     }
 
-    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families. The unlabelled
-    /// `vedetta_outbox_depth` and `vedetta_outbox_oldest_age_seconds` are the whole outbox;
-    /// `per_destination` adds one sample of each per destination queue, labelled
-    /// `destination` (select them with `{destination!=""}`).
+    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families. Each family has
+    /// one label set: `vedetta_outbox_depth` and `vedetta_outbox_oldest_age_seconds` are the
+    /// whole outbox (one unlabelled sample each); `per_destination` gives
+    /// `vedetta_outbox_destination_depth{destination}` and
+    /// `vedetta_outbox_destination_oldest_age_seconds{destination}`, one sample per
+    /// destination queue (a sum over them is the whole outbox, unless a depth was capped).
     pub fn expose(
         &self,
         out: &mut Exposition,
@@ -192,29 +194,39 @@ impl SenderMetrics {
         out.family(
             "vedetta_outbox_depth",
             "gauge",
-            "Notifications waiting in the outbox.",
+            "Notifications waiting in the whole outbox.",
         );
         out.sample("vedetta_outbox_depth", &[], self.depth() as f64);
-        for d in per_destination {
-            out.sample(
-                "vedetta_outbox_depth",
-                &[("destination", d.destination.as_str())],
-                d.depth as f64,
-            );
-        }
         out.family(
             "vedetta_outbox_oldest_age_seconds",
             "gauge",
-            "Age of the oldest notification waiting in the outbox (0 when empty).",
+            "Age of the oldest notification waiting in the whole outbox (0 when empty).",
         );
         out.sample(
             "vedetta_outbox_oldest_age_seconds",
             &[],
             self.oldest_age_seconds(now_ms),
         );
+        out.family(
+            "vedetta_outbox_destination_depth",
+            "gauge",
+            "Notifications waiting for one destination (counted up to 100,000).",
+        );
         for d in per_destination {
             out.sample(
-                "vedetta_outbox_oldest_age_seconds",
+                "vedetta_outbox_destination_depth",
+                &[("destination", d.destination.as_str())],
+                d.depth as f64,
+            );
+        }
+        out.family(
+            "vedetta_outbox_destination_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest notification waiting for one destination (its queue's head).",
+        );
+        for d in per_destination {
+            out.sample(
+                "vedetta_outbox_destination_oldest_age_seconds",
                 &[("destination", d.destination.as_str())],
                 now_ms.saturating_sub(d.oldest_enqueued_ms).max(0) as f64 / 1_000.0,
             );
@@ -616,7 +628,10 @@ fn human(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    use std::collections::BTreeSet;
+
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn metrics_are_exposed_by_destination_and_outcome() {
         let m = SenderMetrics::default();
         m.count("slack-marketing", Outcome::Delivered);
@@ -637,8 +652,8 @@ mod tests {
         m.expose(&mut out, 61_000, &[queue]);
         let text = out.into_string();
         for line in [
-            "vedetta_outbox_depth{destination=\"slack-marketing\"} 3",
-            "vedetta_outbox_oldest_age_seconds{destination=\"slack-marketing\"} 30",
+            "vedetta_outbox_destination_depth{destination=\"slack-marketing\"} 3",
+            "vedetta_outbox_destination_oldest_age_seconds{destination=\"slack-marketing\"} 30",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"retry\"} 2",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"delivered\"} 1",
             "vedetta_outbox_depth 4",
@@ -648,6 +663,32 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
+        // No family mixes label sets (a sum over a family never counts a total twice).
+        let mut labels: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            let (name, names) = match series.split_once('{') {
+                Some((name, rest)) => (
+                    name,
+                    rest.trim_end_matches('}')
+                        .split(',')
+                        .map(|kv| kv.split('=').next().unwrap().to_owned())
+                        .filter(|k| k != "le")
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                None => (series, String::new()),
+            };
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            labels.entry(family).or_default().insert(names);
+        }
+        for (family, sets) in &labels {
+            assert_eq!(sets.len(), 1, "{family} mixes label sets {sets:?}");
+        }
+        assert!(labels.contains_key("vedetta_outbox_destination_depth"));
     }
 
     #[test]
