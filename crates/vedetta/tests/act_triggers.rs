@@ -721,6 +721,18 @@ fn sigkill_during_pushes_loses_no_user_and_an_idempotent_receiver_gets_each_once
     wait_for("every user after the crashes", 90, || {
         received(&receiver).users.len() >= expected.len()
     });
+    // The firing outcomes are exact across the kills: each delivered, none left queued.
+    let mut firings = Value::Null;
+    wait_for("every firing recorded delivered", 60, || {
+        firings = get_json(&http, &server.url("/v1/triggers/firings?limit=1000"));
+        firings["firings"].as_array().unwrap().iter().all(|f| {
+            f["outcomes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o["state"] == "delivered")
+        })
+    });
     std::thread::sleep(Duration::from_secs(2));
     server.stop();
 
@@ -739,6 +751,18 @@ fn sigkill_during_pushes_loses_no_user_and_an_idempotent_receiver_gets_each_once
         .map(|(u, s)| (u.clone(), s[0].0.clone()))
         .collect();
     assert_eq!(got, expected);
+    // Each user's firing names the request the receiver acted on it in.
+    let user_firings: Vec<&Value> = firings["firings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["what"] == "user")
+        .collect();
+    assert_eq!(user_firings.len(), expected.len(), "{firings}");
+    for f in user_firings {
+        let key = &r.users[f["user"].as_str().unwrap()][0].1;
+        assert_eq!(f["outcomes"][0]["request"], json!(key), "{f}");
+    }
     // Every request under one key carried the same body.
     let mut bodies: BTreeMap<String, &Value> = BTreeMap::new();
     let seen = receiver.seen.lock().unwrap();
