@@ -675,6 +675,77 @@ fn a_receiver_refusing_the_push_leaves_each_firing_dead_with_the_reason() {
 }
 
 #[test]
+fn a_dry_run_destination_records_each_firing_dry_run_and_sends_nothing() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = Arc::new(Receiver::default());
+    let url = start_receiver(&runtime, receiver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[triggers]]
+name = "feed"
+kind = "conversion_feed"
+notify = ["crm-try"]
+
+[[alerts.destinations]]
+name = "crm-try"
+kind = "webhook"
+format = "seed"
+interval = "1s"
+dry_run = true
+url = "{url}"
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let http = client();
+    let now = support::now_ms();
+    let purchases: Vec<Value> = (0..3)
+        .map(|i| {
+            event(
+                &format!("dry-{i}"),
+                "purchase",
+                now - 1_000 + i,
+                "saldi",
+                &json!({"value": 10.0, "order_id": format!("dry-o-{i}")}),
+            )
+        })
+        .collect();
+    post(&http, &server, "/v1/events", &purchases);
+    let mut firings = Value::Null;
+    wait_for("three firings recorded dry_run", 60, || {
+        firings = get_json(&http, &server.url("/v1/triggers/firings?limit=100"));
+        let listed = firings["firings"].as_array().unwrap();
+        listed.len() == 3
+            && listed
+                .iter()
+                .all(|f| f["outcomes"][0]["state"] == "dry_run")
+    });
+    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    server.stop();
+    assert!(
+        receiver.seen.lock().unwrap().is_empty(),
+        "a dry run sends nothing"
+    );
+    for f in firings["firings"].as_array().unwrap() {
+        let o = &f["outcomes"][0];
+        assert_eq!(o["destination"], "crm-try", "{f}");
+        assert!(o["request"].is_string() && o["error"].is_null(), "{f}");
+    }
+    let d = &triggers["triggers"][0]["deliveries"][0];
+    assert!(d["delivered"].as_u64().unwrap() >= 1, "{triggers}");
+    assert_eq!(d["failed_attempts"], 0, "{triggers}");
+}
+
+#[test]
 fn sigkill_during_pushes_loses_no_user_and_an_idempotent_receiver_gets_each_once() {
     let started = Instant::now();
     let rounds = env_number("CRASH_TRIGGERS_ROUNDS", 6);
