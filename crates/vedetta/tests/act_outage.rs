@@ -308,6 +308,11 @@ timeout_seconds = 5
         .map(|s| s.at - up_at)
         .min()
         .unwrap();
+    // The next retry of the queue's head after the recovery came within the push backoff.
+    assert!(
+        first_after <= MAX_PUSH_BACKOFF + Duration::from_secs(10),
+        "the first delivery after the recovery took {first_after:?}"
+    );
     let backlog_in = backlog_in.unwrap_or(everything_in);
     eprintln!(
         "outage {} s at {rate}/s over {users} users: {posted} purchases ({posted_in_outage} \
