@@ -569,15 +569,7 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                     Outcome::Retry
                 },
             );
-            let delay = if is_push(&entry) {
-                let config = SenderConfig {
-                    max_backoff: config.max_backoff.min(config.max_push_backoff),
-                    ..config.clone()
-                };
-                backoff(&config, attempts, after, random_u64())
-            } else {
-                backoff(config, attempts, after, random_u64())
-            };
+            let delay = retry_delay(config, &entry, attempts, after, random_u64());
             tracing::info!(
                 destination = %f.destination,
                 seq = entry.seq,
@@ -608,9 +600,24 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
     }
 }
 
-/// Whether `entry` carries a trigger push.
-fn is_push(entry: &OutboxEntry) -> bool {
-    matches!(&entry.notification, Ok(n) if n.push.is_some())
+/// The delay before the next attempt of `entry` after `attempts` failed ones: [`backoff`],
+/// capped at `max_push_backoff` when the entry carries a trigger push.
+fn retry_delay(
+    config: &SenderConfig,
+    entry: &OutboxEntry,
+    attempts: u32,
+    after: Option<Duration>,
+    random: u64,
+) -> Duration {
+    if matches!(&entry.notification, Ok(n) if n.push.is_some()) {
+        let config = SenderConfig {
+            max_backoff: config.max_backoff.min(config.max_push_backoff),
+            ..config.clone()
+        };
+        backoff(&config, attempts, after, random)
+    } else {
+        backoff(config, attempts, after, random)
+    }
 }
 
 fn human(d: Duration) -> String {
@@ -689,6 +696,56 @@ mod tests {
             assert_eq!(sets.len(), 1, "{family} mixes label sets {sets:?}");
         }
         assert!(labels.contains_key("vedetta_outbox_destination_depth"));
+    }
+
+    #[test]
+    fn a_push_is_retried_at_least_every_30_s_an_alert_every_10_minutes() {
+        let c = SenderConfig::default();
+        let entry = |push: bool| {
+            let mut n = vedetta_core::watch::notification::Notification::example();
+            if push {
+                n.push = Some(vedetta_core::act::push::Push {
+                    trigger: "feed".into(),
+                    kind: "conversion_feed".into(),
+                    segment: None,
+                    group: vec![],
+                    signal: None,
+                    events: vec![],
+                });
+            }
+            OutboxEntry {
+                seq: 1,
+                destination: "hook".into(),
+                notification: Ok(n),
+                attempts: 0,
+                enqueued_ms: 0,
+                next_attempt_ms: 0,
+                last_error: None,
+            }
+        };
+        for attempts in [1, 5, 6, 12, 40] {
+            for r in [0, 7, u64::MAX] {
+                let push = retry_delay(&c, &entry(true), attempts, None, r);
+                let alert = retry_delay(&c, &entry(false), attempts, None, r);
+                assert!(push <= c.max_push_backoff, "{attempts}: {push:?}");
+                assert_eq!(alert, backoff(&c, attempts, None, r));
+            }
+        }
+        // After an hour of failures: a push waits 15..30 s, an alert 5..10 minutes.
+        assert_eq!(
+            retry_delay(&c, &entry(true), 40, None, 0),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            retry_delay(&c, &entry(false), 40, None, 0),
+            Duration::from_secs(300)
+        );
+        // A receiver's Retry-After is honoured as given, push or not.
+        let after = Some(Duration::from_secs(120));
+        assert_eq!(
+            retry_delay(&c, &entry(true), 3, after, 0),
+            Duration::from_secs(120)
+        );
     }
 
     #[test]
