@@ -163,6 +163,29 @@ test('the triggers page shows the numbers of /v1/triggers, in English and Italia
       && shown === feedNow.last_delivery_error;
     return { ok, why: `page ${shown}, API ${JSON.stringify(feedNow)}` };
   });
+  // Per trigger and destination (stored numbers): the page's equal the API's.
+  await until('the deliveries table equals /v1/triggers', async () => {
+    const answer_ = await api('/v1/triggers');
+    const want = answer_.triggers.flatMap((t) => (t.deliveries || []).map((d) => [t.name, d.destination, d.delivered, d.failed_attempts, d.dead]));
+    const shown = await page.$$eval('tr[data-delivery-trigger]', (rows) => rows.map((row) => [row.dataset.deliveryTrigger,
+      row.dataset.deliveryDestination,
+      ...['delivered', 'failed_attempts', 'dead'].map((f) => Number(row.querySelector(`td[data-field="${f}"]`).dataset.value))]));
+    const feedRow = want.find((row) => row[0] === 'feed' && row[1] === DESTINATION);
+    const ok = JSON.stringify(shown) === JSON.stringify(want) && feedRow && feedRow[3] >= 1;
+    return { ok, why: `page ${JSON.stringify(shown)}, API ${JSON.stringify(want)}` };
+  });
+  // The latest firings, each with its outcome at the destination: still in the outbox
+  // (the destination's port is closed), as /v1/triggers/firings says.
+  await until('the firings table shows each outcome', async () => {
+    const listed = (await api('/v1/triggers/firings?limit=20')).firings;
+    const want = listed.map((f) => [f.trigger, f.outcomes.map((o) => [o.destination, o.state])]);
+    const shown = await page.$$eval('tr[data-firing-trigger]', (rows) => rows.map((row) => [row.dataset.firingTrigger,
+      [...row.querySelectorAll('[data-outcome-destination]')].map((d) => [d.dataset.outcomeDestination, d.dataset.state])]));
+    const ok = JSON.stringify(shown) === JSON.stringify(want)
+      && want.some(([name, outcomes]) => name === 'feed' && outcomes.length === 1 && outcomes[0][1] === 'queued');
+    return { ok, why: `page ${JSON.stringify(shown)}, API ${JSON.stringify(want)}` };
+  });
+  assert.ok((await page.textContent('#firings')).includes('in the outbox'));
   await page.screenshot({ path: path.join(ARTIFACTS, 'triggers-page.png'), fullPage: true });
 
   // Italian, and back.

@@ -20,6 +20,10 @@
 //!   notification's bytes are kept as they were, so even an entry this build cannot decode
 //!   is kept for a person (or a newer build) to read;
 //! - `outbox_meta`: `"next_seq" → u64`.
+//!
+//! An entry carrying a trigger push is settled with a [`PushReceipt`]: the trigger store's
+//! firing outcomes and delivery numbers change in the same commit as the entry
+//! (`trigger_store::record_settlement`).
 
 use crate::error::EngineFailure;
 use redb::{
@@ -96,6 +100,37 @@ struct DeadMeta {
     dead_ms: i64,
     error: String,
     destination: String,
+}
+
+/// What the sender tells the outbox of a trigger push it settles (issue 12).
+#[derive(Clone, Copy, Debug)]
+pub struct PushReceipt<'a> {
+    /// The push's trigger.
+    pub trigger: &'a str,
+    /// Wall-clock time of the settlement (epoch ms).
+    pub now_ms: i64,
+    /// The destination is a dry run: "delivered" means logged, not sent.
+    pub dry_run: bool,
+}
+
+fn settle_push(
+    txn: &WriteTransaction,
+    destination: &str,
+    seq: u64,
+    push: Option<PushReceipt<'_>>,
+    settled: crate::trigger_store::Settled<'_>,
+) -> Result<(), OutboxError> {
+    if let Some(p) = push {
+        crate::trigger_store::record_settlement(
+            txn,
+            destination,
+            seq,
+            p.trigger,
+            p.now_ms,
+            settled,
+        )?;
+    }
+    Ok(())
 }
 
 /// A queued notification, as the sender sees it.
@@ -369,9 +404,29 @@ impl Outbox {
 
     /// Removes a delivered entry. Returns whether it was there.
     pub fn mark_delivered(&self, destination: &str, seq: u64) -> Result<bool, OutboxError> {
+        self.mark_delivered_push(destination, seq, None)
+    }
+
+    /// [`Outbox::mark_delivered`], recording a push's outcome in the same commit.
+    pub fn mark_delivered_push(
+        &self,
+        destination: &str,
+        seq: u64,
+        push: Option<PushReceipt<'_>>,
+    ) -> Result<bool, OutboxError> {
         let txn = self.db.begin_write()?;
         let removed = txn.open_table(ENTRIES)?.remove(seq)?.is_some();
         txn.open_table(QUEUE)?.remove((destination, seq))?;
+        if removed {
+            let dry_run = push.is_some_and(|p| p.dry_run);
+            settle_push(
+                &txn,
+                destination,
+                seq,
+                push,
+                crate::trigger_store::Settled::Delivered { dry_run },
+            )?;
+        }
         txn.commit()?;
         Ok(removed)
     }
@@ -383,6 +438,20 @@ impl Outbox {
         attempts: u32,
         next_attempt_ms: i64,
         error: &str,
+    ) -> Result<bool, OutboxError> {
+        self.reschedule_push("", seq, attempts, next_attempt_ms, error, None)
+    }
+
+    /// [`Outbox::reschedule`] of an entry to `destination`, counting a push's failed
+    /// attempt in the same commit.
+    pub fn reschedule_push(
+        &self,
+        destination: &str,
+        seq: u64,
+        attempts: u32,
+        next_attempt_ms: i64,
+        error: &str,
+        push: Option<PushReceipt<'_>>,
     ) -> Result<bool, OutboxError> {
         let txn = self.db.begin_write()?;
         let found = {
@@ -405,6 +474,15 @@ impl Outbox {
                 None => false,
             }
         };
+        if found {
+            settle_push(
+                &txn,
+                destination,
+                seq,
+                push,
+                crate::trigger_store::Settled::Retry { error },
+            )?;
+        }
         txn.commit()?;
         Ok(found)
     }
@@ -417,6 +495,19 @@ impl Outbox {
         attempts: u32,
         error: &str,
         now_ms: i64,
+    ) -> Result<bool, OutboxError> {
+        self.move_to_dead_push(destination, seq, attempts, error, now_ms, None)
+    }
+
+    /// [`Outbox::move_to_dead`], recording a push's outcome in the same commit.
+    pub fn move_to_dead_push(
+        &self,
+        destination: &str,
+        seq: u64,
+        attempts: u32,
+        error: &str,
+        now_ms: i64,
+        push: Option<PushReceipt<'_>>,
     ) -> Result<bool, OutboxError> {
         let txn = self.db.begin_write()?;
         let found = {
@@ -441,6 +532,15 @@ impl Outbox {
             }
         };
         txn.open_table(QUEUE)?.remove((destination, seq))?;
+        if found {
+            settle_push(
+                &txn,
+                destination,
+                seq,
+                push,
+                crate::trigger_store::Settled::Dead { error },
+            )?;
+        }
         txn.commit()?;
         Ok(found)
     }
@@ -482,7 +582,10 @@ impl Outbox {
                     let (meta, body) = decode_dead(bytes.value())?;
                     let body = body.to_vec();
                     drop(bytes);
-                    Some(insert_entry(&txn, &meta.destination, &body, now_ms)?)
+                    let new = insert_entry(&txn, &meta.destination, &body, now_ms)?;
+                    // The firings it carries (a trigger push) are queued again.
+                    crate::trigger_store::relink(&txn, &meta.destination, seq, new, now_ms)?;
+                    Some(new)
                 }
                 None => None,
             }

@@ -14,8 +14,23 @@
 //! - `act_meta`: `"state" → ActState::encode`, `"offset" → [FORMAT][u64 LE]`,
 //!   `"batch" → [FORMAT][u64 LE]` (the last batch number given to a flush);
 //! - `act_pending`: `(destination, seq) → [FORMAT][JSON Push]`;
-//! - `act_firings`: `(at_ms, seq) → [FORMAT][JSON Firing]`, at most [`MAX_FIRINGS`];
-//! - `act_pending_seq`: `"next" → u64`.
+//! - `act_firings`: `(at_ms, seq) → [FIRING_FORMAT][JSON Firing]`, at most [`MAX_FIRINGS`]
+//!   (format 1, written before outcomes were kept, reads with every outcome `unknown`);
+//! - `act_pending_seq`: `"next" → u64`;
+//! - `act_pending_firing`: `(destination, pending seq) → (at_ms, seq)`: the firing a pending
+//!   push carries (written with both by [`TriggerStore::commit_step`], taken by the flush);
+//! - `act_outbox_firings`: `outbox seq → [FORMAT][JSON [(at_ms, seq)]]`: the firings an
+//!   outbox entry carries (written by the flush that enqueues it, read when the sender
+//!   settles it, moved when a dead letter is retried);
+//! - `act_delivery`: `(trigger, destination) → [FORMAT][JSON DeliveryStats]`: deliveries,
+//!   failed attempts, dead letters and the last error of a trigger's pushes, at most
+//!   [`MAX_DELIVERY_ROWS`] rows.
+//!
+//! Firing outcomes: a firing's outcome at each destination goes `pending` (selected,
+//! waiting for the destination's batch) → `queued` (in the outbox, under the request id
+//! its receiver sees) → `delivered`, `dry_run` or `dead` (with the error). Each change
+//! commits with the change that causes it (the step, the flush, the sender's settlement
+//! in [`crate::outbox`]), so the record is exact across crashes and restarts.
 
 use crate::outbox;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -28,11 +43,23 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("act_meta");
 const PENDING: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("act_pending");
 const FIRINGS: TableDefinition<'_, (i64, u64), &[u8]> = TableDefinition::new("act_firings");
 const SEQ: TableDefinition<'_, &str, u64> = TableDefinition::new("act_pending_seq");
+const PENDING_FIRING: TableDefinition<'_, (&str, u64), (i64, u64)> =
+    TableDefinition::new("act_pending_firing");
+const OUTBOX_FIRINGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("act_outbox_firings");
+const DELIVERY: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("act_delivery");
 
-/// The format byte of every value this module writes (the state has its own).
+/// The format byte of every value this module writes (the state and firings have their
+/// own).
 pub const TRIGGER_FORMAT: u8 = 1;
+/// The format byte of a firing: 2 adds `outcomes` (format 1 reads as outcome `unknown`).
+pub const FIRING_FORMAT: u8 = 2;
 /// Firings kept; the oldest go first.
 pub const MAX_FIRINGS: u64 = 100_000;
+/// (trigger, destination) delivery rows kept, at most: names come from trigger sets over
+/// time; beyond, a new pair is not counted (its firings' outcomes still are).
+pub const MAX_DELIVERY_ROWS: u64 = 10_000;
+/// Characters of a kept error, at most.
+const MAX_ERROR_CHARS: usize = 500;
 
 /// One thing a trigger did: a user selected (sent or withheld), or a segment signal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,6 +78,89 @@ pub struct Firing {
     /// Wall-clock time it was committed.
     pub wall_ms: i64,
     pub destinations: Vec<String>,
+    /// Its outcome at each destination (format 2; empty in a format-1 record, read as
+    /// `unknown` at each destination by [`Firing::outcome_at`]).
+    #[serde(default)]
+    pub outcomes: Vec<DestinationOutcome>,
+}
+
+impl Firing {
+    /// The outcome at each destination, `unknown` where the record has none (format 1).
+    pub fn outcome_at(&self) -> Vec<DestinationOutcome> {
+        self.destinations
+            .iter()
+            .map(|d| {
+                self.outcomes
+                    .iter()
+                    .find(|o| &o.destination == d)
+                    .cloned()
+                    .unwrap_or_else(|| DestinationOutcome {
+                        destination: d.clone(),
+                        state: OutcomeState::Unknown,
+                        at_ms: None,
+                        request: None,
+                        error: None,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Where a firing stands at one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeState {
+    /// Selected; waiting for the destination's next batch.
+    Pending,
+    /// In the outbox (being delivered, or retried after failures).
+    Queued,
+    /// The receiver took it.
+    Delivered,
+    /// The destination is a dry run: logged, not sent.
+    DryRun,
+    /// Dead-lettered (refused, expired or undeliverable); `error` says why.
+    Dead,
+    /// Recorded before outcomes were kept (format 1).
+    Unknown,
+}
+
+/// A firing's outcome at one destination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationOutcome {
+    pub destination: String,
+    pub state: OutcomeState,
+    /// Wall-clock time of the last change (epoch ms).
+    pub at_ms: Option<i64>,
+    /// The id of the request that carries it (its `Idempotency-Key`), once queued.
+    #[serde(default)]
+    pub request: Option<String>,
+    /// Why it is dead.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Delivery numbers of one trigger's pushes at one destination, kept across restarts.
+/// Deliveries and attempts are apart: a push retried 5 times then delivered is 5 failed
+/// attempts and 1 delivery.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryStats {
+    /// Requests the receiver took (dry runs included).
+    pub delivered: u64,
+    /// Failed attempts (retried or not).
+    pub failed_attempts: u64,
+    /// Requests dead-lettered.
+    pub dead: u64,
+    pub last_error: Option<String>,
+    /// Wall-clock time of the last error (epoch ms).
+    pub last_error_ms: Option<i64>,
+}
+
+/// How the sender settled an attempt at an outbox entry carrying a push.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled<'a> {
+    Delivered { dry_run: bool },
+    Retry { error: &'a str },
+    Dead { error: &'a str },
 }
 
 /// Firings per trigger in the last hour and day (`TriggerStore::firing_counts`).
@@ -118,6 +228,187 @@ fn decode_json<T: for<'de> Deserialize<'de>>(
     }
 }
 
+fn encode_firing(firing: &Firing) -> Result<Vec<u8>, TriggerStoreError> {
+    let mut out = vec![FIRING_FORMAT];
+    serde_json::to_writer(&mut out, firing)
+        .map_err(|e| TriggerStoreError::Corrupt(format!("a firing does not encode: {e}")))?;
+    Ok(out)
+}
+
+/// A firing of format 2, or of format 1 (no outcomes: `unknown` at each destination).
+fn decode_firing(bytes: &[u8]) -> Result<Firing, TriggerStoreError> {
+    match bytes.split_first() {
+        Some((&(1 | FIRING_FORMAT), body)) => serde_json::from_slice(body)
+            .map_err(|e| TriggerStoreError::Corrupt(format!("a firing does not decode: {e}"))),
+        Some((&found, _)) => Err(TriggerStoreError::Corrupt(format!(
+            "a firing has format {found}; this build reads formats 1 and {FIRING_FORMAT}"
+        ))),
+        None => Err(TriggerStoreError::Corrupt("a firing is empty".into())),
+    }
+}
+
+fn clip(error: &str) -> String {
+    error.chars().take(MAX_ERROR_CHARS).collect()
+}
+
+type FiringKey = (i64, u64);
+
+/// Sets the outcome at `destination` of each firing in `keys` (those still kept).
+/// A firing that does not decode is left as it is: the settlement it follows must commit.
+fn set_outcomes(
+    txn: &redb::WriteTransaction,
+    keys: &[FiringKey],
+    outcome: &DestinationOutcome,
+) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(FIRINGS)?;
+    for key in keys {
+        let updated = match table.get(*key)? {
+            Some(bytes) => match decode_firing(bytes.value()) {
+                Ok(mut firing) => {
+                    match firing
+                        .outcomes
+                        .iter_mut()
+                        .find(|o| o.destination == outcome.destination)
+                    {
+                        Some(o) => {
+                            // A delivered request is never made pending or queued again.
+                            if !matches!(
+                                (o.state, outcome.state),
+                                (
+                                    OutcomeState::Delivered | OutcomeState::DryRun,
+                                    OutcomeState::Queued
+                                )
+                            ) {
+                                let request = o.request.clone();
+                                *o = outcome.clone();
+                                if o.request.is_none() {
+                                    o.request = request;
+                                }
+                            }
+                        }
+                        None => firing.outcomes.push(outcome.clone()),
+                    }
+                    encode_firing(&firing).ok()
+                }
+                Err(_) => None,
+            },
+            None => None,
+        };
+        if let Some(value) = updated {
+            table.insert(*key, value.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+fn encode_keys(keys: &[FiringKey]) -> Vec<u8> {
+    let mut out = vec![TRIGGER_FORMAT];
+    // A list of number pairs always encodes.
+    let _ = serde_json::to_writer(&mut out, keys);
+    out
+}
+
+fn decode_keys(bytes: &[u8]) -> Vec<FiringKey> {
+    match bytes.split_first() {
+        Some((&TRIGGER_FORMAT, body)) => serde_json::from_slice(body).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Records, inside the outbox's own transaction, how the sender settled an attempt at
+/// outbox entry `seq` (to `destination`) carrying a push of `trigger`: the
+/// (trigger, destination) delivery numbers, and, when the entry left the queue (delivered
+/// or dead), the outcome of each firing it carries. Called by [`crate::outbox`].
+pub(crate) fn record_settlement(
+    txn: &redb::WriteTransaction,
+    destination: &str,
+    seq: u64,
+    trigger: &str,
+    now_ms: i64,
+    settled: Settled<'_>,
+) -> Result<(), redb::Error> {
+    {
+        let mut table = txn.open_table(DELIVERY)?;
+        let existing = table
+            .get((trigger, destination))?
+            .map(|v| decode_json::<DeliveryStats>("delivery numbers", v.value()));
+        let room = existing.is_some() || table.len()? < MAX_DELIVERY_ROWS;
+        if room {
+            // Numbers that do not decode start again rather than block the settlement.
+            let mut stats = existing.and_then(Result::ok).unwrap_or_default();
+            match settled {
+                Settled::Delivered { .. } => stats.delivered += 1,
+                Settled::Retry { error } | Settled::Dead { error } => {
+                    stats.failed_attempts += 1;
+                    stats.last_error = Some(clip(error));
+                    stats.last_error_ms = Some(now_ms);
+                    if matches!(settled, Settled::Dead { .. }) {
+                        stats.dead += 1;
+                    }
+                }
+            }
+            if let Ok(value) = encode_json(&stats) {
+                table.insert((trigger, destination), value.as_slice())?;
+            }
+        }
+    }
+    let (state, error, keep_link) = match settled {
+        Settled::Retry { .. } => return Ok(()),
+        Settled::Delivered { dry_run: false } => (OutcomeState::Delivered, None, false),
+        Settled::Delivered { dry_run: true } => (OutcomeState::DryRun, None, false),
+        // The dead letter keeps its seq: a retry of it moves the link (`relink`).
+        Settled::Dead { error } => (OutcomeState::Dead, Some(clip(error)), true),
+    };
+    let keys = {
+        let mut links = txn.open_table(OUTBOX_FIRINGS)?;
+        let keys = links.get(seq)?.map(|v| decode_keys(v.value()));
+        if !keep_link && keys.is_some() {
+            links.remove(seq)?;
+        }
+        keys.unwrap_or_default()
+    };
+    set_outcomes(
+        txn,
+        &keys,
+        &DestinationOutcome {
+            destination: destination.to_owned(),
+            state,
+            at_ms: Some(now_ms),
+            request: None,
+            error,
+        },
+    )
+}
+
+/// A dead letter `old` went back to the queue as `new`: its firings are queued again.
+pub(crate) fn relink(
+    txn: &redb::WriteTransaction,
+    destination: &str,
+    old: u64,
+    new: u64,
+    now_ms: i64,
+) -> Result<(), redb::Error> {
+    let keys = {
+        let mut links = txn.open_table(OUTBOX_FIRINGS)?;
+        let Some(bytes) = links.remove(old)?.map(|v| v.value().to_vec()) else {
+            return Ok(());
+        };
+        links.insert(new, bytes.as_slice())?;
+        decode_keys(&bytes)
+    };
+    set_outcomes(
+        txn,
+        &keys,
+        &DestinationOutcome {
+            destination: destination.to_owned(),
+            state: OutcomeState::Queued,
+            at_ms: Some(now_ms),
+            request: None,
+            error: None,
+        },
+    )
+}
+
 fn encode_u64(value: u64) -> [u8; 9] {
     let mut out = [TRIGGER_FORMAT; 9];
     out[1..].copy_from_slice(&value.to_le_bytes());
@@ -160,6 +451,9 @@ impl TriggerStore {
         txn.open_table(PENDING)?;
         txn.open_table(FIRINGS)?;
         txn.open_table(SEQ)?;
+        txn.open_table(PENDING_FIRING)?;
+        txn.open_table(OUTBOX_FIRINGS)?;
+        txn.open_table(DELIVERY)?;
         outbox::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
@@ -176,13 +470,13 @@ impl TriggerStore {
         Ok(Resume { state, offset })
     }
 
-    /// One consumer step: state, offset, new pending pushes (by destination) and firings,
-    /// in one durable transaction.
+    /// One consumer step: state, offset, new pending pushes (by destination, each with the
+    /// index in `firings` of the firing it carries) and firings, in one durable transaction.
     pub fn commit_step(
         &self,
         state: &[u8],
         offset: u64,
-        pending: &[(String, Push)],
+        pending: &[(String, Push, usize)],
         firings: &[Firing],
     ) -> Result<(), TriggerStoreError> {
         let mut txn = self.db.begin_write()?;
@@ -193,14 +487,20 @@ impl TriggerStore {
             meta.insert("offset", encode_u64(offset).as_slice())?;
             let mut seq_table = txn.open_table(SEQ)?;
             let mut seq = seq_table.get("next")?.map(|v| v.value()).unwrap_or(1);
-            let mut table = txn.open_table(PENDING)?;
-            for (destination, push) in pending {
-                table.insert((destination.as_str(), seq), encode_json(push)?.as_slice())?;
+            let mut log = txn.open_table(FIRINGS)?;
+            let mut keys = Vec::with_capacity(firings.len());
+            for firing in firings {
+                log.insert((firing.at_ms, seq), encode_firing(firing)?.as_slice())?;
+                keys.push((firing.at_ms, seq));
                 seq += 1;
             }
-            let mut log = txn.open_table(FIRINGS)?;
-            for firing in firings {
-                log.insert((firing.at_ms, seq), encode_json(firing)?.as_slice())?;
+            let mut table = txn.open_table(PENDING)?;
+            let mut links = txn.open_table(PENDING_FIRING)?;
+            for (destination, push, firing) in pending {
+                table.insert((destination.as_str(), seq), encode_json(push)?.as_slice())?;
+                if let Some(key) = keys.get(*firing) {
+                    links.insert((destination.as_str(), seq), *key)?;
+                }
                 seq += 1;
             }
             seq_table.insert("next", seq)?;
@@ -233,12 +533,13 @@ impl TriggerStore {
 
     /// Moves `destination`'s pending pushes into the outbox in one transaction: `build`
     /// gets a batch number (unique, stored) and the pushes, and returns the notifications
-    /// to enqueue. Returns how many notifications were queued.
+    /// to enqueue, each with the pending seqs it carries; their firings become `queued`
+    /// under the notification's id. Returns how many notifications were queued.
     pub fn flush(
         &self,
         destination: &str,
         now_ms: i64,
-        build: impl FnOnce(u64, Vec<(u64, Push)>) -> Vec<Notification>,
+        build: impl FnOnce(u64, Vec<(u64, Push)>) -> Vec<(Notification, Vec<u64>)>,
     ) -> Result<usize, TriggerStoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
@@ -252,23 +553,77 @@ impl TriggerStore {
             if items.is_empty() {
                 return Ok(0);
             }
-            for (seq, _) in &items {
+            let taken: Vec<u64> = items.iter().map(|(seq, _)| *seq).collect();
+            for seq in &taken {
                 table.remove((destination, *seq))?;
             }
+            drop(table);
             let mut meta = txn.open_table(META)?;
             let batch = match meta.get("batch")? {
                 Some(v) => decode_u64("the batch number", v.value())? + 1,
                 None => 1,
             };
             meta.insert("batch", encode_u64(batch).as_slice())?;
+            drop(meta);
             let notifications = build(batch, items);
-            for n in &notifications {
-                outbox::enqueue(&txn, n, now_ms)?;
+            for (n, carried) in &notifications {
+                let seq = outbox::enqueue(&txn, n, now_ms)?;
+                let mut keys = Vec::with_capacity(carried.len());
+                {
+                    let mut links = txn.open_table(PENDING_FIRING)?;
+                    for pending in carried {
+                        if let Some(key) = links.remove((destination, *pending))? {
+                            keys.push(key.value());
+                        }
+                    }
+                }
+                if keys.is_empty() {
+                    continue;
+                }
+                txn.open_table(OUTBOX_FIRINGS)?
+                    .insert(seq, encode_keys(&keys).as_slice())?;
+                set_outcomes(
+                    &txn,
+                    &keys,
+                    &DestinationOutcome {
+                        destination: destination.to_owned(),
+                        state: OutcomeState::Queued,
+                        at_ms: Some(now_ms),
+                        request: Some(n.id.clone()),
+                        error: None,
+                    },
+                )?;
+            }
+            // A pending push no notification carried leaves no link behind.
+            {
+                let mut links = txn.open_table(PENDING_FIRING)?;
+                for seq in taken {
+                    links.remove((destination, seq))?;
+                }
             }
             notifications.len()
         };
         txn.commit()?;
         Ok(queued)
+    }
+
+    /// Delivery numbers of each (trigger, destination), kept across restarts.
+    pub fn delivery_stats(
+        &self,
+    ) -> Result<std::collections::BTreeMap<(String, String), DeliveryStats>, TriggerStoreError>
+    {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DELIVERY)?;
+        let mut out = std::collections::BTreeMap::new();
+        for item in table.iter()? {
+            let (key, value) = item?;
+            let (trigger, destination) = key.value();
+            out.insert(
+                (trigger.to_owned(), destination.to_owned()),
+                decode_json("delivery numbers", value.value())?,
+            );
+        }
+        Ok(out)
     }
 
     /// The newest firings first, at most `limit`.
@@ -278,7 +633,7 @@ impl TriggerStore {
         let mut out = Vec::new();
         for item in table.iter()?.rev().take(limit) {
             let (_, value) = item?;
-            out.push(decode_json("a firing", value.value())?);
+            out.push(decode_firing(value.value())?);
         }
         Ok(out)
     }
@@ -301,7 +656,7 @@ impl TriggerStore {
                 break;
             }
             let (key, value) = item?;
-            let firing: Firing = decode_json("a firing", value.value())?;
+            let firing: Firing = decode_firing(value.value())?;
             let entry = counts.per_trigger.entry(firing.trigger).or_default();
             entry.day += 1;
             if key.value().0 >= hour_from_ms {
@@ -322,7 +677,7 @@ impl TriggerStore {
         let mut out = Vec::new();
         for item in table.range((from_ms, 0)..)?.take(limit) {
             let (_, value) = item?;
-            out.push(decode_json("a firing", value.value())?);
+            out.push(decode_firing(value.value())?);
         }
         Ok(out)
     }
@@ -364,6 +719,7 @@ mod tests {
             at_ms,
             wall_ms: 0,
             destinations: vec!["hook".into()],
+            outcomes: vec![],
         }
     }
 
@@ -398,9 +754,9 @@ mod tests {
                     b"\x01state",
                     42,
                     &[
-                        ("hook".into(), push("a")),
-                        ("hook".into(), push("b")),
-                        ("other".into(), push("c")),
+                        ("hook".into(), push("a"), 0),
+                        ("hook".into(), push("b"), 1),
+                        ("other".into(), push("c"), 1),
                     ],
                     &[firing(5), firing(7)],
                 )
@@ -412,10 +768,13 @@ mod tests {
                 .flush("hook", 0, |batch, items| {
                     assert_eq!(batch, 1);
                     assert_eq!(items.len(), 2);
-                    vec![Notification {
-                        push: Some(push("a")),
-                        ..bad.clone()
-                    }]
+                    vec![(
+                        Notification {
+                            push: Some(push("a")),
+                            ..bad.clone()
+                        },
+                        items.iter().map(|(seq, _)| *seq).collect(),
+                    )]
                 })
                 .unwrap();
             assert_eq!(queued, 1);
@@ -439,7 +798,7 @@ mod tests {
         );
         // The next flush gets the next batch number.
         store
-            .commit_step(b"\x01s", 43, &[("hook".into(), push("d"))], &[])
+            .commit_step(b"\x01s", 43, &[("hook".into(), push("d"), 0)], &[])
             .unwrap();
         store
             .flush("hook", 0, |batch, _| {
@@ -447,6 +806,185 @@ mod tests {
                 Vec::new()
             })
             .unwrap();
+    }
+
+    fn outcome(store: &TriggerStore, user: &str) -> DestinationOutcome {
+        let firings = store.firings(100).unwrap();
+        let f = firings
+            .iter()
+            .find(|f| f.user.as_deref() == Some(user))
+            .unwrap();
+        assert_eq!(f.outcome_at().len(), 1);
+        f.outcome_at()[0].clone()
+    }
+
+    #[test]
+    fn firing_outcomes_follow_the_outbox_exactly_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watch.redb");
+        let pending = |user: &str, at_ms| Firing {
+            user: Some(user.into()),
+            outcomes: vec![DestinationOutcome {
+                destination: "hook".into(),
+                state: OutcomeState::Pending,
+                at_ms: Some(1),
+                request: None,
+                error: None,
+            }],
+            ..firing(at_ms)
+        };
+        let (delivered_id, dead_id);
+        {
+            let db = Arc::new(Database::create(&path).unwrap());
+            let store = TriggerStore::new(db.clone()).unwrap();
+            let outbox = outbox::Outbox::new(db).unwrap();
+            // u1 and u2 go in one request, u3 in another (another trigger).
+            let mut other = push("u3");
+            other.trigger = "carrello".into();
+            store
+                .commit_step(
+                    b"s",
+                    1,
+                    &[
+                        ("hook".into(), push("u1"), 0),
+                        ("hook".into(), push("u2"), 1),
+                        ("hook".into(), other, 2),
+                    ],
+                    &[pending("u1", 10), pending("u2", 11), pending("u3", 12)],
+                )
+                .unwrap();
+            assert_eq!(outcome(&store, "u1").state, OutcomeState::Pending);
+            let template = Notification {
+                destination: "hook".into(),
+                ..Notification::example()
+            };
+            store
+                .flush("hook", 100, |_, items| {
+                    let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
+                    vec![
+                        (
+                            Notification {
+                                id: "req-1".into(),
+                                push: Some(push("u1")),
+                                ..template.clone()
+                            },
+                            seqs[..2].to_vec(),
+                        ),
+                        (
+                            Notification {
+                                id: "req-2".into(),
+                                push: Some(push("u3")),
+                                ..template.clone()
+                            },
+                            seqs[2..].to_vec(),
+                        ),
+                    ]
+                })
+                .unwrap();
+            let queued = outcome(&store, "u2");
+            assert_eq!(queued.state, OutcomeState::Queued);
+            assert_eq!(queued.request.as_deref(), Some("req-1"));
+            assert_eq!(queued.at_ms, Some(100));
+            let heads = outbox.queued("hook", 10).unwrap();
+            let receipt = |now_ms| {
+                Some(outbox::PushReceipt {
+                    trigger: "cpa_alto",
+                    now_ms,
+                    dry_run: false,
+                })
+            };
+            // A failed attempt counts, the firings stay queued; then delivered.
+            outbox
+                .reschedule_push("hook", heads[0].seq, 1, 0, "HTTP 500", receipt(150))
+                .unwrap();
+            assert_eq!(outcome(&store, "u1").state, OutcomeState::Queued);
+            assert!(
+                outbox
+                    .mark_delivered_push("hook", heads[0].seq, receipt(200))
+                    .unwrap()
+            );
+            // Settling the same entry again (a crash before the sender knew) counts nothing.
+            assert!(
+                !outbox
+                    .mark_delivered_push("hook", heads[0].seq, receipt(201))
+                    .unwrap()
+            );
+            delivered_id = heads[0].seq;
+            // The second request is refused: dead, with the reason.
+            outbox
+                .move_to_dead_push("hook", heads[1].seq, 1, "HTTP 422: bad", 300, receipt(300))
+                .unwrap();
+            dead_id = heads[1].seq;
+        }
+        let db = Arc::new(Database::create(&path).unwrap());
+        let store = TriggerStore::new(db.clone()).unwrap();
+        let outbox = outbox::Outbox::new(db).unwrap();
+        for user in ["u1", "u2"] {
+            let o = outcome(&store, user);
+            assert_eq!(o.state, OutcomeState::Delivered, "{user}");
+            assert_eq!(o.at_ms, Some(200));
+            assert_eq!(o.request.as_deref(), Some("req-1"));
+        }
+        let dead = outcome(&store, "u3");
+        assert_eq!(dead.state, OutcomeState::Dead);
+        assert_eq!(dead.error.as_deref(), Some("HTTP 422: bad"));
+        assert_eq!(dead.request.as_deref(), Some("req-2"));
+        let stats = store.delivery_stats().unwrap();
+        assert_eq!(
+            stats[&("cpa_alto".to_string(), "hook".to_string())],
+            DeliveryStats {
+                delivered: 1,
+                failed_attempts: 2,
+                dead: 1,
+                last_error: Some("HTTP 422: bad".into()),
+                last_error_ms: Some(300),
+            }
+        );
+        // A retried dead letter is queued again, then delivered (a dry run here).
+        let new = outbox.retry_dead(dead_id, 400).unwrap().unwrap();
+        assert_ne!(new, delivered_id);
+        assert_eq!(outcome(&store, "u3").state, OutcomeState::Queued);
+        outbox
+            .mark_delivered_push(
+                "hook",
+                new,
+                Some(outbox::PushReceipt {
+                    trigger: "cpa_alto",
+                    now_ms: 500,
+                    dry_run: true,
+                }),
+            )
+            .unwrap();
+        let o = outcome(&store, "u3");
+        assert_eq!(
+            (o.state, o.at_ms, o.error),
+            (OutcomeState::DryRun, Some(500), None)
+        );
+    }
+
+    #[test]
+    fn a_format_1_firing_reads_with_its_outcomes_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
+        let store = TriggerStore::new(db.clone()).unwrap();
+        // As the previous build wrote it: format 1, no `outcomes`.
+        let mut old = serde_json::to_value(firing(5)).unwrap();
+        old.as_object_mut().unwrap().remove("outcomes");
+        let mut bytes = vec![1u8];
+        bytes.extend(serde_json::to_vec(&old).unwrap());
+        let txn = db.begin_write().unwrap();
+        txn.open_table(FIRINGS)
+            .unwrap()
+            .insert((5, 1), bytes.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        let read = store.firings(10).unwrap();
+        assert_eq!(read.len(), 1);
+        let outcomes = read[0].outcome_at();
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(outcomes[0].destination, "hook");
+        assert_eq!(outcomes[0].state, OutcomeState::Unknown);
+        assert!(decode_firing(&[3, b'{', b'}']).is_err());
     }
 
     #[test]

@@ -177,6 +177,12 @@ merge_fields = {{ product = "PRODUCT" }}
         let sample = format!("vedetta_crm_push_users_total{{outcome=\"{outcome}\"}} {count}");
         assert!(metrics.contains(&sample), "{sample} missing:\n{metrics}");
     }
+    // Attempts are counted apart from users: each CRM took at least one push.
+    let delivered = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vedetta_crm_push_attempts_total{result=\"delivered\"} "))
+        .map(|v| v.parse::<f64>().unwrap());
+    assert!(delivered.is_some_and(|n| n >= 2.0), "{metrics}");
     for address in ["anna@example.it", "Dario@Example.it", "elena@example.it"] {
         assert!(!metrics.contains(address), "{address} in /metrics");
     }

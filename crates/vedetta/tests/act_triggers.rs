@@ -38,6 +38,8 @@ struct Receiver {
     refuse_first: AtomicU64,
     /// Slow answers (ms), so that kills land during a push.
     delay_ms: AtomicU64,
+    /// Answer 422 (the payload refused: dead-lettered at once) to every request.
+    reject: std::sync::atomic::AtomicBool,
     in_flight: AtomicU64,
 }
 
@@ -62,6 +64,15 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: Strin
         .refuse_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
+    let reject = r.reject.load(Ordering::SeqCst);
+    if reject {
+        r.seen.lock().unwrap().push(Seen {
+            key,
+            body,
+            accepted: false,
+        });
+        return (StatusCode::UNPROCESSABLE_ENTITY, "segmento sconosciuto").into_response();
+    }
     r.seen.lock().unwrap().push(Seen {
         key,
         body,
@@ -407,6 +418,30 @@ fn a_segment_over_cpa_sends_its_intent_users_once_with_their_product_then_recove
         got, expected,
         "exactly the intent users with consent, each with its last product"
     );
+    // Each firing's outcome: delivered, under the request id the receiver saw it in.
+    for f in firings["firings"].as_array().unwrap() {
+        let outcomes = f["outcomes"].as_array().unwrap();
+        assert_eq!(outcomes.len(), 1, "{f}");
+        let o = &outcomes[0];
+        assert_eq!(o["destination"], "crm-push", "{f}");
+        assert_eq!(o["state"], "delivered", "{f}");
+        assert!(o["at"].is_string() && o["error"].is_null(), "{f}");
+        match f["what"].as_str().unwrap() {
+            "user" => {
+                let key = &r.users[f["user"].as_str().unwrap()][0].1;
+                assert_eq!(o["request"], json!(key), "{f}");
+            }
+            _ => {
+                let signal = if f["signal"] == "firing" {
+                    "attivo"
+                } else {
+                    "rientrato"
+                };
+                let (_, key) = r.signals.iter().find(|(s, _)| s == signal).unwrap();
+                assert_eq!(o["request"], json!(key), "{f}");
+            }
+        }
+    }
     let t = &triggers["triggers"][0];
     assert_eq!(t["name"], "cpa_alto");
     assert_eq!(t["users_sent"], expected.len() as u64, "{triggers}");
@@ -503,22 +538,62 @@ fn a_receiver_down_for_a_while_gets_everything_afterwards_in_order() {
         let r = received(&receiver);
         r.signals.len() == 2 && r.users.len() >= expected.len()
     });
-    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    // Let the last settlement commit before reading.
+    std::thread::sleep(Duration::from_millis(500));
     let metrics = http
         .get(server.url("/metrics"))
         .send()
         .unwrap()
         .text()
         .unwrap();
+    // The failures and outcomes are stored: a restart keeps them.
     server.stop();
-    // Each refused request was one failed attempt of a cpa_alto push.
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    let firings = get_json(&http, &server.url("/v1/triggers/firings?limit=1000"));
+    let restarted_metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    server.stop();
+    // Each refused request was one failed attempt of a cpa_alto push; deliveries are
+    // counted apart (one per request taken, however often it was tried).
+    let requests_taken = {
+        let seen = receiver.seen.lock().unwrap();
+        seen.iter()
+            .filter(|s| s.accepted)
+            .map(|s| s.key.clone())
+            .collect::<BTreeSet<_>>()
+            .len() as u64
+    };
     let t = &triggers["triggers"][0];
     assert_eq!(t["delivery_failures"], 6, "{triggers}");
     assert!(t["last_delivery_error"].is_string(), "{triggers}");
+    let d = &t["deliveries"][0];
+    assert_eq!(d["destination"], "crm-push", "{triggers}");
+    assert_eq!(d["failed_attempts"], 6, "{triggers}");
+    assert_eq!(d["delivered"], requests_taken, "{triggers}");
+    assert_eq!(d["dead"], 0, "{triggers}");
     assert!(
-        metrics.contains("vedetta_trigger_delivery_failures_total{trigger=\"cpa_alto\"} 6\n"),
-        "{metrics}"
+        d["last_error"].as_str().unwrap().contains("500"),
+        "{triggers}"
     );
+    for text in [&metrics, &restarted_metrics] {
+        for line in [
+            "vedetta_trigger_delivery_failures_total{trigger=\"cpa_alto\",destination=\"crm-push\"} 6\n".to_string(),
+            format!("vedetta_trigger_deliveries_total{{trigger=\"cpa_alto\",destination=\"crm-push\"}} {requests_taken}\n"),
+            "vedetta_trigger_dead_letters_total{trigger=\"cpa_alto\",destination=\"crm-push\"} 0\n".to_string(),
+        ] {
+            assert!(text.contains(&line), "{line} not in {text}");
+        }
+    }
+    let listed = firings["firings"].as_array().unwrap();
+    assert_eq!(listed.len(), expected.len() + 2, "{firings}");
+    for f in listed {
+        assert_eq!(f["outcomes"][0]["state"], "delivered", "{f}");
+    }
     let seen = receiver.seen.lock().unwrap();
     assert!(
         seen.iter().filter(|s| !s.accepted).count() == 6,
@@ -532,6 +607,142 @@ fn a_receiver_down_for_a_while_gets_everything_afterwards_in_order() {
         r.users.keys().cloned().collect::<BTreeSet<_>>(),
         expected.keys().cloned().collect::<BTreeSet<_>>()
     );
+}
+
+#[test]
+fn a_receiver_refusing_the_push_leaves_each_firing_dead_with_the_reason() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = Arc::new(Receiver::default());
+    receiver.reject.store(true, Ordering::SeqCst);
+    let url = start_receiver(&runtime, receiver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &url);
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let http = client();
+    let start = (support::now_ms() / MINUTE - 60) * MINUTE;
+    let (events, spend, expected) = firing_story(start, "saldi", &mut SplitMix(5));
+    post(&http, &server, "/v1/costs", &spend);
+    post(&http, &server, "/v1/events", &events);
+    let settled = |f: &Value| {
+        f["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["state"] == "dead")
+    };
+    let mut firings = Value::Null;
+    wait_for("every firing dead-lettered", 60, || {
+        firings = get_json(&http, &server.url("/v1/triggers/firings?limit=1000"));
+        let listed = firings["firings"].as_array().unwrap();
+        listed.len() == expected.len() + 1 && listed.iter().all(settled)
+    });
+    let dead = get_json(&http, &server.url("/v1/outbox/dead"));
+    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    server.stop();
+    let refused: BTreeSet<String> = receiver
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.key.clone())
+        .collect();
+    let dead_ids: BTreeSet<String> = dead["dead"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["notification"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(dead_ids, refused, "each refused request is one dead letter");
+    for f in firings["firings"].as_array().unwrap() {
+        let o = &f["outcomes"][0];
+        assert_eq!(o["destination"], "crm-push", "{f}");
+        let request = o["request"].as_str().unwrap();
+        assert!(dead_ids.contains(request), "{f} names a dead letter");
+        let error = o["error"].as_str().unwrap();
+        assert!(
+            error.contains("422") && error.contains("segmento sconosciuto"),
+            "{f}"
+        );
+    }
+    let d = &triggers["triggers"][0]["deliveries"][0];
+    assert_eq!(d["dead"], dead_ids.len() as u64, "{triggers}");
+    assert_eq!(d["failed_attempts"], dead_ids.len() as u64, "{triggers}");
+    assert_eq!(d["delivered"], 0, "{triggers}");
+}
+
+#[test]
+fn a_dry_run_destination_records_each_firing_dry_run_and_sends_nothing() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = Arc::new(Receiver::default());
+    let url = start_receiver(&runtime, receiver.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[triggers]]
+name = "feed"
+kind = "conversion_feed"
+notify = ["crm-try"]
+
+[[alerts.destinations]]
+name = "crm-try"
+kind = "webhook"
+format = "seed"
+interval = "1s"
+dry_run = true
+url = "{url}"
+"#
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let http = client();
+    let now = support::now_ms();
+    let purchases: Vec<Value> = (0..3)
+        .map(|i| {
+            event(
+                &format!("dry-{i}"),
+                "purchase",
+                now - 1_000 + i,
+                "saldi",
+                &json!({"value": 10.0, "order_id": format!("dry-o-{i}")}),
+            )
+        })
+        .collect();
+    post(&http, &server, "/v1/events", &purchases);
+    let mut firings = Value::Null;
+    wait_for("three firings recorded dry_run", 60, || {
+        firings = get_json(&http, &server.url("/v1/triggers/firings?limit=100"));
+        let listed = firings["firings"].as_array().unwrap();
+        listed.len() == 3
+            && listed
+                .iter()
+                .all(|f| f["outcomes"][0]["state"] == "dry_run")
+    });
+    let triggers = get_json(&http, &server.url("/v1/triggers"));
+    server.stop();
+    assert!(
+        receiver.seen.lock().unwrap().is_empty(),
+        "a dry run sends nothing"
+    );
+    for f in firings["firings"].as_array().unwrap() {
+        let o = &f["outcomes"][0];
+        assert_eq!(o["destination"], "crm-try", "{f}");
+        assert!(o["request"].is_string() && o["error"].is_null(), "{f}");
+    }
+    let d = &triggers["triggers"][0]["deliveries"][0];
+    assert!(d["delivered"].as_u64().unwrap() >= 1, "{triggers}");
+    assert_eq!(d["failed_attempts"], 0, "{triggers}");
 }
 
 #[test]
@@ -581,6 +792,18 @@ fn sigkill_during_pushes_loses_no_user_and_an_idempotent_receiver_gets_each_once
     wait_for("every user after the crashes", 90, || {
         received(&receiver).users.len() >= expected.len()
     });
+    // The firing outcomes are exact across the kills: each delivered, none left queued.
+    let mut firings = Value::Null;
+    wait_for("every firing recorded delivered", 60, || {
+        firings = get_json(&http, &server.url("/v1/triggers/firings?limit=1000"));
+        firings["firings"].as_array().unwrap().iter().all(|f| {
+            f["outcomes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o["state"] == "delivered")
+        })
+    });
     std::thread::sleep(Duration::from_secs(2));
     server.stop();
 
@@ -599,6 +822,18 @@ fn sigkill_during_pushes_loses_no_user_and_an_idempotent_receiver_gets_each_once
         .map(|(u, s)| (u.clone(), s[0].0.clone()))
         .collect();
     assert_eq!(got, expected);
+    // Each user's firing names the request the receiver acted on it in.
+    let user_firings: Vec<&Value> = firings["firings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["what"] == "user")
+        .collect();
+    assert_eq!(user_firings.len(), expected.len(), "{firings}");
+    for f in user_firings {
+        let key = &r.users[f["user"].as_str().unwrap()][0].1;
+        assert_eq!(f["outcomes"][0]["request"], json!(key), "{f}");
+    }
     // Every request under one key carried the same body.
     let mut bodies: BTreeMap<String, &Value> = BTreeMap::new();
     let seen = receiver.seen.lock().unwrap();

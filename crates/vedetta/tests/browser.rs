@@ -257,15 +257,17 @@ timeout_seconds = 1
                 .map(|v| v.parse::<f64>().unwrap())
         };
         let depth = api["destinations"][0]["depth"].as_f64();
-        let age = line("vedetta_outbox_oldest_age_seconds");
-        seen.push((depth, line("vedetta_outbox_depth"), age));
+        let age = line("vedetta_outbox_destination_oldest_age_seconds");
+        seen.push((depth, line("vedetta_outbox_destination_depth"), age));
         let failures = text.lines().find_map(|l| {
-            l.strip_prefix("vedetta_trigger_delivery_failures_total{trigger=\"feed\"} ")
+            l.strip_prefix(
+                "vedetta_trigger_delivery_failures_total{trigger=\"feed\",destination=\"crm-down\"} ",
+            )
                 .map(|v| v.parse::<f64>().unwrap())
         });
         let same = depth.is_some_and(|d| d >= 1.0)
             && failures.is_some_and(|f| f >= 1.0)
-            && line("vedetta_outbox_depth") == depth
+            && line("vedetta_outbox_destination_depth") == depth
             && age.is_some_and(|a| a > 0.0);
         if !same {
             std::thread::sleep(std::time::Duration::from_millis(250));

@@ -2,7 +2,10 @@
 // time), users sent, segment signals, users withheld for lack of consent, and the failed
 // delivery attempts of its pushes with the last error; per
 // destination, its outbox depth, the age of its oldest message and the head's attempts and
-// last error; the trigger consumer's failures and last error.
+// last error; the trigger consumer's failures and last error; per trigger and destination,
+// requests delivered, failed attempts, dead letters and the last error (stored: a restart
+// keeps them); the newest firings with their outcome at each destination
+// (`GET /v1/triggers/firings`).
 //
 // It polls `GET /v1/triggers` every POLL_MS while visible. Trigger and destination names and
 // errors are client or remote text: only ever put in as text nodes (A.el / A.bdi). Language
@@ -13,6 +16,7 @@
   const A = window.VedettaAlerts;
   const { el, bdi } = A;
   const POLL_MS = 3_000;
+  const FIRINGS_SHOWN = 20;
 
   const WORDS = {
     en: {
@@ -24,6 +28,13 @@
       'col.failures': 'Failed deliveries', 'col.lastError': 'Last delivery error',
       'col.destination': 'Destination', 'col.depth': 'Waiting', 'col.oldest': 'Oldest waiting',
       'col.attempts': 'Failed attempts (head)', 'col.error': 'Last error',
+      deliveries: 'Deliveries per destination', firings: 'Latest firings',
+      'col.delivered': 'Delivered', 'col.failedAttempts': 'Failed attempts', 'col.dead': 'Dead letters',
+      'col.who': 'User or signal', 'col.at': 'Event time', 'col.outcomes': 'Outcome per destination',
+      noDeliveries: 'No trigger notifies a destination.', noFirings: 'No firing yet.',
+      'signal.firing': 'signal: firing', 'signal.recovered': 'signal: recovered',
+      'state.pending': 'waiting for its batch', 'state.queued': 'in the outbox', 'state.delivered': 'delivered',
+      'state.dry_run': 'dry run (not sent)', 'state.dead': 'dead letter', 'state.unknown': 'unknown',
       atLeast: 'at least {n}', updated: 'Updated {time}', error: 'The server answered: {message}',
       reloadError: 'The triggers file was not reloaded: {message}',
       authNeeded: 'This page needs an API key.', authWrong: 'The key was not accepted.', apiKey: 'API key',
@@ -38,6 +49,13 @@
       'col.failures': 'Consegne fallite', 'col.lastError': 'Ultimo errore di consegna',
       'col.destination': 'Destinazione', 'col.depth': 'In attesa', 'col.oldest': 'Il più vecchio in attesa',
       'col.attempts': 'Tentativi falliti (primo)', 'col.error': 'Ultimo errore',
+      deliveries: 'Consegne per destinazione', firings: 'Ultimi scatti',
+      'col.delivered': 'Consegnate', 'col.failedAttempts': 'Tentativi falliti', 'col.dead': 'Scartate (dead letter)',
+      'col.who': 'Utente o segnale', 'col.at': 'Ora dell\'evento', 'col.outcomes': 'Esito per destinazione',
+      noDeliveries: 'Nessun trigger notifica una destinazione.', noFirings: 'Ancora nessuno scatto.',
+      'signal.firing': 'segnale: attivo', 'signal.recovered': 'segnale: rientrato',
+      'state.pending': 'in attesa del lotto', 'state.queued': 'nella coda di uscita', 'state.delivered': 'consegnato',
+      'state.dry_run': 'prova (non inviato)', 'state.dead': 'scartato', 'state.unknown': 'sconosciuto',
       atLeast: 'almeno {n}', updated: 'Aggiornato alle {time}', error: 'Il server ha risposto: {message}',
       reloadError: 'Il file dei trigger non è stato ricaricato: {message}',
       authNeeded: 'Questa pagina richiede una chiave API.', authWrong: 'La chiave non è stata accettata.',
@@ -53,6 +71,7 @@
     lang: storage.get('vedetta.lang') || ((navigator.language || '').toLowerCase().startsWith('it') ? 'it' : 'en'),
     apiKey: storage.get('vedetta.apiKey') || '',
     answer: null,
+    firings: null,
     authOpen: false,
     timer: 0,
     inFlight: false,
@@ -70,7 +89,12 @@
     if (state.inFlight || document.hidden || state.authOpen) return;
     state.inFlight = true;
     try {
-      state.answer = await A.api('/v1/triggers', { apiKey: state.apiKey });
+      const [answer, firings] = await Promise.all([
+        A.api('/v1/triggers', { apiKey: state.apiKey }),
+        A.api(`/v1/triggers/firings?limit=${FIRINGS_SHOWN}`, { apiKey: state.apiKey }),
+      ]);
+      state.answer = answer;
+      state.firings = firings;
       render();
       document.getElementById('updated').textContent = t('updated', { time: new Date().toLocaleTimeString(A.locale(state.lang)) });
     } catch (error) {
@@ -146,6 +170,42 @@
     }
     if (!answer.destinations.length) rows.append(el('tr', {}, el('td', { colspan: '5', class: 'muted', text: t('noDestinations') })));
     destinations.append(rows);
+
+    const deliveries = document.getElementById('deliveries');
+    deliveries.replaceChildren(header('col.trigger', 'col.destination', 'col.delivered', 'col.failedAttempts', 'col.dead', 'col.error'));
+    const split = el('tbody');
+    for (const tr of answer.triggers) {
+      for (const d of tr.deliveries || []) {
+        split.append(el('tr', { 'data-delivery-trigger': tr.name, 'data-delivery-destination': d.destination },
+          el('th', { scope: 'row' }, bdi(tr.name)),
+          el('td', {}, bdi(d.destination)),
+          cell('delivered', d.delivered, number(d.delivered)),
+          cell('failed_attempts', d.failed_attempts, number(d.failed_attempts)),
+          cell('dead', d.dead, number(d.dead)),
+          el('td', { 'data-field-text': 'last_error' }, bdi(d.last_error || t('none')))));
+      }
+    }
+    if (!split.children.length) split.append(el('tr', {}, el('td', { colspan: '6', class: 'muted', text: t('noDeliveries') })));
+    deliveries.append(split);
+
+    const firings = document.getElementById('firings');
+    firings.replaceChildren(header('col.trigger', 'col.who', 'col.at', 'col.outcomes'));
+    const recent = el('tbody');
+    for (const f of (state.firings && state.firings.firings) || []) {
+      const who = f.what === 'signal' ? t(`signal.${f.signal}`) : (f.user || '').slice(0, 16);
+      const outcomes = el('td', { 'data-field': 'outcomes' });
+      for (const o of f.outcomes || []) {
+        outcomes.append(el('div', { 'data-outcome-destination': o.destination, 'data-state': o.state },
+          bdi(o.destination), ': ', t(`state.${o.state}`), o.error ? ' — ' : null, o.error ? bdi(o.error) : null));
+      }
+      recent.append(el('tr', { 'data-firing-trigger': f.trigger },
+        el('th', { scope: 'row' }, bdi(f.trigger)),
+        el('td', { 'data-field': 'who', title: f.user || '' }, bdi(who)),
+        el('td', { 'data-field': 'at', text: f.at ? new Date(f.at).toLocaleString(A.locale(state.lang)) : t('none') }),
+        outcomes));
+    }
+    if (!recent.children.length) recent.append(el('tr', {}, el('td', { colspan: '4', class: 'muted', text: t('noFirings') })));
+    firings.append(recent);
   }
 
   function showBanner(text) {

@@ -36,7 +36,7 @@ use vedetta_core::time::Clock;
 use vedetta_core::watch::dispatch::notification_id;
 use vedetta_core::watch::evaluate::group_totals;
 use vedetta_core::watch::notification::{AlertStatus, Notification};
-use vedetta_store::trigger_store::{Firing, TriggerStore};
+use vedetta_store::trigger_store::{DestinationOutcome, Firing, OutcomeState, TriggerStore};
 use vedetta_store::{EventLog, KpiStore};
 
 const MINUTE: i64 = 60_000;
@@ -486,8 +486,10 @@ impl Task {
         Ok(more)
     }
 
-    /// The pending pushes (one per output and destination) and firings of `outputs`.
-    fn route(&self, outputs: &[Output], now_ms: i64) -> (Vec<(String, Push)>, Vec<Firing>) {
+    /// The pending pushes (one per output and destination, each with the index of its
+    /// firing) and firings (each `pending` at each destination) of `outputs`.
+    #[allow(clippy::type_complexity)]
+    fn route(&self, outputs: &[Output], now_ms: i64) -> (Vec<(String, Push, usize)>, Vec<Firing>) {
         let mut pending = Vec::new();
         let mut firings = Vec::new();
         for output in outputs {
@@ -513,7 +515,7 @@ impl Task {
                 events: output.event.iter().cloned().collect(),
             };
             for destination in &trigger.notify {
-                pending.push((destination.clone(), push.clone()));
+                pending.push((destination.clone(), push.clone(), firings.len()));
             }
             firings.push(Firing {
                 trigger: trigger.name.clone(),
@@ -535,6 +537,17 @@ impl Task {
                 at_ms: output.at_ms,
                 wall_ms: now_ms,
                 destinations: trigger.notify.clone(),
+                outcomes: trigger
+                    .notify
+                    .iter()
+                    .map(|d| DestinationOutcome {
+                        destination: d.clone(),
+                        state: OutcomeState::Pending,
+                        at_ms: Some(now_ms),
+                        request: None,
+                        error: None,
+                    })
+                    .collect(),
             });
         }
         (pending, firings)
@@ -607,17 +620,19 @@ impl Task {
 
 /// One notification per trigger and segment (in the order pushes were selected); a second
 /// signal for the same segment, or more than [`MAX_EVENTS_PER_PUSH`] users, starts another.
+/// Each comes with the pending seqs it carries (its firings' link).
 pub fn batch_notifications(
     destination: &str,
     batch: u64,
     items: Vec<(u64, Push)>,
     now_ms: i64,
     dashboard_url: &str,
-) -> Vec<Notification> {
+) -> Vec<(Notification, Vec<u64>)> {
     let mut pushes: Vec<Push> = Vec::new();
+    let mut carried: Vec<Vec<u64>> = Vec::new();
     // Open request per (trigger, group): its index in `pushes`.
     let mut open: BTreeMap<(String, Vec<(String, String)>), usize> = BTreeMap::new();
-    for (_, item) in items {
+    for (seq, item) in items {
         let key = (item.trigger.clone(), item.group.clone());
         let reuse = open.get(&key).copied().filter(|&i| {
             // A signal opens a request of its own (the users selected after it join it):
@@ -632,32 +647,40 @@ pub fn batch_notifications(
                     p.signal = item.signal;
                 }
                 p.events.extend(item.events);
+                carried[i].push(seq);
             }
             None => {
                 open.insert(key, pushes.len());
                 pushes.push(item);
+                carried.push(vec![seq]);
             }
         }
     }
     pushes
         .into_iter()
+        .zip(carried)
         .enumerate()
-        .map(|(index, push)| Notification {
-            // Fixed at the flush commit: retries and restarts resend the same id.
-            id: notification_id(
-                &push.trigger,
-                destination,
-                batch.saturating_mul(1 << 20).saturating_add(index as u64),
-            ),
-            destination: destination.to_owned(),
-            status: match push.signal.as_ref().map(|s| s.signal) {
-                Some(SegmentSignal::Recovered) => AlertStatus::Resolved,
-                _ => AlertStatus::Firing,
-            },
-            notices: Vec::new(),
-            created_ms: now_ms,
-            dashboard_url: dashboard_url.to_owned(),
-            push: Some(push),
+        .map(|(index, (push, carried))| {
+            (
+                Notification {
+                    // Fixed at the flush commit: retries and restarts resend the same id.
+                    id: notification_id(
+                        &push.trigger,
+                        destination,
+                        batch.saturating_mul(1 << 20).saturating_add(index as u64),
+                    ),
+                    destination: destination.to_owned(),
+                    status: match push.signal.as_ref().map(|s| s.signal) {
+                        Some(SegmentSignal::Recovered) => AlertStatus::Resolved,
+                        _ => AlertStatus::Firing,
+                    },
+                    notices: Vec::new(),
+                    created_ms: now_ms,
+                    dashboard_url: dashboard_url.to_owned(),
+                    push: Some(push),
+                },
+                carried,
+            )
         })
         .collect()
 }

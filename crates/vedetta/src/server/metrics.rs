@@ -155,26 +155,7 @@ fn render(state: &AppState) -> String {
     pipeline(state, &mut out);
     alerts(state, &mut out);
     state.act_status.expose(&mut out);
-    {
-        // Failed delivery attempts of each trigger's pushes (the sender's count).
-        let name = "vedetta_trigger_delivery_failures_total";
-        out.family(
-            name,
-            "counter",
-            "Failed delivery attempts of a trigger's pushes, any destination (since start).",
-        );
-        let failures = state.sender.metrics.trigger_failures();
-        let triggers = state
-            .act_status
-            .triggers
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
-        for t in triggers.iter() {
-            let n = failures.get(&t.name).map_or(0, |f| f.attempts);
-            out.sample(name, &[("trigger", t.name.as_str())], n as f64);
-        }
-    }
+    trigger_deliveries(state, &mut out);
     let t = &state.timings;
     out.family(
         "vedetta_stage_duration_seconds",
@@ -457,14 +438,27 @@ fn intake(state: &AppState, out: &mut Exposition) {
     out.family(
         "vedetta_crm_push_users_total",
         "counter",
-        "Users of trigger pushes to CRM destinations, per delivery attempt: sent, or \
-         withheld (no marketing consent, no stored identity, a sealed identity that does \
-         not open).",
+        "Users of trigger pushes delivered to CRM destinations, once per delivered push: \
+         sent, or withheld (no marketing consent, no stored identity, a sealed identity \
+         that does not open).",
     );
     for (outcome, count) in state.crm_push_counters.snapshot() {
         out.sample(
             "vedetta_crm_push_users_total",
             &[("outcome", outcome)],
+            count as f64,
+        );
+    }
+    out.family(
+        "vedetta_crm_push_attempts_total",
+        "counter",
+        "Delivery attempts of trigger pushes to CRM destinations, by result (delivered, \
+         failed: each retry counts).",
+    );
+    for (result, count) in state.crm_push_counters.attempts() {
+        out.sample(
+            "vedetta_crm_push_attempts_total",
+            &[("result", result)],
             count as f64,
         );
     }
@@ -657,4 +651,58 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
         &[],
         counters.spend_records as f64,
     );
+}
+
+/// Per trigger in force and destination it notifies: delivered requests, failed delivery
+/// attempts and dead letters of its pushes, as stored by the trigger store (kept across
+/// restarts; deliveries and attempts apart, so retries never inflate deliveries).
+fn trigger_deliveries(state: &AppState, out: &mut Exposition) {
+    let stats = match state.trigger_store.delivery_stats() {
+        Ok(stats) => stats,
+        Err(e) => {
+            tracing::warn!(error = %e, "the trigger delivery numbers could not be read");
+            return;
+        }
+    };
+    let triggers = state
+        .act_status
+        .triggers
+        .read()
+        .map(|t| t.clone())
+        .unwrap_or_else(|e| e.into_inner().clone());
+    type Family = (
+        &'static str,
+        &'static str,
+        fn(&vedetta_store::trigger_store::DeliveryStats) -> u64,
+    );
+    let families: [Family; 3] = [
+        (
+            "vedetta_trigger_deliveries_total",
+            "Requests of a trigger's pushes a destination took (dry runs included), kept across restarts.",
+            |s| s.delivered,
+        ),
+        (
+            "vedetta_trigger_delivery_failures_total",
+            "Failed delivery attempts of a trigger's pushes at a destination (each retry counts), kept across restarts.",
+            |s| s.failed_attempts,
+        ),
+        (
+            "vedetta_trigger_dead_letters_total",
+            "Requests of a trigger's pushes a destination dead-lettered, kept across restarts.",
+            |s| s.dead,
+        ),
+    ];
+    for (name, help, value) in families {
+        out.family(name, "counter", help);
+        for t in triggers.iter() {
+            for d in &t.notify {
+                let n = stats.get(&(t.name.clone(), d.clone())).map_or(0, value);
+                out.sample(
+                    name,
+                    &[("trigger", t.name.as_str()), ("destination", d.as_str())],
+                    n as f64,
+                );
+            }
+        }
+    }
 }

@@ -113,7 +113,9 @@ pub fn outbox_by_destination(state: &AppState, now_ms: i64) -> anyhow::Result<Ve
     path = "/v1/triggers",
     responses((status = 200, description = "triggers (as checked, with counters: users_sent, \
         signals, withheld_no_consent, firings_last_hour, firings_last_day by event time, \
-        delivery_failures and last_delivery_error of its pushes), \
+        delivery_failures and last_delivery_error of its pushes, summed over its \
+        destinations and kept across restarts, and deliveries: per destination, delivered, \
+        failed_attempts, dead, last_error, last_error_at), \
         firing_counts_capped, triggers_file, loaded_at, reload_error, consumed_offset, \
         judged_through, users, user_bytes, pending, failures, last_error, and destinations \
         (each: destination, depth, depth_capped, oldest_age_seconds, head_attempts, \
@@ -123,13 +125,14 @@ pub fn outbox_by_destination(state: &AppState, now_ms: i64) -> anyhow::Result<Ve
 pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let now_ms = state.clock.now_ms();
     let read = state.clone();
-    let (firing_counts, destinations) = tokio::task::spawn_blocking(move || {
+    let (firing_counts, destinations, deliveries) = tokio::task::spawn_blocking(move || {
         let counts = read.trigger_store.firing_counts(
             now_ms.saturating_sub(24 * HOUR_MS),
             now_ms.saturating_sub(HOUR_MS),
             FIRING_COUNT_CAP,
         )?;
-        anyhow::Ok((counts, outbox_by_destination(&read, now_ms)?))
+        let deliveries = read.trigger_store.delivery_stats()?;
+        anyhow::Ok((counts, outbox_by_destination(&read, now_ms)?, deliveries))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -145,7 +148,6 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Val
         .lock()
         .map(|c| c.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
-    let delivery_failures = state.sender.metrics.trigger_failures();
     let list: Vec<Value> = triggers
         .iter()
         .map(|t| {
@@ -161,13 +163,37 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Val
                 .unwrap_or_default();
             v["firings_last_hour"] = json!(fired.hour);
             v["firings_last_day"] = json!(fired.day);
-            let failed = delivery_failures.get(&t.name).cloned().unwrap_or_default();
-            v["delivery_failures"] = json!(failed.attempts);
-            v["last_delivery_error"] = if failed.attempts == 0 {
-                Value::Null
-            } else {
-                json!(failed.last_error)
-            };
+            // Per destination it notifies (kept across restarts), and summed.
+            let mut failures = 0;
+            let mut last: Option<(i64, String)> = None;
+            let per_destination: Vec<Value> = t
+                .notify
+                .iter()
+                .map(|d| {
+                    let s = deliveries
+                        .get(&(t.name.clone(), d.clone()))
+                        .cloned()
+                        .unwrap_or_default();
+                    failures += s.failed_attempts;
+                    match (s.last_error_ms, &s.last_error) {
+                        (Some(at), Some(error)) if last.as_ref().is_none_or(|(t, _)| at >= *t) => {
+                            last = Some((at, error.clone()));
+                        }
+                        _ => {}
+                    }
+                    json!({
+                        "destination": d,
+                        "delivered": s.delivered,
+                        "failed_attempts": s.failed_attempts,
+                        "dead": s.dead,
+                        "last_error": s.last_error,
+                        "last_error_at": s.last_error_ms.map(time),
+                    })
+                })
+                .collect();
+            v["delivery_failures"] = json!(failures);
+            v["last_delivery_error"] = json!(last.map(|(_, e)| e));
+            v["deliveries"] = json!(per_destination);
             v
         })
         .collect();
@@ -200,7 +226,9 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Val
     path = "/v1/triggers/firings",
     params(("limit" = Option<usize>, Query, description = "firings, default 100, at most 1000")),
     responses((status = 200, description = "firings: trigger, what (user or signal), user \
-        (pseudonym), group, signal, at, recorded_at, destinations", body = Object),
+        (pseudonym), group, signal, at, recorded_at, destinations, outcomes (per destination: \
+        state pending, queued, delivered, dry_run, dead or unknown; at; request, the id the \
+        receiver sees as Idempotency-Key; error)", body = Object),
         (status = 400, description = "a bad parameter", body = super::openapi::ErrorBody))
 )]
 pub async fn get_firings(
@@ -227,6 +255,13 @@ pub async fn get_firings(
                 "at": time(f.at_ms),
                 "recorded_at": time(f.wall_ms),
                 "destinations": f.destinations,
+                "outcomes": f.outcome_at().iter().map(|o| json!({
+                    "destination": o.destination,
+                    "state": o.state,
+                    "at": o.at_ms.map(time),
+                    "request": o.request,
+                    "error": o.error,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -65,6 +65,12 @@ pub trait Destination: Send + Sync + 'static {
         false
     }
 
+    /// Whether it is a dry run: a delivery logs what it would send and sends nothing (a
+    /// push's firings are then recorded `dry_run`, not `delivered`).
+    fn dry_run(&self) -> bool {
+        false
+    }
+
     /// One attempt to deliver `notification`.
     fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a>;
 }

@@ -7,9 +7,12 @@
 //!   (Slack: one message per second). A destination's failing head holds up its own queue
 //!   only; other destinations go on.
 //! - **Backoff**: exponential from `base_backoff`, doubled per failed attempt up to
-//!   `max_backoff`, with jitter (the delay is drawn in [½ d, d]) so restarted senders do
-//!   not beat in step. A receiver's own delay (`Retry-After`) is honoured as given, up to
-//!   `max_retry_after`.
+//!   `max_backoff` (alerts: 10 minutes) or `max_push_backoff` for an entry carrying a
+//!   trigger push (30 s, the push's own promise: after an hour-long outage the receiver
+//!   gets its backlog within half a minute of coming back, not up to ten), with jitter
+//!   (the delay is drawn in [½ d, d]) so restarted senders do not beat in step. Only a
+//!   queue's head is retried, so a failing receiver sees one request per backoff. A
+//!   receiver's own delay (`Retry-After`) is honoured as given, up to `max_retry_after`.
 //! - **Dead letters**: a [`DeliveryError::Refused`] at once; a retryable failure once the
 //!   entry has waited longer than `max_age` (a week by default: a day-long outage loses
 //!   nothing). An entry naming no configured destination, or whose bytes do not decode,
@@ -26,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
-use vedetta_store::outbox::{Outbox, OutboxEntry, OutboxError};
+use vedetta_store::outbox::{Outbox, OutboxEntry, OutboxError, PushReceipt};
 
 /// How the sender retries and times out.
 #[derive(Clone, Debug)]
@@ -35,6 +38,9 @@ pub struct SenderConfig {
     pub base_backoff: Duration,
     /// The longest backoff between two attempts of one entry.
     pub max_backoff: Duration,
+    /// The longest backoff between two attempts of an entry carrying a trigger push
+    /// (pushes promise delivery every interval, 30 s by default).
+    pub max_push_backoff: Duration,
     /// The longest `Retry-After` honoured (a receiver asking for more gets this).
     pub max_retry_after: Duration,
     /// How long one delivery call may take before it counts as a retryable failure.
@@ -50,6 +56,7 @@ impl Default for SenderConfig {
         SenderConfig {
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(600),
+            max_push_backoff: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(3_600),
             call_timeout: Duration::from_secs(30),
             max_age: Duration::from_secs(7 * 24 * 3_600),
@@ -106,22 +113,7 @@ pub struct SenderMetrics {
     dead: AtomicU64,
     /// Storage errors the sender met (it retries them).
     pub store_errors: AtomicU64,
-    /// Failed delivery attempts of trigger pushes, by trigger: count and last error.
-    trigger_failures: Mutex<BTreeMap<String, TriggerFailures>>,
 }
-
-/// Failed delivery attempts of one trigger's pushes since the start, and the last error.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TriggerFailures {
-    pub attempts: u64,
-    pub last_error: String,
-}
-
-/// Triggers whose failures are kept, at most (names come from the triggers in force and
-/// from pushes still queued by older trigger sets).
-const MAX_TRIGGER_FAILURES: usize = 10_000;
-/// Characters of a kept error, at most.
-const MAX_TRIGGER_ERROR_CHARS: usize = 500;
 
 impl Default for SenderMetrics {
     fn default() -> Self {
@@ -132,35 +124,11 @@ impl Default for SenderMetrics {
             oldest_enqueued_ms: AtomicI64::new(-1),
             dead: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
-            trigger_failures: Mutex::new(BTreeMap::new()),
         }
     }
 }
 
 impl SenderMetrics {
-    /// A failed attempt of `entry`: counted against its trigger when it is a push.
-    fn trigger_failed(&self, entry: &OutboxEntry, reason: &str) {
-        let Ok(Some(push)) = entry.notification.as_ref().map(|n| n.push.as_ref()) else {
-            return;
-        };
-        if let Ok(mut map) = self.trigger_failures.lock() {
-            if map.len() >= MAX_TRIGGER_FAILURES && !map.contains_key(&push.trigger) {
-                return;
-            }
-            let failures = map.entry(push.trigger.clone()).or_default();
-            failures.attempts += 1;
-            failures.last_error = reason.chars().take(MAX_TRIGGER_ERROR_CHARS).collect();
-        }
-    }
-
-    /// Failed delivery attempts of each trigger's pushes, since the start.
-    pub fn trigger_failures(&self) -> BTreeMap<String, TriggerFailures> {
-        self.trigger_failures
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_else(|e| e.into_inner().clone())
-    }
-
     fn count(&self, destination: &str, outcome: Outcome) {
         if let Ok(mut map) = self.attempts.lock() {
             *map.entry((destination.to_owned(), outcome)).or_default() += 1;
@@ -197,10 +165,12 @@ impl SenderMetrics {
         }
     }
 
-    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families. The unlabelled
-    /// `vedetta_outbox_depth` and `vedetta_outbox_oldest_age_seconds` are the whole outbox;
-    /// `per_destination` adds one sample of each per destination queue, labelled
-    /// `destination` (select them with `{destination!=""}`).
+    /// Writes `vedetta_outbox_*` and `vedetta_notifications_*` families. Each family has
+    /// one label set: `vedetta_outbox_depth` and `vedetta_outbox_oldest_age_seconds` are the
+    /// whole outbox (one unlabelled sample each); `per_destination` gives
+    /// `vedetta_outbox_destination_depth{destination}` and
+    /// `vedetta_outbox_destination_oldest_age_seconds{destination}`, one sample per
+    /// destination queue (a sum over them is the whole outbox, unless a depth was capped).
     pub fn expose(
         &self,
         out: &mut Exposition,
@@ -224,29 +194,39 @@ impl SenderMetrics {
         out.family(
             "vedetta_outbox_depth",
             "gauge",
-            "Notifications waiting in the outbox.",
+            "Notifications waiting in the whole outbox.",
         );
         out.sample("vedetta_outbox_depth", &[], self.depth() as f64);
-        for d in per_destination {
-            out.sample(
-                "vedetta_outbox_depth",
-                &[("destination", d.destination.as_str())],
-                d.depth as f64,
-            );
-        }
         out.family(
             "vedetta_outbox_oldest_age_seconds",
             "gauge",
-            "Age of the oldest notification waiting in the outbox (0 when empty).",
+            "Age of the oldest notification waiting in the whole outbox (0 when empty).",
         );
         out.sample(
             "vedetta_outbox_oldest_age_seconds",
             &[],
             self.oldest_age_seconds(now_ms),
         );
+        out.family(
+            "vedetta_outbox_destination_depth",
+            "gauge",
+            "Notifications waiting for one destination (counted up to 100,000).",
+        );
         for d in per_destination {
             out.sample(
-                "vedetta_outbox_oldest_age_seconds",
+                "vedetta_outbox_destination_depth",
+                &[("destination", d.destination.as_str())],
+                d.depth as f64,
+            );
+        }
+        out.family(
+            "vedetta_outbox_destination_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest notification waiting for one destination (its queue's head).",
+        );
+        for d in per_destination {
+            out.sample(
+                "vedetta_outbox_destination_oldest_age_seconds",
                 &[("destination", d.destination.as_str())],
                 now_ms.saturating_sub(d.oldest_enqueued_ms).max(0) as f64 / 1_000.0,
             );
@@ -329,6 +309,19 @@ struct Finished {
     entry: OutboxEntry,
     result: Result<(), DeliveryError>,
     timed_out: bool,
+    /// The destination is a dry run (a push "delivered" was logged, not sent).
+    dry_run: bool,
+}
+
+/// The receipt of `entry` when it carries a trigger push: the trigger store records the
+/// outcome in the same commit as the outbox.
+fn receipt(entry: &OutboxEntry, now_ms: i64, dry_run: bool) -> Option<PushReceipt<'_>> {
+    let push = entry.notification.as_ref().ok()?.push.as_ref()?;
+    Some(PushReceipt {
+        trigger: &push.trigger,
+        now_ms,
+        dry_run,
+    })
 }
 
 /// Starts the sender on the current tokio runtime. It runs until `shutdown` completes;
@@ -447,6 +440,7 @@ async fn run(
                         continue;
                     }
                     busy.insert(entry.destination.clone());
+                    let dry_run = destination.dry_run();
                     let tx = done_tx.clone();
                     let timeout = config.call_timeout;
                     inflight.spawn(async move {
@@ -470,6 +464,7 @@ async fn run(
                             entry,
                             result,
                             timed_out,
+                            dry_run,
                         });
                     });
                 }
@@ -507,16 +502,23 @@ async fn give_up(
     reason: &str,
 ) {
     metrics.count(&entry.destination, outcome);
-    metrics.trigger_failed(entry, reason);
     tracing::warn!(
         destination = %entry.destination,
         seq = entry.seq,
         reason,
         "notification moved to the dead-letter list"
     );
-    let (destination, seq, reason) = (entry.destination.clone(), entry.seq, reason.to_owned());
+    let (entry, reason) = (entry.clone(), reason.to_owned());
     if let Err(e) = blocking(outbox, move |o| {
-        o.move_to_dead(&destination, seq, attempts, &reason, wall_ms())
+        let now = wall_ms();
+        o.move_to_dead_push(
+            &entry.destination,
+            entry.seq,
+            attempts,
+            &reason,
+            now,
+            receipt(&entry, now, false),
+        )
     })
     .await
     {
@@ -535,9 +537,10 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                 let seconds = (now_ms.saturating_sub(n.created_ms)).max(0) as f64 / 1_000.0;
                 metrics.latency.observe(seconds);
             }
-            let (destination, seq) = (f.destination.clone(), entry.seq);
+            let (destination, dry_run) = (f.destination.clone(), f.dry_run);
             blocking(outbox, move |o| {
-                o.mark_delivered(&destination, seq).map(|_| ())
+                o.mark_delivered_push(&destination, entry.seq, receipt(&entry, now_ms, dry_run))
+                    .map(|_| ())
             })
             .await
         }
@@ -566,8 +569,7 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                     Outcome::Retry
                 },
             );
-            metrics.trigger_failed(&entry, &reason);
-            let delay = backoff(config, attempts, after, random_u64());
+            let delay = retry_delay(config, &entry, attempts, after, random_u64());
             tracing::info!(
                 destination = %f.destination,
                 seq = entry.seq,
@@ -577,9 +579,16 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
                 "notification delivery failed; will retry"
             );
             let next = now_ms.saturating_add(delay.as_millis() as i64);
-            let seq = entry.seq;
             blocking(outbox, move |o| {
-                o.reschedule(seq, attempts, next, &reason).map(|_| ())
+                o.reschedule_push(
+                    &entry.destination,
+                    entry.seq,
+                    attempts,
+                    next,
+                    &reason,
+                    receipt(&entry, now_ms, false),
+                )
+                .map(|_| ())
             })
             .await
         }
@@ -588,6 +597,26 @@ async fn settle(outbox: &Outbox, config: &SenderConfig, metrics: &SenderMetrics,
         // The entry stays as it was and goes again: at least once.
         metrics.store_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, "could not record a delivery outcome in the outbox");
+    }
+}
+
+/// The delay before the next attempt of `entry` after `attempts` failed ones: [`backoff`],
+/// capped at `max_push_backoff` when the entry carries a trigger push.
+fn retry_delay(
+    config: &SenderConfig,
+    entry: &OutboxEntry,
+    attempts: u32,
+    after: Option<Duration>,
+    random: u64,
+) -> Duration {
+    if matches!(&entry.notification, Ok(n) if n.push.is_some()) {
+        let config = SenderConfig {
+            max_backoff: config.max_backoff.min(config.max_push_backoff),
+            ..config.clone()
+        };
+        backoff(&config, attempts, after, random)
+    } else {
+        backoff(config, attempts, after, random)
     }
 }
 
@@ -606,7 +635,10 @@ fn human(d: Duration) -> String {
 mod tests {
     use super::*;
 
+    use std::collections::BTreeSet;
+
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn metrics_are_exposed_by_destination_and_outcome() {
         let m = SenderMetrics::default();
         m.count("slack-marketing", Outcome::Delivered);
@@ -627,8 +659,8 @@ mod tests {
         m.expose(&mut out, 61_000, &[queue]);
         let text = out.into_string();
         for line in [
-            "vedetta_outbox_depth{destination=\"slack-marketing\"} 3",
-            "vedetta_outbox_oldest_age_seconds{destination=\"slack-marketing\"} 30",
+            "vedetta_outbox_destination_depth{destination=\"slack-marketing\"} 3",
+            "vedetta_outbox_destination_oldest_age_seconds{destination=\"slack-marketing\"} 30",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"retry\"} 2",
             "vedetta_notification_attempts_total{destination=\"slack-marketing\",outcome=\"delivered\"} 1",
             "vedetta_outbox_depth 4",
@@ -638,6 +670,82 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
+        // No family mixes label sets (a sum over a family never counts a total twice).
+        let mut labels: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, _) = line.rsplit_once(' ').unwrap();
+            let (name, names) = match series.split_once('{') {
+                Some((name, rest)) => (
+                    name,
+                    rest.trim_end_matches('}')
+                        .split(',')
+                        .map(|kv| kv.split('=').next().unwrap().to_owned())
+                        .filter(|k| k != "le")
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+                None => (series, String::new()),
+            };
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
+            labels.entry(family).or_default().insert(names);
+        }
+        for (family, sets) in &labels {
+            assert_eq!(sets.len(), 1, "{family} mixes label sets {sets:?}");
+        }
+        assert!(labels.contains_key("vedetta_outbox_destination_depth"));
+    }
+
+    #[test]
+    fn a_push_is_retried_at_least_every_30_s_an_alert_every_10_minutes() {
+        let c = SenderConfig::default();
+        let entry = |push: bool| {
+            let mut n = vedetta_core::watch::notification::Notification::example();
+            if push {
+                n.push = Some(vedetta_core::act::push::Push {
+                    trigger: "feed".into(),
+                    kind: "conversion_feed".into(),
+                    segment: None,
+                    group: vec![],
+                    signal: None,
+                    events: vec![],
+                });
+            }
+            OutboxEntry {
+                seq: 1,
+                destination: "hook".into(),
+                notification: Ok(n),
+                attempts: 0,
+                enqueued_ms: 0,
+                next_attempt_ms: 0,
+                last_error: None,
+            }
+        };
+        for attempts in [1, 5, 6, 12, 40] {
+            for r in [0, 7, u64::MAX] {
+                let push = retry_delay(&c, &entry(true), attempts, None, r);
+                let alert = retry_delay(&c, &entry(false), attempts, None, r);
+                assert!(push <= c.max_push_backoff, "{attempts}: {push:?}");
+                assert_eq!(alert, backoff(&c, attempts, None, r));
+            }
+        }
+        // After an hour of failures: a push waits 15..30 s, an alert 5..10 minutes.
+        assert_eq!(
+            retry_delay(&c, &entry(true), 40, None, 0),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            retry_delay(&c, &entry(false), 40, None, 0),
+            Duration::from_secs(300)
+        );
+        // A receiver's Retry-After is honoured as given, push or not.
+        let after = Some(Duration::from_secs(120));
+        assert_eq!(
+            retry_delay(&c, &entry(true), 3, after, 0),
+            Duration::from_secs(120)
+        );
     }
 
     #[test]

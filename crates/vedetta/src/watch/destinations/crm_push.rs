@@ -23,17 +23,30 @@ use vedetta_store::IdentityStore;
 /// How often trigger pushes go to a CRM destination (issue 12: every 30 seconds).
 pub const CRM_PUSH_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Users of pushes to CRM destinations, since start: sent, and withheld by reason.
-/// Numbers only: no identity or pseudonym is ever a label.
+/// Users of pushes delivered to CRM destinations, since start: sent, and withheld by
+/// reason, counted once per delivered push (a push retried five times counts its users
+/// once); delivery attempts are counted apart. Numbers only: no identity or pseudonym is
+/// ever a label.
 #[derive(Debug, Default)]
 pub struct CrmPushCounters {
     pub sent: AtomicU64,
     pub withheld_no_consent: AtomicU64,
     pub withheld_no_identity: AtomicU64,
     pub withheld_unreadable: AtomicU64,
+    /// Delivery attempts of CRM pushes that succeeded / failed (retried or not).
+    pub attempts_delivered: AtomicU64,
+    pub attempts_failed: AtomicU64,
 }
 
 impl CrmPushCounters {
+    /// `(result, count)` of delivery attempts, for the exposition.
+    pub fn attempts(&self) -> [(&'static str, u64); 2] {
+        [
+            ("delivered", self.attempts_delivered.load(Ordering::Relaxed)),
+            ("failed", self.attempts_failed.load(Ordering::Relaxed)),
+        ]
+    }
+
     /// `(outcome, count)` for the exposition.
     pub fn snapshot(&self) -> [(&'static str, u64); 4] {
         [
@@ -172,14 +185,7 @@ impl Destination for CrmPushes {
                 withheld_unreadable = withheld.unreadable,
                 "trigger push to a CRM"
             );
-            // Counted per delivery attempt: a retried push counts its users again.
             let c = &self.counters;
-            c.withheld_no_consent
-                .fetch_add(withheld.no_consent, Ordering::Relaxed);
-            c.withheld_no_identity
-                .fetch_add(withheld.no_identity, Ordering::Relaxed);
-            c.withheld_unreadable
-                .fetch_add(withheld.unreadable, Ordering::Relaxed);
             let per_batch = self.crm.max_batch_users().max(1);
             for (index, chunk) in users.chunks(per_batch).enumerate() {
                 // The outbox id is stable across retries; the chunk index keeps the ids of
@@ -194,9 +200,20 @@ impl Destination for CrmPushes {
                     trigger: push.trigger.clone(),
                     users: chunk.to_vec(),
                 };
-                self.crm.push(&batch).await?;
-                c.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if let Err(e) = self.crm.push(&batch).await {
+                    c.attempts_failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
             }
+            // Counted once, when the whole push is delivered: retries do not inflate them.
+            c.attempts_delivered.fetch_add(1, Ordering::Relaxed);
+            c.sent.fetch_add(users.len() as u64, Ordering::Relaxed);
+            c.withheld_no_consent
+                .fetch_add(withheld.no_consent, Ordering::Relaxed);
+            c.withheld_no_identity
+                .fetch_add(withheld.no_identity, Ordering::Relaxed);
+            c.withheld_unreadable
+                .fetch_add(withheld.unreadable, Ordering::Relaxed);
             Ok(())
         })
     }

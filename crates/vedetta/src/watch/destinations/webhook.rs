@@ -369,6 +369,10 @@ impl Destination for Webhook {
         self.seed
     }
 
+    fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     fn deliver<'a>(&'a self, notification: &'a Notification) -> Delivery<'a> {
         Box::pin(async move {
             let body = if self.seed {
