@@ -183,11 +183,13 @@ fn group(rule: &Rule, totals: &[([String; 2], GroupTotals)]) -> HashMap<Vec<Stri
 }
 
 /// The consumer's work over `records`: observe, then per read judge the minutes passed and
-/// advance. Returns the outputs' count.
+/// advance. Returns the outputs' count; with `digest`, folds every output (its `Debug`
+/// text, in order) into it, so two builds can be shown to decide the same.
 fn run_engine(
     engine: &mut Engine,
     records: &[LogRecord],
     totals: Option<&HashMap<String, HashMap<Vec<String>, GroupTotals>>>,
+    mut digest: Option<&mut u64>,
 ) -> usize {
     let mut outputs = Vec::new();
     let mut count = 0;
@@ -214,6 +216,12 @@ fn run_engine(
         }
         engine.advance(watermark, &mut outputs);
         count += outputs.len();
+        if let Some(digest) = digest.as_deref_mut() {
+            for output in &outputs {
+                let text = format!("{output:?}");
+                *digest = xxhash_rust::xxh3::xxh3_64_with_seed(text.as_bytes(), *digest);
+            }
+        }
         outputs.clear();
     }
     count
@@ -252,7 +260,7 @@ fn observe_100_triggers(bencher: Bencher<'_, '_>) {
         .counter(ItemsCount::new(records.len()))
         .with_inputs(engine)
         .bench_local_values(|mut engine| {
-            run_engine(&mut engine, &records, None);
+            run_engine(&mut engine, &records, None, None);
             engine
         });
 }
@@ -265,11 +273,12 @@ fn observe_and_judge_100_triggers(bencher: Bencher<'_, '_>) {
     let totals = grouped(&records);
     // One untimed run: what the triggers did, and the state left per user.
     let mut check = engine();
-    let outputs = run_engine(&mut check, &records, Some(&totals));
+    let mut digest = 0;
+    let outputs = run_engine(&mut check, &records, Some(&totals), Some(&mut digest));
     let users = check.users().max(1);
     eprintln!(
-        "100 triggers: {outputs} outputs, {} users held at the end, {} bytes per user \
-         (approximate), {} withheld without consent",
+        "100 triggers: {outputs} outputs (digest {digest:016x}), {} users held at the end, \
+         {} bytes per user (approximate), {} withheld without consent",
         check.users(),
         check.user_bytes() / users,
         check.state().withheld.values().sum::<u64>()
@@ -279,7 +288,7 @@ fn observe_and_judge_100_triggers(bencher: Bencher<'_, '_>) {
         .counter(ItemsCount::new(records.len()))
         .with_inputs(engine)
         .bench_local_values(|mut engine| {
-            run_engine(&mut engine, &records, Some(&totals));
+            run_engine(&mut engine, &records, Some(&totals), None);
             engine
         });
 }
