@@ -29,11 +29,12 @@
 use super::push::{PushEvent, SegmentSignal, SignalNotice};
 use super::triggers::{TagWhen, Trigger, TriggerKind};
 use crate::enrich::{DIRECT, EnrichConfig, campaign_of, channel_of};
+use crate::pipeline::hash::{FastHashMap, FastHashState};
 use crate::record::{EventKind, StoredEvent, UserPseudonym};
 use crate::watch::evaluate::{GroupTotals, measured_value};
 use crate::watch::rules::Dimension;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Intents kept per user (the newest win).
 pub const MAX_INTENTS: usize = 8;
@@ -223,6 +224,88 @@ pub struct Engine {
     state: ActState,
     /// The longest per-user horizon of the set (intent window, cart delay).
     horizon_ms: i64,
+    /// The (channel, campaign) segments of the candidates' intents, as small ids, so a
+    /// segment trigger tests an intent by an index. Derived from the state (rebuilt on
+    /// load, not stored): every intent of a candidate has an id.
+    segment_ids: SegmentIds,
+}
+
+/// Ids handed out before the table is rebuilt from the candidates (bounds its memory).
+const MAX_SEGMENT_IDS: u32 = 1 << 16;
+
+/// channel → campaign → id.
+#[derive(Debug, Default)]
+struct SegmentIds {
+    ids: FastHashMap<String, FastHashMap<String, u32>>,
+    next: u32,
+}
+
+impl SegmentIds {
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.next = 0;
+    }
+
+    /// Gives `dims` an id if it has none (allocates only then).
+    fn intern(&mut self, dims: &[String; 2]) {
+        let campaigns = match self.ids.get_mut(dims[0].as_str()) {
+            Some(campaigns) => campaigns,
+            None => self.ids.entry(dims[0].clone()).or_default(),
+        };
+        if !campaigns.contains_key(dims[1].as_str()) {
+            campaigns.insert(dims[1].clone(), self.next);
+            self.next += 1;
+        }
+    }
+
+    fn get(&self, dims: &[String; 2]) -> Option<u32> {
+        self.ids
+            .get(dims[0].as_str())?
+            .get(dims[1].as_str())
+            .copied()
+    }
+}
+
+/// A segment_cpa trigger with firing segments, while a minute is judged.
+struct Selecting<'a> {
+    /// Its outputs' place in the minute's outputs.
+    slot: usize,
+    index: usize,
+    trigger: &'a Trigger,
+    rule: &'a crate::watch::rules::Rule,
+    positions: Vec<usize>,
+    /// The window's start.
+    from: i64,
+    /// A segment started firing this minute: every user is looked at.
+    newly: bool,
+    firing: HashSet<Vec<&'a str>, FastHashState>,
+    /// Whether each segment id is in a firing segment.
+    flags: Vec<bool>,
+}
+
+impl Selecting<'_> {
+    /// Whether (channel, campaign) `dims` lies in a firing segment.
+    fn in_firing(&self, dims: &[&str; 2]) -> bool {
+        if self.positions.len() <= 2 {
+            let mut key = [""; 2];
+            for (k, p) in key.iter_mut().zip(&self.positions) {
+                *k = dims[*p];
+            }
+            self.firing.contains(&key[..self.positions.len()])
+        } else {
+            let key: Vec<&str> = self.positions.iter().map(|p| dims[*p]).collect();
+            self.firing.contains(key.as_slice())
+        }
+    }
+}
+
+/// A group's values with their dimensions' names.
+fn named(rule: &crate::watch::rules::Rule, values: &[String]) -> Vec<(String, String)> {
+    rule.group_by
+        .iter()
+        .map(|d| d.name().to_owned())
+        .zip(values.iter().cloned())
+        .collect()
 }
 
 fn dims_of(
@@ -270,9 +353,22 @@ impl Engine {
             conversion_types,
             state,
             horizon_ms: 0,
+            segment_ids: SegmentIds::default(),
         };
         engine.set_triggers(triggers);
         engine
+    }
+
+    /// Gives every intent of every candidate a segment id, afresh.
+    fn rebuild_segment_ids(&mut self) {
+        self.segment_ids.clear();
+        for pseudonym in self.state.candidates.keys() {
+            if let Some(user) = self.state.users.get(pseudonym) {
+                for intent in &user.intents {
+                    self.segment_ids.intern(&intent.dims);
+                }
+            }
+        }
     }
 
     /// Replaces the trigger set (a reload). Segments of triggers that are gone, or whose
@@ -298,6 +394,7 @@ impl Engine {
         if !self.has_segment_triggers {
             self.state.candidates.clear();
         }
+        self.rebuild_segment_ids();
     }
 
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
@@ -369,9 +466,19 @@ impl Engine {
             {
                 let dims = dims_of(&self.internal_hosts, event, user.touch.as_ref());
                 // A candidate for the firing segments of the next minutes judged.
+                let mut new_candidate = false;
                 if self.has_segment_triggers {
-                    let latest = self.state.candidates.entry(event.user).or_insert(at);
-                    *latest = (*latest).max(at);
+                    match self.state.candidates.entry(event.user) {
+                        std::collections::btree_map::Entry::Vacant(vacant) => {
+                            vacant.insert(at);
+                            new_candidate = true;
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut latest) => {
+                            let latest = latest.get_mut();
+                            *latest = (*latest).max(at);
+                        }
+                    }
+                    self.segment_ids.intern(&dims);
                 }
                 if user.intents.len() >= MAX_INTENTS {
                     user.intents.remove(0);
@@ -382,6 +489,11 @@ impl Engine {
                     dims,
                     product_id: event.product_id.as_deref().map(clip),
                 });
+                if new_candidate {
+                    for intent in &user.intents {
+                        self.segment_ids.intern(&intent.dims);
+                    }
+                }
                 if event.kind == EventKind::AddToCart {
                     if user.cart.len() >= MAX_CART_LINES {
                         user.cart.remove(0);
@@ -482,6 +594,11 @@ impl Engine {
             return;
         }
         self.state.judged_through_ms = Some(minute_end);
+        // Each trigger's outputs, appended in trigger order at the end: the signals first,
+        // then the users in pseudonym order (users are judged once for all triggers).
+        let mut outputs: Vec<Vec<Output>> = Vec::new();
+        // The segment triggers that may select users this minute.
+        let mut selecting: Vec<Selecting<'_>> = Vec::new();
         for (index, trigger) in self.triggers.iter().enumerate() {
             let TriggerKind::SegmentCpa {
                 rule, threshold, ..
@@ -489,25 +606,19 @@ impl Engine {
             else {
                 continue;
             };
+            let mut signals = Vec::new();
             let groups = totals(rule);
             let guarded = |t: &GroupTotals| {
                 t.counters.conversions >= rule.min_conversions
                     && t.counters.sessions >= rule.min_sessions
             };
-            let named = |values: &[String]| -> Vec<(String, String)> {
-                rule.group_by
-                    .iter()
-                    .map(|d| d.name().to_owned())
-                    .zip(values.iter().cloned())
-                    .collect()
-            };
             // Firing segments that no longer hold recover (no data is no longer firing).
             let firing: Vec<Vec<String>> = self
                 .state
                 .segments
-                .keys()
-                .filter(|(t, _)| *t == trigger.name)
-                .map(|(_, g)| g.clone())
+                .range((trigger.name.clone(), Vec::new())..)
+                .take_while(|((t, _), _)| *t == trigger.name)
+                .map(|((_, g), _)| g.clone())
                 .collect();
             for group in firing {
                 let t = groups.get(&group);
@@ -517,9 +628,9 @@ impl Engine {
                     self.state
                         .segments
                         .remove(&(trigger.name.clone(), group.clone()));
-                    out.push(Output {
+                    signals.push(Output {
                         trigger: index,
-                        group: named(&group),
+                        group: named(rule, &group),
                         user: None,
                         event: None,
                         signal: Some(SignalNotice {
@@ -549,9 +660,9 @@ impl Engine {
                         cpa,
                     });
                     newly = true;
-                    out.push(Output {
+                    signals.push(Output {
                         trigger: index,
-                        group: named(group),
+                        group: named(rule, group),
                         user: None,
                         event: None,
                         signal: Some(SignalNotice {
@@ -564,93 +675,160 @@ impl Engine {
                     });
                 }
             }
-            // While a segment fires: its users with intent in the window and no conversion
-            // since the window opened. A segment that starts firing looks at every user;
-            // after that only at the candidates (users with an intent since last minute).
-            let firing: BTreeSet<Vec<String>> = self
-                .state
-                .segments
-                .range((trigger.name.clone(), Vec::new())..)
-                .take_while(|((t, _), _)| *t == trigger.name)
-                .map(|((_, g), _)| g.clone())
-                .collect();
-            let candidates: Vec<UserPseudonym> = if newly {
-                self.state.users.keys().copied().collect()
-            } else {
-                self.state.candidates.keys().copied().collect()
-            };
-            if firing.is_empty() {
-                continue;
-            }
-            let Some(positions) = positions(rule) else {
-                continue;
-            };
-            let from = minute_end - rule.over_ms;
-            for pseudonym in candidates {
-                let Some(user) = self.state.users.get_mut(&pseudonym) else {
-                    continue;
-                };
-                if user.last_conversion_ms.is_some_and(|c| c >= from) {
-                    continue;
-                }
-                // The latest intent in the window that lies in a firing segment.
-                let Some((intent, group)) = user.intents.iter().rev().find_map(|i| {
-                    if i.at_ms < from || i.at_ms >= minute_end {
-                        return None;
-                    }
-                    let key: Vec<String> = positions.iter().map(|p| i.dims[*p].clone()).collect();
-                    firing.contains(&key).then_some((i, key))
-                }) else {
-                    continue;
-                };
-                if user.in_cooldown(trigger, minute_end) {
-                    continue;
-                }
-                let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
-                if !user.marketing {
-                    // Counted once per cooldown, like a send.
-                    user.mark_sent(&trigger.name, minute_end);
-                    *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
-                    continue;
-                }
-                let in_group =
-                    |i: &Intent| positions.iter().zip(&group).all(|(p, v)| i.dims[*p] == *v);
-                let product_id = user
-                    .intents
-                    .iter()
-                    .rev()
-                    .filter(|i| i.at_ms >= from && i.at_ms < minute_end && in_group(i))
-                    .find_map(|i| i.product_id.clone());
-                let event = PushEvent {
-                    user: pseudonym.to_hex(),
-                    kind: if add_to_cart {
-                        "add_to_cart"
-                    } else {
-                        "page_view"
-                    }
-                    .into(),
-                    value: None,
-                    at_ms: intent_at,
-                    product_id,
-                    product_ids: Vec::new(),
-                    cart_value: None,
-                    tag: None,
-                };
-                user.mark_sent(&trigger.name, minute_end);
-                out.push(Output {
-                    trigger: index,
-                    group: named(&group),
-                    user: Some(pseudonym),
-                    event: Some(event),
-                    signal: None,
-                    at_ms: minute_end,
+            let slot = outputs.len();
+            outputs.push(signals);
+            if let Some(positions) = positions(rule) {
+                selecting.push(Selecting {
+                    slot,
+                    index,
+                    trigger,
+                    rule,
+                    positions,
+                    from: minute_end - rule.over_ms,
+                    newly,
+                    firing: HashSet::default(),
+                    flags: Vec::new(),
                 });
             }
+        }
+        // While a segment fires: its users with intent in the window and no conversion
+        // since the window opened. A segment that starts firing looks at every user;
+        // after that only at the candidates (users with an intent since last minute).
+        for s in &mut selecting {
+            s.firing = self
+                .state
+                .segments
+                .range((s.trigger.name.clone(), Vec::new())..)
+                .take_while(|((t, _), _)| *t == s.trigger.name)
+                .map(|((_, g), _)| g.iter().map(String::as_str).collect())
+                .collect();
+        }
+        selecting.retain(|s| !s.firing.is_empty());
+        // Which interned (channel, campaign) segments fire, per trigger: an intent's test
+        // is then an index, not a key built and hashed per trigger.
+        for s in &mut selecting {
+            s.flags = vec![false; self.segment_ids.next as usize];
+            for (channel, campaigns) in &self.segment_ids.ids {
+                for (campaign, id) in campaigns {
+                    let dims = [channel.as_str(), campaign.as_str()];
+                    s.flags[*id as usize] = s.in_firing(&dims);
+                }
+            }
+        }
+        if !selecting.is_empty() {
+            let oldest = selecting.iter().map(|s| s.from).min().unwrap_or(minute_end);
+            let ids = &self.segment_ids;
+            let withheld = &mut self.state.withheld;
+            let mut judge = |pseudonym: UserPseudonym, user: &mut UserFacts, candidate: bool| {
+                // The segment ids of the user's intents in the longest window (computed
+                // once, for every trigger).
+                let mut segment = [None; MAX_INTENTS];
+                let mut looked_up = false;
+                for s in &selecting {
+                    if !(s.newly || candidate) {
+                        continue;
+                    }
+                    if user.last_conversion_ms.is_some_and(|c| c >= s.from) {
+                        continue;
+                    }
+                    if !looked_up {
+                        looked_up = true;
+                        for (id, intent) in segment.iter_mut().zip(&user.intents) {
+                            if intent.at_ms >= oldest && intent.at_ms < minute_end {
+                                *id = ids.get(&intent.dims);
+                            }
+                        }
+                    }
+                    // The latest intent in the window that lies in a firing segment.
+                    let found = user.intents.iter().enumerate().rev().find(|(n, i)| {
+                        i.at_ms >= s.from
+                            && i.at_ms < minute_end
+                            && match segment.get(*n).copied().flatten() {
+                                Some(id) => s.flags.get(id as usize).copied().unwrap_or(false),
+                                None => s.in_firing(&[i.dims[0].as_str(), i.dims[1].as_str()]),
+                            }
+                    });
+                    let Some((_, intent)) = found else {
+                        continue;
+                    };
+                    if user.in_cooldown(s.trigger, minute_end) {
+                        continue;
+                    }
+                    let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
+                    let group: Vec<String> = s
+                        .positions
+                        .iter()
+                        .map(|p| intent.dims[*p].clone())
+                        .collect();
+                    if !user.marketing {
+                        // Counted once per cooldown, like a send.
+                        user.mark_sent(&s.trigger.name, minute_end);
+                        *withheld.entry(s.trigger.name.clone()).or_default() += 1;
+                        continue;
+                    }
+                    let in_group = |i: &Intent| {
+                        s.positions
+                            .iter()
+                            .zip(&group)
+                            .all(|(p, v)| i.dims[*p] == *v)
+                    };
+                    let product_id = user
+                        .intents
+                        .iter()
+                        .rev()
+                        .filter(|i| i.at_ms >= s.from && i.at_ms < minute_end && in_group(i))
+                        .find_map(|i| i.product_id.clone());
+                    let event = PushEvent {
+                        user: pseudonym.to_hex(),
+                        kind: if add_to_cart {
+                            "add_to_cart"
+                        } else {
+                            "page_view"
+                        }
+                        .into(),
+                        value: None,
+                        at_ms: intent_at,
+                        product_id,
+                        product_ids: Vec::new(),
+                        cart_value: None,
+                        tag: None,
+                    };
+                    user.mark_sent(&s.trigger.name, minute_end);
+                    outputs[s.slot].push(Output {
+                        trigger: s.index,
+                        group: named(s.rule, &group),
+                        user: Some(pseudonym),
+                        event: Some(event),
+                        signal: None,
+                        at_ms: minute_end,
+                    });
+                }
+            };
+            if selecting.iter().any(|s| s.newly) {
+                for (pseudonym, user) in self.state.users.iter_mut() {
+                    let candidate = self.state.candidates.contains_key(pseudonym);
+                    judge(*pseudonym, user, candidate);
+                }
+            } else {
+                for pseudonym in self.state.candidates.keys() {
+                    if let Some(user) = self.state.users.get_mut(pseudonym) {
+                        judge(*pseudonym, user, true);
+                    }
+                }
+            }
+        }
+        for mut each in outputs {
+            out.append(&mut each);
         }
         // Judged: candidates whose latest intent is before this minute's end are done.
         self.state
             .candidates
             .retain(|_, latest| *latest >= minute_end);
+        if self.state.candidates.is_empty() {
+            self.segment_ids.clear();
+        } else if self.segment_ids.next > MAX_SEGMENT_IDS {
+            self.rebuild_segment_ids();
+        }
     }
 
     /// Moves event time to `watermark`: abandoned carts whose delay passed are sent, and
