@@ -152,7 +152,10 @@ pub struct SegmentState {
 /// Everything the engine keeps: stored with the consumed offset, in one commit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ActState {
-    pub users: BTreeMap<UserPseudonym, UserFacts>,
+    /// By pseudonym; a hash map for the per-event lookup, encoded in pseudonym order (the
+    /// same bytes as the `BTreeMap` of format 1).
+    #[serde(serialize_with = "sorted_map")]
+    pub users: FastHashMap<UserPseudonym, UserFacts>,
     /// Firing segments by (trigger, group values).
     pub segments: BTreeMap<(String, Vec<String>), SegmentState>,
     /// The highest event time observed.
@@ -167,6 +170,16 @@ pub struct ActState {
     /// of their latest intent: while a segment fires, only these are looked at. (An intent
     /// observed before its minute is judged, as in a catch-up or a backtest, waits here.)
     pub candidates: BTreeMap<UserPseudonym, i64>,
+}
+
+/// Serializes a hash map as a map in key order, so that equal states encode to equal bytes.
+fn sorted_map<K: Ord + Serialize, V: Serialize, S: serde::Serializer>(
+    map: &FastHashMap<K, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<(&K, &V)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serializer.collect_map(entries)
 }
 
 /// Why stored state does not decode.
@@ -805,9 +818,14 @@ impl Engine {
                 }
             };
             if selecting.iter().any(|s| s.newly) {
-                for (pseudonym, user) in self.state.users.iter_mut() {
-                    let candidate = self.state.candidates.contains_key(pseudonym);
-                    judge(*pseudonym, user, candidate);
+                // Every user, in pseudonym order (the user map has none).
+                let mut all: Vec<UserPseudonym> = self.state.users.keys().copied().collect();
+                all.sort_unstable();
+                for pseudonym in all {
+                    let candidate = self.state.candidates.contains_key(&pseudonym);
+                    if let Some(user) = self.state.users.get_mut(&pseudonym) {
+                        judge(pseudonym, user, candidate);
+                    }
                 }
             } else {
                 for pseudonym in self.state.candidates.keys() {
@@ -854,7 +872,19 @@ impl Engine {
         let longest_cart = carts.iter().map(|(_, _, a)| *a).max();
         // One pass over the users with a cart; each cart trigger sends a cart once, when
         // its own delay after the cart's first line has passed.
-        for (pseudonym, user) in self.state.users.iter_mut() {
+        // In pseudonym order (the user map has none).
+        let mut with_cart: Vec<UserPseudonym> = self
+            .state
+            .users
+            .iter()
+            .filter(|(_, u)| !u.cart.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        with_cart.sort_unstable();
+        for pseudonym in &with_cart {
+            let Some(user) = self.state.users.get_mut(pseudonym) else {
+                continue;
+            };
             let Some(first) = user.cart.first().map(|l| l.at_ms) else {
                 continue;
             };

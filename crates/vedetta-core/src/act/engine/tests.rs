@@ -282,6 +282,53 @@ fn state_round_trips_and_other_formats_are_refused() {
     );
 }
 
+/// The user map is a hash map in memory: its encoding is still in pseudonym order,
+/// byte for byte what format 1 wrote from a `BTreeMap`, whatever the insertion order.
+#[test]
+fn the_state_encodes_users_in_pseudonym_order_as_format_1_did() {
+    #[derive(serde::Serialize)]
+    struct FormatOne<'a> {
+        users: BTreeMap<UserPseudonym, &'a UserFacts>,
+        segments: &'a BTreeMap<(String, Vec<String>), SegmentState>,
+        max_event_ms: Option<i64>,
+        judged_through_ms: Option<i64>,
+        advanced_minute_ms: Option<i64>,
+        withheld: &'a BTreeMap<String, u64>,
+        candidates: &'a BTreeMap<UserPseudonym, i64>,
+    }
+    let observe = |order: &[u8]| {
+        let mut engine = Engine::new(
+            triggers(CPA),
+            vec![EventKind::Purchase],
+            ActState::default(),
+        );
+        let mut out = Vec::new();
+        for n in order {
+            engine.observe(&view(*n, T0, &format!("p{n}")), &mut out);
+        }
+        engine.state().clone()
+    };
+    let order: Vec<u8> = (0..200).collect();
+    let reversed: Vec<u8> = order.iter().rev().copied().collect();
+    let (a, b) = (observe(&order), observe(&reversed));
+    assert_eq!(a, b);
+    let bytes = a.encode().unwrap();
+    assert_eq!(bytes, b.encode().unwrap());
+    let old = FormatOne {
+        users: a.users.iter().map(|(p, f)| (*p, f)).collect(),
+        segments: &a.segments,
+        max_event_ms: a.max_event_ms,
+        judged_through_ms: a.judged_through_ms,
+        advanced_minute_ms: a.advanced_minute_ms,
+        withheld: &a.withheld,
+        candidates: &a.candidates,
+    };
+    let mut format_one = vec![1];
+    format_one.extend(postcard::to_allocvec(&old).unwrap());
+    assert_eq!(bytes, format_one);
+    assert_eq!(ActState::decode(&format_one).unwrap(), a);
+}
+
 #[test]
 fn per_user_state_is_bounded_and_pruned_by_time() {
     let mut engine = Engine::new(
