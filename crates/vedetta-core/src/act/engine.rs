@@ -53,12 +53,33 @@ const FAST_CHECKOUT_MS: i64 = 5_000;
 /// The format byte of [`ActState::encode`].
 pub const ACT_STATE_FORMAT: u8 = 1;
 
-fn clip(text: &str) -> String {
+/// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
+fn clipped(text: &str) -> &str {
     let mut end = text.len().min(MAX_TEXT_BYTES);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_owned()
+    &text[..end]
+}
+
+fn clip(text: &str) -> String {
+    clipped(text).to_owned()
+}
+
+/// Makes `slot` the clipped `text`, in its own buffer (no allocation when it fits).
+fn set_clipped(slot: &mut String, text: &str) {
+    let text = clipped(text);
+    if slot != text {
+        slot.clear();
+        slot.push_str(text);
+    }
+}
+
+fn set_clipped_option(slot: &mut Option<String>, text: Option<&str>) {
+    match (slot.as_mut(), text) {
+        (Some(buffer), Some(text)) => set_clipped(buffer, text),
+        (_, text) => *slot = text.map(clip),
+    }
 }
 
 /// A product view or add to cart, placed in its segment.
@@ -233,6 +254,8 @@ pub struct Engine {
     internal_hosts: Vec<String>,
     /// Whether any trigger is a segment_cpa (else no candidates are kept).
     has_segment_triggers: bool,
+    /// The triggers a clean conversion may fire (tag, conversion_feed), in order.
+    on_conversion: Vec<usize>,
     conversion_types: Vec<EventKind>,
     state: ActState,
     /// The longest per-user horizon of the set (intent window, cart delay).
@@ -321,17 +344,18 @@ fn named(rule: &crate::watch::rules::Rule, values: &[String]) -> Vec<(String, St
         .collect()
 }
 
-fn dims_of(
-    internal_hosts: &[String],
-    event: &StoredEvent,
-    touch: Option<&(String, String, i64)>,
-) -> [String; 2] {
-    let channel = channel_of(event, internal_hosts);
+/// An intent's (channel, campaign): the event's own, or for a direct event the user's
+/// latest non-direct touch within the lookback.
+fn dims_of<'a>(
+    event: &'a StoredEvent,
+    channel: &'a str,
+    touch: Option<&'a (String, String, i64)>,
+) -> [&'a str; 2] {
     match touch {
         Some((c, k, at)) if channel == DIRECT && event.ts.0 - at <= TOUCH_LOOKBACK_MS => {
-            [c.clone(), k.clone()]
+            [c.as_str(), k.as_str()]
         }
-        _ => [clip(&channel), clip(campaign_of(event))],
+        _ => [clipped(channel), clipped(campaign_of(event))],
     }
 }
 
@@ -363,6 +387,7 @@ impl Engine {
             triggers: Vec::new(),
             internal_hosts: Vec::new(),
             has_segment_triggers: false,
+            on_conversion: Vec::new(),
             conversion_types,
             state,
             horizon_ms: 0,
@@ -404,6 +429,15 @@ impl Engine {
             .triggers
             .iter()
             .any(|t| matches!(t.kind, TriggerKind::SegmentCpa { .. }));
+        self.on_conversion = (self.triggers.iter().enumerate())
+            .filter(|(_, t)| {
+                matches!(
+                    t.kind,
+                    TriggerKind::Tag { .. } | TriggerKind::ConversionFeed
+                )
+            })
+            .map(|(i, _)| i)
+            .collect();
         if !self.has_segment_triggers {
             self.state.candidates.clear();
         }
@@ -467,7 +501,14 @@ impl Engine {
         // The touch needs only the channel grouping (no user-agent parse).
         let channel = channel_of(event, &self.internal_hosts);
         if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
-            user.touch = Some((clip(&channel), clip(campaign_of(event)), at));
+            match &mut user.touch {
+                Some((c, k, when)) => {
+                    set_clipped(c, &channel);
+                    set_clipped(k, campaign_of(event));
+                    *when = at;
+                }
+                None => user.touch = Some((clip(&channel), clip(campaign_of(event)), at)),
+            }
         }
         match &event.kind {
             EventKind::Registration => {
@@ -477,7 +518,23 @@ impl Engine {
             EventKind::PageView | EventKind::AddToCart
                 if event.product_id.is_some() || event.kind == EventKind::AddToCart =>
             {
-                let dims = dims_of(&self.internal_hosts, event, user.touch.as_ref());
+                // The oldest intent's buffers are reused for the new one.
+                let mut intent = if user.intents.len() >= MAX_INTENTS {
+                    user.intents.remove(0)
+                } else {
+                    Intent {
+                        at_ms: at,
+                        add_to_cart: false,
+                        dims: Default::default(),
+                        product_id: None,
+                    }
+                };
+                let [c, k] = dims_of(event, &channel, user.touch.as_ref());
+                set_clipped(&mut intent.dims[0], c);
+                set_clipped(&mut intent.dims[1], k);
+                intent.at_ms = at;
+                intent.add_to_cart = event.kind == EventKind::AddToCart;
+                set_clipped_option(&mut intent.product_id, event.product_id.as_deref());
                 // A candidate for the firing segments of the next minutes judged.
                 let mut new_candidate = false;
                 if self.has_segment_triggers {
@@ -491,31 +548,28 @@ impl Engine {
                             *latest = (*latest).max(at);
                         }
                     }
-                    self.segment_ids.intern(&dims);
+                    self.segment_ids.intern(&intent.dims);
                 }
-                if user.intents.len() >= MAX_INTENTS {
-                    user.intents.remove(0);
-                }
-                user.intents.push(Intent {
-                    at_ms: at,
-                    add_to_cart: event.kind == EventKind::AddToCart,
-                    dims,
-                    product_id: event.product_id.as_deref().map(clip),
-                });
+                user.intents.push(intent);
                 if new_candidate {
                     for intent in &user.intents {
                         self.segment_ids.intern(&intent.dims);
                     }
                 }
                 if event.kind == EventKind::AddToCart {
-                    if user.cart.len() >= MAX_CART_LINES {
-                        user.cart.remove(0);
-                    }
-                    user.cart.push(CartLine {
-                        at_ms: at,
-                        product_id: event.product_id.as_deref().map(clip),
-                        value: event.value.filter(|v| v.is_finite() && *v >= 0.0),
-                    });
+                    let mut line = if user.cart.len() >= MAX_CART_LINES {
+                        user.cart.remove(0)
+                    } else {
+                        CartLine {
+                            at_ms: at,
+                            product_id: None,
+                            value: None,
+                        }
+                    };
+                    line.at_ms = at;
+                    set_clipped_option(&mut line.product_id, event.product_id.as_deref());
+                    line.value = event.value.filter(|v| v.is_finite() && *v >= 0.0);
+                    user.cart.push(line);
                 }
             }
             _ => {}
@@ -544,7 +598,8 @@ impl Engine {
         let value = event.value.filter(|v| v.is_finite());
         // Rendered once, for every trigger that sends this conversion.
         let mut hex: Option<String> = None;
-        for (index, trigger) in self.triggers.iter().enumerate() {
+        for &index in &self.on_conversion {
+            let trigger = &self.triggers[index];
             let tag = match &trigger.kind {
                 TriggerKind::ConversionFeed => None,
                 TriggerKind::Tag {
