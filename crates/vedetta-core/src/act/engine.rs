@@ -34,7 +34,7 @@ use crate::record::{EventKind, StoredEvent, UserPseudonym};
 use crate::watch::evaluate::{GroupTotals, measured_value};
 use crate::watch::rules::Dimension;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Intents kept per user (the newest win).
 pub const MAX_INTENTS: usize = 8;
@@ -264,6 +264,27 @@ pub struct Engine {
     /// segment trigger tests an intent by an index. Derived from the state (rebuilt on
     /// load, not stored): every intent of a candidate has an id.
     segment_ids: SegmentIds,
+    /// Which users [`Engine::advance`] looks at (derived, rebuilt on load and reload).
+    sweep: Sweep,
+}
+
+fn minute_of(ms: i64) -> i64 {
+    ms.div_euclid(60_000) * 60_000
+}
+
+/// The users [`Engine::advance`] has to look at, so that it does not walk every user
+/// every minute. Derived from the state (not stored): rebuilt by [`Engine::set_triggers`].
+#[derive(Debug, Default)]
+struct Sweep {
+    /// Users with a cart (a superset: a user whose cart emptied is dropped when met).
+    carts: BTreeSet<UserPseudonym>,
+    /// Users by the minute of their last event (an entry is stale once the user's last
+    /// event is in a later minute): looked at once idle for the keep time.
+    idle: BTreeMap<i64, Vec<UserPseudonym>>,
+    /// Entries in `idle`: past twice the users, `idle` is rebuilt (stale entries bounded).
+    idle_entries: usize,
+    /// Idle users kept for a cooldown or a cart, by the minute to look at them again.
+    recheck: BTreeMap<i64, Vec<UserPseudonym>>,
 }
 
 /// Ids handed out before the table is rebuilt from the candidates (bounds its memory).
@@ -392,6 +413,7 @@ impl Engine {
             state,
             horizon_ms: 0,
             segment_ids: SegmentIds::default(),
+            sweep: Sweep::default(),
         };
         engine.set_triggers(triggers);
         engine
@@ -442,6 +464,31 @@ impl Engine {
             self.state.candidates.clear();
         }
         self.rebuild_segment_ids();
+        self.rebuild_sweep();
+    }
+
+    /// Lists every user with a cart, and every user under the minute of its last event.
+    fn rebuild_sweep(&mut self) {
+        self.sweep = Sweep::default();
+        for (pseudonym, user) in &self.state.users {
+            if !user.cart.is_empty() {
+                self.sweep.carts.insert(*pseudonym);
+            }
+        }
+        self.rebuild_idle();
+    }
+
+    /// Lists every user under the minute of its last event, once.
+    fn rebuild_idle(&mut self) {
+        self.sweep.idle.clear();
+        for (pseudonym, user) in &self.state.users {
+            self.sweep
+                .idle
+                .entry(minute_of(user.last_seen_ms))
+                .or_default()
+                .push(*pseudonym);
+        }
+        self.sweep.idle_entries = self.state.users.len();
     }
 
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
@@ -482,8 +529,20 @@ impl Engine {
         let at = event.ts.0;
         self.state.max_event_ms = Some(self.state.max_event_ms.map_or(at, |m| m.max(at)));
         let is_conversion = self.is_conversion(&event.kind);
-        let user = self.state.users.entry(event.user).or_default();
+        let (user, new) = match self.state.users.entry(event.user) {
+            std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
+            std::collections::hash_map::Entry::Vacant(v) => (v.insert(UserFacts::default()), true),
+        };
+        let seen_minute = minute_of(user.last_seen_ms);
         user.last_seen_ms = user.last_seen_ms.max(at);
+        if new || minute_of(user.last_seen_ms) != seen_minute {
+            self.sweep
+                .idle
+                .entry(minute_of(user.last_seen_ms))
+                .or_default()
+                .push(event.user);
+            self.sweep.idle_entries += 1;
+        }
         if let Some(marketing) = event.consent.marketing {
             user.marketing = marketing;
         }
@@ -570,6 +629,7 @@ impl Engine {
                     set_clipped_option(&mut line.product_id, event.product_id.as_deref());
                     line.value = event.value.filter(|v| v.is_finite() && *v >= 0.0);
                     user.cart.push(line);
+                    self.sweep.carts.insert(event.user);
                 }
             }
             _ => {}
@@ -915,6 +975,9 @@ impl Engine {
             return;
         }
         self.state.advanced_minute_ms = Some(minute);
+        if self.sweep.idle_entries > 2 * self.state.users.len() + 4_096 {
+            self.rebuild_idle(); // stale entries of users seen in later minutes
+        }
         let carts: Vec<(usize, &Trigger, i64)> = self
             .triggers
             .iter()
@@ -928,19 +991,14 @@ impl Engine {
         // One pass over the users with a cart; each cart trigger sends a cart once, when
         // its own delay after the cart's first line has passed.
         // In pseudonym order (the user map has none).
-        let mut with_cart: Vec<UserPseudonym> = self
-            .state
-            .users
-            .iter()
-            .filter(|(_, u)| !u.cart.is_empty())
-            .map(|(p, _)| *p)
-            .collect();
-        with_cart.sort_unstable();
+        let with_cart: Vec<UserPseudonym> = self.sweep.carts.iter().copied().collect();
         for pseudonym in &with_cart {
             let Some(user) = self.state.users.get_mut(pseudonym) else {
+                self.sweep.carts.remove(pseudonym);
                 continue;
             };
             let Some(first) = user.cart.first().map(|l| l.at_ms) else {
+                self.sweep.carts.remove(pseudonym);
                 continue;
             };
             for (index, trigger, after_ms) in &carts {
@@ -983,6 +1041,7 @@ impl Engine {
             // Every cart trigger has had its turn (or none waits): the cart is let go.
             if longest_cart.is_none_or(|a| first.saturating_add(a) <= watermark) {
                 user.cart.clear();
+                self.sweep.carts.remove(pseudonym);
             }
         }
         let horizon = self.horizon_ms;
@@ -995,9 +1054,50 @@ impl Engine {
         // count (first purchase) goes with it. An active user's lists are already bounded
         // (one cooldown per trigger, MAX_INTENTS intents): only idle users are looked at.
         let keep_ms = horizon.max(TOUCH_LOOKBACK_MS.min(86_400_000));
-        self.state.users.retain(|_, user| {
-            if user.last_seen_ms.saturating_add(keep_ms) > watermark {
-                return true;
+        let idle = |user: &UserFacts| user.last_seen_ms.saturating_add(keep_ms) <= watermark;
+        // The users idle since this advance (from the minutes of their last events), and
+        // the idle users kept for a cooldown or a cart whose time to look again came.
+        let mut due: Vec<UserPseudonym> = Vec::new();
+        let limit = watermark.saturating_sub(keep_ms);
+        let mut not_yet: Vec<(i64, UserPseudonym)> = Vec::new();
+        while let Some(bucket) = self.sweep.idle.first_entry() {
+            if *bucket.key() > limit {
+                break;
+            }
+            let (minute, users) = bucket.remove_entry();
+            self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(users.len());
+            for pseudonym in users {
+                let Some(user) = self.state.users.get(&pseudonym) else {
+                    continue;
+                };
+                if minute_of(user.last_seen_ms) != minute {
+                    continue; // seen later: listed under a later minute
+                }
+                if idle(user) {
+                    due.push(pseudonym);
+                } else {
+                    not_yet.push((minute, pseudonym));
+                }
+            }
+        }
+        self.sweep.idle_entries += not_yet.len();
+        for (minute, pseudonym) in not_yet {
+            self.sweep.idle.entry(minute).or_default().push(pseudonym);
+        }
+        while let Some(bucket) = self.sweep.recheck.first_entry() {
+            if *bucket.key() > watermark {
+                break;
+            }
+            due.extend(bucket.remove());
+        }
+        due.sort_unstable();
+        due.dedup();
+        for pseudonym in due {
+            let Some(user) = self.state.users.get_mut(&pseudonym) else {
+                continue;
+            };
+            if !idle(user) {
+                continue; // active again: listed under the minute of its last event
             }
             user.sent.retain(|(t, at)| {
                 cooldowns
@@ -1005,8 +1105,26 @@ impl Engine {
                     .is_some_and(|c| at.saturating_add(*c) > watermark)
             });
             user.intents.clear();
-            !user.sent.is_empty() || !user.cart.is_empty()
-        });
+            if user.sent.is_empty() && user.cart.is_empty() {
+                self.state.users.remove(&pseudonym);
+                continue;
+            }
+            // Looked at again when its next cooldown ends, or each minute while a cart
+            // waits (as every idle user was, each minute, before).
+            let next = if user.cart.is_empty() {
+                (user.sent.iter())
+                    .filter_map(|(t, at)| cooldowns.get(t.as_str()).map(|c| at.saturating_add(*c)))
+                    .min()
+                    .unwrap_or(watermark)
+            } else {
+                watermark.saturating_add(1)
+            };
+            self.sweep
+                .recheck
+                .entry(minute_of(next))
+                .or_default()
+                .push(pseudonym);
+        }
     }
 }
 

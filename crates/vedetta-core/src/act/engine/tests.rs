@@ -396,3 +396,60 @@ fn intents_observed_before_their_minute_is_judged_are_not_lost() {
     assert_eq!(users(&judge(&mut engine, T0 + 5 * MIN, 2, 50)), [user(2)]);
     assert!(engine.state().candidates.is_empty(), "all judged");
 }
+
+/// Idle users are forgotten at the first minute judged after the keep time (a day here)
+/// and after their cooldowns, and kept while they come back: `advance` looks only at the
+/// users due, not at every user every minute.
+#[test]
+fn idle_users_are_forgotten_after_a_day_and_their_cooldowns() {
+    let set = r#"
+[[triggers]]
+name = "customer"
+kind = "tag"
+on = "first_purchase"
+tag = "customer"
+cooldown = "3d"
+notify = ["push"]
+
+[[triggers]]
+name = "cart"
+kind = "abandoned_cart"
+after = "2h"
+notify = ["push"]
+"#;
+    const HOUR: i64 = 3_600_000;
+    let mut engine = Engine::new(
+        triggers(set),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    engine.observe(&event(1, EventKind::Purchase, T0), &mut out);
+    engine.observe(&view(2, T0, "a"), &mut out);
+    engine.observe(&view(3, T0, "a"), &mut out);
+    let mut cart = event(4, EventKind::AddToCart, T0);
+    cart.value = Some(10.0);
+    engine.observe(&cart, &mut out);
+    let mut gone: BTreeMap<u8, i64> = BTreeMap::new();
+    for hour in 0..=120 {
+        if hour == 23 {
+            engine.observe(&view(3, T0 + 23 * HOUR, "b"), &mut out);
+        }
+        if hour == 60 {
+            engine.observe(&view(1, T0 + 60 * HOUR, "b"), &mut out);
+        }
+        engine.advance(T0 + hour * HOUR, &mut out);
+        for n in 1..=4 {
+            if !engine.state().users.contains_key(&user(n)) {
+                gone.entry(n).or_insert(hour);
+            }
+        }
+    }
+    // 1: tagged at 0 (3 days' cooldown), back at 60 h: idle at 84 h, cooldown over at 72 h.
+    // 2: idle a day after its view. 3: back at 23 h. 4: its cart sent at 2 h (a day's
+    // cooldown, to 26 h).
+    assert_eq!(gone, BTreeMap::from([(1, 84), (2, 24), (3, 47), (4, 26)]));
+    let sent: Vec<(usize, Option<UserPseudonym>)> =
+        out.iter().map(|o| (o.trigger, o.user)).collect();
+    assert_eq!(sent, [(0, Some(user(1))), (1, Some(user(4)))]);
+}
