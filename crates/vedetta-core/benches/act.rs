@@ -367,6 +367,13 @@ fn observe_and_judge(
         check.state().withheld.values().sum::<u64>()
     );
     assert!(outputs > 0);
+    // The adapter stores the whole state with every step (every read of 10,000 records).
+    let started = std::time::Instant::now();
+    let encoded = check.state().encode().unwrap().len();
+    eprintln!(
+        "{what}: the state encodes to {encoded} bytes in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     bencher
         .counter(ItemsCount::new(records.len()))
         .with_inputs(|| engine_of(set()))
