@@ -847,12 +847,19 @@ impl Engine {
             let oldest = selecting.iter().map(|s| s.from).min().unwrap_or(minute_end);
             let ids = &self.segment_ids;
             let withheld = &mut self.state.withheld;
+            // A user's cooldowns are read in one pass over its list (by trigger name) for
+            // all the segment triggers, not one pass with string compares per trigger.
+            let by_name: FastHashMap<&str, usize> = (selecting.iter().enumerate())
+                .map(|(k, s)| (s.trigger.name.as_str(), k))
+                .collect();
+            let mut until: Vec<i64> = vec![i64::MIN; selecting.len()];
             let mut judge = |pseudonym: UserPseudonym, user: &mut UserFacts, candidate: bool| {
                 // The segment ids of the user's intents in the longest window (computed
                 // once, for every trigger).
                 let mut segment = [None; MAX_INTENTS];
                 let mut looked_up = false;
-                for s in &selecting {
+                let mut cooldowns_read = false;
+                for (k, s) in selecting.iter().enumerate() {
                     if !(s.newly || candidate) {
                         continue;
                     }
@@ -879,7 +886,18 @@ impl Engine {
                     let Some((_, intent)) = found else {
                         continue;
                     };
-                    if user.in_cooldown(s.trigger, minute_end) {
+                    if !cooldowns_read {
+                        cooldowns_read = true;
+                        until.fill(i64::MIN);
+                        for (name, at) in &user.sent {
+                            if let Some(&j) = by_name.get(name.as_str()) {
+                                let end = at.saturating_add(selecting[j].trigger.cooldown_ms);
+                                until[j] = until[j].max(end);
+                            }
+                        }
+                    }
+                    // (Marking a send below changes only this trigger's cooldown.)
+                    if minute_end < until[k] {
                         continue;
                     }
                     let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
