@@ -1010,6 +1010,13 @@ impl Engine {
         // its own delay after the cart's first line has passed.
         // In pseudonym order (the user map has none).
         let with_cart: Vec<UserPseudonym> = self.sweep.carts.iter().copied().collect();
+        // A user's cooldown list is read once for all cart triggers (by name): the latest
+        // send and the cooldown's end of each.
+        let by_name: FastHashMap<&str, usize> = (carts.iter().enumerate())
+            .map(|(k, (_, t, _))| (t.name.as_str(), k))
+            .collect();
+        let mut last_sent: Vec<i64> = vec![i64::MIN; carts.len()];
+        let mut until: Vec<i64> = vec![i64::MIN; carts.len()];
         for pseudonym in &with_cart {
             let Some(user) = self.state.users.get_mut(pseudonym) else {
                 self.sweep.carts.remove(pseudonym);
@@ -1019,15 +1026,25 @@ impl Engine {
                 self.sweep.carts.remove(pseudonym);
                 continue;
             };
-            for (index, trigger, after_ms) in &carts {
+            let mut read = false;
+            for (k, (index, trigger, after_ms)) in carts.iter().enumerate() {
                 let due = first.saturating_add(*after_ms);
-                if due > watermark
-                    || user
-                        .sent
-                        .iter()
-                        .any(|(t, at)| *t == trigger.name && *at >= first)
-                    || user.in_cooldown(trigger, due)
-                {
+                if due > watermark {
+                    continue;
+                }
+                if !read {
+                    read = true;
+                    last_sent.fill(i64::MIN);
+                    until.fill(i64::MIN);
+                    for (name, at) in &user.sent {
+                        if let Some(&j) = by_name.get(name.as_str()) {
+                            last_sent[j] = last_sent[j].max(*at);
+                            until[j] = until[j].max(at.saturating_add(carts[j].1.cooldown_ms));
+                        }
+                    }
+                }
+                // (Marking a send below changes only this trigger's entries.)
+                if last_sent[k] >= first || due < until[k] {
                     continue;
                 }
                 user.mark_sent(&trigger.name, due);
