@@ -268,6 +268,10 @@ pub struct Engine {
     sweep: Sweep,
 }
 
+/// Cooldown lists up to this long are walked per trigger in `advance`; longer ones are read
+/// once into a table for all cart triggers.
+const SHORT_SENT: usize = 8;
+
 fn minute_of(ms: i64) -> i64 {
     ms.div_euclid(60_000) * 60_000
 }
@@ -1032,7 +1036,17 @@ impl Engine {
                 if due > watermark {
                     continue;
                 }
-                if !read {
+                // A short list is cheaper to walk per trigger than to read into a table.
+                if user.sent.len() <= SHORT_SENT {
+                    if user
+                        .sent
+                        .iter()
+                        .any(|(t, at)| *t == trigger.name && *at >= first)
+                        || user.in_cooldown(trigger, due)
+                    {
+                        continue;
+                    }
+                } else if !read {
                     read = true;
                     last_sent.fill(i64::MIN);
                     until.fill(i64::MIN);
@@ -1044,7 +1058,7 @@ impl Engine {
                     }
                 }
                 // (Marking a send below changes only this trigger's entries.)
-                if last_sent[k] >= first || due < until[k] {
+                if user.sent.len() > SHORT_SENT && (last_sent[k] >= first || due < until[k]) {
                     continue;
                 }
                 user.mark_sent(&trigger.name, due);
