@@ -34,7 +34,7 @@ use crate::record::{EventKind, StoredEvent, UserPseudonym};
 use crate::watch::evaluate::{GroupTotals, measured_value};
 use crate::watch::rules::Dimension;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Intents kept per user (the newest win).
 pub const MAX_INTENTS: usize = 8;
@@ -256,6 +256,8 @@ pub struct Engine {
     has_segment_triggers: bool,
     /// The triggers a clean conversion may fire (tag, conversion_feed), in order.
     on_conversion: Vec<usize>,
+    /// The shortest abandoned_cart delay (`None`: no cart trigger).
+    first_cart_ms: Option<i64>,
     conversion_types: Vec<EventKind>,
     state: ActState,
     /// The longest per-user horizon of the set (intent window, cart delay).
@@ -280,8 +282,10 @@ fn minute_of(ms: i64) -> i64 {
 /// every minute. Derived from the state (not stored): rebuilt by [`Engine::set_triggers`].
 #[derive(Debug, Default)]
 struct Sweep {
-    /// Users with a cart (a superset: a user whose cart emptied is dropped when met).
-    carts: BTreeSet<UserPseudonym>,
+    /// Users with a cart by the minute something may happen to it (a cart trigger's delay
+    /// passes, or the cart is let go); stale entries are harmless (the user is looked at,
+    /// nothing is due, it is listed again at its next time).
+    cart_due: BTreeMap<i64, Vec<UserPseudonym>>,
     /// Users by the minute of their last event (an entry is stale once the user's last
     /// event is in a later minute): looked at once idle for the keep time.
     idle: BTreeMap<i64, Vec<UserPseudonym>>,
@@ -413,6 +417,7 @@ impl Engine {
             internal_hosts: Vec::new(),
             has_segment_triggers: false,
             on_conversion: Vec::new(),
+            first_cart_ms: None,
             conversion_types,
             state,
             horizon_ms: 0,
@@ -455,6 +460,12 @@ impl Engine {
             .triggers
             .iter()
             .any(|t| matches!(t.kind, TriggerKind::SegmentCpa { .. }));
+        self.first_cart_ms = (self.triggers.iter())
+            .filter_map(|t| match t.kind {
+                TriggerKind::AbandonedCart { after_ms } => Some(after_ms),
+                _ => None,
+            })
+            .min();
         self.on_conversion = (self.triggers.iter().enumerate())
             .filter(|(_, t)| {
                 matches!(
@@ -476,7 +487,11 @@ impl Engine {
         self.sweep = Sweep::default();
         for (pseudonym, user) in &self.state.users {
             if !user.cart.is_empty() {
-                self.sweep.carts.insert(*pseudonym);
+                self.sweep
+                    .cart_due
+                    .entry(i64::MIN)
+                    .or_default()
+                    .push(*pseudonym);
             }
         }
         self.rebuild_idle();
@@ -620,7 +635,8 @@ impl Engine {
                     }
                 }
                 if event.kind == EventKind::AddToCart {
-                    let mut line = if user.cart.len() >= MAX_CART_LINES {
+                    let evicted = user.cart.len() >= MAX_CART_LINES;
+                    let mut line = if evicted {
                         user.cart.remove(0)
                     } else {
                         CartLine {
@@ -633,7 +649,13 @@ impl Engine {
                     set_clipped_option(&mut line.product_id, event.product_id.as_deref());
                     line.value = event.value.filter(|v| v.is_finite() && *v >= 0.0);
                     user.cart.push(line);
-                    self.sweep.carts.insert(event.user);
+                    if evicted || user.cart.len() == 1 {
+                        // A new first line: the cart's times start from it.
+                        let key = self.first_cart_ms.map_or(i64::MIN, |a| {
+                            minute_of(user.cart[0].at_ms.saturating_add(a))
+                        });
+                        self.sweep.cart_due.entry(key).or_default().push(event.user);
+                    }
                 }
             }
             _ => {}
@@ -655,7 +677,14 @@ impl Engine {
         user.last_conversion_ms = Some(user.last_conversion_ms.map_or(at, |c| c.max(at)));
         user.last_conversion_kind = Some(kind.to_owned());
         // A purchase closes the carts it follows.
+        let lines = user.cart.len();
         user.cart.retain(|line| line.at_ms > at);
+        if user.cart.len() < lines && !user.cart.is_empty() {
+            let key = self.first_cart_ms.map_or(i64::MIN, |a| {
+                minute_of(user.cart[0].at_ms.saturating_add(a))
+            });
+            self.sweep.cart_due.entry(key).or_default().push(event.user);
+        }
         user.purchases = user.purchases.saturating_add(1);
         let first = user.purchases == 1;
         let marketing = user.marketing;
@@ -1013,7 +1042,16 @@ impl Engine {
         // One pass over the users with a cart; each cart trigger sends a cart once, when
         // its own delay after the cart's first line has passed.
         // In pseudonym order (the user map has none).
-        let with_cart: Vec<UserPseudonym> = self.sweep.carts.iter().copied().collect();
+        // The users whose cart may have something due (in pseudonym order, as before).
+        let mut with_cart: Vec<UserPseudonym> = Vec::new();
+        while let Some(bucket) = self.sweep.cart_due.first_entry() {
+            if *bucket.key() > watermark {
+                break;
+            }
+            with_cart.extend(bucket.remove());
+        }
+        with_cart.sort_unstable();
+        with_cart.dedup();
         // A user's cooldown list is read once for all cart triggers (by name): the latest
         // send and the cooldown's end of each.
         let by_name: FastHashMap<&str, usize> = (carts.iter().enumerate())
@@ -1023,11 +1061,9 @@ impl Engine {
         let mut until: Vec<i64> = vec![i64::MIN; carts.len()];
         for pseudonym in &with_cart {
             let Some(user) = self.state.users.get_mut(pseudonym) else {
-                self.sweep.carts.remove(pseudonym);
                 continue;
             };
             let Some(first) = user.cart.first().map(|l| l.at_ms) else {
-                self.sweep.carts.remove(pseudonym);
                 continue;
             };
             let mut read = false;
@@ -1090,7 +1126,16 @@ impl Engine {
             // Every cart trigger has had its turn (or none waits): the cart is let go.
             if longest_cart.is_none_or(|a| first.saturating_add(a) <= watermark) {
                 user.cart.clear();
-                self.sweep.carts.remove(pseudonym);
+            } else if let Some(next) = (carts.iter())
+                .map(|(_, _, a)| first.saturating_add(*a))
+                .filter(|due| *due > watermark)
+                .min()
+            {
+                self.sweep
+                    .cart_due
+                    .entry(minute_of(next))
+                    .or_default()
+                    .push(*pseudonym);
             }
         }
         let horizon = self.horizon_ms;
