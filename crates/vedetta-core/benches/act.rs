@@ -128,6 +128,59 @@ fn triggers() -> Vec<Trigger> {
     check_triggers(&raw, &d, &d).unwrap()
 }
 
+/// A realistic set of 100 (what an agency configures): 88 `segment_cpa` on the
+/// campaigns' CPA (two thirds by channel and campaign, a third by campaign; thresholds
+/// 25–112 €, so that 5 of them fire, on half of the segments; windows 10–60 minutes, a
+/// volume guard of 2), 4 `abandoned_cart` (30 minutes
+/// to a day), 4 `tag` (VIP over 100 and 250 €, first purchase, repeat buyers over 50 €)
+/// and 4 `conversion_feed` (the CRM, the e-mail tool, two webhooks).
+fn mix_triggers() -> Vec<Trigger> {
+    let mut raw = Vec::new();
+    let push = |name: String, kind: &str| RawTrigger {
+        name: Some(name),
+        kind: Some(kind.into()),
+        notify: vec!["push".into()],
+        ..RawTrigger::default()
+    };
+    for i in 0..88 {
+        let mut t = push(format!("cpa_{i}"), "segment_cpa");
+        t.group_by = if i % 3 == 2 {
+            vec!["campaign".into()]
+        } else {
+            vec!["channel".into(), "campaign".into()]
+        };
+        t.threshold = Some(25.0 + i as f64);
+        t.over = Some(format!("{}m", [10, 15, 30, 60][i % 4]));
+        t.min_conversions = Some(2);
+        raw.push(t);
+    }
+    for (i, after) in ["30m", "1h", "4h", "24h"].into_iter().enumerate() {
+        let mut t = push(format!("cart_{i}"), "abandoned_cart");
+        t.after = Some(after.into());
+        raw.push(t);
+    }
+    for (i, (on, min)) in [
+        ("purchase_over", Some(100.0)),
+        ("purchase_over", Some(250.0)),
+        ("first_purchase", None),
+        ("purchase_over", Some(50.0)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut t = push(format!("tag_{i}"), "tag");
+        t.tag = Some(format!("tag-{i}"));
+        t.on = Some(on.into());
+        t.min_value = min;
+        raw.push(t);
+    }
+    for i in 0..4 {
+        raw.push(push(format!("feed_{i}"), "conversion_feed"));
+    }
+    let d: BTreeSet<String> = ["push".to_string()].into();
+    check_triggers(&raw, &d, &d).unwrap()
+}
+
 /// Made-up window totals for every (channel, campaign) of the traffic: CPA 30 € for half
 /// of them, 3 € for the others.
 fn totals_of(records: &[LogRecord]) -> Vec<([String; 2], GroupTotals)> {
@@ -182,12 +235,23 @@ fn group(rule: &Rule, totals: &[([String; 2], GroupTotals)]) -> HashMap<Vec<Stri
     out
 }
 
+/// Folds `outputs` into `digest` (apart, so that instruction counts can leave it out).
+#[inline(never)]
+fn fold_digest(digest: &mut u64, outputs: &[vedetta_core::act::engine::Output]) {
+    for output in outputs {
+        let text = format!("{output:?}");
+        *digest = xxhash_rust::xxh3::xxh3_64_with_seed(text.as_bytes(), *digest);
+    }
+}
+
 /// The consumer's work over `records`: observe, then per read judge the minutes passed and
-/// advance. Returns the outputs' count.
+/// advance. Returns the outputs' count; with `digest`, folds every output (its `Debug`
+/// text, in order) into it, so two builds can be shown to decide the same.
 fn run_engine(
     engine: &mut Engine,
     records: &[LogRecord],
     totals: Option<&HashMap<String, HashMap<Vec<String>, GroupTotals>>>,
+    mut digest: Option<&mut u64>,
 ) -> usize {
     let mut outputs = Vec::new();
     let mut count = 0;
@@ -214,13 +278,20 @@ fn run_engine(
         }
         engine.advance(watermark, &mut outputs);
         count += outputs.len();
+        if let Some(digest) = digest.as_deref_mut() {
+            fold_digest(digest, &outputs);
+        }
         outputs.clear();
     }
     count
 }
 
 fn engine() -> Engine {
-    Engine::new(triggers(), vec![EventKind::Purchase], ActState::default()).with_enrichment(
+    engine_of(triggers())
+}
+
+fn engine_of(triggers: Vec<Trigger>) -> Engine {
+    Engine::new(triggers, vec![EventKind::Purchase], ActState::default()).with_enrichment(
         EnrichConfig {
             internal_hosts: vec!["www.bottega.example".into()],
             ..EnrichConfig::default()
@@ -230,9 +301,12 @@ fn engine() -> Engine {
 
 /// The window totals of every segment trigger, grouped once (the server reads them from
 /// the KPI store once per minute, not per event).
-fn grouped(records: &[LogRecord]) -> HashMap<String, HashMap<Vec<String>, GroupTotals>> {
+fn grouped(
+    records: &[LogRecord],
+    triggers: &[Trigger],
+) -> HashMap<String, HashMap<Vec<String>, GroupTotals>> {
     let totals = totals_of(records);
-    triggers()
+    triggers
         .iter()
         .filter_map(|t| match &t.kind {
             vedetta_core::act::triggers::TriggerKind::SegmentCpa { rule, .. } => {
@@ -252,7 +326,7 @@ fn observe_100_triggers(bencher: Bencher<'_, '_>) {
         .counter(ItemsCount::new(records.len()))
         .with_inputs(engine)
         .bench_local_values(|mut engine| {
-            run_engine(&mut engine, &records, None);
+            run_engine(&mut engine, &records, None, None);
             engine
         });
 }
@@ -262,24 +336,49 @@ fn observe_100_triggers(bencher: Bencher<'_, '_>) {
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn observe_and_judge_100_triggers(bencher: Bencher<'_, '_>) {
     let records = records();
-    let totals = grouped(&records);
+    observe_and_judge(bencher, &records, "100 triggers", triggers);
+}
+
+/// The whole consumer step, with a realistic set of 100 triggers ([`mix_triggers`]):
+/// most of them segment triggers, a few carts, tags and feeds.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn observe_and_judge_realistic_mix(bencher: Bencher<'_, '_>) {
+    let records = records();
+    observe_and_judge(bencher, &records, "realistic mix", mix_triggers);
+}
+
+fn observe_and_judge(
+    bencher: Bencher<'_, '_>,
+    records: &[LogRecord],
+    what: &str,
+    set: fn() -> Vec<Trigger>,
+) {
+    let totals = grouped(records, &set());
     // One untimed run: what the triggers did, and the state left per user.
-    let mut check = engine();
-    let outputs = run_engine(&mut check, &records, Some(&totals));
+    let mut check = engine_of(set());
+    let mut digest = 0;
+    let outputs = run_engine(&mut check, records, Some(&totals), Some(&mut digest));
     let users = check.users().max(1);
     eprintln!(
-        "100 triggers: {outputs} outputs, {} users held at the end, {} bytes per user \
-         (approximate), {} withheld without consent",
+        "{what}: {outputs} outputs (digest {digest:016x}), {} users held at the end, \
+         {} bytes per user (approximate), {} withheld without consent",
         check.users(),
         check.user_bytes() / users,
         check.state().withheld.values().sum::<u64>()
     );
     assert!(outputs > 0);
+    // The adapter stores the whole state with every step (every read of 10,000 records).
+    let started = std::time::Instant::now();
+    let encoded = check.state().encode().unwrap().len();
+    eprintln!(
+        "{what}: the state encodes to {encoded} bytes in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     bencher
         .counter(ItemsCount::new(records.len()))
-        .with_inputs(engine)
+        .with_inputs(|| engine_of(set()))
         .bench_local_values(|mut engine| {
-            run_engine(&mut engine, &records, Some(&totals));
+            run_engine(&mut engine, records, Some(&totals), None);
             engine
         });
 }

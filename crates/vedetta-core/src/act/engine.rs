@@ -29,11 +29,12 @@
 use super::push::{PushEvent, SegmentSignal, SignalNotice};
 use super::triggers::{TagWhen, Trigger, TriggerKind};
 use crate::enrich::{DIRECT, EnrichConfig, campaign_of, channel_of};
+use crate::pipeline::hash::{FastHashMap, FastHashState};
 use crate::record::{EventKind, StoredEvent, UserPseudonym};
 use crate::watch::evaluate::{GroupTotals, measured_value};
 use crate::watch::rules::Dimension;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Intents kept per user (the newest win).
 pub const MAX_INTENTS: usize = 8;
@@ -52,12 +53,33 @@ const FAST_CHECKOUT_MS: i64 = 5_000;
 /// The format byte of [`ActState::encode`].
 pub const ACT_STATE_FORMAT: u8 = 1;
 
-fn clip(text: &str) -> String {
+/// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
+fn clipped(text: &str) -> &str {
     let mut end = text.len().min(MAX_TEXT_BYTES);
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    text[..end].to_owned()
+    &text[..end]
+}
+
+fn clip(text: &str) -> String {
+    clipped(text).to_owned()
+}
+
+/// Makes `slot` the clipped `text`, in its own buffer (no allocation when it fits).
+fn set_clipped(slot: &mut String, text: &str) {
+    let text = clipped(text);
+    if slot != text {
+        slot.clear();
+        slot.push_str(text);
+    }
+}
+
+fn set_clipped_option(slot: &mut Option<String>, text: Option<&str>) {
+    match (slot.as_mut(), text) {
+        (Some(buffer), Some(text)) => set_clipped(buffer, text),
+        (_, text) => *slot = text.map(clip),
+    }
 }
 
 /// A product view or add to cart, placed in its segment.
@@ -151,7 +173,10 @@ pub struct SegmentState {
 /// Everything the engine keeps: stored with the consumed offset, in one commit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ActState {
-    pub users: BTreeMap<UserPseudonym, UserFacts>,
+    /// By pseudonym; a hash map for the per-event lookup, encoded in pseudonym order (the
+    /// same bytes as the `BTreeMap` of format 1).
+    #[serde(serialize_with = "sorted_map")]
+    pub users: FastHashMap<UserPseudonym, UserFacts>,
     /// Firing segments by (trigger, group values).
     pub segments: BTreeMap<(String, Vec<String>), SegmentState>,
     /// The highest event time observed.
@@ -166,6 +191,16 @@ pub struct ActState {
     /// of their latest intent: while a segment fires, only these are looked at. (An intent
     /// observed before its minute is judged, as in a catch-up or a backtest, waits here.)
     pub candidates: BTreeMap<UserPseudonym, i64>,
+}
+
+/// Serializes a hash map as a map in key order, so that equal states encode to equal bytes.
+fn sorted_map<K: Ord + Serialize, V: Serialize, S: serde::Serializer>(
+    map: &FastHashMap<K, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<(&K, &V)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serializer.collect_map(entries)
 }
 
 /// Why stored state does not decode.
@@ -219,23 +254,137 @@ pub struct Engine {
     internal_hosts: Vec<String>,
     /// Whether any trigger is a segment_cpa (else no candidates are kept).
     has_segment_triggers: bool,
+    /// The triggers a clean conversion may fire (tag, conversion_feed), in order.
+    on_conversion: Vec<usize>,
+    /// The shortest abandoned_cart delay (`None`: no cart trigger).
+    first_cart_ms: Option<i64>,
     conversion_types: Vec<EventKind>,
     state: ActState,
     /// The longest per-user horizon of the set (intent window, cart delay).
     horizon_ms: i64,
+    /// The (channel, campaign) segments of the candidates' intents, as small ids, so a
+    /// segment trigger tests an intent by an index. Derived from the state (rebuilt on
+    /// load, not stored): every intent of a candidate has an id.
+    segment_ids: SegmentIds,
+    /// Which users [`Engine::advance`] looks at (derived, rebuilt on load and reload).
+    sweep: Sweep,
 }
 
-fn dims_of(
-    internal_hosts: &[String],
-    event: &StoredEvent,
-    touch: Option<&(String, String, i64)>,
-) -> [String; 2] {
-    let channel = channel_of(event, internal_hosts);
+/// Cooldown lists up to this long are walked per trigger in `advance`; longer ones are read
+/// once into a table for all cart triggers.
+const SHORT_SENT: usize = 8;
+
+fn minute_of(ms: i64) -> i64 {
+    ms.div_euclid(60_000) * 60_000
+}
+
+/// The users [`Engine::advance`] has to look at, so that it does not walk every user
+/// every minute. Derived from the state (not stored): rebuilt by [`Engine::set_triggers`].
+#[derive(Debug, Default)]
+struct Sweep {
+    /// Users with a cart by the minute something may happen to it (a cart trigger's delay
+    /// passes, or the cart is let go); stale entries are harmless (the user is looked at,
+    /// nothing is due, it is listed again at its next time).
+    cart_due: BTreeMap<i64, Vec<UserPseudonym>>,
+    /// Users by the minute of their last event (an entry is stale once the user's last
+    /// event is in a later minute): looked at once idle for the keep time.
+    idle: BTreeMap<i64, Vec<UserPseudonym>>,
+    /// Entries in `idle`: past twice the users, `idle` is rebuilt (stale entries bounded).
+    idle_entries: usize,
+    /// Idle users kept for a cooldown or a cart, by the minute to look at them again.
+    recheck: BTreeMap<i64, Vec<UserPseudonym>>,
+}
+
+/// Ids handed out before the table is rebuilt from the candidates (bounds its memory).
+const MAX_SEGMENT_IDS: u32 = 1 << 16;
+
+/// channel → campaign → id.
+#[derive(Debug, Default)]
+struct SegmentIds {
+    ids: FastHashMap<String, FastHashMap<String, u32>>,
+    next: u32,
+}
+
+impl SegmentIds {
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.next = 0;
+    }
+
+    /// Gives `dims` an id if it has none (allocates only then).
+    fn intern(&mut self, dims: &[String; 2]) {
+        let campaigns = match self.ids.get_mut(dims[0].as_str()) {
+            Some(campaigns) => campaigns,
+            None => self.ids.entry(dims[0].clone()).or_default(),
+        };
+        if !campaigns.contains_key(dims[1].as_str()) {
+            campaigns.insert(dims[1].clone(), self.next);
+            self.next += 1;
+        }
+    }
+
+    fn get(&self, dims: &[String; 2]) -> Option<u32> {
+        self.ids
+            .get(dims[0].as_str())?
+            .get(dims[1].as_str())
+            .copied()
+    }
+}
+
+/// A segment_cpa trigger with firing segments, while a minute is judged.
+struct Selecting<'a> {
+    /// Its outputs' place in the minute's outputs.
+    slot: usize,
+    index: usize,
+    trigger: &'a Trigger,
+    rule: &'a crate::watch::rules::Rule,
+    positions: Vec<usize>,
+    /// The window's start.
+    from: i64,
+    /// A segment started firing this minute: every user is looked at.
+    newly: bool,
+    firing: HashSet<Vec<&'a str>, FastHashState>,
+    /// Whether each segment id is in a firing segment.
+    flags: Vec<bool>,
+}
+
+impl Selecting<'_> {
+    /// Whether (channel, campaign) `dims` lies in a firing segment.
+    fn in_firing(&self, dims: &[&str; 2]) -> bool {
+        if self.positions.len() <= 2 {
+            let mut key = [""; 2];
+            for (k, p) in key.iter_mut().zip(&self.positions) {
+                *k = dims[*p];
+            }
+            self.firing.contains(&key[..self.positions.len()])
+        } else {
+            let key: Vec<&str> = self.positions.iter().map(|p| dims[*p]).collect();
+            self.firing.contains(key.as_slice())
+        }
+    }
+}
+
+/// A group's values with their dimensions' names.
+fn named(rule: &crate::watch::rules::Rule, values: &[String]) -> Vec<(String, String)> {
+    rule.group_by
+        .iter()
+        .map(|d| d.name().to_owned())
+        .zip(values.iter().cloned())
+        .collect()
+}
+
+/// An intent's (channel, campaign): the event's own, or for a direct event the user's
+/// latest non-direct touch within the lookback.
+fn dims_of<'a>(
+    event: &'a StoredEvent,
+    channel: &'a str,
+    touch: Option<&'a (String, String, i64)>,
+) -> [&'a str; 2] {
     match touch {
         Some((c, k, at)) if channel == DIRECT && event.ts.0 - at <= TOUCH_LOOKBACK_MS => {
-            [c.clone(), k.clone()]
+            [c.as_str(), k.as_str()]
         }
-        _ => [clip(&channel), clip(campaign_of(event))],
+        _ => [clipped(channel), clipped(campaign_of(event))],
     }
 }
 
@@ -267,12 +416,28 @@ impl Engine {
             triggers: Vec::new(),
             internal_hosts: Vec::new(),
             has_segment_triggers: false,
+            on_conversion: Vec::new(),
+            first_cart_ms: None,
             conversion_types,
             state,
             horizon_ms: 0,
+            segment_ids: SegmentIds::default(),
+            sweep: Sweep::default(),
         };
         engine.set_triggers(triggers);
         engine
+    }
+
+    /// Gives every intent of every candidate a segment id, afresh.
+    fn rebuild_segment_ids(&mut self) {
+        self.segment_ids.clear();
+        for pseudonym in self.state.candidates.keys() {
+            if let Some(user) = self.state.users.get(pseudonym) {
+                for intent in &user.intents {
+                    self.segment_ids.intern(&intent.dims);
+                }
+            }
+        }
     }
 
     /// Replaces the trigger set (a reload). Segments of triggers that are gone, or whose
@@ -295,9 +460,54 @@ impl Engine {
             .triggers
             .iter()
             .any(|t| matches!(t.kind, TriggerKind::SegmentCpa { .. }));
+        self.first_cart_ms = (self.triggers.iter())
+            .filter_map(|t| match t.kind {
+                TriggerKind::AbandonedCart { after_ms } => Some(after_ms),
+                _ => None,
+            })
+            .min();
+        self.on_conversion = (self.triggers.iter().enumerate())
+            .filter(|(_, t)| {
+                matches!(
+                    t.kind,
+                    TriggerKind::Tag { .. } | TriggerKind::ConversionFeed
+                )
+            })
+            .map(|(i, _)| i)
+            .collect();
         if !self.has_segment_triggers {
             self.state.candidates.clear();
         }
+        self.rebuild_segment_ids();
+        self.rebuild_sweep();
+    }
+
+    /// Lists every user with a cart, and every user under the minute of its last event.
+    fn rebuild_sweep(&mut self) {
+        self.sweep = Sweep::default();
+        for (pseudonym, user) in &self.state.users {
+            if !user.cart.is_empty() {
+                self.sweep
+                    .cart_due
+                    .entry(i64::MIN)
+                    .or_default()
+                    .push(*pseudonym);
+            }
+        }
+        self.rebuild_idle();
+    }
+
+    /// Lists every user under the minute of its last event, once.
+    fn rebuild_idle(&mut self) {
+        self.sweep.idle.clear();
+        for (pseudonym, user) in &self.state.users {
+            self.sweep
+                .idle
+                .entry(minute_of(user.last_seen_ms))
+                .or_default()
+                .push(*pseudonym);
+        }
+        self.sweep.idle_entries = self.state.users.len();
     }
 
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
@@ -338,8 +548,20 @@ impl Engine {
         let at = event.ts.0;
         self.state.max_event_ms = Some(self.state.max_event_ms.map_or(at, |m| m.max(at)));
         let is_conversion = self.is_conversion(&event.kind);
-        let user = self.state.users.entry(event.user).or_default();
+        let (user, new) = match self.state.users.entry(event.user) {
+            std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
+            std::collections::hash_map::Entry::Vacant(v) => (v.insert(UserFacts::default()), true),
+        };
+        let seen_minute = minute_of(user.last_seen_ms);
         user.last_seen_ms = user.last_seen_ms.max(at);
+        if new || minute_of(user.last_seen_ms) != seen_minute {
+            self.sweep
+                .idle
+                .entry(minute_of(user.last_seen_ms))
+                .or_default()
+                .push(event.user);
+            self.sweep.idle_entries += 1;
+        }
         if let Some(marketing) = event.consent.marketing {
             user.marketing = marketing;
         }
@@ -357,7 +579,14 @@ impl Engine {
         // The touch needs only the channel grouping (no user-agent parse).
         let channel = channel_of(event, &self.internal_hosts);
         if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
-            user.touch = Some((clip(&channel), clip(campaign_of(event)), at));
+            match &mut user.touch {
+                Some((c, k, when)) => {
+                    set_clipped(c, &channel);
+                    set_clipped(k, campaign_of(event));
+                    *when = at;
+                }
+                None => user.touch = Some((clip(&channel), clip(campaign_of(event)), at)),
+            }
         }
         match &event.kind {
             EventKind::Registration => {
@@ -367,30 +596,66 @@ impl Engine {
             EventKind::PageView | EventKind::AddToCart
                 if event.product_id.is_some() || event.kind == EventKind::AddToCart =>
             {
-                let dims = dims_of(&self.internal_hosts, event, user.touch.as_ref());
-                // A candidate for the firing segments of the next minutes judged.
-                if self.has_segment_triggers {
-                    let latest = self.state.candidates.entry(event.user).or_insert(at);
-                    *latest = (*latest).max(at);
-                }
-                if user.intents.len() >= MAX_INTENTS {
-                    user.intents.remove(0);
-                }
-                user.intents.push(Intent {
-                    at_ms: at,
-                    add_to_cart: event.kind == EventKind::AddToCart,
-                    dims,
-                    product_id: event.product_id.as_deref().map(clip),
-                });
-                if event.kind == EventKind::AddToCart {
-                    if user.cart.len() >= MAX_CART_LINES {
-                        user.cart.remove(0);
-                    }
-                    user.cart.push(CartLine {
+                // The oldest intent's buffers are reused for the new one.
+                let mut intent = if user.intents.len() >= MAX_INTENTS {
+                    user.intents.remove(0)
+                } else {
+                    Intent {
                         at_ms: at,
-                        product_id: event.product_id.as_deref().map(clip),
-                        value: event.value.filter(|v| v.is_finite() && *v >= 0.0),
-                    });
+                        add_to_cart: false,
+                        dims: Default::default(),
+                        product_id: None,
+                    }
+                };
+                let [c, k] = dims_of(event, &channel, user.touch.as_ref());
+                set_clipped(&mut intent.dims[0], c);
+                set_clipped(&mut intent.dims[1], k);
+                intent.at_ms = at;
+                intent.add_to_cart = event.kind == EventKind::AddToCart;
+                set_clipped_option(&mut intent.product_id, event.product_id.as_deref());
+                // A candidate for the firing segments of the next minutes judged.
+                let mut new_candidate = false;
+                if self.has_segment_triggers {
+                    match self.state.candidates.entry(event.user) {
+                        std::collections::btree_map::Entry::Vacant(vacant) => {
+                            vacant.insert(at);
+                            new_candidate = true;
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut latest) => {
+                            let latest = latest.get_mut();
+                            *latest = (*latest).max(at);
+                        }
+                    }
+                    self.segment_ids.intern(&intent.dims);
+                }
+                user.intents.push(intent);
+                if new_candidate {
+                    for intent in &user.intents {
+                        self.segment_ids.intern(&intent.dims);
+                    }
+                }
+                if event.kind == EventKind::AddToCart {
+                    let evicted = user.cart.len() >= MAX_CART_LINES;
+                    let mut line = if evicted {
+                        user.cart.remove(0)
+                    } else {
+                        CartLine {
+                            at_ms: at,
+                            product_id: None,
+                            value: None,
+                        }
+                    };
+                    line.at_ms = at;
+                    set_clipped_option(&mut line.product_id, event.product_id.as_deref());
+                    line.value = event.value.filter(|v| v.is_finite() && *v >= 0.0);
+                    user.cart.push(line);
+                    if evicted || user.cart.len() == 1 {
+                        // A new first line: the cart's times start from it.
+                        let key = self.first_cart_ms.map_or(i64::MIN, |a| {
+                            minute_of(user.cart[0].at_ms.saturating_add(a))
+                        });
+                        self.sweep.cart_due.entry(key).or_default().push(event.user);
+                    }
                 }
             }
             _ => {}
@@ -412,14 +677,22 @@ impl Engine {
         user.last_conversion_ms = Some(user.last_conversion_ms.map_or(at, |c| c.max(at)));
         user.last_conversion_kind = Some(kind.to_owned());
         // A purchase closes the carts it follows.
+        let lines = user.cart.len();
         user.cart.retain(|line| line.at_ms > at);
+        if user.cart.len() < lines && !user.cart.is_empty() {
+            let key = self.first_cart_ms.map_or(i64::MIN, |a| {
+                minute_of(user.cart[0].at_ms.saturating_add(a))
+            });
+            self.sweep.cart_due.entry(key).or_default().push(event.user);
+        }
         user.purchases = user.purchases.saturating_add(1);
         let first = user.purchases == 1;
         let marketing = user.marketing;
         let value = event.value.filter(|v| v.is_finite());
         // Rendered once, for every trigger that sends this conversion.
         let mut hex: Option<String> = None;
-        for (index, trigger) in self.triggers.iter().enumerate() {
+        for &index in &self.on_conversion {
+            let trigger = &self.triggers[index];
             let tag = match &trigger.kind {
                 TriggerKind::ConversionFeed => None,
                 TriggerKind::Tag {
@@ -482,6 +755,11 @@ impl Engine {
             return;
         }
         self.state.judged_through_ms = Some(minute_end);
+        // Each trigger's outputs, appended in trigger order at the end: the signals first,
+        // then the users in pseudonym order (users are judged once for all triggers).
+        let mut outputs: Vec<Vec<Output>> = Vec::new();
+        // The segment triggers that may select users this minute.
+        let mut selecting: Vec<Selecting<'_>> = Vec::new();
         for (index, trigger) in self.triggers.iter().enumerate() {
             let TriggerKind::SegmentCpa {
                 rule, threshold, ..
@@ -489,25 +767,19 @@ impl Engine {
             else {
                 continue;
             };
+            let mut signals = Vec::new();
             let groups = totals(rule);
             let guarded = |t: &GroupTotals| {
                 t.counters.conversions >= rule.min_conversions
                     && t.counters.sessions >= rule.min_sessions
             };
-            let named = |values: &[String]| -> Vec<(String, String)> {
-                rule.group_by
-                    .iter()
-                    .map(|d| d.name().to_owned())
-                    .zip(values.iter().cloned())
-                    .collect()
-            };
             // Firing segments that no longer hold recover (no data is no longer firing).
             let firing: Vec<Vec<String>> = self
                 .state
                 .segments
-                .keys()
-                .filter(|(t, _)| *t == trigger.name)
-                .map(|(_, g)| g.clone())
+                .range((trigger.name.clone(), Vec::new())..)
+                .take_while(|((t, _), _)| *t == trigger.name)
+                .map(|((_, g), _)| g.clone())
                 .collect();
             for group in firing {
                 let t = groups.get(&group);
@@ -517,9 +789,9 @@ impl Engine {
                     self.state
                         .segments
                         .remove(&(trigger.name.clone(), group.clone()));
-                    out.push(Output {
+                    signals.push(Output {
                         trigger: index,
-                        group: named(&group),
+                        group: named(rule, &group),
                         user: None,
                         event: None,
                         signal: Some(SignalNotice {
@@ -549,9 +821,9 @@ impl Engine {
                         cpa,
                     });
                     newly = true;
-                    out.push(Output {
+                    signals.push(Output {
                         trigger: index,
-                        group: named(group),
+                        group: named(rule, group),
                         user: None,
                         event: None,
                         signal: Some(SignalNotice {
@@ -564,93 +836,183 @@ impl Engine {
                     });
                 }
             }
-            // While a segment fires: its users with intent in the window and no conversion
-            // since the window opened. A segment that starts firing looks at every user;
-            // after that only at the candidates (users with an intent since last minute).
-            let firing: BTreeSet<Vec<String>> = self
-                .state
-                .segments
-                .range((trigger.name.clone(), Vec::new())..)
-                .take_while(|((t, _), _)| *t == trigger.name)
-                .map(|((_, g), _)| g.clone())
-                .collect();
-            let candidates: Vec<UserPseudonym> = if newly {
-                self.state.users.keys().copied().collect()
-            } else {
-                self.state.candidates.keys().copied().collect()
-            };
-            if firing.is_empty() {
-                continue;
-            }
-            let Some(positions) = positions(rule) else {
-                continue;
-            };
-            let from = minute_end - rule.over_ms;
-            for pseudonym in candidates {
-                let Some(user) = self.state.users.get_mut(&pseudonym) else {
-                    continue;
-                };
-                if user.last_conversion_ms.is_some_and(|c| c >= from) {
-                    continue;
-                }
-                // The latest intent in the window that lies in a firing segment.
-                let Some((intent, group)) = user.intents.iter().rev().find_map(|i| {
-                    if i.at_ms < from || i.at_ms >= minute_end {
-                        return None;
-                    }
-                    let key: Vec<String> = positions.iter().map(|p| i.dims[*p].clone()).collect();
-                    firing.contains(&key).then_some((i, key))
-                }) else {
-                    continue;
-                };
-                if user.in_cooldown(trigger, minute_end) {
-                    continue;
-                }
-                let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
-                if !user.marketing {
-                    // Counted once per cooldown, like a send.
-                    user.mark_sent(&trigger.name, minute_end);
-                    *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
-                    continue;
-                }
-                let in_group =
-                    |i: &Intent| positions.iter().zip(&group).all(|(p, v)| i.dims[*p] == *v);
-                let product_id = user
-                    .intents
-                    .iter()
-                    .rev()
-                    .filter(|i| i.at_ms >= from && i.at_ms < minute_end && in_group(i))
-                    .find_map(|i| i.product_id.clone());
-                let event = PushEvent {
-                    user: pseudonym.to_hex(),
-                    kind: if add_to_cart {
-                        "add_to_cart"
-                    } else {
-                        "page_view"
-                    }
-                    .into(),
-                    value: None,
-                    at_ms: intent_at,
-                    product_id,
-                    product_ids: Vec::new(),
-                    cart_value: None,
-                    tag: None,
-                };
-                user.mark_sent(&trigger.name, minute_end);
-                out.push(Output {
-                    trigger: index,
-                    group: named(&group),
-                    user: Some(pseudonym),
-                    event: Some(event),
-                    signal: None,
-                    at_ms: minute_end,
+            let slot = outputs.len();
+            outputs.push(signals);
+            if let Some(positions) = positions(rule) {
+                selecting.push(Selecting {
+                    slot,
+                    index,
+                    trigger,
+                    rule,
+                    positions,
+                    from: minute_end - rule.over_ms,
+                    newly,
+                    firing: HashSet::default(),
+                    flags: Vec::new(),
                 });
             }
+        }
+        // While a segment fires: its users with intent in the window and no conversion
+        // since the window opened. A segment that starts firing looks at every user;
+        // after that only at the candidates (users with an intent since last minute).
+        for s in &mut selecting {
+            s.firing = self
+                .state
+                .segments
+                .range((s.trigger.name.clone(), Vec::new())..)
+                .take_while(|((t, _), _)| *t == s.trigger.name)
+                .map(|((_, g), _)| g.iter().map(String::as_str).collect())
+                .collect();
+        }
+        selecting.retain(|s| !s.firing.is_empty());
+        // Which interned (channel, campaign) segments fire, per trigger: an intent's test
+        // is then an index, not a key built and hashed per trigger.
+        for s in &mut selecting {
+            s.flags = vec![false; self.segment_ids.next as usize];
+            for (channel, campaigns) in &self.segment_ids.ids {
+                for (campaign, id) in campaigns {
+                    let dims = [channel.as_str(), campaign.as_str()];
+                    s.flags[*id as usize] = s.in_firing(&dims);
+                }
+            }
+        }
+        if !selecting.is_empty() {
+            let oldest = selecting.iter().map(|s| s.from).min().unwrap_or(minute_end);
+            let ids = &self.segment_ids;
+            let withheld = &mut self.state.withheld;
+            // A user's cooldowns are read in one pass over its list (by trigger name) for
+            // all the segment triggers, not one pass with string compares per trigger.
+            let by_name: FastHashMap<&str, usize> = (selecting.iter().enumerate())
+                .map(|(k, s)| (s.trigger.name.as_str(), k))
+                .collect();
+            let mut until: Vec<i64> = vec![i64::MIN; selecting.len()];
+            let mut judge = |pseudonym: UserPseudonym, user: &mut UserFacts, candidate: bool| {
+                // The segment ids of the user's intents in the longest window (computed
+                // once, for every trigger).
+                let mut segment = [None; MAX_INTENTS];
+                let mut looked_up = false;
+                let mut cooldowns_read = false;
+                for (k, s) in selecting.iter().enumerate() {
+                    if !(s.newly || candidate) {
+                        continue;
+                    }
+                    if user.last_conversion_ms.is_some_and(|c| c >= s.from) {
+                        continue;
+                    }
+                    if !looked_up {
+                        looked_up = true;
+                        for (id, intent) in segment.iter_mut().zip(&user.intents) {
+                            if intent.at_ms >= oldest && intent.at_ms < minute_end {
+                                *id = ids.get(&intent.dims);
+                            }
+                        }
+                    }
+                    // The latest intent in the window that lies in a firing segment.
+                    let found = user.intents.iter().enumerate().rev().find(|(n, i)| {
+                        i.at_ms >= s.from
+                            && i.at_ms < minute_end
+                            && match segment.get(*n).copied().flatten() {
+                                Some(id) => s.flags.get(id as usize).copied().unwrap_or(false),
+                                None => s.in_firing(&[i.dims[0].as_str(), i.dims[1].as_str()]),
+                            }
+                    });
+                    let Some((_, intent)) = found else {
+                        continue;
+                    };
+                    if !cooldowns_read {
+                        cooldowns_read = true;
+                        until.fill(i64::MIN);
+                        for (name, at) in &user.sent {
+                            if let Some(&j) = by_name.get(name.as_str()) {
+                                let end = at.saturating_add(selecting[j].trigger.cooldown_ms);
+                                until[j] = until[j].max(end);
+                            }
+                        }
+                    }
+                    // (Marking a send below changes only this trigger's cooldown.)
+                    if minute_end < until[k] {
+                        continue;
+                    }
+                    let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
+                    let group: Vec<String> = s
+                        .positions
+                        .iter()
+                        .map(|p| intent.dims[*p].clone())
+                        .collect();
+                    if !user.marketing {
+                        // Counted once per cooldown, like a send.
+                        user.mark_sent(&s.trigger.name, minute_end);
+                        *withheld.entry(s.trigger.name.clone()).or_default() += 1;
+                        continue;
+                    }
+                    let in_group = |i: &Intent| {
+                        s.positions
+                            .iter()
+                            .zip(&group)
+                            .all(|(p, v)| i.dims[*p] == *v)
+                    };
+                    let product_id = user
+                        .intents
+                        .iter()
+                        .rev()
+                        .filter(|i| i.at_ms >= s.from && i.at_ms < minute_end && in_group(i))
+                        .find_map(|i| i.product_id.clone());
+                    let event = PushEvent {
+                        user: pseudonym.to_hex(),
+                        kind: if add_to_cart {
+                            "add_to_cart"
+                        } else {
+                            "page_view"
+                        }
+                        .into(),
+                        value: None,
+                        at_ms: intent_at,
+                        product_id,
+                        product_ids: Vec::new(),
+                        cart_value: None,
+                        tag: None,
+                    };
+                    user.mark_sent(&s.trigger.name, minute_end);
+                    outputs[s.slot].push(Output {
+                        trigger: s.index,
+                        group: named(s.rule, &group),
+                        user: Some(pseudonym),
+                        event: Some(event),
+                        signal: None,
+                        at_ms: minute_end,
+                    });
+                }
+            };
+            if selecting.iter().any(|s| s.newly) {
+                // Every user, in pseudonym order (the user map has none).
+                let mut all: Vec<UserPseudonym> = self.state.users.keys().copied().collect();
+                all.sort_unstable();
+                for pseudonym in all {
+                    let candidate = self.state.candidates.contains_key(&pseudonym);
+                    if let Some(user) = self.state.users.get_mut(&pseudonym) {
+                        judge(pseudonym, user, candidate);
+                    }
+                }
+            } else {
+                for pseudonym in self.state.candidates.keys() {
+                    if let Some(user) = self.state.users.get_mut(pseudonym) {
+                        judge(*pseudonym, user, true);
+                    }
+                }
+            }
+        }
+        for mut each in outputs {
+            out.append(&mut each);
         }
         // Judged: candidates whose latest intent is before this minute's end are done.
         self.state
             .candidates
             .retain(|_, latest| *latest >= minute_end);
+        if self.state.candidates.is_empty() {
+            self.segment_ids.clear();
+        } else if self.segment_ids.next > MAX_SEGMENT_IDS {
+            self.rebuild_segment_ids();
+        }
     }
 
     /// Moves event time to `watermark`: abandoned carts whose delay passed are sent, and
@@ -664,6 +1026,9 @@ impl Engine {
             return;
         }
         self.state.advanced_minute_ms = Some(minute);
+        if self.sweep.idle_entries > 2 * self.state.users.len() + 4_096 {
+            self.rebuild_idle(); // stale entries of users seen in later minutes
+        }
         let carts: Vec<(usize, &Trigger, i64)> = self
             .triggers
             .iter()
@@ -676,19 +1041,60 @@ impl Engine {
         let longest_cart = carts.iter().map(|(_, _, a)| *a).max();
         // One pass over the users with a cart; each cart trigger sends a cart once, when
         // its own delay after the cart's first line has passed.
-        for (pseudonym, user) in self.state.users.iter_mut() {
+        // In pseudonym order (the user map has none).
+        // The users whose cart may have something due (in pseudonym order, as before).
+        let mut with_cart: Vec<UserPseudonym> = Vec::new();
+        while let Some(bucket) = self.sweep.cart_due.first_entry() {
+            if *bucket.key() > watermark {
+                break;
+            }
+            with_cart.extend(bucket.remove());
+        }
+        with_cart.sort_unstable();
+        with_cart.dedup();
+        // A user's cooldown list is read once for all cart triggers (by name): the latest
+        // send and the cooldown's end of each.
+        let by_name: FastHashMap<&str, usize> = (carts.iter().enumerate())
+            .map(|(k, (_, t, _))| (t.name.as_str(), k))
+            .collect();
+        let mut last_sent: Vec<i64> = vec![i64::MIN; carts.len()];
+        let mut until: Vec<i64> = vec![i64::MIN; carts.len()];
+        for pseudonym in &with_cart {
+            let Some(user) = self.state.users.get_mut(pseudonym) else {
+                continue;
+            };
             let Some(first) = user.cart.first().map(|l| l.at_ms) else {
                 continue;
             };
-            for (index, trigger, after_ms) in &carts {
+            let mut read = false;
+            for (k, (index, trigger, after_ms)) in carts.iter().enumerate() {
                 let due = first.saturating_add(*after_ms);
-                if due > watermark
-                    || user
+                if due > watermark {
+                    continue;
+                }
+                // A short list is cheaper to walk per trigger than to read into a table.
+                if user.sent.len() <= SHORT_SENT {
+                    if user
                         .sent
                         .iter()
                         .any(|(t, at)| *t == trigger.name && *at >= first)
-                    || user.in_cooldown(trigger, due)
-                {
+                        || user.in_cooldown(trigger, due)
+                    {
+                        continue;
+                    }
+                } else if !read {
+                    read = true;
+                    last_sent.fill(i64::MIN);
+                    until.fill(i64::MIN);
+                    for (name, at) in &user.sent {
+                        if let Some(&j) = by_name.get(name.as_str()) {
+                            last_sent[j] = last_sent[j].max(*at);
+                            until[j] = until[j].max(at.saturating_add(carts[j].1.cooldown_ms));
+                        }
+                    }
+                }
+                // (Marking a send below changes only this trigger's entries.)
+                if user.sent.len() > SHORT_SENT && (last_sent[k] >= first || due < until[k]) {
                     continue;
                 }
                 user.mark_sent(&trigger.name, due);
@@ -720,6 +1126,16 @@ impl Engine {
             // Every cart trigger has had its turn (or none waits): the cart is let go.
             if longest_cart.is_none_or(|a| first.saturating_add(a) <= watermark) {
                 user.cart.clear();
+            } else if let Some(next) = (carts.iter())
+                .map(|(_, _, a)| first.saturating_add(*a))
+                .filter(|due| *due > watermark)
+                .min()
+            {
+                self.sweep
+                    .cart_due
+                    .entry(minute_of(next))
+                    .or_default()
+                    .push(*pseudonym);
             }
         }
         let horizon = self.horizon_ms;
@@ -732,9 +1148,50 @@ impl Engine {
         // count (first purchase) goes with it. An active user's lists are already bounded
         // (one cooldown per trigger, MAX_INTENTS intents): only idle users are looked at.
         let keep_ms = horizon.max(TOUCH_LOOKBACK_MS.min(86_400_000));
-        self.state.users.retain(|_, user| {
-            if user.last_seen_ms.saturating_add(keep_ms) > watermark {
-                return true;
+        let idle = |user: &UserFacts| user.last_seen_ms.saturating_add(keep_ms) <= watermark;
+        // The users idle since this advance (from the minutes of their last events), and
+        // the idle users kept for a cooldown or a cart whose time to look again came.
+        let mut due: Vec<UserPseudonym> = Vec::new();
+        let limit = watermark.saturating_sub(keep_ms);
+        let mut not_yet: Vec<(i64, UserPseudonym)> = Vec::new();
+        while let Some(bucket) = self.sweep.idle.first_entry() {
+            if *bucket.key() > limit {
+                break;
+            }
+            let (minute, users) = bucket.remove_entry();
+            self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(users.len());
+            for pseudonym in users {
+                let Some(user) = self.state.users.get(&pseudonym) else {
+                    continue;
+                };
+                if minute_of(user.last_seen_ms) != minute {
+                    continue; // seen later: listed under a later minute
+                }
+                if idle(user) {
+                    due.push(pseudonym);
+                } else {
+                    not_yet.push((minute, pseudonym));
+                }
+            }
+        }
+        self.sweep.idle_entries += not_yet.len();
+        for (minute, pseudonym) in not_yet {
+            self.sweep.idle.entry(minute).or_default().push(pseudonym);
+        }
+        while let Some(bucket) = self.sweep.recheck.first_entry() {
+            if *bucket.key() > watermark {
+                break;
+            }
+            due.extend(bucket.remove());
+        }
+        due.sort_unstable();
+        due.dedup();
+        for pseudonym in due {
+            let Some(user) = self.state.users.get_mut(&pseudonym) else {
+                continue;
+            };
+            if !idle(user) {
+                continue; // active again: listed under the minute of its last event
             }
             user.sent.retain(|(t, at)| {
                 cooldowns
@@ -742,8 +1199,26 @@ impl Engine {
                     .is_some_and(|c| at.saturating_add(*c) > watermark)
             });
             user.intents.clear();
-            !user.sent.is_empty() || !user.cart.is_empty()
-        });
+            if user.sent.is_empty() && user.cart.is_empty() {
+                self.state.users.remove(&pseudonym);
+                continue;
+            }
+            // Looked at again when its next cooldown ends, or each minute while a cart
+            // waits (as every idle user was, each minute, before).
+            let next = if user.cart.is_empty() {
+                (user.sent.iter())
+                    .filter_map(|(t, at)| cooldowns.get(t.as_str()).map(|c| at.saturating_add(*c)))
+                    .min()
+                    .unwrap_or(watermark)
+            } else {
+                watermark.saturating_add(1)
+            };
+            self.sweep
+                .recheck
+                .entry(minute_of(next))
+                .or_default()
+                .push(pseudonym);
+        }
     }
 }
 

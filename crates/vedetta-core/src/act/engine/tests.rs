@@ -282,6 +282,53 @@ fn state_round_trips_and_other_formats_are_refused() {
     );
 }
 
+/// The user map is a hash map in memory: its encoding is still in pseudonym order,
+/// byte for byte what format 1 wrote from a `BTreeMap`, whatever the insertion order.
+#[test]
+fn the_state_encodes_users_in_pseudonym_order_as_format_1_did() {
+    #[derive(serde::Serialize)]
+    struct FormatOne<'a> {
+        users: BTreeMap<UserPseudonym, &'a UserFacts>,
+        segments: &'a BTreeMap<(String, Vec<String>), SegmentState>,
+        max_event_ms: Option<i64>,
+        judged_through_ms: Option<i64>,
+        advanced_minute_ms: Option<i64>,
+        withheld: &'a BTreeMap<String, u64>,
+        candidates: &'a BTreeMap<UserPseudonym, i64>,
+    }
+    let observe = |order: &[u8]| {
+        let mut engine = Engine::new(
+            triggers(CPA),
+            vec![EventKind::Purchase],
+            ActState::default(),
+        );
+        let mut out = Vec::new();
+        for n in order {
+            engine.observe(&view(*n, T0, &format!("p{n}")), &mut out);
+        }
+        engine.state().clone()
+    };
+    let order: Vec<u8> = (0..200).collect();
+    let reversed: Vec<u8> = order.iter().rev().copied().collect();
+    let (a, b) = (observe(&order), observe(&reversed));
+    assert_eq!(a, b);
+    let bytes = a.encode().unwrap();
+    assert_eq!(bytes, b.encode().unwrap());
+    let old = FormatOne {
+        users: a.users.iter().map(|(p, f)| (*p, f)).collect(),
+        segments: &a.segments,
+        max_event_ms: a.max_event_ms,
+        judged_through_ms: a.judged_through_ms,
+        advanced_minute_ms: a.advanced_minute_ms,
+        withheld: &a.withheld,
+        candidates: &a.candidates,
+    };
+    let mut format_one = vec![1];
+    format_one.extend(postcard::to_allocvec(&old).unwrap());
+    assert_eq!(bytes, format_one);
+    assert_eq!(ActState::decode(&format_one).unwrap(), a);
+}
+
 #[test]
 fn per_user_state_is_bounded_and_pruned_by_time() {
     let mut engine = Engine::new(
@@ -348,4 +395,61 @@ fn intents_observed_before_their_minute_is_judged_are_not_lost() {
     assert_eq!(users(&judge(&mut engine, T0 + 4 * MIN, 2, 50)), [user(1)]);
     assert_eq!(users(&judge(&mut engine, T0 + 5 * MIN, 2, 50)), [user(2)]);
     assert!(engine.state().candidates.is_empty(), "all judged");
+}
+
+/// Idle users are forgotten at the first minute judged after the keep time (a day here)
+/// and after their cooldowns, and kept while they come back: `advance` looks only at the
+/// users due, not at every user every minute.
+#[test]
+fn idle_users_are_forgotten_after_a_day_and_their_cooldowns() {
+    let set = r#"
+[[triggers]]
+name = "customer"
+kind = "tag"
+on = "first_purchase"
+tag = "customer"
+cooldown = "3d"
+notify = ["push"]
+
+[[triggers]]
+name = "cart"
+kind = "abandoned_cart"
+after = "2h"
+notify = ["push"]
+"#;
+    const HOUR: i64 = 3_600_000;
+    let mut engine = Engine::new(
+        triggers(set),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    engine.observe(&event(1, EventKind::Purchase, T0), &mut out);
+    engine.observe(&view(2, T0, "a"), &mut out);
+    engine.observe(&view(3, T0, "a"), &mut out);
+    let mut cart = event(4, EventKind::AddToCart, T0);
+    cart.value = Some(10.0);
+    engine.observe(&cart, &mut out);
+    let mut gone: BTreeMap<u8, i64> = BTreeMap::new();
+    for hour in 0..=120 {
+        if hour == 23 {
+            engine.observe(&view(3, T0 + 23 * HOUR, "b"), &mut out);
+        }
+        if hour == 60 {
+            engine.observe(&view(1, T0 + 60 * HOUR, "b"), &mut out);
+        }
+        engine.advance(T0 + hour * HOUR, &mut out);
+        for n in 1..=4 {
+            if !engine.state().users.contains_key(&user(n)) {
+                gone.entry(n).or_insert(hour);
+            }
+        }
+    }
+    // 1: tagged at 0 (3 days' cooldown), back at 60 h: idle at 84 h, cooldown over at 72 h.
+    // 2: idle a day after its view. 3: back at 23 h. 4: its cart sent at 2 h (a day's
+    // cooldown, to 26 h).
+    assert_eq!(gone, BTreeMap::from([(1, 84), (2, 24), (3, 47), (4, 26)]));
+    let sent: Vec<(usize, Option<UserPseudonym>)> =
+        out.iter().map(|o| (o.trigger, o.user)).collect();
+    assert_eq!(sent, [(0, Some(user(1))), (1, Some(user(4)))]);
 }

@@ -90,7 +90,11 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("bench-client")
         .build()?;
-    let report = runtime.block_on(drive(args, &base, Arc::new(templates)))?;
+    let mut report = runtime.block_on(drive(args, &base, Arc::new(templates)))?;
+    // Before the local server stops: its threads' CPU time (the processor's, the trigger
+    // consumer's `act`, …), so a run with triggers and one without compare by CPU.
+    let cpu = thread_cpu_seconds();
+    report["cpu_seconds_by_thread"] = json!(cpu);
     drop(local);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -118,8 +122,46 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
             "  max processing lag {} events; {} failed requests; {} batches the pacer could not send on time",
             report["max_lag_events"], report["failed_requests"], report["behind_schedule"]
         );
+        if !cpu.is_empty() {
+            let total: f64 = cpu.values().sum();
+            let threads: Vec<String> = cpu
+                .iter()
+                .map(|(name, seconds)| format!("{name} {seconds:.2}"))
+                .collect();
+            println!(
+                "  CPU seconds (user + sys) by thread: {}; this process {total:.2}",
+                threads.join(", ")
+            );
+        }
     }
     Ok(())
+}
+
+/// CPU seconds (user + system) of this process's live threads, summed by thread name,
+/// from `/proc/self/task/*/stat` (Linux; empty elsewhere). The fields count clock ticks of
+/// 1/100 s (`USER_HZ`).
+fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        // After the name: state is field 3, utime field 14, stime field 15.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            *by_name.entry(name).or_insert(0.0) += (user + system) as f64 / 100.0;
+        }
+    }
+    by_name
 }
 
 /// A body with every user id and event id made unique to this cycle.
