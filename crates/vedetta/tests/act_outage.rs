@@ -19,65 +19,16 @@
 
 mod support;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use support::push_receiver::{Receiver, start_receiver};
 use support::{KEY, Server, SplitMix, client, env_number, get_json};
 
 /// The push backoff cap the sender promises (`SenderConfig::max_push_backoff`).
 const MAX_PUSH_BACKOFF: Duration = Duration::from_secs(30);
-
-#[derive(Clone, Debug)]
-struct Seen {
-    key: String,
-    body: Value,
-    accepted: bool,
-    at: Instant,
-}
-
-#[derive(Default)]
-struct Receiver {
-    seen: Mutex<Vec<Seen>>,
-    /// While set, every request gets a 500.
-    down: AtomicBool,
-}
-
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> Response {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body: Value = serde_json::from_str(&body).expect("the push is JSON");
-    let down = r.down.load(Ordering::SeqCst);
-    r.seen.lock().unwrap().push(Seen {
-        key,
-        body,
-        accepted: !down,
-        at: Instant::now(),
-    });
-    if down {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "down for maintenance").into_response();
-    }
-    StatusCode::OK.into_response()
-}
-
-fn start_receiver(runtime: &tokio::runtime::Runtime, receiver: Arc<Receiver>) -> String {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .route("/push", axum::routing::post(receive))
-        .with_state(receiver);
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    format!("http://{address}/push")
-}
 
 fn pseudonym(udid: &str) -> String {
     vedetta_core::privacy::PseudonymKey::from_hex(1, KEY)

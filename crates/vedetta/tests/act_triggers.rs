@@ -12,93 +12,15 @@
 
 mod support;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use support::push_receiver::{Receiver, start_receiver};
 use support::{KEY, Server, SplitMix, client, env_number, get_json};
 
 const MINUTE: i64 = 60_000;
-
-#[derive(Clone, Debug)]
-struct Seen {
-    key: String,
-    body: Value,
-    accepted: bool,
-}
-
-#[derive(Default)]
-struct Receiver {
-    seen: Mutex<Vec<Seen>>,
-    /// Answer 500 to every request until this many have been refused.
-    refuse_first: AtomicU64,
-    /// Slow answers (ms), so that kills land during a push.
-    delay_ms: AtomicU64,
-    /// Answer 422 (the payload refused: dead-lettered at once) to every request.
-    reject: std::sync::atomic::AtomicBool,
-    in_flight: AtomicU64,
-}
-
-struct InFlight<'a>(&'a AtomicU64);
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: String) -> Response {
-    r.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _guard = InFlight(&r.in_flight);
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body: Value = serde_json::from_str(&body).expect("the push is JSON");
-    let refuse = r
-        .refuse_first
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    let reject = r.reject.load(Ordering::SeqCst);
-    if reject {
-        r.seen.lock().unwrap().push(Seen {
-            key,
-            body,
-            accepted: false,
-        });
-        return (StatusCode::UNPROCESSABLE_ENTITY, "segmento sconosciuto").into_response();
-    }
-    r.seen.lock().unwrap().push(Seen {
-        key,
-        body,
-        accepted: !refuse,
-    });
-    if refuse {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
-    }
-    let delay = r.delay_ms.load(Ordering::SeqCst);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    StatusCode::OK.into_response()
-}
-
-fn start_receiver(runtime: &tokio::runtime::Runtime, receiver: Arc<Receiver>) -> String {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let address = listener.local_addr().unwrap();
-    let app = axum::Router::new()
-        .route("/push", axum::routing::post(receive))
-        .with_state(receiver);
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    format!("http://{address}/push")
-}
 
 fn pseudonym(udid: &str) -> String {
     vedetta_core::privacy::PseudonymKey::from_hex(1, KEY)
