@@ -2,8 +2,9 @@
 //! the pushes waiting for their destination's next batch, and the firing history, in the
 //! alert store's database beside the outbox.
 //!
-//! Exactly once inside: [`TriggerStore::commit_step`] writes the engine state, the consumed
-//! offset, the new pending pushes and the firings in one transaction; after a crash the
+//! Exactly once inside: [`TriggerStore::commit_step`] writes the engine state (its globals
+//! and the rows of the users the step changed), the consumed offset, the new pending pushes
+//! and the firings in one transaction; after a crash the
 //! consumer restarts from the stored state and offset, so an event is neither applied twice
 //! nor lost. [`TriggerStore::flush`] moves a destination's pending pushes into the outbox,
 //! removing them in the same transaction, so a push is queued exactly once; the outbox then
@@ -11,8 +12,11 @@
 //! once).
 //!
 //! Tables (keys are typed tuples, never joined strings):
-//! - `act_meta`: `"state" → ActState::encode`, `"offset" → [FORMAT][u64 LE]`,
-//!   `"batch" → [FORMAT][u64 LE]` (the last batch number given to a flush);
+//! - `act_meta`: `"state" → ActState::encode_globals` (format 1 was the whole state, users
+//!   included, still read), `"offset" → [FORMAT][u64 LE]`, `"batch" → [FORMAT][u64 LE]` (the
+//!   last batch number given to a flush);
+//! - `act_users`: `pseudonym (16 bytes) → ActState::encode_user`: one row per user the
+//!   engine keeps, written when a step changed it, removed when the engine forgot it;
 //! - `act_pending`: `(destination, seq) → [FORMAT][JSON Push]`;
 //! - `act_firings`: `(at_ms, seq) → [FIRING_FORMAT][JSON Firing]`, at most [`MAX_FIRINGS`]
 //!   (format 1, written before outcomes were kept, reads with every outcome `unknown`);
@@ -36,7 +40,9 @@ use crate::outbox;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use vedetta_core::act::engine::StateChanges;
 use vedetta_core::act::push::Push;
+use vedetta_core::record::UserPseudonym;
 use vedetta_core::watch::notification::Notification;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("act_meta");
@@ -47,6 +53,7 @@ const PENDING_FIRING: TableDefinition<'_, (&str, u64), (i64, u64)> =
     TableDefinition::new("act_pending_firing");
 const OUTBOX_FIRINGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("act_outbox_firings");
 const DELIVERY: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("act_delivery");
+const USERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("act_users");
 
 /// The format byte of every value this module writes (the state and firings have their
 /// own).
@@ -431,8 +438,11 @@ fn decode_u64(what: &str, bytes: &[u8]) -> Result<u64, TriggerStoreError> {
 /// What the consumer restarts from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resume {
-    /// `ActState::encode` bytes, when a step was ever committed.
+    /// `ActState::encode_globals` bytes (or a format-1 whole state), when a step was ever
+    /// committed.
     pub state: Option<Vec<u8>>,
+    /// Every user's row (`ActState::encode_user`), in pseudonym order.
+    pub users: Vec<(UserPseudonym, Vec<u8>)>,
     /// The next log offset to read.
     pub offset: u64,
 }
@@ -454,6 +464,7 @@ impl TriggerStore {
         txn.open_table(PENDING_FIRING)?;
         txn.open_table(OUTBOX_FIRINGS)?;
         txn.open_table(DELIVERY)?;
+        txn.open_table(USERS)?;
         outbox::create_tables(&txn)?;
         txn.commit()?;
         Ok(Self { db })
@@ -467,14 +478,31 @@ impl TriggerStore {
             Some(v) => decode_u64("the consumed offset", v.value())?,
             None => 0,
         };
-        Ok(Resume { state, offset })
+        let mut users = Vec::new();
+        for row in txn.open_table(USERS)?.iter()? {
+            let (key, value) = row?;
+            let pseudonym = <[u8; 16]>::try_from(key.value()).map_err(|_| {
+                TriggerStoreError::Corrupt(format!(
+                    "a trigger user row keyed by {} bytes, not 16",
+                    key.value().len()
+                ))
+            })?;
+            users.push((UserPseudonym(pseudonym), value.value().to_vec()));
+        }
+        Ok(Resume {
+            state,
+            users,
+            offset,
+        })
     }
 
-    /// One consumer step: state, offset, new pending pushes (by destination, each with the
-    /// index in `firings` of the firing it carries) and firings, in one durable transaction.
+    /// One consumer step: the state's changes (globals, and the rows of the users changed:
+    /// written, or removed when `None`), offset, new pending pushes (by destination, each
+    /// with the index in `firings` of the firing it carries) and firings, in one durable
+    /// transaction.
     pub fn commit_step(
         &self,
-        state: &[u8],
+        state: &StateChanges,
         offset: u64,
         pending: &[(String, Push, usize)],
         firings: &[Firing],
@@ -483,8 +511,15 @@ impl TriggerStore {
         txn.set_durability(redb::Durability::Immediate)?;
         {
             let mut meta = txn.open_table(META)?;
-            meta.insert("state", state)?;
+            meta.insert("state", state.globals.as_slice())?;
             meta.insert("offset", encode_u64(offset).as_slice())?;
+            let mut users = txn.open_table(USERS)?;
+            for (pseudonym, row) in &state.users {
+                match row {
+                    Some(row) => users.insert(pseudonym.0.as_slice(), row.as_slice())?,
+                    None => users.remove(pseudonym.0.as_slice())?,
+                };
+            }
             let mut seq_table = txn.open_table(SEQ)?;
             let mut seq = seq_table.get("next")?.map(|v| v.value()).unwrap_or(1);
             let mut log = txn.open_table(FIRINGS)?;
@@ -709,6 +744,13 @@ mod tests {
         }
     }
 
+    fn globals(bytes: &[u8]) -> StateChanges {
+        StateChanges {
+            globals: bytes.to_vec(),
+            users: Vec::new(),
+        }
+    }
+
     fn firing(at_ms: i64) -> Firing {
         Firing {
             trigger: "cpa_alto".into(),
@@ -731,7 +773,7 @@ mod tests {
         let mut other = firing(5_000);
         other.trigger = "carrello".into();
         let firings = [firing(500), firing(1_500), firing(2_500), other];
-        store.commit_step(b"s", 1, &[], &firings).unwrap();
+        store.commit_step(&globals(b"s"), 1, &[], &firings).unwrap();
         let counts = store.firing_counts(1_000, 2_000, 100).unwrap();
         assert!(!counts.capped);
         assert_eq!(counts.per_trigger["cpa_alto"], HourDay { hour: 1, day: 2 });
@@ -751,7 +793,13 @@ mod tests {
             assert_eq!(store.resume().unwrap(), Resume::default());
             store
                 .commit_step(
-                    b"\x01state",
+                    &StateChanges {
+                        globals: b"\x02state".to_vec(),
+                        users: vec![
+                            (UserPseudonym([1; 16]), Some(b"\x01one".to_vec())),
+                            (UserPseudonym([2; 16]), Some(b"\x01two".to_vec())),
+                        ],
+                    },
                     42,
                     &[
                         ("hook".into(), push("a"), 0),
@@ -784,7 +832,14 @@ mod tests {
         let db = Arc::new(Database::create(&path).unwrap());
         let store = TriggerStore::new(db.clone()).unwrap();
         let resume = store.resume().unwrap();
-        assert_eq!(resume.state.as_deref(), Some(&b"\x01state"[..]));
+        assert_eq!(resume.state.as_deref(), Some(&b"\x02state"[..]));
+        assert_eq!(
+            resume.users,
+            [
+                (UserPseudonym([1; 16]), b"\x01one".to_vec()),
+                (UserPseudonym([2; 16]), b"\x01two".to_vec())
+            ]
+        );
         assert_eq!(resume.offset, 42);
         let firings: Vec<i64> = store.firings(10).unwrap().iter().map(|f| f.at_ms).collect();
         assert_eq!(firings, [7, 5]);
@@ -798,8 +853,24 @@ mod tests {
         );
         // The next flush gets the next batch number.
         store
-            .commit_step(b"\x01s", 43, &[("hook".into(), push("d"), 0)], &[])
+            .commit_step(
+                &StateChanges {
+                    globals: b"\x02s".to_vec(),
+                    users: vec![
+                        (UserPseudonym([1; 16]), None),
+                        (UserPseudonym([3; 16]), Some(b"\x01three".to_vec())),
+                    ],
+                },
+                43,
+                &[("hook".into(), push("d"), 0)],
+                &[],
+            )
             .unwrap();
+        // User 1 was forgotten, 3 is new, 2 untouched.
+        let users: Vec<u8> = (store.resume().unwrap().users.iter())
+            .map(|(p, _)| p.0[0])
+            .collect();
+        assert_eq!(users, [2, 3]);
         store
             .flush("hook", 0, |batch, _| {
                 assert_eq!(batch, 2);
@@ -843,7 +914,7 @@ mod tests {
             other.trigger = "carrello".into();
             store
                 .commit_step(
-                    b"s",
+                    &globals(b"s"),
                     1,
                     &[
                         ("hook".into(), push("u1"), 0),

@@ -50,8 +50,8 @@ pub const TOUCH_LOOKBACK_MS: i64 = 30 * 86_400_000;
 const NEAR_DUPLICATE_MS: i64 = 100;
 const FAST_CHECKOUT_MS: i64 = 5_000;
 
-/// The format byte of [`ActState::encode`].
-pub const ACT_STATE_FORMAT: u8 = 1;
+mod stored;
+pub use stored::{ACT_STATE_FORMAT, StateChanges, StoredState, USER_ROW_FORMAT};
 
 /// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
 fn clipped(text: &str) -> &str {
@@ -214,25 +214,6 @@ pub enum ActStateError {
     Body(String),
 }
 
-impl ActState {
-    /// `[format u8][postcard]`.
-    pub fn encode(&self) -> Result<Vec<u8>, ActStateError> {
-        let mut out = vec![ACT_STATE_FORMAT];
-        out.extend(postcard::to_allocvec(self).map_err(|e| ActStateError::Body(e.to_string()))?);
-        Ok(out)
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Self, ActStateError> {
-        match bytes.split_first() {
-            None => Err(ActStateError::Empty),
-            Some((&ACT_STATE_FORMAT, body)) => {
-                postcard::from_bytes(body).map_err(|e| ActStateError::Body(e.to_string()))
-            }
-            Some((&found, _)) => Err(ActStateError::Version { found }),
-        }
-    }
-}
-
 /// One thing a trigger decided to send (or a user it selected but withheld).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Output {
@@ -268,6 +249,8 @@ pub struct Engine {
     segment_ids: SegmentIds,
     /// Which users [`Engine::advance`] looks at (derived, rebuilt on load and reload).
     sweep: Sweep,
+    /// Users changed since the last [`Engine::take_changes`]: their rows are stored next.
+    changed: HashSet<UserPseudonym, FastHashState>,
 }
 
 /// Cooldown lists up to this long are walked per trigger in `advance`; longer ones are read
@@ -423,6 +406,7 @@ impl Engine {
             horizon_ms: 0,
             segment_ids: SegmentIds::default(),
             sweep: Sweep::default(),
+            changed: HashSet::default(),
         };
         engine.set_triggers(triggers);
         engine
@@ -476,6 +460,7 @@ impl Engine {
             .map(|(i, _)| i)
             .collect();
         if !self.has_segment_triggers {
+            self.changed.extend(self.state.candidates.keys().copied());
             self.state.candidates.clear();
         }
         self.rebuild_segment_ids();
@@ -543,10 +528,16 @@ impl Engine {
         self.conversion_types.contains(kind)
     }
 
-    /// One accepted event, in log order.
+    /// One accepted event, in log order. With no trigger in force nothing is kept of it
+    /// (a trigger set acts on the events observed once it is loaded; `vedetta triggers
+    /// backtest` covers the history).
     pub fn observe(&mut self, event: &StoredEvent, out: &mut Vec<Output>) {
         let at = event.ts.0;
         self.state.max_event_ms = Some(self.state.max_event_ms.map_or(at, |m| m.max(at)));
+        if self.triggers.is_empty() {
+            return;
+        }
+        self.changed.insert(event.user);
         let is_conversion = self.is_conversion(&event.kind);
         let (user, new) = match self.state.users.entry(event.user) {
             std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
@@ -880,6 +871,7 @@ impl Engine {
             let oldest = selecting.iter().map(|s| s.from).min().unwrap_or(minute_end);
             let ids = &self.segment_ids;
             let withheld = &mut self.state.withheld;
+            let changed = &mut self.changed;
             // A user's cooldowns are read in one pass over its list (by trigger name) for
             // all the segment triggers, not one pass with string compares per trigger.
             let by_name: FastHashMap<&str, usize> = (selecting.iter().enumerate())
@@ -942,6 +934,7 @@ impl Engine {
                     if !user.marketing {
                         // Counted once per cooldown, like a send.
                         user.mark_sent(&s.trigger.name, minute_end);
+                        changed.insert(pseudonym);
                         *withheld.entry(s.trigger.name.clone()).or_default() += 1;
                         continue;
                     }
@@ -973,6 +966,7 @@ impl Engine {
                         tag: None,
                     };
                     user.mark_sent(&s.trigger.name, minute_end);
+                    changed.insert(pseudonym);
                     outputs[s.slot].push(Output {
                         trigger: s.index,
                         group: named(s.rule, &group),
@@ -1005,9 +999,14 @@ impl Engine {
             out.append(&mut each);
         }
         // Judged: candidates whose latest intent is before this minute's end are done.
-        self.state
-            .candidates
-            .retain(|_, latest| *latest >= minute_end);
+        let changed = &mut self.changed;
+        self.state.candidates.retain(|pseudonym, latest| {
+            let keep = *latest >= minute_end;
+            if !keep {
+                changed.insert(*pseudonym);
+            }
+            keep
+        });
         if self.state.candidates.is_empty() {
             self.segment_ids.clear();
         } else if self.segment_ids.next > MAX_SEGMENT_IDS {
@@ -1066,6 +1065,7 @@ impl Engine {
             let Some(first) = user.cart.first().map(|l| l.at_ms) else {
                 continue;
             };
+            self.changed.insert(*pseudonym);
             let mut read = false;
             for (k, (index, trigger, after_ms)) in carts.iter().enumerate() {
                 let due = first.saturating_add(*after_ms);
@@ -1193,6 +1193,7 @@ impl Engine {
             if !idle(user) {
                 continue; // active again: listed under the minute of its last event
             }
+            self.changed.insert(pseudonym);
             user.sent.retain(|(t, at)| {
                 cooldowns
                     .get(t.as_str())

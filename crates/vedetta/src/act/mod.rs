@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use vedetta_core::EventKind;
-use vedetta_core::act::engine::{ActState, Engine, Output};
+use vedetta_core::act::engine::{ActState, Engine, Output, StoredState};
 use vedetta_core::act::push::{Push, SegmentSignal};
 use vedetta_core::act::triggers::{Trigger, TriggerKind};
 use vedetta_core::enrich::EnrichConfig;
@@ -36,7 +36,9 @@ use vedetta_core::time::Clock;
 use vedetta_core::watch::dispatch::notification_id;
 use vedetta_core::watch::evaluate::group_totals;
 use vedetta_core::watch::notification::{AlertStatus, Notification};
-use vedetta_store::trigger_store::{DestinationOutcome, Firing, OutcomeState, TriggerStore};
+use vedetta_store::trigger_store::{
+    DestinationOutcome, Firing, OutcomeState, Resume, TriggerStore,
+};
 use vedetta_store::{EventLog, KpiStore};
 
 const MINUTE: i64 = 60_000;
@@ -46,6 +48,13 @@ const READ_BATCH: usize = 10_000;
 pub const MAX_EVENTS_PER_PUSH: usize = 500;
 /// Minutes judged per step when catching up (the rest in the next steps).
 const MINUTES_PER_STEP: usize = 60;
+/// The least time between two commits of the consumer: what the steps in between changed
+/// (users, offset, pushes, firings) goes in one transaction, so a user active in several
+/// reads is written once and a busy consumer does not pay a durable commit per read. A
+/// crash replays from the last commit, exactly.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
+/// How often the approximate bytes of the users' facts are summed (a walk over all users).
+const USER_BYTES_EVERY: Duration = Duration::from_secs(5);
 
 /// What one trigger did, for `/v1/triggers`, the dashboard and `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -237,10 +246,8 @@ pub fn start(config: TriggersConfig, store: TriggerStore, sources: Sources) -> a
         .load()
         .map_err(|e| anyhow::anyhow!("the triggers: {e}"))?;
     let resume = store.resume().context("reading the trigger store")?;
-    let state = match &resume.state {
-        Some(bytes) => ActState::decode(bytes).context("the stored trigger state")?,
-        None => ActState::default(),
-    };
+    let StoredState { state, legacy } =
+        stored_state(&resume).context("the stored trigger state")?;
     let status = Arc::new(ActStatus::default());
     status
         .consumed_offset
@@ -253,8 +260,11 @@ pub fn start(config: TriggersConfig, store: TriggerStore, sources: Sources) -> a
     status
         .loaded_at_ms
         .store(sources.clock.now_ms(), Ordering::Relaxed);
-    let engine = Engine::new(triggers, sources.conversion_types.clone(), state)
+    let mut engine = Engine::new(triggers, sources.conversion_types.clone(), state)
         .with_enrichment(sources.enrich.clone());
+    if legacy {
+        engine.mark_all_changed(); // rewritten as rows at the first commit
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut task = Task {
         modified: modified(config.file.as_ref()),
@@ -265,6 +275,8 @@ pub fn start(config: TriggersConfig, store: TriggerStore, sources: Sources) -> a
         status: status.clone(),
         sources,
         last_flush: BTreeMap::new(),
+        uncommitted: Uncommitted::new(legacy),
+        user_bytes_at: None,
     };
     let thread = {
         let stop = stop.clone();
@@ -278,6 +290,18 @@ pub fn start(config: TriggersConfig, store: TriggerStore, sources: Sources) -> a
         stop,
         thread: Some(thread),
     })
+}
+
+/// The engine state of `resume` (empty when nothing was ever committed).
+fn stored_state(resume: &Resume) -> anyhow::Result<StoredState> {
+    let Some(globals) = &resume.state else {
+        return Ok(StoredState {
+            state: ActState::default(),
+            legacy: false,
+        });
+    };
+    let rows = (resume.users.iter()).map(|(pseudonym, row)| (*pseudonym, row.as_slice()));
+    Ok(ActState::decode_stored(globals, rows)?)
 }
 
 fn modified(path: Option<&PathBuf>) -> Option<SystemTime> {
@@ -294,6 +318,28 @@ struct Task {
     sources: Sources,
     /// When each destination's pending pushes last went to the outbox.
     last_flush: BTreeMap<String, Instant>,
+    /// What the steps since the last commit decided.
+    uncommitted: Uncommitted,
+    /// When the users' bytes were last summed.
+    user_bytes_at: Option<Instant>,
+}
+
+/// The steps' work not yet committed ([`COMMIT_EVERY`]).
+struct Uncommitted {
+    /// Whether anything changed (offset, minutes judged, state, outputs).
+    changed: bool,
+    outputs: Vec<Output>,
+    since: Instant,
+}
+
+impl Uncommitted {
+    fn new(changed: bool) -> Self {
+        Self {
+            changed,
+            outputs: Vec::new(),
+            since: Instant::now(),
+        }
+    }
 }
 
 impl Task {
@@ -331,17 +377,18 @@ impl Task {
 
     fn restore(&mut self) -> anyhow::Result<()> {
         let resume = self.store.resume()?;
-        let state = match &resume.state {
-            Some(bytes) => ActState::decode(bytes)?,
-            None => ActState::default(),
-        };
+        let StoredState { state, legacy } = stored_state(&resume)?;
         self.engine = Engine::new(
             self.engine.triggers().to_vec(),
             self.sources.conversion_types.clone(),
             state,
         )
         .with_enrichment(self.sources.enrich.clone());
+        if legacy {
+            self.engine.mark_all_changed();
+        }
         self.offset = resume.offset;
+        self.uncommitted = Uncommitted::new(legacy);
         Ok(())
     }
 
@@ -382,7 +429,8 @@ impl Task {
     }
 
     /// Observes what the processor committed, judges the minutes the watermark passed,
-    /// and commits. Returns whether there may be more to do at once.
+    /// and commits when [`COMMIT_EVERY`] passed since the last commit. Returns whether
+    /// there may be more to do at once.
     fn step(&mut self) -> anyhow::Result<bool> {
         // The watermark first: the offset read after it covers every event behind it.
         let watermark = self.sources.processor.watermark();
@@ -391,7 +439,7 @@ impl Task {
             .processor
             .processed_offset
             .load(Ordering::Acquire);
-        let mut outputs = Vec::new();
+        let mut outputs = std::mem::take(&mut self.uncommitted.outputs);
         let mut more = false;
         let start_offset = self.offset;
         if self.offset < committed {
@@ -458,9 +506,12 @@ impl Task {
                             &mut outputs,
                         );
                     }
-                    None => self
-                        .engine
-                        .judge_minute(m, &mut |_| Default::default(), &mut outputs),
+                    None => {
+                        // No segment trigger: nothing to judge but the time, at once.
+                        m = m.max(last_end);
+                        self.engine
+                            .judge_minute(m, &mut |_| Default::default(), &mut outputs)
+                    }
                 }
                 judged += 1;
                 m += MINUTE;
@@ -469,21 +520,29 @@ impl Task {
             self.engine.advance(w, &mut outputs);
         }
         let after = self.engine.state().judged_through_ms;
-        if self.offset == start_offset && after == before && outputs.is_empty() {
+        let u = &mut self.uncommitted;
+        u.changed |= self.offset != start_offset || after != before || !outputs.is_empty();
+        u.outputs = outputs;
+        if !u.changed || u.since.elapsed() < COMMIT_EVERY {
             return Ok(more);
         }
+        self.commit()?;
+        Ok(more)
+    }
+
+    /// Commits what the steps since the last commit did: the state's changes, the offset,
+    /// the pushes and firings of their outputs, in one transaction.
+    fn commit(&mut self) -> anyhow::Result<()> {
+        let outputs = std::mem::take(&mut self.uncommitted.outputs);
         let now = self.sources.clock.now_ms();
         let (pending, firings) = self.route(&outputs, now);
-        let state = self
-            .engine
-            .state()
-            .encode()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let changes = (self.engine.take_changes()).map_err(|e| anyhow::anyhow!("{e}"))?;
         self.store
-            .commit_step(&state, self.offset, &pending, &firings)
+            .commit_step(&changes, self.offset, &pending, &firings)
             .context("committing the trigger step")?;
+        self.uncommitted = Uncommitted::new(false);
         self.publish(&outputs);
-        Ok(more)
+        Ok(())
     }
 
     /// The pending pushes (one per output and destination, each with the index of its
@@ -553,7 +612,7 @@ impl Task {
         (pending, firings)
     }
 
-    fn publish(&self, outputs: &[Output]) {
+    fn publish(&mut self, outputs: &[Output]) {
         let s = &self.status;
         s.consumed_offset.store(self.offset, Ordering::Relaxed);
         let state = self.engine.state();
@@ -562,8 +621,11 @@ impl Task {
             Ordering::Relaxed,
         );
         s.users.store(self.engine.users() as u64, Ordering::Relaxed);
-        s.user_bytes
-            .store(self.engine.user_bytes() as u64, Ordering::Relaxed);
+        if (self.user_bytes_at).is_none_or(|at| at.elapsed() >= USER_BYTES_EVERY) {
+            self.user_bytes_at = Some(Instant::now());
+            s.user_bytes
+                .store(self.engine.user_bytes() as u64, Ordering::Relaxed);
+        }
         let mut counters = s.counters.lock().unwrap_or_else(|e| e.into_inner());
         for output in outputs {
             let Some(t) = self.engine.triggers().get(output.trigger) else {

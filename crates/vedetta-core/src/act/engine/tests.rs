@@ -262,30 +262,86 @@ fn tags_and_the_feed_see_clean_conversions_only() {
     assert_eq!(out.iter().map(|o| o.trigger).collect::<Vec<_>>(), [2]);
 }
 
+/// Stores `changes` into `rows` as the trigger store does: a row per user, removed when
+/// the user is forgotten.
+fn apply(rows: &mut BTreeMap<UserPseudonym, Vec<u8>>, changes: StateChanges) -> Vec<u8> {
+    for (pseudonym, row) in changes.users {
+        match row {
+            Some(row) => rows.insert(pseudonym, row),
+            None => rows.remove(&pseudonym),
+        };
+    }
+    changes.globals
+}
+
+fn restored(globals: &[u8], rows: &BTreeMap<UserPseudonym, Vec<u8>>) -> StoredState {
+    ActState::decode_stored(globals, rows.iter().map(|(p, r)| (*p, r.as_slice()))).unwrap()
+}
+
 #[test]
-fn state_round_trips_and_other_formats_are_refused() {
+fn state_round_trips_through_its_rows_and_other_formats_are_refused() {
     let mut engine = Engine::new(
         triggers(CPA),
         vec![EventKind::Purchase],
         ActState::default(),
     );
     let mut out = Vec::new();
+    let mut rows = BTreeMap::new();
     engine.observe(&view(1, T0, "x"), &mut out);
+    engine.observe(&view(2, T0, "y"), &mut out);
+    let changes = engine.take_changes().unwrap();
+    assert_eq!(
+        changes.users.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [user(1), user(2)]
+    );
+    apply(&mut rows, changes);
+    // Judging takes both out of the candidates: both rows change, nothing else.
     judge(&mut engine, T0 + 6 * MIN, 2, 50);
-    let bytes = engine.state().encode().unwrap();
-    assert_eq!(&ActState::decode(&bytes).unwrap(), engine.state());
-    let mut other = bytes;
+    let changes = engine.take_changes().unwrap();
+    assert_eq!(changes.users.len(), 2, "{changes:?}");
+    let globals = apply(&mut rows, changes);
+    let back = restored(&globals, &rows);
+    assert!(!back.legacy);
+    assert_eq!(&back.state, engine.state());
+    // Only the users a step touched are written.
+    engine.observe(&view(2, T0 + 7 * MIN, "z"), &mut out);
+    let changes = engine.take_changes().unwrap();
+    assert_eq!(
+        changes.users.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        [user(2)]
+    );
+    let globals = apply(&mut rows, changes);
+    assert_eq!(&restored(&globals, &rows).state, engine.state());
+    // A forgotten user's row goes (a day idle, no cooldown, no cart).
+    let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
+    engine.advance(T0 + 2 * 86_400_000, &mut out);
+    let changes = engine.take_changes().unwrap();
+    assert!(
+        changes.users.iter().all(|(_, row)| row.is_none()),
+        "{changes:?}"
+    );
+    assert_eq!(changes.users.len(), 2);
+    let globals = apply(&mut rows, changes);
+    assert!(rows.is_empty());
+    assert_eq!(&restored(&globals, &rows).state, engine.state());
+    // Other formats are refused, named.
+    let mut other = globals.clone();
     other[0] = 9;
     assert_eq!(
-        ActState::decode(&other).unwrap_err(),
+        ActState::decode_stored(&other, []).unwrap_err(),
+        ActStateError::Version { found: 9 }
+    );
+    let row = [9u8, 0];
+    assert_eq!(
+        ActState::decode_stored(&globals, [(user(1), &row[..])]).unwrap_err(),
         ActStateError::Version { found: 9 }
     );
 }
 
-/// The user map is a hash map in memory: its encoding is still in pseudonym order,
-/// byte for byte what format 1 wrote from a `BTreeMap`, whatever the insertion order.
+/// A state stored whole by format 1 (before rows; its user map in pseudonym order) still
+/// loads, marked legacy, and every user is written as a row at the next take.
 #[test]
-fn the_state_encodes_users_in_pseudonym_order_as_format_1_did() {
+fn a_format_1_state_loads_and_its_users_are_rewritten_as_rows() {
     #[derive(serde::Serialize)]
     struct FormatOne<'a> {
         users: BTreeMap<UserPseudonym, &'a UserFacts>,
@@ -296,24 +352,16 @@ fn the_state_encodes_users_in_pseudonym_order_as_format_1_did() {
         withheld: &'a BTreeMap<String, u64>,
         candidates: &'a BTreeMap<UserPseudonym, i64>,
     }
-    let observe = |order: &[u8]| {
-        let mut engine = Engine::new(
-            triggers(CPA),
-            vec![EventKind::Purchase],
-            ActState::default(),
-        );
-        let mut out = Vec::new();
-        for n in order {
-            engine.observe(&view(*n, T0, &format!("p{n}")), &mut out);
-        }
-        engine.state().clone()
-    };
-    let order: Vec<u8> = (0..200).collect();
-    let reversed: Vec<u8> = order.iter().rev().copied().collect();
-    let (a, b) = (observe(&order), observe(&reversed));
-    assert_eq!(a, b);
-    let bytes = a.encode().unwrap();
-    assert_eq!(bytes, b.encode().unwrap());
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    for n in (0..200).rev() {
+        engine.observe(&view(n, T0, &format!("p{n}")), &mut out);
+    }
+    let a = engine.state().clone();
     let old = FormatOne {
         users: a.users.iter().map(|(p, f)| (*p, f)).collect(),
         segments: &a.segments,
@@ -325,8 +373,29 @@ fn the_state_encodes_users_in_pseudonym_order_as_format_1_did() {
     };
     let mut format_one = vec![1];
     format_one.extend(postcard::to_allocvec(&old).unwrap());
-    assert_eq!(bytes, format_one);
-    assert_eq!(ActState::decode(&format_one).unwrap(), a);
+    let back = ActState::decode_stored(&format_one, []).unwrap();
+    assert!(back.legacy);
+    assert_eq!(back.state, a);
+    let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
+    engine.mark_all_changed();
+    let mut rows = BTreeMap::new();
+    let globals = apply(&mut rows, engine.take_changes().unwrap());
+    assert_eq!(rows.len(), 200);
+    assert_eq!(globals[0], ACT_STATE_FORMAT);
+    assert_eq!(restored(&globals, &rows).state, a);
+}
+
+/// With no trigger in force the engine keeps nothing of the events it is shown.
+#[test]
+fn an_engine_without_triggers_keeps_no_user() {
+    let mut engine = Engine::new(Vec::new(), vec![EventKind::Purchase], ActState::default());
+    let mut out = Vec::new();
+    engine.observe(&view(1, T0, "x"), &mut out);
+    engine.observe(&event(1, EventKind::Purchase, T0 + MIN), &mut out);
+    assert_eq!(engine.users(), 0);
+    assert!(out.is_empty());
+    assert!(engine.take_changes().unwrap().users.is_empty());
+    assert_eq!(engine.state().max_event_ms, Some(T0 + MIN));
 }
 
 #[test]
@@ -452,4 +521,69 @@ notify = ["push"]
     let sent: Vec<(usize, Option<UserPseudonym>)> =
         out.iter().map(|o| (o.trigger, o.user)).collect();
     assert_eq!(sent, [(0, Some(user(1))), (1, Some(user(4)))]);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Whatever the engine does (observes, selects, sends carts, prunes, forgets), the rows
+    /// written at each step plus the globals read back as the engine's state: no change
+    /// to a user is left out of [`Engine::take_changes`].
+    #[test]
+    fn the_rows_of_every_step_read_back_as_the_state(
+        steps in proptest::collection::vec(
+            (
+                proptest::collection::vec((0u8..24, 0u8..5, 0i64..600_000, proptest::bool::ANY), 0..12),
+                0i64..4,
+                proptest::bool::ANY,
+            ),
+            1..40,
+        )
+    ) {
+        let set = format!(
+            "{CPA}{}",
+            r#"
+[[triggers]]
+name = "vip"
+kind = "tag"
+tag = "VIP"
+on = "purchase_over"
+min_value = 50
+cooldown = "1h"
+notify = ["push"]
+[[triggers]]
+name = "cart"
+kind = "abandoned_cart"
+after = "5m"
+cooldown = "30m"
+notify = ["push"]
+"#
+        );
+        let mut engine = Engine::new(triggers(&set), vec![EventKind::Purchase], ActState::default());
+        let mut rows = BTreeMap::new();
+        let mut out = Vec::new();
+        let mut now = T0;
+        for (events, gap, over) in steps {
+            for (n, kind, offset, consent) in events {
+                let mut e = match kind {
+                    0 => view(n, now + offset, &format!("p{}", offset % 7)),
+                    1 => event(n, EventKind::AddToCart, now + offset),
+                    2 => event(n, EventKind::Purchase, now + offset),
+                    3 => event(n, EventKind::Registration, now + offset),
+                    _ => event(n, EventKind::PageView, now + offset),
+                };
+                e.value = Some((offset % 120) as f64);
+                e.product_id.get_or_insert_with(|| format!("q{}", offset % 5));
+                e.consent.marketing = Some(consent);
+                engine.observe(&e, &mut out);
+            }
+            // Time moves by minutes, an hour, or two days (users are forgotten).
+            now += [MIN, 10 * MIN, 60 * MIN, 2 * 86_400_000][gap as usize];
+            let end = now.div_euclid(MIN) * MIN;
+            judge(&mut engine, end, 3, if over { 90 } else { 30 });
+            engine.advance(now, &mut out);
+            let changes = engine.take_changes().unwrap();
+            let globals = apply(&mut rows, changes);
+            proptest::prop_assert_eq!(&restored(&globals, &rows).state, engine.state());
+        }
+    }
 }
