@@ -15,8 +15,9 @@
 //! - `act_meta`: `"state" → ActState::encode_globals` (format 1 was the whole state, users
 //!   included, still read), `"offset" → [FORMAT][u64 LE]`, `"batch" → [FORMAT][u64 LE]` (the
 //!   last batch number given to a flush);
-//! - `act_users`: `pseudonym (16 bytes) → ActState::encode_user`: one row per user the
-//!   engine keeps, written when a step changed it, removed when the engine forgot it;
+//! - `act_users`: `row key (u64) → ActState::encode_user`: one row per user the engine
+//!   keeps (keys in the order users were first seen, so a commit's writes cluster),
+//!   written when a step changed it, removed when the engine forgot it;
 //! - `act_pending`: `(destination, seq) → [FORMAT][JSON Push]`;
 //! - `act_firings`: `(at_ms, seq) → [FIRING_FORMAT][JSON Firing]`, at most [`MAX_FIRINGS`]
 //!   (format 1, written before outcomes were kept, reads with every outcome `unknown`);
@@ -42,7 +43,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use vedetta_core::act::engine::StateChanges;
 use vedetta_core::act::push::Push;
-use vedetta_core::record::UserPseudonym;
 use vedetta_core::watch::notification::Notification;
 
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("act_meta");
@@ -53,7 +53,7 @@ const PENDING_FIRING: TableDefinition<'_, (&str, u64), (i64, u64)> =
     TableDefinition::new("act_pending_firing");
 const OUTBOX_FIRINGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("act_outbox_firings");
 const DELIVERY: TableDefinition<'_, (&str, &str), &[u8]> = TableDefinition::new("act_delivery");
-const USERS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("act_users");
+const USERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("act_users");
 
 /// The format byte of every value this module writes (the state and firings have their
 /// own).
@@ -441,8 +441,8 @@ pub struct Resume {
     /// `ActState::encode_globals` bytes (or a format-1 whole state), when a step was ever
     /// committed.
     pub state: Option<Vec<u8>>,
-    /// Every user's row (`ActState::encode_user`), in pseudonym order.
-    pub users: Vec<(UserPseudonym, Vec<u8>)>,
+    /// Every user's row (`ActState::encode_user`) by its key, in key order.
+    pub users: Vec<(u64, Vec<u8>)>,
     /// The next log offset to read.
     pub offset: u64,
 }
@@ -481,13 +481,7 @@ impl TriggerStore {
         let mut users = Vec::new();
         for row in txn.open_table(USERS)?.iter()? {
             let (key, value) = row?;
-            let pseudonym = <[u8; 16]>::try_from(key.value()).map_err(|_| {
-                TriggerStoreError::Corrupt(format!(
-                    "a trigger user row keyed by {} bytes, not 16",
-                    key.value().len()
-                ))
-            })?;
-            users.push((UserPseudonym(pseudonym), value.value().to_vec()));
+            users.push((key.value(), value.value().to_vec()));
         }
         Ok(Resume {
             state,
@@ -514,10 +508,10 @@ impl TriggerStore {
             meta.insert("state", state.globals.as_slice())?;
             meta.insert("offset", encode_u64(offset).as_slice())?;
             let mut users = txn.open_table(USERS)?;
-            for (pseudonym, row) in &state.users {
+            for (key, row) in &state.users {
                 match row {
-                    Some(row) => users.insert(pseudonym.0.as_slice(), row.as_slice())?,
-                    None => users.remove(pseudonym.0.as_slice())?,
+                    Some(row) => users.insert(*key, row.as_slice())?,
+                    None => users.remove(*key)?,
                 };
             }
             let mut seq_table = txn.open_table(SEQ)?;
@@ -796,8 +790,8 @@ mod tests {
                     &StateChanges {
                         globals: b"\x02state".to_vec(),
                         users: vec![
-                            (UserPseudonym([1; 16]), Some(b"\x01one".to_vec())),
-                            (UserPseudonym([2; 16]), Some(b"\x01two".to_vec())),
+                            (1, Some(b"\x01one".to_vec())),
+                            (2, Some(b"\x01two".to_vec())),
                         ],
                     },
                     42,
@@ -835,10 +829,7 @@ mod tests {
         assert_eq!(resume.state.as_deref(), Some(&b"\x02state"[..]));
         assert_eq!(
             resume.users,
-            [
-                (UserPseudonym([1; 16]), b"\x01one".to_vec()),
-                (UserPseudonym([2; 16]), b"\x01two".to_vec())
-            ]
+            [(1, b"\x01one".to_vec()), (2, b"\x01two".to_vec())]
         );
         assert_eq!(resume.offset, 42);
         let firings: Vec<i64> = store.firings(10).unwrap().iter().map(|f| f.at_ms).collect();
@@ -856,10 +847,7 @@ mod tests {
             .commit_step(
                 &StateChanges {
                     globals: b"\x02s".to_vec(),
-                    users: vec![
-                        (UserPseudonym([1; 16]), None),
-                        (UserPseudonym([3; 16]), Some(b"\x01three".to_vec())),
-                    ],
+                    users: vec![(1, None), (3, Some(b"\x01three".to_vec()))],
                 },
                 43,
                 &[("hook".into(), push("d"), 0)],
@@ -867,8 +855,8 @@ mod tests {
             )
             .unwrap();
         // User 1 was forgotten, 3 is new, 2 untouched.
-        let users: Vec<u8> = (store.resume().unwrap().users.iter())
-            .map(|(p, _)| p.0[0])
+        let users: Vec<u64> = (store.resume().unwrap().users.iter())
+            .map(|(key, _)| *key)
             .collect();
         assert_eq!(users, [2, 3]);
         store

@@ -103,6 +103,11 @@ pub struct CartLine {
 /// What the engine keeps of one user.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserFacts {
+    /// The key of the user's stored row: given in the order users are first seen, so the
+    /// users a commit writes (mostly recent ones) sit in a few pages of the store, not one
+    /// page each. Not in the row's value (it is the key).
+    #[serde(skip)]
+    pub row: u64,
     pub marketing: bool,
     pub last_seen_ms: i64,
     /// Latest non-direct (channel, campaign) and its time.
@@ -187,6 +192,10 @@ pub struct ActState {
     pub advanced_minute_ms: Option<i64>,
     /// Selections not sent for lack of marketing consent, by trigger.
     pub withheld: BTreeMap<String, u64>,
+    /// The next user row key ([`UserFacts::row`]); stored with the globals (format 1, the
+    /// whole state in one value, had no rows).
+    #[serde(skip)]
+    pub next_row: u64,
     /// Users with an intent not yet judged at a minute end after it, with the event time
     /// of their latest intent: while a segment fires, only these are looked at. (An intent
     /// observed before its minute is judged, as in a catch-up or a backtest, waits here.)
@@ -251,6 +260,8 @@ pub struct Engine {
     sweep: Sweep,
     /// Users changed since the last [`Engine::take_changes`]: their rows are stored next.
     changed: HashSet<UserPseudonym, FastHashState>,
+    /// The rows of the users forgotten since the last [`Engine::take_changes`].
+    forgotten_rows: Vec<u64>,
 }
 
 /// Cooldown lists up to this long are walked per trigger in `advance`; longer ones are read
@@ -407,6 +418,7 @@ impl Engine {
             segment_ids: SegmentIds::default(),
             sweep: Sweep::default(),
             changed: HashSet::default(),
+            forgotten_rows: Vec::new(),
         };
         engine.set_triggers(triggers);
         engine
@@ -541,7 +553,17 @@ impl Engine {
         let is_conversion = self.is_conversion(&event.kind);
         let (user, new) = match self.state.users.entry(event.user) {
             std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
-            std::collections::hash_map::Entry::Vacant(v) => (v.insert(UserFacts::default()), true),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let row = self.state.next_row;
+                self.state.next_row += 1;
+                (
+                    v.insert(UserFacts {
+                        row,
+                        ..UserFacts::default()
+                    }),
+                    true,
+                )
+            }
         };
         let seen_minute = minute_of(user.last_seen_ms);
         user.last_seen_ms = user.last_seen_ms.max(at);
@@ -1194,6 +1216,7 @@ impl Engine {
                 continue; // active again: listed under the minute of its last event
             }
             self.changed.insert(pseudonym);
+            let user_row = user.row;
             user.sent.retain(|(t, at)| {
                 cooldowns
                     .get(t.as_str())
@@ -1202,6 +1225,7 @@ impl Engine {
             user.intents.clear();
             if user.sent.is_empty() && user.cart.is_empty() {
                 self.state.users.remove(&pseudonym);
+                self.forgotten_rows.push(user_row);
                 continue;
             }
             // Looked at again when its next cooldown ends, or each minute while a cart

@@ -12,8 +12,11 @@
 //! - globals, [`ACT_STATE_FORMAT`] 2: `[2][postcard Globals]`. A format-1 value (the whole
 //!   state, users and candidates included) still decodes: the consumer then rewrites every
 //!   user as a row at its next commit ([`StoredState::legacy`]);
-//! - a user's row, [`USER_ROW_FORMAT`] 1: `[1][postcard (UserFacts, Option<i64>)]`: the
-//!   facts, and the time of the latest intent when the user is a candidate of the segment
+//! - a user's row, keyed by [`UserFacts::row`] (given in the order users are first seen,
+//!   so a commit's users, mostly recent ones, share a few pages of the store's B-tree
+//!   instead of dirtying one page each, as random pseudonym keys did), [`USER_ROW_FORMAT`]
+//!   1: `[1][postcard (UserPseudonym, UserFacts, Option<i64>)]`: the pseudonym, the facts,
+//!   and the time of the latest intent when the user is a candidate of the segment
 //!   triggers.
 
 use super::{ActState, ActStateError, Engine, SegmentState, UserFacts};
@@ -37,6 +40,7 @@ struct GlobalsRef<'a> {
     judged_through_ms: Option<i64>,
     advanced_minute_ms: Option<i64>,
     withheld: &'a BTreeMap<String, u64>,
+    next_row: u64,
 }
 
 /// The globals, as decoded (the same fields in the same order as [`GlobalsRef`]).
@@ -47,6 +51,7 @@ struct Globals {
     judged_through_ms: Option<i64>,
     advanced_minute_ms: Option<i64>,
     withheld: BTreeMap<String, u64>,
+    next_row: u64,
 }
 
 /// What changed since the last [`Engine::take_changes`], ready to store.
@@ -54,8 +59,8 @@ struct Globals {
 pub struct StateChanges {
     /// [`ActState::encode_globals`].
     pub globals: Vec<u8>,
-    /// The users changed, in pseudonym order: their row, or `None` once forgotten.
-    pub users: Vec<(UserPseudonym, Option<Vec<u8>>)>,
+    /// The rows changed, in key order: the user's row, or `None` once forgotten.
+    pub users: Vec<(u64, Option<Vec<u8>>)>,
 }
 
 /// A state read back from its stored parts.
@@ -83,23 +88,28 @@ impl ActState {
                 judged_through_ms: self.judged_through_ms,
                 advanced_minute_ms: self.advanced_minute_ms,
                 withheld: &self.withheld,
+                next_row: self.next_row,
             },
         )
     }
 
-    /// The row of `user` (`None` when the state does not hold it).
-    pub fn encode_user(&self, user: &UserPseudonym) -> Result<Option<Vec<u8>>, ActStateError> {
+    /// The row key and row of `user` (`None` when the state does not hold it).
+    pub fn encode_user(
+        &self,
+        user: &UserPseudonym,
+    ) -> Result<Option<(u64, Vec<u8>)>, ActStateError> {
         let Some(facts) = self.users.get(user) else {
             return Ok(None);
         };
-        body(USER_ROW_FORMAT, &(facts, self.candidates.get(user))).map(Some)
+        let row = body(USER_ROW_FORMAT, &(user, facts, self.candidates.get(user)))?;
+        Ok(Some((facts.row, row)))
     }
 
     /// The state from its globals and its users' rows. A format-1 globals value is the
     /// whole state (there are no rows yet); it decodes with `legacy` set.
     pub fn decode_stored<'a>(
         globals: &[u8],
-        rows: impl IntoIterator<Item = (UserPseudonym, &'a [u8])>,
+        rows: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> Result<StoredState, ActStateError> {
         let (state, legacy) = match globals.split_first() {
             None => return Err(ActStateError::Empty),
@@ -117,6 +127,7 @@ impl ActState {
                     judged_through_ms: g.judged_through_ms,
                     advanced_minute_ms: g.advanced_minute_ms,
                     withheld: g.withheld,
+                    next_row: g.next_row,
                     ..ActState::default()
                 };
                 (state, false)
@@ -124,15 +135,25 @@ impl ActState {
             Some((&found, _)) => return Err(ActStateError::Version { found }),
         };
         let mut state = state;
-        for (pseudonym, row) in rows {
-            let (facts, candidate) = match row.split_first() {
+        if legacy {
+            // Rows in pseudonym order, the order the whole state was encoded in.
+            let mut all: Vec<(&UserPseudonym, &mut UserFacts)> = state.users.iter_mut().collect();
+            all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            for (row, (_, facts)) in all.into_iter().enumerate() {
+                facts.row = row as u64;
+            }
+            state.next_row = state.users.len() as u64;
+        }
+        for (key, row) in rows {
+            let (pseudonym, mut facts, candidate) = match row.split_first() {
                 None => return Err(ActStateError::Empty),
                 Some((&USER_ROW_FORMAT, body)) => {
-                    postcard::from_bytes::<(UserFacts, Option<i64>)>(body)
+                    postcard::from_bytes::<(UserPseudonym, UserFacts, Option<i64>)>(body)
                         .map_err(|e| ActStateError::Body(e.to_string()))?
                 }
                 Some((&found, _)) => return Err(ActStateError::Version { found }),
             };
+            facts.row = key;
             state.users.insert(pseudonym, facts);
             if let Some(latest) = candidate {
                 state.candidates.insert(pseudonym, latest);
@@ -146,12 +167,16 @@ impl Engine {
     /// The globals and the rows of the users changed since the last call (every user the
     /// engine observed, judged, sent, pruned or forgot), and forgets the changes.
     pub fn take_changes(&mut self) -> Result<StateChanges, ActStateError> {
-        let mut changed: Vec<UserPseudonym> = self.changed.drain().collect();
-        changed.sort_unstable();
-        let mut users = Vec::with_capacity(changed.len());
-        for pseudonym in changed {
-            users.push((pseudonym, self.state.encode_user(&pseudonym)?));
+        let mut users: Vec<(u64, Option<Vec<u8>>)> =
+            Vec::with_capacity(self.changed.len() + self.forgotten_rows.len());
+        for pseudonym in self.changed.drain() {
+            // A user forgotten since is in `forgotten_rows`.
+            if let Some((key, row)) = self.state.encode_user(&pseudonym)? {
+                users.push((key, Some(row)));
+            }
         }
+        users.extend(self.forgotten_rows.drain(..).map(|key| (key, None)));
+        users.sort_unstable_by_key(|(key, _)| *key);
         Ok(StateChanges {
             globals: self.state.encode_globals()?,
             users,
