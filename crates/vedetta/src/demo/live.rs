@@ -127,3 +127,41 @@ pub async fn glitches(address: SocketAddr, rate: f64, timing: GlitchTiming, key:
         tokio::time::sleep(timing.every).await;
     }
 }
+
+/// The first live visitor the demo's triggers see: a consenting visitor who looks at a
+/// product, puts it in the cart and leaves. Left to the traffic, the first abandoned cart
+/// of a quiet hour (about four sessions a minute at night) can take minutes to come, and a
+/// newcomer would not see the trigger push within the first minutes as it sees the glitch
+/// alert: this one is pushed to the inbox once the cart trigger's minute has passed.
+pub async fn first_abandoned_cart(address: SocketAddr, key: Option<String>) {
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+    else {
+        return;
+    };
+    let now = SystemClock.now_ms();
+    let visitor = format!("demo-first-cart-{now}");
+    let event = |kind: &str, ts: i64| {
+        serde_json::json!({
+            "udid": visitor,
+            "type": kind,
+            "ts": ts,
+            "event_id": format!("{visitor}-{kind}"),
+            "channel": "email",
+            "campaign": "newsletter_settimanale",
+            "product_id": "SKU-10502",
+            "page": "/prodotto/borsa-tote-pelle-nera",
+            "consent": {"analytics": true, "marketing": true},
+        })
+    };
+    let mut cart = event("add_to_cart", now);
+    cart["value"] = serde_json::json!(149.0);
+    cart["currency"] = serde_json::json!("EUR");
+    let body = format!("{}\n{cart}\n", event("page_view", now - 20_000));
+    let url = format!("http://{address}/v1/events");
+    match post(&client, &url, key.as_deref(), body.into_bytes()).await {
+        Ok(_) => tracing::info!("demo: a first live visitor left a cart"),
+        Err(error) => tracing::warn!(%error, "demo: the first abandoned cart could not be sent"),
+    }
+}

@@ -393,6 +393,9 @@ pub async fn run(demo: Demo, address: SocketAddr, key: Option<String>) {
             options.glitches,
             key.clone(),
         ));
+        if triggers_file.is_some() {
+            tokio::spawn(live::first_abandoned_cart(address, key.clone()));
+        }
         let seed = marker.seed;
         if let Err(error) =
             live::stream(address, seed, options.rate, live_start_ms, live_origin, key).await

@@ -73,8 +73,11 @@ pub struct StoredState {
 }
 
 fn body<T: Serialize + ?Sized>(format: u8, value: &T) -> Result<Vec<u8>, ActStateError> {
-    let out = vec![format];
-    postcard::to_extend(value, out).map_err(|e| ActStateError::Body(e.to_string()))
+    // `to_allocvec` writes by slices; `to_extend` went byte by byte through `Extend` (a
+    // tenth of the consumer's time in a profile). The format byte goes in front after.
+    let mut out = postcard::to_allocvec(value).map_err(|e| ActStateError::Body(e.to_string()))?;
+    out.insert(0, format);
+    Ok(out)
 }
 
 impl ActState {
