@@ -20,8 +20,8 @@
 //!   the truncated IP address through a [`RegionLookup`] such as [`MmdbRegionLookup`].
 //!
 //! The stage is pure, like the rest of the core: no I/O (a GeoIP database arrives as bytes),
-//! no clock. Its only state is two bounded memos (user agents, GeoIP answers) that change how
-//! fast it answers, never what. An event costs about 100 ns once the memos are warm
+//! no clock. Its only state is bounded memos (user agents, GeoIP answers by network and by
+//! database record) that change how fast it answers, never what. An event costs about 100 ns once the memos are warm
 //! (`cargo bench -p vedetta-core --bench enrich`), and allocates only for a `channel` sent
 //! with capitals.
 
@@ -38,7 +38,7 @@ pub use channel::{
     campaign_of, channel_of, default_channel, normalize_channel, referrer_host,
 };
 pub use device::{DeviceClass, UserAgentClassifier, UserAgentFacts};
-pub use geoip::{MmdbRegionLookup, RegionLookup};
+pub use geoip::{MmdbRegionLookup, RecordMemo, RegionLookup};
 pub use region::Region;
 
 use crate::record::StoredEvent;
@@ -101,6 +101,9 @@ pub struct Enricher {
     /// GeoIP answers per network, misses included (`None`), so that foreign traffic does
     /// not walk the database again either.
     regions_of_networks: GenerationalCache<IpAddr, Option<Region>>,
+    /// GeoIP answers per database record, for networks not in the memo above: many
+    /// networks share a record, so a new network usually costs a tree walk, not a decode.
+    regions_of_records: RecordMemo,
 }
 
 impl std::fmt::Debug for Enricher {
@@ -110,6 +113,7 @@ impl std::fmt::Debug for Enricher {
             .field("user_agents_remembered", &self.user_agents.remembered())
             .field("has_region_lookup", &self.regions.is_some())
             .field("networks_remembered", &self.regions_of_networks.len())
+            .field("records_remembered", &self.regions_of_records.len())
             .finish()
     }
 }
@@ -121,6 +125,7 @@ impl Enricher {
         Self {
             user_agents: UserAgentClassifier::new(config.user_agent_cache_capacity),
             regions_of_networks: GenerationalCache::new(config.region_cache_capacity),
+            regions_of_records: RecordMemo::new(config.region_cache_capacity),
             regions,
             config,
         }
@@ -134,6 +139,7 @@ impl Enricher {
     pub fn set_region_lookup(&mut self, regions: Option<Arc<dyn RegionLookup>>) {
         self.regions = regions;
         self.regions_of_networks.clear();
+        self.regions_of_records.clear();
     }
 
     /// The dimensions of `event`. Deterministic: the memos only save work.
@@ -169,7 +175,7 @@ impl Enricher {
         let region = match self.regions_of_networks.get(&network) {
             Some(remembered) => remembered,
             None => {
-                let region = lookup.region_of(network);
+                let region = lookup.region_of_with_memo(network, &mut self.regions_of_records);
                 self.regions_of_networks.insert(network, region);
                 region
             }
