@@ -12,6 +12,7 @@
 //! user-agent string in a bounded memo, because real traffic repeats a few hundred strings.
 
 use super::cache::GenerationalCache;
+use crate::pipeline::hash::sampled;
 
 /// The `device` dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -234,11 +235,12 @@ const MAX_FRONT_SLOTS: usize = 512;
 /// Classifies user agents, remembering the answer per string.
 ///
 /// Hashing a user agent (100–200 bytes) for the memo costs more than the rest of an event's
-/// enrichment, so a small direct-mapped front answers first: a slot per few words sampled
-/// from the string, holding the last string that fell there, checked by comparing the
-/// whole string. Clients can pick strings that share a slot, but that only makes them miss
-/// the front and go to the memo (a slot holds one string: nothing to walk), so the front
-/// can use a cheap unseeded sample where the memo needs its seeded hash of every byte.
+/// enrichment, so a small direct-mapped front answers first: a slot by a few words sampled
+/// from the string ([`sampled`]), holding the last string that fell there, checked by
+/// comparing the whole string. Clients can pick strings that share a slot, but that only
+/// makes them miss the front and go to the memo (a slot holds one string: nothing to walk),
+/// so the front can use a cheap unseeded sample where the memo needs its seeded hash of
+/// every byte.
 #[derive(Debug, Clone)]
 pub struct UserAgentClassifier {
     memo: GenerationalCache<Box<str>, UserAgentFacts>,
@@ -295,30 +297,11 @@ impl UserAgentClassifier {
     }
 }
 
-/// The front slot (of `2^bits`) of a user agent: its length and four words sampled from it
-/// (not the first: nearly every user agent starts with `Mozilla/5.0 (`), multiplied, top
-/// bits.
+/// The front slot (of `2^bits`) of a user agent: the top bits of its sample.
 fn front_slot(user_agent: &str, bits: u32) -> usize {
-    let bytes = user_agent.as_bytes();
-    let n = bytes.len();
-    let word = |at: usize| {
-        let mut word = [0; 8];
-        word.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(word)
-    };
-    let sample = if n >= 8 {
-        let last = n - 8;
-        word(last / 4) ^ word(last / 2).rotate_left(16) ^ word(last / 4 * 3).rotate_left(32)
-            ^ word(last).rotate_left(48)
-    } else {
-        bytes
-            .iter()
-            .fold(0u64, |acc, &b| acc.rotate_left(8) ^ u64::from(b))
-    };
-    let mixed = (sample ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     match bits {
         0 => 0,
-        bits => (mixed >> (64 - bits)) as usize,
+        bits => (sampled(user_agent.as_bytes()) >> (64 - bits)) as usize,
     }
 }
 
