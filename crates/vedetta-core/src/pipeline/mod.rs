@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use user::{EventEntry, KindId, UserState, bits};
+use user::{EventEntry, KindId, SpareLists, UserState, bits};
 use windows::{Granularity, WindowCalendar};
 
 /// "B less than `within_ms` after A, for the same user → flag B with `reason`".
@@ -236,6 +236,8 @@ pub struct Pipeline {
     spans: Vec<Span>,
     /// The horizon hour of the last sweep of `dormant`.
     dormant_swept_hour: Option<i64>,
+    /// Blocks of short event lists, handed from dropped users and grown lists to new ones.
+    spare_lists: SpareLists,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -251,7 +253,7 @@ const BUILT_IN_KINDS: usize = 6;
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 /// Users' event lists grow by exactly one entry up to this length, by doubling after.
-const EXACT_GROWTH_UP_TO: usize = 4;
+const EXACT_GROWTH_UP_TO: usize = SpareLists::SHORT;
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, regions: Option<Arc<dyn RegionLookup>>) -> Self {
@@ -284,6 +286,7 @@ impl Pipeline {
             recalled: FastHashMap::default(),
             spans: Vec::new(),
             dormant_swept_hour: None,
+            spare_lists: SpareLists::default(),
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -862,6 +865,7 @@ impl Pipeline {
             config,
             rules,
             recalled,
+            spare_lists,
             ..
         } = self;
         let mut rows = Rows {
@@ -934,7 +938,7 @@ impl Pipeline {
         if user_state.entries.len() == user_state.entries.capacity()
             && user_state.entries.len() < EXACT_GROWTH_UP_TO
         {
-            grow_by_one(&mut user_state.entries);
+            grow_by_one(&mut user_state.entries, spare_lists);
         }
         user_state.entries.insert(index, entry);
 
@@ -1092,7 +1096,9 @@ impl Pipeline {
                 }
                 if cut == state.entries.len() {
                     let memory = state.memory;
-                    self.state.users.remove(&user);
+                    if let Some(dropped) = self.state.users.remove(&user) {
+                        self.spare_lists.give(dropped.entries);
+                    }
                     if attribution::still_relevant(memory, horizon, lookback) {
                         self.state.dormant.insert(user, memory);
                     } else if model == AttributionModel::FirstTouch {
@@ -1405,15 +1411,15 @@ fn truncate(
     capped
 }
 
-/// Makes room for exactly one more entry in a full short list by moving it to a new block
-/// (a fresh allocation, a copy, a free) rather than `realloc`: a short list's block can
+/// Makes room for exactly one more entry in a full short list by moving it to a block one
+/// entry larger, a spare one if there is (rather than `realloc`: a short list's block can
 /// seldom grow in place, and glibc's `realloc` then costs about three times what its
-/// `malloc` and `free` fast paths do (per-size caches that `realloc` does not use). The
-/// capacity is the same as `reserve_exact(1)` gives.
-fn grow_by_one(entries: &mut Vec<EventEntry>) {
-    let mut grown = Vec::with_capacity(entries.len() + 1);
+/// `malloc` and `free` fast paths do). The old block becomes a spare. The capacity is the
+/// same as `reserve_exact(1)` gives.
+fn grow_by_one(entries: &mut Vec<EventEntry>, spares: &mut SpareLists) {
+    let mut grown = spares.take(entries.len() + 1);
     grown.extend_from_slice(entries);
-    *entries = grown;
+    spares.give(std::mem::replace(entries, grown));
 }
 
 /// The expiry bucket of a due watermark: rounded up, so that a bucket is looked at only
