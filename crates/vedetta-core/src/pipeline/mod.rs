@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use user::{EventEntry, KindId, SpareLists, UserState, bits};
+use user::{EventEntry, KindId, KindSet, SpareLists, UserState, bits};
 use windows::{Granularity, WindowCalendar};
 
 /// "B less than `within_ms` after A, for the same user → flag B with `reason`".
@@ -227,8 +227,8 @@ pub struct Pipeline {
     state: PipelineState,
     deltas: KpiDeltas,
     /// Kind ids of the conversion types and of each rule's sides, resolved once.
-    conversion_kinds: Vec<KindId>,
-    rules: Vec<(Vec<KindId>, Vec<KindId>, i64)>,
+    conversion_kinds: KindSet,
+    rules: Vec<(KindSet, KindSet, i64)>,
     /// Memories the adapter read from the store for this batch's returning users
     /// ([`Pipeline::recall_memories`]); cleared with every [`Pipeline::take_deltas`].
     recalled: FastHashMap<UserPseudonym, Memories>,
@@ -281,7 +281,7 @@ impl Pipeline {
             custom_kind_ids,
             state,
             deltas: KpiDeltas::default(),
-            conversion_kinds: Vec::new(),
+            conversion_kinds: KindSet::default(),
             rules: Vec::new(),
             recalled: FastHashMap::default(),
             spans: Vec::new(),
@@ -585,7 +585,7 @@ impl Pipeline {
         );
         let refund = event.kind == EventKind::Refund;
         let kind = self.kind_id(&event.kind);
-        let conversion = !refund && self.conversion_kinds.contains(&kind);
+        let conversion = !refund && self.conversion_kinds.contains(kind);
 
         // Dedup: exact by event_id, then near by (user, type, ts), then by order id.
         let id_slot = event
@@ -897,12 +897,12 @@ impl Pipeline {
 
         // Flags on the new event: a rule's `after` event shortly before it.
         for (after, then, within) in rules.iter() {
-            if then.contains(&entry.kind)
+            if then.contains(entry.kind)
                 && user_state.entries[..index]
                     .iter()
                     .rev()
                     .take_while(|e| entry.ts - e.ts < *within)
-                    .any(|e| after.contains(&e.kind))
+                    .any(|e| after.contains(e.kind))
             {
                 entry.set(bits::FLAGGED, true);
             }
@@ -914,14 +914,14 @@ impl Pipeline {
         // where they are counted.
         let mut flagged_others = false;
         for (after, then, within) in rules.iter() {
-            if !after.contains(&entry.kind) {
+            if !after.contains(entry.kind) {
                 continue;
             }
             for target in user_state.entries.iter_mut() {
                 if target.ts < entry.ts
                     || target.ts - entry.ts >= *within
                     || target.flagged()
-                    || !then.contains(&target.kind)
+                    || !then.contains(target.kind)
                 {
                     continue;
                 }

@@ -19,6 +19,43 @@ use serde::{Deserialize, Serialize};
 /// An event type as a small id: built-ins first (0..6), then custom types.
 pub type KindId = u16;
 
+/// A set of event types, as the conversion types and the sides of sequence rules are: a
+/// bit per id below 64 (the built-ins and the first custom types), a list for the others.
+/// Asked several times per event; a bit test costs less than a call to search a slice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KindSet {
+    low: u64,
+    others: Vec<KindId>,
+}
+
+impl KindSet {
+    #[inline]
+    pub fn contains(&self, kind: KindId) -> bool {
+        match 1u64.checked_shl(u32::from(kind)) {
+            Some(bit) => self.low & bit != 0,
+            None => self.others.contains(&kind),
+        }
+    }
+
+    pub fn insert(&mut self, kind: KindId) {
+        match 1u64.checked_shl(u32::from(kind)) {
+            Some(bit) => self.low |= bit,
+            None if !self.others.contains(&kind) => self.others.push(kind),
+            None => {}
+        }
+    }
+}
+
+impl FromIterator<KindId> for KindSet {
+    fn from_iter<I: IntoIterator<Item = KindId>>(kinds: I) -> Self {
+        let mut set = KindSet::default();
+        for kind in kinds {
+            set.insert(kind);
+        }
+        set
+    }
+}
+
 /// Bits of [`EventEntry::bits`].
 pub mod bits {
     /// Flagged by a sequence rule.
@@ -233,6 +270,16 @@ mod tests {
             spares.give(Vec::with_capacity(2));
         }
         assert_eq!(spares.len(), SpareLists::KEPT_PER_CAPACITY);
+    }
+
+    #[test]
+    fn a_kind_set_holds_exactly_its_kinds() {
+        let kinds = [0, 4, 5, 63, 64, 65, 300, KindId::MAX];
+        let set: KindSet = kinds.into_iter().collect();
+        for kind in 0..=KindId::MAX {
+            assert_eq!(set.contains(kind), kinds.contains(&kind), "{kind}");
+        }
+        assert!(!KindSet::default().contains(0));
     }
 
     #[test]
