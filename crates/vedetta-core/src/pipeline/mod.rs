@@ -935,10 +935,8 @@ impl Pipeline {
         // A user's list grows one entry at a time while short: most users have a few events,
         // and the default first allocation (4 entries) leaves half of it unused for a user
         // with two. Past four it doubles as usual, so a long list still grows cheaply.
-        if user_state.entries.len() == user_state.entries.capacity()
-            && user_state.entries.len() < EXACT_GROWTH_UP_TO
-        {
-            grow_by_one(&mut user_state.entries, spare_lists);
+        if user_state.entries.len() == user_state.entries.capacity() {
+            grow(&mut user_state.entries, spare_lists);
         }
         user_state.entries.insert(index, entry);
 
@@ -1411,13 +1409,19 @@ fn truncate(
     capped
 }
 
-/// Makes room for exactly one more entry in a full short list by moving it to a block one
-/// entry larger, a spare one if there is (rather than `realloc`: a short list's block can
-/// seldom grow in place, and glibc's `realloc` then costs about three times what its
-/// `malloc` and `free` fast paths do). The old block becomes a spare. The capacity is the
-/// same as `reserve_exact(1)` gives.
-fn grow_by_one(entries: &mut Vec<EventEntry>, spares: &mut SpareLists) {
-    let mut grown = spares.take(entries.len() + 1);
+/// Makes room in a full list by moving it to a larger block: one entry larger while short
+/// (up to [`EXACT_GROWTH_UP_TO`]), twice as large after, as `Vec` itself would grow it. The
+/// new block is a spare one if there is, the old one becomes a spare; no `realloc`: a
+/// list's block can seldom grow in place, and glibc's `realloc` then costs about three
+/// times what its `malloc` and `free` fast paths do.
+fn grow(entries: &mut Vec<EventEntry>, spares: &mut SpareLists) {
+    let len = entries.len();
+    let capacity = if len < EXACT_GROWTH_UP_TO {
+        len + 1
+    } else {
+        2 * len
+    };
+    let mut grown = spares.take(capacity);
     grown.extend_from_slice(entries);
     spares.give(std::mem::replace(entries, grown));
 }
