@@ -229,6 +229,9 @@ fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
         .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
+/// A user agent in the front, with its facts.
+type FrontEntry = (Box<str>, UserAgentFacts);
+
 /// Slots of [`UserAgentClassifier`]'s front at most (a power of two).
 const MAX_FRONT_SLOTS: usize = 512;
 
@@ -245,7 +248,7 @@ const MAX_FRONT_SLOTS: usize = 512;
 pub struct UserAgentClassifier {
     memo: GenerationalCache<Box<str>, UserAgentFacts>,
     /// `2^front_bits` slots (none when the capacity is below 4).
-    front: Box<[Option<(Box<str>, UserAgentFacts)>]>,
+    front: Box<[Option<FrontEntry>]>,
     front_bits: u32,
     /// Slots holding a string.
     front_held: usize,

@@ -293,7 +293,14 @@ mod tests {
         // repeats, overflowing campaigns, literal overflow names and near-identical parts,
         // they agree on every id (and so on every tuple).
         let (mut a, mut b) = (DimsTable::new(20), DimsTable::new(20));
-        let channels = ["direct", "paid_search", "social", "(other)", "social\u{1f}x", ""];
+        let channels = [
+            "direct",
+            "paid_search",
+            "social",
+            "(other)",
+            "social\u{1f}x",
+            "",
+        ];
         let devices = ["mobile", "desktop", "tablet", ""];
         let regions = ["IT-25", "IT-62", "unknown", "IT-2", ""];
         let mut front_hits = 0;

@@ -204,9 +204,7 @@ impl SpareLists {
     /// An empty list of exactly `capacity` entries.
     pub fn take(&mut self, capacity: usize) -> Vec<EventEntry> {
         match self.by_capacity.get_mut(capacity.wrapping_sub(1)) {
-            Some(spares) => spares
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(capacity)),
+            Some(spares) => spares.pop().unwrap_or_else(|| Vec::with_capacity(capacity)),
             None => Vec::with_capacity(capacity),
         }
     }
@@ -259,7 +257,11 @@ mod tests {
             list.extend(user(&[0; 6][..capacity]).entries);
             spares.give(list);
         }
-        assert_eq!(spares.len(), SpareLists::SHORT, "capacities 1 to 4 kept, not 0, 5, 6");
+        assert_eq!(
+            spares.len(),
+            SpareLists::SHORT,
+            "capacities 1 to 4 kept, not 0, 5, 6"
+        );
         for capacity in 1..=SpareLists::SHORT {
             let list = spares.take(capacity);
             assert!(list.is_empty());
