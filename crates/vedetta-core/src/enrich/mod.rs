@@ -47,6 +47,24 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// Slots of the network front at most (a power of two; 24 bytes each).
+const MAX_NETWORK_FRONT_SLOTS: usize = 8_192;
+
+/// The front slot (of `2^bits`) of a network: its address bits, multiplied, top bits.
+fn network_slot(network: IpAddr, bits: u32) -> usize {
+    let folded = match network {
+        IpAddr::V4(v4) => u64::from(v4.to_bits()),
+        IpAddr::V6(v6) => {
+            let bits = v6.to_bits();
+            (bits >> 64) as u64 ^ (bits as u64).rotate_left(32) ^ 1
+        }
+    };
+    match bits {
+        0 => 0,
+        bits => (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize,
+    }
+}
+
 /// How enrichment behaves (`[pipeline]` in the configuration file).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnrichConfig {
@@ -101,6 +119,13 @@ pub struct Enricher {
     /// GeoIP answers per network, misses included (`None`), so that foreign traffic does
     /// not walk the database again either.
     regions_of_networks: GenerationalCache<IpAddr, Option<Region>>,
+    /// A direct-mapped front of `regions_of_networks` (`2^network_front_bits` slots, by the
+    /// network's bits): the last answer that fell in each slot. A visitor's next event finds
+    /// its network there with a multiply and a compare instead of the memo's lookups (and
+    /// its move between generations). Clients choosing networks can only make each other
+    /// miss it.
+    network_front: Box<[Option<(IpAddr, Option<Region>)>]>,
+    network_front_bits: u32,
     /// GeoIP answers per database record, for networks not in the memo above: many
     /// networks share a record, so a new network usually costs a tree walk, not a decode.
     regions_of_records: RecordMemo,
@@ -122,9 +147,16 @@ impl Enricher {
     /// A stage with the given rules; `regions` places events by IP (without one, only the
     /// `region` field does).
     pub fn new(config: EnrichConfig, regions: Option<Arc<dyn RegionLookup>>) -> Self {
+        // A quarter of the capacity at most goes to the front, the rest to the memo.
+        let front_slots = match config.region_cache_capacity / 4 {
+            0 => 0,
+            quarter => MAX_NETWORK_FRONT_SLOTS.min(1 << quarter.ilog2()),
+        };
         Self {
             user_agents: UserAgentClassifier::new(config.user_agent_cache_capacity),
-            regions_of_networks: GenerationalCache::new(config.region_cache_capacity),
+            regions_of_networks: GenerationalCache::new(config.region_cache_capacity - front_slots),
+            network_front: vec![None; front_slots].into_boxed_slice(),
+            network_front_bits: front_slots.max(1).ilog2(),
             regions_of_records: RecordMemo::new(config.region_cache_capacity),
             regions,
             config,
@@ -140,6 +172,7 @@ impl Enricher {
         self.regions = regions;
         self.regions_of_networks.clear();
         self.regions_of_records.clear();
+        self.network_front.fill(None);
     }
 
     /// The dimensions of `event`. Deterministic: the memos only save work.
@@ -172,6 +205,12 @@ impl Enricher {
         let (Some(network), Some(lookup)) = (event.ip_network, self.regions.as_deref()) else {
             return Region::UNKNOWN;
         };
+        let slot = network_slot(network, self.network_front_bits);
+        if let Some(Some((held, region))) = self.network_front.get(slot)
+            && *held == network
+        {
+            return region.unwrap_or(Region::UNKNOWN);
+        }
         let region = match self.regions_of_networks.get(&network) {
             Some(remembered) => remembered,
             None => {
@@ -180,6 +219,9 @@ impl Enricher {
                 region
             }
         };
+        if let Some(front) = self.network_front.get_mut(slot) {
+            *front = Some((network, region));
+        }
         region.unwrap_or(Region::UNKNOWN)
     }
 
