@@ -47,7 +47,10 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Slots of the network front at most (a power of two; 24 bytes each).
+/// A network and its GeoIP answer (`None`: abroad or not known).
+type NetworkAnswer = (IpAddr, Option<Region>);
+
+/// Slots of the network front at most (a power of two; 19 bytes each).
 const MAX_NETWORK_FRONT_SLOTS: usize = 8_192;
 
 /// The front slot (of `2^bits`) of a network: its address bits, multiplied, top bits.
@@ -72,9 +75,11 @@ pub struct EnrichConfig {
     /// one of them is a visitor moving within the shop: it is not `referral`, and without
     /// other hints the event is `direct`.
     pub internal_hosts: Vec<String>,
-    /// Distinct user agents whose parse is remembered (a shop sees hundreds a day).
+    /// Distinct user agents whose parse is remembered (a shop sees hundreds a day); up to a
+    /// quarter of them (at most 512) in a direct-mapped front that answers first.
     pub user_agent_cache_capacity: usize,
-    /// Distinct networks (/24, /48) whose GeoIP region is remembered.
+    /// Distinct networks (/24, /48) whose GeoIP region is remembered; up to a quarter of
+    /// them (at most 8,192) in a direct-mapped front. As many database records again.
     pub region_cache_capacity: usize,
 }
 
@@ -124,7 +129,7 @@ pub struct Enricher {
     /// its network there with a multiply and a compare instead of the memo's lookups (and
     /// its move between generations). Clients choosing networks can only make each other
     /// miss it.
-    network_front: Box<[Option<(IpAddr, Option<Region>)>]>,
+    network_front: Box<[Option<NetworkAnswer>]>,
     network_front_bits: u32,
     /// GeoIP answers per database record, for networks not in the memo above: many
     /// networks share a record, so a new network usually costs a tree walk, not a decode.
