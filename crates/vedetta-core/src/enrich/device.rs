@@ -12,6 +12,7 @@
 //! user-agent string in a bounded memo, because real traffic repeats a few hundred strings.
 
 use super::cache::GenerationalCache;
+use crate::pipeline::hash::sampled;
 
 /// The `device` dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -228,33 +229,82 @@ fn contains_ignore_ascii_case(haystack: &str, needle: &str) -> bool {
         .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
+/// A user agent in the front, with its facts.
+type FrontEntry = (Box<str>, UserAgentFacts);
+
+/// Slots of [`UserAgentClassifier`]'s front at most (a power of two).
+const MAX_FRONT_SLOTS: usize = 512;
+
 /// Classifies user agents, remembering the answer per string.
+///
+/// Hashing a user agent (100–200 bytes) for the memo costs more than the rest of an event's
+/// enrichment, so a small direct-mapped front answers first: a slot by a few words sampled
+/// from the string ([`sampled`]), holding the last string that fell there, checked by
+/// comparing the whole string. Clients can pick strings that share a slot, but that only
+/// makes them miss the front and go to the memo (a slot holds one string: nothing to walk),
+/// so the front can use a cheap unseeded sample where the memo needs its seeded hash of
+/// every byte.
 #[derive(Debug, Clone)]
 pub struct UserAgentClassifier {
     memo: GenerationalCache<Box<str>, UserAgentFacts>,
+    /// `2^front_bits` slots (none when the capacity is below 4).
+    front: Box<[Option<FrontEntry>]>,
+    front_bits: u32,
+    /// Slots holding a string.
+    front_held: usize,
 }
 
 impl UserAgentClassifier {
-    /// Remembers at most `capacity` user agents (below 2: none).
+    /// Remembers at most `capacity` user agents (below 2: none). A quarter of the capacity at
+    /// most (up to 512) goes to the front, the rest to the memo.
     pub fn new(capacity: usize) -> Self {
+        let front_slots = match capacity / 4 {
+            0 => 0,
+            quarter => MAX_FRONT_SLOTS.min(1 << quarter.ilog2()),
+        };
         Self {
-            memo: GenerationalCache::new(capacity),
+            memo: GenerationalCache::new(capacity - front_slots),
+            front: std::iter::repeat_with(|| None).take(front_slots).collect(),
+            front_bits: front_slots.max(1).ilog2(),
+            front_held: 0,
         }
     }
 
-    /// The facts of a user agent; allocates only the first time a string is seen.
+    /// The facts of a user agent; allocates only when a string is new to the front.
     pub fn classify(&mut self, user_agent: &str) -> UserAgentFacts {
-        if let Some(facts) = self.memo.get(user_agent) {
-            return facts;
+        let slot = front_slot(user_agent, self.front_bits);
+        if let Some(Some((held, facts))) = self.front.get(slot)
+            && **held == *user_agent
+        {
+            return *facts;
         }
-        let facts = UserAgentFacts::parse(user_agent);
-        self.memo.insert(user_agent.into(), facts);
+        let facts = match self.memo.get(user_agent) {
+            Some(facts) => facts,
+            None => {
+                let facts = UserAgentFacts::parse(user_agent);
+                self.memo.insert(user_agent.into(), facts);
+                facts
+            }
+        };
+        if let Some(front) = self.front.get_mut(slot) {
+            self.front_held += usize::from(front.is_none());
+            *front = Some((user_agent.into(), facts));
+        }
         facts
     }
 
-    /// User agents remembered now (never more than the capacity).
+    /// Distinct user agents remembered now (the memo's; the front holds copies of at most
+    /// a quarter of the capacity more, within the capacity).
     pub fn remembered(&self) -> usize {
         self.memo.len()
+    }
+}
+
+/// The front slot (of `2^bits`) of a user agent: the top bits of its sample.
+fn front_slot(user_agent: &str, bits: u32) -> usize {
+    match bits {
+        0 => 0,
+        bits => (sampled(user_agent.as_bytes()) >> (64 - bits)) as usize,
     }
 }
 
@@ -383,6 +433,31 @@ mod tests {
         .map(DeviceClass::as_str)
         .into();
         assert_eq!(names, ["mobile", "tablet", "desktop", "other", "unknown"]);
+    }
+
+    #[test]
+    fn strings_that_share_a_front_slot_get_their_own_answers() {
+        // Capacity 4: one front slot, so every string shares it; 0 and 1: no front, no memo.
+        for capacity in [4, 0, 1, 10_000] {
+            let mut classifier = UserAgentClassifier::new(capacity);
+            for round in 0..3 {
+                for spec in user_agents() {
+                    assert_eq!(
+                        classifier.classify(spec.user_agent),
+                        UserAgentFacts::parse(spec.user_agent),
+                        "capacity {capacity}, round {round}: {}",
+                        spec.user_agent
+                    );
+                    assert!(classifier.remembered() + classifier.front_held <= capacity);
+                }
+                for short in ["", "a", "curl/8", "Mozilla"] {
+                    assert_eq!(classifier.classify(short), UserAgentFacts::parse(short));
+                }
+            }
+        }
+        let mut classifier = UserAgentClassifier::new(10_000);
+        classifier.classify(user_agents()[0].user_agent);
+        assert_eq!(classifier.front_held, 1, "the front holds what it answered");
     }
 
     #[test]

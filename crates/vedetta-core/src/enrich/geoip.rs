@@ -12,6 +12,7 @@
 //! so looking up the network address costs no accuracy worth having.
 
 use super::EnrichError;
+use super::cache::GenerationalCache;
 use super::region::Region;
 use serde::{Deserialize, Deserializer};
 use std::net::IpAddr;
@@ -22,6 +23,45 @@ use std::net::IpAddr;
 pub trait RegionLookup: Send + Sync {
     /// The Italian region of `ip`, or `None` if the address is abroad or not known.
     fn region_of(&self, ip: IpAddr) -> Option<Region>;
+
+    /// The same answer as [`Self::region_of`], with the caller's memo of answers per database
+    /// record: a source where many networks share one stored record (every network of a
+    /// region or city points at the same one) decodes each record once. The default ignores
+    /// the memo.
+    fn region_of_with_memo(&self, ip: IpAddr, records: &mut RecordMemo) -> Option<Region> {
+        let _ = records;
+        self.region_of(ip)
+    }
+}
+
+/// Answers per database record (its offset in the data section), remembered by the caller
+/// of [`RegionLookup::region_of_with_memo`]: one per pipeline, so no lock. Bounded like the
+/// other enrichment memos; it must be cleared when the database changes.
+#[derive(Debug, Clone)]
+pub struct RecordMemo {
+    answers: GenerationalCache<usize, Option<Region>>,
+}
+
+impl RecordMemo {
+    /// A memo of at most `capacity` records.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            answers: GenerationalCache::new(capacity),
+        }
+    }
+
+    /// Records remembered now.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        self.answers.clear();
+    }
 }
 
 /// A [`RegionLookup`] over a MaxMind DB (`.mmdb`) held in memory.
@@ -68,18 +108,34 @@ impl MmdbRegionLookup {
 
 impl RegionLookup for MmdbRegionLookup {
     fn region_of(&self, ip: IpAddr) -> Option<Region> {
-        let record: CityRegionRecord<'_> = self.reader.lookup(ip).ok()?.decode().ok()??;
-        if record.country?.iso_code? != "IT" {
-            return None;
-        }
-        let subdivision = record.subdivisions?;
-        let names = subdivision.names.unwrap_or_default();
-        subdivision
-            .iso_code
-            .and_then(Region::from_subdivision_code)
-            .or_else(|| names.en.and_then(Region::from_text))
-            .or_else(|| names.it.and_then(Region::from_text))
+        region_of_record(self.reader.lookup(ip).ok()?.decode().ok()??)
     }
+
+    fn region_of_with_memo(&self, ip: IpAddr, records: &mut RecordMemo) -> Option<Region> {
+        let found = self.reader.lookup(ip).ok()?;
+        // The tree walk is cheap; decoding the record is most of a lookup's cost.
+        let offset = found.offset()?;
+        if let Some(answer) = records.answers.get(&offset) {
+            return answer;
+        }
+        let answer = region_of_record(found.decode().ok()??);
+        records.answers.insert(offset, answer);
+        answer
+    }
+}
+
+/// The region a decoded record names (see [`MmdbRegionLookup`]).
+fn region_of_record(record: CityRegionRecord<'_>) -> Option<Region> {
+    if record.country?.iso_code? != "IT" {
+        return None;
+    }
+    let subdivision = record.subdivisions?;
+    let names = subdivision.names.unwrap_or_default();
+    subdivision
+        .iso_code
+        .and_then(Region::from_subdivision_code)
+        .or_else(|| names.en.and_then(Region::from_text))
+        .or_else(|| names.it.and_then(Region::from_text))
 }
 
 // The few fields read from a GeoIP2-City record, borrowed from the database. Everything else
@@ -305,6 +361,41 @@ mod tests {
         }
         assert_eq!(seen.len(), 20, "every region is reachable by IP");
         assert_eq!(lookup.region_of(ip("192.0.2.0")), None);
+    }
+
+    #[test]
+    fn the_record_memo_gives_the_answers_of_a_plain_lookup() {
+        let lookup = MmdbRegionLookup::from_bytes(catalog_region_mmdb()).unwrap();
+        let mut networks = Vec::new();
+        for prefix in isp_prefixes() {
+            let IpAddr::V4(net) = prefix.network else {
+                continue;
+            };
+            for block in 0..64u32 {
+                networks.push(IpAddr::from((u32::from(net) + (block << 8)).to_be_bytes()));
+            }
+        }
+        networks.extend([ip("192.0.2.0"), ip("2001:b07:6462::"), ip("fe80::")]);
+        // A roomy memo, and one of two records that turns over all the time.
+        for capacity in [1_000, 2] {
+            let mut memo = RecordMemo::new(capacity);
+            for round in 0..2 {
+                for &network in &networks {
+                    assert_eq!(
+                        lookup.region_of_with_memo(network, &mut memo),
+                        lookup.region_of(network),
+                        "{network}, round {round}, capacity {capacity}"
+                    );
+                }
+            }
+            assert!(!memo.is_empty() && memo.len() <= capacity);
+        }
+        // Networks share records: the memo holds far fewer records than networks asked.
+        let mut memo = RecordMemo::new(1_000);
+        for &network in &networks {
+            lookup.region_of_with_memo(network, &mut memo);
+        }
+        assert!(memo.len() * 10 < networks.len(), "{} records", memo.len());
     }
 
     #[test]

@@ -20,8 +20,8 @@
 //!   the truncated IP address through a [`RegionLookup`] such as [`MmdbRegionLookup`].
 //!
 //! The stage is pure, like the rest of the core: no I/O (a GeoIP database arrives as bytes),
-//! no clock. Its only state is two bounded memos (user agents, GeoIP answers) that change how
-//! fast it answers, never what. An event costs about 100 ns once the memos are warm
+//! no clock. Its only state is bounded memos (user agents, GeoIP answers by network and by
+//! database record) that change how fast it answers, never what. An event costs about 100 ns once the memos are warm
 //! (`cargo bench -p vedetta-core --bench enrich`), and allocates only for a `channel` sent
 //! with capitals.
 
@@ -38,7 +38,7 @@ pub use channel::{
     campaign_of, channel_of, default_channel, normalize_channel, referrer_host,
 };
 pub use device::{DeviceClass, UserAgentClassifier, UserAgentFacts};
-pub use geoip::{MmdbRegionLookup, RegionLookup};
+pub use geoip::{MmdbRegionLookup, RecordMemo, RegionLookup};
 pub use region::Region;
 
 use crate::record::StoredEvent;
@@ -47,6 +47,27 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+/// A network and its GeoIP answer (`None`: abroad or not known).
+type NetworkAnswer = (IpAddr, Option<Region>);
+
+/// Slots of the network front at most (a power of two; 19 bytes each).
+const MAX_NETWORK_FRONT_SLOTS: usize = 8_192;
+
+/// The front slot (of `2^bits`) of a network: its address bits, multiplied, top bits.
+fn network_slot(network: IpAddr, bits: u32) -> usize {
+    let folded = match network {
+        IpAddr::V4(v4) => u64::from(v4.to_bits()),
+        IpAddr::V6(v6) => {
+            let bits = v6.to_bits();
+            (bits >> 64) as u64 ^ (bits as u64).rotate_left(32) ^ 1
+        }
+    };
+    match bits {
+        0 => 0,
+        bits => (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize,
+    }
+}
+
 /// How enrichment behaves (`[pipeline]` in the configuration file).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnrichConfig {
@@ -54,9 +75,11 @@ pub struct EnrichConfig {
     /// one of them is a visitor moving within the shop: it is not `referral`, and without
     /// other hints the event is `direct`.
     pub internal_hosts: Vec<String>,
-    /// Distinct user agents whose parse is remembered (a shop sees hundreds a day).
+    /// Distinct user agents whose parse is remembered (a shop sees hundreds a day); up to a
+    /// quarter of them (at most 512) in a direct-mapped front that answers first.
     pub user_agent_cache_capacity: usize,
-    /// Distinct networks (/24, /48) whose GeoIP region is remembered.
+    /// Distinct networks (/24, /48) whose GeoIP region is remembered; up to a quarter of
+    /// them (at most 8,192) in a direct-mapped front. As many database records again.
     pub region_cache_capacity: usize,
 }
 
@@ -101,6 +124,16 @@ pub struct Enricher {
     /// GeoIP answers per network, misses included (`None`), so that foreign traffic does
     /// not walk the database again either.
     regions_of_networks: GenerationalCache<IpAddr, Option<Region>>,
+    /// A direct-mapped front of `regions_of_networks` (`2^network_front_bits` slots, by the
+    /// network's bits): the last answer that fell in each slot. A visitor's next event finds
+    /// its network there with a multiply and a compare instead of the memo's lookups (and
+    /// its move between generations). Clients choosing networks can only make each other
+    /// miss it.
+    network_front: Box<[Option<NetworkAnswer>]>,
+    network_front_bits: u32,
+    /// GeoIP answers per database record, for networks not in the memo above: many
+    /// networks share a record, so a new network usually costs a tree walk, not a decode.
+    regions_of_records: RecordMemo,
 }
 
 impl std::fmt::Debug for Enricher {
@@ -110,6 +143,7 @@ impl std::fmt::Debug for Enricher {
             .field("user_agents_remembered", &self.user_agents.remembered())
             .field("has_region_lookup", &self.regions.is_some())
             .field("networks_remembered", &self.regions_of_networks.len())
+            .field("records_remembered", &self.regions_of_records.len())
             .finish()
     }
 }
@@ -118,9 +152,17 @@ impl Enricher {
     /// A stage with the given rules; `regions` places events by IP (without one, only the
     /// `region` field does).
     pub fn new(config: EnrichConfig, regions: Option<Arc<dyn RegionLookup>>) -> Self {
+        // A quarter of the capacity at most goes to the front, the rest to the memo.
+        let front_slots = match config.region_cache_capacity / 4 {
+            0 => 0,
+            quarter => MAX_NETWORK_FRONT_SLOTS.min(1 << quarter.ilog2()),
+        };
         Self {
             user_agents: UserAgentClassifier::new(config.user_agent_cache_capacity),
-            regions_of_networks: GenerationalCache::new(config.region_cache_capacity),
+            regions_of_networks: GenerationalCache::new(config.region_cache_capacity - front_slots),
+            network_front: vec![None; front_slots].into_boxed_slice(),
+            network_front_bits: front_slots.max(1).ilog2(),
+            regions_of_records: RecordMemo::new(config.region_cache_capacity),
             regions,
             config,
         }
@@ -134,6 +176,8 @@ impl Enricher {
     pub fn set_region_lookup(&mut self, regions: Option<Arc<dyn RegionLookup>>) {
         self.regions = regions;
         self.regions_of_networks.clear();
+        self.regions_of_records.clear();
+        self.network_front.fill(None);
     }
 
     /// The dimensions of `event`. Deterministic: the memos only save work.
@@ -166,14 +210,23 @@ impl Enricher {
         let (Some(network), Some(lookup)) = (event.ip_network, self.regions.as_deref()) else {
             return Region::UNKNOWN;
         };
+        let slot = network_slot(network, self.network_front_bits);
+        if let Some(Some((held, region))) = self.network_front.get(slot)
+            && *held == network
+        {
+            return region.unwrap_or(Region::UNKNOWN);
+        }
         let region = match self.regions_of_networks.get(&network) {
             Some(remembered) => remembered,
             None => {
-                let region = lookup.region_of(network);
+                let region = lookup.region_of_with_memo(network, &mut self.regions_of_records);
                 self.regions_of_networks.insert(network, region);
                 region
             }
         };
+        if let Some(front) = self.network_front.get_mut(slot) {
+            *front = Some((network, region));
+        }
         region.unwrap_or(Region::UNKNOWN)
     }
 

@@ -499,6 +499,44 @@ fn without_a_geoip_database_only_the_field_places_an_event() {
 }
 
 #[test]
+fn a_new_database_is_asked_again_for_networks_already_answered() {
+    let mut enricher = Enricher::new(EnrichConfig::default(), Some(lookup()));
+    for _ in 0..3 {
+        assert_eq!(region_of(&mut enricher, None, Some("79.18.120.0")), "IT-25");
+    }
+    let moved = write_region_mmdb(&[("79.0.0.0".parse().unwrap(), 10, "IT-82")]);
+    enricher.set_region_lookup(Some(Arc::new(MmdbRegionLookup::from_bytes(moved).unwrap())));
+    assert_eq!(region_of(&mut enricher, None, Some("79.18.120.0")), "IT-82");
+}
+
+#[test]
+fn networks_that_share_a_front_slot_get_their_own_regions() {
+    // Capacity 4: one front slot shared by every network, and a memo of 3.
+    for capacity in [4, 1, 64, 65_536] {
+        let config = EnrichConfig {
+            region_cache_capacity: capacity,
+            ..EnrichConfig::default()
+        };
+        let mut enricher = Enricher::new(config, Some(lookup()));
+        for round in 0..3 {
+            for (ip, expected) in [
+                ("79.18.120.0", "IT-25"),
+                ("80.1.2.0", "unknown"),
+                ("2001:b07:6462::", "IT-62"),
+                ("79.1.2.0", "IT-25"),
+                ("2001:b08::", "unknown"),
+            ] {
+                assert_eq!(
+                    region_of(&mut enricher, None, Some(ip)),
+                    expected,
+                    "{ip}, capacity {capacity}, round {round}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn the_network_memo_is_bounded_by_the_configuration() {
     let config = EnrichConfig {
         region_cache_capacity: 64,

@@ -172,7 +172,22 @@ impl ExactDedup {
 
     /// Forgets ids whose event time is in an hour before that of `oldest_useful_ts` (events
     /// that old can no longer be matched by an event within the allowed lateness).
+    ///
+    /// Called twice per event and nearly always with nothing to do: that check is inline,
+    /// the sweep is not.
+    #[inline]
     pub fn expire(&mut self, oldest_useful_ts: i64) {
+        // `hour >= oldest_useful_ts / 1 h` without the division: within the swept hour.
+        if let Some(hour) = self.swept_before_hour
+            && oldest_useful_ts < hour.saturating_add(1).saturating_mul(HOUR)
+        {
+            return;
+        }
+        self.sweep(oldest_useful_ts);
+    }
+
+    #[inline(never)]
+    fn sweep(&mut self, oldest_useful_ts: i64) {
         let keep_from_hour = oldest_useful_ts.div_euclid(HOUR);
         if self
             .swept_before_hour
@@ -248,6 +263,46 @@ mod tests {
         // remembered and swept, which forgets the newer time too.
         d.remember(fp, 5 * HOUR);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn the_inline_check_sweeps_exactly_when_the_hour_moves_on() {
+        // Around hour boundaries, before the epoch and at the ends of the range: a sweep
+        // happens exactly when the limit's hour is past the last swept one.
+        let limits = [
+            i64::MIN,
+            i64::MIN + 1,
+            -HOUR - 1,
+            -HOUR,
+            -1,
+            0,
+            1,
+            HOUR - 1,
+            HOUR,
+            5 * HOUR + 17,
+            i64::MAX - HOUR,
+            i64::MAX - 1,
+            i64::MAX,
+        ];
+        for &first in &limits {
+            for &then in &limits {
+                let mut d = ExactDedup::default();
+                d.expire(first);
+                // An id at the start of the first limit's hour (kept by that sweep) shows
+                // whether the second one swept.
+                let inside = first.div_euclid(HOUR).saturating_mul(HOUR);
+                d.remember(fingerprint("probe"), inside);
+                assert_eq!(d.len(), 1, "first {first}");
+                d.expire(then);
+                let forgotten = inside.div_euclid(HOUR) < then.div_euclid(HOUR);
+                assert_eq!(d.is_empty(), forgotten, "first {first}, then {then}");
+                assert_eq!(
+                    d.swept_before_hour,
+                    Some(first.div_euclid(HOUR).max(then.div_euclid(HOUR))),
+                    "first {first}, then {then}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! bounded the same way ([`MAX_CHANNELS`], then `(other)`): real channel groupings have a
 //! dozen values, so the bound only stops abuse.
 
-use super::hash::FastHashMap;
+use super::hash::{FastHashMap, same_bytes, sampled};
 use super::kpi::DimsId;
 
 /// Distinct channel names kept before new ones count as `(other)`.
@@ -48,7 +48,16 @@ pub struct DimsTable {
     /// (touch, place) → the tuple with the touch's channel and campaign and the place's
     /// device and region: where an attributed session counts. Derived, not snapshotted.
     attributed: FastHashMap<(DimsId, DimsId), DimsId>,
+    /// A direct-mapped front of `ids`: by a sample of the four parts ([`sampled`]), the id
+    /// last interned there, taken only when its tuple equals the parts (building and hashing
+    /// the key was a tenth of an event's cost). Derived, not snapshotted.
+    front: Box<[DimsId]>,
 }
+
+/// Slots of the front (a power of two): a shop's hot tuples, a few kilobytes.
+const FRONT_SLOTS: usize = 4096;
+/// An empty front slot.
+const NO_ID: DimsId = DimsId::MAX;
 
 /// The channel of a direct touch.
 pub const DIRECT: &str = "direct";
@@ -63,6 +72,7 @@ impl DimsTable {
             max_campaigns,
             key: Vec::with_capacity(128),
             attributed: FastHashMap::default(),
+            front: vec![NO_ID; FRONT_SLOTS].into_boxed_slice(),
         }
     }
 
@@ -100,6 +110,29 @@ impl DimsTable {
 
     /// The id of a tuple, interning it if new. Spend pairs use `device = region = ""`.
     pub fn intern(&mut self, channel: &str, campaign: &str, device: &str, region: &str) -> DimsId {
+        // The front's id is the answer when its tuple is these very parts: every id's tuple
+        // is interned under its own key, so the lookup below would find that same id.
+        let slot = front_slot([channel, campaign, device, region]);
+        if let Some(dims) = self.tuples.get(self.front[slot] as usize)
+            && same_bytes(dims.channel.as_bytes(), channel.as_bytes())
+            && same_bytes(dims.campaign.as_bytes(), campaign.as_bytes())
+            && same_bytes(dims.device.as_bytes(), device.as_bytes())
+            && same_bytes(dims.region.as_bytes(), region.as_bytes())
+        {
+            return self.front[slot];
+        }
+        let id = self.intern_by_key(channel, campaign, device, region);
+        self.front[slot] = id;
+        id
+    }
+
+    fn intern_by_key(
+        &mut self,
+        channel: &str,
+        campaign: &str,
+        device: &str,
+        region: &str,
+    ) -> DimsId {
         // A known tuple needs one lookup: its campaign was admitted when it was interned (or
         // it is the overflow campaign, and the campaign set is full for good).
         self.set_key(channel, campaign, device, region);
@@ -180,6 +213,14 @@ impl DimsTable {
     }
 }
 
+/// The front slot of a tuple's parts: their samples, chained.
+fn front_slot(parts: [&str; 4]) -> usize {
+    let digest = parts.iter().fold(0u64, |acc, part| {
+        acc.rotate_left(23) ^ sampled(part.as_bytes())
+    });
+    (digest.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FRONT_SLOTS.trailing_zeros())) as usize
+}
+
 /// Writes the in-memory lookup key of a tuple into `out`. Length prefixes make the encoding
 /// injective: no part's content can be read as a boundary (the key is never stored).
 fn tuple_key(out: &mut Vec<u8>, parts: [&str; 4]) {
@@ -244,6 +285,51 @@ mod tests {
         let f = t.intern("social", "", "", "");
         assert_ne!(e, f);
         assert_eq!(t.intern("social\u{1f}x", "y", "mobile", "IT-25"), a);
+    }
+
+    #[test]
+    fn the_front_gives_the_ids_of_the_keyed_lookup() {
+        // Table `a` answers through its front, `b` by key only; over a stream with many
+        // repeats, overflowing campaigns, literal overflow names and near-identical parts,
+        // they agree on every id (and so on every tuple).
+        let (mut a, mut b) = (DimsTable::new(20), DimsTable::new(20));
+        let channels = [
+            "direct",
+            "paid_search",
+            "social",
+            "(other)",
+            "social\u{1f}x",
+            "",
+        ];
+        let devices = ["mobile", "desktop", "tablet", ""];
+        let regions = ["IT-25", "IT-62", "unknown", "IT-2", ""];
+        let mut front_hits = 0;
+        let mut seed = 7u64;
+        for step in 0..20_000u64 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let pick = |shift: u32, n: usize| (seed >> shift) as usize % n;
+            let campaign = match pick(8, 4) {
+                0 => NO_CAMPAIGN.to_string(),
+                1 => OTHER_CAMPAIGN.to_string(),
+                _ => format!("campaign-{}", pick(16, 40)),
+            };
+            let parts = (
+                channels[pick(24, channels.len())],
+                campaign.as_str(),
+                devices[pick(32, devices.len())],
+                regions[pick(40, regions.len())],
+            );
+            let before = a.front[front_slot([parts.0, parts.1, parts.2, parts.3])];
+            let id = a.intern(parts.0, parts.1, parts.2, parts.3);
+            front_hits += usize::from(before == id);
+            assert_eq!(
+                id,
+                b.intern_by_key(parts.0, parts.1, parts.2, parts.3),
+                "step {step}: {parts:?}"
+            );
+        }
+        assert_eq!(a.tuples(), b.tuples());
+        assert!(front_hits > 10_000, "{front_hits} answers from the front");
     }
 
     #[test]

@@ -161,6 +161,48 @@ impl Hasher for FastHasher {
     }
 }
 
+/// A cheap, unseeded digest of a string: its length and at most four words sampled from it
+/// (not the first, which many keys share: `Mozilla/5.0 (`), multiplied. For the
+/// direct-mapped fronts of memos (user agents, dimension tuples), whose hits are checked by
+/// comparing the whole key: a collision there costs one miss, so they need neither a seed
+/// nor a pass over every byte. Never for a hash map: clients can make any number of strings
+/// share a sample, and a map would walk them all.
+#[inline]
+pub(crate) fn sampled(bytes: &[u8]) -> u64 {
+    let n = bytes.len();
+    let sample = match n {
+        8.. => {
+            let last = n - 8;
+            word(bytes, last / 4)
+                ^ word(bytes, last / 2).rotate_left(16)
+                ^ word(bytes, last / 4 * 3).rotate_left(32)
+                ^ word(bytes, last).rotate_left(48)
+        }
+        4..=7 => u64::from(half_word(bytes, 0)) | u64::from(half_word(bytes, n - 4)) << 32,
+        1..=3 => u64::from(bytes[0]) | u64::from(bytes[n / 2]) << 8 | u64::from(bytes[n - 1]) << 16,
+        0 => 0,
+    };
+    (sample ^ (n as u64).rotate_right(8)).wrapping_mul(ARBITRARY_1)
+}
+
+/// Whether two byte strings are equal, without a `memcmp` call for short ones (the parts of
+/// a dimension tuple are a few bytes: the call cost more than the comparison).
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // Two loads that may overlap cover every byte of a string up to twice their width.
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half_word(a, 0) == half_word(b, 0) && half_word(a, n - 4) == half_word(b, n - 4),
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        0 => true,
+        _ => a == b,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +238,34 @@ mod tests {
         let top: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
         assert!(low.len() > 2_400, "{}", low.len());
         assert_eq!(top.len(), 128);
+    }
+
+    #[test]
+    fn same_bytes_is_equality() {
+        let texts: Vec<String> = (0..40)
+            .flat_map(|n| {
+                let base = "abcdefghijklmnopqrstuvwxyz0123456789ABCD"[..n].to_string();
+                // The same length, one byte changed at each end and in the middle.
+                let mut variants = vec![base.clone()];
+                for at in [0, n / 2, n.saturating_sub(1)] {
+                    if n > 0 {
+                        let mut bytes = base.clone().into_bytes();
+                        bytes[at] = b'_';
+                        variants.push(String::from_utf8_lossy(&bytes).into_owned());
+                    }
+                }
+                variants
+            })
+            .collect();
+        for a in &texts {
+            for b in &texts {
+                assert_eq!(
+                    same_bytes(a.as_bytes(), b.as_bytes()),
+                    a == b,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use user::{EventEntry, KindId, UserState, bits};
+use user::{EventEntry, KindId, KindSet, SpareLists, UserState, bits};
 use windows::{Granularity, WindowCalendar};
 
 /// "B less than `within_ms` after A, for the same user → flag B with `reason`".
@@ -227,8 +227,8 @@ pub struct Pipeline {
     state: PipelineState,
     deltas: KpiDeltas,
     /// Kind ids of the conversion types and of each rule's sides, resolved once.
-    conversion_kinds: Vec<KindId>,
-    rules: Vec<(Vec<KindId>, Vec<KindId>, i64)>,
+    conversion_kinds: KindSet,
+    rules: Vec<(KindSet, KindSet, i64)>,
     /// Memories the adapter read from the store for this batch's returning users
     /// ([`Pipeline::recall_memories`]); cleared with every [`Pipeline::take_deltas`].
     recalled: FastHashMap<UserPseudonym, Memories>,
@@ -236,6 +236,8 @@ pub struct Pipeline {
     spans: Vec<Span>,
     /// The horizon hour of the last sweep of `dormant`.
     dormant_swept_hour: Option<i64>,
+    /// Blocks of short event lists, handed from dropped users and grown lists to new ones.
+    spare_lists: SpareLists,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -251,7 +253,7 @@ const BUILT_IN_KINDS: usize = 6;
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
 /// Users' event lists grow by exactly one entry up to this length, by doubling after.
-const EXACT_GROWTH_UP_TO: usize = 4;
+const EXACT_GROWTH_UP_TO: usize = SpareLists::SHORT;
 
 impl Pipeline {
     pub fn new(config: PipelineConfig, regions: Option<Arc<dyn RegionLookup>>) -> Self {
@@ -279,11 +281,12 @@ impl Pipeline {
             custom_kind_ids,
             state,
             deltas: KpiDeltas::default(),
-            conversion_kinds: Vec::new(),
+            conversion_kinds: KindSet::default(),
             rules: Vec::new(),
             recalled: FastHashMap::default(),
             spans: Vec::new(),
             dormant_swept_hour: None,
+            spare_lists: SpareLists::default(),
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -582,7 +585,7 @@ impl Pipeline {
         );
         let refund = event.kind == EventKind::Refund;
         let kind = self.kind_id(&event.kind);
-        let conversion = !refund && self.conversion_kinds.contains(&kind);
+        let conversion = !refund && self.conversion_kinds.contains(kind);
 
         // Dedup: exact by event_id, then near by (user, type, ts), then by order id.
         let id_slot = event
@@ -862,6 +865,7 @@ impl Pipeline {
             config,
             rules,
             recalled,
+            spare_lists,
             ..
         } = self;
         let mut rows = Rows {
@@ -893,12 +897,12 @@ impl Pipeline {
 
         // Flags on the new event: a rule's `after` event shortly before it.
         for (after, then, within) in rules.iter() {
-            if then.contains(&entry.kind)
+            if then.contains(entry.kind)
                 && user_state.entries[..index]
                     .iter()
                     .rev()
                     .take_while(|e| entry.ts - e.ts < *within)
-                    .any(|e| after.contains(&e.kind))
+                    .any(|e| after.contains(e.kind))
             {
                 entry.set(bits::FLAGGED, true);
             }
@@ -910,14 +914,14 @@ impl Pipeline {
         // where they are counted.
         let mut flagged_others = false;
         for (after, then, within) in rules.iter() {
-            if !after.contains(&entry.kind) {
+            if !after.contains(entry.kind) {
                 continue;
             }
             for target in user_state.entries.iter_mut() {
                 if target.ts < entry.ts
                     || target.ts - entry.ts >= *within
                     || target.flagged()
-                    || !then.contains(&target.kind)
+                    || !then.contains(target.kind)
                 {
                     continue;
                 }
@@ -931,10 +935,8 @@ impl Pipeline {
         // A user's list grows one entry at a time while short: most users have a few events,
         // and the default first allocation (4 entries) leaves half of it unused for a user
         // with two. Past four it doubles as usual, so a long list still grows cheaply.
-        if user_state.entries.len() == user_state.entries.capacity()
-            && user_state.entries.len() < EXACT_GROWTH_UP_TO
-        {
-            user_state.entries.reserve_exact(1);
+        if user_state.entries.len() == user_state.entries.capacity() {
+            grow(&mut user_state.entries, spare_lists);
         }
         user_state.entries.insert(index, entry);
 
@@ -1092,7 +1094,9 @@ impl Pipeline {
                 }
                 if cut == state.entries.len() {
                     let memory = state.memory;
-                    self.state.users.remove(&user);
+                    if let Some(dropped) = self.state.users.remove(&user) {
+                        self.spare_lists.give(dropped.entries);
+                    }
                     if attribution::still_relevant(memory, horizon, lookback) {
                         self.state.dormant.insert(user, memory);
                     } else if model == AttributionModel::FirstTouch {
@@ -1403,6 +1407,23 @@ fn truncate(
     }
     user.entries.drain(..excess);
     capped
+}
+
+/// Makes room in a full list by moving it to a larger block: one entry larger while short
+/// (up to [`EXACT_GROWTH_UP_TO`]), twice as large after, as `Vec` itself would grow it. The
+/// new block is a spare one if there is, the old one becomes a spare; no `realloc`: a
+/// list's block can seldom grow in place, and glibc's `realloc` then costs about three
+/// times what its `malloc` and `free` fast paths do.
+fn grow(entries: &mut Vec<EventEntry>, spares: &mut SpareLists) {
+    let len = entries.len();
+    let capacity = if len < EXACT_GROWTH_UP_TO {
+        len + 1
+    } else {
+        2 * len
+    };
+    let mut grown = spares.take(capacity);
+    grown.extend_from_slice(entries);
+    spares.give(std::mem::replace(entries, grown));
 }
 
 /// The expiry bucket of a due watermark: rounded up, so that a bucket is looked at only
