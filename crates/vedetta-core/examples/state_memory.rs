@@ -180,6 +180,16 @@ fn main() {
         footprint.order_bytes as f64 / footprint.orders.max(1) as f64
     );
     println!(
+        "  orders kept for refunds   {} ({:.1} bytes each: per order, while its user is held \
+         and then for the refund horizon)",
+        footprint.refund_orders,
+        footprint.refund_bytes as f64 / footprint.refund_orders.max(1) as f64
+    );
+    println!(
+        "  RSS growth less the per-order state: {:.0} bytes per active user",
+        per_user(growth.saturating_sub(footprint.order_bytes + footprint.refund_bytes))
+    );
+    println!(
         "  attribution memory        {} bytes in each held user's state (included above)",
         std::mem::size_of::<vedetta_core::pipeline::attribution::Memory>()
     );
