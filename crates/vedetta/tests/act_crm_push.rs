@@ -12,22 +12,7 @@ use fakes::activecampaign::FakeActiveCampaign;
 use fakes::mailchimp::{FakeMailchimp, md5_hex};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use support::{Server, client, get_json, now_ms};
-
-fn post(http: &reqwest::blocking::Client, server: &Server, body: &[Value]) {
-    let ndjson: String = body.iter().map(|v| format!("{v}\n")).collect();
-    let response = http
-        .post(server.url("/v1/events"))
-        .header("content-type", "application/x-ndjson")
-        .body(ndjson)
-        .send()
-        .unwrap();
-    let status = response.status();
-    let text = response.text().unwrap();
-    assert_eq!(status, 200, "{text}");
-    let answer: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(answer["rejected"], json!([]), "{answer}");
-}
+use support::{Server, client, get_json, now_ms, post_all_accepted};
 
 #[test]
 fn a_tag_trigger_reaches_the_crms_with_exactly_the_consenting_users() {
@@ -81,9 +66,10 @@ merge_fields = {{ product = "PRODUCT" }}
         }
         e
     };
-    post(
+    post_all_accepted(
         &http,
         &server,
+        "/v1/events",
         &[
             // Consent and an address: arrives.
             purchase(

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::push_receiver::{Receiver, start_receiver};
-use support::{KEY, Server, SplitMix, client, env_number, get_json};
+use support::{KEY, Server, SplitMix, client, env_number, get_json, post_all_accepted};
 
 /// The push backoff cap the sender promises (`SenderConfig::max_push_backoff`).
 const MAX_PUSH_BACKOFF: Duration = Duration::from_secs(30);
@@ -77,34 +77,21 @@ fn purchase(
     next: &mut [u64],
     ts: i64,
 ) {
-    let events: String = who
+    let events: Vec<Value> = who
         .iter()
         .map(|&u| {
             next[u] += 1;
             let n = next[u];
-            format!(
-                "{}\n",
-                json!({
-                    "udid": format!("outage-user-{u}"), "type": "purchase", "ts": ts,
-                    "value": n as f64, "order_id": format!("outage-{u}-{n}"),
-                    "product_id": format!("n-{n}"),
-                    "channel": "email", "campaign": "newsletter",
-                    "consent": {"marketing": true},
-                })
-            )
+            json!({
+                "udid": format!("outage-user-{u}"), "type": "purchase", "ts": ts,
+                "value": n as f64, "order_id": format!("outage-{u}-{n}"),
+                "product_id": format!("n-{n}"),
+                "channel": "email", "campaign": "newsletter",
+                "consent": {"marketing": true},
+            })
         })
         .collect();
-    let response = http
-        .post(server.url("/v1/events"))
-        .header("content-type", "application/x-ndjson")
-        .body(events)
-        .send()
-        .unwrap();
-    let status = response.status();
-    let text = response.text().unwrap();
-    assert_eq!(status, 200, "POST /v1/events: {text}");
-    let answer: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(answer["rejected"], json!([]), "{answer}");
+    post_all_accepted(http, server, "/v1/events", &events);
 }
 
 #[test]

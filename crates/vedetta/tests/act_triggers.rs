@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::push_receiver::{Receiver, start_receiver};
-use support::{KEY, Server, SplitMix, client, env_number, get_json};
+use support::{KEY, Server, SplitMix, client, env_number, get_json, post_all_accepted};
 
 const MINUTE: i64 = 60_000;
 
@@ -73,21 +73,6 @@ fn event(udid: &str, kind: &str, ts: i64, campaign: &str, extra: &Value) -> Valu
         }
     }
     e
-}
-
-fn post(http: &reqwest::blocking::Client, server: &Server, path: &str, body: &[Value]) {
-    let ndjson: String = body.iter().map(|v| format!("{v}\n")).collect();
-    let response = http
-        .post(server.url(path))
-        .header("content-type", "application/x-ndjson")
-        .body(ndjson)
-        .send()
-        .unwrap();
-    let status = response.status();
-    let text = response.text().unwrap();
-    assert_eq!(status, 200, "POST {path}: {text}");
-    let answer: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(answer["rejected"], json!([]), "{answer}");
 }
 
 /// One segment's story, starting at `start` (a whole minute), in campaign `campaign`:
@@ -278,14 +263,14 @@ fn a_segment_over_cpa_sends_its_intent_users_once_with_their_product_then_recove
     let start = (support::now_ms() / MINUTE - 60) * MINUTE;
     let mut rng = SplitMix(12);
     let (events, spend, expected) = firing_story(start, "saldi", &mut rng);
-    post(&http, &server, "/v1/costs", &spend);
-    post(&http, &server, "/v1/events", &events);
+    post_all_accepted(&http, &server, "/v1/costs", &spend);
+    post_all_accepted(&http, &server, "/v1/events", &events);
 
     wait_for("the firing signal and its users", 60, || {
         let r = received(&receiver);
         r.signals.len() == 1 && r.users.len() >= expected.len()
     });
-    post(
+    post_all_accepted(
         &http,
         &server,
         "/v1/events",
@@ -446,11 +431,11 @@ fn a_receiver_down_for_a_while_gets_everything_afterwards_in_order() {
     let http = client();
     let start = (support::now_ms() / MINUTE - 60) * MINUTE;
     let (events, spend, expected) = firing_story(start, "saldi", &mut SplitMix(3));
-    post(&http, &server, "/v1/costs", &spend);
-    post(&http, &server, "/v1/events", &events);
+    post_all_accepted(&http, &server, "/v1/costs", &spend);
+    post_all_accepted(&http, &server, "/v1/events", &events);
     // The recovery comes while the receiver is still down: it must arrive after the firing.
     std::thread::sleep(Duration::from_secs(2));
-    post(
+    post_all_accepted(
         &http,
         &server,
         "/v1/events",
@@ -547,8 +532,8 @@ fn a_receiver_refusing_the_push_leaves_each_firing_dead_with_the_reason() {
     let http = client();
     let start = (support::now_ms() / MINUTE - 60) * MINUTE;
     let (events, spend, expected) = firing_story(start, "saldi", &mut SplitMix(5));
-    post(&http, &server, "/v1/costs", &spend);
-    post(&http, &server, "/v1/events", &events);
+    post_all_accepted(&http, &server, "/v1/costs", &spend);
+    post_all_accepted(&http, &server, "/v1/events", &events);
     let settled = |f: &Value| {
         f["outcomes"]
             .as_array()
@@ -641,7 +626,7 @@ url = "{url}"
             )
         })
         .collect();
-    post(&http, &server, "/v1/events", &purchases);
+    post_all_accepted(&http, &server, "/v1/events", &purchases);
     let mut firings = Value::Null;
     wait_for("three firings recorded dry_run", 60, || {
         firings = get_json(&http, &server.url("/v1/triggers/firings?limit=100"));
@@ -694,8 +679,8 @@ fn sigkill_during_pushes_loses_no_user_and_an_idempotent_receiver_gets_each_once
         let start = base + round as i64 * 10 * MINUTE;
         let (events, spend, users) = firing_story(start, &format!("c{round}"), &mut rng);
         expected.extend(users);
-        post(&http, &server, "/v1/costs", &spend);
-        post(&http, &server, "/v1/events", &events);
+        post_all_accepted(&http, &server, "/v1/costs", &spend);
+        post_all_accepted(&http, &server, "/v1/events", &events);
         if round % 2 == 1 {
             let until = Instant::now() + Duration::from_secs(5);
             while receiver.in_flight.load(Ordering::SeqCst) == 0 && Instant::now() < until {

@@ -267,6 +267,28 @@ pub fn post_ndjson(client: &reqwest::blocking::Client, server: &Server, path: &s
     }
 }
 
+/// Posts `body` as NDJSON to `path` in one request; it must be answered 200 with nothing
+/// rejected.
+pub fn post_all_accepted(
+    client: &reqwest::blocking::Client,
+    server: &Server,
+    path: &str,
+    body: &[serde_json::Value],
+) {
+    let ndjson: String = body.iter().map(|v| format!("{v}\n")).collect();
+    let response = client
+        .post(server.url(path))
+        .header("content-type", "application/x-ndjson")
+        .body(ndjson)
+        .send()
+        .unwrap();
+    let status = response.status();
+    let text = response.text().unwrap();
+    assert_eq!(status, 200, "POST {path}: {text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["rejected"], serde_json::json!([]), "{answer}");
+}
+
 /// HMAC-SHA-256 of `body` under `secret` computed by Python's standard library, not by the
 /// code under test: `encoding` is `hex` or `base64` (as webhook senders write it).
 pub fn python_hmac_sha256(secret: &str, body: &[u8], encoding: &str) -> String {
