@@ -102,11 +102,13 @@ struct DeadMeta {
     destination: String,
 }
 
-/// What the sender tells the outbox of a trigger push it settles (issue 12).
+/// What the sender tells the outbox of a trigger push it settles (issue 12), or of an
+/// entry whose bytes do not decode (it may carry a push: its firings are settled by the
+/// entry's seq all the same).
 #[derive(Clone, Copy, Debug)]
 pub struct PushReceipt<'a> {
-    /// The push's trigger.
-    pub trigger: &'a str,
+    /// The push's trigger (`None`: the entry does not decode; no delivery numbers then).
+    pub trigger: Option<&'a str>,
     /// Wall-clock time of the settlement (epoch ms).
     pub now_ms: i64,
     /// The destination is a dry run: "delivered" means logged, not sent.

@@ -325,16 +325,18 @@ fn decode_keys(bytes: &[u8]) -> Vec<FiringKey> {
 /// Records, inside the outbox's own transaction, how the sender settled an attempt at
 /// outbox entry `seq` (to `destination`) carrying a push of `trigger`: the
 /// (trigger, destination) delivery numbers, and, when the entry left the queue (delivered
-/// or dead), the outcome of each firing it carries. Called by [`crate::outbox`].
+/// or dead), the outcome of each firing it carries. Called by [`crate::outbox`]. With no
+/// trigger (an entry whose bytes do not decode) only the firings linked to `seq` are
+/// settled: they would otherwise stay `queued` for good.
 pub(crate) fn record_settlement(
     txn: &redb::WriteTransaction,
     destination: &str,
     seq: u64,
-    trigger: &str,
+    trigger: Option<&str>,
     now_ms: i64,
     settled: Settled<'_>,
 ) -> Result<(), redb::Error> {
-    {
+    if let Some(trigger) = trigger {
         let mut table = txn.open_table(DELIVERY)?;
         let existing = table
             .get((trigger, destination))?
@@ -947,7 +949,7 @@ mod tests {
             let heads = outbox.queued("hook", 10).unwrap();
             let receipt = |now_ms| {
                 Some(outbox::PushReceipt {
-                    trigger: "cpa_alto",
+                    trigger: Some("cpa_alto"),
                     now_ms,
                     dry_run: false,
                 })
@@ -1008,7 +1010,7 @@ mod tests {
                 "hook",
                 new,
                 Some(outbox::PushReceipt {
-                    trigger: "cpa_alto",
+                    trigger: Some("cpa_alto"),
                     now_ms: 500,
                     dry_run: true,
                 }),
@@ -1019,6 +1021,72 @@ mod tests {
             (o.state, o.at_ms, o.error),
             (OutcomeState::DryRun, Some(500), None)
         );
+    }
+
+    #[test]
+    fn an_entry_that_does_not_decode_dead_letters_its_firings_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
+        let store = TriggerStore::new(db.clone()).unwrap();
+        let outbox = outbox::Outbox::new(db.clone()).unwrap();
+        let queued_firing = Firing {
+            outcomes: vec![DestinationOutcome {
+                destination: "hook".into(),
+                state: OutcomeState::Pending,
+                at_ms: Some(1),
+                request: None,
+                error: None,
+            }],
+            ..firing(5)
+        };
+        store
+            .commit_step(
+                &globals(b"s"),
+                1,
+                &[("hook".into(), push("ab"), 0)],
+                &[queued_firing],
+            )
+            .unwrap();
+        store
+            .flush("hook", 10, |_, items| {
+                let notification = Notification {
+                    destination: "hook".into(),
+                    push: Some(push("ab")),
+                    ..Notification::example()
+                };
+                vec![(notification, items.iter().map(|(s, _)| *s).collect())]
+            })
+            .unwrap();
+        assert_eq!(outcome(&store, "ab").state, OutcomeState::Queued);
+        // The entry's notification loses its last byte (a build that wrote it otherwise,
+        // a damaged page): the sender reads it as not decoding.
+        let seq = outbox.queued("hook", 1).unwrap()[0].seq;
+        let entries: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox_entries");
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(entries).unwrap();
+            let mut bytes = table.get(seq).unwrap().unwrap().value().to_vec();
+            bytes.pop();
+            table.insert(seq, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        let head = outbox.queued("hook", 1).unwrap().remove(0);
+        assert!(head.notification.is_err());
+        let receipt = outbox::PushReceipt {
+            trigger: None,
+            now_ms: 20,
+            dry_run: false,
+        };
+        outbox
+            .move_to_dead_push("hook", seq, 0, "does not decode", 20, Some(receipt))
+            .unwrap();
+        let dead = outcome(&store, "ab");
+        assert_eq!(
+            (dead.state, dead.at_ms, dead.error.as_deref()),
+            (OutcomeState::Dead, Some(20), Some("does not decode"))
+        );
+        // No trigger named: no delivery numbers made up.
+        assert!(store.delivery_stats().unwrap().is_empty());
     }
 
     #[test]
