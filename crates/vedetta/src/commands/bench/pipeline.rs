@@ -15,6 +15,13 @@
 //!
 //! Throughput is reported twice: what intake accepted during the run, and what was
 //! processed and queryable from start to the moment the pipeline caught up.
+//!
+//! The cycled bodies keep their event times, so event time stands still: no watermark
+//! passes a minute, no user goes idle, and every user of the run stays in the state (the
+//! worst case for memory, and no trigger judges a minute). `--live` (with `--rate`) sends
+//! instead what the generator makes at that rate from now on, as `vedetta gen --rate`
+//! does: event time follows the clock, users return, sessions end, minutes close. A
+//! thread generates the bodies a few batches ahead of the pacer.
 
 use super::{LocalServer, make_bodies, summarize};
 use crate::clock::SystemClock;
@@ -58,6 +65,52 @@ pub struct PipelineBenchArgs {
     /// the pipeline with alert rules loaded).
     #[arg(long, conflicts_with = "url")]
     config: Option<std::path::PathBuf>,
+    /// Send live traffic (event time following the clock, returning users) generated at
+    /// `--rate`, instead of cycling pre-generated bodies whose event times stand still.
+    #[arg(long, requires = "rate")]
+    live: bool,
+}
+
+/// Where the request bodies come from.
+enum Bodies {
+    /// Pre-generated bodies, cycled with fresh user and event ids ([`body_for`]).
+    Cycled(Vec<String>),
+    /// Bodies generated as they are sent, by a thread a few batches ahead.
+    Live(Mutex<tokio::sync::mpsc::Receiver<String>>),
+}
+
+impl Bodies {
+    async fn next(&self, n: u64) -> Option<String> {
+        match self {
+            Bodies::Cycled(templates) => Some(body_for(templates, n)),
+            Bodies::Live(receiver) => receiver.lock().await.recv().await,
+        }
+    }
+}
+
+/// Starts the thread generating live bodies of `batch` events at about `rate` events a
+/// second from now; it ends when the receiver is dropped.
+fn live_bodies(rate: f64, batch: usize) -> anyhow::Result<Bodies> {
+    use vedetta_synth::{SynthRecord, to_ndjson_line};
+    let config = crate::commands::generate::live_config(7, 2_000_000, rate, SystemClock.now_ms())?;
+    let mut events = crate::commands::generate::synth(config)?
+        .filter(|a| matches!(a.record, SynthRecord::Event(_)));
+    let (sender, receiver) = tokio::sync::mpsc::channel(8);
+    std::thread::Builder::new()
+        .name("bench-live-gen".into())
+        .spawn(move || {
+            loop {
+                let mut body = Vec::with_capacity(batch * 360);
+                for arrival in events.by_ref().take(batch) {
+                    to_ndjson_line(&arrival.record, &mut body);
+                }
+                let body = String::from_utf8(body).unwrap_or_default();
+                if body.is_empty() || sender.blocking_send(body).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(Bodies::Live(Mutex::new(receiver)))
 }
 
 pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
@@ -71,14 +124,27 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
         }
         None => LocalServer::or_url(args.url.as_deref())?,
     };
-    eprintln!(
-        "generating {} bodies of {} events…",
-        args.bodies, args.batch
-    );
-    let templates: Vec<String> = make_bodies(args.bodies, args.batch)?
-        .into_iter()
-        .map(|b| String::from_utf8(b).unwrap_or_default())
-        .collect();
+    let bodies = match args.rate.filter(|_| args.live) {
+        Some(rate) => {
+            eprintln!(
+                "generating live traffic in batches of {} events…",
+                args.batch
+            );
+            live_bodies(rate, args.batch)?
+        }
+        None => {
+            eprintln!(
+                "generating {} bodies of {} events…",
+                args.bodies, args.batch
+            );
+            Bodies::Cycled(
+                make_bodies(args.bodies, args.batch)?
+                    .into_iter()
+                    .map(|b| String::from_utf8(b).unwrap_or_default())
+                    .collect(),
+            )
+        }
+    };
     eprintln!(
         "driving {base} for {} s at {}",
         args.seconds,
@@ -90,7 +156,7 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("bench-client")
         .build()?;
-    let mut report = runtime.block_on(drive(args, &base, Arc::new(templates)))?;
+    let mut report = runtime.block_on(drive(args, &base, Arc::new(bodies)))?;
     // Before the local server stops: its threads' CPU time (the processor's, the trigger
     // consumer's `act`, …), so a run with triggers and one without compare by CPU.
     let cpu = thread_cpu_seconds();
@@ -201,7 +267,7 @@ impl JsonValue for reqwest::Response {
 async fn drive(
     args: &PipelineBenchArgs,
     base: &str,
-    templates: Arc<Vec<String>>,
+    bodies: Arc<Bodies>,
 ) -> anyhow::Result<serde_json::Value> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections + 8)
@@ -220,28 +286,31 @@ async fn drive(
     let endpoint = format!("{base}/v1/events");
 
     let post = {
-        let (client, endpoint, key, accepted, failed, templates, next_body) = (
+        let (client, endpoint, key, accepted, failed, bodies, next_body) = (
             client.clone(),
             endpoint.clone(),
             key.clone(),
             accepted.clone(),
             failed.clone(),
-            templates.clone(),
+            bodies.clone(),
             next_body.clone(),
         );
         move || {
-            let (client, endpoint, key, accepted, failed, templates, next_body) = (
+            let (client, endpoint, key, accepted, failed, bodies, next_body) = (
                 client.clone(),
                 endpoint.clone(),
                 key.clone(),
                 accepted.clone(),
                 failed.clone(),
-                templates.clone(),
+                bodies.clone(),
                 next_body.clone(),
             );
             async move {
                 let n = next_body.fetch_add(1, Ordering::Relaxed);
-                let body = body_for(&templates, n);
+                let Some(body) = bodies.next(n).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
                 let request = super::post(
                     &client,
                     &endpoint,
