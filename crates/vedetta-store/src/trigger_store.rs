@@ -761,6 +761,21 @@ mod tests {
         }
     }
 
+    /// A firing of `user` pending at the destination "hook".
+    fn pending_firing(user: &str, at_ms: i64) -> Firing {
+        Firing {
+            user: Some(user.into()),
+            outcomes: vec![DestinationOutcome {
+                destination: "hook".into(),
+                state: OutcomeState::Pending,
+                at_ms: Some(1),
+                request: None,
+                error: None,
+            }],
+            ..firing(at_ms)
+        }
+    }
+
     #[test]
     fn firing_counts_split_by_event_time_per_trigger_and_stop_at_the_cap() {
         let dir = tempfile::tempdir().unwrap();
@@ -883,17 +898,7 @@ mod tests {
     fn firing_outcomes_follow_the_outbox_exactly_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("watch.redb");
-        let pending = |user: &str, at_ms| Firing {
-            user: Some(user.into()),
-            outcomes: vec![DestinationOutcome {
-                destination: "hook".into(),
-                state: OutcomeState::Pending,
-                at_ms: Some(1),
-                request: None,
-                error: None,
-            }],
-            ..firing(at_ms)
-        };
+        let pending = pending_firing;
         let (delivered_id, dead_id);
         {
             let db = Arc::new(Database::create(&path).unwrap());
@@ -1029,16 +1034,7 @@ mod tests {
         let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
         let store = TriggerStore::new(db.clone()).unwrap();
         let outbox = outbox::Outbox::new(db.clone()).unwrap();
-        let queued_firing = Firing {
-            outcomes: vec![DestinationOutcome {
-                destination: "hook".into(),
-                state: OutcomeState::Pending,
-                at_ms: Some(1),
-                request: None,
-                error: None,
-            }],
-            ..firing(5)
-        };
+        let queued_firing = pending_firing("ab", 5);
         store
             .commit_step(
                 &globals(b"s"),
