@@ -515,3 +515,33 @@ oauth2 = { token_url = "http://127.0.0.1:9/token", client_id = "vedetta", client
     // The generated encryption key is private and beside the pseudonym key.
     assert!(dir.path().join("data").join("encryption.key").exists());
 }
+
+/// A hostile `Retry-After` (u64::MAX seconds) on a 429: before the bound, adding it to
+/// `Instant::now()` panicked inside the push (the sender's delivery task died with it and
+/// the destination stayed busy for good), and a merely huge one held the whole account for
+/// years. Now it is a retry whose delay is bounded, and the account is held that long only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_an_absurd_retry_after_is_a_bounded_retry_not_a_panic() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let router = axum::Router::new().fallback(|| async {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "18446744073709551615".parse().unwrap());
+        (StatusCode::TOO_MANY_REQUESTS, headers, "slow down").into_response()
+    });
+    let base = serve(router).await;
+    let dest = crms(&ac_config("ac-absurd", &base, "t"))["ac-absurd"].clone();
+    let pushed = tokio::spawn(async move {
+        dest.push(&batch("x", vec![user(1, Some("a@example.it"), &[])]))
+            .await
+    })
+    .await
+    .expect("the push does not panic");
+    match pushed {
+        Err(DeliveryError::Retry { after, reason }) => {
+            let after = after.expect("the receiver's delay");
+            assert!(after <= Duration::from_secs(3_600), "{after:?}: {reason}");
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+}

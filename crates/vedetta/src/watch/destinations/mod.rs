@@ -317,7 +317,13 @@ pub(crate) fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> 
         .context("building the HTTP client")
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from webhooks; it counts as none).
+/// The longest `Retry-After` taken from a receiver (the sender's default
+/// `max_retry_after`): a receiver's number is hostile input, and it is added to instants
+/// (an ActiveCampaign account is held that long), which panics past `Instant`'s range.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+
+/// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`] (the HTTP-date form is rare from
+/// webhooks; it counts as none).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -326,7 +332,7 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 /// The longest part of a receiver's error body kept in an error.
@@ -448,6 +454,20 @@ mod tests {
             !debug.contains("hooks.slack.com") && !debug.contains("\"p\""),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn a_receivers_retry_after_is_bounded() {
+        let with = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(with("120"), Some(Duration::from_secs(120)));
+        assert_eq!(with("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("99999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("-1"), None);
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 
     #[test]
