@@ -545,3 +545,37 @@ async fn a_429_with_an_absurd_retry_after_is_a_bounded_retry_not_a_panic() {
         other => panic!("expected a retry, got {other:?}"),
     }
 }
+
+/// A receiver's error body is kept as an excerpt, and the batch's addresses are scrubbed
+/// from it. Before the fix the excerpt was cut at a fixed length, so an address straddling
+/// the cut survived as a fragment (`anna.rossi@exa…`) that the scrub, looking for whole
+/// addresses, did not see: identity in the error, hence in logs, `/v1/triggers` and the
+/// dead-letter list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_cut_by_the_error_excerpt_is_not_left_in_the_error() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    for pad in 150..200 {
+        let body = format!(
+            "{{\"errors\":[{{\"title\":\"{} anna.rossi@example.it is not valid\"}}]}}",
+            "x".repeat(pad)
+        );
+        let router = axum::Router::new()
+            .fallback(move || async move { (StatusCode::UNPROCESSABLE_ENTITY, body).into_response() });
+        let base = serve(router).await;
+        let dest = crms(&ac_config("ac-echo", &base, "t"))["ac-echo"].clone();
+        match dest
+            .push(&batch("x", vec![user(1, Some("Anna.Rossi@example.it"), &[])]))
+            .await
+        {
+            Err(DeliveryError::Refused { reason }) => {
+                assert!(reason.contains("422"), "{reason}");
+                assert!(
+                    !reason.to_ascii_lowercase().contains("anna.r"),
+                    "pad {pad}: {reason}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
