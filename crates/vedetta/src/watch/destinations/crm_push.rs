@@ -10,7 +10,7 @@
 
 use crate::crypto::Crypto;
 use crate::identity::{Selected, crm_users};
-use crate::watch::crm::{CrmBatch, CrmDestination};
+use crate::watch::crm::{CrmBatch, CrmDestination, MAX_STRING_CHARS};
 use crate::watch::destination::{Delivery, DeliveryError, Destination};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -116,7 +116,7 @@ pub fn selected_users(push: &Push) -> Vec<Selected> {
             fields.insert("product".to_string(), product.clone());
         }
         if !event.product_ids.is_empty() {
-            fields.insert("products".to_string(), event.product_ids.join(","));
+            fields.insert("products".to_string(), products(&event.product_ids));
         }
         if let Some(value) = event.cart_value {
             fields.insert("cart_value".to_string(), format!("{value:.2}"));
@@ -144,6 +144,24 @@ pub fn selected_users(push: &Push) -> Vec<Selected> {
         }
     }
     out
+}
+
+/// A cart's product ids as one field value: comma-separated, the latest ones that fit in
+/// a CRM string ([`MAX_STRING_CHARS`]), whole ids only. Joined whole, a full cart of long
+/// ids overflowed it and the batch was refused for every user in it.
+fn products(ids: &[String]) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut chars = 0;
+    for id in ids.iter().rev() {
+        let more = id.chars().count() + usize::from(!kept.is_empty());
+        if chars + more > MAX_STRING_CHARS {
+            break;
+        }
+        chars += more;
+        kept.push(id);
+    }
+    kept.reverse();
+    kept.join(",")
 }
 
 impl Destination for CrmPushes {
@@ -265,5 +283,44 @@ mod tests {
         );
         assert_eq!(users[1].fields["products"], "P-1,P-2");
         assert_eq!(users[1].fields["cart_value"], "89.50");
+    }
+
+    /// A full cart (16 lines) of long product ids (Shopify's are like
+    /// `gid://shopify/ProductVariant/44812345678901`) joined into `products` passed the
+    /// 255 characters a CRM field may hold, so `CrmBatch::validate` refused the whole batch:
+    /// every user in it dead-lettered for one user's cart.
+    #[test]
+    fn a_full_cart_of_long_product_ids_still_makes_a_valid_batch() {
+        let mut cart = event(&"ab".repeat(16), None, None);
+        cart.product_ids = (0..16)
+            .map(|i| format!("gid://shopify/ProductVariant/448123456789{i:02}"))
+            .collect();
+        let push = Push {
+            trigger: "t".into(),
+            kind: "abandoned_cart".into(),
+            segment: None,
+            group: vec![],
+            signal: None,
+            events: vec![cart],
+        };
+        let selected = selected_users(&push).remove(0);
+        let products = selected.fields["products"].clone();
+        let batch = CrmBatch {
+            id: "b".into(),
+            trigger: "t".into(),
+            users: vec![crate::watch::crm::CrmUser {
+                pseudonym: selected.pseudonym,
+                email: Some("a@example.it".into()),
+                crm_id: None,
+                tags: selected.tags,
+                fields: selected.fields,
+                events: selected.events,
+            }],
+        };
+        batch.validate().unwrap();
+        // Whole ids only, the cart's latest last.
+        assert!(products.ends_with("gid://shopify/ProductVariant/44812345678915"));
+        assert!(products.split(',').all(|id| id.len() == 43), "{products}");
+        assert_eq!(products.split(',').count(), 5, "as many as fit in 255 characters");
     }
 }
