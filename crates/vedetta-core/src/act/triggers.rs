@@ -226,7 +226,10 @@ fn check_trigger(
     if raw.notify.is_empty() {
         return Err(err("notify", "names no destination".into()));
     }
-    for d in &raw.notify {
+    for (i, d) in raw.notify.iter().enumerate() {
+        if raw.notify[..i].contains(d) {
+            return Err(err("notify", format!("{d:?} is named twice")));
+        }
         if !push_destinations.contains(d) {
             let why = if all_destinations.contains(d) {
                 "does not take pushes (a webhook with format = \"seed\" does)"
@@ -515,5 +518,18 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(twice.key, "name");
+    }
+
+    /// A destination named twice in `notify` queued every push to it twice (one pending
+    /// push per name, each its own outbox entry): a seed webhook received each user twice,
+    /// and the delivery numbers counted double.
+    #[test]
+    fn a_destination_named_twice_in_notify_is_refused() {
+        let error = check(
+            "[[triggers]]\nname = \"a\"\nkind = \"conversion_feed\"\nnotify = [\"crm-push\", \"crm-push\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "notify");
+        assert!(error.message.contains("twice"), "{error}");
     }
 }
