@@ -304,10 +304,11 @@ fn check_trigger(
                         .tag
                         .clone()
                         .ok_or_else(|| err("tag", "is required".into()))?;
-                    if !check_text(&tag) {
+                    // Not blank either: a CRM refuses a blank tag, at every delivery.
+                    if !check_text(&tag) || tag.trim().is_empty() {
                         return Err(err(
                             "tag",
-                            format!("1 to {MAX_NAME_LEN} bytes, no control characters"),
+                            format!("1 to {MAX_NAME_LEN} bytes, not blank, no control characters"),
                         ));
                     }
                     let when = match raw.on.as_deref() {
@@ -531,5 +532,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.key, "notify");
         assert!(error.message.contains("twice"), "{error}");
+    }
+
+    /// A blank tag passed the check (not empty, no control characters), and every push of
+    /// the trigger to a CRM was then refused at delivery (a CRM batch has no blank tag):
+    /// dead letters for a value the load could have named.
+    #[test]
+    fn a_blank_tag_is_refused_at_load() {
+        let error = check(
+            "[[triggers]]\nname = \"a\"\nkind = \"tag\"\ntag = \"   \"\non = \"first_purchase\"\nnotify = [\"crm-push\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "tag");
     }
 }
