@@ -579,3 +579,37 @@ async fn an_address_cut_by_the_error_excerpt_is_not_left_in_the_error() {
         }
     }
 }
+
+/// A batch operation reported `finished` with an `errored_operations` that is not a whole
+/// number (a string, or missing): it was read as 0, so a batch whose operations failed was
+/// delivered, its users silently lost. Now the push is a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_mailchimp_batch_with_an_unreadable_error_count_is_a_retry() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    for status in [
+        r#"{"id":"b1","status":"finished","errored_operations":"3","total_operations":4}"#,
+        r#"{"id":"b1","status":"finished","total_operations":4}"#,
+    ] {
+        let router = axum::Router::new()
+            .route(
+                "/3.0/batches",
+                axum::routing::post(|| async { (StatusCode::OK, r#"{"id":"b1"}"#).into_response() }),
+            )
+            .route(
+                "/3.0/batches/b1",
+                axum::routing::get(move || async move { (StatusCode::OK, status).into_response() }),
+            );
+        let base = serve(router).await;
+        let dest = crms(&mc_config(&base, "0123abcd-us6", "batch_threshold = 1\n"))["mc"].clone();
+        let users = (0..2)
+            .map(|i| user(i, Some(&format!("u{i}@example.it")), &[]))
+            .collect();
+        match dest.push(&batch("mb", users)).await {
+            Err(DeliveryError::Retry { reason, .. }) => {
+                assert!(reason.contains("b1"), "{reason}");
+            }
+            other => panic!("{status}: expected a retry, got {other:?}"),
+        }
+    }
+}

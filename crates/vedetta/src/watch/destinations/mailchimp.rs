@@ -446,7 +446,13 @@ impl Mailchimp {
             }
             tokio::time::sleep(BATCH_POLL).await;
         };
-        let errored = status["errored_operations"].as_u64().unwrap_or(0);
+        // Not a whole number (or missing) is not "none failed": the batch is not known good.
+        let errored = status["errored_operations"].as_u64().ok_or_else(|| {
+            decode_error(
+                &format!("batch {id} status"),
+                "no whole errored_operations",
+            )
+        })?;
         if errored > 0 {
             return Err(DeliveryError::Retry {
                 after: None,
