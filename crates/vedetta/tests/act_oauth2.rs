@@ -278,3 +278,37 @@ async fn a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_answer_is_odd
         assert_eq!(*presented.lock().unwrap(), ["rt-1", "rt-2"], "answer {first}");
     }
 }
+
+/// A token endpoint whose error echoes what it was sent (the refresh token, the client
+/// secret): the excerpt of its answer went into the retry's reason, hence into logs, the
+/// outbox's last error and `/v1/triggers`. Secrets are scrubbed from it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_echoing_the_secrets_does_not_put_them_in_errors() {
+    let router = axum::Router::new().route(
+        "/oauth/token",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                r#"{"error":"invalid_grant","error_description":"refresh token rt-Secret-42 is unknown for client secret cs-Hidden-7"}"#,
+            )
+        }),
+    );
+    let base = serve(router).await;
+    let config: vedetta::watch::oauth2::OAuth2Config = toml::from_str(&format!(
+        "token_url = \"{base}/oauth/token\"\nclient_id = \"c\"\nclient_secret = \"cs-Hidden-7\"\n\
+         refresh_token = \"rt-Secret-42\"\nclient_auth = \"post\"\n"
+    ))
+    .unwrap();
+    let client = vedetta::watch::oauth2::OAuth2Client::new("echo", config, None);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match client.token(&reqwest::Client::new(), false).await {
+        Err(DeliveryError::Retry { reason, .. }) => {
+            assert!(reason.contains("invalid_grant"), "{reason}");
+            assert!(
+                !reason.contains("rt-Secret-42") && !reason.contains("cs-Hidden-7"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+}

@@ -411,6 +411,13 @@ impl OAuth2Client {
                     } else {
                         ""
                     };
+                    // The endpoint's answer may echo what it was sent: keep the secrets out.
+                    let mut reason = reason;
+                    for secret in [refresh.as_ref(), Some(&c.client_secret)].into_iter().flatten() {
+                        if !secret.expose().is_empty() {
+                            reason = reason.replace(secret.expose(), "<secret>");
+                        }
+                    }
                     retry(format!("{reason}{hint}"))
                 }
             })?;
