@@ -613,3 +613,31 @@ async fn a_finished_mailchimp_batch_with_an_unreadable_error_count_is_a_retry() 
         }
     }
 }
+
+/// A tag deleted in ActiveCampaign after its id was cached: linking it is refused (422),
+/// and every later push naming it was refused and dead-lettered until a restart. Now a
+/// refused link of a cached id looks the tag up afresh (re-creating it) once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_deleted_in_activecampaign_is_created_again_not_refused_for_good() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    let dest = crms(&ac_config("ac-stale", &base, "ac-token"))["ac-stale"].clone();
+    dest.push(&batch("t1", vec![user(1, Some("a@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    {
+        // Someone deletes the tag in ActiveCampaign's UI.
+        let mut state = ac.state.lock().unwrap();
+        state.tags.clear();
+        for c in &mut state.contacts {
+            c.tags.clear();
+        }
+    }
+    dest.push(&batch("t2", vec![user(2, Some("b@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    let state = ac.state.lock().unwrap();
+    assert_eq!(state.tags.values().collect::<Vec<_>>(), ["vip"]);
+    let b = state.contacts.iter().find(|c| c.email == "b@example.it").unwrap();
+    assert_eq!(b.tags.len(), 1);
+}

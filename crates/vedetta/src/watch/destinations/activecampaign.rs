@@ -296,17 +296,33 @@ impl ActiveCampaign {
         let contact = id_of(&synced["contact"]["id"])
             .ok_or_else(|| decode_error("contact sync", "no contact.id"))?;
         for tag in &user.tags {
+            let cached = self.tag_ids.lock().await.contains_key(tag);
             let tag_id = self.tag_id(tag).await?;
-            self.call(
-                "ActiveCampaign contact tag",
-                super::with_json(
-                    self.client.post(self.url(&["contactTags"])),
-                    &json!({"contactTag": {"contact": contact, "tag": tag_id}}),
-                ),
-            )
-            .await?;
+            match self.contact_tag(&contact, &tag_id).await {
+                // A cached id may be of a tag deleted in ActiveCampaign since: look the tag
+                // up afresh (re-creating it) once, rather than refuse every push naming it
+                // until a restart.
+                Err(DeliveryError::Refused { .. }) if cached => {
+                    self.tag_ids.lock().await.remove(tag);
+                    let tag_id = self.tag_id(tag).await?;
+                    self.contact_tag(&contact, &tag_id).await?;
+                }
+                other => other?,
+            }
         }
         Ok(())
+    }
+
+    async fn contact_tag(&self, contact: &str, tag_id: &str) -> Result<(), DeliveryError> {
+        self.call(
+            "ActiveCampaign contact tag",
+            super::with_json(
+                self.client.post(self.url(&["contactTags"])),
+                &json!({"contactTag": {"contact": contact, "tag": tag_id}}),
+            ),
+        )
+        .await
+        .map(drop)
     }
 }
 
