@@ -187,13 +187,18 @@ impl Destination for CrmPushes {
                 return Err(crate::watch::crm::not_for_alerts(self.crm.kind()));
             };
             let selected = selected_users(push);
-            let (users, withheld) =
+            let (mut users, mut withheld) =
                 crm_users(&self.identities, &self.crypto, selected).map_err(|e| {
                     DeliveryError::Retry {
                         after: Some(Duration::from_secs(5)),
                         reason: format!("the identity store: {e}"),
                     }
                 })?;
+            // These CRMs key contacts by e-mail: a user with a CRM id only is not sent, and
+            // is counted withheld for want of an identity they can use, not `sent`.
+            let before = users.len();
+            users.retain(|u| u.email.is_some());
+            withheld.no_identity += (before - users.len()) as u64;
             tracing::debug!(
                 destination = self.crm.name(),
                 trigger = %push.trigger,
@@ -283,6 +288,87 @@ mod tests {
         );
         assert_eq!(users[1].fields["products"], "P-1,P-2");
         assert_eq!(users[1].fields["cart_value"], "89.50");
+    }
+
+    /// A consenting user with a CRM id and no e-mail: ActiveCampaign and Mailchimp key
+    /// contacts by e-mail and skip them, yet the push counted them `sent`, so the users
+    /// that never left were neither sent nor withheld by the numbers.
+    #[test]
+    fn a_user_without_an_email_is_not_counted_sent() {
+        use crate::crypto::IdentityField;
+        use vedetta_store::IdentityWrite;
+        struct Accepting;
+        impl CrmDestination for Accepting {
+            fn name(&self) -> &str {
+                "crm"
+            }
+            fn kind(&self) -> &'static str {
+                "activecampaign"
+            }
+            fn max_batch_users(&self) -> usize {
+                20
+            }
+            fn push<'a>(&'a self, _batch: &'a CrmBatch) -> Delivery<'a> {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(&dir.path().join("identity.redb")).unwrap();
+        let crypto = Crypto::from_hex(&"ab".repeat(32), &[]).unwrap();
+        let (with_email, crm_only) = ([1u8; 16], [2u8; 16]);
+        let hex = |u: [u8; 16]| crate::crypto::hex(&u);
+        store
+            .apply(&[
+                IdentityWrite {
+                    user: with_email,
+                    ts_ms: 1,
+                    marketing: Some(true),
+                    email: Some(
+                        crypto
+                            .seal_identity(IdentityField::Email, &hex(with_email), "a@example.it")
+                            .unwrap(),
+                    ),
+                    crm_id: None,
+                },
+                IdentityWrite {
+                    user: crm_only,
+                    ts_ms: 1,
+                    marketing: Some(true),
+                    email: None,
+                    crm_id: Some(
+                        crypto
+                            .seal_identity(IdentityField::CrmId, &hex(crm_only), "42")
+                            .unwrap(),
+                    ),
+                },
+            ])
+            .unwrap();
+        let counters = Arc::new(CrmPushCounters::default());
+        let pushes = CrmPushes::new(
+            Arc::new(Accepting),
+            Arc::new(store),
+            Arc::new(crypto),
+            counters.clone(),
+        );
+        let mut n = Notification::example();
+        n.push = Some(Push {
+            trigger: "t".into(),
+            kind: "tag".into(),
+            segment: None,
+            group: vec![],
+            signal: None,
+            events: vec![
+                event(&hex(with_email), None, Some("vip")),
+                event(&hex(crm_only), None, Some("vip")),
+            ],
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(pushes.deliver(&n)).unwrap();
+        assert_eq!(counters.sent.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.withheld_no_identity.load(Ordering::Relaxed), 1);
     }
 
     /// A full cart (16 lines) of long product ids (Shopify's are like
