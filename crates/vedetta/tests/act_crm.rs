@@ -560,12 +560,16 @@ async fn an_address_cut_by_the_error_excerpt_is_not_left_in_the_error() {
             "{{\"errors\":[{{\"title\":\"{} anna.rossi@example.it is not valid\"}}]}}",
             "x".repeat(pad)
         );
-        let router = axum::Router::new()
-            .fallback(move || async move { (StatusCode::UNPROCESSABLE_ENTITY, body).into_response() });
+        let router = axum::Router::new().fallback(move || async move {
+            (StatusCode::UNPROCESSABLE_ENTITY, body).into_response()
+        });
         let base = serve(router).await;
         let dest = crms(&ac_config("ac-echo", &base, "t"))["ac-echo"].clone();
         match dest
-            .push(&batch("x", vec![user(1, Some("Anna.Rossi@example.it"), &[])]))
+            .push(&batch(
+                "x",
+                vec![user(1, Some("Anna.Rossi@example.it"), &[])],
+            ))
             .await
         {
             Err(DeliveryError::Refused { reason }) => {
@@ -594,7 +598,9 @@ async fn a_finished_mailchimp_batch_with_an_unreadable_error_count_is_a_retry() 
         let router = axum::Router::new()
             .route(
                 "/3.0/batches",
-                axum::routing::post(|| async { (StatusCode::OK, r#"{"id":"b1"}"#).into_response() }),
+                axum::routing::post(|| async {
+                    (StatusCode::OK, r#"{"id":"b1"}"#).into_response()
+                }),
             )
             .route(
                 "/3.0/batches/b1",
@@ -638,6 +644,10 @@ async fn a_tag_deleted_in_activecampaign_is_created_again_not_refused_for_good()
         .unwrap();
     let state = ac.state.lock().unwrap();
     assert_eq!(state.tags.values().collect::<Vec<_>>(), ["vip"]);
-    let b = state.contacts.iter().find(|c| c.email == "b@example.it").unwrap();
+    let b = state
+        .contacts
+        .iter()
+        .find(|c| c.email == "b@example.it")
+        .unwrap();
     assert_eq!(b.tags.len(), 1);
 }

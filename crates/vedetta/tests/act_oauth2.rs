@@ -268,14 +268,19 @@ async fn a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_answer_is_odd
         ))
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let client = vedetta::watch::oauth2::OAuth2Client::new("odd", config, Some(vault(dir.path())));
+        let client =
+            vedetta::watch::oauth2::OAuth2Client::new("odd", config, Some(vault(dir.path())));
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::new();
         // The first answer may or may not give a usable access token; either way the next
         // refresh must present the rotated refresh token.
         let _ = client.token(&http, true).await;
         client.token(&http, true).await.unwrap();
-        assert_eq!(*presented.lock().unwrap(), ["rt-1", "rt-2"], "answer {first}");
+        assert_eq!(
+            *presented.lock().unwrap(),
+            ["rt-1", "rt-2"],
+            "answer {first}"
+        );
     }
 }
 

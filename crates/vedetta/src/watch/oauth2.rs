@@ -229,7 +229,11 @@ impl TokenResponse {
             serde_json::Value::Number(n) => n
                 .as_u64()
                 .or_else(|| n.as_i64().map(|i| i.max(0) as u64))
-                .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f.max(0.0) as u64)),
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite())
+                        .map(|f| f.max(0.0) as u64)
+                }),
             serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
             _ => None,
         });
@@ -448,7 +452,9 @@ impl OAuth2Client {
             .access_token
             .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
             .ok_or_else(|| {
-                retry("the OAuth2 token endpoint answered no, an empty or an oversized access token")
+                retry(
+                    "the OAuth2 token endpoint answered no, an empty or an oversized access token",
+                )
             })?;
         let lifetime = Duration::from_secs(
             token

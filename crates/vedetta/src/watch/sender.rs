@@ -797,9 +797,6 @@ mod tests {
         let short = backoff(&c, 8, Some(Duration::from_millis(10)), 0);
         assert_eq!(short, backoff(&c, 8, None, 0));
         // From base_backoff up, the receiver's delay is honoured as given.
-        assert_eq!(
-            backoff(&c, 8, Some(c.base_backoff), 0),
-            c.base_backoff
-        );
+        assert_eq!(backoff(&c, 8, Some(c.base_backoff), 0), c.base_backoff);
     }
 }

@@ -187,12 +187,10 @@ impl Destination for CrmPushes {
                 return Err(crate::watch::crm::not_for_alerts(self.crm.kind()));
             };
             let selected = selected_users(push);
-            let (mut users, mut withheld) =
-                crm_users(&self.identities, &self.crypto, selected).map_err(|e| {
-                    DeliveryError::Retry {
-                        after: Some(Duration::from_secs(5)),
-                        reason: format!("the identity store: {e}"),
-                    }
+            let (mut users, mut withheld) = crm_users(&self.identities, &self.crypto, selected)
+                .map_err(|e| DeliveryError::Retry {
+                    after: Some(Duration::from_secs(5)),
+                    reason: format!("the identity store: {e}"),
                 })?;
             // These CRMs key contacts by e-mail: a user with a CRM id only is not sent, and
             // is counted withheld for want of an identity they can use, not `sent`.
@@ -407,6 +405,10 @@ mod tests {
         // Whole ids only, the cart's latest last.
         assert!(products.ends_with("gid://shopify/ProductVariant/44812345678915"));
         assert!(products.split(',').all(|id| id.len() == 43), "{products}");
-        assert_eq!(products.split(',').count(), 5, "as many as fit in 255 characters");
+        assert_eq!(
+            products.split(',').count(),
+            5,
+            "as many as fit in 255 characters"
+        );
     }
 }

@@ -448,10 +448,7 @@ impl Mailchimp {
         };
         // Not a whole number (or missing) is not "none failed": the batch is not known good.
         let errored = status["errored_operations"].as_u64().ok_or_else(|| {
-            decode_error(
-                &format!("batch {id} status"),
-                "no whole errored_operations",
-            )
+            decode_error(&format!("batch {id} status"), "no whole errored_operations")
         })?;
         if errored > 0 {
             return Err(DeliveryError::Retry {

@@ -479,7 +479,10 @@ mod tests {
         assert_eq!(excerpt(&body), format!("{word}…"));
         // A cut that falls on white space keeps the word before it.
         let exact = format!("{} tail", "v".repeat(MAX_BODY_EXCERPT));
-        assert_eq!(excerpt(&exact), format!("{}…", "v".repeat(MAX_BODY_EXCERPT)));
+        assert_eq!(
+            excerpt(&exact),
+            format!("{}…", "v".repeat(MAX_BODY_EXCERPT))
+        );
         // No white space at all: nothing of it.
         assert_eq!(excerpt(&"z".repeat(MAX_BODY_EXCERPT + 1)), "…");
     }
