@@ -651,3 +651,39 @@ async fn a_tag_deleted_in_activecampaign_is_created_again_not_refused_for_good()
         .unwrap();
     assert_eq!(b.tags.len(), 1);
 }
+
+/// One user the CRM refuses (Mailchimp: "looks fake or invalid") refused the whole push at
+/// that user: the users after it were never sent, and the push went to the dead-letter
+/// list with them. Now every other user is sent, and the refusal names the refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_user_does_not_keep_the_others_from_the_crm() {
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(&base, "0123abcd-us6", ""))["mc"].clone();
+    mc.state
+        .lock()
+        .unwrap()
+        .fake_addresses
+        .insert("dario@example.it".into());
+    let users = vec![
+        user(1, Some("anna@example.it"), &[]),
+        user(2, Some("dario@example.it"), &[]),
+        user(3, Some("elena@example.it"), &[]),
+    ];
+    match dest.push(&batch("r1", users)).await {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("p0002"), "{reason}");
+            assert!(!reason.contains("dario"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let state = mc.state.lock().unwrap();
+    for email in ["anna@example.it", "elena@example.it"] {
+        assert!(
+            state
+                .members
+                .contains_key(&("list1".to_owned(), md5_hex(email))),
+            "{email} was not sent"
+        );
+    }
+}

@@ -360,12 +360,21 @@ impl CrmDestination for ActiveCampaign {
                     ),
                 });
             }
+            // A refused user does not keep the others from ActiveCampaign; a retry stops
+            // here (the whole batch goes again: every step is idempotent).
+            let mut refused = Vec::new();
             for (user, email) in batch.reachable() {
-                self.push_user(user, email)
+                match self
+                    .push_user(user, email)
                     .await
-                    .map_err(|e| crm::scrub_error(batch, with_user(e, &user.pseudonym)))?;
+                    .map_err(|e| crm::scrub_error(batch, with_user(e, &user.pseudonym)))
+                {
+                    Ok(()) => {}
+                    Err(DeliveryError::Refused { reason }) => refused.push(reason),
+                    Err(retry) => return Err(retry),
+                }
             }
-            Ok(())
+            crm::refused_users(refused)
         })
     }
 }

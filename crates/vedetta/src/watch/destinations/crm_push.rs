@@ -208,6 +208,7 @@ impl Destination for CrmPushes {
             );
             let c = &self.counters;
             let per_batch = self.crm.max_batch_users().max(1);
+            let mut refused = Vec::new();
             for (index, chunk) in users.chunks(per_batch).enumerate() {
                 // The outbox id is stable across retries; the chunk index keeps the ids of
                 // one push's batches apart (Mailchimp member events carry it).
@@ -221,10 +222,20 @@ impl Destination for CrmPushes {
                     trigger: push.trigger.clone(),
                     users: chunk.to_vec(),
                 };
-                if let Err(e) = self.crm.push(&batch).await {
-                    c.attempts_failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
+                // A refused batch (users the CRM refuses) does not keep the next batches
+                // from it; a retry stops here.
+                match self.crm.push(&batch).await {
+                    Ok(()) => {}
+                    Err(DeliveryError::Refused { reason }) => refused.push(reason),
+                    Err(e) => {
+                        c.attempts_failed.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 }
+            }
+            if let Err(e) = crate::watch::crm::refused_users(refused) {
+                c.attempts_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
             }
             // Counted once, when the whole push is delivered: retries do not inflate them.
             c.attempts_delivered.fetch_add(1, Ordering::Relaxed);

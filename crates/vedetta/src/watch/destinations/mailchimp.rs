@@ -381,6 +381,7 @@ impl Mailchimp {
     }
 
     async fn push_one_by_one(&self, batch: &CrmBatch) -> Result<(), DeliveryError> {
+        let mut refused = Vec::new();
         for (user, email) in batch.reachable() {
             let run = async {
                 for (method, segments, body) in self.operations(batch, user, email) {
@@ -389,10 +390,18 @@ impl Mailchimp {
                 }
                 self.confirm_tags(user, email).await
             };
-            run.await
-                .map_err(|e| super::activecampaign::with_user(e, &user.pseudonym))?;
+            // A refused user does not keep the others from Mailchimp; a retry stops here
+            // (the whole batch goes again, and every write but events is idempotent).
+            match run
+                .await
+                .map_err(|e| super::activecampaign::with_user(e, &user.pseudonym))
+            {
+                Ok(()) => {}
+                Err(DeliveryError::Refused { reason }) => refused.push(reason),
+                Err(retry) => return Err(retry),
+            }
         }
-        Ok(())
+        crm::refused_users(refused)
     }
 
     async fn push_as_batch_operation(&self, batch: &CrmBatch) -> Result<(), DeliveryError> {
