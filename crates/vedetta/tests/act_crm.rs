@@ -687,3 +687,39 @@ async fn one_refused_user_does_not_keep_the_others_from_the_crm() {
         );
     }
 }
+
+/// ActiveCampaign's tag search matches substrings and answers one page (20 by default). With
+/// more than a page of tags containing the name (`vip-2023`, `vip-2024`, …) the exact tag
+/// was not on it: creating it was refused as a duplicate, the second search missed it too,
+/// and every push naming the tag was refused. Now the search reads every page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_past_the_first_page_of_the_search_is_found() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    {
+        // 130 tags containing "vip", the exact one created last (the highest id).
+        let mut state = ac.state.lock().unwrap();
+        for i in 0..130u64 {
+            state.tags.insert(1_000_000 + i, format!("vip-{i:03}"));
+        }
+        state.tags.insert(2_000_000, "vip".into());
+    }
+    let dest = crms(&ac_config("ac-pages", &base, "ac-token"))["ac-pages"].clone();
+    dest.push(&batch("p", vec![user(1, Some("a@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    let state = ac.state.lock().unwrap();
+    assert_eq!(state.tags.values().filter(|t| *t == "vip").count(), 1);
+    let a = state
+        .contacts
+        .iter()
+        .find(|c| c.email == "a@example.it")
+        .unwrap();
+    assert_eq!(
+        a.tags
+            .iter()
+            .map(|t| state.tags[t].as_str())
+            .collect::<Vec<_>>(),
+        ["vip"]
+    );
+}

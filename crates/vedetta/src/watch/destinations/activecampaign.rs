@@ -112,6 +112,10 @@ struct PacerState {
     held_until: Option<Instant>,
 }
 
+/// Tags per page of a tag search (ActiveCampaign's most), and the most pages read.
+const TAG_PAGE: usize = 100;
+const MAX_TAG_PAGES: usize = 10;
+
 /// Slack between our window and the receiver's (connection set-up, scheduling).
 const WINDOW_MARGIN: Duration = Duration::from_millis(100);
 
@@ -224,18 +228,32 @@ impl ActiveCampaign {
         serde_json::from_str(&body).map_err(|e| decode_error(what, e))
     }
 
-    /// The id of the tag named exactly `tag` (the search matches substrings).
+    /// The id of the tag named exactly `tag`. The search matches substrings and answers a
+    /// page at a time, so every page is read (up to [`MAX_TAG_PAGES`]): with more than a
+    /// page of tags containing the name, the exact one may be on any.
     async fn find_tag(&self, tag: &str) -> Result<Option<String>, DeliveryError> {
-        let mut url = self.url(&["tags"]);
-        url.query_pairs_mut().append_pair("search", tag);
-        let found = self
-            .call("ActiveCampaign tag search", self.client.get(url))
-            .await?;
-        Ok(found["tags"].as_array().and_then(|tags| {
-            tags.iter()
+        for page in 0..MAX_TAG_PAGES {
+            let mut url = self.url(&["tags"]);
+            url.query_pairs_mut()
+                .append_pair("search", tag)
+                .append_pair("limit", &TAG_PAGE.to_string())
+                .append_pair("offset", &(page * TAG_PAGE).to_string());
+            let found = self
+                .call("ActiveCampaign tag search", self.client.get(url))
+                .await?;
+            let tags = found["tags"].as_array().map_or(&[][..], Vec::as_slice);
+            if let Some(id) = tags
+                .iter()
                 .find(|t| t["tag"].as_str() == Some(tag))
                 .and_then(|t| id_of(&t["id"]))
-        }))
+            {
+                return Ok(Some(id));
+            }
+            if tags.len() < TAG_PAGE {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     async fn tag_id(&self, tag: &str) -> Result<String, DeliveryError> {
