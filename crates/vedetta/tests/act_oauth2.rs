@@ -317,3 +317,42 @@ async fn a_token_endpoint_echoing_the_secrets_does_not_put_them_in_errors() {
         other => panic!("expected a retry, got {other:?}"),
     }
 }
+
+/// A protected receiver whose refusal echoes the bearer token it was shown: the excerpt of
+/// its answer went into the refusal, hence into logs and the dead-letter list. The access
+/// token (and the other OAuth2 secrets) are scrubbed from it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_echoing_the_access_token_does_not_put_it_in_errors() {
+    let router = axum::Router::new()
+        .route(
+            "/oauth/token",
+            axum::routing::post(|| async {
+                (
+                    [("content-type", "application/json")],
+                    r#"{"access_token":"at-Leaky-99","expires_in":3600}"#,
+                )
+            }),
+        )
+        .route(
+            "/vedetta/push",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::FORBIDDEN,
+                    "token at-Leaky-99 lacks the scope push",
+                )
+            }),
+        );
+    let base = serve(router).await;
+    let text = format!(
+        "name = \"leaky\"\nkind = \"webhook\"\nurl = \"{base}/vedetta/push\"\n\
+         oauth2 = {{ token_url = \"{base}/oauth/token\", client_id = \"c\", client_secret = \"s3cret\" }}\n"
+    );
+    let hook = vedetta::watch::destinations::build(&toml::from_str(&text).unwrap()).unwrap();
+    match hook.deliver(&note("leak")).await {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("403"), "{reason}");
+            assert!(!reason.contains("at-Leaky-99"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

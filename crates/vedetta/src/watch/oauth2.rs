@@ -470,6 +470,38 @@ impl OAuth2Client {
         Ok(access)
     }
 
+    /// Keeps this client's secrets (the cached access token, the refresh token, the client
+    /// secret) out of an error made of a receiver's answer, which may echo what it was
+    /// shown.
+    pub async fn scrub_error(&self, error: DeliveryError) -> DeliveryError {
+        let state = self.state.lock().await;
+        let secrets: Vec<&str> = [
+            state.access.as_ref().map(|a| a.access_token.expose()),
+            state.refresh.as_ref().map(Secret::expose),
+            self.config.refresh_token.as_ref().map(Secret::expose),
+            Some(self.config.client_secret.expose()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+        let scrub = |mut text: String| {
+            for secret in &secrets {
+                text = text.replace(secret, "<secret>");
+            }
+            text
+        };
+        match error {
+            DeliveryError::Retry { after, reason } => DeliveryError::Retry {
+                after,
+                reason: scrub(reason),
+            },
+            DeliveryError::Refused { reason } => DeliveryError::Refused {
+                reason: scrub(reason),
+            },
+        }
+    }
+
     /// Forgets the cached access token (the next call fetches one).
     pub async fn invalidate(&self) {
         self.state.lock().await.access = None;

@@ -294,7 +294,12 @@ impl Mailchimp {
                     .await?
             }
         };
-        let body = classify(what, response).await?;
+        let body = match (classify(what, response).await, &self.auth) {
+            (Ok(body), _) => body,
+            // The answer may echo the bearer token it was shown.
+            (Err(e), Auth::OAuth2(oauth2)) => return Err(oauth2.scrub_error(e).await),
+            (Err(e), Auth::Key(_)) => return Err(e),
+        };
         if body.trim().is_empty() {
             return Ok(Value::Null);
         }
