@@ -13,8 +13,9 @@
 //! 1. `POST /api/3/contact/sync` `{"contact": {"email", "fieldValues": [{"field", "value"}]}}`
 //!    creates or updates the contact by e-mail and sets the mapped custom fields (a field
 //!    the user has but the configuration does not map is not sent);
-//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, exact name) or created
-//!    (`POST /api/3/tags`), then cached;
+//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, exact name, page by
+//!    page) or created (`POST /api/3/tags`), then cached (and looked up afresh once when
+//!    linking a cached id is refused: the tag was deleted since);
 //! 3. `POST /api/3/contactTags` `{"contactTag": {"contact", "tag"}}` adds it.
 //!
 //! Every request carries the `Api-Token` header. At most `requests_per_second` (5, the
