@@ -515,3 +515,211 @@ oauth2 = { token_url = "http://127.0.0.1:9/token", client_id = "vedetta", client
     // The generated encryption key is private and beside the pseudonym key.
     assert!(dir.path().join("data").join("encryption.key").exists());
 }
+
+/// A hostile `Retry-After` (u64::MAX seconds) on a 429: before the bound, adding it to
+/// `Instant::now()` panicked inside the push (the sender's delivery task died with it and
+/// the destination stayed busy for good), and a merely huge one held the whole account for
+/// years. Now it is a retry whose delay is bounded, and the account is held that long only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_with_an_absurd_retry_after_is_a_bounded_retry_not_a_panic() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let router = axum::Router::new().fallback(|| async {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "18446744073709551615".parse().unwrap());
+        (StatusCode::TOO_MANY_REQUESTS, headers, "slow down").into_response()
+    });
+    let base = serve(router).await;
+    let dest = crms(&ac_config("ac-absurd", &base, "t"))["ac-absurd"].clone();
+    let pushed = tokio::spawn(async move {
+        dest.push(&batch("x", vec![user(1, Some("a@example.it"), &[])]))
+            .await
+    })
+    .await
+    .expect("the push does not panic");
+    match pushed {
+        Err(DeliveryError::Retry { after, reason }) => {
+            let after = after.expect("the receiver's delay");
+            assert!(after <= Duration::from_secs(3_600), "{after:?}: {reason}");
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+}
+
+/// A receiver's error body is kept as an excerpt, and the batch's addresses are scrubbed
+/// from it. Before the fix the excerpt was cut at a fixed length, so an address straddling
+/// the cut survived as a fragment (`anna.rossi@exa…`) that the scrub, looking for whole
+/// addresses, did not see: identity in the error, hence in logs, `/v1/triggers` and the
+/// dead-letter list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_cut_by_the_error_excerpt_is_not_left_in_the_error() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    for pad in 150..200 {
+        let body = format!(
+            "{{\"errors\":[{{\"title\":\"{} anna.rossi@example.it is not valid\"}}]}}",
+            "x".repeat(pad)
+        );
+        let router = axum::Router::new().fallback(move || async move {
+            (StatusCode::UNPROCESSABLE_ENTITY, body).into_response()
+        });
+        let base = serve(router).await;
+        let dest = crms(&ac_config("ac-echo", &base, "t"))["ac-echo"].clone();
+        match dest
+            .push(&batch(
+                "x",
+                vec![user(1, Some("Anna.Rossi@example.it"), &[])],
+            ))
+            .await
+        {
+            Err(DeliveryError::Refused { reason }) => {
+                assert!(reason.contains("422"), "{reason}");
+                assert!(
+                    !reason.to_ascii_lowercase().contains("anna.r"),
+                    "pad {pad}: {reason}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+/// A batch operation reported `finished` with an `errored_operations` that is not a whole
+/// number (a string, or missing): it was read as 0, so a batch whose operations failed was
+/// delivered, its users silently lost. Now the push is a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_mailchimp_batch_with_an_unreadable_error_count_is_a_retry() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    for status in [
+        r#"{"id":"b1","status":"finished","errored_operations":"3","total_operations":4}"#,
+        r#"{"id":"b1","status":"finished","total_operations":4}"#,
+    ] {
+        let router = axum::Router::new()
+            .route(
+                "/3.0/batches",
+                axum::routing::post(|| async {
+                    (StatusCode::OK, r#"{"id":"b1"}"#).into_response()
+                }),
+            )
+            .route(
+                "/3.0/batches/b1",
+                axum::routing::get(move || async move { (StatusCode::OK, status).into_response() }),
+            );
+        let base = serve(router).await;
+        let dest = crms(&mc_config(&base, "0123abcd-us6", "batch_threshold = 1\n"))["mc"].clone();
+        let users = (0..2)
+            .map(|i| user(i, Some(&format!("u{i}@example.it")), &[]))
+            .collect();
+        match dest.push(&batch("mb", users)).await {
+            Err(DeliveryError::Retry { reason, .. }) => {
+                assert!(reason.contains("b1"), "{reason}");
+            }
+            other => panic!("{status}: expected a retry, got {other:?}"),
+        }
+    }
+}
+
+/// A tag deleted in ActiveCampaign after its id was cached: linking it is refused (422),
+/// and every later push naming it was refused and dead-lettered until a restart. Now a
+/// refused link of a cached id looks the tag up afresh (re-creating it) once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_deleted_in_activecampaign_is_created_again_not_refused_for_good() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    let dest = crms(&ac_config("ac-stale", &base, "ac-token"))["ac-stale"].clone();
+    dest.push(&batch("t1", vec![user(1, Some("a@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    {
+        // Someone deletes the tag in ActiveCampaign's UI.
+        let mut state = ac.state.lock().unwrap();
+        state.tags.clear();
+        for c in &mut state.contacts {
+            c.tags.clear();
+        }
+    }
+    dest.push(&batch("t2", vec![user(2, Some("b@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    let state = ac.state.lock().unwrap();
+    assert_eq!(state.tags.values().collect::<Vec<_>>(), ["vip"]);
+    let b = state
+        .contacts
+        .iter()
+        .find(|c| c.email == "b@example.it")
+        .unwrap();
+    assert_eq!(b.tags.len(), 1);
+}
+
+/// One user the CRM refuses (Mailchimp: "looks fake or invalid") refused the whole push at
+/// that user: the users after it were never sent, and the push went to the dead-letter
+/// list with them. Now every other user is sent, and the refusal names the refused one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_refused_user_does_not_keep_the_others_from_the_crm() {
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(&base, "0123abcd-us6", ""))["mc"].clone();
+    mc.state
+        .lock()
+        .unwrap()
+        .fake_addresses
+        .insert("dario@example.it".into());
+    let users = vec![
+        user(1, Some("anna@example.it"), &[]),
+        user(2, Some("dario@example.it"), &[]),
+        user(3, Some("elena@example.it"), &[]),
+    ];
+    match dest.push(&batch("r1", users)).await {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("p0002"), "{reason}");
+            assert!(!reason.contains("dario"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let state = mc.state.lock().unwrap();
+    for email in ["anna@example.it", "elena@example.it"] {
+        assert!(
+            state
+                .members
+                .contains_key(&("list1".to_owned(), md5_hex(email))),
+            "{email} was not sent"
+        );
+    }
+}
+
+/// ActiveCampaign's tag search matches substrings and answers one page (20 by default). With
+/// more than a page of tags containing the name (`vip-2023`, `vip-2024`, …) the exact tag
+/// was not on it: creating it was refused as a duplicate, the second search missed it too,
+/// and every push naming the tag was refused. Now the search reads every page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_past_the_first_page_of_the_search_is_found() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    {
+        // 130 tags containing "vip", the exact one created last (the highest id).
+        let mut state = ac.state.lock().unwrap();
+        for i in 0..130u64 {
+            state.tags.insert(1_000_000 + i, format!("vip-{i:03}"));
+        }
+        state.tags.insert(2_000_000, "vip".into());
+    }
+    let dest = crms(&ac_config("ac-pages", &base, "ac-token"))["ac-pages"].clone();
+    dest.push(&batch("p", vec![user(1, Some("a@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    let state = ac.state.lock().unwrap();
+    assert_eq!(state.tags.values().filter(|t| *t == "vip").count(), 1);
+    let a = state
+        .contacts
+        .iter()
+        .find(|c| c.email == "a@example.it")
+        .unwrap();
+    assert_eq!(
+        a.tags
+            .iter()
+            .map(|t| state.tags[t].as_str())
+            .collect::<Vec<_>>(),
+        ["vip"]
+    );
+}

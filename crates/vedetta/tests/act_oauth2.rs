@@ -214,3 +214,145 @@ async fn client_credentials_without_a_refresh_token_and_a_wrong_secret_is_a_retr
         !format!("{:?}", toml::from_str::<DestinationConfig>(&wrong).unwrap()).contains("nope")
     );
 }
+
+/// A token endpoint that rotates the refresh token (`rt-1` → `rt-2` → …) and records the
+/// refresh token each request presents; its first answer is `first` with the new refresh
+/// token spliced in, later ones are well-formed.
+fn odd_token_endpoint(first: &'static str) -> (axum::Router, Arc<std::sync::Mutex<Vec<String>>>) {
+    let presented = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = presented.clone();
+    let router = axum::Router::new().route(
+        "/oauth/token",
+        axum::routing::post(move |body: String| {
+            let seen = seen.clone();
+            async move {
+                let token = body
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("refresh_token="))
+                    .unwrap_or("")
+                    .to_owned();
+                let mut seen = seen.lock().unwrap();
+                seen.push(token);
+                let next = format!("rt-{}", seen.len() + 1);
+                let answer = if seen.len() == 1 {
+                    first.replace("NEXT", &next)
+                } else {
+                    format!(
+                        r#"{{"access_token":"a{}","expires_in":3600,"refresh_token":"{next}"}}"#,
+                        seen.len()
+                    )
+                };
+                ([("content-type", "application/json")], answer)
+            }
+        }),
+    );
+    (router, presented)
+}
+
+/// The token endpoint rotated the refresh token (the old one is dead there) but something
+/// else in its answer is odd: `expires_in` as a string (as Azure AD v1 writes it), or an
+/// empty access token. Before the fix the whole answer was dropped, the new refresh token
+/// with it, and the next refresh presented the dead one: locked out for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_answer_is_odd() {
+    for first in [
+        r#"{"access_token":"a1","expires_in":"3600","refresh_token":"NEXT"}"#,
+        r#"{"access_token":"","expires_in":3600,"refresh_token":"NEXT"}"#,
+        r#"{"access_token":"a1","expires_in":-5,"refresh_token":"NEXT"}"#,
+    ] {
+        let (router, presented) = odd_token_endpoint(first);
+        let base = serve(router).await;
+        let config: vedetta::watch::oauth2::OAuth2Config = toml::from_str(&format!(
+            "token_url = \"{base}/oauth/token\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             refresh_token = \"rt-1\"\n"
+        ))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let client =
+            vedetta::watch::oauth2::OAuth2Client::new("odd", config, Some(vault(dir.path())));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::new();
+        // The first answer may or may not give a usable access token; either way the next
+        // refresh must present the rotated refresh token.
+        let _ = client.token(&http, true).await;
+        client.token(&http, true).await.unwrap();
+        assert_eq!(
+            *presented.lock().unwrap(),
+            ["rt-1", "rt-2"],
+            "answer {first}"
+        );
+    }
+}
+
+/// A token endpoint whose error echoes what it was sent (the refresh token, the client
+/// secret): the excerpt of its answer went into the retry's reason, hence into logs, the
+/// outbox's last error and `/v1/triggers`. Secrets are scrubbed from it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_endpoint_echoing_the_secrets_does_not_put_them_in_errors() {
+    let router = axum::Router::new().route(
+        "/oauth/token",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                r#"{"error":"invalid_grant","error_description":"refresh token rt-Secret-42 is unknown for client secret cs-Hidden-7"}"#,
+            )
+        }),
+    );
+    let base = serve(router).await;
+    let config: vedetta::watch::oauth2::OAuth2Config = toml::from_str(&format!(
+        "token_url = \"{base}/oauth/token\"\nclient_id = \"c\"\nclient_secret = \"cs-Hidden-7\"\n\
+         refresh_token = \"rt-Secret-42\"\nclient_auth = \"post\"\n"
+    ))
+    .unwrap();
+    let client = vedetta::watch::oauth2::OAuth2Client::new("echo", config, None);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match client.token(&reqwest::Client::new(), false).await {
+        Err(DeliveryError::Retry { reason, .. }) => {
+            assert!(reason.contains("invalid_grant"), "{reason}");
+            assert!(
+                !reason.contains("rt-Secret-42") && !reason.contains("cs-Hidden-7"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a retry, got {other:?}"),
+    }
+}
+
+/// A protected receiver whose refusal echoes the bearer token it was shown: the excerpt of
+/// its answer went into the refusal, hence into logs and the dead-letter list. The access
+/// token (and the other OAuth2 secrets) are scrubbed from it now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_echoing_the_access_token_does_not_put_it_in_errors() {
+    let router = axum::Router::new()
+        .route(
+            "/oauth/token",
+            axum::routing::post(|| async {
+                (
+                    [("content-type", "application/json")],
+                    r#"{"access_token":"at-Leaky-99","expires_in":3600}"#,
+                )
+            }),
+        )
+        .route(
+            "/vedetta/push",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::FORBIDDEN,
+                    "token at-Leaky-99 lacks the scope push",
+                )
+            }),
+        );
+    let base = serve(router).await;
+    let text = format!(
+        "name = \"leaky\"\nkind = \"webhook\"\nurl = \"{base}/vedetta/push\"\n\
+         oauth2 = {{ token_url = \"{base}/oauth/token\", client_id = \"c\", client_secret = \"s3cret\" }}\n"
+    );
+    let hook = vedetta::watch::destinations::build(&toml::from_str(&text).unwrap()).unwrap();
+    match hook.deliver(&note("leak")).await {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("403"), "{reason}");
+            assert!(!reason.contains("at-Leaky-99"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}

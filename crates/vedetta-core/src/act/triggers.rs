@@ -226,7 +226,10 @@ fn check_trigger(
     if raw.notify.is_empty() {
         return Err(err("notify", "names no destination".into()));
     }
-    for d in &raw.notify {
+    for (i, d) in raw.notify.iter().enumerate() {
+        if raw.notify[..i].contains(d) {
+            return Err(err("notify", format!("{d:?} is named twice")));
+        }
         if !push_destinations.contains(d) {
             let why = if all_destinations.contains(d) {
                 "does not take pushes (a webhook with format = \"seed\" does)"
@@ -301,10 +304,11 @@ fn check_trigger(
                         .tag
                         .clone()
                         .ok_or_else(|| err("tag", "is required".into()))?;
-                    if !check_text(&tag) {
+                    // Not blank either: a CRM refuses a blank tag, at every delivery.
+                    if !check_text(&tag) || tag.trim().is_empty() {
                         return Err(err(
                             "tag",
-                            format!("1 to {MAX_NAME_LEN} bytes, no control characters"),
+                            format!("1 to {MAX_NAME_LEN} bytes, not blank, no control characters"),
                         ));
                     }
                     let when = match raw.on.as_deref() {
@@ -515,5 +519,30 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(twice.key, "name");
+    }
+
+    /// A destination named twice in `notify` queued every push to it twice (one pending
+    /// push per name, each its own outbox entry): a seed webhook received each user twice,
+    /// and the delivery numbers counted double.
+    #[test]
+    fn a_destination_named_twice_in_notify_is_refused() {
+        let error = check(
+            "[[triggers]]\nname = \"a\"\nkind = \"conversion_feed\"\nnotify = [\"crm-push\", \"crm-push\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "notify");
+        assert!(error.message.contains("twice"), "{error}");
+    }
+
+    /// A blank tag passed the check (not empty, no control characters), and every push of
+    /// the trigger to a CRM was then refused at delivery (a CRM batch has no blank tag):
+    /// dead letters for a value the load could have named.
+    #[test]
+    fn a_blank_tag_is_refused_at_load() {
+        let error = check(
+            "[[triggers]]\nname = \"a\"\nkind = \"tag\"\ntag = \"   \"\non = \"first_purchase\"\nnotify = [\"crm-push\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(error.key, "tag");
     }
 }

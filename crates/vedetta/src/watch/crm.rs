@@ -289,6 +289,24 @@ pub(crate) fn not_for_alerts(kind: &str) -> DeliveryError {
     }
 }
 
+/// The outcome of a push in which each user was tried: the users a CRM refused do not keep
+/// the others from it, and the push is refused (naming the first) only after the others
+/// went. `refused` holds each refusal's reason.
+pub(crate) fn refused_users(refused: Vec<String>) -> Result<(), DeliveryError> {
+    let mut reasons = refused.into_iter();
+    let Some(first) = reasons.next() else {
+        return Ok(());
+    };
+    let more = reasons.count();
+    Err(DeliveryError::Refused {
+        reason: if more == 0 {
+            first
+        } else {
+            format!("{first} (and {more} more refused)")
+        },
+    })
+}
+
 /// Keeps identity and secrets out of a delivery error's text.
 pub(crate) fn scrub_error(batch: &CrmBatch, error: DeliveryError) -> DeliveryError {
     match error {

@@ -210,11 +210,39 @@ struct State {
     unsaved: bool,
 }
 
-#[derive(Deserialize)]
+/// A token endpoint's answer, read field by field: a field of an odd type must not cost the
+/// others (a rotated `refresh_token` above all: the old one is dead at the endpoint).
 struct TokenResponse {
-    access_token: String,
+    access_token: Option<String>,
+    /// Seconds; `None` when absent or not a number (nor a string of one).
     expires_in: Option<u64>,
     refresh_token: Option<String>,
+}
+
+impl TokenResponse {
+    fn read(body: &str) -> Result<TokenResponse, String> {
+        let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        let object = value.as_object().ok_or("not a JSON object")?;
+        let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        // A number, or a string of one (some endpoints write `"3600"`); a negative one is 0.
+        let expires_in = object.get("expires_in").and_then(|v| match v {
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .or_else(|| n.as_i64().map(|i| i.max(0) as u64))
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.is_finite())
+                        .map(|f| f.max(0.0) as u64)
+                }),
+            serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        });
+        Ok(TokenResponse {
+            access_token: text("access_token"),
+            expires_in,
+            refresh_token: text("refresh_token"),
+        })
+    }
 }
 
 /// When [`OAuth2Client::fetch`] goes to the token endpoint.
@@ -387,32 +415,25 @@ impl OAuth2Client {
                     } else {
                         ""
                     };
+                    // The endpoint's answer may echo what it was sent: keep the secrets out.
+                    let mut reason = reason;
+                    for secret in [refresh.as_ref(), Some(&c.client_secret)].into_iter().flatten() {
+                        if !secret.expose().is_empty() {
+                            reason = reason.replace(secret.expose(), "<secret>");
+                        }
+                    }
                     retry(format!("{reason}{hint}"))
                 }
             })?;
-        let token: TokenResponse = serde_json::from_str(&body).map_err(|e| {
+        let token = TokenResponse::read(&body).map_err(|e| {
             retry(format!(
                 "the OAuth2 token endpoint's answer does not decode: {e}"
             ))
         })?;
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if token.access_token.is_empty() || token.access_token.len() > MAX_TOKEN_BYTES {
-            return Err(retry(
-                "the OAuth2 token endpoint answered an empty or oversized access token",
-            ));
-        }
-        let lifetime = Duration::from_secs(
-            token
-                .expires_in
-                .unwrap_or(DEFAULT_TOKEN_LIFETIME)
-                .clamp(1, MAX_TOKEN_LIFETIME),
-        );
-        let access = Secret(token.access_token);
-        state.access = Some(CachedToken {
-            access_token: access.clone(),
-            refresh_at: asked + refresh_after(lifetime),
-        });
+        // The rotated refresh token first, whatever else the answer holds: the old one is
+        // dead at the endpoint now.
         if let Some(new_refresh) = token.refresh_token
             && Some(new_refresh.as_str()) != refresh.as_ref().map(Secret::expose)
         {
@@ -421,13 +442,64 @@ impl OAuth2Client {
                     "the OAuth2 token endpoint answered an empty or oversized refresh token",
                 ));
             }
-            // The old refresh token is dead at the endpoint now: the new one is the only
-            // truth, in memory first (it cannot go back), then on disk before any use.
+            // The new one is the only truth, in memory first (it cannot go back), then on
+            // disk before any use.
             state.refresh = Some(Secret(new_refresh));
             state.unsaved = true;
             self.save(&mut state)?;
         }
+        let access_token = token
+            .access_token
+            .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN_BYTES)
+            .ok_or_else(|| {
+                retry(
+                    "the OAuth2 token endpoint answered no, an empty or an oversized access token",
+                )
+            })?;
+        let lifetime = Duration::from_secs(
+            token
+                .expires_in
+                .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+                .clamp(1, MAX_TOKEN_LIFETIME),
+        );
+        let access = Secret(access_token);
+        state.access = Some(CachedToken {
+            access_token: access.clone(),
+            refresh_at: asked + refresh_after(lifetime),
+        });
         Ok(access)
+    }
+
+    /// Keeps this client's secrets (the cached access token, the refresh token, the client
+    /// secret) out of an error made of a receiver's answer, which may echo what it was
+    /// shown.
+    pub async fn scrub_error(&self, error: DeliveryError) -> DeliveryError {
+        let state = self.state.lock().await;
+        let secrets: Vec<&str> = [
+            state.access.as_ref().map(|a| a.access_token.expose()),
+            state.refresh.as_ref().map(Secret::expose),
+            self.config.refresh_token.as_ref().map(Secret::expose),
+            Some(self.config.client_secret.expose()),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect();
+        let scrub = |mut text: String| {
+            for secret in &secrets {
+                text = text.replace(secret, "<secret>");
+            }
+            text
+        };
+        match error {
+            DeliveryError::Retry { after, reason } => DeliveryError::Retry {
+                after,
+                reason: scrub(reason),
+            },
+            DeliveryError::Refused { reason } => DeliveryError::Refused {
+                reason: scrub(reason),
+            },
+        }
     }
 
     /// Forgets the cached access token (the next call fetches one).

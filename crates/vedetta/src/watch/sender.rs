@@ -12,7 +12,8 @@
 //!   gets its backlog within half a minute of coming back, not up to ten), with jitter
 //!   (the delay is drawn in [½ d, d]) so restarted senders do not beat in step. Only a
 //!   queue's head is retried, so a failing receiver sees one request per backoff. A
-//!   receiver's own delay (`Retry-After`) is honoured as given, up to `max_retry_after`.
+//!   receiver's own delay (`Retry-After`) is honoured as given, up to `max_retry_after`
+//!   (one shorter than `base_backoff` counts as none).
 //! - **Dead letters**: a [`DeliveryError::Refused`] at once; a retryable failure once the
 //!   entry has waited longer than `max_age` (a week by default: a day-long outage loses
 //!   nothing). An entry naming no configured destination, or whose bytes do not decode,
@@ -272,14 +273,16 @@ impl SenderHandle {
 }
 
 /// The delay before the next attempt after `attempts` failed ones (≥ 1): exponential,
-/// capped, jittered into [½ d, d]; or the receiver's `after`, capped.
+/// capped, jittered into [½ d, d]; or the receiver's `after`, capped. An `after` shorter
+/// than `base_backoff` (`Retry-After: 0`) counts as none: honoured, it retried the head at
+/// once, forever.
 pub fn backoff(
     config: &SenderConfig,
     attempts: u32,
     after: Option<Duration>,
     random: u64,
 ) -> Duration {
-    if let Some(after) = after {
+    if let Some(after) = after.filter(|a| *a >= config.base_backoff) {
         return after.min(config.max_retry_after);
     }
     let exponent = attempts.saturating_sub(1).min(30);
@@ -776,5 +779,24 @@ mod tests {
             backoff(&c, 1, Some(Duration::from_secs(1 << 40)), 0),
             c.max_retry_after
         );
+    }
+
+    /// `Retry-After: 0` on every answer (a misconfigured proxy's 503) made the delay zero:
+    /// the head was retried at once, forever (a week, `max_age`), each attempt a request
+    /// and an outbox commit. A delay shorter than `base_backoff` is no delay given.
+    #[test]
+    fn a_retry_after_of_zero_does_not_retry_in_a_tight_loop() {
+        let c = SenderConfig::default();
+        for attempts in [1, 5, 20] {
+            for r in [0, u64::MAX] {
+                let zero = backoff(&c, attempts, Some(Duration::ZERO), r);
+                assert_eq!(zero, backoff(&c, attempts, None, r), "{attempts}");
+                assert!(zero >= c.base_backoff / 2, "{attempts}: {zero:?}");
+            }
+        }
+        let short = backoff(&c, 8, Some(Duration::from_millis(10)), 0);
+        assert_eq!(short, backoff(&c, 8, None, 0));
+        // From base_backoff up, the receiver's delay is honoured as given.
+        assert_eq!(backoff(&c, 8, Some(c.base_backoff), 0), c.base_backoff);
     }
 }

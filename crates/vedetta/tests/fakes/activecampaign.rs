@@ -4,7 +4,8 @@
 //!   `Retry-After: 1`; a test may also force 429s (`force_429`);
 //! - `POST /api/3/contact/sync` creates or updates a contact by e-mail (case-insensitive)
 //!   and sets `fieldValues` (unknown field ids are 422);
-//! - `GET /api/3/tags?search=` matches names by substring, like the real search;
+//! - `GET /api/3/tags?search=` matches names by substring, like the real search, a page
+//!   at a time (`limit`, 20 by default and at most 100; `offset`);
 //!   `POST /api/3/tags` creates one (a duplicate name is 422);
 //! - `POST /api/3/contactTags` links an existing contact and tag (unknown ones are 422;
 //!   a repeat answers the existing link).
@@ -207,15 +208,27 @@ fn route(
                 .map(|s| s.replace('+', " "))
                 .map(|s| percent_decode(&s))
                 .unwrap_or_default();
-            let tags: Vec<Value> = state
+            // Paged like the real list: `limit` 20 by default, at most 100; `offset`.
+            let param = |name: &str| -> Option<usize> {
+                uri.query()
+                    .unwrap_or_default()
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+            };
+            let limit = param("limit").unwrap_or(20).min(100);
+            let offset = param("offset").unwrap_or(0);
+            let matching: Vec<Value> = state
                 .tags
                 .iter()
                 .filter(|(_, name)| name.contains(&search))
                 .map(|(id, name)| json!({"id": id.to_string(), "tag": name, "tagType": "contact"}))
                 .collect();
+            let total = matching.len();
+            let tags: Vec<Value> = matching.into_iter().skip(offset).take(limit).collect();
             answer(
                 StatusCode::OK,
-                json!({"tags": tags, "meta": {"total": tags.len().to_string()}}),
+                json!({"tags": tags, "meta": {"total": total.to_string()}}),
             )
         }
         ("POST", "/api/3/tags") => {

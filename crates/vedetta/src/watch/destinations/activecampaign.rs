@@ -13,8 +13,9 @@
 //! 1. `POST /api/3/contact/sync` `{"contact": {"email", "fieldValues": [{"field", "value"}]}}`
 //!    creates or updates the contact by e-mail and sets the mapped custom fields (a field
 //!    the user has but the configuration does not map is not sent);
-//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, exact name) or created
-//!    (`POST /api/3/tags`), then cached;
+//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, exact name, page by
+//!    page) or created (`POST /api/3/tags`), then cached (and looked up afresh once when
+//!    linking a cached id is refused: the tag was deleted since);
 //! 3. `POST /api/3/contactTags` `{"contactTag": {"contact", "tag"}}` adds it.
 //!
 //! Every request carries the `Api-Token` header. At most `requests_per_second` (5, the
@@ -111,6 +112,10 @@ struct PacerState {
     /// No request before this (a 429's `Retry-After`).
     held_until: Option<Instant>,
 }
+
+/// Tags per page of a tag search (ActiveCampaign's most), and the most pages read.
+const TAG_PAGE: usize = 100;
+const MAX_TAG_PAGES: usize = 10;
 
 /// Slack between our window and the receiver's (connection set-up, scheduling).
 const WINDOW_MARGIN: Duration = Duration::from_millis(100);
@@ -224,18 +229,32 @@ impl ActiveCampaign {
         serde_json::from_str(&body).map_err(|e| decode_error(what, e))
     }
 
-    /// The id of the tag named exactly `tag` (the search matches substrings).
+    /// The id of the tag named exactly `tag`. The search matches substrings and answers a
+    /// page at a time, so every page is read (up to [`MAX_TAG_PAGES`]): with more than a
+    /// page of tags containing the name, the exact one may be on any.
     async fn find_tag(&self, tag: &str) -> Result<Option<String>, DeliveryError> {
-        let mut url = self.url(&["tags"]);
-        url.query_pairs_mut().append_pair("search", tag);
-        let found = self
-            .call("ActiveCampaign tag search", self.client.get(url))
-            .await?;
-        Ok(found["tags"].as_array().and_then(|tags| {
-            tags.iter()
+        for page in 0..MAX_TAG_PAGES {
+            let mut url = self.url(&["tags"]);
+            url.query_pairs_mut()
+                .append_pair("search", tag)
+                .append_pair("limit", &TAG_PAGE.to_string())
+                .append_pair("offset", &(page * TAG_PAGE).to_string());
+            let found = self
+                .call("ActiveCampaign tag search", self.client.get(url))
+                .await?;
+            let tags = found["tags"].as_array().map_or(&[][..], Vec::as_slice);
+            if let Some(id) = tags
+                .iter()
                 .find(|t| t["tag"].as_str() == Some(tag))
                 .and_then(|t| id_of(&t["id"]))
-        }))
+            {
+                return Ok(Some(id));
+            }
+            if tags.len() < TAG_PAGE {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     async fn tag_id(&self, tag: &str) -> Result<String, DeliveryError> {
@@ -296,17 +315,33 @@ impl ActiveCampaign {
         let contact = id_of(&synced["contact"]["id"])
             .ok_or_else(|| decode_error("contact sync", "no contact.id"))?;
         for tag in &user.tags {
+            let cached = self.tag_ids.lock().await.contains_key(tag);
             let tag_id = self.tag_id(tag).await?;
-            self.call(
-                "ActiveCampaign contact tag",
-                super::with_json(
-                    self.client.post(self.url(&["contactTags"])),
-                    &json!({"contactTag": {"contact": contact, "tag": tag_id}}),
-                ),
-            )
-            .await?;
+            match self.contact_tag(&contact, &tag_id).await {
+                // A cached id may be of a tag deleted in ActiveCampaign since: look the tag
+                // up afresh (re-creating it) once, rather than refuse every push naming it
+                // until a restart.
+                Err(DeliveryError::Refused { .. }) if cached => {
+                    self.tag_ids.lock().await.remove(tag);
+                    let tag_id = self.tag_id(tag).await?;
+                    self.contact_tag(&contact, &tag_id).await?;
+                }
+                other => other?,
+            }
         }
         Ok(())
+    }
+
+    async fn contact_tag(&self, contact: &str, tag_id: &str) -> Result<(), DeliveryError> {
+        self.call(
+            "ActiveCampaign contact tag",
+            super::with_json(
+                self.client.post(self.url(&["contactTags"])),
+                &json!({"contactTag": {"contact": contact, "tag": tag_id}}),
+            ),
+        )
+        .await
+        .map(drop)
     }
 }
 
@@ -344,12 +379,21 @@ impl CrmDestination for ActiveCampaign {
                     ),
                 });
             }
+            // A refused user does not keep the others from ActiveCampaign; a retry stops
+            // here (the whole batch goes again: every step is idempotent).
+            let mut refused = Vec::new();
             for (user, email) in batch.reachable() {
-                self.push_user(user, email)
+                match self
+                    .push_user(user, email)
                     .await
-                    .map_err(|e| crm::scrub_error(batch, with_user(e, &user.pseudonym)))?;
+                    .map_err(|e| crm::scrub_error(batch, with_user(e, &user.pseudonym)))
+                {
+                    Ok(()) => {}
+                    Err(DeliveryError::Refused { reason }) => refused.push(reason),
+                    Err(retry) => return Err(retry),
+                }
             }
-            Ok(())
+            crm::refused_users(refused)
         })
     }
 }

@@ -10,7 +10,7 @@
 
 use crate::crypto::Crypto;
 use crate::identity::{Selected, crm_users};
-use crate::watch::crm::{CrmBatch, CrmDestination};
+use crate::watch::crm::{CrmBatch, CrmDestination, MAX_STRING_CHARS};
 use crate::watch::destination::{Delivery, DeliveryError, Destination};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -116,7 +116,7 @@ pub fn selected_users(push: &Push) -> Vec<Selected> {
             fields.insert("product".to_string(), product.clone());
         }
         if !event.product_ids.is_empty() {
-            fields.insert("products".to_string(), event.product_ids.join(","));
+            fields.insert("products".to_string(), products(&event.product_ids));
         }
         if let Some(value) = event.cart_value {
             fields.insert("cart_value".to_string(), format!("{value:.2}"));
@@ -146,6 +146,24 @@ pub fn selected_users(push: &Push) -> Vec<Selected> {
     out
 }
 
+/// A cart's product ids as one field value: comma-separated, the latest ones that fit in
+/// a CRM string ([`MAX_STRING_CHARS`]), whole ids only. Joined whole, a full cart of long
+/// ids overflowed it and the batch was refused for every user in it.
+fn products(ids: &[String]) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut chars = 0;
+    for id in ids.iter().rev() {
+        let more = id.chars().count() + usize::from(!kept.is_empty());
+        if chars + more > MAX_STRING_CHARS {
+            break;
+        }
+        chars += more;
+        kept.push(id);
+    }
+    kept.reverse();
+    kept.join(",")
+}
+
 impl Destination for CrmPushes {
     fn name(&self) -> &str {
         self.crm.name()
@@ -169,13 +187,16 @@ impl Destination for CrmPushes {
                 return Err(crate::watch::crm::not_for_alerts(self.crm.kind()));
             };
             let selected = selected_users(push);
-            let (users, withheld) =
-                crm_users(&self.identities, &self.crypto, selected).map_err(|e| {
-                    DeliveryError::Retry {
-                        after: Some(Duration::from_secs(5)),
-                        reason: format!("the identity store: {e}"),
-                    }
+            let (mut users, mut withheld) = crm_users(&self.identities, &self.crypto, selected)
+                .map_err(|e| DeliveryError::Retry {
+                    after: Some(Duration::from_secs(5)),
+                    reason: format!("the identity store: {e}"),
                 })?;
+            // These CRMs key contacts by e-mail: a user with a CRM id only is not sent, and
+            // is counted withheld for want of an identity they can use, not `sent`.
+            let before = users.len();
+            users.retain(|u| u.email.is_some());
+            withheld.no_identity += (before - users.len()) as u64;
             tracing::debug!(
                 destination = self.crm.name(),
                 trigger = %push.trigger,
@@ -187,6 +208,7 @@ impl Destination for CrmPushes {
             );
             let c = &self.counters;
             let per_batch = self.crm.max_batch_users().max(1);
+            let mut refused = Vec::new();
             for (index, chunk) in users.chunks(per_batch).enumerate() {
                 // The outbox id is stable across retries; the chunk index keeps the ids of
                 // one push's batches apart (Mailchimp member events carry it).
@@ -200,10 +222,20 @@ impl Destination for CrmPushes {
                     trigger: push.trigger.clone(),
                     users: chunk.to_vec(),
                 };
-                if let Err(e) = self.crm.push(&batch).await {
-                    c.attempts_failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
+                // A refused batch (users the CRM refuses) does not keep the next batches
+                // from it; a retry stops here.
+                match self.crm.push(&batch).await {
+                    Ok(()) => {}
+                    Err(DeliveryError::Refused { reason }) => refused.push(reason),
+                    Err(e) => {
+                        c.attempts_failed.fetch_add(1, Ordering::Relaxed);
+                        return Err(e);
+                    }
                 }
+            }
+            if let Err(e) = crate::watch::crm::refused_users(refused) {
+                c.attempts_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
             }
             // Counted once, when the whole push is delivered: retries do not inflate them.
             c.attempts_delivered.fetch_add(1, Ordering::Relaxed);
@@ -265,5 +297,129 @@ mod tests {
         );
         assert_eq!(users[1].fields["products"], "P-1,P-2");
         assert_eq!(users[1].fields["cart_value"], "89.50");
+    }
+
+    /// A consenting user with a CRM id and no e-mail: ActiveCampaign and Mailchimp key
+    /// contacts by e-mail and skip them, yet the push counted them `sent`, so the users
+    /// that never left were neither sent nor withheld by the numbers.
+    #[test]
+    fn a_user_without_an_email_is_not_counted_sent() {
+        use crate::crypto::IdentityField;
+        use vedetta_store::IdentityWrite;
+        struct Accepting;
+        impl CrmDestination for Accepting {
+            fn name(&self) -> &str {
+                "crm"
+            }
+            fn kind(&self) -> &'static str {
+                "activecampaign"
+            }
+            fn max_batch_users(&self) -> usize {
+                20
+            }
+            fn push<'a>(&'a self, _batch: &'a CrmBatch) -> Delivery<'a> {
+                Box::pin(async { Ok(()) })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = IdentityStore::open(&dir.path().join("identity.redb")).unwrap();
+        let crypto = Crypto::from_hex(&"ab".repeat(32), &[]).unwrap();
+        let (with_email, crm_only) = ([1u8; 16], [2u8; 16]);
+        let hex = |u: [u8; 16]| crate::crypto::hex(&u);
+        store
+            .apply(&[
+                IdentityWrite {
+                    user: with_email,
+                    ts_ms: 1,
+                    marketing: Some(true),
+                    email: Some(
+                        crypto
+                            .seal_identity(IdentityField::Email, &hex(with_email), "a@example.it")
+                            .unwrap(),
+                    ),
+                    crm_id: None,
+                },
+                IdentityWrite {
+                    user: crm_only,
+                    ts_ms: 1,
+                    marketing: Some(true),
+                    email: None,
+                    crm_id: Some(
+                        crypto
+                            .seal_identity(IdentityField::CrmId, &hex(crm_only), "42")
+                            .unwrap(),
+                    ),
+                },
+            ])
+            .unwrap();
+        let counters = Arc::new(CrmPushCounters::default());
+        let pushes = CrmPushes::new(
+            Arc::new(Accepting),
+            Arc::new(store),
+            Arc::new(crypto),
+            counters.clone(),
+        );
+        let mut n = Notification::example();
+        n.push = Some(Push {
+            trigger: "t".into(),
+            kind: "tag".into(),
+            segment: None,
+            group: vec![],
+            signal: None,
+            events: vec![
+                event(&hex(with_email), None, Some("vip")),
+                event(&hex(crm_only), None, Some("vip")),
+            ],
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(pushes.deliver(&n)).unwrap();
+        assert_eq!(counters.sent.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.withheld_no_identity.load(Ordering::Relaxed), 1);
+    }
+
+    /// A full cart (16 lines) of long product ids (Shopify's are like
+    /// `gid://shopify/ProductVariant/44812345678901`) joined into `products` passed the
+    /// 255 characters a CRM field may hold, so `CrmBatch::validate` refused the whole batch:
+    /// every user in it dead-lettered for one user's cart.
+    #[test]
+    fn a_full_cart_of_long_product_ids_still_makes_a_valid_batch() {
+        let mut cart = event(&"ab".repeat(16), None, None);
+        cart.product_ids = (0..16)
+            .map(|i| format!("gid://shopify/ProductVariant/448123456789{i:02}"))
+            .collect();
+        let push = Push {
+            trigger: "t".into(),
+            kind: "abandoned_cart".into(),
+            segment: None,
+            group: vec![],
+            signal: None,
+            events: vec![cart],
+        };
+        let selected = selected_users(&push).remove(0);
+        let products = selected.fields["products"].clone();
+        let batch = CrmBatch {
+            id: "b".into(),
+            trigger: "t".into(),
+            users: vec![crate::watch::crm::CrmUser {
+                pseudonym: selected.pseudonym,
+                email: Some("a@example.it".into()),
+                crm_id: None,
+                tags: selected.tags,
+                fields: selected.fields,
+                events: selected.events,
+            }],
+        };
+        batch.validate().unwrap();
+        // Whole ids only, the cart's latest last.
+        assert!(products.ends_with("gid://shopify/ProductVariant/44812345678915"));
+        assert!(products.split(',').all(|id| id.len() == 43), "{products}");
+        assert_eq!(
+            products.split(',').count(),
+            5,
+            "as many as fit in 255 characters"
+        );
     }
 }

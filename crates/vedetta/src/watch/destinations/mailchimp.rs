@@ -294,7 +294,12 @@ impl Mailchimp {
                     .await?
             }
         };
-        let body = classify(what, response).await?;
+        let body = match (classify(what, response).await, &self.auth) {
+            (Ok(body), _) => body,
+            // The answer may echo the bearer token it was shown.
+            (Err(e), Auth::OAuth2(oauth2)) => return Err(oauth2.scrub_error(e).await),
+            (Err(e), Auth::Key(_)) => return Err(e),
+        };
         if body.trim().is_empty() {
             return Ok(Value::Null);
         }
@@ -381,6 +386,7 @@ impl Mailchimp {
     }
 
     async fn push_one_by_one(&self, batch: &CrmBatch) -> Result<(), DeliveryError> {
+        let mut refused = Vec::new();
         for (user, email) in batch.reachable() {
             let run = async {
                 for (method, segments, body) in self.operations(batch, user, email) {
@@ -389,10 +395,18 @@ impl Mailchimp {
                 }
                 self.confirm_tags(user, email).await
             };
-            run.await
-                .map_err(|e| super::activecampaign::with_user(e, &user.pseudonym))?;
+            // A refused user does not keep the others from Mailchimp; a retry stops here
+            // (the whole batch goes again, and every write but events is idempotent).
+            match run
+                .await
+                .map_err(|e| super::activecampaign::with_user(e, &user.pseudonym))
+            {
+                Ok(()) => {}
+                Err(DeliveryError::Refused { reason }) => refused.push(reason),
+                Err(retry) => return Err(retry),
+            }
         }
-        Ok(())
+        crm::refused_users(refused)
     }
 
     async fn push_as_batch_operation(&self, batch: &CrmBatch) -> Result<(), DeliveryError> {
@@ -446,7 +460,10 @@ impl Mailchimp {
             }
             tokio::time::sleep(BATCH_POLL).await;
         };
-        let errored = status["errored_operations"].as_u64().unwrap_or(0);
+        // Not a whole number (or missing) is not "none failed": the batch is not known good.
+        let errored = status["errored_operations"].as_u64().ok_or_else(|| {
+            decode_error(&format!("batch {id} status"), "no whole errored_operations")
+        })?;
         if errored > 0 {
             return Err(DeliveryError::Retry {
                 after: None,

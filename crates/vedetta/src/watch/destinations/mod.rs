@@ -317,7 +317,13 @@ pub(crate) fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> 
         .context("building the HTTP client")
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from webhooks; it counts as none).
+/// The longest `Retry-After` taken from a receiver (the sender's default
+/// `max_retry_after`): a receiver's number is hostile input, and it is added to instants
+/// (an ActiveCampaign account is held that long), which panics past `Instant`'s range.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+
+/// `Retry-After` in seconds, at most [`MAX_RETRY_AFTER`] (the HTTP-date form is rare from
+/// webhooks; it counts as none).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -326,11 +332,29 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
-/// The longest part of a receiver's error body kept in an error.
-const MAX_BODY_EXCERPT: usize = 300;
+/// The longest part of a receiver's error body kept in an error, in characters.
+const MAX_BODY_EXCERPT: usize = text::MAX_FIELD_CHARS;
+
+/// The head of a receiver's body kept in an error. A longer body is cut at white space,
+/// never inside a word: an e-mail address has no white space, so it is kept whole (and the
+/// CRM destinations scrub it, [`crate::watch::crm::scrub`]) or dropped whole, never left as
+/// a fragment the scrub cannot recognise.
+fn excerpt(body: &str) -> String {
+    let body = body.trim();
+    let Some((cut, next)) = body.char_indices().nth(MAX_BODY_EXCERPT) else {
+        return body.to_owned();
+    };
+    let head = &body[..cut];
+    let kept = if next.is_whitespace() {
+        head
+    } else {
+        head.rfind(char::is_whitespace).map_or("", |at| &head[..at])
+    };
+    format!("{}…", kept.trim_end())
+}
 
 /// Reads a response and maps its status by the contract: 2xx delivered; 408, 425, 429 and
 /// 5xx retry (with `Retry-After`); other 4xx refused.
@@ -345,11 +369,7 @@ pub(crate) async fn classify(
     if status.is_success() {
         return Ok(body);
     }
-    let excerpt = text::clip(body.trim())
-        .chars()
-        .take(MAX_BODY_EXCERPT)
-        .collect::<String>();
-    let reason = format!("{what} answered {status}: {excerpt}");
+    let reason = format!("{what} answered {status}: {}", excerpt(&body));
     if status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429) {
         Err(DeliveryError::Retry { after, reason })
     } else {
@@ -448,6 +468,37 @@ mod tests {
             !debug.contains("hooks.slack.com") && !debug.contains("\"p\""),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn an_excerpt_is_cut_at_white_space_only() {
+        assert_eq!(excerpt("  short body \n"), "short body");
+        let word = "w".repeat(MAX_BODY_EXCERPT - 5);
+        // The word the cut falls in goes whole.
+        let body = format!("{word} anna@example.it trails");
+        assert_eq!(excerpt(&body), format!("{word}…"));
+        // A cut that falls on white space keeps the word before it.
+        let exact = format!("{} tail", "v".repeat(MAX_BODY_EXCERPT));
+        assert_eq!(
+            excerpt(&exact),
+            format!("{}…", "v".repeat(MAX_BODY_EXCERPT))
+        );
+        // No white space at all: nothing of it.
+        assert_eq!(excerpt(&"z".repeat(MAX_BODY_EXCERPT + 1)), "…");
+    }
+
+    #[test]
+    fn a_receivers_retry_after_is_bounded() {
+        let with = |value: &str| {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(with("120"), Some(Duration::from_secs(120)));
+        assert_eq!(with("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("99999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with("-1"), None);
+        assert_eq!(with("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 
     #[test]

@@ -407,7 +407,11 @@ impl Destination for Webhook {
                     self.request(body, &notification.id, Some(token))
                 })
                 .await?;
-            classify("webhook", response).await.map(drop)
+            match classify("webhook", response).await {
+                Ok(_) => Ok(()),
+                // The receiver's answer may echo the bearer token it was shown.
+                Err(e) => Err(oauth2.scrub_error(e).await),
+            }
         })
     }
 }
