@@ -235,6 +235,44 @@ impl WatchStore {
         Ok(())
     }
 
+    /// Adds a silence unless `max_active` silences are active at `now_ms` already (then
+    /// `false`, and nothing changes). In the same transaction it deletes the silences that
+    /// have ended: they mute nothing, and kept for ever they would grow the store (and
+    /// every read of the silences) with each one a client makes. One transaction, so two
+    /// clients adding at once cannot both pass the cap.
+    pub fn add_silence(
+        &self,
+        silence: &Silence,
+        now_ms: i64,
+        max_active: usize,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let added = {
+            let mut table = txn.open_table(SILENCES)?;
+            let mut ended = Vec::new();
+            let mut active = 0usize;
+            for entry in table.iter()? {
+                let (id, value) = entry?;
+                let stored: Silence = decode("a silence", value.value())?;
+                if stored.ends_ms <= now_ms {
+                    ended.push(id.value().to_string());
+                } else if stored.id != silence.id {
+                    active += 1;
+                }
+            }
+            for id in &ended {
+                table.remove(id.as_str())?;
+            }
+            let fits = active < max_active;
+            if fits {
+                table.insert(silence.id.as_str(), encode(silence)?.as_slice())?;
+            }
+            fits
+        };
+        txn.commit()?;
+        Ok(added)
+    }
+
     /// Removes a silence; whether it existed.
     pub fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin_write()?;
@@ -327,6 +365,63 @@ mod tests {
             vec!["firing", "pending"],
             "newest first, none of the failed step"
         );
+    }
+
+    /// The bug: expired silences were never deleted. The API caps the *active* ones, so a
+    /// client making one-minute silences added a thousand a minute to the store for ever,
+    /// and every evaluation step and `/v1/alerts` read them all.
+    #[test]
+    fn adding_a_silence_drops_the_expired_ones_and_caps_the_active_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = WatchStore::open(&dir.path().join("w.redb")).unwrap();
+        let silence = |id: &str, ends_ms: i64| Silence {
+            id: id.into(),
+            matchers: vec![Matcher {
+                name: "rule".into(),
+                value: "cpa_high".into(),
+            }],
+            starts_ms: 0,
+            ends_ms,
+            created_by: String::new(),
+            comment: String::new(),
+        };
+        for i in 0..50 {
+            let added = store
+                .add_silence(&silence(&format!("old-{i}"), 60_000), 0, 3)
+                .unwrap();
+            assert_eq!(added, i < 3, "silence {i}");
+        }
+        assert_eq!(store.silences().unwrap().len(), 3, "at most 3 active");
+        // At 60 000 the three have ended: they are deleted, and the new one fits.
+        assert!(
+            store
+                .add_silence(&silence("new", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        let ids: Vec<String> = store
+            .silences()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, vec!["new".to_string()]);
+        // The cap counts active silences only, and is kept.
+        assert!(
+            store
+                .add_silence(&silence("b", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        assert!(
+            store
+                .add_silence(&silence("c", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .add_silence(&silence("d", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        assert_eq!(store.silences().unwrap().len(), 3);
     }
 
     #[test]
