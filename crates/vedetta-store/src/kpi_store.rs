@@ -688,7 +688,7 @@ mod tests {
         back.add_custom("quote", 2);
         store
             .commit(&Commit {
-                rows: vec![(k.clone(), back)],
+                rows: vec![(k, back)],
                 processed_offset: 3,
                 ..Commit::default()
             })
