@@ -259,6 +259,49 @@ fn offset_to_meta(offset: u64) -> Result<i64, StoreError> {
     i64::try_from(offset).map_err(|_| StoreError::Engine(format!("offset {offset} past i64")))
 }
 
+/// `stored + change`, counter by counter, as [`KpiCounters::add`] sums them (custom event
+/// counts merged by name, zero counts dropped); `None` when a sum leaves its type.
+fn checked_row_sum(mut stored: KpiCounters, change: &KpiCounters) -> Option<KpiCounters> {
+    // Every field named: a counter added to the core fails to compile here until summed.
+    let KpiCounters {
+        events,
+        custom_events,
+        sessions,
+        converting_sessions,
+        conversions,
+        revenue_micros,
+        flagged,
+        duplicates,
+        late,
+        refunds,
+        refunded_micros,
+    } = change;
+    for (mine, theirs) in stored.events.iter_mut().zip(events) {
+        *mine = mine.checked_add(*theirs)?;
+    }
+    for (name, count) in custom_events {
+        match stored.custom_events.iter_mut().find(|(n, _)| n == name) {
+            Some((_, existing)) => *existing = existing.checked_add(*count)?,
+            None => stored.custom_events.push((name.clone(), *count)),
+        }
+    }
+    stored.custom_events.retain(|(_, count)| *count != 0);
+    for (mine, theirs) in [
+        (&mut stored.sessions, sessions),
+        (&mut stored.converting_sessions, converting_sessions),
+        (&mut stored.conversions, conversions),
+        (&mut stored.flagged, flagged),
+        (&mut stored.duplicates, duplicates),
+        (&mut stored.late, late),
+        (&mut stored.refunds, refunds),
+    ] {
+        *mine = mine.checked_add(*theirs)?;
+    }
+    stored.revenue_micros = stored.revenue_micros.checked_add(*revenue_micros)?;
+    stored.refunded_micros = stored.refunded_micros.checked_add(*refunded_micros)?;
+    Some(stored)
+}
+
 impl KpiStore {
     /// Opens (or creates) the store and reads where processing stands. A store written
     /// by an older format is migrated first ([`Self::migration`] says what was done); a
@@ -385,11 +428,15 @@ impl KpiStore {
             let mut rows = txn.open_table(KPIS)?;
             for (key, change) in &commit.rows {
                 let key = encode_row_key(key)?;
-                let mut counters = match rows.get(key.as_slice())? {
+                let stored = match rows.get(key.as_slice())? {
                     Some(bytes) => decode_row_value(bytes.value())?,
                     None => KpiCounters::default(),
                 };
-                counters.add(change);
+                // As for spend below: real sums are far from the bounds, a corrupt stored
+                // value may not be; that is an error, never a wrap (nor a panic).
+                let counters = checked_row_sum(stored, change).ok_or_else(|| {
+                    StoreError::Corrupt(format!("a KPI counter past its bound under key {key:?}"))
+                })?;
                 if counters.is_zero() {
                     rows.remove(key.as_slice())?;
                 } else {
@@ -598,6 +645,63 @@ mod tests {
             sessions: n,
             ..KpiCounters::default()
         }
+    }
+
+    /// The bug: a row's change was added with `+=`, so a stored count near its bound
+    /// (corrupt bytes; real sums are far below it) panicked the processor in a debug
+    /// build and wrapped to a negative count in a release one. Spend was already checked.
+    #[test]
+    fn a_row_sum_past_its_bound_is_an_error_never_a_wrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        let k = key(Granularity::Minute, 60_000, "social");
+        let mut near = sessions(i64::MAX);
+        near.custom_events = vec![("signup".into(), i64::MAX)];
+        store
+            .commit(&Commit {
+                rows: vec![(k.clone(), near.clone())],
+                processed_offset: 1,
+                ..Commit::default()
+            })
+            .unwrap();
+        let mut custom = KpiCounters::default();
+        custom.add_custom("signup", 1);
+        for change in [sessions(1), custom] {
+            let error = store
+                .commit(&Commit {
+                    rows: vec![(k.clone(), change)],
+                    processed_offset: 2,
+                    ..Commit::default()
+                })
+                .unwrap_err();
+            assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+        }
+        // Nothing of the failed commits was applied.
+        assert_eq!(store.progress().unwrap().processed_offset, 1);
+        assert_eq!(
+            store.rows(Granularity::Minute, 0, 120_000).unwrap(),
+            vec![(k.clone(), near)]
+        );
+        // A change that stays within bounds still adds, and custom events still merge.
+        let mut back = sessions(-1);
+        back.add_custom("signup", -1);
+        back.add_custom("quote", 2);
+        store
+            .commit(&Commit {
+                rows: vec![(k, back)],
+                processed_offset: 3,
+                ..Commit::default()
+            })
+            .unwrap();
+        let rows = store.rows(Granularity::Minute, 0, 120_000).unwrap();
+        assert_eq!(rows[0].1.sessions, i64::MAX - 1);
+        assert_eq!(
+            rows[0].1.custom_events,
+            vec![
+                ("signup".to_string(), i64::MAX - 1),
+                ("quote".to_string(), 2)
+            ]
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use redb::{
     ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use vedetta_core::watch::dispatch::{Dispatcher, Silence};
@@ -123,6 +124,14 @@ fn history_key(at_ms: i64, sequence: u32) -> [u8; 12] {
     key
 }
 
+/// The number of a history entry within its minute, from its key.
+fn history_sequence(key: &[u8]) -> Result<u32, StoreError> {
+    key.get(8..12)
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt(format!("a history key of {} bytes", key.len())))
+}
+
 /// The alert store.
 #[derive(Debug)]
 pub struct WatchStore {
@@ -173,15 +182,31 @@ impl WatchStore {
             let mut table = txn.open_table(STATE)?;
             table.insert("state", encode(state)?.as_slice())?;
             let mut log = txn.open_table(HISTORY)?;
-            let mut sequence = 0u32;
+            // The next number of each minute written in this step. Entries of one minute
+            // are numbered after the last one there (not after their count: numbers may
+            // have gaps, and the oldest minute may have lost some to the bound below).
+            let mut next: HashMap<i64, u32> = HashMap::new();
+            let full = || StoreError::Corrupt("a minute's history numbers are used up".into());
             for entry in history {
-                // Entries of one minute are numbered after those already there.
-                let base = history_key(entry.at_ms, 0);
-                let end = history_key(entry.at_ms, u32::MAX);
-                let taken = log.range(base.as_slice()..=end.as_slice())?.count() as u32;
-                let key = history_key(entry.at_ms, taken.max(sequence));
-                sequence = taken.max(sequence) + 1;
+                let sequence = match next.get(&entry.at_ms) {
+                    Some(&sequence) => sequence,
+                    None => {
+                        let base = history_key(entry.at_ms, 0);
+                        let end = history_key(entry.at_ms, u32::MAX);
+                        match log.range(base.as_slice()..=end.as_slice())?.next_back() {
+                            None => 0,
+                            Some(last) => {
+                                let (key, _) = last?;
+                                history_sequence(key.value())?
+                                    .checked_add(1)
+                                    .ok_or_else(full)?
+                            }
+                        }
+                    }
+                };
+                let key = history_key(entry.at_ms, sequence);
                 log.insert(key.as_slice(), encode(entry)?.as_slice())?;
+                next.insert(entry.at_ms, sequence.checked_add(1).ok_or_else(full)?);
             }
             let excess = log.len()?.saturating_sub(MAX_HISTORY);
             if excess > 0 {
@@ -233,6 +258,44 @@ impl WatchStore {
             .insert(silence.id.as_str(), encode(silence)?.as_slice())?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Adds a silence unless `max_active` silences are active at `now_ms` already (then
+    /// `false`, and nothing changes). In the same transaction it deletes the silences that
+    /// have ended: they mute nothing, and kept for ever they would grow the store (and
+    /// every read of the silences) with each one a client makes. One transaction, so two
+    /// clients adding at once cannot both pass the cap.
+    pub fn add_silence(
+        &self,
+        silence: &Silence,
+        now_ms: i64,
+        max_active: usize,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write()?;
+        let added = {
+            let mut table = txn.open_table(SILENCES)?;
+            let mut ended = Vec::new();
+            let mut active = 0usize;
+            for entry in table.iter()? {
+                let (id, value) = entry?;
+                let stored: Silence = decode("a silence", value.value())?;
+                if stored.ends_ms <= now_ms {
+                    ended.push(id.value().to_string());
+                } else if stored.id != silence.id {
+                    active += 1;
+                }
+            }
+            for id in &ended {
+                table.remove(id.as_str())?;
+            }
+            let fits = active < max_active;
+            if fits {
+                table.insert(silence.id.as_str(), encode(silence)?.as_slice())?;
+            }
+            fits
+        };
+        txn.commit()?;
+        Ok(added)
     }
 
     /// Removes a silence; whether it existed.
@@ -327,6 +390,102 @@ mod tests {
             vec!["firing", "pending"],
             "newest first, none of the failed step"
         );
+    }
+
+    /// The bug: an entry's number within its minute was the count of entries already
+    /// there, but a step that wrote to two minutes (a minute's decisions, then the
+    /// revisions of an earlier, now final one) numbered the second after the first,
+    /// leaving a gap; a later entry at that minute got a number already taken and
+    /// overwrote an entry of the history.
+    #[test]
+    fn history_entries_of_a_minute_are_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = WatchStore::open(&dir.path().join("w.redb")).unwrap();
+        let entry = |at_ms: i64, event: &str| HistoryEntry {
+            at_ms,
+            wall_ms: 0,
+            rule: "cpa_high".into(),
+            group: Vec::new(),
+            event: event.into(),
+            value: None,
+            summary: String::new(),
+        };
+        let state = WatchState::default();
+        let commit = |entries: &[HistoryEntry]| {
+            store.commit(&state, entries, &[], &|_, _| Ok(())).unwrap();
+        };
+        commit(&[entry(60_000, "firing")]);
+        commit(&[
+            entry(120_000, "pending"),
+            entry(120_000, "pending"),
+            entry(60_000, "revised 1"),
+        ]);
+        commit(&[entry(60_000, "revised 2")]);
+        let at: Vec<String> = store
+            .history_at(60_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(at, ["firing", "revised 1", "revised 2"]);
+        assert_eq!(store.history(10).unwrap().len(), 5);
+    }
+
+    /// The bug: expired silences were never deleted. The API caps the *active* ones, so a
+    /// client making one-minute silences added a thousand a minute to the store for ever,
+    /// and every evaluation step and `/v1/alerts` read them all.
+    #[test]
+    fn adding_a_silence_drops_the_expired_ones_and_caps_the_active_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = WatchStore::open(&dir.path().join("w.redb")).unwrap();
+        let silence = |id: &str, ends_ms: i64| Silence {
+            id: id.into(),
+            matchers: vec![Matcher {
+                name: "rule".into(),
+                value: "cpa_high".into(),
+            }],
+            starts_ms: 0,
+            ends_ms,
+            created_by: String::new(),
+            comment: String::new(),
+        };
+        for i in 0..50 {
+            let added = store
+                .add_silence(&silence(&format!("old-{i}"), 60_000), 0, 3)
+                .unwrap();
+            assert_eq!(added, i < 3, "silence {i}");
+        }
+        assert_eq!(store.silences().unwrap().len(), 3, "at most 3 active");
+        // At 60 000 the three have ended: they are deleted, and the new one fits.
+        assert!(
+            store
+                .add_silence(&silence("new", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        let ids: Vec<String> = store
+            .silences()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        assert_eq!(ids, vec!["new".to_string()]);
+        // The cap counts active silences only, and is kept.
+        assert!(
+            store
+                .add_silence(&silence("b", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        assert!(
+            store
+                .add_silence(&silence("c", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        assert!(
+            !store
+                .add_silence(&silence("d", 120_000), 60_000, 3)
+                .unwrap()
+        );
+        assert_eq!(store.silences().unwrap().len(), 3);
     }
 
     #[test]

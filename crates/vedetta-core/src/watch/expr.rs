@@ -400,6 +400,14 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Token)>, ExprError> {
                 position: start,
                 message: format!("{:?} is not a number", &text[start..i]),
             })?;
+            // Past the largest double it parses as infinity, which evaluates to unknown:
+            // the condition could never hold.
+            if !number.is_finite() {
+                return Err(ExprError {
+                    position: start,
+                    message: format!("a number of {} digits is too large", i - start),
+                });
+            }
             out.push((start, Token::Number(number)));
             continue;
         }
@@ -690,6 +698,19 @@ mod tests {
             parse("CPA > 2 * 10").unwrap().holds(&v),
             "names in any case"
         );
+    }
+
+    /// The bug: a literal past the largest double (310 digits fit in an expression) was
+    /// taken as infinity, which evaluates to "unknown": the rule was accepted and could
+    /// never fire, nor could its negation.
+    #[test]
+    fn a_number_too_large_for_a_double_is_refused() {
+        let huge = format!("1{}", "0".repeat(400));
+        let error = parse(&format!("revenue < {huge}")).unwrap_err();
+        assert_eq!(error.position, 10, "{error:?}");
+        assert!(error.message.contains("too large"), "{error:?}");
+        // The largest finite ones still parse.
+        assert!(parse(&format!("revenue < 1{}", "0".repeat(300))).is_ok());
     }
 
     #[test]

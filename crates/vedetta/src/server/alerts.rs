@@ -296,27 +296,18 @@ pub async fn post_silence(
     };
     let store = state.watch_store.clone();
     let stored = silence.clone();
-    tokio::task::spawn_blocking(move || {
-        let live = store
-            .silences()?
-            .into_iter()
-            .filter(|s| s.ends_ms > now)
-            .count();
-        if live >= MAX_SILENCES {
-            return Ok(false);
-        }
-        store.put_silence(&stored)?;
-        Ok::<_, vedetta_store::WatchStoreError>(true)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .then_some(())
-    .ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "{MAX_SILENCES} silences are active; delete one first"
-        ))
-    })?;
+    // Ended silences are deleted as the new one is added, and the cap is checked in the
+    // same transaction.
+    tokio::task::spawn_blocking(move || store.add_silence(&stored, now, MAX_SILENCES))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .then_some(())
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "{MAX_SILENCES} silences are active; delete one first"
+            ))
+        })?;
     Ok((StatusCode::CREATED, Json(silence_json(&silence))))
 }
 

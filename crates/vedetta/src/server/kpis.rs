@@ -67,6 +67,12 @@ pub const MAX_QUERY_BYTES: usize = 32 * 1024;
 /// Most values one filter may list (`campaign=a,b,…`): every stored row is compared with
 /// each, so the cost of a scan is bounded by it.
 pub const MAX_FILTER_VALUES: usize = 1_000;
+/// Most rows one answer may hold (windows × groups). Past it the query is refused with a
+/// 400 saying how to narrow it: the rows are built in memory, then as JSON (about 0.5 KB
+/// each), and `granularity=1m` over a long range grouped by every dimension would be every
+/// stored row. 100,000 covers a month by day or two days by hour for a few thousand
+/// campaigns; `rollup=range` gives one row per group whatever the range.
+pub const MAX_ANSWER_ROWS: usize = 100_000;
 /// The earliest and latest instants a `from`/`to` can name: 0000-01-01T00:00:00Z and
 /// 9999-12-30T00:00:00Z, inside what jiff (and so `EventTime`) can show. Times beyond them
 /// (an epoch millisecond count near `i64::MIN`, the last day of year 9999) are taken as the
@@ -630,14 +636,29 @@ struct Group {
     spend: SpendCounters,
 }
 
+/// Whether a slot may be gathered: it is a group already, or a new one within
+/// [`MAX_ANSWER_ROWS`]. Past the bound, `too_many` is set and nothing more is gathered.
+fn admit(
+    groups: &BTreeMap<(i64, Vec<String>), Group>,
+    slot: &(i64, Vec<String>),
+    too_many: &mut bool,
+) -> bool {
+    if !*too_many && groups.len() >= MAX_ANSWER_ROWS && !groups.contains_key(slot) {
+        *too_many = true;
+    }
+    !*too_many
+}
+
 /// Runs a query against the store.
 pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiError> {
     let store = &state.kpi_store;
     let internal = ApiError::from_store;
     let mut groups: BTreeMap<(i64, Vec<String>), Group> = BTreeMap::new();
     let mut totals = Group::default();
+    // Set when the answer would pass MAX_ANSWER_ROWS: nothing more is gathered.
+    let mut too_many = false;
     // Rows are aggregated as they are read: memory follows the groups of the answer, not
-    // the rows scanned (a month at 1m holds millions).
+    // the rows scanned (a month at 1m holds millions), and the groups are bounded.
     store
         .scan_rows(query.granularity, query.from, query.to, |row, counters| {
             let value_of = |d: Dimension| -> &str {
@@ -648,7 +669,9 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                     Dimension::Region => row.region,
                 }
             };
-            if let Some(slot) = query.slot(row.window_start, value_of) {
+            if let Some(slot) = query.slot(row.window_start, value_of)
+                && admit(&groups, &slot, &mut too_many)
+            {
                 groups.entry(slot).or_default().counters.add(counters);
                 totals.counters.add(counters);
             }
@@ -668,13 +691,22 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                             _ => campaign,
                         }
                     };
-                    if let Some(slot) = query.slot(window_start, value_of) {
+                    if let Some(slot) = query.slot(window_start, value_of)
+                        && admit(&groups, &slot, &mut too_many)
+                    {
                         groups.entry(slot).or_default().spend.add(spend);
                         totals.spend.add(spend);
                     }
                 },
             )
             .map_err(internal)?;
+    }
+    if too_many {
+        return Err(ApiError::BadRequest(format!(
+            "the answer would hold more than {MAX_ANSWER_ROWS} rows; narrow from/to (or last), \
+             use a coarser granularity, group_by fewer dimensions, filter, or give \
+             rollup=range (one row per group for the whole range)"
+        )));
     }
     let calendar = state.calendar.clone();
     let rows = groups

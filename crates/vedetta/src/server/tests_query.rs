@@ -5,7 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::kpis::{KpiQuery, MAX_FILTER_VALUES, MAX_QUERY_BYTES, TIME_MAX_MS, TIME_MIN_MS};
+use super::kpis::{
+    KpiQuery, MAX_ANSWER_ROWS, MAX_FILTER_VALUES, MAX_QUERY_BYTES, TIME_MAX_MS, TIME_MIN_MS,
+};
 use super::*;
 use crate::config::{Overrides, load_from};
 use axum::http::StatusCode;
@@ -332,6 +334,59 @@ async fn a_filter_list_of_10000_values_is_a_400_saying_the_limit() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     s.assert_query_healthy().await;
+}
+
+/// The bug: nothing bounded the rows of an answer. `granularity=1m` over the whole
+/// supported range, grouped by every dimension, built every stored minute row in memory
+/// and then as JSON (a month of traffic is millions): one GET could take the server's
+/// memory. Past [`MAX_ANSWER_ROWS`] the answer is a 400 saying how to narrow it, and the
+/// same rows rolled up over the range still answer.
+#[tokio::test]
+async fn an_answer_of_more_rows_than_the_limit_is_a_400_saying_how_to_narrow_it() {
+    use vedetta_core::pipeline::kpi::KpiCounters;
+    use vedetta_core::pipeline::windows::Granularity;
+    use vedetta_store::{Commit, RowKey};
+    let s = server();
+    let rows = (0..=MAX_ANSWER_ROWS as i64)
+        .map(|i| {
+            (
+                RowKey {
+                    granularity: Granularity::Minute,
+                    window_start: 60_000 * (i / 100),
+                    channel: "social".into(),
+                    campaign: format!("c{}", i % 100),
+                    device: "mobile".into(),
+                    region: "IT-25".into(),
+                },
+                KpiCounters {
+                    sessions: 1,
+                    ..KpiCounters::default()
+                },
+            )
+        })
+        .collect();
+    s.state
+        .kpi_store
+        .commit(&Commit {
+            rows,
+            durable: true,
+            ..Commit::default()
+        })
+        .unwrap();
+    let all = format!("from={TIME_MIN_MS}&to={TIME_MAX_MS}&granularity=1m&group_by=campaign");
+    let (status, body) = s.get(&format!("/v1/kpis?{all}")).await;
+    // (Not the body in the message: before the fix it was 30 MB.)
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", error_of(&body));
+    let error = error_of(&body);
+    assert!(
+        error.contains(&MAX_ANSWER_ROWS.to_string()) && error.contains("rollup=range"),
+        "{error}"
+    );
+    // The same data, one row per campaign: within the bound, every session counted.
+    let (status, body) = s.get(&format!("/v1/kpis?{all}&rollup=range")).await;
+    assert_eq!(status, StatusCode::OK, "{}", error_of(&body));
+    assert_eq!(body["rows"].as_array().unwrap().len(), 100);
+    assert_eq!(body["totals"]["sessions"], MAX_ANSWER_ROWS as i64 + 1);
 }
 
 #[tokio::test]

@@ -132,6 +132,13 @@ impl AlertsConfig {
                 defaults.repeat_interval_ms,
             )?,
         };
+        // As a rule's own: 0 would send a firing alert again at every step.
+        if timing.repeat_interval_ms == 0 {
+            return Err((
+                "alerts.repeat_interval".to_string(),
+                "must be longer than 0".to_string(),
+            ));
+        }
         let max_catch_up_ms = span(
             "alerts.max_catch_up",
             raw.max_catch_up.as_deref(),
@@ -361,6 +368,24 @@ mod tests {
                 .unwrap_err()
                 .contains("\"nope\" is not a rule")
         );
+    }
+
+    /// The bug: a rule refuses `repeat_interval = "0s"` (a firing alert would be sent again
+    /// at every step, about ten times a second), but `[alerts] repeat_interval`, the default
+    /// of every rule that gives none, took it.
+    #[test]
+    fn a_default_repeat_interval_of_zero_is_refused() {
+        for zero in ["0s", "0m", "0h", "0d"] {
+            let text = format!("repeat_interval = \"{zero}\"\n{MAIN}");
+            let raw: RawAlerts = toml::from_str(&text).unwrap();
+            let (key, message) = AlertsConfig::from_raw(raw, "x").unwrap_err();
+            assert_eq!(key, "alerts.repeat_interval", "{zero}: {message}");
+        }
+        // Zero stays allowed where it means "at once".
+        let text = format!("group_wait = \"0s\"\ngroup_interval = \"0s\"\n{MAIN}");
+        let raw: RawAlerts = toml::from_str(&text).unwrap();
+        let config = AlertsConfig::from_raw(raw, "x").unwrap();
+        assert_eq!(config.timing.group_interval_ms, 0);
     }
 
     /// The bug: a typo'd key in a rules file (`severty`) was reported with its line only,
