@@ -30,7 +30,7 @@ use attribution::{EarlierRuns, Memories, Memory, NO_DIMS, Span};
 use dedup::{ExactDedup, fingerprint};
 use dims::{DimsTable, NO_CAMPAIGN};
 use hash::FastHashMap;
-use kpi::{DimsId, KpiDeltas, KpiKey, SpendKey, to_micros};
+use kpi::{DimsId, KpiCounters, KpiDeltas, KpiKey, MinuteRows, SpendKey, to_micros};
 use refunds::{EntryKey, FinalOrder, OrderKey, Pending, RefundBook, RefundTally};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
@@ -226,6 +226,8 @@ pub struct Pipeline {
     custom_kind_ids: FastHashMap<String, KindId>,
     state: PipelineState,
     deltas: KpiDeltas,
+    /// Most contributions, by minute until the deltas are taken (see [`MinuteRows`]).
+    minutes: MinuteRows,
     /// Kind ids of the conversion types and of each rule's sides, resolved once.
     conversion_kinds: KindSet,
     rules: Vec<(KindSet, KindSet, i64)>,
@@ -281,6 +283,7 @@ impl Pipeline {
             custom_kind_ids,
             state,
             deltas: KpiDeltas::default(),
+            minutes: MinuteRows::default(),
             conversion_kinds: KindSet::default(),
             rules: Vec::new(),
             recalled: FastHashMap::default(),
@@ -486,6 +489,7 @@ impl Pipeline {
     /// Takes the changes accumulated since the last call.
     pub fn take_deltas(&mut self) -> KpiDeltas {
         self.recalled.clear();
+        self.minutes.fold_into(&mut self.deltas, &mut self.calendar);
         // The next batch will likely touch as many rows: sizing for them up front saves
         // growing the map through every power of two again.
         let next = KpiDeltas::with_capacity(self.deltas.rows.len(), self.deltas.spend_micros.len());
@@ -798,6 +802,7 @@ impl Pipeline {
         let Self {
             state,
             deltas,
+            minutes,
             calendar,
             custom_kinds,
             ..
@@ -826,6 +831,7 @@ impl Pipeline {
         if entry.counted != NO_DIMS {
             Rows {
                 deltas,
+                minutes,
                 calendar,
                 custom_kinds,
                 tallies: &book.tallies,
@@ -837,6 +843,7 @@ impl Pipeline {
         if entry.counted != NO_DIMS {
             Rows {
                 deltas,
+                minutes,
                 calendar,
                 custom_kinds,
                 tallies: &book.tallies,
@@ -859,6 +866,7 @@ impl Pipeline {
             state,
             dims,
             deltas,
+            minutes,
             calendar,
             custom_kinds,
             spans,
@@ -870,6 +878,7 @@ impl Pipeline {
         } = self;
         let mut rows = Rows {
             deltas,
+            minutes,
             calendar,
             custom_kinds,
             tallies: &state.refunds.tallies,
@@ -1184,6 +1193,7 @@ enum Part {
 /// Where contributions go: the deltas, by window.
 struct Rows<'a> {
     deltas: &'a mut KpiDeltas,
+    minutes: &'a mut MinuteRows,
     calendar: &'a mut WindowCalendar,
     custom_kinds: &'a [String],
     /// Refunds of held orders ([`RefundBook::tallies`]), and the user whose entries these
@@ -1213,6 +1223,17 @@ impl Rows<'_> {
                 })
                 .map(|tally| (tally.count, i128::from(tally.applied(entry.value_micros)))),
         };
+        // The common case: counted in the minute row alone, added to its hour and day rows
+        // when the deltas are taken (see [`MinuteRows`] for when that gives the same rows).
+        if usize::from(entry.kind) < BUILT_IN_KINDS
+            && !entry.has(bits::LATE << 1 | bits::LATE << 2)
+            && self.calendar.day_holds_whole_minutes(entry.ts)
+        {
+            let minute = self.calendar.window(Granularity::Minute, entry.ts);
+            let row = self.minutes.row(minute.start, dims);
+            add_to_row(row, entry, sign, event, session, refunded, bits::LATE, &[]);
+            return;
+        }
         for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
             let window = self.calendar.window(granularity, entry.ts);
             let row = self.deltas.row(KpiKey {
@@ -1220,38 +1241,61 @@ impl Rows<'_> {
                 window_start: window.start,
                 dims,
             });
-            if event {
-                match self
-                    .custom_kinds
-                    .get(usize::from(entry.kind).wrapping_sub(BUILT_IN_KINDS))
-                {
-                    Some(name) if usize::from(entry.kind) >= BUILT_IN_KINDS => {
-                        row.add_custom(name, sign)
-                    }
-                    _ => row.events[usize::from(entry.kind).min(BUILT_IN_KINDS - 1)] += sign,
-                }
-                if entry.flagged() {
-                    row.flagged += sign;
-                } else if entry.conversion() {
-                    row.conversions += sign;
-                    // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
-                    row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
-                    if let Some((count, micros)) = refunded {
-                        row.refunds += sign * count;
-                        row.refunded_micros += i128::from(sign) * micros;
-                        row.revenue_micros -= i128::from(sign) * micros;
-                    }
-                }
-                if entry.has(bits::LATE << i) {
-                    row.late += sign;
-                }
+            let late = bits::LATE << i;
+            add_to_row(
+                row,
+                entry,
+                sign,
+                event,
+                session,
+                refunded,
+                late,
+                self.custom_kinds,
+            );
+        }
+    }
+}
+
+/// Adds (`sign` 1) or takes back (`sign` −1) an entry's contribution to one row: its event
+/// part if `event`, its session count if `session`; `late_bit` is the entry's lateness bit
+/// for the row's granularity.
+#[allow(clippy::too_many_arguments)] // the parts of one contribution, kept inline
+#[inline(always)]
+fn add_to_row(
+    row: &mut KpiCounters,
+    entry: &EventEntry,
+    sign: i64,
+    event: bool,
+    session: bool,
+    refunded: Option<(i64, i128)>,
+    late_bit: u8,
+    custom_kinds: &[String],
+) {
+    if event {
+        match custom_kinds.get(usize::from(entry.kind).wrapping_sub(BUILT_IN_KINDS)) {
+            Some(name) if usize::from(entry.kind) >= BUILT_IN_KINDS => row.add_custom(name, sign),
+            _ => row.events[usize::from(entry.kind).min(BUILT_IN_KINDS - 1)] += sign,
+        }
+        if entry.flagged() {
+            row.flagged += sign;
+        } else if entry.conversion() {
+            row.conversions += sign;
+            // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
+            row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
+            if let Some((count, micros)) = refunded {
+                row.refunds += sign * count;
+                row.refunded_micros += i128::from(sign) * micros;
+                row.revenue_micros -= i128::from(sign) * micros;
             }
-            if session {
-                row.sessions += sign;
-                if entry.has(bits::SESSION_CONVERTING) {
-                    row.converting_sessions += sign;
-                }
-            }
+        }
+        if entry.has(late_bit) {
+            row.late += sign;
+        }
+    }
+    if session {
+        row.sessions += sign;
+        if entry.has(bits::SESSION_CONVERTING) {
+            row.converting_sessions += sign;
         }
     }
 }
