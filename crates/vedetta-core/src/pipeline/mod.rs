@@ -240,6 +240,9 @@ pub struct Pipeline {
     dormant_swept_hour: Option<i64>,
     /// Blocks of short event lists, handed from dropped users and grown lists to new ones.
     spare_lists: SpareLists,
+    /// No key of `state.expiry` is below this minute (`i64::MIN`: not known yet): most
+    /// records find nobody due without looking into the map.
+    first_due_minute: i64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -290,6 +293,7 @@ impl Pipeline {
             spans: Vec::new(),
             dormant_swept_hour: None,
             spare_lists: SpareLists::default(),
+            first_due_minute: i64::MIN,
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -874,6 +878,7 @@ impl Pipeline {
             rules,
             recalled,
             spare_lists,
+            first_due_minute,
             ..
         } = self;
         let mut rows = Rows {
@@ -959,11 +964,9 @@ impl Pipeline {
         let schedule = due > user_state.due && expiry_bucket(due) != expiry_bucket(user_state.due);
         user_state.due = user_state.due.max(due);
         if schedule {
-            state
-                .expiry
-                .entry(expiry_bucket(due))
-                .or_default()
-                .push(user);
+            let bucket = expiry_bucket(due);
+            state.expiry.entry(bucket).or_default().push(user);
+            *first_due_minute = (*first_due_minute).min(bucket);
         }
 
         match joins_settled_session(&user_state.entries, index, gap) {
@@ -1062,6 +1065,9 @@ impl Pipeline {
             });
             self.state.counters.refunds_unmatched += unmatched;
         }
+        if self.first_due_minute.saturating_mul(MINUTE) > w {
+            return; // nobody due yet
+        }
         while let Some(entry) = self.state.expiry.first_entry() {
             if *entry.key() * MINUTE > w {
                 break;
@@ -1124,6 +1130,7 @@ impl Pipeline {
                 }
             }
         }
+        self.first_due_minute = self.state.expiry.keys().next().copied().unwrap_or(i64::MAX);
     }
 }
 
