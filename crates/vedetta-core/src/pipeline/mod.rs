@@ -585,11 +585,11 @@ impl Pipeline {
         self.state.max_event_ts = Some(self.state.max_event_ts.map_or(ts, |m| m.max(ts)));
 
         let enrichment = self.enricher.enrich(event);
-        let dims = self.dims.intern(
+        let dims = self.dims.intern_event(
             &enrichment.channel,
             enrichment.campaign,
-            enrichment.device.as_str(),
-            enrichment.region.code(),
+            enrichment.device,
+            enrichment.region,
         );
         let refund = event.kind == EventKind::Refund;
         let kind = self.kind_id(&event.kind);
