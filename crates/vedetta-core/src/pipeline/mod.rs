@@ -958,10 +958,13 @@ impl Pipeline {
             + gap
             + config.allowed_lateness_ms
             + MINUTE;
-        // Bucket `expiry_bucket(state.due)` already lists the user (every scheduled due time
-        // is listed, and the user stays until its latest one): a due time moving within the
-        // same minute needs no second entry.
-        let schedule = due > user_state.due && expiry_bucket(due) != expiry_bucket(user_state.due);
+        // A held user with a due time (`state.due > 0`) is listed in `expiry` at a bucket no
+        // later than that of its due time, and `expire` lists it again for its due time if
+        // that moved on meanwhile: only a user not listed yet needs listing here (listing it
+        // at every new due time made most records push an entry, and most entries stale).
+        let schedule = user_state.due <= 0
+            && due > user_state.due
+            && expiry_bucket(due) != expiry_bucket(user_state.due);
         user_state.due = user_state.due.max(due);
         if schedule {
             let bucket = expiry_bucket(due);
@@ -1078,7 +1081,11 @@ impl Pipeline {
                     continue;
                 };
                 if state.due > w {
-                    continue; // rescheduled for later by a newer event
+                    // A newer event moved its due time on: listed again for then (a bucket
+                    // after this watermark's, not looked at again in this loop).
+                    let bucket = expiry_bucket(state.due);
+                    self.state.expiry.entry(bucket).or_default().push(user);
+                    continue;
                 }
                 let cut = state.final_prefix(horizon, gap);
                 finalize_orders(&mut self.state.refunds, user, &state.entries[..cut]);
