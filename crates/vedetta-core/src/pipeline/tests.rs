@@ -665,3 +665,54 @@ fn taking_deltas_once_or_after_every_record_gives_the_same_rows() {
     assert!(summed.values().any(|c| !c.custom_events.is_empty()));
     assert_eq!(summed, expected);
 }
+
+#[test]
+fn a_user_is_listed_for_expiry_once_and_dropped_when_its_last_session_is_final() {
+    // Ten events two minutes apart move the user's due time ten times: one listing, moved
+    // on when it comes early, and the user dropped at the same watermark as ever.
+    let mut run = Run::new();
+    for i in 0..10 {
+        run.feed(LogRecord::Event(event(
+            1,
+            EventKind::PageView,
+            T0 + i * 2 * MIN,
+        )));
+    }
+    let listings = |run: &Run| {
+        run.pipeline
+            .snapshot()
+            .expiry
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    assert_eq!(listings(&run), 1);
+    let config = PipelineConfig::default();
+    let last = T0 + 18 * MIN;
+    let due = last + config.session_gap_ms + config.allowed_lateness_ms + MIN;
+    // Other users' events move the watermark (a record expires state by the watermark
+    // before it): past the first due time, to just before the last one, then to it.
+    let at_watermark = |n: u8, w: i64| {
+        LogRecord::Event(event(
+            n,
+            EventKind::PageView,
+            w + config.out_of_orderness_ms,
+        ))
+    };
+    run.feed(at_watermark(2, due - 10 * MIN));
+    run.feed(at_watermark(3, due - 1));
+    assert!(run.pipeline.state.users.contains_key(&user(1)));
+    let snapshot = run.pipeline.snapshot();
+    let listed = snapshot
+        .expiry
+        .values()
+        .flatten()
+        .filter(|u| **u == user(1));
+    assert_eq!(listed.count(), 1, "listed again for its due time, once");
+    run.feed(at_watermark(2, due - 1));
+    assert!(run.pipeline.state.users.contains_key(&user(1)));
+    run.feed(at_watermark(3, due));
+    run.feed(at_watermark(2, due));
+    assert!(!run.pipeline.state.users.contains_key(&user(1)));
+    assert_eq!(run.total(Day, |c| c.sessions), 3);
+}
