@@ -323,7 +323,10 @@ mod tests {
             }
         }
         let other = by_event.intern_event("social", "x", devices[0], regions[0]);
-        assert_eq!(by_event.get(other).unwrap().campaign, OTHER_CAMPAIGN);
+        assert_eq!(
+            by_event.get(other).map(|d| d.campaign.as_str()),
+            Some(OTHER_CAMPAIGN)
+        );
     }
 
     #[test]
