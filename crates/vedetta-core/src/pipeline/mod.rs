@@ -511,7 +511,22 @@ impl Pipeline {
         self.state.next_offset = offset + 1;
     }
 
+    /// The id of an event type: built-ins inline, custom types by name (out of line).
+    #[inline]
     fn kind_id(&mut self, kind: &EventKind) -> KindId {
+        match kind {
+            EventKind::PageView => 0,
+            EventKind::AddToCart => 1,
+            EventKind::Registration => 2,
+            EventKind::Checkout => 3,
+            EventKind::Purchase => 4,
+            EventKind::Lead => 5,
+            _ => self.other_kind_id(kind),
+        }
+    }
+
+    #[inline(never)]
+    fn other_kind_id(&mut self, kind: &EventKind) -> KindId {
         match kind {
             EventKind::PageView => 0,
             EventKind::AddToCart => 1,
