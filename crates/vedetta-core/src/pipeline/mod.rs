@@ -1181,6 +1181,8 @@ fn recall(
                 .unwrap_or_default(),
             latest,
         },
+        // Empty but when the adapter recalled memories for this batch: no lookup then.
+        None if recalled.is_empty() => Memories::default(),
         None => recalled.remove(user).unwrap_or_default(),
     };
     let Memories {
