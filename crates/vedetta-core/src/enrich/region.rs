@@ -118,6 +118,11 @@ impl Region {
     /// No region: neither the `region` field nor the GeoIP database placed the event.
     pub const UNKNOWN: Region = Region(u8::MAX);
 
+    /// A small number naming the region (distinct per region; [`Region::UNKNOWN`] too).
+    pub fn index(self) -> u8 {
+        self.0
+    }
+
     /// The ISO 3166-2:IT code (`IT-25`), or `unknown`: the value of the dimension.
     pub fn code(self) -> &'static str {
         self.info().map_or("unknown", |info| info.code)

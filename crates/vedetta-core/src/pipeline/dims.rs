@@ -10,6 +10,7 @@
 
 use super::hash::{FastHashMap, same_bytes, sampled};
 use super::kpi::DimsId;
+use crate::enrich::{DeviceClass, Region};
 
 /// Distinct channel names kept before new ones count as `(other)`.
 pub const MAX_CHANNELS: usize = 1_000;
@@ -52,12 +53,21 @@ pub struct DimsTable {
     /// last interned there, taken only when its tuple equals the parts (building and hashing
     /// the key was a tenth of an event's cost). Derived, not snapshotted.
     front: Box<[DimsId]>,
+    /// An event's tuple in two steps, without comparing its device and region as strings:
+    /// `touch_front`, by a sample of the channel and campaign, holds an id whose tuple has
+    /// them (checked on both parts); `place_front` holds, by that id with the device and
+    /// region as numbers, the id of the whole tuple (checked on all three). Derived, not
+    /// snapshotted.
+    touch_front: Box<[DimsId]>,
+    place_front: Box<[(u64, DimsId)]>,
 }
 
 /// Slots of the front (a power of two): a shop's hot tuples, a few kilobytes.
 const FRONT_SLOTS: usize = 4096;
 /// An empty front slot.
 const NO_ID: DimsId = DimsId::MAX;
+/// An empty slot of the place front (no id with a device and region reads as this).
+const NO_PLACE: u64 = u64::MAX;
 
 /// The channel of a direct touch.
 pub const DIRECT: &str = "direct";
@@ -73,6 +83,8 @@ impl DimsTable {
             key: Vec::with_capacity(128),
             attributed: FastHashMap::default(),
             front: vec![NO_ID; FRONT_SLOTS].into_boxed_slice(),
+            touch_front: vec![NO_ID; FRONT_SLOTS].into_boxed_slice(),
+            place_front: vec![(NO_PLACE, NO_ID); FRONT_SLOTS].into_boxed_slice(),
         }
     }
 
@@ -123,6 +135,40 @@ impl DimsTable {
         }
         let id = self.intern_by_key(channel, campaign, device, region);
         self.front[slot] = id;
+        id
+    }
+
+    /// The id of an event's tuple: [`Self::intern`] of the four parts, the device and
+    /// region as their dimension values, looked up by the touch first (see `touch_front`).
+    pub fn intern_event(
+        &mut self,
+        channel: &str,
+        campaign: &str,
+        device: DeviceClass,
+        region: Region,
+    ) -> DimsId {
+        let slot = touch_slot(channel, campaign);
+        let touch = self.touch_front[slot];
+        if let Some(dims) = self.tuples.get(touch as usize)
+            && same_bytes(dims.channel.as_bytes(), channel.as_bytes())
+            && same_bytes(dims.campaign.as_bytes(), campaign.as_bytes())
+        {
+            // Any id with these very channel and campaign stands for them: the whole
+            // tuple's id depends only on the four parts.
+            let place =
+                u64::from(touch) | u64::from(device as u8) << 32 | u64::from(region.index()) << 40;
+            let place_slot = (place.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                >> (64 - FRONT_SLOTS.trailing_zeros())) as usize;
+            let (held, id) = self.place_front[place_slot];
+            if held == place {
+                return id;
+            }
+            let id = self.intern(channel, campaign, device.as_str(), region.code());
+            self.place_front[place_slot] = (place, id);
+            return id;
+        }
+        let id = self.intern(channel, campaign, device.as_str(), region.code());
+        self.touch_front[slot] = id;
         id
     }
 
@@ -221,6 +267,12 @@ fn front_slot(parts: [&str; 4]) -> usize {
     (digest.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FRONT_SLOTS.trailing_zeros())) as usize
 }
 
+/// The touch front slot of a channel and campaign.
+fn touch_slot(channel: &str, campaign: &str) -> usize {
+    let digest = sampled(channel.as_bytes()).rotate_left(23) ^ sampled(campaign.as_bytes());
+    (digest.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FRONT_SLOTS.trailing_zeros())) as usize
+}
+
 /// Writes the in-memory lookup key of a tuple into `out`. Length prefixes make the encoding
 /// injective: no part's content can be read as a boundary (the key is never stored).
 fn tuple_key(out: &mut Vec<u8>, parts: [&str; 4]) {
@@ -244,6 +296,38 @@ fn tuple_key(out: &mut Vec<u8>, parts: [&str; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_tuple_interned_by_its_touch_first_is_the_tuple_of_its_four_parts() {
+        // Two campaigns admitted, the third counted as `(other)`; every device and region,
+        // each asked three times in turn (the fronts filled and then answering).
+        let mut by_event = DimsTable::new(2);
+        let mut by_parts = DimsTable::new(2);
+        let devices = [
+            DeviceClass::Mobile,
+            DeviceClass::Desktop,
+            DeviceClass::Unknown,
+        ];
+        let regions: Vec<Region> = Region::all().chain([Region::UNKNOWN]).collect();
+        for _ in 0..3 {
+            for (channel, campaign) in [("social", "saldi"), ("email", "news"), ("social", "x")] {
+                for &device in &devices {
+                    for &region in &regions {
+                        let id = by_event.intern_event(channel, campaign, device, region);
+                        let expected =
+                            by_parts.intern(channel, campaign, device.as_str(), region.code());
+                        assert_eq!(id, expected, "{channel} {campaign} {device:?} {region:?}");
+                        assert_eq!(by_event.get(id), by_parts.get(expected));
+                    }
+                }
+            }
+        }
+        let other = by_event.intern_event("social", "x", devices[0], regions[0]);
+        assert_eq!(
+            by_event.get(other).map(|d| d.campaign.as_str()),
+            Some(OTHER_CAMPAIGN)
+        );
+    }
 
     #[test]
     fn keys_of_long_parts_cannot_collide_either() {

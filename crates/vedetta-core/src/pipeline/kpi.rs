@@ -12,9 +12,10 @@
 
 use super::hash::FastHashMap;
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::hash::{Hash, Hasher};
 
-use super::windows::Granularity;
+use super::windows::{Granularity, Window, WindowCalendar};
 
 /// The built-in event types, in the order of `KpiCounters::events`.
 pub const BUILT_IN_TYPES: [&str; 6] = [
@@ -209,6 +210,77 @@ impl KpiDeltas {
         self.spend_micros.retain(|_, spend| !spend.is_zero());
     }
 }
+
+/// Contributions counted by minute only, and added to their hour and day rows when the
+/// deltas are taken ([`MinuteRows::fold_into`]): one row lookup per contribution instead of
+/// three, and three per minute row when taken (a minute row gathers about five
+/// contributions in the bench). Sums are exact in any order, so the rows taken are the same.
+///
+/// Only contributions whose hour and day rows receive exactly what the minute row does go
+/// here: built-in event types (a custom type's name list keeps the order its contributions
+/// came in), not late for the hour or the day (the minute row's `late` is its own), and a
+/// day that holds whole minutes (so that the minute lies in one day). The pipeline counts
+/// every other contribution in all three rows at once, as before.
+#[derive(Debug, Default)]
+pub struct MinuteRows {
+    rows: FastHashMap<KpiKey, KpiCounters>,
+}
+
+impl MinuteRows {
+    /// The minute row of `window_start` (a minute) and `dims`.
+    #[inline]
+    pub fn row(&mut self, window_start: i64, dims: DimsId) -> &mut KpiCounters {
+        self.rows
+            .entry(KpiKey {
+                granularity: Granularity::Minute,
+                window_start,
+                dims,
+            })
+            .or_default()
+    }
+
+    /// Adds every minute row to its minute, hour and day rows in `deltas`, and empties
+    /// itself (keeping its room for the next batch).
+    pub fn fold_into(&mut self, deltas: &mut KpiDeltas, calendar: &mut WindowCalendar) {
+        // The minutes come in hash order: remember the few days they fall in, so that the
+        // calendar's time-zone lookup runs once per day, not at every change of day.
+        let mut days: Vec<Window> = Vec::new();
+        for (minute, mut counters) in self.rows.drain() {
+            let start = minute.window_start;
+            let day = match days.iter().find(|d| d.start <= start && start < d.end) {
+                Some(day) => *day,
+                None => {
+                    let day = calendar.window(Granularity::Day, start);
+                    days.push(day);
+                    day
+                }
+            };
+            // Hours and days get no lateness from here (see the type's docs).
+            let late = std::mem::take(&mut counters.late);
+            for (granularity, window_start) in [
+                (Granularity::Hour, start.div_euclid(HOUR) * HOUR),
+                (Granularity::Day, day.start),
+            ] {
+                deltas
+                    .row(KpiKey {
+                        granularity,
+                        window_start,
+                        dims: minute.dims,
+                    })
+                    .add(&counters);
+            }
+            counters.late = late;
+            match deltas.rows.entry(minute) {
+                Entry::Occupied(mut row) => row.get_mut().add(&counters),
+                Entry::Vacant(row) => {
+                    row.insert(counters);
+                }
+            }
+        }
+    }
+}
+
+const HOUR: i64 = 3_600_000;
 
 /// Rounds a money amount to integer micro-units, once, where it enters the pipeline.
 pub fn to_micros(amount: f64) -> i64 {

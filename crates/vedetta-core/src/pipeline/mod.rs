@@ -30,7 +30,7 @@ use attribution::{EarlierRuns, Memories, Memory, NO_DIMS, Span};
 use dedup::{ExactDedup, fingerprint};
 use dims::{DimsTable, NO_CAMPAIGN};
 use hash::FastHashMap;
-use kpi::{DimsId, KpiDeltas, KpiKey, SpendKey, to_micros};
+use kpi::{DimsId, KpiCounters, KpiDeltas, KpiKey, MinuteRows, SpendKey, to_micros};
 use refunds::{EntryKey, FinalOrder, OrderKey, Pending, RefundBook, RefundTally};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
@@ -226,6 +226,8 @@ pub struct Pipeline {
     custom_kind_ids: FastHashMap<String, KindId>,
     state: PipelineState,
     deltas: KpiDeltas,
+    /// Most contributions, by minute until the deltas are taken (see [`MinuteRows`]).
+    minutes: MinuteRows,
     /// Kind ids of the conversion types and of each rule's sides, resolved once.
     conversion_kinds: KindSet,
     rules: Vec<(KindSet, KindSet, i64)>,
@@ -238,6 +240,9 @@ pub struct Pipeline {
     dormant_swept_hour: Option<i64>,
     /// Blocks of short event lists, handed from dropped users and grown lists to new ones.
     spare_lists: SpareLists,
+    /// No key of `state.expiry` is below this minute (`i64::MIN`: not known yet): most
+    /// records find nobody due without looking into the map.
+    first_due_minute: i64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -281,12 +286,14 @@ impl Pipeline {
             custom_kind_ids,
             state,
             deltas: KpiDeltas::default(),
+            minutes: MinuteRows::default(),
             conversion_kinds: KindSet::default(),
             rules: Vec::new(),
             recalled: FastHashMap::default(),
             spans: Vec::new(),
             dormant_swept_hour: None,
             spare_lists: SpareLists::default(),
+            first_due_minute: i64::MIN,
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -486,6 +493,7 @@ impl Pipeline {
     /// Takes the changes accumulated since the last call.
     pub fn take_deltas(&mut self) -> KpiDeltas {
         self.recalled.clear();
+        self.minutes.fold_into(&mut self.deltas, &mut self.calendar);
         // The next batch will likely touch as many rows: sizing for them up front saves
         // growing the map through every power of two again.
         let next = KpiDeltas::with_capacity(self.deltas.rows.len(), self.deltas.spend_micros.len());
@@ -503,7 +511,22 @@ impl Pipeline {
         self.state.next_offset = offset + 1;
     }
 
+    /// The id of an event type: built-ins inline, custom types by name (out of line).
+    #[inline]
     fn kind_id(&mut self, kind: &EventKind) -> KindId {
+        match kind {
+            EventKind::PageView => 0,
+            EventKind::AddToCart => 1,
+            EventKind::Registration => 2,
+            EventKind::Checkout => 3,
+            EventKind::Purchase => 4,
+            EventKind::Lead => 5,
+            _ => self.other_kind_id(kind),
+        }
+    }
+
+    #[inline(never)]
+    fn other_kind_id(&mut self, kind: &EventKind) -> KindId {
         match kind {
             EventKind::PageView => 0,
             EventKind::AddToCart => 1,
@@ -577,11 +600,11 @@ impl Pipeline {
         self.state.max_event_ts = Some(self.state.max_event_ts.map_or(ts, |m| m.max(ts)));
 
         let enrichment = self.enricher.enrich(event);
-        let dims = self.dims.intern(
+        let dims = self.dims.intern_event(
             &enrichment.channel,
             enrichment.campaign,
-            enrichment.device.as_str(),
-            enrichment.region.code(),
+            enrichment.device,
+            enrichment.region,
         );
         let refund = event.kind == EventKind::Refund;
         let kind = self.kind_id(&event.kind);
@@ -798,6 +821,7 @@ impl Pipeline {
         let Self {
             state,
             deltas,
+            minutes,
             calendar,
             custom_kinds,
             ..
@@ -826,6 +850,7 @@ impl Pipeline {
         if entry.counted != NO_DIMS {
             Rows {
                 deltas,
+                minutes,
                 calendar,
                 custom_kinds,
                 tallies: &book.tallies,
@@ -837,6 +862,7 @@ impl Pipeline {
         if entry.counted != NO_DIMS {
             Rows {
                 deltas,
+                minutes,
                 calendar,
                 custom_kinds,
                 tallies: &book.tallies,
@@ -859,6 +885,7 @@ impl Pipeline {
             state,
             dims,
             deltas,
+            minutes,
             calendar,
             custom_kinds,
             spans,
@@ -866,10 +893,12 @@ impl Pipeline {
             rules,
             recalled,
             spare_lists,
+            first_due_minute,
             ..
         } = self;
         let mut rows = Rows {
             deltas,
+            minutes,
             calendar,
             custom_kinds,
             tallies: &state.refunds.tallies,
@@ -944,17 +973,18 @@ impl Pipeline {
             + gap
             + config.allowed_lateness_ms
             + MINUTE;
-        // Bucket `expiry_bucket(state.due)` already lists the user (every scheduled due time
-        // is listed, and the user stays until its latest one): a due time moving within the
-        // same minute needs no second entry.
-        let schedule = due > user_state.due && expiry_bucket(due) != expiry_bucket(user_state.due);
+        // A held user with a due time (`state.due > 0`) is listed in `expiry` at a bucket no
+        // later than that of its due time, and `expire` lists it again for its due time if
+        // that moved on meanwhile: only a user not listed yet needs listing here (listing it
+        // at every new due time made most records push an entry, and most entries stale).
+        let schedule = user_state.due <= 0
+            && due > user_state.due
+            && expiry_bucket(due) != expiry_bucket(user_state.due);
         user_state.due = user_state.due.max(due);
         if schedule {
-            state
-                .expiry
-                .entry(expiry_bucket(due))
-                .or_default()
-                .push(user);
+            let bucket = expiry_bucket(due);
+            state.expiry.entry(bucket).or_default().push(user);
+            *first_due_minute = (*first_due_minute).min(bucket);
         }
 
         match joins_settled_session(&user_state.entries, index, gap) {
@@ -1053,6 +1083,9 @@ impl Pipeline {
             });
             self.state.counters.refunds_unmatched += unmatched;
         }
+        if self.first_due_minute.saturating_mul(MINUTE) > w {
+            return; // nobody due yet
+        }
         while let Some(entry) = self.state.expiry.first_entry() {
             if *entry.key() * MINUTE > w {
                 break;
@@ -1063,7 +1096,11 @@ impl Pipeline {
                     continue;
                 };
                 if state.due > w {
-                    continue; // rescheduled for later by a newer event
+                    // A newer event moved its due time on: listed again for then (a bucket
+                    // after this watermark's, not looked at again in this loop).
+                    let bucket = expiry_bucket(state.due);
+                    self.state.expiry.entry(bucket).or_default().push(user);
+                    continue;
                 }
                 let cut = state.final_prefix(horizon, gap);
                 finalize_orders(&mut self.state.refunds, user, &state.entries[..cut]);
@@ -1115,6 +1152,7 @@ impl Pipeline {
                 }
             }
         }
+        self.first_due_minute = self.state.expiry.keys().next().copied().unwrap_or(i64::MAX);
     }
 }
 
@@ -1143,6 +1181,8 @@ fn recall(
                 .unwrap_or_default(),
             latest,
         },
+        // Empty but when the adapter recalled memories for this batch: no lookup then.
+        None if recalled.is_empty() => Memories::default(),
         None => recalled.remove(user).unwrap_or_default(),
     };
     let Memories {
@@ -1184,6 +1224,7 @@ enum Part {
 /// Where contributions go: the deltas, by window.
 struct Rows<'a> {
     deltas: &'a mut KpiDeltas,
+    minutes: &'a mut MinuteRows,
     calendar: &'a mut WindowCalendar,
     custom_kinds: &'a [String],
     /// Refunds of held orders ([`RefundBook::tallies`]), and the user whose entries these
@@ -1213,6 +1254,17 @@ impl Rows<'_> {
                 })
                 .map(|tally| (tally.count, i128::from(tally.applied(entry.value_micros)))),
         };
+        // The common case: counted in the minute row alone, added to its hour and day rows
+        // when the deltas are taken (see [`MinuteRows`] for when that gives the same rows).
+        if usize::from(entry.kind) < BUILT_IN_KINDS
+            && !entry.has(bits::LATE << 1 | bits::LATE << 2)
+            && self.calendar.day_holds_whole_minutes(entry.ts)
+        {
+            let minute = self.calendar.window(Granularity::Minute, entry.ts);
+            let row = self.minutes.row(minute.start, dims);
+            add_to_row(row, entry, sign, event, session, refunded, bits::LATE, &[]);
+            return;
+        }
         for (i, granularity) in Granularity::ALL.into_iter().enumerate() {
             let window = self.calendar.window(granularity, entry.ts);
             let row = self.deltas.row(KpiKey {
@@ -1220,38 +1272,61 @@ impl Rows<'_> {
                 window_start: window.start,
                 dims,
             });
-            if event {
-                match self
-                    .custom_kinds
-                    .get(usize::from(entry.kind).wrapping_sub(BUILT_IN_KINDS))
-                {
-                    Some(name) if usize::from(entry.kind) >= BUILT_IN_KINDS => {
-                        row.add_custom(name, sign)
-                    }
-                    _ => row.events[usize::from(entry.kind).min(BUILT_IN_KINDS - 1)] += sign,
-                }
-                if entry.flagged() {
-                    row.flagged += sign;
-                } else if entry.conversion() {
-                    row.conversions += sign;
-                    // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
-                    row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
-                    if let Some((count, micros)) = refunded {
-                        row.refunds += sign * count;
-                        row.refunded_micros += i128::from(sign) * micros;
-                        row.revenue_micros -= i128::from(sign) * micros;
-                    }
-                }
-                if entry.has(bits::LATE << i) {
-                    row.late += sign;
-                }
+            let late = bits::LATE << i;
+            add_to_row(
+                row,
+                entry,
+                sign,
+                event,
+                session,
+                refunded,
+                late,
+                self.custom_kinds,
+            );
+        }
+    }
+}
+
+/// Adds (`sign` 1) or takes back (`sign` −1) an entry's contribution to one row: its event
+/// part if `event`, its session count if `session`; `late_bit` is the entry's lateness bit
+/// for the row's granularity.
+#[allow(clippy::too_many_arguments)] // the parts of one contribution, kept inline
+#[inline(always)]
+fn add_to_row(
+    row: &mut KpiCounters,
+    entry: &EventEntry,
+    sign: i64,
+    event: bool,
+    session: bool,
+    refunded: Option<(i64, i128)>,
+    late_bit: u8,
+    custom_kinds: &[String],
+) {
+    if event {
+        match custom_kinds.get(usize::from(entry.kind).wrapping_sub(BUILT_IN_KINDS)) {
+            Some(name) if usize::from(entry.kind) >= BUILT_IN_KINDS => row.add_custom(name, sign),
+            _ => row.events[usize::from(entry.kind).min(BUILT_IN_KINDS - 1)] += sign,
+        }
+        if entry.flagged() {
+            row.flagged += sign;
+        } else if entry.conversion() {
+            row.conversions += sign;
+            // In i128: `sign * value` in i64 would overflow for `i64::MIN` micro-units.
+            row.revenue_micros += i128::from(sign) * i128::from(entry.value_micros);
+            if let Some((count, micros)) = refunded {
+                row.refunds += sign * count;
+                row.refunded_micros += i128::from(sign) * micros;
+                row.revenue_micros -= i128::from(sign) * micros;
             }
-            if session {
-                row.sessions += sign;
-                if entry.has(bits::SESSION_CONVERTING) {
-                    row.converting_sessions += sign;
-                }
-            }
+        }
+        if entry.has(late_bit) {
+            row.late += sign;
+        }
+    }
+    if session {
+        row.sessions += sign;
+        if entry.has(bits::SESSION_CONVERTING) {
+            row.converting_sessions += sign;
         }
     }
 }

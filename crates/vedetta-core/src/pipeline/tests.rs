@@ -583,3 +583,136 @@ proptest! {
 mod attribution_scenarios;
 mod money;
 mod refunds;
+
+/// The rows of one take, by (granularity, window start, channel), summed.
+fn taken(pipeline: &mut Pipeline) -> BTreeMap<(Granularity, i64, String), KpiCounters> {
+    let mut rows = BTreeMap::<_, KpiCounters>::new();
+    for (key, change) in pipeline.take_deltas().rows {
+        let channel = pipeline.dims(key.dims).unwrap().channel.clone();
+        rows.entry((key.granularity, key.window_start, channel))
+            .or_default()
+            .add(&change);
+    }
+    rows
+}
+
+#[test]
+fn minute_rows_fold_into_hours_and_days_that_do_not_nest_in_each_other() {
+    // Kolkata is UTC+5:30: its days start at 18:30 UTC, inside an hour window. Events
+    // either side of that midnight, taken together, share their hour and not their day.
+    let config = PipelineConfig {
+        time_zone: jiff::tz::TimeZone::get("Asia/Kolkata").unwrap(),
+        ..PipelineConfig::default()
+    };
+    let mut pipeline = Pipeline::new(config, None);
+    let hour = 1_712_340_000_000; // 2024-04-05T18:00:00Z
+    let (before, after) = (hour + 20 * MIN, hour + 40 * MIN);
+    let midnight = hour + 30 * MIN; // 2024-04-06T00:00 in Kolkata
+    pipeline.process(0, &LogRecord::Event(event(1, EventKind::PageView, before)));
+    pipeline.process(1, &LogRecord::Event(event(2, EventKind::PageView, after)));
+    let rows = taken(&mut pipeline);
+    let events = |g: Granularity, start: i64| rows[&(g, start, "social".to_string())].events[0];
+    assert_eq!(events(Minute, before), 1);
+    assert_eq!(events(Minute, after), 1);
+    assert_eq!(events(Hour, hour), 2);
+    assert_eq!(events(Day, midnight - 86_400_000), 1);
+    assert_eq!(events(Day, midnight), 1);
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[&(Hour, hour, "social".to_string())].sessions, 2);
+}
+
+#[test]
+fn taking_deltas_once_or_after_every_record_gives_the_same_rows() {
+    // Minute rows are folded into hours and days when the deltas are taken: a take after
+    // many records (late and custom events among them, counted directly) sums the same.
+    let records: Vec<StoredEvent> = (0..60)
+        .map(|i| {
+            let kind = match i % 4 {
+                0 => EventKind::PageView,
+                1 => EventKind::AddToCart,
+                2 => EventKind::Custom("wishlist".into()),
+                _ => EventKind::Purchase,
+            };
+            let mut e = event(i % 7, kind, T0 + i64::from(i) * 7 * MIN);
+            e.value = Some(10.0);
+            if i % 5 == 0 {
+                e.channel = Some(format!("channel-{}", i % 3));
+            }
+            e
+        })
+        .chain([event(1, EventKind::PageView, T0 - 3 * 3_600_000)]) // late for its hour
+        .collect();
+    let mut once = Pipeline::new(PipelineConfig::default(), None);
+    let mut each = Run::new();
+    for (offset, e) in records.into_iter().enumerate() {
+        once.process(offset as u64, &LogRecord::Event(e.clone()));
+        each.feed(LogRecord::Event(e));
+    }
+    let mut summed = taken(&mut once);
+    summed.retain(|_, c| !c.is_zero());
+    let mut expected = BTreeMap::<_, KpiCounters>::new();
+    for (key, counters) in &each.kpis {
+        expected
+            .entry((key.0, key.1, key.2.clone()))
+            .or_default()
+            .add(counters);
+    }
+    expected.retain(|_, c| !c.is_zero());
+    assert!(
+        summed.values().any(|c| c.late > 0),
+        "a late event was counted"
+    );
+    assert!(summed.values().any(|c| !c.custom_events.is_empty()));
+    assert_eq!(summed, expected);
+}
+
+#[test]
+fn a_user_is_listed_for_expiry_once_and_dropped_when_its_last_session_is_final() {
+    // Ten events two minutes apart move the user's due time ten times: one listing, moved
+    // on when it comes early, and the user dropped at the same watermark as ever.
+    let mut run = Run::new();
+    for i in 0..10 {
+        run.feed(LogRecord::Event(event(
+            1,
+            EventKind::PageView,
+            T0 + i * 2 * MIN,
+        )));
+    }
+    let listings = |run: &Run| {
+        run.pipeline
+            .snapshot()
+            .expiry
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+    };
+    assert_eq!(listings(&run), 1);
+    let config = PipelineConfig::default();
+    let last = T0 + 18 * MIN;
+    let due = last + config.session_gap_ms + config.allowed_lateness_ms + MIN;
+    // Other users' events move the watermark (a record expires state by the watermark
+    // before it): past the first due time, to just before the last one, then to it.
+    let at_watermark = |n: u8, w: i64| {
+        LogRecord::Event(event(
+            n,
+            EventKind::PageView,
+            w + config.out_of_orderness_ms,
+        ))
+    };
+    run.feed(at_watermark(2, due - 10 * MIN));
+    run.feed(at_watermark(3, due - 1));
+    assert!(run.pipeline.state.users.contains_key(&user(1)));
+    let snapshot = run.pipeline.snapshot();
+    let listed = snapshot
+        .expiry
+        .values()
+        .flatten()
+        .filter(|u| **u == user(1));
+    assert_eq!(listed.count(), 1, "listed again for its due time, once");
+    run.feed(at_watermark(2, due - 1));
+    assert!(run.pipeline.state.users.contains_key(&user(1)));
+    run.feed(at_watermark(3, due));
+    run.feed(at_watermark(2, due));
+    assert!(!run.pipeline.state.users.contains_key(&user(1)));
+    assert_eq!(run.total(Day, |c| c.sessions), 3);
+}

@@ -106,6 +106,14 @@ impl WindowCalendar {
         day
     }
 
+    /// Whether the local day of `ts` starts and ends on minute boundaries, so that every
+    /// minute window lies wholly in one day (true of every zone's offsets since the 1970s;
+    /// historical local mean times had seconds).
+    pub fn day_holds_whole_minutes(&mut self, ts: i64) -> bool {
+        let day = self.day(ts);
+        day.start.rem_euclid(MINUTE) == 0 && day.end.rem_euclid(MINUTE) == 0
+    }
+
     /// The end of the window that starts at `start` (for windows read back from storage).
     pub fn end_of(&self, granularity: Granularity, start: i64) -> i64 {
         match granularity {
