@@ -28,7 +28,7 @@
 //! At shutdown the hub closes: every stream ends (clients reconnect to the next server) and
 //! new ones get a 503, so an open dashboard never holds up a graceful stop.
 
-use super::kpis::{KpiQuery, KpiResponse, KpiValues, run_query};
+use super::kpis::{KpiQuery, KpiResponse, KpiValues, run_query, shown_value};
 use super::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -531,7 +531,8 @@ fn flag(params: &mut HashMap<String, String>, name: &str, default: bool) -> Resu
         Some("true") | Some("1") => Ok(true),
         Some("false") | Some("0") => Ok(false),
         Some(other) => Err(ApiError::BadRequest(format!(
-            "{name}: expected true or false, got {other:?}"
+            "{name}: expected true or false, got {}",
+            shown_value(other)
         ))),
     }
 }
@@ -735,6 +736,22 @@ mod tests {
         assert!(!frame(false, gap).due(10), "same data, not stale");
         assert!(frame(false, gap).due(11));
         assert!(!frame(true, Duration::ZERO).due(11), "never before the gap");
+    }
+
+    /// A client's value in the `deltas`/`status` flag came back whole in the 400 (a 60 KB
+    /// value, 60 KB of error), where every other error cuts a client's value to 64 characters.
+    #[test]
+    fn a_bad_flag_value_is_cut_in_the_error_like_any_client_value() {
+        let mut params = HashMap::from([("deltas".to_string(), "y".repeat(10_000))]);
+        let error = flag(&mut params, "deltas", false).unwrap_err().to_string();
+        assert!(error.starts_with("deltas: expected true or false, got \""), "{error}");
+        assert!(error.ends_with('…'), "{} characters", error.chars().count());
+        assert!(error.chars().count() < 120, "{} characters", error.chars().count());
+        let mut params = HashMap::from([("status".to_string(), "nope".to_string())]);
+        assert_eq!(
+            flag(&mut params, "status", true).unwrap_err().to_string(),
+            "status: expected true or false, got \"nope\""
+        );
     }
 
     #[test]
