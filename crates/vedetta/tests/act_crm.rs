@@ -741,9 +741,8 @@ async fn a_receiver_echoing_the_mailchimp_key_does_not_put_it_in_errors() {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .to_owned();
-            let body = format!(
-                "{{\"detail\":\"key {KEY} (account {STEM}) refused; you sent {auth}\"}}"
-            );
+            let body =
+                format!("{{\"detail\":\"key {KEY} (account {STEM}) refused; you sent {auth}\"}}");
             (status, body).into_response()
         });
         let base = serve(router).await;

@@ -802,9 +802,16 @@ mod tests {
     fn a_bad_flag_value_is_cut_in_the_error_like_any_client_value() {
         let mut params = HashMap::from([("deltas".to_string(), "y".repeat(10_000))]);
         let error = flag(&mut params, "deltas", false).unwrap_err().to_string();
-        assert!(error.starts_with("deltas: expected true or false, got \""), "{error}");
+        assert!(
+            error.starts_with("deltas: expected true or false, got \""),
+            "{error}"
+        );
         assert!(error.ends_with('…'), "{} characters", error.chars().count());
-        assert!(error.chars().count() < 120, "{} characters", error.chars().count());
+        assert!(
+            error.chars().count() < 120,
+            "{} characters",
+            error.chars().count()
+        );
         let mut params = HashMap::from([("status".to_string(), "nope".to_string())]);
         assert_eq!(
             flag(&mut params, "status", true).unwrap_err().to_string(),
@@ -848,7 +855,10 @@ mod tests {
     fn an_internal_failure_of_a_live_view_is_logged_once_per_distinct_error() {
         let view = ViewFeed::new(HashMap::from([
             ("granularity".to_string(), "1m".to_string()),
-            ("campaign".to_string(), format!("spring{}", "z".repeat(5_000))),
+            (
+                "campaign".to_string(),
+                format!("spring{}", "z".repeat(5_000)),
+            ),
         ]));
         let corrupt = ApiError::Internal("a KPI row does not decode: unexpected end".into());
         let other = ApiError::Internal("a spend value of 3 bytes".into());
@@ -870,7 +880,11 @@ mod tests {
         for line in &lines {
             assert!(line.contains("granularity=\"1m\""), "{line}");
             assert!(line.contains("campaign=\"springzzz"), "{line}");
-            assert!(line.len() < 600, "the view's values are cut: {} bytes", line.len());
+            assert!(
+                line.len() < 600,
+                "the view's values are cut: {} bytes",
+                line.len()
+            );
         }
     }
 

@@ -261,8 +261,7 @@ pub fn scrub<'a>(text: &str, emails: impl Iterator<Item = &'a str>) -> String {
             continue;
         }
         for (at, _) in folded.match_indices(email.as_str()) {
-            if let (Some(first), Some(last)) = (origin.get(at), origin.get(at + email.len() - 1))
-            {
+            if let (Some(first), Some(last)) = (origin.get(at), origin.get(at + email.len() - 1)) {
                 found.push((first.0, last.1));
             }
         }
@@ -394,7 +393,12 @@ mod tests {
     /// `/v1/triggers` and the dead-letter list.
     #[test]
     fn addresses_are_scrubbed_whatever_the_case_of_any_letter() {
-        let emails = ["änna@café.it", "straße@example.de", "kelvin@x.it", "bob@x.it"];
+        let emails = [
+            "änna@café.it",
+            "straße@example.de",
+            "kelvin@x.it",
+            "bob@x.it",
+        ];
         for (echoed, scrubbed) in [
             ("ÄNNA@CAFÉ.IT is taken", "<email> is taken"),
             ("Änna@Café.It, änna@café.it", "<email>, <email>"),

@@ -145,7 +145,9 @@ fn base64(bytes: &[u8]) -> String {
         let group = (byte(0) << 16) | (byte(1) << 8) | byte(2);
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((group >> (18 - 6 * i)) & 63) as usize]));
+                out.push(char::from(
+                    ALPHABET[((group >> (18 - 6 * i)) & 63) as usize],
+                ));
             } else {
                 out.push('=');
             }
