@@ -763,3 +763,37 @@ async fn a_receiver_echoing_the_mailchimp_key_does_not_put_it_in_errors() {
         assert!(sent.starts_with("<secret>"), "{status}: {reason}");
     }
 }
+
+/// A receiver (a proxy at `base_url`, an echoing endpoint) whose error repeats the
+/// `Api-Token` header it was sent: the token went into the error, hence into logs,
+/// `/v1/triggers` and the dead-letter list (the Mailchimp key had the same leak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_echoing_the_activecampaign_token_does_not_put_it_in_errors() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    const TOKEN: &str = "0f1e2d3c4b5a69780f1e2d3c4b5a69780f1e2d3c4b5a6978";
+    for status in [StatusCode::UNPROCESSABLE_ENTITY, StatusCode::BAD_GATEWAY] {
+        let router = axum::Router::new().fallback(move |headers: HeaderMap| async move {
+            let token = headers
+                .get("api-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            (status, format!("{{\"message\":\"token {token} refused\"}}")).into_response()
+        });
+        let base = serve(router).await;
+        let dest = crms(&ac_config("ac-echo", &base, TOKEN))["ac-echo"].clone();
+        let reason = match dest
+            .push(&batch("t", vec![user(1, Some("a@example.it"), &[])]))
+            .await
+        {
+            Err(DeliveryError::Refused { reason } | DeliveryError::Retry { reason, .. }) => reason,
+            Ok(()) => panic!("{status}: expected an error"),
+        };
+        assert!(
+            reason.contains("token <secret> refused"),
+            "{status}: {reason}"
+        );
+        assert!(!reason.contains(TOKEN), "{status}: {reason}");
+    }
+}

@@ -289,21 +289,8 @@ impl Mailchimp {
 
     /// Keeps the API key out of an error made of a receiver's answer.
     fn scrub_key(&self, error: DeliveryError) -> DeliveryError {
-        let scrub = |mut text: String| {
-            for form in &self.key_forms {
-                text = text.replace(form.expose(), "<secret>");
-            }
-            text
-        };
-        match error {
-            DeliveryError::Retry { after, reason } => DeliveryError::Retry {
-                after,
-                reason: scrub(reason),
-            },
-            DeliveryError::Refused { reason } => DeliveryError::Refused {
-                reason: scrub(reason),
-            },
-        }
+        let forms: Vec<&Secret> = self.key_forms.iter().collect();
+        super::scrub_secrets(error, &forms)
     }
 
     fn url(&self, segments: &[String]) -> reqwest::Url {
