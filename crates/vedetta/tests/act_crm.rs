@@ -723,3 +723,77 @@ async fn a_tag_past_the_first_page_of_the_search_is_found() {
         ["vip"]
     );
 }
+
+/// A receiver (a proxy at `base_url`, an echoing endpoint) whose error repeats what it was
+/// sent: the Mailchimp API key, whole or without its data-centre suffix, or the `Basic`
+/// header that carries it. Only OAuth2 secrets were scrubbed from such errors, so the key
+/// went into logs, `/v1/triggers` and the dead-letter list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_echoing_the_mailchimp_key_does_not_put_it_in_errors() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    const KEY: &str = "0123456789abcdef0123456789abcdef-us6";
+    const STEM: &str = "0123456789abcdef0123456789abcdef";
+    for status in [StatusCode::UNAUTHORIZED, StatusCode::BAD_GATEWAY] {
+        let router = axum::Router::new().fallback(move |headers: HeaderMap| async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body =
+                format!("{{\"detail\":\"key {KEY} (account {STEM}) refused; you sent {auth}\"}}");
+            (status, body).into_response()
+        });
+        let base = serve(router).await;
+        let dest = crms(&mc_config(&base, KEY, ""))["mc"].clone();
+        let reason = match dest
+            .push(&batch("k", vec![user(1, Some("a@example.it"), &[])]))
+            .await
+        {
+            Err(DeliveryError::Refused { reason } | DeliveryError::Retry { reason, .. }) => reason,
+            Ok(()) => panic!("{status}: expected an error"),
+        };
+        assert!(reason.contains(status.as_str()), "{reason}");
+        assert!(reason.contains("refused; you sent Basic "), "{reason}");
+        assert!(!reason.contains(STEM), "{status}: {reason}");
+        assert!(!reason.contains("us6"), "{status}: {reason}");
+        // The header's credentials (base64 of `user:key`) are scrubbed as well.
+        let sent = reason.split("you sent Basic ").nth(1).unwrap_or("");
+        assert!(sent.starts_with("<secret>"), "{status}: {reason}");
+    }
+}
+
+/// A receiver (a proxy at `base_url`, an echoing endpoint) whose error repeats the
+/// `Api-Token` header it was sent: the token went into the error, hence into logs,
+/// `/v1/triggers` and the dead-letter list (the Mailchimp key had the same leak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_echoing_the_activecampaign_token_does_not_put_it_in_errors() {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    const TOKEN: &str = "0f1e2d3c4b5a69780f1e2d3c4b5a69780f1e2d3c4b5a6978";
+    for status in [StatusCode::UNPROCESSABLE_ENTITY, StatusCode::BAD_GATEWAY] {
+        let router = axum::Router::new().fallback(move |headers: HeaderMap| async move {
+            let token = headers
+                .get("api-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            (status, format!("{{\"message\":\"token {token} refused\"}}")).into_response()
+        });
+        let base = serve(router).await;
+        let dest = crms(&ac_config("ac-echo", &base, TOKEN))["ac-echo"].clone();
+        let reason = match dest
+            .push(&batch("t", vec![user(1, Some("a@example.it"), &[])]))
+            .await
+        {
+            Err(DeliveryError::Refused { reason } | DeliveryError::Retry { reason, .. }) => reason,
+            Ok(()) => panic!("{status}: expected an error"),
+        };
+        assert!(
+            reason.contains("token <secret> refused"),
+            "{status}: {reason}"
+        );
+        assert!(!reason.contains(TOKEN), "{status}: {reason}");
+    }
+}

@@ -250,8 +250,9 @@ fn odd_token_endpoint(first: &'static str) -> (axum::Router, Arc<std::sync::Mute
 }
 
 /// The token endpoint rotated the refresh token (the old one is dead there) but something
-/// else in its answer is odd: `expires_in` as a string (as Azure AD v1 writes it), or an
-/// empty access token. Before the fix the whole answer was dropped, the new refresh token
+/// else in its answer is odd: `expires_in` as a string (as Azure AD v1 writes it) or out
+/// of a double's range (`1e400`, which serde_json refuses as a number), or an empty access
+/// token. Before the fix the whole answer was dropped, the new refresh token
 /// with it, and the next refresh presented the dead one: locked out for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_answer_is_odd() {
@@ -259,6 +260,9 @@ async fn a_rotated_refresh_token_is_kept_even_when_the_rest_of_the_answer_is_odd
         r#"{"access_token":"a1","expires_in":"3600","refresh_token":"NEXT"}"#,
         r#"{"access_token":"","expires_in":3600,"refresh_token":"NEXT"}"#,
         r#"{"access_token":"a1","expires_in":-5,"refresh_token":"NEXT"}"#,
+        // Out of a double's range: not a number serde_json takes.
+        r#"{"access_token":"a1","expires_in":1e400,"refresh_token":"NEXT"}"#,
+        r#"{"access_token":"a1","expires_in":-1e400,"refresh_token":"NEXT"}"#,
     ] {
         let (router, presented) = odd_token_endpoint(first);
         let base = serve(router).await;

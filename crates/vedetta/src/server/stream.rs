@@ -6,7 +6,9 @@
 //! per 0.7 s, checked every 0.1 s: a change is on screen within about a second. On a quiet
 //! server it still pushes every 30 s, so a `last=` view keeps sliding with the clock. A
 //! view whose query fails gets `event: query-error` with `{"error": …}` (not `error`, which
-//! is the name the browser gives its own connection failures).
+//! is the name the browser gives its own connection failures); an internal failure (a
+//! corrupt row) shows the client the generic message and is logged, once per view and
+//! distinct failure.
 //!
 //! Two per-client options, which do not change the view:
 //! - `deltas=true`: after the first whole answer, each push is `event: kpis-delta` — the
@@ -28,7 +30,7 @@
 //! At shutdown the hub closes: every stream ends (clients reconnect to the next server) and
 //! new ones get a 503, so an open dashboard never holds up a graceful stop.
 
-use super::kpis::{KpiQuery, KpiResponse, KpiValues, run_query};
+use super::kpis::{KpiQuery, KpiResponse, KpiValues, run_query, shown_name, shown_value};
 use super::{ApiError, AppState};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -59,6 +61,11 @@ pub const MAX_VIEWS: usize = 256;
 const REFRESH_CONCURRENCY: usize = 2;
 /// Sent first: how long `EventSource` waits before reconnecting.
 const RETRY: &[u8] = b"retry: 3000\n\n";
+/// The most distinct internal failures logged per view: a view failing in ever new ways
+/// (a detail naming a row) does not fill the log either.
+const MAX_LOGGED_FAILURES: usize = 16;
+/// The most parameters of a view a log line shows.
+const VIEW_EXCERPT_PARAMS: usize = 12;
 
 /// One push of a view: its SSE bytes, framed once and written to every client of the view.
 #[derive(Debug, Clone)]
@@ -97,6 +104,62 @@ struct ViewFeed {
     /// view computes it once and the ticker never computes it twice at the same time. It
     /// guards the rows of the last published answer, which the next delta is computed from.
     computing: Arc<tokio::sync::Mutex<Option<PublishedRows>>>,
+    /// The internal failures of the view's query already logged. A failed view is computed
+    /// again at every push gap; logging the same failure each time would flood the log.
+    logged_failures: std::sync::Mutex<Vec<String>>,
+}
+
+impl ViewFeed {
+    fn new(params: HashMap<String, String>) -> ViewFeed {
+        ViewFeed {
+            params,
+            frames: watch::Sender::new(None),
+            computing: Arc::new(tokio::sync::Mutex::new(None)),
+            logged_failures: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Logs an internal failure of the view's query (its clients get the generic
+    /// `query-error`), once per distinct failure, with a bounded excerpt of the view. A
+    /// client's mistake (a 4xx) is told in the answer and not logged.
+    fn failed(&self, error: &ApiError) {
+        let ApiError::Internal(detail) = error else {
+            return;
+        };
+        let mut logged = self
+            .logged_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if logged.len() >= MAX_LOGGED_FAILURES || logged.contains(detail) {
+            return;
+        }
+        logged.push(detail.clone());
+        let last = if logged.len() == MAX_LOGGED_FAILURES {
+            " (the last new failure of this view logged)"
+        } else {
+            ""
+        };
+        tracing::warn!(
+            view = %view_excerpt(&self.params),
+            %detail,
+            "a live view's query failed; its clients get query-error until it succeeds{last}"
+        );
+    }
+}
+
+/// A view's parameters as a log line shows them (they came from a client): sorted, each
+/// value cut to 64 characters and quoted, at most [`VIEW_EXCERPT_PARAMS`] of them.
+fn view_excerpt(params: &HashMap<String, String>) -> String {
+    let sorted: BTreeMap<&String, &String> = params.iter().collect();
+    let mut parts: Vec<String> = sorted
+        .iter()
+        .take(VIEW_EXCERPT_PARAMS)
+        .map(|(name, value)| format!("{}={}", shown_name(name), shown_value(value)))
+        .collect();
+    if sorted.len() > VIEW_EXCERPT_PARAMS {
+        parts.push(format!("(and {} more)", sorted.len() - VIEW_EXCERPT_PARAMS));
+    }
+    parts.join(" ")
 }
 
 /// The rows of a published answer, by key, as serialized: what a delta is computed from.
@@ -166,13 +229,7 @@ impl StreamHub {
         let view = inner
             .views
             .entry(key)
-            .or_insert_with(|| {
-                Arc::new(ViewFeed {
-                    params,
-                    frames: watch::Sender::new(None),
-                    computing: Arc::new(tokio::sync::Mutex::new(None)),
-                })
-            })
+            .or_insert_with(|| Arc::new(ViewFeed::new(params)))
             .clone();
         // Subscribed under the hub's lock: the ticker drops views without receivers under
         // the same lock, so it cannot drop this one between its creation and this line.
@@ -287,6 +344,7 @@ async fn publish(
             )
         }
         Err(error) => {
+            view.failed(&error);
             *published = None;
             let json = serde_json::json!({ "error": error.to_string() }).to_string();
             (sse_event("query-error", None, &json), None, true)
@@ -531,7 +589,8 @@ fn flag(params: &mut HashMap<String, String>, name: &str, default: bool) -> Resu
         Some("true") | Some("1") => Ok(true),
         Some("false") | Some("0") => Ok(false),
         Some(other) => Err(ApiError::BadRequest(format!(
-            "{name}: expected true or false, got {other:?}"
+            "{name}: expected true or false, got {}",
+            shown_value(other)
         ))),
     }
 }
@@ -735,6 +794,98 @@ mod tests {
         assert!(!frame(false, gap).due(10), "same data, not stale");
         assert!(frame(false, gap).due(11));
         assert!(!frame(true, Duration::ZERO).due(11), "never before the gap");
+    }
+
+    /// A client's value in the `deltas`/`status` flag came back whole in the 400 (a 60 KB
+    /// value, 60 KB of error), where every other error cuts a client's value to 64 characters.
+    #[test]
+    fn a_bad_flag_value_is_cut_in_the_error_like_any_client_value() {
+        let mut params = HashMap::from([("deltas".to_string(), "y".repeat(10_000))]);
+        let error = flag(&mut params, "deltas", false).unwrap_err().to_string();
+        assert!(
+            error.starts_with("deltas: expected true or false, got \""),
+            "{error}"
+        );
+        assert!(error.ends_with('…'), "{} characters", error.chars().count());
+        assert!(
+            error.chars().count() < 120,
+            "{} characters",
+            error.chars().count()
+        );
+        let mut params = HashMap::from([("status".to_string(), "nope".to_string())]);
+        assert_eq!(
+            flag(&mut params, "status", true).unwrap_err().to_string(),
+            "status: expected true or false, got \"nope\""
+        );
+    }
+
+    /// Log lines written while `during` runs.
+    fn logged(during: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+            type Writer = Captured;
+            fn make_writer(&'a self) -> Captured {
+                self.clone()
+            }
+        }
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, during);
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// A live view whose query failed inside (a corrupt row) sent its clients the generic
+    /// `query-error` and logged nothing: the failure left no trace on the server. It is
+    /// logged now, once per view and distinct error (a failed view is retried at every
+    /// push gap, which would flood the log), with a bounded excerpt of the view.
+    #[test]
+    fn an_internal_failure_of_a_live_view_is_logged_once_per_distinct_error() {
+        let view = ViewFeed::new(HashMap::from([
+            ("granularity".to_string(), "1m".to_string()),
+            (
+                "campaign".to_string(),
+                format!("spring{}", "z".repeat(5_000)),
+            ),
+        ]));
+        let corrupt = ApiError::Internal("a KPI row does not decode: unexpected end".into());
+        let other = ApiError::Internal("a spend value of 3 bytes".into());
+        let log = logged(|| {
+            for _ in 0..5 {
+                view.failed(&corrupt);
+            }
+            view.failed(&other);
+            view.failed(&corrupt);
+            view.failed(&other);
+            // The client's own mistakes are its answer's business, not the server log's.
+            view.failed(&ApiError::BadRequest("last: bad span".into()));
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert!(lines[0].contains("WARN"), "{log}");
+        assert!(lines[0].contains("a KPI row does not decode"), "{log}");
+        assert!(lines[1].contains("a spend value of 3 bytes"), "{log}");
+        for line in &lines {
+            assert!(line.contains("granularity=\"1m\""), "{line}");
+            assert!(line.contains("campaign=\"springzzz"), "{line}");
+            assert!(
+                line.len() < 600,
+                "the view's values are cut: {} bytes",
+                line.len()
+            );
+        }
     }
 
     #[test]

@@ -189,7 +189,8 @@ impl CrmBatch {
             .filter_map(|u| u.email.as_deref().map(|e| (u, e)))
     }
 
-    /// Replaces this batch's e-mail addresses (any case) in `text` with `<email>`.
+    /// Replaces this batch's e-mail addresses (in any case, see [`scrub`]) in `text` with
+    /// `<email>`.
     pub fn scrub(&self, text: &str) -> String {
         scrub(text, self.users.iter().filter_map(|u| u.email.as_deref()))
     }
@@ -237,23 +238,58 @@ impl CrmBatch {
     }
 }
 
-/// Replaces each of `emails` (ASCII case-insensitively) in `text` with `<email>`.
+/// Replaces each of `emails` in `text` with `<email>`, whatever the case of any letter
+/// (`ÄNNA@…` for `änna@…`, `STRASSE@…` for `straße@…`).
+///
+/// Both sides are compared folded, each character upper-cased then lower-cased: that maps
+/// the case variants the standard library knows onto one form (`ß` and `SS`, the Kelvin
+/// sign and `k`). A match replaces the whole characters it touches. The cost is linear in
+/// the text per address: the text is folded once, then each address looked for in it.
 pub fn scrub<'a>(text: &str, emails: impl Iterator<Item = &'a str>) -> String {
-    let mut out = text.to_owned();
+    // The folded text, and for each of its bytes the byte range of the character it
+    // comes from (folding changes lengths: the Kelvin sign is 3 bytes, `k` one).
+    let mut folded = String::with_capacity(text.len());
+    let mut origin: Vec<(usize, usize)> = Vec::with_capacity(text.len());
+    for (at, c) in text.char_indices() {
+        folded.extend(fold(c));
+        origin.resize(folded.len(), (at, at + c.len_utf8()));
+    }
+    let mut found: Vec<(usize, usize)> = Vec::new();
     for email in emails {
+        let email: String = email.chars().flat_map(fold).collect();
         if email.is_empty() {
             continue;
         }
-        let lower_email = email.to_ascii_lowercase();
-        loop {
-            let lower = out.to_ascii_lowercase();
-            let Some(at) = lower.find(&lower_email) else {
-                break;
-            };
-            out.replace_range(at..at + lower_email.len(), "<email>");
+        for (at, _) in folded.match_indices(email.as_str()) {
+            if let (Some(first), Some(last)) = (origin.get(at), origin.get(at + email.len() - 1)) {
+                found.push((first.0, last.1));
+            }
         }
     }
+    if found.is_empty() {
+        return text.to_owned();
+    }
+    found.sort_unstable();
+    let mut out = String::with_capacity(text.len());
+    // The end of what is already copied or replaced.
+    let mut done = 0;
+    for (start, end) in found {
+        if start >= done {
+            out.push_str(&text[done..start]);
+            out.push_str("<email>");
+            done = end;
+        } else {
+            // Overlaps the previous match: one `<email>` for both.
+            done = done.max(end);
+        }
+    }
+    out.push_str(&text[done..]);
     out
+}
+
+/// A character in the form [`scrub`] compares.
+fn fold(c: char) -> impl Iterator<Item = char> {
+    c.to_uppercase().flat_map(char::to_lowercase)
 }
 
 /// A CRM users are pushed to. The contract is [`super::destination::Destination`]'s: one
@@ -350,6 +386,31 @@ mod tests {
         );
         assert_eq!(batch.reachable().count(), 1);
         batch.validate().unwrap();
+    }
+
+    /// The scrub compared case ASCII-only: a receiver echoing an address with a non-ASCII
+    /// letter in another case (`ÄNNA@…` for `änna@…`) kept it in the error, hence in logs,
+    /// `/v1/triggers` and the dead-letter list.
+    #[test]
+    fn addresses_are_scrubbed_whatever_the_case_of_any_letter() {
+        let emails = [
+            "änna@café.it",
+            "straße@example.de",
+            "kelvin@x.it",
+            "bob@x.it",
+        ];
+        for (echoed, scrubbed) in [
+            ("ÄNNA@CAFÉ.IT is taken", "<email> is taken"),
+            ("Änna@Café.It, änna@café.it", "<email>, <email>"),
+            ("STRASSE@EXAMPLE.DE bounced", "<email> bounced"),
+            ("Straße@Example.DE bounced", "<email> bounced"),
+            // The Kelvin sign (3 bytes) lower-cases to `k` (1 byte): offsets must follow.
+            ("\u{212A}ELVIN@X.IT and BOB@X.IT", "<email> and <email>"),
+            ("İ BOB@X.IT İ", "İ <email> İ"),
+            ("nobody here", "nobody here"),
+        ] {
+            assert_eq!(scrub(echoed, emails.into_iter()), scrubbed, "{echoed}");
+        }
     }
 
     #[test]

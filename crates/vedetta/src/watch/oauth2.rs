@@ -31,6 +31,7 @@ use super::destination::DeliveryError;
 use super::destinations::{Secret, classify, transport_error};
 use crate::crypto::Crypto;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -221,27 +222,46 @@ struct TokenResponse {
 
 impl TokenResponse {
     fn read(body: &str) -> Result<TokenResponse, String> {
-        let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
-        let object = value.as_object().ok_or("not a JSON object")?;
-        let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-        // A number, or a string of one (some endpoints write `"3600"`); a negative one is 0.
-        let expires_in = object.get("expires_in").and_then(|v| match v {
-            serde_json::Value::Number(n) => n
-                .as_u64()
-                .or_else(|| n.as_i64().map(|i| i.max(0) as u64))
-                .or_else(|| {
-                    n.as_f64()
-                        .filter(|f| f.is_finite())
-                        .map(|f| f.max(0.0) as u64)
-                }),
-            serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
-            _ => None,
-        });
+        // Each field's raw text first: serde_json refuses a number past a double's range
+        // (`"expires_in": 1e400`) as it parses it, which would cost the whole answer, the
+        // rotated refresh token with it; as raw text a value is only scanned.
+        let fields: HashMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_str(body).map_err(|e| e.to_string())?;
+        let text = |key: &str| {
+            fields
+                .get(key)
+                .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+        };
         Ok(TokenResponse {
             access_token: text("access_token"),
-            expires_in,
+            expires_in: fields.get("expires_in").and_then(|raw| seconds(raw.get())),
             refresh_token: text("refresh_token"),
         })
+    }
+}
+
+/// A lifetime in seconds from its JSON text: a number, or a string of one (some endpoints
+/// write `"3600"`); a negative one is 0, one past a double's range the largest (or, negative,
+/// 0). `None` for anything else. The caller clamps it.
+fn seconds(raw: &str) -> Option<u64> {
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_i64().map(|i| i.max(0) as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f.max(0.0) as u64)
+            }),
+        Ok(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Ok(_) => None,
+        // The answer parsed, so this is JSON; what serde_json refuses of JSON is a number
+        // out of range (an array holding one is not a lifetime either).
+        Err(_) => match raw.trim_start().as_bytes().first() {
+            Some(b'-') => Some(0),
+            Some(b'0'..=b'9') => Some(u64::MAX),
+            _ => None,
+        },
     }
 }
 
@@ -554,6 +574,39 @@ mod tests {
             refresh_after(Duration::from_secs(10)),
             Duration::from_secs(9)
         );
+    }
+
+    /// `"expires_in": 1e400` is no JSON number serde_json takes (out of a double's range),
+    /// so the whole answer failed to decode, the rotated refresh token with it. Now an
+    /// out-of-range number is read as the largest (or, negative, the smallest) lifetime,
+    /// which the caller clamps, and the rest of the answer is kept.
+    #[test]
+    fn an_out_of_range_lifetime_does_not_cost_the_rest_of_the_answer() {
+        for (expires_in, read) in [
+            ("1e400", Some(u64::MAX)),
+            ("1E+400", Some(u64::MAX)),
+            ("-1e400", Some(0)),
+            ("1e-400", Some(0)),
+            ("3600", Some(3_600)),
+            ("3600.9", Some(3_600)),
+            ("-5", Some(0)),
+            ("\"60\"", Some(60)),
+            ("null", None),
+            ("[1e400]", None),
+        ] {
+            let body = format!(
+                r#"{{"access_token":"at","expires_in":{expires_in},"refresh_token":"rt-2"}}"#
+            );
+            let token = TokenResponse::read(&body).unwrap();
+            assert_eq!(token.expires_in, read, "{body}");
+            assert_eq!(token.refresh_token.as_deref(), Some("rt-2"), "{body}");
+            assert_eq!(token.access_token.as_deref(), Some("at"), "{body}");
+        }
+        // A repeated key counts once, the last time, as before.
+        let token = TokenResponse::read(r#"{"refresh_token":"a","refresh_token":"b"}"#).unwrap();
+        assert_eq!(token.refresh_token.as_deref(), Some("b"));
+        assert!(TokenResponse::read("[1]").is_err());
+        assert!(TokenResponse::read(r#"{"refresh_token":"a""#).is_err());
     }
 
     #[test]

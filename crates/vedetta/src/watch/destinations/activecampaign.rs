@@ -383,11 +383,10 @@ impl CrmDestination for ActiveCampaign {
             // here (the whole batch goes again: every step is idempotent).
             let mut refused = Vec::new();
             for (user, email) in batch.reachable() {
-                match self
-                    .push_user(user, email)
-                    .await
-                    .map_err(|e| crm::scrub_error(batch, with_user(e, &user.pseudonym)))
-                {
+                match self.push_user(user, email).await.map_err(|e| {
+                    let e = super::scrub_secrets(e, &[&self.token]);
+                    crm::scrub_error(batch, with_user(e, &user.pseudonym))
+                }) {
                     Ok(()) => {}
                     Err(DeliveryError::Refused { reason }) => refused.push(reason),
                     Err(retry) => return Err(retry),

@@ -97,6 +97,9 @@ const BATCH_POLL: Duration = Duration::from_millis(500);
 /// How long a batch operation is waited for, within one push.
 const BATCH_WAIT: Duration = Duration::from_secs(25);
 
+/// The user name of HTTP Basic auth with an API key (Mailchimp reads only the password).
+const BASIC_USER: &str = "vedetta";
+
 /// How a request is authorised.
 #[derive(Debug)]
 enum Auth {
@@ -108,6 +111,49 @@ enum Auth {
 pub fn data_centre(api_key: &str) -> Option<&str> {
     let (_, dc) = api_key.rsplit_once('-')?;
     (!dc.is_empty() && dc.len() <= 8 && dc.chars().all(|c| c.is_ascii_alphanumeric())).then_some(dc)
+}
+
+/// What of an API key a receiver's answer may echo (a proxy at `base_url`, an endpoint that
+/// repeats its request): the key, its part before the data-centre suffix, and the HTTP Basic
+/// credentials that carry it. Longest first, since the part is in the key.
+fn key_forms(key: &Secret) -> Vec<Secret> {
+    let key = key.expose();
+    if key.is_empty() {
+        return Vec::new();
+    }
+    let mut forms = vec![
+        Secret(base64(format!("{BASIC_USER}:{key}").as_bytes())),
+        Secret(key.to_owned()),
+    ];
+    // Not a short stem: replacing it everywhere would garble the message (real keys hold 32
+    // hex digits before the suffix).
+    if let Some(dc) = data_centre(key)
+        && let Some(stem) = key.strip_suffix(dc).and_then(|k| k.strip_suffix('-'))
+        && stem.len() >= 8
+    {
+        forms.push(Secret(stem.to_owned()));
+    }
+    forms
+}
+
+/// Standard base64 with padding (RFC 4648 §4), as HTTP Basic credentials are written.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let byte = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let group = (byte(0) << 16) | (byte(1) << 8) | byte(2);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(
+                    ALPHABET[((group >> (18 - 6 * i)) & 63) as usize],
+                ));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The member id: the MD5 of the lower-cased e-mail, in hex.
@@ -202,6 +248,9 @@ pub struct Mailchimp {
     merge_fields: BTreeMap<String, String>,
     batch_threshold: usize,
     client: reqwest::Client,
+    /// The API key as an error may echo it ([`key_forms`]); empty with OAuth2, whose client
+    /// scrubs its own secrets.
+    key_forms: Vec<Secret>,
 }
 
 /// One member's writes, as (method, path segments under the API root, body).
@@ -217,6 +266,7 @@ fn decode_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
 impl Mailchimp {
     pub fn new(config: &MailchimpConfig, vault: Option<Arc<TokenVault>>) -> anyhow::Result<Self> {
         let (base, key, timeout) = config.validate()?;
+        let key_forms = key.as_ref().map(key_forms).unwrap_or_default();
         let auth = match (key, &config.oauth2) {
             (Some(key), _) => Auth::Key(key),
             (None, Some(o)) => {
@@ -233,7 +283,14 @@ impl Mailchimp {
             merge_fields: config.merge_fields.clone(),
             batch_threshold: config.batch_threshold,
             client: super::http_client(timeout)?,
+            key_forms,
         })
+    }
+
+    /// Keeps the API key out of an error made of a receiver's answer.
+    fn scrub_key(&self, error: DeliveryError) -> DeliveryError {
+        let forms: Vec<&Secret> = self.key_forms.iter().collect();
+        super::scrub_secrets(error, &forms)
     }
 
     fn url(&self, segments: &[String]) -> reqwest::Url {
@@ -279,7 +336,7 @@ impl Mailchimp {
             }
             match (auth, &self.auth) {
                 (Some(token), _) => request.bearer_auth(token.expose()),
-                (None, Auth::Key(key)) => request.basic_auth("vedetta", Some(key.expose())),
+                (None, Auth::Key(key)) => request.basic_auth(BASIC_USER, Some(key.expose())),
                 (None, Auth::OAuth2(_)) => request,
             }
         };
@@ -511,7 +568,7 @@ impl CrmDestination for Mailchimp {
             } else {
                 self.push_one_by_one(batch).await
             };
-            result.map_err(|e| crm::scrub_error(batch, e))
+            result.map_err(|e| self.scrub_key(crm::scrub_error(batch, e)))
         })
     }
 }
@@ -542,6 +599,30 @@ mod tests {
             member_hash("Urist.McVankab@FreddiesJokes.com"),
             "62eeb292278cc15f5817cb78f7790b08"
         );
+    }
+
+    #[test]
+    fn basic_credentials_are_the_base64_of_user_and_key() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), encoded);
+        }
+        let forms = key_forms(&Secret("0123456789abcdef-us6".into()));
+        let forms: Vec<&str> = forms.iter().map(Secret::expose).collect();
+        assert_eq!(
+            crate::sources::shopify::decode_base64(forms[0]).unwrap(),
+            b"vedetta:0123456789abcdef-us6"
+        );
+        assert_eq!(forms[1..], ["0123456789abcdef-us6", "0123456789abcdef"]);
+        // A short part before the suffix is not replaced everywhere.
+        assert_eq!(key_forms(&Secret("k-us21".into())).len(), 2);
     }
 
     #[test]

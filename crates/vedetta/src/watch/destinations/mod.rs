@@ -389,6 +389,30 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Replaces each of `secrets` in an error's text with `<secret>`: for an error made of a
+/// receiver's answer, which may echo what it was sent (a proxy, an echoing endpoint). A
+/// secret under 8 characters is left alone: no real key is that short, and replacing it
+/// everywhere would garble the message.
+pub(crate) fn scrub_secrets(error: DeliveryError, secrets: &[&Secret]) -> DeliveryError {
+    let scrub = |mut text: String| {
+        for secret in secrets {
+            if secret.expose().len() >= 8 {
+                text = text.replace(secret.expose(), "<secret>");
+            }
+        }
+        text
+    };
+    match error {
+        DeliveryError::Retry { after, reason } => DeliveryError::Retry {
+            after,
+            reason: scrub(reason),
+        },
+        DeliveryError::Refused { reason } => DeliveryError::Refused {
+            reason: scrub(reason),
+        },
+    }
+}
+
 /// A transport failure (refused connection, timeout, TLS): retry. The URL is left out of
 /// the message, since webhook URLs carry secrets.
 pub(crate) fn transport_error(what: &str, error: reqwest::Error) -> DeliveryError {
