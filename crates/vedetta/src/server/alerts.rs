@@ -139,7 +139,7 @@ pub async fn get_alerts(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(ApiError::from_watch_store)?;
     let (mut firing, mut pending) = (Vec::new(), Vec::new());
     for ((rule_name, group), alert) in &alerts {
         let rule = rules.rules.iter().find(|r| r.name == *rule_name);
@@ -301,7 +301,7 @@ pub async fn post_silence(
     tokio::task::spawn_blocking(move || store.add_silence(&stored, now, MAX_SILENCES))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from_watch_store)?
         .then_some(())
         .ok_or_else(|| {
             ApiError::Conflict(format!(
@@ -330,7 +330,7 @@ pub async fn delete_silence(
     let existed = tokio::task::spawn_blocking(move || store.delete_silence(&key))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_watch_store)?;
     if existed {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -366,7 +366,7 @@ pub async fn get_dead_letters(
     let dead = tokio::task::spawn_blocking(move || outbox.dead_letters(after, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_outbox)?;
     Ok(Json(json!({
         "dead": dead.iter().map(|d| json!({
             "seq": d.seq,
@@ -407,7 +407,7 @@ pub async fn retry_dead_letter(
     let queued = tokio::task::spawn_blocking(move || outbox.retry_dead(number, now))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_outbox)?;
     match queued {
         Some(new_seq) => {
             state.sender.wake();
@@ -436,7 +436,7 @@ pub async fn get_inbox(
     let entries = tokio::task::spawn_blocking(move || inbox.list(limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_watch_store)?;
     Ok(Json(json!({
         "inbox": entries.iter().map(|(at, n)| json!({"delivered_at": time(*at), "notification": n})).collect::<Vec<_>>(),
     })))
