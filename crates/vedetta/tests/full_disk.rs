@@ -368,3 +368,85 @@ fn watch_redb_recovers_from_a_full_disk_without_a_restart() {
         store.database().reopens()
     );
 }
+
+/// Through the server: `/v1/silences` answers 507 with `Retry-After` while the disk under
+/// `watch.redb` is full, and creates silences again once space is freed, in the same
+/// process.
+#[test]
+fn silences_answer_507_on_a_full_disk_and_work_again_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("watch-disk"), "8m");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(disk.0.join("watch.redb"), data.join("watch.redb")).unwrap();
+    let server = Server::start(&data, &[]);
+    let pid = server.pid();
+    let http = client();
+    let post = |n: usize| {
+        let body = serde_json::json!({
+            "matchers": [{"name": "rule", "value": format!("rule_{n}")}],
+            "duration": "2h",
+            "comment": format!("{n:0>1000}"),
+        });
+        let response = http
+            .post(server.url("/v1/silences"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let body: String = response.text().unwrap();
+        (status, retry_after, body)
+    };
+    assert_eq!(post(0).0, 201);
+
+    let ballast = fill(&disk, "ballast");
+    let (mut n, mut full_answers, mut busy_answers) = (1, 0, 0);
+    while full_answers == 0 {
+        assert!(n < 500, "no 507 after {n} silences on the full disk");
+        let (status, retry_after, body) = post(n);
+        match status {
+            201 => {}
+            507 => {
+                assert!(retry_after, "507 without Retry-After: {body}");
+                full_answers += 1;
+            }
+            503 => {
+                assert!(retry_after, "503 without Retry-After: {body}");
+                busy_answers += 1;
+            }
+            other => panic!("unexpected answer {other}: {body}"),
+        }
+        n += 1;
+    }
+
+    std::fs::remove_file(&ballast).unwrap();
+    let mut created: Option<String> = None;
+    wait_for(
+        "silences are created again after space was freed",
+        30,
+        || {
+            let (status, _, body) = post(n);
+            n += 1;
+            if status == 201 {
+                created = Some(body);
+            }
+            status == 201
+        },
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&created.unwrap()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alerts = get_json(&http, &server.url("/v1/alerts"));
+    let listed = alerts["silences"].as_array().unwrap();
+    assert!(listed.iter().any(|s| s["id"] == id.as_str()), "{alerts}");
+    assert_eq!(server.pid(), pid, "the server was restarted");
+    server.stop();
+    eprintln!(
+        "silences on a full disk: {full_answers} answered 507, {busy_answers} 503, \
+         {} requests in all",
+        n
+    );
+}

@@ -239,6 +239,7 @@ pub const SILENCE_DURATION_PATTERN: &str = "^(([1-9]|[1-8][0-9]|90)d|([1-9][0-9]
         (status = 201, description = "the silence, with its id", body = Object),
         (status = 400, description = "a field is wrong; the message names it", body = super::openapi::ErrorBody),
         (status = 409, description = "1,000 silences are active already", body = super::openapi::ErrorBody),
+        (status = 507, description = "the disk under the alert store is full; nothing was stored, retry after `Retry-After`", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn post_silence(
