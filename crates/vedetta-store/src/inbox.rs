@@ -6,6 +6,7 @@
 //! inbox: seq u64 → [format u8 = 1][delivered_ms i64 LE][notification: its outbox form]
 //! ```
 
+use crate::reopen::ReopeningDatabase;
 use crate::watch_store::WatchStoreError;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::sync::Arc;
@@ -20,15 +21,27 @@ pub const MAX_INBOX: u64 = 1_000;
 /// The inbox over a database (the alert store's).
 #[derive(Clone, Debug)]
 pub struct Inbox {
-    db: Arc<Database>,
+    db: Arc<ReopeningDatabase>,
 }
 
 impl Inbox {
-    pub fn new(db: Arc<Database>) -> Result<Self, WatchStoreError> {
-        let txn = db.begin_write()?;
-        txn.open_table(INBOX)?;
-        txn.commit()?;
+    pub fn new(db: Arc<ReopeningDatabase>) -> Result<Self, WatchStoreError> {
+        db.with(|db| -> Result<(), WatchStoreError> {
+            let txn = db.begin_write()?;
+            txn.open_table(INBOX)?;
+            txn.commit()?;
+            Ok(())
+        })?;
         Ok(Self { db })
+    }
+
+    /// Runs `operation` on the file, reopening it after a storage failure.
+    fn run<T>(
+        &self,
+        operation: impl FnOnce(&Database) -> Result<T, WatchStoreError>,
+    ) -> Result<T, WatchStoreError> {
+        self.db
+            .with_recovery(WatchStoreError::is_retryable, operation)
     }
 
     /// Keeps a delivered notification. The same id twice (a redelivery after a crash) is
@@ -38,43 +51,47 @@ impl Inbox {
         notification: &Notification,
         delivered_ms: i64,
     ) -> Result<(), WatchStoreError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(INBOX)?;
-            for entry in table.iter()?.rev().take(100) {
-                let (_, value) = entry?;
-                if let Ok((_, n)) = decode(value.value())
-                    && n.id == notification.id
-                {
-                    return Ok(());
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(INBOX)?;
+                for entry in table.iter()?.rev().take(100) {
+                    let (_, value) = entry?;
+                    if let Ok((_, n)) = decode(value.value())
+                        && n.id == notification.id
+                    {
+                        return Ok(());
+                    }
+                }
+                let seq = table.last()?.map_or(0, |(k, _)| k.value() + 1);
+                let mut bytes = vec![INBOX_FORMAT];
+                bytes.extend_from_slice(&delivered_ms.to_le_bytes());
+                bytes.extend_from_slice(&notification.encode());
+                table.insert(seq, bytes.as_slice())?;
+                while table.len()? > MAX_INBOX {
+                    let Some((oldest, _)) = table.pop_first()? else {
+                        break;
+                    };
+                    drop(oldest);
                 }
             }
-            let seq = table.last()?.map_or(0, |(k, _)| k.value() + 1);
-            let mut bytes = vec![INBOX_FORMAT];
-            bytes.extend_from_slice(&delivered_ms.to_le_bytes());
-            bytes.extend_from_slice(&notification.encode());
-            table.insert(seq, bytes.as_slice())?;
-            while table.len()? > MAX_INBOX {
-                let Some((oldest, _)) = table.pop_first()? else {
-                    break;
-                };
-                drop(oldest);
-            }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The newest first: (delivered at, notification).
     pub fn list(&self, limit: usize) -> Result<Vec<(i64, Notification)>, WatchStoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(INBOX)?;
-        let mut out = Vec::new();
-        for entry in table.iter()?.rev().take(limit) {
-            let (_, value) = entry?;
-            out.push(decode(value.value())?);
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(INBOX)?;
+            let mut out = Vec::new();
+            for entry in table.iter()?.rev().take(limit) {
+                let (_, value) = entry?;
+                out.push(decode(value.value())?);
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -102,7 +119,7 @@ mod tests {
     #[test]
     fn entries_are_kept_once_newest_first_and_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("i.redb")).unwrap());
+        let db = Arc::new(ReopeningDatabase::open(&dir.path().join("i.redb"), 1 << 20).unwrap());
         let inbox = Inbox::new(db).unwrap();
         let mut n = Notification::example();
         inbox.put(&n, 1).unwrap();

@@ -4,8 +4,8 @@
 //! the alert-state change that causes it and the notification commit together: after a
 //! crash either both are there or neither is. The sender then reads the queue through an
 //! [`Outbox`] over the same database, delivers, and removes, reschedules or dead-letters
-//! each entry, one small commit per outcome. The tables live in whatever redb
-//! [`Database`] the caller opens (the watch store keeps alert state beside them);
+//! each entry, one small commit per outcome. The tables live in whatever
+//! [`ReopeningDatabase`] the caller opens (the watch store keeps alert state beside them);
 //! [`Outbox::open`] gives a file of its own.
 //!
 //! Order: entries of one destination are delivered in enqueue order, one at a time. The
@@ -25,7 +25,8 @@
 //! firing outcomes and delivery numbers change in the same commit as the entry
 //! (`trigger_store::record_settlement`).
 
-use crate::error::EngineFailure;
+use crate::error::{EngineFailure, io_is_storage_full};
+use crate::reopen::{ReopeningDatabase, Unavailable};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
@@ -65,9 +66,32 @@ pub enum OutboxError {
     /// Another process holds the file.
     #[error("the outbox is open in another process")]
     AlreadyOpen,
-    /// Anything else from the engine: misuse or a bug, or a handle to reopen.
+    /// redb's `PreviousIo`: an earlier I/O failure left the handle unusable until the file
+    /// is reopened (the outbox reopens it after the failed call).
+    #[error("the outbox must be reopened after an earlier I/O error")]
+    NeedsReopen,
+    /// Anything else from the engine: misuse or a bug.
     #[error("outbox error: {0}")]
     Engine(String),
+    /// The file is being reopened after a storage failure, or could not be yet.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+impl OutboxError {
+    /// Whether the disk failed (an I/O error, redb's latch after one, a reopen not done
+    /// yet): the call changed nothing, and the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            OutboxError::Io(_) | OutboxError::NeedsReopen | OutboxError::Unavailable(_)
+        )
+    }
+
+    /// Whether the disk or a quota is full: the answer to a client is 507.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, OutboxError::Io(error) if io_is_storage_full(error))
+    }
 }
 
 impl<E: Into<redb::Error>> From<E> for OutboxError {
@@ -76,9 +100,7 @@ impl<E: Into<redb::Error>> From<E> for OutboxError {
             EngineFailure::Io(e) => OutboxError::Io(e),
             EngineFailure::Corrupt(m) => OutboxError::Corrupt(m),
             EngineFailure::AlreadyOpen => OutboxError::AlreadyOpen,
-            EngineFailure::NeedsReopen => {
-                OutboxError::Engine("must be reopened after an earlier I/O error".into())
-            }
+            EngineFailure::NeedsReopen => OutboxError::NeedsReopen,
             EngineFailure::Other(m) => OutboxError::Engine(m),
         }
     }
@@ -295,77 +317,91 @@ pub fn enqueue(
 /// The outbox over a redb database (shared with the caller's other tables, or its own).
 #[derive(Clone, Debug)]
 pub struct Outbox {
-    db: Arc<Database>,
+    /// Reopened after a failed write (redb latches I/O failures until then).
+    db: Arc<ReopeningDatabase>,
 }
 
 impl Outbox {
     /// Opens (or creates) a standalone outbox file.
     pub fn open(path: &Path) -> Result<Outbox, OutboxError> {
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)?;
+        let db = ReopeningDatabase::open(path, CACHE_BYTES)?;
         Outbox::new(Arc::new(db))
     }
 
     /// The outbox in `db`, whose other tables are the caller's; creates its tables.
-    pub fn new(db: Arc<Database>) -> Result<Outbox, OutboxError> {
-        let txn = db.begin_write()?;
-        create_tables(&txn)?;
-        txn.commit()?;
+    pub fn new(db: Arc<ReopeningDatabase>) -> Result<Outbox, OutboxError> {
+        db.with(|db| -> Result<(), OutboxError> {
+            let txn = db.begin_write()?;
+            create_tables(&txn)?;
+            txn.commit()?;
+            Ok(())
+        })?;
         Ok(Outbox { db })
     }
 
     /// The database, to open write transactions that [`enqueue`] into.
-    pub fn database(&self) -> &Arc<Database> {
+    pub fn database(&self) -> &Arc<ReopeningDatabase> {
         &self.db
+    }
+
+    /// Runs `operation` on the file, reopening it after a storage failure.
+    fn run<T>(
+        &self,
+        operation: impl FnOnce(&Database) -> Result<T, OutboxError>,
+    ) -> Result<T, OutboxError> {
+        self.db.with_recovery(OutboxError::is_retryable, operation)
     }
 
     /// Enqueues one notification in a transaction of its own.
     pub fn enqueue(&self, notification: &Notification, now_ms: i64) -> Result<u64, OutboxError> {
-        let txn = self.db.begin_write()?;
-        let seq = enqueue(&txn, notification, now_ms)?;
-        txn.commit()?;
-        Ok(seq)
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let seq = enqueue(&txn, notification, now_ms)?;
+            txn.commit()?;
+            Ok(seq)
+        })
     }
 
     /// The head of every destination's queue (the entry to deliver next to it), due or not,
     /// in destination order. The sender delivers the due ones and sleeps until the
     /// earliest other.
     pub fn heads(&self) -> Result<Vec<OutboxEntry>, OutboxError> {
-        let txn = self.db.begin_read()?;
-        let queue = txn.open_table(QUEUE)?;
-        let entries = txn.open_table(ENTRIES)?;
-        let mut heads = Vec::new();
-        let mut first = queue.first()?.map(|(k, _)| {
-            let (d, s) = k.value();
-            (d.to_owned(), s)
-        });
-        while let Some((destination, seq)) = first.take() {
-            let bytes = entries
-                .get(seq)?
-                .ok_or_else(|| OutboxError::Corrupt(format!("queued entry {seq} has no value")))?;
-            let (meta, body) = decode_entry(bytes.value())?;
-            heads.push(OutboxEntry {
-                seq,
-                destination: destination.clone(),
-                notification: Notification::decode(body),
-                attempts: meta.attempts,
-                enqueued_ms: meta.enqueued_ms,
-                next_attempt_ms: meta.next_attempt_ms,
-                last_error: meta.last_error,
-            });
-            // Skip to the next destination: everything after (destination, u64::MAX).
-            let mut rest = queue.range((destination.as_str(), u64::MAX)..)?;
-            first = match rest.next().transpose()? {
-                Some((k, _)) if k.value().0 == destination => rest.next().transpose()?,
-                other => other,
-            }
-            .map(|(k, _)| {
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let queue = txn.open_table(QUEUE)?;
+            let entries = txn.open_table(ENTRIES)?;
+            let mut heads = Vec::new();
+            let mut first = queue.first()?.map(|(k, _)| {
                 let (d, s) = k.value();
                 (d.to_owned(), s)
             });
-        }
-        Ok(heads)
+            while let Some((destination, seq)) = first.take() {
+                let bytes = entries.get(seq)?.ok_or_else(|| {
+                    OutboxError::Corrupt(format!("queued entry {seq} has no value"))
+                })?;
+                let (meta, body) = decode_entry(bytes.value())?;
+                heads.push(OutboxEntry {
+                    seq,
+                    destination: destination.clone(),
+                    notification: Notification::decode(body),
+                    attempts: meta.attempts,
+                    enqueued_ms: meta.enqueued_ms,
+                    next_attempt_ms: meta.next_attempt_ms,
+                    last_error: meta.last_error,
+                });
+                // Skip to the next destination: everything after (destination, u64::MAX).
+                let mut rest = queue.range((destination.as_str(), u64::MAX)..)?;
+                first = match rest.next().transpose()? {
+                    Some((k, _)) if k.value().0 == destination => rest.next().transpose()?,
+                    other => other,
+                }
+                .map(|(k, _)| {
+                    let (d, s) = k.value();
+                    (d.to_owned(), s)
+                });
+            }
+            Ok(heads)
+        })
     }
 
     /// The heads of the queues that are due at `now_ms`, in destination order.
@@ -377,31 +413,33 @@ impl Outbox {
 
     /// Every queued entry of `destination`, in delivery order (for an inbox page or a test).
     pub fn queued(&self, destination: &str, limit: usize) -> Result<Vec<OutboxEntry>, OutboxError> {
-        let txn = self.db.begin_read()?;
-        let queue = txn.open_table(QUEUE)?;
-        let entries = txn.open_table(ENTRIES)?;
-        let mut out = Vec::new();
-        for item in queue.range((destination, 0)..=(destination, u64::MAX))? {
-            if out.len() >= limit {
-                break;
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let queue = txn.open_table(QUEUE)?;
+            let entries = txn.open_table(ENTRIES)?;
+            let mut out = Vec::new();
+            for item in queue.range((destination, 0)..=(destination, u64::MAX))? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (key, _) = item?;
+                let seq = key.value().1;
+                let Some(bytes) = entries.get(seq)? else {
+                    continue;
+                };
+                let (meta, body) = decode_entry(bytes.value())?;
+                out.push(OutboxEntry {
+                    seq,
+                    destination: destination.to_owned(),
+                    notification: Notification::decode(body),
+                    attempts: meta.attempts,
+                    enqueued_ms: meta.enqueued_ms,
+                    next_attempt_ms: meta.next_attempt_ms,
+                    last_error: meta.last_error,
+                });
             }
-            let (key, _) = item?;
-            let seq = key.value().1;
-            let Some(bytes) = entries.get(seq)? else {
-                continue;
-            };
-            let (meta, body) = decode_entry(bytes.value())?;
-            out.push(OutboxEntry {
-                seq,
-                destination: destination.to_owned(),
-                notification: Notification::decode(body),
-                attempts: meta.attempts,
-                enqueued_ms: meta.enqueued_ms,
-                next_attempt_ms: meta.next_attempt_ms,
-                last_error: meta.last_error,
-            });
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Removes a delivered entry. Returns whether it was there.
@@ -416,21 +454,23 @@ impl Outbox {
         seq: u64,
         push: Option<PushReceipt<'_>>,
     ) -> Result<bool, OutboxError> {
-        let txn = self.db.begin_write()?;
-        let removed = txn.open_table(ENTRIES)?.remove(seq)?.is_some();
-        txn.open_table(QUEUE)?.remove((destination, seq))?;
-        if removed {
-            let dry_run = push.is_some_and(|p| p.dry_run);
-            settle_push(
-                &txn,
-                destination,
-                seq,
-                push,
-                crate::trigger_store::Settled::Delivered { dry_run },
-            )?;
-        }
-        txn.commit()?;
-        Ok(removed)
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let removed = txn.open_table(ENTRIES)?.remove(seq)?.is_some();
+            txn.open_table(QUEUE)?.remove((destination, seq))?;
+            if removed {
+                let dry_run = push.is_some_and(|p| p.dry_run);
+                settle_push(
+                    &txn,
+                    destination,
+                    seq,
+                    push,
+                    crate::trigger_store::Settled::Delivered { dry_run },
+                )?;
+            }
+            txn.commit()?;
+            Ok(removed)
+        })
     }
 
     /// Records a failed attempt: the count of attempts and when to try next.
@@ -455,38 +495,40 @@ impl Outbox {
         error: &str,
         push: Option<PushReceipt<'_>>,
     ) -> Result<bool, OutboxError> {
-        let txn = self.db.begin_write()?;
-        let found = {
-            let mut entries = txn.open_table(ENTRIES)?;
-            let updated = match entries.get(seq)? {
-                Some(bytes) => {
-                    let (mut meta, body) = decode_entry(bytes.value())?;
-                    meta.attempts = attempts;
-                    meta.next_attempt_ms = next_attempt_ms;
-                    meta.last_error = Some(truncate_error(error));
-                    Some(encode_entry(&meta, body)?)
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let found = {
+                let mut entries = txn.open_table(ENTRIES)?;
+                let updated = match entries.get(seq)? {
+                    Some(bytes) => {
+                        let (mut meta, body) = decode_entry(bytes.value())?;
+                        meta.attempts = attempts;
+                        meta.next_attempt_ms = next_attempt_ms;
+                        meta.last_error = Some(truncate_error(error));
+                        Some(encode_entry(&meta, body)?)
+                    }
+                    None => None,
+                };
+                match updated {
+                    Some(value) => {
+                        entries.insert(seq, value.as_slice())?;
+                        true
+                    }
+                    None => false,
                 }
-                None => None,
             };
-            match updated {
-                Some(value) => {
-                    entries.insert(seq, value.as_slice())?;
-                    true
-                }
-                None => false,
+            if found {
+                settle_push(
+                    &txn,
+                    destination,
+                    seq,
+                    push,
+                    crate::trigger_store::Settled::Retry { error },
+                )?;
             }
-        };
-        if found {
-            settle_push(
-                &txn,
-                destination,
-                seq,
-                push,
-                crate::trigger_store::Settled::Retry { error },
-            )?;
-        }
-        txn.commit()?;
-        Ok(found)
+            txn.commit()?;
+            Ok(found)
+        })
     }
 
     /// Moves an entry to the dead-letter list with the error that ended it.
@@ -511,89 +553,95 @@ impl Outbox {
         now_ms: i64,
         push: Option<PushReceipt<'_>>,
     ) -> Result<bool, OutboxError> {
-        let txn = self.db.begin_write()?;
-        let found = {
-            let mut entries = txn.open_table(ENTRIES)?;
-            let removed = entries.remove(seq)?;
-            match removed {
-                Some(bytes) => {
-                    let (meta, body) = decode_entry(bytes.value())?;
-                    let dead = DeadMeta {
-                        attempts,
-                        enqueued_ms: meta.enqueued_ms,
-                        dead_ms: now_ms,
-                        error: truncate_error(error),
-                        destination: destination.to_owned(),
-                    };
-                    let value = encode_dead(&dead, body)?;
-                    drop(bytes);
-                    txn.open_table(DEAD)?.insert(seq, value.as_slice())?;
-                    true
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let found = {
+                let mut entries = txn.open_table(ENTRIES)?;
+                let removed = entries.remove(seq)?;
+                match removed {
+                    Some(bytes) => {
+                        let (meta, body) = decode_entry(bytes.value())?;
+                        let dead = DeadMeta {
+                            attempts,
+                            enqueued_ms: meta.enqueued_ms,
+                            dead_ms: now_ms,
+                            error: truncate_error(error),
+                            destination: destination.to_owned(),
+                        };
+                        let value = encode_dead(&dead, body)?;
+                        drop(bytes);
+                        txn.open_table(DEAD)?.insert(seq, value.as_slice())?;
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
+            };
+            txn.open_table(QUEUE)?.remove((destination, seq))?;
+            if found {
+                settle_push(
+                    &txn,
+                    destination,
+                    seq,
+                    push,
+                    crate::trigger_store::Settled::Dead { error },
+                )?;
             }
-        };
-        txn.open_table(QUEUE)?.remove((destination, seq))?;
-        if found {
-            settle_push(
-                &txn,
-                destination,
-                seq,
-                push,
-                crate::trigger_store::Settled::Dead { error },
-            )?;
-        }
-        txn.commit()?;
-        Ok(found)
+            txn.commit()?;
+            Ok(found)
+        })
     }
 
     /// The dead-letter list, oldest first, at most `limit` entries from `after` (exclusive).
     pub fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<DeadLetter>, OutboxError> {
-        let txn = self.db.begin_read()?;
-        let dead = txn.open_table(DEAD)?;
-        let mut out = Vec::new();
-        for item in dead.range(after.saturating_add(1)..)? {
-            if out.len() >= limit {
-                break;
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let dead = txn.open_table(DEAD)?;
+            let mut out = Vec::new();
+            for item in dead.range(after.saturating_add(1)..)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (seq, bytes) = item?;
+                let (meta, body) = decode_dead(bytes.value())?;
+                out.push(DeadLetter {
+                    seq: seq.value(),
+                    destination: meta.destination,
+                    attempts: meta.attempts,
+                    enqueued_ms: meta.enqueued_ms,
+                    dead_ms: meta.dead_ms,
+                    error: meta.error,
+                    notification: Notification::decode(body).ok(),
+                });
             }
-            let (seq, bytes) = item?;
-            let (meta, body) = decode_dead(bytes.value())?;
-            out.push(DeadLetter {
-                seq: seq.value(),
-                destination: meta.destination,
-                attempts: meta.attempts,
-                enqueued_ms: meta.enqueued_ms,
-                dead_ms: meta.dead_ms,
-                error: meta.error,
-                notification: Notification::decode(body).ok(),
-            });
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Puts a dead letter back at the end of its destination's queue, due now, with a
     /// fresh attempt count. Returns its new sequence number, or `None` if there is no dead
     /// letter `seq`.
     pub fn retry_dead(&self, seq: u64, now_ms: i64) -> Result<Option<u64>, OutboxError> {
-        let txn = self.db.begin_write()?;
-        let new_seq = {
-            let mut dead = txn.open_table(DEAD)?;
-            let removed = dead.remove(seq)?;
-            match removed {
-                Some(bytes) => {
-                    let (meta, body) = decode_dead(bytes.value())?;
-                    let body = body.to_vec();
-                    drop(bytes);
-                    let new = insert_entry(&txn, &meta.destination, &body, now_ms)?;
-                    // The firings it carries (a trigger push) are queued again.
-                    crate::trigger_store::relink(&txn, &meta.destination, seq, new, now_ms)?;
-                    Some(new)
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let new_seq = {
+                let mut dead = txn.open_table(DEAD)?;
+                let removed = dead.remove(seq)?;
+                match removed {
+                    Some(bytes) => {
+                        let (meta, body) = decode_dead(bytes.value())?;
+                        let body = body.to_vec();
+                        drop(bytes);
+                        let new = insert_entry(&txn, &meta.destination, &body, now_ms)?;
+                        // The firings it carries (a trigger push) are queued again.
+                        crate::trigger_store::relink(&txn, &meta.destination, seq, new, now_ms)?;
+                        Some(new)
+                    }
+                    None => None,
                 }
-                None => None,
-            }
-        };
-        txn.commit()?;
-        Ok(new_seq)
+            };
+            txn.commit()?;
+            Ok(new_seq)
+        })
     }
 
     /// Every non-empty destination queue: its depth (counted up to `cap` keys each, so the
@@ -602,48 +650,52 @@ impl Outbox {
     /// numbers grow with enqueue time.
     pub fn destination_stats(&self, cap: u64) -> Result<Vec<DestinationStats>, OutboxError> {
         let heads = self.heads()?;
-        let txn = self.db.begin_read()?;
-        let queue = txn.open_table(QUEUE)?;
-        let mut out = Vec::with_capacity(heads.len());
-        for head in heads {
-            let mut depth = 0u64;
-            let mut depth_capped = false;
-            let range = (head.destination.as_str(), 0)..=(head.destination.as_str(), u64::MAX);
-            for item in queue.range(range)? {
-                item?;
-                if depth == cap {
-                    depth_capped = true;
-                    break;
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let queue = txn.open_table(QUEUE)?;
+            let mut out = Vec::with_capacity(heads.len());
+            for head in heads {
+                let mut depth = 0u64;
+                let mut depth_capped = false;
+                let range = (head.destination.as_str(), 0)..=(head.destination.as_str(), u64::MAX);
+                for item in queue.range(range)? {
+                    item?;
+                    if depth == cap {
+                        depth_capped = true;
+                        break;
+                    }
+                    depth += 1;
                 }
-                depth += 1;
+                out.push(DestinationStats {
+                    destination: head.destination,
+                    depth,
+                    depth_capped,
+                    oldest_enqueued_ms: head.enqueued_ms,
+                    head_attempts: head.attempts,
+                    head_last_error: head.last_error,
+                });
             }
-            out.push(DestinationStats {
-                destination: head.destination,
-                depth,
-                depth_capped,
-                oldest_enqueued_ms: head.enqueued_ms,
-                head_attempts: head.attempts,
-                head_last_error: head.last_error,
-            });
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Queue depth, the oldest entry's enqueue time and the dead-letter count.
     pub fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let txn = self.db.begin_read()?;
-        let entries = txn.open_table(ENTRIES)?;
-        let dead = txn.open_table(DEAD)?;
-        // Sequence numbers grow with enqueue time (a retried dead letter is enqueued anew),
-        // so the first entry is the oldest.
-        let oldest_enqueued_ms = match entries.first()? {
-            Some((_, bytes)) => Some(decode_entry(bytes.value())?.0.enqueued_ms),
-            None => None,
-        };
-        Ok(OutboxStats {
-            depth: entries.len()?,
-            oldest_enqueued_ms,
-            dead: dead.len()?,
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let entries = txn.open_table(ENTRIES)?;
+            let dead = txn.open_table(DEAD)?;
+            // Sequence numbers grow with enqueue time (a retried dead letter is enqueued anew),
+            // so the first entry is the oldest.
+            let oldest_enqueued_ms = match entries.first()? {
+                Some((_, bytes)) => Some(decode_entry(bytes.value())?.0.enqueued_ms),
+                None => None,
+            };
+            Ok(OutboxStats {
+                depth: entries.len()?,
+                oldest_enqueued_ms,
+                dead: dead.len()?,
+            })
         })
     }
 }
@@ -702,12 +754,13 @@ mod tests {
     #[test]
     fn enqueue_commits_with_the_callers_transaction_and_only_then() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
+        let db =
+            Arc::new(ReopeningDatabase::open(&dir.path().join("watch.redb"), 1 << 20).unwrap());
         let outbox = Outbox::new(db.clone()).unwrap();
         let state: TableDefinition<'_, &str, u64> = TableDefinition::new("alert_state");
 
         // An aborted transaction leaves neither the state nor the notification.
-        let txn = db.begin_write().unwrap();
+        let txn = db.read_guard().unwrap().begin_write().unwrap();
         txn.open_table(state)
             .unwrap()
             .insert("cpa_high", 1)
@@ -716,7 +769,7 @@ mod tests {
         txn.abort().unwrap();
         assert_eq!(outbox.stats().unwrap().depth, 0);
 
-        let txn = db.begin_write().unwrap();
+        let txn = db.read_guard().unwrap().begin_write().unwrap();
         txn.open_table(state)
             .unwrap()
             .insert("cpa_high", 1)
@@ -803,7 +856,12 @@ mod tests {
     fn undecodable_notifications_are_handed_over_not_fatal() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(&dir.path().join("o.redb")).unwrap();
-        let txn = outbox.database().begin_write().unwrap();
+        let txn = outbox
+            .database()
+            .read_guard()
+            .unwrap()
+            .begin_write()
+            .unwrap();
         insert_entry(&txn, "slack", &[9, b'{'], 5).unwrap();
         txn.commit().unwrap();
         let head = outbox.due(5).unwrap().remove(0);

@@ -61,6 +61,26 @@ impl ReopeningDatabase {
         }
     }
 
+    /// Runs `operation` like [`Self::with`], then reopens the database if the operation
+    /// failed with a storage failure (`storage_failed`: an I/O error, redb's `PreviousIo`,
+    /// or [`Unavailable`] because an earlier reopen did not succeed yet). The error is
+    /// returned all the same: the call changed nothing, and the next one finds the file
+    /// reopened. If it cannot be reopened yet (the disk is still full), the next call tries
+    /// again.
+    pub fn with_recovery<T, E: From<Unavailable>>(
+        &self,
+        storage_failed: impl FnOnce(&E) -> bool,
+        operation: impl FnOnce(&Database) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let result = self.with(operation);
+        if let Err(error) = &result
+            && storage_failed(error)
+        {
+            let _ = self.reopen();
+        }
+        result
+    }
+
     /// The open database, held open until the guard is dropped: for operations that are
     /// easier to write without a closure (a scan that visits rows).
     pub fn read_guard(&self) -> Result<OpenGuard<'_>, Unavailable> {
@@ -92,6 +112,16 @@ impl ReopeningDatabase {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Whether a redb failure is one of the disk's (an I/O error, or redb's `PreviousIo` latch
+/// after one): the handle needs [`ReopeningDatabase::reopen`] before it can work again.
+pub fn is_storage_failure(error: &redb::Error) -> bool {
+    match error {
+        redb::Error::Io(_) | redb::Error::PreviousIo => true,
+        redb::Error::Backend(error) => error.is::<std::io::Error>(),
+        _ => false,
     }
 }
 

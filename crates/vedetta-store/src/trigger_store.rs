@@ -38,6 +38,7 @@
 //! in [`crate::outbox`]), so the record is exact across crashes and restarts.
 
 use crate::outbox;
+use crate::reopen::{ReopeningDatabase, Unavailable, is_storage_failure};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -194,6 +195,22 @@ pub enum TriggerStoreError {
     Corrupt(String),
     #[error("the outbox: {0}")]
     Outbox(#[from] outbox::OutboxError),
+    /// `watch.redb` is being reopened after a storage failure, or could not be yet.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+impl TriggerStoreError {
+    /// Whether the disk failed (an I/O error, redb's latch after one, a reopen not done
+    /// yet): the call changed nothing, and the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TriggerStoreError::Engine(error) => is_storage_failure(error),
+            TriggerStoreError::Outbox(error) => error.is_retryable(),
+            TriggerStoreError::Unavailable(_) => true,
+            TriggerStoreError::Corrupt(_) => false,
+        }
+    }
 }
 
 macro_rules! from_redb {
@@ -452,43 +469,58 @@ pub struct Resume {
 /// The trigger store over the alert store's database.
 #[derive(Clone, Debug)]
 pub struct TriggerStore {
-    db: Arc<Database>,
+    /// Reopened after a failed write (redb latches I/O failures until then).
+    db: Arc<ReopeningDatabase>,
 }
 
 impl TriggerStore {
     /// Opens the tables in `db` (the alert store's, where the outbox is), creating them.
-    pub fn new(db: Arc<Database>) -> Result<Self, TriggerStoreError> {
-        let txn = db.begin_write()?;
-        txn.open_table(META)?;
-        txn.open_table(PENDING)?;
-        txn.open_table(FIRINGS)?;
-        txn.open_table(SEQ)?;
-        txn.open_table(PENDING_FIRING)?;
-        txn.open_table(OUTBOX_FIRINGS)?;
-        txn.open_table(DELIVERY)?;
-        txn.open_table(USERS)?;
-        outbox::create_tables(&txn)?;
-        txn.commit()?;
+    pub fn new(db: Arc<ReopeningDatabase>) -> Result<Self, TriggerStoreError> {
+        db.with(|db| -> Result<(), TriggerStoreError> {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?;
+            txn.open_table(PENDING)?;
+            txn.open_table(FIRINGS)?;
+            txn.open_table(SEQ)?;
+            txn.open_table(PENDING_FIRING)?;
+            txn.open_table(OUTBOX_FIRINGS)?;
+            txn.open_table(DELIVERY)?;
+            txn.open_table(USERS)?;
+            outbox::create_tables(&txn)?;
+            txn.commit()?;
+            Ok(())
+        })?;
         Ok(Self { db })
     }
 
+    /// Runs `operation` on the file, reopening it after a storage failure.
+    fn run<T>(
+        &self,
+        operation: impl FnOnce(&Database) -> Result<T, TriggerStoreError>,
+    ) -> Result<T, TriggerStoreError> {
+        self.db
+            .with_recovery(TriggerStoreError::is_retryable, operation)
+    }
+
     pub fn resume(&self) -> Result<Resume, TriggerStoreError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let state = meta.get("state")?.map(|v| v.value().to_vec());
-        let offset = match meta.get("offset")? {
-            Some(v) => decode_u64("the consumed offset", v.value())?,
-            None => 0,
-        };
-        let mut users = Vec::new();
-        for row in txn.open_table(USERS)?.iter()? {
-            let (key, value) = row?;
-            users.push((key.value(), value.value().to_vec()));
-        }
-        Ok(Resume {
-            state,
-            users,
-            offset,
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let state = meta.get("state")?.map(|v| v.value().to_vec());
+            let offset = match meta.get("offset")? {
+                Some(v) => decode_u64("the consumed offset", v.value())?,
+                None => 0,
+            };
+            let mut users = Vec::new();
+            for row in txn.open_table(USERS)?.iter()? {
+                let (key, value) = row?;
+                users.push((key.value(), value.value().to_vec()));
+            }
+            Ok(Resume {
+                state,
+                users,
+                offset,
+            })
         })
     }
 
@@ -503,63 +535,69 @@ impl TriggerStore {
         pending: &[(String, Push, usize)],
         firings: &[Firing],
     ) -> Result<(), TriggerStoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        {
-            let mut meta = txn.open_table(META)?;
-            meta.insert("state", state.globals.as_slice())?;
-            meta.insert("offset", encode_u64(offset).as_slice())?;
-            let mut users = txn.open_table(USERS)?;
-            for (key, row) in &state.users {
-                match row {
-                    Some(row) => users.insert(*key, row.as_slice())?,
-                    None => users.remove(*key)?,
-                };
-            }
-            let mut seq_table = txn.open_table(SEQ)?;
-            let mut seq = seq_table.get("next")?.map(|v| v.value()).unwrap_or(1);
-            let mut log = txn.open_table(FIRINGS)?;
-            let mut keys = Vec::with_capacity(firings.len());
-            for firing in firings {
-                log.insert((firing.at_ms, seq), encode_firing(firing)?.as_slice())?;
-                keys.push((firing.at_ms, seq));
-                seq += 1;
-            }
-            let mut table = txn.open_table(PENDING)?;
-            let mut links = txn.open_table(PENDING_FIRING)?;
-            for (destination, push, firing) in pending {
-                table.insert((destination.as_str(), seq), encode_json(push)?.as_slice())?;
-                if let Some(key) = keys.get(*firing) {
-                    links.insert((destination.as_str(), seq), *key)?;
+        self.run(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::Immediate)?;
+            {
+                let mut meta = txn.open_table(META)?;
+                meta.insert("state", state.globals.as_slice())?;
+                meta.insert("offset", encode_u64(offset).as_slice())?;
+                let mut users = txn.open_table(USERS)?;
+                for (key, row) in &state.users {
+                    match row {
+                        Some(row) => users.insert(*key, row.as_slice())?,
+                        None => users.remove(*key)?,
+                    };
                 }
-                seq += 1;
+                let mut seq_table = txn.open_table(SEQ)?;
+                let mut seq = seq_table.get("next")?.map(|v| v.value()).unwrap_or(1);
+                let mut log = txn.open_table(FIRINGS)?;
+                let mut keys = Vec::with_capacity(firings.len());
+                for firing in firings {
+                    log.insert((firing.at_ms, seq), encode_firing(firing)?.as_slice())?;
+                    keys.push((firing.at_ms, seq));
+                    seq += 1;
+                }
+                let mut table = txn.open_table(PENDING)?;
+                let mut links = txn.open_table(PENDING_FIRING)?;
+                for (destination, push, firing) in pending {
+                    table.insert((destination.as_str(), seq), encode_json(push)?.as_slice())?;
+                    if let Some(key) = keys.get(*firing) {
+                        links.insert((destination.as_str(), seq), *key)?;
+                    }
+                    seq += 1;
+                }
+                seq_table.insert("next", seq)?;
+                let excess = log.len()?.saturating_sub(MAX_FIRINGS);
+                for _ in 0..excess {
+                    log.pop_first()?;
+                }
             }
-            seq_table.insert("next", seq)?;
-            let excess = log.len()?.saturating_sub(MAX_FIRINGS);
-            for _ in 0..excess {
-                log.pop_first()?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Pushes waiting for `destination`, in the order they were selected.
     pub fn pending(&self, destination: &str) -> Result<Vec<(u64, Push)>, TriggerStoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(PENDING)?;
-        let mut out = Vec::new();
-        for item in table.range((destination, 0)..=(destination, u64::MAX))? {
-            let (key, value) = item?;
-            out.push((key.value().1, decode_json("a pending push", value.value())?));
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(PENDING)?;
+            let mut out = Vec::new();
+            for item in table.range((destination, 0)..=(destination, u64::MAX))? {
+                let (key, value) = item?;
+                out.push((key.value().1, decode_json("a pending push", value.value())?));
+            }
+            Ok(out)
+        })
     }
 
     /// Pending pushes of every destination.
     pub fn pending_count(&self) -> Result<u64, TriggerStoreError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(PENDING)?.len()?)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            Ok(txn.open_table(PENDING)?.len()?)
+        })
     }
 
     /// Moves `destination`'s pending pushes into the outbox in one transaction: `build`
@@ -572,70 +610,72 @@ impl TriggerStore {
         now_ms: i64,
         build: impl FnOnce(u64, Vec<(u64, Push)>) -> Vec<(Notification, Vec<u64>)>,
     ) -> Result<usize, TriggerStoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        let queued = {
-            let mut table = txn.open_table(PENDING)?;
-            let mut items = Vec::new();
-            for item in table.range((destination, 0)..=(destination, u64::MAX))? {
-                let (key, value) = item?;
-                items.push((key.value().1, decode_json("a pending push", value.value())?));
-            }
-            if items.is_empty() {
-                return Ok(0);
-            }
-            let taken: Vec<u64> = items.iter().map(|(seq, _)| *seq).collect();
-            for seq in &taken {
-                table.remove((destination, *seq))?;
-            }
-            drop(table);
-            let mut meta = txn.open_table(META)?;
-            let batch = match meta.get("batch")? {
-                Some(v) => decode_u64("the batch number", v.value())? + 1,
-                None => 1,
-            };
-            meta.insert("batch", encode_u64(batch).as_slice())?;
-            drop(meta);
-            let notifications = build(batch, items);
-            for (n, carried) in &notifications {
-                let seq = outbox::enqueue(&txn, n, now_ms)?;
-                let mut keys = Vec::with_capacity(carried.len());
-                {
-                    let mut links = txn.open_table(PENDING_FIRING)?;
-                    for pending in carried {
-                        if let Some(key) = links.remove((destination, *pending))? {
-                            keys.push(key.value());
+        self.run(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(redb::Durability::Immediate)?;
+            let queued = {
+                let mut table = txn.open_table(PENDING)?;
+                let mut items = Vec::new();
+                for item in table.range((destination, 0)..=(destination, u64::MAX))? {
+                    let (key, value) = item?;
+                    items.push((key.value().1, decode_json("a pending push", value.value())?));
+                }
+                if items.is_empty() {
+                    return Ok(0);
+                }
+                let taken: Vec<u64> = items.iter().map(|(seq, _)| *seq).collect();
+                for seq in &taken {
+                    table.remove((destination, *seq))?;
+                }
+                drop(table);
+                let mut meta = txn.open_table(META)?;
+                let batch = match meta.get("batch")? {
+                    Some(v) => decode_u64("the batch number", v.value())? + 1,
+                    None => 1,
+                };
+                meta.insert("batch", encode_u64(batch).as_slice())?;
+                drop(meta);
+                let notifications = build(batch, items);
+                for (n, carried) in &notifications {
+                    let seq = outbox::enqueue(&txn, n, now_ms)?;
+                    let mut keys = Vec::with_capacity(carried.len());
+                    {
+                        let mut links = txn.open_table(PENDING_FIRING)?;
+                        for pending in carried {
+                            if let Some(key) = links.remove((destination, *pending))? {
+                                keys.push(key.value());
+                            }
                         }
                     }
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    txn.open_table(OUTBOX_FIRINGS)?
+                        .insert(seq, encode_keys(&keys).as_slice())?;
+                    set_outcomes(
+                        &txn,
+                        &keys,
+                        &DestinationOutcome {
+                            destination: destination.to_owned(),
+                            state: OutcomeState::Queued,
+                            at_ms: Some(now_ms),
+                            request: Some(n.id.clone()),
+                            error: None,
+                        },
+                    )?;
                 }
-                if keys.is_empty() {
-                    continue;
+                // A pending push no notification carried leaves no link behind.
+                {
+                    let mut links = txn.open_table(PENDING_FIRING)?;
+                    for seq in taken {
+                        links.remove((destination, seq))?;
+                    }
                 }
-                txn.open_table(OUTBOX_FIRINGS)?
-                    .insert(seq, encode_keys(&keys).as_slice())?;
-                set_outcomes(
-                    &txn,
-                    &keys,
-                    &DestinationOutcome {
-                        destination: destination.to_owned(),
-                        state: OutcomeState::Queued,
-                        at_ms: Some(now_ms),
-                        request: Some(n.id.clone()),
-                        error: None,
-                    },
-                )?;
-            }
-            // A pending push no notification carried leaves no link behind.
-            {
-                let mut links = txn.open_table(PENDING_FIRING)?;
-                for seq in taken {
-                    links.remove((destination, seq))?;
-                }
-            }
-            notifications.len()
-        };
-        txn.commit()?;
-        Ok(queued)
+                notifications.len()
+            };
+            txn.commit()?;
+            Ok(queued)
+        })
     }
 
     /// Delivery numbers of each (trigger, destination), kept across restarts.
@@ -643,30 +683,34 @@ impl TriggerStore {
         &self,
     ) -> Result<std::collections::BTreeMap<(String, String), DeliveryStats>, TriggerStoreError>
     {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DELIVERY)?;
-        let mut out = std::collections::BTreeMap::new();
-        for item in table.iter()? {
-            let (key, value) = item?;
-            let (trigger, destination) = key.value();
-            out.insert(
-                (trigger.to_owned(), destination.to_owned()),
-                decode_json("delivery numbers", value.value())?,
-            );
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(DELIVERY)?;
+            let mut out = std::collections::BTreeMap::new();
+            for item in table.iter()? {
+                let (key, value) = item?;
+                let (trigger, destination) = key.value();
+                out.insert(
+                    (trigger.to_owned(), destination.to_owned()),
+                    decode_json("delivery numbers", value.value())?,
+                );
+            }
+            Ok(out)
+        })
     }
 
     /// The newest firings first, at most `limit`.
     pub fn firings(&self, limit: usize) -> Result<Vec<Firing>, TriggerStoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FIRINGS)?;
-        let mut out = Vec::new();
-        for item in table.iter()?.rev().take(limit) {
-            let (_, value) = item?;
-            out.push(decode_firing(value.value())?);
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FIRINGS)?;
+            let mut out = Vec::new();
+            for item in table.iter()?.rev().take(limit) {
+                let (_, value) = item?;
+                out.push(decode_firing(value.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// Per trigger, the firings decided (event time) at or after `day_from_ms` and, of
@@ -678,23 +722,25 @@ impl TriggerStore {
         hour_from_ms: i64,
         cap: usize,
     ) -> Result<FiringCounts, TriggerStoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FIRINGS)?;
-        let mut counts = FiringCounts::default();
-        for (read, item) in table.range((day_from_ms, 0)..)?.rev().enumerate() {
-            if read == cap {
-                counts.capped = true;
-                break;
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FIRINGS)?;
+            let mut counts = FiringCounts::default();
+            for (read, item) in table.range((day_from_ms, 0)..)?.rev().enumerate() {
+                if read == cap {
+                    counts.capped = true;
+                    break;
+                }
+                let (key, value) = item?;
+                let firing: Firing = decode_firing(value.value())?;
+                let entry = counts.per_trigger.entry(firing.trigger).or_default();
+                entry.day += 1;
+                if key.value().0 >= hour_from_ms {
+                    entry.hour += 1;
+                }
             }
-            let (key, value) = item?;
-            let firing: Firing = decode_firing(value.value())?;
-            let entry = counts.per_trigger.entry(firing.trigger).or_default();
-            entry.day += 1;
-            if key.value().0 >= hour_from_ms {
-                entry.hour += 1;
-            }
-        }
-        Ok(counts)
+            Ok(counts)
+        })
     }
 
     /// Firings decided at or after `from_ms` (event time), oldest first, at most `limit`.
@@ -703,14 +749,16 @@ impl TriggerStore {
         from_ms: i64,
         limit: usize,
     ) -> Result<Vec<Firing>, TriggerStoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(FIRINGS)?;
-        let mut out = Vec::new();
-        for item in table.range((from_ms, 0)..)?.take(limit) {
-            let (_, value) = item?;
-            out.push(decode_firing(value.value())?);
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(FIRINGS)?;
+            let mut out = Vec::new();
+            for item in table.range((from_ms, 0)..)?.take(limit) {
+                let (_, value) = item?;
+                out.push(decode_firing(value.value())?);
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -779,7 +827,8 @@ mod tests {
     #[test]
     fn firing_counts_split_by_event_time_per_trigger_and_stop_at_the_cap() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
+        let db =
+            Arc::new(ReopeningDatabase::open(&dir.path().join("watch.redb"), 1 << 20).unwrap());
         let store = TriggerStore::new(db).unwrap();
         let mut other = firing(5_000);
         other.trigger = "carrello".into();
@@ -800,7 +849,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("watch.redb");
         {
-            let store = TriggerStore::new(Arc::new(Database::create(&path).unwrap())).unwrap();
+            let store =
+                TriggerStore::new(Arc::new(ReopeningDatabase::open(&path, 1 << 20).unwrap()))
+                    .unwrap();
             assert_eq!(store.resume().unwrap(), Resume::default());
             store
                 .commit_step(
@@ -840,7 +891,7 @@ mod tests {
             assert!(store.pending("hook").unwrap().is_empty());
             assert_eq!(store.pending("other").unwrap().len(), 1);
         }
-        let db = Arc::new(Database::create(&path).unwrap());
+        let db = Arc::new(ReopeningDatabase::open(&path, 1 << 20).unwrap());
         let store = TriggerStore::new(db.clone()).unwrap();
         let resume = store.resume().unwrap();
         assert_eq!(resume.state.as_deref(), Some(&b"\x02state"[..]));
@@ -901,7 +952,7 @@ mod tests {
         let pending = pending_firing;
         let (delivered_id, dead_id);
         {
-            let db = Arc::new(Database::create(&path).unwrap());
+            let db = Arc::new(ReopeningDatabase::open(&path, 1 << 20).unwrap());
             let store = TriggerStore::new(db.clone()).unwrap();
             let outbox = outbox::Outbox::new(db).unwrap();
             // u1 and u2 go in one request, u3 in another (another trigger).
@@ -982,7 +1033,7 @@ mod tests {
                 .unwrap();
             dead_id = heads[1].seq;
         }
-        let db = Arc::new(Database::create(&path).unwrap());
+        let db = Arc::new(ReopeningDatabase::open(&path, 1 << 20).unwrap());
         let store = TriggerStore::new(db.clone()).unwrap();
         let outbox = outbox::Outbox::new(db).unwrap();
         for user in ["u1", "u2"] {
@@ -1031,7 +1082,8 @@ mod tests {
     #[test]
     fn an_entry_that_does_not_decode_dead_letters_its_firings_too() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
+        let db =
+            Arc::new(ReopeningDatabase::open(&dir.path().join("watch.redb"), 1 << 20).unwrap());
         let store = TriggerStore::new(db.clone()).unwrap();
         let outbox = outbox::Outbox::new(db.clone()).unwrap();
         let queued_firing = pending_firing("ab", 5);
@@ -1058,7 +1110,7 @@ mod tests {
         // a damaged page): the sender reads it as not decoding.
         let seq = outbox.queued("hook", 1).unwrap()[0].seq;
         let entries: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox_entries");
-        let txn = db.begin_write().unwrap();
+        let txn = db.read_guard().unwrap().begin_write().unwrap();
         {
             let mut table = txn.open_table(entries).unwrap();
             let mut bytes = table.get(seq).unwrap().unwrap().value().to_vec();
@@ -1088,14 +1140,15 @@ mod tests {
     #[test]
     fn a_format_1_firing_reads_with_its_outcomes_unknown() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Arc::new(Database::create(dir.path().join("watch.redb")).unwrap());
+        let db =
+            Arc::new(ReopeningDatabase::open(&dir.path().join("watch.redb"), 1 << 20).unwrap());
         let store = TriggerStore::new(db.clone()).unwrap();
         // As the previous build wrote it: format 1, no `outcomes`.
         let mut old = serde_json::to_value(firing(5)).unwrap();
         old.as_object_mut().unwrap().remove("outcomes");
         let mut bytes = vec![1u8];
         bytes.extend(serde_json::to_vec(&old).unwrap());
-        let txn = db.begin_write().unwrap();
+        let txn = db.read_guard().unwrap().begin_write().unwrap();
         txn.open_table(FIRINGS)
             .unwrap()
             .insert((5, 1), bytes.as_slice())

@@ -16,6 +16,8 @@
 //! silences:      silence id (UTF-8) → [1][JSON Silence]
 //! ```
 
+use crate::error::io_is_storage_full;
+use crate::reopen::{ReopeningDatabase, Unavailable, is_storage_failure};
 use redb::{
     ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
@@ -76,6 +78,26 @@ pub enum WatchStoreError {
     Outbox(String),
     #[error("a value does not encode: {0}")]
     Encode(String),
+    /// `watch.redb` is being reopened after a storage failure, or could not be yet.
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+}
+
+impl WatchStoreError {
+    /// Whether the disk failed (an I/O error, redb's latch after one, a reopen not done
+    /// yet): the call changed nothing, and the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WatchStoreError::Engine(error) => is_storage_failure(error),
+            WatchStoreError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the disk or a quota is full: the answer to a client is 507.
+    pub fn is_storage_full(&self) -> bool {
+        matches!(self, WatchStoreError::Engine(redb::Error::Io(error)) if io_is_storage_full(error))
+    }
 }
 
 macro_rules! from_redb {
@@ -135,35 +157,54 @@ fn history_sequence(key: &[u8]) -> Result<u32, StoreError> {
 /// The alert store.
 #[derive(Debug)]
 pub struct WatchStore {
-    db: Arc<redb::Database>,
+    /// Shared with the outbox, the inbox and the trigger store (same file); reopened after
+    /// a failed write (redb latches I/O failures until then), so a full disk clears by
+    /// itself once space is back.
+    db: Arc<ReopeningDatabase>,
 }
+
+/// redb's page cache for `watch.redb` (redb's default, what the file always had).
+const CACHE_BYTES: usize = 1 << 30;
 
 impl WatchStore {
     /// Opens (or creates) the store and reads the evaluator's state.
     pub fn open(path: &Path) -> Result<(Self, WatchState), StoreError> {
-        let db = redb::Database::create(path)?;
-        let txn = db.begin_write()?;
-        txn.open_table(STATE)?;
-        txn.open_table(HISTORY)?;
-        txn.open_table(SILENCES)?;
-        txn.commit()?;
+        let db = ReopeningDatabase::open(path, CACHE_BYTES)?;
+        db.with(|db| -> Result<(), StoreError> {
+            let txn = db.begin_write()?;
+            txn.open_table(STATE)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(SILENCES)?;
+            txn.commit()?;
+            Ok(())
+        })?;
         let store = Self { db: Arc::new(db) };
         let state = store.state()?;
         Ok((store, state))
     }
 
     /// The database, for the outbox that shares the file.
-    pub fn database(&self) -> &Arc<redb::Database> {
+    pub fn database(&self) -> &Arc<ReopeningDatabase> {
         &self.db
     }
 
+    /// Runs `operation` on the file, reopening it after a storage failure.
+    fn run<T>(
+        &self,
+        operation: impl FnOnce(&redb::Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.db.with_recovery(StoreError::is_retryable, operation)
+    }
+
     pub fn state(&self) -> Result<WatchState, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(STATE)?;
-        match table.get("state")? {
-            Some(bytes) => decode("the alert state", bytes.value()),
-            None => Ok(WatchState::default()),
-        }
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(STATE)?;
+            match table.get("state")? {
+                Some(bytes) => decode("the alert state", bytes.value()),
+                None => Ok(WatchState::default()),
+            }
+        })
     }
 
     /// One evaluation step: state, history and notifications, atomically.
@@ -174,90 +215,98 @@ impl WatchStore {
         notifications: &[Notification],
         enqueue: &Enqueue<'_>,
     ) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        // An alert is for people: losing the last second of it to a power cut would
-        // send a notification twice or not at all, so every step is durable.
-        txn.set_durability(redb::Durability::Immediate)?;
-        {
-            let mut table = txn.open_table(STATE)?;
-            table.insert("state", encode(state)?.as_slice())?;
-            let mut log = txn.open_table(HISTORY)?;
-            // The next number of each minute written in this step. Entries of one minute
-            // are numbered after the last one there (not after their count: numbers may
-            // have gaps, and the oldest minute may have lost some to the bound below).
-            let mut next: HashMap<i64, u32> = HashMap::new();
-            let full = || StoreError::Corrupt("a minute's history numbers are used up".into());
-            for entry in history {
-                let sequence = match next.get(&entry.at_ms) {
-                    Some(&sequence) => sequence,
-                    None => {
-                        let base = history_key(entry.at_ms, 0);
-                        let end = history_key(entry.at_ms, u32::MAX);
-                        match log.range(base.as_slice()..=end.as_slice())?.next_back() {
-                            None => 0,
-                            Some(last) => {
-                                let (key, _) = last?;
-                                history_sequence(key.value())?
-                                    .checked_add(1)
-                                    .ok_or_else(full)?
+        self.run(|db| {
+            let mut txn = db.begin_write()?;
+            // An alert is for people: losing the last second of it to a power cut would
+            // send a notification twice or not at all, so every step is durable.
+            txn.set_durability(redb::Durability::Immediate)?;
+            {
+                let mut table = txn.open_table(STATE)?;
+                table.insert("state", encode(state)?.as_slice())?;
+                let mut log = txn.open_table(HISTORY)?;
+                // The next number of each minute written in this step. Entries of one minute
+                // are numbered after the last one there (not after their count: numbers may
+                // have gaps, and the oldest minute may have lost some to the bound below).
+                let mut next: HashMap<i64, u32> = HashMap::new();
+                let full = || StoreError::Corrupt("a minute's history numbers are used up".into());
+                for entry in history {
+                    let sequence = match next.get(&entry.at_ms) {
+                        Some(&sequence) => sequence,
+                        None => {
+                            let base = history_key(entry.at_ms, 0);
+                            let end = history_key(entry.at_ms, u32::MAX);
+                            match log.range(base.as_slice()..=end.as_slice())?.next_back() {
+                                None => 0,
+                                Some(last) => {
+                                    let (key, _) = last?;
+                                    history_sequence(key.value())?
+                                        .checked_add(1)
+                                        .ok_or_else(full)?
+                                }
                             }
                         }
+                    };
+                    let key = history_key(entry.at_ms, sequence);
+                    log.insert(key.as_slice(), encode(entry)?.as_slice())?;
+                    next.insert(entry.at_ms, sequence.checked_add(1).ok_or_else(full)?);
+                }
+                let excess = log.len()?.saturating_sub(MAX_HISTORY);
+                if excess > 0 {
+                    let old: Vec<Vec<u8>> = log
+                        .iter()?
+                        .take(excess as usize)
+                        .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                        .collect::<Result<_, _>>()?;
+                    for key in old {
+                        log.remove(key.as_slice())?;
                     }
-                };
-                let key = history_key(entry.at_ms, sequence);
-                log.insert(key.as_slice(), encode(entry)?.as_slice())?;
-                next.insert(entry.at_ms, sequence.checked_add(1).ok_or_else(full)?);
-            }
-            let excess = log.len()?.saturating_sub(MAX_HISTORY);
-            if excess > 0 {
-                let old: Vec<Vec<u8>> = log
-                    .iter()?
-                    .take(excess as usize)
-                    .map(|e| e.map(|(k, _)| k.value().to_vec()))
-                    .collect::<Result<_, _>>()?;
-                for key in old {
-                    log.remove(key.as_slice())?;
                 }
             }
-        }
-        for notification in notifications {
-            enqueue(&txn, notification).map_err(WatchStoreError::Outbox)?;
-        }
-        txn.commit()?;
-        Ok(())
+            for notification in notifications {
+                enqueue(&txn, notification).map_err(WatchStoreError::Outbox)?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The newest history entries first, at most `limit`.
     pub fn history(&self, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(HISTORY)?;
-        let mut out = Vec::new();
-        for entry in table.iter()?.rev().take(limit) {
-            let (_, value) = entry?;
-            out.push(decode("an alert history entry", value.value())?);
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HISTORY)?;
+            let mut out = Vec::new();
+            for entry in table.iter()?.rev().take(limit) {
+                let (_, value) = entry?;
+                out.push(decode("an alert history entry", value.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// The entries decided at one minute end, in order.
     pub fn history_at(&self, at_ms: i64) -> Result<Vec<HistoryEntry>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(HISTORY)?;
-        let (low, high) = (history_key(at_ms, 0), history_key(at_ms, u32::MAX));
-        let mut out = Vec::new();
-        for entry in table.range(low.as_slice()..=high.as_slice())? {
-            let (_, value) = entry?;
-            out.push(decode("an alert history entry", value.value())?);
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HISTORY)?;
+            let (low, high) = (history_key(at_ms, 0), history_key(at_ms, u32::MAX));
+            let mut out = Vec::new();
+            for entry in table.range(low.as_slice()..=high.as_slice())? {
+                let (_, value) = entry?;
+                out.push(decode("an alert history entry", value.value())?);
+            }
+            Ok(out)
+        })
     }
 
     pub fn put_silence(&self, silence: &Silence) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(SILENCES)?
-            .insert(silence.id.as_str(), encode(silence)?.as_slice())?;
-        txn.commit()?;
-        Ok(())
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(SILENCES)?
+                .insert(silence.id.as_str(), encode(silence)?.as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Adds a silence unless `max_active` silences are active at `now_ms` already (then
@@ -271,50 +320,56 @@ impl WatchStore {
         now_ms: i64,
         max_active: usize,
     ) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let added = {
-            let mut table = txn.open_table(SILENCES)?;
-            let mut ended = Vec::new();
-            let mut active = 0usize;
-            for entry in table.iter()? {
-                let (id, value) = entry?;
-                let stored: Silence = decode("a silence", value.value())?;
-                if stored.ends_ms <= now_ms {
-                    ended.push(id.value().to_string());
-                } else if stored.id != silence.id {
-                    active += 1;
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let added = {
+                let mut table = txn.open_table(SILENCES)?;
+                let mut ended = Vec::new();
+                let mut active = 0usize;
+                for entry in table.iter()? {
+                    let (id, value) = entry?;
+                    let stored: Silence = decode("a silence", value.value())?;
+                    if stored.ends_ms <= now_ms {
+                        ended.push(id.value().to_string());
+                    } else if stored.id != silence.id {
+                        active += 1;
+                    }
                 }
-            }
-            for id in &ended {
-                table.remove(id.as_str())?;
-            }
-            let fits = active < max_active;
-            if fits {
-                table.insert(silence.id.as_str(), encode(silence)?.as_slice())?;
-            }
-            fits
-        };
-        txn.commit()?;
-        Ok(added)
+                for id in &ended {
+                    table.remove(id.as_str())?;
+                }
+                let fits = active < max_active;
+                if fits {
+                    table.insert(silence.id.as_str(), encode(silence)?.as_slice())?;
+                }
+                fits
+            };
+            txn.commit()?;
+            Ok(added)
+        })
     }
 
     /// Removes a silence; whether it existed.
     pub fn delete_silence(&self, id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_write()?;
-        let existed = txn.open_table(SILENCES)?.remove(id)?.is_some();
-        txn.commit()?;
-        Ok(existed)
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let existed = txn.open_table(SILENCES)?.remove(id)?.is_some();
+            txn.commit()?;
+            Ok(existed)
+        })
     }
 
     pub fn silences(&self) -> Result<Vec<Silence>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(SILENCES)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (_, value) = entry?;
-            out.push(decode("a silence", value.value())?);
-        }
-        Ok(out)
+        self.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(SILENCES)?;
+            let mut out = Vec::new();
+            for entry in table.iter()? {
+                let (_, value) = entry?;
+                out.push(decode("a silence", value.value())?);
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -550,6 +605,18 @@ mod tests {
         let state: WatchState = decode("x", &bytes).unwrap();
         assert_eq!(state.evaluated_through_ms, Some(60_000));
         assert!(state.dispatcher.groups.is_empty());
+    }
+
+    #[test]
+    fn storage_failures_are_told_apart() {
+        let full = WatchStoreError::from(redb::StorageError::Io(
+            std::io::Error::from_raw_os_error(28),
+        ));
+        assert!(full.is_storage_full() && full.is_retryable(), "{full:?}");
+        let latched = WatchStoreError::Engine(redb::Error::PreviousIo);
+        assert!(latched.is_retryable() && !latched.is_storage_full());
+        assert!(WatchStoreError::Unavailable(Unavailable).is_retryable());
+        assert!(!WatchStoreError::Corrupt("x".into()).is_retryable());
     }
 
     #[test]

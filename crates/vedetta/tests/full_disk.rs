@@ -251,3 +251,202 @@ fn a_full_disk_refuses_what_it_cannot_store_and_recovers_by_itself() {
         status["processor_commit_failures"], status["processor_recoveries"], status["log_reopens"]
     );
 }
+
+/// `watch.redb` (the alert store, the outbox, the inbox and the trigger store share it)
+/// comes back from a full disk by itself: redb latches the first failed write until the
+/// file is reopened, and the stores reopen it. Store-level: the same small tmpfs, filled for
+/// real, under one open handle shared the way the server shares it.
+#[test]
+fn watch_redb_recovers_from_a_full_disk_without_a_restart() {
+    use vedetta_core::act::engine::StateChanges;
+    use vedetta_core::watch::dispatch::Silence;
+    use vedetta_core::watch::notification::Notification;
+    use vedetta_store::WatchStore;
+    use vedetta_store::inbox::Inbox;
+    use vedetta_store::outbox::{self, Outbox};
+    use vedetta_store::trigger_store::TriggerStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("watch-disk"), "8m");
+    let (store, mut state) = WatchStore::open(&disk.0.join("watch.redb")).unwrap();
+    let db = store.database().clone();
+    let outbox = Outbox::new(db.clone()).unwrap();
+    let inbox = Inbox::new(db.clone()).unwrap();
+    let triggers = TriggerStore::new(db).unwrap();
+    let silence = |n: usize| Silence {
+        id: format!("s-{n}"),
+        matchers: Vec::new(),
+        starts_ms: 0,
+        ends_ms: i64::MAX,
+        created_by: "test".into(),
+        comment: "x".repeat(64 << 10),
+    };
+    let note = |id: &str| {
+        let mut n = Notification::example();
+        n.id = id.into();
+        n
+    };
+    let enqueue: Box<vedetta_store::watch_store::Enqueue<'static>> = Box::new(|txn, n| {
+        outbox::enqueue(txn, n, 1_000)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    assert!(store.add_silence(&silence(0), 1, usize::MAX).unwrap());
+
+    // The disk fills; redb uses its free pages first, then a write fails.
+    let ballast = fill(&disk, "ballast");
+    let mut written = 1;
+    let failure = loop {
+        assert!(written < 1_000, "no write failed on the full disk");
+        match store.add_silence(&silence(written), 1, usize::MAX) {
+            Ok(added) => assert!(added),
+            Err(error) => break error,
+        }
+        written += 1;
+    };
+    assert!(
+        failure.is_storage_full() && failure.is_retryable(),
+        "{failure}"
+    );
+    // While the disk stays full, every store answers a retryable error (or succeeds, on
+    // free pages), never a permanent one.
+    let during = outbox.enqueue(&note("during"), 1_000);
+    assert!(
+        during.as_ref().map_or_else(|e| e.is_retryable(), |_| true),
+        "{during:?}"
+    );
+
+    // Space comes back: the next operations of every store succeed, with no new handle.
+    std::fs::remove_file(&ballast).unwrap();
+    assert!(store.add_silence(&silence(written), 1, usize::MAX).unwrap());
+    state.evaluated_through_ms = Some(60_000);
+    store
+        .commit(&state, &[], &[note("after")], &*enqueue)
+        .unwrap();
+    outbox.enqueue(&note("after-2"), 2_000).unwrap();
+    inbox.put(&note("after"), 2_000).unwrap();
+    triggers
+        .commit_step(
+            &StateChanges {
+                globals: b"\x02state".to_vec(),
+                users: Vec::new(),
+            },
+            7,
+            &[],
+            &[],
+        )
+        .unwrap();
+    assert!(
+        store.database().reopens() >= 1,
+        "the file was never reopened"
+    );
+
+    // What was committed after the recovery is in the file.
+    assert_eq!(store.state().unwrap().evaluated_through_ms, Some(60_000));
+    let ids: Vec<String> = store
+        .silences()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(ids.contains(&format!("s-{written}")), "{ids:?}");
+    let queued: Vec<String> = outbox
+        .queued(&note("x").destination, 100)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.notification.ok().map(|n| n.id))
+        .collect();
+    assert!(
+        queued.contains(&"after".to_string()) && queued.contains(&"after-2".to_string()),
+        "{queued:?}"
+    );
+    assert_eq!(inbox.list(10).unwrap()[0].1.id, "after");
+    assert_eq!(triggers.resume().unwrap().offset, 7);
+    eprintln!(
+        "watch.redb full disk: {written} silences written before the failure ({failure}); \
+         {} reopens",
+        store.database().reopens()
+    );
+}
+
+/// Through the server: `/v1/silences` answers 507 with `Retry-After` while the disk under
+/// `watch.redb` is full, and creates silences again once space is freed, in the same
+/// process.
+#[test]
+fn silences_answer_507_on_a_full_disk_and_work_again_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("watch-disk"), "8m");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(disk.0.join("watch.redb"), data.join("watch.redb")).unwrap();
+    let server = Server::start(&data, &[]);
+    let pid = server.pid();
+    let http = client();
+    let post = |n: usize| {
+        let body = serde_json::json!({
+            "matchers": [{"name": "rule", "value": format!("rule_{n}")}],
+            "duration": "2h",
+            "comment": format!("{n:0>1000}"),
+        });
+        let response = http
+            .post(server.url("/v1/silences"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let body: String = response.text().unwrap();
+        (status, retry_after, body)
+    };
+    assert_eq!(post(0).0, 201);
+
+    let ballast = fill(&disk, "ballast");
+    let (mut n, mut full_answers, mut busy_answers) = (1, 0, 0);
+    while full_answers == 0 {
+        assert!(n < 500, "no 507 after {n} silences on the full disk");
+        let (status, retry_after, body) = post(n);
+        match status {
+            201 => {}
+            507 => {
+                assert!(retry_after, "507 without Retry-After: {body}");
+                full_answers += 1;
+            }
+            503 => {
+                assert!(retry_after, "503 without Retry-After: {body}");
+                busy_answers += 1;
+            }
+            other => panic!("unexpected answer {other}: {body}"),
+        }
+        n += 1;
+    }
+
+    std::fs::remove_file(&ballast).unwrap();
+    let mut created: Option<String> = None;
+    wait_for(
+        "silences are created again after space was freed",
+        30,
+        || {
+            let (status, _, body) = post(n);
+            n += 1;
+            if status == 201 {
+                created = Some(body);
+            }
+            status == 201
+        },
+    );
+    let id = serde_json::from_str::<serde_json::Value>(&created.unwrap()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let alerts = get_json(&http, &server.url("/v1/alerts"));
+    let listed = alerts["silences"].as_array().unwrap();
+    assert!(listed.iter().any(|s| s["id"] == id.as_str()), "{alerts}");
+    assert_eq!(server.pid(), pid, "the server was restarted");
+    server.stop();
+    eprintln!(
+        "silences on a full disk: {full_answers} answered 507, {busy_answers} 503, \
+         {} requests in all",
+        n
+    );
+}

@@ -345,7 +345,19 @@ impl Uncommitted {
 impl Task {
     fn run(&mut self, stop: &AtomicBool) {
         let mut pause = Duration::from_millis(20);
+        // After a failed step the engine in memory may be ahead of the store: no step runs
+        // until it is restored (the store may still be reopening after a full disk; a step
+        // from the engine in memory would skip what the failed one lost).
+        let mut stale = false;
         while !stop.load(Ordering::Acquire) {
+            if stale {
+                stale = !self.try_restore();
+                if stale {
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                    std::thread::sleep(pause);
+                    continue;
+                }
+            }
             self.maybe_reload();
             let outcome = self.step().and_then(|busy| Ok(busy | self.flush_due()?));
             match outcome {
@@ -365,13 +377,22 @@ impl Task {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner()) = Some(text);
                     // The store holds the last good step: start again from it.
-                    if let Err(e) = self.restore() {
-                        tracing::error!(error = %format!("{e:#}"), "the trigger store cannot be read");
-                    }
+                    stale = !self.try_restore();
                     pause = (pause * 2).min(Duration::from_secs(10));
                 }
             }
             std::thread::sleep(pause);
+        }
+    }
+
+    /// [`Self::restore`], logging a failure; whether it succeeded.
+    fn try_restore(&mut self) -> bool {
+        match self.restore() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "the trigger store cannot be read");
+                false
+            }
         }
     }
 

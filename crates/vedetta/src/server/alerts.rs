@@ -139,7 +139,7 @@ pub async fn get_alerts(
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    .map_err(ApiError::from_watch_store)?;
     let (mut firing, mut pending) = (Vec::new(), Vec::new());
     for ((rule_name, group), alert) in &alerts {
         let rule = rules.rules.iter().find(|r| r.name == *rule_name);
@@ -239,6 +239,7 @@ pub const SILENCE_DURATION_PATTERN: &str = "^(([1-9]|[1-8][0-9]|90)d|([1-9][0-9]
         (status = 201, description = "the silence, with its id", body = Object),
         (status = 400, description = "a field is wrong; the message names it", body = super::openapi::ErrorBody),
         (status = 409, description = "1,000 silences are active already", body = super::openapi::ErrorBody),
+        (status = 507, description = "the disk under the alert store is full; nothing was stored, retry after `Retry-After`", body = super::openapi::ErrorBody),
     )
 )]
 pub async fn post_silence(
@@ -301,7 +302,7 @@ pub async fn post_silence(
     tokio::task::spawn_blocking(move || store.add_silence(&stored, now, MAX_SILENCES))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::from_watch_store)?
         .then_some(())
         .ok_or_else(|| {
             ApiError::Conflict(format!(
@@ -330,7 +331,7 @@ pub async fn delete_silence(
     let existed = tokio::task::spawn_blocking(move || store.delete_silence(&key))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_watch_store)?;
     if existed {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -366,7 +367,7 @@ pub async fn get_dead_letters(
     let dead = tokio::task::spawn_blocking(move || outbox.dead_letters(after, limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_outbox)?;
     Ok(Json(json!({
         "dead": dead.iter().map(|d| json!({
             "seq": d.seq,
@@ -407,7 +408,7 @@ pub async fn retry_dead_letter(
     let queued = tokio::task::spawn_blocking(move || outbox.retry_dead(number, now))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_outbox)?;
     match queued {
         Some(new_seq) => {
             state.sender.wake();
@@ -436,7 +437,7 @@ pub async fn get_inbox(
     let entries = tokio::task::spawn_blocking(move || inbox.list(limit))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(ApiError::from_watch_store)?;
     Ok(Json(json!({
         "inbox": entries.iter().map(|(at, n)| json!({"delivered_at": time(*at), "notification": n})).collect::<Vec<_>>(),
     })))

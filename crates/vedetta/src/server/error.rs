@@ -64,6 +64,48 @@ impl ApiError {
         Self::from_storage("event log", error.is_temporary(), &error)
     }
 
+    /// An alert store (`watch.redb`) failure: a full disk is 507 with `Retry-After`
+    /// (nothing was changed); a storage failure being recovered from is 503, as for the
+    /// KPI store; anything else is an internal error.
+    #[allow(clippy::needless_pass_by_value)] // an adapter for `map_err`
+    pub fn from_watch_store(error: vedetta_store::WatchStoreError) -> ApiError {
+        Self::from_watch(
+            "alert store",
+            error.is_storage_full(),
+            error.is_retryable(),
+            &error,
+        )
+    }
+
+    /// An outbox failure (it lives in `watch.redb`): the same rule as
+    /// [`ApiError::from_watch_store`].
+    #[allow(clippy::needless_pass_by_value)] // an adapter for `map_err`
+    pub fn from_outbox(error: vedetta_store::outbox::OutboxError) -> ApiError {
+        Self::from_watch(
+            "outbox",
+            error.is_storage_full(),
+            error.is_retryable(),
+            &error,
+        )
+    }
+
+    fn from_watch(
+        what: &str,
+        storage_full: bool,
+        temporary: bool,
+        error: &dyn std::fmt::Display,
+    ) -> ApiError {
+        if storage_full {
+            tracing::warn!(%error, "a request met a full disk under the {what}");
+            ApiError::InsufficientStorage {
+                message: format!("the {what}'s disk is full; nothing was changed, retry later"),
+                retry_after_s: 30,
+            }
+        } else {
+            Self::from_storage(what, temporary, error)
+        }
+    }
+
     fn from_storage(what: &str, temporary: bool, error: &dyn std::fmt::Display) -> ApiError {
         if temporary {
             tracing::warn!(%error, "a request met a storage failure of the {what}");
@@ -135,5 +177,31 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vedetta_store::outbox::OutboxError;
+
+    #[test]
+    fn a_full_disk_under_watch_redb_is_507_and_a_reopen_in_progress_503() {
+        let full = ApiError::from_outbox(OutboxError::Io(std::io::Error::from_raw_os_error(28)));
+        assert_eq!(full.status(), StatusCode::INSUFFICIENT_STORAGE);
+        assert!(
+            full.into_response()
+                .headers()
+                .contains_key(header::RETRY_AFTER)
+        );
+        let eio = ApiError::from_outbox(OutboxError::Io(std::io::Error::from_raw_os_error(5)));
+        assert_eq!(eio.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let reopening = ApiError::from_watch_store(vedetta_store::WatchStoreError::Unavailable(
+            vedetta_store::reopen::Unavailable,
+        ));
+        assert_eq!(reopening.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let corrupt =
+            ApiError::from_watch_store(vedetta_store::WatchStoreError::Corrupt("x".into()));
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -188,27 +188,48 @@ struct Task {
 impl Task {
     fn run(&mut self, stop: &AtomicBool) {
         let mut pause = Duration::from_millis(100);
+        // After a failed step the state in memory may be ahead of the store's: nothing is
+        // evaluated until it is read back (the store may still be reopening after a full
+        // disk; a step from the state in memory would skip what the failed one lost).
+        let mut stale = false;
         while !stop.load(Ordering::Acquire) {
-            self.maybe_reload();
-            match self.step() {
-                Ok(()) => {
-                    pause = Duration::from_millis(100);
-                    self.wait_for_work(pause, stop);
-                    continue;
-                }
-                Err(error) => {
-                    self.status.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %format!("{error:#}"), "alert evaluation failed; retrying");
-                    // The store is where it was before the failed step: reload from it.
-                    if let Ok(state) = self.store.state() {
-                        self.evaluator =
-                            Evaluator::new(self.rules.rules.clone(), state.alerts.iter().cloned());
-                        self.state = state;
+            if stale {
+                stale = !self.reload_state();
+            }
+            if !stale {
+                self.maybe_reload();
+                match self.step() {
+                    Ok(()) => {
+                        pause = Duration::from_millis(100);
+                        self.wait_for_work(pause, stop);
+                        continue;
                     }
-                    pause = (pause * 2).min(Duration::from_secs(10));
+                    Err(error) => {
+                        self.status.failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %format!("{error:#}"), "alert evaluation failed; retrying");
+                        stale = !self.reload_state();
+                    }
                 }
             }
+            pause = (pause * 2).min(Duration::from_secs(10));
             std::thread::sleep(pause);
+        }
+    }
+
+    /// Reads the state back from the store, which is where it was before a failed step;
+    /// whether it could.
+    fn reload_state(&mut self) -> bool {
+        match self.store.state() {
+            Ok(state) => {
+                self.evaluator =
+                    Evaluator::new(self.rules.rules.clone(), state.alerts.iter().cloned());
+                self.state = state;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the alert state could not be read back; retrying");
+                false
+            }
         }
     }
 
