@@ -232,13 +232,19 @@ impl IdentityStore {
         if writes.is_empty() {
             return Ok(ApplyOutcome::default());
         }
-        let result = self.db.with(|db| Self::apply_in(db, writes));
-        if let Err(IdentityStoreError::Engine(_)) = &result {
-            // The failed handle answers nothing until reopened; the file still holds the
-            // last commit. If it cannot be reopened yet, the next call tries again.
-            let _ = self.db.reopen();
-        }
-        result
+        // The failed handle answers nothing until reopened; the file still holds the last
+        // commit. A reopen that failed (the disk still full) leaves the store closed
+        // (`Unavailable`): the next call tries to reopen again, so it comes back once
+        // there is room, without a restart.
+        self.db.with_recovery(
+            |e| {
+                matches!(
+                    e,
+                    IdentityStoreError::Engine(_) | IdentityStoreError::Unavailable(_)
+                )
+            },
+            |db| Self::apply_in(db, writes),
+        )
     }
 
     fn apply_in(
@@ -435,6 +441,37 @@ mod tests {
         let stored = store.get(&U).unwrap().unwrap();
         assert!(!stored.marketing);
         assert_eq!(stored.email, None);
+    }
+
+    /// A reopen that failed (the disk still full, the file not openable) left the store
+    /// closed, and `apply` reopened only after an engine error: every later call answered
+    /// `Unavailable` until a restart. Here the file is moved aside and a directory takes its
+    /// place while the store reopens; once the file is back, the store comes back.
+    #[test]
+    fn a_store_whose_reopen_failed_comes_back_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.redb");
+        let aside = dir.path().join("identity.redb.aside");
+        let store = IdentityStore::open(&path).unwrap();
+        store.apply(&[write(1, Some(true), Some("e"))]).unwrap();
+        std::fs::rename(&path, &aside).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(store.db.reopen().is_err(), "a directory is not a database");
+        let closed = store.apply(&[write(2, Some(true), None)]);
+        assert!(
+            matches!(closed, Err(IdentityStoreError::Unavailable(_))),
+            "{closed:?}"
+        );
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        // The call that finds the store closed reopens it; the one after writes.
+        let _ = store.apply(&[write(3, Some(true), None)]);
+        let outcome = store.apply(&[write(4, Some(true), Some("later"))]).unwrap();
+        assert_eq!(outcome.stored, 1);
+        assert_eq!(
+            store.get(&U).unwrap().unwrap().email.as_deref(),
+            Some(b"later".as_slice())
+        );
     }
 
     #[test]
