@@ -260,6 +260,20 @@ const HOUR: i64 = 3_600_000;
 /// Users' event lists grow by exactly one entry up to this length, by doubling after.
 const EXACT_GROWTH_UP_TO: usize = SpareLists::SHORT;
 
+/// The id of a built-in funnel type (`None` for a refund or a custom type).
+#[inline(always)]
+fn built_in_kind_id(kind: &EventKind) -> Option<KindId> {
+    Some(match kind {
+        EventKind::PageView => 0,
+        EventKind::AddToCart => 1,
+        EventKind::Registration => 2,
+        EventKind::Checkout => 3,
+        EventKind::Purchase => 4,
+        EventKind::Lead => 5,
+        EventKind::Refund | EventKind::Custom(_) => return None,
+    })
+}
+
 impl Pipeline {
     pub fn new(config: PipelineConfig, regions: Option<Arc<dyn RegionLookup>>) -> Self {
         Self::restore(config, regions, PipelineState::default())
@@ -514,29 +528,12 @@ impl Pipeline {
     /// The id of an event type: built-ins inline, custom types by name (out of line).
     #[inline]
     fn kind_id(&mut self, kind: &EventKind) -> KindId {
-        match kind {
-            EventKind::PageView => 0,
-            EventKind::AddToCart => 1,
-            EventKind::Registration => 2,
-            EventKind::Checkout => 3,
-            EventKind::Purchase => 4,
-            EventKind::Lead => 5,
-            _ => self.other_kind_id(kind),
-        }
+        built_in_kind_id(kind).unwrap_or_else(|| self.other_kind_id(kind))
     }
 
     #[inline(never)]
     fn other_kind_id(&mut self, kind: &EventKind) -> KindId {
         match kind {
-            EventKind::PageView => 0,
-            EventKind::AddToCart => 1,
-            EventKind::Registration => 2,
-            EventKind::Checkout => 3,
-            EventKind::Purchase => 4,
-            EventKind::Lead => 5,
-            // Refunds never enter a user's events; a configuration naming them (as a
-            // conversion type or in a sequence rule) gets an id no event has.
-            EventKind::Refund => KindId::MAX,
             EventKind::Custom(name) => {
                 if let Some(&id) = self.custom_kind_ids.get(name.as_ref()) {
                     return id;
@@ -554,6 +551,9 @@ impl Pipeline {
                 self.custom_kind_ids.insert(name.to_string(), id);
                 id
             }
+            // Refunds never enter a user's events; a configuration naming them (as a
+            // conversion type or in a sequence rule) gets an id no event has.
+            _ => built_in_kind_id(kind).unwrap_or(KindId::MAX),
         }
     }
 

@@ -503,23 +503,8 @@ impl OAuth2Client {
         ]
         .into_iter()
         .flatten()
-        .filter(|s| !s.is_empty())
         .collect();
-        let scrub = |mut text: String| {
-            for secret in &secrets {
-                text = text.replace(secret, "<secret>");
-            }
-            text
-        };
-        match error {
-            DeliveryError::Retry { after, reason } => DeliveryError::Retry {
-                after,
-                reason: scrub(reason),
-            },
-            DeliveryError::Refused { reason } => DeliveryError::Refused {
-                reason: scrub(reason),
-            },
-        }
+        crate::watch::destinations::scrub_texts(error, &secrets)
     }
 
     /// Forgets the cached access token (the next call fetches one).

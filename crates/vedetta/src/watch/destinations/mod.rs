@@ -394,11 +394,19 @@ async fn read_bounded(mut response: reqwest::Response, limit: usize) -> String {
 /// secret under 8 characters is left alone: no real key is that short, and replacing it
 /// everywhere would garble the message.
 pub(crate) fn scrub_secrets(error: DeliveryError, secrets: &[&Secret]) -> DeliveryError {
+    let texts: Vec<&str> = (secrets.iter())
+        .map(|s| s.expose())
+        .filter(|s| s.len() >= 8)
+        .collect();
+    scrub_texts(error, &texts)
+}
+
+/// `error` with every occurrence of each non-empty text of `secrets` replaced by
+/// `<secret>`.
+pub(crate) fn scrub_texts(error: DeliveryError, secrets: &[&str]) -> DeliveryError {
     let scrub = |mut text: String| {
-        for secret in secrets {
-            if secret.expose().len() >= 8 {
-                text = text.replace(secret.expose(), "<secret>");
-            }
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            text = text.replace(secret, "<secret>");
         }
         text
     };
