@@ -108,7 +108,7 @@ impl ApiError {
 
     fn from_storage(what: &str, temporary: bool, error: &dyn std::fmt::Display) -> ApiError {
         if temporary {
-            tracing::warn!(%error, "a request met a storage failure of the {what}");
+            STORAGE_WARNINGS.warn(what, error, std::time::Instant::now());
             ApiError::Busy {
                 message: format!("the {what} is recovering from a storage failure; retry shortly"),
                 retry_after_s: 2,
@@ -180,10 +180,71 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// How often a request's temporary storage failure is logged at most: a store that is down
+/// fails every request, and a dashboard's live view retries every 0.7 s, so a warning per
+/// request flooded the log for as long as the outage lasted.
+const STORAGE_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+static STORAGE_WARNINGS: StorageWarnings = StorageWarnings::new();
+
+/// Logs requests' temporary storage failures at most once per [`STORAGE_WARNING_EVERY`],
+/// with the number of those not logged since the last.
+#[derive(Debug)]
+struct StorageWarnings {
+    /// When the last warning was logged, and the failures met since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl StorageWarnings {
+    const fn new() -> Self {
+        Self {
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    fn warn(&self, what: &str, error: &dyn std::fmt::Display, now: std::time::Instant) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, unlogged) = &mut *state;
+        if last.is_some_and(|at| now.saturating_duration_since(at) < STORAGE_WARNING_EVERY) {
+            *unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            %error,
+            not_logged_since_the_last = *unlogged,
+            "a request met a storage failure of the {what}"
+        );
+        *last = Some(now);
+        *unlogged = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vedetta_store::outbox::OutboxError;
+
+    #[test]
+    fn temporary_storage_failures_are_logged_once_per_interval_with_the_count_between() {
+        let log = crate::server::test_support::logged(|| {
+            let warnings = StorageWarnings::new();
+            let start = std::time::Instant::now();
+            for i in 0..100 {
+                // A live view's retries during an outage: every 0.7 s, for 70 s.
+                let now = start + std::time::Duration::from_millis(700 * i);
+                warnings.warn("KPI store", &"the database is reopening", now);
+            }
+        });
+        let lines: Vec<&str> = log.lines().collect();
+        // At 0 s, then at the first retry 10 s or more after each logged one.
+        assert_eq!(lines.len(), 7, "{log}");
+        assert!(lines.iter().all(|l| l.contains("WARN")), "{log}");
+        assert!(lines[0].contains("not_logged_since_the_last=0"), "{log}");
+        assert!(lines[1].contains("not_logged_since_the_last=14"), "{log}");
+    }
 
     #[test]
     fn a_full_disk_under_watch_redb_is_507_and_a_reopen_in_progress_503() {

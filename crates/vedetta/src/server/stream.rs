@@ -819,34 +819,6 @@ mod tests {
         );
     }
 
-    /// Log lines written while `during` runs.
-    fn logged(during: impl FnOnce()) -> String {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-            type Writer = Captured;
-            fn make_writer(&'a self) -> Captured {
-                self.clone()
-            }
-        }
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::with_default(subscriber, during);
-        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
-    }
-
     /// A live view whose query failed inside (a corrupt row) sent its clients the generic
     /// `query-error` and logged nothing: the failure left no trace on the server. It is
     /// logged now, once per view and distinct error (a failed view is retried at every
@@ -862,7 +834,7 @@ mod tests {
         ]));
         let corrupt = ApiError::Internal("a KPI row does not decode: unexpected end".into());
         let other = ApiError::Internal("a spend value of 3 bytes".into());
-        let log = logged(|| {
+        let log = crate::server::test_support::logged(|| {
             for _ in 0..5 {
                 view.failed(&corrupt);
             }
