@@ -113,7 +113,25 @@ fn live_bodies(rate: f64, batch: usize) -> anyhow::Result<Bodies> {
     Ok(Bodies::Live(Mutex::new(receiver)))
 }
 
+/// The most events a second `--rate` may ask for, and probes a second `--probe-rate`: past
+/// them a pacer's period rounds to zero (and a zero period is no schedule at all).
+const MAX_RATE: f64 = 10_000_000.0;
+const MAX_PROBE_RATE: f64 = 10_000.0;
+
+/// `value` when it is a number in (0, `max`], else an error naming `flag`.
+fn checked_rate(flag: &str, value: f64, max: f64) -> anyhow::Result<f64> {
+    if value.is_finite() && value > 0.0 && value <= max {
+        Ok(value)
+    } else {
+        anyhow::bail!("{flag} must be above 0 and at most {max}, got {value}")
+    }
+}
+
 pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
+    if let Some(rate) = args.rate {
+        checked_rate("--rate", rate, MAX_RATE)?;
+    }
+    checked_rate("--probe-rate", args.probe_rate, MAX_PROBE_RATE)?;
     let (local, base) = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -527,4 +545,28 @@ async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>, n: u64) 
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rates_outside_what_a_pacer_can_keep_are_refused_by_name() {
+        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY, 1e300] {
+            let error = checked_rate("--rate", bad, MAX_RATE)
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with("--rate must be above 0"), "{error}");
+        }
+        assert_eq!(
+            checked_rate("--rate", 25_000.0, MAX_RATE).ok(),
+            Some(25_000.0)
+        );
+        assert_eq!(
+            checked_rate("--rate", MAX_RATE, MAX_RATE).ok(),
+            Some(MAX_RATE)
+        );
+    }
 }
