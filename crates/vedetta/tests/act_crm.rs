@@ -724,6 +724,54 @@ async fn a_tag_past_the_first_page_of_the_search_is_found() {
     );
 }
 
+/// A member with many tags (1,000 names of 60 characters: about 100 KB of answer) made the
+/// tag read-back fail: it asked for every tag at once (`count=1000`), the answer was cut at
+/// 64 KiB, did not decode, and the push was retried for ever. Now the tags are read a page
+/// at a time, until the written ones are all seen or the member's tags run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_many_tags_has_the_written_tag_confirmed_page_by_page() {
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(&base, "0123abcd-us6", ""))["mc"].clone();
+    let email = "molti@example.it";
+    dest.push(&batch("m0", vec![user(1, Some(email), &[])]))
+        .await
+        .unwrap();
+    {
+        let mut state = mc.state.lock().unwrap();
+        let member = state
+            .members
+            .get_mut(&("list1".to_owned(), md5_hex(email)))
+            .unwrap();
+        for i in 0..1_000 {
+            member
+                .tags
+                .insert(format!("campagna-{i:04}-{}", "x".repeat(46)));
+        }
+    }
+    // `zz-vip` sorts after every other tag: the fake answers it on the last page.
+    dest.push(&batch("m1", vec![user(1, Some(email), &["zz-vip"])]))
+        .await
+        .unwrap();
+    let reads = mc.count("GET", "/tags");
+    assert!(reads >= 2, "read a page at a time: {reads} reads");
+    // A tag Mailchimp drops is still caught on a member this size.
+    mc.state
+        .lock()
+        .unwrap()
+        .dropped_tags
+        .insert("zz-dropped".into());
+    match dest
+        .push(&batch("m2", vec![user(1, Some(email), &["zz-dropped"])]))
+        .await
+    {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("zz-dropped"), "{reason}")
+        }
+        other => panic!("expected a refusal naming the tag, got {other:?}"),
+    }
+}
+
 /// A receiver (a proxy at `base_url`, an echoing endpoint) whose error repeats what it was
 /// sent: the Mailchimp API key, whole or without its data-centre suffix, or the `Basic`
 /// header that carries it. Only OAuth2 secrets were scrubbed from such errors, so the key
