@@ -159,13 +159,26 @@ impl Dispatcher {
         }
     }
 
-    /// Notifications due at `now_ms`, by the timing of each group's rule. Groups of rules
-    /// that are gone are dropped with what they held.
+    /// Notifications due at `now_ms`, by the timing of each group's rule.
+    ///
+    /// A group whose rule is gone (removed from the rules file) or no longer notifies its
+    /// destination is due at once, and for the last time: the alerts it announced are sent
+    /// resolved, saying why, so that a receiver closes what it opened; then it is dropped.
+    /// Alerts it had not announced yet are dropped unsaid.
     pub fn due(&mut self, rules: &[Rule], now_ms: i64, dashboard_url: &str) -> Vec<Notification> {
         let timing: BTreeMap<&str, &Rule> = rules.iter().map(|r| (r.name.as_str(), r)).collect();
-        self.groups
-            .retain(|(rule, _), _| timing.contains_key(rule.as_str()));
         let mut out = Vec::new();
+        let retired: Vec<(String, String)> = (self.groups.keys())
+            .filter(|(rule, destination)| !notifies(&timing, rule, destination))
+            .cloned()
+            .collect();
+        for key in retired {
+            if let Some(group) = self.groups.remove(&key)
+                && let Some(last) = retire(&key, group, &timing, now_ms, dashboard_url)
+            {
+                out.push(last);
+            }
+        }
         for ((rule_name, destination), group) in &mut self.groups {
             let Some(rule) = timing.get(rule_name.as_str()) else {
                 continue;
@@ -210,12 +223,16 @@ impl Dispatcher {
         out
     }
 
-    /// The earliest wall-clock time a group may become due (for the adapter's timer).
+    /// The earliest wall-clock time a group may become due (for the adapter's timer); a
+    /// group to retire (see [`Self::due`]) is due already (`i64::MIN`).
     pub fn next_due_ms(&self, rules: &[Rule]) -> Option<i64> {
         let timing: BTreeMap<&str, &Rule> = rules.iter().map(|r| (r.name.as_str(), r)).collect();
         self.groups
             .iter()
-            .filter_map(|((rule, _), group)| {
+            .filter_map(|((rule, destination), group)| {
+                if !notifies(&timing, rule, destination) {
+                    return Some(i64::MIN);
+                }
                 let t = timing.get(rule.as_str())?.timing;
                 match (group.first_pending_ms, group.last_sent_ms) {
                     (Some(first), None) => Some(first + t.group_wait_ms),
@@ -228,6 +245,68 @@ impl Dispatcher {
             })
             .min()
     }
+}
+
+/// Whether the rule named `rule` is loaded and notifies `destination`.
+fn notifies(rules: &BTreeMap<&str, &Rule>, rule: &str, destination: &str) -> bool {
+    rules
+        .get(rule)
+        .is_some_and(|r| r.notify.iter().any(|d| d == destination))
+}
+
+/// The last notification of a group whose rule is gone or no longer notifies its
+/// destination: its pending resolutions, and a resolution of every alert it announced as
+/// firing (a firing notice still pending was never announced). `None`: nothing to say.
+fn retire(
+    (rule, destination): &(String, String),
+    mut group: DispatchGroup,
+    rules: &BTreeMap<&str, &Rule>,
+    now_ms: i64,
+    dashboard_url: &str,
+) -> Option<Notification> {
+    let pending = group.take_pending();
+    let unannounced: std::collections::HashSet<&Vec<(String, String)>> = (pending.iter())
+        .filter(|n| n.status == AlertStatus::Firing)
+        .map(|n| &n.group)
+        .collect();
+    let why = if rules.contains_key(rule.as_str()) {
+        format!("the rule no longer notifies {destination}")
+    } else {
+        "the rule was removed".to_string()
+    };
+    let mut notices: Vec<AlertNotice> = (pending.iter())
+        .filter(|n| n.status == AlertStatus::Resolved)
+        .cloned()
+        .collect();
+    for (labels, fired) in &group.firing {
+        if unannounced.contains(labels) {
+            continue;
+        }
+        let scope = if labels.is_empty() {
+            "all traffic".to_string()
+        } else {
+            let values: Vec<&str> = labels.iter().map(|(_, v)| v.as_str()).collect();
+            values.join(" / ")
+        };
+        let mut notice = fired.clone();
+        notice.status = AlertStatus::Resolved;
+        notice.resolved_ms = Some(now_ms);
+        notice.summary = format!("{rule} resolved: {why} ({scope})");
+        notices.push(notice);
+    }
+    if notices.is_empty() {
+        return None;
+    }
+    let sequence = group.sequence + 1;
+    Some(Notification {
+        id: notification_id(rule, destination, sequence),
+        destination: destination.clone(),
+        status: AlertStatus::Resolved,
+        notices,
+        created_ms: now_ms,
+        dashboard_url: dashboard_url.to_string(),
+        push: None,
+    })
 }
 
 /// A stable id from (rule, destination, sequence): length-prefixed parts, hashed.
@@ -417,6 +496,61 @@ mod tests {
         let next = again.due(&rules, 400_000, "http://x");
         assert_eq!(next[0].notices.len(), 1);
         assert_eq!(next[0].notices[0].status, AlertStatus::Resolved);
+    }
+
+    /// A rule removed from the rules file while its alerts fire: its groups were dropped
+    /// with what they held, and the receivers (Slack threads, PagerDuty-like incidents)
+    /// never heard the alerts end. Now each announced alert is resolved, at once, saying why.
+    #[test]
+    fn a_removed_rule_resolves_its_announced_alerts_at_once() {
+        let r = rule();
+        let rules = [r.clone()];
+        let mut d = Dispatcher::default();
+        d.add(&r, &notice("social", AlertStatus::Firing), 0);
+        d.add(&r, &notice("email", AlertStatus::Firing), 0);
+        let fired = d.due(&rules, 30_000, "http://x");
+        assert_eq!(fired[0].notices.len(), 2);
+        // A third fires but is not announced yet (group interval) when the rule goes.
+        d.add(&r, &notice("search", AlertStatus::Firing), 40_000);
+        assert!(d.next_due_ms(&[]).is_some_and(|due| due <= 50_000));
+        let sent = d.due(&[], 50_000, "http://x");
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let n = &sent[0];
+        assert_eq!((n.destination.as_str(), n.status), ("slack", AlertStatus::Resolved));
+        assert_ne!(n.id, fired[0].id);
+        let resolved: Vec<&str> = n.notices.iter().map(|n| n.group[0].1.as_str()).collect();
+        assert_eq!(resolved, ["email", "social"], "only the announced ones");
+        for notice in &n.notices {
+            assert_eq!(notice.status, AlertStatus::Resolved);
+            assert_eq!(notice.resolved_ms, Some(50_000));
+            assert!(notice.summary.contains("rule was removed"), "{}", notice.summary);
+        }
+        assert!(d.groups.is_empty());
+        assert_eq!(d.next_due_ms(&[]), None);
+        assert!(d.due(&[], 60_000, "http://x").is_empty());
+    }
+
+    /// The same when the rule stays but no longer notifies a destination: that destination
+    /// hears the end of what it was told (it was repeated there every `repeat_interval`).
+    #[test]
+    fn a_destination_dropped_from_a_rule_hears_its_alerts_resolved() {
+        let r = rule();
+        let mut d = Dispatcher::default();
+        d.add(&r, &notice("social", AlertStatus::Firing), 0);
+        d.due(&[r.clone()], 30_000, "http://x");
+        let mut moved = r.clone();
+        moved.notify = vec!["email".into()];
+        let sent = d.due(&[moved.clone()], 40_000, "http://x");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].destination, "slack");
+        assert_eq!(sent[0].notices[0].status, AlertStatus::Resolved);
+        assert!(
+            sent[0].notices[0].summary.contains("no longer notifies slack"),
+            "{}",
+            sent[0].notices[0].summary
+        );
+        assert!(d.groups.is_empty());
+        assert_eq!(d.next_due_ms(&[moved]), None);
     }
 
     #[test]
