@@ -186,6 +186,33 @@ async fn activecampaign_stays_within_5_requests_per_second_per_account_and_honou
     );
 }
 
+/// Two destinations on one account with different `requests_per_second`: the account's
+/// pacer took the rate of whichever was built first, so a destination set to 2 a second
+/// (leaving room for another integration on the account) went at 5. The account now goes
+/// at the lowest rate of the destinations on it, while they exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_goes_at_the_lowest_rate_of_its_destinations() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    let dests = crms(&format!(
+        "{}{}requests_per_second = 2\n",
+        ac_config("ac-fast", &base, "ac-token"),
+        ac_config("ac-slow", &base, "ac-token"),
+    ));
+    let users: Vec<CrmUser> = (0..4)
+        .map(|i| user(i, Some(&format!("s{i}@example.it")), &[]))
+        .collect();
+    let started = Instant::now();
+    dests["ac-fast"].push(&batch("slow", users)).await.unwrap();
+    assert_eq!(ac.statuses().len(), 4);
+    assert!(ac.peak_per_second() <= 2, "peak {}", ac.peak_per_second());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 fn mc_config(base: &str, key: &str, extra: &str) -> String {
     format!(
         "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"list1\"\n\
