@@ -213,6 +213,41 @@ async fn an_account_goes_at_the_lowest_rate_of_its_destinations() {
     );
 }
 
+/// Tag names are case-insensitive in ActiveCampaign (its API docs: "Tags should be treated
+/// as case-insensitive") and in a Mailchimp audience. A trigger's `vip` where the account
+/// has `VIP`: ActiveCampaign's search found `VIP`, the exact comparison missed it, creating
+/// `vip` was refused as a duplicate, and every push naming the tag was refused; Mailchimp
+/// tagged the member `VIP` and the read-back, missing `vip`, refused the push. Now both
+/// take the existing tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_differing_only_in_case_is_the_existing_tag() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    ac.state.lock().unwrap().tags.insert(7, "VIP".into());
+    let dest = crms(&ac_config("ac-case", &base, "ac-token"))["ac-case"].clone();
+    dest.push(&batch("c1", vec![user(1, Some("a@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    {
+        let state = ac.state.lock().unwrap();
+        assert_eq!(state.tags.values().collect::<Vec<_>>(), ["VIP"]);
+        assert_eq!(state.contacts[0].tags, BTreeSet::from([7]));
+    }
+
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(&base, "0123abcd-us6", ""))["mc"].clone();
+    dest.push(&batch("c2", vec![user(1, Some("a@example.it"), &["VIP"])]))
+        .await
+        .unwrap();
+    dest.push(&batch("c3", vec![user(2, Some("b@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    let state = mc.state.lock().unwrap();
+    let b = &state.members[&("list1".to_owned(), md5_hex("b@example.it"))];
+    assert_eq!(b.tags, BTreeSet::from(["VIP".to_owned()]));
+}
+
 fn mc_config(base: &str, key: &str, extra: &str) -> String {
     format!(
         "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"list1\"\n\

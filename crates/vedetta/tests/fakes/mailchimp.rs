@@ -6,6 +6,8 @@
 //!   in the answer, as Mailchimp does ("… looks fake or invalid");
 //! - `POST …/members/{hash}/tags`: 404 for an unknown member; answers **204 even for a tag
 //!   it drops** (a name over 100 characters, or on `dropped_tags`): only a read-back shows it;
+//!   tags are the audience's and case-insensitive: a name that differs from one of the
+//!   audience's only in case is that tag, and reads back as the audience spells it;
 //! - `GET …/members/{hash}/tags`: the member's tags a page at a time, as Mailchimp pages
 //!   (`count` 10 by default and at most 1,000; `offset`), with `total_items`;
 //! - `POST …/members/{hash}/events`: name of 2 to 30 of `[A-Za-z0-9_-]`, else 400; 204;
@@ -304,6 +306,12 @@ fn operate(
         }
         ("POST", ["tags"]) => {
             let dropped = state.dropped_tags.clone();
+            // The audience's tags, by their lower-cased name.
+            let audience: BTreeMap<String, String> = (state.members.iter())
+                .filter(|((l, _), _)| l == list)
+                .flat_map(|(_, m)| m.tags.iter())
+                .map(|t| (t.to_lowercase(), t.clone()))
+                .collect();
             let Some(m) = state.members.get_mut(&key) else {
                 return problem(
                     StatusCode::NOT_FOUND,
@@ -316,10 +324,14 @@ fn operate(
                 if name.chars().count() > 100 || dropped.contains(name) {
                     continue; // the 204 says nothing about it
                 }
+                let name = audience
+                    .get(&name.to_lowercase())
+                    .cloned()
+                    .unwrap_or_else(|| name.to_owned());
                 if tag["status"].as_str() == Some("inactive") {
-                    m.tags.remove(name);
+                    m.tags.remove(&name);
                 } else {
-                    m.tags.insert(name.to_owned());
+                    m.tags.insert(name);
                 }
             }
             StatusCode::NO_CONTENT.into_response()

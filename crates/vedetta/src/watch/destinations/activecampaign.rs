@@ -13,9 +13,10 @@
 //! 1. `POST /api/3/contact/sync` `{"contact": {"email", "fieldValues": [{"field", "value"}]}}`
 //!    creates or updates the contact by e-mail and sets the mapped custom fields (a field
 //!    the user has but the configuration does not map is not sent);
-//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, exact name, page by
-//!    page) or created (`POST /api/3/tags`), then cached (and looked up afresh once when
-//!    linking a cached id is refused: the tag was deleted since);
+//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, the name case aside, as
+//!    ActiveCampaign compares tags; page by page) or created (`POST /api/3/tags`), then
+//!    cached (and looked up afresh once when linking a cached id is refused: the tag was
+//!    deleted since);
 //! 3. `POST /api/3/contactTags` `{"contactTag": {"contact", "tag"}}` adds it.
 //!
 //! Every request carries the `Api-Token` header. At most `requests_per_second` (5, the
@@ -274,10 +275,15 @@ impl ActiveCampaign {
         serde_json::from_str(&body).map_err(|e| decode_error(what, e))
     }
 
-    /// The id of the tag named exactly `tag`. The search matches substrings and answers a
-    /// page at a time, so every page is read (up to [`MAX_TAG_PAGES`]): with more than a
-    /// page of tags containing the name, the exact one may be on any.
+    /// The id of the tag named `tag`, case aside: ActiveCampaign's tag names are
+    /// case-insensitive ("Tags should be treated as case-insensitive", API v3, Create a
+    /// tag), so `vip` is the account's `VIP` (creating it would be refused as a duplicate).
+    /// The exact spelling wins if the account has both. The search matches substrings and
+    /// answers a page at a time, so every page is read (up to [`MAX_TAG_PAGES`]): with more
+    /// than a page of tags containing the name, the one sought may be on any.
     async fn find_tag(&self, tag: &str) -> Result<Option<String>, DeliveryError> {
+        let folded = tag.to_lowercase();
+        let mut other_case = None;
         for page in 0..MAX_TAG_PAGES {
             let mut url = self.url(&["tags"]);
             url.query_pairs_mut()
@@ -288,18 +294,22 @@ impl ActiveCampaign {
                 .call("ActiveCampaign tag search", self.client.get(url))
                 .await?;
             let tags = found["tags"].as_array().map_or(&[][..], Vec::as_slice);
-            if let Some(id) = tags
-                .iter()
-                .find(|t| t["tag"].as_str() == Some(tag))
-                .and_then(|t| id_of(&t["id"]))
-            {
-                return Ok(Some(id));
+            for t in tags {
+                let (Some(name), Some(id)) = (t["tag"].as_str(), id_of(&t["id"])) else {
+                    continue;
+                };
+                if name == tag {
+                    return Ok(Some(id));
+                }
+                if other_case.is_none() && name.to_lowercase() == folded {
+                    other_case = Some(id);
+                }
             }
             if tags.len() < TAG_PAGE {
                 break;
             }
         }
-        Ok(None)
+        Ok(other_case)
     }
 
     async fn tag_id(&self, tag: &str) -> Result<String, DeliveryError> {

@@ -38,7 +38,7 @@ use crate::watch::oauth2::{OAuth2Client, OAuth2Config, TokenVault};
 use md5::Digest;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use vedetta_core::watch::notification::Notification;
@@ -428,8 +428,12 @@ impl Mailchimp {
     /// A page at a time ([`TAG_PAGE`] names, nothing else asked of each): a member may hold
     /// any number of tags, and an answer is read only up to 64 KiB (a cut one does not
     /// decode). Reading stops once every written tag is seen, or at the member's last tag.
+    /// Names are compared case aside: an audience's tags are case-insensitive, and a tag
+    /// written `vip` where the audience has `VIP` is that tag, read back as `VIP`.
     async fn confirm_tags(&self, user: &CrmUser, email: &str) -> Result<(), DeliveryError> {
-        let mut unseen: BTreeSet<&str> = user.tags.iter().map(String::as_str).collect();
+        let mut unseen: BTreeMap<String, &str> = (user.tags.iter())
+            .map(|t| (t.to_lowercase(), t.as_str()))
+            .collect();
         let mut offset = 0;
         for _ in 0..MAX_TAG_PAGES {
             if unseen.is_empty() {
@@ -445,7 +449,7 @@ impl Mailchimp {
                 .await?;
             let page = answer["tags"].as_array().map_or(&[][..], Vec::as_slice);
             for name in page.iter().filter_map(|t| t["name"].as_str()) {
-                unseen.remove(name);
+                unseen.remove(&name.to_lowercase());
             }
             offset += page.len();
             let total = answer["total_items"].as_u64().unwrap_or(0);
@@ -453,7 +457,7 @@ impl Mailchimp {
                 break;
             }
         }
-        let Some(missing) = unseen.first() else {
+        let Some((_, missing)) = unseen.first_key_value() else {
             return Ok(());
         };
         let reason = if offset >= TAG_PAGE * MAX_TAG_PAGES {
