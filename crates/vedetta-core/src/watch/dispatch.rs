@@ -516,14 +516,21 @@ mod tests {
         let sent = d.due(&[], 50_000, "http://x");
         assert_eq!(sent.len(), 1, "{sent:?}");
         let n = &sent[0];
-        assert_eq!((n.destination.as_str(), n.status), ("slack", AlertStatus::Resolved));
+        assert_eq!(
+            (n.destination.as_str(), n.status),
+            ("slack", AlertStatus::Resolved)
+        );
         assert_ne!(n.id, fired[0].id);
         let resolved: Vec<&str> = n.notices.iter().map(|n| n.group[0].1.as_str()).collect();
         assert_eq!(resolved, ["email", "social"], "only the announced ones");
         for notice in &n.notices {
             assert_eq!(notice.status, AlertStatus::Resolved);
             assert_eq!(notice.resolved_ms, Some(50_000));
-            assert!(notice.summary.contains("rule was removed"), "{}", notice.summary);
+            assert!(
+                notice.summary.contains("rule was removed"),
+                "{}",
+                notice.summary
+            );
         }
         assert!(d.groups.is_empty());
         assert_eq!(d.next_due_ms(&[]), None);
@@ -537,7 +544,7 @@ mod tests {
         let r = rule();
         let mut d = Dispatcher::default();
         d.add(&r, &notice("social", AlertStatus::Firing), 0);
-        d.due(&[r.clone()], 30_000, "http://x");
+        d.due(std::slice::from_ref(&r), 30_000, "http://x");
         let mut moved = r.clone();
         moved.notify = vec!["email".into()];
         let sent = d.due(&[moved.clone()], 40_000, "http://x");
@@ -545,7 +552,9 @@ mod tests {
         assert_eq!(sent[0].destination, "slack");
         assert_eq!(sent[0].notices[0].status, AlertStatus::Resolved);
         assert!(
-            sent[0].notices[0].summary.contains("no longer notifies slack"),
+            sent[0].notices[0]
+                .summary
+                .contains("no longer notifies slack"),
             "{}",
             sent[0].notices[0].summary
         );

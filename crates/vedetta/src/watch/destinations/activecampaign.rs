@@ -157,7 +157,10 @@ impl Pacer {
 
     /// Requests a second to the account: the lowest rate of its destinations.
     fn per_second(&self) -> usize {
-        self.rates().values().min().map_or(1, |r| (*r).max(1) as usize)
+        self.rates()
+            .values()
+            .min()
+            .map_or(1, |r| (*r).max(1) as usize)
     }
 
     /// Waits for this request's slot.
