@@ -32,9 +32,10 @@ pub struct DispatchGroup {
     pub firing: BTreeMap<Vec<(String, String)>, AlertNotice>,
     /// Notifications produced so far: part of each one's idempotency key.
     pub sequence: u64,
-    /// Where each alert's notice is in `pending`, by its group labels.
+    /// Where each alert's notice is in `pending`, by its group labels (public only so that
+    /// a group can be written `DispatchGroup { …, ..Default::default() }` elsewhere).
     #[serde(skip)]
-    pending_at: PendingIndex,
+    pub pending_at: PendingIndex,
 }
 
 /// The position of each pending notice, by its alert's group labels: a cache, not state.
@@ -43,7 +44,7 @@ pub struct DispatchGroup {
 /// scanned the pending ones for the one it replaces: quadratic when thousands of alerts of
 /// a rule fire in the same minute.
 #[derive(Clone, Debug, Default)]
-struct PendingIndex(HashMap<Vec<(String, String)>, usize>);
+pub struct PendingIndex(HashMap<Vec<(String, String)>, usize>);
 
 impl PartialEq for PendingIndex {
     fn eq(&self, _: &Self) -> bool {
