@@ -186,6 +186,68 @@ async fn activecampaign_stays_within_5_requests_per_second_per_account_and_honou
     );
 }
 
+/// Two destinations on one account with different `requests_per_second`: the account's
+/// pacer took the rate of whichever was built first, so a destination set to 2 a second
+/// (leaving room for another integration on the account) went at 5. The account now goes
+/// at the lowest rate of the destinations on it, while they exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_goes_at_the_lowest_rate_of_its_destinations() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    let dests = crms(&format!(
+        "{}{}requests_per_second = 2\n",
+        ac_config("ac-fast", &base, "ac-token"),
+        ac_config("ac-slow", &base, "ac-token"),
+    ));
+    let users: Vec<CrmUser> = (0..4)
+        .map(|i| user(i, Some(&format!("s{i}@example.it")), &[]))
+        .collect();
+    let started = Instant::now();
+    dests["ac-fast"].push(&batch("slow", users)).await.unwrap();
+    assert_eq!(ac.statuses().len(), 4);
+    assert!(ac.peak_per_second() <= 2, "peak {}", ac.peak_per_second());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// Tag names are case-insensitive in ActiveCampaign (its API docs: "Tags should be treated
+/// as case-insensitive") and in a Mailchimp audience. A trigger's `vip` where the account
+/// has `VIP`: ActiveCampaign's search found `VIP`, the exact comparison missed it, creating
+/// `vip` was refused as a duplicate, and every push naming the tag was refused; Mailchimp
+/// tagged the member `VIP` and the read-back, missing `vip`, refused the push. Now both
+/// take the existing tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_differing_only_in_case_is_the_existing_tag() {
+    let ac = FakeActiveCampaign::new("ac-token", &["12", "13"]);
+    let base = serve(ac.router()).await;
+    ac.state.lock().unwrap().tags.insert(7, "VIP".into());
+    let dest = crms(&ac_config("ac-case", &base, "ac-token"))["ac-case"].clone();
+    dest.push(&batch("c1", vec![user(1, Some("a@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    {
+        let state = ac.state.lock().unwrap();
+        assert_eq!(state.tags.values().collect::<Vec<_>>(), ["VIP"]);
+        assert_eq!(state.contacts[0].tags, BTreeSet::from([7]));
+    }
+
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(&base, "0123abcd-us6", ""))["mc"].clone();
+    dest.push(&batch("c2", vec![user(1, Some("a@example.it"), &["VIP"])]))
+        .await
+        .unwrap();
+    dest.push(&batch("c3", vec![user(2, Some("b@example.it"), &["vip"])]))
+        .await
+        .unwrap();
+    let state = mc.state.lock().unwrap();
+    let b = &state.members[&("list1".to_owned(), md5_hex("b@example.it"))];
+    assert_eq!(b.tags, BTreeSet::from(["VIP".to_owned()]));
+}
+
 fn mc_config(base: &str, key: &str, extra: &str) -> String {
     format!(
         "[[destinations]]\nname = \"mc\"\nkind = \"mailchimp\"\nlist_id = \"list1\"\n\
@@ -722,6 +784,54 @@ async fn a_tag_past_the_first_page_of_the_search_is_found() {
             .collect::<Vec<_>>(),
         ["vip"]
     );
+}
+
+/// A member with many tags (1,000 names of 60 characters: about 100 KB of answer) made the
+/// tag read-back fail: it asked for every tag at once (`count=1000`), the answer was cut at
+/// 64 KiB, did not decode, and the push was retried for ever. Now the tags are read a page
+/// at a time, until the written ones are all seen or the member's tags run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_many_tags_has_the_written_tag_confirmed_page_by_page() {
+    let mc = FakeMailchimp::new("0123abcd-us6", "list1");
+    let base = serve(mc.router()).await;
+    let dest = crms(&mc_config(&base, "0123abcd-us6", ""))["mc"].clone();
+    let email = "molti@example.it";
+    dest.push(&batch("m0", vec![user(1, Some(email), &[])]))
+        .await
+        .unwrap();
+    {
+        let mut state = mc.state.lock().unwrap();
+        let member = state
+            .members
+            .get_mut(&("list1".to_owned(), md5_hex(email)))
+            .unwrap();
+        for i in 0..1_000 {
+            member
+                .tags
+                .insert(format!("campagna-{i:04}-{}", "x".repeat(46)));
+        }
+    }
+    // `zz-vip` sorts after every other tag: the fake answers it on the last page.
+    dest.push(&batch("m1", vec![user(1, Some(email), &["zz-vip"])]))
+        .await
+        .unwrap();
+    let reads = mc.count("GET", "/tags");
+    assert!(reads >= 2, "read a page at a time: {reads} reads");
+    // A tag Mailchimp drops is still caught on a member this size.
+    mc.state
+        .lock()
+        .unwrap()
+        .dropped_tags
+        .insert("zz-dropped".into());
+    match dest
+        .push(&batch("m2", vec![user(1, Some(email), &["zz-dropped"])]))
+        .await
+    {
+        Err(DeliveryError::Refused { reason }) => {
+            assert!(reason.contains("zz-dropped"), "{reason}")
+        }
+        other => panic!("expected a refusal naming the tag, got {other:?}"),
+    }
 }
 
 /// A receiver (a proxy at `base_url`, an echoing endpoint) whose error repeats what it was

@@ -173,3 +173,99 @@ url = "http://127.0.0.1:9/never-called-in-this-test"
     assert_ne!(rules["loaded_at"], loaded_at);
     server.stop();
 }
+
+/// A rule removed from the rules file while its alert fires: the receivers heard it fire
+/// and never heard it end (the dispatcher dropped the rule's groups with what they held).
+/// Now the destination gets it resolved, saying the rule was removed.
+#[test]
+fn a_rule_removed_while_firing_sends_its_alert_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_path = dir.path().join("rules.toml");
+    let firing_rule = r#"
+[[alerts.rules]]
+name = "sales"
+expr = "conversions > 0"
+over = "1m"
+group_by = ["channel"]
+notify = ["inbox"]
+"#;
+    write_rules(
+        &rules_path,
+        &(RULE_A.replace("hook", "inbox") + firing_rule),
+        1_000_000,
+    );
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[alerts]
+rules_file = "{}"
+group_wait = "0s"
+group_interval = "0s"
+
+[[alerts.destinations]]
+name = "inbox"
+kind = "inbox"
+"#,
+            rules_path.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with_config_file(&dir.path().join("data"), &config, &[]);
+    let http = client();
+    // A purchase on social in one minute, then an event 65 s later: the watermark passes
+    // the minute's end, and the rule fires for social.
+    let minute = (support::now_ms() / 60_000 - 5) * 60_000;
+    let events = [
+        serde_json::json!({"udid": "u1", "type": "page_view", "ts": minute + 1_000, "channel": "social"}),
+        serde_json::json!({"udid": "u1", "type": "purchase", "ts": minute + 2_000, "value": 50.0, "order_id": "o1"}),
+        serde_json::json!({"udid": "u2", "type": "page_view", "ts": minute + 65_000, "channel": "email"}),
+    ];
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let response = http
+        .post(server.url("/v1/events"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let notices = |http: &reqwest::blocking::Client| -> Vec<(String, String)> {
+        let inbox = get_json(http, &server.url("/v1/inbox?limit=100"));
+        let mut out = Vec::new();
+        for entry in inbox["inbox"].as_array().unwrap().iter().rev() {
+            for n in entry["notification"]["notices"].as_array().unwrap() {
+                out.push((
+                    n["status"].as_str().unwrap().to_owned(),
+                    n["summary"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        out
+    };
+    let wait_for = |what: &str, count: usize| -> Vec<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = notices(&http);
+            if seen.len() >= count {
+                return seen;
+            }
+            assert!(Instant::now() < deadline, "{what}: {seen:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let fired = wait_for("the rule fires", 1);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].0, "firing", "{fired:?}");
+
+    // The rule goes; rule_a stays.
+    write_rules(&rules_path, &RULE_A.replace("hook", "inbox"), 1_000_010);
+    let seen = wait_for("the resolution", 2);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].0, "resolved", "{seen:?}");
+    assert!(
+        seen[1].1.contains("the rule was removed") && seen[1].1.contains("social"),
+        "{seen:?}"
+    );
+    server.stop();
+}

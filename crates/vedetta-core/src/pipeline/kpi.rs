@@ -69,6 +69,46 @@ impl KpiCounters {
         self.refunded_micros += other.refunded_micros;
     }
 
+    /// Adds counters read from the store to this sum (query totals, rule windows): like
+    /// [`Self::add`], but a sum that would pass a bound stays at it. A real count is far
+    /// below `i64::MAX`, so only corrupt stored rows get there; a pinned number then shows
+    /// it, where overflow would panic (debug) or turn the total negative (release).
+    ///
+    /// Not for the pipeline's own deltas: they are changes of counted events and cannot
+    /// overflow, and [`Self::add`] is on its hot path.
+    pub fn add_saturating(&mut self, other: &KpiCounters) {
+        for (mine, theirs) in self.events.iter_mut().zip(other.events) {
+            *mine = mine.saturating_add(theirs);
+        }
+        for (name, count) in &other.custom_events {
+            match self.custom_events.iter_mut().find(|(n, _)| n == name) {
+                Some((_, existing)) => *existing = existing.saturating_add(*count),
+                None => self.custom_events.push((name.clone(), *count)),
+            }
+        }
+        self.custom_events.retain(|(_, c)| *c != 0);
+        self.sessions = self.sessions.saturating_add(other.sessions);
+        self.converting_sessions = self
+            .converting_sessions
+            .saturating_add(other.converting_sessions);
+        self.conversions = self.conversions.saturating_add(other.conversions);
+        self.revenue_micros = self.revenue_micros.saturating_add(other.revenue_micros);
+        self.flagged = self.flagged.saturating_add(other.flagged);
+        self.duplicates = self.duplicates.saturating_add(other.duplicates);
+        self.late = self.late.saturating_add(other.late);
+        self.refunds = self.refunds.saturating_add(other.refunds);
+        self.refunded_micros = self.refunded_micros.saturating_add(other.refunded_micros);
+    }
+
+    /// Every accepted event, built-in and custom types together, saturating like
+    /// [`Self::add_saturating`].
+    pub fn total_events(&self) -> i64 {
+        self.events
+            .iter()
+            .chain(self.custom_events.iter().map(|(_, c)| c))
+            .fold(0i64, |sum, c| sum.saturating_add(*c))
+    }
+
     pub fn add_custom(&mut self, name: &str, count: i64) {
         match self.custom_events.iter_mut().find(|(n, _)| n == name) {
             Some((_, existing)) => *existing += count,
@@ -164,6 +204,13 @@ impl SpendCounters {
     pub fn add(&mut self, other: SpendCounters) {
         self.micros += other.micros;
         self.records += other.records;
+    }
+
+    /// Adds spend read from the store to this sum, staying at a bound rather than passing
+    /// it (see [`KpiCounters::add_saturating`]).
+    pub fn add_saturating(&mut self, other: SpendCounters) {
+        self.micros = self.micros.saturating_add(other.micros);
+        self.records = self.records.saturating_add(other.records);
     }
 
     /// Whether this is no spend at all (no records, no money): such a row is not stored.

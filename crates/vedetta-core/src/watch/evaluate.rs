@@ -83,10 +83,7 @@ impl Values for GroupTotals {
             .filter(|s| s.records > 0)
             .map(|s| money(s.micros));
         Some(match metric {
-            Metric::Events => {
-                (c.events.iter().sum::<i64>() + c.custom_events.iter().map(|(_, n)| n).sum::<i64>())
-                    as f64
-            }
+            Metric::Events => c.total_events() as f64,
             Metric::EventType(i) => *c.events.get(i)? as f64,
             Metric::Sessions => c.sessions as f64,
             Metric::ConvertingSessions => c.converting_sessions as f64,
@@ -607,7 +604,10 @@ pub fn totals_between(
             .iter()
             .map(|d| row.dims[index(*d)].clone())
             .collect();
-        out.entry(key).or_default().counters.add(&row.counters);
+        out.entry(key)
+            .or_default()
+            .counters
+            .add_saturating(&row.counters);
     }
     let spend_known = rule
         .group_by
@@ -638,8 +638,7 @@ pub fn totals_between(
                 .or_default()
                 .spend
                 .get_or_insert_with(SpendCounters::default);
-            spend.micros += row.spend.micros;
-            spend.records += row.spend.records;
+            spend.add_saturating(row.spend);
         }
     }
     out
@@ -794,6 +793,31 @@ mod tests {
             out.extend(outcome.notices.iter().map(|n| (i, n.status)));
         }
         out
+    }
+
+    /// Stored rows are summed as read: two corrupt ones near `i64::MAX` must not panic
+    /// (debug) or wrap to a negative total (release), in the rows or the spend.
+    #[test]
+    fn corrupt_stored_counts_near_the_limit_saturate_instead_of_overflowing() {
+        let r = rule(|raw| raw.expr = Some("events > 1".into()));
+        let mut data = minute(T0, i64::MAX - 1, 1.0);
+        data.rows[0].counters.events[0] = i64::MAX - 1;
+        data.rows[0].counters.custom_events = vec![("signup".into(), i64::MAX - 1)];
+        data.rows[0].counters.revenue_micros = i128::MAX - 1;
+        data.spend[0].spend.records = i64::MAX - 1;
+        data.spend[0].spend.micros = i128::MAX - 1;
+        data.rows.push(data.rows[0].clone());
+        data.spend.push(data.spend[0].clone());
+        let totals = group_totals(&r, T0 + MINUTE, &data);
+        let t = &totals[&vec!["paid_search".to_string(), "brand".to_string()]];
+        assert_eq!(t.counters.conversions, i64::MAX);
+        assert_eq!(t.counters.events[0], i64::MAX);
+        assert_eq!(t.counters.custom_events, vec![("signup".into(), i64::MAX)]);
+        assert_eq!(t.counters.revenue_micros, i128::MAX);
+        let spend = t.spend.unwrap();
+        assert_eq!((spend.records, spend.micros), (i64::MAX, i128::MAX));
+        // Every event type at the limit: their sum stays at the limit too.
+        assert_eq!(t.value(Metric::Events), Some(i64::MAX as f64));
     }
 
     #[test]

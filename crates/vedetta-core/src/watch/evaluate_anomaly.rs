@@ -132,7 +132,7 @@ fn period_totals(
                 .entry((group.clone(), d, row.dims[index(d)].clone()))
                 .or_default()
                 .counters
-                .add(&row.counters);
+                .add_saturating(&row.counters);
         }
     }
     if rule
@@ -161,8 +161,7 @@ fn period_totals(
                     .or_default()
                     .spend
                     .get_or_insert_with(Default::default);
-                spend.micros += row.spend.micros;
-                spend.records += row.spend.records;
+                spend.add_saturating(row.spend);
             }
         }
     }

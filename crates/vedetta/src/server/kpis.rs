@@ -672,8 +672,13 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
             if let Some(slot) = query.slot(row.window_start, value_of)
                 && admit(&groups, &slot, &mut too_many)
             {
-                groups.entry(slot).or_default().counters.add(counters);
-                totals.counters.add(counters);
+                // Stored rows: a corrupt one saturates the sums, it cannot wrap them.
+                groups
+                    .entry(slot)
+                    .or_default()
+                    .counters
+                    .add_saturating(counters);
+                totals.counters.add_saturating(counters);
             }
         })
         .map_err(internal)?;
@@ -694,8 +699,8 @@ pub fn run_query(state: &AppState, query: &KpiQuery) -> Result<KpiResponse, ApiE
                     if let Some(slot) = query.slot(window_start, value_of)
                         && admit(&groups, &slot, &mut too_many)
                     {
-                        groups.entry(slot).or_default().spend.add(spend);
-                        totals.spend.add(spend);
+                        groups.entry(slot).or_default().spend.add_saturating(spend);
+                        totals.spend.add_saturating(spend);
                     }
                 },
             )

@@ -269,7 +269,9 @@ pub(super) fn kpi_gauges(
             v.flagged as f64,
             v.duplicates as f64,
             v.late as f64,
-            v.events.values().sum::<i64>() as f64,
+            v.events
+                .values()
+                .fold(0i64, |sum, n| sum.saturating_add(*n)) as f64,
             v.refunds as f64,
             v.refunded,
         ]) {

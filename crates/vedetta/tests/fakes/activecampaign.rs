@@ -4,9 +4,11 @@
 //!   `Retry-After: 1`; a test may also force 429s (`force_429`);
 //! - `POST /api/3/contact/sync` creates or updates a contact by e-mail (case-insensitive)
 //!   and sets `fieldValues` (unknown field ids are 422);
-//! - `GET /api/3/tags?search=` matches names by substring, like the real search, a page
-//!   at a time (`limit`, 20 by default and at most 100; `offset`);
-//!   `POST /api/3/tags` creates one (a duplicate name is 422);
+//! - tag names are case-insensitive, as ActiveCampaign documents ("Tags should be treated
+//!   as case-insensitive", Create a tag, API v3): `GET /api/3/tags?search=` matches names by
+//!   substring ignoring case, like the real search, a page at a time (`limit`, 20 by default
+//!   and at most 100; `offset`); `POST /api/3/tags` creates one (a name that differs from
+//!   an existing one only in case is a duplicate: 422);
 //! - `POST /api/3/contactTags` links an existing contact and tag (unknown ones are 422;
 //!   a repeat answers the existing link).
 
@@ -221,7 +223,7 @@ fn route(
             let matching: Vec<Value> = state
                 .tags
                 .iter()
-                .filter(|(_, name)| name.contains(&search))
+                .filter(|(_, name)| name.to_lowercase().contains(&search.to_lowercase()))
                 .map(|(id, name)| json!({"id": id.to_string(), "tag": name, "tagType": "contact"}))
                 .collect();
             let total = matching.len();
@@ -238,7 +240,11 @@ fn route(
                     json!({"errors": [{"title": "tag is required"}]}),
                 );
             };
-            if state.tags.values().any(|t| t == name) {
+            if state
+                .tags
+                .values()
+                .any(|t| t.to_lowercase() == name.to_lowercase())
+            {
                 return answer(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     json!({"errors": [{"title": "duplicate tag"}]}),

@@ -6,7 +6,10 @@
 //!   in the answer, as Mailchimp does ("… looks fake or invalid");
 //! - `POST …/members/{hash}/tags`: 404 for an unknown member; answers **204 even for a tag
 //!   it drops** (a name over 100 characters, or on `dropped_tags`): only a read-back shows it;
-//! - `GET …/members/{hash}/tags`: the member's tags;
+//!   tags are the audience's and case-insensitive: a name that differs from one of the
+//!   audience's only in case is that tag, and reads back as the audience spells it;
+//! - `GET …/members/{hash}/tags`: the member's tags a page at a time, as Mailchimp pages
+//!   (`count` 10 by default and at most 1,000; `offset`), with `total_items`;
 //! - `POST …/members/{hash}/events`: name of 2 to 30 of `[A-Za-z0-9_-]`, else 400; 204;
 //! - `POST /batches`: runs the operations (their `body` is a JSON string) and answers a
 //!   batch id; `GET /batches/{id}` says `started` once, then `finished` with counts.
@@ -165,7 +168,8 @@ async fn handle(
                 }
             }
         } else {
-            operate(&mc, &mut state, method.as_str(), &path, &body)
+            let query = uri.query().unwrap_or_default();
+            operate(&mc, &mut state, method.as_str(), &path, query, &body)
         }
     };
     let status = response.status().as_u16();
@@ -192,7 +196,11 @@ fn run_batch(mc: &FakeMailchimp, state: &mut McState, body: &str) -> Response {
         let path = op["path"].as_str().unwrap_or_default();
         let body = op["body"].as_str().unwrap_or_default();
         state.batch_operations += 1;
-        if !operate(mc, state, method, path, body).status().is_success() {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        if !operate(mc, state, method, path, query, body)
+            .status()
+            .is_success()
+        {
             errored += 1;
         }
     }
@@ -208,6 +216,7 @@ fn operate(
     state: &mut McState,
     method: &str,
     path: &str,
+    query: &str,
     body: &str,
 ) -> Response {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -297,6 +306,12 @@ fn operate(
         }
         ("POST", ["tags"]) => {
             let dropped = state.dropped_tags.clone();
+            // The audience's tags, by their lower-cased name.
+            let audience: BTreeMap<String, String> = (state.members.iter())
+                .filter(|((l, _), _)| l == list)
+                .flat_map(|(_, m)| m.tags.iter())
+                .map(|t| (t.to_lowercase(), t.clone()))
+                .collect();
             let Some(m) = state.members.get_mut(&key) else {
                 return problem(
                     StatusCode::NOT_FOUND,
@@ -309,10 +324,14 @@ fn operate(
                 if name.chars().count() > 100 || dropped.contains(name) {
                     continue; // the 204 says nothing about it
                 }
+                let name = audience
+                    .get(&name.to_lowercase())
+                    .cloned()
+                    .unwrap_or_else(|| name.to_owned());
                 if tag["status"].as_str() == Some("inactive") {
-                    m.tags.remove(name);
+                    m.tags.remove(&name);
                 } else {
-                    m.tags.insert(name.to_owned());
+                    m.tags.insert(name);
                 }
             }
             StatusCode::NO_CONTENT.into_response()
@@ -325,13 +344,25 @@ fn operate(
                     "no such member",
                 );
             };
+            let param = |name: &str| -> Option<usize> {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+            };
+            let count = param("count").unwrap_or(10).min(1000);
+            let offset = param("offset").unwrap_or(0);
             let tags: Vec<Value> = m
                 .tags
                 .iter()
                 .enumerate()
-                .map(|(i, t)| json!({"id": i + 1, "name": t}))
+                .skip(offset)
+                .take(count)
+                .map(|(i, t)| {
+                    json!({"id": i + 1, "name": t, "date_added": "2026-12-04T10:00:00+00:00"})
+                })
                 .collect();
-            axum::Json(json!({"tags": tags, "total_items": tags.len()})).into_response()
+            axum::Json(json!({"tags": tags, "total_items": m.tags.len()})).into_response()
         }
         ("POST", ["events"]) => {
             let Some(m) = state.members.get_mut(&key) else {

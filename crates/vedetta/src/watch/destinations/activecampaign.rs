@@ -13,15 +13,17 @@
 //! 1. `POST /api/3/contact/sync` `{"contact": {"email", "fieldValues": [{"field", "value"}]}}`
 //!    creates or updates the contact by e-mail and sets the mapped custom fields (a field
 //!    the user has but the configuration does not map is not sent);
-//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, exact name, page by
-//!    page) or created (`POST /api/3/tags`), then cached (and looked up afresh once when
-//!    linking a cached id is refused: the tag was deleted since);
+//! 2. each tag's id is looked up once (`GET /api/3/tags?search=`, the name case aside, as
+//!    ActiveCampaign compares tags; page by page) or created (`POST /api/3/tags`), then
+//!    cached (and looked up afresh once when linking a cached id is refused: the tag was
+//!    deleted since);
 //! 3. `POST /api/3/contactTags` `{"contactTag": {"contact", "tag"}}` adds it.
 //!
 //! Every request carries the `Api-Token` header. At most `requests_per_second` (5, the
 //! API's limit per account) requests leave per **account** (base URL), shared by every
-//! destination on that account; a 429 holds the whole account for its `Retry-After` and
-//! the push is retried by the sender then (every step is idempotent).
+//! destination on that account (at the lowest rate among them); a 429 holds the whole
+//! account for its `Retry-After` and the push is retried by the sender then (every step is
+//! idempotent).
 
 use super::{Secret, check_timeout, check_url, classify, key_error, transport_error};
 use crate::watch::crm::{self, CrmBatch, CrmDestination, CrmUser};
@@ -29,6 +31,7 @@ use crate::watch::destination::{Delivery, DeliveryError, Destination};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -97,12 +100,37 @@ impl ActiveCampaignConfig {
 }
 
 /// Paces the requests to one account; shared by every destination on it. A sliding
-/// window: a request leaves only when fewer than `per_second` left in the last second,
-/// plus a margin for the jitter between our send and their count.
+/// window: a request leaves only when fewer than the account's rate left in the last
+/// second, plus a margin for the jitter between our send and their count.
+///
+/// The rate is the account's, so the lowest `requests_per_second` of the destinations on
+/// it, while they exist ([`PacerLease`]): a destination set lower (to leave room for
+/// another integration on the account) is not outpaced by one set higher.
 #[derive(Debug)]
 struct Pacer {
-    per_second: usize,
+    /// Each live destination's rate, by its lease.
+    rates: Mutex<BTreeMap<u64, u32>>,
     state: tokio::sync::Mutex<PacerState>,
+}
+
+/// A destination's share in its account's pacer: its rate counts while it lives.
+#[derive(Debug)]
+struct PacerLease {
+    pacer: Arc<Pacer>,
+    id: u64,
+}
+
+impl std::ops::Deref for PacerLease {
+    type Target = Pacer;
+    fn deref(&self) -> &Pacer {
+        &self.pacer
+    }
+}
+
+impl Drop for PacerLease {
+    fn drop(&mut self) {
+        self.pacer.rates().remove(&self.id);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -121,14 +149,32 @@ const MAX_TAG_PAGES: usize = 10;
 const WINDOW_MARGIN: Duration = Duration::from_millis(100);
 
 impl Pacer {
+    fn rates(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u32>> {
+        self.rates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Requests a second to the account: the lowest rate of its destinations.
+    fn per_second(&self) -> usize {
+        self.rates()
+            .values()
+            .min()
+            .map_or(1, |r| (*r).max(1) as usize)
+    }
+
     /// Waits for this request's slot.
     async fn wait(&self) {
+        let per_second = self.per_second();
         let slot = {
             let mut state = self.state.lock().await;
             let mut slot = Instant::now().max(state.held_until.unwrap_or_else(Instant::now));
-            if state.sent.len() >= self.per_second
-                && let Some(oldest) = state.sent.pop_front()
-            {
+            // More slots than the rate when it was lowered since: the request must wait for
+            // the one `per_second` back, so every older one goes.
+            while state.sent.len() >= per_second {
+                let Some(oldest) = state.sent.pop_front() else {
+                    break;
+                };
                 slot = slot.max(oldest + Duration::from_secs(1) + WINDOW_MARGIN);
             }
             state.sent.push_back(slot);
@@ -144,23 +190,26 @@ impl Pacer {
     }
 }
 
-/// The pacer of an account, by its origin (`scheme://host:port`).
-fn pacer(base: &reqwest::Url, per_second: u32) -> Arc<Pacer> {
+/// A lease on the pacer of an account, by its origin (`scheme://host:port`), at this rate.
+fn pacer(base: &reqwest::Url, per_second: u32) -> PacerLease {
     static PACERS: OnceLock<Mutex<HashMap<String, Arc<Pacer>>>> = OnceLock::new();
+    static LEASES: AtomicU64 = AtomicU64::new(0);
     let origin = base.origin().ascii_serialization();
-    let mut pacers = PACERS
+    let pacer = PACERS
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    pacers
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .entry(origin)
         .or_insert_with(|| {
             Arc::new(Pacer {
-                per_second: per_second.max(1) as usize,
+                rates: Mutex::new(BTreeMap::new()),
                 state: tokio::sync::Mutex::new(PacerState::default()),
             })
         })
-        .clone()
+        .clone();
+    let id = LEASES.fetch_add(1, Ordering::Relaxed);
+    pacer.rates().insert(id, per_second);
+    PacerLease { pacer, id }
 }
 
 #[derive(Debug)]
@@ -169,7 +218,7 @@ pub struct ActiveCampaign {
     base: reqwest::Url,
     token: Secret,
     fields: BTreeMap<String, String>,
-    pacer: Arc<Pacer>,
+    pacer: PacerLease,
     /// Tag name → id, learned once.
     tag_ids: tokio::sync::Mutex<HashMap<String, String>>,
     client: reqwest::Client,
@@ -229,10 +278,15 @@ impl ActiveCampaign {
         serde_json::from_str(&body).map_err(|e| decode_error(what, e))
     }
 
-    /// The id of the tag named exactly `tag`. The search matches substrings and answers a
-    /// page at a time, so every page is read (up to [`MAX_TAG_PAGES`]): with more than a
-    /// page of tags containing the name, the exact one may be on any.
+    /// The id of the tag named `tag`, case aside: ActiveCampaign's tag names are
+    /// case-insensitive ("Tags should be treated as case-insensitive", API v3, Create a
+    /// tag), so `vip` is the account's `VIP` (creating it would be refused as a duplicate).
+    /// The exact spelling wins if the account has both. The search matches substrings and
+    /// answers a page at a time, so every page is read (up to [`MAX_TAG_PAGES`]): with more
+    /// than a page of tags containing the name, the one sought may be on any.
     async fn find_tag(&self, tag: &str) -> Result<Option<String>, DeliveryError> {
+        let folded = tag.to_lowercase();
+        let mut other_case = None;
         for page in 0..MAX_TAG_PAGES {
             let mut url = self.url(&["tags"]);
             url.query_pairs_mut()
@@ -243,18 +297,22 @@ impl ActiveCampaign {
                 .call("ActiveCampaign tag search", self.client.get(url))
                 .await?;
             let tags = found["tags"].as_array().map_or(&[][..], Vec::as_slice);
-            if let Some(id) = tags
-                .iter()
-                .find(|t| t["tag"].as_str() == Some(tag))
-                .and_then(|t| id_of(&t["id"]))
-            {
-                return Ok(Some(id));
+            for t in tags {
+                let (Some(name), Some(id)) = (t["tag"].as_str(), id_of(&t["id"])) else {
+                    continue;
+                };
+                if name == tag {
+                    return Ok(Some(id));
+                }
+                if other_case.is_none() && name.to_lowercase() == folded {
+                    other_case = Some(id);
+                }
             }
             if tags.len() < TAG_PAGE {
                 break;
             }
         }
-        Ok(None)
+        Ok(other_case)
     }
 
     async fn tag_id(&self, tag: &str) -> Result<String, DeliveryError> {

@@ -21,7 +21,8 @@
 //!    creates or updates the member (an existing member's status is left alone);
 //! 2. `POST /lists/{list}/members/{hash}/tags` `{"tags": [{"name", "status": "active"}]}`;
 //!    Mailchimp answers 204 even to some tag writes it drops, so the tags are **read back**
-//!    (`GET …/tags`) and a missing one refuses the push, naming the tag;
+//!    (`GET …/tags`, 100 names a page until the written ones are seen) and a missing one
+//!    refuses the push, naming the tag;
 //! 3. `POST /lists/{list}/members/{hash}/events` `{"name", "properties", "occurred_at"}`
 //!    for each event (properties carry `vedetta_batch`, the batch id, to tell a repeat).
 //!
@@ -37,7 +38,7 @@ use crate::watch::oauth2::{OAuth2Client, OAuth2Config, TokenVault};
 use md5::Digest;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use vedetta_core::watch::notification::Notification;
@@ -256,6 +257,12 @@ pub struct Mailchimp {
 /// One member's writes, as (method, path segments under the API root, body).
 type Operation = (reqwest::Method, Vec<String>, Option<Value>);
 
+/// Tag names per page of a read-back: 100 names of at most 100 characters are about 40 KB
+/// at worst, inside the 64 KiB an answer is read to.
+const TAG_PAGE: usize = 100;
+/// The most pages read back for one member (10,000 tags).
+const MAX_TAG_PAGES: usize = 100;
+
 fn decode_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
     DeliveryError::Retry {
         after: None,
@@ -417,29 +424,54 @@ impl Mailchimp {
     }
 
     /// Reads a member's tags back; a written tag that is not there refuses the push.
+    ///
+    /// A page at a time ([`TAG_PAGE`] names, nothing else asked of each): a member may hold
+    /// any number of tags, and an answer is read only up to 64 KiB (a cut one does not
+    /// decode). Reading stops once every written tag is seen, or at the member's last tag.
+    /// Names are compared case aside: an audience's tags are case-insensitive, and a tag
+    /// written `vip` where the audience has `VIP` is that tag, read back as `VIP`.
     async fn confirm_tags(&self, user: &CrmUser, email: &str) -> Result<(), DeliveryError> {
-        if user.tags.is_empty() {
+        let mut unseen: BTreeMap<String, &str> = (user.tags.iter())
+            .map(|t| (t.to_lowercase(), t.as_str()))
+            .collect();
+        let mut offset = 0;
+        for _ in 0..MAX_TAG_PAGES {
+            if unseen.is_empty() {
+                return Ok(());
+            }
+            let mut url = self.url(&self.member(&member_hash(email), &["tags"]));
+            url.query_pairs_mut()
+                .append_pair("fields", "tags.name,total_items")
+                .append_pair("count", &TAG_PAGE.to_string())
+                .append_pair("offset", &offset.to_string());
+            let answer = self
+                .call("Mailchimp tag read-back", reqwest::Method::GET, url, None)
+                .await?;
+            let page = answer["tags"].as_array().map_or(&[][..], Vec::as_slice);
+            for name in page.iter().filter_map(|t| t["name"].as_str()) {
+                unseen.remove(&name.to_lowercase());
+            }
+            offset += page.len();
+            let total = answer["total_items"].as_u64().unwrap_or(0);
+            if page.len() < TAG_PAGE || offset as u64 >= total {
+                break;
+            }
+        }
+        let Some((_, missing)) = unseen.first_key_value() else {
             return Ok(());
-        }
-        let mut url = self.url(&self.member(&member_hash(email), &["tags"]));
-        // At most 20 tags are written; ask for all of the member's.
-        url.query_pairs_mut().append_pair("count", "1000");
-        let answer = self
-            .call("Mailchimp tag read-back", reqwest::Method::GET, url, None)
-            .await?;
-        let present: BTreeSet<&str> = answer["tags"]
-            .as_array()
-            .map(|tags| tags.iter().filter_map(|t| t["name"].as_str()).collect())
-            .unwrap_or_default();
-        if let Some(missing) = user.tags.iter().find(|t| !present.contains(t.as_str())) {
-            return Err(DeliveryError::Refused {
-                reason: format!(
-                    "Mailchimp accepted tag {missing:?} (204) but did not store it: a tag name it \
-                     refuses; fix the trigger's tag"
-                ),
-            });
-        }
-        Ok(())
+        };
+        let reason = if offset >= TAG_PAGE * MAX_TAG_PAGES {
+            format!(
+                "Mailchimp accepted tag {missing:?} (204) but it is not among the member's \
+                 first {offset} tags, all that are read back: it cannot be confirmed"
+            )
+        } else {
+            format!(
+                "Mailchimp accepted tag {missing:?} (204) but did not store it: a tag name it \
+                 refuses; fix the trigger's tag"
+            )
+        };
+        Err(DeliveryError::Refused { reason })
     }
 
     async fn push_one_by_one(&self, batch: &CrmBatch) -> Result<(), DeliveryError> {
