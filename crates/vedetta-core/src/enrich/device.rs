@@ -239,7 +239,7 @@ const MAX_FRONT_SLOTS: usize = 512;
 ///
 /// Hashing a user agent (100–200 bytes) for the memo costs more than the rest of an event's
 /// enrichment, so a small direct-mapped front answers first: a slot by a few words sampled
-/// from the string ([`sampled`]), holding the last string that fell there, checked by
+/// from the string (`sampled`), holding the last string that fell there, checked by
 /// comparing the whole string. Clients can pick strings that share a slot, but that only
 /// makes them miss the front and go to the memo (a slot holds one string: nothing to walk),
 /// so the front can use a cheap unseeded sample where the memo needs its seeded hash of

@@ -34,7 +34,7 @@ pub struct Dims {
 /// Interner of dimension tuples and of (channel, campaign) pairs for spend.
 ///
 /// The lookup key is the tuple encoded part by part, each part prefixed with its length
-/// ([`tuple_key`]): two different tuples always have different keys, whatever characters
+/// (`tuple_key`): two different tuples always have different keys, whatever characters
 /// a client puts in a campaign name. (Joining the parts with a separator let
 /// `("a\u{1f}b", "c")` and `("a", "b\u{1f}c")` share one id.)
 #[derive(Debug, Clone)]

@@ -227,7 +227,7 @@ pub struct ActiveCampaign {
 fn decode_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
     DeliveryError::Retry {
         after: None,
-        reason: format!("ActiveCampaign {what}: the answer does not decode: {e}"),
+        reason: format!("{what}: the answer does not decode: {e}"),
     }
 }
 
@@ -336,7 +336,7 @@ impl ActiveCampaign {
                     .await;
                 match created {
                     Ok(created) => id_of(&created["tag"]["id"])
-                        .ok_or_else(|| decode_error("tag create", "no tag.id"))?,
+                        .ok_or_else(|| decode_error("ActiveCampaign tag create", "no tag.id"))?,
                     // Created meanwhile by someone else (another destination on the
                     // account): a 422 for the duplicate name; take theirs.
                     Err(DeliveryError::Refused { reason }) => match self.find_tag(tag).await? {
@@ -371,7 +371,7 @@ impl ActiveCampaign {
             )
             .await?;
         let contact = id_of(&synced["contact"]["id"])
-            .ok_or_else(|| decode_error("contact sync", "no contact.id"))?;
+            .ok_or_else(|| decode_error("ActiveCampaign contact sync", "no contact.id"))?;
         for tag in &user.tags {
             let cached = self.tag_ids.lock().await.contains_key(tag);
             let tag_id = self.tag_id(tag).await?;

@@ -266,7 +266,7 @@ const MAX_TAG_PAGES: usize = 100;
 fn decode_error(what: &str, e: impl std::fmt::Display) -> DeliveryError {
     DeliveryError::Retry {
         after: None,
-        reason: format!("Mailchimp {what}: the answer does not decode: {e}"),
+        reason: format!("{what}: the answer does not decode: {e}"),
     }
 }
 
@@ -526,7 +526,7 @@ impl Mailchimp {
         let id = started["id"]
             .as_str()
             .filter(|id| !id.is_empty() && id.len() <= 64)
-            .ok_or_else(|| decode_error("batch", "no id"))?
+            .ok_or_else(|| decode_error("Mailchimp batch", "no id"))?
             .to_owned();
         let deadline = tokio::time::Instant::now() + BATCH_WAIT;
         let status = loop {
@@ -551,7 +551,10 @@ impl Mailchimp {
         };
         // Not a whole number (or missing) is not "none failed": the batch is not known good.
         let errored = status["errored_operations"].as_u64().ok_or_else(|| {
-            decode_error(&format!("batch {id} status"), "no whole errored_operations")
+            decode_error(
+                &format!("Mailchimp batch {id} status"),
+                "no whole errored_operations",
+            )
         })?;
         if errored > 0 {
             return Err(DeliveryError::Retry {
