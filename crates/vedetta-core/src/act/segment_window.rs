@@ -32,13 +32,14 @@
 //! interned. Only the minutes of the longest segment window are kept: after minute end `t`
 //! is judged, the minutes that start before `t + 1m − longest` are dropped, and **a late
 //! delta for a minute already dropped is ignored** (counted: [`SegmentWindow::ignored`]):
-//! no later judgement would read it. Deltas for a
-//! minute further than the out-of-orderness plus a day ahead of the last minute judged
-//! (spend dated in the future: events cannot be that far ahead of the watermark) are
-//! ignored too, and counted: when that minute comes, its window lacks
-//! that spend, which the store has. Memory is then bounded by (longest window +
-//! out-of-orderness + a day) × (channel, campaign) pairs per minute, and the name tables by
-//! the pipeline's own bounds on channels and campaigns (they only grow, as its table does).
+//! no later judgement would read it. Deltas for a minute further than the out-of-orderness
+//! plus a day ahead of the last minute judged (spend dated in the future: events cannot be
+//! that far ahead of the watermark) are ignored too, and counted: when that minute comes,
+//! its window lacks that spend, which the store has. Memory is then bounded by (longest
+//! window + out-of-orderness + a day) × (channel, campaign) pairs per minute, and the name
+//! tables by the pipeline's own bounds on channels and campaigns (they only grow, as its
+//! table does). Name ids follow the order deltas were taken in, so two runs with other
+//! batch boundaries hold equal windows under other ids: the totals, by name, are equal.
 //!
 //! A cell whose rows sum to zero counts as no row (the store drops a row that sums to
 //! zero; rows of one pair that cancel each other across devices or regions would be
@@ -256,10 +257,10 @@ impl SegmentWindow {
 
     /// Call after every `Pipeline::process`, with that pipeline. When the watermark has
     /// reached the next minute end, the deltas so far enter the window and `judge` is
-    /// called for every minute end passed, in order, with the window holding them (judge
-    /// the segment triggers there: [`Self::group_totals`]). Otherwise it is one compare.
+    /// called for every minute end passed, in order, with that minute's totals (judge the
+    /// segment triggers there: [`MinuteTotals::of`]). Otherwise it is one compare.
     #[inline]
-    pub fn after_record<F: FnMut(i64, &SegmentWindow)>(
+    pub fn after_record<F: FnMut(&mut MinuteTotals<'_>)>(
         &mut self,
         pipeline: &mut Pipeline,
         mut judge: F,
@@ -276,21 +277,25 @@ impl SegmentWindow {
         &mut self,
         pipeline: &mut Pipeline,
         watermark: i64,
-        judge: &mut dyn FnMut(i64, &SegmentWindow),
+        judge: &mut dyn FnMut(&mut MinuteTotals<'_>),
     ) {
         let last_end = watermark.div_euclid(MINUTE) * MINUTE;
         match self.longest_ms {
-            None => judge(last_end, self),
+            None => judge(&mut MinuteTotals::new(self, last_end)),
             Some(_) => {
                 let part = pipeline.take_deltas_within_batch();
                 self.add(pipeline, &part);
-                self.early.merge(part);
+                if self.early.is_empty() {
+                    self.early = part;
+                } else {
+                    self.early.merge(part);
+                }
                 let mut m = self
                     .state
                     .judged_through_ms
                     .map_or(last_end, |t| t + MINUTE);
                 while m <= last_end {
-                    judge(m, self);
+                    judge(&mut MinuteTotals::new(self, m));
                     m += MINUTE;
                 }
             }
@@ -321,9 +326,17 @@ impl SegmentWindow {
         if self.early.is_empty() {
             return rest;
         }
-        let mut all = std::mem::take(&mut self.early);
-        all.merge(rest);
-        all
+        // The smaller into the larger, each row's sum in the order of the takes.
+        let early = std::mem::take(&mut self.early);
+        if early.len() >= rest.len() {
+            let mut all = early;
+            all.merge(rest);
+            all
+        } else {
+            let mut all = rest;
+            all.merge_earlier(early);
+            all
+        }
     }
 
     /// Adds the 1-minute rows of `deltas` (taken from `pipeline`) to the window.
@@ -453,7 +466,8 @@ impl SegmentWindow {
 
     /// A segment trigger's rule's totals by group over `[minute_end − over, minute_end)`:
     /// what [`group_totals`] gives over the store's rows, for a minute end being judged
-    /// (see the module docs). Custom event names come sorted.
+    /// (see the module docs). Custom event names come sorted. (When judging, ask
+    /// [`MinuteTotals::of`]: rules of one shape share the sums.)
     ///
     /// [`group_totals`]: crate::watch::evaluate::group_totals
     pub fn group_totals(&self, rule: &Rule, minute_end: i64) -> HashMap<Vec<String>, GroupTotals> {
@@ -562,5 +576,49 @@ impl SegmentWindow {
             }
             Some((&found, _)) => Err(SegmentWindowError::Version { found }),
         }
+    }
+}
+
+/// How a rule groups, filters and windows the rows: rules of one shape have the same totals.
+type Shape = (Vec<Dimension>, Vec<(Dimension, String)>, i64);
+
+/// The window's totals at one minute end being judged, made once per shape of rule (a
+/// realistic set has 88 segment triggers of 8 shapes).
+#[derive(Debug)]
+pub struct MinuteTotals<'a> {
+    window: &'a SegmentWindow,
+    minute_end: i64,
+    by_shape: HashMap<Shape, HashMap<Vec<String>, GroupTotals>>,
+}
+
+impl<'a> MinuteTotals<'a> {
+    fn new(window: &'a SegmentWindow, minute_end: i64) -> Self {
+        Self {
+            window,
+            minute_end,
+            by_shape: HashMap::new(),
+        }
+    }
+
+    /// The minute end being judged.
+    pub fn minute_end(&self) -> i64 {
+        self.minute_end
+    }
+
+    /// The window, as it is at this minute end.
+    pub fn window(&self) -> &'a SegmentWindow {
+        self.window
+    }
+
+    /// The rule's totals by group ([`SegmentWindow::group_totals`] at this minute end),
+    /// made once for the rules of one shape and given to each (the engine takes them
+    /// owned).
+    pub fn of(&mut self, rule: &Rule) -> HashMap<Vec<String>, GroupTotals> {
+        let shape: Shape = (rule.group_by.clone(), rule.filter.clone(), rule.over_ms);
+        let (window, minute_end) = (self.window, self.minute_end);
+        self.by_shape
+            .entry(shape)
+            .or_insert_with(|| window.group_totals(rule, minute_end))
+            .clone()
     }
 }

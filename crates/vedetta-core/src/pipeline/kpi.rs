@@ -236,6 +236,47 @@ impl KpiDeltas {
         }
     }
 
+    /// [`Self::merge`] the other way round: adds `earlier`, changes taken before these, to
+    /// these, with the same result (each row's sum in the order of the takes). Merge the
+    /// smaller into the larger: the cost is a lookup per row merged.
+    pub fn merge_earlier(&mut self, earlier: KpiDeltas) {
+        for (key, mut change) in earlier.rows {
+            match self.rows.entry(key) {
+                Entry::Occupied(mut row) => {
+                    change.add(row.get());
+                    if change.is_zero() {
+                        row.remove();
+                    } else {
+                        *row.get_mut() = change;
+                    }
+                }
+                Entry::Vacant(row) => {
+                    row.insert(change);
+                }
+            }
+        }
+        for (key, mut change) in earlier.spend_micros {
+            match self.spend_micros.entry(key) {
+                Entry::Occupied(mut row) => {
+                    change.add(*row.get());
+                    if change.is_zero() {
+                        row.remove();
+                    } else {
+                        *row.get_mut() = change;
+                    }
+                }
+                Entry::Vacant(row) => {
+                    row.insert(change);
+                }
+            }
+        }
+    }
+
+    /// Rows and spend rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len() + self.spend_micros.len()
+    }
+
     /// Drops changes that cancelled out.
     pub fn compact(&mut self) {
         self.rows.retain(|_, counters| !counters.is_zero());
@@ -387,6 +428,10 @@ mod tests {
         merged.merge(take(second, &spends[1..]));
         assert_eq!(merged.rows, once.rows);
         assert_eq!(merged.spend_micros, once.spend_micros);
+        let mut merged_the_other_way = take(second, &spends[1..]);
+        merged_the_other_way.merge_earlier(take(first, &spends[..1]));
+        assert_eq!(merged_the_other_way.rows, once.rows);
+        assert_eq!(merged_the_other_way.spend_micros, once.spend_micros);
         // The cancelled row and spend are gone; the custom names keep their first order.
         assert_eq!(merged.rows.len(), 2);
         assert_eq!(

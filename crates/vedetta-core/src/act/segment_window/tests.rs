@@ -231,9 +231,9 @@ fn judged_by_the_window(
         for record in &records[offset..end] {
             pipeline.process(offset as u64, record);
             offset += 1;
-            window.after_record(&mut pipeline, |m, w| {
-                let totals = rules.iter().map(|r| sorted(w.group_totals(r, m))).collect();
-                judged.push((m, totals));
+            window.after_record(&mut pipeline, |t| {
+                let totals = rules.iter().map(|r| sorted(t.of(r))).collect();
+                judged.push((t.minute_end(), totals));
             });
         }
         let deltas = window.take_batch_deltas(&mut pipeline);
@@ -450,7 +450,8 @@ fn memory_is_bounded_by_the_longest_window() {
     let mut pairs_seen = BTreeSet::new();
     for (offset, record) in records.iter().enumerate() {
         pipeline.process(offset as u64, record);
-        window.after_record(&mut pipeline, |m, w| {
+        window.after_record(&mut pipeline, |t| {
+            let (m, w) = (t.minute_end(), t.window());
             judged += 1;
             let (minutes, cells) = w.held();
             most = (most.0.max(minutes), most.1.max(cells));
@@ -506,7 +507,9 @@ fn a_restored_window_continues_identically() {
                 SegmentWindow::restore(&triggers, config().out_of_orderness_ms, state).unwrap();
         }
         pipeline.process(offset as u64, record);
-        window.after_record(&mut pipeline, |m, w| {
+        window.after_record(&mut pipeline, |t| {
+            let m = t.minute_end();
+            let w = t.window();
             judged.push((
                 m,
                 rules.iter().map(|r| sorted(w.group_totals(r, m))).collect(),
@@ -532,7 +535,7 @@ fn encoding_is_refused_within_a_batch_and_other_formats_are_named() {
     .enumerate()
     {
         pipeline.process(offset as u64, record);
-        window.after_record(&mut pipeline, |_, _| {});
+        window.after_record(&mut pipeline, |_| {});
     }
     assert_eq!(window.encode(), Err(SegmentWindowError::MidBatch));
     window.take_batch_deltas(&mut pipeline);
@@ -586,7 +589,7 @@ fn without_segment_triggers_only_the_time_is_reported() {
     .enumerate()
     {
         pipeline.process(offset as u64, record);
-        window.after_record(&mut pipeline, |m, _| ends.push(m));
+        window.after_record(&mut pipeline, |t| ends.push(t.minute_end()));
     }
     assert_eq!(ends, vec![T0, T0 + 5 * MIN]);
     assert_eq!(window.held(), (0, 0));
