@@ -99,19 +99,17 @@ fn traffic(seed: u64, records: usize) -> Vec<LogRecord> {
     out
 }
 
-/// The 1-minute rows and spend the KPI store holds, by name, as the processor commits them.
+/// The rows and spend the KPI store holds (every granularity), by name, as the processor
+/// commits them.
 #[derive(Debug, Default, PartialEq)]
 struct Store {
-    rows: BTreeMap<(i64, [String; 4]), KpiCounters>,
-    spend: BTreeMap<(i64, String, String), SpendCounters>,
+    rows: BTreeMap<(Granularity, i64, [String; 4]), KpiCounters>,
+    spend: BTreeMap<(Granularity, i64, String, String), SpendCounters>,
 }
 
 impl Store {
     fn commit(&mut self, pipeline: &Pipeline, deltas: KpiDeltas) {
         for (key, change) in deltas.rows {
-            if key.granularity != Granularity::Minute {
-                continue;
-            }
             let d = pipeline.dims(key.dims).unwrap();
             let names = [
                 d.channel.clone(),
@@ -119,21 +117,21 @@ impl Store {
                 d.device.clone(),
                 d.region.clone(),
             ];
-            let row = self
-                .rows
-                .entry((key.window_start, names.clone()))
-                .or_default();
+            let k = (key.granularity, key.window_start, names);
+            let row = self.rows.entry(k.clone()).or_default();
             row.add(&change);
             if row.is_zero() {
-                self.rows.remove(&(key.window_start, names));
+                self.rows.remove(&k);
             }
         }
         for (key, change) in deltas.spend_micros {
-            if key.granularity != Granularity::Minute {
-                continue;
-            }
             let d = pipeline.dims(key.channel_campaign).unwrap();
-            let k = (key.window_start, d.channel.clone(), d.campaign.clone());
+            let k = (
+                key.granularity,
+                key.window_start,
+                d.channel.clone(),
+                d.campaign.clone(),
+            );
             let spend = self.spend.entry(k.clone()).or_default();
             spend.add(change);
             if spend.is_zero() {
@@ -146,16 +144,20 @@ impl Store {
     fn window(&self, from: i64, to: i64) -> WindowData {
         WindowData {
             rows: (self.rows.iter())
-                .filter(|((start, _), _)| (from..to).contains(start))
-                .map(|((start, dims), counters)| MinuteRow {
+                .filter(|((g, start, _), _)| {
+                    *g == Granularity::Minute && (from..to).contains(start)
+                })
+                .map(|((_, start, dims), counters)| MinuteRow {
                     window_start: *start,
                     dims: dims.clone(),
                     counters: counters.clone(),
                 })
                 .collect(),
             spend: (self.spend.iter())
-                .filter(|((start, ..), _)| (from..to).contains(start))
-                .map(|((start, channel, campaign), spend)| SpendMinute {
+                .filter(|((g, start, ..), _)| {
+                    *g == Granularity::Minute && (from..to).contains(start)
+                })
+                .map(|((_, start, channel, campaign), spend)| SpendMinute {
                     window_start: *start,
                     channel: channel.clone(),
                     campaign: campaign.clone(),
