@@ -20,9 +20,8 @@
 //! trigger consumer reads the store when its thread gets to it: late events can already
 //! be in, or not yet.)
 //!
-//! **The processor keeps committing every delta.** The 1-minute deltas taken at a minute's
-//! end (the hour and day ones stay in the pipeline) are kept here and merged, in order,
-//! with the rest of the batch's by
+//! **The processor keeps committing every delta.** The deltas taken at a minute's end are
+//! kept here and merged, in order, with the rest of the batch's by
 //! [`SegmentWindow::take_batch_deltas`], which replaces `Pipeline::take_deltas` at the end
 //! of each batch (and of each batch replayed from a snapshot, so that the window is rebuilt
 //! with the pipeline): the store receives the same sums as before.
@@ -284,7 +283,7 @@ impl SegmentWindow {
         match self.longest_ms {
             None => judge(&mut MinuteTotals::new(self, last_end)),
             Some(_) => {
-                let part = pipeline.take_minute_deltas_within_batch();
+                let part = pipeline.take_deltas_within_batch();
                 self.add(pipeline, &part);
                 if self.early.is_empty() {
                     self.early = part;

@@ -516,26 +516,16 @@ impl Pipeline {
         deltas
     }
 
-    /// Takes the 1-minute changes (rows and spend) accumulated since the last take, in the
-    /// middle of a batch (for the segment window, `act::segment_window`, at a minute's
-    /// end). The hour and day changes stay for [`Self::take_deltas`], and so do the
-    /// memories recalled for the batch's remaining records. The batch's later changes,
-    /// taken at its end, add to these with [`KpiDeltas::merge`].
-    pub fn take_minute_deltas_within_batch(&mut self) -> KpiDeltas {
+    /// Takes the changes accumulated since the last take in the middle of a batch (for the
+    /// segment window, `act::segment_window`, at a minute's end): as [`Self::take_deltas`],
+    /// but the memories recalled for the batch stay for its remaining records. The batch's
+    /// later changes, taken at its end, add to these with [`KpiDeltas::merge`].
+    pub fn take_deltas_within_batch(&mut self) -> KpiDeltas {
         self.minutes.fold_into(&mut self.deltas, &mut self.calendar);
-        let minute = |granularity: Granularity| granularity == Granularity::Minute;
-        let mut taken = KpiDeltas::default();
-        taken.rows.extend(
-            (self.deltas.rows)
-                .extract_if(|key, _| minute(key.granularity))
-                .filter(|(_, counters)| !counters.is_zero()),
-        );
-        taken.spend_micros.extend(
-            (self.deltas.spend_micros)
-                .extract_if(|key, _| minute(key.granularity))
-                .filter(|(_, spend)| !spend.is_zero()),
-        );
-        taken
+        let next = KpiDeltas::with_capacity(self.deltas.rows.len(), self.deltas.spend_micros.len());
+        let mut deltas = std::mem::replace(&mut self.deltas, next);
+        deltas.compact();
+        deltas
     }
 
     /// Processes the record at `offset`. Records must come in log order, each once.
