@@ -319,10 +319,9 @@ impl SegmentWindow {
     /// KPI store; the rest enters the window.
     pub fn take_batch_deltas(&mut self, pipeline: &mut Pipeline) -> KpiDeltas {
         let rest = pipeline.take_deltas();
-        if self.longest_ms.is_none() {
-            return rest;
-        }
         self.add(pipeline, &rest);
+        // Even with no segment trigger left (a reload within the batch), what was taken
+        // early goes to the store.
         if self.early.is_empty() {
             return rest;
         }

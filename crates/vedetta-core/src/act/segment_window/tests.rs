@@ -597,3 +597,39 @@ fn without_segment_triggers_only_the_time_is_reported() {
     assert_eq!(window.held(), (0, 0));
     assert!(!window.take_batch_deltas(&mut pipeline).is_empty());
 }
+
+/// Deltas taken at a minute's end go to the store even when a reload within the batch left
+/// no segment trigger.
+#[test]
+fn a_reload_within_a_batch_loses_no_delta() {
+    let records = [
+        spend(T0, 1.0),
+        purchase(1, T0 + 10 * SEC),
+        purchase(2, T0 + 70 * SEC),
+        purchase(3, T0 + 80 * SEC),
+    ];
+    let mut alone = Pipeline::new(config(), None);
+    let mut expected = Store::default();
+    for (offset, record) in records.iter().enumerate() {
+        alone.process(offset as u64, record);
+    }
+    let deltas = alone.take_deltas();
+    expected.commit(&alone, deltas);
+
+    let mut pipeline = Pipeline::new(config(), None);
+    let mut window = SegmentWindow::new(&triggers(), 5_000).unwrap();
+    for (offset, record) in records.iter().enumerate() {
+        pipeline.process(offset as u64, record);
+        window.after_record(&mut pipeline, |_| {});
+        if offset == 2 {
+            // T0 + 1m was judged at this record: its deltas were taken.
+            assert_eq!(window.state().judged_through_ms, Some(T0 + MIN));
+            window.set_triggers(&[]).unwrap();
+        }
+    }
+    let mut store = Store::default();
+    let deltas = window.take_batch_deltas(&mut pipeline);
+    store.commit(&pipeline, deltas);
+    assert_eq!(store, expected);
+    assert_eq!(window.held(), (0, 0));
+}
