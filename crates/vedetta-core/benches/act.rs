@@ -20,6 +20,7 @@ use std::sync::Arc;
 use vedetta_core::EventKind;
 use vedetta_core::LogRecord;
 use vedetta_core::act::engine::{ActState, Engine};
+use vedetta_core::act::segment_window::SegmentWindow;
 use vedetta_core::act::triggers::{RawTrigger, Trigger, check_triggers};
 use vedetta_core::enrich::{EnrichConfig, MmdbRegionLookup, RegionLookup, campaign_of, channel_of};
 use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
@@ -370,13 +371,106 @@ fn pipeline_alone(bencher: Bencher<'_, '_>) {
         .counter(ItemsCount::new(records.len()))
         .with_inputs(|| Pipeline::new(config.clone(), Some(Arc::clone(&regions))))
         .bench_local_values(|mut pipeline| {
-            for (chunk_index, chunk) in records.chunks(DELTAS_EVERY).enumerate() {
-                let base = (chunk_index * DELTAS_EVERY) as u64;
-                for (i, record) in chunk.iter().enumerate() {
-                    pipeline.process(base + i as u64, black_box(record));
-                }
-                black_box(pipeline.take_deltas());
-            }
+            run_pipeline_alone(&mut pipeline, &records);
             pipeline
         });
+}
+
+/// The processor's loop: every record, the deltas taken after each read of
+/// [`DELTAS_EVERY`]. (Its own function, for `callgrind --toggle-collect`.)
+#[inline(never)]
+fn run_pipeline_alone(pipeline: &mut Pipeline, records: &[LogRecord]) {
+    for (chunk_index, chunk) in records.chunks(DELTAS_EVERY).enumerate() {
+        let base = (chunk_index * DELTAS_EVERY) as u64;
+        for (i, record) in chunk.iter().enumerate() {
+            pipeline.process(base + i as u64, black_box(record));
+        }
+        black_box(pipeline.take_deltas());
+    }
+}
+
+/// The processor's loop with a [`SegmentWindow`] fed (stage 2 of "The next shape"): after
+/// every record its minute check, at a minute's end the deltas so far taken into it, at
+/// every read's end the batch's deltas taken through it. With `totals`, every segment
+/// trigger's window totals are made at every minute end judged (what `judge_minute` would
+/// read); without, nothing is judged. Returns the minutes judged.
+#[inline(never)]
+fn run_pipeline_with_window(
+    pipeline: &mut Pipeline,
+    window: &mut SegmentWindow,
+    rules: &[&Rule],
+    records: &[LogRecord],
+    totals: bool,
+) -> usize {
+    let mut minutes = 0;
+    for (chunk_index, chunk) in records.chunks(DELTAS_EVERY).enumerate() {
+        let base = (chunk_index * DELTAS_EVERY) as u64;
+        for (i, record) in chunk.iter().enumerate() {
+            pipeline.process(base + i as u64, black_box(record));
+            window.after_record(pipeline, |t| {
+                minutes += 1;
+                if totals {
+                    for rule in rules {
+                        black_box(t.of(rule));
+                    }
+                }
+            });
+        }
+        black_box(window.take_batch_deltas(pipeline));
+    }
+    minutes
+}
+
+fn segment_rules(triggers: &[Trigger]) -> Vec<&Rule> {
+    triggers
+        .iter()
+        .filter_map(|t| match &t.kind {
+            vedetta_core::act::triggers::TriggerKind::SegmentCpa { rule, .. } => Some(&**rule),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pipeline_with_window(bencher: Bencher<'_, '_>, totals: bool) {
+    let records = records();
+    let regions = regions();
+    let config = PipelineConfig {
+        enrich: EnrichConfig {
+            internal_hosts: vec!["www.bottega.example".into()],
+            ..EnrichConfig::default()
+        },
+        ..PipelineConfig::default()
+    };
+    let triggers = mix_triggers();
+    let rules = segment_rules(&triggers);
+    let window =
+        || SegmentWindow::new(&triggers, config.out_of_orderness_ms).expect("segment triggers");
+    bencher
+        .counter(ItemsCount::new(records.len()))
+        .with_inputs(|| {
+            (
+                Pipeline::new(config.clone(), Some(Arc::clone(&regions))),
+                window(),
+            )
+        })
+        .bench_local_values(|(mut pipeline, mut window)| {
+            let minutes =
+                run_pipeline_with_window(&mut pipeline, &mut window, &rules, &records, totals);
+            (pipeline, window, minutes)
+        });
+}
+
+/// `pipeline_alone` with a segment window fed for the realistic mix's 88 segment
+/// triggers (longest window 60 minutes), nothing judged: the cost of feeding it.
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn pipeline_feeding_segment_window(bencher: Bencher<'_, '_>) {
+    pipeline_with_window(bencher, false);
+}
+
+/// As `pipeline_feeding_segment_window`, and at every minute end the window totals of
+/// each of the 88 segment triggers (`MinuteTotals::of`: made once per shape, cloned for
+/// each trigger, as the engine would take them).
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn pipeline_feeding_segment_window_and_totals(bencher: Bencher<'_, '_>) {
+    pipeline_with_window(bencher, true);
 }

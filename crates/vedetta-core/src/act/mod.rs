@@ -9,8 +9,11 @@
 //!
 //! - [`triggers`]: the TOML shape and its validation.
 //! - [`engine`]: the state machines, pure and deterministic.
+//! - [`segment_window`]: the 1-minute rows segment triggers are judged on, from the
+//!   pipeline's own deltas, judged at the record whose watermark passes a minute's end.
 //! - [`push`]: what goes out, and the `seed` payload.
 
 pub mod engine;
 pub mod push;
+pub mod segment_window;
 pub mod triggers;

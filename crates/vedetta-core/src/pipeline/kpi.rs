@@ -250,6 +250,80 @@ impl KpiDeltas {
         self.rows.is_empty() && self.spend_micros.is_empty()
     }
 
+    /// Adds `later`, changes taken after these, to these: two takes of one batch merged in
+    /// order are what one take at its end would have given (the same sums; a row whose
+    /// changes cancel out is dropped, as [`Self::compact`] does; custom event names stay in
+    /// the order they first came).
+    pub fn merge(&mut self, later: KpiDeltas) {
+        for (key, change) in later.rows {
+            match self.rows.entry(key) {
+                Entry::Occupied(mut row) => {
+                    row.get_mut().add(&change);
+                    if row.get().is_zero() {
+                        row.remove();
+                    }
+                }
+                Entry::Vacant(row) => {
+                    row.insert(change);
+                }
+            }
+        }
+        for (key, change) in later.spend_micros {
+            match self.spend_micros.entry(key) {
+                Entry::Occupied(mut row) => {
+                    row.get_mut().add(change);
+                    if row.get().is_zero() {
+                        row.remove();
+                    }
+                }
+                Entry::Vacant(row) => {
+                    row.insert(change);
+                }
+            }
+        }
+    }
+
+    /// [`Self::merge`] the other way round: adds `earlier`, changes taken before these, to
+    /// these, with the same result (each row's sum in the order of the takes). Merge the
+    /// smaller into the larger: the cost is a lookup per row merged.
+    pub fn merge_earlier(&mut self, earlier: KpiDeltas) {
+        for (key, mut change) in earlier.rows {
+            match self.rows.entry(key) {
+                Entry::Occupied(mut row) => {
+                    change.add(row.get());
+                    if change.is_zero() {
+                        row.remove();
+                    } else {
+                        *row.get_mut() = change;
+                    }
+                }
+                Entry::Vacant(row) => {
+                    row.insert(change);
+                }
+            }
+        }
+        for (key, mut change) in earlier.spend_micros {
+            match self.spend_micros.entry(key) {
+                Entry::Occupied(mut row) => {
+                    change.add(*row.get());
+                    if change.is_zero() {
+                        row.remove();
+                    } else {
+                        *row.get_mut() = change;
+                    }
+                }
+                Entry::Vacant(row) => {
+                    row.insert(change);
+                }
+            }
+        }
+    }
+
+    /// Rows and spend rows held.
+    pub fn len(&self) -> usize {
+        self.rows.len() + self.spend_micros.len()
+    }
+
     /// Drops changes that cancelled out.
     pub fn compact(&mut self) {
         self.rows.retain(|_, counters| !counters.is_zero());
@@ -344,6 +418,81 @@ mod tests {
             window_start: 0,
             channel_campaign: 1,
         }
+    }
+
+    fn minute(window_start: i64, dims: DimsId) -> KpiKey {
+        KpiKey {
+            granularity: Granularity::Minute,
+            window_start,
+            dims,
+        }
+    }
+
+    fn counters(sessions: i64, custom: &[(&str, i64)]) -> KpiCounters {
+        KpiCounters {
+            sessions,
+            custom_events: custom.iter().map(|(n, c)| (n.to_string(), *c)).collect(),
+            ..KpiCounters::default()
+        }
+    }
+
+    #[test]
+    fn merging_two_takes_gives_what_one_take_gives() {
+        // One take over both spans: the changes summed in order, then compacted.
+        let changes: [(KpiKey, KpiCounters); 5] = [
+            (minute(0, 1), counters(1, &[("quiz", 1)])),
+            (minute(0, 2), counters(1, &[])),
+            (minute(60_000, 1), counters(2, &[])),
+            // After the split: one row cancels out, one gains a second custom name.
+            (minute(0, 2), counters(-1, &[])),
+            (minute(0, 1), counters(0, &[("poll", 2)])),
+        ];
+        let spends = [
+            (key(), SpendCounters::record(5)),
+            (key(), SpendCounters::record(-5)),
+        ];
+        let mut once = KpiDeltas::default();
+        for (k, c) in &changes {
+            once.row(*k).add(c);
+        }
+        for (k, c) in spends {
+            once.add_spend(k, c);
+        }
+        once.compact();
+        let (first, second) = changes.split_at(3);
+        let take = |rows: &[(KpiKey, KpiCounters)], spend: &[(SpendKey, SpendCounters)]| {
+            let mut d = KpiDeltas::default();
+            for (k, c) in rows {
+                d.row(*k).add(c);
+            }
+            for (k, c) in spend {
+                d.add_spend(*k, *c);
+            }
+            d.compact();
+            d
+        };
+        let mut merged = take(first, &spends[..1]);
+        merged.merge(take(second, &spends[1..]));
+        assert_eq!(merged.rows, once.rows);
+        assert_eq!(merged.spend_micros, once.spend_micros);
+        let mut merged_the_other_way = take(second, &spends[1..]);
+        merged_the_other_way.merge_earlier(take(first, &spends[..1]));
+        assert_eq!(merged_the_other_way.rows, once.rows);
+        assert_eq!(merged_the_other_way.spend_micros, once.spend_micros);
+        // The cancelled row and spend are gone; the custom names keep their first order.
+        assert_eq!(merged.rows.len(), 2);
+        assert_eq!(
+            merged.rows[&minute(0, 1)].custom_events,
+            vec![("quiz".to_string(), 1), ("poll".to_string(), 2)]
+        );
+        // Spend records of 0 total money still count: two records, 0 micros, kept.
+        assert_eq!(
+            merged.spend_micros.get(&key()),
+            Some(&SpendCounters {
+                micros: 0,
+                records: 2
+            })
+        );
     }
 
     #[test]

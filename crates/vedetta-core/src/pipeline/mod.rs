@@ -516,6 +516,18 @@ impl Pipeline {
         deltas
     }
 
+    /// Takes the changes accumulated since the last take in the middle of a batch (for the
+    /// segment window, `act::segment_window`, at a minute's end): as [`Self::take_deltas`],
+    /// but the memories recalled for the batch stay for its remaining records. The batch's
+    /// later changes, taken at its end, add to these with [`KpiDeltas::merge`].
+    pub fn take_deltas_within_batch(&mut self) -> KpiDeltas {
+        self.minutes.fold_into(&mut self.deltas, &mut self.calendar);
+        let next = KpiDeltas::with_capacity(self.deltas.rows.len(), self.deltas.spend_micros.len());
+        let mut deltas = std::mem::replace(&mut self.deltas, next);
+        deltas.compact();
+        deltas
+    }
+
     /// Processes the record at `offset`. Records must come in log order, each once.
     pub fn process(&mut self, offset: u64, record: &LogRecord) {
         match record {
