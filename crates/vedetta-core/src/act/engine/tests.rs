@@ -887,3 +887,55 @@ fn a_reload_keeps_the_cooldowns_of_the_triggers_that_stay() {
         (None, None, Some(TriggerId(0)))
     );
 }
+
+/// Stage 1 of the plan for the 10 % target (docs/triggers.md): a one-event user's stored
+/// row is tens of bytes (177 with its texts as strings), and the per-user facts in
+/// memory hold no text.
+#[test]
+fn a_one_event_user_s_row_is_tens_of_bytes() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    let mut e = view(1, T0, "divano-letto-matrimoniale-grigio");
+    e.campaign = Some("saldi-invernali-2026-retargeting".into());
+    e.event_id = Some("0b9c7a1e-52f4-4d1f-9a55-3f0a8e2f7c11".into());
+    engine.observe(&e, &mut out);
+    let changes = engine.take_changes().unwrap();
+    let row = &changes.users[0];
+    assert_eq!(row.0, 0);
+    let bytes = row.1.as_ref().unwrap().len();
+    // The same facts in the row format before (texts as strings).
+    let facts = &engine.state().users[&user(1)];
+    let texts = &engine.state().texts;
+    let text = |id: TextId| texts.get(id).unwrap().to_owned();
+    let (c, k, at) = facts.touch.unwrap();
+    let intent = &facts.intents[0];
+    let before = super::legacy::UserFactsV1 {
+        marketing: facts.marketing,
+        last_seen_ms: facts.last_seen_ms,
+        touch: Some((text(c), text(k), at)),
+        intents: vec![super::legacy::IntentV1 {
+            at_ms: intent.at_ms,
+            add_to_cart: intent.add_to_cart,
+            dims: [text(intent.dims[0]), text(intent.dims[1])],
+            product_id: intent.product_id.map(text),
+        }],
+        event_ids: facts.event_ids.clone(),
+        ..Default::default()
+    };
+    let candidate = engine.state().candidates.get(&user(1));
+    let before = 1 + postcard::to_allocvec(&(user(1), before, candidate))
+        .unwrap()
+        .len();
+    eprintln!("a one-event user's row: {bytes} bytes (format 1: {before})");
+    assert!(bytes <= 70, "{bytes} bytes");
+    assert!(before >= 2 * bytes, "{before} bytes before");
+    assert!(
+        facts.approximate_bytes() <= 256,
+        "{}",
+        facts.approximate_bytes()
+    );
+}
