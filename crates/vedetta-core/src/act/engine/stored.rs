@@ -14,10 +14,11 @@
 //! - a user's row, keyed by [`UserFacts::row`] (given in the order users are first seen,
 //!   so a commit's users, mostly recent ones, share a few pages of the store's B-tree
 //!   instead of dirtying one page each, as random pseudonym keys did), [`USER_ROW_FORMAT`]
-//!   2: `[2][postcard (UserPseudonym, UserFacts, Option<i64>)]`: the pseudonym, the facts
-//!   (texts by [`TextId`], cooldowns by [`TriggerId`](super::TriggerId)), and the time of
-//!   the latest intent when the user is a candidate of the segment triggers (format 1 held
-//!   the texts and trigger names as strings);
+//!   2: `[2][postcard RowRef]`: the pseudonym, the facts (texts by [`TextId`], cooldowns by
+//!   [`TriggerId`](super::TriggerId), every time but the last seen as its distance back
+//!   from it: one or two bytes instead of six), and the time of the latest intent when the
+//!   user is a candidate of the segment triggers (format 1 held the texts and trigger
+//!   names as strings and the times whole);
 //! - a text of [`Texts`], keyed by [`TEXT_ROWS`] plus its id (beside the user rows: written
 //!   when the text is added, removed when it is freed, so a commit writes only the texts
 //!   new since the last one), [`TEXT_ROW_FORMAT`] 1: `[1][postcard str]`.
@@ -27,8 +28,9 @@
 //! ([`StoredState::legacy`]).
 
 use super::legacy::{ActStateV1, GlobalsV2, UserFactsV1};
+use super::texts::TriggerId;
 use super::texts::{TextId, Texts, TriggerNames};
-use super::{ActState, ActStateError, Engine, SegmentState, UserFacts};
+use super::{ActState, ActStateError, CartLine, Engine, Intent, SegmentState, UserFacts};
 use crate::record::UserPseudonym;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -77,6 +79,107 @@ struct Globals {
     texts_not_kept: u64,
 }
 
+/// A user's row as encoded (field order is the format): its times but `last_seen_ms` as
+/// `last_seen_ms − time` (wrapping, so any time reads back exactly).
+struct RowRef<'a> {
+    user: &'a UserPseudonym,
+    facts: &'a UserFacts,
+    candidate: Option<i64>,
+}
+
+/// A user's row as decoded (the same fields in the same order as [`RowRef`]).
+type Row = (
+    UserPseudonym,
+    bool,
+    i64,
+    Option<(TextId, TextId, i64)>,
+    Vec<(i64, bool, [TextId; 2], Option<TextId>)>,
+    Option<i64>,
+    Option<TextId>,
+    Option<i64>,
+    Vec<(i64, Option<TextId>, Option<f64>)>,
+    u32,
+    Vec<[u8; 8]>,
+    Vec<(TriggerId, i64)>,
+    Option<i64>,
+);
+
+/// A list encoded from an iterator (no vector built).
+struct Seq<F>(F);
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item: Serialize>,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
+}
+
+impl Serialize for RowRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let f = self.facts;
+        let base = f.last_seen_ms;
+        let back = |at: i64| base.wrapping_sub(at);
+        (
+            self.user,
+            f.marketing,
+            base,
+            f.touch.map(|(c, k, at)| (c, k, back(at))),
+            Seq(|| {
+                (f.intents.iter()).map(|i| (back(i.at_ms), i.add_to_cart, i.dims, i.product_id))
+            }),
+            f.last_conversion_ms.map(back),
+            f.last_conversion_kind,
+            f.last_registration_ms.map(back),
+            Seq(|| (f.cart.iter()).map(|l| (back(l.at_ms), l.product_id, l.value))),
+            f.purchases,
+            Seq(|| f.event_ids.iter().map(|id| id.to_le_bytes())),
+            Seq(|| f.sent.iter().map(|(t, at)| (*t, back(*at)))),
+            self.candidate.map(back),
+        )
+            .serialize(serializer)
+    }
+}
+
+/// The pseudonym, facts and candidate time of a decoded [`Row`].
+fn from_row(row: Row) -> (UserPseudonym, UserFacts, Option<i64>) {
+    let (user, marketing, base, touch, intents, conversion, kind, registration, cart) = (
+        row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8,
+    );
+    let (purchases, event_ids, sent, candidate) = (row.9, row.10, row.11, row.12);
+    let at = |back: i64| base.wrapping_sub(back);
+    let facts = UserFacts {
+        row: 0,
+        marketing,
+        last_seen_ms: base,
+        touch: touch.map(|(c, k, back)| (c, k, at(back))),
+        intents: (intents.into_iter())
+            .map(|(back, add_to_cart, dims, product_id)| Intent {
+                at_ms: at(back),
+                add_to_cart,
+                dims,
+                product_id,
+            })
+            .collect(),
+        last_conversion_ms: conversion.map(at),
+        last_conversion_kind: kind,
+        last_registration_ms: registration.map(at),
+        cart: (cart.into_iter())
+            .map(|(back, product_id, value)| CartLine {
+                at_ms: at(back),
+                product_id,
+                value,
+            })
+            .collect(),
+        purchases,
+        event_ids: event_ids.into_iter().map(u64::from_le_bytes).collect(),
+        sent: sent.into_iter().map(|(t, back)| (t, at(back))).collect(),
+    };
+    (user, facts, candidate.map(at))
+}
+
 /// What changed since the last [`Engine::take_changes`], ready to store.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StateChanges {
@@ -96,7 +199,22 @@ pub struct StoredState {
     pub legacy: bool,
 }
 
+/// Rows up to this size are encoded on the stack and copied out in one allocation.
+const SCRATCH_BYTES: usize = 1024;
+
 fn body<T: Serialize + ?Sized>(format: u8, value: &T) -> Result<Vec<u8>, ActStateError> {
+    // Most rows are small: encoded into a buffer on the stack and copied into a vector of
+    // their size (`to_allocvec` grew its vector from empty, four or five times a row).
+    let mut scratch = [0u8; SCRATCH_BYTES];
+    scratch[0] = format;
+    match postcard::to_slice(value, &mut scratch[1..]) {
+        Ok(written) => {
+            let len = 1 + written.len();
+            return Ok(scratch[..len].to_vec());
+        }
+        Err(postcard::Error::SerializeBufferFull) => {}
+        Err(e) => return Err(ActStateError::Body(e.to_string())),
+    }
     // `to_allocvec` writes by slices; `to_extend` went byte by byte through `Extend` (a
     // tenth of the consumer's time in a profile). The format byte goes in front after.
     let mut out = postcard::to_allocvec(value).map_err(|e| ActStateError::Body(e.to_string()))?;
@@ -135,7 +253,14 @@ impl ActState {
         let Some(facts) = self.users.get(user) else {
             return Ok(None);
         };
-        let row = body(USER_ROW_FORMAT, &(user, facts, self.candidates.get(user)))?;
+        let row = body(
+            USER_ROW_FORMAT,
+            &RowRef {
+                user,
+                facts,
+                candidate: self.candidates.get(user).copied(),
+            },
+        )?;
         Ok(Some((facts.row, row)))
     }
 
@@ -214,7 +339,7 @@ impl ActState {
                 continue;
             }
             let (pseudonym, mut facts, candidate) = match format {
-                USER_ROW_FORMAT => decode::<(UserPseudonym, UserFacts, Option<i64>)>(body)?,
+                USER_ROW_FORMAT => from_row(decode::<Row>(body)?),
                 USER_ROW_V1 => {
                     legacy = true;
                     let (pseudonym, facts, candidate) =
