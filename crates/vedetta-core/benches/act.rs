@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use vedetta_core::EventKind;
 use vedetta_core::LogRecord;
-use vedetta_core::act::engine::{ActState, Engine};
+use vedetta_core::act::engine::{ActState, Engine, TEXT_ROWS};
 use vedetta_core::act::segment_window::SegmentWindow;
 use vedetta_core::act::triggers::{RawTrigger, Trigger, check_triggers};
 use vedetta_core::enrich::{EnrichConfig, MmdbRegionLookup, RegionLookup, campaign_of, channel_of};
@@ -226,11 +226,17 @@ fn run_engine(
         // The consumer stores what the step changed with its offset.
         let changes = engine.take_changes().expect("the state encodes");
         run.steps += 1;
-        run.rows += changes.users.len();
-        run.stored_bytes += changes.globals.len()
-            + (changes.users.iter())
-                .map(|(_, row)| row.as_ref().map_or(0, Vec::len))
-                .sum::<usize>();
+        run.globals_bytes += changes.globals.len();
+        for (key, row) in &changes.users {
+            let bytes = row.as_ref().map_or(0, Vec::len);
+            if *key >= TEXT_ROWS {
+                run.text_rows += 1;
+                run.text_bytes += bytes;
+            } else {
+                run.rows += 1;
+                run.row_bytes += bytes;
+            }
+        }
         black_box(changes);
         run.outputs += outputs.len();
         if let Some(digest) = digest.as_deref_mut() {
@@ -247,10 +253,14 @@ struct Run {
     outputs: usize,
     /// Consumer steps (reads of [`DELTAS_EVERY`] records).
     steps: usize,
-    /// User rows written (or removed) over the steps.
+    /// User rows written (or removed) over the steps, and their bytes.
     rows: usize,
-    /// Bytes of the globals and rows written over the steps.
-    stored_bytes: usize,
+    row_bytes: usize,
+    /// Text rows written (or removed) over the steps, and their bytes.
+    text_rows: usize,
+    text_bytes: usize,
+    /// Bytes of the globals written over the steps.
+    globals_bytes: usize,
 }
 
 fn engine() -> Engine {
@@ -329,19 +339,28 @@ fn observe_and_judge(
     let users = check.users().max(1);
     eprintln!(
         "{what}: {outputs} outputs (digest {digest:016x}), {} users held at the end, \
-         {} bytes per user (approximate), {} withheld without consent",
+         {} bytes per user (approximate, with the {} texts they refer to), {} withheld \
+         without consent",
         check.users(),
         check.user_bytes() / users,
+        check.state().texts.len(),
         check.state().withheld.values().sum::<u64>()
     );
     assert!(outputs > 0);
     // The adapter stores, with every step, the globals and the rows of the users changed.
+    let stored = run.row_bytes + run.text_bytes + run.globals_bytes;
     eprintln!(
-        "{what}: {} steps stored {} user rows, {} bytes ({} bytes a step)",
+        "{what}: {} steps stored {} user rows of {} bytes ({} a row), {} text rows of {} \
+         bytes, globals of {} bytes: {} bytes ({} bytes a step)",
         run.steps,
         run.rows,
-        run.stored_bytes,
-        run.stored_bytes / run.steps.max(1)
+        run.row_bytes,
+        run.row_bytes / run.rows.max(1),
+        run.text_rows,
+        run.text_bytes,
+        run.globals_bytes,
+        stored,
+        stored / run.steps.max(1)
     );
     bencher
         .counter(ItemsCount::new(records.len()))

@@ -17,7 +17,9 @@
 //!   last batch number given to a flush);
 //! - `act_users`: `row key (u64) → ActState::encode_user`: one row per user the engine
 //!   keeps (keys in the order users were first seen, so a commit's writes cluster),
-//!   written when a step changed it, removed when the engine forgot it;
+//!   written when a step changed it, removed when the engine forgot it; and from
+//!   `TEXT_ROWS` (2^63) on, one row per text of the engine's intern table (channel,
+//!   campaign, product, conversion kind), written when added, removed when freed;
 //! - `act_pending`: `(destination, seq) → [FORMAT][JSON Push]`;
 //! - `act_firings`: `(at_ms, seq) → [FIRING_FORMAT][JSON Firing]`, at most [`MAX_FIRINGS`]
 //!   (format 1, written before outcomes were kept, reads with every outcome `unknown`);
@@ -460,7 +462,7 @@ pub struct Resume {
     /// `ActState::encode_globals` bytes (or a format-1 whole state), when a step was ever
     /// committed.
     pub state: Option<Vec<u8>>,
-    /// Every user's row (`ActState::encode_user`) by its key, in key order.
+    /// Every user's row (`ActState::encode_user`) and text's row by its key, in key order.
     pub users: Vec<(u64, Vec<u8>)>,
     /// The next log offset to read.
     pub offset: u64,

@@ -25,6 +25,9 @@
 //! - **Cooldown** per trigger and user; **bounded state**: each user keeps at most
 //!   [`MAX_INTENTS`] intents and [`MAX_CART_LINES`] cart lines, and is forgotten once the
 //!   watermark is past its last event by the longest trigger horizon and past its cooldowns.
+//! - **Compact facts**: a user's facts hold no text: channel, campaign, product id and
+//!   conversion kind are ids into [`ActState::texts`] (bounded, reclaimed; see [`Texts`]),
+//!   cooldowns are by [`TriggerId`]. A one-event user's stored row is about 50 bytes.
 
 use super::push::{PushEvent, SegmentSignal, SignalNotice};
 use super::triggers::{TagWhen, Trigger, TriggerKind};
@@ -50,8 +53,11 @@ pub const TOUCH_LOOKBACK_MS: i64 = 30 * 86_400_000;
 const NEAR_DUPLICATE_MS: i64 = 100;
 const FAST_CHECKOUT_MS: i64 = 5_000;
 
+mod legacy;
 mod stored;
-pub use stored::{ACT_STATE_FORMAT, StateChanges, StoredState, USER_ROW_FORMAT};
+mod texts;
+pub use stored::{ACT_STATE_FORMAT, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT};
+pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
 
 /// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
 fn clipped(text: &str) -> &str {
@@ -66,19 +72,12 @@ fn clip(text: &str) -> String {
     clipped(text).to_owned()
 }
 
-/// Makes `slot` the clipped `text`, in its own buffer (no allocation when it fits).
-fn set_clipped(slot: &mut String, text: &str) {
+/// The id of the clipped `text`: `hint` when it already reads so (no lookup), else interned.
+fn text_id(texts: &mut Texts, hint: Option<TextId>, text: &str) -> TextId {
     let text = clipped(text);
-    if slot != text {
-        slot.clear();
-        slot.push_str(text);
-    }
-}
-
-fn set_clipped_option(slot: &mut Option<String>, text: Option<&str>) {
-    match (slot.as_mut(), text) {
-        (Some(buffer), Some(text)) => set_clipped(buffer, text),
-        (_, text) => *slot = text.map(clip),
+    match hint {
+        Some(id) if texts.is(id, text) => id,
+        _ => texts.intern(text),
     }
 }
 
@@ -88,19 +87,20 @@ pub struct Intent {
     pub at_ms: i64,
     pub add_to_cart: bool,
     /// Channel and campaign: what a CPA segment can be (spend has no device or region).
-    pub dims: [String; 2],
-    pub product_id: Option<String>,
+    pub dims: [TextId; 2],
+    pub product_id: Option<TextId>,
 }
 
 /// An add to cart not yet followed by a purchase.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CartLine {
     pub at_ms: i64,
-    pub product_id: Option<String>,
+    pub product_id: Option<TextId>,
     pub value: Option<f64>,
 }
 
-/// What the engine keeps of one user.
+/// What the engine keeps of one user: times, flags and small ids (texts in
+/// [`ActState::texts`], trigger names in [`ActState::trigger_names`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserFacts {
     /// The key of the user's stored row: given in the order users are first seen, so the
@@ -111,59 +111,73 @@ pub struct UserFacts {
     pub marketing: bool,
     pub last_seen_ms: i64,
     /// Latest non-direct (channel, campaign) and its time.
-    pub touch: Option<(String, String, i64)>,
+    pub touch: Option<(TextId, TextId, i64)>,
     pub intents: Vec<Intent>,
     pub last_conversion_ms: Option<i64>,
-    pub last_conversion_kind: Option<String>,
+    pub last_conversion_kind: Option<TextId>,
     pub last_registration_ms: Option<i64>,
     pub cart: Vec<CartLine>,
     pub purchases: u32,
-    /// Hashes of the last event ids (xxh3), for exact-duplicate drops.
+    /// Hashes of the last event ids (xxh3), for exact-duplicate drops (stored as 8 bytes
+    /// each: a varint of a hash takes 9 or 10).
+    #[serde(with = "fixed_u64s")]
     pub event_ids: Vec<u64>,
     /// (trigger, last sent event time) for cooldowns.
-    pub sent: Vec<(String, i64)>,
+    pub sent: Vec<(TriggerId, i64)>,
+}
+
+/// A list of `u64` as 8 little-endian bytes each.
+mod fixed_u64s {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[u64], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(values.iter().map(|v| v.to_le_bytes()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u64>, D::Error> {
+        let bytes = Vec::<[u8; 8]>::deserialize(deserializer)?;
+        Ok(bytes.into_iter().map(u64::from_le_bytes).collect())
+    }
 }
 
 impl UserFacts {
-    /// Bytes this user's facts take in memory (approximate: strings' lengths included).
+    /// Bytes this user's facts take in memory (approximate; the texts are counted once, in
+    /// [`Texts::approximate_bytes`]).
     pub fn approximate_bytes(&self) -> usize {
-        let strings = |dims: &[String]| dims.iter().map(String::len).sum::<usize>();
         std::mem::size_of::<Self>()
-            + self
-                .intents
-                .iter()
-                .map(|i| {
-                    std::mem::size_of::<Intent>()
-                        + strings(&i.dims)
-                        + i.product_id.as_ref().map_or(0, String::len)
-                })
-                .sum::<usize>()
-            + self
-                .cart
-                .iter()
-                .map(|c| {
-                    std::mem::size_of::<CartLine>() + c.product_id.as_ref().map_or(0, String::len)
-                })
-                .sum::<usize>()
-            + self.touch.as_ref().map_or(0, |(a, b, _)| a.len() + b.len())
+            + self.intents.len() * std::mem::size_of::<Intent>()
+            + self.cart.len() * std::mem::size_of::<CartLine>()
             + self.event_ids.len() * 8
-            + self
-                .sent
-                .iter()
-                .map(|(t, _)| t.len() + std::mem::size_of::<(String, i64)>())
-                .sum::<usize>()
+            + self.sent.len() * std::mem::size_of::<(TriggerId, i64)>()
     }
 
-    fn in_cooldown(&self, trigger: &Trigger, at_ms: i64) -> bool {
+    /// Calls `f` with every text id the facts refer to.
+    pub fn each_text(&self, mut f: impl FnMut(TextId)) {
+        if let Some((c, k, _)) = self.touch {
+            f(c);
+            f(k);
+        }
+        for intent in &self.intents {
+            f(intent.dims[0]);
+            f(intent.dims[1]);
+            intent.product_id.map(&mut f);
+        }
+        for line in &self.cart {
+            line.product_id.map(&mut f);
+        }
+        self.last_conversion_kind.map(&mut f);
+    }
+
+    fn in_cooldown(&self, trigger: TriggerId, cooldown_ms: i64, at_ms: i64) -> bool {
         self.sent
             .iter()
-            .any(|(t, sent)| *t == trigger.name && at_ms < sent.saturating_add(trigger.cooldown_ms))
+            .any(|(t, sent)| *t == trigger && at_ms < sent.saturating_add(cooldown_ms))
     }
 
-    fn mark_sent(&mut self, trigger: &str, at_ms: i64) {
-        match self.sent.iter_mut().find(|(t, _)| t == trigger) {
+    fn mark_sent(&mut self, trigger: TriggerId, at_ms: i64) {
+        match self.sent.iter_mut().find(|(t, _)| *t == trigger) {
             Some(entry) => entry.1 = at_ms,
-            None => self.sent.push((trigger.to_owned(), at_ms)),
+            None => self.sent.push((trigger, at_ms)),
         }
     }
 }
@@ -200,6 +214,11 @@ pub struct ActState {
     /// of their latest intent: while a segment fires, only these are looked at. (An intent
     /// observed before its minute is judged, as in a catch-up or a backtest, waits here.)
     pub candidates: BTreeMap<UserPseudonym, i64>,
+    /// The texts the users' facts refer to (bounded; see [`Texts`]): stored as rows of their
+    /// own, written when added or freed.
+    pub texts: Texts,
+    /// The trigger names the users' cooldowns refer to; stored with the globals.
+    pub trigger_names: TriggerNames,
 }
 
 /// Serializes a hash map as a map in key order, so that equal states encode to equal bytes.
@@ -240,6 +259,10 @@ pub struct Output {
 /// The engine over a trigger set and its state.
 pub struct Engine {
     triggers: Vec<Trigger>,
+    /// Each trigger's id in [`ActState::trigger_names`] (by index in `triggers`).
+    trigger_ids: Vec<TriggerId>,
+    /// The cooldown of each trigger in force, by its id (`None`: not in force).
+    cooldown_of: Vec<Option<i64>>,
     /// The shop's own hosts, for the channel grouping (as the pipeline's enrichment).
     internal_hosts: Vec<String>,
     /// Whether any trigger is a segment_cpa (else no candidates are kept).
@@ -292,10 +315,10 @@ struct Sweep {
 /// Ids handed out before the table is rebuilt from the candidates (bounds its memory).
 const MAX_SEGMENT_IDS: u32 = 1 << 16;
 
-/// channel → campaign → id.
+/// (channel, campaign) text ids → id.
 #[derive(Debug, Default)]
 struct SegmentIds {
-    ids: FastHashMap<String, FastHashMap<String, u32>>,
+    ids: FastHashMap<[TextId; 2], u32>,
     next: u32,
 }
 
@@ -305,23 +328,16 @@ impl SegmentIds {
         self.next = 0;
     }
 
-    /// Gives `dims` an id if it has none (allocates only then).
-    fn intern(&mut self, dims: &[String; 2]) {
-        let campaigns = match self.ids.get_mut(dims[0].as_str()) {
-            Some(campaigns) => campaigns,
-            None => self.ids.entry(dims[0].clone()).or_default(),
-        };
-        if !campaigns.contains_key(dims[1].as_str()) {
-            campaigns.insert(dims[1].clone(), self.next);
+    /// Gives `dims` an id if it has none.
+    fn intern(&mut self, dims: [TextId; 2]) {
+        if let std::collections::hash_map::Entry::Vacant(vacant) = self.ids.entry(dims) {
+            vacant.insert(self.next);
             self.next += 1;
         }
     }
 
-    fn get(&self, dims: &[String; 2]) -> Option<u32> {
-        self.ids
-            .get(dims[0].as_str())?
-            .get(dims[1].as_str())
-            .copied()
+    fn get(&self, dims: [TextId; 2]) -> Option<u32> {
+        self.ids.get(&dims).copied()
     }
 }
 
@@ -331,6 +347,7 @@ struct Selecting<'a> {
     slot: usize,
     index: usize,
     trigger: &'a Trigger,
+    trigger_id: TriggerId,
     rule: &'a crate::watch::rules::Rule,
     positions: Vec<usize>,
     /// The window's start.
@@ -343,6 +360,15 @@ struct Selecting<'a> {
 }
 
 impl Selecting<'_> {
+    /// Whether the (channel, campaign) of text ids `dims` lies in a firing segment (never
+    /// for a text not kept).
+    fn in_firing_ids(&self, texts: &Texts, dims: [TextId; 2]) -> bool {
+        match (texts.get(dims[0]), texts.get(dims[1])) {
+            (Some(channel), Some(campaign)) => self.in_firing(&[channel, campaign]),
+            _ => false,
+        }
+    }
+
     /// Whether (channel, campaign) `dims` lies in a firing segment.
     fn in_firing(&self, dims: &[&str; 2]) -> bool {
         if self.positions.len() <= 2 {
@@ -365,21 +391,6 @@ fn named(rule: &crate::watch::rules::Rule, values: &[String]) -> Vec<(String, St
         .map(|d| d.name().to_owned())
         .zip(values.iter().cloned())
         .collect()
-}
-
-/// An intent's (channel, campaign): the event's own, or for a direct event the user's
-/// latest non-direct touch within the lookback.
-fn dims_of<'a>(
-    event: &'a StoredEvent,
-    channel: &'a str,
-    touch: Option<&'a (String, String, i64)>,
-) -> [&'a str; 2] {
-    match touch {
-        Some((c, k, at)) if channel == DIRECT && event.ts.0 - at <= TOUCH_LOOKBACK_MS => {
-            [c.as_str(), k.as_str()]
-        }
-        _ => [clipped(channel), clipped(campaign_of(event))],
-    }
 }
 
 /// Where each `group_by` dimension is in an intent's dims (`None`: not a CPA dimension).
@@ -408,6 +419,8 @@ impl Engine {
     pub fn new(triggers: Vec<Trigger>, conversion_types: Vec<EventKind>, state: ActState) -> Self {
         let mut engine = Engine {
             triggers: Vec::new(),
+            trigger_ids: Vec::new(),
+            cooldown_of: Vec::new(),
             internal_hosts: Vec::new(),
             has_segment_triggers: false,
             on_conversion: Vec::new(),
@@ -430,9 +443,51 @@ impl Engine {
         for pseudonym in self.state.candidates.keys() {
             if let Some(user) = self.state.users.get(pseudonym) {
                 for intent in &user.intents {
-                    self.segment_ids.intern(&intent.dims);
+                    self.segment_ids.intern(intent.dims);
                 }
             }
+        }
+    }
+
+    /// Frees the texts no user refers to ([`Texts`]: when it is due, at a minute's advance).
+    fn compact_texts(&mut self) {
+        let mut referenced = self.state.texts.marks();
+        for user in self.state.users.values() {
+            user.each_text(|id| {
+                if let Some(mark) = referenced.get_mut(id.0 as usize) {
+                    *mark = true;
+                }
+            });
+        }
+        self.state.texts.compact(&referenced);
+        // Ids freed may be given again: the candidates' segment ids are made afresh.
+        self.rebuild_segment_ids();
+    }
+
+    /// Gives each trigger of the set its name's id, keeping the ids of the names a user's
+    /// cooldown refers to and freeing the others.
+    fn set_trigger_ids(&mut self) {
+        let names = &mut self.state.trigger_names;
+        let mut keep = vec![false; names.len()];
+        for user in self.state.users.values() {
+            for (id, _) in &user.sent {
+                if let Some(mark) = keep.get_mut(id.0 as usize) {
+                    *mark = true;
+                }
+            }
+        }
+        for trigger in &self.triggers {
+            if let Some(id) = names.find(&trigger.name)
+                && let Some(mark) = keep.get_mut(id.0 as usize)
+            {
+                *mark = true;
+            }
+        }
+        names.retain(&keep);
+        self.trigger_ids = (self.triggers.iter()).map(|t| names.id(&t.name)).collect();
+        self.cooldown_of = vec![None; names.len()];
+        for (trigger, id) in self.triggers.iter().zip(&self.trigger_ids) {
+            self.cooldown_of[id.0 as usize] = Some(trigger.cooldown_ms);
         }
     }
 
@@ -452,6 +507,7 @@ impl Engine {
         });
         self.horizon_ms = triggers.iter().map(Trigger::horizon_ms).max().unwrap_or(0);
         self.triggers = triggers;
+        self.set_trigger_ids();
         self.has_segment_triggers = self
             .triggers
             .iter()
@@ -527,13 +583,14 @@ impl Engine {
         self.state.users.len()
     }
 
-    /// The approximate bytes of all users' facts.
+    /// The approximate bytes of all users' facts, with the texts they refer to.
     pub fn user_bytes(&self) -> usize {
         self.state
             .users
             .values()
             .map(UserFacts::approximate_bytes)
-            .sum()
+            .sum::<usize>()
+            + self.state.texts.approximate_bytes()
     }
 
     fn is_conversion(&self, kind: &EventKind) -> bool {
@@ -591,15 +648,15 @@ impl Engine {
         }
         // The touch needs only the channel grouping (no user-agent parse).
         let channel = channel_of(event, &self.internal_hosts);
+        let texts = &mut self.state.texts;
+        // The event's own (channel, campaign), once interned (the touch's ids are tried
+        // first: a returning user mostly comes back the same way).
+        let mut own: Option<[TextId; 2]> = None;
         if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
-            match &mut user.touch {
-                Some((c, k, when)) => {
-                    set_clipped(c, &channel);
-                    set_clipped(k, campaign_of(event));
-                    *when = at;
-                }
-                None => user.touch = Some((clip(&channel), clip(campaign_of(event)), at)),
-            }
+            let c = text_id(texts, user.touch.map(|t| t.0), &channel);
+            let k = text_id(texts, user.touch.map(|t| t.1), campaign_of(event));
+            user.touch = Some((c, k, at));
+            own = Some([c, k]);
         }
         match &event.kind {
             EventKind::Registration => {
@@ -609,23 +666,35 @@ impl Engine {
             EventKind::PageView | EventKind::AddToCart
                 if event.product_id.is_some() || event.kind == EventKind::AddToCart =>
             {
-                // The oldest intent's buffers are reused for the new one.
-                let mut intent = if user.intents.len() >= MAX_INTENTS {
-                    user.intents.remove(0)
-                } else {
-                    Intent {
-                        at_ms: at,
-                        add_to_cart: false,
-                        dims: Default::default(),
-                        product_id: None,
+                if user.intents.len() >= MAX_INTENTS {
+                    user.intents.remove(0);
+                }
+                // The event's own segment, or for a direct event the user's latest
+                // non-direct touch within the lookback.
+                let dims = match user.touch {
+                    Some((c, k, touched))
+                        if channel == DIRECT && event.ts.0 - touched <= TOUCH_LOOKBACK_MS =>
+                    {
+                        [c, k]
                     }
+                    _ => match own {
+                        Some(own) => own,
+                        None => {
+                            let hint = user.touch;
+                            [
+                                text_id(texts, hint.map(|t| t.0), &channel),
+                                text_id(texts, hint.map(|t| t.1), campaign_of(event)),
+                            ]
+                        }
+                    },
                 };
-                let [c, k] = dims_of(event, &channel, user.touch.as_ref());
-                set_clipped(&mut intent.dims[0], c);
-                set_clipped(&mut intent.dims[1], k);
-                intent.at_ms = at;
-                intent.add_to_cart = event.kind == EventKind::AddToCart;
-                set_clipped_option(&mut intent.product_id, event.product_id.as_deref());
+                let product_id = (event.product_id.as_deref()).map(|p| text_id(texts, None, p));
+                let intent = Intent {
+                    at_ms: at,
+                    add_to_cart: event.kind == EventKind::AddToCart,
+                    dims,
+                    product_id,
+                };
                 // A candidate for the firing segments of the next minutes judged.
                 let mut new_candidate = false;
                 if self.has_segment_triggers {
@@ -639,29 +708,24 @@ impl Engine {
                             *latest = (*latest).max(at);
                         }
                     }
-                    self.segment_ids.intern(&intent.dims);
+                    self.segment_ids.intern(intent.dims);
                 }
                 user.intents.push(intent);
                 if new_candidate {
                     for intent in &user.intents {
-                        self.segment_ids.intern(&intent.dims);
+                        self.segment_ids.intern(intent.dims);
                     }
                 }
                 if event.kind == EventKind::AddToCart {
                     let evicted = user.cart.len() >= MAX_CART_LINES;
-                    let mut line = if evicted {
-                        user.cart.remove(0)
-                    } else {
-                        CartLine {
-                            at_ms: at,
-                            product_id: None,
-                            value: None,
-                        }
-                    };
-                    line.at_ms = at;
-                    set_clipped_option(&mut line.product_id, event.product_id.as_deref());
-                    line.value = event.value.filter(|v| v.is_finite() && *v >= 0.0);
-                    user.cart.push(line);
+                    if evicted {
+                        user.cart.remove(0);
+                    }
+                    user.cart.push(CartLine {
+                        at_ms: at,
+                        product_id,
+                        value: event.value.filter(|v| v.is_finite() && *v >= 0.0),
+                    });
                     if evicted || user.cart.len() == 1 {
                         // A new first line: the cart's times start from it.
                         let key = self.first_cart_ms.map_or(i64::MIN, |a| {
@@ -677,7 +741,10 @@ impl Engine {
             return;
         }
         let kind = event.kind.as_str();
-        let near_duplicate = user.last_conversion_kind.as_deref() == Some(kind)
+        let texts = &mut self.state.texts;
+        let near_duplicate = user
+            .last_conversion_kind
+            .is_some_and(|k| texts.is(k, clipped(kind)))
             && user
                 .last_conversion_ms
                 .is_some_and(|c| (c - at).abs() < NEAR_DUPLICATE_MS);
@@ -688,7 +755,7 @@ impl Engine {
             return;
         }
         user.last_conversion_ms = Some(user.last_conversion_ms.map_or(at, |c| c.max(at)));
-        user.last_conversion_kind = Some(kind.to_owned());
+        user.last_conversion_kind = Some(text_id(texts, user.last_conversion_kind, kind));
         // A purchase closes the carts it follows.
         let lines = user.cart.len();
         user.cart.retain(|line| line.at_ms > at);
@@ -720,7 +787,8 @@ impl Engine {
             };
             let is_feed = matches!(trigger.kind, TriggerKind::ConversionFeed);
             // The feed sends every clean conversion; tags are per user and cooldown.
-            if !is_feed && user.in_cooldown(trigger, at) {
+            let id = self.trigger_ids[index];
+            if !is_feed && user.in_cooldown(id, trigger.cooldown_ms, at) {
                 continue;
             }
             if !marketing {
@@ -728,7 +796,7 @@ impl Engine {
                 continue;
             }
             if !is_feed {
-                user.mark_sent(&trigger.name, at);
+                user.mark_sent(id, at);
             }
             out.push(Output {
                 trigger: index,
@@ -856,6 +924,7 @@ impl Engine {
                     slot,
                     index,
                     trigger,
+                    trigger_id: self.trigger_ids[index],
                     rule,
                     positions,
                     from: minute_end - rule.over_ms,
@@ -882,23 +951,22 @@ impl Engine {
         // is then an index, not a key built and hashed per trigger.
         for s in &mut selecting {
             s.flags = vec![false; self.segment_ids.next as usize];
-            for (channel, campaigns) in &self.segment_ids.ids {
-                for (campaign, id) in campaigns {
-                    let dims = [channel.as_str(), campaign.as_str()];
-                    s.flags[*id as usize] = s.in_firing(&dims);
-                }
+            for (dims, id) in &self.segment_ids.ids {
+                s.flags[*id as usize] = s.in_firing_ids(&self.state.texts, *dims);
             }
         }
         if !selecting.is_empty() {
             let oldest = selecting.iter().map(|s| s.from).min().unwrap_or(minute_end);
             let ids = &self.segment_ids;
+            let texts = &self.state.texts;
             let withheld = &mut self.state.withheld;
             let changed = &mut self.changed;
-            // A user's cooldowns are read in one pass over its list (by trigger name) for
-            // all the segment triggers, not one pass with string compares per trigger.
-            let by_name: FastHashMap<&str, usize> = (selecting.iter().enumerate())
-                .map(|(k, s)| (s.trigger.name.as_str(), k))
-                .collect();
+            // A user's cooldowns are read in one pass over its list for all the segment
+            // triggers, not one pass per trigger: by trigger id, the trigger's place here.
+            let mut by_id: Vec<Option<usize>> = vec![None; self.cooldown_of.len()];
+            for (k, s) in selecting.iter().enumerate() {
+                by_id[s.trigger_id.0 as usize] = Some(k);
+            }
             let mut until: Vec<i64> = vec![i64::MIN; selecting.len()];
             let mut judge = |pseudonym: UserPseudonym, user: &mut UserFacts, candidate: bool| {
                 // The segment ids of the user's intents in the longest window (computed
@@ -917,7 +985,7 @@ impl Engine {
                         looked_up = true;
                         for (id, intent) in segment.iter_mut().zip(&user.intents) {
                             if intent.at_ms >= oldest && intent.at_ms < minute_end {
-                                *id = ids.get(&intent.dims);
+                                *id = ids.get(intent.dims);
                             }
                         }
                     }
@@ -927,7 +995,7 @@ impl Engine {
                             && i.at_ms < minute_end
                             && match segment.get(*n).copied().flatten() {
                                 Some(id) => s.flags.get(id as usize).copied().unwrap_or(false),
-                                None => s.in_firing(&[i.dims[0].as_str(), i.dims[1].as_str()]),
+                                None => s.in_firing_ids(texts, i.dims),
                             }
                     });
                     let Some((_, intent)) = found else {
@@ -936,8 +1004,8 @@ impl Engine {
                     if !cooldowns_read {
                         cooldowns_read = true;
                         until.fill(i64::MIN);
-                        for (name, at) in &user.sent {
-                            if let Some(&j) = by_name.get(name.as_str()) {
+                        for (id, at) in &user.sent {
+                            if let Some(&Some(j)) = by_id.get(id.0 as usize) {
                                 let end = at.saturating_add(selecting[j].trigger.cooldown_ms);
                                 until[j] = until[j].max(end);
                             }
@@ -948,14 +1016,10 @@ impl Engine {
                         continue;
                     }
                     let (intent_at, add_to_cart) = (intent.at_ms, intent.add_to_cart);
-                    let group: Vec<String> = s
-                        .positions
-                        .iter()
-                        .map(|p| intent.dims[*p].clone())
-                        .collect();
+                    let group: Vec<TextId> = s.positions.iter().map(|p| intent.dims[*p]).collect();
                     if !user.marketing {
                         // Counted once per cooldown, like a send.
-                        user.mark_sent(&s.trigger.name, minute_end);
+                        user.mark_sent(s.trigger_id, minute_end);
                         changed.insert(pseudonym);
                         *withheld.entry(s.trigger.name.clone()).or_default() += 1;
                         continue;
@@ -971,7 +1035,8 @@ impl Engine {
                         .iter()
                         .rev()
                         .filter(|i| i.at_ms >= s.from && i.at_ms < minute_end && in_group(i))
-                        .find_map(|i| i.product_id.clone());
+                        .find_map(|i| texts.get(i.product_id?))
+                        .map(str::to_owned);
                     let event = PushEvent {
                         user: pseudonym.to_hex(),
                         kind: if add_to_cart {
@@ -987,8 +1052,12 @@ impl Engine {
                         cart_value: None,
                         tag: None,
                     };
-                    user.mark_sent(&s.trigger.name, minute_end);
+                    user.mark_sent(s.trigger_id, minute_end);
                     changed.insert(pseudonym);
+                    // (The intent lies in a firing segment: its texts are kept.)
+                    let group: Vec<String> = (group.iter())
+                        .map(|id| texts.get(*id).unwrap_or_default().to_owned())
+                        .collect();
                     outputs[s.slot].push(Output {
                         trigger: s.index,
                         group: named(s.rule, &group),
@@ -1059,6 +1128,7 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let trigger_ids = &self.trigger_ids;
         let longest_cart = carts.iter().map(|(_, _, a)| *a).max();
         // One pass over the users with a cart; each cart trigger sends a cart once, when
         // its own delay after the cart's first line has passed.
@@ -1073,13 +1143,15 @@ impl Engine {
         }
         with_cart.sort_unstable();
         with_cart.dedup();
-        // A user's cooldown list is read once for all cart triggers (by name): the latest
-        // send and the cooldown's end of each.
-        let by_name: FastHashMap<&str, usize> = (carts.iter().enumerate())
-            .map(|(k, (_, t, _))| (t.name.as_str(), k))
-            .collect();
+        // A user's cooldown list is read once for all cart triggers (by trigger id): the
+        // latest send and the cooldown's end of each.
+        let mut by_id: Vec<Option<usize>> = vec![None; self.cooldown_of.len()];
+        for (k, (index, _, _)) in carts.iter().enumerate() {
+            by_id[trigger_ids[*index].0 as usize] = Some(k);
+        }
         let mut last_sent: Vec<i64> = vec![i64::MIN; carts.len()];
         let mut until: Vec<i64> = vec![i64::MIN; carts.len()];
+        let texts = &self.state.texts;
         for pseudonym in &with_cart {
             let Some(user) = self.state.users.get_mut(pseudonym) else {
                 continue;
@@ -1094,13 +1166,11 @@ impl Engine {
                 if due > watermark {
                     continue;
                 }
+                let id = trigger_ids[*index];
                 // A short list is cheaper to walk per trigger than to read into a table.
                 if user.sent.len() <= SHORT_SENT {
-                    if user
-                        .sent
-                        .iter()
-                        .any(|(t, at)| *t == trigger.name && *at >= first)
-                        || user.in_cooldown(trigger, due)
+                    if user.sent.iter().any(|(t, at)| *t == id && *at >= first)
+                        || user.in_cooldown(id, trigger.cooldown_ms, due)
                     {
                         continue;
                     }
@@ -1108,8 +1178,8 @@ impl Engine {
                     read = true;
                     last_sent.fill(i64::MIN);
                     until.fill(i64::MIN);
-                    for (name, at) in &user.sent {
-                        if let Some(&j) = by_name.get(name.as_str()) {
+                    for (sent, at) in &user.sent {
+                        if let Some(&Some(j)) = by_id.get(sent.0 as usize) {
                             last_sent[j] = last_sent[j].max(*at);
                             until[j] = until[j].max(at.saturating_add(carts[j].1.cooldown_ms));
                         }
@@ -1119,7 +1189,7 @@ impl Engine {
                 if user.sent.len() > SHORT_SENT && (last_sent[k] >= first || due < until[k]) {
                     continue;
                 }
-                user.mark_sent(&trigger.name, due);
+                user.mark_sent(id, due);
                 if !user.marketing {
                     *self.state.withheld.entry(trigger.name.clone()).or_default() += 1;
                     continue;
@@ -1136,8 +1206,13 @@ impl Engine {
                         kind: "add_to_cart".into(),
                         value: None,
                         at_ms: last,
-                        product_id: lines.iter().rev().find_map(|l| l.product_id.clone()),
-                        product_ids: lines.iter().filter_map(|l| l.product_id.clone()).collect(),
+                        product_id: (lines.iter().rev())
+                            .find_map(|l| texts.get(l.product_id?))
+                            .map(str::to_owned),
+                        product_ids: (lines.iter())
+                            .filter_map(|l| texts.get(l.product_id?))
+                            .map(str::to_owned)
+                            .collect(),
                         cart_value: (!values.is_empty()).then(|| values.iter().sum()),
                         tag: None,
                     }),
@@ -1161,11 +1236,8 @@ impl Engine {
             }
         }
         let horizon = self.horizon_ms;
-        let cooldowns: HashMap<&str, i64> = self
-            .triggers
-            .iter()
-            .map(|t| (t.name.as_str(), t.cooldown_ms))
-            .collect();
+        let cooldown_of = &self.cooldown_of;
+        let cooldown = |id: &TriggerId| cooldown_of.get(id.0 as usize).copied().flatten();
         // A user is kept while it can still be selected or is in a cooldown; the purchase
         // count (first purchase) goes with it. An active user's lists are already bounded
         // (one cooldown per trigger, MAX_INTENTS intents): only idle users are looked at.
@@ -1217,14 +1289,14 @@ impl Engine {
             }
             self.changed.insert(pseudonym);
             let user_row = user.row;
-            user.sent.retain(|(t, at)| {
-                cooldowns
-                    .get(t.as_str())
-                    .is_some_and(|c| at.saturating_add(*c) > watermark)
-            });
+            user.sent
+                .retain(|(t, at)| cooldown(t).is_some_and(|c| at.saturating_add(c) > watermark));
             user.intents.clear();
             if user.sent.is_empty() && user.cart.is_empty() {
                 self.state.users.remove(&pseudonym);
+                // (A candidate's entry goes with it: it is stored in the user's row, so a
+                // forgotten user's entry was left in memory only, never read back.)
+                self.state.candidates.remove(&pseudonym);
                 self.forgotten_rows.push(user_row);
                 continue;
             }
@@ -1232,7 +1304,7 @@ impl Engine {
             // waits (as every idle user was, each minute, before).
             let next = if user.cart.is_empty() {
                 (user.sent.iter())
-                    .filter_map(|(t, at)| cooldowns.get(t.as_str()).map(|c| at.saturating_add(*c)))
+                    .filter_map(|(t, at)| cooldown(t).map(|c| at.saturating_add(c)))
                     .min()
                     .unwrap_or(watermark)
             } else {
@@ -1243,6 +1315,9 @@ impl Engine {
                 .entry(minute_of(next))
                 .or_default()
                 .push(pseudonym);
+        }
+        if self.state.texts.compaction_due() {
+            self.compact_texts();
         }
     }
 }

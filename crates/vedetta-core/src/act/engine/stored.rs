@@ -9,28 +9,47 @@
 //! firings in one transaction, so exactly-once is unchanged.
 //!
 //! Formats:
-//! - globals, [`ACT_STATE_FORMAT`] 2: `[2][postcard Globals]`. A format-1 value (the whole
-//!   state, users and candidates included) still decodes: the consumer then rewrites every
-//!   user as a row at its next commit ([`StoredState::legacy`]);
+//! - globals, [`ACT_STATE_FORMAT`] 3: `[3][postcard Globals]` (format 2 had no trigger names
+//!   and no text counts; format 1 was the whole state, users and candidates included);
 //! - a user's row, keyed by [`UserFacts::row`] (given in the order users are first seen,
 //!   so a commit's users, mostly recent ones, share a few pages of the store's B-tree
 //!   instead of dirtying one page each, as random pseudonym keys did), [`USER_ROW_FORMAT`]
-//!   1: `[1][postcard (UserPseudonym, UserFacts, Option<i64>)]`: the pseudonym, the facts,
-//!   and the time of the latest intent when the user is a candidate of the segment
-//!   triggers.
+//!   2: `[2][postcard RowRef]`: the pseudonym, the facts (texts by [`TextId`], cooldowns by
+//!   [`TriggerId`](super::TriggerId), every time but the last seen as its distance back
+//!   from it: one or two bytes instead of six), and the time of the latest intent when the
+//!   user is a candidate of the segment triggers (format 1 held the texts and trigger
+//!   names as strings and the times whole);
+//! - a text of [`Texts`], keyed by [`TEXT_ROWS`] plus its id (beside the user rows: written
+//!   when the text is added, removed when it is freed, so a commit writes only the texts
+//!   new since the last one), [`TEXT_ROW_FORMAT`] 1: `[1][postcard str]`.
+//!
+//! A state read from an older format migrates on read (its texts interned, its trigger
+//! names given ids) and is written whole in the current formats at the next commit
+//! ([`StoredState::legacy`]).
 
-use super::{ActState, ActStateError, Engine, SegmentState, UserFacts};
+use super::legacy::{ActStateV1, GlobalsV2, UserFactsV1};
+use super::texts::TriggerId;
+use super::texts::{TextId, Texts, TriggerNames};
+use super::{ActState, ActStateError, CartLine, Engine, Intent, SegmentState, UserFacts};
 use crate::record::UserPseudonym;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The format byte of the stored globals ([`ActState::encode_globals`]); 1 was the whole
-/// state in one value, still read.
-pub const ACT_STATE_FORMAT: u8 = 2;
+/// The format byte of the stored globals ([`ActState::encode_globals`]); 1 (the whole
+/// state in one value) and 2 are still read.
+pub const ACT_STATE_FORMAT: u8 = 3;
 /// The format of the whole state in one value, written before per-user rows.
 const WHOLE_STATE_FORMAT: u8 = 1;
-/// The format byte of a user's row ([`ActState::encode_user`]).
-pub const USER_ROW_FORMAT: u8 = 1;
+/// The globals before trigger ids and texts.
+const GLOBALS_V2: u8 = 2;
+/// The format byte of a user's row ([`ActState::encode_user`]); 1 is still read.
+pub const USER_ROW_FORMAT: u8 = 2;
+/// A user's row with its texts as strings.
+const USER_ROW_V1: u8 = 1;
+/// The format byte of a text's row.
+pub const TEXT_ROW_FORMAT: u8 = 1;
+/// Text rows are keyed from here (user rows from 0: they never meet).
+pub const TEXT_ROWS: u64 = 1 << 63;
 
 /// The globals, as encoded (field order is the format).
 #[derive(Serialize)]
@@ -41,6 +60,9 @@ struct GlobalsRef<'a> {
     advanced_minute_ms: Option<i64>,
     withheld: &'a BTreeMap<String, u64>,
     next_row: u64,
+    trigger_names: &'a TriggerNames,
+    texts_added: u32,
+    texts_not_kept: u64,
 }
 
 /// The globals, as decoded (the same fields in the same order as [`GlobalsRef`]).
@@ -52,6 +74,110 @@ struct Globals {
     advanced_minute_ms: Option<i64>,
     withheld: BTreeMap<String, u64>,
     next_row: u64,
+    trigger_names: TriggerNames,
+    texts_added: u32,
+    texts_not_kept: u64,
+}
+
+/// A user's row as encoded (field order is the format): its times but `last_seen_ms` as
+/// `last_seen_ms − time` (wrapping, so any time reads back exactly).
+struct RowRef<'a> {
+    user: &'a UserPseudonym,
+    facts: &'a UserFacts,
+    candidate: Option<i64>,
+}
+
+/// A user's row as decoded (the same fields in the same order as [`RowRef`]).
+type Row = (
+    UserPseudonym,
+    bool,
+    i64,
+    Option<(TextId, TextId, i64)>,
+    Vec<(i64, bool, [TextId; 2], Option<TextId>)>,
+    Option<i64>,
+    Option<TextId>,
+    Option<i64>,
+    Vec<(i64, Option<TextId>, Option<f64>)>,
+    u32,
+    Vec<[u8; 8]>,
+    Vec<(TriggerId, i64)>,
+    Option<i64>,
+);
+
+/// A list encoded from an iterator (no vector built).
+struct Seq<F>(F);
+
+impl<F, I> Serialize for Seq<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item: Serialize>,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
+}
+
+impl Serialize for RowRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let f = self.facts;
+        let base = f.last_seen_ms;
+        let back = |at: i64| base.wrapping_sub(at);
+        (
+            self.user,
+            f.marketing,
+            base,
+            f.touch.map(|(c, k, at)| (c, k, back(at))),
+            Seq(|| {
+                (f.intents.iter()).map(|i| (back(i.at_ms), i.add_to_cart, i.dims, i.product_id))
+            }),
+            f.last_conversion_ms.map(back),
+            f.last_conversion_kind,
+            f.last_registration_ms.map(back),
+            Seq(|| (f.cart.iter()).map(|l| (back(l.at_ms), l.product_id, l.value))),
+            f.purchases,
+            Seq(|| f.event_ids.iter().map(|id| id.to_le_bytes())),
+            Seq(|| f.sent.iter().map(|(t, at)| (*t, back(*at)))),
+            self.candidate.map(back),
+        )
+            .serialize(serializer)
+    }
+}
+
+/// The pseudonym, facts and candidate time of a decoded [`Row`].
+fn from_row(row: Row) -> (UserPseudonym, UserFacts, Option<i64>) {
+    let (user, marketing, base, touch, intents, conversion, kind, registration, cart) = (
+        row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8,
+    );
+    let (purchases, event_ids, sent, candidate) = (row.9, row.10, row.11, row.12);
+    let at = |back: i64| base.wrapping_sub(back);
+    let facts = UserFacts {
+        row: 0,
+        marketing,
+        last_seen_ms: base,
+        touch: touch.map(|(c, k, back)| (c, k, at(back))),
+        intents: (intents.into_iter())
+            .map(|(back, add_to_cart, dims, product_id)| Intent {
+                at_ms: at(back),
+                add_to_cart,
+                dims,
+                product_id,
+            })
+            .collect(),
+        last_conversion_ms: conversion.map(at),
+        last_conversion_kind: kind,
+        last_registration_ms: registration.map(at),
+        cart: (cart.into_iter())
+            .map(|(back, product_id, value)| CartLine {
+                at_ms: at(back),
+                product_id,
+                value,
+            })
+            .collect(),
+        purchases,
+        event_ids: event_ids.into_iter().map(u64::from_le_bytes).collect(),
+        sent: sent.into_iter().map(|(t, back)| (t, at(back))).collect(),
+    };
+    (user, facts, candidate.map(at))
 }
 
 /// What changed since the last [`Engine::take_changes`], ready to store.
@@ -59,7 +185,8 @@ struct Globals {
 pub struct StateChanges {
     /// [`ActState::encode_globals`].
     pub globals: Vec<u8>,
-    /// The rows changed, in key order: the user's row, or `None` once forgotten.
+    /// The rows changed, in key order: a user's row or a text's ([`TEXT_ROWS`] on), or
+    /// `None` once forgotten or freed.
     pub users: Vec<(u64, Option<Vec<u8>>)>,
 }
 
@@ -67,12 +194,27 @@ pub struct StateChanges {
 #[derive(Debug)]
 pub struct StoredState {
     pub state: ActState,
-    /// Read from a format-1 value (the whole state, no rows): every user must be written
-    /// as a row at the next commit ([`Engine::mark_all_changed`]).
+    /// Read from an older format (the whole state, or rows with texts as strings): every
+    /// user and text must be written at the next commit ([`Engine::mark_all_changed`]).
     pub legacy: bool,
 }
 
+/// Rows up to this size are encoded on the stack and copied out in one allocation.
+const SCRATCH_BYTES: usize = 1024;
+
 fn body<T: Serialize + ?Sized>(format: u8, value: &T) -> Result<Vec<u8>, ActStateError> {
+    // Most rows are small: encoded into a buffer on the stack and copied into a vector of
+    // their size (`to_allocvec` grew its vector from empty, four or five times a row).
+    let mut scratch = [0u8; SCRATCH_BYTES];
+    scratch[0] = format;
+    match postcard::to_slice(value, &mut scratch[1..]) {
+        Ok(written) => {
+            let len = 1 + written.len();
+            return Ok(scratch[..len].to_vec());
+        }
+        Err(postcard::Error::SerializeBufferFull) => {}
+        Err(e) => return Err(ActStateError::Body(e.to_string())),
+    }
     // `to_allocvec` writes by slices; `to_extend` went byte by byte through `Extend` (a
     // tenth of the consumer's time in a profile). The format byte goes in front after.
     let mut out = postcard::to_allocvec(value).map_err(|e| ActStateError::Body(e.to_string()))?;
@@ -80,8 +222,12 @@ fn body<T: Serialize + ?Sized>(format: u8, value: &T) -> Result<Vec<u8>, ActStat
     Ok(out)
 }
 
+fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ActStateError> {
+    postcard::from_bytes(bytes).map_err(|e| ActStateError::Body(e.to_string()))
+}
+
 impl ActState {
-    /// `[ACT_STATE_FORMAT][postcard]` of everything but the users and candidates.
+    /// `[ACT_STATE_FORMAT][postcard]` of everything but the users, candidates and texts.
     pub fn encode_globals(&self) -> Result<Vec<u8>, ActStateError> {
         body(
             ACT_STATE_FORMAT,
@@ -92,6 +238,9 @@ impl ActState {
                 advanced_minute_ms: self.advanced_minute_ms,
                 withheld: &self.withheld,
                 next_row: self.next_row,
+                trigger_names: &self.trigger_names,
+                texts_added: self.texts.added(),
+                texts_not_kept: self.texts.not_kept(),
             },
         )
     }
@@ -104,27 +253,52 @@ impl ActState {
         let Some(facts) = self.users.get(user) else {
             return Ok(None);
         };
-        let row = body(USER_ROW_FORMAT, &(user, facts, self.candidates.get(user)))?;
+        let row = body(
+            USER_ROW_FORMAT,
+            &RowRef {
+                user,
+                facts,
+                candidate: self.candidates.get(user).copied(),
+            },
+        )?;
         Ok(Some((facts.row, row)))
     }
 
-    /// The state from its globals and its users' rows. A format-1 globals value is the
-    /// whole state (there are no rows yet); it decodes with `legacy` set.
+    /// The state from its globals and its rows (users' and texts'). A format-1 globals
+    /// value is the whole state (there are no rows yet); it decodes with `legacy` set, as
+    /// do format-2 globals and format-1 user rows (their texts are interned here).
     pub fn decode_stored<'a>(
         globals: &[u8],
         rows: impl IntoIterator<Item = (u64, &'a [u8])>,
     ) -> Result<StoredState, ActStateError> {
-        let (state, legacy) = match globals.split_first() {
+        let mut legacy = false;
+        // Format-1 users, migrated once the stored texts are all read.
+        let mut old_users: Vec<(u64, UserPseudonym, UserFactsV1, Option<i64>)> = Vec::new();
+        let mut state = match globals.split_first() {
             None => return Err(ActStateError::Empty),
-            Some((&WHOLE_STATE_FORMAT, body)) => (
-                postcard::from_bytes::<ActState>(body)
-                    .map_err(|e| ActStateError::Body(e.to_string()))?,
-                true,
-            ),
-            Some((&ACT_STATE_FORMAT, body)) => {
-                let g: Globals =
-                    postcard::from_bytes(body).map_err(|e| ActStateError::Body(e.to_string()))?;
-                let state = ActState {
+            Some((&WHOLE_STATE_FORMAT, body)) => {
+                legacy = true;
+                let whole: ActStateV1 = decode(body)?;
+                // Rows in pseudonym order, the order the whole state was encoded in.
+                for (row, (pseudonym, facts)) in whole.users.into_iter().enumerate() {
+                    let candidate = whole.candidates.get(&pseudonym).copied();
+                    old_users.push((row as u64, pseudonym, facts, candidate));
+                }
+                ActState {
+                    segments: whole.segments,
+                    max_event_ms: whole.max_event_ms,
+                    judged_through_ms: whole.judged_through_ms,
+                    advanced_minute_ms: whole.advanced_minute_ms,
+                    withheld: whole.withheld,
+                    next_row: old_users.len() as u64,
+                    candidates: whole.candidates,
+                    ..ActState::default()
+                }
+            }
+            Some((&GLOBALS_V2, body)) => {
+                legacy = true;
+                let g: GlobalsV2 = decode(body)?;
+                ActState {
                     segments: g.segments,
                     max_event_ms: g.max_event_ms,
                     judged_through_ms: g.judged_through_ms,
@@ -132,31 +306,86 @@ impl ActState {
                     withheld: g.withheld,
                     next_row: g.next_row,
                     ..ActState::default()
-                };
-                (state, false)
+                }
+            }
+            Some((&ACT_STATE_FORMAT, body)) => {
+                let g: Globals = decode(body)?;
+                ActState {
+                    segments: g.segments,
+                    max_event_ms: g.max_event_ms,
+                    judged_through_ms: g.judged_through_ms,
+                    advanced_minute_ms: g.advanced_minute_ms,
+                    withheld: g.withheld,
+                    next_row: g.next_row,
+                    trigger_names: g.trigger_names,
+                    texts: Texts::restore(g.texts_added, g.texts_not_kept),
+                    ..ActState::default()
+                }
             }
             Some((&found, _)) => return Err(ActStateError::Version { found }),
         };
-        let mut state = state;
-        if legacy {
-            // Rows in pseudonym order, the order the whole state was encoded in.
-            let mut all: Vec<(&UserPseudonym, &mut UserFacts)> = state.users.iter_mut().collect();
-            all.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            for (row, (_, facts)) in all.into_iter().enumerate() {
-                facts.row = row as u64;
-            }
-            state.next_row = state.users.len() as u64;
-        }
         for (key, row) in rows {
-            let (pseudonym, mut facts, candidate) = match row.split_first() {
-                None => return Err(ActStateError::Empty),
-                Some((&USER_ROW_FORMAT, body)) => {
-                    postcard::from_bytes::<(UserPseudonym, UserFacts, Option<i64>)>(body)
-                        .map_err(|e| ActStateError::Body(e.to_string()))?
+            let Some((&format, body)) = row.split_first() else {
+                return Err(ActStateError::Empty);
+            };
+            if key >= TEXT_ROWS {
+                if format != TEXT_ROW_FORMAT {
+                    return Err(ActStateError::Version { found: format });
                 }
-                Some((&found, _)) => return Err(ActStateError::Version { found }),
+                let text: &str = decode(body)?;
+                let id = u32::try_from(key - TEXT_ROWS)
+                    .map_err(|_| ActStateError::Body(format!("text row key {key}")))?;
+                (state.texts.put(id, text)).map_err(ActStateError::Body)?;
+                continue;
+            }
+            let (pseudonym, mut facts, candidate) = match format {
+                USER_ROW_FORMAT => from_row(decode::<Row>(body)?),
+                USER_ROW_V1 => {
+                    legacy = true;
+                    let (pseudonym, facts, candidate) =
+                        decode::<(UserPseudonym, UserFactsV1, Option<i64>)>(body)?;
+                    old_users.push((key, pseudonym, facts, candidate));
+                    continue;
+                }
+                found => return Err(ActStateError::Version { found }),
             };
             facts.row = key;
+            state.users.insert(pseudonym, facts);
+            if let Some(latest) = candidate {
+                state.candidates.insert(pseudonym, latest);
+            }
+        }
+        // Every text a stored user refers to must be stored (else its id could later be
+        // given to another text).
+        let mut held = state.texts.marks();
+        for (id, _) in state.texts.entries() {
+            held[id.0 as usize] = true;
+        }
+        for facts in state.users.values() {
+            let mut missing = None;
+            facts.each_text(|id| {
+                if id != TextId::NOT_KEPT && !held.get(id.0 as usize).copied().unwrap_or(false) {
+                    missing = Some(id);
+                }
+            });
+            if let Some(id) = missing {
+                return Err(ActStateError::Body(format!(
+                    "a user refers to text {} not stored",
+                    id.0
+                )));
+            }
+            if let Some((id, _)) =
+                (facts.sent.iter()).find(|(id, _)| state.trigger_names.name(*id).is_none())
+            {
+                return Err(ActStateError::Body(format!(
+                    "a user refers to trigger {} not stored",
+                    id.0
+                )));
+            }
+        }
+        for (row, pseudonym, facts, candidate) in old_users {
+            let mut facts = facts.migrate(&mut state.texts, &mut state.trigger_names);
+            facts.row = row;
             state.users.insert(pseudonym, facts);
             if let Some(latest) = candidate {
                 state.candidates.insert(pseudonym, latest);
@@ -178,6 +407,10 @@ impl Engine {
                 users.push((key, Some(row)));
             }
         }
+        for (id, text) in self.state.texts.take_changed() {
+            let row = text.map(|t| body(TEXT_ROW_FORMAT, t)).transpose()?;
+            users.push((TEXT_ROWS + u64::from(id.0), row));
+        }
         users.extend(self.forgotten_rows.drain(..).map(|key| (key, None)));
         users.sort_unstable_by_key(|(key, _)| *key);
         Ok(StateChanges {
@@ -186,8 +419,10 @@ impl Engine {
         })
     }
 
-    /// Counts every user as changed (the next [`Engine::take_changes`] writes them all).
+    /// Counts every user and text as changed (the next [`Engine::take_changes`] writes
+    /// them all).
     pub fn mark_all_changed(&mut self) {
         self.changed.extend(self.state.users.keys().copied());
+        self.state.texts.mark_all_changed();
     }
 }

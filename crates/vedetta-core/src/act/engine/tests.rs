@@ -290,10 +290,18 @@ fn state_round_trips_through_its_rows_and_other_formats_are_refused() {
     engine.observe(&view(1, T0, "x"), &mut out);
     engine.observe(&view(2, T0, "y"), &mut out);
     let changes = engine.take_changes().unwrap();
-    // Rows keyed in the order users were first seen.
+    // Rows keyed in the order users were first seen, then the texts new in the step
+    // (channel, campaign, two products).
     assert_eq!(
         changes.users.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-        [0, 1]
+        [
+            0,
+            1,
+            TEXT_ROWS + 1,
+            TEXT_ROWS + 2,
+            TEXT_ROWS + 3,
+            TEXT_ROWS + 4
+        ]
     );
     apply(&mut rows, changes);
     // Judging takes both out of the candidates: both rows change, nothing else.
@@ -304,16 +312,19 @@ fn state_round_trips_through_its_rows_and_other_formats_are_refused() {
     let back = restored(&globals, &rows);
     assert!(!back.legacy);
     assert_eq!(&back.state, engine.state());
-    // Only the users a step touched are written.
+    // Only the users a step touched are written, and the texts new since the last step.
     engine.observe(&view(2, T0 + 7 * MIN, "z"), &mut out);
+    engine.observe(&view(1, T0 + 7 * MIN, "y"), &mut out);
     let changes = engine.take_changes().unwrap();
     assert_eq!(
         changes.users.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-        [1]
+        [0, 1, TEXT_ROWS + 5]
     );
     let globals = apply(&mut rows, changes);
-    assert_eq!(&restored(&globals, &rows).state, engine.state());
-    // A forgotten user's row goes (a day idle, no cooldown, no cart).
+    let back = restored(&globals, &rows);
+    assert_eq!(&back.state, engine.state());
+    // A forgotten user's row goes (a day idle, no cooldown, no cart); its texts stay until
+    // the table is compacted.
     let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
     engine.advance(T0 + 2 * 86_400_000, &mut out);
     let changes = engine.take_changes().unwrap();
@@ -323,7 +334,7 @@ fn state_round_trips_through_its_rows_and_other_formats_are_refused() {
     );
     assert_eq!(changes.users.len(), 2);
     let globals = apply(&mut rows, changes);
-    assert!(rows.is_empty());
+    assert!(rows.keys().all(|k| *k >= TEXT_ROWS), "{rows:?}");
     assert_eq!(&restored(&globals, &rows).state, engine.state());
     // Other formats are refused, named.
     let mut other = globals.clone();
@@ -339,59 +350,178 @@ fn state_round_trips_through_its_rows_and_other_formats_are_refused() {
     );
 }
 
-/// A state stored whole by format 1 (before rows; its user map in pseudonym order) still
-/// loads, marked legacy, and every user is written as a row at the next take.
+/// A state stored whole by format 1 (before rows; its user map in pseudonym order, texts
+/// as strings) still loads, marked legacy, its texts interned, and every user and text is
+/// written as a row at the next take.
 #[test]
 fn a_format_1_state_loads_and_its_users_are_rewritten_as_rows() {
-    #[derive(serde::Serialize)]
-    struct FormatOne<'a> {
-        users: BTreeMap<UserPseudonym, &'a UserFacts>,
-        segments: &'a BTreeMap<(String, Vec<String>), SegmentState>,
-        max_event_ms: Option<i64>,
-        judged_through_ms: Option<i64>,
-        advanced_minute_ms: Option<i64>,
-        withheld: &'a BTreeMap<String, u64>,
-        candidates: &'a BTreeMap<UserPseudonym, i64>,
+    use super::legacy::{ActStateV1, IntentV1, UserFactsV1};
+    let mut old = ActStateV1::default();
+    for n in (0..200u8).rev() {
+        old.users.insert(
+            user(n),
+            UserFactsV1 {
+                marketing: true,
+                last_seen_ms: T0,
+                touch: Some(("social".into(), "saldi".into(), T0)),
+                intents: vec![IntentV1 {
+                    at_ms: T0,
+                    add_to_cart: false,
+                    dims: ["social".into(), "saldi".into()],
+                    product_id: Some(format!("p{n}")),
+                }],
+                sent: vec![("cpa_alto".into(), T0)],
+                ..UserFactsV1::default()
+            },
+        );
+        old.candidates.insert(user(n), T0);
     }
-    let mut engine = Engine::new(
-        triggers(CPA),
-        vec![EventKind::Purchase],
-        ActState::default(),
-    );
-    let mut out = Vec::new();
-    for n in (0..200).rev() {
-        engine.observe(&view(n, T0, &format!("p{n}")), &mut out);
-    }
-    let a = engine.state().clone();
-    let old = FormatOne {
-        users: a.users.iter().map(|(p, f)| (*p, f)).collect(),
-        segments: &a.segments,
-        max_event_ms: a.max_event_ms,
-        judged_through_ms: a.judged_through_ms,
-        advanced_minute_ms: a.advanced_minute_ms,
-        withheld: &a.withheld,
-        candidates: &a.candidates,
-    };
+    old.max_event_ms = Some(T0);
     let mut format_one = vec![1];
     format_one.extend(postcard::to_allocvec(&old).unwrap());
     let back = ActState::decode_stored(&format_one, []).unwrap();
     assert!(back.legacy);
     // Format 1 had no row keys: they are given in pseudonym order.
-    let without_rows = |mut state: ActState| {
-        state.users.values_mut().for_each(|f| f.row = 0);
-        state.next_row = 0;
-        state
-    };
-    assert_eq!(without_rows(back.state.clone()), without_rows(a.clone()));
-    assert_eq!(back.state.users[&user(7)].row, 7);
-    assert_eq!(back.state.next_row, 200);
+    let state = &back.state;
+    assert_eq!(state.users.len(), 200);
+    assert_eq!(state.users[&user(7)].row, 7);
+    assert_eq!(state.next_row, 200);
+    assert_eq!(state.candidates.len(), 200);
+    // Two dimension texts and 200 products, each once.
+    assert_eq!(state.texts.len(), 202);
+    let facts = &state.users[&user(7)];
+    let text = |id: TextId| state.texts.get(id).unwrap();
+    assert_eq!(text(facts.intents[0].product_id.unwrap()), "p7");
+    assert_eq!(text(facts.intents[0].dims[1]), "saldi");
+    let (c, k, at) = facts.touch.unwrap();
+    assert_eq!((text(c), text(k), at), ("social", "saldi", T0));
+    assert_eq!(state.trigger_names.name(facts.sent[0].0), Some("cpa_alto"));
     let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
     engine.mark_all_changed();
     let mut rows = BTreeMap::new();
     let globals = apply(&mut rows, engine.take_changes().unwrap());
-    assert_eq!(rows.len(), 200);
+    assert_eq!(rows.len(), 200 + 202);
     assert_eq!(globals[0], ACT_STATE_FORMAT);
-    assert_eq!(&restored(&globals, &rows).state, engine.state());
+    let again = restored(&globals, &rows);
+    assert!(!again.legacy);
+    assert_eq!(&again.state, engine.state());
+}
+
+/// Bytes written by the engine of format 2 (globals) and 1 (user rows, texts as strings)
+/// for [`golden_events`] judged at minute 6, captured before the texts became ids.
+const GOLDEN_V2: &str = include_str!("golden_v2.txt");
+
+/// A state stored in the formats before text ids loads as the state the engine of today
+/// builds from the same events, and decides the same afterwards.
+#[test]
+fn a_state_stored_with_texts_as_strings_loads_and_decides_the_same() {
+    let hex = |h: &str| -> Vec<u8> {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut globals = Vec::new();
+    let mut rows: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    for line in GOLDEN_V2.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        match parts[..] {
+            ["GLOBALS", g] => globals = hex(g),
+            ["ROW", key, row] => {
+                rows.insert(key.parse().unwrap(), hex(row));
+            }
+            _ => panic!("{line}"),
+        }
+    }
+    assert_eq!((globals[0], rows[&0][0]), (2, 1), "the old formats");
+    let back = restored(&globals, &rows);
+    assert!(back.legacy);
+    // Today's engine on the same events.
+    let set = format!("{CPA}{GOLDEN_SET}");
+    let mut today = Engine::new(
+        triggers(&set),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    for e in golden_events() {
+        today.observe(&e, &mut out);
+    }
+    judge(&mut today, T0 + 6 * MIN, 2, 50);
+    let mut loaded = Engine::new(triggers(&set), vec![EventKind::Purchase], back.state);
+    // The same facts, whatever ids the texts and triggers were given.
+    let readable = |engine: &Engine| {
+        let state = engine.state();
+        let text = |id: TextId| state.texts.get(id).map(str::to_owned);
+        let mut users: Vec<String> = (state.users.iter())
+            .map(|(p, f)| {
+                let intents: Vec<_> = (f.intents.iter())
+                    .map(|i| {
+                        (
+                            i.at_ms,
+                            i.add_to_cart,
+                            text(i.dims[0]),
+                            text(i.dims[1]),
+                            i.product_id.map(text),
+                        )
+                    })
+                    .collect();
+                let cart: Vec<_> = (f.cart.iter())
+                    .map(|l| (l.at_ms, l.product_id.map(text), l.value))
+                    .collect();
+                let sent: Vec<_> = (f.sent.iter())
+                    .map(|(t, at)| (state.trigger_names.name(*t).map(str::to_owned), *at))
+                    .collect();
+                format!(
+                    "{p:?} {} {} {:?} {intents:?} {:?} {:?} {:?} {cart:?} {} {:?} {sent:?} {:?}",
+                    f.row,
+                    f.marketing,
+                    f.touch.map(|(c, k, at)| (text(c), text(k), at)),
+                    f.last_conversion_ms,
+                    f.last_conversion_kind.map(text),
+                    f.last_registration_ms,
+                    f.purchases,
+                    f.event_ids,
+                    state.candidates.get(p),
+                )
+            })
+            .collect();
+        users.sort();
+        (
+            users,
+            state.segments.clone(),
+            state.withheld.clone(),
+            state.max_event_ms,
+            state.judged_through_ms,
+            state.next_row,
+        )
+    };
+    assert_eq!(readable(&loaded), readable(&today));
+    // What follows is decided the same: the cart at 5 minutes, the tag's cooldown.
+    let mut purchase = event(3, EventKind::Purchase, T0 + 10 * MIN);
+    purchase.value = Some(90.0);
+    let then = |engine: &mut Engine| {
+        let mut out = Vec::new();
+        engine.advance(T0 + 6 * MIN, &mut out);
+        engine.observe(&view(6, T0 + 7 * MIN, "divano"), &mut out);
+        engine.observe(&purchase, &mut out);
+        let mut judged = judge(engine, T0 + 8 * MIN, 2, 50);
+        out.append(&mut judged);
+        out
+    };
+    let decided = then(&mut today);
+    assert!(
+        decided.iter().any(|o| o.trigger == 2),
+        "the cart: {decided:?}"
+    );
+    assert_eq!(then(&mut loaded), decided);
+    // Written whole in today's formats, it reads back as itself.
+    loaded.mark_all_changed();
+    let mut rewritten = BTreeMap::new();
+    let globals = apply(&mut rewritten, loaded.take_changes().unwrap());
+    let again = restored(&globals, &rewritten);
+    assert!(!again.legacy);
+    assert_eq!(&again.state, loaded.state());
 }
 
 /// With no trigger in force the engine keeps nothing of the events it is shown.
@@ -595,4 +725,217 @@ notify = ["push"]
             proptest::prop_assert_eq!(&restored(&globals, &rows).state, engine.state());
         }
     }
+}
+
+const GOLDEN_SET: &str = r#"
+[[triggers]]
+name = "vip"
+kind = "tag"
+tag = "VIP"
+on = "purchase_over"
+min_value = 50
+cooldown = "1h"
+notify = ["push"]
+[[triggers]]
+name = "cart"
+kind = "abandoned_cart"
+after = "5m"
+cooldown = "30m"
+notify = ["push"]
+"#;
+
+/// The events of the golden state: a view, a cart, a purchase, a direct visit with an id.
+fn golden_events() -> Vec<StoredEvent> {
+    let mut cart = event(2, EventKind::AddToCart, T0);
+    cart.product_id = Some("sedia".into());
+    cart.value = Some(30.0);
+    let mut purchase = event(3, EventKind::Purchase, T0 + 1);
+    purchase.value = Some(80.0);
+    let mut direct = view(4, T0 + 2, "lampada");
+    direct.channel = None;
+    direct.campaign = None;
+    direct.event_id = Some("e-1".into());
+    let mut refused = view(5, T0 + 3, "tavolo");
+    refused.consent.marketing = Some(false);
+    vec![view(1, T0, "divano"), cart, purchase, direct, refused]
+}
+
+fn numbered(n: u32) -> UserPseudonym {
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&n.to_be_bytes());
+    UserPseudonym(bytes)
+}
+
+/// The text table holds at most [`MAX_TEXTS`]: a text met when it is full is not kept
+/// (never read as another text), and the texts of forgotten users are freed and their ids
+/// given again, lowest first; every step's rows read back as the state.
+#[test]
+fn the_text_table_is_bounded_and_frees_the_texts_of_forgotten_users() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    let mut rows = BTreeMap::new();
+    // Two dimension texts and a product per user: the last two products are not kept.
+    for n in 0..MAX_TEXTS {
+        let mut e = view(0, T0 + i64::from(n), &format!("product {n}"));
+        e.user = numbered(n);
+        engine.observe(&e, &mut out);
+    }
+    let state = engine.state();
+    assert_eq!(state.texts.len(), MAX_TEXTS as usize);
+    assert_eq!(state.texts.not_kept(), 2);
+    let product = |n: u32| {
+        engine.state().users[&numbered(n)].intents[0]
+            .product_id
+            .unwrap()
+    };
+    assert_eq!(product(MAX_TEXTS - 1), TextId::NOT_KEPT);
+    assert_eq!(
+        state.texts.get(product(MAX_TEXTS - 3)),
+        Some(format!("product {}", MAX_TEXTS - 3).as_str())
+    );
+    // A segment that fires sends the user whose product was not kept without a product.
+    let fired = judge(&mut engine, T0 + 2 * MIN, 2, 50);
+    let last = fired
+        .iter()
+        .find(|o| o.user == Some(numbered(MAX_TEXTS - 1)))
+        .unwrap();
+    assert_eq!(last.event.as_ref().unwrap().product_id, None);
+    let first = fired.iter().find(|o| o.user == Some(numbered(0))).unwrap();
+    assert_eq!(last.group, first.group);
+    assert_eq!(
+        first.event.as_ref().unwrap().product_id.as_deref(),
+        Some("product 0")
+    );
+    let globals = apply(&mut rows, engine.take_changes().unwrap());
+    assert_eq!(&restored(&globals, &rows).state, engine.state());
+    // A user kept for its cooldown keeps its texts; the others are forgotten a day later
+    // and their texts freed at that minute's advance.
+    engine.advance(T0 + 2 * 86_400_000, &mut out);
+    assert_eq!(engine.users(), 0);
+    assert!(engine.state().texts.is_empty());
+    let globals = apply(&mut rows, engine.take_changes().unwrap());
+    assert!(rows.is_empty(), "every row gone: {}", rows.len());
+    // Freed ids are given again, lowest first.
+    engine.observe(&view(1, T0 + 3 * 86_400_000, "new"), &mut out);
+    let facts = &engine.state().users[&user(1)];
+    assert_eq!(facts.touch.map(|t| t.0), Some(TextId(1)));
+    assert_eq!(
+        engine
+            .state()
+            .texts
+            .get(facts.intents[0].product_id.unwrap()),
+        Some("new")
+    );
+    let globals_after = apply(&mut rows, engine.take_changes().unwrap());
+    assert_ne!(globals, globals_after);
+    assert_eq!(&restored(&globals_after, &rows).state, engine.state());
+}
+
+/// A reload keeps the cooldowns of the triggers that stay, and of one that comes back
+/// while a user still holds its cooldown; a name nothing refers to any more is let go.
+#[test]
+fn a_reload_keeps_the_cooldowns_of_the_triggers_that_stay() {
+    let tags = |names: &[&str]| {
+        let set: String = (names.iter())
+            .map(|n| {
+                format!(
+                    "[[triggers]]\nname = \"{n}\"\nkind = \"tag\"\ntag = \"{n}\"\non = \"purchase_over\"\nmin_value = 1\ncooldown = \"1h\"\nnotify = [\"push\"]\n"
+                )
+            })
+            .collect();
+        triggers(&set)
+    };
+    let mut engine = Engine::new(
+        tags(&["a", "b", "c"]),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    let mut purchase = event(1, EventKind::Purchase, T0);
+    purchase.value = Some(10.0);
+    engine.observe(&purchase, &mut out);
+    assert_eq!(out.len(), 3);
+    // "b" goes, "d" comes: "a" and "c" keep their cooldowns; "b"'s name stays while user 1
+    // refers to it.
+    engine.set_triggers(tags(&["d", "c", "a"]));
+    out.clear();
+    purchase.ts = EventTime(T0 + MIN);
+    engine.observe(&purchase, &mut out);
+    let sent: Vec<&str> = out
+        .iter()
+        .map(|o| engine.triggers()[o.trigger].name.as_str())
+        .collect();
+    assert_eq!(sent, ["d"]);
+    assert!(engine.state().trigger_names.find("b").is_some());
+    // "b" back within its cooldown: not sent again.
+    engine.set_triggers(tags(&["b"]));
+    out.clear();
+    purchase.ts = EventTime(T0 + 2 * MIN);
+    engine.observe(&purchase, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // Once user 1 is forgotten, names of triggers gone are let go at the next reload.
+    engine.advance(T0 + 3 * 86_400_000, &mut out);
+    assert_eq!(engine.users(), 0);
+    engine.set_triggers(tags(&["e"]));
+    let names = &engine.state().trigger_names;
+    assert_eq!(
+        (names.find("a"), names.find("b"), names.find("e")),
+        (None, None, Some(TriggerId(0)))
+    );
+}
+
+/// Stage 1 of the plan for the 10 % target (docs/triggers.md): a one-event user's stored
+/// row is about 50 bytes (177 with its texts as strings), and the per-user facts in
+/// memory hold no text.
+#[test]
+fn a_one_event_user_s_row_is_tens_of_bytes() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    let mut e = view(1, T0, "divano-letto-matrimoniale-grigio");
+    e.campaign = Some("saldi-invernali-2026-retargeting".into());
+    e.event_id = Some("0b9c7a1e-52f4-4d1f-9a55-3f0a8e2f7c11".into());
+    engine.observe(&e, &mut out);
+    let changes = engine.take_changes().unwrap();
+    let row = &changes.users[0];
+    assert_eq!(row.0, 0);
+    let bytes = row.1.as_ref().unwrap().len();
+    // The same facts in the row format before (texts as strings).
+    let facts = &engine.state().users[&user(1)];
+    let texts = &engine.state().texts;
+    let text = |id: TextId| texts.get(id).unwrap().to_owned();
+    let (c, k, at) = facts.touch.unwrap();
+    let intent = &facts.intents[0];
+    let before = super::legacy::UserFactsV1 {
+        marketing: facts.marketing,
+        last_seen_ms: facts.last_seen_ms,
+        touch: Some((text(c), text(k), at)),
+        intents: vec![super::legacy::IntentV1 {
+            at_ms: intent.at_ms,
+            add_to_cart: intent.add_to_cart,
+            dims: [text(intent.dims[0]), text(intent.dims[1])],
+            product_id: intent.product_id.map(text),
+        }],
+        event_ids: facts.event_ids.clone(),
+        ..Default::default()
+    };
+    let candidate = engine.state().candidates.get(&user(1));
+    let before = 1 + postcard::to_allocvec(&(user(1), before, candidate))
+        .unwrap()
+        .len();
+    eprintln!("a one-event user's row: {bytes} bytes (format 1: {before})");
+    assert!(bytes <= 56, "{bytes} bytes");
+    assert!(before >= 3 * bytes, "{before} bytes before");
+    assert!(
+        facts.approximate_bytes() <= 256,
+        "{}",
+        facts.approximate_bytes()
+    );
 }
