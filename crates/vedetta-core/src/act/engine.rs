@@ -12,9 +12,10 @@
 //! - **Segment CPA** is judged on the KPI store's 1-minute rows with the alert rules' own
 //!   functions ([`group_totals`](crate::watch::evaluate::group_totals), the same volume
 //!   guard), so it means the segment's attributed clean conversions against its spend.
-//!   Intent (a product view or an add to cart) is placed in a segment by the event's device and region and by its touch; a
-//!   direct event takes the user's latest non-direct touch, as `last_non_direct` does (this
-//!   state does not rebuild sessions: see `docs/triggers.md`).
+//!   Intent (a product view or an add to cart) is placed in a segment by the event's
+//!   device and region and by its touch; a direct event takes the user's latest
+//!   non-direct touch, as `last_non_direct` does (this state does not rebuild sessions:
+//!   see `docs/triggers.md`).
 //! - **Clean conversions** (conversion_feed, tag, abandoned cart): a conversion type (from
 //!   the pipeline settings), not a repeat of one of the user's last event ids, not within
 //!   100 ms of the user's previous conversion of the same type, not within 5 s after a
