@@ -304,6 +304,11 @@ fn a_segment_over_cpa_sends_its_intent_users_once_with_their_product_then_recove
         sample("vedetta_trigger_withheld_total{trigger=\"cpa_alto\"}"),
         Some(2.0)
     );
+    // The engine's text table holds the segment's channel and campaign and the products
+    // looked at, and had room for every one of them.
+    let texts = sample("vedetta_trigger_texts").unwrap_or(0.0);
+    assert!(texts >= 3.0, "{metrics}");
+    assert_eq!(sample("vedetta_trigger_texts_not_kept"), Some(0.0));
 
     let r = received(&receiver);
     let signals: Vec<&str> = r.signals.iter().map(|(s, _)| s.as_str()).collect();

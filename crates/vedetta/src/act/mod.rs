@@ -82,6 +82,10 @@ pub struct ActStatus {
     pub judged_through_ms: AtomicI64,
     pub users: AtomicU64,
     pub user_bytes: AtomicU64,
+    /// Texts (channel, campaign, product, kind) the engine's bounded table holds.
+    pub texts: AtomicU64,
+    /// Texts met while the table was full, kept as "no text" (since the state began).
+    pub texts_not_kept: AtomicU64,
     pub counters: Mutex<BTreeMap<String, TriggerCounters>>,
     /// Steps that failed (each retried from the store).
     pub failures: AtomicU64,
@@ -143,6 +147,17 @@ impl ActStatus {
                 "vedetta_trigger_user_bytes",
                 "Approximate bytes of the trigger engine's per-user facts.",
                 self.user_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "vedetta_trigger_texts",
+                "Texts (channel, campaign, product id, kind) in the trigger engine's bounded table.",
+                self.texts.load(Ordering::Relaxed),
+            ),
+            (
+                "vedetta_trigger_texts_not_kept",
+                "Texts met while the engine's text table was full, kept as no text (a push \
+                 without its product id, an intent in no segment); since the state began.",
+                self.texts_not_kept.load(Ordering::Relaxed),
             ),
             (
                 "vedetta_trigger_pending_pushes",
@@ -646,6 +661,9 @@ impl Task {
             Ordering::Relaxed,
         );
         s.users.store(self.engine.users() as u64, Ordering::Relaxed);
+        s.texts.store(state.texts.len() as u64, Ordering::Relaxed);
+        s.texts_not_kept
+            .store(state.texts.not_kept(), Ordering::Relaxed);
         if (self.user_bytes_at).is_none_or(|at| at.elapsed() >= USER_BYTES_EVERY) {
             self.user_bytes_at = Some(Instant::now());
             s.user_bytes
