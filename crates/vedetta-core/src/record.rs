@@ -159,6 +159,40 @@ pub struct StoredEvent {
     pub properties: Option<String>,
 }
 
+impl StoredEvent {
+    /// An event with its identity and nothing else: every optional field empty, consent
+    /// unknown. What tests, benches and generators start from (`..StoredEvent::bare(…)`).
+    pub fn bare(user: UserPseudonym, kind: EventKind, ts: EventTime) -> Self {
+        StoredEvent {
+            user,
+            kind,
+            ts,
+            event_id: None,
+            value: None,
+            currency: None,
+            order_id: None,
+            channel: None,
+            campaign: None,
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            utm_content: None,
+            utm_term: None,
+            gclid: None,
+            fbclid: None,
+            user_agent: None,
+            device: None,
+            ip_network: None,
+            region: None,
+            page: None,
+            referrer: None,
+            product_id: None,
+            consent: Consent::default(),
+            properties: None,
+        }
+    }
+}
+
 /// An ad spend record: money spent on a channel and campaign in the minute containing `ts`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpendRecord {

@@ -7,7 +7,7 @@
 use super::*;
 use crate::intake::{BodyFormat, IntakeContext, IntakeLimits, judge_events};
 use crate::privacy::{PseudonymKey, Pseudonymizer};
-use crate::record::{Consent, EventKind, LogRecord, UserPseudonym};
+use crate::record::{EventKind, LogRecord, UserPseudonym};
 use crate::time::EventTime;
 use vedetta_synth::geoip::{catalog_region_mmdb, catalog_region_of, write_region_mmdb};
 use vedetta_synth::{
@@ -16,33 +16,11 @@ use vedetta_synth::{
 
 /// An event with nothing but its identity: every dimension falls to its default.
 fn bare() -> StoredEvent {
-    StoredEvent {
-        user: UserPseudonym([1; 16]),
-        kind: EventKind::PageView,
-        ts: EventTime(1_712_318_400_000),
-        event_id: None,
-        value: None,
-        currency: None,
-        order_id: None,
-        channel: None,
-        campaign: None,
-        utm_source: None,
-        utm_medium: None,
-        utm_campaign: None,
-        utm_content: None,
-        utm_term: None,
-        gclid: None,
-        fbclid: None,
-        user_agent: None,
-        device: None,
-        ip_network: None,
-        region: None,
-        page: None,
-        referrer: None,
-        product_id: None,
-        consent: Consent::default(),
-        properties: None,
-    }
+    StoredEvent::bare(
+        UserPseudonym([1; 16]),
+        EventKind::PageView,
+        EventTime(1_712_318_400_000),
+    )
 }
 
 fn some(text: &str) -> Option<String> {

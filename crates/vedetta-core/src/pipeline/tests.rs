@@ -6,7 +6,7 @@
 #![allow(clippy::needless_pass_by_value)]
 
 use super::*;
-use crate::record::{Consent, UserPseudonym};
+use crate::record::UserPseudonym;
 use crate::time::EventTime;
 use kpi::KpiCounters;
 use proptest::prelude::*;
@@ -128,31 +128,11 @@ fn user(n: u8) -> UserPseudonym {
 
 fn event(user_n: u8, kind: EventKind, ts: i64) -> StoredEvent {
     StoredEvent {
-        user: user(user_n),
-        kind,
-        ts: EventTime(ts),
-        event_id: None,
-        value: None,
-        currency: None,
-        order_id: None,
         channel: Some("social".into()),
         campaign: Some("saldi".into()),
-        utm_source: None,
-        utm_medium: None,
-        utm_campaign: None,
-        utm_content: None,
-        utm_term: None,
-        gclid: None,
-        fbclid: None,
-        user_agent: None,
         device: Some("mobile".into()),
-        ip_network: None,
         region: Some("Lombardia".into()),
-        page: None,
-        referrer: None,
-        product_id: None,
-        consent: Consent::default(),
-        properties: None,
+        ..StoredEvent::bare(user(user_n), kind, EventTime(ts))
     }
 }
 

@@ -15,34 +15,15 @@ fn user(n: u8) -> UserPseudonym {
 
 fn event(n: u8, kind: EventKind, ts: i64) -> StoredEvent {
     StoredEvent {
-        user: user(n),
-        kind,
-        ts: EventTime(ts),
-        event_id: None,
-        value: None,
-        currency: None,
-        order_id: None,
         channel: Some("social".into()),
         campaign: Some("saldi".into()),
-        utm_source: None,
-        utm_medium: None,
-        utm_campaign: None,
-        utm_content: None,
-        utm_term: None,
-        gclid: None,
-        fbclid: None,
-        user_agent: None,
         device: Some("mobile".into()),
-        ip_network: None,
         region: Some("Lombardia".into()),
-        page: None,
-        referrer: None,
-        product_id: None,
         consent: Consent {
             analytics: None,
             marketing: Some(true),
         },
-        properties: None,
+        ..StoredEvent::bare(user(n), kind, EventTime(ts))
     }
 }
 

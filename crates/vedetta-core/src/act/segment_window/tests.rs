@@ -10,7 +10,7 @@ use crate::act::triggers::{RawTrigger, check_triggers};
 use crate::intake::{BodyFormat, IntakeContext, IntakeLimits, judge_events, judge_spend};
 use crate::pipeline::PipelineConfig;
 use crate::privacy::{PseudonymKey, Pseudonymizer};
-use crate::record::{Consent, EventKind, SpendRecord, StoredEvent, UserPseudonym};
+use crate::record::{EventKind, SpendRecord, StoredEvent, UserPseudonym};
 use crate::time::EventTime;
 use crate::watch::evaluate::{self, MinuteRow, SpendMinute, WindowData};
 use proptest::prelude::*;
@@ -322,31 +322,11 @@ const T0: i64 = 1_712_318_400_000; // 2024-04-05T12:00:00Z, a minute's start
 
 fn event(user: u8, kind: EventKind, ts: i64) -> LogRecord {
     LogRecord::Event(StoredEvent {
-        user: UserPseudonym([user; 16]),
-        kind,
-        ts: EventTime(ts),
-        event_id: None,
-        value: None,
-        currency: None,
-        order_id: None,
         channel: Some("social".into()),
         campaign: Some("saldi".into()),
-        utm_source: None,
-        utm_medium: None,
-        utm_campaign: None,
-        utm_content: None,
-        utm_term: None,
-        gclid: None,
-        fbclid: None,
-        user_agent: None,
         device: Some("mobile".into()),
-        ip_network: None,
         region: Some("Lombardia".into()),
-        page: None,
-        referrer: None,
-        product_id: None,
-        consent: Consent::default(),
-        properties: None,
+        ..StoredEvent::bare(UserPseudonym([user; 16]), kind, EventTime(ts))
     })
 }
 
