@@ -190,8 +190,13 @@ pub struct Commit {
     /// Offset of the next log record to process after this commit.
     pub processed_offset: u64,
     pub watermark: Option<i64>,
-    /// The pipeline state as of `processed_offset`, when a snapshot is due.
+    /// A snapshot of the pipeline state, when one is due: as of `snapshot_offset`.
     pub snapshot: Option<Vec<u8>>,
+    /// The log offset `snapshot` describes; `None`: `processed_offset`. A snapshot encoded
+    /// off the processor's thread describes the offset it was copied at, and rides on a
+    /// later commit: recovery restores it and replays the log from there (the log is kept
+    /// from the snapshot's offset). Never past `processed_offset`.
+    pub snapshot_offset: Option<u64>,
     /// Fsync this commit (and every non-durable one before it).
     pub durable: bool,
     /// Attribution memories of users the pipeline dropped: only in a commit with a
@@ -483,9 +488,17 @@ impl KpiStore {
                 memories::write(&txn, &commit.memories, commit.memories_before)?;
             }
             if let Some(snapshot) = &commit.snapshot {
+                let offset = commit.snapshot_offset.unwrap_or(commit.processed_offset);
+                if offset > commit.processed_offset {
+                    // A bug upstream: recovery would skip the records in between.
+                    return Err(StoreError::Engine(format!(
+                        "a snapshot of offset {offset} committed with the processed offset {}",
+                        commit.processed_offset
+                    )));
+                }
                 let mut table = txn.open_table(SNAPSHOT)?;
                 table.insert(0, snapshot.as_slice())?;
-                meta.insert(SNAPSHOT_OFFSET, offset_to_meta(commit.processed_offset)?)?;
+                meta.insert(SNAPSHOT_OFFSET, offset_to_meta(offset)?)?;
             }
         }
         txn.commit()?;
@@ -769,5 +782,36 @@ mod tests {
         assert_eq!(progress.processed_offset, 10);
         assert_eq!(progress.watermark, None);
         assert_eq!(progress.snapshot, Some((9, vec![1, 2, 3])));
+    }
+
+    /// A snapshot encoded off the processor's thread rides on a later commit: the store
+    /// records the offset it describes, not the commit's; one past the commit's is refused.
+    #[test]
+    fn a_snapshot_can_describe_an_earlier_offset_than_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 20,
+                snapshot: Some(vec![7]),
+                snapshot_offset: Some(12),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        let error = store
+            .commit(&Commit {
+                processed_offset: 25,
+                snapshot: Some(vec![8]),
+                snapshot_offset: Some(26),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap_err();
+        assert!(error.to_string().contains("offset 26"), "{error}");
+        drop(store);
+        let (_, progress) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        assert_eq!(progress.processed_offset, 20);
+        assert_eq!(progress.snapshot, Some((12, vec![7])));
     }
 }
