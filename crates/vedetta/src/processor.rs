@@ -16,9 +16,10 @@
 //! log is the source of truth; the store is a consistent, exactly-once view of a prefix of it.
 //!
 //! A snapshot does not stop the loop: at offset O the state is copied (with the dropped
-//! users' memories taken out of it, see [`SnapshotInFlight`]) and the copy is encoded on a
-//! thread of its own while batches go on; the first commit after the encoding ends, at
-//! some offset P ≥ O, carries it as "the snapshot at O" with those memories. Until then the
+//! users' memories taken out of it, see [`SnapshotInFlight`]) and the copy is encoded, and
+//! written to its file beside the store, on a thread of its own while batches go on; the
+//! first commit after that, at some offset P ≥ O, makes it "the snapshot at O" (a pointer
+//! to the file) and writes those memories. Until then the
 //! store's snapshot, and the log retention that keeps the log from it, stay at the previous
 //! one. Only a stop (and the end of `vedetta replay`) encodes on this thread, to leave a
 //! snapshot at the last offset.
@@ -37,7 +38,7 @@ use vedetta_core::pipeline::hash::FastHashMap;
 use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, snapshot};
 use vedetta_core::record::{LogRecord, UserPseudonym};
 use vedetta_core::time::Clock;
-use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey, StoreError};
+use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SnapshotFile, SpendRowKey, StoreError};
 
 /// Wakes the processor when the log grows.
 #[derive(Debug, Default)]
@@ -291,45 +292,60 @@ struct SnapshotInFlight {
     done: Option<EncodedSnapshot>,
 }
 
-/// What the snapshot thread hands back.
+/// What the snapshot thread hands back: the snapshot written to its file.
 struct EncodedSnapshot {
-    bytes: anyhow::Result<Vec<u8>>,
-    took: Duration,
+    file: anyhow::Result<SnapshotFile>,
+    encode_took: Duration,
+    write_took: Duration,
 }
 
 impl SnapshotInFlight {
     /// Copies the pipeline's state (taking the dormant memories out of it first) and
-    /// starts encoding the copy on a new thread.
-    fn start(pipeline: &mut Pipeline) -> Self {
+    /// starts encoding the copy on a new thread, which writes it to its file beside the
+    /// store (the commit that makes it the store's snapshot then writes a pointer only).
+    fn start(pipeline: &mut Pipeline, store: Arc<KpiStore>) -> Self {
         let copy_started = Instant::now();
         let memories: FastHashMap<UserPseudonym, Memories> =
             pipeline.take_dormant().into_iter().collect();
         let memories_before = pipeline.memory_horizon();
         let state = pipeline.snapshot();
         let copy_took = copy_started.elapsed();
+        let offset = pipeline.next_offset();
         let (sender, encoded) = mpsc::sync_channel(1);
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
                 let bytes = snapshot::encode(&state).context("encoding the pipeline snapshot");
-                let took = started.elapsed();
-                // Given up (a stop, a failure) when the receiver is gone: nothing to do.
-                let _ = sender.send(EncodedSnapshot { bytes, took });
-                // The copy is freed here too, off the processor's thread.
+                // The copy is freed here, off the processor's thread.
                 drop(state);
+                let encode_took = started.elapsed();
+                let written = Instant::now();
+                let file = bytes.and_then(|bytes| {
+                    store
+                        .write_snapshot_file(offset, &bytes)
+                        .context("writing the pipeline snapshot's file")
+                });
+                // Given up (a stop, a failure) when the receiver is gone: nothing to do
+                // (a file no commit points to is removed after the next snapshot's).
+                let _ = sender.send(EncodedSnapshot {
+                    file,
+                    encode_took,
+                    write_took: written.elapsed(),
+                });
             });
         let done = match spawned {
             Ok(_) => None,
             // The commit that would carry it fails instead, and the processor rebuilds its
             // state from the store and the log, with these memories back in it.
             Err(error) => Some(EncodedSnapshot {
-                bytes: Err(anyhow::Error::new(error).context("starting the snapshot thread")),
-                took: Duration::ZERO,
+                file: Err(anyhow::Error::new(error).context("starting the snapshot thread")),
+                encode_took: Duration::ZERO,
+                write_took: Duration::ZERO,
             }),
         };
         Self {
-            offset: pipeline.next_offset(),
+            offset,
             memories,
             memories_before,
             copy_took,
@@ -347,10 +363,11 @@ impl SnapshotInFlight {
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
                     self.done = Some(EncodedSnapshot {
-                        bytes: Err(anyhow::anyhow!(
+                        file: Err(anyhow::anyhow!(
                             "the snapshot thread ended without a snapshot"
                         )),
-                        took: Duration::ZERO,
+                        encode_took: Duration::ZERO,
+                        write_took: Duration::ZERO,
                     });
                 }
             }
@@ -706,8 +723,8 @@ impl Processor {
                 change,
             ));
         }
-        // What the snapshot cost before the commit (copy and encoding), for the log line
-        // and the wait before the next one.
+        // What the snapshot cost before the commit (copy, encoding, writing its file), for
+        // the log line and the wait before the next one.
         let mut snapshot_work = None;
         if snapshot == SnapshotStep::Now {
             // The dropped users' memories go to the store with the snapshot taken after
@@ -728,16 +745,25 @@ impl Processor {
                     .encode_snapshot()
                     .context("encoding the pipeline snapshot")?,
             );
-            snapshot_work = Some((Duration::ZERO, encode_started.elapsed()));
+            let bytes = commit.snapshot.as_ref().map_or(0, Vec::len) as u64;
+            snapshot_work = Some((
+                self.pipeline.next_offset(),
+                bytes,
+                [Duration::ZERO, encode_started.elapsed(), Duration::ZERO],
+            ));
         } else if let Some(landing) = landing {
             let Some(encoded) = landing.done else {
                 anyhow::bail!("a snapshot committed before its encoding ended");
             };
-            commit.snapshot = Some(encoded.bytes?);
-            commit.snapshot_offset = Some(landing.offset);
+            let file = encoded.file?;
+            commit.snapshot_file = Some(file);
             commit.memories = landing.memories.into_iter().collect();
             commit.memories_before = landing.memories_before;
-            snapshot_work = Some((landing.copy_took, encoded.took));
+            snapshot_work = Some((
+                file.offset,
+                file.len,
+                [landing.copy_took, encoded.encode_took, encoded.write_took],
+            ));
         }
         let commit_started = Instant::now();
         self.store.commit(&commit)?;
@@ -749,7 +775,7 @@ impl Processor {
         if durable {
             self.last_durable = Instant::now();
         }
-        if let Some((copy_took, encode_took)) = snapshot_work {
+        if let Some((offset, bytes, [copy_took, encode_took, write_took])) = snapshot_work {
             // Telemetry only: a failed count leaves the last one shown.
             if let Ok(stored) = self.store.stored_memories() {
                 status.stored_memories.store(stored, Ordering::Relaxed);
@@ -757,15 +783,16 @@ impl Processor {
             if snapshot == SnapshotStep::Now {
                 self.last_snapshot = Instant::now();
             }
-            self.last_snapshot_cost = copy_took + encode_took + commit_took;
-            self.snapshot_offset = commit.snapshot_offset.unwrap_or(commit.processed_offset);
+            self.last_snapshot_cost = copy_took + encode_took + write_took + commit_took;
+            self.snapshot_offset = offset;
             tracing::info!(
-                offset = self.snapshot_offset,
+                offset,
                 committed_at = commit.processed_offset,
-                bytes = commit.snapshot.as_ref().map_or(0, Vec::len),
+                bytes,
                 memories = commit.memories.len(),
                 copy_ms = copy_took.as_millis() as u64,
                 encode_ms = encode_took.as_millis() as u64,
+                write_ms = write_took.as_millis() as u64,
                 commit_ms = commit_took.as_millis() as u64,
                 on_processor_thread = snapshot == SnapshotStep::Now,
                 "pipeline snapshot committed"
@@ -774,7 +801,10 @@ impl Processor {
         if snapshot == SnapshotStep::Start && self.snapshot_in_flight.is_none() {
             // After the commit: the copy describes exactly the offset just committed.
             self.last_snapshot = Instant::now();
-            self.snapshot_in_flight = Some(SnapshotInFlight::start(&mut self.pipeline));
+            self.snapshot_in_flight = Some(SnapshotInFlight::start(
+                &mut self.pipeline,
+                self.store.clone(),
+            ));
         }
         status.commits.fetch_add(1, Ordering::Relaxed);
         clear_error(status);
@@ -994,7 +1024,7 @@ mod tests {
     impl HeldEncoding {
         fn release(self) {
             let encoded = self.thread.recv().unwrap();
-            assert!(encoded.bytes.is_ok());
+            assert!(encoded.file.is_ok());
             self.processor.send(encoded).unwrap();
         }
     }
