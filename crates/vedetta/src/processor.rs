@@ -308,7 +308,7 @@ impl SnapshotInFlight {
         let memories: FastHashMap<UserPseudonym, Memories> =
             pipeline.take_dormant().into_iter().collect();
         let memories_before = pipeline.memory_horizon();
-        let state = pipeline.snapshot();
+        let state = pipeline.snapshot_copy();
         let copy_took = copy_started.elapsed();
         let offset = pipeline.next_offset();
         let (sender, encoded) = mpsc::sync_channel(1);
@@ -316,7 +316,7 @@ impl SnapshotInFlight {
             .name("snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                let bytes = snapshot::encode(&state).context("encoding the pipeline snapshot");
+                let bytes = state.encode().context("encoding the pipeline snapshot");
                 // The copy is freed here, off the processor's thread.
                 drop(state);
                 let encode_took = started.elapsed();
@@ -756,6 +756,13 @@ impl Processor {
                 anyhow::bail!("a snapshot committed before its encoding ended");
             };
             let file = encoded.file?;
+            if file.offset != landing.offset {
+                anyhow::bail!(
+                    "the snapshot copied at offset {} was written as that of {}",
+                    landing.offset,
+                    file.offset
+                );
+            }
             commit.snapshot_file = Some(file);
             commit.memories = landing.memories.into_iter().collect();
             commit.memories_before = landing.memories_before;

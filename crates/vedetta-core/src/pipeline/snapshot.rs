@@ -59,13 +59,6 @@ pub fn header() -> [u8; SNAPSHOT_HEADER_LEN] {
     out
 }
 
-/// Encodes a state copied by [`super::Pipeline::snapshot`]: the same bytes as
-/// [`super::Pipeline::encode_snapshot`] at the same point, for a copy handed to another
-/// thread so that the pipeline can carry on while it is encoded.
-pub fn encode(state: &PipelineState) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(state, header().to_vec())
-}
-
 /// Reads a snapshot written by [`super::Pipeline::encode_snapshot`]. Any bytes give an
 /// answer, never a panic (a fuzz target feeds it arbitrary input).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<PipelineState, SnapshotError> {

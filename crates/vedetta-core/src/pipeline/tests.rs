@@ -455,7 +455,7 @@ fn a_snapshot_restores_a_pipeline_that_continues_identically() {
         "the snapshot encoded in place is the snapshot's encoding"
     );
     assert_eq!(
-        super::snapshot::encode(&snapshot).unwrap(),
+        first.pipeline.snapshot_copy().encode().unwrap(),
         first.pipeline.encode_snapshot().unwrap(),
         "a copy encoded elsewhere is the snapshot encoded in place"
     );
