@@ -19,6 +19,7 @@ mod format;
 mod keys;
 mod memories;
 mod migrate;
+mod snapshot_file;
 
 pub use format::{
     ROW_FORMAT, ROW_FORMAT_V1, RowV1, RowV2, SPEND_FORMAT, SPEND_FORMAT_V1, STORE_FORMAT,
@@ -29,6 +30,7 @@ pub use keys::{
 };
 pub use memories::MEMORY_FORMAT;
 pub use migrate::MigrationReport;
+pub use snapshot_file::{SNAPSHOT_POINTER_FORMAT, SnapshotFile};
 
 use crate::error::{EngineFailure, io_is_storage_full};
 use crate::reopen::{ReopeningDatabase, Unavailable};
@@ -192,6 +194,12 @@ pub struct Commit {
     pub watermark: Option<i64>,
     /// The pipeline state as of `processed_offset`, when a snapshot is due.
     pub snapshot: Option<Vec<u8>>,
+    /// Or a snapshot already written to its file ([`KpiStore::write_snapshot_file`]),
+    /// made the store's snapshot by this commit: one encoded off the processor's thread,
+    /// of the offset its state was copied at, which rides on a later commit. Recovery
+    /// restores it and replays the log from its offset (the log is kept from there). Its
+    /// offset is never past `processed_offset`; at most one of the two is set.
+    pub snapshot_file: Option<SnapshotFile>,
     /// Fsync this commit (and every non-durable one before it).
     pub durable: bool,
     /// Attribution memories of users the pipeline dropped: only in a commit with a
@@ -355,7 +363,13 @@ impl KpiStore {
             Some(offset) => {
                 let offset = offset_from_meta(SNAPSHOT_OFFSET, offset)?;
                 let table = txn.open_table(SNAPSHOT)?;
-                table.get(0)?.map(|bytes| (offset, bytes.value().to_vec()))
+                match table.get(0)? {
+                    Some(value) => Some((
+                        offset,
+                        snapshot_file::resolve(self.db.path(), value.value())?,
+                    )),
+                    None => None,
+                }
             }
             None => None,
         };
@@ -482,14 +496,48 @@ impl KpiStore {
             if !commit.memories.is_empty() || commit.memories_before.is_some() {
                 memories::write(&txn, &commit.memories, commit.memories_before)?;
             }
-            if let Some(snapshot) = &commit.snapshot {
+            let snapshot = match (&commit.snapshot, &commit.snapshot_file) {
+                (Some(bytes), None) => Some((commit.processed_offset, bytes.clone())),
+                (None, Some(file)) => Some((file.offset, snapshot_file::pointer(file))),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err(StoreError::Engine(
+                        "a commit with two snapshots, inline and in a file".into(),
+                    ));
+                }
+            };
+            if let Some((offset, value)) = &snapshot {
+                if *offset > commit.processed_offset {
+                    // A bug upstream: recovery would skip the records in between.
+                    return Err(StoreError::Engine(format!(
+                        "a snapshot of offset {offset} committed with the processed offset {}",
+                        commit.processed_offset
+                    )));
+                }
                 let mut table = txn.open_table(SNAPSHOT)?;
-                table.insert(0, snapshot.as_slice())?;
-                meta.insert(SNAPSHOT_OFFSET, offset_to_meta(commit.processed_offset)?)?;
+                table.insert(0, value.as_slice())?;
+                meta.insert(SNAPSHOT_OFFSET, offset_to_meta(*offset)?)?;
             }
         }
         txn.commit()?;
+        // Snapshot files no durable commit points to any more (or never did).
+        if commit.durable && (commit.snapshot.is_some() || commit.snapshot_file.is_some()) {
+            let keep = commit.snapshot_file.map(|file| file.offset);
+            snapshot_file::remove_others(self.db.path(), keep);
+        }
         Ok(())
+    }
+
+    /// Writes a snapshot of the pipeline state at `offset` to its file beside the store,
+    /// durably, for a later commit to make it the store's snapshot
+    /// ([`Commit::snapshot_file`]). Runs alongside commits (it touches no table): the
+    /// processor calls it from the thread that encoded the snapshot.
+    pub fn write_snapshot_file(
+        &self,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<SnapshotFile, StoreError> {
+        snapshot_file::write(self.db.path(), offset, bytes)
     }
 
     /// Visits the rows of a granularity whose window starts in `[from, to)`, in key order,
@@ -614,6 +662,7 @@ impl KpiStore {
         }
         migrate::create_tables(&txn)?;
         txn.commit()?;
+        snapshot_file::remove_others(self.db.path(), None);
         Ok(())
     }
 }
@@ -769,5 +818,97 @@ mod tests {
         assert_eq!(progress.processed_offset, 10);
         assert_eq!(progress.watermark, None);
         assert_eq!(progress.snapshot, Some((9, vec![1, 2, 3])));
+    }
+
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".snapshot-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A snapshot encoded off the processor's thread is written to its file there, and a
+    /// later commit makes it the store's snapshot of the offset it describes (not the
+    /// commit's); one past the commit's is refused, files no commit names are removed, and
+    /// a file changed since is an error, not a misread state.
+    #[test]
+    fn a_snapshot_file_describes_an_earlier_offset_than_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let orphan = store
+            .write_snapshot_file(3, b"VDSN\x03never committed")
+            .unwrap();
+        let file = store
+            .write_snapshot_file(12, b"VDSN\x03state at 12")
+            .unwrap();
+        assert_eq!(file.offset, 12);
+        store
+            .commit(&Commit {
+                processed_offset: 20,
+                snapshot_file: Some(file),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            snapshot_files(dir.path()),
+            vec!["kpi.redb.snapshot-00000000000000000012"],
+            "the file of an uncommitted one ({orphan:?}) is gone"
+        );
+        let ahead = store.write_snapshot_file(26, b"VDSN\x03ahead").unwrap();
+        let error = store
+            .commit(&Commit {
+                processed_offset: 25,
+                snapshot_file: Some(ahead),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap_err();
+        assert!(error.to_string().contains("offset 26"), "{error}");
+        drop(store);
+        let (store, progress) = KpiStore::open(&path).unwrap();
+        assert_eq!(progress.processed_offset, 20);
+        assert_eq!(
+            progress.snapshot,
+            Some((12, b"VDSN\x03state at 12".to_vec()))
+        );
+
+        // An inline snapshot replaces it, and its file goes.
+        store
+            .commit(&Commit {
+                processed_offset: 30,
+                snapshot: Some(b"VDSN\x03inline".to_vec()),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(snapshot_files(dir.path()), Vec::<String>::new());
+        assert_eq!(
+            store.progress().unwrap().snapshot,
+            Some((30, b"VDSN\x03inline".to_vec()))
+        );
+
+        let file = store
+            .write_snapshot_file(31, b"VDSN\x03state at 31")
+            .unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 31,
+                snapshot_file: Some(file),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        std::fs::write(
+            dir.path().join("kpi.redb.snapshot-00000000000000000031"),
+            b"VDSN\x03state at 3!",
+        )
+        .unwrap();
+        let error = store.progress().unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
     }
 }

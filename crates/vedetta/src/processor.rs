@@ -14,19 +14,31 @@
 //! restores the snapshot and replays the log from the snapshot's offset to the committed
 //! offset with the changes discarded (they are in the store already), then carries on. The
 //! log is the source of truth; the store is a consistent, exactly-once view of a prefix of it.
+//!
+//! A snapshot does not stop the loop: at offset O the state is copied (with the dropped
+//! users' memories taken out of it, see [`SnapshotInFlight`]) and the copy is encoded, and
+//! written to its file beside the store, on a thread of its own while batches go on; the
+//! first commit after that, at some offset P ≥ O, makes it "the snapshot at O" (a pointer
+//! to the file) and writes those memories. Until then the
+//! store's snapshot, and the log retention that keeps the log from it, stay at the previous
+//! one. Only a stop (and the end of `vedetta replay`) encodes on this thread, to leave a
+//! snapshot at the last offset.
 
 use crate::clock::SystemClock;
 use crate::telemetry::StageTimings;
 use anyhow::Context;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vedetta_core::enrich::RegionLookup;
+use vedetta_core::pipeline::attribution::Memories;
+use vedetta_core::pipeline::hash::FastHashMap;
 use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, snapshot};
 use vedetta_core::record::{LogRecord, UserPseudonym};
 use vedetta_core::time::Clock;
-use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SpendRowKey, StoreError};
+use vedetta_store::{Commit, EventLog, KpiStore, RowKey, SnapshotFile, SpendRowKey, StoreError};
 
 /// Wakes the processor when the log grows.
 #[derive(Debug, Default)]
@@ -62,8 +74,9 @@ pub struct ProcessorOptions {
     /// How often a commit is fsynced.
     pub durable_interval: Duration,
     /// How often a commit carries a snapshot of the pipeline state, at least. A snapshot
-    /// costs time in proportion to the state; the processor waits at least 30 times as long
-    /// as the last one took, so snapshots never take more than a few percent of its time.
+    /// costs time in proportion to the state (the copy on the processor's thread, the
+    /// encoding on another); the processor waits at least 30 times as long as the last one
+    /// took in all, so snapshots never take more than a few percent of the machine.
     pub snapshot_interval: Duration,
 }
 
@@ -90,7 +103,8 @@ pub struct ProcessorStatus {
     pub remembered_event_ids: AtomicU64,
     /// Order ids held for order dedup.
     pub remembered_orders: AtomicU64,
-    /// Attribution memories of dropped users waiting for the next snapshot.
+    /// Attribution memories of dropped users waiting for the next snapshot (or for the one
+    /// being encoded) to reach the store.
     pub dormant_users: AtomicU64,
     /// Attribution memories in the store (updated with each snapshot).
     pub stored_memories: AtomicU64,
@@ -204,10 +218,13 @@ fn check_settings(store: &KpiStore, config: &PipelineConfig) -> anyhow::Result<(
 
 /// Reads from the store the attribution memories of the users in these records whom the
 /// pipeline does not hold (users idle for longer than the allowed lateness), for it to
-/// recall when they return.
+/// recall when they return. `pending` holds memories on their way to the store with a
+/// snapshot still being encoded: they are what the store will hold as of that snapshot,
+/// so they are read before it, as if already written (see [`SnapshotInFlight`]).
 fn recall_memories<'a>(
     pipeline: &mut Pipeline,
     store: &KpiStore,
+    pending: Option<&FastHashMap<UserPseudonym, Memories>>,
     records: impl Iterator<Item = &'a LogRecord>,
 ) -> anyhow::Result<()> {
     let mut users: Vec<UserPseudonym> = records
@@ -221,11 +238,142 @@ fn recall_memories<'a>(
     }
     users.sort_unstable();
     users.dedup();
-    let memories = store
+    let mut found = Vec::new();
+    if let Some(pending) = pending {
+        users.retain(|user| match pending.get(user) {
+            Some(memories) => {
+                found.push((*user, memories.clone()));
+                false
+            }
+            None => true,
+        });
+    }
+    let stored = store
         .read_memories(&users)
         .context("reading the attribution memories of returning users")?;
-    pipeline.recall_memories(memories);
+    pipeline.recall_memories(found.into_iter().chain(stored));
     Ok(())
+}
+
+/// What a commit does about snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SnapshotStep {
+    /// Nothing new; a snapshot whose encoding has ended rides on this commit.
+    Carry,
+    /// As [`Self::Carry`], then copy the state at this commit's offset and encode the copy
+    /// on the snapshot thread.
+    Start,
+    /// Encode the state here and commit it with this commit, durably (a stop, the end of
+    /// a replay): the store is left with a snapshot at its processed offset. One still
+    /// being encoded is given up; its memories go with this one.
+    Now,
+}
+
+/// A snapshot being encoded on its own thread, and what must reach the store with it.
+///
+/// The dropped users' memories go to the store in the commit of the snapshot taken after
+/// them, never between snapshots: a replay from a snapshot must read the store as the
+/// first run read it. So the memories are taken out of the state when it is copied at
+/// `offset` (the copy holds none) and kept here until the commit that carries the
+/// snapshot writes them. Meanwhile a returning user's memory is read from here before
+/// the store: exactly what the store reads after that commit (these replace older ones
+/// there; the memories it would prune by `memories_before` count as none anyway). After a
+/// crash before that commit, recovery restores the previous snapshot and the replay keeps
+/// these users in the pipeline's own memory instead, which recalls the same memories.
+struct SnapshotInFlight {
+    /// The log offset the state was copied at: what the snapshot describes.
+    offset: u64,
+    memories: FastHashMap<UserPseudonym, Memories>,
+    memories_before: Option<i64>,
+    /// How long copying the state took on the processor's thread.
+    copy_took: Duration,
+    encoded: mpsc::Receiver<EncodedSnapshot>,
+    /// Set once the encoding has ended.
+    done: Option<EncodedSnapshot>,
+}
+
+/// What the snapshot thread hands back: the snapshot written to its file.
+struct EncodedSnapshot {
+    file: anyhow::Result<SnapshotFile>,
+    encode_took: Duration,
+    write_took: Duration,
+}
+
+impl SnapshotInFlight {
+    /// Copies the pipeline's state (taking the dormant memories out of it first) and
+    /// starts encoding the copy on a new thread, which writes it to its file beside the
+    /// store (the commit that makes it the store's snapshot then writes a pointer only).
+    fn start(pipeline: &mut Pipeline, store: Arc<KpiStore>) -> Self {
+        let copy_started = Instant::now();
+        let memories: FastHashMap<UserPseudonym, Memories> =
+            pipeline.take_dormant().into_iter().collect();
+        let memories_before = pipeline.memory_horizon();
+        let state = pipeline.snapshot_copy();
+        let copy_took = copy_started.elapsed();
+        let offset = pipeline.next_offset();
+        let (sender, encoded) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let bytes = state.encode().context("encoding the pipeline snapshot");
+                // The copy is freed here, off the processor's thread.
+                drop(state);
+                let encode_took = started.elapsed();
+                let written = Instant::now();
+                let file = bytes.and_then(|bytes| {
+                    store
+                        .write_snapshot_file(offset, &bytes)
+                        .context("writing the pipeline snapshot's file")
+                });
+                // Given up (a stop, a failure) when the receiver is gone: nothing to do
+                // (a file no commit points to is removed after the next snapshot's).
+                let _ = sender.send(EncodedSnapshot {
+                    file,
+                    encode_took,
+                    write_took: written.elapsed(),
+                });
+            });
+        let done = match spawned {
+            Ok(_) => None,
+            // The commit that would carry it fails instead, and the processor rebuilds its
+            // state from the store and the log, with these memories back in it.
+            Err(error) => Some(EncodedSnapshot {
+                file: Err(anyhow::Error::new(error).context("starting the snapshot thread")),
+                encode_took: Duration::ZERO,
+                write_took: Duration::ZERO,
+            }),
+        };
+        Self {
+            offset,
+            memories,
+            memories_before,
+            copy_took,
+            encoded,
+            done,
+        }
+    }
+
+    /// Whether the encoding has ended (a thread that ended without an answer counts, as a
+    /// failure).
+    fn finished(&mut self) -> bool {
+        if self.done.is_none() {
+            match self.encoded.try_recv() {
+                Ok(encoded) => self.done = Some(encoded),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    self.done = Some(EncodedSnapshot {
+                        file: Err(anyhow::anyhow!(
+                            "the snapshot thread ended without a snapshot"
+                        )),
+                        encode_took: Duration::ZERO,
+                        write_took: Duration::ZERO,
+                    });
+                }
+            }
+        }
+        self.done.is_some()
+    }
 }
 
 fn set_error(status: &ProcessorStatus, error: &anyhow::Error) {
@@ -263,9 +411,12 @@ pub struct Processor {
     options: ProcessorOptions,
     last_durable: Instant,
     last_snapshot: Instant,
-    /// How long the last snapshot took to encode and commit.
+    /// How long the last snapshot took: copy, encoding and commit.
     last_snapshot_cost: Duration,
+    /// The offset of the store's snapshot.
     snapshot_offset: u64,
+    /// A snapshot being encoded off this thread, not in the store yet.
+    snapshot_in_flight: Option<SnapshotInFlight>,
 }
 
 impl Processor {
@@ -308,7 +459,7 @@ impl Processor {
                     progress.processed_offset
                 );
             };
-            recall_memories(&mut pipeline, &store, records.iter().map(|(_, r)| r))?;
+            recall_memories(&mut pipeline, &store, None, records.iter().map(|(_, r)| r))?;
             for (offset, record) in records {
                 if offset >= progress.processed_offset {
                     break;
@@ -341,6 +492,7 @@ impl Processor {
             last_snapshot: Instant::now(),
             last_snapshot_cost: Duration::ZERO,
             snapshot_offset,
+            snapshot_in_flight: None,
         };
         processor.publish(status, progress.processed_offset);
         Ok(processor)
@@ -349,7 +501,7 @@ impl Processor {
     fn run(&mut self, notifier: &LogNotifier, stop: &AtomicBool, status: &ProcessorStatus) {
         loop {
             if stop.load(Ordering::Acquire) {
-                if let Err(error) = self.commit_batch(true, status) {
+                if let Err(error) = self.commit_batch(SnapshotStep::Now, status) {
                     tracing::error!(error = %format!("{error:#}"), "final commit failed");
                 }
                 return;
@@ -358,9 +510,20 @@ impl Processor {
             if self.log.end_offset() <= next {
                 // Idle with progress since the last snapshot: take one now, so that a
                 // restart replays nothing and dropped users' attribution memories reach
-                // the store without waiting for more traffic.
-                if self.snapshot_due() && next > self.snapshot_offset {
-                    if let Err(error) = self.commit_batch(true, status) {
+                // the store without waiting for more traffic. One that finished encoding
+                // is committed without waiting for more traffic either.
+                let start = self.snapshot_due() && next > self.snapshot_offset;
+                let finished = self
+                    .snapshot_in_flight
+                    .as_mut()
+                    .is_some_and(SnapshotInFlight::finished);
+                if start || finished {
+                    let step = if start {
+                        SnapshotStep::Start
+                    } else {
+                        SnapshotStep::Carry
+                    };
+                    if let Err(error) = self.commit_batch(step, status) {
                         self.recover_from_failure(&error, stop, status);
                     }
                     continue;
@@ -436,8 +599,21 @@ impl Processor {
         Ok(())
     }
 
-    /// One micro-batch: read, process, commit.
+    /// One micro-batch: read, process, commit (starting a snapshot when one is due).
     pub fn step(&mut self, status: &ProcessorStatus) -> anyhow::Result<()> {
+        let snapshot = if self.snapshot_due() {
+            SnapshotStep::Start
+        } else {
+            SnapshotStep::Carry
+        };
+        self.step_with(snapshot, status)
+    }
+
+    fn step_with(
+        &mut self,
+        snapshot: SnapshotStep,
+        status: &ProcessorStatus,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         // A fresh pipeline over a log whose head was deleted by retention starts at its head.
         let next = self.pipeline.next_offset().max(self.log.start_offset());
@@ -445,6 +621,7 @@ impl Processor {
         recall_memories(
             &mut self.pipeline,
             &self.store,
+            self.snapshot_in_flight.as_ref().map(|s| &s.memories),
             records.iter().map(|(_, _, r)| r),
         )?;
         // Records of one log batch share their append time: count them per time.
@@ -456,8 +633,7 @@ impl Processor {
                 _ => appended.push((*appended_at, 1)),
             }
         }
-        let snapshot_due = self.snapshot_due();
-        self.commit_batch(snapshot_due, status)?;
+        self.commit_batch(snapshot, status)?;
         let timings = &status.timings;
         let now = SystemClock.now_ms();
         for (appended_at, n) in appended {
@@ -471,22 +647,44 @@ impl Processor {
         Ok(())
     }
 
-    /// Whether the next commit should carry a snapshot: the interval has passed, and at
-    /// least 30 times what the last snapshot cost (so snapshots stay a few percent of the
-    /// processor's time however large the state grows).
+    /// Whether a snapshot should start after the next commit: none is being encoded, the
+    /// interval has passed, and at least 30 times what the last snapshot cost (so snapshots
+    /// stay a few percent of the machine's time however large the state grows).
     fn snapshot_due(&self) -> bool {
-        self.last_snapshot.elapsed()
-            >= self
-                .options
-                .snapshot_interval
-                .max(self.last_snapshot_cost * 30)
+        self.snapshot_in_flight.is_none()
+            && self.last_snapshot.elapsed()
+                >= self
+                    .options
+                    .snapshot_interval
+                    .max(self.last_snapshot_cost * 30)
     }
 
-    /// Commits the pending changes with the current offset.
-    fn commit_batch(&mut self, snapshot: bool, status: &ProcessorStatus) -> anyhow::Result<()> {
-        let started = Instant::now();
+    /// Commits the pending changes with the current offset, and what `snapshot` says.
+    fn commit_batch(
+        &mut self,
+        snapshot: SnapshotStep,
+        status: &ProcessorStatus,
+    ) -> anyhow::Result<()> {
         let deltas = self.pipeline.take_deltas();
-        let durable = snapshot || self.last_durable.elapsed() >= self.options.durable_interval;
+        // A snapshot whose encoding has ended rides on this commit (one encoded here
+        // instead replaces it).
+        let landing = match snapshot {
+            SnapshotStep::Now => None,
+            SnapshotStep::Carry | SnapshotStep::Start => {
+                let finished = self
+                    .snapshot_in_flight
+                    .as_mut()
+                    .is_some_and(SnapshotInFlight::finished);
+                if finished {
+                    self.snapshot_in_flight.take()
+                } else {
+                    None
+                }
+            }
+        };
+        let durable = snapshot == SnapshotStep::Now
+            || landing.is_some()
+            || self.last_durable.elapsed() >= self.options.durable_interval;
         let mut commit = Commit {
             processed_offset: self.pipeline.next_offset(),
             watermark: self.pipeline.watermark(),
@@ -525,35 +723,95 @@ impl Processor {
                 change,
             ));
         }
-        if snapshot {
+        // What the snapshot cost before the commit (copy, encoding, writing its file), for
+        // the log line and the wait before the next one.
+        let mut snapshot_work = None;
+        if snapshot == SnapshotStep::Now {
             // The dropped users' memories go to the store with the snapshot taken after
             // them, never between snapshots: a replay from a snapshot must read the store
-            // as the first run read it.
-            commit.memories = self.pipeline.take_dormant();
+            // as the first run read it. Those of a snapshot given up go too, first (the
+            // newer ones replace them).
+            let encode_started = Instant::now();
+            let mut memories = self
+                .snapshot_in_flight
+                .take()
+                .map(|given_up| given_up.memories)
+                .unwrap_or_default();
+            memories.extend(self.pipeline.take_dormant());
+            commit.memories = memories.into_iter().collect();
             commit.memories_before = self.pipeline.memory_horizon();
             commit.snapshot = Some(
                 self.pipeline
                     .encode_snapshot()
                     .context("encoding the pipeline snapshot")?,
             );
+            let bytes = commit.snapshot.as_ref().map_or(0, Vec::len) as u64;
+            snapshot_work = Some((
+                self.pipeline.next_offset(),
+                bytes,
+                [Duration::ZERO, encode_started.elapsed(), Duration::ZERO],
+            ));
+        } else if let Some(landing) = landing {
+            let Some(encoded) = landing.done else {
+                anyhow::bail!("a snapshot committed before its encoding ended");
+            };
+            let file = encoded.file?;
+            if file.offset != landing.offset {
+                anyhow::bail!(
+                    "the snapshot copied at offset {} was written as that of {}",
+                    landing.offset,
+                    file.offset
+                );
+            }
+            commit.snapshot_file = Some(file);
+            commit.memories = landing.memories.into_iter().collect();
+            commit.memories_before = landing.memories_before;
+            snapshot_work = Some((
+                file.offset,
+                file.len,
+                [landing.copy_took, encoded.encode_took, encoded.write_took],
+            ));
         }
         let commit_started = Instant::now();
         self.store.commit(&commit)?;
+        let commit_took = commit_started.elapsed();
         status
             .timings
             .store_commit
-            .observe(commit_started.elapsed().as_secs_f64());
+            .observe(commit_took.as_secs_f64());
         if durable {
             self.last_durable = Instant::now();
         }
-        if snapshot {
+        if let Some((offset, bytes, [copy_took, encode_took, write_took])) = snapshot_work {
             // Telemetry only: a failed count leaves the last one shown.
             if let Ok(stored) = self.store.stored_memories() {
                 status.stored_memories.store(stored, Ordering::Relaxed);
             }
+            if snapshot == SnapshotStep::Now {
+                self.last_snapshot = Instant::now();
+            }
+            self.last_snapshot_cost = copy_took + encode_took + write_took + commit_took;
+            self.snapshot_offset = offset;
+            tracing::info!(
+                offset,
+                committed_at = commit.processed_offset,
+                bytes,
+                memories = commit.memories.len(),
+                copy_ms = copy_took.as_millis() as u64,
+                encode_ms = encode_took.as_millis() as u64,
+                write_ms = write_took.as_millis() as u64,
+                commit_ms = commit_took.as_millis() as u64,
+                on_processor_thread = snapshot == SnapshotStep::Now,
+                "pipeline snapshot committed"
+            );
+        }
+        if snapshot == SnapshotStep::Start && self.snapshot_in_flight.is_none() {
+            // After the commit: the copy describes exactly the offset just committed.
             self.last_snapshot = Instant::now();
-            self.last_snapshot_cost = started.elapsed();
-            self.snapshot_offset = commit.processed_offset;
+            self.snapshot_in_flight = Some(SnapshotInFlight::start(
+                &mut self.pipeline,
+                self.store.clone(),
+            ));
         }
         status.commits.fetch_add(1, Ordering::Relaxed);
         clear_error(status);
@@ -582,9 +840,14 @@ impl Processor {
         status
             .remembered_orders
             .store(self.pipeline.remembered_orders() as u64, Ordering::Relaxed);
-        status
-            .dormant_users
-            .store(self.pipeline.dormant_users() as u64, Ordering::Relaxed);
+        let in_flight = self
+            .snapshot_in_flight
+            .as_ref()
+            .map_or(0, |s| s.memories.len());
+        status.dormant_users.store(
+            (self.pipeline.dormant_users() + in_flight) as u64,
+            Ordering::Relaxed,
+        );
         if let Ok(mut counters) = status.counters.lock() {
             *counters = self.pipeline.counters().clone();
         }
@@ -596,6 +859,302 @@ impl Processor {
         while self.pipeline.next_offset() < self.log.end_offset() {
             self.step(status)?;
         }
-        self.commit_batch(true, status)
+        self.commit_batch(SnapshotStep::Now, status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use vedetta_core::pipeline::windows::Granularity;
+    use vedetta_core::record::{Consent, EventKind, StoredEvent, encode_batch};
+    use vedetta_core::time::EventTime;
+    use vedetta_store::{EncodedBatch, RowKey};
+
+    const T0: i64 = 1_712_318_400_000; // 2024-04-05T12:00:00Z
+    const DAY: i64 = 86_400_000;
+    const RETURNING: u8 = 20;
+
+    fn hit(user: u8, kind: EventKind, ts: i64, channel: Option<&str>) -> LogRecord {
+        let purchase = kind == EventKind::Purchase;
+        LogRecord::Event(StoredEvent {
+            user: UserPseudonym([user; 16]),
+            kind,
+            ts: EventTime(ts),
+            event_id: None,
+            value: purchase.then_some(25.0),
+            currency: None,
+            order_id: purchase.then(|| format!("o-{user}-{ts}")),
+            channel: channel.map(String::from),
+            campaign: channel.map(|_| "news".to_string()),
+            utm_source: None,
+            utm_medium: None,
+            utm_campaign: None,
+            utm_content: None,
+            utm_term: None,
+            gclid: None,
+            fbclid: None,
+            user_agent: None,
+            device: Some("mobile".into()),
+            ip_network: None,
+            region: Some("Lombardia".into()),
+            page: None,
+            referrer: None,
+            product_id: None,
+            consent: Consent::default(),
+            properties: None,
+        })
+    }
+
+    /// Another user's events a long way on: everyone else's sessions become final and
+    /// their users are dropped, their memories kept as dormant.
+    fn pass_time(to: i64) -> Vec<LogRecord> {
+        vec![
+            hit(99, EventKind::PageView, to, None),
+            hit(99, EventKind::AddToCart, to + 1, None),
+        ]
+    }
+
+    /// Three parts of traffic. `landed`: users land from email, then are dropped; at its end
+    /// the dormant memories are many. `returned`: they come back direct and buy (their
+    /// purchases are credited to email through those memories). `later`: time moves on.
+    fn traffic() -> [Vec<LogRecord>; 3] {
+        let mut landed: Vec<LogRecord> = (1..=RETURNING)
+            .map(|u| hit(u, EventKind::PageView, T0 + i64::from(u), Some("email")))
+            .collect();
+        landed.extend(pass_time(T0 + DAY));
+        let mut returned = Vec::new();
+        for u in 1..=RETURNING {
+            let at = T0 + 2 * DAY + i64::from(u) * 1_000;
+            returned.push(hit(u, EventKind::PageView, at, None));
+            returned.push(hit(u, EventKind::Purchase, at + 500, None));
+        }
+        let mut later = pass_time(T0 + 3 * DAY);
+        later.push(hit(
+            RETURNING + 1,
+            EventKind::Purchase,
+            T0 + 3 * DAY + 9,
+            None,
+        ));
+        later.extend(pass_time(T0 + 4 * DAY));
+        [landed, returned, later]
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        log: Arc<EventLog>,
+        store: Arc<KpiStore>,
+        status: ProcessorStatus,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10).unwrap();
+            let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+            Self {
+                _dir: dir,
+                log: Arc::new(log),
+                store: Arc::new(store),
+                status: ProcessorStatus::default(),
+            }
+        }
+
+        fn append(&self, records: &[LogRecord]) {
+            let batch = EncodedBatch {
+                bytes: encode_batch(records, T0, 0),
+                count: records.len() as u32,
+            };
+            self.log.append_group(&[&batch], &[]).unwrap();
+        }
+
+        /// A processor as a (re)start makes it: from the store's snapshot and the log.
+        /// Snapshots start only when a test asks.
+        fn processor(&self) -> Processor {
+            let options = ProcessorOptions {
+                max_batch_records: 1_000,
+                durable_interval: Duration::from_secs(1),
+                snapshot_interval: Duration::from_secs(3_600),
+            };
+            Processor::recover(
+                self.log.clone(),
+                self.store.clone(),
+                PipelineConfig::default(),
+                None,
+                options,
+                &self.status,
+            )
+            .unwrap()
+        }
+
+        fn step(&self, processor: &mut Processor, snapshot: SnapshotStep) {
+            processor.step_with(snapshot, &self.status).unwrap();
+        }
+
+        fn rows(&self) -> Vec<(RowKey, vedetta_core::pipeline::kpi::KpiCounters)> {
+            [Granularity::Minute, Granularity::Hour, Granularity::Day]
+                .into_iter()
+                .flat_map(|g| self.store.rows(g, T0 - DAY, T0 + 10 * DAY).unwrap())
+                .collect()
+        }
+
+        fn email_conversions(&self) -> i64 {
+            self.store
+                .rows(Granularity::Day, T0 - DAY, T0 + 10 * DAY)
+                .unwrap()
+                .iter()
+                .filter(|(key, _)| key.channel == "email")
+                .map(|(_, counters)| counters.conversions)
+                .sum()
+        }
+    }
+
+    /// The same log processed without a snapshot or a restart.
+    fn uninterrupted() -> Setup {
+        let setup = Setup::new();
+        for part in traffic() {
+            setup.append(&part);
+        }
+        let mut processor = setup.processor();
+        processor.catch_up(&setup.status).unwrap();
+        setup
+    }
+
+    /// The encoding of a snapshot in flight, held back from the processor until a test
+    /// releases it (however fast the thread is).
+    struct HeldEncoding {
+        thread: mpsc::Receiver<EncodedSnapshot>,
+        processor: mpsc::SyncSender<EncodedSnapshot>,
+    }
+
+    impl HeldEncoding {
+        fn release(self) {
+            let encoded = self.thread.recv().unwrap();
+            assert!(encoded.file.is_ok());
+            self.processor.send(encoded).unwrap();
+        }
+    }
+
+    /// Up to the snapshot copied at the end of `landed` and the returning users' batch
+    /// (processed while it is encoded: they are recalled from the memories it carries).
+    fn through_a_snapshot_in_flight(setup: &Setup) -> (Processor, HeldEncoding) {
+        let [landed, returned, _] = traffic();
+        let mut processor = setup.processor();
+        setup.append(&landed);
+        setup.step(&mut processor, SnapshotStep::Start);
+        let in_flight = processor.snapshot_in_flight.as_mut().expect("started");
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let held = HeldEncoding {
+            thread: std::mem::replace(&mut in_flight.encoded, receiver),
+            processor: sender,
+        };
+        assert_eq!(in_flight.offset, landed.len() as u64);
+        assert_eq!(
+            in_flight.memories.len(),
+            usize::from(RETURNING),
+            "the dropped users' memories went with the copy"
+        );
+        assert_eq!(processor.pipeline.dormant_users(), 0);
+        setup.append(&returned);
+        setup.step(&mut processor, SnapshotStep::Carry);
+        assert!(processor.snapshot_in_flight.is_some(), "still encoding");
+        assert_eq!(setup.store.progress().unwrap().snapshot, None);
+        assert_eq!(
+            setup.status.dormant_users.load(Ordering::Relaxed),
+            u64::from(RETURNING),
+            "the memories still wait for the store"
+        );
+        (processor, held)
+    }
+
+    /// Stage 6 of issue 12: a snapshot encoded off the processor's thread, committed with
+    /// a later batch as the snapshot of the offset it was copied at, then a crash: the
+    /// restart restores it, replays the log from its offset (reading the memories committed
+    /// with it), and ends with the KPIs of a run with no snapshot and no crash.
+    #[test]
+    fn a_snapshot_encoded_off_thread_then_a_crash_gives_the_uninterrupted_kpis() {
+        let straight = uninterrupted();
+        assert_eq!(
+            straight.email_conversions(),
+            i64::from(RETURNING),
+            "direct returns credited to email: the memories were used"
+        );
+
+        let setup = Setup::new();
+        let [landed, returned, later] = traffic();
+        let (mut processor, held) = through_a_snapshot_in_flight(&setup);
+        held.release();
+        // The next commit carries it, whatever it holds.
+        setup.append(&later[..2]);
+        setup.step(&mut processor, SnapshotStep::Carry);
+        assert!(processor.snapshot_in_flight.is_none(), "committed");
+        let progress = setup.store.progress().unwrap();
+        let processed = (landed.len() + returned.len() + 2) as u64;
+        assert_eq!(progress.processed_offset, processed);
+        assert_eq!(
+            progress.snapshot.as_ref().map(|(offset, _)| *offset),
+            Some(landed.len() as u64),
+            "the snapshot of the offset it was copied at"
+        );
+        assert_eq!(setup.store.stored_memories().unwrap(), u64::from(RETURNING));
+        assert_eq!(setup.status.snapshot_offset.load(Ordering::Acquire), 22);
+
+        // Crash: the state goes without a final commit; a restart replays 22..processed.
+        drop(processor);
+        let mut processor = setup.processor();
+        assert_eq!(processor.pipeline.next_offset(), processed);
+        assert_eq!(processor.snapshot_offset, landed.len() as u64);
+        setup.append(&later[2..]);
+        processor.catch_up(&setup.status).unwrap();
+        assert_eq!(setup.email_conversions(), i64::from(RETURNING));
+        assert_eq!(setup.rows(), straight.rows());
+    }
+
+    /// A crash while the snapshot is still being encoded: the store's snapshot is the one
+    /// before (none here), and the replay keeps the dropped users in the pipeline's own
+    /// memory, which recalls what the first run read from the snapshot in flight.
+    #[test]
+    fn a_crash_before_the_snapshot_in_flight_is_committed_replays_from_the_one_before() {
+        let straight = uninterrupted();
+        let setup = Setup::new();
+        let [landed, returned, later] = traffic();
+        let (processor, _held) = through_a_snapshot_in_flight(&setup);
+        drop(processor);
+        let progress = setup.store.progress().unwrap();
+        assert_eq!(
+            progress.processed_offset,
+            (landed.len() + returned.len()) as u64
+        );
+        assert_eq!(progress.snapshot, None);
+        assert_eq!(setup.store.stored_memories().unwrap(), 0);
+        let mut processor = setup.processor();
+        assert_eq!(processor.snapshot_offset, 0);
+        assert_eq!(processor.pipeline.next_offset(), progress.processed_offset);
+        setup.append(&later);
+        processor.catch_up(&setup.status).unwrap();
+        assert_eq!(setup.rows(), straight.rows());
+        assert_eq!(setup.email_conversions(), i64::from(RETURNING));
+    }
+
+    /// A stop while a snapshot is encoded gives it up and commits one of the last offset
+    /// here, with its memories and the newer ones.
+    #[test]
+    fn a_stop_during_an_encoding_commits_a_snapshot_of_the_last_offset() {
+        let setup = Setup::new();
+        let [landed, returned, later] = traffic();
+        let (mut processor, _held) = through_a_snapshot_in_flight(&setup);
+        setup.append(&later);
+        setup.step(&mut processor, SnapshotStep::Carry);
+        processor
+            .commit_batch(SnapshotStep::Now, &setup.status)
+            .unwrap();
+        assert!(processor.snapshot_in_flight.is_none());
+        let end = (landed.len() + returned.len() + later.len()) as u64;
+        let progress = setup.store.progress().unwrap();
+        assert_eq!(progress.processed_offset, end);
+        assert_eq!(progress.snapshot.map(|(offset, _)| offset), Some(end));
+        // The returning users, dropped again by the later traffic, still remember email.
+        assert_eq!(setup.store.stored_memories().unwrap(), u64::from(RETURNING));
     }
 }

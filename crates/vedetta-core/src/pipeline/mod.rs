@@ -216,6 +216,95 @@ pub struct PipelineState {
     pub refunds: RefundBook,
 }
 
+/// [`PipelineState`] by reference, field for field in the same order: postcard writes a
+/// reference, or a slice, exactly as the owned value or `Vec`, and `users` as any map of
+/// the same entries.
+#[derive(Serialize)]
+struct BorrowedState<'a, Users: Serialize> {
+    max_event_ts: Option<i64>,
+    dedup: &'a ExactDedup,
+    orders: &'a ExactDedup,
+    users: &'a Users,
+    dormant: &'a FastHashMap<UserPseudonym, Memory>,
+    expiry: &'a BTreeMap<i64, Vec<UserPseudonym>>,
+    dims: &'a [dims::Dims],
+    custom_kinds: &'a [String],
+    counters: &'a PipelineCounters,
+    next_offset: u64,
+    earlier_runs: &'a FastHashMap<UserPseudonym, EarlierRuns>,
+    refunds: &'a RefundBook,
+}
+
+/// A copy of the pipeline state taken for a snapshot ([`Pipeline::snapshot_copy`]).
+#[derive(Debug)]
+pub struct SnapshotCopy {
+    /// Everything but the users (`users` is empty; `dims` and `custom_kinds` are filled).
+    state: PipelineState,
+    users: FlatUsers,
+}
+
+/// The users of a state, flat: each user with their due time, memory and number of
+/// events, and all their events one user after the other.
+#[derive(Debug)]
+struct FlatUsers {
+    users: Vec<(UserPseudonym, i64, Memory, usize)>,
+    entries: Vec<EventEntry>,
+}
+
+impl Serialize for FlatUsers {
+    /// As the map of [`UserState`]s they were copied from.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        /// [`UserState`] by reference, field for field.
+        #[derive(Serialize)]
+        struct HeldUser<'a> {
+            entries: &'a [EventEntry],
+            due: i64,
+            memory: Memory,
+        }
+        let mut map = serializer.serialize_map(Some(self.users.len()))?;
+        let mut rest = self.entries.as_slice();
+        for (user, due, memory, len) in &self.users {
+            let (entries, after) = rest.split_at(*len);
+            rest = after;
+            map.serialize_entry(
+                user,
+                &HeldUser {
+                    entries,
+                    due: *due,
+                    memory: *memory,
+                },
+            )?;
+        }
+        map.end()
+    }
+}
+
+impl SnapshotCopy {
+    /// The snapshot's bytes: those [`Pipeline::encode_snapshot`] gave when the copy was
+    /// taken.
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        let state = &self.state;
+        postcard::to_extend(
+            &BorrowedState {
+                max_event_ts: state.max_event_ts,
+                dedup: &state.dedup,
+                orders: &state.orders,
+                users: &self.users,
+                dormant: &state.dormant,
+                expiry: &state.expiry,
+                dims: &state.dims,
+                custom_kinds: &state.custom_kinds,
+                counters: &state.counters,
+                next_offset: state.next_offset,
+                earlier_runs: &state.earlier_runs,
+                refunds: &state.refunds,
+            },
+            snapshot::header().to_vec(),
+        )
+    }
+}
+
 /// The streaming pipeline. See the module docs.
 pub struct Pipeline {
     config: PipelineConfig,
@@ -342,26 +431,9 @@ impl Pipeline {
     /// state first (a day of remembered event ids is most of it, and the copy was most of a
     /// snapshot's cost).
     pub fn encode_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
-        /// [`PipelineState`] by reference, field for field in the same order: postcard
-        /// writes a reference, or a slice, exactly as the owned value or `Vec`.
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            max_event_ts: Option<i64>,
-            dedup: &'a ExactDedup,
-            orders: &'a ExactDedup,
-            users: &'a FastHashMap<UserPseudonym, UserState>,
-            dormant: &'a FastHashMap<UserPseudonym, Memory>,
-            expiry: &'a BTreeMap<i64, Vec<UserPseudonym>>,
-            dims: &'a [dims::Dims],
-            custom_kinds: &'a [String],
-            counters: &'a PipelineCounters,
-            next_offset: u64,
-            earlier_runs: &'a FastHashMap<UserPseudonym, EarlierRuns>,
-            refunds: &'a RefundBook,
-        }
         let state = &self.state;
         postcard::to_extend(
-            &Borrowed {
+            &BorrowedState {
                 max_event_ts: state.max_event_ts,
                 dedup: &state.dedup,
                 orders: &state.orders,
@@ -377,6 +449,42 @@ impl Pipeline {
             },
             snapshot::header().to_vec(),
         )
+    }
+
+    /// A copy of the state to encode elsewhere ([`SnapshotCopy::encode`]: the bytes of
+    /// [`Self::encode_snapshot`] at this point), so that the pipeline can carry on
+    /// meanwhile. The users are copied flat, into one list of users and one of all their
+    /// events: cloning the map allocated a list per user, most of the copy's cost with a
+    /// million users held.
+    pub fn snapshot_copy(&self) -> SnapshotCopy {
+        let state = &self.state;
+        let mut users = FlatUsers {
+            users: Vec::with_capacity(state.users.len()),
+            entries: Vec::with_capacity(state.users.values().map(|u| u.entries.len()).sum()),
+        };
+        for (user, held) in &state.users {
+            users
+                .users
+                .push((*user, held.due, held.memory, held.entries.len()));
+            users.entries.extend_from_slice(&held.entries);
+        }
+        SnapshotCopy {
+            state: PipelineState {
+                max_event_ts: state.max_event_ts,
+                dedup: state.dedup.clone(),
+                orders: state.orders.clone(),
+                users: FastHashMap::default(),
+                dormant: state.dormant.clone(),
+                expiry: state.expiry.clone(),
+                dims: self.dims.tuples().to_vec(),
+                custom_kinds: self.custom_kinds.clone(),
+                counters: state.counters.clone(),
+                next_offset: state.next_offset,
+                earlier_runs: state.earlier_runs.clone(),
+                refunds: state.refunds.clone(),
+            },
+            users,
+        }
     }
 
     pub fn config(&self) -> &PipelineConfig {

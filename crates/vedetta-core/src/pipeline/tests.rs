@@ -434,6 +434,11 @@ fn a_snapshot_restores_a_pipeline_that_continues_identically() {
         .concat(),
         "the snapshot encoded in place is the snapshot's encoding"
     );
+    assert_eq!(
+        first.pipeline.snapshot_copy().encode().unwrap(),
+        first.pipeline.encode_snapshot().unwrap(),
+        "a copy encoded elsewhere is the snapshot encoded in place"
+    );
     let mut resumed = Run {
         pipeline: Pipeline::restore(PipelineConfig::default(), None, snapshot),
         kpis: first.kpis.clone(),

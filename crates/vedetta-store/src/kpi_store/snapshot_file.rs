@@ -1,0 +1,155 @@
+//! Snapshots kept in a file beside the store, for the ones encoded off the processor's
+//! thread: that thread writes and fsyncs the file, and the commit that makes it the
+//! store's snapshot writes only a small pointer to it in the `snapshot` table (a snapshot
+//! of a million users is over 100 MB: written into the store, its commit alone took
+//! 0.7 s of the processor's thread).
+//!
+//! ```text
+//! file:    <store file name>.snapshot-<offset, 20 digits>   the snapshot's bytes, as inline
+//! pointer: [magic "VDSF"][format u8 = 1][offset u64 LE][length u64 LE][xxh3-64 u64 LE]
+//! ```
+//!
+//! A file is complete before a commit points to it (written under a temporary name,
+//! fsynced, renamed, the directory fsynced); a crash before that commit leaves a file no
+//! pointer names, removed with the others after the next commit of a snapshot. The pointer
+//! carries the length and a hash of the bytes, so a file damaged or swapped since is an
+//! error, never a misread state. A pointer is told from an inline snapshot by its magic
+//! (inline ones start with `VDSN`); a build from before this format reads a pointer as an
+//! unknown snapshot and stops with that error rather than misreading it.
+
+use super::StoreError;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const POINTER_MAGIC: [u8; 4] = *b"VDSF";
+/// The pointer format this build writes and reads.
+pub const SNAPSHOT_POINTER_FORMAT: u8 = 1;
+const POINTER_LEN: usize = 4 + 1 + 8 + 8 + 8;
+
+/// A snapshot written to its file, for a commit to make it the store's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotFile {
+    /// The log offset the snapshot describes.
+    pub offset: u64,
+    pub len: u64,
+    pub hash: u64,
+}
+
+fn io_error(what: &str, path: &Path, error: &std::io::Error) -> StoreError {
+    StoreError::Io(std::io::Error::new(
+        error.kind(),
+        format!("{what} {}: {error}", path.display()),
+    ))
+}
+
+fn prefix(store_path: &Path) -> String {
+    let name = store_path
+        .file_name()
+        .map_or_else(|| "kpis".into(), |n| n.to_string_lossy().into_owned());
+    format!("{name}.snapshot-")
+}
+
+fn path_of(store_path: &Path, offset: u64) -> PathBuf {
+    store_path.with_file_name(format!("{}{offset:020}", prefix(store_path)))
+}
+
+/// Writes the snapshot of `offset` to its file, durably.
+pub(super) fn write(
+    store_path: &Path,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<SnapshotFile, StoreError> {
+    // A writer given up (a processor rebuilt after a failure) may still be writing the
+    // same offset: each writes its own temporary file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = path_of(store_path, offset);
+    let temporary = path.with_extension(format!("tmp{write}"));
+    let mut file =
+        std::fs::File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error("writing", &temporary, &e))?;
+    drop(file);
+    std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("syncing the directory", dir, &e))?;
+    }
+    Ok(SnapshotFile {
+        offset,
+        len: bytes.len() as u64,
+        hash: xxhash_rust::xxh3::xxh3_64(bytes),
+    })
+}
+
+/// The pointer a commit stores in place of the bytes.
+pub(super) fn pointer(file: &SnapshotFile) -> Vec<u8> {
+    let mut out = Vec::with_capacity(POINTER_LEN);
+    out.extend_from_slice(&POINTER_MAGIC);
+    out.push(SNAPSHOT_POINTER_FORMAT);
+    out.extend_from_slice(&file.offset.to_le_bytes());
+    out.extend_from_slice(&file.len.to_le_bytes());
+    out.extend_from_slice(&file.hash.to_le_bytes());
+    out
+}
+
+/// The snapshot's bytes from a stored value: the value itself (inline), or the file its
+/// pointer names, checked.
+pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if !value.starts_with(&POINTER_MAGIC) {
+        return Ok(value.to_vec());
+    }
+    if value.len() != POINTER_LEN || value[4] != SNAPSHOT_POINTER_FORMAT {
+        return Err(StoreError::Corrupt(format!(
+            "a snapshot pointer of {} bytes, format {}; this build reads format \
+             {SNAPSHOT_POINTER_FORMAT}, {POINTER_LEN} bytes",
+            value.len(),
+            value.get(4).copied().unwrap_or(0)
+        )));
+    }
+    let word = |at: usize| {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&value[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    let (offset, len, hash) = (word(5), word(13), word(21));
+    let path = path_of(store_path, offset);
+    let bytes = std::fs::read(&path).map_err(|e| io_error("reading the snapshot", &path, &e))?;
+    if bytes.len() as u64 != len || xxhash_rust::xxh3::xxh3_64(&bytes) != hash {
+        return Err(StoreError::Corrupt(format!(
+            "the snapshot file {} is not the one the store committed ({} bytes, {len} \
+             expected, or another hash)",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// Removes the snapshot files (and unfinished ones) but the one of `keep`. Best effort:
+/// a file left behind costs disk only, and goes at the next snapshot's commit.
+pub(super) fn remove_others(store_path: &Path, keep: Option<u64>) -> usize {
+    let prefix = prefix(store_path);
+    let kept = keep.map(|offset| path_of(store_path, offset));
+    let dir = match store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(&prefix));
+        if ours && kept.as_ref() != Some(&path) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
