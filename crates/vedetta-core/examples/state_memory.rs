@@ -25,7 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use vedetta_core::pipeline::{AttributionModel, Pipeline, PipelineConfig};
-use vedetta_core::record::{Consent, EventKind, LogRecord, StoredEvent, UserPseudonym};
+use vedetta_core::record::{EventKind, LogRecord, StoredEvent, UserPseudonym};
 use vedetta_core::time::EventTime;
 
 const T0: i64 = 1_712_318_400_000; // 2024-04-05T12:00:00Z
@@ -289,33 +289,15 @@ fn event(user: u64, step: usize, ts: i64, with_event_id: bool) -> StoredEvent {
     let purchase = kind == EventKind::Purchase;
     let pick = |names: &[&str], salt: u64| pick(user, names, salt);
     StoredEvent {
-        user: pseudonym(user),
-        kind,
-        ts: EventTime(ts),
         event_id: with_event_id.then(|| format!("{user:x}-{step}")),
         value: purchase.then_some(49.9),
-        currency: None,
         // One order per purchase, kept for order dedup over 7 days.
         order_id: purchase.then(|| format!("order-{user:x}")),
         // Realistic tagging: the source is on the landing hit only.
         channel: (step == 0).then(|| pick(&CHANNELS, 1)),
-        campaign: None,
-        utm_source: None,
-        utm_medium: None,
-        utm_campaign: None,
-        utm_content: None,
-        utm_term: None,
-        gclid: None,
-        fbclid: None,
-        user_agent: None,
         device: Some(pick(&DEVICES, 2)),
-        ip_network: None,
         region: Some(pick(&REGIONS, 3)),
-        page: None,
-        referrer: None,
-        product_id: None,
-        consent: Consent::default(),
-        properties: None,
+        ..StoredEvent::bare(pseudonym(user), kind, EventTime(ts))
     }
 }
 

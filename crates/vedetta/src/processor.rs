@@ -868,7 +868,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use vedetta_core::pipeline::windows::Granularity;
-    use vedetta_core::record::{Consent, EventKind, StoredEvent, encode_batch};
+    use vedetta_core::record::{EventKind, StoredEvent, encode_batch};
     use vedetta_core::time::EventTime;
     use vedetta_store::{EncodedBatch, RowKey};
 
@@ -879,31 +879,13 @@ mod tests {
     fn hit(user: u8, kind: EventKind, ts: i64, channel: Option<&str>) -> LogRecord {
         let purchase = kind == EventKind::Purchase;
         LogRecord::Event(StoredEvent {
-            user: UserPseudonym([user; 16]),
-            kind,
-            ts: EventTime(ts),
-            event_id: None,
             value: purchase.then_some(25.0),
-            currency: None,
             order_id: purchase.then(|| format!("o-{user}-{ts}")),
             channel: channel.map(String::from),
             campaign: channel.map(|_| "news".to_string()),
-            utm_source: None,
-            utm_medium: None,
-            utm_campaign: None,
-            utm_content: None,
-            utm_term: None,
-            gclid: None,
-            fbclid: None,
-            user_agent: None,
             device: Some("mobile".into()),
-            ip_network: None,
             region: Some("Lombardia".into()),
-            page: None,
-            referrer: None,
-            product_id: None,
-            consent: Consent::default(),
-            properties: None,
+            ..StoredEvent::bare(UserPseudonym([user; 16]), kind, EventTime(ts))
         })
     }
 
