@@ -920,3 +920,47 @@ fn a_one_event_user_s_row_is_tens_of_bytes() {
         facts.approximate_bytes()
     );
 }
+
+/// Regression: a compaction that found the full table all referenced reset its count of
+/// new texts, and a full table takes no new text, so the count never grew again: once
+/// those users were forgotten their texts were never freed and every new text was refused
+/// for good (a product left out of every push, an intent in no segment).
+#[test]
+fn a_full_table_whose_texts_all_stood_at_a_compaction_frees_them_once_they_are_let_go() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    for n in 0..MAX_TEXTS {
+        let mut e = view(0, T0 + i64::from(n), &format!("product {n}"));
+        e.user = numbered(n);
+        engine.observe(&e, &mut out);
+    }
+    assert_eq!(engine.state().texts.len(), MAX_TEXTS as usize);
+    // Compacted while every text is referenced: nothing freed.
+    engine.advance(T0 + 2 * MIN, &mut out);
+    assert_eq!(engine.state().texts.len(), MAX_TEXTS as usize);
+    assert_eq!(engine.users(), MAX_TEXTS as usize);
+    // A day later every user is forgotten: nothing refers to the texts any more.
+    engine.advance(T0 + 2 * 86_400_000, &mut out);
+    assert_eq!(engine.users(), 0);
+    // New users keep coming, each with a new product, minute after minute.
+    let mut kept = 0;
+    for n in 0..MAX_TEXTS / 8 {
+        let at = T0 + 3 * 86_400_000 + i64::from(n) * 100;
+        let mut e = view(0, at, &format!("new {n}"));
+        e.user = numbered(n);
+        engine.observe(&e, &mut out);
+        engine.advance(at, &mut out);
+        if engine.state().users[&numbered(n)].intents[0].product_id != Some(TextId::NOT_KEPT) {
+            kept += 1;
+        }
+    }
+    assert!(
+        kept > MAX_TEXTS / 16,
+        "{kept} of {} new products kept",
+        MAX_TEXTS / 8
+    );
+}
