@@ -964,3 +964,56 @@ fn a_full_table_whose_texts_all_stood_at_a_compaction_frees_them_once_they_are_l
         MAX_TEXTS / 8
     );
 }
+
+/// Regression: stored rows that break the row keys' invariants were read without a word,
+/// and the engine then gave a new user the key of a stored one (one row for two users:
+/// whichever was written last was the only one back after a restart). A user's row key is
+/// below the stored next key, which is below the texts' keys, and a pseudonym has one row.
+#[test]
+fn stored_user_rows_that_could_meet_another_s_key_are_refused() {
+    let engine_with = |users: &[u8]| {
+        let mut engine = Engine::new(
+            triggers(CPA),
+            vec![EventKind::Purchase],
+            ActState::default(),
+        );
+        let mut out = Vec::new();
+        for n in users {
+            engine.observe(&view(*n, T0, "x"), &mut out);
+        }
+        let mut rows = BTreeMap::new();
+        let globals = apply(&mut rows, engine.take_changes().unwrap());
+        (globals, rows)
+    };
+    let (one_user, _) = engine_with(&[1]);
+    let (_, two_rows) = engine_with(&[1, 2]);
+    let body_error = |globals: &[u8], rows: &BTreeMap<u64, Vec<u8>>| {
+        match ActState::decode_stored(globals, rows.iter().map(|(k, r)| (*k, r.as_slice()))) {
+            Err(ActStateError::Body(message)) => message,
+            other => panic!("{other:?}"),
+        }
+    };
+    // A user's row at or past the next key: the next new user would be given it.
+    let message = body_error(&one_user, &two_rows);
+    assert!(message.contains("row key 1"), "{message}");
+    // Without the stray row the state reads and the next user gets key 1.
+    let mut fine = two_rows.clone();
+    fine.remove(&1);
+    let back = restored(&one_user, &fine);
+    let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
+    engine.observe(&view(3, T0, "x"), &mut Vec::new());
+    assert_eq!(engine.state().users[&user(3)].row, 1);
+    // One pseudonym in two rows.
+    let mut twice = fine.clone();
+    twice.insert(7, fine[&0].clone());
+    let (globals, _) = engine_with(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    let message = body_error(&globals, &twice);
+    assert!(message.contains("two rows"), "{message}");
+    // A next key among the texts' keys: the next user's row would be read as a text.
+    let far = ActState {
+        next_row: TEXT_ROWS,
+        ..ActState::default()
+    };
+    let message = body_error(&far.encode_globals().unwrap(), &BTreeMap::new());
+    assert!(message.contains("next row key"), "{message}");
+}
