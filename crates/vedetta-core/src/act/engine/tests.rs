@@ -987,11 +987,12 @@ fn stored_user_rows_that_could_meet_another_s_key_are_refused() {
     };
     let (one_user, _) = engine_with(&[1]);
     let (_, two_rows) = engine_with(&[1, 2]);
-    let body_error = |globals: &[u8], rows: &BTreeMap<u64, Vec<u8>>| {
-        match ActState::decode_stored(globals, rows.iter().map(|(k, r)| (*k, r.as_slice()))) {
-            Err(ActStateError::Body(message)) => message,
-            other => panic!("{other:?}"),
-        }
+    let body_error = |globals: &[u8], rows: &BTreeMap<u64, Vec<u8>>| match ActState::decode_stored(
+        globals,
+        rows.iter().map(|(k, r)| (*k, r.as_slice())),
+    ) {
+        Err(ActStateError::Body(message)) => message,
+        other => panic!("{other:?}"),
     };
     // A user's row at or past the next key: the next new user would be given it.
     let message = body_error(&one_user, &two_rows);
@@ -1016,4 +1017,50 @@ fn stored_user_rows_that_could_meet_another_s_key_are_refused() {
     };
     let message = body_error(&far.encode_globals().unwrap(), &BTreeMap::new());
     assert!(message.contains("next row key"), "{message}");
+}
+
+/// Regression: a channel or campaign longer than [`MAX_TEXT_BYTES`] was kept cut, so its
+/// users were never selected when its segment fired (the KPI groups hold it whole), and
+/// were selected, as that segment, when the segment of a campaign spelled like its cut
+/// fired. Each is now selected in its own segment only, and named whole.
+#[test]
+fn a_long_campaign_s_users_are_selected_in_its_own_segment_only() {
+    let long = "saldi-invernali-".repeat(12); // 192 bytes
+    let cut = clipped(&long).to_owned(); // another campaign: the long one's first 128 bytes
+    assert_eq!(cut.len(), MAX_TEXT_BYTES);
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    let mut a = view(1, T0 + MIN, "divano");
+    a.campaign = Some(long.clone());
+    engine.observe(&a, &mut out);
+    let mut b = view(2, T0 + MIN, "sedia");
+    b.campaign = Some(cut.clone());
+    engine.observe(&b, &mut out);
+    let mut judge_one = |engine: &mut Engine, minute_end: i64, campaign: &str| {
+        let mut out = Vec::new();
+        let group = vec!["social".to_string(), campaign.to_string()];
+        engine.judge_minute(
+            minute_end,
+            &mut |_| [(group.clone(), totals(2, 50))].into(),
+            &mut out,
+        );
+        out.retain(|o| o.user.is_some());
+        out.iter()
+            .map(|o| (o.user.unwrap(), o.group[1].1.clone()))
+            .collect::<Vec<_>>()
+    };
+    // The long campaign fires: its user, named by the whole campaign.
+    assert_eq!(
+        judge_one(&mut engine, T0 + 3 * MIN, &long),
+        [(user(1), long.clone())]
+    );
+    // The other campaign fires (the long one recovers): its user only.
+    assert_eq!(
+        judge_one(&mut engine, T0 + 4 * MIN, &cut),
+        [(user(2), cut.clone())]
+    );
 }
