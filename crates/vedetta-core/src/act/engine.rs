@@ -716,7 +716,8 @@ impl Engine {
                 // non-direct touch within the lookback.
                 let dims = match user.touch {
                     Some((c, k, touched))
-                        if channel == DIRECT && event.ts.0 - touched <= TOUCH_LOOKBACK_MS =>
+                        if channel == DIRECT
+                            && event.ts.0.saturating_sub(touched) <= TOUCH_LOOKBACK_MS =>
                     {
                         [c, k]
                     }
@@ -790,10 +791,10 @@ impl Engine {
             .is_some_and(|k| texts.is(k, clipped(kind)))
             && user
                 .last_conversion_ms
-                .is_some_and(|c| (c - at).abs() < NEAR_DUPLICATE_MS);
+                .is_some_and(|c| c.abs_diff(at) < NEAR_DUPLICATE_MS as u64);
         let fast = user
             .last_registration_ms
-            .is_some_and(|r| at >= r && at - r < FAST_CHECKOUT_MS);
+            .is_some_and(|r| at >= r && at.abs_diff(r) < FAST_CHECKOUT_MS as u64);
         if near_duplicate || fast {
             return;
         }

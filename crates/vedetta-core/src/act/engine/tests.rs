@@ -1064,3 +1064,44 @@ fn a_long_campaign_s_users_are_selected_in_its_own_segment_only() {
         [(user(2), cut.clone())]
     );
 }
+
+/// Regression: times at the integers' edges in a stored row (corrupt bytes; events are
+/// refused at intake long before) overflowed when an event was compared with them (a
+/// panic in a debug build, a wrapped difference in release).
+#[test]
+fn a_stored_row_with_times_at_the_edges_does_not_overflow() {
+    let mut state = ActState::default();
+    state.texts.put(1, "social").unwrap();
+    state.texts.put(2, "saldi").unwrap();
+    state.texts.put(3, "purchase").unwrap();
+    for (n, edge) in [(1, i64::MIN), (2, i64::MAX)] {
+        state.users.insert(
+            user(n),
+            UserFacts {
+                row: u64::from(n),
+                marketing: true,
+                last_seen_ms: T0,
+                touch: Some((TextId(1), TextId(2), edge)),
+                last_conversion_ms: Some(edge),
+                last_conversion_kind: Some(TextId(3)),
+                last_registration_ms: Some(edge),
+                ..UserFacts::default()
+            },
+        );
+    }
+    state.next_row = 3;
+    let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], state);
+    let mut out = Vec::new();
+    for n in [1, 2] {
+        let mut direct = view(n, T0 + MIN, "x");
+        direct.channel = None;
+        direct.campaign = None;
+        engine.observe(&direct, &mut out);
+        engine.observe(&event(n, EventKind::Purchase, T0 + 2 * MIN), &mut out);
+    }
+    // The purchase after a registration at the far past is a conversion.
+    assert_eq!(
+        engine.state().users[&user(1)].last_conversion_ms,
+        Some(T0 + 2 * MIN)
+    );
+}
