@@ -404,11 +404,11 @@ impl Selecting<'_> {
         };
         found
             || (!self.firing_long.is_empty()
-                && (self.long_group(self.positions.iter().map(|p| dims[*p]))).is_some())
+                && (self.long_group(&self.positions.iter().map(|p| dims[*p]))).is_some())
     }
 
     /// The firing segment with a long value whose values, as kept, are `kept`.
-    fn long_group<'k>(&self, kept: impl Iterator<Item = &'k str> + Clone) -> Option<&[&str]> {
+    fn long_group<'k>(&self, kept: &(impl Iterator<Item = &'k str> + Clone)) -> Option<&[&str]> {
         (self.firing_long.iter())
             .find(|(values, _)| values.iter().map(String::as_str).eq(kept.clone()))
             .map(|(_, named)| named.as_slice())
@@ -416,7 +416,7 @@ impl Selecting<'_> {
 
     /// A firing group's values by name, from its values as kept.
     fn named_group<'k>(&self, kept: impl Iterator<Item = &'k str> + Clone) -> Vec<String> {
-        match self.long_group(kept.clone()) {
+        match self.long_group(&kept) {
             Some(named) => named.iter().map(|v| (*v).to_owned()).collect(),
             None => kept.map(str::to_owned).collect(),
         }

@@ -998,7 +998,7 @@ fn stored_user_rows_that_could_meet_another_s_key_are_refused() {
     let message = body_error(&one_user, &two_rows);
     assert!(message.contains("row key 1"), "{message}");
     // Without the stray row the state reads and the next user gets key 1.
-    let mut fine = two_rows.clone();
+    let mut fine = two_rows;
     fine.remove(&1);
     let back = restored(&one_user, &fine);
     let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
@@ -1040,7 +1040,7 @@ fn a_long_campaign_s_users_are_selected_in_its_own_segment_only() {
     let mut b = view(2, T0 + MIN, "sedia");
     b.campaign = Some(cut.clone());
     engine.observe(&b, &mut out);
-    let mut judge_one = |engine: &mut Engine, minute_end: i64, campaign: &str| {
+    let judge_one = |engine: &mut Engine, minute_end: i64, campaign: &str| {
         let mut out = Vec::new();
         let group = vec!["social".to_string(), campaign.to_string()];
         engine.judge_minute(
