@@ -73,6 +73,23 @@ fn clip(text: &str) -> String {
     clipped(text).to_owned()
 }
 
+/// How a channel or campaign is kept: itself when it fits in [`MAX_TEXT_BYTES`], else its
+/// start, a control character (which no value has: intake refuses them) and a hash of the
+/// whole. A long value then reads as no other value (cut, it read as the value spelled
+/// like its start), and a firing segment's group is tested in the same form
+/// ([`Selecting::in_firing`]).
+fn dim_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_TEXT_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_TEXT_BYTES - 17;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let hash = xxhash_rust::xxh3::xxh3_64(text.as_bytes());
+    std::borrow::Cow::Owned(format!("{}\u{1}{hash:016x}", &text[..end]))
+}
+
 /// The id of the clipped `text`: `hint` when it already reads so (no lookup), else interned.
 fn text_id(texts: &mut Texts, hint: Option<TextId>, text: &str) -> TextId {
     let text = clipped(text);
@@ -356,6 +373,9 @@ struct Selecting<'a> {
     /// A segment started firing this minute: every user is looked at.
     newly: bool,
     firing: HashSet<Vec<&'a str>, FastHashState>,
+    /// The firing segments with a value longer than [`MAX_TEXT_BYTES`]: their values as
+    /// kept ([`dim_text`]), and as named.
+    firing_long: Vec<(Vec<String>, Vec<&'a str>)>,
     /// Whether each segment id is in a firing segment.
     flags: Vec<bool>,
 }
@@ -370,9 +390,9 @@ impl Selecting<'_> {
         }
     }
 
-    /// Whether (channel, campaign) `dims` lies in a firing segment.
+    /// Whether (channel, campaign) `dims`, as kept ([`dim_text`]), lies in a firing segment.
     fn in_firing(&self, dims: &[&str; 2]) -> bool {
-        if self.positions.len() <= 2 {
+        let found = if self.positions.len() <= 2 {
             let mut key = [""; 2];
             for (k, p) in key.iter_mut().zip(&self.positions) {
                 *k = dims[*p];
@@ -381,6 +401,24 @@ impl Selecting<'_> {
         } else {
             let key: Vec<&str> = self.positions.iter().map(|p| dims[*p]).collect();
             self.firing.contains(key.as_slice())
+        };
+        found
+            || (!self.firing_long.is_empty()
+                && (self.long_group(&self.positions.iter().map(|p| dims[*p]))).is_some())
+    }
+
+    /// The firing segment with a long value whose values, as kept, are `kept`.
+    fn long_group<'k>(&self, kept: &(impl Iterator<Item = &'k str> + Clone)) -> Option<&[&str]> {
+        (self.firing_long.iter())
+            .find(|(values, _)| values.iter().map(String::as_str).eq(kept.clone()))
+            .map(|(_, named)| named.as_slice())
+    }
+
+    /// A firing group's values by name, from its values as kept.
+    fn named_group<'k>(&self, kept: impl Iterator<Item = &'k str> + Clone) -> Vec<String> {
+        match self.long_group(&kept) {
+            Some(named) => named.iter().map(|v| (*v).to_owned()).collect(),
+            None => kept.map(str::to_owned).collect(),
         }
     }
 }
@@ -654,8 +692,12 @@ impl Engine {
         // first: a returning user mostly comes back the same way).
         let mut own: Option<[TextId; 2]> = None;
         if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
-            let c = text_id(texts, user.touch.map(|t| t.0), &channel);
-            let k = text_id(texts, user.touch.map(|t| t.1), campaign_of(event));
+            let c = text_id(texts, user.touch.map(|t| t.0), &dim_text(&channel));
+            let k = text_id(
+                texts,
+                user.touch.map(|t| t.1),
+                &dim_text(campaign_of(event)),
+            );
             user.touch = Some((c, k, at));
             own = Some([c, k]);
         }
@@ -674,7 +716,8 @@ impl Engine {
                 // non-direct touch within the lookback.
                 let dims = match user.touch {
                     Some((c, k, touched))
-                        if channel == DIRECT && event.ts.0 - touched <= TOUCH_LOOKBACK_MS =>
+                        if channel == DIRECT
+                            && event.ts.0.saturating_sub(touched) <= TOUCH_LOOKBACK_MS =>
                     {
                         [c, k]
                     }
@@ -683,8 +726,8 @@ impl Engine {
                         None => {
                             let hint = user.touch;
                             [
-                                text_id(texts, hint.map(|t| t.0), &channel),
-                                text_id(texts, hint.map(|t| t.1), campaign_of(event)),
+                                text_id(texts, hint.map(|t| t.0), &dim_text(&channel)),
+                                text_id(texts, hint.map(|t| t.1), &dim_text(campaign_of(event))),
                             ]
                         }
                     },
@@ -748,10 +791,10 @@ impl Engine {
             .is_some_and(|k| texts.is(k, clipped(kind)))
             && user
                 .last_conversion_ms
-                .is_some_and(|c| (c - at).abs() < NEAR_DUPLICATE_MS);
+                .is_some_and(|c| c.abs_diff(at) < NEAR_DUPLICATE_MS as u64);
         let fast = user
             .last_registration_ms
-            .is_some_and(|r| at >= r && at - r < FAST_CHECKOUT_MS);
+            .is_some_and(|r| at >= r && at.abs_diff(r) < FAST_CHECKOUT_MS as u64);
         if near_duplicate || fast {
             return;
         }
@@ -931,6 +974,7 @@ impl Engine {
                     from: minute_end - rule.over_ms,
                     newly,
                     firing: HashSet::default(),
+                    firing_long: Vec::new(),
                     flags: Vec::new(),
                 });
             }
@@ -946,6 +990,16 @@ impl Engine {
                 .take_while(|((t, _), _)| *t == s.trigger.name)
                 .map(|((_, g), _)| g.iter().map(String::as_str).collect())
                 .collect();
+            s.firing_long = (s.firing.iter())
+                .filter(|g| g.iter().any(|v| v.len() > MAX_TEXT_BYTES))
+                .map(|g| {
+                    (
+                        g.iter().map(|v| dim_text(v).into_owned()).collect(),
+                        g.clone(),
+                    )
+                })
+                .collect();
+            s.firing_long.sort_unstable();
         }
         selecting.retain(|s| !s.firing.is_empty());
         // Which interned (channel, campaign) segments fire, per trigger: an intent's test
@@ -1056,9 +1110,8 @@ impl Engine {
                     user.mark_sent(s.trigger_id, minute_end);
                     changed.insert(pseudonym);
                     // (The intent lies in a firing segment: its texts are kept.)
-                    let group: Vec<String> = (group.iter())
-                        .map(|id| texts.get(*id).unwrap_or_default().to_owned())
-                        .collect();
+                    let group: Vec<String> =
+                        s.named_group((group.iter()).map(|id| texts.get(*id).unwrap_or_default()));
                     outputs[s.slot].push(Output {
                         trigger: s.index,
                         group: named(s.rule, &group),

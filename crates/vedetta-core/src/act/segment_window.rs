@@ -140,7 +140,9 @@ pub enum SegmentWindowError {
     Empty,
     #[error("segment window state does not decode: {0}")]
     Body(String),
-    #[error("segment window state refers to a name or pair it does not hold")]
+    #[error(
+        "segment window state refers to a name or pair it does not hold, or its judged time is not a minute's end"
+    )]
     Inconsistent,
     #[error("the segment window holds deltas of a batch in progress: encode it between batches")]
     MidBatch,
@@ -195,7 +197,13 @@ impl SegmentWindow {
             .enumerate()
             .map(|(id, pair)| (*pair, id as PairId))
             .collect();
-        let consistent = channel_ids.len() == state.channels.len()
+        // A minute's end far from the integers' edges (the next minute end and a window's
+        // start are computed from it).
+        let judged_fits = state
+            .judged_through_ms
+            .is_none_or(|t| t.rem_euclid(MINUTE) == 0 && t.unsigned_abs() <= (i64::MAX / 4) as u64);
+        let consistent = judged_fits
+            && channel_ids.len() == state.channels.len()
             && campaign_ids.len() == state.campaigns.len()
             && pair_ids.len() == state.pairs.len()
             && state.pairs.iter().all(|(channel, campaign)| {

@@ -324,6 +324,15 @@ impl ActState {
             }
             Some((&found, _)) => return Err(ActStateError::Version { found }),
         };
+        // A user's row key is below the next one given, and that below the texts' keys:
+        // else a new user would be given a stored user's key (one row for two users), or a
+        // key read back as a text's.
+        if state.next_row >= TEXT_ROWS {
+            return Err(ActStateError::Body(format!(
+                "next row key {} among the texts' keys",
+                state.next_row
+            )));
+        }
         for (key, row) in rows {
             let Some((&format, body)) = row.split_first() else {
                 return Err(ActStateError::Empty);
@@ -349,8 +358,18 @@ impl ActState {
                 }
                 found => return Err(ActStateError::Version { found }),
             };
+            if key >= state.next_row {
+                return Err(ActStateError::Body(format!(
+                    "a user's row key {key} is not below the next row key {}",
+                    state.next_row
+                )));
+            }
             facts.row = key;
-            state.users.insert(pseudonym, facts);
+            if state.users.insert(pseudonym, facts).is_some() {
+                return Err(ActStateError::Body(format!(
+                    "a user has two rows (the second at key {key})"
+                )));
+            }
             if let Some(latest) = candidate {
                 state.candidates.insert(pseudonym, latest);
             }
@@ -384,9 +403,19 @@ impl ActState {
             }
         }
         for (row, pseudonym, facts, candidate) in old_users {
+            if row >= state.next_row {
+                return Err(ActStateError::Body(format!(
+                    "a user's row key {row} is not below the next row key {}",
+                    state.next_row
+                )));
+            }
             let mut facts = facts.migrate(&mut state.texts, &mut state.trigger_names);
             facts.row = row;
-            state.users.insert(pseudonym, facts);
+            if state.users.insert(pseudonym, facts).is_some() {
+                return Err(ActStateError::Body(format!(
+                    "a user has two rows (the second at key {row})"
+                )));
+            }
             if let Some(latest) = candidate {
                 state.candidates.insert(pseudonym, latest);
             }

@@ -920,3 +920,188 @@ fn a_one_event_user_s_row_is_tens_of_bytes() {
         facts.approximate_bytes()
     );
 }
+
+/// Regression: a compaction that found the full table all referenced reset its count of
+/// new texts, and a full table takes no new text, so the count never grew again: once
+/// those users were forgotten their texts were never freed and every new text was refused
+/// for good (a product left out of every push, an intent in no segment).
+#[test]
+fn a_full_table_whose_texts_all_stood_at_a_compaction_frees_them_once_they_are_let_go() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    for n in 0..MAX_TEXTS {
+        let mut e = view(0, T0 + i64::from(n), &format!("product {n}"));
+        e.user = numbered(n);
+        engine.observe(&e, &mut out);
+    }
+    assert_eq!(engine.state().texts.len(), MAX_TEXTS as usize);
+    // Compacted while every text is referenced: nothing freed.
+    engine.advance(T0 + 2 * MIN, &mut out);
+    assert_eq!(engine.state().texts.len(), MAX_TEXTS as usize);
+    assert_eq!(engine.users(), MAX_TEXTS as usize);
+    // A day later every user is forgotten: nothing refers to the texts any more.
+    engine.advance(T0 + 2 * 86_400_000, &mut out);
+    assert_eq!(engine.users(), 0);
+    // New users keep coming, each with a new product, minute after minute.
+    let mut kept = 0;
+    for n in 0..MAX_TEXTS / 8 {
+        let at = T0 + 3 * 86_400_000 + i64::from(n) * 100;
+        let mut e = view(0, at, &format!("new {n}"));
+        e.user = numbered(n);
+        engine.observe(&e, &mut out);
+        engine.advance(at, &mut out);
+        if engine.state().users[&numbered(n)].intents[0].product_id != Some(TextId::NOT_KEPT) {
+            kept += 1;
+        }
+    }
+    assert!(
+        kept > MAX_TEXTS / 16,
+        "{kept} of {} new products kept",
+        MAX_TEXTS / 8
+    );
+}
+
+/// Regression: stored rows that break the row keys' invariants were read without a word,
+/// and the engine then gave a new user the key of a stored one (one row for two users:
+/// whichever was written last was the only one back after a restart). A user's row key is
+/// below the stored next key, which is below the texts' keys, and a pseudonym has one row.
+#[test]
+fn stored_user_rows_that_could_meet_another_s_key_are_refused() {
+    let engine_with = |users: &[u8]| {
+        let mut engine = Engine::new(
+            triggers(CPA),
+            vec![EventKind::Purchase],
+            ActState::default(),
+        );
+        let mut out = Vec::new();
+        for n in users {
+            engine.observe(&view(*n, T0, "x"), &mut out);
+        }
+        let mut rows = BTreeMap::new();
+        let globals = apply(&mut rows, engine.take_changes().unwrap());
+        (globals, rows)
+    };
+    let (one_user, _) = engine_with(&[1]);
+    let (_, two_rows) = engine_with(&[1, 2]);
+    let body_error = |globals: &[u8], rows: &BTreeMap<u64, Vec<u8>>| match ActState::decode_stored(
+        globals,
+        rows.iter().map(|(k, r)| (*k, r.as_slice())),
+    ) {
+        Err(ActStateError::Body(message)) => message,
+        other => panic!("{other:?}"),
+    };
+    // A user's row at or past the next key: the next new user would be given it.
+    let message = body_error(&one_user, &two_rows);
+    assert!(message.contains("row key 1"), "{message}");
+    // Without the stray row the state reads and the next user gets key 1.
+    let mut fine = two_rows;
+    fine.remove(&1);
+    let back = restored(&one_user, &fine);
+    let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
+    engine.observe(&view(3, T0, "x"), &mut Vec::new());
+    assert_eq!(engine.state().users[&user(3)].row, 1);
+    // One pseudonym in two rows.
+    let mut twice = fine.clone();
+    twice.insert(7, fine[&0].clone());
+    let (globals, _) = engine_with(&[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    let message = body_error(&globals, &twice);
+    assert!(message.contains("two rows"), "{message}");
+    // A next key among the texts' keys: the next user's row would be read as a text.
+    let far = ActState {
+        next_row: TEXT_ROWS,
+        ..ActState::default()
+    };
+    let message = body_error(&far.encode_globals().unwrap(), &BTreeMap::new());
+    assert!(message.contains("next row key"), "{message}");
+}
+
+/// Regression: a channel or campaign longer than [`MAX_TEXT_BYTES`] was kept cut, so its
+/// users were never selected when its segment fired (the KPI groups hold it whole), and
+/// were selected, as that segment, when the segment of a campaign spelled like its cut
+/// fired. Each is now selected in its own segment only, and named whole.
+#[test]
+fn a_long_campaign_s_users_are_selected_in_its_own_segment_only() {
+    let long = "saldi-invernali-".repeat(12); // 192 bytes
+    let cut = clipped(&long).to_owned(); // another campaign: the long one's first 128 bytes
+    assert_eq!(cut.len(), MAX_TEXT_BYTES);
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    let mut a = view(1, T0 + MIN, "divano");
+    a.campaign = Some(long.clone());
+    engine.observe(&a, &mut out);
+    let mut b = view(2, T0 + MIN, "sedia");
+    b.campaign = Some(cut.clone());
+    engine.observe(&b, &mut out);
+    let judge_one = |engine: &mut Engine, minute_end: i64, campaign: &str| {
+        let mut out = Vec::new();
+        let group = vec!["social".to_string(), campaign.to_string()];
+        engine.judge_minute(
+            minute_end,
+            &mut |_| [(group.clone(), totals(2, 50))].into(),
+            &mut out,
+        );
+        out.retain(|o| o.user.is_some());
+        out.iter()
+            .map(|o| (o.user.unwrap(), o.group[1].1.clone()))
+            .collect::<Vec<_>>()
+    };
+    // The long campaign fires: its user, named by the whole campaign.
+    assert_eq!(
+        judge_one(&mut engine, T0 + 3 * MIN, &long),
+        [(user(1), long.clone())]
+    );
+    // The other campaign fires (the long one recovers): its user only.
+    assert_eq!(
+        judge_one(&mut engine, T0 + 4 * MIN, &cut),
+        [(user(2), cut.clone())]
+    );
+}
+
+/// Regression: times at the integers' edges in a stored row (corrupt bytes; events are
+/// refused at intake long before) overflowed when an event was compared with them (a
+/// panic in a debug build, a wrapped difference in release).
+#[test]
+fn a_stored_row_with_times_at_the_edges_does_not_overflow() {
+    let mut state = ActState::default();
+    state.texts.put(1, "social").unwrap();
+    state.texts.put(2, "saldi").unwrap();
+    state.texts.put(3, "purchase").unwrap();
+    for (n, edge) in [(1, i64::MIN), (2, i64::MAX)] {
+        state.users.insert(
+            user(n),
+            UserFacts {
+                row: u64::from(n),
+                marketing: true,
+                last_seen_ms: T0,
+                touch: Some((TextId(1), TextId(2), edge)),
+                last_conversion_ms: Some(edge),
+                last_conversion_kind: Some(TextId(3)),
+                last_registration_ms: Some(edge),
+                ..UserFacts::default()
+            },
+        );
+    }
+    state.next_row = 3;
+    let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], state);
+    let mut out = Vec::new();
+    for n in [1, 2] {
+        let mut direct = view(n, T0 + MIN, "x");
+        direct.channel = None;
+        direct.campaign = None;
+        engine.observe(&direct, &mut out);
+        engine.observe(&event(n, EventKind::Purchase, T0 + 2 * MIN), &mut out);
+    }
+    // The purchase after a registration at the far past is a conversion.
+    assert_eq!(
+        engine.state().users[&user(1)].last_conversion_ms,
+        Some(T0 + 2 * MIN)
+    );
+}

@@ -8,8 +8,9 @@
 //!   copy). A text met while the table is full is not kept: it gets [`TextId::NOT_KEPT`],
 //!   which never reads as a text (a product id is then left out of a push, an intent's
 //!   segment matches no firing segment), and is counted. Ids are reclaimed by marking: once
-//!   the table is three quarters full and has taken an eighth of its size in new texts
-//!   since it was last compacted, [`Engine::advance`](super::Engine::advance) frees every
+//!   the table is three quarters full and has met an eighth of its size in new texts
+//!   (kept or refused) since it was last compacted, or is full and has refused a
+//!   sixty-fourth, [`Engine::advance`](super::Engine::advance) frees every
 //!   text no user refers to (its id is given again, lowest first). No id is renumbered, so
 //!   no user row changes; an id is freed only when nothing refers to it, so an id never
 //!   reads as another text. When it runs depends only on the state, so a replay compacts
@@ -45,7 +46,8 @@ pub struct Texts {
     ids: FastHashMap<Box<str>, TextId>,
     /// Free ids below `slots.len()` (derived: the empty slots), given again lowest first.
     free: BTreeSet<u32>,
-    /// Texts interned since the last compaction (stored: it decides when the next runs).
+    /// Texts met since the last compaction, kept or refused (stored: it decides when the
+    /// next runs).
     added: u32,
     /// Texts not kept because the table was full (stored, for the record).
     not_kept: u64,
@@ -140,6 +142,10 @@ impl Texts {
             }
             None => {
                 self.not_kept += 1;
+                // Counted as met since the last compaction: a table full of texts nobody
+                // refers to any more is compacted again (it takes no new text, so a count
+                // of texts kept alone would never reach the next compaction).
+                self.added = self.added.saturating_add(1);
                 return TextId::NOT_KEPT;
             }
         };
@@ -169,7 +175,7 @@ impl Texts {
         self.ids.is_empty()
     }
 
-    /// Texts interned since the last compaction.
+    /// Texts met (kept or refused) since the last compaction.
     pub fn added(&self) -> u32 {
         self.added
     }
@@ -190,9 +196,13 @@ impl Texts {
         self.entries().map(|(_, t)| 2 * (t.len() + 16) + 8).sum()
     }
 
-    /// Whether a compaction is due (see the module's overview).
+    /// Whether a compaction is due (see the module's overview): three quarters full and an
+    /// eighth of the size met since the last, or full and a sixty-fourth met (texts kept or
+    /// refused; a full table refuses every new text until it is compacted).
     pub fn compaction_due(&self) -> bool {
-        self.len() >= (MAX_TEXTS as usize) * 3 / 4 && self.added >= MAX_TEXTS / 8
+        let full = self.len() >= MAX_TEXTS as usize;
+        self.len() >= (MAX_TEXTS as usize) * 3 / 4
+            && (self.added >= MAX_TEXTS / 8 || (full && self.added >= MAX_TEXTS / 64))
     }
 
     /// Frees every text whose id `referenced` does not mark (indexed by id).

@@ -534,6 +534,17 @@ fn encoding_is_refused_within_a_batch_and_other_formats_are_named() {
         SegmentWindow::restore(&triggers(), 5_000, bad).err(),
         Some(SegmentWindowError::Inconsistent)
     );
+    // Regression: a judged time at the edge of the integers (corrupt bytes) panicked on
+    // restore (the next minute end overflowed); one off a minute's end is refused too.
+    for judged in [i64::MAX, i64::MIN, T0 + 1] {
+        let mut bad = window.state().clone();
+        bad.judged_through_ms = Some(judged);
+        assert_eq!(
+            SegmentWindow::restore(&triggers(), 5_000, bad).err(),
+            Some(SegmentWindowError::Inconsistent),
+            "{judged}"
+        );
+    }
 }
 
 #[test]
