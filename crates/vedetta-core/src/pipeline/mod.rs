@@ -168,7 +168,8 @@ pub struct PipelineCounters {
     /// Late events per granularity (1m, 1h, 1d).
     pub late: [u64; 3],
     pub spend_records: u64,
-    /// Values in a currency without a configured rate (counted as 0 revenue).
+    /// Values and spend amounts in a currency without a configured rate (a value counts
+    /// as 0 revenue; a spend record is left out).
     pub unpriced_values: u64,
     /// Per-user state cut short by `max_events_per_user`.
     pub truncated_users: u64,
@@ -677,15 +678,23 @@ impl Pipeline {
         }
     }
 
+    /// An event's value in micro-units of the reporting currency: 0 in a currency without
+    /// a rate (counted; the conversion still counts).
     fn money_micros(&mut self, amount: f64, currency: Option<&str>) -> i64 {
+        self.priced_micros(amount, currency).unwrap_or(0)
+    }
+
+    /// `amount` in micro-units of the reporting currency, `None` (and counted in
+    /// `unpriced_values`) in a currency without a configured rate.
+    fn priced_micros(&mut self, amount: f64, currency: Option<&str>) -> Option<i64> {
         match currency {
-            None => to_micros(amount),
-            Some(code) if code == self.config.reporting_currency => to_micros(amount),
+            None => Some(to_micros(amount)),
+            Some(code) if code == self.config.reporting_currency => Some(to_micros(amount)),
             Some(code) => match self.config.currency_rates.get(code) {
-                Some(rate) => to_micros(amount * rate),
+                Some(rate) => Some(to_micros(amount * rate)),
                 None => {
                     self.state.counters.unpriced_values += 1;
-                    0
+                    None
                 }
             },
         }
@@ -697,8 +706,13 @@ impl Pipeline {
         let campaign = spend.campaign.as_deref().unwrap_or(NO_CAMPAIGN);
         let pair = self.dims.intern(&channel, campaign, "", "");
         // One record, whatever its amount: a record of 0 makes the row's spend a known 0.
-        let record =
-            kpi::SpendCounters::record(self.money_micros(spend.amount, spend.currency.as_deref()));
+        // A record in a currency without a rate makes nothing known: its amount is not
+        // known in the reporting currency, and a known 0 would read as a CPA of 0 (a CPA
+        // rule or trigger could never fire). It is counted in `unpriced_values`.
+        let Some(micros) = self.priced_micros(spend.amount, spend.currency.as_deref()) else {
+            return;
+        };
+        let record = kpi::SpendCounters::record(micros);
         for granularity in Granularity::ALL {
             let window = self.calendar.window(granularity, spend.ts.0);
             self.deltas.add_spend(

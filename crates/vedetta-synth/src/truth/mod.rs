@@ -88,8 +88,8 @@
 //! - Flagged events are still accepted: they count in `events`, belong to sessions and can be
 //!   late; they are not conversions and add no revenue. Only `purchase` converts.
 //! - Revenue counts a purchase's `value` when its currency is absent or `EUR` (any case); any
-//!   other currency adds 0 (the default configuration has no exchange rates). The same holds for
-//!   spend amounts.
+//!   other currency adds 0 (the default configuration has no exchange rates). A spend record in
+//!   another currency is left out (its amount is unknown, not 0).
 //! - A session is counted once per granularity, in the window of its first event (by `ts`, ties
 //!   by log order), under its attributed channel and campaign and its first event's device and
 //!   region; `converting_sessions` counts it there if any of its events, wherever they fall, is
@@ -585,19 +585,17 @@ fn read_log<'a, 't>(
                 });
                 highest_ts = highest_ts.max(Some(ts));
             }
-            SynthRecord::Spend(spend) => {
+            // A spend in another currency has no known amount: left out, not a known 0.
+            SynthRecord::Spend(spend) if is_euro(Some(spend.currency)) => {
                 let (channel, campaign) = DimensionTables::of_spend(spend);
                 spends.push(LoggedSpend {
                     ts: spend.ts.epoch_ms,
                     channel,
                     campaign,
-                    amount_micros: if is_euro(Some(spend.currency)) {
-                        to_micros(spend.amount)
-                    } else {
-                        0
-                    },
+                    amount_micros: to_micros(spend.amount),
                 });
             }
+            SynthRecord::Spend(_) => {}
         }
     }
     (events, spends)

@@ -653,6 +653,16 @@ fn pipeline(state: &AppState, out: &mut Exposition) {
         &[],
         counters.spend_records as f64,
     );
+    out.family(
+        "vedetta_pipeline_unpriced_values_total",
+        "counter",
+        "Event values and spend amounts in a currency without a rate in pipeline.currency_rates: a value counts as 0 revenue, a spend record is left out.",
+    );
+    out.sample(
+        "vedetta_pipeline_unpriced_values_total",
+        &[],
+        counters.unpriced_values as f64,
+    );
 }
 
 /// Per trigger in force and destination it notifies: delivered requests, failed delivery

@@ -291,3 +291,50 @@ async fn the_semantics_the_dashboard_links_to_are_served() {
         "the dashboard links to it"
     );
 }
+
+#[tokio::test]
+async fn spend_in_a_currency_without_a_rate_is_not_a_known_zero_and_is_counted() {
+    let s = server();
+    let at = minute();
+    let purchase = json!({"udid": "u", "type": "purchase", "ts": at + 1_000, "value": 40.0,
+                          "channel": "social", "campaign": "usd"});
+    let (status, body) = s.post("application/x-ndjson", purchase.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // No `pipeline.currency_rates` entry for USD: accepted (its face value is bounded),
+    // but its amount is not known in EUR.
+    let costs = json!([{"ts": at, "channel": "social", "campaign": "usd", "amount": 25.0,
+                        "currency": "USD"}]);
+    let request = Request::post("/v1/costs")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(costs.to_string()))
+        .unwrap();
+    let (status, _, answer) = s.call(request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    s.processed().await;
+    let answer = kpis(
+        &s,
+        "granularity=1h&last=1d&group_by=channel,campaign&rollup=range",
+    )
+    .await;
+    let row = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["campaign"] == "usd")
+        .cloned()
+        .unwrap();
+    // Unknown, not 0: a CPA of 0 would keep a "CPA above" rule or trigger from ever firing.
+    assert_eq!(
+        (&row["spend"], &row["cpa"]),
+        (&Value::Null, &Value::Null),
+        "{row}"
+    );
+    assert_eq!(row["conversions"], 1, "{row}");
+    let (status, metrics) = s.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("\nvedetta_pipeline_unpriced_values_total 1\n"),
+        "{metrics}"
+    );
+}
