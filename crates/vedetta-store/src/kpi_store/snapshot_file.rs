@@ -49,8 +49,25 @@ fn prefix(store_path: &Path) -> String {
     format!("{name}.snapshot-")
 }
 
-fn path_of(store_path: &Path, offset: u64) -> PathBuf {
+pub(super) fn path_of(store_path: &Path, offset: u64) -> PathBuf {
     store_path.with_file_name(format!("{}{offset:020}", prefix(store_path)))
+}
+
+/// Where a writer puts the file of `path` until it is complete: a name that starts as
+/// the snapshot files' do, so that one left by a writer that never finished (a crash, a
+/// process that exited while a given-up snapshot was being written) goes with them.
+pub(super) fn temporary_path(path: &Path, write: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp{write}"));
+    PathBuf::from(name)
+}
+
+/// The directory holding the store (and its snapshot files).
+fn directory_of(store_path: &Path) -> PathBuf {
+    match store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    }
 }
 
 /// Writes the snapshot of `offset` to its file, durably.
@@ -64,7 +81,7 @@ pub(super) fn write(
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = path_of(store_path, offset);
-    let temporary = path.with_extension(format!("tmp{write}"));
+    let temporary = temporary_path(&path, write);
     let mut file =
         std::fs::File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;
     file.write_all(bytes)
@@ -72,11 +89,10 @@ pub(super) fn write(
         .map_err(|e| io_error("writing", &temporary, &e))?;
     drop(file);
     std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("syncing the directory", dir, &e))?;
-    }
+    let dir = directory_of(store_path);
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("syncing the directory", &dir, &e))?;
     Ok(SnapshotFile {
         offset,
         len: bytes.len() as u64,
@@ -133,11 +149,7 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
 pub(super) fn remove_others(store_path: &Path, keep: Option<u64>) -> usize {
     let prefix = prefix(store_path);
     let kept = keep.map(|offset| path_of(store_path, offset));
-    let dir = match store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => dir.to_path_buf(),
-        None => PathBuf::from("."),
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Ok(entries) = std::fs::read_dir(directory_of(store_path)) else {
         return 0;
     };
     let mut removed = 0;
