@@ -950,4 +950,27 @@ mod tests {
             unfinished.display()
         );
     }
+
+    /// A write that fails (here its rename: the name is taken by a directory; on a full
+    /// disk it is the write itself) leaves no partial file: on a full disk that file kept
+    /// the disk full, and each later attempt left another, so the processor, whose
+    /// recovery needs a snapshot commit to remove them, could never come back.
+    #[test]
+    fn a_failed_snapshot_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let taken = snapshot_file::path_of(&path, 5);
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("occupied"), b"x").unwrap();
+        let error = store
+            .write_snapshot_file(5, b"VDSN\x03state at 5")
+            .unwrap_err();
+        assert!(error.to_string().contains("renaming"), "{error}");
+        assert_eq!(
+            files_beside_the_store(dir.path()),
+            vec!["kpi.redb.snapshot-00000000000000000005"],
+            "only the directory in the way"
+        );
+    }
 }

@@ -70,7 +70,8 @@ fn directory_of(store_path: &Path) -> PathBuf {
     }
 }
 
-/// Writes the snapshot of `offset` to its file, durably.
+/// Writes the snapshot of `offset` to its file, durably. On a failure nothing of it is
+/// left behind: a partial file on a full disk would keep the disk full.
 pub(super) fn write(
     store_path: &Path,
     offset: u64,
@@ -82,13 +83,20 @@ pub(super) fn write(
     let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = path_of(store_path, offset);
     let temporary = temporary_path(&path, write);
-    let mut file =
-        std::fs::File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("writing", &temporary, &e))?;
-    drop(file);
-    std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))?;
+    let written = std::fs::File::create(&temporary)
+        .map_err(|e| io_error("creating", &temporary, &e))
+        .and_then(|mut file| {
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_error("writing", &temporary, &e))
+        })
+        .and_then(|()| {
+            std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))
+        });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
+    }
     let dir = directory_of(store_path);
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
