@@ -522,8 +522,7 @@ impl KpiStore {
         txn.commit()?;
         // Snapshot files no durable commit points to any more (or never did).
         if commit.durable && (commit.snapshot.is_some() || commit.snapshot_file.is_some()) {
-            let keep = commit.snapshot_file.map(|file| file.offset);
-            snapshot_file::remove_others(self.db.path(), keep);
+            snapshot_file::remove_others(self.db.path(), commit.snapshot_file.as_ref());
         }
         Ok(())
     }
@@ -856,7 +855,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             snapshot_files(dir.path()),
-            vec!["kpi.redb.snapshot-00000000000000000012"],
+            vec![file_name(&path, &file)],
             "the file of an uncommitted one ({orphan:?}) is gone"
         );
         let ahead = store.write_snapshot_file(26, b"VDSN\x03ahead").unwrap();
@@ -904,12 +903,17 @@ mod tests {
             })
             .unwrap();
         std::fs::write(
-            dir.path().join("kpi.redb.snapshot-00000000000000000031"),
+            snapshot_file::path_of(&path, 31, file.hash),
             b"VDSN\x03state at 3!",
         )
         .unwrap();
         let error = store.progress().unwrap_err();
         assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+    }
+
+    fn file_name(store_path: &Path, file: &SnapshotFile) -> String {
+        let path = snapshot_file::path_of(store_path, file.offset, file.hash);
+        path.file_name().unwrap().to_string_lossy().into_owned()
     }
 
     fn files_beside_the_store(dir: &Path) -> Vec<String> {
@@ -932,7 +936,7 @@ mod tests {
         let path = dir.path().join("kpi.redb");
         let (store, _) = KpiStore::open(&path).unwrap();
         // What the writer of offset 7 had written when its process ended.
-        let unfinished = snapshot_file::temporary_path(&snapshot_file::path_of(&path, 7), 0);
+        let unfinished = snapshot_file::temporary_path(&snapshot_file::path_of(&path, 7, 77), 0);
         std::fs::write(&unfinished, b"VDSN\x03half a sn").unwrap();
         let file = store.write_snapshot_file(9, b"VDSN\x03state at 9").unwrap();
         store
@@ -945,7 +949,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             files_beside_the_store(dir.path()),
-            vec!["kpi.redb.snapshot-00000000000000000009"],
+            vec![file_name(&path, &file)],
             "{} was left behind",
             unfinished.display()
         );
@@ -960,7 +964,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
         let (store, _) = KpiStore::open(&path).unwrap();
-        let taken = snapshot_file::path_of(&path, 5);
+        let taken =
+            snapshot_file::path_of(&path, 5, xxhash_rust::xxh3::xxh3_64(b"VDSN\x03state at 5"));
         std::fs::create_dir(&taken).unwrap();
         std::fs::write(taken.join("occupied"), b"x").unwrap();
         let error = store
@@ -969,8 +974,69 @@ mod tests {
         assert!(error.to_string().contains("renaming"), "{error}");
         assert_eq!(
             files_beside_the_store(dir.path()),
-            vec!["kpi.redb.snapshot-00000000000000000005"],
+            vec![taken.file_name().unwrap().to_string_lossy().into_owned()],
             "only the directory in the way"
         );
+    }
+
+    /// Two writers of one offset: a processor rebuilt after a failure starts its snapshots
+    /// again from the store's, and may copy the state at an offset whose snapshot a writer
+    /// it gave up is still writing (not necessarily the same bytes: the first copy was
+    /// taken by a run whose batches and recalls differed). Both files had the same name, so the last rename won,
+    /// whichever one the commit named: the store's snapshot was then "not the one the
+    /// store committed", and the server would not start until a full `vedetta replay`.
+    #[test]
+    fn a_given_up_writer_of_the_same_offset_cannot_replace_the_committed_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let committed = store
+            .write_snapshot_file(12, b"VDSN\x03the rebuilt one")
+            .unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 15,
+                snapshot_file: Some(committed),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        // The writer given up before the rebuild ends last.
+        let given_up = store
+            .write_snapshot_file(12, b"VDSN\x03the given-up one")
+            .unwrap();
+        assert_ne!(given_up, committed);
+        drop(store);
+        let (_, progress) = KpiStore::open(&path).unwrap();
+        assert_eq!(
+            progress.snapshot,
+            Some((12, b"VDSN\x03the rebuilt one".to_vec()))
+        );
+    }
+
+    /// The first builds of 2026-12-04 named the file by its offset only: a store they left
+    /// reads it still.
+    #[test]
+    fn a_snapshot_file_named_by_its_offset_only_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 6,
+                snapshot_file: Some(file),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        std::fs::rename(
+            snapshot_file::path_of(&path, 4, file.hash),
+            dir.path().join("kpi.redb.snapshot-00000000000000000004"),
+        )
+        .unwrap();
+        drop(store);
+        let (_, progress) = KpiStore::open(&path).unwrap();
+        assert_eq!(progress.snapshot, Some((4, b"VDSN\x03state at 4".to_vec())));
     }
 }

@@ -481,7 +481,11 @@ fn a_snapshot_file_on_a_full_disk_leaves_the_space_it_took() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with("kpis.redb."))
         .collect();
-    assert_eq!(left, Vec::<String>::new(), "a partial snapshot file was left");
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "a partial snapshot file was left"
+    );
 
     std::fs::remove_file(&ballast).unwrap();
     let file = store.write_snapshot_file(40, &snapshot).unwrap();

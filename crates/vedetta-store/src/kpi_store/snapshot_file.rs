@@ -5,7 +5,8 @@
 //! 0.7 s of the processor's thread).
 //!
 //! ```text
-//! file:    <store file name>.snapshot-<offset, 20 digits>   the snapshot's bytes, as inline
+//! file:    <store file name>.snapshot-<offset, 20 digits>-<xxh3-64, 16 hex digits>
+//!          the snapshot's bytes, as inline
 //! pointer: [magic "VDSF"][format u8 = 1][offset u64 LE][length u64 LE][xxh3-64 u64 LE]
 //! ```
 //!
@@ -13,7 +14,9 @@
 //! fsynced, renamed, the directory fsynced); a crash before that commit leaves a file no
 //! pointer names, removed with the others after the next commit of a snapshot. The pointer
 //! carries the length and a hash of the bytes, so a file damaged or swapped since is an
-//! error, never a misread state. A pointer is told from an inline snapshot by its magic
+//! error, never a misread state. The file is named by its hash as well as its offset: two
+//! writers of one offset (one given up by a processor rebuilt after a failure, and the
+//! rebuilt one's) write two files, and neither replaces the one a commit names. A pointer is told from an inline snapshot by its magic
 //! (inline ones start with `VDSN`); a build from before this format reads a pointer as an
 //! unknown snapshot and stops with that error rather than misreading it.
 
@@ -49,7 +52,12 @@ fn prefix(store_path: &Path) -> String {
     format!("{name}.snapshot-")
 }
 
-pub(super) fn path_of(store_path: &Path, offset: u64) -> PathBuf {
+pub(super) fn path_of(store_path: &Path, offset: u64, hash: u64) -> PathBuf {
+    store_path.with_file_name(format!("{}{offset:020}-{hash:016x}", prefix(store_path)))
+}
+
+/// The name the first builds of 2026-12-04 gave the file (offset only), still read.
+fn path_before_hash_of(store_path: &Path, offset: u64) -> PathBuf {
     store_path.with_file_name(format!("{}{offset:020}", prefix(store_path)))
 }
 
@@ -81,7 +89,8 @@ pub(super) fn write(
     // same offset: each writes its own temporary file.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = path_of(store_path, offset);
+    let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+    let path = path_of(store_path, offset, hash);
     let temporary = temporary_path(&path, write);
     let written = std::fs::File::create(&temporary)
         .map_err(|e| io_error("creating", &temporary, &e))
@@ -104,7 +113,7 @@ pub(super) fn write(
     Ok(SnapshotFile {
         offset,
         len: bytes.len() as u64,
-        hash: xxhash_rust::xxh3::xxh3_64(bytes),
+        hash,
     })
 }
 
@@ -139,8 +148,19 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
         u64::from_le_bytes(bytes)
     };
     let (offset, len, hash) = (word(5), word(13), word(21));
-    let path = path_of(store_path, offset);
-    let bytes = std::fs::read(&path).map_err(|e| io_error("reading the snapshot", &path, &e))?;
+    let mut path = path_of(store_path, offset, hash);
+    let mut read = std::fs::read(&path);
+    if read
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        let before_hash = path_before_hash_of(store_path, offset);
+        if before_hash.exists() {
+            read = std::fs::read(&before_hash);
+            path = before_hash;
+        }
+    }
+    let bytes = read.map_err(|e| io_error("reading the snapshot", &path, &e))?;
     if bytes.len() as u64 != len || xxhash_rust::xxh3::xxh3_64(&bytes) != hash {
         return Err(StoreError::Corrupt(format!(
             "the snapshot file {} is not the one the store committed ({} bytes, {len} \
@@ -154,9 +174,9 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
 
 /// Removes the snapshot files (and unfinished ones) but the one of `keep`. Best effort:
 /// a file left behind costs disk only, and goes at the next snapshot's commit.
-pub(super) fn remove_others(store_path: &Path, keep: Option<u64>) -> usize {
+pub(super) fn remove_others(store_path: &Path, keep: Option<&SnapshotFile>) -> usize {
     let prefix = prefix(store_path);
-    let kept = keep.map(|offset| path_of(store_path, offset));
+    let kept = keep.map(|file| path_of(store_path, file.offset, file.hash));
     let Ok(entries) = std::fs::read_dir(directory_of(store_path)) else {
         return 0;
     };
