@@ -30,7 +30,7 @@ pub use keys::{
 };
 pub use memories::MEMORY_FORMAT;
 pub use migrate::MigrationReport;
-pub use snapshot_file::{SNAPSHOT_POINTER_FORMAT, SnapshotFile};
+pub use snapshot_file::{SNAPSHOT_POINTER_FORMAT, SnapshotFile, SnapshotFileWriter};
 
 use crate::error::{EngineFailure, io_is_storage_full};
 use crate::reopen::{ReopeningDatabase, Unavailable};
@@ -537,6 +537,13 @@ impl KpiStore {
         bytes: &[u8],
     ) -> Result<SnapshotFile, StoreError> {
         snapshot_file::write(self.db.path(), offset, bytes)
+    }
+
+    /// What [`Self::write_snapshot_file`] does, for another thread, without holding the
+    /// store: a thread that held it would keep the database open past the store's last
+    /// user (unclosed at the end of the process, redb repairs the file at the next open).
+    pub fn snapshot_file_writer(&self) -> SnapshotFileWriter {
+        SnapshotFileWriter::new(self.db.path())
     }
 
     /// Visits the rows of a granularity whose window starts in `[from, to)`, in key order,

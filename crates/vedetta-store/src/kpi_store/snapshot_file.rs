@@ -78,6 +78,26 @@ fn directory_of(store_path: &Path) -> PathBuf {
     }
 }
 
+/// Writes snapshot files beside a store, knowing only its path
+/// ([`super::KpiStore::snapshot_file_writer`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotFileWriter {
+    store_path: PathBuf,
+}
+
+impl SnapshotFileWriter {
+    pub(super) fn new(store_path: &Path) -> Self {
+        Self {
+            store_path: store_path.to_path_buf(),
+        }
+    }
+
+    /// As [`super::KpiStore::write_snapshot_file`].
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<SnapshotFile, StoreError> {
+        write(&self.store_path, offset, bytes)
+    }
+}
+
 /// Writes the snapshot of `offset` to its file, durably. On a failure nothing of it is
 /// left behind: a partial file on a full disk would keep the disk full.
 pub(super) fn write(
