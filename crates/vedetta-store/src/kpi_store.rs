@@ -1046,4 +1046,27 @@ mod tests {
         let (_, progress) = KpiStore::open(&path).unwrap();
         assert_eq!(progress.snapshot, Some((4, b"VDSN\x03state at 4".to_vec())));
     }
+
+    /// A store copied or restored without its snapshot file says which file it lacks and
+    /// what to do, rather than only "No such file or directory".
+    #[test]
+    fn a_missing_snapshot_file_is_named_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 6,
+                snapshot_file: Some(file),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        drop(store);
+        std::fs::remove_file(snapshot_file::path_of(&path, 4, file.hash)).unwrap();
+        let error = KpiStore::open(&path).map(drop).unwrap_err().to_string();
+        assert!(error.contains(&file_name(&path, &file)), "{error}");
+        assert!(error.contains("vedetta replay"), "{error}");
+    }
 }

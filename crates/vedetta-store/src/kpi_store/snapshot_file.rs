@@ -180,11 +180,18 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
             path = before_hash;
         }
     }
-    let bytes = read.map_err(|e| io_error("reading the snapshot", &path, &e))?;
+    let bytes = read.map_err(|e| {
+        io_error(
+            "reading the store's snapshot (a file beside it: back the two up and restore them \
+             together; without it, `vedetta replay` rebuilds the state from the log)",
+            &path,
+            &e,
+        )
+    })?;
     if bytes.len() as u64 != len || xxhash_rust::xxh3::xxh3_64(&bytes) != hash {
         return Err(StoreError::Corrupt(format!(
             "the snapshot file {} is not the one the store committed ({} bytes, {len} \
-             expected, or another hash)",
+             expected, or another hash); `vedetta replay` rebuilds the state from the log",
             path.display(),
             bytes.len()
         )));
