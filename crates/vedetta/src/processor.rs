@@ -1175,4 +1175,59 @@ mod tests {
             "the snapshot thread holds the store"
         );
     }
+
+    /// Users back direct, days on, a second time.
+    fn returning_again(at: i64) -> Vec<LogRecord> {
+        let mut records = Vec::new();
+        for u in 1..=RETURNING {
+            let at = at + i64::from(u) * 1_000;
+            records.push(hit(u, EventKind::PageView, at, None));
+            records.push(hit(u, EventKind::Purchase, at + 500, None));
+        }
+        records.extend(pass_time(at + 2 * DAY));
+        records
+    }
+
+    /// The memories rule with a user dropped twice: recalled from the snapshot in flight,
+    /// dropped again (dormant in the state) before that snapshot lands, a crash after it
+    /// lands and before the next one, and a second return after the restart. The restart
+    /// reads what the landed snapshot wrote (the older memory) while the first run held
+    /// the newer one in its state: the KPIs must still be those of an uninterrupted run.
+    #[test]
+    fn a_user_dropped_twice_around_a_snapshot_in_flight_and_a_crash_counts_as_uninterrupted() {
+        let [landed, returned, later] = traffic();
+        let again = returning_again(T0 + 6 * DAY);
+        let straight = Setup::new();
+        for part in [&landed, &returned, &later, &again] {
+            straight.append(part);
+        }
+        straight.processor().catch_up(&straight.status).unwrap();
+        assert_eq!(
+            straight.email_conversions(),
+            2 * i64::from(RETURNING),
+            "both returns credited to email"
+        );
+
+        let setup = Setup::new();
+        let (mut processor, held) = through_a_snapshot_in_flight(&setup);
+        // Dropped again while the snapshot is still encoded.
+        setup.append(&later);
+        setup.step(&mut processor, SnapshotStep::Carry);
+        assert_eq!(processor.pipeline.dormant_users(), usize::from(RETURNING));
+        held.release();
+        setup.append(&again[..2]);
+        setup.step(&mut processor, SnapshotStep::Carry);
+        assert!(processor.snapshot_in_flight.is_none(), "landed");
+        assert_eq!(
+            setup.store.progress().unwrap().snapshot.map(|(o, _)| o),
+            Some(landed.len() as u64)
+        );
+        // Crash before the next snapshot; the restart replays from the landed one.
+        drop(processor);
+        let mut processor = setup.processor();
+        setup.append(&again[2..]);
+        processor.catch_up(&setup.status).unwrap();
+        assert_eq!(setup.email_conversions(), 2 * i64::from(RETURNING));
+        assert_eq!(setup.rows(), straight.rows());
+    }
 }
