@@ -1021,30 +1021,35 @@ mod tests {
         );
     }
 
-    /// The first builds of 2026-12-04 named the file by its offset only: a store they left
-    /// reads it still.
+    /// The first builds of 2026-12-04 wrote pointers of format 1, naming the file by its
+    /// offset only: a store they left reads it still.
     #[test]
-    fn a_snapshot_file_named_by_its_offset_only_is_read() {
+    fn a_format_1_pointer_reads_the_file_named_by_its_offset_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
         let (store, _) = KpiStore::open(&path).unwrap();
-        let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
+        let bytes = b"VDSN\x03state at 4";
+        let mut pointer = b"VDSF\x01".to_vec();
+        for word in [4, bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(bytes)] {
+            pointer.extend_from_slice(&word.to_le_bytes());
+        }
+        // Stored as it was then (an inline value is stored verbatim).
         store
             .commit(&Commit {
-                processed_offset: 6,
-                snapshot_file: Some(file),
+                processed_offset: 4,
+                snapshot: Some(pointer),
                 durable: true,
                 ..Commit::default()
             })
             .unwrap();
-        std::fs::rename(
-            snapshot_file::path_of(&path, 4, file.hash),
+        std::fs::write(
             dir.path().join("kpi.redb.snapshot-00000000000000000004"),
+            bytes,
         )
         .unwrap();
         drop(store);
         let (_, progress) = KpiStore::open(&path).unwrap();
-        assert_eq!(progress.snapshot, Some((4, b"VDSN\x03state at 4".to_vec())));
+        assert_eq!(progress.snapshot, Some((4, bytes.to_vec())));
     }
 
     /// A store copied or restored without its snapshot file says which file it lacks and

@@ -7,7 +7,7 @@
 //! ```text
 //! file:    <store file name>.snapshot-<offset, 20 digits>-<xxh3-64, 16 hex digits>
 //!          the snapshot's bytes, as inline
-//! pointer: [magic "VDSF"][format u8 = 1][offset u64 LE][length u64 LE][xxh3-64 u64 LE]
+//! pointer: [magic "VDSF"][format u8 = 2][offset u64 LE][length u64 LE][xxh3-64 u64 LE]
 //! ```
 //!
 //! A file is complete before a commit points to it (written under a temporary name,
@@ -25,8 +25,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const POINTER_MAGIC: [u8; 4] = *b"VDSF";
-/// The pointer format this build writes and reads.
-pub const SNAPSHOT_POINTER_FORMAT: u8 = 1;
+/// The pointer format this build writes: 2 names the file by offset and hash. It reads 1
+/// too (the first builds of 2026-12-04: the file named by offset only); a build that reads
+/// only 1 refuses a 2 by its number instead of looking for a file that is not there.
+pub const SNAPSHOT_POINTER_FORMAT: u8 = 2;
+const SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED: u8 = 1;
 const POINTER_LEN: usize = 4 + 1 + 8 + 8 + 8;
 
 /// A snapshot written to its file, for a commit to make it the store's snapshot.
@@ -154,12 +157,18 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
     if !value.starts_with(&POINTER_MAGIC) {
         return Ok(value.to_vec());
     }
-    if value.len() != POINTER_LEN || value[4] != SNAPSHOT_POINTER_FORMAT {
+    let format = value.get(4).copied().unwrap_or(0);
+    let known = [
+        SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED,
+        SNAPSHOT_POINTER_FORMAT,
+    ];
+    if value.len() != POINTER_LEN || !known.contains(&format) {
         return Err(StoreError::Corrupt(format!(
-            "a snapshot pointer of {} bytes, format {}; this build reads format \
-             {SNAPSHOT_POINTER_FORMAT}, {POINTER_LEN} bytes",
+            "a snapshot pointer of {} bytes, format {}; this build reads formats \
+             {SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED} and {SNAPSHOT_POINTER_FORMAT}, {POINTER_LEN} \
+             bytes",
             value.len(),
-            value.get(4).copied().unwrap_or(0)
+            format
         )));
     }
     let word = |at: usize| {
@@ -168,19 +177,12 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
         u64::from_le_bytes(bytes)
     };
     let (offset, len, hash) = (word(5), word(13), word(21));
-    let mut path = path_of(store_path, offset, hash);
-    let mut read = std::fs::read(&path);
-    if read
-        .as_ref()
-        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-    {
-        let before_hash = path_before_hash_of(store_path, offset);
-        if before_hash.exists() {
-            read = std::fs::read(&before_hash);
-            path = before_hash;
-        }
-    }
-    let bytes = read.map_err(|e| {
+    let path = if format == SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED {
+        path_before_hash_of(store_path, offset)
+    } else {
+        path_of(store_path, offset, hash)
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
         io_error(
             "reading the store's snapshot (a file beside it: back the two up and restore them \
              together; without it, `vedetta replay` rebuilds the state from the log)",
