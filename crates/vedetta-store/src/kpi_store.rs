@@ -30,7 +30,7 @@ pub use keys::{
 };
 pub use memories::MEMORY_FORMAT;
 pub use migrate::MigrationReport;
-pub use snapshot_file::{SNAPSHOT_POINTER_FORMAT, SnapshotFile};
+pub use snapshot_file::{SNAPSHOT_POINTER_FORMAT, SnapshotFile, SnapshotFileWriter};
 
 use crate::error::{EngineFailure, io_is_storage_full};
 use crate::reopen::{ReopeningDatabase, Unavailable};
@@ -522,8 +522,7 @@ impl KpiStore {
         txn.commit()?;
         // Snapshot files no durable commit points to any more (or never did).
         if commit.durable && (commit.snapshot.is_some() || commit.snapshot_file.is_some()) {
-            let keep = commit.snapshot_file.map(|file| file.offset);
-            snapshot_file::remove_others(self.db.path(), keep);
+            snapshot_file::remove_others(self.db.path(), commit.snapshot_file.as_ref());
         }
         Ok(())
     }
@@ -538,6 +537,13 @@ impl KpiStore {
         bytes: &[u8],
     ) -> Result<SnapshotFile, StoreError> {
         snapshot_file::write(self.db.path(), offset, bytes)
+    }
+
+    /// What [`Self::write_snapshot_file`] does, for another thread, without holding the
+    /// store: a thread that held it would keep the database open past the store's last
+    /// user (unclosed at the end of the process, redb repairs the file at the next open).
+    pub fn snapshot_file_writer(&self) -> SnapshotFileWriter {
+        SnapshotFileWriter::new(self.db.path())
     }
 
     /// Visits the rows of a granularity whose window starts in `[from, to)`, in key order,
@@ -856,7 +862,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             snapshot_files(dir.path()),
-            vec!["kpi.redb.snapshot-00000000000000000012"],
+            vec![file_name(&path, &file)],
             "the file of an uncommitted one ({orphan:?}) is gone"
         );
         let ahead = store.write_snapshot_file(26, b"VDSN\x03ahead").unwrap();
@@ -904,11 +910,168 @@ mod tests {
             })
             .unwrap();
         std::fs::write(
-            dir.path().join("kpi.redb.snapshot-00000000000000000031"),
+            snapshot_file::path_of(&path, 31, file.hash),
             b"VDSN\x03state at 3!",
         )
         .unwrap();
         let error = store.progress().unwrap_err();
         assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+    }
+
+    fn file_name(store_path: &Path, file: &SnapshotFile) -> String {
+        let path = snapshot_file::path_of(store_path, file.offset, file.hash);
+        path.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    fn files_beside_the_store(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "kpi.redb")
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A writer that never finished (a crash, a process that exited while a given-up
+    /// snapshot was still being written: every stop and every `vedetta replay` that ended
+    /// during an encoding) leaves its temporary file, 66-140 MB for a million users. It
+    /// was named `kpi.redb.tmp<n>`, outside the snapshot files' prefix, and stayed forever.
+    #[test]
+    fn an_unfinished_snapshot_file_goes_with_the_next_snapshot_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        // What the writer of offset 7 had written when its process ended.
+        let unfinished = snapshot_file::temporary_path(&snapshot_file::path_of(&path, 7, 77), 0);
+        std::fs::write(&unfinished, b"VDSN\x03half a sn").unwrap();
+        let file = store.write_snapshot_file(9, b"VDSN\x03state at 9").unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 9,
+                snapshot_file: Some(file),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        assert_eq!(
+            files_beside_the_store(dir.path()),
+            vec![file_name(&path, &file)],
+            "{} was left behind",
+            unfinished.display()
+        );
+    }
+
+    /// A write that fails (here its rename: the name is taken by a directory; on a full
+    /// disk it is the write itself) leaves no partial file: on a full disk that file kept
+    /// the disk full, and each later attempt left another, so the processor, whose
+    /// recovery needs a snapshot commit to remove them, could never come back.
+    #[test]
+    fn a_failed_snapshot_write_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let taken =
+            snapshot_file::path_of(&path, 5, xxhash_rust::xxh3::xxh3_64(b"VDSN\x03state at 5"));
+        std::fs::create_dir(&taken).unwrap();
+        std::fs::write(taken.join("occupied"), b"x").unwrap();
+        let error = store
+            .write_snapshot_file(5, b"VDSN\x03state at 5")
+            .unwrap_err();
+        assert!(error.to_string().contains("renaming"), "{error}");
+        assert_eq!(
+            files_beside_the_store(dir.path()),
+            vec![taken.file_name().unwrap().to_string_lossy().into_owned()],
+            "only the directory in the way"
+        );
+    }
+
+    /// Two writers of one offset: a processor rebuilt after a failure starts its snapshots
+    /// again from the store's, and may copy the state at an offset whose snapshot a writer
+    /// it gave up is still writing (not necessarily the same bytes: the first copy was
+    /// taken by a run whose batches and recalls differed). Both files had the same name, so the last rename won,
+    /// whichever one the commit named: the store's snapshot was then "not the one the
+    /// store committed", and the server would not start until a full `vedetta replay`.
+    #[test]
+    fn a_given_up_writer_of_the_same_offset_cannot_replace_the_committed_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let committed = store
+            .write_snapshot_file(12, b"VDSN\x03the rebuilt one")
+            .unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 15,
+                snapshot_file: Some(committed),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        // The writer given up before the rebuild ends last.
+        let given_up = store
+            .write_snapshot_file(12, b"VDSN\x03the given-up one")
+            .unwrap();
+        assert_ne!(given_up, committed);
+        drop(store);
+        let (_, progress) = KpiStore::open(&path).unwrap();
+        assert_eq!(
+            progress.snapshot,
+            Some((12, b"VDSN\x03the rebuilt one".to_vec()))
+        );
+    }
+
+    /// The first builds of 2026-12-04 wrote pointers of format 1, naming the file by its
+    /// offset only: a store they left reads it still.
+    #[test]
+    fn a_format_1_pointer_reads_the_file_named_by_its_offset_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let bytes = b"VDSN\x03state at 4";
+        let mut pointer = b"VDSF\x01".to_vec();
+        for word in [4, bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(bytes)] {
+            pointer.extend_from_slice(&word.to_le_bytes());
+        }
+        // Stored as it was then (an inline value is stored verbatim).
+        store
+            .commit(&Commit {
+                processed_offset: 4,
+                snapshot: Some(pointer),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        std::fs::write(
+            dir.path().join("kpi.redb.snapshot-00000000000000000004"),
+            bytes,
+        )
+        .unwrap();
+        drop(store);
+        let (_, progress) = KpiStore::open(&path).unwrap();
+        assert_eq!(progress.snapshot, Some((4, bytes.to_vec())));
+    }
+
+    /// A store copied or restored without its snapshot file says which file it lacks and
+    /// what to do, rather than only "No such file or directory".
+    #[test]
+    fn a_missing_snapshot_file_is_named_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let (store, _) = KpiStore::open(&path).unwrap();
+        let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 6,
+                snapshot_file: Some(file),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        drop(store);
+        std::fs::remove_file(snapshot_file::path_of(&path, 4, file.hash)).unwrap();
+        let error = KpiStore::open(&path).map(drop).unwrap_err().to_string();
+        assert!(error.contains(&file_name(&path, &file)), "{error}");
+        assert!(error.contains("vedetta replay"), "{error}");
     }
 }

@@ -27,7 +27,7 @@ pub mod watch_store;
 pub use identity_store::{ApplyOutcome, IdentityStore, IdentityStoreError, IdentityWrite};
 pub use kpi_store::{
     Commit, KpiStore, MigrationReport, Progress, RowKey, RowView, SettingsCheck, SnapshotFile,
-    SpendRowKey, StoreError,
+    SnapshotFileWriter, SpendRowKey, StoreError,
 };
 pub use log::{
     AppendError, AppendFailure, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats,

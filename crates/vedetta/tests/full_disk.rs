@@ -450,3 +450,56 @@ fn silences_answer_507_on_a_full_disk_and_work_again_after() {
         n
     );
 }
+
+/// A snapshot file written on a full disk (the thread that encoded a snapshot off the
+/// processor's thread writes it) fails as a full disk and leaves nothing behind: its
+/// partial file kept the disk full, and only a snapshot commit, which needs that space,
+/// would have removed it. Once space is back the next one is written and committed.
+/// Store-level, on a small tmpfs filled for real.
+#[test]
+fn a_snapshot_file_on_a_full_disk_leaves_the_space_it_took() {
+    use vedetta_store::{Commit, KpiStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("snapshot-disk"), "8m");
+    let path = disk.0.join("kpis.redb");
+    let (store, _) = KpiStore::open(&path).unwrap();
+    let ballast = fill(&disk, "ballast");
+    // Room for a little, not for the snapshot.
+    let ballast_len = std::fs::metadata(&ballast).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ballast)
+        .unwrap()
+        .set_len(ballast_len - (1 << 20))
+        .unwrap();
+    let snapshot = vec![7u8; 3 << 20];
+    let error = store.write_snapshot_file(40, &snapshot).unwrap_err();
+    assert!(error.is_storage_full(), "{error}");
+    let left: Vec<String> = std::fs::read_dir(&disk.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("kpis.redb."))
+        .collect();
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "a partial snapshot file was left"
+    );
+
+    std::fs::remove_file(&ballast).unwrap();
+    let file = store.write_snapshot_file(40, &snapshot).unwrap();
+    store
+        .commit(&Commit {
+            processed_offset: 41,
+            snapshot_file: Some(file),
+            durable: true,
+            ..Commit::default()
+        })
+        .unwrap();
+    assert_eq!(
+        store.progress().unwrap().snapshot,
+        Some((40, snapshot)),
+        "the snapshot written once space was back"
+    );
+}

@@ -5,15 +5,18 @@
 //! 0.7 s of the processor's thread).
 //!
 //! ```text
-//! file:    <store file name>.snapshot-<offset, 20 digits>   the snapshot's bytes, as inline
-//! pointer: [magic "VDSF"][format u8 = 1][offset u64 LE][length u64 LE][xxh3-64 u64 LE]
+//! file:    <store file name>.snapshot-<offset, 20 digits>-<xxh3-64, 16 hex digits>
+//!          the snapshot's bytes, as inline
+//! pointer: [magic "VDSF"][format u8 = 2][offset u64 LE][length u64 LE][xxh3-64 u64 LE]
 //! ```
 //!
 //! A file is complete before a commit points to it (written under a temporary name,
 //! fsynced, renamed, the directory fsynced); a crash before that commit leaves a file no
 //! pointer names, removed with the others after the next commit of a snapshot. The pointer
 //! carries the length and a hash of the bytes, so a file damaged or swapped since is an
-//! error, never a misread state. A pointer is told from an inline snapshot by its magic
+//! error, never a misread state. The file is named by its hash as well as its offset: two
+//! writers of one offset (one given up by a processor rebuilt after a failure, and the
+//! rebuilt one's) write two files, and neither replaces the one a commit names. A pointer is told from an inline snapshot by its magic
 //! (inline ones start with `VDSN`); a build from before this format reads a pointer as an
 //! unknown snapshot and stops with that error rather than misreading it.
 
@@ -22,8 +25,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const POINTER_MAGIC: [u8; 4] = *b"VDSF";
-/// The pointer format this build writes and reads.
-pub const SNAPSHOT_POINTER_FORMAT: u8 = 1;
+/// The pointer format this build writes: 2 names the file by offset and hash. It reads 1
+/// too (the first builds of 2026-12-04: the file named by offset only); a build that reads
+/// only 1 refuses a 2 by its number instead of looking for a file that is not there.
+pub const SNAPSHOT_POINTER_FORMAT: u8 = 2;
+const SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED: u8 = 1;
 const POINTER_LEN: usize = 4 + 1 + 8 + 8 + 8;
 
 /// A snapshot written to its file, for a commit to make it the store's snapshot.
@@ -49,11 +55,54 @@ fn prefix(store_path: &Path) -> String {
     format!("{name}.snapshot-")
 }
 
-fn path_of(store_path: &Path, offset: u64) -> PathBuf {
+pub(super) fn path_of(store_path: &Path, offset: u64, hash: u64) -> PathBuf {
+    store_path.with_file_name(format!("{}{offset:020}-{hash:016x}", prefix(store_path)))
+}
+
+/// The name the first builds of 2026-12-04 gave the file (offset only), still read.
+fn path_before_hash_of(store_path: &Path, offset: u64) -> PathBuf {
     store_path.with_file_name(format!("{}{offset:020}", prefix(store_path)))
 }
 
-/// Writes the snapshot of `offset` to its file, durably.
+/// Where a writer puts the file of `path` until it is complete: a name that starts as
+/// the snapshot files' do, so that one left by a writer that never finished (a crash, a
+/// process that exited while a given-up snapshot was being written) goes with them.
+pub(super) fn temporary_path(path: &Path, write: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp{write}"));
+    PathBuf::from(name)
+}
+
+/// The directory holding the store (and its snapshot files).
+fn directory_of(store_path: &Path) -> PathBuf {
+    match store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => dir.to_path_buf(),
+        None => PathBuf::from("."),
+    }
+}
+
+/// Writes snapshot files beside a store, knowing only its path
+/// ([`super::KpiStore::snapshot_file_writer`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotFileWriter {
+    store_path: PathBuf,
+}
+
+impl SnapshotFileWriter {
+    pub(super) fn new(store_path: &Path) -> Self {
+        Self {
+            store_path: store_path.to_path_buf(),
+        }
+    }
+
+    /// As [`super::KpiStore::write_snapshot_file`].
+    pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<SnapshotFile, StoreError> {
+        write(&self.store_path, offset, bytes)
+    }
+}
+
+/// Writes the snapshot of `offset` to its file, durably. On a failure nothing of it is
+/// left behind: a partial file on a full disk would keep the disk full.
 pub(super) fn write(
     store_path: &Path,
     offset: u64,
@@ -63,24 +112,31 @@ pub(super) fn write(
     // same offset: each writes its own temporary file.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = path_of(store_path, offset);
-    let temporary = path.with_extension(format!("tmp{write}"));
-    let mut file =
-        std::fs::File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error("writing", &temporary, &e))?;
-    drop(file);
-    std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error("syncing the directory", dir, &e))?;
+    let hash = xxhash_rust::xxh3::xxh3_64(bytes);
+    let path = path_of(store_path, offset, hash);
+    let temporary = temporary_path(&path, write);
+    let written = std::fs::File::create(&temporary)
+        .map_err(|e| io_error("creating", &temporary, &e))
+        .and_then(|mut file| {
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| io_error("writing", &temporary, &e))
+        })
+        .and_then(|()| {
+            std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))
+        });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(error);
     }
+    let dir = directory_of(store_path);
+    std::fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("syncing the directory", &dir, &e))?;
     Ok(SnapshotFile {
         offset,
         len: bytes.len() as u64,
-        hash: xxhash_rust::xxh3::xxh3_64(bytes),
+        hash,
     })
 }
 
@@ -101,12 +157,18 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
     if !value.starts_with(&POINTER_MAGIC) {
         return Ok(value.to_vec());
     }
-    if value.len() != POINTER_LEN || value[4] != SNAPSHOT_POINTER_FORMAT {
+    let format = value.get(4).copied().unwrap_or(0);
+    let known = [
+        SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED,
+        SNAPSHOT_POINTER_FORMAT,
+    ];
+    if value.len() != POINTER_LEN || !known.contains(&format) {
         return Err(StoreError::Corrupt(format!(
-            "a snapshot pointer of {} bytes, format {}; this build reads format \
-             {SNAPSHOT_POINTER_FORMAT}, {POINTER_LEN} bytes",
+            "a snapshot pointer of {} bytes, format {}; this build reads formats \
+             {SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED} and {SNAPSHOT_POINTER_FORMAT}, {POINTER_LEN} \
+             bytes",
             value.len(),
-            value.get(4).copied().unwrap_or(0)
+            format
         )));
     }
     let word = |at: usize| {
@@ -115,12 +177,23 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
         u64::from_le_bytes(bytes)
     };
     let (offset, len, hash) = (word(5), word(13), word(21));
-    let path = path_of(store_path, offset);
-    let bytes = std::fs::read(&path).map_err(|e| io_error("reading the snapshot", &path, &e))?;
+    let path = if format == SNAPSHOT_POINTER_FORMAT_OFFSET_NAMED {
+        path_before_hash_of(store_path, offset)
+    } else {
+        path_of(store_path, offset, hash)
+    };
+    let bytes = std::fs::read(&path).map_err(|e| {
+        io_error(
+            "reading the store's snapshot (a file beside it: back the two up and restore them \
+             together; without it, `vedetta replay` rebuilds the state from the log)",
+            &path,
+            &e,
+        )
+    })?;
     if bytes.len() as u64 != len || xxhash_rust::xxh3::xxh3_64(&bytes) != hash {
         return Err(StoreError::Corrupt(format!(
             "the snapshot file {} is not the one the store committed ({} bytes, {len} \
-             expected, or another hash)",
+             expected, or another hash); `vedetta replay` rebuilds the state from the log",
             path.display(),
             bytes.len()
         )));
@@ -130,14 +203,10 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
 
 /// Removes the snapshot files (and unfinished ones) but the one of `keep`. Best effort:
 /// a file left behind costs disk only, and goes at the next snapshot's commit.
-pub(super) fn remove_others(store_path: &Path, keep: Option<u64>) -> usize {
+pub(super) fn remove_others(store_path: &Path, keep: Option<&SnapshotFile>) -> usize {
     let prefix = prefix(store_path);
-    let kept = keep.map(|offset| path_of(store_path, offset));
-    let dir = match store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => dir.to_path_buf(),
-        None => PathBuf::from("."),
-    };
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let kept = keep.map(|file| path_of(store_path, file.offset, file.hash));
+    let Ok(entries) = std::fs::read_dir(directory_of(store_path)) else {
         return 0;
     };
     let mut removed = 0;
