@@ -268,12 +268,23 @@ fn engine() -> Engine {
 }
 
 fn engine_of(triggers: Vec<Trigger>) -> Engine {
-    Engine::new(triggers, vec![EventKind::Purchase], ActState::default()).with_enrichment(
-        EnrichConfig {
-            internal_hosts: vec!["www.bottega.example".into()],
-            ..EnrichConfig::default()
-        },
-    )
+    Engine::new(triggers, vec![EventKind::Purchase], ActState::default())
+        .with_enrichment(enrichment())
+}
+
+/// The shop's own host, as the generated traffic's referrers name it.
+fn enrichment() -> EnrichConfig {
+    EnrichConfig {
+        internal_hosts: vec!["www.bottega.example".into()],
+        ..EnrichConfig::default()
+    }
+}
+
+fn pipeline_config() -> PipelineConfig {
+    PipelineConfig {
+        enrich: enrichment(),
+        ..PipelineConfig::default()
+    }
 }
 
 /// The window totals of every segment trigger, grouped once (the server reads them from
@@ -379,13 +390,7 @@ fn regions() -> Arc<dyn RegionLookup> {
 fn pipeline_alone(bencher: Bencher<'_, '_>) {
     let records = records();
     let regions = regions();
-    let config = PipelineConfig {
-        enrich: EnrichConfig {
-            internal_hosts: vec!["www.bottega.example".into()],
-            ..EnrichConfig::default()
-        },
-        ..PipelineConfig::default()
-    };
+    let config = pipeline_config();
     bencher
         .counter(ItemsCount::new(records.len()))
         .with_inputs(|| Pipeline::new(config.clone(), Some(Arc::clone(&regions))))
@@ -453,13 +458,7 @@ fn segment_rules(triggers: &[Trigger]) -> Vec<&Rule> {
 fn pipeline_with_window(bencher: Bencher<'_, '_>, totals: bool) {
     let records = records();
     let regions = regions();
-    let config = PipelineConfig {
-        enrich: EnrichConfig {
-            internal_hosts: vec!["www.bottega.example".into()],
-            ..EnrichConfig::default()
-        },
-        ..PipelineConfig::default()
-    };
+    let config = pipeline_config();
     let triggers = mix_triggers();
     let rules = segment_rules(&triggers);
     let window =

@@ -324,34 +324,23 @@ mod tests {
 
     pub(crate) fn sample_event(n: u8) -> StoredEvent {
         StoredEvent {
-            user: UserPseudonym([n; 16]),
-            kind: EventKind::Purchase,
-            ts: EventTime(1_700_000_000_000 + i64::from(n)),
             event_id: Some(format!("e-{n}")),
             value: Some(19.9),
             currency: Some("EUR".into()),
-            order_id: None,
             channel: Some("social".into()),
-            campaign: None,
-            utm_source: None,
-            utm_medium: None,
-            utm_campaign: None,
-            utm_content: None,
-            utm_term: None,
-            gclid: None,
-            fbclid: None,
             user_agent: Some("Mozilla/5.0".into()),
-            device: None,
             ip_network: Some("93.44.12.0".parse().expect("valid ip")),
-            region: None,
             page: Some("/carrello".into()),
-            referrer: None,
-            product_id: None,
             consent: Consent {
                 analytics: Some(true),
                 marketing: None,
             },
             properties: Some(r#"{"a":1}"#.into()),
+            ..StoredEvent::bare(
+                UserPseudonym([n; 16]),
+                EventKind::Purchase,
+                EventTime(1_700_000_000_000 + i64::from(n)),
+            )
         }
     }
 

@@ -286,24 +286,35 @@ impl SnapshotCopy {
     /// taken.
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
         let state = &self.state;
-        postcard::to_extend(
-            &BorrowedState {
-                max_event_ts: state.max_event_ts,
-                dedup: &state.dedup,
-                orders: &state.orders,
-                users: &self.users,
-                dormant: &state.dormant,
-                expiry: &state.expiry,
-                dims: &state.dims,
-                custom_kinds: &state.custom_kinds,
-                counters: &state.counters,
-                next_offset: state.next_offset,
-                earlier_runs: &state.earlier_runs,
-                refunds: &state.refunds,
-            },
-            snapshot::header().to_vec(),
-        )
+        encode_borrowed(state, &self.users, &state.dims, &state.custom_kinds)
     }
+}
+
+/// The snapshot bytes of `state` with these users, dimension tuples and custom kinds (the
+/// live pipeline keeps the last two beside its state, a copy inside it).
+fn encode_borrowed<Users: Serialize>(
+    state: &PipelineState,
+    users: &Users,
+    dims: &[dims::Dims],
+    custom_kinds: &[String],
+) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(
+        &BorrowedState {
+            max_event_ts: state.max_event_ts,
+            dedup: &state.dedup,
+            orders: &state.orders,
+            users,
+            dormant: &state.dormant,
+            expiry: &state.expiry,
+            dims,
+            custom_kinds,
+            counters: &state.counters,
+            next_offset: state.next_offset,
+            earlier_runs: &state.earlier_runs,
+            refunds: &state.refunds,
+        },
+        snapshot::header().to_vec(),
+    )
 }
 
 /// The streaming pipeline. See the module docs.
@@ -433,23 +444,7 @@ impl Pipeline {
     /// snapshot's cost).
     pub fn encode_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
         let state = &self.state;
-        postcard::to_extend(
-            &BorrowedState {
-                max_event_ts: state.max_event_ts,
-                dedup: &state.dedup,
-                orders: &state.orders,
-                users: &state.users,
-                dormant: &state.dormant,
-                expiry: &state.expiry,
-                dims: self.dims.tuples(),
-                custom_kinds: &self.custom_kinds,
-                counters: &state.counters,
-                next_offset: state.next_offset,
-                earlier_runs: &state.earlier_runs,
-                refunds: &state.refunds,
-            },
-            snapshot::header().to_vec(),
-        )
+        encode_borrowed(state, &state.users, self.dims.tuples(), &self.custom_kinds)
     }
 
     /// A copy of the state to encode elsewhere ([`SnapshotCopy::encode`]: the bytes of
