@@ -20,6 +20,7 @@ mod keys;
 mod memories;
 mod migrate;
 mod snapshot_file;
+mod staged;
 
 pub use format::{
     ROW_FORMAT, ROW_FORMAT_V1, RowV1, RowV2, SPEND_FORMAT, SPEND_FORMAT_V1, STORE_FORMAT,
@@ -34,7 +35,7 @@ pub use snapshot_file::{SNAPSHOT_POINTER_FORMAT, SnapshotFile, SnapshotFileWrite
 
 use crate::error::{EngineFailure, io_is_storage_full};
 use crate::reopen::{ReopeningDatabase, Unavailable};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use std::path::Path;
 use vedetta_core::pipeline::attribution::Memories;
 use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
@@ -207,6 +208,15 @@ pub struct Commit {
     pub memories: Vec<(UserPseudonym, Memories)>,
     /// Memories that started before this are dropped.
     pub memories_before: Option<i64>,
+    /// The trigger stage's outputs decided by this commit's records, by seq (ascending,
+    /// from the stored next seq on): see `staged`.
+    pub outputs: Vec<(u64, Vec<u8>)>,
+    /// The seq the stage's next output takes (when it is past the last staged one).
+    pub next_output_seq: Option<u64>,
+    /// A trigger set that took effect at this offset (the batch's first), encoded.
+    pub trigger_set: Option<(u64, Vec<u8>)>,
+    /// Staged outputs below this seq were routed (the router's durable cursor): deleted.
+    pub delete_outputs_below: Option<u64>,
 }
 
 /// What the store holds about progress, read at start.
@@ -518,6 +528,22 @@ impl KpiStore {
                 table.insert(0, value.as_slice())?;
                 meta.insert(SNAPSHOT_OFFSET, offset_to_meta(*offset)?)?;
             }
+            drop(meta);
+            let staging = staged::Staging {
+                outputs: &commit.outputs,
+                next_seq: commit.next_output_seq,
+                trigger_set: commit.trigger_set.as_ref(),
+                delete_below: commit.delete_outputs_below,
+                snapshot_offset: snapshot.as_ref().map(|(offset, _)| *offset),
+            };
+            let touches = !commit.outputs.is_empty()
+                || commit.next_output_seq.is_some()
+                || commit.trigger_set.is_some()
+                || commit.delete_outputs_below.is_some()
+                || snapshot.is_some();
+            if touches {
+                staged::write(&txn, &staging)?;
+            }
         }
         txn.commit()?;
         // Snapshot files no durable commit points to any more (or never did).
@@ -651,6 +677,24 @@ impl KpiStore {
         memories::read(&db, users)
     }
 
+    /// Up to `limit` staged trigger outputs from seq `from` on, in seq order (`staged`).
+    pub fn read_outputs(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let db = self.db.read_guard()?;
+        staged::read_outputs(&db, from, limit)
+    }
+
+    /// The seq the trigger stage's next output takes, and the first seq still staged.
+    pub fn output_seqs(&self) -> Result<(u64, Option<u64>), StoreError> {
+        let db = self.db.read_guard()?;
+        staged::seqs(&db)
+    }
+
+    /// The trigger sets recorded at offsets from `from` on (a replay applies them there).
+    pub fn trigger_sets_from(&self, from: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let db = self.db.read_guard()?;
+        staged::trigger_sets_from(&db, from)
+    }
+
     /// How many users have a stored attribution memory.
     pub fn stored_memories(&self) -> Result<u64, StoreError> {
         let db = self.db.read_guard()?;
@@ -658,15 +702,26 @@ impl KpiStore {
     }
 
     /// Deletes every row, the snapshot, the progress and the settings record (before a
-    /// replay), leaving an empty store of the current format.
+    /// replay), leaving an empty store of the current format. The trigger stage's staged
+    /// outputs and next seq stay: they are routed after the replay, and seqs never go back
+    /// (a store whose next seq does not read starts again from 0: the router sees its
+    /// cursor ahead of the store and goes back to what is staged).
     pub fn clear(&self) -> Result<(), StoreError> {
+        let next_seq = self.output_seqs().map_or(0, |(next, _)| next);
         let db = self.db.read_guard()?;
         let txn = db.begin_write()?;
         let tables: Vec<_> = txn.list_tables()?.collect();
         for table in tables {
+            if table.name() == staged::OUTPUTS.name() {
+                continue;
+            }
             txn.delete_table(table)?;
         }
         migrate::create_tables(&txn)?;
+        if next_seq > 0 {
+            txn.open_table(META)?
+                .insert(staged::NEXT_SEQ, offset_to_meta(next_seq)?)?;
+        }
         txn.commit()?;
         snapshot_file::remove_others(self.db.path(), None);
         Ok(())

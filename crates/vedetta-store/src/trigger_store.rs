@@ -1,31 +1,32 @@
-//! The trigger store (issue 12): the trigger engine's state, the log offset it consumed,
-//! the pushes waiting for their destination's next batch, and the firing history, in the
-//! alert store's database beside the outbox.
+//! The trigger store (issue 12): the trigger router's cursor over the outputs the
+//! processor's trigger stage staged in the KPI store, the pushes waiting for their
+//! destination's next batch, and the firing history, in the alert store's database beside
+//! the outbox.
 //!
-//! Exactly once inside: [`TriggerStore::commit_step`] writes the engine state (its globals
-//! and the rows of the users the step changed), the consumed offset, the new pending pushes
-//! and the firings in one transaction; after a crash the
-//! consumer restarts from the stored state and offset, so an event is neither applied twice
-//! nor lost. [`TriggerStore::flush`] moves a destination's pending pushes into the outbox,
+//! Exactly once inside: [`TriggerStore::commit_route`] writes the new pending pushes, their
+//! firings and the router's cursor (the next staged output seq to route) in one
+//! transaction; after a crash the router goes on from its cursor, so a staged output is
+//! neither routed twice nor lost (the processor deletes staged outputs only below the
+//! cursor once committed here). [`TriggerStore::flush`] moves a destination's pending pushes into the outbox,
 //! removing them in the same transaction, so a push is queued exactly once; the outbox then
 //! delivers it at least once, under an id fixed at that commit (idempotent receivers see it
 //! once).
 //!
 //! Tables (keys are typed tuples, never joined strings):
-//! - `act_meta`: `"state" → ActState::encode_globals` (format 1 was the whole state, users
-//!   included, still read), `"offset" → [FORMAT][u64 LE]`, `"batch" → [FORMAT][u64 LE]` (the
-//!   last batch number given to a flush);
-//! - `act_users`: `row key (u64) → ActState::encode_user`: one row per user the engine
-//!   keeps (keys in the order users were first seen, so a commit's writes cluster),
-//!   written when a step changed it, removed when the engine forgot it; and from
-//!   `TEXT_ROWS` (2^63) on, one row per text of the engine's intern table (channel,
-//!   campaign, product, conversion kind), written when added, removed when freed;
+//! - `act_meta`: `"routed" → [FORMAT][u64 LE]` (the router's cursor), `"batch" →
+//!   [FORMAT][u64 LE]` (the last batch number given to a flush); and, in a store written
+//!   before the engine ran in the processor, `"state"` (the consumer's engine globals) and
+//!   `"offset"` (its log offset), dropped at the first start of the router
+//!   ([`TriggerStore::drop_consumer_state`]);
+//! - `act_users`: the consumer's per-user and per-text rows, in such an older store only
+//!   (dropped with its state: they described its own log offset, not the processor's
+//!   snapshot, and cannot be joined to it exactly);
 //! - `act_pending`: `(destination, seq) → [FORMAT][JSON Push]`;
 //! - `act_firings`: `(at_ms, seq) → [FIRING_FORMAT][JSON Firing]`, at most [`MAX_FIRINGS`]
 //!   (format 1, written before outcomes were kept, reads with every outcome `unknown`);
 //! - `act_pending_seq`: `"next" → u64`;
 //! - `act_pending_firing`: `(destination, pending seq) → (at_ms, seq)`: the firing a pending
-//!   push carries (written with both by [`TriggerStore::commit_step`], taken by the flush);
+//!   push carries (written with both by [`TriggerStore::commit_route`], taken by the flush);
 //! - `act_outbox_firings`: `outbox seq → [FORMAT][JSON [(at_ms, seq)]]`: the firings an
 //!   outbox entry carries (written by the flush that enqueues it, read when the sender
 //!   settles it, moved when a dead letter is retried);
@@ -44,7 +45,6 @@ use crate::reopen::{ReopeningDatabase, Unavailable, is_storage_failure};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use vedetta_core::act::engine::StateChanges;
 use vedetta_core::act::push::Push;
 use vedetta_core::watch::notification::Notification;
 
@@ -456,16 +456,14 @@ fn decode_u64(what: &str, bytes: &[u8]) -> Result<u64, TriggerStoreError> {
     }
 }
 
-/// What the consumer restarts from.
+/// What the router restarts from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resume {
-    /// `ActState::encode_globals` bytes (or a format-1 whole state), when a step was ever
-    /// committed.
-    pub state: Option<Vec<u8>>,
-    /// Every user's row (`ActState::encode_user`) and text's row by its key, in key order.
-    pub users: Vec<(u64, Vec<u8>)>,
-    /// The next log offset to read.
-    pub offset: u64,
+    /// The next staged output seq to route, once the router ever committed.
+    pub routed: Option<u64>,
+    /// Whether the store holds the state of the consumer that ran the engine before it ran
+    /// in the processor ([`TriggerStore::drop_consumer_state`]).
+    pub consumer_state: bool,
 }
 
 /// The trigger store over the alert store's database.
@@ -508,32 +506,46 @@ impl TriggerStore {
         self.run(|db| {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
-            let state = meta.get("state")?.map(|v| v.value().to_vec());
-            let offset = match meta.get("offset")? {
-                Some(v) => decode_u64("the consumed offset", v.value())?,
-                None => 0,
+            let routed = match meta.get("routed")? {
+                Some(v) => Some(decode_u64("the router's cursor", v.value())?),
+                None => None,
             };
-            let mut users = Vec::new();
-            for row in txn.open_table(USERS)?.iter()? {
-                let (key, value) = row?;
-                users.push((key.value(), value.value().to_vec()));
-            }
+            let consumer_state = meta.get("state")?.is_some()
+                || meta.get("offset")?.is_some()
+                || !txn.open_table(USERS)?.is_empty()?;
             Ok(Resume {
-                state,
-                users,
-                offset,
+                routed,
+                consumer_state,
             })
         })
     }
 
-    /// One consumer step: the state's changes (globals, and the rows of the users changed:
-    /// written, or removed when `None`), offset, new pending pushes (by destination, each
-    /// with the index in `firings` of the firing it carries) and firings, in one durable
-    /// transaction.
-    pub fn commit_step(
+    /// Drops the state of the consumer that ran the engine before it ran in the processor
+    /// (its globals, its log offset, its per-user and per-text rows); pending pushes,
+    /// firings and the outbox stay. Returns the rows dropped.
+    pub fn drop_consumer_state(&self) -> Result<u64, TriggerStoreError> {
+        self.run(|db| {
+            let txn = db.begin_write()?;
+            let rows = {
+                let mut meta = txn.open_table(META)?;
+                meta.remove("state")?;
+                meta.remove("offset")?;
+                let rows = txn.open_table(USERS)?.len()?;
+                txn.delete_table(USERS)?;
+                txn.open_table(USERS)?;
+                rows
+            };
+            txn.commit()?;
+            Ok(rows)
+        })
+    }
+
+    /// One routing step: the new pending pushes (by destination, each with the index in
+    /// `firings` of the firing it carries), the firings, and the router's cursor `routed`
+    /// (the next staged output seq), in one durable transaction.
+    pub fn commit_route(
         &self,
-        state: &StateChanges,
-        offset: u64,
+        routed: u64,
         pending: &[(String, Push, usize)],
         firings: &[Firing],
     ) -> Result<(), TriggerStoreError> {
@@ -542,15 +554,7 @@ impl TriggerStore {
             txn.set_durability(redb::Durability::Immediate)?;
             {
                 let mut meta = txn.open_table(META)?;
-                meta.insert("state", state.globals.as_slice())?;
-                meta.insert("offset", encode_u64(offset).as_slice())?;
-                let mut users = txn.open_table(USERS)?;
-                for (key, row) in &state.users {
-                    match row {
-                        Some(row) => users.insert(*key, row.as_slice())?,
-                        None => users.remove(*key)?,
-                    };
-                }
+                meta.insert("routed", encode_u64(routed).as_slice())?;
                 let mut seq_table = txn.open_table(SEQ)?;
                 let mut seq = seq_table.get("next")?.map(|v| v.value()).unwrap_or(1);
                 let mut log = txn.open_table(FIRINGS)?;
@@ -790,13 +794,6 @@ mod tests {
         }
     }
 
-    fn globals(bytes: &[u8]) -> StateChanges {
-        StateChanges {
-            globals: bytes.to_vec(),
-            users: Vec::new(),
-        }
-    }
-
     fn firing(at_ms: i64) -> Firing {
         Firing {
             trigger: "cpa_alto".into(),
@@ -835,7 +832,8 @@ mod tests {
         let mut other = firing(5_000);
         other.trigger = "carrello".into();
         let firings = [firing(500), firing(1_500), firing(2_500), other];
-        store.commit_step(&globals(b"s"), 1, &[], &firings).unwrap();
+        store.commit_route(
+                    1, &[], &firings).unwrap();
         let counts = store.firing_counts(1_000, 2_000, 100).unwrap();
         assert!(!counts.capped);
         assert_eq!(counts.per_trigger["cpa_alto"], HourDay { hour: 1, day: 2 });
@@ -845,6 +843,47 @@ mod tests {
         assert_eq!(capped.per_trigger["carrello"], HourDay { hour: 1, day: 1 });
         assert_eq!(capped.per_trigger["cpa_alto"], HourDay { hour: 1, day: 1 });
     }
+
+    /// A store written by the consumer that ran the engine before the processor did: its
+    /// state is dropped at the router's first start, pending pushes and firings stay.
+    #[test]
+    fn the_consumers_state_is_dropped_and_pending_pushes_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let db =
+            Arc::new(ReopeningDatabase::open(&dir.path().join("watch.redb"), 1 << 20).unwrap());
+        let store = TriggerStore::new(db.clone()).unwrap();
+        store
+            .commit_route(0, &[("hook".into(), push("a"), 0)], &[firing(5)])
+            .unwrap();
+        db.with(|db| -> Result<(), TriggerStoreError> {
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("state", b"\x03globals".as_slice()).unwrap();
+                meta.insert("offset", encode_u64(7).as_slice()).unwrap();
+                let mut users = txn.open_table(USERS).unwrap();
+                users.insert(1, b"\x02one".as_slice()).unwrap();
+                users.insert(TEXT_ROW_KEY, b"\x01text".as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+            Ok(())
+        })
+        .unwrap();
+        assert!(store.resume().unwrap().consumer_state);
+        assert_eq!(store.drop_consumer_state().unwrap(), 2);
+        assert_eq!(
+            store.resume().unwrap(),
+            Resume {
+                routed: Some(0),
+                consumer_state: false
+            }
+        );
+        assert_eq!(store.pending("hook").unwrap().len(), 1);
+        assert_eq!(store.firings(10).unwrap().len(), 1);
+    }
+
+    /// A text row's key in the consumer's table (`TEXT_ROWS`).
+    const TEXT_ROW_KEY: u64 = 1 << 63;
 
     #[test]
     fn a_step_and_a_flush_commit_whole_and_survive_a_reopen() {
@@ -856,14 +895,7 @@ mod tests {
                     .unwrap();
             assert_eq!(store.resume().unwrap(), Resume::default());
             store
-                .commit_step(
-                    &StateChanges {
-                        globals: b"\x02state".to_vec(),
-                        users: vec![
-                            (1, Some(b"\x01one".to_vec())),
-                            (2, Some(b"\x01two".to_vec())),
-                        ],
-                    },
+                .commit_route(
                     42,
                     &[
                         ("hook".into(), push("a"), 0),
@@ -896,12 +928,13 @@ mod tests {
         let db = Arc::new(ReopeningDatabase::open(&path, 1 << 20).unwrap());
         let store = TriggerStore::new(db.clone()).unwrap();
         let resume = store.resume().unwrap();
-        assert_eq!(resume.state.as_deref(), Some(&b"\x02state"[..]));
         assert_eq!(
-            resume.users,
-            [(1, b"\x01one".to_vec()), (2, b"\x01two".to_vec())]
+            resume,
+            Resume {
+                routed: Some(42),
+                consumer_state: false
+            }
         );
-        assert_eq!(resume.offset, 42);
         let firings: Vec<i64> = store.firings(10).unwrap().iter().map(|f| f.at_ms).collect();
         assert_eq!(firings, [7, 5]);
         assert_eq!(store.firings_since(6, 10).unwrap().len(), 1);
@@ -914,21 +947,9 @@ mod tests {
         );
         // The next flush gets the next batch number.
         store
-            .commit_step(
-                &StateChanges {
-                    globals: b"\x02s".to_vec(),
-                    users: vec![(1, None), (3, Some(b"\x01three".to_vec()))],
-                },
-                43,
-                &[("hook".into(), push("d"), 0)],
-                &[],
-            )
+            .commit_route(43, &[("hook".into(), push("d"), 0)], &[])
             .unwrap();
-        // User 1 was forgotten, 3 is new, 2 untouched.
-        let users: Vec<u64> = (store.resume().unwrap().users.iter())
-            .map(|(key, _)| *key)
-            .collect();
-        assert_eq!(users, [2, 3]);
+        assert_eq!(store.resume().unwrap().routed, Some(43));
         store
             .flush("hook", 0, |batch, _| {
                 assert_eq!(batch, 2);
@@ -961,8 +982,7 @@ mod tests {
             let mut other = push("u3");
             other.trigger = "carrello".into();
             store
-                .commit_step(
-                    &globals(b"s"),
+                .commit_route(
                     1,
                     &[
                         ("hook".into(), push("u1"), 0),
@@ -1090,9 +1110,8 @@ mod tests {
         let outbox = outbox::Outbox::new(db.clone()).unwrap();
         let queued_firing = pending_firing("ab", 5);
         store
-            .commit_step(
-                &globals(b"s"),
-                1,
+            .commit_route(
+                    1,
                 &[("hook".into(), push("ab"), 0)],
                 &[queued_firing],
             )
