@@ -24,6 +24,8 @@
 //! one. Only a stop (and the end of `vedetta replay`) encodes on this thread, to leave a
 //! snapshot at the last offset.
 
+use crate::act::ActStatus;
+use crate::act::stage::StageRunner;
 use crate::clock::SystemClock;
 use crate::telemetry::StageTimings;
 use anyhow::Context;
@@ -32,6 +34,7 @@ use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vedetta_core::act::stage::StageCopy;
 use vedetta_core::enrich::RegionLookup;
 use vedetta_core::pipeline::attribution::Memories;
 use vedetta_core::pipeline::hash::FastHashMap;
@@ -169,6 +172,7 @@ pub fn start(
     notifier: Arc<LogNotifier>,
     options: ProcessorOptions,
     timings: Arc<StageTimings>,
+    triggers: Option<Arc<ActStatus>>,
 ) -> anyhow::Result<ProcessorHandle> {
     let status = Arc::new(ProcessorStatus {
         timings,
@@ -187,7 +191,7 @@ pub fn start(
             .name("processor".into())
             .spawn(move || {
                 let mut processor = match Processor::recover(
-                    log, store, config, regions, options, &status,
+                    log, store, config, regions, options, &status, triggers,
                 ) {
                     Ok(p) => p,
                     Err(error) => {
@@ -305,12 +309,17 @@ impl SnapshotInFlight {
     /// Copies the pipeline's state (taking the dormant memories out of it first) and
     /// starts encoding the copy on a new thread, which writes it to its file beside the
     /// store (the commit that makes it the store's snapshot then writes a pointer only).
-    fn start(pipeline: &mut Pipeline, writer: SnapshotFileWriter) -> Self {
+    fn start(
+        pipeline: &mut Pipeline,
+        stage: Option<&StageRunner>,
+        writer: SnapshotFileWriter,
+    ) -> Self {
         let copy_started = Instant::now();
         let memories: FastHashMap<UserPseudonym, Memories> =
             pipeline.take_dormant().into_iter().collect();
         let memories_before = pipeline.memory_horizon();
         let state = pipeline.snapshot_copy();
+        let stage: Option<StageCopy> = stage.map(StageRunner::copy);
         let copy_took = copy_started.elapsed();
         let offset = pipeline.next_offset();
         let (sender, encoded) = mpsc::sync_channel(1);
@@ -318,9 +327,22 @@ impl SnapshotInFlight {
             .name("snapshot".into())
             .spawn(move || {
                 let started = Instant::now();
-                let bytes = state.encode().context("encoding the pipeline snapshot");
-                // The copy is freed here, off the processor's thread.
+                let bytes = state
+                    .encode()
+                    .context("encoding the pipeline snapshot")
+                    .and_then(|mut bytes| {
+                        // The trigger stage's part follows the pipeline's.
+                        if let Some(stage) = &stage {
+                            stage
+                                .encode_section(&mut bytes)
+                                .map_err(|e| anyhow::anyhow!("{e}"))
+                                .context("encoding the trigger stage's snapshot")?;
+                        }
+                        Ok(bytes)
+                    });
+                // The copies are freed here, off the processor's thread.
                 drop(state);
+                drop(stage);
                 let encode_took = started.elapsed();
                 let written = Instant::now();
                 let file = bytes.and_then(|bytes| {
@@ -419,6 +441,10 @@ pub struct Processor {
     snapshot_offset: u64,
     /// A snapshot being encoded off this thread, not in the store yet.
     snapshot_in_flight: Option<SnapshotInFlight>,
+    /// The trigger stage (`None`: triggers are not run, as in `vedetta replay`).
+    triggers: Option<StageRunner>,
+    /// What the trigger stage is rebuilt from after a failed commit.
+    trigger_status: Option<Arc<ActStatus>>,
 }
 
 impl Processor {
@@ -431,20 +457,34 @@ impl Processor {
         regions: Option<Arc<dyn RegionLookup>>,
         options: ProcessorOptions,
         status: &ProcessorStatus,
+        trigger_status: Option<Arc<ActStatus>>,
     ) -> anyhow::Result<Self> {
         status.recovering.store(true, Ordering::Release);
         check_settings(&store, &config)?;
         let progress = store.progress()?;
-        let (mut pipeline, snapshot_offset) = match &progress.snapshot {
+        let (mut pipeline, snapshot_offset, section) = match &progress.snapshot {
             Some((offset, bytes)) => {
-                let state = snapshot::decode_snapshot(bytes)
+                let (state, rest) = snapshot::decode_snapshot_parts(bytes)
                     .with_context(|| format!("the pipeline snapshot at offset {offset}"))?;
                 (
                     Pipeline::restore(config.clone(), regions.clone(), state),
                     *offset,
+                    (!rest.is_empty()).then_some(rest),
                 )
             }
-            None => (Pipeline::new(config.clone(), regions.clone()), 0),
+            None => (Pipeline::new(config.clone(), regions.clone()), 0, None),
+        };
+        let mut replaying = match &trigger_status {
+            Some(triggers) => Some(StageRunner::recover(
+                triggers.clone(),
+                &config,
+                &store,
+                section,
+                snapshot_offset,
+            )?),
+            // Without triggers (`vedetta replay`) the stage's part is not read; the snapshot
+            // this run writes has none, and the stage starts empty at its offset.
+            None => None,
         };
         let started = Instant::now();
         let mut next = pipeline
@@ -466,9 +506,20 @@ impl Processor {
                 if offset >= progress.processed_offset {
                     break;
                 }
+                if let Some(stage) = &mut replaying {
+                    stage.before(offset)?;
+                }
                 pipeline.process(offset, &record);
+                if let Some(stage) = &mut replaying {
+                    stage.after_record(&mut pipeline, &record);
+                }
             }
-            let _already_stored = pipeline.take_deltas();
+            match &mut replaying {
+                Some(stage) => stage.end_batch(&mut pipeline),
+                None => {
+                    let _already_stored = pipeline.take_deltas();
+                }
+            }
             next = (last + 1).min(progress.processed_offset);
         }
         if progress.processed_offset > snapshot_offset {
@@ -495,6 +546,10 @@ impl Processor {
             last_snapshot_cost: Duration::ZERO,
             snapshot_offset,
             snapshot_in_flight: None,
+            triggers: replaying
+                .map(|stage| stage.finish(progress.processed_offset))
+                .transpose()?,
+            trigger_status,
         };
         processor.publish(status, progress.processed_offset);
         Ok(processor)
@@ -596,6 +651,7 @@ impl Processor {
             self.regions.clone(),
             self.options,
             status,
+            self.trigger_status.clone(),
         )?;
         *self = rebuilt;
         Ok(())
@@ -626,10 +682,16 @@ impl Processor {
             self.snapshot_in_flight.as_ref().map(|s| &s.memories),
             records.iter().map(|(_, _, r)| r),
         )?;
+        if let Some(stage) = &mut self.triggers {
+            stage.batch_start(next);
+        }
         // Records of one log batch share their append time: count them per time.
         let mut appended: Vec<(i64, u64)> = Vec::new();
         for (offset, appended_at, record) in &records {
             self.pipeline.process(*offset, record);
+            if let Some(stage) = &mut self.triggers {
+                stage.after_record(&mut self.pipeline, record);
+            }
             match appended.last_mut() {
                 Some((at, n)) if at == appended_at => *n += 1,
                 _ => appended.push((*appended_at, 1)),
@@ -667,7 +729,11 @@ impl Processor {
         snapshot: SnapshotStep,
         status: &ProcessorStatus,
     ) -> anyhow::Result<()> {
-        let deltas = self.pipeline.take_deltas();
+        let mut staged = Commit::default();
+        let deltas = match &mut self.triggers {
+            Some(stage) => stage.fill_commit(&mut self.pipeline, &mut staged)?,
+            None => self.pipeline.take_deltas(),
+        };
         // A snapshot whose encoding has ended rides on this commit (one encoded here
         // instead replaces it).
         let landing = match snapshot {
@@ -686,12 +752,13 @@ impl Processor {
         };
         let durable = snapshot == SnapshotStep::Now
             || landing.is_some()
+            || staged.durable
             || self.last_durable.elapsed() >= self.options.durable_interval;
         let mut commit = Commit {
             processed_offset: self.pipeline.next_offset(),
             watermark: self.pipeline.watermark(),
             durable,
-            ..Commit::default()
+            ..staged
         };
         for (key, change) in deltas.rows {
             let dims = self
@@ -742,11 +809,16 @@ impl Processor {
             memories.extend(self.pipeline.take_dormant());
             commit.memories = memories.into_iter().collect();
             commit.memories_before = self.pipeline.memory_horizon();
-            commit.snapshot = Some(
-                self.pipeline
-                    .encode_snapshot()
-                    .context("encoding the pipeline snapshot")?,
-            );
+            let mut bytes = self
+                .pipeline
+                .encode_snapshot()
+                .context("encoding the pipeline snapshot")?;
+            if let Some(stage) = &self.triggers {
+                stage
+                    .encode_section(&mut bytes)
+                    .context("encoding the trigger stage's snapshot")?;
+            }
+            commit.snapshot = Some(bytes);
             let bytes = commit.snapshot.as_ref().map_or(0, Vec::len) as u64;
             snapshot_work = Some((
                 self.pipeline.next_offset(),
@@ -784,6 +856,9 @@ impl Processor {
         if durable {
             self.last_durable = Instant::now();
         }
+        if let Some(stage) = &mut self.triggers {
+            stage.committed(&commit);
+        }
         if let Some((offset, bytes, [copy_took, encode_took, write_took])) = snapshot_work {
             // Telemetry only: a failed count leaves the last one shown.
             if let Ok(stored) = self.store.stored_memories() {
@@ -812,6 +887,7 @@ impl Processor {
             self.last_snapshot = Instant::now();
             self.snapshot_in_flight = Some(SnapshotInFlight::start(
                 &mut self.pipeline,
+                self.triggers.as_ref(),
                 self.store.snapshot_file_writer(),
             ));
         }
@@ -968,6 +1044,7 @@ mod tests {
                 None,
                 options,
                 &self.status,
+                None,
             )
             .unwrap()
         }

@@ -258,7 +258,6 @@ fn a_full_disk_refuses_what_it_cannot_store_and_recovers_by_itself() {
 /// real, under one open handle shared the way the server shares it.
 #[test]
 fn watch_redb_recovers_from_a_full_disk_without_a_restart() {
-    use vedetta_core::act::engine::StateChanges;
     use vedetta_core::watch::dispatch::Silence;
     use vedetta_core::watch::notification::Notification;
     use vedetta_store::WatchStore;
@@ -325,17 +324,7 @@ fn watch_redb_recovers_from_a_full_disk_without_a_restart() {
         .unwrap();
     outbox.enqueue(&note("after-2"), 2_000).unwrap();
     inbox.put(&note("after"), 2_000).unwrap();
-    triggers
-        .commit_step(
-            &StateChanges {
-                globals: b"\x02state".to_vec(),
-                users: Vec::new(),
-            },
-            7,
-            &[],
-            &[],
-        )
-        .unwrap();
+    triggers.commit_route(7, &[], &[]).unwrap();
     assert!(
         store.database().reopens() >= 1,
         "the file was never reopened"
@@ -361,7 +350,7 @@ fn watch_redb_recovers_from_a_full_disk_without_a_restart() {
         "{queued:?}"
     );
     assert_eq!(inbox.list(10).unwrap()[0].1.id, "after");
-    assert_eq!(triggers.resume().unwrap().offset, 7);
+    assert_eq!(triggers.resume().unwrap().routed, Some(7));
     eprintln!(
         "watch.redb full disk: {written} silences written before the failure ({failure}); \
          {} reopens",

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vedetta_core::act::stage::TriggerSet;
 use vedetta_core::act::triggers::{RawTrigger, Trigger, check_triggers};
 
 /// A triggers file.
@@ -77,15 +78,22 @@ impl TriggersConfig {
 
     /// The inline triggers and the file's, checked.
     pub fn load(&self) -> Result<Vec<Trigger>, String> {
+        self.load_set().map(|set| set.triggers)
+    }
+
+    /// The inline triggers and the file's, checked, with their raw form (what the
+    /// processor records with the offset the set takes effect at).
+    pub fn load_set(&self) -> Result<TriggerSet, String> {
         let mut raw = self.inline.clone();
         if let Some(path) = &self.file {
             let file = read_triggers_file(path)?;
             raw.extend(file.triggers);
         }
-        self.check(&raw).map_err(|e| match &self.file {
+        let triggers = self.check(&raw).map_err(|e| match &self.file {
             Some(path) => format!("{e} (inline triggers and {})", path.display()),
             None => e,
-        })
+        })?;
+        Ok(TriggerSet { raw, triggers })
     }
 }
 

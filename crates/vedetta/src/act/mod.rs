@@ -1,60 +1,50 @@
-//! Act (issue 12): the trigger consumer, a thread between the durable log and the outbox.
+//! Act (issue 12): triggers. The engine runs in the processor, as its trigger stage
+//! ([`stage`]); this module loads the trigger set, routes what the stage decided into
+//! pending pushes and firings, and sends each destination's pushes every `interval`.
 //!
 //! ```text
-//! log [consumed offset, processor's committed offset) ─► Engine::observe (log order)
-//! watermark passes minute end m ─► KPI rows of [m − over, m) ─► Engine::judge_minute
-//! Engine::advance(watermark)  (abandoned carts, pruning)
-//!   ─► one commit: engine state + consumed offset + pending pushes + firings
+//! processor: record ─► Pipeline::process ─► TriggerStage::after_record ─► staged outputs
+//!            ─► one KPI store commit: KPI changes + offset + outputs by seq (+ the set)
+//! act thread (the router): staged outputs [cursor, durably staged) ─► one trigger store
+//!            commit: pending pushes + firings + cursor ─► the processor deletes them later
 //! every destination's `interval` ─► one commit: its pending pushes → outbox notifications
 //!                                   (one per trigger and segment), then the sender
 //! ```
 //!
-//! It reads only what the processor has committed, so the KPIs a segment's CPA is read
-//! from already hold the events it observed. Restarted, it resumes from the stored state
-//! and offset: nothing observed twice, nothing skipped. The trigger set is reloaded when
-//! the triggers file changes or on SIGHUP; a set that does not check keeps the old one in
+//! The stage decides from the record sequence alone, so a segment's minute is judged on
+//! the KPIs of exactly the records before it, whatever the batches, and a replay after a
+//! crash decides the same outputs under the same seqs. The router's cursor makes routing
+//! exactly once across the two databases. The trigger set is reloaded here when the
+//! triggers file changes or on SIGHUP; a set that does not check keeps the old one in
 //! force, and the error (naming the trigger and the key) is logged and shown at
-//! `/v1/triggers`.
+//! `/v1/triggers`. A set that checks goes in force in the processor at its next batch, and
+//! is recorded there with that offset.
 
 pub mod config;
+pub mod stage;
 
-use crate::processor::ProcessorStatus;
 use anyhow::Context;
 use config::TriggersConfig;
+use stage::LoadedSet;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
-use vedetta_core::EventKind;
-use vedetta_core::act::engine::{ActState, Engine, Output, StoredState};
-use vedetta_core::act::push::{Push, SegmentSignal};
-use vedetta_core::act::triggers::{Trigger, TriggerKind};
-use vedetta_core::enrich::EnrichConfig;
-use vedetta_core::record::LogRecord;
+use vedetta_core::act::push::Push;
+use vedetta_core::act::push::SegmentSignal;
+use vedetta_core::act::stage::{StagedOutput, TriggerSet};
+use vedetta_core::act::triggers::Trigger;
 use vedetta_core::time::Clock;
 use vedetta_core::watch::dispatch::notification_id;
-use vedetta_core::watch::evaluate::group_totals;
 use vedetta_core::watch::notification::{AlertStatus, Notification};
-use vedetta_store::trigger_store::{
-    DestinationOutcome, Firing, OutcomeState, Resume, TriggerStore,
-};
-use vedetta_store::{EventLog, KpiStore};
+use vedetta_store::KpiStore;
+use vedetta_store::trigger_store::{DestinationOutcome, Firing, OutcomeState, TriggerStore};
 
-const MINUTE: i64 = 60_000;
-/// Log records read per step.
+/// Staged outputs routed per step.
 const READ_BATCH: usize = 10_000;
 /// The most users in one request; more go in the next request of the same batch.
 pub const MAX_EVENTS_PER_PUSH: usize = 500;
-/// Minutes judged per step when catching up (the rest in the next steps).
-const MINUTES_PER_STEP: usize = 60;
-/// The least time between two commits of the consumer: what the steps in between changed
-/// (users, offset, pushes, firings) goes in one transaction, so a user active in several
-/// reads is written once and a busy consumer does not pay a durable commit per read. A
-/// crash replays from the last commit, exactly.
-const COMMIT_EVERY: Duration = Duration::from_millis(250);
-/// How often the approximate bytes of the users' facts are summed (a walk over all users).
-const USER_BYTES_EVERY: Duration = Duration::from_secs(5);
 
 /// What one trigger did, for `/v1/triggers`, the dashboard and `/metrics`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -67,16 +57,25 @@ pub struct TriggerCounters {
     pub withheld: u64,
 }
 
-/// What the API and `/metrics` read of the consumer.
-#[derive(Debug, Default)]
+/// What the processor's trigger stage, the router, the API and `/metrics` share.
+#[derive(Debug)]
 pub struct ActStatus {
     pub triggers: RwLock<Arc<Vec<Trigger>>>,
+    /// The set loaded last, for the processor's stage, and a generation bumped at each load.
+    pub set: RwLock<LoadedSet>,
+    pub set_generation: AtomicU64,
     pub loaded_at_ms: AtomicI64,
     /// Why the last reload failed (the old triggers stay in force), until one succeeds.
     pub reload_error: Mutex<Option<String>>,
     /// Set by SIGHUP: reload the triggers file.
     pub reload: AtomicBool,
-    /// The next log offset the consumer reads.
+    /// The processor's last durable commit: (its offset, the next output seq). The router
+    /// routes the outputs below that seq.
+    pub staged: Mutex<(u64, u64)>,
+    /// The router's durable cursor: the staged outputs below it are routed (the processor
+    /// deletes them).
+    pub routed_seq: AtomicU64,
+    /// The log offset up to which every output is routed.
     pub consumed_offset: AtomicU64,
     /// End of the last minute judged (`i64::MIN` before the first).
     pub judged_through_ms: AtomicI64,
@@ -86,6 +85,9 @@ pub struct ActStatus {
     pub texts: AtomicU64,
     /// Texts met while the table was full, kept as "no text" (since the state began).
     pub texts_not_kept: AtomicU64,
+    /// Selections withheld for lack of consent, by trigger (the stage's, since its state
+    /// began).
+    pub withheld: Mutex<BTreeMap<String, u64>>,
     pub counters: Mutex<BTreeMap<String, TriggerCounters>>,
     /// Steps that failed (each retried from the store).
     pub failures: AtomicU64,
@@ -99,6 +101,50 @@ pub struct ActStatus {
 }
 
 impl ActStatus {
+    /// The status with `set` loaded (at `now_ms`).
+    pub fn new(set: TriggerSet, now_ms: i64) -> Self {
+        Self {
+            triggers: RwLock::new(Arc::new(set.triggers.clone())),
+            set: RwLock::new(LoadedSet::new(set)),
+            set_generation: AtomicU64::new(1),
+            loaded_at_ms: AtomicI64::new(now_ms),
+            reload_error: Mutex::new(None),
+            reload: AtomicBool::new(false),
+            staged: Mutex::new((0, 0)),
+            routed_seq: AtomicU64::new(0),
+            consumed_offset: AtomicU64::new(0),
+            judged_through_ms: AtomicI64::new(i64::MIN),
+            users: AtomicU64::new(0),
+            user_bytes: AtomicU64::new(0),
+            texts: AtomicU64::new(0),
+            texts_not_kept: AtomicU64::new(0),
+            withheld: Mutex::new(BTreeMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            pending: AtomicU64::new(0),
+            notifications_queued: AtomicU64::new(0),
+            enqueued: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Loads the configured trigger set (refused with the trigger and key named).
+    pub fn load(config: &TriggersConfig, clock: &dyn Clock) -> anyhow::Result<Arc<Self>> {
+        let set = config
+            .load_set()
+            .map_err(|e| anyhow::anyhow!("the triggers: {e}"))?;
+        Ok(Arc::new(Self::new(set, clock.now_ms())))
+    }
+
+    /// Puts a newly loaded set in force: for the API at once, for the processor at its
+    /// next batch.
+    fn put_in_force(&self, set: TriggerSet, now_ms: i64) {
+        *self.triggers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.triggers.clone());
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = LoadedSet::new(set);
+        self.set_generation.fetch_add(1, Ordering::AcqRel);
+        self.loaded_at_ms.store(now_ms, Ordering::Relaxed);
+    }
+
     /// Writes the `vedetta_trigger_*` families: per trigger, users sent, signals and users
     /// withheld (no consent); the consumer's progress, state size and failures.
     pub fn expose(&self, out: &mut crate::telemetry::Exposition) {
@@ -107,11 +153,7 @@ impl ActStatus {
             .read()
             .map(|t| t.clone())
             .unwrap_or_else(|e| e.into_inner().clone());
-        let counters = self
-            .counters
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_else(|e| e.into_inner().clone());
+        let counters = self.counters();
         type Family = (&'static str, &'static str, fn(&TriggerCounters) -> u64);
         let families: [Family; 3] = [
             (
@@ -166,7 +208,7 @@ impl ActStatus {
             ),
             (
                 "vedetta_trigger_consumed_offset",
-                "The next log offset the trigger consumer reads.",
+                "The log offset up to which the trigger stage's outputs are routed.",
                 self.consumed_offset.load(Ordering::Relaxed),
             ),
         ];
@@ -177,7 +219,7 @@ impl ActStatus {
         out.family(
             "vedetta_trigger_failures_total",
             "counter",
-            "Trigger consumer steps that failed (each retried from the store).",
+            "Trigger router steps that failed (each retried from the store).",
         );
         out.sample(
             "vedetta_trigger_failures_total",
@@ -185,16 +227,31 @@ impl ActStatus {
             self.failures.load(Ordering::Relaxed) as f64,
         );
     }
+
+    /// Per trigger: users sent and signals (routed since start), users withheld (the stage's).
+    pub fn counters(&self) -> BTreeMap<String, TriggerCounters> {
+        let mut counters = self
+            .counters
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        let withheld = self
+            .withheld
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_else(|e| e.into_inner().clone());
+        for (name, n) in withheld {
+            counters.entry(name).or_default().withheld = n;
+        }
+        counters
+    }
 }
 
-/// What the consumer reads from the rest of the server.
+/// What the router reads from the rest of the server.
 pub struct Sources {
+    /// Where the processor's stage staged its outputs.
     pub kpi_store: Arc<KpiStore>,
-    pub processor: Arc<ProcessorStatus>,
-    pub log: Arc<EventLog>,
     pub clock: Arc<dyn Clock>,
-    pub conversion_types: Vec<EventKind>,
-    pub enrich: EnrichConfig,
     /// `server.public_url`, carried by notifications.
     pub dashboard_url: String,
 }
@@ -205,7 +262,7 @@ impl std::fmt::Debug for Sources {
     }
 }
 
-/// SIGHUP asks the consumer to reload its triggers file.
+/// SIGHUP asks the act thread to reload its triggers file.
 pub async fn reload_on_sighup(status: Arc<ActStatus>) {
     #[cfg(unix)]
     {
@@ -221,7 +278,7 @@ pub async fn reload_on_sighup(status: Arc<ActStatus>) {
     std::future::pending::<()>().await;
 }
 
-/// The running consumer.
+/// The running act thread.
 pub struct Act {
     pub status: Arc<ActStatus>,
     pub store: TriggerStore,
@@ -255,43 +312,48 @@ impl Drop for Act {
     }
 }
 
-/// Starts the consumer over `store` (in the alert store's database, beside the outbox).
-pub fn start(config: TriggersConfig, store: TriggerStore, sources: Sources) -> anyhow::Result<Act> {
-    let triggers = config
-        .load()
-        .map_err(|e| anyhow::anyhow!("the triggers: {e}"))?;
+/// Starts the act thread over `store` (in the alert store's database, beside the outbox),
+/// with `status` as [`ActStatus::load`] made it (shared with the processor's stage).
+pub fn start(
+    config: TriggersConfig,
+    status: Arc<ActStatus>,
+    store: TriggerStore,
+    sources: Sources,
+) -> anyhow::Result<Act> {
     let resume = store.resume().context("reading the trigger store")?;
-    let StoredState { state, legacy } =
-        stored_state(&resume).context("the stored trigger state")?;
-    let status = Arc::new(ActStatus::default());
-    status
-        .consumed_offset
-        .store(resume.offset, Ordering::Relaxed);
-    status.judged_through_ms.store(
-        state.judged_through_ms.unwrap_or(i64::MIN),
-        Ordering::Relaxed,
-    );
-    *status.triggers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(triggers.clone());
-    status
-        .loaded_at_ms
-        .store(sources.clock.now_ms(), Ordering::Relaxed);
-    let mut engine = Engine::new(triggers, sources.conversion_types.clone(), state)
-        .with_enrichment(sources.enrich.clone());
-    if legacy {
-        engine.mark_all_changed(); // rewritten as rows at the first commit
+    if resume.consumer_state {
+        let rows = store
+            .drop_consumer_state()
+            .context("dropping the trigger consumer's state")?;
+        tracing::warn!(
+            rows,
+            "the trigger engine now runs in the processor: the state of the consumer that ran \
+             it before was dropped (cooldowns, carts and intents start afresh; pending pushes \
+             and firings stay)"
+        );
     }
+    let mut cursor = resume.routed.unwrap_or(0);
+    let (next, first) = (sources.kpi_store.output_seqs()).context("reading the staged outputs")?;
+    if cursor > next {
+        // The KPI store was made anew (deleted by hand): its seqs start again.
+        let from = first.unwrap_or(next);
+        tracing::warn!(
+            cursor,
+            from,
+            "the trigger router's cursor is past the KPI store's staged outputs; routing from theirs"
+        );
+        cursor = from;
+    }
+    status.routed_seq.store(cursor, Ordering::Release);
     let stop = Arc::new(AtomicBool::new(false));
     let mut task = Task {
         modified: modified(config.file.as_ref()),
         config,
-        engine,
-        offset: resume.offset,
+        cursor,
         store: store.clone(),
         status: status.clone(),
         sources,
         last_flush: BTreeMap::new(),
-        uncommitted: Uncommitted::new(legacy),
-        user_bytes_at: None,
     };
     let thread = {
         let stop = stop.clone();
@@ -307,18 +369,6 @@ pub fn start(config: TriggersConfig, store: TriggerStore, sources: Sources) -> a
     })
 }
 
-/// The engine state of `resume` (empty when nothing was ever committed).
-fn stored_state(resume: &Resume) -> anyhow::Result<StoredState> {
-    let Some(globals) = &resume.state else {
-        return Ok(StoredState {
-            state: ActState::default(),
-            legacy: false,
-        });
-    };
-    let rows = (resume.users.iter()).map(|(pseudonym, row)| (*pseudonym, row.as_slice()));
-    Ok(ActState::decode_stored(globals, rows)?)
-}
-
 fn modified(path: Option<&PathBuf>) -> Option<SystemTime> {
     std::fs::metadata(path?).and_then(|m| m.modified()).ok()
 }
@@ -326,55 +376,21 @@ fn modified(path: Option<&PathBuf>) -> Option<SystemTime> {
 struct Task {
     config: TriggersConfig,
     modified: Option<SystemTime>,
-    engine: Engine,
-    offset: u64,
+    /// The next staged output seq to route (as committed).
+    cursor: u64,
     store: TriggerStore,
     status: Arc<ActStatus>,
     sources: Sources,
     /// When each destination's pending pushes last went to the outbox.
     last_flush: BTreeMap<String, Instant>,
-    /// What the steps since the last commit decided.
-    uncommitted: Uncommitted,
-    /// When the users' bytes were last summed.
-    user_bytes_at: Option<Instant>,
-}
-
-/// The steps' work not yet committed ([`COMMIT_EVERY`]).
-struct Uncommitted {
-    /// Whether anything changed (offset, minutes judged, state, outputs).
-    changed: bool,
-    outputs: Vec<Output>,
-    since: Instant,
-}
-
-impl Uncommitted {
-    fn new(changed: bool) -> Self {
-        Self {
-            changed,
-            outputs: Vec::new(),
-            since: Instant::now(),
-        }
-    }
 }
 
 impl Task {
     fn run(&mut self, stop: &AtomicBool) {
         let mut pause = Duration::from_millis(20);
-        // After a failed step the engine in memory may be ahead of the store: no step runs
-        // until it is restored (the store may still be reopening after a full disk; a step
-        // from the engine in memory would skip what the failed one lost).
-        let mut stale = false;
         while !stop.load(Ordering::Acquire) {
-            if stale {
-                stale = !self.try_restore();
-                if stale {
-                    pause = (pause * 2).min(Duration::from_secs(10));
-                    std::thread::sleep(pause);
-                    continue;
-                }
-            }
             self.maybe_reload();
-            let outcome = self.step().and_then(|busy| Ok(busy | self.flush_due()?));
+            let outcome = self.route().and_then(|busy| Ok(busy | self.flush_due()?));
             match outcome {
                 Ok(busy) => {
                     pause = Duration::from_millis(20);
@@ -383,16 +399,12 @@ impl Task {
                     }
                 }
                 Err(error) => {
-                    self.status.failures.fetch_add(1, Ordering::Relaxed);
-                    let text = format!("{error:#}");
-                    tracing::error!(error = %text, "trigger step failed; retrying from the store");
-                    *self
-                        .status
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner()) = Some(text);
-                    // The store holds the last good step: start again from it.
-                    stale = !self.try_restore();
+                    self.failed(&error);
+                    // The store holds the last routing step: go on from its cursor.
+                    match self.store.resume() {
+                        Ok(resume) => self.cursor = resume.routed.unwrap_or(self.cursor),
+                        Err(e) => tracing::error!(error = %e, "the trigger store cannot be read"),
+                    }
                     pause = (pause * 2).min(Duration::from_secs(10));
                 }
             }
@@ -400,32 +412,15 @@ impl Task {
         }
     }
 
-    /// [`Self::restore`], logging a failure; whether it succeeded.
-    fn try_restore(&mut self) -> bool {
-        match self.restore() {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "the trigger store cannot be read");
-                false
-            }
-        }
-    }
-
-    fn restore(&mut self) -> anyhow::Result<()> {
-        let resume = self.store.resume()?;
-        let StoredState { state, legacy } = stored_state(&resume)?;
-        self.engine = Engine::new(
-            self.engine.triggers().to_vec(),
-            self.sources.conversion_types.clone(),
-            state,
-        )
-        .with_enrichment(self.sources.enrich.clone());
-        if legacy {
-            self.engine.mark_all_changed();
-        }
-        self.offset = resume.offset;
-        self.uncommitted = Uncommitted::new(legacy);
-        Ok(())
+    fn failed(&self, error: &anyhow::Error) {
+        self.status.failures.fetch_add(1, Ordering::Relaxed);
+        let text = format!("{error:#}");
+        tracing::error!(error = %text, "trigger step failed; retrying from the store");
+        *self
+            .status
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(text);
     }
 
     fn maybe_reload(&mut self) {
@@ -435,23 +430,16 @@ impl Task {
             return;
         }
         self.modified = changed;
-        match self.config.load() {
-            Ok(triggers) => {
-                self.engine.set_triggers(triggers.clone());
-                *self
-                    .status
-                    .triggers
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Arc::new(triggers);
+        match self.config.load_set() {
+            Ok(set) => {
+                let n = set.triggers.len();
+                self.status.put_in_force(set, self.sources.clock.now_ms());
                 *self
                     .status
                     .reload_error
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = None;
-                self.status
-                    .loaded_at_ms
-                    .store(self.sources.clock.now_ms(), Ordering::Relaxed);
-                tracing::info!(triggers = self.engine.triggers().len(), "triggers reloaded");
+                tracing::info!(triggers = n, "triggers reloaded");
             }
             Err(error) => {
                 tracing::error!(%error, "the triggers did not reload; the previous ones stay in force");
@@ -464,225 +452,66 @@ impl Task {
         }
     }
 
-    /// Observes what the processor committed, judges the minutes the watermark passed,
-    /// and commits when [`COMMIT_EVERY`] passed since the last commit. Returns whether
-    /// there may be more to do at once.
-    fn step(&mut self) -> anyhow::Result<bool> {
-        // The watermark first: the offset read after it covers every event behind it.
-        let watermark = self.sources.processor.watermark();
-        let committed = self
-            .sources
-            .processor
-            .processed_offset
-            .load(Ordering::Acquire);
-        let mut outputs = std::mem::take(&mut self.uncommitted.outputs);
-        let mut more = false;
-        let start_offset = self.offset;
-        if self.offset < committed && self.engine.triggers().is_empty() {
-            // With no trigger in force the engine keeps nothing of an event
-            // (`Engine::observe`): the records are passed over unread.
-            self.offset = committed;
-        } else if self.offset < committed {
-            let records = self
-                .sources
-                .log
-                .read(self.offset, READ_BATCH)
-                .with_context(|| format!("reading the log from offset {}", self.offset))?;
-            let mut next = self.offset;
-            for (offset, record) in &records {
-                if *offset >= committed {
-                    break;
-                }
-                if let LogRecord::Event(event) = record {
-                    self.engine.observe(event, &mut outputs);
-                }
-                next = offset + 1;
-            }
-            if records.is_empty() {
-                // Retention removed what was not yet read: go on from the log's start.
-                next = self.sources.log.start_offset().max(self.offset);
-                if next == self.offset {
-                    anyhow::bail!(
-                        "the log has nothing at offset {} though the processor is at {committed}",
-                        self.offset
-                    );
-                }
-            }
-            more = next < committed;
-            self.offset = next;
+    /// Routes the outputs the processor staged durably since the cursor: their pending
+    /// pushes, their firings and the new cursor in one commit. Returns whether there may
+    /// be more at once.
+    fn route(&mut self) -> anyhow::Result<bool> {
+        let (offset, staged) = *self.status.staged.lock().unwrap_or_else(|e| e.into_inner());
+        if self.cursor >= staged {
+            self.status.consumed_offset.store(offset, Ordering::Relaxed);
+            return Ok(false);
         }
-        let before = self.engine.state().judged_through_ms;
-        // Minutes are judged only once the log is read up to the committed offset, so
-        // intents and conversions behind the watermark are in.
-        if let (Some(w), false) = (watermark, more) {
-            let last_end = w.div_euclid(MINUTE) * MINUTE;
-            let first_end = match before {
-                Some(t) => t + MINUTE,
-                None => last_end,
-            };
-            let mut judged = 0;
-            let longest = self
-                .engine
-                .triggers()
-                .iter()
-                .filter_map(|t| match &t.kind {
-                    TriggerKind::SegmentCpa { rule, .. } => Some(rule.over_ms),
-                    _ => None,
-                })
-                .max();
-            let mut m = first_end;
-            while m <= last_end && judged < MINUTES_PER_STEP {
-                match longest {
-                    Some(over) => {
-                        let data = crate::watch::evaluation::read_window(
-                            &self.sources.kpi_store,
-                            m - over,
-                            m,
-                        )
-                        .context("reading the KPI window")?;
-                        self.engine.judge_minute(
-                            m,
-                            &mut |rule| group_totals(rule, m, &data),
-                            &mut outputs,
-                        );
-                    }
-                    None => {
-                        // No segment trigger: nothing to judge but the time, at once.
-                        m = m.max(last_end);
-                        self.engine
-                            .judge_minute(m, &mut |_| Default::default(), &mut outputs)
-                    }
-                }
-                judged += 1;
-                m += MINUTE;
+        let rows = (self.sources.kpi_store)
+            .read_outputs(self.cursor, READ_BATCH)
+            .context("reading the staged trigger outputs")?;
+        let full = rows.len() == READ_BATCH;
+        let mut next = self.cursor;
+        let mut outputs = Vec::with_capacity(rows.len());
+        for (seq, bytes) in rows {
+            if seq >= staged {
+                break;
             }
-            more |= m <= last_end;
-            self.engine.advance(w, &mut outputs);
+            next = seq + 1;
+            match StagedOutput::decode(&bytes) {
+                Ok(output) => outputs.push(output),
+                // Never blocks the outputs after it: said, counted, passed over.
+                Err(error) => self.failed(&anyhow::anyhow!(
+                    "staged trigger output {seq} does not decode, passed over: {error}"
+                )),
+            }
         }
-        let after = self.engine.state().judged_through_ms;
-        let u = &mut self.uncommitted;
-        u.changed |= self.offset != start_offset || after != before || !outputs.is_empty();
-        u.outputs = outputs;
-        if !u.changed || u.since.elapsed() < COMMIT_EVERY {
-            return Ok(more);
+        if !full {
+            // Nothing else is staged below `staged` (a replay after an upgrade decides
+            // outputs it does not stage: their seqs are skipped).
+            next = staged;
         }
-        self.commit()?;
-        Ok(more)
-    }
-
-    /// Commits what the steps since the last commit did: the state's changes, the offset,
-    /// the pushes and firings of their outputs, in one transaction.
-    fn commit(&mut self) -> anyhow::Result<()> {
-        let outputs = std::mem::take(&mut self.uncommitted.outputs);
         let now = self.sources.clock.now_ms();
-        let (pending, firings) = self.route(&outputs, now);
-        let changes = (self.engine.take_changes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (pending, firings) = route(&outputs, now);
         self.store
-            .commit_step(&changes, self.offset, &pending, &firings)
-            .context("committing the trigger step")?;
-        self.uncommitted = Uncommitted::new(false);
-        self.publish(&outputs);
-        Ok(())
+            .commit_route(next, &pending, &firings)
+            .context("committing the routed trigger outputs")?;
+        self.cursor = next;
+        self.status.routed_seq.store(next, Ordering::Release);
+        if next >= staged {
+            self.status.consumed_offset.store(offset, Ordering::Relaxed);
+        }
+        self.count(&outputs);
+        Ok(next < staged)
     }
 
-    /// The pending pushes (one per output and destination, each with the index of its
-    /// firing) and firings (each `pending` at each destination) of `outputs`.
-    #[allow(clippy::type_complexity)]
-    fn route(&self, outputs: &[Output], now_ms: i64) -> (Vec<(String, Push, usize)>, Vec<Firing>) {
-        let mut pending = Vec::new();
-        let mut firings = Vec::new();
+    fn count(&self, outputs: &[StagedOutput]) {
+        let mut counters = self
+            .status
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for output in outputs {
-            let Some(trigger) = self.engine.triggers().get(output.trigger) else {
-                continue;
-            };
-            let segment = trigger.label.clone().or_else(|| {
-                (!output.group.is_empty()).then(|| {
-                    output
-                        .group
-                        .iter()
-                        .map(|(_, v)| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" / ")
-                })
-            });
-            let push = Push {
-                trigger: trigger.name.clone(),
-                kind: trigger.kind_name().into(),
-                segment,
-                group: output.group.clone(),
-                signal: output.signal.clone(),
-                events: output.event.iter().cloned().collect(),
-            };
-            for destination in &trigger.notify {
-                pending.push((destination.clone(), push.clone(), firings.len()));
-            }
-            firings.push(Firing {
-                trigger: trigger.name.clone(),
-                what: if output.signal.is_some() {
-                    "signal"
-                } else {
-                    "user"
-                }
-                .into(),
-                user: output.user.map(|u| u.to_hex()),
-                group: output.group.clone(),
-                signal: output.signal.as_ref().map(|s| {
-                    match s.signal {
-                        SegmentSignal::Firing => "firing",
-                        SegmentSignal::Recovered => "recovered",
-                    }
-                    .to_string()
-                }),
-                at_ms: output.at_ms,
-                wall_ms: now_ms,
-                destinations: trigger.notify.clone(),
-                outcomes: trigger
-                    .notify
-                    .iter()
-                    .map(|d| DestinationOutcome {
-                        destination: d.clone(),
-                        state: OutcomeState::Pending,
-                        at_ms: Some(now_ms),
-                        request: None,
-                        error: None,
-                    })
-                    .collect(),
-            });
-        }
-        (pending, firings)
-    }
-
-    fn publish(&mut self, outputs: &[Output]) {
-        let s = &self.status;
-        s.consumed_offset.store(self.offset, Ordering::Relaxed);
-        let state = self.engine.state();
-        s.judged_through_ms.store(
-            state.judged_through_ms.unwrap_or(i64::MIN),
-            Ordering::Relaxed,
-        );
-        s.users.store(self.engine.users() as u64, Ordering::Relaxed);
-        s.texts.store(state.texts.len() as u64, Ordering::Relaxed);
-        s.texts_not_kept
-            .store(state.texts.not_kept(), Ordering::Relaxed);
-        if (self.user_bytes_at).is_none_or(|at| at.elapsed() >= USER_BYTES_EVERY) {
-            self.user_bytes_at = Some(Instant::now());
-            s.user_bytes
-                .store(self.engine.user_bytes() as u64, Ordering::Relaxed);
-        }
-        let mut counters = s.counters.lock().unwrap_or_else(|e| e.into_inner());
-        for output in outputs {
-            let Some(t) = self.engine.triggers().get(output.trigger) else {
-                continue;
-            };
-            let c = counters.entry(t.name.clone()).or_default();
+            let c = counters.entry(output.trigger.clone()).or_default();
             if output.signal.is_some() {
                 c.signals += 1;
             } else {
                 c.users_sent += 1;
             }
-        }
-        for (name, withheld) in &state.withheld {
-            counters.entry(name.clone()).or_default().withheld = *withheld;
         }
     }
 
@@ -721,6 +550,53 @@ impl Task {
         }
         Ok(false)
     }
+}
+
+/// The pending pushes (one per output and destination, each with the index of its
+/// firing) and firings (each `pending` at each destination) of `outputs`.
+#[allow(clippy::type_complexity)]
+fn route(outputs: &[StagedOutput], now_ms: i64) -> (Vec<(String, Push, usize)>, Vec<Firing>) {
+    let mut pending = Vec::new();
+    let mut firings = Vec::new();
+    for output in outputs {
+        let push = output.push();
+        for destination in &output.destinations {
+            pending.push((destination.clone(), push.clone(), firings.len()));
+        }
+        firings.push(Firing {
+            trigger: output.trigger.clone(),
+            what: if output.signal.is_some() {
+                "signal"
+            } else {
+                "user"
+            }
+            .into(),
+            user: output.user.map(|u| u.to_hex()),
+            group: output.group.clone(),
+            signal: output.signal.as_ref().map(|s| {
+                match s.signal {
+                    SegmentSignal::Firing => "firing",
+                    SegmentSignal::Recovered => "recovered",
+                }
+                .to_string()
+            }),
+            at_ms: output.at_ms,
+            wall_ms: now_ms,
+            destinations: output.destinations.clone(),
+            outcomes: output
+                .destinations
+                .iter()
+                .map(|d| DestinationOutcome {
+                    destination: d.clone(),
+                    state: OutcomeState::Pending,
+                    at_ms: Some(now_ms),
+                    request: None,
+                    error: None,
+                })
+                .collect(),
+        });
+    }
+    (pending, firings)
 }
 
 /// One notification per trigger and segment (in the order pushes were selected); a second

@@ -181,6 +181,8 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
     };
     let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
     let timings = Arc::new(crate::telemetry::StageTimings::default());
+    // The trigger set, checked before anything runs: the processor's trigger stage runs it.
+    let act_status = crate::act::ActStatus::load(&config.triggers, &SystemClock)?;
     let processor = processor::start(
         log.clone(),
         kpi_store.clone(),
@@ -194,6 +196,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
             ..ProcessorOptions::default()
         },
         timings.clone(),
+        Some(act_status.clone()),
     )?;
     let watch = {
         let timings = timings.clone();
@@ -254,18 +257,16 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
             ));
         }
     }
-    // Triggers: a consumer of the log, whose state and pushes share the outbox's file.
+    // Triggers: the router of what the processor's trigger stage staged; its pushes share
+    // the outbox's file.
     let act = crate::act::start(
         config.triggers.clone(),
+        act_status,
         vedetta_store::trigger_store::TriggerStore::new(watch.store.database().clone())
             .context("opening the trigger store")?,
         crate::act::Sources {
             kpi_store: kpi_store.clone(),
-            processor: processor.status.clone(),
-            log: log.clone(),
             clock: Arc::new(SystemClock),
-            conversion_types: config.pipeline.rules.conversion_types.clone(),
-            enrich: config.pipeline.rules.enrich.clone(),
             dashboard_url: config.alerts.public_url.clone(),
         },
     )?;

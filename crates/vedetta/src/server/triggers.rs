@@ -143,11 +143,7 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Val
         .read()
         .map(|t| t.clone())
         .unwrap_or_else(|e| e.into_inner().clone());
-    let counters = s
-        .counters
-        .lock()
-        .map(|c| c.clone())
-        .unwrap_or_else(|e| e.into_inner().clone());
+    let counters = s.counters();
     let list: Vec<Value> = triggers
         .iter()
         .map(|t| {
