@@ -832,8 +832,7 @@ mod tests {
         let mut other = firing(5_000);
         other.trigger = "carrello".into();
         let firings = [firing(500), firing(1_500), firing(2_500), other];
-        store.commit_route(
-                    1, &[], &firings).unwrap();
+        store.commit_route(1, &[], &firings).unwrap();
         let counts = store.firing_counts(1_000, 2_000, 100).unwrap();
         assert!(!counts.capped);
         assert_eq!(counts.per_trigger["cpa_alto"], HourDay { hour: 1, day: 2 });
@@ -1110,11 +1109,7 @@ mod tests {
         let outbox = outbox::Outbox::new(db.clone()).unwrap();
         let queued_firing = pending_firing("ab", 5);
         store
-            .commit_route(
-                    1,
-                &[("hook".into(), push("ab"), 0)],
-                &[queued_firing],
-            )
+            .commit_route(1, &[("hook".into(), push("ab"), 0)], &[queued_firing])
             .unwrap();
         store
             .flush("hook", 10, |_, items| {
