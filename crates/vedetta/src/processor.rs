@@ -1307,4 +1307,119 @@ mod tests {
         assert_eq!(setup.email_conversions(), 2 * i64::from(RETURNING));
         assert_eq!(setup.rows(), straight.rows());
     }
+
+    /// Users who may be sent (marketing consent), the traffic of [`traffic`].
+    fn consenting(records: Vec<LogRecord>) -> Vec<LogRecord> {
+        records
+            .into_iter()
+            .map(|record| match record {
+                LogRecord::Event(mut event) => {
+                    event.consent.marketing = Some(true);
+                    LogRecord::Event(event)
+                }
+                other => other,
+            })
+            .collect()
+    }
+
+    fn trigger_set(toml: &str) -> vedetta_core::act::stage::TriggerSet {
+        let file: crate::act::config::TriggersFile = toml::from_str(toml).unwrap();
+        let push: std::collections::BTreeSet<String> = ["hook".to_string()].into();
+        let triggers =
+            vedetta_core::act::triggers::check_triggers(&file.triggers, &push, &push).unwrap();
+        vedetta_core::act::stage::TriggerSet {
+            raw: file.triggers,
+            triggers,
+        }
+    }
+
+    const FEED: &str = r#"
+        [[triggers]]
+        name = "feed"
+        kind = "conversion_feed"
+        notify = ["hook"]
+    "#;
+
+    /// The set put in force before the third part: a VIP tag too.
+    const FEED_AND_VIP: &str = r#"
+        [[triggers]]
+        name = "feed"
+        kind = "conversion_feed"
+        notify = ["hook"]
+
+        [[triggers]]
+        name = "vip"
+        kind = "tag"
+        tag = "vip"
+        on = "purchase_over"
+        min_value = 10
+        notify = ["hook"]
+    "#;
+
+    fn staged(setup: &Setup) -> Vec<(u64, Vec<u8>)> {
+        setup.store.read_outputs(0, usize::MAX).unwrap()
+    }
+
+    /// The trigger stage in the processor: a run with a snapshot, a crash after a set
+    /// change and a restart stages exactly the outputs (same seqs, same bytes) of a run
+    /// straight through; the replay after the crash stages nothing twice.
+    #[test]
+    fn a_crash_after_a_trigger_set_change_stages_the_uninterrupted_outputs() {
+        let [landed, returned, later] = traffic().map(consenting);
+        let with_triggers = |setup: &Setup, status: &Arc<ActStatus>| {
+            Processor::recover(
+                setup.log.clone(),
+                setup.store.clone(),
+                PipelineConfig::default(),
+                None,
+                ProcessorOptions {
+                    max_batch_records: 7,
+                    durable_interval: Duration::from_secs(3_600),
+                    snapshot_interval: Duration::from_secs(3_600),
+                },
+                &setup.status,
+                Some(status.clone()),
+            )
+            .unwrap()
+        };
+
+        let straight = Setup::new();
+        let status = Arc::new(ActStatus::new(trigger_set(FEED), 0));
+        let mut processor = with_triggers(&straight, &status);
+        straight.append(&landed);
+        straight.append(&returned);
+        processor.catch_up(&straight.status).unwrap();
+        status.put_in_force(trigger_set(FEED_AND_VIP), 0);
+        straight.append(&later);
+        processor.catch_up(&straight.status).unwrap();
+        let expected = staged(&straight);
+        let decoded: Vec<vedetta_core::act::stage::StagedOutput> = (expected.iter())
+            .map(|(_, bytes)| vedetta_core::act::stage::StagedOutput::decode(bytes).unwrap())
+            .collect();
+        assert!(
+            decoded.iter().filter(|o| o.trigger == "feed").count() > usize::from(RETURNING),
+            "{decoded:?}"
+        );
+        assert!(decoded.iter().any(|o| o.trigger == "vip"), "{decoded:?}");
+        let seqs: Vec<u64> = expected.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (0..expected.len() as u64).collect::<Vec<_>>());
+
+        let setup = Setup::new();
+        let status = Arc::new(ActStatus::new(trigger_set(FEED), 0));
+        let mut processor = with_triggers(&setup, &status);
+        setup.append(&landed);
+        setup.step(&mut processor, SnapshotStep::Now);
+        setup.append(&returned);
+        processor.catch_up(&setup.status).unwrap();
+        status.put_in_force(trigger_set(FEED_AND_VIP), 0);
+        setup.append(&later);
+        // Part of the last part, then a crash: the restart replays from the snapshot
+        // taken after `returned` (catch_up's), through the recorded set change.
+        setup.step(&mut processor, SnapshotStep::Carry);
+        drop(processor);
+        let mut processor = with_triggers(&setup, &status);
+        processor.catch_up(&setup.status).unwrap();
+        assert_eq!(staged(&setup), expected);
+        assert_eq!(setup.store.output_seqs().unwrap().0, expected.len() as u64);
+    }
 }

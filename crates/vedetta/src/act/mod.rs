@@ -138,7 +138,7 @@ impl ActStatus {
 
     /// Puts a newly loaded set in force: for the API at once, for the processor at its
     /// next batch.
-    fn put_in_force(&self, set: TriggerSet, now_ms: i64) {
+    pub(crate) fn put_in_force(&self, set: TriggerSet, now_ms: i64) {
         *self.triggers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.triggers.clone());
         *self.set.write().unwrap_or_else(|e| e.into_inner()) = LoadedSet::new(set);
         self.set_generation.fetch_add(1, Ordering::AcqRel);
