@@ -429,8 +429,8 @@ impl Engine {
     /// engine observed, judged, sent, pruned or forgot), and forgets the changes.
     pub fn take_changes(&mut self) -> Result<StateChanges, ActStateError> {
         let mut users: Vec<(u64, Option<Vec<u8>>)> =
-            Vec::with_capacity(self.changed.len() + self.forgotten_rows.len());
-        for pseudonym in self.changed.drain() {
+            Vec::with_capacity(self.changed.users.len() + self.changed.forgotten_rows.len());
+        for pseudonym in self.changed.users.drain() {
             // A user forgotten since is in `forgotten_rows`.
             if let Some((key, row)) = self.state.encode_user(&pseudonym)? {
                 users.push((key, Some(row)));
@@ -440,7 +440,7 @@ impl Engine {
             let row = text.map(|t| body(TEXT_ROW_FORMAT, t)).transpose()?;
             users.push((TEXT_ROWS + u64::from(id.0), row));
         }
-        users.extend(self.forgotten_rows.drain(..).map(|key| (key, None)));
+        users.extend((self.changed.forgotten_rows.drain(..)).map(|key| (key, None)));
         users.sort_unstable_by_key(|(key, _)| *key);
         Ok(StateChanges {
             globals: self.state.encode_globals()?,
