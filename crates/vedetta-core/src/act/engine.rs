@@ -57,6 +57,7 @@ const FAST_CHECKOUT_MS: i64 = 5_000;
 mod legacy;
 mod stored;
 mod texts;
+pub(crate) use stored::AppendTo;
 pub use stored::{ACT_STATE_FORMAT, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT};
 pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
 
