@@ -260,10 +260,13 @@ pub struct TriggerStage {
     outputs: Vec<Output>,
 }
 
-/// A set as its bytes decode (see the module docs, "The set in force").
-fn as_recorded(set: &TriggerSet) -> Result<(TriggerSet, Vec<u8>), StageError> {
+/// A set as its bytes decode (see the module docs, "The set in force"), with its bytes:
+/// the set given when it reads back equal (a float JSON reads back otherwise is the
+/// exception), else what a replay reads.
+fn as_recorded(set: TriggerSet) -> Result<(TriggerSet, Vec<u8>), StageError> {
     let bytes = set.encode();
-    Ok((TriggerSet::decode(&bytes)?, bytes))
+    let recorded = TriggerSet::decode(&bytes)?;
+    Ok((if recorded == set { set } else { recorded }, bytes))
 }
 
 impl TriggerStage {
@@ -274,7 +277,7 @@ impl TriggerStage {
         enrich: EnrichConfig,
         out_of_orderness_ms: i64,
     ) -> Result<Self, StageError> {
-        let (set, bytes) = as_recorded(&set)?;
+        let (set, bytes) = as_recorded(set)?;
         let window = SegmentWindow::new(&set.triggers, out_of_orderness_ms)?;
         Ok(Self::of_parts(
             set,
@@ -358,7 +361,7 @@ impl TriggerStage {
     /// that does not check as recorded, or a segment trigger the window cannot keep) the
     /// old set stays. A set equal to the one in force changes nothing.
     pub fn set_triggers(&mut self, set: TriggerSet, offset: u64) -> Result<(), StageError> {
-        let (set, bytes) = as_recorded(&set)?;
+        let (set, bytes) = as_recorded(set)?;
         if set == self.set {
             return Ok(());
         }
