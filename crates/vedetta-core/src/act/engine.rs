@@ -57,6 +57,7 @@ const FAST_CHECKOUT_MS: i64 = 5_000;
 mod legacy;
 mod stored;
 mod texts;
+pub(crate) use stored::AppendTo;
 pub use stored::{ACT_STATE_FORMAT, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT};
 pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
 
@@ -299,10 +300,41 @@ pub struct Engine {
     segment_ids: SegmentIds,
     /// Which users [`Engine::advance`] looks at (derived, rebuilt on load and reload).
     sweep: Sweep,
-    /// Users changed since the last [`Engine::take_changes`]: their rows are stored next.
-    changed: HashSet<UserPseudonym, FastHashState>,
-    /// The rows of the users forgotten since the last [`Engine::take_changes`].
+    /// Users changed and rows forgotten since the last [`Engine::take_changes`] (nothing
+    /// once [`Engine::without_change_tracking`]).
+    changed: Changes,
+}
+
+/// What [`Engine::take_changes`] writes next: the users changed since the last take and
+/// the rows of the users forgotten. Off ([`Engine::without_change_tracking`]) when the
+/// state is stored whole instead (the trigger stage's snapshot section): then nothing is
+/// recorded, and a user's change costs one branch, not a hash set insert.
+#[derive(Debug)]
+struct Changes {
+    on: bool,
+    users: HashSet<UserPseudonym, FastHashState>,
     forgotten_rows: Vec<u64>,
+}
+
+impl Changes {
+    #[inline]
+    fn insert(&mut self, user: UserPseudonym) {
+        if self.on {
+            self.users.insert(user);
+        }
+    }
+
+    fn extend(&mut self, users: impl IntoIterator<Item = UserPseudonym>) {
+        if self.on {
+            self.users.extend(users);
+        }
+    }
+
+    fn forgot(&mut self, row: u64) {
+        if self.on {
+            self.forgotten_rows.push(row);
+        }
+    }
 }
 
 /// Cooldown lists up to this long are walked per trigger in `advance`; longer ones are read
@@ -469,8 +501,11 @@ impl Engine {
             horizon_ms: 0,
             segment_ids: SegmentIds::default(),
             sweep: Sweep::default(),
-            changed: HashSet::default(),
-            forgotten_rows: Vec::new(),
+            changed: Changes {
+                on: true,
+                users: HashSet::default(),
+                forgotten_rows: Vec::new(),
+            },
         };
         engine.set_triggers(triggers);
         engine
@@ -600,6 +635,20 @@ impl Engine {
                 .push(*pseudonym);
         }
         self.sweep.idle_entries = self.state.users.len();
+    }
+
+    /// An engine that records no changes for [`Engine::take_changes`] (which then gives
+    /// the globals and no rows): for a state stored whole, as the trigger stage's snapshot
+    /// section is ([`crate::act::stage`]). Tracking every user observed was wasted work
+    /// there. What the engine decides is the same either way.
+    pub fn without_change_tracking(mut self) -> Self {
+        self.changed = Changes {
+            on: false,
+            users: HashSet::default(),
+            forgotten_rows: Vec::new(),
+        };
+        self.state.texts.set_change_tracking(false);
+        self
     }
 
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
@@ -1351,7 +1400,7 @@ impl Engine {
                 // (A candidate's entry goes with it: it is stored in the user's row, so a
                 // forgotten user's entry was left in memory only, never read back.)
                 self.state.candidates.remove(&pseudonym);
-                self.forgotten_rows.push(user_row);
+                self.changed.forgot(user_row);
                 continue;
             }
             // Looked at again when its next cooldown ends, or each minute while a cart

@@ -12,8 +12,12 @@
 //! - [`segment_window`]: the 1-minute rows segment triggers are judged on, from the
 //!   pipeline's own deltas, judged at the record whose watermark passes a minute's end.
 //! - [`push`]: what goes out, and the `seed` payload.
+//! - [`stage`]: the engine and the window run by the processor record by record, the
+//!   trigger set in force at an offset, outputs numbered for the router, and the state's
+//!   section of the processor's snapshot.
 
 pub mod engine;
 pub mod push;
 pub mod segment_window;
+pub mod stage;
 pub mod triggers;

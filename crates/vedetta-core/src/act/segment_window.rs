@@ -567,11 +567,24 @@ impl SegmentWindow {
     /// `[SEGMENT_WINDOW_FORMAT][postcard]` of the state; refused within a batch (deltas
     /// taken early are not in the state yet).
     pub fn encode(&self) -> Result<Vec<u8>, SegmentWindowError> {
-        if !self.early.is_empty() {
+        if self.mid_batch() {
             return Err(SegmentWindowError::MidBatch);
         }
-        postcard::to_extend(&self.state, vec![SEGMENT_WINDOW_FORMAT])
-            .map_err(|e| SegmentWindowError::Body(e.to_string()))
+        Self::encode_state(&self.state)
+    }
+
+    /// Whether deltas taken within the current batch wait for
+    /// [`Self::take_batch_deltas`] (the state is then not complete: not to be encoded).
+    pub fn mid_batch(&self) -> bool {
+        !self.early.is_empty()
+    }
+
+    /// What [`Self::encode`] writes, from a copy of the state taken between batches.
+    pub fn encode_state(state: &SegmentWindowState) -> Result<Vec<u8>, SegmentWindowError> {
+        let mut out = vec![SEGMENT_WINDOW_FORMAT];
+        postcard::serialize_with_flavor(state, super::engine::AppendTo(&mut out))
+            .map_err(|e| SegmentWindowError::Body(e.to_string()))?;
+        Ok(out)
     }
 
     /// Decodes what [`Self::encode`] wrote.

@@ -38,28 +38,41 @@ pub const MAX_SPAN_MS: i64 = 31 * 86_400_000;
 /// The default cooldown: a user is sent by one trigger at most once a day.
 pub const DEFAULT_COOLDOWN_MS: i64 = 86_400_000;
 
-/// A trigger as written in TOML.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// A trigger as written in TOML. Serialized (as a recorded trigger set,
+/// [`crate::act::stage::TriggerSet::encode`]) in the TOML's shape: keys left out are left
+/// out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTrigger {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_by: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub over: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_conversions: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub segment_label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<String>,
     /// abandoned_cart: how long an add to cart waits for a purchase (event time).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// tag: the tag sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
     /// tag: `purchase_over` or `first_purchase`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub on: Option<String>,
     /// tag with `on = "purchase_over"`: the least purchase value (reporting currency).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_value: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
 }
 

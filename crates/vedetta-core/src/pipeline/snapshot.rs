@@ -23,6 +23,18 @@
 //! a shortcut (the state can always be rebuilt from the log by `vedetta replay`), so an
 //! unreadable one is never silently skipped either: the numbers would be wrong.
 //!
+//! **A trailer.** The processor appends the trigger stage's section after the state, in the
+//! same snapshot value, so that both are taken at one offset and stored in one commit:
+//!
+//! ```text
+//! [magic "VDSN"][format u8 = 3][PipelineState: postcard][b"VDTG"][stage format][postcard]
+//! ```
+//!
+//! [`decode_snapshot_parts`] returns the state and the bytes after it (empty for a snapshot
+//! taken without the stage); the section has its own magic and version
+//! ([`crate::act::stage`]), so a trailer of other bytes is an error there, never misread.
+//! [`decode_snapshot`] stays strict: bytes after the state are an error.
+//!
 //! Stores written before the header existed hold the bare postcard body; the KPI store's
 //! migration prefixes it with [`header`] (the body of format 1 is that same encoding).
 
@@ -59,20 +71,28 @@ pub fn header() -> [u8; SNAPSHOT_HEADER_LEN] {
     out
 }
 
-/// Reads a snapshot written by [`super::Pipeline::encode_snapshot`]. Any bytes give an
-/// answer, never a panic (a fuzz target feeds it arbitrary input).
+/// Reads a snapshot written by [`super::Pipeline::encode_snapshot`], and nothing after it.
+/// Any bytes give an answer, never a panic (a fuzz target feeds it arbitrary input).
 pub fn decode_snapshot(bytes: &[u8]) -> Result<PipelineState, SnapshotError> {
-    let body = snapshot_body(bytes)?;
-    let (state, rest) = postcard::take_from_bytes::<PipelineState>(body)
-        .map_err(|e| SnapshotError::Body(e.to_string()))?;
+    let (state, rest) = decode_snapshot_parts(bytes)?;
     if !rest.is_empty() {
         return Err(SnapshotError::Body(format!(
             "{} bytes left over after the state",
             rest.len()
         )));
     }
-    check_consistency(&state).map_err(SnapshotError::Body)?;
     Ok(state)
+}
+
+/// Reads the pipeline's state at the start of `bytes` and returns it with the bytes after
+/// it: the trailer the processor appends (the trigger stage's section,
+/// [`crate::act::stage`]), which the caller decodes. Checked as [`decode_snapshot`].
+pub fn decode_snapshot_parts(bytes: &[u8]) -> Result<(PipelineState, &[u8]), SnapshotError> {
+    let body = snapshot_body(bytes)?;
+    let (state, rest) = postcard::take_from_bytes::<PipelineState>(body)
+        .map_err(|e| SnapshotError::Body(e.to_string()))?;
+    check_consistency(&state).map_err(SnapshotError::Body)?;
+    Ok((state, rest))
 }
 
 /// Refuses a state whose parts do not fit together. The pipeline writes none (it interns

@@ -226,6 +226,41 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ActStateError> {
     postcard::from_bytes(bytes).map_err(|e| ActStateError::Body(e.to_string()))
 }
 
+/// A postcard flavor that appends to a vector by slices (`to_extend` goes byte by byte).
+pub(crate) struct AppendTo<'a>(pub &'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// `[format][postcard value]` into `buf`, cleared first.
+fn body_into<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    format: u8,
+    value: &T,
+) -> Result<(), ActStateError> {
+    buf.clear();
+    buf.push(format);
+    postcard::serialize_with_flavor(value, AppendTo(buf))
+        .map_err(|e| ActStateError::Body(e.to_string()))
+}
+
 impl ActState {
     /// `[ACT_STATE_FORMAT][postcard]` of everything but the users, candidates and texts.
     pub fn encode_globals(&self) -> Result<Vec<u8>, ActStateError> {
@@ -262,6 +297,51 @@ impl ActState {
             },
         )?;
         Ok(Some((facts.row, row)))
+    }
+
+    /// Every row of the state, in key order: each user's row ([`Self::encode_user`]) and
+    /// then each text's, as [`Engine::take_changes`] writes them, each handed to `row` from
+    /// one reused buffer. With [`Self::encode_globals`] this is the whole state, and
+    /// [`Self::decode_stored`] reads it back (the trigger stage's snapshot section).
+    pub fn each_row<E>(
+        &self,
+        mut row: impl FnMut(u64, &[u8]) -> Result<(), E>,
+        error: impl Fn(ActStateError) -> E,
+    ) -> Result<(), E> {
+        let mut users: Vec<(u64, &UserPseudonym, &UserFacts)> = (self.users.iter())
+            .map(|(user, facts)| (facts.row, user, facts))
+            .collect();
+        users.sort_unstable_by_key(|(key, _, _)| *key);
+        let mut buf = Vec::with_capacity(SCRATCH_BYTES);
+        for (key, user, facts) in users {
+            let value = RowRef {
+                user,
+                facts,
+                candidate: self.candidates.get(user).copied(),
+            };
+            body_into(&mut buf, USER_ROW_FORMAT, &value).map_err(&error)?;
+            row(key, &buf)?;
+        }
+        for (id, text) in self.texts.entries() {
+            body_into(&mut buf, TEXT_ROW_FORMAT, text).map_err(&error)?;
+            row(TEXT_ROWS + u64::from(id.0), &buf)?;
+        }
+        Ok(())
+    }
+
+    /// The whole state as stored parts: [`Self::encode_globals`] and every row
+    /// ([`Self::each_row`]), in key order.
+    #[allow(clippy::type_complexity)]
+    pub fn encode_whole(&self) -> Result<(Vec<u8>, Vec<(u64, Vec<u8>)>), ActStateError> {
+        let mut rows = Vec::with_capacity(self.users.len() + self.texts.len());
+        self.each_row(
+            |key, bytes| {
+                rows.push((key, bytes.to_vec()));
+                Ok(())
+            },
+            |e| e,
+        )?;
+        Ok((self.encode_globals()?, rows))
     }
 
     /// The state from its globals and its rows (users' and texts'). A format-1 globals
@@ -429,8 +509,8 @@ impl Engine {
     /// engine observed, judged, sent, pruned or forgot), and forgets the changes.
     pub fn take_changes(&mut self) -> Result<StateChanges, ActStateError> {
         let mut users: Vec<(u64, Option<Vec<u8>>)> =
-            Vec::with_capacity(self.changed.len() + self.forgotten_rows.len());
-        for pseudonym in self.changed.drain() {
+            Vec::with_capacity(self.changed.users.len() + self.changed.forgotten_rows.len());
+        for pseudonym in self.changed.users.drain() {
             // A user forgotten since is in `forgotten_rows`.
             if let Some((key, row)) = self.state.encode_user(&pseudonym)? {
                 users.push((key, Some(row)));
@@ -440,7 +520,7 @@ impl Engine {
             let row = text.map(|t| body(TEXT_ROW_FORMAT, t)).transpose()?;
             users.push((TEXT_ROWS + u64::from(id.0), row));
         }
-        users.extend(self.forgotten_rows.drain(..).map(|key| (key, None)));
+        users.extend((self.changed.forgotten_rows.drain(..)).map(|key| (key, None)));
         users.sort_unstable_by_key(|(key, _)| *key);
         Ok(StateChanges {
             globals: self.state.encode_globals()?,

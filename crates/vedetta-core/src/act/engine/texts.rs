@@ -53,6 +53,8 @@ pub struct Texts {
     not_kept: u64,
     /// Ids added or freed since the last [`Texts::take_changed`] (not state: what to store).
     changed: BTreeSet<u32>,
+    /// Whether `changed` is kept (see [`Texts::set_change_tracking`]).
+    untracked: bool,
 }
 
 /// Equal when they hold the same texts under the same ids and the same counts.
@@ -151,7 +153,9 @@ impl Texts {
         };
         self.slots[id as usize] = Some(text.into());
         self.ids.insert(text.into(), TextId(id));
-        self.changed.insert(id);
+        if !self.untracked {
+            self.changed.insert(id);
+        }
         self.added = self.added.saturating_add(1);
         TextId(id)
     }
@@ -213,7 +217,9 @@ impl Texts {
                     self.ids.remove(&text);
                 }
                 self.free.insert(id as u32);
-                self.changed.insert(id as u32);
+                if !self.untracked {
+                    self.changed.insert(id as u32);
+                }
             }
         }
         self.added = 0;
@@ -233,8 +239,20 @@ impl Texts {
             .collect()
     }
 
+    /// Whether texts added and freed are recorded for [`Texts::take_changed`] (on by
+    /// default; off for a state stored whole, which never takes them: they would pile up).
+    pub fn set_change_tracking(&mut self, on: bool) {
+        self.untracked = !on;
+        if !on {
+            self.changed.clear();
+        }
+    }
+
     /// Counts every text as changed (written again at the next take).
     pub fn mark_all_changed(&mut self) {
+        if self.untracked {
+            return;
+        }
         let ids: Vec<u32> = self.entries().map(|(id, _)| id.0).collect();
         self.changed.extend(ids);
     }

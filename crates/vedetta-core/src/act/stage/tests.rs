@@ -1,0 +1,716 @@
+//! The trigger stage over generated traffic: the same numbered outputs whatever the batch
+//! boundaries, across snapshots and restores, and with a set applied at an offset; the
+//! recorded forms round trip and bad bytes are errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use super::*;
+use crate::act::engine::TEXT_ROWS;
+use crate::act::push::SegmentSignal;
+use crate::intake::{BodyFormat, IntakeContext, IntakeLimits, judge_events, judge_spend};
+use crate::pipeline::PipelineConfig;
+use crate::pipeline::snapshot::{SnapshotError, decode_snapshot, decode_snapshot_parts};
+use crate::privacy::{PseudonymKey, Pseudonymizer};
+use vedetta_synth::{DEFAULT_START_MS, Generator, SynthConfig, to_ndjson_line};
+
+fn config() -> PipelineConfig {
+    PipelineConfig {
+        enrich: EnrichConfig {
+            internal_hosts: vec!["www.bottega.example".into()],
+            ..EnrichConfig::default()
+        },
+        ..PipelineConfig::default()
+    }
+}
+
+/// `records` records of generated traffic (duplicates, late and out-of-order events,
+/// spend every minute, 78 % of users with marketing consent) as the log holds them.
+fn traffic(seed: u64, records: usize) -> Vec<LogRecord> {
+    let config = SynthConfig {
+        seed,
+        start_ms: DEFAULT_START_MS,
+        sessions_per_minute: 40.0,
+        users: 2_000,
+        ..SynthConfig::default()
+    };
+    let pseudonymizer = Pseudonymizer::new(PseudonymKey::from_bytes(1, &[7; 32]).unwrap(), vec![]);
+    let limits = IntakeLimits::default();
+    let ctx = IntakeContext {
+        now_ms: 4_102_444_800_000,
+        pseudonymizer: &pseudonymizer,
+        limits: &limits,
+    };
+    let mut out = Vec::with_capacity(records);
+    let mut line = Vec::new();
+    for arrival in Generator::new(config).unwrap().take(records) {
+        let spend = matches!(arrival.record, vedetta_synth::SynthRecord::Spend(_));
+        line.clear();
+        to_ndjson_line(&arrival.record, &mut line);
+        let judge = if spend { judge_spend } else { judge_events };
+        let judged = judge(&line, BodyFormat::Ndjson, &ctx).unwrap();
+        assert!(judged.rejected.is_empty(), "{:?}", judged.rejected.first());
+        out.extend(judged.records);
+    }
+    out
+}
+
+fn trigger(name: &str, kind: &str) -> RawTrigger {
+    RawTrigger {
+        name: Some(name.into()),
+        kind: Some(kind.into()),
+        notify: vec!["crm".into()],
+        ..RawTrigger::default()
+    }
+}
+
+fn segment(name: &str, group_by: &[&str], threshold: f64, over: &str) -> RawTrigger {
+    RawTrigger {
+        group_by: group_by.iter().map(|d| d.to_string()).collect(),
+        threshold: Some(threshold),
+        over: Some(over.into()),
+        min_conversions: Some(1),
+        cooldown: Some("1h".into()),
+        ..trigger(name, "segment_cpa")
+    }
+}
+
+fn checked(raw: Vec<RawTrigger>) -> TriggerSet {
+    let destinations: BTreeSet<String> = ["crm".to_string(), "webhook".to_string()].into();
+    let triggers = check_triggers(&raw, &destinations, &destinations).unwrap();
+    TriggerSet { raw, triggers }
+}
+
+/// A realistic set: segment CPA by channel and campaign and by channel, with thresholds
+/// low enough that segments fire (and recover), an abandoned cart, two tags, a feed.
+fn set_a() -> TriggerSet {
+    checked(vec![
+        RawTrigger {
+            segment_label: Some("costi > 1€".into()),
+            ..segment("cpa_channel_campaign", &["channel", "campaign"], 1.0, "10m")
+        },
+        segment("cpa_channel", &["channel"], 2.0, "5m"),
+        RawTrigger {
+            after: Some("10m".into()),
+            ..trigger("cart", "abandoned_cart")
+        },
+        RawTrigger {
+            tag: Some("customer".into()),
+            on: Some("first_purchase".into()),
+            ..trigger("first", "tag")
+        },
+        RawTrigger {
+            tag: Some("VIP".into()),
+            on: Some("purchase_over".into()),
+            min_value: Some(50.0),
+            cooldown: Some("2h".into()),
+            ..trigger("vip", "tag")
+        },
+        RawTrigger {
+            notify: vec!["crm".into(), "webhook".into()],
+            ..trigger("feed", "conversion_feed")
+        },
+    ])
+}
+
+/// Another set: one segment trigger gone, one changed, a shorter cart, a new segment
+/// trigger by campaign; the tags and the feed stay.
+fn set_b() -> TriggerSet {
+    let mut raw = set_a().raw;
+    raw.remove(1);
+    raw[0].threshold = Some(1.5);
+    raw[1].after = Some("5m".into());
+    raw.push(segment("cpa_campaign", &["campaign"], 1.0, "7m"));
+    checked(raw)
+}
+
+fn stage_of(set: TriggerSet) -> TriggerStage {
+    let c = config();
+    TriggerStage::new(
+        set,
+        c.conversion_types.clone(),
+        c.enrich.clone(),
+        c.out_of_orderness_ms,
+    )
+    .unwrap()
+}
+
+fn restore_stage(section: &[u8]) -> Result<TriggerStage, StageError> {
+    let c = config();
+    TriggerStage::restore(
+        section,
+        c.conversion_types.clone(),
+        c.enrich.clone(),
+        c.out_of_orderness_ms,
+    )
+}
+
+/// How a run's snapshot is taken: from the live stage or from its copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    Live,
+    Copy,
+}
+
+/// What the processor would store at a batch end: the pipeline's snapshot with the
+/// stage's section after it.
+fn snapshot(pipeline: &Pipeline, stage: &TriggerStage, via: Via) -> Vec<u8> {
+    let mut bytes = pipeline.encode_snapshot().unwrap();
+    match via {
+        Via::Live => stage.encode_section(&mut bytes).unwrap(),
+        Via::Copy => stage.copy().encode_section(&mut bytes).unwrap(),
+    }
+    bytes
+}
+
+#[derive(Default)]
+struct Plan<'a> {
+    /// Batch sizes, in turn (a batch also ends at a set change or a restore).
+    splits: &'a [usize],
+    /// Sets applied at the batch starting at their offset.
+    changes: &'a [(u64, TriggerSet)],
+    /// Batch starts where the run snapshots, restores from the bytes and goes on.
+    restores: &'a [(u64, Via)],
+}
+
+struct Outcome {
+    staged: Vec<(u64, StagedOutput)>,
+    restored: usize,
+    stage: TriggerStage,
+}
+
+/// The processor's loop: batches as planned, `after_record` for every record, the batch's
+/// deltas and staged outputs taken at its end.
+fn run(records: &[LogRecord], set: TriggerSet, plan: &Plan<'_>) -> Outcome {
+    let mut pipeline = Pipeline::new(config(), None);
+    let mut stage = stage_of(set);
+    let mut staged = Vec::new();
+    let mut restored = 0;
+    let mut sizes = plan.splits.iter().cycle();
+    let mut offset = 0usize;
+    while offset < records.len() {
+        if let Some((_, via)) = plan.restores.iter().find(|(at, _)| *at == offset as u64) {
+            let bytes = snapshot(&pipeline, &stage, *via);
+            let (state, section) = decode_snapshot_parts(&bytes).unwrap();
+            assert!(section.starts_with(&STAGE_MAGIC));
+            let before = stage.next_seq();
+            pipeline = Pipeline::restore(config(), None, state);
+            stage = restore_stage(section).unwrap();
+            assert_eq!(stage.next_seq(), before);
+            restored += 1;
+        }
+        for (at, set) in plan.changes {
+            if *at == offset as u64 {
+                stage.set_triggers(set.clone(), *at).unwrap();
+            }
+        }
+        let mut end = (offset + sizes.next().copied().unwrap_or(1).max(1)).min(records.len());
+        let cuts = (plan.changes.iter().map(|c| c.0)).chain(plan.restores.iter().map(|r| r.0));
+        for at in cuts {
+            if (offset + 1..end).contains(&(at as usize)) {
+                end = at as usize;
+            }
+        }
+        for (i, record) in records[offset..end].iter().enumerate() {
+            pipeline.process((offset + i) as u64, record);
+            stage.after_record(&mut pipeline, record);
+        }
+        stage.take_batch_deltas(&mut pipeline);
+        staged.extend(stage.take_staged());
+        offset = end;
+    }
+    Outcome {
+        staged,
+        restored,
+        stage,
+    }
+}
+
+/// That a run decided something of every kind: segments firing and recovering, users
+/// selected by a segment, carts, tags and the feed; and numbered 0, 1, 2, ….
+fn assert_exercised(staged: &[(u64, StagedOutput)]) {
+    let seqs: Vec<u64> = staged.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (0..staged.len() as u64).collect::<Vec<_>>());
+    let count = |f: &dyn Fn(&StagedOutput) -> bool| staged.iter().filter(|(_, o)| f(o)).count();
+    let signal =
+        |s: SegmentSignal| move |o: &StagedOutput| o.signal.as_ref().is_some_and(|n| n.signal == s);
+    let firing = count(&signal(SegmentSignal::Firing));
+    let recovered = count(&signal(SegmentSignal::Recovered));
+    let segment_users = count(&|o| o.kind == "segment_cpa" && o.user.is_some());
+    let carts = count(&|o| o.kind == "abandoned_cart");
+    let tags = count(&|o| o.kind == "tag");
+    let feed = count(&|o| o.kind == "conversion_feed");
+    let counts = (firing, recovered, segment_users, carts, tags, feed);
+    assert!(
+        firing >= 3 && recovered >= 1 && segment_users >= 3 && carts >= 3 && tags >= 3 && feed >= 3,
+        "(firing, recovered, segment users, carts, tags, feed) = {counts:?}"
+    );
+}
+
+const RECORDS: usize = 12_000;
+
+/// (1.) Batch boundaries do not matter: the same (seq, output) sequence for every split.
+#[test]
+fn batch_boundaries_do_not_change_the_staged_outputs() {
+    let records = traffic(7, RECORDS);
+    let first = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[1],
+            ..Plan::default()
+        },
+    );
+    assert_exercised(&first.staged);
+    for splits in [
+        vec![records.len()],
+        vec![1_000],
+        vec![7, 333, 1, 2_500],
+        vec![59],
+    ] {
+        let other = run(
+            &records,
+            set_a(),
+            &Plan {
+                splits: &splits,
+                ..Plan::default()
+            },
+        );
+        assert_eq!(other.staged.len(), first.staged.len(), "splits {splits:?}");
+        assert!(other.staged == first.staged, "splits {splits:?}");
+        assert_eq!(
+            other.stage.stats(),
+            first.stage.stats(),
+            "splits {splits:?}"
+        );
+    }
+}
+
+/// (2.) A snapshot (pipeline + section) at any batch end, restored, goes on as the run
+/// that was never interrupted; through the live stage and through its copy.
+#[test]
+fn a_restored_stage_continues_identically() {
+    let records = traffic(11, RECORDS);
+    let whole = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[1_000],
+            ..Plan::default()
+        },
+    );
+    assert_exercised(&whole.staged);
+    // A restore at every batch end, from the live stage.
+    let every: Vec<(u64, Via)> = (1..12).map(|k| (k * 1_000, Via::Live)).collect();
+    let live = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[1_000],
+            restores: &every,
+            ..Plan::default()
+        },
+    );
+    assert_eq!(live.restored, every.len());
+    assert!(live.staged == whole.staged);
+    // Other boundaries, through the copy for the snapshot thread.
+    let some = [(777, Via::Copy), (3_000, Via::Copy), (8_123, Via::Live)];
+    let copied = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[777, 1_500],
+            restores: &some,
+            ..Plan::default()
+        },
+    );
+    assert_eq!(copied.restored, some.len());
+    assert!(copied.staged == whole.staged);
+    assert_eq!(copied.stage.stats(), whole.stage.stats());
+}
+
+/// The section of a restored stage is the section it was restored from, and a copy's
+/// section is the live one's: one encoder, nothing lost or added by the round trip.
+#[test]
+fn a_section_reads_back_to_the_same_bytes() {
+    let records = traffic(5, 6_000);
+    let outcome = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[6_000],
+            ..Plan::default()
+        },
+    );
+    let stage = outcome.stage;
+    assert!(stage.stats().users > 100 && stage.stats().texts > 10);
+    let mut live = Vec::new();
+    stage.encode_section(&mut live).unwrap();
+    let mut copied = Vec::new();
+    stage.copy().encode_section(&mut copied).unwrap();
+    assert_eq!(live, copied);
+    let restored = restore_stage(&live).unwrap();
+    let mut again = Vec::new();
+    restored.encode_section(&mut again).unwrap();
+    assert_eq!(again, live);
+    assert_eq!(restored.set(), stage.set());
+    assert_eq!(restored.stats(), stage.stats());
+    // The rows are the whole state: every user and text, as `encode_whole` lists them.
+    let (_, rows) = stage.engine().state().encode_whole().unwrap();
+    let users = rows.iter().filter(|(k, _)| *k < TEXT_ROWS).count();
+    assert_eq!(users, stage.stats().users);
+    assert_eq!(rows.len() - users, stage.stats().texts);
+}
+
+/// (3.) A set applied at an offset: the same outputs for other splits, and from a snapshot
+/// taken before the offset with the set applied there again; the set's own triggers act
+/// after it and the removed one does not.
+#[test]
+fn a_set_applied_at_an_offset_decides_the_same_whatever_the_batches() {
+    let records = traffic(13, RECORDS);
+    let at = 5_000;
+    let changes = [(at, set_b())];
+    let first = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[1_000],
+            changes: &changes,
+            ..Plan::default()
+        },
+    );
+    assert_exercised(&first.staged);
+    assert_eq!(first.stage.set(), &set_b());
+    assert_eq!(first.stage.set_offset(), at);
+    assert_eq!(first.stage.set_bytes(), set_b().encode().as_slice());
+    let outputs_of = |name: &str| {
+        (first.staged.iter())
+            .filter(|(_, o)| o.trigger == name)
+            .map(|(_, o)| o.at_ms)
+            .collect::<Vec<_>>()
+    };
+    // The removed trigger decided before the change and not after; the new one after.
+    let new_ones = outputs_of("cpa_campaign");
+    let removed = outputs_of("cpa_channel");
+    assert!(!new_ones.is_empty() && !removed.is_empty());
+    let change_seq = first
+        .staged
+        .iter()
+        .position(|(_, o)| o.trigger == "cpa_campaign")
+        .unwrap();
+    assert!(
+        first.staged[change_seq..]
+            .iter()
+            .all(|(_, o)| o.trigger != "cpa_channel")
+    );
+    let other = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[7, 333, 1, 2_500],
+            changes: &changes,
+            ..Plan::default()
+        },
+    );
+    assert!(other.staged == first.staged);
+    // From a snapshot before the change (the stage holds set A), B applied at its offset
+    // again; and from one after it (the section carries B and its offset).
+    let restores = [(4_000, Via::Live), (7_000, Via::Copy)];
+    let replayed = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[1_000],
+            changes: &changes,
+            restores: &restores,
+        },
+    );
+    assert_eq!(replayed.restored, 2);
+    assert!(replayed.staged == first.staged);
+    assert_eq!(replayed.stage.set_offset(), at);
+    // The same set again later changes nothing, not even its offset.
+    let mut stage = replayed.stage;
+    stage.set_triggers(set_b(), 11_000).unwrap();
+    assert_eq!(stage.set_offset(), at);
+}
+
+/// A set the window cannot keep is refused and the old one stays in force.
+#[test]
+fn a_refused_set_leaves_the_old_one_in_force() {
+    let mut stage = stage_of(set_a());
+    let mut raw = set_a().raw;
+    raw[0].group_by = vec!["device".into()];
+    // The trigger check refuses a CPA by device already (as recorded, it does not check).
+    let refused = TriggerSet {
+        raw: raw.clone(),
+        triggers: set_a().triggers,
+    };
+    assert!(matches!(
+        stage.set_triggers(refused, 10),
+        Err(StageError::Triggers(_))
+    ));
+    assert_eq!(stage.set(), &set_a());
+    assert_eq!(stage.set_offset(), 0);
+}
+
+/// (4.) The recorded forms round trip; other versions, cut and damaged bytes are errors.
+#[test]
+fn a_trigger_set_round_trips_and_is_checked_again() {
+    let set = set_a();
+    let bytes = set.encode();
+    assert_eq!(bytes[0], TRIGGER_SET_FORMAT);
+    assert_eq!(bytes, set_a().encode(), "equal sets, equal bytes");
+    let back = TriggerSet::decode(&bytes).unwrap();
+    assert_eq!(back.triggers, set.triggers);
+    assert_eq!(back, set);
+    // The TOML's shape: keys left out stay out.
+    let json: serde_json::Value = serde_json::from_slice(&bytes[1..]).unwrap();
+    assert_eq!(
+        json[2],
+        serde_json::json!({"name": "cart", "kind": "abandoned_cart", "after": "10m", "notify": ["crm"]})
+    );
+    assert_eq!(
+        TriggerSet::decode(&TriggerSet::empty().encode()).unwrap(),
+        TriggerSet::empty()
+    );
+    // Re-checked: a recorded trigger that does not check is refused, by name and key.
+    let mut raw = set.raw;
+    raw[1].threshold = Some(-1.0);
+    let mut bad = vec![TRIGGER_SET_FORMAT];
+    bad.extend(serde_json::to_vec(&raw).unwrap());
+    match TriggerSet::decode(&bad) {
+        Err(StageError::Triggers(e)) => assert_eq!(
+            (e.trigger.as_str(), e.key.as_str()),
+            ("cpa_channel", "threshold")
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut future = bytes.clone();
+    future[0] = 2;
+    assert_eq!(
+        TriggerSet::decode(&future),
+        Err(StageError::Version {
+            what: "recorded trigger set",
+            found: 2,
+            reads: TRIGGER_SET_FORMAT
+        })
+    );
+    assert!(matches!(
+        TriggerSet::decode(&[]),
+        Err(StageError::Empty { .. })
+    ));
+    for cut in 1..bytes.len() {
+        assert!(TriggerSet::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut unknown_key = vec![TRIGGER_SET_FORMAT];
+    unknown_key
+        .extend(br#"[{"name":"a","kind":"conversion_feed","notify":["crm"],"colour":"red"}]"#);
+    assert!(matches!(
+        TriggerSet::decode(&unknown_key),
+        Err(StageError::Body { .. })
+    ));
+}
+
+#[test]
+fn staged_outputs_round_trip() {
+    let records = traffic(3, 6_000);
+    let outcome = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[2_000],
+            ..Plan::default()
+        },
+    );
+    assert!(outcome.staged.len() > 10);
+    let mut with_signal = 0;
+    for (_, output) in &outcome.staged {
+        let bytes = output.encode().unwrap();
+        assert_eq!(bytes[0], STAGED_OUTPUT_FORMAT);
+        assert_eq!(&StagedOutput::decode(&bytes).unwrap(), output);
+        with_signal += usize::from(output.signal.is_some());
+    }
+    assert!(with_signal > 0);
+    // The push is what the router sends: the one event, the segment as labelled.
+    let (_, labelled) = (outcome.staged.iter())
+        .find(|(_, o)| o.trigger == "cpa_channel_campaign" && o.event.is_some())
+        .expect("a user selected by the labelled segment trigger");
+    let push = labelled.push();
+    assert_eq!(push.segment.as_deref(), Some("costi > 1€"));
+    assert_eq!(push.events, vec![labelled.event.clone().unwrap()]);
+    assert_eq!(push.group, labelled.group);
+    let (_, unlabelled) = (outcome.staged.iter())
+        .find(|(_, o)| o.trigger == "cpa_channel")
+        .expect("an output of the unlabelled segment trigger");
+    assert_eq!(
+        unlabelled.segment.as_deref(),
+        Some(unlabelled.group[0].1.as_str())
+    );
+    let (_, feed) = (outcome.staged.iter())
+        .find(|(_, o)| o.kind == "conversion_feed")
+        .unwrap();
+    assert_eq!(feed.destinations, ["crm", "webhook"]);
+    assert_eq!(feed.segment, None);
+
+    let bytes = outcome.staged[0].1.encode().unwrap();
+    let mut future = bytes.clone();
+    future[0] = 9;
+    assert!(matches!(
+        StagedOutput::decode(&future),
+        Err(StageError::Version { found: 9, .. })
+    ));
+    assert!(matches!(
+        StagedOutput::decode(&[]),
+        Err(StageError::Empty { .. })
+    ));
+    assert!(StagedOutput::decode(&bytes[..bytes.len() - 1]).is_err());
+}
+
+#[test]
+fn bad_sections_are_errors_not_panics() {
+    let records = traffic(17, 3_000);
+    let outcome = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[3_000],
+            ..Plan::default()
+        },
+    );
+    let mut section = Vec::new();
+    outcome.stage.encode_section(&mut section).unwrap();
+    assert!(restore_stage(&section).is_ok());
+    assert_eq!(restore_stage(&[]).err(), Some(StageError::NotASection));
+    assert_eq!(
+        restore_stage(b"VDSN\x03").err(),
+        Some(StageError::NotASection)
+    );
+    let mut future = section.clone();
+    future[STAGE_MAGIC.len()] = STAGE_FORMAT + 1;
+    assert!(matches!(
+        restore_stage(&future),
+        Err(StageError::Version { found, .. }) if found == STAGE_FORMAT + 1
+    ));
+    // Every cut is an error (a sample of lengths, and every one near either end).
+    let n = section.len();
+    let cuts = (0..n.min(64))
+        .chain((64..n).step_by(97))
+        .chain(n.saturating_sub(64)..n);
+    for cut in cuts {
+        assert!(
+            restore_stage(&section[..cut]).is_err(),
+            "cut at {cut} of {n}"
+        );
+    }
+    // A byte more is an error too.
+    let mut longer = section.clone();
+    longer.push(0);
+    assert!(restore_stage(&longer).is_err());
+    // Garbage after a good header is an error; damaged bytes give an answer, no panic.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for len in [1, 10, 100, 1_000] {
+        let mut garbage = section[..STAGE_MAGIC.len() + 1].to_vec();
+        garbage.extend((0..len).map(|_| next() as u8));
+        assert!(restore_stage(&garbage).is_err(), "{len} bytes of garbage");
+    }
+    for _ in 0..300 {
+        let mut damaged = section.clone();
+        let at = STAGE_MAGIC.len() + 1 + (next() as usize) % (n - STAGE_MAGIC.len() - 1);
+        damaged[at] ^= 1 << (next() % 8);
+        let _ = restore_stage(&damaged);
+    }
+}
+
+/// The snapshot's trailer: `decode_snapshot_parts` gives the bytes after the state;
+/// `decode_snapshot` refuses them.
+#[test]
+fn the_snapshot_carries_the_section_as_its_trailer() {
+    let records = traffic(19, 2_000);
+    let mut pipeline = Pipeline::new(config(), None);
+    let mut stage = stage_of(set_a());
+    for (offset, record) in records.iter().enumerate() {
+        pipeline.process(offset as u64, record);
+        stage.after_record(&mut pipeline, record);
+    }
+    // Within a batch the section is refused (the window holds early deltas), and `out` is
+    // left as it was.
+    let mut bytes = pipeline.encode_snapshot().unwrap();
+    let alone = bytes.clone();
+    assert!(stage.window().mid_batch());
+    assert_eq!(
+        stage.encode_section(&mut bytes),
+        Err(StageError::Window(SegmentWindowError::MidBatch))
+    );
+    assert_eq!(
+        stage.copy().encode_section(&mut bytes),
+        Err(StageError::Window(SegmentWindowError::MidBatch))
+    );
+    assert_eq!(bytes, alone);
+    stage.take_batch_deltas(&mut pipeline);
+    stage.encode_section(&mut bytes).unwrap();
+    let (state, rest) = decode_snapshot_parts(&bytes).unwrap();
+    assert_eq!(rest, &bytes[alone.len()..]);
+    assert_eq!(state.next_offset, records.len() as u64);
+    assert!(matches!(
+        decode_snapshot(&bytes),
+        Err(SnapshotError::Body(_))
+    ));
+    let (_, nothing) = decode_snapshot_parts(&alone).unwrap();
+    assert!(nothing.is_empty());
+    assert!(decode_snapshot(&alone).is_ok());
+}
+
+/// Sequence numbers: `skip_to_seq` only moves them on.
+#[test]
+fn skip_to_seq_never_goes_back() {
+    let mut stage = stage_of(set_a());
+    stage.skip_to_seq(40);
+    assert_eq!(stage.next_seq(), 40);
+    stage.skip_to_seq(10);
+    assert_eq!(stage.next_seq(), 40);
+}
+
+/// Without change tracking the engine decides the same and records no rows.
+#[test]
+fn change_tracking_off_decides_the_same() {
+    let records = traffic(23, 4_000);
+    let set = set_a();
+    let mut with = Engine::new(
+        set.triggers.clone(),
+        config().conversion_types,
+        ActState::default(),
+    )
+    .with_enrichment(config().enrich);
+    let mut without = Engine::new(
+        set.triggers,
+        config().conversion_types,
+        ActState::default(),
+    )
+    .with_enrichment(config().enrich)
+    .without_change_tracking();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut max = i64::MIN;
+    for (i, record) in records.iter().enumerate() {
+        if let LogRecord::Event(e) = record {
+            max = max.max(e.ts.0);
+            with.observe(e, &mut a);
+            without.observe(e, &mut b);
+        }
+        if i % 500 == 499 {
+            with.advance(max - 5_000, &mut a);
+            without.advance(max - 5_000, &mut b);
+        }
+    }
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+    assert_eq!(with.state(), without.state());
+    assert!(!with.take_changes().unwrap().users.is_empty());
+    let changes = without.take_changes().unwrap();
+    assert!(changes.users.is_empty());
+    assert_eq!(changes.globals, with.state().encode_globals().unwrap());
+}
