@@ -1356,8 +1356,13 @@ mod tests {
         notify = ["hook"]
     "#;
 
-    fn staged(setup: &Setup) -> Vec<(u64, Vec<u8>)> {
-        setup.store.read_outputs(0, usize::MAX).unwrap()
+    fn staged(setup: &Setup) -> Vec<(u64, vedetta_core::act::stage::StagedOutput)> {
+        (setup.store.read_outputs(0, usize::MAX).unwrap().into_iter())
+            .map(|(seq, bytes)| {
+                let output = vedetta_core::act::stage::StagedOutput::decode(&bytes).unwrap();
+                (seq, output)
+            })
+            .collect()
     }
 
     /// The trigger stage in the processor: a run with a snapshot, a crash after a set
@@ -1366,6 +1371,22 @@ mod tests {
     #[test]
     fn a_crash_after_a_trigger_set_change_stages_the_uninterrupted_outputs() {
         let [landed, returned, later] = traffic().map(consenting);
+        // After the crash: purchases of returning users (first VIP tags), and one more of
+        // the user tagged VIP in `later`, within the tag's cooldown (no second tag, as long
+        // as the replay put the recorded set in force where it first was).
+        let after = consenting(
+            (1..=5)
+                .chain([RETURNING + 1])
+                .map(|u| {
+                    hit(
+                        u,
+                        EventKind::Purchase,
+                        T0 + 3 * DAY + 3_600_000 + i64::from(u),
+                        None,
+                    )
+                })
+                .collect(),
+        );
         let with_triggers = |setup: &Setup, status: &Arc<ActStatus>| {
             Processor::recover(
                 setup.log.clone(),
@@ -1392,15 +1413,26 @@ mod tests {
         status.put_in_force(trigger_set(FEED_AND_VIP), 0);
         straight.append(&later);
         processor.catch_up(&straight.status).unwrap();
+        straight.append(&after);
+        processor.catch_up(&straight.status).unwrap();
         let expected = staged(&straight);
-        let decoded: Vec<vedetta_core::act::stage::StagedOutput> = (expected.iter())
-            .map(|(_, bytes)| vedetta_core::act::stage::StagedOutput::decode(bytes).unwrap())
-            .collect();
+        let decoded: Vec<&vedetta_core::act::stage::StagedOutput> =
+            expected.iter().map(|(_, output)| output).collect();
         assert!(
             decoded.iter().filter(|o| o.trigger == "feed").count() > usize::from(RETURNING),
             "{decoded:?}"
         );
-        assert!(decoded.iter().any(|o| o.trigger == "vip"), "{decoded:?}");
+        let vip: Vec<Option<UserPseudonym>> = (decoded.iter())
+            .filter(|o| o.trigger == "vip")
+            .map(|o| o.user)
+            .collect();
+        assert_eq!(vip.len(), 6, "{decoded:?}");
+        assert_eq!(
+            vip.iter()
+                .filter(|u| **u == Some(UserPseudonym([RETURNING + 1; 16])))
+                .count(),
+            1
+        );
         let seqs: Vec<u64> = expected.iter().map(|(seq, _)| *seq).collect();
         assert_eq!(seqs, (0..expected.len() as u64).collect::<Vec<_>>());
 
@@ -1418,6 +1450,7 @@ mod tests {
         setup.step(&mut processor, SnapshotStep::Carry);
         drop(processor);
         let mut processor = with_triggers(&setup, &status);
+        setup.append(&after);
         processor.catch_up(&setup.status).unwrap();
         assert_eq!(staged(&setup), expected);
         assert_eq!(setup.store.output_seqs().unwrap().0, expected.len() as u64);
