@@ -434,6 +434,10 @@ pub struct Processor {
     pipeline: Pipeline,
     options: ProcessorOptions,
     last_durable: Instant,
+    /// Whether a commit since the last durable one was not fsynced: an idle processor
+    /// makes it durable once `durable_interval` passed (the trigger router routes only
+    /// what is durable, so its outputs would wait for the next traffic).
+    undurable: bool,
     last_snapshot: Instant,
     /// How long the last snapshot took: copy, encoding and commit.
     last_snapshot_cost: Duration,
@@ -542,6 +546,7 @@ impl Processor {
             pipeline,
             options,
             last_durable: Instant::now(),
+            undurable: false,
             last_snapshot: Instant::now(),
             last_snapshot_cost: Duration::ZERO,
             snapshot_offset,
@@ -568,13 +573,16 @@ impl Processor {
                 // Idle with progress since the last snapshot: take one now, so that a
                 // restart replays nothing and dropped users' attribution memories reach
                 // the store without waiting for more traffic. One that finished encoding
-                // is committed without waiting for more traffic either.
+                // is committed without waiting for more traffic either, and so is a
+                // commit that is not durable yet.
                 let start = self.snapshot_due() && next > self.snapshot_offset;
                 let finished = self
                     .snapshot_in_flight
                     .as_mut()
                     .is_some_and(SnapshotInFlight::finished);
-                if start || finished {
+                let sync =
+                    self.undurable && self.last_durable.elapsed() >= self.options.durable_interval;
+                if start || finished || sync {
                     let step = if start {
                         SnapshotStep::Start
                     } else {
@@ -856,6 +864,7 @@ impl Processor {
         if durable {
             self.last_durable = Instant::now();
         }
+        self.undurable = !durable;
         if let Some(stage) = &mut self.triggers {
             stage.committed(&commit);
         }
