@@ -686,13 +686,9 @@ fn change_tracking_off_decides_the_same() {
         ActState::default(),
     )
     .with_enrichment(config().enrich);
-    let mut without = Engine::new(
-        set.triggers,
-        config().conversion_types,
-        ActState::default(),
-    )
-    .with_enrichment(config().enrich)
-    .without_change_tracking();
+    let mut without = Engine::new(set.triggers, config().conversion_types, ActState::default())
+        .with_enrichment(config().enrich)
+        .without_change_tracking();
     let (mut a, mut b) = (Vec::new(), Vec::new());
     let mut max = i64::MIN;
     for (i, record) in records.iter().enumerate() {
