@@ -133,12 +133,13 @@ impl TriggerSet {
     /// equal bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![TRIGGER_SET_FORMAT];
-        // A list of plain structs of strings and numbers: serializing it cannot fail (a
-        // non-finite float, which JSON has no word for, is written as null and refused by
-        // the check when read back).
+        // A list of plain structs of strings and numbers into memory: serializing it does
+        // not fail (a non-finite float, which JSON has no word for, is written as null and
+        // refused by the check when read back). Were it to, the bytes would be the format
+        // byte alone, which does not decode: the set would be refused, never read as
+        // another.
         if serde_json::to_writer(&mut out, &self.raw).is_err() {
             out.truncate(1);
-            out.extend_from_slice(b"[]");
         }
         out
     }
