@@ -21,6 +21,7 @@ use vedetta_core::EventKind;
 use vedetta_core::LogRecord;
 use vedetta_core::act::engine::{ActState, Engine, TEXT_ROWS};
 use vedetta_core::act::segment_window::SegmentWindow;
+use vedetta_core::act::stage::{StagedOutput, TriggerSet, TriggerStage};
 use vedetta_core::act::triggers::{RawTrigger, Trigger, check_triggers};
 use vedetta_core::enrich::{EnrichConfig, MmdbRegionLookup, RegionLookup, campaign_of, channel_of};
 use vedetta_core::pipeline::kpi::{KpiCounters, SpendCounters};
@@ -81,6 +82,16 @@ fn triggers() -> Vec<Trigger> {
 /// to a day), 4 `tag` (VIP over 100 and 250 €, first purchase, repeat buyers over 50 €)
 /// and 4 `conversion_feed` (the CRM, the e-mail tool, two webhooks).
 fn mix_triggers() -> Vec<Trigger> {
+    check(&mix_raw())
+}
+
+fn check(raw: &[RawTrigger]) -> Vec<Trigger> {
+    let d: BTreeSet<String> = ["push".to_string()].into();
+    check_triggers(raw, &d, &d).unwrap()
+}
+
+/// [`mix_triggers`] as written.
+fn mix_raw() -> Vec<RawTrigger> {
     let mut raw = Vec::new();
     let push = |name: String, kind: &str| RawTrigger {
         name: Some(name),
@@ -123,8 +134,7 @@ fn mix_triggers() -> Vec<Trigger> {
     for i in 0..4 {
         raw.push(push(format!("feed_{i}"), "conversion_feed"));
     }
-    let d: BTreeSet<String> = ["push".to_string()].into();
-    check_triggers(&raw, &d, &d).unwrap()
+    raw
 }
 
 /// Made-up window totals for every (channel, campaign) of the traffic: CPA 30 € for half
@@ -491,4 +501,104 @@ fn pipeline_feeding_segment_window(bencher: Bencher<'_, '_>) {
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn pipeline_feeding_segment_window_and_totals(bencher: Bencher<'_, '_>) {
     pipeline_with_window(bencher, true);
+}
+
+/// The processor's loop with the trigger stage (issue 12, stage 3), as it will run: after
+/// every record `TriggerStage::after_record` (observe, the window's minute check and the
+/// judging of each minute end on its totals, advance), at every read's end the batch's
+/// deltas through the stage and its staged outputs taken. Returns the outputs staged.
+#[inline(never)]
+fn run_pipeline_with_stage(
+    pipeline: &mut Pipeline,
+    stage: &mut TriggerStage,
+    records: &[LogRecord],
+    mut digest: Option<&mut u64>,
+) -> usize {
+    let mut outputs = 0;
+    for (chunk_index, chunk) in records.chunks(DELTAS_EVERY).enumerate() {
+        let base = (chunk_index * DELTAS_EVERY) as u64;
+        for (i, record) in chunk.iter().enumerate() {
+            pipeline.process(base + i as u64, black_box(record));
+            stage.after_record(pipeline, record);
+        }
+        black_box(stage.take_batch_deltas(pipeline));
+        let staged = stage.take_staged();
+        outputs += staged.len();
+        if let Some(digest) = digest.as_deref_mut() {
+            fold_staged_digest(digest, &staged);
+        }
+        black_box(staged);
+    }
+    outputs
+}
+
+/// Folds `staged` into `digest` (apart, so that instruction counts can leave it out).
+#[inline(never)]
+fn fold_staged_digest(digest: &mut u64, staged: &[(u64, StagedOutput)]) {
+    for output in staged {
+        let text = format!("{output:?}");
+        *digest = xxhash_rust::xxh3::xxh3_64_with_seed(text.as_bytes(), *digest);
+    }
+}
+
+fn stage_of_mix() -> TriggerStage {
+    let raw = mix_raw();
+    let triggers = check(&raw);
+    let config = pipeline_config();
+    TriggerStage::new(
+        TriggerSet { raw, triggers },
+        vec![EventKind::Purchase],
+        config.enrich.clone(),
+        config.out_of_orderness_ms,
+    )
+    .expect("the realistic mix checks")
+}
+
+/// `pipeline_alone` with the trigger stage running the realistic mix ([`mix_triggers`])
+/// on the window's own totals. An untimed run first prints what it staged and what a
+/// snapshot of the stage's state costs (the copy on the processor's thread, the section's
+/// encoding and its size).
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn pipeline_with_stage_realistic_mix(bencher: Bencher<'_, '_>) {
+    let records = records();
+    let regions = regions();
+    let config = pipeline_config();
+    let mut pipeline = Pipeline::new(config.clone(), Some(Arc::clone(&regions)));
+    let mut stage = stage_of_mix();
+    let mut digest = 0;
+    let outputs = run_pipeline_with_stage(&mut pipeline, &mut stage, &records, Some(&mut digest));
+    let started = std::time::Instant::now();
+    let copy = stage.copy();
+    let copied = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut section = Vec::new();
+    copy.encode_section(&mut section).expect("between batches");
+    let encoded = started.elapsed();
+    let started = std::time::Instant::now();
+    let mut live = Vec::new();
+    stage.encode_section(&mut live).expect("between batches");
+    let encoded_live = started.elapsed();
+    assert_eq!(live, section);
+    let stats = stage.stats();
+    eprintln!(
+        "stage, realistic mix: {outputs} outputs staged (digest {digest:016x}), {} users, \
+         {} texts; snapshot section {} bytes: copy {copied:?}, its encoding {encoded:?} \
+         (from the live stage {encoded_live:?})",
+        stats.users,
+        stats.texts,
+        section.len()
+    );
+    assert!(outputs > 0);
+    bencher
+        .counter(ItemsCount::new(records.len()))
+        .with_inputs(|| {
+            (
+                Pipeline::new(config.clone(), Some(Arc::clone(&regions))),
+                stage_of_mix(),
+            )
+        })
+        .bench_local_values(|(mut pipeline, mut stage)| {
+            run_pipeline_with_stage(&mut pipeline, &mut stage, &records, None);
+            (pipeline, stage)
+        });
 }

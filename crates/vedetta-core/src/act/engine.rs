@@ -58,7 +58,9 @@ mod legacy;
 mod stored;
 mod texts;
 pub(crate) use stored::AppendTo;
-pub use stored::{ACT_STATE_FORMAT, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT};
+pub use stored::{
+    ACT_STATE_FORMAT, FlatRows, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT,
+};
 pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
 
 /// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
@@ -251,7 +253,7 @@ fn sorted_map<K: Ord + Serialize, V: Serialize, S: serde::Serializer>(
 }
 
 /// Why stored state does not decode.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ActStateError {
     #[error("trigger state of format {found}; this build reads format {ACT_STATE_FORMAT}")]
     Version { found: u8 },

@@ -54,7 +54,7 @@
 //! ([`Engine::without_change_tracking`]): its state is stored whole with each snapshot, so
 //! recording which users a step changed (for per-user rows) would be wasted work.
 
-use super::engine::{ActState, ActStateError, AppendTo, Engine, Output};
+use super::engine::{ActState, ActStateError, AppendTo, Engine, FlatRows, Output};
 use super::push::{Push, PushEvent, SignalNotice};
 use super::segment_window::{SegmentWindow, SegmentWindowError, SegmentWindowState};
 use super::triggers::{RawTrigger, Trigger, TriggerError, check_triggers};
@@ -133,12 +133,13 @@ impl TriggerSet {
     /// equal bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![TRIGGER_SET_FORMAT];
-        // A list of plain structs of strings and numbers: serializing it cannot fail (a
-        // non-finite float, which JSON has no word for, is written as null and refused by
-        // the check when read back).
+        // A list of plain structs of strings and numbers into memory: serializing it does
+        // not fail (a non-finite float, which JSON has no word for, is written as null and
+        // refused by the check when read back). Were it to, the bytes would be the format
+        // byte alone, which does not decode: the set would be refused, never read as
+        // another.
         if serde_json::to_writer(&mut out, &self.raw).is_err() {
             out.truncate(1);
-            out.extend_from_slice(b"[]");
         }
         out
     }
@@ -447,13 +448,16 @@ impl TriggerStage {
     }
 
     /// A copy of the state for the snapshot thread, taken between batches (after
-    /// [`Self::take_batch_deltas`]; a copy taken within a batch refuses to encode).
+    /// [`Self::take_batch_deltas`]; a copy taken within a batch refuses to encode). The
+    /// users are copied flat ([`ActState::flat_copy`]) and the small globals encoded here.
     pub fn copy(&self) -> StageCopy {
+        let state = self.engine.state();
         StageCopy {
             set_offset: self.set_offset,
             set_bytes: Arc::clone(&self.set_bytes),
             next_seq: self.next_seq,
-            state: self.engine.state().clone(),
+            globals: state.encode_globals(),
+            rows: state.flat_copy(),
             window: if self.window.mid_batch() {
                 None
             } else {
@@ -466,12 +470,14 @@ impl TriggerStage {
     /// error `out` is as it was.
     pub fn encode_section(&self, out: &mut Vec<u8>) -> Result<(), StageError> {
         let window = self.window.encode()?;
+        let state = self.engine.state();
         encode_section(
             out,
             self.set_offset,
             &self.set_bytes,
             self.next_seq,
-            self.engine.state(),
+            &state.encode_globals()?,
+            RowsOf::Live(state),
             &window,
         )
     }
@@ -509,7 +515,8 @@ pub struct StageCopy {
     set_offset: u64,
     set_bytes: Arc<[u8]>,
     next_seq: u64,
-    state: ActState,
+    globals: Result<Vec<u8>, ActStateError>,
+    rows: FlatRows,
     /// `None`: copied within a batch.
     window: Option<SegmentWindowState>,
 }
@@ -520,12 +527,14 @@ impl StageCopy {
     pub fn encode_section(&self, out: &mut Vec<u8>) -> Result<(), StageError> {
         let window = self.window.as_ref().ok_or(SegmentWindowError::MidBatch)?;
         let window = SegmentWindow::encode_state(window)?;
+        let globals = self.globals.as_ref().map_err(Clone::clone)?;
         encode_section(
             out,
             self.set_offset,
             &self.set_bytes,
             self.next_seq,
-            &self.state,
+            globals,
+            RowsOf::Flat(&self.rows),
             &window,
         )
     }
@@ -541,18 +550,27 @@ impl Serialize for Bytes<'_> {
     }
 }
 
-/// Every row of the state ([`ActState::each_row`]), as a list of (key, bytes).
-struct Rows<'a>(&'a ActState);
+/// Every row of the state, as a list of (key, bytes): from the live state
+/// ([`ActState::each_row`]) or from its flat copy ([`FlatRows::each_row`]), the same.
+#[derive(Clone, Copy)]
+enum RowsOf<'a> {
+    Live(&'a ActState),
+    Flat(&'a FlatRows),
+}
 
-impl Serialize for Rows<'_> {
+impl Serialize for RowsOf<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{Error, SerializeSeq};
-        let state = self.0;
-        let mut seq = serializer.serialize_seq(Some(state.users.len() + state.texts.len()))?;
-        state.each_row(
-            |key, row| seq.serialize_element(&(key, Bytes(row))),
-            S::Error::custom,
-        )?;
+        let len = match self {
+            RowsOf::Live(state) => state.users.len() + state.texts.len(),
+            RowsOf::Flat(rows) => rows.len(),
+        };
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        let row = |key: u64, row: &[u8]| seq.serialize_element(&(key, Bytes(row)));
+        match self {
+            RowsOf::Live(state) => state.each_row(row, S::Error::custom)?,
+            RowsOf::Flat(rows) => rows.each_row(row, S::Error::custom)?,
+        }
         seq.end()
     }
 }
@@ -564,7 +582,7 @@ struct SectionRef<'a> {
     set: Bytes<'a>,
     next_seq: u64,
     globals: Bytes<'a>,
-    rows: Rows<'a>,
+    rows: RowsOf<'a>,
     window: Bytes<'a>,
 }
 
@@ -585,10 +603,10 @@ fn encode_section(
     set_offset: u64,
     set_bytes: &[u8],
     next_seq: u64,
-    state: &ActState,
+    globals: &[u8],
+    rows: RowsOf<'_>,
     window: &[u8],
 ) -> Result<(), StageError> {
-    let globals = state.encode_globals()?;
     let start = out.len();
     out.extend_from_slice(&STAGE_MAGIC);
     out.push(STAGE_FORMAT);
@@ -596,8 +614,8 @@ fn encode_section(
         set_offset,
         set: Bytes(set_bytes),
         next_seq,
-        globals: Bytes(&globals),
-        rows: Rows(state),
+        globals: Bytes(globals),
+        rows,
         window: Bytes(window),
     };
     if let Err(e) = postcard::serialize_with_flavor(&body, AppendTo(out)) {

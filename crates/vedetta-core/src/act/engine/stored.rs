@@ -120,6 +120,46 @@ where
 impl Serialize for RowRef<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let f = self.facts;
+        RowView {
+            user: self.user,
+            marketing: f.marketing,
+            last_seen_ms: f.last_seen_ms,
+            touch: f.touch,
+            intents: &f.intents,
+            last_conversion_ms: f.last_conversion_ms,
+            last_conversion_kind: f.last_conversion_kind,
+            last_registration_ms: f.last_registration_ms,
+            cart: &f.cart,
+            purchases: f.purchases,
+            event_ids: &f.event_ids,
+            sent: &f.sent,
+            candidate: self.candidate,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// A user's row from its parts, wherever they are held (a user's facts, or a flat copy of
+/// every user's: [`FlatRows`]); the one encoder of the row format.
+struct RowView<'a> {
+    user: &'a UserPseudonym,
+    marketing: bool,
+    last_seen_ms: i64,
+    touch: Option<(TextId, TextId, i64)>,
+    intents: &'a [Intent],
+    last_conversion_ms: Option<i64>,
+    last_conversion_kind: Option<TextId>,
+    last_registration_ms: Option<i64>,
+    cart: &'a [CartLine],
+    purchases: u32,
+    event_ids: &'a [u64],
+    sent: &'a [(TriggerId, i64)],
+    candidate: Option<i64>,
+}
+
+impl Serialize for RowView<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let f = self;
         let base = f.last_seen_ms;
         let back = |at: i64| base.wrapping_sub(at);
         (
@@ -140,6 +180,107 @@ impl Serialize for RowRef<'_> {
             self.candidate.map(back),
         )
             .serialize(serializer)
+    }
+}
+
+/// One user of a [`FlatRows`]: its facts but the lists, and how many of each list's
+/// entries are its own.
+#[derive(Clone, Debug)]
+struct FlatUser {
+    user: UserPseudonym,
+    row: u64,
+    marketing: bool,
+    last_seen_ms: i64,
+    touch: Option<(TextId, TextId, i64)>,
+    last_conversion_ms: Option<i64>,
+    last_conversion_kind: Option<TextId>,
+    last_registration_ms: Option<i64>,
+    purchases: u32,
+    candidate: Option<i64>,
+    /// Entries in `intents`, `cart`, `event_ids`, `sent`.
+    counts: [u32; 4],
+}
+
+/// Every row of a state copied flat ([`ActState::flat_copy`]): the users' lists in one
+/// list each, so that a copy allocates a few large blocks, not a list per user (cloning the
+/// map did: most of a copy's cost with many users held). It encodes the rows
+/// [`ActState::each_row`] encodes, in the same order.
+#[derive(Clone, Debug, Default)]
+pub struct FlatRows {
+    users: Vec<FlatUser>,
+    intents: Vec<Intent>,
+    cart: Vec<CartLine>,
+    event_ids: Vec<u64>,
+    sent: Vec<(TriggerId, i64)>,
+    texts: Vec<(TextId, Box<str>)>,
+}
+
+impl FlatRows {
+    /// Rows held: users' and texts'.
+    pub fn len(&self) -> usize {
+        self.users.len() + self.texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// As [`ActState::each_row`] of the state copied.
+    pub fn each_row<E>(
+        &self,
+        mut row: impl FnMut(u64, &[u8]) -> Result<(), E>,
+        error: impl Fn(ActStateError) -> E,
+    ) -> Result<(), E> {
+        // Where each user's entries start in the lists, in copy order.
+        let mut starts: Vec<[usize; 4]> = Vec::with_capacity(self.users.len());
+        let mut at = [0usize; 4];
+        for user in &self.users {
+            starts.push(at);
+            for (a, n) in at.iter_mut().zip(user.counts) {
+                *a += n as usize;
+            }
+        }
+        let lists_fit = at
+            == [
+                self.intents.len(),
+                self.cart.len(),
+                self.event_ids.len(),
+                self.sent.len(),
+            ];
+        if !lists_fit {
+            return Err(error(ActStateError::Body(
+                "a flat copy whose lists do not fit its users".into(),
+            )));
+        }
+        let mut order: Vec<usize> = (0..self.users.len()).collect();
+        order.sort_unstable_by_key(|i| self.users[*i].row);
+        let mut buf = Vec::with_capacity(SCRATCH_BYTES);
+        for i in order {
+            let (u, s) = (&self.users[i], starts[i]);
+            let span = |k: usize| s[k]..s[k] + u.counts[k] as usize;
+            let value = RowView {
+                user: &u.user,
+                marketing: u.marketing,
+                last_seen_ms: u.last_seen_ms,
+                touch: u.touch,
+                intents: &self.intents[span(0)],
+                last_conversion_ms: u.last_conversion_ms,
+                last_conversion_kind: u.last_conversion_kind,
+                last_registration_ms: u.last_registration_ms,
+                cart: &self.cart[span(1)],
+                purchases: u.purchases,
+                event_ids: &self.event_ids[span(2)],
+                sent: &self.sent[span(3)],
+                candidate: u.candidate,
+            };
+            body_into(&mut buf, USER_ROW_FORMAT, &value).map_err(&error)?;
+            row(u.row, &buf)?;
+        }
+        for (id, text) in &self.texts {
+            body_into(&mut buf, TEXT_ROW_FORMAT, &**text).map_err(&error)?;
+            row(TEXT_ROWS + u64::from(id.0), &buf)?;
+        }
+        Ok(())
     }
 }
 
@@ -327,6 +468,54 @@ impl ActState {
             row(TEXT_ROWS + u64::from(id.0), &buf)?;
         }
         Ok(())
+    }
+
+    /// Every row's parts, copied flat (see [`FlatRows`]), to encode elsewhere.
+    pub fn flat_copy(&self) -> FlatRows {
+        let lists = self.users.values().fold([0usize; 4], |n, f| {
+            [
+                n[0] + f.intents.len(),
+                n[1] + f.cart.len(),
+                n[2] + f.event_ids.len(),
+                n[3] + f.sent.len(),
+            ]
+        });
+        let mut flat = FlatRows {
+            users: Vec::with_capacity(self.users.len()),
+            intents: Vec::with_capacity(lists[0]),
+            cart: Vec::with_capacity(lists[1]),
+            event_ids: Vec::with_capacity(lists[2]),
+            sent: Vec::with_capacity(lists[3]),
+            texts: (self.texts.entries())
+                .map(|(id, t)| (id, t.into()))
+                .collect(),
+        };
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        for (user, f) in &self.users {
+            flat.users.push(FlatUser {
+                user: *user,
+                row: f.row,
+                marketing: f.marketing,
+                last_seen_ms: f.last_seen_ms,
+                touch: f.touch,
+                last_conversion_ms: f.last_conversion_ms,
+                last_conversion_kind: f.last_conversion_kind,
+                last_registration_ms: f.last_registration_ms,
+                purchases: f.purchases,
+                candidate: self.candidates.get(user).copied(),
+                counts: [
+                    count(f.intents.len()),
+                    count(f.cart.len()),
+                    count(f.event_ids.len()),
+                    count(f.sent.len()),
+                ],
+            });
+            flat.intents.extend_from_slice(&f.intents);
+            flat.cart.extend_from_slice(&f.cart);
+            flat.event_ids.extend_from_slice(&f.event_ids);
+            flat.sent.extend_from_slice(&f.sent);
+        }
+        flat
     }
 
     /// The whole state as stored parts: [`Self::encode_globals`] and every row

@@ -53,7 +53,7 @@ pub struct Texts {
     not_kept: u64,
     /// Ids added or freed since the last [`Texts::take_changed`] (not state: what to store).
     changed: BTreeSet<u32>,
-    /// Whether `changed` is kept (see [`Texts::set_change_tracking`]).
+    /// Set when `changed` is not kept (see [`Texts::set_change_tracking`]).
     untracked: bool,
 }
 
