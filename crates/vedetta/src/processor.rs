@@ -163,17 +163,29 @@ impl Drop for ProcessorHandle {
     }
 }
 
+/// What the processor thread shares with the rest of the server, beside its log and store:
+/// whom it tells about commits, where it reports its stage timings, and the trigger set
+/// in force (none in tools that replay without triggers).
+pub struct ProcessorLinks {
+    pub notifier: Arc<LogNotifier>,
+    pub timings: Arc<StageTimings>,
+    pub triggers: Option<Arc<ActStatus>>,
+}
+
 /// Starts the processor thread.
 pub fn start(
     log: Arc<EventLog>,
     store: Arc<KpiStore>,
     config: PipelineConfig,
     regions: Option<Arc<dyn RegionLookup>>,
-    notifier: Arc<LogNotifier>,
     options: ProcessorOptions,
-    timings: Arc<StageTimings>,
-    triggers: Option<Arc<ActStatus>>,
+    links: ProcessorLinks,
 ) -> anyhow::Result<ProcessorHandle> {
+    let ProcessorLinks {
+        notifier,
+        timings,
+        triggers,
+    } = links;
     let status = Arc::new(ProcessorStatus {
         timings,
         watermark: AtomicI64::new(i64::MIN),

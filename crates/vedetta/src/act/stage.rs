@@ -141,7 +141,7 @@ impl StageRunner {
                     triggers = loaded.set.triggers.len(),
                     "trigger set in force in the processor"
                 );
-                self.recorded = Some((offset, loaded.bytes.clone()));
+                self.recorded = Some((offset, loaded.bytes));
             }
             Err(error) => {
                 // The act thread checked it; the stage refusing it is a bug, said loudly.

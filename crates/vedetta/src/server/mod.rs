@@ -188,15 +188,17 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         kpi_store.clone(),
         config.pipeline.rules.clone(),
         regions,
-        notifier,
         ProcessorOptions {
             snapshot_interval: std::time::Duration::from_secs(
                 config.pipeline.snapshot_interval_seconds,
             ),
             ..ProcessorOptions::default()
         },
-        timings.clone(),
-        Some(act_status.clone()),
+        processor::ProcessorLinks {
+            notifier,
+            timings: timings.clone(),
+            triggers: Some(act_status.clone()),
+        },
     )?;
     let watch = {
         let timings = timings.clone();
