@@ -196,7 +196,6 @@ struct FlatUser {
     last_conversion_kind: Option<TextId>,
     last_registration_ms: Option<i64>,
     purchases: u32,
-    candidate: Option<i64>,
     /// Entries in `intents`, `cart`, `event_ids`, `sent`.
     counts: [u32; 4],
 }
@@ -212,6 +211,10 @@ pub struct FlatRows {
     cart: Vec<CartLine>,
     event_ids: Vec<u64>,
     sent: Vec<(TriggerId, i64)>,
+    /// The candidates, in no order: looked up per user by the encoder, not by the copy
+    /// (a lookup per user on the processor's thread, with a minute's candidates pending,
+    /// was most of a copy's time).
+    candidates: Vec<(UserPseudonym, i64)>,
     texts: Vec<(TextId, Box<str>)>,
 }
 
@@ -254,6 +257,8 @@ impl FlatRows {
         }
         let mut order: Vec<usize> = (0..self.users.len()).collect();
         order.sort_unstable_by_key(|i| self.users[*i].row);
+        let mut candidates = self.candidates.clone();
+        candidates.sort_unstable_by_key(|(user, _)| *user);
         let mut buf = Vec::with_capacity(SCRATCH_BYTES);
         for i in order {
             let (u, s) = (&self.users[i], starts[i]);
@@ -271,7 +276,9 @@ impl FlatRows {
                 purchases: u.purchases,
                 event_ids: &self.event_ids[span(2)],
                 sent: &self.sent[span(3)],
-                candidate: u.candidate,
+                candidate: (candidates.binary_search_by(|(c, _)| c.cmp(&u.user)))
+                    .ok()
+                    .map(|i| candidates[i].1),
             };
             body_into(&mut buf, USER_ROW_FORMAT, &value).map_err(&error)?;
             row(u.row, &buf)?;
@@ -486,6 +493,7 @@ impl ActState {
             cart: Vec::with_capacity(lists[1]),
             event_ids: Vec::with_capacity(lists[2]),
             sent: Vec::with_capacity(lists[3]),
+            candidates: (self.candidates.iter()).map(|(u, at)| (*u, *at)).collect(),
             texts: (self.texts.entries())
                 .map(|(id, t)| (id, t.into()))
                 .collect(),
@@ -502,7 +510,6 @@ impl ActState {
                 last_conversion_kind: f.last_conversion_kind,
                 last_registration_ms: f.last_registration_ms,
                 purchases: f.purchases,
-                candidate: self.candidates.get(user).copied(),
                 counts: [
                     count(f.intents.len()),
                     count(f.cart.len()),
@@ -560,7 +567,7 @@ impl ActState {
                     advanced_minute_ms: whole.advanced_minute_ms,
                     withheld: whole.withheld,
                     next_row: old_users.len() as u64,
-                    candidates: whole.candidates,
+                    candidates: whole.candidates.into_iter().collect(),
                     ..ActState::default()
                 }
             }
