@@ -38,7 +38,7 @@ use vedetta_core::act::stage::StageCopy;
 use vedetta_core::enrich::RegionLookup;
 use vedetta_core::pipeline::attribution::Memories;
 use vedetta_core::pipeline::hash::FastHashMap;
-use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, snapshot};
+use vedetta_core::pipeline::{Pipeline, PipelineConfig, PipelineCounters, SnapshotCopy, snapshot};
 use vedetta_core::record::{LogRecord, UserPseudonym};
 use vedetta_core::time::Clock;
 use vedetta_store::{
@@ -310,11 +310,23 @@ struct SnapshotInFlight {
     done: Option<EncodedSnapshot>,
 }
 
-/// What the snapshot thread hands back: the snapshot written to its file.
+/// What the snapshot thread hands back: the snapshot written to its file, and the copies
+/// it was encoded from, for the next snapshot to copy into.
 struct EncodedSnapshot {
     file: anyhow::Result<SnapshotFile>,
     encode_took: Duration,
     write_took: Duration,
+    spent: Option<SpentCopies>,
+}
+
+/// The copies of a snapshot whose encoding is done: the next copy is made into their
+/// memory ([`Pipeline::snapshot_copy_reusing`]), so that a copy does not make the kernel
+/// find and zero fresh pages on the processor's thread (half of a copy's time with a
+/// million users held, measured: `docs/benchmarks.md`). They are held between snapshots:
+/// memory for one copy, which a snapshot needs at its peak anyway.
+struct SpentCopies {
+    pipeline: SnapshotCopy,
+    stage: Option<StageCopy>,
 }
 
 impl SnapshotInFlight {
@@ -325,13 +337,18 @@ impl SnapshotInFlight {
         pipeline: &mut Pipeline,
         stage: Option<&StageRunner>,
         writer: SnapshotFileWriter,
+        spare: Option<SpentCopies>,
     ) -> Self {
         let copy_started = Instant::now();
         let memories: FastHashMap<UserPseudonym, Memories> =
             pipeline.take_dormant().into_iter().collect();
         let memories_before = pipeline.memory_horizon();
-        let state = pipeline.snapshot_copy();
-        let stage: Option<StageCopy> = stage.map(StageRunner::copy);
+        let (spare_pipeline, spare_stage) = match spare {
+            Some(spare) => (Some(spare.pipeline), spare.stage),
+            None => (None, None),
+        };
+        let state = pipeline.snapshot_copy_reusing(spare_pipeline);
+        let stage: Option<StageCopy> = stage.map(|stage| stage.copy(spare_stage));
         let copy_took = copy_started.elapsed();
         let offset = pipeline.next_offset();
         let (sender, encoded) = mpsc::sync_channel(1);
@@ -352,9 +369,6 @@ impl SnapshotInFlight {
                         }
                         Ok(bytes)
                     });
-                // The copies are freed here, off the processor's thread.
-                drop(state);
-                drop(stage);
                 let encode_took = started.elapsed();
                 let written = Instant::now();
                 let file = bytes.and_then(|bytes| {
@@ -368,6 +382,10 @@ impl SnapshotInFlight {
                     file,
                     encode_took,
                     write_took: written.elapsed(),
+                    spent: Some(SpentCopies {
+                        pipeline: state,
+                        stage,
+                    }),
                 });
             });
         let done = match spawned {
@@ -378,6 +396,7 @@ impl SnapshotInFlight {
                 file: Err(anyhow::Error::new(error).context("starting the snapshot thread")),
                 encode_took: Duration::ZERO,
                 write_took: Duration::ZERO,
+                spent: None,
             }),
         };
         Self {
@@ -404,6 +423,7 @@ impl SnapshotInFlight {
                         )),
                         encode_took: Duration::ZERO,
                         write_took: Duration::ZERO,
+                        spent: None,
                     });
                 }
             }
@@ -457,6 +477,8 @@ pub struct Processor {
     snapshot_offset: u64,
     /// A snapshot being encoded off this thread, not in the store yet.
     snapshot_in_flight: Option<SnapshotInFlight>,
+    /// The last snapshot's copies, for the next to copy into.
+    spare_copies: Option<SpentCopies>,
     /// The trigger stage (`None`: triggers are not run, as in `vedetta replay`).
     triggers: Option<StageRunner>,
     /// What the trigger stage is rebuilt from after a failed commit.
@@ -563,6 +585,7 @@ impl Processor {
             last_snapshot_cost: Duration::ZERO,
             snapshot_offset,
             snapshot_in_flight: None,
+            spare_copies: None,
             triggers: replaying
                 .map(|stage| stage.finish(progress.processed_offset))
                 .transpose()?,
@@ -846,9 +869,10 @@ impl Processor {
                 [Duration::ZERO, encode_started.elapsed(), Duration::ZERO],
             ));
         } else if let Some(landing) = landing {
-            let Some(encoded) = landing.done else {
+            let Some(mut encoded) = landing.done else {
                 anyhow::bail!("a snapshot committed before its encoding ended");
             };
+            self.spare_copies = encoded.spent.take();
             let file = encoded.file?;
             if file.offset != landing.offset {
                 anyhow::bail!(
@@ -910,6 +934,7 @@ impl Processor {
                 &mut self.pipeline,
                 self.triggers.as_ref(),
                 self.store.snapshot_file_writer(),
+                self.spare_copies.take(),
             ));
         }
         status.commits.fetch_add(1, Ordering::Relaxed);

@@ -451,13 +451,21 @@ impl TriggerStage {
     /// [`Self::take_batch_deltas`]; a copy taken within a batch refuses to encode). The
     /// users are copied flat ([`ActState::flat_copy`]) and the small globals encoded here.
     pub fn copy(&self) -> StageCopy {
+        self.copy_reusing(None)
+    }
+
+    /// [`Self::copy`] into the memory of an earlier copy whose encoding is done
+    /// ([`ActState::flat_copy_into`]).
+    pub fn copy_reusing(&self, spare: Option<StageCopy>) -> StageCopy {
         let state = self.engine.state();
+        let mut rows = spare.map(|s| s.rows).unwrap_or_default();
+        state.flat_copy_into(&mut rows);
         StageCopy {
             set_offset: self.set_offset,
             set_bytes: Arc::clone(&self.set_bytes),
             next_seq: self.next_seq,
             globals: state.encode_globals(),
-            rows: state.flat_copy(),
+            rows,
             window: if self.window.mid_batch() {
                 None
             } else {

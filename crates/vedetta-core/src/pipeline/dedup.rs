@@ -51,7 +51,7 @@ impl From<Key> for u128 {
 }
 
 /// Accepted event ids by fingerprint, with expiry by event time.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(from = "DedupSnapshot")]
 pub struct ExactDedup {
     /// Fingerprint → event time of the accepted event.
@@ -59,6 +59,22 @@ pub struct ExactDedup {
     /// Ids with event time before this hour (`ts / 1 h`) are gone: the limit of the last
     /// sweep.
     swept_before_hour: Option<i64>,
+}
+
+impl Clone for ExactDedup {
+    fn clone(&self) -> Self {
+        Self {
+            seen: self.seen.clone(),
+            swept_before_hour: self.swept_before_hour,
+        }
+    }
+
+    /// Into this table's memory when it has the source's size (the snapshot copy's reuse:
+    /// the derived `clone_from` would allocate afresh).
+    fn clone_from(&mut self, source: &Self) {
+        self.seen.clone_from(&source.seen);
+        self.swept_before_hour = source.swept_before_hour;
+    }
 }
 
 /// The snapshot form, as the first version kept ids in memory: by fingerprint, and by hour

@@ -439,6 +439,23 @@ fn a_snapshot_restores_a_pipeline_that_continues_identically() {
         first.pipeline.encode_snapshot().unwrap(),
         "a copy encoded elsewhere is the snapshot encoded in place"
     );
+    // A copy made into an earlier copy's memory, of a larger state and of a smaller one.
+    let reused = straight
+        .pipeline
+        .snapshot_copy_reusing(Some(first.pipeline.snapshot_copy()));
+    assert!(
+        reused.encode().unwrap() == straight.pipeline.encode_snapshot().unwrap(),
+        "a copy into a smaller copy's memory"
+    );
+    assert!(
+        first
+            .pipeline
+            .snapshot_copy_reusing(Some(reused))
+            .encode()
+            .unwrap()
+            == first.pipeline.encode_snapshot().unwrap(),
+        "a copy into a larger copy's memory"
+    );
     let mut resumed = Run {
         pipeline: Pipeline::restore(PipelineConfig::default(), None, snapshot),
         kpis: first.kpis.clone(),

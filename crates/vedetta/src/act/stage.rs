@@ -209,8 +209,9 @@ impl StageRunner {
     }
 
     /// A copy of the stage's state for the snapshot thread.
-    pub fn copy(&self) -> StageCopy {
-        self.stage.copy()
+    /// A copy of the stage for the snapshot thread, into `spare`'s memory when given.
+    pub fn copy(&self, spare: Option<StageCopy>) -> StageCopy {
+        self.stage.copy_reusing(spare)
     }
 
     /// Appends the stage's part of a snapshot encoded on this thread.

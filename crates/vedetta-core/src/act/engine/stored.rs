@@ -31,6 +31,7 @@ use super::legacy::{ActStateV1, GlobalsV2, UserFactsV1};
 use super::texts::TriggerId;
 use super::texts::{TextId, Texts, TriggerNames};
 use super::{ActState, ActStateError, CartLine, Engine, Intent, SegmentState, UserFacts};
+use crate::pipeline::refill;
 use crate::record::UserPseudonym;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -479,6 +480,15 @@ impl ActState {
 
     /// Every row's parts, copied flat (see [`FlatRows`]), to encode elsewhere.
     pub fn flat_copy(&self) -> FlatRows {
+        let mut flat = FlatRows::default();
+        self.flat_copy_into(&mut flat);
+        flat
+    }
+
+    /// [`Self::flat_copy`] into the memory of an earlier copy (see
+    /// [`crate::pipeline::Pipeline::snapshot_copy_reusing`]: fresh pages cost more than the
+    /// copying).
+    pub fn flat_copy_into(&self, flat: &mut FlatRows) {
         let lists = self.users.values().fold([0usize; 4], |n, f| {
             [
                 n[0] + f.intents.len(),
@@ -487,17 +497,17 @@ impl ActState {
                 n[3] + f.sent.len(),
             ]
         });
-        let mut flat = FlatRows {
-            users: Vec::with_capacity(self.users.len()),
-            intents: Vec::with_capacity(lists[0]),
-            cart: Vec::with_capacity(lists[1]),
-            event_ids: Vec::with_capacity(lists[2]),
-            sent: Vec::with_capacity(lists[3]),
-            candidates: (self.candidates.iter()).map(|(u, at)| (*u, *at)).collect(),
-            texts: (self.texts.entries())
-                .map(|(id, t)| (id, t.into()))
-                .collect(),
-        };
+        refill(&mut flat.users, self.users.len());
+        refill(&mut flat.intents, lists[0]);
+        refill(&mut flat.cart, lists[1]);
+        refill(&mut flat.event_ids, lists[2]);
+        refill(&mut flat.sent, lists[3]);
+        refill(&mut flat.candidates, self.candidates.len());
+        flat.candidates
+            .extend(self.candidates.iter().map(|(u, at)| (*u, *at)));
+        flat.texts.clear();
+        flat.texts
+            .extend((self.texts.entries()).map(|(id, t)| (id, t.into())));
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         for (user, f) in &self.users {
             flat.users.push(FlatUser {
@@ -522,7 +532,6 @@ impl ActState {
             flat.event_ids.extend_from_slice(&f.event_ids);
             flat.sent.extend_from_slice(&f.sent);
         }
-        flat
     }
 
     /// The whole state as stored parts: [`Self::encode_globals`] and every row

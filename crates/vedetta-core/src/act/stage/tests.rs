@@ -348,6 +348,27 @@ fn a_section_reads_back_to_the_same_bytes() {
     let mut copied = Vec::new();
     stage.copy().encode_section(&mut copied).unwrap();
     assert_eq!(live, copied);
+    // Copies made into an earlier copy's memory: of a smaller state, then of this one.
+    let smaller = run(
+        &records[..1_500],
+        set_a(),
+        &Plan {
+            splits: &[1_500],
+            ..Plan::default()
+        },
+    )
+    .stage;
+    assert!(smaller.stats().users < stage.stats().users);
+    let mut smaller_live = Vec::new();
+    smaller.encode_section(&mut smaller_live).unwrap();
+    let into_larger = smaller.copy_reusing(Some(stage.copy()));
+    let mut bytes = Vec::new();
+    into_larger.encode_section(&mut bytes).unwrap();
+    assert!(bytes == smaller_live, "a copy into a larger copy's memory");
+    let into_smaller = stage.copy_reusing(Some(into_larger));
+    bytes.clear();
+    into_smaller.encode_section(&mut bytes).unwrap();
+    assert!(bytes == live, "a copy into a smaller copy's memory");
     let restored = restore_stage(&live).unwrap();
     let mut again = Vec::new();
     restored.encode_section(&mut again).unwrap();
