@@ -20,4 +20,6 @@ pub mod engine;
 pub mod push;
 pub mod segment_window;
 pub mod stage;
+#[cfg(test)]
+mod test_traffic;
 pub mod triggers;

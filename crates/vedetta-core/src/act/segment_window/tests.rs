@@ -6,16 +6,14 @@
 
 use super::*;
 use crate::LogRecord;
+use crate::act::test_traffic::traffic;
 use crate::act::triggers::{RawTrigger, check_triggers};
-use crate::intake::{BodyFormat, IntakeContext, IntakeLimits, judge_events, judge_spend};
 use crate::pipeline::PipelineConfig;
-use crate::privacy::{PseudonymKey, Pseudonymizer};
 use crate::record::{EventKind, SpendRecord, StoredEvent, UserPseudonym};
 use crate::time::EventTime;
 use crate::watch::evaluate::{self, MinuteRow, SpendMinute, WindowData};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
-use vedetta_synth::{DEFAULT_START_MS, Generator, SynthConfig, to_ndjson_line};
 
 const MIN: i64 = 60_000;
 const SEC: i64 = 1_000;
@@ -66,37 +64,6 @@ fn rules(triggers: &[Trigger]) -> Vec<&Rule> {
 
 fn config() -> PipelineConfig {
     PipelineConfig::default()
-}
-
-/// `records` records of generated traffic (duplicates, late and out-of-order events,
-/// spend every minute) as the log holds them, in arrival order.
-fn traffic(seed: u64, records: usize) -> Vec<LogRecord> {
-    let config = SynthConfig {
-        seed,
-        start_ms: DEFAULT_START_MS,
-        sessions_per_minute: 40.0,
-        users: 2_000,
-        ..SynthConfig::default()
-    };
-    let pseudonymizer = Pseudonymizer::new(PseudonymKey::from_bytes(1, &[7; 32]).unwrap(), vec![]);
-    let limits = IntakeLimits::default();
-    let ctx = IntakeContext {
-        now_ms: 4_102_444_800_000,
-        pseudonymizer: &pseudonymizer,
-        limits: &limits,
-    };
-    let mut out = Vec::with_capacity(records);
-    let mut line = Vec::new();
-    for arrival in Generator::new(config).unwrap().take(records) {
-        let spend = matches!(arrival.record, vedetta_synth::SynthRecord::Spend(_));
-        line.clear();
-        to_ndjson_line(&arrival.record, &mut line);
-        let judge = if spend { judge_spend } else { judge_events };
-        let judged = judge(&line, BodyFormat::Ndjson, &ctx).unwrap();
-        assert!(judged.rejected.is_empty(), "{:?}", judged.rejected.first());
-        out.extend(judged.records);
-    }
-    out
 }
 
 /// The rows and spend the KPI store holds (every granularity), by name, as the processor
