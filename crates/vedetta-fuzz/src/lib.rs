@@ -20,12 +20,13 @@ pub mod intake;
 pub mod kpi_key;
 pub mod query;
 pub mod snapshot;
+pub mod trigger_stage;
 
 /// A fuzz target: takes any bytes, panics when an invariant breaks.
 pub type Target = fn(&[u8]);
 
 /// Every target by its cargo-fuzz name (`fuzz/fuzz_targets/<name>.rs`, `fuzz/corpus/<name>/`).
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("intake", intake::fuzz_intake),
     ("gzip", gzip::fuzz_gzip),
     ("kpi_query", query::fuzz_kpi_query),
@@ -33,6 +34,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("log_batch", batch::fuzz_log_batch),
     ("snapshot", snapshot::fuzz_snapshot),
     ("kpi_key", kpi_key::fuzz_kpi_key),
+    ("trigger_stage", trigger_stage::fuzz_trigger_stage),
 ];
 
 /// Splits the first byte off as a selector (which format, which endpoint…), so one target

@@ -76,7 +76,7 @@ fn summarize(state: &PipelineState) -> String {
 
 /// A few valid records to continue with: the intake target's seeds judged as the server
 /// would, so they are records intake accepts.
-fn records() -> Vec<LogRecord> {
+pub(crate) fn records() -> Vec<LogRecord> {
     let body = br#"[
         {"udid":"fuzz-a","type":"page_view","ts":1763999000000,"channel":"social","campaign":"spring"},
         {"udid":"fuzz-a","type":"purchase","ts":1763999100000,"value":19.9,"event_id":"e1"},
