@@ -618,7 +618,19 @@ impl ActState {
                 state.next_row
             )));
         }
+        // Rows come in key order, each key once (a table's order, and the order the
+        // snapshot section lists them in): two users under one key would be encoded in the
+        // map's order, so the same state would give other bytes (found by the fuzz target
+        // `trigger_stage`), and the store would hold one of them.
+        let mut last_key: Option<u64> = None;
         for (key, row) in rows {
+            if last_key.is_some_and(|last| key <= last) {
+                return Err(ActStateError::Body(format!(
+                    "row key {key} after row key {} (rows must come in key order, each key once)",
+                    last_key.unwrap_or_default()
+                )));
+            }
+            last_key = Some(key);
             let Some((&format, body)) = row.split_first() else {
                 return Err(ActStateError::Empty);
             };

@@ -1019,6 +1019,47 @@ fn stored_user_rows_that_could_meet_another_s_key_are_refused() {
     assert!(message.contains("next row key"), "{message}");
 }
 
+/// Regression (fuzz target `trigger_stage`): a snapshot section listing two users under one
+/// row key restored, and the state then encoded its rows in the user map's order, so equal
+/// states gave other bytes. Rows must come in key order, each key once.
+#[test]
+fn rows_under_one_key_or_out_of_order_are_refused() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    for n in [1, 2] {
+        engine.observe(&view(n, T0, "x"), &mut Vec::new());
+    }
+    let (globals, rows) = engine.state().encode_whole().unwrap();
+    let users: Vec<&[u8]> = (rows.iter())
+        .filter(|(key, _)| *key < TEXT_ROWS)
+        .map(|(_, row)| row.as_slice())
+        .collect();
+    assert_eq!(users.len(), 2);
+    let texts = rows.iter().filter(|(key, _)| *key >= TEXT_ROWS);
+    let with = |users: Vec<(u64, &[u8])>| {
+        let all: Vec<(u64, &[u8])> = users
+            .into_iter()
+            .chain(texts.clone().map(|(k, r)| (*k, r.as_slice())))
+            .collect();
+        ActState::decode_stored(&globals, all)
+    };
+    assert!(with(vec![(0, users[0]), (1, users[1])]).is_ok());
+    for bad in [
+        vec![(0, users[0]), (0, users[1])],
+        vec![(1, users[1]), (0, users[0])],
+    ] {
+        match with(bad) {
+            Err(ActStateError::Body(message)) => {
+                assert!(message.contains("key order"), "{message}")
+            }
+            other => panic!("{:?}", other.map(|s| s.state.users.len())),
+        }
+    }
+}
+
 /// Regression: a channel or campaign longer than [`MAX_TEXT_BYTES`] was kept cut, so its
 /// users were never selected when its segment fired (the KPI groups hold it whole), and
 /// were selected, as that segment, when the segment of a campaign spelled like its cut
