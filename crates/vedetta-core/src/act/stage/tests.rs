@@ -553,6 +553,28 @@ fn staged_outputs_round_trip() {
     assert!(StagedOutput::decode(&bytes[..bytes.len() - 1]).is_err());
 }
 
+/// Regression (fuzz target `trigger_stage`): serde_json read some floats it had written one
+/// unit in the last place off (its fast parser), so a staged CPA came back changed; the
+/// workspace enables its `float_roundtrip` parser.
+#[test]
+fn a_staged_cpa_reads_back_exactly() {
+    for cpa in [4.444444444444445e98, 0.1 + 0.2, 1.0 / 3.0, f64::MAX, 5e-324] {
+        let mut output = StagedOutput::decode(
+            &[&[STAGED_OUTPUT_FORMAT][..], br#"{"trigger":"t","kind":"segment_cpa","segment":null,"group":[],"user":null,"event":null,"signal":{"signal":"firing","cpa":1.0,"threshold":20.0,"at_ms":0},"at_ms":0,"destinations":[]}"#].concat(),
+        )
+        .unwrap();
+        if let Some(signal) = output.signal.as_mut() {
+            signal.cpa = Some(cpa);
+        }
+        let read = StagedOutput::decode(&output.encode().unwrap()).unwrap();
+        assert_eq!(
+            read.signal.and_then(|s| s.cpa).map(f64::to_bits),
+            Some(cpa.to_bits()),
+            "{cpa:e}"
+        );
+    }
+}
+
 #[test]
 fn bad_sections_are_errors_not_panics() {
     let mut records = traffic(17, 4_000);
