@@ -57,11 +57,13 @@ const FAST_CHECKOUT_MS: i64 = 5_000;
 mod legacy;
 mod stored;
 mod texts;
+mod users;
 pub(crate) use stored::AppendTo;
 pub use stored::{
     ACT_STATE_FORMAT, FlatRows, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT,
 };
 pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
+pub use users::UserTable;
 
 /// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
 fn clipped(text: &str) -> &str {
@@ -213,10 +215,9 @@ pub struct SegmentState {
 /// Everything the engine keeps: stored with the consumed offset, in one commit.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ActState {
-    /// By pseudonym; a hash map for the per-event lookup, encoded in pseudonym order (the
-    /// same bytes as the `BTreeMap` of format 1).
-    #[serde(serialize_with = "sorted_map")]
-    pub users: FastHashMap<UserPseudonym, UserFacts>,
+    /// By pseudonym (see [`UserTable`]), encoded in pseudonym order (the same bytes as the
+    /// `BTreeMap` of format 1).
+    pub users: UserTable,
     /// Firing segments by (trigger, group values).
     pub segments: BTreeMap<(String, Vec<String>), SegmentState>,
     /// The highest event time observed.
@@ -710,20 +711,15 @@ impl Engine {
         }
         self.changed.insert(event.user);
         let is_conversion = self.is_conversion(&event.kind);
-        let (user, new) = match self.state.users.entry(event.user) {
-            std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let row = self.state.next_row;
-                self.state.next_row += 1;
-                (
-                    v.insert(UserFacts {
-                        row,
-                        ..UserFacts::default()
-                    }),
-                    true,
-                )
+        let next_row = &mut self.state.next_row;
+        let (user, new) = self.state.users.get_or_insert_with(event.user, || {
+            let row = *next_row;
+            *next_row += 1;
+            UserFacts {
+                row,
+                ..UserFacts::default()
             }
-        };
+        });
         let seen_minute = minute_of(user.last_seen_ms);
         user.last_seen_ms = user.last_seen_ms.max(at);
         if new || minute_of(user.last_seen_ms) != seen_minute {
