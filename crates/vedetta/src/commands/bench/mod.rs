@@ -24,6 +24,7 @@ use vedetta_synth::{SynthConfig, SynthRecord, to_ndjson_line};
 mod alerts;
 mod pipeline;
 mod push;
+mod stage;
 mod tracker;
 mod webhooks;
 
@@ -42,6 +43,9 @@ pub enum BenchCommand {
     Tracker(tracker::TrackerBenchArgs),
     /// Trigger pushes: from a batch's first event to the receiver, at the push interval.
     Push(push::PushBenchArgs),
+    /// What the trigger stage adds to the processor's CPU: the same generated records at
+    /// `--rate` events a second of event time, processed with and without it on one thread.
+    Stage(stage::StageBenchArgs),
     /// Shopify and mapped (ERP/middleware) webhooks at a fixed rate each: latency
     /// percentiles of durable answers.
     Webhooks(webhooks::WebhooksBenchArgs),
@@ -81,6 +85,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Alerts(args) => alerts::run(&args),
         BenchCommand::Tracker(args) => tracker::run(&args),
         BenchCommand::Push(args) => push::run(&args),
+        BenchCommand::Stage(args) => stage::run(&args),
         BenchCommand::Webhooks(args) => webhooks::run(&args),
     }
 }
