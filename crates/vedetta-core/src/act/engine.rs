@@ -2,7 +2,8 @@
 //! log order, with event time; pure and deterministic (no clock, no I/O).
 //!
 //! ```text
-//! observe(event)      ─► per-user facts (consent, touch, intents, cart, conversions)
+//! observe_judged(event, the pipeline's verdict)   (the trigger stage; observe: judging itself)
+//!                     ─► per-user facts (consent, intents, cart, conversions)
 //!                        ─► tag and conversion_feed outputs at once
 //! judge_minute(m, KPI totals of [m − over, m)) ─► segment_cpa: firing / recovered signals,
 //!                        and while firing the segment's users with intent and no conversion
@@ -12,15 +13,17 @@
 //! - **Segment CPA** is judged on the KPI store's 1-minute rows with the alert rules' own
 //!   functions ([`group_totals`](crate::watch::evaluate::group_totals), the same volume
 //!   guard), so it means the segment's attributed clean conversions against its spend.
-//!   Intent (a product view or an add to cart) is placed in a segment by the event's
-//!   device and region and by its touch; a direct event takes the user's latest
-//!   non-direct touch, as `last_non_direct` does (this state does not rebuild sessions:
-//!   see `docs/triggers.md`).
+//!   Intent (a product view or an add to cart) is placed in the (channel, campaign) the
+//!   pipeline counts its event under: the session's touch under the attribution model,
+//!   folded as the KPI rows are ([`Engine::observe_judged`]).
 //! - **Clean conversions** (conversion_feed, tag, abandoned cart): a conversion type (from
-//!   the pipeline settings), not a repeat of one of the user's last event ids, not within
-//!   100 ms of the user's previous conversion of the same type, not within 5 s after a
-//!   registration (the default sequence rule). An out-of-order registration that arrives
-//!   after the purchase does not take back a push already made.
+//!   the pipeline settings) that the pipeline accepted (not a duplicate) and did not flag
+//!   by a sequence rule. An out-of-order registration that arrives after the purchase does
+//!   not take back a push already made.
+//! - **Which users**: only an intent or a clean conversion makes a user; a visit that can
+//!   select no one leaves nothing. ([`Engine::observe`], the engine judging events itself
+//!   by its own checks and keeping each visitor a day for its touch, is what the engine's
+//!   unit tests and the consumer-era benches drive.)
 //! - **Consent**: a user's marketing consent is the last explicit value its events gave; a
 //!   user without it is counted (`withheld`) and never selected.
 //! - **Cooldown** per trigger and user; **bounded state**: each user keeps at most
@@ -310,6 +313,51 @@ pub struct Engine {
     /// Users changed and rows forgotten since the last [`Engine::take_changes`] (nothing
     /// once [`Engine::without_change_tracking`]).
     changed: Changes,
+    /// Whether events come with the pipeline's verdicts ([`Engine::observe_judged`]): then
+    /// a user is held only for what can select it (intents, a cart, cooldowns), not for a
+    /// day for its touch, which the pipeline's attribution keeps.
+    judged: bool,
+    /// The (channel, campaign) text ids of the pipeline's dimension tuples met, by tuple id
+    /// (derived: emptied when the texts are compacted, never stored).
+    counted_texts: Vec<Option<[TextId; 2]>>,
+}
+
+/// The pipeline's verdict as [`Engine::observe_with`] takes it (`None` there: the engine
+/// judges the event itself).
+#[derive(Clone, Copy, Debug)]
+struct Verdict {
+    flagged: bool,
+    /// The (channel, campaign) the event is counted under.
+    placement: Option<[TextId; 2]>,
+}
+
+/// A product view or an add to cart: what can make a user a candidate or fill a cart.
+#[inline]
+fn is_intent(event: &StoredEvent) -> bool {
+    match event.kind {
+        EventKind::AddToCart => true,
+        EventKind::PageView => event.product_id.is_some(),
+        _ => false,
+    }
+}
+
+/// The most tuple ids [`Engine::observe_judged`] remembers the texts of (the pipeline's
+/// tuples are bounded by its settings; past this the texts are looked up each time).
+const MAX_COUNTED_TEXTS: usize = 1 << 20;
+
+/// What the pipeline made of an event, as [`Engine::observe_judged`] takes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Judged<'a> {
+    /// A duplicate or a refund: nothing of it is observed.
+    pub ignored: bool,
+    /// Flagged by a sequence rule: not a clean conversion.
+    pub flagged: bool,
+    /// The id and the tuple its contribution is counted under (see
+    /// [`crate::pipeline::EventVerdict`]).
+    pub counted: Option<(
+        crate::pipeline::kpi::DimsId,
+        &'a crate::pipeline::dims::Dims,
+    )>,
 }
 
 /// What [`Engine::take_changes`] writes next: the users changed since the last take and
@@ -513,6 +561,8 @@ impl Engine {
                 users: HashSet::default(),
                 forgotten_rows: Vec::new(),
             },
+            judged: false,
+            counted_texts: Vec::new(),
         };
         engine.set_triggers(triggers);
         engine
@@ -549,7 +599,9 @@ impl Engine {
             });
         }
         self.state.texts.compact(&referenced);
-        // Ids freed may be given again: the candidates' segment ids are made afresh.
+        // Ids freed may be given again: the candidates' segment ids are made afresh, and
+        // the tuples' texts looked up again.
+        self.counted_texts.clear();
         self.rebuild_segment_ids();
     }
 
@@ -666,6 +718,13 @@ impl Engine {
         self
     }
 
+    /// An engine fed by [`Engine::observe_judged`] (the trigger stage's): users are held
+    /// for the triggers' horizon only (see `judged`).
+    pub fn with_pipeline_verdicts(mut self) -> Self {
+        self.judged = true;
+        self
+    }
+
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
     /// what it means in the KPIs.
     pub fn with_enrichment(mut self, config: EnrichConfig) -> Self {
@@ -700,26 +759,102 @@ impl Engine {
         self.conversion_types.contains(kind)
     }
 
-    /// One accepted event, in log order. With no trigger in force nothing is kept of it
-    /// (a trigger set acts on the events observed once it is loaded; `vedetta triggers
-    /// backtest` covers the history).
+    /// One accepted event, in log order, the engine judging it itself: exact duplicates by
+    /// the user's last event ids, near duplicates and fast checkouts by its own checks, an
+    /// intent placed by the user's last non-direct touch (kept a day). What `vedetta
+    /// triggers backtest` runs over the log; the trigger stage uses
+    /// [`Self::observe_judged`]. With no trigger in force nothing is kept of it (a trigger
+    /// set acts on the events observed once it is loaded; the backtest covers the history).
     pub fn observe(&mut self, event: &StoredEvent, out: &mut Vec<Output>) {
+        self.observe_with(event, None, out);
+    }
+
+    /// One event with the pipeline's verdict on it (the trigger stage): a duplicate or a
+    /// refund is not observed; a conversion is clean unless the pipeline flagged it; an
+    /// intent is placed in the (channel, campaign) the pipeline counts the event under (its
+    /// session's touch under the attribution model, folded as the KPI rows are, so a
+    /// segment folded into "(other)" selects its users). Only an intent or a clean
+    /// conversion makes a user: a visit that can select no one leaves nothing here.
+    pub fn observe_judged(
+        &mut self,
+        event: &StoredEvent,
+        judged: Judged<'_>,
+        out: &mut Vec<Output>,
+    ) {
+        if judged.ignored {
+            let at = event.ts.0;
+            self.state.max_event_ms = Some(self.state.max_event_ms.map_or(at, |m| m.max(at)));
+            return;
+        }
+        let placement = match judged.counted {
+            Some((id, dims)) if !self.triggers.is_empty() => Some(self.counted_texts(id, dims)),
+            _ => None,
+        };
+        let verdict = Verdict {
+            flagged: judged.flagged,
+            placement,
+        };
+        self.observe_with(event, Some(verdict), out);
+    }
+
+    /// The (channel, campaign) text ids of the pipeline's tuple `id`.
+    #[inline]
+    fn counted_texts(
+        &mut self,
+        id: crate::pipeline::kpi::DimsId,
+        dims: &crate::pipeline::dims::Dims,
+    ) -> [TextId; 2] {
+        let at = id as usize;
+        if let Some(Some(known)) = self.counted_texts.get(at) {
+            return *known;
+        }
+        let texts = &mut self.state.texts;
+        let ids = [
+            text_id(texts, None, &dim_text(&dims.channel)),
+            text_id(texts, None, &dim_text(&dims.campaign)),
+        ];
+        // A text not kept (the table full) is looked up again next time.
+        if at < MAX_COUNTED_TEXTS && !ids.contains(&TextId::NOT_KEPT) {
+            if self.counted_texts.len() <= at {
+                self.counted_texts.resize(at + 1, None);
+            }
+            self.counted_texts[at] = Some(ids);
+        }
+        ids
+    }
+
+    fn observe_with(
+        &mut self,
+        event: &StoredEvent,
+        verdict: Option<Verdict>,
+        out: &mut Vec<Output>,
+    ) {
         let at = event.ts.0;
         self.state.max_event_ms = Some(self.state.max_event_ms.map_or(at, |m| m.max(at)));
         if self.triggers.is_empty() {
             return;
         }
-        self.changed.insert(event.user);
         let is_conversion = self.is_conversion(&event.kind);
         let next_row = &mut self.state.next_row;
-        let (user, new) = self.state.users.get_or_insert_with(event.user, || {
+        let new_facts = || {
             let row = *next_row;
             *next_row += 1;
             UserFacts {
                 row,
                 ..UserFacts::default()
             }
-        });
+        };
+        let (user, new) = match &verdict {
+            Some(v) if !(is_intent(event) || (is_conversion && !v.flagged)) => {
+                // A visit that can select no one: only a user already held takes it in.
+                match self.state.users.get_mut(&event.user) {
+                    Some(user) => (user, false),
+                    None => return,
+                }
+            }
+            _ => self.state.users.get_or_insert_with(event.user, new_facts),
+        };
+        self.changed.insert(event.user);
         let seen_minute = minute_of(user.last_seen_ms);
         user.last_seen_ms = user.last_seen_ms.max(at);
         if new || minute_of(user.last_seen_ms) != seen_minute {
@@ -733,54 +868,58 @@ impl Engine {
         if let Some(marketing) = event.consent.marketing {
             user.marketing = marketing;
         }
-        // Exact duplicates: the same event id again.
-        if let Some(id) = &event.event_id {
-            let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
-            if user.event_ids.contains(&hash) {
-                return;
-            }
-            if user.event_ids.len() >= MAX_EVENT_IDS {
-                user.event_ids.remove(0);
-            }
-            user.event_ids.push(hash);
-        }
-        // The touch needs only the channel grouping (no user-agent parse).
-        let channel = channel_of(event, &self.internal_hosts);
         let texts = &mut self.state.texts;
-        // The event's own (channel, campaign), once interned (the touch's ids are tried
-        // first: a returning user mostly comes back the same way).
+        // The engine's own judging (no verdict): exact duplicates, the touch.
+        let mut channel = std::borrow::Cow::Borrowed(DIRECT);
         let mut own: Option<[TextId; 2]> = None;
-        if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
-            let c = text_id(texts, user.touch.map(|t| t.0), &dim_text(&channel));
-            let k = text_id(
-                texts,
-                user.touch.map(|t| t.1),
-                &dim_text(campaign_of(event)),
-            );
-            user.touch = Some((c, k, at));
-            own = Some([c, k]);
+        if verdict.is_none() {
+            // Exact duplicates: the same event id again.
+            if let Some(id) = &event.event_id {
+                let hash = xxhash_rust::xxh3::xxh3_64(id.as_bytes());
+                if user.event_ids.contains(&hash) {
+                    return;
+                }
+                if user.event_ids.len() >= MAX_EVENT_IDS {
+                    user.event_ids.remove(0);
+                }
+                user.event_ids.push(hash);
+            }
+            // The touch needs only the channel grouping (no user-agent parse).
+            channel = channel_of(event, &self.internal_hosts);
+            // The event's own (channel, campaign), once interned (the touch's ids are tried
+            // first: a returning user mostly comes back the same way).
+            if channel != DIRECT && user.touch.as_ref().is_none_or(|t| t.2 <= at) {
+                let c = text_id(texts, user.touch.map(|t| t.0), &dim_text(&channel));
+                let k = text_id(
+                    texts,
+                    user.touch.map(|t| t.1),
+                    &dim_text(campaign_of(event)),
+                );
+                user.touch = Some((c, k, at));
+                own = Some([c, k]);
+            }
         }
         match &event.kind {
-            EventKind::Registration => {
+            EventKind::Registration if verdict.is_none() => {
                 user.last_registration_ms =
                     Some(user.last_registration_ms.map_or(at, |r| r.max(at)));
             }
-            EventKind::PageView | EventKind::AddToCart
-                if event.product_id.is_some() || event.kind == EventKind::AddToCart =>
-            {
+            EventKind::PageView | EventKind::AddToCart if is_intent(event) => {
                 if user.intents.len() >= MAX_INTENTS {
                     user.intents.remove(0);
                 }
-                // The event's own segment, or for a direct event the user's latest
-                // non-direct touch within the lookback.
-                let dims = match user.touch {
-                    Some((c, k, touched))
+                let dims = match (&verdict, user.touch) {
+                    // Where the pipeline counts it.
+                    (Some(v), _) => v.placement.unwrap_or([TextId::NOT_KEPT; 2]),
+                    // The event's own segment, or for a direct event the user's latest
+                    // non-direct touch within the lookback.
+                    (None, Some((c, k, touched)))
                         if channel == DIRECT
                             && event.ts.0.saturating_sub(touched) <= TOUCH_LOOKBACK_MS =>
                     {
                         [c, k]
                     }
-                    _ => match own {
+                    (None, _) => match own {
                         Some(own) => own,
                         None => {
                             let hint = user.touch;
@@ -845,16 +984,22 @@ impl Engine {
         }
         let kind = event.kind.as_str();
         let texts = &mut self.state.texts;
-        let near_duplicate = user
-            .last_conversion_kind
-            .is_some_and(|k| texts.is(k, clipped(kind)))
-            && user
-                .last_conversion_ms
-                .is_some_and(|c| c.abs_diff(at) < NEAR_DUPLICATE_MS as u64);
-        let fast = user
-            .last_registration_ms
-            .is_some_and(|r| at >= r && at.abs_diff(r) < FAST_CHECKOUT_MS as u64);
-        if near_duplicate || fast {
+        let clean = match &verdict {
+            Some(v) => !v.flagged,
+            None => {
+                let near_duplicate = user
+                    .last_conversion_kind
+                    .is_some_and(|k| texts.is(k, clipped(kind)))
+                    && user
+                        .last_conversion_ms
+                        .is_some_and(|c| c.abs_diff(at) < NEAR_DUPLICATE_MS as u64);
+                let fast = user
+                    .last_registration_ms
+                    .is_some_and(|r| at >= r && at.abs_diff(r) < FAST_CHECKOUT_MS as u64);
+                !near_duplicate && !fast
+            }
+        };
+        if !clean {
             return;
         }
         user.last_conversion_ms = Some(user.last_conversion_ms.map_or(at, |c| c.max(at)));
@@ -1357,7 +1502,13 @@ impl Engine {
         // A user is kept while it can still be selected or is in a cooldown; the purchase
         // count (first purchase) goes with it. An active user's lists are already bounded
         // (one cooldown per trigger, MAX_INTENTS intents): only idle users are looked at.
-        let keep_ms = horizon.max(TOUCH_LOOKBACK_MS.min(86_400_000));
+        // Judging itself, the engine keeps a user a day for its touch; with the pipeline's
+        // verdicts the touch is the pipeline's, and a user is kept for the horizon only.
+        let keep_ms = if self.judged {
+            horizon
+        } else {
+            horizon.max(TOUCH_LOOKBACK_MS.min(86_400_000))
+        };
         let idle = |user: &UserFacts| user.last_seen_ms.saturating_add(keep_ms) <= watermark;
         // The users idle since this advance (from the minutes of their last events), and
         // the idle users kept for a cooldown or a cart whose time to look again came.

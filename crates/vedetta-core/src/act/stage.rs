@@ -54,13 +54,13 @@
 //! ([`Engine::without_change_tracking`]): its state is stored whole with each snapshot, so
 //! recording which users a step changed (for per-user rows) would be wasted work.
 
-use super::engine::{ActState, ActStateError, AppendTo, Engine, FlatRows, Output};
+use super::engine::{ActState, ActStateError, AppendTo, Engine, FlatRows, Judged, Output};
 use super::push::{Push, PushEvent, SignalNotice};
 use super::segment_window::{SegmentWindow, SegmentWindowError, SegmentWindowState};
 use super::triggers::{RawTrigger, Trigger, TriggerError, check_triggers};
 use crate::enrich::EnrichConfig;
-use crate::pipeline::Pipeline;
 use crate::pipeline::kpi::KpiDeltas;
+use crate::pipeline::{EventVerdict, Pipeline};
 use crate::record::{EventKind, LogRecord, UserPseudonym};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -305,6 +305,7 @@ impl TriggerStage {
     ) -> Self {
         let engine = Engine::new(set.triggers.clone(), conversion_types, state)
             .with_enrichment(enrich)
+            .with_pipeline_verdicts()
             .without_change_tracking();
         TriggerStage {
             engine,
@@ -397,7 +398,21 @@ impl TriggerStage {
         let engine = &mut self.engine;
         let outputs = &mut self.outputs;
         if let LogRecord::Event(event) = record {
-            engine.observe(event, outputs);
+            let judged = match pipeline.last_verdict() {
+                Some(EventVerdict::Accepted {
+                    flagged, counted, ..
+                }) => Judged {
+                    ignored: false,
+                    flagged,
+                    counted: pipeline.dims_of(counted).map(|dims| (counted, dims)),
+                },
+                _ => Judged {
+                    ignored: true,
+                    flagged: false,
+                    counted: None,
+                },
+            };
+            engine.observe_judged(event, judged, outputs);
         }
         self.window.after_record(pipeline, |totals| {
             let minute_end = totals.minute_end();

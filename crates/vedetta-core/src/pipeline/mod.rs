@@ -354,6 +354,29 @@ pub struct Pipeline {
     /// No key of `state.expiry` is below this minute (`i64::MIN`: not known yet): most
     /// records find nobody due without looking into the map.
     first_due_minute: i64,
+    /// What the last record processed was judged (`None` after a spend record).
+    last_verdict: Option<EventVerdict>,
+}
+
+/// What the pipeline made of one event, for the stages after it (the trigger stage): so
+/// that they count exactly what the KPIs count, without deciding it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventVerdict {
+    /// A duplicate (by event id, by user, type and time, or by order id): counted nowhere.
+    Duplicate,
+    /// A refund: it takes value from its order, it is no event of a user.
+    Refund,
+    Accepted {
+        /// Flagged by a sequence rule (when it was processed: a rule's earlier event
+        /// arriving later flags it afterwards).
+        flagged: bool,
+        /// Of a conversion type.
+        conversion: bool,
+        /// The dimension tuple its contribution is counted under (its session's touch under
+        /// the attribution model, with the event's device and region), as the KPI rows
+        /// name it (folded where the bounds fold).
+        counted: DimsId,
+    },
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -419,6 +442,7 @@ impl Pipeline {
             dormant_swept_hour: None,
             spare_lists: SpareLists::default(),
             first_due_minute: i64::MIN,
+            last_verdict: None,
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -655,11 +679,25 @@ impl Pipeline {
 
     /// Processes the record at `offset`. Records must come in log order, each once.
     pub fn process(&mut self, offset: u64, record: &LogRecord) {
-        match record {
-            LogRecord::Event(event) => self.process_event(event),
-            LogRecord::Spend(spend) => self.process_spend(spend),
-        }
+        self.last_verdict = match record {
+            LogRecord::Event(event) => Some(self.process_event(event)),
+            LogRecord::Spend(spend) => {
+                self.process_spend(spend);
+                None
+            }
+        };
         self.state.next_offset = offset + 1;
+    }
+
+    /// What the last record processed was judged (`None` for spend, or before any record).
+    #[inline]
+    pub fn last_verdict(&self) -> Option<EventVerdict> {
+        self.last_verdict
+    }
+
+    /// The dimension tuple of an id of this pipeline (as [`EventVerdict::Accepted`] gives).
+    pub fn dims_of(&self, id: DimsId) -> Option<&dims::Dims> {
+        self.dims.get(id)
     }
 
     /// The id of an event type: built-ins inline, custom types by name (out of line).
@@ -742,7 +780,7 @@ impl Pipeline {
         }
     }
 
-    fn process_event(&mut self, event: &StoredEvent) {
+    fn process_event(&mut self, event: &StoredEvent) -> EventVerdict {
         let ts = event.ts.0;
         self.state.counters.events += 1;
         // The watermark before this record decides lateness; then the record moves it.
@@ -810,7 +848,7 @@ impl Pipeline {
                     .duplicates += 1;
             }
             self.expire(watermark);
-            return;
+            return EventVerdict::Duplicate;
         }
         if let Some(slot) = id_slot {
             slot.remember(ts);
@@ -821,7 +859,7 @@ impl Pipeline {
         if refund {
             self.process_refund(event, watermark);
             self.expire(watermark);
-            return;
+            return EventVerdict::Refund;
         }
         self.state.counters.accepted += 1;
 
@@ -858,8 +896,13 @@ impl Pipeline {
             };
             self.hold_order(order_id, key, value_micros, watermark);
         }
-        self.accept(event.user, entry, watermark);
+        let (flagged, counted) = self.accept(event.user, entry, watermark);
         self.expire(watermark);
+        EventVerdict::Accepted {
+            flagged,
+            conversion,
+            counted: if counted == NO_DIMS { dims } else { counted },
+        }
     }
 
     /// Remembers an accepted conversion's order as held by its entry, and gives it the
@@ -1028,7 +1071,14 @@ impl Pipeline {
     }
 
     /// Inserts an accepted event into its user's state and emits every change it causes.
-    fn accept(&mut self, user: UserPseudonym, mut entry: EventEntry, watermark: Option<i64>) {
+    /// Holds the entry in its user's state and counts it; gives back whether it was flagged
+    /// and the dimensions it is counted under.
+    fn accept(
+        &mut self,
+        user: UserPseudonym,
+        mut entry: EventEntry,
+        watermark: Option<i64>,
+    ) -> (bool, DimsId) {
         let gap = self.config.session_gap_ms;
         let horizon = watermark.map(|w| self.horizon(w));
         let Self {
@@ -1151,6 +1201,10 @@ impl Pipeline {
                 settle(user_state, earlier, spans, dims, &mut rows, config);
             }
         }
+        let verdict = {
+            let new = &user_state.entries[index];
+            (new.flagged(), new.counted)
+        };
         if user_state.entries.len() > config.max_events_per_user {
             let excess = user_state.entries.len() - config.max_events_per_user;
             // Rare (a bot's endless session): the dropped entries' orders become final.
@@ -1176,6 +1230,7 @@ impl Pipeline {
             state.counters.truncated_users += 1;
             finalize_orders(&mut state.refunds, user, &dropped);
         }
+        verdict
     }
 
     /// Drops state that no event within the allowed lateness can need any more.

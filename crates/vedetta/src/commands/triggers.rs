@@ -2,21 +2,22 @@
 //!
 //! `check` validates a triggers file against the configuration's destinations, naming the
 //! trigger and the key of every mistake. `backtest` replays the stored log through the
-//! trigger engine exactly as the server's consumer does (events in log order, each minute
-//! judged on the stored 1-minute KPIs once the watermark passes it) and reports whom each
-//! trigger would have sent between `--from` and `--to`. It sends nothing and writes nothing.
+//! pipeline and the trigger stage exactly as the server's processor runs them (every
+//! record in log order from the log's first, the engine taking the pipeline's verdicts,
+//! each minute judged on the window's totals of the replayed pipeline's own KPI deltas
+//! once the watermark passes it) and reports whom each trigger would have sent between
+//! `--from` and `--to`. It sends nothing and writes nothing; it reads the log only.
 
 use crate::config::{self, Overrides};
 use anyhow::Context;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use vedetta_core::act::engine::{ActState, Engine, Output};
 use vedetta_core::act::push::SegmentSignal;
-use vedetta_core::act::triggers::TriggerKind;
+use vedetta_core::act::stage::{StagedOutput, TriggerStage};
+use vedetta_core::pipeline::Pipeline;
 use vedetta_core::record::LogRecord;
 use vedetta_core::time::EventTime;
-use vedetta_core::watch::evaluate::group_totals;
-use vedetta_store::{EventLog, KpiStore};
+use vedetta_store::EventLog;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TriggersCommand {
@@ -93,7 +94,8 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.triggers {
         config.triggers.file = Some(file.clone());
     }
-    let triggers = config.triggers.load().map_err(|e| anyhow::anyhow!(e))?;
+    let set = config.triggers.load_set().map_err(|e| anyhow::anyhow!(e))?;
+    let triggers = set.triggers.clone();
     let parse = |what: &str, text: &str| -> anyhow::Result<i64> {
         let ts: jiff::Timestamp = text
             .parse()
@@ -106,45 +108,34 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
         to - from <= 92 * 86_400_000,
         "at most 92 days at a time (a minute-by-minute replay)"
     );
-    let busy = |path: &std::path::Path| {
-        format!(
-            "cannot open {} (stop the server, or backtest on a copy of the data directory)",
-            path.display()
-        )
-    };
-    let store_path = config.data_dir.join("kpis.redb");
-    let (store, _) = KpiStore::open(&store_path).with_context(|| busy(&store_path))?;
     let log_path = config.data_dir.join("log.redb");
-    let (log, _) = EventLog::open(&log_path, config.ingest.quarantine_capacity)
-        .with_context(|| busy(&log_path))?;
+    let (log, _) =
+        EventLog::open(&log_path, config.ingest.quarantine_capacity).with_context(|| {
+            format!(
+                "cannot open {} (stop the server, or backtest on a copy of the data directory)",
+                log_path.display()
+            )
+        })?;
     let rules = &config.pipeline.rules;
-    let longest = triggers
-        .iter()
-        .filter_map(|t| match &t.kind {
-            TriggerKind::SegmentCpa { rule, .. } => Some(rule.over_ms),
-            _ => None,
-        })
-        .max();
-    let mut engine = Engine::new(
-        triggers.clone(),
+    let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
+    let mut pipeline = Pipeline::new(rules.clone(), regions);
+    let mut stage = TriggerStage::new(
+        set,
         rules.conversion_types.clone(),
-        ActState::default(),
+        rules.enrich.clone(),
+        rules.out_of_orderness_ms,
     )
-    .with_enrichment(rules.enrich.clone());
-    let minute = 60_000;
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reports: BTreeMap<String, Report> = triggers
         .iter()
         .map(|t| (t.name.clone(), Report::default()))
         .collect();
-    let mut record = |outputs: &mut Vec<Output>, engine: &Engine| {
-        for o in outputs.drain(..) {
+    let mut record = |staged: Vec<(u64, StagedOutput)>| {
+        for (_, o) in staged {
             if o.at_ms < from || o.at_ms >= to {
                 continue;
             }
-            let Some(t) = engine.triggers().get(o.trigger) else {
-                continue;
-            };
-            let Some(r) = reports.get_mut(&t.name) else {
+            let Some(r) = reports.get_mut(&o.trigger) else {
                 continue;
             };
             let at = EventTime(o.at_ms).to_rfc3339();
@@ -164,26 +155,6 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let mut outputs = Vec::new();
-    let mut max_ts: Option<i64> = None;
-    let mut judged_through = from.div_euclid(minute) * minute;
-    let mut judge_until =
-        |engine: &mut Engine, outputs: &mut Vec<Output>, watermark: i64| -> anyhow::Result<()> {
-            let last_end = watermark.min(to).div_euclid(minute) * minute;
-            while judged_through < last_end {
-                let m = judged_through + minute;
-                match longest {
-                    Some(over) => {
-                        let data = crate::watch::evaluation::read_window(&store, m - over, m)?;
-                        engine.judge_minute(m, &mut |rule| group_totals(rule, m, &data), outputs);
-                    }
-                    None => engine.judge_minute(m, &mut |_| Default::default(), outputs),
-                }
-                judged_through = m;
-            }
-            engine.advance(watermark, outputs);
-            Ok(())
-        };
     let mut offset = log.start_offset();
     let end = log.end_offset();
     let mut records = 0u64;
@@ -192,25 +163,17 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
         let Some(last) = batch.last().map(|(o, _)| *o) else {
             break;
         };
-        for (_, r) in &batch {
-            if let LogRecord::Event(event) = r {
-                engine.observe(event, &mut outputs);
-                max_ts = Some(max_ts.map_or(event.ts.0, |m| m.max(event.ts.0)));
-                records += 1;
-            }
+        for (o, r) in &batch {
+            pipeline.process(*o, r);
+            stage.after_record(&mut pipeline, r);
+            records += u64::from(matches!(r, LogRecord::Event(_)));
         }
-        if let Some(w) = max_ts.map(|m| m - rules.out_of_orderness_ms) {
-            judge_until(&mut engine, &mut outputs, w)?;
-        }
-        record(&mut outputs, &engine);
+        // (The deltas go nowhere: the window keeps what it judges on.)
+        drop(stage.take_batch_deltas(&mut pipeline));
+        record(stage.take_staged());
         offset = last + 1;
     }
-    // The end of the stored history: every minute up to `to` that the log reached.
-    if let Some(w) = max_ts {
-        judge_until(&mut engine, &mut outputs, w)?;
-        record(&mut outputs, &engine);
-    }
-    let withheld = engine.state().withheld.clone();
+    let withheld = stage.engine().state().withheld.clone();
     if args.json {
         let report: Vec<serde_json::Value> = reports
             .iter()

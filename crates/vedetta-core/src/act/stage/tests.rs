@@ -746,3 +746,159 @@ fn change_tracking_off_decides_the_same() {
     assert!(changes.users.is_empty());
     assert_eq!(changes.globals, with.state().encode_globals().unwrap());
 }
+
+// The stage observes events with the pipeline's verdicts (`Engine::observe_judged`).
+
+const T0: i64 = 1_764_928_800_000; // 2025-12-05T10:00:00Z, a minute's start
+const SECOND: i64 = 1_000;
+
+fn shopper(n: u8, kind: EventKind, ts: i64) -> crate::record::StoredEvent {
+    crate::record::StoredEvent {
+        channel: Some("social".into()),
+        campaign: Some("saldi".into()),
+        device: Some("mobile".into()),
+        region: Some("Lombardia".into()),
+        event_id: Some(format!("e-{n}-{ts}-{kind:?}")),
+        consent: crate::record::Consent {
+            analytics: None,
+            marketing: Some(true),
+        },
+        value: Some(40.0),
+        ..crate::record::StoredEvent::bare(UserPseudonym([n; 16]), kind, crate::time::EventTime(ts))
+    }
+}
+
+/// Runs `events` through a pipeline (of `config`) and a stage of `set`, one record each,
+/// in order; gives the stage's outputs as (trigger, user's first byte) and the stage.
+fn judged_run(
+    config: &PipelineConfig,
+    set: TriggerSet,
+    events: Vec<crate::record::StoredEvent>,
+) -> (Vec<(String, u8)>, TriggerStage) {
+    let mut pipeline = Pipeline::new(config.clone(), None);
+    let mut stage = TriggerStage::new(
+        set,
+        config.conversion_types.clone(),
+        config.enrich.clone(),
+        config.out_of_orderness_ms,
+    )
+    .unwrap();
+    for (offset, event) in events.into_iter().enumerate() {
+        let record = LogRecord::Event(event);
+        pipeline.process(offset as u64, &record);
+        stage.after_record(&mut pipeline, &record);
+    }
+    let outputs = stage
+        .take_staged()
+        .into_iter()
+        .map(|(_, o)| {
+            let user = o.user.map_or(0, |u| u.0[0]);
+            (o.trigger, user)
+        })
+        .collect();
+    (outputs, stage)
+}
+
+fn feed() -> TriggerSet {
+    checked(vec![trigger("feed", "conversion_feed")])
+}
+
+#[test]
+fn a_duplicate_the_pipeline_drops_is_not_sent_again() {
+    let purchase = shopper(1, EventKind::Purchase, T0);
+    let mut resent = purchase.clone();
+    resent.ts = crate::time::EventTime(T0 + 30 * SECOND); // same event id, later
+    let mut near = shopper(1, EventKind::Purchase, T0 + 50);
+    near.event_id = Some("another id".into()); // same user and type within 100 ms
+    let (outputs, _) = judged_run(&config(), feed(), vec![purchase, resent, near]);
+    assert_eq!(outputs, vec![("feed".to_string(), 1)]);
+}
+
+#[test]
+fn a_conversion_the_pipeline_flags_is_not_sent_and_its_rules_are_the_pipeline_s() {
+    let events = || {
+        vec![
+            shopper(1, EventKind::Registration, T0),
+            shopper(1, EventKind::Purchase, T0 + 2 * SECOND),
+            shopper(2, EventKind::Registration, T0),
+            shopper(2, EventKind::Purchase, T0 + 9 * SECOND),
+        ]
+    };
+    // The default rule: a checkout within 5 s of a registration is flagged.
+    let (outputs, _) = judged_run(&config(), feed(), events());
+    assert_eq!(outputs, vec![("feed".to_string(), 2)]);
+    // Without the rule, both are clean: the stage follows the pipeline's settings.
+    let no_rules = PipelineConfig {
+        sequence_rules: Vec::new(),
+        ..config()
+    };
+    let (outputs, _) = judged_run(&no_rules, feed(), events());
+    assert_eq!(
+        outputs,
+        vec![("feed".to_string(), 1), ("feed".to_string(), 2)]
+    );
+}
+
+#[test]
+fn a_visit_that_can_select_no_one_leaves_no_user() {
+    let set = checked(vec![
+        segment("cpa", &["channel", "campaign"], 1.0, "10m"),
+        trigger("feed", "conversion_feed"),
+    ]);
+    let mut product = shopper(3, EventKind::PageView, T0 + 2 * SECOND);
+    product.product_id = Some("divano".into());
+    let events = vec![
+        shopper(1, EventKind::PageView, T0), // a bounce: no product
+        shopper(2, EventKind::Registration, T0 + SECOND), // nothing to select
+        product,                             // an intent
+        shopper(4, EventKind::Purchase, T0 + 3 * SECOND), // a clean conversion
+    ];
+    let (_, stage) = judged_run(&config(), set, events);
+    let users = &stage.engine().state().users;
+    let held: Vec<u8> = {
+        let mut held: Vec<u8> = users.keys().map(|u| u.0[0]).collect();
+        held.sort_unstable();
+        held
+    };
+    assert_eq!(held, vec![3, 4]);
+    // A later visit of a held user is taken in (its last seen time moves).
+    let mut again = shopper(3, EventKind::PageView, T0 + 20 * SECOND);
+    again.event_id = Some("later".into());
+    let (_, stage) = judged_run(
+        &config(),
+        checked(vec![segment("cpa", &["channel", "campaign"], 1.0, "10m")]),
+        vec![
+            {
+                let mut p = shopper(3, EventKind::PageView, T0);
+                p.product_id = Some("divano".into());
+                p
+            },
+            again,
+        ],
+    );
+    let facts = &stage.engine().state().users[&UserPseudonym([3; 16])];
+    assert_eq!(facts.last_seen_ms, T0 + 20 * SECOND);
+    assert!(facts.event_ids.is_empty() && facts.touch.is_none());
+}
+
+#[test]
+fn an_intent_is_placed_where_the_pipeline_counts_it() {
+    // A direct product view in the session a social campaign started: counted (and so
+    // placed) under social / saldi, as the KPIs count the session.
+    let mut direct = shopper(1, EventKind::PageView, T0 + 10 * SECOND);
+    direct.channel = None;
+    direct.campaign = None;
+    direct.product_id = Some("divano".into());
+    let set = checked(vec![segment("cpa", &["channel", "campaign"], 1.0, "10m")]);
+    let (_, stage) = judged_run(
+        &config(),
+        set,
+        vec![shopper(1, EventKind::PageView, T0), direct],
+    );
+    let state = stage.engine().state();
+    let facts = &state.users[&UserPseudonym([1; 16])];
+    assert_eq!(facts.intents.len(), 1);
+    let [channel, campaign] = facts.intents[0].dims;
+    assert_eq!(state.texts.get(channel), Some("social"));
+    assert_eq!(state.texts.get(campaign), Some("saldi"));
+}
