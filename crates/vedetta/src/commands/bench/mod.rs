@@ -90,6 +90,18 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     }
 }
 
+/// The name and the CPU seconds (user + system) in a `/proc/…/stat` line: `pid (comm)
+/// state ppid …`, the name possibly holding spaces and parentheses, utime and stime the
+/// 14th and 15th fields in clock ticks of 1/100 s (`USER_HZ`).
+fn stat_cpu_seconds(stat: &str) -> Option<(&str, f64)> {
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat.get(open + 1..close)?;
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    Some((name, (ticks(11)? + ticks(12)?) as f64 / 100.0))
+}
+
 /// A server running on its own runtime in this process, stopped on drop.
 struct LocalServer {
     address: std::net::SocketAddr,

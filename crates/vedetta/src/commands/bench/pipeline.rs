@@ -227,8 +227,7 @@ pub fn run(args: &PipelineBenchArgs) -> anyhow::Result<()> {
 }
 
 /// CPU seconds (user + system) of this process's live threads, summed by thread name,
-/// from `/proc/self/task/*/stat` (Linux; empty elsewhere). The fields count clock ticks of
-/// 1/100 s (`USER_HZ`).
+/// from `/proc/self/task/*/stat` (Linux; empty elsewhere).
 fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
     let mut by_name = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -238,16 +237,8 @@ fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
-        // `pid (comm) state ppid …`: the name may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let name = stat[open + 1..close].to_string();
-        // After the name: state is field 3, utime field 14, stime field 15.
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
-            *by_name.entry(name).or_insert(0.0) += (user + system) as f64 / 100.0;
+        if let Some((name, seconds)) = super::stat_cpu_seconds(&stat) {
+            *by_name.entry(name.to_string()).or_insert(0.0) += seconds;
         }
     }
     by_name
@@ -257,10 +248,7 @@ fn thread_cpu_seconds() -> std::collections::BTreeMap<String, f64> {
 /// `/proc/self/stat` (Linux; `None` elsewhere).
 fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let close = stat.rfind(')')?;
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    Some((ticks(11)? + ticks(12)?) as f64 / 100.0)
+    super::stat_cpu_seconds(&stat).map(|(_, seconds)| seconds)
 }
 
 /// A body with every user id and event id made unique to this cycle.

@@ -452,20 +452,12 @@ fn run_pass(
 }
 
 /// CPU seconds (user + system) of the calling thread, from `/proc/thread-self/stat`
-/// (Linux; 0 elsewhere): clock ticks of 1/100 s.
+/// (Linux; 0 elsewhere).
 fn thread_cpu_seconds() -> f64 {
     let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
         return 0.0;
     };
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) as f64 / 100.0,
-        _ => 0.0,
-    }
+    super::stat_cpu_seconds(&stat).map_or(0.0, |(_, seconds)| seconds)
 }
 
 #[cfg(test)]
@@ -566,6 +558,18 @@ url = "http://127.0.0.1:9/push"
         assert_eq!(alone.snapshots, with.snapshots);
         assert!(with.copy_s > 0.0 && with.copies_per_second() > 0.0);
         assert!(with.with_copies(20) > with.cpu_s);
+    }
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu_seconds() {
+        let stat = "1234 (bench (stage) x) S 1 1 1 0 -1 4194560 100 0 0 0 250 150 0 0 20 0 1 0";
+        assert_eq!(
+            crate::commands::bench::stat_cpu_seconds(stat),
+            Some(("bench (stage) x", 4.0))
+        );
+        assert_eq!(crate::commands::bench::stat_cpu_seconds("1234 (cut"), None);
+        assert_eq!(crate::commands::bench::stat_cpu_seconds("1 (x) S 1"), None);
+        assert!(thread_cpu_seconds() >= 0.0);
     }
 
     #[test]
