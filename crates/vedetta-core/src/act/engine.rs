@@ -761,10 +761,11 @@ impl Engine {
 
     /// One accepted event, in log order, the engine judging it itself: exact duplicates by
     /// the user's last event ids, near duplicates and fast checkouts by its own checks, an
-    /// intent placed by the user's last non-direct touch (kept a day). What `vedetta
-    /// triggers backtest` runs over the log; the trigger stage uses
-    /// [`Self::observe_judged`]. With no trigger in force nothing is kept of it (a trigger
-    /// set acts on the events observed once it is loaded; the backtest covers the history).
+    /// intent placed by the user's last non-direct touch (kept a day). What the engine's
+    /// unit tests and the consumer-era benches drive; the trigger stage (and so the server
+    /// and `vedetta triggers backtest`) uses [`Self::observe_judged`]. With no trigger in
+    /// force nothing is kept of it (a trigger set acts on the events observed once it is
+    /// loaded; the backtest covers the history).
     pub fn observe(&mut self, event: &StoredEvent, out: &mut Vec<Output>) {
         self.observe_with(event, None, out);
     }
