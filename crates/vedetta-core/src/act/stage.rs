@@ -60,7 +60,7 @@ use super::segment_window::{SegmentWindow, SegmentWindowError, SegmentWindowStat
 use super::triggers::{RawTrigger, Trigger, TriggerError, check_triggers};
 use crate::enrich::EnrichConfig;
 use crate::pipeline::kpi::KpiDeltas;
-use crate::pipeline::{EventVerdict, Pipeline};
+use crate::pipeline::{EventVerdict, Pipeline, PipelineConfig};
 use crate::record::{EventKind, LogRecord, UserPseudonym};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -290,6 +290,17 @@ impl TriggerStage {
             conversion_types,
             enrich,
         ))
+    }
+
+    /// [`Self::new`] with the settings of the pipeline it runs beside (its conversion
+    /// types, enrichment and out-of-orderness).
+    pub fn beside(set: TriggerSet, pipeline: &PipelineConfig) -> Result<Self, StageError> {
+        Self::new(
+            set,
+            pipeline.conversion_types.clone(),
+            pipeline.enrich.clone(),
+            pipeline.out_of_orderness_ms,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

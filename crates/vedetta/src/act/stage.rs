@@ -90,13 +90,7 @@ impl StageRunner {
             )
             .map_err(stage_error)
             .context("the trigger stage's part of the pipeline snapshot")?,
-            None => TriggerStage::new(
-                TriggerSet::empty(),
-                config.conversion_types.clone(),
-                config.enrich.clone(),
-                config.out_of_orderness_ms,
-            )
-            .map_err(stage_error)?,
+            None => TriggerStage::beside(TriggerSet::empty(), config).map_err(stage_error)?,
         };
         let sets = store
             .trigger_sets_from(snapshot_offset)

@@ -119,13 +119,7 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
     let rules = &config.pipeline.rules;
     let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
     let mut pipeline = Pipeline::new(rules.clone(), regions);
-    let mut stage = TriggerStage::new(
-        set,
-        rules.conversion_types.clone(),
-        rules.enrich.clone(),
-        rules.out_of_orderness_ms,
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut stage = TriggerStage::beside(set, rules).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut reports: BTreeMap<String, Report> = triggers
         .iter()
         .map(|t| (t.name.clone(), Report::default()))

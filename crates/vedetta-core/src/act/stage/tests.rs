@@ -91,14 +91,7 @@ fn set_b() -> TriggerSet {
 }
 
 fn stage_of(set: TriggerSet) -> TriggerStage {
-    let c = config();
-    TriggerStage::new(
-        set,
-        c.conversion_types.clone(),
-        c.enrich.clone(),
-        c.out_of_orderness_ms,
-    )
-    .unwrap()
+    TriggerStage::beside(set, &config()).unwrap()
 }
 
 fn restore_stage(section: &[u8]) -> Result<TriggerStage, StageError> {
@@ -776,13 +769,7 @@ fn judged_run(
     events: Vec<crate::record::StoredEvent>,
 ) -> (Vec<(String, u8)>, TriggerStage) {
     let mut pipeline = Pipeline::new(config.clone(), None);
-    let mut stage = TriggerStage::new(
-        set,
-        config.conversion_types.clone(),
-        config.enrich.clone(),
-        config.out_of_orderness_ms,
-    )
-    .unwrap();
+    let mut stage = TriggerStage::beside(set, config).unwrap();
     for (offset, event) in events.into_iter().enumerate() {
         let record = LogRecord::Event(event);
         pipeline.process(offset as u64, &record);

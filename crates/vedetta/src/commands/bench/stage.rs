@@ -119,15 +119,8 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         set.triggers.len()
     );
-    let make_stage = || {
-        TriggerStage::new(
-            set.clone(),
-            rules.conversion_types.clone(),
-            rules.enrich.clone(),
-            rules.out_of_orderness_ms,
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))
-    };
+    let make_stage =
+        || TriggerStage::beside(set.clone(), &rules).map_err(|e| anyhow::anyhow!("{e}"));
     let mut alone = Vec::new();
     let mut with = Vec::new();
     let mut outputs = 0;
@@ -524,13 +517,7 @@ url = "http://127.0.0.1:9/push"
 
         let config = load_from(Some(&args.config), &[], &Overrides::default()).unwrap();
         let rules = config.pipeline.rules.clone();
-        let stage = TriggerStage::new(
-            config.triggers.load_set().unwrap(),
-            rules.conversion_types.clone(),
-            rules.enrich.clone(),
-            rules.out_of_orderness_ms,
-        )
-        .unwrap();
+        let stage = TriggerStage::beside(config.triggers.load_set().unwrap(), &rules).unwrap();
         let alone = run_pass(
             Pipeline::new(rules.clone(), None),
             None,
