@@ -85,6 +85,10 @@ const SNAPSHOT_COST_FACTOR: f64 = 30.0;
 const MAX_RATE: f64 = 1_000_000.0;
 /// Events per second of event time one generator is asked for (see [`records`]).
 const RATE_PER_GENERATOR: f64 = 40_000.0;
+/// The most seconds of event time `--fill`, `--seconds` and `--warmup` may each ask for.
+const MAX_SECONDS: u64 = 86_400;
+/// The most records a read may take.
+const MAX_BATCH: usize = 1_000_000;
 /// The most records a run may hold.
 const MAX_RECORDS: u64 = 30_000_000;
 
@@ -94,10 +98,18 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
         "--rate must be above 0 and at most {MAX_RATE}, got {}",
         args.rate
     );
-    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(
-        args.rate * args.seconds as f64 <= MAX_RECORDS as f64,
-        "--rate × --seconds must be at most {MAX_RECORDS} records"
+        (1..=MAX_BATCH).contains(&args.batch),
+        "--batch must be between 1 and {MAX_BATCH}, got {}",
+        args.batch
+    );
+    anyhow::ensure!(
+        args.fill <= MAX_SECONDS && args.seconds <= MAX_SECONDS && args.warmup <= MAX_SECONDS,
+        "--fill, --seconds and --warmup must each be at most {MAX_SECONDS}"
+    );
+    anyhow::ensure!(
+        args.rate * (args.fill as f64 + args.seconds as f64) <= MAX_RECORDS as f64,
+        "--rate × (--fill + --seconds) must be at most {MAX_RECORDS} records"
     );
     let config = load_from(Some(&args.config), &[], &Overrides::default())?;
     let set = config
@@ -567,6 +579,24 @@ url = "http://127.0.0.1:9/push"
             (args.rate, args.seconds) = (rate, seconds);
             let error = run(&args).unwrap_err().to_string();
             assert!(error.contains("--rate"), "{error}");
+        }
+        // A fill past the bound, and counts that would wrap if added as integers.
+        for (fill, seconds) in [
+            (40, 10),
+            (86_400, 86_400),
+            (u64::MAX, 10),
+            (u64::MAX, u64::MAX),
+        ] {
+            let mut args = args(dir.path());
+            (args.rate, args.fill, args.seconds) = (1e6, fill, seconds);
+            let error = run(&args).unwrap_err().to_string();
+            assert!(error.contains("--fill"), "{error}");
+        }
+        for batch in [0, usize::MAX] {
+            let mut args = args(dir.path());
+            args.batch = batch;
+            let error = run(&args).unwrap_err().to_string();
+            assert!(error.contains("--batch"), "{error}");
         }
     }
 }
