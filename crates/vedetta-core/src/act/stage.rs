@@ -410,9 +410,7 @@ impl TriggerStage {
         let outputs = &mut self.outputs;
         if let LogRecord::Event(event) = record {
             let judged = match pipeline.last_verdict() {
-                Some(EventVerdict::Accepted {
-                    flagged, counted, ..
-                }) => Judged {
+                Some(EventVerdict::Accepted { flagged, counted }) => Judged {
                     ignored: false,
                     flagged,
                     counted: pipeline.dims_of(counted).map(|dims| (counted, dims)),

@@ -370,8 +370,6 @@ pub enum EventVerdict {
         /// Flagged by a sequence rule (when it was processed: a rule's earlier event
         /// arriving later flags it afterwards).
         flagged: bool,
-        /// Of a conversion type.
-        conversion: bool,
         /// The dimension tuple its contribution is counted under (its session's touch under
         /// the attribution model, with the event's device and region), as the KPI rows
         /// name it (folded where the bounds fold).
@@ -900,7 +898,6 @@ impl Pipeline {
         self.expire(watermark);
         EventVerdict::Accepted {
             flagged,
-            conversion,
             counted: if counted == NO_DIMS { dims } else { counted },
         }
     }
