@@ -57,10 +57,12 @@ pub const TOUCH_LOOKBACK_MS: i64 = 30 * 86_400_000;
 const NEAR_DUPLICATE_MS: i64 = 100;
 const FAST_CHECKOUT_MS: i64 = 5_000;
 
+mod candidates;
 mod legacy;
 mod stored;
 mod texts;
 mod users;
+pub use candidates::Candidates;
 pub(crate) use stored::AppendTo;
 pub use stored::{
     ACT_STATE_FORMAT, FlatRows, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT,
@@ -125,6 +127,13 @@ pub struct CartLine {
     pub value: Option<f64>,
 }
 
+/// A user's intents: the first held in the facts themselves (most users show one intent
+/// in the triggers' horizon, and a block of its own per user was an allocation per new
+/// user: a tenth of the trigger stage's time at 100,000 events/s).
+pub type Intents = smallvec::SmallVec<[Intent; 1]>;
+/// A user's cart lines, the first held in the facts (as [`Intents`]).
+pub type CartLines = smallvec::SmallVec<[CartLine; 1]>;
+
 /// What the engine keeps of one user: times, flags and small ids (texts in
 /// [`ActState::texts`], trigger names in [`ActState::trigger_names`]).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -138,11 +147,11 @@ pub struct UserFacts {
     pub last_seen_ms: i64,
     /// Latest non-direct (channel, campaign) and its time.
     pub touch: Option<(TextId, TextId, i64)>,
-    pub intents: Vec<Intent>,
+    pub intents: Intents,
     pub last_conversion_ms: Option<i64>,
     pub last_conversion_kind: Option<TextId>,
     pub last_registration_ms: Option<i64>,
-    pub cart: Vec<CartLine>,
+    pub cart: CartLines,
     pub purchases: u32,
     /// Hashes of the last event ids (xxh3), for exact-duplicate drops (stored as 8 bytes
     /// each: a varint of a hash takes 9 or 10).
@@ -166,13 +175,22 @@ mod fixed_u64s {
     }
 }
 
+/// Bytes a list's entries take outside the facts (none while they fit inline).
+fn heap_bytes<A: smallvec::Array>(list: &smallvec::SmallVec<A>) -> usize {
+    if list.spilled() {
+        list.len() * std::mem::size_of::<A::Item>()
+    } else {
+        0
+    }
+}
+
 impl UserFacts {
     /// Bytes this user's facts take in memory (approximate; the texts are counted once, in
     /// [`Texts::approximate_bytes`]).
     pub fn approximate_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + self.intents.len() * std::mem::size_of::<Intent>()
-            + self.cart.len() * std::mem::size_of::<CartLine>()
+            + heap_bytes(&self.intents)
+            + heap_bytes(&self.cart)
             + self.event_ids.len() * 8
             + self.sent.len() * std::mem::size_of::<(TriggerId, i64)>()
     }
@@ -235,29 +253,16 @@ pub struct ActState {
     /// whole state in one value, had no rows).
     #[serde(skip)]
     pub next_row: u64,
-    /// Users with an intent not yet judged at a minute end after it, with the event time
-    /// of their latest intent: while a segment fires, only these are looked at. (An intent
-    /// observed before its minute is judged, as in a catch-up or a backtest, waits here.)
-    /// A hash map: every intent looks its user up here, and a tree of a minute's
-    /// candidates (hundreds of thousands at 25,000 events/s) made that lookup most of
-    /// `observe`'s time; the judging that needs pseudonym order sorts the keys.
-    #[serde(serialize_with = "sorted_map")]
-    pub candidates: FastHashMap<UserPseudonym, i64>,
+    /// Users with an intent not yet judged at a minute end after it: while a segment
+    /// fires, only these are looked at. (An intent observed before its minute is judged, as
+    /// in a catch-up or a backtest, waits here.) A list appended to (see [`Candidates`]):
+    /// a map looked up by every intent was a seventh of the stage's time.
+    pub candidates: Candidates,
     /// The texts the users' facts refer to (bounded; see [`Texts`]): stored as rows of their
     /// own, written when added or freed.
     pub texts: Texts,
     /// The trigger names the users' cooldowns refer to; stored with the globals.
     pub trigger_names: TriggerNames,
-}
-
-/// Serializes a hash map as a map in key order, so that equal states encode to equal bytes.
-fn sorted_map<K: Ord + Serialize, V: Serialize, S: serde::Serializer>(
-    map: &FastHashMap<K, V>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    let mut entries: Vec<(&K, &V)> = map.iter().collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    serializer.collect_map(entries)
 }
 
 /// Why stored state does not decode.
@@ -568,11 +573,11 @@ impl Engine {
         engine
     }
 
-    /// The candidates' pseudonyms, in order (the map has none).
-    fn candidates_in_order(&self) -> Vec<UserPseudonym> {
-        let mut candidates: Vec<UserPseudonym> = self.state.candidates.keys().copied().collect();
-        candidates.sort_unstable();
-        candidates
+    /// The candidates' pseudonyms, in order.
+    fn candidates_in_order(&mut self) -> Vec<UserPseudonym> {
+        (self.state.candidates.ordered().iter())
+            .map(|(user, _)| *user)
+            .collect()
     }
 
     /// Gives every intent of every candidate a segment id, afresh (in pseudonym order, so
@@ -668,12 +673,42 @@ impl Engine {
             })
             .map(|(i, _)| i)
             .collect();
-        if !self.has_segment_triggers {
-            self.changed.extend(self.state.candidates.keys().copied());
+        if self.has_segment_triggers {
+            self.relist_candidates();
+        } else {
+            let listed = self.candidates_in_order();
+            self.changed.extend(listed);
             self.state.candidates.clear();
         }
         self.rebuild_segment_ids();
         self.rebuild_sweep();
+    }
+
+    /// Lists every user with an intent not yet judged that is not listed: none, when the
+    /// set had segment triggers since the state began (every such intent was listed as it
+    /// came); the users whose intents came while it had none (the list was let go), when
+    /// a reload brings them back. An intent then finds its user listed whenever the
+    /// previous one lies in its minute and is not judged (see `observe_with`).
+    fn relist_candidates(&mut self) {
+        let judged = self.state.judged_through_ms.unwrap_or(i64::MIN);
+        self.state.candidates.normalize();
+        let mut missing = Vec::new();
+        for (pseudonym, user) in &self.state.users {
+            let latest = (user.intents.iter())
+                .map(|i| i.at_ms)
+                .filter(|at| *at >= judged)
+                .max();
+            if let Some(latest) = latest
+                && !self.state.candidates.contains_sorted(pseudonym)
+            {
+                missing.push((*pseudonym, latest));
+            }
+        }
+        for (pseudonym, latest) in missing {
+            self.state.candidates.push(pseudonym, latest);
+            self.changed.insert(pseudonym);
+        }
+        self.state.candidates.normalize();
     }
 
     /// Lists every user with a cart, and every user under the minute of its last event.
@@ -906,6 +941,7 @@ impl Engine {
                     Some(user.last_registration_ms.map_or(at, |r| r.max(at)));
             }
             EventKind::PageView | EventKind::AddToCart if is_intent(event) => {
+                let previous_intent_ms = user.intents.last().map(|i| i.at_ms);
                 if user.intents.len() >= MAX_INTENTS {
                     user.intents.remove(0);
                 }
@@ -938,18 +974,20 @@ impl Engine {
                     dims,
                     product_id,
                 };
-                // A candidate for the firing segments of the next minutes judged.
+                // A candidate for the firing segments of the next minutes judged: listed,
+                // unless its previous intent lies in this minute and is not judged yet (then
+                // the user is listed with a time in this minute, which keeps it listed as
+                // long as this intent would: judging lets go at minute edges).
                 let mut new_candidate = false;
                 if self.has_segment_triggers {
-                    match self.state.candidates.entry(event.user) {
-                        std::collections::hash_map::Entry::Vacant(vacant) => {
-                            vacant.insert(at);
-                            new_candidate = true;
-                        }
-                        std::collections::hash_map::Entry::Occupied(mut latest) => {
-                            let latest = latest.get_mut();
-                            *latest = (*latest).max(at);
-                        }
+                    let judged = self.state.judged_through_ms.unwrap_or(i64::MIN);
+                    let listed = previous_intent_ms.is_some_and(|previous| {
+                        minute_of(previous) == minute_of(at) && previous >= judged
+                    });
+                    if !listed {
+                        self.state.candidates.push(event.user, at);
+                        self.state.candidates.bound();
+                        new_candidate = true;
                     }
                     self.segment_ids.intern(intent.dims);
                 }
@@ -1327,21 +1365,23 @@ impl Engine {
                     });
                 }
             };
+            let candidates = &mut self.state.candidates;
+            candidates.normalize();
             if selecting.iter().any(|s| s.newly) {
                 // Every user, in pseudonym order (the user map has none).
                 let mut all: Vec<UserPseudonym> = self.state.users.keys().copied().collect();
                 all.sort_unstable();
                 for pseudonym in all {
-                    let candidate = self.state.candidates.contains_key(&pseudonym);
+                    let candidate = candidates.contains_sorted(&pseudonym);
                     if let Some(user) = self.state.users.get_mut(&pseudonym) {
                         judge(pseudonym, user, candidate);
                     }
                 }
             } else {
-                let mut candidates: Vec<UserPseudonym> =
-                    self.state.candidates.keys().copied().collect();
-                candidates.sort_unstable();
-                for pseudonym in candidates {
+                let listed: Vec<UserPseudonym> = (candidates.ordered().iter())
+                    .map(|(user, _)| *user)
+                    .collect();
+                for pseudonym in listed {
                     if let Some(user) = self.state.users.get_mut(&pseudonym) {
                         judge(pseudonym, user, true);
                     }
@@ -1353,13 +1393,7 @@ impl Engine {
         }
         // Judged: candidates whose latest intent is before this minute's end are done.
         let changed = &mut self.changed;
-        self.state.candidates.retain(|pseudonym, latest| {
-            let keep = *latest >= minute_end;
-            if !keep {
-                changed.insert(*pseudonym);
-            }
-            keep
-        });
+        (self.state.candidates).retain_from(minute_end, |pseudonym| changed.insert(pseudonym));
         if self.state.candidates.is_empty() {
             self.segment_ids.clear();
         } else if self.segment_ids.next > MAX_SEGMENT_IDS {
@@ -1548,6 +1582,8 @@ impl Engine {
         }
         due.sort_unstable();
         due.dedup();
+        // Forgotten users, in pseudonym order (as `due` is): let go of as candidates at once.
+        let mut forgotten: Vec<UserPseudonym> = Vec::new();
         for pseudonym in due {
             let Some(user) = self.state.users.get_mut(&pseudonym) else {
                 continue;
@@ -1564,7 +1600,7 @@ impl Engine {
                 self.state.users.remove(&pseudonym);
                 // (A candidate's entry goes with it: it is stored in the user's row, so a
                 // forgotten user's entry was left in memory only, never read back.)
-                self.state.candidates.remove(&pseudonym);
+                forgotten.push(pseudonym);
                 self.changed.forgot(user_row);
                 continue;
             }
@@ -1584,6 +1620,7 @@ impl Engine {
                 .or_default()
                 .push(pseudonym);
         }
+        self.state.candidates.remove_all(&forgotten);
         if self.state.texts.compaction_due() {
             self.compact_texts();
         }

@@ -212,7 +212,8 @@ pub struct FlatRows {
     cart: Vec<CartLine>,
     event_ids: Vec<u64>,
     sent: Vec<(TriggerId, i64)>,
-    /// The candidates, in no order: looked up per user by the encoder, not by the copy
+    /// The candidates' entries, in no order (a user possibly more than once): looked up
+    /// per user by the encoder, not by the copy
     /// (a lookup per user on the processor's thread, with a minute's candidates pending,
     /// was most of a copy's time).
     candidates: Vec<(UserPseudonym, i64)>,
@@ -258,8 +259,10 @@ impl FlatRows {
         }
         let mut order: Vec<usize> = (0..self.users.len()).collect();
         order.sort_unstable_by_key(|i| self.users[*i].row);
+        // In pseudonym order, one per user with its latest time (see [`super::Candidates`]).
         let mut candidates = self.candidates.clone();
-        candidates.sort_unstable_by_key(|(user, _)| *user);
+        candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        candidates.dedup_by_key(|(user, _)| *user);
         let mut buf = Vec::with_capacity(SCRATCH_BYTES);
         for i in order {
             let (u, s) = (&self.users[i], starts[i]);
@@ -442,7 +445,7 @@ impl ActState {
             &RowRef {
                 user,
                 facts,
-                candidate: self.candidates.get(user).copied(),
+                candidate: self.candidates.get(user),
             },
         )?;
         Ok(Some((facts.row, row)))
@@ -461,12 +464,15 @@ impl ActState {
             .map(|(user, facts)| (facts.row, user, facts))
             .collect();
         users.sort_unstable_by_key(|(key, _, _)| *key);
+        let candidates = self.candidates.normalized();
         let mut buf = Vec::with_capacity(SCRATCH_BYTES);
         for (key, user, facts) in users {
             let value = RowRef {
                 user,
                 facts,
-                candidate: self.candidates.get(user).copied(),
+                candidate: (candidates.binary_search_by(|(c, _)| c.cmp(user)))
+                    .ok()
+                    .map(|i| candidates[i].1),
             };
             body_into(&mut buf, USER_ROW_FORMAT, &value).map_err(&error)?;
             row(key, &buf)?;
@@ -502,9 +508,8 @@ impl ActState {
         refill(&mut flat.cart, lists[1]);
         refill(&mut flat.event_ids, lists[2]);
         refill(&mut flat.sent, lists[3]);
-        refill(&mut flat.candidates, self.candidates.len());
-        flat.candidates
-            .extend(self.candidates.iter().map(|(u, at)| (*u, *at)));
+        refill(&mut flat.candidates, self.candidates.entries());
+        flat.candidates.extend_from_slice(self.candidates.raw());
         flat.texts.clear();
         flat.texts
             .extend((self.texts.entries()).map(|(id, t)| (id, t.into())));
@@ -668,7 +673,7 @@ impl ActState {
                 )));
             }
             if let Some(latest) = candidate {
-                state.candidates.insert(pseudonym, latest);
+                state.candidates.push(pseudonym, latest);
             }
         }
         // Every text a stored user refers to must be stored (else its id could later be
@@ -714,9 +719,10 @@ impl ActState {
                 )));
             }
             if let Some(latest) = candidate {
-                state.candidates.insert(pseudonym, latest);
+                state.candidates.push(pseudonym, latest);
             }
         }
+        state.candidates.normalize();
         Ok(StoredState { state, legacy })
     }
 }
@@ -725,6 +731,8 @@ impl Engine {
     /// The globals and the rows of the users changed since the last call (every user the
     /// engine observed, judged, sent, pruned or forgot), and forgets the changes.
     pub fn take_changes(&mut self) -> Result<StateChanges, ActStateError> {
+        // (So that each changed user's candidate time is found by a binary search.)
+        self.state.candidates.normalize();
         let mut users: Vec<(u64, Option<Vec<u8>>)> =
             Vec::with_capacity(self.changed.users.len() + self.changed.forgotten_rows.len());
         for pseudonym in self.changed.users.drain() {

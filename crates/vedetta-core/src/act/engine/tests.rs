@@ -367,7 +367,7 @@ fn a_format_1_state_loads_and_its_users_are_rewritten_as_rows() {
     assert_eq!(state.users.len(), 200);
     assert_eq!(state.users[&user(7)].row, 7);
     assert_eq!(state.next_row, 200);
-    assert_eq!(state.candidates.len(), 200);
+    assert_eq!(state.candidates.users(), 200);
     // Two dimension texts and 200 products, each once.
     assert_eq!(state.texts.len(), 202);
     let facts = &state.users[&user(7)];

@@ -1,0 +1,283 @@
+//! The candidates of the segment triggers: users with an intent not yet judged at a minute
+//! end after it, each with the time that decides when it is done.
+//!
+//! A list, appended to, not a map: every intent looked its user up in a hash map of its
+//! own (hundreds of thousands of entries at 25,000 events/s, millions at 100,000), a
+//! probe into memory no cache holds, most of it for users seen for the first time: a
+//! seventh of the trigger stage's time. Now an intent appends its user at most once per
+//! minute of event time (the engine skips it when the user's previous intent lies in the
+//! same minute and is still listed, see [`super::Engine::observe_judged`]), and the list is
+//! put in order, one entry per user holding the latest time, when it is read: at a
+//! minute's judging, a snapshot's encoding, a state's comparison.
+//!
+//! What an entry's time decides is only whether the user stays listed after the judging of
+//! a minute end (it stays if the time is at or past it), and a minute end is a minute's
+//! edge: any time in the same minute decides alike. So the time kept may be the first
+//! intent of the user's latest listed minute rather than the latest intent.
+
+use crate::record::UserPseudonym;
+use serde::{Deserialize, Serialize};
+
+/// The candidates: (user, time) entries, possibly several per user (see the module).
+#[derive(Clone, Debug, Default)]
+pub struct Candidates {
+    entries: Vec<(UserPseudonym, i64)>,
+    /// The entries before this are in pseudonym order, one per user.
+    sorted: usize,
+}
+
+impl Candidates {
+    /// Lists `user` with an intent at `at_ms`.
+    #[inline]
+    pub fn push(&mut self, user: UserPseudonym, at_ms: i64) {
+        self.entries.push((user, at_ms));
+    }
+
+    /// Puts the entries in pseudonym order, one per user with its latest time.
+    pub fn normalize(&mut self) {
+        if self.sorted == self.entries.len() {
+            return;
+        }
+        // Latest first within a user, so that dedup keeps it.
+        self.entries
+            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        self.entries.dedup_by_key(|(user, _)| *user);
+        self.sorted = self.entries.len();
+    }
+
+    /// Puts them in order when the unsorted tail has grown past the sorted part (and a
+    /// floor): memory stays within about twice a minute's distinct users.
+    #[inline]
+    pub fn bound(&mut self) {
+        let tail = self.entries.len() - self.sorted;
+        if tail > self.sorted.max(1 << 16) {
+            self.normalize();
+        }
+    }
+
+    /// The entries, in pseudonym order, one per user.
+    pub fn ordered(&mut self) -> &[(UserPseudonym, i64)] {
+        self.normalize();
+        &self.entries
+    }
+
+    /// The latest time `user` is listed with (in order or not).
+    pub fn get(&self, user: &UserPseudonym) -> Option<i64> {
+        let (sorted, tail) = self.entries.split_at(self.sorted);
+        let found = (sorted.binary_search_by(|(u, _)| u.cmp(user)).ok()).map(|i| sorted[i].1);
+        (tail.iter().filter(|(u, _)| u == user).map(|(_, at)| *at))
+            .fold(found, |best, at| Some(best.map_or(at, |b: i64| b.max(at))))
+    }
+
+    /// Whether `user` is listed, once [`Self::normalize`]d (else only its sorted part is
+    /// searched).
+    pub fn contains_sorted(&self, user: &UserPseudonym) -> bool {
+        (self.entries[..self.sorted].binary_search_by(|(u, _)| u.cmp(user))).is_ok()
+    }
+
+    /// Keeps the entries with a time at or past `from`, calling `done` with the user of
+    /// each entry let go (a user listed again later in the list stays listed; `done` is
+    /// then called for it all the same). No sorting: most minutes no segment fires and
+    /// the order is not needed.
+    pub fn retain_from(&mut self, from: i64, mut done: impl FnMut(UserPseudonym)) {
+        self.retain(|user, at| {
+            let keep = at >= from;
+            if !keep {
+                done(user);
+            }
+            keep
+        });
+    }
+
+    /// Lets go of the users in `gone` (in pseudonym order).
+    pub fn remove_all(&mut self, gone: &[UserPseudonym]) {
+        if !gone.is_empty() {
+            self.retain(|user, _| gone.binary_search(&user).is_err());
+        }
+    }
+
+    /// Keeps the entries `keep` says to, in their order (the sorted part stays sorted).
+    fn retain(&mut self, mut keep: impl FnMut(UserPseudonym, i64) -> bool) {
+        let mut index = 0;
+        let mut sorted_kept = 0;
+        let sorted = self.sorted;
+        self.entries.retain(|(user, at)| {
+            let kept = keep(*user, *at);
+            if kept && index < sorted {
+                sorted_kept += 1;
+            }
+            index += 1;
+            kept
+        });
+        self.sorted = sorted_kept;
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.sorted = 0;
+    }
+
+    /// Users listed.
+    pub fn users(&self) -> usize {
+        self.normalized().len()
+    }
+
+    /// Entries held (users listed more than once count more than once).
+    pub fn entries(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every entry, in no order (a user possibly more than once).
+    pub fn raw(&self) -> &[(UserPseudonym, i64)] {
+        &self.entries
+    }
+
+    /// The entries in order, one per user, without changing `self`.
+    pub fn normalized(&self) -> Vec<(UserPseudonym, i64)> {
+        let mut copy = self.clone();
+        copy.normalize();
+        copy.entries
+    }
+}
+
+impl PartialEq for Candidates {
+    fn eq(&self, other: &Self) -> bool {
+        self.normalized() == other.normalized()
+    }
+}
+
+impl FromIterator<(UserPseudonym, i64)> for Candidates {
+    fn from_iter<I: IntoIterator<Item = (UserPseudonym, i64)>>(entries: I) -> Self {
+        let mut candidates = Candidates {
+            entries: entries.into_iter().collect(),
+            sorted: 0,
+        };
+        candidates.normalize();
+        candidates
+    }
+}
+
+/// As a map from user to time, in pseudonym order (the bytes of the map it replaced).
+impl Serialize for Candidates {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.normalized())
+    }
+}
+
+impl<'de> Deserialize<'de> for Candidates {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = std::collections::BTreeMap::<UserPseudonym, i64>::deserialize(deserializer)?;
+        Ok(map.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn user(n: u8) -> UserPseudonym {
+        UserPseudonym([n; 16])
+    }
+
+    #[test]
+    fn a_user_listed_several_times_reads_as_once_with_its_latest_time() {
+        let mut c = Candidates::default();
+        c.push(user(2), 10);
+        c.push(user(1), 5);
+        c.push(user(2), 30);
+        c.push(user(2), 20);
+        assert_eq!(c.get(&user(2)), Some(30), "found in the unsorted tail");
+        assert_eq!(c.ordered(), &[(user(1), 5), (user(2), 30)]);
+        assert_eq!(c.get(&user(2)), Some(30), "found in the sorted part");
+        assert_eq!(c.get(&user(3)), None);
+        c.push(user(1), 7);
+        assert_eq!(c.get(&user(1)), Some(7), "sorted part and tail together");
+    }
+
+    #[test]
+    fn equal_lists_in_other_orders_are_equal_and_encode_alike() {
+        let a: Candidates = [(user(1), 5), (user(2), 9), (user(1), 3)]
+            .into_iter()
+            .collect();
+        let mut b = Candidates::default();
+        b.push(user(2), 9);
+        b.push(user(1), 5);
+        assert_eq!(a, b);
+        assert_eq!(
+            postcard::to_allocvec(&a).unwrap(),
+            postcard::to_allocvec(&b).unwrap()
+        );
+        let map: std::collections::BTreeMap<UserPseudonym, i64> =
+            [(user(1), 5), (user(2), 9)].into_iter().collect();
+        assert_eq!(
+            postcard::to_allocvec(&a).unwrap(),
+            postcard::to_allocvec(&map).unwrap(),
+            "the bytes of a map in pseudonym order"
+        );
+        let back: Candidates = postcard::from_bytes(&postcard::to_allocvec(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn judging_lets_go_of_users_whose_time_is_before_the_minute_end() {
+        let mut c = Candidates::default();
+        for (n, at) in [(1, 59_000), (2, 60_000), (3, 61_000), (1, 120_500)] {
+            c.push(user(n), at);
+        }
+        let mut done = Vec::new();
+        c.retain_from(60_000, |u| done.push(u));
+        assert_eq!(done, vec![user(1)], "user 1's older entry");
+        assert_eq!(
+            c.get(&user(1)),
+            Some(120_500),
+            "and still listed by its later one"
+        );
+        assert_eq!(c.get(&user(2)), Some(60_000), "a time at the end stays");
+        done.clear();
+        c.retain_from(120_000, |u| done.push(u));
+        done.sort_unstable();
+        assert_eq!(done, vec![user(2), user(3)]);
+        assert_eq!(c.ordered(), &[(user(1), 120_500)]);
+    }
+
+    #[test]
+    fn forgotten_users_are_let_go_whatever_their_times() {
+        let mut c = Candidates::default();
+        for n in [4, 1, 3, 2, 1] {
+            c.push(user(n), i64::from(n));
+        }
+        c.normalize();
+        c.push(user(2), 100);
+        c.remove_all(&[user(1), user(2)]);
+        assert_eq!(c.ordered(), &[(user(3), 3), (user(4), 4)]);
+        assert!(!c.contains_sorted(&user(1)));
+        assert!(c.contains_sorted(&user(4)));
+    }
+
+    #[test]
+    fn the_unsorted_tail_is_bounded_by_the_sorted_part() {
+        let mut c = Candidates::default();
+        for round in 0..4 {
+            for n in 0..=u8::MAX {
+                for k in 0..300u16 {
+                    let mut p = [n; 16];
+                    p[..2].copy_from_slice(&k.to_le_bytes());
+                    c.push(UserPseudonym(p), i64::from(round));
+                    c.bound();
+                }
+            }
+        }
+        let distinct = 256 * 300;
+        assert!(
+            c.entries() <= 2 * distinct + (1 << 16) + 1,
+            "{}",
+            c.entries()
+        );
+        assert_eq!(c.ordered().len(), distinct);
+    }
+}
