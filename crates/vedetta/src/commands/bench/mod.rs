@@ -23,6 +23,7 @@ use vedetta_synth::{SynthConfig, SynthRecord, to_ndjson_line};
 
 mod alerts;
 mod pipeline;
+mod processor;
 mod push;
 mod stage;
 mod tracker;
@@ -46,6 +47,9 @@ pub enum BenchCommand {
     /// What the trigger stage adds to the processor's CPU: the same generated records at
     /// `--rate` events a second of event time, processed with and without it on one thread.
     Stage(stage::StageBenchArgs),
+    /// What a trigger set adds to the processor's CPU: the processor itself over a real log
+    /// and store, traffic appended at `--rate` events a second, without and with the set.
+    Processor(processor::ProcessorBenchArgs),
     /// Shopify and mapped (ERP/middleware) webhooks at a fixed rate each: latency
     /// percentiles of durable answers.
     Webhooks(webhooks::WebhooksBenchArgs),
@@ -86,6 +90,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Tracker(args) => tracker::run(&args),
         BenchCommand::Push(args) => push::run(&args),
         BenchCommand::Stage(args) => stage::run(&args),
+        BenchCommand::Processor(args) => processor::run(&args),
         BenchCommand::Webhooks(args) => webhooks::run(&args),
     }
 }

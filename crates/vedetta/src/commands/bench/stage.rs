@@ -92,25 +92,60 @@ const MAX_BATCH: usize = 1_000_000;
 /// The most records a run may hold.
 const MAX_RECORDS: u64 = 30_000_000;
 
+/// The generated traffic a bench runs over (see [`records`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Traffic {
+    /// Events per second of event time.
+    pub rate: f64,
+    /// Seconds generated and dropped before the fill.
+    pub warmup: u64,
+    /// Seconds processed untimed before the measured ones.
+    pub fill: u64,
+    /// Seconds measured.
+    pub seconds: u64,
+    /// Events per request judged (and records per read, in this bench).
+    pub batch: usize,
+}
+
+impl Traffic {
+    /// Refuses, by flag, what the bench cannot hold or pace.
+    pub(super) fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.rate.is_finite() && self.rate > 0.0 && self.rate <= MAX_RATE,
+            "--rate must be above 0 and at most {MAX_RATE}, got {}",
+            self.rate
+        );
+        anyhow::ensure!(
+            (1..=MAX_BATCH).contains(&self.batch),
+            "--batch must be between 1 and {MAX_BATCH}, got {}",
+            self.batch
+        );
+        anyhow::ensure!(
+            self.fill <= MAX_SECONDS && self.seconds <= MAX_SECONDS && self.warmup <= MAX_SECONDS,
+            "--fill, --seconds and --warmup must each be at most {MAX_SECONDS}"
+        );
+        anyhow::ensure!(
+            self.rate * (self.fill as f64 + self.seconds as f64) <= MAX_RECORDS as f64,
+            "--rate × (--fill + --seconds) must be at most {MAX_RECORDS} records"
+        );
+        Ok(())
+    }
+}
+
+impl StageBenchArgs {
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            rate: self.rate,
+            warmup: self.warmup,
+            fill: self.fill,
+            seconds: self.seconds,
+            batch: self.batch,
+        }
+    }
+}
+
 pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.rate.is_finite() && args.rate > 0.0 && args.rate <= MAX_RATE,
-        "--rate must be above 0 and at most {MAX_RATE}, got {}",
-        args.rate
-    );
-    anyhow::ensure!(
-        (1..=MAX_BATCH).contains(&args.batch),
-        "--batch must be between 1 and {MAX_BATCH}, got {}",
-        args.batch
-    );
-    anyhow::ensure!(
-        args.fill <= MAX_SECONDS && args.seconds <= MAX_SECONDS && args.warmup <= MAX_SECONDS,
-        "--fill, --seconds and --warmup must each be at most {MAX_SECONDS}"
-    );
-    anyhow::ensure!(
-        args.rate * (args.fill as f64 + args.seconds as f64) <= MAX_RECORDS as f64,
-        "--rate × (--fill + --seconds) must be at most {MAX_RECORDS} records"
-    );
+    args.traffic().check()?;
     let config = load_from(Some(&args.config), &[], &Overrides::default())?;
     let set = config
         .triggers
@@ -123,7 +158,7 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
         args.seconds, args.rate
     );
     let started = Instant::now();
-    let (records, measured_from) = records(args, args.rate)?;
+    let (records, measured_from) = records(&args.traffic())?;
     eprintln!(
         "{} records ({:.0} a second of event time) in {:.1} s; {} triggers",
         records.len(),
@@ -224,8 +259,8 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
 /// sessions a minute (about 47,000 events/s): a higher rate is the traffic of several, each
 /// with its own seed (so its own users) and an equal share of the rate, merged in arrival
 /// order. Also gives how many of them arrived in the fill (before the measured seconds).
-fn records(args: &StageBenchArgs, rate: f64) -> anyhow::Result<(Vec<LogRecord>, usize)> {
-    let (seconds, batch) = (args.fill + args.seconds, args.batch);
+pub(super) fn records(args: &Traffic) -> anyhow::Result<(Vec<LogRecord>, usize)> {
+    let (seconds, batch, rate) = (args.fill + args.seconds, args.batch, args.rate);
     let warmup_ms = (args.warmup.min(86_400) as i64) * 1_000;
     let fill_end_ms = START_MS + (args.fill.min(86_400) as i64) * 1_000;
     let mut fill_records = 0;
@@ -515,8 +550,8 @@ url = "http://127.0.0.1:9/push"
     fn the_passes_measure_the_same_records_with_and_without_the_stage() {
         let dir = tempfile::tempdir().unwrap();
         let args = args(dir.path());
-        let (again, again_from) = super::records(&args, args.rate).unwrap();
-        let (records, measured_from) = super::records(&args, args.rate).unwrap();
+        let (again, again_from) = super::records(&args.traffic()).unwrap();
+        let (records, measured_from) = super::records(&args.traffic()).unwrap();
         assert!(records == again && measured_from == again_from);
         // About 500 a second over 30 s, a third of them in the fill.
         assert!(

@@ -1,0 +1,460 @@
+//! `vedetta bench processor`: the processor's CPU at a given event rate, without and with a
+//! trigger set: the figure the Act issue's bar names ("100 triggers at 100,000 events/s add
+//! ≤ 10 % to the processor's CPU").
+//!
+//! `vedetta bench stage` measures the pipeline's own loop over records in memory: a
+//! steady figure, but of a smaller denominator than the processor (no log reads, no
+//! commits, no snapshots). This bench runs the processor itself, as the server starts it
+//! ([`crate::processor::start`]), over a real event log and KPI store in a temporary
+//! directory:
+//!
+//! 1. The same generated traffic as `bench stage` (three generators' live traffic, spend
+//!    included, judged by intake into log records), encoded into log batches of `--batch`
+//!    records up front: intake's work, not the processor's.
+//! 2. Each pass opens a fresh log and store, appends the fill (`--fill` seconds of event
+//!    time) at once, starts the processor with the configuration's pipeline settings and
+//!    either no triggers (as a server with none) or the configuration's set, and waits
+//!    until it has committed the fill.
+//! 3. Measured: the next `--seconds` of traffic appended from this thread at the traffic's
+//!    own rate (a second of event time a second, so snapshots and minutes come as in a
+//!    server), with the processor woken at each append as intake wakes it; then the wait
+//!    until it has committed the last record.
+//! 4. Reported per pass: the CPU of the processor's threads (the process's CPU, ended
+//!    snapshot threads included, less this appending thread's), the processor thread's
+//!    alone, and how far it lagged at the end. Passes alternate, `--rounds` of each.
+//!
+//! The log's appends (fsyncs and all) are this thread's and left out; the processor's reads
+//! of the log, its pipeline and trigger stage, its commits (KPI deltas, the stage's
+//! outputs and state) and its snapshots (copy and encoding) are in.
+
+use super::stage::{Traffic, records};
+use crate::config::{Overrides, load_from};
+use crate::processor::{LogNotifier, ProcessorLinks, ProcessorOptions};
+use anyhow::Context;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use vedetta_core::act::stage::TriggerSet;
+use vedetta_core::record::encode_batch;
+use vedetta_core::time::Clock;
+use vedetta_store::{EncodedBatch, EventLog, KpiStore};
+
+#[derive(Debug, clap::Args)]
+pub struct ProcessorBenchArgs {
+    /// The configuration whose triggers and pipeline settings to run (e.g. the file
+    /// `scripts/trigger_bench_config.sh` writes).
+    #[arg(long)]
+    config: std::path::PathBuf,
+    /// Events per second of event time (and, measured, of wall time).
+    #[arg(long, default_value_t = 100_000.0)]
+    rate: f64,
+    /// Seconds of traffic measured.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Seconds of event time generated before the fill and left out (sessions under way).
+    #[arg(long, default_value_t = 240)]
+    warmup: u64,
+    /// Seconds of traffic processed before the measured ones in every pass.
+    #[arg(long, default_value_t = 30)]
+    fill: u64,
+    /// Records per log batch (an intake request's).
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Passes of each kind, alternating.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One pass's figures.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    /// CPU of the processor's threads (snapshot threads included) over the measured part.
+    cpu_s: f64,
+    /// CPU of the processor thread alone.
+    processor_thread_s: f64,
+    /// From the first measured append to the commit of the last record.
+    wall_s: f64,
+    /// From the last append to its commit.
+    lag_s: f64,
+    staged_users: u64,
+}
+
+impl std::fmt::Display for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "processor threads CPU {:.2} s (the processor thread {:.2} s) over {:.1} s, caught \
+             up {:.2} s after the last append",
+            self.cpu_s, self.processor_thread_s, self.wall_s, self.lag_s
+        )
+    }
+}
+
+pub fn run(args: &ProcessorBenchArgs) -> anyhow::Result<()> {
+    let traffic = Traffic {
+        rate: args.rate,
+        warmup: args.warmup,
+        fill: args.fill,
+        seconds: args.seconds,
+        batch: args.batch,
+    };
+    traffic.check()?;
+    anyhow::ensure!((1..=10).contains(&args.rounds), "--rounds must be 1 to 10");
+    let config = load_from(Some(&args.config), &[], &Overrides::default())?;
+    let set = config
+        .triggers
+        .load_set()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "generating {} s of live traffic at {} events/s …",
+        args.fill + args.seconds,
+        args.rate
+    );
+    let Appends {
+        batches,
+        fill_batches,
+        fill_records,
+        measured,
+        rate,
+    } = appends(&traffic)?;
+    eprintln!(
+        "{} records in {} batches ({fill_records} of fill, {measured} measured at {rate:.0} a \
+         second); {} triggers",
+        fill_records + measured,
+        batches.len(),
+        set.triggers.len()
+    );
+    let empty = TriggerSet::empty();
+    let mut alone = Vec::new();
+    let mut with = Vec::new();
+    for round in 0..args.rounds {
+        let pass = run_pass(&config, empty.clone(), &batches, fill_batches, rate)?;
+        eprintln!("round {round}, no triggers: {pass}");
+        alone.push(pass);
+        let pass = run_pass(&config, set.clone(), &batches, fill_batches, rate)?;
+        eprintln!(
+            "round {round}, {} triggers: {pass}; {} users held by the stage",
+            set.triggers.len(),
+            pass.staged_users
+        );
+        with.push(pass);
+    }
+    let mean = |passes: &[Pass], f: fn(&Pass) -> f64| {
+        passes.iter().map(f).sum::<f64>() / passes.len().max(1) as f64
+    };
+    let added = |a: f64, w: f64| (w - a) / a.max(1e-9) * 100.0;
+    let (cpu_alone, cpu_with) = (mean(&alone, |p| p.cpu_s), mean(&with, |p| p.cpu_s));
+    let (thread_alone, thread_with) = (
+        mean(&alone, |p| p.processor_thread_s),
+        mean(&with, |p| p.processor_thread_s),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "records": measured,
+                "fill_records": fill_records,
+                "rate": rate,
+                "seconds": args.seconds,
+                "triggers": set.triggers.len(),
+                "cpu_s_alone": alone.iter().map(|p| p.cpu_s).collect::<Vec<_>>(),
+                "cpu_s_with": with.iter().map(|p| p.cpu_s).collect::<Vec<_>>(),
+                "processor_thread_s_alone":
+                    alone.iter().map(|p| p.processor_thread_s).collect::<Vec<_>>(),
+                "processor_thread_s_with":
+                    with.iter().map(|p| p.processor_thread_s).collect::<Vec<_>>(),
+                "lag_s_alone": alone.iter().map(|p| p.lag_s).collect::<Vec<_>>(),
+                "lag_s_with": with.iter().map(|p| p.lag_s).collect::<Vec<_>>(),
+                "cpu_added_percent": added(cpu_alone, cpu_with),
+                "processor_thread_added_percent": added(thread_alone, thread_with),
+            })
+        );
+    } else {
+        println!(
+            "processor: {measured} records over {} s at {rate:.0} events/s (after \
+             {fill_records} of fill), no triggers vs {} triggers",
+            args.seconds,
+            set.triggers.len()
+        );
+        println!(
+            "  processor threads CPU s (mean of {}): no triggers {cpu_alone:.2}, with \
+             {cpu_with:.2}: +{:.1} %",
+            args.rounds,
+            added(cpu_alone, cpu_with)
+        );
+        println!(
+            "  the processor thread alone: {thread_alone:.2} vs {thread_with:.2}: +{:.1} %",
+            added(thread_alone, thread_with)
+        );
+    }
+    Ok(())
+}
+
+/// The traffic as log batches, each with the index of its first record.
+struct Appends {
+    batches: Vec<(usize, EncodedBatch)>,
+    /// Batches (and records) of the fill.
+    fill_batches: usize,
+    fill_records: usize,
+    measured: usize,
+    /// Measured records a second: the traffic's own rate (a second of event time a second).
+    rate: f64,
+}
+
+fn appends(traffic: &Traffic) -> anyhow::Result<Appends> {
+    let (records, fill_records) = records(traffic)?;
+    let appended_at = crate::clock::SystemClock.now_ms();
+    let batches: Vec<(usize, EncodedBatch)> = (records.chunks(traffic.batch))
+        .scan(0usize, |first, chunk| {
+            let at = *first;
+            *first += chunk.len();
+            Some((at, chunk))
+        })
+        .map(|(at, chunk)| {
+            let count = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            let bytes = encode_batch(chunk, appended_at, 1);
+            (at, EncodedBatch { bytes, count })
+        })
+        .collect();
+    let measured = records.len() - fill_records;
+    let fill_batches = batches
+        .iter()
+        .take_while(|(at, _)| *at < fill_records)
+        .count();
+    Ok(Appends {
+        batches,
+        fill_batches,
+        fill_records,
+        measured,
+        rate: measured as f64 / traffic.seconds.max(1) as f64,
+    })
+}
+
+/// One pass: a fresh log and store, the fill processed, the measured traffic appended at
+/// `rate` records a second and processed.
+fn run_pass(
+    config: &crate::config::Config,
+    set: TriggerSet,
+    batches: &[(usize, EncodedBatch)],
+    fill_batches: usize,
+    rate: f64,
+) -> anyhow::Result<Pass> {
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10)?;
+    let log = Arc::new(log);
+    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb"))?;
+    let store = Arc::new(store);
+    for group in batches[..fill_batches].chunks(64) {
+        let group: Vec<&EncodedBatch> = group.iter().map(|(_, b)| b).collect();
+        log.append_group(&group, &[])?;
+    }
+    let notifier = Arc::new(LogNotifier::default());
+    let act = Arc::new(crate::act::ActStatus::new(
+        set,
+        crate::clock::SystemClock.now_ms(),
+    ));
+    let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
+    let processor = crate::processor::start(
+        log.clone(),
+        store,
+        config.pipeline.rules.clone(),
+        regions,
+        ProcessorOptions {
+            snapshot_interval: Duration::from_secs(config.pipeline.snapshot_interval_seconds),
+            ..ProcessorOptions::default()
+        },
+        ProcessorLinks {
+            notifier: notifier.clone(),
+            timings: Arc::new(crate::telemetry::StageTimings::default()),
+            triggers: Some(act.clone()),
+        },
+    )?;
+    let status = processor.status.clone();
+    let caught_up = |end: u64| -> anyhow::Result<()> {
+        let started = Instant::now();
+        while status.processed_offset.load(Ordering::Acquire) < end {
+            if let Some(error) = status
+                .last_error
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .clone()
+            {
+                anyhow::bail!("the processor failed: {error}");
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(1_800),
+                "the processor did not catch up within 30 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    };
+    notifier.appended(log.end_offset());
+    caught_up(log.end_offset())?;
+    let (process0, own0) = (process_cpu_seconds(), own_cpu_seconds());
+    let thread0 = processor_thread_seconds();
+    let start = Instant::now();
+    let first = batches.get(fill_batches).map_or(0, |(at, _)| *at);
+    let mut next = fill_batches;
+    while next < batches.len() {
+        // Every batch whose first record is due by now, in one append (as intake's group
+        // commit does when requests queue up).
+        let elapsed = start.elapsed().as_secs_f64();
+        let due_records = (elapsed * rate) as usize;
+        let mut end = next;
+        while end < batches.len() && batches[end].0 - first <= due_records {
+            end += 1;
+        }
+        if end == next {
+            let wait = (batches[next].0 - first) as f64 / rate - elapsed;
+            std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.0005, 0.05)));
+            continue;
+        }
+        let group: Vec<&EncodedBatch> = batches[next..end].iter().map(|(_, b)| b).collect();
+        log.append_group(&group, &[])?;
+        notifier.appended(log.end_offset());
+        next = end;
+    }
+    let appended = start.elapsed();
+    caught_up(log.end_offset())?;
+    let wall = start.elapsed();
+    let pass = Pass {
+        cpu_s: (process_cpu_seconds() - process0) - (own_cpu_seconds() - own0),
+        processor_thread_s: processor_thread_seconds() - thread0,
+        wall_s: wall.as_secs_f64(),
+        lag_s: (wall - appended).as_secs_f64(),
+        staged_users: act.users.load(Ordering::Relaxed),
+    };
+    processor.stop();
+    Ok(pass)
+}
+
+/// CPU seconds (user + system) of the whole process, ended threads included.
+fn process_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| super::stat_cpu_seconds(&stat).map(|(_, s)| s))
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of the calling thread.
+fn own_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/stat")
+        .ok()
+        .and_then(|stat| super::stat_cpu_seconds(&stat).map(|(_, s)| s))
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds of the thread named `processor`.
+fn processor_thread_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            super::stat_cpu_seconds(&stat)
+                .filter(|(name, _)| *name == "processor")
+                .map(|(_, s)| s)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[triggers]]
+name = "cpa"
+kind = "segment_cpa"
+group_by = ["channel"]
+threshold = 1
+over = "10m"
+min_conversions = 1
+notify = ["push"]
+
+[[triggers]]
+name = "feed"
+kind = "conversion_feed"
+notify = ["push"]
+
+[[alerts.destinations]]
+name = "push"
+kind = "webhook"
+format = "seed"
+interval = "30s"
+dry_run = true
+url = "http://127.0.0.1:9/push"
+"#;
+
+    /// Both passes run the real processor over the same appends, paced at the traffic's
+    /// rate, to the last record; only the pass with triggers holds users in its stage.
+    #[test]
+    fn a_pass_processes_every_appended_record_at_the_traffic_s_pace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vedetta.toml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let config = load_from(Some(&path), &[], &Overrides::default()).unwrap();
+        let set = config.triggers.load_set().unwrap();
+        let traffic = Traffic {
+            rate: 400.0,
+            warmup: 120,
+            fill: 4,
+            seconds: 3,
+            batch: 50,
+        };
+        let appends = appends(&traffic).unwrap();
+        assert!(appends.fill_batches > 0 && appends.fill_batches < appends.batches.len());
+        let alone = run_pass(
+            &config,
+            TriggerSet::empty(),
+            &appends.batches,
+            appends.fill_batches,
+            appends.rate,
+        )
+        .unwrap();
+        let with = run_pass(
+            &config,
+            set,
+            &appends.batches,
+            appends.fill_batches,
+            appends.rate,
+        )
+        .unwrap();
+        for pass in [alone, with] {
+            // Paced: the last batch is due at about the measured seconds (the last batch
+            // starts before the end).
+            assert!(pass.wall_s >= 2.0, "{pass}");
+            assert!(pass.lag_s < 5.0, "{pass}");
+        }
+        assert_eq!(alone.staged_users, 0);
+        assert!(with.staged_users > 0, "{with}");
+    }
+
+    #[test]
+    fn bounds_are_refused_by_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("vedetta.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let args = |rate: f64, rounds: usize| ProcessorBenchArgs {
+            config: config.clone(),
+            rate,
+            seconds: 10,
+            warmup: 10,
+            fill: 10,
+            batch: 100,
+            rounds,
+            json: false,
+        };
+        let error = run(&args(f64::INFINITY, 1)).unwrap_err().to_string();
+        assert!(error.contains("--rate"), "{error}");
+        let error = run(&args(100.0, 0)).unwrap_err().to_string();
+        assert!(error.contains("--rounds"), "{error}");
+    }
+}
