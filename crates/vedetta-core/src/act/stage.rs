@@ -414,14 +414,20 @@ impl TriggerStage {
                     ignored: false,
                     flagged,
                     counted: pipeline.dims_of(counted).map(|dims| (counted, dims)),
+                    hint: pipeline.last_stage_hint(),
                 },
                 _ => Judged {
                     ignored: true,
                     flagged: false,
                     counted: None,
+                    hint: 0,
                 },
             };
-            engine.observe_judged(event, judged, outputs);
+            let given = judged.hint;
+            let hint = engine.observe_judged(event, judged, outputs);
+            if hint != given && !judged.ignored {
+                pipeline.set_stage_hint(&event.user, hint);
+            }
         }
         self.window.after_record(pipeline, |totals| {
             let minute_end = totals.minute_end();

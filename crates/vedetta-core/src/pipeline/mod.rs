@@ -356,6 +356,8 @@ pub struct Pipeline {
     first_due_minute: i64,
     /// What the last record processed was judged (`None` after a spend record).
     last_verdict: Option<EventVerdict>,
+    /// The stage hint of the last accepted event's user ([`Self::last_stage_hint`]).
+    last_stage_hint: u32,
 }
 
 /// What the pipeline made of one event, for the stages after it (the trigger stage): so
@@ -441,6 +443,7 @@ impl Pipeline {
             spare_lists: SpareLists::default(),
             first_due_minute: i64::MIN,
             last_verdict: None,
+            last_stage_hint: 0,
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -691,6 +694,23 @@ impl Pipeline {
     #[inline]
     pub fn last_verdict(&self) -> Option<EventVerdict> {
         self.last_verdict
+    }
+
+    /// The hint a later stage left on the user of the last accepted event (0 when none:
+    /// the user is new to the pipeline, or the stage never left one). Meaningful only
+    /// after [`EventVerdict::Accepted`].
+    #[inline]
+    pub fn last_stage_hint(&self) -> u32 {
+        self.last_stage_hint
+    }
+
+    /// Leaves `hint` on `user` while the pipeline holds it (nothing when it does not).
+    /// Called right after the user's event, whose processing just touched its entry.
+    #[inline]
+    pub fn set_stage_hint(&mut self, user: &UserPseudonym, hint: u32) {
+        if let Some(held) = self.state.users.get_mut(user) {
+            held.stage_hint = hint;
+        }
     }
 
     /// The dimension tuple of an id of this pipeline (as [`EventVerdict::Accepted`] gives).
@@ -1119,6 +1139,7 @@ impl Pipeline {
                 })
             }
         };
+        self.last_stage_hint = user_state.stage_hint;
         let index = user_state.position(entry.ts);
 
         // Flags on the new event: a rule's `after` event shortly before it.

@@ -718,3 +718,38 @@ fn a_user_is_listed_for_expiry_once_and_dropped_when_its_last_session_is_final()
     assert!(!run.pipeline.state.users.contains_key(&user(1)));
     assert_eq!(run.total(Day, |c| c.sessions), 3);
 }
+
+/// A later stage's hint stays on a held user and comes back with the user's next event;
+/// it is not state: a snapshot does not carry it and equality does not see it.
+#[test]
+fn a_stage_hint_stays_with_a_held_user_and_is_not_state() {
+    let t0 = 1_700_000_040_000;
+    let mut pipeline = Pipeline::new(PipelineConfig::default(), None);
+    let record = LogRecord::Event(event(1, EventKind::PageView, t0));
+    pipeline.process(0, &record);
+    assert_eq!(pipeline.last_stage_hint(), 0, "a user new to the pipeline");
+    let unhinted = pipeline.encode_snapshot().unwrap();
+    pipeline.set_stage_hint(&user(1), 42);
+    pipeline.set_stage_hint(&user(9), 7); // not held: nothing
+    assert_eq!(
+        pipeline.encode_snapshot().unwrap(),
+        unhinted,
+        "not in the snapshot"
+    );
+    let stored = snapshot::decode_snapshot(&pipeline.encode_snapshot().unwrap()).unwrap();
+    let mut restored = Pipeline::restore(PipelineConfig::default(), None, stored);
+    let record = LogRecord::Event(event(1, EventKind::AddToCart, t0 + 1_000));
+    pipeline.process(1, &record);
+    assert_eq!(pipeline.last_stage_hint(), 42);
+    // A pipeline restored from its snapshot has no hints, and decides the same.
+    restored.process(1, &record);
+    assert_eq!(restored.last_stage_hint(), 0);
+    assert_eq!(
+        restored.encode_snapshot().unwrap(),
+        pipeline.encode_snapshot().unwrap()
+    );
+    let held = &pipeline.snapshot().users[&user(1)];
+    let mut hinted = held.clone();
+    hinted.stage_hint = 5;
+    assert_eq!(&hinted, held, "equality does not see the hint");
+}

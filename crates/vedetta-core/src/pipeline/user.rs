@@ -132,14 +132,31 @@ impl EventEntry {
 
 /// The events of one user still needed, sorted by `ts` (ties: log order, since a new event
 /// goes after every held one with the same `ts`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UserState {
     pub entries: Vec<EventEntry>,
     /// Watermark at which all of this user's sessions are final.
     pub due: i64,
     /// What the user's dropped sessions left for later ones.
     pub memory: Memory,
+    /// A later stage's hint about this user ([`super::Pipeline::last_stage_hint`]): opaque
+    /// here, 0 for a user new to the pipeline, never stored (a restored pipeline starts
+    /// with none) and no part of the state's equality. The trigger stage keeps where it
+    /// holds the user, so that it does not look every event's user up in a table of
+    /// millions of its own (a probe that missed the cache: most of the stage's time).
+    #[serde(skip)]
+    pub stage_hint: u32,
 }
+
+/// Equal when they hold the same events, due time and memory (the stage's hint is not
+/// state: see [`UserState::stage_hint`]).
+impl PartialEq for UserState {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries == other.entries && self.due == other.due && self.memory == other.memory
+    }
+}
+
+impl Eq for UserState {}
 
 impl UserState {
     /// Where a new entry with this `ts` goes: after every held entry with `ts` ≤ it.
@@ -245,6 +262,7 @@ mod tests {
                 .collect(),
             due: 0,
             memory: Memory::NONE,
+            stage_hint: 0,
         }
     }
 

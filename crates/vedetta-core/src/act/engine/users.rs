@@ -75,6 +75,48 @@ impl UserTable {
         }
     }
 
+    /// Where `user`'s facts are, when held.
+    #[inline]
+    pub fn position(&self, user: &UserPseudonym) -> Option<usize> {
+        self.positions.get(user).map(|at| *at as usize)
+    }
+
+    /// The facts at `at` when they are `user`'s (a position may be stale: removal moves the
+    /// last user into the freed place).
+    #[inline]
+    pub fn at_mut(&mut self, at: usize, user: &UserPseudonym) -> Option<&mut UserFacts> {
+        match self.facts.get_mut(at) {
+            Some((held, facts)) if held == user => Some(facts),
+            _ => None,
+        }
+    }
+
+    /// The facts at position `at` (as [`Self::position`] or
+    /// [`Self::position_or_insert_with`] gave it, with no removal since).
+    #[inline]
+    pub fn facts_at_mut(&mut self, at: usize) -> &mut UserFacts {
+        &mut self.facts[at].1
+    }
+
+    /// The position of the user's facts, made by `new` when the table does not hold the
+    /// user; and whether they were.
+    #[inline]
+    pub fn position_or_insert_with(
+        &mut self,
+        user: UserPseudonym,
+        new: impl FnOnce() -> UserFacts,
+    ) -> (usize, bool) {
+        let next = self.facts.len();
+        match self.positions.entry(user) {
+            std::collections::hash_map::Entry::Occupied(at) => (*at.get() as usize, false),
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(position(next));
+                self.facts.push((user, new()));
+                (next, true)
+            }
+        }
+    }
+
     /// Adds or replaces the user's facts; gives back the facts replaced.
     pub fn insert(&mut self, user: UserPseudonym, facts: UserFacts) -> Option<UserFacts> {
         match self.positions.get(&user) {
