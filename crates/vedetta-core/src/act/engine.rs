@@ -70,6 +70,11 @@ pub use stored::{
 pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
 pub use users::UserTable;
 
+/// The most users the engine holds by default ([`Engine::with_max_users`]): about 1.2 GB
+/// of facts. Past it, at a minute's advance, the users waiting for nothing but a segment
+/// to fire (an intent, no cart, no cooldown) are let go oldest minute first.
+pub const MAX_USERS: usize = 4_000_000;
+
 /// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
 fn clipped(text: &str) -> &str {
     let mut end = text.len().min(MAX_TEXT_BYTES);
@@ -329,6 +334,10 @@ pub struct Engine {
     /// engine's in the process, so that a hint an earlier engine left on a pipeline's user
     /// never reads as this one's.
     not_held_hint: u32,
+    /// The most users held ([`MAX_USERS`] unless set).
+    max_users: usize,
+    /// Users let go for the bound since this engine was made ([`Engine::evicted_users`]).
+    evicted_users: u64,
 }
 
 /// The hints the engine leaves on the pipeline's users ([`Judged::hint`]), so that an
@@ -609,6 +618,8 @@ impl Engine {
             judged: false,
             counted_texts: Vec::new(),
             not_held_hint: next_not_held_hint(),
+            max_users: MAX_USERS,
+            evicted_users: 0,
         };
         engine.set_triggers(triggers);
         engine
@@ -799,6 +810,66 @@ impl Engine {
     pub fn with_pipeline_verdicts(mut self) -> Self {
         self.judged = true;
         self
+    }
+
+    /// Holds at most `max_users` users (see [`MAX_USERS`]).
+    pub fn with_max_users(mut self, max_users: usize) -> Self {
+        self.max_users = max_users;
+        self
+    }
+
+    /// Users let go because the engine held more than its bound, since it was made (a
+    /// restart counts again the ones its replay lets go again).
+    pub fn evicted_users(&self) -> u64 {
+        self.evicted_users
+    }
+
+    /// Past the bound on users held: lets go of the users waiting only for a segment to
+    /// fire (no cart, no cooldown), whole minutes of last events at a time, oldest first,
+    /// until the bound holds (or only users with a cart or a cooldown are left: they are
+    /// kept, a cart's push and a cooldown's promise outrank a chance of selection). Whole
+    /// minutes, so that which users go depends on the state alone (not on the order a
+    /// minute's users were listed in, which a restored engine does not share): a replay
+    /// after a crash lets the same users go. Their pseudonyms are added to `forgotten`.
+    fn evict_over_bound(&mut self, forgotten: &mut Vec<UserPseudonym>) {
+        if self.state.users.len() <= self.max_users {
+            return;
+        }
+        let users = &mut self.state.users;
+        let changed = &mut self.changed;
+        let mut removed_entries = 0;
+        let mut emptied = Vec::new();
+        for (&minute, listed) in self.sweep.idle.iter_mut() {
+            if users.len() <= self.max_users {
+                break;
+            }
+            let before = listed.len();
+            listed.retain(|pseudonym| {
+                let Some(user) = users.get(pseudonym) else {
+                    return false; // gone
+                };
+                if minute_of(user.last_seen_ms) != minute {
+                    return false; // seen later: listed under a later minute
+                }
+                if !user.cart.is_empty() || !user.sent.is_empty() {
+                    return true;
+                }
+                if let Some(facts) = users.remove(pseudonym) {
+                    changed.forgot(facts.row);
+                    forgotten.push(*pseudonym);
+                    self.evicted_users += 1;
+                }
+                false
+            });
+            removed_entries += before - listed.len();
+            if listed.is_empty() {
+                emptied.push(minute);
+            }
+        }
+        for minute in emptied {
+            self.sweep.idle.remove(&minute);
+        }
+        self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(removed_entries);
     }
 
     /// Uses the pipeline's enrichment settings (its internal hosts), so a touch means here
@@ -1679,6 +1750,8 @@ impl Engine {
                 .or_default()
                 .push(pseudonym);
         }
+        self.evict_over_bound(&mut forgotten);
+        forgotten.sort_unstable();
         self.state.candidates.remove_all(&forgotten);
         if self.state.texts.compaction_due() {
             self.compact_texts();

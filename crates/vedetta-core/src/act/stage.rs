@@ -240,6 +240,8 @@ pub struct StageStats {
     pub texts: usize,
     /// Texts not kept because their table was full.
     pub texts_not_kept: u64,
+    /// Users let go because the engine held more than its bound ([`Engine::evicted_users`]).
+    pub users_evicted: u64,
     /// The end of the last minute judged.
     pub judged_through_ms: Option<i64>,
     /// Selections not sent for lack of marketing consent, by trigger.
@@ -526,6 +528,7 @@ impl TriggerStage {
             users: state.users.len(),
             texts: state.texts.len(),
             texts_not_kept: state.texts.not_kept(),
+            users_evicted: self.engine.evicted_users(),
             judged_through_ms: state.judged_through_ms,
             withheld: state.withheld.clone(),
         }

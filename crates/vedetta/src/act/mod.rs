@@ -85,6 +85,8 @@ pub struct ActStatus {
     pub texts: AtomicU64,
     /// Texts met while the table was full, kept as "no text" (since the state began).
     pub texts_not_kept: AtomicU64,
+    /// Users the stage let go for its bound on users held, since the processor started.
+    pub users_evicted: AtomicU64,
     /// Selections withheld for lack of consent, by trigger (the stage's, since its state
     /// began).
     pub withheld: Mutex<BTreeMap<String, u64>>,
@@ -118,6 +120,7 @@ impl ActStatus {
             user_bytes: AtomicU64::new(0),
             texts: AtomicU64::new(0),
             texts_not_kept: AtomicU64::new(0),
+            users_evicted: AtomicU64::new(0),
             withheld: Mutex::new(BTreeMap::new()),
             counters: Mutex::new(BTreeMap::new()),
             failures: AtomicU64::new(0),
@@ -200,6 +203,13 @@ impl ActStatus {
                 "Texts met while the engine's text table was full, kept as no text (a push \
                  without its product id, an intent in no segment); since the state began.",
                 self.texts_not_kept.load(Ordering::Relaxed),
+            ),
+            (
+                "vedetta_trigger_users_evicted",
+                "Users with only an intent let go (oldest minutes first) because the trigger \
+                 engine held more than its bound of 4 million; since the stage was built (the \
+                 processor's start or recovery).",
+                self.users_evicted.load(Ordering::Relaxed),
             ),
             (
                 "vedetta_trigger_pending_pushes",

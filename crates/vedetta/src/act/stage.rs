@@ -194,6 +194,8 @@ impl StageRunner {
         s.texts.store(stats.texts as u64, Ordering::Relaxed);
         s.texts_not_kept
             .store(stats.texts_not_kept, Ordering::Relaxed);
+        s.users_evicted
+            .store(stats.users_evicted, Ordering::Relaxed);
         s.judged_through_ms.store(
             stats.judged_through_ms.unwrap_or(i64::MIN),
             Ordering::Relaxed,

@@ -117,7 +117,7 @@ pub fn outbox_by_destination(state: &AppState, now_ms: i64) -> anyhow::Result<Ve
         destinations and kept across restarts, and deliveries: per destination, delivered, \
         failed_attempts, dead, last_error, last_error_at), \
         firing_counts_capped, triggers_file, loaded_at, reload_error, consumed_offset, \
-        judged_through, users, user_bytes, pending, failures, last_error, and destinations \
+        judged_through, users, user_bytes, users_evicted, pending, failures, last_error, and destinations \
         (each: destination, depth, depth_capped, oldest_age_seconds, head_attempts, \
         head_last_error)", body = Object),
         (status = 500, description = "the store could not be read", body = super::openapi::ErrorBody))
@@ -209,6 +209,7 @@ pub async fn get_triggers(State(state): State<Arc<AppState>>) -> Result<Json<Val
         "judged_through": time(s.judged_through_ms.load(Ordering::Relaxed)),
         "users": s.users.load(Ordering::Relaxed),
         "user_bytes": s.user_bytes.load(Ordering::Relaxed),
+        "users_evicted": s.users_evicted.load(Ordering::Relaxed),
         "pending": s.pending.load(Ordering::Relaxed),
         "failures": s.failures.load(Ordering::Relaxed),
         "last_error": text(&s.last_error),

@@ -1204,3 +1204,60 @@ fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
     assert_eq!(h, not_held);
     assert!(out.is_empty(), "{out:?}");
 }
+
+/// Past the bound on users held, the users waiting only for a segment to fire go, whole
+/// minutes of last events at a time, oldest first; a user with a cart stays; a restored
+/// engine (its users listed in another order) lets the same users go.
+#[test]
+fn past_the_bound_the_oldest_users_with_only_intents_are_let_go() {
+    let set = format!(
+        "{CPA}\n[[triggers]]\nname = \"carrello\"\nkind = \"abandoned_cart\"\nafter = \"30m\"\nnotify = [\"push\"]\n"
+    );
+    let make = |state| {
+        Engine::new(triggers(&set), vec![EventKind::Purchase], state)
+            .with_pipeline_verdicts()
+            .with_max_users(3)
+    };
+    let judged = Judged {
+        ignored: false,
+        flagged: false,
+        counted: None,
+        hint: 0,
+    };
+    let mut engine = make(ActState::default());
+    let mut out = Vec::new();
+    let mut cart = event(1, EventKind::AddToCart, T0);
+    cart.product_id = Some("p1".into());
+    let events = [
+        cart,
+        view(2, T0 + 1_000, "a"),
+        view(4, T0 + MIN, "b"),
+        view(3, T0 + MIN + 1_000, "c"),
+        view(5, T0 + 2 * MIN, "d"),
+    ];
+    for e in &events {
+        engine.observe_judged(e, judged, &mut out);
+    }
+    let mut rows = BTreeMap::new();
+    let globals = apply(&mut rows, engine.take_changes().unwrap());
+    let mut again = make(restored(&globals, &rows).state);
+    for engine in [&mut engine, &mut again] {
+        engine.advance(T0 + 3 * MIN, &mut out);
+        // Five users, three at most: minute 0 goes but user 1 (a cart), still four; then
+        // minute 1 (users 3 and 4): two.
+        let mut held: Vec<u8> = engine.state().users.keys().map(|u| u.0[0]).collect();
+        held.sort_unstable();
+        assert_eq!(held, [1, 5]);
+        assert_eq!(engine.evicted_users(), 3);
+        assert_eq!(
+            engine.state().candidates.users(),
+            2,
+            "the evicted are not candidates"
+        );
+    }
+    assert_eq!(engine.state(), again.state());
+    // The bound holds: nothing more goes at the next minutes.
+    engine.advance(T0 + 4 * MIN, &mut out);
+    assert_eq!(engine.users(), 2);
+    assert!(out.is_empty(), "{out:?}");
+}
