@@ -99,12 +99,18 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
 /// state ppid …`, the name possibly holding spaces and parentheses, utime and stime the
 /// 14th and 15th fields in clock ticks of 1/100 s (`USER_HZ`).
 fn stat_cpu_seconds(stat: &str) -> Option<(&str, f64)> {
+    stat_times(stat).map(|(name, user, system)| (name, user + system))
+}
+
+/// The name, and the user and system CPU seconds apart, in a `/proc/…/stat` line (see
+/// [`stat_cpu_seconds`]).
+fn stat_times(stat: &str) -> Option<(&str, f64, f64)> {
     let (open, close) = (stat.find('(')?, stat.rfind(')')?);
     let name = stat.get(open + 1..close)?;
     // After the name: state is field 3, utime field 14, stime field 15.
     let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    Some((name, (ticks(11)? + ticks(12)?) as f64 / 100.0))
+    Some((name, ticks(11)? as f64 / 100.0, ticks(12)? as f64 / 100.0))
 }
 
 /// A server running on its own runtime in this process, stopped on drop.
