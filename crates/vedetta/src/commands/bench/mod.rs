@@ -431,3 +431,30 @@ async fn drive(
         "probe_latency_ms": summarize(&probe),
     }))
 }
+
+/// A small trigger set (a segment trigger and a feed, a dry-run push destination) for the
+/// benches' tests.
+#[cfg(test)]
+const TEST_TRIGGERS: &str = r#"
+[[triggers]]
+name = "cpa"
+kind = "segment_cpa"
+group_by = ["channel"]
+threshold = 1
+over = "10m"
+min_conversions = 1
+notify = ["push"]
+
+[[triggers]]
+name = "feed"
+kind = "conversion_feed"
+notify = ["push"]
+
+[[alerts.destinations]]
+name = "push"
+kind = "webhook"
+format = "seed"
+interval = "30s"
+dry_run = true
+url = "http://127.0.0.1:9/push"
+"#;

@@ -380,37 +380,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const CONFIG: &str = r#"
-[[triggers]]
-name = "cpa"
-kind = "segment_cpa"
-group_by = ["channel"]
-threshold = 1
-over = "10m"
-min_conversions = 1
-notify = ["push"]
-
-[[triggers]]
-name = "feed"
-kind = "conversion_feed"
-notify = ["push"]
-
-[[alerts.destinations]]
-name = "push"
-kind = "webhook"
-format = "seed"
-interval = "30s"
-dry_run = true
-url = "http://127.0.0.1:9/push"
-"#;
-
     /// Both passes run the real processor over the same appends, paced at the traffic's
     /// rate, to the last record; only the pass with triggers holds users in its stage.
     #[test]
     fn a_pass_processes_every_appended_record_at_the_traffic_s_pace() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vedetta.toml");
-        std::fs::write(&path, CONFIG).unwrap();
+        std::fs::write(&path, super::super::TEST_TRIGGERS).unwrap();
         let config = load_from(Some(&path), &[], &Overrides::default()).unwrap();
         let set = config.triggers.load_set().unwrap();
         let traffic = Traffic {
@@ -452,7 +428,7 @@ url = "http://127.0.0.1:9/push"
     fn bounds_are_refused_by_flag() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("vedetta.toml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, super::super::TEST_TRIGGERS).unwrap();
         let args = |rate: f64, rounds: usize| ProcessorBenchArgs {
             config: config.clone(),
             rate,

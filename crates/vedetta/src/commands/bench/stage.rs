@@ -505,33 +505,9 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
-    const CONFIG: &str = r#"
-[[triggers]]
-name = "cpa"
-kind = "segment_cpa"
-group_by = ["channel"]
-threshold = 1
-over = "10m"
-min_conversions = 1
-notify = ["push"]
-
-[[triggers]]
-name = "feed"
-kind = "conversion_feed"
-notify = ["push"]
-
-[[alerts.destinations]]
-name = "push"
-kind = "webhook"
-format = "seed"
-interval = "30s"
-dry_run = true
-url = "http://127.0.0.1:9/push"
-"#;
-
     fn args(dir: &std::path::Path) -> StageBenchArgs {
         let config = dir.join("vedetta.toml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, super::super::TEST_TRIGGERS).unwrap();
         StageBenchArgs {
             config,
             rate: 500.0,
