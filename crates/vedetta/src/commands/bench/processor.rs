@@ -45,21 +45,8 @@ pub struct ProcessorBenchArgs {
     /// `scripts/trigger_bench_config.sh` writes).
     #[arg(long)]
     config: std::path::PathBuf,
-    /// Events per second of event time (and, measured, of wall time).
-    #[arg(long, default_value_t = 100_000.0)]
-    rate: f64,
-    /// Seconds of traffic measured.
-    #[arg(long, default_value_t = 30)]
-    seconds: u64,
-    /// Seconds of event time generated before the fill and left out (sessions under way).
-    #[arg(long, default_value_t = 240)]
-    warmup: u64,
-    /// Seconds of traffic processed before the measured ones in every pass.
-    #[arg(long, default_value_t = 30)]
-    fill: u64,
-    /// Records per log batch (an intake request's).
-    #[arg(long, default_value_t = 1_000)]
-    batch: usize,
+    #[command(flatten)]
+    traffic: Traffic,
     /// Passes of each kind, alternating.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -100,13 +87,7 @@ impl std::fmt::Display for Pass {
 }
 
 pub fn run(args: &ProcessorBenchArgs) -> anyhow::Result<()> {
-    let traffic = Traffic {
-        rate: args.rate,
-        warmup: args.warmup,
-        fill: args.fill,
-        seconds: args.seconds,
-        batch: args.batch,
-    };
+    let traffic = args.traffic;
     traffic.check()?;
     anyhow::ensure!((1..=10).contains(&args.rounds), "--rounds must be 1 to 10");
     let config = load_from(Some(&args.config), &[], &Overrides::default())?;
@@ -116,8 +97,8 @@ pub fn run(args: &ProcessorBenchArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     eprintln!(
         "generating {} s of live traffic at {} events/s …",
-        args.fill + args.seconds,
-        args.rate
+        args.traffic.fill + args.traffic.seconds,
+        args.traffic.rate
     );
     let Appends {
         batches,
@@ -164,7 +145,7 @@ pub fn run(args: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 "records": measured,
                 "fill_records": fill_records,
                 "rate": rate,
-                "seconds": args.seconds,
+                "seconds": args.traffic.seconds,
                 "triggers": set.triggers.len(),
                 "cpu_s_alone": alone.iter().map(|p| p.cpu_s).collect::<Vec<_>>(),
                 "cpu_s_with": with.iter().map(|p| p.cpu_s).collect::<Vec<_>>(),
@@ -186,7 +167,7 @@ pub fn run(args: &ProcessorBenchArgs) -> anyhow::Result<()> {
         println!(
             "processor: {measured} records over {} s at {rate:.0} events/s (after \
              {fill_records} of fill), no triggers vs {} triggers",
-            args.seconds,
+            args.traffic.seconds,
             set.triggers.len()
         );
         println!(
@@ -431,11 +412,13 @@ mod tests {
         std::fs::write(&config, super::super::TEST_TRIGGERS).unwrap();
         let args = |rate: f64, rounds: usize| ProcessorBenchArgs {
             config: config.clone(),
-            rate,
-            seconds: 10,
-            warmup: 10,
-            fill: 10,
-            batch: 100,
+            traffic: Traffic {
+                rate,
+                seconds: 10,
+                warmup: 10,
+                fill: 10,
+                batch: 100,
+            },
             rounds,
             json: false,
         };

@@ -47,24 +47,8 @@ pub struct StageBenchArgs {
     /// `scripts/trigger_bench_config.sh` writes).
     #[arg(long)]
     config: std::path::PathBuf,
-    /// Events per second of event time.
-    #[arg(long, default_value_t = 100_000.0)]
-    rate: f64,
-    /// Seconds of event time.
-    #[arg(long, default_value_t = 90)]
-    seconds: u64,
-    /// Seconds of event time generated before the measured traffic and left out: the
-    /// generator starts with no session under way, and its rate ramps up over them.
-    #[arg(long, default_value_t = 300)]
-    warmup: u64,
-    /// Seconds of event time processed, untimed, before the measured ones in every pass:
-    /// the pipeline's and the stage's state filled as they are in a running server, not
-    /// growing from nothing while measured.
-    #[arg(long, default_value_t = 30)]
-    fill: u64,
-    /// Records per read of the log (the processor reads what was appended since).
-    #[arg(long, default_value_t = 1_000)]
-    batch: usize,
+    #[command(flatten)]
+    traffic: Traffic,
     /// Passes of each kind, alternating.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
@@ -92,18 +76,27 @@ const MAX_BATCH: usize = 1_000_000;
 /// The most records a run may hold.
 const MAX_RECORDS: u64 = 30_000_000;
 
-/// The generated traffic a bench runs over (see [`records`]).
-#[derive(Debug, Clone, Copy)]
+/// The generated traffic a bench runs over (see [`records`]): the flags `bench stage` and
+/// `bench processor` share.
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub(super) struct Traffic {
     /// Events per second of event time.
+    #[arg(long, default_value_t = 100_000.0)]
     pub rate: f64,
-    /// Seconds generated and dropped before the fill.
+    /// Seconds of event time generated before the fill and left out: the generator starts
+    /// with no session under way, and its rate ramps up over them.
+    #[arg(long, default_value_t = 240)]
     pub warmup: u64,
-    /// Seconds processed untimed before the measured ones.
+    /// Seconds of event time processed, untimed, before the measured ones in every pass:
+    /// the state filled as in a running server, not growing from nothing while measured.
+    #[arg(long, default_value_t = 30)]
     pub fill: u64,
-    /// Seconds measured.
+    /// Seconds of event time measured.
+    #[arg(long, default_value_t = 30)]
     pub seconds: u64,
-    /// Events per request judged (and records per read, in this bench).
+    /// Events per intake request judged, so records per log batch; `bench stage` also
+    /// reads this many records at a time (the processor reads what was appended since).
+    #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
 }
 
@@ -132,20 +125,8 @@ impl Traffic {
     }
 }
 
-impl StageBenchArgs {
-    fn traffic(&self) -> Traffic {
-        Traffic {
-            rate: self.rate,
-            warmup: self.warmup,
-            fill: self.fill,
-            seconds: self.seconds,
-            batch: self.batch,
-        }
-    }
-}
-
 pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
-    args.traffic().check()?;
+    args.traffic.check()?;
     let config = load_from(Some(&args.config), &[], &Overrides::default())?;
     let set = config
         .triggers
@@ -155,14 +136,14 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
     let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
     eprintln!(
         "generating {} s of live traffic at {} events/s …",
-        args.seconds, args.rate
+        args.traffic.seconds, args.traffic.rate
     );
     let started = Instant::now();
-    let (records, measured_from) = records(&args.traffic())?;
+    let (records, measured_from) = records(&args.traffic)?;
     eprintln!(
         "{} records ({:.0} a second of event time) in {:.1} s; {} triggers",
         records.len(),
-        records.len() as f64 / (args.fill + args.seconds).max(1) as f64,
+        records.len() as f64 / (args.traffic.fill + args.traffic.seconds).max(1) as f64,
         started.elapsed().as_secs_f64(),
         set.triggers.len()
     );
@@ -174,7 +155,7 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
     let mut users = 0;
     for round in 0..args.rounds {
         let pipeline = Pipeline::new(rules.clone(), regions.clone());
-        let pass = run_pass(pipeline, None, &records, measured_from, args.batch)?;
+        let pass = run_pass(pipeline, None, &records, measured_from, args.traffic.batch)?;
         eprintln!("round {round}, pipeline alone: {pass}");
         alone.push(pass);
         let pipeline = Pipeline::new(rules.clone(), regions.clone());
@@ -183,7 +164,7 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
             Some(make_stage()?),
             &records,
             measured_from,
-            args.batch,
+            args.traffic.batch,
         )?;
         eprintln!("round {round}, with the trigger stage: {pass}");
         outputs = pass.outputs;
@@ -195,7 +176,7 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
     };
     let (cpu_alone, cpu_with) = (mean(&alone, |p| p.cpu_s), mean(&with, |p| p.cpu_s));
     let (wall_alone, wall_with) = (mean(&alone, |p| p.wall_s), mean(&with, |p| p.wall_s));
-    let seconds = args.seconds;
+    let seconds = args.traffic.seconds;
     let spread = |passes: &[Pass]| {
         passes.iter().map(|p| p.with_copies(seconds)).sum::<f64>() / passes.len().max(1) as f64
     };
@@ -207,8 +188,8 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "records": records.len() - measured_from,
                 "fill_records": measured_from,
-                "rate": args.rate,
-                "seconds": args.seconds,
+                "rate": args.traffic.rate,
+                "seconds": args.traffic.seconds,
                 "triggers": set.triggers.len(),
                 "outputs": outputs,
                 "stage_users": users,
@@ -232,8 +213,8 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
              the end",
             set.triggers.len(),
             records.len() - measured_from,
-            args.seconds,
-            args.rate
+            args.traffic.seconds,
+            args.traffic.rate
         );
         println!(
             "  loop CPU s (mean of {}; copies and encodings out): pipeline alone {cpu_alone:.2}, \
@@ -510,11 +491,13 @@ mod tests {
         std::fs::write(&config, super::super::TEST_TRIGGERS).unwrap();
         StageBenchArgs {
             config,
-            rate: 500.0,
-            seconds: 20,
-            warmup: 120,
-            fill: 10,
-            batch: 100,
+            traffic: Traffic {
+                rate: 500.0,
+                seconds: 20,
+                warmup: 120,
+                fill: 10,
+                batch: 100,
+            },
             rounds: 1,
             json: false,
         }
@@ -526,8 +509,8 @@ mod tests {
     fn the_passes_measure_the_same_records_with_and_without_the_stage() {
         let dir = tempfile::tempdir().unwrap();
         let args = args(dir.path());
-        let (again, again_from) = super::records(&args.traffic()).unwrap();
-        let (records, measured_from) = super::records(&args.traffic()).unwrap();
+        let (again, again_from) = super::records(&args.traffic).unwrap();
+        let (records, measured_from) = super::records(&args.traffic).unwrap();
         assert!(records == again && measured_from == again_from);
         // About 500 a second over 30 s, a third of them in the fill.
         assert!(
@@ -546,7 +529,7 @@ mod tests {
             None,
             &records,
             measured_from,
-            args.batch,
+            args.traffic.batch,
         )
         .unwrap();
         let with = run_pass(
@@ -554,7 +537,7 @@ mod tests {
             Some(stage),
             &records,
             measured_from,
-            args.batch,
+            args.traffic.batch,
         )
         .unwrap();
         assert_eq!((alone.outputs, alone.stage_users), (0, 0));
@@ -587,7 +570,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (rate, seconds) in [(0.0, 10), (f64::NAN, 10), (2e6, 10), (1e6, 40)] {
             let mut args = args(dir.path());
-            (args.rate, args.seconds) = (rate, seconds);
+            (args.traffic.rate, args.traffic.seconds) = (rate, seconds);
             let error = run(&args).unwrap_err().to_string();
             assert!(error.contains("--rate"), "{error}");
         }
@@ -599,13 +582,13 @@ mod tests {
             (u64::MAX, u64::MAX),
         ] {
             let mut args = args(dir.path());
-            (args.rate, args.fill, args.seconds) = (1e6, fill, seconds);
+            (args.traffic.rate, args.traffic.fill, args.traffic.seconds) = (1e6, fill, seconds);
             let error = run(&args).unwrap_err().to_string();
             assert!(error.contains("--fill"), "{error}");
         }
         for batch in [0, usize::MAX] {
             let mut args = args(dir.path());
-            args.batch = batch;
+            args.traffic.batch = batch;
             let error = run(&args).unwrap_err().to_string();
             assert!(error.contains("--batch"), "{error}");
         }
