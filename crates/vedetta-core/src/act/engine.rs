@@ -914,7 +914,8 @@ impl Engine {
     /// force nothing is kept of it (a trigger set acts on the events observed once it is
     /// loaded; the backtest covers the history).
     pub fn observe(&mut self, event: &StoredEvent, out: &mut Vec<Output>) {
-        self.observe_with(event, None, &mut UserHint::UNKNOWN.clone(), out);
+        let mut hint = UserHint::UNKNOWN;
+        self.observe_with(event, None, &mut hint, out);
     }
 
     /// One event with the pipeline's verdict on it (the trigger stage): a duplicate or a

@@ -39,21 +39,8 @@ use vedetta_core::record::encode_batch;
 use vedetta_core::time::Clock;
 use vedetta_store::{EncodedBatch, EventLog, KpiStore};
 
-#[derive(Debug, clap::Args)]
-pub struct ProcessorBenchArgs {
-    /// The configuration whose triggers and pipeline settings to run (e.g. the file
-    /// `scripts/trigger_bench_config.sh` writes).
-    #[arg(long)]
-    config: std::path::PathBuf,
-    #[command(flatten)]
-    traffic: Traffic,
-    /// Passes of each kind, alternating.
-    #[arg(long, default_value_t = 2)]
-    rounds: usize,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
-}
+/// The same flags as `bench stage`'s (the configuration, the traffic, the rounds).
+pub type ProcessorBenchArgs = super::stage::StageBenchArgs;
 
 /// One pass's figures.
 #[derive(Debug, Clone, Copy)]

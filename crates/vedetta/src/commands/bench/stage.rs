@@ -46,15 +46,15 @@ pub struct StageBenchArgs {
     /// The configuration whose triggers and pipeline settings to run (e.g. the file
     /// `scripts/trigger_bench_config.sh` writes).
     #[arg(long)]
-    config: std::path::PathBuf,
+    pub(super) config: std::path::PathBuf,
     #[command(flatten)]
-    traffic: Traffic,
+    pub(super) traffic: Traffic,
     /// Passes of each kind, alternating.
     #[arg(long, default_value_t = 2)]
-    rounds: usize,
+    pub(super) rounds: usize,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Event time the traffic starts at (a fixed instant: the records, and so the work, are the
