@@ -68,7 +68,7 @@ pub use stored::{
     ACT_STATE_FORMAT, FlatRows, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT,
 };
 pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
-pub use users::UserTable;
+pub use users::{UserRef, UserTable};
 
 /// The most users the engine holds by default ([`Engine::with_max_users`]): about 1.2 GB
 /// of facts. Past it, at a minute's advance, the users waiting for nothing but a segment
@@ -461,14 +461,34 @@ struct Sweep {
     /// Users with a cart by the minute something may happen to it (a cart trigger's delay
     /// passes, or the cart is let go); stale entries are harmless (the user is looked at,
     /// nothing is due, it is listed again at its next time).
-    cart_due: BTreeMap<i64, Vec<UserPseudonym>>,
+    cart_due: BTreeMap<i64, Vec<UserRef>>,
     /// Users by the minute of their last event (an entry is stale once the user's last
     /// event is in a later minute): looked at once idle for the keep time.
-    idle: BTreeMap<i64, Vec<UserPseudonym>>,
+    idle: BTreeMap<i64, Vec<UserRef>>,
     /// Entries in `idle`: past twice the users, `idle` is rebuilt (stale entries bounded).
     idle_entries: usize,
     /// Idle users kept for a cooldown or a cart, by the minute to look at them again.
-    recheck: BTreeMap<i64, Vec<UserPseudonym>>,
+    recheck: BTreeMap<i64, Vec<UserRef>>,
+}
+
+/// `user` listed at position `at` (of [`UserTable`], which holds fewer than 2³² users).
+#[inline]
+fn user_ref(user: UserPseudonym, at: usize) -> UserRef {
+    UserRef {
+        user,
+        at: u32::try_from(at).unwrap_or(UserRef::UNKNOWN_AT),
+    }
+}
+
+/// The users `refs` names that `users` still holds, each once, in pseudonym order, with
+/// their positions.
+fn found_in_order(users: &UserTable, refs: &[UserRef]) -> Vec<(UserPseudonym, usize)> {
+    let mut found: Vec<(UserPseudonym, usize)> = (refs.iter())
+        .filter_map(|r| users.find(r).map(|at| (r.user, at)))
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// Ids handed out before the table is rebuilt from the candidates (bounds its memory).
@@ -625,10 +645,13 @@ impl Engine {
         engine
     }
 
-    /// The candidates' pseudonyms, in order.
-    fn candidates_in_order(&mut self) -> Vec<UserPseudonym> {
+    /// The candidates, in pseudonym order.
+    fn candidates_in_order(&mut self) -> Vec<UserRef> {
         (self.state.candidates.ordered().iter())
-            .map(|(user, _)| *user)
+            .map(|(user, _, at)| UserRef {
+                user: *user,
+                at: *at,
+            })
             .collect()
     }
 
@@ -636,9 +659,9 @@ impl Engine {
     /// that the ids do not depend on the map's history).
     fn rebuild_segment_ids(&mut self) {
         self.segment_ids.clear();
-        for pseudonym in self.candidates_in_order() {
-            if let Some(user) = self.state.users.get(&pseudonym) {
-                for intent in &user.intents {
+        for listed in self.candidates_in_order() {
+            if let Some(at) = self.state.users.find(&listed) {
+                for intent in &self.state.users.facts_at(at).intents {
                     self.segment_ids.intern(intent.dims);
                 }
             }
@@ -729,7 +752,7 @@ impl Engine {
             self.relist_candidates();
         } else {
             let listed = self.candidates_in_order();
-            self.changed.extend(listed);
+            self.changed.extend(listed.into_iter().map(|r| r.user));
             self.state.candidates.clear();
         }
         self.rebuild_segment_ids();
@@ -745,7 +768,7 @@ impl Engine {
         let judged = self.state.judged_through_ms.unwrap_or(i64::MIN);
         self.state.candidates.normalize();
         let mut missing = Vec::new();
-        for (pseudonym, user) in &self.state.users {
+        for (at, pseudonym, user) in self.state.users.iter_at() {
             let latest = (user.intents.iter())
                 .map(|i| i.at_ms)
                 .filter(|at| *at >= judged)
@@ -753,11 +776,12 @@ impl Engine {
             if let Some(latest) = latest
                 && !self.state.candidates.contains_sorted(pseudonym)
             {
-                missing.push((*pseudonym, latest));
+                missing.push((user_ref(*pseudonym, at), latest));
             }
         }
-        for (pseudonym, latest) in missing {
-            self.state.candidates.push(pseudonym, latest);
+        for (listed, latest) in missing {
+            let pseudonym = listed.user;
+            (self.state.candidates).push_at(pseudonym, latest, listed.at);
             self.changed.insert(pseudonym);
         }
         self.state.candidates.normalize();
@@ -766,13 +790,13 @@ impl Engine {
     /// Lists every user with a cart, and every user under the minute of its last event.
     fn rebuild_sweep(&mut self) {
         self.sweep = Sweep::default();
-        for (pseudonym, user) in &self.state.users {
+        for (at, pseudonym, user) in self.state.users.iter_at() {
             if !user.cart.is_empty() {
                 self.sweep
                     .cart_due
                     .entry(i64::MIN)
                     .or_default()
-                    .push(*pseudonym);
+                    .push(user_ref(*pseudonym, at));
             }
         }
         self.rebuild_idle();
@@ -781,12 +805,12 @@ impl Engine {
     /// Lists every user under the minute of its last event, once.
     fn rebuild_idle(&mut self) {
         self.sweep.idle.clear();
-        for (pseudonym, user) in &self.state.users {
+        for (at, pseudonym, user) in self.state.users.iter_at() {
             self.sweep
                 .idle
                 .entry(minute_of(user.last_seen_ms))
                 .or_default()
-                .push(*pseudonym);
+                .push(user_ref(*pseudonym, at));
         }
         self.sweep.idle_entries = self.state.users.len();
     }
@@ -844,19 +868,20 @@ impl Engine {
                 break;
             }
             let before = listed.len();
-            listed.retain(|pseudonym| {
-                let Some(user) = users.get(pseudonym) else {
+            listed.retain(|listed| {
+                let Some(at) = users.find(listed) else {
                     return false; // gone
                 };
+                let user = users.facts_at(at);
                 if minute_of(user.last_seen_ms) != minute {
                     return false; // seen later: listed under a later minute
                 }
                 if !user.cart.is_empty() || !user.sent.is_empty() {
                     return true;
                 }
-                if let Some(facts) = users.remove(pseudonym) {
+                if let Some((pseudonym, facts)) = users.remove_at(at) {
                     changed.forgot(facts.row);
-                    forgotten.push(*pseudonym);
+                    forgotten.push(pseudonym);
                     self.evicted_users += 1;
                 }
                 false
@@ -918,6 +943,25 @@ impl Engine {
         self.observe_with(event, None, &mut hint, out);
     }
 
+    /// The pipeline could not keep the hint [`Self::observe_judged`] gave back for `user`
+    /// (it does not hold the user): the engine then finds the user by pseudonym.
+    pub fn hint_not_kept(&mut self, user: &UserPseudonym, hint: u32) {
+        self.pipeline_let_go(&[(*user, hint)]);
+    }
+
+    /// The pipeline let go of these users and of the hints it kept for them
+    /// ([`crate::pipeline::Pipeline::let_go_hints`]): each user this engine holds where its
+    /// hint says is found by pseudonym from now on. Call before the next event is observed.
+    pub fn pipeline_let_go(&mut self, dropped: &[(UserPseudonym, u32)]) {
+        for (user, hint) in dropped {
+            if let Some(at) = UserHint::position(*hint)
+                && self.state.users.user_at(at) == Some(user)
+            {
+                self.state.users.index_at(at);
+            }
+        }
+    }
+
     /// One event with the pipeline's verdict on it (the trigger stage): a duplicate or a
     /// refund is not observed; a conversion is clean unless the pipeline flagged it; an
     /// intent is placed in the (channel, campaign) the pipeline counts the event under (its
@@ -926,7 +970,12 @@ impl Engine {
     /// conversion makes a user: a visit that can select no one leaves nothing here.
     ///
     /// Gives back the hint to leave on the event's user in the pipeline
-    /// ([`crate::pipeline::Pipeline::set_stage_hint`]; the one given when unchanged).
+    /// ([`crate::pipeline::Pipeline::set_stage_hint`]; the one given when unchanged). A
+    /// user it makes is found by that hint alone (see [`UserTable`]): the caller keeps the
+    /// hint with the pipeline's user, calls [`Self::hint_not_kept`] when it cannot, and
+    /// hands over the hints of the users the pipeline lets go of
+    /// ([`Self::pipeline_let_go`]), as [`crate::act::stage::TriggerStage::after_record`]
+    /// does.
     pub fn observe_judged(
         &mut self,
         event: &StoredEvent,
@@ -991,7 +1040,7 @@ impl Engine {
         }
         let is_conversion = self.is_conversion(&event.kind);
         let next_row = &mut self.state.next_row;
-        let new_facts = || {
+        let mut new_facts = || {
             let row = *next_row;
             *next_row += 1;
             UserFacts {
@@ -1017,7 +1066,20 @@ impl Engine {
                     }
                 }
             }
-            _ => users.position_or_insert_with(event.user, new_facts),
+            _ => {
+                // This engine's "not held" hint: no need to ask the map.
+                let not_held = verdict.is_some() && *hint == self.not_held_hint;
+                match users.position(&event.user).filter(|_| !not_held) {
+                    Some(position) => (position, false),
+                    None => {
+                        // With the pipeline's verdicts the pipeline keeps the new user's
+                        // position (the hint given back), unless changes are tracked
+                        // (rows are then written by pseudonym): not in the map.
+                        let indexed = verdict.is_none() || self.changed.on;
+                        (users.add(event.user, new_facts(), indexed), true)
+                    }
+                }
+            }
         };
         *hint = UserHint::of_position(position);
         let user = users.facts_at_mut(position);
@@ -1029,7 +1091,7 @@ impl Engine {
                 .idle
                 .entry(minute_of(user.last_seen_ms))
                 .or_default()
-                .push(event.user);
+                .push(user_ref(event.user, position));
             self.sweep.idle_entries += 1;
         }
         if let Some(marketing) = event.consent.marketing {
@@ -1116,7 +1178,8 @@ impl Engine {
                         minute_of(previous) == minute_of(at) && previous >= judged
                     });
                     if !listed {
-                        self.state.candidates.push(event.user, at);
+                        let listed = user_ref(event.user, position);
+                        (self.state.candidates).push_at(event.user, at, listed.at);
                         self.state.candidates.bound();
                         new_candidate = true;
                     }
@@ -1143,7 +1206,8 @@ impl Engine {
                         let key = self.first_cart_ms.map_or(i64::MIN, |a| {
                             minute_of(user.cart[0].at_ms.saturating_add(a))
                         });
-                        self.sweep.cart_due.entry(key).or_default().push(event.user);
+                        let listed = user_ref(event.user, position);
+                        self.sweep.cart_due.entry(key).or_default().push(listed);
                     }
                 }
             }
@@ -1181,7 +1245,8 @@ impl Engine {
             let key = self.first_cart_ms.map_or(i64::MIN, |a| {
                 minute_of(user.cart[0].at_ms.saturating_add(a))
             });
-            self.sweep.cart_due.entry(key).or_default().push(event.user);
+            let listed = user_ref(event.user, position);
+            self.sweep.cart_due.entry(key).or_default().push(listed);
         }
         user.purchases = user.purchases.saturating_add(1);
         let first = user.purchases == 1;
@@ -1500,22 +1565,23 @@ impl Engine {
             candidates.normalize();
             if selecting.iter().any(|s| s.newly) {
                 // Every user, in pseudonym order (the user map has none).
-                let mut all: Vec<UserPseudonym> = self.state.users.keys().copied().collect();
+                let mut all: Vec<(UserPseudonym, usize)> = (self.state.users.iter_at())
+                    .map(|(at, user, _)| (*user, at))
+                    .collect();
                 all.sort_unstable();
-                for pseudonym in all {
+                for (pseudonym, at) in all {
                     let candidate = candidates.contains_sorted(&pseudonym);
-                    if let Some(user) = self.state.users.get_mut(&pseudonym) {
-                        judge(pseudonym, user, candidate);
-                    }
+                    judge(pseudonym, self.state.users.facts_at_mut(at), candidate);
                 }
             } else {
-                let listed: Vec<UserPseudonym> = (candidates.ordered().iter())
-                    .map(|(user, _)| *user)
+                let listed: Vec<UserRef> = (candidates.ordered().iter())
+                    .map(|(user, _, at)| UserRef {
+                        user: *user,
+                        at: *at,
+                    })
                     .collect();
-                for pseudonym in listed {
-                    if let Some(user) = self.state.users.get_mut(&pseudonym) {
-                        judge(pseudonym, user, true);
-                    }
+                for (pseudonym, at) in found_in_order(&self.state.users, &listed) {
+                    judge(pseudonym, self.state.users.facts_at_mut(at), true);
                 }
             }
         }
@@ -1561,15 +1627,14 @@ impl Engine {
         // its own delay after the cart's first line has passed.
         // In pseudonym order (the user map has none).
         // The users whose cart may have something due (in pseudonym order, as before).
-        let mut with_cart: Vec<UserPseudonym> = Vec::new();
+        let mut listed: Vec<UserRef> = Vec::new();
         while let Some(bucket) = self.sweep.cart_due.first_entry() {
             if *bucket.key() > watermark {
                 break;
             }
-            with_cart.extend(bucket.remove());
+            listed.extend(bucket.remove());
         }
-        with_cart.sort_unstable();
-        with_cart.dedup();
+        let with_cart = found_in_order(&self.state.users, &listed);
         // A user's cooldown list is read once for all cart triggers (by trigger id): the
         // latest send and the cooldown's end of each.
         let mut by_id: Vec<Option<usize>> = vec![None; self.cooldown_of.len()];
@@ -1579,14 +1644,12 @@ impl Engine {
         let mut last_sent: Vec<i64> = vec![i64::MIN; carts.len()];
         let mut until: Vec<i64> = vec![i64::MIN; carts.len()];
         let texts = &self.state.texts;
-        for pseudonym in &with_cart {
-            let Some(user) = self.state.users.get_mut(pseudonym) else {
-                continue;
-            };
+        for &(pseudonym, at) in &with_cart {
+            let user = self.state.users.facts_at_mut(at);
             let Some(first) = user.cart.first().map(|l| l.at_ms) else {
                 continue;
             };
-            self.changed.insert(*pseudonym);
+            self.changed.insert(pseudonym);
             let mut read = false;
             for (k, (index, trigger, after_ms)) in carts.iter().enumerate() {
                 let due = first.saturating_add(*after_ms);
@@ -1627,7 +1690,7 @@ impl Engine {
                 out.push(Output {
                     trigger: *index,
                     group: Vec::new(),
-                    user: Some(*pseudonym),
+                    user: Some(pseudonym),
                     event: Some(PushEvent {
                         user: pseudonym.to_hex(),
                         kind: "add_to_cart".into(),
@@ -1659,7 +1722,7 @@ impl Engine {
                     .cart_due
                     .entry(minute_of(next))
                     .or_default()
-                    .push(*pseudonym);
+                    .push(user_ref(pseudonym, at));
             }
         }
         let horizon = self.horizon_ms;
@@ -1678,32 +1741,33 @@ impl Engine {
         let idle = |user: &UserFacts| user.last_seen_ms.saturating_add(keep_ms) <= watermark;
         // The users idle since this advance (from the minutes of their last events), and
         // the idle users kept for a cooldown or a cart whose time to look again came.
-        let mut due: Vec<UserPseudonym> = Vec::new();
+        let mut due: Vec<UserRef> = Vec::new();
         let limit = watermark.saturating_sub(keep_ms);
-        let mut not_yet: Vec<(i64, UserPseudonym)> = Vec::new();
+        let mut not_yet: Vec<(i64, UserRef)> = Vec::new();
         while let Some(bucket) = self.sweep.idle.first_entry() {
             if *bucket.key() > limit {
                 break;
             }
             let (minute, users) = bucket.remove_entry();
             self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(users.len());
-            for pseudonym in users {
-                let Some(user) = self.state.users.get(&pseudonym) else {
+            for listed in users {
+                let Some(at) = self.state.users.find(&listed) else {
                     continue;
                 };
+                let user = self.state.users.facts_at(at);
                 if minute_of(user.last_seen_ms) != minute {
                     continue; // seen later: listed under a later minute
                 }
                 if idle(user) {
-                    due.push(pseudonym);
+                    due.push(listed);
                 } else {
-                    not_yet.push((minute, pseudonym));
+                    not_yet.push((minute, listed));
                 }
             }
         }
         self.sweep.idle_entries += not_yet.len();
-        for (minute, pseudonym) in not_yet {
-            self.sweep.idle.entry(minute).or_default().push(pseudonym);
+        for (minute, listed) in not_yet {
+            self.sweep.idle.entry(minute).or_default().push(listed);
         }
         while let Some(bucket) = self.sweep.recheck.first_entry() {
             if *bucket.key() > watermark {
@@ -1711,14 +1775,10 @@ impl Engine {
             }
             due.extend(bucket.remove());
         }
-        due.sort_unstable();
-        due.dedup();
         // Forgotten users, in pseudonym order (as `due` is): let go of as candidates at once.
         let mut forgotten: Vec<UserPseudonym> = Vec::new();
-        for pseudonym in due {
-            let Some(user) = self.state.users.get_mut(&pseudonym) else {
-                continue;
-            };
+        for (pseudonym, at) in found_in_order(&self.state.users, &due) {
+            let user = self.state.users.facts_at_mut(at);
             if !idle(user) {
                 continue; // active again: listed under the minute of its last event
             }
@@ -1728,7 +1788,7 @@ impl Engine {
                 .retain(|(t, at)| cooldown(t).is_some_and(|c| at.saturating_add(c) > watermark));
             user.intents.clear();
             if user.sent.is_empty() && user.cart.is_empty() {
-                self.state.users.remove(&pseudonym);
+                self.state.users.remove_at(at);
                 // (A candidate's entry goes with it: it is stored in the user's row, so a
                 // forgotten user's entry was left in memory only, never read back.)
                 forgotten.push(pseudonym);
@@ -1749,7 +1809,7 @@ impl Engine {
                 .recheck
                 .entry(minute_of(next))
                 .or_default()
-                .push(pseudonym);
+                .push(user_ref(pseudonym, at));
         }
         self.evict_over_bound(&mut forgotten);
         forgotten.sort_unstable();

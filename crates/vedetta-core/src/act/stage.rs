@@ -410,6 +410,9 @@ impl TriggerStage {
     pub fn after_record(&mut self, pipeline: &mut Pipeline, record: &LogRecord) {
         let engine = &mut self.engine;
         let outputs = &mut self.outputs;
+        if !pipeline.let_go_hints().is_empty() {
+            engine.pipeline_let_go(pipeline.let_go_hints());
+        }
         if let LogRecord::Event(event) = record {
             let judged = match pipeline.last_verdict() {
                 Some(EventVerdict::Accepted { flagged, counted }) => Judged {
@@ -427,8 +430,8 @@ impl TriggerStage {
             };
             let given = judged.hint;
             let hint = engine.observe_judged(event, judged, outputs);
-            if hint != given && !judged.ignored {
-                pipeline.set_stage_hint(&event.user, hint);
+            if hint != given && !judged.ignored && !pipeline.set_stage_hint(&event.user, hint) {
+                engine.hint_not_kept(&event.user, hint);
             }
         }
         self.window.after_record(pipeline, |totals| {

@@ -358,6 +358,9 @@ pub struct Pipeline {
     last_verdict: Option<EventVerdict>,
     /// The stage hint of the last accepted event's user ([`Self::last_stage_hint`]).
     last_stage_hint: u32,
+    /// The users let go of by the last record's processing that carried a stage hint, with
+    /// it ([`Self::let_go_hints`]).
+    let_go_hints: Vec<(UserPseudonym, u32)>,
 }
 
 /// What the pipeline made of one event, for the stages after it (the trigger stage): so
@@ -444,6 +447,7 @@ impl Pipeline {
             first_due_minute: i64::MIN,
             last_verdict: None,
             last_stage_hint: 0,
+            let_go_hints: Vec::new(),
             config,
         };
         pipeline.conversion_kinds = pipeline
@@ -680,6 +684,7 @@ impl Pipeline {
 
     /// Processes the record at `offset`. Records must come in log order, each once.
     pub fn process(&mut self, offset: u64, record: &LogRecord) {
+        self.let_go_hints.clear();
         self.last_verdict = match record {
             LogRecord::Event(event) => Some(self.process_event(event)),
             LogRecord::Spend(spend) => {
@@ -704,13 +709,25 @@ impl Pipeline {
         self.last_stage_hint
     }
 
-    /// Leaves `hint` on `user` while the pipeline holds it (nothing when it does not).
-    /// Called right after the user's event, whose processing just touched its entry.
+    /// Leaves `hint` on `user` while the pipeline holds it; whether it does. Called right
+    /// after the user's event, whose processing just touched its entry.
     #[inline]
-    pub fn set_stage_hint(&mut self, user: &UserPseudonym, hint: u32) {
-        if let Some(held) = self.state.users.get_mut(user) {
-            held.stage_hint = hint;
+    pub fn set_stage_hint(&mut self, user: &UserPseudonym, hint: u32) -> bool {
+        match self.state.users.get_mut(user) {
+            Some(held) => {
+                held.stage_hint = hint;
+                true
+            }
+            None => false,
         }
+    }
+
+    /// The users the last record's processing let go of (their sessions final) that
+    /// carried a stage hint, each with its hint: a stage that finds its users by their
+    /// hints must now find these another way. Emptied by the next [`Self::process`].
+    #[inline]
+    pub fn let_go_hints(&self) -> &[(UserPseudonym, u32)] {
+        &self.let_go_hints
     }
 
     /// The dimension tuple of an id of this pipeline (as [`EventVerdict::Accepted`] gives).
@@ -1355,6 +1372,9 @@ impl Pipeline {
                 if cut == state.entries.len() {
                     let memory = state.memory;
                     if let Some(dropped) = self.state.users.remove(&user) {
+                        if dropped.stage_hint != 0 {
+                            self.let_go_hints.push((user, dropped.stage_hint));
+                        }
                         self.spare_lists.give(dropped.entries);
                     }
                     if attribution::still_relevant(memory, horizon, lookback) {

@@ -14,23 +14,39 @@
 //! a minute end (it stays if the time is at or past it), and a minute end is a minute's
 //! edge: any time in the same minute decides alike. So the time kept may be the first
 //! intent of the user's latest listed minute rather than the latest intent.
+//!
+//! Each entry carries where the user's facts are ([`super::users::UserRef`]): most users
+//! are found by that place, not by pseudonym. A user let go is let go of here at once
+//! ([`Candidates::remove_all`]), so every entry of a user names the same place; entries
+//! read back from storage name none (the users of a restored state are found by
+//! pseudonym).
 
+use super::users::UserRef;
 use crate::record::UserPseudonym;
 use serde::{Deserialize, Serialize};
 
-/// The candidates: (user, time) entries, possibly several per user (see the module).
+/// A user, the time of an intent of it, and where its facts are ([`UserRef::at`]).
+pub type Candidate = (UserPseudonym, i64, u32);
+
+/// The candidates: (user, time, place) entries, possibly several per user (see the
+/// module).
 #[derive(Clone, Debug, Default)]
 pub struct Candidates {
-    entries: Vec<(UserPseudonym, i64)>,
+    entries: Vec<Candidate>,
     /// The entries before this are in pseudonym order, one per user.
     sorted: usize,
 }
 
 impl Candidates {
-    /// Lists `user` with an intent at `at_ms`.
+    /// Lists `user`, whose facts are at `at`, with an intent at `at_ms`.
     #[inline]
+    pub fn push_at(&mut self, user: UserPseudonym, at_ms: i64, at: u32) {
+        self.entries.push((user, at_ms, at));
+    }
+
+    /// Lists `user` with an intent at `at_ms`, its place not known (found by pseudonym).
     pub fn push(&mut self, user: UserPseudonym, at_ms: i64) {
-        self.entries.push((user, at_ms));
+        self.push_at(user, at_ms, UserRef::UNKNOWN_AT);
     }
 
     /// Puts the entries in pseudonym order, one per user with its latest time.
@@ -41,7 +57,7 @@ impl Candidates {
         // Latest first within a user, so that dedup keeps it.
         self.entries
             .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        self.entries.dedup_by_key(|(user, _)| *user);
+        self.entries.dedup_by_key(|(user, _, _)| *user);
         self.sorted = self.entries.len();
     }
 
@@ -56,7 +72,7 @@ impl Candidates {
     }
 
     /// The entries, in pseudonym order, one per user.
-    pub fn ordered(&mut self) -> &[(UserPseudonym, i64)] {
+    pub fn ordered(&mut self) -> &[Candidate] {
         self.normalize();
         &self.entries
     }
@@ -64,15 +80,18 @@ impl Candidates {
     /// The latest time `user` is listed with (in order or not).
     pub fn get(&self, user: &UserPseudonym) -> Option<i64> {
         let (sorted, tail) = self.entries.split_at(self.sorted);
-        let found = (sorted.binary_search_by(|(u, _)| u.cmp(user)).ok()).map(|i| sorted[i].1);
-        (tail.iter().filter(|(u, _)| u == user).map(|(_, at)| *at))
-            .fold(found, |best, at| Some(best.map_or(at, |b: i64| b.max(at))))
+        let found = (sorted.binary_search_by(|(u, _, _)| u.cmp(user)).ok()).map(|i| sorted[i].1);
+        (tail
+            .iter()
+            .filter(|(u, _, _)| u == user)
+            .map(|(_, at, _)| *at))
+        .fold(found, |best, at| Some(best.map_or(at, |b: i64| b.max(at))))
     }
 
     /// Whether `user` is listed, once [`Self::normalize`]d (else only its sorted part is
     /// searched).
     pub fn contains_sorted(&self, user: &UserPseudonym) -> bool {
-        (self.entries[..self.sorted].binary_search_by(|(u, _)| u.cmp(user))).is_ok()
+        (self.entries[..self.sorted].binary_search_by(|(u, _, _)| u.cmp(user))).is_ok()
     }
 
     /// Keeps the entries with a time at or past `from`, calling `done` with the user of
@@ -101,7 +120,7 @@ impl Candidates {
         let mut index = 0;
         let mut sorted_kept = 0;
         let sorted = self.sorted;
-        self.entries.retain(|(user, at)| {
+        self.entries.retain(|(user, at, _)| {
             let kept = keep(*user, *at);
             if kept && index < sorted {
                 sorted_kept += 1;
@@ -132,15 +151,17 @@ impl Candidates {
     }
 
     /// Every entry, in no order (a user possibly more than once).
-    pub fn raw(&self) -> &[(UserPseudonym, i64)] {
+    pub fn raw(&self) -> &[Candidate] {
         &self.entries
     }
 
-    /// The entries in order, one per user, without changing `self`.
+    /// The (user, time) entries in order, one per user, without changing `self`.
     pub fn normalized(&self) -> Vec<(UserPseudonym, i64)> {
         let mut copy = self.clone();
         copy.normalize();
-        copy.entries
+        (copy.entries.into_iter())
+            .map(|(user, at_ms, _)| (user, at_ms))
+            .collect()
     }
 }
 
@@ -153,7 +174,9 @@ impl PartialEq for Candidates {
 impl FromIterator<(UserPseudonym, i64)> for Candidates {
     fn from_iter<I: IntoIterator<Item = (UserPseudonym, i64)>>(entries: I) -> Self {
         let mut candidates = Candidates {
-            entries: entries.into_iter().collect(),
+            entries: (entries.into_iter())
+                .map(|(user, at_ms)| (user, at_ms, UserRef::UNKNOWN_AT))
+                .collect(),
             sorted: 0,
         };
         candidates.normalize();
@@ -184,6 +207,10 @@ mod tests {
         UserPseudonym([n; 16])
     }
 
+    fn pairs(entries: &[Candidate]) -> Vec<(UserPseudonym, i64)> {
+        entries.iter().map(|(user, at, _)| (*user, *at)).collect()
+    }
+
     #[test]
     fn a_user_listed_several_times_reads_as_once_with_its_latest_time() {
         let mut c = Candidates::default();
@@ -192,7 +219,7 @@ mod tests {
         c.push(user(2), 30);
         c.push(user(2), 20);
         assert_eq!(c.get(&user(2)), Some(30), "found in the unsorted tail");
-        assert_eq!(c.ordered(), &[(user(1), 5), (user(2), 30)]);
+        assert_eq!(pairs(c.ordered()), [(user(1), 5), (user(2), 30)]);
         assert_eq!(c.get(&user(2)), Some(30), "found in the sorted part");
         assert_eq!(c.get(&user(3)), None);
         c.push(user(1), 7);
@@ -242,7 +269,7 @@ mod tests {
         c.retain_from(120_000, |u| done.push(u));
         done.sort_unstable();
         assert_eq!(done, vec![user(2), user(3)]);
-        assert_eq!(c.ordered(), &[(user(1), 120_500)]);
+        assert_eq!(pairs(c.ordered()), [(user(1), 120_500)]);
     }
 
     #[test]
@@ -254,7 +281,7 @@ mod tests {
         c.normalize();
         c.push(user(2), 100);
         c.remove_all(&[user(1), user(2)]);
-        assert_eq!(c.ordered(), &[(user(3), 3), (user(4), 4)]);
+        assert_eq!(pairs(c.ordered()), [(user(3), 3), (user(4), 4)]);
         assert!(!c.contains_sorted(&user(1)));
         assert!(c.contains_sorted(&user(4)));
     }

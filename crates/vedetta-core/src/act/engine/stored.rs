@@ -509,12 +509,13 @@ impl ActState {
         refill(&mut flat.event_ids, lists[2]);
         refill(&mut flat.sent, lists[3]);
         refill(&mut flat.candidates, self.candidates.entries());
-        flat.candidates.extend_from_slice(self.candidates.raw());
+        (flat.candidates)
+            .extend((self.candidates.raw().iter()).map(|(user, at_ms, _)| (*user, *at_ms)));
         flat.texts.clear();
         flat.texts
             .extend((self.texts.entries()).map(|(id, t)| (id, t.into())));
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        for (user, f) in &self.users {
+        for (user, f) in self.users.iter() {
             flat.users.push(FlatUser {
                 user: *user,
                 row: f.row,

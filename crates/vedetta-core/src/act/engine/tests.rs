@@ -1147,9 +1147,10 @@ fn a_stored_row_with_times_at_the_edges_does_not_overflow() {
     );
 }
 
-/// The hints the engine leaves on the pipeline's users only spare lookups: a hint whose
-/// place another user took after a removal, or another engine's "not held", is not
-/// trusted, and the user is found (or not) by its pseudonym.
+/// The hints the engine leaves on the pipeline's users find the users it makes (they are
+/// not in its map); a hint whose place another user took, or another engine's "not held",
+/// is not trusted; a user whose hint the pipeline lets go of, or could not keep, is found
+/// by its pseudonym from then on.
 #[test]
 fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
     let new_engine = || {
@@ -1159,6 +1160,7 @@ fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
             ActState::default(),
         )
         .with_pipeline_verdicts()
+        .without_change_tracking()
     };
     let judged = |hint| Judged {
         ignored: false,
@@ -1172,36 +1174,56 @@ fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
     let h1 = engine.observe_judged(&view(1, T0, "a"), judged(0), &mut out);
     let h2 = engine.observe_judged(&view(2, T0 + 30 * MIN, "b"), judged(0), &mut out);
     assert!(h1 != 0 && h2 != 0 && h1 != h2, "{h1} {h2}");
-    // With its hint, user 2's visit is taken in.
+    assert_eq!(
+        engine.state().users.indexed(),
+        0,
+        "found by their hints only"
+    );
+    // With its hint, user 2's visit is taken in; without, it is not found.
     let h = engine.observe_judged(&visit(2, T0 + 31 * MIN), judged(h2), &mut out);
     assert_eq!(h, h2);
     assert_eq!(engine.state().users[&user(2)].last_seen_ms, T0 + 31 * MIN);
-    // User 1 is forgotten (idle past the 10-minute horizon): user 2 takes its place.
+    // User 1 is forgotten (idle past the 10-minute horizon); its hint finds no one, and a
+    // new user takes its place.
     engine.advance(T0 + 25 * MIN, &mut out);
     assert!(!engine.state().users.contains_key(&user(1)));
-    // User 2's hint is stale: it is found by its pseudonym and given its new place.
-    let h = engine.observe_judged(&visit(2, T0 + 32 * MIN), judged(h2), &mut out);
-    assert_eq!(h, h1, "user 2 now where user 1 was");
-    assert_eq!(engine.state().users[&user(2)].last_seen_ms, T0 + 32 * MIN);
-    // User 1's old hint points at user 2's facts: not used. User 1 is not held, so its
-    // visit leaves nothing (user 2 untouched) and a "not held" hint.
-    let not_held = engine.observe_judged(&visit(1, T0 + 33 * MIN), judged(h1), &mut out);
+    let not_held = engine.observe_judged(&visit(1, T0 + 26 * MIN), judged(h1), &mut out);
     assert_eq!(not_held % 2, 1);
+    let h3 = engine.observe_judged(&view(3, T0 + 32 * MIN, "c"), judged(0), &mut out);
+    assert_eq!(h3, h1, "user 3 where user 1 was");
+    // User 1's old hint points at user 3's facts: not used. User 1 is not held, so its
+    // visit leaves nothing (user 3 untouched).
+    let h = engine.observe_judged(&visit(1, T0 + 33 * MIN), judged(h1), &mut out);
+    assert_eq!(h, not_held);
     assert!(!engine.state().users.contains_key(&user(1)));
-    assert_eq!(engine.state().users[&user(2)].last_seen_ms, T0 + 32 * MIN);
+    assert_eq!(engine.state().users[&user(3)].last_seen_ms, T0 + 32 * MIN);
+    // The pipeline lets go of user 2 (its session over): found by pseudonym after.
+    engine.pipeline_let_go(&[(user(2), h2), (user(9), h3)]);
+    assert_eq!(engine.state().users.indexed(), 1, "user 9 is not user 3");
+    let h = engine.observe_judged(&visit(2, T0 + 34 * MIN), judged(0), &mut out);
+    assert_eq!(h, h2);
+    assert_eq!(engine.state().users[&user(2)].last_seen_ms, T0 + 34 * MIN);
+    // A hint the pipeline could not keep: the same.
+    let h4 = engine.observe_judged(&view(4, T0 + 34 * MIN, "d"), judged(0), &mut out);
+    engine.hint_not_kept(&user(4), h4);
+    let h = engine.observe_judged(&visit(4, T0 + 35 * MIN), judged(0), &mut out);
+    assert_eq!(h, h4);
+    assert_eq!(engine.state().users[&user(4)].last_seen_ms, T0 + 35 * MIN);
     // Another engine does not take this one's "not held" for its own: it holds user 1
-    // on an intent, and finds user 3, which it holds, on a visit.
+    // on an intent, once.
     let mut other = new_engine();
     other.observe_judged(&view(3, T0, "c"), judged(0), &mut out);
     let h = other.observe_judged(&view(1, T0 + MIN, "d"), judged(not_held), &mut out);
     assert_eq!(h % 2, 0);
-    assert!(other.state().users.contains_key(&user(1)));
-    other.observe_judged(&visit(3, T0 + 2 * MIN), judged(not_held), &mut out);
-    assert_eq!(other.state().users[&user(3)].last_seen_ms, T0 + 2 * MIN);
+    let again = other.observe_judged(&view(1, T0 + 2 * MIN, "d"), judged(h), &mut out);
+    assert_eq!(again, h);
+    assert_eq!(other.users(), 2);
+    assert_eq!(other.state().users[&user(1)].intents.len(), 2);
     // This engine's own "not held" drops a visit without a lookup, as it should: user 1 is
     // still not held here.
-    let h = engine.observe_judged(&visit(1, T0 + 34 * MIN), judged(not_held), &mut out);
+    let h = engine.observe_judged(&visit(1, T0 + 36 * MIN), judged(not_held), &mut out);
     assert_eq!(h, not_held);
+    assert_eq!(engine.users(), 3);
     assert!(out.is_empty(), "{out:?}");
 }
 

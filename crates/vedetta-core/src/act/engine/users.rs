@@ -1,17 +1,24 @@
-//! The engine's users: their facts side by side in one list, found by pseudonym through a
-//! small map of positions.
+//! The engine's users: their facts side by side in one list of slots, found by the position
+//! the pipeline keeps for them, or by pseudonym through a map for the users it does not.
 //!
 //! A hash map holding the facts themselves (about 200 bytes an entry) cost the processor
 //! twice on live traffic with a million users held (`perf`, 2026-12-05): every growth of
-//! the map moved all the facts into a freshly zeroed table (the largest single cost of the
-//! trigger stage while users accumulate), and every lookup missed the cache on the table's
-//! control bytes, on the entry's key and again on its facts. Here the map's entries are 20
-//! bytes (a million of them fit the last-level cache), its growth moves only those, and
-//! the list grows by reallocation (for large lists a remap of pages, not a copy). Iterating
-//! the users (the snapshot copy, the size report, a reload's rebuild) walks one list.
+//! the map moved all the facts into a freshly zeroed table, and every lookup missed the
+//! cache on the table's control bytes, on the entry's key and again on its facts. A map
+//! of positions beside a dense list (the next step) still cost a probe into memory no
+//! cache holds for every new user, and three for every user let go (the removed user's,
+//! and the one moved into its place): with 40,000 new users a second, two fifths of the
+//! trigger stage's time (`perf`, 2026-12-05).
 //!
-//! Removal swaps the last user into the freed place, so the list stays dense; no position
-//! leaves this module.
+//! So a user's slot never moves while it is held (a freed slot is reused by a later user),
+//! and the pipeline, which looks its own users up anyway, keeps each one's position in its
+//! entry (the hint, see [`super::Engine::observe_judged`]). A user the engine makes that
+//! way is not in the map at all. The map holds only the users no hint finds: every user
+//! when the engine judges events itself (its unit tests), the users of a restored state
+//! (the pipeline's hints are not stored), and the users the pipeline let go of while the
+//! engine still holds them ([`super::Engine::pipeline_let_go`]). Lists of users inside
+//! the engine (its sweeps, its candidates) carry each user's position with its pseudonym
+//! ([`UserRef`]).
 
 use super::UserFacts;
 use crate::pipeline::hash::FastHashMap;
@@ -19,147 +26,232 @@ use crate::record::UserPseudonym;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Users' facts by pseudonym (see the module's overview). Equal when they hold the same
-/// users with the same facts, whatever the order they were added in; encoded as a map in
-/// pseudonym order.
+/// A user and where its facts were when it was listed: found again by [`UserTable::find`]
+/// (a slot holding another user, or none, means it was let go since; a user let go and
+/// made again is listed again at its new place).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UserRef {
+    pub user: UserPseudonym,
+    pub at: u32,
+}
+
+impl UserRef {
+    /// A position that holds no one: [`UserTable::find`] then looks in the map.
+    pub const UNKNOWN_AT: u32 = u32::MAX;
+}
+
+/// Users' facts in slots (see the module's overview). Equal when they hold the same users
+/// with the same facts, wherever they sit; encoded as a map in pseudonym order.
 #[derive(Clone, Debug, Default)]
 pub struct UserTable {
-    /// Where each user's facts are in `facts`.
-    positions: FastHashMap<UserPseudonym, u32>,
-    facts: Vec<(UserPseudonym, UserFacts)>,
+    /// Where the users no hint finds are (see the overview).
+    index: FastHashMap<UserPseudonym, u32>,
+    slots: Vec<Option<(UserPseudonym, UserFacts)>>,
+    /// Slots freed, reused last freed first.
+    free: Vec<u32>,
+    len: usize,
 }
 
 impl UserTable {
     pub fn len(&self) -> usize {
-        self.facts.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.facts.is_empty()
+        self.len == 0
     }
 
-    pub fn contains_key(&self, user: &UserPseudonym) -> bool {
-        self.positions.contains_key(user)
+    /// Users the map finds by pseudonym alone.
+    pub fn indexed(&self) -> usize {
+        self.index.len()
     }
 
+    /// The position of `user` when the map holds it (a user made for a hint is found by
+    /// its hint, or [`Self::find`] with its listed position).
     #[inline]
-    pub fn get(&self, user: &UserPseudonym) -> Option<&UserFacts> {
-        let at = *self.positions.get(user)?;
-        Some(&self.facts[at as usize].1)
+    pub fn position(&self, user: &UserPseudonym) -> Option<usize> {
+        if self.index.is_empty() {
+            return None;
+        }
+        self.index.get(user).map(|at| *at as usize)
     }
 
+    /// The position of the user `r` names: its listed place when it still holds it, else
+    /// where the map says.
     #[inline]
-    pub fn get_mut(&mut self, user: &UserPseudonym) -> Option<&mut UserFacts> {
-        let at = *self.positions.get(user)?;
-        Some(&mut self.facts[at as usize].1)
-    }
-
-    /// The user's facts, made by `new` when the table does not hold the user; and whether
-    /// they were.
-    #[inline]
-    pub fn get_or_insert_with(
-        &mut self,
-        user: UserPseudonym,
-        new: impl FnOnce() -> UserFacts,
-    ) -> (&mut UserFacts, bool) {
-        let next = self.facts.len();
-        match self.positions.entry(user) {
-            std::collections::hash_map::Entry::Occupied(at) => {
-                (&mut self.facts[*at.get() as usize].1, false)
-            }
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(position(next));
-                self.facts.push((user, new()));
-                (&mut self.facts[next].1, true)
-            }
+    pub fn find(&self, r: &UserRef) -> Option<usize> {
+        match self.slots.get(r.at as usize) {
+            Some(Some((held, _))) if *held == r.user => Some(r.at as usize),
+            _ => self.position(&r.user),
         }
     }
 
-    /// Where `user`'s facts are, when held.
+    /// The facts of the user the map holds (see [`Self::position`]).
     #[inline]
-    pub fn position(&self, user: &UserPseudonym) -> Option<usize> {
-        self.positions.get(user).map(|at| *at as usize)
+    pub fn get(&self, user: &UserPseudonym) -> Option<&UserFacts> {
+        self.position(user).map(|at| self.facts_at(at))
     }
 
-    /// The facts at `at` when they are `user`'s (a position may be stale: removal moves the
-    /// last user into the freed place).
+    /// As [`Self::get`], to change.
+    #[inline]
+    pub fn get_mut(&mut self, user: &UserPseudonym) -> Option<&mut UserFacts> {
+        self.position(user).map(|at| self.facts_at_mut(at))
+    }
+
+    /// The facts of `user` wherever they are, the map's or not: a walk over every slot when
+    /// the map does not hold the user (for tests and rare questions, not a hot path).
+    pub fn lookup(&self, user: &UserPseudonym) -> Option<&UserFacts> {
+        self.get(user).or_else(|| {
+            (self.iter())
+                .find(|(held, _)| *held == user)
+                .map(|(_, facts)| facts)
+        })
+    }
+
+    /// Whether the table holds `user` (see [`Self::lookup`]).
+    pub fn contains_key(&self, user: &UserPseudonym) -> bool {
+        self.lookup(user).is_some()
+    }
+
+    /// The facts at `at` when they are `user`'s.
     #[inline]
     pub fn at_mut(&mut self, at: usize, user: &UserPseudonym) -> Option<&mut UserFacts> {
-        match self.facts.get_mut(at) {
-            Some((held, facts)) if held == user => Some(facts),
+        match self.slots.get_mut(at) {
+            Some(Some((held, facts))) if held == user => Some(facts),
             _ => None,
         }
     }
 
-    /// The facts at position `at` (as [`Self::position`] or
-    /// [`Self::position_or_insert_with`] gave it, with no removal since).
+    /// The facts at position `at`, which holds a user (as [`Self::position`],
+    /// [`Self::find`] or [`Self::add`] gave it, with no removal of it since).
     #[inline]
-    pub fn facts_at_mut(&mut self, at: usize) -> &mut UserFacts {
-        &mut self.facts[at].1
-    }
-
-    /// The position of the user's facts, made by `new` when the table does not hold the
-    /// user; and whether they were.
-    #[inline]
-    pub fn position_or_insert_with(
-        &mut self,
-        user: UserPseudonym,
-        new: impl FnOnce() -> UserFacts,
-    ) -> (usize, bool) {
-        let next = self.facts.len();
-        match self.positions.entry(user) {
-            std::collections::hash_map::Entry::Occupied(at) => (*at.get() as usize, false),
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert(position(next));
-                self.facts.push((user, new()));
-                (next, true)
-            }
+    pub fn facts_at(&self, at: usize) -> &UserFacts {
+        match &self.slots[at] {
+            Some((_, facts)) => facts,
+            None => panic!("a freed slot read as a user's"),
         }
     }
 
-    /// Adds or replaces the user's facts; gives back the facts replaced.
-    pub fn insert(&mut self, user: UserPseudonym, facts: UserFacts) -> Option<UserFacts> {
-        match self.positions.get(&user) {
-            Some(&at) => Some(std::mem::replace(&mut self.facts[at as usize].1, facts)),
+    /// As [`Self::facts_at`], to change.
+    #[inline]
+    pub fn facts_at_mut(&mut self, at: usize) -> &mut UserFacts {
+        match &mut self.slots[at] {
+            Some((_, facts)) => facts,
+            None => panic!("a freed slot read as a user's"),
+        }
+    }
+
+    /// The pseudonym held at `at`, when one is.
+    #[inline]
+    pub fn user_at(&self, at: usize) -> Option<&UserPseudonym> {
+        self.slots.get(at)?.as_ref().map(|(user, _)| user)
+    }
+
+    /// Adds a user the table does not hold (the caller has looked), in the map when
+    /// `indexed`; gives back its position.
+    #[inline]
+    pub fn add(&mut self, user: UserPseudonym, facts: UserFacts, indexed: bool) -> usize {
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = Some((user, facts));
+                at as usize
+            }
             None => {
-                self.positions.insert(user, position(self.facts.len()));
-                self.facts.push((user, facts));
+                self.slots.push(Some((user, facts)));
+                self.slots.len() - 1
+            }
+        };
+        self.len += 1;
+        if indexed {
+            self.index.insert(user, position(at));
+        }
+        at
+    }
+
+    /// Puts the user at `at` in the map (one no hint will find any more).
+    pub fn index_at(&mut self, at: usize) {
+        if let Some(Some((user, _))) = self.slots.get(at) {
+            self.index.insert(*user, position(at));
+        }
+    }
+
+    /// Adds or replaces the user's facts, in the map; gives back the facts replaced. For a
+    /// table whose users are all in the map (one being decoded, or filled by this alone): a
+    /// user not in it is taken for a new one.
+    pub fn insert(&mut self, user: UserPseudonym, facts: UserFacts) -> Option<UserFacts> {
+        match self.position(&user) {
+            Some(at) => Some(std::mem::replace(self.facts_at_mut(at), facts)),
+            None => {
+                self.add(user, facts, true);
                 None
             }
         }
     }
 
-    pub fn remove(&mut self, user: &UserPseudonym) -> Option<UserFacts> {
-        let at = self.positions.remove(user)? as usize;
-        let (_, facts) = self.facts.swap_remove(at);
-        if let Some((moved, _)) = self.facts.get(at) {
-            // The last user took the freed place.
-            self.positions.insert(*moved, position(at));
+    /// The position of `user`, the map's or not (see [`Self::lookup`]).
+    fn lookup_position(&self, user: &UserPseudonym) -> Option<usize> {
+        self.position(user).or_else(|| {
+            (self.slots.iter()).position(|slot| slot.as_ref().is_some_and(|(held, _)| held == user))
+        })
+    }
+
+    /// Lets go of the user at `at`; gives back its pseudonym and facts.
+    pub fn remove_at(&mut self, at: usize) -> Option<(UserPseudonym, UserFacts)> {
+        let (user, facts) = self.slots.get_mut(at)?.take()?;
+        self.free.push(position(at));
+        self.len -= 1;
+        if !self.index.is_empty()
+            && let std::collections::hash_map::Entry::Occupied(entry) = self.index.entry(user)
+            && *entry.get() as usize == at
+        {
+            entry.remove();
         }
-        Some(facts)
+        if self.len == 0 {
+            // Nothing held: the slots' memory goes too.
+            self.slots = Vec::new();
+            self.free = Vec::new();
+        }
+        Some((user, facts))
     }
 
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&UserPseudonym, &UserFacts)> + Clone {
-        self.facts.iter().map(|(user, facts)| (user, facts))
+    /// Lets go of `user` (see [`Self::lookup`]).
+    pub fn remove(&mut self, user: &UserPseudonym) -> Option<UserFacts> {
+        let at = self.lookup_position(user)?;
+        self.remove_at(at).map(|(_, facts)| facts)
     }
 
-    pub fn keys(&self) -> impl ExactSizeIterator<Item = &UserPseudonym> + Clone {
-        self.facts.iter().map(|(user, _)| user)
+    /// Every user with its position, in slot order.
+    pub fn iter_at(&self) -> impl Iterator<Item = (usize, &UserPseudonym, &UserFacts)> + Clone {
+        (self.slots.iter().enumerate())
+            .filter_map(|(at, slot)| slot.as_ref().map(|(user, facts)| (at, user, facts)))
     }
 
-    pub fn values(&self) -> impl ExactSizeIterator<Item = &UserFacts> + Clone {
-        self.facts.iter().map(|(_, facts)| facts)
+    pub fn iter(&self) -> impl Iterator<Item = (&UserPseudonym, &UserFacts)> + Clone {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.as_ref().map(|(user, facts)| (user, facts)))
     }
 
-    pub fn values_mut(&mut self) -> impl ExactSizeIterator<Item = &mut UserFacts> {
-        self.facts.iter_mut().map(|(_, facts)| facts)
+    pub fn keys(&self) -> impl Iterator<Item = &UserPseudonym> + Clone {
+        self.iter().map(|(user, _)| user)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &UserFacts> + Clone {
+        self.iter().map(|(_, facts)| facts)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut UserFacts> {
+        self.slots
+            .iter_mut()
+            .filter_map(|slot| slot.as_mut().map(|(_, facts)| facts))
     }
 
     /// Bytes the table itself takes (the facts' lists are counted by
     /// [`UserFacts::approximate_bytes`]).
     pub fn table_bytes(&self) -> usize {
-        self.positions.capacity() * (std::mem::size_of::<(UserPseudonym, u32)>() + 1)
-            + self.facts.capacity() * std::mem::size_of::<(UserPseudonym, UserFacts)>()
+        self.index.capacity() * (std::mem::size_of::<(UserPseudonym, u32)>() + 1)
+            + self.slots.capacity() * std::mem::size_of::<Option<(UserPseudonym, UserFacts)>>()
+            + self.free.capacity() * 4
     }
 }
 
@@ -171,31 +263,24 @@ fn position(at: usize) -> u32 {
 
 impl PartialEq for UserTable {
     fn eq(&self, other: &Self) -> bool {
+        let sorted = |table: &UserTable| {
+            let mut all: Vec<(UserPseudonym, usize)> =
+                table.iter_at().map(|(at, user, _)| (*user, at)).collect();
+            all.sort_unstable();
+            all
+        };
         self.len() == other.len()
-            && self
-                .iter()
-                .all(|(user, facts)| other.get(user) == Some(facts))
+            && (sorted(self).into_iter().zip(sorted(other)))
+                .all(|((a, at), (b, bt))| a == b && self.facts_at(at) == other.facts_at(bt))
     }
 }
 
-/// Like a map's: panics when the table does not hold the user.
+/// Like a map's: panics when the table does not hold the user (see [`UserTable::lookup`]).
 impl std::ops::Index<&UserPseudonym> for UserTable {
     type Output = UserFacts;
 
     fn index(&self, user: &UserPseudonym) -> &UserFacts {
-        self.get(user).expect("a user the table holds")
-    }
-}
-
-impl<'a> IntoIterator for &'a UserTable {
-    type Item = (&'a UserPseudonym, &'a UserFacts);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, (UserPseudonym, UserFacts)>,
-        fn(&'a (UserPseudonym, UserFacts)) -> (&'a UserPseudonym, &'a UserFacts),
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.facts.iter().map(|(user, facts)| (user, facts))
+        self.lookup(user).expect("a user the table holds")
     }
 }
 
@@ -264,13 +349,37 @@ mod tests {
         for n in (0..10).filter(|n| ![0, 5, 9].contains(n)) {
             assert_eq!(table.get(&user(n)), Some(&facts(i64::from(n))), "user {n}");
         }
-        let (found, new) = table.get_or_insert_with(user(5), || facts(50));
-        assert!(new);
-        assert_eq!(found.last_seen_ms, 50);
-        let (found, new) = table.get_or_insert_with(user(5), || facts(51));
-        assert!(!new);
-        assert_eq!(found.last_seen_ms, 50);
+        assert_eq!(table.insert(user(5), facts(50)), None);
+        assert_eq!(table.insert(user(5), facts(51)), Some(facts(50)));
         assert_eq!(table.len(), 8);
+    }
+
+    #[test]
+    fn users_made_for_a_hint_are_found_by_their_place_not_the_map() {
+        let mut table = UserTable::default();
+        let a = table.add(user(1), facts(1), false);
+        let b = table.add(user(2), facts(2), true);
+        assert_eq!(table.position(&user(1)), None, "not in the map");
+        assert_eq!(table.position(&user(2)), Some(b));
+        let listed = UserRef {
+            user: user(1),
+            at: position(a),
+        };
+        assert_eq!(table.find(&listed), Some(a));
+        assert_eq!(table.lookup(&user(1)), Some(&facts(1)));
+        // Let go, its slot reused by another user: the listing no longer finds it.
+        assert_eq!(table.remove_at(a), Some((user(1), facts(1))));
+        let c = table.add(user(3), facts(3), false);
+        assert_eq!(c, a, "the freed slot is reused");
+        assert_eq!(table.find(&listed), None);
+        // Put in the map (the pipeline let go of it): found by pseudonym alone.
+        table.index_at(c);
+        assert_eq!(table.get(&user(3)), Some(&facts(3)));
+        assert_eq!(table.remove(&user(3)), Some(facts(3)));
+        assert_eq!(table.indexed(), 1);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.remove(&user(2)), Some(facts(2)));
+        assert!(table.is_empty() && table.indexed() == 0);
     }
 
     #[test]

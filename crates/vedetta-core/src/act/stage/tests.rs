@@ -889,3 +889,61 @@ fn an_intent_is_placed_where_the_pipeline_counts_it() {
     assert_eq!(state.texts.get(channel), Some("social"));
     assert_eq!(state.texts.get(campaign), Some("saldi"));
 }
+
+/// The engine finds the users it makes by the hint the pipeline keeps for them; a user the
+/// pipeline lets go of (its session over) while the engine still holds it (here for its
+/// purchase count and the tag's cooldown) is found by its pseudonym when it comes back,
+/// not made twice: its second purchase is not a first one.
+#[test]
+fn a_user_the_pipeline_lets_go_of_is_found_when_it_comes_back() {
+    let set = checked(vec![RawTrigger {
+        tag: Some("customer".into()),
+        on: Some("first_purchase".into()),
+        cooldown: Some("1d".into()),
+        ..trigger("first", "tag")
+    }]);
+    let config = config();
+    let mut pipeline = Pipeline::new(config.clone(), None);
+    let mut stage = TriggerStage::beside(set, &config).unwrap();
+    let anna = UserPseudonym([1; 16]);
+    let events = [
+        shopper(1, EventKind::Purchase, T0),
+        // Another user's events move the watermark hours on: Anna's session is over.
+        shopper(2, EventKind::Purchase, T0 + 3 * 3_600 * SECOND),
+        shopper(2, EventKind::Purchase, T0 + 4 * 3_600 * SECOND),
+        shopper(1, EventKind::Purchase, T0 + 4 * 3_600 * SECOND + SECOND),
+    ];
+    let mut let_go = Vec::new();
+    for (offset, event) in events.into_iter().enumerate() {
+        let record = LogRecord::Event(event);
+        pipeline.process(offset as u64, &record);
+        let_go.extend(pipeline.let_go_hints().iter().map(|(u, _)| *u));
+        stage.after_record(&mut pipeline, &record);
+        let held = stage
+            .engine()
+            .state()
+            .users
+            .keys()
+            .filter(|u| **u == anna)
+            .count();
+        assert_eq!(held, 1, "Anna held once, after record {offset}");
+    }
+    assert!(
+        let_go.contains(&anna),
+        "the pipeline let go of Anna: {let_go:?}"
+    );
+    let state = stage.engine().state();
+    assert!(
+        state.users.position(&anna).is_some(),
+        "found by pseudonym now"
+    );
+    assert_eq!(state.users.lookup(&anna).map(|f| f.purchases), Some(2));
+    let outputs: Vec<(String, u8)> = (stage.take_staged().into_iter())
+        .map(|(_, o)| (o.trigger, o.user.map_or(0, |u| u.0[0])))
+        .collect();
+    assert_eq!(
+        outputs,
+        vec![("first".to_string(), 1), ("first".to_string(), 2)],
+        "one first purchase each"
+    );
+}
