@@ -10,8 +10,9 @@
 //! Checked: nothing panics; what reads is what it writes back (a section restored encodes
 //! to a section that restores to the same bytes, from the live stage and from its copy;
 //! a set and an output re-encode to bytes that decode equal); and a restored stage runs on
-//! (records observed beside a pipeline, the outputs it stages encode and decode equal): a
-//! section that restores is one the processor can continue from.
+//! (records observed beside a pipeline, the outputs it stages encode and decode equal, and
+//! the stage it becomes encodes a section that restores): a section that restores is one
+//! the processor can continue from.
 
 use crate::selector;
 use vedetta_core::act::stage::{STAGE_FORMAT, STAGE_MAGIC, StagedOutput, TriggerSet, TriggerStage};
@@ -77,6 +78,15 @@ fn section(bytes: &[u8]) {
         let read = StagedOutput::decode(&bytes).expect("a staged output decodes");
         assert_eq!(read, output, "staged output {at} changed on a round trip");
     }
+    // What it ran into restores in turn: no user held twice (the restored users are found
+    // by pseudonym, the ones it made by the pipeline's hints, the ones the pipeline let go
+    // of by pseudonym again), whatever the section held.
+    let mut after = Vec::new();
+    stage
+        .encode_section(&mut after)
+        .unwrap_or_else(|e| panic!("the stage does not encode after running on: {e}"));
+    let ran_on = restore(&after).expect("the stage's section after running on does not restore");
+    assert_eq!(ran_on.stats().users, stage.stats().users);
 }
 
 fn trigger_set(bytes: &[u8]) {
