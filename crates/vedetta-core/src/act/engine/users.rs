@@ -92,12 +92,6 @@ impl UserTable {
         self.position(user).map(|at| self.facts_at(at))
     }
 
-    /// As [`Self::get`], to change.
-    #[inline]
-    pub fn get_mut(&mut self, user: &UserPseudonym) -> Option<&mut UserFacts> {
-        self.position(user).map(|at| self.facts_at_mut(at))
-    }
-
     /// The facts of `user` wherever they are, the map's or not: a walk over every slot when
     /// the map does not hold the user (for tests and rare questions, not a hot path).
     pub fn lookup(&self, user: &UserPseudonym) -> Option<&UserFacts> {
@@ -189,6 +183,7 @@ impl UserTable {
     }
 
     /// The position of `user`, the map's or not (see [`Self::lookup`]).
+    #[cfg(test)]
     fn lookup_position(&self, user: &UserPseudonym) -> Option<usize> {
         self.position(user).or_else(|| {
             (self.slots.iter()).position(|slot| slot.as_ref().is_some_and(|(held, _)| held == user))
@@ -214,7 +209,8 @@ impl UserTable {
         Some((user, facts))
     }
 
-    /// Lets go of `user` (see [`Self::lookup`]).
+    /// Lets go of `user` (see [`Self::lookup`]; the engine lets go by position).
+    #[cfg(test)]
     pub fn remove(&mut self, user: &UserPseudonym) -> Option<UserFacts> {
         let at = self.lookup_position(user)?;
         self.remove_at(at).map(|(_, facts)| facts)
@@ -238,20 +234,6 @@ impl UserTable {
 
     pub fn values(&self) -> impl Iterator<Item = &UserFacts> + Clone {
         self.iter().map(|(_, facts)| facts)
-    }
-
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut UserFacts> {
-        self.slots
-            .iter_mut()
-            .filter_map(|slot| slot.as_mut().map(|(_, facts)| facts))
-    }
-
-    /// Bytes the table itself takes (the facts' lists are counted by
-    /// [`UserFacts::approximate_bytes`]).
-    pub fn table_bytes(&self) -> usize {
-        self.index.capacity() * (std::mem::size_of::<(UserPseudonym, u32)>() + 1)
-            + self.slots.capacity() * std::mem::size_of::<Option<(UserPseudonym, UserFacts)>>()
-            + self.free.capacity() * 4
     }
 }
 
