@@ -8,7 +8,7 @@
 //!   Option<i64>)`.
 
 use super::texts::{Texts, TriggerNames};
-use super::{CartLine, Intent, SegmentState, UserFacts};
+use super::{CartLine, FactsFields, Intent, SegmentState, UserFacts};
 use crate::record::UserPseudonym;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,7 +74,7 @@ impl UserFactsV1 {
     /// their trigger's name in `names`.
     pub fn migrate(self, texts: &mut Texts, names: &mut TriggerNames) -> UserFacts {
         let mut text = |t: &str| texts.intern(t);
-        UserFacts {
+        UserFacts::from(FactsFields {
             row: 0,
             marketing: self.marketing,
             last_seen_ms: self.last_seen_ms,
@@ -102,6 +102,6 @@ impl UserFactsV1 {
             sent: (self.sent.iter())
                 .map(|(name, at)| (names.id(name), *at))
                 .collect(),
-        }
+        })
     }
 }

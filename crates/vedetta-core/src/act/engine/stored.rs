@@ -30,7 +30,9 @@
 use super::legacy::{ActStateV1, GlobalsV2, UserFactsV1};
 use super::texts::TriggerId;
 use super::texts::{TextId, Texts, TriggerNames};
-use super::{ActState, ActStateError, CartLine, Engine, Intent, SegmentState, UserFacts};
+use super::{
+    ActState, ActStateError, CartLine, Engine, FactsFields, Intent, SegmentState, UserFacts,
+};
 use crate::pipeline::refill;
 use crate::record::UserPseudonym;
 use serde::{Deserialize, Serialize};
@@ -125,15 +127,15 @@ impl Serialize for RowRef<'_> {
             user: self.user,
             marketing: f.marketing,
             last_seen_ms: f.last_seen_ms,
-            touch: f.touch,
+            touch: f.touch(),
             intents: &f.intents,
             last_conversion_ms: f.last_conversion_ms,
             last_conversion_kind: f.last_conversion_kind,
-            last_registration_ms: f.last_registration_ms,
-            cart: &f.cart,
+            last_registration_ms: f.last_registration_ms(),
+            cart: f.cart(),
             purchases: f.purchases,
-            event_ids: &f.event_ids,
-            sent: &f.sent,
+            event_ids: f.event_ids(),
+            sent: f.sent(),
             candidate: self.candidate,
         }
         .serialize(serializer)
@@ -302,7 +304,7 @@ fn from_row(row: Row) -> (UserPseudonym, UserFacts, Option<i64>) {
     );
     let (purchases, event_ids, sent, candidate) = (row.9, row.10, row.11, row.12);
     let at = |back: i64| base.wrapping_sub(back);
-    let facts = UserFacts {
+    let facts = UserFacts::from(FactsFields {
         row: 0,
         marketing,
         last_seen_ms: base,
@@ -328,7 +330,7 @@ fn from_row(row: Row) -> (UserPseudonym, UserFacts, Option<i64>) {
         purchases,
         event_ids: event_ids.into_iter().map(u64::from_le_bytes).collect(),
         sent: sent.into_iter().map(|(t, back)| (t, at(back))).collect(),
-    };
+    });
     (user, facts, candidate.map(at))
 }
 
@@ -498,9 +500,9 @@ impl ActState {
         let lists = self.users.values().fold([0usize; 4], |n, f| {
             [
                 n[0] + f.intents.len(),
-                n[1] + f.cart.len(),
-                n[2] + f.event_ids.len(),
-                n[3] + f.sent.len(),
+                n[1] + f.cart().len(),
+                n[2] + f.event_ids().len(),
+                n[3] + f.sent().len(),
             ]
         });
         refill(&mut flat.users, self.users.len());
@@ -521,22 +523,22 @@ impl ActState {
                 row: f.row,
                 marketing: f.marketing,
                 last_seen_ms: f.last_seen_ms,
-                touch: f.touch,
+                touch: f.touch(),
                 last_conversion_ms: f.last_conversion_ms,
                 last_conversion_kind: f.last_conversion_kind,
-                last_registration_ms: f.last_registration_ms,
+                last_registration_ms: f.last_registration_ms(),
                 purchases: f.purchases,
                 counts: [
                     count(f.intents.len()),
-                    count(f.cart.len()),
-                    count(f.event_ids.len()),
-                    count(f.sent.len()),
+                    count(f.cart().len()),
+                    count(f.event_ids().len()),
+                    count(f.sent().len()),
                 ],
             });
             flat.intents.extend_from_slice(&f.intents);
-            flat.cart.extend_from_slice(&f.cart);
-            flat.event_ids.extend_from_slice(&f.event_ids);
-            flat.sent.extend_from_slice(&f.sent);
+            flat.cart.extend_from_slice(f.cart());
+            flat.event_ids.extend_from_slice(f.event_ids());
+            flat.sent.extend_from_slice(f.sent());
         }
     }
 
@@ -697,7 +699,7 @@ impl ActState {
                 )));
             }
             if let Some((id, _)) =
-                (facts.sent.iter()).find(|(id, _)| state.trigger_names.name(*id).is_none())
+                (facts.sent().iter()).find(|(id, _)| state.trigger_names.name(*id).is_none())
             {
                 return Err(ActStateError::Body(format!(
                     "a user refers to trigger {} not stored",

@@ -374,9 +374,12 @@ fn a_format_1_state_loads_and_its_users_are_rewritten_as_rows() {
     let text = |id: TextId| state.texts.get(id).unwrap();
     assert_eq!(text(facts.intents[0].product_id.unwrap()), "p7");
     assert_eq!(text(facts.intents[0].dims[1]), "saldi");
-    let (c, k, at) = facts.touch.unwrap();
+    let (c, k, at) = facts.touch().unwrap();
     assert_eq!((text(c), text(k), at), ("social", "saldi", T0));
-    assert_eq!(state.trigger_names.name(facts.sent[0].0), Some("cpa_alto"));
+    assert_eq!(
+        state.trigger_names.name(facts.sent()[0].0),
+        Some("cpa_alto")
+    );
     let mut engine = Engine::new(triggers(CPA), vec![EventKind::Purchase], back.state);
     engine.mark_all_changed();
     let mut rows = BTreeMap::new();
@@ -447,22 +450,22 @@ fn a_state_stored_with_texts_as_strings_loads_and_decides_the_same() {
                         )
                     })
                     .collect();
-                let cart: Vec<_> = (f.cart.iter())
+                let cart: Vec<_> = (f.cart().iter())
                     .map(|l| (l.at_ms, l.product_id.map(text), l.value))
                     .collect();
-                let sent: Vec<_> = (f.sent.iter())
+                let sent: Vec<_> = (f.sent().iter())
                     .map(|(t, at)| (state.trigger_names.name(*t).map(str::to_owned), *at))
                     .collect();
                 format!(
                     "{p:?} {} {} {:?} {intents:?} {:?} {:?} {:?} {cart:?} {} {:?} {sent:?} {:?}",
                     f.row,
                     f.marketing,
-                    f.touch.map(|(c, k, at)| (text(c), text(k), at)),
+                    f.touch().map(|(c, k, at)| (text(c), text(k), at)),
                     f.last_conversion_ms,
                     f.last_conversion_kind.map(text),
-                    f.last_registration_ms,
+                    f.last_registration_ms(),
                     f.purchases,
-                    f.event_ids,
+                    f.event_ids(),
                     state.candidates.get(p),
                 )
             })
@@ -803,7 +806,7 @@ fn the_text_table_is_bounded_and_frees_the_texts_of_forgotten_users() {
     // Freed ids are given again, lowest first.
     engine.observe(&view(1, T0 + 3 * 86_400_000, "new"), &mut out);
     let facts = &engine.state().users[&user(1)];
-    assert_eq!(facts.touch.map(|t| t.0), Some(TextId(1)));
+    assert_eq!(facts.touch().map(|t| t.0), Some(TextId(1)));
     assert_eq!(
         engine
             .state()
@@ -892,7 +895,7 @@ fn a_one_event_user_s_row_is_tens_of_bytes() {
     let facts = &engine.state().users[&user(1)];
     let texts = &engine.state().texts;
     let text = |id: TextId| texts.get(id).unwrap().to_owned();
-    let (c, k, at) = facts.touch.unwrap();
+    let (c, k, at) = facts.touch().unwrap();
     let intent = &facts.intents[0];
     let before = super::legacy::UserFactsV1 {
         marketing: facts.marketing,
@@ -904,7 +907,7 @@ fn a_one_event_user_s_row_is_tens_of_bytes() {
             dims: [text(intent.dims[0]), text(intent.dims[1])],
             product_id: intent.product_id.map(text),
         }],
-        event_ids: facts.event_ids.clone(),
+        event_ids: facts.event_ids().to_vec(),
         ..Default::default()
     };
     let candidate = engine.state().candidates.get(&user(1));
@@ -1118,7 +1121,7 @@ fn a_stored_row_with_times_at_the_edges_does_not_overflow() {
     for (n, edge) in [(1, i64::MIN), (2, i64::MAX)] {
         state.users.insert(
             user(n),
-            UserFacts {
+            UserFacts::from(FactsFields {
                 row: u64::from(n),
                 marketing: true,
                 last_seen_ms: T0,
@@ -1126,8 +1129,8 @@ fn a_stored_row_with_times_at_the_edges_does_not_overflow() {
                 last_conversion_ms: Some(edge),
                 last_conversion_kind: Some(TextId(3)),
                 last_registration_ms: Some(edge),
-                ..UserFacts::default()
-            },
+                ..FactsFields::default()
+            }),
         );
     }
     state.next_row = 3;
@@ -1282,4 +1285,57 @@ fn past_the_bound_the_oldest_users_with_only_intents_are_let_go() {
     engine.advance(T0 + 4 * MIN, &mut out);
     assert_eq!(engine.users(), 2);
     assert!(out.is_empty(), "{out:?}");
+}
+
+/// The facts few users have sit in a box made when first needed and let go when emptied;
+/// the serde form is field by field as before the box (an empty box encodes as none).
+#[test]
+fn facts_few_users_have_are_boxed_only_while_held() {
+    let mut facts = UserFacts::default();
+    assert!(facts.more.is_none());
+    facts.more_mut().cart.push(CartLine {
+        at_ms: T0,
+        product_id: None,
+        value: Some(12.5),
+    });
+    assert_eq!(facts.cart().len(), 1);
+    facts.change_more(|m| m.cart.clear());
+    assert!(facts.more.is_none(), "an emptied box is let go");
+    let mut boxed = UserFacts::default();
+    boxed.more_mut();
+    assert_eq!(facts, boxed);
+    assert_eq!(
+        postcard::to_allocvec(&facts).unwrap(),
+        postcard::to_allocvec(&boxed).unwrap()
+    );
+    let fields = FactsFields {
+        marketing: true,
+        last_seen_ms: T0,
+        touch: Some((TextId(1), TextId(2), T0 - 5)),
+        intents: Intents::new(),
+        last_conversion_ms: Some(T0 - 1),
+        last_conversion_kind: Some(TextId(3)),
+        last_registration_ms: Some(T0 - 9),
+        cart: [CartLine {
+            at_ms: T0 - 3,
+            product_id: Some(TextId(4)),
+            value: None,
+        }]
+        .into_iter()
+        .collect(),
+        purchases: 2,
+        event_ids: vec![7, 8],
+        sent: vec![(TriggerId(1), T0 - 2)],
+        row: 0,
+    };
+    let full = UserFacts::from(fields.clone());
+    let bytes = postcard::to_allocvec(&full).unwrap();
+    assert_eq!(bytes, postcard::to_allocvec(&fields).unwrap());
+    let back: UserFacts = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(back, full);
+    assert_eq!(back.touch(), fields.touch);
+    assert_eq!(back.last_registration_ms(), Some(T0 - 9));
+    assert_eq!(back.event_ids(), &[7, 8]);
+    assert_eq!(back.sent(), &[(TriggerId(1), T0 - 2)]);
+    assert_eq!(back.cart(), &fields.cart[..]);
 }

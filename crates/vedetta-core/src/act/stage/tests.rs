@@ -865,7 +865,13 @@ fn a_visit_that_can_select_no_one_leaves_no_user() {
     );
     let facts = &stage.engine().state().users[&UserPseudonym([3; 16])];
     assert_eq!(facts.last_seen_ms, T0 + 20 * SECOND);
-    assert!(facts.event_ids.is_empty() && facts.touch.is_none());
+    assert!(facts.event_ids().is_empty() && facts.touch().is_none());
+    // Nothing but the facts' own bytes: no box for what only the engine's own judging
+    // fills, no list spilled (one intent).
+    assert_eq!(
+        facts.approximate_bytes(),
+        std::mem::size_of::<crate::act::engine::UserFacts>()
+    );
 }
 
 #[test]
