@@ -474,6 +474,8 @@ pub struct Engine {
     segment_ids: SegmentIds,
     /// Which users [`Engine::advance`] looks at (derived, rebuilt on load and reload).
     sweep: Sweep,
+    /// The lists [`Engine::advance`] works in, kept between minutes.
+    scratch: Scratch,
     /// Users changed and rows forgotten since the last [`Engine::take_changes`] (nothing
     /// once [`Engine::without_change_tracking`]).
     changed: Changes,
@@ -623,6 +625,56 @@ struct Sweep {
     idle_entries: usize,
     /// Idle users kept for a cooldown or a cart, by the minute to look at them again.
     recheck: BTreeMap<i64, Vec<UserRef>>,
+    /// Lists a sweep emptied, kept with their memory for later minutes' lists. At 100,000
+    /// events/s a minute's list reaches tens of megabytes; grown by doubling and freed
+    /// every minute, such lists left glibc's heap in large free pieces that the
+    /// pipeline's small allocations (decoding every record) were then carved from.
+    spare: Vec<Vec<UserRef>>,
+}
+
+/// Lists [`Sweep::spare`] keeps at most.
+const SPARE_LISTS: usize = 4;
+
+impl Sweep {
+    /// `map`'s list under `minute`, a spare one when there is none yet.
+    fn under<'a>(
+        map: &'a mut BTreeMap<i64, Vec<UserRef>>,
+        spare: &mut Vec<Vec<UserRef>>,
+        minute: i64,
+    ) -> &'a mut Vec<UserRef> {
+        map.entry(minute)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+    }
+
+    fn idle_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
+        Self::under(&mut self.idle, &mut self.spare, minute)
+    }
+
+    fn cart_due_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
+        Self::under(&mut self.cart_due, &mut self.spare, minute)
+    }
+
+    fn recheck_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
+        Self::under(&mut self.recheck, &mut self.spare, minute)
+    }
+
+    /// Keeps an emptied list's memory for a later one (see [`Self::spare`]).
+    fn give_back(&mut self, mut list: Vec<UserRef>) {
+        if self.spare.len() < SPARE_LISTS && list.capacity() > 0 {
+            list.clear();
+            self.spare.push(list);
+        }
+    }
+}
+
+/// The lists [`Engine::advance`] fills and empties each minute, kept with their memory
+/// (as [`Sweep::spare`]).
+#[derive(Debug, Default)]
+struct Scratch {
+    refs: Vec<UserRef>,
+    found: Vec<(UserPseudonym, usize)>,
+    not_yet: Vec<(i64, UserRef)>,
+    forgotten: Vec<UserPseudonym>,
 }
 
 /// `user` listed at position `at` (of [`UserTable`], which holds fewer than 2³² users).
@@ -637,12 +689,21 @@ fn user_ref(user: UserPseudonym, at: usize) -> UserRef {
 /// The users `refs` names that `users` still holds, each once, in pseudonym order, with
 /// their positions.
 fn found_in_order(users: &UserTable, refs: &[UserRef]) -> Vec<(UserPseudonym, usize)> {
-    let mut found: Vec<(UserPseudonym, usize)> = (refs.iter())
-        .filter_map(|r| users.find(r).map(|at| (r.user, at)))
-        .collect();
+    let mut found = Vec::new();
+    found_in_order_into(users, refs, &mut found);
+    found
+}
+
+/// [`found_in_order`] into `found` (emptied first), keeping its memory.
+fn found_in_order_into(
+    users: &UserTable,
+    refs: &[UserRef],
+    found: &mut Vec<(UserPseudonym, usize)>,
+) {
+    found.clear();
+    found.extend((refs.iter()).filter_map(|r| users.find(r).map(|at| (r.user, at))));
     found.sort_unstable();
     found.dedup();
-    found
 }
 
 /// Ids handed out before the table is rebuilt from the candidates (bounds its memory).
@@ -784,6 +845,7 @@ impl Engine {
             horizon_ms: 0,
             segment_ids: SegmentIds::default(),
             sweep: Sweep::default(),
+            scratch: Scratch::default(),
             changed: Changes {
                 on: true,
                 users: HashSet::default(),
@@ -1046,7 +1108,9 @@ impl Engine {
             }
         }
         for minute in emptied {
-            self.sweep.idle.remove(&minute);
+            if let Some(list) = self.sweep.idle.remove(&minute) {
+                self.sweep.give_back(list);
+            }
         }
         self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(removed_entries);
     }
@@ -1241,10 +1305,8 @@ impl Engine {
         let seen_minute = minute_of(user.last_seen_ms);
         user.last_seen_ms = user.last_seen_ms.max(at);
         if new || minute_of(user.last_seen_ms) != seen_minute {
-            self.sweep
-                .idle
-                .entry(minute_of(user.last_seen_ms))
-                .or_default()
+            (self.sweep)
+                .idle_at(minute_of(user.last_seen_ms))
                 .push(user_ref(event.user, position));
             self.sweep.idle_entries += 1;
         }
@@ -1360,7 +1422,7 @@ impl Engine {
                             .first_cart_ms
                             .map_or(i64::MIN, |a| minute_of(cart[0].at_ms.saturating_add(a)));
                         let listed = user_ref(event.user, position);
-                        self.sweep.cart_due.entry(key).or_default().push(listed);
+                        self.sweep.cart_due_at(key).push(listed);
                     }
                 }
             }
@@ -1399,7 +1461,7 @@ impl Engine {
                 minute_of(user.cart()[0].at_ms.saturating_add(a))
             });
             let listed = user_ref(event.user, position);
-            self.sweep.cart_due.entry(key).or_default().push(listed);
+            self.sweep.cart_due_at(key).push(listed);
         }
         user.purchases = user.purchases.saturating_add(1);
         let first = user.purchases == 1;
@@ -1780,14 +1842,18 @@ impl Engine {
         // its own delay after the cart's first line has passed.
         // In pseudonym order (the user map has none).
         // The users whose cart may have something due (in pseudonym order, as before).
-        let mut listed: Vec<UserRef> = Vec::new();
+        let mut listed = std::mem::take(&mut self.scratch.refs);
+        listed.clear();
         while let Some(bucket) = self.sweep.cart_due.first_entry() {
             if *bucket.key() > watermark {
                 break;
             }
-            listed.extend(bucket.remove());
+            let list = bucket.remove();
+            listed.extend_from_slice(&list);
+            self.sweep.give_back(list);
         }
-        let with_cart = found_in_order(&self.state.users, &listed);
+        let mut with_cart = std::mem::take(&mut self.scratch.found);
+        found_in_order_into(&self.state.users, &listed, &mut with_cart);
         // A user's cooldown list is read once for all cart triggers (by trigger id): the
         // latest send and the cooldown's end of each.
         let mut by_id: Vec<Option<usize>> = vec![None; self.cooldown_of.len()];
@@ -1871,10 +1937,8 @@ impl Engine {
                 .filter(|due| *due > watermark)
                 .min()
             {
-                self.sweep
-                    .cart_due
-                    .entry(minute_of(next))
-                    .or_default()
+                (self.sweep)
+                    .cart_due_at(minute_of(next))
                     .push(user_ref(pseudonym, at));
             }
         }
@@ -1894,16 +1958,18 @@ impl Engine {
         let idle = |user: &UserFacts| user.last_seen_ms.saturating_add(keep_ms) <= watermark;
         // The users idle since this advance (from the minutes of their last events), and
         // the idle users kept for a cooldown or a cart whose time to look again came.
-        let mut due: Vec<UserRef> = Vec::new();
+        let mut due = listed;
+        due.clear();
         let limit = watermark.saturating_sub(keep_ms);
-        let mut not_yet: Vec<(i64, UserRef)> = Vec::new();
+        let mut not_yet = std::mem::take(&mut self.scratch.not_yet);
+        not_yet.clear();
         while let Some(bucket) = self.sweep.idle.first_entry() {
             if *bucket.key() > limit {
                 break;
             }
             let (minute, users) = bucket.remove_entry();
             self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(users.len());
-            for listed in users {
+            for &listed in &users {
                 let Some(at) = self.state.users.find(&listed) else {
                     continue;
                 };
@@ -1917,20 +1983,26 @@ impl Engine {
                     not_yet.push((minute, listed));
                 }
             }
+            self.sweep.give_back(users);
         }
         self.sweep.idle_entries += not_yet.len();
-        for (minute, listed) in not_yet {
-            self.sweep.idle.entry(minute).or_default().push(listed);
+        for &(minute, listed) in &not_yet {
+            self.sweep.idle_at(minute).push(listed);
         }
         while let Some(bucket) = self.sweep.recheck.first_entry() {
             if *bucket.key() > watermark {
                 break;
             }
-            due.extend(bucket.remove());
+            let list = bucket.remove();
+            due.extend_from_slice(&list);
+            self.sweep.give_back(list);
         }
         // Forgotten users, in pseudonym order (as `due` is): let go of as candidates at once.
-        let mut forgotten: Vec<UserPseudonym> = Vec::new();
-        for (pseudonym, at) in found_in_order(&self.state.users, &due) {
+        let mut forgotten = std::mem::take(&mut self.scratch.forgotten);
+        forgotten.clear();
+        let mut found = with_cart;
+        found_in_order_into(&self.state.users, &due, &mut found);
+        for &(pseudonym, at) in &found {
             let user = self.state.users.facts_at_mut(at);
             if !idle(user) {
                 continue; // active again: listed under the minute of its last event
@@ -1961,15 +2033,19 @@ impl Engine {
             } else {
                 watermark.saturating_add(1)
             };
-            self.sweep
-                .recheck
-                .entry(minute_of(next))
-                .or_default()
+            (self.sweep)
+                .recheck_at(minute_of(next))
                 .push(user_ref(pseudonym, at));
         }
         self.evict_over_bound(&mut forgotten);
         forgotten.sort_unstable();
         self.state.candidates.remove_all(&forgotten);
+        self.scratch = Scratch {
+            refs: due,
+            found,
+            not_yet,
+            forgotten,
+        };
         if self.state.texts.compaction_due() {
             self.compact_texts();
         }

@@ -1339,3 +1339,43 @@ fn facts_few_users_have_are_boxed_only_while_held() {
     assert_eq!(back.sent(), &[(TriggerId(1), T0 - 2)]);
     assert_eq!(back.cart(), &fields.cart[..]);
 }
+
+/// The sweeps' per-minute lists are kept with their memory once emptied, at most
+/// `SPARE_LISTS` of them, and a new minute's list starts from one: no list is grown from
+/// nothing and freed every minute. The decisions are those of fresh lists.
+#[test]
+fn emptied_sweep_lists_are_kept_for_later_minutes() {
+    let t = triggers(
+        "[[triggers]]\nname = \"carrello\"\nkind = \"abandoned_cart\"\nafter = \"2m\"\nnotify = [\"push\"]\n",
+    );
+    let mut engine = Engine::new(t, vec![EventKind::Purchase], ActState::default());
+    let mut out = Vec::new();
+    for minute in 0..20u8 {
+        let at = T0 + i64::from(minute) * MIN;
+        for n in 0..5u8 {
+            let mut cart = event(minute * 5 + n, EventKind::AddToCart, at);
+            cart.product_id = Some(format!("p{n}"));
+            engine.observe(&cart, &mut out);
+        }
+        engine.advance(at, &mut out);
+        assert!(engine.sweep.spare.len() <= SPARE_LISTS);
+    }
+    assert!(!engine.sweep.spare.is_empty(), "emptied lists are kept");
+    assert!(
+        engine
+            .sweep
+            .spare
+            .iter()
+            .all(|l| l.is_empty() && l.capacity() > 0)
+    );
+    // A new minute's list starts from a spare one (with room already).
+    let spare = engine.sweep.spare.len();
+    let mut late = event(200, EventKind::AddToCart, T0 + 40 * MIN);
+    late.product_id = Some("p9".into());
+    engine.observe(&late, &mut out);
+    assert!(engine.sweep.spare.len() < spare);
+    // Every cart was sent once, two minutes after it (the last two minutes' not yet).
+    let sent: BTreeSet<_> = (out.iter()).filter_map(|o| o.user).collect();
+    assert_eq!(out.len(), sent.len());
+    assert_eq!(sent.len(), 18 * 5);
+}
