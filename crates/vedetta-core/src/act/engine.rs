@@ -230,7 +230,14 @@ pub struct FactsFields {
 
 impl From<FactsFields> for UserFacts {
     fn from(f: FactsFields) -> Self {
-        let mut facts = UserFacts {
+        let more = MoreFacts {
+            touch: f.touch,
+            last_registration_ms: f.last_registration_ms,
+            cart: f.cart,
+            event_ids: f.event_ids,
+            sent: f.sent,
+        };
+        UserFacts {
             row: f.row,
             last_seen_ms: f.last_seen_ms,
             intents: f.intents,
@@ -238,16 +245,9 @@ impl From<FactsFields> for UserFacts {
             last_conversion_kind: f.last_conversion_kind,
             purchases: f.purchases,
             marketing: f.marketing,
-            more: Some(Box::new(MoreFacts {
-                touch: f.touch,
-                last_registration_ms: f.last_registration_ms,
-                cart: f.cart,
-                event_ids: f.event_ids,
-                sent: f.sent,
-            })),
-        };
-        facts.tidy();
-        facts
+            // (No box for users with none of these: most of a restored state's.)
+            more: (!more.is_empty()).then(|| Box::new(more)),
+        }
     }
 }
 
