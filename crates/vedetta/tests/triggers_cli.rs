@@ -194,3 +194,59 @@ fn the_triggers_file_reloads_keeps_the_old_triggers_on_error_and_reloads_on_sigh
     });
     server.stop();
 }
+
+/// `vedetta bench processor` runs each pass in a process of its own (this binary started
+/// again on the appends it wrote) and reports both kinds: the stage held users only in the
+/// pass with triggers.
+#[test]
+fn bench_processor_runs_each_pass_in_a_fresh_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vedetta.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{CONFIG}\n[[triggers]]\nname = \"cpa\"\nkind = \"segment_cpa\"\ngroup_by = \
+             [\"channel\"]\nthreshold = 1\nover = \"10m\"\nmin_conversions = 1\nnotify = \
+             [\"crm-push\"]\n{FEED}"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let args = [
+        "bench",
+        "processor",
+        "--config",
+        config,
+        "--rate",
+        "400",
+        "--warmup",
+        "60",
+        "--fill",
+        "3",
+        "--seconds",
+        "2",
+        "--batch",
+        "50",
+        "--rounds",
+        "1",
+        "--json",
+    ];
+    let output = Command::new(BIN)
+        .args(args)
+        .current_dir(dir.path())
+        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(figures["triggers"], 2, "{figures}");
+    for key in ["processor_thread_s_alone", "processor_thread_s_with"] {
+        let passes = figures[key].as_array().unwrap();
+        assert_eq!(passes.len(), 1, "{figures}");
+        assert!(passes[0].as_f64().unwrap() > 0.0, "{figures}");
+    }
+    // Each pass's process reported its own figures (the pass with triggers held users).
+    assert!(stderr.contains("round 0, no triggers"), "{stderr}");
+    assert!(stderr.contains("users held by the stage"), "{stderr}");
+}
