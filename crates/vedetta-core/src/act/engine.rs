@@ -70,8 +70,8 @@ pub use stored::{
 pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
 pub use users::{UserRef, UserTable};
 
-/// The most users the engine holds by default ([`Engine::with_max_users`]): about 1.2 GB
-/// of facts. Past it, at a minute's advance, the users waiting for nothing but a segment
+/// The most users the engine holds by default ([`Engine::with_max_users`]): about 0.5 GB
+/// of slots (128 bytes each), and the boxes of the few with a cart or a cooldown. Past it, at a minute's advance, the users waiting for nothing but a segment
 /// to fire (an intent, no cart, no cooldown) are let go oldest minute first.
 pub const MAX_USERS: usize = 4_000_000;
 
@@ -162,7 +162,8 @@ pub struct UserFacts {
     pub last_conversion_kind: Option<TextId>,
     pub purchases: u32,
     pub marketing: bool,
-    /// `None` while every list and fact of [`MoreFacts`] is empty.
+    /// Made when one of its facts is first set ([`Self::more_mut`]), let go once a change
+    /// empties it ([`Self::change_more`]); `None` for most users.
     more: Option<Box<MoreFacts>>,
 }
 
