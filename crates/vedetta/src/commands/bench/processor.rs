@@ -153,7 +153,7 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
             },
         )?;
     }
-    let pass = |with: bool| -> anyhow::Result<Pass> {
+    let run_one = |with: bool| -> anyhow::Result<Pass> {
         if full.same_process {
             let set = if with { set.clone() } else { empty.clone() };
             return run_pass(&config, set, &batches, fill_batches, rate);
@@ -161,10 +161,10 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         pass_in_child(full, &file, with)
     };
     for round in 0..args.rounds {
-        let pass_alone = pass(false)?;
+        let pass_alone = run_one(false)?;
         eprintln!("round {round}, no triggers: {pass_alone}");
         alone.push(pass_alone);
-        let pass = pass(true)?;
+        let pass = run_one(true)?;
         eprintln!(
             "round {round}, {} triggers: {pass}; {} users held by the stage",
             set.triggers.len(),
@@ -312,10 +312,14 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
         fill_batches <= count && rate.is_finite() && rate > 0.0,
         "the appends file's header does not hold"
     );
-    let mut batches = Vec::with_capacity(count.min(bytes.len() / 20));
+    let mut batches: Vec<(usize, EncodedBatch)> = Vec::with_capacity(count.min(bytes.len() / 20));
+    // Each batch starts where the one before ends (the pacing subtracts these indices).
+    let mut next_at = 0usize;
     for _ in 0..count {
         let at = file.usize()?;
+        anyhow::ensure!(at == next_at, "the appends file's batches are out of order");
         let records = (file.take(4)).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))?;
+        next_at = at.saturating_add(records as usize);
         let len = file.usize()?;
         let bytes = file.take(len)?.to_vec();
         batches.push((
@@ -329,6 +333,12 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
     anyhow::ensure!(
         file.0.is_empty(),
         "the appends file runs on past its batches"
+    );
+    // (The fill may end inside the first batch measured.)
+    let fill_end = batches.get(fill_batches).map_or(next_at, |(at, _)| *at);
+    anyhow::ensure!(
+        fill_records <= fill_end && fill_records.checked_add(measured) == Some(next_at),
+        "the appends file's header does not hold"
     );
     Ok(Appends {
         batches,
@@ -633,6 +643,18 @@ mod tests {
             (
                 [&b"vdtapnd0"[..], &bytes[8..]].concat(),
                 "not an appends file",
+            ),
+            (
+                {
+                    // The second batch's first index, after the header (8 + 5 × 8 bytes)
+                    // and the first batch (8 + 4 + 8 bytes and its body).
+                    let first_len = appends.batches[0].1.bytes.len();
+                    let at = 48 + 20 + first_len;
+                    let mut moved = bytes.clone();
+                    moved[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+                    moved
+                },
+                "out of order",
             ),
         ] {
             std::fs::write(&path, damaged).unwrap();
