@@ -6,7 +6,9 @@
 //! retry or double-fire), and some purchases again for the same order (a reloaded thank-you
 //! page, the shop's webhook). Arrivals wait in a min-heap until nothing not yet generated could
 //! arrive earlier; since every future record has an event time, and so an arrival time, at or
-//! after the next session start, that instant is the release frontier. The heap thus holds
+//! after the next session start, that instant is the release frontier. The buffer (a timing
+//! wheel, `arrival_queue`: a heap's sifting was two thirds of generating at 100,000 events/s)
+//! thus holds
 //! what arrives within the next few minutes of event time (a session's later steps, plus the
 //! rare late events, up to ten minutes), whatever the total length of the run: about a
 //! thousand records at 120 sessions per minute, growing in proportion to the rate.
@@ -17,9 +19,7 @@
 //! events — their ids, times and values — exactly as they were. A test can therefore compare
 //! a clean run with a messy one and expect the same KPIs.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
-
+use crate::arrival_queue::ArrivalQueue;
 use crate::catalog::{CampaignSpec, paid_campaigns};
 use crate::config::{ConfigError, SynthConfig};
 use crate::demo::{self, DemoShape};
@@ -128,6 +128,10 @@ impl SynthStats {
     }
 }
 
+/// The reorder buffer's wheel spans 2^20 ms (17.5 minutes): a session's steps and late events
+/// fall within it; refunds and sessions delivered half an hour late wait in its far heap.
+const PENDING_SPAN_BITS: u32 = 20;
+
 /// The synthetic traffic source: an endless iterator of [`Arrival`]s in arrival order.
 #[derive(Debug)]
 pub struct Generator {
@@ -146,12 +150,11 @@ pub struct Generator {
     next_session_us: i64,
     mean_session_gap_us: f64,
     next_spend_minute_ms: i64,
-    /// Min-heap of (arrival, sequence, slot); the sequence keeps equal arrivals in generation
-    /// order, the slot points into `slots`, so the heap moves 24 bytes instead of whole records.
-    pending: BinaryHeap<Reverse<(i64, u64, u32)>>,
+    /// Slots by arrival, equal arrivals in generation order; a slot points into `slots`, so
+    /// the queue moves ids instead of whole records.
+    pending: ArrivalQueue,
     slots: Vec<Option<Arrival>>,
     free_slots: Vec<u32>,
-    sequence: u64,
     /// Reused buffer for one session's plan.
     plan: Vec<PlannedEvent>,
     stats: SynthStats,
@@ -225,10 +228,9 @@ impl Generator {
             next_session_us: config.start_ms.saturating_mul(1_000),
             mean_session_gap_us: 60_000_000.0 / candidate_rate,
             next_spend_minute_ms: start_minute_ms,
-            pending: BinaryHeap::new(),
+            pending: ArrivalQueue::new(PENDING_SPAN_BITS, config.start_ms),
             slots: Vec::new(),
             free_slots: Vec::new(),
-            sequence: 0,
             plan: Vec::new(),
             stats: SynthStats::default(),
             demo,
@@ -265,12 +267,8 @@ impl Generator {
                     self.schedule_spend_minute();
                 }
             }
-            let releasable = self
-                .pending
-                .peek()
-                .filter(|Reverse((arrival_ms, _, _))| *arrival_ms <= frontier_ms);
-            if let Some(&Reverse((_, _, slot))) = releasable {
-                self.pending.pop();
+            let releasable = self.pending.peek().filter(|&at_ms| at_ms <= frontier_ms);
+            if let Some((_, slot)) = releasable.and_then(|_| self.pending.pop()) {
                 self.free_slots.push(slot);
                 if let Some(arrival) = self.slots[slot as usize].take() {
                     self.count(&arrival);
@@ -635,9 +633,7 @@ impl Generator {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.pending
-            .push(Reverse((arrival_ms, self.sequence, slot)));
-        self.sequence += 1;
+        self.pending.push(arrival_ms, slot);
     }
 
     fn count(&mut self, arrival: &Arrival) {

@@ -34,6 +34,7 @@
 //! # Ok::<(), vedetta_synth::ConfigError>(())
 //! ```
 
+mod arrival_queue;
 mod catalog;
 mod config;
 pub mod demo;
