@@ -212,33 +212,41 @@ fn bench_processor_runs_each_pass_in_a_fresh_process() {
     )
     .unwrap();
     let config = config.to_str().unwrap();
-    let args = [
-        "bench",
-        "processor",
-        "--config",
-        config,
-        "--rate",
-        "400",
-        "--warmup",
-        "60",
-        "--fill",
-        "3",
-        "--seconds",
-        "2",
-        "--batch",
-        "50",
-        "--rounds",
-        "1",
-        "--json",
-    ];
-    let output = Command::new(BIN)
-        .args(args)
-        .current_dir(dir.path())
-        .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
-        .output()
-        .unwrap();
+    let traffic = dir.path().join("traffic");
+    let traffic = traffic.to_str().unwrap();
+    let bench = |seconds: &str, rounds: &str| {
+        let args = [
+            "bench",
+            "processor",
+            "--config",
+            config,
+            "--rate",
+            "400",
+            "--warmup",
+            "60",
+            "--fill",
+            "3",
+            "--seconds",
+            seconds,
+            "--batch",
+            "50",
+            "--rounds",
+            rounds,
+            "--json",
+            "--traffic-file",
+            traffic,
+        ];
+        Command::new(BIN)
+            .args(args)
+            .current_dir(dir.path())
+            .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+            .output()
+            .unwrap()
+    };
+    let output = bench("2", "1");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("generating"), "{stderr}");
     let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(figures["triggers"], 2, "{figures}");
     for key in ["processor_thread_s_alone", "processor_thread_s_with"] {
@@ -249,4 +257,34 @@ fn bench_processor_runs_each_pass_in_a_fresh_process() {
     // Each pass's process reported its own figures (the pass with triggers held users).
     assert!(stderr.contains("round 0, no triggers"), "{stderr}");
     assert!(stderr.contains("users held by the stage"), "{stderr}");
+
+    // The traffic kept is read back, not generated again: the same records; the second
+    // round runs the pass with triggers first.
+    let again = bench("2", "2");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{stderr}");
+    assert!(stderr.contains("reading from") && !stderr.contains("generating"));
+    let second: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        (&second["records"], &second["fill_records"]),
+        (&figures["records"], &figures["fill_records"])
+    );
+    let at = |what: &str| {
+        stderr
+            .find(what)
+            .unwrap_or_else(|| panic!("{what}: {stderr}"))
+    };
+    assert!(
+        at("round 0, no triggers") < at("round 0, 2 triggers"),
+        "{stderr}"
+    );
+    assert!(
+        at("round 1, 2 triggers") < at("round 1, no triggers"),
+        "{stderr}"
+    );
+    // Other traffic flags than the file's are refused, not run on the wrong traffic.
+    let other = bench("3", "1");
+    assert!(!other.status.success());
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(stderr.contains("holds other traffic"), "{stderr}");
 }

@@ -10,7 +10,8 @@
 //!
 //! 1. The same generated traffic as `bench stage` (three generators' live traffic, spend
 //!    included, judged by intake into log records), encoded into log batches of `--batch`
-//!    records up front: intake's work, not the processor's.
+//!    records up front: intake's work, not the processor's. `--traffic-file` keeps them
+//!    for later runs (generating 100,000 events/s for two minutes takes minutes).
 //! 2. Each pass opens a fresh log and store, appends the fill (`--fill` seconds of event
 //!    time) at once, starts the processor with the configuration's pipeline settings and
 //!    either no triggers (as a server with none) or the configuration's set, and waits
@@ -21,7 +22,9 @@
 //!    until it has committed the last record.
 //! 4. Reported per pass: the CPU of the processor's threads (the process's CPU, ended
 //!    snapshot threads included, less this appending thread's), the processor thread's
-//!    alone, and how far it lagged at the end. Passes alternate, `--rounds` of each.
+//!    alone, and how far it lagged at the end. Passes alternate, `--rounds` of each, the
+//!    kind that goes first alternating too (rounds drift: a machine's page cache fills with
+//!    each pass's log and store), so an even number of rounds puts each kind first as often.
 //! 5. Each pass runs in a process of its own (this binary started again on the appends,
 //!    written once to a file), as a server runs with its one trigger set from its start.
 //!    Passes run one after another in one process left the heap of each to the next:
@@ -33,7 +36,7 @@
 //! of the log, its pipeline and trigger stage, its commits (KPI deltas, the stage's
 //! outputs and state) and its snapshots (copy and encoding) are in.
 
-use super::stage::{Traffic, records};
+use super::stage::{Traffic, judged_records};
 use crate::config::{Overrides, load_from};
 use crate::processor::{LogNotifier, ProcessorLinks, ProcessorOptions};
 use anyhow::Context;
@@ -41,6 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use vedetta_core::act::stage::TriggerSet;
+use vedetta_core::record::LogRecord;
 use vedetta_core::record::encode_batch;
 use vedetta_core::time::Clock;
 use vedetta_store::{EncodedBatch, EventLog, KpiStore};
@@ -53,12 +57,20 @@ pub struct ProcessorBenchArgs {
     /// Run every pass in this process (each runs in a fresh one by default).
     #[arg(long)]
     pub(super) same_process: bool,
+    /// Keep the generated traffic in this file: read from it when it exists (written by an
+    /// earlier run with the same traffic flags; other flags are refused), written to it
+    /// otherwise. Generating 100,000 events/s takes minutes; the passes are what is timed.
+    #[arg(long, conflicts_with = "same_process")]
+    pub(super) traffic_file: Option<std::path::PathBuf>,
     /// Internal: run one pass over the appends this file holds (written by the bench
     /// itself), with the configuration's triggers or none, and print its figures as JSON.
     #[arg(long, hide = true, requires = "pass_triggers")]
     pub(super) pass_appends: Option<std::path::PathBuf>,
     #[arg(long, hide = true)]
     pub(super) pass_triggers: Option<bool>,
+    /// Internal: generate the traffic, write it to this file and exit.
+    #[arg(long, hide = true, conflicts_with_all = ["pass_appends", "traffic_file"])]
+    pub(super) write_traffic: Option<std::path::PathBuf>,
 }
 
 /// One pass's figures.
@@ -109,50 +121,75 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
             &config,
             set,
             &appends.batches,
-            appends.fill_batches,
-            appends.rate,
+            appends.header.fill_batches,
+            appends.header.rate,
         )?;
         println!("{}", serde_json::to_string(&pass)?);
         return Ok(());
     }
-    eprintln!(
-        "generating {} s of live traffic at {} events/s …",
-        args.traffic.fill + args.traffic.seconds,
-        args.traffic.rate
-    );
-    let Appends {
-        batches,
+    if let Some(path) = &full.write_traffic {
+        // A child's work (see below): generate, write, report the header, exit.
+        write_appends(path, &appends(&traffic)?)?;
+        return Ok(());
+    }
+    let dir = tempfile::tempdir().context("a temporary directory")?;
+    let kept = full.traffic_file.as_ref().filter(|path| path.exists());
+    let file = (full.traffic_file.clone()).unwrap_or_else(|| dir.path().join("appends"));
+    let announce = |what: &str| {
+        eprintln!(
+            "{what} {} s of live traffic at {} events/s …",
+            args.traffic.fill + args.traffic.seconds,
+            args.traffic.rate
+        )
+    };
+    // The traffic is generated and written by a process of its own, and the passes read
+    // it in theirs: this one holds only the header (the allocator keeps what a process
+    // freed until it allocates again, and two processes holding gigabytes of traffic
+    // besides a pass's state ran the machine out of memory).
+    let mut in_memory = Vec::new();
+    let header = match kept {
+        Some(path) => {
+            announce(&format!("reading from {} the", path.display()));
+            let header = read_appends_header(path)?;
+            anyhow::ensure!(
+                header.traffic.same_as(&traffic),
+                "{} holds other traffic ({:?}); these flags ask for {:?}",
+                path.display(),
+                header.traffic,
+                traffic
+            );
+            header
+        }
+        None if full.same_process => {
+            announce("generating");
+            let appends = appends(&traffic)?;
+            in_memory = appends.batches;
+            appends.header
+        }
+        None => {
+            announce("generating");
+            write_traffic_in_child(full, &file)?;
+            read_appends_header(&file)?
+        }
+    };
+    let AppendsHeader {
+        count,
         fill_batches,
         fill_records,
         measured,
         rate,
-    } = appends(&traffic)?;
+        traffic: _,
+    } = header;
     eprintln!(
-        "{} records in {} batches ({fill_records} of fill, {measured} measured at {rate:.0} a \
-         second); {} triggers",
+        "{} records in {count} batches ({fill_records} of fill, {measured} measured at {rate:.0} \
+         a second); {} triggers",
         fill_records + measured,
-        batches.len(),
         set.triggers.len()
     );
     let empty = TriggerSet::empty();
     let mut alone = Vec::new();
     let mut with = Vec::new();
-    // Each pass in a process of its own, over the appends written once (see the module).
-    let dir = tempfile::tempdir().context("a temporary directory")?;
-    let file = dir.path().join("appends");
-    let mut batches = batches;
-    if !full.same_process {
-        write_appends(
-            &file,
-            &Appends {
-                batches: std::mem::take(&mut batches),
-                fill_batches,
-                fill_records,
-                measured,
-                rate,
-            },
-        )?;
-    }
+    let batches = in_memory;
     let run_one = |with: bool| -> anyhow::Result<Pass> {
         if full.same_process {
             let set = if with { set.clone() } else { empty.clone() };
@@ -161,16 +198,25 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         pass_in_child(full, &file, with)
     };
     for round in 0..args.rounds {
-        let pass_alone = run_one(false)?;
-        eprintln!("round {round}, no triggers: {pass_alone}");
-        alone.push(pass_alone);
-        let pass = run_one(true)?;
-        eprintln!(
-            "round {round}, {} triggers: {pass}; {} users held by the stage",
-            set.triggers.len(),
-            pass.staged_users
-        );
-        with.push(pass);
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_triggers in order {
+            let pass = run_one(with_triggers)?;
+            if with_triggers {
+                eprintln!(
+                    "round {round}, {} triggers: {pass}; {} users held by the stage",
+                    set.triggers.len(),
+                    pass.staged_users
+                );
+                with.push(pass);
+            } else {
+                eprintln!("round {round}, no triggers: {pass}");
+                alone.push(pass);
+            }
+        }
     }
     let mean = |passes: &[Pass], f: fn(&Pass) -> f64| {
         passes.iter().map(f).sum::<f64>() / passes.len().max(1) as f64
@@ -230,61 +276,99 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
 /// The traffic as log batches, each with the index of its first record.
 #[derive(Debug)]
 struct Appends {
+    header: AppendsHeader,
     batches: Vec<(usize, EncodedBatch)>,
+}
+
+/// What an appends file says of its batches.
+#[derive(Debug, Clone, Copy)]
+struct AppendsHeader {
+    /// Batches in the file.
+    count: usize,
     /// Batches (and records) of the fill.
     fill_batches: usize,
     fill_records: usize,
     measured: usize,
     /// Measured records a second: the traffic's own rate (a second of event time a second).
     rate: f64,
+    /// The flags the traffic was generated with.
+    traffic: Traffic,
 }
 
+/// The traffic in log batches of `batch` records, encoded as they are judged (only the
+/// encoded batches are held: about a fifth of the memory of the records).
 fn appends(traffic: &Traffic) -> anyhow::Result<Appends> {
-    let (records, fill_records) = records(traffic)?;
     let appended_at = crate::clock::SystemClock.now_ms();
-    let batches: Vec<(usize, EncodedBatch)> = (records.chunks(traffic.batch))
-        .scan(0usize, |first, chunk| {
-            let at = *first;
-            *first += chunk.len();
-            Some((at, chunk))
-        })
-        .map(|(at, chunk)| {
-            let count = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
-            let bytes = encode_batch(chunk, appended_at, 1);
-            (at, EncodedBatch { bytes, count })
-        })
-        .collect();
-    let measured = records.len() - fill_records;
+    let mut batches: Vec<(usize, EncodedBatch)> = Vec::new();
+    let mut total = 0usize;
+    let mut encode = |chunk: &[LogRecord], batches: &mut Vec<(usize, EncodedBatch)>| {
+        let count = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        let bytes = encode_batch(chunk, appended_at, 1);
+        batches.push((total, EncodedBatch { bytes, count }));
+        total += chunk.len();
+    };
+    let mut pending: Vec<LogRecord> = Vec::with_capacity(traffic.batch.saturating_mul(2));
+    let fill_records = judged_records(traffic, |judged| {
+        pending.extend(judged);
+        while pending.len() >= traffic.batch {
+            encode(&pending[..traffic.batch], &mut batches);
+            pending.drain(..traffic.batch);
+        }
+        Ok(())
+    })?;
+    if !pending.is_empty() {
+        encode(&pending, &mut batches);
+    }
+    let measured = total - fill_records;
     let fill_batches = batches
         .iter()
         .take_while(|(at, _)| *at < fill_records)
         .count();
     Ok(Appends {
+        header: AppendsHeader {
+            count: batches.len(),
+            fill_batches,
+            fill_records,
+            measured,
+            rate: measured as f64 / traffic.seconds.max(1) as f64,
+            traffic: *traffic,
+        },
         batches,
-        fill_batches,
-        fill_records,
-        measured,
-        rate: measured as f64 / traffic.seconds.max(1) as f64,
     })
 }
 
 /// Tag of the appends file's format (written and read by this bench only).
-const APPENDS_FORMAT: &[u8; 8] = b"vdtapnd1";
+const APPENDS_FORMAT: &[u8; 8] = b"vdtapnd2";
 
 /// Writes the appends for the passes' processes.
 fn write_appends(path: &std::path::Path, appends: &Appends) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let header = &appends.header;
+    anyhow::ensure!(
+        header.count == appends.batches.len(),
+        "a header of other batches"
+    );
     out.write_all(APPENDS_FORMAT)?;
     for n in [
-        appends.batches.len(),
-        appends.fill_batches,
-        appends.fill_records,
-        appends.measured,
+        header.count,
+        header.fill_batches,
+        header.fill_records,
+        header.measured,
     ] {
         out.write_all(&(n as u64).to_le_bytes())?;
     }
-    out.write_all(&appends.rate.to_le_bytes())?;
+    out.write_all(&header.rate.to_le_bytes())?;
+    let traffic = &header.traffic;
+    out.write_all(&traffic.rate.to_le_bytes())?;
+    for n in [
+        traffic.warmup,
+        traffic.fill,
+        traffic.seconds,
+        traffic.batch as u64,
+    ] {
+        out.write_all(&n.to_le_bytes())?;
+    }
     for (at, batch) in &appends.batches {
         out.write_all(&(*at as u64).to_le_bytes())?;
         out.write_all(&batch.count.to_le_bytes())?;
@@ -295,10 +379,20 @@ fn write_appends(path: &std::path::Path, appends: &Appends) -> anyhow::Result<()
     Ok(())
 }
 
-/// Reads what [`write_appends`] wrote; a file cut short or not of this format is an error.
-fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut file = FileBytes(&bytes);
+/// Bytes of an appends file's header: its tag, four counts, the rate and the traffic's flags.
+const APPENDS_HEADER_LEN: usize = 8 + 4 * 8 + 8 + 5 * 8;
+
+/// Reads only the header of what [`write_appends`] wrote.
+fn read_appends_header(path: &std::path::Path) -> anyhow::Result<AppendsHeader> {
+    use std::io::Read;
+    let mut bytes = vec![0; APPENDS_HEADER_LEN];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut bytes))
+        .with_context(|| format!("reading the header of {}", path.display()))?;
+    parse_header(&mut FileBytes(&bytes))
+}
+
+fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
     anyhow::ensure!(
         file.take(APPENDS_FORMAT.len())? == APPENDS_FORMAT,
         "not an appends file of this build"
@@ -308,10 +402,39 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
     let fill_records = file.usize()?;
     let measured = file.usize()?;
     let rate = f64::from_bits(file.u64()?);
+    let traffic = Traffic {
+        rate: f64::from_bits(file.u64()?),
+        warmup: file.u64()?,
+        fill: file.u64()?,
+        seconds: file.u64()?,
+        batch: file.usize()?,
+    };
     anyhow::ensure!(
-        fill_batches <= count && rate.is_finite() && rate > 0.0,
+        fill_batches <= count && rate.is_finite() && rate > 0.0 && traffic.check().is_ok(),
         "the appends file's header does not hold"
     );
+    Ok(AppendsHeader {
+        count,
+        fill_batches,
+        fill_records,
+        measured,
+        rate,
+        traffic,
+    })
+}
+
+/// Reads what [`write_appends`] wrote; a file cut short or not of this format is an error.
+fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file = FileBytes(&bytes);
+    let header = parse_header(&mut file)?;
+    let AppendsHeader {
+        count,
+        fill_batches,
+        fill_records,
+        measured,
+        ..
+    } = header;
     let mut batches: Vec<(usize, EncodedBatch)> = Vec::with_capacity(count.min(bytes.len() / 20));
     // Each batch starts where the one before ends (the pacing subtracts these indices).
     let mut next_at = 0usize;
@@ -340,13 +463,7 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
         fill_records <= fill_end && fill_records.checked_add(measured) == Some(next_at),
         "the appends file's header does not hold"
     );
-    Ok(Appends {
-        batches,
-        fill_batches,
-        fill_records,
-        measured,
-        rate,
-    })
+    Ok(Appends { header, batches })
 }
 
 /// The bytes of an appends file not read yet.
@@ -368,6 +485,26 @@ impl<'a> FileBytes<'a> {
     fn usize(&mut self) -> anyhow::Result<usize> {
         Ok(usize::try_from(self.u64()?)?)
     }
+}
+
+/// Generates the traffic into `file` in a fresh process of this binary (see [`run`]).
+fn write_traffic_in_child(args: &ProcessorBenchArgs, file: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("the path of this binary")?;
+    let traffic = &args.bench.traffic;
+    let status = std::process::Command::new(exe)
+        .args(["bench", "processor", "--config"])
+        .arg(&args.bench.config)
+        .args(["--rate", &traffic.rate.to_string()])
+        .args(["--warmup", &traffic.warmup.to_string()])
+        .args(["--fill", &traffic.fill.to_string()])
+        .args(["--seconds", &traffic.seconds.to_string()])
+        .args(["--batch", &traffic.batch.to_string()])
+        .arg("--write-traffic")
+        .arg(file)
+        .status()
+        .context("starting the traffic's process")?;
+    anyhow::ensure!(status.success(), "the traffic's process failed ({status})");
+    Ok(())
 }
 
 /// Runs one pass in a fresh process of this binary (see the module) and reads its figures.
@@ -553,21 +690,23 @@ mod tests {
             batch: 50,
         };
         let appends = appends(&traffic).unwrap();
-        assert!(appends.fill_batches > 0 && appends.fill_batches < appends.batches.len());
+        assert!(
+            appends.header.fill_batches > 0 && appends.header.fill_batches < appends.batches.len()
+        );
         let alone = run_pass(
             &config,
             TriggerSet::empty(),
             &appends.batches,
-            appends.fill_batches,
-            appends.rate,
+            appends.header.fill_batches,
+            appends.header.rate,
         )
         .unwrap();
         let with = run_pass(
             &config,
             set,
             &appends.batches,
-            appends.fill_batches,
-            appends.rate,
+            appends.header.fill_batches,
+            appends.header.rate,
         )
         .unwrap();
         for pass in [alone, with] {
@@ -600,6 +739,8 @@ mod tests {
             },
             same_process: false,
             pass_appends: None,
+            traffic_file: None,
+            write_traffic: None,
             pass_triggers: None,
         };
         let error = run(&args(f64::INFINITY, 1)).unwrap_err().to_string();
@@ -632,24 +773,33 @@ mod tests {
                 .all(|(a, b)| a.0 == b.0 && a.1.count == b.1.count && a.1.bytes == b.1.bytes)
         );
         assert_eq!(
-            (back.fill_batches, back.fill_records, back.measured),
-            (appends.fill_batches, appends.fill_records, appends.measured)
+            (
+                back.header.fill_batches,
+                back.header.fill_records,
+                back.header.measured
+            ),
+            (
+                appends.header.fill_batches,
+                appends.header.fill_records,
+                appends.header.measured
+            )
         );
-        assert_eq!(back.rate.to_bits(), appends.rate.to_bits());
+        assert_eq!(back.header.rate.to_bits(), appends.header.rate.to_bits());
+        assert!(back.header.traffic.same_as(&traffic));
         let bytes = std::fs::read(&path).unwrap();
         for (damaged, why) in [
             (bytes[..bytes.len() - 1].to_vec(), "cut short"),
             ([&bytes[..], &[0]].concat(), "runs on"),
             (
-                [&b"vdtapnd0"[..], &bytes[8..]].concat(),
+                [&b"vdtapnd1"[..], &bytes[8..]].concat(),
                 "not an appends file",
             ),
             (
                 {
-                    // The second batch's first index, after the header (8 + 5 × 8 bytes)
+                    // The second batch's first index, after the header (8 + 10 × 8 bytes)
                     // and the first batch (8 + 4 + 8 bytes and its body).
                     let first_len = appends.batches[0].1.bytes.len();
-                    let at = 48 + 20 + first_len;
+                    let at = 88 + 20 + first_len;
                     let mut moved = bytes.clone();
                     moved[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
                     moved

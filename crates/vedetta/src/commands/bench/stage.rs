@@ -101,6 +101,12 @@ pub(super) struct Traffic {
 }
 
 impl Traffic {
+    /// The same flags (the rate bit for bit).
+    pub(super) fn same_as(&self, other: &Traffic) -> bool {
+        let key = |t: &Traffic| (t.rate.to_bits(), t.warmup, t.fill, t.seconds, t.batch);
+        key(self) == key(other)
+    }
+
     /// Refuses, by flag, what the bench cannot hold or pace.
     pub(super) fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -235,12 +241,28 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The generator's live traffic, judged into log records in requests of `batch` events
-/// (spend in requests of its own), in arrival order. One generator makes at most a million
-/// sessions a minute (about 47,000 events/s): a higher rate is the traffic of several, each
-/// with its own seed (so its own users) and an equal share of the rate, merged in arrival
-/// order. Also gives how many of them arrived in the fill (before the measured seconds).
+/// The generator's live traffic, judged into log records (see [`judged_records`]), all in
+/// memory; and how many of them arrived in the fill (before the measured seconds).
 pub(super) fn records(args: &Traffic) -> anyhow::Result<(Vec<LogRecord>, usize)> {
+    let mut records =
+        Vec::with_capacity((args.rate * (args.fill + args.seconds) as f64) as usize + 1_000);
+    let fill_records = judged_records(args, |judged| {
+        records.extend(judged);
+        Ok(())
+    })?;
+    Ok((records, fill_records))
+}
+
+/// The generator's live traffic, judged into log records in requests of `batch` events
+/// (spend in requests of its own), handed to `sink` request by request in arrival order.
+/// One generator makes at most a million sessions a minute (about 47,000 events/s): a
+/// higher rate is the traffic of several, each with its own seed (so its own users) and an
+/// equal share of the rate, merged in arrival order. Gives how many records arrived in the
+/// fill (before the measured seconds).
+pub(super) fn judged_records(
+    args: &Traffic,
+    mut sink: impl FnMut(Vec<LogRecord>) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
     let (seconds, batch, rate) = (args.fill + args.seconds, args.batch, args.rate);
     let warmup_ms = (args.warmup.min(86_400) as i64) * 1_000;
     let fill_end_ms = START_MS + (args.fill.min(86_400) as i64) * 1_000;
@@ -278,14 +300,9 @@ pub(super) fn records(args: &Traffic) -> anyhow::Result<(Vec<LogRecord>, usize)>
         pseudonymizer: &pseudonymizer,
         limits: &limits,
     };
-    let mut records = Vec::with_capacity((rate * seconds as f64) as usize + 1_000);
     let mut body = Vec::new();
     let (mut lines, mut spend_body) = (0, false);
-    let flush = |body: &mut Vec<u8>,
-                 lines: &mut usize,
-                 spend: bool,
-                 records: &mut Vec<LogRecord>|
-     -> anyhow::Result<()> {
+    let mut flush = |body: &mut Vec<u8>, lines: &mut usize, spend: bool| -> anyhow::Result<()> {
         if *lines == 0 {
             return Ok(());
         }
@@ -295,7 +312,7 @@ pub(super) fn records(args: &Traffic) -> anyhow::Result<(Vec<LogRecord>, usize)>
         if let Some(rejected) = judged.rejected.first() {
             anyhow::bail!("the generator's record was refused: {rejected:?}");
         }
-        records.extend(judged.records);
+        sink(judged.records)?;
         body.clear();
         *lines = 0;
         Ok(())
@@ -309,14 +326,14 @@ pub(super) fn records(args: &Traffic) -> anyhow::Result<(Vec<LogRecord>, usize)>
         }
         let spend = matches!(arrival.record, SynthRecord::Spend(_));
         if spend != spend_body || lines == batch {
-            flush(&mut body, &mut lines, spend_body, &mut records)?;
+            flush(&mut body, &mut lines, spend_body)?;
             spend_body = spend;
         }
         to_ndjson_line(&arrival.record, &mut body);
         lines += 1;
     }
-    flush(&mut body, &mut lines, spend_body, &mut records)?;
-    Ok((records, fill_records))
+    flush(&mut body, &mut lines, spend_body)?;
+    Ok(fill_records)
 }
 
 /// One pass's figures.
