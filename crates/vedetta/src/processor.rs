@@ -483,6 +483,8 @@ pub struct Processor {
     triggers: Option<StageRunner>,
     /// What the trigger stage is rebuilt from after a failed commit.
     trigger_status: Option<Arc<ActStatus>>,
+    /// The list a step reads records into, kept empty between steps for its memory.
+    read_buffer: Vec<(u64, i64, LogRecord)>,
 }
 
 impl Processor {
@@ -590,6 +592,7 @@ impl Processor {
                 .map(|stage| stage.finish(progress.processed_offset))
                 .transpose()?,
             trigger_status,
+            read_buffer: Vec::new(),
         };
         processor.publish(status, progress.processed_offset);
         Ok(processor)
@@ -718,7 +721,9 @@ impl Processor {
         let started = Instant::now();
         // A fresh pipeline over a log whose head was deleted by retention starts at its head.
         let next = self.pipeline.next_offset().max(self.log.start_offset());
-        let records = self.log.read_timed(next, self.options.max_batch_records)?;
+        // The list of the last read, emptied: its memory kept (see `read_timed_into`).
+        let mut records = std::mem::take(&mut self.read_buffer);
+        (self.log).read_timed_into(next, self.options.max_batch_records, &mut records)?;
         recall_memories(
             &mut self.pipeline,
             &self.store,
@@ -740,6 +745,8 @@ impl Processor {
                 _ => appended.push((*appended_at, 1)),
             }
         }
+        records.clear();
+        self.read_buffer = records;
         self.commit_batch(snapshot, status)?;
         let timings = &status.timings;
         let now = SystemClock.now_ms();

@@ -342,6 +342,22 @@ impl EventLog {
         from: u64,
         max_records: usize,
     ) -> Result<Vec<(u64, i64, LogRecord)>, LogError> {
+        let mut out = Vec::new();
+        self.read_timed_into(from, max_records, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`EventLog::read_timed`], into `out` (cleared first): a reader that keeps its
+    /// list between reads allocates it once, not a list of megabytes grown by doubling per
+    /// read (see [`record::decode_batch_each`] for why large allocations cost). On an error
+    /// `out` holds an unspecified part of what was read.
+    pub fn read_timed_into(
+        &self,
+        from: u64,
+        max_records: usize,
+        out: &mut Vec<(u64, i64, LogRecord)>,
+    ) -> Result<(), LogError> {
+        out.clear();
         let start = self.start_offset.load(Ordering::Acquire);
         if from < start {
             return Err(LogError::Retained {
@@ -352,7 +368,6 @@ impl EventLog {
         let db = self.db.read_guard()?;
         let txn = db.begin_read()?;
         let table = txn.open_table(BATCHES)?;
-        let mut out = Vec::new();
         // The batch containing `from` starts at the greatest key ≤ from.
         let first_key = table
             .range(..=from)?
@@ -362,20 +377,18 @@ impl EventLog {
         for entry in table.range(first_key..)? {
             let (key, value) = entry?;
             let offset = key.value();
-            let (header, records) = record::decode_batch(value.value())
-                .map_err(|source| LogError::batch(offset, source))?;
-            for (i, record) in records.into_iter().enumerate() {
-                let at = offset + i as u64;
-                if at >= from {
+            record::decode_batch_each(value.value(), |header, i, record| {
+                let at = offset + u64::from(i);
+                if at >= from && out.len() < max_records {
                     out.push((at, header.appended_at_ms, record));
                 }
-            }
+            })
+            .map_err(|source| LogError::batch(offset, source))?;
             if out.len() >= max_records {
-                out.truncate(max_records);
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Deletes whole batches appended before `cutoff_ms` whose records all lie below

@@ -54,6 +54,43 @@ fn offsets_count_records_and_reads_start_anywhere() {
     assert_eq!(amounts(&log.read(4, 2).unwrap()), vec![(4, 4), (5, 5)]);
 }
 
+/// A reader's own list, reused between reads: emptied first, then filled as `read_timed`
+/// fills a fresh one (from any offset, cut at the most records asked for, with each
+/// batch's append time).
+#[test]
+fn reads_into_a_kept_list_give_what_fresh_reads_give() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10).unwrap();
+    log.append_group(&[&batch(0, 3, 1), &batch(3, 2, 7)], &[])
+        .unwrap();
+    log.append_group(&[&batch(5, 4, 9)], &[]).unwrap();
+    let mut kept = vec![(99, 99, spend(99)); 50];
+    for from in 0..=9u64 {
+        for max in [1, 2, 3, 5, 100] {
+            log.read_timed_into(from, max, &mut kept).unwrap();
+            assert_eq!(
+                kept,
+                log.read_timed(from, max).unwrap(),
+                "from {from}, max {max}"
+            );
+            let expected: Vec<_> = (from..9.min(from + max as u64))
+                .map(|o| {
+                    (
+                        o,
+                        match o {
+                            0..=2 => 1,
+                            3 | 4 => 7,
+                            _ => 9,
+                        },
+                        spend(o as i64),
+                    )
+                })
+                .collect();
+            assert_eq!(kept, expected, "from {from}, max {max}");
+        }
+    }
+}
+
 #[test]
 fn reopening_keeps_everything_and_continues_offsets() {
     let dir = tempfile::tempdir().unwrap();
