@@ -8,6 +8,13 @@ use vedetta::{commands, config, server};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// mimalloc, not the system's glibc allocator: the processor allocates and frees the
+/// strings of thousands of decoded records a step, and with the trigger stage holding
+/// millions of users glibc's bins turned that into the largest cost of the processor
+/// (docs/benchmarks.md, "The allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "vedetta", version, about = "Real-time conversion monitor")]
 struct Cli {
