@@ -128,8 +128,13 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(path) = &full.write_traffic {
-        // A child's work (see below): generate, write, report the header, exit.
-        write_appends(path, &appends(&traffic)?)?;
+        // A child's work (see below): generate and write under a name of its own, renamed
+        // when whole, so a run cut short leaves no kept file that a later run would read.
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        write_appends(partial.as_ref(), &appends(&traffic)?)?;
+        std::fs::rename(&partial, path)
+            .with_context(|| format!("renaming the traffic to {}", path.display()))?;
         return Ok(());
     }
     let dir = tempfile::tempdir().context("a temporary directory")?;
@@ -146,8 +151,7 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     // it in theirs: this one holds only the header (the allocator keeps what a process
     // freed until it allocates again, and two processes holding gigabytes of traffic
     // besides a pass's state ran the machine out of memory).
-    let mut in_memory = Vec::new();
-    let header = match kept {
+    let (header, batches) = match kept {
         Some(path) => {
             announce(&format!("reading from {} the", path.display()));
             let header = read_appends_header(path)?;
@@ -158,18 +162,17 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 header.traffic,
                 traffic
             );
-            header
+            (header, Vec::new())
         }
         None if full.same_process => {
             announce("generating");
-            let appends = appends(&traffic)?;
-            in_memory = appends.batches;
-            appends.header
+            let Appends { header, batches } = appends(&traffic)?;
+            (header, batches)
         }
         None => {
             announce("generating");
             write_traffic_in_child(full, &file)?;
-            read_appends_header(&file)?
+            (read_appends_header(&file)?, Vec::new())
         }
     };
     let AppendsHeader {
@@ -189,7 +192,6 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     let empty = TriggerSet::empty();
     let mut alone = Vec::new();
     let mut with = Vec::new();
-    let batches = in_memory;
     let run_one = |with: bool| -> anyhow::Result<Pass> {
         if full.same_process {
             let set = if with { set.clone() } else { empty.clone() };
