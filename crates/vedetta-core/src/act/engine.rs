@@ -71,9 +71,19 @@ pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
 pub use users::{UserRef, UserTable};
 
 /// The most users the engine holds by default ([`Engine::with_max_users`]): about 0.5 GB
-/// of slots (128 bytes each), and the boxes of the few with a cart or a cooldown. Past it, at a minute's advance, the users waiting for nothing but a segment
-/// to fire (an intent, no cart, no cooldown) are let go oldest minute first.
+/// of slots (128 bytes each), and the boxes of the few with a cart or a cooldown. At a
+/// new user past it, the users waiting for nothing but a segment to fire (an intent, no
+/// cart, no cooldown) are let go, oldest minute of last events first.
 pub const MAX_USERS: usize = 4_000_000;
+
+/// When no one can be let go (every held user has a cart or a cooldown), the table grows
+/// past its bound, and room is looked for again only every 1/`EVICTION_RETRY_PARTS` of
+/// the bound more (at least [`EVICTION_RETRY_MIN`] users): a full table of users that
+/// cannot go must not cost a walk of it per new user. (A count of the state, not a flag:
+/// a restored engine looks at the same users as the one it replaces, and so lets the same
+/// users go.)
+const EVICTION_RETRY_PARTS: usize = 64;
+const EVICTION_RETRY_MIN: usize = 4_096;
 
 /// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
 fn clipped(text: &str) -> &str {
@@ -1073,7 +1083,29 @@ impl Engine {
     /// minute's users were listed in, which a restored engine does not share): a replay
     /// after a crash lets the same users go. Their pseudonyms are added to `forgotten`.
     fn evict_over_bound(&mut self, forgotten: &mut Vec<UserPseudonym>) {
-        if self.state.users.len() <= self.max_users {
+        self.evict_down_to(self.max_users, forgotten);
+    }
+
+    /// Makes room for a new user when the table is full (see [`EVICTION_RETRY_PARTS`]):
+    /// lets go as [`Self::evict_over_bound`] does, until fewer than the bound are held, and
+    /// of them as candidates at once (their slots are reused next).
+    fn make_room(&mut self) {
+        let len = self.state.users.len();
+        let retry = (self.max_users / EVICTION_RETRY_PARTS).max(EVICTION_RETRY_MIN);
+        if len < self.max_users || !(len - self.max_users).is_multiple_of(retry) {
+            return;
+        }
+        let mut forgotten = std::mem::take(&mut self.scratch.forgotten);
+        forgotten.clear();
+        self.evict_down_to(self.max_users.saturating_sub(1), &mut forgotten);
+        forgotten.sort_unstable();
+        self.state.candidates.remove_all(&forgotten);
+        self.scratch.forgotten = forgotten;
+    }
+
+    /// [`Self::evict_over_bound`] to at most `limit` users.
+    fn evict_down_to(&mut self, limit: usize, forgotten: &mut Vec<UserPseudonym>) {
+        if self.state.users.len() <= limit {
             return;
         }
         let users = &mut self.state.users;
@@ -1081,7 +1113,7 @@ impl Engine {
         let mut removed_entries = 0;
         let mut emptied = Vec::new();
         for (&minute, listed) in self.sweep.idle.iter_mut() {
-            if users.len() <= self.max_users {
+            if users.len() <= limit {
                 break;
             }
             let before = listed.len();
@@ -1258,15 +1290,6 @@ impl Engine {
             return;
         }
         let is_conversion = self.is_conversion(&event.kind);
-        let next_row = &mut self.state.next_row;
-        let mut new_facts = || {
-            let row = *next_row;
-            *next_row += 1;
-            UserFacts {
-                row,
-                ..UserFacts::default()
-            }
-        };
         let users = &mut self.state.users;
         // The hint's position, when it still holds this user.
         let hinted = UserHint::position(*hint).filter(|p| users.at_mut(*p, &event.user).is_some());
@@ -1290,16 +1313,30 @@ impl Engine {
                 let not_held = verdict.is_some() && *hint == self.not_held_hint;
                 match users.position(&event.user).filter(|_| !not_held) {
                     Some(position) => (position, false),
-                    None => {
-                        // With the pipeline's verdicts the pipeline keeps the new user's
-                        // position (the hint given back), unless changes are tracked
-                        // (rows are then written by pseudonym): not in the map.
-                        let indexed = verdict.is_none() || self.changed.on;
-                        (users.add(event.user, new_facts(), indexed), true)
-                    }
+                    None => (usize::MAX, true),
                 }
             }
         };
+        let position = if new {
+            // The bound holds at each new user: the table never grows past it while
+            // users can be let go (checked only at minute advances, it grew a million
+            // users past it between two at 100,000 events/s, each new slot a fresh page).
+            self.make_room();
+            let row = self.state.next_row;
+            self.state.next_row += 1;
+            let facts = UserFacts {
+                row,
+                ..UserFacts::default()
+            };
+            // With the pipeline's verdicts the pipeline keeps the new user's position (the
+            // hint given back), unless changes are tracked (rows are then written by
+            // pseudonym): not in the map.
+            let indexed = verdict.is_none() || self.changed.on;
+            self.state.users.add(event.user, facts, indexed)
+        } else {
+            position
+        };
+        let users = &mut self.state.users;
         *hint = UserHint::of_position(position);
         let user = users.facts_at_mut(position);
         self.changed.insert(event.user);

@@ -1230,9 +1230,11 @@ fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
     assert!(out.is_empty(), "{out:?}");
 }
 
-/// Past the bound on users held, the users waiting only for a segment to fire go, whole
-/// minutes of last events at a time, oldest first; a user with a cart stays; a restored
-/// engine (its users listed in another order) lets the same users go.
+/// Past the bound on users held, at the next new user, the users waiting only for a segment
+/// to fire go, whole minutes of last events at a time, oldest first; a user with a cart
+/// stays. The table never holds more than the bound while someone can go, and an engine
+/// restored at any point of the stream (its users listed in another order) lets the same
+/// users go as the one it replaces.
 #[test]
 fn past_the_bound_the_oldest_users_with_only_intents_are_let_go() {
     let set = format!(
@@ -1249,8 +1251,6 @@ fn past_the_bound_the_oldest_users_with_only_intents_are_let_go() {
         counted: None,
         hint: 0,
     };
-    let mut engine = make(ActState::default());
-    let mut out = Vec::new();
     let mut cart = event(1, EventKind::AddToCart, T0);
     cart.product_id = Some("p1".into());
     let events = [
@@ -1259,32 +1259,76 @@ fn past_the_bound_the_oldest_users_with_only_intents_are_let_go() {
         view(4, T0 + MIN, "b"),
         view(3, T0 + MIN + 1_000, "c"),
         view(5, T0 + 2 * MIN, "d"),
+        view(6, T0 + 2 * MIN + 1_000, "e"),
     ];
-    for e in &events {
-        engine.observe_judged(e, judged, &mut out);
-    }
+    let mut engine = make(ActState::default());
+    let mut out = Vec::new();
+    let mut most = 0;
+    // Each engine's state after each event (for the restores below).
+    let mut states = Vec::new();
     let mut rows = BTreeMap::new();
-    let globals = apply(&mut rows, engine.take_changes().unwrap());
-    let mut again = make(restored(&globals, &rows).state);
-    for engine in [&mut engine, &mut again] {
-        engine.advance(T0 + 3 * MIN, &mut out);
-        // Five users, three at most: minute 0 goes but user 1 (a cart), still four; then
-        // minute 1 (users 3 and 4): two.
-        let mut held: Vec<u8> = engine.state().users.keys().map(|u| u.0[0]).collect();
-        held.sort_unstable();
-        assert_eq!(held, [1, 5]);
-        assert_eq!(engine.evicted_users(), 3);
-        assert_eq!(
-            engine.state().candidates.users(),
-            2,
-            "the evicted are not candidates"
-        );
+    for e in &events {
+        let globals = apply(&mut rows, engine.take_changes().unwrap());
+        states.push((globals, rows.clone()));
+        engine.observe_judged(e, judged, &mut out);
+        most = most.max(engine.users());
     }
-    assert_eq!(engine.state(), again.state());
-    // The bound holds: nothing more goes at the next minutes.
+    assert_eq!(most, 3, "the bound held at every new user");
+    // User 3 found the table full: minute 0 went but user 1 (a cart). User 5 found it
+    // full again: minute 1 (users 3 and 4) went. User 6 fitted.
+    let mut held: Vec<u8> = engine.state().users.keys().map(|u| u.0[0]).collect();
+    held.sort_unstable();
+    assert_eq!(held, [1, 5, 6]);
+    assert_eq!(engine.evicted_users(), 3);
+    assert_eq!(
+        engine.state().candidates.users(),
+        3,
+        "the evicted are not candidates"
+    );
+    for (k, (globals, rows)) in states.iter().enumerate() {
+        let mut again = make(restored(globals, rows).state);
+        let mut again_out = Vec::new();
+        for e in &events[k..] {
+            again.observe_judged(e, judged, &mut again_out);
+        }
+        assert_eq!(engine.state(), again.state(), "restored after {k} events");
+        assert!(again_out.is_empty(), "{again_out:?}");
+    }
+    // At a minute's advance the bound holds too, and nothing more goes.
     engine.advance(T0 + 4 * MIN, &mut out);
-    assert_eq!(engine.users(), 2);
+    assert_eq!(engine.users(), 3);
     assert!(out.is_empty(), "{out:?}");
+}
+
+/// When every held user has a cart (nothing can go), the table grows past its bound rather
+/// than lose a cart's push: every cart is sent after its delay.
+#[test]
+fn users_with_carts_are_kept_past_the_bound() {
+    let set = "[[triggers]]\nname = \"carrello\"\nkind = \"abandoned_cart\"\nafter = \"30m\"\nnotify = [\"push\"]\n";
+    let mut engine = Engine::new(
+        triggers(set),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    )
+    .with_pipeline_verdicts()
+    .with_max_users(3);
+    let judged = Judged {
+        ignored: false,
+        flagged: false,
+        counted: None,
+        hint: 0,
+    };
+    let mut out = Vec::new();
+    for n in 1..=5 {
+        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
+        cart.product_id = Some(format!("p{n}"));
+        engine.observe_judged(&cart, judged, &mut out);
+    }
+    assert_eq!(engine.users(), 5);
+    assert_eq!(engine.evicted_users(), 0);
+    // The carts are sent after their delay and let go; the users stay for the cooldown.
+    engine.advance(T0 + 32 * MIN, &mut out);
+    assert_eq!(out.len(), 5, "{out:?}");
 }
 
 /// The facts few users have sit in a box made when first needed and let go when emptied;
