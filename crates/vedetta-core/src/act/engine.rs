@@ -647,14 +647,18 @@ struct Sweep {
 const SPARE_LISTS: usize = 4;
 
 impl Sweep {
-    /// `map`'s list under `minute`, a spare one when there is none yet.
+    /// `map`'s list under `minute`, the largest spare one when there is none yet.
     fn under<'a>(
         map: &'a mut BTreeMap<i64, Vec<UserRef>>,
         spare: &mut Vec<Vec<UserRef>>,
         minute: i64,
     ) -> &'a mut Vec<UserRef> {
-        map.entry(minute)
-            .or_insert_with(|| spare.pop().unwrap_or_default())
+        map.entry(minute).or_insert_with(|| {
+            let largest = (spare.iter().enumerate())
+                .max_by_key(|(_, list)| list.capacity())
+                .map(|(i, _)| i);
+            largest.map(|i| spare.swap_remove(i)).unwrap_or_default()
+        })
     }
 
     fn idle_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
@@ -670,10 +674,19 @@ impl Sweep {
     }
 
     /// Keeps an emptied list's memory for a later one (see [`Self::spare`]).
+    /// (With [`SPARE_LISTS`] kept, the smallest goes for a larger one.)
     fn give_back(&mut self, mut list: Vec<UserRef>) {
-        if self.spare.len() < SPARE_LISTS && list.capacity() > 0 {
-            list.clear();
+        if list.capacity() == 0 {
+            return;
+        }
+        list.clear();
+        if self.spare.len() < SPARE_LISTS {
             self.spare.push(list);
+        } else if let Some(smallest) = (self.spare.iter_mut())
+            .min_by_key(|kept| kept.capacity())
+            .filter(|kept| kept.capacity() < list.capacity())
+        {
+            *smallest = list;
         }
     }
 }
@@ -685,7 +698,7 @@ struct Scratch {
     refs: Vec<UserRef>,
     found: Vec<(UserPseudonym, usize)>,
     not_yet: Vec<(i64, UserRef)>,
-    forgotten: Vec<UserPseudonym>,
+    forgotten: Vec<UserRef>,
 }
 
 /// `user` listed at position `at` (of [`UserTable`], which holds fewer than 2³² users).
@@ -1081,8 +1094,9 @@ impl Engine {
     /// kept, a cart's push and a cooldown's promise outrank a chance of selection). Whole
     /// minutes, so that which users go depends on the state alone (not on the order a
     /// minute's users were listed in, which a restored engine does not share): a replay
-    /// after a crash lets the same users go. Their pseudonyms are added to `forgotten`.
-    fn evict_over_bound(&mut self, forgotten: &mut Vec<UserPseudonym>) {
+    /// after a crash lets the same users go. They are added to `forgotten`, each with the
+    /// place it was freed from.
+    fn evict_over_bound(&mut self, forgotten: &mut Vec<UserRef>) {
         self.evict_down_to(self.max_users, forgotten);
     }
 
@@ -1098,13 +1112,12 @@ impl Engine {
         let mut forgotten = std::mem::take(&mut self.scratch.forgotten);
         forgotten.clear();
         self.evict_down_to(self.max_users.saturating_sub(1), &mut forgotten);
-        forgotten.sort_unstable();
-        self.state.candidates.remove_all(&forgotten);
+        self.state.candidates.remove_all(&mut forgotten);
         self.scratch.forgotten = forgotten;
     }
 
     /// [`Self::evict_over_bound`] to at most `limit` users.
-    fn evict_down_to(&mut self, limit: usize, forgotten: &mut Vec<UserPseudonym>) {
+    fn evict_down_to(&mut self, limit: usize, forgotten: &mut Vec<UserRef>) {
         if self.state.users.len() <= limit {
             return;
         }
@@ -1112,10 +1125,15 @@ impl Engine {
         let changed = &mut self.changed;
         let mut removed_entries = 0;
         let mut emptied = Vec::new();
+        let mut large = Vec::new();
         for (&minute, listed) in self.sweep.idle.iter_mut() {
             if users.len() <= limit {
                 break;
             }
+            // In the order of their places: the slots are read and freed one after another
+            // (and given again in that order, the free list being a stack), not at random
+            // in half a gigabyte; a minute's order does not decide who goes (see above).
+            listed.sort_unstable_by_key(|r| r.at);
             let before = listed.len();
             listed.retain(|listed| {
                 let Some(at) = users.find(listed) else {
@@ -1130,7 +1148,7 @@ impl Engine {
                 }
                 if let Some((pseudonym, facts)) = users.remove_at(at) {
                     changed.forgot(facts.row);
-                    forgotten.push(pseudonym);
+                    forgotten.push(user_ref(pseudonym, at));
                     self.evicted_users += 1;
                 }
                 false
@@ -1138,12 +1156,21 @@ impl Engine {
             removed_entries += before - listed.len();
             if listed.is_empty() {
                 emptied.push(minute);
+            } else if listed.len() < listed.capacity() / 4 {
+                // The few kept (a cart, a cooldown) move to a list of their size; the
+                // minute's large one goes to the spares, for the next minute's new users
+                // (kept in this list, its tens of megabytes stood idle, and every new
+                // minute's list was grown again into fresh pages).
+                large.push(std::mem::replace(listed, listed.to_vec()));
             }
         }
         for minute in emptied {
             if let Some(list) = self.sweep.idle.remove(&minute) {
                 self.sweep.give_back(list);
             }
+        }
+        for list in large {
+            self.sweep.give_back(list);
         }
         self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(removed_entries);
     }
@@ -2035,7 +2062,7 @@ impl Engine {
             due.extend_from_slice(&list);
             self.sweep.give_back(list);
         }
-        // Forgotten users, in pseudonym order (as `due` is): let go of as candidates at once.
+        // Forgotten users, with the places freed: let go of as candidates at once.
         let mut forgotten = std::mem::take(&mut self.scratch.forgotten);
         forgotten.clear();
         let mut found = with_cart;
@@ -2057,7 +2084,7 @@ impl Engine {
                 self.state.users.remove_at(at);
                 // (A candidate's entry goes with it: it is stored in the user's row, so a
                 // forgotten user's entry was left in memory only, never read back.)
-                forgotten.push(pseudonym);
+                forgotten.push(user_ref(pseudonym, at));
                 self.changed.forgot(user_row);
                 continue;
             }
@@ -2076,8 +2103,7 @@ impl Engine {
                 .push(user_ref(pseudonym, at));
         }
         self.evict_over_bound(&mut forgotten);
-        forgotten.sort_unstable();
-        self.state.candidates.remove_all(&forgotten);
+        self.state.candidates.remove_all(&mut forgotten);
         self.scratch = Scratch {
             refs: due,
             found,
