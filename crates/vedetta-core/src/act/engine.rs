@@ -647,30 +647,31 @@ struct Sweep {
 const SPARE_LISTS: usize = 4;
 
 impl Sweep {
-    /// `map`'s list under `minute`, the largest spare one when there is none yet.
+    /// `map`'s list under `minute`, a spare one when there is none yet: the largest for a
+    /// list that takes a minute's users (`large`), else the smallest.
     fn under<'a>(
         map: &'a mut BTreeMap<i64, Vec<UserRef>>,
         spare: &mut Vec<Vec<UserRef>>,
         minute: i64,
+        large: bool,
     ) -> &'a mut Vec<UserRef> {
         map.entry(minute).or_insert_with(|| {
-            let largest = (spare.iter().enumerate())
-                .max_by_key(|(_, list)| list.capacity())
-                .map(|(i, _)| i);
-            largest.map(|i| spare.swap_remove(i)).unwrap_or_default()
+            let sized = (spare.iter().enumerate()).map(|(i, list)| (list.capacity(), i));
+            let pick = if large { sized.max() } else { sized.min() };
+            pick.map(|(_, i)| spare.swap_remove(i)).unwrap_or_default()
         })
     }
 
     fn idle_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
-        Self::under(&mut self.idle, &mut self.spare, minute)
+        Self::under(&mut self.idle, &mut self.spare, minute, true)
     }
 
     fn cart_due_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
-        Self::under(&mut self.cart_due, &mut self.spare, minute)
+        Self::under(&mut self.cart_due, &mut self.spare, minute, false)
     }
 
     fn recheck_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
-        Self::under(&mut self.recheck, &mut self.spare, minute)
+        Self::under(&mut self.recheck, &mut self.spare, minute, false)
     }
 
     /// Keeps an emptied list's memory for a later one (see [`Self::spare`]).
