@@ -18,16 +18,21 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use vedetta_core::time::Clock;
 
-/// Two minutes ago, at the start of its minute: inside the current hour's and day's
-/// windows or the ones before, all within `last=1d`-sized ranges below.
-fn minute() -> i64 {
+/// Two minutes ago, at the start of its minute, but not before the start of today in the
+/// server's time zone: `/metrics` reports today's figures, and in the first two minutes
+/// after local midnight two minutes ago was yesterday (the test failed when CI ran it
+/// then). Inside `last=1d`-sized ranges below.
+fn minute(s: &TestServer) -> i64 {
     let now = crate::clock::SystemClock.now_ms();
-    now - now.rem_euclid(60_000) - 120_000
+    let today = (s.state.calendar.clone())
+        .window(vedetta_core::pipeline::windows::Granularity::Day, now)
+        .start;
+    (now - now.rem_euclid(60_000) - 120_000).max(today)
 }
 
 async fn seeded() -> TestServer {
     let s = server();
-    let at = minute();
+    let at = minute(&s);
     let purchase = |user: &str, channel: &str, campaign: Option<&str>, value: f64| {
         json!({"udid": user, "type": "purchase", "ts": at + 1_000, "value": value,
                "channel": channel, "campaign": campaign, "device": "mobile", "region": "IT-25"})
@@ -295,7 +300,7 @@ async fn the_semantics_the_dashboard_links_to_are_served() {
 #[tokio::test]
 async fn spend_in_a_currency_without_a_rate_is_not_a_known_zero_and_is_counted() {
     let s = server();
-    let at = minute();
+    let at = minute(&s);
     let purchase = json!({"udid": "u", "type": "purchase", "ts": at + 1_000, "value": 40.0,
                           "channel": "social", "campaign": "usd"});
     let (status, body) = s.post("application/x-ndjson", purchase.to_string()).await;
