@@ -153,6 +153,79 @@ fn a_segment_over_cpa_sends_its_intent_users_once_each_with_their_last_product()
 }
 
 #[test]
+fn a_second_look_at_a_segment_in_its_minute_takes_the_first_s_place_and_sends_the_same() {
+    let mut engine = Engine::new(
+        triggers(CPA),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    );
+    let mut out = Vec::new();
+    let at = T0 + MIN;
+    // User 1: two looks in one minute, the later with a product: one intent, the later.
+    engine.observe(&view(1, at + 1_000, "p1"), &mut out);
+    engine.observe(&view(1, at + 2_000, "p2"), &mut out);
+    // User 2: the later look (an add to cart) names no product: both held, the product
+    // sent is the earlier's, the kind the later's.
+    engine.observe(&view(2, at + 1_000, "p1"), &mut out);
+    engine.observe(&event(2, EventKind::AddToCart, at + 2_000), &mut out);
+    // User 3: the later look lies in the next minute: both held.
+    engine.observe(&view(3, at + 1_000, "p1"), &mut out);
+    engine.observe(&view(3, at + MIN, "p2"), &mut out);
+    // User 4: the later look is in another segment: both held.
+    engine.observe(&view(4, at + 1_000, "p1"), &mut out);
+    let mut elsewhere = view(4, at + 2_000, "p2");
+    elsewhere.campaign = Some("natale".into());
+    engine.observe(&elsewhere, &mut out);
+    // User 5: the second look arrives late (earlier in event time): both held.
+    engine.observe(&view(5, at + 2_000, "p2"), &mut out);
+    engine.observe(&view(5, at + 1_000, "p1"), &mut out);
+    let held = |n: u8| engine.state().users[&user(n)].intents.len();
+    assert_eq!(
+        [held(1), held(2), held(3), held(4), held(5)],
+        [1, 2, 2, 2, 2]
+    );
+
+    // The minute of the first looks fires: the window ends before user 3's second look.
+    let fired = judge(&mut engine, T0 + 2 * MIN, 2, 50);
+    let sent: BTreeMap<UserPseudonym, (String, Option<String>, i64)> = fired
+        .iter()
+        .filter_map(|o| {
+            let e = o.event.as_ref()?;
+            Some((o.user?, (e.kind.clone(), e.product_id.clone(), e.at_ms)))
+        })
+        .collect();
+    let expected: BTreeMap<_, _> = [
+        (
+            user(1),
+            ("page_view".to_string(), Some("p2".to_string()), at + 2_000),
+        ),
+        (
+            user(2),
+            (
+                "add_to_cart".to_string(),
+                Some("p1".to_string()),
+                at + 2_000,
+            ),
+        ),
+        (
+            user(3),
+            ("page_view".to_string(), Some("p1".to_string()), at + 1_000),
+        ),
+        (
+            user(4),
+            ("page_view".to_string(), Some("p1".to_string()), at + 1_000),
+        ),
+        // The later by position is sent, as it was when every look was held.
+        (
+            user(5),
+            ("page_view".to_string(), Some("p1".to_string()), at + 1_000),
+        ),
+    ]
+    .into();
+    assert_eq!(sent, expected);
+}
+
+#[test]
 fn a_minute_is_judged_once() {
     let mut engine = Engine::new(
         triggers(CPA),
@@ -530,8 +603,9 @@ fn per_user_state_is_bounded_and_pruned_by_time() {
     );
     let mut out = Vec::new();
     let long = "p".repeat(10_000);
+    // One a minute: a second look in the same minute would take the first's place.
     for i in 0..1_000 {
-        engine.observe(&view(1, T0 + i, &long), &mut out);
+        engine.observe(&view(1, T0 + i * MIN, &long), &mut out);
     }
     let facts = &engine.state().users[&user(1)];
     assert_eq!(facts.intents.len(), MAX_INTENTS);
