@@ -34,7 +34,7 @@ use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use vedetta_core::act::stage::StageCopy;
+use vedetta_core::act::stage::{READ_AHEAD, StageCopy};
 use vedetta_core::enrich::RegionLookup;
 use vedetta_core::pipeline::attribution::Memories;
 use vedetta_core::pipeline::hash::FastHashMap;
@@ -735,7 +735,12 @@ impl Processor {
         }
         // Records of one log batch share their append time: count them per time.
         let mut appended: Vec<(i64, u64)> = Vec::new();
-        for (offset, appended_at, record) in &records {
+        for (i, (offset, appended_at, record)) in records.iter().enumerate() {
+            if let Some(stage) = &self.triggers
+                && i % READ_AHEAD == 0
+            {
+                (stage.stage).read_ahead(&self.pipeline, records[i..].iter().map(|(_, _, r)| r));
+            }
             self.pipeline.process(*offset, record);
             if let Some(stage) = &mut self.triggers {
                 stage.after_record(&mut self.pipeline, record);

@@ -1247,6 +1247,21 @@ impl Engine {
         self.observe_with(event, None, &mut hint, out);
     }
 
+    /// Reads the place `hint` (a pipeline's hint, as [`Self::observe_judged`] takes it)
+    /// points to, and gives back a value made of what it read (see
+    /// [`crate::act::stage::TriggerStage::read_ahead`]); 0 for a hint to no place. Changes
+    /// nothing: a stale hint reads another user's place, or none.
+    #[inline]
+    pub fn touch(&self, hint: u32) -> u64 {
+        UserHint::position(hint).map_or(0, |at| self.state.users.touch(at))
+    }
+
+    /// Reads the places the next `n` users made will take (see [`Self::touch`]).
+    #[inline]
+    pub fn touch_next_free(&self, n: usize) -> u64 {
+        self.state.users.touch_next_free(n)
+    }
+
     /// The pipeline could not keep the hint [`Self::observe_judged`] gave back for `user`
     /// (it does not hold the user): the engine then finds the user by pseudonym.
     pub fn hint_not_kept(&mut self, user: &UserPseudonym, hint: u32) {

@@ -709,6 +709,14 @@ impl Pipeline {
         self.last_stage_hint
     }
 
+    /// The hint a later stage left on `user` while the pipeline holds it (0 otherwise), for
+    /// a stage that reads its own state ahead of the events
+    /// ([`crate::act::stage::TriggerStage::read_ahead`]).
+    #[inline]
+    pub fn stage_hint_of(&self, user: &UserPseudonym) -> u32 {
+        self.state.users.get(user).map_or(0, |held| held.stage_hint)
+    }
+
     /// Leaves `hint` on `user` while the pipeline holds it; whether it does. Called right
     /// after the user's event, whose processing just touched its entry.
     #[inline]

@@ -83,6 +83,26 @@ impl UserTable {
         self.index.get(user).map(|at| *at as usize)
     }
 
+    /// Reads the slot at `at`, both its cache lines, and gives back a value made of what it
+    /// read, which the caller keeps ([`std::hint::black_box`]) so that the reads are made
+    /// ([`super::Engine::touch`]).
+    #[inline]
+    pub fn touch(&self, at: usize) -> u64 {
+        match self.slots.get(at) {
+            Some(Slot(Some((user, facts)))) => u64::from(user.0[0]) ^ u64::from(facts.purchases),
+            _ => 0,
+        }
+    }
+
+    /// Reads the `n` free places the next new users will take (as [`Self::touch`]: a new
+    /// user's place is read before it is written, to drop what it held).
+    #[inline]
+    pub fn touch_next_free(&self, n: usize) -> u64 {
+        (self.free.iter().rev().take(n)).fold(0, |read, at| {
+            read ^ u64::from(self.slots.get(*at as usize).is_some_and(|s| s.0.is_none()))
+        })
+    }
+
     /// The position of the user `r` names: its listed place when it still holds it, else
     /// where the map says.
     #[inline]
@@ -351,6 +371,34 @@ mod tests {
         assert_eq!(table.insert(user(5), facts(50)), None);
         assert_eq!(table.insert(user(5), facts(51)), Some(facts(50)));
         assert_eq!(table.len(), 8);
+    }
+
+    /// Reading ahead takes any place, held, freed or past the end, and reads only.
+    #[test]
+    fn places_read_ahead_may_be_held_freed_or_none() {
+        let mut table = UserTable::default();
+        for n in 0..4 {
+            table.insert(user(n), facts(i64::from(n)));
+        }
+        table.remove(&user(1));
+        table.remove(&user(2));
+        let before = table.clone();
+        // Held places read their pseudonym; a freed one and one past the end read nothing.
+        assert_eq!(table.touch(3), 3);
+        assert_eq!(
+            [table.touch(1), table.touch(4), table.touch(usize::MAX)],
+            [0; 3]
+        );
+        // The two free places (each read as free), and no more however many are asked for.
+        assert_eq!(table.touch_next_free(1), 1);
+        assert_eq!(table.touch_next_free(2), 0);
+        assert_eq!(table.touch_next_free(1_000), 0);
+        assert_eq!(table, before);
+        assert_eq!(
+            table.add(user(9), facts(9), true),
+            2,
+            "the last freed is taken first"
+        );
     }
 
     #[test]
