@@ -1405,6 +1405,7 @@ impl Engine {
             position
         };
         let users = &mut self.state.users;
+        let held = users.len();
         *hint = UserHint::of_position(position);
         let user = users.facts_at_mut(position);
         self.changed.insert(event.user);
@@ -1497,7 +1498,7 @@ impl Engine {
                     if !listed {
                         let listed = user_ref(event.user, position);
                         (self.state.candidates).push_at(event.user, at, listed.at);
-                        self.state.candidates.bound();
+                        self.state.candidates.bound(held);
                         new_candidate = true;
                     }
                     self.segment_ids.intern(intent.dims);
