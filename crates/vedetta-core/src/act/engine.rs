@@ -60,7 +60,7 @@ fn hold_intent(intents: &mut Intents, intent: Intent) {
         && last.dims == intent.dims
         && minute_of(last.at_ms) == minute_of(intent.at_ms)
         && last.at_ms <= intent.at_ms
-        && (intent.product_id.is_some() || last.product_id.is_none())
+        && (intent.product_id.is_some() || !last.product_id.is_some())
     {
         *last = intent;
         return;
@@ -92,7 +92,7 @@ pub(crate) use stored::AppendTo;
 pub use stored::{
     ACT_STATE_FORMAT, FlatRows, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT,
 };
-pub use texts::{MAX_TEXTS, TextId, Texts, TriggerId, TriggerNames};
+pub use texts::{MAX_TEXTS, MaybeTextId, TextId, Texts, TriggerId, TriggerNames};
 pub use users::{UserRef, UserTable};
 
 /// The most users the engine holds by default ([`Engine::with_max_users`]): about 0.5 GB
@@ -156,7 +156,8 @@ pub struct Intent {
     pub add_to_cart: bool,
     /// Channel and campaign: what a CPA segment can be (spend has no device or region).
     pub dims: [TextId; 2],
-    pub product_id: Option<TextId>,
+    /// The product looked at (an `Option<TextId>` in 4 bytes).
+    pub product_id: MaybeTextId,
 }
 
 /// An add to cart not yet followed by a purchase.
@@ -167,10 +168,12 @@ pub struct CartLine {
     pub value: Option<f64>,
 }
 
-/// A user's intents: the first held in the facts themselves (most users show one intent
-/// in the triggers' horizon, and a block of its own per user was an allocation per new
-/// user: a tenth of the trigger stage's time at 100,000 events/s).
-pub type Intents = smallvec::SmallVec<[Intent; 1]>;
+/// A user's intents: the first two held in the facts themselves (most users show one or
+/// two intents in the triggers' horizon, and a block of its own per user was an
+/// allocation per new user: a tenth of the trigger stage's time at 100,000 events/s; with
+/// one inline, a second intent in another segment or minute still took one, a fresh
+/// page's worth of them every few thousand users).
+pub type Intents = smallvec::SmallVec<[Intent; 2]>;
 /// A user's cart lines, the first held in the facts (as [`Intents`]).
 pub type CartLines = smallvec::SmallVec<[CartLine; 1]>;
 
@@ -181,8 +184,9 @@ pub type CartLines = smallvec::SmallVec<[CartLine; 1]>;
 /// ([`UserTable`]), so it is kept to what most users have: its times, its intents (the
 /// first inline), its conversions. What few have (a cart, cooldowns) and what only the
 /// engine's own judging fills (the touch, event ids, the registration time: empty on the
-/// pipeline's verdicts) sit behind one box, [`MoreFacts`]: 96 bytes instead of 232, so a
-/// slot takes two cache lines instead of four (docs/triggers.md, "After stage 5", step 7).
+/// pipeline's verdicts) sit behind one box, [`MoreFacts`]: 112 bytes (two intents inline)
+/// instead of 232, so a slot takes two cache lines instead of four (docs/triggers.md,
+/// "After stage 5", steps 7 and 13).
 /// Encoded as before ([`FactsFields`]): the stored formats do not change.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "FactsFields", into = "FactsFields")]
@@ -398,7 +402,7 @@ impl UserFacts {
         for intent in &self.intents {
             f(intent.dims[0]);
             f(intent.dims[1]);
-            intent.product_id.map(&mut f);
+            intent.product_id.get().map(&mut f);
         }
         for line in self.cart() {
             line.product_id.map(&mut f);
@@ -672,31 +676,55 @@ struct Sweep {
 const SPARE_LISTS: usize = 4;
 
 impl Sweep {
-    /// `map`'s list under `minute`, a spare one when there is none yet: the largest for a
-    /// list that takes a minute's users (`large`), else the smallest.
+    /// `map`'s list under `minute`, the smallest spare one when there is none yet (a list
+    /// of a few users: carts, rechecks, a late minute's idle users).
     fn under<'a>(
         map: &'a mut BTreeMap<i64, Vec<UserRef>>,
         spare: &mut Vec<Vec<UserRef>>,
         minute: i64,
-        large: bool,
     ) -> &'a mut Vec<UserRef> {
         map.entry(minute).or_insert_with(|| {
             let sized = (spare.iter().enumerate()).map(|(i, list)| (list.capacity(), i));
-            let pick = if large { sized.max() } else { sized.min() };
-            pick.map(|(_, i)| spare.swap_remove(i)).unwrap_or_default()
+            sized
+                .min()
+                .map(|(_, i)| spare.swap_remove(i))
+                .unwrap_or_default()
         })
     }
 
+    /// The idle list of `minute`. A new minute's list (later than every listed one) takes
+    /// the largest spare when it has room for an eighth more than the last minute's
+    /// users, else is made with room for half more: grown by doubling from a smaller one,
+    /// it was copied into fresh memory each time, which the kernel had to clear (a tenth
+    /// of the stage's time at 100,000 events/s, `perf`, stop 31), and a list made at its
+    /// minute's size would rarely fit the next. Lists of earlier minutes (a late event,
+    /// users put back by [`Engine::advance`]) take the smallest spare.
     fn idle_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
-        Self::under(&mut self.idle, &mut self.spare, minute, true)
+        let newest = self.idle.last_key_value();
+        if newest.is_none_or(|(last, _)| *last < minute) {
+            let last = newest.map_or(0, |(_, list)| list.len());
+            let list = self.idle.entry(minute).or_insert_with(|| {
+                let largest = (self.spare.iter().enumerate())
+                    .max_by_key(|(_, list)| list.capacity())
+                    .map(|(i, _)| i);
+                match largest {
+                    Some(i) if self.spare[i].capacity() >= last.saturating_add(last / 8) => {
+                        self.spare.swap_remove(i)
+                    }
+                    _ => Vec::with_capacity(last.saturating_add(last / 2)),
+                }
+            });
+            return list;
+        }
+        Self::under(&mut self.idle, &mut self.spare, minute)
     }
 
     fn cart_due_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
-        Self::under(&mut self.cart_due, &mut self.spare, minute, false)
+        Self::under(&mut self.cart_due, &mut self.spare, minute)
     }
 
     fn recheck_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
-        Self::under(&mut self.recheck, &mut self.spare, minute, false)
+        Self::under(&mut self.recheck, &mut self.spare, minute)
     }
 
     /// Keeps an emptied list's memory for a later one (see [`Self::spare`]).
@@ -1483,7 +1511,7 @@ impl Engine {
                     at_ms: at,
                     add_to_cart: event.kind == EventKind::AddToCart,
                     dims,
-                    product_id,
+                    product_id: product_id.into(),
                 };
                 // A candidate for the firing segments of the next minutes judged: listed,
                 // unless its previous intent lies in this minute and is not judged yet (then
@@ -1848,7 +1876,7 @@ impl Engine {
                         .iter()
                         .rev()
                         .filter(|i| i.at_ms >= s.from && i.at_ms < minute_end && in_group(i))
-                        .find_map(|i| texts.get(i.product_id?))
+                        .find_map(|i| texts.get(i.product_id.get()?))
                         .map(str::to_owned);
                     let event = PushEvent {
                         user: pseudonym.to_hex(),

@@ -84,7 +84,7 @@ impl UserFactsV1 {
                     at_ms: i.at_ms,
                     add_to_cart: i.add_to_cart,
                     dims: [text(&i.dims[0]), text(&i.dims[1])],
-                    product_id: i.product_id.as_deref().map(&mut text),
+                    product_id: i.product_id.as_deref().map(&mut text).into(),
                 })
                 .collect(),
             last_conversion_ms: self.last_conversion_ms,

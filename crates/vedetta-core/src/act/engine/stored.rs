@@ -171,7 +171,8 @@ impl Serialize for RowView<'_> {
             base,
             f.touch.map(|(c, k, at)| (c, k, back(at))),
             Seq(|| {
-                (f.intents.iter()).map(|i| (back(i.at_ms), i.add_to_cart, i.dims, i.product_id))
+                (f.intents.iter())
+                    .map(|i| (back(i.at_ms), i.add_to_cart, i.dims, i.product_id.get()))
             }),
             f.last_conversion_ms.map(back),
             f.last_conversion_kind,
@@ -314,7 +315,7 @@ fn from_row(row: Row) -> (UserPseudonym, UserFacts, Option<i64>) {
                 at_ms: at(back),
                 add_to_cart,
                 dims,
-                product_id,
+                product_id: product_id.into(),
             })
             .collect(),
         last_conversion_ms: conversion.map(at),

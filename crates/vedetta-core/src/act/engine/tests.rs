@@ -445,7 +445,7 @@ fn a_format_1_state_loads_and_its_users_are_rewritten_as_rows() {
     assert_eq!(state.texts.len(), 202);
     let facts = &state.users[&user(7)];
     let text = |id: TextId| state.texts.get(id).unwrap();
-    assert_eq!(text(facts.intents[0].product_id.unwrap()), "p7");
+    assert_eq!(text(facts.intents[0].product_id.get().unwrap()), "p7");
     assert_eq!(text(facts.intents[0].dims[1]), "saldi");
     let (c, k, at) = facts.touch().unwrap();
     assert_eq!((text(c), text(k), at), ("social", "saldi", T0));
@@ -519,7 +519,7 @@ fn a_state_stored_with_texts_as_strings_loads_and_decides_the_same() {
                             i.add_to_cart,
                             text(i.dims[0]),
                             text(i.dims[1]),
-                            i.product_id.map(text),
+                            i.product_id.get().map(text),
                         )
                     })
                     .collect();
@@ -848,6 +848,7 @@ fn the_text_table_is_bounded_and_frees_the_texts_of_forgotten_users() {
     let product = |n: u32| {
         engine.state().users[&numbered(n)].intents[0]
             .product_id
+            .get()
             .unwrap()
     };
     assert_eq!(product(MAX_TEXTS - 1), TextId::NOT_KEPT);
@@ -885,7 +886,7 @@ fn the_text_table_is_bounded_and_frees_the_texts_of_forgotten_users() {
         engine
             .state()
             .texts
-            .get(facts.intents[0].product_id.unwrap()),
+            .get(facts.intents[0].product_id.get().unwrap()),
         Some("new")
     );
     let globals_after = apply(&mut rows, engine.take_changes().unwrap());
@@ -979,7 +980,7 @@ fn a_one_event_user_s_row_is_tens_of_bytes() {
             at_ms: intent.at_ms,
             add_to_cart: intent.add_to_cart,
             dims: [text(intent.dims[0]), text(intent.dims[1])],
-            product_id: intent.product_id.map(text),
+            product_id: intent.product_id.get().map(text),
         }],
         event_ids: facts.event_ids().to_vec(),
         ..Default::default()
@@ -1031,7 +1032,11 @@ fn a_full_table_whose_texts_all_stood_at_a_compaction_frees_them_once_they_are_l
         e.user = numbered(n);
         engine.observe(&e, &mut out);
         engine.advance(at, &mut out);
-        if engine.state().users[&numbered(n)].intents[0].product_id != Some(TextId::NOT_KEPT) {
+        if engine.state().users[&numbered(n)].intents[0]
+            .product_id
+            .get()
+            != Some(TextId::NOT_KEPT)
+        {
             kept += 1;
         }
     }
@@ -1496,4 +1501,46 @@ fn emptied_sweep_lists_are_kept_for_later_minutes() {
     let sent: BTreeSet<_> = (out.iter()).filter_map(|o| o.user).collect();
     assert_eq!(out.len(), sent.len());
     assert_eq!(sent.len(), 18 * 5);
+}
+
+/// A new minute's idle list has room for the last minute's users and more before it
+/// grows (growing, it was copied into fresh memory), and takes a spare list when one has
+/// that room; a list of an earlier minute takes a small one.
+#[test]
+fn a_new_minute_s_idle_list_is_sized_from_the_last_minute_s() {
+    let mut sweep = Sweep::default();
+    let listed = |n: u32| user_ref(numbered(n), n as usize);
+    for n in 0..1_000 {
+        sweep.idle_at(0).push(listed(n));
+    }
+    let room = sweep.idle_at(MIN).capacity();
+    assert!(
+        room >= 1_125,
+        "room for 1,000 users and an eighth more: {room}"
+    );
+    for n in 0..1_400 {
+        sweep.idle_at(MIN).push(listed(n));
+    }
+    assert_eq!(
+        sweep.idle[&MIN].capacity(),
+        room,
+        "no growth below the room made"
+    );
+    // The first minute's list, given back, is too small for the next minute: not taken.
+    let first = sweep.idle.remove(&0).unwrap();
+    let first_room = first.capacity();
+    sweep.give_back(first);
+    assert!(sweep.idle_at(2 * MIN).capacity() >= 1_575);
+    assert_eq!(sweep.spare.len(), 1, "the small spare stays");
+    // A late minute's list takes the small spare.
+    assert_eq!(sweep.idle_at(-MIN).capacity(), first_room);
+    assert!(sweep.spare.is_empty());
+    // The second minute's list, given back, has room for the third minute's: taken.
+    let second = sweep.idle.remove(&MIN).unwrap();
+    let second_ptr = second.as_ptr();
+    sweep.give_back(second);
+    for n in 0..1_300 {
+        sweep.idle_at(2 * MIN).push(listed(n));
+    }
+    assert_eq!(sweep.idle_at(3 * MIN).as_ptr(), second_ptr);
 }

@@ -37,6 +37,54 @@ impl TextId {
     pub const NOT_KEPT: TextId = TextId(0);
 }
 
+/// A [`TextId`] or none, in the four bytes of one (`Option<TextId>` takes eight): an
+/// [`Intent`](super::Intent)'s product, so that an intent takes 24 bytes and a user's slot
+/// holds two (see [`Intents`](super::Intents)). Ids are at most [`MAX_TEXTS`], so
+/// `u32::MAX` is free to mean none. Encoded as the `Option<TextId>` it stands for (the
+/// stored formats do not change); a stored id of `u32::MAX`, which no text has, is read
+/// as [`TextId::NOT_KEPT`] (a product that was not kept), not as none.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "Option<TextId>", into = "Option<TextId>")]
+pub struct MaybeTextId(u32);
+
+impl MaybeTextId {
+    pub const NONE: MaybeTextId = MaybeTextId(u32::MAX);
+
+    #[inline]
+    pub fn get(self) -> Option<TextId> {
+        (self != Self::NONE).then_some(TextId(self.0))
+    }
+
+    #[inline]
+    pub fn is_some(self) -> bool {
+        self != Self::NONE
+    }
+}
+
+impl From<Option<TextId>> for MaybeTextId {
+    #[inline]
+    fn from(id: Option<TextId>) -> Self {
+        match id {
+            None => Self::NONE,
+            Some(TextId(u32::MAX)) => MaybeTextId(TextId::NOT_KEPT.0),
+            Some(TextId(id)) => MaybeTextId(id),
+        }
+    }
+}
+
+impl From<MaybeTextId> for Option<TextId> {
+    #[inline]
+    fn from(id: MaybeTextId) -> Self {
+        id.get()
+    }
+}
+
+impl std::fmt::Debug for MaybeTextId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
 /// The bounded intern table of texts (see the module's overview).
 #[derive(Clone, Debug, Default)]
 pub struct Texts {
@@ -349,5 +397,37 @@ impl TriggerNames {
         while self.names.last().is_some_and(Option::is_none) {
             self.names.pop();
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An intent's product is stored as the `Option<TextId>` it always was: the same bytes
+    /// both ways, and the one id no text has is read as a product not kept, not as none.
+    #[test]
+    fn a_maybe_text_id_is_encoded_as_an_option_of_text_id() {
+        for id in [
+            None,
+            Some(TextId::NOT_KEPT),
+            Some(TextId(7)),
+            Some(TextId(MAX_TEXTS)),
+        ] {
+            let compact = MaybeTextId::from(id);
+            assert_eq!(compact.get(), id);
+            assert_eq!(compact.is_some(), id.is_some());
+            let bytes = postcard::to_allocvec(&compact).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&id).unwrap());
+            assert_eq!(
+                postcard::from_bytes::<MaybeTextId>(&bytes).unwrap(),
+                compact
+            );
+        }
+        let odd = postcard::to_allocvec(&Some(TextId(u32::MAX))).unwrap();
+        let read = postcard::from_bytes::<MaybeTextId>(&odd).unwrap();
+        assert_eq!(read.get(), Some(TextId::NOT_KEPT));
+        assert_eq!(std::mem::size_of::<MaybeTextId>(), 4);
     }
 }

@@ -40,9 +40,9 @@ impl UserRef {
     pub const UNKNOWN_AT: u32 = u32::MAX;
 }
 
-/// One user's place, or a free one. Aligned on the cache line: with the facts at 96 bytes
-/// a slot is two lines exactly (112 bytes unaligned spanned three half the time), and a
-/// user's event reads and writes those two.
+/// One user's place, or a free one. Aligned on the cache line: with the facts at 112
+/// bytes (two intents inline) and the pseudonym's 16 a slot is two lines exactly (unaligned
+/// it spanned three half the time), and a user's event reads and writes those two.
 #[derive(Clone, Debug, Default)]
 #[repr(align(64))]
 struct Slot(Option<(UserPseudonym, UserFacts)>);
@@ -348,7 +348,8 @@ mod tests {
     /// or four (docs/triggers.md, "After stage 5", step 7).
     #[test]
     fn a_slot_is_two_cache_lines() {
-        assert!(std::mem::size_of::<UserFacts>() <= 96);
+        assert!(std::mem::size_of::<UserFacts>() <= 112);
+        assert_eq!(std::mem::size_of::<super::super::Intent>(), 24);
         assert_eq!(std::mem::size_of::<Slot>(), 128);
         assert_eq!(std::mem::align_of::<Slot>(), 64);
     }
