@@ -1410,6 +1410,60 @@ fn users_with_carts_are_kept_past_the_bound() {
     assert_eq!(out.len(), 5, "{out:?}");
 }
 
+/// At the bound a user is kept for its cart, and let go once a purchase emptied it: what
+/// keeps a user is read from the facts' own flag (checked against the box in debug
+/// builds), set by a cart line and cleared with the cart.
+#[test]
+fn a_user_whose_cart_a_purchase_emptied_is_let_go_at_the_bound() {
+    let set = "[[triggers]]\nname = \"carrello\"\nkind = \"abandoned_cart\"\nafter = \"30m\"\nnotify = [\"push\"]\n";
+    let mut engine = Engine::new(
+        triggers(set),
+        vec![EventKind::Purchase],
+        ActState::default(),
+    )
+    .with_pipeline_verdicts()
+    .with_max_users(3);
+    let judged = Judged {
+        ignored: false,
+        flagged: false,
+        counted: None,
+        hint: 0,
+    };
+    let mut out = Vec::new();
+    for n in 1..=2 {
+        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
+        cart.product_id = Some(format!("p{n}"));
+        engine.observe_judged(&cart, judged, &mut out);
+    }
+    engine.observe_judged(&event(1, EventKind::Purchase, T0 + 5_000), judged, &mut out);
+    assert!(
+        engine
+            .state()
+            .users
+            .lookup(&user(1))
+            .unwrap()
+            .cart()
+            .is_empty()
+    );
+    for n in 3..=5 {
+        engine.observe_judged(
+            &view(n, T0 + MIN + i64::from(n) * 1_000, "p"),
+            judged,
+            &mut out,
+        );
+    }
+    let held = |n: u8| engine.state().users.lookup(&user(n)).is_some();
+    assert!(!held(1), "its cart emptied, nothing keeps it");
+    assert!(held(2), "kept for its cart");
+    assert!(
+        !held(3) && !held(4),
+        "the next minute's users, let go whole"
+    );
+    assert!(held(5));
+    assert_eq!(engine.evicted_users(), 3);
+    assert_eq!(engine.users(), 2);
+}
+
 /// The facts few users have sit in a box made when first needed and let go when emptied;
 /// the serde form is field by field as before the box (an empty box encodes as none).
 #[test]
