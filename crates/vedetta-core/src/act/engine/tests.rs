@@ -1379,12 +1379,11 @@ fn past_the_bound_the_oldest_users_with_only_intents_are_let_go() {
     assert!(out.is_empty(), "{out:?}");
 }
 
-/// When every held user has a cart (nothing can go), the table grows past its bound rather
-/// than lose a cart's push: every cart is sent after its delay.
-#[test]
-fn users_with_carts_are_kept_past_the_bound() {
+/// An engine with one abandoned-cart trigger, on the pipeline's verdicts, holding at most
+/// three users; and a clean verdict.
+fn cart_engine_of_three() -> (Engine, Judged<'static>) {
     let set = "[[triggers]]\nname = \"carrello\"\nkind = \"abandoned_cart\"\nafter = \"30m\"\nnotify = [\"push\"]\n";
-    let mut engine = Engine::new(
+    let engine = Engine::new(
         triggers(set),
         vec![EventKind::Purchase],
         ActState::default(),
@@ -1397,6 +1396,14 @@ fn users_with_carts_are_kept_past_the_bound() {
         counted: None,
         hint: 0,
     };
+    (engine, judged)
+}
+
+/// When every held user has a cart (nothing can go), the table grows past its bound rather
+/// than lose a cart's push: every cart is sent after its delay.
+#[test]
+fn users_with_carts_are_kept_past_the_bound() {
+    let (mut engine, judged) = cart_engine_of_three();
     let mut out = Vec::new();
     for n in 1..=5 {
         let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
@@ -1415,20 +1422,7 @@ fn users_with_carts_are_kept_past_the_bound() {
 /// builds), set by a cart line and cleared with the cart.
 #[test]
 fn a_user_whose_cart_a_purchase_emptied_is_let_go_at_the_bound() {
-    let set = "[[triggers]]\nname = \"carrello\"\nkind = \"abandoned_cart\"\nafter = \"30m\"\nnotify = [\"push\"]\n";
-    let mut engine = Engine::new(
-        triggers(set),
-        vec![EventKind::Purchase],
-        ActState::default(),
-    )
-    .with_pipeline_verdicts()
-    .with_max_users(3);
-    let judged = Judged {
-        ignored: false,
-        flagged: false,
-        counted: None,
-        hint: 0,
-    };
+    let (mut engine, judged) = cart_engine_of_three();
     let mut out = Vec::new();
     for n in 1..=2 {
         let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
