@@ -60,7 +60,7 @@ fn hold_intent(intents: &mut Intents, intent: Intent) {
         && last.dims == intent.dims
         && minute_of(last.at_ms) == minute_of(intent.at_ms)
         && last.at_ms <= intent.at_ms
-        && (intent.product_id.is_some() || !last.product_id.is_some())
+        && (intent.product_id.is_some() || last.product_id.is_none())
     {
         *last = intent;
         return;
@@ -380,8 +380,9 @@ impl UserFacts {
         self.more.as_ref().map_or(&[], |m| &m.sent)
     }
 
-    /// The facts few users have, made when first needed.
-    pub fn more_mut(&mut self) -> &mut MoreFacts {
+    /// The facts few users have, made when first needed. Not public: a cart line or a
+    /// send added through it must also set [`Self::kept`], which only this module does.
+    fn more_mut(&mut self) -> &mut MoreFacts {
         self.more.get_or_insert_with(Box::default)
     }
 

@@ -59,6 +59,11 @@ impl MaybeTextId {
     pub fn is_some(self) -> bool {
         self != Self::NONE
     }
+
+    #[inline]
+    pub fn is_none(self) -> bool {
+        self == Self::NONE
+    }
 }
 
 impl From<Option<TextId>> for MaybeTextId {
@@ -418,6 +423,7 @@ mod tests {
             let compact = MaybeTextId::from(id);
             assert_eq!(compact.get(), id);
             assert_eq!(compact.is_some(), id.is_some());
+            assert_eq!(compact.is_none(), id.is_none());
             let bytes = postcard::to_allocvec(&compact).unwrap();
             assert_eq!(bytes, postcard::to_allocvec(&id).unwrap());
             assert_eq!(
