@@ -110,6 +110,9 @@ pub const MAX_USERS: usize = 4_000_000;
 const EVICTION_RETRY_PARTS: usize = 64;
 const EVICTION_RETRY_MIN: usize = 4_096;
 
+/// A full table lets go until this part of the bound is free (see [`Engine::make_room`]).
+const EVICTION_ROOM_PARTS: usize = 64;
+
 /// The first [`MAX_TEXT_BYTES`] of `text`, cut on a char edge.
 fn clipped(text: &str) -> &str {
     let mut end = text.len().min(MAX_TEXT_BYTES);
@@ -386,13 +389,20 @@ impl UserFacts {
         self.more.get_or_insert_with(Box::default)
     }
 
-    /// Changes the facts few users have, when the user has any (none made).
-    fn change_more(&mut self, change: impl FnOnce(&mut MoreFacts)) {
-        if let Some(more) = &mut self.more {
-            change(more);
-            self.kept = !more.cart.is_empty() || !more.sent.is_empty();
-            self.tidy();
-        }
+    /// Changes the facts few users have, when the user has any (none made). Gives back
+    /// whether the change let go of the user's last cart line and cooldown: the user can
+    /// then be let go at the bound, and must be listed where the walk there looks
+    /// ([`Sweep::idle`], see [`Sweep::idle_kept`]).
+    #[must_use]
+    fn change_more(&mut self, change: impl FnOnce(&mut MoreFacts)) -> bool {
+        let Some(more) = &mut self.more else {
+            return false;
+        };
+        change(more);
+        let was_kept = self.kept;
+        self.kept = !more.cart.is_empty() || !more.sent.is_empty();
+        self.tidy();
+        was_kept && !self.kept
     }
 
     /// Whether the user has a cart line or a cooldown, from the facts' own flag (no read
@@ -683,7 +693,19 @@ struct Sweep {
     /// Users by the minute of their last event (an entry is stale once the user's last
     /// event is in a later minute): looked at once idle for the keep time.
     idle: BTreeMap<i64, Vec<UserRef>>,
-    /// Entries in `idle`: past twice the users, `idle` is rebuilt (stale entries bounded).
+    /// Users the walk at the bound found in `idle` with a cart or a cooldown, by the same
+    /// minute, moved here so that it does not walk them again at each letting-go: at
+    /// 100,000 events/s most users held have one (a cooldown of a trigger that sent them),
+    /// they gather in the oldest minutes, and the walk read two million of them each
+    /// time the table filled, to let go of a few hundred late users (`perf` and the
+    /// walk's own counts, stop 32). [`Engine::advance`] looks at them with `idle`'s. A
+    /// user whose last cart line and cooldown go while it stays in its minute is listed
+    /// in `idle` again ([`UserFacts::change_more`]): every user the walk may let go is in
+    /// `idle` under the minute of its last event, as in an engine restored (whose `idle`
+    /// lists every user), so both let the same users go.
+    idle_kept: BTreeMap<i64, Vec<UserRef>>,
+    /// Entries in `idle` and `idle_kept`: past twice the users, both are rebuilt (stale
+    /// entries bounded).
     idle_entries: usize,
     /// Idle users kept for a cooldown or a cart, by the minute to look at them again.
     recheck: BTreeMap<i64, Vec<UserRef>>,
@@ -739,6 +761,12 @@ impl Sweep {
             return list;
         }
         Self::under(&mut self.idle, &mut self.spare, minute)
+    }
+
+    /// Lists `user` under `minute` in `idle`.
+    fn list_idle(&mut self, minute: i64, user: UserRef) {
+        self.idle_at(minute).push(user);
+        self.idle_entries += 1;
     }
 
     fn cart_due_at(&mut self, minute: i64) -> &mut Vec<UserRef> {
@@ -1121,6 +1149,7 @@ impl Engine {
     /// Lists every user under the minute of its last event, once.
     fn rebuild_idle(&mut self) {
         self.sweep.idle.clear();
+        self.sweep.idle_kept.clear();
         for (at, pseudonym, user) in self.state.users.iter_at() {
             self.sweep
                 .idle
@@ -1177,8 +1206,12 @@ impl Engine {
     }
 
     /// Makes room for a new user when the table is full (see [`EVICTION_RETRY_PARTS`]):
-    /// lets go as [`Self::evict_over_bound`] does, until fewer than the bound are held, and
-    /// of them as candidates at once (their slots are reused next).
+    /// lets go as [`Self::evict_over_bound`] does, until the bound less a
+    /// 1/[`EVICTION_ROOM_PARTS`] of it are held (at least one fewer than the bound), and
+    /// of them as candidates at once (their slots are reused next). Room for more than
+    /// one: the oldest minutes hold a few users each (seen late), so letting go down to
+    /// one under the bound let go of a few hundred at a time, and each time the table
+    /// filled again the candidates were walked again (stop 32).
     fn make_room(&mut self) {
         let len = self.state.users.len();
         let retry = (self.max_users / EVICTION_RETRY_PARTS).max(EVICTION_RETRY_MIN);
@@ -1187,7 +1220,8 @@ impl Engine {
         }
         let mut forgotten = std::mem::take(&mut self.scratch.forgotten);
         forgotten.clear();
-        self.evict_down_to(self.max_users.saturating_sub(1), &mut forgotten);
+        let room = (self.max_users / EVICTION_ROOM_PARTS).max(1);
+        self.evict_down_to(self.max_users.saturating_sub(room), &mut forgotten);
         self.state.candidates.remove_all(&mut forgotten);
         self.scratch.forgotten = forgotten;
     }
@@ -1199,9 +1233,9 @@ impl Engine {
         }
         let users = &mut self.state.users;
         let changed = &mut self.changed;
+        let idle_kept = &mut self.sweep.idle_kept;
         let mut removed_entries = 0;
-        let mut emptied = Vec::new();
-        let mut large = Vec::new();
+        let mut walked = Vec::new();
         for (&minute, listed) in self.sweep.idle.iter_mut() {
             if users.len() <= limit {
                 break;
@@ -1220,7 +1254,7 @@ impl Engine {
                     return false; // seen later: listed under a later minute
                 }
                 if user.has_cart_or_cooldown() {
-                    return true;
+                    return true; // moved to `idle_kept` below
                 }
                 if let Some((pseudonym, facts)) = users.remove_at(at) {
                     changed.forgot(facts.row);
@@ -1230,23 +1264,20 @@ impl Engine {
                 false
             });
             removed_entries += before - listed.len();
-            if listed.is_empty() {
-                emptied.push(minute);
-            } else if listed.len() < listed.capacity() / 4 {
-                // The few kept (a cart, a cooldown) move to a list of their size; the
-                // minute's large one goes to the spares, for the next minute's new users
-                // (kept in this list, its tens of megabytes stood idle, and every new
-                // minute's list was grown again into fresh pages).
-                large.push(std::mem::replace(listed, listed.to_vec()));
+            if !listed.is_empty() {
+                idle_kept
+                    .entry(minute)
+                    .or_default()
+                    .extend_from_slice(listed);
             }
+            walked.push(minute);
         }
-        for minute in emptied {
+        // Every walked list is empty now: its memory goes to the spares, for the next
+        // minute's new users.
+        for minute in walked {
             if let Some(list) = self.sweep.idle.remove(&minute) {
                 self.sweep.give_back(list);
             }
-        }
-        for list in large {
-            self.sweep.give_back(list);
         }
         self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(removed_entries);
     }
@@ -1462,10 +1493,7 @@ impl Engine {
         let seen_minute = minute_of(user.last_seen_ms);
         user.last_seen_ms = user.last_seen_ms.max(at);
         if new || minute_of(user.last_seen_ms) != seen_minute {
-            (self.sweep)
-                .idle_at(minute_of(user.last_seen_ms))
-                .push(user_ref(event.user, position));
-            self.sweep.idle_entries += 1;
+            (self.sweep).list_idle(minute_of(user.last_seen_ms), user_ref(event.user, position));
         }
         if let Some(marketing) = event.consent.marketing {
             user.marketing = marketing;
@@ -1610,7 +1638,10 @@ impl Engine {
         user.last_conversion_kind = Some(text_id(texts, user.last_conversion_kind, kind));
         // A purchase closes the carts it follows.
         let lines = user.cart().len();
-        user.change_more(|m| m.cart.retain(|line| line.at_ms > at));
+        if user.change_more(|m| m.cart.retain(|line| line.at_ms > at)) {
+            // A late purchase leaves the user in its minute (see `Sweep::idle_kept`).
+            (self.sweep).list_idle(minute_of(user.last_seen_ms), user_ref(event.user, position));
+        }
         if user.cart().len() < lines && !user.cart().is_empty() {
             let key = self.first_cart_ms.map_or(i64::MIN, |a| {
                 minute_of(user.cart()[0].at_ms.saturating_add(a))
@@ -2086,7 +2117,9 @@ impl Engine {
             }
             // Every cart trigger has had its turn (or none waits): the cart is let go.
             if longest_cart.is_none_or(|a| first.saturating_add(a) <= watermark) {
-                user.change_more(|m| m.cart.clear());
+                if user.change_more(|m| m.cart.clear()) {
+                    (self.sweep).list_idle(minute_of(user.last_seen_ms), user_ref(pseudonym, at));
+                }
             } else if let Some(next) = (carts.iter())
                 .map(|(_, _, a)| first.saturating_add(*a))
                 .filter(|due| *due > watermark)
@@ -2118,11 +2151,16 @@ impl Engine {
         let limit = watermark.saturating_sub(keep_ms);
         let mut not_yet = std::mem::take(&mut self.scratch.not_yet);
         not_yet.clear();
-        while let Some(bucket) = self.sweep.idle.first_entry() {
-            if *bucket.key() > limit {
-                break;
+        let mut lists = Vec::new();
+        for map in [&mut self.sweep.idle, &mut self.sweep.idle_kept] {
+            while let Some(bucket) = map.first_entry() {
+                if *bucket.key() > limit {
+                    break;
+                }
+                lists.push(bucket.remove_entry());
             }
-            let (minute, users) = bucket.remove_entry();
+        }
+        for (minute, users) in lists {
             self.sweep.idle_entries = self.sweep.idle_entries.saturating_sub(users.len());
             for &listed in &users {
                 let Some(at) = self.state.users.find(&listed) else {
@@ -2164,7 +2202,8 @@ impl Engine {
             }
             self.changed.insert(pseudonym);
             let user_row = user.row;
-            user.change_more(|m| {
+            // (Let go here or looked at again below: no listing needed.)
+            let _ = user.change_more(|m| {
                 m.sent.retain(|(t, at)| {
                     cooldown(t).is_some_and(|c| at.saturating_add(c) > watermark)
                 });

@@ -1458,6 +1458,53 @@ fn a_user_whose_cart_a_purchase_emptied_is_let_go_at_the_bound() {
     assert_eq!(engine.users(), 2);
 }
 
+/// A user the walk at the bound kept for its cart (and so does not walk again) is let go
+/// at the next letting-go once a late purchase emptied its cart (the minute of its last
+/// event unchanged), before the next minute's users: as an engine restored at any point
+/// (which lists every user afresh) lets it go.
+#[test]
+fn a_user_kept_at_the_bound_is_let_go_once_a_late_purchase_empties_its_cart() {
+    let (mut engine, judged) = cart_engine_of_three();
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    for n in 1..=2 {
+        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
+        cart.product_id = Some(format!("p{n}"));
+        events.push(cart);
+    }
+    events.push(view(3, T0 + MIN + 3_000, "p"));
+    // The table is full: minute 0 keeps users 1 and 2 (carts), minute 1 lets 3 go.
+    events.push(view(4, T0 + MIN + 4_000, "p"));
+    // Late: user 1's last event stays in minute 0, its cart empties.
+    events.push(event(1, EventKind::Purchase, T0 + 5_000));
+    // Full again: user 1 goes (minute 0), which is room enough; user 4 stays.
+    events.push(view(5, T0 + MIN + 6_000, "p"));
+    let mut states = Vec::new();
+    let mut rows = BTreeMap::new();
+    for e in &events {
+        let globals = apply(&mut rows, engine.take_changes().unwrap());
+        states.push((globals, rows.clone()));
+        engine.observe_judged(e, judged, &mut out);
+    }
+    let mut held: Vec<u8> = engine.state().users.keys().map(|u| u.0[0]).collect();
+    held.sort_unstable();
+    assert_eq!(held, [2, 4, 5]);
+    assert_eq!(engine.evicted_users(), 2);
+    for (k, (globals, rows)) in states.iter().enumerate() {
+        let mut again = Engine::new(
+            engine.triggers().to_vec(),
+            vec![EventKind::Purchase],
+            restored(globals, rows).state,
+        )
+        .with_pipeline_verdicts()
+        .with_max_users(3);
+        for e in &events[k..] {
+            again.observe_judged(e, judged, &mut Vec::new());
+        }
+        assert_eq!(engine.state(), again.state(), "restored after {k} events");
+    }
+}
+
 /// The facts few users have sit in a box made when first needed and let go when emptied;
 /// the serde form is field by field as before the box (an empty box encodes as none).
 #[test]
@@ -1470,7 +1517,7 @@ fn facts_few_users_have_are_boxed_only_while_held() {
         value: Some(12.5),
     });
     assert_eq!(facts.cart().len(), 1);
-    facts.change_more(|m| m.cart.clear());
+    let _ = facts.change_more(|m| m.cart.clear()); // (the kept flag: not this test's)
     assert!(facts.more.is_none(), "an emptied box is let go");
     let mut boxed = UserFacts::default();
     boxed.more_mut();
