@@ -332,6 +332,29 @@ fn restored(globals: &[u8], rows: &BTreeMap<u64, Vec<u8>>) -> StoredState {
     ActState::decode_stored(globals, rows.iter().map(|(p, r)| (*p, r.as_slice()))).unwrap()
 }
 
+/// The stored state (globals, rows) an engine had before each event.
+type StatesBefore = Vec<(Vec<u8>, BTreeMap<u64, Vec<u8>>)>;
+
+/// Feeds `events` to `engine` (judged alike), keeping its stored state before each one
+/// (for restores at every point of the stream); `after` sees the engine after each.
+fn observe_keeping_states(
+    engine: &mut Engine,
+    events: &[StoredEvent],
+    judged: Judged<'_>,
+    out: &mut Vec<Output>,
+    mut after: impl FnMut(&Engine),
+) -> StatesBefore {
+    let mut states = Vec::new();
+    let mut rows = BTreeMap::new();
+    for e in events {
+        let globals = apply(&mut rows, engine.take_changes().unwrap());
+        states.push((globals, rows.clone()));
+        engine.observe_judged(e, judged, out);
+        after(engine);
+    }
+    states
+}
+
 #[test]
 fn state_round_trips_through_its_rows_and_other_formats_are_refused() {
     let mut engine = Engine::new(
@@ -1343,15 +1366,9 @@ fn past_the_bound_the_oldest_users_with_only_intents_are_let_go() {
     let mut engine = make(ActState::default());
     let mut out = Vec::new();
     let mut most = 0;
-    // Each engine's state after each event (for the restores below).
-    let mut states = Vec::new();
-    let mut rows = BTreeMap::new();
-    for e in &events {
-        let globals = apply(&mut rows, engine.take_changes().unwrap());
-        states.push((globals, rows.clone()));
-        engine.observe_judged(e, judged, &mut out);
+    let states = observe_keeping_states(&mut engine, &events, judged, &mut out, |engine| {
         most = most.max(engine.users());
-    }
+    });
     assert_eq!(most, 3, "the bound held at every new user");
     // User 3 found the table full: minute 0 went but user 1 (a cart). User 5 found it
     // full again: minute 1 (users 3 and 4) went. User 6 fitted.
@@ -1479,13 +1496,7 @@ fn a_user_kept_at_the_bound_is_let_go_once_a_late_purchase_empties_its_cart() {
     events.push(event(1, EventKind::Purchase, T0 + 5_000));
     // Full again: user 1 goes (minute 0), which is room enough; user 4 stays.
     events.push(view(5, T0 + MIN + 6_000, "p"));
-    let mut states = Vec::new();
-    let mut rows = BTreeMap::new();
-    for e in &events {
-        let globals = apply(&mut rows, engine.take_changes().unwrap());
-        states.push((globals, rows.clone()));
-        engine.observe_judged(e, judged, &mut out);
-    }
+    let states = observe_keeping_states(&mut engine, &events, judged, &mut out, |_| {});
     let mut held: Vec<u8> = engine.state().users.keys().map(|u| u.0[0]).collect();
     held.sort_unstable();
     assert_eq!(held, [2, 4, 5]);
