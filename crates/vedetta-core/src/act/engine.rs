@@ -1328,19 +1328,21 @@ impl Engine {
         self.observe_with(event, None, &mut hint, out);
     }
 
-    /// Reads the place `hint` (a pipeline's hint, as [`Self::observe_judged`] takes it)
-    /// points to, and gives back a value made of what it read (see
-    /// [`crate::act::stage::TriggerStage::read_ahead`]); 0 for a hint to no place. Changes
-    /// nothing: a stale hint reads another user's place, or none.
+    /// Asks the CPU for the place `hint` (a pipeline's hint, as [`Self::observe_judged`]
+    /// takes it) points to, without waiting (see
+    /// [`crate::act::stage::TriggerStage::read_ahead`]). Changes nothing: a stale hint
+    /// brings in another user's place, or none.
     #[inline]
-    pub fn touch(&self, hint: u32) -> u64 {
-        UserHint::position(hint).map_or(0, |at| self.state.users.touch(at))
+    pub fn prefetch(&self, hint: u32) {
+        if let Some(at) = UserHint::position(hint) {
+            self.state.users.prefetch(at);
+        }
     }
 
-    /// Reads the places the next `n` users made will take (see [`Self::touch`]).
+    /// As [`Self::prefetch`], for the places the next `n` users made will take.
     #[inline]
-    pub fn touch_next_free(&self, n: usize) -> u64 {
-        self.state.users.touch_next_free(n)
+    pub fn prefetch_next_free(&self, n: usize) {
+        self.state.users.prefetch_next_free(n);
     }
 
     /// The pipeline could not keep the hint [`Self::observe_judged`] gave back for `user`

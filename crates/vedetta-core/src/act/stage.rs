@@ -407,14 +407,14 @@ impl TriggerStage {
         self.set_offset
     }
 
-    /// Reads the engine's places of the users of `records` (at most [`READ_AHEAD`], the next
-    /// ones the pipeline will process) all at once, so that their events find them in the
-    /// cache. Each is one read of memory no cache holds (the places of millions of users
-    /// reached at random); made one at a time as each event comes, they were the largest
-    /// single cost of the stage (docs/triggers.md, "After stage 5", step 11), while
-    /// independent reads made together overlap. The free places the users new to the
-    /// pipeline may take are read too (a place is read before it is written). Changes
-    /// nothing but what the cache holds.
+    /// Asks for the engine's places of the users of `records` (at most [`READ_AHEAD`], the
+    /// next ones the pipeline will process) all at once, so that their events find them in
+    /// the cache. Each is memory no cache holds (the places of millions of users reached at
+    /// random); read one at a time as each event comes, they were the largest single cost
+    /// of the stage (docs/triggers.md, "After stage 5", step 11), while independent reads
+    /// made together overlap; prefetched, they no longer hold up the core either (step
+    /// 15). The free places the users new to the pipeline may take are asked for too (a
+    /// place is read before it is written). Changes nothing but what the cache holds.
     #[inline]
     pub fn read_ahead<'a>(
         &self,
@@ -424,18 +424,16 @@ impl TriggerStage {
         if self.engine.triggers().is_empty() {
             return;
         }
-        let mut read = 0u64;
         // Users without a hint: the pipeline's new users, some of them the engine's next.
         let mut unknown = 0;
         for record in records.into_iter().take(READ_AHEAD) {
             if let LogRecord::Event(event) = record {
                 let hint = pipeline.stage_hint_of(&event.user);
                 unknown += usize::from(hint == 0);
-                read ^= self.engine.touch(hint);
+                self.engine.prefetch(hint);
             }
         }
-        read ^= self.engine.touch_next_free(unknown);
-        std::hint::black_box(read);
+        self.engine.prefetch_next_free(unknown);
     }
 
     /// Call right after `pipeline.process(offset, record)` for every record: an event is
