@@ -267,8 +267,8 @@ impl UserTable {
 ///
 /// A read that waits (what the read-ahead did before, safe Rust having no prefetch) holds
 /// up the core once a few of them are in flight: the reads of the next events' places cost
-/// more than a tenth of the trigger stage as stalls (`perf`, stop 33: 137 samples of 688).
-/// A prefetch instruction retires at once, so the reads overlap with the work between.
+/// a sixth of the trigger stage's samples as stalls (`perf`, stop 33: 137 of 847). A
+/// prefetch instruction retires at once, so the reads overlap with the work between.
 #[inline]
 #[allow(unsafe_code)]
 fn prefetch_slot(slot: &Slot) {
