@@ -85,7 +85,6 @@ enum ConfigCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    ask_for_huge_pages();
     let cli = Cli::parse();
     // The demo's terminal shows its progress bar, not the alert evaluator skipping the
     // month of history minute by minute (`VEDETTA_LOG` still says otherwise).
@@ -102,28 +101,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Asks the allocator to back its memory with huge pages (2 MiB) where the system allows
-/// them, unless `MIMALLOC_ALLOW_LARGE_OS_PAGES` says otherwise.
-///
-/// The processor reaches millions of users' entries at random (the pipeline's maps, the
-/// trigger stage's table: gigabytes); on 4 KiB pages nearly every such read also misses
-/// the TLB, and the page walk, on a virtual machine twice over, misses the cache again.
-/// Most Linux systems give huge pages only to memory that asks (`madvise` in
-/// `/sys/kernel/mm/transparent_hugepage/enabled`), and mimalloc asks only when this option
-/// is on (docs/benchmarks.md, "Huge pages").
-#[allow(unsafe_code)]
-fn ask_for_huge_pages() {
-    if std::env::var_os("MIMALLOC_ALLOW_LARGE_OS_PAGES").is_some()
-        || std::env::var_os("MIMALLOC_LARGE_OS_PAGES").is_some()
-    {
-        return;
-    }
-    // SAFETY: sets one of mimalloc's runtime options, an integer in its own table; no
-    // pointer is passed, and mimalloc reads options at every OS allocation, so a change
-    // after allocations began only applies to the memory asked for from now on.
-    unsafe { libmimalloc_sys::mi_option_set(libmimalloc_sys::mi_option_large_os_pages, 1) };
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
