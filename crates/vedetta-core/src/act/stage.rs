@@ -413,7 +413,7 @@ impl TriggerStage {
     /// random); read one at a time as each event comes, they were the largest single cost
     /// of the stage (docs/triggers.md, "After stage 5", step 11), while independent reads
     /// made together overlap; prefetched, they no longer hold up the core either (step
-    /// 15). The free places the users new to the pipeline may take are asked for too (a
+    /// 14). The free places the users new to the pipeline may take are asked for too (a
     /// place is read before it is written). Changes nothing but what the cache holds.
     #[inline]
     pub fn read_ahead<'a>(
