@@ -214,6 +214,10 @@ fn bench_processor_runs_each_pass_in_a_fresh_process() {
     let config = config.to_str().unwrap();
     let traffic = dir.path().join("traffic");
     let traffic = traffic.to_str().unwrap();
+    // The passes' directories go here: a pass's process ends without stopping its
+    // processor, and must leave none behind.
+    let temporary = dir.path().join("tmp");
+    std::fs::create_dir(&temporary).unwrap();
     let bench = |seconds: &str, rounds: &str| {
         let args = [
             "bench",
@@ -240,6 +244,7 @@ fn bench_processor_runs_each_pass_in_a_fresh_process() {
             .args(args)
             .current_dir(dir.path())
             .env("VEDETTA_PRIVACY__PSEUDONYM_KEY", KEY)
+            .env("TMPDIR", &temporary)
             .output()
             .unwrap()
     };
@@ -265,6 +270,21 @@ fn bench_processor_runs_each_pass_in_a_fresh_process() {
     assert!(again.status.success(), "{stderr}");
     assert!(stderr.contains("reading from") && !stderr.contains("generating"));
     let second: Value = serde_json::from_slice(&again.stdout).unwrap();
+    // Each round's ratio of its two passes, and their median.
+    let by_round = second["processor_thread_added_percent_by_round"]
+        .as_array()
+        .unwrap();
+    assert_eq!(by_round.len(), 2, "{second}");
+    let (a, b) = (by_round[0].as_f64().unwrap(), by_round[1].as_f64().unwrap());
+    let median = second["processor_thread_added_percent_median"]
+        .as_f64()
+        .unwrap();
+    assert!((median - (a + b) / 2.0).abs() < 1e-9, "{second}");
+    assert_eq!(
+        std::fs::read_dir(&temporary).unwrap().count(),
+        0,
+        "a pass left its directory"
+    );
     assert_eq!(
         (&second["records"], &second["fill_records"]),
         (&figures["records"], &figures["fill_records"])

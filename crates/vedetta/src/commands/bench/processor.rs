@@ -30,7 +30,13 @@
 //!    Passes run one after another in one process left the heap of each to the next:
 //!    the last round's pass without triggers, run after a pass that had held millions of
 //!    users, was the fastest of its kind in every 3-round run (42–45 s against 47–56 s).
-//!    `--same-process` runs them the old way.
+//!    `--same-process` runs them the old way. A pass's process ends once it has printed
+//!    its figures: stopping the processor (its final snapshot: tens of seconds at 100,000
+//!    events/s) is no part of them.
+//! 6. Reported besides the means: each round's ratio (its two passes ran back to back, so
+//!    the host's load, which drifts between rounds, mostly cancels) and their median.
+//!    Passes of one kind spread by a quarter between rounds on a shared host, so a tenth's
+//!    difference wants many rounds (`--rounds`, up to 20).
 //!
 //! The log's appends (fsyncs and all) are this thread's and left out; the processor's reads
 //! of the log, its pipeline and trigger stage, its commits (KPI deltas, the stage's
@@ -40,6 +46,7 @@ use super::stage::{Traffic, judged_records};
 use crate::config::{Overrides, load_from};
 use crate::processor::{LogNotifier, ProcessorLinks, ProcessorOptions};
 use anyhow::Context;
+use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -104,11 +111,19 @@ impl std::fmt::Display for Pass {
     }
 }
 
+/// Most rounds a run makes: passes of one kind here spread by a quarter between rounds
+/// (the host's other tenants share the L3 cache and the memory bus), so a tenth's
+/// difference takes more rounds than `bench stage`'s ten.
+const MAX_ROUNDS: usize = 20;
+
 pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     let args = &full.bench;
     let traffic = args.traffic;
     traffic.check()?;
-    anyhow::ensure!((1..=10).contains(&args.rounds), "--rounds must be 1 to 10");
+    anyhow::ensure!(
+        (1..=MAX_ROUNDS).contains(&args.rounds),
+        "--rounds must be 1 to {MAX_ROUNDS}"
+    );
     let config = load_from(Some(&args.config), &[], &Overrides::default())?;
     let set = config
         .triggers
@@ -117,7 +132,7 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     if let (Some(path), Some(with)) = (&full.pass_appends, full.pass_triggers) {
         let appends = read_appends(path)?;
         let set = if with { set } else { TriggerSet::empty() };
-        let pass = run_pass(
+        let (pass, running) = measure_pass(
             &config,
             set,
             &appends.batches,
@@ -125,7 +140,13 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
             appends.header.rate,
         )?;
         println!("{}", serde_json::to_string(&pass)?);
-        return Ok(());
+        // Measured: what stopping would add (the final snapshot, tens of seconds at this
+        // scale, and freeing the state) is no part of the figures, so this process ends
+        // here. Its directory goes first (the processor's files in it are only unlinked).
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        running.dir.close()?;
+        std::process::exit(0);
     }
     if let Some(path) = &full.write_traffic {
         // A child's work (see below): generate and write under a name of its own, renamed
@@ -229,6 +250,12 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         mean(&alone, |p| p.processor_thread_s),
         mean(&with, |p| p.processor_thread_s),
     );
+    // Each round's two passes ran back to back: their ratio leaves out what drifts between
+    // rounds (the host's load), which the means of all passes of a kind keep.
+    let by_round: Vec<f64> = (alone.iter().zip(&with))
+        .map(|(a, w)| added(a.processor_thread_s, w.processor_thread_s))
+        .collect();
+    let median = median(&by_round);
     if args.json {
         println!(
             "{}",
@@ -252,6 +279,8 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 "lag_s_with": with.iter().map(|p| p.lag_s).collect::<Vec<_>>(),
                 "cpu_added_percent": added(cpu_alone, cpu_with),
                 "processor_thread_added_percent": added(thread_alone, thread_with),
+                "processor_thread_added_percent_by_round": by_round,
+                "processor_thread_added_percent_median": median,
             })
         );
     } else {
@@ -271,8 +300,24 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
             "  the processor thread alone: {thread_alone:.2} vs {thread_with:.2}: +{:.1} %",
             added(thread_alone, thread_with)
         );
+        let rounds: Vec<String> = by_round.iter().map(|p| format!("{p:+.1}")).collect();
+        println!(
+            "  the processor thread, each round's pair: {} %; median {median:+.1} %",
+            rounds.join(", ")
+        );
     }
     Ok(())
+}
+
+/// The middle value (the mean of the middle two for an even count; 0 for none).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 /// The traffic as log batches, each with the index of its first record.
@@ -386,17 +431,16 @@ const APPENDS_HEADER_LEN: usize = 8 + 4 * 8 + 8 + 5 * 8;
 
 /// Reads only the header of what [`write_appends`] wrote.
 fn read_appends_header(path: &std::path::Path) -> anyhow::Result<AppendsHeader> {
-    use std::io::Read;
     let mut bytes = vec![0; APPENDS_HEADER_LEN];
     std::fs::File::open(path)
         .and_then(|mut file| file.read_exact(&mut bytes))
         .with_context(|| format!("reading the header of {}", path.display()))?;
-    parse_header(&mut FileBytes(&bytes))
+    parse_header(&mut FileBytes(&bytes[..]))
 }
 
-fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
+fn parse_header<R: std::io::Read>(file: &mut FileBytes<R>) -> anyhow::Result<AppendsHeader> {
     anyhow::ensure!(
-        file.take(APPENDS_FORMAT.len())? == APPENDS_FORMAT,
+        &file.array::<8>()? == APPENDS_FORMAT,
         "not an appends file of this build"
     );
     let count = file.usize()?;
@@ -426,9 +470,11 @@ fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
 }
 
 /// Reads what [`write_appends`] wrote; a file cut short or not of this format is an error.
+/// Read batch by batch (not whole and then copied: the traffic of a 180-s fill is 7.7 GB,
+/// and a pass holding it twice left the machine's page cache short).
 fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut file = FileBytes(&bytes);
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file = FileBytes(std::io::BufReader::with_capacity(1 << 20, file));
     let header = parse_header(&mut file)?;
     let AppendsHeader {
         count,
@@ -437,16 +483,16 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
         measured,
         ..
     } = header;
-    let mut batches: Vec<(usize, EncodedBatch)> = Vec::with_capacity(count.min(bytes.len() / 20));
+    let mut batches: Vec<(usize, EncodedBatch)> = Vec::with_capacity(count.min(1 << 24));
     // Each batch starts where the one before ends (the pacing subtracts these indices).
     let mut next_at = 0usize;
     for _ in 0..count {
         let at = file.usize()?;
         anyhow::ensure!(at == next_at, "the appends file's batches are out of order");
-        let records = (file.take(4)).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))?;
+        let records = u32::from_le_bytes(file.array()?);
         next_at = at.saturating_add(records as usize);
         let len = file.usize()?;
-        let bytes = file.take(len)?.to_vec();
+        let bytes = file.take(len)?;
         batches.push((
             at,
             EncodedBatch {
@@ -455,10 +501,7 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
             },
         ));
     }
-    anyhow::ensure!(
-        file.0.is_empty(),
-        "the appends file runs on past its batches"
-    );
+    anyhow::ensure!(file.at_end()?, "the appends file runs on past its batches");
     // (The fill may end inside the first batch measured.)
     let fill_end = batches.get(fill_batches).map_or(next_at, |(at, _)| *at);
     anyhow::ensure!(
@@ -468,24 +511,42 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
     Ok(Appends { header, batches })
 }
 
-/// The bytes of an appends file not read yet.
-struct FileBytes<'a>(&'a [u8]);
+/// An appends file being read.
+struct FileBytes<R>(R);
 
-impl<'a> FileBytes<'a> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&'a [u8]> {
-        anyhow::ensure!(self.0.len() >= n, "the appends file is cut short");
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
+impl<R: std::io::Read> FileBytes<R> {
+    fn array<const N: usize>(&mut self) -> anyhow::Result<[u8; N]> {
+        let mut bytes = [0; N];
+        self.fill(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// `n` bytes; the file must hold them (a length read from a damaged file is not
+    /// trusted to size a buffer up front).
+    fn take(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        let read = (&mut self.0).take(n as u64).read_to_end(&mut bytes)?;
+        anyhow::ensure!(read == n, "the appends file is cut short");
+        Ok(bytes)
+    }
+
+    fn fill(&mut self, bytes: &mut [u8]) -> anyhow::Result<()> {
+        self.0.read_exact(bytes).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => anyhow::anyhow!("the appends file is cut short"),
+            _ => e.into(),
+        })
     }
 
     fn u64(&mut self) -> anyhow::Result<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        Ok(u64::from_le_bytes(self.array()?))
     }
 
     fn usize(&mut self) -> anyhow::Result<usize> {
         Ok(usize::try_from(self.u64()?)?)
+    }
+
+    fn at_end(&mut self) -> anyhow::Result<bool> {
+        Ok(self.0.read(&mut [0])? == 0)
     }
 }
 
@@ -539,7 +600,7 @@ fn pass_in_child(
 }
 
 /// One pass: a fresh log and store, the fill processed, the measured traffic appended at
-/// `rate` records a second and processed.
+/// `rate` records a second and processed; the processor stopped after.
 fn run_pass(
     config: &crate::config::Config,
     set: TriggerSet,
@@ -547,6 +608,25 @@ fn run_pass(
     fill_batches: usize,
     rate: f64,
 ) -> anyhow::Result<Pass> {
+    let (pass, running) = measure_pass(config, set, batches, fill_batches, rate)?;
+    running.processor.stop();
+    Ok(pass)
+}
+
+/// What a measured pass leaves running: its processor and directory.
+struct RunningPass {
+    processor: crate::processor::ProcessorHandle,
+    dir: tempfile::TempDir,
+}
+
+/// [`run_pass`] up to its figures, the processor still running.
+fn measure_pass(
+    config: &crate::config::Config,
+    set: TriggerSet,
+    batches: &[(usize, EncodedBatch)],
+    fill_batches: usize,
+    rate: f64,
+) -> anyhow::Result<(Pass, RunningPass)> {
     let dir = tempfile::tempdir().context("a temporary directory")?;
     let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10)?;
     let log = Arc::new(log);
@@ -634,8 +714,7 @@ fn run_pass(
         lag_s: (wall - appended).as_secs_f64(),
         staged_users: act.users.load(Ordering::Relaxed),
     };
-    processor.stop();
-    Ok(pass)
+    Ok((pass, RunningPass { processor, dir }))
 }
 
 /// CPU seconds (user + system) of the whole process, ended threads included.
@@ -722,6 +801,14 @@ mod tests {
     }
 
     #[test]
+    fn the_median_is_the_middle_value() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[4.9]), 4.9);
+        assert_eq!(median(&[37.8, 4.9, 17.8]), 17.8);
+        assert_eq!(median(&[20.0, 10.0, 40.0, 12.0]), 16.0);
+    }
+
+    #[test]
     fn bounds_are_refused_by_flag() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("vedetta.toml");
@@ -747,8 +834,10 @@ mod tests {
         };
         let error = run(&args(f64::INFINITY, 1)).unwrap_err().to_string();
         assert!(error.contains("--rate"), "{error}");
-        let error = run(&args(100.0, 0)).unwrap_err().to_string();
-        assert!(error.contains("--rounds"), "{error}");
+        for rounds in [0, MAX_ROUNDS + 1] {
+            let error = run(&args(100.0, rounds)).unwrap_err().to_string();
+            assert!(error.contains("--rounds"), "{error}");
+        }
     }
 
     /// The appends a pass's process reads are the ones written, batch for batch; a file
