@@ -136,10 +136,18 @@ mod tests {
         let set = seed("set");
         assert_eq!(set[0], 1);
         assert_eq!(TriggerSet::decode(&set[1..]).unwrap().triggers.len(), 5);
+        // Each output in both formats: JSON (as stored before 2026-12-06) and postcard.
         for name in ["output-user", "output-signal"] {
-            let bytes = seed(name);
-            assert_eq!(bytes[0], 2, "{name}: the output's selector");
-            StagedOutput::decode(&bytes[1..]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let json = seed(name);
+            let postcard = seed(&format!("{name}-v2"));
+            for (bytes, format) in [(&json, 1), (&postcard, 2)] {
+                assert_eq!(bytes[0], 2, "{name}: the output's selector");
+                assert_eq!(bytes[1], format, "{name}: the output's format");
+            }
+            let read = |bytes: &[u8]| {
+                StagedOutput::decode(&bytes[1..]).unwrap_or_else(|e| panic!("{name}: {e}"))
+            };
+            assert_eq!(read(&json), read(&postcard), "{name}");
         }
     }
 }

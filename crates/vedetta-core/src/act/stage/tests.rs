@@ -504,13 +504,30 @@ fn staged_outputs_round_trip() {
     );
     assert!(outcome.staged.len() > 10);
     let mut with_signal = 0;
+    let (mut bytes_now, mut bytes_as_json) = (0, 0);
     for (_, output) in &outcome.staged {
         let bytes = output.encode().unwrap();
         assert_eq!(bytes[0], STAGED_OUTPUT_FORMAT);
         assert_eq!(&StagedOutput::decode(&bytes).unwrap(), output);
+        // What builds before wrote (JSON) still reads as the same output.
+        let json = [
+            &[STAGED_OUTPUT_JSON_FORMAT][..],
+            &serde_json::to_vec(output).unwrap(),
+        ]
+        .concat();
+        assert_eq!(&StagedOutput::decode(&json).unwrap(), output);
+        // Bytes past the end are refused, not ignored.
+        let longer = [&bytes[..], &[0]].concat();
+        assert!(StagedOutput::decode(&longer).is_err());
+        (bytes_now, bytes_as_json) = (bytes_now + bytes.len(), bytes_as_json + json.len());
         with_signal += usize::from(output.signal.is_some());
     }
     assert!(with_signal > 0);
+    // The reason for the format: the store writes every output the processor stages.
+    assert!(
+        bytes_now * 2 < bytes_as_json,
+        "{bytes_now} bytes against {bytes_as_json} as JSON"
+    );
     // The push is what the router sends: the one event, the segment as labelled.
     let (_, labelled) = (outcome.staged.iter())
         .find(|(_, o)| o.trigger == "cpa_channel_campaign" && o.event.is_some())
@@ -546,6 +563,44 @@ fn staged_outputs_round_trip() {
     assert!(StagedOutput::decode(&bytes[..bytes.len() - 1]).is_err());
 }
 
+/// A number that is not finite is refused on reading, as JSON's `null` for one was: no
+/// output is made with one, so such bytes are damage.
+#[test]
+fn a_staged_output_with_a_number_not_finite_is_refused() {
+    let output = StagedOutput {
+        trigger: "feed".into(),
+        kind: "conversion_feed".into(),
+        segment: None,
+        group: vec![],
+        user: None,
+        event: Some(crate::act::push::PushEvent {
+            user: "ab".into(),
+            kind: "purchase".into(),
+            value: Some(10.0),
+            at_ms: 1,
+            product_id: Some("p".into()),
+            product_ids: vec!["p".into(), "q".into()],
+            cart_value: Some(12.5),
+            tag: Some("vip".into()),
+        }),
+        signal: None,
+        at_ms: 1,
+        destinations: vec!["push".into()],
+    };
+    assert_eq!(
+        StagedOutput::decode(&output.encode().unwrap()).unwrap(),
+        output
+    );
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut damaged = output.clone();
+        if let Some(event) = damaged.event.as_mut() {
+            event.cart_value = Some(bad);
+        }
+        let error = StagedOutput::decode(&damaged.encode().unwrap()).unwrap_err();
+        assert!(error.to_string().contains("not finite"), "{error}");
+    }
+}
+
 /// Regression (fuzz target `trigger_stage`): serde_json read some floats it had written one
 /// unit in the last place off (its fast parser), so a staged CPA came back changed; the
 /// workspace enables its `float_roundtrip` parser.
@@ -553,7 +608,7 @@ fn staged_outputs_round_trip() {
 fn a_staged_cpa_reads_back_exactly() {
     for cpa in [4.444444444444445e98, 0.1 + 0.2, 1.0 / 3.0, f64::MAX, 5e-324] {
         let mut output = StagedOutput::decode(
-            &[&[STAGED_OUTPUT_FORMAT][..], br#"{"trigger":"t","kind":"segment_cpa","segment":null,"group":[],"user":null,"event":null,"signal":{"signal":"firing","cpa":1.0,"threshold":20.0,"at_ms":0},"at_ms":0,"destinations":[]}"#].concat(),
+            &[&[STAGED_OUTPUT_JSON_FORMAT][..], br#"{"trigger":"t","kind":"segment_cpa","segment":null,"group":[],"user":null,"event":null,"signal":{"signal":"firing","cpa":1.0,"threshold":20.0,"at_ms":0},"at_ms":0,"destinations":[]}"#].concat(),
         )
         .unwrap();
         if let Some(signal) = output.signal.as_mut() {
