@@ -327,6 +327,7 @@ impl KpiStore {
     pub fn open(path: &Path) -> Result<(Self, Progress), StoreError> {
         let db = ReopeningDatabase::open(path, CACHE_BYTES)?;
         let migration = db.with(migrate::open_current)?;
+        db.with(staged::move_single_outputs)?;
         let store = Self { db, migration };
         let progress = store.progress()?;
         Ok((store, progress))
@@ -712,7 +713,7 @@ impl KpiStore {
         let txn = db.begin_write()?;
         let tables: Vec<_> = txn.list_tables()?.collect();
         for table in tables {
-            if table.name() == staged::OUTPUTS.name() {
+            if [staged::OUTPUT_ROWS.name(), staged::SINGLE_OUTPUTS.name()].contains(&table.name()) {
                 continue;
             }
             txn.delete_table(table)?;
