@@ -17,7 +17,7 @@
 //!    either no triggers (as a server with none) or the configuration's set, and waits
 //!    until it has committed the fill.
 //! 3. Measured: the next `--seconds` of traffic appended from this thread at the traffic's
-//!    own rate (a second of event time a second, so minutes come as in a
+//!    own rate (a second of event time a second, so snapshots and minutes come as in a
 //!    server), with the processor woken at each append as intake wakes it; then the wait
 //!    until it has committed the last record.
 //! 4. Reported per pass: the CPU of the processor's threads (the process's CPU, ended
@@ -39,9 +39,8 @@
 //!    difference wants many rounds (`--rounds`, up to 20).
 //!
 //! The log's appends (fsyncs and all) are this thread's and left out; the processor's reads
-//! of the log, its pipeline and trigger stage and its commits (KPI deltas, the stage's
-//! outputs) are in. Snapshots are not taken in a pass ([`PASS_SNAPSHOT_INTERVAL`]: about
-//! the same CPU with triggers or without, and a 90-s window held one or none by chance).
+//! of the log, its pipeline and trigger stage, its commits (KPI deltas, the stage's
+//! outputs and state) and its snapshots (copy and encoding) are in.
 
 use super::stage::{Traffic, judged_records};
 use crate::config::{Overrides, load_from};
@@ -503,11 +502,6 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
         ));
     }
     anyhow::ensure!(file.at_end()?, "the appends file runs on past its batches");
-    // The file's pages leave the page cache: the pass holds the batches, and 7.7 GB of
-    // cache kept beside them left the pass's own growth to reclaim memory as it allocated
-    // (the kernel's time on the processor thread tripled; `/proc/vmstat`: direct reclaim).
-    rustix::fs::fadvise(file.0.get_ref(), 0, None, rustix::fs::Advice::DontNeed)
-        .with_context(|| format!("dropping {} from the page cache", path.display()))?;
     // (The fill may end inside the first batch measured.)
     let fill_end = batches.get(fill_batches).map_or(next_at, |(at, _)| *at);
     anyhow::ensure!(
@@ -605,15 +599,6 @@ fn pass_in_child(
     serde_json::from_str(line).context("a pass's figures")
 }
 
-/// No snapshot within a pass. The processor spaces snapshots by 30 times what the last one
-/// cost (`Processor::snapshot_due`), so they take about a 31st of a core with triggers or
-/// without (a larger state makes them longer and rarer): the same work added to both
-/// kinds of pass, which only shrinks the ratio, and which 90 s measured hold once or not
-/// at all depending on when the last one fell (a snapshot's copy on the processor thread
-/// at 4 million users: ~3 s, a tenth of a pass; with the passes ending at a different
-/// point of the cycle each time, it was the largest part of their spread).
-const PASS_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(86_400);
-
 /// One pass: a fresh log and store, the fill processed, the measured traffic appended at
 /// `rate` records a second and processed; the processor stopped after.
 fn run_pass(
@@ -663,7 +648,7 @@ fn measure_pass(
         config.pipeline.rules.clone(),
         regions,
         ProcessorOptions {
-            snapshot_interval: PASS_SNAPSHOT_INTERVAL,
+            snapshot_interval: Duration::from_secs(config.pipeline.snapshot_interval_seconds),
             ..ProcessorOptions::default()
         },
         ProcessorLinks {
