@@ -46,7 +46,6 @@ use super::stage::{Traffic, judged_records};
 use crate::config::{Overrides, load_from};
 use crate::processor::{LogNotifier, ProcessorLinks, ProcessorOptions};
 use anyhow::Context;
-use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -431,16 +430,17 @@ const APPENDS_HEADER_LEN: usize = 8 + 4 * 8 + 8 + 5 * 8;
 
 /// Reads only the header of what [`write_appends`] wrote.
 fn read_appends_header(path: &std::path::Path) -> anyhow::Result<AppendsHeader> {
+    use std::io::Read;
     let mut bytes = vec![0; APPENDS_HEADER_LEN];
     std::fs::File::open(path)
         .and_then(|mut file| file.read_exact(&mut bytes))
         .with_context(|| format!("reading the header of {}", path.display()))?;
-    parse_header(&mut FileBytes(&bytes[..]))
+    parse_header(&mut FileBytes(&bytes))
 }
 
-fn parse_header<R: std::io::Read>(file: &mut FileBytes<R>) -> anyhow::Result<AppendsHeader> {
+fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
     anyhow::ensure!(
-        &file.array::<8>()? == APPENDS_FORMAT,
+        file.take(APPENDS_FORMAT.len())? == APPENDS_FORMAT,
         "not an appends file of this build"
     );
     let count = file.usize()?;
@@ -470,11 +470,14 @@ fn parse_header<R: std::io::Read>(file: &mut FileBytes<R>) -> anyhow::Result<App
 }
 
 /// Reads what [`write_appends`] wrote; a file cut short or not of this format is an error.
-/// Read batch by batch (not whole and then copied: the traffic of a 180-s fill is 7.7 GB,
-/// and a pass holding it twice left the machine's page cache short).
+/// Read whole, then each batch copied out (a peak of twice the file, 15 GB for a 180-s
+/// fill): read batch by batch instead, the processor thread's kernel time went from ~1 s
+/// to 2–3 s a pass (its state then grows into memory the kernel must clear and this
+/// host's balloon takes back when freed; the whole read has it touched before the
+/// measure), so the passes stay as all earlier figures were measured.
 fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut file = FileBytes(std::io::BufReader::with_capacity(1 << 20, file));
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file = FileBytes(&bytes);
     let header = parse_header(&mut file)?;
     let AppendsHeader {
         count,
@@ -483,16 +486,16 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
         measured,
         ..
     } = header;
-    let mut batches: Vec<(usize, EncodedBatch)> = Vec::with_capacity(count.min(1 << 24));
+    let mut batches: Vec<(usize, EncodedBatch)> = Vec::with_capacity(count.min(bytes.len() / 20));
     // Each batch starts where the one before ends (the pacing subtracts these indices).
     let mut next_at = 0usize;
     for _ in 0..count {
         let at = file.usize()?;
         anyhow::ensure!(at == next_at, "the appends file's batches are out of order");
-        let records = u32::from_le_bytes(file.array()?);
+        let records = (file.take(4)).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))?;
         next_at = at.saturating_add(records as usize);
         let len = file.usize()?;
-        let bytes = file.take(len)?;
+        let bytes = file.take(len)?.to_vec();
         batches.push((
             at,
             EncodedBatch {
@@ -501,7 +504,10 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
             },
         ));
     }
-    anyhow::ensure!(file.at_end()?, "the appends file runs on past its batches");
+    anyhow::ensure!(
+        file.0.is_empty(),
+        "the appends file runs on past its batches"
+    );
     // (The fill may end inside the first batch measured.)
     let fill_end = batches.get(fill_batches).map_or(next_at, |(at, _)| *at);
     anyhow::ensure!(
@@ -511,42 +517,24 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
     Ok(Appends { header, batches })
 }
 
-/// An appends file being read.
-struct FileBytes<R>(R);
+/// The bytes of an appends file not read yet.
+struct FileBytes<'a>(&'a [u8]);
 
-impl<R: std::io::Read> FileBytes<R> {
-    fn array<const N: usize>(&mut self) -> anyhow::Result<[u8; N]> {
-        let mut bytes = [0; N];
-        self.fill(&mut bytes)?;
-        Ok(bytes)
-    }
-
-    /// `n` bytes; the file must hold them (a length read from a damaged file is not
-    /// trusted to size a buffer up front).
-    fn take(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        let read = (&mut self.0).take(n as u64).read_to_end(&mut bytes)?;
-        anyhow::ensure!(read == n, "the appends file is cut short");
-        Ok(bytes)
-    }
-
-    fn fill(&mut self, bytes: &mut [u8]) -> anyhow::Result<()> {
-        self.0.read_exact(bytes).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => anyhow::anyhow!("the appends file is cut short"),
-            _ => e.into(),
-        })
+impl<'a> FileBytes<'a> {
+    fn take(&mut self, n: usize) -> anyhow::Result<&'a [u8]> {
+        anyhow::ensure!(self.0.len() >= n, "the appends file is cut short");
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
     }
 
     fn u64(&mut self) -> anyhow::Result<u64> {
-        Ok(u64::from_le_bytes(self.array()?))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
 
     fn usize(&mut self) -> anyhow::Result<usize> {
         Ok(usize::try_from(self.u64()?)?)
-    }
-
-    fn at_end(&mut self) -> anyhow::Result<bool> {
-        Ok(self.0.read(&mut [0])? == 0)
     }
 }
 
