@@ -44,7 +44,8 @@ pub struct PushEvent {
     pub tag: Option<String>,
 }
 
-/// A segment trigger's state change.
+/// A segment trigger's state change. Staged outputs store it by its variant's index
+/// (`act::stage::STAGED_OUTPUT_FORMAT`): a new variant goes last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SegmentSignal {

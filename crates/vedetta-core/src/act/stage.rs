@@ -290,8 +290,9 @@ impl StagedOutput {
 
 /// A [`StagedOutput`] as postcard writes it ([`STAGED_OUTPUT_FORMAT`]): field by field in
 /// this order, nothing skipped (postcard's form is not self-describing: a field left out
-/// when empty, as the JSON form does, would shift every field after it). Borrowed when
-/// encoding, so that an output is not copied to be written.
+/// when empty, as the JSON form does, would shift every field after it; and an enum is
+/// written as its variant's index, so [`SegmentSignal`]'s order is part of the format).
+/// Borrowed when encoding, so that an output is not copied to be written.
 #[derive(Serialize, Deserialize)]
 struct StagedOutputWire<'a> {
     #[serde(borrow)]

@@ -471,10 +471,11 @@ fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
 
 /// Reads what [`write_appends`] wrote; a file cut short or not of this format is an error.
 /// Read whole, then each batch copied out (a peak of twice the file, 15 GB for a 180-s
-/// fill): read batch by batch instead, the processor thread's kernel time went from ~1 s
-/// to 2–3 s a pass (its state then grows into memory the kernel must clear and this
-/// host's balloon takes back when freed; the whole read has it touched before the
-/// measure), so the passes stay as all earlier figures were measured.
+/// fill), as every earlier figure was measured. Reading batch by batch was tried (stop
+/// 34): the processor thread's kernel time in a pass rose from ~1 s to 2.2–2.8 s, but it
+/// rose as much with the whole read in the same hours (this host's balloon gives freed
+/// memory back to the hypervisor, and what a pass first touches then costs what the host
+/// makes it cost), so the read was not told apart from the host and stays as it was.
 fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut file = FileBytes(&bytes);
