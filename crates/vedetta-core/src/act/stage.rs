@@ -108,6 +108,21 @@ fn body_error(what: &'static str) -> impl Fn(String) -> StageError {
     move |message| StageError::Body { what, message }
 }
 
+/// `body` read whole as postcard: bytes after the value are an error ("{n} bytes
+/// {after}"), not ignored.
+fn postcard_whole<'a, T: Deserialize<'a>>(
+    what: &'static str,
+    body: &'a [u8],
+    after: &str,
+) -> Result<T, StageError> {
+    let (value, rest) =
+        postcard::take_from_bytes::<T>(body).map_err(|e| body_error(what)(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(body_error(what)(format!("{} bytes {after}", rest.len())));
+    }
+    Ok(value)
+}
+
 /// `[format][rest]` of `bytes`, refusing another format.
 fn versioned<'a>(what: &'static str, reads: u8, bytes: &'a [u8]) -> Result<&'a [u8], StageError> {
     match bytes.split_first() {
@@ -240,14 +255,7 @@ impl StagedOutput {
             return serde_json::from_slice(body).map_err(|e| body_error(WHAT)(e.to_string()));
         }
         let body = versioned(WHAT, STAGED_OUTPUT_FORMAT, bytes)?;
-        let (wire, rest) = postcard::take_from_bytes::<StagedOutputWire<'_>>(body)
-            .map_err(|e| body_error(WHAT)(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(body_error(WHAT)(format!(
-                "{} bytes past its end",
-                rest.len()
-            )));
-        }
+        let wire: StagedOutputWire<'_> = postcard_whole(WHAT, body, "past its end")?;
         let numbers = [
             wire.event.as_ref().and_then(|e| e.value),
             wire.event.as_ref().and_then(|e| e.cart_value),
@@ -475,14 +483,7 @@ impl TriggerStage {
             .strip_prefix(&STAGE_MAGIC)
             .ok_or(StageError::NotASection)?;
         let body = versioned(WHAT, STAGE_FORMAT, rest)?;
-        let (parts, rest) = postcard::take_from_bytes::<Section<'_>>(body)
-            .map_err(|e| body_error(WHAT)(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(body_error(WHAT)(format!(
-                "{} bytes left over after the section",
-                rest.len()
-            )));
-        }
+        let parts: Section<'_> = postcard_whole(WHAT, body, "left over after the section")?;
         let set = TriggerSet::decode(parts.set)?;
         let stored = ActState::decode_stored(parts.globals, parts.rows.iter().copied())?;
         let window = SegmentWindow::restore(
