@@ -321,16 +321,33 @@ fn checked_row_sum(mut stored: KpiCounters, change: &KpiCounters) -> Option<KpiC
 }
 
 impl KpiStore {
-    /// Opens (or creates) the store and reads where processing stands. A store written
-    /// by an older format is migrated first ([`Self::migration`] says what was done); a
-    /// newer one is refused with [`StoreError::Version`].
-    pub fn open(path: &Path) -> Result<(Self, Progress), StoreError> {
+    /// Opens (or creates) the store. A store written by an older format is migrated
+    /// first ([`Self::migration`] says what was done); a newer one is refused with
+    /// [`StoreError::Version`], and so is one whose snapshot file is missing or of
+    /// another length (a server then does not start). Where processing stands is
+    /// [`Self::progress`]'s, read by the processor when it starts: it reads the snapshot
+    /// file whole (over a gigabyte at millions of users) and checks its hash, so opening
+    /// does not read it too.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = ReopeningDatabase::open(path, CACHE_BYTES)?;
         let migration = db.with(migrate::open_current)?;
         db.with(staged::move_single_outputs)?;
         let store = Self { db, migration };
-        let progress = store.progress()?;
-        Ok((store, progress))
+        store.check_snapshot_present()?;
+        Ok(store)
+    }
+
+    /// What [`Self::progress`] would refuse of the snapshot's file without reading it.
+    fn check_snapshot_present(&self) -> Result<(), StoreError> {
+        let db = self.db.read_guard()?;
+        let txn = db.begin_read()?;
+        if txn.open_table(META)?.get(SNAPSHOT_OFFSET)?.is_none() {
+            return Ok(());
+        }
+        match txn.open_table(SNAPSHOT)?.get(0)? {
+            Some(value) => snapshot_file::check_present(self.db.path(), value.value()),
+            None => Ok(()),
+        }
     }
 
     /// Opens (or creates) the store empty, in the current format, whatever it held: the
@@ -764,7 +781,7 @@ mod tests {
     #[test]
     fn a_row_sum_past_its_bound_is_an_error_never_a_wrap() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        let store = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
         let k = key(Granularity::Minute, 60_000, "social");
         let mut near = sessions(i64::MAX);
         near.custom_events = vec![("signup".into(), i64::MAX)];
@@ -818,7 +835,8 @@ mod tests {
     #[test]
     fn commits_add_up_and_zero_rows_disappear() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, progress) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        let store = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        let progress = store.progress().unwrap();
         assert_eq!(progress, Progress::default());
         let k = key(Granularity::Minute, 60_000, "social");
         store
@@ -876,7 +894,10 @@ mod tests {
             SpendCounters::record(1_500_000)
         );
         drop(store);
-        let (_, progress) = KpiStore::open(&dir.path().join("kpi.redb")).unwrap();
+        let progress = KpiStore::open(&dir.path().join("kpi.redb"))
+            .unwrap()
+            .progress()
+            .unwrap();
         assert_eq!(progress.processed_offset, 10);
         assert_eq!(progress.watermark, None);
         assert_eq!(progress.snapshot, Some((9, vec![1, 2, 3])));
@@ -900,7 +921,7 @@ mod tests {
     fn a_snapshot_file_describes_an_earlier_offset_than_its_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
-        let (store, _) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
         let orphan = store
             .write_snapshot_file(3, b"VDSN\x03never committed")
             .unwrap();
@@ -932,7 +953,8 @@ mod tests {
             .unwrap_err();
         assert!(error.to_string().contains("offset 26"), "{error}");
         drop(store);
-        let (store, progress) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
+        let progress = store.progress().unwrap();
         assert_eq!(progress.processed_offset, 20);
         assert_eq!(
             progress.snapshot,
@@ -997,7 +1019,7 @@ mod tests {
     fn an_unfinished_snapshot_file_goes_with_the_next_snapshot_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
-        let (store, _) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
         // What the writer of offset 7 had written when its process ended.
         let unfinished = snapshot_file::temporary_path(&snapshot_file::path_of(&path, 7, 77), 0);
         std::fs::write(&unfinished, b"VDSN\x03half a sn").unwrap();
@@ -1026,7 +1048,7 @@ mod tests {
     fn a_failed_snapshot_write_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
-        let (store, _) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
         let taken =
             snapshot_file::path_of(&path, 5, xxhash_rust::xxh3::xxh3_64(b"VDSN\x03state at 5"));
         std::fs::create_dir(&taken).unwrap();
@@ -1052,7 +1074,7 @@ mod tests {
     fn a_given_up_writer_of_the_same_offset_cannot_replace_the_committed_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
-        let (store, _) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
         let committed = store
             .write_snapshot_file(12, b"VDSN\x03the rebuilt one")
             .unwrap();
@@ -1070,7 +1092,7 @@ mod tests {
             .unwrap();
         assert_ne!(given_up, committed);
         drop(store);
-        let (_, progress) = KpiStore::open(&path).unwrap();
+        let progress = KpiStore::open(&path).unwrap().progress().unwrap();
         assert_eq!(
             progress.snapshot,
             Some((12, b"VDSN\x03the rebuilt one".to_vec()))
@@ -1083,7 +1105,7 @@ mod tests {
     fn a_format_1_pointer_reads_the_file_named_by_its_offset_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
-        let (store, _) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
         let bytes = b"VDSN\x03state at 4";
         let mut pointer = b"VDSF\x01".to_vec();
         for word in [4, bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(bytes)] {
@@ -1104,7 +1126,7 @@ mod tests {
         )
         .unwrap();
         drop(store);
-        let (_, progress) = KpiStore::open(&path).unwrap();
+        let progress = KpiStore::open(&path).unwrap().progress().unwrap();
         assert_eq!(progress.snapshot, Some((4, bytes.to_vec())));
     }
 
@@ -1114,7 +1136,7 @@ mod tests {
     fn a_missing_snapshot_file_is_named_with_the_way_out() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
-        let (store, _) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
         let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
         store
             .commit(&Commit {
@@ -1129,5 +1151,39 @@ mod tests {
         let error = KpiStore::open(&path).map(drop).unwrap_err().to_string();
         assert!(error.contains(&file_name(&path, &file)), "{error}");
         assert!(error.contains("vedetta replay"), "{error}");
+    }
+
+    /// Opening checks the snapshot's file by its length, without reading it (gigabytes at
+    /// millions of users; the processor reads it when it starts, and checks its hash).
+    #[test]
+    fn a_snapshot_file_of_another_length_is_refused_at_open_and_another_hash_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let store = KpiStore::open(&path).unwrap();
+        let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
+        store
+            .commit(&Commit {
+                processed_offset: 6,
+                snapshot_file: Some(file),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        drop(store);
+        let on_disk = snapshot_file::path_of(&path, 4, file.hash);
+        std::fs::write(&on_disk, b"VDSN\x03state at").unwrap();
+        let error = KpiStore::open(&path).map(drop).unwrap_err().to_string();
+        assert!(
+            error.contains("is not the one the store committed"),
+            "{error}"
+        );
+        std::fs::write(&on_disk, b"VDSN\x03state at 5").unwrap();
+        let store = KpiStore::open(&path).unwrap();
+        let error = store.progress().map(drop).unwrap_err().to_string();
+        assert!(
+            error.contains("is not the one the store committed"),
+            "{error}"
+        );
+        assert!(error.contains(&file_name(&path, &file)), "{error}");
     }
 }

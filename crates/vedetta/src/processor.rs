@@ -1092,7 +1092,7 @@ mod tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10).unwrap();
-            let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+            let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
             Self {
                 _dir: dir,
                 log: Arc::new(log),

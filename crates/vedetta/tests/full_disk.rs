@@ -452,7 +452,7 @@ fn a_snapshot_file_on_a_full_disk_leaves_the_space_it_took() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&dir.path().join("snapshot-disk"), "8m");
     let path = disk.0.join("kpis.redb");
-    let (store, _) = KpiStore::open(&path).unwrap();
+    let store = KpiStore::open(&path).unwrap();
     let ballast = fill(&disk, "ballast");
     // Room for a little, not for the snapshot.
     let ballast_len = std::fs::metadata(&ballast).unwrap().len();

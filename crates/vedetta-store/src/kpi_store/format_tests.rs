@@ -39,7 +39,8 @@ fn dump(store: &KpiStore) -> Vec<String> {
 #[test]
 fn a_store_written_before_formats_had_versions_is_migrated_on_open() {
     let (_dir, path) = fixture_copy();
-    let (store, progress) = KpiStore::open(&path).unwrap();
+    let store = KpiStore::open(&path).unwrap();
+    let progress = store.progress().unwrap();
     assert_eq!(
         store.migration(),
         Some(&MigrationReport {
@@ -66,7 +67,8 @@ fn a_store_written_before_formats_had_versions_is_migrated_on_open() {
     drop(store);
 
     // Migrated once: the next open finds the current format and reads the same.
-    let (store, again) = KpiStore::open(&path).unwrap();
+    let store = KpiStore::open(&path).unwrap();
+    let again = store.progress().unwrap();
     assert_eq!(store.migration(), None);
     assert_eq!(again, progress);
     assert_eq!(dump(&store), expected.lines().collect::<Vec<_>>());
@@ -78,7 +80,7 @@ fn a_store_written_before_formats_had_versions_is_migrated_on_open() {
 #[test]
 fn a_version_1_row_reads_with_zero_refunds_and_is_rewritten_as_version_2() {
     let (_dir, path) = fixture_copy();
-    let (store, _) = KpiStore::open(&path).unwrap();
+    let store = KpiStore::open(&path).unwrap();
     let db = store.db.read_guard().unwrap();
     let txn = db.begin_write().unwrap();
     let mut before = Vec::new();
@@ -189,7 +191,7 @@ fn hour_key(campaign: &str) -> RowKey {
 #[test]
 fn row_and_spend_sums_past_i64_max_micro_units_are_exact() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     let purchase = |micros: i64| KpiCounters {
         conversions: 1,
         revenue_micros: i128::from(micros),
@@ -229,7 +231,7 @@ fn row_and_spend_sums_past_i64_max_micro_units_are_exact() {
 #[test]
 fn a_campaign_with_the_old_separator_inside_is_stored_and_queried_like_any_other() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     let one = KpiCounters {
         sessions: 1,
         ..KpiCounters::default()
@@ -256,7 +258,7 @@ fn a_campaign_with_the_old_separator_inside_is_stored_and_queried_like_any_other
 #[test]
 fn negative_window_starts_are_found_by_range_scans() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     let one = KpiCounters {
         sessions: 1,
         ..KpiCounters::default()
@@ -345,7 +347,7 @@ fn a_format_0_key_split_by_a_client_separator_is_refused_with_what_to_run() {
     let store = KpiStore::open_empty(&path).unwrap();
     assert_eq!(store.progress().unwrap(), Progress::default());
     drop(store);
-    let (store, _) = KpiStore::open(&path).unwrap();
+    let store = KpiStore::open(&path).unwrap();
     assert_eq!(store.migration(), None);
 }
 
@@ -354,7 +356,8 @@ fn a_well_formed_format_0_store_migrates_even_without_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kpis.redb");
     write_v0_store(&path, &v0_key(&["social", "x", "mobile", "IT-25"]));
-    let (store, progress) = KpiStore::open(&path).unwrap();
+    let store = KpiStore::open(&path).unwrap();
+    let progress = store.progress().unwrap();
     assert_eq!(progress.processed_offset, 3);
     assert_eq!(
         store.migration().map(|m| (m.rows, m.snapshot)),
@@ -370,7 +373,7 @@ fn a_well_formed_format_0_store_migrates_even_without_a_snapshot() {
 fn a_store_of_a_newer_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kpis.redb");
-    let (store, _) = KpiStore::open(&path).unwrap();
+    let store = KpiStore::open(&path).unwrap();
     let db = store.db.read_guard().unwrap();
     let txn = db.begin_write().unwrap();
     txn.open_table(META)
@@ -397,7 +400,7 @@ fn a_store_of_a_newer_format_is_refused() {
 #[test]
 fn settings_are_recorded_then_compared_and_cleared_by_a_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     let defaults = PipelineConfig::default().state_settings();
     assert_eq!(
         store.check_settings(&defaults, &defaults).unwrap(),
@@ -456,7 +459,7 @@ fn store_errors_keep_the_engine_kind() {
 fn a_store_of_the_old_first_touch_asks_for_a_replay() {
     use vedetta_core::pipeline::AttributionModel;
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     let first_touch = PipelineConfig {
         attribution: AttributionModel::FirstTouch,
         ..PipelineConfig::default()

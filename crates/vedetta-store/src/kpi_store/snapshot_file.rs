@@ -151,11 +151,21 @@ pub(super) fn pointer(file: &SnapshotFile) -> Vec<u8> {
     out
 }
 
-/// The snapshot's bytes from a stored value: the value itself (inline), or the file its
-/// pointer names, checked.
-pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// Where a stored snapshot value says the bytes are.
+enum Located<'a> {
+    /// In the value itself (stores of older builds).
+    Inline(&'a [u8]),
+    /// In the file its pointer names, of this length and hash.
+    File { path: PathBuf, len: u64, hash: u64 },
+}
+
+const MISSING: &str = "reading the store's snapshot (a file beside it: back the two up and \
+                       restore them together; without it, `vedetta replay` rebuilds the state \
+                       from the log)";
+
+fn locate<'a>(store_path: &Path, value: &'a [u8]) -> Result<Located<'a>, StoreError> {
     if !value.starts_with(&POINTER_MAGIC) {
-        return Ok(value.to_vec());
+        return Ok(Located::Inline(value));
     }
     let format = value.get(4).copied().unwrap_or(0);
     let known = [
@@ -182,23 +192,43 @@ pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreE
     } else {
         path_of(store_path, offset, hash)
     };
-    let bytes = std::fs::read(&path).map_err(|e| {
-        io_error(
-            "reading the store's snapshot (a file beside it: back the two up and restore them \
-             together; without it, `vedetta replay` rebuilds the state from the log)",
-            &path,
-            &e,
-        )
-    })?;
+    Ok(Located::File { path, len, hash })
+}
+
+fn not_the_committed(path: &Path, len: u64, found: u64) -> StoreError {
+    StoreError::Corrupt(format!(
+        "the snapshot file {} is not the one the store committed ({found} bytes, {len} \
+         expected, or another hash); `vedetta replay` rebuilds the state from the log",
+        path.display(),
+    ))
+}
+
+/// The snapshot's bytes from a stored value: the value itself (inline), or the file its
+/// pointer names, checked.
+pub(super) fn resolve(store_path: &Path, value: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let (path, len, hash) = match locate(store_path, value)? {
+        Located::Inline(bytes) => return Ok(bytes.to_vec()),
+        Located::File { path, len, hash } => (path, len, hash),
+    };
+    let bytes = std::fs::read(&path).map_err(|e| io_error(MISSING, &path, &e))?;
     if bytes.len() as u64 != len || xxhash_rust::xxh3::xxh3_64(&bytes) != hash {
-        return Err(StoreError::Corrupt(format!(
-            "the snapshot file {} is not the one the store committed ({} bytes, {len} \
-             expected, or another hash); `vedetta replay` rebuilds the state from the log",
-            path.display(),
-            bytes.len()
-        )));
+        return Err(not_the_committed(&path, len, bytes.len() as u64));
     }
     Ok(bytes)
+}
+
+/// What [`resolve`] would say of a file missing or of another length, without reading it
+/// (the hash is checked when it is read).
+pub(super) fn check_present(store_path: &Path, value: &[u8]) -> Result<(), StoreError> {
+    if let Located::File { path, len, .. } = locate(store_path, value)? {
+        let found = std::fs::metadata(&path)
+            .map_err(|e| io_error(MISSING, &path, &e))?
+            .len();
+        if found != len {
+            return Err(not_the_committed(&path, len, found));
+        }
+    }
+    Ok(())
 }
 
 /// Removes the snapshot files (and unfinished ones) but the one of `keep`. Best effort:

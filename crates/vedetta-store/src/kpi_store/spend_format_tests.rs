@@ -105,7 +105,7 @@ fn spend_values_of_a_wrong_length_or_unknown_version_are_refused() {
 #[test]
 fn a_store_with_version_1_spend_values_is_read_and_upgraded_as_rows_change() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     {
         let db = store.db.read_guard().unwrap();
         let txn = db.begin_write().unwrap();
@@ -149,7 +149,7 @@ fn a_store_with_version_1_spend_values_is_read_and_upgraded_as_rows_change() {
 #[test]
 fn a_spend_row_is_deleted_only_when_money_and_records_are_both_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     // A record of 0: a known zero, stored.
     commit_spend(&store, vec![(spend_key("free"), SpendCounters::record(0))]);
     assert_eq!(stored(&store), vec![(spend_key("free"), spend(0, 1))]);
@@ -187,7 +187,7 @@ fn a_spend_row_is_deleted_only_when_money_and_records_are_both_zero() {
 #[test]
 fn a_record_count_past_its_bound_is_an_error_not_a_wrap() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
+    let store = KpiStore::open(&dir.path().join("kpis.redb")).unwrap();
     commit_spend(&store, vec![(spend_key("x"), spend(1, i64::MAX))]);
     let error = store
         .commit(&Commit {

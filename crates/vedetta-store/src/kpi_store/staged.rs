@@ -505,7 +505,7 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let (store, _) = KpiStore::open(&path).unwrap();
+        let store = KpiStore::open(&path).unwrap();
         assert_eq!(store.output_seqs().unwrap(), (5, Some(3)));
         assert_eq!(store.read_outputs(0, 10).unwrap(), [output(3), output(4)]);
         {

@@ -112,7 +112,7 @@ fn backtest(args: &BacktestArgs) -> anyhow::Result<()> {
     }
     .map_err(|e| anyhow::anyhow!(e))?;
     let store_path = config.data_dir.join("kpis.redb");
-    let (store, _) = KpiStore::open(&store_path).with_context(|| {
+    let store = KpiStore::open(&store_path).with_context(|| {
         format!(
             "cannot open {} (stop the server, or backtest on a copy of the data directory)",
             store_path.display()

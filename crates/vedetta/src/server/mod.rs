@@ -153,7 +153,7 @@ pub fn build(config: Config) -> anyhow::Result<(Router, Arc<AppState>)> {
         "event log open"
     );
     let store_path = config.data_dir.join("kpis.redb");
-    let (kpi_store, _) = KpiStore::open(&store_path)
+    let kpi_store = KpiStore::open(&store_path)
         .with_context(|| format!("cannot open the KPI store {}", store_path.display()))?;
     if let Some(migration) = kpi_store.migration() {
         tracing::warn!(
