@@ -42,8 +42,6 @@
 //!    Passes of one kind spread by a quarter between rounds on a shared host, so a tenth's
 //!    difference wants many rounds (`--rounds`, up to 20).
 //!
-//! 7. `--settle-memory` starts every pass on the same host memory (see the flag).
-//!
 //! The log's appends (fsyncs and all) are this thread's and left out; the processor's reads
 //! of the log, its pipeline and trigger stage, its commits (KPI deltas, the stage's
 //! outputs and state) and its snapshots (copy and encoding) are in.
@@ -74,14 +72,6 @@ pub struct ProcessorBenchArgs {
     /// otherwise. Generating 100,000 events/s takes minutes; the passes are what is timed.
     #[arg(long, conflicts_with = "same_process")]
     pub(super) traffic_file: Option<std::path::PathBuf>,
-    /// Before each pass (once its process holds the traffic): flush dirty pages, drop the
-    /// page cache and compact memory, so that every pass starts on the same host memory
-    /// rather than on what the passes before left (Linux, as root). With the page cache
-    /// full of earlier passes' logs and memory fragmented, the kernel reclaimed and
-    /// compacted on the processor thread as it faulted in its huge pages: 6-9 s a pass,
-    /// more in the passes without triggers than in those with.
-    #[arg(long)]
-    pub(super) settle_memory: bool,
     /// Internal: run one pass over the appends this file holds (written by the bench
     /// itself), with the configuration's triggers or none, and print its figures as JSON.
     #[arg(long, hide = true, requires = "pass_triggers")]
@@ -148,9 +138,6 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let (Some(path), Some(with)) = (&full.pass_appends, full.pass_triggers) {
         let appends = read_appends(path)?;
-        if full.settle_memory {
-            settle_memory()?;
-        }
         let set = if with { set } else { TriggerSet::empty() };
         let (pass, running) = measure_pass(
             &config,
@@ -235,9 +222,6 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     let mut with = Vec::new();
     let run_one = |with: bool| -> anyhow::Result<Pass> {
         if full.same_process {
-            if full.settle_memory {
-                settle_memory()?;
-            }
             let set = if with { set.clone() } else { empty.clone() };
             return run_pass(&config, set, &batches, fill_batches, rate);
         }
@@ -597,7 +581,6 @@ fn pass_in_child(
         .arg(appends)
         .arg("--pass-triggers")
         .arg(with_triggers.to_string())
-        .args(args.settle_memory.then_some("--settle-memory"))
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("starting a pass's process")?;
@@ -644,7 +627,7 @@ fn measure_pass(
     let dir = tempfile::tempdir().context("a temporary directory")?;
     let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10)?;
     let log = Arc::new(log);
-    let store = KpiStore::open(&dir.path().join("kpis.redb"))?;
+    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb"))?;
     let store = Arc::new(store);
     for group in batches[..fill_batches].chunks(64) {
         let group: Vec<&EncodedBatch> = group.iter().map(|(_, b)| b).collect();
@@ -746,23 +729,6 @@ fn snapshot_schedule(batches: &[(usize, EncodedBatch)], fill_batches: usize) -> 
     let measured = total.saturating_sub(fill);
     std::num::NonZeroU64::new(fill / 2 + measured / 4)
         .map_or(SnapshotSchedule::Timed, SnapshotSchedule::EveryRecords)
-}
-
-/// `--settle-memory`: dirty pages written, the page cache dropped, memory compacted.
-fn settle_memory() -> anyhow::Result<()> {
-    let synced = std::process::Command::new("sync")
-        .status()
-        .context("running sync")?;
-    anyhow::ensure!(synced.success(), "sync failed ({synced})");
-    for (file, value) in [
-        ("/proc/sys/vm/drop_caches", "3"),
-        ("/proc/sys/vm/compact_memory", "1"),
-    ] {
-        std::fs::write(file, value).with_context(|| {
-            format!("--settle-memory writes {value} to {file} (Linux, as root)")
-        })?;
-    }
-    Ok(())
 }
 
 /// CPU seconds (user + system) of the whole process, ended threads included.
@@ -881,7 +847,6 @@ mod tests {
                 json: false,
             },
             same_process: false,
-            settle_memory: false,
             pass_appends: None,
             traffic_file: None,
             write_traffic: None,
