@@ -627,7 +627,7 @@ fn measure_pass(
     let dir = tempfile::tempdir().context("a temporary directory")?;
     let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10)?;
     let log = Arc::new(log);
-    let (store, _) = KpiStore::open(&dir.path().join("kpis.redb"))?;
+    let store = KpiStore::open(&dir.path().join("kpis.redb"))?;
     let store = Arc::new(store);
     for group in batches[..fill_batches].chunks(64) {
         let group: Vec<&EncodedBatch> = group.iter().map(|(_, b)| b).collect();
