@@ -1130,13 +1130,9 @@ mod tests {
         assert_eq!(progress.snapshot, Some((4, bytes.to_vec())));
     }
 
-    /// A store copied or restored without its snapshot file says which file it lacks and
-    /// what to do, rather than only "No such file or directory".
-    #[test]
-    fn a_missing_snapshot_file_is_named_with_the_way_out() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kpi.redb");
-        let store = KpiStore::open(&path).unwrap();
+    /// A store at offset 6 whose snapshot (of offset 4) is in its file, closed.
+    fn closed_with_a_snapshot_file(path: &Path) -> SnapshotFile {
+        let store = KpiStore::open(path).unwrap();
         let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
         store
             .commit(&Commit {
@@ -1146,7 +1142,16 @@ mod tests {
                 ..Commit::default()
             })
             .unwrap();
-        drop(store);
+        file
+    }
+
+    /// A store copied or restored without its snapshot file says which file it lacks and
+    /// what to do, rather than only "No such file or directory".
+    #[test]
+    fn a_missing_snapshot_file_is_named_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let file = closed_with_a_snapshot_file(&path);
         std::fs::remove_file(snapshot_file::path_of(&path, 4, file.hash)).unwrap();
         let error = KpiStore::open(&path).map(drop).unwrap_err().to_string();
         assert!(error.contains(&file_name(&path, &file)), "{error}");
@@ -1159,17 +1164,7 @@ mod tests {
     fn a_snapshot_file_of_another_length_is_refused_at_open_and_another_hash_when_read() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kpi.redb");
-        let store = KpiStore::open(&path).unwrap();
-        let file = store.write_snapshot_file(4, b"VDSN\x03state at 4").unwrap();
-        store
-            .commit(&Commit {
-                processed_offset: 6,
-                snapshot_file: Some(file),
-                durable: true,
-                ..Commit::default()
-            })
-            .unwrap();
-        drop(store);
+        let file = closed_with_a_snapshot_file(&path);
         let on_disk = snapshot_file::path_of(&path, 4, file.hash);
         std::fs::write(&on_disk, b"VDSN\x03state at").unwrap();
         let error = KpiStore::open(&path).map(drop).unwrap_err().to_string();
