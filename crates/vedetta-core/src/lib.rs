@@ -25,6 +25,7 @@
 //! - [`time`] gives event time its own types.
 
 pub mod act;
+mod encoding;
 pub mod enrich;
 pub mod intake;
 pub mod pipeline;

@@ -327,6 +327,12 @@ struct SnapshotInFlight {
     done: Option<EncodedSnapshot>,
 }
 
+/// The room the next snapshot's bytes are encoded into, from the last one's size: an
+/// eighth more, for the state's growth since (more is grown into as before).
+fn snapshot_capacity(last_bytes: u64) -> usize {
+    usize::try_from(last_bytes.saturating_add(last_bytes / 8)).unwrap_or(usize::MAX)
+}
+
 /// What the snapshot thread hands back: the snapshot written to its file, and the copies
 /// it was encoded from, for the next snapshot to copy into.
 struct EncodedSnapshot {
@@ -355,6 +361,7 @@ impl SnapshotInFlight {
         stage: Option<&StageRunner>,
         writer: SnapshotFileWriter,
         spare: Option<SpentCopies>,
+        capacity: usize,
     ) -> Self {
         let copy_started = Instant::now();
         let memories: FastHashMap<UserPseudonym, Memories> =
@@ -374,7 +381,7 @@ impl SnapshotInFlight {
             .spawn(move || {
                 let started = Instant::now();
                 let bytes = state
-                    .encode()
+                    .encode_sized(capacity)
                     .context("encoding the pipeline snapshot")
                     .and_then(|mut bytes| {
                         // The trigger stage's part follows the pipeline's.
@@ -492,6 +499,9 @@ pub struct Processor {
     last_snapshot_cost: Duration,
     /// The offset of the store's snapshot.
     snapshot_offset: u64,
+    /// The bytes of the last snapshot this processor made (0 before the first): the next
+    /// is encoded into a vector sized for a little more.
+    last_snapshot_bytes: u64,
     /// A snapshot being encoded off this thread, not in the store yet.
     snapshot_in_flight: Option<SnapshotInFlight>,
     /// The last snapshot's copies, for the next to copy into.
@@ -603,6 +613,7 @@ impl Processor {
             last_snapshot: Instant::now(),
             last_snapshot_cost: Duration::ZERO,
             snapshot_offset,
+            last_snapshot_bytes: 0,
             snapshot_in_flight: None,
             spare_copies: None,
             triggers: replaying
@@ -948,6 +959,7 @@ impl Processor {
             }
             self.last_snapshot_cost = copy_took + encode_took + write_took + commit_took;
             self.snapshot_offset = offset;
+            self.last_snapshot_bytes = bytes;
             tracing::info!(
                 offset,
                 committed_at = commit.processed_offset,
@@ -969,6 +981,7 @@ impl Processor {
                 self.triggers.as_ref(),
                 self.store.snapshot_file_writer(),
                 self.spare_copies.take(),
+                snapshot_capacity(self.last_snapshot_bytes),
             ));
         }
         status.commits.fetch_add(1, Ordering::Relaxed);

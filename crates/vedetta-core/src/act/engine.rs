@@ -88,7 +88,6 @@ mod stored;
 mod texts;
 mod users;
 pub use candidates::Candidates;
-pub(crate) use stored::AppendTo;
 pub use stored::{
     ACT_STATE_FORMAT, FlatRows, StateChanges, StoredState, TEXT_ROWS, USER_ROW_FORMAT,
 };

@@ -582,7 +582,7 @@ impl SegmentWindow {
     /// What [`Self::encode`] writes, from a copy of the state taken between batches.
     pub fn encode_state(state: &SegmentWindowState) -> Result<Vec<u8>, SegmentWindowError> {
         let mut out = vec![SEGMENT_WINDOW_FORMAT];
-        postcard::serialize_with_flavor(state, super::engine::AppendTo(&mut out))
+        crate::encoding::append(state, &mut out)
             .map_err(|e| SegmentWindowError::Body(e.to_string()))?;
         Ok(out)
     }

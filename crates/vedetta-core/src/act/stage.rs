@@ -54,7 +54,7 @@
 //! ([`Engine::without_change_tracking`]): its state is stored whole with each snapshot, so
 //! recording which users a step changed (for per-user rows) would be wasted work.
 
-use super::engine::{ActState, ActStateError, AppendTo, Engine, FlatRows, Judged, Output};
+use super::engine::{ActState, ActStateError, Engine, FlatRows, Judged, Output};
 use super::push::{Push, PushEvent, SegmentSignal, SignalNotice};
 use super::segment_window::{SegmentWindow, SegmentWindowError, SegmentWindowState};
 use super::triggers::{RawTrigger, Trigger, TriggerError, check_triggers};
@@ -822,7 +822,7 @@ fn encode_section(
         rows,
         window: Bytes(window),
     };
-    if let Err(e) = postcard::serialize_with_flavor(&body, AppendTo(out)) {
+    if let Err(e) = crate::encoding::append(&body, out) {
         out.truncate(start);
         return Err(body_error("trigger stage section")(e.to_string()));
     }

@@ -295,20 +295,32 @@ impl SnapshotCopy {
     /// The snapshot's bytes: those [`Pipeline::encode_snapshot`] gave when the copy was
     /// taken.
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        self.encode_sized(0)
+    }
+
+    /// [`Self::encode`] into a vector made with room for `capacity` bytes (the last
+    /// snapshot's size, say): growing a gigabyte by doubling copied it over and over and
+    /// made the kernel zero twice its pages (a fifth of the snapshot thread, `perf`).
+    pub fn encode_sized(&self, capacity: usize) -> Result<Vec<u8>, postcard::Error> {
         let state = &self.state;
-        encode_borrowed(state, &self.users, &state.dims, &state.custom_kinds)
+        let out = Vec::with_capacity(capacity.max(snapshot::SNAPSHOT_HEADER_LEN));
+        encode_borrowed(state, &self.users, &state.dims, &state.custom_kinds, out)
     }
 }
 
 /// The snapshot bytes of `state` with these users, dimension tuples and custom kinds (the
-/// live pipeline keeps the last two beside its state, a copy inside it).
+/// live pipeline keeps the last two beside its state, a copy inside it), in `out` (empty;
+/// its capacity is kept).
 fn encode_borrowed<Users: Serialize>(
     state: &PipelineState,
     users: &Users,
     dims: &[dims::Dims],
     custom_kinds: &[String],
+    mut out: Vec<u8>,
 ) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(
+    out.clear();
+    out.extend_from_slice(&snapshot::header());
+    crate::encoding::append(
         &BorrowedState {
             max_event_ts: state.max_event_ts,
             dedup: &state.dedup,
@@ -323,8 +335,9 @@ fn encode_borrowed<Users: Serialize>(
             earlier_runs: &state.earlier_runs,
             refunds: &state.refunds,
         },
-        snapshot::header().to_vec(),
-    )
+        &mut out,
+    )?;
+    Ok(out)
 }
 
 /// The streaming pipeline. See the module docs.
@@ -483,7 +496,13 @@ impl Pipeline {
     /// snapshot's cost).
     pub fn encode_snapshot(&self) -> Result<Vec<u8>, postcard::Error> {
         let state = &self.state;
-        encode_borrowed(state, &state.users, self.dims.tuples(), &self.custom_kinds)
+        encode_borrowed(
+            state,
+            &state.users,
+            self.dims.tuples(),
+            &self.custom_kinds,
+            Vec::new(),
+        )
     }
 
     /// A copy of the state to encode elsewhere ([`SnapshotCopy::encode`]: the bytes of

@@ -27,6 +27,7 @@
 //! names given ids) and is written whole in the current formats at the next commit
 //! ([`StoredState::legacy`]).
 
+use super::candidates::{Candidate, latest_times};
 use super::legacy::{ActStateV1, GlobalsV2, UserFactsV1};
 use super::texts::TriggerId;
 use super::texts::{TextId, Texts, TriggerNames};
@@ -192,6 +193,8 @@ impl Serialize for RowView<'_> {
 #[derive(Clone, Debug)]
 struct FlatUser {
     user: UserPseudonym,
+    /// Its place in the user table (see [`super::candidates::latest_times`]).
+    at: u32,
     row: u64,
     marketing: bool,
     last_seen_ms: i64,
@@ -219,7 +222,7 @@ pub struct FlatRows {
     /// per user by the encoder, not by the copy
     /// (a lookup per user on the processor's thread, with a minute's candidates pending,
     /// was most of a copy's time).
-    candidates: Vec<(UserPseudonym, i64)>,
+    candidates: Vec<Candidate>,
     texts: Vec<(TextId, Box<str>)>,
 }
 
@@ -267,10 +270,13 @@ impl FlatRows {
             .map(|(i, user)| (user.row, i))
             .collect();
         order.sort_unstable();
-        // In pseudonym order, one per user with its latest time (see [`super::Candidates`]).
-        let mut candidates = self.candidates.clone();
-        candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        candidates.dedup_by_key(|(user, _)| *user);
+        let users = &self.users;
+        let candidates = latest_times(
+            &self.candidates,
+            users.len(),
+            |i| users[i].at,
+            |i| &users[i].user,
+        );
         let mut buf = Vec::with_capacity(SCRATCH_BYTES);
         for (_, i) in order {
             let (u, s) = (&self.users[i], starts[i]);
@@ -288,9 +294,7 @@ impl FlatRows {
                 purchases: u.purchases,
                 event_ids: &self.event_ids[span(2)],
                 sent: &self.sent[span(3)],
-                candidate: (candidates.binary_search_by(|(c, _)| c.cmp(&u.user)))
-                    .ok()
-                    .map(|i| candidates[i].1),
+                candidate: candidates[i],
             };
             body_into(&mut buf, USER_ROW_FORMAT, &value).map_err(&error)?;
             row(u.row, &buf)?;
@@ -386,29 +390,6 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ActStateError> {
     postcard::from_bytes(bytes).map_err(|e| ActStateError::Body(e.to_string()))
 }
 
-/// A postcard flavor that appends to a vector by slices (`to_extend` goes byte by byte).
-pub(crate) struct AppendTo<'a>(pub &'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for AppendTo<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
 /// `[format][postcard value]` into `buf`, cleared first.
 fn body_into<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
@@ -417,8 +398,7 @@ fn body_into<T: Serialize + ?Sized>(
 ) -> Result<(), ActStateError> {
     buf.clear();
     buf.push(format);
-    postcard::serialize_with_flavor(value, AppendTo(buf))
-        .map_err(|e| ActStateError::Body(e.to_string()))
+    crate::encoding::append(value, buf).map_err(|e| ActStateError::Body(e.to_string()))
 }
 
 impl ActState {
@@ -468,19 +448,24 @@ impl ActState {
         mut row: impl FnMut(u64, &[u8]) -> Result<(), E>,
         error: impl Fn(ActStateError) -> E,
     ) -> Result<(), E> {
-        let mut users: Vec<(u64, &UserPseudonym, &UserFacts)> = (self.users.iter())
-            .map(|(user, facts)| (facts.row, user, facts))
+        let held: Vec<(usize, &UserPseudonym, &UserFacts)> = self.users.iter_at().collect();
+        let candidates = latest_times(
+            self.candidates.raw(),
+            held.len(),
+            |i| held[i].0 as u32,
+            |i| held[i].1,
+        );
+        let mut users: Vec<(u64, &UserPseudonym, &UserFacts, Option<i64>)> = (held.iter())
+            .zip(candidates)
+            .map(|(&(_, user, facts), candidate)| (facts.row, user, facts, candidate))
             .collect();
-        users.sort_unstable_by_key(|(key, _, _)| *key);
-        let candidates = self.candidates.normalized();
+        users.sort_unstable_by_key(|(key, ..)| *key);
         let mut buf = Vec::with_capacity(SCRATCH_BYTES);
-        for (key, user, facts) in users {
+        for (key, user, facts, candidate) in users {
             let value = RowRef {
                 user,
                 facts,
-                candidate: (candidates.binary_search_by(|(c, _)| c.cmp(user)))
-                    .ok()
-                    .map(|i| candidates[i].1),
+                candidate,
             };
             body_into(&mut buf, USER_ROW_FORMAT, &value).map_err(&error)?;
             row(key, &buf)?;
@@ -517,15 +502,16 @@ impl ActState {
         refill(&mut flat.event_ids, lists[2]);
         refill(&mut flat.sent, lists[3]);
         refill(&mut flat.candidates, self.candidates.entries());
-        (flat.candidates)
-            .extend((self.candidates.raw().iter()).map(|(user, at_ms, _)| (*user, *at_ms)));
+        flat.candidates.extend_from_slice(self.candidates.raw());
         flat.texts.clear();
         flat.texts
             .extend((self.texts.entries()).map(|(id, t)| (id, t.into())));
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        for (user, f) in self.users.iter() {
+        for (at, user, f) in self.users.iter_at() {
             flat.users.push(FlatUser {
                 user: *user,
+                // Places are u32 (`UserRef::at`).
+                at: at as u32,
                 row: f.row,
                 marketing: f.marketing,
                 last_seen_ms: f.last_seen_ms,

@@ -303,6 +303,9 @@ fn a_section_reads_back_to_the_same_bytes() {
     );
     let stage = outcome.stage;
     assert!(stage.stats().users > 100 && stage.stats().texts > 10);
+    // Users listed for a segment, found by their places here and by pseudonym once
+    // restored (below): both read back to the same bytes.
+    assert!(stage.engine().state().candidates.users() > 10);
     let mut live = Vec::new();
     stage.encode_section(&mut live).unwrap();
     let mut copied = Vec::new();
