@@ -726,6 +726,12 @@ pub struct StageCopy {
 }
 
 impl StageCopy {
+    /// The approximate bytes of the users' facts when copied ([`TriggerStage::user_bytes`]
+    /// then).
+    pub fn user_bytes(&self) -> usize {
+        self.rows.user_bytes()
+    }
+
     /// Appends the section [`TriggerStage::encode_section`] appended when the copy was
     /// taken. On error `out` is as it was.
     pub fn encode_section(&self, out: &mut Vec<u8>) -> Result<(), StageError> {

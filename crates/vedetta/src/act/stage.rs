@@ -21,19 +21,11 @@ use super::ActStatus;
 use anyhow::Context;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 use vedetta_core::act::stage::{StageCopy, TriggerSet, TriggerStage};
 use vedetta_core::pipeline::kpi::KpiDeltas;
 use vedetta_core::pipeline::{Pipeline, PipelineConfig};
 use vedetta_core::record::LogRecord;
 use vedetta_store::{Commit, KpiStore};
-
-/// How often the approximate bytes of the engine's per-user facts are summed (a walk over
-/// all its users, on the processor's thread), at least: and at most once per
-/// [`USER_BYTES_COST_FACTOR`] times what the last walk took (with millions of users held a
-/// walk every 5 s was 0.4 % of the processor's thread at 100,000 events/s, `perf`).
-const USER_BYTES_EVERY: Duration = Duration::from_secs(5);
-const USER_BYTES_COST_FACTOR: u32 = 1_000;
 
 /// The trigger set the act thread loaded, with its encoding (compared with the stage's).
 #[derive(Debug, Clone)]
@@ -59,8 +51,6 @@ pub struct StageRunner {
     recorded: Option<(u64, Vec<u8>)>,
     /// Staged outputs below this seq were deleted (the router's cursor then).
     deleted_below: u64,
-    /// When the users' bytes were last summed, and what the walk took.
-    user_bytes_at: Option<(Instant, Duration)>,
 }
 
 impl std::fmt::Debug for StageRunner {
@@ -108,7 +98,6 @@ impl StageRunner {
                 generation: u64::MAX,
                 recorded: None,
                 deleted_below: 0,
-                user_bytes_at: None,
             },
             sets: sets.into_iter().collect(),
             store_next_seq,
@@ -201,25 +190,22 @@ impl StageRunner {
             Ordering::Relaxed,
         );
         *s.withheld.lock().unwrap_or_else(|e| e.into_inner()) = stats.withheld;
-        let due = (self.user_bytes_at).is_none_or(|(at, took)| {
-            at.elapsed() >= USER_BYTES_EVERY.max(took * USER_BYTES_COST_FACTOR)
-        });
-        if due {
-            let started = Instant::now();
-            s.user_bytes
-                .store(self.stage.user_bytes() as u64, Ordering::Relaxed);
-            self.user_bytes_at = Some((started, started.elapsed()));
-        }
     }
 
-    /// A copy of the stage's state for the snapshot thread.
     /// A copy of the stage for the snapshot thread, into `spare`'s memory when given.
+    ///
+    /// The users' approximate bytes shown (`user_bytes`) are those of the last snapshot:
+    /// the copy sums them as it reads every user (a walk of its own on this thread stalled
+    /// it a tenth of a second and more at millions of users).
     pub fn copy(&self, spare: Option<StageCopy>) -> StageCopy {
-        self.stage.copy_reusing(spare)
+        let copy = self.stage.copy_reusing(spare);
+        (self.status.user_bytes).store(copy.user_bytes() as u64, Ordering::Relaxed);
+        copy
     }
 
     /// Appends the stage's part of a snapshot encoded on this thread.
     pub fn encode_section(&self, out: &mut Vec<u8>) -> anyhow::Result<()> {
+        (self.status.user_bytes).store(self.stage.user_bytes() as u64, Ordering::Relaxed);
         self.stage.encode_section(out).map_err(stage_error)
     }
 }

@@ -311,6 +311,9 @@ fn a_section_reads_back_to_the_same_bytes() {
     let mut copied = Vec::new();
     stage.copy().encode_section(&mut copied).unwrap();
     assert_eq!(live, copied);
+    let copy = stage.copy();
+    assert_eq!(copy.user_bytes(), stage.user_bytes(), "summed by the copy");
+    assert!(stage.user_bytes() > 100 * std::mem::size_of::<UserPseudonym>());
     // Copies made into an earlier copy's memory: of a smaller state, then of this one.
     let smaller = run(
         &records[..1_500],
