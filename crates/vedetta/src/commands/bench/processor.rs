@@ -92,6 +92,11 @@ struct Pass {
     /// fresh memory, mostly; the log's reads and the store's writes).
     processor_thread_s: f64,
     processor_thread_system_s: f64,
+    /// CPU of the threads alive at the pass's start and end other than the processor
+    /// thread and the one appending (the trigger router's, the store's), and of those that
+    /// started or ended in between (the snapshot threads: one a snapshot): `cpu_s` split.
+    other_threads_s: f64,
+    passing_threads_s: f64,
     /// From the first measured append to the commit of the last record.
     wall_s: f64,
     /// From the last append to its commit.
@@ -106,11 +111,13 @@ impl std::fmt::Display for Pass {
         write!(
             f,
             "processor threads CPU {:.2} s (the processor thread {:.2} s, {:.2} s of it in the \
-             kernel) over {:.1} s, caught up {:.2} s after the last append; last snapshot at \
-             record {}",
+             kernel; snapshot threads {:.2} s; others {:.2} s) over {:.1} s, caught up {:.2} s \
+             after the last append; last snapshot at record {}",
             self.cpu_s,
             self.processor_thread_s,
             self.processor_thread_system_s,
+            self.passing_threads_s,
+            self.other_threads_s,
             self.wall_s,
             self.lag_s,
             self.snapshot_offset
@@ -286,6 +293,14 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 "lag_s_with": with.iter().map(|p| p.lag_s).collect::<Vec<_>>(),
                 "cpu_added_percent": added(cpu_alone, cpu_with),
                 "processor_thread_added_percent": added(thread_alone, thread_with),
+                "passing_threads_s_alone":
+                    alone.iter().map(|p| p.passing_threads_s).collect::<Vec<_>>(),
+                "passing_threads_s_with":
+                    with.iter().map(|p| p.passing_threads_s).collect::<Vec<_>>(),
+                "other_threads_s_alone":
+                    alone.iter().map(|p| p.other_threads_s).collect::<Vec<_>>(),
+                "other_threads_s_with":
+                    with.iter().map(|p| p.other_threads_s).collect::<Vec<_>>(),
                 "processor_thread_added_percent_by_round": by_round,
                 "processor_thread_added_percent_median": median,
             })
@@ -306,6 +321,13 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         println!(
             "  the processor thread alone: {thread_alone:.2} vs {thread_with:.2}: +{:.1} %",
             added(thread_alone, thread_with)
+        );
+        println!(
+            "  snapshot threads: {:.2} vs {:.2}; others: {:.2} vs {:.2}",
+            mean(&alone, |p| p.passing_threads_s),
+            mean(&with, |p| p.passing_threads_s),
+            mean(&alone, |p| p.other_threads_s),
+            mean(&with, |p| p.other_threads_s),
         );
         let rounds: Vec<String> = by_round.iter().map(|p| format!("{p:+.1}")).collect();
         println!(
@@ -679,6 +701,7 @@ fn measure_pass(
     caught_up(log.end_offset())?;
     let (process0, own0) = (process_cpu_seconds(), own_cpu_seconds());
     let (thread0, system0) = processor_thread_seconds();
+    let live0 = live_threads_cpu_seconds();
     let start = Instant::now();
     let first = batches.get(fill_batches).map_or(0, |(at, _)| *at);
     let mut next = fill_batches;
@@ -704,10 +727,24 @@ fn measure_pass(
     let appended = start.elapsed();
     caught_up(log.end_offset())?;
     let wall = start.elapsed();
+    let cpu_s = (process_cpu_seconds() - process0) - (own_cpu_seconds() - own0);
+    let processor_thread_s = processor_thread_seconds().0 - thread0;
+    let own_tid = std::fs::read_link("/proc/thread-self").ok();
+    let own_tid = own_tid
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str());
+    // Threads alive at both ends, but this one and the processor's.
+    let other_threads_s: f64 = (live_threads_cpu_seconds().into_iter())
+        .filter(|(tid, (name, _))| Some(tid.as_str()) != own_tid && name != "processor")
+        .filter_map(|(tid, (_, end))| live0.get(&tid).map(|(_, start)| end - start))
+        .sum();
     let pass = Pass {
-        cpu_s: (process_cpu_seconds() - process0) - (own_cpu_seconds() - own0),
-        processor_thread_s: processor_thread_seconds().0 - thread0,
+        cpu_s,
+        processor_thread_s,
         processor_thread_system_s: processor_thread_seconds().1 - system0,
+        other_threads_s,
+        passing_threads_s: (cpu_s - processor_thread_s - other_threads_s).max(0.0),
         wall_s: wall.as_secs_f64(),
         lag_s: (wall - appended).as_secs_f64(),
         staged_users: act.users.load(Ordering::Relaxed),
@@ -745,6 +782,23 @@ fn own_cpu_seconds() -> f64 {
         .ok()
         .and_then(|stat| super::stat_cpu_seconds(&stat).map(|(_, s)| s))
         .unwrap_or(0.0)
+}
+
+/// CPU seconds of each live thread of this process, with its name, by thread id.
+fn live_threads_cpu_seconds() -> std::collections::BTreeMap<String, (String, f64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return std::collections::BTreeMap::new();
+    };
+    (tasks.flatten())
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (name, seconds) = super::stat_cpu_seconds(&stat)?;
+            Some((
+                task.file_name().to_string_lossy().into_owned(),
+                (name.to_string(), seconds),
+            ))
+        })
+        .collect()
 }
 
 /// CPU seconds of the thread named `processor`, and its system seconds.
