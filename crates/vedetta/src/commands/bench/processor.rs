@@ -270,6 +270,7 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         .map(|(a, w)| added(a.processor_thread_s, w.processor_thread_s))
         .collect();
     let median = median(&by_round);
+    let each = |passes: &[Pass], f: fn(&Pass) -> f64| passes.iter().map(f).collect::<Vec<_>>();
     if args.json {
         println!(
             "{}",
@@ -279,28 +280,20 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 "rate": rate,
                 "seconds": args.traffic.seconds,
                 "triggers": set.triggers.len(),
-                "cpu_s_alone": alone.iter().map(|p| p.cpu_s).collect::<Vec<_>>(),
-                "cpu_s_with": with.iter().map(|p| p.cpu_s).collect::<Vec<_>>(),
-                "processor_thread_s_alone":
-                    alone.iter().map(|p| p.processor_thread_s).collect::<Vec<_>>(),
-                "processor_thread_s_with":
-                    with.iter().map(|p| p.processor_thread_s).collect::<Vec<_>>(),
-                "processor_thread_system_s_alone":
-                    alone.iter().map(|p| p.processor_thread_system_s).collect::<Vec<_>>(),
-                "processor_thread_system_s_with":
-                    with.iter().map(|p| p.processor_thread_system_s).collect::<Vec<_>>(),
-                "lag_s_alone": alone.iter().map(|p| p.lag_s).collect::<Vec<_>>(),
-                "lag_s_with": with.iter().map(|p| p.lag_s).collect::<Vec<_>>(),
+                "cpu_s_alone": each(&alone, |p| p.cpu_s),
+                "cpu_s_with": each(&with, |p| p.cpu_s),
+                "processor_thread_s_alone": each(&alone, |p| p.processor_thread_s),
+                "processor_thread_s_with": each(&with, |p| p.processor_thread_s),
+                "processor_thread_system_s_alone": each(&alone, |p| p.processor_thread_system_s),
+                "processor_thread_system_s_with": each(&with, |p| p.processor_thread_system_s),
+                "lag_s_alone": each(&alone, |p| p.lag_s),
+                "lag_s_with": each(&with, |p| p.lag_s),
                 "cpu_added_percent": added(cpu_alone, cpu_with),
                 "processor_thread_added_percent": added(thread_alone, thread_with),
-                "passing_threads_s_alone":
-                    alone.iter().map(|p| p.passing_threads_s).collect::<Vec<_>>(),
-                "passing_threads_s_with":
-                    with.iter().map(|p| p.passing_threads_s).collect::<Vec<_>>(),
-                "other_threads_s_alone":
-                    alone.iter().map(|p| p.other_threads_s).collect::<Vec<_>>(),
-                "other_threads_s_with":
-                    with.iter().map(|p| p.other_threads_s).collect::<Vec<_>>(),
+                "passing_threads_s_alone": each(&alone, |p| p.passing_threads_s),
+                "passing_threads_s_with": each(&with, |p| p.passing_threads_s),
+                "other_threads_s_alone": each(&alone, |p| p.other_threads_s),
+                "other_threads_s_with": each(&with, |p| p.other_threads_s),
                 "processor_thread_added_percent_by_round": by_round,
                 "processor_thread_added_percent_median": median,
             })
@@ -738,7 +731,9 @@ fn measure_pass(
     let other_threads_s: f64 = (live_threads_cpu_seconds().into_iter())
         .filter(|(tid, (name, _))| Some(tid.as_str()) != own_tid && name != "processor")
         .filter_map(|(tid, (_, end))| live0.get(&tid).map(|(_, start)| end - start))
-        .sum();
+        .sum::<f64>()
+        // (An empty sum is −0.)
+        + 0.0;
     let pass = Pass {
         cpu_s,
         processor_thread_s,
