@@ -328,9 +328,10 @@ struct SnapshotInFlight {
 }
 
 /// The room the next snapshot's bytes are encoded into, from the last one's size: an
-/// eighth more, for the state's growth since (more is grown into as before).
+/// eighth more, for the state's growth since (more is grown into as before; none asked
+/// for a size this machine cannot address).
 fn snapshot_capacity(last_bytes: u64) -> usize {
-    usize::try_from(last_bytes.saturating_add(last_bytes / 8)).unwrap_or(usize::MAX)
+    usize::try_from(last_bytes.saturating_add(last_bytes / 8)).unwrap_or(0)
 }
 
 /// What the snapshot thread hands back: the snapshot written to its file, and the copies

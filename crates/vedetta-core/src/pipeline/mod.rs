@@ -300,7 +300,7 @@ impl SnapshotCopy {
 
     /// [`Self::encode`] into a vector made with room for `capacity` bytes (the last
     /// snapshot's size, say): growing a gigabyte by doubling copied it over and over and
-    /// made the kernel zero twice its pages (a fifth of the snapshot thread, `perf`).
+    /// made the kernel zero twice its pages (a quarter of the snapshot thread, `perf`).
     pub fn encode_sized(&self, capacity: usize) -> Result<Vec<u8>, postcard::Error> {
         let state = &self.state;
         let out = Vec::with_capacity(capacity.max(snapshot::SNAPSHOT_HEADER_LEN));
