@@ -779,37 +779,38 @@ fn own_cpu_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// CPU seconds of each live thread of this process, with its name, by thread id.
-fn live_threads_cpu_seconds() -> std::collections::BTreeMap<String, (String, f64)> {
+/// Each live thread of this process by thread id: its name, and its user and system CPU
+/// seconds.
+fn live_threads() -> std::collections::BTreeMap<String, (String, f64, f64)> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return std::collections::BTreeMap::new();
     };
     (tasks.flatten())
         .filter_map(|task| {
             let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let (name, seconds) = super::stat_cpu_seconds(&stat)?;
+            let (name, user, system) = super::stat_times(&stat)?;
             Some((
                 task.file_name().to_string_lossy().into_owned(),
-                (name.to_string(), seconds),
+                (name.to_string(), user, system),
             ))
         })
         .collect()
 }
 
+/// CPU seconds of each live thread of this process, with its name, by thread id.
+fn live_threads_cpu_seconds() -> std::collections::BTreeMap<String, (String, f64)> {
+    (live_threads().into_iter())
+        .map(|(tid, (name, user, system))| (tid, (name, user + system)))
+        .collect()
+}
+
 /// CPU seconds of the thread named `processor`, and its system seconds.
 fn processor_thread_seconds() -> (f64, f64) {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return (0.0, 0.0);
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .filter_map(|stat| {
-            super::stat_times(&stat)
-                .filter(|(name, _, _)| *name == "processor")
-                .map(|(_, user, system)| (user + system, system))
+    (live_threads().into_values())
+        .filter(|(name, _, _)| name == "processor")
+        .fold((0.0, 0.0), |(cpu, kernel), (_, user, system)| {
+            (cpu + user + system, kernel + system)
         })
-        .fold((0.0, 0.0), |(a, b), (c, d)| (a + c, b + d))
 }
 
 #[cfg(test)]
