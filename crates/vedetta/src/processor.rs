@@ -157,8 +157,16 @@ impl ProcessorStatus {
 #[derive(Debug)]
 pub struct ProcessorHandle {
     pub status: Arc<ProcessorStatus>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopRequest>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// How the processor thread is asked to end.
+#[derive(Debug)]
+struct StopRequest {
+    requested: AtomicBool,
+    /// Whether it commits with a snapshot before it ends (all but a benchmark's pass).
+    final_commit: AtomicBool,
 }
 
 impl ProcessorHandle {
@@ -166,8 +174,18 @@ impl ProcessorHandle {
         self.shutdown();
     }
 
+    /// Ends the processor thread without its final commit, as a crash after the last
+    /// commit would (a restart replays from there), once a snapshot being written has
+    /// been written: when this returns, none of the processor's threads touches its files.
+    /// For a benchmark's pass, whose final snapshot (seconds at millions of users) is no
+    /// part of its figures and whose directory goes next.
+    pub fn stop_without_final_commit(mut self) {
+        self.stop.final_commit.store(false, Ordering::Release);
+        self.shutdown();
+    }
+
     fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.stop.requested.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -213,7 +231,10 @@ pub fn start(
     // Before the thread: a store built under other settings stops the server from
     // starting, with the changes and what to run, instead of answering from it.
     check_settings(&store, &config)?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(StopRequest {
+        requested: AtomicBool::new(false),
+        final_commit: AtomicBool::new(true),
+    });
     let thread = {
         let (status, stop) = (status.clone(), stop.clone());
         std::thread::Builder::new()
@@ -627,9 +648,16 @@ impl Processor {
         Ok(processor)
     }
 
-    fn run(&mut self, notifier: &LogNotifier, stop: &AtomicBool, status: &ProcessorStatus) {
+    fn run(&mut self, notifier: &LogNotifier, stop: &StopRequest, status: &ProcessorStatus) {
         loop {
-            if stop.load(Ordering::Acquire) {
+            if stop.requested.load(Ordering::Acquire) {
+                if !stop.final_commit.load(Ordering::Acquire) {
+                    // Its thread ends (sending what it wrote, or dropping its sender).
+                    if let Some(in_flight) = self.snapshot_in_flight.take() {
+                        let _ = in_flight.encoded.recv();
+                    }
+                    return;
+                }
                 if let Err(error) = self.commit_batch(SnapshotStep::Now, status) {
                     tracing::error!(error = %format!("{error:#}"), "final commit failed");
                 }
@@ -656,7 +684,7 @@ impl Processor {
                         SnapshotStep::Carry
                     };
                     if let Err(error) = self.commit_batch(step, status) {
-                        self.recover_from_failure(&error, stop, status);
+                        self.recover_from_failure(&error, &stop.requested, status);
                     }
                     continue;
                 }
@@ -664,7 +692,7 @@ impl Processor {
                 continue;
             }
             if let Err(error) = self.step(status) {
-                self.recover_from_failure(&error, stop, status);
+                self.recover_from_failure(&error, &stop.requested, status);
             }
         }
     }
@@ -1384,6 +1412,66 @@ mod tests {
             held,
             "the snapshot thread holds the store"
         );
+    }
+
+    /// A benchmark's pass ends its processor without a final commit and removes the
+    /// directory right after: an idle processor starts a snapshot once it has caught up,
+    /// and its thread wrote the file into a directory being removed (`Directory not empty`
+    /// in CI). When `stop_without_final_commit` returns, that thread has ended: the
+    /// directory holds what it will hold, and is removed whole.
+    #[test]
+    fn a_stop_without_final_commit_leaves_no_writer_in_the_directory() {
+        // Enough users for the snapshot to be encoded still when the stop comes.
+        let users: Vec<LogRecord> = (0..100_000u32)
+            .map(|n| {
+                let mut id = [9u8; 16];
+                id[..4].copy_from_slice(&n.to_le_bytes());
+                LogRecord::Event(StoredEvent {
+                    channel: Some("email".into()),
+                    ..StoredEvent::bare(UserPseudonym(id), EventKind::PageView, EventTime(T0))
+                })
+            })
+            .collect();
+        let setup = Setup::new();
+        setup.append(&users);
+        let notifier = Arc::new(LogNotifier::default());
+        let handle = start(
+            setup.log.clone(),
+            setup.store.clone(),
+            PipelineConfig::default(),
+            None,
+            ProcessorOptions {
+                max_batch_records: 200_000,
+                snapshot_schedule: SnapshotSchedule::EveryRecords(1_000.try_into().unwrap()),
+                ..ProcessorOptions::default()
+            },
+            ProcessorLinks {
+                notifier: notifier.clone(),
+                timings: Arc::new(StageTimings::default()),
+                triggers: None,
+            },
+        )
+        .unwrap();
+        notifier.appended(setup.log.end_offset());
+        while handle.status.processed_offset.load(Ordering::Acquire) < users.len() as u64 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        handle.stop_without_final_commit();
+        let listing = || {
+            let mut names: Vec<_> = std::fs::read_dir(setup._dir.path())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let stopped = listing();
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(listing(), stopped, "a thread of the processor still writes");
+        let progress = setup.store.progress().unwrap();
+        assert_eq!(progress.processed_offset, users.len() as u64);
+        let Setup { _dir: dir, .. } = setup;
+        dir.close().unwrap();
     }
 
     /// Users back direct, days on, a second time.

@@ -156,9 +156,12 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&pass)?);
         // Measured: what stopping would add (the final snapshot, tens of seconds at this
         // scale, and freeing the state) is no part of the figures, so this process ends
-        // here. Its directory goes first (the processor's files in it are only unlinked).
+        // here. Its directory goes first, once the processor's threads are done with it
+        // (an idle processor may have started a snapshot; the log and store files are
+        // only unlinked).
         use std::io::Write;
         std::io::stdout().flush()?;
+        running.processor.stop_without_final_commit();
         running.dir.close()?;
         std::process::exit(0);
     }
