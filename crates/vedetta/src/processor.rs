@@ -341,8 +341,10 @@ struct SnapshotInFlight {
     offset: u64,
     memories: FastHashMap<UserPseudonym, Memories>,
     memories_before: Option<i64>,
-    /// How long copying the state took on the processor's thread.
+    /// How long copying the state took on the processor's thread, and the trigger
+    /// stage's part of it.
     copy_took: Duration,
+    stage_copy_took: Duration,
     encoded: mpsc::Receiver<EncodedSnapshot>,
     /// Set once the encoding has ended.
     done: Option<EncodedSnapshot>,
@@ -394,7 +396,9 @@ impl SnapshotInFlight {
             None => (None, None),
         };
         let state = pipeline.snapshot_copy_reusing(spare_pipeline);
+        let stage_copy_started = Instant::now();
         let stage: Option<StageCopy> = stage.map(|stage| stage.copy(spare_stage));
+        let stage_copy_took = stage_copy_started.elapsed();
         let copy_took = copy_started.elapsed();
         let offset = pipeline.next_offset();
         let (sender, encoded) = mpsc::sync_channel(1);
@@ -450,6 +454,7 @@ impl SnapshotInFlight {
             memories,
             memories_before,
             copy_took,
+            stage_copy_took,
             encoded,
             done,
         }
@@ -940,7 +945,12 @@ impl Processor {
             snapshot_work = Some((
                 self.pipeline.next_offset(),
                 bytes,
-                [Duration::ZERO, encode_started.elapsed(), Duration::ZERO],
+                [
+                    Duration::ZERO,
+                    Duration::ZERO,
+                    encode_started.elapsed(),
+                    Duration::ZERO,
+                ],
             ));
         } else if let Some(landing) = landing {
             let Some(mut encoded) = landing.done else {
@@ -961,7 +971,12 @@ impl Processor {
             snapshot_work = Some((
                 file.offset,
                 file.len,
-                [landing.copy_took, encoded.encode_took, encoded.write_took],
+                [
+                    landing.copy_took,
+                    landing.stage_copy_took,
+                    encoded.encode_took,
+                    encoded.write_took,
+                ],
             ));
         }
         let commit_started = Instant::now();
@@ -978,7 +993,9 @@ impl Processor {
         if let Some(stage) = &mut self.triggers {
             stage.committed(&commit);
         }
-        if let Some((offset, bytes, [copy_took, encode_took, write_took])) = snapshot_work {
+        if let Some((offset, bytes, [copy_took, stage_copy_took, encode_took, write_took])) =
+            snapshot_work
+        {
             // Telemetry only: a failed count leaves the last one shown.
             if let Ok(stored) = self.store.stored_memories() {
                 status.stored_memories.store(stored, Ordering::Relaxed);
@@ -995,6 +1012,7 @@ impl Processor {
                 bytes,
                 memories = commit.memories.len(),
                 copy_ms = copy_took.as_millis() as u64,
+                stage_copy_ms = stage_copy_took.as_millis() as u64,
                 encode_ms = encode_took.as_millis() as u64,
                 write_ms = write_took.as_millis() as u64,
                 commit_ms = commit_took.as_millis() as u64,

@@ -387,6 +387,36 @@ impl UserFacts {
         self.more.as_ref().map_or(&[], |m| &m.sent)
     }
 
+    /// Asks the CPU for the box of the facts few users have, when there is one, without
+    /// waiting ([`users::prefetch`]): a walk of every user in slot order reads the slots
+    /// one after another, but their boxes lie anywhere in memory.
+    #[inline]
+    fn prefetch_more(&self) {
+        if let Some(more) = &self.more {
+            users::prefetch(&**more);
+        }
+    }
+
+    /// As [`Self::prefetch_more`], for the lists the box points to (its cooldowns, a
+    /// spilled cart, event ids); reads the box, so best once [`Self::prefetch_more`] has
+    /// brought it in.
+    #[inline]
+    fn prefetch_more_lists(&self) {
+        if let Some(more) = &self.more {
+            if let Some(first) = more.sent.first() {
+                users::prefetch(first);
+            }
+            if more.cart.spilled()
+                && let Some(first) = more.cart.first()
+            {
+                users::prefetch(first);
+            }
+            if let Some(first) = more.event_ids.first() {
+                users::prefetch(first);
+            }
+        }
+    }
+
     /// The facts few users have, made when first needed. Not public: a cart line or a
     /// send added through it must also set [`Self::kept`], which only this module does.
     fn more_mut(&mut self) -> &mut MoreFacts {

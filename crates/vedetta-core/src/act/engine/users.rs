@@ -263,7 +263,13 @@ impl UserTable {
     }
 }
 
-/// Asks the CPU for `slot`'s two cache lines without waiting for them.
+/// Asks the CPU for `slot`'s two cache lines without waiting for them ([`prefetch`]).
+#[inline]
+fn prefetch_slot(slot: &Slot) {
+    prefetch(slot);
+}
+
+/// Asks the CPU for the cache lines of `value` (at most two) without waiting for them.
 ///
 /// A read that waits (what the read-ahead did before, safe Rust having no prefetch) holds
 /// up the core once a few of them are in flight: the reads of the next events' places cost
@@ -271,21 +277,23 @@ impl UserTable {
 /// prefetch instruction retires at once, so the reads overlap with the work between.
 #[inline]
 #[allow(unsafe_code)]
-fn prefetch_slot(slot: &Slot) {
+pub(super) fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let first = std::ptr::from_ref(slot).cast::<i8>();
+        let first = std::ptr::from_ref(value).cast::<i8>();
         // SAFETY: a prefetch is a hint to the cache: it reads nothing the program sees and
-        // never faults. Both addresses lie inside `slot` (a slot is two cache lines, see
-        // `a_slot_is_two_cache_lines`), memory a live reference points to.
+        // never faults, whatever the address. Both lie inside `value` or just past it (a
+        // slot is two cache lines, see `a_slot_is_two_cache_lines`).
         unsafe {
             _mm_prefetch::<_MM_HINT_T0>(first);
-            _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(64));
+            if std::mem::size_of::<T>() > 64 {
+                _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(64));
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = slot;
+    let _ = value;
 }
 
 /// A position in the list: the table holds fewer than 2³² users (a user's facts are tens of
