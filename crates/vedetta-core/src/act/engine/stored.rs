@@ -513,10 +513,10 @@ impl ActState {
     /// One walk of the users, in slot order, each user's box (most held users have one:
     /// a cooldown) and its lists asked for [`BOXES_AHEAD`] users ahead: the boxes lie
     /// anywhere in memory, and a walk that counted the lists' entries first, to size them,
-    /// then copied, waited for each box twice (the stage's copy took ~0.8 s of the
-    /// processor's thread at 3.8 million users, `vedetta bench processor`, stop 36). The
-    /// lists keep the earlier copy's memory with an eighth more room, and grow past it
-    /// as lists do.
+    /// then copied, waited for each box twice (a snapshot's copy took ~0.8 s more of the
+    /// processor's thread with triggers than without at 3.8 million users, `vedetta bench
+    /// processor`, stop 36). The lists keep the earlier copy's memory with an eighth more
+    /// room, and grow past it as lists do.
     pub fn flat_copy_into(&self, flat: &mut FlatRows) {
         refill(&mut flat.users, self.users.len());
         refill_like_before(&mut flat.intents);
