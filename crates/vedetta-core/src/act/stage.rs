@@ -540,7 +540,8 @@ impl TriggerStage {
     /// of the stage (docs/triggers.md, "After stage 5", step 11), while independent reads
     /// made together overlap; prefetched, they no longer hold up the core either (step
     /// 14). The free places the users new to the pipeline may take are asked for too (a
-    /// place is read before it is written). Changes nothing but what the cache holds.
+    /// place is read before it is written), and the product ids the intents among them
+    /// will intern. Changes nothing but what the cache holds.
     #[inline]
     pub fn read_ahead<'a>(
         &self,
@@ -556,7 +557,7 @@ impl TriggerStage {
             if let LogRecord::Event(event) = record {
                 let hint = pipeline.stage_hint_of(&event.user);
                 unknown += usize::from(hint == 0);
-                self.engine.prefetch(hint);
+                self.engine.prefetch_event(hint, event);
             }
         }
         self.engine.prefetch_next_free(unknown);
