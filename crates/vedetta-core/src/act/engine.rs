@@ -1397,12 +1397,6 @@ impl Engine {
         }
     }
 
-    /// As [`Self::prefetch`], for the places the next `n` users made will take.
-    #[inline]
-    pub fn prefetch_next_free(&self, n: usize) {
-        self.state.users.prefetch_next_free(n);
-    }
-
     /// The pipeline could not keep the hint [`Self::observe_judged`] gave back for `user`
     /// (it does not hold the user): the engine then finds the user by pseudonym.
     pub fn hint_not_kept(&mut self, user: &UserPseudonym, hint: u32) {

@@ -539,9 +539,10 @@ impl TriggerStage {
     /// random); read one at a time as each event comes, they were the largest single cost
     /// of the stage (docs/triggers.md, "After stage 5", step 11), while independent reads
     /// made together overlap; prefetched, they no longer hold up the core either (step
-    /// 14). The free places the users new to the pipeline may take are asked for too (a
-    /// place is read before it is written), and the product ids the intents among them
-    /// will intern. Changes nothing but what the cache holds.
+    /// 14). The product ids the intents among them will intern are asked for too. (The
+    /// free places new users take are asked for one user ahead by [`crate::act::engine::UserTable::add`]
+    /// itself: counted here by the users new to the pipeline, they were mostly not the
+    /// ones taken.) Changes nothing but what the cache holds.
     #[inline]
     pub fn read_ahead<'a>(
         &self,
@@ -551,16 +552,12 @@ impl TriggerStage {
         if self.engine.triggers().is_empty() {
             return;
         }
-        // Users without a hint: the pipeline's new users, some of them the engine's next.
-        let mut unknown = 0;
         for record in records.into_iter().take(READ_AHEAD) {
             if let LogRecord::Event(event) = record {
-                let hint = pipeline.stage_hint_of(&event.user);
-                unknown += usize::from(hint == 0);
-                self.engine.prefetch_event(hint, event);
+                self.engine
+                    .prefetch_event(pipeline.stage_hint_of(&event.user), event);
             }
         }
-        self.engine.prefetch_next_free(unknown);
     }
 
     /// Call right after `pipeline.process(offset, record)` for every record: an event is
