@@ -1398,6 +1398,21 @@ mod tests {
         assert_eq!(setup.store.stored_memories().unwrap(), u64::from(RETURNING));
     }
 
+    /// One e-mail page view at `T0` from each of `n` users, whose pseudonyms differ from
+    /// those of other calls with another `fill` byte.
+    fn page_views_of_users(n: u32, fill: u8) -> Vec<LogRecord> {
+        (0..n)
+            .map(|n| {
+                let mut id = [fill; 16];
+                id[..4].copy_from_slice(&n.to_le_bytes());
+                LogRecord::Event(StoredEvent {
+                    channel: Some("email".into()),
+                    ..StoredEvent::bare(UserPseudonym(id), EventKind::PageView, EventTime(T0))
+                })
+            })
+            .collect()
+    }
+
     /// The snapshot thread held the store (an `Arc<KpiStore>`, for its path): after a stop
     /// during an encoding the process could end with the redb file still open, unclosed,
     /// and redb repairs such a file (a walk of all of it) at the next start; in a process
@@ -1405,16 +1420,7 @@ mod tests {
     #[test]
     fn the_snapshot_thread_does_not_hold_the_store_open() {
         let setup = Setup::new();
-        let users: Vec<LogRecord> = (0..30_000u32)
-            .map(|n| {
-                let mut id = [7u8; 16];
-                id[..4].copy_from_slice(&n.to_le_bytes());
-                LogRecord::Event(StoredEvent {
-                    channel: Some("email".into()),
-                    ..StoredEvent::bare(UserPseudonym(id), EventKind::PageView, EventTime(T0))
-                })
-            })
-            .collect();
+        let users = page_views_of_users(30_000, 7);
         setup.append(&users);
         let mut processor = setup.processor();
         while processor.pipeline.next_offset() < setup.log.end_offset() {
@@ -1440,16 +1446,7 @@ mod tests {
     #[test]
     fn a_stop_without_final_commit_leaves_no_writer_in_the_directory() {
         // Enough users for the snapshot to be encoded still when the stop comes.
-        let users: Vec<LogRecord> = (0..100_000u32)
-            .map(|n| {
-                let mut id = [9u8; 16];
-                id[..4].copy_from_slice(&n.to_le_bytes());
-                LogRecord::Event(StoredEvent {
-                    channel: Some("email".into()),
-                    ..StoredEvent::bare(UserPseudonym(id), EventKind::PageView, EventTime(T0))
-                })
-            })
-            .collect();
+        let users = page_views_of_users(100_000, 9);
         let setup = Setup::new();
         setup.append(&users);
         let notifier = Arc::new(LogNotifier::default());
