@@ -1441,8 +1441,8 @@ mod tests {
     /// A benchmark's pass ends its processor without a final commit and removes the
     /// directory right after: an idle processor starts a snapshot once it has caught up,
     /// and its thread wrote the file into a directory being removed (`Directory not empty`
-    /// in CI). When `stop_without_final_commit` returns, that thread has ended: the
-    /// directory holds what it will hold, and is removed whole.
+    /// in CI). When `stop_without_final_commit` returns, that thread is done with its
+    /// file: the directory holds what it will hold, and is removed whole.
     #[test]
     fn a_stop_without_final_commit_leaves_no_writer_in_the_directory() {
         // Enough users for the snapshot to be encoded still when the stop comes.
@@ -1468,7 +1468,9 @@ mod tests {
         )
         .unwrap();
         notifier.appended(setup.log.end_offset());
+        let deadline = Instant::now() + Duration::from_secs(120);
         while handle.status.processed_offset.load(Ordering::Acquire) < users.len() as u64 {
+            assert!(Instant::now() < deadline, "the processor never caught up");
             std::thread::sleep(Duration::from_millis(1));
         }
         handle.stop_without_final_commit();

@@ -540,9 +540,10 @@ impl TriggerStage {
     /// of the stage (docs/triggers.md, "After stage 5", step 11), while independent reads
     /// made together overlap; prefetched, they no longer hold up the core either (step
     /// 14). The product ids the intents among them will intern are asked for too. (The
-    /// free places new users take are asked for one user ahead by [`crate::act::engine::UserTable::add`]
-    /// itself: counted here by the users new to the pipeline, they were mostly not the
-    /// ones taken.) Changes nothing but what the cache holds.
+    /// free places new users take are asked for one user ahead by
+    /// [`crate::act::engine::UserTable::add`] itself: counted here by the users new to the
+    /// pipeline, they were mostly not the ones taken.) Changes nothing but what the cache
+    /// holds.
     #[inline]
     pub fn read_ahead<'a>(
         &self,

@@ -88,7 +88,7 @@ impl UserTable {
     /// `at` (held or free). Reads and changes nothing.
     #[inline]
     pub fn prefetch(&self, at: usize) -> bool {
-        self.slots.get(at).map(prefetch_slot).is_some()
+        self.slots.get(at).map(prefetch::<Slot>).is_some()
     }
 
     /// The position of the user `r` names: its listed place when it still holds it, else
@@ -258,12 +258,6 @@ impl UserTable {
     pub fn values(&self) -> impl Iterator<Item = &UserFacts> + Clone {
         self.iter().map(|(_, facts)| facts)
     }
-}
-
-/// Asks the CPU for `slot`'s two cache lines without waiting for them ([`prefetch`]).
-#[inline]
-fn prefetch_slot(slot: &Slot) {
-    prefetch(slot);
 }
 
 /// Asks the CPU for the cache lines of `value` (at most two) without waiting for them.
