@@ -605,26 +605,34 @@ pub struct Engine {
 /// The hints the engine leaves on the pipeline's users ([`Judged::hint`]), so that an
 /// event of a user the pipeline holds finds the user's facts without a lookup in the
 /// engine's table of millions (a probe that missed the cache twice: half of the stage's
-/// time at 100,000 events/s, `perf`). 0: nothing known; even: the position of the
-/// user's facts plus one, times two (checked against the pseudonym held there before use:
-/// a removal moves another user into a freed place); odd: not held by the engine whose
-/// [`Engine::not_held_hint`] it is. Hints only spare lookups: what the engine decides is
-/// the same without them.
+/// time at 100,000 events/s, `perf`). 0: nothing known; odd: not held by the engine whose
+/// [`Engine::not_held_hint`] it is; even from 4: the position of the user's facts plus
+/// one, times four, plus two when the user's marketing consent is on (the position is
+/// checked against the pseudonym held there before use: a removal moves another user into
+/// a freed place). The consent bit lets a visit that can select no one and brings the
+/// consent the engine holds pass without reading the user's place (see
+/// [`Engine::take_in_visit`]). Hints only spare lookups: what the engine decides is the
+/// same without them.
 struct UserHint;
 
 impl UserHint {
     const UNKNOWN: u32 = 0;
 
-    fn of_position(at: usize) -> u32 {
+    fn of_position(at: usize, marketing: bool) -> u32 {
         u32::try_from(at)
             .ok()
             .and_then(|at| at.checked_add(1))
-            .and_then(|n| n.checked_mul(2))
-            .unwrap_or(Self::UNKNOWN)
+            .and_then(|n| n.checked_mul(4))
+            .map_or(Self::UNKNOWN, |hint| hint | (u32::from(marketing) << 1))
     }
 
     fn position(hint: u32) -> Option<usize> {
-        (hint != Self::UNKNOWN && hint.is_multiple_of(2)).then(|| (hint / 2 - 1) as usize)
+        (hint >= 4 && hint.is_multiple_of(2)).then(|| (hint / 4 - 1) as usize)
+    }
+
+    /// The marketing consent of the user at [`Self::position`], when the hint holds one.
+    fn marketing(hint: u32) -> Option<bool> {
+        Self::position(hint).map(|_| hint & 2 != 0)
     }
 }
 
@@ -1397,6 +1405,14 @@ impl Engine {
         }
     }
 
+    /// Whether `event` can make or change a user here given a clean verdict: an intent or
+    /// a conversion. Any other visit only brings consent ([`Self::take_in_visit`], which
+    /// mostly reads no place), so the stage's read-ahead skips it.
+    #[inline]
+    pub fn may_select(&self, event: &StoredEvent) -> bool {
+        is_intent(event) || self.is_conversion(&event.kind)
+    }
+
     /// The pipeline could not keep the hint [`Self::observe_judged`] gave back for `user`
     /// (it does not hold the user): the engine then finds the user by pseudonym.
     pub fn hint_not_kept(&mut self, user: &UserPseudonym, hint: u32) {
@@ -1480,6 +1496,34 @@ impl Engine {
         ids
     }
 
+    /// A visit that can select no one, with the pipeline's verdict on it (a page view
+    /// without a product, a registration, a flagged conversion…). It makes no user and
+    /// keeps none: a user's `last_seen_ms` is the last event that gave the triggers a fact
+    /// (an intent or a clean conversion), so a user is held for the horizon after its last
+    /// intent, not its last click (docs/triggers.md, "Bounds"). Only its marketing consent
+    /// is taken in, for a user already held. A hint that holds a place and the consent the
+    /// visit brings (or a visit without one) spares reading the place: half the traffic,
+    /// each a miss of the cache. A stale hint changes nothing here either way: its place
+    /// is another user's or nobody's, and this user is not held (the pipeline keeps the
+    /// hint of the user's latest place).
+    fn take_in_visit(&mut self, event: &StoredEvent, hint: &mut u32) {
+        let Some(marketing) = event.consent.marketing else {
+            return;
+        };
+        if UserHint::marketing(*hint) == Some(marketing) || *hint == self.not_held_hint {
+            return;
+        }
+        let users = &mut self.state.users;
+        let hinted = UserHint::position(*hint).filter(|p| users.at_mut(*p, &event.user).is_some());
+        let Some(position) = hinted.or_else(|| users.position(&event.user)) else {
+            *hint = self.not_held_hint;
+            return;
+        };
+        users.facts_at_mut(position).marketing = marketing;
+        self.changed.insert(event.user);
+        *hint = UserHint::of_position(position, marketing);
+    }
+
     fn observe_with(
         &mut self,
         event: &StoredEvent,
@@ -1493,24 +1537,15 @@ impl Engine {
             return;
         }
         let is_conversion = self.is_conversion(&event.kind);
+        if verdict.is_some_and(|v| !(is_intent(event) || (is_conversion && !v.flagged))) {
+            self.take_in_visit(event, hint);
+            return;
+        }
         let users = &mut self.state.users;
         // The hint's position, when it still holds this user.
         let hinted = UserHint::position(*hint).filter(|p| users.at_mut(*p, &event.user).is_some());
         let (position, new) = match (&verdict, hinted) {
             (_, Some(held)) => (held, false),
-            (Some(v), None) if !(is_intent(event) || (is_conversion && !v.flagged)) => {
-                // A visit that can select no one: only a user already held takes it in.
-                if *hint == self.not_held_hint {
-                    return;
-                }
-                match users.position(&event.user) {
-                    Some(position) => (position, false),
-                    None => {
-                        *hint = self.not_held_hint;
-                        return;
-                    }
-                }
-            }
             _ => {
                 // This engine's "not held" hint: no need to ask the map.
                 let not_held = verdict.is_some() && *hint == self.not_held_hint;
@@ -1541,7 +1576,6 @@ impl Engine {
         };
         let users = &mut self.state.users;
         let held = users.len();
-        *hint = UserHint::of_position(position);
         let user = users.facts_at_mut(position);
         self.changed.insert(event.user);
         let seen_minute = minute_of(user.last_seen_ms);
@@ -1552,6 +1586,7 @@ impl Engine {
         if let Some(marketing) = event.consent.marketing {
             user.marketing = marketing;
         }
+        *hint = UserHint::of_position(position, user.marketing);
         let texts = &mut self.state.texts;
         // The engine's own judging (no verdict): exact duplicates, the touch.
         let mut channel = std::borrow::Cow::Borrowed(DIRECT);

@@ -542,8 +542,9 @@ impl TriggerStage {
     /// 14). The product ids the intents among them will intern are asked for too. (The
     /// free places new users take are asked for one user ahead by
     /// [`crate::act::engine::UserTable::add`] itself: counted here by the users new to the
-    /// pipeline, they were mostly not the ones taken.) Changes nothing but what the cache
-    /// holds.
+    /// pipeline, they were mostly not the ones taken.) Only intents and conversions are
+    /// read ahead: other visits mostly read no place ([`Engine::may_select`]). Changes
+    /// nothing but what the cache holds.
     #[inline]
     pub fn read_ahead<'a>(
         &self,
@@ -554,7 +555,9 @@ impl TriggerStage {
             return;
         }
         for record in records.into_iter().take(READ_AHEAD) {
-            if let LogRecord::Event(event) = record {
+            if let LogRecord::Event(event) = record
+                && self.engine.may_select(event)
+            {
                 self.engine
                     .prefetch_event(pipeline.stage_hint_of(&event.user), event);
             }

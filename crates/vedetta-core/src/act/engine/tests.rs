@@ -1255,7 +1255,8 @@ fn a_stored_row_with_times_at_the_edges_does_not_overflow() {
 /// The hints the engine leaves on the pipeline's users find the users it makes (they are
 /// not in its map); a hint whose place another user took, or another engine's "not held",
 /// is not trusted; a user whose hint the pipeline lets go of, or could not keep, is found
-/// by its pseudonym from then on.
+/// by its pseudonym from then on. A visit that can select no one brings only its consent:
+/// taken in for a held user (the hint then carries it), never keeping the user longer.
 #[test]
 fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
     let new_engine = || {
@@ -1273,7 +1274,13 @@ fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
         counted: None,
         hint,
     };
-    let visit = |n, ts| event(n, EventKind::PageView, ts); // no product: no intent
+    // No product: no intent. Consent as given.
+    let visit = |n, ts, marketing| {
+        let mut e = event(n, EventKind::PageView, ts);
+        e.consent.marketing = marketing;
+        e
+    };
+    let marketing = |engine: &Engine, n| engine.state().users[&user(n)].marketing;
     let mut engine = new_engine();
     let mut out = Vec::new();
     let h1 = engine.observe_judged(&view(1, T0, "a"), judged(0), &mut out);
@@ -1284,36 +1291,63 @@ fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
         0,
         "found by their hints only"
     );
-    // With its hint, user 2's visit is taken in; without, it is not found.
-    let h = engine.observe_judged(&visit(2, T0 + 31 * MIN), judged(h2), &mut out);
+    // With its hint, user 2's visit is taken in: a withdrawal of consent is kept (and the
+    // hint changes with it), a visit bringing the consent held, or none, changes nothing;
+    // no visit keeps the user longer than its intent does.
+    let withdrawn =
+        engine.observe_judged(&visit(2, T0 + 31 * MIN, Some(false)), judged(h2), &mut out);
+    assert_ne!(withdrawn, h2);
+    assert!(!marketing(&engine, 2));
+    for consent in [Some(false), None] {
+        let h = engine.observe_judged(
+            &visit(2, T0 + 32 * MIN, consent),
+            judged(withdrawn),
+            &mut out,
+        );
+        assert_eq!(h, withdrawn);
+    }
+    let h = engine.observe_judged(
+        &visit(2, T0 + 33 * MIN, Some(true)),
+        judged(withdrawn),
+        &mut out,
+    );
     assert_eq!(h, h2);
-    assert_eq!(engine.state().users[&user(2)].last_seen_ms, T0 + 31 * MIN);
+    assert!(marketing(&engine, 2));
+    assert_eq!(engine.state().users[&user(2)].last_seen_ms, T0 + 30 * MIN);
+    // Without a hint, the visit does not find user 2: it is in no map.
+    let unknown = engine.observe_judged(&visit(2, T0 + 33 * MIN, Some(false)), judged(0), &mut out);
+    assert_eq!(unknown % 2, 1);
+    assert!(marketing(&engine, 2));
     // User 1 is forgotten (idle past the 10-minute horizon); its hint finds no one, and a
     // new user takes its place.
     engine.advance(T0 + 25 * MIN, &mut out);
     assert!(!engine.state().users.contains_key(&user(1)));
-    let not_held = engine.observe_judged(&visit(1, T0 + 26 * MIN), judged(h1), &mut out);
-    assert_eq!(not_held % 2, 1);
+    let not_held =
+        engine.observe_judged(&visit(1, T0 + 26 * MIN, Some(false)), judged(h1), &mut out);
+    assert_eq!(not_held, unknown, "this engine's \"not held\"");
     let h3 = engine.observe_judged(&view(3, T0 + 32 * MIN, "c"), judged(0), &mut out);
     assert_eq!(h3, h1, "user 3 where user 1 was");
     // User 1's old hint points at user 3's facts: not used. User 1 is not held, so its
-    // visit leaves nothing (user 3 untouched).
-    let h = engine.observe_judged(&visit(1, T0 + 33 * MIN), judged(h1), &mut out);
-    assert_eq!(h, not_held);
-    assert!(!engine.state().users.contains_key(&user(1)));
-    assert_eq!(engine.state().users[&user(3)].last_seen_ms, T0 + 32 * MIN);
+    // visit leaves nothing (user 3 untouched), whether it brings user 3's consent or not.
+    for consent in [Some(true), Some(false)] {
+        let h = engine.observe_judged(&visit(1, T0 + 33 * MIN, consent), judged(h1), &mut out);
+        assert!(h == h1 || h == not_held, "{h}");
+        assert!(!engine.state().users.contains_key(&user(1)));
+        assert!(marketing(&engine, 3));
+    }
     // The pipeline lets go of user 2 (its session over): found by pseudonym after.
     engine.pipeline_let_go(&[(user(2), h2), (user(9), h3)]);
     assert_eq!(engine.state().users.indexed(), 1, "user 9 is not user 3");
-    let h = engine.observe_judged(&visit(2, T0 + 34 * MIN), judged(0), &mut out);
-    assert_eq!(h, h2);
-    assert_eq!(engine.state().users[&user(2)].last_seen_ms, T0 + 34 * MIN);
+    let h = engine.observe_judged(&visit(2, T0 + 34 * MIN, Some(false)), judged(0), &mut out);
+    assert_eq!(h, withdrawn);
+    assert!(!marketing(&engine, 2));
     // A hint the pipeline could not keep: the same.
     let h4 = engine.observe_judged(&view(4, T0 + 34 * MIN, "d"), judged(0), &mut out);
     engine.hint_not_kept(&user(4), h4);
-    let h = engine.observe_judged(&visit(4, T0 + 35 * MIN), judged(0), &mut out);
-    assert_eq!(h, h4);
-    assert_eq!(engine.state().users[&user(4)].last_seen_ms, T0 + 35 * MIN);
+    let h = engine.observe_judged(&visit(4, T0 + 35 * MIN, Some(false)), judged(0), &mut out);
+    assert_ne!(h % 2, 1);
+    assert!(!marketing(&engine, 4));
+    assert_eq!(engine.state().users[&user(4)].last_seen_ms, T0 + 34 * MIN);
     // Another engine does not take this one's "not held" for its own: it holds user 1
     // on an intent, once.
     let mut other = new_engine();
@@ -1326,10 +1360,60 @@ fn hints_find_users_and_stale_or_foreign_hints_are_not_trusted() {
     assert_eq!(other.state().users[&user(1)].intents.len(), 2);
     // This engine's own "not held" drops a visit without a lookup, as it should: user 1 is
     // still not held here.
-    let h = engine.observe_judged(&visit(1, T0 + 36 * MIN), judged(not_held), &mut out);
+    let h = engine.observe_judged(
+        &visit(1, T0 + 36 * MIN, Some(false)),
+        judged(not_held),
+        &mut out,
+    );
     assert_eq!(h, not_held);
     assert_eq!(engine.users(), 3);
     assert!(out.is_empty(), "{out:?}");
+}
+
+/// A visit that can select no one does not keep a user: the user is let go the horizon
+/// after its last intent, however much it browses after it, with its hint or without.
+#[test]
+fn visits_without_intent_do_not_keep_a_user() {
+    for hinted in [true, false] {
+        let mut engine = Engine::new(
+            triggers(CPA),
+            vec![EventKind::Purchase],
+            ActState::default(),
+        )
+        .with_pipeline_verdicts()
+        .without_change_tracking();
+        let judged = |hint| Judged {
+            ignored: false,
+            flagged: false,
+            counted: None,
+            hint,
+        };
+        let mut out = Vec::new();
+        let hint = engine.observe_judged(&view(1, T0, "a"), judged(0), &mut out);
+        if !hinted {
+            engine.pipeline_let_go(&[(user(1), hint)]);
+        }
+        // The hint the pipeline keeps: the one given back each time.
+        let mut given = if hinted { hint } else { 0 };
+        for minute in 1..=20 {
+            let mut visit = event(1, EventKind::PageView, T0 + minute * MIN);
+            visit.consent.marketing = Some(minute % 2 == 0);
+            let back = engine.observe_judged(&visit, judged(given), &mut out);
+            if hinted {
+                given = back;
+            }
+            if minute < 10 {
+                let held = &engine.state().users[&user(1)];
+                assert_eq!(held.marketing, minute % 2 == 0, "hinted {hinted}");
+                assert_eq!(held.last_seen_ms, T0);
+            }
+            engine.advance(T0 + minute * MIN, &mut out);
+        }
+        assert!(
+            !engine.state().users.contains_key(&user(1)),
+            "hinted {hinted}: let go the horizon after the intent"
+        );
+    }
 }
 
 /// Past the bound on users held, at the next new user, the users waiting only for a segment

@@ -288,6 +288,45 @@ fn a_restored_stage_continues_identically() {
     assert_eq!(copied.stage.stats(), whole.stage.stats());
 }
 
+/// Visits that can select no one bring consent, withdrawn and given again at random:
+/// the hints carry it (sparing the place's read), and a restore at every batch end (no
+/// hints) decides the same as the run that kept them. The consent they bring changes what
+/// is sent (the users' last word counts), so the hints are exercised.
+#[test]
+fn consent_brought_by_visits_decides_the_same_with_hints_or_without() {
+    let plain = traffic(13, RECORDS);
+    let mut records = plain.clone();
+    let mut flipped = 0;
+    for (i, record) in records.iter_mut().enumerate() {
+        if let LogRecord::Event(event) = record
+            && event.kind == EventKind::PageView
+            && event.product_id.is_none()
+        {
+            let roll = xxhash_rust::xxh3::xxh3_64(&(i as u64).to_le_bytes());
+            event.consent.marketing = Some(roll % 3 != 0);
+            flipped += usize::from(roll % 3 == 0);
+        }
+    }
+    assert!(flipped > 100, "{flipped}");
+    let plan = |restores| Plan {
+        splits: &[1_000],
+        restores,
+        ..Plan::default()
+    };
+    let whole = run(&records, set_a(), &plan(&[]));
+    assert_exercised(&whole.staged);
+    let every: Vec<(u64, Via)> = (1..12).map(|k| (k * 1_000, Via::Live)).collect();
+    let restored = run(&records, set_a(), &plan(&every));
+    assert_eq!(restored.restored, every.len());
+    assert!(restored.staged == whole.staged);
+    assert_eq!(restored.stage.stats(), whole.stage.stats());
+    let without = run(&plain, set_a(), &plan(&[]));
+    assert!(
+        without.staged != whole.staged,
+        "the visits' consent changed nothing sent"
+    );
+}
+
 /// The section of a restored stage is the section it was restored from, and a copy's
 /// section is the live one's: one encoder, nothing lost or added by the round trip.
 #[test]
@@ -909,9 +948,11 @@ fn a_visit_that_can_select_no_one_leaves_no_user() {
         held
     };
     assert_eq!(held, vec![3, 4]);
-    // A later visit of a held user is taken in (its last seen time moves).
+    // A later visit of a held user brings only its consent: taken in (here withdrawn),
+    // while the user's last seen time stays its intent's (a visit keeps no one longer).
     let mut again = shopper(3, EventKind::PageView, T0 + 20 * SECOND);
     again.event_id = Some("later".into());
+    again.consent.marketing = Some(false);
     let (_, stage) = judged_run(
         &config(),
         checked(vec![segment("cpa", &["channel", "campaign"], 1.0, "10m")]),
@@ -925,7 +966,8 @@ fn a_visit_that_can_select_no_one_leaves_no_user() {
         ],
     );
     let facts = &stage.engine().state().users[&UserPseudonym([3; 16])];
-    assert_eq!(facts.last_seen_ms, T0 + 20 * SECOND);
+    assert_eq!(facts.last_seen_ms, T0);
+    assert!(!facts.marketing);
     assert!(facts.event_ids().is_empty() && facts.touch().is_none());
     // Nothing but the facts' own bytes: no box for what only the engine's own judging
     // fills, no list spilled (one intent).
