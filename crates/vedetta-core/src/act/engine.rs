@@ -1570,7 +1570,12 @@ impl Engine {
             // hint given back), unless changes are tracked (rows are then written by
             // pseudonym): not in the map.
             let indexed = verdict.is_none() || self.changed.on;
-            self.state.users.add(event.user, facts, indexed)
+            let at = self.state.users.add(event.user, facts, indexed);
+            if !indexed && UserHint::of_position(at, false) == UserHint::UNKNOWN {
+                // A place no hint can name (past a billion users): found by the map.
+                self.state.users.index_at(at);
+            }
+            at
         } else {
             position
         };

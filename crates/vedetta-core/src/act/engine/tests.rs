@@ -1734,3 +1734,24 @@ fn a_new_minute_s_idle_list_is_sized_from_the_last_minute_s() {
     }
     assert_eq!(sweep.idle_at(3 * MIN).as_ptr(), second_ptr);
 }
+
+/// A hint names a place and the consent held there, both read back as written; a place
+/// past what a hint can name gives the "nothing known" hint, and none of the hints that
+/// name no place (nothing known, "not held", the unused 2) reads as a place.
+#[test]
+fn a_hint_reads_back_its_place_and_consent() {
+    let last = (u32::MAX / 4 - 1) as usize;
+    for at in [0, 1, 2, 1_000, 4_000_000, last] {
+        for marketing in [false, true] {
+            let hint = UserHint::of_position(at, marketing);
+            assert_eq!(UserHint::position(hint), Some(at), "{at} {marketing}");
+            assert_eq!(UserHint::marketing(hint), Some(marketing), "{at}");
+        }
+    }
+    assert_eq!(UserHint::of_position(last + 1, true), UserHint::UNKNOWN);
+    assert_eq!(UserHint::of_position(usize::MAX, false), UserHint::UNKNOWN);
+    for hint in [UserHint::UNKNOWN, 1, 2, 3, next_not_held_hint()] {
+        assert_eq!(UserHint::position(hint), None, "{hint}");
+        assert_eq!(UserHint::marketing(hint), None, "{hint}");
+    }
+}
