@@ -202,6 +202,10 @@ pub struct UserFacts {
     /// users a commit writes (mostly recent ones) sit in a few pages of the store, not one
     /// page each. Not in the row's value (it is the key).
     pub row: u64,
+    /// The time of the user's last event that gave the triggers a fact: with the
+    /// pipeline's verdicts an intent or a clean conversion (a visit that can select no one
+    /// only brings its consent); judging itself, any event (its touch). A user is held
+    /// for the horizon after it, and let go by its minute.
     pub last_seen_ms: i64,
     pub intents: Intents,
     pub last_conversion_ms: Option<i64>,
@@ -1406,7 +1410,7 @@ impl Engine {
     }
 
     /// Whether `event` can make or change a user here given a clean verdict: an intent or
-    /// a conversion. Any other visit only brings consent ([`Self::take_in_visit`], which
+    /// a conversion. Any other visit only brings consent (`Engine::take_in_visit`, which
     /// mostly reads no place), so the stage's read-ahead skips it.
     #[inline]
     pub fn may_select(&self, event: &StoredEvent) -> bool {
