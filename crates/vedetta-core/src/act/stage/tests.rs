@@ -303,8 +303,8 @@ fn consent_brought_by_visits_decides_the_same_with_hints_or_without() {
             && event.product_id.is_none()
         {
             let roll = xxhash_rust::xxh3::xxh3_64(&(i as u64).to_le_bytes());
-            event.consent.marketing = Some(roll % 3 != 0);
-            flipped += usize::from(roll % 3 == 0);
+            event.consent.marketing = Some(!roll.is_multiple_of(3));
+            flipped += usize::from(roll.is_multiple_of(3));
         }
     }
     assert!(flipped > 100, "{flipped}");
