@@ -634,6 +634,13 @@ impl UserHint {
         (hint >= 4 && hint.is_multiple_of(2)).then(|| (hint / 4 - 1) as usize)
     }
 
+    /// The position the hint names, when `user` is held there (a removal moves another
+    /// user into a freed place).
+    #[inline]
+    fn place(hint: u32, users: &mut UserTable, user: &UserPseudonym) -> Option<usize> {
+        Self::position(hint).filter(|p| users.at_mut(*p, user).is_some())
+    }
+
     /// The marketing consent of the user at [`Self::position`], when the hint holds one.
     fn marketing(hint: u32) -> Option<bool> {
         Self::position(hint).map(|_| hint & 2 != 0)
@@ -1518,7 +1525,7 @@ impl Engine {
             return;
         }
         let users = &mut self.state.users;
-        let hinted = UserHint::position(*hint).filter(|p| users.at_mut(*p, &event.user).is_some());
+        let hinted = UserHint::place(*hint, users, &event.user);
         let Some(position) = hinted.or_else(|| users.position(&event.user)) else {
             *hint = self.not_held_hint;
             return;
@@ -1547,7 +1554,7 @@ impl Engine {
         }
         let users = &mut self.state.users;
         // The hint's position, when it still holds this user.
-        let hinted = UserHint::position(*hint).filter(|p| users.at_mut(*p, &event.user).is_some());
+        let hinted = UserHint::place(*hint, users, &event.user);
         let (position, new) = match (&verdict, hinted) {
             (_, Some(held)) => (held, false),
             _ => {
