@@ -30,7 +30,9 @@
 //!    kind that goes first alternating too (rounds drift: a machine's page cache fills with
 //!    each pass's log and store), so an even number of rounds puts each kind first as often.
 //! 5. Each pass runs in a process of its own (this binary started again on the appends,
-//!    written once to a file), as a server runs with its one trigger set from its start.
+//!    written once to a file and read a batch at a time: the fill is appended to the pass's
+//!    log as it is read, and only the measured traffic is held), as a server runs with its
+//!    one trigger set from its start.
 //!    Passes run one after another in one process left the heap of each to the next:
 //!    the last round's pass without triggers, run after a pass that had held millions of
 //!    users, was the fastest of its kind in every 3-round run (42–45 s against 47–56 s).
@@ -144,15 +146,19 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         .load_set()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let (Some(path), Some(with)) = (&full.pass_appends, full.pass_triggers) {
-        let appends = read_appends(path)?;
         let set = if with { set } else { TriggerSet::empty() };
-        let (pass, running) = measure_pass(
-            &config,
-            set,
-            &appends.batches,
-            appends.header.fill_batches,
-            appends.header.rate,
-        )?;
+        let pass_log = PassLog::open()?;
+        let mut group = Vec::with_capacity(FILL_GROUP);
+        let (header, measured) = read_appends_with(path, |_, batch| {
+            group.push(batch);
+            if group.len() == FILL_GROUP {
+                pass_log.append_fill(&group)?;
+                group.clear();
+            }
+            Ok(())
+        })?;
+        pass_log.append_fill(&group)?;
+        let (pass, running) = measure_pass(&config, set, pass_log, &measured, header.rate)?;
         println!("{}", serde_json::to_string(&pass)?);
         // Measured: what stopping would add (the final snapshot, tens of seconds at this
         // scale, and freeing the state) is no part of the figures, so this process ends
@@ -502,10 +508,34 @@ fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
 /// rose as much with the whole read in the same hours (this host's balloon gives freed
 /// memory back to the hypervisor, and what a pass first touches then costs what the host
 /// makes it cost), so the read was not told apart from the host and stays as it was.
+/// What [`write_appends`] wrote, read whole (the tests' check of the format).
+#[cfg(test)]
 fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut file = FileBytes(&bytes);
-    let header = parse_header(&mut file)?;
+    let mut batches = Vec::new();
+    let (header, measured) = read_appends_with(path, |at, batch| {
+        batches.push((at, batch));
+        Ok(())
+    })?;
+    batches.extend(measured);
+    Ok(Appends { header, batches })
+}
+
+/// Reads what [`write_appends`] wrote a batch at a time: each batch of the fill goes to
+/// `fill` as it is read (a pass appends it to its log there and then), and the measured
+/// batches are given back. A pass's process so holds the measured traffic alone: read
+/// whole, a 270-s file at 100,000 events/s was 7.7 GB, held twice while it was split
+/// into batches, beside a pass's ~13 GB of state on a 24 GB machine (the kernel then
+/// reclaimed and compacted memory inside the measured passes, in both kinds, and passes
+/// of one kind moved by a quarter between rounds). Every check of the whole file is
+/// made: a damaged file fails the pass, after its fill is appended.
+fn read_appends_with(
+    path: &std::path::Path,
+    mut fill: impl FnMut(usize, EncodedBatch) -> anyhow::Result<()>,
+) -> anyhow::Result<(AppendsHeader, Vec<(usize, EncodedBatch)>)> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file = StreamBytes(std::io::BufReader::with_capacity(1 << 20, file));
+    let header = parse_header(&mut FileBytes(&file.take(APPENDS_HEADER_LEN)?))?;
     let AppendsHeader {
         count,
         fill_batches,
@@ -513,35 +543,60 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
         measured,
         ..
     } = header;
-    let mut batches: Vec<(usize, EncodedBatch)> = Vec::with_capacity(count.min(bytes.len() / 20));
+    let mut kept = Vec::with_capacity(count.saturating_sub(fill_batches).min(1 << 20));
     // Each batch starts where the one before ends (the pacing subtracts these indices).
     let mut next_at = 0usize;
-    for _ in 0..count {
+    let mut fill_end = None;
+    for index in 0..count {
         let at = file.usize()?;
         anyhow::ensure!(at == next_at, "the appends file's batches are out of order");
-        let records = (file.take(4)).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))?;
+        let records = u32::from_le_bytes((file.take(4)?).try_into().unwrap_or([0; 4]));
         next_at = at.saturating_add(records as usize);
         let len = file.usize()?;
-        let bytes = file.take(len)?.to_vec();
-        batches.push((
-            at,
-            EncodedBatch {
-                bytes,
-                count: records,
-            },
-        ));
+        let batch = EncodedBatch {
+            bytes: file.take(len)?,
+            count: records,
+        };
+        if index < fill_batches {
+            fill(at, batch)?;
+        } else {
+            fill_end.get_or_insert(at);
+            kept.push((at, batch));
+        }
     }
     anyhow::ensure!(
-        file.0.is_empty(),
+        file.0.read(&mut [0])? == 0,
         "the appends file runs on past its batches"
     );
     // (The fill may end inside the first batch measured.)
-    let fill_end = batches.get(fill_batches).map_or(next_at, |(at, _)| *at);
+    let fill_end = fill_end.unwrap_or(next_at);
     anyhow::ensure!(
         fill_records <= fill_end && fill_records.checked_add(measured) == Some(next_at),
         "the appends file's header does not hold"
     );
-    Ok(Appends { header, batches })
+    Ok((header, kept))
+}
+
+/// An appends file read in order (see [`read_appends_with`]).
+struct StreamBytes<R>(R);
+
+impl<R: std::io::Read> StreamBytes<R> {
+    /// The next `n` bytes. (Read as they come: a length the file does not hold is refused
+    /// when the file ends, not allocated up front.)
+    fn take(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut bytes = Vec::with_capacity(n.min(1 << 24));
+        (&mut self.0).take(n as u64).read_to_end(&mut bytes)?;
+        anyhow::ensure!(bytes.len() == n, "the appends file is cut short");
+        Ok(bytes)
+    }
+
+    fn usize(&mut self) -> anyhow::Result<usize> {
+        let bytes = self.take(8)?;
+        Ok(usize::try_from(u64::from_le_bytes(
+            bytes.try_into().unwrap_or([0; 8]),
+        ))?)
+    }
 }
 
 /// The bytes of an appends file not read yet.
@@ -623,7 +678,12 @@ fn run_pass(
     fill_batches: usize,
     rate: f64,
 ) -> anyhow::Result<Pass> {
-    let (pass, running) = measure_pass(config, set, batches, fill_batches, rate)?;
+    let pass_log = PassLog::open()?;
+    for group in batches[..fill_batches].chunks(FILL_GROUP) {
+        pass_log.append_fill(group.iter().map(|(_, b)| b))?;
+    }
+    let measured = &batches[fill_batches..];
+    let (pass, running) = measure_pass(config, set, pass_log, measured, rate)?;
     running.processor.stop();
     Ok(pass)
 }
@@ -634,23 +694,51 @@ struct RunningPass {
     dir: tempfile::TempDir,
 }
 
-/// [`run_pass`] up to its figures, the processor still running.
+/// Batches of the fill appended at once.
+const FILL_GROUP: usize = 64;
+
+/// A pass's fresh log and KPI store, in a temporary directory.
+struct PassLog {
+    dir: tempfile::TempDir,
+    log: Arc<EventLog>,
+    store: Arc<KpiStore>,
+}
+
+impl PassLog {
+    fn open() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("a temporary directory")?;
+        let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10)?;
+        let store = KpiStore::open(&dir.path().join("kpis.redb"))?;
+        Ok(PassLog {
+            dir,
+            log: Arc::new(log),
+            store: Arc::new(store),
+        })
+    }
+
+    /// Appends batches of the fill, before the processor starts.
+    fn append_fill<'a>(
+        &self,
+        batches: impl IntoIterator<Item = &'a EncodedBatch>,
+    ) -> anyhow::Result<()> {
+        let group: Vec<&EncodedBatch> = batches.into_iter().collect();
+        if !group.is_empty() {
+            self.log.append_group(&group, &[])?;
+        }
+        Ok(())
+    }
+}
+
+/// [`run_pass`] up to its figures, the processor still running: the fill is in `pass_log`
+/// already, `measured` is appended at `rate` records a second.
 fn measure_pass(
     config: &crate::config::Config,
     set: TriggerSet,
-    batches: &[(usize, EncodedBatch)],
-    fill_batches: usize,
+    pass_log: PassLog,
+    measured: &[(usize, EncodedBatch)],
     rate: f64,
 ) -> anyhow::Result<(Pass, RunningPass)> {
-    let dir = tempfile::tempdir().context("a temporary directory")?;
-    let (log, _) = EventLog::open(&dir.path().join("log.redb"), 10)?;
-    let log = Arc::new(log);
-    let store = KpiStore::open(&dir.path().join("kpis.redb"))?;
-    let store = Arc::new(store);
-    for group in batches[..fill_batches].chunks(64) {
-        let group: Vec<&EncodedBatch> = group.iter().map(|(_, b)| b).collect();
-        log.append_group(&group, &[])?;
-    }
+    let PassLog { dir, log, store } = pass_log;
     let notifier = Arc::new(LogNotifier::default());
     let act = Arc::new(crate::act::ActStatus::new(
         set,
@@ -664,7 +752,7 @@ fn measure_pass(
         regions,
         ProcessorOptions {
             snapshot_interval: Duration::from_secs(config.pipeline.snapshot_interval_seconds),
-            snapshot_schedule: snapshot_schedule(batches, fill_batches),
+            snapshot_schedule: snapshot_schedule(measured),
             ..ProcessorOptions::default()
         },
         ProcessorLinks {
@@ -699,23 +787,23 @@ fn measure_pass(
     let (thread0, system0) = processor_thread_seconds();
     let live0 = live_threads_cpu_seconds();
     let start = Instant::now();
-    let first = batches.get(fill_batches).map_or(0, |(at, _)| *at);
-    let mut next = fill_batches;
-    while next < batches.len() {
+    let first = measured.first().map_or(0, |(at, _)| *at);
+    let mut next = 0;
+    while next < measured.len() {
         // Every batch whose first record is due by now, in one append (as intake's group
         // commit does when requests queue up).
         let elapsed = start.elapsed().as_secs_f64();
         let due_records = (elapsed * rate) as usize;
         let mut end = next;
-        while end < batches.len() && batches[end].0 - first <= due_records {
+        while end < measured.len() && measured[end].0 - first <= due_records {
             end += 1;
         }
         if end == next {
-            let wait = (batches[next].0 - first) as f64 / rate - elapsed;
+            let wait = (measured[next].0 - first) as f64 / rate - elapsed;
             std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.0005, 0.05)));
             continue;
         }
-        let group: Vec<&EncodedBatch> = batches[next..end].iter().map(|(_, b)| b).collect();
+        let group: Vec<&EncodedBatch> = measured[next..end].iter().map(|(_, b)| b).collect();
         log.append_group(&group, &[])?;
         notifier.appended(log.end_offset());
         next = end;
@@ -752,17 +840,19 @@ fn measure_pass(
 }
 
 /// Where a pass's snapshots fall: every `F/2 + M/4` records (F the fill's records, M the
-/// measured ones), so one in the middle of the fill and one in the middle of the measured
-/// traffic, at the same records with triggers and without (see [`SnapshotSchedule`]).
-/// About what a server's timed rule gives at 100,000 events/s and 4 million users (a
-/// snapshot every 30 times its ~3-5 s cost), but not drawn at random.
-fn snapshot_schedule(batches: &[(usize, EncodedBatch)], fill_batches: usize) -> SnapshotSchedule {
-    let fill = batches.get(fill_batches).map_or(0, |(at, _)| *at) as u64;
-    let total = batches
+/// measured ones: `measured` starts at record F), so one in the middle of the fill and one
+/// in the middle of the measured traffic, at the same records with triggers and without
+/// (see [`SnapshotSchedule`]). About what a server's timed rule gives at 100,000 events/s
+/// and 4 million users (a snapshot every 30 times its ~3-5 s cost), but not drawn at
+/// random. With no measured traffic, the timed rule.
+fn snapshot_schedule(measured: &[(usize, EncodedBatch)]) -> SnapshotSchedule {
+    let fill = measured.first().map_or(0, |(at, _)| *at) as u64;
+    let total = measured
         .last()
         .map_or(0, |(at, batch)| *at as u64 + u64::from(batch.count));
     let measured = total.saturating_sub(fill);
     std::num::NonZeroU64::new(fill / 2 + measured / 4)
+        .filter(|_| measured > 0)
         .map_or(SnapshotSchedule::Timed, SnapshotSchedule::EveryRecords)
 }
 
@@ -950,6 +1040,24 @@ mod tests {
         );
         assert_eq!(back.header.rate.to_bits(), appends.header.rate.to_bits());
         assert!(back.header.traffic.same_as(&traffic));
+        // A pass's process: the fill handed over batch by batch, in order, only the
+        // measured batches kept.
+        let mut filled = Vec::new();
+        let (_, kept) = read_appends_with(&path, |at, batch| {
+            filled.push((at, batch.count));
+            Ok(())
+        })
+        .unwrap();
+        let fill = appends.header.fill_batches;
+        assert!(fill > 0 && fill < appends.batches.len());
+        assert_eq!(
+            filled,
+            (appends.batches[..fill].iter())
+                .map(|(at, b)| (*at, b.count))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(kept.len(), appends.batches.len() - fill);
+        assert_eq!(kept[0].0, appends.batches[fill].0);
         let bytes = std::fs::read(&path).unwrap();
         for (damaged, why) in [
             (bytes[..bytes.len() - 1].to_vec(), "cut short"),
