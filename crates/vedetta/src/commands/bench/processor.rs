@@ -457,20 +457,14 @@ fn write_appends(path: &std::path::Path, appends: &Appends) -> anyhow::Result<()
     Ok(())
 }
 
-/// Bytes of an appends file's header: its tag, four counts, the rate and the traffic's flags.
-const APPENDS_HEADER_LEN: usize = 8 + 4 * 8 + 8 + 5 * 8;
-
 /// Reads only the header of what [`write_appends`] wrote.
 fn read_appends_header(path: &std::path::Path) -> anyhow::Result<AppendsHeader> {
-    use std::io::Read;
-    let mut bytes = vec![0; APPENDS_HEADER_LEN];
-    std::fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut bytes))
+    let file = std::fs::File::open(path)
         .with_context(|| format!("reading the header of {}", path.display()))?;
-    parse_header(&mut FileBytes(&bytes))
+    parse_header(&mut StreamBytes(file))
 }
 
-fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
+fn parse_header(file: &mut StreamBytes<impl std::io::Read>) -> anyhow::Result<AppendsHeader> {
     anyhow::ensure!(
         file.take(APPENDS_FORMAT.len())? == APPENDS_FORMAT,
         "not an appends file of this build"
@@ -501,13 +495,6 @@ fn parse_header(file: &mut FileBytes<'_>) -> anyhow::Result<AppendsHeader> {
     })
 }
 
-/// Reads what [`write_appends`] wrote; a file cut short or not of this format is an error.
-/// Read whole, then each batch copied out (a peak of twice the file, 15 GB for a 180-s
-/// fill), as every earlier figure was measured. Reading batch by batch was tried (stop
-/// 34): the processor thread's kernel time in a pass rose from ~1 s to 2.2–2.8 s, but it
-/// rose as much with the whole read in the same hours (this host's balloon gives freed
-/// memory back to the hypervisor, and what a pass first touches then costs what the host
-/// makes it cost), so the read was not told apart from the host and stays as it was.
 /// What [`write_appends`] wrote, read whole (the tests' check of the format).
 #[cfg(test)]
 fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
@@ -522,12 +509,16 @@ fn read_appends(path: &std::path::Path) -> anyhow::Result<Appends> {
 
 /// Reads what [`write_appends`] wrote a batch at a time: each batch of the fill goes to
 /// `fill` as it is read (a pass appends it to its log there and then), and the measured
-/// batches are given back. A pass's process so holds the measured traffic alone: read
-/// whole, a 270-s file at 100,000 events/s was 7.7 GB, held twice while it was split
-/// into batches, beside a pass's ~13 GB of state on a 24 GB machine (the kernel then
-/// reclaimed and compacted memory inside the measured passes, in both kinds, and passes
-/// of one kind moved by a quarter between rounds). Every check of the whole file is
-/// made: a damaged file fails the pass, after its fill is appended.
+/// batches are given back; a file cut short, running on or not of this format is an error
+/// (made after the fill is appended: the pass then fails). A pass's process so holds the
+/// measured traffic alone: read whole, a 270-s file at 100,000 events/s was 7.7 GB, held
+/// twice while it was split into batches, beside a pass's ~13 GB of state on a 24 GB
+/// machine. Reading batch by batch was tried once before (stop 34, `3fa81ada`) and went
+/// back to the whole read so that figures stayed comparable with earlier ones: the
+/// processor thread's kernel time rose as much with either read in the same hours (this
+/// host's balloon hands freed memory back to the hypervisor). Stop 40 measured both reads
+/// again (+6.7 % whole, +10.4 % and +4.3 % batch by batch, docs/benchmarks.md): not told
+/// apart either, so the read that needs half the memory stays.
 fn read_appends_with(
     path: &std::path::Path,
     mut fill: impl FnMut(usize, EncodedBatch) -> anyhow::Result<()>,
@@ -535,7 +526,7 @@ fn read_appends_with(
     use std::io::Read;
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut file = StreamBytes(std::io::BufReader::with_capacity(1 << 20, file));
-    let header = parse_header(&mut FileBytes(&file.take(APPENDS_HEADER_LEN)?))?;
+    let header = parse_header(&mut file)?;
     let AppendsHeader {
         count,
         fill_batches,
@@ -577,7 +568,7 @@ fn read_appends_with(
     Ok((header, kept))
 }
 
-/// An appends file read in order (see [`read_appends_with`]).
+/// An appends file read in order, from its start (see [`read_appends_with`]).
 struct StreamBytes<R>(R);
 
 impl<R: std::io::Read> StreamBytes<R> {
@@ -591,28 +582,9 @@ impl<R: std::io::Read> StreamBytes<R> {
         Ok(bytes)
     }
 
-    fn usize(&mut self) -> anyhow::Result<usize> {
-        let bytes = self.take(8)?;
-        Ok(usize::try_from(u64::from_le_bytes(
-            bytes.try_into().unwrap_or([0; 8]),
-        ))?)
-    }
-}
-
-/// The bytes of an appends file not read yet.
-struct FileBytes<'a>(&'a [u8]);
-
-impl<'a> FileBytes<'a> {
-    fn take(&mut self, n: usize) -> anyhow::Result<&'a [u8]> {
-        anyhow::ensure!(self.0.len() >= n, "the appends file is cut short");
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Ok(head)
-    }
-
     fn u64(&mut self) -> anyhow::Result<u64> {
-        self.take(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+        let bytes = self.take(8)?;
+        Ok(u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8])))
     }
 
     fn usize(&mut self) -> anyhow::Result<usize> {
