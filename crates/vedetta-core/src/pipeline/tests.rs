@@ -753,3 +753,27 @@ fn a_stage_hint_stays_with_a_held_user_and_is_not_state() {
     hinted.stage_hint = 5;
     assert_eq!(&hinted, held, "equality does not see the hint");
 }
+
+/// A copy's list is emptied with room for what it will hold, keeps its memory when that
+/// fits (within twice the need), and is made anew when it is too small or too large.
+#[test]
+fn refill_keeps_memory_that_fits_and_makes_anew_what_does_not() {
+    let mut list: Vec<u64> = Vec::with_capacity(100);
+    list.extend(0..100);
+    let kept = list.as_ptr();
+    refill(&mut list, 80);
+    assert!(list.is_empty());
+    assert_eq!((list.as_ptr(), list.capacity()), (kept, 100));
+
+    // Too small: made anew with room for the need, nothing of the old entries kept.
+    list.extend(0..80);
+    refill(&mut list, 1_000);
+    assert!(list.is_empty());
+    assert!(list.capacity() >= 1_000);
+    assert!(list.capacity() < 2_000);
+
+    // Too large: let go down to the need.
+    refill(&mut list, 10);
+    assert!(list.is_empty());
+    assert!((10..=20).contains(&list.capacity()));
+}
