@@ -383,7 +383,7 @@ pub struct StageStats {
 
 /// Records whose users [`TriggerStage::read_ahead`] reads at once: enough reads to overlap
 /// (a core keeps about a dozen misses in flight), few enough that the places read stay in
-/// the nearest caches until their events come.
+/// the nearest caches until their events come (a group later).
 pub const READ_AHEAD: usize = 32;
 
 /// The trigger engine and its segment window, run by the processor (see the module docs).
@@ -533,9 +533,10 @@ impl TriggerStage {
         self.set_offset
     }
 
-    /// Asks for the engine's places of the users of `records` (at most [`READ_AHEAD`], the
-    /// next ones the pipeline will process) all at once, so that their events find them in
-    /// the cache. Each is memory no cache holds (the places of millions of users reached at
+    /// Asks for the engine's places of the users of `records` (at most [`READ_AHEAD`]: the
+    /// processor hands the group after the one it is about to process, so that even a
+    /// group's first events find their places come) all at once, so that their events find
+    /// them in the cache. Each is memory no cache holds (the places of millions of users reached at
     /// random); read one at a time as each event comes, they were the largest single cost
     /// of the stage (docs/triggers.md, "After stage 5", step 11), while independent reads
     /// made together overlap; prefetched, they no longer hold up the core either (step
