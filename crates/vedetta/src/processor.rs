@@ -798,18 +798,20 @@ impl Processor {
         // Records of one log batch share their append time: count them per time.
         let mut appended: Vec<(i64, u64)> = Vec::new();
         for (i, (offset, appended_at, record)) in records.iter().enumerate() {
-            // The records a group ahead are read ahead as a group begins (the first group
-            // at the batch's start): read ahead as their own group began, the first events
-            // of a group came before their places did.
+            // Each group's places are asked for as the group before it begins (the first
+            // two groups' at the batch's start): asked for as their own group began, a
+            // group's first events came right after their places were asked for.
             if let Some(stage) = &self.triggers
                 && i % READ_AHEAD == 0
             {
-                let ahead = if i == 0 { 0 } else { i + READ_AHEAD };
-                let ahead = records.get(ahead..).unwrap_or_default();
-                (stage.stage).read_ahead(&self.pipeline, ahead.iter().map(|(_, _, r)| r));
-                if i == 0 {
-                    let next = records.get(READ_AHEAD..).unwrap_or_default();
-                    (stage.stage).read_ahead(&self.pipeline, next.iter().map(|(_, _, r)| r));
+                let groups: &[usize] = if i == 0 {
+                    &[0, READ_AHEAD]
+                } else {
+                    &[i + READ_AHEAD]
+                };
+                for &from in groups {
+                    let group = records.get(from..).unwrap_or_default();
+                    (stage.stage).read_ahead(&self.pipeline, group.iter().map(|(_, _, r)| r));
                 }
             }
             self.pipeline.process(*offset, record);

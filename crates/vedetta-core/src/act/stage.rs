@@ -533,19 +533,19 @@ impl TriggerStage {
         self.set_offset
     }
 
-    /// Asks for the engine's places of the users of `records` (at most [`READ_AHEAD`]: the
-    /// processor hands the group after the one it is about to process, so that even a
-    /// group's first events find their places come) all at once, so that their events find
-    /// them in the cache. Each is memory no cache holds (the places of millions of users reached at
-    /// random); read one at a time as each event comes, they were the largest single cost
-    /// of the stage (docs/triggers.md, "After stage 5", step 11), while independent reads
-    /// made together overlap; prefetched, they no longer hold up the core either (step
-    /// 14). The product ids the intents among them will intern are asked for too. (The
-    /// free places new users take are asked for one user ahead by
-    /// [`crate::act::engine::UserTable::add`] itself: counted here by the users new to the
-    /// pipeline, they were mostly not the ones taken.) Only intents and conversions are
-    /// read ahead: other visits mostly read no place ([`Engine::may_select`]). Changes
-    /// nothing but what the cache holds.
+    /// Asks for the engine's places of the users of `records` (at most [`READ_AHEAD`]; the
+    /// processor hands it the group after the one it is about to process, so that a
+    /// group's first events, too, come well after their places were asked for) all at
+    /// once, so that their events find them in the cache. Each is memory no cache holds
+    /// (the places of millions of users reached at random); read one at a time as each
+    /// event comes, they were the largest single cost of the stage (docs/triggers.md,
+    /// "After stage 5", step 11), while independent reads made together overlap;
+    /// prefetched, they no longer hold up the core either (step 14). The product ids the
+    /// intents among them will intern are asked for too. (The free places new users take
+    /// are asked for one user ahead by [`crate::act::engine::UserTable::add`] itself:
+    /// counted here by the users new to the pipeline, they were mostly not the ones
+    /// taken.) Only intents and conversions are read ahead: other visits mostly read no
+    /// place ([`Engine::may_select`]). Changes nothing but what the cache holds.
     #[inline]
     pub fn read_ahead<'a>(
         &self,
