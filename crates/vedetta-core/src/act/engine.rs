@@ -1325,15 +1325,23 @@ impl Engine {
             listed.truncate(kept);
             removed_entries += before - listed.len();
             if !listed.is_empty() {
-                idle_kept
-                    .entry(minute)
-                    .or_default()
-                    .extend_from_slice(listed);
+                // The walked list itself moves, its kept users first (most users at the
+                // bound are kept): copied into a list made for them, it was fresh memory
+                // the kernel had to clear at every letting-go (`perf`, stop 42). Its
+                // memory goes to the spares when `advance` sweeps the minute.
+                match idle_kept.entry(minute) {
+                    std::collections::btree_map::Entry::Vacant(vacant) => {
+                        vacant.insert(std::mem::take(listed));
+                    }
+                    std::collections::btree_map::Entry::Occupied(occupied) => {
+                        occupied.into_mut().extend_from_slice(listed);
+                    }
+                }
             }
             walked.push(minute);
         }
-        // Every walked list is empty now: its memory goes to the spares, for the next
-        // minute's new users.
+        // Every walked list is empty now (or moved): its memory goes to the spares, for
+        // the next minute's new users.
         for minute in walked {
             if let Some(list) = self.sweep.idle.remove(&minute) {
                 self.sweep.give_back(list);

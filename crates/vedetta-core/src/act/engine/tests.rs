@@ -1600,6 +1600,30 @@ fn a_user_kept_at_the_bound_is_let_go_once_a_late_purchase_empties_its_cart() {
     }
 }
 
+/// Letting go at the bound moves a walked minute's list, its kept users first, to the
+/// kept users' lists: no list made and copied into (fresh memory at every letting-go).
+#[test]
+fn the_users_kept_at_the_bound_keep_their_minute_s_list() {
+    let (mut engine, judged) = cart_engine_of_three();
+    let mut out = Vec::new();
+    for n in 1..=2 {
+        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
+        cart.product_id = Some(format!("p{n}"));
+        engine.observe_judged(&cart, judged, &mut out);
+    }
+    engine.observe_judged(&view(3, T0 + 3_000, "p"), judged, &mut out);
+    let (&minute, list) = engine.sweep.idle.first_key_value().unwrap();
+    let memory = list.as_ptr();
+    // The table is full: minute 0 keeps users 1 and 2 (carts) and lets 3 go.
+    engine.observe_judged(&view(4, T0 + MIN, "p"), judged, &mut out);
+    assert_eq!(engine.evicted_users(), 1);
+    assert!(!engine.sweep.idle.contains_key(&minute));
+    let kept = &engine.sweep.idle_kept[&minute];
+    let users: Vec<u8> = kept.iter().map(|r| r.user.0[0]).collect();
+    assert_eq!(users, [1, 2]);
+    assert_eq!(kept.as_ptr(), memory, "the walked list itself, not a copy");
+}
+
 /// The facts few users have sit in a box made when first needed and let go when emptied;
 /// the serde form is field by field as before the box (an empty box encodes as none).
 #[test]
