@@ -25,6 +25,7 @@ mod alerts;
 mod pipeline;
 mod processor;
 mod push;
+mod rounds;
 mod stage;
 mod tracker;
 mod webhooks;
@@ -50,6 +51,9 @@ pub enum BenchCommand {
     /// What a trigger set adds to the processor's CPU: the processor itself over a real log
     /// and store, traffic appended at `--rate` events a second, without and with the set.
     Processor(processor::ProcessorBenchArgs),
+    /// What the rounds `bench processor --rounds-file` kept say together, setup by setup:
+    /// each ratio's mean over the rounds with its 95 % interval.
+    Rounds(rounds::RoundsArgs),
     /// Shopify and mapped (ERP/middleware) webhooks at a fixed rate each: latency
     /// percentiles of durable answers.
     Webhooks(webhooks::WebhooksBenchArgs),
@@ -91,6 +95,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Push(args) => push::run(&args),
         BenchCommand::Stage(args) => stage::run(&args),
         BenchCommand::Processor(args) => processor::run(&args),
+        BenchCommand::Rounds(args) => rounds::run(&args),
         BenchCommand::Webhooks(args) => webhooks::run(&args),
     }
 }

@@ -42,12 +42,16 @@
 //! 6. Reported besides the means: each round's ratio (its two passes ran back to back, so
 //!    the host's load, which drifts between rounds, mostly cancels) and their median.
 //!    Passes of one kind spread by a quarter between rounds on a shared host, so a tenth's
-//!    difference wants many rounds (`--rounds`, up to 20).
+//!    difference wants many rounds (`--rounds`, up to 20), and a run reports its rounds'
+//!    mean ratio with a 95 % interval. `--rounds-file` keeps every round in a file and
+//!    pools the rounds of the same binary, configuration and traffic across runs
+//!    (`bench/rounds.rs`): the interval of dozens of rounds, not one run's.
 //!
 //! The log's appends (fsyncs and all) are this thread's and left out; the processor's reads
 //! of the log, its pipeline and trigger stage, its commits (KPI deltas, the stage's
 //! outputs and state) and its snapshots (copy and encoding) are in.
 
+use super::rounds;
 use super::stage::{Traffic, judged_records};
 use crate::config::{Overrides, load_from};
 use crate::processor::{LogNotifier, ProcessorLinks, ProcessorOptions, SnapshotSchedule};
@@ -74,6 +78,11 @@ pub struct ProcessorBenchArgs {
     /// otherwise. Generating 100,000 events/s takes minutes; the passes are what is timed.
     #[arg(long, conflicts_with = "same_process")]
     pub(super) traffic_file: Option<std::path::PathBuf>,
+    /// Append each round, as it ends, to this file (JSON lines), and pool in the summary
+    /// every round it holds of the same binary, configuration and traffic (see
+    /// `bench/rounds.rs`): a bar of a tenth wants more rounds than one run makes.
+    #[arg(long, conflicts_with_all = ["pass_appends", "write_traffic"])]
+    pub(super) rounds_file: Option<std::path::PathBuf>,
     /// Internal: run one pass over the appends this file holds (written by the bench
     /// itself), with the configuration's triggers or none, and print its figures as JSON.
     #[arg(long, hide = true, requires = "pass_triggers")]
@@ -87,25 +96,25 @@ pub struct ProcessorBenchArgs {
 
 /// One pass's figures.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-struct Pass {
+pub(super) struct Pass {
     /// CPU of the processor's threads (snapshot threads included) over the measured part.
-    cpu_s: f64,
+    pub cpu_s: f64,
     /// CPU of the processor thread alone, and the part of it in the kernel (page faults of
     /// fresh memory, mostly; the log's reads and the store's writes).
-    processor_thread_s: f64,
-    processor_thread_system_s: f64,
+    pub processor_thread_s: f64,
+    pub processor_thread_system_s: f64,
     /// CPU of the threads alive at the pass's start and end other than the processor
     /// thread and the one appending (the trigger router's, the store's), and of those that
     /// started or ended in between (the snapshot threads: one a snapshot): `cpu_s` split.
-    other_threads_s: f64,
-    passing_threads_s: f64,
+    pub other_threads_s: f64,
+    pub passing_threads_s: f64,
     /// From the first measured append to the commit of the last record.
-    wall_s: f64,
+    pub wall_s: f64,
     /// From the last append to its commit.
-    lag_s: f64,
-    staged_users: u64,
+    pub lag_s: f64,
+    pub staged_users: u64,
     /// The offset of the last snapshot committed by the end (see [`snapshot_schedule`]).
-    snapshot_offset: u64,
+    pub snapshot_offset: u64,
 }
 
 impl std::fmt::Display for Pass {
@@ -233,6 +242,19 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         fill_records + measured,
         set.triggers.len()
     );
+    // Taken before the first pass: a rounds file that names another setup's rounds is
+    // fine (they are counted out), one that does not read is refused now, not after an
+    // hour of passes.
+    let setup = match &full.rounds_file {
+        Some(path) => {
+            let setup = rounds::Setup::of_this_run(&args.config, &traffic, full.same_process)?;
+            if path.exists() {
+                rounds::read_matching(path, &setup)?;
+            }
+            Some((path, setup))
+        }
+        None => None,
+    };
     let empty = TriggerSet::empty();
     let mut alone = Vec::new();
     let mut with = Vec::new();
@@ -263,6 +285,9 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 alone.push(pass);
             }
         }
+        if let (Some((path, setup)), Some(a), Some(w)) = (&setup, alone.last(), with.last()) {
+            rounds::append(path, &rounds::Round::new(setup, round, *a, *w))?;
+        }
     }
     let mean = |passes: &[Pass], f: fn(&Pass) -> f64| {
         passes.iter().map(f).sum::<f64>() / passes.len().max(1) as f64
@@ -279,6 +304,15 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         .map(|(a, w)| added(a.processor_thread_s, w.processor_thread_s))
         .collect();
     let median = median(&by_round);
+    let this_run = rounds::Ratios::of(alone.iter().zip(&with));
+    let pooled = match &setup {
+        Some((path, setup)) => {
+            let (kept, others) = rounds::read_matching(path, setup)?;
+            let ratios = rounds::Ratios::of(kept.iter().map(|r| (&r.alone, &r.with)));
+            Some((path, ratios, others))
+        }
+        None => None,
+    };
     let each = |passes: &[Pass], f: fn(&Pass) -> f64| passes.iter().map(f).collect::<Vec<_>>();
     if args.json {
         println!(
@@ -305,6 +339,12 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 "other_threads_s_with": each(&with, |p| p.other_threads_s),
                 "processor_thread_added_percent_by_round": by_round,
                 "processor_thread_added_percent_median": median,
+                "this_run": this_run.json(),
+                "pooled": pooled.as_ref().map(|(path, ratios, others)| serde_json::json!({
+                    "rounds_file": path,
+                    "rounds_of_other_setups": others,
+                    "intervals": ratios.json(),
+                })),
             })
         );
     } else {
@@ -336,6 +376,20 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
             "  the processor thread, each round's pair: {} %; median {median:+.1} %",
             rounds.join(", ")
         );
+        println!("  each round's pair, this run's mean:");
+        for line in this_run.lines() {
+            println!("    {line}");
+        }
+        if let Some((path, ratios, others)) = &pooled {
+            println!(
+                "  pooled, every round of this binary, configuration and traffic in {} \
+                 ({others} of other setups left out):",
+                path.display()
+            );
+            for line in ratios.lines() {
+                println!("    {line}");
+            }
+        }
     }
     Ok(())
 }
@@ -966,6 +1020,7 @@ mod tests {
             traffic_file: None,
             write_traffic: None,
             pass_triggers: None,
+            rounds_file: None,
         };
         let error = run(&args(f64::INFINITY, 1)).unwrap_err().to_string();
         assert!(error.contains("--rate"), "{error}");
