@@ -356,12 +356,12 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         );
         println!(
             "  processor threads CPU s (mean of {}): no triggers {cpu_alone:.2}, with \
-             {cpu_with:.2}: +{:.1} %",
+             {cpu_with:.2}: {:+.1} %",
             args.rounds,
             added(cpu_alone, cpu_with)
         );
         println!(
-            "  the processor thread alone: {thread_alone:.2} vs {thread_with:.2}: +{:.1} %",
+            "  the processor thread alone: {thread_alone:.2} vs {thread_with:.2}: {:+.1} %",
             added(thread_alone, thread_with)
         );
         println!(

@@ -224,17 +224,17 @@ pub fn run(args: &StageBenchArgs) -> anyhow::Result<()> {
         );
         println!(
             "  loop CPU s (mean of {}; copies and encodings out): pipeline alone {cpu_alone:.2}, \
-             with the stage {cpu_with:.2}: +{:.1} %",
+             with the stage {cpu_with:.2}: {:+.1} %",
             args.rounds,
             added(cpu_alone, cpu_with)
         );
         println!(
-            "  wall s: alone {wall_alone:.2}, with {wall_with:.2}: +{:.1} %",
+            "  wall s: alone {wall_alone:.2}, with {wall_with:.2}: {:+.1} %",
             added(wall_alone, wall_with)
         );
         println!(
             "  with the snapshot copies spread as the processor spaces them (10 s, or 30 × \
-             copy + encoding): alone {copies_alone:.2}, with {copies_with:.2}: +{:.1} %",
+             copy + encoding): alone {copies_alone:.2}, with {copies_with:.2}: {:+.1} %",
             added(copies_alone, copies_with)
         );
     }
