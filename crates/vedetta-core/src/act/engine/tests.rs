@@ -1500,6 +1500,13 @@ fn cart_engine_of_three() -> (Engine, Judged<'static>) {
     (engine, judged)
 }
 
+/// User `n`'s add to cart of product "p`n`", `n` seconds after `T0`.
+fn cart_of(n: u8) -> StoredEvent {
+    let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
+    cart.product_id = Some(format!("p{n}"));
+    cart
+}
+
 /// When every held user has a cart (nothing can go), the table grows past its bound rather
 /// than lose a cart's push: every cart is sent after its delay.
 #[test]
@@ -1507,9 +1514,7 @@ fn users_with_carts_are_kept_past_the_bound() {
     let (mut engine, judged) = cart_engine_of_three();
     let mut out = Vec::new();
     for n in 1..=5 {
-        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
-        cart.product_id = Some(format!("p{n}"));
-        engine.observe_judged(&cart, judged, &mut out);
+        engine.observe_judged(&cart_of(n), judged, &mut out);
     }
     assert_eq!(engine.users(), 5);
     assert_eq!(engine.evicted_users(), 0);
@@ -1526,9 +1531,7 @@ fn a_user_whose_cart_a_purchase_emptied_is_let_go_at_the_bound() {
     let (mut engine, judged) = cart_engine_of_three();
     let mut out = Vec::new();
     for n in 1..=2 {
-        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
-        cart.product_id = Some(format!("p{n}"));
-        engine.observe_judged(&cart, judged, &mut out);
+        engine.observe_judged(&cart_of(n), judged, &mut out);
     }
     engine.observe_judged(&event(1, EventKind::Purchase, T0 + 5_000), judged, &mut out);
     assert!(
@@ -1569,9 +1572,7 @@ fn a_user_kept_at_the_bound_is_let_go_once_a_late_purchase_empties_its_cart() {
     let mut out = Vec::new();
     let mut events = Vec::new();
     for n in 1..=2 {
-        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
-        cart.product_id = Some(format!("p{n}"));
-        events.push(cart);
+        events.push(cart_of(n));
     }
     events.push(view(3, T0 + MIN + 3_000, "p"));
     // The table is full: minute 0 keeps users 1 and 2 (carts), minute 1 lets 3 go.
@@ -1607,9 +1608,7 @@ fn the_users_kept_at_the_bound_keep_their_minute_s_list() {
     let (mut engine, judged) = cart_engine_of_three();
     let mut out = Vec::new();
     for n in 1..=2 {
-        let mut cart = event(n, EventKind::AddToCart, T0 + i64::from(n) * 1_000);
-        cart.product_id = Some(format!("p{n}"));
-        engine.observe_judged(&cart, judged, &mut out);
+        engine.observe_judged(&cart_of(n), judged, &mut out);
     }
     engine.observe_judged(&view(3, T0 + 3_000, "p"), judged, &mut out);
     let (&minute, list) = engine.sweep.idle.first_key_value().unwrap();
