@@ -1,10 +1,11 @@
 //! Rounds of `vedetta bench processor` kept across runs, and what they say together.
 //!
 //! A round's two passes (without and with the trigger set) run back to back, so their
-//! ratio leaves out most of the host's drift; the ratios still spread over twenty points
-//! from one round to the next on a shared host (stop 41: −1.2 % to +20.1 % in 18), so a
-//! bar of "≤ 10 %" wants a mean over dozens of rounds and the interval around it, more
-//! than one run of `--rounds` (at most 20, ~5 minutes each) gives. `--rounds-file` appends
+//! ratio leaves out most of the host's drift; the ratios still spread over forty points
+//! from one round to the next on a shared host (−11.0 % to +33.5 % in stops 41–42's 36
+//! rounds of one build; docs/rounds/), so a bar of "≤ 10 %" wants a mean over dozens of
+//! rounds and the interval around it, more than one run of `--rounds` (at most 20, ~5
+//! minutes each) gives. `--rounds-file` appends
 //! every round, as it ends, to a file of JSON lines, and the run's summary pools every
 //! round in the file made by the same setup: this binary (its bytes' SHA-256), the same
 //! configuration file (its bytes' SHA-256), the same traffic flags and pass mode. Rounds
