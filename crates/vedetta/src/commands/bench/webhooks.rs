@@ -149,10 +149,6 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// One request: its URL, headers and body.
 fn request(source: &str, n: u64, now_ms: i64) -> (String, Vec<(&'static str, String)>, Vec<u8>) {
     if source == "shopify" {
@@ -196,7 +192,10 @@ fn request(source: &str, n: u64, now_ms: i64) -> (String, Vec<(&'static str, Str
         })
         .to_string()
         .into_bytes();
-        let headers = vec![("x-boomi-signature", hex(&hmac(SAP_SECRET, &body)))];
+        let headers = vec![(
+            "x-boomi-signature",
+            crate::crypto::hex(&hmac(SAP_SECRET, &body)),
+        )];
         ("/v1/sources/bench_sap".into(), headers, body)
     }
 }
