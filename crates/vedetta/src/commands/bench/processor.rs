@@ -300,11 +300,9 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     );
     // Each round's two passes ran back to back: their ratio leaves out what drifts between
     // rounds (the host's load), which the means of all passes of a kind keep.
-    let by_round: Vec<f64> = (alone.iter().zip(&with))
-        .map(|(a, w)| added(a.processor_thread_s, w.processor_thread_s))
-        .collect();
-    let median = median(&by_round);
     let this_run = rounds::Ratios::of(alone.iter().zip(&with));
+    let by_round = &this_run.thread;
+    let median = median(by_round);
     let pooled = match &setup {
         Some((path, setup)) => {
             let (kept, others) = rounds::read_matching(path, setup)?;

@@ -166,6 +166,19 @@ fn read(path: &Path) -> anyhow::Result<Vec<Round>> {
              than its thread's",
             path.display()
         );
+        // What is printed from the file is checked first: digests as this build writes
+        // them, a time that reads as one (no control characters reach the terminal).
+        let digest = |d: &str| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit());
+        anyhow::ensure!(
+            digest(&round.setup.binary_sha256) && digest(&round.setup.config_sha256),
+            "{} line {number}: a setup's digests must be 64 hexadecimal digits",
+            path.display()
+        );
+        anyhow::ensure!(
+            round.ended_at.parse::<jiff::Timestamp>().is_ok(),
+            "{} line {number}: ended_at must be an RFC 3339 time",
+            path.display()
+        );
         rounds.push(round);
     }
     Ok(rounds)
@@ -512,6 +525,14 @@ mod tests {
             (format!("{good}\n{newer}"), "line 3 is a round of format 2"),
             (bare, "line 1 is not a round"),
             (idle, "line 1: a pass's CPU seconds must be positive"),
+            (
+                good.replacen("\"binary_sha256\":\"bb", "\"binary_sha256\":\"\u{e9}", 1),
+                "line 1: a setup's digests must be 64 hexadecimal digits",
+            ),
+            (
+                good.replacen("\"ended_at\":\"", "\"ended_at\":\"\\u001b[31m", 1),
+                "line 1: ended_at must be an RFC 3339 time",
+            ),
             (all_kernel, "line 1: a pass's CPU seconds must be positive"),
             ("[1, 2]\n".to_string(), "line 1 is not a round"),
         ] {
