@@ -47,6 +47,19 @@
 //!    pools the rounds of the same binary, configuration and traffic across runs
 //!    (`bench/rounds.rs`): the interval of dozens of rounds, not one run's.
 //!
+//! 7. `--interleave S` pairs the passes closer than a round: both passes' processes make
+//!    their fills side by side, then run the measured traffic in slices of S seconds in
+//!    turn, the other process idle (blocked on its input, its threads idle), the kind that
+//!    goes first alternating slice by slice. Each slice is paced as a whole pass is and
+//!    measured until the processor's threads are idle again (so a snapshot started in a
+//!    slice is counted in it, and never runs beside the other pass's slice); a pass's
+//!    figures are its slices' sums. Passes of one kind run minutes apart moved by up to a
+//!    third between rounds on this host (the host's other tenants come and go over
+//!    minutes), so whole passes back to back paired them loosely. What slices cost both
+//!    kinds alike: each starts with caches the other process has emptied. `--control`
+//!    runs both passes without triggers (an A/A run: the protocol's own spread, and any
+//!    bias of its order).
+//!
 //! The log's appends (fsyncs and all) are this thread's and left out; the processor's reads
 //! of the log, its pipeline and trigger stage, its commits (KPI deltas, the stage's
 //! outputs and state) and its snapshots (copy and encoding) are in.
@@ -83,12 +96,35 @@ pub struct ProcessorBenchArgs {
     /// `bench/rounds.rs`): a bar of a tenth wants more rounds than one run makes.
     #[arg(long, conflicts_with_all = ["pass_appends", "write_traffic"])]
     pub(super) rounds_file: Option<std::path::PathBuf>,
+    /// Interleave each round's two passes in slices of this many seconds of traffic: both
+    /// passes' processes make their fills side by side, then run their slices in turn (the
+    /// other one idle), the kind that goes first alternating slice by slice, so that what
+    /// the host does over minutes falls on both passes alike (see the module docs).
+    #[arg(
+        long,
+        conflicts_with = "same_process",
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    pub(super) interleave: Option<u64>,
+    /// A control run: both passes of every round without triggers (an A/A run), to
+    /// measure the protocol's own spread and bias.
+    #[arg(long)]
+    pub(super) control: bool,
     /// Internal: run one pass over the appends this file holds (written by the bench
     /// itself), with the configuration's triggers or none, and print its figures as JSON.
     #[arg(long, hide = true, requires = "pass_triggers")]
     pub(super) pass_appends: Option<std::path::PathBuf>,
     #[arg(long, hide = true)]
     pub(super) pass_triggers: Option<bool>,
+    /// Internal: with `--pass-appends`, the measured traffic in slices of this many
+    /// seconds, each run when a line `next` comes on standard input (`--interleave`).
+    #[arg(
+        long,
+        hide = true,
+        requires = "pass_appends",
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    pub(super) pass_slice_seconds: Option<u64>,
     /// Internal: generate the traffic, write it to this file and exit.
     #[arg(long, hide = true, conflicts_with_all = ["pass_appends", "traffic_file"])]
     pub(super) write_traffic: Option<std::path::PathBuf>,
@@ -115,6 +151,25 @@ pub(super) struct Pass {
     pub staged_users: u64,
     /// The offset of the last snapshot committed by the end (see [`snapshot_schedule`]).
     pub snapshot_offset: u64,
+}
+
+impl Pass {
+    /// This pass's figures and a `later` slice's of the same pass together: CPU and wall
+    /// time summed, the lag the longer, the users and snapshot the later slice's.
+    pub(super) fn then(self, later: Pass) -> Pass {
+        Pass {
+            cpu_s: self.cpu_s + later.cpu_s,
+            processor_thread_s: self.processor_thread_s + later.processor_thread_s,
+            processor_thread_system_s: self.processor_thread_system_s
+                + later.processor_thread_system_s,
+            other_threads_s: self.other_threads_s + later.other_threads_s,
+            passing_threads_s: self.passing_threads_s + later.passing_threads_s,
+            wall_s: self.wall_s + later.wall_s,
+            lag_s: self.lag_s.max(later.lag_s),
+            staged_users: later.staged_users,
+            snapshot_offset: later.snapshot_offset,
+        }
+    }
 }
 
 impl std::fmt::Display for Pass {
@@ -167,8 +222,18 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
             Ok(())
         })?;
         pass_log.append_fill(&group)?;
-        let (pass, running) = measure_pass(&config, set, pass_log, &measured, header.rate)?;
-        println!("{}", serde_json::to_string(&pass)?);
+        let schedule = snapshot_schedule(&measured);
+        let started = StartedPass::start(&config, set, pass_log, schedule)?;
+        match full.pass_slice_seconds {
+            None => {
+                let pass = started.measure(&measured, header.rate, false)?;
+                println!("{}", serde_json::to_string(&pass)?);
+            }
+            Some(seconds) => {
+                let (input, output) = (std::io::stdin().lock(), std::io::stdout().lock());
+                run_slices(&started, &measured, (header.rate, seconds), input, output)?;
+            }
+        }
         // Measured: what stopping would add (the final snapshot, tens of seconds at this
         // scale, and freeing the state) is no part of the figures, so this process ends
         // here. Its directory goes first, once the processor's threads are done with it
@@ -176,8 +241,8 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         // only unlinked).
         use std::io::Write;
         std::io::stdout().flush()?;
-        running.processor.stop_without_final_commit();
-        running.dir.close()?;
+        started.processor.stop_without_final_commit();
+        started.dir.close()?;
         std::process::exit(0);
     }
     if let Some(path) = &full.write_traffic {
@@ -247,7 +312,12 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     // hour of passes.
     let setup = match &full.rounds_file {
         Some(path) => {
-            let setup = rounds::Setup::of_this_run(&args.config, &traffic, full.same_process)?;
+            let protocol = rounds::Protocol {
+                same_process: full.same_process,
+                interleave_seconds: full.interleave,
+                control: full.control,
+            };
+            let setup = rounds::Setup::of_this_run(&args.config, &traffic, protocol)?;
             if path.exists() {
                 rounds::read_matching(path, &setup)?;
             }
@@ -265,26 +335,39 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
         }
         pass_in_child(full, &file, with)
     };
+    // The second kind of pass: the trigger set, or in a control run none again.
+    let second = if full.control {
+        "no triggers (control)".to_string()
+    } else {
+        format!("{} triggers", set.triggers.len())
+    };
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for with_triggers in order {
-            let pass = run_one(with_triggers)?;
-            if with_triggers {
-                eprintln!(
-                    "round {round}, {} triggers: {pass}; {} users held by the stage",
-                    set.triggers.len(),
-                    pass.staged_users
-                );
-                with.push(pass);
-            } else {
-                eprintln!("round {round}, no triggers: {pass}");
-                alone.push(pass);
+        let (a, w) = match full.interleave {
+            Some(seconds) => interleaved_round(full, &file, round, seconds)?,
+            None => {
+                let order = if round % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                let (mut a, mut w) = (None, None);
+                for second_kind in order {
+                    let pass = run_one(second_kind && !full.control)?;
+                    *(if second_kind { &mut w } else { &mut a }) = Some(pass);
+                }
+                (
+                    a.context("the pass without triggers")?,
+                    w.context("the second pass")?,
+                )
             }
-        }
+        };
+        eprintln!("round {round}, no triggers: {a}");
+        eprintln!(
+            "round {round}, {second}: {w}; {} users held by the stage",
+            w.staged_users
+        );
+        alone.push(a);
+        with.push(w);
         if let (Some((path, setup)), Some(a), Some(w)) = (&setup, alone.last(), with.last()) {
             rounds::append(path, &rounds::Round::new(setup, round, *a, *w))?;
         }
@@ -321,6 +404,8 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 "rate": rate,
                 "seconds": args.traffic.seconds,
                 "triggers": set.triggers.len(),
+                "interleave_seconds": full.interleave,
+                "control": full.control,
                 "cpu_s_alone": each(&alone, |p| p.cpu_s),
                 "cpu_s_with": each(&with, |p| p.cpu_s),
                 "processor_thread_s_alone": each(&alone, |p| p.processor_thread_s),
@@ -348,9 +433,11 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "processor: {measured} records over {} s at {rate:.0} events/s (after \
-             {fill_records} of fill), no triggers vs {} triggers",
+             {fill_records} of fill), no triggers vs {second}{}",
             args.traffic.seconds,
-            set.triggers.len()
+            full.interleave
+                .map(|s| format!(", the passes interleaved by {s} s"))
+                .unwrap_or_default()
         );
         println!(
             "  processor threads CPU s (mean of {}): no triggers {cpu_alone:.2}, with \
@@ -707,15 +794,200 @@ fn run_pass(
         pass_log.append_fill(group.iter().map(|(_, b)| b))?;
     }
     let measured = &batches[fill_batches..];
-    let (pass, running) = measure_pass(config, set, pass_log, measured, rate)?;
-    running.processor.stop();
+    let started = StartedPass::start(config, set, pass_log, snapshot_schedule(measured))?;
+    let pass = started.measure(measured, rate, false)?;
+    started.processor.stop();
     Ok(pass)
 }
 
-/// What a measured pass leaves running: its processor and directory.
-struct RunningPass {
-    processor: crate::processor::ProcessorHandle,
-    dir: tempfile::TempDir,
+/// One interleaved round (`--interleave`): both passes' processes make their fills side
+/// by side, then run their slices of the measured traffic in turn, the other idle; the
+/// kind that goes first alternates from slice to slice (and from round to round). Gives
+/// each pass's slices summed: without triggers, then the second kind (with the trigger
+/// set, or none again in a control run).
+fn interleaved_round(
+    args: &ProcessorBenchArgs,
+    appends: &std::path::Path,
+    round: usize,
+    seconds: u64,
+) -> anyhow::Result<(Pass, Pass)> {
+    let mut alone = SlicedChild::start(args, appends, false, seconds)?;
+    let mut second = SlicedChild::start(args, appends, !args.control, seconds)?;
+    let slices = alone.ready()?;
+    anyhow::ensure!(
+        second.ready()? == slices && slices > 0,
+        "the two passes' processes cut the traffic into different slices"
+    );
+    let (mut a, mut w): (Option<Pass>, Option<Pass>) = (None, None);
+    for slice in 0..slices {
+        let order = if (slice + round).is_multiple_of(2) {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for second_kind in order {
+            let (child, sum) = if second_kind {
+                (&mut second, &mut w)
+            } else {
+                (&mut alone, &mut a)
+            };
+            let pass = child.slice()?;
+            *sum = Some(sum.map_or(pass, |before| before.then(pass)));
+        }
+    }
+    alone.finish()?;
+    second.finish()?;
+    Ok((
+        a.context("the pass without triggers")?,
+        w.context("the second pass")?,
+    ))
+}
+
+/// A pass's process that runs its measured traffic a slice at a time, when asked
+/// (`--pass-slice-seconds`; see [`run_slices`] for its side of the exchange).
+struct SlicedChild {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl SlicedChild {
+    fn start(
+        args: &ProcessorBenchArgs,
+        appends: &std::path::Path,
+        with_triggers: bool,
+        seconds: u64,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("the path of this binary")?;
+        let mut child = std::process::Command::new(exe)
+            .args(["bench", "processor", "--config"])
+            .arg(&args.bench.config)
+            .arg("--pass-appends")
+            .arg(appends)
+            .arg("--pass-triggers")
+            .arg(with_triggers.to_string())
+            .arg("--pass-slice-seconds")
+            .arg(seconds.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting a pass's process")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("a pass's standard output")?;
+        Ok(Self {
+            child,
+            stdin,
+            stdout: std::io::BufReader::new(stdout),
+        })
+    }
+
+    /// The next line the process prints.
+    fn line(&mut self) -> anyhow::Result<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let read = self.stdout.read_line(&mut line)?;
+        anyhow::ensure!(read > 0, "a pass's process ended before its last slice");
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Waits until the process has made its fill; gives the number of its slices.
+    fn ready(&mut self) -> anyhow::Result<usize> {
+        loop {
+            let line = self.line()?;
+            if let Some(count) = line.strip_prefix("ready ") {
+                return count.parse().context("a pass's slice count");
+            }
+        }
+    }
+
+    /// Runs the process's next slice and reads its figures.
+    fn slice(&mut self) -> anyhow::Result<Pass> {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().context("a pass's standard input")?;
+        stdin.write_all(b"next\n")?;
+        stdin.flush()?;
+        loop {
+            let line = self.line()?;
+            if line.starts_with('{') {
+                return serde_json::from_str(&line).context("a slice's figures");
+            }
+        }
+    }
+
+    /// Ends the process (its input closed) and checks it ended well.
+    fn finish(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait().context("a pass's process")?;
+        anyhow::ensure!(status.success(), "a pass's process failed ({status})");
+        Ok(())
+    }
+}
+
+impl Drop for SlicedChild {
+    /// A round cut short by an error leaves no pass's process running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A pass's process's side of `--interleave`: once its fill is made and its threads are
+/// idle, prints `ready N` (its N slices), then runs one slice for each line `next` on
+/// standard input and prints the slice's figures as JSON, each slice measured until the
+/// processor's threads are idle again (a snapshot begun in a slice is that slice's work,
+/// not done while the other pass runs). Ends at the end of its input.
+fn run_slices(
+    started: &StartedPass,
+    measured: &[(usize, EncodedBatch)],
+    (rate, seconds): (f64, u64),
+    input: impl std::io::BufRead,
+    mut output: impl std::io::Write,
+) -> anyhow::Result<()> {
+    started.wait_until_idle()?;
+    let slices = slices_of(measured, rate, seconds);
+    writeln!(output, "ready {}", slices.len())?;
+    output.flush()?;
+    let mut lines = input.lines();
+    for slice in slices {
+        match lines.next() {
+            None => return Ok(()),
+            Some(line) => anyhow::ensure!(line?.trim() == "next", "expected `next`"),
+        }
+        let pass = started.measure(slice, rate, true)?;
+        writeln!(output, "{}", serde_json::to_string(&pass)?)?;
+        output.flush()?;
+    }
+    // The end of the input: the caller is done with this pass.
+    for line in lines {
+        line?;
+    }
+    Ok(())
+}
+
+/// `measured` cut into slices of `seconds` of traffic each (a batch goes by its first
+/// record), in order; none empty.
+fn slices_of(
+    measured: &[(usize, EncodedBatch)],
+    rate: f64,
+    seconds: u64,
+) -> Vec<&[(usize, EncodedBatch)]> {
+    let Some(first) = measured.first().map(|(at, _)| *at) else {
+        return Vec::new();
+    };
+    let per_slice = (seconds as f64 * rate).max(1.0);
+    let slice_of = |at: usize| ((at - first) as f64 / per_slice) as u64;
+    let mut slices = Vec::new();
+    let mut start = 0;
+    for end in 1..=measured.len() {
+        if end == measured.len() || slice_of(measured[end].0) != slice_of(measured[start].0) {
+            slices.push(&measured[start..end]);
+            start = end;
+        }
+    }
+    slices
 }
 
 /// Batches of the fill appended at once.
@@ -753,40 +1025,63 @@ impl PassLog {
     }
 }
 
-/// [`run_pass`] up to its figures, the processor still running: the fill is in `pass_log`
-/// already, `measured` is appended at `rate` records a second.
-fn measure_pass(
-    config: &crate::config::Config,
-    set: TriggerSet,
-    pass_log: PassLog,
-    measured: &[(usize, EncodedBatch)],
-    rate: f64,
-) -> anyhow::Result<(Pass, RunningPass)> {
-    let PassLog { dir, log, store } = pass_log;
-    let notifier = Arc::new(LogNotifier::default());
-    let act = Arc::new(crate::act::ActStatus::new(
-        set,
-        crate::clock::SystemClock.now_ms(),
-    ));
-    let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
-    let processor = crate::processor::start(
-        log.clone(),
-        store,
-        config.pipeline.rules.clone(),
-        regions,
-        ProcessorOptions {
-            snapshot_interval: Duration::from_secs(config.pipeline.snapshot_interval_seconds),
-            snapshot_schedule: snapshot_schedule(measured),
-            ..ProcessorOptions::default()
-        },
-        ProcessorLinks {
-            notifier: notifier.clone(),
-            timings: Arc::new(crate::telemetry::StageTimings::default()),
-            triggers: Some(act.clone()),
-        },
-    )?;
-    let status = processor.status.clone();
-    let caught_up = |end: u64| -> anyhow::Result<()> {
+/// A pass's processor, started over its log and store, the fill processed.
+struct StartedPass {
+    processor: crate::processor::ProcessorHandle,
+    dir: tempfile::TempDir,
+    log: Arc<EventLog>,
+    notifier: Arc<LogNotifier>,
+    act: Arc<crate::act::ActStatus>,
+}
+
+impl StartedPass {
+    /// Starts the processor over `pass_log` (its fill appended) with `set`, its snapshots
+    /// at the records of [`snapshot_schedule`] of the whole measured traffic, and waits
+    /// until it has committed the fill.
+    fn start(
+        config: &crate::config::Config,
+        set: TriggerSet,
+        pass_log: PassLog,
+        schedule: SnapshotSchedule,
+    ) -> anyhow::Result<Self> {
+        let PassLog { dir, log, store } = pass_log;
+        let notifier = Arc::new(LogNotifier::default());
+        let act = Arc::new(crate::act::ActStatus::new(
+            set,
+            crate::clock::SystemClock.now_ms(),
+        ));
+        let regions = crate::geoip::load(config.pipeline.geoip_database.as_deref())?;
+        let processor = crate::processor::start(
+            log.clone(),
+            store,
+            config.pipeline.rules.clone(),
+            regions,
+            ProcessorOptions {
+                snapshot_interval: Duration::from_secs(config.pipeline.snapshot_interval_seconds),
+                snapshot_schedule: schedule,
+                ..ProcessorOptions::default()
+            },
+            ProcessorLinks {
+                notifier: notifier.clone(),
+                timings: Arc::new(crate::telemetry::StageTimings::default()),
+                triggers: Some(act.clone()),
+            },
+        )?;
+        let started = Self {
+            processor,
+            dir,
+            log,
+            notifier,
+            act,
+        };
+        started.notifier.appended(started.log.end_offset());
+        started.caught_up(started.log.end_offset())?;
+        Ok(started)
+    }
+
+    /// Waits until the processor has committed every record before `end`.
+    fn caught_up(&self, end: u64) -> anyhow::Result<()> {
+        let status = &self.processor.status;
         let started = Instant::now();
         while status.processed_offset.load(Ordering::Acquire) < end {
             if let Some(error) = status
@@ -804,63 +1099,95 @@ fn measure_pass(
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(())
-    };
-    notifier.appended(log.end_offset());
-    caught_up(log.end_offset())?;
-    let (process0, own0) = (process_cpu_seconds(), own_cpu_seconds());
-    let (thread0, system0) = processor_thread_seconds();
-    let live0 = live_threads_cpu_seconds();
-    let start = Instant::now();
-    let first = measured.first().map_or(0, |(at, _)| *at);
-    let mut next = 0;
-    while next < measured.len() {
-        // Every batch whose first record is due by now, in one append (as intake's group
-        // commit does when requests queue up).
-        let elapsed = start.elapsed().as_secs_f64();
-        let due_records = (elapsed * rate) as usize;
-        let mut end = next;
-        while end < measured.len() && measured[end].0 - first <= due_records {
-            end += 1;
-        }
-        if end == next {
-            let wait = (measured[next].0 - first) as f64 / rate - elapsed;
-            std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.0005, 0.05)));
-            continue;
-        }
-        let group: Vec<&EncodedBatch> = measured[next..end].iter().map(|(_, b)| b).collect();
-        log.append_group(&group, &[])?;
-        notifier.appended(log.end_offset());
-        next = end;
     }
-    let appended = start.elapsed();
-    caught_up(log.end_offset())?;
-    let wall = start.elapsed();
-    let cpu_s = (process_cpu_seconds() - process0) - (own_cpu_seconds() - own0);
-    let processor_thread_s = processor_thread_seconds().0 - thread0;
-    let own_tid = std::fs::read_link("/proc/thread-self").ok();
-    let own_tid = own_tid
-        .as_ref()
-        .and_then(|p| p.file_name())
-        .and_then(|n| n.to_str());
-    // Threads alive at both ends, but this one and the processor's.
-    let other_threads_s: f64 = (live_threads_cpu_seconds().into_iter())
-        .filter(|(tid, (name, _))| Some(tid.as_str()) != own_tid && name != "processor")
-        .filter_map(|(tid, (_, end))| live0.get(&tid).map(|(_, start)| end - start))
-        .sum::<f64>()
-        // (An empty sum is −0.)
-        + 0.0;
-    let pass = Pass {
-        cpu_s,
-        processor_thread_s,
-        processor_thread_system_s: processor_thread_seconds().1 - system0,
-        other_threads_s,
-        passing_threads_s: (cpu_s - processor_thread_s - other_threads_s).max(0.0),
-        wall_s: wall.as_secs_f64(),
-        lag_s: (wall - appended).as_secs_f64(),
-        staged_users: act.users.load(Ordering::Relaxed),
-        snapshot_offset: status.snapshot_offset.load(Ordering::Acquire),
-    };
-    Ok((pass, RunningPass { processor, dir }))
+
+    /// Waits until the processor's threads are idle: no CPU tick (10 ms) of the process
+    /// but this thread's, or one, in each of three 100-ms spans in a row (a snapshot's
+    /// encoding and writing go on for seconds after the processor has caught up).
+    fn wait_until_idle(&self) -> anyhow::Result<()> {
+        let busy = || process_cpu_seconds() - own_cpu_seconds();
+        let started = Instant::now();
+        let (mut quiet, mut before) = (0, busy());
+        while quiet < 3 {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(600),
+                "the processor's threads were not idle within 10 minutes"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            let now = busy();
+            quiet = if now - before <= 0.015 { quiet + 1 } else { 0 };
+            before = now;
+        }
+        Ok(())
+    }
+
+    /// Appends `measured` at `rate` records a second from its first record's time, and
+    /// measures until the processor has committed its last record, or with `until_idle`
+    /// until its threads are idle after that ([`Self::wait_until_idle`]).
+    fn measure(
+        &self,
+        measured: &[(usize, EncodedBatch)],
+        rate: f64,
+        until_idle: bool,
+    ) -> anyhow::Result<Pass> {
+        let (log, notifier, status) = (&self.log, &self.notifier, &self.processor.status);
+        let (process0, own0) = (process_cpu_seconds(), own_cpu_seconds());
+        let (thread0, system0) = processor_thread_seconds();
+        let live0 = live_threads_cpu_seconds();
+        let start = Instant::now();
+        let first = measured.first().map_or(0, |(at, _)| *at);
+        let mut next = 0;
+        while next < measured.len() {
+            // Every batch whose first record is due by now, in one append (as intake's group
+            // commit does when requests queue up).
+            let elapsed = start.elapsed().as_secs_f64();
+            let due_records = (elapsed * rate) as usize;
+            let mut end = next;
+            while end < measured.len() && measured[end].0 - first <= due_records {
+                end += 1;
+            }
+            if end == next {
+                let wait = (measured[next].0 - first) as f64 / rate - elapsed;
+                std::thread::sleep(Duration::from_secs_f64(wait.clamp(0.0005, 0.05)));
+                continue;
+            }
+            let group: Vec<&EncodedBatch> = measured[next..end].iter().map(|(_, b)| b).collect();
+            log.append_group(&group, &[])?;
+            notifier.appended(log.end_offset());
+            next = end;
+        }
+        let appended = start.elapsed();
+        self.caught_up(log.end_offset())?;
+        let wall = start.elapsed();
+        if until_idle {
+            self.wait_until_idle()?;
+        }
+        let cpu_s = (process_cpu_seconds() - process0) - (own_cpu_seconds() - own0);
+        let processor_thread_s = processor_thread_seconds().0 - thread0;
+        let own_tid = std::fs::read_link("/proc/thread-self").ok();
+        let own_tid = own_tid
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str());
+        // Threads alive at both ends, but this one and the processor's.
+        let other_threads_s: f64 = (live_threads_cpu_seconds().into_iter())
+            .filter(|(tid, (name, _))| Some(tid.as_str()) != own_tid && name != "processor")
+            .filter_map(|(tid, (_, end))| live0.get(&tid).map(|(_, start)| end - start))
+            .sum::<f64>()
+            // (An empty sum is −0.)
+            + 0.0;
+        Ok(Pass {
+            cpu_s,
+            processor_thread_s,
+            processor_thread_system_s: processor_thread_seconds().1 - system0,
+            other_threads_s,
+            passing_threads_s: (cpu_s - processor_thread_s - other_threads_s).max(0.0),
+            wall_s: wall.as_secs_f64(),
+            lag_s: (wall - appended).as_secs_f64(),
+            staged_users: self.act.users.load(Ordering::Relaxed),
+            snapshot_offset: status.snapshot_offset.load(Ordering::Acquire),
+        })
+    }
 }
 
 /// Where a pass's snapshots fall: every `F/2 + M/4` records (F the fill's records, M the
@@ -987,6 +1314,105 @@ mod tests {
         }
     }
 
+    /// A pass's process under `--interleave` runs its slices one `next` at a time, each
+    /// paced and measured until its threads are idle; the slices together are the whole
+    /// measured traffic, processed to its last record.
+    #[test]
+    fn an_interleaved_pass_runs_a_slice_at_each_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vedetta.toml");
+        std::fs::write(&path, super::super::TEST_TRIGGERS).unwrap();
+        let config = load_from(Some(&path), &[], &Overrides::default()).unwrap();
+        let set = config.triggers.load_set().unwrap();
+        let traffic = Traffic {
+            rate: 400.0,
+            warmup: 120,
+            fill: 4,
+            seconds: 3,
+            batch: 50,
+        };
+        let Appends { header, batches } = appends(&traffic).unwrap();
+        let pass_log = PassLog::open().unwrap();
+        for group in batches[..header.fill_batches].chunks(FILL_GROUP) {
+            pass_log.append_fill(group.iter().map(|(_, b)| b)).unwrap();
+        }
+        let measured = &batches[header.fill_batches..];
+        let started = StartedPass::start(&config, set, pass_log, snapshot_schedule(measured));
+        let started = started.unwrap();
+        let slices = slices_of(measured, header.rate, 1);
+        assert_eq!(slices.len(), 3);
+        let mut out = Vec::new();
+        let input = "next\nnext\nnext\n".as_bytes();
+        run_slices(&started, measured, (header.rate, 1), input, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("ready 3"));
+        let passes: Vec<Pass> = lines.map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(passes.len(), 3);
+        for pass in &passes {
+            // A second of traffic a slice, paced.
+            assert!(pass.wall_s >= 0.5 && pass.cpu_s > 0.0, "{pass}");
+        }
+        let whole = passes.iter().copied().reduce(Pass::then).unwrap();
+        let cpu: f64 = passes.iter().map(|p| p.cpu_s).sum();
+        assert!(
+            (whole.cpu_s - cpu).abs() < 1e-9 && whole.staged_users > 0,
+            "{whole}"
+        );
+        // Every record appended and processed.
+        let end = started.log.end_offset();
+        assert_eq!(end as usize, header.fill_records + header.measured);
+        let processed = started
+            .processor
+            .status
+            .processed_offset
+            .load(Ordering::Acquire);
+        assert!(processed >= end, "{processed} of {end}");
+        // Asked for no slice (the input ended at once): ready, then nothing.
+        let mut out = Vec::new();
+        run_slices(&started, &[], (header.rate, 1), "".as_bytes(), &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "ready 0\n");
+        // A line other than `next` is refused.
+        let error = run_slices(
+            &started,
+            measured,
+            (header.rate, 1),
+            "go\n".as_bytes(),
+            Vec::new(),
+        );
+        assert!(error.unwrap_err().to_string().contains("expected `next`"));
+        started.processor.stop();
+    }
+
+    #[test]
+    fn slices_cut_the_traffic_by_its_time_each_batch_whole() {
+        let batch = |at: usize| {
+            let bytes = Vec::new();
+            (at, EncodedBatch { bytes, count: 10 })
+        };
+        // 100 records a second, slices of 2 s: records 0-199, 200-399, 400-… after the
+        // first.
+        let measured: Vec<_> = [1_000, 1_050, 1_150, 1_199, 1_200, 1_390, 1_400]
+            .into_iter()
+            .map(batch)
+            .collect();
+        let firsts = |slices: Vec<&[(usize, EncodedBatch)]>| -> Vec<Vec<usize>> {
+            (slices.iter())
+                .map(|s| s.iter().map(|(at, _)| *at).collect())
+                .collect()
+        };
+        assert_eq!(
+            firsts(slices_of(&measured, 100.0, 2)),
+            [
+                vec![1_000, 1_050, 1_150, 1_199],
+                vec![1_200, 1_390],
+                vec![1_400]
+            ]
+        );
+        assert!(slices_of(&[], 100.0, 2).is_empty());
+        assert_eq!(firsts(slices_of(&measured, 100.0, 3_600)).len(), 1);
+    }
+
     #[test]
     fn the_median_is_the_middle_value() {
         assert_eq!(median(&[]), 0.0);
@@ -1019,6 +1445,9 @@ mod tests {
             write_traffic: None,
             pass_triggers: None,
             rounds_file: None,
+            interleave: None,
+            control: false,
+            pass_slice_seconds: None,
         };
         let error = run(&args(f64::INFINITY, 1)).unwrap_err().to_string();
         assert!(error.contains("--rate"), "{error}");

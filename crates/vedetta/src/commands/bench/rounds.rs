@@ -26,7 +26,12 @@ use std::path::Path;
 use vedetta_core::time::Clock;
 
 /// The rounds file's line format (a line of another version is refused, not misread).
-const FORMAT: u32 = 1;
+/// Format 2 added the protocol's fields to the setup ([`Setup::interleave_seconds`],
+/// [`Setup::control`]); a line of format 1 reads as a round of passes whole, one after the
+/// other, with triggers.
+const FORMAT: u32 = 2;
+/// The oldest format read.
+const OLDEST_FORMAT: u32 = 1;
 /// The largest rounds file read (a round's line is under a kilobyte).
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
@@ -45,6 +50,14 @@ pub(super) struct Setup {
     pub batch: usize,
     /// Passes in the bench's own process (`--same-process`) rather than one each.
     pub same_process: bool,
+    /// The two passes interleaved in slices of this many seconds of traffic
+    /// (`--interleave`); none: each pass whole, one after the other.
+    #[serde(default)]
+    pub interleave_seconds: Option<u64>,
+    /// Both passes without triggers (`--control`): an A/A round, the protocol's own
+    /// spread and bias.
+    #[serde(default)]
+    pub control: bool,
 }
 
 /// One round: its two passes, as the run measured them.
@@ -78,7 +91,7 @@ impl Setup {
     pub fn of_this_run(
         config: &Path,
         traffic: &super::stage::Traffic,
-        same_process: bool,
+        protocol: Protocol,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("the running executable's path")?;
         Ok(Self {
@@ -89,9 +102,19 @@ impl Setup {
             fill: traffic.fill,
             seconds: traffic.seconds,
             batch: traffic.batch,
-            same_process,
+            same_process: protocol.same_process,
+            interleave_seconds: protocol.interleave_seconds,
+            control: protocol.control,
         })
     }
+}
+
+/// How a run's passes are made (see [`Setup`]'s fields of the same names).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Protocol {
+    pub same_process: bool,
+    pub interleave_seconds: Option<u64>,
+    pub control: bool,
 }
 
 fn sha256_of_file(path: &Path) -> anyhow::Result<String> {
@@ -148,12 +171,23 @@ fn read(path: &Path) -> anyhow::Result<Vec<Round>> {
             .with_context(|| format!("{} line {number} is not a round", path.display()))?
             .format;
         anyhow::ensure!(
-            format == FORMAT,
-            "{} line {number} is a round of format {format}; this build reads format {FORMAT}",
+            (OLDEST_FORMAT..=FORMAT).contains(&format),
+            "{} line {number} is a round of format {format}; this build reads formats \
+             {OLDEST_FORMAT} to {FORMAT}",
             path.display()
         );
         let round: Round = serde_json::from_str(&line)
             .with_context(|| format!("{} line {number} is not a round", path.display()))?;
+        anyhow::ensure!(
+            format >= 2 || (round.setup.interleave_seconds.is_none() && !round.setup.control),
+            "{} line {number}: a round of format 1 has no interleaving and no control",
+            path.display()
+        );
+        anyhow::ensure!(
+            round.setup.interleave_seconds.is_none_or(|s| s > 0),
+            "{} line {number}: interleave_seconds must be positive",
+            path.display()
+        );
         let positive = |p: &Pass| {
             [p.cpu_s, p.processor_thread_s]
                 .iter()
@@ -229,7 +263,7 @@ pub fn run(args: &RoundsArgs) -> anyhow::Result<()> {
         }
         println!(
             "{} rounds ({first} … {last}) of binary {}, configuration {}: {} events/s, {} s \
-             measured after {} s of fill ({} s of warm-up, batches of {}){}",
+             measured after {} s of fill ({} s of warm-up, batches of {}){}{}{}",
             rounds.len(),
             &setup.binary_sha256[..setup.binary_sha256.len().min(12)],
             &setup.config_sha256[..setup.config_sha256.len().min(12)],
@@ -240,6 +274,15 @@ pub fn run(args: &RoundsArgs) -> anyhow::Result<()> {
             setup.batch,
             if setup.same_process {
                 ", passes in one process"
+            } else {
+                ""
+            },
+            setup
+                .interleave_seconds
+                .map(|s| format!(", passes interleaved by {s} s"))
+                .unwrap_or_default(),
+            if setup.control {
+                ", control: no triggers in either pass"
             } else {
                 ""
             }
@@ -414,6 +457,8 @@ mod tests {
             seconds: 90,
             batch: 1_000,
             same_process: false,
+            interleave_seconds: None,
+            control: false,
         }
     }
 
@@ -511,7 +556,21 @@ mod tests {
         )
         .unwrap();
         let good = std::fs::read_to_string(&path).unwrap();
-        let newer = good.replacen("\"format\":1", "\"format\":2", 1);
+        let newer = good.replacen("\"format\":2", "\"format\":3", 1);
+        // A line as stops 41-42 wrote them (format 1, no protocol fields) still reads.
+        let older = (good.replacen("\"format\":2", "\"format\":1", 1)).replacen(
+            ",\"interleave_seconds\":null,\"control\":false",
+            "",
+            1,
+        );
+        assert_ne!(older, good);
+        std::fs::write(&path, &older).unwrap();
+        assert_eq!(read_matching(&path, &ours).unwrap().0.len(), 1);
+        let older_interleaved = good.replacen("\"format\":2", "\"format\":1", 1).replacen(
+            "\"interleave_seconds\":null",
+            "\"interleave_seconds\":10",
+            1,
+        );
         let cut = &good[..good.len() / 2];
         let bare = good.replacen("\"cpu_s\":35.0,", "", 1);
         let idle = good.replacen("\"cpu_s\":35.0,", "\"cpu_s\":0.0,", 1);
@@ -522,7 +581,15 @@ mod tests {
         );
         for (bad, why) in [
             (format!("{good}{cut}\n"), "line 2 is not a round"),
-            (format!("{good}\n{newer}"), "line 3 is a round of format 2"),
+            (format!("{good}\n{newer}"), "line 3 is a round of format 3"),
+            (
+                older_interleaved,
+                "line 1: a round of format 1 has no interleaving and no control",
+            ),
+            (
+                good.replacen("\"interleave_seconds\":null", "\"interleave_seconds\":0", 1),
+                "line 1: interleave_seconds must be positive",
+            ),
             (bare, "line 1 is not a round"),
             (idle, "line 1: a pass's CPU seconds must be positive"),
             (
