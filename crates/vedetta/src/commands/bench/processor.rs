@@ -751,20 +751,31 @@ fn write_traffic_in_child(args: &ProcessorBenchArgs, file: &std::path::Path) -> 
     Ok(())
 }
 
+/// This binary started again on `appends` for one pass (see the module).
+fn pass_command(
+    args: &ProcessorBenchArgs,
+    appends: &std::path::Path,
+    with_triggers: bool,
+) -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe().context("the path of this binary")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["bench", "processor", "--config"])
+        .arg(&args.bench.config)
+        .arg("--pass-appends")
+        .arg(appends)
+        .arg("--pass-triggers")
+        .arg(with_triggers.to_string());
+    Ok(command)
+}
+
 /// Runs one pass in a fresh process of this binary (see the module) and reads its figures.
 fn pass_in_child(
     args: &ProcessorBenchArgs,
     appends: &std::path::Path,
     with_triggers: bool,
 ) -> anyhow::Result<Pass> {
-    let exe = std::env::current_exe().context("the path of this binary")?;
-    let output = std::process::Command::new(exe)
-        .args(["bench", "processor", "--config"])
-        .arg(&args.bench.config)
-        .arg("--pass-appends")
-        .arg(appends)
-        .arg("--pass-triggers")
-        .arg(with_triggers.to_string())
+    let output = pass_command(args, appends, with_triggers)?
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("starting a pass's process")?;
@@ -858,14 +869,7 @@ impl SlicedChild {
         with_triggers: bool,
         seconds: u64,
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("the path of this binary")?;
-        let mut child = std::process::Command::new(exe)
-            .args(["bench", "processor", "--config"])
-            .arg(&args.bench.config)
-            .arg("--pass-appends")
-            .arg(appends)
-            .arg("--pass-triggers")
-            .arg(with_triggers.to_string())
+        let mut child = pass_command(args, appends, with_triggers)?
             .arg("--pass-slice-seconds")
             .arg(seconds.to_string())
             .stdin(std::process::Stdio::piped())
@@ -1262,10 +1266,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Both passes run the real processor over the same appends, paced at the traffic's
-    /// rate, to the last record; only the pass with triggers holds users in its stage.
-    #[test]
-    fn a_pass_processes_every_appended_record_at_the_traffic_s_pace() {
+    /// The test triggers' configuration, their set, and 3 s of traffic at 400 events/s
+    /// after 4 s of fill.
+    fn small_run() -> (crate::config::Config, TriggerSet, Appends) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vedetta.toml");
         std::fs::write(&path, super::super::TEST_TRIGGERS).unwrap();
@@ -1278,7 +1281,14 @@ mod tests {
             seconds: 3,
             batch: 50,
         };
-        let appends = appends(&traffic).unwrap();
+        (config, set, appends(&traffic).unwrap())
+    }
+
+    /// Both passes run the real processor over the same appends, paced at the traffic's
+    /// rate, to the last record; only the pass with triggers holds users in its stage.
+    #[test]
+    fn a_pass_processes_every_appended_record_at_the_traffic_s_pace() {
+        let (config, set, appends) = small_run();
         assert!(
             appends.header.fill_batches > 0 && appends.header.fill_batches < appends.batches.len()
         );
@@ -1319,19 +1329,7 @@ mod tests {
     /// measured traffic, processed to its last record.
     #[test]
     fn an_interleaved_pass_runs_a_slice_at_each_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vedetta.toml");
-        std::fs::write(&path, super::super::TEST_TRIGGERS).unwrap();
-        let config = load_from(Some(&path), &[], &Overrides::default()).unwrap();
-        let set = config.triggers.load_set().unwrap();
-        let traffic = Traffic {
-            rate: 400.0,
-            warmup: 120,
-            fill: 4,
-            seconds: 3,
-            batch: 50,
-        };
-        let Appends { header, batches } = appends(&traffic).unwrap();
+        let (config, set, Appends { header, batches }) = small_run();
         let pass_log = PassLog::open().unwrap();
         for group in batches[..header.fill_batches].chunks(FILL_GROUP) {
             pass_log.append_fill(group.iter().map(|(_, b)| b)).unwrap();
