@@ -345,9 +345,26 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     } else {
         format!("{} triggers", set.triggers.len())
     };
+    // Each pass's figures as it ends (in a round's order), or an interleaved round's two
+    // once both end.
+    let report = |round: usize, second_kind: bool, pass: &Pass| {
+        if second_kind {
+            eprintln!(
+                "round {round}, {second}: {pass}; {} users held by the stage",
+                pass.staged_users
+            );
+        } else {
+            eprintln!("round {round}, no triggers: {pass}");
+        }
+    };
     for round in 0..args.rounds {
         let (a, w) = match full.interleave {
-            Some(seconds) => interleaved_round(full, &file, round, seconds)?,
+            Some(seconds) => {
+                let (a, w) = interleaved_round(full, &file, round, seconds)?;
+                report(round, false, &a);
+                report(round, true, &w);
+                (a, w)
+            }
             None => {
                 let order = if round % 2 == 0 {
                     [false, true]
@@ -357,6 +374,7 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 let (mut a, mut w) = (None, None);
                 for second_kind in order {
                     let pass = run_one(second_kind && !full.control)?;
+                    report(round, second_kind, &pass);
                     *(if second_kind { &mut w } else { &mut a }) = Some(pass);
                 }
                 (
@@ -365,11 +383,6 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
                 )
             }
         };
-        eprintln!("round {round}, no triggers: {a}");
-        eprintln!(
-            "round {round}, {second}: {w}; {} users held by the stage",
-            w.staged_users
-        );
         alone.push(a);
         with.push(w);
         if let (Some((path, setup)), Some(a), Some(w)) = (&setup, alone.last(), with.last()) {
