@@ -107,7 +107,7 @@ pub struct ProcessorBenchArgs {
     #[arg(
         long,
         conflicts_with = "same_process",
-        value_parser = clap::value_parser!(u64).range(1..=3_600)
+        value_parser = clap::value_parser!(u64).range(1..=rounds::MAX_INTERLEAVE_SECONDS)
     )]
     pub(super) interleave: Option<u64>,
     /// A control run: both passes of every round without triggers (an A/A run), to
@@ -126,7 +126,7 @@ pub struct ProcessorBenchArgs {
         long,
         hide = true,
         requires = "pass_appends",
-        value_parser = clap::value_parser!(u64).range(1..=3_600)
+        value_parser = clap::value_parser!(u64).range(1..=rounds::MAX_INTERLEAVE_SECONDS)
     )]
     pub(super) pass_slice_seconds: Option<u64>,
     /// Internal: generate the traffic, write it to this file and exit.

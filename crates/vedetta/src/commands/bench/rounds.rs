@@ -37,6 +37,8 @@ use vedetta_core::time::Clock;
 const FORMAT: u32 = 2;
 /// The oldest format read.
 const OLDEST_FORMAT: u32 = 1;
+/// The longest slice of `--interleave`, in seconds (the flag's bound, and the file's).
+pub(super) const MAX_INTERLEAVE_SECONDS: u64 = 3_600;
 /// The largest rounds file read (a round's line is under a kilobyte).
 const MAX_FILE_BYTES: u64 = 64 << 20;
 
@@ -189,8 +191,9 @@ fn read(path: &Path) -> anyhow::Result<Vec<Round>> {
             path.display()
         );
         anyhow::ensure!(
-            round.setup.interleave_seconds.is_none_or(|s| s > 0),
-            "{} line {number}: interleave_seconds must be positive",
+            (round.setup.interleave_seconds)
+                .is_none_or(|s| (1..=MAX_INTERLEAVE_SECONDS).contains(&s)),
+            "{} line {number}: interleave_seconds must be 1 to {MAX_INTERLEAVE_SECONDS}",
             path.display()
         );
         let positive = |p: &Pass| {
@@ -593,7 +596,15 @@ mod tests {
             ),
             (
                 good.replacen("\"interleave_seconds\":null", "\"interleave_seconds\":0", 1),
-                "line 1: interleave_seconds must be positive",
+                "line 1: interleave_seconds must be 1 to 3600",
+            ),
+            (
+                good.replacen(
+                    "\"interleave_seconds\":null",
+                    "\"interleave_seconds\":3601",
+                    1,
+                ),
+                "line 1: interleave_seconds must be 1 to 3600",
             ),
             (bare, "line 1 is not a round"),
             (idle, "line 1: a pass's CPU seconds must be positive"),
