@@ -35,5 +35,6 @@ pub mod sources;
 pub mod time;
 pub mod watch;
 
+pub use encoding::WriteError;
 pub use record::{EventKind, LogRecord, SpendRecord, StoredEvent};
 pub use time::EventTime;

@@ -31,7 +31,9 @@ pub use keys::{
 };
 pub use memories::MEMORY_FORMAT;
 pub use migrate::MigrationReport;
-pub use snapshot_file::{SNAPSHOT_POINTER_FORMAT, SnapshotFile, SnapshotFileWriter};
+pub use snapshot_file::{
+    PendingSnapshotFile, SNAPSHOT_POINTER_FORMAT, SnapshotFile, SnapshotFileWriter,
+};
 
 use crate::error::{EngineFailure, io_is_storage_full};
 use crate::reopen::{ReopeningDatabase, Unavailable};
@@ -1021,7 +1023,7 @@ mod tests {
         let path = dir.path().join("kpi.redb");
         let store = KpiStore::open(&path).unwrap();
         // What the writer of offset 7 had written when its process ended.
-        let unfinished = snapshot_file::temporary_path(&snapshot_file::path_of(&path, 7, 77), 0);
+        let unfinished = snapshot_file::temporary_path(&path, 7, 0);
         std::fs::write(&unfinished, b"VDSN\x03half a sn").unwrap();
         let file = store.write_snapshot_file(9, b"VDSN\x03state at 9").unwrap();
         store
@@ -1062,6 +1064,54 @@ mod tests {
             vec![taken.file_name().unwrap().to_string_lossy().into_owned()],
             "only the directory in the way"
         );
+    }
+
+    /// A snapshot written into its file as it is encoded, in pieces of any size, is the
+    /// file of its bytes written at once (the same name, length and hash), and the store
+    /// reads it back; one given up before it is finished (an encoding error, a full disk)
+    /// leaves nothing behind.
+    #[test]
+    fn a_snapshot_file_written_in_pieces_is_the_one_written_whole() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpi.redb");
+        let store = KpiStore::open(&path).unwrap();
+        let writer = store.snapshot_file_writer();
+        // Past the writer's buffer, so that pieces reach the file before the end.
+        let bytes: Vec<u8> = b"VDSN\x03"
+            .iter()
+            .copied()
+            .chain((0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8))
+            .collect();
+        let mut pending = writer.begin(21).unwrap();
+        for piece in bytes.chunks(7_919) {
+            pending.write_all(piece).unwrap();
+        }
+        assert_eq!(pending.len(), bytes.len() as u64);
+        let given_up = writer.begin(21).unwrap();
+        drop(given_up);
+        let mut abandoned = writer.begin(22).unwrap();
+        abandoned.write_all(&bytes).unwrap();
+        drop(abandoned);
+        let streamed = pending.finish().unwrap();
+        assert_eq!(
+            files_beside_the_store(dir.path()),
+            vec![file_name(&path, &streamed)],
+            "the files given up are gone"
+        );
+        let whole = store.write_snapshot_file(21, &bytes).unwrap();
+        assert_eq!(streamed, whole);
+        store
+            .commit(&Commit {
+                processed_offset: 21,
+                snapshot_file: Some(streamed),
+                durable: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        drop(store);
+        let progress = KpiStore::open(&path).unwrap().progress().unwrap();
+        assert!(progress.snapshot == Some((21, bytes)));
     }
 
     /// Two writers of one offset: a processor rebuilt after a failure starts its snapshots

@@ -26,8 +26,8 @@ pub mod watch_store;
 
 pub use identity_store::{ApplyOutcome, IdentityStore, IdentityStoreError, IdentityWrite};
 pub use kpi_store::{
-    Commit, KpiStore, MigrationReport, Progress, RowKey, RowView, SettingsCheck, SnapshotFile,
-    SnapshotFileWriter, SpendRowKey, StoreError,
+    Commit, KpiStore, MigrationReport, PendingSnapshotFile, Progress, RowKey, RowView,
+    SettingsCheck, SnapshotFile, SnapshotFileWriter, SpendRowKey, StoreError,
 };
 pub use log::{
     AppendError, AppendFailure, EncodedBatch, EventLog, GroupCommitWriter, LogError, LogStats,

@@ -350,13 +350,6 @@ struct SnapshotInFlight {
     done: Option<EncodedSnapshot>,
 }
 
-/// The room the next snapshot's bytes are encoded into, from the last one's size: an
-/// eighth more, for the state's growth since (more is grown into as before; none asked
-/// for a size this machine cannot address).
-fn snapshot_capacity(last_bytes: u64) -> usize {
-    usize::try_from(last_bytes.saturating_add(last_bytes / 8)).unwrap_or(0)
-}
-
 /// What the snapshot thread hands back: the snapshot written to its file, and the copies
 /// it was encoded from, for the next snapshot to copy into.
 struct EncodedSnapshot {
@@ -385,7 +378,6 @@ impl SnapshotInFlight {
         stage: Option<&StageRunner>,
         writer: SnapshotFileWriter,
         spare: Option<SpentCopies>,
-        capacity: usize,
     ) -> Self {
         let copy_started = Instant::now();
         let memories: FastHashMap<UserPseudonym, Memories> =
@@ -405,25 +397,29 @@ impl SnapshotInFlight {
         let spawned = std::thread::Builder::new()
             .name("snapshot".into())
             .spawn(move || {
+                // Written into its file as it is encoded, never held whole (see
+                // `SnapshotCopy::encode_to`); the encoding's time includes handing the
+                // bytes to the kernel, the write's is the flush, fsync and rename.
                 let started = Instant::now();
-                let bytes = state
-                    .encode_sized(capacity)
-                    .context("encoding the pipeline snapshot")
-                    .and_then(|mut bytes| {
+                let encoded = writer
+                    .begin(offset)
+                    .context("writing the pipeline snapshot's file")
+                    .and_then(|mut file| {
+                        state
+                            .encode_to(&mut file)
+                            .context("encoding the pipeline snapshot into its file")?;
                         // The trigger stage's part follows the pipeline's.
                         if let Some(stage) = &stage {
                             stage
-                                .encode_section(&mut bytes)
-                                .map_err(|e| anyhow::anyhow!("{e}"))
-                                .context("encoding the trigger stage's snapshot")?;
+                                .encode_section_to(&mut file)
+                                .context("encoding the trigger stage's snapshot into its file")?;
                         }
-                        Ok(bytes)
+                        Ok(file)
                     });
                 let encode_took = started.elapsed();
                 let written = Instant::now();
-                let file = bytes.and_then(|bytes| {
-                    writer
-                        .write(offset, &bytes)
+                let file = encoded.and_then(|file| {
+                    file.finish()
                         .context("writing the pipeline snapshot's file")
                 });
                 // Given up (a stop, a failure) when the receiver is gone: nothing to do
@@ -526,9 +522,6 @@ pub struct Processor {
     last_snapshot_cost: Duration,
     /// The offset of the store's snapshot.
     snapshot_offset: u64,
-    /// The bytes of the last snapshot this processor made (0 before the first): the next
-    /// is encoded into a vector sized for a little more.
-    last_snapshot_bytes: u64,
     /// A snapshot being encoded off this thread, not in the store yet.
     snapshot_in_flight: Option<SnapshotInFlight>,
     /// The last snapshot's copies, for the next to copy into.
@@ -640,7 +633,6 @@ impl Processor {
             last_snapshot: Instant::now(),
             last_snapshot_cost: Duration::ZERO,
             snapshot_offset,
-            last_snapshot_bytes: 0,
             snapshot_in_flight: None,
             spare_copies: None,
             triggers: replaying
@@ -1016,7 +1008,6 @@ impl Processor {
             }
             self.last_snapshot_cost = copy_took + encode_took + write_took + commit_took;
             self.snapshot_offset = offset;
-            self.last_snapshot_bytes = bytes;
             tracing::info!(
                 offset,
                 committed_at = commit.processed_offset,
@@ -1039,7 +1030,6 @@ impl Processor {
                 self.triggers.as_ref(),
                 self.store.snapshot_file_writer(),
                 self.spare_copies.take(),
-                snapshot_capacity(self.last_snapshot_bytes),
             ));
         }
         status.commits.fetch_add(1, Ordering::Relaxed);

@@ -58,6 +58,7 @@ use super::engine::{ActState, ActStateError, Engine, FlatRows, Judged, Output};
 use super::push::{Push, PushEvent, SegmentSignal, SignalNotice};
 use super::segment_window::{SegmentWindow, SegmentWindowError, SegmentWindowState};
 use super::triggers::{RawTrigger, Trigger, TriggerError, check_triggers};
+use crate::encoding::WriteError;
 use crate::enrich::EnrichConfig;
 use crate::pipeline::kpi::KpiDeltas;
 use crate::pipeline::{EventVerdict, Pipeline, PipelineConfig};
@@ -677,15 +678,16 @@ impl TriggerStage {
     pub fn encode_section(&self, out: &mut Vec<u8>) -> Result<(), StageError> {
         let window = self.window.encode()?;
         let state = self.engine.state();
-        encode_section(
-            out,
-            self.set_offset,
-            &self.set_bytes,
-            self.next_seq,
-            &state.encode_globals()?,
-            RowsOf::Live(state),
-            &window,
-        )
+        let globals = state.encode_globals()?;
+        let body = SectionRef {
+            set_offset: self.set_offset,
+            set: Bytes(&self.set_bytes),
+            next_seq: self.next_seq,
+            globals: Bytes(&globals),
+            rows: RowsOf::Live(state),
+            window: Bytes(&window),
+        };
+        append_section(out, &body)
     }
 
     pub fn stats(&self) -> StageStats {
@@ -738,18 +740,35 @@ impl StageCopy {
     /// Appends the section [`TriggerStage::encode_section`] appended when the copy was
     /// taken. On error `out` is as it was.
     pub fn encode_section(&self, out: &mut Vec<u8>) -> Result<(), StageError> {
+        let window = self.window_bytes()?;
+        append_section(out, &self.body(&window)?)
+    }
+
+    /// Writes the bytes [`Self::encode_section`] appends to `out`, as they are encoded
+    /// (after the pipeline's, into the snapshot's file: see
+    /// [`crate::pipeline::SnapshotCopy::encode_to`]).
+    pub fn encode_section_to<W: std::io::Write>(&self, out: &mut W) -> Result<(), WriteError> {
+        let encode_error = |e: StageError| WriteError::Encode(e.to_string());
+        let window = self.window_bytes().map_err(encode_error)?;
+        let body = self.body(&window).map_err(encode_error)?;
+        out.write_all(&SECTION_HEAD)?;
+        crate::encoding::write(&body, out)
+    }
+
+    fn window_bytes(&self) -> Result<Vec<u8>, StageError> {
         let window = self.window.as_ref().ok_or(SegmentWindowError::MidBatch)?;
-        let window = SegmentWindow::encode_state(window)?;
-        let globals = self.globals.as_ref().map_err(Clone::clone)?;
-        encode_section(
-            out,
-            self.set_offset,
-            &self.set_bytes,
-            self.next_seq,
-            globals,
-            RowsOf::Flat(&self.rows),
-            &window,
-        )
+        Ok(SegmentWindow::encode_state(window)?)
+    }
+
+    fn body<'a>(&'a self, window: &'a [u8]) -> Result<SectionRef<'a>, StageError> {
+        Ok(SectionRef {
+            set_offset: self.set_offset,
+            set: Bytes(&self.set_bytes),
+            next_seq: self.next_seq,
+            globals: Bytes(self.globals.as_ref().map_err(Clone::clone)?),
+            rows: RowsOf::Flat(&self.rows),
+            window: Bytes(window),
+        })
     }
 }
 
@@ -811,27 +830,17 @@ struct Section<'a> {
     window: &'a [u8],
 }
 
-fn encode_section(
-    out: &mut Vec<u8>,
-    set_offset: u64,
-    set_bytes: &[u8],
-    next_seq: u64,
-    globals: &[u8],
-    rows: RowsOf<'_>,
-    window: &[u8],
-) -> Result<(), StageError> {
+/// A section's first bytes: the magic, then the format of the body that follows.
+const SECTION_HEAD: [u8; 5] = {
+    let [a, b, c, d] = STAGE_MAGIC;
+    [a, b, c, d, STAGE_FORMAT]
+};
+
+/// Appends the section of `body` to `out`; on error `out` is as it was.
+fn append_section(out: &mut Vec<u8>, body: &SectionRef<'_>) -> Result<(), StageError> {
     let start = out.len();
-    out.extend_from_slice(&STAGE_MAGIC);
-    out.push(STAGE_FORMAT);
-    let body = SectionRef {
-        set_offset,
-        set: Bytes(set_bytes),
-        next_seq,
-        globals: Bytes(globals),
-        rows,
-        window: Bytes(window),
-    };
-    if let Err(e) = crate::encoding::append(&body, out) {
+    out.extend_from_slice(&SECTION_HEAD);
+    if let Err(e) = crate::encoding::append(body, out) {
         out.truncate(start);
         return Err(body_error("trigger stage section")(e.to_string()));
     }

@@ -24,6 +24,7 @@ pub mod snapshot;
 pub mod user;
 pub mod windows;
 
+use crate::encoding::WriteError;
 use crate::enrich::{EnrichConfig, Enricher, RegionLookup};
 use crate::record::{EventKind, LogRecord, SpendRecord, StoredEvent, UserPseudonym};
 use attribution::{EarlierRuns, Memories, Memory, NO_DIMS, Span};
@@ -301,22 +302,58 @@ impl SnapshotCopy {
     /// The snapshot's bytes: those [`Pipeline::encode_snapshot`] gave when the copy was
     /// taken.
     pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
-        self.encode_sized(0)
+        let state = &self.state;
+        encode_borrowed(
+            state,
+            &self.users,
+            &state.dims,
+            &state.custom_kinds,
+            Vec::new(),
+        )
     }
 
-    /// [`Self::encode`] into a vector made with room for `capacity` bytes (the last
-    /// snapshot's size, say): growing a gigabyte by doubling copied it over and over and
-    /// made the kernel zero twice its pages (a quarter of the snapshot thread, `perf`).
-    pub fn encode_sized(&self, capacity: usize) -> Result<Vec<u8>, postcard::Error> {
+    /// Writes the bytes [`Self::encode`] gives to `out`, as they are encoded: a snapshot
+    /// of a gigabyte and more is never held whole. Encoded into a vector instead, it grew
+    /// in the middle of the encoding whenever the state had grown since the last one (the
+    /// vector was sized from it): the allocator copied everything encoded so far into
+    /// fresh pages the kernel zeroed, ~1.6 s of the snapshot thread at 1.5 GB, with the
+    /// old and the new vector held at once (`perf`, stop 43).
+    pub fn encode_to<W: std::io::Write>(&self, out: &mut W) -> Result<(), WriteError> {
         let state = &self.state;
-        let out = Vec::with_capacity(capacity.max(snapshot::SNAPSHOT_HEADER_LEN));
-        encode_borrowed(state, &self.users, &state.dims, &state.custom_kinds, out)
+        out.write_all(&snapshot::header())?;
+        crate::encoding::write(
+            &borrowed(state, &self.users, &state.dims, &state.custom_kinds),
+            out,
+        )
     }
 }
 
-/// The snapshot bytes of `state` with these users, dimension tuples and custom kinds (the
-/// live pipeline keeps the last two beside its state, a copy inside it), in `out` (empty;
-/// its capacity is kept).
+/// The snapshot body of `state` with these users, dimension tuples and custom kinds (the
+/// live pipeline keeps the last two beside its state, a copy inside it).
+fn borrowed<'a, Users: Serialize>(
+    state: &'a PipelineState,
+    users: &'a Users,
+    dims: &'a [dims::Dims],
+    custom_kinds: &'a [String],
+) -> BorrowedState<'a, Users> {
+    BorrowedState {
+        max_event_ts: state.max_event_ts,
+        dedup: &state.dedup,
+        orders: &state.orders,
+        users,
+        dormant: &state.dormant,
+        expiry: &state.expiry,
+        dims,
+        custom_kinds,
+        counters: &state.counters,
+        next_offset: state.next_offset,
+        earlier_runs: &state.earlier_runs,
+        refunds: &state.refunds,
+    }
+}
+
+/// The snapshot bytes of `state` (see [`borrowed`]), in `out` (empty; its capacity is
+/// kept).
 fn encode_borrowed<Users: Serialize>(
     state: &PipelineState,
     users: &Users,
@@ -326,23 +363,7 @@ fn encode_borrowed<Users: Serialize>(
 ) -> Result<Vec<u8>, postcard::Error> {
     out.clear();
     out.extend_from_slice(&snapshot::header());
-    crate::encoding::append(
-        &BorrowedState {
-            max_event_ts: state.max_event_ts,
-            dedup: &state.dedup,
-            orders: &state.orders,
-            users,
-            dormant: &state.dormant,
-            expiry: &state.expiry,
-            dims,
-            custom_kinds,
-            counters: &state.counters,
-            next_offset: state.next_offset,
-            earlier_runs: &state.earlier_runs,
-            refunds: &state.refunds,
-        },
-        &mut out,
-    )?;
+    crate::encoding::append(&borrowed(state, users, dims, custom_kinds), &mut out)?;
     Ok(out)
 }
 

@@ -439,6 +439,16 @@ fn a_snapshot_restores_a_pipeline_that_continues_identically() {
         first.pipeline.encode_snapshot().unwrap(),
         "a copy encoded elsewhere is the snapshot encoded in place"
     );
+    let mut streamed = Vec::new();
+    first
+        .pipeline
+        .snapshot_copy()
+        .encode_to(&mut streamed)
+        .unwrap();
+    assert!(
+        streamed == first.pipeline.encode_snapshot().unwrap(),
+        "a copy written out as it is encoded is the snapshot encoded in place"
+    );
     // A copy made into an earlier copy's memory, of a larger state and of a smaller one.
     let reused = straight
         .pipeline

@@ -64,13 +64,14 @@ fn path_before_hash_of(store_path: &Path, offset: u64) -> PathBuf {
     store_path.with_file_name(format!("{}{offset:020}", prefix(store_path)))
 }
 
-/// Where a writer puts the file of `path` until it is complete: a name that starts as
-/// the snapshot files' do, so that one left by a writer that never finished (a crash, a
-/// process that exited while a given-up snapshot was being written) goes with them.
-pub(super) fn temporary_path(path: &Path, write: u64) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(format!(".tmp{write}"));
-    PathBuf::from(name)
+/// Where a writer puts the file of the snapshot of `offset` until it is complete (its
+/// final name carries the hash of bytes not all written yet): a name that starts as the
+/// snapshot files' do, so that one left by a writer that never finished (a crash, a
+/// process that exited while a given-up snapshot was being written) goes with them. Each
+/// write has its own (`write`): a writer given up (a processor rebuilt after a failure)
+/// may still be writing the same offset.
+pub(super) fn temporary_path(store_path: &Path, offset: u64, write: u64) -> PathBuf {
+    store_path.with_file_name(format!("{}{offset:020}.tmp{write}", prefix(store_path)))
 }
 
 /// The directory holding the store (and its snapshot files).
@@ -97,47 +98,141 @@ impl SnapshotFileWriter {
 
     /// As [`super::KpiStore::write_snapshot_file`].
     pub fn write(&self, offset: u64, bytes: &[u8]) -> Result<SnapshotFile, StoreError> {
-        write(&self.store_path, offset, bytes)
+        let mut file = self.begin(offset)?;
+        file.write_all(bytes)
+            .map_err(|e| io_error("writing", &file.temporary, &e))?;
+        file.finish()
+    }
+
+    /// Starts the file of the snapshot of `offset`, for its bytes to be written into as
+    /// they are encoded (a snapshot of gigabytes is then never held whole in memory);
+    /// [`PendingSnapshotFile::finish`] makes it durable. Given up unfinished (an encoding
+    /// error, a full disk), nothing of it is left behind: a partial file on a full disk
+    /// would keep the disk full.
+    pub fn begin(&self, offset: u64) -> Result<PendingSnapshotFile, StoreError> {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = temporary_path(&self.store_path, offset, write);
+        let file =
+            std::fs::File::create(&temporary).map_err(|e| io_error("creating", &temporary, &e))?;
+        Ok(PendingSnapshotFile {
+            store_path: self.store_path.clone(),
+            offset,
+            file: Some(std::io::BufWriter::with_capacity(WRITE_BUFFER, file)),
+            temporary,
+            hasher: xxhash_rust::xxh3::Xxh3::new(),
+            len: 0,
+        })
     }
 }
 
-/// Writes the snapshot of `offset` to its file, durably. On a failure nothing of it is
-/// left behind: a partial file on a full disk would keep the disk full.
+/// The bytes a snapshot file takes before they go to the kernel: large enough that the
+/// write calls cost nothing beside the encoding, small beside a snapshot.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// A snapshot file being written ([`SnapshotFileWriter::begin`]): written into as any
+/// [`Write`], hashed as it goes; removed when dropped unfinished.
+pub struct PendingSnapshotFile {
+    store_path: PathBuf,
+    offset: u64,
+    /// `None` once finished.
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    temporary: PathBuf,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    len: u64,
+}
+
+impl std::fmt::Debug for PendingSnapshotFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (f.debug_struct("PendingSnapshotFile"))
+            .field("temporary", &self.temporary)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Write for PendingSnapshotFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let file = self.file.as_mut().ok_or_else(|| {
+            std::io::Error::other("a snapshot file written after it was finished")
+        })?;
+        let written = file.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        self.len += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+impl PendingSnapshotFile {
+    /// The bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes the file durable under its name (the offset and the bytes' hash): flushed,
+    /// fsynced, renamed, the directory fsynced. On a failure nothing of it is left.
+    pub fn finish(mut self) -> Result<SnapshotFile, StoreError> {
+        let hash = self.hasher.digest();
+        let path = path_of(&self.store_path, self.offset, hash);
+        let temporary = self.temporary.clone();
+        let Some(file) = self.file.take() else {
+            return Err(io_error(
+                "finishing",
+                &temporary,
+                &std::io::Error::other("finished twice"),
+            ));
+        };
+        let written = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| file.sync_all())
+            .map_err(|e| io_error("writing", &temporary, &e))
+            .and_then(|()| {
+                std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))
+            });
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(error);
+        }
+        let dir = directory_of(&self.store_path);
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("syncing the directory", &dir, &e))?;
+        Ok(SnapshotFile {
+            offset: self.offset,
+            len: self.len,
+            hash,
+        })
+    }
+}
+
+impl Drop for PendingSnapshotFile {
+    fn drop(&mut self) {
+        // Unfinished: given up (finished, the file is no longer there by that name).
+        if let Some(file) = self.file.take() {
+            drop(file.into_parts());
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}
+
+/// Writes the snapshot of `offset` to its file, durably (see
+/// [`SnapshotFileWriter::write`]).
 pub(super) fn write(
     store_path: &Path,
     offset: u64,
     bytes: &[u8],
 ) -> Result<SnapshotFile, StoreError> {
-    // A writer given up (a processor rebuilt after a failure) may still be writing the
-    // same offset: each writes its own temporary file.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let hash = xxhash_rust::xxh3::xxh3_64(bytes);
-    let path = path_of(store_path, offset, hash);
-    let temporary = temporary_path(&path, write);
-    let written = std::fs::File::create(&temporary)
-        .map_err(|e| io_error("creating", &temporary, &e))
-        .and_then(|mut file| {
-            file.write_all(bytes)
-                .and_then(|()| file.sync_all())
-                .map_err(|e| io_error("writing", &temporary, &e))
-        })
-        .and_then(|()| {
-            std::fs::rename(&temporary, &path).map_err(|e| io_error("renaming", &temporary, &e))
-        });
-    if let Err(error) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(error);
-    }
-    let dir = directory_of(store_path);
-    std::fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("syncing the directory", &dir, &e))?;
-    Ok(SnapshotFile {
-        offset,
-        len: bytes.len() as u64,
-        hash,
-    })
+    SnapshotFileWriter::new(store_path).write(offset, bytes)
 }
 
 /// The pointer a commit stores in place of the bytes.

@@ -104,20 +104,29 @@ fn restore_stage(section: &[u8]) -> Result<TriggerStage, StageError> {
     )
 }
 
-/// How a run's snapshot is taken: from the live stage or from its copy.
+/// How a run's snapshot is taken: from the live stage, from its copy, or from the copies
+/// written out as they are encoded (the snapshot thread's file).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Via {
     Live,
     Copy,
+    Written,
 }
 
 /// What the processor would store at a batch end: the pipeline's snapshot with the
 /// stage's section after it.
 fn snapshot(pipeline: &Pipeline, stage: &TriggerStage, via: Via) -> Vec<u8> {
+    if via == Via::Written {
+        let mut written = Vec::new();
+        pipeline.snapshot_copy().encode_to(&mut written).unwrap();
+        stage.copy().encode_section_to(&mut written).unwrap();
+        return written;
+    }
     let mut bytes = pipeline.encode_snapshot().unwrap();
     match via {
         Via::Live => stage.encode_section(&mut bytes).unwrap(),
         Via::Copy => stage.copy().encode_section(&mut bytes).unwrap(),
+        Via::Written => unreachable!("returned above"),
     }
     bytes
 }
@@ -272,8 +281,14 @@ fn a_restored_stage_continues_identically() {
     );
     assert_eq!(live.restored, every.len());
     assert!(live.staged == whole.staged);
-    // Other boundaries, through the copy for the snapshot thread.
-    let some = [(777, Via::Copy), (3_000, Via::Copy), (8_123, Via::Live)];
+    // Other boundaries, through the copy for the snapshot thread, encoded into a vector
+    // or written out.
+    let some = [
+        (777, Via::Copy),
+        (3_000, Via::Written),
+        (5_100, Via::Copy),
+        (8_123, Via::Live),
+    ];
     let copied = run(
         &records,
         set_a(),
@@ -350,6 +365,9 @@ fn a_section_reads_back_to_the_same_bytes() {
     let mut copied = Vec::new();
     stage.copy().encode_section(&mut copied).unwrap();
     assert_eq!(live, copied);
+    let mut written = Vec::new();
+    stage.copy().encode_section_to(&mut written).unwrap();
+    assert!(written == live, "a copy written out as it is encoded");
     let copy = stage.copy();
     assert_eq!(copy.user_bytes(), stage.user_bytes(), "summed by the copy");
     assert!(stage.user_bytes() > 100 * std::mem::size_of::<UserPseudonym>());
