@@ -47,19 +47,31 @@ pub enum WriteError {
     Encode(String),
 }
 
-/// A postcard flavor that hands each slice to a writer as postcard gives it, so that a
-/// value of gigabytes (a snapshot) goes to its file without ever being held whole. The
-/// writer's first error is kept in `failed` and ends the encoding (postcard's own error
-/// type has no room for it).
+/// A postcard flavor that writes a value to a writer as it is encoded, so that a value of
+/// gigabytes (a snapshot) goes to its file without ever being held whole. Postcard hands
+/// over a few bytes at a time (a varint, a short text), tens of millions of slices for a
+/// snapshot: passed on one by one, each went through the writer's own calls (a buffered
+/// file, a running hash), and the snapshot thread took twice as long as encoding into a
+/// vector (8–10 s against 4–6 s for 1.5–1.7 GB, stop 44). So the slices gather in a
+/// buffer of [`WRITE_CHUNK`] bytes, the writer getting whole chunks. The writer's first
+/// error is kept in `failed` and ends the encoding (postcard's own error type has no room
+/// for it).
 struct WriteTo<'a, W: std::io::Write> {
     out: &'a mut W,
+    buffer: Vec<u8>,
     failed: &'a mut Option<std::io::Error>,
 }
 
+/// The bytes [`WriteTo`] gathers before the writer gets them: few calls to the writer,
+/// and a buffer that stays in the core's cache.
+const WRITE_CHUNK: usize = 256 * 1024;
+
 impl<W: std::io::Write> WriteTo<'_, W> {
-    #[inline]
-    fn put(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.out.write_all(data).map_err(|error| {
+    /// Hands the buffer to the writer.
+    fn drain(&mut self) -> postcard::Result<()> {
+        let written = self.out.write_all(&self.buffer);
+        self.buffer.clear();
+        written.map_err(|error| {
             *self.failed = Some(error);
             postcard::Error::SerializeBufferFull
         })
@@ -71,22 +83,37 @@ impl<W: std::io::Write> postcard::ser_flavors::Flavor for WriteTo<'_, W> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.put(data)
+        if self.buffer.len() + data.len() > WRITE_CHUNK {
+            self.drain()?;
+        }
+        if data.len() > WRITE_CHUNK {
+            // A long text or byte string: passed on as it is.
+            let written = self.out.write_all(data);
+            return written.map_err(|error| {
+                *self.failed = Some(error);
+                postcard::Error::SerializeBufferFull
+            });
+        }
+        self.buffer.extend_from_slice(data);
+        Ok(())
     }
 
     #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.put(&[data])
+        if self.buffer.len() == WRITE_CHUNK {
+            self.drain()?;
+        }
+        self.buffer.push(data);
+        Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
+    fn finalize(mut self) -> postcard::Result<()> {
+        self.drain()
     }
 }
 
-/// Writes the postcard encoding of `value` to `out` (the bytes [`append`] gives), slice
-/// by slice: a writer meant for many small writes (a buffered file) is the caller's to
-/// give.
+/// Writes the postcard encoding of `value` to `out` (the bytes [`append`] gives), in
+/// chunks of [`WRITE_CHUNK`] bytes (see [`WriteTo`]).
 pub(crate) fn write<T: serde::Serialize + ?Sized, W: std::io::Write>(
     value: &T,
     out: &mut W,
@@ -96,6 +123,7 @@ pub(crate) fn write<T: serde::Serialize + ?Sized, W: std::io::Write>(
         value,
         WriteTo {
             out,
+            buffer: Vec::with_capacity(WRITE_CHUNK),
             failed: &mut failed,
         },
     );
@@ -124,6 +152,29 @@ mod tests {
             text: "città",
             list: (0..1000).map(|i| (i, -i64::from(i))).collect(),
         }
+    }
+
+    /// Larger than a chunk, with a text longer than one between short pieces.
+    #[test]
+    fn a_value_of_many_chunks_is_written_whole_and_in_order() {
+        let long = "é".repeat(WRITE_CHUNK);
+        let value = Sample {
+            n: u64::MAX,
+            text: &long,
+            list: (0..200_000).map(|i| (i, i64::from(i) << 40)).collect(),
+        };
+        let mut appended = Vec::new();
+        append(&value, &mut appended).unwrap();
+        assert!(appended.len() > 3 * WRITE_CHUNK);
+        let mut written = Vec::new();
+        write(&value, &mut written).unwrap();
+        assert!(written == appended);
+        let mut full = Full {
+            room: appended.len() - 1,
+            taken: Vec::new(),
+        };
+        assert!(matches!(write(&value, &mut full), Err(WriteError::Io(_))));
+        assert!(appended.starts_with(&full.taken));
     }
 
     #[test]

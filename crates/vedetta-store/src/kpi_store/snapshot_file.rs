@@ -126,9 +126,9 @@ impl SnapshotFileWriter {
     }
 }
 
-/// The bytes a snapshot file takes before they go to the kernel: large enough that the
-/// write calls cost nothing beside the encoding, small beside a snapshot.
-const WRITE_BUFFER: usize = 1 << 20;
+/// The bytes of small writes gathered before they go to the kernel. Writes of this size
+/// or more (the snapshot encoder's chunks) go straight through, copied once.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A snapshot file being written ([`SnapshotFileWriter::begin`]): written into as any
 /// [`Write`], hashed as it goes; removed when dropped unfinished.
