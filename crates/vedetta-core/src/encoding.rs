@@ -1,4 +1,4 @@
-//! Postcard into a vector the caller owns, written by slices.
+//! Postcard into a vector the caller owns, written by slices, or to a writer in chunks.
 //!
 //! `postcard::to_extend` goes through `Extend` byte by byte (a capacity check and a push per
 //! byte: a tenth of the trigger consumer's time in one profile, and the pipeline's snapshot
@@ -71,6 +71,11 @@ impl<W: std::io::Write> WriteTo<'_, W> {
     fn drain(&mut self) -> postcard::Result<()> {
         let written = self.out.write_all(&self.buffer);
         self.buffer.clear();
+        self.keep_error(written)
+    }
+
+    /// The writer's error kept, postcard told to stop.
+    fn keep_error(&mut self, written: std::io::Result<()>) -> postcard::Result<()> {
         written.map_err(|error| {
             *self.failed = Some(error);
             postcard::Error::SerializeBufferFull
@@ -89,10 +94,7 @@ impl<W: std::io::Write> postcard::ser_flavors::Flavor for WriteTo<'_, W> {
         if data.len() > WRITE_CHUNK {
             // A long text or byte string: passed on as it is.
             let written = self.out.write_all(data);
-            return written.map_err(|error| {
-                *self.failed = Some(error);
-                postcard::Error::SerializeBufferFull
-            });
+            return self.keep_error(written);
         }
         self.buffer.extend_from_slice(data);
         Ok(())
