@@ -582,7 +582,7 @@ impl KpiStore {
         offset: u64,
         bytes: &[u8],
     ) -> Result<SnapshotFile, StoreError> {
-        snapshot_file::write(self.db.path(), offset, bytes)
+        self.snapshot_file_writer().write(offset, bytes)
     }
 
     /// What [`Self::write_snapshot_file`] does, for another thread, without holding the
@@ -1087,13 +1087,13 @@ mod tests {
         for piece in bytes.chunks(7_919) {
             pending.write_all(piece).unwrap();
         }
-        assert_eq!(pending.len(), bytes.len() as u64);
         let given_up = writer.begin(21).unwrap();
         drop(given_up);
         let mut abandoned = writer.begin(22).unwrap();
         abandoned.write_all(&bytes).unwrap();
         drop(abandoned);
         let streamed = pending.finish().unwrap();
+        assert_eq!(streamed.len, bytes.len() as u64);
         assert_eq!(
             files_beside_the_store(dir.path()),
             vec![file_name(&path, &streamed)],

@@ -169,15 +169,6 @@ impl Write for PendingSnapshotFile {
 }
 
 impl PendingSnapshotFile {
-    /// The bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Makes the file durable under its name (the offset and the bytes' hash): flushed,
     /// fsynced, renamed, the directory fsynced. On a failure nothing of it is left.
     pub fn finish(mut self) -> Result<SnapshotFile, StoreError> {
@@ -223,16 +214,6 @@ impl Drop for PendingSnapshotFile {
             let _ = std::fs::remove_file(&self.temporary);
         }
     }
-}
-
-/// Writes the snapshot of `offset` to its file, durably (see
-/// [`SnapshotFileWriter::write`]).
-pub(super) fn write(
-    store_path: &Path,
-    offset: u64,
-    bytes: &[u8],
-) -> Result<SnapshotFile, StoreError> {
-    SnapshotFileWriter::new(store_path).write(offset, bytes)
 }
 
 /// The pointer a commit stores in place of the bytes.
