@@ -38,14 +38,17 @@
 //! ([`crate::pipeline::snapshot::decode_snapshot_parts`]):
 //!
 //! ```text
-//! [b"VDTG"][STAGE_FORMAT = 1][postcard: set offset u64, set bytes, next seq u64,
+//! [b"VDTG"][STAGE_FORMAT = 2][postcard: set offset u64, set bytes, next seq u64,
 //!                             engine globals, rows [(key u64, row bytes)], window bytes]
 //! ```
 //!
 //! The set bytes are [`TriggerSet::encode`] (`[TRIGGER_SET_FORMAT = 1][JSON]`), the
 //! globals [`ActState::encode_globals`], the rows every user's and text's row as the
-//! consumer's per-user store writes them ([`ActState::each_row`], read back by
-//! [`ActState::decode_stored`]), the window bytes [`SegmentWindow::encode`]: each part
+//! consumer's per-user store writes them, users' in the order of their places
+//! ([`ActState::each_row_by_place`], read back by [`ActState::decode_by_place`]: each key
+//! once, the users taking places in that order, so a restored stage encodes the same
+//! bytes; format 1, still read, had them in key order, which the snapshot thread paid for
+//! in reads at random), the window bytes [`SegmentWindow::encode`]: each part
 //! carries its own format byte, so a part changes its version without this one. Bytes
 //! that are not a section, of another version, cut short or damaged are an error, never a
 //! panic. Taken between batches only (the window refuses within one).
@@ -79,8 +82,12 @@ pub const STAGED_OUTPUT_FORMAT: u8 = 2;
 pub const STAGED_OUTPUT_JSON_FORMAT: u8 = 1;
 /// The first bytes of the stage's snapshot section.
 pub const STAGE_MAGIC: [u8; 4] = *b"VDTG";
-/// The format of the stage's snapshot section (after [`STAGE_MAGIC`]).
-pub const STAGE_FORMAT: u8 = 1;
+/// The format of the stage's snapshot section (after [`STAGE_MAGIC`]): 2, its users' rows
+/// in the order of their places ([`ActState::each_row_by_place`]).
+pub const STAGE_FORMAT: u8 = 2;
+/// The section's format with its rows in key order ([`ActState::each_row`]), written
+/// before 2026-12-07: still read (a store's snapshot from an earlier build).
+pub const STAGE_FORMAT_KEY_ORDER: u8 = 1;
 
 /// Why the stage cannot be made, restored or given a set, or bytes do not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -483,10 +490,27 @@ impl TriggerStage {
         let rest = section
             .strip_prefix(&STAGE_MAGIC)
             .ok_or(StageError::NotASection)?;
-        let body = versioned(WHAT, STAGE_FORMAT, rest)?;
+        let (format, body) = match rest.split_first() {
+            None => return Err(StageError::Empty { what: WHAT }),
+            Some((&found, body)) if found == STAGE_FORMAT || found == STAGE_FORMAT_KEY_ORDER => {
+                (found, body)
+            }
+            Some((&found, _)) => {
+                return Err(StageError::Version {
+                    what: WHAT,
+                    found,
+                    reads: STAGE_FORMAT,
+                });
+            }
+        };
         let parts: Section<'_> = postcard_whole(WHAT, body, "left over after the section")?;
         let set = TriggerSet::decode(parts.set)?;
-        let stored = ActState::decode_stored(parts.globals, parts.rows.iter().copied())?;
+        let rows = parts.rows.iter().copied();
+        let stored = if format == STAGE_FORMAT {
+            ActState::decode_by_place(parts.globals, rows)?
+        } else {
+            ActState::decode_stored(parts.globals, rows)?
+        };
         let window = SegmentWindow::restore(
             &set.triggers,
             out_of_orderness_ms,
@@ -782,8 +806,9 @@ impl Serialize for Bytes<'_> {
     }
 }
 
-/// Every row of the state, as a list of (key, bytes): from the live state
-/// ([`ActState::each_row`]) or from its flat copy ([`FlatRows::each_row`]), the same.
+/// Every row of the state, as a list of (key, bytes), users' in the order of their places:
+/// from the live state ([`ActState::each_row_by_place`]) or from its flat copy
+/// ([`FlatRows::each_row_by_place`]), the same.
 #[derive(Clone, Copy)]
 enum RowsOf<'a> {
     Live(&'a ActState),
@@ -800,8 +825,8 @@ impl Serialize for RowsOf<'_> {
         let mut seq = serializer.serialize_seq(Some(len))?;
         let row = |key: u64, row: &[u8]| seq.serialize_element(&(key, Bytes(row)));
         match self {
-            RowsOf::Live(state) => state.each_row(row, S::Error::custom)?,
-            RowsOf::Flat(rows) => rows.each_row(row, S::Error::custom)?,
+            RowsOf::Live(state) => state.each_row_by_place(row, S::Error::custom)?,
+            RowsOf::Flat(rows) => rows.each_row_by_place(row, S::Error::custom)?,
         }
         seq.end()
     }

@@ -31,7 +31,6 @@ use super::candidates::{Candidate, latest_times};
 use super::legacy::{ActStateV1, GlobalsV2, UserFactsV1};
 use super::texts::TriggerId;
 use super::texts::{TextId, Texts, TriggerNames};
-use super::users::prefetch;
 use super::{
     ActState, ActStateError, CartLine, Engine, FactsFields, Intent, SegmentState, UserFacts,
 };
@@ -213,11 +212,6 @@ struct FlatUser {
 /// wait of about that much for memory.
 const BOXES_AHEAD: usize = 16;
 
-/// How many rows ahead [`FlatRows::each_row`] asks for each row's user (and half as many
-/// for its lists): as [`BOXES_AHEAD`], a few hundred nanoseconds of encoding per row
-/// against a wait of about that much for memory.
-const ROWS_AHEAD: usize = 16;
-
 /// Empties a list of an earlier copy for the next, keeping room for an eighth more than
 /// it held, and letting go of memory past twice that (a state that shrank).
 fn refill_like_before<T>(list: &mut Vec<T>) {
@@ -228,7 +222,7 @@ fn refill_like_before<T>(list: &mut Vec<T>) {
 /// Every row of a state copied flat ([`ActState::flat_copy`]): the users' lists in one
 /// list each, so that a copy allocates a few large blocks, not a list per user (cloning the
 /// map did: most of a copy's cost with many users held). It encodes the rows
-/// [`ActState::each_row`] encodes, in the same order.
+/// [`ActState::each_row_by_place`] encodes, in the same order.
 #[derive(Clone, Debug, Default)]
 pub struct FlatRows {
     users: Vec<FlatUser>,
@@ -264,42 +258,24 @@ impl FlatRows {
         self.len() == 0
     }
 
-    /// Asks for the first entry of each of `user`'s lists that has one (see
-    /// [`Self::each_row`]).
-    fn prefetch_lists(&self, user: &FlatUser, starts: [usize; 4]) {
-        let [intents, cart, event_ids, sent] = starts;
-        let [n_intents, n_cart, n_event_ids, n_sent] = user.counts;
-        let first = |list_start: usize, n: u32| (n > 0).then_some(list_start);
-        if let Some(entry) = first(intents, n_intents).and_then(|at| self.intents.get(at)) {
-            prefetch(entry);
-        }
-        if let Some(entry) = first(cart, n_cart).and_then(|at| self.cart.get(at)) {
-            prefetch(entry);
-        }
-        if let Some(entry) = first(event_ids, n_event_ids).and_then(|at| self.event_ids.get(at)) {
-            prefetch(entry);
-        }
-        if let Some(entry) = first(sent, n_sent).and_then(|at| self.sent.get(at)) {
-            prefetch(entry);
-        }
-    }
-
-    /// As [`ActState::each_row`] of the state copied.
-    pub fn each_row<E>(
+    /// As [`ActState::each_row_by_place`] of the state copied: the users in the order
+    /// they were copied in, which is the order of their places, so the users, their lists
+    /// and their candidate times are all read in order. (In key order, format 1 of the
+    /// trigger stage's section, each row's parts were reads at random, asked for ahead
+    /// and still ~1 s of the snapshot thread at 3.8 million users, with a sort of the
+    /// keys and two lists of a hundred megabytes made for it.)
+    pub fn each_row_by_place<E>(
         &self,
         mut row: impl FnMut(u64, &[u8]) -> Result<(), E>,
         error: impl Fn(ActStateError) -> E,
     ) -> Result<(), E> {
-        // Where each user's entries start in the lists, in copy order.
-        let mut starts: Vec<[usize; 4]> = Vec::with_capacity(self.users.len());
-        let mut at = [0usize; 4];
+        let mut total = [0usize; 4];
         for user in &self.users {
-            starts.push(at);
-            for (a, n) in at.iter_mut().zip(user.counts) {
-                *a += n as usize;
+            for (t, n) in total.iter_mut().zip(user.counts) {
+                *t += n as usize;
             }
         }
-        let lists_fit = at
+        let lists_fit = total
             == [
                 self.intents.len(),
                 self.cart.len(),
@@ -311,13 +287,6 @@ impl FlatRows {
                 "a flat copy whose lists do not fit its users".into(),
             )));
         }
-        // Keys beside their indices, read in one pass: sorting indices by a key read from
-        // the users at each comparison went to memory at random tens of millions of times
-        // at millions of users (seconds of the snapshot thread).
-        let mut order: Vec<(u64, usize)> = (self.users.iter().enumerate())
-            .map(|(i, user)| (user.row, i))
-            .collect();
-        order.sort_unstable();
         let users = &self.users;
         let candidates = latest_times(
             &self.candidates,
@@ -326,23 +295,10 @@ impl FlatRows {
             |i| &users[i].user,
         );
         let mut buf = Vec::with_capacity(SCRATCH_BYTES);
-        // Rows go out in key order, users lie in copy order: each row's user, its list
-        // starts, its candidate time and its lists are reads at random, asked for ahead
-        // (the user's parts [`ROWS_AHEAD`] rows ahead, its lists, which need the user's
-        // counts and starts, half as many) so that they overlap: waited for one by one
-        // they were most of the section's encoding (~1.4 s of the snapshot thread at 3.8
-        // million users, `perf`, stop 39).
-        for (k, &(_, i)) in order.iter().enumerate() {
-            if let Some(&(_, ahead)) = order.get(k + ROWS_AHEAD) {
-                prefetch(&self.users[ahead]);
-                prefetch(&starts[ahead]);
-                prefetch(&candidates[ahead]);
-            }
-            if let Some(&(_, ahead)) = order.get(k + ROWS_AHEAD / 2) {
-                self.prefetch_lists(&self.users[ahead], starts[ahead]);
-            }
-            let (u, s) = (&self.users[i], starts[i]);
-            let span = |k: usize| s[k]..s[k] + u.counts[k] as usize;
+        // Where the user's entries start in each list.
+        let mut at = [0usize; 4];
+        for (u, candidate) in users.iter().zip(candidates) {
+            let span = |k: usize| at[k]..at[k] + u.counts[k] as usize;
             let value = RowView {
                 user: &u.user,
                 marketing: u.marketing,
@@ -356,10 +312,13 @@ impl FlatRows {
                 purchases: u.purchases,
                 event_ids: &self.event_ids[span(2)],
                 sent: &self.sent[span(3)],
-                candidate: candidates[i],
+                candidate,
             };
             body_into(&mut buf, USER_ROW_FORMAT, &value).map_err(&error)?;
             row(u.row, &buf)?;
+            for (a, n) in at.iter_mut().zip(u.counts) {
+                *a += n as usize;
+            }
         }
         for (id, text) in &self.texts {
             body_into(&mut buf, TEXT_ROW_FORMAT, &**text).map_err(&error)?;
@@ -414,6 +373,16 @@ pub struct StateChanges {
     /// The rows changed, in key order: a user's row or a text's ([`TEXT_ROWS`] on), or
     /// `None` once forgotten or freed.
     pub users: Vec<(u64, Option<Vec<u8>>)>,
+}
+
+/// The order stored rows come in ([`ActState::decode_stored`],
+/// [`ActState::decode_by_place`]).
+#[derive(Clone, Copy)]
+enum RowOrder {
+    /// Ascending keys: a table's order, and the trigger stage's section of format 1.
+    Keys,
+    /// The order of the places their users were held at: any order of keys.
+    Places,
 }
 
 /// A state read back from its stored parts.
@@ -504,9 +473,30 @@ impl ActState {
     /// Every row of the state, in key order: each user's row ([`Self::encode_user`]) and
     /// then each text's, as [`Engine::take_changes`] writes them, each handed to `row` from
     /// one reused buffer. With [`Self::encode_globals`] this is the whole state, and
-    /// [`Self::decode_stored`] reads it back (the trigger stage's snapshot section).
+    /// [`Self::decode_stored`] reads it back.
     pub fn each_row<E>(
         &self,
+        row: impl FnMut(u64, &[u8]) -> Result<(), E>,
+        error: impl Fn(ActStateError) -> E,
+    ) -> Result<(), E> {
+        self.each_row_in(RowOrder::Keys, row, error)
+    }
+
+    /// The rows [`Self::each_row`] gives, users' in the order of their places: the order a
+    /// copy of the state reads them in ([`FlatRows::each_row_by_place`]). Read back by
+    /// [`Self::decode_by_place`] (the trigger stage's snapshot section), whose users take
+    /// their places in this order.
+    pub fn each_row_by_place<E>(
+        &self,
+        row: impl FnMut(u64, &[u8]) -> Result<(), E>,
+        error: impl Fn(ActStateError) -> E,
+    ) -> Result<(), E> {
+        self.each_row_in(RowOrder::Places, row, error)
+    }
+
+    fn each_row_in<E>(
+        &self,
+        order: RowOrder,
         mut row: impl FnMut(u64, &[u8]) -> Result<(), E>,
         error: impl Fn(ActStateError) -> E,
     ) -> Result<(), E> {
@@ -521,7 +511,9 @@ impl ActState {
             .zip(candidates)
             .map(|(&(_, user, facts), candidate)| (facts.row, user, facts, candidate))
             .collect();
-        users.sort_unstable_by_key(|(key, ..)| *key);
+        if let RowOrder::Keys = order {
+            users.sort_unstable_by_key(|(key, ..)| *key);
+        }
         let mut buf = Vec::with_capacity(SCRATCH_BYTES);
         for (key, user, facts, candidate) in users {
             let value = RowRef {
@@ -622,12 +614,31 @@ impl ActState {
         Ok((self.encode_globals()?, rows))
     }
 
-    /// The state from its globals and its rows (users' and texts'). A format-1 globals
-    /// value is the whole state (there are no rows yet); it decodes with `legacy` set, as
-    /// do format-2 globals and format-1 user rows (their texts are interned here).
+    /// The state from its globals and its rows (users' and texts'), the rows in key order
+    /// (a table's order). A format-1 globals value is the whole state (there are no rows
+    /// yet); it decodes with `legacy` set, as do format-2 globals and format-1 user rows
+    /// (their texts are interned here).
     pub fn decode_stored<'a>(
         globals: &[u8],
         rows: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> Result<StoredState, ActStateError> {
+        Self::decode_rows(globals, rows, RowOrder::Keys)
+    }
+
+    /// [`Self::decode_stored`] of rows in the order of the places their users were held
+    /// at ([`Self::each_row_by_place`]): any order of keys, each key once. The users take
+    /// places in the order given, so the state read encodes its rows in that order again.
+    pub fn decode_by_place<'a>(
+        globals: &[u8],
+        rows: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> Result<StoredState, ActStateError> {
+        Self::decode_rows(globals, rows, RowOrder::Places)
+    }
+
+    fn decode_rows<'a>(
+        globals: &[u8],
+        rows: impl IntoIterator<Item = (u64, &'a [u8])>,
+        order: RowOrder,
     ) -> Result<StoredState, ActStateError> {
         let mut legacy = false;
         // Format-1 users, migrated once the stored texts are all read.
@@ -691,19 +702,26 @@ impl ActState {
                 state.next_row
             )));
         }
-        // Rows come in key order, each key once (a table's order, and the order the
-        // snapshot section lists them in): two users under one key would be encoded in the
-        // map's order, so the same state would give other bytes (found by the fuzz target
-        // `trigger_stage`), and the store would hold one of them.
+        // Each key once: two users under one key would be one row in the store, and (in
+        // key order) be encoded in the map's order, so the same state would give other
+        // bytes (found by the fuzz target `trigger_stage`). Rows in key order are checked
+        // as they come; rows by place once all are read (their keys sorted apart).
         let mut last_key: Option<u64> = None;
+        let mut keys: Vec<u64> = Vec::new();
         for (key, row) in rows {
-            if last_key.is_some_and(|last| key <= last) {
-                return Err(ActStateError::Body(format!(
-                    "row key {key} after row key {} (rows must come in key order, each key once)",
-                    last_key.unwrap_or_default()
-                )));
+            match order {
+                RowOrder::Keys => {
+                    if last_key.is_some_and(|last| key <= last) {
+                        return Err(ActStateError::Body(format!(
+                            "row key {key} after row key {} (rows must come in key order, \
+                             each key once)",
+                            last_key.unwrap_or_default()
+                        )));
+                    }
+                    last_key = Some(key);
+                }
+                RowOrder::Places => keys.push(key),
             }
-            last_key = Some(key);
             let Some((&format, body)) = row.split_first() else {
                 return Err(ActStateError::Empty);
             };
@@ -744,6 +762,14 @@ impl ActState {
                 state.candidates.push(pseudonym, latest);
             }
         }
+        keys.sort_unstable();
+        if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ActStateError::Body(format!(
+                "row key {} given twice (each key once)",
+                pair[0]
+            )));
+        }
+        drop(keys);
         // Every text a stored user refers to must be stored (else its id could later be
         // given to another text).
         let mut held = state.texts.marks();

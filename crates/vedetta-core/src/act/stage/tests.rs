@@ -105,12 +105,51 @@ fn restore_stage(section: &[u8]) -> Result<TriggerStage, StageError> {
 }
 
 /// How a run's snapshot is taken: from the live stage, from its copy, or from the copies
-/// written out as they are encoded (the snapshot thread's file).
+/// written out as they are encoded (the snapshot thread's file); or as a build before
+/// format 2 wrote it, its rows in key order (format 1).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Via {
     Live,
     Copy,
     Written,
+    KeyOrder,
+}
+
+/// The section's body as a test writes it: its rows given as they are.
+#[derive(Serialize)]
+struct SectionOf<'a> {
+    set_offset: u64,
+    set: Bytes<'a>,
+    next_seq: u64,
+    globals: Bytes<'a>,
+    rows: Vec<(u64, Bytes<'a>)>,
+    window: Bytes<'a>,
+}
+
+/// `section` written again in `format` with its rows as `order` puts them.
+fn rewritten(section: &[u8], format: u8, order: impl FnOnce(&mut Vec<(u64, &[u8])>)) -> Vec<u8> {
+    let body = section.strip_prefix(&SECTION_HEAD).unwrap();
+    let mut parts: Section<'_> = postcard::from_bytes(body).unwrap();
+    order(&mut parts.rows);
+    let mut out = STAGE_MAGIC.to_vec();
+    out.push(format);
+    let body = SectionOf {
+        set_offset: parts.set_offset,
+        set: Bytes(parts.set),
+        next_seq: parts.next_seq,
+        globals: Bytes(parts.globals),
+        rows: (parts.rows.iter()).map(|&(key, row)| (key, Bytes(row))).collect(),
+        window: Bytes(parts.window),
+    };
+    out.extend(postcard::to_allocvec(&body).unwrap());
+    out
+}
+
+/// `section` as format 1 wrote it: the rows in key order.
+fn in_key_order(section: &[u8]) -> Vec<u8> {
+    rewritten(section, STAGE_FORMAT_KEY_ORDER, |rows| {
+        rows.sort_unstable_by_key(|(key, _)| *key)
+    })
 }
 
 /// What the processor would store at a batch end: the pipeline's snapshot with the
@@ -126,6 +165,11 @@ fn snapshot(pipeline: &Pipeline, stage: &TriggerStage, via: Via) -> Vec<u8> {
     match via {
         Via::Live => stage.encode_section(&mut bytes).unwrap(),
         Via::Copy => stage.copy().encode_section(&mut bytes).unwrap(),
+        Via::KeyOrder => {
+            let mut section = Vec::new();
+            stage.encode_section(&mut section).unwrap();
+            bytes.extend(in_key_order(&section));
+        }
         Via::Written => unreachable!("returned above"),
     }
     bytes
@@ -286,8 +330,10 @@ fn a_restored_stage_continues_identically() {
     let some = [
         (777, Via::Copy),
         (3_000, Via::Written),
+        (4_000, Via::KeyOrder),
         (5_100, Via::Copy),
         (8_123, Via::Live),
+        (10_500, Via::KeyOrder),
     ];
     let copied = run(
         &records,
@@ -398,11 +444,78 @@ fn a_section_reads_back_to_the_same_bytes() {
     assert_eq!(again, live);
     assert_eq!(restored.set(), stage.set());
     assert_eq!(restored.stats(), stage.stats());
-    // The rows are the whole state: every user and text, as `encode_whole` lists them.
+    // The rows are the whole state: every user and text, as `encode_whole` lists them
+    // (in key order; the section by place).
     let (_, rows) = stage.engine().state().encode_whole().unwrap();
     let users = rows.iter().filter(|(k, _)| *k < TEXT_ROWS).count();
     assert_eq!(users, stage.stats().users);
     assert_eq!(rows.len() - users, stage.stats().texts);
+    let mut by_place = section_rows(&live);
+    by_place.sort_unstable();
+    assert!(by_place == rows, "the section's rows are encode_whole's");
+}
+
+/// The (key, row) pairs of a section, as it lists them.
+fn section_rows(section: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let body = section.strip_prefix(&SECTION_HEAD).unwrap();
+    let parts: Section<'_> = postcard::from_bytes(body).unwrap();
+    (parts.rows.iter()).map(|&(key, row)| (key, row.to_vec())).collect()
+}
+
+/// A section of format 2 reads its rows in any order, each key once, its users taking
+/// places in the order given (so it encodes them in that order again); format 1, in key
+/// order, still reads; a key twice, or format 1 out of key order, is refused.
+#[test]
+fn rows_by_place_read_in_any_order_each_key_once() {
+    let records = traffic(5, 6_000);
+    let stage = run(
+        &records,
+        set_a(),
+        &Plan {
+            splits: &[6_000],
+            ..Plan::default()
+        },
+    )
+    .stage;
+    let mut live = Vec::new();
+    stage.encode_section(&mut live).unwrap();
+    let rows = section_rows(&live);
+    let users = stage.stats().users;
+    assert!(users > 100);
+    // Reversed: restores, and lists its users in the reversed order.
+    let reversed = rewritten(&live, STAGE_FORMAT, |rows| rows[..users].reverse());
+    let restored = restore_stage(&reversed).unwrap();
+    assert_eq!(restored.stats(), stage.stats());
+    let mut again = Vec::new();
+    restored.encode_section(&mut again).unwrap();
+    assert!(again == reversed, "the users keep the order they were read in");
+    // Format 1: restores to the same state, in key order.
+    let old = in_key_order(&live);
+    let restored = restore_stage(&old).unwrap();
+    assert_eq!(restored.stats(), stage.stats());
+    let mut again = Vec::new();
+    restored.encode_section(&mut again).unwrap();
+    let mut sorted = rows.clone();
+    sorted.sort_unstable();
+    assert!(section_rows(&again) == sorted, "read in key order");
+    // Format 1 out of key order.
+    let shuffled = rewritten(&live, STAGE_FORMAT_KEY_ORDER, |rows| {
+        rows.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(*key))
+    });
+    assert!(matches!(
+        restore_stage(&shuffled),
+        Err(StageError::State(ActStateError::Body(m))) if m.contains("key order")
+    ));
+    // A user's row twice, and two users under one key (the last user's row given the
+    // first's key).
+    let twice = rewritten(&live, STAGE_FORMAT, |rows| rows.insert(users, rows[0]));
+    assert!(restore_stage(&twice).is_err());
+    let first_key = rows[0].0;
+    let one_key = rewritten(&live, STAGE_FORMAT, |rows| rows[users - 1].0 = first_key);
+    assert!(matches!(
+        restore_stage(&one_key),
+        Err(StageError::State(ActStateError::Body(m))) if m.contains("given twice")
+    ));
 }
 
 /// (3.) A set applied at an offset: the same outputs for other splits, and from a snapshot
