@@ -143,9 +143,15 @@ mod tests {
         }
         // (The key-order seed was written by an older build from other records: its
         // state is not the by-place seed's.)
-        for name in ["section-after-all-records", "section-key-order-after-all-records"] {
+        for name in [
+            "section-after-all-records",
+            "section-key-order-after-all-records",
+        ] {
             let stage = restore(&seed(name)[1..]).unwrap();
-            assert!(stage.stats().users > 0, "{name}: the records left users behind");
+            assert!(
+                stage.stats().users > 0,
+                "{name}: the records left users behind"
+            );
         }
         let set = seed("set");
         assert_eq!(set[0], 1);

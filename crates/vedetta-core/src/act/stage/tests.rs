@@ -138,7 +138,9 @@ fn rewritten(section: &[u8], format: u8, order: impl FnOnce(&mut Vec<(u64, &[u8]
         set: Bytes(parts.set),
         next_seq: parts.next_seq,
         globals: Bytes(parts.globals),
-        rows: (parts.rows.iter()).map(|&(key, row)| (key, Bytes(row))).collect(),
+        rows: (parts.rows.iter())
+            .map(|&(key, row)| (key, Bytes(row)))
+            .collect(),
         window: Bytes(parts.window),
     };
     out.extend(postcard::to_allocvec(&body).unwrap());
@@ -459,7 +461,9 @@ fn a_section_reads_back_to_the_same_bytes() {
 fn section_rows(section: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let body = section.strip_prefix(&SECTION_HEAD).unwrap();
     let parts: Section<'_> = postcard::from_bytes(body).unwrap();
-    (parts.rows.iter()).map(|&(key, row)| (key, row.to_vec())).collect()
+    (parts.rows.iter())
+        .map(|&(key, row)| (key, row.to_vec()))
+        .collect()
 }
 
 /// A section of format 2 reads its rows in any order, each key once, its users taking
@@ -488,7 +492,10 @@ fn rows_by_place_read_in_any_order_each_key_once() {
     assert_eq!(restored.stats(), stage.stats());
     let mut again = Vec::new();
     restored.encode_section(&mut again).unwrap();
-    assert!(again == reversed, "the users keep the order they were read in");
+    assert!(
+        again == reversed,
+        "the users keep the order they were read in"
+    );
     // Format 1: restores to the same state, in key order.
     let old = in_key_order(&live);
     let restored = restore_stage(&old).unwrap();

@@ -337,7 +337,7 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
             let set = if with { set.clone() } else { empty.clone() };
             return run_pass(&config, set, &batches, fill_batches, rate);
         }
-        pass_in_child(full, &file, with)
+        pass_in_child(full, (&file, dir.path()), with)
     };
     // The second kind of pass: the trigger set, or in a control run none again.
     let second = if full.control {
@@ -360,7 +360,7 @@ pub fn run(full: &ProcessorBenchArgs) -> anyhow::Result<()> {
     for round in 0..args.rounds {
         let (a, w) = match full.interleave {
             Some(seconds) => {
-                let (a, w) = interleaved_round(full, &file, round, seconds)?;
+                let (a, w) = interleaved_round(full, (&file, dir.path()), round, seconds)?;
                 report(round, false, &a);
                 report(round, true, &w);
                 (a, w)
@@ -768,15 +768,23 @@ fn write_traffic_in_child(args: &ProcessorBenchArgs, file: &std::path::Path) -> 
     Ok(())
 }
 
-/// This binary started again on `appends` for one pass (see the module).
+/// A pass's process's files: the traffic it reads, and the directory its log and store go
+/// under (this run's own temporary directory).
+type PassFiles<'a> = (&'a std::path::Path, &'a std::path::Path);
+
+/// This binary started again on `appends` for one pass (see the module), its temporary
+/// directory made under `scratch`: a pass's process ended from here (its round cut short
+/// by the other's error, a full disk say) leaves its directory behind, and this run's
+/// removes it with the rest (such leftovers, gigabytes each, once filled the disk).
 fn pass_command(
     args: &ProcessorBenchArgs,
-    appends: &std::path::Path,
+    (appends, scratch): PassFiles<'_>,
     with_triggers: bool,
 ) -> anyhow::Result<std::process::Command> {
     let exe = std::env::current_exe().context("the path of this binary")?;
     let mut command = std::process::Command::new(exe);
     command
+        .env("TMPDIR", scratch)
         .args(["bench", "processor", "--config"])
         .arg(&args.bench.config)
         .arg("--pass-appends")
@@ -789,10 +797,10 @@ fn pass_command(
 /// Runs one pass in a fresh process of this binary (see the module) and reads its figures.
 fn pass_in_child(
     args: &ProcessorBenchArgs,
-    appends: &std::path::Path,
+    files: PassFiles<'_>,
     with_triggers: bool,
 ) -> anyhow::Result<Pass> {
-    let output = pass_command(args, appends, with_triggers)?
+    let output = pass_command(args, files, with_triggers)?
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("starting a pass's process")?;
@@ -835,12 +843,12 @@ fn run_pass(
 /// set, or none again in a control run).
 fn interleaved_round(
     args: &ProcessorBenchArgs,
-    appends: &std::path::Path,
+    files: PassFiles<'_>,
     round: usize,
     seconds: u64,
 ) -> anyhow::Result<(Pass, Pass)> {
-    let mut alone = SlicedChild::start(args, appends, false, seconds)?;
-    let mut second = SlicedChild::start(args, appends, !args.control, seconds)?;
+    let mut alone = SlicedChild::start(args, files, false, seconds)?;
+    let mut second = SlicedChild::start(args, files, !args.control, seconds)?;
     let slices = alone.ready()?;
     anyhow::ensure!(
         second.ready()? == slices && slices > 0,
@@ -882,11 +890,11 @@ struct SlicedChild {
 impl SlicedChild {
     fn start(
         args: &ProcessorBenchArgs,
-        appends: &std::path::Path,
+        files: PassFiles<'_>,
         with_triggers: bool,
         seconds: u64,
     ) -> anyhow::Result<Self> {
-        let mut child = pass_command(args, appends, with_triggers)?
+        let mut child = pass_command(args, files, with_triggers)?
             .arg("--pass-slice-seconds")
             .arg(seconds.to_string())
             .stdin(std::process::Stdio::piped())
