@@ -490,26 +490,21 @@ impl TriggerStage {
         let rest = section
             .strip_prefix(&STAGE_MAGIC)
             .ok_or(StageError::NotASection)?;
-        let (format, body) = match rest.split_first() {
-            None => return Err(StageError::Empty { what: WHAT }),
-            Some((&found, body)) if found == STAGE_FORMAT || found == STAGE_FORMAT_KEY_ORDER => {
-                (found, body)
-            }
-            Some((&found, _)) => {
-                return Err(StageError::Version {
-                    what: WHAT,
-                    found,
-                    reads: STAGE_FORMAT,
-                });
-            }
+        // Either format (as `StagedOutput::decode` reads its two).
+        let key_order = rest.first() == Some(&STAGE_FORMAT_KEY_ORDER);
+        let format = if key_order {
+            STAGE_FORMAT_KEY_ORDER
+        } else {
+            STAGE_FORMAT
         };
+        let body = versioned(WHAT, format, rest)?;
         let parts: Section<'_> = postcard_whole(WHAT, body, "left over after the section")?;
         let set = TriggerSet::decode(parts.set)?;
         let rows = parts.rows.iter().copied();
-        let stored = if format == STAGE_FORMAT {
-            ActState::decode_by_place(parts.globals, rows)?
-        } else {
+        let stored = if key_order {
             ActState::decode_stored(parts.globals, rows)?
+        } else {
+            ActState::decode_by_place(parts.globals, rows)?
         };
         let window = SegmentWindow::restore(
             &set.triggers,

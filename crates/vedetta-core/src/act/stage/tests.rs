@@ -126,10 +126,14 @@ struct SectionOf<'a> {
     window: Bytes<'a>,
 }
 
+/// The parts of a section of the current format.
+fn parts_of(section: &[u8]) -> Section<'_> {
+    postcard::from_bytes(section.strip_prefix(&SECTION_HEAD).unwrap()).unwrap()
+}
+
 /// `section` written again in `format` with its rows as `order` puts them.
 fn rewritten(section: &[u8], format: u8, order: impl FnOnce(&mut Vec<(u64, &[u8])>)) -> Vec<u8> {
-    let body = section.strip_prefix(&SECTION_HEAD).unwrap();
-    let mut parts: Section<'_> = postcard::from_bytes(body).unwrap();
+    let mut parts = parts_of(section);
     order(&mut parts.rows);
     let mut out = STAGE_MAGIC.to_vec();
     out.push(format);
@@ -459,9 +463,7 @@ fn a_section_reads_back_to_the_same_bytes() {
 
 /// The (key, row) pairs of a section, as it lists them.
 fn section_rows(section: &[u8]) -> Vec<(u64, Vec<u8>)> {
-    let body = section.strip_prefix(&SECTION_HEAD).unwrap();
-    let parts: Section<'_> = postcard::from_bytes(body).unwrap();
-    (parts.rows.iter())
+    (parts_of(section).rows.iter())
         .map(|&(key, row)| (key, row.to_vec()))
         .collect()
 }
