@@ -22,7 +22,7 @@
 //! read back from storage name none (the users of a restored state are found by
 //! pseudonym).
 
-use super::users::UserRef;
+use super::users::{UserRef, prefetch};
 use crate::pipeline::hash::FastHashMap;
 use crate::record::UserPseudonym;
 use serde::{Deserialize, Serialize};
@@ -203,6 +203,12 @@ impl Candidates {
     }
 }
 
+/// How many entries ahead [`latest_times`] asks for an entry's user number, and for the
+/// user's pseudonym and time (which need the number): far enough to cover a wait for
+/// memory, near enough for the number to have come.
+const PLACES_AHEAD: usize = 32;
+const USERS_AHEAD: usize = 16;
+
 /// The latest time each of `n` held users is listed with in `entries` (`None`: not
 /// listed), the `i`-th user held at place `place(i)` under pseudonym `user(i)`: what a
 /// search of the entries [`Candidates::normalize`]d gives for each user's pseudonym,
@@ -229,7 +235,24 @@ pub fn latest_times<'a>(
     };
     let mut times = vec![None; n];
     let mut by_pseudonym: FastHashMap<UserPseudonym, i64> = FastHashMap::default();
-    for (listed, at_ms, at) in entries {
+    for (k, (listed, at_ms, at)) in entries.iter().enumerate() {
+        // Each entry reads three places at random (its place's user number, that user's
+        // pseudonym, its time): asked for ahead in two steps, the user number first, the
+        // other two once it has come.
+        if let Some((_, _, far)) = entries.get(k + PLACES_AHEAD)
+            && let Some(number) = held_at.get(*far as usize)
+        {
+            prefetch(number);
+        }
+        if let Some((_, _, near)) = entries.get(k + USERS_AHEAD)
+            && let Some(&i) = held_at.get(*near as usize)
+            && i != NOBODY
+        {
+            prefetch(user(i as usize));
+            if let Some(time) = times.get(i as usize) {
+                prefetch(time);
+            }
+        }
         let held = (held_at.get(*at as usize).copied())
             .filter(|&i| i != NOBODY && user(i as usize) == listed);
         match held {
