@@ -793,6 +793,10 @@ notify = ["push"]
                 };
                 e.value = Some((offset % 120) as f64);
                 e.product_id.get_or_insert_with(|| format!("q{}", offset % 5));
+                if offset % 3 == 0 {
+                    // Direct: a user with only these has no touch.
+                    (e.channel, e.campaign) = (None, None);
+                }
                 e.consent.marketing = Some(consent);
                 engine.observe(&e, &mut out);
             }
@@ -804,6 +808,30 @@ notify = ["push"]
             let changes = engine.take_changes().unwrap();
             let globals = apply(&mut rows, changes);
             proptest::prop_assert_eq!(&restored(&globals, &rows).state, engine.state());
+            // A flat copy (a snapshot's) gives the live state's rows, touches and
+            // registration times (set only by the engine's own judging) among them.
+            let state = engine.state();
+            let mut live = Vec::new();
+            let mut copied = Vec::new();
+            state
+                .each_row_by_place(
+                    |key, bytes| {
+                        live.push((key, bytes.to_vec()));
+                        Ok::<(), ActStateError>(())
+                    },
+                    |e| e,
+                )
+                .unwrap();
+            (state.flat_copy())
+                .each_row_by_place(
+                    |key, bytes| {
+                        copied.push((key, bytes.to_vec()));
+                        Ok::<(), ActStateError>(())
+                    },
+                    |e| e,
+                )
+                .unwrap();
+            proptest::prop_assert_eq!(copied, live);
         }
     }
 }
