@@ -284,12 +284,13 @@ impl FlatRows {
         error: impl Fn(ActStateError) -> E,
     ) -> Result<(), E> {
         let mut total = [0usize; 4];
+        let mut rare = 0;
         for user in &self.users {
             for (t, n) in total.iter_mut().zip(user.counts) {
                 *t += n as usize;
             }
+            rare += usize::from(user.rare);
         }
-        let rare = self.users.iter().filter(|user| user.rare).count();
         let lists_fit = rare == self.rare.len()
             && total
                 == [
