@@ -9,7 +9,13 @@
 # set never measures (docs/triggers.md, "After stage 5", step 26).
 set -eu
 firing=${1:-0}
-case $firing in ''|*[!0-9]*) echo "usage: $0 [number of segment triggers made to fire, 0-88]" >&2; exit 2;; esac
+# Digits only, at most two, at most 88: `[ -lt ]` on a longer number fails at every trigger
+# and the default set came out, exit code 0.
+case $firing in ''|*[!0-9]*|???*) firing=bad;; esac
+if [ "$firing" = bad ] || [ "$firing" -gt 88 ]; then
+  echo "usage: $0 [number of segment triggers made to fire, 0-88]" >&2
+  exit 2
+fi
 {
   for i in $(seq 0 87); do
     case $((i % 3)) in 2) g='["campaign"]';; *) g='["channel", "campaign"]';; esac
