@@ -632,6 +632,9 @@ impl TriggerStage {
     #[inline(never)]
     fn stage_outputs(&mut self) {
         let triggers = self.engine.triggers();
+        // (Hundreds of thousands at a minute a large segment starts firing: not grown by
+        // doubling.)
+        self.staged.reserve(self.outputs.len());
         for output in self.outputs.drain(..) {
             // (An output's index is always of the set in force: outputs are staged at the
             // record that decided them.)

@@ -245,6 +245,17 @@ impl UserTable {
             .filter_map(|(at, slot)| slot.0.as_ref().map(|(user, facts)| (at, user, facts)))
     }
 
+    /// Every user with its position, in slot order, to change.
+    pub fn iter_at_mut(&mut self) -> impl Iterator<Item = (usize, &UserPseudonym, &mut UserFacts)> {
+        (self.slots.iter_mut().enumerate())
+            .filter_map(|(at, slot)| slot.0.as_mut().map(|(user, facts)| (at, &*user, facts)))
+    }
+
+    /// The places, held or free: every position [`Self::find`] gives is below it.
+    pub fn places(&self) -> usize {
+        self.slots.len()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&UserPseudonym, &UserFacts)> + Clone {
         self.slots
             .iter()
