@@ -868,14 +868,7 @@ fn user_ref(user: UserPseudonym, at: usize) -> UserRef {
 }
 
 /// The users `refs` names that `users` still holds, each once, in pseudonym order, with
-/// their positions.
-fn found_in_order(users: &UserTable, refs: &[UserRef]) -> Vec<(UserPseudonym, usize)> {
-    let mut found = Vec::new();
-    found_in_order_into(users, refs, &mut found);
-    found
-}
-
-/// [`found_in_order`] into `found` (emptied first), keeping its memory.
+/// their positions, into `found` (emptied first, its memory kept).
 fn found_in_order_into(
     users: &UserTable,
     refs: &[UserRef],
@@ -887,20 +880,24 @@ fn found_in_order_into(
     found.dedup();
 }
 
-/// Whether each place holds a user `candidates` lists (by place, see
-/// [`UserTable::places`]); each listed place asked for a few entries ahead, as the walk at
-/// the bound does ([`WALK_PREFETCH`]).
-fn candidate_places(users: &UserTable, candidates: &[candidates::Candidate]) -> Vec<bool> {
-    let mut listed = vec![false; users.places()];
+/// The places of the users `candidates` lists that `users` holds, in order, each once;
+/// each listed place asked for a few entries ahead, as the walk at the bound does
+/// ([`WALK_PREFETCH`]).
+fn candidate_places(users: &UserTable, candidates: &[candidates::Candidate]) -> Vec<u32> {
+    let mut places = Vec::with_capacity(candidates.len());
     for (i, &(user, _, at)) in candidates.iter().enumerate() {
         if let Some((_, _, ahead)) = candidates.get(i + WALK_PREFETCH) {
             users.prefetch(*ahead as usize);
         }
-        if let Some(mark) = (users.find(&UserRef { user, at })).and_then(|p| listed.get_mut(p)) {
-            *mark = true;
+        // (A place is below 2³², see `UserRef::at`.)
+        if let Some(place) = (users.find(&UserRef { user, at })).and_then(|p| u32::try_from(p).ok())
+        {
+            places.push(place);
         }
     }
-    listed
+    places.sort_unstable();
+    places.dedup();
+    places
 }
 
 /// Ids handed out before the table is rebuilt from the candidates (bounds its memory).
@@ -2120,28 +2117,34 @@ impl Engine {
             };
             let candidates = &mut self.state.candidates;
             candidates.normalize();
+            // The candidates' places, in order. Each user is judged on its own facts alone,
+            // so the order users are judged in changes nothing but the order of their
+            // outputs, which are put in pseudonym order after: users are judged in the
+            // order of their places, the slots read one after another (ahead, when not every
+            // one is). In pseudonym order, a segment that started firing cost a list of every
+            // held user grown by doubling into fresh pages, its sort, the slots then read at
+            // random and a search of the candidates per user: 3.4 s of the processor's
+            // thread at the minute 4 segment triggers started firing at 100,000 events/s
+            // (`perf`, stop 47).
+            let listed = candidate_places(&self.state.users, candidates.ordered());
             if selecting.iter().any(|s| s.newly) {
-                // Every user, in the order of places (the slots read one after another),
-                // its outputs put in pseudonym order after: each user is judged on its own
-                // facts alone, so the order judged in changes nothing but the outputs'
-                // order. Every user sorted by pseudonym first cost a list of millions grown
-                // by doubling into fresh pages, its sort, the slots then read at random and
-                // a search of the candidates per user: 3.4 s of the processor's thread at
-                // the minute 4 segment triggers started firing at 100,000 events/s, its
-                // whole cost (`perf`, stop 47).
-                let listed = candidate_places(&self.state.users, candidates.ordered());
+                // Every user.
+                let mut next = listed.iter().peekable();
                 for (at, pseudonym, user) in self.state.users.iter_at_mut() {
-                    judge(*pseudonym, user, listed.get(at).copied().unwrap_or(false));
+                    while next.next_if(|p| (**p as usize) < at).is_some() {}
+                    let candidate = next.next_if(|p| **p as usize == at).is_some();
+                    judge(*pseudonym, user, candidate);
                 }
             } else {
-                let listed: Vec<UserRef> = (candidates.ordered().iter())
-                    .map(|(user, _, at)| UserRef {
-                        user: *user,
-                        at: *at,
-                    })
-                    .collect();
-                for (pseudonym, at) in found_in_order(&self.state.users, &listed) {
-                    judge(pseudonym, self.state.users.facts_at_mut(at), true);
+                let users = &mut self.state.users;
+                for (i, &at) in listed.iter().enumerate() {
+                    if let Some(&ahead) = listed.get(i + WALK_PREFETCH) {
+                        users.prefetch(ahead as usize);
+                    }
+                    let at = at as usize;
+                    if let Some(&pseudonym) = users.user_at(at) {
+                        judge(pseudonym, users.facts_at_mut(at), true);
+                    }
                 }
             }
             // Each trigger's users in pseudonym order (one pick per user and trigger: the
