@@ -251,11 +251,6 @@ impl UserTable {
             .filter_map(|(at, slot)| slot.0.as_mut().map(|(user, facts)| (at, &*user, facts)))
     }
 
-    /// The places, held or free: every position [`Self::find`] gives is below it.
-    pub fn places(&self) -> usize {
-        self.slots.len()
-    }
-
     pub fn iter(&self) -> impl Iterator<Item = (&UserPseudonym, &UserFacts)> + Clone {
         self.slots
             .iter()
